@@ -1,0 +1,207 @@
+"""GPT-2, as in "Language Models are Unsupervised Multitask Learners" (Radford et al., 2019).
+
+    tokens ─► wte + wpe ─► N × Block ─► ln_f ─► hidden states ─► (LM head = wteᵀ, only where asked)
+
+    Block:  x = x + attn(ln_1(x))        causal multi-head self-attention
+            x = x + mlp(ln_2(x))         Linear(C, 4C) ─► GELU (tanh) ─► Linear(4C, C)
+
+Parameter names follow the Hugging Face checkpoint (`wte`, `h.0.ln_1`, `mlp.c_fc`, ...). The one difference:
+HF stores the query, key and value projections fused in one `c_attn` Conv1D; here they are three `nn.Linear`
+layers (`attn.query`, `attn.key`, `attn.value`) so that LoRA and quantization can wrap each one separately.
+`minigpt2.checkpoint` converts between the two layouts.
+
+The model returns hidden states, not logits: a classifier needs one vector per sequence and the Quora cloze two
+vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPT2Config
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer, for incremental decoding.
+
+    Buffers are (B, nh, max_len, hs); `length` counts the positions already written. Writing in place avoids the
+    `torch.cat` per step and per layer that a growing cache would cost.
+    """
+
+    def __init__(self, config: GPT2Config, batch_size: int, max_len: int, device=None, dtype=None) -> None:
+        if max_len > config.n_positions:
+            raise ValueError(f"KV cache of {max_len} positions exceeds n_positions={config.n_positions}")
+        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new (B, nh, T, hs) keys/values after the cached ones; return all of them so far."""
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions requested, {self.max_len} allocated")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.query = nn.Linear(config.n_embd, config.n_embd)
+        self.key = nn.Linear(config.n_embd, config.n_embd)
+        self.value = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # output projection
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        # (B, T, C) -> (B, nh, T, hs)
+        q = self.query(x).view(B, T, self.n_head, -1).transpose(1, 2)
+        k = self.key(x).view(B, T, self.n_head, -1).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, -1).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in HF); exact erf GELU would not match its logits.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int,
+                       device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """The SDPA mask for T new queries at positions start..start+T-1: causal AND not padding.
+
+    Returns (mask, is_causal). Without padding the mask is left to SDPA's built-in causal path (`is_causal`),
+    which is faster; a single new query with no padding needs no mask at all.
+    """
+    S = start + T
+    if attention_mask is None:
+        if start == 0:
+            return None, T > 1
+        if T == 1:
+            return None, False
+    q_pos = torch.arange(start, S, device=device)[:, None]
+    k_pos = torch.arange(S, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        keep = attention_mask[:, None, None, :S].to(device=device, dtype=torch.bool)  # (B, 1, 1, S)
+        # A padding query would attend to nothing (softmax of all -inf = NaN): let it see itself. Its output is
+        # never used, but NaNs would leak into gradients.
+        mask = (mask & keep) | (k_pos == q_pos)[None, None]
+    return mask, False
+
+
+class GPT2(nn.Module):
+    """The GPT-2 transformer. `forward` returns the final hidden states; `lm_head` turns them into logits."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding, also the LM head
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned position embedding
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Hidden states (B, T, C) after the final LayerNorm.
+
+        input_ids: (B, T) token ids. attention_mask: (B, S) with 1 for real tokens and 0 for padding, where S
+        counts the cached positions too. position_ids: (B, T); by default 0..T-1 after the cached positions,
+        as in Hugging Face (so left-padded batches must pass their own, see `generate`).
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.n_positions:
+            raise ValueError(f"sequence of {start + T} tokens exceeds n_positions={self.config.n_positions}")
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: take SDPA's fast causal path
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=input_ids.device)[None]
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        mask, is_causal = attention_mask_for(attention_mask, T, start, x.device)
+        for i, block in enumerate(self.h):
+            x = block(x, mask, is_causal, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over the vocabulary (tied to `wte`), or only over the columns `token_ids`.
+
+        hidden: (..., C). Returns (..., vocab_size), or (..., len(token_ids)) when token_ids is given.
+        """
+        weight = self.wte.weight if token_ids is None else self.wte.weight[token_ids]
+        return F.linear(hidden, weight)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full (B, T, vocab) logits: for tests and small inputs; training code should call `lm_head` sparingly."""
+        return self.lm_head(self.forward(input_ids, attention_mask))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each right-padded row of a (B, T) mask."""
+    return attention_mask.long().sum(dim=1) - 1
+
+
+def gather_last(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The hidden state (B, C) of the last real token of each right-padded sequence."""
+    if attention_mask is None:
+        return hidden[:, -1]
+    idx = last_token_index(attention_mask)
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), idx]
