@@ -248,3 +248,24 @@ def _atomic(dest: Path, write: Callable[[Path], Any]) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     write(tmp)
     os.replace(tmp, dest)
+
+
+def resolve_model(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike = "checkpoints",
+                  offline: bool = False) -> Path:
+    """The local folder or file of `--model`: a path as given, or a preset name (e.g. "gpt2") in the cache.
+
+    A preset missing from `cache_dir/<name>/` is downloaded from the Hugging Face hub (unless `offline`).
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    if name not in PRESETS or name == "tiny":
+        raise CheckpointError(f"--model {name!r}: no such file or folder, and not a downloadable preset "
+                              f"(one of {sorted(set(PRESETS) - {'tiny'})})")
+    local = Path(cache_dir) / name
+    if (local / WEIGHTS_NAME).is_file():
+        return local
+    from .download import download_weights  # network only when really needed
+
+    return download_weights(name, local, offline=offline)

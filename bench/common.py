@@ -1,0 +1,109 @@
+"""Measuring helpers shared by every benchmark: fixed threads, median timings, peak memory, one result table."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def set_threads(n: int | None = None) -> int:
+    """Fix torch's intra-op threads (default: all cores) so both sides of a comparison get the same."""
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], Any], warmup: int = 2, iters: int = 5) -> float:
+    """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def peak_memory(fn: Callable[[], Any]) -> int:
+    """Peak memory in bytes while `fn()` runs: CUDA's allocator peak on GPU, else the process's peak RSS.
+
+    On Linux, writing 5 to /proc/self/clear_refs resets the RSS high-water mark, so the peak is this call's own
+    (it includes what was resident before the call, e.g. the weights, as a real run would).
+    """
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return _rss_hwm_bytes()
+
+
+@dataclass
+class Row:
+    """One benchmark line: our figure, the peer's, their ratio, and the goal it is judged by."""
+
+    line: str
+    unit: str
+    minigpt2: float
+    peer_name: str | None = None
+    peer: float | None = None
+    higher_is_better: bool = True
+    goal: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times better minigpt2 is (>1 means ahead), whichever direction is better."""
+        if self.peer is None or self.peer == 0 or self.minigpt2 == 0:
+            return None
+        return self.minigpt2 / self.peer if self.higher_is_better else self.peer / self.minigpt2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'line':<48} {'unit':<10} {'minigpt2':>12} {'peer':>12}  {'ratio':>6}  goal"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        peer = f"{r.peer:12.4g}" if r.peer is not None else f"{'-':>12}"
+        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
+        print(f"{r.line:<48} {r.unit:<10} {r.minigpt2:12.4g} {peer}  {ratio}  {r.goal}")
+
+
+def write_json(rows: list[Row], path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta or {}, "rows": [r.to_dict() for r in rows]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
