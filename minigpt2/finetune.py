@@ -27,9 +27,9 @@ import torch.distributed as dist
 
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, autocast_for, collate
-from tasks.readers import Malformed, data_dir, require_files
+from tasks.readers import DataError, Malformed, MissingDataError, data_dir, require_files
 
-from .checkpoint import hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
+from .checkpoint import CheckpointError, hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
 from .config import GPT2Config
 from .model import GPT2
 from .tokenizer import Tokenizer
@@ -276,7 +276,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(build_parser().parse_args(argv))
+    try:
+        run(build_parser().parse_args(argv))
+    except (MissingDataError, DataError, CheckpointError) as e:  # bad input: a message, not a traceback
+        raise SystemExit(f"error: {e}") from e
 
 
 if __name__ == "__main__":
