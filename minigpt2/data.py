@@ -352,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch", help="download the public sources and write the course-format files")
     p.add_argument("--task", default="all", choices=[*TASKS, "all"], help="which task's data to fetch (default all)")
-    p.add_argument("--data-dir", type=Path, default=Path("data"), help="folder to write the files into")
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MINIGPT2_DATA_DIR", "data")),
+                   help="folder to write the files into (default $MINIGPT2_DATA_DIR, else ./data)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache (default $MINIGPT2_CACHE or ~/.cache/minigpt2)")
     p.add_argument("--offline", action="store_true",
