@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import time
 import urllib.error
@@ -139,9 +138,23 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _by_hand(what: str, url: str, where: Path, sha256: str | None) -> str:
+def _by_hand(url: str, where: Path, sha256: str | None) -> str:
     check = f" and check `sha256sum` prints {sha256}" if sha256 else ""
     return f"To place it by hand: download {url} on a machine with internet, copy it to {where}{check}."
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of whichever HTTP library the installed hub client uses (httpx2 in 2.x, httpx in
+    1.x, requests before), plus the OSErrors of the standard library."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def _remove(path: Path) -> None:
@@ -154,7 +167,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _verify(path: Path, expected_sha256: str | None, etag: str | None, source: str, where: Path) -> str:
+def _verify(path: Path, expected_sha256: str | None, etag: str | None, source: str, url: str, where: Path) -> str:
     """sha256 of `path` after checking it against the pinned/locked value or the published ETag; deletes on failure."""
     actual = sha256_file(path)
     if expected_sha256 is None and etag and _HEX64.fullmatch(etag):
@@ -163,7 +176,7 @@ def _verify(path: Path, expected_sha256: str | None, etag: str | None, source: s
         _remove(path)
         raise ChecksumError(f"{source}: checksum mismatch, expected sha256 {expected_sha256} but got {actual}; "
                             f"the file was deleted. Run the command again to re-download. If it keeps failing: "
-                            + _by_hand(source, source, where, expected_sha256))
+                            + _by_hand(url, where, expected_sha256))
     if expected_sha256 is None and etag and _HEX40.fullmatch(etag):
         got = git_blob_sha1(path)
         if got != etag:
@@ -201,8 +214,8 @@ def fetch_hub_file(f: HubFile, cache: Path | None = None, offline: bool = False,
         except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError):
             raise DownloadError(f"{f.repo_id}/{f.filename} is not here and downloads are off (offline mode"
                                 f"{', HF_HUB_OFFLINE=1' if env_offline() else ''}). "
-                                + _by_hand(f.filename, url, where, expected)) from None
-        _verify(path, expected, None, f"{f.repo_id}/{f.filename}", where)
+                                + _by_hand(url, where, expected)) from None
+        _verify(path, expected, None, f"{f.repo_id}/{f.filename}", url, where)
         return path
 
     endpoint = hub_endpoint()
@@ -212,20 +225,15 @@ def fetch_hub_file(f: HubFile, cache: Path | None = None, offline: bool = False,
         path = Path(hf_hub_download(**{**kwargs, "revision": commit}, endpoint=endpoint))
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         raise DownloadError(f"{f.repo_id}/{f.filename} at revision {revision} was not found on {endpoint} (404: "
-                            f"{type(e).__name__}). " + _by_hand(f.filename, url, where, expected)) from None
+                            f"{type(e).__name__}). " + _by_hand(url, where, expected)) from None
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", "?")
         raise DownloadError(f"{f.repo_id}/{f.filename}: the hub at {endpoint} answered HTTP {status}. "
-                            + _by_hand(f.filename, url, where, expected)) from None
-    except (OSError, LocalEntryNotFoundError) as e:  # connection refused, DNS failure, timeouts
+                            + _by_hand(url, where, expected)) from None
+    except (LocalEntryNotFoundError, *_network_errors()) as e:  # refused, DNS failure, timeout
         raise DownloadError(f"{f.repo_id}/{f.filename}: cannot reach {endpoint} ({type(e).__name__}: {e}). "
-                            + _by_hand(f.filename, url, where, expected)) from None
-    except Exception as e:  # httpx transport errors are not OSErrors
-        if type(e).__module__.startswith(("httpx", "httpcore")):
-            raise DownloadError(f"{f.repo_id}/{f.filename}: cannot reach {endpoint} ({type(e).__name__}: {e}). "
-                                + _by_hand(f.filename, url, where, expected)) from None
-        raise
-    sha = _verify(path, expected, (meta.etag or "").strip('"'), f"{f.repo_id}/{f.filename}", where)
+                            + _by_hand(url, where, expected)) from None
+    sha = _verify(path, expected, (meta.etag or "").strip('"'), f"{f.repo_id}/{f.filename}", url, where)
     lock.record(f.key, revision=commit, sha256=sha)
     return path
 
@@ -266,11 +274,11 @@ def fetch_url(url: str, name: str, sha256: str | None = None, cache: Path | None
     lock = Lock(cache / "lock.json")
     expected = sha256 or lock.get(f"url:{url}").get("sha256")
     if final.is_file():
-        _verify(final, expected, None, url, final)
+        _verify(final, expected, None, url, url, final)
         return final
     if offline or env_offline():
         raise DownloadError(f"{name} is not here and downloads are off (offline mode). "
-                            + _by_hand(name, url, final, expected))
+                            + _by_hand(url, final, expected))
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
     for attempt in range(retries + 1):
@@ -279,16 +287,16 @@ def fetch_url(url: str, name: str, sha256: str | None = None, cache: Path | None
             break
         except urllib.error.HTTPError as e:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}. " + _by_hand(name, url, final, expected)) from None
+            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}. " + _by_hand(url, final, expected)) from None
         except (http.client.IncompleteRead, ConnectionResetError, socket.timeout, TimeoutError) as e:
             if attempt == retries:
                 raise DownloadError(f"{url}: the transfer kept breaking off ({e!r}); the partial file {part} is "
-                                    f"kept and the next run resumes it. " + _by_hand(name, url, final, expected))
+                                    f"kept and the next run resumes it. " + _by_hand(url, final, expected))
             time.sleep(0.2 * (attempt + 1))
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise DownloadError(f"cannot reach {url} ({reason}). " + _by_hand(name, url, final, expected)) from None
-    _verify(part, expected, None, url, final)
+            raise DownloadError(f"cannot reach {url} ({reason}). " + _by_hand(url, final, expected)) from None
+    _verify(part, expected, None, url, url, final)
     os.replace(part, final)
     lock.record(f"url:{url}", sha256=sha256_file(final))
     return final
@@ -314,10 +322,3 @@ def _http_get(url: str, part: Path) -> None:
     if length is not None and got < int(length):
         raise http.client.IncompleteRead(b"", int(length) - got)
 
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a file so that `dst` never exists half-written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)

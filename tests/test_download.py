@@ -76,7 +76,8 @@ def test_weights_not_matching_the_pinned_sha256_are_refused_and_deleted(hub, tin
     msg = str(err.value)
     assert "checksum mismatch" in msg and GPT2_SHA256 in msg and hashlib.sha256(
         tiny_hf_model["model.safetensors"]).hexdigest() in msg
-    assert "To place it by hand" in msg
+    assert f"To place it by hand: download https://huggingface.co/openai-community/gpt2/resolve/{GPT2_REVISION}/" \
+           "model.safetensors" in msg
     dest = tmp_path / "checkpoints" / "gpt2"
     assert not (dest / "model.safetensors").exists()
     assert not any(p.stat().st_size == len(tiny_hf_model["model.safetensors"]) for p in dest.rglob("*") if p.is_file())
