@@ -47,13 +47,20 @@ FILES: dict[str, tuple[str, ...]] = {
                "TRUE_sonnets_held_out.txt"),
 }
 
-# Hub revisions: none of these datasets' commit hashes could be verified offline, so each follows `main` and the
-# commit it resolves to is locked on first download (see minigpt2.download).
-SST5 = {split: HubFile("SetFit/sst5", f"{split}.jsonl", repo_type="dataset") for split in ("train", "dev", "test")}
-CFIMDB = {split: HubFile("tasksource/counterfactually-augmented-imdb", f"{split}.tsv", repo_type="dataset")
-          for split in ("train", "dev", "test")}
-QQP = {split: HubFile("nyu-mll/glue", f"qqp/{split}-00000-of-00001.parquet", repo_type="dataset")
-       for split in ("train", "validation")}
+# Pinned sources. Revisions are the commits we could verify hold these files (SetFit/sst5: head of main, 3 commits;
+# counterfactually-augmented-imdb: head of main, 4 commits; glue: the commit "Add qqp data files" that added the
+# parquet files). The SST-5 sha256 values are those `datasets` recorded when downloading from that very revision.
+# Where no sha256 is pinned, the hub's ETag is checked and the first download's sha256 is locked (see download.py).
+SST5_REVISION = "e51bdcd8cd3a30da231967c1a249ba59361279a3"
+SST5_SHA256 = {"train": "46bde4fb5abc93ffbadfa9a9f67de17c08a2f535cfb5756c59188d070434f433",
+               "dev": "4369df4d4229e736fa734af49b342c7d6002c4d8514d9c206a5aa26edc620b79",
+               "test": "1384216112a34f3d70b6fa210762f3399bb080410c0456ac6e54a5cb413f04b2"}
+SST5 = {split: HubFile("SetFit/sst5", f"{split}.jsonl", "dataset", SST5_REVISION, sha)
+        for split, sha in SST5_SHA256.items()}
+CFIMDB = {split: HubFile("tasksource/counterfactually-augmented-imdb", f"{split}.tsv", "dataset",
+                         "fd42efb815508d02beb7d478eae41a8a2e7100a3") for split in ("train", "dev", "test")}
+QQP = {split: HubFile("nyu-mll/glue", f"qqp/{split}-00000-of-00001.parquet", "dataset",
+                      "169a67d6d185e00f8e46409cc182dd6e741b54b7") for split in ("train", "validation")}
 QQP_TRAIN_SIZE = 363_846  # GLUE QQP train rows: validation rows get index QQP_TRAIN_SIZE + idx
 GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/1041/pg1041.txt"
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io
+import hashlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,21 @@ def gutenberg_book() -> str:
     return "\ufeff" + (head + "\n" + "\n\n".join(blocks) + "\n\n*** END OF" + tail).replace("\n", "\r\n")
 
 
+def fixture_pins(monkeypatch) -> None:
+    """Keep the pinned revisions, but pin the sha256 of our small fixtures instead of the real files'."""
+    pinned = {split: replace(f, sha256=hashlib.sha256((FIXTURES / "sst5" / f.filename).read_bytes()).hexdigest())
+              for split, f in data.SST5.items()}
+    monkeypatch.setattr(data, "SST5", pinned)
+
+
 @pytest.fixture()
 def hub(monkeypatch, tmp_path):
     h = FakeHub()
     point_client_at(h, monkeypatch, tmp_path / "cache")
+    for files in (data.SST5, data.CFIMDB, data.QQP):  # the fake repos answer at the pinned revisions
+        f = next(iter(files.values()))
+        h.commits[f"datasets/{f.repo_id}"] = f.revision
+    fixture_pins(monkeypatch)
     for split in ("train", "dev", "test"):
         h.add_repo_file("SetFit/sst5", f"{split}.jsonl", (FIXTURES / "sst5" / f"{split}.jsonl").read_bytes(),
                         repo_type="dataset")
@@ -221,6 +233,16 @@ def test_fetch_reports_a_missing_source_clearly(hub, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "SetFit/sst5/dev.jsonl" in err and "404" in err and "To place it by hand" in err
     assert not (tmp_path / "ids-sst-train.csv").exists()
+
+
+def test_real_pins_refuse_other_bytes(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.undo()  # back to the real SST-5 sha256 pins (and to the real environment) ...
+    point_client_at(hub, monkeypatch, tmp_path / "cache")  # ... but still against the fake hub
+    assert main(["fetch", "--task", "sst", "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "SetFit/sst5/train.jsonl: checksum mismatch, expected sha256 " + data.SST5_SHA256["train"] in err
+    assert not (tmp_path / "data").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("train.jsonl") if p.is_file()]
 
 
 def test_quora_split_is_deterministic_with_course_proportions():
