@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .download import DownloadError, HubFile, fetch_hub_file, fetch_url
+from .download import DownloadError, HubFile, env_offline, fetch_hub_file, fetch_url
 
 
 class DataFormatError(ValueError):
@@ -341,12 +341,13 @@ def missing_files(task: str, data_dir: Path) -> list[Path]:
 
 
 def ensure_task_data(task: str, data_dir: Path, offline: bool = False, cache: Path | None = None) -> None:
-    """Make sure `task`'s files are in `data_dir`, fetching them (one line says so) unless `offline`."""
+    """Make sure `task`'s files are in `data_dir`, fetching them (one line says so) unless `offline` (or
+    HF_HUB_OFFLINE=1)."""
     missing = missing_files(task, data_dir)
     if not missing:
         return
     names = ", ".join(p.name for p in missing)
-    if offline:
+    if offline or env_offline():
         raise DownloadError(f"missing in {data_dir}: {names}. Without --offline they are fetched automatically; "
                             f"or run `python -m minigpt2.data fetch --task {task} --data-dir {data_dir}` on a "
                             "machine with internet and copy the files here.")

@@ -18,8 +18,6 @@ from minigpt2.download import DownloadError
 from tests.fakehub import FakeHub, point_client_at
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
-SHARED = os.environ.get("MINIGPT2_DATA_DIR")
-shared_data = pytest.mark.skipif(not SHARED, reason="MINIGPT2_DATA_DIR is not set")
 
 _NUMERAL = re.compile(r"^[IVXLC]+$")
 
@@ -252,9 +250,9 @@ def test_quora_split_is_deterministic_with_course_proportions():
         assert abs(splits.count(name) / len(splits) - share) < 0.015
 
 
-@shared_data
+@pytest.mark.shared_data
 def test_written_files_match_the_layout_of_the_course_files(hub, tmp_path):
-    out, real = tmp_path / "data", Path(SHARED)
+    out, real = tmp_path / "data", Path(os.environ["MINIGPT2_DATA_DIR"])
     assert main(["fetch", "--task", "all", "--data-dir", str(out)]) == 0
     for name in ("ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv", "ids-cfimdb-train.csv",
                  "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv", "quora-train.csv", "quora-dev.csv",
@@ -278,3 +276,45 @@ def test_written_files_match_the_layout_of_the_course_files(hub, tmp_path):
         assert ours[2] == theirs[2], f"{name}: file ending differs"
         if "held_out" in name and "TRUE" not in name:
             assert [len(b) for _, b in ours[1]] == [len(b) for _, b in theirs[1]]
+
+
+# ---- with the task readers and the fine-tune command -----------------------------------------------------------
+def test_fetched_files_load_through_the_task_readers(hub, tmp_path):
+    from minigpt2.tokenizer import Tokenizer
+    from tasks import get_task
+
+    out = tmp_path / "data"
+    data.fetch("all", out)
+    tok = Tokenizer()
+    for name in ("sst", "cfimdb", "quora", "sonnet"):
+        task = get_task(name)
+        for split in ("train", "dev", "test"):
+            examples, bad = task.load(out, split, tok, max_len=128)
+            assert examples, f"{name}/{split}: no examples"
+            # The one irregularity is real: sonnet 126 has 12 lines (the readers report it, as for the course file).
+            assert [str(b) for b in bad] == ([f"{out / 'sonnets.txt'}:{b.line}: sonnet 126 has 12 lines, expected 14"
+                                              for b in bad] if (name, split) == ("sonnet", "train") else []), bad
+    sst_dev, _ = get_task("sst").load(out, "dev", tok, max_len=128)
+    assert [e.label for e in sst_dev] == [3, 2, 0]
+
+
+def test_finetune_fetches_missing_data_and_says_so(hub, tmp_path, capsys):
+    from minigpt2 import finetune
+
+    out = tmp_path / "data"
+    finetune.main(["--task", "sst", "--model", "tiny", "--data-dir", str(out), "--epochs", "1", "--max-train", "4",
+                   "--max-eval", "2", "--batch-size", "2", "--max-length", "32", "--out-dir", str(tmp_path / "run"), "--no-progress"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln for ln in lines if ln.startswith("fetching")] == [
+        f"fetching sst data into {out} (missing: ids-sst-train.csv, ids-sst-dev.csv, ids-sst-test-student.csv)"]
+    assert (out / "ids-sst-train.csv").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_finetune_offline_gives_the_clear_error_instead(hub, tmp_path):
+    from minigpt2 import finetune
+
+    with pytest.raises(DownloadError, match=r"missing in .*quora-train.csv.*python -m minigpt2.data fetch --task "
+                                            r"quora"):
+        finetune.main(["--task", "quora", "--model", "tiny", "--data-dir", str(tmp_path), "--offline",
+                       "--out-dir", str(tmp_path / "run")])
+    assert hub.requests == []

@@ -25,16 +25,10 @@ def hub(monkeypatch, tmp_path):
     h.stop() if h._thread.is_alive() else None
 
 
-@pytest.fixture(scope="module")
-def tiny_hf_model(tmp_path_factory) -> dict[str, bytes]:
-    """config.json + model.safetensors of a random tiny GPT-2 saved by transformers in the HF layout."""
-    from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny")
-    cfg = HFConfig(vocab_size=50257, n_positions=32, n_embd=16, n_layer=1, n_head=2)
-    GPT2LMHeadModel(cfg).save_pretrained(folder, safe_serialization=True)
-    return {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
+@pytest.fixture()
+def tiny_hf_model(tiny_hf_dir) -> dict[str, bytes]:
+    """config.json + model.safetensors of the tiny random GPT-2 that conftest saves with transformers."""
+    return {name: (tiny_hf_dir / name).read_bytes() for name in ("config.json", "model.safetensors")}
 
 
 def serve_gpt2(hub: FakeHub, files: dict[str, bytes], name: str = "gpt2", commit: str = GPT2_REVISION) -> str:
@@ -55,7 +49,7 @@ def test_resolve_model_downloads_pinned_gpt2_verifies_and_loads(hub, tiny_hf_mod
     assert folder == tmp_path / "checkpoints" / "gpt2"
     assert (folder / "model.safetensors").read_bytes() == weights
     model = load_model(folder)
-    assert model.config.n_embd == 16 and model.config.n_layer == 1
+    assert model.config.n_embd == 32 and model.config.n_layer == 2
     assert torch.isfinite(model.logits(torch.tensor([[1, 2, 3]]))).all()
     # Only the pinned revision was asked for, never a branch.
     asked = {p for _, p, _ in hub.requests if "/resolve/" in p}
