@@ -2,12 +2,12 @@
 
     python -m minigpt2.data fetch --task all --data-dir data
 
-| task   | source (fetched through `minigpt2.download`)                 | files written                                  |
-|--------|---------------------------------------------------------------|-----------------------------------------------|
-| sst    | hub dataset SetFit/sst5: train/dev/test.jsonl                 | ids-sst-{train,dev,test-student}.csv           |
-| cfimdb | hub dataset tasksource/counterfactually-augmented-imdb: *.tsv | ids-cfimdb-{train,dev,test-student}.csv        |
-| quora  | hub dataset nyu-mll/glue, qqp train + validation parquet      | quora-{train,dev,test-student}.csv             |
-| sonnet | Project Gutenberg eBook 1041, plain text                      | sonnets.txt, sonnets_held_out{,_dev}.txt, ... |
+| task   | source (fetched through `minigpt2.download`)                 | files written                              |
+|--------|---------------------------------------------------------------|--------------------------------------------|
+| sst    | hub dataset SetFit/sst5: train/dev/test.jsonl                 | ids-sst-{train,dev,test-student}.csv       |
+| cfimdb | hub dataset tasksource/counterfactually-augmented-imdb: *.tsv | ids-cfimdb-{train,dev,test-student}.csv    |
+| quora  | hub dataset nyu-mll/glue, qqp train + validation parquet      | quora-{train,dev,test-student}.csv         |
+| sonnet | Project Gutenberg eBook 1041, plain text                      | sonnets.txt, sonnets_held_out{,_dev}.txt   |
 
 Test-student files carry no labels, as in the course; the labels sit beside them in `*-test-labels.csv` (and the
 full test sonnets in `TRUE_sonnets_held_out.txt`) so users can score themselves. The byte layout of every file

@@ -7,9 +7,9 @@ Two ways in:
 - `fetch_url(url, name)`: a plain HTTP file (the Gutenberg sonnets), with urllib: `.part` file, resume by `Range`,
   `os.replace` once complete.
 
-Every file is checked before it is handed out: against a pinned sha256 where one is known (GPT-2 124M), else against
-what the hub itself publishes (the ETag: sha256 for LFS files, git blob sha1 for small ones), and on later runs
-against the lock file written on first use (`<cache>/lock.json`: revision + sha256, "trust on first use"). A file
+Every file is checked before it is handed out: against a pinned sha256 where one is known (GPT-2 124M, SST-5), else
+against what the hub itself publishes (the ETag: sha256 for LFS files, git blob sha1 for small ones), and on later
+runs against the lock file written on first use (`<cache>/lock.json`: revision + sha256, "trust on first use"). A file
 that fails is deleted and refused with a message saying what to do. Offline (`offline=True` or `HF_HUB_OFFLINE=1`)
 nothing is contacted and the error says where to place the file by hand.
 """
@@ -249,10 +249,10 @@ def download_weights(name: str, dest: Path, offline: bool = False) -> Path:
     if offline or env_offline():
         steps = " ".join(f"download {f.url(endpoint=HUB)} to {dest / f.filename};"
                          for f in (config, weights) if not (dest / f.filename).is_file())
+        check = (f" then check that `sha256sum model.safetensors` prints {weights.sha256}." if weights.sha256 else
+                 " then compare `sha256sum model.safetensors` with the SHA256 on the file's page on the hub.")
         raise DownloadError(f"GPT-2 weights {name!r} are not in {dest} and downloads are off (offline mode"
-                            f"{', HF_HUB_OFFLINE=1' if env_offline() else ''}). To place them by hand: {steps}"
-                            + (f" then check that `sha256sum model.safetensors` prints {weights.sha256}."
-                               if weights.sha256 else " then compare `sha256sum model.safetensors` with the SHA256 on the file's page on the hub."))
+                            f"{', HF_HUB_OFFLINE=1' if env_offline() else ''}). To place them by hand: {steps}{check}")
     dest.mkdir(parents=True, exist_ok=True)
     print(f"downloading {name} weights from {hub_endpoint()}/{weights.repo_id} into {dest}", flush=True)
     for f in (config, weights):
@@ -305,7 +305,8 @@ def fetch_url(url: str, name: str, sha256: str | None = None, cache: Path | None
 def _http_get(url: str, part: Path) -> None:
     """Append the rest of `url` to `part` (resuming from its size), raising IncompleteRead if the body is short."""
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "minigpt2", **({"Range": f"bytes={have}-"} if have else {})})
+    headers = {"User-Agent": "minigpt2", **({"Range": f"bytes={have}-"} if have else {})}
+    req = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as r:
         if have and r.status != 206:  # server ignored Range: start over
             have = 0

@@ -222,7 +222,8 @@ def test_fetch_offline_uses_the_cache_only(hub, tmp_path):
     assert main(["fetch", "--task", "cfimdb", "--data-dir", str(tmp_path / "a")]) == 0
     hub.stop()
     assert main(["fetch", "--task", "cfimdb", "--data-dir", str(tmp_path / "b"), "--offline"]) == 0
-    assert (tmp_path / "a" / "ids-cfimdb-train.csv").read_bytes() == (tmp_path / "b" / "ids-cfimdb-train.csv").read_bytes()
+    for name in data.FILES["cfimdb"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_fetch_reports_a_missing_source_clearly(hub, tmp_path, capsys):
@@ -303,7 +304,8 @@ def test_finetune_fetches_missing_data_and_says_so(hub, tmp_path, capsys):
 
     out = tmp_path / "data"
     finetune.main(["--task", "sst", "--model", "tiny", "--data-dir", str(out), "--epochs", "1", "--max-train", "4",
-                   "--max-eval", "2", "--batch-size", "2", "--max-length", "32", "--out-dir", str(tmp_path / "run"), "--no-progress"])
+                   "--max-eval", "2", "--batch-size", "2", "--max-length", "32", "--out-dir", str(tmp_path / "run"),
+                   "--no-progress"])
     lines = capsys.readouterr().out.splitlines()
     assert [ln for ln in lines if ln.startswith("fetching")] == [
         f"fetching sst data into {out} (missing: ids-sst-train.csv, ids-sst-dev.csv, ids-sst-test-student.csv)"]

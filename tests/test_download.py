@@ -120,7 +120,8 @@ def test_missing_file_is_a_404_with_instructions(hub, tiny_hf_model, tmp_path):
 def test_offline_never_contacts_the_hub(hub, tmp_path, monkeypatch, how):
     if how == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DownloadError, match=r"offline.*To place them by hand.*config.json.*model.safetensors.*sha256sum.*" + GPT2_SHA256):
+    expected = r"offline.*To place them by hand.*config.json.*model.safetensors.*sha256sum.*" + GPT2_SHA256
+    with pytest.raises(DownloadError, match=expected):
         resolve_model("gpt2", cache_dir=tmp_path / "checkpoints", offline=how == "argument")
     assert hub.requests == []
 
