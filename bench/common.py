@@ -59,12 +59,13 @@ def compare_time(fns: dict[str, Callable[[], Any]], warmup: int = 2, iters: int 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _rss_hwm_bytes() -> int:
+def proc_status_bytes(key: str) -> int:
+    """A memory figure of this process from /proc/self/status, e.g. "VmRSS" (now) or "VmHWM" (peak), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
+    raise RuntimeError(f"{key} not found in /proc/self/status")
 
 
 def peak_memory(fn: Callable[[], Any]) -> int:
@@ -85,7 +86,7 @@ def peak_memory(fn: Callable[[], Any]) -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     fn()
-    return _rss_hwm_bytes()
+    return proc_status_bytes("VmHWM")
 
 
 @dataclass
