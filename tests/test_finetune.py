@@ -14,17 +14,10 @@ from tasks.paraphrase import read_predictions as read_para
 from tasks.readers import read_table
 from tasks.sentiment import read_predictions as read_sentiment
 from tasks.sonnet import read_generated
+from tests.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 FIX = Path(__file__).parent / "fixtures"
 DATA = FIX / "tasks"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def finetune_args(task: str, out: Path, *extra: str) -> list[str]:

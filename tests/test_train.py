@@ -85,7 +85,7 @@ def test_ddp_two_cpu_processes_keep_weights_in_sync(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "minigpt2.finetune", "--task", "sst", "--model", "tiny", "--data-dir", str(FIX / "tasks"),
-           "--tokenizer-dir", str(FIX / "gpt2"), "--epochs", "2", "--batch-size", "2", "--lr", "1e-3",
+           "--tokenizer-dir", str(FIX / "gpt2"), "--epochs", "1", "--batch-size", "2", "--lr", "1e-3",
            "--out-dir", str(out), "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
