@@ -154,3 +154,19 @@ def test_help_lists_the_course_defaults(capsys):
     out = capsys.readouterr().out
     assert "--temperature" in out and "1.2" in out and "--top-p" in out and "0.9" in out
     assert "--resume" in out and "--max-train" in out
+
+
+def test_model_from_a_hugging_face_folder(tmp_path):
+    """`--model FOLDER`: a checkpoint in the HF layout (written here by transformers at random init) is the body."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=50257)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    finetune.main(finetune_args("quora", tmp_path / "run", "--model", str(tmp_path / "hf"), "--epochs", "1"))
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == str(tmp_path / "hf") and (run / "para-test-output.csv").is_file()
+    saved, _ = read_safetensors(run / "best" / "model.safetensors")
+    assert saved["transformer.wte.weight"].shape == (50257, 32)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(run / "best")  # the best checkpoint loads in transformers
+    assert hf.config.n_layer == 2
