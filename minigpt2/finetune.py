@@ -32,6 +32,7 @@ from tasks.readers import DataError, Malformed, MissingDataError, data_dir, requ
 from .checkpoint import CheckpointError, hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
 from .config import GPT2Config
 from .data import ensure_task_data
+from .download import DownloadError
 from .model import GPT2
 from .tokenizer import Tokenizer
 from .train import Dist, TrainConfig, seed_everything, setup_distributed, train, write_json
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     try:
         run(build_parser().parse_args(argv))
-    except (MissingDataError, DataError, CheckpointError) as e:  # bad input: a message, not a traceback
+    except (MissingDataError, DataError, CheckpointError, DownloadError) as e:  # bad input: a message, not a traceback
         raise SystemExit(f"error: {e}") from e
 
 

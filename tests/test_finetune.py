@@ -149,7 +149,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
 def test_missing_data_is_a_clear_error(tmp_path):
     (tmp_path / "quora-train.csv").write_text("\tid\tsentence1\tsentence2\tis_duplicate\n")
     with pytest.raises(SystemExit) as e:
-        finetune.main(finetune_args("quora", tmp_path / "run") + ["--data-dir", str(tmp_path)])
+        finetune.main(finetune_args("quora", tmp_path / "run") + ["--data-dir", str(tmp_path), "--offline"])
     msg = str(e.value)
     assert "quora-dev.csv" in msg and "quora-test-student.csv" in msg and "quora-train.csv" not in msg
     assert "python -m minigpt2.data fetch --task quora" in msg
