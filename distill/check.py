@@ -99,16 +99,17 @@ def pronunciations(word: str) -> list[str]:
     plain = word.replace("'", "")
     if plain != word and pronouncing.phones_for_word(plain):
         return pronouncing.phones_for_word(plain)
+    # Elided endings: every reading is kept ("mak'st": "mak" is also a CMU name, "make" the verb).
     for ending, extra in (("'d", "D"), ("'st", "S T"), ("st", "S T")):
-        if word.endswith(ending):
+        if word.endswith(ending) and len(word) > len(ending) + 1:
             stem = word[: -len(ending)]
+            found = []
             if ending == "'d":
-                spelled = pronouncing.phones_for_word(stem + "ed") or pronouncing.phones_for_word(stem + "d")
-                if spelled:
-                    return spelled
-            base = pronouncing.phones_for_word(stem) or pronouncing.phones_for_word(stem + "e")
-            if base and len(stem) > 1:
-                return [f"{p} {extra}" for p in base]
+                found += pronouncing.phones_for_word(stem + "ed") + pronouncing.phones_for_word(stem + "d")
+            found += [f"{p} {extra}" for p in
+                      pronouncing.phones_for_word(stem) + pronouncing.phones_for_word(stem + "e")]
+            if found:
+                return list(dict.fromkeys(found))
     # A prefix does not change where a word rhymes: "o'erworn" ~ "worn", "unbred" ~ "bred", "recured" ~ "cured".
     for prefix in PREFIXES:
         rest = word[len(prefix):]

@@ -1,0 +1,46 @@
+"""Load synthetic sonnets for mixing into the sonnet task's training set (dev/test stay real)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill.check import is_perfect
+
+FILTERS = ("all", "perfect")
+
+
+def load_synthetic(path: str | Path, n: int | None = None, filter: str = "all") -> list[str]:
+    """The kept sonnets of a `distill.generate` JSONL file, in file order.
+
+    filter="perfect" keeps only those passing `distill.check` (re-checked here, not read from the file, so a
+    file from an older checker is judged by today's rules). `n` takes the first n after filtering and is an
+    error if the file has fewer: a run that asked for 500 synthetic sonnets must not quietly train on 300.
+    """
+    if filter not in FILTERS:
+        raise ValueError(f"synthetic filter must be one of {FILTERS}, got {filter!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such synthetic sonnet file")
+    texts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
+        if rec.get("status", "kept") != "kept" or not rec["text"].strip():
+            continue
+        if filter == "perfect" and not is_perfect(rec["text"]):
+            continue
+        texts.append(rec["text"].strip())
+    if n is not None:
+        if n < 0:
+            raise ValueError(f"synthetic n must be >= 0, got {n}")
+        if len(texts) < n:
+            raise ValueError(f"{path}: asked for {n} synthetic sonnets (filter={filter}) but it has only "
+                             f"{len(texts)}")
+        texts = texts[:n]
+    return texts
