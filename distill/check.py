@@ -122,7 +122,7 @@ def pronunciations(word: str) -> list[str]:
 
 def spelling_tail(word: str) -> str:
     """Orthographic rhyme key for unknown words: the last vowel group and what follows ("decease" -> "eas")."""
-    w = re.sub(r"[^a-z]", "", word)
+    w = re.sub(r"[^a-z]", "", word).replace("qu", "kw")  # the u of "qu" is no vowel
     if len(w) > 3 and w.endswith("ed"):
         w = w[:-2] + "d"  # mostly elided in verse: "stelled" ~ "held"
     elif len(w) > 2 and w.endswith("e") and w[-2] not in "aeiouy":
@@ -278,8 +278,11 @@ def _read_blocks(lines: list[str]) -> list[tuple[str, str]]:
     return [(str(k + 1), "\n".join(b)) for k, b in enumerate(b for b in blocks if b)]
 
 
-def _read_jsonl(path: Path, raw: str) -> list[tuple[str, str]]:
-    sonnets = []
+def read_jsonl(path: str | Path, raw: str | None = None, fields: tuple[str, ...] = ("text",)) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; ValueError naming file:line for bad JSON, a non-object,
+    or a missing `fields` entry ("text" must be a string)."""
+    raw = Path(path).read_text(encoding="utf-8") if raw is None else raw
+    records = []
     for lineno, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue
@@ -287,12 +290,18 @@ def _read_jsonl(path: Path, raw: str) -> list[tuple[str, str]]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
-        if rec.get("status", "kept") == "rejected":
-            continue
-        sonnets.append((str(rec.get("id", lineno)), rec["text"]))
-    return sonnets
+        missing = [k for k in fields if not isinstance(rec, dict) or k not in rec
+                   or (k == "text" and not isinstance(rec[k], str))]
+        if missing:
+            want = ", ".join(f"a string field '{k}'" if k == "text" else f"'{k}'" for k in fields)
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with {want}")
+        records.append((lineno, rec))
+    return records
+
+
+def _read_jsonl(path: Path, raw: str) -> list[tuple[str, str]]:
+    return [(str(rec.get("id", lineno)), rec["text"]) for lineno, rec in read_jsonl(path, raw)
+            if rec.get("status", "kept") != "rejected"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import sys
-import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from distill.check import check_sonnet
+from distill.check import check_sonnet, read_jsonl
 from distill.client import AuthError, Completion, GeminiClient, GeminiError, TransientError, api_key_from_env
 from distill.dedup import HELD_OUT_FILES, DedupIndex, load_held_out
 from distill.prices import PRICES, PRICES_DATE, PRICES_SOURCE, estimate_cost
@@ -111,15 +110,7 @@ def read_records(path: Path, teacher: str | None = None) -> list[dict]:
               file=sys.stderr)
         data = data[:cut]
     records = []
-    for lineno, line in enumerate(data.decode("utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); is this a distill.generate file?") from None
-        if not isinstance(rec, dict) or "id" not in rec or "status" not in rec:
-            raise ValueError(f"{path}:{lineno}: expected a record with 'id' and 'status'")
+    for lineno, rec in read_jsonl(path, data.decode("utf-8"), fields=("id", "status")):
         if teacher is not None and rec.get("teacher") != teacher:
             raise ValueError(f"{path}:{lineno}: holds sonnets from teacher {rec.get('teacher')!r}, not {teacher!r};"
                              " use another --out")

@@ -1,10 +1,9 @@
 """Load synthetic sonnets for mixing into the sonnet task's training set (dev/test stay real)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from distill.check import is_perfect
+from distill.check import is_perfect, read_jsonl
 
 FILTERS = ("all", "perfect")
 
@@ -22,15 +21,7 @@ def load_synthetic(path: str | Path, n: int | None = None, filter: str = "all") 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such synthetic sonnet file")
     texts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
+    for _, rec in read_jsonl(path):
         if rec.get("status", "kept") != "kept" or not rec["text"].strip():
             continue
         if filter == "perfect" and not is_perfect(rec["text"]):

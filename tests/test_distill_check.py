@@ -76,6 +76,7 @@ def test_every_pronunciation_and_elisions_are_tried():
 
 def test_unknown_words_use_the_spelling_fallback_and_are_reported():
     assert rhyme("niggarding", "spring") == (True, "spelling")
+    assert rhyme("attainted", "acquainted") == (True, "spelling")  # "qu" is a consonant, "-ed" reads "d"
     assert rhyme("zorblax", "day") == (False, "spelling")
     passing = with_line(with_line(make_sonnet(1), 12, "and so the zorblax"), 13, "the merry florblax")
     result = check_sonnet(passing)
@@ -194,6 +195,6 @@ def test_shakespeare_rate_on_the_real_sonnets():
     results = check_file(Path(os.environ["MINIGPT2_DATA_DIR"]) / "sonnets.txt")
     assert len(results) == 131
     s = summarize(results)
-    # Measured: 26/131 (19.8%); most failures are Early Modern rhymes (love/prove, die/memory), see README.
+    # Measured: 27/131 (20.6%); most failures are Early Modern rhymes (love/prove, die/memory), see README.
     assert 0.1 < s["perfect_rate"] < 0.35
     assert {r.name for r in results if r.n_lines != 14} == {"99", "126"}

@@ -164,6 +164,9 @@ def test_resume_rejects_a_file_from_another_teacher(tmp_path):
     out.write_text(json.dumps({"id": "000000", "status": "kept", "teacher": "gemini-2.5-pro", "text": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"o\.jsonl:1: holds sonnets from teacher 'gemini-2.5-pro'"):
         read_records(out, MODEL)
+    out.write_text(json.dumps({"id": "000000", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"o\.jsonl:1: expected a JSON object with 'id', 'status'"):
+        read_records(out, MODEL)
 
 
 # --- the command line: keys --------------------------------------------------------------------------------
