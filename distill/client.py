@@ -3,7 +3,7 @@
 Retries live here and only here. The SDK can retry by itself (`HttpOptions.retry_options`; in google-genai 3.x
 it does not unless asked), so the client is built with `HttpRetryOptions(attempts=1)`: one SDK attempt per
 call, and `GeminiClient.generate` retries 429, 5xx, time-outs, dropped connections and malformed JSON with
-exponential backoff and full jitter. Nothing is retried twice over.
+exponential backoff and jitter. Nothing is retried twice over.
 
 A rejected key ends everything at once (`AuthError`): 401/403, and Google's own answer to a bad key, which is
 400 INVALID_ARGUMENT with reason API_KEY_INVALID. `check_access()` makes one cheap, token-free call
@@ -102,7 +102,7 @@ class GeminiClient:
         self._client = genai.Client(api_key=api_key, http_options=options)
 
     def _call(self, fn: Callable[[], object], what: str) -> object:
-        """Run fn, retrying transient failures with exponential backoff and full jitter."""
+        """Run fn, retrying transient failures with exponential backoff and jitter."""
         for attempt in range(self.retries + 1):
             try:
                 return fn()
@@ -118,7 +118,7 @@ class GeminiClient:
             except (_httpx.TimeoutException, _httpx.TransportError) as e:
                 last = f"{type(e).__name__}"
             if attempt < self.retries:
-                # Full jitter: a random wait up to the exponential cap spreads out threads that failed together.
+                # Jitter (a random wait between half and all of the exponential cap) spreads out threads that failed together.
                 cap = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
                 self._sleep(self._rng.uniform(0.5 * cap, cap))
         raise TransientError(f"{what} still failing after {self.retries + 1} attempts (last: {last})")
