@@ -118,7 +118,7 @@ class GeminiClient:
             except (_httpx.TimeoutException, _httpx.TransportError) as e:
                 last = f"{type(e).__name__}"
             if attempt < self.retries:
-                # Jitter (a random wait between half and all of the exponential cap) spreads out threads that failed together.
+                # Jitter (half to all of the exponential cap) spreads out threads that failed together.
                 cap = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
                 self._sleep(self._rng.uniform(0.5 * cap, cap))
         raise TransientError(f"{what} still failing after {self.retries + 1} attempts (last: {last})")
