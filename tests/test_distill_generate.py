@@ -284,3 +284,13 @@ def test_summary_counts_rejections_by_kind():
             {"status": "rejected", "reason": "near-duplicate: jaccard 0.7 with 1", "usage": {}}]
     s = summarize(recs, MODEL)
     assert s["rejected"] == {"leak": 1, "near-duplicate": 1} and s["perfect_rate"] == 1.0
+
+
+def test_unreachable_server_is_retried_then_reported():
+    with FakeGemini() as fake:
+        url = fake.url  # the port is closed once the server stops
+    sleeps = []
+    c = GeminiClient(MODEL, VALID_KEY, base_url=url, sleep=sleeps.append, retries=2, timeout_s=5)
+    with pytest.raises(TransientError, match=r"after 3 attempts \(last: ConnectError\)"):
+        c.generate("p")
+    assert len(sleeps) == 2
