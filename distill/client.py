@@ -99,7 +99,8 @@ class GeminiClient:
             timeout=int(timeout_s * 1000),  # milliseconds
             retry_options=types.HttpRetryOptions(attempts=1),  # our retries, not the SDK's too
         )
-        self._client = genai.Client(api_key=api_key, http_options=options)
+        # vertexai=False: a GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute an API-key client.
+        self._client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
 
     def _call(self, fn: Callable[[], object], what: str) -> object:
         """Run fn, retrying transient failures with exponential backoff and jitter."""
