@@ -8,6 +8,14 @@ from distill.check import is_perfect, read_jsonl
 FILTERS = ("all", "perfect")
 
 
+def to_course_layout(text: str) -> str:
+    """A sonnet as the course's sonnets.txt lays it out: no blank lines, the couplet indented two spaces."""
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    if len(lines) == 14:
+        lines[12:] = ["  " + ln for ln in lines[12:]]
+    return "\n".join(lines)
+
+
 def load_synthetic(path: str | Path, n: int | None = None, filter: str = "all") -> list[str]:
     """The kept sonnets of a `distill.generate` JSONL file, in file order.
 
