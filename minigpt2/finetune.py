@@ -8,7 +8,7 @@ metrics.json (per epoch and best), best/ (model.safetensors + config.json in the
 classifier head), last/ (the resume state), and the dev/test predictions in the course's formats.
 
 Where the study's knobs plug in: `build_model` (wrap the GPT-2 body: quantization first, then LoRA),
-`save_run_model`/`load_run_model` (how the best weights are stored), and `tasks.sonnet.SonnetTask.train_texts`
+`save_run_model`/`load_run_model` (how the best weights are stored), and `tasks.sonnet.SonnetTask.synthetic_texts`
 (the sonnet training set, where synthetic sonnets are mixed in).
 """
 
