@@ -223,10 +223,11 @@ def test_missing_held_out_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_killed_run_resumes_to_exactly_n_unique_records(tmp_path):
-    out, n = tmp_path / "synth.jsonl", 40
+    out, n = tmp_path / "synth.jsonl", 30
     env = {**os.environ, "GEMINI_API_KEY": VALID_KEY, "PYTHONPATH": str(ROOT)}
-    with FakeGemini(delay_s=0.05) as fake:
-        cmd = [sys.executable, "-m", "distill.generate", *cli(fake, out, n=n, extra=("--concurrency", "4"))]
+    # ~10 answers a second: the kill after 8 lands well before 30, even on a slow machine.
+    with FakeGemini(delay_s=0.2) as fake:
+        cmd = [sys.executable, "-m", "distill.generate", *cli(fake, out, n=n, extra=("--concurrency", "2"))]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 8):
