@@ -156,16 +156,13 @@ def test_help_lists_the_course_defaults(capsys):
     assert "--resume" in out and "--max-train" in out
 
 
-def test_model_from_a_hugging_face_folder(tmp_path):
-    """`--model FOLDER`: a checkpoint in the HF layout (written here by transformers at random init) is the body."""
+def test_model_from_a_hugging_face_folder(tmp_path, tiny_hf_dir):
+    """`--model FOLDER`: a checkpoint in the HF layout (written by transformers at random init) is the body."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=50257)
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
-    finetune.main(finetune_args("quora", tmp_path / "run", "--model", str(tmp_path / "hf"), "--epochs", "1"))
+    finetune.main(finetune_args("quora", tmp_path / "run", "--model", str(tiny_hf_dir), "--epochs", "1"))
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["model"] == str(tmp_path / "hf") and (run / "para-test-output.csv").is_file()
+    assert metrics["model"] == str(tiny_hf_dir) and (run / "para-test-output.csv").is_file()
     saved, _ = read_safetensors(run / "best" / "model.safetensors")
     assert saved["transformer.wte.weight"].shape == (50257, 32)
     hf = transformers.GPT2LMHeadModel.from_pretrained(run / "best")  # the best checkpoint loads in transformers
