@@ -57,7 +57,8 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError(f"lm_loss: chunk_rows must be >= 1, got {chunk_rows}")
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows)
+    # under no_grad (evaluation) the gradients are not computed at all
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, torch.is_grad_enabled())
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -65,11 +66,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                chunk_rows: int) -> torch.Tensor:
+                chunk_rows: int, grad_enabled: bool) -> torch.Tensor:
         keep = (targets != ignore_index).nonzero().squeeze(1)  # rows that carry a loss
         h, t = hidden.index_select(0, keep), targets.index_select(0, keep)
         n = h.size(0)
-        want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_dh, want_dw = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h, dtype=torch.float32) if want_dh else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_dw else None
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
@@ -103,4 +104,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad_h = grad_h.mul_(grad_loss)
         if grad_w is not None:
             grad_w = grad_w.mul_(grad_loss)
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None

@@ -73,10 +73,15 @@ def test_frozen_weight_gets_no_grad_and_grad_accumulates_with_other_uses():
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_no_grad_gives_the_value_only():
+def test_no_grad_gives_the_value_only(monkeypatch):
     hidden, weight, targets = _inputs()
+    weight.requires_grad_()
+    calls = []
+    real_addmm = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda self, *a, **k: calls.append(1) or real_addmm(self, *a, **k))
     with torch.no_grad():
         got = lm_loss(hidden, weight, targets)
+    assert calls == []  # evaluation computes no weight gradient
     torch.testing.assert_close(got, lm_loss_reference(hidden, weight, targets), rtol=1e-6, atol=1e-6)
 
 
