@@ -18,8 +18,7 @@ from typing import Any
 from tasks import get_task
 from tasks.readers import data_dir, require_files
 
-from .checkpoint import load_model
-from .finetune import load_run_model
+from .finetune import load_run_body, load_run_model
 from .tokenizer import Tokenizer
 from .train import seed_everything, setup_distributed, write_json
 
@@ -50,7 +49,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     task = get_task(args.task)
     d = setup_distributed(device)
     seed_everything(args.seed)
-    module = task.build(load_model(run_dir / "best"), args)
+    module = task.build(load_run_body(run_dir / "best", args), args)
     load_run_model(module, run_dir / "best").to(d.device)
     tok = Tokenizer(args.tokenizer_dir)
     folder = data_dir(args.data_dir)
