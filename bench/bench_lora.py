@@ -186,9 +186,9 @@ def measure(quick: bool, device: str | None = None, threads: int | None = None) 
     return out
 
 
-def run(quick: bool) -> list[Row]:
+def run(quick: bool, device: str | None = None) -> list[Row]:
     """The benchmark's rows: minigpt2 LoRA against peft LoRA (the goals) and against minigpt2 full fine-tuning."""
-    m = measure(quick)
+    m = measure(quick, device)
     ours, peft_, full = m["minigpt2-lora"], m["peft-lora"], m["minigpt2-full"]
     extra = {"meta": m["_meta"], "variants": {k: v for k, v in m.items() if not k.startswith("_")}}
     what = f"r{RANK} attn+mlp, {BATCH}x{SEQ}"
