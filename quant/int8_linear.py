@@ -26,7 +26,7 @@ from minigpt2.model import GPT2
 
 from .config import QuantConfig
 from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
-from .formats import quantize
+from .formats import fake_quantize_activations, quantize
 
 
 def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
@@ -80,7 +80,8 @@ class Int8Linear(nn.Module):
 class Int8HeadGPT2(GPT2):
     """A GPT2 whose full-vocabulary LM head runs on an `Int8Linear` (`self.head`) over the tied `wte`.
 
-    Only `lm_head` differs; a call with `token_ids` (a few columns) keeps the float path.
+    Only `lm_head` differs. A call with `token_ids` (a few columns) takes the float path over the same quantised
+    table, with the hidden states quantised per token as the int8 head would (so both paths agree).
     """
 
     head: Int8Linear
@@ -88,7 +89,7 @@ class Int8HeadGPT2(GPT2):
     def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_ids is None:
             return self.head(hidden)
-        return super().lm_head(hidden, token_ids)
+        return super().lm_head(fake_quantize_activations(hidden), token_ids)
 
 
 @torch.no_grad()
