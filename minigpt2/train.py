@@ -1,0 +1,342 @@
+"""A task-agnostic training loop: it sees a module whose `forward(batch)` returns a loss, and examples to batch.
+
+    for epoch:  length-bucketed batches ─► [accumulate grads over k micro-batches] ─► clip ─► AdamW ─► LR schedule
+                evaluate (rank 0) ─► keep the best checkpoint ─► save the resume state (model, optimizer, schedule,
+                RNG, epoch) ─► metrics.json
+
+What it does not know: tasks, heads, LoRA, quantization. Those arrive already inside `module`.
+Multi-GPU: launch with `torchrun --nproc_per_node N`; each rank takes every N-th batch and DDP averages the
+gradients. On CUDA the forward runs under bf16 autocast and AdamW is fused. Resume state is safetensors (tensors)
++ JSON (everything else); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .checkpoint import read_safetensors
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of a run (the command line's `--epochs`, `--lr`, ...)."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of the optimizer steps spent ramping the LR up from 0
+    schedule: str = "linear"  # decay after warmup: linear | cosine | constant
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seed: int = 11711
+    compile: bool = False
+    autocast: str = "auto"  # auto: bf16 on CUDA; off: fp32 everywhere
+    bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
+    stop_after_epoch: int | None = None  # debug: stop as if interrupted after this epoch (tests resume)
+    progress: bool = True
+
+
+@dataclass
+class Dist:
+    """Where this process sits: rank, world size, its device."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU); pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, dev)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator, bucket: int = 50
+                     ) -> list[list[int]]:
+    """Shuffled batches of similar-length examples: shuffle, sort each chunk of `bucket` batches by length, cut
+    into batches, shuffle the batches. Padding drops without giving up randomness."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = batch_size * bucket
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), chunk):
+        part = sorted(perm[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: matrices and embeddings (2+ dims) decay; biases and LayerNorm gains do not."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def lr_lambda(total_steps: int, warmup: float, schedule: str) -> Callable[[int], float]:
+    """LR multiplier at an optimizer step: linear warmup, then linear or cosine decay to 0, or constant."""
+    warm = int(round(warmup * total_steps))
+    if schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; expected linear, cosine or constant")
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------- resume state
+
+STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
+
+
+def save_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, extra: dict[str, Any]) -> None:
+    """Everything needed to continue after `epoch`: trainable weights, AdamW moments and step, the schedule,
+    RNG states. Tensors go to safetensors, the rest to JSON, written last so it marks a complete state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{n}": p.detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    tmp = folder / (STATE_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
+    os.replace(tmp, folder / STATE_FILE)
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    trainer = {
+        "epoch": epoch,
+        "param_groups": opt["param_groups"],
+        "scheduler": scheduler.state_dict(),
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        **extra,
+    }
+    tmp = folder / (TRAINER_FILE + ".tmp")
+    tmp.write_text(json.dumps(trainer, indent=1))
+    os.replace(tmp, folder / TRAINER_FILE)
+
+
+def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Restore what `save_resume_state` wrote; returns the JSON part (epoch, history, ...)."""
+    trainer = json.loads((folder / TRAINER_FILE).read_text())
+    tensors, meta = read_safetensors(folder / STATE_FILE)
+    if int(meta.get("epoch", -1)) != trainer["epoch"]:
+        raise RuntimeError(f"{folder}: {STATE_FILE} is from epoch {meta.get('epoch')} but {TRAINER_FILE} from "
+                           f"epoch {trainer['epoch']} (interrupted while saving?)")
+    params = dict(module.named_parameters())
+    for name, p in params.items():
+        if p.requires_grad:
+            key = f"model.{name}"
+            if key not in tensors:
+                raise RuntimeError(f"{folder / STATE_FILE}: no tensor {key!r}; was the run started with other "
+                                   "settings (mode, LoRA, ...)?")
+            with torch.no_grad():
+                p.copy_(tensors[key])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
+    scheduler.load_state_dict(trainer["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+    v, s, g = trainer["rng_python"]
+    random.setstate((v, tuple(s), g))
+    kind, keys, pos, has_gauss, cached = trainer["rng_numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return trainer
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+def _all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+          cfg: TrainConfig, run_dir: str | os.PathLike, evaluate: Callable[[nn.Module], dict[str, float]],
+          metric: str, save_best: Callable[[nn.Module, Path], None], d: Dist | None = None,
+          resume: bool = False, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `module` (its `forward(batch)` returns the loss) on `examples`; returns the metrics dict.
+
+    `evaluate(module)` (rank 0 only) returns dev figures including `metric` (higher is better);
+    `save_best(module, folder)` writes the best epoch's weights. `metrics.json` in `run_dir` is rewritten after
+    every epoch; `run_dir/last/` holds the resume state.
+    """
+    d = d or Dist()
+    run_dir = Path(run_dir)
+    module.to(d.device)
+    seed_everything(cfg.seed + d.rank)
+    lengths = [len(e.input_ids) for e in examples]
+    n_batches = len(bucketed_batches(lengths, cfg.batch_size, torch.Generator().manual_seed(0), cfg.bucket))
+    per_rank = n_batches // d.world
+    if per_rank == 0:
+        raise ValueError(f"{len(examples)} training examples make {n_batches} batches of {cfg.batch_size}: "
+                         f"fewer than the {d.world} processes")
+    steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    fused = d.device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
+                                  **({"fused": True} if fused else {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup, cfg.schedule))
+    trainable = [p for p in module.parameters() if p.requires_grad]
+
+    metrics: dict[str, Any] = {"metric": metric, "epochs": [], "best": None, **(info or {}),
+                               "trainable_params": count_trainable(module),
+                               "total_params": sum(p.numel() for p in module.parameters()),
+                               "world_size": d.world, "optimizer_steps_per_epoch": steps_per_epoch,
+                               "train_config": asdict(cfg)}
+    start_epoch, wall_before = 1, 0.0
+    last_dir = run_dir / "last"
+    if resume and (last_dir / TRAINER_FILE).is_file():
+        trainer = load_resume_state(last_dir, module, optimizer, scheduler)
+        if d.rank != 0:  # every rank restores rank 0's RNG, then makes it its own again
+            seed_everything(cfg.seed + d.rank + 1000 * trainer["epoch"])
+        start_epoch = trainer["epoch"] + 1
+        metrics["epochs"], metrics["best"] = trainer["history"], trainer["best"]
+        wall_before = trainer["wall_s"]
+        metrics["resumed_from_epoch"] = trainer["epoch"]
+    elif resume and d.main:
+        print(f"--resume: no saved state in {last_dir}; starting from epoch 1")
+
+    wrapped: nn.Module = module
+    if d.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    use_amp = cfg.autocast != "off" and d.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    t_start = time.time()
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        module.train()
+        batches = bucketed_batches(lengths, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + epoch),
+                                   cfg.bucket)[:per_rank * d.world][d.rank::d.world]
+        loss_sum, n_loss, tokens = 0.0, 0, 0
+        t0 = time.time()
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.progress and d.main),
+                   dynamic_ncols=True)
+        for i, idx in enumerate(bar):
+            group_start = i - i % cfg.grad_accum
+            group_size = min(cfg.grad_accum, len(batches) - group_start)
+            sync = i == group_start + group_size - 1
+            batch = {k: v.to(d.device, non_blocking=True) for k, v in collate([examples[j] for j in idx]).items()}
+            no_sync = wrapped.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = forward(batch)
+                (loss / group_size).backward()
+            loss_sum += loss.item()
+            n_loss += 1
+            tokens += int(batch["attention_mask"].sum())
+            if sync:
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
+        train_s = time.time() - t0
+        loss_sum, n_loss, tokens = _all_reduce_sum([loss_sum, n_loss, tokens], d)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / n_loss, "tokens_per_s": tokens / train_s,
+                               "train_s": train_s, "lr": scheduler.get_last_lr()[0]}
+        if d.main:
+            t1 = time.time()
+            row.update(evaluate(module))
+            row["eval_s"] = time.time() - t1
+            best = metrics["best"]
+            if best is None or row[metric] > best[metric]:
+                save_best(module, run_dir / "best")
+                metrics["best"] = {"epoch": epoch, metric: row[metric],
+                                   **{k: v for k, v in row.items() if k.startswith("dev_")}}
+            metrics["epochs"].append(row)
+            metrics["wall_s"] = wall_before + time.time() - t_start
+            save_resume_state(last_dir, module, optimizer, scheduler, epoch,
+                              {"history": metrics["epochs"], "best": metrics["best"], "wall_s": metrics["wall_s"]})
+            write_json(run_dir / "metrics.json", metrics)
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, dev {metric} {row[metric]:.4f}, "
+                  f"{row['tokens_per_s']:.0f} tok/s")
+        if d.world > 1:
+            dist.barrier()
+        if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
+            metrics["stopped_after_epoch"] = epoch
+            break
+    metrics["wall_s"] = wall_before + time.time() - t_start
+    if d.world > 1:
+        metrics["param_checksums"] = _param_checksums(module, d)
+    return metrics
+
+
+def _param_checksums(module: nn.Module, d: Dist) -> list[float]:
+    """A fingerprint of the trainable weights on every rank: DDP keeps them equal."""
+    local = torch.tensor([sum(float(p.double().sum()) for p in module.parameters() if p.requires_grad)],
+                         dtype=torch.float64, device=d.device)
+    gathered = [torch.zeros_like(local) for _ in range(d.world)]
+    dist.all_gather(gathered, local)
+    return [float(t.item()) for t in gathered]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (a crash leaves the previous file, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,25 @@
+"""The course's tasks by name: `get_task("sst" | "cfimdb" | "quora" | "sonnet")`."""
+
+from __future__ import annotations
+
+from .base import Example, Task, TaskModel, collate
+from .paraphrase import ParaphraseTask
+from .sentiment import SentimentTask
+from .sonnet import SonnetTask
+
+TASKS: dict[str, Task] = {
+    "sst": SentimentTask("sst", "ids-sst", num_labels=5),
+    "cfimdb": SentimentTask("cfimdb", "ids-cfimdb", num_labels=2),
+    "quora": ParaphraseTask(),
+    "sonnet": SonnetTask(),
+}
+
+
+def get_task(name: str) -> Task:
+    """The task registered under `name`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["Example", "Task", "TaskModel", "collate", "get_task", "TASKS"]

@@ -1,0 +1,116 @@
+"""Quora paraphrase detection as a cloze: GPT-2 reads both questions and answers "yes" or "no".
+
+One prompt for train, dev and test (the course's starter used one for training and another for testing):
+
+    Question 1: "<q1>"
+    Question 2: "<q2>"
+    Are these questions asking the same thing?
+    <answer>
+
+The LM head scores only the two answer tokens at the last real position — `lm_head(last, token_ids=[8505,
+3919])`, a (B, 2) tensor instead of (B, T, 50257) — and the loss is the cross-entropy over those two. The
+prediction file follows the course's: the header `id \t Predicted_Is_Paraphrase`, then `<id>, <token>` where
+<token> is the answer's GPT-2 token id (8505 = "yes" = paraphrase, 3919 = "no"), as the course's argmax over the
+vocabulary produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minigpt2.model import GPT2, gather_last
+from minigpt2.tokenizer import Tokenizer
+
+from .base import Example, Task, TaskModel
+from .readers import Malformed, clean_text, read_table
+from .sentiment import _read_id_value
+
+PROMPT = 'Question 1: "{q1}"\nQuestion 2: "{q2}"\nAre these questions asking the same thing?\n'
+YES_ID, NO_ID = 8505, 3919  # "yes", "no" in GPT-2's vocabulary
+ANSWER_IDS = (YES_ID, NO_ID)  # class 0 = yes (is a paraphrase), class 1 = no
+HEADER = "id \t Predicted_Is_Paraphrase \n"
+
+
+class ClozeParaphrase(TaskModel):
+    """Two-way cloze over the tied LM head: logits of "yes" and "no" after the prompt."""
+
+    def __init__(self, gpt: GPT2) -> None:
+        super().__init__(gpt)
+        self.register_buffer("answer_ids", torch.tensor(ANSWER_IDS), persistent=False)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.body(batch["input_ids"], batch["attention_mask"])
+        last = gather_last(hidden, batch["attention_mask"])  # (B, C)
+        return self.gpt.lm_head(last, token_ids=self.answer_ids).float()  # (B, 2)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # label 1 (duplicate) -> class 0 ("yes")
+        return F.cross_entropy(self.logits(batch), 1 - batch["labels"])
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """1 for a paraphrase, 0 otherwise (the dataset's `is_duplicate`)."""
+        return 1 - self.logits(batch).argmax(dim=-1)
+
+
+def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
+    """Token ids of the prompt; when too long, both questions are cut (never the question asked at the end)."""
+    ids = tok.encode(PROMPT.format(q1=q1, q2=q2))
+    t1, t2 = tok.encode(q1), tok.encode(q2)
+    room = max(len(t1), len(t2))
+    while len(ids) > max_len and room > 0:
+        # Cut the longer question first, a few tokens at a time; re-encoding can merge tokens at the cut.
+        room -= max(1, (len(ids) - max_len) // 2)
+        ids = tok.encode(PROMPT.format(q1=tok.decode(t1[:room]), q2=tok.decode(t2[:room])))
+    if len(ids) > max_len:
+        raise ValueError(f"max_length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")
+    return ids
+
+
+class ParaphraseTask(Task):
+    name = "quora"
+    metric = "accuracy"
+    files = {"train": "quora-train.csv", "dev": "quora-dev.csv", "test": "quora-test-student.csv"}
+
+    def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
+             args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
+        labelled = split != "test"
+        table = read_table(folder / self.files[split], ["id", "sentence1", "sentence2"],
+                           label="is_duplicate" if labelled else None, label_values={0, 1})
+        examples = []
+        for row in table.rows[:limit]:
+            ids = encode_pair(tok, clean_text(row["sentence1"]), clean_text(row["sentence2"]), max_len)
+            examples.append(Example(row["id"], ids, int(row["is_duplicate"]) if labelled else None))
+        return examples, table.malformed
+
+    def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
+        return ClozeParaphrase(gpt)
+
+    def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
+        from minigpt2.metrics import accuracy
+
+        return {"accuracy": accuracy(predictions, [e.label for e in examples])}
+
+    def output_name(self, split: str, args: argparse.Namespace) -> str:
+        return f"para-{split}-output.csv"
+
+    def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(HEADER)
+            for e, p in zip(examples, predictions):
+                f.write(f"{e.id}, {YES_ID if p else NO_ID} \n")
+
+
+def read_predictions(path: str | Path) -> dict[str, int]:
+    """id -> is_duplicate (1/0) of a course-format file; answer token ids are mapped back, 0/1 kept."""
+    raw = _read_id_value(Path(path), "Predicted_Is_Paraphrase")
+    to_label = {YES_ID: 1, NO_ID: 0, 1: 1, 0: 0}
+    bad = {k: v for k, v in raw.items() if v not in to_label}
+    if bad:
+        raise ValueError(f"{path}: unexpected prediction value(s) {dict(list(bad.items())[:3])}; "
+                         f"expected {YES_ID}/{NO_ID} (or 1/0)")
+    return {k: to_label[v] for k, v in raw.items()}

@@ -1,0 +1,171 @@
+"""Readers for the course's data files: tab-separated tables and the Folger sonnet text.
+
+The files carry real-world mess (CRLF line ends, CSV-quoted cells with doubled quotes, HTML `<br />`, an empty
+label). A row that cannot be used is *reported* — file, line and why — and skipped, never a crash and never a
+silent drop; a missing file or column is a clear error saying how to get the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_ENV = "MINIGPT2_DATA_DIR"
+
+
+class DataError(ValueError):
+    """A data file that cannot be used at all (missing column, no sonnets), naming the file."""
+
+
+class MissingDataError(FileNotFoundError):
+    """Course data files that are not in the data folder."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """One unusable row: where it is and what is wrong with it."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class Table:
+    """The usable rows of a tab-separated file, and the rows that were skipped."""
+
+    path: Path
+    rows: list[dict[str, str]]
+    malformed: list[Malformed] = field(default_factory=list)
+
+
+def data_dir(cli_value: str | os.PathLike | None = None) -> Path:
+    """The data folder: `--data-dir`, else `$MINIGPT2_DATA_DIR`, else `data/`."""
+    return Path(cli_value or os.environ.get(DATA_ENV) or "data")
+
+
+def require_files(folder: Path, names: list[str], task: str) -> None:
+    """Raise one error naming every missing file and the command that fetches them."""
+    missing = [str(folder / n) for n in names if not (folder / n).is_file()]
+    if missing:
+        raise MissingDataError(
+            f"missing data file(s) for task {task!r}: {', '.join(missing)}. Get them with "
+            f"`python -m minigpt2.data fetch --task {task}`, or point --data-dir (or ${DATA_ENV}) at the folder "
+            "holding the course files.")
+
+
+def clean_text(text: str) -> str:
+    """Review/question text as a model should see it: HTML line breaks and runs of whitespace become one space."""
+    text = re.sub(r"<br\s*/?>", " ", text, flags=re.IGNORECASE)
+    return " ".join(text.split())
+
+
+def read_table(path: str | os.PathLike, columns: list[str], label: str | None = None,
+               label_values: set[int] | None = None) -> Table:
+    """Rows of a tab-separated file with a header, keeping `columns` (+ `label`, parsed to an int as a string).
+
+    A row with a missing cell, an empty or unparsable label, or a label outside `label_values` is reported in
+    `Table.malformed` with its line number and skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingDataError(f"{path}: no such data file")
+    wanted = columns + ([label] if label else [])
+    rows: list[dict[str, str]] = []
+    bad: list[Malformed] = []
+    with open(path, newline="", encoding="utf-8") as f:  # newline="" lets csv handle CRLF and quoted newlines
+        reader = csv.reader(f, delimiter="\t")
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise DataError(f"{path}: empty file, expected a header with columns {wanted}") from None
+        absent = [c for c in wanted if c not in header]
+        if absent:
+            raise DataError(f"{path}: missing column(s) {absent} in header {header}; expected {wanted}")
+        index = {c: header.index(c) for c in wanted}
+        line = reader.line_num
+        for cells in reader:
+            start, line = line + 1, reader.line_num
+            if not cells or all(not c.strip() for c in cells):
+                continue  # a blank line (e.g. at the end of the file) is not a row
+            if len(cells) < len(header):
+                bad.append(Malformed(str(path), start, f"{len(cells)} cells, expected {len(header)}"))
+                continue
+            row = {c: cells[i].strip() for c, i in index.items()}
+            if label:
+                value = row[label]
+                try:
+                    parsed = int(float(value))
+                except ValueError:
+                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a number"))
+                    continue
+                if parsed != float(value) or (label_values is not None and parsed not in label_values):
+                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, expected one of "
+                                                           f"{sorted(label_values or [])}"))
+                    continue
+                row[label] = str(parsed)
+            rows.append(row)
+    return Table(path, rows, bad)
+
+
+@dataclass(frozen=True)
+class Sonnet:
+    """A numbered sonnet (or prompt) and its lines, as printed."""
+
+    number: int
+    lines: tuple[str, ...]
+    line: int = field(default=0, compare=False)  # where its number stands in the file (1-based)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+_NUMBER = re.compile(r"^\s*(\d+)\s*$")
+
+
+def parse_sonnets(text: str, source: str = "sonnets") -> list[Sonnet]:
+    """Sonnets from the Folger layout: a header, then per sonnet its number on a line, a blank line, its lines.
+
+    Anything before the first number line is the header. Blank lines between sonnets are dropped; line ends
+    (CRLF or LF) and trailing spaces are normalised; a couplet's leading indentation is kept.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    sonnets: list[Sonnet] = []
+    number: int | None = None
+    body: list[str] = []
+    start = 0
+    for n, raw in enumerate(lines, start=1):
+        m = _NUMBER.match(raw)
+        if m:
+            if number is not None:
+                sonnets.append(Sonnet(number, tuple(body), start))
+            number, body, start = int(m.group(1)), [], n
+        elif number is not None and raw.strip():
+            body.append(raw.rstrip())
+    if number is not None:
+        sonnets.append(Sonnet(number, tuple(body), start))
+    if not sonnets:
+        raise DataError(f"{source}: no numbered sonnets found (expected a number on its own line before each)")
+    return sonnets
+
+
+def read_sonnets(path: str | os.PathLike, expect_lines: int | None = None
+                 ) -> tuple[list[Sonnet], list[Malformed]]:
+    """Sonnets of a course file; those without `expect_lines` lines are kept but reported (Shakespeare's 99
+    has 15 lines and 126 has 12)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingDataError(f"{path}: no such data file")
+    sonnets = parse_sonnets(path.read_text(encoding="utf-8"), str(path))
+    notes = []
+    if expect_lines is not None:
+        notes = [Malformed(str(path), s.line, f"sonnet {s.number} has {len(s.lines)} lines, expected {expect_lines}")
+                 for s in sonnets if len(s.lines) != expect_lines]
+    return sonnets, notes

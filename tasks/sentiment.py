@@ -1,0 +1,107 @@
+"""Sentiment classification (SST-5: 5 classes, CFIMDB: 2): the last real token's hidden state -> a linear layer.
+
+Two modes, as in the course: `last-linear-layer` trains only the classifier on a frozen GPT-2;
+`full-model` trains everything. Predictions are written as the course's classifier writes them:
+
+    id \t Predicted_Sentiment
+    <id>, <class>
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minigpt2.model import GPT2, gather_last
+from minigpt2.tokenizer import Tokenizer
+
+from .base import Example, Task, TaskModel
+from .readers import Malformed, clean_text, read_table
+
+HEADER = "id \t Predicted_Sentiment \n"
+
+
+class SentimentClassifier(TaskModel):
+    """GPT-2 body; dropout + Linear(C, num_labels) on the hidden state of each row's last real token."""
+
+    def __init__(self, gpt: GPT2, num_labels: int) -> None:
+        super().__init__(gpt)
+        self.dropout = nn.Dropout(gpt.config.dropout)
+        self.classifier = nn.Linear(gpt.config.n_embd, num_labels)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.body(batch["input_ids"], batch["attention_mask"])  # (B, T, C)
+        last = gather_last(hidden, batch["attention_mask"])  # (B, C): never (B, T, vocab)
+        return self.classifier(self.dropout(last)).float()  # (B, num_labels)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self.logits(batch), batch["labels"])
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.logits(batch).argmax(dim=-1)
+
+
+class SentimentTask(Task):
+    metric = "accuracy"
+
+    def __init__(self, name: str, prefix: str, num_labels: int) -> None:
+        self.name = name
+        self.num_labels = num_labels
+        self.files = {"train": f"{prefix}-train.csv", "dev": f"{prefix}-dev.csv",
+                      "test": f"{prefix}-test-student.csv"}
+
+    def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
+             args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
+        labelled = split != "test"
+        table = read_table(folder / self.files[split], ["id", "sentence"],
+                           label="sentiment" if labelled else None, label_values=set(range(self.num_labels)))
+        rows = table.rows[:limit]
+        texts = [clean_text(r["sentence"]) for r in rows]
+        examples = []
+        for row, ids in zip(rows, tok.encode_batch(texts)):
+            label = int(row["sentiment"]) if labelled else None
+            # A review longer than the model's window keeps its beginning.
+            examples.append(Example(row["id"], (ids or [tok.eot_id])[:max_len], label))
+        return examples, table.malformed
+
+    def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
+        return SentimentClassifier(gpt, self.num_labels)
+
+    def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
+        from minigpt2.metrics import accuracy
+
+        return {"accuracy": accuracy(predictions, [e.label for e in examples])}
+
+    def output_name(self, split: str, args: argparse.Namespace) -> str:
+        return f"{args.mode}-{self.name}-{split}-out.csv"
+
+    def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(HEADER)
+            for e, p in zip(examples, predictions):
+                f.write(f"{e.id}, {int(p)} \n")
+
+
+def read_predictions(path: str | Path) -> dict[str, int]:
+    """id -> predicted class of a prediction file in the course's format (for checks and re-scoring)."""
+    return _read_id_value(Path(path), "Predicted_Sentiment")
+
+
+def _read_id_value(path: Path, column: str) -> dict[str, int]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or [c.strip() for c in lines[0].split("\t")] != ["id", column]:
+        raise ValueError(f"{path}:1: expected the header 'id \\t {column}', got {lines[:1]}")
+    out = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
+        out[parts[0]] = int(parts[1])
+    return out
