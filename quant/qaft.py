@@ -15,6 +15,7 @@ FakeQuantLinear (a quantised frozen base plus a high-precision adapter).
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
@@ -139,3 +140,17 @@ def apply_precision(model: nn.Module, precision: str, cfg: QuantConfig | None = 
     elif cfg.weight != want.weight:
         raise ValueError(f"precision {precision!r} simulates weight={want.weight!r}, but cfg has {cfg.weight!r}")
     return quantize_model(model, cfg, skip)
+
+
+@contextmanager
+def unwrapped(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put the wrapped modules back in place (plain GPT2 parameter names, e.g. for saving/loading
+    an HF-layout checkpoint); the wrappers share those modules, so what is loaded reaches them."""
+    wrappers = list(fake_quant_modules(model))
+    for name, m in wrappers:
+        _replace(model, name, m.base)
+    try:
+        yield model
+    finally:
+        for name, m in wrappers:
+            _replace(model, name, m)
