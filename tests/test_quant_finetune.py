@@ -12,22 +12,11 @@ from minigpt2 import evaluate, finetune
 from minigpt2.checkpoint import load_model
 from quant import FakeQuantLinear, QuantConfig, load_packed, quantize_model
 
-FIX = Path(__file__).parent / "fixtures"
-DATA = FIX / "tasks"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.test_finetune import finetune_args, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 
 
 def args(task: str, out: Path, *extra: str) -> list[str]:
-    return ["--task", task, "--model", "tiny", "--data-dir", str(DATA), "--tokenizer-dir", str(FIX / "gpt2"),
-            "--out-dir", str(out), "--batch-size", "4", "--no-progress", "--device", "cpu", "--epochs", "1",
-            "--lr", "1e-3", *extra]
+    return finetune_args(task, out, "--epochs", "1", "--lr", "1e-3", *extra)
 
 
 @pytest.fixture(scope="module")

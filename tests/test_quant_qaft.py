@@ -9,6 +9,7 @@ from minigpt2.config import GPT2Config
 from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2
 from quant import QuantConfig, ptq, quantize_model
+from tests.test_finetune import one_thread  # noqa: F401 (autouse: tiny matrices run best on one thread)
 
 V = 64
 
@@ -37,15 +38,7 @@ def train(model: GPT2, steps: int, seed: int, lr: float) -> GPT2:
     return model.eval()
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead on a busy machine
-    yield
-    torch.set_num_threads(n)
-
-
-def test_qaft_beats_ptq_of_the_same_run(one_thread):
+def test_qaft_beats_ptq_of_the_same_run():
     torch.manual_seed(0)
     config = GPT2Config.from_name("tiny", vocab_size=V, n_positions=32, dropout=0.0)
     pretrained = train(GPT2(config), 60, seed=0, lr=1e-2)
