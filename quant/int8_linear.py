@@ -7,8 +7,9 @@ This is what `QuantConfig(weight="int8", activations=True)` simulates, so a QAFT
 
 Why this kernel (measured by `python -m bench.bench_quant`, 2 cores AVX2): at batch 1 decoding reads every weight
 once per token, so it is memory-bound, and int8 weights are 4x fewer bytes. fbgemm's dynamic linear was the fastest
-int8 path for the 50257 x 768 LM head; `torch._weight_int8pack_mm` (weight-only) needs bf16 activations to be fast
-and is slower than fp32 with fp32 activations; `torch._int_mm` has no fast CPU path for a single row.
+int8 path for the 50257 x 768 LM head (~3x fp32); `torch._weight_int8pack_mm` (weight-only) needs bf16 activations
+to be fast (then half fbgemm's speed on the head) and is slower than fp32 with fp32 activations; `torch._int_mm` has
+no fast CPU path for a single row.
 
     to_int8_decoder(model)   a copy of a GPT2 (plain, or fake-quantised int8) whose linear layers and tied LM head
                              run on int8 kernels; `minigpt2.generate.generate` uses it unchanged.
