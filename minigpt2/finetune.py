@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError, hf_to_minigpt2, load_model, read_safete
 from .config import GPT2Config
 from .data import ensure_task_data
 from .download import DownloadError
-from .lora import apply_lora, load_adapter, save_adapter
+from .lora import apply_lora, load_adapter, save_adapter, without_lora
 from .model import GPT2
 from .tokenizer import Tokenizer
 from .train import Dist, TrainConfig, seed_everything, setup_distributed, train, write_json
@@ -340,7 +340,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             apply_run_precision(module, module.gpt, args)
         metrics.update(write_split_predictions(task, module, splits, args, tok, d.device, run_dir))
         if args.precision != "fp32":
-            metrics["quantization"] = write_quantized(module.gpt, args, run_dir)
+            with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
+                metrics["quantization"] = write_quantized(module.gpt, args, run_dir)
         metrics["predict_s"] = time.time() - t1
         metrics["wall_s"] += metrics["predict_s"]
         write_json(run_dir / "metrics.json", metrics)

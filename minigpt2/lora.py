@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -255,9 +256,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0, targets: str | 
         raise ValueError(f"{type(model).__name__} already has LoRA adapters; apply_lora works on a plain model")
     names = find_targets(model, config.targets)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha, dropout, rslora))
+        _set_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora))
     mark_only_lora_trainable(model, config.trainable)
     model.lora_config = config
     return lora_report(model)
@@ -395,3 +394,25 @@ def merge_lora(model: nn.Module) -> None:
 def unmerge_lora(model: nn.Module) -> None:
     for m in lora_modules(model).values():
         m.unmerge()
+
+
+@contextmanager
+def without_lora(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put each adapter's base module back in its place: the model as it was before `apply_lora`
+    (e.g. to export a packed quantised base, whose adapter is saved on its own). Merged adapters are refused,
+    since their base weights hold B A."""
+    wrapped = lora_modules(model)
+    if any(m.merged for m in wrapped.values()):
+        raise ValueError("without_lora needs unmerged adapters (the merged base weights include B A)")
+    for name, m in wrapped.items():
+        _set_module(model, name, m.base)
+    try:
+        yield model
+    finally:
+        for name, m in wrapped.items():
+            _set_module(model, name, m)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

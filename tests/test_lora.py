@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import CheckpointError, save_model
 from minigpt2.lora import (METADATA_KEY, LoRALinear, apply_lora, lora_state_dict, load_adapter,
-                           mark_only_lora_trainable, merge_lora, save_adapter, unmerge_lora)
+                           mark_only_lora_trainable, merge_lora, save_adapter, unmerge_lora, without_lora)
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931], [40, 588, 11, 257, 3797, 13, 50256, 50256]])
@@ -346,3 +346,19 @@ def test_bad_adapter_files_give_clear_errors(tmp_path):
 def test_save_without_lora_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="has no LoRA adapters to save"):
         save_adapter(tiny(), tmp_path / "a.safetensors")
+
+
+def test_without_lora_restores_the_plain_model_temporarily():
+    model = tiny()
+    before = model.logits(IDS)
+    apply_lora(model, rank=2, alpha=4, targets="attn+mlp")
+    randomize_adapters(model)
+    with_adapters = model.logits(IDS)
+    with without_lora(model):
+        assert not any("lora_" in k for k in model.state_dict())
+        assert torch.equal(model.logits(IDS), before)
+    assert torch.equal(model.logits(IDS), with_adapters)
+    merge_lora(model)
+    with pytest.raises(ValueError, match="needs unmerged adapters"):
+        with without_lora(model):
+            pass

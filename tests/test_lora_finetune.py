@@ -73,3 +73,20 @@ def test_help_mentions_the_lora_learning_rate(capsys):
         finetune.main(["--help"])
     out = capsys.readouterr().out
     assert "--lora-rank" in out and "--lora-targets" in out and "best LoRA learning rate" in out
+
+
+def test_lora_on_a_fake_quant_base_in_finetune(tmp_path):
+    """--precision int8 --qaft --method lora: fake-quant first, then LoRA; evaluate rebuilds the same model."""
+    out = tmp_path / "qlora"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        finetune.main(["--task", "sst", "--model", "tiny", "--data-dir", str(FIX / "tasks"), "--tokenizer-dir",
+                       str(FIX / "gpt2"), "--out-dir", str(out), "--batch-size", "4", "--no-progress", "--device",
+                       "cpu", "--precision", "int8", "--qaft", *LORA])
+    finally:
+        torch.set_num_threads(n)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "lora" and metrics["trainable_params"] == ADAPTERS + HEAD["sst"]
+    result = evaluate.evaluate_run(out, "dev", device="cpu")
+    assert result["accuracy"] == pytest.approx(metrics["dev"]["accuracy"])
