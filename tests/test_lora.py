@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from minigpt2 import GPT2, GPT2Config
@@ -243,12 +245,12 @@ def test_adapter_reloads_in_a_new_process(tmp_path):
     path = save_adapter(model, tmp_path / "adapter.safetensors")
     with torch.no_grad():
         logits = model.logits(IDS)
-    meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()[METADATA_KEY])
+    meta = json.loads(safe_open(str(path), "pt").metadata()[METADATA_KEY])
     assert meta["rank"] == 4 and meta["targets"] == "attn+mlp" and meta["rslora"] is True
     out = tmp_path / "pred.safetensors"
     proc = subprocess.run([sys.executable, "-c", CHILD.format(ids=IDS.tolist()), str(tmp_path / "base"), str(path),
                            str(out), str(torch.get_num_threads())], capture_output=True, text=True, cwd=ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "LoRA on 12 modules" in proc.stdout
     child = load_file(str(out))
@@ -278,8 +280,6 @@ def _adapter(tmp_path: Path, **kw) -> Path:
 
 
 def _rewrite(path: Path, tensors=None, meta=None) -> Path:
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         old_meta = f.metadata()
     save_file(tensors if tensors is not None else load_file(str(path)), str(path),
@@ -315,7 +315,7 @@ def test_bad_adapter_files_give_clear_errors(tmp_path):
     # Missing and unexpected keys, wrong shapes: each names the file and the key.
     good = _adapter(tmp_path)
     tensors = load_file(name)
-    meta = __import__("safetensors").safe_open(name, "pt").metadata()
+    meta = safe_open(name, "pt").metadata()
     del tensors["h.1.attn.key.lora_B"]
     _rewrite(path, tensors, meta)
     with pytest.raises(CheckpointError, match=rf"{name}: .*missing key\(s\) \['h.1.attn.key.lora_B'\]"):
