@@ -160,14 +160,19 @@ class GPT2(nn.Module):
 
         input_ids: (B, T) token ids. attention_mask: (B, S) with 1 for real tokens and 0 for padding, where S
         counts the cached positions too. position_ids: (B, T); by default 0..T-1 after the cached positions,
-        as in Hugging Face (so left-padded batches must pass their own, see `generate`).
+        as in Hugging Face (so left-padded batches must pass their own, see `generate`). Hidden states at padding
+        positions are unspecified.
         """
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.n_positions:
             raise ValueError(f"sequence of {start + T} tokens exceeds n_positions={self.config.n_positions}")
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # no padding: take SDPA's fast causal path
+        if attention_mask is not None and cache is None and is_right_padded(attention_mask):
+            # Causal attention never looks to the right, so right padding cannot reach a real token: SDPA's fast
+            # causal path gives the same outputs at every real position (those at padding positions are unused).
+            attention_mask = None
+        elif attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding at all
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=input_ids.device)[None]
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
@@ -192,6 +197,11 @@ class GPT2(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row of a (B, T) mask is ones followed by zeros (padding only at the end)."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

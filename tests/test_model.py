@@ -37,6 +37,9 @@ def check_parity(folder, lengths: list[int]) -> None:
         real = mask.bool()
         assert_close(ours.logits(ids, mask)[real], hf(ids, attention_mask=mask).logits[real], 1e-4,
                      "logits at real tokens with a padding mask")
+        left = mask.flip(1)  # the same rows padded on the left: an explicit mask, not SDPA's causal path
+        assert_close(ours.logits(ids, left)[left.bool()], hf(ids, attention_mask=left).logits[left.bool()], 1e-4,
+                     "logits at real tokens with left padding")
 
 
 def test_tiny_logits_match_transformers(tiny_hf_dir):
@@ -53,6 +56,22 @@ def test_gpt2_124m_parameter_count(gpt2_hf_dir):
     with torch.device("meta"):
         model = GPT2(GPT2Config.from_name("gpt2"))
     assert model.num_parameters() == 124_439_808  # the released GPT-2 small, tied head counted once
+
+
+def test_right_padding_takes_the_unmasked_causal_path(tiny_hf_dir):
+    model = load_model(tiny_hf_dir).eval()
+    ids, mask = padded_batch(model.config.vocab_size, [12, 5])
+    from minigpt2.model import attention_mask_for, is_right_padded
+
+    assert is_right_padded(mask) and not is_right_padded(mask.flip(1))
+    explicit, _ = attention_mask_for(mask, ids.size(1), 0, ids.device)
+    with torch.no_grad():
+        fast = model(ids, mask)
+        x = model.wte(ids) + model.wpe(torch.arange(ids.size(1)))[None]
+        for block in model.h:
+            x = block(x, explicit, False)
+        slow = model.ln_f(x)
+    assert_close(fast[mask.bool()], slow[mask.bool()], 1e-5, "fast causal path vs explicit padding mask")
 
 
 def test_padding_does_not_change_real_positions(tiny_hf_dir):
