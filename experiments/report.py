@@ -199,7 +199,9 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
 def _errorbar(ax, xs: list, points: Sequence[Row], **kw) -> None:
     ys = [p["score"] for p in points]
     err = [[p["score"] - p["low"] for p in points], [p["high"] - p["score"] for p in points]]
-    ax.errorbar(xs, ys, yerr=err, capsize=3, marker="o", **kw)
+    if "fmt" not in kw:
+        kw.setdefault("marker", "o")
+    ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
 
 
 def _done(points: Sequence[Row]) -> list[Row]:

@@ -12,7 +12,7 @@ Nothing here runs anything; `experiments.runner` does.
     teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only
 
 `--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the fixture data
-under tests/fixtures/, one epoch, 8 new tokens per sonnet, and fewer points per sweep (`Sweep.tiny_note` says
+under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points per sweep (`Sweep.tiny_note` says
 which).
 """
 
@@ -36,7 +36,7 @@ PRECISIONS = ("fp64", "fp32", "bf16", "fp8", "int8", "int4")
 SYNTHETIC_SIZES = (0, 250, 500, 1000)
 
 # What --tiny adds to every finetune call: a tiny random model on a few fixture examples, quickly.
-TINY_ARGS = ["--model", "tiny", "--epochs", "1", "--max-train", "8", "--max-eval", "3", "--max-new-tokens", "8",
+TINY_ARGS = ["--model", "tiny", "--epochs", "1", "--max-train", "4", "--max-eval", "2", "--max-new-tokens", "4",
              "--batch-size", "4", "--eval-batch-size", "8"]
 
 
@@ -157,14 +157,14 @@ ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
 def precision(opts: SweepOptions) -> Sweep:
     """Sonnets at each precision, quantised after training (PTQ) or trained quantisation-aware (QAFT); fp32 is
     the reference and has no QAFT twin. Each model also takes the zero-shot Quora check."""
-    precisions = ("fp32", "int8", "int4") if opts.tiny else PRECISIONS
+    precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
     points = []
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
             flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
             points.append((f"{p}-{'qaft' if qaft else 'ptq'}", flags,
                            {"task": "sonnet", "precision": p, "qaft": qaft}))
-    note = "--tiny: fp32, int8 and int4 only (full sweep: " + ", ".join(PRECISIONS) + ")"
+    note = "--tiny: fp32 and int8 only (full sweep: " + ", ".join(PRECISIONS) + ")"
     return Sweep("precision", _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,)), note if opts.tiny else "")
 
 
@@ -185,7 +185,7 @@ def teachers(opts: SweepOptions) -> Sweep:
     if not names:
         raise SystemExit(f"{folder}: no <teacher>.jsonl files; expected e.g. "
                          + ", ".join(f"{t}.jsonl" for t in TEACHERS))
-    sizes = (0, 4) if opts.tiny else SYNTHETIC_SIZES
+    sizes = (0, 2) if opts.tiny else SYNTHETIC_SIZES
     points = [("real-only", ["--task", "sonnet"],
                {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
     for teacher in names:
