@@ -310,3 +310,15 @@ def test_csv_has_one_row_per_run_with_empty_cells_for_missing_values(tmp_path):
 def test_quantile_bounds_are_numpy_percentiles():
     scores = np.arange(1000, dtype=float)
     assert stats._percentiles(scores, 0.95) == pytest.approx((24.975, 974.025))
+
+
+def test_subprocess_executor_logs_output_and_raises_on_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the child must find the project through PYTHONPATH, not the working folder
+    log = tmp_path / "run" / "run.log"
+    runner.in_subprocess("experiments.sweeps", [], log)  # importable from the repository root
+    good = tmp_path / "ok.json"
+    good.write_text('{"a": 1}')
+    runner.in_subprocess("json.tool", [str(good)], log)
+    assert '"a": 1' in log.read_text() and "-m json.tool" in log.read_text()
+    with pytest.raises(RuntimeError, match=r"json.tool exited with code 2; see .*run.log"):
+        runner.in_subprocess("json.tool", [str(tmp_path / "missing.json")], log)
