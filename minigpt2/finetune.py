@@ -27,10 +27,12 @@ import torch.distributed as dist
 
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, autocast_for, collate
-from tasks.readers import Malformed, data_dir, require_files
+from tasks.readers import DataError, Malformed, MissingDataError, data_dir, require_files
 
-from .checkpoint import hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
+from .checkpoint import CheckpointError, hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
 from .config import GPT2Config
+from .data import ensure_task_data
+from .download import DownloadError
 from .model import GPT2
 from .tokenizer import Tokenizer
 from .train import Dist, TrainConfig, seed_everything, setup_distributed, train, write_json
@@ -49,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer-dir", default=None,
                    help="folder with GPT-2's encoder.json + vocab.bpe for offline use "
                         "(default: $MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
+    g.add_argument("--offline", action="store_true",
+                   help="never download: missing data files or weights are an error that says how to get them "
+                        "(default: fetch what is missing; HF_HUB_OFFLINE=1 also turns downloads off)")
     g.add_argument("--max-train", type=int, default=None, help="use only the first N training examples (smoke runs)")
     g.add_argument("--max-eval", type=int, default=None, help="use only the first N dev and test examples")
     g.add_argument("--max-length", type=int, default=None,
@@ -110,7 +115,7 @@ def load_base_model(args: argparse.Namespace) -> GPT2:
     """The GPT-2 body named by --model: 'tiny' (random init), a preset name, or a path."""
     if args.model == "tiny":
         return GPT2(GPT2Config.from_name("tiny"))
-    return load_model(resolve_model(args.model))
+    return load_model(resolve_model(args.model, offline=args.offline))
 
 
 def build_model(args: argparse.Namespace, task: Task) -> TaskModel:
@@ -160,6 +165,7 @@ def load_splits(task: Task, args: argparse.Namespace, tok: Tokenizer, max_len: i
                 ) -> tuple[dict[str, list[Example]], list[Malformed]]:
     """Encoded train/dev/test examples and every malformed row met (reported, not fatal)."""
     folder = data_dir(args.data_dir)
+    ensure_task_data(task.name, folder, offline=args.offline)  # fetches missing files from the public sources
     require_files(folder, sorted(set(task.files.values())), task.name)
     splits, notes = {}, []
     for split in ("train", "dev", "test"):
@@ -276,7 +282,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(build_parser().parse_args(argv))
+    try:
+        run(build_parser().parse_args(argv))
+    except (MissingDataError, DataError, CheckpointError, DownloadError) as e:  # bad input: a message, not a traceback
+        raise SystemExit(f"error: {e}") from e
 
 
 if __name__ == "__main__":

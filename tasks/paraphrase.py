@@ -58,13 +58,17 @@ class ClozeParaphrase(TaskModel):
 
 
 def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
-    """Token ids of the prompt; when too long, both questions are cut to share the room left by the template."""
+    """Token ids of the prompt; when too long, both questions are cut (never the question asked at the end)."""
     ids = tok.encode(PROMPT.format(q1=q1, q2=q2))
-    if len(ids) <= max_len:
-        return ids
-    room = max(1, (max_len - len(tok.encode(PROMPT.format(q1="", q2="")))) // 2)
-    q1, q2 = (tok.decode(tok.encode(q)[:room]) for q in (q1, q2))
-    return tok.encode(PROMPT.format(q1=q1, q2=q2))[:max_len]
+    t1, t2 = tok.encode(q1), tok.encode(q2)
+    room = max(len(t1), len(t2))
+    while len(ids) > max_len and room > 0:
+        # Cut the longer question first, a few tokens at a time; re-encoding can merge tokens at the cut.
+        room -= max(1, (len(ids) - max_len) // 2)
+        ids = tok.encode(PROMPT.format(q1=tok.decode(t1[:room]), q2=tok.decode(t2[:room])))
+    if len(ids) > max_len:
+        raise ValueError(f"max_length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")
+    return ids
 
 
 class ParaphraseTask(Task):

@@ -120,6 +120,7 @@ class Sonnet:
 
     number: int
     lines: tuple[str, ...]
+    line: int = field(default=0, compare=False)  # where its number stands in the file (1-based)
 
     @property
     def text(self) -> str:
@@ -139,16 +140,17 @@ def parse_sonnets(text: str, source: str = "sonnets") -> list[Sonnet]:
     sonnets: list[Sonnet] = []
     number: int | None = None
     body: list[str] = []
-    for raw in lines:
+    start = 0
+    for n, raw in enumerate(lines, start=1):
         m = _NUMBER.match(raw)
         if m:
             if number is not None:
-                sonnets.append(Sonnet(number, tuple(body)))
-            number, body = int(m.group(1)), []
+                sonnets.append(Sonnet(number, tuple(body), start))
+            number, body, start = int(m.group(1)), [], n
         elif number is not None and raw.strip():
             body.append(raw.rstrip())
     if number is not None:
-        sonnets.append(Sonnet(number, tuple(body)))
+        sonnets.append(Sonnet(number, tuple(body), start))
     if not sonnets:
         raise DataError(f"{source}: no numbered sonnets found (expected a number on its own line before each)")
     return sonnets
@@ -164,6 +166,6 @@ def read_sonnets(path: str | os.PathLike, expect_lines: int | None = None
     sonnets = parse_sonnets(path.read_text(encoding="utf-8"), str(path))
     notes = []
     if expect_lines is not None:
-        notes = [Malformed(str(path), 0, f"sonnet {s.number} has {len(s.lines)} lines, expected {expect_lines}")
+        notes = [Malformed(str(path), s.line, f"sonnet {s.number} has {len(s.lines)} lines, expected {expect_lines}")
                  for s in sonnets if len(s.lines) != expect_lines]
     return sonnets, notes

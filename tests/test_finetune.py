@@ -1,0 +1,163 @@
+"""`python -m minigpt2.finetune` end to end on every task (tiny model, fixtures), `--resume`, `evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt2 import evaluate, finetune
+from minigpt2.checkpoint import load_model, read_safetensors
+from tasks.paraphrase import read_predictions as read_para
+from tasks.readers import read_table
+from tasks.sentiment import read_predictions as read_sentiment
+from tasks.sonnet import read_generated
+
+FIX = Path(__file__).parent / "fixtures"
+DATA = FIX / "tasks"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def finetune_args(task: str, out: Path, *extra: str) -> list[str]:
+    return ["--task", task, "--model", "tiny", "--data-dir", str(DATA), "--tokenizer-dir", str(FIX / "gpt2"),
+            "--out-dir", str(out), "--batch-size", "4", "--no-progress", "--device", "cpu", *extra]
+
+
+RUNS = {  # task -> extra arguments; 1-2 short epochs each
+    "sst": ["--epochs", "2", "--lr", "1e-3"],
+    "cfimdb": ["--epochs", "1", "--mode", "last-linear-layer"],
+    "quora": ["--epochs", "1", "--lr", "1e-3"],
+    "sonnet": ["--epochs", "1", "--max-new-tokens", "24", "--max-eval", "2"],
+}
+PREDICTIONS = {
+    "sst": ("full-model-sst-dev-out.csv", "full-model-sst-test-out.csv"),
+    "cfimdb": ("last-linear-layer-cfimdb-dev-out.csv", "last-linear-layer-cfimdb-test-out.csv"),
+    "quora": ("para-dev-output.csv", "para-test-output.csv"),
+    "sonnet": ("generated_sonnets_dev.txt", "generated_sonnets.txt"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for task, extra in RUNS.items():
+        finetune.main(finetune_args(task, root / task, *extra))
+    torch.set_num_threads(n)
+    return {task: root / task for task in RUNS}
+
+
+@pytest.mark.parametrize("task", sorted(RUNS))
+def test_each_task_writes_every_file(task, runs):
+    run = runs[task]
+    for name in ("config.json", "metrics.json", "best/model.safetensors", "best/config.json",
+                 "last/state.safetensors", "last/trainer.json", *PREDICTIONS[task]):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["args"]["task"] == task and config["args"]["model"] == "tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    metric = "chrf" if task == "sonnet" else "accuracy"
+    assert metrics["metric"] == metric and len(metrics["epochs"]) == int(RUNS[task][1])
+    for row in metrics["epochs"]:
+        assert {"train_loss", "dev_loss", metric, "tokens_per_s", "train_s"} <= set(row)
+        assert row["tokens_per_s"] > 0
+    assert metrics["best"][metric] == max(r[metric] for r in metrics["epochs"])
+    assert metrics["dev"][metric] == pytest.approx(metrics["best"][metric])  # the files come from the best epoch
+    assert metrics["trainable_params"] > 0 and metrics["wall_s"] > 0
+    load_model(run / "best")  # an HF-layout checkpoint our loader (and transformers) can read
+
+
+def test_sentiment_files_hold_every_id(runs):
+    for task in ("sst", "cfimdb"):
+        prefix = f"ids-{task}"
+        for split, name in zip(("dev", "test-student"), PREDICTIONS[task]):
+            ids = [r["id"] for r in read_table(DATA / f"{prefix}-{split}.csv", ["id"]).rows]
+            preds = read_sentiment(runs[task] / name)
+            assert list(preds) == ids
+            assert set(preds.values()) <= set(range(5 if task == "sst" else 2))
+    head, _ = read_safetensors(runs["sst"] / "best" / "head.safetensors")
+    assert set(head) == {"classifier.weight", "classifier.bias"} and head["classifier.weight"].shape == (5, 32)
+
+
+def test_last_linear_layer_trains_only_the_head(runs):
+    metrics = json.loads((runs["cfimdb"] / "metrics.json").read_text())
+    assert metrics["trainable_params"] == 32 * 2 + 2
+    state, _ = read_safetensors(runs["cfimdb"] / "last" / "state.safetensors")
+    assert {k for k in state if k.startswith("model.")} == {"model.classifier.weight", "model.classifier.bias"}
+
+
+def test_quora_file_skips_the_empty_label_row_and_reports_it(runs):
+    metrics = json.loads((runs["quora"] / "metrics.json").read_text())
+    assert metrics["data"] == {"train": 8, "dev": 8, "test": 4}
+    assert len(metrics["malformed_rows"]) == 1 and "quora-dev.csv:10" in metrics["malformed_rows"][0]
+    preds = read_para(runs["quora"] / "para-dev-output.csv")
+    assert len(preds) == 8 and set(preds.values()) <= {0, 1}
+
+
+def test_sonnet_files_hold_whole_sonnets_starting_with_the_prompt(runs):
+    dev = read_generated(runs["sonnet"] / "generated_sonnets_dev.txt")
+    test = read_generated(runs["sonnet"] / "generated_sonnets.txt")
+    assert [s.number for s in dev] == [132, 133] and [s.number for s in test] == [145, 146]
+    assert dev[0].lines[:3] == ("Thine eyes I love, and they, as pitying me,",
+                                "Knowing thy heart torment me with disdain,",
+                                "Have put on black, and loving mourners be,")
+    assert all(3 < len(s.lines) <= 14 for s in dev + test)
+
+
+@pytest.mark.parametrize("task", ["sst", "quora", "sonnet"])
+def test_evaluate_rescores_the_saved_run(task, runs):
+    metrics = json.loads((runs[task] / "metrics.json").read_text())
+    metric = metrics["metric"]
+    result = evaluate.evaluate_run(runs[task], "dev", device="cpu")
+    assert result[metric] == pytest.approx(metrics["dev"][metric])
+    assert json.loads((runs[task] / "eval-dev.json").read_text())[metric] == result[metric]
+    result = evaluate.evaluate_run(runs[task], "test", device="cpu")
+    assert result["examples"] == (2 if task == "sonnet" else 4) and metric not in result
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    common = ["--epochs", "3", "--lr", "1e-3", "--seed", "7"]
+    finetune.main(finetune_args("sst", tmp_path / "straight", *common))
+    finetune.main(finetune_args("sst", tmp_path / "resumed", *common, "--stop-after-epoch", "1"))
+    partial = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert partial["stopped_after_epoch"] == 1 and len(partial["epochs"]) == 1
+    assert not (tmp_path / "resumed" / "full-model-sst-dev-out.csv").exists()
+    finetune.main(finetune_args("sst", tmp_path / "resumed", *common, "--resume"))
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert b["resumed_from_epoch"] == 1
+    keys = ("epoch", "train_loss", "dev_loss", "accuracy", "lr")
+    assert [{k: e[k] for k in keys} for e in a["epochs"]] == [{k: e[k] for k in keys} for e in b["epochs"]]
+    assert a["best"] == b["best"] and a["dev"] == b["dev"]
+    wa, _ = read_safetensors(tmp_path / "straight" / "last" / "state.safetensors")
+    wb, _ = read_safetensors(tmp_path / "resumed" / "last" / "state.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "straight" / "full-model-sst-test-out.csv").read_text() == \
+        (tmp_path / "resumed" / "full-model-sst-test-out.csv").read_text()
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    (tmp_path / "quora-train.csv").write_text("\tid\tsentence1\tsentence2\tis_duplicate\n")
+    with pytest.raises(SystemExit) as e:
+        finetune.main(finetune_args("quora", tmp_path / "run") + ["--data-dir", str(tmp_path), "--offline"])
+    msg = str(e.value)
+    assert "quora-dev.csv" in msg and "quora-test-student.csv" in msg and "quora-train.csv" not in msg
+    assert "python -m minigpt2.data fetch --task quora" in msg
+
+
+def test_help_lists_the_course_defaults(capsys):
+    with pytest.raises(SystemExit):
+        finetune.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--temperature" in out and "1.2" in out and "--top-p" in out and "0.9" in out
+    assert "--resume" in out and "--max-train" in out

@@ -1,0 +1,275 @@
+"""Readers, writers, heads and metrics of the four tasks, on the small fixtures in tests/fixtures/tasks/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from minigpt2.config import GPT2Config
+from minigpt2.metrics import accuracy, bootstrap_ci, chrf
+from minigpt2.model import GPT2
+from minigpt2.tokenizer import Tokenizer
+from tasks import collate, get_task
+from tasks.paraphrase import ANSWER_IDS, encode_pair, read_predictions as read_para
+from tasks.readers import (DataError, MissingDataError, clean_text, parse_sonnets, read_sonnets, read_table,
+                           require_files)
+from tasks.sentiment import read_predictions as read_sentiment
+from tasks.sonnet import finish_sonnet, read_generated, sonnet_stop, write_sonnets
+
+FIX = Path(__file__).parent / "fixtures" / "tasks"
+GPT2_BPE = Path(__file__).parent / "fixtures" / "gpt2"
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer(GPT2_BPE)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GPT2:
+    torch.manual_seed(0)
+    return GPT2(GPT2Config.from_name("tiny", dropout=0.0)).eval()
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+def test_table_reads_quoted_cells_and_html():
+    t = read_table(FIX / "ids-sst-train.csv", ["id", "sentence"], "sentiment", set(range(5)))
+    assert len(t.rows) == 9 and not t.malformed
+    messy = t.rows[-1]
+    assert messy["sentence"] == '"A quoted" title : fun<br />to watch , really .'  # CSV doubled quotes undone
+    assert clean_text(messy["sentence"]) == '"A quoted" title : fun to watch , really .'
+    assert messy["sentiment"] == "4"
+
+
+def test_crlf_file_and_empty_label_is_reported_with_its_line():
+    t = read_table(FIX / "quora-dev.csv", ["id", "sentence1", "sentence2"], "is_duplicate", {0, 1})
+    assert len(t.rows) == 8
+    assert all(not r["sentence2"].endswith("\r") and r["is_duplicate"] in ("0", "1") for r in t.rows)
+    assert [str(m) for m in t.malformed] == [f"{FIX / 'quora-dev.csv'}:10: label 'is_duplicate' is '', not a number"]
+
+
+def test_test_student_files_have_no_labels(tok):
+    for name in ("sst", "cfimdb", "quora"):
+        examples, bad = get_task(name).load(FIX, "test", tok, 128)
+        assert len(examples) == 4 and not bad
+        assert all(e.label is None and 0 < len(e.input_ids) <= 128 for e in examples)
+
+
+def test_out_of_range_label_and_short_row_are_reported(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t1\n1\tb\tbad\t7\n2\tc\n3\td\tok\t0.5\n")
+    t = read_table(f, ["id", "sentence"], "sentiment", {0, 1})
+    assert [r["id"] for r in t.rows] == ["a"]
+    reasons = [(m.line, m.reason) for m in t.malformed]
+    assert reasons[0] == (3, "label 'sentiment' is '7', expected one of [0, 1]")
+    assert reasons[1] == (4, "2 cells, expected 4")
+    assert reasons[2][0] == 5
+
+
+def test_missing_column_and_missing_file_errors(tmp_path):
+    f = tmp_path / "x.csv"
+    f.write_text("\tid\ttext\n0\ta\tb\n")
+    with pytest.raises(DataError, match=r"x\.csv: missing column\(s\) \['sentence'\]"):
+        read_table(f, ["id", "sentence"])
+    with pytest.raises(MissingDataError) as e:
+        require_files(tmp_path, ["quora-train.csv", "quora-dev.csv"], "quora")
+    msg = str(e.value)
+    assert "quora-train.csv" in msg and "quora-dev.csv" in msg
+    assert "python -m minigpt2.data fetch --task quora" in msg
+
+
+def test_sonnets_crlf_header_and_numbers():
+    sonnets, notes = read_sonnets(FIX / "sonnets.txt", expect_lines=14)
+    assert [s.number for s in sonnets] == [1, 2, 3, 4, 5, 6] and not notes
+    assert sonnets[0].lines[0] == "From fairest creatures we desire increase,"
+    assert sonnets[0].lines[12].startswith("  Pity the world")  # the couplet's indent is kept
+    assert all("\r" not in s.text for s in sonnets)
+    prompts, _ = read_sonnets(FIX / "sonnets_held_out_dev.txt")
+    assert [len(p.lines) for p in prompts] == [3, 3, 3]
+    short, notes = read_sonnets(FIX / "sonnets_held_out_dev.txt", expect_lines=14)
+    assert len(notes) == 3 and str(notes[0]).endswith("sonnets_held_out_dev.txt:12: sonnet 132 has 3 lines, expected 14")
+    with pytest.raises(DataError, match="no numbered sonnets"):
+        parse_sonnets("just a header\nno numbers here\n", "f.txt")
+
+
+# ------------------------------------------------------------------------------------------ prediction files
+
+def test_sentiment_predictions_match_course_format_and_parse_back(tmp_path, tok):
+    task = get_task("sst")
+    examples, _ = task.load(FIX, "dev", tok, 64)
+    preds = [i % 5 for i in range(len(examples))]
+    args = argparse.Namespace(mode="full-model")
+    path = tmp_path / task.output_name("dev", args)
+    assert path.name == "full-model-sst-dev-out.csv"
+    task.write_predictions(path, examples, preds)
+    lines = path.read_text().split("\n")
+    assert lines[0] == "id \t Predicted_Sentiment "
+    assert lines[1] == f"{examples[0].id}, 0 "
+    assert read_sentiment(path) == {e.id: p for e, p in zip(examples, preds)}
+
+
+def test_paraphrase_predictions_use_answer_tokens_and_parse_back(tmp_path, tok):
+    task = get_task("quora")
+    examples, _ = task.load(FIX, "test", tok, 128)
+    preds = [1, 0, 1, 1]
+    path = tmp_path / task.output_name("test", argparse.Namespace())
+    assert path.name == "para-test-output.csv"
+    task.write_predictions(path, examples, preds)
+    lines = path.read_text().split("\n")
+    assert lines[0] == "id \t Predicted_Is_Paraphrase "
+    assert lines[1] == f"{examples[0].id}, 8505 " and lines[2] == f"{examples[1].id}, 3919 "
+    assert read_para(path) == {e.id: p for e, p in zip(examples, preds)}
+    path.write_text("id \t Predicted_Is_Paraphrase \nabc, 7 \n")
+    with pytest.raises(ValueError, match="unexpected prediction value"):
+        read_para(path)
+    path.write_text("id,pred\nabc, 1\n")
+    with pytest.raises(ValueError, match=":1: expected the header"):
+        read_para(path)
+
+
+def test_generated_sonnets_layout_parses_back(tmp_path):
+    sonnets = [(132, "Line one,\nLine two,\n  and a couplet."), (133, "Another\nsonnet")]
+    path = tmp_path / "generated_sonnets_dev.txt"
+    write_sonnets(path, sonnets)
+    text = path.read_text()
+    assert text.startswith("--Generated Sonnets-- \n\n\n132\nLine one,\n")
+    back = read_generated(path)
+    assert [(s.number, s.text) for s in back] == sonnets
+
+
+# ------------------------------------------------------------------------------------------ prompts, heads
+
+def test_one_cloze_prompt_for_every_split(tok):
+    task = get_task("quora")
+    for split in ("train", "dev", "test"):
+        examples, _ = task.load(FIX, split, tok, 128)
+        text = tok.decode(examples[0].input_ids)
+        assert text.startswith('Question 1: "') and text.endswith('"\nAre these questions asking the same thing?\n')
+    assert [tok.decode([i]) for i in ANSWER_IDS] == ["yes", "no"]
+
+
+def test_long_pair_is_cut_inside_the_questions(tok):
+    ids = encode_pair(tok, "word " * 200, "other " * 200, 64)
+    text = tok.decode(ids)
+    assert len(ids) <= 64 and text.endswith("Are these questions asking the same thing?\n")
+
+
+class _LinearSpy:
+    """Records the output shape of every F.linear call (nn.Linear and the tied LM head both use it)."""
+
+    def __init__(self, monkeypatch):
+        self.shapes: list[tuple[int, ...]] = []
+        real = F.linear
+
+        def spy(x, w, b=None):
+            out = real(x, w, b)
+            self.shapes.append(tuple(out.shape))
+            return out
+        monkeypatch.setattr(torch.nn.functional, "linear", spy)
+
+
+@pytest.mark.parametrize("name", ["sst", "quora"])
+def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypatch):
+    task = get_task(name)
+    examples, _ = task.load(FIX, "train", tok, 128)
+    module = task.build(tiny, argparse.Namespace())
+    batch = collate(examples[:4])
+    spy = _LinearSpy(monkeypatch)
+    loss = module(batch)
+    loss.backward()
+    preds = module.predict(batch)
+    V = tiny.config.vocab_size
+    assert spy.shapes and not any(s[-1] == V for s in spy.shapes), "a (.., vocab) tensor was built"
+    assert preds.shape == (4,)
+    if name == "quora":
+        assert (4, 2) in spy.shapes  # the two answer columns only
+
+
+def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
+    task = get_task("sonnet")
+    examples, _ = task.load(FIX, "train", tok, 128)
+    module = task.build(tiny, argparse.Namespace())
+    batch = collate(examples[:2], lm_targets=True)
+    expected = F.cross_entropy(tiny.logits(batch["input_ids"], batch["attention_mask"]).flatten(0, 1),
+                               batch["targets"].flatten(), ignore_index=-100)
+    torch.testing.assert_close(module(batch), expected)
+    full, _ = task.load(FIX, "train", tok, 1024)
+    assert all(e.input_ids[-1] == tok.eot_id for e in full)  # each sonnet ends with <|endoftext|>
+    assert all(len(e.input_ids) == 128 for e in examples)  # ... unless cut to the model's window
+
+
+def test_sonnet_stop_after_fourteenth_line(tok):
+    stop = sonnet_stop(tok, 11)
+    eleven = "".join(f"line {i}\n" for i in range(11))
+    assert not stop(tok.encode(eleven[:-1]))  # the 11th line is not finished yet
+    assert not stop(tok.encode("a\n\n\nb\n"))  # blank lines do not count
+    assert stop(tok.encode(eleven))
+    prompt = ("one", "two", "three")
+    full = finish_sonnet(prompt, "\n" + eleven + "extra\n12\nmore")
+    assert full.split("\n") == list(prompt) + [f"line {i}" for i in range(11)]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def test_chrf_equals_sacrebleu_corpus_chrf():
+    hyps = ["The cat sat on the mat.", "Shall I compare thee to a summer's day?", "x"]
+    refs = ["A cat sat on a mat.", "Shall I compare thee to a summers day", "y z"]
+    assert chrf(hyps, refs) == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert chrf(refs, refs) == 100.0
+    with pytest.raises(ValueError, match="2 hypotheses for 3 references"):
+        chrf(hyps[:2], refs)
+
+
+def test_accuracy_and_bootstrap():
+    assert accuracy([1, 0, 2, 2], [1, 1, 2, 0]) == 0.5
+    assert accuracy([3919 == 3919], [1]) == 1.0
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        accuracy([1, 2, 3], [1, 2])
+    lo, hi = bootstrap_ci(accuracy, [1] * 60 + [0] * 40, [1] * 100, samples=300)
+    assert lo < 0.6 < hi and 0.45 < lo and hi < 0.75
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+REAL_ROWS = {  # file -> (usable rows, malformed rows), from ../shared/data/README.md
+    "ids-sst-train.csv": (8544, 0), "ids-sst-dev.csv": (1101, 0), "ids-sst-test-student.csv": (2210, 0),
+    "ids-cfimdb-train.csv": (1707, 0), "ids-cfimdb-dev.csv": (245, 0), "ids-cfimdb-test-student.csv": (488, 0),
+    "quora-train.csv": (14214, 0), "quora-dev.csv": (3999, 1), "quora-test-student.csv": (2000, 0),
+}
+
+
+@pytest.mark.shared_data
+def test_every_real_file_reads_with_the_documented_row_counts(tok):
+    folder = os.environ.get("MINIGPT2_DATA_DIR")
+    if not folder:
+        pytest.skip("MINIGPT2_DATA_DIR is not set")
+    folder = Path(folder)
+    counts = {}
+    for name in ("sst", "cfimdb", "quora"):
+        task = get_task(name)
+        for split, file in task.files.items():
+            examples, bad = task.load(folder, split, tok, 1024)
+            counts[file] = (len(examples), len(bad))
+            for m in bad:
+                print(f"malformed: {m}")
+            if split != "test":
+                assert all(e.label is not None for e in examples)
+    assert counts == REAL_ROWS
+    sonnets, notes = read_sonnets(folder / "sonnets.txt", expect_lines=14)
+    assert [s.number for s in sonnets] == list(range(1, 132))
+    print("irregular sonnets:", [str(n) for n in notes])  # Shakespeare's 99 (15 lines) and 126 (12 lines)
+    assert {int(str(n).split("sonnet ")[1].split()[0]) for n in notes} == {99, 126}
+    task = get_task("sonnet")
+    dev, _ = task.load(folder, "dev", tok, 1024)
+    test, _ = task.load(folder, "test", tok, 1024)
+    assert [int(e.id) for e in dev] == list(range(132, 144))
+    assert [int(e.id) for e in test] == list(range(145, 157))
+    assert all(len(e.meta["prompt_lines"]) == 3 and len(e.meta["reference"].split("\n")) == 14 for e in dev)
+    print("row counts:", counts)

@@ -1,0 +1,98 @@
+"""The task-agnostic training loop: batching, schedule, weight-decay groups, learning, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt2.config import GPT2Config
+from minigpt2.model import GPT2
+from minigpt2.train import TrainConfig, bucketed_batches, lr_lambda, param_groups, train
+from tasks import Example, collate
+from tasks.sentiment import SentimentClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and a busy 2-core runner makes two threads fight."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+FIX = ROOT / "tests" / "fixtures"
+
+
+def test_bucketed_batches_cover_every_example_once_and_group_similar_lengths():
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    batches = bucketed_batches(lengths, 8, torch.Generator().manual_seed(1), bucket=10)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000)) and all(len(b) <= 8 for b in batches)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(1)).tolist()
+    unbucketed = sum(8 * max(lengths[i] for i in perm[j:j + 8]) for j in range(0, 1000, 8))
+    assert padded < 0.7 * unbucketed  # bucketing saves padding
+    again = bucketed_batches(lengths, 8, torch.Generator().manual_seed(1), bucket=10)
+    assert again == batches  # the seed fixes the order (resume relies on it)
+
+
+def test_lr_schedule_warmup_then_decay():
+    f = lr_lambda(100, 0.1, "linear")
+    assert f(0) == 0.1 and f(9) == 1.0 and abs(f(55) - 0.5) < 1e-9 and f(100) == 0.0
+    c = lr_lambda(100, 0.0, "cosine")
+    assert c(0) == 1.0 and abs(c(50) - 0.5) < 1e-9 and c(100) < 1e-12
+    assert lr_lambda(10, 0.0, "constant")(9) == 1.0
+
+
+def test_weight_decay_only_on_matrices():
+    model = SentimentClassifier(GPT2(GPT2Config.from_name("tiny")), 3)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert any(p is model.gpt.wte.weight for p in decay["params"])
+    assert any(p is model.gpt.ln_f.weight for p in no_decay["params"])
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_overfitting_a_handful_of_examples_drives_the_loss_near_zero(tmp_path):
+    torch.manual_seed(0)
+    model = SentimentClassifier(GPT2(GPT2Config.from_name("tiny", dropout=0.0)), 4)
+    g = torch.Generator().manual_seed(0)
+    examples = [Example(str(i), torch.randint(0, 1000, (5 + i,), generator=g).tolist(), i % 4) for i in range(8)]
+    cfg = TrainConfig(epochs=25, batch_size=8, lr=1e-2, warmup=0.0, schedule="constant", weight_decay=0.0,
+                      progress=False)
+    metrics = train(model, examples, collate, cfg, tmp_path, evaluate=lambda m: {"accuracy": 0.0},
+                    metric="accuracy", save_best=lambda m, folder: None)
+    losses = [e["train_loss"] for e in metrics["epochs"]]
+    assert losses[0] > 1.0 and losses[-1] < 0.02, losses[::5]
+    model.eval()
+    with torch.no_grad():
+        assert model.predict(collate(examples)).tolist() == [e.label for e in examples]
+
+
+def test_ddp_two_cpu_processes_keep_weights_in_sync(tmp_path):
+    """torchrun with 2 gloo processes: each takes half the batches; DDP averages gradients, so the weights
+    stay identical on both ranks and rank 0 writes one run folder."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "minigpt2.finetune", "--task", "sst", "--model", "tiny", "--data-dir", str(FIX / "tasks"),
+           "--tokenizer-dir", str(FIX / "gpt2"), "--epochs", "2", "--batch-size", "2", "--lr", "1e-3",
+           "--out-dir", str(out), "--no-progress", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    a, b = metrics["param_checksums"]
+    assert a == b
+    # 9 examples -> 5 batches of 2 -> 2 per rank (the odd batch is dropped so both ranks step together)
+    assert metrics["optimizer_steps_per_epoch"] == 2
+    assert (out / "full-model-sst-dev-out.csv").is_file() and (out / "best" / "model.safetensors").is_file()
