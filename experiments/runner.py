@@ -34,7 +34,8 @@ from .sweeps import REPO, Evaluation, Run
 Executor = Callable[[str, Sequence[str], Path], None]
 
 # Flags that change how a run executes but not what it computes: a re-run with other values is the same run.
-NEUTRAL_FLAGS = {"--tokenizer-dir": 1, "--device": 1, "--no-progress": 0, "--eval-batch-size": 1, "--compile": 0}
+NEUTRAL_FLAGS = {"--tokenizer-dir": 1, "--device": 1, "--no-progress": 0, "--eval-batch-size": 1, "--compile": 0,
+                "--offline": 0}
 RECORD = "experiment.json"
 
 

@@ -12,8 +12,8 @@ Nothing here runs anything; `experiments.runner` does.
     teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only
 
 `--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the fixture data
-under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points per sweep (`Sweep.tiny_note` says
-which).
+under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
+per sweep (`Sweep.tiny_note` says which).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ PRECISIONS = ("fp64", "fp32", "bf16", "fp8", "int8", "int4")
 SYNTHETIC_SIZES = (0, 250, 500, 1000)
 
 # What --tiny adds to every finetune call: a tiny random model on a few fixture examples, quickly.
-TINY_ARGS = ["--model", "tiny", "--epochs", "1", "--max-train", "4", "--max-eval", "2", "--max-new-tokens", "4",
-             "--batch-size", "4", "--eval-batch-size", "8"]
+TINY_ARGS = ["--model", "tiny", "--offline", "--epochs", "1", "--max-train", "4", "--max-eval", "2",
+             "--max-new-tokens", "4", "--batch-size", "4", "--eval-batch-size", "8"]
 
 
 @dataclass
