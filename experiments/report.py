@@ -235,6 +235,8 @@ def plot_lora_ranks(points: Sequence[Row]) -> Figure:
         ax.axhline(p["score"], color="C3", linestyle="--", label="full fine-tuning")
         ax.axhspan(p["low"], p["high"], color="C3", alpha=0.12)
     ax.set_xscale("log", base=2)
+    if lora:
+        ax.set_xticks([p["rank"] for p in lora], [str(p["rank"]) for p in lora])
     ax.set_xlabel("LoRA rank")
     ax.set_ylabel("dev chrF")
     ax.set_title("Sonnets: chrF vs LoRA rank")
@@ -266,8 +268,11 @@ def plot_lora_targets(points: Sequence[Row]) -> Figure:
 def plot_precision(points: Sequence[Row]) -> Figure:
     """chrF vs model size (bytes, log axis) per precision, QAFT vs PTQ; and the zero-shot Quora accuracy."""
     fig, (ax, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
+    done = [p for p in _done(points) if p["model_bytes"]]
+    with_qaft = {p["precision"] for p in done if p["qaft"]}
     for qaft, label, style in ((False, "post-training quantization", "o-"), (True, "QAFT", "s--")):
-        pts = sorted((p for p in _done(points) if bool(p["qaft"]) == qaft and p["model_bytes"]),
+        # A precision without a QAFT twin (fp32, the reference) belongs to both lines.
+        pts = sorted((p for p in done if bool(p["qaft"]) == qaft or (qaft and p["precision"] not in with_qaft)),
                      key=lambda p: p["model_bytes"])
         if not pts:
             continue
@@ -275,7 +280,7 @@ def plot_precision(points: Sequence[Row]) -> Figure:
         quora = [p for p in pts if p["zero_shot_quora"] is not None]
         if quora:
             ax_q.plot([p["model_bytes"] for p in quora], [p["zero_shot_quora"] for p in quora], style, label=label)
-        for p in pts:
+        for p in (p for p in pts if bool(p["qaft"]) == qaft):  # the shared reference is labelled once
             ax.annotate(p["precision"], (p["model_bytes"], p["score"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
