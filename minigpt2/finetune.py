@@ -8,7 +8,7 @@ metrics.json (per epoch and best), best/ (model.safetensors + config.json in the
 classifier head), last/ (the resume state), and the dev/test predictions in the course's formats.
 
 Where the study's knobs plug in: `build_model` (wrap the GPT-2 body: quantization first, then LoRA),
-`save_run_model`/`load_run_model` (how the best weights are stored), and `tasks.sonnet.SonnetTask.train_texts`
+`save_run_model`/`load_run_model` (how the best weights are stored), and `tasks.sonnet.SonnetTask.synthetic_texts`
 (the sonnet training set, where synthetic sonnets are mixed in).
 """
 
@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-eval", type=int, default=None, help="use only the first N dev and test examples")
     g.add_argument("--max-length", type=int, default=None,
                    help="truncate inputs to N tokens (default: the model's n_positions)")
+    g = p.add_argument_group("synthetic data (sonnet task)")
+    g.add_argument("--synthetic", default=None, metavar="FILE.jsonl",
+                   help="add the kept sonnets of a distill.generate file to the training set (dev/test stay real)")
+    g.add_argument("--synthetic-n", type=int, default=None,
+                   help="add only the first N synthetic sonnets (an error if the file has fewer); default: all")
+    g.add_argument("--synthetic-filter", choices=["all", "perfect"], default="all",
+                   help="'perfect': only those passing distill.check (14 lines, ABAB CDCD EFEF GG)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="gpt2",
                    help="a preset (gpt2, gpt2-medium, ...: downloaded once into checkpoints/<name>/), a folder or "
@@ -104,6 +111,10 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.lr = DEFAULT_LR[args.mode]
     if args.mode == "last-linear-layer" and args.task not in ("sst", "cfimdb"):
         raise SystemExit(f"--mode last-linear-layer trains only a classifier head; task {args.task!r} has none")
+    if (args.synthetic or args.synthetic_n is not None) and args.task != "sonnet":
+        raise SystemExit(f"--synthetic adds synthetic sonnets; task {args.task!r} is not the sonnet task")
+    if args.synthetic_n is not None and not args.synthetic:
+        raise SystemExit("--synthetic-n needs --synthetic FILE.jsonl")
     if args.resume and not args.out_dir:
         raise SystemExit("--resume needs --out-dir: the run folder to continue")
     return args
@@ -261,6 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
     info = {"task": task.name, "model": args.model, "mode": args.mode,
             "data": {s: len(v) for s, v in splits.items()}, "malformed_rows": [str(n) for n in notes]}
+    n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
+    info["data"].update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
     metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets), cfg, run_dir,
                     make_evaluate(task, splits["dev"], args, tok, d.device), task.metric,
                     lambda m, folder: save_run_model(m, folder, args), d=d, resume=args.resume, info=info)

@@ -59,18 +59,32 @@ class SonnetTask(Task):
              "test": "sonnets_held_out.txt"}
 
     def train_texts(self, folder: Path, args: argparse.Namespace) -> tuple[list[str], list[Malformed]]:
-        """The training set as plain sonnet texts. The one place where other sources (synthetic sonnets from
-        `distill`) are mixed in."""
+        """The real training set as plain sonnet texts (synthetic ones are added by `synthetic_texts`)."""
         sonnets, notes = read_sonnets(folder / self.files["train"], expect_lines=SONNET_LINES)
         return [s.text for s in sonnets], notes
+
+    def synthetic_texts(self, args: argparse.Namespace) -> list[str]:
+        """Synthetic sonnets to add to the training set (`--synthetic FILE [--synthetic-n N]
+        [--synthetic-filter all|perfect]`), in the course's layout; none without --synthetic."""
+        if not getattr(args, "synthetic", None):
+            return []
+        from distill.synthetic import load_synthetic, to_course_layout
+
+        texts = load_synthetic(args.synthetic, n=getattr(args, "synthetic_n", None),
+                               filter=getattr(args, "synthetic_filter", "all"))
+        return [to_course_layout(t) for t in texts]
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
         if split == "train":
-            texts, notes = self.train_texts(folder, args if args is not None else argparse.Namespace())
-            texts = texts[:limit]
-            return [Example(str(i), (ids + [tok.eot_id])[:max_len]) for i, ids in
-                    enumerate(tok.encode_batch(texts))], notes
+            args = args if args is not None else argparse.Namespace()
+            texts, notes = self.train_texts(folder, args)
+            # --max-train limits the real sonnets; --synthetic-n says how many synthetic ones come on top.
+            real = [Example(str(i), (ids + [tok.eot_id])[:max_len])
+                    for i, ids in enumerate(tok.encode_batch(texts[:limit]))]
+            synthetic = [Example(f"synthetic-{i}", (ids + [tok.eot_id])[:max_len], meta={"source": "synthetic"})
+                         for i, ids in enumerate(tok.encode_batch(self.synthetic_texts(args)))]
+            return real + synthetic, notes
         prompts, notes = read_sonnets(folder / self.files[split])
         refs: dict[int, Sonnet] = {}
         if split == "dev":

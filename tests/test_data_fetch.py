@@ -315,8 +315,8 @@ def test_finetune_fetches_missing_data_and_says_so(hub, tmp_path, capsys):
 def test_finetune_offline_gives_the_clear_error_instead(hub, tmp_path):
     from minigpt2 import finetune
 
-    with pytest.raises(DownloadError, match=r"missing in .*quora-train.csv.*python -m minigpt2.data fetch --task "
-                                            r"quora"):
+    with pytest.raises(SystemExit, match=r"error: missing in .*quora-train.csv.*python -m minigpt2.data fetch "
+                                         r"--task quora"):
         finetune.main(["--task", "quora", "--model", "tiny", "--data-dir", str(tmp_path), "--offline",
                        "--out-dir", str(tmp_path / "run")])
     assert hub.requests == []

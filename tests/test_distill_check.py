@@ -1,0 +1,200 @@
+"""The perfect-sonnet check: sonnets that must pass, ones that must fail for each reason, and the file readers."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from distill.check import (check_file, check_sonnet, count_syllables, end_word, format_report, main, read_sonnets,
+                           rhyme, summarize)
+from tests.fakegemini import make_sonnet
+
+FIXTURES = Path(__file__).parent / "fixtures" / "distill"
+
+# Sonnet 9 (passes in the CMU dictionary as printed).
+SONNET_9 = """Is it for fear to wet a widow's eye
+That thou consum'st thyself in single life?
+Ah, if thou issueless shalt hap to die,
+The world will wail thee like a makeless wife.
+The world will be thy widow and still weep,
+That thou no form of thee hast left behind,
+When every private widow well may keep,
+By children's eyes, her husband's shape in mind.
+Look what an unthrift in the world doth spend
+Shifts but his place, for still the world enjoys it;
+But beauty's waste hath in the world an end,
+And kept unused, the user so destroys it.
+  No love toward others in that bosom sits
+  That on himself such murd'rous shame commits."""
+
+# Archaic spellings at every line end: o'er, e'er, elided -'d and -'st, curly apostrophes, trailing dashes.
+ARCHAIC = """My heart, that wandered all the winter o'er,
+Now finds its rest where thou hast lov'd me long;
+I would not roam the sullen sea no more,
+Nor sing again the old and weary song.
+If thou shouldst ask if I have lov'd thee e'er,
+The hours we spent when first our love was known;
+Thy voice is soft as summer's evening air,
+The night is kind that leaves me not alone.
+Thou mak'st the dawn with every glance of thine,
+Thou break'st the dark with every word of grace--
+And all the world that once was only mine
+Is nothing now beside thy gentle face.
+  So let the seasons turn and years be told:
+  I keep the day when thou wert mine of old.""".replace("o'er,", "o\u2019er,")
+
+
+def with_line(text: str, index: int, new: str) -> str:
+    lines = text.split("\n")
+    lines[index] = new
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("text", [SONNET_9, make_sonnet(1), make_sonnet(7)])
+def test_perfect_sonnets_pass(text):
+    result = check_sonnet(text)
+    assert result.perfect, result.reasons
+    assert result.n_lines == 14 and result.reasons == []
+
+
+def test_archaic_apostrophes_and_punctuation_pass():
+    result = check_sonnet(ARCHAIC)
+    assert result.perfect, result.reasons
+    assert end_word("Thou break'st the dark with every word of grace--") == "grace"
+    assert end_word("My heart, that wandered all the winter o\u2019er,") == "o'er"
+
+
+def test_every_pronunciation_and_elisions_are_tried():
+    assert rhyme("wind", "kind")[0] and rhyme("wind", "sinned")[0]  # W AY1 N D and W IH1 N D
+    assert rhyme("o'er", "more") == (True, "cmu")
+    assert rhyme("mak'st", "break'st") == (True, "cmu")  # "mak" is also a CMU name: both readings are tried
+    assert rhyme("lov'd", "shov'd") == (True, "cmu")
+    assert rhyme("desire", "admire") == (True, "cmu")  # CMU's AY1 ER0 vs AY1 R
+    assert rhyme("unbred", "dead") == (True, "cmu")  # the prefix is dropped
+    assert rhyme("love", "prove") == (False, "cmu")  # an eye rhyme is not a rhyme
+
+
+def test_unknown_words_use_the_spelling_fallback_and_are_reported():
+    assert rhyme("niggarding", "spring") == (True, "spelling")
+    assert rhyme("attainted", "acquainted") == (True, "spelling")  # "qu" is a consonant, "-ed" reads "d"
+    assert rhyme("zorblax", "day") == (False, "spelling")
+    passing = with_line(with_line(make_sonnet(1), 12, "and so the zorblax"), 13, "the merry florblax")
+    result = check_sonnet(passing)
+    assert result.perfect and result.unknown_words == ["florblax", "zorblax"]
+    failing = with_line(make_sonnet(1), 13, "and then the zorbliq")
+    result = check_sonnet(failing)
+    assert not result.perfect and "zorbliq" in result.unknown_words
+    assert "lines 13/14 (G)" in result.reasons[0] and "unknown to CMU" in result.reasons[0]
+
+
+@pytest.mark.parametrize("n_lines", [13, 15, 12])
+def test_wrong_line_count_fails(n_lines):
+    lines = make_sonnet(2).split("\n")
+    text = "\n".join(lines[:n_lines] if n_lines <= 14 else lines + ["one line too many, day"])
+    result = check_sonnet(text)
+    assert not result.perfect
+    assert result.reasons == [f"{n_lines} lines, expected 14"]
+
+
+def test_blank_lines_between_stanzas_do_not_count():
+    lines = make_sonnet(3).split("\n")
+    stanzas = "\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:8]) + "\n\n" + "\n".join(lines[8:12]) + "\n\n" + \
+        "\n".join(lines[12:])
+    assert check_sonnet(stanzas).perfect
+
+
+def test_each_failing_pair_is_named():
+    result = check_sonnet(with_line(make_sonnet(1), 13, "my final line ends on orange"))
+    assert not result.perfect and len(result.failed_pairs) == 1
+    assert result.failed_pairs[0][:2] == (13, 14)
+    # AABB instead of ABAB: both pairs of the first quatrain fail.
+    lines = make_sonnet(1).split("\n")
+    lines[1], lines[2] = lines[2], lines[1]
+    result = check_sonnet("\n".join(lines))
+    assert [(i, j) for i, j, _, _ in result.failed_pairs] == [(1, 3), (2, 4)]
+    assert result.reasons[0].startswith("lines 1/3 (A):")
+
+
+def test_failure_kinds_are_explained():
+    weak = check_sonnet(SONNET_9.replace("to die,", "my memory,")).reasons
+    assert any("unstressed syllable of 'memory'" in r for r in weak)
+    eye = check_sonnet(SONNET_9.replace("wet a widow's eye", "wet a widow's love").replace("hap to die",
+                                                                                          "hap to prove")).reasons
+    assert any("'love' / 'prove' different sounds (AH V / UW V)" in r for r in eye)
+
+
+def test_meter_counts_syllables():
+    assert count_syllables("Shall I compare thee to a summer's day?") == 10
+    assert count_syllables("O'er zorblax") == 3  # unknown words: vowel groups
+    result = check_sonnet(SONNET_9, meter=True)
+    assert len(result.syllables) == 14 and result.metrical_lines >= 12
+    assert check_sonnet(SONNET_9).syllables == []  # meter is off unless asked for
+
+
+def test_reads_the_course_format(tmp_path):
+    sonnets = read_sonnets(FIXTURES / "sonnets_sample.txt")  # CRLF, 11-line header, numbered
+    assert [name for name, _ in sonnets] == ["1", "9", "24", "99", "126"]
+    assert sonnets[0][1].split("\n")[0] == "From fairest creatures we desire increase,"
+    results = check_file(FIXTURES / "sonnets_sample.txt")
+    assert [r.perfect for r in results] == [False, True, True, False, False]
+    assert results[3].reasons == ["15 lines, expected 14"] and results[4].reasons == ["12 lines, expected 14"]
+    assert results[2].unknown_words == ["stelled"]  # "stelled" ~ "held" by spelling
+
+
+def test_reads_blank_line_separated_text_and_jsonl(tmp_path):
+    plain = tmp_path / "sonnets.txt"
+    plain.write_text(make_sonnet(1) + "\n\n\n" + make_sonnet(2) + "\n")
+    assert [name for name, _ in read_sonnets(plain)] == ["1", "2"]
+    jsonl = tmp_path / "synth.jsonl"
+    rows = [{"id": "a", "text": make_sonnet(1), "status": "kept"},
+            {"id": "b", "text": "", "status": "rejected"}, {"id": "c", "text": make_sonnet(5, perfect=False)}]
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    results = check_file(jsonl)
+    assert [(r.name, r.perfect) for r in results] == [("a", True), ("c", False)]
+    assert summarize(results)["perfect_rate"] == 0.5
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x"}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+        read_sonnets(bad)
+    bad.write_text(json.dumps({"poem": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected a JSON object with a string field 'text'"):
+        read_sonnets(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="empty.txt: no sonnets found"):
+        read_sonnets(empty)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_sonnets(tmp_path / "missing.txt")
+
+
+def test_cli_reports_rate_and_reasons(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert main([str(FIXTURES / "sonnets_sample.txt"), "--meter", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("perfect: 2/5 (40.0%)")
+    assert "99: 15 lines, expected 14" in out and "meter (9-11 syllables):" in out
+    assert "1: lines 2/4 (B): 'die' / 'memory'" in out
+    payload = json.loads(report.read_text())
+    assert payload["summary"]["perfect"] == 2 and len(payload["sonnets"]) == 5
+    assert main([str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt" in capsys.readouterr().err
+
+
+def test_format_report_limits_the_list():
+    results = [check_sonnet(make_sonnet(0, perfect=False), name=str(i)) for i in range(5)]
+    text = format_report(results, show=2)
+    assert "... and 3 more failing sonnets" in text and text.count("lines 13/14") == 2
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not os.environ.get("MINIGPT2_DATA_DIR"), reason="MINIGPT2_DATA_DIR not set")
+def test_shakespeare_rate_on_the_real_sonnets():
+    results = check_file(Path(os.environ["MINIGPT2_DATA_DIR"]) / "sonnets.txt")
+    assert len(results) == 131
+    s = summarize(results)
+    # Measured: 27/131 (20.6%); most failures are Early Modern rhymes (love/prove, die/memory), see README.
+    assert 0.1 < s["perfect_rate"] < 0.35
+    assert {r.name for r in results if r.n_lines != 14} == {"99", "126"}
