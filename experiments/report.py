@@ -35,10 +35,11 @@ Row = dict[str, Any]
 # ---------------------------------------------------------------------------------------------- rows
 
 def model_bytes(run_dir: Path, metrics: dict[str, Any]) -> int | None:
-    """Bytes of the run's model at its precision: as finetune reports it, else the best/ safetensors on disk."""
-    for key in ("model_bytes", "size_bytes", "packed_bytes"):
-        if isinstance(metrics.get(key), (int, float)):
-            return int(metrics[key])
+    """Bytes on disk of the run's model at its precision: the packed checkpoint finetune writes for a
+    non-fp32 run (metrics "quantization"), else the fp32 best/ safetensors."""
+    packed = metrics.get("quantization") or {}
+    if isinstance(packed.get("file_bytes"), int):
+        return packed["file_bytes"]
     files = list((run_dir / "best").glob("*.safetensors"))
     return sum(f.stat().st_size for f in files) or None
 

@@ -150,8 +150,9 @@ def lora_targets(opts: SweepOptions) -> Sweep:
     return Sweep("lora-targets", _runs(opts, points), note if opts.tiny else "")
 
 
+# `python -m minigpt2.evaluate RUN_DIR --task quora --zero-shot` writes RUN_DIR/eval-quora-zero-shot-dev.json.
 ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
-                             ("RUN_DIR", "--task", "quora", "--zero-shot"), "zero-shot-quora.json")
+                             ("RUN_DIR", "--task", "quora", "--zero-shot"), "eval-quora-zero-shot-dev.json")
 
 
 def precision(opts: SweepOptions) -> Sweep:
@@ -162,7 +163,8 @@ def precision(opts: SweepOptions) -> Sweep:
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
             flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
-            points.append((f"{p}-{'qaft' if qaft else 'ptq'}", flags,
+            name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
+            points.append((name, flags,
                            {"task": "sonnet", "precision": p, "qaft": qaft}))
     note = "--tiny: fp32 and int8 only (full sweep: " + ", ".join(PRECISIONS) + ")"
     return Sweep("precision", _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,)), note if opts.tiny else "")

@@ -107,7 +107,7 @@ class FakeFinetune:
     def __call__(self, module: str, argv, log: Path) -> None:
         self.calls.append((module, list(argv)))
         if module == "minigpt2.evaluate":
-            Path(argv[0], "zero-shot-quora.json").write_text(json.dumps({"accuracy": 0.5}))
+            Path(argv[0], "eval-quora-zero-shot-dev.json").write_text(json.dumps({"accuracy": 0.5}))
             return
         run_dir = Path(argv[argv.index("--out-dir") + 1])
         if run_dir.name in self.fail:
@@ -185,13 +185,13 @@ def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
 
 def test_follow_up_evaluations_run_once_on_the_run_folder(tmp_path):
     ev = Evaluation("zero_shot_quora", "minigpt2.evaluate", ("RUN_DIR", "--task", "quora", "--zero-shot"),
-                    "zero-shot-quora.json")
+                    "eval-quora-zero-shot-dev.json")
     fake = FakeFinetune()
     result = runner.run_sweep(three_runs((ev,)), tmp_path, fake, progress=False)
     assert result.evaluated == [f"r{i}:zero_shot_quora" for i in range(3)]
     evals = [argv for m, argv in fake.calls if m == "minigpt2.evaluate"]
     assert evals[0] == [str(tmp_path / "r0"), "--task", "quora", "--zero-shot"]
-    (tmp_path / "r2" / "zero-shot-quora.json").unlink()
+    (tmp_path / "r2" / "eval-quora-zero-shot-dev.json").unlink()
     fake2 = FakeFinetune()
     again = runner.run_sweep(three_runs((ev,)), tmp_path, fake2, progress=False)
     assert again.started == [] and again.evaluated == ["r2:zero_shot_quora"] and len(fake2.calls) == 1
