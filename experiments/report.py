@@ -205,6 +205,15 @@ def _errorbar(ax, xs: list, points: Sequence[Row], **kw) -> None:
     ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Axis labels, title, and a legend when something in the axes has a label."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+
+
 def _done(points: Sequence[Row]) -> list[Row]:
     return [p for p in points if p["seeds"]]
 
@@ -218,9 +227,7 @@ def plot_baseline(points: Sequence[Row]) -> Figure:
         ref = [(p["task"], STUDY[p["task"]]) for p in pts if p["task"] in STUDY]
         if ref:
             ax.scatter(*zip(*ref), marker="x", color="black", label="study", zorder=3)
-        ax.set_xlabel("task")
-        ax.set_ylabel(label)
-        ax.legend(loc="best", fontsize=8)
+        _label(ax, "task", label)
     fig.suptitle("Full fine-tuning: dev scores (bootstrap 95% CI)")
     fig.tight_layout()
     return fig
@@ -238,10 +245,7 @@ def plot_lora_ranks(points: Sequence[Row]) -> Figure:
     ax.set_xscale("log", base=2)
     if lora:
         ax.set_xticks([p["rank"] for p in lora], [str(p["rank"]) for p in lora])
-    ax.set_xlabel("LoRA rank")
-    ax.set_ylabel("dev chrF")
-    ax.set_title("Sonnets: chrF vs LoRA rank")
-    ax.legend(loc="best", fontsize=8)
+    _label(ax, "LoRA rank", "dev chrF", "Sonnets: chrF vs LoRA rank")
     fig.tight_layout()
     return fig
 
@@ -258,10 +262,7 @@ def plot_lora_targets(points: Sequence[Row]) -> Figure:
                 ax.annotate(f"r{p['rank']}", (p["trainable_params"], p["score"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("dev chrF")
-    ax.set_title("Sonnets: LoRA targets")
-    ax.legend(loc="best", fontsize=8)
+    _label(ax, "trainable parameters", "dev chrF", "Sonnets: LoRA targets")
     fig.tight_layout()
     return fig
 
@@ -284,17 +285,10 @@ def plot_precision(points: Sequence[Row]) -> Figure:
         for p in (p for p in pts if bool(p["qaft"]) == qaft):  # the shared reference is labelled once
             ax.annotate(p["precision"], (p["model_bytes"], p["score"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("model size (bytes)")
-    ax.set_ylabel("dev chrF")
-    ax.set_title("Sonnets: chrF vs model size by precision")
-    ax_q.set_xscale("log")
-    ax_q.set_xlabel("model size (bytes)")
-    ax_q.set_ylabel("zero-shot Quora accuracy")
-    ax_q.set_title("Generality after sonnet fine-tuning")
     for a in (ax, ax_q):
-        if a.get_legend_handles_labels()[0]:
-            a.legend(loc="best", fontsize=8)
+        a.set_xscale("log")
+    _label(ax, "model size (bytes)", "dev chrF", "Sonnets: chrF vs model size by precision")
+    _label(ax_q, "model size (bytes)", "zero-shot Quora accuracy", "Generality after sonnet fine-tuning")
     fig.tight_layout()
     return fig
 
@@ -315,11 +309,7 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
                           label=f"{teacher} ({filt})")
     if not teachers and start:
         _errorbar(ax, [0] * len(start), start, label="real only")
-    ax.set_xlabel("synthetic sonnets added")
-    ax.set_ylabel("dev chrF")
-    ax.set_title("Sonnets: chrF vs synthetic-set size per teacher")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+    _label(ax, "synthetic sonnets added", "dev chrF", "Sonnets: chrF vs synthetic-set size per teacher")
     fig.tight_layout()
     return fig
 
