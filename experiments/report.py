@@ -69,13 +69,16 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
                trainable_params=None, total_params=None, best_epoch=None, wall_s=None)
     if done:
         metrics = read_metrics(run_dir) or {}
-        interval = run_interval(run_dir, samples=samples)
         data = metrics.get("data", {})
         row.update(metric=metrics.get("metric"), dev_score=metrics["dev"][metrics["metric"]],
-                   ci_low=interval.low, ci_high=interval.high, n_dev=interval.n,
                    trainable_params=metrics.get("trainable_params"), total_params=metrics.get("total_params"),
                    best_epoch=(metrics.get("best") or {}).get("epoch"), wall_s=metrics.get("wall_s"),
                    train_real=data.get("train_real", data.get("train")), train_synthetic=data.get("train_synthetic"))
+        try:  # a run whose files cannot be re-scored keeps its score, without an interval, and says why
+            interval = run_interval(run_dir, samples=samples)
+            row.update(ci_low=interval.low, ci_high=interval.high, n_dev=interval.n)
+        except (OSError, ValueError, KeyError) as e:
+            row["note"] = f"no interval: {e}"
         if "precision" in run.settings:
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
@@ -145,6 +148,8 @@ def format_score(point: Row) -> str:
         return "—"
     digits = 2 if point["metric"] == "chrf" else 3
     if point["seeds"] == 1:
+        if math.isnan(point["low"]):  # no interval (see the CSV's note)
+            return f"{point['score']:.{digits}f}"
         return f"{point['score']:.{digits}f} [{point['low']:.{digits}f}, {point['high']:.{digits}f}]"
     return f"{point['score']:.{digits}f} ± {point['std']:.{digits}f} ({point['seeds']} seeds)"
 

@@ -323,3 +323,17 @@ def test_subprocess_executor_logs_output_and_raises_on_failure(tmp_path, monkeyp
     assert '"a": 1' in log.read_text() and "-m json.tool" in log.read_text()
     with pytest.raises(RuntimeError, match=r"json.tool exited with code 2; see .*run.log"):
         runner.in_subprocess("json.tool", [str(tmp_path / "missing.json")], log)
+
+
+def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
+    """Fake runs point at a data folder that does not exist: the score stays, the interval is left out."""
+    sweep = build_sweep("baseline", SweepOptions(data_dir=str(tmp_path / "nodata")))
+    runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
+    paths = report.write_report(sweep, tmp_path / "runs", tmp_path / "out", failed={"cfimdb-s11711": "boom"})
+    rows = report.collect(sweep, tmp_path / "runs", failed={"cfimdb-s11711": "boom"})
+    assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
+    assert rows[0]["dev_score"] == 0.5 and math.isnan(rows[0]["ci_low"]) and "no interval" in rows[0]["note"]
+    table = paths["md"].read_text()
+    assert "1 of 4 runs finished" in table and "| sst | accuracy | 0.500 | 0.513 |" in table
+    assert "| quora | accuracy | — | 0.911 |" in table
+    assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE
