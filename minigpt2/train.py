@@ -270,7 +270,8 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
         module.train()
         batches = bucketed_batches(lengths, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + epoch),
                                    cfg.bucket)[:per_rank * d.world][d.rank::d.world]
-        loss_sum, n_loss, tokens = 0.0, 0, 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # summed on device: no sync per step
+        n_loss, tokens = 0, 0
         t0 = time.time()
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.progress and d.main),
                    dynamic_ncols=True)
@@ -284,18 +285,20 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
                 with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss = forward(batch)
                 (loss / group_size).backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             n_loss += 1
-            tokens += int(batch["attention_mask"].sum())
+            tokens += sum(len(examples[j].input_ids) for j in idx)
             if sync:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
+            if d.main and cfg.progress and (i % 10 == 0 or i == len(batches) - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
+                                tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
         train_s = time.time() - t0
-        loss_sum, n_loss, tokens = _all_reduce_sum([loss_sum, n_loss, tokens], d)
+        loss_sum, n_loss, tokens = _all_reduce_sum([loss_sum.item(), n_loss, tokens], d)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / n_loss, "tokens_per_s": tokens / train_s,
                                "train_s": train_s, "lr": scheduler.get_last_lr()[0]}
         if d.main:
@@ -327,7 +330,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
 
 def _param_checksums(module: nn.Module, d: Dist) -> list[float]:
     """A fingerprint of the trainable weights on every rank: DDP keeps them equal."""
-    local = torch.tensor([sum(float(p.double().sum()) for p in module.parameters() if p.requires_grad)],
+    local = torch.tensor([sum(p.detach().double().sum().item() for p in module.parameters() if p.requires_grad)],
                          dtype=torch.float64, device=d.device)
     gathered = [torch.zeros_like(local) for _ in range(d.world)]
     dist.all_gather(gathered, local)

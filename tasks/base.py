@@ -113,6 +113,45 @@ class Task:
         raise NotImplementedError
 
 
+class ClassificationTask(Task):
+    """A task whose predictions are one integer per id, scored by accuracy and written as the course does:
+    the header `id \t <column>`, then `<id>, <value>` lines."""
+
+    column: str = ""
+
+    def file_value(self, prediction: int) -> int:
+        """The value written for a prediction (the class id by default)."""
+        return int(prediction)
+
+    def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
+        from minigpt2.metrics import accuracy
+
+        return {"accuracy": accuracy(predictions, [e.label for e in examples])}
+
+    def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"id \t {self.column} \n")
+            for e, p in zip(examples, predictions):
+                f.write(f"{e.id}, {self.file_value(p)} \n")
+
+
+def read_id_values(path: str | Path, column: str) -> dict[str, int]:
+    """id -> integer of a course-format prediction file, with the line of anything unexpected."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or [c.strip() for c in lines[0].split("\t")] != ["id", column]:
+        raise ValueError(f"{path}:1: expected the header 'id \\t {column}', got {lines[:1]}")
+    out = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
+        out[parts[0]] = int(parts[1])
+    return out
+
+
 def predict_classes(module: TaskModel, examples: list[Example], batch_size: int, device: torch.device,
                     amp: bool = True) -> list[int]:
     """Run `module.predict` over examples in length-sorted batches (less padding); results in input order."""

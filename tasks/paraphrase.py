@@ -25,14 +25,13 @@ import torch.nn.functional as F
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import Example, Task, TaskModel
+from .base import ClassificationTask, Example, TaskModel, read_id_values
 from .readers import Malformed, clean_text, read_table
-from .sentiment import _read_id_value
 
 PROMPT = 'Question 1: "{q1}"\nQuestion 2: "{q2}"\nAre these questions asking the same thing?\n'
 YES_ID, NO_ID = 8505, 3919  # "yes", "no" in GPT-2's vocabulary
 ANSWER_IDS = (YES_ID, NO_ID)  # class 0 = yes (is a paraphrase), class 1 = no
-HEADER = "id \t Predicted_Is_Paraphrase \n"
+COLUMN = "Predicted_Is_Paraphrase"
 
 
 class ClozeParaphrase(TaskModel):
@@ -71,9 +70,10 @@ def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
     return ids
 
 
-class ParaphraseTask(Task):
+class ParaphraseTask(ClassificationTask):
     name = "quora"
     metric = "accuracy"
+    column = COLUMN
     files = {"train": "quora-train.csv", "dev": "quora-dev.csv", "test": "quora-test-student.csv"}
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
@@ -90,24 +90,16 @@ class ParaphraseTask(Task):
     def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
         return ClozeParaphrase(gpt)
 
-    def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
-        from minigpt2.metrics import accuracy
-
-        return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
     def output_name(self, split: str, args: argparse.Namespace) -> str:
         return f"para-{split}-output.csv"
 
-    def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(HEADER)
-            for e, p in zip(examples, predictions):
-                f.write(f"{e.id}, {YES_ID if p else NO_ID} \n")
+    def file_value(self, prediction: int) -> int:
+        return YES_ID if prediction else NO_ID
 
 
 def read_predictions(path: str | Path) -> dict[str, int]:
     """id -> is_duplicate (1/0) of a course-format file; answer token ids are mapped back, 0/1 kept."""
-    raw = _read_id_value(Path(path), "Predicted_Is_Paraphrase")
+    raw = read_id_values(path, COLUMN)
     to_label = {YES_ID: 1, NO_ID: 0, 1: 1, 0: 0}
     bad = {k: v for k, v in raw.items() if v not in to_label}
     if bad:

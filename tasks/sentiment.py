@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import Example, Task, TaskModel
+from .base import ClassificationTask, Example, TaskModel, read_id_values
 from .readers import Malformed, clean_text, read_table
 
-HEADER = "id \t Predicted_Sentiment \n"
+COLUMN = "Predicted_Sentiment"
 
 
 class SentimentClassifier(TaskModel):
@@ -46,8 +46,9 @@ class SentimentClassifier(TaskModel):
         return self.logits(batch).argmax(dim=-1)
 
 
-class SentimentTask(Task):
+class SentimentTask(ClassificationTask):
     metric = "accuracy"
+    column = COLUMN
 
     def __init__(self, name: str, prefix: str, num_labels: int) -> None:
         self.name = name
@@ -72,36 +73,10 @@ class SentimentTask(Task):
     def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
         return SentimentClassifier(gpt, self.num_labels)
 
-    def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
-        from minigpt2.metrics import accuracy
-
-        return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
     def output_name(self, split: str, args: argparse.Namespace) -> str:
         return f"{args.mode}-{self.name}-{split}-out.csv"
-
-    def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(HEADER)
-            for e, p in zip(examples, predictions):
-                f.write(f"{e.id}, {int(p)} \n")
 
 
 def read_predictions(path: str | Path) -> dict[str, int]:
     """id -> predicted class of a prediction file in the course's format (for checks and re-scoring)."""
-    return _read_id_value(Path(path), "Predicted_Sentiment")
-
-
-def _read_id_value(path: Path, column: str) -> dict[str, int]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or [c.strip() for c in lines[0].split("\t")] != ["id", column]:
-        raise ValueError(f"{path}:1: expected the header 'id \\t {column}', got {lines[:1]}")
-    out = {}
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
-        out[parts[0]] = int(parts[1])
-    return out
+    return read_id_values(path, COLUMN)

@@ -85,7 +85,7 @@ def test_ddp_two_cpu_processes_keep_weights_in_sync(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "minigpt2.finetune", "--task", "sst", "--model", "tiny", "--data-dir", str(FIX / "tasks"),
-           "--tokenizer-dir", str(FIX / "gpt2"), "--epochs", "2", "--batch-size", "2", "--lr", "1e-3",
+           "--tokenizer-dir", str(FIX / "gpt2"), "--epochs", "1", "--batch-size", "2", "--lr", "1e-3",
            "--out-dir", str(out), "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -96,3 +96,20 @@ def test_ddp_two_cpu_processes_keep_weights_in_sync(tmp_path):
     # 9 examples -> 5 batches of 2 -> 2 per rank (the odd batch is dropped so both ranks step together)
     assert metrics["optimizer_steps_per_epoch"] == 2
     assert (out / "full-model-sst-dev-out.csv").is_file() and (out / "best" / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """Two micro-batches of 4 with --grad-accum 2 make the same optimizer step as one batch of 8."""
+    g = torch.Generator().manual_seed(0)
+    examples = [Example(str(i), torch.randint(0, 1000, (6,), generator=g).tolist(), i % 3) for i in range(8)]
+    weights = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = SentimentClassifier(GPT2(GPT2Config.from_name("tiny", dropout=0.0)), 3)
+        cfg = TrainConfig(epochs=1, batch_size=batch_size, grad_accum=accum, lr=1e-2, warmup=0.0,
+                          schedule="constant", progress=False)
+        metrics = train(model, examples, collate, cfg, tmp_path / f"b{batch_size}", evaluate=lambda m: {"acc": 0.0},
+                        metric="acc", save_best=lambda m, folder: None)
+        assert metrics["optimizer_steps_per_epoch"] == 1
+        weights.append(model.classifier.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
