@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from .report import write_report
-from .runner import in_process, in_subprocess, plan, run_sweep
+from .runner import in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
-from .sweeps import SWEEPS, SweepOptions, build_sweep
+from .sweeps import SWEEPS, Sweep, SweepOptions, build_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_one(name: str, args: argparse.Namespace) -> bool:
+def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     """Plan, run and report one sweep; False if a run failed."""
-    opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
-                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
-    sweep = build_sweep(name, opts)
+    name = sweep.name
     root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / name
     out = Path(args.out or ("results/tiny" if args.tiny else "results"))
+    missing = missing_flags(sweep.runs)
+    if missing and not args.report_only:
+        message = f"sweep {name}: minigpt2.finetune in this checkout has no {' '.join(missing)}"
+        if not args.dry_run:
+            raise SystemExit(message)
+        print(f"warning: {message}")
     if args.dry_run:
         print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.tiny_note})" if sweep.tiny_note
                                                                        else ""))
@@ -85,8 +89,11 @@ def run_one(name: str, args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
+                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
-    ok = [run_one(name, args) for name in names]
+    sweeps = [build_sweep(name, opts) for name in names]  # every sweep's settings are checked before any runs
+    ok = [run_one(sweep, args) for sweep in sweeps]
     return 0 if all(ok) else 1
 
 

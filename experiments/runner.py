@@ -117,6 +117,14 @@ def check_record(run_dir: Path, run: Run) -> None:
             f"  now: {' '.join(comparable(run.args))}\nDelete that folder or choose another --runs-dir.")
 
 
+def missing_flags(runs: Sequence[Run]) -> list[str]:
+    """Flags the runs pass that `minigpt2.finetune` does not know (a knob this checkout does not have)."""
+    from minigpt2.finetune import build_parser
+
+    known = {s for action in build_parser()._actions for s in action.option_strings}
+    return sorted({a for run in runs for a in run.args if a.startswith("--")} - known)
+
+
 @dataclass
 class SweepResult:
     """What one pass over a sweep did: run names started (finetune invoked), skipped as finished, failed."""

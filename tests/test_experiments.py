@@ -21,24 +21,14 @@ from minigpt2.metrics import chrf
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def finetune_flags() -> set[str]:
-    return {s for a in build_parser()._actions for s in a.option_strings}
-
-
-def missing_knobs(sweep) -> set[str]:
-    """Flags a sweep uses that finetune does not have yet (a knob still on another branch)."""
-    used = {a for r in sweep.runs for a in r.args if a.startswith("--")}
-    return used - finetune_flags()
-
-
 # ---------------------------------------------------------------------------------------------- sweeps
 
 @pytest.mark.parametrize("tiny", [False, True])
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_run_is_a_valid_finetune_command(name, tiny):
     sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
-    if missing_knobs(sweep):
-        pytest.skip(f"finetune has no {sorted(missing_knobs(sweep))} yet")
+    if runner.missing_flags(sweep.runs):  # a knob still on another branch
+        pytest.skip(f"finetune has no {runner.missing_flags(sweep.runs)} yet")
     parser = build_parser()
     for run in sweep.runs:
         args = parser.parse_args([*run.args, "--out-dir", "x"])
@@ -213,6 +203,13 @@ def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
     assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
     assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
     assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
+
+
+def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "missing_flags", lambda runs: ["--lora-rank"])
+    with pytest.raises(SystemExit, match="finetune in this checkout has no --lora-rank"):
+        cli.main(["lora-ranks", "--tiny", "--runs-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------- stats

@@ -10,16 +10,14 @@ import pytest
 from PIL import Image
 
 from experiments import __main__ as cli
+from experiments.runner import missing_flags
 from experiments.sweeps import SWEEPS, SweepOptions, build_sweep
-from minigpt2.finetune import build_parser
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def knobs_missing(name: str) -> list[str]:
-    have = {s for a in build_parser()._actions for s in a.option_strings}
-    used = {a for r in build_sweep(name, SweepOptions(tiny=True)).runs for a in r.args if a.startswith("--")}
-    return sorted(used - have)
+    return missing_flags(build_sweep(name, SweepOptions(tiny=True)).runs)
 
 
 @pytest.fixture
