@@ -1,10 +1,16 @@
 """Re-score a saved run: load its best checkpoint, predict a split, rewrite the course-format file, report.
 
     python -m minigpt2.evaluate checkpoints/runs/sst-20260101-120000 [--split dev|test]
+    python -m minigpt2.evaluate checkpoints/runs/sonnet-... --task quora --zero-shot   # another task, no training
 
 The run's own settings (task, mode, sampling) come from its config.json; `--data-dir`, `--tokenizer-dir` and
 `--device` may point elsewhere than at training time. Dev is scored (accuracy or chrF); test has no labels, so
-only its prediction file is written. Results go to stdout and to RUN_DIR/eval-<split>.json.
+only its prediction file is written. Results go to stdout and to RUN_DIR/eval-<split>.json. The model runs at the
+run's precision (`--precision`: the same PTQ or QAFT quantization as at the end of training).
+
+`--task T --zero-shot` scores task T with the run's body as it is (e.g. the Quora cloze on a model fine-tuned on
+sonnets): only tasks that need no trained head (quora, sonnet) can be scored so. Results go to
+RUN_DIR/eval-<task>-zero-shot-<split>.json, predictions to RUN_DIR/zero-shot-<course file name>.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any
 
 from tasks import get_task
 from tasks.readers import data_dir, require_files
+
+from quant.run import apply_run_precision
 
 from .checkpoint import load_model
 from .finetune import load_run_model
@@ -33,12 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "$MINIGPT2_DATA_DIR, else data/)")
     p.add_argument("--tokenizer-dir", default=None, help="offline GPT-2 BPE folder (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--task", default=None, help="score this task instead of the run's own (needs --zero-shot)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="score --task with the run's body and no task training (quora cloze, sonnet)")
     return p
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = None, tokenizer_dir: str | None = None,
-                 device: str = "auto") -> dict[str, Any]:
-    """Predict `split` with the run's best checkpoint; returns (and saves) the figures."""
+                 device: str = "auto", task_name: str | None = None, zero_shot: bool = False) -> dict[str, Any]:
+    """Predict `split` with the run's best checkpoint; returns (and saves) the figures.
+
+    task_name + zero_shot: score another task with the run's body (no head, no training for that task).
+    """
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
@@ -47,11 +61,24 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     args.data_dir = data or args.data_dir
     args.tokenizer_dir = tokenizer_dir or args.tokenizer_dir
     args.device = device
+    run_task = args.task
+    if task_name not in (None, run_task) and not zero_shot:
+        raise SystemExit(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it needs --zero-shot")
+    if zero_shot and task_name is None:
+        raise SystemExit("--zero-shot needs --task: which task to score")
+    args.task = task_name or run_task
     task = get_task(args.task)
     d = setup_distributed(device)
     seed_everything(args.seed)
     module = task.build(load_model(run_dir / "best"), args)
-    load_run_model(module, run_dir / "best").to(d.device)
+    if zero_shot:
+        if module.head_state():
+            raise SystemExit(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only tasks "
+                             "that read the LM head (quora, sonnet)")
+    else:
+        load_run_model(module, run_dir / "best")
+    apply_run_precision(module, module.gpt, args)
+    module.to(d.device)
     tok = Tokenizer(args.tokenizer_dir)
     folder = data_dir(args.data_dir)
     needed = [f for key, f in task.files.items() if key.startswith(split)]
@@ -61,19 +88,22 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     preds = task.predict(module, examples, args, tok, d.device)
-    name = task.output_name(split, args)
+    name = ("zero-shot-" if zero_shot else "") + task.output_name(split, args)
     task.write_predictions(run_dir / name, examples, preds)
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
-                              "predictions": name, "malformed_rows": [str(n) for n in notes]}
+                              "predictions": name, "malformed_rows": [str(n) for n in notes],
+                              "precision": getattr(args, "precision", "fp32"), "zero_shot": zero_shot,
+                              "fine_tuned_on": run_task}
     if split == "dev":
         result.update(task.score(examples, preds))
-    write_json(run_dir / f"eval-{split}.json", result)
+    write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
-    print(json.dumps(evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device), indent=2))
+    print(json.dumps(evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot),
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from quant.qaft import unwrapped
+from quant.run import add_precision_args, apply_run_precision, check_precision_args, write_quantized
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, autocast_for, collate
 from tasks.readers import DataError, Malformed, MissingDataError, data_dir, require_files
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after-epoch", type=int, default=None,
                    help="debug: stop after this epoch as if interrupted (to test --resume)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_precision_args(p)
     return p
 
 
@@ -117,6 +120,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("--synthetic-n needs --synthetic FILE.jsonl")
     if args.resume and not args.out_dir:
         raise SystemExit("--resume needs --out-dir: the run folder to continue")
+    check_precision_args(args)
     return args
 
 
@@ -138,6 +142,8 @@ def build_model(args: argparse.Namespace, task: Task) -> TaskModel:
     """
     gpt = load_base_model(args)
     module = task.build(gpt, args)
+    if args.qaft:  # train at the target precision; without --qaft, `run` quantises the finished model (PTQ)
+        apply_run_precision(module, module.gpt, args)
     if args.mode == "last-linear-layer":
         module.gpt.requires_grad_(False)
     if not any(p.requires_grad for p in module.parameters()):
@@ -148,7 +154,8 @@ def build_model(args: argparse.Namespace, task: Task) -> TaskModel:
 def save_run_model(module: TaskModel, folder: Path, args: argparse.Namespace) -> None:
     """Best weights: the body as `model.safetensors` + `config.json` (HF layout, run settings under the key
     "minigpt2"), the head (if any) as `head.safetensors`."""
-    save_model(module.gpt, folder, extra_config={"task": args.task, "mode": args.mode, "args": vars(args)})
+    with unwrapped(module.gpt):  # fake-quant wrappers keep the full-precision weights; those are saved
+        save_model(module.gpt, folder, extra_config={"task": args.task, "mode": args.mode, "args": vars(args)})
     head = module.head_state()
     if head:
         from safetensors.torch import save_file
@@ -160,7 +167,8 @@ def load_run_model(module: TaskModel, folder: Path) -> TaskModel:
     """Load what `save_run_model` wrote into a module of the same shape."""
     hf, _ = read_safetensors(folder / "model.safetensors")
     state = hf_to_minigpt2(hf, module.gpt.config, source=str(folder / "model.safetensors"))
-    module.gpt.load_state_dict(state, strict=True)
+    with unwrapped(module.gpt):
+        module.gpt.load_state_dict(state, strict=True)
     if (folder / "head.safetensors").is_file():
         head, _ = read_safetensors(folder / "head.safetensors")
         missing, unexpected = module.load_state_dict(head, strict=False)
@@ -280,7 +288,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if d.main and "stopped_after_epoch" not in metrics:
         t1 = time.time()
         load_run_model(module, run_dir / "best")
+        if args.precision != "fp32" and not args.qaft:  # post-training quantization, evaluated the same way
+            apply_run_precision(module, module.gpt, args)
         metrics.update(write_split_predictions(task, module, splits, args, tok, d.device, run_dir))
+        if args.precision != "fp32":
+            metrics["quantization"] = write_quantized(module.gpt, args, run_dir)
         metrics["predict_s"] = time.time() - t1
         metrics["wall_s"] += metrics["predict_s"]
         write_json(run_dir / "metrics.json", metrics)

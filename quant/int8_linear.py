@@ -1,0 +1,127 @@
+"""Fast int8 decoding on CPU: PyTorch's fbgemm dynamic int8 linear, swapped in for the model's linear layers.
+
+`Int8Linear` stores the int8 per-channel weight prepacked for fbgemm; at run time each token's activations are
+quantised to [0, 127] (uint8 with `reduce_range`, see `formats.ACT_LEVELS` for why) with their own scale and zero
+point, multiplied in int8 x uint8 -> int32, and rescaled to fp32.
+This is what `QuantConfig(weight="int8", activations=True)` simulates, so a QAFT-trained model runs as trained.
+
+Why this kernel (measured by `python -m bench.bench_quant`, 2 cores AVX2): at batch 1 decoding reads every weight
+once per token, so it is memory-bound, and int8 weights are 4x fewer bytes. fbgemm's dynamic linear was the fastest
+int8 path for the 50257 x 768 LM head (~3x fp32); `torch._weight_int8pack_mm` (weight-only) needs bf16 activations
+to be fast (then half fbgemm's speed on the head) and is slower than fp32 with fp32 activations; `torch._int_mm` has
+no fast CPU path for a single row.
+
+    to_int8_decoder(model)   a copy of a GPT2 (plain, or fake-quantised int8) whose linear layers and tied LM head
+                             run on int8 kernels; `minigpt2.generate.generate` uses it unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn as nn
+
+from minigpt2.model import GPT2
+
+from .config import QuantConfig
+from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
+from .formats import fake_quantize_activations, quantize
+
+
+def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """fbgemm's packed form of int8 values (N, K) with fp32 per-row scales (N,)."""
+    N = q.size(0)
+    with warnings.catch_warnings():  # quantized-tensor constructors warn that they are deprecated (torch >= 2.10)
+        warnings.simplefilter("ignore")
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(N, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+
+
+class Int8Linear(nn.Module):
+    """y = dequant(int8(x) @ W_int8^T) + b on fbgemm, with x quantised per token at run time."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        if q.dtype != torch.int8 or q.dim() != 2:
+            raise ValueError(f"Int8Linear needs a 2-D int8 weight, got {q.dtype} of shape {tuple(q.shape)}")
+        self.out_features, self.in_features = q.shape
+        self._packed = _prepack(q, scale.reshape(-1).float(), bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        """Quantise a full-precision layer (int8, absmax per output channel) and pack it."""
+        q, scale = quantize(linear.weight.detach().float(), "int8")
+        return cls(q, scale, linear.bias)
+
+    @classmethod
+    def from_fake_quant(cls, layer: FakeQuantLinear) -> "Int8Linear":
+        """The fast version of an int8 fake-quant layer: the same int8 weights and scales."""
+        if layer.cfg.weight != "int8" or not layer.enabled:
+            raise ValueError(f"Int8Linear runs int8 weights; this layer simulates {layer.cfg.weight!r} "
+                             f"(enabled={layer.enabled})")
+        return cls.from_linear(layer.base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, self.in_features).float()
+        # fbgemm picks one scale for the whole input; one row at a time makes that per token, as QAFT simulates
+        # (decoding feeds one row anyway; only the prompt pays for the loop).
+        if x.size(0) == 1:
+            y = torch.ops.quantized.linear_dynamic(x, self._packed, True)
+        else:
+            y = torch.cat([torch.ops.quantized.linear_dynamic(row, self._packed, True) for row in x.split(1)])
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 fbgemm dynamic"
+
+
+class Int8HeadGPT2(GPT2):
+    """A GPT2 whose full-vocabulary LM head runs on an `Int8Linear` (`self.head`) over the tied `wte`.
+
+    Only `lm_head` differs. A call with `token_ids` (a few columns) takes the float path over the same quantised
+    table, with the hidden states quantised per token as the int8 head would (so both paths agree).
+    """
+
+    head: Int8Linear
+
+    def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if token_ids is None:
+            return self.head(hidden)
+        return super().lm_head(fake_quantize_activations(hidden), token_ids)
+
+
+@torch.no_grad()
+def to_int8_decoder(model: GPT2) -> Int8HeadGPT2:
+    """An inference copy of `model` on int8 kernels: every linear layer and the tied LM head.
+
+    model: a plain fp32 GPT2 (quantised here: int8 per channel) or one fake-quantised with int8 weights (its
+    trained weights are used). The token and position embeddings keep their (fake-quant, if so) values as fp32
+    tables: a lookup reads one row, so their size does not slow decoding.
+    """
+    model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().eval()
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, FakeQuantLinear):
+                setattr(module, child_name, Int8Linear.from_fake_quant(child))
+            elif isinstance(child, nn.Linear):
+                setattr(module, child_name, Int8Linear.from_linear(child))
+            elif isinstance(child, FakeQuantEmbedding):
+                if child.cfg.weight != "int8":
+                    raise ValueError(f"{name or 'model'}.{child_name}: embedding simulates {child.cfg.weight!r}, "
+                                     "not int8")
+                child.base.weight.copy_(child.weight)  # the fake-quant table, as a plain embedding
+                setattr(module, child_name, child.base)
+            elif isinstance(child, FakeQuantActivation):
+                setattr(module, child_name, child.base)  # the int8 head quantises its input itself
+    q, scale = quantize(model.wte.weight, "int8")  # already on the int8 grid if wte was fake-quantised
+    model.__class__ = Int8HeadGPT2  # same modules and state; only `lm_head` is overridden
+    model.head = Int8Linear(q, scale, None)
+    return model
+
+
+def int8_decoder_config() -> QuantConfig:
+    """The fake-quant config that simulates `to_int8_decoder` exactly: int8 weights and activations, int8 head."""
+    return QuantConfig(weight="int8", activations=True, embeddings=True)

@@ -1,0 +1,50 @@
+"""The int8 CPU decode path computes what the int8 fake-quant model (weights + activations) simulates."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from minigpt2.config import GPT2Config
+from minigpt2.generate import generate
+from minigpt2.model import GPT2
+from quant import FakeQuantLinear, QuantConfig, ptq
+from quant.int8_linear import Int8HeadGPT2, Int8Linear, int8_decoder_config, to_int8_decoder
+
+
+def test_int8_linear_matches_the_activation_simulation_not_weight_only():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48)
+    x = torch.randn(5, 3, 64)
+    fast = Int8Linear.from_linear(lin)
+    assert (fast.in_features, fast.out_features) == (64, 48)
+    sim = FakeQuantLinear(lin, QuantConfig(weight="int8", activations=True))(x)
+    weight_only = FakeQuantLinear(lin, QuantConfig(weight="int8"))(x)
+    y = fast(x)
+    assert y.shape == (5, 3, 48)
+    err_sim, err_wo = (y - sim).abs().max().item(), (y - weight_only).abs().max().item()
+    assert err_sim < 1e-5, err_sim
+    assert err_wo > 100 * err_sim  # the activation quantization is real, and simulated
+
+
+def test_from_fake_quant_refuses_other_formats():
+    fq = FakeQuantLinear(nn.Linear(32, 8), QuantConfig(weight="int4", group_size=16))
+    with pytest.raises(ValueError, match="Int8Linear runs int8 weights; this layer simulates 'int4'"):
+        Int8Linear.from_fake_quant(fq)
+
+
+def test_int8_decoder_equals_fake_quant_model_and_generates_the_same_tokens():
+    torch.manual_seed(0)
+    config = GPT2Config.from_name("tiny", dropout=0.0)
+    fq = ptq(GPT2(config), int8_decoder_config()).eval()
+    dec = to_int8_decoder(fq)
+    assert isinstance(dec, Int8HeadGPT2) and isinstance(dec.h[0].attn.query, Int8Linear)
+    assert isinstance(dec.head, Int8Linear) and dec.head.out_features == 50257
+    ids = torch.randint(0, 50257, (2, 7))
+    with torch.no_grad():
+        h_fast, h_sim = dec(ids), fq(ids)  # fq's hidden states are already quantised for the head; dec's head
+        torch.testing.assert_close(dec.lm_head(h_fast), fq.lm_head(h_sim), rtol=0, atol=1e-4)
+        cols = torch.tensor([3, 99])  # a few columns: the float path over the same (quantised) table
+        torch.testing.assert_close(dec.lm_head(h_fast, cols), fq.lm_head(h_sim, cols), rtol=0, atol=1e-4)
+    prompts = [[464, 3290, 318], [40, 1101]]
+    assert generate(dec, prompts, 12, eos_id=None) == generate(fq, prompts, 12, eos_id=None)
+    assert isinstance(fq.h[0].attn.query, FakeQuantLinear)  # the source model is untouched
