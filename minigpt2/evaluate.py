@@ -26,8 +26,7 @@ from tasks.readers import data_dir, require_files
 
 from quant.run import apply_run_precision
 
-from .checkpoint import load_model
-from .finetune import load_run_model
+from .finetune import load_run_body, load_run_model
 from .tokenizer import Tokenizer
 from .train import seed_everything, setup_distributed, write_json
 
@@ -70,7 +69,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     task = get_task(args.task)
     d = setup_distributed(device)
     seed_everything(args.seed)
-    module = task.build(load_model(run_dir / "best"), args)
+    module = task.build(load_run_body(run_dir / "best", args), args)
     if zero_shot:
         if module.head_state():
             raise SystemExit(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only tasks "

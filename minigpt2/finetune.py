@@ -35,12 +35,15 @@ from .checkpoint import CheckpointError, hf_to_minigpt2, load_model, read_safete
 from .config import GPT2Config
 from .data import ensure_task_data
 from .download import DownloadError
+from .lora import apply_lora, load_adapter, save_adapter, without_lora
 from .model import GPT2
 from .tokenizer import Tokenizer
 from .train import Dist, TrainConfig, seed_everything, setup_distributed, train, write_json
 
 # The course's learning rates: a frozen body lets the classifier learn fast; the full model needs a small LR.
 DEFAULT_LR = {"last-linear-layer": 1e-3, "full-model": 1e-5}
+LORA_LR = 1e-2  # the study's best learning rate for LoRA adapters (alpha 16)
+ADAPTER_NAME = "adapter.safetensors"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "file with model.safetensors, or 'tiny' for a random-init tiny model (smoke runs, tests)")
     g.add_argument("--mode", choices=["full-model", "last-linear-layer"], default="full-model",
                    help="train the whole model, or (sentiment) only the classifier on a frozen GPT-2")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--method", choices=["full", "lora"], default="full",
+                   help="full: train the weights themselves (as --mode says); lora: freeze GPT-2 and train low-rank "
+                        "adapters (plus the task head); the run's checkpoint is then the small adapter file")
+    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
+    g.add_argument("--lora-alpha", type=float, default=16.0,
+                   help="LoRA alpha; the adapter output is scaled by alpha/r (16: the study's default)")
+    g.add_argument("--lora-targets", default="attn+mlp",
+                   help="attn (query, key, value, output projection), attn+mlp (also mlp.c_fc, mlp.c_proj), or "
+                        "comma-separated module names, e.g. attn.query,attn.value")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     g.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (per process)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 1e-3 for last-linear-layer, 1e-5 for full-model)")
+                   help="peak learning rate (default: 1e-3 for last-linear-layer, 1e-5 for full-model, 1e-2 for "
+                        "--method lora, the best LoRA learning rate in the study)")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of 2+-dim tensors")
     g.add_argument("--warmup", type=float, default=0.05, help="fraction of optimizer steps of linear LR warmup")
     g.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear",
@@ -110,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill defaults that depend on other arguments; reject inconsistent ones."""
+    if args.method == "lora" and args.mode == "last-linear-layer":
+        raise SystemExit("--method lora trains adapters inside GPT-2; it needs --mode full-model, not "
+                         "last-linear-layer (which freezes GPT-2 and trains only the head)")
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.mode]
+        args.lr = LORA_LR if args.method == "lora" else DEFAULT_LR[args.mode]
     if args.mode == "last-linear-layer" and args.task not in ("sst", "cfimdb"):
         raise SystemExit(f"--mode last-linear-layer trains only a classifier head; task {args.task!r} has none")
     if (args.synthetic or args.synthetic_n is not None) and args.task != "sonnet":
@@ -144,6 +162,10 @@ def build_model(args: argparse.Namespace, task: Task) -> TaskModel:
     module = task.build(gpt, args)
     if args.qaft:  # train at the target precision; without --qaft, `run` quantises the finished model (PTQ)
         apply_run_precision(module, module.gpt, args)
+    if getattr(args, "method", "full") == "lora":  # after fake-quant: a quantised frozen base + fp32 adapters
+        report = apply_lora(module, rank=args.lora_rank, alpha=args.lora_alpha, targets=args.lora_targets,
+                            dropout=args.lora_dropout, trainable=head_modules(module))
+        print(report, file=sys.stderr)
     if args.mode == "last-linear-layer":
         module.gpt.requires_grad_(False)
     if not any(p.requires_grad for p in module.parameters()):
@@ -151,9 +173,31 @@ def build_model(args: argparse.Namespace, task: Task) -> TaskModel:
     return module
 
 
+def head_modules(module: TaskModel) -> list[str]:
+    """Names of the task head's modules (everything with parameters outside the GPT-2 body)."""
+    return [n for n, m in module.named_children() if n != "gpt" and any(True for _ in m.parameters())]
+
+
+def load_run_body(folder: Path, args: argparse.Namespace) -> GPT2:
+    """The GPT-2 body a saved run starts from: the saved weights, or for a LoRA run (whose checkpoint holds only
+    the adapter) the base model named by --model, rebuilt as the run built it."""
+    if (folder / ADAPTER_NAME).is_file():
+        return load_base_model(args)
+    return load_model(folder)
+
+
 def save_run_model(module: TaskModel, folder: Path, args: argparse.Namespace) -> None:
     """Best weights: the body as `model.safetensors` + `config.json` (HF layout, run settings under the key
-    "minigpt2"), the head (if any) as `head.safetensors`."""
+    "minigpt2"), the head (if any) as `head.safetensors`. A LoRA run saves only `adapter.safetensors` (adapters
+    + head, LoRA settings in its metadata) and a `config.json` naming the base model."""
+    if getattr(args, "method", "full") == "lora":
+        folder.mkdir(parents=True, exist_ok=True)
+        save_adapter(module, folder / ADAPTER_NAME)
+        cfg = module.gpt.config.to_hf_dict()
+        cfg["minigpt2"] = {"task": args.task, "mode": args.mode, "base_model": args.model,
+                           "lora": module.lora_config.to_dict(), "args": vars(args)}
+        write_json(folder / "config.json", cfg)
+        return
     with unwrapped(module.gpt):  # fake-quant wrappers keep the full-precision weights; those are saved
         save_model(module.gpt, folder, extra_config={"task": args.task, "mode": args.mode, "args": vars(args)})
     head = module.head_state()
@@ -165,6 +209,9 @@ def save_run_model(module: TaskModel, folder: Path, args: argparse.Namespace) ->
 
 def load_run_model(module: TaskModel, folder: Path) -> TaskModel:
     """Load what `save_run_model` wrote into a module of the same shape."""
+    if (folder / ADAPTER_NAME).is_file():
+        load_adapter(module, folder / ADAPTER_NAME)  # adds the adapters first if the module has none yet
+        return module
     hf, _ = read_safetensors(folder / "model.safetensors")
     state = hf_to_minigpt2(hf, module.gpt.config, source=str(folder / "model.safetensors"))
     with unwrapped(module.gpt):
@@ -278,7 +325,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       warmup=args.warmup, schedule=args.schedule, grad_clip=args.grad_clip,
                       grad_accum=args.grad_accum, seed=args.seed, compile=args.compile, autocast=args.autocast,
                       stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
-    info = {"task": task.name, "model": args.model, "mode": args.mode,
+    info = {"task": task.name, "model": args.model, "mode": args.mode, "method": args.method,
+            "total_params": sum(p.numel() for p in module.parameters()),
             "data": {s: len(v) for s, v in splits.items()}, "malformed_rows": [str(n) for n in notes]}
     n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
     info["data"].update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
@@ -292,7 +340,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             apply_run_precision(module, module.gpt, args)
         metrics.update(write_split_predictions(task, module, splits, args, tok, d.device, run_dir))
         if args.precision != "fp32":
-            metrics["quantization"] = write_quantized(module.gpt, args, run_dir)
+            with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
+                metrics["quantization"] = write_quantized(module.gpt, args, run_dir)
         metrics["predict_s"] = time.time() - t1
         metrics["wall_s"] += metrics["predict_s"]
         write_json(run_dir / "metrics.json", metrics)

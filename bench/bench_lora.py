@@ -1,0 +1,228 @@
+"""LoRA training step: minigpt2 LoRA vs minigpt2 full fine-tuning vs `transformers` + `peft` LoRA, in one run.
+
+    python -m bench.bench_lora [--quick] [--json out.json]
+
+Work: one optimizer step of next-token loss on a batch of 8 × 128 random tokens, GPT-2 124M at random init (no
+download), GPT-2's dropout 0.1 on both sides, LoRA rank 256 on attention + MLP (alpha 16, no adapter dropout),
+AdamW (fused on CUDA, as `minigpt2.train` does). peft targets HF's modules `c_attn`, `c_proj`, `c_fc`, the usual
+way to put LoRA on GPT-2 with peft; its fused `c_attn` adapter has fewer parameters than minigpt2's three
+per-projection ones (37.7M vs 42.5M trainable), so the comparison gives peft slightly less work.
+
+How it is measured: each variant lives in its own fresh worker process, so peak memory is that variant's alone
+(in-process RSS high-water marks would carry over from the previous variant, and freed memory is not always
+returned to the OS). The workers wait on a pipe and run steps only when told, one worker at a time and in turns
+(A, B, C, A, B, C, ...): all see the same threads and any background load alike. Warm-up steps are excluded;
+the figure is the median. Peak memory is the process's peak RSS during a step (CUDA: the allocator's peak) minus
+its RSS before the model was built (imports excluded, since peft's import alone is larger than minigpt2's): the
+weights, gradients, optimizer state and activations of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench.common import Row, print_table, set_threads, sync, write_json
+
+BATCH, SEQ, RANK, ALPHA, VOCAB = 8, 128, 256, 16.0, 50257
+VARIANTS = ("minigpt2-lora", "peft-lora", "minigpt2-full")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ one variant
+
+def _optimizer(params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+
+
+def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], int]:
+    """A closure running one training step of `variant`, and its number of trainable parameters."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ), device=device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                     enabled=False)
+    if variant.startswith("minigpt2"):
+        from minigpt2 import GPT2, GPT2Config
+        from minigpt2.losses import lm_loss
+
+        model = GPT2(GPT2Config.from_name("gpt2")).to(device).train()
+        if variant == "minigpt2-lora":
+            from minigpt2.lora import apply_lora
+
+            apply_lora(model, rank=RANK, alpha=ALPHA, targets="attn+mlp")
+
+        def loss_fn() -> torch.Tensor:
+            return lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
+    elif variant == "peft-lora":
+        import peft
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        config = transformers.GPT2Config(attn_implementation="sdpa")  # 124M, dropout 0.1 like ours
+        model = transformers.GPT2LMHeadModel(config).to(device).train()
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=RANK, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
+            fan_in_fan_out=True))
+
+        def loss_fn() -> torch.Tensor:
+            return model(input_ids=ids, labels=ids).loss
+    else:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(params, device)
+
+    def step() -> None:
+        with amp:
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step, sum(p.numel() for p in params)
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(variant: str, device_name: str, threads: int) -> None:
+    """Serve steps over stdin/stdout: each input line runs one step and answers {seconds, peak_bytes}."""
+    set_threads(threads)
+    device = torch.device(device_name)
+    gc.collect()
+    baseline = 0 if device.type == "cuda" else _rss("VmRSS")
+    step, trainable = build_step(variant, device)
+    print(json.dumps({"ready": True, "trainable": trainable}), flush=True)
+    for _ in sys.stdin:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the RSS high-water mark to the current RSS
+        t0 = time.perf_counter()
+        step()
+        sync()
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM")
+        print(json.dumps({"seconds": seconds, "peak_bytes": peak - baseline, "peak_abs": peak}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------ the comparison
+
+class Worker:
+    def __init__(self, variant: str, device: str, threads: int) -> None:
+        self.variant = variant
+        self.err = tempfile.TemporaryFile(mode="w+")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.bench_lora", "--worker", variant, "--device",
+                                      device, "--threads", str(threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=ROOT, env=env)
+        self.trainable = 0
+
+    def read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.err.seek(0)
+            raise RuntimeError(f"benchmark worker {self.variant} died:\n{self.err.read()[-3000:]}")
+        return json.loads(line)
+
+    def step(self) -> dict[str, Any]:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.err.close()
+
+
+def measure(quick: bool, device: str | None = None, threads: int | None = None) -> dict[str, dict[str, Any]]:
+    """Median step time and peak memory of every variant, steps taken in turns across the worker processes."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = threads or set_threads()
+    warmup, iters = (1, 3) if quick else (2, 7)
+    workers = [Worker(v, device, threads) for v in VARIANTS]
+    try:
+        for w in workers:  # they build at the same time, then sit idle until told to step
+            w.trainable = w.read()["trainable"]
+        results: dict[str, list[dict[str, Any]]] = {w.variant: [] for w in workers}
+        for i in range(warmup + iters):
+            for w in workers:
+                r = w.step()
+                if i >= warmup:
+                    results[w.variant].append(r)
+    finally:
+        for w in workers:
+            w.close()
+    out = {}
+    for w in workers:
+        rs = results[w.variant]
+        seconds = statistics.median(r["seconds"] for r in rs)
+        out[w.variant] = {"seconds": seconds, "tokens_per_s": BATCH * SEQ / seconds,
+                          "peak_mib": max(r["peak_bytes"] for r in rs) / 2**20,
+                          "peak_abs_mib": max(r["peak_abs"] for r in rs) / 2**20,
+                          "step_seconds": [round(r["seconds"], 3) for r in rs], "trainable": w.trainable}
+    out["_meta"] = {"device": device, "threads": threads, "warmup": warmup, "iters": iters, "batch": BATCH,
+                    "seq": SEQ, "rank": RANK, "alpha": ALPHA, "torch": torch.__version__}
+    return out
+
+
+def run(quick: bool, device: str | None = None) -> list[Row]:
+    """The benchmark's rows: minigpt2 LoRA against peft LoRA (the goals) and against minigpt2 full fine-tuning."""
+    m = measure(quick, device)
+    ours, peft_, full = m["minigpt2-lora"], m["peft-lora"], m["minigpt2-full"]
+    extra = {"meta": m["_meta"], "variants": {k: v for k, v in m.items() if not k.startswith("_")}}
+    what = f"r{RANK} attn+mlp, {BATCH}x{SEQ}"
+    return [
+        Row(f"LoRA train step ({what})", "tokens/s", ours["tokens_per_s"], "transformers+peft LoRA",
+            peft_["tokens_per_s"], True, ">= 1.5x", extra),
+        Row(f"LoRA train step peak memory ({what})", "MiB", ours["peak_mib"], "transformers+peft LoRA",
+            peft_["peak_mib"], False, "<= 0.7x (ratio >= 1.43)"),
+        Row(f"LoRA vs full fine-tuning step ({BATCH}x{SEQ})", "tokens/s", ours["tokens_per_s"],
+            "minigpt2 full FT", full["tokens_per_s"], True, "info"),
+        Row(f"LoRA vs full fine-tuning peak memory", "MiB", ours["peak_mib"], "minigpt2 full FT",
+            full["peak_mib"], False, "info"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_lora", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 warm-up + 3 timed steps per variant (about 2-3 min on "
+                                                        "2 cores) instead of 2 + 7")
+    p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    p.add_argument("--worker", choices=VARIANTS, default=None, help=argparse.SUPPRESS)  # internal: one variant
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.device, args.threads or set_threads())
+        return
+    rows = run(args.quick)
+    print_table(rows)
+    payload = {"meta": rows[0].extra["meta"], "rows": [r.to_dict() for r in rows]}
+    print(json.dumps(payload, indent=2))
+    if args.json:
+        write_json(rows, args.json, meta=payload["meta"])
+
+
+if __name__ == "__main__":
+    main()
