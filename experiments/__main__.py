@@ -66,7 +66,7 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
             raise SystemExit(message)
         print(f"warning: {message}")
     if args.dry_run:
-        print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.tiny_note})" if sweep.tiny_note
+        print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
                                                                        else ""))
         for run, state in plan(sweep.runs, root):
             print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")

@@ -353,8 +353,10 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     spread = ("mean ± std over seeds" if any(p["seeds"] > 1 for p in points)
               else "bootstrap 95% interval over the dev examples")
     text = [f"# {sweep.name}\n", f"{done} of {len(rows)} runs finished (run folders: {Path(root)}); {spread}.\n"]
-    if sweep.tiny_note:
-        text.append(f"{sweep.tiny_note}. Tiny random-init model: the figures test the machinery, not the study.\n")
+    if sweep.note:
+        text.append(f"Note: {sweep.note}.\n")
+    if rows and rows[0].get("arg_model") == "tiny":
+        text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))
     paths["md"] = out / f"{sweep.name}.md"
     paths["md"].write_text("\n".join(text), encoding="utf-8")

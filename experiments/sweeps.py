@@ -13,7 +13,7 @@ Nothing here runs anything; `experiments.runner` does.
 
 `--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the fixture data
 under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
-per sweep (`Sweep.tiny_note` says which).
+per sweep (`Sweep.note` says which).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA_DIR = REPO / "tests" / "fixtures" / "tasks"
@@ -81,11 +81,12 @@ class Run:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A named list of runs, and what `--tiny` left out of it (printed by --dry-run)."""
+    """A named list of runs, and what was left out of it (by `--tiny`, or for lack of synthetic sonnets); the
+    note is printed by --dry-run and written above the table."""
 
     name: str
     runs: list[Run]
-    tiny_note: str = ""
+    note: str = ""
 
 
 def common_args(opts: SweepOptions) -> list[str]:
@@ -187,18 +188,34 @@ def teachers(opts: SweepOptions) -> Sweep:
     if not names:
         raise SystemExit(f"{folder}: no <teacher>.jsonl files; expected e.g. "
                          + ", ".join(f"{t}.jsonl" for t in TEACHERS))
+    from distill.synthetic import load_synthetic
+
     sizes = (0, 2) if opts.tiny else SYNTHETIC_SIZES
     points = [("real-only", ["--task", "sonnet"],
                {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
+    notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
     for teacher in names:
-        for n in sizes[1:]:
-            for filt in ("all", "perfect"):
-                flags = ["--task", "sonnet", "--synthetic", str(folder / f"{teacher}.jsonl"),
-                         "--synthetic-n", str(n), "--synthetic-filter", filt]
+        for filt in ("all", "perfect"):
+            path = folder / f"{teacher}.jsonl"
+            have = len(load_synthetic(path, filter=filt))
+            ns = fit_sizes(sizes[1:], have)
+            if ns != list(sizes[1:]):
+                notes.append(f"{teacher} has {have} sonnets with filter {filt}: sizes {ns}")
+            for n in ns:
+                flags = ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(n),
+                         "--synthetic-filter", filt]
                 points.append((f"{teacher}-n{n}-{filt}", flags,
                                {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
-    note = f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"
-    return Sweep("teachers", _runs(opts, points), note if opts.tiny else "")
+    return Sweep("teachers", _runs(opts, points), "; ".join(notes))
+
+
+def fit_sizes(sizes: Sequence[int], have: int) -> list[int]:
+    """The synthetic-set sizes a file can fill: those up to `have`, then `have` itself as the last point when
+    a larger size was asked for (a teacher with 640 perfect sonnets ends its curve at 640, not 1000)."""
+    fit = [n for n in sizes if n <= have]
+    if have > 0 and len(fit) < len(sizes) and have not in fit:
+        fit.append(have)
+    return fit
 
 
 SWEEPS: dict[str, Callable[[SweepOptions], Sweep]] = {

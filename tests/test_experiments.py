@@ -53,10 +53,23 @@ def test_sweep_shapes():
     assert len(prec) == 11 and ("fp32", False) in prec and ("int4", True) in prec and ("fp8", False) in prec
     assert all(r.evaluations and r.evaluations[0].name == "zero_shot_quora" for r in full["precision"].runs)
     teachers = full["teachers"].runs
-    assert len(teachers) == 1 + 2 * 3 * 2  # real-only + 2 fixture teachers x sizes 250/500/1000 x 2 filters
     assert teachers[0].settings["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
+    # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
+    assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
+                                               "gemini-2.5-flash-n2-perfect-s11711"]
+    assert len(teachers) == 5 and "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
-    assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.tiny_note
+    assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
+
+
+def test_synthetic_sizes_end_at_what_a_file_has():
+    from experiments.sweeps import fit_sizes
+
+    assert fit_sizes((250, 500, 1000), 5000) == [250, 500, 1000]
+    assert fit_sizes((250, 500, 1000), 1000) == [250, 500, 1000]
+    assert fit_sizes((250, 500, 1000), 640) == [250, 500, 640]
+    assert fit_sizes((250, 500, 1000), 100) == [100]
+    assert fit_sizes((250, 500, 1000), 0) == []
 
 
 def test_seeds_multiply_runs_with_distinct_names():
