@@ -76,3 +76,21 @@ def test_sweep_runs_end_to_end_with_tiny(name, tmp_path, counting):
         png.unlink()
         assert cli.main(argv) == 0
         assert counting == [] and png.is_file()
+
+
+@pytest.mark.shared_data
+def test_baseline_on_the_real_course_files(tmp_path):
+    """The real data's layouts (CRLF, Folger header, course CSVs) through the whole chain: 12 dev examples per
+    task, so the sonnet interval resamples all 12 held-out sonnets."""
+    import os
+
+    out = tmp_path / "results"
+    argv = ["baseline", "--tiny", "--data-dir", os.environ["MINIGPT2_DATA_DIR"], "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out), "--no-progress", "--bootstrap", "200", "--finetune-args", "--max-eval 12"]
+    assert cli.main(argv) == 0
+    with open(out / "baseline.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["task"], r["status"], r["n_dev"]) for r in rows] == [
+        ("sst", "done", "12"), ("cfimdb", "done", "12"), ("quora", "done", "12"), ("sonnet", "done", "12")]
+    sonnet = rows[-1]
+    assert float(sonnet["ci_low"]) < float(sonnet["dev_score"]) < float(sonnet["ci_high"])
