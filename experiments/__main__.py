@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .report import write_report
-from .runner import in_process, in_subprocess, missing_flags, plan, run_sweep
+from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
 from .sweeps import SWEEPS, Sweep, SweepOptions, build_sweep
 
@@ -74,8 +74,11 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     failed: dict[str, str] = {}
     if not args.report_only:
         isolation = args.isolation or ("in-process" if args.tiny else "subprocess")
-        result = run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
-                           progress=not args.no_progress)
+        try:
+            result = run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
+                               progress=not args.no_progress)
+        except RunFolderConflict as e:  # the user's call: a message, not a traceback
+            raise SystemExit(f"error: {e}") from None
         failed = result.failed
         print(f"sweep {name}: {len(result.started)} run(s) started, {len(result.skipped)} already finished, "
               f"{len(result.failed)} failed")

@@ -186,6 +186,14 @@ def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
         runner.run_sweep([changed], tmp_path, FakeFinetune(), progress=False)
 
 
+def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "in_subprocess", FakeFinetune())
+    root = tmp_path / "runs"
+    assert cli.main(["baseline", "--runs-dir", str(root), "--out", str(tmp_path), "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match=r"^error: .*sst-s11711 holds a run made with other arguments"):
+        cli.main(["baseline", "--model", "gpt2-medium", "--runs-dir", str(root), "--out", str(tmp_path)])
+
+
 def test_follow_up_evaluations_run_once_on_the_run_folder(tmp_path):
     ev = Evaluation("zero_shot_quora", "minigpt2.evaluate", ("RUN_DIR", "--task", "quora", "--zero-shot"),
                     "eval-quora-zero-shot-dev.json")
