@@ -57,7 +57,8 @@ def test_sweep_shapes():
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
     assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
                                                "gemini-2.5-flash-n2-perfect-s11711"]
-    assert len(teachers) == 5 and "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
+    assert len(teachers) == 5
+    assert "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
     assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
 
