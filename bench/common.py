@@ -39,12 +39,33 @@ def median_time(fn: Callable[[], Any], warmup: int = 2, iters: int = 5) -> float
     return statistics.median(times)
 
 
-def _rss_hwm_bytes() -> int:
+def compare_time(fns: dict[str, Callable[[], Any]], warmup: int = 2, iters: int = 5) -> dict[str, float]:
+    """Median wall time in seconds of each of several functions, timed turn by turn.
+
+    The calls are interleaved (a, b, a, b, ...) so that a slow spell of a shared machine hits every side alike,
+    instead of whichever happened to be timed at that moment. `warmup` untimed calls of each come first.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def proc_status_bytes(key: str) -> int:
+    """A memory figure of this process from /proc/self/status, e.g. "VmRSS" (now) or "VmHWM" (peak), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
+    raise RuntimeError(f"{key} not found in /proc/self/status")
 
 
 def peak_memory(fn: Callable[[], Any]) -> int:
@@ -65,7 +86,7 @@ def peak_memory(fn: Callable[[], Any]) -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     fn()
-    return _rss_hwm_bytes()
+    return proc_status_bytes("VmHWM")
 
 
 @dataclass

@@ -20,18 +20,35 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
+    # Top-k and top-p only ever keep the best-ranked tokens, so sampling works on a short sorted list of
+    # candidates instead of sorting all 50,257 probabilities at every step.
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+        values, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), best first
+        probs = torch.softmax(values, dim=-1)  # = softmax of the logits with all but the top k at -inf
+    elif top_p is not None and top_p < 1.0:
+        probs, ids = nucleus_candidates(torch.softmax(logits, dim=-1), top_p)
+    else:
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
     if top_p is not None and top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         # drop a token when the tokens ranked above it already hold top_p of the mass (keeps at least one)
-        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        probs = probs.masked_fill(drop, 0.0)
+    choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1), an index into the candidates
+    return ids.gather(-1, choice).squeeze(-1)
+
+
+def nucleus_candidates(probs: torch.Tensor, top_p: float, first_try: int = 256
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best-ranked tokens of each row of (B, V) `probs`, sorted, that surely include its top-p nucleus.
+
+    Usually a few hundred tokens hold top_p of the mass; when every row's `first_try` best do, tokens beyond
+    them would be dropped anyway, so the full sort is skipped. Returns (probabilities, token ids), both (B, n).
+    """
+    k = min(first_try, probs.size(-1))
+    values, ids = torch.topk(probs, k, dim=-1)
+    if k == probs.size(-1) or bool((values.sum(dim=-1) >= top_p).all()):
+        return values, ids
+    return torch.sort(probs, dim=-1, descending=True)
 
 
 @torch.no_grad()

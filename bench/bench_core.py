@@ -1,0 +1,403 @@
+"""Core benchmarks: minigpt2's `GPT2` against `transformers`' `GPT2LMHeadModel` on the same weights.
+
+Both models hold the same random 124M weights (HF's initialisation, saved in the HF layout and loaded into
+minigpt2), see the same batch, use the same threads, precision, dropout and train/eval mode, and use HF's SDPA
+attention. Each figure is the median of several calls, timed turn by turn after untimed warm-up calls.
+
+    python -m bench.bench_core [--quick] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from minigpt2.checkpoint import load_model
+from minigpt2.config import GPT2Config
+from minigpt2.generate import generate
+from minigpt2.losses import lm_loss
+from minigpt2.model import GPT2, gather_last
+
+from .common import Row, compare_time, peak_memory, print_table, proc_status_bytes, set_threads
+
+PEER = "transformers"
+CLOZE_TOKENS = [8505, 3919]  # " yes", " no": the Quora cloze reads only these two logits
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What every line runs: model size, batch shapes, decode lengths and how many timed calls."""
+
+    config: str = "gpt2"
+    batch: int = 8  # training / forward batch (issue 2: 8 x 128)
+    seq: int = 128
+    decode_prompt: int = 16
+    decode_new: int = 128  # greedy decode, batch 1
+    sonnet_prompts: int = 12
+    sonnet_new: int = 128
+    sonnet_batch: int = 8  # LM training step whose peak memory is measured
+    sonnet_seq: int = 256  # a sonnet is ~170-220 GPT-2 tokens
+    warmup: int = 1
+    iters: int = 5
+    matmul: int = 2048
+
+
+FULL = Sizes()
+QUICK = Sizes(batch=2, decode_new=32, sonnet_new=32, sonnet_batch=2, iters=3)
+TINY = Sizes(config="tiny", batch=2, seq=32, decode_prompt=4, decode_new=8, sonnet_prompts=3, sonnet_new=8,
+             sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast_for(device: str):
+    """bf16 autocast where the device supports it (CUDA with bf16); fp32 on CPU, for parity with the peer."""
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def precision_of(device: str) -> str:
+    return "bf16 autocast" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def make_checkpoint(config_name: str, folder: str | os.PathLike, seed: int = 0) -> None:
+    """Random-init `GPT2LMHeadModel` weights of a preset, saved by `transformers` in its own layout."""
+    import transformers
+
+    torch.manual_seed(seed)
+    hf_config = transformers.GPT2Config(**GPT2Config.from_name(config_name).to_hf_dict())
+    transformers.GPT2LMHeadModel(hf_config).save_pretrained(folder)
+
+
+def load_pair(folder: str | os.PathLike, device: str) -> tuple[GPT2, Any]:
+    """minigpt2 and transformers models on the same checkpoint, both in fp32 on `device`, HF with SDPA."""
+    import transformers
+
+    ours = load_model(folder, device=device)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
+    assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
+    hf.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
+    hf.generation_config.pad_token_id = 50256
+    return ours, hf
+
+
+def train_step_flops(config: GPT2Config, batch: int, seq: int) -> float:
+    """Model FLOPs of one training step (forward + backward), PaLM's convention.
+
+    6 per token and matmul weight (the blocks' linears and the tied LM head) plus 12 * layers * C * T per token
+    for attention scores and values; embeddings, norms and the optimizer are not counted.
+    """
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    matmul_params = L * 12 * C * C + V * C
+    return batch * seq * (6 * matmul_params + 12 * L * C * seq)
+
+
+def matmul_peak_flops(n: int, device: str, iters: int = 5) -> float:
+    """Measured fp32 FLOP/s of an n x n x n matmul: the machine's practical peak for MFU."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 peak
+    t = compare_time({"mm": lambda: a @ b}, warmup=2, iters=iters)["mm"]
+    return 2 * n ** 3 / t
+
+
+def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
+    with autocast_for(device):
+        hidden = model(ids)
+        loss = lm_loss(hidden[:, :-1], model.wte.weight, ids[:, 1:])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _hf_lm_step(model: Any, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
+    with autocast_for(device):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def adamw(model: torch.nn.Module, device: str) -> torch.optim.Optimizer:
+    # The same optimizer on both sides: torch's fused AdamW, which is also transformers' Trainer default
+    # ("adamw_torch_fused" for torch >= 2.8).
+    return torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+
+def random_ids(batch: int, seq: int, vocab: int, device: str, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+
+
+def bench_forward(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    ids = random_ids(s.batch, s.seq, ours.config.vocab_size, device)
+    ours.eval(), hf.eval()
+
+    @torch.no_grad()
+    def run_ours():
+        with autocast_for(device):
+            return ours.lm_head(ours(ids))
+
+    @torch.no_grad()
+    def run_hf():
+        with autocast_for(device):
+            return hf(ids, use_cache=False).logits
+
+    t = compare_time({"ours": run_ours, "hf": run_hf}, s.warmup, s.iters)
+    n = s.batch * s.seq
+    return [Row(f"forward {s.batch}x{s.seq}, full logits", "tokens/s", n / t["ours"], PEER, n / t["hf"],
+                goal=">= 1.0x")]
+
+
+def bench_train(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    ids = random_ids(s.batch, s.seq, ours.config.vocab_size, device)
+    ours.train(), hf.train()
+    opt_ours, opt_hf = adamw(ours, device), adamw(hf, device)
+    t = compare_time({"ours": lambda: _ours_lm_step(ours, opt_ours, ids, device),
+                      "hf": lambda: _hf_lm_step(hf, opt_hf, ids, device)}, s.warmup, s.iters)
+    del opt_ours, opt_hf
+    ours.eval(), hf.eval()
+    n = s.batch * s.seq
+    peak = matmul_peak_flops(s.matmul, device)
+    flops = train_step_flops(ours.config, s.batch, s.seq)
+    return [
+        Row(f"training step {s.batch}x{s.seq}, AdamW", "tokens/s", n / t["ours"], PEER, n / t["hf"],
+            goal=">= 1.15x", extra={"seconds": t}),
+        Row(f"fp32 matmul peak ({s.matmul}^3)", "GFLOP/s", peak / 1e9, goal="(measured)"),
+        Row("training step MFU (of the matmul peak)", "fraction", flops / t["ours"] / peak, PEER,
+            flops / t["hf"] / peak, goal=">= 0.80", extra={"step_flops": flops}),
+    ]
+
+
+def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    """A yes/no cloze step: we read two logits at the last real token; the peer computes every logit."""
+    V = ours.config.vocab_size
+    ids = random_ids(s.batch, s.seq, V, device, seed=2)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(s.seq // 2, s.seq + 1, (s.batch,), generator=g)
+    mask = (torch.arange(s.seq)[None] < lengths[:, None]).long().to(device)  # right padding
+    labels = torch.randint(0, 2, (s.batch,), generator=g).to(device)
+    columns = torch.tensor(CLOZE_TOKENS, device=device)
+    rows = torch.arange(s.batch, device=device)
+    last = (lengths - 1).to(device)
+    ours.train(), hf.train()
+    opt_ours, opt_hf = adamw(ours, device), adamw(hf, device)
+
+    def step_ours():
+        with autocast_for(device):
+            hidden = gather_last(ours(ids, attention_mask=mask), mask)
+            loss = F.cross_entropy(ours.lm_head(hidden, token_ids=columns).float(), labels)
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_hf():
+        with autocast_for(device):
+            logits = hf(ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+            loss = F.cross_entropy(logits[rows, last][:, columns].float(), labels)
+        loss.backward()
+        opt_hf.step()
+        opt_hf.zero_grad(set_to_none=True)
+
+    t = compare_time({"ours": step_ours, "hf": step_hf}, s.warmup, s.iters)
+    ours.eval(), hf.eval()
+    return [Row(f"Quora cloze training step {s.batch}x{s.seq}", "steps/s", 1 / t["ours"],
+                f"{PEER} (full logits)", 1 / t["hf"], goal=">= 1.6x")]
+
+
+def bench_greedy_decode(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    prompt = random_ids(1, s.decode_prompt, ours.config.vocab_size, device, seed=4)
+    ours.eval(), hf.eval()
+
+    def run_ours():
+        with autocast_for(device):
+            return generate(ours, prompt.tolist(), s.decode_new, temperature=0.0, eos_id=None)
+
+    def run_hf():
+        with autocast_for(device):
+            return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.decode_new,
+                               do_sample=False)
+
+    t = compare_time({"ours": run_ours, "hf": run_hf}, s.warmup, s.iters)
+    n = s.decode_new
+    return [Row(f"greedy decode, batch 1, {n} new tokens", "tokens/s", n / t["ours"], f"{PEER} generate",
+                n / t["hf"], goal=">= 1.5x")]
+
+
+def sonnet_prompts(s: Sizes, vocab: int) -> list[list[int]]:
+    """Prompts of different lengths (like a sonnet's opening lines), so the batch needs left padding."""
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(24, 49, (s.sonnet_prompts,), generator=g).tolist()
+    if s.config == "tiny":
+        lengths = [4 + i % 3 for i in range(s.sonnet_prompts)]
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    prompts = sonnet_prompts(s, ours.config.vocab_size)
+    longest = max(map(len, prompts))
+    ids = torch.full((len(prompts), longest), 50256, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding, as HF expects for batched generation
+        ids[i, longest - len(p):] = torch.tensor(p)
+        mask[i, longest - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    sampling = dict(temperature=0.8, top_k=50, top_p=0.9)
+    ours.eval(), hf.eval()
+
+    def run_ours():
+        with autocast_for(device):
+            return generate(ours, prompts, s.sonnet_new, eos_id=None, seed=0, **sampling)
+
+    def run_hf():
+        with autocast_for(device):
+            return hf.generate(ids, attention_mask=mask, max_new_tokens=s.sonnet_new, do_sample=True, **sampling)
+
+    t = compare_time({"ours": run_ours, "hf": run_hf}, s.warmup, s.iters)
+    n = len(prompts) * s.sonnet_new
+    return [Row(f"sonnet generation, {len(prompts)} prompts, sampling", "tokens/s", n / t["ours"],
+                f"{PEER} generate", n / t["hf"], goal=">= 2x",
+                extra={"new_tokens_per_prompt": s.sonnet_new, **sampling})]
+
+
+def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, device: str) -> dict[str, int]:
+    """Peak memory of one steady-state LM training step (forward, loss, backward, AdamW) of one side.
+
+    Run it in a fresh process (see `bench_memory`) so that neither side's allocations colour the other's. A
+    first, unmeasured step allocates AdamW's moments; the measured second step's peak includes the weights,
+    moments and gradients, as a real run's would. `before` is what was resident when it started.
+    """
+    import gc
+
+    import transformers
+
+    if side == "ours":
+        model = load_model(folder, device=device)
+        step = _ours_lm_step
+    elif side == "hf":
+        model = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
+        step = _hf_lm_step
+    else:
+        raise ValueError(f"memory_probe: side must be 'ours' or 'hf', got {side!r}")
+    with torch.no_grad():  # weights in ordinary resident memory on both sides (a loader may leave them mmap-ed)
+        for p in model.parameters():
+            p.data = p.data.clone()
+    model.train()
+    ids = random_ids(batch, seq, model.config.vocab_size, device, seed=6)
+    opt = adamw(model, device)
+    step(model, opt, ids, device)
+    gc.collect()
+    _return_freed_memory()
+    before = torch.cuda.memory_allocated() if device == "cuda" else proc_status_bytes("VmRSS")
+    peak = peak_memory(lambda: step(model, opt, ids, device))
+    return {"peak": peak, "before": before}
+
+
+def _return_freed_memory() -> None:
+    """Hand memory that glibc keeps after `free` back to the OS, so the next peak counts only live memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def bench_memory(folder: str | os.PathLike, s: Sizes, device: str, threads: int, isolate: bool = True
+                 ) -> list[Row]:
+    """Peak memory of a sonnet LM training step, each side in its own fresh process (or here, for tests)."""
+    result = {}
+    for side in ("ours", "hf"):
+        if isolate:
+            cmd = [sys.executable, "-m", "bench.bench_core", "--memory-probe", side, "--folder", str(folder),
+                   "--batch", str(s.sonnet_batch), "--seq", str(s.sonnet_seq), "--device", device,
+                   "--threads", str(threads)]
+            root = Path(__file__).resolve().parent.parent
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+            if out.returncode != 0:
+                raise RuntimeError(f"memory probe ({side}) failed:\n{out.stderr[-2000:]}")
+            result[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        else:
+            result[side] = memory_probe(side, folder, s.sonnet_batch, s.sonnet_seq, device)
+    mib = 2 ** 20
+    what = "CUDA allocator peak" if device == "cuda" else "process peak RSS"
+    ours, hf = result["ours"], result["hf"]
+    return [
+        Row(f"sonnet LM step {s.sonnet_batch}x{s.sonnet_seq}: peak memory", "MiB", ours["peak"] / mib, PEER,
+            hf["peak"] / mib, higher_is_better=False, goal="<= 0.8x", extra={"measure": what}),
+        Row("  same, above weights + AdamW state at start", "MiB", (ours["peak"] - ours["before"]) / mib, PEER,
+            (hf["peak"] - hf["before"]) / mib, higher_is_better=False, goal="(context)"),
+    ]
+
+
+LINES: list[tuple[str, Callable[..., list[Row]]]] = [
+    ("forward", bench_forward),
+    ("training step", bench_train),
+    ("Quora cloze step", bench_quora_cloze),
+    ("greedy decode", bench_greedy_decode),
+    ("sonnet generation", bench_sonnet_generation),
+]
+
+
+def run(quick: bool = False, device: str | None = None, sizes: Sizes | None = None, threads: int | None = None,
+        isolate_memory: bool = True) -> list[Row]:
+    """Every core line; `sizes` overrides the quick/full presets (the tests use `TINY`)."""
+    from tqdm import tqdm
+
+    device = device or default_device()
+    s = sizes or (QUICK if quick else FULL)
+    threads = set_threads(threads)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as folder:
+        make_checkpoint(s.config, folder)
+        ours, hf = load_pair(folder, device)
+        bar = tqdm(LINES + [("peak memory", None)], desc="bench core", unit="line", file=sys.stderr)
+        for name, fn in bar:
+            bar.set_postfix_str(name)
+            if fn is None:
+                del ours, hf
+                rows += bench_memory(folder, s, device, threads, isolate=isolate_memory)
+            else:
+                rows += fn(ours, hf, s, device)
+    for r in rows:
+        r.extra.setdefault("precision", precision_of(device))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="minigpt2 vs transformers: the core benchmark lines.")
+    p.add_argument("--quick", action="store_true", help="smaller batches, shorter decodes, fewer timed calls")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--memory-probe", choices=["ours", "hf"], default=None,
+                   help="internal: measure one side's training-step peak memory and print it as JSON")
+    p.add_argument("--folder", default=None, help="internal (--memory-probe): the HF-layout checkpoint folder")
+    p.add_argument("--batch", type=int, default=FULL.sonnet_batch, help="internal (--memory-probe): batch size")
+    p.add_argument("--seq", type=int, default=FULL.sonnet_seq, help="internal (--memory-probe): sequence length")
+    args = p.parse_args(argv)
+    device = args.device or default_device()
+    if args.memory_probe:
+        set_threads(args.threads)
+        print(json.dumps(memory_probe(args.memory_probe, args.folder, args.batch, args.seq, device)))
+        return
+    rows = run(args.quick, device, threads=args.threads)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

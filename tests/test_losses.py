@@ -1,0 +1,120 @@
+"""The chunked, fused `lm_loss` equals plain cross-entropy over full logits: value and gradients."""
+
+import pytest
+import torch
+
+from minigpt2.losses import chunked_lm_loss, lm_loss, lm_loss_reference
+
+
+def _inputs(n: int = 37, c: int = 16, v: int = 101, seed: int = 0, ignore_every: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, c, generator=g, dtype=torch.float64).float()
+    weight = torch.randn(v, c, generator=g) * 0.5
+    targets = torch.randint(0, v, (n,), generator=g)
+    if ignore_every:
+        targets[::ignore_every] = -100
+    return hidden, weight, targets
+
+
+def _value_and_grads(fn, hidden, weight, targets, **kw):
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    loss = fn(h, w, targets, **kw)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 36, 37, 1000])
+def test_chunked_loss_and_grads_match_reference(chunk_rows):
+    hidden, weight, targets = _inputs()
+    ref = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+    got = _value_and_grads(chunked_lm_loss, hidden, weight, targets, chunk_rows=chunk_rows)
+    for name, a, b in zip(["loss", "d hidden", "d weight"], got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_lm_loss_batched_shapes_and_custom_ignore_index():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 9, 8, generator=g)
+    weight = torch.randn(50, 8, generator=g)
+    targets = torch.randint(0, 50, (3, 9), generator=g)
+    targets[0, :4] = 7  # a real token id used as the ignore index
+    ref = _value_and_grads(lm_loss_reference, hidden, weight, targets, ignore_index=7)
+    got = _value_and_grads(lm_loss, hidden, weight, targets, ignore_index=7)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_upstream_gradient_scales_grads():
+    hidden, weight, targets = _inputs(ignore_every=0)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    (3.0 * chunked_lm_loss(h1, w1, targets, chunk_rows=5)).backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    (3.0 * lm_loss_reference(h2, w2, targets)).backward()
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_weight_gets_no_grad_and_grad_accumulates_with_other_uses():
+    hidden, weight, targets = _inputs()
+    h = hidden.clone().requires_grad_()
+    loss = chunked_lm_loss(h, weight, targets, chunk_rows=8)  # weight does not require grad (LoRA, frozen wte)
+    loss.backward()
+    ref_h = hidden.clone().requires_grad_()
+    lm_loss_reference(ref_h, weight, targets).backward()
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-5, atol=1e-6)
+    # tied weights: the head's gradient adds to the embedding's, as with the reference
+    w = weight.clone().requires_grad_()
+    emb = torch.nn.functional.embedding(targets.clamp(min=0), w).sum()
+    (chunked_lm_loss(hidden, w, targets, chunk_rows=4) + emb).backward()
+    w_ref = weight.clone().requires_grad_()
+    (lm_loss_reference(hidden, w_ref, targets) + torch.nn.functional.embedding(targets.clamp(min=0), w_ref).sum()
+     ).backward()
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_no_grad_gives_the_value_only(monkeypatch):
+    hidden, weight, targets = _inputs()
+    weight.requires_grad_()
+    calls = []
+    real_addmm = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda self, *a, **k: calls.append(1) or real_addmm(self, *a, **k))
+    with torch.no_grad():
+        got = lm_loss(hidden, weight, targets)
+    assert calls == []  # evaluation computes no weight gradient
+    torch.testing.assert_close(got, lm_loss_reference(hidden, weight, targets), rtol=1e-6, atol=1e-6)
+
+
+def test_all_targets_ignored_is_nan_like_cross_entropy():
+    hidden, weight, targets = _inputs()
+    targets[:] = -100
+    assert torch.isnan(lm_loss(hidden, weight, targets))
+    assert torch.isnan(lm_loss_reference(hidden, weight, targets))
+
+
+def test_on_gpt2_sized_vocab_matches_reference():
+    # the real vocabulary and several chunks: the production chunk size is exercised
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 40, 32, generator=g)
+    weight = torch.randn(50257, 32, generator=g) * 0.02
+    targets = torch.randint(0, 50257, (2, 40), generator=g)
+    targets[1, 30:] = -100
+    ref = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+    got = _value_and_grads(chunked_lm_loss, hidden, weight, targets, chunk_rows=16)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden_shape, weight_shape, target_shape, message", [
+    ((4, 8), (10, 8), (5,), "hidden (4, 8) and targets (5,) disagree"),
+    ((4, 8), (10, 6), (4,), "weight (10, 6) must be (V, C) with C = 8"),
+])
+def test_bad_shapes_are_named(hidden_shape, weight_shape, target_shape, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        lm_loss(torch.zeros(hidden_shape), torch.zeros(weight_shape), torch.zeros(target_shape, dtype=torch.long))
+
+
+def test_bad_chunk_rows():
+    hidden, weight, targets = _inputs()
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1, got 0"):
+        chunked_lm_loss(hidden, weight, targets, chunk_rows=0)
