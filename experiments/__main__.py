@@ -1,0 +1,104 @@
+"""The study's experiments, one command each:
+
+    python -m experiments baseline                      # full fine-tuning, four tasks
+    python -m experiments lora-ranks --seeds 3          # sonnets: LoRA ranks 1..256 vs full fine-tuning
+    python -m experiments lora-targets
+    python -m experiments precision                     # fp64 .. int4, PTQ vs QAFT, zero-shot Quora
+    python -m experiments teachers --synthetic-dir synthetic/
+    python -m experiments baseline --tiny               # CPU smoke run: tiny random model, fixture data
+    python -m experiments lora-ranks --dry-run          # list the runs, run none
+
+Run folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones resumed. Results go to
+<out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .report import write_report
+from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
+from .stats import SAMPLES
+from .sweeps import SWEEPS, Sweep, SweepOptions, build_sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"], help="which sweep to run ('all': every one)")
+    p.add_argument("--tiny", action="store_true",
+                   help="CPU smoke run: random-init tiny model, fixture data, 1 epoch, trimmed sweep")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen; run nothing")
+    p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 11711, 11712, ...)")
+    p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
+                                               "results/tiny under --tiny)")
+    p.add_argument("--runs-dir", default=None, help="folder of the run folders (default: checkpoints/experiments, "
+                                                    "checkpoints/experiments-tiny under --tiny)")
+    p.add_argument("--model", default=None, help="base model for every run (default: gpt2; tiny under --tiny)")
+    p.add_argument("--data-dir", default=None,
+                   help="course data folder (default: finetune's; tests/fixtures/tasks under --tiny)")
+    p.add_argument("--synthetic-dir", default=None,
+                   help="teachers sweep: folder of <teacher>.jsonl files from distill.generate "
+                        "(default under --tiny: tests/fixtures/experiments/synthetic)")
+    p.add_argument("--finetune-args", default="",
+                   help="extra finetune flags for every run, one quoted string (e.g. '--device cuda:1 --compile')")
+    p.add_argument("--isolation", choices=["subprocess", "in-process"], default=None,
+                   help="run each finetune in a fresh subprocess (default) or in this process (default "
+                        "under --tiny: saves the interpreter start-up per run)")
+    p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the CSV, table and plots")
+    p.add_argument("--bootstrap", type=int, default=SAMPLES, help="bootstrap resamples per interval")
+    p.add_argument("--no-progress", action="store_true", help="hide the sweep's progress bar")
+    return p
+
+
+def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
+    """Plan, run and report one sweep; False if a run failed."""
+    name = sweep.name
+    root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / name
+    out = Path(args.out or ("results/tiny" if args.tiny else "results"))
+    missing = missing_flags(sweep.runs)
+    if missing and not args.report_only:
+        message = f"sweep {name}: minigpt2.finetune in this checkout has no {' '.join(missing)}"
+        if not args.dry_run:
+            raise SystemExit(message)
+        print(f"warning: {message}")
+    if args.dry_run:
+        print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
+                                                                       else ""))
+        for run, state in plan(sweep.runs, root):
+            print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
+        return True
+    failed: dict[str, str] = {}
+    if not args.report_only:
+        isolation = args.isolation or ("in-process" if args.tiny else "subprocess")
+        try:
+            result = run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
+                               progress=not args.no_progress)
+        except RunFolderConflict as e:  # the user's call: a message, not a traceback
+            raise SystemExit(f"error: {e}") from None
+        failed = result.failed
+        print(f"sweep {name}: {len(result.started)} run(s) started, {len(result.skipped)} already finished, "
+              f"{len(result.failed)} failed")
+        for run_name, error in failed.items():
+            print(f"  FAILED {run_name}: {error}", file=sys.stderr)
+    paths = write_report(sweep, root, out, samples=args.bootstrap, failed=failed)
+    print(paths["md"].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return not failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
+                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
+    names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
+    sweeps = [build_sweep(name, opts) for name in names]  # every sweep's settings are checked before any runs
+    ok = [run_one(sweep, args) for sweep in sweeps]
+    return 0 if all(ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

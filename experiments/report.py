@@ -1,0 +1,364 @@
+"""A sweep's results as files: `<sweep>.csv` (one row per run), `<sweep>.md` (the study-style table) and PNG plots.
+
+Rows come from the run folders alone (config.json, metrics.json, the dev predictions), so a report can be
+rebuilt at any time, also from a sweep that is half done: unfinished runs appear with status `missing`.
+
+Plots are matplotlib figures (Agg backend, no display needed); every plotting function returns its `Figure`
+so that tests can read its axes, and `save_figure` writes the axis labels into the PNG's metadata as well.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
+from .stats import SAMPLES, mean_std, run_interval  # noqa: E402
+from .sweeps import Sweep  # noqa: E402
+
+# The study's dev figures (the baseline table shows them beside this reproduction's).
+STUDY = {"sst": 0.513, "cfimdb": 0.971, "quora": 0.911, "sonnet": 41.97}
+
+Row = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+def model_bytes(run_dir: Path, metrics: dict[str, Any]) -> int | None:
+    """Bytes on disk of the run's model at its precision: the packed checkpoint finetune writes for a
+    non-fp32 run (metrics "quantization"), else the fp32 best/ safetensors."""
+    packed = metrics.get("quantization") or {}
+    if isinstance(packed.get("file_bytes"), int):
+        return packed["file_bytes"]
+    files = list((run_dir / "best").glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) or None
+
+
+def zero_shot_accuracy(run_dir: Path, output: str) -> float | None:
+    """Accuracy from a `minigpt2.evaluate --zero-shot` result file (a JSON object with an accuracy)."""
+    try:
+        data = json.loads((run_dir / output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for source in (data, data.get("dev", {}) if isinstance(data, dict) else {}):
+        if isinstance(source, dict) and isinstance(source.get("accuracy"), (int, float)):
+            return float(source["accuracy"])
+    return None
+
+
+def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
+            ) -> Row:
+    """One CSV row: the run's varied settings, status, dev score with its bootstrap interval, sizes and every
+    finetune argument (`arg_*`)."""
+    run = sweep.runs[run_index]
+    run_dir = root / run.name
+    row: Row = {"sweep": sweep.name, "run": run.name, **run.settings}
+    done = is_finished(run_dir)
+    row["status"] = "done" if done else ("failed" if failed and run.name in failed else "missing")
+    row.update(metric=None, dev_score=math.nan, ci_low=math.nan, ci_high=math.nan, n_dev=None,
+               trainable_params=None, total_params=None, best_epoch=None, wall_s=None)
+    if done:
+        metrics = read_metrics(run_dir) or {}
+        data = metrics.get("data", {})
+        row.update(metric=metrics.get("metric"), dev_score=metrics["dev"][metrics["metric"]],
+                   trainable_params=metrics.get("trainable_params"), total_params=metrics.get("total_params"),
+                   best_epoch=(metrics.get("best") or {}).get("epoch"), wall_s=metrics.get("wall_s"),
+                   train_real=data.get("train_real", data.get("train")), train_synthetic=data.get("train_synthetic"))
+        try:  # a run whose files cannot be re-scored keeps its score, without an interval, and says why
+            interval = run_interval(run_dir, samples=samples)
+            row.update(ci_low=interval.low, ci_high=interval.high, n_dev=interval.n)
+        except (OSError, ValueError, KeyError) as e:
+            row["note"] = f"no interval: {e}"
+        if "precision" in run.settings:
+            row["model_bytes"] = model_bytes(run_dir, metrics)
+        for ev in run.evaluations:
+            row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if evaluation_done(run_dir, ev) else None
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        row.update({f"arg_{k}": v for k, v in config.get("args", {}).items()})
+    row["run_dir"] = str(run_dir)
+    return row
+
+
+def collect(sweep: Sweep, root: str | Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
+            ) -> list[Row]:
+    """Rows of every run of the sweep, in sweep order."""
+    return [run_row(sweep, i, Path(root), samples, failed) for i in range(len(sweep.runs))]
+
+
+def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
+    """All rows; the columns are the union of the rows' keys, in first-seen order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                             for k, v in row.items()})
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- seeds -> points
+
+def group_seeds(rows: Sequence[Row]) -> list[Row]:
+    """One point per setting: rows that differ only in seed are merged. `score` is the mean over finished
+    seeds; with one seed `low`/`high` are its bootstrap interval, with several the mean ± std."""
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for row in rows:
+        key = tuple((k, row[k]) for k in row if k in SETTING_KEYS and k != "seed")
+        groups[key].append(row)
+    points = []
+    for key, members in groups.items():
+        done = [r for r in members if r["status"] == "done"]
+        point: Row = dict(key)
+        point.update(seeds=len(done), runs=len(members), metric=done[0]["metric"] if done else None)
+        mean, std = mean_std([r["dev_score"] for r in done])
+        if len(done) == 1:
+            low, high = done[0]["ci_low"], done[0]["ci_high"]
+        else:
+            low, high = mean - std, mean + std
+        point.update(score=mean, std=std, low=low, high=high)
+        for extra in ("trainable_params", "model_bytes", "zero_shot_quora", "train_synthetic"):
+            vals = [r.get(extra) for r in done if r.get(extra) is not None]
+            point[extra] = mean_std(vals)[0] if vals else None
+        points.append(point)
+    return points
+
+
+SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "teacher", "synthetic_n",
+                "synthetic_filter", "seed")
+
+
+def format_score(point: Row) -> str:
+    """'41.97 [38.10, 45.20]' (one seed: bootstrap 95% CI) or '41.97 ± 0.52 (3 seeds)'; '—' when not run."""
+    if not point["seeds"]:
+        return "—"
+    digits = 2 if point["metric"] == "chrf" else 3
+    if point["seeds"] == 1:
+        if math.isnan(point["low"]):  # no interval (see the CSV's note)
+            return f"{point['score']:.{digits}f}"
+        return f"{point['score']:.{digits}f} [{point['low']:.{digits}f}, {point['high']:.{digits}f}]"
+    return f"{point['score']:.{digits}f} ± {point['std']:.{digits}f} ({point['seeds']} seeds)"
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    if isinstance(value, int) and abs(value) >= 1000:
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+# Per sweep: (header, value of a point) columns of its markdown table, after the score column.
+TABLE_COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
+    "baseline": [("task", lambda p: p["task"]), ("metric", lambda p: "chrF" if p["task"] == "sonnet" else "accuracy")],
+    "lora-ranks": [("method", lambda p: p["method"]), ("rank", lambda p: p["rank"]),
+                   ("trainable params", lambda p: p["trainable_params"])],
+    "lora-targets": [("targets", lambda p: p["targets"]), ("rank", lambda p: p["rank"]),
+                     ("trainable params", lambda p: p["trainable_params"])],
+    "precision": [("precision", lambda p: p["precision"]), ("QAFT", lambda p: p["qaft"]),
+                  ("model bytes", lambda p: p["model_bytes"])],
+    "teachers": [("teacher", lambda p: p["teacher"] or "(real only)"),
+                 ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"])],
+}
+AFTER_SCORE: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
+    "baseline": [("study", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None)],
+    "precision": [("zero-shot Quora acc.", lambda p: p["zero_shot_quora"])],
+}
+
+
+def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
+    """The study-style table: settings, dev score with its interval, and the sweep's extra columns."""
+    first, after = TABLE_COLUMNS[sweep_name], AFTER_SCORE.get(sweep_name, [])
+    metrics = {p["metric"] for p in points if p["metric"]}
+    names = {"chrf": "dev chrF", "accuracy": "dev accuracy"}
+    score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + " [95% CI]"
+    heads = [h for h, _ in first] + [score_head] + [h for h, _ in after]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for p in points:
+        cells = [_fmt(f(p)) for _, f in first] + [format_score(p)] + [_fmt(f(p)) for _, f in after]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+def _errorbar(ax, xs: list, points: Sequence[Row], **kw) -> None:
+    ys = [p["score"] for p in points]
+    err = [[p["score"] - p["low"] for p in points], [p["high"] - p["score"] for p in points]]
+    if "fmt" not in kw:
+        kw.setdefault("marker", "o")
+    ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Axis labels, title, and a legend when something in the axes has a label."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+
+
+def _done(points: Sequence[Row]) -> list[Row]:
+    return [p for p in points if p["seeds"]]
+
+
+def plot_baseline(points: Sequence[Row]) -> Figure:
+    """Dev score per task with its interval: accuracy tasks on the left, sonnet chrF on the right."""
+    fig, (ax_acc, ax_chrf) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+    for ax, metric, label in ((ax_acc, "accuracy", "dev accuracy"), (ax_chrf, "chrf", "dev chrF")):
+        pts = [p for p in _done(points) if p["metric"] == metric]
+        _errorbar(ax, [p["task"] for p in pts], pts, linestyle="none", label="this run")
+        ref = [(p["task"], STUDY[p["task"]]) for p in pts if p["task"] in STUDY]
+        if ref:
+            ax.scatter(*zip(*ref), marker="x", color="black", label="study", zorder=3)
+        _label(ax, "task", label)
+    fig.suptitle("Full fine-tuning: dev scores (bootstrap 95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lora_ranks(points: Sequence[Row]) -> Figure:
+    """chrF vs LoRA rank (log2 axis) with the full fine-tuning line and its interval as a band."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    lora = sorted((p for p in _done(points) if p["method"] == "lora"), key=lambda p: p["rank"])
+    if lora:
+        _errorbar(ax, [p["rank"] for p in lora], lora, label="LoRA (attn+mlp, alpha 16)")
+    for p in (p for p in _done(points) if p["method"] == "full"):
+        ax.axhline(p["score"], color="C3", linestyle="--", label="full fine-tuning")
+        ax.axhspan(p["low"], p["high"], color="C3", alpha=0.12)
+    ax.set_xscale("log", base=2)
+    if lora:
+        ax.set_xticks([p["rank"] for p in lora], [str(p["rank"]) for p in lora])
+    _label(ax, "LoRA rank", "dev chrF", "Sonnets: chrF vs LoRA rank")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lora_targets(points: Sequence[Row]) -> Figure:
+    """chrF vs trainable parameters for adapters on attention only and on attention + MLP."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for targets in ("attn", "attn+mlp"):
+        pts = sorted((p for p in _done(points) if p["targets"] == targets),
+                     key=lambda p: p["trainable_params"] or 0)
+        if pts:
+            _errorbar(ax, [p["trainable_params"] for p in pts], pts, label=f"LoRA on {targets}")
+            for p in pts:
+                ax.annotate(f"r{p['rank']}", (p["trainable_params"], p["score"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    _label(ax, "trainable parameters", "dev chrF", "Sonnets: LoRA targets")
+    fig.tight_layout()
+    return fig
+
+
+def plot_precision(points: Sequence[Row]) -> Figure:
+    """chrF vs model size (bytes, log axis) per precision, QAFT vs PTQ; and the zero-shot Quora accuracy."""
+    fig, (ax, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
+    done = [p for p in _done(points) if p["model_bytes"]]
+    with_qaft = {p["precision"] for p in done if p["qaft"]}
+    for qaft, label, style in ((False, "post-training quantization", "o-"), (True, "QAFT", "s--")):
+        # A precision without a QAFT twin (fp32, the reference) belongs to both lines.
+        pts = sorted((p for p in done if bool(p["qaft"]) == qaft or (qaft and p["precision"] not in with_qaft)),
+                     key=lambda p: p["model_bytes"])
+        if not pts:
+            continue
+        _errorbar(ax, [p["model_bytes"] for p in pts], pts, label=label, fmt=style)
+        quora = [p for p in pts if p["zero_shot_quora"] is not None]
+        if quora:
+            ax_q.plot([p["model_bytes"] for p in quora], [p["zero_shot_quora"] for p in quora], style, label=label)
+        for p in (p for p in pts if bool(p["qaft"]) == qaft):  # the shared reference is labelled once
+            ax.annotate(p["precision"], (p["model_bytes"], p["score"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    for a in (ax, ax_q):
+        a.set_xscale("log")
+    _label(ax, "model size (bytes)", "dev chrF", "Sonnets: chrF vs model size by precision")
+    _label(ax_q, "model size (bytes)", "zero-shot Quora accuracy", "Generality after sonnet fine-tuning")
+    fig.tight_layout()
+    return fig
+
+
+def plot_teachers(points: Sequence[Row]) -> Figure:
+    """chrF vs number of synthetic sonnets, one line per teacher (solid: all kept, dashed: perfect only);
+    the real-only run is every line's first point."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    done = _done(points)
+    start = [p for p in done if not p["synthetic_n"]]
+    teachers = sorted({p["teacher"] for p in done if p["teacher"]})
+    for i, teacher in enumerate(teachers):
+        for filt, style in (("all", "-"), ("perfect", "--")):
+            pts = start + sorted((p for p in done if p["teacher"] == teacher and p["synthetic_filter"] == filt),
+                                 key=lambda p: p["synthetic_n"])
+            if len(pts) > len(start):
+                _errorbar(ax, [p["synthetic_n"] for p in pts], pts, color=f"C{i}", linestyle=style,
+                          label=f"{teacher} ({filt})")
+    if not teachers and start:
+        _errorbar(ax, [0] * len(start), start, label="real only")
+    _label(ax, "synthetic sonnets added", "dev chrF", "Sonnets: chrF vs synthetic-set size per teacher")
+    fig.tight_layout()
+    return fig
+
+
+PLOTS: dict[str, Callable[[Sequence[Row]], Figure]] = {
+    "baseline": plot_baseline, "lora-ranks": plot_lora_ranks, "lora-targets": plot_lora_targets,
+    "precision": plot_precision, "teachers": plot_teachers,
+}
+
+
+def axis_labels(fig: Figure) -> list[dict[str, str]]:
+    """Title and axis labels of every axes of a figure."""
+    return [{"title": a.get_title(), "xlabel": a.get_xlabel(), "ylabel": a.get_ylabel()} for a in fig.axes]
+
+
+def save_figure(fig: Figure, path: str | Path, title: str) -> Path:
+    """Write a PNG; its `Description` text chunk holds the axis labels as JSON (checkable without pixels)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=120,
+                metadata={"Title": title, "Description": json.dumps({"axes": axis_labels(fig)})})
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- all outputs
+
+def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int = SAMPLES,
+                 failed: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write `<out>/<sweep>.csv`, `<out>/<sweep>.md` and `<out>/<sweep>.png`; returns their paths."""
+    out = Path(out)
+    rows = collect(sweep, root, samples, failed)
+    points = group_seeds(rows)
+    paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
+    done = sum(r["status"] == "done" for r in rows)
+    spread = ("mean ± std over seeds" if any(p["seeds"] > 1 for p in points)
+              else "bootstrap 95% interval over the dev examples")
+    text = [f"# {sweep.name}\n", f"{done} of {len(rows)} runs finished (run folders: {Path(root)}); {spread}.\n"]
+    if sweep.note:
+        text.append(f"Note: {sweep.note}.\n")
+    if rows and rows[0].get("arg_model") == "tiny":
+        text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
+    text.append(markdown_table(sweep.name, points))
+    paths["md"] = out / f"{sweep.name}.md"
+    paths["md"].write_text("\n".join(text), encoding="utf-8")
+    paths["png"] = save_figure(PLOTS[sweep.name](points), out / f"{sweep.name}.png", sweep.name)
+    return paths

@@ -1,0 +1,234 @@
+"""The study's sweeps as data: each is a list of `Run`s, one `minigpt2.finetune` command line each.
+
+A sweep builder reads `SweepOptions` (model, data, seeds, `--tiny`) and returns runs whose `settings` are the
+knobs that vary (the CSV's first columns and the plots' axes) and whose `args` are the exact finetune flags.
+Nothing here runs anything; `experiments.runner` does.
+
+    baseline      full fine-tuning on sst, cfimdb, quora, sonnet
+    lora-ranks    sonnets, LoRA attn+mlp at ranks 1, 2, 4, ..., 256 (alpha 16, lr 1e-2) and full fine-tuning
+    lora-targets  sonnets, LoRA on attention only vs attention + MLP
+    precision     sonnets at fp64, fp32, bf16, fp8, int8, int4, post-training quantised (PTQ) or QAFT, and each
+                  model's zero-shot Quora cloze accuracy
+    teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only
+
+`--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the fixture data
+under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
+per sweep (`Sweep.note` says which).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_DATA_DIR = REPO / "tests" / "fixtures" / "tasks"
+TINY_TOKENIZER_DIR = REPO / "tests" / "fixtures" / "gpt2"
+TINY_SYNTHETIC_DIR = REPO / "tests" / "fixtures" / "experiments" / "synthetic"
+
+SEED = 11711  # the course's seed; --seeds N uses SEED, SEED+1, ...
+TEACHERS = ("gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-pro")
+LORA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LORA_ALPHA, LORA_LR = 16, 1e-2  # the study's best LoRA settings
+PRECISIONS = ("fp64", "fp32", "bf16", "fp8", "int8", "int4")
+SYNTHETIC_SIZES = (0, 250, 500, 1000)
+
+# What --tiny adds to every finetune call: a tiny random model on a few fixture examples, quickly.
+TINY_ARGS = ["--model", "tiny", "--offline", "--epochs", "1", "--max-train", "4", "--max-eval", "2",
+             "--max-new-tokens", "4", "--batch-size", "4", "--eval-batch-size", "8"]
+
+
+@dataclass
+class SweepOptions:
+    """What the command line says about every run of a sweep."""
+
+    tiny: bool = False
+    seeds: int = 1
+    model: str | None = None  # None: gpt2 (tiny under --tiny)
+    data_dir: str | None = None  # None: finetune's default (tests/fixtures/tasks under --tiny)
+    synthetic_dir: str | None = None  # teachers: folder with <teacher>.jsonl files
+    finetune_args: list[str] = field(default_factory=list)  # appended to every run (e.g. --device cuda:1)
+
+    def seed_list(self) -> list[int]:
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+        return [SEED + i for i in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A follow-up command on a finished run folder (e.g. the zero-shot Quora check). `module` is run with
+    `argv`, where the string RUN_DIR stands for the run folder; `output` (inside the run folder) is the file it
+    writes, whose presence marks it done."""
+
+    name: str
+    module: str
+    argv: tuple[str, ...]
+    output: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finetune run of a sweep. `name` is its folder name; `settings` the knobs that vary."""
+
+    name: str
+    args: tuple[str, ...]
+    settings: dict[str, Any]
+    evaluations: tuple[Evaluation, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A named list of runs, and what was left out of it (by `--tiny`, or for lack of synthetic sonnets); the
+    note is printed by --dry-run and written above the table."""
+
+    name: str
+    runs: list[Run]
+    note: str = ""
+
+
+def common_args(opts: SweepOptions) -> list[str]:
+    """Flags shared by every run: model, data, and the --tiny smoke settings."""
+    args: list[str] = []
+    if opts.tiny:
+        args += TINY_ARGS
+        if opts.model:
+            args[args.index("tiny")] = opts.model
+        args += ["--data-dir", opts.data_dir or str(TINY_DATA_DIR)]
+        if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files in the fixtures
+            args += ["--tokenizer-dir", str(TINY_TOKENIZER_DIR)]
+    else:
+        args += ["--model", opts.model or "gpt2"]
+        if opts.data_dir:
+            args += ["--data-dir", opts.data_dir]
+    return args + ["--no-progress"]
+
+
+def _runs(opts: SweepOptions, points: list[tuple[str, list[str], dict[str, Any]]],
+          evaluations: tuple[Evaluation, ...] = ()) -> list[Run]:
+    """Every point of a sweep at every seed: (name, finetune flags, settings) -> Runs."""
+    base = common_args(opts)
+    runs = []
+    for name, flags, settings in points:
+        for seed in opts.seed_list():
+            args = tuple(flags + base + ["--seed", str(seed)] + opts.finetune_args)
+            runs.append(Run(f"{name}-s{seed}", args, {**settings, "seed": seed}, evaluations))
+    return runs
+
+
+def lora_flags(rank: int, targets: str = "attn+mlp") -> list[str]:
+    return ["--method", "lora", "--lora-rank", str(rank), "--lora-alpha", str(LORA_ALPHA),
+            "--lora-targets", targets, "--lr", str(LORA_LR)]
+
+
+def baseline(opts: SweepOptions) -> Sweep:
+    """Full fine-tuning on the four tasks, with the finetune defaults (the course's settings)."""
+    points = [(task, ["--task", task, "--mode", "full-model"], {"task": task, "method": "full"})
+              for task in ("sst", "cfimdb", "quora", "sonnet")]
+    return Sweep("baseline", _runs(opts, points))
+
+
+def lora_ranks(opts: SweepOptions) -> Sweep:
+    """Sonnets: LoRA (attn+mlp, alpha 16, lr 1e-2) at each rank, and full fine-tuning as the reference line."""
+    ranks = (1, 4) if opts.tiny else LORA_RANKS
+    points = [("full", ["--task", "sonnet"], {"task": "sonnet", "method": "full", "rank": None,
+                                              "targets": None})]
+    points += [(f"lora-r{r}", ["--task", "sonnet"] + lora_flags(r), {"task": "sonnet", "method": "lora", "rank": r,
+                                                                     "targets": "attn+mlp"}) for r in ranks]
+    note = f"--tiny: ranks {', '.join(map(str, ranks))} only (full sweep: {', '.join(map(str, LORA_RANKS))})"
+    return Sweep("lora-ranks", _runs(opts, points), note if opts.tiny else "")
+
+
+def lora_targets(opts: SweepOptions) -> Sweep:
+    """Sonnets: LoRA on the attention projections only vs attention + MLP, at a small and the largest rank."""
+    ranks = (4,) if opts.tiny else (16, 256)
+    points = [(f"lora-{t.replace('+', '-')}-r{r}", ["--task", "sonnet"] + lora_flags(r, t),
+               {"task": "sonnet", "method": "lora", "rank": r, "targets": t})
+              for r in ranks for t in ("attn", "attn+mlp")]
+    note = "--tiny: rank 4 only (full sweep: ranks 16 and 256)"
+    return Sweep("lora-targets", _runs(opts, points), note if opts.tiny else "")
+
+
+# `python -m minigpt2.evaluate RUN_DIR --task quora --zero-shot` writes RUN_DIR/eval-quora-zero-shot-dev.json.
+ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
+                             ("RUN_DIR", "--task", "quora", "--zero-shot"), "eval-quora-zero-shot-dev.json")
+
+
+def precision(opts: SweepOptions) -> Sweep:
+    """Sonnets at each precision, quantised after training (PTQ) or trained quantisation-aware (QAFT); fp32 is
+    the reference and has no QAFT twin. Each model also takes the zero-shot Quora check."""
+    precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
+    points = []
+    for p in precisions:
+        for qaft in ((False,) if p == "fp32" else (False, True)):
+            flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
+            name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
+            points.append((name, flags,
+                           {"task": "sonnet", "precision": p, "qaft": qaft}))
+    note = "--tiny: fp32 and int8 only (full sweep: " + ", ".join(PRECISIONS) + ")"
+    return Sweep("precision", _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,)), note if opts.tiny else "")
+
+
+def synthetic_dir(opts: SweepOptions) -> Path:
+    if opts.synthetic_dir:
+        return Path(opts.synthetic_dir)
+    if opts.tiny:
+        return TINY_SYNTHETIC_DIR
+    raise SystemExit("the teachers sweep needs --synthetic-dir DIR holding <teacher>.jsonl files made by "
+                     "`python -m distill.generate --teacher <teacher> --n 1000 --out DIR/<teacher>.jsonl`")
+
+
+def teachers(opts: SweepOptions) -> Sweep:
+    """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
+    shared real-data-only run that starts every teacher's curve."""
+    folder = synthetic_dir(opts)
+    names = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not names:
+        raise SystemExit(f"{folder}: no <teacher>.jsonl files; expected e.g. "
+                         + ", ".join(f"{t}.jsonl" for t in TEACHERS))
+    from distill.synthetic import load_synthetic
+
+    sizes = (0, 2) if opts.tiny else SYNTHETIC_SIZES
+    points = [("real-only", ["--task", "sonnet"],
+               {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
+    notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
+    for teacher in names:
+        for filt in ("all", "perfect"):
+            path = folder / f"{teacher}.jsonl"
+            have = len(load_synthetic(path, filter=filt))
+            ns = fit_sizes(sizes[1:], have)
+            if ns != list(sizes[1:]):
+                notes.append(f"{teacher} has {have} sonnets with filter {filt}: sizes {ns}")
+            for n in ns:
+                flags = ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(n),
+                         "--synthetic-filter", filt]
+                points.append((f"{teacher}-n{n}-{filt}", flags,
+                               {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
+    return Sweep("teachers", _runs(opts, points), "; ".join(notes))
+
+
+def fit_sizes(sizes: Sequence[int], have: int) -> list[int]:
+    """The synthetic-set sizes a file can fill: those up to `have`, then `have` itself as the last point when
+    a larger size was asked for (a teacher with 640 perfect sonnets ends its curve at 640, not 1000)."""
+    fit = [n for n in sizes if n <= have]
+    if have > 0 and len(fit) < len(sizes) and have not in fit:
+        fit.append(have)
+    return fit
+
+
+SWEEPS: dict[str, Callable[[SweepOptions], Sweep]] = {
+    "baseline": baseline, "lora-ranks": lora_ranks, "lora-targets": lora_targets, "precision": precision,
+    "teachers": teachers,
+}
+
+
+def build_sweep(name: str, opts: SweepOptions) -> Sweep:
+    """The sweep called `name` under these options."""
+    if name not in SWEEPS:
+        raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
+    sweep = SWEEPS[name](opts)
+    names = [r.name for r in sweep.runs]
+    assert len(set(names)) == len(names), f"duplicate run names in sweep {name}"
+    return sweep

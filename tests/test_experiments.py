@@ -1,0 +1,358 @@
+"""experiments/: sweep definitions against the real finetune parser, the resumable runner (with a fake executor
+that writes what finetune writes), bootstrap statistics, tables and plots. The tiny end-to-end sweeps are in
+test_experiments_tiny.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import __main__ as cli
+from experiments import report, runner, stats
+from experiments.sweeps import (SWEEPS, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions, build_sweep)
+from minigpt2.finetune import build_parser
+from minigpt2.metrics import chrf
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+@pytest.mark.parametrize("tiny", [False, True])
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_every_run_is_a_valid_finetune_command(name, tiny):
+    sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
+    if runner.missing_flags(sweep.runs):  # a knob still on another branch
+        pytest.skip(f"finetune has no {runner.missing_flags(sweep.runs)} yet")
+    parser = build_parser()
+    for run in sweep.runs:
+        args = parser.parse_args([*run.args, "--out-dir", "x"])
+        assert args.seed == run.settings["seed"]
+        assert args.model == ("tiny" if tiny else "gpt2")
+        assert (args.epochs == 1) == tiny
+        for key in ("task", "precision", "synthetic_n", "synthetic_filter"):
+            if run.settings.get(key) is not None and hasattr(args, key):
+                value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
+                assert value == run.settings[key], (run.name, key)
+        if run.settings.get("method") == "lora":
+            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.settings["rank"], 16, 1e-2)
+            assert args.lora_targets == run.settings["targets"]
+
+
+def test_sweep_shapes():
+    full = {n: build_sweep(n, SweepOptions(synthetic_dir=str(TINY_SYNTHETIC_DIR))) for n in SWEEPS}
+    assert [r.settings["task"] for r in full["baseline"].runs] == ["sst", "cfimdb", "quora", "sonnet"]
+    ranks = [r.settings["rank"] for r in full["lora-ranks"].runs]
+    assert ranks == [None, 1, 2, 4, 8, 16, 32, 64, 128, 256]  # full fine-tuning first, then every rank
+    prec = {(r.settings["precision"], r.settings["qaft"]) for r in full["precision"].runs}
+    assert len(prec) == 11 and ("fp32", False) in prec and ("int4", True) in prec and ("fp8", False) in prec
+    assert all(r.evaluations and r.evaluations[0].name == "zero_shot_quora" for r in full["precision"].runs)
+    teachers = full["teachers"].runs
+    assert teachers[0].settings["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
+    # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
+    assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
+                                               "gemini-2.5-flash-n2-perfect-s11711"]
+    assert len(teachers) == 5
+    assert "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
+    tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
+    assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
+
+
+def test_synthetic_sizes_end_at_what_a_file_has():
+    from experiments.sweeps import fit_sizes
+
+    assert fit_sizes((250, 500, 1000), 5000) == [250, 500, 1000]
+    assert fit_sizes((250, 500, 1000), 1000) == [250, 500, 1000]
+    assert fit_sizes((250, 500, 1000), 640) == [250, 500, 640]
+    assert fit_sizes((250, 500, 1000), 100) == [100]
+    assert fit_sizes((250, 500, 1000), 0) == []
+
+
+def test_seeds_multiply_runs_with_distinct_names():
+    sweep = build_sweep("baseline", SweepOptions(seeds=3))
+    assert len(sweep.runs) == 12
+    assert len({r.name for r in sweep.runs}) == 12
+    assert sorted({r.settings["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        build_sweep("baseline", SweepOptions(seeds=0))
+
+
+def test_sweep_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown sweep 'nope'"):
+        build_sweep("nope", SweepOptions())
+    with pytest.raises(SystemExit, match="--synthetic-dir"):
+        build_sweep("teachers", SweepOptions())
+    with pytest.raises(SystemExit, match="no <teacher>.jsonl files"):
+        build_sweep("teachers", SweepOptions(synthetic_dir=str(tmp_path)))
+
+
+def test_model_and_extra_flags_reach_every_run():
+    sweep = build_sweep("baseline", SweepOptions(model="gpt2-medium", data_dir="/d",
+                                                 finetune_args=["--device", "cuda:1"]))
+    for run in sweep.runs:
+        args = build_parser().parse_args(list(run.args))
+        assert (args.model, args.data_dir, args.device) == ("gpt2-medium", "/d", "cuda:1")
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+class FakeFinetune:
+    """Stands in for `python -m minigpt2.finetune`: records each call and writes the files a finished run has."""
+
+    def __init__(self, fail: set[str] = frozenset(), stop_after: set[str] = frozenset()) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        self.fail, self.stop_after = fail, stop_after
+
+    def __call__(self, module: str, argv, log: Path) -> None:
+        self.calls.append((module, list(argv)))
+        if module == "minigpt2.evaluate":
+            Path(argv[0], "eval-quora-zero-shot-dev.json").write_text(json.dumps({"accuracy": 0.5}))
+            return
+        run_dir = Path(argv[argv.index("--out-dir") + 1])
+        if run_dir.name in self.fail:
+            raise RuntimeError("CUDA out of memory (fake)")
+        (run_dir / "config.json").write_text(json.dumps({"args": {"task": "sst"}}))
+        if run_dir.name in self.stop_after:
+            (run_dir / "last").mkdir(exist_ok=True)
+            (run_dir / "last" / "trainer.json").write_text("{}")
+            (run_dir / "metrics.json").write_text(json.dumps({"metric": "accuracy", "stopped_after_epoch": 1}))
+            return
+        for name in ("dev.csv", "test.csv"):
+            (run_dir / name).write_text("id \t Predicted_Sentiment \n")
+        (run_dir / "metrics.json").write_text(json.dumps({
+            "metric": "accuracy", "dev": {"accuracy": 0.5}, "dev_predictions": "dev.csv",
+            "test_predictions": "test.csv"}))
+
+    def started(self, module: str = "minigpt2.finetune") -> list[str]:
+        return [Path(argv[argv.index("--out-dir") + 1]).name for m, argv in self.calls if m == module]
+
+
+def three_runs(evaluations=()) -> list[Run]:
+    return [Run(f"r{i}", ("--task", "sst", "--seed", str(i)), {"task": "sst", "seed": i}, evaluations)
+            for i in range(3)]
+
+
+def test_runner_runs_each_once_and_skips_finished_runs(tmp_path):
+    fake = FakeFinetune()
+    first = runner.run_sweep(three_runs(), tmp_path, fake, progress=False)
+    assert first.started == ["r0", "r1", "r2"] and not first.failed
+    assert fake.started() == ["r0", "r1", "r2"]
+    assert all(runner.is_finished(tmp_path / f"r{i}") for i in range(3))
+    assert json.loads((tmp_path / "r1" / "experiment.json").read_text())["args"][-1] == "1"
+    second = runner.run_sweep(three_runs(), tmp_path, fake, progress=False)
+    assert second.started == [] and second.skipped == ["r0", "r1", "r2"]
+    assert len(fake.calls) == 3  # nothing was invoked again
+
+
+def test_runner_resumes_an_interrupted_run_and_restarts_an_empty_one(tmp_path):
+    runner.run_sweep(three_runs(), tmp_path, FakeFinetune(stop_after={"r1"}), progress=False)
+    (tmp_path / "r2" / "metrics.json").unlink()  # died before finishing anything
+    assert not runner.is_finished(tmp_path / "r1") and not runner.is_finished(tmp_path / "r2")
+    assert [s for _, s in runner.plan(three_runs(), tmp_path)] == ["done", "resume", "run"]
+    fake = FakeFinetune()
+    result = runner.run_sweep(three_runs(), tmp_path, fake, progress=False)
+    assert result.started == ["r1", "r2"] and result.skipped == ["r0"]
+    argv = dict((Path(a[a.index("--out-dir") + 1]).name, a) for _, a in fake.calls)
+    assert "--resume" in argv["r1"] and "--resume" not in argv["r2"]
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
+    result = runner.run_sweep(three_runs(), tmp_path, FakeFinetune(fail={"r1"}), progress=False)
+    assert list(result.failed) == ["r1"] and "out of memory" in result.failed["r1"]
+    assert result.started == ["r0", "r1", "r2"]
+    assert runner.is_finished(tmp_path / "r2")
+    again = runner.run_sweep(three_runs(), tmp_path, FakeFinetune(), progress=False)
+    assert again.started == ["r1"]  # only the failed one is retried
+
+
+def test_a_returned_but_unfinished_run_counts_as_failed(tmp_path):
+    def silent(module, argv, log):  # returns without writing anything
+        pass
+    result = runner.run_sweep(three_runs()[:1], tmp_path, silent, progress=False)
+    assert "holds no final metrics.json" in result.failed["r0"]
+
+
+def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
+    runs = three_runs()
+    runner.run_sweep(runs[:1], tmp_path, FakeFinetune(), progress=False)
+    neutral = Run("r0", runs[0].args + ("--device", "cuda:3", "--no-progress"), runs[0].settings)
+    assert runner.run_sweep([neutral], tmp_path, FakeFinetune(), progress=False).skipped == ["r0"]
+    changed = Run("r0", ("--task", "sst", "--seed", "0", "--lr", "0.1"), runs[0].settings)
+    with pytest.raises(runner.RunFolderConflict, match=r"other arguments[\s\S]*--lr 0.1[\s\S]*Delete that folder"):
+        runner.run_sweep([changed], tmp_path, FakeFinetune(), progress=False)
+
+
+def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "in_subprocess", FakeFinetune())
+    root = tmp_path / "runs"
+    assert cli.main(["baseline", "--runs-dir", str(root), "--out", str(tmp_path), "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match=r"^error: .*sst-s11711 holds a run made with other arguments"):
+        cli.main(["baseline", "--model", "gpt2-medium", "--runs-dir", str(root), "--out", str(tmp_path)])
+
+
+def test_follow_up_evaluations_run_once_on_the_run_folder(tmp_path):
+    ev = Evaluation("zero_shot_quora", "minigpt2.evaluate", ("RUN_DIR", "--task", "quora", "--zero-shot"),
+                    "eval-quora-zero-shot-dev.json")
+    fake = FakeFinetune()
+    result = runner.run_sweep(three_runs((ev,)), tmp_path, fake, progress=False)
+    assert result.evaluated == [f"r{i}:zero_shot_quora" for i in range(3)]
+    evals = [argv for m, argv in fake.calls if m == "minigpt2.evaluate"]
+    assert evals[0] == [str(tmp_path / "r0"), "--task", "quora", "--zero-shot"]
+    (tmp_path / "r2" / "eval-quora-zero-shot-dev.json").unlink()
+    fake2 = FakeFinetune()
+    again = runner.run_sweep(three_runs((ev,)), tmp_path, fake2, progress=False)
+    assert again.started == [] and again.evaluated == ["r2:zero_shot_quora"] and len(fake2.calls) == 1
+
+
+def test_in_process_executor_turns_a_nonzero_exit_into_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="minigpt2.finetune exited"):
+        runner.in_process("minigpt2.finetune", ["--task", "sonnet", "--mode", "last-linear-layer"], tmp_path / "l")
+
+
+def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
+    def refuse(*a, **k):
+        raise AssertionError("--dry-run started a run")
+    monkeypatch.setattr(cli, "in_process", refuse)
+    monkeypatch.setattr(cli, "in_subprocess", refuse)
+    root = tmp_path / "runs"
+    assert cli.main(["lora-ranks", "--tiny", "--dry-run", "--runs-dir", str(root), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
+    assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
+    assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
+
+
+def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "missing_flags", lambda runs: ["--lora-rank"])
+    with pytest.raises(SystemExit, match="finetune in this checkout has no --lora-rank"):
+        cli.main(["lora-ranks", "--tiny", "--runs-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+def sonnet_pairs() -> tuple[list[str], list[str]]:
+    from tasks.readers import read_sonnets
+
+    refs = [s.text for s in read_sonnets(Path(__file__).parent / "fixtures/tasks/TRUE_sonnets_held_out_dev.txt")[0]]
+    hyps = [" ".join(r.split()[: 8 + 5 * i]) for i, r in enumerate(refs)]  # prefixes of growing length
+    return hyps, refs
+
+
+def test_bootstrap_chrf_is_sacrebleu_corpus_chrf_per_resample():
+    hyps, refs = sonnet_pairs()
+    ci = stats.bootstrap_chrf(hyps, refs, samples=300, seed=1)
+    assert ci.value == pytest.approx(chrf(hyps, refs), abs=1e-9)
+    assert ci.low < ci.value < ci.high and ci.n == len(refs)
+    assert stats.bootstrap_chrf(hyps, refs, samples=300, seed=1) == ci  # seeded
+    # A resample's score is the corpus chrF of exactly those examples.
+    st = stats.chrf_statistics(hyps, refs)
+    pick = [0, 0, 2]
+    assert stats.chrf_from_statistics(st[pick].sum(0)) == pytest.approx(
+        chrf([hyps[i] for i in pick], [refs[i] for i in pick]), abs=1e-9)
+
+
+def test_bootstrap_accuracy():
+    assert stats.bootstrap_accuracy([1, 0, 1], [1, 0, 1]) == stats.Interval(1.0, 1.0, 1.0, 3)
+    ci = stats.bootstrap_accuracy([1] * 50 + [0] * 50, [1] * 100, samples=2000)
+    assert ci.value == 0.5 and 0.38 < ci.low < 0.45 and 0.55 < ci.high < 0.62  # ~ 0.5 ± 1.96 * 0.05
+    with pytest.raises(ValueError, match="2 predictions for 3 labels"):
+        stats.bootstrap_accuracy([1, 0], [1, 0, 1])
+    with pytest.raises(ValueError, match="1 hypotheses for 2 references"):
+        stats.bootstrap_chrf(["a"], ["a", "b"])
+
+
+def test_mean_std():
+    assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert stats.mean_std([4.0]) == (4.0, 0.0)
+    assert all(math.isnan(v) for v in stats.mean_std([]))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def point(score, **settings):
+    base = dict(seeds=1, runs=1, metric="chrf", score=score, std=0.0, low=score - 1, high=score + 1,
+                trainable_params=None, model_bytes=None, zero_shot_quora=None, train_synthetic=None)
+    return {**base, **settings}
+
+
+FAKE_POINTS = {
+    "baseline": [point(0.5, task="sst", method="full", metric="accuracy", low=0.4, high=0.6),
+                 point(40.0, task="sonnet", method="full")],
+    "lora-ranks": [point(42.0, method="full", rank=None, targets=None)]
+    + [point(40.0 + r / 100, method="lora", rank=r, targets="attn+mlp", trainable_params=r * 165888)
+       for r in (1, 4, 16)],
+    "lora-targets": [point(40.0, method="lora", rank=4, targets=t, trainable_params=n)
+                     for t, n in (("attn", 294912), ("attn+mlp", 663552))],
+    "precision": [point(42.0 - i, precision=p, qaft=q, model_bytes=b, zero_shot_quora=0.6)
+                  for i, (p, q, b) in enumerate([("fp32", False, 4e8), ("int8", False, 1e8), ("int8", True, 1e8)])],
+    "teachers": [point(41.0, teacher=None, synthetic_n=0, synthetic_filter=None)]
+    + [point(42.0, teacher=t, synthetic_n=2, synthetic_filter=f) for t in ("a", "b") for f in ("all", "perfect")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_plots_are_pngs_with_labelled_axes(name, tmp_path):
+    fig = report.PLOTS[name](FAKE_POINTS[name])
+    labels = report.axis_labels(fig)
+    assert labels and all(a["xlabel"] and a["ylabel"] for a in labels)
+    assert any(line.get_xydata().size for ax in fig.axes for line in ax.get_lines())  # something was drawn
+    path = report.save_figure(fig, tmp_path / f"{name}.png", name)
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as img:
+        assert img.size[0] > 300
+        assert json.loads(img.text["Description"])["axes"] == labels
+
+
+def test_markdown_table_shows_intervals_or_seed_spread():
+    rows = [{"task": "sonnet", "seed": s, "status": "done", "metric": "chrf", "dev_score": v, "ci_low": v - 2,
+             "ci_high": v + 2} for s, v in ((1, 40.0), (2, 42.0))]
+    one = report.group_seeds(rows[:1])
+    assert report.format_score(one[0]) == "40.00 [38.00, 42.00]"
+    two = report.group_seeds(rows)
+    assert len(two) == 1 and report.format_score(two[0]) == "41.00 ± 1.41 (2 seeds)"
+    missing = report.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
+    table = report.markdown_table("baseline", missing)
+    assert table.splitlines()[0] == "| task | metric | dev score [95% CI] | study |"
+    assert "| sonnet | chrF | — | 41.97 |" in table
+
+
+def test_csv_has_one_row_per_run_with_empty_cells_for_missing_values(tmp_path):
+    path = report.write_csv([{"a": 1, "b": math.nan}, {"a": 2, "c": None}], tmp_path / "x.csv")
+    assert path.read_text().splitlines() == ["a,b,c", "1,,", "2,,"]
+
+
+def test_quantile_bounds_are_numpy_percentiles():
+    scores = np.arange(1000, dtype=float)
+    assert stats._percentiles(scores, 0.95) == pytest.approx((24.975, 974.025))
+
+
+def test_subprocess_executor_logs_output_and_raises_on_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the child must find the project through PYTHONPATH, not the working folder
+    log = tmp_path / "run" / "run.log"
+    runner.in_subprocess("experiments.sweeps", [], log)  # importable from the repository root
+    good = tmp_path / "ok.json"
+    good.write_text('{"a": 1}')
+    runner.in_subprocess("json.tool", [str(good)], log)
+    assert '"a": 1' in log.read_text() and "-m json.tool" in log.read_text()
+    with pytest.raises(RuntimeError, match=r"json.tool exited with code 2; see .*run.log"):
+        runner.in_subprocess("json.tool", [str(tmp_path / "missing.json")], log)
+
+
+def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
+    """Fake runs point at a data folder that does not exist: the score stays, the interval is left out."""
+    sweep = build_sweep("baseline", SweepOptions(data_dir=str(tmp_path / "nodata")))
+    runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
+    paths = report.write_report(sweep, tmp_path / "runs", tmp_path / "out", failed={"cfimdb-s11711": "boom"})
+    rows = report.collect(sweep, tmp_path / "runs", failed={"cfimdb-s11711": "boom"})
+    assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
+    assert rows[0]["dev_score"] == 0.5 and math.isnan(rows[0]["ci_low"]) and "no interval" in rows[0]["note"]
+    table = paths["md"].read_text()
+    assert "1 of 4 runs finished" in table and "| sst | accuracy | 0.500 | 0.513 |" in table
+    assert "| quora | accuracy | — | 0.911 |" in table
+    assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE

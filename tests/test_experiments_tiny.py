@@ -1,0 +1,96 @@
+"""Every sweep end to end with --tiny: real finetune runs (tiny random-init model, fixture data) through the
+command line, then the CSV, the markdown table and the PNG plot; a second pass starts no run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from experiments import __main__ as cli
+from experiments.runner import missing_flags
+from experiments.sweeps import SWEEPS, SweepOptions, build_sweep
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def knobs_missing(name: str) -> list[str]:
+    return missing_flags(build_sweep(name, SweepOptions(tiny=True)).runs)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    """Wrap the in-process executor the CLI uses and count what it starts."""
+    calls: list[tuple[str, list[str]]] = []
+    real = cli.in_process
+
+    def count(module, argv, log):
+        calls.append((module, list(argv)))
+        real(module, argv, log)
+    monkeypatch.setattr(cli, "in_process", count)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_sweep_runs_end_to_end_with_tiny(name, tmp_path, counting):
+    if knobs_missing(name):
+        pytest.skip(f"finetune has no {knobs_missing(name)} yet")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    argv = [name, "--tiny", "--runs-dir", str(runs), "--out", str(out), "--no-progress", "--bootstrap", "200"]
+    assert cli.main(argv) == 0
+    sweep = build_sweep(name, SweepOptions(tiny=True))
+    assert len([c for c in counting if c[0] == "minigpt2.finetune"]) == len(sweep.runs)
+
+    with open(out / f"{name}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [r.name for r in sweep.runs]
+    for row in rows:
+        assert row["status"] == "done", row
+        score, low, high = (float(row[k]) for k in ("dev_score", "ci_low", "ci_high"))
+        assert low <= score <= high
+        assert row["arg_model"] == "tiny" and row["arg_epochs"] == "1" and int(row["trainable_params"]) > 0
+        metrics = json.loads((runs / name / row["run"] / "metrics.json").read_text())
+        assert score == pytest.approx(metrics["dev"][metrics["metric"]])
+    if name == "precision":
+        assert all(int(r["model_bytes"]) > 0 and r["zero_shot_quora"] != "" for r in rows)
+        fp32, int8 = (next(int(r["model_bytes"]) for r in rows if r["precision"] == p) for p in ("fp32", "int8"))
+        assert int8 < fp32
+    if name == "teachers":
+        synthetic = {r["run"].rsplit("-s", 1)[0]: int(r["train_synthetic"] or 0) for r in rows}
+        assert synthetic["real-only"] == 0 and all(v == 2 for k, v in synthetic.items() if k != "real-only")
+
+    table = (out / f"{name}.md").read_text()
+    assert f"{len(sweep.runs)} of {len(sweep.runs)} runs finished" in table and "[95% CI]" in table
+    assert table.count("\n|") >= 2 + len({tuple(sorted((k, str(v)) for k, v in r.settings.items() if k != "seed"))
+                                           for r in sweep.runs})
+    png = out / f"{name}.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(png) as img:
+        axes = json.loads(img.text["Description"])["axes"]
+    assert axes and all(a["xlabel"] and a["ylabel"] for a in axes)
+
+    if name == "baseline":  # re-running a finished sweep starts nothing, and still writes the report
+        counting.clear()
+        png.unlink()
+        assert cli.main(argv) == 0
+        assert counting == [] and png.is_file()
+
+
+@pytest.mark.shared_data
+def test_baseline_on_the_real_course_files(tmp_path):
+    """The real data's layouts (CRLF, Folger header, course CSVs) through the whole chain: 12 dev examples per
+    task, so the sonnet interval resamples all 12 held-out sonnets."""
+    import os
+
+    out = tmp_path / "results"
+    argv = ["baseline", "--tiny", "--data-dir", os.environ["MINIGPT2_DATA_DIR"], "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out), "--no-progress", "--bootstrap", "200", "--finetune-args", "--max-eval 12"]
+    assert cli.main(argv) == 0
+    with open(out / "baseline.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["task"], r["status"], r["n_dev"]) for r in rows] == [
+        ("sst", "done", "12"), ("cfimdb", "done", "12"), ("quora", "done", "12"), ("sonnet", "done", "12")]
+    sonnet = rows[-1]
+    assert float(sonnet["ci_low"]) < float(sonnet["dev_score"]) < float(sonnet["ci_high"])
