@@ -26,7 +26,7 @@ from tasks.readers import data_dir, require_files
 
 from quant.run import apply_run_precision
 
-from .finetune import load_run_body, load_run_model
+from .finetune import USER_ERRORS, load_run_body, load_run_model
 from .tokenizer import Tokenizer
 from .train import seed_everything, setup_distributed, write_json
 
@@ -101,8 +101,11 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
 
 def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
-    print(json.dumps(evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot),
-                     indent=2))
+    try:
+        scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot)
+    except USER_ERRORS as e:
+        raise SystemExit(f"error: {e}") from e
+    print(json.dumps(scores, indent=2))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from .data import ensure_task_data
 from .download import DownloadError
 from .lora import apply_lora, load_adapter, save_adapter, without_lora
 from .model import GPT2
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerUnavailable
 from .train import Dist, TrainConfig, seed_everything, setup_distributed, train, write_json
 
 # The course's learning rates: a frozen body lets the classifier learn fast; the full model needs a small LR.
@@ -355,10 +355,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
+# Bad input or an unreachable download: reported as one message, not a traceback.
+USER_ERRORS = (MissingDataError, DataError, CheckpointError, DownloadError, TokenizerUnavailable)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         run(build_parser().parse_args(argv))
-    except (MissingDataError, DataError, CheckpointError, DownloadError) as e:  # bad input: a message, not a traceback
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}") from e
 
 

@@ -167,3 +167,18 @@ def test_model_from_a_hugging_face_folder(tmp_path, tiny_hf_dir):
     assert saved["transformer.wte.weight"].shape == (50257, 32)
     hf = transformers.GPT2LMHeadModel.from_pretrained(run / "best")  # the best checkpoint loads in transformers
     assert hf.config.n_layer == 2
+
+
+def test_unreachable_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
+    import tiktoken
+
+    from minigpt2 import tokenizer
+
+    monkeypatch.delenv(tokenizer.ENV_VAR, raising=False)
+
+    def no_network(name):
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+    with pytest.raises(SystemExit, match=r"error: could not load GPT-2's tokenizer.*--tokenizer-dir"):
+        finetune.main(["--task", "quora", "--model", "tiny", "--out-dir", str(tmp_path / "run"), "--offline"])
