@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import Row, print_table, set_threads, sync, write_json
+from bench.common import Row, print_table, proc_status_bytes, set_threads, sync, write_json
 
 BATCH, SEQ, RANK, ALPHA, VOCAB = 8, 128, 256, 16.0, 50257
 VARIANTS = ("minigpt2-lora", "peft-lora", "minigpt2-full")
@@ -92,20 +92,12 @@ def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], 
     return step, sum(p.numel() for p in params)
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def worker(variant: str, device_name: str, threads: int) -> None:
     """Serve steps over stdin/stdout: each input line runs one step and answers {seconds, peak_bytes}."""
     set_threads(threads)
     device = torch.device(device_name)
     gc.collect()
-    baseline = 0 if device.type == "cuda" else _rss("VmRSS")
+    baseline = 0 if device.type == "cuda" else proc_status_bytes("VmRSS")
     step, trainable = build_step(variant, device)
     print(json.dumps({"ready": True, "trainable": trainable}), flush=True)
     for _ in sys.stdin:
@@ -120,7 +112,7 @@ def worker(variant: str, device_name: str, threads: int) -> None:
         step()
         sync()
         seconds = time.perf_counter() - t0
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM")
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else proc_status_bytes("VmHWM")
         print(json.dumps({"seconds": seconds, "peak_bytes": peak - baseline, "peak_abs": peak}), flush=True)
 
 

@@ -126,14 +126,20 @@ def sst5_rows(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def write_sentiment(task: str, splits: dict[str, list[tuple[str, str]]], out: Path) -> None:
+    """(text, label) rows per split -> ids-<task>-{train,dev}.csv, ids-<task>-test-student.csv (no labels) and
+    ids-<task>-test-labels.csv."""
+    rows = {split: [(row_id(task, f"{split}:{i}"), " " + text, label) for i, (text, label) in enumerate(pairs)]
+            for split, pairs in splits.items()}
+    write_labelled(out / f"ids-{task}-train.csv", rows["train"], "sentiment")
+    write_labelled(out / f"ids-{task}-dev.csv", rows["dev"], "sentiment")
+    write_student(out / f"ids-{task}-test-student.csv", rows["test"])
+    write_labels(out / f"ids-{task}-test-labels.csv", [(rid, lab) for rid, _, lab in rows["test"]], "sentiment")
+
+
 def convert_sst(sources: dict[str, Path], out: Path) -> None:
     """SetFit/sst5 train/dev/test.jsonl -> ids-sst-*.csv (sentences keep the source's lowercase tokenisation)."""
-    splits = {split: [(row_id("sst", f"{split}:{i}"), " " + text, label)
-                      for i, (text, label) in enumerate(sst5_rows(p))] for split, p in sources.items()}
-    write_labelled(out / "ids-sst-train.csv", splits["train"], "sentiment")
-    write_labelled(out / "ids-sst-dev.csv", splits["dev"], "sentiment")
-    write_student(out / "ids-sst-test-student.csv", splits["test"])
-    write_labels(out / "ids-sst-test-labels.csv", [(rid, lab) for rid, _, lab in splits["test"]], "sentiment")
+    write_sentiment("sst", {split: sst5_rows(p) for split, p in sources.items()}, out)
 
 
 # ---- CFIMDB --------------------------------------------------------------------------------------------------------
@@ -165,12 +171,7 @@ def cfimdb_rows(path: Path) -> list[tuple[str, str]]:
 
 def convert_cfimdb(sources: dict[str, Path], out: Path) -> None:
     """counterfactually-augmented-imdb train/dev/test.tsv -> ids-cfimdb-*.csv (Positive -> 1, Negative -> 0)."""
-    splits = {split: [(row_id("cfimdb", f"{split}:{i}"), " " + text, label)
-                      for i, (text, label) in enumerate(cfimdb_rows(p))] for split, p in sources.items()}
-    write_labelled(out / "ids-cfimdb-train.csv", splits["train"], "sentiment")
-    write_labelled(out / "ids-cfimdb-dev.csv", splits["dev"], "sentiment")
-    write_student(out / "ids-cfimdb-test-student.csv", splits["test"])
-    write_labels(out / "ids-cfimdb-test-labels.csv", [(rid, lab) for rid, _, lab in splits["test"]], "sentiment")
+    write_sentiment("cfimdb", {split: cfimdb_rows(p) for split, p in sources.items()}, out)
 
 
 # ---- Quora (GLUE QQP) ----------------------------------------------------------------------------------------------
