@@ -10,14 +10,12 @@ fake-quant model that QAFT trains (`int8_decoder_config()`: int8 weights, per-to
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import Row, print_table, set_threads
+from bench.common import Row, compare_time, print_table, set_threads
 from minigpt2.config import GPT2Config
 from minigpt2.generate import generate
 from minigpt2.model import GPT2
@@ -25,19 +23,6 @@ from quant import ptq
 from quant.formats import quantize
 from quant.int8_linear import Int8Linear, int8_decoder_config, to_int8_decoder
 from quant.report import reports
-
-
-def _alternate(fns: dict[str, callable], rounds: int) -> dict[str, float]:
-    """Median seconds of each fn, timed in turns (after one untimed warm-up call each)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def decode_rows(quick: bool) -> list[Row]:
@@ -51,7 +36,7 @@ def decode_rows(quick: bool) -> list[Row]:
     def run(name, m):
         return lambda: outs.__setitem__(name, generate(m, prompt, new, eos_id=None)[0])
 
-    t = _alternate({"fp32": run("fp32", model), "int8": run("int8", int8)}, rounds=1 if quick else 3)
+    t = compare_time({"fp32": run("fp32", model), "int8": run("int8", int8)}, warmup=1, iters=1 if quick else 3)
     same = sum(a == b for a, b in zip(outs["fp32"], outs["int8"])) / new
     return [Row(f"greedy decode 124M b=1, {new} tokens: int8", "tokens/s", new / t["int8"], "minigpt2 fp32",
                 new / t["fp32"], True, ">= 2.5x", {"greedy_tokens_equal_to_fp32": same})]
@@ -72,7 +57,8 @@ def kernel_rows(quick: bool) -> list[Row]:
             "weight-only int8 (bf16 act)": lambda: torch._weight_int8pack_mm(xb, q, sb),
             "weight-only int8 (fp32 act)": lambda: torch._weight_int8pack_mm(x, q, scale.reshape(-1)),
         }
-        t = _alternate({k_: (lambda f=f: [f() for _ in range(10)]) for k_, f in fns.items()}, 3 if quick else 9)
+        t = compare_time({k_: (lambda f=f: [f() for _ in range(10)]) for k_, f in fns.items()}, warmup=1,
+                         iters=3 if quick else 9)
         for kind in list(fns)[1:]:
             rows.append(Row(f"{name}: {kind}", "us", t[kind] / 10 * 1e6, "fp32 F.linear", t["fp32"] / 10 * 1e6,
                             False, "fastest int8 path" if kind.startswith("fbgemm") else ""))
