@@ -36,7 +36,7 @@ def decode_rows(quick: bool) -> list[Row]:
     def run(name, m):
         return lambda: outs.__setitem__(name, generate(m, prompt, new, eos_id=None)[0])
 
-    t = compare_time({"fp32": run("fp32", model), "int8": run("int8", int8)}, warmup=1, iters=1 if quick else 3)
+    t = compare_time({"fp32": run("fp32", model), "int8": run("int8", int8)}, warmup=1, iters=3 if quick else 5)
     same = sum(a == b for a, b in zip(outs["fp32"], outs["int8"])) / new
     return [Row(f"greedy decode 124M b=1, {new} tokens: int8", "tokens/s", new / t["int8"], "minigpt2 fp32",
                 new / t["fp32"], True, ">= 2.5x", {"greedy_tokens_equal_to_fp32": same})]
@@ -72,10 +72,10 @@ def size_rows() -> list[Row]:
                 "", {"quantised": r.quantised, "parts_bytes": r.parts}) for r in table]
 
 
-def run(quick: bool, threads: int | None = 1) -> list[Row]:
-    """The benchmark rows. One thread for both sides by default: batch-1 decoding is memory-bound, and on a shared
-    machine OpenMP barriers between threads stall fbgemm's int8 kernels (measured: 768x768 GEMV 1.2 ms instead
-    of 0.1 ms, fp32 decoding itself 2x slower with 2 threads than with 1)."""
+def run(quick: bool, threads: int | None = None) -> list[Row]:
+    """The benchmark rows, with `threads` for both sides (default: all cores, like the other modules). On a
+    machine whose cores other jobs hold, pass 1: OpenMP barriers between threads then stall fbgemm's int8 kernels
+    (measured under load: 768x768 GEMV 1.2 ms instead of 0.1 ms, fp32 decoding 2x slower with 2 threads than 1)."""
     set_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -85,9 +85,9 @@ def run(quick: bool, threads: int | None = 1) -> list[Row]:
 def main() -> None:
     ap = argparse.ArgumentParser(description="int8 vs fp32 decoding, int8 kernels, packed checkpoint sizes")
     ap.add_argument("--quick", action="store_true", help="32 new tokens and fewer timing rounds")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for both sides (0: all cores). More than one stalls fbgemm's OpenMP "
-                         "barriers when other processes hold the cores")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for both sides (0, the default: all cores). Use 1 on a loaded machine: "
+                         "more than one stalls fbgemm's OpenMP barriers when other processes hold the cores")
     args = ap.parse_args()
     rows = run(args.quick, args.threads or None)
     print_table(rows)

@@ -65,16 +65,18 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, C) -> (B, nh, T, hs)
-        q = self.query(x).view(B, T, self.n_head, -1).transpose(1, 2)
-        k = self.key(x).view(B, T, self.n_head, -1).transpose(1, 2)
-        v = self.value(x).view(B, T, self.n_head, -1).transpose(1, 2)
+        q, k, v = self.project_qkv(x)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
         dropout_p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, T, C) of x. A fast path may override this with one fused product."""
+        return self.query(x), self.key(x), self.value(x)
 
 
 class MLP(nn.Module):

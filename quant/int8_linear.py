@@ -23,7 +23,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from minigpt2.model import GPT2
+from minigpt2.model import GPT2, CausalSelfAttention
 
 from .config import QuantConfig
 from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
@@ -49,19 +49,35 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = q.shape
         self._packed = _prepack(q, scale.reshape(-1).float(), bias)
 
+    @staticmethod
+    def quantized_parts(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The int8 weight (N, K), per-row scales (N, 1) and bias of an `nn.Linear` or an int8 `FakeQuantLinear`."""
+        if isinstance(layer, FakeQuantLinear):
+            if layer.cfg.weight != "int8" or not layer.enabled:
+                raise ValueError(f"Int8Linear runs int8 weights; this layer simulates {layer.cfg.weight!r} "
+                                 f"(enabled={layer.enabled})")
+            layer = layer.base  # quantised below exactly as the fake-quant forward does
+        q, scale = quantize(layer.weight.detach().float(), "int8")
+        return q, scale, layer.bias
+
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
         """Quantise a full-precision layer (int8, absmax per output channel) and pack it."""
-        q, scale = quantize(linear.weight.detach().float(), "int8")
-        return cls(q, scale, linear.bias)
+        return cls(*cls.quantized_parts(linear))
 
     @classmethod
     def from_fake_quant(cls, layer: FakeQuantLinear) -> "Int8Linear":
         """The fast version of an int8 fake-quant layer: the same int8 weights and scales."""
-        if layer.cfg.weight != "int8" or not layer.enabled:
-            raise ValueError(f"Int8Linear runs int8 weights; this layer simulates {layer.cfg.weight!r} "
-                             f"(enabled={layer.enabled})")
-        return cls.from_linear(layer.base)
+        return cls(*cls.quantized_parts(layer))
+
+    @classmethod
+    def stacked(cls, layers: list[nn.Module]) -> "Int8Linear":
+        """One layer computing `torch.cat([layer(x) for layer in layers], -1)` of int8 layers sharing an input."""
+        parts = [cls.quantized_parts(layer) for layer in layers]
+        biases = [b for _, _, b in parts]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach().float() if b is not None else torch.zeros(q.size(0)) for (q, _, _), b in zip(parts, biases)])
+        return cls(torch.cat([q for q, _, _ in parts]), torch.cat([s for _, s, _ in parts]), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -76,6 +92,20 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 fbgemm dynamic"
+
+
+class Int8FusedQKVAttention(CausalSelfAttention):
+    """Attention whose query, key and value projections run as one int8 product, `self.qkv`, of width 3C.
+
+    Stacking the three int8 weights (and their per-row scales) changes no number: the three products share their
+    input, so its per-token quantisation is the same, and each output column has its own weight row and scale. One
+    kernel call instead of three matters at batch 1, where each call costs about as much as its arithmetic.
+    """
+
+    qkv: Int8Linear
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
 
 
 class Int8HeadGPT2(GPT2):
@@ -97,11 +127,18 @@ class Int8HeadGPT2(GPT2):
 def to_int8_decoder(model: GPT2) -> Int8HeadGPT2:
     """An inference copy of `model` on int8 kernels: every linear layer and the tied LM head.
 
+    Each block's query, key and value layers become one stacked `Int8Linear` (`Int8FusedQKVAttention`).
+
     model: a plain fp32 GPT2 (quantised here: int8 per channel) or one fake-quantised with int8 weights (its
     trained weights are used). The token and position embeddings keep their (fake-quant, if so) values as fp32
     tables: a lookup reads one row, so their size does not slow decoding.
     """
     model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().eval()
+    for block in model.h:
+        attn = block.attn
+        attn.qkv = Int8Linear.stacked([attn.query, attn.key, attn.value])
+        del attn.query, attn.key, attn.value
+        attn.__class__ = Int8FusedQKVAttention  # same state; only `project_qkv` is overridden
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, FakeQuantLinear):

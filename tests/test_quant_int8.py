@@ -8,7 +8,7 @@ from minigpt2.config import GPT2Config
 from minigpt2.generate import generate
 from minigpt2.model import GPT2
 from quant import FakeQuantLinear, QuantConfig, ptq
-from quant.int8_linear import Int8HeadGPT2, Int8Linear, int8_decoder_config, to_int8_decoder
+from quant.int8_linear import Int8FusedQKVAttention, Int8HeadGPT2, Int8Linear, int8_decoder_config, to_int8_decoder
 
 
 def test_int8_linear_matches_the_activation_simulation_not_weight_only():
@@ -37,7 +37,9 @@ def test_int8_decoder_equals_fake_quant_model_and_generates_the_same_tokens():
     config = GPT2Config.from_name("tiny", dropout=0.0)
     fq = ptq(GPT2(config), int8_decoder_config()).eval()
     dec = to_int8_decoder(fq)
-    assert isinstance(dec, Int8HeadGPT2) and isinstance(dec.h[0].attn.query, Int8Linear)
+    assert isinstance(dec, Int8HeadGPT2) and isinstance(dec.h[0].attn, Int8FusedQKVAttention)
+    assert isinstance(dec.h[0].attn.qkv, Int8Linear) and dec.h[0].attn.qkv.out_features == 3 * config.n_embd
+    assert not hasattr(dec.h[0].attn, "query")
     assert isinstance(dec.head, Int8Linear) and dec.head.out_features == 50257
     ids = torch.randint(0, 50257, (2, 7))
     with torch.no_grad():
@@ -48,3 +50,13 @@ def test_int8_decoder_equals_fake_quant_model_and_generates_the_same_tokens():
     prompts = [[464, 3290, 318], [40, 1101]]
     assert generate(dec, prompts, 12, eos_id=None) == generate(fq, prompts, 12, eos_id=None)
     assert isinstance(fq.h[0].attn.query, FakeQuantLinear)  # the source model is untouched
+
+
+def test_stacked_int8_linear_equals_the_separate_layers_exactly():
+    torch.manual_seed(0)
+    layers = [nn.Linear(64, 64), nn.Linear(64, 64, bias=False), nn.Linear(64, 64)]
+    x = torch.randn(4, 64)
+    stacked = Int8Linear.stacked(layers)
+    assert stacked.out_features == 192
+    separate = torch.cat([Int8Linear.from_linear(layer)(x) for layer in layers], dim=-1)
+    assert torch.equal(stacked(x), separate)  # one kernel call, the same numbers
