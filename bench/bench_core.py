@@ -46,7 +46,7 @@ class Sizes:
     decode_new: int = 128  # greedy decode, batch 1
     sonnet_prompts: int = 12
     sonnet_new: int = 128
-    sonnet_batch: int = 8  # LM training step whose peak memory is measured
+    sonnet_batch: int = 8  # LM training step whose peak memory is measured: finetune's default --batch-size
     sonnet_seq: int = 256  # a sonnet is ~170-220 GPT-2 tokens
     warmup: int = 1
     iters: int = 5
@@ -54,7 +54,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(batch=2, decode_new=32, sonnet_new=32, sonnet_batch=2, iters=3)
+QUICK = Sizes(batch=2, decode_new=32, sonnet_new=32, iters=3)  # the memory line keeps 8 x 256: two steps a side
 TINY = Sizes(config="tiny", batch=2, seq=32, decode_prompt=4, decode_new=8, sonnet_prompts=3, sonnet_new=8,
              sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256)
 

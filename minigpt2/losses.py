@@ -8,6 +8,10 @@ same-sized gradients. `lm_loss` never holds more than one chunk of rows of logit
                               dlogits = (softmax(logits) - onehot(target)) / n      (the CE gradient, in place)
                               dh = dlogits @ W,   dW += dlogitsᵀ @ h
 
+The chunk's softmax is built in the chunk's own storage (max, subtract, exp, sum: no second vocabulary-sized
+tensor, unlike `torch.logsumexp`), and its normalisation 1 / sum is applied to the (rows, C) operands of the two
+products rather than to the (rows, V) chunk.
+
 Both gradients are computed in the forward pass, while the chunk's logits are at hand, and handed to autograd in
 the backward pass (the trick of Liger-Kernel's fused linear cross-entropy). Rows whose target is `ignore_index`
 (padding, prompt tokens) are dropped before the head, so they cost nothing.
@@ -72,36 +76,46 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         n = h.size(0)
         want_dh, want_dw = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h, dtype=torch.float32) if want_dh else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_dw else None
+        grad_w = None
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         w32, h32 = weight.float(), h.float()  # no copies in fp32; gradients are accumulated in fp32
         for s in range(0, n, chunk_rows):
-            h_c, t_c = h[s:s + chunk_rows], t[s:s + chunk_rows]
-            logits = F.linear(h_c, weight).float()  # (rows, V): the only vocabulary-sized tensor
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t_c[:, None]).squeeze(1)).sum()
+            h_c, t_c = h32[s:s + chunk_rows], t[s:s + chunk_rows]
+            logits = F.linear(h[s:s + chunk_rows], weight).float()  # (rows, V): the only vocabulary-sized tensor
+            # Every step below works in the chunk's own storage: no second (rows, V) tensor is ever allocated.
+            shift = logits.amax(dim=-1, keepdim=True)
+            target = logits.gather(1, t_c[:, None])
+            e = logits.sub_(shift).exp_()  # exp(logits - max): softmax before normalisation
+            sumexp = e.sum(dim=-1, keepdim=True)
+            total += (sumexp.log() + shift - target).sum()  # logsumexp - target logit, per row
             if not (want_dh or want_dw):
                 continue
-            # d(mean CE)/d logits = (softmax - onehot) / n, built in place in the logits' own storage
-            probs = logits.sub_(lse[:, None]).exp_()
-            probs[torch.arange(probs.size(0), device=probs.device), t_c] -= 1.0
-            probs.div_(n)
+            # d CE / d logits = e / sumexp - onehot(target). Subtracting sumexp at the target makes that
+            # (e - sumexp * onehot) / sumexp, and the row scale 1 / sumexp is applied to the (rows, C) operands of
+            # the products instead of the (rows, V) chunk. The mean's 1 / n is applied in backward.
+            e[torch.arange(e.size(0), device=e.device), t_c] -= sumexp.squeeze(1)
+            inv = sumexp.reciprocal_()
             if want_dh:
-                grad_h[s:s + chunk_rows] = probs @ w32
+                grad_h[s:s + chunk_rows] = (e @ w32).mul_(inv)
             if want_dw:
-                grad_w.addmm_(probs.t(), h32[s:s + chunk_rows])
-        if want_dh:
-            full = torch.zeros_like(hidden, dtype=torch.float32)
-            grad_h = full.index_copy_(0, keep, grad_h).to(hidden.dtype)
-        ctx.grads = (grad_h, grad_w.to(weight.dtype) if want_dw else None)
+                scaled = h_c * inv
+                grad_w = e.t() @ scaled if grad_w is None else grad_w.addmm_(e.t(), scaled)
+        if want_dh and n != hidden.size(0):
+            grad_h = torch.zeros_like(hidden, dtype=torch.float32).index_copy_(0, keep, grad_h)
+        if want_dw and grad_w is None:
+            grad_w = torch.zeros_like(weight, dtype=torch.float32)  # every target ignored
+        ctx.n = n
+        ctx.grads = (grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         return total / n  # 0/0 = nan when every target is ignored, as F.cross_entropy gives
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.grads
         ctx.grads = None  # free them as soon as autograd has them
+        scale = grad_loss / max(ctx.n, 1)  # no rows: zero gradients (the loss itself is nan)
         if grad_h is not None:
-            grad_h = grad_h.mul_(grad_loss)
+            grad_h = grad_h.mul_(scale).to(ctx.dtypes[0])
         if grad_w is not None:
-            grad_w = grad_w.mul_(grad_loss)
+            grad_w = grad_w.mul_(scale).to(ctx.dtypes[1])
         return grad_h, grad_w, None, None, None, None

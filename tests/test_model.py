@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from minigpt2 import GPT2, GPT2Config, KVCache
-from minigpt2.checkpoint import load_model
+from minigpt2.checkpoint import load_model, minigpt2_to_hf
 from minigpt2.generate import generate
+from minigpt2.losses import lm_loss
 from minigpt2.model import gather_last
 
 from .conftest import load_hf
@@ -56,6 +57,46 @@ def test_gpt2_124m_parameter_count(gpt2_hf_dir):
     with torch.device("meta"):
         model = GPT2(GPT2Config.from_name("gpt2"))
     assert model.num_parameters() == 124_439_808  # the released GPT-2 small, tied head counted once
+
+
+def test_training_gradients_match_transformers(tiny_hf_dir):
+    """One LM loss and backward: the loss and every parameter's gradient equal HF's (in HF's layout)."""
+    ours, hf = load_model(tiny_hf_dir).eval(), load_hf(tiny_hf_dir)  # eval: dropout off on both sides
+    ids = torch.randint(0, ours.config.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
+    loss = lm_loss(ours(ids)[:, :-1], ours.wte.weight, ids[:, 1:])
+    loss.backward()
+    hf_loss = hf(ids, labels=ids).loss
+    hf_loss.backward()
+    assert_close(loss, hf_loss, 1e-5, "loss")
+    ours_grads = minigpt2_to_hf({k: p.grad for k, p in ours.named_parameters()}, ours.config)
+    hf_grads = {k: p.grad for k, p in hf.named_parameters()}  # lm_head is tied to transformer.wte
+    assert set(ours_grads) == set(hf_grads)
+    for key, grad in ours_grads.items():
+        torch.testing.assert_close(grad, hf_grads[key], rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_gelu_output_is_recomputed_in_backward_not_kept(recompute):
+    """With `recompute_gelu` the MLP's (N, 4C) GELU output is freed after forward; the gradients are identical."""
+    import weakref
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.from_name("tiny", dropout=0.0))
+    reference = GPT2(GPT2Config.from_name("tiny", dropout=0.0))
+    reference.load_state_dict(model.state_dict())
+    for block in reference.h:
+        block.mlp.recompute_gelu = False
+    for block in model.h:
+        block.mlp.recompute_gelu = recompute
+    gelu_outputs = []
+    model.h[0].mlp.c_proj.register_forward_hook(lambda m, args, out: gelu_outputs.append(weakref.ref(args[0])))
+    ids = torch.randint(0, 50257, (2, 12))
+    losses = [lm_loss(m(ids)[:, :-1], m.wte.weight, ids[:, 1:]) for m in (model, reference)]
+    assert (gelu_outputs[0]() is None) == recompute  # without recompute, c_proj keeps it for its weight gradient
+    for loss in losses:
+        loss.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), name
 
 
 def test_right_padding_takes_the_unmasked_causal_path(tiny_hf_dir):
