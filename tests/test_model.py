@@ -184,14 +184,3 @@ def test_batched_greedy_matches_transformers_with_left_padding(tiny_hf_dir):
                            eos_token_id=None)[:, 5:].tolist()
     assert generate(ours, prompts, max_new_tokens=12, eos_id=None) == expected
 
-
-@pytest.mark.parametrize("shape", [(1, 32), (2, 32), (12, 32), (3, 5, 32), (300, 32)])
-def test_vocabulary_logits_equal_the_plain_product(shape):
-    """The CPU fast path for a few rows (weight @ hidden.T) gives F.linear's values, shape and a contiguous result."""
-    from minigpt2.model import vocabulary_logits
-
-    g = torch.Generator().manual_seed(0)
-    hidden, weight = torch.randn(*shape, generator=g), torch.randn(50257, 32, generator=g)
-    got = vocabulary_logits(hidden, weight)
-    assert got.shape == (*shape[:-1], 50257) and got.is_contiguous()
-    torch.testing.assert_close(got, torch.nn.functional.linear(hidden, weight), rtol=1e-5, atol=1e-5)
