@@ -110,15 +110,6 @@ def train_step_flops(config: GPT2Config, batch: int, seq: int) -> float:
     return batch * seq * (6 * matmul_params + 12 * L * C * seq)
 
 
-def matmul_peak_flops(n: int, device: str, iters: int = 5) -> float:
-    """Measured fp32 FLOP/s of an n x n x n matmul: the machine's practical peak for MFU."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 peak
-    t = compare_time({"mm": lambda: a @ b}, warmup=2, iters=iters)["mm"]
-    return 2 * n ** 3 / t
-
-
 def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
     with autocast_for(device):
         hidden = model(ids)
@@ -171,12 +162,18 @@ def bench_train(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
     ids = random_ids(s.batch, s.seq, ours.config.vocab_size, device)
     ours.train(), hf.train()
     opt_ours, opt_hf = adamw(ours, device), adamw(hf, device)
+    # The matmul peak is timed in the same turns as the steps: this machine's speed drifts over minutes, and a
+    # peak measured apart from the steps would skew the MFU.
+    a, b = torch.randn(s.matmul, s.matmul, device=device), torch.randn(s.matmul, s.matmul, device=device)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 peak
     t = compare_time({"ours": lambda: _ours_lm_step(ours, opt_ours, ids, device),
-                      "hf": lambda: _hf_lm_step(hf, opt_hf, ids, device)}, s.warmup, s.iters)
-    del opt_ours, opt_hf
+                      "hf": lambda: _hf_lm_step(hf, opt_hf, ids, device),
+                      "matmul": lambda: [a @ b for _ in range(3)]}, s.warmup, s.iters)
+    del opt_ours, opt_hf, a, b
     ours.eval(), hf.eval()
     n = s.batch * s.seq
-    peak = matmul_peak_flops(s.matmul, device)
+    peak = 3 * 2 * s.matmul ** 3 / t.pop("matmul")
     flops = train_step_flops(ours.config, s.batch, s.seq)
     return [
         Row(f"training step {s.batch}x{s.seq}, AdamW", "tokens/s", n / t["ours"], PEER, n / t["hf"],
