@@ -136,6 +136,8 @@ def to_int8_decoder(model: GPT2) -> Int8HeadGPT2:
     model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().eval()
     for block in model.h:
         attn = block.attn
+        if not all(isinstance(layer, (nn.Linear, FakeQuantLinear)) for layer in (attn.query, attn.key, attn.value)):
+            continue  # e.g. LoRA-wrapped projections: converted one by one below
         attn.qkv = Int8Linear.stacked([attn.query, attn.key, attn.value])
         del attn.query, attn.key, attn.value
         attn.__class__ = Int8FusedQKVAttention  # same state; only `project_qkv` is overridden
