@@ -58,3 +58,13 @@ def test_prepacked_fake_quant_model_keeps_its_fake_quant_layers():
     ids = torch.randint(0, 50257, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(fast.logits(ids), model.logits(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypatch):
+    import minigpt2.prepack as prepack
+
+    monkeypatch.setattr(prepack, "available", lambda: False)
+    model = tiny()
+    with pytest.raises(RuntimeError, match="no oneDNN linear kernels"):
+        prepack.prepacked(model)
+    assert prepack.inference_copy(model) is model
