@@ -84,8 +84,8 @@ def prepacked(model: GPT2) -> GPT2:
         raise RuntimeError("prepacked: this PyTorch build has no oneDNN linear kernels "
                            "(torch.backends.mkldnn.is_available() is False); use the model as it is")
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
-    weight = model.wte.weight
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+    if not _fp32_on_cpu(model):
+        weight = model.wte.weight
         raise ValueError(f"prepacked needs an fp32 model on the CPU, got {weight.dtype} on {weight.device}; "
                          "call model.float().cpu() first (on a GPU, use the model as it is)")
     if not isinstance(model, GPT2):
@@ -109,7 +109,11 @@ def inference_copy(model: GPT2) -> GPT2:
     For code that generates with whatever model it is handed, e.g. the sonnet task's evaluation.
     """
     model = getattr(model, "_orig_mod", model)
-    weight = model.wte.weight
-    if available() and isinstance(model, GPT2) and weight.device.type == "cpu" and weight.dtype == torch.float32:
+    if available() and isinstance(model, GPT2) and _fp32_on_cpu(model):
         return prepacked(model)
     return model
+
+
+def _fp32_on_cpu(model: GPT2) -> bool:
+    weight = model.wte.weight
+    return weight.device.type == "cpu" and weight.dtype == torch.float32

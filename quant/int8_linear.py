@@ -74,9 +74,9 @@ class Int8Linear(nn.Module):
     def stacked(cls, layers: list[nn.Module]) -> "Int8Linear":
         """One layer computing `torch.cat([layer(x) for layer in layers], -1)` of int8 layers sharing an input."""
         parts = [cls.quantized_parts(layer) for layer in layers]
-        biases = [b for _, _, b in parts]
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [b.detach().float() if b is not None else torch.zeros(q.size(0)) for (q, _, _), b in zip(parts, biases)])
+        bias = None
+        if any(b is not None for _, _, b in parts):  # a layer without bias adds zeros
+            bias = torch.cat([b.detach().float() if b is not None else torch.zeros(q.size(0)) for q, _, b in parts])
         return cls(torch.cat([q for q, _, _ in parts]), torch.cat([s for _, s, _ in parts]), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
