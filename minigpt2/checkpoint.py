@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .config import PRESETS, GPT2Config
 from .model import GPT2
+from .surgery import unwrap_compiled
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -231,7 +232,7 @@ def save_model(model: GPT2, folder: str | os.PathLike, extra_config: dict[str, A
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the real module's names
+    model = unwrap_compiled(model)  # save the real module's names, not the compile wrapper's
     state = {k: v for k, v in model.state_dict().items()}
     hf = minigpt2_to_hf(state, model.config)
     if dtype is not None:

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from minigpt2.checkpoint import CheckpointError, read_safetensors
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
+from minigpt2.surgery import unwrap_compiled
 
 from .config import DTYPE_PRECISIONS, PRECISIONS, QuantConfig
 from .formats import FP8_DTYPES, dequantize, pack_int4, quantize, unpack_int4
@@ -118,7 +119,7 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
     model: a plain GPT2 (quantised here at `precision`, with `cfg` or that precision's defaults) or one wrapped
     by `quantize_model` (its own config is used; precision may be omitted).
     """
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap_compiled(model)
     own = quant_config_of(model)
     if own is not None:
         if cfg is not None and cfg != own:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from minigpt2.model import GPT2, CausalSelfAttention
+from minigpt2.surgery import unwrap_compiled
 
 from .config import QuantConfig
 from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
@@ -133,7 +134,7 @@ def to_int8_decoder(model: GPT2) -> Int8HeadGPT2:
     trained weights are used). The token and position embeddings keep their (fake-quant, if so) values as fp32
     tables: a lookup reads one row, so their size does not slow decoding.
     """
-    model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().eval()
+    model = copy.deepcopy(unwrap_compiled(model)).float().eval()
     for block in model.h:
         attn = block.attn
         if not all(isinstance(layer, (nn.Linear, FakeQuantLinear)) for layer in (attn.query, attn.key, attn.value)):

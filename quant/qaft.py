@@ -21,17 +21,14 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from minigpt2.surgery import replace_module, without_wrappers
+
 from .config import DTYPE_PRECISIONS, PRECISIONS, QuantConfig
 from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
 
 FakeQuantModule = (FakeQuantLinear, FakeQuantEmbedding, FakeQuantActivation)
 WeightQuantModule = (FakeQuantLinear, FakeQuantEmbedding)
 EMBEDDINGS = ("wte", "wpe")
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def quantize_model(model: nn.Module, cfg: QuantConfig, skip: Iterable[str] = ()) -> nn.Module:
@@ -57,7 +54,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, skip: Iterable[str] = ())
               and not isinstance(_parent(model, name), FakeQuantModule)):
             targets.append((name, FakeQuantActivation(module, cfg)))
     for name, wrapper in targets:  # build all first: a bad group size raises before the model is touched
-        _replace(model, name, wrapper)
+        replace_module(model, name, wrapper)
     return model
 
 
@@ -90,7 +87,7 @@ def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
 def unwrap(model: nn.Module) -> nn.Module:
     """Replace every wrapper by the full-precision module it wraps, in place."""
     for name, m in list(fake_quant_modules(model)):
-        _replace(model, name, m.base)
+        replace_module(model, name, m.base)
     return model
 
 
@@ -103,19 +100,19 @@ def bake(model: nn.Module) -> nn.Module:
     """
     for name, m in list(fake_quant_modules(model)):
         if not m.enabled:
-            _replace(model, name, m.base)
+            replace_module(model, name, m.base)
             continue
         if isinstance(m, FakeQuantActivation):
             continue  # run-time quantization: stays
         if isinstance(m, FakeQuantEmbedding):
             m.base.weight.copy_(m.weight)
-            _replace(model, name, m.base)
+            replace_module(model, name, m.base)
             continue
         m.base.weight.copy_(m.quantized_weight())
         if m.cfg.activations:
             m.cfg = m.cfg.replace(weight=None, embeddings=False)
         else:
-            _replace(model, name, m.base)
+            replace_module(model, name, m.base)
     return model
 
 
@@ -146,11 +143,5 @@ def apply_precision(model: nn.Module, precision: str, cfg: QuantConfig | None = 
 def unwrapped(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily put the wrapped modules back in place (plain GPT2 parameter names, e.g. for saving/loading
     an HF-layout checkpoint); the wrappers share those modules, so what is loaded reaches them."""
-    wrappers = list(fake_quant_modules(model))
-    for name, m in wrappers:
-        _replace(model, name, m.base)
-    try:
+    with without_wrappers(model, FakeQuantModule):
         yield model
-    finally:
-        for name, m in wrappers:
-            _replace(model, name, m)
