@@ -102,9 +102,9 @@ def packed_layout(config: GPT2Config, precision: str, cfg: QuantConfig | None = 
 
 # ---- packing a real model ----
 
-def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's parameters under plain GPT2 names (wrappers' `.base.` dropped)."""
-    state = {k.replace(".base.", "."): v for k, v in model.state_dict().items()}
+def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters: fake-quant layers keep the plain GPT2 names, so this is the state dict as it is."""
+    state = model.state_dict()
     extra = [k for k in state if "lora_" in k]
     if extra:
         raise ValueError(f"cannot pack a model with LoRA adapters ({extra[0]}, ...): the adapter is full precision "
@@ -133,7 +133,7 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
     meta = {"format": FORMAT_TAG, "precision": precision, "config": json.dumps(model.config.to_hf_dict())}
     if precision in DTYPE_PRECISIONS:
         dtype = DTYPE_PRECISIONS[precision]
-        return {k: v.detach().to(dtype).contiguous().cpu() for k, v in _base_state(model).items()}, meta
+        return {k: v.detach().to(dtype).contiguous().cpu() for k, v in _plain_state(model).items()}, meta
 
     if own is None:
         cfg = cfg or QuantConfig.for_precision(precision)
@@ -145,7 +145,7 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
                if isinstance(m, WeightQuantModule) and m.cfg.weight is not None}
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for k, v in _base_state(model).items():
+        for k, v in _plain_state(model).items():
             v = v.detach().float().cpu()
             if k not in wrapped:
                 tensors[k] = v.contiguous()

@@ -27,7 +27,7 @@ from minigpt2.model import GPT2, CausalSelfAttention
 from minigpt2.surgery import unwrap_compiled
 
 from .config import QuantConfig
-from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
+from .fake import FakeQuantEmbedding, FakeQuantLayerNorm, FakeQuantLinear
 from .formats import fake_quantize_activations, quantize
 
 
@@ -57,7 +57,6 @@ class Int8Linear(nn.Module):
             if layer.cfg.weight != "int8" or not layer.enabled:
                 raise ValueError(f"Int8Linear runs int8 weights; this layer simulates {layer.cfg.weight!r} "
                                  f"(enabled={layer.enabled})")
-            layer = layer.base  # quantised below exactly as the fake-quant forward does
         q, scale = quantize(layer.weight.detach().float(), "int8")
         return q, scale, layer.bias
 
@@ -152,10 +151,10 @@ def to_int8_decoder(model: GPT2) -> Int8HeadGPT2:
                 if child.cfg.weight != "int8":
                     raise ValueError(f"{name or 'model'}.{child_name}: embedding simulates {child.cfg.weight!r}, "
                                      "not int8")
-                child.base.weight.copy_(child.weight)  # the fake-quant table, as a plain embedding
-                setattr(module, child_name, child.base)
-            elif isinstance(child, FakeQuantActivation):
-                setattr(module, child_name, child.base)  # the int8 head quantises its input itself
+                child.latent_weight.copy_(child.weight)  # the fake-quant table, as a plain embedding
+                setattr(module, child_name, child.to_plain())
+            elif isinstance(child, FakeQuantLayerNorm):
+                setattr(module, child_name, child.to_plain())  # the int8 head quantises its input itself
     q, scale = quantize(model.wte.weight, "int8")  # already on the int8 grid if wte was fake-quantised
     model.__class__ = Int8HeadGPT2  # same modules and state; only `lm_head` is overridden
     model.head = Int8Linear(q, scale, None)
