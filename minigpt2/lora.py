@@ -13,8 +13,8 @@ Only A and B train: r·(in + out) numbers per layer instead of in·out. The scal
 rank-stabilised LoRA (rsLoRA, Kalajdzievic 2023), so the learning rate need not be retuned for every rank.
 
 `LoRALinear` wraps whatever sits at a projection: an `nn.Linear`, or any module mapping (..., in) -> (..., out)
-that exposes `in_features`/`out_features` — e.g. a fake-quant linear. So "QLoRA-style" training is: apply fake-quant first, then LoRA; the frozen base is quantised and the
-adapter stays in high precision. Merging B A into the weights is exact only for a plain `nn.Linear`; a fake-quant
+that exposes `in_features`/`out_features` — e.g. a fake-quant linear. So "QLoRA-style" training is: apply
+fake-quant first, then LoRA; the frozen base is quantised and the adapter stays in high precision. Merging B A into the weights is exact only for a plain `nn.Linear`; a fake-quant
 base would quantise W + B A again, so `merge()` refuses it rather than silently change the model.
 
 Per-projection adapters: minigpt2 keeps query, key and value as three linears, so each gets its own A and B (the
