@@ -66,19 +66,25 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.project_qkv(x)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, C) each
         dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+        y = attend(q, k, v, self.n_head, mask, is_causal, cache, layer, dropout_p)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values (B, T, C) of x. A fast path may override this with one fused product."""
-        return self.query(x), self.key(x), self.value(x)
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, mask: torch.Tensor | None,
+           is_causal: bool, cache: KVCache | None = None, layer: int = 0, dropout_p: float = 0.0) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of (B, T, C) queries, keys and values; returns (B, T, C).
+
+    Each of the n_head heads attends with its own C / n_head slice; with a cache, the new keys and values are
+    appended to the cached ones of this layer first.
+    """
+    B, T, C = q.shape
+    q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+    return y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
 
 
 class MLP(nn.Module):
@@ -164,6 +170,19 @@ def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int,
     return mask, False
 
 
+class TiedUnembedding(nn.Module):
+    """GPT-2's LM head: logits = hidden · wteᵀ, the token-embedding table read backwards (weight tying).
+
+    It has no parameters of its own: `GPT2.lm_head` hands it the table. A fast inference path puts its own module
+    in `GPT2.unembedding` with the same call (e.g. the int8 decoder's, over a packed copy of the table).
+    """
+
+    def forward(self, hidden: torch.Tensor, table: torch.Tensor, token_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        weight = table if token_ids is None else table[token_ids]
+        return F.linear(hidden, weight)
+
+
 class GPT2(nn.Module):
     """The GPT-2 transformer. `forward` returns the final hidden states; `lm_head` turns them into logits."""
 
@@ -175,6 +194,7 @@ class GPT2(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.unembedding = TiedUnembedding()  # the LM head, tied to `wte`: see `lm_head`
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
@@ -224,8 +244,7 @@ class GPT2(nn.Module):
 
         hidden: (..., C). Returns (..., vocab_size), or (..., len(token_ids)) when token_ids is given.
         """
-        weight = self.wte.weight if token_ids is None else self.wte.weight[token_ids]
-        return F.linear(hidden, weight)
+        return self.unembedding(hidden, self.wte.weight, token_ids)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Full (B, T, vocab) logits: for tests and small inputs; training code should call `lm_head` sparingly."""
