@@ -17,8 +17,6 @@ vocabulary columns, so `lm_head` is applied by the caller only where logits are 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -87,48 +85,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, mask:
     return y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    # GPT-2 uses the tanh approximation of GELU ("gelu_new" in HF); exact erf GELU would not match its logits.
+    return F.gelu(x, approximate="tanh")
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.recompute_gelu = True  # backward keeps only the GELU input: see `recompute_in_backward`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in HF); exact erf GELU would not match its logits.
-        a = F.gelu(h, approximate="tanh")
-        if self.recompute_gelu and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            with recompute_in_backward(a, lambda: F.gelu(h, approximate="tanh")):
-                return self.dropout(self.c_proj(a))
-        return self.dropout(self.c_proj(a))
-
-
-@contextmanager
-def recompute_in_backward(tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> Iterator[None]:
-    """Inside the block, whatever autograd would save of `tensor` is recomputed in backward instead.
-
-    The MLP's GELU output (N, 4C) is saved for the weight gradient of `c_proj` (or of its LoRA adapter), while
-    its input, which GELU's own backward keeps anyway, is the same size: recomputing the GELU from it in backward
-    costs one elementwise pass and saves one (N, 4C) tensor per layer (288 MiB for GPT-2 124M at 8 x 256 tokens;
-    the step did not get slower on 2 CPU cores). `recompute()` must return a tensor laid out like `tensor`, with
-    the same values. `torch.compile` makes such choices itself, so `MLP` skips this there.
-    """
-    storage = tensor.untyped_storage().data_ptr()
-
-    def pack(saved: torch.Tensor):
-        if saved.untyped_storage().data_ptr() == storage:  # `tensor` or a view of it (e.g. reshaped to 2-D)
-            return saved.size(), saved.stride(), saved.storage_offset()
-        return saved
-
-    def unpack(packed):
-        if isinstance(packed, torch.Tensor):
-            return packed
-        return recompute().as_strided(*packed)
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield
+        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
