@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from .atomic import atomic_path
 from .checkpoint import CheckpointError, read_safetensors
 from .surgery import replace_module, unwrap_compiled, without_wrappers
 
@@ -314,12 +315,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     if config is None or not lora_modules(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save; call apply_lora first")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model).items()}
     meta = {"format": "pt", METADATA_KEY: json.dumps({"format_version": ADAPTER_FORMAT, **config.to_dict()})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written adapter
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written adapter
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

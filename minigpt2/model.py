@@ -217,7 +217,10 @@ class GPT2(nn.Module):
         return self.unembedding(hidden, self.wte.weight, token_ids)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full (B, T, vocab) logits: for tests and small inputs; training code should call `lm_head` sparingly."""
+        """Full (B, T, vocab) logits of every position, as a language model's output is usually given.
+
+        Large (B·T·50257 numbers): task code calls `lm_head` only on the positions and columns it needs.
+        """
         return self.lm_head(self.forward(input_ids, attention_mask))
 
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from minigpt2.atomic import atomic_path
 from minigpt2.checkpoint import CheckpointError, read_safetensors
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
@@ -164,9 +165,8 @@ def export_packed(model: GPT2, path: str | os.PathLike, precision: str | None = 
     if path.suffix != ".safetensors":
         path.mkdir(parents=True, exist_ok=True)
         path = path / packed_name(meta["precision"])
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # never a half-written checkpoint under the real name
+    with atomic_path(path) as tmp:  # never a half-written checkpoint under the real name
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
