@@ -12,6 +12,10 @@ layers (`attn.query`, `attn.key`, `attn.value`) so that LoRA and quantization ca
 
 The model returns hidden states, not logits: a classifier needs one vector per sequence and the Quora cloze two
 vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed.
+
+This file is the plain version. Speed pieces put their own modules into its slots from outside, each switched in
+at one point: `minigpt2.recompute` (the MLP for training), `quant.int8_linear` (int8 attention projections and LM
+head for decoding), `minigpt2.prepack` (prepacked linear layers for CPU inference).
 """
 
 from __future__ import annotations
