@@ -12,14 +12,16 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_path, atomic_write_json
 from .config import PRESETS, GPT2Config
 from .model import GPT2
+from .surgery import unwrap_compiled
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -231,23 +233,18 @@ def save_model(model: GPT2, folder: str | os.PathLike, extra_config: dict[str, A
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the real module's names
+    model = unwrap_compiled(model)  # save the real module's names, not the compile wrapper's
     state = {k: v for k, v in model.state_dict().items()}
     hf = minigpt2_to_hf(state, model.config)
     if dtype is not None:
         hf = {k: v.to(dtype) for k, v in hf.items()}
-    _atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(hf, str(tmp), metadata={"format": "pt"}))
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(hf, str(tmp), metadata={"format": "pt"})
     cfg = model.config.to_hf_dict()
     if extra_config:
         cfg["minigpt2"] = extra_config
-    _atomic(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
+    atomic_write_json(folder / CONFIG_NAME, cfg)
     return folder
-
-
-def _atomic(dest: Path, write: Callable[[Path], Any]) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, dest)
 
 
 def resolve_model(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike = "checkpoints",

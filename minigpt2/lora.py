@@ -13,9 +13,8 @@ Only A and B train: r·(in + out) numbers per layer instead of in·out. The scal
 rank-stabilised LoRA (rsLoRA, Kalajdzievic 2023), so the learning rate need not be retuned for every rank.
 
 `LoRALinear` wraps whatever sits at a projection: an `nn.Linear`, or any module mapping (..., in) -> (..., out)
-that exposes `in_features`/`out_features` — e.g. a fake-quant linear (which keeps its own wrapped layer as
-`.base`). So "QLoRA-style" training is: apply fake-quant first, then LoRA; the frozen base is quantised and the
-adapter stays in high precision. Merging B A into the weights is exact only for a plain `nn.Linear`; a fake-quant
+that exposes `in_features`/`out_features` — e.g. a fake-quant linear. So "QLoRA-style" training is: apply
+fake-quant first, then LoRA; the frozen base is quantised and the adapter stays in high precision. Merging B A into the weights is exact only for a plain `nn.Linear`; a fake-quant
 base would quantise W + B A again, so `merge()` refuses it rather than silently change the model.
 
 Per-projection adapters: minigpt2 keeps query, key and value as three linears, so each gets its own A and B (the
@@ -38,7 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from .atomic import atomic_path
 from .checkpoint import CheckpointError, read_safetensors
+from .surgery import replace_module, unwrap_compiled, without_wrappers
 
 # Module-name suffixes of each target preset (names as in `minigpt2.model`).
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -256,7 +257,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0, targets: str | 
         raise ValueError(f"{type(model).__name__} already has LoRA adapters; apply_lora works on a plain model")
     names = find_targets(model, config.targets)
     for name in names:
-        _set_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora))
+        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora))
     mark_only_lora_trainable(model, config.trainable)
     model.lora_config = config
     return lora_report(model)
@@ -296,13 +297,9 @@ def mark_only_lora_trainable(model: nn.Module, trainable: Iterable[str] = ()) ->
     return count
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "_orig_mod", model)  # torch.compile keeps the real module here
-
-
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors (every lora_A/lora_B), plus the parameters of the `trainable` modules (task head)."""
-    model = _unwrap(model)
+    model = unwrap_compiled(model)
     config: LoRAConfig | None = getattr(model, "lora_config", None)
     extra = config.trainable if config else ()
     return {n: p for n, p in model.named_parameters() if _is_lora_param(n) or _under(n, extra)}
@@ -313,17 +310,15 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
 
     The file is small (only the trained tensors) and is applied to a freshly loaded base with `load_adapter`.
     """
-    model = _unwrap(model)
+    model = unwrap_compiled(model)
     config: LoRAConfig | None = getattr(model, "lora_config", None)
     if config is None or not lora_modules(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save; call apply_lora first")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model).items()}
     meta = {"format": "pt", METADATA_KEY: json.dumps({"format_version": ADAPTER_FORMAT, **config.to_dict()})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written adapter
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written adapter
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -350,7 +345,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> LoRAReport:
     path = Path(path)
     tensors, metadata = read_safetensors(path)
     config = read_adapter_config(path, metadata)
-    model = _unwrap(model)
+    model = unwrap_compiled(model)
     current: LoRAConfig | None = getattr(model, "lora_config", None)
     if current is None:
         try:
@@ -401,18 +396,7 @@ def without_lora(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily put each adapter's base module back in its place: the model as it was before `apply_lora`
     (e.g. to export a packed quantised base, whose adapter is saved on its own). Merged adapters are refused,
     since their base weights hold B A."""
-    wrapped = lora_modules(model)
-    if any(m.merged for m in wrapped.values()):
+    if any(m.merged for m in lora_modules(model).values()):
         raise ValueError("without_lora needs unmerged adapters (the merged base weights include B A)")
-    for name, m in wrapped.items():
-        _set_module(model, name, m.base)
-    try:
+    with without_wrappers(model, LoRALinear):
         yield model
-    finally:
-        for name, m in wrapped.items():
-            _set_module(model, name, m)
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -12,13 +12,15 @@ layers (`attn.query`, `attn.key`, `attn.value`) so that LoRA and quantization ca
 
 The model returns hidden states, not logits: a classifier needs one vector per sequence and the Quora cloze two
 vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed.
+
+This file is the plain version. Speed pieces put their own modules into its slots from outside, each switched in
+at one point: `minigpt2.recompute` (the MLP for training), `quant.int8_linear` (int8 attention projections and LM
+head for decoding), `minigpt2.prepack` (prepacked linear layers for CPU inference).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -66,19 +68,30 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.project_qkv(x)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, C) each
         dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+        y = attend(q, k, v, self.n_head, mask, is_causal, cache, layer, dropout_p)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values (B, T, C) of x. A fast path may override this with one fused product."""
-        return self.query(x), self.key(x), self.value(x)
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, mask: torch.Tensor | None,
+           is_causal: bool, cache: KVCache | None = None, layer: int = 0, dropout_p: float = 0.0) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of (B, T, C) queries, keys and values; returns (B, T, C).
+
+    Each of the n_head heads attends with its own C / n_head slice; with a cache, the new keys and values are
+    appended to the cached ones of this layer first.
+    """
+    B, T, C = q.shape
+    q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+    return y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    # GPT-2 uses the tanh approximation of GELU ("gelu_new" in HF); exact erf GELU would not match its logits.
+    return F.gelu(x, approximate="tanh")
 
 
 class MLP(nn.Module):
@@ -87,42 +100,9 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.recompute_gelu = True  # backward keeps only the GELU input: see `recompute_in_backward`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in HF); exact erf GELU would not match its logits.
-        a = F.gelu(h, approximate="tanh")
-        if self.recompute_gelu and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            with recompute_in_backward(a, lambda: F.gelu(h, approximate="tanh")):
-                return self.dropout(self.c_proj(a))
-        return self.dropout(self.c_proj(a))
-
-
-@contextmanager
-def recompute_in_backward(tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> Iterator[None]:
-    """Inside the block, whatever autograd would save of `tensor` is recomputed in backward instead.
-
-    The MLP's GELU output (N, 4C) is saved for the weight gradient of `c_proj` (or of its LoRA adapter), while
-    its input, which GELU's own backward keeps anyway, is the same size: recomputing the GELU from it in backward
-    costs one elementwise pass and saves one (N, 4C) tensor per layer (288 MiB for GPT-2 124M at 8 x 256 tokens;
-    the step did not get slower on 2 CPU cores). `recompute()` must return a tensor laid out like `tensor`, with
-    the same values. `torch.compile` makes such choices itself, so `MLP` skips this there.
-    """
-    storage = tensor.untyped_storage().data_ptr()
-
-    def pack(saved: torch.Tensor):
-        if saved.untyped_storage().data_ptr() == storage:  # `tensor` or a view of it (e.g. reshaped to 2-D)
-            return saved.size(), saved.stride(), saved.storage_offset()
-        return saved
-
-    def unpack(packed):
-        if isinstance(packed, torch.Tensor):
-            return packed
-        return recompute().as_strided(*packed)
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield
+        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -164,6 +144,19 @@ def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int,
     return mask, False
 
 
+class TiedUnembedding(nn.Module):
+    """GPT-2's LM head: logits = hidden · wteᵀ, the token-embedding table read backwards (weight tying).
+
+    It has no parameters of its own: `GPT2.lm_head` hands it the table. A fast inference path puts its own module
+    in `GPT2.unembedding` with the same call (e.g. the int8 decoder's, over a packed copy of the table).
+    """
+
+    def forward(self, hidden: torch.Tensor, table: torch.Tensor, token_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        weight = table if token_ids is None else table[token_ids]
+        return F.linear(hidden, weight)
+
+
 class GPT2(nn.Module):
     """The GPT-2 transformer. `forward` returns the final hidden states; `lm_head` turns them into logits."""
 
@@ -175,6 +168,7 @@ class GPT2(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.unembedding = TiedUnembedding()  # the LM head, tied to `wte`: see `lm_head`
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
@@ -224,11 +218,13 @@ class GPT2(nn.Module):
 
         hidden: (..., C). Returns (..., vocab_size), or (..., len(token_ids)) when token_ids is given.
         """
-        weight = self.wte.weight if token_ids is None else self.wte.weight[token_ids]
-        return F.linear(hidden, weight)
+        return self.unembedding(hidden, self.wte.weight, token_ids)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full (B, T, vocab) logits: for tests and small inputs; training code should call `lm_head` sparingly."""
+        """Full (B, T, vocab) logits of every position, as a language model's output is usually given.
+
+        Large (B·T·50257 numbers): task code calls `lm_head` only on the positions and columns it needs.
+        """
         return self.lm_head(self.forward(input_ids, attention_mask))
 
     def num_parameters(self, trainable_only: bool = False) -> int:

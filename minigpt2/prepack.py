@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .lora import LoRALinear
 from .model import GPT2, MLP, CausalSelfAttention
+from .surgery import unwrap_compiled
 
 
 def available() -> bool:
@@ -83,7 +84,7 @@ def prepacked(model: GPT2) -> GPT2:
     if not available():
         raise RuntimeError("prepacked: this PyTorch build has no oneDNN linear kernels "
                            "(torch.backends.mkldnn.is_available() is False); use the model as it is")
-    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    model = unwrap_compiled(model)
     if not _fp32_on_cpu(model):
         weight = model.wte.weight
         raise ValueError(f"prepacked needs an fp32 model on the CPU, got {weight.dtype} on {weight.device}; "
@@ -108,7 +109,7 @@ def inference_copy(model: GPT2) -> GPT2:
 
     For code that generates with whatever model it is handed, e.g. the sonnet task's evaluation.
     """
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap_compiled(model)
     if available() and isinstance(model, GPT2) and _fp32_on_cpu(model):
         return prepacked(model)
     return model

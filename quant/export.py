@@ -28,9 +28,11 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from minigpt2.atomic import atomic_path
 from minigpt2.checkpoint import CheckpointError, read_safetensors
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
+from minigpt2.surgery import unwrap_compiled
 
 from .config import DTYPE_PRECISIONS, PRECISIONS, QuantConfig
 from .formats import FP8_DTYPES, dequantize, pack_int4, quantize, unpack_int4
@@ -101,9 +103,9 @@ def packed_layout(config: GPT2Config, precision: str, cfg: QuantConfig | None = 
 
 # ---- packing a real model ----
 
-def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's parameters under plain GPT2 names (wrappers' `.base.` dropped)."""
-    state = {k.replace(".base.", "."): v for k, v in model.state_dict().items()}
+def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters: fake-quant layers keep the plain GPT2 names, so this is the state dict as it is."""
+    state = model.state_dict()
     extra = [k for k in state if "lora_" in k]
     if extra:
         raise ValueError(f"cannot pack a model with LoRA adapters ({extra[0]}, ...): the adapter is full precision "
@@ -118,7 +120,7 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
     model: a plain GPT2 (quantised here at `precision`, with `cfg` or that precision's defaults) or one wrapped
     by `quantize_model` (its own config is used; precision may be omitted).
     """
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap_compiled(model)
     own = quant_config_of(model)
     if own is not None:
         if cfg is not None and cfg != own:
@@ -132,7 +134,7 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
     meta = {"format": FORMAT_TAG, "precision": precision, "config": json.dumps(model.config.to_hf_dict())}
     if precision in DTYPE_PRECISIONS:
         dtype = DTYPE_PRECISIONS[precision]
-        return {k: v.detach().to(dtype).contiguous().cpu() for k, v in _base_state(model).items()}, meta
+        return {k: v.detach().to(dtype).contiguous().cpu() for k, v in _plain_state(model).items()}, meta
 
     if own is None:
         cfg = cfg or QuantConfig.for_precision(precision)
@@ -144,7 +146,7 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
                if isinstance(m, WeightQuantModule) and m.cfg.weight is not None}
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for k, v in _base_state(model).items():
+        for k, v in _plain_state(model).items():
             v = v.detach().float().cpu()
             if k not in wrapped:
                 tensors[k] = v.contiguous()
@@ -163,9 +165,8 @@ def export_packed(model: GPT2, path: str | os.PathLike, precision: str | None = 
     if path.suffix != ".safetensors":
         path.mkdir(parents=True, exist_ok=True)
         path = path / packed_name(meta["precision"])
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # never a half-written checkpoint under the real name
+    with atomic_path(path) as tmp:  # never a half-written checkpoint under the real name
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -5,14 +5,16 @@ quantised to [0, 127] (uint8 with `reduce_range`, see `formats.ACT_LEVELS` for w
 point, multiplied in int8 x uint8 -> int32, and rescaled to fp32.
 This is what `QuantConfig(weight="int8", activations=True)` simulates, so a QAFT-trained model runs as trained.
 
-Why this kernel (measured by `python -m bench.bench_quant`, 2 cores AVX2): at batch 1 decoding reads every weight
-once per token, so it is memory-bound, and int8 weights are 4x fewer bytes. fbgemm's dynamic linear was the fastest
-int8 path for the 50257 x 768 LM head (~3x fp32); `torch._weight_int8pack_mm` (weight-only) needs bf16 activations
-to be fast (then half fbgemm's speed on the head) and is slower than fp32 with fp32 activations; `torch._int_mm` has
-no fast CPU path for a single row.
+Why this kernel: at batch 1 decoding reads every weight once per token, so it is memory-bound, and int8 weights are
+4x fewer bytes. Of the int8 paths PyTorch offers on CPU, fbgemm's dynamic linear was the fastest for the 50257 x 768
+LM head; `torch._weight_int8pack_mm` (weight-only) is fast only with bf16 activations, and `torch._int_mm` has no
+fast CPU path for a single row. `python -m bench.bench_quant` measures the int8 decoder against fp32.
 
     to_int8_decoder(model)   a copy of a GPT2 (plain, or fake-quantised int8) whose linear layers and tied LM head
                              run on int8 kernels; `minigpt2.generate.generate` uses it unchanged.
+
+The copy is a plain `GPT2` with other modules in its slots (the attention of each block, `unembedding` for the
+LM head); the model's code does not know about int8.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from minigpt2.model import GPT2, CausalSelfAttention
+from minigpt2.model import GPT2, CausalSelfAttention, KVCache, attend
+from minigpt2.surgery import replace_module, unwrap_compiled
 
 from .config import QuantConfig
-from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
+from .fake import FakeQuantEmbedding, FakeQuantLayerNorm, FakeQuantLinear
 from .formats import fake_quantize_activations, quantize
 
 
@@ -56,7 +60,6 @@ class Int8Linear(nn.Module):
             if layer.cfg.weight != "int8" or not layer.enabled:
                 raise ValueError(f"Int8Linear runs int8 weights; this layer simulates {layer.cfg.weight!r} "
                                  f"(enabled={layer.enabled})")
-            layer = layer.base  # quantised below exactly as the fake-quant forward does
         q, scale = quantize(layer.weight.detach().float(), "int8")
         return q, scale, layer.bias
 
@@ -94,70 +97,85 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 fbgemm dynamic"
 
 
-class Int8FusedQKVAttention(CausalSelfAttention):
-    """Attention whose query, key and value projections run as one int8 product, `self.qkv`, of width 3C.
+class Int8FusedQKVAttention(nn.Module):
+    """Inference attention whose query, key and value projections run as one int8 product, `self.qkv`, of width 3C.
 
-    Stacking the three int8 weights (and their per-row scales) changes no number: the three products share their
-    input, so its per-token quantisation is the same, and each output column has its own weight row and scale. One
-    kernel call instead of three matters at batch 1, where each call costs about as much as its arithmetic.
+    Made from a `CausalSelfAttention` (its `c_proj` taken over as it is); the attention itself is the model's
+    `attend`. Stacking the three int8 weights (and their per-row scales) changes no number: the three products
+    share their input, so its per-token quantisation is the same, and each output column has its own weight row
+    and scale. One kernel call instead of three matters at batch 1, where each call costs about as much as its
+    arithmetic.
     """
 
-    qkv: Int8Linear
+    def __init__(self, attn: CausalSelfAttention) -> None:
+        super().__init__()
+        self.n_head = attn.n_head
+        self.qkv = Int8Linear.stacked([attn.query, attn.key, attn.value])
+        self.c_proj = attn.c_proj
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
+        return self.c_proj(attend(q, k, v, self.n_head, mask, is_causal, cache, layer))  # no dropout: inference
 
 
-class Int8HeadGPT2(GPT2):
-    """A GPT2 whose full-vocabulary LM head runs on an `Int8Linear` (`self.head`) over the tied `wte`.
+class Int8Unembedding(nn.Module):
+    """The tied LM head on an `Int8Linear` over the int8 copy of the `wte` table (`self.linear`).
 
-    Only `lm_head` differs. A call with `token_ids` (a few columns) takes the float path over the same quantised
-    table, with the hidden states quantised per token as the int8 head would (so both paths agree).
+    A call with `token_ids` (a few columns) takes the float path over the model's table, with the hidden states
+    quantised per token as the int8 head would (so both paths agree).
     """
 
-    head: Int8Linear
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        q, scale = quantize(table.detach().float(), "int8")  # already on the int8 grid if wte was fake-quantised
+        self.linear = Int8Linear(q, scale, None)
 
-    def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, table: torch.Tensor, token_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
         if token_ids is None:
-            return self.head(hidden)
-        return super().lm_head(fake_quantize_activations(hidden), token_ids)
+            return self.linear(hidden)
+        return F.linear(fake_quantize_activations(hidden), table[token_ids])
+
+
+def _int8_layer(name: str, module: nn.Module) -> nn.Module | None:
+    """The int8-decoder version of one layer, or None where it stays as it is."""
+    if isinstance(module, FakeQuantLinear):
+        return Int8Linear.from_fake_quant(module)
+    if isinstance(module, nn.Linear):
+        return Int8Linear.from_linear(module)
+    if isinstance(module, FakeQuantEmbedding):
+        if module.cfg.weight != "int8":
+            raise ValueError(f"{name}: embedding simulates {module.cfg.weight!r}, not int8")
+        plain = module.to_plain()
+        plain.weight.copy_(module.weight)  # the fake-quant table, as a plain embedding
+        return plain
+    if isinstance(module, FakeQuantLayerNorm):
+        return module.to_plain()  # the int8 head quantises its input itself
+    return None
 
 
 @torch.no_grad()
-def to_int8_decoder(model: GPT2) -> Int8HeadGPT2:
+def to_int8_decoder(model: GPT2) -> GPT2:
     """An inference copy of `model` on int8 kernels: every linear layer and the tied LM head.
 
-    Each block's query, key and value layers become one stacked `Int8Linear` (`Int8FusedQKVAttention`).
+    Each block's query, key and value layers become one stacked `Int8Linear` (`Int8FusedQKVAttention`), and the
+    LM head an `Int8Unembedding`; the copy is a plain `GPT2` otherwise.
 
     model: a plain fp32 GPT2 (quantised here: int8 per channel) or one fake-quantised with int8 weights (its
     trained weights are used). The token and position embeddings keep their (fake-quant, if so) values as fp32
     tables: a lookup reads one row, so their size does not slow decoding.
     """
-    model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().eval()
+    model = copy.deepcopy(unwrap_compiled(model)).float().eval()
     for block in model.h:
         attn = block.attn
-        if not all(isinstance(layer, (nn.Linear, FakeQuantLinear)) for layer in (attn.query, attn.key, attn.value)):
-            continue  # e.g. LoRA-wrapped projections: converted one by one below
-        attn.qkv = Int8Linear.stacked([attn.query, attn.key, attn.value])
-        del attn.query, attn.key, attn.value
-        attn.__class__ = Int8FusedQKVAttention  # same state; only `project_qkv` is overridden
+        if all(isinstance(layer, nn.Linear) for layer in (attn.query, attn.key, attn.value)):
+            block.attn = Int8FusedQKVAttention(attn)  # LoRA-wrapped projections are converted one by one below
     for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, FakeQuantLinear):
-                setattr(module, child_name, Int8Linear.from_fake_quant(child))
-            elif isinstance(child, nn.Linear):
-                setattr(module, child_name, Int8Linear.from_linear(child))
-            elif isinstance(child, FakeQuantEmbedding):
-                if child.cfg.weight != "int8":
-                    raise ValueError(f"{name or 'model'}.{child_name}: embedding simulates {child.cfg.weight!r}, "
-                                     "not int8")
-                child.base.weight.copy_(child.weight)  # the fake-quant table, as a plain embedding
-                setattr(module, child_name, child.base)
-            elif isinstance(child, FakeQuantActivation):
-                setattr(module, child_name, child.base)  # the int8 head quantises its input itself
-    q, scale = quantize(model.wte.weight, "int8")  # already on the int8 grid if wte was fake-quantised
-    model.__class__ = Int8HeadGPT2  # same modules and state; only `lm_head` is overridden
-    model.head = Int8Linear(q, scale, None)
+        int8 = _int8_layer(name, module)
+        if int8 is not None:
+            replace_module(model, name, int8)
+    model.unembedding = Int8Unembedding(model.wte.weight)
     return model
 
 

@@ -1,15 +1,18 @@
-"""Where to quantise: wrap a GPT-2's linear layers (and embeddings) with fake-quant, for QAFT or for PTQ.
+"""Where to quantise: swap a GPT-2's linear layers (and embeddings) for fake-quant ones, for QAFT or for PTQ.
 
     quantize_model(model, cfg)    in place: nn.Linear -> FakeQuantLinear, wte/wpe -> FakeQuantEmbedding
     ptq(model, cfg)               a quantised copy of a finished model (post-training quantization)
-    bake(model)                   wrappers -> plain modules holding the quantised weights (inference only)
-    unwrap(model)                 wrappers -> the wrapped full-precision modules
+    bake(model)                   fake-quant layers -> plain modules holding the quantised weights (inference only)
+    unwrap(model)                 fake-quant layers -> plain modules holding the full-precision weights
     apply_precision(model, p)     the study's knob: fp64/fp32/bf16 cast the model, fp8/int8/int4 fake-quantise it
 
 Quantization-aware fine-tuning (QAFT) is ordinary training of a `quantize_model`-ed model: the loss is computed with
 quantised weights, and the straight-through estimator carries the gradient to the full-precision weights, which
 learn to sit where rounding hurts least. With LoRA, quantise first and then `apply_lora`: the adapter wraps the
 FakeQuantLinear (a quantised frozen base plus a high-precision adapter).
+
+The fake-quant layers are subclasses of the layers they replace and hold those layers' parameters, so the model's
+state-dict keys do not change: save, load and export treat a fake-quantised model like a plain one.
 """
 
 from __future__ import annotations
@@ -21,55 +24,44 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .config import DTYPE_PRECISIONS, PRECISIONS, QuantConfig
-from .fake import FakeQuantActivation, FakeQuantEmbedding, FakeQuantLinear
+from minigpt2.surgery import replace_module
 
-FakeQuantModule = (FakeQuantLinear, FakeQuantEmbedding, FakeQuantActivation)
+from .config import DTYPE_PRECISIONS, PRECISIONS, QuantConfig
+from .fake import FakeQuantEmbedding, FakeQuantLayerNorm, FakeQuantLinear
+
+FakeQuantModule = (FakeQuantLinear, FakeQuantEmbedding, FakeQuantLayerNorm)
 WeightQuantModule = (FakeQuantLinear, FakeQuantEmbedding)
 EMBEDDINGS = ("wte", "wpe")
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 def quantize_model(model: nn.Module, cfg: QuantConfig, skip: Iterable[str] = ()) -> nn.Module:
-    """Wrap every nn.Linear (and, with `cfg.embeddings`, `wte` and `wpe`) in fake-quant, in place; returns model.
+    """Swap every nn.Linear (and, with `cfg.embeddings`, `wte` and `wpe`) for fake-quant, in place; returns model.
 
-    With `cfg.activations`, the final LayerNorm `ln_f` gets a FakeQuantActivation too: its output is the input
+    With `cfg.activations`, the final LayerNorm `ln_f` becomes a FakeQuantLayerNorm too: its output is the input
     of the tied LM head, a linear layer like the others.
 
     skip: module names left in full precision. A layer whose width the INT4 group size does not divide raises
-    here, naming it. Layers already wrapped are left alone, so calling this twice changes nothing.
+    here, naming it. Layers already fake-quantised are left alone, so calling this twice changes nothing.
     """
     skip = set(skip)
     targets: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if name in skip or any(name.startswith(s + ".") for s in skip):
+        if isinstance(module, FakeQuantModule) or name in skip or any(name.startswith(s + ".") for s in skip):
             continue
-        if isinstance(module, nn.Linear) and not isinstance(_parent(model, name), FakeQuantModule):
+        leaf = name.rpartition(".")[2]
+        if isinstance(module, nn.Linear):
             targets.append((name, FakeQuantLinear(module, cfg, name=name)))
-        elif (cfg.embeddings and cfg.weight is not None and isinstance(module, nn.Embedding)
-              and name.rpartition(".")[2] in EMBEDDINGS and not isinstance(_parent(model, name), FakeQuantModule)):
+        elif cfg.embeddings and cfg.weight is not None and isinstance(module, nn.Embedding) and leaf in EMBEDDINGS:
             targets.append((name, FakeQuantEmbedding(module, cfg, name=name)))
-        elif (cfg.activations and name.rpartition(".")[2] == "ln_f" and isinstance(module, nn.LayerNorm)
-              and not isinstance(_parent(model, name), FakeQuantModule)):
-            targets.append((name, FakeQuantActivation(module, cfg)))
-    for name, wrapper in targets:  # build all first: a bad group size raises before the model is touched
-        _replace(model, name, wrapper)
+        elif cfg.activations and leaf == "ln_f" and isinstance(module, nn.LayerNorm):
+            targets.append((name, FakeQuantLayerNorm(module, cfg, name=name)))
+    for name, layer in targets:  # build all first: a bad group size raises before the model is touched
+        replace_module(model, name, layer)
     return model
 
 
-def _parent(model: nn.Module, name: str) -> nn.Module | None:
-    parent_name, dot, _ = name.rpartition(".")
-    if not dot:
-        return model if name else None
-    return model.get_submodule(parent_name)
-
-
 def fake_quant_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, wrapper) of every FakeQuantLinear / FakeQuantEmbedding in the model."""
+    """(name, layer) of every fake-quant layer in the model."""
     return ((n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantModule))
 
 
@@ -82,40 +74,38 @@ def quant_config_of(model: nn.Module) -> QuantConfig | None:
 
 
 def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
-    """Switch every fake-quant wrapper on or off (off = the exact full-precision model)."""
+    """Switch every fake-quant layer on or off (off = the exact full-precision model)."""
     for _, m in fake_quant_modules(model):
         m.enabled = enabled
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Replace every wrapper by the full-precision module it wraps, in place."""
+    """Replace every fake-quant layer by the plain layer with its full-precision parameters, in place."""
     for name, m in list(fake_quant_modules(model)):
-        _replace(model, name, m.base)
+        replace_module(model, name, m.to_plain())
     return model
 
 
 @torch.no_grad()
 def bake(model: nn.Module) -> nn.Module:
-    """Replace weight-only wrappers by plain modules whose weights are the quantised values, in place.
+    """Replace weight-only fake-quant layers by plain ones whose weights are the quantised values, in place.
 
-    Wrappers that also quantise activations stay (their weights baked, weight quant off), since activation
+    Layers that also quantise activations stay (their weights baked, weight quant off), since activation
     quantization happens at run time; the outputs are unchanged either way.
     """
     for name, m in list(fake_quant_modules(model)):
         if not m.enabled:
-            _replace(model, name, m.base)
-            continue
-        if isinstance(m, FakeQuantActivation):
-            continue  # run-time quantization: stays
-        if isinstance(m, FakeQuantEmbedding):
-            m.base.weight.copy_(m.weight)
-            _replace(model, name, m.base)
-            continue
-        m.base.weight.copy_(m.quantized_weight())
-        if m.cfg.activations:
-            m.cfg = m.cfg.replace(weight=None, embeddings=False)
-        else:
-            _replace(model, name, m.base)
+            replace_module(model, name, m.to_plain())
+        elif isinstance(m, FakeQuantEmbedding):
+            m.latent_weight.copy_(m.weight)  # `weight` is the quantised table
+            replace_module(model, name, m.to_plain())
+        elif isinstance(m, FakeQuantLinear):
+            m.weight.copy_(m.quantized_weight())
+            if m.cfg.activations:
+                m.cfg = m.cfg.replace(weight=None, embeddings=False)
+            else:
+                replace_module(model, name, m.to_plain())
+        # FakeQuantLayerNorm: run-time quantization of activations, stays
     return model
 
 
@@ -144,13 +134,6 @@ def apply_precision(model: nn.Module, precision: str, cfg: QuantConfig | None = 
 
 @contextmanager
 def unwrapped(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put the wrapped modules back in place (plain GPT2 parameter names, e.g. for saving/loading
-    an HF-layout checkpoint); the wrappers share those modules, so what is loaded reaches them."""
-    wrappers = list(fake_quant_modules(model))
-    for name, m in wrappers:
-        _replace(model, name, m.base)
-    try:
-        yield model
-    finally:
-        for name, m in wrappers:
-            _replace(model, name, m)
+    """A no-op kept for old callers: fake-quant layers already have the plain state-dict keys, so a model can be
+    saved or loaded as it is. Remove `with unwrapped(...)` around such code."""
+    yield model

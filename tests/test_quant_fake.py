@@ -11,7 +11,7 @@ from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from quant import (FakeQuantEmbedding, FakeQuantLinear, QuantConfig, apply_precision, bake, fake_quantize, ptq,
                    quantize_model, set_quant_enabled, unwrap)
-from quant.fake import FakeQuantActivation
+from quant.fake import FakeQuantLayerNorm
 
 
 def tiny(**kw) -> GPT2:
@@ -24,8 +24,10 @@ IDS = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(1))
 
 def test_linear_wrapper_computes_with_the_quantised_weight_and_keeps_base():
     lin = nn.Linear(32, 16)
-    fq = FakeQuantLinear.from_linear(lin, QuantConfig(weight="int4", group_size=16))
-    assert fq.base is lin and fq.in_features == 32 and fq.out_features == 16 and fq.to_linear() is lin
+    fq = FakeQuantLinear(lin, QuantConfig(weight="int4", group_size=16))
+    assert fq.weight is lin.weight and fq.bias is lin.bias and fq.in_features == 32 and fq.out_features == 16
+    plain = fq.to_plain()
+    assert type(plain) is nn.Linear and plain.weight is lin.weight and plain.bias is lin.bias
     x = torch.randn(3, 5, 32)
     assert torch.equal(fq(x), F.linear(x, fake_quantize(lin.weight, "int4", 16), lin.bias))
     assert not torch.equal(fq(x), lin(x))
@@ -45,7 +47,7 @@ def test_quantize_model_wraps_every_linear_and_embeddings_and_is_idempotent():
     wrapped = {n for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
     assert len(wrapped) == 2 * 6 and "h.1.attn.value" in wrapped
     assert isinstance(model.wte, FakeQuantEmbedding) and isinstance(model.wpe, FakeQuantEmbedding)
-    assert isinstance(model.ln_f, FakeQuantActivation)  # the tied head's input
+    assert isinstance(model.ln_f, FakeQuantLayerNorm)  # the tied head's input
     before = str(model)
     quantize_model(model, QuantConfig(weight="int8", activations=True))
     assert str(model) == before
@@ -65,7 +67,7 @@ def test_disabled_model_is_exactly_the_original_and_unwrap_restores_it():
 
 def test_tied_head_and_lookup_use_the_quantised_table():
     model = quantize_model(tiny(), QuantConfig(weight="int8"))
-    table = fake_quantize(model.wte.base.weight, "int8")
+    table = fake_quantize(model.wte.latent_weight, "int8")
     assert torch.equal(model.wte.weight, table)
     assert torch.equal(model.wte(IDS), table[IDS])  # row-wise: quantising gathered rows = gathering quantised rows
     h = model(IDS)
@@ -109,4 +111,21 @@ def test_lora_on_a_fake_quant_base():
     assert isinstance(layer, lora.LoRALinear) and isinstance(layer.base, FakeQuantLinear)
     assert torch.equal(model.logits(IDS), before)  # B = 0: the quantised base's output
     model.logits(IDS).square().mean().backward()
-    assert layer.lora_A.grad is not None and layer.base.base.weight.grad is None
+    assert layer.lora_A.grad is not None and layer.base.weight.grad is None
+
+
+def test_fake_quant_keeps_the_plain_state_dict_keys_and_parameters():
+    ref = tiny()
+    params = dict(ref.named_parameters())
+    model = quantize_model(ref, QuantConfig(weight="int8", activations=True))
+    assert isinstance(model.h[0].attn.query, FakeQuantLinear) and isinstance(model.wte, FakeQuantEmbedding)
+    assert list(model.state_dict()) == list(tiny().state_dict())  # no `.base.` anywhere
+    assert all(p is params[n] for n, p in model.named_parameters())  # the same objects: an optimizer keeps them
+    saved = model.state_dict()["wte.weight"]
+    assert torch.equal(saved, model.wte.latent_weight) and not torch.equal(saved, model.wte.weight)  # full precision
+    fresh = quantize_model(tiny(), QuantConfig(weight="int8", activations=True))
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.logits(IDS), model.logits(IDS))
