@@ -77,6 +77,7 @@ class FakeGemini:
         self.leak_text = leak_text
         self.models = models  # None: every model name exists
         self.requests: list[dict] = []  # {"method", "path", "body"} (never the key)
+        self.answered: list[int] = []  # seeds of the generateContent requests answered, in the order answered
         self.keys_seen: list[str] = []
         self._lock = threading.Lock()
         self._last_text = make_sonnet(0)
@@ -199,6 +200,8 @@ class FakeGemini:
                 self._send(200, {"candidates": [{"content": {"role": "model", "parts": parts},
                                                  "finishReason": finish, "index": 0}],
                                  "usageMetadata": usage, "modelVersion": "fake"})
+                with fake._lock:
+                    fake.answered.append(seed)
 
         return Handler
 
