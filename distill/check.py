@@ -26,13 +26,16 @@ plain text with sonnets separated by blank lines, and JSONL with a "text" field 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pronouncing
+
+from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
+from minigpt2.atomic import atomic_write_json
+from minigpt2.errors import UserError
 
 SCHEME = "ABABCDCDEFEFGG"
 # (line a, line b) index pairs that must rhyme, 0-based, derived from SCHEME.
@@ -239,11 +242,12 @@ _NUMBER_LINE = re.compile(r"^\s*(\d+)\s*$")
 
 
 def read_sonnets(path: str | Path) -> list[tuple[str, str]]:
-    """Read (name, text) pairs from a course sonnet file, blank-line separated plain text, or JSONL."""
+    """Read (name, text) pairs from a course sonnet file, blank-line separated plain text, or JSONL.
+
+    An unreadable or malformed file is a `SyntheticFileError` (a `UserError`) saying what is wrong.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such sonnet file")
-    raw = path.read_text(encoding="utf-8-sig")
+    raw = decode_text(path, read_file_bytes(path, "sonnet"))
     if path.suffix == ".jsonl":
         return _read_jsonl(path, raw)
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -252,7 +256,8 @@ def read_sonnets(path: str | Path) -> list[tuple[str, str]]:
     else:
         sonnets = _read_blocks(lines)
     if not sonnets:
-        raise ValueError(f"{path}: no sonnets found (expected numbered sonnets, blank-line separated text or JSONL)")
+        raise SyntheticFileError(f"{path}: no sonnets found (expected numbered sonnets, blank-line separated text "
+                                 "or JSONL)")
     return sonnets
 
 
@@ -276,27 +281,6 @@ def _read_blocks(lines: list[str]) -> list[tuple[str, str]]:
         elif blocks[-1]:
             blocks.append([])
     return [(str(k + 1), "\n".join(b)) for k, b in enumerate(b for b in blocks if b)]
-
-
-def read_jsonl(path: str | Path, raw: str | None = None, fields: tuple[str, ...] = ("text",)) -> list[tuple[int, dict]]:
-    """(line number, record) for each non-blank line; ValueError naming file:line for bad JSON, a non-object,
-    or a missing `fields` entry ("text" must be a string)."""
-    raw = Path(path).read_text(encoding="utf-8") if raw is None else raw
-    records = []
-    for lineno, line in enumerate(raw.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        missing = [k for k in fields if not isinstance(rec, dict) or k not in rec
-                   or (k == "text" and not isinstance(rec[k], str))]
-        if missing:
-            want = ", ".join(f"a string field '{k}'" if k == "text" else f"'{k}'" for k in fields)
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with {want}")
-        records.append((lineno, rec))
-    return records
 
 
 def _read_jsonl(path: Path, raw: str) -> list[tuple[str, str]]:
@@ -359,16 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show", type=int, default=None, help="list at most this many failing sonnets")
     args = p.parse_args(argv)
     try:
+        if args.show is not None and args.show < 0:
+            raise UserError(f"--show must be >= 0, got {args.show}")
         results = check_file(args.file, meter=args.meter)
-    except (OSError, ValueError) as e:
+        print(format_report(results, meter=args.meter, show=args.show))
+        if args.json:
+            payload = {"summary": summarize(results, args.meter),
+                       "sonnets": [{"name": r.name, "perfect": r.perfect, "reasons": r.reasons,
+                                    "unknown_words": r.unknown_words, "syllables": r.syllables} for r in results]}
+            try:
+                atomic_write_json(args.json, payload)
+            except OSError as e:
+                raise UserError(f"--json {args.json}: cannot write it ({e.strerror or e})") from None
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_report(results, meter=args.meter, show=args.show))
-    if args.json:
-        payload = {"summary": summarize(results, args.meter),
-                   "sonnets": [{"name": r.name, "perfect": r.perfect, "reasons": r.reasons,
-                                "unknown_words": r.unknown_words, "syllables": r.syllables} for r in results]}
-        Path(args.json).write_text(json.dumps(payload, indent=1))
+        return 1
     return 0
 
 

@@ -3,10 +3,15 @@
     GEMINI_API_KEY=... python -m distill.generate --teacher gemini-2.5-flash --n 1000 --out synth/flash.jsonl
 
 Every request has an id ("000000", "000001", ...) that fixes its prompt and seed, and every answer becomes one
-JSON line, appended, flushed and fsynced by the main thread alone:
+JSON line, appended, flushed and fsynced by the main thread alone, in id order whatever order the answers
+arrive in (an answer waits until every lower id is written):
 
-    {"id", "teacher", "prompt", "seed", "text", "status": "kept"|"rejected", "reason", "perfect",
-     "finish_reason", "usage": {"prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens"}, "timestamp"}
+    {"id", "teacher", "model_version", "prompt", "seed", "text", "status": "kept"|"rejected", "reason",
+     "perfect", "finish_reason", "usage": {"prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens"},
+     "timestamp"}
+
+Every record names its teacher, so a file holds one teacher's sonnets and a re-run with another --teacher is
+refused. At the end of every run `<out>.summary.json` is rewritten from the whole file (see distill.summary).
 
 Rejected answers (blocked, empty, a near-duplicate of a kept sonnet, or close to a held-out dev/test sonnet)
 are written too, so a re-run never asks for the same id again. `--n N` counts *kept* sonnets: ids are issued
@@ -16,27 +21,32 @@ it kept and why the rest were rejected.
 
 Re-running with the same --out resumes: ids already in the file are skipped, and a line cut off by a kill is
 dropped (its id is asked again), so no result is lost or duplicated. A rejected key or a persistent 429/5xx
-stops the run cleanly; what finished is kept.
+stops the run cleanly; what finished is kept. Answers held back behind a slower id are lost to a kill or a
+stopped run (at most --concurrency - 1) and asked again on resume. Any other damage to the file (bad JSON
+before its last line, a repeated id or sonnet, bytes that are not UTF-8) is refused with the line to fix.
+Every error is one `error: ...` line and exit code 1.
 """
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import random
 import re
 import sys
-from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
 
-from distill.check import check_sonnet, read_jsonl
-from distill.client import AuthError, Completion, GeminiClient, GeminiError, TransientError, api_key_from_env
+from distill.check import check_sonnet
+from distill.client import Completion, GeminiClient, GeminiError, TransientError, api_key_from_env
 from distill.dedup import HELD_OUT_FILES, DedupIndex, load_held_out
-from distill.prices import PRICES, PRICES_DATE, PRICES_SOURCE, estimate_cost
+from distill.records import SyntheticFileError, file_teacher, load_records, read_file_bytes
+from distill.summary import format_summary, summarize, summary_path, write_summary
+from minigpt2.errors import UserError
 
 TEACHERS = ("gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-pro")
 
@@ -95,27 +105,43 @@ def request_seed(base_seed: int, index: int) -> int:
     return (base_seed * 1_000_003 + index) % 2**31
 
 
+class TeacherMismatch(SyntheticFileError):
+    """--out holds another teacher's sonnets: resuming it would mix teachers and price them wrongly."""
+
+
+class NotEnoughKept(UserError):
+    """--max-requests ids were used without keeping --n sonnets."""
+
+
 def read_records(path: Path, teacher: str | None = None) -> list[dict]:
-    """Records already in `path`. A last line cut off by a kill is removed from the file (its id is redone)."""
-    if not path.exists():
+    """The records already in `path`, in id order; [] when it does not exist yet.
+
+    A last line cut off by a kill is removed from the file (its id is asked again). Anything else wrong is a
+    `SyntheticFileError` that says what to do: a folder, an unreadable or non-UTF-8 file, bad JSON before the
+    last line, a repeated id or kept text, records from two teachers, or (with `teacher`) another teacher's file.
+    """
+    if not path.exists() and not path.is_symlink():
         return []
-    data = path.read_bytes()
+    data = read_file_bytes(path, "generation output")
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(cut)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise SyntheticFileError(f"{path}: cannot repair its cut-off last line ({e.strerror or e}); fix its "
+                                     "permissions (chmod u+rw) or use another --out") from None
         print(f"{path}: dropped a partial last line ({len(data) - cut} bytes) left by an interrupted run",
               file=sys.stderr)
         data = data[:cut]
-    records = []
-    for lineno, rec in read_jsonl(path, data.decode("utf-8"), fields=("id", "status")):
-        if teacher is not None and rec.get("teacher") != teacher:
-            raise ValueError(f"{path}:{lineno}: holds sonnets from teacher {rec.get('teacher')!r}, not {teacher!r};"
-                             " use another --out")
-        records.append(rec)
-    return records
+    records = load_records(path, data=data)
+    theirs = file_teacher(path, records)
+    if teacher is not None and theirs is not None and theirs != teacher:
+        raise TeacherMismatch(f"{path}: holds sonnets from teacher {theirs!r}, not --teacher {teacher!r}: resume "
+                              f"it with --teacher {theirs}, or give {teacher} another --out")
+    return [rec for _, rec in records]
 
 
 def append_record(f, record: dict) -> None:
@@ -126,8 +152,11 @@ def append_record(f, record: dict) -> None:
 
 
 def make_record(rid: str, teacher: str, prompt: str, seed: int, completion: Completion,
-                dedup: DedupIndex) -> dict:
-    """Judge one completion (blocked, empty, leak, near-duplicate, else kept) into a record."""
+                dedup: DedupIndex, timestamp: str | None = None) -> dict:
+    """Judge one completion (blocked, empty, leak, near-duplicate, else kept) into a record.
+
+    `timestamp` is when the answer arrived (now if not given); judging waits for the ids before it.
+    """
     text = clean_text(completion.text)
     reason = completion.blocked
     if reason is None and not text:
@@ -137,42 +166,30 @@ def make_record(rid: str, teacher: str, prompt: str, seed: int, completion: Comp
     if reason is None:
         dedup.add(rid, text)
     return {
-        "id": rid, "teacher": teacher, "prompt": prompt, "seed": seed, "text": text,
-        "status": "kept" if reason is None else "rejected", "reason": reason,
+        "id": rid, "teacher": teacher, "model_version": completion.model_version, "prompt": prompt, "seed": seed,
+        "text": text, "status": "kept" if reason is None else "rejected", "reason": reason,
         "perfect": bool(text) and check_sonnet(text).perfect, "finish_reason": completion.finish_reason,
-        "usage": completion.usage, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "usage": completion.usage, "timestamp": timestamp or _now(),
     }
 
 
-def summarize(records: list[dict], teacher: str) -> dict:
-    """Totals over a whole output file: kept, rejections by kind, perfect rate, tokens, estimated cost."""
-    kept = [r for r in records if r["status"] == "kept"]
-    tokens = Counter()
-    for r in records:
-        tokens.update({k: int(v) for k, v in (r.get("usage") or {}).items()})
-    rejected = Counter((r.get("reason") or "?").split(":")[0].split(" (")[0] for r in records
-                       if r["status"] == "rejected")
-    return {
-        "teacher": teacher, "records": len(records), "kept": len(kept), "rejected": dict(rejected),
-        "perfect": sum(bool(r.get("perfect")) for r in kept),
-        "perfect_rate": sum(bool(r.get("perfect")) for r in kept) / len(kept) if kept else 0.0,
-        "tokens": {k: tokens[k] for k in ("prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens")},
-        "estimated_cost_usd": estimate_cost(teacher, tokens["prompt_tokens"], tokens["output_tokens"],
-                                            tokens["thinking_tokens"]),
-        "prices": {"usd_per_1m": PRICES.get(teacher), "date": PRICES_DATE, "source": PRICES_SOURCE},
-    }
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def format_summary(s: dict) -> str:
-    t = s["tokens"]
-    cost = "n/a (model not in the price table)" if s["estimated_cost_usd"] is None else \
-        f"${s['estimated_cost_usd']:.4f} at {s['prices']['usd_per_1m']} USD/1M in/out ({s['prices']['date']}, " \
-        f"{s['prices']['source']})"
-    rejected = ", ".join(f"{k}: {v}" for k, v in sorted(s["rejected"].items())) or "none"
-    return (f"{s['teacher']}: kept {s['kept']} of {s['records']} records; rejected: {rejected}\n"
-            f"perfect sonnets among kept: {s['perfect']}/{s['kept']} ({100 * s['perfect_rate']:.1f}%)\n"
-            f"tokens: prompt {t['prompt_tokens']}, output {t['output_tokens']}, thinking {t['thinking_tokens']},"
-            f" total {t['total_tokens']}\nestimated cost: {cost}")
+def _open_output(out: Path):
+    """Open --out for appending, or a SyntheticFileError saying why it cannot be and what to do."""
+    if out.is_dir():
+        raise SyntheticFileError(f"--out {out}: is a folder; give a file path such as {out / 'teacher.jsonl'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return open(out, "a", encoding="utf-8")
+    except PermissionError:
+        raise SyntheticFileError(f"--out {out}: no permission to create or append to it; fix the permissions "
+                                 "(chmod u+rw) or use another --out") from None
+    except OSError as e:
+        raise SyntheticFileError(f"--out {out}: cannot open it for appending ({e.strerror or e}); use another "
+                                 "--out") from None
 
 
 def run(teacher: str, n: int, out: Path, client: GeminiClient, dedup: DedupIndex, concurrency: int = 8,
@@ -181,73 +198,106 @@ def run(teacher: str, n: int, out: Path, client: GeminiClient, dedup: DedupIndex
         progress: bool = True) -> dict:
     """Generate until `n` sonnets are kept in `out` (resuming it); returns the file's summary.
 
-    Raises AuthError / TransientError / GeminiError after writing whatever finished, and RuntimeError when
-    `max_requests` ids were used without keeping `n`.
+    Answers are judged and written in id order, whatever order they arrive in: an answer waits until every
+    lower id has been written, so the near-duplicate verdicts, the file, and "the first n kept" do not depend
+    on network timing. Ids are issued while kept + outstanding < n, so the run asks for exactly the shortest
+    prefix of ids that keeps n.
+
+    The summary is written beside the file (`distill.summary`) at the end, also when the run stops early.
+    Raises AuthError / TransientError / GeminiError after writing whatever finished (answers that arrived
+    after the failed id are not written, to keep id order; a re-run asks for them again), and NotEnoughKept
+    when `max_requests` ids were used without keeping `n`.
     """
+    if n < 1 or concurrency < 1:
+        raise UserError(f"--n and --concurrency must be at least 1, got {n} and {concurrency}")
     records = read_records(out, teacher)
-    for r in records:  # rebuild the near-duplicate index in file order
+    for r in records:  # rebuild the near-duplicate index in id order
         if r["status"] == "kept":
             dedup.add(r["id"], r["text"])
     done = {r["id"] for r in records}
     kept = sum(r["status"] == "kept" for r in records)
     max_requests = max_requests if max_requests is not None else 2 * n + 10
-    out.parent.mkdir(parents=True, exist_ok=True)
 
-    def ask(index: int) -> tuple[str, str, int, Completion]:
+    def ask(index: int) -> tuple[str, int, Completion, str]:
         s = request_seed(seed, index)
         prompt = make_prompt(s)
-        return f"{index:06d}", prompt, s, client.generate(prompt, seed=s, temperature=temperature,
-                                                          max_output_tokens=max_output_tokens,
-                                                          thinking_budget=thinking_budget)
+        completion = client.generate(prompt, seed=s, temperature=temperature, max_output_tokens=max_output_tokens,
+                                     thinking_budget=thinking_budget)
+        return prompt, s, completion, _now()
 
     failure: GeminiError | None = None
     index = 0
-    inflight: set[Future] = set()
+    outstanding: list[int] = []  # ids asked and not yet written (a heap: the lowest is written next)
+    answers: dict[int, tuple[str, int, Completion, str]] = {}  # arrived, waiting for a lower id
+    futures: dict[Future, int] = {}
     bar = tqdm(total=n, initial=min(kept, n), desc=f"{teacher} kept", disable=not progress, unit="sonnet")
-    with open(out, "a", encoding="utf-8") as f, ThreadPoolExecutor(max_workers=concurrency) as pool:
-        while True:
-            # Only as many requests in flight as could still be needed, so N kept never overshoots.
-            while failure is None and kept + len(inflight) < n and len(inflight) < concurrency:
-                while f"{index:06d}" in done:
+    try:
+        with _open_output(out) as f, ThreadPoolExecutor(max_workers=concurrency) as pool:
+            while True:
+                # Only as many requests outstanding as could still be needed, so N kept never overshoots.
+                while failure is None and kept + len(outstanding) < n and len(futures) < concurrency:
+                    while f"{index:06d}" in done:
+                        index += 1
+                    if len(done) >= max_requests:
+                        break
+                    done.add(f"{index:06d}")
+                    heapq.heappush(outstanding, index)
+                    futures[pool.submit(ask, index)] = index
                     index += 1
-                if len(done) >= max_requests:
+                if not futures:
                     break
-                done.add(f"{index:06d}")
-                inflight.add(pool.submit(ask, index))
-                index += 1
-            if not inflight:
-                break
-            finished, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    rid, prompt, s, completion = fut.result()
-                except GeminiError as e:
-                    failure = failure or e
-                    continue
-                record = make_record(rid, teacher, prompt, s, completion, dedup)
-                append_record(f, record)
-                records.append(record)
-                if record["status"] == "kept":
-                    kept += 1
-                    bar.update(1)
-                else:
-                    bar.set_postfix(rejected=sum(r["status"] == "rejected" for r in records))
-    bar.close()
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = futures.pop(fut)
+                    try:
+                        answers[i] = fut.result()
+                    except GeminiError as e:
+                        failure = failure or e
+                while outstanding and outstanding[0] in answers:
+                    i = heapq.heappop(outstanding)
+                    prompt, s, completion, arrived = answers.pop(i)
+                    record = make_record(f"{i:06d}", teacher, prompt, s, completion, dedup, arrived)
+                    append_record(f, record)
+                    records.append(record)
+                    if record["status"] == "kept":
+                        kept += 1
+                        bar.update(1)
+                    else:
+                        bar.set_postfix(rejected=sum(r["status"] == "rejected" for r in records))
+    finally:
+        bar.close()
     summary = summarize(records, teacher)
+    error = None
     if failure is not None:
-        raise failure
-    if kept < n:
-        raise RuntimeError(f"kept only {kept} of {n} sonnets after {len(records)} requests (--max-requests "
-                           f"{max_requests}); rejected: {summary['rejected']}. Raise --max-requests, or vary the "
-                           "prompts/seed if most are near-duplicates or leaks.")
+        error = failure
+        if answers:
+            error = type(failure)(f"{failure}; {len(answers)} answer(s) that arrived after the failed request "
+                                  "were not written, to keep the file in id order (a re-run asks again)")
+    elif kept < n:
+        error = NotEnoughKept(
+            f"kept only {kept} of {n} sonnets after {len(records)} requests (--max-requests {max_requests}); "
+            f"rejected: {summary['rejected']}. Raise --max-requests, or vary the prompts/seed if most are "
+            "near-duplicates or leaks")
+    _write_summary(out, summary, {"n": n, "complete": error is None, "error": str(error) if error else None})
+    if error is not None:
+        raise error
     return summary
+
+
+def _write_summary(out: Path, summary: dict, last_run: dict) -> None:
+    try:
+        write_summary(out, summary, last_run)
+    except OSError as e:
+        raise SyntheticFileError(f"{summary_path(out)}: cannot write the generation summary ({e.strerror or e}); "
+                                 "fix the folder's permissions and re-run the same command") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Generate synthetic Shakespearean sonnets from a Gemini teacher.")
     p.add_argument("--teacher", required=True, choices=TEACHERS, help="Gemini model to ask")
     p.add_argument("--n", type=int, required=True, help="number of sonnets to keep (after filtering)")
-    p.add_argument("--out", type=Path, required=True, help="JSONL output; re-running with it resumes")
+    p.add_argument("--out", type=Path, required=True,
+                   help="JSONL output; re-running with it resumes; its summary goes to <out>.summary.json")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     p.add_argument("--max-requests", type=int, default=None, help="cap on ids used in all (default 2N+10)")
     p.add_argument("--seed", type=int, default=0, help="base seed for prompts and sampling")
@@ -255,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-output-tokens", type=int, default=None, help="cap on output (thinking included)")
     p.add_argument("--thinking-budget", type=int, default=None,
                    help="thinking tokens allowed (0 turns thinking off on flash/flash-lite; default: model's own)")
-    p.add_argument("--retries", type=int, default=5, help="retries per request on 429/5xx/malformed answers")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    p.add_argument("--retries", type=int, default=5, help="retries per request on 429/5xx/time-outs/malformed answers")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds one attempt waits for its answer")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds one attempt may take to connect")
+    p.add_argument("--total-timeout", type=float, default=300.0,
+                   help="seconds one request may take in all, retries and waits included")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MINIGPT2_DATA_DIR", "data")),
                    help="folder with the held-out sonnet files (default $MINIGPT2_DATA_DIR or ./data)")
     p.add_argument("--no-leak-filter", action="store_true", help="do not compare against held-out sonnets")
@@ -267,32 +320,48 @@ def main(argv: list[str] | None = None) -> int:
                    help="API endpoint override, e.g. a local fake server (default $GEMINI_BASE_URL or Google's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
-    if args.n < 1 or args.concurrency < 1:
-        p.error("--n and --concurrency must be at least 1")
     try:
+        if args.n < 1 or args.concurrency < 1:
+            raise UserError(f"--n and --concurrency must be at least 1, got {args.n} and {args.concurrency}")
+        if args.max_requests is not None and args.max_requests < 1:
+            raise UserError(f"--max-requests must be at least 1, got {args.max_requests}")
+        read_records(args.out, args.teacher)  # a damaged file or another teacher's fails here, before any request
         held_out = [] if args.no_leak_filter else load_held_out(args.data_dir)
         if not args.no_leak_filter and not held_out:
-            raise ValueError(f"no held-out sonnets in {args.data_dir} (expected one of {', '.join(HELD_OUT_FILES)});"
-                             " pass --data-dir, or --no-leak-filter to skip the leak check")
+            raise UserError(f"no held-out sonnets in {args.data_dir} (expected one of {', '.join(HELD_OUT_FILES)});"
+                            " pass --data-dir, or --no-leak-filter to skip the leak check")
         client = GeminiClient(args.teacher, api_key_from_env(), base_url=args.base_url, timeout_s=args.timeout,
-                              retries=args.retries, seed=args.seed)
+                              connect_timeout_s=args.connect_timeout, total_timeout_s=args.total_timeout,
+                              retries=args.retries, seed=args.seed, log=_log)
         client.check_access()  # a bad key or model fails here, before any work
         dedup = DedupIndex(held_out, dup_threshold=args.dup_threshold, leak_threshold=args.leak_threshold)
         summary = run(args.teacher, args.n, args.out, client, dedup, concurrency=args.concurrency,
                       max_requests=args.max_requests, seed=args.seed, temperature=args.temperature,
                       max_output_tokens=args.max_output_tokens, thinking_budget=args.thinking_budget,
                       progress=not args.no_progress)
-    except AuthError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (GeminiError, RuntimeError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if args.out.exists():
-            print("finished work is saved; re-run the same command to resume", file=sys.stderr)
-            print(format_summary(summarize(read_records(args.out), args.teacher)), file=sys.stderr)
+    except UserError as e:
+        saved = False
+        if isinstance(e, (GeminiError, NotEnoughKept)):
+            try:  # the network or the filter stopped the run: show what the file holds
+                records = read_records(args.out, args.teacher)
+            except UserError:
+                records = []
+            if records:
+                print(format_summary(summarize(records, args.teacher)))
+                saved = True
+        hint = ""
+        if saved and isinstance(e, TransientError):
+            hint = f"; finished work is saved in {args.out}: re-run the same command to resume"
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 1
     print(format_summary(summary))
+    print(f"summary written to {summary_path(args.out)}")
     return 0
+
+
+def _log(line: str) -> None:
+    # tqdm.write keeps a retry notice from breaking the progress bar's line.
+    tqdm.write(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.check import is_perfect, read_jsonl
+from distill.check import is_perfect
+from distill.records import SyntheticFileError, load_records
 
 FILTERS = ("all", "perfect")
 
@@ -17,29 +18,29 @@ def to_course_layout(text: str) -> str:
 
 
 def load_synthetic(path: str | Path, n: int | None = None, filter: str = "all") -> list[str]:
-    """The kept sonnets of a `distill.generate` JSONL file, in file order.
+    """The kept sonnets of a `distill.generate` JSONL file, in id order.
 
+    Id order (not completion or file order) makes "the first n" the same set however the network answered.
     filter="perfect" keeps only those passing `distill.check` (re-checked here, not read from the file, so a
     file from an older checker is judged by today's rules). `n` takes the first n after filtering and is an
     error if the file has fewer: a run that asked for 500 synthetic sonnets must not quietly train on 300.
+    A repeated id or kept text, bad JSON, or an unreadable file is a `SyntheticFileError` naming file:line.
     """
     if filter not in FILTERS:
-        raise ValueError(f"synthetic filter must be one of {FILTERS}, got {filter!r}")
+        raise SyntheticFileError(f"synthetic filter must be one of {FILTERS}, got {filter!r}")
+    if n is not None and n < 0:
+        raise SyntheticFileError(f"synthetic n must be >= 0, got {n}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such synthetic sonnet file")
     texts = []
-    for _, rec in read_jsonl(path):
+    for _, rec in load_records(path, fields=("id", "text")):
         if rec.get("status", "kept") != "kept" or not rec["text"].strip():
             continue
         if filter == "perfect" and not is_perfect(rec["text"]):
             continue
         texts.append(rec["text"].strip())
     if n is not None:
-        if n < 0:
-            raise ValueError(f"synthetic n must be >= 0, got {n}")
         if len(texts) < n:
-            raise ValueError(f"{path}: asked for {n} synthetic sonnets (filter={filter}) but it has only "
-                             f"{len(texts)}")
+            raise SyntheticFileError(f"{path}: asked for {n} synthetic sonnets (filter={filter}) but it has only "
+                                     f"{len(texts)}")
         texts = texts[:n]
     return texts

@@ -12,11 +12,20 @@ blockReason SAFETY), "safety" (finishReason SAFETY), "malformed" (HTTP 200 with 
 (recites `leak_text`), "dup" (repeats the previous answer), "imperfect" (a sonnet whose couplet does not rhyme).
 Answers are sonnets built from the request's seed, so different seeds give different, non-duplicate sonnets;
 seeds divisible by 5 give an imperfect one, so a run has a perfect rate below 100%.
+
+Per request, keyed by the seed in its generationConfig (`distill.generate` with --seed 0 sends seed = index):
+`delays` {seed: seconds} holds that answer back (answers then arrive out of order), and `faults` {seed: item}
+overrides the script for it; the extra item "as:K" answers with the sonnet of seed K (an exact copy that does
+not depend on arrival order, unlike "dup"). `retry_after` (a header value, seconds or an HTTP date) is sent with
+every scripted 429/500/503, and `retry_delay` (e.g. "3s") as Google's RetryInfo detail in their body.
+
+`BlackHole` is a port that accepts connections and never answers.
 """
 from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,13 +66,18 @@ class FakeGemini:
     """Run with `with FakeGemini(script=[...]) as fake:` and point the SDK at `fake.url`."""
 
     def __init__(self, script: list[str] | None = None, valid_keys: tuple[str, ...] = (VALID_KEY,),
-                 delay_s: float = 0.0, leak_text: str = "", models: tuple[str, ...] | None = None) -> None:
+                 delay_s: float = 0.0, leak_text: str = "", models: tuple[str, ...] | None = None,
+                 delays: dict[int, float] | None = None, faults: dict[int, str] | None = None,
+                 retry_after: str | None = None, retry_delay: str | None = None) -> None:
         self.script = list(script or [])
+        self.delays, self.faults = dict(delays or {}), dict(faults or {})
+        self.retry_after, self.retry_delay = retry_after, retry_delay
         self.valid_keys = valid_keys
         self.delay_s = delay_s
         self.leak_text = leak_text
         self.models = models  # None: every model name exists
         self.requests: list[dict] = []  # {"method", "path", "body"} (never the key)
+        self.answered: list[int] = []  # seeds of the generateContent requests answered, in the order answered
         self.keys_seen: list[str] = []
         self._lock = threading.Lock()
         self._last_text = make_sonnet(0)
@@ -97,21 +111,28 @@ class FakeGemini:
             def log_message(self, *args) -> None:  # keep pytest output clean
                 pass
 
-            def _send(self, status: int, payload: dict | str) -> None:
+            def _send(self, status: int, payload: dict | str, headers: dict[str, str] | None = None) -> None:
                 body = payload if isinstance(payload, str) else json.dumps(payload)
                 data = body.encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json; charset=UTF-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _error(self, code: int, status: str, message: str, reason: str | None = None) -> None:
+            def _error(self, code: int, status: str, message: str, reason: str | None = None,
+                       retry: bool = False) -> None:
                 err = {"code": code, "message": message, "status": status}
                 if reason:
                     err["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
                                        "domain": "googleapis.com"}]
-                self._send(code, {"error": err})
+                if retry and fake.retry_delay:
+                    err["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                       "retryDelay": fake.retry_delay}]
+                headers = {"Retry-After": fake.retry_after} if retry and fake.retry_after else None
+                self._send(code, {"error": err}, headers)
 
             def _authorized(self) -> bool:
                 key = self.headers.get("x-goog-api-key", "")
@@ -145,14 +166,15 @@ class FakeGemini:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with fake._lock:
                     fake.requests.append({"method": "POST", "path": self.path, "body": body})
-                if fake.delay_s:
-                    time.sleep(fake.delay_s)
+                seed = body.get("generationConfig", {}).get("seed", 0)
+                if fake.delay_s or seed in fake.delays:
+                    time.sleep(fake.delays.get(seed, fake.delay_s))
                 if not self._authorized() or self._model() is None:
                     return
-                fault = fake._next_fault()
+                fault = fake.faults[seed] if seed in fake.faults else fake._next_fault()
                 if fault in ("429", "500", "503"):
                     status = {"429": "RESOURCE_EXHAUSTED", "500": "INTERNAL", "503": "UNAVAILABLE"}[fault]
-                    return self._error(int(fault), status, f"scripted {fault}")
+                    return self._error(int(fault), status, f"scripted {fault}", retry=True)
                 if fault in ("401", "403"):
                     return self._error(int(fault), "UNAUTHENTICATED" if fault == "401" else "PERMISSION_DENIED",
                                        "scripted key rejection")
@@ -163,8 +185,9 @@ class FakeGemini:
                 if fault == "blocked":
                     usage["totalTokenCount"] = usage["promptTokenCount"]
                     return self._send(200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage})
-                seed = body.get("generationConfig", {}).get("seed", 0)
                 text = {"leak": fake.leak_text, "dup": fake._last_text, "empty": ""}.get(fault)
+                if fault.startswith("as:"):
+                    text = make_sonnet(int(fault[3:]))
                 if text is None:
                     text = make_sonnet(seed, perfect=fault != "imperfect" and seed % 5 != 0)
                 fake._last_text = text or fake._last_text
@@ -177,5 +200,50 @@ class FakeGemini:
                 self._send(200, {"candidates": [{"content": {"role": "model", "parts": parts},
                                                  "finishReason": finish, "index": 0}],
                                  "usageMetadata": usage, "modelVersion": "fake"})
+                with fake._lock:
+                    fake.answered.append(seed)
 
         return Handler
+
+
+class BlackHole:
+    """A local port that accepts connections and never answers (a hung server or a stuck proxy).
+
+    `with BlackHole() as hole:` then aim a client at `hole.url`; the accepted sockets are held open until exit.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # the 0.1 s poll, or the socket closed on exit
+                continue
+            self._held.append(conn)
+
+    def __enter__(self) -> "BlackHole":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._sock.close()

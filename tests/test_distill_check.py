@@ -7,6 +7,7 @@ import pytest
 
 from distill.check import (check_file, check_sonnet, count_syllables, end_word, format_report, main, read_sonnets,
                            rhyme, summarize)
+from minigpt2.errors import UserError
 from tests.fakegemini import make_sonnet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "distill"
@@ -157,17 +158,23 @@ def test_reads_blank_line_separated_text_and_jsonl(tmp_path):
 def test_bad_files_give_clear_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "x"}) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: not valid JSON"):
         read_sonnets(bad)
     bad.write_text(json.dumps({"poem": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected a JSON object with a string field 'text'"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:1: expected a JSON object with a string field 'text'"):
         read_sonnets(bad)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(ValueError, match="empty.txt: no sonnets found"):
+    with pytest.raises(UserError, match="empty.txt: no sonnets found"):
         read_sonnets(empty)
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(UserError, match="missing.txt: no such sonnet file"):
         read_sonnets(tmp_path / "missing.txt")
+    with pytest.raises(UserError, match=f"{tmp_path}: is a folder, not a sonnet file"):
+        read_sonnets(tmp_path)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Shall I compare thee\nto a summer\xe2s day\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.txt:2: not UTF-8 text \(byte 0xe2\)"):
+        read_sonnets(latin1)
 
 
 def test_cli_reports_rate_and_reasons(tmp_path, capsys):
@@ -179,7 +186,7 @@ def test_cli_reports_rate_and_reasons(tmp_path, capsys):
     assert "1: lines 2/4 (B): 'die' / 'memory'" in out
     payload = json.loads(report.read_text())
     assert payload["summary"]["perfect"] == 2 and len(payload["sonnets"]) == 5
-    assert main([str(tmp_path / "nope.txt")]) == 2
+    assert main([str(tmp_path / "nope.txt")]) == 1
     assert "nope.txt" in capsys.readouterr().err
 
 

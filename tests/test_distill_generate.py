@@ -12,7 +12,9 @@ import pytest
 from distill.check import read_sonnets
 from distill.client import AuthError, GeminiClient, GeminiError, TransientError
 from distill.dedup import DedupIndex, jaccard, load_held_out, normalize, overlap, shingles
-from distill.generate import clean_text, main, make_prompt, read_records, run, summarize
+from distill.generate import NotEnoughKept, TeacherMismatch, clean_text, main, make_prompt, read_records, run
+from distill.records import SyntheticFileError
+from distill.summary import summarize
 from distill.prices import PRICES, estimate_cost
 from tests.fakegemini import VALID_KEY, FakeGemini, make_sonnet
 
@@ -125,10 +127,11 @@ def test_run_keeps_exactly_n_and_records_rejections(tmp_path):
     reasons = sorted(r["reason"].split(":")[0] for r in records if r["status"] == "rejected")
     assert reasons == ["empty response (finish STOP)", "leak", "near-duplicate", "prompt blocked"]
     assert calls == 15  # 14 answers + one 429 retried
-    assert summary["kept"] == 10 and summary["tokens"]["thinking_tokens"] == 7 * 14
+    assert summary["kept"] == 10 and summary["requests"] == 14 and summary["tokens"]["thinking"] == 7 * 14
     assert summary["perfect"] == sum(r["perfect"] for r in kept) and 0 < summary["perfect_rate"] < 1
-    assert summary["estimated_cost_usd"] == pytest.approx(estimate_cost(
-        MODEL, summary["tokens"]["prompt_tokens"], summary["tokens"]["output_tokens"], 7 * 14))
+    assert summary["cost_usd"] == pytest.approx(estimate_cost(
+        MODEL, summary["tokens"]["input"], summary["tokens"]["output"], 7 * 14))
+    assert [r["id"] for r in records] == [f"{i:06d}" for i in range(14)]  # id order, one request at a time too
     first = kept[0]
     assert set(first) >= {"id", "teacher", "prompt", "text", "usage", "timestamp", "perfect"}
     assert first["teacher"] == MODEL and first["prompt"] == make_prompt(first["seed"])
@@ -147,7 +150,7 @@ def test_run_keeps_exactly_n_and_records_rejections(tmp_path):
 
 def test_run_stops_at_max_requests_and_says_why(tmp_path):
     with FakeGemini(script=["leak"] * 20, leak_text=held_out_sonnet()) as fake:
-        with pytest.raises(RuntimeError, match=r"kept only 0 of 3 sonnets after 5 requests.*'leak': 5"):
+        with pytest.raises(NotEnoughKept, match=r"kept only 0 of 3 sonnets after 5 requests.*'leak': 5"):
             run(MODEL, 3, tmp_path / "o.jsonl", client(fake), dedup(), max_requests=5, progress=False)
 
 
@@ -162,10 +165,11 @@ def test_persistent_failure_stops_the_run_and_keeps_finished_work(tmp_path):
 def test_resume_rejects_a_file_from_another_teacher(tmp_path):
     out = tmp_path / "o.jsonl"
     out.write_text(json.dumps({"id": "000000", "status": "kept", "teacher": "gemini-2.5-pro", "text": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"o\.jsonl:1: holds sonnets from teacher 'gemini-2.5-pro'"):
+    with pytest.raises(TeacherMismatch, match=r"o\.jsonl: holds sonnets from teacher 'gemini-2.5-pro', not --teacher "
+                                              r"'gemini-2.5-flash': resume it with --teacher gemini-2.5-pro"):
         read_records(out, MODEL)
     out.write_text(json.dumps({"id": "000000", "text": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"o\.jsonl:1: expected a JSON object with 'id', 'status'"):
+    with pytest.raises(SyntheticFileError, match=r"o\.jsonl:1: expected a JSON object with 'id', 'status'"):
         read_records(out, MODEL)
 
 
@@ -181,7 +185,7 @@ def test_no_key_fails_before_any_request(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     with FakeGemini() as fake:
-        assert main(cli(fake, tmp_path / "o.jsonl")) == 2
+        assert main(cli(fake, tmp_path / "o.jsonl")) == 1
         assert fake.requests == []
     assert "no Gemini API key: set GEMINI_API_KEY" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
@@ -190,7 +194,7 @@ def test_no_key_fails_before_any_request(tmp_path, monkeypatch, capsys):
 def test_rejected_key_fails_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GEMINI_API_KEY", "AIza-not-a-real-key")
     with FakeGemini() as fake:
-        assert main(cli(fake, tmp_path / "o.jsonl")) == 2
+        assert main(cli(fake, tmp_path / "o.jsonl")) == 1
         assert [r["method"] for r in fake.requests] == ["GET"]  # the token-free models.get, nothing else
     err = capsys.readouterr().err
     assert "rejected the API key" in err and "AIza-not-a-real-key" not in err
@@ -280,11 +284,12 @@ def test_prompts_vary_and_prices_count_thinking_as_output():
 
 
 def test_summary_counts_rejections_by_kind():
-    recs = [{"status": "kept", "perfect": True, "usage": {"prompt_tokens": 1}},
+    recs = [{"status": "kept", "text": make_sonnet(1), "usage": {"prompt_tokens": 1}},
             {"status": "rejected", "reason": "leak: overlap 0.9 with x", "usage": {}},
             {"status": "rejected", "reason": "near-duplicate: jaccard 0.7 with 1", "usage": {}}]
     s = summarize(recs, MODEL)
     assert s["rejected"] == {"leak": 1, "near-duplicate": 1} and s["perfect_rate"] == 1.0
+    assert s["requests"] == 3 and s["kept"] == 1 and s["tokens"]["input"] == 1
 
 
 def test_unreachable_server_is_retried_then_reported():

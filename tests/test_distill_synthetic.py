@@ -3,7 +3,9 @@ import json
 
 import pytest
 
+from distill.records import SyntheticFileError
 from distill.synthetic import load_synthetic
+from minigpt2.errors import UserError
 from tests.fakegemini import make_sonnet
 
 
@@ -38,11 +40,12 @@ def test_n_takes_the_first_and_refuses_to_fall_short(synth):
 
 
 def test_bad_input_errors(synth, tmp_path):
-    with pytest.raises(ValueError, match="filter must be one of"):
+    with pytest.raises(UserError, match="filter must be one of"):
         load_synthetic(synth, filter="good")
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(SyntheticFileError, match="nope.jsonl: no such synthetic sonnet file"):
         load_synthetic(tmp_path / "nope.jsonl")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "x"}\n{"text": 3}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: expected a JSON object with a string field 'text'"):
+    bad.write_text('{"id": 1, "text": "x"}\n{"id": 2, "text": 3}\n')
+    with pytest.raises(SyntheticFileError, match=r"bad\.jsonl:2: expected a JSON object with 'id', a string field "
+                                                 r"'text'"):
         load_synthetic(bad)
