@@ -6,8 +6,9 @@
 
 What it does not know: tasks, heads, LoRA, quantization. Those arrive already inside `module`.
 Multi-GPU: launch with `torchrun --nproc_per_node N`; each rank takes every N-th batch and DDP averages the
-gradients. On CUDA the forward runs under bf16 autocast and AdamW is fused. Resume state is safetensors (tensors)
-+ JSON (everything else); nothing is pickled.
+gradients. The forward runs under the autocast `cfg.autocast` asks for (`minigpt2.device`: bf16 on CUDA by
+default, on CPUs with native bf16 when asked); AdamW is fused on CUDA. Weights and AdamW moments stay fp32.
+Resume state is safetensors (tensors) + JSON (everything else); nothing is pickled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .checkpoint import read_safetensors
+from .device import autocast, autocast_dtype, default_device, distributed_backend, fused_adamw
 
 
 @dataclass
@@ -46,7 +48,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     seed: int = 11711
     compile: bool = False
-    autocast: str = "auto"  # auto: bf16 on CUDA; off: fp32 everywhere
+    autocast: str = "auto"  # auto | bf16 | off, resolved per device by minigpt2.device.autocast_dtype
     bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
     stop_after_epoch: int | None = None  # debug: stop as if interrupted after this epoch (tests resume)
     progress: bool = True
@@ -71,13 +73,13 @@ def setup_distributed(device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend=distributed_backend(dev))
     return Dist(rank, world, local_rank, dev)
 
 
@@ -234,9 +236,9 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
 
-    fused = d.device.type == "cuda"
+    amp = autocast_dtype(cfg.autocast, d.device)  # before any work: an unsupported `bf16` is refused here
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
-                                  **({"fused": True} if fused else {}))
+                                  **({"fused": True} if fused_adamw(d.device) else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup, cfg.schedule))
     trainable = [p for p in module.parameters() if p.requires_grad]
 
@@ -244,6 +246,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
                                "trainable_params": count_trainable(module),
                                "total_params": sum(p.numel() for p in module.parameters()),
                                "world_size": d.world, "optimizer_steps_per_epoch": steps_per_epoch,
+                               "autocast_dtype": str(amp).removeprefix("torch.") if amp else "fp32",
                                "train_config": asdict(cfg)}
     start_epoch, wall_before = 1, 0.0
     last_dir = run_dir / "last"
@@ -263,7 +266,6 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
         wrapped = nn.parallel.DistributedDataParallel(
             module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     forward = torch.compile(wrapped) if cfg.compile else wrapped
-    use_amp = cfg.autocast != "off" and d.device.type == "cuda" and torch.cuda.is_bf16_supported()
     t_start = time.time()
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -282,7 +284,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
             batch = {k: v.to(d.device, non_blocking=True) for k, v in collate([examples[j] for j in idx]).items()}
             no_sync = wrapped.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
             with no_sync:
-                with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast(d.device, amp):
                     loss = forward(batch)
                 (loss / group_size).backward()
             loss_sum += loss.detach()
