@@ -46,8 +46,12 @@ def cpu_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 
 def cuda_bf16() -> bool:
-    """True when a CUDA device is present and supports bf16 (compute capability 8.0+ natively)."""
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """True when a CUDA device is present and runs bf16 natively (compute capability 8.0+, Ampere on).
+
+    Older GPUs emulate bf16 (torch's default check counts that as support); they are treated like a CPU without
+    bf16: fp32 under `auto`, an error under `bf16`.
+    """
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def autocast_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:

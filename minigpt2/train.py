@@ -273,7 +273,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
                                "trainable_params": count_trainable(module),
                                "total_params": sum(p.numel() for p in module.parameters()),
                                "world_size": d.world, "optimizer_steps_per_epoch": steps_per_epoch,
-                               "autocast_dtype": str(amp).removeprefix("torch.") if amp else "fp32",
+                               "autocast_used": "bf16" if amp == torch.bfloat16 else "off",
                                "train_config": asdict(cfg)}
     start_epoch, wall_before = 1, 0.0
     last_dir = run_dir / "last"

@@ -57,8 +57,12 @@ def test_cpu_modes(monkeypatch):
 def fake_cuda(monkeypatch):
     """CUDA as torch would report it on a GPU machine; `bf16` says whether the GPU supports bf16."""
     state = {"bf16": True}
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:  # torch's signature and default
+        return state["bf16"] or including_emulation  # every GPU torch supports can emulate bf16
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state["bf16"])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     return state
 
 
@@ -74,7 +78,7 @@ def test_faked_cuda_with_bf16_picks_bf16_fused_adamw_nccl(fake_cuda):
 
 
 def test_faked_cuda_without_bf16_runs_fp32_and_refuses_bf16(fake_cuda):
-    fake_cuda["bf16"] = False  # e.g. a V100 or T4
+    fake_cuda["bf16"] = False  # e.g. a V100 or T4: bf16 only emulated
     assert dev.autocast_dtype("auto", "cuda") is None
     with pytest.raises(dev.AutocastUnavailable, match="--autocast bf16: this CUDA device has no bf16 support"):
         dev.autocast_dtype("bf16", "cuda")
@@ -91,7 +95,7 @@ def test_training_loop_asks_the_device_module(monkeypatch, tmp_path):
     monkeypatch.setattr(dev, "cpu_native_bf16", lambda: True)
     metrics = _tiny_train(tmp_path, "bf16")
     assert made and made[0].get("fused") is True
-    assert metrics["autocast_dtype"] == "bfloat16" and math.isfinite(metrics["epochs"][-1]["train_loss"])
+    assert metrics["autocast_used"] == "bf16" and math.isfinite(metrics["epochs"][-1]["train_loss"])
 
 
 def _tiny_train(tmp_path: Path, autocast: str) -> dict:
@@ -151,7 +155,7 @@ def test_every_task_method_and_precision_trains_under_bf16_autocast(name, tmp_pa
         task, tmp_path / name, "--epochs", "1", "--lr", "1e-3", "--max-train", "8", "--max-eval", "2",
         "--max-length", "64",
         "--autocast", "bf16", *sonnet, *extra)))
-    assert metrics["autocast_dtype"] == "bfloat16"
+    assert metrics["autocast_used"] == "bf16"
     row = metrics["epochs"][-1]
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["dev_loss"]), row
 
