@@ -141,7 +141,7 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
     accepted = PACKED_DTYPES if dtype == torch.bfloat16 else (torch.float32,)
     weight = model.wte.weight
     if weight.device.type != "cpu" or weight.dtype not in accepted:
-        names = " or ".join(str(d).removeprefix("torch.") for d in accepted)
+        names = " or ".join({torch.float32: "fp32", torch.bfloat16: "bf16"}[d] for d in accepted)
         raise ValueError(f"prepacked needs an {names} model on the CPU, got {weight.dtype} on {weight.device}; "
                          "call model.float().cpu() first (on a GPU, use the model as it is)")
     if not isinstance(model, GPT2):
