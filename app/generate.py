@@ -22,7 +22,6 @@ quantised run is its fake-quant model, exactly as it was evaluated.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -203,8 +202,11 @@ def pick_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def inference_model(gpt: GPT2, precision: str, device: torch.device) -> GPT2:
-    """The model to sample with: LoRA adapters merged where exact, then at `precision` on `device`."""
-    gpt = copy.deepcopy(gpt).eval()
+    """The model to sample with: LoRA adapters merged where exact, then at `precision` on `device`.
+
+    `gpt` itself is changed (adapters merged, fake-quant weights baked for bf16): pass a model loaded for this.
+    """
+    gpt.eval()
     for adapter in lora_modules(gpt).values():
         if adapter.mergeable:  # W + BA: one product per layer instead of three
             adapter.merge()
