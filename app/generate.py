@@ -211,8 +211,6 @@ def inference_model(gpt: GPT2, precision: str, device: torch.device) -> GPT2:
         if adapter.mergeable:  # W + BA: one product per layer instead of three
             adapter.merge()
     if precision == "int8":
-        if device.type != "cpu":
-            raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
         from quant.int8_linear import to_int8_decoder
 
         try:
@@ -331,6 +329,8 @@ def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.s
     """The command: check the flags, read the prompts, load the model, sample; returns the texts written."""
     check_args(args)
     device = pick_device(args.device)
+    if args.precision == "int8" and device.type != "cpu":
+        raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
     prompts = read_prompts(args, stdin)
     gpt, run_args = load_source(args.model, args.offline)
     precision = args.precision or default_precision(run_args, device)

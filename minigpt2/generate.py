@@ -2,6 +2,8 @@
 
 Prompts of different lengths are left-padded so that every row's next token sits in the last column; each row's
 positions count from its own first real token, so padding changes nothing but the batch shape.
+
+`python -m minigpt2.generate` is the command line (`app/generate.py`): sources, prompts, streaming, `--sonnet`.
 """
 
 from __future__ import annotations
