@@ -16,19 +16,22 @@ RUN_DIR/eval-<task>-zero-shot-<split>.json, predictions to RUN_DIR/zero-shot-<co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from minigpt2.errors import UserError
+from minigpt2.tokenizer import Tokenizer
+from minigpt2.train import seed_everything, setup_distributed, write_json
 from tasks import get_task
 from tasks.readers import data_dir, require_files
 
-from quant.run import apply_run_precision
-
-from .finetune import USER_ERRORS, load_run_body, load_run_model
-from .tokenizer import Tokenizer
-from .train import seed_everything, setup_distributed, write_json
+from . import runfolder
+from .finetune import load_run_body, load_run_model
+from .precision import apply_run_precision
+from .settings import RunSettings, check_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,45 +56,44 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     task_name + zero_shot: score another task with the run's body (no head, no training for that task).
     """
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise SystemExit(f"{config_file}: not found; is {run_dir} a run folder of minigpt2.finetune?")
-    args = argparse.Namespace(**json.loads(config_file.read_text())["args"])
-    args.data_dir = data or args.data_dir
-    args.tokenizer_dir = tokenizer_dir or args.tokenizer_dir
-    args.device = device
-    run_task = args.task
+    config = runfolder.read_config(run_dir)
+    settings = RunSettings.from_dict(config["settings"])
+    check_device(device)
+    d_set = settings.data
+    settings = dataclasses.replace(settings, data=dataclasses.replace(
+        d_set, data_dir=data or d_set.data_dir, tokenizer_dir=tokenizer_dir or d_set.tokenizer_dir))
+    run_task = settings.data.task
     if task_name not in (None, run_task) and not zero_shot:
-        raise SystemExit(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it needs --zero-shot")
+        raise runfolder.RunFolderError(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it "
+                                       "needs --zero-shot")
     if zero_shot and task_name is None:
-        raise SystemExit("--zero-shot needs --task: which task to score")
-    args.task = task_name or run_task
-    task = get_task(args.task)
+        raise runfolder.RunFolderError("--zero-shot needs --task: which task to score")
+    task = get_task(task_name or run_task)
+    if zero_shot and task.has_head:
+        raise runfolder.RunFolderError(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only "
+                                       "tasks that read the LM head (quora, sonnet)")
     d = setup_distributed(device)
-    seed_everything(args.seed)
-    module = task.build(load_run_body(run_dir / "best", args), args)
-    if zero_shot:
-        if module.head_state():
-            raise SystemExit(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only tasks "
-                             "that read the LM head (quora, sonnet)")
-    else:
+    seed_everything(settings.optim.seed)
+    base = (config.get("fingerprint") or {}).get("base_weights")
+    module = task.build(load_run_body(run_dir / "best", settings, base))
+    if not zero_shot:
         load_run_model(module, run_dir / "best")
-    apply_run_precision(module, module.gpt, args)
+    apply_run_precision(module, module.gpt, settings.precision)
     module.to(d.device)
-    tok = Tokenizer(args.tokenizer_dir)
-    folder = data_dir(args.data_dir)
+    tok = Tokenizer(settings.data.tokenizer_dir)
+    folder = data_dir(settings.data.data_dir)
     needed = [f for key, f in task.files.items() if key.startswith(split)]
     require_files(folder, needed, task.name)
-    max_len = min(args.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
-    examples, notes = task.load(folder, split, tok, max_len, args.max_eval, args)
+    max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
+    examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
-    preds = task.predict(module, examples, args, tok, d.device)
-    name = ("zero-shot-" if zero_shot else "") + task.output_name(split, args)
+    preds = task.predict(module, examples, settings.predict_settings(), tok, d.device)
+    name = ("zero-shot-" if zero_shot else "") + task.output_name(split, settings.model.mode)
     task.write_predictions(run_dir / name, examples, preds)
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
                               "predictions": name, "malformed_rows": [str(n) for n in notes],
-                              "precision": getattr(args, "precision", "fp32"), "zero_shot": zero_shot,
+                              "precision": settings.precision.precision, "zero_shot": zero_shot,
                               "fine_tuned_on": run_task}
     if split == "dev":
         result.update(task.score(examples, preds))
@@ -100,11 +102,12 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m minigpt2.evaluate`: a UserError is one `error:` line and exit code 1."""
     a = build_parser().parse_args(argv)
     try:
         scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot)
-    except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from e
+    except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps(scores, indent=2))
 
 

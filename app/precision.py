@@ -1,5 +1,5 @@
-"""The precision knob of `python -m minigpt2.finetune` and `minigpt2.evaluate`: flags, training-time wrapping
-(QAFT), post-training quantization of the finished model, and the packed checkpoint + size report of a run.
+"""The precision knob of `finetune` and `evaluate`: flags, training-time wrapping (QAFT), post-training
+quantization of the finished model, and the packed checkpoint + size report of a run.
 
     --precision fp32            the default: nothing changes
     --precision int8 --qaft     fake-quant wraps the body before training (QAFT); the trained model is evaluated
@@ -13,14 +13,53 @@ classifier head stays fp32. Non-fp32 precisions run without autocast, so that wh
 from __future__ import annotations
 
 import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-from .config import DEFAULT_GROUP_SIZE, DTYPE_PRECISIONS, PRECISIONS, QuantConfig
-from .export import export_packed, size_report
+from minigpt2.atomic import atomic_write_json
+from minigpt2.config import GPT2Config
+from minigpt2.errors import UserError
+from quant.config import DEFAULT_GROUP_SIZE, DTYPE_PRECISIONS, PRECISION_FORMAT, PRECISIONS, QuantConfig
+from quant.export import export_packed, size_report
+from quant.formats import check_group_size_fits
+from quant.qaft import apply_precision
+
+
+class PrecisionError(UserError, ValueError):
+    """Precision flags that do not fit together or do not fit the model."""
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """The numeric precision of a run (see the module docstring)."""
+
+    precision: str = "fp32"
+    qaft: bool = False
+    group_size: int = DEFAULT_GROUP_SIZE
+    quant_activations: bool = False
+    quant_embeddings: bool = True
+
+    @property
+    def fake_quant(self) -> bool:
+        return self.precision in PRECISION_FORMAT
+
+    def quant_config(self) -> QuantConfig | None:
+        """The QuantConfig of a fake-quant precision, or None for fp64/fp32/bf16."""
+        if self.precision in DTYPE_PRECISIONS:
+            return None
+        return QuantConfig.for_precision(self.precision, group_size=self.group_size,
+                                         activations=self.quant_activations, embeddings=self.quant_embeddings)
+
+    def check_model(self, config: GPT2Config) -> None:
+        """An INT4 group size must tile every quantised layer of the chosen model: checked before training."""
+        if self.precision == "int4":
+            try:
+                check_group_size_fits(config, self.group_size)
+            except ValueError as e:
+                raise PrecisionError(f"--group-size {self.group_size}: {e}") from None
 
 
 def add_precision_args(p: argparse.ArgumentParser) -> None:
@@ -31,8 +70,9 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qaft", action="store_true",
                    help="quantization-aware fine-tuning: train through the quantiser (or in the dtype); without "
                         "it the finished model is quantised after training (PTQ)")
-    g.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
-                   help="INT4 group size along each layer's inputs (must divide n_embd)")
+    g.add_argument("--group-size", type=int, default=None,
+                   help=f"INT4 group size along each layer's inputs (must divide n_embd; default "
+                        f"{DEFAULT_GROUP_SIZE}); only with --precision int4")
     g.add_argument("--quant-activations", action="store_true",
                    help="also fake-quantise linear-layer inputs per token (7-bit asymmetric, as the int8 CPU "
                         "decode path runs them)")
@@ -40,53 +80,45 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
                    help="keep wte (the tied LM head) and wpe in fp32")
 
 
-def check_precision_args(args: argparse.Namespace) -> None:
-    """Reject inconsistent flags; turn autocast off for non-fp32 precisions (it would change what runs)."""
-    precision = getattr(args, "precision", "fp32")
-    if args.qaft and precision == "fp32":
-        raise SystemExit("--qaft needs a --precision other than fp32 (fp32 training is the default)")
-    if (args.quant_activations or args.no_quant_embeddings) and precision not in ("fp8", "int8", "int4"):
-        raise SystemExit("--quant-activations / --no-quant-embeddings apply to --precision fp8, int8 or int4")
-    if precision != "fp32":
-        args.autocast = "off"
-
-
-def quant_config(args: argparse.Namespace) -> QuantConfig | None:
-    """The run's QuantConfig, or None for fp64/fp32/bf16 (and runs made before the flag existed)."""
-    precision = getattr(args, "precision", "fp32")
-    if precision in DTYPE_PRECISIONS:
-        return None
+def precision_from_args(a: argparse.Namespace) -> PrecisionSettings:
+    """Reject inconsistent precision flags; the typed settings."""
+    if a.qaft and a.precision == "fp32":
+        raise PrecisionError("--qaft needs a --precision other than fp32 (fp32 training is the default)")
+    if (a.quant_activations or a.no_quant_embeddings) and a.precision not in PRECISION_FORMAT:
+        raise PrecisionError("--quant-activations / --no-quant-embeddings apply to --precision fp8, int8 or int4")
+    if a.group_size is not None and a.precision != "int4":
+        raise PrecisionError(f"--group-size applies to --precision int4, not {a.precision}")
+    settings = PrecisionSettings(precision=a.precision, qaft=a.qaft,
+                                 group_size=DEFAULT_GROUP_SIZE if a.group_size is None else a.group_size,
+                                 quant_activations=a.quant_activations, quant_embeddings=not a.no_quant_embeddings)
     try:
-        return QuantConfig.for_precision(precision, group_size=args.group_size, activations=args.quant_activations,
-                                         embeddings=not args.no_quant_embeddings)
+        settings.quant_config()
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise PrecisionError(f"--precision {a.precision}: {e}") from None
+    return settings
 
 
-def apply_run_precision(module: nn.Module, gpt: nn.Module, args: argparse.Namespace) -> None:
+def apply_run_precision(module: nn.Module, gpt: nn.Module, settings: PrecisionSettings) -> None:
     """Put a task model at the run's precision, in place: cast `module`, or fake-quantise its body `gpt`."""
-    from .qaft import apply_precision
-
-    precision = getattr(args, "precision", "fp32")
-    if precision in DTYPE_PRECISIONS:
-        module.to(DTYPE_PRECISIONS[precision])
+    if settings.precision in DTYPE_PRECISIONS:
+        module.to(DTYPE_PRECISIONS[settings.precision])
         return
     try:
-        apply_precision(gpt, precision, quant_config(args))
+        apply_precision(gpt, settings.precision, settings.quant_config())
     except ValueError as e:  # e.g. a group size that does not divide the model's width
-        raise SystemExit(f"error: --precision {precision}: {e}") from e
+        raise PrecisionError(f"--precision {settings.precision}: {e}") from e
 
 
-def write_quantized(gpt: nn.Module, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+def write_quantized(gpt: nn.Module, settings: PrecisionSettings, run_dir: Path) -> dict[str, Any]:
     """The run's body as a packed checkpoint (`run_dir/quantized/model-<precision>.safetensors`) and its size
     report (`run_dir/quantized/size_report.json`); returns the report."""
-    precision = args.precision
-    cfg = quant_config(args)
+    precision = settings.precision
+    cfg = settings.quant_config()
     path = export_packed(gpt, run_dir / "quantized", precision)
     report = size_report(gpt.config, precision, cfg)
-    out = {"precision": precision, "qaft": bool(args.qaft), "file": str(path.relative_to(run_dir)),
+    out = {"precision": precision, "qaft": settings.qaft, "file": str(path.relative_to(run_dir)),
            "file_bytes": path.stat().st_size, "computed_file_bytes": report.file_bytes,
            "param_bytes_by_part": report.parts, "scale_bytes": report.extra["scale_bytes"],
            "quantised": report.quantised, "quant_config": None if cfg is None else cfg.to_dict()}
-    (run_dir / "quantized" / "size_report.json").write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(run_dir / "quantized" / "size_report.json", out)
     return out

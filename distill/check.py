@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pronouncing
 
+from minigpt2.errors import UserError
+
 SCHEME = "ABABCDCDEFEFGG"
 # (line a, line b) index pairs that must rhyme, 0-based, derived from SCHEME.
 RHYME_PAIRS = [(i, j) for i in range(14) for j in range(i + 1, 14) if SCHEME[i] == SCHEME[j]]
@@ -235,6 +237,14 @@ def is_perfect(text: str) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Reading sonnet files
 
+class SonnetFileError(UserError, ValueError):
+    """A sonnet file (text or JSONL) that cannot be read, naming the file and line."""
+
+
+class MissingSonnetFile(UserError, FileNotFoundError):
+    """A sonnet file that is not there."""
+
+
 _NUMBER_LINE = re.compile(r"^\s*(\d+)\s*$")
 
 
@@ -242,7 +252,7 @@ def read_sonnets(path: str | Path) -> list[tuple[str, str]]:
     """Read (name, text) pairs from a course sonnet file, blank-line separated plain text, or JSONL."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such sonnet file")
+        raise MissingSonnetFile(f"{path}: no such sonnet file")
     raw = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".jsonl":
         return _read_jsonl(path, raw)
@@ -252,7 +262,7 @@ def read_sonnets(path: str | Path) -> list[tuple[str, str]]:
     else:
         sonnets = _read_blocks(lines)
     if not sonnets:
-        raise ValueError(f"{path}: no sonnets found (expected numbered sonnets, blank-line separated text or JSONL)")
+        raise SonnetFileError(f"{path}: no sonnets found (expected numbered sonnets, blank-line separated text or JSONL)")
     return sonnets
 
 
@@ -289,12 +299,12 @@ def read_jsonl(path: str | Path, raw: str | None = None, fields: tuple[str, ...]
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            raise SonnetFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         missing = [k for k in fields if not isinstance(rec, dict) or k not in rec
                    or (k == "text" and not isinstance(rec[k], str))]
         if missing:
             want = ", ".join(f"a string field '{k}'" if k == "text" else f"'{k}'" for k in fields)
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with {want}")
+            raise SonnetFileError(f"{path}:{lineno}: expected a JSON object with {want}")
         records.append((lineno, rec))
     return records
 

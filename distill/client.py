@@ -23,6 +23,8 @@ from typing import Callable
 from google import genai
 from google.genai import errors, types
 
+from minigpt2.errors import UserError
+
 try:  # google-genai 3.x uses httpx2; older releases use httpx
     import httpx2 as _httpx
 except ImportError:  # pragma: no cover
@@ -33,7 +35,7 @@ RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 BLOCKING_FINISH = ("SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY")
 
 
-class GeminiError(RuntimeError):
+class GeminiError(UserError, RuntimeError):
     """A Gemini call failed in a way that retrying will not fix (bad request, unknown model, ...)."""
 
 

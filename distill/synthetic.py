@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.check import is_perfect, read_jsonl
+from distill.check import MissingSonnetFile, SonnetFileError, is_perfect, read_jsonl
 
 FILTERS = ("all", "perfect")
 
@@ -24,10 +24,10 @@ def load_synthetic(path: str | Path, n: int | None = None, filter: str = "all") 
     error if the file has fewer: a run that asked for 500 synthetic sonnets must not quietly train on 300.
     """
     if filter not in FILTERS:
-        raise ValueError(f"synthetic filter must be one of {FILTERS}, got {filter!r}")
+        raise SonnetFileError(f"synthetic filter must be one of {FILTERS}, got {filter!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such synthetic sonnet file")
+        raise MissingSonnetFile(f"{path}: no such synthetic sonnet file")
     texts = []
     for _, rec in read_jsonl(path):
         if rec.get("status", "kept") != "kept" or not rec["text"].strip():
@@ -37,9 +37,9 @@ def load_synthetic(path: str | Path, n: int | None = None, filter: str = "all") 
         texts.append(rec["text"].strip())
     if n is not None:
         if n < 0:
-            raise ValueError(f"synthetic n must be >= 0, got {n}")
+            raise SonnetFileError(f"synthetic n must be >= 0, got {n}")
         if len(texts) < n:
-            raise ValueError(f"{path}: asked for {n} synthetic sonnets (filter={filter}) but it has only "
+            raise SonnetFileError(f"{path}: asked for {n} synthetic sonnets (filter={filter}) but it has only "
                              f"{len(texts)}")
         texts = texts[:n]
     return texts

@@ -20,12 +20,13 @@ from safetensors.torch import save_file
 
 from .config import PRESETS, GPT2Config
 from .model import GPT2
+from .errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used, with the file and key that are wrong."""
 
 
@@ -87,6 +88,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(
             f"{path}: not a valid safetensors file ({size} bytes; truncated or another format?): {e}"
         ) from e
+    for key, t in tensors.items():  # a diverged run's NaN weights must not be trained on or scored silently
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; the run that wrote it "
+                                  "diverged (retrain it with a lower --lr)")
     return tensors, metadata
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from minigpt2.errors import UserError
+
 from .base import Example, Task, TaskModel, collate
 from .paraphrase import ParaphraseTask
 from .sentiment import SentimentTask
@@ -15,10 +17,14 @@ TASKS: dict[str, Task] = {
 }
 
 
+class UnknownTask(UserError, ValueError):
+    """A task name that is not registered."""
+
+
 def get_task(name: str) -> Task:
     """The task registered under `name`."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+        raise UnknownTask(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
     return TASKS[name]
 
 

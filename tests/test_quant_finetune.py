@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt2 import evaluate, finetune
+from app import evaluate, finetune
 from minigpt2.checkpoint import load_model
 from quant import FakeQuantLinear, QuantConfig, load_packed, quantize_model
 
