@@ -1,5 +1,4 @@
 """Mixing synthetic sonnets into `finetune --task sonnet`: real + N synthetic training examples, real dev/test."""
-import argparse
 import json
 from pathlib import Path
 
