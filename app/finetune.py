@@ -329,10 +329,8 @@ def _shared_run_dir(settings: RunSettings, d: Dist) -> Path:
     return Path(chosen[0])
 
 
-def run(settings: RunSettings | argparse.Namespace) -> dict[str, Any]:
+def run(settings: RunSettings) -> dict[str, Any]:
     """Fine-tune as `settings` say; returns the final metrics (also in RUN_DIR/metrics.json)."""
-    if isinstance(settings, argparse.Namespace):
-        settings = from_args(settings)
     d = setup_distributed(settings.hardware.device)
     run_dir = _shared_run_dir(settings, d)
     task = get_task(settings.data.task)

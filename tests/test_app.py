@@ -164,11 +164,11 @@ def test_config_records_the_fingerprint(finished):
 KILL_ARGS = ["--epochs", "2", "--lr", "1e-3", "--seed", "3", "--max-train", "8", "--max-eval", "4"]
 
 
-def _launch(out: Path, kill_after: int, count_file: Path | None = None, resume: bool = False) -> int:
+def _launch(out: Path, kill_after: int, count_file: Path | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT), KILL_AFTER_REPLACE=str(kill_after), OMP_NUM_THREADS="1")
     if count_file is not None:
         env["REPLACE_COUNT_FILE"] = str(count_file)
-    argv = finetune_args("sst", out, *KILL_ARGS, *(["--resume"] if resume else []))
+    argv = finetune_args("sst", out, *KILL_ARGS)
     return subprocess.run([sys.executable, str(ROOT / "tests" / "kill_launcher.py"), *argv], env=env,
                           capture_output=True, text=True).returncode
 
@@ -197,5 +197,33 @@ def test_a_kill_after_any_file_replace_resumes_to_the_same_run(tmp_path):
     for k in range(1, replaces + 1):
         run = tmp_path / f"killed-{k}"
         assert _launch(run, k) == -9, f"the run was not killed at replace {k}"
-        assert _launch(run, 0, resume=True) == 0, f"resume after a kill at replace {k} failed"
+        finetune.main(finetune_args("sst", run, *KILL_ARGS, "--resume"))  # in-process: one interpreter less
         assert _same(_outcome(run), reference), f"a kill at replace {k} changed the run"
+
+
+def test_a_lora_run_whose_base_changed_is_refused(tmp_path):
+    from tests.conftest import TINY, make_hf_checkpoint
+
+    base = make_hf_checkpoint(tmp_path / "base", seed=0, **TINY)
+    run = tmp_path / "run"
+    argv = finetune_args("quora", run, "--epochs", "1", "--method", "lora", "--lora-rank", "2")
+    argv[argv.index("--model") + 1] = str(base)
+    finetune.main(argv)
+    evaluate.evaluate_run(run, "dev", device="cpu")  # the same base: fine
+    recorded = json.loads((run / "config.json").read_text())["fingerprint"]["base_weights"]
+    make_hf_checkpoint(base, seed=1, **TINY)  # the base file is replaced by other weights
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(run), "--device", "cpu"])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and recorded["file"] in msg and recorded["sha256"] in msg
+    assert "now has sha256" in msg
+
+
+def test_resume_after_the_data_changed_is_refused(tmp_path, capsys):
+    folder = _data_copy(tmp_path)
+    run = tmp_path / "run"
+    args = finetune_args("sst", run, "--epochs", "2", "--lr", "1e-3") + ["--data-dir", str(folder), "--offline"]
+    finetune.main(args + ["--stop-after-epoch", "1"])
+    with open(folder / "ids-sst-train.csv", "a", encoding="utf-8") as f:
+        f.write("new\tone more review\t3\n")
+    fails_with(args + ["--resume"], "the run's inputs changed: data ids-sst-train.csv", capsys)

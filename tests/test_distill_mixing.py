@@ -6,7 +6,7 @@ import pytest
 
 from distill.check import check_sonnet
 from distill.synthetic import to_course_layout
-from app.finetune import build_parser, parse_settings, run
+from app.finetune import parse_settings, run
 from app.settings import SettingsError, SyntheticSettings
 from app.synthetic import synthetic_texts
 from minigpt2.tokenizer import Tokenizer
@@ -49,12 +49,12 @@ def test_train_split_is_real_plus_synthetic_and_dev_stays_real(synth):
 
 def test_finetune_counts_real_and_synthetic_in_metrics(synth, tmp_path):
     out = tmp_path / "run"
-    args = build_parser().parse_args([
+    settings = parse_settings([
         "--task", "sonnet", "--model", "tiny", "--data-dir", str(DATA), "--tokenizer-dir", str(FIX / "gpt2"),
         "--epochs", "1", "--batch-size", "8", "--max-train", "3", "--max-length", "64", "--max-eval", "1",
         "--max-new-tokens", "4", "--out-dir", str(out), "--no-progress", "--device", "cpu",
         "--synthetic", str(synth), "--synthetic-n", "3", "--synthetic-filter", "perfect"])
-    metrics = run(args)
+    metrics = run(settings)
     written = json.loads((out / "metrics.json").read_text())
     assert metrics["data"] == written["data"] == {"train": 6, "dev": 1, "test": 1, "train_real": 3,
                                                    "train_synthetic": 3}
