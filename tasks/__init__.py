@@ -10,8 +10,8 @@ from .sentiment import SentimentTask
 from .sonnet import SonnetTask
 
 TASKS: dict[str, Task] = {
-    "sst": SentimentTask("sst", "ids-sst", num_labels=5),
-    "cfimdb": SentimentTask("cfimdb", "ids-cfimdb", num_labels=2),
+    "sst": SentimentTask("sst", num_labels=5),
+    "cfimdb": SentimentTask("cfimdb", num_labels=2),
     "quora": ParaphraseTask(),
     "sonnet": SonnetTask(),
 }

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
@@ -74,7 +75,7 @@ class ParaphraseTask(ClassificationTask):
     name = "quora"
     metric = "accuracy"
     column = COLUMN
-    files = {"train": "quora-train.csv", "dev": "quora-dev.csv", "test": "quora-test-student.csv"}
+    files = dict(zip(("train", "dev", "test"), COURSE_FILES["quora"][:3]))  # minigpt2.data owns the names
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:

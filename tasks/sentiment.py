@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
@@ -50,11 +51,10 @@ class SentimentTask(ClassificationTask):
     metric = "accuracy"
     column = COLUMN
 
-    def __init__(self, name: str, prefix: str, num_labels: int) -> None:
+    def __init__(self, name: str, num_labels: int) -> None:
         self.name = name
         self.num_labels = num_labels
-        self.files = {"train": f"{prefix}-train.csv", "dev": f"{prefix}-dev.csv",
-                      "test": f"{prefix}-test-student.csv"}
+        self.files = dict(zip(("train", "dev", "test"), COURSE_FILES[name][:3]))  # minigpt2.data owns the names
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:

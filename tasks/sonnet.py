@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from minigpt2.atomic import atomic_write
+from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.generate import generate
 from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2
@@ -56,8 +57,7 @@ class SonnetTask(Task):
     name = "sonnet"
     metric = "chrf"
     lm_targets = True
-    files = {"train": "sonnets.txt", "dev": "sonnets_held_out_dev.txt", "dev_true": "TRUE_sonnets_held_out_dev.txt",
-             "test": "sonnets_held_out.txt"}
+    files = dict(zip(("train", "dev", "dev_true", "test"), COURSE_FILES["sonnet"][:4]))  # owned by minigpt2.data
 
     has_head = False
     takes_extra_texts = True  # the application mixes synthetic sonnets in here

@@ -227,3 +227,17 @@ def test_resume_after_the_data_changed_is_refused(tmp_path, capsys):
     with open(folder / "ids-sst-train.csv", "a", encoding="utf-8") as f:
         f.write("new\tone more review\t3\n")
     fails_with(args + ["--resume"], "the run's inputs changed: data ids-sst-train.csv", capsys)
+
+
+def test_quant_report_checks_the_group_size_against_the_model():
+    from quant import report
+
+    with pytest.raises(SystemExit) as e:
+        report.main(["--model", "gpt2", "--group-size", "100"])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "group_size=100 does not divide in_features=768" in msg
+
+
+def test_evaluate_on_a_folder_that_is_no_run(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: .*config.json: not found"):
+        evaluate.main([str(tmp_path), "--device", "cpu"])
