@@ -73,6 +73,10 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
+# Dtypes checked for NaN/inf on load (torch has no isfinite for the FP8 storage of packed checkpoints).
+_CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a clear error for anything else."""
     path = Path(path)
@@ -89,7 +93,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             f"{path}: not a valid safetensors file ({size} bytes; truncated or another format?): {e}"
         ) from e
     for key, t in tensors.items():  # a diverged run's NaN weights must not be trained on or scored silently
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.dtype in _CHECKED_FLOATS and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; the run that wrote it "
                                   "diverged (retrain it with a lower --lr)")
     return tensors, metadata

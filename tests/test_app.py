@@ -12,7 +12,7 @@ import torch
 
 from app import evaluate, finetune
 from minigpt2.checkpoint import read_safetensors
-from tests.test_finetune import DATA, FIX, finetune_args, one_thread  # noqa: F401 (one_thread: autouse)
+from tests.test_finetune import DATA, finetune_args, one_thread  # noqa: F401 (one_thread: autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
 

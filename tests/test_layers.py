@@ -46,7 +46,7 @@ def test_imports_point_down():
     assert upward_edges() == []
 
 
-def test_the_check_sees_function_level_imports(tmp_path, monkeypatch):
+def test_the_check_sees_function_level_imports():
     """The checker itself: an import inside a function of the library is an upward edge; one under the main
     guard is not."""
     code = "def f():\n    from tasks import get_task\nif __name__ == '__main__':\n    import app.finetune\n"
