@@ -323,6 +323,10 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
         if d.main:
             t1 = time.time()
             row.update(evaluate(module))
+            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:  # a NaN dev loss or metric would pick a "best" epoch by nothing
+                raise TrainingDiverged(f"epoch {epoch}: {', '.join(f'{k} = {row[k]}' for k in bad)}; the model "
+                                       "diverged; try a lower --lr")
             row["eval_s"] = time.time() - t1
             best = metrics["best"]
             if best is None or row[metric] > best[metric]:

@@ -91,3 +91,14 @@ def test_a_separable_cloze_set_is_learned(tmp_path):
           tmp_path, evaluate=lambda m: {"acc": 0.0}, metric="acc", save_best=lambda m, f: None)
     module.eval()
     assert module.predict(collate(sep)).tolist() == [e.label for e in sep]
+
+
+def test_a_non_finite_dev_figure_stops_training(tmp_path):
+    from minigpt2.train import TrainingDiverged
+
+    module = ClozeParaphrase(GPT2(GPT2Config.from_name("tiny")))
+    examples = [Example(str(i), [1, 2], label=i % 2) for i in range(8)]
+    with pytest.raises(TrainingDiverged, match="epoch 1: dev_loss = nan"):
+        train(module, examples, collate, TrainConfig(progress=False, epochs=1, batch_size=8), tmp_path,
+              evaluate=lambda m: {"acc": 0.5, "dev_loss": float("nan")}, metric="acc", save_best=lambda m, f: None)
+    assert not (tmp_path / "metrics.json").exists()
