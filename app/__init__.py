@@ -1,1 +1,3 @@
-"""The application: the commands that put the library, the tasks, quantization and distillation together."""
+"""The application: the commands `finetune`, `evaluate` and `generate`, typed run settings, run folders, the
+precision flags and the mixing of synthetic sonnets into the sonnet task. The one place that knows tasks, LoRA,
+quantization and distillation together; the library (`minigpt2`) and `tasks`, `quant`, `distill` never import it."""

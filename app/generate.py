@@ -22,7 +22,7 @@ quantised run is its fake-quant model, exactly as it was evaluated.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -31,8 +31,9 @@ from typing import Callable, TextIO
 import torch
 
 from distill.check import check_sonnet
+from minigpt2.checkpoint import load_model, resolve_model
 from minigpt2.config import GPT2Config
-from minigpt2.finetune import ADAPTER_NAME, USER_ERRORS, load_base_model, load_run_body, load_run_model
+from minigpt2.errors import UserError
 from minigpt2.generate import generate
 from minigpt2.lora import lora_modules
 from minigpt2.model import GPT2
@@ -40,15 +41,19 @@ from minigpt2.prepack import Bf16Unsupported, inference_copy, native_bf16, prepa
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import seed_everything
 from quant.qaft import bake, fake_quant_modules
-from quant.run import apply_run_precision
 from tasks import get_task
 from tasks.sonnet import SONNET_LINES, finish_sonnet, sonnet_stop
+
+from . import runfolder
+from .finetune import ADAPTER_NAME, load_run_body, load_run_model
+from .precision import apply_run_precision
+from .settings import RunSettings
 
 DEFAULT_MAX_NEW_TOKENS = 128
 SONNET_MAX_NEW_TOKENS = 400  # the course's budget; a sonnet usually ends sooner, at its 14th line
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
     """Bad input to the generate command, reported as one `error:` line."""
 
 
@@ -142,42 +147,40 @@ def read_prompts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the model
 
-def load_source(name: str, offline: bool) -> tuple[GPT2, argparse.Namespace | None]:
+def load_source(name: str, offline: bool) -> tuple[GPT2, RunSettings | None]:
     """The GPT-2 named by --model, and the run's settings when it is a run folder (else None)."""
     path = Path(name)
-    run_config = path / "config.json"
-    if path.is_dir() and run_config.is_file():
-        try:
-            config = json.loads(run_config.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise GenerateError(f"--model {path}: {run_config} is not valid JSON ({e})") from e
-        if isinstance(config, dict) and isinstance(config.get("args"), dict) and "run_dir" in config:
-            return load_run(path, argparse.Namespace(**config["args"]), offline)
+    if path.is_dir() and (path / runfolder.CONFIG_FILE).is_file() and not (path / "model.safetensors").is_file():
+        config = runfolder.read_config(path)
+        settings = RunSettings.from_dict(config["settings"])
+        if offline:
+            settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, offline=True))
+        return load_run(path, settings, config), settings
     if name == "tiny":
         torch.manual_seed(0)  # the same random tiny model every time: only the sampling seed varies
         return GPT2(GPT2Config.from_name("tiny")), None
-    return load_base_model(argparse.Namespace(model=name, offline=offline)), None
+    return load_model(resolve_model(name, offline=offline)), None
 
 
-def load_run(folder: Path, run_args: argparse.Namespace, offline: bool) -> tuple[GPT2, argparse.Namespace]:
+def load_run(folder: Path, settings: RunSettings, config: dict) -> GPT2:
     """The body of a finished finetune run at its precision, built as `minigpt2.evaluate` builds it."""
     best = folder / "best"
     if not ((best / "model.safetensors").is_file() or (best / ADAPTER_NAME).is_file()):
         raise GenerateError(f"--model {folder}: run folder without weights (expected {best / 'model.safetensors'} "
                             f"or {best / ADAPTER_NAME}); has the run finished an epoch?")
-    run_args.offline = getattr(run_args, "offline", False) or offline
-    seed_everything(run_args.seed)  # a LoRA run on `--model tiny` rebuilds its random base from the run's seed
-    module = get_task(run_args.task).build(load_run_body(best, run_args), run_args)
+    seed_everything(settings.optim.seed)  # a LoRA run on `--model tiny` rebuilds its random base from the run's seed
+    base = (config.get("fingerprint") or {}).get("base_weights")
+    module = get_task(settings.data.task).build(load_run_body(best, settings, base))
     load_run_model(module, best)
-    apply_run_precision(module, module.gpt, run_args)
-    return module.gpt, run_args
+    apply_run_precision(module, module.gpt, settings.precision)
+    return module.gpt
 
 
-def default_precision(run_args: argparse.Namespace | None, device: torch.device) -> str:
+def default_precision(settings: RunSettings | None, device: torch.device) -> str:
     """bf16 for a run trained in bf16 where the device computes bf16 natively, else fp32."""
-    if run_args is None:
+    if settings is None:
         return "fp32"
-    bf16_run = getattr(run_args, "precision", "fp32") == "bf16" or getattr(run_args, "autocast", "off") == "bf16"
+    bf16_run = settings.precision.precision == "bf16" or settings.autocast == "bf16"
     if not bf16_run:
         return "fp32"
     if device.type == "cuda" or native_bf16():
@@ -332,9 +335,9 @@ def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.s
     if args.precision == "int8" and device.type != "cpu":
         raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
     prompts = read_prompts(args, stdin)
-    gpt, run_args = load_source(args.model, args.offline)
-    precision = args.precision or default_precision(run_args, device)
-    tokenizer_dir = args.tokenizer_dir or (getattr(run_args, "tokenizer_dir", None) if run_args else None)
+    gpt, settings = load_source(args.model, args.offline)
+    precision = args.precision or default_precision(settings, device)
+    tokenizer_dir = args.tokenizer_dir or (settings.data.tokenizer_dir if settings else None)
     tok = Tokenizer(tokenizer_dir)
     model = inference_model(gpt, precision, device)
     return sample_all(model, tok, prompts, args, out, on_token)
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (GenerateError, *USER_ERRORS) as e:
+    except UserError as e:
         raise SystemExit(f"error: {e}") from e
     except KeyboardInterrupt:
         raise SystemExit(130) from None

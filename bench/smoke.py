@@ -69,7 +69,7 @@ def run_path(p: SmokePath, device: torch.device, autocast: str, compile: bool) -
     """Train one step and evaluate once; returns a short summary, raises on any failure."""
     torch.manual_seed(0)
     task = get_task(p.task)
-    module = task.build(GPT2(GPT2Config.from_name(SHAPES[p.shape])), argparse.Namespace())
+    module = task.build(GPT2(GPT2Config.from_name(SHAPES[p.shape])))
     if p.method == "int8-qaft":
         apply_precision(module.gpt, "int8", QuantConfig.for_precision("int8"))
     if p.method == "lora":

@@ -19,6 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from minigpt2.errors import UserError
+
 from .report import write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
@@ -91,6 +93,13 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except UserError as e:  # a bad setting or input: one line, exit code 1
+        raise SystemExit(f"error: {e}") from None
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
                         synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))

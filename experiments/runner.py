@@ -119,7 +119,7 @@ def check_record(run_dir: Path, run: Run) -> None:
 
 def missing_flags(runs: Sequence[Run]) -> list[str]:
     """Flags the runs pass that `minigpt2.finetune` does not know (a knob this checkout does not have)."""
-    from minigpt2.finetune import build_parser
+    from app.finetune import build_parser
 
     known = {s for action in build_parser()._actions for s in action.option_strings}
     return sorted({a for run in runs for a in run.args if a.startswith("--")} - known)

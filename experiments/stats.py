@@ -95,36 +95,8 @@ def run_dev_pairs(run_dir: str | Path) -> tuple[str, list, list]:
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     args = config["args"]
     task = get_task(args["task"])
-    folder = data_dir(args.get("data_dir"))
-    pred_file = run_dir / metrics["dev_predictions"]
-    if task.name == "sonnet":
-        from tasks.readers import read_sonnets
-        from tasks.sonnet import read_generated
-
-        refs = {s.number: s.text for s in read_sonnets(folder / task.files["dev_true"])[0]}
-        hyps = {s.number: s.text for s in read_generated(pred_file)}
-        missing = sorted(set(hyps) - set(refs))
-        if missing:
-            raise ValueError(f"{pred_file}: sonnet(s) {missing} have no reference in {folder}")
-        return "chrf", [hyps[k] for k in hyps], [refs[k] for k in hyps]
-    from tasks.readers import read_table
-
-    if task.name == "quora":
-        from tasks.paraphrase import read_predictions
-
-        table = read_table(folder / task.files["dev"], ["id", "sentence1", "sentence2"], label="is_duplicate",
-                           label_values={0, 1})
-        labels = {r["id"]: int(r["is_duplicate"]) for r in table.rows}
-    else:
-        from tasks.sentiment import read_predictions
-
-        table = read_table(folder / task.files["dev"], ["id", "sentence"], label="sentiment")
-        labels = {r["id"]: int(r["sentiment"]) for r in table.rows}
-    preds = read_predictions(pred_file)
-    missing = sorted(set(preds) - set(labels))
-    if missing:
-        raise ValueError(f"{pred_file}: id(s) {missing[:3]} have no label in {folder / task.files['dev']}")
-    return "accuracy", [preds[k] for k in preds], [labels[k] for k in preds]
+    preds, refs = task.dev_pairs(run_dir / metrics["dev_predictions"], data_dir(args.get("data_dir")))
+    return task.metric, preds, refs
 
 
 def run_interval(run_dir: str | Path, samples: int = SAMPLES, seed: int = 0) -> Interval:

@@ -23,16 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from app.settings import LORA_ALPHA, LORA_LR  # the study's best LoRA settings
+from distill.generate import TEACHERS
+from minigpt2.train import DEFAULT_SEED
+from quant.config import PRECISIONS
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA_DIR = REPO / "tests" / "fixtures" / "tasks"
 TINY_TOKENIZER_DIR = REPO / "tests" / "fixtures" / "gpt2"
 TINY_SYNTHETIC_DIR = REPO / "tests" / "fixtures" / "experiments" / "synthetic"
 
-SEED = 11711  # the course's seed; --seeds N uses SEED, SEED+1, ...
-TEACHERS = ("gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-pro")
+SEED = DEFAULT_SEED  # the course's seed; --seeds N uses SEED, SEED+1, ...
 LORA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-LORA_ALPHA, LORA_LR = 16, 1e-2  # the study's best LoRA settings
-PRECISIONS = ("fp64", "fp32", "bf16", "fp8", "int8", "int4")
 SYNTHETIC_SIZES = (0, 250, 500, 1000)
 
 # What --tiny adds to every finetune call: a tiny random model on a few fixture examples, quickly.

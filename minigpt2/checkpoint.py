@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path, atomic_write_json
 from .config import PRESETS, GPT2Config
+from .errors import UserError
 from .model import GPT2
 from .surgery import unwrap_compiled
 
@@ -27,7 +28,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used, with the file and key that are wrong."""
 
 
@@ -74,6 +75,10 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
+# Dtypes checked for NaN/inf on load (torch has no isfinite for the FP8 storage of packed checkpoints).
+_CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a clear error for anything else."""
     path = Path(path)
@@ -89,6 +94,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(
             f"{path}: not a valid safetensors file ({size} bytes; truncated or another format?): {e}"
         ) from e
+    for key, t in tensors.items():  # a diverged run's NaN weights must not be trained on or scored silently
+        if t.dtype in _CHECKED_FLOATS and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; the run that wrote it "
+                                  "diverged (retrain it with a lower --lr)")
     return tensors, metadata
 
 

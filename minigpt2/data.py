@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .download import DownloadError, HubFile, env_offline, fetch_hub_file, fetch_url
+from .errors import UserError
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A source file that does not look like what the converter expects (file, line and what was expected)."""
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 AUTOCAST_MODES = ("auto", "bf16", "off")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo "flags", Arm "Features"
 
 
-class AutocastUnavailable(ValueError):
+class AutocastUnavailable(UserError, ValueError):
     """`--autocast bf16` on a device without native bf16 (or an unknown mode)."""
 
 

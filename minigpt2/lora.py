@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, read_safetensors
+from .errors import UserError
 from .surgery import replace_module, unwrap_compiled, without_wrappers
 
 # Module-name suffixes of each target preset (names as in `minigpt2.model`).
@@ -131,13 +132,17 @@ class LoRALinear(nn.Module):
                 f"alpha={self.alpha:g}, scaling={self.scaling:g}, rslora={self.rslora}, merged={self.merged}")
 
 
+class LoraSettingsError(UserError, ValueError):
+    """LoRA settings that cannot work (rank, alpha, dropout, targets), naming the setting."""
+
+
 def _check_settings(r: int, alpha: float, dropout: float) -> None:
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"LoRA rank must be an integer >= 1, got {r!r}")
+        raise LoraSettingsError(f"LoRA rank must be an integer >= 1, got {r!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
+        raise LoraSettingsError(f"LoRA alpha must be a positive number, got {alpha!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        raise LoraSettingsError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def target_suffixes(targets: str | Sequence[str]) -> tuple[str, ...]:
         targets = [t.strip() for t in targets.split(",")]
     names = tuple(targets)
     if not names or any(not isinstance(t, str) or not t or t in TARGET_PRESETS for t in names):
-        raise ValueError(f"LoRA targets must be a preset {sorted(TARGET_PRESETS)} or a non-empty list of module "
+        raise LoraSettingsError(f"LoRA targets must be a preset {sorted(TARGET_PRESETS)} or a non-empty list of module "
                          f"names (e.g. ['attn.query', 'attn.value']), got {targets!r}")
     return names
 
@@ -203,7 +208,7 @@ def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
     names = [n for n, _ in model.named_modules() if n]
     for s in suffixes:
         if not any(_matches(n, s) for n in names):
-            raise ValueError(
+            raise LoraSettingsError(
                 f"unknown LoRA target {s!r}: no module of {type(model).__name__} is named so. Use a preset "
                 f"{sorted(TARGET_PRESETS)} or module names such as 'attn.query', 'attn.value', 'mlp.c_fc'")
     # The outermost match only: with a fake-quant wrapper at `attn.query`, LoRA wraps the wrapper, not `.base`.
@@ -214,7 +219,7 @@ def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
             m = modules[n]
             if not all(isinstance(getattr(m, a, None), int) for a in ("in_features", "out_features")):
                 target = next(s for s in suffixes if _matches(n, s))
-                raise ValueError(f"LoRA target {target!r} selects {n!r} ({type(m).__name__}), which is not a "
+                raise LoraSettingsError(f"LoRA target {target!r} selects {n!r} ({type(m).__name__}), which is not a "
                                  "linear layer (no in_features/out_features); name its projections instead, "
                                  "e.g. 'mlp.c_fc'")
             chosen.append(n)

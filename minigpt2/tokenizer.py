@@ -15,6 +15,8 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from .errors import UserError
+
 ENV_VAR = "MINIGPT2_TOKENIZER_DIR"
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
@@ -23,7 +25,7 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(UserError, RuntimeError):
     """Neither the network nor local BPE files could provide GPT-2's vocabulary."""
 
 

@@ -8,7 +8,8 @@ What it does not know: tasks, heads, LoRA, quantization. Those arrive already in
 Multi-GPU: launch with `torchrun --nproc_per_node N`; each rank takes every N-th batch and DDP averages the
 gradients. The forward runs under the autocast `cfg.autocast` asks for (`minigpt2.device`: bf16 on CUDA by
 default, on CPUs with native bf16 when asked); AdamW is fused on CUDA. Weights and AdamW moments stay fp32.
-Resume state is safetensors (tensors) + JSON (everything else); nothing is pickled.
+The resume state of an epoch is one safetensors file (tensors; everything else as JSON in its metadata), replaced
+atomically; nothing is pickled.
 """
 
 from __future__ import annotations
@@ -31,9 +32,18 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from .atomic import atomic_path, atomic_write_json
 from .checkpoint import read_safetensors
 from .device import autocast, autocast_dtype, default_device, distributed_backend, fused_adamw
+from .errors import UserError
 from .model import Block
+from .recompute import recompute_gelu_in_backward
+
+DEFAULT_SEED = 11711  # the course's seed
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; nothing after that step can be trusted."""
 
 
 @dataclass
@@ -48,7 +58,7 @@ class TrainConfig:
     schedule: str = "linear"  # decay after warmup: linear | cosine | constant
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
-    seed: int = 11711
+    seed: int = DEFAULT_SEED
     compile: bool = False
     autocast: str = "auto"  # auto | bf16 | off, resolved per device by minigpt2.device.autocast_dtype
     bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
@@ -160,14 +170,13 @@ def count_trainable(module: nn.Module) -> int:
 
 # ---------------------------------------------------------------------------------------------- resume state
 
-STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
+STATE_FILE = "state.safetensors"  # one file: a kill leaves the previous epoch's state or this one, never a mix
 
 
 def save_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, extra: dict[str, Any]) -> None:
     """Everything needed to continue after `epoch`: trainable weights, AdamW moments and step, the schedule,
-    RNG states. Tensors go to safetensors, the rest to JSON, written last so it marks a complete state."""
-    folder.mkdir(parents=True, exist_ok=True)
+    RNG states. The tensors and (in the file's metadata, as JSON) the rest go into one file, swapped in atomically."""
     tensors = {f"model.{n}": p.detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -177,9 +186,6 @@ def save_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    tmp = folder / (STATE_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
-    os.replace(tmp, folder / STATE_FILE)
     py_state = random.getstate()
     np_state = np.random.get_state()
     trainer = {
@@ -190,26 +196,33 @@ def save_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         **extra,
     }
-    tmp = folder / (TRAINER_FILE + ".tmp")
-    tmp.write_text(json.dumps(trainer, indent=1))
-    os.replace(tmp, folder / TRAINER_FILE)
+    with atomic_path(folder / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"trainer": json.dumps(trainer, allow_nan=False)})
+
+
+def has_resume_state(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file()
+
+
+class ResumeStateError(UserError, ValueError):
+    """A resume state that does not fit the run being resumed."""
 
 
 def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """Restore what `save_resume_state` wrote; returns the JSON part (epoch, history, ...)."""
-    trainer = json.loads((folder / TRAINER_FILE).read_text())
     tensors, meta = read_safetensors(folder / STATE_FILE)
-    if int(meta.get("epoch", -1)) != trainer["epoch"]:
-        raise RuntimeError(f"{folder}: {STATE_FILE} is from epoch {meta.get('epoch')} but {TRAINER_FILE} from "
-                           f"epoch {trainer['epoch']} (interrupted while saving?)")
+    if "trainer" not in meta:
+        raise ResumeStateError(f"{folder / STATE_FILE}: no trainer state in its metadata (written by an older "
+                               "version?); start the run again with --overwrite")
+    trainer = json.loads(meta["trainer"])
     params = dict(module.named_parameters())
     for name, p in params.items():
         if p.requires_grad:
             key = f"model.{name}"
             if key not in tensors:
-                raise RuntimeError(f"{folder / STATE_FILE}: no tensor {key!r}; was the run started with other "
-                                   "settings (mode, LoRA, ...)?")
+                raise ResumeStateError(f"{folder / STATE_FILE}: no tensor {key!r}; was the run started with "
+                                       "other settings (mode, LoRA, ...)?")
             with torch.no_grad():
                 p.copy_(tensors[key])
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -240,6 +253,10 @@ def _all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     return t.tolist()
 
 
+class TrainingSetTooSmall(UserError, ValueError):
+    """Fewer training batches than processes."""
+
+
 def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], dict[str, torch.Tensor]],
           cfg: TrainConfig, run_dir: str | os.PathLike, evaluate: Callable[[nn.Module], dict[str, float]],
           metric: str, save_best: Callable[[nn.Module, Path], None], d: Dist | None = None,
@@ -258,7 +275,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     n_batches = len(bucketed_batches(lengths, cfg.batch_size, torch.Generator().manual_seed(0), cfg.bucket))
     per_rank = n_batches // d.world
     if per_rank == 0:
-        raise ValueError(f"{len(examples)} training examples make {n_batches} batches of {cfg.batch_size}: "
+        raise TrainingSetTooSmall(f"{len(examples)} training examples make {n_batches} batches of {cfg.batch_size}: "
                          f"fewer than the {d.world} processes")
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
@@ -277,7 +294,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
                                "train_config": asdict(cfg)}
     start_epoch, wall_before = 1, 0.0
     last_dir = run_dir / "last"
-    if resume and (last_dir / TRAINER_FILE).is_file():
+    if resume and has_resume_state(last_dir):
         trainer = load_resume_state(last_dir, module, optimizer, scheduler)
         if d.rank != 0:  # every rank restores rank 0's RNG, then makes it its own again
             seed_everything(cfg.seed + d.rank + 1000 * trainer["epoch"])
@@ -288,6 +305,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     elif resume and d.main:
         print(f"--resume: no saved state in {last_dir}; starting from epoch 1")
 
+    recompute_gelu_in_backward(module)  # frees each MLP's GELU output in training; the same numbers as the plain MLP
     wrapped: nn.Module = module
     if d.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(
@@ -319,6 +337,10 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
                 n_loss += 1
                 tokens += sum(len(examples[j].input_ids) for j in idx)
                 if sync:
+                    if not math.isfinite(loss_sum.item()):  # one check per optimizer step, before the update
+                        raise TrainingDiverged(
+                            f"the training loss is {loss_sum.item()} at epoch {epoch}, step {i // cfg.grad_accum + 1} "
+                            f"(lr {scheduler.get_last_lr()[0]:.3g}): training diverged; try a lower --lr")
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                     optimizer.step()
@@ -334,6 +356,10 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
         if d.main:
             t1 = time.time()
             row.update(evaluate(module))
+            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:  # a NaN dev loss or metric would pick a "best" epoch by nothing
+                raise TrainingDiverged(f"epoch {epoch}: {', '.join(f'{k} = {row[k]}' for k in bad)}; the model "
+                                       "diverged; try a lower --lr")
             row["eval_s"] = time.time() - t1
             best = metrics["best"]
             if best is None or row[metric] > best[metric]:
@@ -368,8 +394,5 @@ def _param_checksums(module: nn.Module, d: Dist) -> list[float]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write (a crash leaves the previous file, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Atomic, strict JSON write (a crash leaves the previous file, never half of one; NaN is an error)."""
+    atomic_write_json(path, data)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from minigpt2.errors import UserError
+
 # Weight formats that are simulated by fake-quant (and packed by `export`).
 WEIGHT_FORMATS = ("fp8_e4m3", "fp8_e5m2", "int8", "int4")
 # The study's precisions: the first three are real dtype casts of the whole model, the rest fake-quant formats.
@@ -18,6 +20,10 @@ PRECISION_FORMAT = {"fp8": "fp8_e4m3", "int8": "int8", "int4": "int4"}
 
 # INT4 groups of 128 input features (as GPTQ/AWQ use): 768 and 3072 split evenly, scales cost 4/128 byte/value.
 DEFAULT_GROUP_SIZE = 128
+
+
+class QuantSettingsError(UserError, ValueError):
+    """Quantization settings that cannot work (format, group size), naming the setting."""
 
 
 @dataclass(frozen=True)
@@ -41,19 +47,19 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if self.weight is not None and self.weight not in WEIGHT_FORMATS:
-            raise ValueError(f"QuantConfig.weight={self.weight!r}: expected one of {WEIGHT_FORMATS} or None")
+            raise QuantSettingsError(f"QuantConfig.weight={self.weight!r}: expected one of {WEIGHT_FORMATS} or None")
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2 \
                 or self.group_size % 2:
-            raise ValueError(f"QuantConfig.group_size={self.group_size!r}: expected an even integer >= 2 "
+            raise QuantSettingsError(f"QuantConfig.group_size={self.group_size!r}: expected an even integer >= 2 "
                              "(two INT4 values share a byte)")
         if self.weight is None and not self.activations:
-            raise ValueError("QuantConfig simulates nothing: weight=None and activations=False")
+            raise QuantSettingsError("QuantConfig simulates nothing: weight=None and activations=False")
 
     @classmethod
     def for_precision(cls, precision: str, **overrides: Any) -> "QuantConfig":
         """The config of a fake-quant precision name: 'fp8' (E4M3), 'int8' or 'int4'."""
         if precision not in PRECISION_FORMAT:
-            raise ValueError(f"precision {precision!r} is not a fake-quant format: expected one of "
+            raise QuantSettingsError(f"precision {precision!r} is not a fake-quant format: expected one of "
                              f"{sorted(PRECISION_FORMAT)} (fp64/fp32/bf16 are plain dtype casts)")
         return cls(weight=PRECISION_FORMAT[precision], **overrides)
 
@@ -64,7 +70,7 @@ class QuantConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "QuantConfig":
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"{source}: unknown quantization key(s) {sorted(unknown)}; "
+            raise QuantSettingsError(f"{source}: unknown quantization key(s) {sorted(unknown)}; "
                              f"expected {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import DEFAULT_GROUP_SIZE
+from minigpt2.config import GPT2Config
+
+from .config import DEFAULT_GROUP_SIZE, QuantSettingsError
 from .ste import fake_quant_ste, round_to_grid
 
 INT8_MAX = 127
@@ -41,8 +43,19 @@ def qmax(fmt: str) -> float:
 def check_group_size(in_features: int, fmt: str, group_size: int, where: str = "layer") -> None:
     """Raise (at construction, never silently skip) when INT4 groups do not tile a layer's input width."""
     if fmt == "int4" and in_features % group_size:
-        raise ValueError(f"{where}: INT4 group_size={group_size} does not divide in_features={in_features}; "
+        raise QuantSettingsError(f"{where}: INT4 group_size={group_size} does not divide in_features={in_features}; "
                          f"pick a divisor of {in_features}")
+
+
+def check_group_size_fits(config: "GPT2Config", group_size: int, fmt: str = "int4") -> None:
+    """Check INT4 groups against every quantised layer of a GPT-2 of `config`, before any model is built: the
+    linear layers read n_embd or 4 * n_embd features, the embeddings n_embd."""
+    if group_size < 2 or group_size % 2:
+        raise QuantSettingsError(f"INT4 group_size={group_size}: expected an even integer >= 2 (two values share a "
+                                 "byte)")
+    for width, where in ((config.n_embd, f"{config.n_embd}-wide inputs (attention, mlp.c_fc, embeddings)"),
+                         (4 * config.n_embd, f"mlp.c_proj's {4 * config.n_embd}-wide inputs")):
+        check_group_size(width, fmt, group_size, where=where)
 
 
 def _blocks(w: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:

@@ -18,7 +18,6 @@ state-dict keys do not change: save, load and export treat a fake-quantised mode
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
@@ -130,10 +129,3 @@ def apply_precision(model: nn.Module, precision: str, cfg: QuantConfig | None = 
     elif cfg.weight != want.weight:
         raise ValueError(f"precision {precision!r} simulates weight={want.weight!r}, but cfg has {cfg.weight!r}")
     return quantize_model(model, cfg, skip)
-
-
-@contextmanager
-def unwrapped(model: nn.Module) -> Iterator[nn.Module]:
-    """A no-op kept for old callers: fake-quant layers already have the plain state-dict keys, so a model can be
-    saved or loaded as it is. Remove `with unwrapped(...)` around such code."""
-    yield model

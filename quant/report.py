@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 
 from minigpt2.config import PRESETS, GPT2Config
+from minigpt2.errors import UserError
 from minigpt2.model import GPT2
 
 from .config import DEFAULT_GROUP_SIZE, PRECISIONS, QuantConfig
+from .formats import check_group_size_fits
 from .export import PARTS, SizeReport, export_packed, size_report
 
 
@@ -43,6 +45,13 @@ def format_table(rows: list[SizeReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except UserError as e:  # a bad flag (e.g. a group size that does not divide the layers): one line, exit 1
+        raise SystemExit(f"error: {e}") from None
+
+
+def _main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gpt2", choices=sorted(PRESETS), help="model size preset (default gpt2 = 124M)")
     ap.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="INT4 group size along the inputs")
@@ -53,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the table as JSON to this file")
     args = ap.parse_args(argv)
 
+    if args.group_size < 1:
+        ap.error(f"--group-size must be >= 1, got {args.group_size}")
     config = GPT2Config.from_name(args.model)
+    check_group_size_fits(config, args.group_size)
     rows = reports(config, args.group_size, not args.no_embeddings)
     print(format_table(rows))
     if args.write is not None:

@@ -7,7 +7,7 @@ model outputs into predictions, scores them and writes them in the course's file
 
 from __future__ import annotations
 
-import argparse
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,11 +15,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from minigpt2.atomic import atomic_write
 from minigpt2.device import autocast_for
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
-from .readers import Malformed
+from .readers import DataError, Malformed
 
 
 @dataclass
@@ -80,38 +81,74 @@ class TaskModel(nn.Module):
         raise NotImplementedError
 
 
-class Task:
-    """The interface of a task; see `tasks.sentiment`, `tasks.paraphrase`, `tasks.sonnet`."""
+# The course's sampling settings for the sonnet task (the command line's defaults).
+TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1.2, 0.9, 400
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a generative task samples: temperature (0: greedy), nucleus mass, token budget, base seed."""
+
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    max_new_tokens: int = MAX_NEW_TOKENS
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """What a task's `predict` needs from the run: batch size, the `--autocast` mode, sampling."""
+
+    batch_size: int = 32
+    autocast: str = "off"
+    sampling: Sampling = Sampling()
+
+
+class Task(ABC):
+    """The interface of a task; see `tasks.sentiment`, `tasks.paraphrase`, `tasks.sonnet`. Callers use only
+    these methods and attributes, never the task's name."""
 
     name: str = ""
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
     files: dict[str, str] = {}  # split -> file name in the data folder
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
+    has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
+    takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
 
+    @abstractmethod
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
-        """Encoded examples of one split (`train`, `dev`, `test`) and the malformed rows skipped."""
-        raise NotImplementedError
+             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+        """Encoded examples of one split (`train`, `dev`, `test`) and the malformed rows skipped. `extra_texts`
+        are added to the training set by tasks that take them (`takes_extra_texts`)."""
 
-    def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
+    @abstractmethod
+    def build(self, gpt: GPT2) -> TaskModel:
         """Wrap the (already knob-wrapped) body in this task's head."""
-        raise NotImplementedError
 
-    def predict(self, module: TaskModel, examples: list[Example], args: argparse.Namespace, tok: Tokenizer,
+    def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
                 device: torch.device) -> list[Any]:
         """Predictions for examples, in their order."""
-        return predict_classes(module, examples, args.eval_batch_size, device, autocast=args.autocast)
+        return predict_classes(module, examples, how.batch_size, device, autocast=how.autocast)
 
+    def loss_examples(self, examples: list[Example]) -> list[Example]:
+        """The examples the dev loss is computed on (by default the dev examples themselves)."""
+        return examples
+
+    @abstractmethod
     def score(self, examples: list[Example], predictions: list[Any]) -> dict[str, float]:
         """The dev metric(s) of predictions."""
-        raise NotImplementedError
 
-    def output_name(self, split: str, args: argparse.Namespace) -> str:
-        """File name of a split's predictions, as the course names it."""
-        raise NotImplementedError
+    @abstractmethod
+    def output_name(self, split: str, mode: str) -> str:
+        """File name of a split's predictions, as the course names it (`mode`: full-model, last-linear-layer)."""
 
+    @abstractmethod
     def write_predictions(self, path: Path, examples: list[Example], predictions: list[Any]) -> None:
-        raise NotImplementedError
+        """The course-format prediction file, written atomically."""
+
+    @abstractmethod
+    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[Any], list[Any]]:
+        """(predictions, references) of a dev prediction file, matched by id against the data in `folder`."""
 
 
 class ClassificationTask(Task):
@@ -130,10 +167,23 @@ class ClassificationTask(Task):
         return {"accuracy": accuracy(predictions, [e.label for e in examples])}
 
     def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"id \t {self.column} \n")
-            for e, p in zip(examples, predictions):
-                f.write(f"{e.id}, {self.file_value(p)} \n")
+        lines = [f"id \t {self.column} \n"] + [f"{e.id}, {self.file_value(p)} \n" for e, p in zip(examples, predictions)]
+        atomic_write(path, "".join(lines))
+
+    def read_predictions(self, path: str | Path) -> dict[str, int]:
+        """id -> predicted label of a prediction file in the course's format."""
+        return read_id_values(path, self.column)
+
+    @abstractmethod
+    def dev_labels(self, folder: Path) -> dict[str, int]:
+        """id -> true label of the dev split."""
+
+    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[int], list[int]]:
+        preds, labels = self.read_predictions(predictions_file), self.dev_labels(folder)
+        missing = sorted(set(preds) - set(labels))
+        if missing:
+            raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {folder / self.files['dev']}")
+        return [preds[k] for k in preds], [labels[k] for k in preds]
 
 
 def read_id_values(path: str | Path, column: str) -> dict[str, int]:
@@ -141,14 +191,14 @@ def read_id_values(path: str | Path, column: str) -> dict[str, int]:
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines or [c.strip() for c in lines[0].split("\t")] != ["id", column]:
-        raise ValueError(f"{path}:1: expected the header 'id \\t {column}', got {lines[:1]}")
+        raise DataError(f"{path}:1: expected the header 'id \\t {column}', got {lines[:1]}")
     out = {}
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
+            raise DataError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
         out[parts[0]] = int(parts[1])
     return out
 

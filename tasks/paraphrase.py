@@ -16,17 +16,18 @@ vocabulary produced it.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
 from .base import ClassificationTask, Example, TaskModel, read_id_values
-from .readers import Malformed, clean_text, read_table
+from .readers import DataError, Malformed, clean_text, read_table
 
 PROMPT = 'Question 1: "{q1}"\nQuestion 2: "{q2}"\nAre these questions asking the same thing?\n'
 YES_ID, NO_ID = 8505, 3919  # "yes", "no" in GPT-2's vocabulary
@@ -66,7 +67,7 @@ def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
         room -= max(1, (len(ids) - max_len) // 2)
         ids = tok.encode(PROMPT.format(q1=tok.decode(t1[:room]), q2=tok.decode(t2[:room])))
     if len(ids) > max_len:
-        raise ValueError(f"max_length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")
+        raise DataError(f"--max-length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")
     return ids
 
 
@@ -74,10 +75,12 @@ class ParaphraseTask(ClassificationTask):
     name = "quora"
     metric = "accuracy"
     column = COLUMN
-    files = {"train": "quora-train.csv", "dev": "quora-dev.csv", "test": "quora-test-student.csv"}
+    files = dict(zip(("train", "dev", "test"), COURSE_FILES["quora"][:3]))  # minigpt2.data owns the names
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+        if extra_texts:
+            raise DataError(f"task {self.name!r} takes no extra training texts")
         labelled = split != "test"
         table = read_table(folder / self.files[split], ["id", "sentence1", "sentence2"],
                            label="is_duplicate" if labelled else None, label_values={0, 1})
@@ -87,11 +90,21 @@ class ParaphraseTask(ClassificationTask):
             examples.append(Example(row["id"], ids, int(row["is_duplicate"]) if labelled else None))
         return examples, table.malformed
 
-    def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
+    has_head = False  # the cloze reads the tied LM head: any body can be scored zero-shot
+
+    def build(self, gpt: GPT2) -> TaskModel:
         return ClozeParaphrase(gpt)
 
-    def output_name(self, split: str, args: argparse.Namespace) -> str:
+    def output_name(self, split: str, mode: str) -> str:
         return f"para-{split}-output.csv"
+
+    def read_predictions(self, path: str | Path) -> dict[str, int]:
+        return read_predictions(path)
+
+    def dev_labels(self, folder: Path) -> dict[str, int]:
+        table = read_table(folder / self.files["dev"], ["id", "sentence1", "sentence2"], label="is_duplicate",
+                           label_values={0, 1})
+        return {r["id"]: int(r["is_duplicate"]) for r in table.rows}
 
     def file_value(self, prediction: int) -> int:
         return YES_ID if prediction else NO_ID
@@ -103,6 +116,6 @@ def read_predictions(path: str | Path) -> dict[str, int]:
     to_label = {YES_ID: 1, NO_ID: 0, 1: 1, 0: 0}
     bad = {k: v for k, v in raw.items() if v not in to_label}
     if bad:
-        raise ValueError(f"{path}: unexpected prediction value(s) {dict(list(bad.items())[:3])}; "
+        raise DataError(f"{path}: unexpected prediction value(s) {dict(list(bad.items())[:3])}; "
                          f"expected {YES_ID}/{NO_ID} (or 1/0)")
     return {k: to_label[v] for k, v in raw.items()}

@@ -8,19 +8,23 @@ silent drop; a missing file or column is a clear error saying how to get the dat
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minigpt2.errors import UserError
+
 DATA_ENV = "MINIGPT2_DATA_DIR"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that cannot be used at all (missing column, no sonnets), naming the file."""
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """Course data files that are not in the data folder."""
 
 
@@ -60,6 +64,17 @@ def require_files(folder: Path, names: list[str], task: str) -> None:
             "holding the course files.")
 
 
+def read_utf8(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are an error naming the file and line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r}); save the file "
+                        "as UTF-8") from None
+
+
 def clean_text(text: str) -> str:
     """Review/question text as a model should see it: HTML line breaks and runs of whitespace become one space."""
     text = re.sub(r"<br\s*/?>", " ", text, flags=re.IGNORECASE)
@@ -79,7 +94,7 @@ def read_table(path: str | os.PathLike, columns: list[str], label: str | None = 
     wanted = columns + ([label] if label else [])
     rows: list[dict[str, str]] = []
     bad: list[Malformed] = []
-    with open(path, newline="", encoding="utf-8") as f:  # newline="" lets csv handle CRLF and quoted newlines
+    with io.StringIO(read_utf8(path), newline="") as f:  # newline="" lets csv handle CRLF and quoted newlines
         reader = csv.reader(f, delimiter="\t")
         try:
             header = [h.strip() for h in next(reader)]
@@ -101,11 +116,15 @@ def read_table(path: str | os.PathLike, columns: list[str], label: str | None = 
             if label:
                 value = row[label]
                 try:
-                    parsed = int(float(value))
+                    number = float(value)
                 except ValueError:
                     bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a number"))
                     continue
-                if parsed != float(value) or (label_values is not None and parsed not in label_values):
+                if not math.isfinite(number):
+                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a finite number"))
+                    continue
+                parsed = int(number)
+                if parsed != number or (label_values is not None and parsed not in label_values):
                     bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, expected one of "
                                                            f"{sorted(label_values or [])}"))
                     continue
@@ -163,7 +182,7 @@ def read_sonnets(path: str | os.PathLike, expect_lines: int | None = None
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"{path}: no such data file")
-    sonnets = parse_sonnets(path.read_text(encoding="utf-8"), str(path))
+    sonnets = parse_sonnets(read_utf8(path), str(path))
     notes = []
     if expect_lines is not None:
         notes = [Malformed(str(path), s.line, f"sonnet {s.number} has {len(s.lines)} lines, expected {expect_lines}")

@@ -9,18 +9,19 @@ Two modes, as in the course: `last-linear-layer` trains only the classifier on a
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
 from .base import ClassificationTask, Example, TaskModel, read_id_values
-from .readers import Malformed, clean_text, read_table
+from .readers import DataError, Malformed, clean_text, read_table
 
 COLUMN = "Predicted_Sentiment"
 
@@ -50,14 +51,15 @@ class SentimentTask(ClassificationTask):
     metric = "accuracy"
     column = COLUMN
 
-    def __init__(self, name: str, prefix: str, num_labels: int) -> None:
+    def __init__(self, name: str, num_labels: int) -> None:
         self.name = name
         self.num_labels = num_labels
-        self.files = {"train": f"{prefix}-train.csv", "dev": f"{prefix}-dev.csv",
-                      "test": f"{prefix}-test-student.csv"}
+        self.files = dict(zip(("train", "dev", "test"), COURSE_FILES[name][:3]))  # minigpt2.data owns the names
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+        if extra_texts:
+            raise DataError(f"task {self.name!r} takes no extra training texts")
         labelled = split != "test"
         table = read_table(folder / self.files[split], ["id", "sentence"],
                            label="sentiment" if labelled else None, label_values=set(range(self.num_labels)))
@@ -70,11 +72,16 @@ class SentimentTask(ClassificationTask):
             examples.append(Example(row["id"], (ids or [tok.eot_id])[:max_len], label))
         return examples, table.malformed
 
-    def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
+    def build(self, gpt: GPT2) -> TaskModel:
         return SentimentClassifier(gpt, self.num_labels)
 
-    def output_name(self, split: str, args: argparse.Namespace) -> str:
-        return f"{args.mode}-{self.name}-{split}-out.csv"
+    def output_name(self, split: str, mode: str) -> str:
+        return f"{mode}-{self.name}-{split}-out.csv"
+
+    def dev_labels(self, folder: Path) -> dict[str, int]:
+        table = read_table(folder / self.files["dev"], ["id", "sentence"], label="sentiment",
+                           label_values=set(range(self.num_labels)))
+        return {r["id"]: int(r["sentiment"]) for r in table.rows}
 
 
 def read_predictions(path: str | Path) -> dict[str, int]:

@@ -9,20 +9,21 @@ has the course's layout: a `--Generated Sonnets--` line, then per sonnet its num
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
+from minigpt2.atomic import atomic_write
+from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.generate import generate
 from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2
 from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
-from .base import Example, Task, TaskModel
-from .readers import Malformed, Sonnet, parse_sonnets, read_sonnets
+from .base import Example, PredictSettings, Task, TaskModel
+from .readers import DataError, Malformed, Sonnet, parse_sonnets, read_sonnets
 
 SONNET_LINES = 14
 HEADER = "--Generated Sonnets-- \n\n"
@@ -56,36 +57,26 @@ class SonnetTask(Task):
     name = "sonnet"
     metric = "chrf"
     lm_targets = True
-    files = {"train": "sonnets.txt", "dev": "sonnets_held_out_dev.txt", "dev_true": "TRUE_sonnets_held_out_dev.txt",
-             "test": "sonnets_held_out.txt"}
+    files = dict(zip(("train", "dev", "dev_true", "test"), COURSE_FILES["sonnet"][:4]))  # owned by minigpt2.data
 
-    def train_texts(self, folder: Path, args: argparse.Namespace) -> tuple[list[str], list[Malformed]]:
-        """The real training set as plain sonnet texts (synthetic ones are added by `synthetic_texts`)."""
+    has_head = False
+    takes_extra_texts = True  # the application mixes synthetic sonnets in here
+
+    def train_texts(self, folder: Path) -> tuple[list[str], list[Malformed]]:
+        """The real training set as plain sonnet texts."""
         sonnets, notes = read_sonnets(folder / self.files["train"], expect_lines=SONNET_LINES)
         return [s.text for s in sonnets], notes
 
-    def synthetic_texts(self, args: argparse.Namespace) -> list[str]:
-        """Synthetic sonnets to add to the training set (`--synthetic FILE [--synthetic-n N]
-        [--synthetic-filter all|perfect]`), in the course's layout; none without --synthetic."""
-        if not getattr(args, "synthetic", None):
-            return []
-        from distill.synthetic import load_synthetic, to_course_layout
-
-        texts = load_synthetic(args.synthetic, n=getattr(args, "synthetic_n", None),
-                               filter=getattr(args, "synthetic_filter", "all"))
-        return [to_course_layout(t) for t in texts]
-
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             args: argparse.Namespace | None = None) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
         if split == "train":
-            args = args if args is not None else argparse.Namespace()
-            texts, notes = self.train_texts(folder, args)
-            # --max-train limits the real sonnets; --synthetic-n says how many synthetic ones come on top.
+            texts, notes = self.train_texts(folder)
+            # --max-train limits the real sonnets; the extra (synthetic) ones come on top.
             real = [Example(str(i), (ids + [tok.eot_id])[:max_len])
                     for i, ids in enumerate(tok.encode_batch(texts[:limit]))]
-            synthetic = [Example(f"synthetic-{i}", (ids + [tok.eot_id])[:max_len], meta={"source": "synthetic"})
-                         for i, ids in enumerate(tok.encode_batch(self.synthetic_texts(args)))]
-            return real + synthetic, notes
+            extra = [Example(f"synthetic-{i}", (ids + [tok.eot_id])[:max_len], meta={"source": "synthetic"})
+                     for i, ids in enumerate(tok.encode_batch(list(extra_texts)))]
+            return real + extra, notes
         prompts, notes = read_sonnets(folder / self.files[split])
         refs: dict[int, Sonnet] = {}
         if split == "dev":
@@ -93,7 +84,7 @@ class SonnetTask(Task):
             refs, notes = {s.number: s for s in true}, notes + more
             missing = [p.number for p in prompts if p.number not in refs]
             if missing:
-                raise ValueError(f"{folder / self.files['dev_true']}: no true sonnet for prompt(s) {missing}")
+                raise DataError(f"{folder / self.files['dev_true']}: no true sonnet for prompt(s) {missing}")
         examples = []
         for p in prompts[:limit]:
             ids = tok.encode(p.text + "\n")[:max_len]
@@ -104,26 +95,26 @@ class SonnetTask(Task):
             examples.append(Example(str(p.number), ids, None, meta))
         return examples, notes
 
-    def build(self, gpt: GPT2, args: argparse.Namespace) -> TaskModel:
+    def build(self, gpt: GPT2) -> TaskModel:
         return SonnetLM(gpt)
 
     def loss_examples(self, examples: list[Example]) -> list[Example]:
         """Dev loss is the LM loss on the true held-out sonnets."""
         return [Example(e.id, e.meta["reference_ids"]) for e in examples if "reference_ids" in e.meta]
 
-    def predict(self, module: TaskModel, examples: list[Example], args: argparse.Namespace, tok: Tokenizer,
+    def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
                 device: torch.device) -> list[str]:
         out: list[str] = []
-        # On CPU: weights prepacked for oneDNN (~1.4x faster sampling), in bf16 when the run trained under bf16
-        # autocast and the CPU has native bf16 (`minigpt2.prepack`); a bf16 model gets the bf16 copy anyway.
-        bf16 = getattr(args, "autocast", "off") == "bf16"
-        gpt = inference_copy(module.gpt, torch.bfloat16 if bf16 else None)
-        for start in range(0, len(examples), args.eval_batch_size):
-            chunk = examples[start:start + args.eval_batch_size]
+        # On CPU: weights prepacked for oneDNN, in bf16 when the run evaluates under bf16 autocast and the CPU has
+        # native bf16 (`minigpt2.prepack`); a bf16 model gets the bf16 copy anyway.
+        gpt = inference_copy(module.gpt, torch.bfloat16 if how.autocast == "bf16" else None)
+        s = how.sampling
+        for start in range(0, len(examples), how.batch_size):
+            chunk = examples[start:start + how.batch_size]
             lines_to_write = [SONNET_LINES - len(e.meta["prompt_lines"]) for e in chunk]
-            new = generate(gpt, [e.input_ids for e in chunk], max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_p=args.top_p, eos_id=tok.eot_id,
-                           stop=sonnet_stop(tok, max(lines_to_write)), seed=args.seed + start)
+            new = generate(gpt, [e.input_ids for e in chunk], max_new_tokens=s.max_new_tokens,
+                           temperature=s.temperature, top_p=s.top_p, eos_id=tok.eot_id,
+                           stop=sonnet_stop(tok, max(lines_to_write)), seed=s.seed + start)
             out += [finish_sonnet(e.meta["prompt_lines"], tok.decode([t for t in ids if t != tok.eot_id]))
                     for e, ids in zip(chunk, new)]
         return out
@@ -133,24 +124,29 @@ class SonnetTask(Task):
 
         return {"chrf": chrf(predictions, [e.meta["reference"] for e in examples])}
 
-    def output_name(self, split: str, args: argparse.Namespace) -> str:
+    def output_name(self, split: str, mode: str) -> str:
         return "generated_sonnets_dev.txt" if split == "dev" else "generated_sonnets.txt"
 
     def write_predictions(self, path: Path, examples: list[Example], predictions: list[str]) -> None:
         write_sonnets(path, [(int(e.id), p) for e, p in zip(examples, predictions)])
 
+    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[str], list[str]]:
+        refs = {s.number: s.text for s in read_sonnets(folder / self.files["dev_true"])[0]}
+        hyps = {s.number: s.text for s in read_generated(predictions_file)}
+        missing = sorted(set(hyps) - set(refs))
+        if missing:
+            raise DataError(f"{predictions_file}: sonnet(s) {missing} have no reference in {folder}")
+        return [hyps[k] for k in hyps], [refs[k] for k in hyps]
+
 
 def write_sonnets(path: str | Path, sonnets: list[tuple[int, str]]) -> None:
-    """The course's generated-sonnets layout."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(HEADER)
-        for number, text in sonnets:
-            f.write(f"\n{number}\n{text}\n\n")
+    """The course's generated-sonnets layout, written atomically."""
+    atomic_write(path, HEADER + "".join(f"\n{number}\n{text}\n\n" for number, text in sonnets))
 
 
 def read_generated(path: str | Path) -> list[Sonnet]:
     """Sonnets of a generated-sonnets file (the course's layout)."""
     text = Path(path).read_text(encoding="utf-8")
     if not text.startswith("--Generated Sonnets--"):
-        raise ValueError(f"{path}:1: expected the line '--Generated Sonnets--'")
+        raise DataError(f"{path}:1: expected the line '--Generated Sonnets--'")
     return parse_sonnets(text, str(path))

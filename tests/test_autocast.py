@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from app import finetune
 from minigpt2 import device as dev
-from minigpt2 import finetune
 from minigpt2.checkpoint import load_model
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
@@ -151,7 +151,7 @@ BF16_RUNS = {
 def test_every_task_method_and_precision_trains_under_bf16_autocast(name, tmp_path):
     task, extra = BF16_RUNS[name]
     sonnet = ["--max-new-tokens", "8"] if task == "sonnet" else []
-    metrics = finetune.run(finetune.build_parser().parse_args(finetune_args(
+    metrics = finetune.run(finetune.parse_settings(finetune_args(
         task, tmp_path / name, "--epochs", "1", "--lr", "1e-3", "--max-train", "8", "--max-eval", "2",
         "--max-length", "64",
         "--autocast", "bf16", *sonnet, *extra)))
@@ -197,12 +197,12 @@ CURVE_BF16_REL = 1e-2
 def test_tiny_sonnet_loss_curve_under_bf16_stays_near_fp32():
     task = get_task("sonnet")
     tok = Tokenizer(str(FIX / "gpt2"))
-    examples, _ = task.load(DATA, "train", tok, 64, None, None)
+    examples, _ = task.load(DATA, "train", tok, 64)
     batches = [collate(examples[i:i + 2], lm_targets=True) for i in range(0, len(examples), 2)]  # 3 of 2 x 64
 
     def curve(amp: bool) -> list[float]:
         torch.manual_seed(0)
-        module = task.build(GPT2(GPT2Config.from_name("tiny")), None)
+        module = task.build(GPT2(GPT2Config.from_name("tiny")))
         opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
         losses = []
         for _ in range(4):

@@ -300,7 +300,7 @@ def test_fetched_files_load_through_the_task_readers(hub, tmp_path):
 
 
 def test_finetune_fetches_missing_data_and_says_so(hub, tmp_path, capsys):
-    from minigpt2 import finetune
+    from app import finetune
 
     out = tmp_path / "data"
     finetune.main(["--task", "sst", "--model", "tiny", "--data-dir", str(out), "--epochs", "1", "--max-train", "4",
@@ -313,7 +313,7 @@ def test_finetune_fetches_missing_data_and_says_so(hub, tmp_path, capsys):
 
 
 def test_finetune_offline_gives_the_clear_error_instead(hub, tmp_path):
-    from minigpt2 import finetune
+    from app import finetune
 
     with pytest.raises(SystemExit, match=r"error: missing in .*quora-train.csv.*python -m minigpt2.data fetch "
                                          r"--task quora"):

@@ -1,5 +1,4 @@
 """Mixing synthetic sonnets into `finetune --task sonnet`: real + N synthetic training examples, real dev/test."""
-import argparse
 import json
 from pathlib import Path
 
@@ -7,7 +6,9 @@ import pytest
 
 from distill.check import check_sonnet
 from distill.synthetic import to_course_layout
-from minigpt2.finetune import build_parser, finalize_args, run
+from app.finetune import parse_settings, run
+from app.settings import SettingsError, SyntheticSettings
+from app.synthetic import synthetic_texts
 from minigpt2.tokenizer import Tokenizer
 from tasks import get_task
 from tests.fakegemini import make_sonnet
@@ -34,26 +35,26 @@ def test_course_layout_indents_the_couplet():
 
 def test_train_split_is_real_plus_synthetic_and_dev_stays_real(synth):
     task, tok = get_task("sonnet"), Tokenizer(FIX / "gpt2")
-    args = argparse.Namespace(synthetic=str(synth), synthetic_n=None, synthetic_filter="all")
-    train, _ = task.load(DATA, "train", tok, 1024, limit=2, args=args)  # --max-train limits the real ones only
+    extra = synthetic_texts(SyntheticSettings(str(synth)))
+    train, _ = task.load(DATA, "train", tok, 1024, limit=2, extra_texts=extra)  # --max-train: the real ones only
     assert [e.id for e in train] == ["0", "1"] + [f"synthetic-{i}" for i in range(5)]
     assert tok.decode(train[2].input_ids[:-1]) == to_course_layout(make_sonnet(1))
-    args.synthetic_filter, args.synthetic_n = "perfect", 3
-    train, _ = task.load(DATA, "train", tok, 1024, args=args)
+    extra = synthetic_texts(SyntheticSettings(str(synth), n=3, filter="perfect"))
+    train, _ = task.load(DATA, "train", tok, 1024, extra_texts=extra)
     assert sum(e.meta.get("source") == "synthetic" for e in train) == 3 and len(train) == 9
-    no_synth, _ = task.load(DATA, "dev", tok, 1024, args=argparse.Namespace())
-    dev, _ = task.load(DATA, "dev", tok, 1024, args=args)
+    no_synth, _ = task.load(DATA, "dev", tok, 1024)
+    dev, _ = task.load(DATA, "dev", tok, 1024, extra_texts=extra)
     assert [e.input_ids for e in dev] == [e.input_ids for e in no_synth]
 
 
 def test_finetune_counts_real_and_synthetic_in_metrics(synth, tmp_path):
     out = tmp_path / "run"
-    args = build_parser().parse_args([
+    settings = parse_settings([
         "--task", "sonnet", "--model", "tiny", "--data-dir", str(DATA), "--tokenizer-dir", str(FIX / "gpt2"),
         "--epochs", "1", "--batch-size", "8", "--max-train", "3", "--max-length", "64", "--max-eval", "1",
         "--max-new-tokens", "4", "--out-dir", str(out), "--no-progress", "--device", "cpu",
         "--synthetic", str(synth), "--synthetic-n", "3", "--synthetic-filter", "perfect"])
-    metrics = run(args)
+    metrics = run(settings)
     written = json.loads((out / "metrics.json").read_text())
     assert metrics["data"] == written["data"] == {"train": 6, "dev": 1, "test": 1, "train_real": 3,
                                                    "train_synthetic": 3}
@@ -61,11 +62,9 @@ def test_finetune_counts_real_and_synthetic_in_metrics(synth, tmp_path):
 
 
 def test_synthetic_flags_are_checked(synth):
-    parse = build_parser().parse_args
-    with pytest.raises(SystemExit, match="task 'sst' is not the sonnet task"):
-        finalize_args(parse(["--task", "sst", "--synthetic", str(synth)]))
-    with pytest.raises(SystemExit, match="--synthetic-n needs --synthetic"):
-        finalize_args(parse(["--task", "sonnet", "--synthetic-n", "5"]))
-    args = argparse.Namespace(synthetic=str(synth), synthetic_n=50, synthetic_filter="all")
+    with pytest.raises(SettingsError, match="task 'sst' is not the sonnet task"):
+        parse_settings(["--task", "sst", "--synthetic", str(synth)])
+    with pytest.raises(SettingsError, match="--synthetic-n needs --synthetic"):
+        parse_settings(["--task", "sonnet", "--synthetic-n", "5"])
     with pytest.raises(ValueError, match="asked for 50 synthetic sonnets"):
-        get_task("sonnet").load(DATA, "train", Tokenizer(FIX / "gpt2"), 128, args=args)
+        synthetic_texts(SyntheticSettings(str(synth), n=50))

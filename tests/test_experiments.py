@@ -15,7 +15,7 @@ from PIL import Image
 from experiments import __main__ as cli
 from experiments import report, runner, stats
 from experiments.sweeps import (SWEEPS, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions, build_sweep)
-from minigpt2.finetune import build_parser
+from app.finetune import build_parser
 from minigpt2.metrics import chrf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

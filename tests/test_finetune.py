@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt2 import evaluate, finetune
+from app import evaluate, finetune
 from minigpt2.checkpoint import load_model, read_safetensors
 from tasks.paraphrase import read_predictions as read_para
 from tasks.readers import read_table
@@ -54,7 +54,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def test_each_task_writes_every_file(task, runs):
     run = runs[task]
     for name in ("config.json", "metrics.json", "best/model.safetensors", "best/config.json",
-                 "last/state.safetensors", "last/trainer.json", *PREDICTIONS[task]):
+                 "last/state.safetensors", *PREDICTIONS[task]):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["task"] == task and config["args"]["model"] == "tiny"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import subprocess
@@ -12,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from app import finetune
 from app import generate as cli
+from app.precision import PrecisionSettings
+from app.settings import DataSettings, HardwareSettings, RunSettings
 from distill.check import check_sonnet
-from minigpt2 import GPT2, GPT2Config, finetune
+from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import load_model
 from minigpt2.generate import generate
 from minigpt2.lora import load_adapter
@@ -130,8 +132,8 @@ def test_bf16_precision_runs_the_prepacked_bf16_copy(runs, monkeypatch):
     out = run_cli("--model", str(runs["full"]), "--prompt", PROMPT, "--max-new-tokens", "6", "--precision", "bf16",
                   "--seed", "2")
     assert seen == [torch.bfloat16] and out.startswith(PROMPT)
-    args = argparse.Namespace(precision="fp32", autocast="bf16")  # a run trained under bf16 autocast
-    assert cli.default_precision(args, torch.device("cpu")) == "bf16"
+    bf16_autocast = RunSettings(DataSettings(task="sonnet"), hardware=HardwareSettings(autocast="bf16"))
+    assert cli.default_precision(bf16_autocast, torch.device("cpu")) == "bf16"
 
 
 # ---- streaming, seeds, sonnets ----
@@ -291,7 +293,8 @@ def test_bf16_refused_where_the_cpu_lacks_it(capsys, monkeypatch):
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: False)
     message = error_of(capsys, "--model", "tiny", "--prompt", "x", "--precision", "bf16", "--device", "cpu")
     assert message.startswith("error: --precision bf16: bf16 inference needs a CPU with native bf16 arithmetic")
-    assert cli.default_precision(argparse.Namespace(precision="bf16"), torch.device("cpu")) == "fp32"
+    bf16_run = RunSettings(DataSettings(task="sonnet"), precision=PrecisionSettings(precision="bf16"))
+    assert cli.default_precision(bf16_run, torch.device("cpu")) == "fp32"
 
 
 def test_help_lists_every_flag(capsys):

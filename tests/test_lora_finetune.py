@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt2 import GPT2, GPT2Config, evaluate, finetune
+from app import evaluate, finetune
+from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import read_safetensors
 from minigpt2.lora import METADATA_KEY
 

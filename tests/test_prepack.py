@@ -183,12 +183,10 @@ def test_inference_copy_picks_the_dtype():
 
 @pytest.mark.parametrize("autocast, dtype", [("bf16", torch.bfloat16), ("off", None), ("auto", None)])
 def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypatch, autocast, dtype):
-    import argparse
-
     import tasks.sonnet as sonnet
     from minigpt2.prepack import inference_copy
     from minigpt2.tokenizer import Tokenizer
-    from tasks.base import Example
+    from tasks.base import Example, PredictSettings, Sampling
 
     asked = []
 
@@ -200,7 +198,7 @@ def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypat
     tok = Tokenizer()
     lines = ("From fairest creatures we desire increase,", "That thereby beauty's rose might never die,")
     examples = [Example("1", tok.encode("\n".join(lines) + "\n"), meta={"prompt_lines": lines})]
-    args = argparse.Namespace(autocast=autocast, eval_batch_size=4, max_new_tokens=8, temperature=1.2, top_p=0.9,
-                              seed=1)
-    out = sonnet.SonnetTask().predict(sonnet.SonnetLM(tiny()), examples, args, tok, torch.device("cpu"))
+    how = PredictSettings(batch_size=4, autocast=autocast,
+                          sampling=Sampling(max_new_tokens=8, temperature=1.2, top_p=0.9, seed=1))
+    out = sonnet.SonnetTask().predict(sonnet.SonnetLM(tiny()), examples, how, tok, torch.device("cpu"))
     assert asked == [dtype] and out[0].startswith("\n".join(lines))

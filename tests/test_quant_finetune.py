@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt2 import evaluate, finetune
+from app import evaluate, finetune
+from minigpt2.errors import UserError
 from minigpt2.checkpoint import load_model
 from quant import FakeQuantLinear, QuantConfig, load_packed, quantize_model
 
@@ -85,7 +86,7 @@ def test_bad_flag_combinations_are_clear_errors(runs, tmp_path):
         finetune.main(args("quora", tmp_path / "x", "--precision", "bf16", "--quant-activations"))
     with pytest.raises(SystemExit, match="group_size=48 does not divide in_features=32"):
         finetune.main(args("quora", tmp_path / "x", "--precision", "int4", "--qaft", "--group-size", "48"))
-    with pytest.raises(SystemExit, match="fine-tuned on 'sonnet'; scoring 'quora' with it needs --zero-shot"):
+    with pytest.raises(UserError, match="fine-tuned on 'sonnet'; scoring 'quora' with it needs --zero-shot"):
         evaluate.evaluate_run(runs["sonnet-int8-qaft"], "dev", device="cpu", task_name="quora")
-    with pytest.raises(SystemExit, match="needs a trained classifier head"):
+    with pytest.raises(UserError, match="needs a trained classifier head"):
         evaluate.evaluate_run(runs["sonnet-int8-qaft"], "dev", device="cpu", task_name="sst", zero_shot=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -105,8 +104,7 @@ def test_sentiment_predictions_match_course_format_and_parse_back(tmp_path, tok)
     task = get_task("sst")
     examples, _ = task.load(FIX, "dev", tok, 64)
     preds = [i % 5 for i in range(len(examples))]
-    args = argparse.Namespace(mode="full-model")
-    path = tmp_path / task.output_name("dev", args)
+    path = tmp_path / task.output_name("dev", "full-model")
     assert path.name == "full-model-sst-dev-out.csv"
     task.write_predictions(path, examples, preds)
     lines = path.read_text().split("\n")
@@ -119,7 +117,7 @@ def test_paraphrase_predictions_use_answer_tokens_and_parse_back(tmp_path, tok):
     task = get_task("quora")
     examples, _ = task.load(FIX, "test", tok, 128)
     preds = [1, 0, 1, 1]
-    path = tmp_path / task.output_name("test", argparse.Namespace())
+    path = tmp_path / task.output_name("test", "full-model")
     assert path.name == "para-test-output.csv"
     task.write_predictions(path, examples, preds)
     lines = path.read_text().split("\n")
@@ -179,7 +177,7 @@ class _LinearSpy:
 def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypatch):
     task = get_task(name)
     examples, _ = task.load(FIX, "train", tok, 128)
-    module = task.build(tiny, argparse.Namespace())
+    module = task.build(tiny)
     batch = collate(examples[:4])
     spy = _LinearSpy(monkeypatch)
     loss = module(batch)
@@ -195,7 +193,7 @@ def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypa
 def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
     task = get_task("sonnet")
     examples, _ = task.load(FIX, "train", tok, 128)
-    module = task.build(tiny, argparse.Namespace())
+    module = task.build(tiny)
     batch = collate(examples[:2], lm_targets=True)
     expected = F.cross_entropy(tiny.logits(batch["input_ids"], batch["attention_mask"]).flatten(0, 1),
                                batch["targets"].flatten(), ignore_index=-100)

@@ -1,0 +1,115 @@
+"""Re-score a saved run: load its best checkpoint, predict a split, rewrite the course-format file, report.
+
+    python -m minigpt2.evaluate checkpoints/runs/sst-20260101-120000 [--split dev|test]
+    python -m minigpt2.evaluate checkpoints/runs/sonnet-... --task quora --zero-shot   # another task, no training
+
+The run's own settings (task, mode, sampling) come from its config.json; `--data-dir`, `--tokenizer-dir` and
+`--device` may point elsewhere than at training time. Dev is scored (accuracy or chrF); test has no labels, so
+only its prediction file is written. Results go to stdout and to RUN_DIR/eval-<split>.json. The model runs at the
+run's precision (`--precision`: the same PTQ or QAFT quantization as at the end of training).
+
+`--task T --zero-shot` scores task T with the run's body as it is (e.g. the Quora cloze on a model fine-tuned on
+sonnets): only tasks that need no trained head (quora, sonnet) can be scored so. Results go to
+RUN_DIR/eval-<task>-zero-shot-<split>.json, predictions to RUN_DIR/zero-shot-<course file name>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from minigpt2.errors import UserError
+from minigpt2.tokenizer import Tokenizer
+from minigpt2.train import seed_everything, setup_distributed, write_json
+from tasks import get_task
+from tasks.readers import data_dir, require_files
+
+from . import runfolder
+from .finetune import load_run_body, load_run_model
+from .precision import apply_run_precision
+from .settings import RunSettings, check_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minigpt2.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="a run folder written by `python -m minigpt2.finetune`")
+    p.add_argument("--split", choices=["dev", "test"], default="dev", help="which split to predict")
+    p.add_argument("--data-dir", default=None, help="course data folder (default: the run's, else "
+                                                    "$MINIGPT2_DATA_DIR, else data/)")
+    p.add_argument("--tokenizer-dir", default=None, help="offline GPT-2 BPE folder (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--task", default=None, help="score this task instead of the run's own (needs --zero-shot)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="score --task with the run's body and no task training (quora cloze, sonnet)")
+    return p
+
+
+def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = None, tokenizer_dir: str | None = None,
+                 device: str = "auto", task_name: str | None = None, zero_shot: bool = False) -> dict[str, Any]:
+    """Predict `split` with the run's best checkpoint; returns (and saves) the figures.
+
+    task_name + zero_shot: score another task with the run's body (no head, no training for that task).
+    """
+    run_dir = Path(run_dir)
+    config = runfolder.read_config(run_dir)
+    settings = RunSettings.from_dict(config["settings"])
+    check_device(device)
+    d_set = settings.data
+    settings = dataclasses.replace(settings, data=dataclasses.replace(
+        d_set, data_dir=data or d_set.data_dir, tokenizer_dir=tokenizer_dir or d_set.tokenizer_dir))
+    run_task = settings.data.task
+    if task_name not in (None, run_task) and not zero_shot:
+        raise runfolder.RunFolderError(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it "
+                                       "needs --zero-shot")
+    if zero_shot and task_name is None:
+        raise runfolder.RunFolderError("--zero-shot needs --task: which task to score")
+    task = get_task(task_name or run_task)
+    if zero_shot and task.has_head:
+        raise runfolder.RunFolderError(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only "
+                                       "tasks that read the LM head (quora, sonnet)")
+    d = setup_distributed(device)
+    seed_everything(settings.optim.seed)
+    base = (config.get("fingerprint") or {}).get("base_weights")
+    module = task.build(load_run_body(run_dir / "best", settings, base))
+    if not zero_shot:
+        load_run_model(module, run_dir / "best")
+    apply_run_precision(module, module.gpt, settings.precision)
+    module.to(d.device)
+    tok = Tokenizer(settings.data.tokenizer_dir)
+    folder = data_dir(settings.data.data_dir)
+    needed = [f for key, f in task.files.items() if key.startswith(split)]
+    require_files(folder, needed, task.name)
+    max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
+    examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval)
+    for note in notes:
+        print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
+    preds = task.predict(module, examples, settings.predict_settings(), tok, d.device)
+    name = ("zero-shot-" if zero_shot else "") + task.output_name(split, settings.model.mode)
+    task.write_predictions(run_dir / name, examples, preds)
+    result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
+                              "predictions": name, "malformed_rows": [str(n) for n in notes],
+                              "precision": settings.precision.precision, "zero_shot": zero_shot,
+                              "fine_tuned_on": run_task}
+    if split == "dev":
+        result.update(task.score(examples, preds))
+    write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m minigpt2.evaluate`: a UserError is one `error:` line and exit code 1."""
+    a = build_parser().parse_args(argv)
+    try:
+        scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot)
+    except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps(scores, indent=2))
+
+
+if __name__ == "__main__":
+    main()

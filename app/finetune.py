@@ -1,0 +1,401 @@
+"""The main job: fine-tune GPT-2 on one of the course's tasks and write a run folder.
+
+    python -m minigpt2.finetune --task {sst,cfimdb,quora,sonnet} [--model gpt2] [--data-dir data] ...
+    torchrun --nproc_per_node 4 -m minigpt2.finetune --task quora ...      # several GPUs (DDP)
+
+The flags become one typed, validated `RunSettings` (app.settings) before any work starts. A run folder
+(`--out-dir`, default `checkpoints/runs/<task>-<time>`) is described in `app.runfolder`: config.json (the settings
+and the run's fingerprint), metrics.json (per epoch and best), best/ (model.safetensors + config.json in the HF
+layout, head.safetensors for a classifier head), last/ (the resume state), and the dev/test predictions.
+
+Where the study's knobs plug in: `build_model` (wrap the GPT-2 body: quantization first, then LoRA),
+`save_run_model`/`load_run_model` (how the best weights are stored), and `app.synthetic` (synthetic sonnets handed
+to the sonnet task's training set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from minigpt2.atomic import atomic_path
+from minigpt2.checkpoint import hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
+from minigpt2.config import GPT2Config
+from minigpt2.data import ensure_task_data
+from minigpt2.device import AUTOCAST_MODES, autocast_dtype, autocast_for
+from minigpt2.errors import UserError
+from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
+from minigpt2.model import GPT2
+from minigpt2.tokenizer import Tokenizer
+from minigpt2.train import DEFAULT_SEED, Dist, seed_everything, setup_distributed, train, write_json
+from tasks import TASKS, get_task
+from tasks.base import Example, Task, TaskModel, collate
+from tasks.readers import DataError, Malformed, data_dir, require_files
+
+from . import runfolder
+from .precision import add_precision_args, apply_run_precision, write_quantized
+from .settings import LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings, from_args
+from .synthetic import synthetic_texts
+
+ADAPTER_NAME = "adapter.safetensors"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minigpt2.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("task and data")
+    g.add_argument("--task", required=True, choices=sorted(TASKS), help="which course task to fine-tune on")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the course files (default: $MINIGPT2_DATA_DIR, else data/)")
+    g.add_argument("--tokenizer-dir", default=None,
+                   help="folder with GPT-2's encoder.json + vocab.bpe for offline use "
+                        "(default: $MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
+    g.add_argument("--offline", action="store_true",
+                   help="never download: missing data files or weights are an error that says how to get them "
+                        "(default: fetch what is missing; HF_HUB_OFFLINE=1 also turns downloads off)")
+    g.add_argument("--max-train", type=int, default=None, help="use only the first N training examples (smoke runs)")
+    g.add_argument("--max-eval", type=int, default=None, help="use only the first N dev and test examples")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="truncate inputs to N tokens (default: the model's n_positions)")
+    g = p.add_argument_group("synthetic data (sonnet task)")
+    g.add_argument("--synthetic", default=None, metavar="FILE.jsonl",
+                   help="add the kept sonnets of a distill.generate file to the training set (dev/test stay real)")
+    g.add_argument("--synthetic-n", type=int, default=None,
+                   help="add only the first N synthetic sonnets (an error if the file has fewer); default: all")
+    g.add_argument("--synthetic-filter", choices=SYNTHETIC_FILTERS, default=None,
+                   help="'perfect': only those passing distill.check (14 lines, ABAB CDCD EFEF GG); default all")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="gpt2",
+                   help="a preset (gpt2, gpt2-medium, ...: downloaded once into checkpoints/<name>/), a folder or "
+                        "file with model.safetensors, or 'tiny' for a random-init tiny model (smoke runs, tests)")
+    g.add_argument("--mode", choices=["full-model", "last-linear-layer"], default="full-model",
+                   help="train the whole model, or (sentiment) only the classifier on a frozen GPT-2")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--method", choices=["full", "lora"], default="full",
+                   help="full: train the weights themselves (as --mode says); lora: freeze GPT-2 and train low-rank "
+                        "adapters (plus the task head); the run's checkpoint is then the small adapter file")
+    g.add_argument("--lora-rank", type=int, default=None, help=f"LoRA rank r (default {LORA_RANK})")
+    g.add_argument("--lora-alpha", type=float, default=None,
+                   help=f"LoRA alpha; the adapter output is scaled by alpha/r (default {LORA_ALPHA:g}: the study's)")
+    g.add_argument("--lora-targets", default=None,
+                   help="attn (query, key, value, output projection), attn+mlp (also mlp.c_fc, mlp.c_proj), or "
+                        "comma-separated module names, e.g. attn.query,attn.value (default "
+                        f"{LORA_TARGETS})")
+    g.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10, help="passes over the training set")
+    g.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (per process)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 1e-3 for last-linear-layer, 1e-5 for full-model, 1e-2 for "
+                        "--method lora, the best LoRA learning rate in the study)")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of 2+-dim tensors")
+    g.add_argument("--warmup", type=float, default=0.05, help="fraction of optimizer steps of linear LR warmup")
+    g.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear",
+                   help="LR decay after warmup")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of everything random (the course's)")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--autocast", choices=AUTOCAST_MODES, default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with "
+                        "native bf16 (an error elsewhere); off: fp32 everywhere. Weights stay fp32")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    g = p.add_argument_group("evaluation and generation")
+    g.add_argument("--eval-batch-size", type=int, default=32, help="batch size of evaluation and generation")
+    g.add_argument("--temperature", type=float, default=1.2, help="sonnet sampling temperature (the course's)")
+    g.add_argument("--top-p", type=float, default=0.9, help="sonnet nucleus sampling mass (the course's)")
+    g.add_argument("--max-new-tokens", type=int, default=400,
+                   help="sonnet token budget; generation stops at <|endoftext|> or after the 14th line first")
+    g = p.add_argument_group("run folder")
+    g.add_argument("--out-dir", default=None, help="run folder (default: checkpoints/runs/<task>-<name or time>)")
+    g.add_argument("--name", default=None, help="run name used in the default run folder")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir from its last complete epoch")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out-dir (a fresh run into a folder that holds one is refused)")
+    g.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="debug: stop after this epoch as if interrupted (to test --resume)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_precision_args(p)
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> RunSettings:
+    """The command line as validated, typed settings (a bad flag is a UserError naming it)."""
+    return from_args(build_parser().parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+def base_weights_file(model: str, offline: bool = False) -> Path | None:
+    """The safetensors file --model names (downloaded if it is a missing preset); None for 'tiny'."""
+    if model == "tiny":
+        return None
+    path = resolve_model(model, offline=offline)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def load_base_model(settings: RunSettings) -> GPT2:
+    """The GPT-2 body named by --model: 'tiny' (random init), a preset name, or a path."""
+    if settings.model.model == "tiny":
+        return GPT2(GPT2Config.from_name("tiny"))
+    return load_model(resolve_model(settings.model.model, offline=settings.data.offline))
+
+
+def build_model(settings: RunSettings, task: Task) -> TaskModel:
+    """The model of a run. The study's knobs wrap the body here, before the task head is attached and before
+    the trainable set is decided:
+
+    1. quantization (`--precision ... --qaft`): fake-quant wrappers around the body's linear layers;
+    2. LoRA (`--method lora ...`): adapters around the (possibly fake-quant) projections, base frozen.
+    """
+    gpt = load_base_model(settings)
+    settings.precision.check_model(gpt.config)  # PTQ too: an INT4 group size that cannot fit fails now
+    module = task.build(gpt)
+    if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantises afterwards (PTQ)
+        apply_run_precision(module, module.gpt, settings.precision)
+    lora = settings.model.lora
+    if lora is not None:  # after fake-quant: a quantised frozen base + fp32 adapters
+        report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
+                            trainable=head_modules(module))
+        print(report, file=sys.stderr)
+    if settings.model.mode == "last-linear-layer":
+        module.gpt.requires_grad_(False)
+    if not any(p.requires_grad for p in module.parameters()):
+        raise UserError("the model has no trainable parameter with these settings")
+    return module
+
+
+def head_modules(module: TaskModel) -> list[str]:
+    """Names of the task head's modules (everything with parameters outside the GPT-2 body)."""
+    return [n for n, m in module.named_children() if n != "gpt" and any(True for _ in m.parameters())]
+
+
+def load_run_body(folder: Path, settings: RunSettings, recorded_base: dict[str, Any] | None = None) -> GPT2:
+    """The GPT-2 body a saved run starts from: the saved weights, or for a LoRA run (whose checkpoint holds only
+    the adapter) the base model named by --model, which must still be the file the run was trained on."""
+    if (folder / ADAPTER_NAME).is_file():
+        if recorded_base is not None:
+            weights = base_weights_file(settings.model.model, settings.data.offline)
+            now = runfolder.sha256_file(weights)
+            if now != recorded_base["sha256"]:
+                raise runfolder.RunFolderError(
+                    f"{folder / ADAPTER_NAME}: the LoRA run was trained on {recorded_base['file']} (sha256 "
+                    f"{recorded_base['sha256']}), but {weights} now has sha256 {now}; its adapter does not fit "
+                    "this base")
+        return load_base_model(settings)
+    if not (folder / "model.safetensors").is_file():
+        raise runfolder.RunFolderError(f"{folder}: no model.safetensors or {ADAPTER_NAME}; the run has no best "
+                                       "checkpoint (did it finish an epoch?)")
+    return load_model(folder)
+
+
+def save_run_model(module: TaskModel, folder: Path, settings: RunSettings) -> None:
+    """Best weights: the body as `model.safetensors` + `config.json` (HF layout, run settings under the key
+    "minigpt2"), the head (if any) as `head.safetensors`. A LoRA run saves only `adapter.safetensors` (adapters
+    + head, LoRA settings in its metadata) and a `config.json` naming the base model."""
+    extra = {"task": settings.data.task, "mode": settings.model.mode, "args": settings.flat()}
+    if settings.model.lora is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_adapter(module, folder / ADAPTER_NAME)  # atomic
+        cfg = module.gpt.config.to_hf_dict()
+        cfg["minigpt2"] = {**extra, "base_model": settings.model.model, "lora": module.lora_config.to_dict()}
+        write_json(folder / "config.json", cfg)
+        return
+    save_model(module.gpt, folder, extra_config=extra)  # fake-quant layers save their full-precision weights
+    head = module.head_state()
+    if head:
+        from safetensors.torch import save_file
+
+        with atomic_path(folder / "head.safetensors") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(tmp))
+
+
+def load_run_model(module: TaskModel, folder: Path) -> TaskModel:
+    """Load what `save_run_model` wrote into a module of the same shape; a head the task needs must be there."""
+    if (folder / ADAPTER_NAME).is_file():
+        load_adapter(module, folder / ADAPTER_NAME)  # adds the adapters first if the module has none yet
+        return module
+    hf, _ = read_safetensors(folder / "model.safetensors")
+    state = hf_to_minigpt2(hf, module.gpt.config, source=str(folder / "model.safetensors"))
+    module.gpt.load_state_dict(state, strict=True)
+    if module.head_state():
+        if not (folder / "head.safetensors").is_file():
+            raise runfolder.RunFolderError(f"{folder / 'head.safetensors'}: missing; without the trained head the "
+                                           "scores would come from a random classifier")
+        head, _ = read_safetensors(folder / "head.safetensors")
+        missing, unexpected = module.load_state_dict(head, strict=False)
+        if unexpected or any(not k.startswith("gpt.") for k in missing):
+            raise runfolder.RunFolderError(
+                f"{folder / 'head.safetensors'}: head does not fit this task (unexpected {unexpected}, missing "
+                f"{[k for k in missing if 'gpt.' not in k]})")
+    return module
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def data_files(task: Task, folder: Path) -> list[Path]:
+    return [folder / f for f in sorted(set(task.files.values()))]
+
+
+def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
+                ) -> tuple[dict[str, list[Example]], list[Malformed]]:
+    """Encoded train/dev/test examples and every malformed row met (reported, not fatal); an empty train or
+    dev split is an error."""
+    d = settings.data
+    folder = data_dir(d.data_dir)
+    ensure_task_data(task.name, folder, offline=d.offline)  # fetches missing files from the public sources
+    require_files(folder, sorted(set(task.files.values())), task.name)
+    extra = synthetic_texts(d.synthetic)
+    splits, notes = {}, []
+    for split in ("train", "dev", "test"):
+        limit = d.max_train if split == "train" else d.max_eval
+        splits[split], bad = task.load(folder, split, tok, max_len, limit, extra if split == "train" else ())
+        notes += bad
+        if split != "test" and not splits[split]:
+            raise DataError(f"{folder / task.files[split]}: no usable {split} examples ({len(bad)} malformed "
+                            "row(s) skipped); the run needs at least one")
+    return splits, notes
+
+
+def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
+             autocast: str) -> float:
+    """Mean loss over examples (eval mode, no grad)."""
+    total, n = 0.0, 0
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, lm_targets=task.lm_targets).items()}
+            with autocast_for(autocast, device):
+                total += module(batch).item() * len(chunk)
+            n += len(chunk)
+    module.train(was_training)
+    return total / max(1, n)
+
+
+def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: Tokenizer, device: torch.device
+                  ) -> Callable[[TaskModel], dict[str, float]]:
+    """The per-epoch dev evaluation: the task's metric and the dev loss."""
+    loss_examples = task.loss_examples(dev)
+    how = settings.predict_settings()
+
+    def evaluate(module: TaskModel) -> dict[str, float]:
+        preds = task.predict(module, dev, how, tok, device)
+        out = dict(task.score(dev, preds))
+        out["dev_loss"] = dev_loss(module, loss_examples, task, how.batch_size, device, how.autocast)
+        return out
+    return evaluate
+
+
+def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, list[Example]],
+                            settings: RunSettings, tok: Tokenizer, device: torch.device, run_dir: Path
+                            ) -> dict[str, Any]:
+    """Predict dev and test with `module`, write the course-format files, score dev."""
+    result: dict[str, Any] = {}
+    for split in ("dev", "test"):
+        preds = task.predict(module, splits[split], settings.predict_settings(), tok, device)
+        name = task.output_name(split, settings.model.mode)
+        task.write_predictions(run_dir / name, splits[split], preds)
+        result[f"{split}_predictions"] = name
+        if split == "dev":
+            result["dev"] = task.score(splits[split], preds)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def default_run_dir(settings: RunSettings) -> Path:
+    stamp = settings.run.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("checkpoints") / "runs" / f"{settings.data.task}-{stamp}"
+
+
+def _shared_run_dir(settings: RunSettings, d: Dist) -> Path:
+    """Every rank must write to the folder rank 0 chose (a timestamp could differ by a second)."""
+    chosen = [str(Path(settings.run.out_dir) if settings.run.out_dir else default_run_dir(settings))]
+    if d.world > 1:
+        dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0])
+
+
+def run(settings: RunSettings) -> dict[str, Any]:
+    """Fine-tune as `settings` say; returns the final metrics (also in RUN_DIR/metrics.json)."""
+    d = setup_distributed(settings.hardware.device)
+    autocast_dtype(settings.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
+    run_dir = _shared_run_dir(settings, d)
+    task = get_task(settings.data.task)
+    recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
+    if d.main:
+        runfolder.prepare(run_dir, settings)
+    seed_everything(settings.optim.seed)
+    tok = Tokenizer(settings.data.tokenizer_dir)
+    module = build_model(settings, task)
+    max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
+    splits, notes = load_splits(task, settings, tok, max_len)
+    folder = data_dir(settings.data.data_dir)
+    fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.data.offline),
+                                        data_files(task, folder))
+    if recorded is not None:
+        runfolder.check_inputs(run_dir, recorded.get("fingerprint", {}), fingerprint)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for note in notes:
+            print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
+        config = {"settings": settings.to_dict(), "args": settings.flat(), "fingerprint": fingerprint,
+                  "run_dir": str(run_dir), "world_size": d.world, "device": str(d.device), "max_length": max_len,
+                  "torch": torch.__version__,
+                  "started": (recorded or {}).get("started")
+                  or datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(run_dir / runfolder.CONFIG_FILE, config)
+
+    info = {"task": task.name, "model": settings.model.model, "mode": settings.model.mode,
+            "method": settings.model.method, "total_params": sum(p.numel() for p in module.parameters()),
+            "data": {s: len(v) for s, v in splits.items()}, "malformed_rows": [str(n) for n in notes]}
+    n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
+    info["data"].update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
+    metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
+                    settings.train_config(), run_dir, make_evaluate(task, splits["dev"], settings, tok, d.device),
+                    task.metric, lambda m, folder: save_run_model(m, folder, settings), d=d,
+                    resume=settings.run.resume, info=info)
+    precision = settings.precision
+    if d.main and "stopped_after_epoch" not in metrics:
+        t1 = time.time()
+        load_run_model(module, run_dir / "best")
+        if precision.precision != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
+            apply_run_precision(module, module.gpt, precision)
+        metrics.update(write_split_predictions(task, module, splits, settings, tok, d.device, run_dir))
+        if precision.precision != "fp32":
+            with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
+                metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)
+        metrics["predict_s"] = time.time() - t1
+        metrics["wall_s"] += metrics["predict_s"]
+        write_json(run_dir / runfolder.METRICS_FILE, metrics)
+        best = metrics["best"]
+        print(f"best epoch {best['epoch']}: dev {task.metric} {best[task.metric]:.4f}; run folder {run_dir}")
+    elif d.main:
+        write_json(run_dir / runfolder.METRICS_FILE, metrics)
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m minigpt2.finetune`: a UserError is one `error:` line and exit code 1, never a traceback."""
+    try:
+        run(parse_settings(argv))
+    except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
