@@ -56,6 +56,21 @@ def zero_shot_accuracy(run_dir: Path, output: str) -> float | None:
     return None
 
 
+def compute_dtype(config: dict[str, Any]) -> str:
+    """The number format a run's matmuls ran in, from its config.json: fp64/bf16 models as such, fake-quant
+    formats simulated in fp32, fp32 under bf16 autocast on a GPU unless `--autocast off`."""
+    args = config.get("args", {})
+    precision = args.get("precision") or "fp32"
+    if precision in ("fp64", "bf16"):
+        return precision
+    if precision != "fp32":
+        return f"fp32 ({precision} fake-quant)"
+    device = str(config.get("device") or args.get("device") or "cpu")
+    if args.get("autocast", "auto") != "off" and device.startswith("cuda"):
+        return "bf16 autocast"
+    return "fp32"
+
+
 def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
             ) -> Row:
     """One CSV row: the run's varied settings, status, dev score with its bootstrap interval, sizes and every
@@ -84,6 +99,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
         for ev in run.evaluations:
             row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if evaluation_done(run_dir, ev) else None
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        row["compute"] = compute_dtype(config)
         row.update({f"arg_{k}": v for k, v in config.get("args", {}).items()})
     row["run_dir"] = str(run_dir)
     return row
@@ -131,6 +147,8 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         else:
             low, high = mean - std, mean + std
         point.update(score=mean, std=std, low=low, high=high)
+        computes = sorted({r["compute"] for r in done if r.get("compute")})
+        point["compute"] = " / ".join(computes) or None
         for extra in ("trainable_params", "model_bytes", "zero_shot_quora", "train_synthetic"):
             vals = [r.get(extra) for r in done if r.get(extra) is not None]
             point[extra] = mean_std(vals)[0] if vals else None
@@ -192,6 +210,7 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
     metrics = {p["metric"] for p in points if p["metric"]}
     names = {"chrf": "dev chrF", "accuracy": "dev accuracy"}
     score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + " [95% CI]"
+    first = first + [("compute", lambda p: p.get("compute"))]  # like with like: every arm names its dtype
     heads = [h for h, _ in first] + [score_head] + [h for h, _ in after]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for p in points:

@@ -164,6 +164,8 @@ def precision(opts: SweepOptions) -> Sweep:
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
             flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
+            if p == "fp32":  # like with like: the other precisions run without autocast, so fp32 must too
+                flags += ["--autocast", "off"]
             name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
             points.append((name, flags,
                            {"task": "sonnet", "precision": p, "qaft": qaft}))

@@ -63,6 +63,23 @@ def test_sweep_shapes():
     assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
 
 
+def test_every_arm_states_its_compute_dtype_and_fp32_is_fp32_on_a_gpu():
+    sweep = build_sweep("precision", SweepOptions())
+    fp32 = next(r for r in sweep.runs if r.settings["precision"] == "fp32")
+    args = build_parser().parse_args([*fp32.args, "--out-dir", "x"])
+    assert args.autocast == "off"
+    dtype = report.compute_dtype
+    assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "off"}}) == "fp32"
+    assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "auto"}}) == "bf16 autocast"
+    assert dtype({"device": "cpu", "args": {"precision": "fp32", "autocast": "auto"}}) == "fp32"
+    assert dtype({"device": "cuda", "args": {"precision": "int8", "autocast": "off"}}) == "fp32 (int8 fake-quant)"
+    assert dtype({"device": "cpu", "args": {"precision": "fp64"}}) == "fp64"
+    rows = [{"task": "sonnet", "seed": 1, "status": "done", "metric": "chrf", "dev_score": 40.0, "ci_low": 39.0,
+             "ci_high": 41.0, "precision": "fp32", "qaft": False, "compute": "fp32"}]
+    assert "| fp32 | no | — | fp32 | 40.00 [39.00, 41.00] |" in report.markdown_table("precision",
+                                                                                     report.group_seeds(rows))
+
+
 def test_synthetic_sizes_end_at_what_a_file_has():
     from experiments.sweeps import fit_sizes
 
@@ -318,8 +335,8 @@ def test_markdown_table_shows_intervals_or_seed_spread():
     assert len(two) == 1 and report.format_score(two[0]) == "41.00 ± 1.41 (2 seeds)"
     missing = report.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
     table = report.markdown_table("baseline", missing)
-    assert table.splitlines()[0] == "| task | metric | dev score [95% CI] | study |"
-    assert "| sonnet | chrF | — | 41.97 |" in table
+    assert table.splitlines()[0] == "| task | metric | compute | dev score [95% CI] | study |"
+    assert "| sonnet | chrF | — | — | 41.97 |" in table
 
 
 def test_csv_has_one_row_per_run_with_empty_cells_for_missing_values(tmp_path):
@@ -353,6 +370,6 @@ def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
     assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
     assert rows[0]["dev_score"] == 0.5 and math.isnan(rows[0]["ci_low"]) and "no interval" in rows[0]["note"]
     table = paths["md"].read_text()
-    assert "1 of 4 runs finished" in table and "| sst | accuracy | 0.500 | 0.513 |" in table
-    assert "| quora | accuracy | — | 0.911 |" in table
+    assert "1 of 4 runs finished" in table and "| sst | accuracy | fp32 | 0.500 | 0.513 |" in table
+    assert "| quora | accuracy | — | — | 0.911 |" in table
     assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE
