@@ -22,8 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .references import REFERENCE_NAMES, majority_reference, sonnet_reference_intervals  # noqa: E402
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
-from .stats import SAMPLES, mean_std, run_interval  # noqa: E402
+from .stats import (SAMPLES, Interval, bootstrap_accuracy, mean_std, read_task_predictions,  # noqa: E402
+                    run_data_folder, run_interval, split_labels)
 from .sweeps import Sweep  # noqa: E402
 
 # The study's dev figures (the baseline table shows them beside this reproduction's).
@@ -71,6 +73,25 @@ def compute_dtype(config: dict[str, Any]) -> str:
     return "fp32"
 
 
+def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
+    """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored, and
+    the majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
+    data = json.loads((run_dir / output).read_text(encoding="utf-8"))
+    task = data.get("task", "quora")
+    row: Row = {"zero_shot_accuracy": zero_shot_accuracy(run_dir, output), "zero_shot_n": data.get("examples")}
+    folder = run_data_folder(run_dir)
+    preds = read_task_predictions(task, run_dir / data["predictions"])
+    labels = split_labels(task, folder, data.get("split", "dev")) or {}
+    ids = [k for k in preds if k in labels]
+    if ids:
+        acc = bootstrap_accuracy([preds[k] for k in ids], [labels[k] for k in ids], samples)
+        maj = majority_reference(task, folder, data.get("split", "dev"), ids, samples)
+        row.update(zero_shot_low=acc.low, zero_shot_high=acc.high, zero_shot_n=acc.n)
+        if maj is not None:
+            row.update(majority=maj.value, majority_low=maj.low, majority_high=maj.high)
+    return row
+
+
 def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
             ) -> Row:
     """One CSV row: the run's varied settings, status, dev score with its bootstrap interval, sizes and every
@@ -98,6 +119,11 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
             row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if evaluation_done(run_dir, ev) else None
+            if ev.name == "zero_shot_quora" and evaluation_done(run_dir, ev):
+                try:
+                    row["zero_shot"] = zero_shot_row(run_dir, ev.output, samples)
+                except (OSError, ValueError, KeyError) as e:
+                    row["note"] = f"zero-shot check without interval: {e}"
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         row["compute"] = compute_dtype(config)
         row.update({f"arg_{k}": v for k, v in config.get("args", {}).items()})
@@ -156,8 +182,8 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
     return points
 
 
-SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "teacher", "synthetic_n",
-                "synthetic_filter", "seed")
+SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "stage", "teacher", "synthetic_n",
+                "synthetic_filter", "alpha", "lr", "mix", "seed")
 
 
 def format_score(point: Row) -> str:
@@ -193,7 +219,8 @@ TABLE_COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
                    ("trainable params", lambda p: p["trainable_params"])],
     "lora-targets": [("targets", lambda p: p["targets"]), ("rank", lambda p: p["rank"]),
                      ("trainable params", lambda p: p["trainable_params"])],
-    "precision": [("precision", lambda p: p["precision"]), ("QAFT", lambda p: p["qaft"]),
+    "precision": [("model", lambda p: p.get("stage") or "fine-tuned"), ("task", lambda p: p.get("task")),
+                  ("precision", lambda p: p["precision"]), ("QAFT", lambda p: p["qaft"]),
                   ("model bytes", lambda p: p["model_bytes"])],
     "teachers": [("teacher", lambda p: p["teacher"] or "(real only)"),
                  ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"])],
@@ -217,6 +244,71 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
         cells = [_fmt(f(p)) for _, f in first] + [format_score(p)] + [_fmt(f(p)) for _, f in after]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines]) + "\n"
+
+
+def _scored_numbers(row: Row, split: str) -> tuple[int, ...] | None:
+    """The sonnet numbers a finished run predicted on `split` (the references are scored on the same)."""
+    from tasks.sonnet import read_generated
+
+    metrics = read_metrics(Path(row["run_dir"])) or {}
+    try:
+        return tuple(s.number for s in read_generated(Path(row["run_dir"]) / metrics[f"{split}_predictions"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+    """The 'what chance looks like' rows under a table that has sonnet runs: chrF of the prompts alone, with
+    random tokens, and with a wrong real sonnet, on the prompts the runs scored (dev and test)."""
+    done = [r for r in rows if r["status"] == "done" and r.get("task") == "sonnet"]
+    if not done:
+        return []
+    row = done[0]
+    try:
+        folder = run_data_folder(Path(row["run_dir"]))
+        found = {split: sonnet_reference_intervals(str(folder), split, _scored_numbers(row, split),
+                                                   row.get("arg_tokenizer_dir"), samples)
+                 for split in ("dev", "test")}
+    except (OSError, ValueError) as e:
+        return [f"Sonnet reference rows left out: {e}.\n"]
+    lines = [[name] + [_interval(iv.value, iv.low, iv.high, 2) if (iv := (found[s] or {}).get(name)) else "—"
+                       for s in ("dev", "test")] for name in REFERENCE_NAMES]
+    return ["Reference points (no model; same prompts as the runs; bootstrap 95% CI):\n",
+            _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]"], lines)]
+
+
+def zero_shot_block(rows: Sequence[Row]) -> list[str]:
+    """The zero-shot Quora check of every run that took it, with the majority class of the rows it scored."""
+    took = [r for r in rows if r["status"] == "done" and r.get("zero_shot")]
+    if not took:
+        return []
+    lines = []
+    for r in took:
+        z = r["zero_shot"]
+        lines.append([str(r.get("stage") or "fine-tuned"), str(r.get("task")), str(r.get("precision")),
+                      _fmt(r.get("qaft")), _fmt(r.get("compute")), str(r.get("seed")),
+                      _interval(z.get("zero_shot_accuracy"), z.get("zero_shot_low"), z.get("zero_shot_high")),
+                      _interval(z.get("majority"), z.get("majority_low"), z.get("majority_high")),
+                      _fmt(z.get("zero_shot_n"))])
+    if not any(r.get("stage") == "base" for r in rows):
+        lines.insert(0, ["base (before fine-tuning)", "—", "each", "—", "—", "—",
+                         "— (waits for finetune --epochs 0)", "—", "—"])
+    return ["Zero-shot Quora cloze (dev) after each run; the majority class of the same rows is the bar to beat:\n",
+            _table(["model", "fine-tuned on", "precision", "QAFT", "compute", "seed", "zero-shot acc. [95% CI]",
+                    "majority class [95% CI]", "rows"], lines)]
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -294,7 +386,8 @@ def plot_lora_targets(points: Sequence[Row]) -> Figure:
 def plot_precision(points: Sequence[Row]) -> Figure:
     """chrF vs model size (bytes, log axis) per precision, QAFT vs PTQ; and the zero-shot Quora accuracy."""
     fig, (ax, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
-    done = [p for p in _done(points) if p["model_bytes"]]
+    done = [p for p in _done(points) if p["model_bytes"] and p.get("task", "sonnet") == "sonnet"
+            and p.get("stage", "fine-tuned") == "fine-tuned"]
     with_qaft = {p["precision"] for p in done if p["qaft"]}
     for qaft, label, style in ((False, "post-training quantization", "o-"), (True, "QAFT", "s--")):
         # A precision without a QAFT twin (fp32, the reference) belongs to both lines.
@@ -377,6 +470,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     if rows and rows[0].get("arg_model") == "tiny":
         text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))
+    text += sonnet_reference_block(rows, samples)
+    text += zero_shot_block(rows)
     paths["md"] = out / f"{sweep.name}.md"
     paths["md"].write_text("\n".join(text), encoding="utf-8")
     paths["png"] = save_figure(PLOTS[sweep.name](points), out / f"{sweep.name}.png", sweep.name)

@@ -156,11 +156,30 @@ ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
                              ("RUN_DIR", "--task", "quora", "--zero-shot"), "eval-quora-zero-shot-dev.json")
 
 
+QAFT_OTHER_TASKS = ("sst", "cfimdb")  # the study's other fine-tuning tasks (quora is the check itself)
+
+
+def finetune_allows_zero_epochs() -> bool:
+    """Whether `minigpt2.finetune --epochs 0` scores and saves the base model untrained (the application
+    declares it with ALLOWS_ZERO_EPOCHS = True); until then the base-model rows wait."""
+    import minigpt2.finetune as finetune
+
+    return bool(getattr(finetune, "ALLOWS_ZERO_EPOCHS", False))
+
+
 def precision(opts: SweepOptions) -> Sweep:
     """Sonnets at each precision, quantised after training (PTQ) or trained quantisation-aware (QAFT); fp32 is
-    the reference and has no QAFT twin. Each model also takes the zero-shot Quora check."""
+    the reference and has no QAFT twin. Each model also takes the zero-shot Quora check, and so do: the base
+    model before fine-tuning at each precision (`--epochs 0`, where finetune allows it) and the models after
+    int8 QAFT on the other fine-tuning tasks."""
     precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
+    others = QAFT_OTHER_TASKS[:1] if opts.tiny else QAFT_OTHER_TASKS
     points = []
+    if finetune_allows_zero_epochs():
+        for p in precisions:
+            points.append((f"base-{p}", ["--task", "sonnet", "--precision", p, "--epochs", "0"]
+                           + (["--autocast", "off"] if p == "fp32" else []),
+                           {"task": "sonnet", "precision": p, "qaft": False, "stage": "base"}))
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
             flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
@@ -168,9 +187,17 @@ def precision(opts: SweepOptions) -> Sweep:
                 flags += ["--autocast", "off"]
             name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
             points.append((name, flags,
-                           {"task": "sonnet", "precision": p, "qaft": qaft}))
-    note = "--tiny: fp32 and int8 only (full sweep: " + ", ".join(PRECISIONS) + ")"
-    return Sweep("precision", _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,)), note if opts.tiny else "")
+                           {"task": "sonnet", "precision": p, "qaft": qaft, "stage": "fine-tuned"}))
+    for task in others:
+        points.append((f"{task}-int8-qaft", ["--task", task, "--precision", "int8", "--qaft"],
+                       {"task": task, "precision": "int8", "qaft": True, "stage": "fine-tuned"}))
+    notes = [] if finetune_allows_zero_epochs() else [
+        "base-model rows wait for finetune --epochs 0 (ALLOWS_ZERO_EPOCHS)"]
+    if opts.tiny:
+        notes.insert(0, "--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
+                     + "; sst and cfimdb)")
+    runs = _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,))
+    return Sweep("precision", runs, "; ".join(notes))
 
 
 def synthetic_dir(opts: SweepOptions) -> Path:

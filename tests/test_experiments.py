@@ -373,3 +373,45 @@ def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
     assert "1 of 4 runs finished" in table and "| sst | accuracy | fp32 | 0.500 | 0.513 |" in table
     assert "| quora | accuracy | — | — | 0.911 |" in table
     assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+def test_reference_hypotheses_from_the_data_alone():
+    from experiments.references import REFERENCE_NAMES, reference_hypotheses
+    from experiments.sweeps import TINY_TOKENIZER_DIR
+    from minigpt2.tokenizer import Tokenizer
+
+    true = "\n".join(f"line {i} of the true one" for i in range(14))
+    short = "\n".join(f"s{i}" for i in range(14))
+    near = "\n".join(f"line {i} of a near sonnet" for i in range(14))
+    hyps = reference_hypotheses({7: true}, [short, near, true], str(TINY_TOKENIZER_DIR), seed=3)
+    prompt, random_, wrong = (hyps[n][0] for n in REFERENCE_NAMES)
+    assert prompt == "\n".join(true.split("\n")[:3])
+    assert random_.startswith(prompt + "\n") and wrong.startswith(prompt + "\n")
+    tok = Tokenizer(str(TINY_TOKENIZER_DIR))
+    rest = "\n".join(true.split("\n")[3:])
+    assert abs(len(tok.encode(random_[len(prompt) + 1:])) - len(tok.encode(rest))) <= len(tok.encode(rest)) // 2
+    assert wrong.endswith("line 13 of a near sonnet")  # nearest in length, never the true sonnet itself
+    assert reference_hypotheses({7: true}, [short, near], str(TINY_TOKENIZER_DIR), seed=3)["prompts + random tokens"] \
+        == [random_]  # seeded
+
+
+def test_sonnet_reference_rows_rank_as_chance_should():
+    from experiments.references import sonnet_reference_intervals
+    from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
+
+    rows = sonnet_reference_intervals(str(TINY_DATA_DIR), "dev", None, str(TINY_TOKENIZER_DIR), 200)
+    assert set(rows) == {"prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)"}
+    for iv in rows.values():
+        assert iv.low <= iv.value <= iv.high
+    # chrF rewards recall: any added text scores above the prompt alone
+    assert rows["prompts only"].value < rows["prompts + random tokens"].value
+    assert sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200) is None
+
+
+def test_majority_class_interval():
+    iv = stats.majority_interval([1, 1, 1, 0], samples=300)
+    assert iv.value == 0.75 and iv.low <= 0.75 <= iv.high and iv.n == 4
+    with pytest.raises(ValueError):
+        stats.majority_interval([])
