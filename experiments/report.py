@@ -28,8 +28,10 @@ from .stats import (SAMPLES, Interval, bootstrap_accuracy, mean_std, read_task_p
                     run_data_folder, run_interval, split_labels)
 from .sweeps import Sweep  # noqa: E402
 
-# The study's dev figures (the baseline table shows them beside this reproduction's).
+# The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
 STUDY = {"sst": 0.513, "cfimdb": 0.971, "quora": 0.911, "sonnet": 41.97}
+STUDY_TEST = {"sst": 0.546, "quora": 0.891, "sonnet": 41.078}
+STUDY_DISTILLED_TEST_CHRF = 52.838  # the study's best distilled model (teachers sweep)
 
 Row = dict[str, Any]
 
@@ -73,6 +75,30 @@ def compute_dtype(config: dict[str, Any]) -> str:
     return "fp32"
 
 
+def _majority_of_scored(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
+    task = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["args"]["task"]
+    ids = list(read_task_predictions(task, run_dir / metrics["dev_predictions"]))
+    maj = majority_reference(task, run_data_folder(run_dir), "dev", ids, samples)
+    return {} if maj is None else {"majority": maj.value, "majority_low": maj.low, "majority_high": maj.high}
+
+
+def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
+    """Test score of the best epoch: the run's own `test` figures when it has them, else re-scored from its test
+    predictions where the labels lie beside the data; with a bootstrap interval; NaN where there are no labels."""
+    row: Row = {"test_score": math.nan, "test_low": math.nan, "test_high": math.nan, "n_test": None}
+    own = (metrics.get("test") or {}).get(metrics.get("metric"))
+    try:
+        interval = run_interval(run_dir, samples=samples, split="test")
+    except (OSError, ValueError, KeyError) as e:
+        interval = None
+        row["test_note"] = f"test predictions not re-scored: {e}"
+    if interval is not None:
+        row.update(test_score=interval.value, test_low=interval.low, test_high=interval.high, n_test=interval.n)
+    if isinstance(own, (int, float)):
+        row["test_score"] = float(own)
+    return row
+
+
 def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
     """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored, and
     the majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
@@ -113,8 +139,11 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
         try:  # a run whose files cannot be re-scored keeps its score, without an interval, and says why
             interval = run_interval(run_dir, samples=samples)
             row.update(ci_low=interval.low, ci_high=interval.high, n_dev=interval.n)
+            if metrics.get("metric") == "accuracy":  # the bar a classifier must clear on these very rows
+                row.update(_majority_of_scored(run_dir, metrics, samples))
         except (OSError, ValueError, KeyError) as e:
             row["note"] = f"no interval: {e}"
+        row.update(_test_score(run_dir, metrics, samples))
         if "precision" in run.settings:
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
@@ -173,6 +202,14 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         else:
             low, high = mean - std, mean + std
         point.update(score=mean, std=std, low=low, high=high)
+        tests = [r for r in done if not math.isnan(r.get("test_score", math.nan))]
+        t_mean, t_std = mean_std([r["test_score"] for r in tests])
+        t_low, t_high = ((tests[0]["test_low"], tests[0]["test_high"]) if len(tests) == 1
+                         else (t_mean - t_std, t_mean + t_std))
+        point.update(test_seeds=len(tests), test_score=t_mean, test_std=t_std, test_low=t_low, test_high=t_high)
+        majority = [r for r in done if r.get("majority") is not None]
+        if majority:  # the same rows for every seed, so one run's figure stands for all
+            point.update({k: majority[0][k] for k in ("majority", "majority_low", "majority_high")})
         computes = sorted({r["compute"] for r in done if r.get("compute")})
         point["compute"] = " / ".join(computes) or None
         for extra in ("trainable_params", "model_bytes", "zero_shot_quora", "train_synthetic"):
@@ -186,16 +223,19 @@ SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "stage
                 "synthetic_filter", "alpha", "lr", "mix", "seed")
 
 
-def format_score(point: Row) -> str:
-    """'41.97 [38.10, 45.20]' (one seed: bootstrap 95% CI) or '41.97 ± 0.52 (3 seeds)'; '—' when not run."""
-    if not point["seeds"]:
+def format_score(point: Row, prefix: str = "") -> str:
+    """'41.97 [38.10, 45.20]' (one seed: bootstrap 95% CI) or '41.97 ± 0.52 (3 seeds)'; '—' when not run.
+    prefix "test_" formats the test score the same way."""
+    seeds = point.get(f"{prefix}seeds", 0) if prefix else point["seeds"]
+    if not seeds:
         return "—"
+    score, low, high, std = (point[f"{prefix}{k}"] for k in ("score", "low", "high", "std"))
     digits = 2 if point["metric"] == "chrf" else 3
-    if point["seeds"] == 1:
-        if math.isnan(point["low"]):  # no interval (see the CSV's note)
-            return f"{point['score']:.{digits}f}"
-        return f"{point['score']:.{digits}f} [{point['low']:.{digits}f}, {point['high']:.{digits}f}]"
-    return f"{point['score']:.{digits}f} ± {point['std']:.{digits}f} ({point['seeds']} seeds)"
+    if seeds == 1:
+        if math.isnan(low):  # no interval (see the CSV's note)
+            return f"{score:.{digits}f}"
+        return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{score:.{digits}f} ± {std:.{digits}f} ({seeds} seeds)"
 
 
 def _fmt(value: Any) -> str:
@@ -226,7 +266,8 @@ TABLE_COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
                  ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"])],
 }
 AFTER_SCORE: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
-    "baseline": [("study", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None)],
+    "baseline": [("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
+                 ("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST else None)],
     "precision": [("zero-shot Quora acc.", lambda p: p["zero_shot_quora"])],
 }
 
@@ -238,6 +279,10 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
     names = {"chrf": "dev chrF", "accuracy": "dev accuracy"}
     score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + " [95% CI]"
     first = first + [("compute", lambda p: p.get("compute"))]  # like with like: every arm names its dtype
+    after = [("test" + score_head[3:], lambda p: format_score(p, "test_"))] + after
+    if "accuracy" in {p["metric"] for p in points}:  # what always answering the commonest label scores
+        after.append(("majority class (dev rows) [95% CI]",
+                      lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"))))
     heads = [h for h, _ in first] + [score_head] + [h for h, _ in after]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for p in points:

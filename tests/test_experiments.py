@@ -335,8 +335,9 @@ def test_markdown_table_shows_intervals_or_seed_spread():
     assert len(two) == 1 and report.format_score(two[0]) == "41.00 ± 1.41 (2 seeds)"
     missing = report.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
     table = report.markdown_table("baseline", missing)
-    assert table.splitlines()[0] == "| task | metric | compute | dev score [95% CI] | study |"
-    assert "| sonnet | chrF | — | — | 41.97 |" in table
+    assert table.splitlines()[0] == ("| task | metric | compute | dev score [95% CI] | test score [95% CI] | "
+                                     "study dev | study test |")
+    assert "| sonnet | chrF | — | — | — | 41.97 | 41.078 |" in table
 
 
 def test_csv_has_one_row_per_run_with_empty_cells_for_missing_values(tmp_path):
@@ -370,8 +371,8 @@ def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
     assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
     assert rows[0]["dev_score"] == 0.5 and math.isnan(rows[0]["ci_low"]) and "no interval" in rows[0]["note"]
     table = paths["md"].read_text()
-    assert "1 of 4 runs finished" in table and "| sst | accuracy | fp32 | 0.500 | 0.513 |" in table
-    assert "| quora | accuracy | — | — | 0.911 |" in table
+    assert "1 of 4 runs finished" in table and "| sst | accuracy | fp32 | 0.500 | — | 0.513 | 0.546 | — |" in table
+    assert "| quora | accuracy | — | — | — | 0.911 | 0.891 | — |" in table
     assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE
 
 
@@ -415,3 +416,39 @@ def test_majority_class_interval():
     assert iv.value == 0.75 and iv.low <= 0.75 <= iv.high and iv.n == 4
     with pytest.raises(ValueError):
         stats.majority_interval([])
+
+
+def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_path):
+    """A run on data whose test labels were fetched gets a test score with an interval, and the table shows the
+    majority class of the dev rows it scored; without the labels file the test cells are '—'."""
+    import shutil
+
+    from experiments.sweeps import TINY_DATA_DIR
+
+    data = tmp_path / "data"
+    shutil.copytree(TINY_DATA_DIR, data)
+    dev_ids = [line.split("\t")[1] for line in (data / "ids-sst-dev.csv").read_text().splitlines()[1:] if line]
+    test_ids = [line.split("\t")[2] for line in (data / "ids-sst-test-student.csv").read_text().splitlines()[1:]
+                if line]
+    (data / "ids-sst-test-labels.csv").write_text("id\tsentiment\n" + "".join(f"{i}\t3\n" for i in test_ids))
+    run = tmp_path / "runs" / "sst-s1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(data)}}))
+    (run / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(f"{i} , 3\n" for i in dev_ids))
+    (run / "test.csv").write_text("id \t Predicted_Sentiment \n" + "".join(
+        f"{i} , {3 if k % 2 == 0 else 1}\n" for k, i in enumerate(test_ids)))
+    (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.25},
+                                                  "dev_predictions": "dev.csv", "test_predictions": "test.csv"}))
+    sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
+    row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
+    expected = sum(k % 2 == 0 for k in range(len(test_ids))) / len(test_ids)
+    assert row["test_score"] == pytest.approx(expected) and row["test_low"] <= expected <= row["test_high"]
+    assert row["n_test"] == len(test_ids)
+    assert 0 < row["majority"] <= 1 and row["majority_low"] <= row["majority"] <= row["majority_high"]
+    table = report.markdown_table("baseline", report.group_seeds([row]))
+    assert "majority class (dev rows) [95% CI]" in table.splitlines()[0]
+    assert f"{expected:.3f} [" in table
+    (data / "ids-sst-test-labels.csv").unlink()
+    row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
+    assert math.isnan(row["test_score"])
+    assert report.format_score(report.group_seeds([row])[0], "test_") == "—"
