@@ -335,6 +335,76 @@ def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[
             _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]"], lines)]
 
 
+def read_generation_summary(path: Path) -> dict[str, Any] | None:
+    """`<synthetic>.summary.json` beside a synthetic JSONL (written by distill.generate), or None."""
+    try:
+        data = json.loads(Path(f"{path}.summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _first(d: dict[str, Any], *keys: str) -> Any:
+    return next((d[k] for k in keys if d.get(k) is not None), None)
+
+
+def teacher_summary(path: Path, samples: int = SAMPLES) -> Row:
+    """One teacher's generation figures: from its summary JSON where present (requests, kept, rejected by reason,
+    perfect rate with interval, tokens, cost); kept and perfect counts re-read from the JSONL where not."""
+    s = read_generation_summary(path) or {}
+    tokens = s.get("tokens") or {}
+    row: Row = {"summary": bool(s), "requests": _first(s, "requests", "records"), "kept": s.get("kept"),
+                "perfect": s.get("perfect"), "rejected": s.get("rejected"),
+                "tokens_input": _first(tokens, "input", "prompt_tokens", "input_tokens"),
+                "tokens_output": _first(tokens, "output", "output_tokens"),
+                "tokens_thinking": _first(tokens, "thinking", "thinking_tokens"),
+                "cost_usd": _first(s, "cost_usd", "estimated_cost_usd")}
+    if row["kept"] is None or row["perfect"] is None:
+        from distill.synthetic import load_synthetic
+
+        row["kept"], row["perfect"] = len(load_synthetic(path)), len(load_synthetic(path, filter="perfect"))
+    interval = _first(s, "perfect_rate_interval", "perfect_rate_ci")
+    if isinstance(interval, dict):
+        interval = [interval.get("low"), interval.get("high")]
+    if row["kept"]:
+        rate = _first(s, "perfect_rate")
+        if not (isinstance(interval, (list, tuple)) and len(interval) == 2):  # same bootstrap as every table
+            hits = [1] * int(row["perfect"]) + [0] * (int(row["kept"]) - int(row["perfect"]))
+            iv = bootstrap_accuracy(hits, [1] * len(hits), samples)
+            rate, interval = (iv.value if rate is None else rate), [iv.low, iv.high]
+        row.update(perfect_rate=rate, perfect_low=interval[0], perfect_high=interval[1])
+    return row
+
+
+def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+    """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
+    files: dict[str, Path] = {}
+    for run in sweep.runs:
+        if run.settings.get("teacher") and "--synthetic" in run.args:
+            files.setdefault(run.settings["teacher"], Path(run.args[run.args.index("--synthetic") + 1]))
+    if not files:
+        return []
+    points = group_seeds(rows)
+    lines = []
+    for teacher, path in files.items():
+        t = teacher_summary(path, samples) if path.is_file() else {}
+        rejected = t.get("rejected")
+        mixes = []
+        for p in points:
+            if p.get("teacher") == teacher:
+                mix = p.get("mix") or f"n{p['synthetic_n']} {p['synthetic_filter']}"
+                mixes.append(f"{mix}: {format_score(p)} / {format_score(p, 'test_')}")
+        lines.append([teacher, _fmt(t.get("requests")), _fmt(t.get("kept")),
+                      ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) if rejected else "—",
+                      _interval(t.get("perfect_rate"), t.get("perfect_low"), t.get("perfect_high")),
+                      " / ".join(_fmt(t.get(k)) for k in ("tokens_input", "tokens_output", "tokens_thinking")),
+                      "—" if t.get("cost_usd") is None else f"${t['cost_usd']:.{2 if t['cost_usd'] >= 1 else 4}f}",
+                      "<br>".join(mixes) or "—"])
+    return ["Teachers (generation summary from `<file>.summary.json`; — where it is absent):\n",
+            _table(["teacher", "requests", "kept", "rejected by reason", "perfect rate [95% CI]",
+                    "tokens in / out / thinking", "cost", "mixes: dev chrF / test chrF"], lines)]
+
+
 def zero_shot_block(rows: Sequence[Row]) -> list[str]:
     """The zero-shot Quora check of every run that took it, with the majority class of the rows it scored."""
     took = [r for r in rows if r["status"] == "done" and r.get("zero_shot")]
@@ -517,6 +587,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     text.append(markdown_table(sweep.name, points))
     text += sonnet_reference_block(rows, samples)
     text += zero_shot_block(rows)
+    if sweep.name == "teachers":
+        text += teacher_block(sweep, rows, samples)
     paths["md"] = out / f"{sweep.name}.md"
     paths["md"].write_text("\n".join(text), encoding="utf-8")
     paths["png"] = save_figure(PLOTS[sweep.name](points), out / f"{sweep.name}.png", sweep.name)

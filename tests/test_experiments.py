@@ -452,3 +452,25 @@ def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_pat
     row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
     assert math.isnan(row["test_score"])
     assert report.format_score(report.group_seeds([row])[0], "test_") == "—"
+
+
+def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(tmp_path):
+    """The fixture flash teacher has a summary JSON (requests, rejections, tokens, cost); flash-lite has none, so
+    its kept and perfect counts come from its JSONL and the other cells are '—'."""
+    flash = report.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash.jsonl", samples=200)
+    assert flash["summary"] and flash["requests"] == 6 and flash["rejected"] == {"duplicate": 1, "not 14 lines": 1}
+    assert (flash["perfect_rate"], flash["perfect_low"], flash["perfect_high"]) == (0.5, 0.1, 0.9)
+    assert (flash["tokens_input"], flash["tokens_output"], flash["tokens_thinking"]) == (600, 1200, 3000)
+    lite = report.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash-lite.jsonl", samples=200)
+    assert not lite["summary"] and lite["requests"] is None and lite["cost_usd"] is None
+    assert (lite["kept"], lite["perfect"]) == (4, 2) and lite["perfect_low"] <= 0.5 <= lite["perfect_high"]
+
+    sweep = build_sweep("teachers", SweepOptions(tiny=True))
+    rows = [{**r, "status": "done", "metric": "chrf", "dev_score": 30.0, "ci_low": 29.0, "ci_high": 31.0,
+             "test_score": math.nan} for r in ({"run": run.name, **run.settings} for run in sweep.runs)]
+    text = "".join(report.teacher_block(sweep, rows, samples=200))
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| gemini")}
+    assert "| 6 | 4 | duplicate: 1, not 14 lines: 1 | 0.500 [0.100, 0.900] | 600 / 1,200 / 3,000 | $0.0107 |" \
+        in lines["gemini-2.5-flash"]
+    assert "n2 all: 30.00 [29.00, 31.00] / —" in lines["gemini-2.5-flash"]
+    assert "| — | 4 | — |" in lines["gemini-2.5-flash-lite"] and "— / — / —" in lines["gemini-2.5-flash-lite"]
