@@ -19,6 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .estimate import chosen_device, format_hours, gemini_cost, sweep_estimate
 from .report import write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
@@ -70,6 +71,14 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
                                                                        else ""))
         for run, state in plan(sweep.runs, root):
             print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
+        model = args.model or ("tiny" if args.tiny else "gpt2")
+        lines, seconds = sweep_estimate(sweep.runs, model, chosen_device(shlex.split(args.finetune_args)))
+        print("\n".join(lines))
+        args.estimated_seconds = getattr(args, "estimated_seconds", 0.0) + seconds
+        if name == "teachers":
+            files = [Path(r.args[r.args.index("--synthetic") + 1]) for r in sweep.runs if "--synthetic" in r.args]
+            folder = files[0].parent if files else (Path(args.synthetic_dir) if args.synthetic_dir else None)
+            print("\n".join(gemini_cost(folder)))
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
@@ -97,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
     sweeps = [build_sweep(name, opts) for name in names]  # every sweep's settings are checked before any runs
     ok = [run_one(sweep, args) for sweep in sweeps]
+    if args.dry_run and len(sweeps) > 1:
+        print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)")
     return 0 if all(ok) else 1
 
 

@@ -242,6 +242,26 @@ def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
     assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
     assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
     assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
+    assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: 3 steps of tiny" in out
+
+
+def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
+    from experiments import estimate
+    from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
+    from minigpt2.tokenizer import Tokenizer
+    from tasks.readers import read_sonnets
+
+    sweep = build_sweep("lora-ranks", SweepOptions(tiny=True))
+    tokens, epochs = estimate.run_tokens(sweep.runs[0])
+    tok = Tokenizer(str(TINY_TOKENIZER_DIR))
+    sonnets = read_sonnets(TINY_DATA_DIR / "sonnets.txt")[0][:4]  # --tiny trains on 4 examples
+    by_hand = sum(min(128, len(tok.encode(s.text))) for s in sonnets)  # the tiny model holds 128 positions
+    assert epochs == 1 and by_hand <= tokens <= by_hand + 4 * 8  # plus end-of-text and layout tokens
+    lines, seconds = estimate.sweep_estimate(sweep.runs, "tiny", "cpu")
+    assert seconds > 0 and f"{3 * tokens:,} training tokens" in lines[0]
+    cost = estimate.gemini_cost(TINY_SYNTHETIC_DIR)
+    assert "$0.01 billed" in cost[1] and "gemini-2.5-flash.jsonl" in cost[1]  # the fixture summary's own cost
+    assert "assumed per request" in cost[0] and cost[-1].startswith("  Gemini total: ~$")
 
 
 def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
