@@ -29,7 +29,8 @@ from .sweeps import SWEEPS, Sweep, SweepOptions, build_sweep
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"], help="which sweep to run ('all': every one)")
+    p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"],
+                   help="which sweep to run ('all': every one whose inputs exist; the others say what they wait for)")
     p.add_argument("--tiny", action="store_true",
                    help="CPU smoke run: random-init tiny model, fixture data, 1 epoch, trimmed sweep")
     p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen; run nothing")
@@ -55,17 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def ready_part(sweep: Sweep) -> Sweep:
+    """The sweep's runs that can start now; runs passing a flag finetune does not know yet wait (listed)."""
+    waiting: dict[str, list[str]] = {}
+    ready = []
+    for run in sweep.runs:
+        missing = missing_flags([run])
+        if missing:
+            waiting.setdefault(" ".join(missing), []).append(run.name)
+        else:
+            ready.append(run)
+    waits = [f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) wait for "
+             f"minigpt2.finetune in this checkout, which has no {flags}" for flags, names in waiting.items()]
+    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits))
+
+
 def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     """Plan, run and report one sweep; False if a run failed."""
     name = sweep.name
     root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / name
     out = Path(args.out or ("results/tiny" if args.tiny else "results"))
-    missing = missing_flags(sweep.runs)
-    if missing and not args.report_only:
-        message = f"sweep {name}: minigpt2.finetune in this checkout has no {' '.join(missing)}"
-        if not args.dry_run:
-            raise SystemExit(message)
-        print(f"warning: {message}")
+    for wait in sweep.waits:
+        print(f"sweep {name} waits: {wait}")
+    if not sweep.runs:
+        return True
     if args.dry_run:
         print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
                                                                        else ""))
@@ -104,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
                         synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
-    sweeps = [build_sweep(name, opts) for name in names]  # every sweep's settings are checked before any runs
+    sweeps = [ready_part(build_sweep(name, opts)) for name in names]  # all checked before any runs
+    if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
+        raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
     ok = [run_one(sweep, args) for sweep in sweeps]
     if args.dry_run and len(sweeps) > 1:
         print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)")

@@ -262,14 +262,29 @@ TABLE_COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
     "precision": [("model", lambda p: p.get("stage") or "fine-tuned"), ("task", lambda p: p.get("task")),
                   ("precision", lambda p: p["precision"]), ("QAFT", lambda p: p["qaft"]),
                   ("model bytes", lambda p: p["model_bytes"])],
+    "lora-alpha-lr": [("rank", lambda p: p["rank"]), ("alpha", lambda p: p["alpha"]),
+                      ("lr", lambda p: f"{p['lr']:g}")],
     "teachers": [("teacher", lambda p: p["teacher"] or "(real only)"),
-                 ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"])],
+                 ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"]),
+                 ("mix", lambda p: p.get("mix") or ("real only" if not p["synthetic_n"] else "real + synthetic"))],
 }
+def _best_mark(p: Row) -> str | None:
+    return "best" if p.get("best") else None
+
+
 AFTER_SCORE: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
+    "lora-alpha-lr": [("", _best_mark)],
     "baseline": [("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
                  ("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST else None)],
     "precision": [("zero-shot Quora acc.", lambda p: p["zero_shot_quora"])],
 }
+
+
+def mark_best(points: Sequence[Row]) -> None:
+    """Flag the point with the highest dev score (what a search over settings would choose)."""
+    done = _done(points)
+    if done:
+        max(done, key=lambda p: p["score"])["best"] = True
 
 
 def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
@@ -498,6 +513,23 @@ def plot_lora_targets(points: Sequence[Row]) -> Figure:
     return fig
 
 
+def plot_lora_alpha_lr(points: Sequence[Row]) -> Figure:
+    """chrF vs learning rate (log axis), one line per LoRA alpha; the study's choice is marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    done = _done(points)
+    for i, alpha in enumerate(sorted({p["alpha"] for p in done})):
+        pts = sorted((p for p in done if p["alpha"] == alpha), key=lambda p: p["lr"])
+        _errorbar(ax, [p["lr"] for p in pts], pts, color=f"C{i}", label=f"alpha {alpha:g}")
+    chosen = [p for p in done if p["alpha"] == 16 and p["lr"] == 1e-2]
+    if chosen:
+        ax.scatter([1e-2], [chosen[0]["score"]], marker="*", s=160, color="black", zorder=4,
+                   label="study's choice (alpha 16, lr 1e-2)")
+    ax.set_xscale("log")
+    _label(ax, "learning rate", "dev chrF", "Sonnets: LoRA alpha x learning rate")
+    fig.tight_layout()
+    return fig
+
+
 def plot_precision(points: Sequence[Row]) -> Figure:
     """chrF vs model size (bytes, log axis) per precision, QAFT vs PTQ; and the zero-shot Quora accuracy."""
     fig, (ax, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
@@ -529,7 +561,7 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
     """chrF vs number of synthetic sonnets, one line per teacher (solid: all kept, dashed: perfect only);
     the real-only run is every line's first point."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    done = _done(points)
+    done = [p for p in _done(points) if p.get("mix") != "synthetic only"]  # no real sonnets: not on a curve
     start = [p for p in done if not p["synthetic_n"]]
     teachers = sorted({p["teacher"] for p in done if p["teacher"]})
     for i, teacher in enumerate(teachers):
@@ -548,7 +580,7 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
 
 PLOTS: dict[str, Callable[[Sequence[Row]], Figure]] = {
     "baseline": plot_baseline, "lora-ranks": plot_lora_ranks, "lora-targets": plot_lora_targets,
-    "precision": plot_precision, "teachers": plot_teachers,
+    "precision": plot_precision, "teachers": plot_teachers, "lora-alpha-lr": plot_lora_alpha_lr,
 }
 
 
@@ -575,6 +607,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     out = Path(out)
     rows = collect(sweep, root, samples, failed)
     points = group_seeds(rows)
+    if sweep.name == "lora-alpha-lr":
+        mark_best(points)
     paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
     done = sum(r["status"] == "done" for r in rows)
     spread = ("mean ± std over seeds" if any(p["seeds"] > 1 for p in points)
@@ -582,6 +616,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     text = [f"# {sweep.name}\n", f"{done} of {len(rows)} runs finished (run folders: {Path(root)}); {spread}.\n"]
     if sweep.note:
         text.append(f"Note: {sweep.note}.\n")
+    for wait in sweep.waits:
+        text.append(f"Waiting: {wait}.\n")
     if rows and rows[0].get("arg_model") == "tiny":
         text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))

@@ -26,9 +26,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("tiny", [False, True])
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_run_is_a_valid_finetune_command(name, tiny):
-    sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
-    if runner.missing_flags(sweep.runs):  # a knob still on another branch
-        pytest.skip(f"finetune has no {runner.missing_flags(sweep.runs)} yet")
+    sweep = cli.ready_part(build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR))))
+    if not sweep.runs:  # every knob still on another branch
+        pytest.skip(f"finetune lacks what the sweep waits for: {sweep.waits}")
     parser = build_parser()
     for run in sweep.runs:
         args = parser.parse_args([*run.args, "--out-dir", "x"])
@@ -40,7 +40,8 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
                 value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
                 assert value == run.settings[key], (run.name, key)
         if run.settings.get("method") == "lora":
-            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.settings["rank"], 16, 1e-2)
+            alpha, lr = run.settings.get("alpha", 16), run.settings.get("lr", 1e-2)  # the study's unless searched
+            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.settings["rank"], alpha, lr)
             assert args.lora_targets == run.settings["targets"]
 
 
@@ -57,7 +58,16 @@ def test_sweep_shapes():
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
     assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
                                                "gemini-2.5-flash-n2-perfect-s11711"]
-    assert len(teachers) == 5
+    # then per teacher its perfect sonnets alone (the mixing ratios need the training file, absent here)
+    assert [r.settings.get("mix") for r in teachers[5:]] == ["synthetic only"] * 2
+    assert all("--synthetic-only" in r.args for r in teachers[5:]) and len(teachers) == 7
+    assert "mixing ratios wait for the sonnet training file" in full["teachers"].note
+    tiny_teachers = build_sweep("teachers", SweepOptions(tiny=True))
+    assert "gemini-2.5-flash: ratio 0.5 is its n2-perfect run" in tiny_teachers.note
+    grid = full["lora-alpha-lr"].runs
+    assert {(r.settings["alpha"], r.settings["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
+                                                                        for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
+    assert (16, 1e-2) in {(r.settings["alpha"], r.settings["lr"]) for r in grid}  # the study's choice is a point
     assert "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
     assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
@@ -102,10 +112,21 @@ def test_seeds_multiply_runs_with_distinct_names():
 def test_sweep_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown sweep 'nope'"):
         build_sweep("nope", SweepOptions())
-    with pytest.raises(SystemExit, match="--synthetic-dir"):
-        build_sweep("teachers", SweepOptions())
-    with pytest.raises(SystemExit, match="no <teacher>.jsonl files"):
-        build_sweep("teachers", SweepOptions(synthetic_dir=str(tmp_path)))
+    waiting = build_sweep("teachers", SweepOptions())
+    assert waiting.runs == [] and "--synthetic-dir" in waiting.waits[0] and "distill.generate" in waiting.waits[0]
+    assert "no <teacher>.jsonl files" in build_sweep("teachers", SweepOptions(synthetic_dir=str(tmp_path))).waits[0]
+    with pytest.raises(SystemExit, match="error: sweep teachers cannot start; it waits for: the Gemini files"):
+        cli.main(["teachers", "--runs-dir", str(tmp_path)])
+
+
+def test_all_runs_what_it_can_and_says_what_waits(tmp_path, monkeypatch, capsys):
+    """No Gemini files: `all --dry-run` still plans every other sweep, and names what the teachers wait for."""
+    monkeypatch.setattr(cli, "sweep_estimate", lambda runs, model, device: (["  (estimate)"], 1.0))
+    assert cli.main(["all", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep teachers waits: the Gemini files (--synthetic-dir DIR" in out
+    assert "sweep baseline: 4 runs" in out and "sweep precision:" in out
+    assert "all sweeps: ~" in out
 
 
 def test_model_and_extra_flags_reach_every_run():
@@ -266,7 +287,7 @@ def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
 
 def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "missing_flags", lambda runs: ["--lora-rank"])
-    with pytest.raises(SystemExit, match="finetune in this checkout has no --lora-rank"):
+    with pytest.raises(SystemExit, match="finetune in this checkout, which has no --lora-rank"):
         cli.main(["lora-ranks", "--tiny", "--runs-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
 
@@ -328,6 +349,8 @@ FAKE_POINTS = {
                      for t, n in (("attn", 294912), ("attn+mlp", 663552))],
     "precision": [point(42.0 - i, precision=p, qaft=q, model_bytes=b, zero_shot_quora=0.6)
                   for i, (p, q, b) in enumerate([("fp32", False, 4e8), ("int8", False, 1e8), ("int8", True, 1e8)])],
+    "lora-alpha-lr": [point(40.0 + a / 10 - abs(lr - 1e-2) * 10, method="lora", rank=16, alpha=a, lr=lr)
+                      for a in (8, 16) for lr in (3e-3, 1e-2)],
     "teachers": [point(41.0, teacher=None, synthetic_n=0, synthetic_filter=None)]
     + [point(42.0, teacher=t, synthetic_n=2, synthetic_filter=f) for t in ("a", "b") for f in ("all", "perfect")],
 }
