@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "checkpoints/experiments-tiny under --tiny)")
     p.add_argument("--model", default=None, help="base model for every run (default: gpt2; tiny under --tiny)")
     p.add_argument("--data-dir", default=None,
-                   help="course data folder (default: finetune's; tests/fixtures/tasks under --tiny)")
+                   help="course data folder (default: finetune's; experiments/tiny_data/tasks under --tiny)")
     p.add_argument("--synthetic-dir", default=None,
                    help="teachers sweep: folder of <teacher>.jsonl files from distill.generate "
-                        "(default under --tiny: tests/fixtures/experiments/synthetic)")
+                        "(default under --tiny: experiments/tiny_data/synthetic)")
     p.add_argument("--finetune-args", default="",
                    help="extra finetune flags for every run, one quoted string (e.g. '--device cuda:1 --compile')")
     p.add_argument("--isolation", choices=["subprocess", "in-process"], default=None,

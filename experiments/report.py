@@ -273,7 +273,7 @@ def _best_mark(p: Row) -> str | None:
 
 
 AFTER_SCORE: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
-    "lora-alpha-lr": [("", _best_mark)],
+    "lora-alpha-lr": [("chosen by dev score", _best_mark)],
     "baseline": [("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
                  ("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST else None)],
     "precision": [("zero-shot Quora acc.", lambda p: p["zero_shot_quora"])],

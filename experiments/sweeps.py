@@ -13,8 +13,8 @@ Nothing here runs anything; `experiments.runner` does.
     teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only;
                   perfect ones at 0.5/1/2 per real sonnet, and alone (synthetic only)
 
-`--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the fixture data
-under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
+`--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the small data
+shipped in experiments/tiny_data/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
 per sweep (`Sweep.note` says which).
 """
 
@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_DATA_DIR = REPO / "tests" / "fixtures" / "tasks"
-TINY_TOKENIZER_DIR = REPO / "tests" / "fixtures" / "gpt2"
-TINY_SYNTHETIC_DIR = REPO / "tests" / "fixtures" / "experiments" / "synthetic"
+TINY_DATA = Path(__file__).resolve().parent / "tiny_data"  # package data (see its README.md)
+TINY_DATA_DIR = TINY_DATA / "tasks"
+TINY_TOKENIZER_DIR = TINY_DATA / "gpt2"
+TINY_SYNTHETIC_DIR = TINY_DATA / "synthetic"
 
 SEED = 11711  # the course's seed; --seeds N uses SEED, SEED+1, ...
 TEACHERS = ("gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-pro")
@@ -53,7 +54,7 @@ class SweepOptions:
     tiny: bool = False
     seeds: int = 1
     model: str | None = None  # None: gpt2 (tiny under --tiny)
-    data_dir: str | None = None  # None: finetune's default (tests/fixtures/tasks under --tiny)
+    data_dir: str | None = None  # None: finetune's default (experiments/tiny_data/tasks under --tiny)
     synthetic_dir: str | None = None  # teachers: folder with <teacher>.jsonl files
     finetune_args: list[str] = field(default_factory=list)  # appended to every run (e.g. --device cuda:1)
 
@@ -104,7 +105,7 @@ def common_args(opts: SweepOptions) -> list[str]:
         if opts.model:
             args[args.index("tiny")] = opts.model
         args += ["--data-dir", opts.data_dir or str(TINY_DATA_DIR)]
-        if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files in the fixtures
+        if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files shipped in tiny_data
             args += ["--tokenizer-dir", str(TINY_TOKENIZER_DIR)]
     else:
         args += ["--model", opts.model or "gpt2"]
