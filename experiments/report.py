@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -143,6 +144,9 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
                 row.update(_majority_of_scored(run_dir, metrics, samples))
         except (OSError, ValueError, KeyError) as e:
             row["note"] = f"no interval: {e}"
+            folder = run_data_folder(run_dir)
+            if not folder.is_dir() or isinstance(e, FileNotFoundError):
+                row["data_missing"] = str(folder)
         row.update(_test_score(run_dir, metrics, samples))
         if "precision" in run.settings:
             row["model_bytes"] = model_bytes(run_dir, metrics)
@@ -207,6 +211,7 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         t_low, t_high = ((tests[0]["test_low"], tests[0]["test_high"]) if len(tests) == 1
                          else (t_mean - t_std, t_mean + t_std))
         point.update(test_seeds=len(tests), test_score=t_mean, test_std=t_std, test_low=t_low, test_high=t_high)
+        point["data_missing"] = next((r["data_missing"] for r in done if r.get("data_missing")), None)
         majority = [r for r in done if r.get("majority") is not None]
         if majority:  # the same rows for every seed, so one run's figure stands for all
             point.update({k: majority[0][k] for k in ("majority", "majority_low", "majority_high")})
@@ -233,7 +238,7 @@ def format_score(point: Row, prefix: str = "") -> str:
     digits = 2 if point["metric"] == "chrf" else 3
     if seeds == 1:
         if math.isnan(low):  # no interval (see the CSV's note)
-            return f"{score:.{digits}f}"
+            return f"{score:.{digits}f}" + (" (no CI: data not found)" if point.get("data_missing") else "")
         return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
     return f"{score:.{digits}f} ± {std:.{digits}f} ({seeds} seeds)"
 
@@ -618,6 +623,13 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
         text.append(f"Note: {sweep.note}.\n")
     for wait in sweep.waits:
         text.append(f"Waiting: {wait}.\n")
+    lost = sorted({r["data_missing"] for r in rows if r.get("data_missing")})
+    if lost:  # never lose intervals silently: one line on the console, one in the report
+        n = sum(bool(r.get("data_missing")) for r in rows)
+        message = (f"data not found at {', '.join(lost)}: {n} run(s) shown without intervals "
+                   "(pass --data-dir or set MINIGPT2_DATA_DIR to where the data now lies)")
+        print(f"warning: sweep {sweep.name}: {message}", file=sys.stderr)
+        text.append(f"**Warning:** {message}.\n")
     if rows and rows[0].get("arg_model") == "tiny":
         text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))

@@ -98,18 +98,22 @@ def majority_interval(labels: Sequence[int], samples: int = SAMPLES, seed: int =
 
 def run_data_folder(run_dir: str | Path) -> Path:
     """The data folder a run used: its --data-dir, else the folder the sweep runner resolved from the
-    environment when it started the run (experiment.json), else today's default."""
+    environment when it started the run (experiment.json), else today's default. A recorded folder that no
+    longer exists gives way to MINIGPT2_DATA_DIR when that is set (the data moved)."""
+    import os
+
     from tasks.readers import data_dir
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    if config["args"].get("data_dir"):
-        return Path(config["args"]["data_dir"])
     try:
         record = json.loads((run_dir / "experiment.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
-    return Path(record["data_dir"]) if record.get("data_dir") else data_dir(None)
+    recorded = config["args"].get("data_dir") or record.get("data_dir")
+    if recorded and (Path(recorded).is_dir() or not os.environ.get("MINIGPT2_DATA_DIR")):
+        return Path(recorded)
+    return data_dir(None)
 
 
 def split_labels(task_name: str, folder: Path, split: str) -> dict[str, int] | None:

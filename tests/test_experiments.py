@@ -414,7 +414,8 @@ def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
     assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
     assert rows[0]["dev_score"] == 0.5 and math.isnan(rows[0]["ci_low"]) and "no interval" in rows[0]["note"]
     table = paths["md"].read_text()
-    assert "1 of 4 runs finished" in table and "| sst | accuracy | fp32 | 0.500 | — | 0.513 | 0.546 | — |" in table
+    assert "1 of 4 runs finished" in table and "| sst | accuracy | fp32 | 0.500 (no CI: data not found) | — | 0.513 | 0.546 | — |" in table
+    assert f"**Warning:** data not found at {tmp_path / 'nodata'}: 1 run(s) shown without intervals" in table
     assert "| quora | accuracy | — | — | — | 0.911 | 0.891 | — |" in table
     assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE
 
@@ -517,3 +518,24 @@ def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(t
         in lines["gemini-2.5-flash"]
     assert "n2 all: 30.00 [29.00, 31.00] / —" in lines["gemini-2.5-flash"]
     assert "| — | 4 | — |" in lines["gemini-2.5-flash-lite"] and "— / — / —" in lines["gemini-2.5-flash-lite"]
+
+
+def test_a_data_folder_from_the_environment_is_recorded_and_found_again(tmp_path, monkeypatch):
+    """Runs started with MINIGPT2_DATA_DIR keep their intervals in a report rebuilt without it."""
+    import shutil
+
+    from experiments.sweeps import TINY_DATA_DIR
+
+    data = tmp_path / "data"
+    shutil.copytree(TINY_DATA_DIR, data)
+    monkeypatch.setenv("MINIGPT2_DATA_DIR", str(data))
+    sweep = build_sweep("baseline", SweepOptions())
+    runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
+    record = json.loads((tmp_path / "runs" / sweep.runs[0].name / "experiment.json").read_text())
+    assert record["data_dir"] == str(data.resolve())
+    monkeypatch.delenv("MINIGPT2_DATA_DIR")
+    run_dir = tmp_path / "runs" / sweep.runs[0].name
+    assert stats.run_data_folder(run_dir) == data.resolve()
+    data.rename(tmp_path / "moved")  # gone, and no environment to say where: the report says so
+    row = report.collect(sweep, tmp_path / "runs", samples=100)[0]
+    assert math.isnan(row["ci_low"]) and row["data_missing"] == str(data.resolve())
