@@ -19,6 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .html import write_index
 from .estimate import chosen_device, format_hours, gemini_cost, sweep_estimate
 from .report import write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
         raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
     ok = [run_one(sweep, args) for sweep in sweeps]
+    if not args.dry_run:
+        out = Path(args.out or ("results/tiny" if args.tiny else "results"))
+        print(f"wrote {write_index(out)}")
     if args.dry_run and len(sweeps) > 1:
         print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)")
     return 0 if all(ok) else 1
