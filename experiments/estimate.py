@@ -147,7 +147,7 @@ def sweep_estimate(runs: Sequence[Run], model: str, device: str) -> tuple[list[s
     for run in runs:
         try:
             tokens, n_epochs = run_tokens(run)
-        except (OSError, ValueError) as e:  # data not there yet: say so, estimate the rest
+        except (OSError, ValueError, RuntimeError) as e:  # data or tokenizer not there: say so, estimate the rest
             unknown.append(f"{run.name} ({e})")
             continue
         total_tokens += tokens * n_epochs
