@@ -3,13 +3,15 @@
     python -m experiments baseline                      # full fine-tuning, four tasks
     python -m experiments lora-ranks --seeds 3          # sonnets: LoRA ranks 1..256 vs full fine-tuning
     python -m experiments lora-targets
+    python -m experiments lora-alpha-lr                 # sonnets: LoRA alpha x lr grid behind alpha 16, lr 1e-2
     python -m experiments precision                     # fp64 .. int4, PTQ vs QAFT, zero-shot Quora
     python -m experiments teachers --synthetic-dir synthetic/
     python -m experiments baseline --tiny               # CPU smoke run: tiny random model, fixture data
-    python -m experiments lora-ranks --dry-run          # list the runs, run none
+    python -m experiments all --dry-run                 # list the runs, their tokens, time and cost; run none
 
 Run folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones resumed. Results go to
-<out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png.
+<out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png, and every command ends with <out>/index.html (the whole
+study on one self-contained page). `all` runs every sweep whose inputs exist and says what the others wait for.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"],
                    help="which sweep to run ('all': every one whose inputs exist; the others say what they wait for)")
     p.add_argument("--tiny", action="store_true",
-                   help="CPU smoke run: random-init tiny model, fixture data, 1 epoch, trimmed sweep")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen; run nothing")
+                   help="CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 epoch, "
+                        "trimmed sweep")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 11711, 11712, ...)")
     p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
                                                "results/tiny under --tiny)")
