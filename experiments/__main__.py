@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true",
                    help="CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 epoch, "
                         "trimmed sweep")
-    p.add_argument("--dry-run", action="store_true", help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 11711, 11712, ...)")
     p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
                                                "results/tiny under --tiny)")

@@ -14,8 +14,8 @@ Nothing here runs anything; `experiments.runner` does.
                   perfect ones at 0.5/1/2 per real sonnet, and alone (synthetic only)
 
 `--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the small data
-shipped in experiments/tiny_data/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
-per sweep (`Sweep.note` says which).
+shipped in experiments/tiny_data/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer
+points per sweep (`Sweep.note` says which).
 """
 
 from __future__ import annotations
