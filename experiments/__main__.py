@@ -3,13 +3,15 @@
     python -m experiments baseline                      # full fine-tuning, four tasks
     python -m experiments lora-ranks --seeds 3          # sonnets: LoRA ranks 1..256 vs full fine-tuning
     python -m experiments lora-targets
+    python -m experiments lora-alpha-lr                 # sonnets: LoRA alpha x lr grid behind alpha 16, lr 1e-2
     python -m experiments precision                     # fp64 .. int4, PTQ vs QAFT, zero-shot Quora
     python -m experiments teachers --synthetic-dir synthetic/
     python -m experiments baseline --tiny               # CPU smoke run: tiny random model, fixture data
-    python -m experiments lora-ranks --dry-run          # list the runs, run none
+    python -m experiments all --dry-run                 # list the runs, their tokens, time and cost; run none
 
 Run folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones resumed. Results go to
-<out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png.
+<out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png, and every command ends with <out>/index.html (the whole
+study on one self-contained page). `all` runs every sweep whose inputs exist and says what the others wait for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 from minigpt2.errors import UserError
 
+from .estimate import chosen_device, format_hours, gemini_cost, sweep_estimate
+from .html import write_index
 from .report import write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
@@ -30,10 +34,13 @@ from .sweeps import SWEEPS, Sweep, SweepOptions, build_sweep
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"], help="which sweep to run ('all': every one)")
+    p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"],
+                   help="which sweep to run ('all': every one whose inputs exist; the others say what they wait for)")
     p.add_argument("--tiny", action="store_true",
-                   help="CPU smoke run: random-init tiny model, fixture data, 1 epoch, trimmed sweep")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen; run nothing")
+                   help="CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 epoch, "
+                        "trimmed sweep")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 11711, 11712, ...)")
     p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
                                                "results/tiny under --tiny)")
@@ -41,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "checkpoints/experiments-tiny under --tiny)")
     p.add_argument("--model", default=None, help="base model for every run (default: gpt2; tiny under --tiny)")
     p.add_argument("--data-dir", default=None,
-                   help="course data folder (default: finetune's; tests/fixtures/tasks under --tiny)")
+                   help="course data folder (default: finetune's; experiments/tiny_data/tasks under --tiny)")
     p.add_argument("--synthetic-dir", default=None,
                    help="teachers sweep: folder of <teacher>.jsonl files from distill.generate "
-                        "(default under --tiny: tests/fixtures/experiments/synthetic)")
+                        "(default under --tiny: experiments/tiny_data/synthetic)")
     p.add_argument("--finetune-args", default="",
                    help="extra finetune flags for every run, one quoted string (e.g. '--device cuda:1 --compile')")
     p.add_argument("--isolation", choices=["subprocess", "in-process"], default=None,
@@ -56,22 +63,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def ready_part(sweep: Sweep) -> Sweep:
+    """The sweep's runs that can start now; runs passing a flag finetune does not know yet wait (listed)."""
+    waiting: dict[str, list[str]] = {}
+    ready = []
+    for run in sweep.runs:
+        missing = missing_flags([run])
+        if missing:
+            waiting.setdefault(" ".join(missing), []).append(run.name)
+        else:
+            ready.append(run)
+    waits = [f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) wait for "
+             f"minigpt2.finetune in this checkout, which has no {flags}" for flags, names in waiting.items()]
+    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits))
+
+
 def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     """Plan, run and report one sweep; False if a run failed."""
     name = sweep.name
     root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / name
     out = Path(args.out or ("results/tiny" if args.tiny else "results"))
-    missing = missing_flags(sweep.runs)
-    if missing and not args.report_only:
-        message = f"sweep {name}: minigpt2.finetune in this checkout has no {' '.join(missing)}"
-        if not args.dry_run:
-            raise SystemExit(message)
-        print(f"warning: {message}")
+    for wait in sweep.waits:
+        print(f"sweep {name} waits: {wait}")
+    if not sweep.runs:
+        return True
     if args.dry_run:
         print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
                                                                        else ""))
         for run, state in plan(sweep.runs, root):
             print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
+        model = args.model or ("tiny" if args.tiny else "gpt2")
+        lines, seconds = sweep_estimate(sweep.runs, model, chosen_device(shlex.split(args.finetune_args)))
+        print("\n".join(lines))
+        args.estimated_seconds = getattr(args, "estimated_seconds", 0.0) + seconds
+        if name == "teachers":
+            files = [Path(r.args[r.args.index("--synthetic") + 1]) for r in sweep.runs if "--synthetic" in r.args]
+            folder = files[0].parent if files else (Path(args.synthetic_dir) if args.synthetic_dir else None)
+            print("\n".join(gemini_cost(folder)))
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
@@ -104,8 +132,15 @@ def _main(argv: list[str] | None) -> int:
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
                         synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
-    sweeps = [build_sweep(name, opts) for name in names]  # every sweep's settings are checked before any runs
+    sweeps = [ready_part(build_sweep(name, opts)) for name in names]  # all checked before any runs
+    if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
+        raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
     ok = [run_one(sweep, args) for sweep in sweeps]
+    if not args.dry_run:
+        out = Path(args.out or ("results/tiny" if args.tiny else "results"))
+        print(f"wrote {write_index(out)}")
+    if args.dry_run and len(sweeps) > 1:
+        print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)")
     return 0 if all(ok) else 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,12 +23,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .references import REFERENCE_NAMES, majority_reference, sonnet_reference_intervals  # noqa: E402
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
-from .stats import SAMPLES, mean_std, run_interval  # noqa: E402
+from .stats import (SAMPLES, Interval, bootstrap_accuracy, mean_std, read_task_predictions,  # noqa: E402
+                    run_data_folder, run_interval, split_labels)
 from .sweeps import Sweep  # noqa: E402
 
-# The study's dev figures (the baseline table shows them beside this reproduction's).
+# The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
 STUDY = {"sst": 0.513, "cfimdb": 0.971, "quora": 0.911, "sonnet": 41.97}
+STUDY_TEST = {"sst": 0.546, "quora": 0.891, "sonnet": 41.078}
+STUDY_DISTILLED_TEST_CHRF = 52.838  # the study's best distilled model (teachers sweep)
 
 Row = dict[str, Any]
 
@@ -56,6 +61,64 @@ def zero_shot_accuracy(run_dir: Path, output: str) -> float | None:
     return None
 
 
+def compute_dtype(config: dict[str, Any]) -> str:
+    """The number format a run's matmuls ran in, from its config.json: fp64/bf16 models as such, fake-quant
+    formats simulated in fp32, fp32 under bf16 autocast on a GPU unless `--autocast off`."""
+    args = config.get("args", {})
+    precision = args.get("precision") or "fp32"
+    if precision in ("fp64", "bf16"):
+        return precision
+    if precision != "fp32":
+        return f"fp32 ({precision} fake-quant)"
+    device = str(config.get("device") or args.get("device") or "cpu")
+    if args.get("autocast", "auto") != "off" and device.startswith("cuda"):
+        return "bf16 autocast"
+    return "fp32"
+
+
+def _majority_of_scored(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
+    task = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["args"]["task"]
+    ids = list(read_task_predictions(task, run_dir / metrics["dev_predictions"]))
+    maj = majority_reference(task, run_data_folder(run_dir), "dev", ids, samples)
+    return {} if maj is None else {"majority": maj.value, "majority_low": maj.low, "majority_high": maj.high}
+
+
+def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
+    """Test score of the best epoch: the run's own `test` figures when it has them, else re-scored from its test
+    predictions where the labels lie beside the data; with a bootstrap interval; NaN where there are no labels."""
+    row: Row = {"test_score": math.nan, "test_low": math.nan, "test_high": math.nan, "n_test": None}
+    own = (metrics.get("test") or {}).get(metrics.get("metric"))
+    try:
+        interval = run_interval(run_dir, samples=samples, split="test")
+    except (OSError, ValueError, KeyError) as e:
+        interval = None
+        row["test_note"] = f"test predictions not re-scored: {e}"
+    if interval is not None:
+        row.update(test_score=interval.value, test_low=interval.low, test_high=interval.high, n_test=interval.n)
+    if isinstance(own, (int, float)):
+        row["test_score"] = float(own)
+    return row
+
+
+def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
+    """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored, and
+    the majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
+    data = json.loads((run_dir / output).read_text(encoding="utf-8"))
+    task = data.get("task", "quora")
+    row: Row = {"zero_shot_accuracy": zero_shot_accuracy(run_dir, output), "zero_shot_n": data.get("examples")}
+    folder = run_data_folder(run_dir)
+    preds = read_task_predictions(task, run_dir / data["predictions"])
+    labels = split_labels(task, folder, data.get("split", "dev")) or {}
+    ids = [k for k in preds if k in labels]
+    if ids:
+        acc = bootstrap_accuracy([preds[k] for k in ids], [labels[k] for k in ids], samples)
+        maj = majority_reference(task, folder, data.get("split", "dev"), ids, samples)
+        row.update(zero_shot_low=acc.low, zero_shot_high=acc.high, zero_shot_n=acc.n)
+        if maj is not None:
+            row.update(majority=maj.value, majority_low=maj.low, majority_high=maj.high)
+    return row
+
+
 def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
             ) -> Row:
     """One CSV row: the run's varied settings, status, dev score with its bootstrap interval, sizes and every
@@ -77,13 +140,25 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
         try:  # a run whose files cannot be re-scored keeps its score, without an interval, and says why
             interval = run_interval(run_dir, samples=samples)
             row.update(ci_low=interval.low, ci_high=interval.high, n_dev=interval.n)
+            if metrics.get("metric") == "accuracy":  # the bar a classifier must clear on these very rows
+                row.update(_majority_of_scored(run_dir, metrics, samples))
         except (OSError, ValueError, KeyError) as e:
             row["note"] = f"no interval: {e}"
+            folder = run_data_folder(run_dir)
+            if not folder.is_dir() or isinstance(e, FileNotFoundError):
+                row["data_missing"] = str(folder)
+        row.update(_test_score(run_dir, metrics, samples))
         if "precision" in run.settings:
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
             row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if evaluation_done(run_dir, ev) else None
+            if ev.name == "zero_shot_quora" and evaluation_done(run_dir, ev):
+                try:
+                    row["zero_shot"] = zero_shot_row(run_dir, ev.output, samples)
+                except (OSError, ValueError, KeyError) as e:
+                    row["note"] = f"zero-shot check without interval: {e}"
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        row["compute"] = compute_dtype(config)
         row.update({f"arg_{k}": v for k, v in config.get("args", {}).items()})
     row["run_dir"] = str(run_dir)
     return row
@@ -131,6 +206,17 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         else:
             low, high = mean - std, mean + std
         point.update(score=mean, std=std, low=low, high=high)
+        tests = [r for r in done if not math.isnan(r.get("test_score", math.nan))]
+        t_mean, t_std = mean_std([r["test_score"] for r in tests])
+        t_low, t_high = ((tests[0]["test_low"], tests[0]["test_high"]) if len(tests) == 1
+                         else (t_mean - t_std, t_mean + t_std))
+        point.update(test_seeds=len(tests), test_score=t_mean, test_std=t_std, test_low=t_low, test_high=t_high)
+        point["data_missing"] = next((r["data_missing"] for r in done if r.get("data_missing")), None)
+        majority = [r for r in done if r.get("majority") is not None]
+        if majority:  # the same rows for every seed, so one run's figure stands for all
+            point.update({k: majority[0][k] for k in ("majority", "majority_low", "majority_high")})
+        computes = sorted({r["compute"] for r in done if r.get("compute")})
+        point["compute"] = " / ".join(computes) or None
         for extra in ("trainable_params", "model_bytes", "zero_shot_quora", "train_synthetic"):
             vals = [r.get(extra) for r in done if r.get(extra) is not None]
             point[extra] = mean_std(vals)[0] if vals else None
@@ -138,20 +224,23 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
     return points
 
 
-SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "teacher", "synthetic_n",
-                "synthetic_filter", "seed")
+SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "stage", "teacher", "synthetic_n",
+                "synthetic_filter", "alpha", "lr", "mix", "seed")
 
 
-def format_score(point: Row) -> str:
-    """'41.97 [38.10, 45.20]' (one seed: bootstrap 95% CI) or '41.97 ± 0.52 (3 seeds)'; '—' when not run."""
-    if not point["seeds"]:
+def format_score(point: Row, prefix: str = "") -> str:
+    """'41.97 [38.10, 45.20]' (one seed: bootstrap 95% CI) or '41.97 ± 0.52 (3 seeds)'; '—' when not run.
+    prefix "test_" formats the test score the same way."""
+    seeds = point.get(f"{prefix}seeds", 0) if prefix else point["seeds"]
+    if not seeds:
         return "—"
+    score, low, high, std = (point[f"{prefix}{k}"] for k in ("score", "low", "high", "std"))
     digits = 2 if point["metric"] == "chrf" else 3
-    if point["seeds"] == 1:
-        if math.isnan(point["low"]):  # no interval (see the CSV's note)
-            return f"{point['score']:.{digits}f}"
-        return f"{point['score']:.{digits}f} [{point['low']:.{digits}f}, {point['high']:.{digits}f}]"
-    return f"{point['score']:.{digits}f} ± {point['std']:.{digits}f} ({point['seeds']} seeds)"
+    if seeds == 1:
+        if math.isnan(low):  # no interval (see the CSV's note)
+            return f"{score:.{digits}f}" + (" (no CI: data not found)" if point.get("data_missing") else "")
+        return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{score:.{digits}f} ± {std:.{digits}f} ({seeds} seeds)"
 
 
 def _fmt(value: Any) -> str:
@@ -175,15 +264,32 @@ TABLE_COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
                    ("trainable params", lambda p: p["trainable_params"])],
     "lora-targets": [("targets", lambda p: p["targets"]), ("rank", lambda p: p["rank"]),
                      ("trainable params", lambda p: p["trainable_params"])],
-    "precision": [("precision", lambda p: p["precision"]), ("QAFT", lambda p: p["qaft"]),
+    "precision": [("model", lambda p: p.get("stage") or "fine-tuned"), ("task", lambda p: p.get("task")),
+                  ("precision", lambda p: p["precision"]), ("QAFT", lambda p: p["qaft"]),
                   ("model bytes", lambda p: p["model_bytes"])],
+    "lora-alpha-lr": [("rank", lambda p: p["rank"]), ("alpha", lambda p: p["alpha"]),
+                      ("lr", lambda p: f"{p['lr']:g}")],
     "teachers": [("teacher", lambda p: p["teacher"] or "(real only)"),
-                 ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"])],
+                 ("synthetic", lambda p: p["synthetic_n"]), ("filter", lambda p: p["synthetic_filter"]),
+                 ("mix", lambda p: p.get("mix") or ("real only" if not p["synthetic_n"] else "real + synthetic"))],
 }
+def _best_mark(p: Row) -> str | None:
+    return "best" if p.get("best") else None
+
+
 AFTER_SCORE: dict[str, list[tuple[str, Callable[[Row], Any]]]] = {
-    "baseline": [("study", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None)],
+    "lora-alpha-lr": [("chosen by dev score", _best_mark)],
+    "baseline": [("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
+                 ("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST else None)],
     "precision": [("zero-shot Quora acc.", lambda p: p["zero_shot_quora"])],
 }
+
+
+def mark_best(points: Sequence[Row]) -> None:
+    """Flag the point with the highest dev score (what a search over settings would choose)."""
+    done = _done(points)
+    if done:
+        max(done, key=lambda p: p["score"])["best"] = True
 
 
 def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
@@ -192,12 +298,129 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
     metrics = {p["metric"] for p in points if p["metric"]}
     names = {"chrf": "dev chrF", "accuracy": "dev accuracy"}
     score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + " [95% CI]"
+    first = first + [("compute", lambda p: p.get("compute"))]  # like with like: every arm names its dtype
+    after = [("test" + score_head[3:], lambda p: format_score(p, "test_"))] + after
+    if "accuracy" in {p["metric"] for p in points}:  # what always answering the commonest label scores
+        after.append(("majority class (dev rows) [95% CI]",
+                      lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"))))
     heads = [h for h, _ in first] + [score_head] + [h for h, _ in after]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for p in points:
         cells = [_fmt(f(p)) for _, f in first] + [format_score(p)] + [_fmt(f(p)) for _, f in after]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines]) + "\n"
+
+
+def _scored_numbers(row: Row, split: str) -> tuple[int, ...] | None:
+    """The sonnet numbers a finished run predicted on `split` (the references are scored on the same)."""
+    from tasks.sonnet import read_generated
+
+    metrics = read_metrics(Path(row["run_dir"])) or {}
+    try:
+        return tuple(s.number for s in read_generated(Path(row["run_dir"]) / metrics[f"{split}_predictions"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+    """The 'what chance looks like' rows under a table that has sonnet runs: chrF of the prompts alone, with
+    random tokens, and with a wrong real sonnet, on the prompts the runs scored (dev and test)."""
+    done = [r for r in rows if r["status"] == "done" and r.get("task") == "sonnet"]
+    if not done:
+        return []
+    row = done[0]
+    try:
+        folder = run_data_folder(Path(row["run_dir"]))
+        found = {split: sonnet_reference_intervals(str(folder), split, _scored_numbers(row, split),
+                                                   row.get("arg_tokenizer_dir"), samples)
+                 for split in ("dev", "test")}
+    except (OSError, ValueError) as e:
+        return [f"Sonnet reference rows left out: {e}.\n"]
+    lines = [[name] + [_interval(iv.value, iv.low, iv.high, 2) if (iv := (found[s] or {}).get(name)) else "—"
+                       for s in ("dev", "test")] for name in REFERENCE_NAMES]
+    return ["Reference points (no model; same prompts as the runs; bootstrap 95% CI):\n",
+            _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]"], lines)]
+
+
+def teacher_summary(path: Path) -> Row:
+    """One teacher's generation figures from `distill.summary.read_summary` (the `<file>.summary.json` distill
+    writes, or recomputed from the JSONL when that is missing or stale): requests, kept, rejected by reason,
+    perfect rate with its Wilson 95% interval, tokens, cost."""
+    from distill.summary import read_summary
+
+    s = read_summary(path)
+    tokens = s.get("tokens") or {}
+    row: Row = {"summary": True, "requests": s.get("requests"), "kept": s.get("kept"), "perfect": s.get("perfect"),
+                "rejected": s.get("rejected"), "tokens_input": tokens.get("input"),
+                "tokens_output": tokens.get("output"), "tokens_thinking": tokens.get("thinking"),
+                "cost_usd": s.get("cost_usd")}
+    interval = s.get("perfect_ci95")
+    if row["kept"] and interval:
+        row.update(perfect_rate=s.get("perfect_rate"), perfect_low=interval[0], perfect_high=interval[1])
+    return row
+
+
+def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+    """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
+    files: dict[str, Path] = {}
+    for run in sweep.runs:
+        if run.settings.get("teacher") and "--synthetic" in run.args:
+            files.setdefault(run.settings["teacher"], Path(run.args[run.args.index("--synthetic") + 1]))
+    if not files:
+        return []
+    points = group_seeds(rows)
+    lines = []
+    for teacher, path in files.items():
+        t = teacher_summary(path) if path.is_file() else {}
+        rejected = t.get("rejected")
+        mixes = []
+        for p in points:
+            if p.get("teacher") == teacher:
+                mix = p.get("mix") or f"n{p['synthetic_n']} {p['synthetic_filter']}"
+                mixes.append(f"{mix}: {format_score(p)} / {format_score(p, 'test_')}")
+        lines.append([teacher, _fmt(t.get("requests")), _fmt(t.get("kept")),
+                      ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) if rejected else "—",
+                      _interval(t.get("perfect_rate"), t.get("perfect_low"), t.get("perfect_high")),
+                      " / ".join(_fmt(t.get(k)) for k in ("tokens_input", "tokens_output", "tokens_thinking")),
+                      "—" if t.get("cost_usd") is None else f"${t['cost_usd']:.{2 if t['cost_usd'] >= 1 else 4}f}",
+                      "<br>".join(mixes) or "—"])
+    return ["Teachers (generation summary from `<file>.summary.json`; — where it is absent):\n",
+            _table(["teacher", "requests", "kept", "rejected by reason", "perfect rate [95% CI]",
+                    "tokens in / out / thinking", "cost", "mixes: dev chrF / test chrF"], lines)]
+
+
+def zero_shot_block(rows: Sequence[Row]) -> list[str]:
+    """The zero-shot Quora check of every run that took it, with the majority class of the rows it scored."""
+    took = [r for r in rows if r["status"] == "done" and r.get("zero_shot")]
+    if not took:
+        return []
+    lines = []
+    for r in took:
+        z = r["zero_shot"]
+        lines.append([str(r.get("stage") or "fine-tuned"), str(r.get("task")), str(r.get("precision")),
+                      _fmt(r.get("qaft")), _fmt(r.get("compute")), str(r.get("seed")),
+                      _interval(z.get("zero_shot_accuracy"), z.get("zero_shot_low"), z.get("zero_shot_high")),
+                      _interval(z.get("majority"), z.get("majority_low"), z.get("majority_high")),
+                      _fmt(z.get("zero_shot_n"))])
+    if not any(r.get("stage") == "base" for r in rows):
+        lines.insert(0, ["base (before fine-tuning)", "—", "each", "—", "—", "—",
+                         "— (waits for finetune --epochs 0)", "—", "—"])
+    return ["Zero-shot Quora cloze (dev) after each run; the majority class of the same rows is the bar to beat:\n",
+            _table(["model", "fine-tuned on", "precision", "QAFT", "compute", "seed", "zero-shot acc. [95% CI]",
+                    "majority class [95% CI]", "rows"], lines)]
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -272,10 +495,28 @@ def plot_lora_targets(points: Sequence[Row]) -> Figure:
     return fig
 
 
+def plot_lora_alpha_lr(points: Sequence[Row]) -> Figure:
+    """chrF vs learning rate (log axis), one line per LoRA alpha; the study's choice is marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    done = _done(points)
+    for i, alpha in enumerate(sorted({p["alpha"] for p in done})):
+        pts = sorted((p for p in done if p["alpha"] == alpha), key=lambda p: p["lr"])
+        _errorbar(ax, [p["lr"] for p in pts], pts, color=f"C{i}", label=f"alpha {alpha:g}")
+    chosen = [p for p in done if p["alpha"] == 16 and p["lr"] == 1e-2]
+    if chosen:
+        ax.scatter([1e-2], [chosen[0]["score"]], marker="*", s=160, color="black", zorder=4,
+                   label="study's choice (alpha 16, lr 1e-2)")
+    ax.set_xscale("log")
+    _label(ax, "learning rate", "dev chrF", "Sonnets: LoRA alpha x learning rate")
+    fig.tight_layout()
+    return fig
+
+
 def plot_precision(points: Sequence[Row]) -> Figure:
     """chrF vs model size (bytes, log axis) per precision, QAFT vs PTQ; and the zero-shot Quora accuracy."""
     fig, (ax, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
-    done = [p for p in _done(points) if p["model_bytes"]]
+    done = [p for p in _done(points) if p["model_bytes"] and p.get("task", "sonnet") == "sonnet"
+            and p.get("stage", "fine-tuned") == "fine-tuned"]
     with_qaft = {p["precision"] for p in done if p["qaft"]}
     for qaft, label, style in ((False, "post-training quantization", "o-"), (True, "QAFT", "s--")):
         # A precision without a QAFT twin (fp32, the reference) belongs to both lines.
@@ -302,7 +543,7 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
     """chrF vs number of synthetic sonnets, one line per teacher (solid: all kept, dashed: perfect only);
     the real-only run is every line's first point."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    done = _done(points)
+    done = [p for p in _done(points) if p.get("mix") != "synthetic only"]  # no real sonnets: not on a curve
     start = [p for p in done if not p["synthetic_n"]]
     teachers = sorted({p["teacher"] for p in done if p["teacher"]})
     for i, teacher in enumerate(teachers):
@@ -321,7 +562,7 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
 
 PLOTS: dict[str, Callable[[Sequence[Row]], Figure]] = {
     "baseline": plot_baseline, "lora-ranks": plot_lora_ranks, "lora-targets": plot_lora_targets,
-    "precision": plot_precision, "teachers": plot_teachers,
+    "precision": plot_precision, "teachers": plot_teachers, "lora-alpha-lr": plot_lora_alpha_lr,
 }
 
 
@@ -348,6 +589,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     out = Path(out)
     rows = collect(sweep, root, samples, failed)
     points = group_seeds(rows)
+    if sweep.name == "lora-alpha-lr":
+        mark_best(points)
     paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
     done = sum(r["status"] == "done" for r in rows)
     spread = ("mean ± std over seeds" if any(p["seeds"] > 1 for p in points)
@@ -355,9 +598,22 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     text = [f"# {sweep.name}\n", f"{done} of {len(rows)} runs finished (run folders: {Path(root)}); {spread}.\n"]
     if sweep.note:
         text.append(f"Note: {sweep.note}.\n")
+    for wait in sweep.waits:
+        text.append(f"Waiting: {wait}.\n")
+    lost = sorted({r["data_missing"] for r in rows if r.get("data_missing")})
+    if lost:  # never lose intervals silently: one line on the console, one in the report
+        n = sum(bool(r.get("data_missing")) for r in rows)
+        message = (f"data not found at {', '.join(lost)}: {n} run(s) shown without intervals "
+                   "(pass --data-dir or set MINIGPT2_DATA_DIR to where the data now lies)")
+        print(f"warning: sweep {sweep.name}: {message}", file=sys.stderr)
+        text.append(f"**Warning:** {message}.\n")
     if rows and rows[0].get("arg_model") == "tiny":
         text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))
+    text += sonnet_reference_block(rows, samples)
+    text += zero_shot_block(rows)
+    if sweep.name == "teachers":
+        text += teacher_block(sweep, rows, samples)
     paths["md"] = out / f"{sweep.name}.md"
     paths["md"].write_text("\n".join(text), encoding="utf-8")
     paths["png"] = save_figure(PLOTS[sweep.name](points), out / f"{sweep.name}.png", sweep.name)

@@ -117,6 +117,15 @@ def check_record(run_dir: Path, run: Run) -> None:
             f"  now: {' '.join(comparable(run.args))}\nDelete that folder or choose another --runs-dir.")
 
 
+def resolved_data_dir(args: Sequence[str]) -> str:
+    """The data folder a run will read, as an absolute path: its --data-dir, else what finetune resolves from
+    MINIGPT2_DATA_DIR or its default now (recorded, so a later report finds the data without the environment)."""
+    from tasks.readers import data_dir
+
+    given = args[list(args).index("--data-dir") + 1] if "--data-dir" in args else None
+    return str(Path(data_dir(given)).resolve())
+
+
 def missing_flags(runs: Sequence[Run]) -> list[str]:
     """Flags the runs pass that `minigpt2.finetune` does not know (a knob this checkout does not have)."""
     from app.finetune import build_parser
@@ -168,7 +177,8 @@ def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor =
                 resume = (run_dir / "last" / "trainer.json").is_file()
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
-                                                          "settings": run.settings}, indent=2) + "\n")
+                                                          "settings": run.settings,
+                                                          "data_dir": resolved_data_dir(run.args)}, indent=2) + "\n")
                 argv = [*run.args, "--out-dir", str(run_dir)] + (["--resume"] if resume else [])
                 result.started.append(run.name)
                 executor("minigpt2.finetune", argv, run_dir / "run.log")

@@ -7,13 +7,15 @@ Nothing here runs anything; `experiments.runner` does.
     baseline      full fine-tuning on sst, cfimdb, quora, sonnet
     lora-ranks    sonnets, LoRA attn+mlp at ranks 1, 2, 4, ..., 256 (alpha 16, lr 1e-2) and full fine-tuning
     lora-targets  sonnets, LoRA on attention only vs attention + MLP
+    lora-alpha-lr sonnets, LoRA rank 16 over alpha 4..64 x lr 1e-3..3e-2 (re-derives alpha 16, lr 1e-2)
     precision     sonnets at fp64, fp32, bf16, fp8, int8, int4, post-training quantised (PTQ) or QAFT, and each
                   model's zero-shot Quora cloze accuracy
-    teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only
+    teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only;
+                  perfect ones at 0.5/1/2 per real sonnet, and alone (synthetic only)
 
-`--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the fixture data
-under tests/fixtures/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer points
-per sweep (`Sweep.note` says which).
+`--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the small data
+shipped in experiments/tiny_data/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer
+points per sweep (`Sweep.note` says which).
 """
 
 from __future__ import annotations
@@ -29,13 +31,18 @@ from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_DATA_DIR = REPO / "tests" / "fixtures" / "tasks"
-TINY_TOKENIZER_DIR = REPO / "tests" / "fixtures" / "gpt2"
-TINY_SYNTHETIC_DIR = REPO / "tests" / "fixtures" / "experiments" / "synthetic"
+TINY_DATA = Path(__file__).resolve().parent / "tiny_data"  # package data (see its README.md)
+TINY_DATA_DIR = TINY_DATA / "tasks"
+TINY_TOKENIZER_DIR = TINY_DATA / "gpt2"
+TINY_SYNTHETIC_DIR = TINY_DATA / "synthetic"
 
 SEED = DEFAULT_SEED  # the course's seed; --seeds N uses SEED, SEED+1, ...
 LORA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SYNTHETIC_SIZES = (0, 250, 500, 1000)
+MIX_RATIOS = (0.5, 1.0, 2.0)  # synthetic sonnets per real training sonnet
+LORA_ALPHAS = (4, 8, 16, 32, 64)
+LORA_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+LORA_SEARCH_RANK = 16  # the alpha x lr grid is searched at one mid-sized rank
 
 # What --tiny adds to every finetune call: a tiny random model on a few fixture examples, quickly.
 TINY_ARGS = ["--model", "tiny", "--offline", "--epochs", "1", "--max-train", "4", "--max-eval", "2",
@@ -49,7 +56,7 @@ class SweepOptions:
     tiny: bool = False
     seeds: int = 1
     model: str | None = None  # None: gpt2 (tiny under --tiny)
-    data_dir: str | None = None  # None: finetune's default (tests/fixtures/tasks under --tiny)
+    data_dir: str | None = None  # None: finetune's default (experiments/tiny_data/tasks under --tiny)
     synthetic_dir: str | None = None  # teachers: folder with <teacher>.jsonl files
     finetune_args: list[str] = field(default_factory=list)  # appended to every run (e.g. --device cuda:1)
 
@@ -89,6 +96,7 @@ class Sweep:
     name: str
     runs: list[Run]
     note: str = ""
+    waits: tuple[str, ...] = ()  # what the runs left out wait for (input files, a finetune flag)
 
 
 def common_args(opts: SweepOptions) -> list[str]:
@@ -99,7 +107,7 @@ def common_args(opts: SweepOptions) -> list[str]:
         if opts.model:
             args[args.index("tiny")] = opts.model
         args += ["--data-dir", opts.data_dir or str(TINY_DATA_DIR)]
-        if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files in the fixtures
+        if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files shipped in tiny_data
             args += ["--tokenizer-dir", str(TINY_TOKENIZER_DIR)]
     else:
         args += ["--model", opts.model or "gpt2"]
@@ -120,9 +128,23 @@ def _runs(opts: SweepOptions, points: list[tuple[str, list[str], dict[str, Any]]
     return runs
 
 
-def lora_flags(rank: int, targets: str = "attn+mlp") -> list[str]:
-    return ["--method", "lora", "--lora-rank", str(rank), "--lora-alpha", str(LORA_ALPHA),
-            "--lora-targets", targets, "--lr", str(LORA_LR)]
+def lora_flags(rank: int, targets: str = "attn+mlp", alpha: float = LORA_ALPHA, lr: float = LORA_LR
+               ) -> list[str]:
+    return ["--method", "lora", "--lora-rank", str(rank), "--lora-alpha", str(alpha),
+            "--lora-targets", targets, "--lr", str(lr)]
+
+
+def lora_alpha_lr(opts: SweepOptions) -> Sweep:
+    """Sonnets: LoRA (attn+mlp, rank 16) over a grid of alpha x learning rate, the search behind the study's
+    choice of alpha 16 and lr 1e-2 (the table marks the best point)."""
+    alphas, lrs = ((16, 32), (1e-2,)) if opts.tiny else (LORA_ALPHAS, LORA_LRS)
+    rank = 4 if opts.tiny else LORA_SEARCH_RANK
+    points = [(f"lora-a{a}-lr{lr:g}", ["--task", "sonnet"] + lora_flags(rank, alpha=a, lr=lr),
+               {"task": "sonnet", "method": "lora", "rank": rank, "targets": "attn+mlp", "alpha": a, "lr": lr})
+              for a in alphas for lr in lrs]
+    note = (f"--tiny: rank 4, alpha {alphas}, lr {lrs} (full sweep: rank {LORA_SEARCH_RANK}, alpha {LORA_ALPHAS},"
+            f" lr {LORA_LRS})")
+    return Sweep("lora-alpha-lr", _runs(opts, points), note if opts.tiny else "")
 
 
 def baseline(opts: SweepOptions) -> Sweep:
@@ -158,41 +180,86 @@ ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
                              ("RUN_DIR", "--task", "quora", "--zero-shot"), "eval-quora-zero-shot-dev.json")
 
 
+QAFT_OTHER_TASKS = ("sst", "cfimdb")  # the study's other fine-tuning tasks (quora is the check itself)
+
+
+def finetune_allows_zero_epochs() -> bool:
+    """Whether `minigpt2.finetune --epochs 0` scores and saves the base model untrained (the application
+    declares it with ALLOWS_ZERO_EPOCHS = True); until then the base-model rows wait."""
+    import app.finetune as finetune
+
+    return bool(getattr(finetune, "ALLOWS_ZERO_EPOCHS", False))
+
+
 def precision(opts: SweepOptions) -> Sweep:
     """Sonnets at each precision, quantised after training (PTQ) or trained quantisation-aware (QAFT); fp32 is
-    the reference and has no QAFT twin. Each model also takes the zero-shot Quora check."""
+    the reference and has no QAFT twin. Each model also takes the zero-shot Quora check, and so do: the base
+    model before fine-tuning at each precision (`--epochs 0`, where finetune allows it) and the models after
+    int8 QAFT on the other fine-tuning tasks."""
     precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
+    others = QAFT_OTHER_TASKS[:1] if opts.tiny else QAFT_OTHER_TASKS
     points = []
+    if finetune_allows_zero_epochs():
+        for p in precisions:
+            points.append((f"base-{p}", ["--task", "sonnet", "--precision", p, "--epochs", "0"]
+                           + (["--autocast", "off"] if p == "fp32" else []),
+                           {"task": "sonnet", "precision": p, "qaft": False, "stage": "base"}))
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
             flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
+            if p == "fp32":  # like with like: the other precisions run without autocast, so fp32 must too
+                flags += ["--autocast", "off"]
             name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
             points.append((name, flags,
-                           {"task": "sonnet", "precision": p, "qaft": qaft}))
-    note = "--tiny: fp32 and int8 only (full sweep: " + ", ".join(PRECISIONS) + ")"
-    return Sweep("precision", _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,)), note if opts.tiny else "")
+                           {"task": "sonnet", "precision": p, "qaft": qaft, "stage": "fine-tuned"}))
+    for task in others:
+        points.append((f"{task}-int8-qaft", ["--task", task, "--precision", "int8", "--qaft"],
+                       {"task": task, "precision": "int8", "qaft": True, "stage": "fine-tuned"}))
+    notes = [] if finetune_allows_zero_epochs() else [
+        "base-model rows wait for finetune --epochs 0 (ALLOWS_ZERO_EPOCHS)"]
+    if opts.tiny:
+        notes.insert(0, "--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
+                     + "; sst and cfimdb)")
+    runs = _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,))
+    return Sweep("precision", runs, "; ".join(notes))
 
 
-def synthetic_dir(opts: SweepOptions) -> Path:
+GENERATE_HINT = "`python -m distill.generate --teacher <teacher> --n 1000 --out DIR/<teacher>.jsonl`"
+
+
+def synthetic_dir(opts: SweepOptions) -> Path | None:
     if opts.synthetic_dir:
         return Path(opts.synthetic_dir)
-    if opts.tiny:
-        return TINY_SYNTHETIC_DIR
-    raise SystemExit("the teachers sweep needs --synthetic-dir DIR holding <teacher>.jsonl files made by "
-                     "`python -m distill.generate --teacher <teacher> --n 1000 --out DIR/<teacher>.jsonl`")
+    return TINY_SYNTHETIC_DIR if opts.tiny else None
+
+
+def real_training_sonnets(opts: SweepOptions) -> int | None:
+    """How many real sonnets a run trains on (the sonnet training file, cut by --tiny's --max-train), or None
+    when the data is not there yet."""
+    from tasks.readers import data_dir, read_sonnets
+
+    folder = Path(opts.data_dir) if opts.data_dir else (TINY_DATA_DIR if opts.tiny else data_dir(None))
+    try:
+        n = len(read_sonnets(folder / "sonnets.txt")[0])
+    except (OSError, ValueError):
+        return None
+    return min(n, int(TINY_ARGS[TINY_ARGS.index("--max-train") + 1])) if opts.tiny else n
 
 
 def teachers(opts: SweepOptions) -> Sweep:
     """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
-    shared real-data-only run that starts every teacher's curve."""
+    shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: the
+    synthetic-to-real ratios of MIX_RATIOS, and the synthetic sonnets alone (no real training sonnet).
+
+    Without a folder of <teacher>.jsonl files the sweep has no runs and says what it waits for."""
     folder = synthetic_dir(opts)
-    names = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+    names = sorted(p.stem for p in folder.glob("*.jsonl")) if folder and folder.is_dir() else []
     if not names:
-        raise SystemExit(f"{folder}: no <teacher>.jsonl files; expected e.g. "
-                         + ", ".join(f"{t}.jsonl" for t in TEACHERS))
+        where = f"{folder}: no <teacher>.jsonl files" if folder else "--synthetic-dir DIR"
+        return Sweep("teachers", [], waits=(f"the Gemini files ({where}; make them with {GENERATE_HINT})",))
     from distill.synthetic import load_synthetic
 
-    sizes = (0, 2) if opts.tiny else SYNTHETIC_SIZES
+    sizes = sizes_for(opts)
     points = [("real-only", ["--task", "sonnet"],
                {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
     notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
@@ -208,7 +275,44 @@ def teachers(opts: SweepOptions) -> Sweep:
                          "--synthetic-filter", filt]
                 points.append((f"{teacher}-n{n}-{filt}", flags,
                                {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
+    points += mixing_points(opts, folder, names, notes)
     return Sweep("teachers", _runs(opts, points), "; ".join(notes))
+
+
+def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str]
+                  ) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Per teacher, perfect sonnets only: ratio r adds r x (real training sonnets) synthetic ones; 'synthetic
+    only' trains on every perfect synthetic sonnet and no real one (dev and test stay real)."""
+    from distill.synthetic import load_synthetic
+
+    n_real = real_training_sonnets(opts)
+    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
+    points = []
+    for teacher in names:
+        path = folder / f"{teacher}.jsonl"
+        have = len(load_synthetic(path, filter="perfect"))
+        base = {"task": "sonnet", "teacher": teacher, "synthetic_filter": "perfect"}
+        for r in ratios if n_real else ():
+            n = round(r * n_real)
+            if n in fit_sizes(sizes_for(opts)[1:], have):  # already a point of the perfect curve
+                notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
+            elif 0 < n <= have:
+                points.append((f"{teacher}-ratio{r:g}-perfect",
+                               ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(n),
+                                "--synthetic-filter", "perfect"], {**base, "synthetic_n": n, "mix": f"ratio {r:g}"}))
+            else:
+                notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
+        if have:
+            points.append((f"{teacher}-only-perfect",
+                           ["--task", "sonnet", "--synthetic", str(path), "--synthetic-filter", "perfect",
+                            "--synthetic-only"], {**base, "synthetic_n": have, "mix": "synthetic only"}))
+    if not n_real:
+        notes.append("mixing ratios wait for the sonnet training file")
+    return points
+
+
+def sizes_for(opts: SweepOptions) -> tuple[int, ...]:
+    return (0, 2) if opts.tiny else SYNTHETIC_SIZES
 
 
 def fit_sizes(sizes: Sequence[int], have: int) -> list[int]:
@@ -221,8 +325,8 @@ def fit_sizes(sizes: Sequence[int], have: int) -> list[int]:
 
 
 SWEEPS: dict[str, Callable[[SweepOptions], Sweep]] = {
-    "baseline": baseline, "lora-ranks": lora_ranks, "lora-targets": lora_targets, "precision": precision,
-    "teachers": teachers,
+    "baseline": baseline, "lora-ranks": lora_ranks, "lora-targets": lora_targets, "lora-alpha-lr": lora_alpha_lr,
+    "precision": precision, "teachers": teachers,
 }
 
 

@@ -26,9 +26,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("tiny", [False, True])
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_run_is_a_valid_finetune_command(name, tiny):
-    sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
-    if runner.missing_flags(sweep.runs):  # a knob still on another branch
-        pytest.skip(f"finetune has no {runner.missing_flags(sweep.runs)} yet")
+    sweep = cli.ready_part(build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR))))
+    if not sweep.runs:  # every knob still on another branch
+        pytest.skip(f"finetune lacks what the sweep waits for: {sweep.waits}")
     parser = build_parser()
     for run in sweep.runs:
         args = parser.parse_args([*run.args, "--out-dir", "x"])
@@ -40,7 +40,8 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
                 value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
                 assert value == run.settings[key], (run.name, key)
         if run.settings.get("method") == "lora":
-            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.settings["rank"], 16, 1e-2)
+            alpha, lr = run.settings.get("alpha", 16), run.settings.get("lr", 1e-2)  # the study's unless searched
+            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.settings["rank"], alpha, lr)
             assert args.lora_targets == run.settings["targets"]
 
 
@@ -57,10 +58,36 @@ def test_sweep_shapes():
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
     assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
                                                "gemini-2.5-flash-n2-perfect-s11711"]
-    assert len(teachers) == 5
+    # then per teacher its perfect sonnets alone (the mixing ratios need the training file, absent here)
+    assert [r.settings.get("mix") for r in teachers[5:]] == ["synthetic only"] * 2
+    assert all("--synthetic-only" in r.args for r in teachers[5:]) and len(teachers) == 7
+    assert "mixing ratios wait for the sonnet training file" in full["teachers"].note
+    tiny_teachers = build_sweep("teachers", SweepOptions(tiny=True))
+    assert "gemini-2.5-flash: ratio 0.5 is its n2-perfect run" in tiny_teachers.note
+    grid = full["lora-alpha-lr"].runs
+    assert {(r.settings["alpha"], r.settings["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
+                                                                        for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
+    assert (16, 1e-2) in {(r.settings["alpha"], r.settings["lr"]) for r in grid}  # the study's choice is a point
     assert "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
     assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
+
+
+def test_every_arm_states_its_compute_dtype_and_fp32_is_fp32_on_a_gpu():
+    sweep = build_sweep("precision", SweepOptions())
+    fp32 = next(r for r in sweep.runs if r.settings["precision"] == "fp32")
+    args = build_parser().parse_args([*fp32.args, "--out-dir", "x"])
+    assert args.autocast == "off"
+    dtype = report.compute_dtype
+    assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "off"}}) == "fp32"
+    assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "auto"}}) == "bf16 autocast"
+    assert dtype({"device": "cpu", "args": {"precision": "fp32", "autocast": "auto"}}) == "fp32"
+    assert dtype({"device": "cuda", "args": {"precision": "int8", "autocast": "off"}}) == "fp32 (int8 fake-quant)"
+    assert dtype({"device": "cpu", "args": {"precision": "fp64"}}) == "fp64"
+    rows = [{"task": "sonnet", "seed": 1, "status": "done", "metric": "chrf", "dev_score": 40.0, "ci_low": 39.0,
+             "ci_high": 41.0, "precision": "fp32", "qaft": False, "compute": "fp32"}]
+    assert "| fp32 | no | — | fp32 | 40.00 [39.00, 41.00] |" in report.markdown_table("precision",
+                                                                                     report.group_seeds(rows))
 
 
 def test_synthetic_sizes_end_at_what_a_file_has():
@@ -85,10 +112,21 @@ def test_seeds_multiply_runs_with_distinct_names():
 def test_sweep_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown sweep 'nope'"):
         build_sweep("nope", SweepOptions())
-    with pytest.raises(SystemExit, match="--synthetic-dir"):
-        build_sweep("teachers", SweepOptions())
-    with pytest.raises(SystemExit, match="no <teacher>.jsonl files"):
-        build_sweep("teachers", SweepOptions(synthetic_dir=str(tmp_path)))
+    waiting = build_sweep("teachers", SweepOptions())
+    assert waiting.runs == [] and "--synthetic-dir" in waiting.waits[0] and "distill.generate" in waiting.waits[0]
+    assert "no <teacher>.jsonl files" in build_sweep("teachers", SweepOptions(synthetic_dir=str(tmp_path))).waits[0]
+    with pytest.raises(SystemExit, match="error: sweep teachers cannot start; it waits for: the Gemini files"):
+        cli.main(["teachers", "--runs-dir", str(tmp_path)])
+
+
+def test_all_runs_what_it_can_and_says_what_waits(tmp_path, monkeypatch, capsys):
+    """No Gemini files: `all --dry-run` still plans every other sweep, and names what the teachers wait for."""
+    monkeypatch.setattr(cli, "sweep_estimate", lambda runs, model, device: (["  (estimate)"], 1.0))
+    assert cli.main(["all", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep teachers waits: the Gemini files (--synthetic-dir DIR" in out
+    assert "sweep baseline: 4 runs" in out and "sweep precision:" in out
+    assert "all sweeps: ~" in out
 
 
 def test_model_and_extra_flags_reach_every_run():
@@ -225,11 +263,31 @@ def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
     assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
     assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
     assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
+    assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: 3 steps of tiny" in out
+
+
+def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
+    from experiments import estimate
+    from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
+    from minigpt2.tokenizer import Tokenizer
+    from tasks.readers import read_sonnets
+
+    sweep = build_sweep("lora-ranks", SweepOptions(tiny=True))
+    tokens, epochs = estimate.run_tokens(sweep.runs[0])
+    tok = Tokenizer(str(TINY_TOKENIZER_DIR))
+    sonnets = read_sonnets(TINY_DATA_DIR / "sonnets.txt")[0][:4]  # --tiny trains on 4 examples
+    by_hand = sum(min(128, len(tok.encode(s.text))) for s in sonnets)  # the tiny model holds 128 positions
+    assert epochs == 1 and by_hand <= tokens <= by_hand + 4 * 8  # plus end-of-text and layout tokens
+    lines, seconds = estimate.sweep_estimate(sweep.runs, "tiny", "cpu")
+    assert seconds > 0 and f"{3 * tokens:,} training tokens" in lines[0]
+    cost = estimate.gemini_cost(TINY_SYNTHETIC_DIR)
+    assert "$0.00 billed" in cost[1] and "gemini-2.5-flash.jsonl" in cost[1]  # the fixture records carry no usage
+    assert "assumed per request" in cost[2] and cost[-1].startswith("  Gemini total: ~$")  # no pro file
 
 
 def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "missing_flags", lambda runs: ["--lora-rank"])
-    with pytest.raises(SystemExit, match="finetune in this checkout has no --lora-rank"):
+    with pytest.raises(SystemExit, match="finetune in this checkout, which has no --lora-rank"):
         cli.main(["lora-ranks", "--tiny", "--runs-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
 
@@ -291,6 +349,8 @@ FAKE_POINTS = {
                      for t, n in (("attn", 294912), ("attn+mlp", 663552))],
     "precision": [point(42.0 - i, precision=p, qaft=q, model_bytes=b, zero_shot_quora=0.6)
                   for i, (p, q, b) in enumerate([("fp32", False, 4e8), ("int8", False, 1e8), ("int8", True, 1e8)])],
+    "lora-alpha-lr": [point(40.0 + a / 10 - abs(lr - 1e-2) * 10, method="lora", rank=16, alpha=a, lr=lr)
+                      for a in (8, 16) for lr in (3e-3, 1e-2)],
     "teachers": [point(41.0, teacher=None, synthetic_n=0, synthetic_filter=None)]
     + [point(42.0, teacher=t, synthetic_n=2, synthetic_filter=f) for t in ("a", "b") for f in ("all", "perfect")],
 }
@@ -318,8 +378,9 @@ def test_markdown_table_shows_intervals_or_seed_spread():
     assert len(two) == 1 and report.format_score(two[0]) == "41.00 ± 1.41 (2 seeds)"
     missing = report.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
     table = report.markdown_table("baseline", missing)
-    assert table.splitlines()[0] == "| task | metric | dev score [95% CI] | study |"
-    assert "| sonnet | chrF | — | 41.97 |" in table
+    assert table.splitlines()[0] == ("| task | metric | compute | dev score [95% CI] | test score [95% CI] | "
+                                     "study dev | study test |")
+    assert "| sonnet | chrF | — | — | — | 41.97 | 41.078 |" in table
 
 
 def test_csv_has_one_row_per_run_with_empty_cells_for_missing_values(tmp_path):
@@ -353,6 +414,128 @@ def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
     assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
     assert rows[0]["dev_score"] == 0.5 and math.isnan(rows[0]["ci_low"]) and "no interval" in rows[0]["note"]
     table = paths["md"].read_text()
-    assert "1 of 4 runs finished" in table and "| sst | accuracy | 0.500 | 0.513 |" in table
-    assert "| quora | accuracy | — | 0.911 |" in table
+    assert "1 of 4 runs finished" in table
+    assert "| sst | accuracy | fp32 | 0.500 (no CI: data not found) | — | 0.513 | 0.546 | — |" in table
+    assert f"**Warning:** data not found at {tmp_path / 'nodata'}: 1 run(s) shown without intervals" in table
+    assert "| quora | accuracy | — | — | — | 0.911 | 0.891 | — |" in table
     assert paths["png"].read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+def test_reference_hypotheses_from_the_data_alone():
+    from experiments.references import REFERENCE_NAMES, reference_hypotheses
+    from experiments.sweeps import TINY_TOKENIZER_DIR
+    from minigpt2.tokenizer import Tokenizer
+
+    true = "\n".join(f"line {i} of the true one" for i in range(14))
+    short = "\n".join(f"s{i}" for i in range(14))
+    near = "\n".join(f"line {i} of a near sonnet" for i in range(14))
+    hyps = reference_hypotheses({7: true}, [short, near, true], str(TINY_TOKENIZER_DIR), seed=3)
+    prompt, random_, wrong = (hyps[n][0] for n in REFERENCE_NAMES)
+    assert prompt == "\n".join(true.split("\n")[:3])
+    assert random_.startswith(prompt + "\n") and wrong.startswith(prompt + "\n")
+    tok = Tokenizer(str(TINY_TOKENIZER_DIR))
+    rest = "\n".join(true.split("\n")[3:])
+    assert abs(len(tok.encode(random_[len(prompt) + 1:])) - len(tok.encode(rest))) <= len(tok.encode(rest)) // 2
+    assert wrong.endswith("line 13 of a near sonnet")  # nearest in length, never the true sonnet itself
+    assert reference_hypotheses({7: true}, [short, near], str(TINY_TOKENIZER_DIR), seed=3)["prompts + random tokens"] \
+        == [random_]  # seeded
+
+
+def test_sonnet_reference_rows_rank_as_chance_should():
+    from experiments.references import sonnet_reference_intervals
+    from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
+
+    rows = sonnet_reference_intervals(str(TINY_DATA_DIR), "dev", None, str(TINY_TOKENIZER_DIR), 200)
+    assert set(rows) == {"prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)"}
+    for iv in rows.values():
+        assert iv.low <= iv.value <= iv.high
+    # chrF rewards recall: any added text scores above the prompt alone
+    assert rows["prompts only"].value < rows["prompts + random tokens"].value
+    assert sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200) is None
+
+
+def test_majority_class_interval():
+    iv = stats.majority_interval([1, 1, 1, 0], samples=300)
+    assert iv.value == 0.75 and iv.low <= 0.75 <= iv.high and iv.n == 4
+    with pytest.raises(ValueError):
+        stats.majority_interval([])
+
+
+def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_path):
+    """A run on data whose test labels were fetched gets a test score with an interval, and the table shows the
+    majority class of the dev rows it scored; without the labels file the test cells are '—'."""
+    import shutil
+
+    from experiments.sweeps import TINY_DATA_DIR
+
+    data = tmp_path / "data"
+    shutil.copytree(TINY_DATA_DIR, data)
+    dev_ids = [line.split("\t")[1] for line in (data / "ids-sst-dev.csv").read_text().splitlines()[1:] if line]
+    test_ids = [line.split("\t")[2] for line in (data / "ids-sst-test-student.csv").read_text().splitlines()[1:]
+                if line]
+    (data / "ids-sst-test-labels.csv").write_text("id\tsentiment\n" + "".join(f"{i}\t3\n" for i in test_ids))
+    run = tmp_path / "runs" / "sst-s1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(data)}}))
+    (run / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(f"{i} , 3\n" for i in dev_ids))
+    (run / "test.csv").write_text("id \t Predicted_Sentiment \n" + "".join(
+        f"{i} , {3 if k % 2 == 0 else 1}\n" for k, i in enumerate(test_ids)))
+    (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.25},
+                                                  "dev_predictions": "dev.csv", "test_predictions": "test.csv"}))
+    sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
+    row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
+    expected = sum(k % 2 == 0 for k in range(len(test_ids))) / len(test_ids)
+    assert row["test_score"] == pytest.approx(expected) and row["test_low"] <= expected <= row["test_high"]
+    assert row["n_test"] == len(test_ids)
+    assert 0 < row["majority"] <= 1 and row["majority_low"] <= row["majority"] <= row["majority_high"]
+    table = report.markdown_table("baseline", report.group_seeds([row]))
+    assert "majority class (dev rows) [95% CI]" in table.splitlines()[0]
+    assert f"{expected:.3f} [" in table
+    (data / "ids-sst-test-labels.csv").unlink()
+    row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
+    assert math.isnan(row["test_score"])
+    assert report.format_score(report.group_seeds([row])[0], "test_") == "—"
+
+
+def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(tmp_path):
+    """The fixture flash teacher has the summary `distill.generate` writes; flash-lite has none, so its figures are
+    recomputed from its JSONL by the same code (`distill.summary.read_summary`)."""
+    flash = report.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash.jsonl")
+    assert flash["requests"] == 5 and flash["rejected"] == {"empty": 1} and (flash["kept"], flash["perfect"]) == (4, 2)
+    assert flash["perfect_rate"] == 0.5 and flash["perfect_low"] < 0.5 < flash["perfect_high"]
+    assert (flash["tokens_input"], flash["tokens_output"], flash["tokens_thinking"]) == (0, 0, 0)
+    lite = report.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash-lite.jsonl")
+    assert (lite["kept"], lite["perfect"]) == (4, 2) and lite["perfect_low"] <= 0.5 <= lite["perfect_high"]
+    assert not (TINY_SYNTHETIC_DIR / "gemini-2.5-flash-lite.jsonl.summary.json").exists()  # nothing written
+
+    sweep = build_sweep("teachers", SweepOptions(tiny=True))
+    rows = [{**r, "status": "done", "metric": "chrf", "dev_score": 30.0, "ci_low": 29.0, "ci_high": 31.0,
+             "test_score": math.nan} for r in ({"run": run.name, **run.settings} for run in sweep.runs)]
+    text = "".join(report.teacher_block(sweep, rows, samples=200))
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| gemini")}
+    assert "| 5 | 4 | empty: 1 | 0.500 [0.150, 0.850] | 0 / 0 / 0 | $0.0000 |" in lines["gemini-2.5-flash"]
+    assert "n2 all: 30.00 [29.00, 31.00] / —" in lines["gemini-2.5-flash"]
+    assert "| 5 | 4 | empty: 1 |" in lines["gemini-2.5-flash-lite"]  # recomputed from its JSONL
+
+
+def test_a_data_folder_from_the_environment_is_recorded_and_found_again(tmp_path, monkeypatch):
+    """Runs started with MINIGPT2_DATA_DIR keep their intervals in a report rebuilt without it."""
+    import shutil
+
+    from experiments.sweeps import TINY_DATA_DIR
+
+    data = tmp_path / "data"
+    shutil.copytree(TINY_DATA_DIR, data)
+    monkeypatch.setenv("MINIGPT2_DATA_DIR", str(data))
+    sweep = build_sweep("baseline", SweepOptions())
+    runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
+    record = json.loads((tmp_path / "runs" / sweep.runs[0].name / "experiment.json").read_text())
+    assert record["data_dir"] == str(data.resolve())
+    monkeypatch.delenv("MINIGPT2_DATA_DIR")
+    run_dir = tmp_path / "runs" / sweep.runs[0].name
+    assert stats.run_data_folder(run_dir) == data.resolve()
+    data.rename(tmp_path / "moved")  # gone, and no environment to say where: the report says so
+    row = report.collect(sweep, tmp_path / "runs", samples=100)[0]
+    assert math.isnan(row["ci_low"]) and row["data_missing"] == str(data.resolve())

@@ -1,0 +1,240 @@
+"""`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined as base64
+PNG data URIs, no script), readable straight from the file system.
+
+    1. the study's reference figures beside the reproduced ones (dev and test, with intervals)
+    2. every sweep's table (from its `<sweep>.md`) and plot (`<sweep>.png`)
+    3. a few generated sonnets beside the true ones: each line's rhyme letter (ABAB CDCD EFEF GG), its end word,
+       the lines whose rhyme fails marked, and distill.check's perfect-sonnet verdict
+
+Built from the files in the results folder and the run folders the CSVs name, so it can be rebuilt at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from .report import STUDY, STUDY_DISTILLED_TEST_CHRF, STUDY_TEST, format_score, group_seeds
+from .sweeps import SWEEPS
+
+SAMPLE_SONNETS = 3
+_WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019]*")
+
+CSS = """
+body { font-family: Georgia, 'DejaVu Serif', serif; max-width: 1180px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-family: 'DejaVu Sans', Arial, sans-serif;
+        font-size: 0.86em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f1f1f1; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+.note { color: #555; font-size: 0.92em; }
+.warning { color: #a40000; }
+.pair { display: flex; gap: 1.2em; flex-wrap: wrap; margin: 1em 0 1.6em; }
+.sonnet { flex: 1 1 480px; border: 1px solid #ddd; border-radius: 4px; padding: 0.6em 0.9em; background: #fffdf7; }
+.sonnet h4 { margin: 0.1em 0 0.5em; font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 0.9em; }
+.line { white-space: pre-wrap; font-size: 0.95em; }
+.letter { display: inline-block; width: 1.4em; font-weight: bold; color: #2a5db0;
+          font-family: 'DejaVu Sans Mono', monospace; }
+.miss .letter, .miss .end { color: #c00000; }
+.end { text-decoration: underline; }
+.verdict { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 0.85em; margin-top: 0.5em; }
+.ok { color: #1a7f37; font-weight: bold; }
+.bad { color: #c00000; font-weight: bold; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------- markdown -> HTML
+
+def _inline(text: str) -> str:
+    """Escape, then the few markdown marks the reports use: **bold**, `code`, <br> in table cells."""
+    out = html.escape(text).replace("&lt;br&gt;", "<br>")
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def markdown_to_html(text: str) -> str:
+    """The reports' markdown (headings, paragraphs, pipe tables) as HTML; headings drop one level."""
+    parts: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head, body = block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]
+            parts.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "</table>")
+            continue
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
+            parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            cls = "note warning" if line.startswith("**Warning") else "note"
+            parts.append(f'<p class="{cls}">{_inline(line)}</p>')
+        i += 1
+    return "\n".join(parts)
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------- study vs reproduced
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """A sweep CSV's rows with numbers as numbers (empty score cells NaN, other empty cells None)."""
+    scores = {"dev_score", "ci_low", "ci_high", "test_score", "test_low", "test_high"}
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "":
+                    row[k] = math.nan if k in scores else None
+                elif k in ("qaft",):
+                    row[k] = v == "True"
+                else:
+                    try:
+                        number = float(v)
+                        row[k] = int(number) if number.is_integer() and k not in scores else number
+                    except ValueError:
+                        row[k] = v
+            rows.append(row)
+    return rows
+
+
+def study_comparison(out: Path) -> str:
+    """The study's dev and test figures beside this reproduction's (baseline sweep; the best distilled model)."""
+    lines = []
+    base = out / "baseline.csv"
+    points = group_seeds(_read_csv(base)) if base.is_file() else []
+    by_task = {p["task"]: p for p in points}
+    for task in ("sst", "cfimdb", "quora", "sonnet"):
+        p = by_task.get(task)
+        metric = "chrF" if task == "sonnet" else "accuracy"
+        lines.append([f"{task} (full fine-tuning)", metric, f"{STUDY[task]:g}", format_score(p) if p else "—",
+                      f"{STUDY_TEST[task]:g}" if task in STUDY_TEST else "—",
+                      format_score(p, "test_") if p else "—"])
+    teachers = out / "teachers.csv"
+    best = None
+    if teachers.is_file():
+        done = [p for p in group_seeds(_read_csv(teachers)) if p["seeds"] and p.get("teacher")]
+        best = max(done, key=lambda p: p["score"], default=None)
+    lines.append(["sonnet, best distilled model" + (f" ({best['teacher']}, n{best['synthetic_n']} "
+                                                     f"{best['synthetic_filter']})" if best else ""),
+                  "chrF", "—", format_score(best) if best else "—", f"{STUDY_DISTILLED_TEST_CHRF:g}",
+                  format_score(best, "test_") if best else "—"])
+    head = ["model", "metric", "study dev", "reproduced dev [95% CI]", "study test", "reproduced test [95% CI]"]
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in lines)
+            + "</table>")
+
+
+# ---------------------------------------------------------------------------------------------- sonnets
+
+def sonnet_html(text: str, title: str) -> str:
+    """One sonnet: each line with its rhyme letter, its end word underlined, failed rhyme pairs in red, and
+    distill.check's verdict."""
+    from distill.check import SCHEME, check_sonnet, end_word, sonnet_lines
+
+    check = check_sonnet(text)
+    failed = {n for i, j, _, _ in check.failed_pairs for n in (i, j)}
+    rows = []
+    for n, line in enumerate(sonnet_lines(text), start=1):
+        letter = SCHEME[n - 1] if n <= len(SCHEME) else "·"
+        words = list(_WORD.finditer(line)) if end_word(line) else []
+        if words:  # underline the last word as written (case and punctuation kept)
+            m = words[-1]
+            shown = (html.escape(line[:m.start()]) + f'<span class="end">{html.escape(m.group())}</span>'
+                     + html.escape(line[m.end():]))
+        else:
+            shown = html.escape(line)
+        cls = "line miss" if n in failed else "line"
+        rows.append(f'<div class="{cls}"><span class="letter">{letter}</span>{shown}</div>')
+    if check.perfect:
+        verdict = '<span class="ok">perfect</span>: 14 lines rhyming ABAB CDCD EFEF GG'
+    else:
+        reasons = "; ".join(check.reasons[:3]) + ("; ..." if len(check.reasons) > 3 else "")
+        verdict = f'<span class="bad">not perfect</span>: {html.escape(reasons)}'
+    return (f'<div class="sonnet"><h4>{html.escape(title)}</h4>' + "\n".join(rows)
+            + f'<div class="verdict">{verdict}</div></div>')
+
+
+def sonnet_run(out: Path) -> Path | None:
+    """A finished sonnet run to show: the baseline's, else the first finished sonnet run of any sweep."""
+    for name in ["baseline"] + [n for n in SWEEPS if n != "baseline"]:
+        path = out / f"{name}.csv"
+        if not path.is_file():
+            continue
+        for row in _read_csv(path):
+            if row.get("task") == "sonnet" and row.get("status") == "done" and row.get("run_dir"):
+                if Path(row["run_dir"]).is_dir():
+                    return Path(row["run_dir"])
+    return None
+
+
+def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
+    """Up to `n` generated dev sonnets of a run beside the true ones."""
+    import json
+
+    from tasks.sonnet import read_generated
+
+    from .stats import run_data_folder, sonnet_references
+
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    generated = read_generated(run_dir / metrics["dev_predictions"])[:n]
+    truths = sonnet_references(run_data_folder(run_dir), "dev") or {}
+    pairs = []
+    for s in generated:
+        true = truths.get(s.number)
+        pairs.append('<div class="pair">' + sonnet_html(s.text, f"generated, sonnet {s.number}")
+                     + (sonnet_html(true, f"true sonnet {s.number}") if true else "") + "</div>")
+    return (f'<p class="note">Run <code>{html.escape(str(run_dir))}</code>, dev prompts (the first 3 lines are '
+            'the prompt). Letters give the rhyme scheme; red lines are in a pair that does not rhyme; the end word '
+            'of each line is underlined.</p>' + "\n".join(pairs))
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+def write_index(out: str | Path, sweeps: Sequence[str] | None = None) -> Path:
+    """Write `<out>/index.html` from the reports in `out` (every sweep with a `<sweep>.md`)."""
+    out = Path(out)
+    names = [n for n in (sweeps or SWEEPS) if (out / f"{n}.md").is_file()]
+    body = ["<h1>minigpt2: the fine-tuning study, reproduced</h1>",
+            '<p class="note">Dev and test scores with bootstrap 95% intervals (over the examples) or mean ± std over '
+            "seeds. Reference rows under each sonnet table show what chance scores.</p>",
+            "<h2>The study beside this reproduction</h2>", study_comparison(out)]
+    body.append("<h2>Contents</h2><ul>" + "".join(f'<li><a href="#{n}">{n}</a></li>' for n in names)
+                + '<li><a href="#sonnets">generated sonnets</a></li></ul>')
+    for name in names:
+        body.append(f'<section id="{name}">' + markdown_to_html((out / f"{name}.md").read_text(encoding="utf-8")))
+        png = out / f"{name}.png"
+        if png.is_file():
+            body.append(f'<img alt="{name} plot" src="{png_data_uri(png)}">')
+        body.append("</section>")
+    body.append('<section id="sonnets"><h2>Generated sonnets beside the true ones</h2>')
+    run = sonnet_run(out)
+    try:
+        body.append(sonnet_samples(run) if run else '<p class="note">No finished sonnet run yet.</p>')
+    except (OSError, ValueError, KeyError) as e:
+        body.append(f'<p class="note warning">Sonnets not shown: {html.escape(str(e))}</p>')
+    body.append("</section>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>minigpt2 study report</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
