@@ -45,7 +45,8 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
             assert args.lora_targets == run.settings["targets"]
 
 
-def test_sweep_shapes():
+def test_sweep_shapes(monkeypatch):
+    monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)  # the data folder is absent here, as on a fresh machine
     full = {n: build_sweep(n, SweepOptions(synthetic_dir=str(TINY_SYNTHETIC_DIR))) for n in SWEEPS}
     assert [r.settings["task"] for r in full["baseline"].runs] == ["sst", "cfimdb", "quora", "sonnet"]
     ranks = [r.settings["rank"] for r in full["lora-ranks"].runs]
@@ -405,8 +406,9 @@ def test_subprocess_executor_logs_output_and_raises_on_failure(tmp_path, monkeyp
         runner.in_subprocess("json.tool", [str(tmp_path / "missing.json")], log)
 
 
-def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path):
+def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path, monkeypatch):
     """Fake runs point at a data folder that does not exist: the score stays, the interval is left out."""
+    monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)  # no fallback to the real data either
     sweep = build_sweep("baseline", SweepOptions(data_dir=str(tmp_path / "nodata")))
     runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
     paths = report.write_report(sweep, tmp_path / "runs", tmp_path / "out", failed={"cfimdb-s11711": "boom"})
