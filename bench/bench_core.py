@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from minigpt2.checkpoint import load_model
 from minigpt2.config import GPT2Config
 from minigpt2.generate import generate
-from minigpt2.losses import lm_loss
+from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.model import GPT2, gather_last
 from minigpt2.prepack import inference_copy
 
@@ -113,7 +113,7 @@ def train_step_flops(config: GPT2Config, batch: int, seq: int) -> float:
 def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
     with autocast_for(device):
         hidden = model(ids)
-        loss = lm_loss(hidden[:, :-1], model.wte.weight, ids[:, 1:])
+        loss = chunked_lm_loss(hidden[:, :-1], model.wte.weight, ids[:, 1:])
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
