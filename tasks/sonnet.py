@@ -18,13 +18,14 @@ import torch
 from minigpt2.atomic import atomic_write
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.data import FILES as COURSE_FILES
+from minigpt2.data import Sonnet
 from minigpt2.generate import generate
 from minigpt2.model import GPT2
 from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
 from .base import Example, PredictSettings, Task, TaskModel
-from .readers import DataError, Malformed, Sonnet, parse_sonnets, read_sonnets
+from .readers import DataError, Malformed, read_sonnets
 
 SONNET_LINES = 14
 HEADER = "--Generated Sonnets-- \n\n"
@@ -147,8 +148,5 @@ def write_sonnets(path: str | Path, sonnets: list[tuple[int, str]]) -> None:
 
 
 def read_generated(path: str | Path) -> list[Sonnet]:
-    """Sonnets of a generated-sonnets file (the course's layout)."""
-    text = Path(path).read_text(encoding="utf-8")
-    if not text.startswith("--Generated Sonnets--"):
-        raise DataError(f"{path}:1: expected the line '--Generated Sonnets--'")
-    return parse_sonnets(text, str(path))
+    """Sonnets of a generated-sonnets file (the course's layout, under its `--Generated Sonnets--` line)."""
+    return read_sonnets(path, first_line=HEADER.strip())[0]

@@ -16,7 +16,7 @@ from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import collate, get_task
 from tasks.paraphrase import ANSWER_IDS, encode_pair, read_predictions as read_para
-from tasks.readers import (DataError, MissingDataError, clean_text, parse_sonnets, read_sonnets, read_table,
+from tasks.readers import (DataError, MissingDataError, clean_text, read_sonnets, read_table,
                            require_files)
 from tasks.sentiment import read_predictions as read_sentiment
 from tasks.sonnet import finish_sonnet, read_generated, sonnet_stop, write_sonnets
@@ -84,7 +84,7 @@ def test_missing_column_and_missing_file_errors(tmp_path):
     assert "python -m minigpt2.data fetch --task quora" in msg
 
 
-def test_sonnets_crlf_header_and_numbers():
+def test_sonnets_crlf_header_and_numbers(tmp_path):
     sonnets, notes = read_sonnets(FIX / "sonnets.txt", expect_lines=14)
     assert [s.number for s in sonnets] == [1, 2, 3, 4, 5, 6] and not notes
     assert sonnets[0].lines[0] == "From fairest creatures we desire increase,"
@@ -95,7 +95,8 @@ def test_sonnets_crlf_header_and_numbers():
     short, notes = read_sonnets(FIX / "sonnets_held_out_dev.txt", expect_lines=14)
     assert len(notes) == 3 and str(notes[0]).endswith("sonnets_held_out_dev.txt:12: sonnet 132 has 3 lines, expected 14")
     with pytest.raises(DataError, match="no numbered sonnets"):
-        parse_sonnets("just a header\nno numbers here\n", "f.txt")
+        (tmp_path / "f.txt").write_text("just a header\nno numbers here\n")
+        read_sonnets(tmp_path / "f.txt")
 
 
 # ------------------------------------------------------------------------------------------ prediction files
