@@ -12,7 +12,7 @@ import pytest
 from distill.check import read_sonnet_texts
 from distill.client import AuthError, GeminiClient, GeminiError, TransientError
 from distill.dedup import DedupIndex, jaccard, load_held_out, normalize, overlap, shingles
-from distill.generate import NotEnoughKept, TeacherMismatch, clean_text, main, make_prompt, read_records, run
+from distill.generate import NotEnoughKept, TeacherMismatch, strip_chat_wrapping, main, make_prompt, read_records, run
 from distill.records import SyntheticFileError
 from distill.summary import summarize
 from distill.prices import PRICES, estimate_cost
@@ -272,8 +272,8 @@ def test_dedup_scores():
 
 def test_clean_text_strips_chat_wrapping():
     raw = "```\n**Sonnet of the Tide**\n\n" + make_sonnet(2) + "\n```\n"
-    assert clean_text(raw) == make_sonnet(2)
-    assert clean_text("Sonnet 12\n" + make_sonnet(2)) == make_sonnet(2)
+    assert strip_chat_wrapping(raw) == make_sonnet(2)
+    assert strip_chat_wrapping("Sonnet 12\n" + make_sonnet(2)) == make_sonnet(2)
 
 
 def test_prompts_vary_and_prices_count_thinking_as_output():
