@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt2.config import GPT2Config
-from minigpt2.metrics import accuracy, bootstrap_ci, chrf
+from minigpt2.metrics import accuracy, bootstrap_interval, chrf
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import collate, get_task
@@ -231,7 +231,8 @@ def test_accuracy_and_bootstrap():
     assert accuracy([3919 == 3919], [1]) == 1.0
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         accuracy([1, 2, 3], [1, 2])
-    lo, hi = bootstrap_ci(accuracy, [1] * 60 + [0] * 40, [1] * 100, samples=300)
+    preds, labels = [1] * 60 + [0] * 40, [1] * 100
+    lo, hi = bootstrap_interval(lambda i: accuracy([preds[k] for k in i], [labels[k] for k in i]), 100, samples=300)
     assert lo < 0.6 < hi and 0.45 < lo and hi < 0.75
 
 
