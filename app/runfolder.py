@@ -15,7 +15,6 @@ into a folder that holds a run is refused unless `--overwrite`.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import subprocess
 from pathlib import Path
