@@ -37,6 +37,32 @@ class DataFormatError(UserError, ValueError):
     """A source file that does not look like what the converter expects (file, line and what was expected)."""
 
 
+class JsonLineError(ValueError):
+    """A line of a JSONL text that is not JSON; callers turn it into their own error naming the file."""
+
+    def __init__(self, lineno: int, msg: str, cut_off: bool) -> None:
+        super().__init__(f"line {lineno}: {msg}")
+        self.lineno, self.msg = lineno, msg
+        self.cut_off = cut_off  # the last line, with no newline after it: what an interrupted writer leaves
+
+
+def parse_jsonl(text: str) -> list[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSONL text, in order; the project's one JSONL reader.
+
+    A line that is not JSON raises `JsonLineError` with its number and the parser's message.
+    """
+    lines = text.split("\n")
+    values = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise JsonLineError(lineno, e.msg, cut_off=lineno == len(lines)) from None
+    return values
+
+
 TASKS = ("sst", "cfimdb", "quora", "sonnet")
 
 # The files each task writes; the fine-tune command needs the first three of each (train, dev, test inputs).
@@ -110,21 +136,18 @@ def write_labels(path: Path, pairs: Iterable[tuple[str, str]], label_col: str, n
 # ---- SST-5 ---------------------------------------------------------------------------------------------------------
 def sst5_rows(path: Path) -> list[tuple[str, str]]:
     """(text, label) of a SetFit/sst5 jsonl file; each line `{"text": ..., "label": 0-4, "label_text": ...}`."""
+    try:
+        records = parse_jsonl(path.read_text(encoding="utf-8"))
+    except JsonLineError as e:
+        raise DataFormatError(f"{path}:{e.lineno}: not a JSON line ({e.msg})") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-            if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
-                raise DataFormatError(f"{path}:{n}: expected keys 'text' and 'label', got "
-                                      f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
-            if rec["label"] not in SST_LABELS:
-                raise DataFormatError(f"{path}:{n}: label {rec['label']!r} is not one of 0-4")
-            rows.append((str(rec["text"]), str(rec["label"])))
+    for n, rec in records:
+        if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
+            raise DataFormatError(f"{path}:{n}: expected keys 'text' and 'label', got "
+                                  f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
+        if rec["label"] not in SST_LABELS:
+            raise DataFormatError(f"{path}:{n}: label {rec['label']!r} is not one of 0-4")
+        rows.append((str(rec["text"]), str(rec["label"])))
     return rows
 
 
