@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from minigpt2.checkpoint import load_model
 from minigpt2.config import GPT2Config
-from minigpt2.device import autocast_dtype, autocast_for
+from minigpt2.device import autocast_dtype, autocast_for, default_device
 from minigpt2.generate import generate
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.model import GPT2, gather_last
@@ -61,10 +61,6 @@ FULL = Sizes()
 QUICK = Sizes(batch=2, decode_new=32, sonnet_new=32, iters=3)  # the memory line keeps 8 x 256: two steps a side
 TINY = Sizes(config="tiny", batch=2, seq=32, decode_prompt=4, decode_new=8, sonnet_prompts=3, sonnet_new=8,
              sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def precision_of(device: str) -> str:
