@@ -204,6 +204,19 @@ def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
     assert all(len(e.input_ids) == 128 for e in examples)  # ... unless cut to the model's window
 
 
+def test_sonnet_trains_with_the_chunked_loss(tok, tiny, monkeypatch):
+    # the one place the chunked loss is switched in (docs/performance.md): the plain lm_loss must not be used here
+    from minigpt2 import chunked_loss
+
+    calls = []
+    real = chunked_loss._ChunkedCrossEntropy.apply
+    monkeypatch.setattr(chunked_loss._ChunkedCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
+    task = get_task("sonnet")
+    examples, _ = task.load(FIX, "train", tok, 64)
+    task.build(tiny)(collate(examples[:2], lm_targets=True)).backward()
+    assert calls == [1]
+
+
 def test_sonnet_stop_after_fourteenth_line(tok):
     stop = sonnet_stop(tok, 11)
     eleven = "".join(f"line {i}\n" for i in range(11))
