@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt2.config import GPT2Config
+from minigpt2.data import parse_sonnets
 from minigpt2.metrics import accuracy, bootstrap_interval, chrf
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
@@ -97,6 +98,7 @@ def test_sonnets_crlf_header_and_numbers(tmp_path):
     with pytest.raises(DataError, match="no numbered sonnets"):
         (tmp_path / "f.txt").write_text("just a header\nno numbers here\n")
         read_sonnets(tmp_path / "f.txt")
+    assert parse_sonnets("just a header\nno numbers here\n") == []  # the library parser leaves the error to callers
 
 
 # ------------------------------------------------------------------------------------------ prediction files
