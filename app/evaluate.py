@@ -24,7 +24,8 @@ from typing import Any
 
 from minigpt2.errors import UserError
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import seed_everything, setup_distributed, write_json
+from minigpt2.atomic import atomic_write_json
+from minigpt2.train import seed_everything, setup_distributed
 from tasks import get_task
 from tasks.readers import data_dir, require_files
 
@@ -97,7 +98,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
                               "fine_tuned_on": run_task}
     if split == "dev":
         result.update(task.score(examples, preds))
-    write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
+    atomic_write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
     return result
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from minigpt2.atomic import atomic_path
+from minigpt2.atomic import atomic_path, atomic_write_json
 from minigpt2.checkpoint import hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
 from minigpt2.config import GPT2Config
 from minigpt2.data import ensure_task_data
@@ -34,7 +34,7 @@ from minigpt2.errors import UserError
 from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import DEFAULT_SEED, Dist, seed_everything, setup_distributed, train, write_json
+from minigpt2.train import DEFAULT_SEED, Dist, seed_everything, setup_distributed, train
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, data_dir, require_files
@@ -208,7 +208,7 @@ def save_run_model(module: TaskModel, folder: Path, settings: RunSettings) -> No
         save_adapter(module, folder / ADAPTER_NAME)  # atomic
         cfg = module.gpt.config.to_hf_dict()
         cfg["minigpt2"] = {**extra, "base_model": settings.model.model, "lora": module.lora_config.to_dict()}
-        write_json(folder / "config.json", cfg)
+        atomic_write_json(folder / "config.json", cfg)
         return
     save_model(module.gpt, folder, extra_config=extra)  # fake-quant layers save their full-precision weights
     head = module.head_state()
@@ -355,7 +355,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
                   "torch": torch.__version__,
                   "started": (recorded or {}).get("started")
                   or datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_json(run_dir / runfolder.CONFIG_FILE, config)
+        atomic_write_json(run_dir / runfolder.CONFIG_FILE, config)
 
     info = {"task": task.name, "model": settings.model.model, "mode": settings.model.mode,
             "method": settings.model.method, "total_params": sum(p.numel() for p in module.parameters()),
@@ -378,11 +378,11 @@ def run(settings: RunSettings) -> dict[str, Any]:
                 metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)
         metrics["predict_s"] = time.time() - t1
         metrics["wall_s"] += metrics["predict_s"]
-        write_json(run_dir / runfolder.METRICS_FILE, metrics)
+        atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
         best = metrics["best"]
         print(f"best epoch {best['epoch']}: dev {task.metric} {best[task.metric]:.4f}; run folder {run_dir}")
     elif d.main:
-        write_json(run_dir / runfolder.METRICS_FILE, metrics)
+        atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -15,13 +15,12 @@ into a folder that holds a run is refused unless `--overwrite`.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 
 from .settings import RESUME_MAY_CHANGE, RunSettings, defining
@@ -33,15 +32,6 @@ RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE)
 
 class RunFolderError(UserError, ValueError):
     """A run folder that does not hold what the command needs, or holds a run it must not touch."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,8 +27,9 @@ import torch.nn.functional as F
 
 from minigpt2.checkpoint import load_model
 from minigpt2.config import GPT2Config
+from minigpt2.device import autocast_dtype, autocast_for, default_device
 from minigpt2.generate import generate
-from minigpt2.losses import lm_loss
+from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.model import GPT2, gather_last
 from minigpt2.prepack import inference_copy
 
@@ -63,19 +63,9 @@ TINY = Sizes(config="tiny", batch=2, seq=32, decode_prompt=4, decode_new=8, sonn
              sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def autocast_for(device: str):
-    """bf16 autocast where the device supports it (CUDA with bf16); fp32 on CPU, for parity with the peer."""
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def precision_of(device: str) -> str:
-    return "bf16 autocast" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    """`--autocast auto`'s choice, as every line runs: bf16 on CUDA with bf16, fp32 on CPU (parity with the peer)."""
+    return "bf16 autocast" if autocast_dtype("auto", device) is not None else "fp32"
 
 
 def make_checkpoint(config_name: str, folder: str | os.PathLike, seed: int = 0) -> None:
@@ -111,16 +101,16 @@ def train_step_flops(config: GPT2Config, batch: int, seq: int) -> float:
 
 
 def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
-    with autocast_for(device):
+    with autocast_for("auto", device):
         hidden = model(ids)
-        loss = lm_loss(hidden[:, :-1], model.wte.weight, ids[:, 1:])
+        loss = chunked_lm_loss(hidden[:, :-1], model.wte.weight, ids[:, 1:])
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
 def _hf_lm_step(model: Any, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
-    with autocast_for(device):
+    with autocast_for("auto", device):
         loss = model(ids, labels=ids).loss
     loss.backward()
     opt.step()
@@ -144,12 +134,12 @@ def bench_forward(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
 
     @torch.no_grad()
     def run_ours():
-        with autocast_for(device):
+        with autocast_for("auto", device):
             return ours.lm_head(ours(ids))
 
     @torch.no_grad()
     def run_hf():
-        with autocast_for(device):
+        with autocast_for("auto", device):
             return hf(ids, use_cache=False).logits
 
     t = compare_time({"ours": run_ours, "hf": run_hf}, s.warmup, s.iters)
@@ -199,7 +189,7 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
     opt_ours, opt_hf = adamw(ours, device), adamw(hf, device)
 
     def step_ours():
-        with autocast_for(device):
+        with autocast_for("auto", device):
             hidden = gather_last(ours(ids, attention_mask=mask), mask)
             loss = F.cross_entropy(ours.lm_head(hidden, token_ids=columns).float(), labels)
         loss.backward()
@@ -207,7 +197,7 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
         opt_ours.zero_grad(set_to_none=True)
 
     def step_hf():
-        with autocast_for(device):
+        with autocast_for("auto", device):
             logits = hf(ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
             loss = F.cross_entropy(logits[rows, last][:, columns].float(), labels)
         loss.backward()
@@ -236,12 +226,12 @@ def bench_greedy_decode(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]
 
     def run(model):
         def go():
-            with autocast_for(device):
+            with autocast_for("auto", device):
                 return generate(model, prompt.tolist(), s.decode_new, temperature=0.0, eos_id=None)
         return go
 
     def run_hf():
-        with autocast_for(device):
+        with autocast_for("auto", device):
             return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.decode_new,
                                do_sample=False)
 
@@ -275,12 +265,12 @@ def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[
 
     def run(model):
         def go():
-            with autocast_for(device):
+            with autocast_for("auto", device):
                 return generate(model, prompts, s.sonnet_new, eos_id=None, seed=0, **sampling)
         return go
 
     def run_hf():
-        with autocast_for(device):
+        with autocast_for("auto", device):
             return hf.generate(ids, attention_mask=mask, max_new_tokens=s.sonnet_new, do_sample=True, **sampling)
 
     t = compare_time({"ours": run(fast), "plain": run(ours), "hf": run_hf}, s.warmup, s.iters)

@@ -54,7 +54,7 @@ def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], 
                                                                                                      enabled=False)
     if variant.startswith("minigpt2"):
         from minigpt2 import GPT2, GPT2Config
-        from minigpt2.losses import lm_loss
+        from minigpt2.chunked_loss import chunked_lm_loss
 
         model = GPT2(GPT2Config.from_name("gpt2")).to(device).train()
         if variant == "minigpt2-lora":
@@ -63,7 +63,7 @@ def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], 
             apply_lora(model, rank=RANK, alpha=ALPHA, targets="attn+mlp")
 
         def loss_fn() -> torch.Tensor:
-            return lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
+            return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
     elif variant == "peft-lora":
         import peft
         import transformers

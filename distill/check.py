@@ -35,6 +35,7 @@ import pronouncing
 
 from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
 from minigpt2.atomic import atomic_write_json
+from minigpt2.data import is_number_line, parse_sonnets
 from minigpt2.errors import UserError
 
 SCHEME = "ABABCDCDEFEFGG"
@@ -238,11 +239,9 @@ def is_perfect(text: str) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Reading sonnet files
 
-_NUMBER_LINE = re.compile(r"^\s*(\d+)\s*$")
-
-
-def read_sonnets(path: str | Path) -> list[tuple[str, str]]:
-    """Read (name, text) pairs from a course sonnet file, blank-line separated plain text, or JSONL.
+def read_sonnet_texts(path: str | Path) -> list[tuple[str, str]]:
+    """(name, text) of each sonnet in a file of any layout the checker accepts: the course's numbered layout
+    (parsed by `minigpt2.data.parse_sonnets`), blank-line separated plain text, or JSONL.
 
     An unreadable or malformed file is a `SyntheticFileError` (a `UserError`) saying what is wrong.
     """
@@ -251,26 +250,15 @@ def read_sonnets(path: str | Path) -> list[tuple[str, str]]:
     if path.suffix == ".jsonl":
         return _read_jsonl(path, raw)
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if any(_NUMBER_LINE.match(ln) for ln in lines):
-        sonnets = _read_numbered(lines)
+    if any(is_number_line(ln) for ln in lines):
+        # the checker reads words and line ends only: indentation and empty entries are dropped
+        sonnets = [(str(s.number), "\n".join(ln.strip() for ln in s.lines)) for s in parse_sonnets(raw) if s.lines]
     else:
         sonnets = _read_blocks(lines)
     if not sonnets:
         raise SyntheticFileError(f"{path}: no sonnets found (expected numbered sonnets, blank-line separated text "
                                  "or JSONL)")
     return sonnets
-
-
-def _read_numbered(lines: list[str]) -> list[tuple[str, str]]:
-    # Course layout: a header, then "<number>", a blank line and the sonnet's lines; the header is skipped.
-    sonnets: list[tuple[str, list[str]]] = []
-    for ln in lines:
-        m = _NUMBER_LINE.match(ln)
-        if m:
-            sonnets.append((m.group(1), []))
-        elif sonnets and ln.strip():
-            sonnets[-1][1].append(ln.strip())
-    return [(name, "\n".join(body)) for name, body in sonnets if body]
 
 
 def _read_blocks(lines: list[str]) -> list[tuple[str, str]]:
@@ -294,10 +282,10 @@ def _read_jsonl(path: Path, raw: str) -> list[tuple[str, str]]:
 
 def check_file(path: str | Path, meter: bool = False) -> list[SonnetCheck]:
     """Check every sonnet in a file."""
-    return [check_sonnet(text, name, meter=meter) for name, text in read_sonnets(path)]
+    return [check_sonnet(text, name, meter=meter) for name, text in read_sonnet_texts(path)]
 
 
-def summarize(results: list[SonnetCheck], meter: bool = False) -> dict:
+def summarize_checks(results: list[SonnetCheck], meter: bool = False) -> dict:
     """Counts for a report: perfect rate, failure kinds, unknown words, meter."""
     n = len(results)
     perfect = sum(r.perfect for r in results)
@@ -318,7 +306,7 @@ def summarize(results: list[SonnetCheck], meter: bool = False) -> dict:
 
 def format_report(results: list[SonnetCheck], meter: bool = False, show: int | None = None) -> str:
     """Human-readable report: the perfect rate, then why each failing sonnet failed."""
-    s = summarize(results, meter)
+    s = summarize_checks(results, meter)
     out = [f"perfect: {s['perfect']}/{s['sonnets']} ({100 * s['perfect_rate']:.1f}%)",
            f"  wrong line count: {s['wrong_line_count']}, rhyme failures: {s['rhyme_failures']}"]
     if s["unknown_words"]:
@@ -348,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         results = check_file(args.file, meter=args.meter)
         print(format_report(results, meter=args.meter, show=args.show))
         if args.json:
-            payload = {"summary": summarize(results, args.meter),
+            payload = {"summary": summarize_checks(results, args.meter),
                        "sonnets": [{"name": r.name, "perfect": r.perfect, "reasons": r.reasons,
                                     "unknown_words": r.unknown_words, "syllables": r.syllables} for r in results]}
             try:

@@ -43,13 +43,13 @@ def overlap(a: frozenset[str], b: frozenset[str]) -> float:
 
 def load_held_out(data_dir: str | Path) -> list[tuple[str, str]]:
     """The held-out dev/test sonnets (or their prompt lines) found in `data_dir`, as (name, text)."""
-    from distill.check import read_sonnets
+    from distill.check import read_sonnet_texts
 
     data_dir = Path(data_dir)
     found = []
     for fname in HELD_OUT_FILES:
         if (data_dir / fname).is_file():
-            found += [(f"{fname}#{name}", text) for name, text in read_sonnets(data_dir / fname)]
+            found += [(f"{fname}#{name}", text) for name, text in read_sonnet_texts(data_dir / fname)]
     return found
 
 

@@ -90,7 +90,7 @@ def make_prompt(seed: int) -> str:
 _TITLE = re.compile(r"^(#+\s.*|\*\*[^*]+\*\*|sonnet\b[^a-z]*\w{0,20}[^a-z]*)$", re.IGNORECASE)
 
 
-def clean_text(text: str) -> str:
+def strip_chat_wrapping(text: str) -> str:
     """Strip what chat models wrap poems in: code fences, a title line, markdown emphasis, outer blank lines."""
     lines = [ln.rstrip() for ln in text.replace("\r", "").split("\n") if not ln.strip().startswith("```")]
     while lines and not lines[0].strip():
@@ -157,7 +157,7 @@ def make_record(rid: str, teacher: str, prompt: str, seed: int, completion: Comp
 
     `timestamp` is when the answer arrived (now if not given); judging waits for the ids before it.
     """
-    text = clean_text(completion.text)
+    text = strip_chat_wrapping(completion.text)
     reason = completion.blocked
     if reason is None and not text:
         reason = f"empty response (finish {completion.finish_reason})"

@@ -11,10 +11,10 @@ repairs that itself. Anything else wrong in a file was edited or damaged, and th
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+from minigpt2.data import JsonLineError, parse_jsonl
 from minigpt2.errors import UserError
 
 
@@ -60,21 +60,18 @@ def read_jsonl(path: str | Path, raw: str | None = None,
     be a string). `raw` is the file's text when the caller has already read it.
     """
     raw = decode_text(path, read_file_bytes(path)) if raw is None else raw
-    lines = raw.split("\n")
-    records = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):  # no newline after it: the tail a killed writer leaves
-                raise SyntheticFileError(
-                    f"{path}:{lineno}: the last line is cut off ({e.msg}), as an interrupted distill.generate "
-                    "run leaves it; re-run distill.generate with the same --out to repair it") from None
+    try:
+        values = parse_jsonl(raw)
+    except JsonLineError as e:
+        if e.cut_off:  # no newline after it: the tail a killed writer leaves
             raise SyntheticFileError(
-                f"{path}:{lineno}: not valid JSON ({e.msg}); only a cut-off last line is left by an interrupted "
-                "run, so this file was edited or damaged: fix or delete that line") from None
+                f"{path}:{e.lineno}: the last line is cut off ({e.msg}), as an interrupted distill.generate "
+                "run leaves it; re-run distill.generate with the same --out to repair it") from None
+        raise SyntheticFileError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}); only a cut-off last line is left by an interrupted "
+            "run, so this file was edited or damaged: fix or delete that line") from None
+    records = []
+    for lineno, rec in values:
         missing = [k for k in fields if not isinstance(rec, dict) or k not in rec
                    or (k == "text" and not isinstance(rec[k], str))]
         if missing:

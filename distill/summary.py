@@ -29,6 +29,7 @@ from distill.check import is_perfect
 from distill.prices import PRICES, PRICES_DATE, PRICES_SOURCE, estimate_cost
 from distill.records import SyntheticFileError, file_teacher, load_records, read_file_bytes
 from minigpt2.atomic import atomic_write_json
+from minigpt2.download import sha256_file
 
 SCHEMA = 1
 Z95 = 1.959963984540054
@@ -103,7 +104,7 @@ def summary_path(jsonl: str | Path) -> Path:
 def write_summary(jsonl: str | Path, summary: dict, last_run: dict | None = None) -> Path:
     """Write `summary` (plus the file's name and sha256, the last run's outcome, the time) beside `jsonl`."""
     jsonl = Path(jsonl)
-    digest = hashlib.sha256(jsonl.read_bytes()).hexdigest() if jsonl.is_file() else None
+    digest = sha256_file(jsonl) if jsonl.is_file() else None
     payload = {**summary, "file": jsonl.name, "jsonl_sha256": digest, "last_run": last_run,
                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = summary_path(jsonl)

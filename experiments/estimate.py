@@ -46,7 +46,7 @@ class Probe:
 def probe(model: str = "gpt2", device: str = "cpu", steps: int = 2) -> Probe:
     """Time `steps` training steps (after one warm-up step) of `model`'s shape at batch 8 x 128."""
     from minigpt2.config import PRESETS, GPT2Config
-    from minigpt2.losses import lm_loss
+    from minigpt2.chunked_loss import chunked_lm_loss
     from minigpt2.model import GPT2
 
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = 2) -> Probe:
     ids = torch.randint(0, net.config.vocab_size, (PROBE_BATCH, seq), device=device)
 
     def step() -> None:
-        loss = lm_loss(net(ids)[:, :-1], net.wte.weight, ids[:, 1:])
+        loss = chunked_lm_loss(net(ids)[:, :-1], net.wte.weight, ids[:, 1:])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -62,7 +62,7 @@ def in_subprocess(module: str, argv: Sequence[str], log: Path) -> None:
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)
-        assert proc.stdout is not None
+        assert proc.stdout is not None  # internal invariant: stdout=PIPE always gives a stream
         for line in proc.stdout:
             f.write(line)
             tqdm.write(line.rstrip("\n"))

@@ -4,7 +4,8 @@ The sonnet dev set has 12 sonnets, so one chrF figure hides a wide interval. The
 examples with replacement and recomputes the *corpus* metric on each resample: for chrF, sacrebleu's character
 n-gram statistics are extracted once per sonnet and summed per resample (what `CHRF().corpus_score` does for the
 whole set, and what sacrebleu's own `n_bootstrap` does — but with percentile bounds instead of a symmetric
-half-width), so 1,000 resamples take a fraction of a second.
+half-width), so 1,000 resamples take a fraction of a second. The resampling itself is the library's
+`minigpt2.metrics.bootstrap_interval`.
 
 The predictions come back from the run folder's course-format files; references and labels from the data folder
 the run used (its config.json).
@@ -22,6 +23,8 @@ from typing import Sequence
 import numpy as np
 from sacrebleu.metrics import CHRF
 
+from minigpt2.metrics import bootstrap_interval
+
 SAMPLES = 1000
 
 
@@ -33,11 +36,6 @@ class Interval:
     low: float
     high: float
     n: int  # examples resampled
-
-
-def _percentiles(scores: np.ndarray, confidence: float) -> tuple[float, float]:
-    lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(lo), float(hi)
 
 
 def chrf_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
@@ -58,9 +56,9 @@ def bootstrap_chrf(hypotheses: Sequence[str], references: Sequence[str], samples
                    confidence: float = 0.95, seed: int = 0) -> Interval:
     """Corpus chrF of all examples and its percentile bootstrap interval over resampled examples."""
     stats = chrf_statistics(hypotheses, references)
-    idx = np.random.default_rng(seed).integers(0, len(stats), size=(samples, len(stats)))
-    scores = np.array([chrf_from_statistics(stats[i].sum(0)) for i in idx])
-    return Interval(chrf_from_statistics(stats.sum(0)), *_percentiles(scores, confidence), len(stats))
+    low, high = bootstrap_interval(lambda i: chrf_from_statistics(stats[i].sum(0)), len(stats), samples, confidence,
+                                   seed)
+    return Interval(chrf_from_statistics(stats.sum(0)), low, high, len(stats))
 
 
 def bootstrap_accuracy(predictions: Sequence[int], labels: Sequence[int], samples: int = SAMPLES,
@@ -71,8 +69,8 @@ def bootstrap_accuracy(predictions: Sequence[int], labels: Sequence[int], sample
     if not labels:
         raise ValueError("accuracy of an empty set")
     correct = np.array([int(p) == int(y) for p, y in zip(predictions, labels)], dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(correct), size=(samples, len(correct)))
-    return Interval(float(correct.mean()), *_percentiles(correct[idx].mean(1), confidence), len(correct))
+    low, high = bootstrap_interval(lambda i: float(correct[i].mean()), len(correct), samples, confidence, seed)
+    return Interval(float(correct.mean()), low, high, len(correct))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

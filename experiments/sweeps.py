@@ -336,5 +336,6 @@ def build_sweep(name: str, opts: SweepOptions) -> Sweep:
         raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
     sweep = SWEEPS[name](opts)
     names = [r.name for r in sweep.runs]
+    # internal invariant of the sweep builders above (names come from code, not from the user's input)
     assert len(set(names)) == len(names), f"duplicate run names in sweep {name}"
     return sweep

@@ -185,7 +185,7 @@ def _find_files(path: Path) -> tuple[Path, Path | None]:
     return weights, config if config.is_file() else None
 
 
-def read_config(path: str | os.PathLike) -> GPT2Config:
+def read_hf_config(path: str | os.PathLike) -> GPT2Config:
     """A `GPT2Config` from an HF `config.json`, with a clear error naming the file."""
     path = Path(path)
     try:
@@ -224,7 +224,7 @@ def load_model(path: str | os.PathLike, config: GPT2Config | None = None, dtype:
     weights, config_file = _find_files(Path(path))
     hf, _ = read_safetensors(weights)
     if config is None:
-        config = read_config(config_file) if config_file else infer_config(hf, str(weights))
+        config = read_hf_config(config_file) if config_file else infer_config(hf, str(weights))
     state = hf_to_minigpt2(hf, config, source=str(weights))
     with torch.device("meta"):
         model = GPT2(config)

@@ -26,6 +26,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .download import DownloadError, HubFile, env_offline, fetch_hub_file, fetch_url
@@ -34,6 +35,32 @@ from .errors import UserError
 
 class DataFormatError(UserError, ValueError):
     """A source file that does not look like what the converter expects (file, line and what was expected)."""
+
+
+class JsonLineError(ValueError):
+    """A line of a JSONL text that is not JSON; callers turn it into their own error naming the file."""
+
+    def __init__(self, lineno: int, msg: str, cut_off: bool) -> None:
+        super().__init__(f"line {lineno}: {msg}")
+        self.lineno, self.msg = lineno, msg
+        self.cut_off = cut_off  # the last line, with no newline after it: what an interrupted writer leaves
+
+
+def parse_jsonl(text: str) -> list[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSONL text, in order; the project's one JSONL reader.
+
+    A line that is not JSON raises `JsonLineError` with its number and the parser's message.
+    """
+    lines = text.split("\n")
+    values = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise JsonLineError(lineno, e.msg, cut_off=lineno == len(lines)) from None
+    return values
 
 
 TASKS = ("sst", "cfimdb", "quora", "sonnet")
@@ -109,21 +136,18 @@ def write_labels(path: Path, pairs: Iterable[tuple[str, str]], label_col: str, n
 # ---- SST-5 ---------------------------------------------------------------------------------------------------------
 def sst5_rows(path: Path) -> list[tuple[str, str]]:
     """(text, label) of a SetFit/sst5 jsonl file; each line `{"text": ..., "label": 0-4, "label_text": ...}`."""
+    try:
+        records = parse_jsonl(path.read_text(encoding="utf-8"))
+    except JsonLineError as e:
+        raise DataFormatError(f"{path}:{e.lineno}: not a JSON line ({e.msg})") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-            if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
-                raise DataFormatError(f"{path}:{n}: expected keys 'text' and 'label', got "
-                                      f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
-            if rec["label"] not in SST_LABELS:
-                raise DataFormatError(f"{path}:{n}: label {rec['label']!r} is not one of 0-4")
-            rows.append((str(rec["text"]), str(rec["label"])))
+    for n, rec in records:
+        if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
+            raise DataFormatError(f"{path}:{n}: expected keys 'text' and 'label', got "
+                                  f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
+        if rec["label"] not in SST_LABELS:
+            raise DataFormatError(f"{path}:{n}: label {rec['label']!r} is not one of 0-4")
+        rows.append((str(rec["text"]), str(rec["label"])))
     return rows
 
 
@@ -299,6 +323,52 @@ def sonnet_file(blocks: Sequence[tuple[int, Sequence[str]]], trailer: str) -> by
     for k, (number, body) in enumerate(blocks):
         lines += [str(number), "", *body] + ([""] if k < len(blocks) - 1 else [])
     return ("\r\n".join(lines) + trailer).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Sonnet:
+    """A numbered sonnet (or prompt) and its lines, as printed."""
+
+    number: int
+    lines: tuple[str, ...]
+    line: int = field(default=0, compare=False)  # where its number stands in the file (1-based)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+_NUMBER_LINE = re.compile(r"^\s*(\d+)\s*$")
+
+
+def is_number_line(line: str) -> bool:
+    """True for a line holding only a sonnet's number, which starts a sonnet in the course layout."""
+    return _NUMBER_LINE.match(line) is not None
+
+
+def parse_sonnets(text: str) -> list[Sonnet]:
+    """The sonnets of a file in the course layout (what `sonnet_file` writes, and the generated-sonnets files):
+    a header, then per sonnet its number on a line, a blank line, its lines. Empty when no number line is found.
+
+    Anything before the first number line is the header. Blank lines between sonnets are dropped; line ends
+    (CRLF or LF) and trailing spaces are normalised; a couplet's leading indentation is kept.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    sonnets: list[Sonnet] = []
+    number: int | None = None
+    body: list[str] = []
+    start = 0
+    for n, raw in enumerate(lines, start=1):
+        m = _NUMBER_LINE.match(raw)
+        if m:
+            if number is not None:
+                sonnets.append(Sonnet(number, tuple(body), start))
+            number, body, start = int(m.group(1)), [], n
+        elif number is not None and raw.strip():
+            body.append(raw.rstrip())
+    if number is not None:
+        sonnets.append(Sonnet(number, tuple(body), start))
+    return sonnets
 
 
 def convert_sonnets(source: Path, out: Path) -> None:

@@ -100,6 +100,7 @@ def cache_dir() -> Path:
 
 # ---- checksums and the lock file --------------------------------------------------------------------------------
 def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import random
 from typing import Callable, Sequence
 
+import numpy as np
 from sacrebleu.metrics import CHRF
 
 
@@ -24,16 +24,18 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
 
 
-def bootstrap_ci(metric: Callable[[list, list], float], predictions: Sequence, references: Sequence,
-                 samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of a corpus metric, resampling examples with replacement."""
-    rng = random.Random(seed)
-    n = len(predictions)
-    scores = []
-    for _ in range(samples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        scores.append(metric([predictions[i] for i in idx], [references[i] for i in idx]))
-    scores.sort()
-    lo = scores[int((1 - confidence) / 2 * samples)]
-    hi = scores[min(samples - 1, int((1 + confidence) / 2 * samples))]
-    return lo, hi
+def bootstrap_interval(score: Callable[[np.ndarray], float], n: int, samples: int = 1000,
+                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of a corpus metric over `n` examples.
+
+    Draws `samples` resamples of the example indices with replacement (one (samples, n) array from `seed`) and
+    returns the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of `score(indices)`. `score` recomputes
+    the metric on the examples at `indices`, e.g. `lambda i: accuracy(preds[i], labels[i])` on arrays, or a sum of
+    per-example statistics for chrF (experiments/stats.py).
+    """
+    if n < 1:
+        raise ValueError("bootstrap of an empty set")
+    idx = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    scores = np.array([score(i) for i in idx])
+    lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)

@@ -4,12 +4,11 @@
     generate(fast, prompts, 128)       # used as usual; `model` itself is untouched
 
 Why: a decoding step multiplies a few rows of activations (one per sequence) by every weight matrix, so it is
-bound by how fast the weights stream from memory. The BLAS call behind `F.linear` stays well below that on thin
-products (GPT-2's LM head, one row: 10.7 GB/s on a 2-core machine that reads 20.8 GB/s). oneDNN, bundled with
-PyTorch's CPU builds, can lay each weight out for its kernel once, ahead of time (`torch.compile`'s CPU backend
-uses the same two kernels when it freezes weights). Measured on 2 cores with GPT-2 124M's shapes: the block
-linears 1.1x-1.75x and the 50257 x 768 LM head 1.7x (1 row, 16.4 GB/s) to 3.2x (12 rows) faster than `F.linear`,
-with the same values up to fp32 rounding.
+bound by how fast the weights stream from memory. The BLAS call behind `F.linear` streams them well below the
+memory's speed on such thin products (GPT-2's LM head at one row, for instance). oneDNN, bundled with PyTorch's
+CPU builds, can lay each weight out for its kernel once, ahead of time (`torch.compile`'s CPU backend uses the
+same two kernels when it freezes weights), and its products are faster than `F.linear` on GPT-2's shapes, with
+the same values up to fp32 rounding. The measured figures are in docs/performance.md.
 
 Only inference: a packed weight is an opaque oneDNN tensor, with no gradient and no state dict. Layers that are
 not plain `nn.Linear` (LoRA adapters, fake-quant layers) keep their own forward, so a prepacked LoRA model runs its

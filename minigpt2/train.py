@@ -370,7 +370,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
             metrics["wall_s"] = wall_before + time.time() - t_start
             save_resume_state(last_dir, module, optimizer, scheduler, epoch,
                               {"history": metrics["epochs"], "best": metrics["best"], "wall_s": metrics["wall_s"]})
-            write_json(run_dir / "metrics.json", metrics)
+            atomic_write_json(run_dir / "metrics.json", metrics)
             print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, dev {metric} {row[metric]:.4f}, "
                   f"{row['tokens_per_s']:.0f} tok/s")
         if d.world > 1:
@@ -393,6 +393,3 @@ def _param_checksums(module: nn.Module, d: Dist) -> list[float]:
     return [float(t.item()) for t in gathered]
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic, strict JSON write (a crash leaves the previous file, never half of one; NaN is an error)."""
-    atomic_write_json(path, data)

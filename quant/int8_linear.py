@@ -39,6 +39,7 @@ def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
     N = q.size(0)
     with warnings.catch_warnings():  # quantized-tensor constructors warn that they are deprecated (torch >= 2.10)
         warnings.simplefilter("ignore")
+        # Private but exact: the public torch.quantize_per_channel is deprecated alike and would re-round q * scale.
         qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(N, dtype=torch.long), 0)
         return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
 

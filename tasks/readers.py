@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minigpt2.data import Sonnet, parse_sonnets
 from minigpt2.errors import UserError
 
 DATA_ENV = "MINIGPT2_DATA_DIR"
@@ -133,56 +134,20 @@ def read_table(path: str | os.PathLike, columns: list[str], label: str | None = 
     return Table(path, rows, bad)
 
 
-@dataclass(frozen=True)
-class Sonnet:
-    """A numbered sonnet (or prompt) and its lines, as printed."""
-
-    number: int
-    lines: tuple[str, ...]
-    line: int = field(default=0, compare=False)  # where its number stands in the file (1-based)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-_NUMBER = re.compile(r"^\s*(\d+)\s*$")
-
-
-def parse_sonnets(text: str, source: str = "sonnets") -> list[Sonnet]:
-    """Sonnets from the Folger layout: a header, then per sonnet its number on a line, a blank line, its lines.
-
-    Anything before the first number line is the header. Blank lines between sonnets are dropped; line ends
-    (CRLF or LF) and trailing spaces are normalised; a couplet's leading indentation is kept.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    sonnets: list[Sonnet] = []
-    number: int | None = None
-    body: list[str] = []
-    start = 0
-    for n, raw in enumerate(lines, start=1):
-        m = _NUMBER.match(raw)
-        if m:
-            if number is not None:
-                sonnets.append(Sonnet(number, tuple(body), start))
-            number, body, start = int(m.group(1)), [], n
-        elif number is not None and raw.strip():
-            body.append(raw.rstrip())
-    if number is not None:
-        sonnets.append(Sonnet(number, tuple(body), start))
-    if not sonnets:
-        raise DataError(f"{source}: no numbered sonnets found (expected a number on its own line before each)")
-    return sonnets
-
-
-def read_sonnets(path: str | os.PathLike, expect_lines: int | None = None
+def read_sonnets(path: str | os.PathLike, expect_lines: int | None = None, first_line: str | None = None
                  ) -> tuple[list[Sonnet], list[Malformed]]:
-    """Sonnets of a course file; those without `expect_lines` lines are kept but reported (Shakespeare's 99
-    has 15 lines and 126 has 12)."""
+    """Sonnets of a file in the course layout (parsed by `minigpt2.data.parse_sonnets`); those without
+    `expect_lines` lines are kept but reported (Shakespeare's 99 has 15 lines and 126 has 12). `first_line`,
+    when given, is what the file must start with (a generated-sonnets file's header)."""
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"{path}: no such data file")
-    sonnets = parse_sonnets(read_utf8(path), str(path))
+    text = read_utf8(path)
+    if first_line is not None and not text.startswith(first_line):
+        raise DataError(f"{path}:1: expected the line {first_line!r}")
+    sonnets = parse_sonnets(text)
+    if not sonnets:
+        raise DataError(f"{path}: no numbered sonnets found (expected a number on its own line before each)")
     notes = []
     if expect_lines is not None:
         notes = [Malformed(str(path), s.line, f"sonnet {s.number} has {len(s.lines)} lines, expected {expect_lines}")

@@ -1,6 +1,7 @@
 """Sonnet generation: a causal LM fine-tuned on Shakespeare's sonnets, then asked to finish held-out ones.
 
-Training: each sonnet's 14 lines followed by <|endoftext|>, next-token loss through `minigpt2.losses.lm_loss`.
+Training: each sonnet's 14 lines followed by <|endoftext|>, next-token loss through
+`minigpt2.chunked_loss.chunked_lm_loss` (the plain `minigpt2.losses.lm_loss`, chunked: see docs/performance.md).
 Evaluation: for each held-out prompt (its first 3 lines) the model samples the rest (temperature 1.2, top-p 0.9
 by default, as the course) until <|endoftext|> or until the 14th line is complete — never cut by a small token
 budget — and chrF (sacrebleu's `CHRF()` defaults) compares the full sonnets with the true ones. The output file
@@ -15,26 +16,28 @@ from typing import Callable, Sequence
 import torch
 
 from minigpt2.atomic import atomic_write
+from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.data import FILES as COURSE_FILES
+from minigpt2.data import Sonnet
 from minigpt2.generate import generate
-from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2
 from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
 from .base import Example, PredictSettings, Task, TaskModel
-from .readers import DataError, Malformed, Sonnet, parse_sonnets, read_sonnets
+from .readers import DataError, Malformed, read_sonnets
 
 SONNET_LINES = 14
 HEADER = "--Generated Sonnets-- \n\n"
 
 
 class SonnetLM(TaskModel):
-    """Causal LM over the tied head; the loss never builds (B, T, vocab) logits at once if `lm_loss` chunks."""
+    """Causal LM over the tied head. The one place training switches in the chunked loss: it equals
+    `minigpt2.losses.lm_loss` but never builds the (B, T, vocab) logits at once."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.body(batch["input_ids"], batch["attention_mask"])
-        return lm_loss(hidden, self.gpt.wte.weight, batch["targets"])
+        return chunked_lm_loss(hidden, self.gpt.wte.weight, batch["targets"])
 
 
 def sonnet_stop(tok: Tokenizer, lines_to_write: int) -> Callable[[list[int]], bool]:
@@ -145,8 +148,5 @@ def write_sonnets(path: str | Path, sonnets: list[tuple[int, str]]) -> None:
 
 
 def read_generated(path: str | Path) -> list[Sonnet]:
-    """Sonnets of a generated-sonnets file (the course's layout)."""
-    text = Path(path).read_text(encoding="utf-8")
-    if not text.startswith("--Generated Sonnets--"):
-        raise DataError(f"{path}:1: expected the line '--Generated Sonnets--'")
-    return parse_sonnets(text, str(path))
+    """Sonnets of a generated-sonnets file (the course's layout, under its `--Generated Sonnets--` line)."""
+    return read_sonnets(path, first_line=HEADER.strip())[0]

@@ -320,3 +320,13 @@ def test_finetune_offline_gives_the_clear_error_instead(hub, tmp_path):
         finetune.main(["--task", "quora", "--model", "tiny", "--data-dir", str(tmp_path), "--offline",
                        "--out-dir", str(tmp_path / "run")])
     assert hub.requests == []
+
+
+def test_parse_jsonl_numbers_lines_and_tells_a_cut_off_last_line():
+    assert data.parse_jsonl('{"a": 1}\n\n[2]\n') == [(1, {"a": 1}), (3, [2])]
+    with pytest.raises(data.JsonLineError) as bad:
+        data.parse_jsonl('{"a": 1}\n{"a": \n[2]\n')
+    assert (bad.value.lineno, bad.value.cut_off) == (2, False)
+    with pytest.raises(data.JsonLineError) as cut:
+        data.parse_jsonl('{"a": 1}\n{"a": ')  # no newline after it: an interrupted writer's tail
+    assert (cut.value.lineno, cut.value.cut_off) == (2, True)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.check import (check_file, check_sonnet, count_syllables, end_word, format_report, main, read_sonnets,
-                           rhyme, summarize)
+from distill.check import (check_file, check_sonnet, count_syllables, end_word, format_report, main,
+                           read_sonnet_texts, rhyme, summarize_checks)
 from minigpt2.errors import UserError
 from tests.fakegemini import make_sonnet
 
@@ -133,7 +133,7 @@ def test_meter_counts_syllables():
 
 
 def test_reads_the_course_format(tmp_path):
-    sonnets = read_sonnets(FIXTURES / "sonnets_sample.txt")  # CRLF, 11-line header, numbered
+    sonnets = read_sonnet_texts(FIXTURES / "sonnets_sample.txt")  # CRLF, 11-line header, numbered
     assert [name for name, _ in sonnets] == ["1", "9", "24", "99", "126"]
     assert sonnets[0][1].split("\n")[0] == "From fairest creatures we desire increase,"
     results = check_file(FIXTURES / "sonnets_sample.txt")
@@ -145,36 +145,36 @@ def test_reads_the_course_format(tmp_path):
 def test_reads_blank_line_separated_text_and_jsonl(tmp_path):
     plain = tmp_path / "sonnets.txt"
     plain.write_text(make_sonnet(1) + "\n\n\n" + make_sonnet(2) + "\n")
-    assert [name for name, _ in read_sonnets(plain)] == ["1", "2"]
+    assert [name for name, _ in read_sonnet_texts(plain)] == ["1", "2"]
     jsonl = tmp_path / "synth.jsonl"
     rows = [{"id": "a", "text": make_sonnet(1), "status": "kept"},
             {"id": "b", "text": "", "status": "rejected"}, {"id": "c", "text": make_sonnet(5, perfect=False)}]
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     results = check_file(jsonl)
     assert [(r.name, r.perfect) for r in results] == [("a", True), ("c", False)]
-    assert summarize(results)["perfect_rate"] == 0.5
+    assert summarize_checks(results)["perfect_rate"] == 0.5
 
 
 def test_bad_files_give_clear_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "x"}) + "\n{not json\n")
     with pytest.raises(UserError, match=r"bad\.jsonl:2: not valid JSON"):
-        read_sonnets(bad)
+        read_sonnet_texts(bad)
     bad.write_text(json.dumps({"poem": "x"}) + "\n")
     with pytest.raises(UserError, match=r"bad\.jsonl:1: expected a JSON object with a string field 'text'"):
-        read_sonnets(bad)
+        read_sonnet_texts(bad)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(UserError, match="empty.txt: no sonnets found"):
-        read_sonnets(empty)
+        read_sonnet_texts(empty)
     with pytest.raises(UserError, match="missing.txt: no such sonnet file"):
-        read_sonnets(tmp_path / "missing.txt")
+        read_sonnet_texts(tmp_path / "missing.txt")
     with pytest.raises(UserError, match=f"{tmp_path}: is a folder, not a sonnet file"):
-        read_sonnets(tmp_path)
+        read_sonnet_texts(tmp_path)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("Shall I compare thee\nto a summer\xe2s day\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1\.txt:2: not UTF-8 text \(byte 0xe2\)"):
-        read_sonnets(latin1)
+        read_sonnet_texts(latin1)
 
 
 def test_cli_reports_rate_and_reasons(tmp_path, capsys):
@@ -201,7 +201,7 @@ def test_format_report_limits_the_list():
 def test_shakespeare_rate_on_the_real_sonnets():
     results = check_file(Path(os.environ["MINIGPT2_DATA_DIR"]) / "sonnets.txt")
     assert len(results) == 131
-    s = summarize(results)
+    s = summarize_checks(results)
     # Measured: 27/131 (20.6%); most failures are Early Modern rhymes (love/prove, die/memory), see README.
     assert 0.1 < s["perfect_rate"] < 0.35
     assert {r.name for r in results if r.n_lines != 14} == {"99", "126"}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from distill.check import read_sonnets
+from distill.check import read_sonnet_texts
 from distill.client import AuthError, GeminiClient, GeminiError, TransientError
 from distill.dedup import DedupIndex, jaccard, load_held_out, normalize, overlap, shingles
-from distill.generate import NotEnoughKept, TeacherMismatch, clean_text, main, make_prompt, read_records, run
+from distill.generate import NotEnoughKept, TeacherMismatch, strip_chat_wrapping, main, make_prompt, read_records, run
 from distill.records import SyntheticFileError
 from distill.summary import summarize
 from distill.prices import PRICES, estimate_cost
@@ -24,7 +24,7 @@ MODEL = "gemini-2.5-flash"
 
 
 def held_out_sonnet() -> str:
-    return read_sonnets(FIXTURES / "TRUE_sonnets_held_out_dev.txt")[0][1]
+    return read_sonnet_texts(FIXTURES / "TRUE_sonnets_held_out_dev.txt")[0][1]
 
 
 def client(fake: FakeGemini, sleeps: list | None = None, **kw) -> GeminiClient:
@@ -260,7 +260,7 @@ def test_dedup_scores():
     assert jaccard(a, b) < 0.1  # different seeds are different sonnets
     edited = make_sonnet(1).replace("day", "way").upper()
     assert jaccard(a, shingles(edited)) > 0.8
-    prompt = read_sonnets(FIXTURES / "sonnets_held_out.txt")[0][1]  # 3 lines only
+    prompt = read_sonnet_texts(FIXTURES / "sonnets_held_out.txt")[0][1]  # 3 lines only
     recital = prompt + "\n" + "\n".join(make_sonnet(3).split("\n")[3:])
     assert overlap(shingles(recital), shingles(prompt)) > 0.95 > 0.5 > jaccard(shingles(recital), shingles(prompt))
     index = dedup()
@@ -272,8 +272,8 @@ def test_dedup_scores():
 
 def test_clean_text_strips_chat_wrapping():
     raw = "```\n**Sonnet of the Tide**\n\n" + make_sonnet(2) + "\n```\n"
-    assert clean_text(raw) == make_sonnet(2)
-    assert clean_text("Sonnet 12\n" + make_sonnet(2)) == make_sonnet(2)
+    assert strip_chat_wrapping(raw) == make_sonnet(2)
+    assert strip_chat_wrapping("Sonnet 12\n" + make_sonnet(2)) == make_sonnet(2)
 
 
 def test_prompts_vary_and_prices_count_thinking_as_output():

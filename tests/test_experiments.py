@@ -390,8 +390,10 @@ def test_csv_has_one_row_per_run_with_empty_cells_for_missing_values(tmp_path):
 
 
 def test_quantile_bounds_are_numpy_percentiles():
-    scores = np.arange(1000, dtype=float)
-    assert stats._percentiles(scores, 0.95) == pytest.approx((24.975, 974.025))
+    from minigpt2.metrics import bootstrap_interval  # the resampling behind stats.bootstrap_*
+
+    scores = iter(np.arange(1000, dtype=float))  # the 1000 resamples score 0, 1, ..., 999
+    assert bootstrap_interval(lambda i: next(scores), 5, samples=1000) == pytest.approx((24.975, 974.025))
 
 
 def test_subprocess_executor_logs_output_and_raises_on_failure(tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
-"""The chunked, fused `lm_loss` equals plain cross-entropy over full logits: value and gradients."""
+"""The chunked, fused `chunked_lm_loss` equals the plain `lm_loss` (full logits, cross-entropy): value, gradients."""
 
 import pytest
 import torch
 
-from minigpt2.losses import chunked_lm_loss, lm_loss, lm_loss_reference
+from minigpt2.chunked_loss import chunked_lm_loss
+from minigpt2.losses import lm_loss
 
 
 def _inputs(n: int = 37, c: int = 16, v: int = 101, seed: int = 0, ignore_every: int = 5):
@@ -27,7 +28,7 @@ def _value_and_grads(fn, hidden, weight, targets, **kw):
 @pytest.mark.parametrize("chunk_rows", [1, 7, 36, 37, 1000])
 def test_chunked_loss_and_grads_match_reference(chunk_rows):
     hidden, weight, targets = _inputs()
-    ref = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+    ref = _value_and_grads(lm_loss, hidden, weight, targets)
     got = _value_and_grads(chunked_lm_loss, hidden, weight, targets, chunk_rows=chunk_rows)
     for name, a, b in zip(["loss", "d hidden", "d weight"], got, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
@@ -39,8 +40,8 @@ def test_lm_loss_batched_shapes_and_custom_ignore_index():
     weight = torch.randn(50, 8, generator=g)
     targets = torch.randint(0, 50, (3, 9), generator=g)
     targets[0, :4] = 7  # a real token id used as the ignore index
-    ref = _value_and_grads(lm_loss_reference, hidden, weight, targets, ignore_index=7)
-    got = _value_and_grads(lm_loss, hidden, weight, targets, ignore_index=7)
+    ref = _value_and_grads(lm_loss, hidden, weight, targets, ignore_index=7)
+    got = _value_and_grads(chunked_lm_loss, hidden, weight, targets, ignore_index=7)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -50,7 +51,7 @@ def test_upstream_gradient_scales_grads():
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     (3.0 * chunked_lm_loss(h1, w1, targets, chunk_rows=5)).backward()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    (3.0 * lm_loss_reference(h2, w2, targets)).backward()
+    (3.0 * lm_loss(h2, w2, targets)).backward()
     torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
 
@@ -61,14 +62,14 @@ def test_frozen_weight_gets_no_grad_and_grad_accumulates_with_other_uses():
     loss = chunked_lm_loss(h, weight, targets, chunk_rows=8)  # weight does not require grad (LoRA, frozen wte)
     loss.backward()
     ref_h = hidden.clone().requires_grad_()
-    lm_loss_reference(ref_h, weight, targets).backward()
+    lm_loss(ref_h, weight, targets).backward()
     torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-5, atol=1e-6)
     # tied weights: the head's gradient adds to the embedding's, as with the reference
     w = weight.clone().requires_grad_()
     emb = torch.nn.functional.embedding(targets.clamp(min=0), w).sum()
     (chunked_lm_loss(hidden, w, targets, chunk_rows=4) + emb).backward()
     w_ref = weight.clone().requires_grad_()
-    (lm_loss_reference(hidden, w_ref, targets) + torch.nn.functional.embedding(targets.clamp(min=0), w_ref).sum()
+    (lm_loss(hidden, w_ref, targets) + torch.nn.functional.embedding(targets.clamp(min=0), w_ref).sum()
      ).backward()
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
 
@@ -80,16 +81,16 @@ def test_no_grad_gives_the_value_only(monkeypatch):
     real_addmm = torch.Tensor.addmm_
     monkeypatch.setattr(torch.Tensor, "addmm_", lambda self, *a, **k: calls.append(1) or real_addmm(self, *a, **k))
     with torch.no_grad():
-        got = lm_loss(hidden, weight, targets)
+        got = chunked_lm_loss(hidden, weight, targets)
     assert calls == []  # evaluation computes no weight gradient
-    torch.testing.assert_close(got, lm_loss_reference(hidden, weight, targets), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, lm_loss(hidden, weight, targets), rtol=1e-6, atol=1e-6)
 
 
 def test_all_targets_ignored_is_nan_like_cross_entropy():
     hidden, weight, targets = _inputs()
     targets[:] = -100
+    assert torch.isnan(chunked_lm_loss(hidden, weight, targets))
     assert torch.isnan(lm_loss(hidden, weight, targets))
-    assert torch.isnan(lm_loss_reference(hidden, weight, targets))
 
 
 def test_on_gpt2_sized_vocab_matches_reference():
@@ -99,7 +100,7 @@ def test_on_gpt2_sized_vocab_matches_reference():
     weight = torch.randn(50257, 32, generator=g) * 0.02
     targets = torch.randint(0, 50257, (2, 40), generator=g)
     targets[1, 30:] = -100
-    ref = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+    ref = _value_and_grads(lm_loss, hidden, weight, targets)
     got = _value_and_grads(chunked_lm_loss, hidden, weight, targets, chunk_rows=16)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -111,7 +112,8 @@ def test_on_gpt2_sized_vocab_matches_reference():
 ])
 def test_bad_shapes_are_named(hidden_shape, weight_shape, target_shape, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        lm_loss(torch.zeros(hidden_shape), torch.zeros(weight_shape), torch.zeros(target_shape, dtype=torch.long))
+        chunked_lm_loss(torch.zeros(hidden_shape), torch.zeros(weight_shape),
+                        torch.zeros(target_shape, dtype=torch.long))
 
 
 def test_bad_chunk_rows():
@@ -135,12 +137,10 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_chunked_loss_under_bf16_autocast_matches_plain_loss_under_autocast(n, v, chunk_rows):
     # (700, 50257, None): the production chunk size at GPT-2's vocabulary, more rows than one chunk (667)
     hidden, weight, targets = _inputs(n=n, c=32, v=v)
-    fn = lm_loss if chunk_rows is None else chunked_lm_loss
-    kw = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = _value_and_grads(fn, hidden, weight, targets, **kw)
-        ref = _value_and_grads(lm_loss_reference, hidden, weight, targets)
-    fp32 = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+        got = _value_and_grads(chunked_lm_loss, hidden, weight, targets, chunk_rows=chunk_rows)
+        ref = _value_and_grads(lm_loss, hidden, weight, targets)
+    fp32 = _value_and_grads(lm_loss, hidden, weight, targets)
     for name, a, b, c in zip(["loss", "d hidden", "d weight"], got, ref, fp32):
         assert a.dtype == torch.float32, name  # the loss and the gradients of fp32 leaves stay fp32
         assert torch.isfinite(a).all(), name

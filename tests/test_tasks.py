@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from minigpt2.config import GPT2Config
-from minigpt2.metrics import accuracy, bootstrap_ci, chrf
+from minigpt2.data import parse_sonnets
+from minigpt2.metrics import accuracy, bootstrap_interval, chrf
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import collate, get_task
 from tasks.paraphrase import ANSWER_IDS, encode_pair, read_predictions as read_para
-from tasks.readers import (DataError, MissingDataError, clean_text, parse_sonnets, read_sonnets, read_table,
+from tasks.readers import (DataError, MissingDataError, clean_text, read_sonnets, read_table,
                            require_files)
 from tasks.sentiment import read_predictions as read_sentiment
 from tasks.sonnet import finish_sonnet, read_generated, sonnet_stop, write_sonnets
@@ -84,7 +85,7 @@ def test_missing_column_and_missing_file_errors(tmp_path):
     assert "python -m minigpt2.data fetch --task quora" in msg
 
 
-def test_sonnets_crlf_header_and_numbers():
+def test_sonnets_crlf_header_and_numbers(tmp_path):
     sonnets, notes = read_sonnets(FIX / "sonnets.txt", expect_lines=14)
     assert [s.number for s in sonnets] == [1, 2, 3, 4, 5, 6] and not notes
     assert sonnets[0].lines[0] == "From fairest creatures we desire increase,"
@@ -95,7 +96,9 @@ def test_sonnets_crlf_header_and_numbers():
     short, notes = read_sonnets(FIX / "sonnets_held_out_dev.txt", expect_lines=14)
     assert len(notes) == 3 and str(notes[0]).endswith("sonnets_held_out_dev.txt:12: sonnet 132 has 3 lines, expected 14")
     with pytest.raises(DataError, match="no numbered sonnets"):
-        parse_sonnets("just a header\nno numbers here\n", "f.txt")
+        (tmp_path / "f.txt").write_text("just a header\nno numbers here\n")
+        read_sonnets(tmp_path / "f.txt")
+    assert parse_sonnets("just a header\nno numbers here\n") == []  # the library parser leaves the error to callers
 
 
 # ------------------------------------------------------------------------------------------ prediction files
@@ -203,6 +206,19 @@ def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
     assert all(len(e.input_ids) == 128 for e in examples)  # ... unless cut to the model's window
 
 
+def test_sonnet_trains_with_the_chunked_loss(tok, tiny, monkeypatch):
+    # the one place the chunked loss is switched in (docs/performance.md): the plain lm_loss must not be used here
+    from minigpt2 import chunked_loss
+
+    calls = []
+    real = chunked_loss._ChunkedCrossEntropy.apply
+    monkeypatch.setattr(chunked_loss._ChunkedCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
+    task = get_task("sonnet")
+    examples, _ = task.load(FIX, "train", tok, 64)
+    task.build(tiny)(collate(examples[:2], lm_targets=True)).backward()
+    assert calls == [1]
+
+
 def test_sonnet_stop_after_fourteenth_line(tok):
     stop = sonnet_stop(tok, 11)
     eleven = "".join(f"line {i}\n" for i in range(11))
@@ -230,7 +246,8 @@ def test_accuracy_and_bootstrap():
     assert accuracy([3919 == 3919], [1]) == 1.0
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         accuracy([1, 2, 3], [1, 2])
-    lo, hi = bootstrap_ci(accuracy, [1] * 60 + [0] * 40, [1] * 100, samples=300)
+    preds, labels = [1] * 60 + [0] * 40, [1] * 100
+    lo, hi = bootstrap_interval(lambda i: accuracy([preds[k] for k in i], [labels[k] for k in i]), 100, samples=300)
     assert lo < 0.6 < hi and 0.45 < lo and hi < 0.75
 
 
