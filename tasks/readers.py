@@ -1,4 +1,5 @@
-"""Readers for the course's data files: tab-separated tables and the sonnet text.
+"""Readers for the course's data files: tab-separated tables and the sonnet text (the course's own files hold the
+Folger edition's text; `python -m minigpt2.data fetch` writes Project Gutenberg's, eBook 1041, in the same layout).
 
 The files carry real-world mess (CRLF line ends, CSV-quoted cells with doubled quotes, HTML `<br />`, an empty
 label). A row that cannot be used is *reported* — file, line and why — and skipped, never a crash and never a
@@ -150,10 +151,7 @@ _NUMBER = re.compile(r"^\s*(\d+)\s*$")
 
 
 def parse_sonnets(text: str, source: str = "sonnets") -> list[Sonnet]:
-    """Sonnets from the course's layout: a header, then per sonnet its number on a line, a blank line, its lines.
-
-    The course's own files hold the Folger edition's text; `python -m minigpt2.data fetch` writes Project
-    Gutenberg's (eBook 1041) in the same layout.
+    """Sonnets from the Folger layout: a header, then per sonnet its number on a line, a blank line, its lines.
 
     Anything before the first number line is the header. Blank lines between sonnets are dropped; line ends
     (CRLF or LF) and trailing spaces are normalised; a couplet's leading indentation is kept.
