@@ -12,7 +12,7 @@
 Test-student files carry no labels, as in the course; the labels sit beside them in `*-test-labels.csv` (and the
 full test sonnets in `TRUE_sonnets_held_out.txt`) so users can score themselves. The byte layout of every file
 (header line, tab separation, index column, CRLF where the course has it) follows the course files; see
-README "## Data" for what differs in content.
+docs/data.md ("Sources") for what differs in content.
 """
 
 from __future__ import annotations

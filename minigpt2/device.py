@@ -4,7 +4,7 @@
     --autocast bf16   bf16 autocast on CUDA devices with bf16 support and on CPUs with native bf16 instructions
                       (x86 AVX512-BF16 or AMX, Arm's BF16 extension); an error elsewhere, where bf16 would be
                       emulated slowly
-    --autocast auto   bf16 on CUDA with bf16 support; fp32 on CPU (the measured reason: docs/performance.md)
+    --autocast auto   bf16 on CUDA with bf16 support; fp32 on CPU (the measured reason: docs/finetuning.md)
 
 Weights, their gradients and the AdamW moments stay fp32 (the master copy): autocast only changes the dtype in
 which matmuls run. `minigpt2.chunked_loss.chunked_lm_loss` reads the autocast state itself and keeps its softmax statistics

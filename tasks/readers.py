@@ -1,4 +1,5 @@
-"""Readers for the course's data files: tab-separated tables and the Folger sonnet text.
+"""Readers for the course's data files: tab-separated tables and the sonnet text (the course's own files hold the
+Folger edition's text; `python -m minigpt2.data fetch` writes Project Gutenberg's, eBook 1041, in the same layout).
 
 The files carry real-world mess (CRLF line ends, CSV-quoted cells with doubled quotes, HTML `<br />`, an empty
 label). A row that cannot be used is *reported* — file, line and why — and skipped, never a crash and never a

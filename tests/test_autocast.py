@@ -43,7 +43,7 @@ def test_cpu_native_bf16_is_false_without_proc_cpuinfo(tmp_path):
 def test_cpu_modes(monkeypatch):
     monkeypatch.setattr(dev, "cpu_native_bf16", lambda: True)
     assert dev.autocast_dtype("off", "cpu") is None
-    assert dev.autocast_dtype("auto", "cpu") is None  # fp32 on CPU unless asked (README, Fine-tuning)
+    assert dev.autocast_dtype("auto", "cpu") is None  # fp32 on CPU unless asked (docs/finetuning.md)
     assert dev.autocast_dtype("bf16", "cpu") is torch.bfloat16
     monkeypatch.setattr(dev, "cpu_native_bf16", lambda: False)
     with pytest.raises(dev.AutocastUnavailable, match="--autocast bf16: this CPU has no native bf16"):

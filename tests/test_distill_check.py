@@ -202,6 +202,6 @@ def test_shakespeare_rate_on_the_real_sonnets():
     results = check_file(Path(os.environ["MINIGPT2_DATA_DIR"]) / "sonnets.txt")
     assert len(results) == 131
     s = summarize_checks(results)
-    # Measured: 27/131 (20.6%); most failures are Early Modern rhymes (love/prove, die/memory), see README.
+    # Measured: 27/131 (20.6%); most failures are Early Modern rhymes (love/prove, die/memory), see docs/distillation.md.
     assert 0.1 < s["perfect_rate"] < 0.35
     assert {r.name for r in results if r.n_lines != 14} == {"99", "126"}
