@@ -16,6 +16,7 @@ under --tiny: no interpreter start-up per run, which dominates a tiny run's time
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm import tqdm
+
+from minigpt2.train import has_resume_state
 
 from .sweeps import REPO, Evaluation, Run
 
@@ -117,6 +120,41 @@ def check_record(run_dir: Path, run: Run) -> None:
             f"  now: {' '.join(comparable(run.args))}\nDelete that folder or choose another --runs-dir.")
 
 
+def check_inputs(run_dir: Path, run: Run) -> None:
+    """Refuse to reuse a finished run whose inputs changed since it ran: the base weights, the data files or the
+    synthetic file now hash differently from what its config.json recorded (say, a regenerated synthetic file
+    under the same name). The difference is shown; nothing is deleted. An input that is no longer on this
+    machine is not compared: the run's results still stand for what it was."""
+    from app import runfolder
+    from app.finetune import base_weights_file, data_files, parse_settings
+    from minigpt2.errors import UserError
+    from tasks import get_task
+    from tasks.readers import data_dir
+
+    try:
+        recorded = json.loads((run_dir / runfolder.CONFIG_FILE).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError):
+        recorded = None
+    if not recorded:  # a run made before fingerprints: nothing to compare
+        return
+    s = parse_settings([*run.args, "--out-dir", str(run_dir)])
+    try:
+        weights = base_weights_file(s.model.model, offline=True)
+    except UserError:
+        weights = None
+    files = [f for f in data_files(get_task(s.data.task), data_dir(s.data.data_dir)) if f.is_file()]
+    if s.data.synthetic and not Path(s.data.synthetic.path).is_file():
+        s = dataclasses.replace(s, data=dataclasses.replace(s.data, synthetic=None))
+    now = runfolder.fingerprint(s, weights, files)
+    if weights is None:
+        now["base_weights"] = recorded.get("base_weights")
+    now["data"] = {**recorded.get("data", {}), **now["data"]}
+    try:
+        runfolder.check_inputs(run_dir, recorded, now)
+    except runfolder.RunFolderError as e:
+        raise RunFolderConflict(f"{e}\nDelete {run_dir} to run it again on the new inputs, or restore them.") from None
+
+
 def resolved_data_dir(args: Sequence[str]) -> str:
     """The data folder a run will read, as an absolute path: its --data-dir, else what finetune resolves from
     MINIGPT2_DATA_DIR or its default now (recorded, so a later report finds the data without the environment)."""
@@ -151,7 +189,7 @@ def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
         run_dir = root / run.name
         if is_finished(run_dir):
             state = "done"
-        elif (run_dir / "last" / "trainer.json").is_file():
+        elif has_resume_state(run_dir / "last"):
             state = "resume"
         else:
             state = "run"
@@ -172,9 +210,10 @@ def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor =
         try:
             check_record(run_dir, run)
             if is_finished(run_dir):
+                check_inputs(run_dir, run)
                 result.skipped.append(run.name)
             else:
-                resume = (run_dir / "last" / "trainer.json").is_file()
+                resume = has_resume_state(run_dir / "last")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
                                                           "settings": run.settings,

@@ -158,7 +158,7 @@ class FakeFinetune:
         (run_dir / "config.json").write_text(json.dumps({"args": {"task": "sst"}}))
         if run_dir.name in self.stop_after:
             (run_dir / "last").mkdir(exist_ok=True)
-            (run_dir / "last" / "trainer.json").write_text("{}")
+            (run_dir / "last" / "state.safetensors").write_text("")
             (run_dir / "metrics.json").write_text(json.dumps({"metric": "accuracy", "stopped_after_epoch": 1}))
             return
         for name in ("dev.csv", "test.csv"):
