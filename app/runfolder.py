@@ -80,7 +80,11 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
     if "settings" not in config:
-        raise RunFolderError(f"{path}: no typed settings (written by an older version of finetune?)")
+        if (run_dir.parent / CONFIG_FILE).is_file() and run_dir.name in ("best", "last"):
+            raise RunFolderError(f"{run_dir} is the {run_dir.name} checkpoint inside a run folder; pass the run "
+                                 f"folder itself: {run_dir.parent}")
+        raise RunFolderError(f"{path}: no typed settings; {run_dir} is not a run folder of this version of "
+                             "finetune (a model checkpoint, or a run of an older version?)")
     return config
 
 
