@@ -146,7 +146,7 @@ def test_evaluate_refuses_a_missing_head(finished, tmp_path):
     with pytest.raises(SystemExit, match=r"^error: .*head.safetensors: missing"):
         evaluate.main([str(run), "--device", "cpu"])
     assert (run / "full-model-sst-dev-out.csv").read_text() == before
-    with pytest.raises(SystemExit, match=r"^error: .*best is the best checkpoint inside a run folder; pass the run folder"):
+    with pytest.raises(SystemExit, match=r"^error: .*best is the best checkpoint inside a run folder; pass the run"):
         evaluate.main([str(run / "best"), "--device", "cpu"])
 
 
