@@ -20,7 +20,7 @@ from minigpt2.device import autocast_for
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
-from .readers import DataError, Malformed
+from .readers import DataError, Malformed, read_table
 
 
 @dataclass
@@ -110,7 +110,8 @@ class Task(ABC):
 
     name: str = ""
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
-    files: dict[str, str] = {}  # split -> file name in the data folder
+    files: dict[str, str] = {}  # split -> file name in the data folder (every one required)
+    test_references: str = ""  # the test split's labels or true sonnets: optional, scored where present
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
     has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
     takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
@@ -147,8 +148,29 @@ class Task(ABC):
         """The course-format prediction file, written atomically."""
 
     @abstractmethod
-    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[Any], list[Any]]:
-        """(predictions, references) of a dev prediction file, matched by id against the data in `folder`."""
+    def score_pairs(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        """The metric(s) of predictions against references (as `split_pairs` returns them)."""
+
+    @abstractmethod
+    def references_file(self, folder: Path, split: str) -> Path | None:
+        """Where the references of `split` lie in `folder` (the test labels, or true test sonnets, beside the data
+        as `minigpt2.data fetch` writes them); None when that file is absent."""
+
+    @abstractmethod
+    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                    ) -> tuple[list[Any], list[Any]] | None:
+        """(predictions, references) of a split's prediction file, matched by id against the references in
+        `folder` (or the file `references` names); None where the split has no references (test without labels)."""
+
+    def majority_accuracy(self, references: list[Any]) -> float | None:
+        """Accuracy of always answering the most frequent reference (classification tasks); None otherwise."""
+        return None
+
+    def split_scores(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                     ) -> dict[str, float] | None:
+        """The metric(s) of a split's prediction file; None where the split has no references."""
+        pairs = self.split_pairs(predictions_file, folder, split, references)
+        return None if pairs is None else self.score_pairs(*pairs)
 
 
 class ClassificationTask(Task):
@@ -174,15 +196,53 @@ class ClassificationTask(Task):
         """id -> predicted label of a prediction file in the course's format."""
         return read_id_values(path, self.column)
 
+    def score_pairs(self, predictions: list[int], references: list[int]) -> dict[str, float]:
+        from minigpt2.metrics import accuracy
+
+        return {"accuracy": accuracy(predictions, references)}
+
     @abstractmethod
     def dev_labels(self, folder: Path) -> dict[str, int]:
         """id -> true label of the dev split."""
 
-    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[int], list[int]]:
-        preds, labels = self.read_predictions(predictions_file), self.dev_labels(folder)
+    def majority_accuracy(self, references: list[int]) -> float | None:
+        if not references:
+            return None
+        counts: dict[int, int] = {}
+        for r in references:
+            counts[int(r)] = counts.get(int(r), 0) + 1
+        return max(counts.values()) / len(references)
+
+    label_column: str = ""  # the label's column in the data and in the `*-test-labels.csv` file
+    label_values: set[int] | None = None
+
+    def references_file(self, folder: Path, split: str) -> Path | None:
+        path = folder / (self.test_references if split == "test" else self.files[split])
+        return path if path.is_file() else None
+
+    def split_labels(self, folder: Path, split: str, references: Path | None = None) -> dict[str, int] | None:
+        """id -> true label of `split` (test: the `*-test-labels.csv` file beside the data, or `references`);
+        None when the test labels are absent."""
+        if split != "test" and references is None:
+            return self.dev_labels(folder) if split == "dev" else None
+        path = references or self.references_file(folder, split)
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise DataError(f"{path}: test labels file not found")
+        table = read_table(Path(path), ["id"], label=self.label_column, label_values=self.label_values)
+        return {r["id"]: int(float(r[self.label_column])) for r in table.rows}
+
+    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                    ) -> tuple[list[int], list[int]] | None:
+        labels = self.split_labels(folder, split, references)
+        if labels is None:
+            return None
+        preds = self.read_predictions(predictions_file)
         missing = sorted(set(preds) - set(labels))
         if missing:
-            raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {folder / self.files['dev']}")
+            where = references or self.references_file(folder, split) or folder
+            raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {where}")
         return [preds[k] for k in preds], [labels[k] for k in preds]
 
 

@@ -76,6 +76,9 @@ class ParaphraseTask(ClassificationTask):
     metric = "accuracy"
     column = COLUMN
     files = dict(zip(("train", "dev", "test"), COURSE_FILES["quora"][:3]))  # minigpt2.data owns the names
+    test_references = COURSE_FILES["quora"][3]
+    label_column = "is_duplicate"
+    label_values = {0, 1}
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:

@@ -50,11 +50,14 @@ class SentimentClassifier(TaskModel):
 class SentimentTask(ClassificationTask):
     metric = "accuracy"
     column = COLUMN
+    label_column = "sentiment"
 
     def __init__(self, name: str, num_labels: int) -> None:
         self.name = name
         self.num_labels = num_labels
         self.files = dict(zip(("train", "dev", "test"), COURSE_FILES[name][:3]))  # minigpt2.data owns the names
+        self.test_references = COURSE_FILES[name][3]
+        self.label_values = set(range(num_labels))
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:

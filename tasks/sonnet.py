@@ -58,6 +58,7 @@ class SonnetTask(Task):
     metric = "chrf"
     lm_targets = True
     files = dict(zip(("train", "dev", "dev_true", "test"), COURSE_FILES["sonnet"][:4]))  # owned by minigpt2.data
+    test_references = COURSE_FILES["sonnet"][4]
 
     has_head = False
     takes_extra_texts = True  # the application mixes synthetic sonnets in here
@@ -130,12 +131,36 @@ class SonnetTask(Task):
     def write_predictions(self, path: Path, examples: list[Example], predictions: list[str]) -> None:
         write_sonnets(path, [(int(e.id), p) for e, p in zip(examples, predictions)])
 
-    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[str], list[str]]:
-        refs = {s.number: s.text for s in read_sonnets(folder / self.files["dev_true"])[0]}
+    def score_pairs(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        from minigpt2.metrics import chrf
+
+        return {"chrf": chrf(predictions, references)}
+
+    def references_file(self, folder: Path, split: str) -> Path | None:
+        path = folder / (self.files["dev_true"] if split == "dev" else self.test_references)
+        return path if path.is_file() else None
+
+    def split_references(self, folder: Path, split: str, references: Path | None = None) -> dict[int, str] | None:
+        """number -> true sonnet of the dev or test prompts; None when the true test sonnets are absent."""
+        path = references or self.references_file(folder, split)
+        if path is None and split == "dev":
+            path = folder / self.files["dev_true"]  # required: reading it names the missing file
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise DataError(f"{path}: true sonnets file not found")
+        return {s.number: s.text for s in read_sonnets(Path(path))[0]}
+
+    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                    ) -> tuple[list[str], list[str]] | None:
+        refs = self.split_references(folder, split, references)
+        if refs is None:
+            return None
         hyps = {s.number: s.text for s in read_generated(predictions_file)}
         missing = sorted(set(hyps) - set(refs))
         if missing:
-            raise DataError(f"{predictions_file}: sonnet(s) {missing} have no reference in {folder}")
+            raise DataError(f"{predictions_file}: sonnet(s) {missing} have no reference in "
+                            f"{references or self.references_file(folder, split)}")
         return [hyps[k] for k in hyps], [refs[k] for k in hyps]
 
 
