@@ -34,7 +34,10 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
         args = parser.parse_args([*run.args, "--out-dir", "x"])
         assert args.seed == run.settings["seed"]
         assert args.model == ("tiny" if tiny else "gpt2")
-        assert (args.epochs == 1) == tiny
+        if run.settings.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
+            assert args.epochs == 0
+        else:
+            assert (args.epochs == 1) == tiny
         for key in ("task", "precision", "synthetic_n", "synthetic_filter"):
             if run.settings.get(key) is not None and hasattr(args, key):
                 value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
@@ -53,6 +56,8 @@ def test_sweep_shapes():
     prec = {(r.settings["precision"], r.settings["qaft"]) for r in full["precision"].runs}
     assert len(prec) == 11 and ("fp32", False) in prec and ("int4", True) in prec and ("fp8", False) in prec
     assert all(r.evaluations and r.evaluations[0].name == "zero_shot_quora" for r in full["precision"].runs)
+    base = [r.settings["precision"] for r in full["precision"].runs if r.settings.get("stage") == "base"]
+    assert base == ["fp64", "fp32", "bf16", "fp8", "int8", "int4"]  # the zero-shot reference at each precision
     teachers = full["teachers"].runs
     assert teachers[0].settings["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
@@ -453,7 +458,19 @@ def test_sonnet_reference_rows_rank_as_chance_should():
         assert iv.low <= iv.value <= iv.high
     # chrF rewards recall: any added text scores above the prompt alone
     assert rows["prompts only"].value < rows["prompts + random tokens"].value
-    assert sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200) is None
+    test = sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200)
+    assert test is not None and test["prompts only"].n == 2  # the tiny data ships its true test sonnets
+
+
+def test_sonnet_reference_rows_are_absent_without_the_true_test_sonnets(tmp_path):
+    import shutil
+
+    from experiments.references import sonnet_reference_intervals
+    from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
+
+    shutil.copytree(TINY_DATA_DIR, tmp_path / "data")
+    (tmp_path / "data" / "TRUE_sonnets_held_out.txt").unlink()
+    assert sonnet_reference_intervals(str(tmp_path / "data"), "test", None, str(TINY_TOKENIZER_DIR), 200) is None
 
 
 def test_majority_class_interval():
