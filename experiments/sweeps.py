@@ -27,8 +27,13 @@ from typing import Any, Callable, Sequence
 
 from app.settings import LORA_ALPHA, LORA_LR  # the study's best LoRA settings
 from distill.generate import TEACHERS
+from minigpt2.errors import UserError
 from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
+
+class SweepError(UserError, ValueError):
+    """Sweep options that cannot work (a seed count below one, an unknown sweep)."""
+
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = Path(__file__).resolve().parent / "tiny_data"  # package data (see its README.md)
@@ -62,7 +67,7 @@ class SweepOptions:
 
     def seed_list(self) -> list[int]:
         if self.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+            raise SweepError(f"--seeds {self.seeds}: expected an integer >= 1")
         return [SEED + i for i in range(self.seeds)]
 
 
@@ -327,7 +332,7 @@ SWEEPS: dict[str, Callable[[SweepOptions], Sweep]] = {
 def build_sweep(name: str, opts: SweepOptions) -> Sweep:
     """The sweep called `name` under these options."""
     if name not in SWEEPS:
-        raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
+        raise SweepError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
     sweep = SWEEPS[name](opts)
     names = [r.name for r in sweep.runs]
     assert len(set(names)) == len(names), f"duplicate run names in sweep {name}"

@@ -110,7 +110,7 @@ def test_seeds_multiply_runs_with_distinct_names():
     assert len(sweep.runs) == 12
     assert len({r.name for r in sweep.runs}) == 12
     assert sorted({r.settings["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
-    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+    with pytest.raises(ValueError, match="--seeds 0: expected an integer >= 1"):
         build_sweep("baseline", SweepOptions(seeds=0))
 
 
