@@ -556,3 +556,22 @@ def test_a_data_folder_from_the_environment_is_recorded_and_found_again(tmp_path
     data.rename(tmp_path / "moved")  # gone, and no environment to say where: the report says so
     row = report.collect(sweep, tmp_path / "runs", samples=100)[0]
     assert math.isnan(row["ci_low"]) and row["data_missing"] == str(data.resolve())
+
+
+def test_majority_class_is_read_from_the_run_when_it_recorded_one(tmp_path):
+    """finetune writes the majority-class accuracy of the rows it scored into metrics.json; the table shows it."""
+    from experiments.sweeps import TINY_DATA_DIR
+
+    dev_ids = [line.split("\t")[1] for line in (TINY_DATA_DIR / "ids-sst-dev.csv").read_text().splitlines()[1:]
+               if line]
+    run = tmp_path / "runs" / "sst-s1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(TINY_DATA_DIR)}}))
+    (run / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(f"{i} , 3\n" for i in dev_ids[:2]))
+    (run / "test.csv").write_text("id \t Predicted_Sentiment \n")
+    (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.5},
+                                                  "majority": {"dev": 0.625}, "test": {"accuracy": 0.75},
+                                                  "dev_predictions": "dev.csv", "test_predictions": "test.csv"}))
+    sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
+    row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
+    assert row["majority"] == 0.625 and row["test_score"] == 0.75
