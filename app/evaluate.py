@@ -29,7 +29,7 @@ from minigpt2.train import seed_everything, setup_distributed, write_json
 from tasks import get_task
 from tasks.readers import data_dir, require_files
 
-from . import runfolder, subsets
+from . import runfolder
 from .finetune import load_run_body, load_run_model
 from .precision import apply_run_precision
 from .settings import RunSettings, check_device
@@ -92,9 +92,8 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     needed = [f for key, f in task.files.items() if key.startswith(split)]
     require_files(folder, needed, task.name)
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
-    examples, notes = task.load(folder, split, tok, max_len)
-    # The same seeded subset as at training time (app.subsets), so re-scored figures are of the same rows.
-    examples = subsets.choose(examples, settings.data.max_eval, settings.optim.seed, split)
+    # The same seeded subset as at training time, so re-scored figures are of the same rows.
+    examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval, seed=settings.optim.seed)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     preds = task.predict(module, examples, settings.predict_settings(), tok, d.device)

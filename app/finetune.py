@@ -260,29 +260,27 @@ def data_files(task: Task, folder: Path) -> list[Path]:
 def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
                 ) -> tuple[dict[str, list[Example]], list[Malformed], dict[str, Any]]:
     """Encoded train/dev/test examples, every malformed row met (reported, not fatal) and the record of the
-    subsets `--max-train` / `--max-eval` chose (app.subsets); an empty train or dev split is an error."""
+    subsets `--max-train` / `--max-eval` chose (drawn by the task, recorded by app.subsets); an empty train or dev
+    split is an error."""
     d = settings.data
     folder = data_dir(d.data_dir)
     ensure_task_data(task.name, folder, offline=d.offline)  # fetches missing files from the public sources
     require_files(folder, sorted(set(task.files.values())), task.name)
     extra = synthetic_texts(d.synthetic)
-    splits, notes, full = {}, [], {}
+    splits, notes = {}, []
     for split in ("train", "dev", "test"):
-        examples, bad = task.load(folder, split, tok, max_len, None, extra if split == "train" else ())
+        # --max-train / --max-eval: a seeded random subset of the real rows; synthetic sonnets come on top.
+        limit = d.max_train if split == "train" else d.max_eval
+        splits[split], bad = task.load(folder, split, tok, max_len, limit, extra if split == "train" else (),
+                                       seed=settings.optim.seed)
         notes += bad
         if split == "train" and d.synthetic is not None and d.synthetic.only:  # dev and test stay real
-            examples = [e for e in examples if e.meta.get("source") == "synthetic"]
-        # --max-train samples the real rows; synthetic sonnets (chosen by --synthetic-n) come on top.
-        real = [e for e in examples if e.meta.get("source") != "synthetic"]
-        full[split] = len(real)
-        limit = d.max_train if split == "train" else d.max_eval
-        splits[split] = subsets.choose(real, limit, settings.optim.seed, split) + [
-            e for e in examples if e.meta.get("source") == "synthetic"]
+            splits[split] = [e for e in splits[split] if e.meta.get("source") == "synthetic"]
         if split != "test" and not splits[split]:
             raise DataError(f"{folder / task.files[split]}: no usable {split} examples ({len(bad)} malformed "
                             "row(s) skipped); the run needs at least one")
     chosen = {s: [e for e in v if e.meta.get("source") != "synthetic"] for s, v in splits.items()}
-    return splits, notes, subsets.describe(full, chosen)
+    return splits, notes, subsets.describe(chosen)
 
 
 def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
@@ -394,7 +392,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.data.offline),
                                         data_files(task, folder))
     # Which rows the seeded subsets hold (a count and a hash here, the ids in subsets.json).
-    fingerprint["subsets"] = {s: {k: v[k] for k in ("of", "n", "sha256")} for s, v in chosen.items()}
+    fingerprint["subsets"] = {s: {k: v[k] for k in ("n", "sha256")} for s, v in chosen.items()}
     if recorded is not None:
         runfolder.check_inputs(run_dir, recorded.get("fingerprint", {}), fingerprint)
     if d.main:

@@ -7,6 +7,7 @@ model outputs into predictions, scores them and writes them in the course's file
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,31 @@ class TaskModel(nn.Module):
         raise NotImplementedError
 
 
+def sample_indices(labels: Sequence[int | None], n: int | None, seed: int, split: str) -> list[int]:
+    """Indices of a seeded random subset of `n` rows (all when n is None or >= their number), stratified by label
+    when every row has one (each class keeps its share, largest remainder first), in file order.
+
+    `--max-train` / `--max-eval` use this instead of the first n rows, which are not a sample of a file (the
+    first 128 SST dev rows are mostly classes 3 and 4). Rows are chosen before they are encoded."""
+    if n is None or n >= len(labels):
+        return list(range(len(labels)))
+    rng = random.Random(f"minigpt2-subset:{seed}:{split}")  # one stream per split
+    if all(label is not None for label in labels):
+        groups: dict[int, list[int]] = {}
+        for i, label in enumerate(labels):
+            groups.setdefault(int(label), []).append(i)  # type: ignore[arg-type]
+        keys = sorted(groups)
+        shares = {k: n * len(groups[k]) / len(labels) for k in keys}
+        quota = {k: int(shares[k]) for k in keys}
+        # Largest remainder first; ties broken by the seeded generator, not by the label's value.
+        for k in sorted(keys, key=lambda k: (-(shares[k] - quota[k]), rng.random()))[:n - sum(quota.values())]:
+            quota[k] += 1
+        chosen = [i for k in keys for i in rng.sample(groups[k], quota[k])]
+    else:
+        chosen = rng.sample(range(len(labels)), n)
+    return sorted(chosen)
+
+
 # The course's sampling settings for the sonnet task (the command line's defaults).
 TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1.2, 0.9, 400
 
@@ -118,9 +144,10 @@ class Task(ABC):
 
     @abstractmethod
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
-        """Encoded examples of one split (`train`, `dev`, `test`) and the malformed rows skipped. `extra_texts`
-        are added to the training set by tasks that take them (`takes_extra_texts`)."""
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
+        """Encoded examples of one split (`train`, `dev`, `test`) and the malformed rows skipped. `limit`: a
+        seeded random subset of that many rows (`sample_indices`). `extra_texts` are added to the training set by
+        tasks that take them (`takes_extra_texts`), on top of the limit."""
 
     @abstractmethod
     def build(self, gpt: GPT2) -> TaskModel:

@@ -22,7 +22,7 @@ from minigpt2.model import GPT2
 from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
-from .base import Example, PredictSettings, Task, TaskModel
+from .base import Example, PredictSettings, Task, TaskModel, sample_indices
 from .readers import DataError, Malformed, Sonnet, parse_sonnets, read_sonnets
 
 SONNET_LINES = 14
@@ -69,12 +69,13 @@ class SonnetTask(Task):
         return [s.text for s in sonnets], notes
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
         if split == "train":
             texts, notes = self.train_texts(folder)
             # --max-train limits the real sonnets; the extra (synthetic) ones come on top.
+            keep = sample_indices([None] * len(texts), limit, seed, split)
             real = [Example(str(i), (ids + [tok.eot_id])[:max_len])
-                    for i, ids in enumerate(tok.encode_batch(texts[:limit]))]
+                    for i, ids in zip(keep, tok.encode_batch([texts[i] for i in keep]))]
             extra = [Example(f"synthetic-{i}", (ids + [tok.eot_id])[:max_len], meta={"source": "synthetic"})
                      for i, ids in enumerate(tok.encode_batch(list(extra_texts)))]
             return real + extra, notes
@@ -87,7 +88,7 @@ class SonnetTask(Task):
             if missing:
                 raise DataError(f"{folder / self.files['dev_true']}: no true sonnet for prompt(s) {missing}")
         examples = []
-        for p in prompts[:limit]:
+        for p in (prompts[i] for i in sample_indices([None] * len(prompts), limit, seed, split)):
             ids = tok.encode(p.text + "\n")[:max_len]
             meta = {"prompt_lines": p.lines}
             if p.number in refs:

@@ -8,7 +8,7 @@ import pytest
 
 from app import evaluate, finetune, subsets
 from tasks import get_task
-from tasks.base import Example
+from tasks.base import Example, sample_indices
 from tasks.readers import DataError
 from tests.test_finetune import DATA, finetune_args, one_thread  # noqa: F401 (one_thread: autouse)
 
@@ -124,22 +124,29 @@ def test_synthetic_only_trains_on_synthetic_sonnets_alone(tmp_path):
     assert json.loads((mixed / "metrics.json").read_text())["data"]["train_real"] > 0
 
 
-def ex(i: int, label: int | None) -> Example:
-    return Example(str(i), [i], label)
-
-
 def test_subsets_are_seeded_stratified_and_in_file_order():
-    rows = [ex(i, 0 if i < 60 else (1 if i < 90 else 2)) for i in range(100)]  # the first rows: one class only
-    chosen = subsets.choose(rows, 10, seed=1, split="dev")
-    labels = [e.label for e in chosen]
-    assert (labels.count(0), labels.count(1), labels.count(2)) == (6, 3, 1)  # each class keeps its share
-    assert [int(e.id) for e in chosen] == sorted(int(e.id) for e in chosen)
-    assert subsets.choose(rows, 10, seed=1, split="dev") == chosen  # seeded
-    assert subsets.choose(rows, 10, seed=2, split="dev") != chosen
-    assert subsets.choose(rows, 10, seed=1, split="train") != chosen  # one stream per split
-    assert subsets.choose(rows, None, 1, "dev") == rows and subsets.choose(rows, 500, 1, "dev") == rows
-    unlabelled = subsets.choose([ex(i, None) for i in range(50)], 5, seed=1, split="test")
-    assert len(unlabelled) == 5 and [e.id for e in unlabelled] != [str(i) for i in range(5)]
+    labels = [0 if i < 60 else (1 if i < 90 else 2) for i in range(100)]  # the first rows: one class only
+    chosen = sample_indices(labels, 10, seed=1, split="dev")
+    picked = [labels[i] for i in chosen]
+    assert (picked.count(0), picked.count(1), picked.count(2)) == (6, 3, 1)  # each class keeps its share
+    assert chosen == sorted(chosen) and len(set(chosen)) == 10
+    assert sample_indices(labels, 10, seed=1, split="dev") == chosen  # seeded
+    assert sample_indices(labels, 10, seed=2, split="dev") != chosen
+    assert sample_indices(labels, 10, seed=1, split="train") != chosen  # one stream per split
+    assert sample_indices(labels, None, 1, "dev") == list(range(100)) == sample_indices(labels, 500, 1, "dev")
+    unlabelled = sample_indices([None] * 50, 5, seed=1, split="test")
+    assert len(unlabelled) == 5 and unlabelled != list(range(5))
+
+
+def test_tasks_load_the_seeded_subset():
+    from minigpt2.tokenizer import Tokenizer
+
+    tok, task = Tokenizer(ROOT / "tests" / "fixtures" / "gpt2"), get_task("sst")
+    all_dev, _ = task.load(DATA, "dev", tok, 64)
+    some, _ = task.load(DATA, "dev", tok, 64, limit=4, seed=5)
+    keep = sample_indices([e.label for e in all_dev], 4, 5, "dev")
+    assert [e.id for e in some] == [all_dev[i].id for i in keep]
+    assert [e.input_ids for e in some] == [all_dev[i].input_ids for i in keep]
 
 
 def test_run_records_its_subsets_and_evaluate_rescoring_uses_the_same_rows(tmp_path):
@@ -149,7 +156,7 @@ def test_run_records_its_subsets_and_evaluate_rescoring_uses_the_same_rows(tmp_p
     config = json.loads((out / "config.json").read_text())
     dev_ids = record["splits"]["dev"]["ids"]
     assert len(dev_ids) == 3 and record["seed"] == config["settings"]["optim"]["seed"]
-    assert config["fingerprint"]["subsets"]["dev"] == {"of": 8, "n": 3, "sha256": subsets.ids_sha256(dev_ids)}
+    assert config["fingerprint"]["subsets"]["dev"] == {"n": 3, "sha256": subsets.ids_sha256(dev_ids)}
     m = json.loads((out / "metrics.json").read_text())
     assert list(get_task("sst").read_predictions(out / m["dev_predictions"])) == dev_ids
     assert dev_ids != list(get_task("sst").dev_labels(DATA))[:3]  # not the first rows
