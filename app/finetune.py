@@ -279,6 +279,15 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
         if split != "test" and not splits[split]:
             raise DataError(f"{folder / task.files[split]}: no usable {split} examples ({len(bad)} malformed "
                             "row(s) skipped); the run needs at least one")
+    # Test references that do not cover the test rows would fail at the end of training: refuse them now.
+    refs = Path(d.test_references) if d.test_references else None
+    have = task.reference_ids(folder, "test", refs)
+    if have is not None:
+        missing = [e.id for e in splits["test"] if e.id not in have]
+        if missing:
+            raise DataError(f"{refs or task.references_file(folder, 'test')}: no reference for test id(s) "
+                            f"{missing[:3]} of {folder / task.files['test']} ({len(missing)} in all); expected the "
+                            "labels of these very test rows")
     chosen = {s: [e for e in v if e.meta.get("source") != "synthetic"] for s, v in splits.items()}
     return splits, notes, subsets.describe(chosen)
 

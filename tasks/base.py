@@ -189,6 +189,10 @@ class Task(ABC):
         """(predictions, references) of a split's prediction file, matched by id against the references in
         `folder` (or the file `references` names); None where the split has no references (test without labels)."""
 
+    @abstractmethod
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        """The ids that have a reference in `split` (as `split_pairs` matches them); None where there are none."""
+
     def majority_accuracy(self, references: list[Any]) -> float | None:
         """Accuracy of always answering the most frequent reference (classification tasks); None otherwise."""
         return None
@@ -259,6 +263,10 @@ class ClassificationTask(Task):
             raise DataError(f"{path}: test labels file not found")
         table = read_table(Path(path), ["id"], label=self.label_column, label_values=self.label_values)
         return {r["id"]: int(float(r[self.label_column])) for r in table.rows}
+
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        labels = self.split_labels(folder, split, references)
+        return None if labels is None else set(labels)
 
     def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
                     ) -> tuple[list[int], list[int]] | None:

@@ -152,6 +152,10 @@ class SonnetTask(Task):
             raise DataError(f"{path}: true sonnets file not found")
         return {s.number: s.text for s in read_sonnets(Path(path))[0]}
 
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        refs = self.split_references(folder, split, references)
+        return None if refs is None else {str(n) for n in refs}
+
     def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
                     ) -> tuple[list[str], list[str]] | None:
         refs = self.split_references(folder, split, references)

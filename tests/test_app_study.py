@@ -161,3 +161,12 @@ def test_run_records_its_subsets_and_evaluate_rescoring_uses_the_same_rows(tmp_p
     assert list(get_task("sst").read_predictions(out / m["dev_predictions"])) == dev_ids
     assert dev_ids != list(get_task("sst").dev_labels(DATA))[:3]  # not the first rows
     assert evaluate.evaluate_run(out, "dev")["accuracy"] == m["dev"]["accuracy"]
+
+
+def test_test_references_that_miss_test_rows_are_refused_before_training(tmp_path, capsys):
+    wrong = tmp_path / "labels.csv"
+    wrong.write_text("id\tsentiment\nsome-other-id\t1\n")
+    with pytest.raises(SystemExit) as e:
+        finetune.main(finetune_args("sst", tmp_path / "run", "--epochs", "1", "--test-references", str(wrong)))
+    assert e.value.code.startswith("error: ") and "no reference for test id(s)" in e.value.code
+    assert str(wrong) in e.value.code and not (tmp_path / "run" / "metrics.json").exists()
