@@ -4,8 +4,9 @@
     python -m minigpt2.evaluate checkpoints/runs/sonnet-... --task quora --zero-shot   # another task, no training
 
 The run's own settings (task, mode, sampling) come from its config.json; `--data-dir`, `--tokenizer-dir` and
-`--device` may point elsewhere than at training time. Dev is scored (accuracy or chrF); test has no labels, so
-only its prediction file is written. Results go to stdout and to RUN_DIR/eval-<split>.json. The model runs at the
+`--device` may point elsewhere than at training time. Dev is scored (accuracy or chrF); test is scored where its labels (or
+true sonnets) lie beside the data as `minigpt2.data fetch` writes them, or in `--test-references FILE`; without
+them only its prediction file is written. Results go to stdout and to RUN_DIR/eval-<split>.json. The model runs at the
 run's precision (`--precision`: the same PTQ or QAFT quantization as at the end of training).
 
 `--task T --zero-shot` scores task T with the run's body as it is (e.g. the Quora cloze on a model fine-tuned on
@@ -45,18 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-dir", default=None, help="offline GPT-2 BPE folder (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--task", default=None, help="score this task instead of the run's own (needs --zero-shot)")
+    p.add_argument("--test-references", default=None, metavar="FILE",
+                   help="test labels (*-test-labels.csv) or true test sonnets for --split test (default: the file "
+                        "beside the data, as `minigpt2.data fetch` writes it)")
     p.add_argument("--zero-shot", action="store_true",
                    help="score --task with the run's body and no task training (quora cloze, sonnet)")
     return p
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = None, tokenizer_dir: str | None = None,
-                 device: str = "auto", task_name: str | None = None, zero_shot: bool = False) -> dict[str, Any]:
+                 device: str = "auto", task_name: str | None = None, zero_shot: bool = False,
+                 test_references: str | None = None) -> dict[str, Any]:
     """Predict `split` with the run's best checkpoint; returns (and saves) the figures.
 
     task_name + zero_shot: score another task with the run's body (no head, no training for that task).
     """
     run_dir = Path(run_dir)
+    if test_references is not None and not Path(test_references).is_file():
+        raise runfolder.RunFolderError(f"--test-references {test_references}: file not found")
     config = runfolder.read_config(run_dir)
     settings = RunSettings.from_dict(config["settings"])
     check_device(device)
@@ -86,7 +93,8 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     needed = [f for key, f in task.files.items() if key.startswith(split)]
     require_files(folder, needed, task.name)
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
-    examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval)
+    # The same seeded subset as at training time, so re-scored figures are of the same rows.
+    examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval, seed=settings.optim.seed)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     preds = task.predict(module, examples, settings.predict_settings(), tok, d.device)
@@ -98,6 +106,20 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
                               "fine_tuned_on": run_task}
     if split == "dev":
         result.update(task.score(examples, preds))
+        majority = task.majority_accuracy([e.label for e in examples])
+    else:  # scored where the test labels (or true sonnets) exist, beside the data or named by --test-references
+        refs = Path(test_references) if test_references else None
+        pairs = task.split_pairs(run_dir / name, folder, split, refs)
+        majority = None
+        if pairs is None:
+            result["note"] = (f"no test references in {folder} ({task.test_references}): predictions written, "
+                              "not scored; pass --test-references FILE")
+        else:
+            result.update(task.score_pairs(*pairs))
+            result["references"] = str(refs or task.references_file(folder, split))
+            majority = task.majority_accuracy(pairs[1])
+    if majority is not None:
+        result["majority_accuracy"] = majority
     atomic_write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
     return result
 
@@ -106,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m minigpt2.evaluate`: a UserError is one `error:` line and exit code 1."""
     a = build_parser().parse_args(argv)
     try:
-        scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot)
+        scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot,
+                              a.test_references)
     except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(scores, indent=2))

@@ -16,6 +16,7 @@ to the sonnet task's training set).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from datetime import datetime, timezone
@@ -39,7 +40,7 @@ from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, data_dir, require_files
 
-from . import runfolder
+from . import runfolder, subsets
 from .precision import add_precision_args, apply_run_precision, write_quantized
 from .settings import LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings, from_args
 from .synthetic import synthetic_texts
@@ -60,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--offline", action="store_true",
                    help="never download: missing data files or weights are an error that says how to get them "
                         "(default: fetch what is missing; HF_HUB_OFFLINE=1 also turns downloads off)")
-    g.add_argument("--max-train", type=int, default=None, help="use only the first N training examples (smoke runs)")
-    g.add_argument("--max-eval", type=int, default=None, help="use only the first N dev and test examples")
+    g.add_argument("--max-train", type=int, default=None,
+                   help="train on a seeded random subset of N examples (stratified by label for the classification "
+                        "tasks; real sonnets for the sonnet task); the chosen ids go to RUN_DIR/subsets.json")
+    g.add_argument("--max-eval", type=int, default=None,
+                   help="score a seeded random subset of N dev and N test examples (stratified as --max-train)")
+    g.add_argument("--test-references", default=None, metavar="FILE",
+                   help="the test labels (*-test-labels.csv) or true test sonnets to score test with (default: the "
+                        "file beside the data, as `minigpt2.data fetch` writes it; test is not scored without one)")
     g.add_argument("--max-length", type=int, default=None,
                    help="truncate inputs to N tokens (default: the model's n_positions)")
     g = p.add_argument_group("synthetic data (sonnet task)")
@@ -71,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add only the first N synthetic sonnets (an error if the file has fewer); default: all")
     g.add_argument("--synthetic-filter", choices=SYNTHETIC_FILTERS, default=None,
                    help="'perfect': only those passing distill.check (14 lines, ABAB CDCD EFEF GG); default all")
+    g.add_argument("--synthetic-only", action="store_true",
+                   help="train on the synthetic sonnets alone, no real training sonnet (dev and test stay real)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="gpt2",
                    help="a preset (gpt2, gpt2-medium, ...: downloaded once into checkpoints/<name>/), a folder or "
@@ -90,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{LORA_TARGETS})")
     g.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10, help="passes over the training set")
+    g.add_argument("--epochs", type=int, default=10,
+                   help="passes over the training set; 0: no training, the base model (at the run's precision) is "
+                        "scored on dev and test and saved as the run's best (the zero-shot reference)")
     g.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (per process)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=None,
@@ -247,9 +258,10 @@ def data_files(task: Task, folder: Path) -> list[Path]:
 
 
 def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
-                ) -> tuple[dict[str, list[Example]], list[Malformed]]:
-    """Encoded train/dev/test examples and every malformed row met (reported, not fatal); an empty train or
-    dev split is an error."""
+                ) -> tuple[dict[str, list[Example]], list[Malformed], dict[str, Any]]:
+    """Encoded train/dev/test examples, every malformed row met (reported, not fatal) and the record of the
+    subsets `--max-train` / `--max-eval` chose (drawn by the task, recorded by app.subsets); an empty train or dev
+    split is an error."""
     d = settings.data
     folder = data_dir(d.data_dir)
     ensure_task_data(task.name, folder, offline=d.offline)  # fetches missing files from the public sources
@@ -257,13 +269,27 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
     extra = synthetic_texts(d.synthetic)
     splits, notes = {}, []
     for split in ("train", "dev", "test"):
+        # --max-train / --max-eval: a seeded random subset of the real rows; synthetic sonnets come on top.
         limit = d.max_train if split == "train" else d.max_eval
-        splits[split], bad = task.load(folder, split, tok, max_len, limit, extra if split == "train" else ())
+        splits[split], bad = task.load(folder, split, tok, max_len, limit, extra if split == "train" else (),
+                                       seed=settings.optim.seed)
         notes += bad
+        if split == "train" and d.synthetic is not None and d.synthetic.only:  # dev and test stay real
+            splits[split] = [e for e in splits[split] if e.meta.get("source") == "synthetic"]
         if split != "test" and not splits[split]:
             raise DataError(f"{folder / task.files[split]}: no usable {split} examples ({len(bad)} malformed "
                             "row(s) skipped); the run needs at least one")
-    return splits, notes
+    # Test references that do not cover the test rows would fail at the end of training: refuse them now.
+    refs = Path(d.test_references) if d.test_references else None
+    have = task.reference_ids(folder, "test", refs)
+    if have is not None:
+        missing = [e.id for e in splits["test"] if e.id not in have]
+        if missing:
+            raise DataError(f"{refs or task.references_file(folder, 'test')}: no reference for test id(s) "
+                            f"{missing[:3]} of {folder / task.files['test']} ({len(missing)} in all); expected the "
+                            "labels of these very test rows")
+    chosen = {s: [e for e in v if e.meta.get("source") != "synthetic"] for s, v in splits.items()}
+    return splits, notes, subsets.describe(chosen)
 
 
 def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
@@ -300,8 +326,11 @@ def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: To
 def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, list[Example]],
                             settings: RunSettings, tok: Tokenizer, device: torch.device, run_dir: Path
                             ) -> dict[str, Any]:
-    """Predict dev and test with `module`, write the course-format files, score dev."""
+    """Predict dev and test with `module`, write the course-format files, score dev, and test where its labels
+    (or true sonnets) exist; for classification tasks also the majority-class accuracy of the scored rows."""
     result: dict[str, Any] = {}
+    folder = data_dir(settings.data.data_dir)
+    test_refs = Path(settings.data.test_references) if settings.data.test_references else None
     for split in ("dev", "test"):
         preds = task.predict(module, splits[split], settings.predict_settings(), tok, device)
         name = task.output_name(split, settings.model.mode)
@@ -309,7 +338,34 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
         result[f"{split}_predictions"] = name
         if split == "dev":
             result["dev"] = task.score(splits[split], preds)
+            majority = task.majority_accuracy([e.label for e in splits[split]])
+        else:
+            pairs = task.split_pairs(run_dir / name, folder, "test", test_refs)
+            if pairs is None:
+                continue
+            result["test"] = task.score_pairs(*pairs)
+            result["test_references"] = str(test_refs or task.references_file(folder, "test"))
+            majority = task.majority_accuracy(pairs[1])
+        if majority is not None:
+            result.setdefault("majority", {})[split] = majority
     return result
+
+
+def score_base_model(module: TaskModel, task: Task, splits: dict[str, list[Example]], settings: RunSettings,
+                     tok: Tokenizer, d: Dist, run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """`--epochs 0`: no training. The base model (fake-quantised already under --qaft) is scored on dev and saved
+    as the run's best, so that the rest of the run (PTQ, predictions, test scores) treats it as any best epoch."""
+    t0 = time.time()
+    module.to(d.device)
+    row: dict[str, Any] = {"epoch": 0, **make_evaluate(task, splits["dev"], settings, tok, d.device)(module)}
+    if d.main:
+        save_run_model(module, run_dir / "best", settings)
+    return {"metric": task.metric, "epochs": [row], **info,
+            "best": {"epoch": 0, task.metric: row[task.metric],
+                     **{k: v for k, v in row.items() if k.startswith("dev_")}},
+            "trainable_params": 0, "world_size": d.world, "optimizer_steps_per_epoch": 0,
+            "autocast_used": "bf16" if autocast_dtype(settings.autocast, d.device) == torch.bfloat16 else "off",
+            "train_config": dataclasses.asdict(settings.train_config()), "wall_s": time.time() - t0}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -340,10 +396,12 @@ def run(settings: RunSettings) -> dict[str, Any]:
     tok = Tokenizer(settings.data.tokenizer_dir)
     module = build_model(settings, task)
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
-    splits, notes = load_splits(task, settings, tok, max_len)
+    splits, notes, chosen = load_splits(task, settings, tok, max_len)
     folder = data_dir(settings.data.data_dir)
     fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.data.offline),
                                         data_files(task, folder))
+    # Which rows the seeded subsets hold (a count and a hash here, the ids in subsets.json).
+    fingerprint["subsets"] = {s: {k: v[k] for k in ("n", "sha256")} for s, v in chosen.items()}
     if recorded is not None:
         runfolder.check_inputs(run_dir, recorded.get("fingerprint", {}), fingerprint)
     if d.main:
@@ -356,16 +414,20 @@ def run(settings: RunSettings) -> dict[str, Any]:
                   "started": (recorded or {}).get("started")
                   or datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(run_dir / runfolder.CONFIG_FILE, config)
+        atomic_write_json(run_dir / subsets.SUBSETS_FILE, {"seed": settings.optim.seed, "splits": chosen})
 
     info = {"task": task.name, "model": settings.model.model, "mode": settings.model.mode,
             "method": settings.model.method, "total_params": sum(p.numel() for p in module.parameters()),
             "data": {s: len(v) for s, v in splits.items()}, "malformed_rows": [str(n) for n in notes]}
     n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
     info["data"].update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
-    metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
-                    settings.train_config(), run_dir, make_evaluate(task, splits["dev"], settings, tok, d.device),
-                    task.metric, lambda m, folder: save_run_model(m, folder, settings), d=d,
-                    resume=settings.run.resume, info=info)
+    if settings.optim.epochs == 0:
+        metrics = score_base_model(module, task, splits, settings, tok, d, run_dir, info)
+    else:
+        metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
+                        settings.train_config(), run_dir, make_evaluate(task, splits["dev"], settings, tok, d.device),
+                        task.metric, lambda m, folder: save_run_model(m, folder, settings), d=d,
+                        resume=settings.run.resume, info=info)
     precision = settings.precision
     if d.main and "stopped_after_epoch" not in metrics:
         t1 = time.time()
@@ -380,7 +442,9 @@ def run(settings: RunSettings) -> dict[str, Any]:
         metrics["wall_s"] += metrics["predict_s"]
         atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
         best = metrics["best"]
-        print(f"best epoch {best['epoch']}: dev {task.metric} {best[task.metric]:.4f}; run folder {run_dir}")
+        test = (metrics.get("test") or {}).get(task.metric)
+        print(f"best epoch {best['epoch']}: dev {task.metric} {best[task.metric]:.4f}"
+              + (f", test {task.metric} {test:.4f}" if test is not None else "") + f"; run folder {run_dir}")
     elif d.main:
         atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
     if d.world > 1:

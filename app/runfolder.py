@@ -27,7 +27,7 @@ from .settings import RESUME_MAY_CHANGE, RunSettings, defining
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 # What a run writes at the top of its folder besides prediction files: removed by --overwrite.
-RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE)
+RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE, "subsets.json")
 
 
 class RunFolderError(UserError, ValueError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -47,6 +48,7 @@ class SyntheticSettings:
     path: str
     n: int | None = None  # the first n kept sonnets (None: all)
     filter: str = "all"
+    only: bool = False  # train on the synthetic sonnets alone (no real training sonnet; dev and test stay real)
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,11 @@ class DataSettings:
     data_dir: str | None = None
     tokenizer_dir: str | None = None
     offline: bool = False
-    max_train: int | None = None
+    max_train: int | None = None  # a seeded random subset of N rows (stratified by label where there is one)
     max_eval: int | None = None
     max_length: int | None = None
     synthetic: SyntheticSettings | None = None
+    test_references: str | None = None  # test labels / true test sonnets (None: the file beside the data)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class RunSettings:
                 "synthetic": d.synthetic.path if d.synthetic else None,
                 "synthetic_n": d.synthetic.n if d.synthetic else None,
                 "synthetic_filter": d.synthetic.filter if d.synthetic else "all",
+                "synthetic_only": d.synthetic.only if d.synthetic else False, "test_references": d.test_references,
                 "model": m.model, "mode": m.mode, "method": m.method, "lora_rank": lo.rank, "lora_alpha": lo.alpha,
                 "lora_targets": lo.targets, "lora_dropout": lo.dropout, **asdict(self.optim),
                 "device": self.hardware.device, "autocast": self.autocast, "compile": self.hardware.compile,
@@ -173,7 +177,7 @@ class RunSettings:
 
 
 # Settings that may differ when a run is resumed: where things are and how the run is watched, not what it computes.
-RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "hardware.device", "hardware.compile",
+RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references", "hardware.device", "hardware.compile",
                      "hardware.progress", "run.out_dir", "run.name", "run.resume", "run.overwrite",
                      "run.stop_after_epoch")
 
@@ -256,7 +260,8 @@ def from_args(a: argparse.Namespace) -> RunSettings:
     task = TASKS[a.task]
     for flag, value in (("--max-train", a.max_train), ("--max-eval", a.max_eval), ("--synthetic-n", a.synthetic_n)):
         _non_negative(flag, value)
-    for flag, value in (("--max-length", a.max_length), ("--epochs", a.epochs), ("--batch-size", a.batch_size),
+    _non_negative("--epochs", a.epochs)  # 0: no training, the base model is scored and saved as the run's best
+    for flag, value in (("--max-length", a.max_length), ("--batch-size", a.batch_size),
                         ("--grad-accum", a.grad_accum), ("--eval-batch-size", a.eval_batch_size),
                         ("--max-new-tokens", a.max_new_tokens)):
         _positive(flag, value)
@@ -304,14 +309,20 @@ def from_args(a: argparse.Namespace) -> RunSettings:
         raise SettingsError("--synthetic-n needs --synthetic FILE.jsonl")
     if a.synthetic_filter is not None and not a.synthetic:
         raise SettingsError("--synthetic-filter needs --synthetic FILE.jsonl")
+    if a.synthetic_only and not a.synthetic:
+        raise SettingsError("--synthetic-only trains on synthetic sonnets alone; it needs --synthetic FILE.jsonl")
     if a.synthetic:
         if not task.takes_extra_texts:
             raise SettingsError(f"--synthetic adds synthetic sonnets; task {a.task!r} is not the sonnet task")
-        synthetic = SyntheticSettings(path=a.synthetic, n=a.synthetic_n, filter=a.synthetic_filter or "all")
+        synthetic = SyntheticSettings(path=a.synthetic, n=a.synthetic_n, filter=a.synthetic_filter or "all",
+                                      only=a.synthetic_only)
     if a.resume and not a.out_dir:
         raise SettingsError("--resume needs --out-dir: the run folder to continue")
     if a.resume and a.overwrite:
         raise SettingsError("--resume continues the run in --out-dir; --overwrite would discard it: choose one")
+    if a.test_references is not None and not Path(a.test_references).is_file():
+        raise SettingsError(f"--test-references {a.test_references}: file not found; expected the test labels "
+                            "(*-test-labels.csv) or the true test sonnets (TRUE_sonnets_held_out.txt)")
     check_device(a.device)
 
     precision = precision_from_args(a)
@@ -319,7 +330,8 @@ def from_args(a: argparse.Namespace) -> RunSettings:
         raise SettingsError("--autocast bf16 would run the fp64 model's matmuls in bf16; use --autocast off")
     settings = RunSettings(
         data=DataSettings(task=a.task, data_dir=a.data_dir, tokenizer_dir=a.tokenizer_dir, offline=a.offline,
-                          max_train=a.max_train, max_eval=a.max_eval, max_length=a.max_length, synthetic=synthetic),
+                          max_train=a.max_train, max_eval=a.max_eval, max_length=a.max_length, synthetic=synthetic,
+                          test_references=a.test_references),
         model=ModelSettings(model=a.model, mode=a.mode, method=a.method, lora=lora),
         optim=OptimSettings(epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=lr,
                             weight_decay=a.weight_decay, warmup=a.warmup, schedule=a.schedule,

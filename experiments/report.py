@@ -77,10 +77,19 @@ def compute_dtype(config: dict[str, Any]) -> str:
 
 
 def _majority_of_scored(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
+    """The majority-class accuracy of the dev rows the run scored: the run's own figure (metrics.json's
+    "majority", written by finetune) when it has one, with a bootstrap interval where the labels are readable."""
+    own = (metrics.get("majority") or {}).get("dev")
     task = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["args"]["task"]
-    ids = list(read_task_predictions(task, run_dir / metrics["dev_predictions"]))
-    maj = majority_reference(task, run_data_folder(run_dir), "dev", ids, samples)
-    return {} if maj is None else {"majority": maj.value, "majority_low": maj.low, "majority_high": maj.high}
+    try:
+        ids = list(read_task_predictions(task, run_dir / metrics["dev_predictions"]))
+        maj = majority_reference(task, run_data_folder(run_dir), "dev", ids, samples)
+    except (OSError, ValueError, KeyError):
+        maj = None
+    if maj is None:
+        return {} if own is None else {"majority": float(own), "majority_low": math.nan, "majority_high": math.nan}
+    return {"majority": float(own) if own is not None else maj.value, "majority_low": maj.low,
+            "majority_high": maj.high}
 
 
 def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
@@ -417,7 +426,7 @@ def zero_shot_block(rows: Sequence[Row]) -> list[str]:
                       _fmt(z.get("zero_shot_n"))])
     if not any(r.get("stage") == "base" for r in rows):
         lines.insert(0, ["base (before fine-tuning)", "—", "each", "—", "—", "—",
-                         "— (waits for finetune --epochs 0)", "—", "—"])
+                         "— (no base-model run (--epochs 0) finished)", "—", "—"])
     return ["Zero-shot Quora cloze (dev) after each run; the majority class of the same rows is the bar to beat:\n",
             _table(["model", "fine-tuned on", "precision", "QAFT", "compute", "seed", "zero-shot acc. [95% CI]",
                     "majority class [95% CI]", "rows"], lines)]

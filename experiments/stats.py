@@ -83,9 +83,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------------- from a run folder
 
-TRUE_TEST_SONNETS = "TRUE_sonnets_held_out.txt"  # beside the data, as `minigpt2.data fetch` writes it
-
-
 def majority_interval(labels: Sequence[int], samples: int = SAMPLES, seed: int = 0) -> Interval:
     """Accuracy of always answering the most frequent label of these rows, with its bootstrap interval."""
     if not labels:
@@ -118,71 +115,37 @@ def split_labels(task_name: str, folder: Path, split: str) -> dict[str, int] | N
     """id -> label of a classification task's dev rows, or of its test rows from the `*-test-labels.csv` file
     beside the data (None when that file is absent: test scores are then left out, not guessed)."""
     from tasks import get_task
-    from tasks.readers import read_table
 
-    task = get_task(task_name)
-    column = "is_duplicate" if task.name == "quora" else "sentiment"
-    if split == "dev":
-        path, columns = folder / task.files["dev"], (["id", "sentence1", "sentence2"] if task.name == "quora"
-                                                     else ["id", "sentence"])
-    else:
-        path, columns = folder / task.files["test"].replace("-test-student.csv", "-test-labels.csv"), ["id"]
-        if not path.is_file():
-            return None
-    table = read_table(path, columns, label=column, label_values={0, 1} if task.name == "quora" else None)
-    return {r["id"]: int(float(r[column])) for r in table.rows}
+    return get_task(task_name).split_labels(folder, split)  # type: ignore[attr-defined]
 
 
 def sonnet_references(folder: Path, split: str) -> dict[int, str] | None:
     """number -> true sonnet of the dev or test prompts (None when the test sonnets are absent)."""
-    from tasks.readers import read_sonnets
-    from tasks.sonnet import SonnetTask
+    from tasks import get_task
 
-    path = folder / (SonnetTask.files["dev_true"] if split == "dev" else TRUE_TEST_SONNETS)
-    if split != "dev" and not path.is_file():
-        return None
-    return {s.number: s.text for s in read_sonnets(path)[0]}
+    return get_task("sonnet").split_references(folder, split)  # type: ignore[attr-defined]
 
 
 def run_pairs(run_dir: str | Path, split: str = "dev") -> tuple[str, list, list] | None:
     """(metric, predictions, references) of a finished run's dev or test split, matched by id, read from its
-    files; None for a test split whose labels (or true sonnets) are not beside the data."""
+    files through the task's `split_pairs`; None for a test split whose labels (or true sonnets) are absent."""
     from tasks import get_task
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     task = get_task(config["args"]["task"])
-    folder = run_data_folder(run_dir)
-    pred_file = run_dir / metrics[f"{split}_predictions"]
-    if task.name == "sonnet":
-        from tasks.sonnet import read_generated
-
-        refs = sonnet_references(folder, split)
-        if refs is None:
-            return None
-        hyps = {s.number: s.text for s in read_generated(pred_file)}
-        missing = sorted(set(hyps) - set(refs))
-        if missing:
-            raise ValueError(f"{pred_file}: sonnet(s) {missing} have no reference in {folder}")
-        return "chrf", [hyps[k] for k in hyps], [refs[k] for k in hyps]
-    labels = split_labels(task.name, folder, split)
-    if labels is None:
-        return None
-    preds = read_task_predictions(task.name, pred_file)
-    missing = sorted(set(preds) - set(labels))
-    if missing:
-        raise ValueError(f"{pred_file}: id(s) {missing[:3]} have no label in {folder}")
-    return "accuracy", [preds[k] for k in preds], [labels[k] for k in preds]
+    refs = config["args"].get("test_references") if split == "test" else None
+    pairs = task.split_pairs(run_dir / metrics[f"{split}_predictions"], run_data_folder(run_dir), split,
+                             Path(refs) if refs else None)
+    return None if pairs is None else (task.metric, *pairs)
 
 
 def read_task_predictions(task_name: str, path: Path) -> dict[str, int]:
-    """id -> predicted label of a course-format predictions file."""
-    if task_name == "quora":
-        from tasks.paraphrase import read_predictions
-    else:
-        from tasks.sentiment import read_predictions
-    return read_predictions(path)
+    """id -> predicted label of a classification task's course-format predictions file."""
+    from tasks import get_task
+
+    return get_task(task_name).read_predictions(path)  # type: ignore[attr-defined]
 
 
 def run_dev_pairs(run_dir: str | Path) -> tuple[str, list, list]:

@@ -27,8 +27,13 @@ from typing import Any, Callable, Sequence
 
 from app.settings import LORA_ALPHA, LORA_LR  # the study's best LoRA settings
 from distill.generate import TEACHERS
+from minigpt2.errors import UserError
 from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
+
+class SweepError(UserError, ValueError):
+    """Sweep options that cannot work (a seed count below one, an unknown sweep)."""
+
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = Path(__file__).resolve().parent / "tiny_data"  # package data (see its README.md)
@@ -62,7 +67,7 @@ class SweepOptions:
 
     def seed_list(self) -> list[int]:
         if self.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+            raise SweepError(f"--seeds {self.seeds}: expected an integer >= 1")
         return [SEED + i for i in range(self.seeds)]
 
 
@@ -122,8 +127,12 @@ def _runs(opts: SweepOptions, points: list[tuple[str, list[str], dict[str, Any]]
     base = common_args(opts)
     runs = []
     for name, flags, settings in points:
+        shared = base
+        if "--epochs" in flags and "--epochs" in base:  # the point's own --epochs (0: the base model) wins
+            i = base.index("--epochs")
+            shared = base[:i] + base[i + 2:]
         for seed in opts.seed_list():
-            args = tuple(flags + base + ["--seed", str(seed)] + opts.finetune_args)
+            args = tuple(flags + shared + ["--seed", str(seed)] + opts.finetune_args)
             runs.append(Run(f"{name}-s{seed}", args, {**settings, "seed": seed}, evaluations))
     return runs
 
@@ -183,27 +192,18 @@ ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
 QAFT_OTHER_TASKS = ("sst", "cfimdb")  # the study's other fine-tuning tasks (quora is the check itself)
 
 
-def finetune_allows_zero_epochs() -> bool:
-    """Whether `minigpt2.finetune --epochs 0` scores and saves the base model untrained (the application
-    declares it with ALLOWS_ZERO_EPOCHS = True); until then the base-model rows wait."""
-    import app.finetune as finetune
-
-    return bool(getattr(finetune, "ALLOWS_ZERO_EPOCHS", False))
-
-
 def precision(opts: SweepOptions) -> Sweep:
     """Sonnets at each precision, quantised after training (PTQ) or trained quantisation-aware (QAFT); fp32 is
     the reference and has no QAFT twin. Each model also takes the zero-shot Quora check, and so do: the base
-    model before fine-tuning at each precision (`--epochs 0`, where finetune allows it) and the models after
+    model before fine-tuning at each precision (`--epochs 0`: scored and saved untrained) and the models after
     int8 QAFT on the other fine-tuning tasks."""
     precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
     others = QAFT_OTHER_TASKS[:1] if opts.tiny else QAFT_OTHER_TASKS
     points = []
-    if finetune_allows_zero_epochs():
-        for p in precisions:
-            points.append((f"base-{p}", ["--task", "sonnet", "--precision", p, "--epochs", "0"]
-                           + (["--autocast", "off"] if p == "fp32" else []),
-                           {"task": "sonnet", "precision": p, "qaft": False, "stage": "base"}))
+    for p in precisions:
+        points.append((f"base-{p}", ["--task", "sonnet", "--precision", p, "--epochs", "0"]
+                       + (["--autocast", "off"] if p == "fp32" else []),
+                       {"task": "sonnet", "precision": p, "qaft": False, "stage": "base"}))
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
             flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
@@ -215,8 +215,7 @@ def precision(opts: SweepOptions) -> Sweep:
     for task in others:
         points.append((f"{task}-int8-qaft", ["--task", task, "--precision", "int8", "--qaft"],
                        {"task": task, "precision": "int8", "qaft": True, "stage": "fine-tuned"}))
-    notes = [] if finetune_allows_zero_epochs() else [
-        "base-model rows wait for finetune --epochs 0 (ALLOWS_ZERO_EPOCHS)"]
+    notes = []
     if opts.tiny:
         notes.insert(0, "--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
                      + "; sst and cfimdb)")
@@ -304,8 +303,8 @@ def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes:
                 notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
         if have:
             points.append((f"{teacher}-only-perfect",
-                           ["--task", "sonnet", "--synthetic", str(path), "--synthetic-filter", "perfect",
-                            "--synthetic-only"], {**base, "synthetic_n": have, "mix": "synthetic only"}))
+                           ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(have),
+                            "--synthetic-filter", "perfect", "--synthetic-only"], {**base, "synthetic_n": have, "mix": "synthetic only"}))
     if not n_real:
         notes.append("mixing ratios wait for the sonnet training file")
     return points
@@ -333,7 +332,7 @@ SWEEPS: dict[str, Callable[[SweepOptions], Sweep]] = {
 def build_sweep(name: str, opts: SweepOptions) -> Sweep:
     """The sweep called `name` under these options."""
     if name not in SWEEPS:
-        raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
+        raise SweepError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
     sweep = SWEEPS[name](opts)
     names = [r.name for r in sweep.runs]
     # internal invariant of the sweep builders above (names come from code, not from the user's input)

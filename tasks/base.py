@@ -7,6 +7,7 @@ model outputs into predictions, scores them and writes them in the course's file
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from minigpt2.device import autocast_for
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
-from .readers import DataError, Malformed
+from .readers import DataError, Malformed, read_table
 
 
 @dataclass
@@ -81,6 +82,31 @@ class TaskModel(nn.Module):
         raise NotImplementedError
 
 
+def sample_indices(labels: Sequence[int | None], n: int | None, seed: int, split: str) -> list[int]:
+    """Indices of a seeded random subset of `n` rows (all when n is None or >= their number), stratified by label
+    when every row has one (each class keeps its share, largest remainder first), in file order.
+
+    `--max-train` / `--max-eval` use this instead of the first n rows, which are not a sample of a file (the
+    first 128 SST dev rows are mostly classes 3 and 4). Rows are chosen before they are encoded."""
+    if n is None or n >= len(labels):
+        return list(range(len(labels)))
+    rng = random.Random(f"minigpt2-subset:{seed}:{split}")  # one stream per split
+    if all(label is not None for label in labels):
+        groups: dict[int, list[int]] = {}
+        for i, label in enumerate(labels):
+            groups.setdefault(int(label), []).append(i)  # type: ignore[arg-type]
+        keys = sorted(groups)
+        shares = {k: n * len(groups[k]) / len(labels) for k in keys}
+        quota = {k: int(shares[k]) for k in keys}
+        # Largest remainder first; ties broken by the seeded generator, not by the label's value.
+        for k in sorted(keys, key=lambda k: (-(shares[k] - quota[k]), rng.random()))[:n - sum(quota.values())]:
+            quota[k] += 1
+        chosen = [i for k in keys for i in rng.sample(groups[k], quota[k])]
+    else:
+        chosen = rng.sample(range(len(labels)), n)
+    return sorted(chosen)
+
+
 # The course's sampling settings for the sonnet task (the command line's defaults).
 TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1.2, 0.9, 400
 
@@ -110,16 +136,18 @@ class Task(ABC):
 
     name: str = ""
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
-    files: dict[str, str] = {}  # split -> file name in the data folder
+    files: dict[str, str] = {}  # split -> file name in the data folder (every one required)
+    test_references: str = ""  # the test split's labels or true sonnets: optional, scored where present
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
     has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
     takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
 
     @abstractmethod
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
-        """Encoded examples of one split (`train`, `dev`, `test`) and the malformed rows skipped. `extra_texts`
-        are added to the training set by tasks that take them (`takes_extra_texts`)."""
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
+        """Encoded examples of one split (`train`, `dev`, `test`) and the malformed rows skipped. `limit`: a
+        seeded random subset of that many rows (`sample_indices`). `extra_texts` are added to the training set by
+        tasks that take them (`takes_extra_texts`), on top of the limit."""
 
     @abstractmethod
     def build(self, gpt: GPT2) -> TaskModel:
@@ -147,8 +175,33 @@ class Task(ABC):
         """The course-format prediction file, written atomically."""
 
     @abstractmethod
-    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[Any], list[Any]]:
-        """(predictions, references) of a dev prediction file, matched by id against the data in `folder`."""
+    def score_pairs(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        """The metric(s) of predictions against references (as `split_pairs` returns them)."""
+
+    @abstractmethod
+    def references_file(self, folder: Path, split: str) -> Path | None:
+        """Where the references of `split` lie in `folder` (the test labels, or true test sonnets, beside the data
+        as `minigpt2.data fetch` writes them); None when that file is absent."""
+
+    @abstractmethod
+    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                    ) -> tuple[list[Any], list[Any]] | None:
+        """(predictions, references) of a split's prediction file, matched by id against the references in
+        `folder` (or the file `references` names); None where the split has no references (test without labels)."""
+
+    @abstractmethod
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        """The ids that have a reference in `split` (as `split_pairs` matches them); None where there are none."""
+
+    def majority_accuracy(self, references: list[Any]) -> float | None:
+        """Accuracy of always answering the most frequent reference (classification tasks); None otherwise."""
+        return None
+
+    def split_scores(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                     ) -> dict[str, float] | None:
+        """The metric(s) of a split's prediction file; None where the split has no references."""
+        pairs = self.split_pairs(predictions_file, folder, split, references)
+        return None if pairs is None else self.score_pairs(*pairs)
 
 
 class ClassificationTask(Task):
@@ -174,15 +227,57 @@ class ClassificationTask(Task):
         """id -> predicted label of a prediction file in the course's format."""
         return read_id_values(path, self.column)
 
+    def score_pairs(self, predictions: list[int], references: list[int]) -> dict[str, float]:
+        from minigpt2.metrics import accuracy
+
+        return {"accuracy": accuracy(predictions, references)}
+
     @abstractmethod
     def dev_labels(self, folder: Path) -> dict[str, int]:
         """id -> true label of the dev split."""
 
-    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[int], list[int]]:
-        preds, labels = self.read_predictions(predictions_file), self.dev_labels(folder)
+    def majority_accuracy(self, references: list[int]) -> float | None:
+        if not references:
+            return None
+        counts: dict[int, int] = {}
+        for r in references:
+            counts[int(r)] = counts.get(int(r), 0) + 1
+        return max(counts.values()) / len(references)
+
+    label_column: str = ""  # the label's column in the data and in the `*-test-labels.csv` file
+    label_values: set[int] | None = None
+
+    def references_file(self, folder: Path, split: str) -> Path | None:
+        path = folder / (self.test_references if split == "test" else self.files[split])
+        return path if path.is_file() else None
+
+    def split_labels(self, folder: Path, split: str, references: Path | None = None) -> dict[str, int] | None:
+        """id -> true label of `split` (test: the `*-test-labels.csv` file beside the data, or `references`);
+        None when the test labels are absent."""
+        if split != "test" and references is None:
+            return self.dev_labels(folder) if split == "dev" else None
+        path = references or self.references_file(folder, split)
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise DataError(f"{path}: test labels file not found")
+        table = read_table(Path(path), ["id"], label=self.label_column, label_values=self.label_values)
+        return {r["id"]: int(float(r[self.label_column])) for r in table.rows}
+
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        labels = self.split_labels(folder, split, references)
+        return None if labels is None else set(labels)
+
+    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                    ) -> tuple[list[int], list[int]] | None:
+        labels = self.split_labels(folder, split, references)
+        if labels is None:
+            return None
+        preds = self.read_predictions(predictions_file)
         missing = sorted(set(preds) - set(labels))
         if missing:
-            raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {folder / self.files['dev']}")
+            where = references or self.references_file(folder, split) or folder
+            raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {where}")
         return [preds[k] for k in preds], [labels[k] for k in preds]
 
 

@@ -26,7 +26,7 @@ from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import ClassificationTask, Example, TaskModel, read_id_values
+from .base import ClassificationTask, Example, TaskModel, read_id_values, sample_indices
 from .readers import DataError, Malformed, clean_text, read_table
 
 PROMPT = 'Question 1: "{q1}"\nQuestion 2: "{q2}"\nAre these questions asking the same thing?\n'
@@ -76,16 +76,20 @@ class ParaphraseTask(ClassificationTask):
     metric = "accuracy"
     column = COLUMN
     files = dict(zip(("train", "dev", "test"), COURSE_FILES["quora"][:3]))  # minigpt2.data owns the names
+    test_references = COURSE_FILES["quora"][3]
+    label_column = "is_duplicate"
+    label_values = {0, 1}
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
         if extra_texts:
             raise DataError(f"task {self.name!r} takes no extra training texts")
         labelled = split != "test"
         table = read_table(folder / self.files[split], ["id", "sentence1", "sentence2"],
                            label="is_duplicate" if labelled else None, label_values={0, 1})
         examples = []
-        for row in table.rows[:limit]:
+        keep = sample_indices([int(r["is_duplicate"]) if labelled else None for r in table.rows], limit, seed, split)
+        for row in (table.rows[i] for i in keep):
             ids = encode_pair(tok, clean_text(row["sentence1"]), clean_text(row["sentence2"]), max_len)
             examples.append(Example(row["id"], ids, int(row["is_duplicate"]) if labelled else None))
         return examples, table.malformed

@@ -20,7 +20,7 @@ from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import ClassificationTask, Example, TaskModel, read_id_values
+from .base import ClassificationTask, Example, TaskModel, read_id_values, sample_indices
 from .readers import DataError, Malformed, clean_text, read_table
 
 COLUMN = "Predicted_Sentiment"
@@ -50,20 +50,24 @@ class SentimentClassifier(TaskModel):
 class SentimentTask(ClassificationTask):
     metric = "accuracy"
     column = COLUMN
+    label_column = "sentiment"
 
     def __init__(self, name: str, num_labels: int) -> None:
         self.name = name
         self.num_labels = num_labels
         self.files = dict(zip(("train", "dev", "test"), COURSE_FILES[name][:3]))  # minigpt2.data owns the names
+        self.test_references = COURSE_FILES[name][3]
+        self.label_values = set(range(num_labels))
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
         if extra_texts:
             raise DataError(f"task {self.name!r} takes no extra training texts")
         labelled = split != "test"
         table = read_table(folder / self.files[split], ["id", "sentence"],
                            label="sentiment" if labelled else None, label_values=set(range(self.num_labels)))
-        rows = table.rows[:limit]
+        rows = [table.rows[i] for i in sample_indices(
+            [int(r["sentiment"]) if labelled else None for r in table.rows], limit, seed, split)]
         texts = [clean_text(r["sentence"]) for r in rows]
         examples = []
         for row, ids in zip(rows, tok.encode_batch(texts)):

@@ -24,7 +24,7 @@ from minigpt2.model import GPT2
 from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
-from .base import Example, PredictSettings, Task, TaskModel
+from .base import Example, PredictSettings, Task, TaskModel, sample_indices
 from .readers import DataError, Malformed, read_sonnets
 
 SONNET_LINES = 14
@@ -61,6 +61,7 @@ class SonnetTask(Task):
     metric = "chrf"
     lm_targets = True
     files = dict(zip(("train", "dev", "dev_true", "test"), COURSE_FILES["sonnet"][:4]))  # owned by minigpt2.data
+    test_references = COURSE_FILES["sonnet"][4]
 
     has_head = False
     takes_extra_texts = True  # the application mixes synthetic sonnets in here
@@ -71,12 +72,13 @@ class SonnetTask(Task):
         return [s.text for s in sonnets], notes
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = ()) -> tuple[list[Example], list[Malformed]]:
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
         if split == "train":
             texts, notes = self.train_texts(folder)
             # --max-train limits the real sonnets; the extra (synthetic) ones come on top.
+            keep = sample_indices([None] * len(texts), limit, seed, split)
             real = [Example(str(i), (ids + [tok.eot_id])[:max_len])
-                    for i, ids in enumerate(tok.encode_batch(texts[:limit]))]
+                    for i, ids in zip(keep, tok.encode_batch([texts[i] for i in keep]))]
             extra = [Example(f"synthetic-{i}", (ids + [tok.eot_id])[:max_len], meta={"source": "synthetic"})
                      for i, ids in enumerate(tok.encode_batch(list(extra_texts)))]
             return real + extra, notes
@@ -89,7 +91,7 @@ class SonnetTask(Task):
             if missing:
                 raise DataError(f"{folder / self.files['dev_true']}: no true sonnet for prompt(s) {missing}")
         examples = []
-        for p in prompts[:limit]:
+        for p in (prompts[i] for i in sample_indices([None] * len(prompts), limit, seed, split)):
             ids = tok.encode(p.text + "\n")[:max_len]
             meta = {"prompt_lines": p.lines}
             if p.number in refs:
@@ -133,12 +135,40 @@ class SonnetTask(Task):
     def write_predictions(self, path: Path, examples: list[Example], predictions: list[str]) -> None:
         write_sonnets(path, [(int(e.id), p) for e, p in zip(examples, predictions)])
 
-    def dev_pairs(self, predictions_file: Path, folder: Path) -> tuple[list[str], list[str]]:
-        refs = {s.number: s.text for s in read_sonnets(folder / self.files["dev_true"])[0]}
+    def score_pairs(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        from minigpt2.metrics import chrf
+
+        return {"chrf": chrf(predictions, references)}
+
+    def references_file(self, folder: Path, split: str) -> Path | None:
+        path = folder / (self.files["dev_true"] if split == "dev" else self.test_references)
+        return path if path.is_file() else None
+
+    def split_references(self, folder: Path, split: str, references: Path | None = None) -> dict[int, str] | None:
+        """number -> true sonnet of the dev or test prompts; None when the true test sonnets are absent."""
+        path = references or self.references_file(folder, split)
+        if path is None and split == "dev":
+            path = folder / self.files["dev_true"]  # required: reading it names the missing file
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise DataError(f"{path}: true sonnets file not found")
+        return {s.number: s.text for s in read_sonnets(Path(path))[0]}
+
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        refs = self.split_references(folder, split, references)
+        return None if refs is None else {str(n) for n in refs}
+
+    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
+                    ) -> tuple[list[str], list[str]] | None:
+        refs = self.split_references(folder, split, references)
+        if refs is None:
+            return None
         hyps = {s.number: s.text for s in read_generated(predictions_file)}
         missing = sorted(set(hyps) - set(refs))
         if missing:
-            raise DataError(f"{predictions_file}: sonnet(s) {missing} have no reference in {folder}")
+            raise DataError(f"{predictions_file}: sonnet(s) {missing} have no reference in "
+                            f"{references or self.references_file(folder, split)}")
         return [hyps[k] for k in hyps], [refs[k] for k in hyps]
 
 

@@ -30,7 +30,7 @@ BAD_FLAGS = [  # (extra flags, part of the message)
     (["--max-train", "-5"], "--max-train -5: expected an integer >= 0"),
     (["--max-eval", "0"], "--max-eval 0"),
     (["--max-length", "-3"], "--max-length -3: expected an integer >= 1"),
-    (["--epochs", "0"], "--epochs 0"),
+    (["--epochs", "-1"], "--epochs -1"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--grad-accum", "0"], "--grad-accum 0"),
     (["--eval-batch-size", "0"], "--eval-batch-size 0"),

@@ -11,6 +11,7 @@ from app.settings import SettingsError, SyntheticSettings
 from app.synthetic import synthetic_texts
 from minigpt2.tokenizer import Tokenizer
 from tasks import get_task
+from tasks.base import sample_indices
 from tests.fakegemini import make_sonnet
 
 FIX = Path(__file__).parent / "fixtures"
@@ -37,7 +38,9 @@ def test_train_split_is_real_plus_synthetic_and_dev_stays_real(synth):
     task, tok = get_task("sonnet"), Tokenizer(FIX / "gpt2")
     extra = synthetic_texts(SyntheticSettings(str(synth)))
     train, _ = task.load(DATA, "train", tok, 1024, limit=2, extra_texts=extra)  # --max-train: the real ones only
-    assert [e.id for e in train] == ["0", "1"] + [f"synthetic-{i}" for i in range(5)]
+    n_real = len(task.train_texts(DATA)[0])
+    real = [str(i) for i in sample_indices([None] * n_real, 2, 0, "train")]  # a seeded sample of the real sonnets
+    assert [e.id for e in train] == real + [f"synthetic-{i}" for i in range(5)]
     assert tok.decode(train[2].input_ids[:-1]) == to_course_layout(make_sonnet(1))
     extra = synthetic_texts(SyntheticSettings(str(synth), n=3, filter="perfect"))
     train, _ = task.load(DATA, "train", tok, 1024, extra_texts=extra)

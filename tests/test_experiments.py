@@ -34,7 +34,10 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
         args = parser.parse_args([*run.args, "--out-dir", "x"])
         assert args.seed == run.settings["seed"]
         assert args.model == ("tiny" if tiny else "gpt2")
-        assert (args.epochs == 1) == tiny
+        if run.settings.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
+            assert args.epochs == 0
+        else:
+            assert (args.epochs == 1) == tiny
         for key in ("task", "precision", "synthetic_n", "synthetic_filter"):
             if run.settings.get(key) is not None and hasattr(args, key):
                 value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
@@ -54,6 +57,8 @@ def test_sweep_shapes(monkeypatch):
     prec = {(r.settings["precision"], r.settings["qaft"]) for r in full["precision"].runs}
     assert len(prec) == 11 and ("fp32", False) in prec and ("int4", True) in prec and ("fp8", False) in prec
     assert all(r.evaluations and r.evaluations[0].name == "zero_shot_quora" for r in full["precision"].runs)
+    base = [r.settings["precision"] for r in full["precision"].runs if r.settings.get("stage") == "base"]
+    assert base == ["fp64", "fp32", "bf16", "fp8", "int8", "int4"]  # the zero-shot reference at each precision
     teachers = full["teachers"].runs
     assert teachers[0].settings["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
@@ -106,7 +111,7 @@ def test_seeds_multiply_runs_with_distinct_names():
     assert len(sweep.runs) == 12
     assert len({r.name for r in sweep.runs}) == 12
     assert sorted({r.settings["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
-    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+    with pytest.raises(ValueError, match="--seeds 0: expected an integer >= 1"):
         build_sweep("baseline", SweepOptions(seeds=0))
 
 
@@ -457,7 +462,19 @@ def test_sonnet_reference_rows_rank_as_chance_should():
         assert iv.low <= iv.value <= iv.high
     # chrF rewards recall: any added text scores above the prompt alone
     assert rows["prompts only"].value < rows["prompts + random tokens"].value
-    assert sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200) is None
+    test = sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200)
+    assert test is not None and test["prompts only"].n == 2  # the tiny data ships its true test sonnets
+
+
+def test_sonnet_reference_rows_are_absent_without_the_true_test_sonnets(tmp_path):
+    import shutil
+
+    from experiments.references import sonnet_reference_intervals
+    from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
+
+    shutil.copytree(TINY_DATA_DIR, tmp_path / "data")
+    (tmp_path / "data" / "TRUE_sonnets_held_out.txt").unlink()
+    assert sonnet_reference_intervals(str(tmp_path / "data"), "test", None, str(TINY_TOKENIZER_DIR), 200) is None
 
 
 def test_majority_class_interval():
@@ -543,3 +560,22 @@ def test_a_data_folder_from_the_environment_is_recorded_and_found_again(tmp_path
     data.rename(tmp_path / "moved")  # gone, and no environment to say where: the report says so
     row = report.collect(sweep, tmp_path / "runs", samples=100)[0]
     assert math.isnan(row["ci_low"]) and row["data_missing"] == str(data.resolve())
+
+
+def test_majority_class_is_read_from_the_run_when_it_recorded_one(tmp_path):
+    """finetune writes the majority-class accuracy of the rows it scored into metrics.json; the table shows it."""
+    from experiments.sweeps import TINY_DATA_DIR
+
+    dev_ids = [line.split("\t")[1] for line in (TINY_DATA_DIR / "ids-sst-dev.csv").read_text().splitlines()[1:]
+               if line]
+    run = tmp_path / "runs" / "sst-s1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(TINY_DATA_DIR)}}))
+    (run / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(f"{i} , 3\n" for i in dev_ids[:2]))
+    (run / "test.csv").write_text("id \t Predicted_Sentiment \n")
+    (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.5},
+                                                  "majority": {"dev": 0.625}, "test": {"accuracy": 0.75},
+                                                  "dev_predictions": "dev.csv", "test_predictions": "test.csv"}))
+    sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
+    row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
+    assert row["majority"] == 0.625 and row["test_score"] == 0.75

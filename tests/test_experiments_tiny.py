@@ -55,13 +55,20 @@ def test_sweep_runs_end_to_end_with_tiny(name, tmp_path, counting):
         assert row["status"] == "done", row
         score, low, high = (float(row[k]) for k in ("dev_score", "ci_low", "ci_high"))
         assert low <= score <= high
-        assert row["arg_model"] == "tiny" and row["arg_epochs"] == "1" and int(row["trainable_params"]) > 0
+        if row.get("stage") == "base":  # the model before fine-tuning: no epoch, nothing trained
+            assert row["arg_epochs"] == "0" and int(row["trainable_params"]) == 0
+        else:
+            assert row["arg_epochs"] == "1" and int(row["trainable_params"]) > 0
+        assert row["arg_model"] == "tiny" and float(row["test_score"]) == pytest.approx(
+            json.loads((runs / name / row["run"] / "metrics.json").read_text())["test"][row["metric"]])
         metrics = json.loads((runs / name / row["run"] / "metrics.json").read_text())
         assert score == pytest.approx(metrics["dev"][metrics["metric"]])
     if name == "precision":
         assert all(int(r["model_bytes"]) > 0 and r["zero_shot_quora"] != "" for r in rows)
         fp32, int8 = (next(int(r["model_bytes"]) for r in rows if r["precision"] == p) for p in ("fp32", "int8"))
         assert int8 < fp32
+        assert sorted(r["precision"] for r in rows if r["stage"] == "base") == ["fp32", "int8"]
+        assert "| base | sonnet | fp32 |" in (out / "precision.md").read_text()
     if name == "teachers":
         synthetic = {r["run"].rsplit("-s", 1)[0]: int(r["train_synthetic"] or 0) for r in rows}
         assert synthetic["real-only"] == 0 and all(v == 2 for k, v in synthetic.items() if k != "real-only")

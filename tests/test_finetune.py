@@ -100,7 +100,9 @@ def test_quora_file_skips_the_empty_label_row_and_reports_it(runs):
 def test_sonnet_files_hold_whole_sonnets_starting_with_the_prompt(runs):
     dev = read_generated(runs["sonnet"] / "generated_sonnets_dev.txt")
     test = read_generated(runs["sonnet"] / "generated_sonnets.txt")
-    assert [s.number for s in dev] == [132, 133] and [s.number for s in test] == [145, 146]
+    chosen = json.loads((runs["sonnet"] / "subsets.json").read_text())["splits"]
+    assert [str(s.number) for s in dev] == chosen["dev"]["ids"]  # --max-eval 2: a seeded sample of the prompts
+    assert [s.number for s in dev] == [132, 134] and [s.number for s in test] == [145, 146]
     assert dev[0].lines[:3] == ("Thine eyes I love, and they, as pitying me,",
                                 "Knowing thy heart torment me with disdain,",
                                 "Have put on black, and loving mourners be,")
@@ -114,8 +116,9 @@ def test_evaluate_rescores_the_saved_run(task, runs):
     result = evaluate.evaluate_run(runs[task], "dev", device="cpu")
     assert result[metric] == pytest.approx(metrics["dev"][metric])
     assert json.loads((runs[task] / "eval-dev.json").read_text())[metric] == result[metric]
-    result = evaluate.evaluate_run(runs[task], "test", device="cpu")
-    assert result["examples"] == (2 if task == "sonnet" else 4) and metric not in result
+    result = evaluate.evaluate_run(runs[task], "test", device="cpu")  # the fixtures hold test labels
+    assert result["examples"] == (2 if task == "sonnet" else 4)
+    assert result[metric] == pytest.approx(metrics["test"][metric])
 
 
 def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
