@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.sweeps import TINY_DATA
+
 FIXTURES = Path(__file__).parent / "fixtures"
-BPE_DIR = FIXTURES / "gpt2"
+BPE_DIR = TINY_DATA / "gpt2"  # GPT-2's BPE files, shipped as package data of experiments
 
 
 def make_hf_checkpoint(folder: Path, seed: int = 0, initializer_range: float = 0.02, **sizes) -> Path:
@@ -50,7 +52,7 @@ def load_hf(folder: Path):
 
 @pytest.fixture(autouse=True)
 def _offline_tokenizer(monkeypatch):
-    """Tests never download the BPE files: they use the copy shipped in tests/fixtures/gpt2."""
+    """Tests never download the BPE files: they use the copy shipped in experiments/tiny_data/gpt2."""
     if "MINIGPT2_TOKENIZER_DIR" not in os.environ:
         monkeypatch.setenv("MINIGPT2_TOKENIZER_DIR", str(BPE_DIR))
 

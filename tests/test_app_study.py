@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app import evaluate, finetune, subsets
+from experiments.sweeps import TINY_DATA
 from tasks import get_task
 from tasks.base import Example, sample_indices
 from tasks.readers import DataError
@@ -141,7 +142,7 @@ def test_subsets_are_seeded_stratified_and_in_file_order():
 def test_tasks_load_the_seeded_subset():
     from minigpt2.tokenizer import Tokenizer
 
-    tok, task = Tokenizer(ROOT / "tests" / "fixtures" / "gpt2"), get_task("sst")
+    tok, task = Tokenizer(TINY_DATA / "gpt2"), get_task("sst")
     all_dev, _ = task.load(DATA, "dev", tok, 64)
     some, _ = task.load(DATA, "dev", tok, 64, limit=4, seed=5)
     keep = sample_indices([e.label for e in all_dev], 4, 5, "dev")

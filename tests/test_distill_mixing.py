@@ -9,12 +9,13 @@ from distill.synthetic import to_course_layout
 from app.finetune import parse_settings, run
 from app.settings import SettingsError, SyntheticSettings
 from app.synthetic import synthetic_texts
+from experiments.sweeps import TINY_DATA
 from minigpt2.tokenizer import Tokenizer
 from tasks import get_task
 from tasks.base import sample_indices
 from tests.fakegemini import make_sonnet
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 DATA = FIX / "tasks"  # 6 real training sonnets
 
 

@@ -3,7 +3,7 @@ they show run as written.
 
 A fenced ```bash block preceded by the line `<!-- test: run -->` holds quick commands. The test runs each of its
 lines (backslash continuations joined, trailing `# comments` dropped) with bash, one after the other, in a fresh
-folder laid out like the repository root (`tests/` linked in, the project on PYTHONPATH, `python` meaning this
+folder laid out like the repository root (`tests/` and `experiments/` linked in, the project on PYTHONPATH, `python` meaning this
 interpreter, nothing downloaded), so a command that writes `checkpoints/runs/...` writes there, and a later block
 of the same page can read what an earlier one wrote.
 """
@@ -129,7 +129,8 @@ def test_the_front_door_runs_commands():
 
 def _sandbox(tmp_path: Path) -> dict[str, str]:
     """A folder that looks like the repository root to the commands, and their environment."""
-    (tmp_path / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
+    for folder in ("tests", "experiments"):  # the tiny data the pages' commands read is experiments/tiny_data
+        (tmp_path / folder).symlink_to(ROOT / folder, target_is_directory=True)
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
     python = bin_dir / "python"  # a script, not a symlink: a venv's interpreter finds its venv by its own path

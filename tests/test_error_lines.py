@@ -15,7 +15,6 @@ import pytest
 from tests.fakegemini import FakeGemini
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures"
 
 
 def run_command(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

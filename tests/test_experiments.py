@@ -14,7 +14,8 @@ from PIL import Image
 
 from experiments import __main__ as cli
 from experiments import report, runner, stats
-from experiments.sweeps import (SWEEPS, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions, build_sweep)
+from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions,
+                               build_sweep)
 from app.finetune import build_parser
 from minigpt2.metrics import chrf
 
@@ -303,7 +304,7 @@ def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkey
 def sonnet_pairs() -> tuple[list[str], list[str]]:
     from tasks.readers import read_sonnets
 
-    refs = [s.text for s in read_sonnets(Path(__file__).parent / "fixtures/tasks/TRUE_sonnets_held_out_dev.txt")[0]]
+    refs = [s.text for s in read_sonnets(TINY_DATA_DIR / "TRUE_sonnets_held_out_dev.txt")[0]]
     hyps = [" ".join(r.split()[: 8 + 5 * i]) for i, r in enumerate(refs)]  # prefixes of growing length
     return hyps, refs
 

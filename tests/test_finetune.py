@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from app import evaluate, finetune
+from experiments.sweeps import TINY_DATA
 from minigpt2.checkpoint import load_model, read_safetensors
 from tasks.paraphrase import read_predictions as read_para
 from tasks.readers import read_table
@@ -16,7 +17,7 @@ from tasks.sentiment import read_predictions as read_sentiment
 from tasks.sonnet import read_generated
 from tests.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 DATA = FIX / "tasks"
 
 

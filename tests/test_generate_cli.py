@@ -16,6 +16,7 @@ from app import generate as cli
 from app.precision import PrecisionSettings
 from app.settings import DataSettings, HardwareSettings, RunSettings
 from distill.check import check_sonnet
+from experiments.sweeps import TINY_DATA
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import load_model
 from minigpt2.generate import generate
@@ -24,7 +25,7 @@ from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import seed_everything
 from tasks.sonnet import SonnetLM
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 ROOT = Path(__file__).parent.parent
 PROMPT = "Shall I compare thee to a summer's day?"
 RUN_KINDS = {

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from app import evaluate, finetune
+from experiments.sweeps import TINY_DATA
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import read_safetensors
 from minigpt2.lora import METADATA_KEY
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 LORA = ["--method", "lora", "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", "attn+mlp", "--epochs", "1"]
 EXTRA = {"sst": [], "cfimdb": [], "quora": [], "sonnet": ["--max-new-tokens", "16", "--max-eval", "2"]}
 HEAD = {"sst": 32 * 5 + 5, "cfimdb": 32 * 2 + 2, "quora": 0, "sonnet": 0}  # tiny n_embd = 32

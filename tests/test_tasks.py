@@ -1,4 +1,4 @@
-"""Readers, writers, heads and metrics of the four tasks, on the small fixtures in tests/fixtures/tasks/."""
+"""Readers, writers, heads and metrics of the four tasks, on the small fixtures in experiments/tiny_data/tasks/."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
+from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
 from minigpt2.data import parse_sonnets
 from minigpt2.metrics import accuracy, bootstrap_interval, chrf
@@ -22,8 +23,8 @@ from tasks.readers import (DataError, MissingDataError, clean_text, read_sonnets
 from tasks.sentiment import read_predictions as read_sentiment
 from tasks.sonnet import finish_sonnet, read_generated, sonnet_stop, write_sonnets
 
-FIX = Path(__file__).parent / "fixtures" / "tasks"
-GPT2_BPE = Path(__file__).parent / "fixtures" / "gpt2"
+FIX = TINY_DATA / "tasks"
+GPT2_BPE = TINY_DATA / "gpt2"
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from minigpt2.train import TrainConfig, bucketed_batches, lr_lambda, param_groups, train
@@ -27,7 +28,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-FIX = ROOT / "tests" / "fixtures"
+FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 
 
 def test_bucketed_batches_cover_every_example_once_and_group_similar_lengths():
