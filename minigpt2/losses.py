@@ -15,6 +15,11 @@ products rather than to the (rows, V) chunk.
 Both gradients are computed in the forward pass, while the chunk's logits are at hand, and handed to autograd in
 the backward pass (the trick of Liger-Kernel's fused linear cross-entropy). Rows whose target is `ignore_index`
 (padding, prompt tokens) are dropped before the head, so they cost nothing.
+
+Under autocast (bf16 on CUDA or CPU) the three vocabulary-sized products run in the autocast dtype, as
+`F.linear` would under autocast, while the softmax statistics (max, exp, sum, log), the loss sum and the
+gradient accumulators stay fp32. The function switches autocast off inside and casts explicitly, so every
+operand's dtype is chosen here rather than by autocast's per-op rules (which mixed bf16 and fp32 in `addmm_`).
 """
 
 from __future__ import annotations
@@ -61,8 +66,11 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError(f"lm_loss: chunk_rows must be >= 1, got {chunk_rows}")
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
+    device_type = hidden.device.type
+    amp_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     # under no_grad (evaluation) the gradients are not computed at all
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, torch.is_grad_enabled())
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, torch.is_grad_enabled(),
+                                      amp_dtype)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -70,7 +78,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                chunk_rows: int, grad_enabled: bool) -> torch.Tensor:
+                chunk_rows: int, grad_enabled: bool, amp_dtype: torch.dtype | None) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are chosen explicitly below
+            return _ChunkedCrossEntropy._forward(ctx, hidden, weight, targets, ignore_index, chunk_rows,
+                                                 grad_enabled, amp_dtype)
+
+    @staticmethod
+    def _forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                 chunk_rows: int, grad_enabled: bool, amp_dtype: torch.dtype | None) -> torch.Tensor:
         keep = (targets != ignore_index).nonzero().squeeze(1)  # rows that carry a loss
         h, t = hidden.index_select(0, keep), targets.index_select(0, keep)
         n = h.size(0)
@@ -78,11 +93,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h, dtype=torch.float32) if want_dh else None
         grad_w = None
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        w32, h32 = weight.float(), h.float()  # no copies in fp32; gradients are accumulated in fp32
+        h32 = h.float()  # no copy in fp32
+        # `mm` is the dtype of the two gradient products: the autocast dtype, else fp32 (gradients of a bf16 model
+        # are then computed from fp32 copies). The logits product runs in the autocast dtype, else in the inputs'.
+        mm = amp_dtype or torch.float32
+        w_mm, h_mm = weight.to(mm), h.to(mm)  # no copies when the dtype already matches
+        w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight, h)
         for s in range(0, n, chunk_rows):
             h_c, t_c = h32[s:s + chunk_rows], t[s:s + chunk_rows]
-            logits = F.linear(h[s:s + chunk_rows], weight).float()  # (rows, V): the only vocabulary-sized tensor
-            # Every step below works in the chunk's own storage: no second (rows, V) tensor is ever allocated.
+            # (rows, V): the only vocabulary-sized fp32 tensor; the softmax statistics below are taken in fp32
+            logits = F.linear(h_logits[s:s + chunk_rows], w_logits).float()
+            # Every step below works in the chunk's own storage: no second fp32 (rows, V) tensor is allocated.
             shift = logits.amax(dim=-1, keepdim=True)
             target = logits.gather(1, t_c[:, None])
             e = logits.sub_(shift).exp_()  # exp(logits - max): softmax before normalisation
@@ -95,11 +116,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             # the products instead of the (rows, V) chunk. The mean's 1 / n is applied in backward.
             e[torch.arange(e.size(0), device=e.device), t_c] -= sumexp.squeeze(1)
             inv = sumexp.reciprocal_()
+            e_mm = e.to(mm)  # a bf16 copy under autocast; the chunk itself in fp32
             if want_dh:
-                grad_h[s:s + chunk_rows] = (e @ w32).mul_(inv)
+                grad_h[s:s + chunk_rows] = (e_mm @ w_mm).float().mul_(inv)
             if want_dw:
-                scaled = h_c * inv
-                grad_w = e.t() @ scaled if grad_w is None else grad_w.addmm_(e.t(), scaled)
+                scaled = (h_c * inv).to(mm)
+                if grad_w is None:
+                    grad_w = (e_mm.t() @ scaled).float()
+                elif mm == torch.float32:
+                    grad_w.addmm_(e_mm.t(), scaled)
+                else:  # each chunk's product in bf16, their sum in fp32
+                    grad_w += e_mm.t() @ scaled
         if want_dh and n != hidden.size(0):
             grad_h = torch.zeros_like(hidden, dtype=torch.float32).index_copy_(0, keep, grad_h)
         if want_dw and grad_w is None:
@@ -118,4 +145,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad_h = grad_h.mul_(scale).to(ctx.dtypes[0])
         if grad_w is not None:
             grad_w = grad_w.mul_(scale).to(ctx.dtypes[1])
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None

@@ -118,3 +118,43 @@ def test_bad_chunk_rows():
     hidden, weight, targets = _inputs()
     with pytest.raises(ValueError, match="chunk_rows must be >= 1, got 0"):
         chunked_lm_loss(hidden, weight, targets, chunk_rows=0)
+
+
+# Under CPU bf16 autocast (the same dtype rules as CUDA's) the chunked loss is compared with the plain loss under
+# the same autocast, and both with fp32. Both round the logits and the gradient products to bf16 (8 significant
+# bits, relative step 2^-8 = 0.4%), so the tolerance is a relative error of the whole tensor below 2%: several
+# roundings, but far below what a dtype or scaling bug makes (>= 100%).
+BF16_REL = 2e-2
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("n, v, chunk_rows", [(37, 101, 1), (37, 101, 7), (37, 101, 1000), (700, 50257, None)])
+def test_chunked_loss_under_bf16_autocast_matches_plain_loss_under_autocast(n, v, chunk_rows):
+    # (700, 50257, None): the production chunk size at GPT-2's vocabulary, more rows than one chunk (667)
+    hidden, weight, targets = _inputs(n=n, c=32, v=v)
+    fn = lm_loss if chunk_rows is None else chunked_lm_loss
+    kw = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _value_and_grads(fn, hidden, weight, targets, **kw)
+        ref = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+    fp32 = _value_and_grads(lm_loss_reference, hidden, weight, targets)
+    for name, a, b, c in zip(["loss", "d hidden", "d weight"], got, ref, fp32):
+        assert a.dtype == torch.float32, name  # the loss and the gradients of fp32 leaves stay fp32
+        assert torch.isfinite(a).all(), name
+        assert _rel_err(a, b) < BF16_REL, (name, _rel_err(a, b))
+        assert _rel_err(a, c) < BF16_REL, (name, _rel_err(a, c))
+    # and it is really the bf16 path: not bit-equal to the fp32 loss
+    assert not torch.equal(got[2], fp32[2])
+
+
+def test_chunked_loss_under_autocast_runs_its_products_in_bf16(monkeypatch):
+    hidden, weight, targets = _inputs(n=20, c=16, v=64)
+    seen = []
+    real_mm = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append((a.dtype, b.dtype)) or real_mm(a, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _value_and_grads(chunked_lm_loss, hidden, weight, targets, chunk_rows=6)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
