@@ -54,11 +54,13 @@ def nucleus_candidates(probs: torch.Tensor, top_p: float, first_try: int = 256
 @torch.no_grad()
 def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = EOT_ID,
-             stop: Callable[[list[int]], bool] | None = None, seed: int | None = None) -> list[list[int]]:
+             stop: Callable[[list[int]], bool] | None = None, seed: int | None = None,
+             on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Continue each prompt; returns only the new tokens of each (EOS included when generated).
 
     A row stops at `eos_id`, when `stop(new_tokens)` says so, or after `max_new_tokens`; the loop ends once
-    every row has stopped. `seed` makes sampling reproducible.
+    every row has stopped. `seed` makes sampling reproducible. `on_token(row, token_id)` is called for each new
+    token as soon as it is sampled (e.g. to stream text to a terminal), in the order they are appended.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
@@ -95,6 +97,8 @@ def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, tempera
             if done[i]:
                 continue
             out[i].append(t)
+            if on_token is not None:
+                on_token(i, t)
             if t == eos_id or (stop is not None and stop(out[i])):
                 done[i] = True
         if all(done) or step == max_new_tokens - 1:
@@ -104,3 +108,10 @@ def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, tempera
                        position_ids=next_pos + step, cache=cache)
     model.train(model_was_training)
     return out
+
+
+if __name__ == "__main__":
+    # `python -m minigpt2.generate`: the command lives in the application; the library only points at it.
+    from app.generate import main
+
+    main()

@@ -14,6 +14,17 @@ with the same values up to fp32 rounding.
 Only inference: a packed weight is an opaque oneDNN tensor, with no gradient and no state dict. Layers that are
 not plain `nn.Linear` (LoRA adapters, fake-quant layers) keep their own forward, so a prepacked LoRA model runs its
 frozen base layers packed and its adapters as they are.
+
+bf16 (`prepacked(model, torch.bfloat16)`): the same copy with bf16 weights, for CPUs that multiply bf16 natively
+(x86 AVX512-BF16 or AMX, ARM's BF16 extension; `native_bf16`). Decoding then reads half the bytes per token. The
+whole copy is bf16, as a model loaded with bf16 weights is: embeddings, LayerNorm parameters, the residual stream,
+the KV cache, and the logits. Where precision matters, the kernels accumulate in fp32 anyway: oneDNN's bf16 GEMMs,
+LayerNorm's mean and variance, and SDPA's softmax; `generate.sample_next` turns the logits into fp32 before
+temperature and softmax. What bf16 costs is the rounding of every stored activation to 8 bits of mantissa: the
+logits differ from fp32's by a few percent of their spread at most (the tests bound the largest difference by a
+tenth of the fp32 logits' standard deviation), so greedy decoding follows fp32 until two candidates come within
+that margin. Where the CPU lacks native bf16, oneDNN would emulate it, slower than fp32:
+`prepacked` refuses, and `inference_copy` stays in fp32.
 """
 
 from __future__ import annotations
@@ -33,30 +44,64 @@ def available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
+class Bf16Unsupported(RuntimeError):
+    """bf16 inference was asked for on a CPU that would only emulate bf16 arithmetic."""
+
+
+# /proc/cpuinfo flags of native bf16 arithmetic: x86 AVX512-BF16 and AMX-BF16, ARM's BF16 extension.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively and oneDNN has bf16 kernels for it.
+
+    oneDNN also runs bf16 on AVX-512 CPUs without BF16 instructions, by converting to fp32: slower than fp32 itself,
+    so only the instruction set counts here (read from /proc/cpuinfo, hence Linux only).
+    """
+    return (available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and any(flag in cpu_flags() for flag in BF16_CPU_FLAGS))
+
+
+def _pack(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     # batch_size=1 is a layout hint (decoding feeds one row per sequence); other batch sizes run on it too.
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), 1)
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), 1)
 
 
 def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x.float(), packed, bias, "none", [], "")
+    # oneDNN computes in the packed weight's dtype and returns that dtype; the input must match it.
+    return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, bias, "none", [], "")
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear` for inference, with the weight in oneDNN's packed layout (fp32)."""
+    """`nn.Linear` for inference, with the weight in oneDNN's packed layout (fp32, or bf16 given `dtype`)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight)
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.packed = _pack(linear.weight, dtype)
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype).clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _packed_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN prepacked"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')}")
 
 
 class PackedHeadGPT2(GPT2):
@@ -73,47 +118,62 @@ class PackedHeadGPT2(GPT2):
         return _packed_linear(hidden, self.packed_head, None)
 
 
-@torch.no_grad()
-def prepacked(model: GPT2) -> GPT2:
-    """An inference copy of `model` (fp32, eval mode, on CPU) whose plain linear layers and LM head are prepacked.
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
-    Raises ValueError for a model that is not on the CPU or not fp32, RuntimeError when this PyTorch build has no
-    oneDNN (see `available`).
+
+@torch.no_grad()
+def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
+    """An inference copy of `model` (eval mode, on CPU) whose plain linear layers and LM head are prepacked.
+
+    dtype: torch.float32 (the model must be fp32), or torch.bfloat16 (an fp32 or bf16 model; the copy is all bf16,
+    see the module docstring). Raises ValueError for a model not on the CPU or of another dtype, RuntimeError when
+    this PyTorch build has no oneDNN (see `available`), `Bf16Unsupported` for bf16 on a CPU without native bf16.
     """
+    if dtype not in PACKED_DTYPES:
+        raise ValueError(f"prepacked: dtype {dtype} is not one of {PACKED_DTYPES}")
     if not available():
         raise RuntimeError("prepacked: this PyTorch build has no oneDNN linear kernels "
                            "(torch.backends.mkldnn.is_available() is False); use the model as it is")
+    if dtype == torch.bfloat16 and not native_bf16():
+        raise Bf16Unsupported("bf16 inference needs a CPU with native bf16 arithmetic (AVX512-BF16 or AMX on x86, "
+                              "BF16 on ARM); this one would emulate it, slower than fp32: use fp32")
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
-    if not _fp32_on_cpu(model):
-        weight = model.wte.weight
-        raise ValueError(f"prepacked needs an fp32 model on the CPU, got {weight.dtype} on {weight.device}; "
+    accepted = PACKED_DTYPES if dtype == torch.bfloat16 else (torch.float32,)
+    weight = model.wte.weight
+    if weight.device.type != "cpu" or weight.dtype not in accepted:
+        names = " or ".join({torch.float32: "fp32", torch.bfloat16: "bf16"}[d] for d in accepted)
+        raise ValueError(f"prepacked needs an {names} model on the CPU, got {weight.dtype} on {weight.device}; "
                          "call model.float().cpu() first (on a GPU, use the model as it is)")
     if not isinstance(model, GPT2):
         raise TypeError(f"prepacked expects a minigpt2 GPT2, got {type(model).__name__}")
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).eval().to(dtype)
     for module in list(model.modules()):
         if not isinstance(module, (CausalSelfAttention, MLP, LoRALinear)):
             continue  # e.g. a fake-quant layer reads its inner linear's `.weight` itself: leave it whole
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, PackedLinear(child))
+                setattr(module, name, PackedLinear(child, dtype))
     if type(model) is GPT2 and type(model.wte) is nn.Embedding:
         model.__class__ = PackedHeadGPT2  # same modules and state; only `lm_head` is overridden
-        model.packed_head = _pack(model.wte.weight)
+        model.packed_head = _pack(model.wte.weight, dtype)
     return model
 
 
-def inference_copy(model: GPT2) -> GPT2:
-    """`prepacked(model)` where it applies (an fp32 GPT2 on a CPU with oneDNN), else `model` itself.
+def inference_copy(model: GPT2, dtype: torch.dtype | None = None) -> GPT2:
+    """`prepacked(model, dtype)` where it applies (a GPT2 on a CPU with oneDNN), else `model` itself.
 
-    For code that generates with whatever model it is handed, e.g. the sonnet task's evaluation.
+    dtype: None for the model's own dtype; torch.bfloat16 for the bf16 copy, which falls back to the fp32 copy
+    where the CPU lacks native bf16 (`native_bf16`). For code that generates with whatever model it is handed,
+    e.g. the sonnet task's evaluation.
     """
     model = getattr(model, "_orig_mod", model)
-    if available() and isinstance(model, GPT2) and _fp32_on_cpu(model):
-        return prepacked(model)
-    return model
-
-
-def _fp32_on_cpu(model: GPT2) -> bool:
-    weight = model.wte.weight
-    return weight.device.type == "cpu" and weight.dtype == torch.float32
+    if not (available() and isinstance(model, GPT2) and model.wte.weight.device.type == "cpu"):
+        return model
+    dtype = dtype or model.wte.weight.dtype
+    if dtype == torch.bfloat16 and not native_bf16():
+        dtype = torch.float32
+    if dtype == torch.float32 and model.wte.weight.dtype != torch.float32:
+        return model  # e.g. a bf16 model on a CPU without native bf16: used as it is
+    if dtype not in PACKED_DTYPES:
+        return model
+    return prepacked(model, dtype)

@@ -114,7 +114,10 @@ class SonnetTask(Task):
     def predict(self, module: TaskModel, examples: list[Example], args: argparse.Namespace, tok: Tokenizer,
                 device: torch.device) -> list[str]:
         out: list[str] = []
-        gpt = inference_copy(module.gpt)  # on CPU: weights prepacked for oneDNN, ~1.4x faster sampling
+        # On CPU: weights prepacked for oneDNN (~1.4x faster sampling), in bf16 when the run trained under bf16
+        # autocast and the CPU has native bf16 (`minigpt2.prepack`); a bf16 model gets the bf16 copy anyway.
+        bf16 = getattr(args, "autocast", "off") == "bf16"
+        gpt = inference_copy(module.gpt, torch.bfloat16 if bf16 else None)
         for start in range(0, len(examples), args.eval_batch_size):
             chunk = examples[start:start + args.eval_batch_size]
             lines_to_write = [SONNET_LINES - len(e.meta["prompt_lines"]) for e in chunk]

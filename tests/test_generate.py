@@ -58,3 +58,23 @@ def test_max_new_tokens_is_capped_by_the_context(model):
 def test_empty_prompt_is_an_error(model):
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[]], 5)
+
+
+def test_on_token_sees_every_new_token_in_order_as_it_is_sampled(model):
+    seen: list[tuple[int, int]] = []
+    calls_at_step: list[int] = []
+    real_lm_head = model.lm_head
+
+    def lm_head(hidden, token_ids=None):  # counts how many tokens were reported before each new step
+        calls_at_step.append(len(seen))
+        return real_lm_head(hidden, token_ids)
+
+    model.lm_head = lm_head
+    try:
+        out = generate(model, PROMPTS, 6, temperature=1.0, seed=3, eos_id=None,
+                       on_token=lambda row, token: seen.append((row, token)))
+    finally:
+        del model.lm_head
+    assert [t for r, t in seen if r == 0] == out[0] and [t for r, t in seen if r == 1] == out[1]
+    assert calls_at_step == [0, 2, 4, 6, 8, 10]  # both rows' tokens reported before the next step is computed
+    assert generate(model, PROMPTS, 6, temperature=1.0, seed=3, eos_id=None) == out  # the hook changes nothing

@@ -68,3 +68,139 @@ def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypa
     with pytest.raises(RuntimeError, match="no oneDNN linear kernels"):
         prepack.prepacked(model)
     assert prepack.inference_copy(model) is model
+
+
+# ---- bf16: the prepacked copy with bf16 weights, on CPUs with native bf16 ----
+
+needs_bf16 = pytest.mark.skipif(not available() or not __import__("minigpt2.prepack").prepack.native_bf16(),
+                                reason="this CPU has no native bf16")
+# bf16 keeps 8 bits of mantissa: every stored activation is rounded by up to 2^-9 of its size. Through two tiny
+# blocks that leaves the logits within a tenth of their spread (measured: 4-7% at most), so the bound below is
+# loose enough for any seed and tight enough to catch a wrong weight, a missing bias or an fp32/bf16 mix-up.
+BF16_LOGIT_TOLERANCE = 0.1  # largest |bf16 - fp32| logit, as a fraction of the fp32 logits' standard deviation
+
+
+def spread_model(seed: int = 0) -> GPT2:
+    """A tiny model with large weights, so that its logits spread and greedy decoding varies its tokens."""
+    model = tiny(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(std=0.3)
+    return model
+
+
+@needs_bf16
+def test_bf16_copy_has_bf16_packed_weights_and_logits_within_bf16_tolerance():
+    model = spread_model()
+    fast = prepacked(model, torch.bfloat16)
+    linear = fast.h[1].attn.value
+    assert isinstance(linear, PackedLinear) and linear.packed.dtype == torch.bfloat16
+    assert fast.packed_head.dtype == torch.bfloat16 and fast.ln_f.weight.dtype == torch.bfloat16
+    assert model.wte.weight.dtype == torch.float32  # the source model is untouched
+    ids = torch.randint(0, 50257, (3, 9))
+    with torch.no_grad():
+        want, got = model.logits(ids), fast.logits(ids)
+        assert got.dtype == torch.bfloat16
+        err = (got.float() - want).abs().max().item()
+        assert err <= BF16_LOGIT_TOLERANCE * want.std().item()
+        assert err > 0  # it really computed in bf16
+        cols = torch.tensor([7, 50256])  # the few-columns path of lm_head stays consistent with the full head
+        torch.testing.assert_close(fast.lm_head(fast(ids), cols).float(), got[..., cols].float(), rtol=0.02,
+                                   atol=0.02 * want.std().item())
+
+
+@needs_bf16
+def test_bf16_greedy_tokens_follow_fp32_where_the_margin_allows():
+    """Greedy bf16 picks fp32's token at every step where fp32's winner leads its runner-up by more than twice the
+    bf16 logit error measured on that sequence; the first closer call may go either way, so the check stops there.
+    """
+    model = spread_model(0)
+    fast = prepacked(model, torch.bfloat16)
+    steps, checked = 8, 0
+    for prompt in ([464, 3290, 318], [40, 588], [15496], [1722, 257, 1110, 286]):
+        want = generate(model, [prompt], steps, eos_id=None)[0]
+        got = generate(fast, [prompt], steps, eos_id=None)[0]
+        with torch.no_grad():
+            ids = torch.tensor([prompt + want[:-1]])
+            exact = model.logits(ids)[0, len(prompt) - 1:]
+            err = (fast.logits(ids)[0, len(prompt) - 1:].float() - exact).abs().max().item()
+        top2 = exact.topk(2, dim=-1).values
+        margins = (top2[:, 0] - top2[:, 1]).tolist()
+        safe = next((i for i, m in enumerate(margins) if m <= 2 * err), steps)
+        assert got[:safe] == want[:safe], (prompt, safe)
+        checked += safe
+    assert checked >= 8, "too few decisive steps to compare: pick other prompts"
+
+
+@needs_bf16
+def test_bf16_copy_of_a_lora_model_and_of_a_bf16_model():
+    model = spread_model()
+    apply_lora(model, rank=4, alpha=8.0, targets="attn")
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    fast = prepacked(model, torch.bfloat16)
+    assert isinstance(fast.h[0].attn.key.base, PackedLinear) and fast.h[0].attn.key.lora_A.dtype == torch.bfloat16
+    ids = torch.randint(0, 50257, (2, 7))
+    with torch.no_grad():
+        want = model.logits(ids)
+        assert (fast.logits(ids).float() - want).abs().max() <= BF16_LOGIT_TOLERANCE * want.std()
+        cast = prepacked(spread_model().to(torch.bfloat16), torch.bfloat16)  # a bf16 model is accepted as is
+        assert cast.packed_head.dtype == torch.bfloat16
+
+
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
+    import minigpt2.prepack as prepack
+
+    monkeypatch.setattr(prepack, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})  # AVX-512, no BF16
+    assert not prepack.native_bf16()
+    model = tiny()
+    with pytest.raises(prepack.Bf16Unsupported, match="needs a CPU with native bf16 arithmetic .* use fp32"):
+        prepack.prepacked(model, torch.bfloat16)
+    fallback = prepack.inference_copy(model, torch.bfloat16)  # inference_copy stays in fp32 instead
+    assert fallback.h[0].mlp.c_fc.packed.dtype == torch.float32
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    import minigpt2.prepack as prepack
+
+    monkeypatch.setattr(prepack, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert prepack.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    monkeypatch.setattr(prepack, "cpu_flags", lambda: {"fp", "asimd", "bf16"})  # an ARM CPU with BF16
+    assert prepack.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@needs_bf16
+def test_inference_copy_picks_the_dtype():
+    import minigpt2.prepack as prepack
+
+    model = tiny()
+    assert prepack.inference_copy(model).h[0].mlp.c_fc.packed.dtype == torch.float32
+    assert prepack.inference_copy(model, torch.bfloat16).h[0].mlp.c_fc.packed.dtype == torch.bfloat16
+    assert prepack.inference_copy(tiny().to(torch.bfloat16)).packed_head.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("autocast, dtype", [("bf16", torch.bfloat16), ("off", None), ("auto", None)])
+def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypatch, autocast, dtype):
+    import argparse
+
+    import tasks.sonnet as sonnet
+    from minigpt2.prepack import inference_copy
+    from minigpt2.tokenizer import Tokenizer
+    from tasks.base import Example
+
+    asked = []
+
+    def spy(model, dtype=None):
+        asked.append(dtype)
+        return inference_copy(model, dtype)
+
+    monkeypatch.setattr(sonnet, "inference_copy", spy)
+    tok = Tokenizer()
+    lines = ("From fairest creatures we desire increase,", "That thereby beauty's rose might never die,")
+    examples = [Example("1", tok.encode("\n".join(lines) + "\n"), meta={"prompt_lines": lines})]
+    args = argparse.Namespace(autocast=autocast, eval_batch_size=4, max_new_tokens=8, temperature=1.2, top_p=0.9,
+                              seed=1)
+    out = sonnet.SonnetTask().predict(sonnet.SonnetLM(tiny()), examples, args, tok, torch.device("cpu"))
+    assert asked == [dtype] and out[0].startswith("\n".join(lines))

@@ -1,0 +1,1 @@
+"""The application: the commands that put the library, the tasks, quantization and distillation together."""

@@ -1,0 +1,354 @@
+"""Generate text from GPT-2 at the terminal, streamed token by token as it is sampled.
+
+    python -m minigpt2.generate --model gpt2 --prompt "The meaning of life is"
+    python -m minigpt2.generate --model checkpoints/runs/sonnet-lora --sonnet --prompt-file prompts.txt
+    echo "Once upon a time" | python -m minigpt2.generate --model tiny --seed 1
+
+`--model`: a preset (`gpt2`, ...: downloaded once into checkpoints/<name>/), `tiny` (random init, for trying the
+command), a checkpoint folder or `model.safetensors` file (HF layout), or a finished run folder of
+`python -m minigpt2.finetune` (full model, LoRA adapter or quantised run, rebuilt as the run's evaluation built it).
+
+Prompts: `--prompt TEXT`, or `--prompt-file FILE` (UTF-8; prompts separated by blank lines, so one prompt may span
+several lines), or the same format on stdin when neither is given. An empty prompt samples from
+<|endoftext|>, i.e. unconditionally. `--sonnet` treats each prompt as the first lines of a sonnet, stops once 14
+lines stand, and prints the perfect-sonnet verdict (`distill.check`) under each.
+
+`--precision`: fp32; bf16, the oneDNN-prepacked bf16 copy on CPUs with native bf16 (`minigpt2.prepack`), or
+bf16 weights on a GPU; int8, the CPU int8 decoder (`quant.int8_linear`). By default the run's own precision: bf16
+for a run trained in bf16 (`--precision bf16` or `--autocast bf16`) where the device has it, else fp32, which for a
+quantised run is its fake-quant model, exactly as it was evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, TextIO
+
+import torch
+
+from distill.check import check_sonnet
+from minigpt2.config import GPT2Config
+from minigpt2.finetune import ADAPTER_NAME, USER_ERRORS, load_base_model, load_run_body, load_run_model
+from minigpt2.generate import generate
+from minigpt2.lora import lora_modules
+from minigpt2.model import GPT2
+from minigpt2.prepack import Bf16Unsupported, inference_copy, native_bf16, prepacked
+from minigpt2.tokenizer import Tokenizer
+from minigpt2.train import seed_everything
+from quant.qaft import bake, fake_quant_modules
+from quant.run import apply_run_precision
+from tasks import get_task
+from tasks.sonnet import SONNET_LINES, finish_sonnet, sonnet_stop
+
+DEFAULT_MAX_NEW_TOKENS = 128
+SONNET_MAX_NEW_TOKENS = 400  # the course's budget; a sonnet usually ends sooner, at its 14th line
+
+
+class GenerateError(ValueError):
+    """Bad input to the generate command, reported as one `error:` line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minigpt2.generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="gpt2",
+                   help="a preset (gpt2, gpt2-medium, ...), 'tiny' (random init), a checkpoint folder or "
+                        "model.safetensors file, or a run folder of `python -m minigpt2.finetune`")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default=None, help="the prompt text ('' samples unconditionally)")
+    g.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="UTF-8 file of prompts separated by blank lines (default: the same format on stdin)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set holding this mass")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"tokens to add per prompt (default {DEFAULT_MAX_NEW_TOKENS}, "
+                        f"{SONNET_MAX_NEW_TOKENS} with --sonnet); fewer where the model's context ends")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--seed", type=int, default=None,
+                   help="makes sampling reproducible (sample n of prompt m uses seed + its index)")
+    p.add_argument("--sonnet", action="store_true",
+                   help="stop after 14 lines and print the perfect-sonnet verdict and its reasons")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
+                   help="fp32, bf16 (prepacked bf16 on CPUs with native bf16), int8 (CPU int8 decoder); "
+                        "default: the run's own (bf16 for a bf16 run where supported, else fp32)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--tokenizer-dir", default=None,
+                   help="folder with GPT-2's encoder.json + vocab.bpe (default: the run's, "
+                        "$MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
+    p.add_argument("--offline", action="store_true", help="never download: a missing preset is an error")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject sampling settings that make no sense, before anything is loaded."""
+    if not args.temperature >= 0:  # also catches NaN
+        raise GenerateError(f"--temperature {args.temperature}: expected a number >= 0 (0 = greedy)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise GenerateError(f"--top-p {args.top_p}: expected a probability mass in (0, 1]")
+    if args.top_k is not None and args.top_k < 1:
+        raise GenerateError(f"--top-k {args.top_k}: expected an integer >= 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise GenerateError(f"--max-new-tokens {args.max_new_tokens}: expected an integer >= 1")
+    if args.num_samples < 1:
+        raise GenerateError(f"--num-samples {args.num_samples}: expected an integer >= 1")
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+def split_prompts(text: str) -> list[str]:
+    """Blocks of `text` separated by blank lines, each with its lines joined by newlines."""
+    prompts, block = [], []
+    for line in text.splitlines():
+        if line.strip():
+            block.append(line.rstrip())
+        elif block:
+            prompts.append("\n".join(block))
+            block = []
+    if block:
+        prompts.append("\n".join(block))
+    return prompts
+
+
+def read_prompts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+    """The prompts of --prompt, --prompt-file or stdin (trailing whitespace dropped: GPT-2's tokens carry their
+    leading space)."""
+    if args.prompt is not None:
+        return [args.prompt.rstrip()]
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise GenerateError(f"--prompt-file {path}: no such file")
+        raw, where = path.read_bytes(), f"--prompt-file {path}"
+    else:
+        if stdin.isatty():
+            print("reading prompts from stdin (blank lines separate them; end with Ctrl-D)", file=sys.stderr)
+        raw, where = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode(), "stdin"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise GenerateError(f"{where}: not UTF-8 text (line {line}, byte {e.start}: {raw[e.start]:#04x}); "
+                            "save it as UTF-8") from e
+    prompts = split_prompts(text)
+    if not prompts:
+        raise GenerateError(f"{where}: no prompt found (expected text, prompts separated by blank lines)")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+def load_source(name: str, offline: bool) -> tuple[GPT2, argparse.Namespace | None]:
+    """The GPT-2 named by --model, and the run's settings when it is a run folder (else None)."""
+    path = Path(name)
+    run_config = path / "config.json"
+    if path.is_dir() and run_config.is_file():
+        try:
+            config = json.loads(run_config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise GenerateError(f"--model {path}: {run_config} is not valid JSON ({e})") from e
+        if isinstance(config, dict) and isinstance(config.get("args"), dict) and "run_dir" in config:
+            return load_run(path, argparse.Namespace(**config["args"]), offline)
+    if name == "tiny":
+        torch.manual_seed(0)  # the same random tiny model every time: only the sampling seed varies
+        return GPT2(GPT2Config.from_name("tiny")), None
+    return load_base_model(argparse.Namespace(model=name, offline=offline)), None
+
+
+def load_run(folder: Path, run_args: argparse.Namespace, offline: bool) -> tuple[GPT2, argparse.Namespace]:
+    """The body of a finished finetune run at its precision, built as `minigpt2.evaluate` builds it."""
+    best = folder / "best"
+    if not ((best / "model.safetensors").is_file() or (best / ADAPTER_NAME).is_file()):
+        raise GenerateError(f"--model {folder}: run folder without weights (expected {best / 'model.safetensors'} "
+                            f"or {best / ADAPTER_NAME}); has the run finished an epoch?")
+    run_args.offline = getattr(run_args, "offline", False) or offline
+    seed_everything(run_args.seed)  # a LoRA run on `--model tiny` rebuilds its random base from the run's seed
+    module = get_task(run_args.task).build(load_run_body(best, run_args), run_args)
+    load_run_model(module, best)
+    apply_run_precision(module, module.gpt, run_args)
+    return module.gpt, run_args
+
+
+def default_precision(run_args: argparse.Namespace | None, device: torch.device) -> str:
+    """bf16 for a run trained in bf16 where the device computes bf16 natively, else fp32."""
+    if run_args is None:
+        return "fp32"
+    bf16_run = getattr(run_args, "precision", "fp32") == "bf16" or getattr(run_args, "autocast", "off") == "bf16"
+    if not bf16_run:
+        return "fp32"
+    if device.type == "cuda" or native_bf16():
+        return "bf16"
+    print("note: the run trained in bf16, but this CPU has no native bf16: generating in fp32", file=sys.stderr)
+    return "fp32"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise GenerateError(f"--device {name!r}: not a device name (expected auto, cpu, cuda, cuda:1, ...)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerateError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise GenerateError(f"--device {name}: expected cpu or cuda")
+    return device
+
+
+@torch.no_grad()
+def inference_model(gpt: GPT2, precision: str, device: torch.device) -> GPT2:
+    """The model to sample with: LoRA adapters merged where exact, then at `precision` on `device`.
+
+    `gpt` itself is changed (adapters merged, fake-quant weights baked for bf16): pass a model loaded for this.
+    """
+    gpt.eval()
+    for adapter in lora_modules(gpt).values():
+        if adapter.mergeable:  # W + BA: one product per layer instead of three
+            adapter.merge()
+    if precision == "int8":
+        if device.type != "cpu":
+            raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
+        from quant.int8_linear import to_int8_decoder
+
+        try:
+            return to_int8_decoder(gpt)
+        except ValueError as e:  # e.g. a model fake-quantised to int4: its weights are not int8
+            raise GenerateError(f"--precision int8: {e}") from e
+    if precision == "bf16":
+        if any(True for _ in fake_quant_modules(gpt)):
+            bake(gpt)  # the quantised weights as plain tensors, so that bf16 rounds what the run computed with
+        if device.type == "cpu":
+            try:
+                return prepacked(gpt, torch.bfloat16)
+            except Bf16Unsupported as e:
+                raise GenerateError(f"--precision bf16: {e}") from e
+        return gpt.to(device=device, dtype=torch.bfloat16)
+    gpt = gpt.float().to(device)
+    return inference_copy(gpt) if device.type == "cpu" else gpt
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+class TextStream:
+    """Writes the text of a growing list of token ids as it grows.
+
+    GPT-2's tokens are bytes, and one character may span two tokens: text that ends in a partial character
+    (decoded as U+FFFD) is held back until the next token completes it.
+    """
+
+    def __init__(self, tok: Tokenizer, out: TextIO, skip: set[int]) -> None:
+        self.tok, self.out, self.skip = tok, out, skip
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def add(self, token: int) -> None:
+        if token in self.skip:
+            return
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            self._write(text)
+
+    def finish(self) -> str:
+        text = self.tok.decode(self.ids)
+        self._write(text)
+        return text
+
+    def _write(self, text: str) -> None:
+        self.out.write(text[self.shown:])
+        self.out.flush()
+        self.shown = len(text)
+
+
+def verdict(text: str) -> str:
+    """The perfect-sonnet verdict of `text` and, if it fails, its reasons, one per line."""
+    check = check_sonnet(text)
+    if check.perfect:
+        return "verdict: a perfect sonnet (14 lines, ABAB CDCD EFEF GG)"
+    lines = ["verdict: not a perfect sonnet"] + [f"  - {reason}" for reason in check.reasons]
+    if check.unknown_words:
+        lines.append(f"  (end words judged by spelling: {', '.join(check.unknown_words)})")
+    return "\n".join(lines)
+
+
+def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: argparse.Namespace, out: TextIO,
+               on_token: Callable[[int, int], None] | None = None) -> list[str]:
+    """Sample every prompt `args.num_samples` times, streaming each sample to `out`; returns the texts written
+    (prompt + continuation, or for --sonnet the finished sonnet)."""
+    max_new = args.max_new_tokens or (SONNET_MAX_NEW_TOKENS if args.sonnet else DEFAULT_MAX_NEW_TOKENS)
+    n_positions = model.config.n_positions
+    encoded = []
+    for i, prompt in enumerate(prompts, 1):
+        lines = tuple(line for line in prompt.splitlines() if line.strip())
+        text = prompt + "\n" if args.sonnet and prompt else prompt
+        ids = tok.encode(text) or [tok.eot_id]  # nothing to continue: sample from <|endoftext|>
+        if len(ids) >= n_positions:
+            raise GenerateError(f"prompt {i}: {len(ids)} tokens leave no room to generate within the model's "
+                                f"context of {n_positions} tokens")
+        if args.sonnet and len(lines) >= SONNET_LINES:
+            raise GenerateError(f"prompt {i}: already {len(lines)} lines; --sonnet continues the first lines of a "
+                                f"sonnet (fewer than {SONNET_LINES})")
+        encoded.append((lines, text, ids))
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    several = len(prompts) * args.num_samples > 1
+    results = []
+    for i, (lines, text, ids) in enumerate(encoded):
+        for j in range(args.num_samples):
+            if several:
+                out.write(("\n" if results else "") + f"=== prompt {i + 1}, sample {j + 1} ===\n")
+            out.write(text)
+            out.flush()
+            stream = TextStream(tok, out, skip={tok.eot_id})
+
+            def step(row: int, token: int) -> None:
+                stream.add(token)
+                if on_token is not None:
+                    on_token(row, token)
+
+            stop = sonnet_stop(tok, SONNET_LINES - len(lines)) if args.sonnet else None
+            generate(model, [ids], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                     eos_id=tok.eot_id, stop=stop, seed=seed + i * args.num_samples + j, on_token=step)
+            new_text = stream.finish()
+            if not new_text.endswith("\n"):
+                out.write("\n")
+            if args.sonnet:
+                sonnet = finish_sonnet(lines, new_text)
+                out.write(verdict(sonnet) + "\n")
+                results.append(sonnet)
+            else:
+                results.append(text + new_text)
+            out.flush()
+    return results
+
+
+def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
+        on_token: Callable[[int, int], None] | None = None) -> list[str]:
+    """The command: check the flags, read the prompts, load the model, sample; returns the texts written."""
+    check_args(args)
+    device = pick_device(args.device)
+    prompts = read_prompts(args, stdin)
+    gpt, run_args = load_source(args.model, args.offline)
+    precision = args.precision or default_precision(run_args, device)
+    tokenizer_dir = args.tokenizer_dir or (getattr(run_args, "tokenizer_dir", None) if run_args else None)
+    tok = Tokenizer(tokenizer_dir)
+    model = inference_model(gpt, precision, device)
+    return sample_all(model, tok, prompts, args, out, on_token)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (GenerateError, *USER_ERRORS) as e:
+        raise SystemExit(f"error: {e}") from e
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
