@@ -28,12 +28,13 @@ import torch.distributed as dist
 from quant.qaft import unwrapped
 from quant.run import add_precision_args, apply_run_precision, check_precision_args, write_quantized
 from tasks import TASKS, get_task
-from tasks.base import Example, Task, TaskModel, autocast_for, collate
+from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, MissingDataError, data_dir, require_files
 
 from .checkpoint import CheckpointError, hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
 from .config import GPT2Config
 from .data import ensure_task_data
+from .device import AUTOCAST_MODES, AutocastUnavailable, autocast_dtype, autocast_for
 from .download import DownloadError
 from .lora import apply_lora, load_adapter, save_adapter, without_lora
 from .model import GPT2
@@ -102,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=11711, help="seed of everything random (the course's)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    g.add_argument("--autocast", choices=["auto", "off"], default="auto",
-                   help="auto: bf16 autocast on CUDA (fp32 on CPU); off: fp32 everywhere")
+    g.add_argument("--autocast", choices=AUTOCAST_MODES, default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with "
+                        "native bf16 (an error elsewhere); off: fp32 everywhere. Weights stay fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     g = p.add_argument_group("evaluation and generation")
     g.add_argument("--eval-batch-size", type=int, default=32, help="batch size of evaluation and generation")
@@ -242,7 +244,7 @@ def load_splits(task: Task, args: argparse.Namespace, tok: Tokenizer, max_len: i
 
 
 def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
-             amp: bool) -> float:
+             autocast: str) -> float:
     """Mean loss over examples (eval mode, no grad)."""
     total, n = 0.0, 0
     was_training = module.training
@@ -251,7 +253,7 @@ def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, lm_targets=task.lm_targets).items()}
-            with autocast_for(device, amp):
+            with autocast_for(autocast, device):
                 total += module(batch).item() * len(chunk)
             n += len(chunk)
     module.train(was_training)
@@ -266,7 +268,7 @@ def make_evaluate(task: Task, dev: list[Example], args: argparse.Namespace, tok:
     def evaluate(module: TaskModel) -> dict[str, float]:
         preds = task.predict(module, dev, args, tok, device)
         out = dict(task.score(dev, preds))
-        out["dev_loss"] = dev_loss(module, loss_examples, task, args.eval_batch_size, device, args.autocast != "off")
+        out["dev_loss"] = dev_loss(module, loss_examples, task, args.eval_batch_size, device, args.autocast)
         return out
     return evaluate
 
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune as `args` say; returns the final metrics (also in RUN_DIR/metrics.json)."""
     args = finalize_args(args)
     d = setup_distributed(args.device)
+    autocast_dtype(args.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
     run_dir = _shared_run_dir(args, d)
     task = get_task(args.task)
     seed_everything(args.seed)
@@ -356,7 +359,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Bad input or an unreachable download: reported as one message, not a traceback.
-USER_ERRORS = (MissingDataError, DataError, CheckpointError, DownloadError, TokenizerUnavailable)
+USER_ERRORS = (MissingDataError, DataError, CheckpointError, DownloadError, TokenizerUnavailable,
+               AutocastUnavailable)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,13 +6,15 @@
 
 What it does not know: tasks, heads, LoRA, quantization. Those arrive already inside `module`.
 Multi-GPU: launch with `torchrun --nproc_per_node N`; each rank takes every N-th batch and DDP averages the
-gradients. On CUDA the forward runs under bf16 autocast and AdamW is fused. Resume state is safetensors (tensors)
-+ JSON (everything else); nothing is pickled.
+gradients. The forward runs under the autocast `cfg.autocast` asks for (`minigpt2.device`: bf16 on CUDA by
+default, on CPUs with native bf16 when asked); AdamW is fused on CUDA. Weights and AdamW moments stay fp32.
+Resume state is safetensors (tensors) + JSON (everything else); nothing is pickled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -20,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +32,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .checkpoint import read_safetensors
+from .device import autocast, autocast_dtype, default_device, distributed_backend, fused_adamw
+from .model import Block
 
 
 @dataclass
@@ -46,7 +50,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     seed: int = 11711
     compile: bool = False
-    autocast: str = "auto"  # auto: bf16 on CUDA; off: fp32 everywhere
+    autocast: str = "auto"  # auto | bf16 | off, resolved per device by minigpt2.device.autocast_dtype
     bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
     stop_after_epoch: int | None = None  # debug: stop as if interrupted after this epoch (tests resume)
     progress: bool = True
@@ -71,13 +75,13 @@ def setup_distributed(device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend=distributed_backend(dev))
     return Dist(rank, world, local_rank, dev)
 
 
@@ -123,6 +127,31 @@ def lr_lambda(total_steps: int, warmup: float, schedule: str) -> Callable[[int],
         progress = min(1.0, (step - warm) / max(1, total_steps - warm))
         return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return f
+
+
+class CompiledBlocks:
+    """`torch.compile` (inductor) for the transformer blocks of `module`, switched on only while training.
+
+    The blocks hold nearly all the work and have static shapes and control flow; one compiled `Block.forward`
+    serves every block (their weights are its inputs). What surrounds them stays eager on purpose: GPT2.forward
+    inspects the attention mask's values (is it right-padded?) to pick SDPA's causal path, which would break a
+    whole-model graph at every batch, and the chunked LM loss is already a hand-fused autograd function with
+    data-dependent row selection. Evaluation and generation (KV cache, changing lengths) run eager.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.blocks = [m for m in module.modules() if isinstance(m, Block)]
+        self.forward = torch.compile(Block.forward)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        for block in self.blocks:  # an instance attribute shadows the class's forward; deleting it restores it
+            block.forward = functools.partial(self.forward, block)
+        try:
+            yield
+        finally:
+            for block in self.blocks:
+                del block.forward
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -234,9 +263,9 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
 
-    fused = d.device.type == "cuda"
+    amp = autocast_dtype(cfg.autocast, d.device)  # before any work: an unsupported `bf16` is refused here
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
-                                  **({"fused": True} if fused else {}))
+                                  **({"fused": True} if fused_adamw(d.device) else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup, cfg.schedule))
     trainable = [p for p in module.parameters() if p.requires_grad]
 
@@ -244,6 +273,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
                                "trainable_params": count_trainable(module),
                                "total_params": sum(p.numel() for p in module.parameters()),
                                "world_size": d.world, "optimizer_steps_per_epoch": steps_per_epoch,
+                               "autocast_dtype": str(amp).removeprefix("torch.") if amp else "fp32",
                                "train_config": asdict(cfg)}
     start_epoch, wall_before = 1, 0.0
     last_dir = run_dir / "last"
@@ -262,8 +292,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     if d.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(
             module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    forward = torch.compile(wrapped) if cfg.compile else wrapped
-    use_amp = cfg.autocast != "off" and d.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    compiled = CompiledBlocks(module) if cfg.compile else None
     t_start = time.time()
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -275,28 +304,29 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
         t0 = time.time()
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.progress and d.main),
                    dynamic_ncols=True)
-        for i, idx in enumerate(bar):
-            group_start = i - i % cfg.grad_accum
-            group_size = min(cfg.grad_accum, len(batches) - group_start)
-            sync = i == group_start + group_size - 1
-            batch = {k: v.to(d.device, non_blocking=True) for k, v in collate([examples[j] for j in idx]).items()}
-            no_sync = wrapped.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
-            with no_sync:
-                with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = forward(batch)
-                (loss / group_size).backward()
-            loss_sum += loss.detach()
-            n_loss += 1
-            tokens += sum(len(examples[j].input_ids) for j in idx)
-            if sync:
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if d.main and cfg.progress and (i % 10 == 0 or i == len(batches) - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
-                                tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
+        with compiled.active() if compiled else contextlib.nullcontext():  # eager again for evaluation
+            for i, idx in enumerate(bar):
+                group_start = i - i % cfg.grad_accum
+                group_size = min(cfg.grad_accum, len(batches) - group_start)
+                sync = i == group_start + group_size - 1
+                batch = {k: v.to(d.device, non_blocking=True) for k, v in collate([examples[j] for j in idx]).items()}
+                no_sync = wrapped.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
+                with no_sync:
+                    with autocast(d.device, amp):
+                        loss = wrapped(batch)
+                    (loss / group_size).backward()
+                loss_sum += loss.detach()
+                n_loss += 1
+                tokens += sum(len(examples[j].input_ids) for j in idx)
+                if sync:
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if d.main and cfg.progress and (i % 10 == 0 or i == len(batches) - 1):
+                    bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
+                                    tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
         train_s = time.time() - t0
         loss_sum, n_loss, tokens = _all_reduce_sum([loss_sum.item(), n_loss, tokens], d)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / n_loss, "tokens_per_s": tokens / train_s,

@@ -7,7 +7,9 @@
     --precision bf16|fp64       a real dtype cast of the whole task model: before training with --qaft, after without
 
 Fake-quant formats quantise the GPT-2 body (its linear layers, and wte/wpe unless --no-quant-embeddings); a task's
-classifier head stays fp32. Non-fp32 precisions run without autocast, so that what is simulated is what runs.
+classifier head stays fp32. Non-fp32 precisions run without autocast under `--autocast auto`, so that what is
+simulated is what runs; an explicit `--autocast bf16` runs them under bf16 autocast (the fake-quantised weights'
+matmuls then run in bf16, as they would on a GPU).
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_precision_args(args: argparse.Namespace) -> None:
-    """Reject inconsistent flags; turn autocast off for non-fp32 precisions (it would change what runs)."""
+    """Reject inconsistent flags; `--autocast auto` turns autocast off for non-fp32 precisions (it would change
+    what runs); an explicit `--autocast bf16` is kept, except with fp64, which it would contradict."""
     precision = getattr(args, "precision", "fp32")
     if args.qaft and precision == "fp32":
         raise SystemExit("--qaft needs a --precision other than fp32 (fp32 training is the default)")
     if (args.quant_activations or args.no_quant_embeddings) and precision not in ("fp8", "int8", "int4"):
         raise SystemExit("--quant-activations / --no-quant-embeddings apply to --precision fp8, int8 or int4")
-    if precision != "fp32":
+    autocast = getattr(args, "autocast", "auto")
+    if precision == "fp64" and autocast == "bf16":
+        raise SystemExit("error: --autocast bf16 would run the fp64 model's matmuls in bf16; use --autocast off")
+    if precision != "fp32" and autocast == "auto":
         args.autocast = "off"
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from minigpt2.device import autocast_for
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
@@ -99,7 +100,7 @@ class Task:
     def predict(self, module: TaskModel, examples: list[Example], args: argparse.Namespace, tok: Tokenizer,
                 device: torch.device) -> list[Any]:
         """Predictions for examples, in their order."""
-        return predict_classes(module, examples, args.eval_batch_size, device, amp=args.autocast != "off")
+        return predict_classes(module, examples, args.eval_batch_size, device, autocast=args.autocast)
 
     def score(self, examples: list[Example], predictions: list[Any]) -> dict[str, float]:
         """The dev metric(s) of predictions."""
@@ -153,8 +154,9 @@ def read_id_values(path: str | Path, column: str) -> dict[str, int]:
 
 
 def predict_classes(module: TaskModel, examples: list[Example], batch_size: int, device: torch.device,
-                    amp: bool = True) -> list[int]:
-    """Run `module.predict` over examples in length-sorted batches (less padding); results in input order."""
+                    autocast: str = "off") -> list[int]:
+    """Run `module.predict` over examples in length-sorted batches (less padding); results in input order.
+    `autocast` is an `--autocast` mode (auto, bf16, off), resolved by `minigpt2.device`."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out: list[int] = [0] * len(examples)
     was_training = module.training
@@ -164,15 +166,10 @@ def predict_classes(module: TaskModel, examples: list[Example], batch_size: int,
             idx = order[start:start + batch_size]
             batch = collate([examples[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_for(device, amp):
+            with autocast_for(autocast, device):
                 preds = module.predict(batch).tolist()
             for i, p in zip(idx, preds):
                 out[i] = p
     module.train(was_training)
     return out
 
-
-def autocast_for(device: torch.device, enabled: bool = True):
-    """bf16 autocast on a CUDA device that supports it; a no-op elsewhere (CPU runs stay in fp32)."""
-    use = enabled and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)

@@ -1,0 +1,101 @@
+"""Mixed precision in one place: the dtype autocast uses on a device, and the context that applies it.
+
+    --autocast off    fp32 everywhere
+    --autocast bf16   bf16 autocast on CUDA devices with bf16 support and on CPUs with native bf16 instructions
+                      (x86 AVX512-BF16 or AMX, Arm's BF16 extension); an error elsewhere, where bf16 would be
+                      emulated slowly
+    --autocast auto   bf16 on CUDA with bf16 support; fp32 on CPU (the measured reason: README, Fine-tuning)
+
+Weights, their gradients and the AdamW moments stay fp32 (the master copy): autocast only changes the dtype in
+which matmuls run. `minigpt2.losses.lm_loss` reads the autocast state itself and keeps its softmax statistics
+and sums in fp32. Everything that trains or evaluates (the training loop, the tasks' evaluation, the smoke
+command) asks this module, so the decision is taken once per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+AUTOCAST_MODES = ("auto", "bf16", "off")
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo "flags", Arm "Features"
+
+
+class AutocastUnavailable(ValueError):
+    """`--autocast bf16` on a device without native bf16 (or an unknown mode)."""
+
+
+def cpu_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16, AMX-BF16, or Arm BF16), read from /proc/cpuinfo.
+
+    torch's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) also says yes on plain AVX-512, where
+    oneDNN converts bf16 in software and a bf16 matmul is no faster than fp32; hence the flags. Without
+    /proc/cpuinfo (macOS, Windows) the answer is no: bf16 can then be had only on CUDA.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and CPU_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def cuda_bf16() -> bool:
+    """True when a CUDA device is present and supports bf16 (compute capability 8.0+ natively)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def autocast_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype autocast runs in for `--autocast mode` on `device`, or None for fp32.
+
+    Raises AutocastUnavailable for `bf16` where the device has no native bf16, naming the flag and the way out.
+    """
+    device = torch.device(device)
+    if mode not in AUTOCAST_MODES:
+        raise AutocastUnavailable(f"--autocast {mode!r}: expected one of {', '.join(AUTOCAST_MODES)}")
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        native, what = cuda_bf16(), "this CUDA device has no bf16 support"
+    elif device.type == "cpu":
+        native, what = cpu_native_bf16(), "this CPU has no native bf16 (no avx512_bf16/amx_bf16/bf16 flag in " \
+                                          "/proc/cpuinfo), so bf16 would be emulated and slower than fp32"
+    else:
+        native, what = False, f"bf16 autocast is not supported here on {device.type}"
+    if mode == "bf16":
+        if not native:
+            raise AutocastUnavailable(f"--autocast bf16: {what}; use --autocast off")
+        return torch.bfloat16
+    # auto: bf16 where it is the device's normal training dtype (CUDA); fp32 on CPU, see the module docstring
+    return torch.bfloat16 if device.type == "cuda" and native else None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """The autocast context for `dtype` from `autocast_dtype` (None: a disabled one, i.e. fp32)."""
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def autocast_for(mode: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """`autocast(device, autocast_dtype(mode, device))`: the context for an `--autocast` mode."""
+    return autocast(device, autocast_dtype(mode, device))
+
+
+def fused_adamw(device: torch.device | str) -> bool:
+    """Use AdamW's fused kernel: on CUDA, where it is one kernel instead of several per parameter."""
+    return torch.device(device).type == "cuda"
+
+
+def distributed_backend(device: torch.device | str) -> str:
+    """The process-group backend for a device: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def default_device() -> str:
+    """`--device auto`: the first CUDA device when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
