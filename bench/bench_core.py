@@ -6,6 +6,11 @@ attention. Each figure is the median of several calls, timed turn by turn after 
 generates with `minigpt2.prepack.inference_copy` (on CPU: weights prepacked for oneDNN, made once before timing,
 as its sonnet evaluation does); the rows' extras give the time of that conversion and the unpacked model's speed.
 
+The bf16 lines: training steps under the same bf16 autocast on both sides (fp32 master weights and AdamW
+moments), the MFU against a bf16 matmul peak timed in the same turns; generation with minigpt2's bf16 prepacked
+copy against transformers with bf16 weights (`model.to(torch.bfloat16)`), and for greedy decoding also against
+transformers in fp32.
+
     python -m bench.bench_core [--quick] [--device cuda]
 """
 
@@ -33,9 +38,9 @@ from minigpt2.config import GPT2Config
 from minigpt2.generate import generate
 from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2, gather_last
-from minigpt2.prepack import inference_copy
+from minigpt2.prepack import inference_copy, prepacked
 
-from .common import Row, compare_time, peak_memory, print_table, proc_status_bytes, set_threads
+from .common import Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads
 
 PEER = "transformers"
 CLOZE_TOKENS = [8505, 3919]  # " yes", " no": the Quora cloze reads only these two logits
@@ -328,10 +333,14 @@ def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[
 
 
 def bf16_generation_model(ours: GPT2) -> tuple[GPT2, dict[str, Any]]:
-    """What minigpt2 generates with in bf16: a bf16 copy of the model."""
+    """What minigpt2 generates with in bf16: on CPU the bf16 oneDNN-prepacked copy (`minigpt2.prepack`; it refuses
+    a CPU without native bf16 rather than time an emulation), elsewhere a bf16 copy of the model."""
     t0 = time.perf_counter()
-    fast = copy.deepcopy(ours).to(torch.bfloat16).eval()
-    return fast, {"model": "bf16 copy", "convert_seconds": round(time.perf_counter() - t0, 3)}
+    if ours.wte.weight.device.type == "cpu":
+        fast, what = prepacked(ours, torch.bfloat16), "bf16 prepacked (minigpt2.prepack)"
+    else:
+        fast, what = copy.deepcopy(ours).to(torch.bfloat16).eval(), "bf16 copy"
+    return fast, {"model": what, "prepack_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def hf_bf16(hf: Any) -> Any:
@@ -466,6 +475,8 @@ LINES: list[tuple[str, Callable[..., list[Row]]]] = [
     ("Quora cloze step", bench_quora_cloze),
     ("greedy decode", bench_greedy_decode),
     ("sonnet generation", bench_sonnet_generation),
+]
+BF16_LINES: list[tuple[str, Callable[..., list[Row]]]] = [
     ("training step, bf16", partial(bench_train, bf16=True)),
     ("Quora cloze step, bf16", partial(bench_quora_cloze, bf16=True)),
     ("greedy decode, bf16", bench_greedy_decode_bf16),
@@ -474,14 +485,21 @@ LINES: list[tuple[str, Callable[..., list[Row]]]] = [
 
 
 def measure(s: Sizes, device: str, isolate_memory: bool = True) -> list[Row]:
-    """Every core line at the sizes `s` (the tests use `TINY`), with the threads already set."""
+    """Every core line at the sizes `s` (the tests use `TINY`), with the threads already set. The bf16 lines run
+    where the device has native bf16 (elsewhere bf16 would be emulated, and the lines are left out, saying why)."""
     from tqdm import tqdm
 
+    lines = LINES
+    why_not = bf16_unavailable(device)
+    if why_not:
+        print(f"[bench] core: bf16 lines left out: {why_not}", file=sys.stderr)
+    else:
+        lines = LINES + BF16_LINES
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as folder:
         make_checkpoint(s.config, folder)
         ours, hf = load_pair(folder, device)
-        bar = tqdm(LINES + [("peak memory", None)], desc="bench core", unit="line", file=sys.stderr)
+        bar = tqdm(lines + [("peak memory", None)], desc="bench core", unit="line", file=sys.stderr)
         for name, fn in bar:
             bar.set_postfix_str(name)
             if fn is None:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import Row, print_table, proc_status_bytes, set_threads, sync, write_json
+from bench.common import Row, bf16_unavailable, print_table, proc_status_bytes, set_threads, sync, write_json
 
 BATCH, SEQ, ALPHA, VOCAB = 8, 128, 16.0, 50257
 VARIANTS = ("minigpt2-lora", "peft-lora", "minigpt2-full")
@@ -199,7 +199,12 @@ def run(quick: bool, device: str, threads: int) -> list[Row]:
     against minigpt2 full fine-tuning (context)."""
     rows: list[Row] = []
     peer = "transformers+peft LoRA"
+    why_not = bf16_unavailable(device)
+    if why_not:
+        print(f"[bench] lora: bf16 lines left out: {why_not}", file=sys.stderr)
     for rank, bf16, variants in GROUPS:
+        if bf16 and why_not:
+            continue
         m = measure(quick, device, threads, rank, bf16, variants)
         ours, peft_ = m["minigpt2-lora"], m["peft-lora"]
         extra = {"meta": m["_meta"], "variants": {k: v for k, v in m.items() if not k.startswith("_")},

@@ -20,6 +20,17 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+def bf16_unavailable(device: str) -> str | None:
+    """Why bf16 lines cannot be measured fairly on `device` (no native bf16: it would be emulated), or None."""
+    from minigpt2.device import AutocastUnavailable, autocast_dtype
+
+    try:
+        autocast_dtype("bf16", device)
+    except AutocastUnavailable as e:
+        return str(e)
+    return None
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

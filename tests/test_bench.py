@@ -12,6 +12,7 @@ import torch
 import bench.__main__ as bench_main
 from bench import bench_core, bench_lora, bench_quant
 from bench.common import Row, compare_time, set_threads
+from minigpt2.prepack import Bf16Unsupported
 
 
 def test_core_lines_on_tiny_config():
@@ -37,10 +38,22 @@ def test_core_lines_on_tiny_config():
 def test_bf16_lines_compare_bf16_models(tmp_path):
     bench_core.make_checkpoint("tiny", tmp_path)
     ours, hf = bench_core.load_pair(tmp_path, "cpu")
-    fast, info = bench_core.bf16_generation_model(ours)
     assert {p.dtype for p in bench_core.hf_bf16(hf).parameters()} == {torch.bfloat16}
-    assert info["model"] and fast is not ours
+    if bench_core.bf16_unavailable("cpu"):
+        with pytest.raises(Bf16Unsupported):  # never a silent fp32 or emulated "bf16" line
+            bench_core.bf16_generation_model(ours)
+        return
+    fast, info = bench_core.bf16_generation_model(ours)
+    assert info["model"] == "bf16 prepacked (minigpt2.prepack)" and fast.packed_head.dtype == torch.bfloat16
     assert {p.dtype for p in ours.parameters()} == {torch.float32}  # the fp32 lines keep the fp32 model
+
+
+def test_bf16_lines_are_left_out_without_native_bf16(monkeypatch, capsys):
+    monkeypatch.setattr(bench_core, "bf16_unavailable", lambda device: "this CPU has no native bf16")
+    set_threads(1)
+    rows = bench_core.measure(bench_core.TINY, "cpu", isolate_memory=False)
+    assert rows and not any("bf16" in r.line for r in rows)
+    assert "bf16 lines left out: this CPU has no native bf16" in capsys.readouterr().err
 
 
 def test_train_step_flops_counts_head_and_attention():
