@@ -67,6 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     notes: dict[str, str] = {}
     seconds: dict[str, float] = {}
     t0 = time.time()
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    def meta(finished: bool) -> dict[str, Any]:
+        return {
+            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "mode": "quick" if args.quick else "full",
+            "device": device,
+            "threads": threads,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
+            "date": started,
+            "seconds": round(time.time() - t0, 1),
+            "machine": machine(),
+            "modules": wanted,
+            "module_seconds": dict(seconds),
+            "notes": dict(notes),
+            "finished": finished,
+        }
+
     for topic in wanted:
         print(f"[bench] {topic} ...", file=sys.stderr)
         t_module = time.time()
@@ -77,25 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         seconds[topic] = round(time.time() - t_module, 1)
         set_threads(threads)  # a module may have changed them
+        # written after every module, so that a run stopped part way keeps what it measured ("finished": false)
+        write_json(rows, args.out, meta(finished=False))
     print_table(rows)
     for topic, note in notes.items():
         print(f"note: {topic}: {note}")
-    meta = {
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "mode": "quick" if args.quick else "full",
-        "device": device,
-        "threads": threads,
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - t0, 1),
-        "machine": machine(),
-        "modules": wanted,
-        "module_seconds": seconds,
-        "notes": notes,
-    }
-    write_json(rows, args.out, meta)
+    write_json(rows, args.out, meta(finished=True))
     print(f"wrote {args.out}")
     return 1 if notes else 0
 

@@ -93,9 +93,27 @@ def test_runner_runs_every_listed_module_and_reports_failures(tmp_path, monkeypa
     assert meta["notes"] == {"lora": "failed: RuntimeError: boom"}
     assert meta["modules"] == ["core", "lora"]  # table order, not the order given
     assert meta["mode"] == "quick" and meta["threads"] == 1 and meta["torch"] and meta["machine"]["cpu"]
-    assert set(meta["module_seconds"]) == {"core", "lora"}
+    assert set(meta["module_seconds"]) == {"core", "lora"} and meta["finished"] is True
     printed = capsys.readouterr().out
     assert "core line" in printed and "lora: failed: RuntimeError: boom" in printed
+
+
+def test_runner_keeps_finished_modules_when_stopped(tmp_path, monkeypatch):
+    out = tmp_path / "results.json"
+
+    def first(quick, device, threads):
+        return [Row("first line", "x/s", 1.0)]
+
+    def stopped(quick, device, threads):
+        # the JSON on disk already holds the first module's rows when the second one is stopped
+        payload = json.loads(out.read_text())
+        assert [r["line"] for r in payload["rows"]] == ["first line"] and payload["meta"]["finished"] is False
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_main, "MODULES", {"core": first, "lora": stopped})
+    with pytest.raises(KeyboardInterrupt):
+        bench_main.main(["--out", str(out), "--threads", "1", "--device", "cpu"])
+    assert json.loads(out.read_text())["meta"]["module_seconds"] == {"core": pytest.approx(0.0, abs=1)}
 
 
 def test_runner_rejects_an_unknown_module(capsys):
