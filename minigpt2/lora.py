@@ -85,7 +85,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fusable:
-            return fused_lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)
+            weight, bias = self._frozen_base_as(_compute_dtype(x))
+            return fused_lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scaling)
         y = self.base(x)
         if self.merged:
             return y
@@ -99,6 +100,24 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """scaling · B A, the (out, in) change the adapter makes to the base weight."""
         return (self.lora_B @ self.lora_A) * self.scaling
+
+    def _frozen_base_as(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The frozen base weight and bias in `dtype`, cast once and kept while they are unchanged.
+
+        Under autocast every step would cast the frozen weights again (autocast caches casts only within one
+        autocast region, and only of trainable leaves); the cast values are the same each time. The copy is
+        dropped when the weight is replaced or changed in place (its version counter moves, e.g. `merge`).
+        """
+        weight, bias = self.base.weight, self.base.bias
+        if weight.dtype == dtype:
+            return weight, bias
+        key = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version), dtype)
+        cached = getattr(self, "_cast_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, weight.to(dtype), None if bias is None else bias.to(dtype))
+            self._cast_cache = cached
+        return cached[1], cached[2]
 
     @property
     def fusable(self) -> bool:
@@ -150,9 +169,13 @@ def fused_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     adapter's input gradient into the base's in place (autograd would add two (N, in) gradients into a third).
     Under autocast every operand is cast to the autocast dtype, as autocast does for `linear` and `addmm`.
     """
+    return _FusedLoRALinear.apply(x, weight, bias, lora_A, lora_B, scaling, _compute_dtype(x))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer computes in: autocast's where it is on, else the input's."""
     device_type = x.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-    return _FusedLoRALinear.apply(x, weight, bias, lora_A, lora_B, scaling, dtype)
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
 class _FusedLoRALinear(torch.autograd.Function):

@@ -70,3 +70,20 @@ def test_fused_path_is_taken_only_where_it_is_exact():
     assert not m.fusable
     m.unmerge()
     assert m.fusable
+
+
+def test_bf16_copy_of_the_frozen_base_follows_its_weight():
+    m = _adapter()
+    x = torch.randn(4, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+        first = m._frozen_base_as(torch.bfloat16)[0]
+        assert m._frozen_base_as(torch.bfloat16)[0] is first  # cast once while the weight is unchanged
+        with torch.no_grad():
+            m.base.weight.mul_(2)  # changed in place: the copy is made again
+        y = m(x)
+    assert m._frozen_base_as(torch.bfloat16)[0] is not first
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _plain(m, x)
+    torch.testing.assert_close(y, expected)
+    assert m._frozen_base_as(torch.float32)[0] is m.base.weight  # no copy in the weight's own dtype
