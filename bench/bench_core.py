@@ -17,13 +17,14 @@ transformers in fp32.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import copy
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -40,7 +41,8 @@ from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2, gather_last
 from minigpt2.prepack import inference_copy, prepacked
 
-from .common import Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads
+from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
+                     write_json)
 
 PEER = "transformers"
 CLOZE_TOKENS = [8505, 3919]  # " yes", " no": the Quora cloze reads only these two logits
@@ -528,14 +530,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folder", default=None, help="internal (--memory-probe): the HF-layout checkpoint folder")
     p.add_argument("--batch", type=int, default=FULL.sonnet_batch, help="internal (--memory-probe): batch size")
     p.add_argument("--seq", type=int, default=FULL.sonnet_seq, help="internal (--memory-probe): sequence length")
+    p.add_argument("--bf16-only", action="store_true", help="only the bf16 lines")
+    p.add_argument("--iters", type=int, default=None, help="timed calls per side (default: the sizes' own)")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here (after each line with "
+                   "--bf16-only)")
     args = p.parse_args(argv)
     device = args.device or default_device()
     if args.memory_probe:
         set_threads(args.threads)
         print(json.dumps(memory_probe(args.memory_probe, args.folder, args.batch, args.seq, device)))
         return
-    rows = run(args.quick, device, set_threads(args.threads))
+    if args.bf16_only:
+        rows = bf16_lines(QUICK if args.quick else FULL, device, set_threads(args.threads), args.iters, args.json)
+    else:
+        rows = run(args.quick, device, set_threads(args.threads))
+        if args.json:
+            write_json(rows, args.json, {"command": "python -m bench.bench_core " + " ".join(argv or sys.argv[1:]),
+                                         "device": device, "threads": torch.get_num_threads()})
     print_table(rows)
+
+
+def bf16_lines(s: Sizes, device: str, threads: int, iters: int | None, out: str | None) -> list[Row]:
+    """Only the bf16 lines (with `iters` timed calls if given), the JSON rewritten after each line."""
+    if iters:
+        s = dataclasses.replace(s, iters=iters)
+    why_not = bf16_unavailable(device)
+    if why_not:
+        raise SystemExit(f"error: --bf16-only: {why_not}")
+    rows: list[Row] = []
+    meta = {"command": "python -m bench.bench_core " + " ".join(sys.argv[1:]), "device": device, "threads": threads,
+            "sizes": dataclasses.asdict(s), "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                              time.gmtime())}
+    with tempfile.TemporaryDirectory() as folder:
+        make_checkpoint(s.config, folder)
+        ours, hf = load_pair(folder, device)
+        for i, (name, fn) in enumerate(BF16_LINES):
+            print(f"[bench] core: {name}", file=sys.stderr)
+            rows += fn(ours, hf, s, device)
+            if out:
+                write_json(rows, out, {**meta, "finished": i == len(BF16_LINES) - 1})
+    return rows
 
 
 if __name__ == "__main__":

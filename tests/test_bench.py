@@ -155,3 +155,15 @@ def test_lora_workers_answer_steps_in_turns():
     ours = m["minigpt2-lora"]
     assert len(ours["step_seconds"]) == 3 and ours["peak_mib"] > 0 and ours["tokens_per_s"] > 0
     assert m["_meta"]["precision"] == "bf16 autocast" and m["_meta"]["config"] == "tiny"
+
+
+def test_bf16_only_lines_write_their_json_line_by_line(tmp_path):
+    if bench_core.bf16_unavailable("cpu"):
+        pytest.skip("this CPU has no native bf16")
+    set_threads(1)
+    out = tmp_path / "bf16.json"
+    rows = bench_core.bf16_lines(bench_core.TINY, "cpu", 1, 1, str(out))
+    payload = json.loads(out.read_text())
+    assert [r["line"] for r in payload["rows"]] == [r.line for r in rows] and len(rows) == 7
+    assert all("bf16" in r.line or r.line.startswith("  same") for r in rows)
+    assert payload["meta"]["sizes"]["iters"] == 1
