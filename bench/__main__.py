@@ -1,9 +1,9 @@
-"""One benchmark command: every `bench/bench_*.py` module, one table, one JSON file.
+"""One benchmark command: the bench modules listed in `MODULES`, one table, one JSON file.
 
     python -m bench [--quick | --full] [--device cuda] [--only core lora] [--out bench/results.json]
 
-Each module exposes `run(quick) -> list[Row]` (and may accept `device=`). A module that is missing or fails is
-reported in the table's notes and in the JSON's meta, and the others still run.
+Every module exposes the same entry point, `run(quick: bool, device: str, threads: int) -> list[Row]`. A module
+that fails is reported in the table's notes and in the JSON's meta, the others still run, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -11,35 +11,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import inspect
 import platform
-import pkgutil
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from . import bench_core, bench_lora, bench_quant
 from .common import Row, print_table, set_threads, write_json
 
-# The modules the issues ask for, in table order; any other bench_*.py found is run after them.
-EXPECTED = ["core", "lora", "quant"]
-
-
-def discover() -> list[str]:
-    """Topics of the `bench_<topic>.py` modules present in this package."""
-    here = Path(__file__).resolve().parent
-    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
-
-
-def run_module(topic: str, quick: bool, device: str) -> list[Row]:
-    module = importlib.import_module(f"bench.bench_{topic}")
-    kwargs: dict[str, Any] = {}
-    if "device" in inspect.signature(module.run).parameters:
-        kwargs["device"] = device
-    return module.run(quick, **kwargs)
+# Every bench module, in table order, by the name `--only` takes; each one's `run(quick, device, threads)`.
+MODULES: dict[str, Callable[[bool, str, int], list[Row]]] = {
+    "core": bench_core.run,
+    "lora": bench_lora.run,
+    "quant": bench_quant.run,
+}
 
 
 def machine() -> dict[str, Any]:
@@ -61,54 +50,61 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores: smaller batches, "
                       "shorter decodes, fewer timed calls")
-    mode.add_argument("--full", action="store_true", help="the issues' sizes (the default)")
+    mode.add_argument("--full", action="store_true", help="the full sizes (the default): 8 x 128 training batches, 128-token decodes")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; bf16 autocast on "
                    "CUDA devices that support it)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
-    p.add_argument("--only", nargs="+", default=None, metavar="TOPIC", help="run only these modules, e.g. core lora")
+    p.add_argument("--only", nargs="+", default=None, choices=list(MODULES), metavar="TOPIC",
+                   help=f"run only these modules (of {', '.join(MODULES)}), e.g. core lora")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results.json"),
                    help="where to write the JSON results")
     args = p.parse_args(argv)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     threads = set_threads(args.threads)
-    found = discover()
-    wanted = args.only or EXPECTED + [t for t in found if t not in EXPECTED]
+    wanted = [t for t in MODULES if t in args.only] if args.only else list(MODULES)
     rows: list[Row] = []
     notes: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     t0 = time.time()
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    def meta(finished: bool) -> dict[str, Any]:
+        return {
+            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "mode": "quick" if args.quick else "full",
+            "device": device,
+            "threads": threads,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
+            "date": started,
+            "seconds": round(time.time() - t0, 1),
+            "machine": machine(),
+            "modules": wanted,
+            "module_seconds": dict(seconds),
+            "notes": dict(notes),
+            "finished": finished,
+        }
+
     for topic in wanted:
-        if topic not in found:
-            notes[topic] = f"bench/bench_{topic}.py not found: skipped"
-            print(f"[bench] {notes[topic]}", file=sys.stderr)
-            continue
         print(f"[bench] {topic} ...", file=sys.stderr)
+        t_module = time.time()
         try:
-            rows += run_module(topic, args.quick, device)
+            rows += MODULES[topic](args.quick, device, threads)
         except Exception as e:  # one broken module must not lose the others' figures
             notes[topic] = f"failed: {type(e).__name__}: {e}"
             traceback.print_exc()
+        seconds[topic] = round(time.time() - t_module, 1)
         set_threads(threads)  # a module may have changed them
+        # written after every module, so that a run stopped part way keeps what it measured ("finished": false)
+        write_json(rows, args.out, meta(finished=False))
     print_table(rows)
     for topic, note in notes.items():
         print(f"note: {topic}: {note}")
-    meta = {
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "mode": "quick" if args.quick else "full",
-        "device": device,
-        "threads": threads,
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - t0, 1),
-        "machine": machine(),
-        "modules": [t for t in wanted if t in found],
-        "notes": notes,
-    }
-    write_json(rows, args.out, meta)
+    write_json(rows, args.out, meta(finished=True))
     print(f"wrote {args.out}")
-    return 1 if any(n.startswith("failed") for n in notes.values()) else 0
+    return 1 if notes else 0
 
 
 def _version(package: str) -> str | None:

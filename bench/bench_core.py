@@ -6,19 +6,28 @@ attention. Each figure is the median of several calls, timed turn by turn after 
 generates with `minigpt2.prepack.inference_copy` (on CPU: weights prepacked for oneDNN, made once before timing,
 as its sonnet evaluation does); the rows' extras give the time of that conversion and the unpacked model's speed.
 
+The bf16 lines: training steps under the same bf16 autocast on both sides (fp32 master weights and AdamW
+moments), the MFU against a bf16 matmul peak timed in the same turns; generation with minigpt2's bf16 prepacked
+copy against transformers with bf16 weights (`model.to(torch.bfloat16)`), and for greedy decoding also against
+transformers in fp32.
+
     python -m bench.bench_core [--quick] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,9 +40,11 @@ from minigpt2.device import autocast_dtype, autocast_for, default_device
 from minigpt2.generate import generate
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.model import GPT2, gather_last
-from minigpt2.prepack import inference_copy
+from minigpt2.prepack import inference_copy, prepacked
+from minigpt2.recompute import recompute_gelu_in_backward
 
-from .common import Row, compare_time, peak_memory, print_table, proc_status_bytes, set_threads
+from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
+                     write_json)
 
 PEER = "transformers"
 CLOZE_TOKENS = [8505, 3919]  # " yes", " no": the Quora cloze reads only these two logits
@@ -63,9 +74,19 @@ TINY = Sizes(config="tiny", batch=2, seq=32, decode_prompt=4, decode_new=8, sonn
              sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256)
 
 
+def bf16_autocast(device: str) -> AbstractContextManager:
+    """bf16 autocast on `device` (CPU too): the bf16 lines run both sides under the same one."""
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
 def precision_of(device: str) -> str:
     """`--autocast auto`'s choice, as every line runs: bf16 on CUDA with bf16, fp32 on CPU (parity with the peer)."""
     return "bf16 autocast" if autocast_dtype("auto", device) is not None else "fp32"
+
+
+def amp_for(device: str, bf16: bool) -> Callable[[], AbstractContextManager]:
+    """The autocast a line runs under: bf16 autocast for the bf16 lines, else `autocast_for` (fp32 on CPU)."""
+    return partial(bf16_autocast, device) if bf16 else partial(autocast_for, "auto", device)
 
 
 def make_checkpoint(config_name: str, folder: str | os.PathLike, seed: int = 0) -> None:
@@ -82,6 +103,7 @@ def load_pair(folder: str | os.PathLike, device: str) -> tuple[GPT2, Any]:
     import transformers
 
     ours = load_model(folder, device=device)
+    recompute_gelu_in_backward(ours)  # as minigpt2.train switches it on for every training run
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
     assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
     hf.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
@@ -100,8 +122,9 @@ def train_step_flops(config: GPT2Config, batch: int, seq: int) -> float:
     return batch * seq * (6 * matmul_params + 12 * L * C * seq)
 
 
-def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
-    with autocast_for("auto", device):
+def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor,
+                  amp: Callable[[], AbstractContextManager]) -> None:
+    with amp():
         hidden = model(ids)
         loss = chunked_lm_loss(hidden[:, :-1], model.wte.weight, ids[:, 1:])
     loss.backward()
@@ -109,8 +132,9 @@ def _ours_lm_step(model: GPT2, opt: torch.optim.Optimizer, ids: torch.Tensor, de
     opt.zero_grad(set_to_none=True)
 
 
-def _hf_lm_step(model: Any, opt: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> None:
-    with autocast_for("auto", device):
+def _hf_lm_step(model: Any, opt: torch.optim.Optimizer, ids: torch.Tensor,
+                amp: Callable[[], AbstractContextManager]) -> None:
+    with amp():
         loss = model(ids, labels=ids).loss
     loss.backward()
     opt.step()
@@ -148,34 +172,47 @@ def bench_forward(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
                 goal=">= 1.0x")]
 
 
-def bench_train(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+def bench_train(ours: GPT2, hf: Any, s: Sizes, device: str, bf16: bool = False) -> list[Row]:
+    """One LM training step (forward, loss, backward, fused AdamW) of each side, and the MFU of both.
+
+    bf16: both sides under the same bf16 autocast (fp32 master weights and AdamW moments), and the MFU taken
+    against a bf16 matmul peak.
+    """
     ids = random_ids(s.batch, s.seq, ours.config.vocab_size, device)
     ours.train(), hf.train()
     opt_ours, opt_hf = adamw(ours, device), adamw(hf, device)
+    amp = amp_for(device, bf16)
     # The matmul peak is timed in the same turns as the steps: this machine's speed drifts over minutes, and a
     # peak measured apart from the steps would skew the MFU.
-    a, b = torch.randn(s.matmul, s.matmul, device=device), torch.randn(s.matmul, s.matmul, device=device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a = torch.randn(s.matmul, s.matmul, device=device, dtype=dtype)
+    b = torch.randn(s.matmul, s.matmul, device=device, dtype=dtype)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 peak
-    t = compare_time({"ours": lambda: _ours_lm_step(ours, opt_ours, ids, device),
-                      "hf": lambda: _hf_lm_step(hf, opt_hf, ids, device),
+    t = compare_time({"ours": lambda: _ours_lm_step(ours, opt_ours, ids, amp),
+                      "hf": lambda: _hf_lm_step(hf, opt_hf, ids, amp),
                       "matmul": lambda: [a @ b for _ in range(3)]}, s.warmup, s.iters)
     del opt_ours, opt_hf, a, b
     ours.eval(), hf.eval()
     n = s.batch * s.seq
     peak = 3 * 2 * s.matmul ** 3 / t.pop("matmul")
     flops = train_step_flops(ours.config, s.batch, s.seq)
+    kind = "bf16" if bf16 else "fp32"
+    tag = ", bf16 autocast" if bf16 else ""
+    extra = {"precision": "bf16 autocast"} if bf16 else {}
     return [
-        Row(f"training step {s.batch}x{s.seq}, AdamW", "tokens/s", n / t["ours"], PEER, n / t["hf"],
-            goal=">= 1.15x", extra={"seconds": t}),
-        Row(f"fp32 matmul peak ({s.matmul}^3)", "GFLOP/s", peak / 1e9, goal="(measured)"),
-        Row("training step MFU (of the matmul peak)", "fraction", flops / t["ours"] / peak, PEER,
-            flops / t["hf"] / peak, goal=">= 0.80", extra={"step_flops": flops}),
+        Row(f"training step {s.batch}x{s.seq}, AdamW{tag}", "tokens/s", n / t["ours"], PEER, n / t["hf"],
+            goal=">= 1.15x", extra={"seconds": t, **extra}),
+        Row(f"{kind} matmul peak ({s.matmul}^3)", "GFLOP/s", peak / 1e9, goal="(measured)", extra=dict(extra)),
+        Row(f"training step MFU{tag} (of {kind} peak)", "fraction", flops / t["ours"] / peak, PEER,
+            flops / t["hf"] / peak, goal=">= 0.70" if bf16 else ">= 0.80", extra={"step_flops": flops, **extra}),
     ]
 
 
-def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
-    """A yes/no cloze step: we read two logits at the last real token; the peer computes every logit."""
+def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str, bf16: bool = False) -> list[Row]:
+    """A yes/no cloze step: we read two logits at the last real token; the peer computes every logit.
+
+    bf16: both sides under the same bf16 autocast."""
     V = ours.config.vocab_size
     ids = random_ids(s.batch, s.seq, V, device, seed=2)
     g = torch.Generator().manual_seed(3)
@@ -187,9 +224,10 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
     last = (lengths - 1).to(device)
     ours.train(), hf.train()
     opt_ours, opt_hf = adamw(ours, device), adamw(hf, device)
+    amp = amp_for(device, bf16)
 
     def step_ours():
-        with autocast_for("auto", device):
+        with amp():
             hidden = gather_last(ours(ids, attention_mask=mask), mask)
             loss = F.cross_entropy(ours.lm_head(hidden, token_ids=columns).float(), labels)
         loss.backward()
@@ -197,7 +235,7 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
         opt_ours.zero_grad(set_to_none=True)
 
     def step_hf():
-        with autocast_for("auto", device):
+        with amp():
             logits = hf(ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
             loss = F.cross_entropy(logits[rows, last][:, columns].float(), labels)
         loss.backward()
@@ -206,6 +244,9 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
 
     t = compare_time({"ours": step_ours, "hf": step_hf}, s.warmup, s.iters)
     ours.eval(), hf.eval()
+    if bf16:
+        return [Row(f"Quora cloze training step {s.batch}x{s.seq}, bf16 autocast", "steps/s", 1 / t["ours"],
+                    f"{PEER} (full logits)", 1 / t["hf"], goal=">= 1.5x", extra={"precision": "bf16 autocast"})]
     return [Row(f"Quora cloze training step {s.batch}x{s.seq}", "steps/s", 1 / t["ours"],
                 f"{PEER} (full logits)", 1 / t["hf"], goal=">= 1.6x")]
 
@@ -250,15 +291,20 @@ def sonnet_prompts(s: Sizes, vocab: int) -> list[list[int]]:
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
-    prompts = sonnet_prompts(s, ours.config.vocab_size)
+def left_padded(prompts: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts as one left-padded batch and its attention mask, as HF expects for batched generation."""
     longest = max(map(len, prompts))
     ids = torch.full((len(prompts), longest), 50256, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding, as HF expects for batched generation
+    for i, p in enumerate(prompts):
         ids[i, longest - len(p):] = torch.tensor(p)
         mask[i, longest - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    return ids.to(device), mask.to(device)
+
+
+def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    prompts = sonnet_prompts(s, ours.config.vocab_size)
+    ids, mask = left_padded(prompts, device)
     sampling = dict(temperature=0.8, top_k=50, top_p=0.9)
     ours.eval(), hf.eval()
     fast, info = generation_model(ours)
@@ -281,6 +327,71 @@ def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[
                        "unpacked_tokens_per_s": n / t["plain"]})]
 
 
+def bf16_generation_model(ours: GPT2) -> tuple[GPT2, dict[str, Any]]:
+    """What minigpt2 generates with in bf16: on CPU the bf16 oneDNN-prepacked copy (`minigpt2.prepack`; it refuses
+    a CPU without native bf16 rather than time an emulation), elsewhere a bf16 copy of the model."""
+    t0 = time.perf_counter()
+    if ours.wte.weight.device.type == "cpu":
+        fast, what = prepacked(ours, torch.bfloat16), "bf16 prepacked (minigpt2.prepack)"
+    else:
+        fast, what = copy.deepcopy(ours).to(torch.bfloat16).eval(), "bf16 copy"
+    return fast, {"model": what, "prepack_seconds": round(time.perf_counter() - t0, 3)}
+
+
+def hf_bf16(hf: Any) -> Any:
+    """The peer with bf16 weights (`model.to(torch.bfloat16)`), the way transformers users run it in bf16."""
+    return copy.deepcopy(hf).to(torch.bfloat16).eval()
+
+
+def bench_greedy_decode_bf16(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    """Greedy decode in bf16 against transformers `generate` with bf16 weights and with its fp32 weights."""
+    prompt = random_ids(1, s.decode_prompt, ours.config.vocab_size, device, seed=4)
+    ours.eval(), hf.eval()
+    fast, info = bf16_generation_model(ours)
+    hf16 = hf_bf16(hf)
+
+    def run_ours():
+        return generate(fast, prompt.tolist(), s.decode_new, temperature=0.0, eos_id=None)
+
+    def run_hf(model):
+        def go():
+            return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.decode_new,
+                                  do_sample=False)
+        return go
+
+    t = compare_time({"ours": run_ours, "hf bf16": run_hf(hf16), "hf fp32": run_hf(hf)}, s.warmup, s.iters)
+    del fast, hf16
+    n = s.decode_new
+    extra = {"precision": "bf16", **info}
+    return [Row(f"greedy decode, batch 1, {n} new tokens, bf16", "tokens/s", n / t["ours"],
+                f"{PEER} generate bf16", n / t["hf bf16"], goal=">= 1.5x", extra=extra),
+            Row("  same, against transformers fp32", "tokens/s", n / t["ours"], f"{PEER} generate fp32",
+                n / t["hf fp32"], goal=">= 2.5x", extra=dict(extra))]
+
+
+def bench_sonnet_generation_bf16(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    """Sampling 12 sonnet continuations in bf16 against transformers `generate` with bf16 weights."""
+    prompts = sonnet_prompts(s, ours.config.vocab_size)
+    ids, mask = left_padded(prompts, device)
+    sampling = dict(temperature=0.8, top_k=50, top_p=0.9)
+    ours.eval(), hf.eval()
+    fast, info = bf16_generation_model(ours)
+    hf16 = hf_bf16(hf)
+
+    def run_ours():
+        return generate(fast, prompts, s.sonnet_new, eos_id=None, seed=0, **sampling)
+
+    def run_hf():
+        return hf16.generate(ids, attention_mask=mask, max_new_tokens=s.sonnet_new, do_sample=True, **sampling)
+
+    t = compare_time({"ours": run_ours, "hf": run_hf}, s.warmup, s.iters)
+    del fast, hf16
+    n = len(prompts) * s.sonnet_new
+    return [Row(f"sonnet generation, {len(prompts)} prompts, sampling, bf16", "tokens/s", n / t["ours"],
+                f"{PEER} generate bf16", n / t["hf"], goal=">= 2x",
+                extra={"precision": "bf16", "new_tokens_per_prompt": s.sonnet_new, **sampling, **info})]
+
+
 def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, device: str) -> dict[str, int]:
     """Peak memory of one steady-state LM training step (forward, loss, backward, AdamW) of one side.
 
@@ -294,6 +405,7 @@ def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, dev
 
     if side == "ours":
         model = load_model(folder, device=device)
+        recompute_gelu_in_backward(model)  # as minigpt2.train switches it on for every training run
         step = _ours_lm_step
     elif side == "hf":
         model = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
@@ -306,11 +418,12 @@ def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, dev
     model.train()
     ids = random_ids(batch, seq, model.config.vocab_size, device, seed=6)
     opt = adamw(model, device)
-    step(model, opt, ids, device)
+    amp = amp_for(device, bf16=False)
+    step(model, opt, ids, amp)
     gc.collect()
     _return_freed_memory()
     before = torch.cuda.memory_allocated() if device == "cuda" else proc_status_bytes("VmRSS")
-    peak = peak_memory(lambda: step(model, opt, ids, device))
+    peak = peak_memory(lambda: step(model, opt, ids, amp))
     return {"peak": peak, "before": before}
 
 
@@ -359,31 +472,46 @@ LINES: list[tuple[str, Callable[..., list[Row]]]] = [
     ("greedy decode", bench_greedy_decode),
     ("sonnet generation", bench_sonnet_generation),
 ]
+BF16_LINES: list[tuple[str, Callable[..., list[Row]]]] = [
+    ("training step, bf16", partial(bench_train, bf16=True)),
+    ("Quora cloze step, bf16", partial(bench_quora_cloze, bf16=True)),
+    ("greedy decode, bf16", bench_greedy_decode_bf16),
+    ("sonnet generation, bf16", bench_sonnet_generation_bf16),
+]
 
 
-def run(quick: bool = False, device: str | None = None, sizes: Sizes | None = None, threads: int | None = None,
-        isolate_memory: bool = True) -> list[Row]:
-    """Every core line; `sizes` overrides the quick/full presets (the tests use `TINY`)."""
+def measure(s: Sizes, device: str, isolate_memory: bool = True) -> list[Row]:
+    """Every core line at the sizes `s` (the tests use `TINY`), with the threads already set. The bf16 lines run
+    where the device has native bf16 (elsewhere bf16 would be emulated, and the lines are left out, saying why)."""
     from tqdm import tqdm
 
-    device = device or default_device()
-    s = sizes or (QUICK if quick else FULL)
-    threads = set_threads(threads)
+    lines = LINES
+    why_not = bf16_unavailable(device)
+    if why_not:
+        print(f"[bench] core: bf16 lines left out: {why_not}", file=sys.stderr)
+    else:
+        lines = LINES + BF16_LINES
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as folder:
         make_checkpoint(s.config, folder)
         ours, hf = load_pair(folder, device)
-        bar = tqdm(LINES + [("peak memory", None)], desc="bench core", unit="line", file=sys.stderr)
+        bar = tqdm(lines + [("peak memory", None)], desc="bench core", unit="line", file=sys.stderr)
         for name, fn in bar:
             bar.set_postfix_str(name)
             if fn is None:
                 del ours, hf
-                rows += bench_memory(folder, s, device, threads, isolate=isolate_memory)
+                rows += bench_memory(folder, s, device, torch.get_num_threads(), isolate=isolate_memory)
             else:
                 rows += fn(ours, hf, s, device)
     for r in rows:
         r.extra.setdefault("precision", precision_of(device))
     return rows
+
+
+def run(quick: bool, device: str, threads: int) -> list[Row]:
+    """The bench modules' shared entry point: every core line at the quick or full sizes."""
+    set_threads(threads)
+    return measure(QUICK if quick else FULL, device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,14 +524,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folder", default=None, help="internal (--memory-probe): the HF-layout checkpoint folder")
     p.add_argument("--batch", type=int, default=FULL.sonnet_batch, help="internal (--memory-probe): batch size")
     p.add_argument("--seq", type=int, default=FULL.sonnet_seq, help="internal (--memory-probe): sequence length")
+    p.add_argument("--bf16-only", action="store_true", help="only the bf16 lines")
+    p.add_argument("--iters", type=int, default=None, help="timed calls per side (default: the sizes' own)")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here (after each line with "
+                   "--bf16-only)")
     args = p.parse_args(argv)
     device = args.device or default_device()
     if args.memory_probe:
         set_threads(args.threads)
         print(json.dumps(memory_probe(args.memory_probe, args.folder, args.batch, args.seq, device)))
         return
-    rows = run(args.quick, device, threads=args.threads)
+    if args.bf16_only:
+        rows = bf16_lines(QUICK if args.quick else FULL, device, set_threads(args.threads), args.iters, args.json)
+    else:
+        rows = run(args.quick, device, set_threads(args.threads))
+        if args.json:
+            write_json(rows, args.json, {"command": "python -m bench.bench_core " + " ".join(argv or sys.argv[1:]),
+                                         "device": device, "threads": torch.get_num_threads()})
     print_table(rows)
+
+
+def bf16_lines(s: Sizes, device: str, threads: int, iters: int | None, out: str | None) -> list[Row]:
+    """Only the bf16 lines (with `iters` timed calls if given), the JSON rewritten after each line."""
+    if iters:
+        s = dataclasses.replace(s, iters=iters)
+    why_not = bf16_unavailable(device)
+    if why_not:
+        raise SystemExit(f"error: --bf16-only: {why_not}")
+    rows: list[Row] = []
+    meta = {"command": "python -m bench.bench_core " + " ".join(sys.argv[1:]), "device": device, "threads": threads,
+            "sizes": dataclasses.asdict(s), "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                              time.gmtime())}
+    with tempfile.TemporaryDirectory() as folder:
+        make_checkpoint(s.config, folder)
+        ours, hf = load_pair(folder, device)
+        for i, (name, fn) in enumerate(BF16_LINES):
+            print(f"[bench] core: {name}", file=sys.stderr)
+            rows += fn(ours, hf, s, device)
+            if out:
+                write_json(rows, out, {**meta, "finished": i == len(BF16_LINES) - 1})
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""LoRA training step: minigpt2 LoRA vs minigpt2 full fine-tuning vs `transformers` + `peft` LoRA, in one run.
+"""LoRA training step: minigpt2 LoRA vs `transformers` + `peft` LoRA (and minigpt2 full fine-tuning), in one run.
 
     python -m bench.bench_lora [--quick] [--json out.json]
 
 Work: one optimizer step of next-token loss on a batch of 8 × 128 random tokens, GPT-2 124M at random init (no
-download), GPT-2's dropout 0.1 on both sides, LoRA rank 256 on attention + MLP (alpha 16, no adapter dropout),
-AdamW (fused on CUDA, as `minigpt2.train` does). peft targets HF's modules `c_attn`, `c_proj`, `c_fc`, the usual
+download), GPT-2's dropout 0.1 on both sides, LoRA on attention + MLP (alpha 16, no adapter dropout) at rank 8 and
+at rank 256, each in fp32 and under CPU/CUDA bf16 autocast (the same autocast on both sides), fused AdamW on the
+trainable parameters on both sides (torch's fused kernel runs on CPU too). peft targets HF's modules `c_attn`, `c_proj`, `c_fc`, the usual
 way to put LoRA on GPT-2 with peft; its fused `c_attn` adapter has fewer parameters than minigpt2's three
 per-projection ones (37.7M vs 42.5M trainable), so the comparison gives peft slightly less work.
 
@@ -33,34 +34,48 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import Row, print_table, proc_status_bytes, set_threads, sync, write_json
+from bench.common import Row, bf16_unavailable, print_table, proc_status_bytes, set_threads, sync, write_json
 
-BATCH, SEQ, RANK, ALPHA, VOCAB = 8, 128, 256, 16.0, 50257
+BATCH, SEQ, ALPHA, VOCAB = 8, 128, 16.0, 50257
 VARIANTS = ("minigpt2-lora", "peft-lora", "minigpt2-full")
+# (rank, bf16 autocast, variants timed in turns): one group of worker processes at a time, so that memory holds
+# two or three models, not twelve. Full fine-tuning (rank unused) is timed with the fp32 rank-256 pair.
+GROUPS: tuple[tuple[int, bool, tuple[str, ...]], ...] = (
+    (8, False, ("minigpt2-lora", "peft-lora")),
+    (256, False, ("minigpt2-lora", "peft-lora", "minigpt2-full")),
+    (8, True, ("minigpt2-lora", "peft-lora")),
+    (256, True, ("minigpt2-lora", "peft-lora")),
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------ one variant
 
 def _optimizer(params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    # One fused kernel over all the adapters' small tensors, the same on both sides.
+    return torch.optim.AdamW(params, lr=1e-4, fused=True)
 
 
-def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], int]:
-    """A closure running one training step of `variant`, and its number of trainable parameters."""
+def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config: str = "gpt2"
+               ) -> tuple[Callable[[], None], int]:
+    """A closure running one training step of `variant`, and its number of trainable parameters.
+
+    config: the minigpt2 preset both sides are built at (the tests use "tiny")."""
     torch.manual_seed(0)
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
-                                                                                                     enabled=False)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if variant.startswith("minigpt2"):
         from minigpt2 import GPT2, GPT2Config
         from minigpt2.chunked_loss import chunked_lm_loss
 
-        model = GPT2(GPT2Config.from_name("gpt2")).to(device).train()
+        from minigpt2.recompute import recompute_gelu_in_backward
+
+        model = GPT2(GPT2Config.from_name(config)).to(device).train()
+        recompute_gelu_in_backward(model)  # as minigpt2.train switches it on for every training run
         if variant == "minigpt2-lora":
             from minigpt2.lora import apply_lora
 
-            apply_lora(model, rank=RANK, alpha=ALPHA, targets="attn+mlp")
+            apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
 
         def loss_fn() -> torch.Tensor:
             return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
@@ -68,11 +83,14 @@ def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], 
         import peft
         import transformers
 
+        from minigpt2 import GPT2Config
+
         transformers.logging.set_verbosity_error()
-        config = transformers.GPT2Config(attn_implementation="sdpa")  # 124M, dropout 0.1 like ours
-        model = transformers.GPT2LMHeadModel(config).to(device).train()
+        hf_config = transformers.GPT2Config(**GPT2Config.from_name(config).to_hf_dict(),
+                                            attn_implementation="sdpa")  # GPT-2's dropout 0.1, like ours
+        model = transformers.GPT2LMHeadModel(hf_config).to(device).train()
         model = peft.get_peft_model(model, peft.LoraConfig(
-            r=RANK, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
+            r=rank, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
             fan_in_fan_out=True))
 
         def loss_fn() -> torch.Tensor:
@@ -92,13 +110,13 @@ def build_step(variant: str, device: torch.device) -> tuple[Callable[[], None], 
     return step, sum(p.numel() for p in params)
 
 
-def worker(variant: str, device_name: str, threads: int) -> None:
+def worker(variant: str, device_name: str, threads: int, rank: int, bf16: bool, config: str = "gpt2") -> None:
     """Serve steps over stdin/stdout: each input line runs one step and answers {seconds, peak_bytes}."""
     set_threads(threads)
     device = torch.device(device_name)
     gc.collect()
     baseline = 0 if device.type == "cuda" else proc_status_bytes("VmRSS")
-    step, trainable = build_step(variant, device)
+    step, trainable = build_step(variant, device, rank, bf16, config)
     print(json.dumps({"ready": True, "trainable": trainable}), flush=True)
     for _ in sys.stdin:
         gc.collect()
@@ -119,12 +137,13 @@ def worker(variant: str, device_name: str, threads: int) -> None:
 # ------------------------------------------------------------------------------------------ the comparison
 
 class Worker:
-    def __init__(self, variant: str, device: str, threads: int) -> None:
+    def __init__(self, variant: str, device: str, threads: int, rank: int, bf16: bool, config: str) -> None:
         self.variant = variant
         self.err = tempfile.TemporaryFile(mode="w+")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.bench_lora", "--worker", variant, "--device",
-                                      device, "--threads", str(threads)], stdin=subprocess.PIPE,
+        cmd = [sys.executable, "-m", "bench.bench_lora", "--worker", variant, "--device", device, "--threads",
+               str(threads), "--rank", str(rank), "--config", config] + (["--bf16"] if bf16 else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=ROOT, env=env)
         self.trainable = 0
 
@@ -147,12 +166,11 @@ class Worker:
         self.err.close()
 
 
-def measure(quick: bool, device: str | None = None, threads: int | None = None) -> dict[str, dict[str, Any]]:
-    """Median step time and peak memory of every variant, steps taken in turns across the worker processes."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = threads or set_threads()
+def measure(quick: bool, device: str, threads: int, rank: int, bf16: bool,
+            variants: tuple[str, ...] = VARIANTS, config: str = "gpt2") -> dict[str, dict[str, Any]]:
+    """Median step time and peak memory of each variant, steps taken in turns across the worker processes."""
     warmup, iters = (1, 3) if quick else (2, 7)
-    workers = [Worker(v, device, threads) for v in VARIANTS]
+    workers = [Worker(v, device, threads, rank, bf16, config) for v in variants]
     try:
         for w in workers:  # they build at the same time, then sit idle until told to step
             w.trainable = w.read()["trainable"]
@@ -173,42 +191,57 @@ def measure(quick: bool, device: str | None = None, threads: int | None = None) 
                           "peak_mib": max(r["peak_bytes"] for r in rs) / 2**20,
                           "peak_abs_mib": max(r["peak_abs"] for r in rs) / 2**20,
                           "step_seconds": [round(r["seconds"], 3) for r in rs], "trainable": w.trainable}
-    out["_meta"] = {"device": device, "threads": threads, "warmup": warmup, "iters": iters, "batch": BATCH,
-                    "seq": SEQ, "rank": RANK, "alpha": ALPHA, "torch": torch.__version__}
+    out["_meta"] = {"config": config, "device": device, "threads": threads, "warmup": warmup, "iters": iters, "batch": BATCH,
+                    "seq": SEQ, "rank": rank, "alpha": ALPHA, "precision": "bf16 autocast" if bf16 else "fp32",
+                    "torch": torch.__version__}
     return out
 
 
-def run(quick: bool, device: str | None = None) -> list[Row]:
-    """The benchmark's rows: minigpt2 LoRA against peft LoRA (the goals) and against minigpt2 full fine-tuning."""
-    m = measure(quick, device)
-    ours, peft_, full = m["minigpt2-lora"], m["peft-lora"], m["minigpt2-full"]
-    extra = {"meta": m["_meta"], "variants": {k: v for k, v in m.items() if not k.startswith("_")}}
-    what = f"r{RANK} attn+mlp, {BATCH}x{SEQ}"
-    return [
-        Row(f"LoRA train step ({what})", "tokens/s", ours["tokens_per_s"], "transformers+peft LoRA",
-            peft_["tokens_per_s"], True, ">= 1.5x", extra),
-        Row(f"LoRA train step peak memory ({what})", "MiB", ours["peak_mib"], "transformers+peft LoRA",
-            peft_["peak_mib"], False, "<= 0.7x (ratio >= 1.43)"),
-        Row(f"LoRA vs full fine-tuning step ({BATCH}x{SEQ})", "tokens/s", ours["tokens_per_s"],
-            "minigpt2 full FT", full["tokens_per_s"], True, "info"),
-        Row(f"LoRA vs full fine-tuning peak memory", "MiB", ours["peak_mib"], "minigpt2 full FT",
-            full["peak_mib"], False, "info"),
-    ]
+def run(quick: bool, device: str, threads: int) -> list[Row]:
+    """The rows: minigpt2 LoRA against peft LoRA (speed and memory: the goals) at each rank and precision, and
+    against minigpt2 full fine-tuning (context)."""
+    rows: list[Row] = []
+    peer = "transformers+peft LoRA"
+    why_not = bf16_unavailable(device)
+    if why_not:
+        print(f"[bench] lora: bf16 lines left out: {why_not}", file=sys.stderr)
+    for rank, bf16, variants in GROUPS:
+        if bf16 and why_not:
+            continue
+        m = measure(quick, device, threads, rank, bf16, variants)
+        ours, peft_ = m["minigpt2-lora"], m["peft-lora"]
+        extra = {"meta": m["_meta"], "variants": {k: v for k, v in m.items() if not k.startswith("_")},
+                 "precision": m["_meta"]["precision"]}
+        what = f"r{rank} attn+mlp, {BATCH}x{SEQ}" + (", bf16 autocast" if bf16 else "")
+        rows += [Row(f"LoRA train step ({what})", "tokens/s", ours["tokens_per_s"], peer, peft_["tokens_per_s"],
+                     True, ">= 1.15x", extra),
+                 Row(f"LoRA train step peak memory ({what})", "MiB", ours["peak_mib"], peer, peft_["peak_mib"],
+                     False, "<= 0.7x (ratio >= 1.43)", {"precision": extra["precision"]})]
+        if "minigpt2-full" in m:
+            full = m["minigpt2-full"]
+            rows += [Row(f"LoRA r{rank} vs full fine-tuning step ({BATCH}x{SEQ})", "tokens/s",
+                         ours["tokens_per_s"], "minigpt2 full FT", full["tokens_per_s"], True, "info",
+                         {"precision": extra["precision"]}),
+                     Row(f"LoRA r{rank} vs full fine-tuning peak memory", "MiB", ours["peak_mib"],
+                         "minigpt2 full FT", full["peak_mib"], False, "info", {"precision": extra["precision"]})]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_lora", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 warm-up + 3 timed steps per variant (about 2-3 min on "
-                                                        "2 cores) instead of 2 + 7")
+    p.add_argument("--quick", action="store_true", help="1 warm-up + 3 timed steps per variant instead of 2 + 7")
     p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--worker", choices=VARIANTS, default=None, help=argparse.SUPPRESS)  # internal: one variant
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rank", type=int, default=8, help=argparse.SUPPRESS)  # internal (--worker)
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # internal (--worker)
+    p.add_argument("--config", default="gpt2", help=argparse.SUPPRESS)  # internal (--worker)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.device, args.threads or set_threads())
+        worker(args.worker, args.device, args.threads or set_threads(), args.rank, args.bf16, args.config)
         return
-    rows = run(args.quick)
+    rows = run(args.quick, "cuda" if torch.cuda.is_available() else "cpu", set_threads())
     print_table(rows)
     payload = {"meta": rows[0].extra["meta"], "rows": [r.to_dict() for r in rows]}
     print(json.dumps(payload, indent=2))

@@ -80,10 +80,11 @@ def size_rows() -> list[Row]:
                 "", {"quantised": r.quantised, "parts_bytes": r.parts}) for r in table]
 
 
-def run(quick: bool, threads: int | None = None) -> list[Row]:
-    """The benchmark rows, with `threads` for both sides (default: all cores, like the other modules). On a
-    machine whose cores other jobs hold, pass 1: OpenMP barriers between threads then stall fbgemm's int8 kernels
-    (measured under load: 768x768 GEMV 1.2 ms instead of 0.1 ms, fp32 decoding 2x slower with 2 threads than 1)."""
+def run(quick: bool, device: str, threads: int) -> list[Row]:
+    """The benchmark rows, with `threads` for both sides. The int8 kernels are CPU ones, so this runs on the CPU
+    whatever `device` says. On a machine whose cores other jobs hold, pass 1 thread: OpenMP barriers between
+    threads then stall fbgemm's int8 kernels (measured under load: 768x768 GEMV 1.2 ms instead of 0.1 ms, fp32
+    decoding 2x slower with 2 threads than 1)."""
     set_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,7 +98,7 @@ def main() -> None:
                     help="torch threads for both sides (0, the default: all cores). Use 1 on a loaded machine: "
                          "more than one stalls fbgemm's OpenMP barriers when other processes hold the cores")
     args = ap.parse_args()
-    rows = run(args.quick, args.threads or None)
+    rows = run(args.quick, "cpu", set_threads(args.threads or None))
     print_table(rows)
     print(f"greedy tokens equal to fp32: {rows[0].extra['greedy_tokens_equal_to_fp32']:.0%}")
 

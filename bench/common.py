@@ -20,6 +20,17 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+def bf16_unavailable(device: str) -> str | None:
+    """Why bf16 lines cannot be measured fairly on `device` (no native bf16: it would be emulated), or None."""
+    from minigpt2.device import AutocastUnavailable, autocast_dtype
+
+    try:
+        autocast_dtype("bf16", device)
+    except AutocastUnavailable as e:
+        return str(e)
+    return None
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -124,7 +135,10 @@ def print_table(rows: list[Row]) -> None:
 
 
 def write_json(rows: list[Row], path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+    """The rows and meta as one JSON file, written atomically (a reader never sees half a file)."""
+    from minigpt2.atomic import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta or {}, "rows": [r.to_dict() for r in rows]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write(path, json.dumps(payload, indent=2) + "\n")
