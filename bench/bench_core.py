@@ -302,11 +302,20 @@ def left_padded(prompts: list[list[int]], device: str) -> tuple[torch.Tensor, to
     return ids.to(device), mask.to(device)
 
 
-def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+SONNET_SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
+
+
+def sonnet_batch(ours: GPT2, hf: Any, s: Sizes, device: str) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """The 12 sonnet prompts as token lists (ours) and as one left-padded batch with its mask (the peer); both
+    models in eval mode."""
     prompts = sonnet_prompts(s, ours.config.vocab_size)
-    ids, mask = left_padded(prompts, device)
-    sampling = dict(temperature=0.8, top_k=50, top_p=0.9)
     ours.eval(), hf.eval()
+    return (prompts, *left_padded(prompts, device))
+
+
+def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    prompts, ids, mask = sonnet_batch(ours, hf, s, device)
+    sampling = SONNET_SAMPLING
     fast, info = generation_model(ours)
 
     def run(model):
@@ -371,10 +380,8 @@ def bench_greedy_decode_bf16(ours: GPT2, hf: Any, s: Sizes, device: str) -> list
 
 def bench_sonnet_generation_bf16(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
     """Sampling 12 sonnet continuations in bf16 against transformers `generate` with bf16 weights."""
-    prompts = sonnet_prompts(s, ours.config.vocab_size)
-    ids, mask = left_padded(prompts, device)
-    sampling = dict(temperature=0.8, top_k=50, top_p=0.9)
-    ours.eval(), hf.eval()
+    prompts, ids, mask = sonnet_batch(ours, hf, s, device)
+    sampling = SONNET_SAMPLING
     fast, info = bf16_generation_model(ours)
     hf16 = hf_bf16(hf)
 
