@@ -41,7 +41,7 @@ from minigpt2.generate import generate
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.model import GPT2, gather_last
 from minigpt2.prepack import inference_copy, prepacked
-from minigpt2.recompute import recompute_gelu_in_backward
+from minigpt2.train import use_training_speed_pieces
 
 from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
                      write_json)
@@ -103,7 +103,7 @@ def load_pair(folder: str | os.PathLike, device: str) -> tuple[GPT2, Any]:
     import transformers
 
     ours = load_model(folder, device=device)
-    recompute_gelu_in_backward(ours)  # as minigpt2.train switches it on for every training run
+    use_training_speed_pieces(ours)  # as minigpt2.train does for every training run
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
     assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
     hf.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
@@ -412,7 +412,7 @@ def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, dev
 
     if side == "ours":
         model = load_model(folder, device=device)
-        recompute_gelu_in_backward(model)  # as minigpt2.train switches it on for every training run
+        use_training_speed_pieces(model)  # as minigpt2.train does for every training run
         step = _ours_lm_step
     elif side == "hf":
         model = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)

@@ -67,11 +67,10 @@ def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config
     if variant.startswith("minigpt2"):
         from minigpt2 import GPT2, GPT2Config
         from minigpt2.chunked_loss import chunked_lm_loss
-
-        from minigpt2.recompute import recompute_gelu_in_backward
+        from minigpt2.train import use_training_speed_pieces
 
         model = GPT2(GPT2Config.from_name(config)).to(device).train()
-        recompute_gelu_in_backward(model)  # as minigpt2.train switches it on for every training run
+        use_training_speed_pieces(model)  # as minigpt2.train does for every training run
         if variant == "minigpt2-lora":
             from minigpt2.lora import apply_lora
 

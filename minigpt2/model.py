@@ -14,13 +14,15 @@ The model returns hidden states, not logits: a classifier needs one vector per s
 vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed.
 
 This file is the plain version. Speed pieces put their own modules into its slots from outside, each switched in
-at one point: `minigpt2.recompute` (the MLP for training), `quant.int8_linear` (int8 attention projections and LM
-head for decoding), `minigpt2.prepack` (prepacked linear layers for CPU inference).
+at one point: `minigpt2.recompute` (the MLP for training), `minigpt2.cpu_dropout` (dropout and attention for
+training on CPU), `quant.int8_linear` (int8 attention projections and LM head for decoding), `minigpt2.prepack`
+(prepacked linear layers for CPU inference).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -75,17 +77,19 @@ class CausalSelfAttention(nn.Module):
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, mask: torch.Tensor | None,
-           is_causal: bool, cache: KVCache | None = None, layer: int = 0, dropout_p: float = 0.0) -> torch.Tensor:
+           is_causal: bool, cache: KVCache | None = None, layer: int = 0, dropout_p: float = 0.0,
+           sdpa: Callable[..., torch.Tensor] = F.scaled_dot_product_attention) -> torch.Tensor:
     """Multi-head scaled dot-product attention of (B, T, C) queries, keys and values; returns (B, T, C).
 
     Each of the n_head heads attends with its own C / n_head slice; with a cache, the new keys and values are
-    appended to the cached ones of this layer first.
+    appended to the cached ones of this layer first. `sdpa` computes softmax(q kᵀ / √hs + mask) v per head, with
+    SDPA's arguments (`minigpt2.cpu_dropout` passes its written-out version for training on CPU).
     """
     B, T, C = q.shape
     q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+    y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
 
 
