@@ -20,7 +20,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of (B, V) logits; temperature 0 means greedy (argmax)."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits.float().argmax(dim=-1)  # the same token; torch's argmax is faster over fp32
     logits = logits.float() / temperature
     # Top-k and top-p only ever keep the best-ranked tokens, so sampling works on a short sorted list of
     # candidates instead of sorting all 50,257 probabilities at every step.
@@ -35,6 +35,10 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         # drop a token when the tokens ranked above it already hold top_p of the mass (keeps at least one)
         drop = (probs.cumsum(dim=-1) - probs) >= top_p
         probs = probs.masked_fill(drop, 0.0)
+        # Dropped tokens form the tail of each sorted row: sample among the columns that some row still keeps
+        # (after a full sort, `multinomial` would otherwise draw a random number for all 50,257 of them).
+        kept = int((~drop).sum(dim=-1).max())
+        probs, ids = probs[:, :kept], ids[:, :kept]
     choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1), an index into the candidates
     return ids.gather(-1, choice).squeeze(-1)
 
@@ -87,7 +91,10 @@ def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, tempera
 
     model_was_training = model.training
     model.eval()
-    cache = KVCache(model.config, B, longest + max_new_tokens, device=device, dtype=model.wte.weight.dtype)
+    # A bf16 model on CPU keeps fp32 keys and values, and attends in fp32: torch's CPU attention kernel is several
+    # times slower in bf16 at decoding shapes (docs/performance.md), and fp32 rounds nothing away.
+    cache_dtype = torch.float32 if device.type == "cpu" else model.wte.weight.dtype
+    cache = KVCache(model.config, B, longest + max_new_tokens, device=device, dtype=cache_dtype)
     hidden = model(ids, attention_mask=mask[:, :longest] if padded else None,
                    position_ids=position_ids, cache=cache)
     out: list[list[int]] = [[] for _ in range(B)]

@@ -88,8 +88,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, mask:
     B, T, C = q.shape
     q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
     if cache is not None:
-        k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
-    y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T, in the cache's dtype
+    y = sdpa(q.to(k.dtype), k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal).to(q.dtype)
     return y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
 
 

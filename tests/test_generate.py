@@ -78,3 +78,32 @@ def test_on_token_sees_every_new_token_in_order_as_it_is_sampled(model):
     assert [t for r, t in seen if r == 0] == out[0] and [t for r, t in seen if r == 1] == out[1]
     assert calls_at_step == [0, 2, 4, 6, 8, 10]  # both rows' tokens reported before the next step is computed
     assert generate(model, PROMPTS, 6, temperature=1.0, seed=3, eos_id=None) == out  # the hook changes nothing
+
+
+def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, monkeypatch):
+    """The cache of a bf16 model on CPU is fp32 (torch's CPU attention is slow in bf16), and the incremental
+    logits still match the bf16 model's full forward pass within bf16 rounding."""
+    import copy
+
+    import minigpt2.generate as gen
+
+    made = []
+
+    class Recording(gen.KVCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.k[0].dtype)
+
+    monkeypatch.setattr(gen, "KVCache", Recording)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    new = generate(bf16, PROMPTS[:1], 6, eos_id=None)[0]
+    assert made == [torch.float32]
+    # The same tokens scored by one full forward pass (bf16 attention, no cache): the greedy choices agree with it
+    # wherever its winner leads by more than the bf16 rounding of the logits.
+    ids = torch.tensor([PROMPTS[0] + new[:-1]])
+    with torch.no_grad():
+        logits = bf16.logits(ids)[0, len(PROMPTS[0]) - 1:].float()
+    top2 = logits.topk(2, dim=-1)
+    clear = (top2.values[:, 0] - top2.values[:, 1]) > 0.05 * logits.std()
+    assert clear.any()
+    assert torch.equal(top2.indices[clear, 0], torch.tensor(new)[clear])
