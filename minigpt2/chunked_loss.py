@@ -34,11 +34,16 @@ import torch.nn.functional as F
 # rows of GPT-2's vocabulary). Every chunk reads and writes the whole (V, C) weight gradient once, so smaller
 # chunks save little memory and cost time (docs/performance.md has the measurement).
 CHUNK_ELEMENTS = 32 * 1024 * 1024
+# Under autocast with a frozen head (LoRA, evaluation) chunks are a quarter of that: a bf16 chunk holds bf16 copies
+# beside its fp32 logits, and with no weight gradient to accumulate, 167-row bf16 chunks took no longer than
+# 667-row ones (docs/performance.md). In fp32, small chunks are slower even then, so they keep the full size.
+FROZEN_AUTOCAST_DIVISOR = 4
 
 
 def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
                     chunk_rows: int | None = None) -> torch.Tensor:
-    """`minigpt2.losses.lm_loss`, computed `chunk_rows` rows of logits at a time (default: `CHUNK_ELEMENTS` / V).
+    """`minigpt2.losses.lm_loss`, computed `chunk_rows` rows of logits at a time (default: `CHUNK_ELEMENTS` / V,
+    a quarter of that under autocast when `weight` gets no gradient).
 
     hidden: (..., C) hidden states; weight: (V, C), e.g. `model.wte.weight`; targets: (...) token ids, with
     `ignore_index` where no loss is wanted (padding, prompt tokens).
@@ -48,14 +53,17 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
                          "expected hidden (..., C) and targets (...)")
     if weight.dim() != 2 or weight.size(1) != hidden.size(-1):
         raise ValueError(f"chunked_lm_loss: weight {tuple(weight.shape)} must be (V, C) with C = {hidden.size(-1)}")
+    device_type = hidden.device.type
+    amp_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // weight.size(0))
+        elements = CHUNK_ELEMENTS
+        if amp_dtype is not None and not (weight.requires_grad and torch.is_grad_enabled()):
+            elements //= FROZEN_AUTOCAST_DIVISOR
+        chunk_rows = max(1, elements // weight.size(0))
     if chunk_rows < 1:
         raise ValueError(f"chunked_lm_loss: chunk_rows must be >= 1, got {chunk_rows}")
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
-    device_type = hidden.device.type
-    amp_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     # under no_grad (evaluation) the gradients are not computed at all
     return _ChunkedCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, torch.is_grad_enabled(),
                                       amp_dtype)
