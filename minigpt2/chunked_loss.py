@@ -12,8 +12,8 @@ largest tensors of a training step. For 8 x 128 tokens the logits over GPT-2's 5
                               dh = dlogits @ W,   dW += dlogitsᵀ @ h
 
 The chunk's softmax is built in the chunk's own storage (max, subtract, exp, sum: no second vocabulary-sized
-tensor, unlike `torch.logsumexp`), and its normalisation 1 / sum is applied to the (rows, C) operands of the two
-products rather than to the (rows, V) chunk.
+tensor, unlike `torch.logsumexp`), 32 rows at a time so that its passes run in cache, and its normalisation
+1 / sum is applied to the (rows, C) operands of the two products rather than to the (rows, V) chunk.
 
 Both gradients are computed in the forward pass, while the chunk's logits are at hand, and handed to autograd in
 the backward pass (the trick of Liger-Kernel's fused linear cross-entropy). Rows whose target is `ignore_index`
@@ -21,8 +21,9 @@ the backward pass (the trick of Liger-Kernel's fused linear cross-entropy). Rows
 
 Under autocast (bf16 on CUDA or CPU) the three vocabulary-sized products run in the autocast dtype, as
 `F.linear` would under autocast, while the softmax statistics (max, exp, sum, log), the loss sum and the
-gradient accumulators stay fp32. The function switches autocast off inside and casts explicitly, so every
-operand's dtype is chosen here rather than by autocast's per-op rules (which mixed bf16 and fp32 in `addmm_`).
+gradient accumulators stay fp32: each block of bf16 logits is taken to fp32, and its gradient written back in
+bf16. The function switches autocast off inside and casts explicitly, so every operand's dtype is chosen here
+rather than by autocast's per-op rules (which mixed bf16 and fp32 in `addmm_`).
 """
 
 from __future__ import annotations
@@ -34,16 +35,14 @@ import torch.nn.functional as F
 # rows of GPT-2's vocabulary). Every chunk reads and writes the whole (V, C) weight gradient once, so smaller
 # chunks save little memory and cost time (docs/performance.md has the measurement).
 CHUNK_ELEMENTS = 32 * 1024 * 1024
-# Under autocast with a frozen head (LoRA, evaluation) chunks are a quarter of that: a bf16 chunk holds bf16 copies
-# beside its fp32 logits, and with no weight gradient to accumulate, 167-row bf16 chunks took no longer than
-# 667-row ones (docs/performance.md). In fp32, small chunks are slower even then, so they keep the full size.
-FROZEN_AUTOCAST_DIVISOR = 4
+# The softmax statistics of a chunk are taken this many rows at a time (6.4 MB of fp32 logits at GPT-2's
+# vocabulary), so that the passes over them run in cache (docs/performance.md).
+BLOCK_ROWS = 32
 
 
 def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
                     chunk_rows: int | None = None) -> torch.Tensor:
-    """`minigpt2.losses.lm_loss`, computed `chunk_rows` rows of logits at a time (default: `CHUNK_ELEMENTS` / V,
-    a quarter of that under autocast when `weight` gets no gradient).
+    """`minigpt2.losses.lm_loss`, computed `chunk_rows` rows of logits at a time (default: `CHUNK_ELEMENTS` / V).
 
     hidden: (..., C) hidden states; weight: (V, C), e.g. `model.wte.weight`; targets: (...) token ids, with
     `ignore_index` where no loss is wanted (padding, prompt tokens).
@@ -56,10 +55,7 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     device_type = hidden.device.type
     amp_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     if chunk_rows is None:
-        elements = CHUNK_ELEMENTS
-        if amp_dtype is not None and not (weight.requires_grad and torch.is_grad_enabled()):
-            elements //= FROZEN_AUTOCAST_DIVISOR
-        chunk_rows = max(1, elements // weight.size(0))
+        chunk_rows = max(1, CHUNK_ELEMENTS // weight.size(0))
     if chunk_rows < 1:
         raise ValueError(f"chunked_lm_loss: chunk_rows must be >= 1, got {chunk_rows}")
     hidden = hidden.reshape(-1, hidden.size(-1))
@@ -97,32 +93,30 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight, h)
         for s in range(0, n, chunk_rows):
             h_c, t_c = h32[s:s + chunk_rows], t[s:s + chunk_rows]
-            # (rows, V): the only vocabulary-sized fp32 tensor; the softmax statistics below are taken in fp32
-            logits = F.linear(h_logits[s:s + chunk_rows], w_logits).float()
-            # Every step below works in the chunk's own storage: no second fp32 (rows, V) tensor is allocated.
-            shift = logits.amax(dim=-1, keepdim=True)
-            target = logits.gather(1, t_c[:, None])
-            e = logits.sub_(shift).exp_()  # exp(logits - max): softmax before normalisation
-            sumexp = e.sum(dim=-1, keepdim=True)
-            total += (sumexp.log() + shift - target).sum()  # logsumexp - target logit, per row
-            if not (want_dh or want_dw):
+            # (rows, V), in the product's dtype: the chunk's only vocabulary-sized tensor
+            logits = F.linear(h_logits[s:s + chunk_rows], w_logits)
+            grads = want_dh or want_dw
+            # With gradients, `e` holds exp(logits - max) - sumexp * onehot(target) in the products' dtype: the CE
+            # gradient e / sumexp - onehot(target) times sumexp; the row scale inv = 1 / sumexp is applied to the
+            # (rows, C) operands of the products instead of the (rows, V) chunk. The mean's 1 / n is applied in
+            # backward. `e` is the chunk itself when its dtype is the products' (fp32, or bf16 under autocast).
+            e = logits if logits.dtype == mm or not grads else torch.empty_like(logits, dtype=mm)
+            inv = torch.empty(logits.size(0), 1, device=logits.device)
+            for b in range(0, logits.size(0), BLOCK_ROWS):
+                rows = slice(b, b + BLOCK_ROWS)
+                total += _ce_block(logits[rows], t_c[rows], e[rows] if grads else None, inv[rows])
+            if not grads:
                 continue
-            # d CE / d logits = e / sumexp - onehot(target). Subtracting sumexp at the target makes that
-            # (e - sumexp * onehot) / sumexp, and the row scale 1 / sumexp is applied to the (rows, C) operands of
-            # the products instead of the (rows, V) chunk. The mean's 1 / n is applied in backward.
-            e[torch.arange(e.size(0), device=e.device), t_c] -= sumexp.squeeze(1)
-            inv = sumexp.reciprocal_()
-            e_mm = e.to(mm)  # a bf16 copy under autocast; the chunk itself in fp32
             if want_dh:
-                grad_h[s:s + chunk_rows] = (e_mm @ w_mm).float().mul_(inv)
+                grad_h[s:s + chunk_rows] = (e @ w_mm).float().mul_(inv)
             if want_dw:
                 scaled = (h_c * inv).to(mm)
                 if grad_w is None:
-                    grad_w = (e_mm.t() @ scaled).float()
+                    grad_w = (e.t() @ scaled).float()
                 elif mm == torch.float32:
-                    grad_w.addmm_(e_mm.t(), scaled)
+                    grad_w.addmm_(e.t(), scaled)
                 else:  # each chunk's product in bf16, their sum in fp32
-                    grad_w += e_mm.t() @ scaled
+                    grad_w += e.t() @ scaled
         if want_dh and n != hidden.size(0):
             grad_h = torch.zeros_like(hidden, dtype=torch.float32).index_copy_(0, keep, grad_h)
         if want_dw and grad_w is None:
@@ -142,3 +136,25 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         if grad_w is not None:
             grad_w = grad_w.mul_(scale).to(ctx.dtypes[1])
         return grad_h, grad_w, None, None, None, None, None
+
+
+def _ce_block(logits: torch.Tensor, targets: torch.Tensor, e: torch.Tensor | None, inv: torch.Tensor
+              ) -> torch.Tensor:
+    """Sum over a block of rows of logsumexp(logits) - logits[target], in fp32.
+
+    With `e` (the block's rows of the gradient tensor, any dtype), write exp(logits - max) - sumexp at the target
+    into it, and 1 / sumexp into `inv`. A block is small enough to stay in cache, so the max, exp and sum passes
+    below do not stream the whole chunk from memory, and a bf16 chunk needs no fp32 copy of itself.
+    """
+    x = logits.float()  # the block itself in fp32 (its storage is overwritten), else a small fp32 copy
+    shift = x.amax(dim=-1, keepdim=True)
+    target = x.gather(1, targets[:, None])
+    x = x.sub_(shift).exp_()  # exp(logits - max): the softmax before normalisation
+    sumexp = x.sum(dim=-1, keepdim=True)
+    loss = (sumexp.log() + shift - target).sum()
+    if e is not None:
+        x[torch.arange(x.size(0), device=x.device), targets] -= sumexp.squeeze(1)
+        torch.reciprocal(sumexp, out=inv)
+        if x.data_ptr() != e.data_ptr():
+            e.copy_(x)
+    return loss

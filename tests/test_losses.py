@@ -160,21 +160,11 @@ def test_chunked_loss_under_autocast_runs_its_products_in_bf16(monkeypatch):
     assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
 
 
-@pytest.mark.parametrize("autocast, frozen, rows", [(False, False, 667), (False, True, 667), (True, False, 667),
-                                                    (True, True, 166)])
-def test_default_chunks_are_smaller_only_under_autocast_with_a_frozen_head(monkeypatch, autocast, frozen, rows):
-    """GPT-2's vocabulary: 667 rows a chunk, a quarter of that under autocast when the head gets no gradient
-    (LoRA): there the smaller chunks save memory at no cost in time (docs/performance.md)."""
-    from minigpt2 import chunked_loss
-
-    seen = []
-    real = chunked_loss._ChunkedCrossEntropy.apply
-    monkeypatch.setattr(chunked_loss._ChunkedCrossEntropy, "apply",
-                        lambda *args: seen.append(args[4]) or real(*args))
-    hidden, weight, targets = _inputs(n=700, c=8, v=50257)
-    weight.requires_grad_(not frozen)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = chunked_lm_loss(hidden, weight, targets)
-        ref = lm_loss(hidden, weight, targets)
-    assert seen == [rows]
-    assert _rel_err(loss, ref) < (BF16_REL if autocast else 1e-5)
+@pytest.mark.parametrize("chunk_rows", [7, None])
+def test_chunked_loss_of_a_bf16_model_takes_its_gradient_products_in_fp32(chunk_rows):
+    """bf16 weights without autocast: bf16 logits, their statistics and gradient products in fp32."""
+    hidden, weight, targets = _inputs(n=70, c=16, v=101)
+    got = _value_and_grads(chunked_lm_loss, hidden.bfloat16(), weight.bfloat16(), targets, chunk_rows=chunk_rows)
+    ref = _value_and_grads(lm_loss, hidden.bfloat16().float(), weight.bfloat16().float(), targets)
+    for name, a, b in zip(["loss", "d hidden", "d weight"], got, ref):
+        assert _rel_err(a, b) < BF16_REL, (name, _rel_err(a, b))
