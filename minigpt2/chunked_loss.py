@@ -29,7 +29,6 @@ rather than by autocast's per-op rules (which mixed bf16 and fp32 in `addmm_`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # Rows per chunk are chosen so one chunk of fp32 logits holds about this many elements (128 MB for 32M, i.e. 667
 # rows of GPT-2's vocabulary). Every chunk reads and writes the whole (V, C) weight gradient once, so smaller
@@ -91,10 +90,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         mm = amp_dtype or torch.float32
         w_mm, h_mm = weight.to(mm), h.to(mm)  # no copies when the dtype already matches
         w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight, h)
+        # Later chunks reuse the first chunk's storage: a fresh tensor this large would be new pages from the
+        # operating system each time, and faulting them in costs about as much as a pass over them.
+        logits_buf = product_buf = None
         for s in range(0, n, chunk_rows):
             h_c, t_c = h32[s:s + chunk_rows], t[s:s + chunk_rows]
             # (rows, V), in the product's dtype: the chunk's only vocabulary-sized tensor
-            logits = F.linear(h_logits[s:s + chunk_rows], w_logits)
+            h_rows = h_logits[s:s + chunk_rows]
+            if logits_buf is None:
+                logits = logits_buf = h_rows @ w_logits.t()
+            else:
+                logits = torch.mm(h_rows, w_logits.t(), out=logits_buf[:h_rows.size(0)])
             grads = want_dh or want_dw
             # With gradients, `e` holds exp(logits - max) - sumexp * onehot(target) in the products' dtype: the CE
             # gradient e / sumexp - onehot(target) times sumexp; the row scale inv = 1 / sumexp is applied to the
@@ -116,7 +122,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 elif mm == torch.float32:
                     grad_w.addmm_(e.t(), scaled)
                 else:  # each chunk's product in bf16, their sum in fp32
-                    grad_w += e.t() @ scaled
+                    product_buf = torch.mm(e.t(), scaled, out=product_buf)
+                    grad_w += product_buf
         if want_dh and n != hidden.size(0):
             grad_h = torch.zeros_like(hidden, dtype=torch.float32).index_copy_(0, keep, grad_h)
         if want_dw and grad_w is None:
