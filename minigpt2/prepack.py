@@ -16,10 +16,11 @@ frozen base layers packed and its adapters as they are.
 
 bf16 (`prepacked(model, torch.bfloat16)`): the same copy with bf16 weights, for CPUs that multiply bf16 natively
 (x86 AVX512-BF16 or AMX, ARM's BF16 extension; `native_bf16`). Decoding then reads half the bytes per token. The
-whole copy is bf16, as a model loaded with bf16 weights is: embeddings, LayerNorm parameters, the residual stream,
-the KV cache, and the logits. Where precision matters, the kernels accumulate in fp32 anyway: oneDNN's bf16 GEMMs,
-LayerNorm's mean and variance, and SDPA's softmax; `generate.sample_next` turns the logits into fp32 before
-temperature and softmax. What bf16 costs is the rounding of every stored activation to 8 bits of mantissa: the
+whole copy is bf16, as a model loaded with bf16 weights is: embeddings, LayerNorm parameters, the residual stream
+and the logits; `generate` keeps its KV cache and attention in fp32 on CPU (torch's CPU attention kernel is slow in
+bf16 at decoding shapes). Where precision matters, the kernels accumulate in fp32 anyway: oneDNN's bf16 GEMMs,
+LayerNorm's mean and variance; `generate.sample_next` turns the logits into fp32 before temperature and softmax.
+What bf16 costs is the rounding of every stored activation to 8 bits of mantissa: the
 logits differ from fp32's by a few percent of their spread at most (the tests bound the largest difference by a
 tenth of the fp32 logits' standard deviation), so greedy decoding follows fp32 until two candidates come within
 that margin. Where the CPU lacks native bf16, oneDNN would emulate it, slower than fp32:
