@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import CausalSelfAttention, attend
+from .model import CausalSelfAttention, KVCache, attend
 from .surgery import replace_module
 
 LANES = 1 << 15  # each random lane is uniform over 0 .. 2^15 - 1
@@ -54,6 +54,9 @@ def dropout_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu"
     The drop probability is p rounded to a multiple of 2^-15; the scale 1 / (1 - that) keeps expectations.
     """
     t = _threshold(p)
+    if not 0 < t < LANES:
+        raise ValueError(f"dropout_mask: p={p} rounds to {t}/{LANES}; expected a drop probability in (0, 1) that "
+                         "does not round to 0 or 1 (cpu_dropout hands those to F.dropout)")
     n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()  # 63 random bits each
     lanes = bits.view(torch.int16)[:n].view(shape)  # four 16-bit lanes per draw; the top one has 15 random bits
@@ -120,7 +123,7 @@ class CPUDropoutAttention(CausalSelfAttention):
         self.c_proj, self.resid_dropout = attn.c_proj, attn.resid_dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache=None, layer: int = 0) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         if cache is not None or not _applies(x, self.dropout, self.training):
             return super().forward(x, mask, is_causal, cache, layer)
         q, k, v = self.query(x), self.key(x), self.value(x)

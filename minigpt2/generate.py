@@ -91,9 +91,10 @@ def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, tempera
 
     model_was_training = model.training
     model.eval()
-    # A bf16 model on CPU keeps fp32 keys and values, and attends in fp32: torch's CPU attention kernel is several
-    # times slower in bf16 at decoding shapes (docs/performance.md), and fp32 rounds nothing away.
-    cache_dtype = torch.float32 if device.type == "cpu" else model.wte.weight.dtype
+    # A bf16 or fp16 model on CPU keeps fp32 keys and values, and attends in fp32: torch's CPU attention kernel is
+    # several times slower in bf16 at decoding shapes (docs/performance.md), and fp32 rounds nothing away.
+    dtype = model.wte.weight.dtype
+    cache_dtype = torch.float32 if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) else dtype
     cache = KVCache(model.config, B, longest + max_new_tokens, device=device, dtype=cache_dtype)
     hidden = model(ids, attention_mask=mask[:, :longest] if padded else None,
                    position_ids=position_ids, cache=cache)

@@ -50,6 +50,12 @@ def test_forward_and_backward_use_one_mask(dtype):
     torch.testing.assert_close(x.grad, (g.float() * kept * scale).to(dtype))
 
 
+def test_mask_refuses_p_that_rounds_to_0_or_1():
+    for p in (0.0, 1e-6, 1.0 - 1e-6, 1.0):
+        with pytest.raises(ValueError, match="expected a drop probability in"):
+            dropout_mask(torch.Size([4]), p)
+
+
 def test_plain_dropout_where_the_mask_does_not_apply():
     x = torch.randn(8, 8)
     assert torch.equal(cpu_dropout(x, 0.1, training=False), x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -80,11 +82,9 @@ def test_on_token_sees_every_new_token_in_order_as_it_is_sampled(model):
     assert generate(model, PROMPTS, 6, temperature=1.0, seed=3, eos_id=None) == out  # the hook changes nothing
 
 
-def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, monkeypatch):
-    """The cache of a bf16 model on CPU is fp32 (torch's CPU attention is slow in bf16), and the incremental
-    logits still match the bf16 model's full forward pass within bf16 rounding."""
-    import copy
-
+@pytest.fixture
+def cache_dtypes(monkeypatch):
+    """The dtype of every KV cache `generate` makes while the test runs."""
     import minigpt2.generate as gen
 
     made = []
@@ -95,9 +95,21 @@ def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, monkeypatch):
             made.append(self.k[0].dtype)
 
     monkeypatch.setattr(gen, "KVCache", Recording)
+    return made
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_full_precision_model_keeps_its_own_cache_dtype(model, cache_dtypes, dtype):
+    generate(copy.deepcopy(model).to(dtype), PROMPTS[:1], 3, eos_id=None)
+    assert cache_dtypes == [dtype]
+
+
+def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, cache_dtypes):
+    """The cache of a bf16 model on CPU is fp32 (torch's CPU attention is slow in bf16), and the incremental
+    logits still match the bf16 model's full forward pass within bf16 rounding."""
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     new = generate(bf16, PROMPTS[:1], 6, eos_id=None)[0]
-    assert made == [torch.float32]
+    assert cache_dtypes == [torch.float32]
     # The same tokens scored by one full forward pass (bf16 attention, no cache): the greedy choices agree with it
     # wherever its winner leads by more than the bf16 rounding of the logits.
     ids = torch.tensor([PROMPTS[0] + new[:-1]])
