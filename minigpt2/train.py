@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, atomic_write_json
 from .checkpoint import read_safetensors
+from .cpu_dropout import use_cpu_dropout
 from .device import autocast, autocast_dtype, default_device, distributed_backend, fused_adamw
 from .errors import UserError
 from .model import Block
-from .cpu_dropout import use_cpu_dropout
 from .recompute import recompute_gelu_in_backward
 
 DEFAULT_SEED = 11711  # the course's seed
