@@ -156,3 +156,14 @@ def test_under_compile_the_plain_dropout_runs(monkeypatch):
     x = torch.randn(4, 4)
     CPUDropout(0.5)(x)
     assert not called
+
+
+def test_off_the_cpu_the_plain_dropout_and_sdpa_run(monkeypatch):
+    """A tensor on another device (meta here, as CUDA would) never reaches the cheap mask or the written-out
+    attention: CUDA keeps torch's fused dropout and SDPA kernels."""
+    called = []
+    monkeypatch.setattr("minigpt2.cpu_dropout.dropout_mask", lambda *a, **k: called.append(1))
+    x = torch.empty(2, 3, 5, 4, device="meta")
+    assert cpu_dropout(x, 0.1).device.type == "meta"
+    assert attention_with_cpu_dropout(x, x, x, dropout_p=0.1, is_causal=True).shape == x.shape
+    assert not called

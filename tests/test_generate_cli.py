@@ -24,6 +24,7 @@ from minigpt2.lora import load_adapter
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import seed_everything
 from tasks.sonnet import SonnetLM
+from tests.test_finetune import finetune_args
 
 FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 ROOT = Path(__file__).parent.parent
@@ -66,9 +67,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     try:
         for kind, extra in RUN_KINDS.items():
-            finetune.main(["--task", "sonnet", "--model", "tiny", "--data-dir", str(FIX / "tasks"), "--tokenizer-dir",
-                           str(FIX / "gpt2"), "--out-dir", str(root / kind), "--batch-size", "4", "--no-progress",
-                           "--device", "cpu", "--epochs", "1", "--max-new-tokens", "8", "--max-eval", "1", *extra])
+            finetune.main(finetune_args("sonnet", root / kind, "--epochs", "1", "--max-new-tokens", "8",
+                                        "--max-eval", "1", *extra))
     finally:
         torch.set_num_threads(n)
     return {kind: root / kind for kind in RUN_KINDS}

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from app import evaluate, finetune
-from experiments.sweeps import TINY_DATA
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import read_safetensors
 from minigpt2.lora import METADATA_KEY
+from tests.test_finetune import finetune_args
 
-FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 LORA = ["--method", "lora", "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", "attn+mlp", "--epochs", "1"]
 EXTRA = {"sst": [], "cfimdb": [], "quora": [], "sonnet": ["--max-new-tokens", "16", "--max-eval", "2"]}
 HEAD = {"sst": 32 * 5 + 5, "cfimdb": 32 * 2 + 2, "quora": 0, "sonnet": 0}  # tiny n_embd = 32
@@ -29,9 +28,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     try:
         for task, extra in EXTRA.items():
-            finetune.main(["--task", task, "--model", "tiny", "--data-dir", str(FIX / "tasks"), "--tokenizer-dir",
-                           str(FIX / "gpt2"), "--out-dir", str(root / task), "--batch-size", "4", "--no-progress",
-                           "--device", "cpu", *LORA, *extra])
+            finetune.main(finetune_args(task, root / task, *LORA, *extra))
     finally:
         torch.set_num_threads(n)
     return {task: root / task for task in EXTRA}
@@ -83,9 +80,7 @@ def test_lora_on_a_fake_quant_base_in_finetune(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        finetune.main(["--task", "sst", "--model", "tiny", "--data-dir", str(FIX / "tasks"), "--tokenizer-dir",
-                       str(FIX / "gpt2"), "--out-dir", str(out), "--batch-size", "4", "--no-progress", "--device",
-                       "cpu", "--precision", "int8", "--qaft", *LORA])
+        finetune.main(finetune_args("sst", out, "--precision", "int8", "--qaft", *LORA))
     finally:
         torch.set_num_threads(n)
     metrics = json.loads((out / "metrics.json").read_text())
