@@ -221,9 +221,9 @@ def write_index(out: str | Path, sweeps: Sequence[str] | None = None) -> Path:
                 + '<li><a href="#sonnets">generated sonnets</a></li></ul>')
     for name in names:
         body.append(f'<section id="{name}">' + markdown_to_html((out / f"{name}.md").read_text(encoding="utf-8")))
-        png = out / f"{name}.png"
-        if png.is_file():
-            body.append(f'<img alt="{name} plot" src="{png_data_uri(png)}">')
+        for png in (out / f"{name}.png", out / f"{name}-nll.png"):
+            if png.is_file():
+                body.append(f'<img alt="{png.stem} plot" src="{png_data_uri(png)}">')
         body.append("</section>")
     body.append('<section id="sonnets"><h2>Generated sonnets beside the true ones</h2>')
     run = sonnet_run(out)
