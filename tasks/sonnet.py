@@ -160,7 +160,7 @@ class SonnetTask(Task):
                     how: PredictSettings, tok: Tokenizer, device: torch.device) -> dict[str, tuple[float, int]]:
         """id -> (summed negative log-likelihood in nats, tokens) of the true continuation `references[id]` (the
         whole true sonnet) after the example's prompt, teacher-forced. Deterministic: eval mode, no sampling; the
-        plain model and head, logits in fp32. Examples without a reference are left out."""
+        plain model and head, logits in fp32 (fp64 for an fp64 model). Examples without a reference are left out."""
         gpt = module.gpt
         was_training = gpt.training
         gpt.eval()
@@ -181,7 +181,8 @@ class SonnetTask(Task):
                 ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
                 with autocast_for(how.autocast, device):
                     logits = gpt.lm_head(gpt(ids, attention_mask=mask))
-                nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T)
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+                nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
                 for r, (key, _, _) in enumerate(chunk):
                     kept = targets[r] != -100
                     out[key] = (float(nll[r][kept].double().sum()), int(kept.sum()))
