@@ -130,8 +130,8 @@ def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
         if now != recorded:
             raise ScoredFileChanged(
                 f"{path}: {'changed' if now else 'missing'} since its run scored it (sha256 {recorded} recorded in "
-                f"{run_dir / 'metrics.json'}, {now or 'no file'} now); restore it, or re-score the run with "
-                f"`python -m minigpt2.evaluate {run_dir}`, or run it again with --overwrite")
+                f"{run_dir / 'metrics.json'}, {now or 'no file'} now); restore the file the run wrote, or run it "
+                "again with --overwrite")
 
 
 FORM_PARTS = ("fourteen_lines", "rhyme_scheme", "meter", "perfect")
