@@ -177,7 +177,8 @@ class RunSettings:
                 "lora_targets": lo.targets, "lora_dropout": lo.dropout, **asdict(self.optim),
                 "device": self.hardware.device, "autocast": self.autocast, "compile": self.hardware.compile,
                 "eval_batch_size": self.eval.batch_size, "temperature": s.temperature, "top_p": s.top_p,
-                "max_new_tokens": s.max_new_tokens, "eval_samples": self.eval.samples, **{k: v for k, v in asdict(self.precision).items()},
+                "max_new_tokens": s.max_new_tokens, "eval_samples": self.eval.samples,
+                **{k: v for k, v in asdict(self.precision).items()},
                 "out_dir": self.run.out_dir, "name": self.run.name}
 
 

@@ -166,7 +166,8 @@ def study_comparison(out: Path) -> str:
         t = teacher_summary(files[teacher]) if teacher in files and files[teacher].is_file() else {}
         shown = (f"{100 * t['perfect_rate']:.0f}% [{100 * t['perfect_low']:.0f}, {100 * t['perfect_high']:.0f}]"
                  if t.get("perfect_rate") is not None else "—")
-        lines.append([f"{teacher}: perfect sonnets among those kept", "rate", f"{100 * rate:.0f}%", shown, "—", "—"])
+        lines.append([f"{teacher}: perfect sonnets among those kept", "rate", f"{100 * rate:.0f}%", shown, "—",
+                      "—"])
     head = ["model", "metric", "study dev", "reproduced dev [95% CI]", "study test", "reproduced test [95% CI]"]
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(_row(r) for r in lines)
             + "</table>")

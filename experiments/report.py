@@ -17,14 +17,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from minigpt2.download import sha256_file
-from minigpt2.errors import UserError
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from distill.check import FORM_PARTS  # noqa: E402
+from minigpt2.download import sha256_file  # noqa: E402
+from minigpt2.errors import UserError  # noqa: E402
 
 from .references import (REAL_SONNETS, REFERENCE_NAMES, majority_reference,  # noqa: E402
                          sonnet_reference_forms, sonnet_reference_intervals)
@@ -132,9 +133,6 @@ def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
                 f"{path}: {'changed' if now else 'missing'} since its run scored it (sha256 {recorded} recorded in "
                 f"{run_dir / 'metrics.json'}, {now or 'no file'} now); restore the file the run wrote, or run it "
                 "again with --overwrite")
-
-
-FORM_PARTS = ("fourteen_lines", "rhyme_scheme", "meter", "perfect")
 
 
 def sonnet_measures(metrics: dict[str, Any]) -> Row:
@@ -483,8 +481,8 @@ def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[
                    "dev meter %", "dev perfect %"], lines)]
     base = [r for r in done if r.get("dev_nll_base") is not None]
     if base:
-        nll = [[f"base model before fine-tuning ({r['run']})", _fmt(r.get("dev_nll_base")), _fmt(r.get("test_nll_base")),
-                _fmt(r.get("dev_nll")), _fmt(r.get("test_nll"))] for r in base[:1]]
+        nll = [[f"base model before fine-tuning ({r['run']})", _fmt(r.get("dev_nll_base")),
+                _fmt(r.get("test_nll_base")), _fmt(r.get("dev_nll")), _fmt(r.get("test_nll"))] for r in base[:1]]
         out += ["Held-out NLL before fine-tuning (nats per token of the true continuations; lower is better): the "
                 "bar every fine-tuned row must clear:\n",
                 _table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], nll)]
@@ -495,23 +493,27 @@ def _percent(rate: dict[str, float]) -> str:
     return _interval(100 * rate["rate"], 100 * rate["low"], 100 * rate["high"], 0)
 
 
-# Per sweep: the arm every other arm is compared with on the same examples, in words and as a test of a row
-# `ref` against an arm's row `arm` (same seed is required on top).
-REFERENCE_ARMS: dict[str, tuple[str, Callable[[Row, Row], bool]]] = {
-    "lora-ranks": ("full fine-tuning", lambda ref, arm: ref.get("method") == "full"),
-    "lora-targets": ("LoRA on attn+mlp at the same rank",
-                     lambda ref, arm: ref.get("targets") == "attn+mlp" and ref.get("rank") == arm.get("rank")),
-    "lora-alpha-lr": ("alpha 16, lr 1e-2 (the study's choice)",
-                      lambda ref, arm: ref.get("alpha") == 16 and ref.get("lr") == 1e-2),
-    "precision": ("fp32 at the same stage (base or fine-tuned) on the same task",
-                  lambda ref, arm: ref.get("precision") == "fp32" and ref.get("stage") == arm.get("stage")
-                  and ref.get("task") == arm.get("task")),
-    "teachers": ("real sonnets only", lambda ref, arm: not ref.get("synthetic_n")),
+# Per sweep: the arms every other arm is compared with on the same examples, each in words and as a test of a
+# row `ref` against an arm's row `arm` (the same seed is required on top).
+Rule = Callable[[Row, Row], bool]
+REFERENCE_ARMS: dict[str, list[tuple[str, Rule]]] = {
+    "lora-ranks": [("full fine-tuning", lambda ref, arm: ref.get("method") == "full")],
+    "lora-targets": [("LoRA on attn+mlp at the same rank",
+                      lambda ref, arm: ref.get("targets") == "attn+mlp" and ref.get("rank") == arm.get("rank"))],
+    "lora-alpha-lr": [("alpha 16, lr 1e-2 (the study's choice)",
+                       lambda ref, arm: ref.get("alpha") == 16 and ref.get("lr") == 1e-2)],
+    "precision": [("fp32 at the same stage (base or fine-tuned) on the same task",
+                   lambda ref, arm: ref.get("precision") == "fp32" and ref.get("stage") == arm.get("stage")
+                   and ref.get("task") == arm.get("task")),
+                  ("post-training quantization at the same precision: QAFT arms only",
+                   lambda ref, arm: bool(arm.get("qaft")) and not ref.get("qaft")
+                   and ref.get("precision") == arm.get("precision") and ref.get("stage") == arm.get("stage")
+                   and ref.get("task") == arm.get("task"))],
+    "teachers": [("real sonnets only", lambda ref, arm: not ref.get("synthetic_n"))],
 }
 
 
-def _reference_row(sweep_name: str, arm: Row, rows: Sequence[Row]) -> Row | None:
-    rule = REFERENCE_ARMS[sweep_name][1]
+def _reference_row(rule: Rule, arm: Row, rows: Sequence[Row]) -> Row | None:
     found = [r for r in rows if r is not arm and r["status"] == "done" and r.get("seed") == arm.get("seed")
              and rule(r, arm)]
     return found[0] if found else None
@@ -539,7 +541,7 @@ def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None
             diffs.append(paired_difference(a, b, samples))
         except ValueError:
             return "—"
-    digits = 2 if metric is None and pairs[0][0].get("metric") == "chrf" else 3
+    digits = 4 if metric == "nll" else 2 if pairs[0][0].get("metric") == "chrf" else 3
     if len(diffs) == 1:
         d = diffs[0]
         return f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
@@ -548,36 +550,36 @@ def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None
 
 
 def paired_block(sweep_name: str, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
-    """Each arm against the sweep's reference arm on the same examples: the difference in the task metric (and,
-    for sonnets, in held-out NLL), dev and test, with a paired interval."""
-    if sweep_name not in REFERENCE_ARMS:
-        return []
+    """Each arm against the sweep's reference arms on the same examples: the difference in the task metric (and,
+    for sonnets, in held-out NLL), dev and test, with a paired interval; one table per reference."""
     done = [r for r in rows if r["status"] == "done"]
-    arms: dict[tuple, list[tuple[Row, Row]]] = {}
-    for row in done:
-        ref = _reference_row(sweep_name, row, done)
-        if ref is not None:
-            key = tuple((k, row.get(k)) for k in SETTING_KEYS if k != "seed")
-            arms.setdefault(key, []).append((row, ref))
-    if not arms:
-        return []
     cache: dict = {}
-    sonnet = any(r.get("task") == "sonnet" for r in done)
-    heads = [h for h, _ in TABLE_COLUMNS[sweep_name]] + ["metric", "Δ dev", "Δ test"]
-    lines = []
-    for pairs in arms.values():
-        arm = pairs[0][0]
-        settings = _settings_cells(sweep_name, dict(arm))
-        metric = "chrF" if arm.get("metric") == "chrf" else "accuracy"
-        lines.append(settings + [metric] + [_difference(pairs, s, None, samples, cache) for s in ("dev", "test")])
-        if arm.get("task") == "sonnet":
-            lines.append(settings + ["held-out NLL"]
-                         + [_difference(pairs, s, "nll", samples, cache) for s in ("dev", "test")])
-    note = " (for held-out NLL lower is better)" if sonnet else ""
-    return [f"Paired differences, arm − reference ({REFERENCE_ARMS[sweep_name][0]}), on the examples both scored"
-            f"{note}: one seed, a paired bootstrap 95% interval (both arms resampled on the same examples); "
-            "several seeds, the mean of the per-seed differences with a 95% t-interval across seeds:\n",
-            _table(heads, lines)]
+    out = []
+    for description, rule in REFERENCE_ARMS.get(sweep_name, []):
+        arms: dict[tuple, list[tuple[Row, Row]]] = {}
+        for row in done:
+            ref = _reference_row(rule, row, done)
+            if ref is not None:
+                key = tuple((k, row.get(k)) for k in SETTING_KEYS if k != "seed")
+                arms.setdefault(key, []).append((row, ref))
+        if not arms:
+            continue
+        lines = []
+        for pairs in arms.values():
+            arm = pairs[0][0]
+            settings = _settings_cells(sweep_name, arm)
+            metric = "chrF" if arm.get("metric") == "chrf" else "accuracy"
+            lines.append(settings + [metric] + [_difference(pairs, s, None, samples, cache) for s in ("dev", "test")])
+            if arm.get("task") == "sonnet":
+                lines.append(settings + ["held-out NLL"]
+                             + [_difference(pairs, s, "nll", samples, cache) for s in ("dev", "test")])
+        sonnet = any(pairs[0][0].get("task") == "sonnet" for pairs in arms.values())
+        out += [f"Paired differences, arm − reference ({description}), on the examples both scored"
+                f"{' (for held-out NLL lower is better)' if sonnet else ''}: one seed, a paired bootstrap 95% "
+                "interval (both arms resampled on the same examples); several seeds, the mean of the per-seed "
+                "differences with a 95% t-interval across seeds:\n",
+                _table([h for h, _ in TABLE_COLUMNS[sweep_name]] + ["metric", "Δ dev", "Δ test"], lines)]
+    return out
 
 
 def teacher_summary(path: Path) -> Row:

@@ -38,7 +38,8 @@ TOK = Tokenizer(str(FIX / "gpt2"))
 
 PROMPT = ("Shall I compare thee to a summer's day?", "Thou art more lovely and more temperate:",
           "Rough winds do shake the darling buds of May,")
-TRUE = "\n".join(PROMPT + ("And summer's lease hath all too short a date:", "Sometime too hot the eye of heaven shines,"))
+TRUE = "\n".join(PROMPT + ("And summer's lease hath all too short a date:",
+                            "Sometime too hot the eye of heaven shines,"))
 
 
 def _model(dtype=torch.float32) -> GPT2:
@@ -267,3 +268,25 @@ def test_report_refuses_an_edited_scored_file(tmp_path):
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: changed since its run scored it"), again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_each_sweep_pairs_an_arm_with_its_reference_of_the_same_seed():
+    from experiments.report import REFERENCE_ARMS, _reference_row
+
+    def row(seed=1, **settings):
+        return {"status": "done", "seed": seed, "task": "sonnet", **settings}
+
+    full, lora, lora2 = row(method="full"), row(method="lora", rank=4), row(2, method="lora", rank=4)
+    (_, rule), = REFERENCE_ARMS["lora-ranks"]
+    assert _reference_row(rule, lora, [full, lora, lora2]) is full
+    assert _reference_row(rule, lora2, [full, lora, lora2]) is None  # no full run of seed 2
+    fp32, ptq, qaft = (row(precision=p, qaft=q, stage="fine-tuned") for p, q in (("fp32", False), ("int8", False),
+                                                                              ("int8", True)))
+    base32, base8 = (row(precision=p, qaft=False, stage="base") for p in ("fp32", "int8"))
+    rows = [fp32, ptq, qaft, base32, base8]
+    (_, to_fp32), (_, to_ptq) = REFERENCE_ARMS["precision"]
+    assert _reference_row(to_fp32, qaft, rows) is fp32 and _reference_row(to_fp32, base8, rows) is base32
+    assert _reference_row(to_ptq, qaft, rows) is ptq and _reference_row(to_ptq, ptq, rows) is None
+    (_, rule), = REFERENCE_ARMS["lora-targets"]
+    attn4, both4, both16 = (row(targets=t, rank=r) for t, r in (("attn", 4), ("attn+mlp", 4), ("attn+mlp", 16)))
+    assert _reference_row(rule, attn4, [attn4, both16, both4]) is both4
