@@ -187,7 +187,7 @@ def check_resumable(run_dir: Path) -> None:
     """`--resume` continues a run that exists: a missing folder (a mistyped --out-dir), a folder without a run, or
     a run that finished epochs but whose resume state is gone is refused instead of silently starting over. A run
     stopped before its first epoch ended has nothing to lose and starts from epoch 1."""
-    from minigpt2.train import has_resume_state
+    from minigpt2.train import check_resume_state, has_resume_state
 
     if not run_dir.is_dir():
         raise RunFolderError(f"--resume --out-dir {run_dir}: no such folder; check the path (a fresh run is "
@@ -198,6 +198,7 @@ def check_resumable(run_dir: Path) -> None:
     if not has_resume_state(run_dir / "last") and ((run_dir / METRICS_FILE).exists() or (run_dir / "best").exists()):
         raise RunFolderError(f"--resume {run_dir}: its resume state {run_dir / 'last'} is missing although the run "
                              "finished an epoch; it cannot be continued: start it again with --overwrite")
+    check_resume_state(run_dir / "last")  # a damaged state is refused before the run rewrites anything
 
 
 def check_still_there(run_dir: Path) -> None:

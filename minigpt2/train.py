@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -214,17 +215,7 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
     """Restore what `save_resume_state` wrote; returns the JSON part (epoch, history, ...)."""
     path = folder / STATE_FILE
     tensors, meta = read_safetensors(path)
-    if "trainer" not in meta:
-        raise ResumeStateError(f"{path}: no trainer state in its metadata (written by an older "
-                               "version?); start the run again with --overwrite")
-    try:
-        trainer = json.loads(meta["trainer"])
-    except ValueError as e:
-        raise ResumeStateError(f"{path}: its trainer state is not valid JSON ({e}); the file is damaged: start the "
-                               "run again with --overwrite") from None
-    if not isinstance(trainer, dict) or not _TRAINER_KEYS <= set(trainer):
-        raise ResumeStateError(f"{path}: its trainer state is not an object with {', '.join(sorted(_TRAINER_KEYS))}; "
-                               "the file is damaged: start the run again with --overwrite")
+    trainer = _trainer_state(path, meta)
     params = dict(module.named_parameters())
     for name, p in params.items():
         if p.requires_grad:
@@ -261,6 +252,37 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
 
 _TRAINER_KEYS = frozenset({"epoch", "param_groups", "scheduler", "rng_python", "rng_numpy", "history", "best",
                            "wall_s"})
+
+
+def _trainer_state(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The JSON part of a resume state, or a ResumeStateError naming the file."""
+    if "trainer" not in meta:
+        raise ResumeStateError(f"{path}: no trainer state in its metadata (written by an older "
+                               "version?); start the run again with --overwrite")
+    try:
+        trainer = json.loads(meta["trainer"])
+    except ValueError as e:
+        raise ResumeStateError(f"{path}: its trainer state is not valid JSON ({e}); the file is damaged: start the "
+                               "run again with --overwrite") from None
+    if not isinstance(trainer, dict) or not _TRAINER_KEYS <= set(trainer):
+        raise ResumeStateError(f"{path}: its trainer state is not an object with {', '.join(sorted(_TRAINER_KEYS))}"
+                               "; the file is damaged: start the run again with --overwrite")
+    return trainer
+
+
+def check_resume_state(folder: Path) -> None:
+    """Refuse a damaged resume state in `folder` before a resumed run writes anything (its metadata only: the
+    tensors are read, and checked, when the state is loaded)."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ResumeStateError(f"{path}: not a readable resume state ({e}); start the run again with --overwrite"
+                               ) from None
+    _trainer_state(path, meta)
 
 
 # ----------------------------------------------------------------------------------------------- the loop
