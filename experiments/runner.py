@@ -4,8 +4,8 @@
                       experiment.json the command line this folder belongs to (checked on every re-run)
                       run.log         the run's output (subprocess mode)
 
-A run is finished when its folder is complete: the run's config.json, best/, and the final metrics.json, which
-names the dev and test prediction files (only written after training ends and the best model has predicted dev
+A run is finished when its folder is complete: the run's config.json and the final metrics.json, which names
+the dev and test prediction files (only written after training ends and the best model has predicted dev
 and test), both there, and no `stopped_after_epoch`. Any other folder holding a started run (its config.json) is
 continued with finetune's `--resume`: from its last saved epoch, or from epoch 1 when it died in its first. A run
 that fails is reported and the sweep goes on with the next one.
@@ -50,6 +50,8 @@ def in_process(module: str, argv: Sequence[str], log: Path) -> None:
     try:
         importlib.import_module(module).main(list(argv))
     except SystemExit as e:
+        if e.code == 130:  # finetune's answer to Ctrl-C: the sweep stops too, as it does around a subprocess
+            raise KeyboardInterrupt from None
         if e.code not in (None, 0):
             raise RuntimeError(f"{module} exited: {e.code}") from None
 
@@ -82,19 +84,19 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when finetune completed in `run_dir` and the folder is whole: its config.json, best/, the final
-    metrics.json and the prediction files it names are there (a folder deleted midway and partly recreated is not
-    finished)."""
-    from app import runfolder
-
+    """True when finetune completed in `run_dir` and the folder is whole: its config.json (a JSON object), the
+    final metrics.json and the prediction files it names are there (a folder deleted midway and partly recreated
+    by a run's last writes is not finished)."""
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
     if not isinstance(m, dict) or "stopped_after_epoch" in m or "dev" not in m or "test_predictions" not in m:
         return False
-    if not runfolder.is_run_config(run_dir / runfolder.CONFIG_FILE) or not (run_dir / "best").is_dir():
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    return all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file()
-               for k in ("dev_predictions", "test_predictions"))
+    return isinstance(config, dict) and all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file()
+                                            for k in ("dev_predictions", "test_predictions"))
 
 
 def is_started(run_dir: Path) -> bool:
