@@ -401,8 +401,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     d = setup_distributed(settings.hardware.device)
     autocast_dtype(settings.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
     run_dir = _shared_run_dir(settings, d)
-    recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
     try:
+        recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
         # One process writes a run folder at a time (rank 0 holds the lock for the group).
         with runfolder.locked(run_dir) if d.main else contextlib.nullcontext():
             return _run(settings, d, run_dir, recorded)
