@@ -195,7 +195,8 @@ def check_resumable(run_dir: Path) -> None:
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunFolderError(f"--resume --out-dir {run_dir}: holds no run ({CONFIG_FILE} not found); check the "
                              "path, or start a fresh run without --resume")
-    if not has_resume_state(run_dir / "last") and ((run_dir / METRICS_FILE).exists() or (run_dir / "best").exists()):
+    # metrics.json is written after the resume state of each epoch: with it and without the state, the state is lost.
+    if not has_resume_state(run_dir / "last") and (run_dir / METRICS_FILE).exists():
         raise RunFolderError(f"--resume {run_dir}: its resume state {run_dir / 'last'} is missing although the run "
                              "finished an epoch; it cannot be continued: start it again with --overwrite")
     check_resume_state(run_dir / "last")  # a damaged state is refused before the run rewrites anything
