@@ -125,14 +125,16 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def check_resume(run_dir: Path, settings: RunSettings, print_: Any = print) -> dict[str, Any] | None:
+def check_resume(run_dir: Path, settings: RunSettings, print_: Any = print) -> dict[str, Any]:
     """The recorded config of the run to continue; refused when there is no run to continue (`check_resumable`),
     when its config.json was edited by hand, or when the run-defining settings differ."""
     check_resumable(run_dir)
     config = read_config(run_dir)
     old = RunSettings.from_dict(config["settings"])
-    recorded = (config.get("fingerprint") or {}).get("settings")
-    edited = _diff(recorded, defining(old)) if isinstance(recorded, dict) else []
+    recorded, now = (config.get("fingerprint") or {}).get("settings"), defining(old)
+    # Keys in both only: a setting added to the code since the run started has no recorded value to compare.
+    edited = [f"{k}: {recorded[k]!r} -> {now[k]!r}" for k in sorted(set(recorded) & set(now))
+              if recorded[k] != now[k]] if isinstance(recorded, dict) else []
     if edited:  # the settings were changed after the run started: its state was made with the recorded ones
         raise RunFolderError(f"--resume {run_dir}: {run_dir / CONFIG_FILE} was edited: its settings differ from "
                              f"its fingerprint ({'; '.join(edited)}); a run cannot be changed by editing its "
