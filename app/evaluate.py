@@ -93,6 +93,10 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     folder = data_dir(settings.data.data_dir)
     needed = [f for key, f in task.files.items() if key.startswith(split)]
     require_files(folder, needed, task.name)
+    changed = [] if zero_shot else changed_data(config, folder, needed)
+    for name in changed:  # scored all the same: new data may be the point, but never without saying so
+        print(f"warning: {folder / name}: its sha256 differs from the one in the run's fingerprint "
+              f"({run_dir / runfolder.CONFIG_FILE}); the data changed since training", file=sys.stderr)
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
     # The same seeded subset as at training time, so re-scored figures are of the same rows.
     examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval, seed=settings.optim.seed)
@@ -105,7 +109,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
                               "predictions": name, "malformed_rows": [str(n) for n in notes],
                               "precision": settings.precision.precision, "zero_shot": zero_shot,
-                              "fine_tuned_on": run_task}
+                              "fine_tuned_on": run_task, "data_changed": changed}
     if split == "dev":
         result.update(task.score(examples, preds))
         majority = task.majority_accuracy([e.label for e in examples])
@@ -151,6 +155,14 @@ def _write_beside_scored(task: Any, run_dir: Path, name: str, examples: list, pr
     print(f"warning: {run_dir / name} is the file the run scored; these predictions differ from it and went to "
           f"{run_dir / other}", file=sys.stderr)
     return other
+
+
+def changed_data(config: dict[str, Any], folder: Path, names: list[str]) -> list[str]:
+    """The data files among `names` whose sha256 differs from the run's fingerprint (files it did not record are
+    not compared)."""
+    recorded = (config.get("fingerprint") or {}).get("data") or {}
+    return [n for n in names if n in recorded and (folder / n).is_file()
+            and runfolder.sha256_file(folder / n) != recorded[n]]
 
 
 def main(argv: list[str] | None = None) -> None:

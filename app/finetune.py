@@ -16,6 +16,7 @@ to the sonnet task's training set).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -41,10 +42,10 @@ from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, data_dir, require_files
 
 from . import runfolder, subsets
-from .precision import add_precision_args, apply_run_precision, write_quantized
 from .measures import form_record, heldout_measures, mean_scores, sample_file_name
+from .precision import add_precision_args, apply_run_precision, write_quantized
 from .settings import (EVAL_SAMPLES, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings,
-                       from_args)
+                       SettingsError, from_args)
 from .synthetic import synthetic_texts
 
 ADAPTER_NAME = "adapter.safetensors"
@@ -175,10 +176,13 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
     """
     gpt = load_base_model(settings)
     settings.precision.check_model(gpt.config)  # PTQ too: an INT4 group size that cannot fit fails now
+    lora = settings.model.lora
+    if lora is not None and lora.rank > gpt.config.n_embd:  # every target is at least n_embd wide on both sides
+        raise SettingsError(f"--lora-rank {lora.rank}: larger than the model's layer width (n_embd "
+                            f"{gpt.config.n_embd}); expected at most {gpt.config.n_embd}, a low rank")
     module = task.build(gpt)
     if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantises afterwards (PTQ)
         apply_run_precision(module, module.gpt, settings.precision)
-    lora = settings.model.lora
     if lora is not None:  # after fake-quant: a quantised frozen base + fp32 adapters
         report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
                             trainable=head_modules(module))
@@ -418,15 +422,32 @@ def _shared_run_dir(settings: RunSettings, d: Dist) -> Path:
     return Path(chosen[0])
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run: what finished is saved; `main` says how to continue and exits with 130."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 def run(settings: RunSettings) -> dict[str, Any]:
     """Fine-tune as `settings` say; returns the final metrics (also in RUN_DIR/metrics.json)."""
     d = setup_distributed(settings.hardware.device)
     autocast_dtype(settings.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
     run_dir = _shared_run_dir(settings, d)
-    task = get_task(settings.data.task)
-    recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
+    try:
+        recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
+        # One process writes a run folder at a time (rank 0 holds the lock for the group).
+        with runfolder.locked(run_dir) if d.main else contextlib.nullcontext():
+            return _run(settings, d, run_dir, recorded)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
+
+
+def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any] | None) -> dict[str, Any]:
     if d.main:
-        runfolder.prepare(run_dir, settings)
+        runfolder.check_fresh(run_dir, settings)
+    task = get_task(settings.data.task)
     seed_everything(settings.optim.seed)
     tok = Tokenizer(settings.data.tokenizer_dir)
     module = build_model(settings, task)
@@ -440,7 +461,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if recorded is not None:
         runfolder.check_inputs(run_dir, recorded.get("fingerprint", {}), fingerprint)
     if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        runfolder.prepare(run_dir, settings)  # after every check: a refused run replaces nothing
         for note in notes:
             print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
         config = {"settings": settings.to_dict(), "args": settings.flat(), "fingerprint": fingerprint,
@@ -461,12 +482,20 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if settings.optim.epochs == 0:
         metrics = score_base_model(module, task, splits, settings, tok, d, run_dir, info)
     else:
+        evaluate = make_evaluate(task, splits["dev"], settings, tok, d.device)
+
+        def evaluate_then_check(m: TaskModel) -> dict[str, float]:
+            out = evaluate(m)
+            runfolder.check_still_there(run_dir)  # before this epoch's files: never into a recreated folder
+            return out
+
         metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
-                        settings.train_config(), run_dir, make_evaluate(task, splits["dev"], settings, tok, d.device),
-                        task.metric, lambda m, folder: save_run_model(m, folder, settings), d=d,
+                        settings.train_config(), run_dir, evaluate_then_check, task.metric,
+                        lambda m, folder: save_run_model(m, folder, settings), d=d,
                         resume=settings.run.resume, info=info)
     precision = settings.precision
     if d.main and "stopped_after_epoch" not in metrics:
+        runfolder.check_still_there(run_dir)
         t1 = time.time()
         load_run_model(module, run_dir / "best")
         if precision.precision != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
@@ -479,6 +508,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
                 metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)
         metrics["predict_s"] = time.time() - t1
         metrics["wall_s"] += metrics["predict_s"]
+        runfolder.check_still_there(run_dir)
         atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
         best = metrics["best"]
         test = (metrics.get("test") or {}).get(task.metric)
@@ -498,6 +528,12 @@ def main(argv: list[str] | None = None) -> None:
         run(parse_settings(argv))
     except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
         raise SystemExit(f"error: {e}") from None
+    except Interrupted as e:  # Ctrl-C: every finished epoch is saved; 130 is the shell's code for SIGINT
+        if runfolder.is_run_config(e.run_dir / runfolder.CONFIG_FILE):
+            print(f"interrupted; continue with --resume --out-dir {e.run_dir}", file=sys.stderr)
+        else:
+            print(f"interrupted before the run started; nothing was saved in {e.run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -347,10 +347,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         run(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must reach the handler below
     except UserError as e:
         raise SystemExit(f"error: {e}") from e
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:  # `generate ... | head -1`: the reader has what it wanted; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit would raise again
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

@@ -9,16 +9,25 @@
 Every file is written atomically (temp, fsync, rename). The fingerprint records what defines the run: the settings
 that change results, the sha256 of the base weights, of the data files and of any synthetic file, and the code
 version. `--resume` with other run-defining settings or other inputs is refused with a one-line diff; a fresh run
-into a folder that holds a run is refused unless `--overwrite`.
+into a folder that holds a run is refused unless `--overwrite`, which removes only what a run writes (the parts
+above, the prediction, evaluation and zero-shot files) and only from a folder whose config.json is a run's: a model
+checkpoint folder (config.json + model.safetensors) is refused, and nothing in it is touched.
+
+One process at a time: `finetune` holds RUN_DIR/run.lock (its pid and host) while it runs; a second one on the
+same folder is refused naming that pid, and a lock left by a process that no longer exists is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
@@ -29,6 +38,7 @@ CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 HELDOUT_BASE_FILE = "heldout-nll-base.json"  # the held-out likelihood before training (generative tasks)
 # What a run writes at the top of its folder besides prediction files: removed by --overwrite.
 RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE, "subsets.json", HELDOUT_BASE_FILE)
+LOCK_FILE = "run.lock"
 
 
 class RunFolderError(UserError, ValueError):
@@ -72,8 +82,6 @@ def holds_run(run_dir: Path) -> bool:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object the run wrote; one line naming the file when it is not one."""
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -83,9 +91,36 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    import json
+def written_files(run_dir: Path) -> list[Path]:
+    """Everything in `run_dir` that a run (finetune, evaluate, --zero-shot) writes: RUN_PARTS, the prediction
+    files of every task and mode (and their other samples, --eval-samples), their zero-shot and re-scored copies
+    and the eval-*.json figures. Nothing else."""
+    from tasks import TASKS, get_task
 
+    from .measures import sample_file_name
+    from .settings import MAX_EVAL_SAMPLES
+
+    names = set(RUN_PARTS)
+    for name in TASKS:
+        task = get_task(name)
+        for split in ("dev", "test"):
+            outputs = {task.output_name(split, mode) for mode in ("full-model", "last-linear-layer")}
+            outputs |= {sample_file_name(o, k) for o in outputs for k in range(1, MAX_EVAL_SAMPLES)}
+            names |= outputs | {f"zero-shot-{o}" for o in outputs} | {f"rescored-{o}" for o in outputs}
+            names |= {f"eval-{split}.json", f"eval-{name}-zero-shot-{split}.json"}
+    return [run_dir / n for n in sorted(names) if (run_dir / n).exists() or (run_dir / n).is_symlink()]
+
+
+def is_run_config(path: Path) -> bool:
+    """True when `path` is a config.json that finetune wrote (a JSON object with the typed settings)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("settings"), dict)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunFolderError(f"{path}: not found; is {run_dir} a run folder written by finetune?")
@@ -93,7 +128,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
-    if "settings" not in config:
+    if not isinstance(config, dict) or "settings" not in config:
         if (run_dir.parent / CONFIG_FILE).is_file() and run_dir.name in ("best", "last"):
             raise RunFolderError(f"{run_dir} is the {run_dir.name} checkpoint inside a run folder; pass the run "
                                  f"folder itself: {run_dir.parent}")
@@ -107,13 +142,20 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def check_resume(run_dir: Path, settings: RunSettings, print_: Any = print) -> dict[str, Any] | None:
-    """The recorded config of the run to continue (None when the folder holds no run yet); refused when the
-    run-defining settings or inputs differ."""
-    if not (run_dir / CONFIG_FILE).is_file():
-        return None
+def check_resume(run_dir: Path, settings: RunSettings, print_: Any = print) -> dict[str, Any]:
+    """The recorded config of the run to continue; refused when there is no run to continue (`check_resumable`),
+    when its config.json was edited by hand, or when the run-defining settings differ."""
+    check_resumable(run_dir)
     config = read_config(run_dir)
     old = RunSettings.from_dict(config["settings"])
+    recorded, now = (config.get("fingerprint") or {}).get("settings"), defining(old)
+    # Keys in both only: a setting added to the code since the run started has no recorded value to compare.
+    edited = [f"{k}: {recorded[k]!r} -> {now[k]!r}" for k in sorted(set(recorded) & set(now))
+              if recorded[k] != now[k]] if isinstance(recorded, dict) else []
+    if edited:  # the settings were changed after the run started: its state was made with the recorded ones
+        raise RunFolderError(f"--resume {run_dir}: {run_dir / CONFIG_FILE} was edited: its settings differ from "
+                             f"its fingerprint ({'; '.join(edited)}); a run cannot be changed by editing its "
+                             "config.json: restore it, or start a new run")
     changes = _diff(defining(old), defining(settings))
     if changes:
         raise RunFolderError(f"--resume {run_dir}: run-defining settings differ: {'; '.join(changes)}. Only "
@@ -133,16 +175,116 @@ def check_inputs(run_dir: Path, recorded: dict[str, Any], now: dict[str, Any]) -
         raise RunFolderError(f"--resume {run_dir}: the run's inputs changed: {'; '.join(changes)}")
 
 
-def prepare(run_dir: Path, settings: RunSettings) -> None:
-    """A fresh run may not write into a folder that holds a run, unless --overwrite (which removes it first)."""
+def check_fresh(run_dir: Path, settings: RunSettings) -> None:
+    """A fresh run may not write into a folder that holds a run, unless --overwrite; a folder whose config.json
+    is not a run's is never overwritten."""
     if settings.run.resume or not holds_run(run_dir):
         return
+    config = run_dir / CONFIG_FILE
+    if config.exists() and not is_run_config(config):
+        raise RunFolderError(f"{config}: not the config.json of a finetune run (a model checkpoint?); --out-dir "
+                             f"{run_dir} is not a run folder, and nothing in it is replaced: choose another "
+                             "--out-dir")
     if not settings.run.overwrite:
         raise RunFolderError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                              "replace it, or choose another --out-dir")
-    for part in RUN_PARTS:
-        path = run_dir / part
-        if path.is_dir():
+
+
+def prepare(run_dir: Path, settings: RunSettings) -> None:
+    """`check_fresh`, then (--overwrite) remove what the old run wrote, and nothing else."""
+    check_fresh(run_dir, settings)
+    if settings.run.resume or not settings.run.overwrite:
+        return
+    for path in written_files(run_dir):
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists():
+        else:
             path.unlink()
+
+
+def check_resumable(run_dir: Path) -> None:
+    """`--resume` continues a run that exists: a missing folder (a mistyped --out-dir), a folder without a run, or
+    a run that finished epochs but whose resume state is gone is refused instead of silently starting over. A run
+    stopped before its first epoch ended has nothing to lose and starts from epoch 1."""
+    from minigpt2.train import check_resume_state, has_resume_state
+
+    if not run_dir.is_dir():
+        raise RunFolderError(f"--resume --out-dir {run_dir}: no such folder; check the path (a fresh run is "
+                             "started without --resume)")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunFolderError(f"--resume --out-dir {run_dir}: holds no run ({CONFIG_FILE} not found); check the "
+                             "path, or start a fresh run without --resume")
+    # metrics.json is written after the resume state of each epoch: with it and without the state, the state is lost.
+    if not has_resume_state(run_dir / "last") and (run_dir / METRICS_FILE).exists():
+        raise RunFolderError(f"--resume {run_dir}: its resume state {run_dir / 'last'} is missing although the run "
+                             "finished an epoch; it cannot be continued: start it again with --overwrite")
+    check_resume_state(run_dir / "last")  # a damaged state is refused before the run rewrites anything
+
+
+def check_still_there(run_dir: Path) -> None:
+    """Refuse to go on writing into a run folder whose config.json vanished (the folder was deleted or moved
+    while the run was going): the files would make a folder that looks like a run and is not one."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunFolderError(f"{run_dir / CONFIG_FILE}: gone while the run was going (was {run_dir} deleted or "
+                             "moved?); the run stops here without writing more: start it again")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold RUN_DIR/run.lock while a run writes into `run_dir` (creating the folder if needed, and removing it
+    again if the run leaves it empty). A lock held by a live process is refused naming its pid; one left by a
+    process that no longer exists (killed) is taken over."""
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunFolderError(f"--out-dir {run_dir}: is a file, not a folder; choose another --out-dir") from None
+    except OSError as e:
+        raise RunFolderError(f"--out-dir {run_dir}: cannot create the run folder ({e.strerror or e}); choose a "
+                             "writable --out-dir") from None
+    if not run_dir.is_dir():
+        raise RunFolderError(f"--out-dir {run_dir}: is a file, not a folder; choose another --out-dir")
+    path, host = run_dir / LOCK_FILE, socket.gethostname()
+    record = json.dumps({"pid": os.getpid(), "host": host}).encode()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text(encoding="utf-8"))
+                pid, their_host = int(holder["pid"]), str(holder["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, their_host = None, host  # unreadable: a lock cut short by a kill; taken over
+            if pid is not None and (their_host != host or _pid_alive(pid)):
+                where = "" if their_host == host else f" on host {their_host}"
+                raise RunFolderError(f"{run_dir} is in use by another finetune (pid {pid}{where}, {path}); wait "
+                                     "for it to end, or choose another --out-dir") from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        except OSError as e:
+            raise RunFolderError(f"--out-dir {run_dir}: cannot write its lock file {path} ({e.strerror or e}); "
+                                 "choose a writable --out-dir") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(record)
+        break
+    else:
+        raise RunFolderError(f"{path}: could not take the run folder's lock; try again")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == record:  # still ours (the folder may have been deleted or taken over)
+                path.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty: a run that failed before writing anything leaves no folder

@@ -37,6 +37,7 @@ DEFAULT_LR = {"last-linear-layer": 1e-3, "full-model": 1e-5}
 LORA_LR = 1e-2  # the study's best learning rate for LoRA adapters (alpha 16)
 LORA_RANK, LORA_ALPHA, LORA_TARGETS, LORA_DROPOUT = 8, 16.0, "attn+mlp", 0.0
 SYNTHETIC_FILTERS = ("all", "perfect")
+MAX_SEED = 2**63
 
 
 class SettingsError(UserError, ValueError):
@@ -292,6 +293,12 @@ def from_args(a: argparse.Namespace) -> RunSettings:
                             "generative task (sonnet) draws several samples per prompt")
     if a.stop_after_epoch is not None:
         _positive("--stop-after-epoch", a.stop_after_epoch)
+    # torch takes 64-bit seeds, and epochs, ranks and batch offsets are added to this one.
+    _require(0 <= a.seed < MAX_SEED, "--seed", a.seed, "an integer in [0, 2**63)")
+    if a.name is not None:  # the name becomes part of a folder name: a path in it would leave checkpoints/runs
+        _require(a.name.strip() != "" and not any(c in a.name for c in "/\\\0") and a.name not in (".", ".."),
+                 "--name", repr(a.name), "a plain name, without '/' or '\\' (the run folder is "
+                 "checkpoints/runs/<task>-<name>)")
 
     lora_flags = {"--lora-rank": a.lora_rank, "--lora-alpha": a.lora_alpha, "--lora-targets": a.lora_targets,
                   "--lora-dropout": a.lora_dropout}

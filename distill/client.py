@@ -8,7 +8,9 @@ exponential backoff and jitter. Nothing is retried twice over.
 Time limits, so that a dead endpoint is reported in minutes, not silently after a quarter of an hour:
 - connecting gets `connect_timeout_s` (a few seconds: a reachable server accepts at once);
 - each attempt waits at most `timeout_s` for the answer (thinking models can take a minute or more);
-- one call, all attempts and waits included, gives up after `total_timeout_s`, saying so.
+- one call, all attempts and waits included, gives up after `total_timeout_s` of wall-clock time, saying so
+  (httpx's time-outs are per read: a server that trickles a byte every few seconds never trips them, so each
+  attempt runs in a helper thread that the call stops waiting for at the deadline).
 Each failed attempt that will be retried prints one line (attempt n/N, why, how long until the next), and a
 server's `Retry-After` header (seconds or an HTTP date) or Google's `RetryInfo.retryDelay` sets that wait.
 
@@ -25,6 +27,7 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -124,6 +127,31 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _PastDeadline(Exception):
+    """An attempt still running when the call's wall-clock limit came."""
+
+
+def _within(fn: Callable[[], object], seconds: float) -> object:
+    """fn() if it returns (or raises) within `seconds` of wall-clock time, else _PastDeadline. The attempt is left
+    to finish in its daemon thread (a socket read cannot be interrupted from outside); its result is dropped."""
+    box: dict[str, object] = {}
+
+    def attempt() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread as it is
+            box["error"] = e
+
+    thread = threading.Thread(target=attempt, daemon=True, name="gemini-attempt")
+    thread.start()
+    thread.join(max(0.0, seconds))
+    if thread.is_alive():
+        raise _PastDeadline
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("value")
+
+
 class GeminiClient:
     """A thin, retrying wrapper over `genai.Client` for one teacher model.
 
@@ -139,6 +167,10 @@ class GeminiClient:
                  seed: int | None = None) -> None:
         if not api_key:
             raise AuthError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment")
+        if not api_key.isascii():  # an HTTP header cannot carry it; the key itself is never shown
+            where = next(i for i, c in enumerate(api_key) if not c.isascii())
+            raise AuthError(f"the Gemini API key holds a non-ASCII character (position {where + 1} of "
+                            f"{len(api_key)}); keys are plain ASCII: check GEMINI_API_KEY for a pasted quote or space")
         for name, value in (("timeout", timeout_s), ("connect timeout", connect_timeout_s),
                             ("total timeout", total_timeout_s)):
             if not value > 0:
@@ -174,12 +206,19 @@ class GeminiClient:
         """Run fn(per-attempt http options), retrying transient failures with backoff, within the total limit."""
         attempts = self.retries + 1
         start = self._clock()
+        wall_start = time.monotonic()  # the real clock, whatever clock and sleep tests inject
         for attempt in range(1, attempts + 1):
             # Each attempt may wait for its answer only as long as the total limit still allows.
             limit = min(self.timeout_s, self.total_timeout_s - (self._clock() - start))
             asked = None
             try:
-                return fn(types.HttpOptions(timeout=max(1, int(limit * 1000))))
+                return _within(lambda: fn(types.HttpOptions(timeout=max(1, int(limit * 1000)))),
+                               self.total_timeout_s - (time.monotonic() - wall_start))
+            except _PastDeadline:
+                raise TransientError(
+                    f"{what} gave up after {attempt} of {attempts} attempts: no complete answer within the total "
+                    f"limit of {self.total_timeout_s:g} s per request (--total-timeout; the server may be sending "
+                    "its answer too slowly)") from None
             except errors.APIError as e:
                 if _is_key_rejection(e):
                     raise AuthError(f"Gemini rejected the API key ({e.code} {e.status}) during {what}") from None

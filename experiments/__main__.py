@@ -28,7 +28,7 @@ from .html import write_index
 from .report import write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
-from .sweeps import SWEEPS, Sweep, SweepOptions, build_sweep
+from .sweeps import MAX_SEEDS, SWEEPS, Sweep, SweepOptions, build_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "trimmed sweep")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
-    p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 11711, 11712, ...)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help=f"runs per setting (seeds 11711, 11712, ...), at most {MAX_SEEDS}")
     p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
                                                "results/tiny under --tiny)")
     p.add_argument("--runs-dir", default=None, help="folder of the run folders (default: checkpoints/experiments, "

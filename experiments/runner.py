@@ -4,10 +4,11 @@
                       experiment.json the command line this folder belongs to (checked on every re-run)
                       run.log         the run's output (subprocess mode)
 
-A run is finished when finetune has written its final metrics.json: it names the test predictions file (only
-written after training ends and the best model has predicted dev and test) and has no `stopped_after_epoch`.
-A run that stopped midway with a saved epoch is continued with finetune's `--resume`; one that died before its
-first epoch ends is started again. A run that fails is reported and the sweep goes on with the next one.
+A run is finished when its folder is complete: the run's config.json and the final metrics.json, which names
+the dev and test prediction files (only written after training ends and the best model has predicted dev
+and test), both there, and no `stopped_after_epoch`. Any other folder holding a started run (its config.json) is
+continued with finetune's `--resume`: from its last saved epoch, or from epoch 1 when it died in its first. A run
+that fails is reported and the sweep goes on with the next one.
 
 Two ways to execute a run: a subprocess per run (the default: a crash or a CUDA out-of-memory error cannot take
 the sweep down, and every run starts with empty GPU memory) or in this process (`--in-process`, the default
@@ -29,8 +30,6 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from minigpt2.train import has_resume_state
-
 from .sweeps import REPO, Evaluation, Run
 
 # An executor runs `python -m <module> <argv>` and raises if it fails.
@@ -51,6 +50,8 @@ def in_process(module: str, argv: Sequence[str], log: Path) -> None:
     try:
         importlib.import_module(module).main(list(argv))
     except SystemExit as e:
+        if e.code == 130:  # finetune's answer to Ctrl-C: the sweep stops too, as it does around a subprocess
+            raise KeyboardInterrupt from None
         if e.code not in (None, 0):
             raise RuntimeError(f"{module} exited: {e.code}") from None
 
@@ -83,12 +84,27 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when finetune completed in `run_dir`: final metrics.json and its prediction files are there."""
+    """True when finetune completed in `run_dir` and the folder is whole: its config.json (a JSON object), the
+    final metrics.json and the prediction files it names are there (a folder deleted midway and partly recreated
+    by a run's last writes is not finished)."""
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
-    if not m or "stopped_after_epoch" in m or "dev" not in m or "test_predictions" not in m:
+    if not isinstance(m, dict) or "stopped_after_epoch" in m or "dev" not in m or "test_predictions" not in m:
         return False
-    return all((run_dir / m[k]).is_file() for k in ("dev_predictions", "test_predictions"))
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file()
+                                            for k in ("dev_predictions", "test_predictions"))
+
+
+def is_started(run_dir: Path) -> bool:
+    """True when `run_dir` holds a run finetune began (its config.json): `--resume` continues it, from its last
+    saved epoch or, if it died in its first, from epoch 1."""
+    from app import runfolder
+
+    return runfolder.is_run_config(run_dir / runfolder.CONFIG_FILE)
 
 
 def evaluation_done(run_dir: Path, ev: Evaluation) -> bool:
@@ -189,7 +205,7 @@ def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
         run_dir = root / run.name
         if is_finished(run_dir):
             state = "done"
-        elif has_resume_state(run_dir / "last"):
+        elif is_started(run_dir):
             state = "resume"
         else:
             state = "run"
@@ -213,7 +229,7 @@ def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor =
                 check_inputs(run_dir, run)
                 result.skipped.append(run.name)
             else:
-                resume = has_resume_state(run_dir / "last")
+                resume = is_started(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
                                                           "settings": run.settings,

@@ -42,6 +42,7 @@ TINY_TOKENIZER_DIR = TINY_DATA / "gpt2"
 TINY_SYNTHETIC_DIR = TINY_DATA / "synthetic"
 
 SEED = DEFAULT_SEED  # the course's seed; --seeds N uses SEED, SEED+1, ...
+MAX_SEEDS = 100  # runs per setting: beyond this a typo (--seeds 100000) would queue years of runs
 LORA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SYNTHETIC_SIZES = (0, 250, 500, 1000)
 MIX_RATIOS = (0.5, 1.0, 2.0)  # synthetic sonnets per real training sonnet
@@ -66,8 +67,8 @@ class SweepOptions:
     finetune_args: list[str] = field(default_factory=list)  # appended to every run (e.g. --device cuda:1)
 
     def seed_list(self) -> list[int]:
-        if self.seeds < 1:
-            raise SweepError(f"--seeds {self.seeds}: expected an integer >= 1")
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise SweepError(f"--seeds {self.seeds}: expected an integer from 1 to {MAX_SEEDS}")
         return [SEED + i for i in range(self.seeds)]
 
 

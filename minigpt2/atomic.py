@@ -14,6 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
+
+
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, file-size limit, read-only or vanished folder); the old file, if
+    any, is untouched."""
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -23,17 +30,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     file is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = _io_failure(e)
+        if reason is not None:
+            raise WriteError(f"{path}: cannot write it ({reason}); the previous file, if any, is untouched: free "
+                             "disk space (or raise the file-size limit, or fix permissions) and run again") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _io_failure(e: BaseException) -> str | None:
+    """Why writing failed when the machine, not the code, is to blame; None for any other exception."""
+    if isinstance(e, WriteError):
+        return None
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    # safetensors' writer reports the OSError inside its own exception type, e.g. "I/O error: No space left on
+    # device (os error 28)"; matched by name so that this module needs no safetensors import.
+    if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):
+        return str(e).split("I/O error:", 1)[1].strip()
+    return None
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

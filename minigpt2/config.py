@@ -59,6 +59,10 @@ class GPT2Config:
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing} in a GPT-2 config")
         kwargs = {k: d[k] for k in HF_FIELDS if k in d}
+        for k, v in kwargs.items():  # 32.0 would reach torch as a float size, far from the file that said it
+            number = k == "layer_norm_epsilon"
+            if isinstance(v, bool) or not isinstance(v, (int, float) if number else int):
+                raise ValueError(f"{source}: {k} is {v!r}; expected {'a number' if number else 'an integer'}")
         if "resid_pdrop" in d:
             kwargs["dropout"] = float(d["resid_pdrop"])
         return cls(**kwargs)

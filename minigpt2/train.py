@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -212,36 +213,76 @@ class ResumeStateError(UserError, ValueError):
 def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """Restore what `save_resume_state` wrote; returns the JSON part (epoch, history, ...)."""
-    tensors, meta = read_safetensors(folder / STATE_FILE)
-    if "trainer" not in meta:
-        raise ResumeStateError(f"{folder / STATE_FILE}: no trainer state in its metadata (written by an older "
-                               "version?); start the run again with --overwrite")
-    trainer = json.loads(meta["trainer"])
+    path = folder / STATE_FILE
+    tensors, meta = read_safetensors(path)
+    trainer = _trainer_state(path, meta)
     params = dict(module.named_parameters())
     for name, p in params.items():
         if p.requires_grad:
             key = f"model.{name}"
             if key not in tensors:
-                raise ResumeStateError(f"{folder / STATE_FILE}: no tensor {key!r}; was the run started with "
+                raise ResumeStateError(f"{path}: no tensor {key!r}; was the run started with "
                                        "other settings (mode, LoRA, ...)?")
             with torch.no_grad():
                 p.copy_(tensors[key])
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
-    scheduler.load_state_dict(trainer["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
-    v, s, g = trainer["rng_python"]
-    random.setstate((v, tuple(s), g))
-    kind, keys, pos, has_gauss, cached = trainer["rng_numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    try:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
+        scheduler.load_state_dict(trainer["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+        v, s, g = trainer["rng_python"]
+        random.setstate((v, tuple(s), g))
+        kind, keys, pos, has_gauss, cached = trainer["rng_numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        if not (isinstance(trainer["epoch"], int) and isinstance(trainer["history"], list)
+                and isinstance(trainer["wall_s"], (int, float))):
+            raise TypeError("epoch, history or wall_s of the wrong type")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state that parses but does not fit
+        raise ResumeStateError(f"{path}: the saved optimizer, schedule or random state does not fit this run "
+                               f"({type(e).__name__}: {e}); start the run again with --overwrite") from None
     return trainer
+
+
+_TRAINER_KEYS = frozenset({"epoch", "param_groups", "scheduler", "rng_python", "rng_numpy", "history", "best",
+                           "wall_s"})
+
+
+def _trainer_state(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The JSON part of a resume state, or a ResumeStateError naming the file."""
+    if "trainer" not in meta:
+        raise ResumeStateError(f"{path}: no trainer state in its metadata (written by an older "
+                               "version?); start the run again with --overwrite")
+    try:
+        trainer = json.loads(meta["trainer"])
+    except ValueError as e:
+        raise ResumeStateError(f"{path}: its trainer state is not valid JSON ({e}); the file is damaged: start the "
+                               "run again with --overwrite") from None
+    if not isinstance(trainer, dict) or not _TRAINER_KEYS <= set(trainer):
+        raise ResumeStateError(f"{path}: its trainer state is not an object with {', '.join(sorted(_TRAINER_KEYS))}"
+                               "; the file is damaged: start the run again with --overwrite")
+    return trainer
+
+
+def check_resume_state(folder: Path) -> None:
+    """Refuse a damaged resume state in `folder` before a resumed run writes anything (its metadata only: the
+    tensors are read, and checked, when the state is loaded)."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ResumeStateError(f"{path}: not a readable resume state ({e}); start the run again with --overwrite"
+                               ) from None
+    _trainer_state(path, meta)
 
 
 # ----------------------------------------------------------------------------------------------- the loop

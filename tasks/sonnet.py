@@ -117,7 +117,11 @@ class SonnetTask(Task):
                 raise DataError(f"{folder / self.files['dev_true']}: no true sonnet for prompt(s) {missing}")
         examples = []
         for p in (prompts[i] for i in sample_indices([None] * len(prompts), limit, seed, split)):
-            ids = tok.encode(p.text + "\n")[:max_len]
+            ids = tok.encode(p.text + "\n")
+            if len(ids) >= max_len:  # cut, it would no longer be the prompt; whole, it leaves no room to generate
+                raise DataError(f"{folder / self.files[split]}: sonnet {p.number}'s prompt is {len(ids)} tokens, "
+                                f"but the context holds {max_len} (the model's n_positions, or --max-length): "
+                                "expected a prompt shorter than the context, with room to generate")
             meta = {"prompt_lines": p.lines}
             if p.number in refs:
                 meta["reference"] = refs[p.number].text

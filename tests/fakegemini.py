@@ -19,6 +19,9 @@ overrides the script for it; the extra item "as:K" answers with the sonnet of se
 not depend on arrival order, unlike "dup"). `retry_after` (a header value, seconds or an HTTP date) is sent with
 every scripted 429/500/503, and `retry_delay` (e.g. "3s") as Google's RetryInfo detail in their body.
 
+`trickle_s` sends every generateContent answer (status line and headers included) one byte at a time, that
+many seconds apart: a server that is never silent long enough for a read time-out, and never done.
+
 `BlackHole` is a port that accepts connections and never answers.
 """
 from __future__ import annotations
@@ -68,7 +71,9 @@ class FakeGemini:
     def __init__(self, script: list[str] | None = None, valid_keys: tuple[str, ...] = (VALID_KEY,),
                  delay_s: float = 0.0, leak_text: str = "", models: tuple[str, ...] | None = None,
                  delays: dict[int, float] | None = None, faults: dict[int, str] | None = None,
-                 retry_after: str | None = None, retry_delay: str | None = None) -> None:
+                 retry_after: str | None = None, retry_delay: str | None = None, trickle_s: float = 0.0) -> None:
+        self.trickle_s = trickle_s
+        self._stopped = threading.Event()
         self.script = list(script or [])
         self.delays, self.faults = dict(delays or {}), dict(faults or {})
         self.retry_after, self.retry_delay = retry_after, retry_delay
@@ -94,6 +99,7 @@ class FakeGemini:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopped.set()  # ends any trickle
         self._server.shutdown()
         self._server.server_close()
 
@@ -114,6 +120,8 @@ class FakeGemini:
             def _send(self, status: int, payload: dict | str, headers: dict[str, str] | None = None) -> None:
                 body = payload if isinstance(payload, str) else json.dumps(payload)
                 data = body.encode()
+                if fake.trickle_s and self.command == "POST":
+                    return self._trickle(status, data)
                 self.send_response(status)
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
@@ -121,6 +129,19 @@ class FakeGemini:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _trickle(self, status: int, data: bytes) -> None:
+                raw = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json; charset=UTF-8\r\n"
+                       f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+                self.close_connection = True
+                for i in range(len(raw)):
+                    if fake._stopped.wait(fake.trickle_s):
+                        return
+                    try:
+                        self.wfile.write(raw[i:i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up and closed the connection
+                        return
 
             def _error(self, code: int, status: str, message: str, reason: str | None = None,
                        retry: bool = False) -> None:

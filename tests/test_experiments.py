@@ -112,7 +112,7 @@ def test_seeds_multiply_runs_with_distinct_names():
     assert len(sweep.runs) == 12
     assert len({r.name for r in sweep.runs}) == 12
     assert sorted({r.settings["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
-    with pytest.raises(ValueError, match="--seeds 0: expected an integer >= 1"):
+    with pytest.raises(ValueError, match="--seeds 0: expected an integer from 1 to 100"):
         build_sweep("baseline", SweepOptions(seeds=0))
 
 
@@ -161,7 +161,7 @@ class FakeFinetune:
         run_dir = Path(argv[argv.index("--out-dir") + 1])
         if run_dir.name in self.fail:
             raise RuntimeError("CUDA out of memory (fake)")
-        (run_dir / "config.json").write_text(json.dumps({"args": {"task": "sst"}}))
+        (run_dir / "config.json").write_text(json.dumps({"settings": {}, "args": {"task": "sst"}}))
         if run_dir.name in self.stop_after:
             (run_dir / "last").mkdir(exist_ok=True)
             (run_dir / "last" / "state.safetensors").write_text("")
@@ -196,7 +196,8 @@ def test_runner_runs_each_once_and_skips_finished_runs(tmp_path):
 
 def test_runner_resumes_an_interrupted_run_and_restarts_an_empty_one(tmp_path):
     runner.run_sweep(three_runs(), tmp_path, FakeFinetune(stop_after={"r1"}), progress=False)
-    (tmp_path / "r2" / "metrics.json").unlink()  # died before finishing anything
+    for name in ("metrics.json", "config.json"):  # died before writing anything
+        (tmp_path / "r2" / name).unlink()
     assert not runner.is_finished(tmp_path / "r1") and not runner.is_finished(tmp_path / "r2")
     assert [s for _, s in runner.plan(three_runs(), tmp_path)] == ["done", "resume", "run"]
     fake = FakeFinetune()
