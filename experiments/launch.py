@@ -38,6 +38,7 @@ from .runner import (Outcome, SweepResult, evaluation_done, execute, in_subproce
 from .sweeps import Run
 
 INSTALL_RAY = 'pip install -e ".[cluster]"'
+FORWARDED_ENV = ("MINIGPT2_", "HF_")  # environment variables a Ray task gets from the driver
 LAUNCH_FILE = "launch.json"  # written by a Ray task into its run folder when the run starts (who runs it, where)
 
 
@@ -311,12 +312,16 @@ def run_ray(runs: Sequence[Run], root: str | os.PathLike, address: str | None = 
             raise LaunchError("--launcher ray: the cluster has no GPU; pass --cpus-per-run N to run each run on N "
                               "CPUs instead")
         check_shared_storage(ray, root)
+        # The runs' flags were resolved against this machine's settings (data and tokenizer folders, the hub):
+        # the workers get the same ones, whatever environment their node was started with.
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         if cpus_per_run:
-            task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=0, max_retries=0)
+            resources = {"num_cpus": cpus_per_run, "num_gpus": 0}
             flags = ["--device", "cpu", "--threads", str(threads or cpus_per_run)]
         else:  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: finetune sees one device
-            task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=1, max_retries=0)
+            resources = {"num_cpus": 1, "num_gpus": 1}
             flags = ["--device", "cuda"] + (["--threads", str(threads)] if threads else [])
+        task = ray.remote(_ray_task).options(**resources, max_retries=0, runtime_env={"env_vars": env})
         pass_id = uuid.uuid4().hex
         refs = {task.remote(run, str(root), flags, pass_id): run for run in todo}
         result.started += [run.name for run in todo]
