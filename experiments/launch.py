@@ -155,7 +155,12 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
     slots: list[int] = list(range(jobs))
     lock, stopping, live = threading.Lock(), threading.Event(), set()
     bar = Progress(root.name, len(todo), progress)
-    run_exec = functools.partial(executor, echo=False, live=live) if executor is in_subprocess else executor
+    start = functools.partial(executor, echo=False, live=live) if executor is in_subprocess else executor
+
+    def run_exec(module: str, argv: Sequence[str], log: Path) -> None:
+        if stopping.is_set():  # no new child (say, a follow-up evaluation) once the sweep is stopping
+            raise RuntimeError("the sweep was stopped")
+        start(module, argv, log)
 
     def work(run: Run) -> None:
         if stopping.is_set():
@@ -193,9 +198,11 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
         stopping.set()
         for future in futures:
             future.cancel()
-        for proc in list(live):
-            proc.terminate()
-        pool.shutdown(wait=True)
+        while not all(f.done() for f in futures):  # a child started just now is stopped too
+            for proc in list(live):
+                if proc.poll() is None:
+                    proc.terminate()
+            time.sleep(0.1)
         result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
         raise
     finally:
