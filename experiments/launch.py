@@ -256,7 +256,10 @@ def check_shared_storage(ray, root: Path) -> None:
                                   "path (NFS, a cluster file system), or the results stay on the workers")
     finally:
         for path in paths.values():
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # the folder itself is the problem, reported above
+                pass
 
 
 def _ray_task(run: Run, root: str, exec_flags: list[str], pass_id: str) -> str | None:

@@ -112,13 +112,19 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path):
     assert again.started == ["r1"] and sorted(again.skipped) == ["r0", "r2"]
 
 
-def test_devices_are_handed_out_round_robin(tmp_path):
+def test_two_runs_go_at_once_each_on_its_own_device(tmp_path):
+    import threading
+
+    both_started = threading.Barrier(2, timeout=30)  # each run waits until the other has started too
     fake = FakeFinetune()
-    runs = three_runs()
-    launch.run_local(runs[:2], tmp_path, jobs=2, devices=["cpu", "cpu:1"], threads=1, progress=False,
-                     executor=fake)
+
+    def side_by_side(module, argv, log):
+        both_started.wait()
+        fake(module, argv, log)
+    launch.run_local(three_runs()[:2], tmp_path, jobs=2, devices=["cpu", "cpu:1"], threads=1, progress=False,
+                     executor=side_by_side)
     devices = sorted(a[a.index("--device") + 1] for _, a in fake.calls)
-    assert devices == ["cpu", "cpu:1"]  # two slots at once: one on each device
+    assert devices == ["cpu", "cpu:1"]  # two slots at once: one on each device, round-robin
 
 
 def test_runs_start_longest_first_and_the_schedule_estimate():

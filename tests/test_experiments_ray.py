@@ -48,3 +48,18 @@ def test_a_sweep_on_a_two_node_ray_cluster_gives_the_sequential_rows(cluster, se
 def test_a_cluster_without_gpus_asks_for_cpus_per_run(cluster, tmp_path):
     with pytest.raises(SystemExit, match=r"^error: --launcher ray: the cluster has no GPU; pass --cpus-per-run"):
         cli.main(tiny_argv(tmp_path, "--launcher", "ray", "--address", cluster.address))
+
+
+def test_run_folders_a_node_cannot_write_are_refused_before_any_run(cluster, tmp_path):
+    """The storage probe: every node must write into the sweep's folder (and this process read it back)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # no node can make a folder below it (root or not)
+    launch.connect(ray, cluster.address)
+    try:
+        with pytest.raises(launch.LaunchError, match=r"^--launcher ray: node .* cannot write into .*a-file/sweep "
+                                                     r"\(.*storage every node mounts at the same path"):
+            launch.check_shared_storage(ray, blocked / "sweep")
+        launch.check_shared_storage(ray, tmp_path / "sweep")  # a folder they can write and this process read
+        assert list((tmp_path / "sweep").iterdir()) == []  # the probe files are removed
+    finally:
+        ray.shutdown()
