@@ -115,12 +115,14 @@ class Progress:
             self.queued, self.running = self.queued - 1, self.running + 1
             self._say(f"start {name} on {where}")
 
-    def end(self, name: str, ok: bool, note: str = "") -> None:
+    def end(self, name: str, ok: bool, note: str = "", stopped: bool = False) -> None:
+        """A run ended: done, failed, or (`stopped`) interrupted with the sweep, to be resumed."""
         with self.lock:
             self.running -= 1
-            self.done, self.failed = self.done + ok, self.failed + (not ok)
+            self.done, self.failed = self.done + ok, self.failed + (not ok and not stopped)
             self.bar.update(1)
-            self._say(f"{'done' if ok else 'FAILED'} {name}" + (f": {note}" if note else ""))
+            state = "done" if ok else ("stopped" if stopped else "FAILED")
+            self._say(f"{state} {name}" + (f": {note}" if note else ""))
 
     def _say(self, event: str) -> None:
         self.bar.set_postfix_str(self.line())
@@ -179,7 +181,7 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
                 result.interrupted.append(run.name)
             else:
                 result.failed[run.name] = f"{type(e).__name__}: {e}"
-            bar.end(run.name, False, "interrupted" if stopping.is_set() else str(e))
+            bar.end(run.name, False, "" if stopping.is_set() else str(e), stopped=stopping.is_set())
             if not stopping.is_set() and not isinstance(e, RuntimeError):  # a bug here, not a failed run
                 tqdm.write(traceback.format_exc(limit=3))
         finally:

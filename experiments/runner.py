@@ -11,7 +11,9 @@ first epoch ends is started again. A run that fails is reported and the sweep go
 
 Two ways to execute a run: a subprocess per run (the default: a crash or a CUDA out-of-memory error cannot take
 the sweep down, and every run starts with empty GPU memory) or in this process (`--in-process`, the default
-under --tiny: no interpreter start-up per run, which dominates a tiny run's time on a CPU).
+under --tiny: no interpreter start-up per run, which dominates a tiny run's time on a CPU). `execute` is the one
+way to run one run; `run_sweep` calls it for each run in turn, `experiments.launch` from worker threads (`--jobs`)
+or Ray tasks (`--launcher ray`).
 """
 
 from __future__ import annotations
