@@ -36,7 +36,7 @@ from minigpt2.errors import UserError
 from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import DEFAULT_SEED, Dist, seed_everything, setup_distributed, train
+from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, seed_everything, setup_distributed, train
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, data_dir, require_files
@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with "
                         "native bf16 (an error elsewhere); off: fp32 everywhere. Weights stay fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of this process (torch.set_num_threads; recorded in config.json); default: "
+                        "torch's, one per core. Sweeps running several runs at once split the cores with it")
+    g.add_argument("--fetch-timeout", type=float, default=3600.0,
+                   help="torchrun: seconds the other ranks wait while one rank per node fetches missing data and "
+                        "weights, before giving up with an error")
     g = p.add_argument_group("evaluation and generation")
     g.add_argument("--eval-batch-size", type=int, default=32, help="batch size of evaluation and generation")
     g.add_argument("--temperature", type=float, default=1.2, help="sonnet sampling temperature (the course's)")
@@ -414,6 +420,14 @@ def default_run_dir(settings: RunSettings) -> Path:
     return Path("checkpoints") / "runs" / f"{settings.data.task}-{stamp}"
 
 
+def fetch_inputs(settings: RunSettings, task: Task) -> None:
+    """Download whatever the run reads and is missing: the task's data files, the tokenizer files, the base
+    weights (in the order the run itself would meet them). Each step is a no-op when its files are there."""
+    Tokenizer(settings.data.tokenizer_dir)
+    base_weights_file(settings.model.model, offline=settings.data.offline)
+    ensure_task_data(task.name, data_dir(settings.data.data_dir), offline=settings.data.offline)
+
+
 def _shared_run_dir(settings: RunSettings, d: Dist) -> Path:
     """Every rank must write to the folder rank 0 chose (a timestamp could differ by a second)."""
     chosen = [str(Path(settings.run.out_dir) if settings.run.out_dir else default_run_dir(settings))]
@@ -432,6 +446,8 @@ class Interrupted(Exception):
 
 def run(settings: RunSettings) -> dict[str, Any]:
     """Fine-tune as `settings` say; returns the final metrics (also in RUN_DIR/metrics.json)."""
+    if settings.hardware.threads is not None:  # before any work: a run's thread count is one of its settings
+        torch.set_num_threads(settings.hardware.threads)
     d = setup_distributed(settings.hardware.device)
     autocast_dtype(settings.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
     run_dir = _shared_run_dir(settings, d)
@@ -448,6 +464,9 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
     if d.main:
         runfolder.check_fresh(run_dir, settings)
     task = get_task(settings.data.task)
+    # torchrun: one rank per machine downloads what is missing while the others wait (no race on one folder)
+    fetch_once(lambda: fetch_inputs(settings, task), d, settings.hardware.fetch_timeout,
+               what=f"{task.name} data, tokenizer and {settings.model.model} weights")
     seed_everything(settings.optim.seed)
     tok = Tokenizer(settings.data.tokenizer_dir)
     module = build_model(settings, task)

@@ -6,7 +6,7 @@
       optim      epochs, batch size, accumulation, lr, schedule, seed, ...
       precision  fp32 / bf16 / fp8 / int8 / int4, QAFT or PTQ
       eval       evaluation batch size and sonnet sampling
-      hardware   device, autocast, compile, progress bars
+      hardware   device, autocast, compile, progress bars, CPU threads, the torchrun fetch timeout
       run        run folder, name, resume, overwrite
 
 `from_args` checks every range before any work starts (a bad flag is a `SettingsError`: one line naming the flag);
@@ -111,6 +111,8 @@ class HardwareSettings:
     autocast: str = "auto"
     compile: bool = False
     progress: bool = True
+    threads: int | None = None  # CPU threads of this process (torch.set_num_threads); None: torch's default
+    fetch_timeout: float = 3600.0  # multi-process runs: seconds the other ranks wait for the one fetching
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class RunSettings:
                 "model": m.model, "mode": m.mode, "method": m.method, "lora_rank": lo.rank, "lora_alpha": lo.alpha,
                 "lora_targets": lo.targets, "lora_dropout": lo.dropout, **asdict(self.optim),
                 "device": self.hardware.device, "autocast": self.autocast, "compile": self.hardware.compile,
+                "threads": self.hardware.threads,
                 "eval_batch_size": self.eval.batch_size, "temperature": s.temperature, "top_p": s.top_p,
                 "max_new_tokens": s.max_new_tokens, "eval_samples": self.eval.samples,
                 **{k: v for k, v in asdict(self.precision).items()},
@@ -185,7 +188,7 @@ class RunSettings:
 
 # Settings that may differ when a run is resumed: where things are and how the run is watched, not what it computes.
 RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references", "hardware.device", "hardware.compile",
-                     "hardware.progress", "run.out_dir", "run.name", "run.resume", "run.overwrite",
+                     "hardware.progress", "hardware.threads", "hardware.fetch_timeout", "run.out_dir", "run.name", "run.resume", "run.overwrite",
                      "run.stop_after_epoch")
 
 
@@ -342,6 +345,9 @@ def from_args(a: argparse.Namespace) -> RunSettings:
         raise SettingsError(f"--test-references {a.test_references}: file not found; expected the test labels "
                             "(*-test-labels.csv) or the true test sonnets (TRUE_sonnets_held_out.txt)")
     check_device(a.device)
+    _positive("--threads", a.threads)
+    _require(math.isfinite(a.fetch_timeout) and a.fetch_timeout > 0, "--fetch-timeout", a.fetch_timeout,
+             "a number of seconds > 0")
 
     precision = precision_from_args(a)
     if precision.precision == "fp64" and a.autocast == "bf16":
@@ -360,7 +366,7 @@ def from_args(a: argparse.Namespace) -> RunSettings:
                                             max_new_tokens=a.max_new_tokens, seed=a.seed),
                           samples=a.eval_samples),
         hardware=HardwareSettings(device=a.device, autocast=a.autocast, compile=a.compile,
-                                  progress=not a.no_progress),
+                                  progress=not a.no_progress, threads=a.threads, fetch_timeout=a.fetch_timeout),
         run=RunFolderSettings(out_dir=a.out_dir, name=a.name, resume=a.resume, overwrite=a.overwrite,
                               stop_after_epoch=a.stop_after_epoch))
     return settings

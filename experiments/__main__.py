@@ -8,6 +8,8 @@
     python -m experiments teachers --synthetic-dir synthetic/
     python -m experiments baseline --tiny               # CPU smoke run: tiny random model, fixture data
     python -m experiments all --dry-run                 # list the runs, their tokens, time and cost; run none
+    python -m experiments all --jobs 8                  # 8 runs at once, one per GPU (round-robin)
+    python -m experiments all --launcher ray --address HEAD:6379   # one Ray task per run on a cluster
 
 Run folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones resumed. Results go to
 <out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png, and every command ends with <out>/index.html (the whole
@@ -18,15 +20,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from minigpt2.errors import UserError
 
-from .estimate import chosen_device, format_hours, gemini_cost, sweep_estimate
+from .estimate import chosen_device, format_hours, gemini_cost, schedule_seconds, sweep_estimate
 from .html import write_index
+from .launch import (LaunchError, check_devices, connect, default_devices, ray_capacity, require_ray, run_cost,
+                     run_local, run_ray, threads_per_run)
 from .report import write_report
-from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
+from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
 from .sweeps import MAX_SEEDS, SWEEPS, Sweep, SweepOptions, build_sweep
 
@@ -61,7 +67,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the CSV, table and plots")
     p.add_argument("--bootstrap", type=int, default=SAMPLES, help="bootstrap resamples per interval")
     p.add_argument("--no-progress", action="store_true", help="hide the sweep's progress bar")
+    g = p.add_argument_group("where the runs run (docs/study.md, 'Beyond one machine')")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="runs at once on this machine, each a finetune subprocess logging to its run.log, the "
+                        "longest first (default 1: one after the other). --launcher ray: the workers --dry-run "
+                        "plans for (default: what the cluster holds)")
+    g.add_argument("--devices", default=None,
+                   help="comma-separated devices the runs are pinned to, round-robin (default: every CUDA device, "
+                        "else cpu), e.g. cuda:0,cuda:1")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of each run, recorded in its config.json (default: this machine's cores / "
+                        "--jobs; with --cpus-per-run, that number)")
+    g.add_argument("--launcher", choices=["local", "ray"], default="local",
+                   help="local: this machine (--jobs); ray: one Ray task per run on a cluster (pip install -e "
+                        "\".[cluster]\"); the run folders must be on storage every node sees")
+    g.add_argument("--address", default=None,
+                   help="--launcher ray: the cluster to join (HOST:PORT of its head, or 'auto'; default: start a "
+                        "local one)")
+    g.add_argument("--cpus-per-run", type=int, default=None,
+                   help="--launcher ray: give each run N CPUs instead of one GPU")
     return p
+
+
+def check_launch(args: argparse.Namespace) -> None:
+    """The launcher flags, checked before any work (one `error:` line each)."""
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--cpus-per-run", args.cpus_per_run)):
+        if value is not None and value < 1:
+            raise LaunchError(f"{flag} {value}: expected an integer >= 1")
+    if args.devices is not None:
+        args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        if not args.devices:
+            raise LaunchError("--devices: expected a comma-separated list such as cuda:0,cuda:1")
+        check_devices(args.devices)
+    if args.launcher == "ray":
+        if args.devices:
+            raise LaunchError("--devices is for --launcher local; on Ray each run asks for one GPU (or "
+                              "--cpus-per-run CPUs) and Ray picks which")
+        if not args.dry_run or args.jobs is None:
+            require_ray()
+    else:
+        for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run)):
+            if value is not None:
+                raise LaunchError(f"{flag} is a --launcher ray setting; add --launcher ray")
+        if (args.jobs or 1) > 1 and args.isolation == "in-process":
+            raise LaunchError(f"--jobs {args.jobs} runs each run in its own subprocess; --isolation in-process "
+                              "runs them one at a time in this process: choose one")
+
+
+def workers(args: argparse.Namespace) -> int:
+    """How many runs go at once: --jobs, or for Ray (without --jobs) what the cluster holds."""
+    if args.launcher == "ray" and args.jobs is None:
+        ray = require_ray()
+        connect(ray, args.address)
+        return max(1, ray_capacity(ray, args.cpus_per_run))
+    return args.jobs or 1
+
+
+def launch(sweep: Sweep, root: Path, args: argparse.Namespace) -> SweepResult:
+    """Run the sweep's unfinished runs as the launcher flags say."""
+    progress = not args.no_progress
+    if args.launcher == "ray":
+        return run_ray(sweep.runs, root, args.address, args.cpus_per_run, args.threads, progress)
+    jobs = args.jobs or 1
+    threads = threads_per_run(jobs, args.threads)
+    if jobs > 1:
+        return run_local(sweep.runs, root, jobs, args.devices or default_devices(), threads, progress)
+    isolation = args.isolation or ("in-process" if args.tiny else "subprocess")
+    flags = (["--device", args.devices[0]] if args.devices else []) + ["--threads", str(threads)]
+    return run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
+                     progress=progress, exec_flags=flags)
 
 
 def ready_part(sweep: Sweep) -> Sweep:
@@ -97,6 +171,14 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
         lines, seconds = sweep_estimate(sweep.runs, model, chosen_device(shlex.split(args.finetune_args)))
         print("\n".join(lines))
         args.estimated_seconds = getattr(args, "estimated_seconds", 0.0) + seconds
+        if args.jobs is not None or args.launcher == "ray":  # the training time spread over the workers
+            costs = [run_cost(run) for run in sweep.runs]
+            per_run = [seconds * c / sum(costs) for c in costs] if sum(costs) else []
+            n = workers(args)
+            wall = schedule_seconds(per_run, n)
+            print(f"  on {n} workers, longest runs first: ~{format_hours(wall)} wall time"
+                  + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
+            args.estimated_wall = getattr(args, "estimated_wall", 0.0) + wall
         if name == "teachers":
             files = [Path(r.args[r.args.index("--synthetic") + 1]) for r in sweep.runs if "--synthetic" in r.args]
             folder = files[0].parent if files else (Path(args.synthetic_dir) if args.synthetic_dir else None)
@@ -104,10 +186,8 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
-        isolation = args.isolation or ("in-process" if args.tiny else "subprocess")
         try:
-            result = run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
-                               progress=not args.no_progress)
+            result = launch(sweep, root, args)
         except RunFolderConflict as e:  # the user's call: a message, not a traceback
             raise SystemExit(f"error: {e}") from None
         failed = result.failed
@@ -123,13 +203,36 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        with sigterm_as_interrupt():
+            return _main(argv)
     except UserError as e:  # a bad setting or input: one line, exit code 1
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs were stopped; their folders keep every finished epoch
+        print("\nsweep stopped: finished runs are kept and unfinished ones resume from their last epoch when the "
+              "same command is run again", file=sys.stderr)
+        return 130
+
+
+class sigterm_as_interrupt:
+    """SIGTERM (a scheduler or `kill` stopping the sweep) is handled as Ctrl-C: the runs are stopped cleanly."""
+
+    def __enter__(self) -> None:
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_launch(args)
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
                         synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
@@ -141,7 +244,9 @@ def _main(argv: list[str] | None) -> int:
         out = Path(args.out or ("results/tiny" if args.tiny else "results"))
         print(f"wrote {write_index(out)}")
     if args.dry_run and len(sweeps) > 1:
-        print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)")
+        print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)"
+              + (f", ~{format_hours(args.estimated_wall)} wall time on {workers(args)} workers"
+                 if hasattr(args, "estimated_wall") else ""))
     return 0 if all(ok) else 1
 
 

@@ -140,6 +140,17 @@ def gemini_cost(folder: Path | None, sonnets: int = 1000) -> list[str]:
     return lines
 
 
+def schedule_seconds(seconds: Sequence[float], workers: int) -> float:
+    """Wall time of runs taking `seconds` each on `workers` identical workers that start the longest runs first
+    and give each next run to the first worker free (greedy longest-processing-time: within 4/3 of the best)."""
+    import heapq
+
+    free_at = [0.0] * max(1, min(workers, len(seconds)))
+    for s in sorted(seconds, reverse=True):
+        heapq.heappush(free_at, heapq.heappop(free_at) + s)
+    return max(free_at) if seconds else 0.0
+
+
 def sweep_estimate(runs: Sequence[Run], model: str, device: str) -> tuple[list[str], float]:
     """Lines describing a sweep's cost and its estimated training seconds."""
     p = probe(model, device, 2 if model != "tiny" else 3)

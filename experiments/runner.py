@@ -12,7 +12,9 @@ that fails is reported and the sweep goes on with the next one.
 
 Two ways to execute a run: a subprocess per run (the default: a crash or a CUDA out-of-memory error cannot take
 the sweep down, and every run starts with empty GPU memory) or in this process (`--in-process`, the default
-under --tiny: no interpreter start-up per run, which dominates a tiny run's time on a CPU).
+under --tiny: no interpreter start-up per run, which dominates a tiny run's time on a CPU). `execute` is the one
+way to run one run; `run_sweep` calls it for each run in turn, `experiments.launch` from worker threads (`--jobs`)
+or Ray tasks (`--launcher ray`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ Executor = Callable[[str, Sequence[str], Path], None]
 
 # Flags that change how a run executes but not what it computes: a re-run with other values is the same run.
 NEUTRAL_FLAGS = {"--tokenizer-dir": 1, "--device": 1, "--no-progress": 0, "--eval-batch-size": 1, "--compile": 0,
-                "--offline": 0}
+                "--offline": 0, "--threads": 1, "--fetch-timeout": 1}
 RECORD = "experiment.json"
 
 
@@ -46,7 +48,11 @@ class RunFolderConflict(RuntimeError):
 
 
 def in_process(module: str, argv: Sequence[str], log: Path) -> None:
-    """Call `<module>.main(argv)` here; a `SystemExit` with a non-zero code is a failure."""
+    """Call `<module>.main(argv)` here; a `SystemExit` with a non-zero code is a failure. The run's --threads
+    applies to the run only: this process gets its thread count back."""
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         importlib.import_module(module).main(list(argv))
     except SystemExit as e:
@@ -54,10 +60,16 @@ def in_process(module: str, argv: Sequence[str], log: Path) -> None:
             raise KeyboardInterrupt from None
         if e.code not in (None, 0):
             raise RuntimeError(f"{module} exited: {e.code}") from None
+    finally:
+        torch.set_num_threads(threads)
 
 
-def in_subprocess(module: str, argv: Sequence[str], log: Path) -> None:
-    """Run `python -m <module> argv` in a fresh interpreter; its output goes to the console and to `log`."""
+def in_subprocess(module: str, argv: Sequence[str], log: Path, echo: bool = True,
+                  live: set | None = None) -> None:
+    """Run `python -m <module> argv` in a fresh interpreter; its output goes to `log` (and the console when
+    `echo`). Interrupted here (Ctrl-C, a cancelled Ray task), the child is stopped before this returns; it also
+    gets SIGTERM if this process dies, so no run goes on writing into its folder unseen. `live`, when given, holds
+    the child while it runs (a launcher running several at once stops them all on Ctrl-C)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -65,14 +77,48 @@ def in_subprocess(module: str, argv: Sequence[str], log: Path) -> None:
         f.write(f"$ {sys.executable} -m {module} {' '.join(argv)}\n")
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env)
-        assert proc.stdout is not None  # internal invariant: stdout=PIPE always gives a stream
-        for line in proc.stdout:
-            f.write(line)
-            tqdm.write(line.rstrip("\n"))
-        code = proc.wait()
+                                stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_die_with_parent)
+        if live is not None:
+            live.add(proc)
+        try:
+            assert proc.stdout is not None  # internal invariant: stdout=PIPE always gives a stream
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                if echo:
+                    tqdm.write(line.rstrip("\n"))
+            code = proc.wait()
+        finally:
+            stop(proc)
+            if live is not None:
+                live.discard(proc)
     if code != 0:
         raise RuntimeError(f"{module} exited with code {code}; see {log}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """End a child that is still running: SIGTERM (finetune's files are replaced atomically, so any moment is a
+    safe one), then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the sweep's process dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass  # no libc by that name: the child just lives on, as it would elsewhere
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -196,6 +242,7 @@ class SweepResult:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     evaluated: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)  # stopped by Ctrl-C / SIGTERM: resumable
 
 
 def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
@@ -214,41 +261,74 @@ def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
     return out
 
 
+@dataclass
+class Outcome:
+    """What `execute` did with one run: started finetune (or found it finished), and which evaluations it ran."""
+
+    started: bool
+    evaluated: list[str] = field(default_factory=list)
+
+
+def prepare_run(run: Run, root: Path) -> bool:
+    """The checks before a run starts, made by whoever launches it: the folder must belong to this command line
+    and, if finished, to these inputs (`RunFolderConflict` otherwise). True when the run is finished."""
+    run_dir = root / run.name
+    check_record(run_dir, run)
+    if is_finished(run_dir):
+        check_inputs(run_dir, run)
+        return True
+    return False
+
+
+def execute(run: Run, root: Path, executor: Executor, exec_flags: Sequence[str] = (),
+            outcome: Outcome | None = None) -> Outcome:
+    """Bring one run to finished: finetune into `root/<run name>/` (a started one resumed), then its missing follow-up evaluations. The one way every launcher runs a run (in
+    this process, a subprocess, a worker thread's subprocess or a Ray task's). `exec_flags` are finetune flags
+    that say where and how it executes (`--device`, `--threads`; neutral, see NEUTRAL_FLAGS). Raises on failure,
+    after filling in `outcome` (when given) with what it got to do."""
+    run_dir = root / run.name
+    outcome = outcome if outcome is not None else Outcome(started=False)
+    if not prepare_run(run, root):
+        resume = is_started(run_dir)  # --resume goes on from its last epoch, or from epoch 1 if it died in its first
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
+                                                  "settings": run.settings,
+                                                  "data_dir": resolved_data_dir(run.args)}, indent=2) + "\n")
+        argv = [*run.args, "--out-dir", str(run_dir), *exec_flags] + (["--resume"] if resume else [])
+        outcome.started = True
+        executor("minigpt2.finetune", argv, run_dir / "run.log")
+        if not is_finished(run_dir):
+            raise RuntimeError(f"finetune returned but {run_dir} holds no final metrics.json")
+    flags = list(exec_flags)
+    device = flags[flags.index("--device"):][:2] if "--device" in flags else []  # evaluate takes --device too
+    for ev in run.evaluations:
+        if not evaluation_done(run_dir, ev):
+            argv = [str(run_dir) if a == "RUN_DIR" else a for a in ev.argv] + device
+            executor(ev.module, argv, run_dir / "run.log")
+            if not evaluation_done(run_dir, ev):
+                raise RuntimeError(f"{ev.module} returned but wrote no {run_dir / ev.output}")
+            outcome.evaluated.append(f"{run.name}:{ev.name}")
+    return outcome
+
+
 def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor = in_subprocess,
-              progress: bool = True) -> SweepResult:
-    """Execute every unfinished run of a sweep into `root/<run name>/`, then its follow-up evaluations."""
+              progress: bool = True, exec_flags: Sequence[str] = ()) -> SweepResult:
+    """Execute every unfinished run of a sweep into `root/<run name>/`, one after the other, then its follow-up
+    evaluations."""
     root = Path(root)
     result = SweepResult()
     bar = tqdm(runs, desc=f"sweep {root.name}", unit="run", disable=not progress, dynamic_ncols=True)
     for run in bar:
-        run_dir = root / run.name
         bar.set_postfix_str(run.name)
+        outcome = Outcome(started=False)
         try:
-            check_record(run_dir, run)
-            if is_finished(run_dir):
-                check_inputs(run_dir, run)
-                result.skipped.append(run.name)
-            else:
-                resume = is_started(run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
-                                                          "settings": run.settings,
-                                                          "data_dir": resolved_data_dir(run.args)}, indent=2) + "\n")
-                argv = [*run.args, "--out-dir", str(run_dir)] + (["--resume"] if resume else [])
-                result.started.append(run.name)
-                executor("minigpt2.finetune", argv, run_dir / "run.log")
-                if not is_finished(run_dir):
-                    raise RuntimeError(f"finetune returned but {run_dir} holds no final metrics.json")
-            for ev in run.evaluations:
-                if not evaluation_done(run_dir, ev):
-                    argv = [str(run_dir) if a == "RUN_DIR" else a for a in ev.argv]
-                    executor(ev.module, argv, run_dir / "run.log")
-                    if not evaluation_done(run_dir, ev):
-                        raise RuntimeError(f"{ev.module} returned but wrote no {run_dir / ev.output}")
-                    result.evaluated.append(f"{run.name}:{ev.name}")
+            execute(run, root, executor, exec_flags, outcome)
         except RunFolderConflict:
             raise
         except Exception as e:  # one failed run must not stop the sweep; it is listed at the end
             result.failed[run.name] = f"{type(e).__name__}: {e}"
             tqdm.write(f"run {run.name} FAILED: {e}\n{traceback.format_exc(limit=3)}")
+        finally:
+            (result.started if outcome.started else result.skipped).append(run.name)
+            result.evaluated += outcome.evaluated
     return result

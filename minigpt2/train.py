@@ -97,6 +97,62 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, local_rank, dev)
 
 
+class FetchWaitError(UserError, TimeoutError):
+    """A rank waited too long for the rank fetching the run's inputs, or that rank failed."""
+
+
+def fetch_once(fetch: Callable[[], None], d: Dist, timeout: float, store: Any = None, what: str = "inputs") -> None:
+    """Run `fetch` (download whatever is missing; a no-op when all is there) once per machine, not once per rank.
+
+    Global rank 0 fetches first while every other rank waits. Then local rank 0 of each other node calls `fetch`
+    too: on a folder every node shares it finds everything there and fetches nothing; on node-local storage it
+    fetches that node's copy. The other ranks of a node wait for their local rank 0. A wait longer than `timeout`
+    seconds, or a failed fetch on the rank waited for, is a `FetchWaitError` naming who was waited for. The
+    handshake goes through the process group's key-value store (`store`, default: torchrun's), so it works the same
+    under gloo and NCCL."""
+    if d.world == 1:
+        fetch()
+        return
+    if store is None:
+        store = dist.distributed_c10d._get_default_store()  # the rendezvous store every rank already shares
+    node = os.environ.get("GROUP_RANK", "0")  # torchrun's node rank
+    prefix = f"minigpt2/fetch/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # a restart fetches afresh
+    first, mine = f"{prefix}/global", f"{prefix}/node{node}"
+    if d.rank == 0:
+        _publish(store, first, fetch)
+        store.set(mine, "ok")  # rank 0's node is served by rank 0's fetch
+        return
+    _wait(store, first, "global rank 0", what, timeout, d)
+    if d.local_rank == 0:
+        _publish(store, mine, fetch)
+    else:
+        _wait(store, mine, f"local rank 0 of node {node}", what, timeout, d)
+
+
+def _publish(store: Any, key: str, fetch: Callable[[], None]) -> None:
+    """Fetch, then tell the waiting ranks how it went (a failure too, so that they stop at once)."""
+    try:
+        fetch()
+    except BaseException as e:
+        store.set(key, f"failed: {type(e).__name__}: {e}")
+        raise
+    store.set(key, "ok")
+
+
+def _wait(store: Any, key: str, who: str, what: str, timeout: float, d: Dist) -> None:
+    import datetime
+
+    try:
+        store.wait([key], datetime.timedelta(seconds=timeout))
+    except RuntimeError:  # the store's own timeout error (DistStoreError is a RuntimeError)
+        raise FetchWaitError(f"rank {d.rank} waited {timeout:g} s (--fetch-timeout) for {who} to fetch the run's "
+                             f"{what}, in vain; see that rank's output, or raise --fetch-timeout for a slow "
+                             "download") from None
+    answer = store.get(key).decode()
+    if answer != "ok":
+        raise FetchWaitError(f"rank {d.rank}: {who} could not fetch the run's {what} ({answer})")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

@@ -15,6 +15,7 @@ from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from minigpt2.train import TrainConfig, bucketed_batches, lr_lambda, param_groups, train
+from tests.test_data_fetch import hub  # noqa: F401  (the fake hub with the task data, for the two-node test)
 from tasks import Example, collate
 from tasks.sentiment import SentimentClassifier
 
@@ -114,3 +115,65 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         assert metrics["optimizer_steps_per_epoch"] == 1
         weights.append(model.classifier.weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_fetch_data_and_weights_once(hub, tiny_hf_dir, tmp_path):
+    """Two torchrun launchers with --nnodes 2 (one process each, gloo, c10d rendezvous on 127.0.0.1) share this
+    machine's folders, as two nodes share a network folder: global rank 0 fetches the task data and the weights
+    while the other node waits, and then finds everything there. The fake hub counts one GET per file."""
+    from tests.test_download import serve_gpt2
+
+    serve_gpt2(hub, {n: (tiny_hf_dir / n).read_bytes() for n in ("config.json", "model.safetensors")},
+               name="gpt2-medium", commit="0" * 40)  # a preset without a pinned sha256: the tiny model stands in
+    out, port = tmp_path / "run", free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes"]
+    job = ["-m", "minigpt2.finetune", "--task", "cfimdb", "--model", "gpt2-medium", "--data-dir",
+           str(tmp_path / "data"), "--tokenizer-dir", str(FIX / "gpt2"), "--epochs", "1", "--max-train", "4",
+           "--max-eval", "2", "--batch-size", "2", "--max-length", "32", "--out-dir", str(out), "--no-progress",
+           "--device", "cpu", "--fetch-timeout", "120"]
+    nodes = [subprocess.Popen(launch + ["--node-rank", str(i)] + job, cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
+    outputs = [p.communicate(timeout=240)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(set(metrics["param_checksums"])) == 1
+    gets = [path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path]
+    assert sorted(set(gets)) == sorted(gets) and len(gets) == 5, gets  # 3 cfimdb files, config, weights
+    assert sum("fetching cfimdb data" in o for o in outputs) == 1
+
+
+def test_a_rank_waiting_for_the_fetch_stops_with_a_clear_error():
+    """fetch_once over a real store: rank 1 gives up after the timeout, or at once when rank 0's fetch failed."""
+    from datetime import timedelta
+
+    from torch.distributed import HashStore
+
+    from minigpt2.train import Dist, FetchWaitError, fetch_once
+
+    store = HashStore()
+    store.set_timeout(timedelta(seconds=5))
+    with pytest.raises(FetchWaitError, match=r"rank 1 waited 0.2 s \(--fetch-timeout\) for global rank 0"):
+        fetch_once(lambda: None, Dist(rank=1, world=2, local_rank=0), timeout=0.2, store=store)
+
+    def broken():
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        fetch_once(broken, Dist(rank=0, world=2), timeout=1, store=store)
+    with pytest.raises(FetchWaitError, match=r"global rank 0 could not fetch the run's inputs \(failed: "
+                                             r"OSError: disk full\)"):
+        fetch_once(lambda: None, Dist(rank=1, world=2, local_rank=0), timeout=1, store=store)
+    calls = []
+    store2 = HashStore()
+    fetch_once(lambda: calls.append(0), Dist(rank=0, world=3), timeout=1, store=store2)
+    fetch_once(lambda: calls.append(1), Dist(rank=1, world=3, local_rank=1), timeout=1, store=store2)  # waits
+    assert calls == [0]

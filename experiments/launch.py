@@ -1,0 +1,376 @@
+"""Running a sweep's runs side by side: several at once on one machine (`--jobs N`), or as Ray tasks on a cluster
+(`--launcher ray`). Either way each run is `runner.execute` around the same `python -m minigpt2.finetune`
+subprocess as a sequential sweep, and the run folders stay the one source of truth: a run is done when its folder
+says so, whoever ran it, so a sweep stopped anywhere resumes from any machine that sees the folders.
+
+    local   N worker threads, each holding one slot: a device (round-robin over --devices) and a CPU thread
+            count; each worker starts finetune in a subprocess with `--device D --threads T`, its output only in
+            the run's run.log. Ctrl-C or SIGTERM stops every child (their files are replaced atomically, so any
+            moment is safe) and leaves the unfinished runs to resume.
+    ray     one Ray task per run, asking for one GPU (or --cpus-per-run CPUs) on an existing cluster (--address)
+            or a local one. First a probe: a task on every node writes a file in the sweep's folder and this
+            process must read it back, else the folders are not shared storage and the sweep refuses to start.
+
+Runs start longest first (training tokens x epochs, as `--dry-run` counts them): a long run started last would
+keep every other worker idle at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from minigpt2.errors import UserError
+
+from .runner import (Outcome, SweepResult, evaluation_done, execute, in_subprocess, is_finished,
+                     prepare_run)
+from .sweeps import Run
+
+INSTALL_RAY = 'pip install -e ".[cluster]"'
+FORWARDED_ENV = ("MINIGPT2_", "HF_")  # environment variables a Ray task gets from the driver
+LAUNCH_FILE = "launch.json"  # written by a Ray task into its run folder when the run starts (who runs it, where)
+
+
+class LaunchError(UserError, ValueError):
+    """Launcher settings that cannot work: --jobs below 1, a device that is not there, Ray missing, folders the
+    cluster does not share."""
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask, which a container or `taskset` narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_run(jobs: int, threads: int | None = None) -> int:
+    """A run's CPU threads: `threads` when given, else this machine's cores split evenly between the jobs."""
+    return threads if threads is not None else max(1, cpu_count() // jobs)
+
+
+def run_cost(run: Run) -> float:
+    """How long a run takes, relatively: its training tokens x epochs (0 when its data is not there yet)."""
+    from .estimate import run_tokens
+
+    try:
+        tokens, epochs = run_tokens(run)
+    except (OSError, ValueError, RuntimeError, UserError):
+        return 0.0
+    return float(tokens * epochs)
+
+
+def longest_first(runs: Sequence[Run], cost=run_cost) -> list[Run]:
+    """The runs in the order to start them: the most costly first (ties keep the sweep's order)."""
+    costs = {run.name: cost(run) for run in runs}
+    return sorted(runs, key=lambda r: -costs[r.name])
+
+
+def default_devices() -> list[str]:
+    """Every CUDA device, else the CPU."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+
+
+def check_devices(devices: Sequence[str]) -> None:
+    """Each device must exist here (one `error:` line naming the one that does not)."""
+    from app.settings import SettingsError, check_device
+
+    for device in devices:
+        try:
+            check_device(device)
+        except SettingsError as e:
+            raise LaunchError(str(e).replace("--device", "--devices", 1)) from None
+        if device == "auto":
+            raise LaunchError("--devices auto: name the devices (cpu, cuda:0, cuda:1, ...)")
+
+
+class Progress:
+    """Runs queued / running / done / failed, shown as a bar and one line per change of a run's state."""
+
+    def __init__(self, name: str, total: int, show: bool) -> None:
+        self.queued, self.running, self.done, self.failed = total, 0, 0, 0
+        self.bar = tqdm(total=total, desc=f"sweep {name}", unit="run", disable=not show, dynamic_ncols=True)
+        self.lock = threading.Lock()
+        self.bar.set_postfix_str(self.line())
+
+    def line(self) -> str:
+        return f"queued {self.queued}, running {self.running}, done {self.done}, failed {self.failed}"
+
+    def start(self, name: str, where: str) -> None:
+        with self.lock:
+            self.queued, self.running = self.queued - 1, self.running + 1
+            self._say(f"start {name} on {where}")
+
+    def end(self, name: str, ok: bool, note: str = "", stopped: bool = False) -> None:
+        """A run ended: done, failed, or (`stopped`) interrupted with the sweep, to be resumed."""
+        with self.lock:
+            self.running -= 1
+            self.done, self.failed = self.done + ok, self.failed + (not ok and not stopped)
+            self.bar.update(1)
+            state = "done" if ok else ("stopped" if stopped else "FAILED")
+            self._say(f"{state} {name}" + (f": {note}" if note else ""))
+
+    def _say(self, event: str) -> None:
+        self.bar.set_postfix_str(self.line())
+        tqdm.write(f"[{self.line()}] {event}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def split_finished(runs: Sequence[Run], root: Path, result: SweepResult) -> list[Run]:
+    """The checks every launcher makes here before starting anything (a folder of another command line or of
+    other inputs stops the sweep now, not midway); the runs with nothing left to do go to `result.skipped`."""
+    todo = []
+    for run in runs:
+        if prepare_run(run, root) and all(evaluation_done(root / run.name, ev) for ev in run.evaluations):
+            result.skipped.append(run.name)
+        else:
+            todo.append(run)
+    return todo
+
+
+# ---------------------------------------------------------------------------------------------- one machine
+
+def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: Sequence[str],
+              threads: int, progress: bool = True, executor=in_subprocess) -> SweepResult:
+    """Up to `jobs` runs at once, run k of the free slots pinned to `devices[slot % len(devices)]`, each a
+    finetune subprocess with `--threads threads` logging to its run.log. Ctrl-C (KeyboardInterrupt) stops every
+    child, lists the unfinished runs in `result.interrupted` and is raised again."""
+    root = Path(root)
+    result = SweepResult()
+    todo = longest_first(split_finished(runs, root, result))
+    slots: list[int] = list(range(jobs))
+    lock, stopping, live = threading.Lock(), threading.Event(), set()
+    bar = Progress(root.name, len(todo), progress)
+    start = functools.partial(executor, echo=False, live=live) if executor is in_subprocess else executor
+
+    def run_exec(module: str, argv: Sequence[str], log: Path) -> None:
+        if stopping.is_set():  # no new child (say, a follow-up evaluation) once the sweep is stopping
+            raise RuntimeError("the sweep was stopped")
+        start(module, argv, log)
+
+    def work(run: Run) -> None:
+        if stopping.is_set():
+            result.interrupted.append(run.name)
+            return
+        with lock:
+            slot = slots.pop(0)
+        device = devices[slot % len(devices)]
+        outcome = Outcome(started=False)
+        bar.start(run.name, f"{device}, {threads} thread(s); log {root / run.name / 'run.log'}")
+        try:
+            execute(run, root, run_exec, ["--device", device, "--threads", str(threads)], outcome)
+            bar.end(run.name, True)
+        except Exception as e:
+            if stopping.is_set():
+                result.interrupted.append(run.name)
+            else:
+                result.failed[run.name] = f"{type(e).__name__}: {e}"
+            bar.end(run.name, False, "" if stopping.is_set() else str(e), stopped=stopping.is_set())
+            if not stopping.is_set() and not isinstance(e, RuntimeError):  # a bug here, not a failed run
+                tqdm.write(traceback.format_exc(limit=3))
+        finally:
+            (result.started if outcome.started else result.skipped).append(run.name)
+            result.evaluated.extend(outcome.evaluated)
+            with lock:
+                slots.append(slot)
+                slots.sort()
+
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep")
+    futures = [pool.submit(work, run) for run in todo]  # the pool starts them in this order: longest first
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except KeyboardInterrupt:
+        stopping.set()
+        for future in futures:
+            future.cancel()
+        while not all(f.done() for f in futures):  # a child started just now is stopped too
+            for proc in list(live):
+                if proc.poll() is None:
+                    proc.terminate()
+            time.sleep(0.1)
+        result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+def require_ray():
+    """The `ray` module, or one `error:` line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise LaunchError(f"--launcher ray needs Ray, which is not installed here; install it with: "
+                          f"{INSTALL_RAY}") from None
+    return ray
+
+
+def _write_probe(path: str, token: str) -> str:
+    """On a worker node: write `token` to `path`; returns the node's host name."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(token, encoding="utf-8")
+    return socket.gethostname()
+
+
+def check_shared_storage(ray, root: Path) -> None:
+    """A task on every alive node writes a probe file into `root`; this process must read each back."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_write_probe)
+    token = uuid.uuid4().hex
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    paths = {n["NodeID"]: root / f".storage-probe-{n['NodeID'][:12]}-{token[:8]}" for n in nodes}
+    refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(paths[n["NodeID"]]), token) for n in nodes}
+    try:
+        for node_id, ref in refs.items():
+            ip = next(n.get("NodeManagerAddress", "?") for n in nodes if n["NodeID"] == node_id)
+            try:
+                host = ray.get(ref, timeout=300)
+            except Exception as e:
+                raise LaunchError(f"--launcher ray: node {ip} cannot write into {root} ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[-1] if str(e) else ''}); the run folders (--runs-dir) must "
+                                  "be on storage every node mounts at the same path") from None
+            path = paths[node_id]
+            if not path.is_file() or path.read_text(encoding="utf-8") != token:
+                raise LaunchError(f"--launcher ray: node {host} ({ip}) wrote {path}, but this machine does not see "
+                                  f"it; the run folders (--runs-dir) must be on storage every node mounts at the same "
+                                  "path (NFS, a cluster file system), or the results stay on the workers")
+    finally:
+        for path in paths.values():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # the folder itself is the problem, reported above
+                pass
+
+
+def _ray_task(run: Run, root: str, exec_flags: list[str], pass_id: str) -> str | None:
+    """On a worker: mark the run folder as started by this pass, then `execute` the run as a local sweep does;
+    the error text if it failed (the result itself is only in the run folder)."""
+    run_dir = Path(root) / run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LAUNCH_FILE).write_text(json.dumps({"pass": pass_id, "host": socket.gethostname(),
+                                                   "flags": exec_flags, "started": time.time()}) + "\n")
+    try:
+        execute(run, Path(root), functools.partial(in_subprocess, echo=False), exec_flags)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _launched_by(run_dir: Path, pass_id: str) -> str | None:
+    try:
+        record = json.loads((run_dir / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("host") if record.get("pass") == pass_id else None
+
+
+def ray_capacity(ray, cpus_per_run: int | None) -> int:
+    """How many runs the cluster can hold at once: its GPUs, or its CPUs / --cpus-per-run."""
+    resources = ray.cluster_resources()
+    if cpus_per_run:
+        return max(1, int(resources.get("CPU", 0)) // cpus_per_run)
+    return int(resources.get("GPU", 0))
+
+
+def connect(ray, address: str | None) -> None:
+    """Join the cluster at `address` ('auto': the one this machine belongs to), else start a local one."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(log_to_driver=False, include_dashboard=False)
+
+
+def run_ray(runs: Sequence[Run], root: str | os.PathLike, address: str | None = None,
+            cpus_per_run: int | None = None, threads: int | None = None, progress: bool = True,
+            poll_s: float = 2.0) -> SweepResult:
+    """Every unfinished run as a Ray task (one GPU each, or `cpus_per_run` CPUs), longest first; the outcome of
+    each is read from its run folder. Ctrl-C cancels the tasks (their finetune children are stopped) and is
+    raised again; the run folders keep what was finished."""
+    ray = require_ray()
+    root = Path(root)
+    result = SweepResult()
+    todo = longest_first(split_finished(runs, root, result))
+    if not todo:
+        return result
+    root.mkdir(parents=True, exist_ok=True)
+    started_ray = not ray.is_initialized()
+    connect(ray, address)
+    try:
+        if not cpus_per_run and not ray_capacity(ray, None):
+            raise LaunchError("--launcher ray: the cluster has no GPU; pass --cpus-per-run N to run each run on N "
+                              "CPUs instead")
+        check_shared_storage(ray, root)
+        # The runs' flags were resolved against this machine's settings (data and tokenizer folders, the hub):
+        # the workers get the same ones, whatever environment their node was started with.
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        if cpus_per_run:
+            resources = {"num_cpus": cpus_per_run, "num_gpus": 0}
+            flags = ["--device", "cpu", "--threads", str(threads or cpus_per_run)]
+        else:  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: finetune sees one device
+            resources = {"num_cpus": 1, "num_gpus": 1}
+            flags = ["--device", "cuda"] + (["--threads", str(threads)] if threads else [])
+        task = ray.remote(_ray_task).options(**resources, max_retries=0, runtime_env={"env_vars": env})
+        pass_id = uuid.uuid4().hex
+        refs = {task.remote(run, str(root), flags, pass_id): run for run in todo}
+        result.started += [run.name for run in todo]
+        _follow(ray, refs, root, pass_id, result, progress, poll_s)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return result
+
+
+def _follow(ray, refs: dict, root: Path, pass_id: str, result: SweepResult, show: bool, poll_s: float) -> None:
+    """Wait for the tasks, showing queued / running / done / failed from the run folders."""
+    bar = Progress(root.name, len(refs), show)
+    pending, seen = dict(refs), set()
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
+            for ref, run in list(pending.items()):
+                host = _launched_by(root / run.name, pass_id)
+                if (host or ref in ready) and run.name not in seen:
+                    seen.add(run.name)
+                    bar.start(run.name, host or "a worker")
+            for ref in ready:
+                run = pending.pop(ref)
+                try:
+                    error = ray.get(ref)
+                except Exception as e:  # the task itself died (its worker or node was lost)
+                    error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                run_dir = root / run.name
+                done = is_finished(run_dir) and all(evaluation_done(run_dir, ev) for ev in run.evaluations)
+                if not done:
+                    result.failed[run.name] = error or f"the task ended but {run_dir} holds no finished run"
+                bar.end(run.name, done, "" if done else result.failed[run.name])
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        result.interrupted += [run.name for run in pending.values()]
+        raise
+    finally:
+        bar.close()
