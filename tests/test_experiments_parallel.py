@@ -164,11 +164,12 @@ def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_run_that_died_before_its_first_epoch_starts_again(tmp_path):
-    """Its folder holds a config.json but nothing to resume: finetune is asked to start it over."""
+def test_a_run_that_died_before_its_first_epoch_is_resumed_from_its_start(tmp_path):
+    """Its folder holds finetune's config.json but no saved epoch: finetune is asked to continue it (`--resume`
+    then starts at epoch 1), never to overwrite it."""
     run = three_runs()[0]
     (tmp_path / run.name).mkdir()
-    (tmp_path / run.name / "config.json").write_text(json.dumps({"args": {}}))
+    (tmp_path / run.name / "config.json").write_text(json.dumps({"settings": {}, "args": {}}))
     fake = FakeFinetune()
     assert runner.run_sweep([run], tmp_path, fake, progress=False).started == ["r0"]
-    assert "--overwrite" in fake.calls[0][1] and "--resume" not in fake.calls[0][1]
+    assert "--resume" in fake.calls[0][1] and "--overwrite" not in fake.calls[0][1]
