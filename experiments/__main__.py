@@ -8,6 +8,7 @@
     python -m experiments teachers --synthetic-dir synthetic/
     python -m experiments baseline --tiny               # CPU smoke run: tiny random model, fixture data
     python -m experiments all --dry-run                 # list the runs, their tokens, time and cost; run none
+    python -m experiments all --dry-run --stated-rates --markdown   # docs/study.md's cost table
 
 Run folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones resumed. Results go to
 <out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png, and every command ends with <out>/index.html (the whole
@@ -17,14 +18,18 @@ study on one self-contained page). `all` runs every sweep whose inputs exist and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shlex
 import sys
 from pathlib import Path
 
 from minigpt2.errors import UserError
 
-from .estimate import chosen_device, format_hours, gemini_cost, sweep_estimate
+from .estimate import (Cost, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table, measured_rates,
+                       stated_rates, sweep_cost)
 from .html import write_index
+from .preflight import check_preconditions
 from .report import write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
@@ -40,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 epoch, "
                         "trimmed sweep")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
+                   help="list the runs and estimate their cost: tokens, CPU time (a measured probe), one GPU "
+                        "(FLOP- and launch-bound), start-ups, Gemini requests; run nothing (teachers without "
+                        "files: planned as if they existed)")
+    p.add_argument("--stated-rates", action="store_true",
+                   help="--dry-run: price the CPU with the stated rates of experiments/estimate.py (STATED_CPU) "
+                        "instead of a probe measured now (deterministic)")
+    p.add_argument("--markdown", action="store_true",
+                   help="--dry-run: print only the cost table in markdown, one row per sweep (docs/study.md's)")
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 11711, 11712, ...)")
     p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
                                                "results/tiny under --tiny)")
@@ -78,6 +90,18 @@ def ready_part(sweep: Sweep) -> Sweep:
     return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits))
 
 
+def isolation(args: argparse.Namespace) -> str:
+    return args.isolation or ("in-process" if args.tiny else "subprocess")
+
+
+def dry_run_rates(args: argparse.Namespace):  # -> estimate.Rates, probed once per command
+    if getattr(args, "rates", None) is None:
+        model = args.model or ("tiny" if args.tiny else "gpt2")
+        args.rates = stated_rates() if args.stated_rates else \
+            measured_rates(model, chosen_device(shlex.split(args.finetune_args)))
+    return args.rates
+
+
 def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     """Plan, run and report one sweep; False if a run failed."""
     name = sweep.name
@@ -92,20 +116,16 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
                                                                        else ""))
         for run, state in plan(sweep.runs, root):
             print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
-        model = args.model or ("tiny" if args.tiny else "gpt2")
-        lines, seconds = sweep_estimate(sweep.runs, model, chosen_device(shlex.split(args.finetune_args)))
-        print("\n".join(lines))
-        args.estimated_seconds = getattr(args, "estimated_seconds", 0.0) + seconds
-        if name == "teachers":
-            files = [Path(r.args[r.args.index("--synthetic") + 1]) for r in sweep.runs if "--synthetic" in r.args]
-            folder = files[0].parent if files else (Path(args.synthetic_dir) if args.synthetic_dir else None)
-            print("\n".join(gemini_cost(folder)))
+        rates = dry_run_rates(args)
+        cost = sweep_cost(sweep.runs, rates, isolation(args))
+        bill, usd = gemini_bill(sweep.runs)
+        print("\n".join(cost_lines(cost, rates) + bill))
+        args.costs.append((name, cost, usd))
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
-        isolation = args.isolation or ("in-process" if args.tiny else "subprocess")
         try:
-            result = run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
+            result = run_sweep(sweep.runs, root, in_process if isolation(args) == "in-process" else in_subprocess,
                                progress=not args.no_progress)
         except RunFolderConflict as e:  # the user's call: a message, not a traceback
             raise SystemExit(f"error: {e}") from None
@@ -129,18 +149,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if (args.markdown or args.stated_rates) and not args.dry_run:
+        raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
-                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
+                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
+                        plan_missing=args.dry_run)
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
     sweeps = [ready_part(build_sweep(name, opts)) for name in names]  # all checked before any runs
     if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
         raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
-    ok = [run_one(sweep, args) for sweep in sweeps]
+    if not args.dry_run and not args.report_only:  # every shared input, before the first run of any sweep
+        for sweep in sweeps:
+            root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny
+                                          else "checkpoints/experiments")) / sweep.name
+            check_preconditions(sweep.name, [run for run, state in plan(sweep.runs, root) if state != "done"])
+    args.costs = []
+    with contextlib.redirect_stdout(io.StringIO()) if args.markdown else contextlib.nullcontext():
+        ok = [run_one(sweep, args) for sweep in sweeps]
     if not args.dry_run:
         out = Path(args.out or ("results/tiny" if args.tiny else "results"))
         print(f"wrote {write_index(out)}")
-    if args.dry_run and len(sweeps) > 1:
-        print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)")
+    elif args.markdown:
+        rows = args.costs + ([("all", sum((c for _, c, _ in args.costs), Cost()),
+                               sum(u for _, _, u in args.costs))] if len(args.costs) > 1 else [])
+        print(markdown_table(rows, dry_run_rates(args)), end="")
+    elif len(args.costs) > 1:
+        total = sum((c for _, c, _ in args.costs), Cost())
+        print(f"all sweeps ({len(args.costs)} with runs):")
+        print("\n".join(cost_lines(total, dry_run_rates(args))))
+        print(f"  Gemini in all: ~${sum(u for _, _, u in args.costs):.2f} (see the teachers sweep above)")
     return 0 if all(ok) else 1
 
 
