@@ -87,7 +87,7 @@ def ready_part(sweep: Sweep) -> Sweep:
             ready.append(run)
     waits = [f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) wait for "
              f"minigpt2.finetune in this checkout, which has no {flags}" for flags, names in waiting.items()]
-    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits))
+    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits), sweep.synthetic_needs)
 
 
 def isolation(args: argparse.Namespace) -> str:
@@ -118,7 +118,7 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
             print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
         rates = dry_run_rates(args)
         cost = sweep_cost(sweep.runs, rates, isolation(args))
-        bill, usd = gemini_bill(sweep.runs)
+        bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
         print("\n".join(cost_lines(cost, rates) + bill))
         args.costs.append((name, cost, usd))
         return True

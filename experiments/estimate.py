@@ -194,7 +194,8 @@ def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_le
         return SplitCounts(lengths, sum(lengths))
     truths = {}
     if split == "test" and task.references_file(Path(folder), "test") is not None:
-        truths = {str(n): len(tok.encode(t)) + 1 for n, t in task.split_references(Path(folder), "test").items()}
+        truths = {str(n): min(max_len, len(tok.encode(t)) + 1)  # as the dev references: cut at max_len
+                  for n, t in task.split_references(Path(folder), "test").items()}
     conts = []
     for e in examples:
         full = len(e.meta["reference_ids"]) if "reference_ids" in e.meta else truths.get(e.id)
@@ -221,16 +222,19 @@ class Generation:
     decode_steps: int = 0
     new_tokens: int = 0
 
-    def add(self, lengths: Sequence[int], conts: Sequence[int], batch: int, cap: int, times: int = 1) -> None:
-        """`times` passes over prompts of `lengths` whose continuations run `conts` tokens (capped)."""
+    def add(self, lengths: Sequence[int], conts: Sequence[int], batch: int, cap: int, positions: int,
+            times: int = 1) -> None:
+        """`times` passes over prompts of `lengths` whose continuations run `conts` tokens, cut at the token
+        budget `cap` and at the model's `positions`, as `minigpt2.generate` cuts them."""
         for start in range(0, len(lengths), batch):
             rows = list(lengths[start:start + batch])
-            steps = min(cap, max(conts[start:start + batch]))
+            budget = max(0, min(cap, positions - max(rows)))
+            steps = min(budget, max(conts[start:start + batch]))
             self.prefill_tokens += times * len(rows) * max(rows)
             self.prefill_batches += times
             self.decoded_tokens += times * len(rows) * steps
             self.decode_steps += times * steps
-            self.new_tokens += times * sum(min(cap, c) for c in conts[start:start + batch])
+            self.new_tokens += times * sum(min(budget, c) for c in conts[start:start + batch])
         self.prompts += times * len(lengths)
 
 
@@ -304,9 +308,10 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
         test_c = [mean if c is None else c for c in test.continuations]
         if None in test.continuations:
             w.assumed.append(f"test continuations: the true sonnets' mean, {mean} tokens")
-        w.generation.add(dev.lengths, dev_c, batch, cap, passes)
-        w.generation.add(list(dev.lengths) * samples, dev_c * samples, batch, cap)
-        w.generation.add(list(test.lengths) * samples, test_c * samples, batch, cap)
+        positions = model_config(s.model.model).n_positions
+        w.generation.add(dev.lengths, dev_c, batch, cap, positions, passes)
+        w.generation.add(list(dev.lengths) * samples, dev_c * samples, batch, cap, positions)
+        w.generation.add(list(test.lengths) * samples, test_c * samples, batch, cap, positions)
     else:
         w.eval_tokens += (passes + 1) * sum(dev.lengths) + sum(test.lengths)
         w.eval_batches += (passes + 1) * math.ceil(len(dev.lengths) / batch) + math.ceil(len(test.lengths) / batch)
@@ -547,9 +552,14 @@ def requests_needed(teacher: str, path: Path | None, perfect: int = 0, kept: int
     return max(math.ceil(perfect / p) if perfect else 0, math.ceil(kept / k) if kept else 0)
 
 
-def synthetic_needs(runs: Sequence[Run]) -> dict[Path, dict[str, int]]:
-    """file -> {"perfect": n, "all": n}: the most sonnets any run asks of it with each filter."""
+def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()
+                    ) -> dict[Path, dict[str, int]]:
+    """file -> {"perfect": n, "all": n}: the most sonnets any run asks of it with each filter, or any arm of
+    `intended` ((file, filter, n), `Sweep.synthetic_needs`: also the arms a file cannot fill yet)."""
     needs: dict[Path, dict[str, int]] = {}
+    for path, filt, n in intended:
+        slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
+        slot[filt] = max(slot[filt], n)
     for run in runs:
         a = list(run.args)
         if "--synthetic" not in a:
@@ -562,13 +572,14 @@ def synthetic_needs(runs: Sequence[Run]) -> dict[Path, dict[str, int]]:
     return needs
 
 
-def gemini_bill(runs: Sequence[Run]) -> tuple[list[str], float]:
-    """Lines pricing the Gemini requests the runs need, per teacher file: what its summary says it billed, and
-    the requests still needed for the largest perfect (and all) arm at its perfect rate; and the total USD."""
+def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()) -> tuple[list[str], float]:
+    """Lines pricing the Gemini requests the runs (and the `intended` arms) need, per teacher file: what its
+    summary says it billed, and the requests still needed for the largest perfect (and all) arm at its perfect
+    rate; and the total USD."""
     from distill.prices import PRICES_DATE, estimate_cost
     from distill.summary import read_summary
 
-    needs = synthetic_needs(runs)
+    needs = synthetic_needs(runs, intended)
     if not needs:
         return ["  Gemini: none (no run trains on synthetic sonnets)"], 0.0
     lines, total = [], 0.0

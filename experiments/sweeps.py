@@ -104,6 +104,8 @@ class Sweep:
     runs: list[Run]
     note: str = ""
     waits: tuple[str, ...] = ()  # what the runs left out wait for (input files, a finetune flag)
+    # (synthetic file, filter, n): every arm's ask of a synthetic file, also the arms its file cannot fill yet
+    synthetic_needs: tuple[tuple[str, str, int], ...] = ()
 
 
 def common_args(opts: SweepOptions) -> list[str]:
@@ -292,7 +294,11 @@ def teachers(opts: SweepOptions) -> Sweep:
                                {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
     points += mixing_points(opts, folder, names, notes,
                             {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names})
-    return Sweep("teachers", _runs(opts, points), "; ".join(notes))
+    n_real = real_training_sonnets(opts) or 0
+    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
+    needs = tuple((str(folder / f"{t}.jsonl"), filt, n) for t in names for filt in ("all", "perfect")
+                  for n in [max(sizes)] + ([round(r * n_real) for r in ratios] if filt == "perfect" else []))
+    return Sweep("teachers", _runs(opts, points), "; ".join(notes), synthetic_needs=needs)
 
 
 def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
