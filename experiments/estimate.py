@@ -637,7 +637,8 @@ def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates, gpu: d
                    ) -> str:
     """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), the last one the total (bold)."""
     head = ("| sweep | runs | training tokens (all epochs) | training FLOP | evaluation + generation tokens | "
-            f"CPU ({rates.device}) | GPU FLOP-bound | GPU launch-bound | GPU with start-ups | Gemini |")
+            f"CPU ({rates.source.split(':')[0]}, {rates.device}) | GPU FLOP-bound | GPU launch-bound | "
+            "GPU with start-ups | Gemini |")
     out = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for i, (name, c, usd) in enumerate(rows):
         bold = (lambda x: f"**{x}**") if i == len(rows) - 1 and name == "all" else (lambda x: x)

@@ -140,6 +140,7 @@ def test_docs_cost_table_is_what_the_command_prints(tmp_path, monkeypatch, capsy
     data = os.environ.get("MINIGPT2_DATA_DIR")
     if not data:
         pytest.skip("set MINIGPT2_DATA_DIR to the real course data to run")
+    monkeypatch.setenv("MINIGPT2_DATA_DIR", str(Path(data).resolve()))
     monkeypatch.chdir(tmp_path)  # no synthetic/ folder, no run folders
     table = dry_run(capsys, "all", "--stated-rates", "--markdown")
     doc = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
