@@ -236,6 +236,7 @@ def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
 
 def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "in_subprocess", FakeFinetune())
+    monkeypatch.setattr(cli, "check_preconditions", lambda sweep, runs: None)  # the fake needs no GPT-2 weights
     root = tmp_path / "runs"
     assert cli.main(["baseline", "--runs-dir", str(root), "--out", str(tmp_path), "--no-progress"]) == 0
     with pytest.raises(SystemExit, match=r"^error: .*sst-s11711 holds a run made with other arguments"):
