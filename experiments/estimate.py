@@ -11,7 +11,7 @@
                       without true sonnets take the dev mean), not to the --max-new-tokens cap; batches of
                       --eval-batch-size decode until their longest row ends
     CPU               the probe: one full fine-tuning step (forward, LM loss, backward, then AdamW timed apart) of
-                      the runs' model shape at batch 4 x 64 on the chosen device, random weights, after a warm-up
+                      the runs' model shape at batch 8 x 64 on the chosen device, random weights, after a warm-up
                       step; a forward token costs a third of a trained one, a sampled token one trained token
                       (docs/performance.md: 212 sampled vs 213 trained tokens/s at batch 12 on a CPU). LoRA runs
                       skip the full AdamW step but are otherwise priced as full fine-tuning. --stated-rates
@@ -39,10 +39,11 @@ from typing import Any, Sequence
 import torch
 
 from app.settings import SyntheticSettings
+from minigpt2.config import GPT2Config
 
 from .sweeps import TEACHERS, Run
 
-PROBE_BATCH, PROBE_SEQ = 4, 64
+PROBE_BATCH, PROBE_SEQ = 8, 64
 # Per generated sonnet (one request each): prompt, output and thinking tokens. An assumption for pricing files
 # not yet generated; a generated file's summary replaces it with what was billed. The perfect rates are the
 # study's (perfect sonnets per request), used until a file's summary measures its own.
@@ -85,7 +86,7 @@ class Probe:
 
 @functools.lru_cache(maxsize=4)
 def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
-    """Time `steps` training steps of `model`'s shape at batch 4 x 64 after a warm-up step at batch 1 x 8 (which
+    """Time `steps` training steps of `model`'s shape at batch 8 x 64 after a warm-up step at batch 1 x 8 (which
     allocates the gradients and AdamW's moments): forward + backward and the AdamW step apart."""
     from minigpt2.chunked_loss import chunked_lm_loss
     from minigpt2.model import GPT2
@@ -127,12 +128,12 @@ def chosen_device(finetune_args: Sequence[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def model_config(model: str) -> "GPT2Config":  # noqa: F821 (imported lazily)
+def model_config(model: str) -> GPT2Config:
     """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
-    GPT-2 124M's when neither can be read (an estimate of an unknown model says so)."""
+    GPT-2 124M's when neither can be read (a run that cannot find its model fails its preconditions anyway)."""
     import json
 
-    from minigpt2.config import PRESETS, GPT2Config
+    from minigpt2.config import PRESETS
 
     if model in PRESETS:
         return GPT2Config.from_name(model)

@@ -46,13 +46,17 @@ class RunFolderConflict(RuntimeError):
     """A run folder holds a run made with other settings than the sweep now asks for."""
 
 
+class RunFailed(RuntimeError):
+    """A finetune (or follow-up) command exited with an error; its own output already says why."""
+
+
 def in_process(module: str, argv: Sequence[str], log: Path) -> None:
     """Call `<module>.main(argv)` here; a `SystemExit` with a non-zero code is a failure."""
     try:
         importlib.import_module(module).main(list(argv))
     except SystemExit as e:
         if e.code not in (None, 0):
-            raise RuntimeError(f"{module} exited: {e.code}") from None
+            raise RunFailed(f"{module} exited: {e.code}") from None
 
 
 def in_subprocess(module: str, argv: Sequence[str], log: Path) -> None:
@@ -71,7 +75,7 @@ def in_subprocess(module: str, argv: Sequence[str], log: Path) -> None:
             tqdm.write(line.rstrip("\n"))
         code = proc.wait()
     if code != 0:
-        raise RuntimeError(f"{module} exited with code {code}; see {log}")
+        raise RunFailed(f"{module} exited with code {code}; see {log}")
 
 
 def read_metrics(run_dir: Path) -> dict | None:
@@ -234,5 +238,7 @@ def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor =
             raise
         except Exception as e:  # one failed run must not stop the sweep; it is listed at the end
             result.failed[run.name] = f"{type(e).__name__}: {e}"
-            tqdm.write(f"run {run.name} FAILED: {e}\n{traceback.format_exc(limit=3)}")
+            # A command that exited with an error said why itself; anything else is a bug here: its traceback.
+            tqdm.write(f"run {run.name} FAILED: {e}" + ("" if isinstance(e, RunFailed)
+                                                        else f"\n{traceback.format_exc(limit=3)}"))
     return result

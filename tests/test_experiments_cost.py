@@ -81,7 +81,7 @@ def test_all_dry_run_prints_every_cost_line_per_sweep_and_in_all(tmp_path, capsy
 
 def test_a_single_sweep_dry_run_measures_the_probe(tmp_path, capsys):
     out = dry_run(capsys, "lora-ranks", "--tiny", "--runs-dir", str(tmp_path))
-    assert "probe: 3 step(s) of tiny at batch 4 x 64 on cpu" in out and "ms/token" in out
+    assert "probe: 3 step(s) of tiny at batch 8 x 64 on cpu" in out and "ms/token" in out
     assert all(line in out for line in COST_LINES) and "  Gemini: none" in out
 
 
@@ -196,3 +196,22 @@ def test_a_synthetic_file_too_small_for_its_arm_stops_the_sweep_up_front(tmp_pat
     args[args.index("--synthetic-n") + 1] = "500"
     with pytest.raises(PreconditionError, match=r"asked for 500 synthetic sonnets"):
         check_preconditions("teachers", [estimate.Run(run.name, tuple(args), run.settings)])
+
+
+def test_a_run_that_exits_with_an_error_is_listed_without_a_traceback(tmp_path, capsys):
+    """A command that failed cleanly said why itself; only an unexpected exception (a bug) shows a traceback."""
+    from experiments import runner
+
+    def exits(module, argv, log):
+        raise runner.RunFailed(f"{module} exited: error: no weights")
+
+    def breaks(module, argv, log):
+        raise KeyError("bug")
+
+    run = estimate.Run("r", ("--task", "sst"), {})
+    assert runner.run_sweep([run], tmp_path / "a", exits, progress=False).failed == {
+        "r": "RunFailed: minigpt2.finetune exited: error: no weights"}
+    out = capsys.readouterr().out
+    assert "run r FAILED: minigpt2.finetune exited: error: no weights" in out and "Traceback" not in out
+    runner.run_sweep([run], tmp_path / "b", breaks, progress=False)
+    assert "Traceback" in capsys.readouterr().out
