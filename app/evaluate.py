@@ -32,6 +32,7 @@ from tasks.readers import data_dir, require_files
 
 from . import runfolder
 from .finetune import load_run_body, load_run_model
+from .measures import form_record, nll_record
 from .precision import apply_run_precision
 from .settings import RunSettings, check_device
 
@@ -99,9 +100,10 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         notes += task.unlabelled_rows(folder, split, Path(test_references) if test_references else None)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
-    preds = task.predict(module, examples, settings.predict_settings(), tok, d.device)
+    how = settings.predict_settings()
+    preds = task.predict(module, examples, how, tok, d.device)
     name = ("zero-shot-" if zero_shot else "") + task.output_name(split, settings.model.mode)
-    task.write_predictions(run_dir / name, examples, preds)
+    name = _write_beside_scored(task, run_dir, name, examples, preds)
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
                               "predictions": name, "malformed_rows": [str(n) for n in notes],
                               "precision": settings.precision.precision, "zero_shot": zero_shot,
@@ -122,8 +124,35 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
             majority = task.majority_accuracy(pairs[1])
     if majority is not None:
         result["majority_accuracy"] = majority
+    if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
+        result["form"] = form_record([e.id for e in examples], [preds])
+        refs = task.split_references(folder, split, Path(test_references) if test_references else None)
+        if refs:
+            per = task.heldout_nll(module, examples, {str(k): v for k, v in refs.items()}, how, tok, d.device)
+            if per:
+                result["heldout_nll"] = nll_record(per)
     atomic_write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
     return result
+
+
+def _write_beside_scored(task: Any, run_dir: Path, name: str, examples: list, preds: list) -> str:
+    """Write the predictions as `name`, unless the run scored a file of that name (metrics.json's sha256) and these
+    differ from it: then as `rescored-<name>` beside it (with a warning), so the file behind the run's own figures
+    stays what they were computed from. Returns the name written."""
+    metrics_file = run_dir / runfolder.METRICS_FILE
+    scored = runfolder.read_json(metrics_file).get("files_sha256") if metrics_file.is_file() else None
+    recorded = (scored or {}).get(name)
+    if recorded is None:
+        task.write_predictions(run_dir / name, examples, preds)
+        return name
+    other = f"rescored-{name}"
+    task.write_predictions(run_dir / other, examples, preds)
+    if runfolder.sha256_file(run_dir / other) == recorded:
+        (run_dir / other).unlink()  # the same file the run scored
+        return name
+    print(f"warning: {run_dir / name} is the file the run scored; these predictions differ from it and went to "
+          f"{run_dir / other}", file=sys.stderr)
+    return other
 
 
 def main(argv: list[str] | None = None) -> None:

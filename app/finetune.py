@@ -42,7 +42,9 @@ from tasks.readers import DataError, Malformed, data_dir, require_files
 
 from . import runfolder, subsets
 from .precision import add_precision_args, apply_run_precision, write_quantized
-from .settings import LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings, from_args
+from .measures import form_record, heldout_measures, mean_scores, sample_file_name
+from .settings import (EVAL_SAMPLES, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings,
+                       from_args)
 from .synthetic import synthetic_texts
 
 ADAPTER_NAME = "adapter.safetensors"
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.9, help="sonnet nucleus sampling mass (the course's)")
     g.add_argument("--max-new-tokens", type=int, default=400,
                    help="sonnet token budget; generation stops at <|endoftext|> or after the 14th line first")
+    g.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES,
+                   help="sonnets drawn per prompt (seeded) for the final dev/test scores: chrF and the form rates "
+                        "are averaged over them (each epoch's dev score uses one)")
     g = p.add_argument_group("run folder")
     g.add_argument("--out-dir", default=None, help="run folder (default: checkpoints/runs/<task>-<name or time>)")
     g.add_argument("--name", default=None, help="run name used in the default run folder")
@@ -327,29 +332,59 @@ def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: To
 def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, list[Example]],
                             settings: RunSettings, tok: Tokenizer, device: torch.device, run_dir: Path
                             ) -> dict[str, Any]:
-    """Predict dev and test with `module`, write the course-format files, score dev, and test where its labels
-    (or true sonnets) exist; for classification tasks also the majority-class accuracy of the scored rows."""
-    result: dict[str, Any] = {}
+    """Predict dev and test with `module`, write the course-format files (and, with --eval-samples K, the other
+    K-1 samples beside them), score dev, and test where its labels (or true sonnets) exist, averaged over the
+    samples; the sha256 of every file scored; for classification tasks the majority-class accuracy of the scored
+    rows; for generative tasks the form of what was written and the held-out likelihood (`app.measures`)."""
+    result: dict[str, Any] = {"files_sha256": {}}
     folder = data_dir(settings.data.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
+    how = settings.predict_settings()
     for split in ("dev", "test"):
-        preds = task.predict(module, splits[split], settings.predict_settings(), tok, device)
+        examples = splits[split]
+        draws = (task.predict_samples(module, examples, how, tok, device, settings.eval.samples) if task.generative
+                 else [task.predict(module, examples, how, tok, device)])
         name = task.output_name(split, settings.model.mode)
-        task.write_predictions(run_dir / name, splits[split], preds)
+        names = [name] + [sample_file_name(name, k) for k in range(1, len(draws))]
+        for file_name, preds in zip(names, draws):
+            task.write_predictions(run_dir / file_name, examples, preds)
+            result["files_sha256"][file_name] = runfolder.sha256_file(run_dir / file_name)
         result[f"{split}_predictions"] = name
+        if len(names) > 1:
+            result[f"{split}_samples"] = names
+        if task.generative:
+            result.setdefault("form", {})[split] = form_record([e.id for e in examples], draws)
         if split == "dev":
-            result["dev"] = task.score(splits[split], preds)
-            majority = task.majority_accuracy([e.label for e in splits[split]])
+            result["dev"] = mean_scores([task.score(examples, preds) for preds in draws])
+            majority = task.majority_accuracy([e.label for e in examples])
         else:
-            pairs = task.split_pairs(run_dir / name, folder, "test", test_refs)
-            if pairs is None:
+            pairs = [task.split_pairs(run_dir / n, folder, "test", test_refs) for n in names]
+            if pairs[0] is None:
                 continue
-            result["test"] = task.score_pairs(*pairs)
+            result["test"] = mean_scores([task.score_pairs(*pair) for pair in pairs if pair is not None])
             result["test_references"] = str(test_refs or task.references_file(folder, "test"))
-            majority = task.majority_accuracy(pairs[1])
+            majority = task.majority_accuracy(pairs[0][1])
         if majority is not None:
             result.setdefault("majority", {})[split] = majority
+    nll = heldout_measures(task, module, splits, how, tok, device, folder, test_refs)
+    if nll:
+        result["heldout_nll"] = nll
     return result
+
+
+def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[Example]], settings: RunSettings,
+                          tok: Tokenizer, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """The held-out likelihood of the model before any training step (the reference a fine-tuned model must
+    beat), kept in RUN_DIR/heldout-nll-base.json so that a resumed run reports the same figure."""
+    path = run_dir / runfolder.HELDOUT_BASE_FILE
+    if settings.run.resume and path.is_file():
+        return runfolder.read_json(path)
+    module.to(device)
+    test_refs = Path(settings.data.test_references) if settings.data.test_references else None
+    base = heldout_measures(task, module, splits, settings.predict_settings(), tok, device,
+                            data_dir(settings.data.data_dir), test_refs)
+    atomic_write_json(path, base)
+    return base
 
 
 def score_base_model(module: TaskModel, task: Task, splits: dict[str, list[Example]], settings: RunSettings,
@@ -422,6 +457,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
             "data": {s: len(v) for s, v in splits.items()}, "malformed_rows": [str(n) for n in notes]}
     n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
     info["data"].update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
+    base_nll = (base_heldout_measures(task, module, splits, settings, tok, d.device, run_dir)
+                if d.main and task.generative else {})
     if settings.optim.epochs == 0:
         metrics = score_base_model(module, task, splits, settings, tok, d, run_dir, info)
     else:
@@ -436,6 +473,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
         if precision.precision != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
             apply_run_precision(module, module.gpt, precision)
         metrics.update(write_split_predictions(task, module, splits, settings, tok, d.device, run_dir))
+        if base_nll:
+            metrics["heldout_nll_base"] = base_nll
         if precision.precision != "fp32":
             with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
                 metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)

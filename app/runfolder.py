@@ -26,8 +26,9 @@ from minigpt2.errors import UserError
 from .settings import RESUME_MAY_CHANGE, RunSettings, defining
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
+HELDOUT_BASE_FILE = "heldout-nll-base.json"  # the held-out likelihood before training (generative tasks)
 # What a run writes at the top of its folder besides prediction files: removed by --overwrite.
-RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE, "subsets.json")
+RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE, "subsets.json", HELDOUT_BASE_FILE)
 
 
 class RunFolderError(UserError, ValueError):
@@ -67,6 +68,19 @@ def fingerprint(settings: RunSettings, base_weights: Path | None, data_files: li
 
 def holds_run(run_dir: Path) -> bool:
     return any((run_dir / part).exists() for part in RUN_PARTS)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object the run wrote; one line naming the file when it is not one."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -93,10 +93,15 @@ class OptimSettings:
     seed: int = DEFAULT_SEED
 
 
+MAX_EVAL_SAMPLES = 100
+EVAL_SAMPLES = 1  # sonnets drawn per prompt for the final scores (docs/study.md says why one)
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     batch_size: int = 32
     sampling: Sampling = Sampling()
+    samples: int = EVAL_SAMPLES  # generative tasks: continuations per prompt in the final dev/test scores
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,8 @@ class RunSettings:
                 "lora_targets": lo.targets, "lora_dropout": lo.dropout, **asdict(self.optim),
                 "device": self.hardware.device, "autocast": self.autocast, "compile": self.hardware.compile,
                 "eval_batch_size": self.eval.batch_size, "temperature": s.temperature, "top_p": s.top_p,
-                "max_new_tokens": s.max_new_tokens, **{k: v for k, v in asdict(self.precision).items()},
+                "max_new_tokens": s.max_new_tokens, "eval_samples": self.eval.samples,
+                **{k: v for k, v in asdict(self.precision).items()},
                 "out_dir": self.run.out_dir, "name": self.run.name}
 
 
@@ -279,6 +285,11 @@ def from_args(a: argparse.Namespace) -> RunSettings:
     _require(math.isfinite(a.temperature) and a.temperature >= 0, "--temperature", a.temperature,
              "a finite number >= 0 (0: greedy)")
     _require(0 < a.top_p <= 1, "--top-p", a.top_p, "a mass in (0, 1]")
+    _require(1 <= a.eval_samples <= MAX_EVAL_SAMPLES, "--eval-samples", a.eval_samples,
+             f"an integer in [1, {MAX_EVAL_SAMPLES}]")
+    if a.eval_samples > 1 and not task.generative:
+        raise SettingsError(f"--eval-samples {a.eval_samples}: task {a.task!r} predicts deterministically; only a "
+                            "generative task (sonnet) draws several samples per prompt")
     if a.stop_after_epoch is not None:
         _positive("--stop-after-epoch", a.stop_after_epoch)
 
@@ -339,7 +350,8 @@ def from_args(a: argparse.Namespace) -> RunSettings:
         precision=precision,
         eval=EvalSettings(batch_size=a.eval_batch_size,
                           sampling=Sampling(temperature=a.temperature, top_p=a.top_p,
-                                            max_new_tokens=a.max_new_tokens, seed=a.seed)),
+                                            max_new_tokens=a.max_new_tokens, seed=a.seed),
+                          samples=a.eval_samples),
         hardware=HardwareSettings(device=a.device, autocast=a.autocast, compile=a.compile,
                                   progress=not a.no_progress),
         run=RunFolderSettings(out_dir=a.out_dir, name=a.name, resume=a.resume, overwrite=a.overwrite,

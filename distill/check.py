@@ -39,6 +39,7 @@ from minigpt2.data import is_number_line, parse_sonnets
 from minigpt2.errors import UserError
 
 SCHEME = "ABABCDCDEFEFGG"
+METER_SYLLABLES = (9, 11)  # a pentameter line: 10 syllables, allowing a feminine ending or an elision
 # (line a, line b) index pairs that must rhyme, 0-based, derived from SCHEME.
 RHYME_PAIRS = [(i, j) for i in range(14) for j in range(i + 1, 14) if SCHEME[i] == SCHEME[j]]
 
@@ -202,7 +203,7 @@ class SonnetCheck:
 
     @property
     def metrical_lines(self) -> int:
-        return sum(9 <= s <= 11 for s in self.syllables)
+        return sum(METER_SYLLABLES[0] <= s <= METER_SYLLABLES[1] for s in self.syllables)
 
 
 def sonnet_lines(text: str) -> list[str]:
@@ -234,6 +235,28 @@ def check_sonnet(text: str, name: str = "sonnet", meter: bool = False) -> Sonnet
 def is_perfect(text: str) -> bool:
     """True when `text` is a perfect Shakespearean sonnet by this module's check."""
     return check_sonnet(text).perfect
+
+
+FORM_PARTS = ("fourteen_lines", "rhyme_scheme", "meter", "perfect")
+
+
+def form_of(text: str) -> dict[str, bool]:
+    """The form of one sonnet, part by part, so that a model's output can be judged on each alone:
+
+    fourteen_lines  exactly 14 non-empty lines
+    rhyme_scheme    every ABAB CDCD EFEF GG pair among the lines present rhymes (a sonnet cut short is judged
+                    on the lines it has; fewer than 4 lines, which hold no complete pair past the first, fail)
+    meter           every line has 9-11 syllables
+    perfect         `check_sonnet`'s verdict: 14 lines and the whole rhyme scheme
+    """
+    lines = sonnet_lines(text)
+    words = [end_word(ln) for ln in lines]
+    pairs = [(i, j) for i, j in RHYME_PAIRS if j < len(lines)]
+    low, high = METER_SYLLABLES
+    return {"fourteen_lines": len(lines) == 14,
+            "rhyme_scheme": len(lines) >= 4 and all(rhyme(words[i], words[j])[0] for i, j in pairs),
+            "meter": bool(lines) and all(low <= count_syllables(ln) <= high for ln in lines),
+            "perfect": check_sonnet(text).perfect}
 
 
 # ---------------------------------------------------------------------------------------------------------

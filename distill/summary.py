@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,20 +29,9 @@ from distill.prices import PRICES, PRICES_DATE, PRICES_SOURCE, estimate_cost
 from distill.records import SyntheticFileError, file_teacher, load_records, read_file_bytes
 from minigpt2.atomic import atomic_write_json
 from minigpt2.download import sha256_file
+from minigpt2.metrics import wilson_interval
 
 SCHEMA = 1
-Z95 = 1.959963984540054
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for a binomial rate (sensible at 0/n and n/n, unlike the normal one); None if n=0."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def reason_kind(reason: str | None) -> str:

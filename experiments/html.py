@@ -1,9 +1,11 @@
 """`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined as base64
 PNG data URIs, no script), readable straight from the file system.
 
-    1. the study's reference figures beside the reproduced ones (dev and test, with intervals)
-    2. every sweep's table (from its `<sweep>.md`) and plot (`<sweep>.png`)
-    3. a few generated sonnets beside the true ones: each line's rhyme letter (ABAB CDCD EFEF GG), its end word,
+    1. where it comes from: the commit (and whether the work tree had changes), the date, the command, the
+       machine, and the sha256 of every input the runs recorded (base weights, data, synthetic sonnets)
+    2. the study's reference figures beside the reproduced ones (dev and test, with intervals)
+    3. every sweep's table (from its `<sweep>.md`) and plots (`<sweep>.png`, `<sweep>-nll.png`)
+    4. a few generated sonnets beside the true ones: each line's rhyme letter (ABAB CDCD EFEF GG), its end word,
        the lines whose rhyme fails marked, and distill.check's perfect-sonnet verdict
 
 Built from the files in the results folder and the run folders the CSVs name, so it can be rebuilt at any time.
@@ -14,12 +16,17 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import json
 import math
+import platform
 import re
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .report import STUDY, STUDY_DISTILLED_TEST_CHRF, STUDY_TEST, format_score, group_seeds
+from .report import (STUDY, STUDY_DISTILLED_DEV_CHRF, STUDY_DISTILLED_TEST_CHRF, STUDY_LORA, STUDY_PERFECT_RATES,
+                     STUDY_TEST, format_score, group_seeds, teacher_summary)
 from .sweeps import SWEEPS
 
 SAMPLE_SONNETS = 3
@@ -116,31 +123,118 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _row(cells: Sequence[Any]) -> str:
+    return "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in cells) + "</tr>"
+
+
+def _best(points: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    return max((p for p in points if p["seeds"]), key=lambda p: p["score"], default=None)
+
+
 def study_comparison(out: Path) -> str:
-    """The study's dev and test figures beside this reproduction's (baseline sweep; the best distilled model)."""
+    """Every figure of the study beside this reproduction's: the baseline per task, the best LoRA run (and the
+    trainable parameters of rank 256 on attn+mlp), the best distilled model, and the teachers' perfect rates."""
+    def points(name: str) -> list[dict[str, Any]]:
+        path = out / f"{name}.csv"
+        return group_seeds(_read_csv(path)) if path.is_file() else []
+
     lines = []
-    base = out / "baseline.csv"
-    points = group_seeds(_read_csv(base)) if base.is_file() else []
-    by_task = {p["task"]: p for p in points}
+    by_task = {p["task"]: p for p in points("baseline")}
     for task in ("sst", "cfimdb", "quora", "sonnet"):
         p = by_task.get(task)
         metric = "chrF" if task == "sonnet" else "accuracy"
         lines.append([f"{task} (full fine-tuning)", metric, f"{STUDY[task]:g}", format_score(p) if p else "—",
                       f"{STUDY_TEST[task]:g}" if task in STUDY_TEST else "—",
                       format_score(p, "test_") if p else "—"])
-    teachers = out / "teachers.csv"
-    best = None
-    if teachers.is_file():
-        done = [p for p in group_seeds(_read_csv(teachers)) if p["seeds"] and p.get("teacher")]
-        best = max(done, key=lambda p: p["score"], default=None)
+    lora = [p for p in points("lora-ranks") if p.get("method") == "lora"]
+    best = _best(lora)
+    lines.append(["sonnet, best LoRA rank" + (f" (reproduced: rank {best['rank']})" if best else ""),
+                  "chrF", f"{STUDY_LORA['dev_chrf']:g} (rank {STUDY_LORA['rank']})",
+                  format_score(best) if best else "—", "—", format_score(best, "test_") if best else "—"])
+    r256 = next((p for p in lora if p.get("rank") == STUDY_LORA["rank"] and p.get("trainable_params")), None)
+    lines.append([f"LoRA rank {STUDY_LORA['rank']} on {STUDY_LORA['targets']}", "trainable parameters",
+                  f"{STUDY_LORA['trainable_params'] / 1e6:.1f}M",
+                  f"{r256['trainable_params'] / 1e6:.1f}M" if r256 else "—", "—", "—"])
+    teachers = points("teachers")
+    best = _best([p for p in teachers if p.get("teacher")])
     lines.append(["sonnet, best distilled model" + (f" ({best['teacher']}, n{best['synthetic_n']} "
                                                      f"{best['synthetic_filter']})" if best else ""),
-                  "chrF", "—", format_score(best) if best else "—", f"{STUDY_DISTILLED_TEST_CHRF:g}",
-                  format_score(best, "test_") if best else "—"])
+                  "chrF", f"{STUDY_DISTILLED_DEV_CHRF:g}", format_score(best) if best else "—",
+                  f"{STUDY_DISTILLED_TEST_CHRF:g}", format_score(best, "test_") if best else "—"])
+    files = _teacher_files(out)
+    for teacher, rate in STUDY_PERFECT_RATES.items():
+        t = teacher_summary(files[teacher]) if teacher in files and files[teacher].is_file() else {}
+        shown = (f"{100 * t['perfect_rate']:.0f}% [{100 * t['perfect_low']:.0f}, {100 * t['perfect_high']:.0f}]"
+                 if t.get("perfect_rate") is not None else "—")
+        lines.append([f"{teacher}: perfect sonnets among those kept", "rate", f"{100 * rate:.0f}%", shown, "—",
+                      "—"])
     head = ["model", "metric", "study dev", "reproduced dev [95% CI]", "study test", "reproduced test [95% CI]"]
-    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in lines)
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(_row(r) for r in lines)
             + "</table>")
+
+
+def _teacher_files(out: Path) -> dict[str, Path]:
+    """teacher -> the synthetic file the teachers sweep's runs trained on (from its CSV)."""
+    path = out / "teachers.csv"
+    found: dict[str, Path] = {}
+    for row in _read_csv(path) if path.is_file() else []:
+        if row.get("teacher") and row.get("arg_synthetic"):
+            found.setdefault(row["teacher"], Path(row["arg_synthetic"]))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+def _run_dirs(out: Path, names: Sequence[str]) -> list[Path]:
+    dirs = []
+    for name in names:
+        path = out / f"{name}.csv"
+        for row in _read_csv(path) if path.is_file() else []:
+            if row.get("status") == "done" and row.get("run_dir"):
+                dirs.append(Path(row["run_dir"]))
+    return dirs
+
+
+def machine() -> str:
+    """This machine in a line: OS, processor, cores, Python, torch and any CUDA device."""
+    import os
+
+    import torch
+
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no CUDA device"
+    return (f"{platform.platform()}; {platform.machine()} {platform.processor() or ''}".rstrip()
+            + f", {os.cpu_count()} logical CPUs; Python {platform.python_version()}, torch {torch.__version__}; "
+            + gpu)
+
+
+def provenance(out: Path, names: Sequence[str], command: str | None = None) -> str:
+    """Where the page comes from: code version, date, command, machine, and each input's sha256 as the runs'
+    fingerprints recorded it (with how many runs used it)."""
+    from app.runfolder import code_version
+
+    code = code_version()
+    commit = code.get("git_commit")
+    version = (f"commit {commit}" + (" (work tree with uncommitted changes)" if code.get("git_dirty") else "")
+               if commit else f"package {code.get('package')} (no git checkout)")
+    inputs: dict[tuple[str, str], int] = {}
+    for run_dir in _run_dirs(out, names):
+        try:
+            fp = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("fingerprint") or {}
+        except (OSError, ValueError):
+            continue
+        found = [(f"data: {name}", sha) for name, sha in (fp.get("data") or {}).items()]
+        if fp.get("base_weights"):
+            found.append((f"base weights: {fp['base_weights']['file']}", fp["base_weights"]["sha256"]))
+        for key in found:
+            inputs[key] = inputs.get(key, 0) + 1
+    facts = [("code", version), ("page written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+             ("command", command or " ".join(["python -m experiments"] + sys.argv[1:])), ("machine", machine())]
+    table = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_inline(v)}</td></tr>" for k, v in facts)
+    table += "</table>"
+    if inputs:
+        table += ("<table><tr><th>input</th><th>sha256</th><th>runs</th></tr>"
+                  + "".join(_row([name, f"`{sha}`", n]) for (name, sha), n in sorted(inputs.items())) + "</table>")
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- sonnets
@@ -209,21 +303,25 @@ def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
 
 # ---------------------------------------------------------------------------------------------- the page
 
-def write_index(out: str | Path, sweeps: Sequence[str] | None = None) -> Path:
-    """Write `<out>/index.html` from the reports in `out` (every sweep with a `<sweep>.md`)."""
+def write_index(out: str | Path, sweeps: Sequence[str] | None = None, command: str | None = None) -> Path:
+    """Write `<out>/index.html` from the reports in `out` (every sweep with a `<sweep>.md`); `command` is what
+    made them (default: this process's command line)."""
     out = Path(out)
     names = [n for n in (sweeps or SWEEPS) if (out / f"{n}.md").is_file()]
     body = ["<h1>minigpt2: the fine-tuning study, reproduced</h1>",
-            '<p class="note">Dev and test scores with bootstrap 95% intervals (over the examples) or mean ± std over '
-            "seeds. Reference rows under each sonnet table show what chance scores.</p>",
+            '<p class="note">Dev and test scores with bootstrap 95% intervals over the examples (one seed) or the '
+            "mean over seeds with a 95% t-interval across seeds; differences between arms on the same examples "
+            "with paired intervals. Reference rows under each sonnet table show what chance scores; the held-out "
+            "NLL and the form rates show what only learning earns.</p>",
+            "<h2>Provenance</h2>", provenance(out, names, command),
             "<h2>The study beside this reproduction</h2>", study_comparison(out)]
     body.append("<h2>Contents</h2><ul>" + "".join(f'<li><a href="#{n}">{n}</a></li>' for n in names)
                 + '<li><a href="#sonnets">generated sonnets</a></li></ul>')
     for name in names:
         body.append(f'<section id="{name}">' + markdown_to_html((out / f"{name}.md").read_text(encoding="utf-8")))
-        png = out / f"{name}.png"
-        if png.is_file():
-            body.append(f'<img alt="{name} plot" src="{png_data_uri(png)}">')
+        for png in (out / f"{name}.png", out / f"{name}-nll.png"):
+            if png.is_file():
+                body.append(f'<img alt="{png.stem} plot" src="{png_data_uri(png)}">')
         body.append("</section>")
     body.append('<section id="sonnets"><h2>Generated sonnets beside the true ones</h2>')
     run = sonnet_run(out)

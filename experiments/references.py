@@ -10,6 +10,9 @@ bootstrap 95% interval:
     wrong sonnet          the prompt, then the last lines of the training sonnet nearest in length (a real
                           Shakespeare sonnet, just not this one)
 
+Each row's form (14 lines, rhyme scheme, meter, perfect: `app.measures.form_record`) is given too, and that of the
+real held-out sonnets themselves: the check's ceiling on Shakespeare's own sonnets.
+
 For the classification tasks the reference is the majority class of the rows scored.
 """
 
@@ -25,6 +28,7 @@ from .stats import SAMPLES, Interval, bootstrap_chrf, majority_interval, sonnet_
 
 PROMPT_LINES = 3  # the course's held-out prompts are a sonnet's first 3 lines
 REFERENCE_NAMES = ("prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)")
+REAL_SONNETS = "real held-out sonnets"
 
 
 def _prompt(text: str) -> str:
@@ -70,6 +74,28 @@ def sonnet_reference_intervals(folder: str, split: str, numbers: tuple[int, ...]
     hyps = reference_hypotheses(truths, training, tokenizer_dir)
     refs = list(truths.values())
     return {name: bootstrap_chrf(h, refs, samples) for name, h in hyps.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def sonnet_reference_forms(folder: str, split: str, numbers: tuple[int, ...] | None = None,
+                           tokenizer_dir: str | None = None) -> dict[str, dict] | None:
+    """The form (`app.measures.form_record`: 14 lines, rhyme scheme, meter, perfect, with Wilson intervals) of
+    each reference row's sonnets and of the real held-out sonnets themselves, by name; None when the split's
+    true sonnets are not in `folder`."""
+    from app.measures import form_record
+    from tasks.readers import read_sonnets
+    from tasks.sonnet import SonnetTask
+
+    truths = sonnet_references(Path(folder), split)
+    if truths is None:
+        return None
+    if numbers:
+        truths = {k: truths[k] for k in numbers if k in truths}
+    training = [s.text for s in read_sonnets(Path(folder) / SonnetTask.files["train"])[0]]
+    hyps = reference_hypotheses(truths, training, tokenizer_dir)
+    hyps[REAL_SONNETS] = list(truths.values())
+    ids = [str(k) for k in truths]
+    return {name: form_record(ids, [texts]) for name, texts in hyps.items()}
 
 
 def majority_reference(task_name: str, folder: Path, split: str, ids: Sequence[str] | None = None,

@@ -23,16 +23,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .references import REFERENCE_NAMES, majority_reference, sonnet_reference_intervals  # noqa: E402
+from distill.check import FORM_PARTS  # noqa: E402
+from minigpt2.download import sha256_file  # noqa: E402
+from minigpt2.errors import UserError  # noqa: E402
+
+from .references import (REAL_SONNETS, REFERENCE_NAMES, majority_reference,  # noqa: E402
+                         sonnet_reference_forms, sonnet_reference_intervals)
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
-from .stats import (SAMPLES, Interval, bootstrap_accuracy, mean_std, read_task_predictions,  # noqa: E402
-                    run_data_folder, run_interval, split_labels)
+from .stats import (SAMPLES, ExampleScores, Interval, bootstrap_accuracy, mean_std,  # noqa: E402
+                    paired_difference, read_task_predictions, run_data_folder, run_interval, run_scores,
+                    split_labels, t_interval)
 from .sweeps import Sweep  # noqa: E402
 
 # The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
 STUDY = {"sst": 0.513, "cfimdb": 0.971, "quora": 0.911, "sonnet": 41.97}
 STUDY_TEST = {"sst": 0.546, "quora": 0.891, "sonnet": 41.078}
-STUDY_DISTILLED_TEST_CHRF = 52.838  # the study's best distilled model (teachers sweep)
+STUDY_DISTILLED_DEV_CHRF = 46.61  # the study's best distilled model (teachers sweep)
+STUDY_DISTILLED_TEST_CHRF = 52.838
+STUDY_LORA = {"rank": 256, "targets": "attn+mlp", "dev_chrf": 42.16, "trainable_params": 42.5e6}  # its best LoRA
+STUDY_PERFECT_RATES = {"gemini-2.5-flash-lite": 0.56, "gemini-2.5-flash": 0.72, "gemini-2.5-pro": 0.75}
+
+
+class ScoredFileChanged(UserError, ValueError):
+    """A prediction file differs from the one its run scored (edited, replaced or removed since)."""
 
 Row = dict[str, Any]
 
@@ -109,6 +122,39 @@ def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
     return row
 
 
+def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Every prediction file the run scored must still be the file it scored (metrics.json's sha256): an edited
+    file would change intervals and plots while the recorded point score stayed."""
+    for name, recorded in (metrics.get("files_sha256") or {}).items():
+        path = run_dir / name
+        now = sha256_file(path) if path.is_file() else None
+        if now != recorded:
+            raise ScoredFileChanged(
+                f"{path}: {'changed' if now else 'missing'} since its run scored it (sha256 {recorded} recorded in "
+                f"{run_dir / 'metrics.json'}, {now or 'no file'} now); restore the file the run wrote, or run it "
+                "again with --overwrite")
+
+
+def sonnet_measures(metrics: dict[str, Any]) -> Row:
+    """A sonnet run's held-out NLL (dev, test; before training too) and the form rates of what it wrote, from
+    metrics.json (`app.measures`); nothing for other tasks."""
+    row: Row = {}
+    for split in ("dev", "test"):
+        rec = (metrics.get("heldout_nll") or {}).get(split)
+        if rec:
+            row.update({f"{split}_nll": rec["nll"], f"{split}_nll_low": rec["low"], f"{split}_nll_high": rec["high"]})
+        base = (metrics.get("heldout_nll_base") or {}).get(split)
+        if base:
+            row[f"{split}_nll_base"] = base["nll"]
+        form = (metrics.get("form") or {}).get(split)
+        if form:
+            row[f"{split}_form_samples"] = form["samples"]
+            for part, r in form["rates"].items():
+                row.update({f"{split}_{part}": r["rate"], f"{split}_{part}_low": r["low"],
+                            f"{split}_{part}_high": r["high"]})
+    return row
+
+
 def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
     """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored, and
     the majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
@@ -156,7 +202,9 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             folder = run_data_folder(run_dir)
             if not folder.is_dir() or isinstance(e, FileNotFoundError):
                 row["data_missing"] = str(folder)
+        check_scored_files(run_dir, metrics)
         row.update(_test_score(run_dir, metrics, samples))
+        row.update(sonnet_measures(metrics))
         if "precision" in run.settings:
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
@@ -209,17 +257,22 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         done = [r for r in members if r["status"] == "done"]
         point: Row = dict(key)
         point.update(seeds=len(done), runs=len(members), metric=done[0]["metric"] if done else None)
-        mean, std = mean_std([r["dev_score"] for r in done])
-        if len(done) == 1:
-            low, high = done[0]["ci_low"], done[0]["ci_high"]
-        else:
-            low, high = mean - std, mean + std
-        point.update(score=mean, std=std, low=low, high=high)
+        mean, low, high = _over_seeds(done, "dev_score", "ci_low", "ci_high")
+        point.update(score=mean, std=mean_std([r["dev_score"] for r in done])[1], low=low, high=high)
         tests = [r for r in done if not math.isnan(r.get("test_score", math.nan))]
-        t_mean, t_std = mean_std([r["test_score"] for r in tests])
-        t_low, t_high = ((tests[0]["test_low"], tests[0]["test_high"]) if len(tests) == 1
-                         else (t_mean - t_std, t_mean + t_std))
-        point.update(test_seeds=len(tests), test_score=t_mean, test_std=t_std, test_low=t_low, test_high=t_high)
+        t_mean, t_low, t_high = _over_seeds(tests, "test_score", "test_low", "test_high")
+        point.update(test_seeds=len(tests), test_score=t_mean, test_std=mean_std([r["test_score"] for r in tests])[1],
+                     test_low=t_low, test_high=t_high)
+        for key in [f"{split}_nll" for split in ("dev", "test")] + [f"{split}_{part}" for split in ("dev", "test")
+                                                                      for part in FORM_PARTS]:
+            have = [r for r in done if r.get(key) is not None and not math.isnan(r[key])]
+            if have:
+                point[key], point[f"{key}_low"], point[f"{key}_high"] = _over_seeds(have, key, f"{key}_low",
+                                                                                  f"{key}_high")
+                point[f"{key}_seeds"] = len(have)
+        for key in ("dev_nll_base", "test_nll_base", "dev_form_samples"):
+            vals = [r[key] for r in done if r.get(key) is not None]
+            point[key] = mean_std(vals)[0] if vals else None
         point["data_missing"] = next((r["data_missing"] for r in done if r.get("data_missing")), None)
         majority = [r for r in done if r.get("majority") is not None]
         if majority:  # the same rows for every seed, so one run's figure stands for all
@@ -233,23 +286,45 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
     return points
 
 
+def _over_seeds(rows: Sequence[Row], key: str, low_key: str, high_key: str) -> tuple[float, float, float]:
+    """(value, low, high) of a figure over seeds: one seed's own interval (bootstrap over its examples), or the
+    mean of several with the 95% t-interval across seeds."""
+    if len(rows) == 1:
+        return rows[0][key], rows[0].get(low_key, math.nan), rows[0].get(high_key, math.nan)
+    return t_interval([r[key] for r in rows])
+
+
 SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "stage", "teacher", "synthetic_n",
                 "synthetic_filter", "alpha", "lr", "mix", "seed")
 
 
 def format_score(point: Row, prefix: str = "") -> str:
-    """'41.97 [38.10, 45.20]' (one seed: bootstrap 95% CI) or '41.97 ± 0.52 (3 seeds)'; '—' when not run.
-    prefix "test_" formats the test score the same way."""
+    """'41.97 [38.10, 45.20]': one seed with its bootstrap 95% interval over the examples, or the mean of N seeds
+    with the 95% t-interval across seeds, marked '(N seeds)'; '—' when not run. prefix "test_" formats the test
+    score the same way."""
     seeds = point.get(f"{prefix}seeds", 0) if prefix else point["seeds"]
     if not seeds:
         return "—"
-    score, low, high, std = (point[f"{prefix}{k}"] for k in ("score", "low", "high", "std"))
+    score, low, high = (point[f"{prefix}{k}"] for k in ("score", "low", "high"))
     digits = 2 if point["metric"] == "chrf" else 3
-    if seeds == 1:
-        if math.isnan(low):  # no interval (see the CSV's note)
-            return f"{score:.{digits}f}" + (" (no CI: data not found)" if point.get("data_missing") else "")
-        return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-    return f"{score:.{digits}f} ± {std:.{digits}f} ({seeds} seeds)"
+    if math.isnan(low):  # no interval (see the CSV's note)
+        return f"{score:.{digits}f}" + (" (no CI: data not found)" if point.get("data_missing") else "")
+    return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" + (f" ({seeds} seeds)" if seeds > 1 else "")
+
+
+def format_measure(point: Row, key: str, digits: int = 3, percent: bool = False) -> str:
+    """A held-out NLL or a form rate of a point, with its interval, as `format_score` does."""
+    value = point.get(key)
+    if value is None or math.isnan(value):
+        return "—"
+    low, high, seeds = point.get(f"{key}_low"), point.get(f"{key}_high"), point.get(f"{key}_seeds", 1)
+    if percent:
+        value, digits = 100 * value, 0
+        low, high = (math.nan, math.nan) if low is None else (100 * low, 100 * high)
+    shown = f"{value:.{digits}f}"
+    if low is not None and not math.isnan(low):
+        shown += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return shown + (f" ({seeds} seeds)" if seeds > 1 else "")
 
 
 def _fmt(value: Any) -> str:
@@ -306,9 +381,12 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
     first, after = TABLE_COLUMNS[sweep_name], AFTER_SCORE.get(sweep_name, [])
     metrics = {p["metric"] for p in points if p["metric"]}
     names = {"chrf": "dev chrF", "accuracy": "dev accuracy"}
-    score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + " [95% CI]"
+    score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + f" {interval_name(points)}"
     first = first + [("compute", lambda p: p.get("compute"))]  # like with like: every arm names its dtype
     after = [("test" + score_head[3:], lambda p: format_score(p, "test_"))] + after
+    if any(p.get("dev_nll") is not None for p in points):  # what only learning the sonnets earns
+        after = after[:1] + [(f"{split} held-out NLL (nats/token)", lambda p, s=split: format_measure(p, f"{s}_nll"))
+                             for split in ("dev", "test")] + after[1:]
     if "accuracy" in {p["metric"] for p in points}:  # what always answering the commonest label scores
         after.append(("majority class (dev rows) [95% CI]",
                       lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"))))
@@ -318,6 +396,39 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
         cells = [_fmt(f(p)) for _, f in first] + [format_score(p)] + [_fmt(f(p)) for _, f in after]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def interval_name(points: Sequence[Row]) -> str:
+    """What the intervals of a table are: '[95% CI]' (one seed: bootstrap over the examples) or, when a point
+    pools seeds, '[mean over seeds, 95% t-interval across seeds]'."""
+    if any(p.get("seeds", 0) > 1 for p in points):
+        return "[mean over seeds, 95% t-interval across seeds]"
+    return "[95% CI]"
+
+
+def _settings_cells(sweep_name: str, point: Row) -> list[str]:
+    return [_fmt(f(point)) for _, f in TABLE_COLUMNS[sweep_name]]
+
+
+def form_block(sweep_name: str, points: Sequence[Row], reference: dict[str, Any] | None = None) -> list[str]:
+    """The form of what each sonnet model wrote (every dev sonnet through the perfect-sonnet check): the rates
+    of 14 lines, of the rhyme scheme, of the meter and of perfect sonnets, each with its 95% interval; the real
+    held-out sonnets are the reference row."""
+    shown = [p for p in points if p.get("dev_perfect") is not None]
+    if not shown:
+        return []
+    lines = [_settings_cells(sweep_name, p) + [format_measure(p, f"dev_{part}", percent=True) for part in FORM_PARTS]
+             + [_fmt(p.get("dev_form_samples") and round(p["dev_form_samples"]))] for p in shown]
+    for name, rates in (reference or {}).items():
+        lines.append([f"reference: {name}"] + ["—"] * (len(TABLE_COLUMNS[sweep_name]) - 1)
+                     + [_interval(100 * r["rate"], 100 * r["low"], 100 * r["high"], 0) for r in
+                        (rates["rates"][part] for part in FORM_PARTS)] + ["—"])
+    heads = ([h for h, _ in TABLE_COLUMNS[sweep_name]]
+             + [f"dev {h} % {interval_name(points)}" for h in ("14 lines", "rhyme scheme", "meter (9-11 syll.)",
+                                                                "perfect")] + ["samples per prompt"])
+    return ["Form of what each model wrote (every dev sonnet through `distill.check`; Wilson 95% intervals over "
+            "the sonnets, widened by a bootstrap over prompts and samples when there are several samples):\n",
+            _table(heads, lines)]
 
 
 def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
@@ -345,23 +456,130 @@ def _scored_numbers(row: Row, split: str) -> tuple[int, ...] | None:
 
 
 def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
-    """The 'what chance looks like' rows under a table that has sonnet runs: chrF of the prompts alone, with
-    random tokens, and with a wrong real sonnet, on the prompts the runs scored (dev and test)."""
+    """The 'what chance looks like' rows under a table that has sonnet runs, on the prompts the runs scored (dev
+    and test): chrF and form of the prompts alone, with random tokens, with a wrong real sonnet, and the form of
+    the real held-out sonnets; and the held-out NLL of the model before fine-tuning."""
     done = [r for r in rows if r["status"] == "done" and r.get("task") == "sonnet"]
     if not done:
         return []
     row = done[0]
     try:
         folder = run_data_folder(Path(row["run_dir"]))
-        found = {split: sonnet_reference_intervals(str(folder), split, _scored_numbers(row, split),
-                                                   row.get("arg_tokenizer_dir"), samples)
-                 for split in ("dev", "test")}
+        numbers = {split: _scored_numbers(row, split) for split in ("dev", "test")}
+        found = {split: sonnet_reference_intervals(str(folder), split, numbers[split], row.get("arg_tokenizer_dir"),
+                                                   samples) for split in ("dev", "test")}
+        forms = sonnet_reference_forms(str(folder), "dev", numbers["dev"], row.get("arg_tokenizer_dir")) or {}
     except (OSError, ValueError) as e:
         return [f"Sonnet reference rows left out: {e}.\n"]
     lines = [[name] + [_interval(iv.value, iv.low, iv.high, 2) if (iv := (found[s] or {}).get(name)) else "—"
-                       for s in ("dev", "test")] for name in REFERENCE_NAMES]
-    return ["Reference points (no model; same prompts as the runs; bootstrap 95% CI):\n",
-            _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]"], lines)]
+                       for s in ("dev", "test")]
+             + [_percent(forms[name]["rates"][part]) if name in forms else "—" for part in FORM_PARTS]
+             for name in REFERENCE_NAMES + (REAL_SONNETS,)]
+    lines[-1][1:3] = ["— (the references themselves)"] * 2
+    out = ["Reference points (no model; same prompts as the runs; chrF: bootstrap 95% CI; form: Wilson 95% CI):\n",
+           _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]", "dev 14 lines %", "dev rhyme scheme %",
+                   "dev meter %", "dev perfect %"], lines)]
+    base = [r for r in done if r.get("dev_nll_base") is not None]
+    if base:
+        nll = [[f"base model before fine-tuning ({r['run']})", _fmt(r.get("dev_nll_base")),
+                _fmt(r.get("test_nll_base")), _fmt(r.get("dev_nll")), _fmt(r.get("test_nll"))] for r in base[:1]]
+        out += ["Held-out NLL before fine-tuning (nats per token of the true continuations; lower is better): the "
+                "bar every fine-tuned row must clear:\n",
+                _table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], nll)]
+    return out
+
+
+def _percent(rate: dict[str, float]) -> str:
+    return _interval(100 * rate["rate"], 100 * rate["low"], 100 * rate["high"], 0)
+
+
+# Per sweep: the arms every other arm is compared with on the same examples, each in words and as a test of a
+# row `ref` against an arm's row `arm` (the same seed is required on top).
+Rule = Callable[[Row, Row], bool]
+REFERENCE_ARMS: dict[str, list[tuple[str, Rule]]] = {
+    "lora-ranks": [("full fine-tuning", lambda ref, arm: ref.get("method") == "full")],
+    "lora-targets": [("LoRA on attn+mlp at the same rank",
+                      lambda ref, arm: ref.get("targets") == "attn+mlp" and ref.get("rank") == arm.get("rank"))],
+    "lora-alpha-lr": [("alpha 16, lr 1e-2 (the study's choice)",
+                       lambda ref, arm: ref.get("alpha") == 16 and ref.get("lr") == 1e-2)],
+    "precision": [("fp32 at the same stage (base or fine-tuned) on the same task",
+                   lambda ref, arm: ref.get("precision") == "fp32" and ref.get("stage") == arm.get("stage")
+                   and ref.get("task") == arm.get("task")),
+                  ("post-training quantization at the same precision: QAFT arms only",
+                   lambda ref, arm: bool(arm.get("qaft")) and not ref.get("qaft")
+                   and ref.get("precision") == arm.get("precision") and ref.get("stage") == arm.get("stage")
+                   and ref.get("task") == arm.get("task"))],
+    "teachers": [("real sonnets only", lambda ref, arm: not ref.get("synthetic_n"))],
+}
+
+
+def _reference_row(rule: Rule, arm: Row, rows: Sequence[Row]) -> Row | None:
+    found = [r for r in rows if r is not arm and r["status"] == "done" and r.get("seed") == arm.get("seed")
+             and rule(r, arm)]
+    return found[0] if found else None
+
+
+def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None, samples: int,
+                cache: dict) -> str:
+    """arm - reference on `split` as a cell: one seed, a paired bootstrap 95% interval over the shared examples;
+    several seeds, the mean of the per-seed differences with a 95% t-interval across seeds."""
+    def scores(row: Row) -> ExampleScores | None:
+        key = (row["run_dir"], split, metric)
+        if key not in cache:
+            try:
+                cache[key] = run_scores(row["run_dir"], split, metric)
+            except (OSError, ValueError, KeyError):
+                cache[key] = None
+        return cache[key]
+
+    diffs = []
+    for arm, ref in pairs:
+        a, b = scores(arm), scores(ref)
+        if a is None or b is None:
+            return "—"
+        try:
+            diffs.append(paired_difference(a, b, samples))
+        except ValueError:
+            return "—"
+    digits = 4 if metric == "nll" else 2 if pairs[0][0].get("metric") == "chrf" else 3
+    if len(diffs) == 1:
+        d = diffs[0]
+        return f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+    mean, low, high = t_interval([d.value for d in diffs])
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({len(diffs)} seeds)"
+
+
+def paired_block(sweep_name: str, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+    """Each arm against the sweep's reference arms on the same examples: the difference in the task metric (and,
+    for sonnets, in held-out NLL), dev and test, with a paired interval; one table per reference."""
+    done = [r for r in rows if r["status"] == "done"]
+    cache: dict = {}
+    out = []
+    for description, rule in REFERENCE_ARMS.get(sweep_name, []):
+        arms: dict[tuple, list[tuple[Row, Row]]] = {}
+        for row in done:
+            ref = _reference_row(rule, row, done)
+            if ref is not None:
+                key = tuple((k, row.get(k)) for k in SETTING_KEYS if k != "seed")
+                arms.setdefault(key, []).append((row, ref))
+        if not arms:
+            continue
+        lines = []
+        for pairs in arms.values():
+            arm = pairs[0][0]
+            settings = _settings_cells(sweep_name, arm)
+            metric = "chrF" if arm.get("metric") == "chrf" else "accuracy"
+            lines.append(settings + [metric] + [_difference(pairs, s, None, samples, cache) for s in ("dev", "test")])
+            if arm.get("task") == "sonnet":
+                lines.append(settings + ["held-out NLL"]
+                             + [_difference(pairs, s, "nll", samples, cache) for s in ("dev", "test")])
+        sonnet = any(pairs[0][0].get("task") == "sonnet" for pairs in arms.values())
+        out += [f"Paired differences, arm − reference ({description}), on the examples both scored"
+                f"{' (for held-out NLL lower is better)' if sonnet else ''}: one seed, a paired bootstrap 95% "
+                "interval (both arms resampled on the same examples); several seeds, the mean of the per-seed "
+                "differences with a 95% t-interval across seeds:\n",
+                _table([h for h, _ in TABLE_COLUMNS[sweep_name]] + ["metric", "Δ dev", "Δ test"], lines)]
+    return out
 
 
 def teacher_summary(path: Path) -> Row:
@@ -419,7 +637,9 @@ def zero_shot_block(rows: Sequence[Row]) -> list[str]:
     lines = []
     for r in took:
         z = r["zero_shot"]
-        lines.append([str(r.get("stage") or "fine-tuned"), str(r.get("task")), str(r.get("precision")),
+        base = r.get("stage") == "base"
+        lines.append(["base model (not fine-tuned)" if base else "fine-tuned",
+                      "— (base model)" if base else str(r.get("task")), str(r.get("precision")),
                       _fmt(r.get("qaft")), _fmt(r.get("compute")), str(r.get("seed")),
                       _interval(z.get("zero_shot_accuracy"), z.get("zero_shot_low"), z.get("zero_shot_high")),
                       _interval(z.get("majority"), z.get("majority_low"), z.get("majority_high")),
@@ -435,11 +655,55 @@ def zero_shot_block(rows: Sequence[Row]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- plots
 
 def _errorbar(ax, xs: list, points: Sequence[Row], **kw) -> None:
+    """Dev scores with their intervals as bars, and the test scores beside them as hollow markers."""
     ys = [p["score"] for p in points]
     err = [[p["score"] - p["low"] for p in points], [p["high"] - p["score"] for p in points]]
     if "fmt" not in kw:
         kw.setdefault("marker", "o")
-    ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
+    label = kw.pop("label", None)
+    bars = ax.errorbar(xs, ys, yerr=err, capsize=3, label=f"{label}: dev" if label else "dev", **kw)
+    tests = [(x, p["test_score"]) for x, p in zip(xs, points) if not math.isnan(p.get("test_score", math.nan))]
+    if tests:
+        ax.plot(*zip(*tests), linestyle="none", marker="D", markerfacecolor="none",
+                color=bars[0].get_color(), label=f"{label}: test" if label else "test")
+
+
+CHANCE_STYLE = {"prompts + random tokens": ":", "wrong sonnet (nearest training length)": "-."}
+
+
+def chance_lines(rows: Sequence[Row], samples: int = SAMPLES) -> dict[str, float]:
+    """The dev chrF of the reference rows that stand for chance (random tokens after the prompt, a wrong real
+    sonnet), drawn across the sonnet plots; {} when the sweep has no sonnet run or its data is not found."""
+    done = [r for r in rows if r["status"] == "done" and r.get("task") == "sonnet"]
+    if not done:
+        return {}
+    try:
+        found = sonnet_reference_intervals(str(run_data_folder(Path(done[0]["run_dir"]))), "dev",
+                                           _scored_numbers(done[0], "dev"), done[0].get("arg_tokenizer_dir"),
+                                           samples)
+    except (OSError, ValueError):
+        return {}
+    return {name: iv.value for name, iv in (found or {}).items() if name in CHANCE_STYLE}
+
+
+def decorate(fig: Figure, points: Sequence[Row], chance: dict[str, float]) -> Figure:
+    """What every plot says: chance lines across each chrF axes (the reference rows) and the majority class on
+    accuracy axes, and a legend whose title names the bars' interval."""
+    bars = ("bars: mean over seeds, 95% t-interval across seeds" if any(p.get("seeds", 0) > 1 for p in points)
+            else "bars: 95% bootstrap CI over the examples")
+    for ax in fig.axes:
+        ylabel = ax.get_ylabel()
+        if "chrF" in ylabel:
+            for name, value in chance.items():
+                ax.axhline(value, color="gray", linestyle=CHANCE_STYLE[name], linewidth=1, label=f"chance: {name}")
+        if "accuracy" in ylabel and "zero-shot" not in ylabel:
+            majority = [p for p in _done(points) if p.get("majority") is not None and p["metric"] == "accuracy"]
+            if majority:
+                ax.plot([p["task"] for p in majority], [p["majority"] for p in majority], linestyle="none",
+                        marker="_", markersize=18, color="gray", label="chance: majority class")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=7, title=bars, title_fontsize=7)
+    return fig
 
 
 def _label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
@@ -458,14 +722,14 @@ def _done(points: Sequence[Row]) -> list[Row]:
 def plot_baseline(points: Sequence[Row]) -> Figure:
     """Dev score per task with its interval: accuracy tasks on the left, sonnet chrF on the right."""
     fig, (ax_acc, ax_chrf) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [3, 1]})
-    for ax, metric, label in ((ax_acc, "accuracy", "dev accuracy"), (ax_chrf, "chrf", "dev chrF")):
+    for ax, metric, label in ((ax_acc, "accuracy", "accuracy"), (ax_chrf, "chrf", "chrF")):
         pts = [p for p in _done(points) if p["metric"] == metric]
         _errorbar(ax, [p["task"] for p in pts], pts, linestyle="none", label="this run")
         ref = [(p["task"], STUDY[p["task"]]) for p in pts if p["task"] in STUDY]
         if ref:
             ax.scatter(*zip(*ref), marker="x", color="black", label="study", zorder=3)
         _label(ax, "task", label)
-    fig.suptitle("Full fine-tuning: dev scores (bootstrap 95% CI)")
+    fig.suptitle("Full fine-tuning: dev and test scores")
     fig.tight_layout()
     return fig
 
@@ -482,7 +746,7 @@ def plot_lora_ranks(points: Sequence[Row]) -> Figure:
     ax.set_xscale("log", base=2)
     if lora:
         ax.set_xticks([p["rank"] for p in lora], [str(p["rank"]) for p in lora])
-    _label(ax, "LoRA rank", "dev chrF", "Sonnets: chrF vs LoRA rank")
+    _label(ax, "LoRA rank", "chrF", "Sonnets: chrF vs LoRA rank")
     fig.tight_layout()
     return fig
 
@@ -499,7 +763,7 @@ def plot_lora_targets(points: Sequence[Row]) -> Figure:
                 ax.annotate(f"r{p['rank']}", (p["trainable_params"], p["score"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
-    _label(ax, "trainable parameters", "dev chrF", "Sonnets: LoRA targets")
+    _label(ax, "trainable parameters", "chrF", "Sonnets: LoRA targets")
     fig.tight_layout()
     return fig
 
@@ -516,7 +780,7 @@ def plot_lora_alpha_lr(points: Sequence[Row]) -> Figure:
         ax.scatter([1e-2], [chosen[0]["score"]], marker="*", s=160, color="black", zorder=4,
                    label="study's choice (alpha 16, lr 1e-2)")
     ax.set_xscale("log")
-    _label(ax, "learning rate", "dev chrF", "Sonnets: LoRA alpha x learning rate")
+    _label(ax, "learning rate", "chrF", "Sonnets: LoRA alpha x learning rate")
     fig.tight_layout()
     return fig
 
@@ -542,7 +806,7 @@ def plot_precision(points: Sequence[Row]) -> Figure:
                         xytext=(4, 4), fontsize=8)
     for a in (ax, ax_q):
         a.set_xscale("log")
-    _label(ax, "model size (bytes)", "dev chrF", "Sonnets: chrF vs model size by precision")
+    _label(ax, "model size (bytes)", "chrF", "Sonnets: chrF vs model size by precision")
     _label(ax_q, "model size (bytes)", "zero-shot Quora accuracy", "Generality after sonnet fine-tuning")
     fig.tight_layout()
     return fig
@@ -564,7 +828,36 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
                           label=f"{teacher} ({filt})")
     if not teachers and start:
         _errorbar(ax, [0] * len(start), start, label="real only")
-    _label(ax, "synthetic sonnets added", "dev chrF", "Sonnets: chrF vs synthetic-set size per teacher")
+    _label(ax, "synthetic sonnets added", "chrF", "Sonnets: chrF vs synthetic-set size per teacher")
+    fig.tight_layout()
+    return fig
+
+
+def plot_nll(sweep_name: str, points: Sequence[Row]) -> Figure | None:
+    """Held-out NLL of every sonnet arm (dev filled, test hollow) with its interval, and the model before
+    fine-tuning as the line to beat; None when no arm has one."""
+    shown = [p for p in _done(points) if p.get("dev_nll") is not None]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(shown) + 1.8))
+    names = [", ".join(c for c in _settings_cells(sweep_name, p) if c != "—") for p in shown]
+    ys = list(range(len(shown)))
+    for split, style in (("dev", {}), ("test", {"markerfacecolor": "none", "marker": "D"})):
+        have = [(y, p) for y, p in zip(ys, shown) if p.get(f"{split}_nll") is not None]
+        if not have:
+            continue
+        xs = [p[f"{split}_nll"] for _, p in have]
+        err = [[p[f"{split}_nll"] - p.get(f"{split}_nll_low", p[f"{split}_nll"]) for _, p in have],
+               [p.get(f"{split}_nll_high", p[f"{split}_nll"]) - p[f"{split}_nll"] for _, p in have]]
+        err = [[0.0 if math.isnan(v) else v for v in side] for side in err]
+        ax.errorbar(xs, [y + (0.15 if split == "test" else 0) for y, _ in have], xerr=err, linestyle="none",
+                    capsize=3, **{"marker": "o", **style}, label=split)
+    base = [p["dev_nll_base"] for p in shown if p.get("dev_nll_base") is not None]
+    if base:
+        ax.axvline(base[0], color="gray", linestyle="--", label="dev, before fine-tuning")
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.invert_yaxis()
+    _label(ax, "held-out NLL (nats per token; lower is better)", "arm", f"{sweep_name}: held-out likelihood")
     fig.tight_layout()
     return fig
 
@@ -602,8 +895,9 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
         mark_best(points)
     paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
     done = sum(r["status"] == "done" for r in rows)
-    spread = ("mean ± std over seeds" if any(p["seeds"] > 1 for p in points)
-              else "bootstrap 95% interval over the dev examples")
+    spread = ("intervals: the mean over seeds with a 95% t-interval across seeds" if any(p["seeds"] > 1 for p in points)
+              else "intervals: percentile bootstrap 95% over the examples (and over the samples of each prompt "
+                   "where there are several)")
     text = [f"# {sweep.name}\n", f"{done} of {len(rows)} runs finished (run folders: {Path(root)}); {spread}.\n"]
     if sweep.note:
         text.append(f"Note: {sweep.note}.\n")
@@ -619,11 +913,18 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     if rows and rows[0].get("arg_model") == "tiny":
         text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))
-    text += sonnet_reference_block(rows, samples)
+    text += paired_block(sweep.name, rows, samples)
+    text += form_block(sweep.name, points)
+    references = sonnet_reference_block(rows, samples)
+    text += references
     text += zero_shot_block(rows)
     if sweep.name == "teachers":
         text += teacher_block(sweep, rows, samples)
     paths["md"] = out / f"{sweep.name}.md"
     paths["md"].write_text("\n".join(text), encoding="utf-8")
-    paths["png"] = save_figure(PLOTS[sweep.name](points), out / f"{sweep.name}.png", sweep.name)
+    figure = decorate(PLOTS[sweep.name](points), points, chance_lines(rows, samples))
+    paths["png"] = save_figure(figure, out / f"{sweep.name}.png", sweep.name)
+    nll = plot_nll(sweep.name, points)
+    if nll is not None:
+        paths["nll_png"] = save_figure(decorate(nll, points, {}), out / f"{sweep.name}-nll.png", sweep.name)
     return paths

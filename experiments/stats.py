@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from minigpt2.metrics import bootstrap_interval
+from minigpt2.metrics import bootstrap_interval, bootstrap_interval_nested
 
 SAMPLES = 1000
 
@@ -164,7 +164,123 @@ def pairs_interval(pairs: tuple[str, list, list], samples: int = SAMPLES, seed: 
 
 def run_interval(run_dir: str | Path, samples: int = SAMPLES, seed: int = 0, split: str = "dev"
                  ) -> Interval | None:
-    """The bootstrap interval of a finished run's metric (chrF for sonnets, accuracy otherwise) on `split`;
-    None for a test split without labels."""
-    pairs = run_pairs(run_dir, split)
-    return None if pairs is None else pairs_interval(pairs, samples, seed)
+    """The bootstrap interval of a finished run's metric (chrF for sonnets, accuracy otherwise) on `split`,
+    over the examples and, with several samples per prompt, over the samples too; None for a test split without
+    labels."""
+    scores = run_scores(run_dir, split)
+    return None if scores is None else scores.interval(samples, seed)
+
+
+# ---------------------------------------------------------------------------------------------- per example
+
+@dataclass(frozen=True)
+class ExampleScores:
+    """One run's figure on one split, kept per example so that it can be resampled alone or beside another
+    run's on the same examples. `values` is (examples, samples, k): chrF statistics of each sampled sonnet, the
+    correctness of a prediction (k = 1), or a sonnet's summed NLL and its token count (k = 2)."""
+
+    metric: str  # chrf, accuracy or nll
+    ids: tuple[str, ...]
+    values: np.ndarray
+
+    def score(self, i: np.ndarray | None = None, j: np.ndarray | None = None) -> float:
+        """The metric on examples i (default all), with draws j (examples, samples) of each (default all)."""
+        v = self.values if i is None else self.values[i[:, None], j]
+        if self.metric == "chrf":  # corpus chrF of each sample set, averaged over samples
+            return float(np.mean([chrf_from_statistics(v[:, s].sum(0)) for s in range(v.shape[1])]))
+        if self.metric == "nll":  # token-weighted
+            return float(v[:, :, 0].sum() / v[:, :, 1].sum())
+        return float(v.mean())
+
+    def interval(self, samples: int = SAMPLES, seed: int = 0, confidence: float = 0.95) -> Interval:
+        n, k = self.values.shape[:2]
+        low, high = bootstrap_interval_nested(self.score, n, k, samples, confidence, seed)
+        return Interval(self.score(), low, high, n)
+
+    def subset(self, ids: Sequence[str]) -> "ExampleScores":
+        where = {k: n for n, k in enumerate(self.ids)}
+        return ExampleScores(self.metric, tuple(ids), self.values[[where[k] for k in ids]])
+
+
+def paired_difference(a: ExampleScores, b: ExampleScores, samples: int = SAMPLES, confidence: float = 0.95,
+                      seed: int = 0) -> Interval:
+    """a - b on the examples both scored, with a paired percentile bootstrap interval: every resample draws the
+    same examples for both runs (and each run's samples within an example on its own), so the spread the two
+    share, the examples' difficulty, cancels. `n` is the number of shared examples."""
+    if a.metric != b.metric:
+        raise ValueError(f"cannot compare {a.metric} with {b.metric}")
+    shared = [k for k in a.ids if k in set(b.ids)]
+    if not shared:
+        raise ValueError("the two runs scored no example in common")
+    a, b = a.subset(shared), b.subset(shared)
+    n, ka, kb = len(shared), a.values.shape[1], b.values.shape[1]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(samples):
+        i = rng.integers(0, n, size=n)
+        diffs.append(a.score(i, rng.integers(0, ka, size=(n, ka))) - b.score(i, rng.integers(0, kb, size=(n, kb))))
+    low, high = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Interval(a.score() - b.score(), float(low), float(high), n)
+
+
+def prediction_files(metrics: dict, split: str) -> list[str]:
+    """The prediction files a run scored on `split`: the course file, then the other samples (--eval-samples)."""
+    return list(metrics.get(f"{split}_samples") or [metrics[f"{split}_predictions"]])
+
+
+def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = None) -> ExampleScores | None:
+    """A finished run's per-example figures on `split`: its task metric (default) or "nll", the held-out
+    likelihood recorded in metrics.json; None where the split has no references."""
+    from tasks import get_task
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    if metric == "nll":
+        per = ((metrics.get("heldout_nll") or {}).get(split) or {}).get("per_sonnet")
+        if not per:
+            return None
+        return ExampleScores("nll", tuple(per), np.array([[v] for v in per.values()], dtype=np.float64))
+    task = get_task(config["args"]["task"])
+    refs = config["args"].get("test_references") if split == "test" else None
+    folder = run_data_folder(run_dir)
+    columns = []
+    ids: list[str] = []
+    for name in prediction_files(metrics, split):
+        pairs = task.split_pairs(run_dir / name, folder, split, Path(refs) if refs else None)
+        if pairs is None:
+            return None
+        if task.metric == "chrf":
+            hyps = {str(s.number): s.text for s in _read_generated(run_dir / name)}
+            ids = list(hyps)
+            columns.append(chrf_statistics(*pairs))
+        else:
+            ids = list(task.read_predictions(run_dir / name))  # type: ignore[attr-defined]
+            columns.append(np.array([[int(p) == int(y)] for p, y in zip(*pairs)], dtype=np.float64))
+    return ExampleScores(task.metric, tuple(ids), np.stack(columns, axis=1))
+
+
+def _read_generated(path: Path) -> list:
+    from tasks.sonnet import read_generated
+
+    return read_generated(path)
+
+
+# ---------------------------------------------------------------------------------------------- across seeds
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% t-interval of the mean of several seeds' figures (NaN bounds for one)."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(vals)
+    if len(vals) < 2:
+        return mean, math.nan, math.nan
+    t = T95[len(vals) - 2] if len(vals) - 1 <= len(T95) else 1.96
+    half = t * statistics.stdev(vals) / math.sqrt(len(vals))
+    return mean, mean - half, mean + half

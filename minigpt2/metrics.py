@@ -1,7 +1,8 @@
-"""Task metrics: accuracy, chrF (sacrebleu's defaults, as the course) and a bootstrap confidence interval."""
+"""Task metrics: accuracy, chrF (sacrebleu's defaults, as the course), bootstrap and Wilson confidence intervals."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,3 +40,35 @@ def bootstrap_interval(score: Callable[[np.ndarray], float], n: int, samples: in
     scores = np.array([score(i) for i in idx])
     lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_interval_nested(score: Callable[[np.ndarray, np.ndarray], float], n: int, k: int,
+                              samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval over `n` examples with `k` random draws each (e.g. k sampled sonnets per
+    prompt): each resample draws n examples with replacement, then k draws with replacement within each chosen
+    example, so that the interval holds both sources of spread. `score(i, j)` gets the example indices i (n,)
+    and the draw indices j (n, k) of one resample. With k = 1 this is `bootstrap_interval`."""
+    if n < 1 or k < 1:
+        raise ValueError("bootstrap of an empty set")
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(samples):
+        i = rng.integers(0, n, size=n)
+        j = rng.integers(0, k, size=(n, k)) if k > 1 else np.zeros((n, 1), dtype=np.int64)
+        scores.append(score(i, j))
+    lo, hi = np.quantile(np.array(scores), [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for a binomial rate (sensible at 0/n and n/n, unlike the normal one); None if n=0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

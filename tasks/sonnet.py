@@ -6,6 +6,12 @@ Evaluation: for each held-out prompt (its first 3 lines) the model samples the r
 by default, as the course) until <|endoftext|> or until the 14th line is complete — never cut by a small token
 budget — and chrF (sacrebleu's `CHRF()` defaults) compares the full sonnets with the true ones. The output file
 has the course's layout: a `--Generated Sonnets--` line, then per sonnet its number on a line and its 14 lines.
+`predict_samples` draws K continuations per prompt (`--eval-samples K`), the first being `predict`'s.
+
+chrF alone cannot tell learning from copying (the rest of a wrong real sonnet scores about as well), so a run is
+also measured by what only learning earns: `heldout_nll`, the teacher-forced negative log-likelihood of each true
+held-out continuation given its prompt, conditioned exactly as generation is (the prompt's lines and a newline),
+per token, <|endoftext|> included (knowing where a sonnet ends is part of the form).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from minigpt2.atomic import atomic_write
+from minigpt2.device import autocast_for
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.data import Sonnet
@@ -48,6 +56,22 @@ def sonnet_stop(tok: Tokenizer, lines_to_write: int) -> Callable[[list[int]], bo
     return stop
 
 
+SAMPLE_SEED_STEP = 1_000_003  # seeds of sample k: the base seed + batch start + k * this (no two collide)
+
+
+def continuation_ids(tok: Tokenizer, prompt_lines: Sequence[str], reference: str, context: int
+                     ) -> tuple[list[int], int]:
+    """(prompt + true continuation + <|endoftext|>, number of prompt tokens), cut to the model's `context`. The
+    prompt is encoded as generation encodes it (its lines, then a newline); the continuation is the true sonnet's
+    lines after the prompt's."""
+    prompt = tok.encode("\n".join(prompt_lines) + "\n")
+    rest = reference.split("\n")[len(prompt_lines):]
+    seq = prompt + tok.encode("\n".join(rest)) + [tok.eot_id]
+    if len(prompt) >= context:
+        raise DataError(f"a {len(prompt)}-token sonnet prompt leaves nothing to score in a {context}-token context")
+    return seq[:context], len(prompt)
+
+
 def finish_sonnet(prompt_lines: tuple[str, ...], new_text: str) -> str:
     """Prompt + generated lines, up to 14 non-blank lines. A line holding only a number is dropped: in the
     output layout it would read as the start of a new sonnet."""
@@ -65,6 +89,7 @@ class SonnetTask(Task):
 
     has_head = False
     takes_extra_texts = True  # the application mixes synthetic sonnets in here
+    generative = True
 
     def train_texts(self, folder: Path) -> tuple[list[str], list[Malformed]]:
         """The real training set as plain sonnet texts."""
@@ -109,19 +134,59 @@ class SonnetTask(Task):
 
     def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
                 device: torch.device) -> list[str]:
-        out: list[str] = []
+        return self.predict_samples(module, examples, how, tok, device, samples=1)[0]
+
+    def predict_samples(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
+                        device: torch.device, samples: int) -> list[list[str]]:
+        """`samples` sonnets per prompt: a list per sample, each in the examples' order. Sample k is seeded
+        apart from every other (sample 0 is what `predict` returns)."""
         # On CPU: weights prepacked for oneDNN, in bf16 when the run evaluates under bf16 autocast and the CPU has
         # native bf16 (`minigpt2.prepack`); a bf16 model gets the bf16 copy anyway.
         gpt = inference_copy(module.gpt, torch.bfloat16 if how.autocast == "bf16" else None)
         s = how.sampling
-        for start in range(0, len(examples), how.batch_size):
-            chunk = examples[start:start + how.batch_size]
-            lines_to_write = [SONNET_LINES - len(e.meta["prompt_lines"]) for e in chunk]
-            new = generate(gpt, [e.input_ids for e in chunk], max_new_tokens=s.max_new_tokens,
-                           temperature=s.temperature, top_p=s.top_p, eos_id=tok.eot_id,
-                           stop=sonnet_stop(tok, max(lines_to_write)), seed=s.seed + start)
-            out += [finish_sonnet(e.meta["prompt_lines"], tok.decode([t for t in ids if t != tok.eot_id]))
-                    for e, ids in zip(chunk, new)]
+        out: list[list[str]] = [[] for _ in range(samples)]
+        for k in range(samples):
+            for start in range(0, len(examples), how.batch_size):
+                chunk = examples[start:start + how.batch_size]
+                lines_to_write = [SONNET_LINES - len(e.meta["prompt_lines"]) for e in chunk]
+                new = generate(gpt, [e.input_ids for e in chunk], max_new_tokens=s.max_new_tokens,
+                               temperature=s.temperature, top_p=s.top_p, eos_id=tok.eot_id,
+                               stop=sonnet_stop(tok, max(lines_to_write)), seed=s.seed + start + SAMPLE_SEED_STEP * k)
+                out[k] += [finish_sonnet(e.meta["prompt_lines"], tok.decode([t for t in ids if t != tok.eot_id]))
+                           for e, ids in zip(chunk, new)]
+        return out
+
+    def heldout_nll(self, module: TaskModel, examples: list[Example], references: dict[str, str],
+                    how: PredictSettings, tok: Tokenizer, device: torch.device) -> dict[str, tuple[float, int]]:
+        """id -> (summed negative log-likelihood in nats, tokens) of the true continuation `references[id]` (the
+        whole true sonnet) after the example's prompt, teacher-forced. Deterministic: eval mode, no sampling; the
+        plain model and head, logits in fp32 (fp64 for an fp64 model). Examples without a reference are left out."""
+        gpt = module.gpt
+        was_training = gpt.training
+        gpt.eval()
+        out: dict[str, tuple[float, int]] = {}
+        rows = [(e.id, *continuation_ids(tok, e.meta["prompt_lines"], references[e.id], gpt.config.n_positions))
+                for e in examples if e.id in references]
+        with torch.no_grad():
+            for start in range(0, len(rows), how.batch_size):
+                chunk = rows[start:start + how.batch_size]
+                width = max(len(ids) for _, ids, _ in chunk)
+                ids = torch.full((len(chunk), width), tok.eot_id, dtype=torch.long)
+                targets = torch.full((len(chunk), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, (_, seq, n_prompt) in enumerate(chunk):
+                    ids[r, :len(seq)] = torch.tensor(seq)
+                    mask[r, :len(seq)] = 1
+                    targets[r, n_prompt - 1:len(seq) - 1] = torch.tensor(seq[n_prompt:])  # position t predicts t+1
+                ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
+                with autocast_for(how.autocast, device):
+                    logits = gpt.lm_head(gpt(ids, attention_mask=mask))
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+                nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
+                for r, (key, _, _) in enumerate(chunk):
+                    kept = targets[r] != -100
+                    out[key] = (float(nll[r][kept].double().sum()), int(kept.sum()))
+        gpt.train(was_training)
         return out
 
     def score(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:

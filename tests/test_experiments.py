@@ -385,7 +385,10 @@ def test_markdown_table_shows_intervals_or_seed_spread():
     one = report.group_seeds(rows[:1])
     assert report.format_score(one[0]) == "40.00 [38.00, 42.00]"
     two = report.group_seeds(rows)
-    assert len(two) == 1 and report.format_score(two[0]) == "41.00 ± 1.41 (2 seeds)"
+    # two seeds: the mean with the 95% t-interval across seeds, t(0.975, 1 df) = 12.706, sd = sqrt(2)
+    half = 12.706 * math.sqrt(2) / math.sqrt(2)
+    assert len(two) == 1 and report.format_score(two[0]) == f"41.00 [{41 - half:.2f}, {41 + half:.2f}] (2 seeds)"
+    assert "| dev chrF [mean over seeds, 95% t-interval across seeds] |" in report.markdown_table("baseline", two)
     missing = report.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
     table = report.markdown_table("baseline", missing)
     assert table.splitlines()[0] == ("| task | metric | compute | dev score [95% CI] | test score [95% CI] | "

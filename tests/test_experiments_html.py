@@ -100,3 +100,22 @@ def test_headless_chromium_renders_the_page(tmp_path):
         # something was drawn: text and the plot make the page far from blank
         dark = sum(gray.histogram()[:128])
         assert dark > 0.005 * 1280 * 2400
+
+
+def test_page_carries_its_provenance_and_every_study_figure(tmp_path):
+    out = results_folder(tmp_path)
+    run = tmp_path / "runs" / "sonnet-s1"
+    config = json.loads((run / "config.json").read_text())
+    config["fingerprint"] = {"data": {"sonnets.txt": "ab" * 32},
+                             "base_weights": {"file": "checkpoints/gpt2/model.safetensors", "sha256": "cd" * 32}}
+    (run / "config.json").write_text(json.dumps(config))
+    text = page.write_index(out, command="python -m experiments baseline --tiny").read_text()
+    from app.runfolder import code_version
+
+    code = code_version()
+    assert (code.get("git_commit") or f"package {code.get('package')}") in text
+    assert "<td>python -m experiments baseline --tiny</td>" in text and "torch" in text  # command, machine
+    assert "<td>data: sonnets.txt</td><td><code>" + "ab" * 32 + "</code></td><td>1</td>" in text
+    assert "base weights: checkpoints/gpt2/model.safetensors" in text and "cd" * 32 in text
+    for figure in ("42.16 (rank 256)", "42.5M", "46.61", "52.838", "56%", "72%", "75%"):
+        assert f"<td>{figure}</td>" in text, figure

@@ -75,6 +75,17 @@ def test_sweep_runs_end_to_end_with_tiny(name, tmp_path, counting):
 
     table = (out / f"{name}.md").read_text()
     assert f"{len(sweep.runs)} of {len(sweep.runs)} runs finished" in table and "[95% CI]" in table
+    sonnet = [r for r in rows if r["task"] == "sonnet"]
+    if sonnet:  # what only learning earns, beside chrF, in every sonnet table and its plots
+        assert all(float(r["dev_nll"]) > 0 and r["dev_perfect"] != "" and float(r["dev_nll_base"]) > 0
+                   for r in sonnet)
+        assert "dev held-out NLL (nats/token)" in table and "Form of what each model wrote" in table
+        assert "| real held-out sonnets |" in table and "Held-out NLL before fine-tuning" in table
+        assert (out / f"{name}-nll.png").read_bytes()[:8] == PNG_SIGNATURE
+        if name != "baseline":  # every sweep of sonnet arms compares them with its reference arm, paired
+            assert "Paired differences, arm − reference" in table and "| held-out NLL |" in table
+    html = (out / "index.html").read_text()
+    assert "Provenance" in html and "held-out NLL" in html
     assert table.count("\n|") >= 2 + len({tuple(sorted((k, str(v)) for k, v in r.settings.items() if k != "seed"))
                                            for r in sweep.runs})
     png = out / f"{name}.png"
