@@ -5,11 +5,12 @@
                       synthetic sonnets mixed in; a synthetic file not made yet counts as that many sonnets of the
                       real training sonnets' mean length), summed, times its epochs
     evaluation        forward-only tokens: the dev predictions and the dev loss after every epoch (once for
-                      --epochs 0), dev and test predictions at the end, and follow-up checks (zero-shot Quora)
-    generation        sonnets: every dev prompt after every epoch and every dev and test prompt at the end, each
-                      sampled up to the length of its true continuation (the true held-out sonnets'; test prompts
-                      without true sonnets take the dev mean), not to the --max-new-tokens cap; batches of
-                      --eval-batch-size decode until their longest row ends
+                      --epochs 0), dev and test predictions at the end, follow-up checks (zero-shot Quora), and
+                      for sonnets the held-out NLL of the true sonnets (before training and after)
+    generation        sonnets: every dev prompt after every epoch and every dev and test prompt at the end
+                      (--eval-samples K times), each sampled up to the length of its true continuation (the true
+                      held-out sonnets'; test prompts without true sonnets take the dev mean), not to the
+                      --max-new-tokens cap; batches of --eval-batch-size decode until their longest row ends
     CPU               the probe: one full fine-tuning step (forward, LM loss, backward, then AdamW timed apart) of
                       the runs' model shape at batch 8 x 64 on the chosen device, random weights, after a warm-up
                       step; a forward token costs a third of a trained one, a sampled token one trained token
@@ -180,6 +181,7 @@ class SplitCounts:
     lengths: tuple[int, ...]
     loss_tokens: int
     continuations: tuple[int | None, ...] = ()
+    truth_tokens: int = 0  # the true sonnets of the prompts that have one (the held-out NLL's forward pass)
 
 
 @functools.lru_cache(maxsize=256)
@@ -191,18 +193,19 @@ def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_le
     task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
     examples, _ = task.load(Path(folder), split, tok, max_len, limit, seed=seed)
     lengths = tuple(len(e.input_ids) for e in examples)
-    if not task.lm_targets:
+    if not task.generative:
         return SplitCounts(lengths, sum(lengths))
     truths = {}
     if split == "test" and task.references_file(Path(folder), "test") is not None:
         truths = {str(n): min(max_len, len(tok.encode(t)) + 1)  # as the dev references: cut at max_len
                   for n, t in task.split_references(Path(folder), "test").items()}
-    conts = []
+    conts, truth = [], 0
     for e in examples:
         full = len(e.meta["reference_ids"]) if "reference_ids" in e.meta else truths.get(e.id)
         conts.append(None if full is None else max(1, full - len(e.input_ids)))
+        truth += full or 0
     loss = sum(len(x.input_ids) for x in task.loss_examples(examples))
-    return SplitCounts(lengths, loss, tuple(conts))
+    return SplitCounts(lengths, loss, tuple(conts), truth)
 
 
 @functools.lru_cache(maxsize=64)
@@ -272,8 +275,7 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     from tasks import get_task
     from tasks.readers import data_dir
 
-    ns = _finetune_namespace(run)
-    s = from_args(ns)
+    s = from_args(_finetune_namespace(run))
     task = get_task(s.data.task)
     n, layers = n_params(s.model.model)
     max_len = min(s.data.max_length or model_config(s.model.model).n_positions,
@@ -300,8 +302,8 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     passes = max(1, epochs)  # dev after every epoch; --epochs 0 scores the base model once
     w.eval_tokens += passes * dev.loss_tokens
     w.eval_batches += passes * math.ceil(len(dev.lengths) / batch)
-    if task.lm_targets:
-        samples = int(getattr(ns, "eval_samples", None) or 1)  # --eval-samples K, where finetune has it
+    if task.generative:
+        samples = s.eval.samples  # --eval-samples K: K passes over the prompts in the final dev/test scores
         cap = s.eval.sampling.max_new_tokens
         known = [c for c in dev.continuations + test.continuations if c is not None]
         mean = round(sum(known) / len(known)) if known else cap
@@ -311,8 +313,12 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
             w.assumed.append(f"test continuations: the true sonnets' mean, {mean} tokens")
         positions = model_config(s.model.model).n_positions
         w.generation.add(dev.lengths, dev_c, batch, cap, positions, passes)
-        w.generation.add(list(dev.lengths) * samples, dev_c * samples, batch, cap, positions)
-        w.generation.add(list(test.lengths) * samples, test_c * samples, batch, cap, positions)
+        w.generation.add(dev.lengths, dev_c, batch, cap, positions, samples)
+        w.generation.add(test.lengths, test_c, batch, cap, positions, samples)
+        # held-out NLL: the true sonnets teacher-forced, by the base model before training and by the best one
+        w.eval_tokens += 2 * (dev.truth_tokens + test.truth_tokens)
+        w.eval_batches += 2 * (math.ceil(len(dev.lengths) / batch) + (math.ceil(len(test.lengths) / batch)
+                                                                      if test.truth_tokens else 0))
     else:
         w.eval_tokens += (passes + 1) * sum(dev.lengths) + sum(test.lengths)
         w.eval_batches += (passes + 1) * math.ceil(len(dev.lengths) / batch) + math.ceil(len(test.lengths) / batch)

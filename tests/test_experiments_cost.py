@@ -97,7 +97,7 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
     args = list(run.args)
     args[args.index("--max-new-tokens") + 1] = "400"
     args[args.index("--epochs") + 1] = "3"
-    free = estimate.run_workload(estimate.Run(run.name, tuple(args), run.settings))
+    free = estimate.run_workload(estimate.Run(run.name, (*args, "--eval-samples", "2"), run.settings))
     tok, task = Tokenizer(str(TINY_TOKENIZER_DIR)), get_task("sonnet")
     dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.settings["seed"])
     test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.settings["seed"])
@@ -106,9 +106,13 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
         return [min(128 - max(len(e.input_ids) for e in prompts), c) for c in conts]
     dev_c = cut([len(e.meta["reference_ids"]) - len(e.input_ids) for e in dev], dev)
     test_c = cut([min(128, truth[e.id]) - len(e.input_ids) for e in test], test)
-    assert free.generation.prompts == 3 * 2 + 2 + 2
-    assert free.generation.new_tokens == 4 * sum(dev_c) + sum(test_c)
-    assert free.generation.decode_steps == 4 * max(dev_c) + max(test_c)  # one batch of 2 rows per pass
+    # 3 epochs x 1 sample of the 2 dev prompts, then 2 samples (--eval-samples 2) of dev and of test
+    assert free.generation.prompts == 3 * 2 + 2 * 2 + 2 * 2
+    assert free.generation.new_tokens == 5 * sum(dev_c) + 2 * sum(test_c)
+    assert free.generation.decode_steps == 5 * max(dev_c) + 2 * max(test_c)  # one batch of 2 rows per pass
+    # forward only: the dev loss after each epoch, and the held-out NLL of the true sonnets before and after
+    dev_truth = sum(len(e.meta["reference_ids"]) for e in dev)
+    assert free.eval_tokens == 3 * dev_truth + 2 * (dev_truth + sum(min(128, truth[e.id]) for e in test))
     assert capped.generation.new_tokens == 4 * (2 + 2 + 2)  # --tiny's --max-new-tokens 4
     assert free.train_tokens == 3 * capped.train_tokens and free.train_steps == 3 * capped.train_steps
     cost = estimate.price(free, estimate.stated_rates())
