@@ -51,6 +51,11 @@ def test_teachers_are_priced_before_their_files_exist(tmp_path, monkeypatch, cap
     assert not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit, match="error: sweep teachers cannot start"):  # a real run still waits
         cli.main(["teachers", "--model", "tiny", "--runs-dir", str(tmp_path / "runs")])
+    (tmp_path / "empty").mkdir()  # an empty --synthetic-dir: the same plan, its files planned there
+    again = dry_run(capsys, "teachers", "--model", "tiny", "--data-dir", str(TINY_DATA_DIR), "--stated-rates",
+                    "--synthetic-dir", "empty", "--runs-dir", str(tmp_path / "runs"))
+    assert "sweep teachers: 31 runs" in again and "--synthetic empty/gemini-2.5-pro.jsonl" in again
+    assert "1,334 requests for 1,000 perfect sonnets" in again
 
 
 def test_a_perfect_arm_cut_short_by_its_file_is_announced(tmp_path, capsys):
