@@ -100,6 +100,8 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
     # The same seeded subset as at training time, so re-scored figures are of the same rows.
     examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval, seed=settings.optim.seed)
+    if split == "test":  # rows of the test labels without a usable label: warned about, not scored (as dev's)
+        notes += task.unlabelled_rows(folder, split, Path(test_references) if test_references else None)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     how = settings.predict_settings()

@@ -297,6 +297,7 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
     # Test references that do not cover the test rows would fail at the end of training: refuse them now.
     refs = Path(d.test_references) if d.test_references else None
     have = task.reference_ids(folder, "test", refs)
+    notes += task.unlabelled_rows(folder, "test", refs)  # listed but unlabelled: warned about, not scored
     if have is not None:
         missing = [e.id for e in splits["test"] if e.id not in have]
         if missing:

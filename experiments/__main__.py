@@ -10,6 +10,7 @@
     python -m experiments all --dry-run                 # list the runs, their tokens, time and cost; run none
     python -m experiments all --jobs 8                  # 8 runs at once, one per GPU (round-robin)
     python -m experiments all --launcher ray --address HEAD:6379   # one Ray task per run on a cluster
+    python -m experiments all --dry-run --stated-rates --markdown   # docs/study.md's cost table
 
 Run folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones resumed. Results go to
 <out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png, and every command ends with <out>/index.html (the whole
@@ -19,6 +20,8 @@ study on one self-contained page). `all` runs every sweep whose inputs exist and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shlex
 import signal
 import sys
@@ -27,10 +30,12 @@ from pathlib import Path
 
 from minigpt2.errors import UserError
 
-from .estimate import chosen_device, format_hours, gemini_cost, schedule_seconds, sweep_estimate
+from .estimate import (Cost, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table,
+                       measured_rates, schedule_seconds, stated_rates, sweep_cost)
 from .html import write_index
 from .launch import (LaunchError, check_devices, connect, default_devices, ray_capacity, require_ray, run_cost,
                      run_local, run_ray, threads_per_run)
+from .preflight import check_preconditions
 from .report import write_report
 from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, missing_flags, plan, run_sweep
 from .stats import SAMPLES
@@ -46,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 epoch, "
                         "trimmed sweep")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the runs, their training tokens, estimated time and Gemini cost; run nothing")
+                   help="list the runs and estimate their cost: tokens, CPU time (a measured probe), one GPU "
+                        "(FLOP- and launch-bound), start-ups, Gemini requests; run nothing (teachers without "
+                        "files: planned as if they existed)")
+    p.add_argument("--stated-rates", action="store_true",
+                   help="--dry-run: price the CPU with the stated rates of experiments/estimate.py (STATED_CPU) "
+                        "instead of a probe measured now (deterministic)")
+    p.add_argument("--markdown", action="store_true",
+                   help="--dry-run: print only the cost table in markdown, one row per sweep (docs/study.md's)")
     p.add_argument("--seeds", type=int, default=1,
                    help=f"runs per setting (seeds 11711, 11712, ...), at most {MAX_SEEDS}")
     p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
@@ -150,7 +162,19 @@ def ready_part(sweep: Sweep) -> Sweep:
             ready.append(run)
     waits = [f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) wait for "
              f"minigpt2.finetune in this checkout, which has no {flags}" for flags, names in waiting.items()]
-    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits))
+    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits), sweep.synthetic_needs)
+
+
+def isolation(args: argparse.Namespace) -> str:
+    return args.isolation or ("in-process" if args.tiny else "subprocess")
+
+
+def dry_run_rates(args: argparse.Namespace):  # -> estimate.Rates, probed once per command
+    if getattr(args, "rates", None) is None:
+        model = args.model or ("tiny" if args.tiny else "gpt2")
+        args.rates = stated_rates() if args.stated_rates else \
+            measured_rates(model, chosen_device(shlex.split(args.finetune_args)))
+    return args.rates
 
 
 def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
@@ -167,22 +191,22 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
                                                                        else ""))
         for run, state in plan(sweep.runs, root):
             print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
-        model = args.model or ("tiny" if args.tiny else "gpt2")
-        lines, seconds = sweep_estimate(sweep.runs, model, chosen_device(shlex.split(args.finetune_args)))
-        print("\n".join(lines))
-        args.estimated_seconds = getattr(args, "estimated_seconds", 0.0) + seconds
-        if args.jobs is not None or args.launcher == "ray":  # the training time spread over the workers
+        rates = dry_run_rates(args)
+        cost = sweep_cost(sweep.runs, rates, isolation(args))
+        bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
+        print("\n".join(cost_lines(cost, rates) + bill))
+        args.costs.append((name, cost, usd))
+        if args.jobs is not None or args.launcher == "ray":  # the work spread over the workers
+            gpu = chosen_device(shlex.split(args.finetune_args)).startswith("cuda") or (
+                args.launcher == "ray" and args.cpus_per_run is None)
+            seconds = cost.gpu_s if gpu else cost.cpu_s
             costs = [run_cost(run) for run in sweep.runs]
             per_run = [seconds * c / sum(costs) for c in costs] if sum(costs) else []
             n = workers(args)
             wall = schedule_seconds(per_run, n)
-            print(f"  on {n} workers, longest runs first: ~{format_hours(wall)} wall time"
-                  + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
+            print(f"  on {n} workers ({'GPU' if gpu else 'CPU'} estimate), longest runs first: ~{format_hours(wall)} "
+                  "wall time" + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
             args.estimated_wall = getattr(args, "estimated_wall", 0.0) + wall
-        if name == "teachers":
-            files = [Path(r.args[r.args.index("--synthetic") + 1]) for r in sweep.runs if "--synthetic" in r.args]
-            folder = files[0].parent if files else (Path(args.synthetic_dir) if args.synthetic_dir else None)
-            print("\n".join(gemini_cost(folder)))
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
@@ -233,20 +257,38 @@ class sigterm_as_interrupt:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_launch(args)
+    if (args.markdown or args.stated_rates) and not args.dry_run:
+        raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
-                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args))
+                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
+                        plan_missing=args.dry_run)
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
     sweeps = [ready_part(build_sweep(name, opts)) for name in names]  # all checked before any runs
     if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
         raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
-    ok = [run_one(sweep, args) for sweep in sweeps]
+    if not args.dry_run and not args.report_only:  # every shared input, before the first run of any sweep
+        for sweep in sweeps:
+            root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny
+                                          else "checkpoints/experiments")) / sweep.name
+            check_preconditions(sweep.name, [run for run, state in plan(sweep.runs, root) if state != "done"])
+    args.costs = []
+    with contextlib.redirect_stdout(io.StringIO()) if args.markdown else contextlib.nullcontext():
+        ok = [run_one(sweep, args) for sweep in sweeps]
     if not args.dry_run:
         out = Path(args.out or ("results/tiny" if args.tiny else "results"))
         print(f"wrote {write_index(out)}")
-    if args.dry_run and len(sweeps) > 1:
-        print(f"all sweeps: ~{format_hours(args.estimated_seconds)} of training (estimate; see each sweep above)"
-              + (f", ~{format_hours(args.estimated_wall)} wall time on {workers(args)} workers"
-                 if hasattr(args, "estimated_wall") else ""))
+    elif args.markdown:
+        rows = args.costs + ([("all", sum((c for _, c, _ in args.costs), Cost()),
+                               sum(u for _, _, u in args.costs))] if len(args.costs) > 1 else [])
+        print(markdown_table(rows, dry_run_rates(args)), end="")
+    elif len(args.costs) > 1:
+        total = sum((c for _, c, _ in args.costs), Cost())
+        print(f"all sweeps ({len(args.costs)} with runs):")
+        print("\n".join(cost_lines(total, dry_run_rates(args))))
+        print(f"  Gemini in all: ~${sum(u for _, _, u in args.costs):.2f} (see the teachers sweep above)")
+        if hasattr(args, "estimated_wall"):
+            print(f"  ~{format_hours(args.estimated_wall)} wall time on {workers(args)} workers (sweeps one after "
+                  "the other)")
     return 0 if all(ok) else 1
 
 

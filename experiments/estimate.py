@@ -1,75 +1,124 @@
-"""What a sweep costs before it starts: training tokens, an estimated wall time from a measured probe, and the
-Gemini bill of the synthetic sonnets.
+"""What a sweep costs before it starts: its work counted in tokens, priced on a CPU (a measured probe), on one GPU
+(on paper), in process start-ups and in Gemini requests. Every figure is an estimate and is printed as one.
 
     training tokens   each run's training examples as finetune loads them (same tokenizer, --max-train,
-                      synthetic sonnets mixed in), summed, times its epochs
-    probe             a few full fine-tuning steps (forward, LM loss, backward, AdamW) of the runs' model shape
-                      at batch 8 x 128 tokens on the chosen device, random weights; seconds per training token
-    wall time         training tokens x seconds per token: training only (evaluation and sonnet generation come
-                      on top), at the full fine-tuning rate (LoRA runs backpropagate less, fake-quant ones more)
-    Gemini            distill.prices list prices: the summary's own cost where a file was generated, else
-                      GEMINI_ASSUMPTIONS tokens per request (an assumption, printed as such)
+                      synthetic sonnets mixed in; a synthetic file not made yet counts as that many sonnets of the
+                      real training sonnets' mean length), summed, times its epochs
+    evaluation        forward-only tokens: the dev predictions and the dev loss after every epoch (once for
+                      --epochs 0), dev and test predictions at the end, follow-up checks (zero-shot Quora), and
+                      for sonnets the held-out NLL of the true sonnets (before training and after)
+    generation        sonnets: every dev prompt after every epoch and every dev and test prompt at the end
+                      (--eval-samples K times), each sampled up to the length of its true continuation (the true
+                      held-out sonnets'; test prompts without true sonnets take the dev mean), not to the
+                      --max-new-tokens cap; batches of --eval-batch-size decode until their longest row ends
+    CPU               the probe: one full fine-tuning step (forward, LM loss, backward, then AdamW timed apart) of
+                      the runs' model shape at batch 8 x 64 on the chosen device, random weights, after a warm-up
+                      step; a forward token costs a third of a trained one, a sampled token one trained token
+                      (docs/performance.md: 212 sampled vs 213 trained tokens/s at batch 12 on a CPU). LoRA runs
+                      skip the full AdamW step but are otherwise priced as full fine-tuning. --stated-rates
+                      replaces the probe with STATED_CPU (deterministic: docs/study.md's table)
+    GPU               FLOP-bound: 6 N per training token, 2 N per evaluated or decoded token (N parameters), at
+                      GPU_ASSUMPTIONS' MFU of its peak; launch-bound: kernel launches per training step, forward
+                      batch and decode step at ~10 us each. Small batches of a 124M model are launch-bound, so
+                      the estimate takes the larger of the two per phase
+    start-ups         one process per run and per follow-up check (subprocess isolation): interpreter + imports
+                      (stated) + building the model (timed by the probe); in-process runs pay the model only
+    Gemini            distill.prices list prices: a generated file's summary for what it billed, and for the
+                      requests still needed, GEMINI_ASSUMPTIONS tokens per request; requests for n perfect
+                      sonnets = ceil(n / perfect rate), the file's measured rate or else the study's
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from app.settings import SyntheticSettings
+from minigpt2.config import GPT2Config
 
 from .sweeps import TEACHERS, Run
 
-PROBE_BATCH, PROBE_SEQ = 8, 128
+PROBE_BATCH, PROBE_SEQ = 8, 64
 # Per generated sonnet (one request each): prompt, output and thinking tokens. An assumption for pricing files
-# not yet generated; a generated file's summary replaces it with what was billed.
-GEMINI_ASSUMPTIONS = {"prompt": 100, "output": 250,
-                      "thinking": {"gemini-2.5-flash-lite": 0, "gemini-2.5-flash": 1000, "gemini-2.5-pro": 1500}}
+# not yet generated; a generated file's summary replaces it with what was billed. The perfect rates are the
+# study's (perfect sonnets per request), used until a file's summary measures its own.
+GEMINI_ASSUMPTIONS: dict[str, Any] = {
+    "prompt": 100, "output": 250,
+    "thinking": {"gemini-2.5-flash-lite": 0, "gemini-2.5-flash": 1000, "gemini-2.5-pro": 1500},
+    "perfect_rate": {"gemini-2.5-flash-lite": 0.56, "gemini-2.5-flash": 0.72, "gemini-2.5-pro": 0.75},
+}
+# One GPU on paper. Peak: H100 SXM dense bf16 tensor-core FLOP/s. Launches: CUDA kernels per layer of a training
+# step (forward, backward), of a forward batch and of a decode step, plus those outside the layers (embeddings,
+# loss or LM head and sampling, the optimizer), each ~10 us to launch when the GPU waits on the host.
+GPU_ASSUMPTIONS: dict[str, Any] = {
+    "gpu": "one H100 (bf16 dense peak 989 TFLOP/s)", "peak_flops": 989e12, "mfu": 0.35, "launch_s": 10e-6,
+    "launches": {"train": (45, 40), "forward": (15, 10), "decode": (15, 20)},  # (per layer, per step outside)
+}
+# A process start-up beside building the model: interpreter and imports (torch, the project), and on a GPU the
+# CUDA context. Stated, not measured (2-core CPU, warm file cache: about 3 s for `import app.finetune`).
+STARTUP_ASSUMPTIONS = {"imports_s": 3.0, "cuda_context_s": 2.0}
+# --stated-rates: GPT-2 124M on an idle 2-vCPU AMD EPYC, from docs/performance.md (training step 8 x 128 with
+# AdamW: 212.8 tokens/s, i.e. 4.8 s a step, of which the AdamW update over 124M weights is taken as 0.35 s),
+# scaled by parameter count for other shapes. Deterministic, unlike the probe.
+STATED_CPU = {"train_s_per_token": 4.35e-3, "optimizer_s_per_step": 0.35, "model_build_s": 1.5,
+              "n_params": 124_439_808}
+DECODE_PER_TRAIN_TOKEN = 1.0  # CPU: one sampled token (batch ~12) costs about one trained token
+FORWARD_PER_TRAIN_TOKEN = 1 / 3  # a forward pass is a third of forward + backward
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Measured full fine-tuning speed of one model shape on one device."""
+    """Measured full fine-tuning speed of one model shape on one device: forward + backward per token, the
+    AdamW step over every weight, and how long building the model took."""
 
     model: str
     device: str
     seconds_per_token: float
     steps: int
+    seconds_per_step: float = 0.0  # the optimizer step alone
+    build_seconds: float = 0.0
 
 
 @functools.lru_cache(maxsize=4)
-def probe(model: str = "gpt2", device: str = "cpu", steps: int = 2) -> Probe:
-    """Time `steps` training steps (after one warm-up step) of `model`'s shape at batch 8 x 128."""
-    from minigpt2.config import PRESETS, GPT2Config
+def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
+    """Time `steps` training steps of `model`'s shape at batch 8 x 64 after a warm-up step at batch 1 x 8 (which
+    allocates the gradients and AdamW's moments): forward + backward and the AdamW step apart."""
     from minigpt2.chunked_loss import chunked_lm_loss
     from minigpt2.model import GPT2
 
     torch.manual_seed(0)
-    net = GPT2(GPT2Config(**PRESETS[model])).to(device)
+    start = time.perf_counter()
+    net = GPT2(model_config(model)).to(device)
+    build = time.perf_counter() - start
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
     seq = min(PROBE_SEQ, net.config.n_positions)
-    ids = torch.randint(0, net.config.vocab_size, (PROBE_BATCH, seq), device=device)
 
-    def step() -> None:
-        loss = chunked_lm_loss(net(ids)[:, :-1], net.wte.weight, ids[:, 1:])
-        loss.backward()
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def step(batch: int, length: int) -> tuple[float, float]:
+        ids = torch.randint(0, net.config.vocab_size, (batch, length), device=device)
+        sync()
+        t0 = time.perf_counter()
+        chunked_lm_loss(net(ids)[:, :-1], net.wte.weight, ids[:, 1:]).backward()
+        sync()
+        t1 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
+        return t1 - t0, time.perf_counter() - t1
 
-    step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return Probe(model, device, (time.perf_counter() - start) / (steps * PROBE_BATCH * seq), steps)
+    step(1, min(8, seq))
+    times = [step(PROBE_BATCH, seq) for _ in range(steps)]
+    return Probe(model, device, sum(t for t, _ in times) / (steps * PROBE_BATCH * seq), steps,
+                 sum(o for _, o in times) / steps, build)
 
 
 def chosen_device(finetune_args: Sequence[str]) -> str:
@@ -80,38 +129,487 @@ def chosen_device(finetune_args: Sequence[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_config(model: str) -> GPT2Config:
+    """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
+    GPT-2 124M's when neither can be read (a run that cannot find its model fails its preconditions anyway)."""
+    import json
+
+    from minigpt2.config import PRESETS
+
+    if model in PRESETS:
+        return GPT2Config.from_name(model)
+    path = Path(model)
+    config = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    try:
+        return GPT2Config.from_hf_dict(json.loads(config.read_text(encoding="utf-8")), str(config))
+    except (OSError, ValueError):
+        return GPT2Config.from_name("gpt2")
+
+
+def n_params(model: str) -> tuple[int, int]:
+    """(parameters, layers) of the model's shape, the tied embedding counted once."""
+    c = model_config(model)
+    C, L = c.n_embd, c.n_layer
+    return (c.vocab_size + c.n_positions) * C + L * (12 * C * C + 13 * C) + 2 * C, L
+
+
 @functools.lru_cache(maxsize=256)
-def _train_tokens(task: str, folder: str, tokenizer_dir: str | None, max_train: int | None, max_len: int,
-                  synthetic: SyntheticSettings | None) -> int:
+def _train_counts(task: str, folder: str, tokenizer_dir: str | None, max_train: int | None, max_len: int,
+                  synthetic: SyntheticSettings | None, seed: int = 0) -> tuple[int, int]:
+    """(examples, tokens) of one epoch's training set, as finetune loads it."""
     from app.synthetic import synthetic_texts
     from minigpt2.tokenizer import Tokenizer
     from tasks import get_task
 
     examples, _ = get_task(task).load(Path(folder), "train", Tokenizer(tokenizer_dir), max_len, max_train,
-                                      extra_texts=synthetic_texts(synthetic))
-    return sum(len(e.input_ids) for e in examples)
+                                      extra_texts=synthetic_texts(synthetic), seed=seed)
+    if synthetic is not None and synthetic.only:
+        examples = [e for e in examples if e.meta.get("source") == "synthetic"]
+    return len(examples), sum(len(e.input_ids) for e in examples)
+
+
+def _train_tokens(task: str, folder: str, tokenizer_dir: str | None, max_train: int | None, max_len: int,
+                  synthetic: SyntheticSettings | None) -> int:
+    return _train_counts(task, folder, tokenizer_dir, max_train, max_len, synthetic)[1]
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """What evaluating one split takes: its examples' input lengths, and for sonnets the loss examples' tokens
+    and each prompt's expected continuation (None where the true sonnet is unknown)."""
+
+    lengths: tuple[int, ...]
+    loss_tokens: int
+    continuations: tuple[int | None, ...] = ()
+    truth_tokens: int = 0  # the true sonnets of the prompts that have one (the held-out NLL's forward pass)
+
+
+@functools.lru_cache(maxsize=256)
+def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_len: int, limit: int | None,
+                  seed: int, split: str) -> SplitCounts:
+    from minigpt2.tokenizer import Tokenizer
+    from tasks import get_task
+
+    task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
+    examples, _ = task.load(Path(folder), split, tok, max_len, limit, seed=seed)
+    lengths = tuple(len(e.input_ids) for e in examples)
+    if not task.generative:
+        return SplitCounts(lengths, sum(lengths))
+    truths = {}
+    if split == "test" and task.references_file(Path(folder), "test") is not None:
+        truths = {str(n): min(max_len, len(tok.encode(t)) + 1)  # as the dev references: cut at max_len
+                  for n, t in task.split_references(Path(folder), "test").items()}
+    conts, truth = [], 0
+    for e in examples:
+        full = len(e.meta["reference_ids"]) if "reference_ids" in e.meta else truths.get(e.id)
+        conts.append(None if full is None else max(1, full - len(e.input_ids)))
+        truth += full or 0
+    loss = sum(len(x.input_ids) for x in task.loss_examples(examples))
+    return SplitCounts(lengths, loss, tuple(conts), truth)
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_sonnet_tokens(folder: str, tokenizer_dir: str | None, max_len: int) -> float:
+    """Mean tokens of a real training sonnet (with its end-of-text): the assumed size of a synthetic one."""
+    n, tokens = _train_counts("sonnet", folder, tokenizer_dir, None, max_len, None)
+    return tokens / max(1, n)
+
+
+@dataclass
+class Generation:
+    """Sonnet sampling work: left-padded prompt tokens, rows x decode steps computed, new tokens expected."""
+
+    prompts: int = 0
+    prefill_tokens: int = 0
+    prefill_batches: int = 0
+    decoded_tokens: int = 0
+    decode_steps: int = 0
+    new_tokens: int = 0
+
+    def add(self, lengths: Sequence[int], conts: Sequence[int], batch: int, cap: int, positions: int,
+            times: int = 1) -> None:
+        """`times` passes over prompts of `lengths` whose continuations run `conts` tokens, cut at the token
+        budget `cap` and at the model's `positions`, as `minigpt2.generate` cuts them."""
+        for start in range(0, len(lengths), batch):
+            rows = list(lengths[start:start + batch])
+            budget = max(0, min(cap, positions - max(rows)))
+            steps = min(budget, max(conts[start:start + batch]))
+            self.prefill_tokens += times * len(rows) * max(rows)
+            self.prefill_batches += times
+            self.decoded_tokens += times * len(rows) * steps
+            self.decode_steps += times * steps
+            self.new_tokens += times * sum(min(budget, c) for c in conts[start:start + batch])
+        self.prompts += times * len(lengths)
+
+
+@dataclass
+class Workload:
+    """What one run computes, counted from its flags and the data they name."""
+
+    name: str
+    model: str
+    n_params: int
+    n_layer: int
+    epochs: int
+    train_tokens: int = 0  # all epochs
+    train_steps: int = 0  # micro-batches, all epochs
+    full_optimizer: bool = True  # AdamW updates every weight (not LoRA)
+    eval_tokens: int = 0  # forward-only tokens (predictions of classifiers, dev losses, follow-up checks)
+    eval_batches: int = 0
+    generation: Generation = field(default_factory=Generation)
+    processes: int = 1  # fresh interpreters (subprocess isolation)
+    model_loads: int = 1
+    assumed: list[str] = field(default_factory=list)
+
+
+def _finetune_namespace(run: Run) -> Any:
+    from app.finetune import build_parser
+
+    return build_parser().parse_args([*run.args, "--out-dir", "unused"])
+
+
+def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
+    """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
+    Raises OSError, ValueError or a UserError when its data cannot be read."""
+    from app.settings import from_args
+    from tasks import get_task
+    from tasks.readers import data_dir
+
+    s = from_args(_finetune_namespace(run))
+    task = get_task(s.data.task)
+    n, layers = n_params(s.model.model)
+    max_len = min(s.data.max_length or model_config(s.model.model).n_positions,
+                  model_config(s.model.model).n_positions)
+    folder = str(data_dir(s.data.data_dir))
+    tokdir, seed, epochs = s.data.tokenizer_dir, s.optim.seed, s.optim.epochs
+    w = Workload(run.name, s.model.model, n, layers, epochs, full_optimizer=s.model.lora is None)
+    synthetic = s.data.synthetic
+    if synthetic is not None and not Path(synthetic.path).is_file():  # planned, not made yet
+        real = (0, 0) if synthetic.only else _train_counts(task.name, folder, tokdir, s.data.max_train, max_len,
+                                                           None, seed)
+        extra = synthetic.n or 0
+        mean = _mean_sonnet_tokens(folder, tokdir, max_len)
+        examples, tokens = real[0] + extra, real[1] + round(extra * mean)
+        w.assumed.append(f"{synthetic.path} not made yet: its sonnets counted at {mean:.0f} tokens each (the "
+                         "real training sonnets' mean)")
+    else:
+        examples, tokens = _train_counts(task.name, folder, tokdir, s.data.max_train, max_len, synthetic, seed)
+    w.train_tokens = tokens * epochs
+    w.train_steps = math.ceil(examples / s.optim.batch_size) * epochs
+    batch = s.eval.batch_size
+    dev = _split_counts(task.name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
+    test = _split_counts(task.name, folder, tokdir, max_len, s.data.max_eval, seed, "test")
+    passes = max(1, epochs)  # dev after every epoch; --epochs 0 scores the base model once
+    w.eval_tokens += passes * dev.loss_tokens
+    w.eval_batches += passes * math.ceil(len(dev.lengths) / batch)
+    if task.generative:
+        samples = s.eval.samples  # --eval-samples K: K passes over the prompts in the final dev/test scores
+        cap = s.eval.sampling.max_new_tokens
+        known = [c for c in dev.continuations + test.continuations if c is not None]
+        mean = round(sum(known) / len(known)) if known else cap
+        dev_c = [mean if c is None else c for c in dev.continuations]
+        test_c = [mean if c is None else c for c in test.continuations]
+        if None in test.continuations:
+            w.assumed.append(f"test continuations: the true sonnets' mean, {mean} tokens")
+        positions = model_config(s.model.model).n_positions
+        w.generation.add(dev.lengths, dev_c, batch, cap, positions, passes)
+        w.generation.add(dev.lengths, dev_c, batch, cap, positions, samples)
+        w.generation.add(test.lengths, test_c, batch, cap, positions, samples)
+        # held-out NLL: the true sonnets teacher-forced, by the base model before training and by the best one
+        w.eval_tokens += 2 * (dev.truth_tokens + test.truth_tokens)
+        w.eval_batches += 2 * (math.ceil(len(dev.lengths) / batch) + (math.ceil(len(test.lengths) / batch)
+                                                                      if test.truth_tokens else 0))
+    else:
+        w.eval_tokens += (passes + 1) * sum(dev.lengths) + sum(test.lengths)
+        w.eval_batches += (passes + 1) * math.ceil(len(dev.lengths) / batch) + math.ceil(len(test.lengths) / batch)
+    for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
+        argv = list(ev.argv)
+        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
+        other = _split_counts(name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
+        w.eval_tokens += sum(other.lengths)
+        w.eval_batches += math.ceil(len(other.lengths) / batch)
+    w.model_loads = 1 + len(run.evaluations)
+    w.processes = w.model_loads if isolation == "subprocess" else 0
+    return w
 
 
 def run_tokens(run: Run) -> tuple[int, int]:
     """(training tokens of one epoch, epochs) of a run, from its finetune flags and the data they name."""
-    from app.finetune import parse_settings
-    from minigpt2.config import PRESETS
-    from tasks.readers import data_dir
-
-    s = parse_settings([*run.args, "--out-dir", "unused"])
-    positions = PRESETS.get(s.model.model, {}).get("n_positions", 1024)
-    max_len = min(s.data.max_length or positions, positions)
-    tokens = _train_tokens(s.data.task, str(data_dir(s.data.data_dir)), s.data.tokenizer_dir, s.data.max_train,
-                           max_len, s.data.synthetic)
-    return tokens, s.optim.epochs
+    w = run_workload(run)
+    return (w.train_tokens // w.epochs if w.epochs else 0), w.epochs
 
 
 def format_hours(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h" + (f" ({seconds / 86400:.1f} days)" if seconds >= 2 * 86400 else "")
+
+
+# ---------------------------------------------------------------------------------------------- pricing
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds of work on the device the runs use, for a model of `n_params` parameters (other shapes scale by
+    parameter count): measured by `probe`, or stated (`STATED_CPU`)."""
+
+    device: str
+    train_s_per_token: float
+    optimizer_s_per_step: float
+    model_build_s: float
+    n_params: int
+    source: str
+
+
+def measured_rates(model: str, device: str) -> Rates:
+    p = probe(model, device, 1 if model != "tiny" else 3)
+    return Rates(device, p.seconds_per_token, p.seconds_per_step, p.build_seconds, n_params(model)[0],
+                 f"probe: {p.steps} step(s) of {model} at batch {PROBE_BATCH} x {PROBE_SEQ} on {device}, "
+                 f"{p.seconds_per_token * 1e3:.3f} ms/token + {p.seconds_per_step:.2f} s AdamW step")
+
+
+def stated_rates() -> Rates:
+    c = STATED_CPU
+    return Rates("cpu", c["train_s_per_token"], c["optimizer_s_per_step"], c["model_build_s"], c["n_params"],
+                 f"stated: GPT-2 124M on an idle 2-vCPU EPYC, {c['train_s_per_token'] * 1e3:.2f} ms/token + "
+                 f"{c['optimizer_s_per_step']:.2f} s AdamW step, by parameter count for other shapes")
+
+
+@dataclass
+class Cost:
+    """A sweep's (or the study's) work and its estimated seconds, summed over runs."""
+
+    runs: int = 0
+    priced: int = 0  # runs whose work could be counted
+    processes: int = 0
+    train_tokens: int = 0
+    train_steps: int = 0
+    eval_tokens: int = 0
+    prompts: int = 0
+    prefill_tokens: int = 0
+    decoded_tokens: int = 0
+    new_tokens: int = 0
+    decode_steps: int = 0
+    train_flop: float = 0.0
+    eval_flop: float = 0.0
+    gen_flop: float = 0.0
+    cpu_train_s: float = 0.0
+    cpu_eval_s: float = 0.0
+    cpu_gen_s: float = 0.0
+    startup_s: float = 0.0  # on the probe's device
+    gpu_flop_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # training, evaluation, generation
+    gpu_launch_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gpu_startup_s: float = 0.0
+    epochs: set[int] = field(default_factory=set)
+    unknown: list[str] = field(default_factory=list)
+    assumed: list[str] = field(default_factory=list)
+
+    def __add__(self, other: "Cost") -> "Cost":
+        out = Cost()
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, tuple):
+                value: Any = tuple(x + y for x, y in zip(a, b))
+            elif isinstance(a, set):
+                value = a | b
+            else:
+                value = a + b
+            setattr(out, f.name, value)
+        return out
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_train_s + self.cpu_eval_s + self.cpu_gen_s + self.startup_s
+
+    @property
+    def gpu_s(self) -> float:
+        """Per phase the larger of the FLOP-bound and launch-bound times, plus the start-ups."""
+        return sum(max(f, n) for f, n in zip(self.gpu_flop_s, self.gpu_launch_s)) + self.gpu_startup_s
+
+
+def price(w: Workload, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS) -> Cost:
+    """The estimated seconds of one run's work on the probed device and on one GPU."""
+    scale = w.n_params / rates.n_params
+    g = w.generation
+    c = Cost(runs=1, priced=1, processes=w.processes, train_tokens=w.train_tokens, train_steps=w.train_steps,
+             eval_tokens=w.eval_tokens, prompts=g.prompts, prefill_tokens=g.prefill_tokens,
+             decoded_tokens=g.decoded_tokens, new_tokens=g.new_tokens, decode_steps=g.decode_steps,
+             epochs={w.epochs}, assumed=list(w.assumed))
+    c.train_flop = 6 * w.n_params * w.train_tokens
+    c.eval_flop = 2 * w.n_params * (w.eval_tokens + g.prefill_tokens)
+    c.gen_flop = 2 * w.n_params * g.decoded_tokens
+    t = rates.train_s_per_token * scale
+    c.cpu_train_s = w.train_tokens * t + (w.train_steps * rates.optimizer_s_per_step * scale
+                                          if w.full_optimizer else 0.0)
+    c.cpu_eval_s = (w.eval_tokens + g.prefill_tokens) * t * FORWARD_PER_TRAIN_TOKEN
+    c.cpu_gen_s = g.decoded_tokens * t * DECODE_PER_TRAIN_TOKEN
+    build = rates.model_build_s * scale
+    imports = STARTUP_ASSUMPTIONS["imports_s"]
+    c.startup_s = w.processes * imports + w.model_loads * build
+    speed = gpu["mfu"] * gpu["peak_flops"]
+    c.gpu_flop_s = (c.train_flop / speed, c.eval_flop / speed, c.gen_flop / speed)
+    (tl, to), (fl, fo), (dl, do) = (gpu["launches"][k] for k in ("train", "forward", "decode"))
+    launch = gpu["launch_s"]
+    c.gpu_launch_s = (w.train_steps * (w.n_layer * tl + to) * launch,
+                      (w.eval_batches + g.prefill_batches) * (w.n_layer * fl + fo) * launch,
+                      g.decode_steps * (w.n_layer * dl + do) * launch)
+    c.gpu_startup_s = w.processes * (imports + STARTUP_ASSUMPTIONS["cuda_context_s"]) + w.model_loads * build
+    return c
+
+
+def sweep_cost(runs: Sequence[Run], rates: Rates, isolation: str = "subprocess") -> Cost:
+    """The summed cost of a sweep's runs; runs whose data cannot be read are listed in `unknown`."""
+    from minigpt2.errors import UserError
+
+    total = Cost()
+    for run in runs:
+        try:
+            total = total + price(run_workload(run, isolation), rates)
+        except (OSError, ValueError, RuntimeError, UserError) as e:  # data or tokenizer not there: say so
+            total = total + Cost(runs=1, unknown=[f"{run.name} ({e})"])
+    return total
+
+
+def _fmt_flop(flop: float) -> str:
+    return f"{flop:.1e} FLOP"
+
+
+def cost_lines(cost: Cost, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS, indent: str = "  ") -> list[str]:
+    """The printed estimate: runs and tokens, the CPU (probe or stated), one GPU both ways, the start-ups."""
+    launch_us = gpu["launch_s"] * 1e6
+    epochs = "/".join(map(str, sorted(cost.epochs))) or "?"
+    lines = [
+        f"{cost.runs} runs, epochs {epochs}, {cost.train_tokens:,} training tokens; ~{format_hours(cost.cpu_s)} "
+        f"in all on {rates.device} (estimate; {rates.source})",
+        f"  training: {cost.train_tokens:,} tokens in {cost.train_steps:,} steps, {_fmt_flop(cost.train_flop)} "
+        f"(6 N per token)",
+        f"  evaluation: {cost.eval_tokens + cost.prefill_tokens:,} forward tokens (dev every epoch, dev and test "
+        f"at the end, follow-up checks, sonnet prompts), {_fmt_flop(cost.eval_flop)}",
+        f"  sonnet generation: {cost.prompts:,} prompts, ~{cost.new_tokens:,} new tokens expected (the true "
+        f"continuations' lengths), {cost.decoded_tokens:,} decoded in {cost.decode_steps:,} decode steps, "
+        f"{_fmt_flop(cost.gen_flop)}",
+        f"  CPU estimate ({rates.device}): training ~{format_hours(cost.cpu_train_s)}, evaluation "
+        f"~{format_hours(cost.cpu_eval_s)}, generation ~{format_hours(cost.cpu_gen_s)}, start-ups "
+        f"~{format_hours(cost.startup_s)}: ~{format_hours(cost.cpu_s)}",
+        f"  GPU estimate, FLOP-bound ({gpu['gpu']} at MFU {gpu['mfu']:.2f}): training "
+        f"~{format_hours(cost.gpu_flop_s[0])}, evaluation ~{format_hours(cost.gpu_flop_s[1])}, generation "
+        f"~{format_hours(cost.gpu_flop_s[2])}",
+        f"  GPU estimate, launch-bound (~{launch_us:.0f} us a kernel launch): training "
+        f"~{format_hours(cost.gpu_launch_s[0])}, evaluation ~{format_hours(cost.gpu_launch_s[1])}, generation "
+        f"~{format_hours(cost.gpu_launch_s[2])} ({cost.decode_steps:,} decode steps)",
+        f"  start-ups: {cost.processes} processes x (~{STARTUP_ASSUMPTIONS['imports_s']:.0f} s interpreter + "
+        f"imports, stated) + model builds: ~{format_hours(cost.startup_s)} on {rates.device}, "
+        f"~{format_hours(cost.gpu_startup_s)} on the GPU (+{STARTUP_ASSUMPTIONS['cuda_context_s']:.0f} s CUDA "
+        f"context each)",
+        f"  GPU estimate in all (per phase the larger bound, plus start-ups): ~{format_hours(cost.gpu_s)}",
+    ]
+    if cost.unknown:
+        lines.append(f"  no token count for {len(cost.unknown)} run(s): " + "; ".join(cost.unknown[:2]))
+    assumed = sorted(set(cost.assumed))
+    if assumed:
+        lines.append(f"  assumed: " + "; ".join(assumed[:3]) + (f"; ... ({len(assumed)} in all)"
+                                                                 if len(assumed) > 3 else ""))
+    return [indent + line for line in lines]
+
+
+def sweep_estimate(runs: Sequence[Run], model: str, device: str, rates: Rates | None = None,
+                   isolation: str = "subprocess") -> tuple[list[str], float]:
+    """Lines describing a sweep's cost and its estimated seconds on `device` (training, evaluation,
+    generation and start-ups), from the probe unless `rates` are given."""
+    rates = rates or measured_rates(model, device)
+    cost = sweep_cost(runs, rates, isolation)
+    return cost_lines(cost, rates), cost.cpu_s
+
+
+# ---------------------------------------------------------------------------------------------- Gemini
+
+def _per_request(teacher: str, summary: dict | None) -> tuple[float, float, float, str]:
+    """(prompt, output, thinking) tokens per request: the file's own mean where it billed any, else assumed."""
+    if summary and summary.get("requests") and (summary.get("tokens") or {}).get("total"):
+        t, n = summary["tokens"], summary["requests"]
+        return t["input"] / n, t["output"] / n, t["thinking"] / n, "the file's mean per request"
+    a = GEMINI_ASSUMPTIONS
+    return (a["prompt"], a["output"], a["thinking"].get(teacher, 0),
+            f"assumed per request: {a['prompt']} prompt, {a['output']} output, {a['thinking'].get(teacher, 0)} "
+            "thinking tokens")
+
+
+def teacher_rates(teacher: str, path: Path | None) -> tuple[float, float, str]:
+    """(perfect sonnets per request, kept sonnets per request, where from): the file's summary where it kept any,
+    else the study's perfect rate with every request kept."""
+    from distill.summary import read_summary
+
+    summary = read_summary(path) if path is not None and path.is_file() else None
+    if summary and summary.get("requests") and summary.get("kept"):
+        kept = summary["kept"] / summary["requests"]
+        return (summary["perfect"] / summary["requests"], kept,
+                f"measured: {summary['perfect']} perfect of {summary['requests']} requests")
+    rate = GEMINI_ASSUMPTIONS["perfect_rate"].get(teacher)
+    if rate is None:
+        return 1.0, 1.0, "no perfect rate known: every request assumed perfect"
+    return rate, 1.0, f"the study's perfect rate {rate:.0%}, assumed"
+
+
+def requests_needed(teacher: str, path: Path | None, perfect: int = 0, kept: int = 0) -> int:
+    """Requests a teacher's file needs in all to hold `perfect` perfect and `kept` kept sonnets."""
+    p, k, _ = teacher_rates(teacher, path)
+    return max(math.ceil(perfect / p) if perfect else 0, math.ceil(kept / k) if kept else 0)
+
+
+def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()
+                    ) -> dict[Path, dict[str, int]]:
+    """file -> {"perfect": n, "all": n}: the most sonnets any run asks of it with each filter, or any arm of
+    `intended` ((file, filter, n), `Sweep.synthetic_needs`: also the arms a file cannot fill yet)."""
+    needs: dict[Path, dict[str, int]] = {}
+    for path, filt, n in intended:
+        slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
+        slot[filt] = max(slot[filt], n)
+    for run in runs:
+        a = list(run.args)
+        if "--synthetic" not in a:
+            continue
+        path = Path(a[a.index("--synthetic") + 1])
+        n = int(a[a.index("--synthetic-n") + 1]) if "--synthetic-n" in a else 0
+        filt = a[a.index("--synthetic-filter") + 1] if "--synthetic-filter" in a else "all"
+        slot = needs.setdefault(path, {"perfect": 0, "all": 0})
+        slot[filt] = max(slot[filt], n)
+    return needs
+
+
+def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()) -> tuple[list[str], float]:
+    """Lines pricing the Gemini requests the runs (and the `intended` arms) need, per teacher file: what its
+    summary says it billed, and the requests still needed for the largest perfect (and all) arm at its perfect
+    rate; and the total USD."""
+    from distill.prices import PRICES_DATE, estimate_cost
+    from distill.summary import read_summary
+
+    needs = synthetic_needs(runs, intended)
+    if not needs:
+        return ["  Gemini: none (no run trains on synthetic sonnets)"], 0.0
+    lines, total = [], 0.0
+    for path, need in sorted(needs.items()):
+        teacher = path.stem
+        summary = read_summary(path) if path.is_file() else None
+        done = int(summary["requests"]) if summary else 0
+        billed = float(summary.get("cost_usd") or 0.0) if summary else 0.0
+        want = requests_needed(teacher, path, need["perfect"], need["all"])
+        more = max(0, want - done)
+        prompt, output, thinking, how = _per_request(teacher, summary)
+        cost = estimate_cost(teacher, round(more * prompt), round(more * output), round(more * thinking))
+        _, _, rate_from = teacher_rates(teacher, path)
+        have = f"{path}: {done:,} requests made, ${billed:.2f} billed (its summary); " if summary else \
+            f"{path} not made yet; "
+        lines.append(f"  Gemini {teacher}: {have}{want:,} requests for {need['perfect']:,} perfect sonnets "
+                     f"({rate_from}) and {need['all']:,} kept: {more:,} more, ~{more * prompt:,.0f} prompt + "
+                     f"{more * output:,.0f} output + {more * thinking:,.0f} thinking tokens ({how}), "
+                     + (f"~${cost:.2f}" if cost is not None else "price unknown")
+                     + f" at the prices of {PRICES_DATE}")
+        total += billed + (cost or 0.0)
+    lines.append(f"  Gemini total: ~${total:.2f} (billed + still to request; an estimate)")
+    return lines, total
 
 
 def gemini_cost(folder: Path | None, sonnets: int = 1000) -> list[str]:
@@ -151,23 +649,20 @@ def schedule_seconds(seconds: Sequence[float], workers: int) -> float:
     return max(free_at) if seconds else 0.0
 
 
-def sweep_estimate(runs: Sequence[Run], model: str, device: str) -> tuple[list[str], float]:
-    """Lines describing a sweep's cost and its estimated training seconds."""
-    p = probe(model, device, 2 if model != "tiny" else 3)
-    total_tokens, epochs, unknown = 0, set(), []
-    for run in runs:
-        try:
-            tokens, n_epochs = run_tokens(run)
-        except (OSError, ValueError, RuntimeError) as e:  # data or tokenizer not there: say so, estimate the rest
-            unknown.append(f"{run.name} ({e})")
-            continue
-        total_tokens += tokens * n_epochs
-        epochs.add(n_epochs)
-    seconds = total_tokens * p.seconds_per_token
-    lines = [f"  {len(runs)} runs, epochs {'/'.join(map(str, sorted(epochs))) or '?'}, "
-             f"{total_tokens:,} training tokens; ~{format_hours(seconds)} of training on {device} "
-             f"(probe: {p.steps} steps of {model} at batch {PROBE_BATCH} x {PROBE_SEQ}, "
-             f"{p.seconds_per_token * 1e3:.3f} ms/token)"]
-    if unknown:
-        lines.append(f"  no token count for {len(unknown)} run(s): " + "; ".join(unknown[:2]))
-    return lines, seconds
+# ---------------------------------------------------------------------------------------------- the table
+
+def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS
+                   ) -> str:
+    """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), the last one the total (bold)."""
+    head = ("| sweep | runs | training tokens (all epochs) | training FLOP | evaluation + generation tokens | "
+            f"CPU ({rates.source.split(':')[0]}, {rates.device}) | GPU FLOP-bound | GPU launch-bound | "
+            "GPU with start-ups | Gemini |")
+    out = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for i, (name, c, usd) in enumerate(rows):
+        bold = (lambda x: f"**{x}**") if i == len(rows) - 1 and name == "all" else (lambda x: x)
+        cells = [name, f"{c.runs}", f"{c.train_tokens:,}", f"{c.train_flop:.1e}",
+                 f"{c.eval_tokens + c.prefill_tokens + c.decoded_tokens:,}", format_hours(c.cpu_s),
+                 format_hours(sum(c.gpu_flop_s)), format_hours(sum(c.gpu_launch_s)), format_hours(c.gpu_s),
+                 f"${usd:.2f}" if usd else "—"]
+        out.append("| " + " | ".join(bold(x) for x in cells) + " |")
+    return "\n".join(out) + "\n"

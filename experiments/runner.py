@@ -47,6 +47,10 @@ class RunFolderConflict(RuntimeError):
     """A run folder holds a run made with other settings than the sweep now asks for."""
 
 
+class RunFailed(RuntimeError):
+    """A finetune (or follow-up) command exited with an error; its own output already says why."""
+
+
 def in_process(module: str, argv: Sequence[str], log: Path) -> None:
     """Call `<module>.main(argv)` here; a `SystemExit` with a non-zero code is a failure. The run's --threads
     applies to the run only: this process gets its thread count back."""
@@ -59,7 +63,7 @@ def in_process(module: str, argv: Sequence[str], log: Path) -> None:
         if e.code == 130:  # finetune's answer to Ctrl-C: the sweep stops too, as it does around a subprocess
             raise KeyboardInterrupt from None
         if e.code not in (None, 0):
-            raise RuntimeError(f"{module} exited: {e.code}") from None
+            raise RunFailed(f"{module} exited: {e.code}") from None
     finally:
         torch.set_num_threads(threads)
 
@@ -93,7 +97,7 @@ def in_subprocess(module: str, argv: Sequence[str], log: Path, echo: bool = True
             if live is not None:
                 live.discard(proc)
     if code != 0:
-        raise RuntimeError(f"{module} exited with code {code}; see {log}")
+        raise RunFailed(f"{module} exited with code {code}; see {log}")
 
 
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
@@ -327,7 +331,9 @@ def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor =
             raise
         except Exception as e:  # one failed run must not stop the sweep; it is listed at the end
             result.failed[run.name] = f"{type(e).__name__}: {e}"
-            tqdm.write(f"run {run.name} FAILED: {e}\n{traceback.format_exc(limit=3)}")
+            # A command that exited with an error said why itself; anything else is a bug here: its traceback.
+            tqdm.write(f"run {run.name} FAILED: {e}" + ("" if isinstance(e, RunFailed)
+                                                        else f"\n{traceback.format_exc(limit=3)}"))
         finally:
             (result.started if outcome.started else result.skipped).append(run.name)
             result.evaluated += outcome.evaluated

@@ -65,6 +65,8 @@ class SweepOptions:
     data_dir: str | None = None  # None: finetune's default (experiments/tiny_data/tasks under --tiny)
     synthetic_dir: str | None = None  # teachers: folder with <teacher>.jsonl files
     finetune_args: list[str] = field(default_factory=list)  # appended to every run (e.g. --device cuda:1)
+    # --dry-run: plan the teachers sweep as if every teacher's file held what its arms need (priced, not run)
+    plan_missing: bool = False
 
     def seed_list(self) -> list[int]:
         if not 1 <= self.seeds <= MAX_SEEDS:
@@ -103,6 +105,8 @@ class Sweep:
     runs: list[Run]
     note: str = ""
     waits: tuple[str, ...] = ()  # what the runs left out wait for (input files, a finetune flag)
+    # (synthetic file, filter, n): every arm's ask of a synthetic file, also the arms its file cannot fill yet
+    synthetic_needs: tuple[tuple[str, str, int], ...] = ()
 
 
 def common_args(opts: SweepOptions) -> list[str]:
@@ -246,43 +250,75 @@ def real_training_sonnets(opts: SweepOptions) -> int | None:
     return min(n, int(TINY_ARGS[TINY_ARGS.index("--max-train") + 1])) if opts.tiny else n
 
 
+PLANNED_SYNTHETIC_DIR = Path("synthetic")  # where a dry run without --synthetic-dir plans the teachers' files
+
+
 def teachers(opts: SweepOptions) -> Sweep:
     """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
     shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: the
     synthetic-to-real ratios of MIX_RATIOS, and the synthetic sonnets alone (no real training sonnet).
 
-    Without a folder of <teacher>.jsonl files the sweep has no runs and says what it waits for."""
+    Without a folder of <teacher>.jsonl files the sweep has no runs and says what it waits for; with
+    `plan_missing` (--dry-run) a teacher without a file is planned as if its file held what every arm needs.
+    A file too small for an arm ends that curve at what it has, announced in the note with the requests that
+    would complete it."""
     folder = synthetic_dir(opts)
-    names = sorted(p.stem for p in folder.glob("*.jsonl")) if folder and folder.is_dir() else []
-    if not names:
+    present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder and folder.is_dir() else []
+    if not present and not opts.plan_missing:
         where = f"{folder}: no <teacher>.jsonl files" if folder else "--synthetic-dir DIR"
         return Sweep("teachers", [], waits=(f"the Gemini files ({where}; make them with {GENERATE_HINT})",))
     from distill.synthetic import load_synthetic
 
+    folder = folder or PLANNED_SYNTHETIC_DIR
+    names = sorted(set(present) | (set(TEACHERS) if opts.plan_missing else set()))
+    planned = [t for t in names if t not in present]
     sizes = sizes_for(opts)
     points = [("real-only", ["--task", "sonnet"],
                {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
     notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
+    if planned:
+        notes.append(f"planned as if {', '.join(str(folder / f'{t}.jsonl') for t in planned)} held "
+                     f"{max(sizes)} perfect sonnets (not made yet: {GENERATE_HINT})")
+    have: dict[tuple[str, str], int | None] = {}
     for teacher in names:
         for filt in ("all", "perfect"):
             path = folder / f"{teacher}.jsonl"
-            have = len(load_synthetic(path, filter=filt))
-            ns = fit_sizes(sizes[1:], have)
+            n_have = None if teacher in planned else len(load_synthetic(path, filter=filt))
+            have[teacher, filt] = n_have
+            ns = list(sizes[1:]) if n_have is None else fit_sizes(sizes[1:], n_have)
             if ns != list(sizes[1:]):
-                notes.append(f"{teacher} has {have} sonnets with filter {filt}: sizes {ns}")
+                notes.append(shortfall(teacher, path, filt, n_have or 0, max(sizes)))
             for n in ns:
                 flags = ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(n),
                          "--synthetic-filter", filt]
                 points.append((f"{teacher}-n{n}-{filt}", flags,
                                {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
-    points += mixing_points(opts, folder, names, notes)
-    return Sweep("teachers", _runs(opts, points), "; ".join(notes))
+    points += mixing_points(opts, folder, names, notes,
+                            {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names})
+    n_real = real_training_sonnets(opts) or 0
+    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
+    needs = tuple((str(folder / f"{t}.jsonl"), filt, n) for t in names for filt in ("all", "perfect")
+                  for n in [max(sizes)] + ([round(r * n_real) for r in ratios] if filt == "perfect" else []))
+    return Sweep("teachers", _runs(opts, points), "; ".join(notes), synthetic_needs=needs)
 
 
-def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str]
-                  ) -> list[tuple[str, list[str], dict[str, Any]]]:
+def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
+    """The announcement of an arm cut short by its file: what it has, what it needs, how many more requests
+    would fill it (at the file's measured rate, else the study's perfect rate)."""
+    from .estimate import requests_needed
+
+    kind = "perfect" if filt == "perfect" else "kept"
+    more = requests_needed(teacher, path, perfect=need - have if filt == "perfect" else 0,
+                           kept=need - have if filt == "all" else 0)
+    return (f"{teacher} has {have} {kind} sonnets; the n{need}-{filt} arm needs {need}: generate ~{more} more "
+            f"requests (its curve ends at {have} until then)")
+
+
+def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str],
+                  perfect: dict[str, int] | None = None) -> list[tuple[str, list[str], dict[str, Any]]]:
     """Per teacher, perfect sonnets only: ratio r adds r x (real training sonnets) synthetic ones; 'synthetic
-    only' trains on every perfect synthetic sonnet and no real one (dev and test stay real)."""
+    only' trains on every perfect synthetic sonnet and no real one (dev and test stay real). `perfect`: the
+    perfect sonnets of each teacher's file (read from the file when not given)."""
     from distill.synthetic import load_synthetic
 
     n_real = real_training_sonnets(opts)
@@ -290,7 +326,7 @@ def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes:
     points = []
     for teacher in names:
         path = folder / f"{teacher}.jsonl"
-        have = len(load_synthetic(path, filter="perfect"))
+        have = perfect[teacher] if perfect is not None else len(load_synthetic(path, filter="perfect"))
         base = {"task": "sonnet", "teacher": teacher, "synthetic_filter": "perfect"}
         for r in ratios if n_real else ():
             n = round(r * n_real)

@@ -21,7 +21,7 @@ from minigpt2.device import autocast_for
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
-from .readers import DataError, Malformed, read_table
+from .readers import DataError, Malformed, Table, read_table
 
 
 @dataclass
@@ -192,7 +192,13 @@ class Task(ABC):
 
     @abstractmethod
     def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
-        """The ids that have a reference in `split` (as `split_pairs` matches them); None where there are none."""
+        """The ids that the references of `split` name (as `split_pairs` matches them; a row listed without a
+        usable label counts: it is skipped, see `unlabelled_rows`); None where there are none."""
+
+    def unlabelled_rows(self, folder: Path, split: str, references: Path | None = None) -> list[Malformed]:
+        """Rows of the references of `split` that name an id but hold no usable label (an empty cell, say): their
+        predictions are written but not scored, and the caller warns about each, as for the dev file's."""
+        return []
 
     def majority_accuracy(self, references: list[Any]) -> float | None:
         """Accuracy of always answering the most frequent reference (classification tasks); None otherwise."""
@@ -252,34 +258,55 @@ class ClassificationTask(Task):
         path = folder / (self.test_references if split == "test" else self.files[split])
         return path if path.is_file() else None
 
-    def split_labels(self, folder: Path, split: str, references: Path | None = None) -> dict[str, int] | None:
-        """id -> true label of `split` (test: the `*-test-labels.csv` file beside the data, or `references`);
-        None when the test labels are absent."""
+    def label_table(self, folder: Path, split: str, references: Path | None = None) -> Table | None:
+        """The labels file of `split` read as a table (test: the `*-test-labels.csv` file beside the data, or
+        `references`); None for dev without `references` (its labels are the dev file's) or absent test labels."""
         if split != "test" and references is None:
-            return self.dev_labels(folder) if split == "dev" else None
+            return None
         path = references or self.references_file(folder, split)
         if path is None:
             return None
         if not Path(path).is_file():
             raise DataError(f"{path}: test labels file not found")
-        table = read_table(Path(path), ["id"], label=self.label_column, label_values=self.label_values)
+        return read_table(Path(path), ["id"], label=self.label_column, label_values=self.label_values)
+
+    def split_labels(self, folder: Path, split: str, references: Path | None = None) -> dict[str, int] | None:
+        """id -> true label of `split` (test: the `*-test-labels.csv` file beside the data, or `references`);
+        None when the test labels are absent. Rows without a usable label are left out (`unlabelled_rows`)."""
+        table = self.label_table(folder, split, references)
+        if table is None:
+            return self.dev_labels(folder) if split == "dev" and references is None else None
         return {r["id"]: int(float(r[self.label_column])) for r in table.rows}
+
+    def unlabelled_rows(self, folder: Path, split: str, references: Path | None = None) -> list[Malformed]:
+        table = self.label_table(folder, split, references)
+        return [] if table is None else [m for m in table.malformed if m.id]
 
     def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
         labels = self.split_labels(folder, split, references)
-        return None if labels is None else set(labels)
+        if labels is None:
+            return None
+        return set(labels) | {m.id for m in self.unlabelled_rows(folder, split, references) if m.id}
 
     def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
                     ) -> tuple[list[int], list[int]] | None:
+        """(predictions, labels) of the ids that have a label; a prediction whose row in the labels file has no
+        usable label is skipped (the caller warns), one whose id is not there at all is an error."""
         labels = self.split_labels(folder, split, references)
         if labels is None:
             return None
         preds = self.read_predictions(predictions_file)
-        missing = sorted(set(preds) - set(labels))
+        unlabelled = {m.id for m in self.unlabelled_rows(folder, split, references)}
+        missing = sorted(set(preds) - set(labels) - unlabelled)
         if missing:
             where = references or self.references_file(folder, split) or folder
             raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {where}")
-        return [preds[k] for k in preds], [labels[k] for k in preds]
+        scored = [k for k in preds if k in labels]
+        if preds and not scored:
+            where = references or self.references_file(folder, split)
+            raise DataError(f"{where}: none of the {len(preds)} predicted id(s) has a usable label; expected "
+                            f"labels in its {self.label_column!r} column")
+        return [preds[k] for k in scored], [labels[k] for k in scored]
 
 
 def read_id_values(path: str | Path, column: str) -> dict[str, int]:

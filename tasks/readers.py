@@ -37,6 +37,7 @@ class Malformed:
     file: str
     line: int
     reason: str
+    id: str | None = None  # the row's id, where the file has an id column (e.g. a labels file's row)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
@@ -120,15 +121,17 @@ def read_table(path: str | os.PathLike, columns: list[str], label: str | None = 
                 try:
                     number = float(value)
                 except ValueError:
-                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a number"))
+                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a number",
+                                         row.get("id")))
                     continue
                 if not math.isfinite(number):
-                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a finite number"))
+                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a finite number",
+                                         row.get("id")))
                     continue
                 parsed = int(number)
                 if parsed != number or (label_values is not None and parsed not in label_values):
                     bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, expected one of "
-                                                           f"{sorted(label_values or [])}"))
+                                                           f"{sorted(label_values or [])}", row.get("id")))
                     continue
                 row[label] = str(parsed)
             rows.append(row)

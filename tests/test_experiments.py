@@ -75,7 +75,8 @@ def test_sweep_shapes(monkeypatch):
     assert {(r.settings["alpha"], r.settings["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
                                                                         for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
     assert (16, 1e-2) in {(r.settings["alpha"], r.settings["lr"]) for r in grid}  # the study's choice is a point
-    assert "gemini-2.5-flash has 2 sonnets with filter perfect: sizes [2]" in full["teachers"].note
+    assert ("gemini-2.5-flash has 2 perfect sonnets; the n1000-perfect arm needs 1000: generate ~2495 more "
+            "requests") in full["teachers"].note  # 998 more perfect ones at the file's 2 per 5 requests
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
     assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
 
@@ -127,13 +128,14 @@ def test_sweep_errors_are_clear(tmp_path):
 
 
 def test_all_runs_what_it_can_and_says_what_waits(tmp_path, monkeypatch, capsys):
-    """No Gemini files: `all --dry-run` still plans every other sweep, and names what the teachers wait for."""
-    monkeypatch.setattr(cli, "sweep_estimate", lambda runs, model, device: (["  (estimate)"], 1.0))
-    assert cli.main(["all", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    """No Gemini files: `all --dry-run` still plans every sweep, the teachers as if their files existed."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["all", "--dry-run", "--stated-rates", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "sweep teachers waits: the Gemini files (--synthetic-dir DIR" in out
+    assert "sweep teachers: " in out and "planned as if synthetic/gemini-2.5-flash.jsonl" in out
+    assert "mixing ratios wait for the sonnet training file" in out  # no data here: no real sonnet count
     assert "sweep baseline: 4 runs" in out and "sweep precision:" in out
-    assert "all sweeps: ~" in out
+    assert "all sweeps (6 with runs):" in out
 
 
 def test_model_and_extra_flags_reach_every_run():
@@ -235,6 +237,7 @@ def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
 
 def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "in_subprocess", FakeFinetune())
+    monkeypatch.setattr(cli, "check_preconditions", lambda sweep, runs: None)  # the fake needs no GPT-2 weights
     root = tmp_path / "runs"
     assert cli.main(["baseline", "--runs-dir", str(root), "--out", str(tmp_path), "--no-progress"]) == 0
     with pytest.raises(SystemExit, match=r"^error: .*sst-s11711 holds a run made with other arguments"):
@@ -271,7 +274,7 @@ def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
     assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
     assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
     assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
-    assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: 3 steps of tiny" in out
+    assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: 3 step(s) of tiny" in out
 
 
 def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):

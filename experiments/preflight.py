@@ -1,0 +1,80 @@
+"""Fail once, up front: the inputs a sweep's runs share, checked before the first of them starts.
+
+    base weights      --model: a folder or file that exists, or a preset in checkpoints/<name>/, else downloaded
+                      now (once, for every run); offline (--offline, HF_HUB_OFFLINE=1) with no weights is an error
+    data              the task's course files (and those of a follow-up check, e.g. Quora for the zero-shot one),
+                      fetched now when missing, an error offline
+    tokenizer         GPT-2's BPE files: --tokenizer-dir / $MINIGPT2_TOKENIZER_DIR, or tiktoken's download
+    synthetic files   each --synthetic file holds the --synthetic-n sonnets its --synthetic-filter asks for
+
+Each distinct input is checked once. The first that fails stops the sweep with one `error:` line naming the sweep,
+the input and what to do, before any run folder is made: without it, every run of a sweep would fail the same way
+in turn, each with its own output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from minigpt2.errors import UserError
+
+from .sweeps import Run
+
+
+class PreconditionError(UserError, RuntimeError):
+    """An input every run of a sweep needs is missing or unusable."""
+
+
+def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
+    """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
+    PreconditionError naming the first that fails."""
+    from app.finetune import base_weights_file, parse_settings
+    from distill.synthetic import load_synthetic
+    from minigpt2.data import ensure_task_data
+    from minigpt2.tokenizer import Tokenizer
+    from tasks import get_task
+    from tasks.readers import data_dir, require_files
+
+    done: set[tuple] = set()
+    counts: dict[tuple[str, str], int] = {}
+
+    def once(key: tuple, what: str, check) -> None:  # type: ignore[no-untyped-def]
+        if key in done:
+            return
+        done.add(key)
+        try:
+            check()
+        except UserError as e:
+            raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
+
+    for run in runs:
+        s = parse_settings([*run.args, "--out-dir", "unused"])
+        offline = s.data.offline
+        model = s.model.model
+        if model != "tiny":
+            once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
+        folder = data_dir(s.data.data_dir)
+        tasks = [s.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
+                                 if "--task" in ev.argv]
+        for name in tasks:
+            task = get_task(name)
+
+            def data(task=task) -> None:  # type: ignore[no-untyped-def]
+                ensure_task_data(task.name, folder, offline=offline)
+                require_files(folder, sorted(set(task.files.values())), task.name)
+            once(("data", name, str(folder), offline), f"the {name} data", data)
+        once(("tokenizer", s.data.tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(s.data.tokenizer_dir))
+        syn = s.data.synthetic
+        if syn is not None:
+            def synthetic(syn=syn) -> None:  # type: ignore[no-untyped-def]
+                if not Path(syn.path).is_file():
+                    raise PreconditionError(f"{syn.path}: no such file; make it with `python -m distill.generate "
+                                            f"--teacher {Path(syn.path).stem} --n 1000 --out {syn.path}`")
+                key = (syn.path, syn.filter)
+                if key not in counts:  # read (and, for "perfect", checked) once per file and filter
+                    counts[key] = len(load_synthetic(syn.path, filter=syn.filter))
+                if syn.n is not None and counts[key] < syn.n:
+                    raise PreconditionError(f"{syn.path}: asked for {syn.n} synthetic sonnets (filter="
+                                            f"{syn.filter}) but it has only {counts[key]}")
+            once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}", synthetic)
