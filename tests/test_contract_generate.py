@@ -137,10 +137,12 @@ def test_each_row_keeps_its_own_nucleus():
 
 
 def test_the_nucleus_search_beyond_its_first_candidates():
-    """A flat row needs more than the first few hundred candidates to hold top_p: all of them stay possible."""
-    flat = torch.zeros(1, 1000)
-    got = frequencies(flat, 4000, temperature=1.0, top_p=0.95)[0]
-    assert (got > 0).sum() > 850
+    """A flat row needs more than the first few hundred candidates to hold top_p: all of them stay possible,
+    also when the other row of the batch is peaked (its nucleus fits in the first candidates)."""
+    rows = torch.zeros(2, 1000)
+    rows[0, 3] = 20.0
+    got = frequencies(rows, 4000, temperature=1.0, top_p=0.95)
+    assert (got[1] > 0).sum() > 850 and (got[0] > 0).sum() == 1
 
 
 def test_temperature_zero_is_the_argmax():
