@@ -167,9 +167,8 @@ def test_the_prepacked_copy_computes_the_models_logits():
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_name("tiny", vocab_size=300)).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.2)
+        for p in model.parameters():  # biases and gains too: none of them zero or one
+            p.normal_(0, 0.2) if p.dim() >= 2 else p.add_(torch.randn_like(p) * 0.2)
     fast = prepack.prepacked(model)
     ids = torch.randint(0, 300, (2, 9))
     with torch.no_grad():

@@ -125,7 +125,7 @@ def test_reference_hypotheses_are_the_prompt_random_tokens_and_the_nearest_other
     from minigpt2.tokenizer import Tokenizer
 
     truth = sonnet("true")
-    near = sonnet("near")  # the same length as the truth: the nearest other sonnet
+    near = sonnet("nearby")  # a little longer than the truth: the nearest other sonnet
     far = sonnet("far and much much longer words here")
     hyps = reference_hypotheses({1: truth}, [truth, far, near], str(BPE_DIR), seed=0)
     prompt = "\n".join(truth.split("\n")[:3])
