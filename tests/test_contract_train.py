@@ -5,7 +5,7 @@
   linear / cosine decay to 0 (or constant); checked against a hand-written loop (own AdamW, own clipping, own
   schedule) on a tiny fp64 model;
 - every epoch visits every example once, in batches whose order the seed decides (same seed: same order;
-  another seed or another epoch: another order);
+  another seed or another epoch: another order); the seed also decides the dropout masks;
 - training runs in train mode, evaluation in eval mode (and gives the mode back);
 - a non-finite training loss stops the run before any update, with nothing written;
 - a run stopped after an epoch and resumed ends with the weights of the uninterrupted run.
@@ -36,6 +36,7 @@ class Toy(nn.Module):
         self.emb = nn.Embedding(V, C)
         self.lin = nn.Linear(C, 1)
         self.gain = nn.Parameter(torch.ones(C))
+        self.drop = nn.Dropout(0.0)  # a test sets p before training (the loop swaps in its CPU dropout)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
@@ -48,7 +49,7 @@ class Toy(nn.Module):
         mask = batch["attention_mask"].double()
         h = self.emb(batch["input_ids"].clamp(max=V - 1)) * self.gain  # padding (masked) may be any id
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        pred = self.lin(pooled).squeeze(-1)
+        pred = self.lin(self.drop(pooled)).squeeze(-1)
         loss = ((pred - batch["labels"].double()) ** 2).mean()
         return loss * float("nan") if self.poison else loss
 
@@ -160,7 +161,7 @@ def test_training_equals_the_hand_written_loop(tmp_path, accum, clip, kind, warm
 def test_the_reported_train_loss_is_the_mean_micro_batch_loss(tmp_path):
     start = Toy()
     probe = copy.deepcopy(start)
-    _, batches, metrics = run(tmp_path, start, epochs=1, batch_size=4, lr=0.0 + 1e-12, grad_clip=0.0, seed=5)
+    _, batches, metrics = run(tmp_path, start, epochs=1, batch_size=4, lr=1e-12, grad_clip=0.0, seed=5)
     by_id = {e.id: e for e in examples()}
     with torch.no_grad():
         losses = [float(probe(collate([by_id[i] for i in ids]))) for ids in batches]
@@ -183,6 +184,20 @@ def test_the_seed_decides_the_batch_order(tmp_path):
     assert a == b  # the same seed: the same batches in the same order
     assert a[:6] != c[:6] and a[6:] != c[6:]  # another seed: another order, in every epoch
     assert a[:6] != a[6:]  # each epoch draws its own order
+
+
+def test_the_seed_decides_the_dropout_masks(tmp_path):
+    """One example, one batch: no order to draw, so only the dropout masks can tell two seeds apart."""
+    def trained(seed: int, folder: str) -> torch.Tensor:
+        module = Toy()
+        module.drop.p = 0.5
+        train(module, examples()[4:5], collate, TrainConfig(progress=False, epochs=3, batch_size=1, lr=0.05,
+                                                             seed=seed), tmp_path / folder,
+              evaluate=lambda m: {"acc": 0.0}, metric="acc", save_best=lambda m, f: None)
+        return module.lin.weight.detach().clone()
+
+    a, b, c = trained(5, "a"), trained(5, "b"), trained(6, "c")
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_batches_hold_examples_of_similar_length(tmp_path):

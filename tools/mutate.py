@@ -53,6 +53,8 @@ MUTANTS: list[Mutant] = [
            "torch.Generator().manual_seed(epoch)", TRAIN),
     Mutant("train-epoch-ignored", "minigpt2/train.py", "torch.Generator().manual_seed(cfg.seed + epoch)",
            "torch.Generator().manual_seed(cfg.seed)", TRAIN),
+    Mutant("train-seed-not-for-dropout", "minigpt2/train.py", "seed_everything(cfg.seed + d.rank)\n",
+           "seed_everything(d.rank)\n", TRAIN),
     Mutant("train-decay-everything", "minigpt2/train.py",
            '{"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}',
            '{"params": [p for p in params if p.dim() < 2], "weight_decay": weight_decay}', TRAIN),
