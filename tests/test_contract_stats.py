@@ -24,10 +24,10 @@ from sacrebleu.metrics import CHRF
 from distill.check import RHYME_PAIRS, check_sonnet, count_syllables, rhyme, summarize_checks
 from distill.summary import wilson_interval
 from experiments.stats import bootstrap_accuracy, bootstrap_chrf, majority_interval, mean_std
+from experiments.sweeps import TINY_DATA
 from minigpt2.metrics import bootstrap_interval
 
 from .conftest import BPE_DIR
-from experiments.sweeps import TINY_DATA
 
 TASKS = TINY_DATA / "tasks"
 
