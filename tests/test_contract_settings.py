@@ -1,0 +1,167 @@
+"""Defaults that matter, the validators' ranges and the run folder's promises, checked one input at a time:
+
+- the course's defaults (10 epochs, batch 8, seed 11711, top-p 0.9 at temperature 1.2 for sonnets) and LoRA's
+  documented defaults (rank 8, alpha 16, attention + MLP: query, key, value, attention output, c_fc, c_proj);
+- every range edge the help texts state: `--top-p` in (0, 1] (1 accepted, by finetune and generate alike),
+  `--warmup` in [0, 1), `--temperature` >= 0, `--grad-clip` >= 0 (0: off), `--lora-dropout` in [0, 1);
+- the run folder (app/runfolder.py): the fingerprint records the run-defining settings and the sha256 of every
+  input; `--resume` is refused when a run-defining setting or an input changed (naming it) and accepted when only
+  what RESUME_MAY_CHANGE lists changed; a fresh run into a folder holding a run is refused without --overwrite.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from app.finetune import parse_settings
+from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
+from app.settings import RESUME_MAY_CHANGE, SettingsError
+from minigpt2 import GPT2, GPT2Config
+from minigpt2.lora import apply_lora, lora_modules
+
+BASE = ["--task", "sst", "--model", "tiny", "--data-dir", "data", "--device", "cpu"]
+
+
+def settings(*extra: str, out: Path | None = None):
+    return parse_settings(BASE + (["--out-dir", str(out)] if out else []) + list(extra))
+
+
+def test_the_course_defaults():
+    s = settings()
+    assert (s.optim.epochs, s.optim.batch_size, s.optim.seed) == (10, 8, 11711)
+    t = s.train_config()
+    assert (t.epochs, t.batch_size, t.seed, t.grad_accum) == (10, 8, 11711, 1)
+    assert (s.eval.sampling.temperature, s.eval.sampling.top_p) == (1.2, 0.9)
+    assert s.eval.sampling.seed == 11711
+    assert settings("--seed", "3").train_config().seed == 3
+
+
+def test_lora_defaults_wrap_attention_and_mlp():
+    s = settings("--method", "lora")
+    lora = s.model.lora
+    assert (lora.rank, lora.alpha, lora.dropout) == (8, 16.0, 0.0)
+    model = GPT2(GPT2Config.from_name("tiny"))
+    apply_lora(model, lora.rank, lora.alpha, lora.targets)
+    wrapped = sorted({name.split(".", 2)[-1] for name in lora_modules(model)})
+    assert wrapped == ["attn.c_proj", "attn.key", "attn.query", "attn.value", "mlp.c_fc", "mlp.c_proj"]
+    assert len(lora_modules(model)) == 6 * model.config.n_layer
+
+
+@pytest.mark.parametrize("flag,ok,bad", [
+    ("--top-p", ["1", "0.5", "1e-6"], ["0", "1.01", "-0.1"]),
+    ("--warmup", ["0", "0.99"], ["1", "-0.1"]),
+    ("--temperature", ["0", "2.5"], ["-0.1", "nan"]),
+    ("--grad-clip", ["0", "1"], ["-1", "inf"]),
+])
+def test_finetune_range_edges(flag, ok, bad):
+    for value in ok:
+        settings(flag, value)
+    for value in bad:
+        with pytest.raises(SettingsError, match=flag):
+            settings(flag, value)
+
+
+def test_lora_dropout_range():
+    settings("--method", "lora", "--lora-dropout", "0")
+    settings("--method", "lora", "--lora-dropout", "0.5")
+    with pytest.raises(SettingsError, match="--lora-dropout"):
+        settings("--method", "lora", "--lora-dropout", "1")
+
+
+def test_generate_accepts_top_p_1_and_refuses_what_its_help_excludes():
+    from app.generate import GenerateError, build_parser, check_args
+
+    for value in ("1", "0.9", "1.0"):
+        check_args(build_parser().parse_args(["--top-p", value]))
+    for value in ("0", "1.5"):
+        with pytest.raises(GenerateError, match="--top-p"):
+            check_args(build_parser().parse_args(["--top-p", value]))
+    check_args(build_parser().parse_args(["--temperature", "0"]))
+    with pytest.raises(GenerateError, match="--top-k"):
+        check_args(build_parser().parse_args(["--top-k", "0"]))
+
+
+# --------------------------------------------------------------------------------------------------- run folders
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    data = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    data[0].write_text("id\tx\n1\thello\n")
+    data[1].write_text("id\tx\n2\tworld\n")
+    base = tmp_path / "model.safetensors"
+    base.write_bytes(b"weights")
+    return base, data
+
+
+def test_the_fingerprint_records_settings_and_input_hashes(inputs):
+    base, data = inputs
+    s = settings("--lr", "0.003")
+    fp = fingerprint(s, base, data)
+    assert fp["data"] == {"a.csv": sha(data[0]), "b.csv": sha(data[1])}
+    assert fp["base_weights"]["sha256"] == sha(base)
+    assert fp["settings"]["optim.lr"] == 0.003 and fp["settings"]["data.task"] == "sst"
+    assert not any(k in fp["settings"] for k in RESUME_MAY_CHANGE)
+    assert "code" in fp
+    json.dumps(fp)  # it goes into config.json as it is
+
+
+def test_resume_refuses_changed_inputs_one_at_a_time(inputs, tmp_path):
+    base, data = inputs
+    s = settings()
+    recorded = fingerprint(s, base, data)
+    check_inputs(tmp_path, recorded, fingerprint(s, base, data))  # nothing changed: accepted
+    data[1].write_text("id\tx\n2\tworld!\n")
+    with pytest.raises(RunFolderError, match="b.csv"):
+        check_inputs(tmp_path, recorded, fingerprint(s, base, data))
+    recorded = fingerprint(s, base, data)
+    base.write_bytes(b"other weights")
+    with pytest.raises(RunFolderError, match="base weights"):
+        check_inputs(tmp_path, recorded, fingerprint(s, base, data))
+
+
+def write_config(run: Path, s) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps({"settings": s.to_dict(), "args": {}}))
+
+
+@pytest.mark.parametrize("change,refused", [
+    (["--lr", "0.5"], "optim.lr"),
+    (["--seed", "1"], "optim.seed"),
+    (["--epochs", "3"], "optim.epochs"),
+    (["--batch-size", "4"], "optim.batch_size"),
+    (["--max-train", "5"], "data.max_train"),
+    (["--top-p", "0.5"], "eval.sampling.top_p"),
+    (["--no-progress"], None),
+    (["--stop-after-epoch", "1"], None),
+])
+def test_resume_refuses_run_defining_changes_only(tmp_path, change, refused):
+    run = tmp_path / "run"
+    write_config(run, settings(out=run))
+    now = settings("--resume", *change, out=run)
+    if refused is None:
+        assert check_resume(run, now) is not None
+    else:
+        with pytest.raises(RunFolderError, match=rf"differ: (.*; )?{re.escape(refused)}: [^;]* -> "):
+            check_resume(run, now)
+
+
+def test_a_fresh_run_into_a_run_folder_is_refused_without_overwrite(tmp_path):
+    run = tmp_path / "run"
+    s = settings(out=run)
+    assert not holds_run(run)
+    prepare(run, s)  # an empty (absent) folder: fine
+    write_config(run, s)
+    (run / "metrics.json").write_text("{}")
+    assert holds_run(run)
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        prepare(run, s)
+    prepare(run, settings("--resume", out=run))  # --resume continues it: nothing removed
+    assert (run / "config.json").is_file() and (run / "metrics.json").is_file()

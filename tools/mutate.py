@@ -1,0 +1,310 @@
+"""The mutation check: deliberate one-line bugs, each applied to a scratch copy of the repository, each run
+against the test files that hold the contract it breaks. A mutant the tests do not notice is "missed".
+
+    python tools/mutate.py                  # every mutant; exit 1 if any is missed
+    python tools/mutate.py --only NAME      # one mutant (or several: --only a --only b)
+    python tools/mutate.py --jobs 2         # mutants in parallel (each in its own scratch copy)
+    python tools/mutate.py --list           # the mutants, without running anything
+
+Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
+the code is reported as stale instead of silently doing nothing), its replacement, and the test files to run
+(`pytest -x -q`, with a timeout). The scratch copy holds the tracked and the untracked-but-not-ignored files
+(`git ls-files`), so nothing built or downloaded travels. Before the mutants, the same test files run once on an
+unmutated copy: a suite that already fails would make every mutant look caught.
+
+Grow the list with each change: a new contract test should come with a mutant it catches.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+
+
+TRAIN = ("tests/test_contract_train.py",)
+GEN = ("tests/test_contract_generate.py",)
+STATS = ("tests/test_contract_stats.py",)
+READ = ("tests/test_contract_readers.py",)
+FAST = ("tests/test_contract_fast.py",)
+SET = ("tests/test_contract_settings.py",)
+
+MUTANTS: list[Mutant] = [
+    # ---- the training loop
+    Mutant("train-seed-ignored", "minigpt2/train.py", "torch.Generator().manual_seed(cfg.seed + epoch)",
+           "torch.Generator().manual_seed(epoch)", TRAIN),
+    Mutant("train-epoch-ignored", "minigpt2/train.py", "torch.Generator().manual_seed(cfg.seed + epoch)",
+           "torch.Generator().manual_seed(cfg.seed)", TRAIN),
+    Mutant("train-seed-not-for-dropout", "minigpt2/train.py", "seed_everything(cfg.seed + d.rank)\n",
+           "seed_everything(d.rank)\n", TRAIN),
+    Mutant("train-decay-everything", "minigpt2/train.py",
+           '{"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}',
+           '{"params": [p for p in params if p.dim() < 2], "weight_decay": weight_decay}', TRAIN),
+    Mutant("train-warmup-off-by-one", "minigpt2/train.py", "return (step + 1) / warm", "return step / warm", TRAIN),
+    Mutant("train-cosine-quarter", "minigpt2/train.py", "0.5 * (1.0 + math.cos(math.pi * progress))",
+           "math.cos(0.5 * math.pi * progress)", TRAIN),
+    Mutant("train-decay-ignores-warmup", "minigpt2/train.py",
+           "progress = min(1.0, (step - warm) / max(1, total_steps - warm))",
+           "progress = min(1.0, (step - warm) / max(1, total_steps))", TRAIN),
+    Mutant("train-accum-sums", "minigpt2/train.py", "(loss / group_size).backward()", "loss.backward()", TRAIN),
+    Mutant("train-short-group-as-full", "minigpt2/train.py",
+           "group_size = min(cfg.grad_accum, len(batches) - group_start)", "group_size = cfg.grad_accum", TRAIN),
+    Mutant("train-clip-threshold", "minigpt2/train.py", "if cfg.grad_clip > 0:", "if cfg.grad_clip > 1:", TRAIN),
+    Mutant("train-nan-goes-on", "minigpt2/train.py", "if not math.isfinite(loss_sum.item()):",
+           "if math.isinf(loss_sum.item()):", TRAIN),
+    Mutant("train-mode-once", "minigpt2/train.py", "        module.train()\n", "        pass\n", TRAIN),
+    Mutant("train-steps-floor", "minigpt2/train.py", "steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)",
+           "steps_per_epoch = per_rank // cfg.grad_accum", TRAIN),
+    Mutant("train-adam-beta2", "minigpt2/train.py", "betas=(0.9, 0.999)", "betas=(0.9, 0.99)", TRAIN),
+    Mutant("train-grads-carry-over", "minigpt2/train.py", "optimizer.zero_grad(set_to_none=True)", "pass", TRAIN),
+    Mutant("train-resume-repeats-epoch", "minigpt2/train.py", 'start_epoch = trainer["epoch"] + 1',
+           'start_epoch = trainer["epoch"]', TRAIN),
+    Mutant("eval-dev-loss-in-train-mode", "app/finetune.py", "    module.eval()\n    with torch.no_grad():\n"
+           "        for start in range(0, len(examples), batch_size):\n            chunk",
+           "    with torch.no_grad():\n        for start in range(0, len(examples), batch_size):\n            chunk",
+           TRAIN),
+    Mutant("eval-predict-keeps-eval-mode", "tasks/base.py", "            for i, p in zip(idx, preds):\n"
+           "                out[i] = p\n    module.train(was_training)",
+           "            for i, p in zip(idx, preds):\n                out[i] = p", TRAIN),
+    # ---- generation
+    Mutant("gen-nucleus-shortest-row", "minigpt2/generate.py", "kept = int((~drop).sum(dim=-1).max())",
+           "kept = int((~drop).sum(dim=-1).min())", GEN),
+    Mutant("gen-nucleus-drops-crossing-token", "minigpt2/generate.py",
+           "drop = (probs.cumsum(dim=-1) - probs) >= top_p", "drop = probs.cumsum(dim=-1) >= top_p", GEN),
+    Mutant("gen-nucleus-any-row", "minigpt2/generate.py", "bool((values.sum(dim=-1) >= top_p).all())",
+           "bool((values.sum(dim=-1) >= top_p).any())", GEN),
+    Mutant("gen-temperature-multiplies", "minigpt2/generate.py", "logits = logits.float() / temperature",
+           "logits = logits.float() * temperature", GEN),
+    Mutant("gen-topk-unnormalised", "minigpt2/generate.py", "probs = torch.softmax(values, dim=-1)",
+           "probs = torch.softmax(logits, dim=-1).gather(-1, ids)", GEN),
+    Mutant("gen-positions-count-padding", "minigpt2/generate.py",
+           "position_ids = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)",
+           "position_ids = (torch.ones_like(mask[:, :longest]).cumsum(-1) - 1)", GEN),
+    Mutant("gen-attends-to-padding", "minigpt2/generate.py", "mask[i, longest - len(p):] = 1", "mask[i, :] = 1",
+           GEN),
+    Mutant("gen-dropout-on", "minigpt2/generate.py", "    model.eval()\n", "", GEN),
+    Mutant("gen-eos-ignored", "minigpt2/generate.py", "if t == eos_id or (stop is not None and stop(out[i])):",
+           "if stop is not None and stop(out[i]):", GEN),
+    # ---- statistics, reference rows, the perfect-sonnet check
+    Mutant("stats-quantiles-90", "minigpt2/metrics.py", "[(1 - confidence) / 2, (1 + confidence) / 2]",
+           "[(1 - confidence), confidence]", STATS),
+    Mutant("stats-accuracy-at-90", "experiments/stats.py",
+           "len(correct), samples, confidence, seed)", "len(correct), samples, 0.90, seed)", STATS),
+    Mutant("stats-chrf-at-90", "experiments/stats.py", "len(stats), samples, confidence,",
+           "len(stats), samples, 0.90,", STATS),
+    Mutant("stats-wilson-z90", "distill/summary.py", "Z95 = 1.959963984540054", "Z95 = 1.6448536269514722", STATS),
+    Mutant("stats-wilson-half-width", "distill/summary.py", "z * z / (4 * n * n)", "z * z / (2 * n * n)", STATS),
+    Mutant("stats-population-std", "experiments/stats.py", "statistics.stdev(vals)", "statistics.pstdev(vals)",
+           STATS),
+    Mutant("stats-minority-class", "experiments/stats.py", "majority = max(sorted(set(labels))",
+           "majority = min(sorted(set(labels))", STATS),
+    Mutant("refs-wrong-sonnet-is-the-true-one", "experiments/references.py",
+           "others = [t for t in training if t != text] or list(training)", "others = list(training)", STATS),
+    Mutant("refs-prompt-four-lines", "experiments/references.py", "PROMPT_LINES = 3", "PROMPT_LINES = 4", STATS),
+    Mutant("check-meter-low-bound", "distill/check.py", "return sum(9 <= s <= 11 for s in self.syllables)",
+           "return sum(8 <= s <= 11 for s in self.syllables)", STATS),
+    Mutant("check-meter-rate-high-bound", "distill/check.py", 'summary["meter_line_rate"] = sum(9 <= s <= 11',
+           'summary["meter_line_rate"] = sum(9 <= s <= 12', STATS),
+    Mutant("check-meter-high-bound", "distill/check.py", "return sum(9 <= s <= 11 for s in self.syllables)",
+           "return sum(9 <= s <= 10 for s in self.syllables)", STATS),
+    Mutant("check-meter-rate-low-bound", "distill/check.py", 'summary["meter_line_rate"] = sum(9 <= s <= 11',
+           'summary["meter_line_rate"] = sum(10 <= s <= 11', STATS),
+    Mutant("check-meter-sonnet-one-line-off", "distill/check.py", "sum(r.metrical_lines == r.n_lines for r in results)",
+           "sum(r.metrical_lines >= r.n_lines - 1 for r in results)", STATS),
+    Mutant("check-fifteen-lines-pass", "distill/check.py", "if len(lines) != 14:", "if len(lines) < 14:", STATS),
+    Mutant("check-envelope-scheme", "distill/check.py", 'SCHEME = "ABABCDCDEFEFGG"', 'SCHEME = "ABBACDDCEFFEGG"',
+           STATS),
+    # ---- task readers
+    Mutant("read-br-glues-words", "tasks/readers.py", 'text = re.sub(r"<br\\s*/?>", " ", text',
+           'text = re.sub(r"<br\\s*/?>", "", text', READ),
+    Mutant("read-review-keeps-its-end", "tasks/sentiment.py", "(ids or [tok.eot_id])[:max_len]",
+           "(ids or [tok.eot_id])[-max_len:]", READ),
+    Mutant("read-quora-label-flipped", "tasks/paraphrase.py",
+           'examples.append(Example(row["id"], ids, int(row["is_duplicate"]) if labelled else None))',
+           'examples.append(Example(row["id"], ids, 1 - int(row["is_duplicate"]) if labelled else None))', READ),
+    Mutant("read-sonnet-prompt-no-newline", "tasks/sonnet.py", 'ids = tok.encode(p.text + "\\n")[:max_len]',
+           "ids = tok.encode(p.text)[:max_len]", READ),
+    Mutant("read-sonnet-no-eot", "tasks/sonnet.py", "real = [Example(str(i), (ids + [tok.eot_id])[:max_len])",
+           "real = [Example(str(i), ids[:max_len])", READ),
+    Mutant("read-reference-ids-no-eot", "tasks/sonnet.py",
+           'meta["reference_ids"] = (tok.encode(refs[p.number].text) + [tok.eot_id])[:max_len]',
+           'meta["reference_ids"] = tok.encode(refs[p.number].text)[:max_len]', READ),
+    Mutant("read-collate-mask-padding", "tasks/base.py", "mask[i, :len(e.input_ids)] = 1", "mask[i, :] = 1", READ),
+    Mutant("read-subset-unsorted", "tasks/base.py", "    return sorted(chosen)", "    return chosen", READ),
+    # ---- speed pieces
+    Mutant("fast-chunked-hidden-bf16", "minigpt2/chunked_loss.py", "h32 = h.float()  # no copy in fp32",
+           "h32 = h.bfloat16().float()", FAST),
+    Mutant("fast-chunked-logits-bf16", "minigpt2/chunked_loss.py",
+           "w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight, h)",
+           "w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight.bfloat16(), h.bfloat16())",
+           FAST),
+    Mutant("fast-lora-no-scaling", "minigpt2/lora.py", "y.addmm_(xa, b.t(), alpha=scaling)", "y.addmm_(xa, b.t())",
+           FAST),
+    Mutant("fast-lora-grad-bf16", "minigpt2/lora.py", "g = grad.reshape(-1, grad.size(-1)).to(w.dtype)",
+           "g = grad.reshape(-1, grad.size(-1)).to(torch.bfloat16).to(w.dtype)", FAST),
+    Mutant("fast-recompute-rounds", "minigpt2/recompute.py", "return recompute().as_strided(*packed)",
+           "return recompute().bfloat16().to(recompute().dtype).as_strided(*packed)", FAST),
+    Mutant("fast-dropout-scale-unrounded", "minigpt2/cpu_dropout.py", "return keep, LANES / (LANES - t)",
+           "return keep, 1 / (1 - p)", FAST),
+    Mutant("fast-attention-scale", "minigpt2/cpu_dropout.py", "(q * (1.0 / math.sqrt(q.size(-1))))",
+           "(q * (1.0 / q.size(-1)))", FAST),
+    Mutant("fast-prepack-drops-bias", "minigpt2/prepack.py",
+           "bias = None if linear.bias is None else linear.bias.detach().to(dtype).clone()", "bias = None", FAST),
+    # ---- defaults, validators, run folders
+    Mutant("lora-default-attention-only", "app/settings.py", 'LORA_TARGETS, LORA_DROPOUT = 8, 16.0, "attn+mlp", 0.0',
+           'LORA_TARGETS, LORA_DROPOUT = 8, 16.0, "attn", 0.0', SET),
+    Mutant("lora-preset-without-c-proj", "minigpt2/lora.py",
+           '"attn.c_proj", "mlp.c_fc", "mlp.c_proj"),', '"attn.c_proj", "mlp.c_fc"),', SET),
+    Mutant("valid-top-p-1-refused", "app/settings.py", "_require(0 < a.top_p <= 1,", "_require(0 < a.top_p < 1,",
+           SET),
+    Mutant("valid-generate-top-p-1-refused", "app/generate.py", "not 0 < args.top_p <= 1:", "not 0 < args.top_p < 1:",
+           SET),
+    Mutant("valid-warmup-0-refused", "app/settings.py", "_require(0 <= a.warmup < 1,", "_require(0 < a.warmup < 1,",
+           SET),
+    Mutant("default-epochs", "app/finetune.py", '"--epochs", type=int, default=10', '"--epochs", type=int, default=1',
+           SET),
+    Mutant("default-seed", "minigpt2/train.py", "DEFAULT_SEED = 11711", "DEFAULT_SEED = 11712", SET),
+    Mutant("run-seed-may-change", "app/settings.py", 'RESUME_MAY_CHANGE = ("data.data_dir",',
+           'RESUME_MAY_CHANGE = ("optim.seed", "data.data_dir",', SET),
+    Mutant("run-base-by-name-only", "app/runfolder.py", 'if (rb or {}).get("sha256") != (nb or {}).get("sha256"):',
+           'if (rb or {}).get("file") != (nb or {}).get("file"):', SET),
+    Mutant("run-overwrite-inverted", "app/runfolder.py", "    if not settings.run.overwrite:",
+           "    if settings.run.overwrite:", SET),
+    Mutant("run-holds-needs-every-part", "app/runfolder.py", "return any((run_dir / part).exists()",
+           "return all((run_dir / part).exists()", SET),
+]
+
+
+def source_files() -> list[str]:
+    """Tracked files and untracked ones git does not ignore (what a fresh checkout of this work tree holds)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, check=True).stdout.decode()
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+def scratch_copy(files: list[str], into: Path) -> Path:
+    for f in files:
+        target = into / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, target)
+    return into
+
+
+def apply(mutant: Mutant, repo: Path) -> None:
+    path = repo / mutant.file
+    text = path.read_text(encoding="utf-8")
+    count = text.count(mutant.original)
+    if count != 1:
+        raise ValueError(f"{mutant.name}: the snippet occurs {count} times in {mutant.file} (expected once); "
+                         f"update the mutant to the code: {mutant.original!r}")
+    path.write_text(text.replace(mutant.original, mutant.replacement), encoding="utf-8")
+
+
+def run_tests(repo: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, str]:
+    """('passed' | 'failed' | 'timeout', the last lines of pytest's output) of `tests` in `repo`."""
+    env = dict(os.environ, PYTHONPATH=str(repo), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", ""
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    return ("passed" if proc.returncode == 0 else "failed"), tail
+
+
+def check_imports_come_from(repo: Path) -> None:
+    """The scratch copy's packages, not the installed work tree's, must be the ones imported."""
+    code = "import minigpt2, tasks, app; print(minigpt2.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(out).resolve().is_relative_to(repo.resolve()):
+        raise SystemExit(f"error: the scratch copy imports minigpt2 from {out}, not from {repo}")
+
+
+def run_mutant(mutant: Mutant, files: list[str], timeout: int) -> tuple[Mutant, str, str, float]:
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        repo = scratch_copy(files, Path(tmp))
+        try:
+            apply(mutant, repo)
+        except ValueError as e:
+            return mutant, "stale", str(e), time.time() - t0
+        status, tail = run_tests(repo, mutant.tests, timeout)
+    verdict = {"failed": "caught", "timeout": "caught (timeout)", "passed": "MISSED"}[status]
+    return mutant, verdict, tail, time.time() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Apply each deliberate bug to a scratch copy and run its tests.")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
+    p.add_argument("--timeout", type=int, default=TIMEOUT_S, help="seconds per test run (default %(default)s)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the run of the tests on the unmutated copy")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = p.parse_args(argv)
+    names = [m.name for m in MUTANTS]
+    if len(set(names)) != len(names):
+        print("error: two mutants share a name", file=sys.stderr)
+        return 2
+    chosen = MUTANTS
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            print(f"error: --only {', '.join(unknown)}: no such mutant (see --list)", file=sys.stderr)
+            return 2
+        chosen = [m for m in MUTANTS if m.name in args.only]
+    if args.jobs < 1:
+        print(f"error: --jobs {args.jobs}: expected an integer >= 1", file=sys.stderr)
+        return 2
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:40s} {m.file:28s} {' '.join(m.tests)}")
+        return 0
+
+    t0 = time.time()
+    files = source_files()
+    if not args.no_baseline:
+        tests = tuple(sorted({t for m in chosen for t in m.tests}))
+        with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
+            repo = scratch_copy(files, Path(tmp))
+            check_imports_come_from(repo)
+            status, tail = run_tests(repo, tests, args.timeout * 2)
+        if status != "passed":
+            print(f"error: the tests fail without any mutant ({status}); fix them first:\n{tail}", file=sys.stderr)
+            return 2
+        print(f"baseline: {len(tests)} test files pass unmutated ({time.time() - t0:.0f} s)", flush=True)
+
+    results = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for mutant, verdict, tail, seconds in pool.map(lambda m: run_mutant(m, files, args.timeout), chosen):
+            results.append((mutant, verdict))
+            print(f"{verdict:17s} {mutant.name:40s} {seconds:5.0f} s", flush=True)
+            if verdict in ("MISSED", "stale"):
+                print(f"    {mutant.file}: {mutant.original!r} -> {mutant.replacement!r}\n    {tail}", flush=True)
+    caught = sum(v.startswith("caught") for _, v in results)
+    print(f"{caught}/{len(results)} mutants caught in {time.time() - t0:.0f} s"
+          + ("" if caught == len(results) else f"; not caught: "
+             f"{', '.join(m.name for m, v in results if not v.startswith('caught'))}"))
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
