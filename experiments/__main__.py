@@ -204,8 +204,9 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
             per_run = [seconds * c / sum(costs) for c in costs] if sum(costs) else []
             n = workers(args)
             wall = schedule_seconds(per_run, n)
-            print(f"  on {n} workers ({'GPU' if gpu else 'CPU'} estimate), longest runs first: ~{format_hours(wall)} "
-                  "wall time" + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
+            print(f"  on {n} workers ({'GPU' if gpu else 'CPU'} estimate), longest runs first: "
+                  f"~{format_hours(wall)} wall time"
+                  + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
             args.estimated_wall = getattr(args, "estimated_wall", 0.0) + wall
         return True
     failed: dict[str, str] = {}

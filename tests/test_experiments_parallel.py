@@ -140,7 +140,7 @@ def test_runs_start_longest_first_and_the_schedule_estimate():
 def test_dry_run_with_jobs_prints_the_wall_time_for_that_many_workers(capsys):
     assert cli.main([SWEEP, "--tiny", "--dry-run", "--jobs", "4"]) == 0
     out = capsys.readouterr().out
-    assert "on 4 workers, longest runs first: ~" in out and "the longest run alone" in out
+    assert "on 4 workers (CPU estimate), longest runs first: ~" in out and "the longest run alone" in out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -45,6 +45,7 @@ GEN = ("tests/test_contract_generate.py",)
 STATS = ("tests/test_contract_stats.py",)
 READ = ("tests/test_contract_readers.py",)
 FAST = ("tests/test_contract_fast.py",)
+MEASURES = ("tests/test_measures.py",)
 SET = ("tests/test_contract_settings.py",)
 
 MUTANTS: list[Mutant] = [
@@ -104,27 +105,28 @@ MUTANTS: list[Mutant] = [
     Mutant("gen-eos-ignored", "minigpt2/generate.py", "if t == eos_id or (stop is not None and stop(out[i])):",
            "if stop is not None and stop(out[i]):", GEN),
     # ---- statistics, reference rows, the perfect-sonnet check
-    Mutant("stats-quantiles-90", "minigpt2/metrics.py", "[(1 - confidence) / 2, (1 + confidence) / 2]",
-           "[(1 - confidence), confidence]", STATS),
+    Mutant("stats-quantiles-90", "minigpt2/metrics.py",
+           "lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])",
+           "lo, hi = np.quantile(scores, [(1 - confidence), confidence])", STATS),
     Mutant("stats-accuracy-at-90", "experiments/stats.py",
            "len(correct), samples, confidence, seed)", "len(correct), samples, 0.90, seed)", STATS),
     Mutant("stats-chrf-at-90", "experiments/stats.py", "len(stats), samples, confidence,",
            "len(stats), samples, 0.90,", STATS),
-    Mutant("stats-wilson-z90", "distill/summary.py", "Z95 = 1.959963984540054", "Z95 = 1.6448536269514722", STATS),
-    Mutant("stats-wilson-half-width", "distill/summary.py", "z * z / (4 * n * n)", "z * z / (2 * n * n)", STATS),
-    Mutant("stats-population-std", "experiments/stats.py", "statistics.stdev(vals)", "statistics.pstdev(vals)",
-           STATS),
+    Mutant("stats-wilson-z90", "minigpt2/metrics.py", "Z95 = 1.959963984540054", "Z95 = 1.6448536269514722", STATS),
+    Mutant("stats-wilson-half-width", "minigpt2/metrics.py", "z * z / (4 * n * n)", "z * z / (2 * n * n)", STATS),
+    Mutant("stats-population-std", "experiments/stats.py", "(statistics.stdev(vals) if len(vals) > 1",
+           "(statistics.pstdev(vals) if len(vals) > 1", STATS),
     Mutant("stats-minority-class", "experiments/stats.py", "majority = max(sorted(set(labels))",
            "majority = min(sorted(set(labels))", STATS),
     Mutant("refs-wrong-sonnet-is-the-true-one", "experiments/references.py",
            "others = [t for t in training if t != text] or list(training)", "others = list(training)", STATS),
     Mutant("refs-prompt-four-lines", "experiments/references.py", "PROMPT_LINES = 3", "PROMPT_LINES = 4", STATS),
-    Mutant("check-meter-low-bound", "distill/check.py", "return sum(9 <= s <= 11 for s in self.syllables)",
-           "return sum(8 <= s <= 11 for s in self.syllables)", STATS),
+    Mutant("check-meter-low-bound", "distill/check.py", "METER_SYLLABLES = (9, 11)", "METER_SYLLABLES = (8, 11)",
+           STATS),
     Mutant("check-meter-rate-high-bound", "distill/check.py", 'summary["meter_line_rate"] = sum(9 <= s <= 11',
            'summary["meter_line_rate"] = sum(9 <= s <= 12', STATS),
-    Mutant("check-meter-high-bound", "distill/check.py", "return sum(9 <= s <= 11 for s in self.syllables)",
-           "return sum(9 <= s <= 10 for s in self.syllables)", STATS),
+    Mutant("check-meter-high-bound", "distill/check.py", "METER_SYLLABLES = (9, 11)", "METER_SYLLABLES = (9, 10)",
+           STATS),
     Mutant("check-meter-rate-low-bound", "distill/check.py", 'summary["meter_line_rate"] = sum(9 <= s <= 11',
            'summary["meter_line_rate"] = sum(10 <= s <= 11', STATS),
     Mutant("check-meter-sonnet-one-line-off", "distill/check.py", "sum(r.metrical_lines == r.n_lines for r in results)",
@@ -140,8 +142,8 @@ MUTANTS: list[Mutant] = [
     Mutant("read-quora-label-flipped", "tasks/paraphrase.py",
            'examples.append(Example(row["id"], ids, int(row["is_duplicate"]) if labelled else None))',
            'examples.append(Example(row["id"], ids, 1 - int(row["is_duplicate"]) if labelled else None))', READ),
-    Mutant("read-sonnet-prompt-no-newline", "tasks/sonnet.py", 'ids = tok.encode(p.text + "\\n")[:max_len]',
-           "ids = tok.encode(p.text)[:max_len]", READ),
+    Mutant("read-sonnet-prompt-no-newline", "tasks/sonnet.py", 'ids = tok.encode(p.text + "\\n")',
+           "ids = tok.encode(p.text)", READ),
     Mutant("read-sonnet-no-eot", "tasks/sonnet.py", "real = [Example(str(i), (ids + [tok.eot_id])[:max_len])",
            "real = [Example(str(i), ids[:max_len])", READ),
     Mutant("read-reference-ids-no-eot", "tasks/sonnet.py",
@@ -190,6 +192,21 @@ MUTANTS: list[Mutant] = [
            "    if settings.run.overwrite:", SET),
     Mutant("run-holds-needs-every-part", "app/runfolder.py", "return any((run_dir / part).exists()",
            "return all((run_dir / part).exists()", SET),
+    # ---- the sonnet measures and paired comparisons (issue 20)
+    Mutant("nll-no-eot", "tasks/sonnet.py", 'seq = prompt + tok.encode("\\n".join(rest)) + [tok.eot_id]',
+           'seq = prompt + tok.encode("\\n".join(rest))', MEASURES),
+    Mutant("nll-mean-of-ratios", "app/measures.py", "value = float(sums.sum() / counts.sum())",
+           "value = float(np.mean(sums / counts))", MEASURES),
+    Mutant("form-rhyme-from-three-lines", "distill/check.py", '"rhyme_scheme": len(lines) >= 4 and',
+           '"rhyme_scheme": len(lines) >= 3 and', MEASURES),
+    Mutant("paired-unpaired", "experiments/stats.py", "- b.score(i, rng.integers(0, kb, size=(n, kb))))",
+           "- b.score(rng.integers(0, n, size=n), rng.integers(0, kb, size=(n, kb))))", MEASURES),
+    Mutant("t-interval-df-off-by-one", "experiments/stats.py", "t = T95[len(vals) - 2]", "t = T95[len(vals) - 1]",
+           MEASURES),
+    Mutant("samples-first-only", "app/measures.py", "out: dict[str, Any] = {k: float(np.mean([s[k] for s in scores]))",
+           "out: dict[str, Any] = {k: float(scores[0][k])", MEASURES),
+    Mutant("scored-file-not-checked", "experiments/report.py", "        if now != recorded:",
+           "        if now is None:", MEASURES),
 ]
 
 
