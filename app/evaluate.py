@@ -32,7 +32,7 @@ from tasks.readers import data_dir, require_files
 
 from . import runfolder
 from .finetune import load_run_body, load_run_model
-from .measures import form_record, nll_record
+from .measures import form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
 from .settings import RunSettings, check_device
 
@@ -105,37 +105,43 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     how = settings.predict_settings()
-    preds = task.predict(module, examples, how, tok, d.device)
-    name = ("zero-shot-" if zero_shot else "") + task.output_name(split, settings.model.mode)
-    name = _write_beside_scored(task, run_dir, name, examples, preds)
+    # The run's --eval-samples: as many sampled sonnets per prompt as its own figures averaged over.
+    draws = (task.predict_samples(module, examples, how, tok, d.device, settings.eval.samples) if task.generative
+             else [task.predict(module, examples, how, tok, d.device)])
+    first = ("zero-shot-" if zero_shot else "") + task.output_name(split, settings.model.mode)
+    names = [_write_beside_scored(task, run_dir, n, examples, preds)
+             for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
-                              "predictions": name, "malformed_rows": [str(n) for n in notes],
+                              "predictions": names[0], "malformed_rows": [str(n) for n in notes],
                               "precision": settings.precision.precision, "zero_shot": zero_shot,
                               "fine_tuned_on": run_task, "data_changed": changed}
+    if len(names) > 1:
+        result["samples"] = names
     if split == "dev":
-        result.update(task.score(examples, preds))
+        result.update(mean_scores([task.score(examples, preds) for preds in draws]))
         majority = task.majority_accuracy([e.label for e in examples])
     else:  # scored where the test labels (or true sonnets) exist, beside the data or named by --test-references
         refs = Path(test_references) if test_references else None
-        pairs = task.split_pairs(run_dir / name, folder, split, refs)
+        pairs = [task.split_pairs(run_dir / n, folder, split, refs) for n in names]
         majority = None
-        if pairs is None:
+        if pairs[0] is None:
             result["note"] = (f"no test references in {folder} ({task.test_references}): predictions written, "
                               "not scored; pass --test-references FILE")
         else:
-            result.update(task.score_pairs(*pairs))
+            result.update(mean_scores([task.score_pairs(*pair) for pair in pairs if pair is not None]))
             result["references"] = str(refs or task.references_file(folder, split))
-            majority = task.majority_accuracy(pairs[1])
+            majority = task.majority_accuracy(pairs[0][1])
     if majority is not None:
         result["majority_accuracy"] = majority
     if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
-        result["form"] = form_record([e.id for e in examples], [preds])
+        result["form"] = form_record([e.id for e in examples], draws)
         refs = task.split_references(folder, split, Path(test_references) if test_references else None)
         if refs:
             per = task.heldout_nll(module, examples, {str(k): v for k, v in refs.items()}, how, tok, d.device)
             if per:
                 result["heldout_nll"] = nll_record(per)
-    atomic_write_json(run_dir / (f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"), result)
+    output = f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"
+    atomic_write_json(run_dir / output, result)
     return result
 
 

@@ -134,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.9, help="sonnet nucleus sampling mass (the course's)")
     g.add_argument("--max-new-tokens", type=int, default=400,
                    help="sonnet token budget; generation stops at <|endoftext|> or after the 14th line first")
-    g.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES,
-                   help="sonnets drawn per prompt (seeded) for the final dev/test scores: chrF and the form rates "
-                        "are averaged over them (each epoch's dev score uses one)")
+    g.add_argument("--eval-samples", type=int, default=None,
+                   help=f"sonnets drawn per prompt (seeded) for the final dev/test scores: chrF and the form rates "
+                        f"are averaged over them (each epoch's dev score uses one); default {EVAL_SAMPLES} for "
+                        "sonnets, 1 (deterministic predictions) for the other tasks")
     g = p.add_argument_group("run folder")
     g.add_argument("--out-dir", default=None, help="run folder (default: checkpoints/runs/<task>-<name or time>)")
     g.add_argument("--name", default=None, help="run name used in the default run folder")

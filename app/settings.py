@@ -95,7 +95,7 @@ class OptimSettings:
 
 
 MAX_EVAL_SAMPLES = 100
-EVAL_SAMPLES = 1  # sonnets drawn per prompt for the final scores (docs/study.md says why one)
+EVAL_SAMPLES = 4  # sonnets drawn per prompt for the final scores (docs/study.md: the measured spread)
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,8 @@ class RunSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSettings":
         """The settings a run folder recorded (`to_dict`)."""
+        if isinstance(d.get("eval"), dict) and "samples" not in d["eval"]:
+            d = {**d, "eval": {**d["eval"], "samples": 1}}  # recorded before --eval-samples: one per prompt
         try:
             return _build(cls, d)
         except (KeyError, TypeError) as e:
@@ -289,11 +291,13 @@ def from_args(a: argparse.Namespace) -> RunSettings:
     _require(math.isfinite(a.temperature) and a.temperature >= 0, "--temperature", a.temperature,
              "a finite number >= 0 (0: greedy)")
     _require(0 < a.top_p <= 1, "--top-p", a.top_p, "a mass in (0, 1]")
-    _require(1 <= a.eval_samples <= MAX_EVAL_SAMPLES, "--eval-samples", a.eval_samples,
-             f"an integer in [1, {MAX_EVAL_SAMPLES}]")
-    if a.eval_samples > 1 and not task.generative:
-        raise SettingsError(f"--eval-samples {a.eval_samples}: task {a.task!r} predicts deterministically; only a "
-                            "generative task (sonnet) draws several samples per prompt")
+    if a.eval_samples is not None:
+        _require(1 <= a.eval_samples <= MAX_EVAL_SAMPLES, "--eval-samples", a.eval_samples,
+                 f"an integer in [1, {MAX_EVAL_SAMPLES}]")
+        if a.eval_samples > 1 and not task.generative:
+            raise SettingsError(f"--eval-samples {a.eval_samples}: task {a.task!r} predicts deterministically; only "
+                                "a generative task (sonnet) draws several samples per prompt")
+    eval_samples = a.eval_samples if a.eval_samples is not None else (EVAL_SAMPLES if task.generative else 1)
     if a.stop_after_epoch is not None:
         _positive("--stop-after-epoch", a.stop_after_epoch)
     # torch takes 64-bit seeds, and epochs, ranks and batch offsets are added to this one.
@@ -364,7 +368,7 @@ def from_args(a: argparse.Namespace) -> RunSettings:
         eval=EvalSettings(batch_size=a.eval_batch_size,
                           sampling=Sampling(temperature=a.temperature, top_p=a.top_p,
                                             max_new_tokens=a.max_new_tokens, seed=a.seed),
-                          samples=a.eval_samples),
+                          samples=eval_samples),
         hardware=HardwareSettings(device=a.device, autocast=a.autocast, compile=a.compile,
                                   progress=not a.no_progress, threads=a.threads, fetch_timeout=a.fetch_timeout),
         run=RunFolderSettings(out_dir=a.out_dir, name=a.name, resume=a.resume, overwrite=a.overwrite,
