@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from distill.check import FORM_PARTS, METER_SYLLABLES, check_sonnet, count_syllables, form_of
 import torch
 
+from distill.check import FORM_PARTS, METER_SYLLABLES, check_sonnet, count_syllables, form_of
 from minigpt2.metrics import bootstrap_interval, bootstrap_interval_nested, wilson_interval
 from minigpt2.tokenizer import Tokenizer
 from tasks.base import Example, PredictSettings, Task, TaskModel

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from minigpt2.atomic import atomic_write
-from minigpt2.device import autocast_for
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.data import FILES as COURSE_FILES
 from minigpt2.data import Sonnet
+from minigpt2.device import autocast_for
 from minigpt2.generate import generate
 from minigpt2.model import GPT2
 from minigpt2.prepack import inference_copy
@@ -65,10 +65,10 @@ def continuation_ids(tok: Tokenizer, prompt_lines: Sequence[str], reference: str
     prompt is encoded as generation encodes it (its lines, then a newline); the continuation is the true sonnet's
     lines after the prompt's."""
     prompt = tok.encode("\n".join(prompt_lines) + "\n")
-    rest = reference.split("\n")[len(prompt_lines):]
-    seq = prompt + tok.encode("\n".join(rest)) + [tok.eot_id]
     if len(prompt) >= context:
         raise DataError(f"a {len(prompt)}-token sonnet prompt leaves nothing to score in a {context}-token context")
+    rest = reference.split("\n")[len(prompt_lines):]
+    seq = prompt + tok.encode("\n".join(rest)) + [tok.eot_id]
     return seq[:context], len(prompt)
 
 
