@@ -130,6 +130,7 @@ def test_sweep_errors_are_clear(tmp_path):
 def test_all_runs_what_it_can_and_says_what_waits(tmp_path, monkeypatch, capsys):
     """No Gemini files: `all --dry-run` still plans every sweep, the teachers as if their files existed."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)  # no course data either (data/ under tmp_path)
     assert cli.main(["all", "--dry-run", "--stated-rates", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sweep teachers: " in out and "planned as if synthetic/gemini-2.5-flash.jsonl" in out
