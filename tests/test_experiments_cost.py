@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import EVAL_SAMPLES
 from experiments import __main__ as cli
 from experiments import estimate
 from experiments.sweeps import TINY_DATA_DIR, TINY_SYNTHETIC_DIR, TINY_TOKENIZER_DIR, SweepOptions, build_sweep
@@ -118,7 +119,8 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
     # forward only: the dev loss after each epoch, and the held-out NLL of the true sonnets before and after
     dev_truth = sum(len(e.meta["reference_ids"]) for e in dev)
     assert free.eval_tokens == 3 * dev_truth + 2 * (dev_truth + sum(min(128, truth[e.id]) for e in test))
-    assert capped.generation.new_tokens == 4 * (2 + 2 + 2)  # --tiny's --max-new-tokens 4
+    # --tiny's --max-new-tokens 4: one epoch's 2 dev prompts, then the default samples of dev and test at the end
+    assert capped.generation.new_tokens == 4 * (2 + EVAL_SAMPLES * (2 + 2))
     assert free.train_tokens == 3 * capped.train_tokens and free.train_steps == 3 * capped.train_steps
     cost = estimate.price(free, estimate.stated_rates())
     assert cost.train_flop == 6 * free.n_params * free.train_tokens

@@ -29,8 +29,10 @@ HOW = {"run_dir", "arg_out_dir", "wall_s", "arg_threads", "arg_device"}
 
 
 def tiny_argv(tmp: Path, *extra: str) -> list[str]:
+    """The tiny sweep, every run on one thread: a run's results depend on its thread count (the order of its
+    float sums), never on how many runs go beside it, so sweeps compared here all use one."""
     return [SWEEP, "--tiny", "--runs-dir", str(tmp / "runs"), "--out", str(tmp / "results"), "--no-progress",
-            "--bootstrap", "50", *extra]
+            "--bootstrap", "50", "--threads", "1", *extra]
 
 
 def rows(tmp: Path) -> list[dict[str, str]]:
