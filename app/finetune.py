@@ -36,7 +36,7 @@ from minigpt2.errors import UserError
 from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, seed_everything, setup_distributed, train
+from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, leave_together, seed_everything, setup_distributed, train
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, data_dir, require_files
@@ -537,9 +537,7 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
               + (f", test {task.metric} {test:.4f}" if test is not None else "") + f"; run folder {run_dir}")
     elif d.main:
         atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_together(d)
     return metrics
 
 

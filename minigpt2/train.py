@@ -129,6 +129,28 @@ def fetch_once(fetch: Callable[[], None], d: Dist, timeout: float, store: Any = 
         _wait(store, mine, f"local rank 0 of node {node}", what, timeout, d)
 
 
+def leave_together(d: Dist, timeout: float = 120.0) -> None:
+    """End a DDP run: every rank leaves the process group, and global rank 0 leaves last. Under torchrun the
+    key-value store lives with node 0's agent, which goes once rank 0 exits; a rank still tearing down would then
+    read a store that is gone and abort. So each other rank says on the store that it has left, and rank 0 waits for
+    them (at most `timeout` seconds: a rank that died has said why itself)."""
+    if d.world == 1:
+        return
+    import datetime
+
+    dist.barrier()
+    store = dist.distributed_c10d._get_default_store()
+    dist.destroy_process_group()
+    prefix = f"minigpt2/left/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if d.rank != 0:
+        store.set(f"{prefix}/{d.rank}", "1")
+        return
+    try:
+        store.wait([f"{prefix}/{r}" for r in range(1, d.world)], datetime.timedelta(seconds=timeout))
+    except RuntimeError:
+        pass  # a rank that never said so ended on its own error, which it printed
+
+
 def _publish(store: Any, key: str, fetch: Callable[[], None]) -> None:
     """Fetch, then tell the waiting ranks how it went (a failure too, so that they stop at once)."""
     try:
