@@ -57,11 +57,10 @@ def reference_hypotheses(truths: dict[int, str], training: Sequence[str], tokeni
 
 
 @functools.lru_cache(maxsize=16)
-def sonnet_reference_intervals(folder: str, split: str, numbers: tuple[int, ...] | None = None,
-                               tokenizer_dir: str | None = None, samples: int = SAMPLES
-                               ) -> dict[str, Interval] | None:
-    """chrF of each reference row against the true sonnets of `split` (only `numbers`, the prompts the runs
-    scored, when given); None when the split's true sonnets are not in `folder`."""
+def _reference_sonnets(folder: str, split: str, numbers: tuple[int, ...] | None, tokenizer_dir: str | None
+                       ) -> tuple[dict[int, str], dict[str, list[str]]] | None:
+    """(the true sonnets of `split`, only `numbers` when given; the reference hypotheses for them), or None when
+    the split's true sonnets are not in `folder`."""
     from tasks.readers import read_sonnets
     from tasks.sonnet import SonnetTask
 
@@ -71,7 +70,19 @@ def sonnet_reference_intervals(folder: str, split: str, numbers: tuple[int, ...]
     if numbers:
         truths = {k: truths[k] for k in numbers if k in truths}
     training = [s.text for s in read_sonnets(Path(folder) / SonnetTask.files["train"])[0]]
-    hyps = reference_hypotheses(truths, training, tokenizer_dir)
+    return truths, reference_hypotheses(truths, training, tokenizer_dir)
+
+
+@functools.lru_cache(maxsize=16)
+def sonnet_reference_intervals(folder: str, split: str, numbers: tuple[int, ...] | None = None,
+                               tokenizer_dir: str | None = None, samples: int = SAMPLES
+                               ) -> dict[str, Interval] | None:
+    """chrF of each reference row against the true sonnets of `split` (only `numbers`, the prompts the runs
+    scored, when given); None when the split's true sonnets are not in `folder`."""
+    found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
+    if found is None:
+        return None
+    truths, hyps = found
     refs = list(truths.values())
     return {name: bootstrap_chrf(h, refs, samples) for name, h in hyps.items()}
 
@@ -83,19 +94,13 @@ def sonnet_reference_forms(folder: str, split: str, numbers: tuple[int, ...] | N
     each reference row's sonnets and of the real held-out sonnets themselves, by name; None when the split's
     true sonnets are not in `folder`."""
     from app.measures import form_record
-    from tasks.readers import read_sonnets
-    from tasks.sonnet import SonnetTask
 
-    truths = sonnet_references(Path(folder), split)
-    if truths is None:
+    found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
+    if found is None:
         return None
-    if numbers:
-        truths = {k: truths[k] for k in numbers if k in truths}
-    training = [s.text for s in read_sonnets(Path(folder) / SonnetTask.files["train"])[0]]
-    hyps = reference_hypotheses(truths, training, tokenizer_dir)
-    hyps[REAL_SONNETS] = list(truths.values())
-    ids = [str(k) for k in truths]
-    return {name: form_record(ids, [texts]) for name, texts in hyps.items()}
+    truths, hyps = found
+    texts = {**hyps, REAL_SONNETS: list(truths.values())}
+    return {name: form_record([str(k) for k in truths], [sonnets]) for name, sonnets in texts.items()}
 
 
 def majority_reference(task_name: str, folder: Path, split: str, ids: Sequence[str] | None = None,
