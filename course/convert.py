@@ -1,97 +1,28 @@
-"""Fetch the task data from public sources and write it in the course's file formats.
-
-    python -m minigpt2.data fetch --task all --data-dir data
-
-| task   | source (fetched through `minigpt2.download`)                 | files written                              |
-|--------|---------------------------------------------------------------|--------------------------------------------|
-| sst    | hub dataset SetFit/sst5: train/dev/test.jsonl                 | ids-sst-{train,dev,test-student}.csv       |
-| cfimdb | hub dataset tasksource/counterfactually-augmented-imdb: *.tsv | ids-cfimdb-{train,dev,test-student}.csv    |
-| quora  | hub dataset nyu-mll/glue, qqp train + validation parquet      | quora-{train,dev,test-student}.csv         |
-| sonnet | Project Gutenberg eBook 1041, plain text                      | sonnets.txt, sonnets_held_out{,_dev}.txt   |
-
-Test-student files carry no labels, as in the course; the labels sit beside them in `*-test-labels.csv` (and the
-full test sonnets in `TRUE_sonnets_held_out.txt`) so users can score themselves. The byte layout of every file
-(header line, tab separation, index column, CRLF where the course has it) follows the course files; see
-docs/data.md ("Sources") for what differs in content.
-"""
+"""Converters from the public sources to the course's file formats (byte layout as the course's files: header
+line, tab separation, index column, CRLF where the course has it). docs/data.md ("Sources") says what differs in
+content."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
-import json
 import os
 import re
-import sys
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from .download import DownloadError, HubFile, env_offline, fetch_hub_file, fetch_url
-from .errors import UserError
+from minigpt2.errors import UserError
+
+from .jsonl import JsonLineError, parse_jsonl
+from .sonnets import sonnet_file
 
 
 class DataFormatError(UserError, ValueError):
     """A source file that does not look like what the converter expects (file, line and what was expected)."""
 
 
-class JsonLineError(ValueError):
-    """A line of a JSONL text that is not JSON; callers turn it into their own error naming the file."""
-
-    def __init__(self, lineno: int, msg: str, cut_off: bool) -> None:
-        super().__init__(f"line {lineno}: {msg}")
-        self.lineno, self.msg = lineno, msg
-        self.cut_off = cut_off  # the last line, with no newline after it: what an interrupted writer leaves
-
-
-def parse_jsonl(text: str) -> list[tuple[int, object]]:
-    """(line number, value) of each non-blank line of a JSONL text, in order; the project's one JSONL reader.
-
-    A line that is not JSON raises `JsonLineError` with its number and the parser's message.
-    """
-    lines = text.split("\n")
-    values = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            values.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise JsonLineError(lineno, e.msg, cut_off=lineno == len(lines)) from None
-    return values
-
-
-TASKS = ("sst", "cfimdb", "quora", "sonnet")
-
-# The files each task writes; the fine-tune command needs the first three of each (train, dev, test inputs).
-FILES: dict[str, tuple[str, ...]] = {
-    "sst": ("ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv", "ids-sst-test-labels.csv"),
-    "cfimdb": ("ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv",
-               "ids-cfimdb-test-labels.csv"),
-    "quora": ("quora-train.csv", "quora-dev.csv", "quora-test-student.csv", "quora-test-labels.csv"),
-    "sonnet": ("sonnets.txt", "sonnets_held_out_dev.txt", "TRUE_sonnets_held_out_dev.txt", "sonnets_held_out.txt",
-               "TRUE_sonnets_held_out.txt"),
-}
-
-# Pinned sources. Revisions are the commits we could verify hold these files (SetFit/sst5: head of main, 3 commits;
-# counterfactually-augmented-imdb: head of main, 4 commits; glue: the commit "Add qqp data files" that added the
-# parquet files). The SST-5 sha256 values are those `datasets` recorded when downloading from that very revision.
-# Where no sha256 is pinned, the hub's ETag is checked and the first download's sha256 is locked (see download.py).
-SST5_REVISION = "e51bdcd8cd3a30da231967c1a249ba59361279a3"
-SST5_SHA256 = {"train": "46bde4fb5abc93ffbadfa9a9f67de17c08a2f535cfb5756c59188d070434f433",
-               "dev": "4369df4d4229e736fa734af49b342c7d6002c4d8514d9c206a5aa26edc620b79",
-               "test": "1384216112a34f3d70b6fa210762f3399bb080410c0456ac6e54a5cb413f04b2"}
-SST5 = {split: HubFile("SetFit/sst5", f"{split}.jsonl", "dataset", SST5_REVISION, sha)
-        for split, sha in SST5_SHA256.items()}
-CFIMDB = {split: HubFile("tasksource/counterfactually-augmented-imdb", f"{split}.tsv", "dataset",
-                         "fd42efb815508d02beb7d478eae41a8a2e7100a3") for split in ("train", "dev", "test")}
-QQP = {split: HubFile("nyu-mll/glue", f"qqp/{split}-00000-of-00001.parquet", "dataset",
-                      "169a67d6d185e00f8e46409cc182dd6e741b54b7") for split in ("train", "validation")}
 QQP_TRAIN_SIZE = 363_846  # GLUE QQP train rows: validation rows get index QQP_TRAIN_SIZE + idx
-GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/1041/pg1041.txt"
-
 SST_LABELS = range(5)
 
 
@@ -309,68 +240,6 @@ def parse_gutenberg_sonnets(text: str, source: str = "pg1041.txt") -> dict[int, 
     return sonnets
 
 
-SONNET_HEADER = ("Sonnets", "by William Shakespeare", "Project Gutenberg eBook #1041",
-                 "https://www.gutenberg.org/ebooks/1041",
-                 "Converted to the course layout by minigpt2.data (Gutenberg text, not the Folger edition)",
-                 "Roman-numeral headings replaced by numbers; curly quotes made straight",
-                 "Public domain in the USA", "", "", "", "")
-
-
-def sonnet_file(blocks: Sequence[tuple[int, Sequence[str]]], trailer: str) -> bytes:
-    """The course layout: an 11-line header, then `number`, a blank line, the lines, a blank line between
-    sonnets; CRLF line ends. `trailer` is what follows the last line (the course files differ here)."""
-    lines = list(SONNET_HEADER)
-    for k, (number, body) in enumerate(blocks):
-        lines += [str(number), "", *body] + ([""] if k < len(blocks) - 1 else [])
-    return ("\r\n".join(lines) + trailer).encode("utf-8")
-
-
-@dataclass(frozen=True)
-class Sonnet:
-    """A numbered sonnet (or prompt) and its lines, as printed."""
-
-    number: int
-    lines: tuple[str, ...]
-    line: int = field(default=0, compare=False)  # where its number stands in the file (1-based)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-_NUMBER_LINE = re.compile(r"^\s*(\d+)\s*$")
-
-
-def is_number_line(line: str) -> bool:
-    """True for a line holding only a sonnet's number, which starts a sonnet in the course layout."""
-    return _NUMBER_LINE.match(line) is not None
-
-
-def parse_sonnets(text: str) -> list[Sonnet]:
-    """The sonnets of a file in the course layout (what `sonnet_file` writes, and the generated-sonnets files):
-    a header, then per sonnet its number on a line, a blank line, its lines. Empty when no number line is found.
-
-    Anything before the first number line is the header. Blank lines between sonnets are dropped; line ends
-    (CRLF or LF) and trailing spaces are normalised; a couplet's leading indentation is kept.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    sonnets: list[Sonnet] = []
-    number: int | None = None
-    body: list[str] = []
-    start = 0
-    for n, raw in enumerate(lines, start=1):
-        m = _NUMBER_LINE.match(raw)
-        if m:
-            if number is not None:
-                sonnets.append(Sonnet(number, tuple(body), start))
-            number, body, start = int(m.group(1)), [], n
-        elif number is not None and raw.strip():
-            body.append(raw.rstrip())
-    if number is not None:
-        sonnets.append(Sonnet(number, tuple(body), start))
-    return sonnets
-
-
 def convert_sonnets(source: Path, out: Path) -> None:
     """pg1041.txt -> sonnets.txt (1-131), dev prompts/truths (132-143), test prompts/truths (145-156)."""
     sonnets = parse_gutenberg_sonnets(source.read_text(encoding="utf-8-sig"), str(source))
@@ -381,72 +250,3 @@ def convert_sonnets(source: Path, out: Path) -> None:
     _write_atomic(out / "TRUE_sonnets_held_out_dev.txt", sonnet_file(dev, ""))
     _write_atomic(out / "sonnets_held_out.txt", sonnet_file([(n, b[:3]) for n, b in test], "\r\n"))
     _write_atomic(out / "TRUE_sonnets_held_out.txt", sonnet_file(test, ""))
-
-
-# ---- fetch -----------------------------------------------------------------------------------------------------------
-def fetch(task: str, data_dir: Path, offline: bool = False, cache: Path | None = None) -> list[Path]:
-    """Download one task's sources (or all with task="all") and write its course-format files into `data_dir`."""
-    tasks = TASKS if task == "all" else (task,)
-    written: list[Path] = []
-    data_dir = Path(data_dir)
-    for t in tasks:
-        if t == "sst":
-            convert_sst({s: fetch_hub_file(f, cache, offline) for s, f in SST5.items()}, data_dir)
-        elif t == "cfimdb":
-            convert_cfimdb({s: fetch_hub_file(f, cache, offline) for s, f in CFIMDB.items()}, data_dir)
-        elif t == "quora":
-            convert_quora({s: fetch_hub_file(f, cache, offline) for s, f in QQP.items()}, data_dir)
-        elif t == "sonnet":
-            convert_sonnets(fetch_url(GUTENBERG_URL, "pg1041.txt", cache=cache, offline=offline), data_dir)
-        else:
-            raise ValueError(f"unknown task {t!r}; expected one of {', '.join(TASKS)} or all")
-        written += [data_dir / name for name in FILES[t]]
-    return written
-
-
-def missing_files(task: str, data_dir: Path) -> list[Path]:
-    """The files of `task` (train, dev, test inputs) that are not in `data_dir`."""
-    if task not in FILES:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    needed = FILES[task][:4] if task == "sonnet" else FILES[task][:3]
-    return [Path(data_dir) / name for name in needed if not (Path(data_dir) / name).is_file()]
-
-
-def ensure_task_data(task: str, data_dir: Path, offline: bool = False, cache: Path | None = None) -> None:
-    """Make sure `task`'s files are in `data_dir`, fetching them (one line says so) unless `offline` (or
-    HF_HUB_OFFLINE=1)."""
-    missing = missing_files(task, data_dir)
-    if not missing:
-        return
-    names = ", ".join(p.name for p in missing)
-    if offline or env_offline():
-        raise DownloadError(f"missing in {data_dir}: {names}. Without --offline they are fetched automatically; "
-                            f"or run `python -m minigpt2.data fetch --task {task} --data-dir {data_dir}` on a "
-                            "machine with internet and copy the files here.")
-    print(f"fetching {task} data into {data_dir} (missing: {names})", flush=True)
-    fetch(task, data_dir, offline=False, cache=cache)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minigpt2.data", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fetch", help="download the public sources and write the course-format files")
-    p.add_argument("--task", default="all", choices=[*TASKS, "all"], help="which task's data to fetch (default all)")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MINIGPT2_DATA_DIR", "data")),
-                   help="folder to write the files into (default $MINIGPT2_DATA_DIR, else ./data)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="download cache (default $MINIGPT2_CACHE or ~/.cache/minigpt2)")
-    p.add_argument("--offline", action="store_true",
-                   help="use only what is in the cache; fail with instructions instead of downloading")
-    args = parser.parse_args(argv)
-    try:
-        for path in fetch(args.task, args.data_dir, offline=args.offline, cache=args.cache_dir):
-            print(path)
-    except (DownloadError, DataFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

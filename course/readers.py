@@ -1,5 +1,5 @@
 """Readers for the course's data files: tab-separated tables and the sonnet text (the course's own files hold the
-Folger edition's text; `python -m minigpt2.data fetch` writes Project Gutenberg's, eBook 1041, in the same layout).
+Folger edition's text; `python -m course fetch` writes Project Gutenberg's, eBook 1041, in the same layout).
 
 The files carry real-world mess (CRLF line ends, CSV-quoted cells with doubled quotes, HTML `<br />`, an empty
 label). A row that cannot be used is *reported* — file, line and why — and skipped, never a crash and never a
@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minigpt2.data import Sonnet, parse_sonnets
 from minigpt2.errors import UserError
+
+from .sonnets import Sonnet, parse_sonnets
 
 DATA_ENV = "MINIGPT2_DATA_DIR"
 
@@ -63,7 +64,7 @@ def require_files(folder: Path, names: list[str], task: str) -> None:
     if missing:
         raise MissingDataError(
             f"missing data file(s) for task {task!r}: {', '.join(missing)}. Get them with "
-            f"`python -m minigpt2.data fetch --task {task}`, or point --data-dir (or ${DATA_ENV}) at the folder "
+            f"`python -m course fetch --task {task}`, or point --data-dir (or ${DATA_ENV}) at the folder "
             "holding the course files.")
 
 
@@ -140,7 +141,7 @@ def read_table(path: str | os.PathLike, columns: list[str], label: str | None = 
 
 def read_sonnets(path: str | os.PathLike, expect_lines: int | None = None, first_line: str | None = None
                  ) -> tuple[list[Sonnet], list[Malformed]]:
-    """Sonnets of a file in the course layout (parsed by `minigpt2.data.parse_sonnets`); those without
+    """Sonnets of a file in the course layout (parsed by `course.sonnets.parse_sonnets`); those without
     `expect_lines` lines are kept but reported (Shakespeare's 99 has 15 lines and 126 has 12). `first_line`,
     when given, is what the file must start with (a generated-sonnets file's header)."""
     path = Path(path)
