@@ -68,12 +68,13 @@ class SonnetFiles:
 
 CourseFiles = LabelledFiles | SonnetFiles
 
-COURSE_FILES: dict[str, CourseFiles] = {
+LABELLED_FILES: dict[str, LabelledFiles] = {
     "sst": LabelledFiles("ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv",
                          "ids-sst-test-labels.csv"),
     "cfimdb": LabelledFiles("ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv",
                             "ids-cfimdb-test-labels.csv"),
     "quora": LabelledFiles("quora-train.csv", "quora-dev.csv", "quora-test-student.csv", "quora-test-labels.csv"),
-    "sonnet": SonnetFiles("sonnets.txt", "sonnets_held_out_dev.txt", "TRUE_sonnets_held_out_dev.txt",
-                          "sonnets_held_out.txt", "TRUE_sonnets_held_out.txt"),
 }
+SONNET_FILES = SonnetFiles("sonnets.txt", "sonnets_held_out_dev.txt", "TRUE_sonnets_held_out_dev.txt",
+                           "sonnets_held_out.txt", "TRUE_sonnets_held_out.txt")
+COURSE_FILES: dict[str, CourseFiles] = {**LABELLED_FILES, "sonnet": SONNET_FILES}

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from minigpt2.atomic import atomic_write
 
-from .files import COURSE_FILES, LabelledFiles, SonnetFiles
+from .files import LABELLED_FILES, SONNET_FILES, LabelledFiles
 from .readers import DataError, Malformed, Table, read_sonnets, read_table
 from .sonnets import Sonnet
 
@@ -201,9 +201,8 @@ class SentimentFormat(LabelFormat):
     """SST-5 and CFIMDB: `<mode>-<task>-<split>-out.csv`, the predicted class per id."""
 
     def __init__(self, name: str, num_labels: int) -> None:
-        files = COURSE_FILES[name]
-        assert isinstance(files, LabelledFiles)
-        super().__init__(name, files, SENTIMENT_COLUMN, "sentiment", set(range(num_labels)), ["id", "sentence"])
+        super().__init__(name, LABELLED_FILES[name], SENTIMENT_COLUMN, "sentiment", set(range(num_labels)),
+                         ["id", "sentence"])
 
     def output_name(self, split: str, mode: str) -> str:
         return f"{mode}-{self.name}-{split}-out.csv"
@@ -218,9 +217,8 @@ class ParaphraseFormat(LabelFormat):
     3919 = "no"), as the course's argmax over the vocabulary produced it."""
 
     def __init__(self) -> None:
-        files = COURSE_FILES["quora"]
-        assert isinstance(files, LabelledFiles)
-        super().__init__("quora", files, PARAPHRASE_COLUMN, "is_duplicate", {0, 1}, ["id", "sentence1", "sentence2"])
+        super().__init__("quora", LABELLED_FILES["quora"], PARAPHRASE_COLUMN, "is_duplicate", {0, 1},
+                         ["id", "sentence1", "sentence2"])
 
     def output_name(self, split: str, mode: str) -> str:
         return f"para-{split}-output.csv"
@@ -257,9 +255,7 @@ class SonnetFormat(CourseFormat):
     prompts (required) or of the test prompts (beside the data, optional)."""
 
     def __init__(self) -> None:
-        files = COURSE_FILES["sonnet"]
-        assert isinstance(files, SonnetFiles)
-        self.name, self.files = "sonnet", files
+        self.name, self.files = "sonnet", SONNET_FILES
 
     def output_name(self, split: str, mode: str) -> str:
         return "generated_sonnets_dev.txt" if split == "dev" else "generated_sonnets.txt"
@@ -308,15 +304,13 @@ class SonnetFormat(CourseFormat):
 
 
 SONNETS = SonnetFormat()
-FORMATS: dict[str, CourseFormat] = {"sst": SentimentFormat("sst", 5), "cfimdb": SentimentFormat("cfimdb", 2),
-                                    "quora": ParaphraseFormat(), "sonnet": SONNETS}
+LABEL_FORMATS: dict[str, LabelFormat] = {"sst": SentimentFormat("sst", 5), "cfimdb": SentimentFormat("cfimdb", 2),
+                                         "quora": ParaphraseFormat()}
+FORMATS: dict[str, CourseFormat] = {**LABEL_FORMATS, "sonnet": SONNETS}
 
 
 def label_format(task: str) -> LabelFormat:
     """The format of a classification task (sst, cfimdb, quora) by name."""
-    fmt = FORMATS.get(task)
-    if not isinstance(fmt, LabelFormat):
-        raise DataError(f"task {task!r} has no labels; expected one of "
-                        f"{sorted(k for k, f in FORMATS.items() if isinstance(f, LabelFormat))}")
-    return fmt
-
+    if task not in LABEL_FORMATS:
+        raise DataError(f"task {task!r} has no labels; expected one of {sorted(LABEL_FORMATS)}")
+    return LABEL_FORMATS[task]

@@ -1,8 +1,8 @@
 """What every task shares: encoded examples, padding, the task-model wrapper and the task interface.
 
 A task turns course files into `Example`s, wraps the GPT-2 body in a `TaskModel` (body + head + loss), turns
-model outputs into predictions, scores them and writes them in the course's file formats. The training loop in
-`minigpt2.train` knows nothing else about tasks.
+model outputs into predictions and scores them: the learning interface. Its prediction and reference files are
+`task.format`, a `course.formats` object. The training loop in `minigpt2.train` knows nothing else about tasks.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from minigpt2.atomic import atomic_write
+from course.files import CourseFiles, LabelledFiles
+from course.formats import CourseFormat, LabelFormat
+from course.readers import Malformed
 from minigpt2.device import autocast_for
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
-
-from .readers import DataError, Malformed, Table, read_table
 
 
 @dataclass
@@ -131,13 +131,14 @@ class PredictSettings:
 
 
 class Task(ABC):
-    """The interface of a task; see `tasks.sentiment`, `tasks.paraphrase`, `tasks.sonnet`. Callers use only
-    these methods and attributes, never the task's name."""
+    """The learning interface of a task (load, build, loss examples, predict, score); see `tasks.sentiment`,
+    `tasks.paraphrase`, `tasks.sonnet`. Callers use only these methods and attributes, never the task's name;
+    the course's prediction and reference files go through `format`."""
 
     name: str = ""
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
-    files: dict[str, str] = {}  # split -> file name in the data folder (every one required)
-    test_references: str = ""  # the test split's labels or true sonnets: optional, scored where present
+    files: CourseFiles  # the course's files of this task (`files.inputs()`: every one required)
+    format: CourseFormat  # its prediction and reference files (`course.formats`)
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
     has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
     takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
@@ -167,163 +168,17 @@ class Task(ABC):
     def score(self, examples: list[Example], predictions: list[Any]) -> dict[str, float]:
         """The dev metric(s) of predictions."""
 
-    @abstractmethod
-    def output_name(self, split: str, mode: str) -> str:
-        """File name of a split's predictions, as the course names it (`mode`: full-model, last-linear-layer)."""
-
-    @abstractmethod
-    def write_predictions(self, path: Path, examples: list[Example], predictions: list[Any]) -> None:
-        """The course-format prediction file, written atomically."""
-
-    @abstractmethod
-    def score_pairs(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        """The metric(s) of predictions against references (as `split_pairs` returns them)."""
-
-    @abstractmethod
-    def references_file(self, folder: Path, split: str) -> Path | None:
-        """Where the references of `split` lie in `folder` (the test labels, or true test sonnets, beside the data
-        as `minigpt2.data fetch` writes them); None when that file is absent."""
-
-    @abstractmethod
-    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
-                    ) -> tuple[list[Any], list[Any]] | None:
-        """(predictions, references) of a split's prediction file, matched by id against the references in
-        `folder` (or the file `references` names); None where the split has no references (test without labels)."""
-
-    @abstractmethod
-    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
-        """The ids that the references of `split` name (as `split_pairs` matches them; a row listed without a
-        usable label counts: it is skipped, see `unlabelled_rows`); None where there are none."""
-
-    def unlabelled_rows(self, folder: Path, split: str, references: Path | None = None) -> list[Malformed]:
-        """Rows of the references of `split` that name an id but hold no usable label (an empty cell, say): their
-        predictions are written but not scored, and the caller warns about each, as for the dev file's."""
-        return []
-
-    def majority_accuracy(self, references: list[Any]) -> float | None:
-        """Accuracy of always answering the most frequent reference (classification tasks); None otherwise."""
-        return None
-
-    def split_scores(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
-                     ) -> dict[str, float] | None:
-        """The metric(s) of a split's prediction file; None where the split has no references."""
-        pairs = self.split_pairs(predictions_file, folder, split, references)
-        return None if pairs is None else self.score_pairs(*pairs)
-
 
 class ClassificationTask(Task):
-    """A task whose predictions are one integer per id, scored by accuracy and written as the course does:
-    the header `id \t <column>`, then `<id>, <value>` lines."""
+    """A task whose predictions are one class id per example, scored by accuracy."""
 
-    column: str = ""
-
-    def file_value(self, prediction: int) -> int:
-        """The value written for a prediction (the class id by default)."""
-        return int(prediction)
+    format: LabelFormat
+    files: LabelledFiles
 
     def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
         from minigpt2.metrics import accuracy
 
         return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
-    def write_predictions(self, path: Path, examples: list[Example], predictions: list[int]) -> None:
-        lines = [f"id \t {self.column} \n"] + [f"{e.id}, {self.file_value(p)} \n" for e, p in zip(examples, predictions)]
-        atomic_write(path, "".join(lines))
-
-    def read_predictions(self, path: str | Path) -> dict[str, int]:
-        """id -> predicted label of a prediction file in the course's format."""
-        return read_id_values(path, self.column)
-
-    def score_pairs(self, predictions: list[int], references: list[int]) -> dict[str, float]:
-        from minigpt2.metrics import accuracy
-
-        return {"accuracy": accuracy(predictions, references)}
-
-    @abstractmethod
-    def dev_labels(self, folder: Path) -> dict[str, int]:
-        """id -> true label of the dev split."""
-
-    def majority_accuracy(self, references: list[int]) -> float | None:
-        if not references:
-            return None
-        counts: dict[int, int] = {}
-        for r in references:
-            counts[int(r)] = counts.get(int(r), 0) + 1
-        return max(counts.values()) / len(references)
-
-    label_column: str = ""  # the label's column in the data and in the `*-test-labels.csv` file
-    label_values: set[int] | None = None
-
-    def references_file(self, folder: Path, split: str) -> Path | None:
-        path = folder / (self.test_references if split == "test" else self.files[split])
-        return path if path.is_file() else None
-
-    def label_table(self, folder: Path, split: str, references: Path | None = None) -> Table | None:
-        """The labels file of `split` read as a table (test: the `*-test-labels.csv` file beside the data, or
-        `references`); None for dev without `references` (its labels are the dev file's) or absent test labels."""
-        if split != "test" and references is None:
-            return None
-        path = references or self.references_file(folder, split)
-        if path is None:
-            return None
-        if not Path(path).is_file():
-            raise DataError(f"{path}: test labels file not found")
-        return read_table(Path(path), ["id"], label=self.label_column, label_values=self.label_values)
-
-    def split_labels(self, folder: Path, split: str, references: Path | None = None) -> dict[str, int] | None:
-        """id -> true label of `split` (test: the `*-test-labels.csv` file beside the data, or `references`);
-        None when the test labels are absent. Rows without a usable label are left out (`unlabelled_rows`)."""
-        table = self.label_table(folder, split, references)
-        if table is None:
-            return self.dev_labels(folder) if split == "dev" and references is None else None
-        return {r["id"]: int(float(r[self.label_column])) for r in table.rows}
-
-    def unlabelled_rows(self, folder: Path, split: str, references: Path | None = None) -> list[Malformed]:
-        table = self.label_table(folder, split, references)
-        return [] if table is None else [m for m in table.malformed if m.id]
-
-    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
-        labels = self.split_labels(folder, split, references)
-        if labels is None:
-            return None
-        return set(labels) | {m.id for m in self.unlabelled_rows(folder, split, references) if m.id}
-
-    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
-                    ) -> tuple[list[int], list[int]] | None:
-        """(predictions, labels) of the ids that have a label; a prediction whose row in the labels file has no
-        usable label is skipped (the caller warns), one whose id is not there at all is an error."""
-        labels = self.split_labels(folder, split, references)
-        if labels is None:
-            return None
-        preds = self.read_predictions(predictions_file)
-        unlabelled = {m.id for m in self.unlabelled_rows(folder, split, references)}
-        missing = sorted(set(preds) - set(labels) - unlabelled)
-        if missing:
-            where = references or self.references_file(folder, split) or folder
-            raise DataError(f"{predictions_file}: id(s) {missing[:3]} have no label in {where}")
-        scored = [k for k in preds if k in labels]
-        if preds and not scored:
-            where = references or self.references_file(folder, split)
-            raise DataError(f"{where}: none of the {len(preds)} predicted id(s) has a usable label; expected "
-                            f"labels in its {self.label_column!r} column")
-        return [preds[k] for k in scored], [labels[k] for k in scored]
-
-
-def read_id_values(path: str | Path, column: str) -> dict[str, int]:
-    """id -> integer of a course-format prediction file, with the line of anything unexpected."""
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or [c.strip() for c in lines[0].split("\t")] != ["id", column]:
-        raise DataError(f"{path}:1: expected the header 'id \\t {column}', got {lines[:1]}")
-    out = {}
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DataError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
-        out[parts[0]] = int(parts[1])
-    return out
 
 
 def predict_classes(module: TaskModel, examples: list[Example], batch_size: int, device: torch.device,

@@ -11,7 +11,7 @@ The LM head scores only the two answer tokens at the last real position — `lm_
 3919])`, a (B, 2) tensor instead of (B, T, 50257) — and the loss is the cross-entropy over those two. The
 prediction file follows the course's: the header `id \t Predicted_Is_Paraphrase`, then `<id>, <token>` where
 <token> is the answer's GPT-2 token id (8505 = "yes" = paraphrase, 3919 = "no"), as the course's argmax over the
-vocabulary produced it.
+vocabulary produced it (`course.formats.ParaphraseFormat`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from minigpt2.data import FILES as COURSE_FILES
+from course.formats import NO_ID, YES_ID, label_format
+from course.readers import DataError, Malformed, clean_text, read_table
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import ClassificationTask, Example, TaskModel, read_id_values, sample_indices
-from .readers import DataError, Malformed, clean_text, read_table
+from .base import ClassificationTask, Example, TaskModel, sample_indices
 
 PROMPT = 'Question 1: "{q1}"\nQuestion 2: "{q2}"\nAre these questions asking the same thing?\n'
-YES_ID, NO_ID = 8505, 3919  # "yes", "no" in GPT-2's vocabulary
-ANSWER_IDS = (YES_ID, NO_ID)  # class 0 = yes (is a paraphrase), class 1 = no
-COLUMN = "Predicted_Is_Paraphrase"
+ANSWER_IDS = (YES_ID, NO_ID)  # "yes", "no" in GPT-2's vocabulary: class 0 = yes (is a paraphrase), class 1 = no
 
 
 class ClozeParaphrase(TaskModel):
@@ -74,18 +72,17 @@ def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
 class ParaphraseTask(ClassificationTask):
     name = "quora"
     metric = "accuracy"
-    column = COLUMN
-    files = dict(zip(("train", "dev", "test"), COURSE_FILES["quora"][:3]))  # minigpt2.data owns the names
-    test_references = COURSE_FILES["quora"][3]
-    label_column = "is_duplicate"
-    label_values = {0, 1}
+
+    def __init__(self) -> None:
+        self.format = label_format("quora")  # the course package owns the file names and formats
+        self.files = self.format.files
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
         if extra_texts:
             raise DataError(f"task {self.name!r} takes no extra training texts")
         labelled = split != "test"
-        table = read_table(folder / self.files[split], ["id", "sentence1", "sentence2"],
+        table = read_table(folder / self.files.split(split), ["id", "sentence1", "sentence2"],
                            label="is_duplicate" if labelled else None, label_values={0, 1})
         examples = []
         keep = sample_indices([int(r["is_duplicate"]) if labelled else None for r in table.rows], limit, seed, split)
@@ -98,28 +95,3 @@ class ParaphraseTask(ClassificationTask):
 
     def build(self, gpt: GPT2) -> TaskModel:
         return ClozeParaphrase(gpt)
-
-    def output_name(self, split: str, mode: str) -> str:
-        return f"para-{split}-output.csv"
-
-    def read_predictions(self, path: str | Path) -> dict[str, int]:
-        return read_predictions(path)
-
-    def dev_labels(self, folder: Path) -> dict[str, int]:
-        table = read_table(folder / self.files["dev"], ["id", "sentence1", "sentence2"], label="is_duplicate",
-                           label_values={0, 1})
-        return {r["id"]: int(r["is_duplicate"]) for r in table.rows}
-
-    def file_value(self, prediction: int) -> int:
-        return YES_ID if prediction else NO_ID
-
-
-def read_predictions(path: str | Path) -> dict[str, int]:
-    """id -> is_duplicate (1/0) of a course-format file; answer token ids are mapped back, 0/1 kept."""
-    raw = read_id_values(path, COLUMN)
-    to_label = {YES_ID: 1, NO_ID: 0, 1: 1, 0: 0}
-    bad = {k: v for k, v in raw.items() if v not in to_label}
-    if bad:
-        raise DataError(f"{path}: unexpected prediction value(s) {dict(list(bad.items())[:3])}; "
-                         f"expected {YES_ID}/{NO_ID} (or 1/0)")
-    return {k: to_label[v] for k, v in raw.items()}

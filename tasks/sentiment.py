@@ -1,10 +1,8 @@
 """Sentiment classification (SST-5: 5 classes, CFIMDB: 2): the last real token's hidden state -> a linear layer.
 
 Two modes, as in the course: `last-linear-layer` trains only the classifier on a frozen GPT-2;
-`full-model` trains everything. Predictions are written as the course's classifier writes them:
-
-    id \t Predicted_Sentiment
-    <id>, <class>
+`full-model` trains everything. Predictions are written as the course's classifier writes them
+(`course.formats.SentimentFormat`).
 """
 
 from __future__ import annotations
@@ -16,14 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minigpt2.data import FILES as COURSE_FILES
+from course.formats import label_format
+from course.readers import DataError, Malformed, clean_text, read_table
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import ClassificationTask, Example, TaskModel, read_id_values, sample_indices
-from .readers import DataError, Malformed, clean_text, read_table
-
-COLUMN = "Predicted_Sentiment"
+from .base import ClassificationTask, Example, TaskModel, sample_indices
 
 
 class SentimentClassifier(TaskModel):
@@ -49,22 +45,19 @@ class SentimentClassifier(TaskModel):
 
 class SentimentTask(ClassificationTask):
     metric = "accuracy"
-    column = COLUMN
-    label_column = "sentiment"
 
     def __init__(self, name: str, num_labels: int) -> None:
         self.name = name
         self.num_labels = num_labels
-        self.files = dict(zip(("train", "dev", "test"), COURSE_FILES[name][:3]))  # minigpt2.data owns the names
-        self.test_references = COURSE_FILES[name][3]
-        self.label_values = set(range(num_labels))
+        self.format = label_format(name)  # the course package owns the file names and formats
+        self.files = self.format.files
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
              extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
         if extra_texts:
             raise DataError(f"task {self.name!r} takes no extra training texts")
         labelled = split != "test"
-        table = read_table(folder / self.files[split], ["id", "sentence"],
+        table = read_table(folder / self.files.split(split), ["id", "sentence"],
                            label="sentiment" if labelled else None, label_values=set(range(self.num_labels)))
         rows = [table.rows[i] for i in sample_indices(
             [int(r["sentiment"]) if labelled else None for r in table.rows], limit, seed, split)]
@@ -78,16 +71,3 @@ class SentimentTask(ClassificationTask):
 
     def build(self, gpt: GPT2) -> TaskModel:
         return SentimentClassifier(gpt, self.num_labels)
-
-    def output_name(self, split: str, mode: str) -> str:
-        return f"{mode}-{self.name}-{split}-out.csv"
-
-    def dev_labels(self, folder: Path) -> dict[str, int]:
-        table = read_table(folder / self.files["dev"], ["id", "sentence"], label="sentiment",
-                           label_values=set(range(self.num_labels)))
-        return {r["id"]: int(r["sentiment"]) for r in table.rows}
-
-
-def read_predictions(path: str | Path) -> dict[str, int]:
-    """id -> predicted class of a prediction file in the course's format (for checks and re-scoring)."""
-    return read_id_values(path, COLUMN)

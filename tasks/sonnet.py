@@ -5,7 +5,8 @@ Training: each sonnet's 14 lines followed by <|endoftext|>, next-token loss thro
 Evaluation: for each held-out prompt (its first 3 lines) the model samples the rest (temperature 1.2, top-p 0.9
 by default, as the course) until <|endoftext|> or until the 14th line is complete — never cut by a small token
 budget — and chrF (sacrebleu's `CHRF()` defaults) compares the full sonnets with the true ones. The output file
-has the course's layout: a `--Generated Sonnets--` line, then per sonnet its number on a line and its 14 lines.
+has the course's layout (`course.formats.SonnetFormat`): a `--Generated Sonnets--` line, then per sonnet its
+number on a line and its 14 lines.
 `predict_samples` draws K continuations per prompt (`--eval-samples K`), the first being `predict`'s.
 
 chrF alone cannot tell learning from copying (the rest of a wrong real sonnet scores about as well), so a run is
@@ -22,10 +23,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from minigpt2.atomic import atomic_write
+from course.files import SonnetFiles
+from course.formats import SONNETS, SonnetFormat
+from course.readers import DataError, Malformed, read_sonnets
+from course.sonnets import Sonnet
 from minigpt2.chunked_loss import chunked_lm_loss
-from minigpt2.data import FILES as COURSE_FILES
-from minigpt2.data import Sonnet
 from minigpt2.device import autocast_for
 from minigpt2.generate import generate
 from minigpt2.model import GPT2
@@ -33,10 +35,8 @@ from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
 from .base import Example, PredictSettings, Task, TaskModel, sample_indices
-from .readers import DataError, Malformed, read_sonnets
 
 SONNET_LINES = 14
-HEADER = "--Generated Sonnets-- \n\n"
 
 
 class SonnetLM(TaskModel):
@@ -84,8 +84,8 @@ class SonnetTask(Task):
     name = "sonnet"
     metric = "chrf"
     lm_targets = True
-    files = dict(zip(("train", "dev", "dev_true", "test"), COURSE_FILES["sonnet"][:4]))  # owned by minigpt2.data
-    test_references = COURSE_FILES["sonnet"][4]
+    format: SonnetFormat = SONNETS  # the course package owns the file names and formats
+    files: SonnetFiles = SONNETS.files
 
     has_head = False
     takes_extra_texts = True  # the application mixes synthetic sonnets in here
@@ -93,7 +93,7 @@ class SonnetTask(Task):
 
     def train_texts(self, folder: Path) -> tuple[list[str], list[Malformed]]:
         """The real training set as plain sonnet texts."""
-        sonnets, notes = read_sonnets(folder / self.files["train"], expect_lines=SONNET_LINES)
+        sonnets, notes = read_sonnets(folder / self.files.train, expect_lines=SONNET_LINES)
         return [s.text for s in sonnets], notes
 
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
@@ -107,19 +107,19 @@ class SonnetTask(Task):
             extra = [Example(f"synthetic-{i}", (ids + [tok.eot_id])[:max_len], meta={"source": "synthetic"})
                      for i, ids in enumerate(tok.encode_batch(list(extra_texts)))]
             return real + extra, notes
-        prompts, notes = read_sonnets(folder / self.files[split])
+        prompts, notes = read_sonnets(folder / self.files.split(split))
         refs: dict[int, Sonnet] = {}
         if split == "dev":
-            true, more = read_sonnets(folder / self.files["dev_true"], expect_lines=SONNET_LINES)
+            true, more = read_sonnets(folder / self.files.dev_true, expect_lines=SONNET_LINES)
             refs, notes = {s.number: s for s in true}, notes + more
             missing = [p.number for p in prompts if p.number not in refs]
             if missing:
-                raise DataError(f"{folder / self.files['dev_true']}: no true sonnet for prompt(s) {missing}")
+                raise DataError(f"{folder / self.files.dev_true}: no true sonnet for prompt(s) {missing}")
         examples = []
         for p in (prompts[i] for i in sample_indices([None] * len(prompts), limit, seed, split)):
             ids = tok.encode(p.text + "\n")
             if len(ids) >= max_len:  # cut, it would no longer be the prompt; whole, it leaves no room to generate
-                raise DataError(f"{folder / self.files[split]}: sonnet {p.number}'s prompt is {len(ids)} tokens, "
+                raise DataError(f"{folder / self.files.split(split)}: sonnet {p.number}'s prompt is {len(ids)} tokens, "
                                 f"but the context holds {max_len} (the model's n_positions, or --max-length): "
                                 "expected a prompt shorter than the context, with room to generate")
             meta = {"prompt_lines": p.lines}
@@ -197,55 +197,3 @@ class SonnetTask(Task):
         from minigpt2.metrics import chrf
 
         return {"chrf": chrf(predictions, [e.meta["reference"] for e in examples])}
-
-    def output_name(self, split: str, mode: str) -> str:
-        return "generated_sonnets_dev.txt" if split == "dev" else "generated_sonnets.txt"
-
-    def write_predictions(self, path: Path, examples: list[Example], predictions: list[str]) -> None:
-        write_sonnets(path, [(int(e.id), p) for e, p in zip(examples, predictions)])
-
-    def score_pairs(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        from minigpt2.metrics import chrf
-
-        return {"chrf": chrf(predictions, references)}
-
-    def references_file(self, folder: Path, split: str) -> Path | None:
-        path = folder / (self.files["dev_true"] if split == "dev" else self.test_references)
-        return path if path.is_file() else None
-
-    def split_references(self, folder: Path, split: str, references: Path | None = None) -> dict[int, str] | None:
-        """number -> true sonnet of the dev or test prompts; None when the true test sonnets are absent."""
-        path = references or self.references_file(folder, split)
-        if path is None and split == "dev":
-            path = folder / self.files["dev_true"]  # required: reading it names the missing file
-        if path is None:
-            return None
-        if not Path(path).is_file():
-            raise DataError(f"{path}: true sonnets file not found")
-        return {s.number: s.text for s in read_sonnets(Path(path))[0]}
-
-    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
-        refs = self.split_references(folder, split, references)
-        return None if refs is None else {str(n) for n in refs}
-
-    def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
-                    ) -> tuple[list[str], list[str]] | None:
-        refs = self.split_references(folder, split, references)
-        if refs is None:
-            return None
-        hyps = {s.number: s.text for s in read_generated(predictions_file)}
-        missing = sorted(set(hyps) - set(refs))
-        if missing:
-            raise DataError(f"{predictions_file}: sonnet(s) {missing} have no reference in "
-                            f"{references or self.references_file(folder, split)}")
-        return [hyps[k] for k in hyps], [refs[k] for k in hyps]
-
-
-def write_sonnets(path: str | Path, sonnets: list[tuple[int, str]]) -> None:
-    """The course's generated-sonnets layout, written atomically."""
-    atomic_write(path, HEADER + "".join(f"\n{number}\n{text}\n\n" for number, text in sonnets))
-
-
-def read_generated(path: str | Path) -> list[Sonnet]:
-    """Sonnets of a generated-sonnets file (the course's layout, under its `--Generated Sonnets--` line)."""
-    return read_sonnets(path, first_line=HEADER.strip())[0]
