@@ -5,7 +5,7 @@
 
 The run's own settings (task, mode, sampling) come from its config.json; `--data-dir`, `--tokenizer-dir` and
 `--device` may point elsewhere than at training time. Dev is scored (accuracy or chrF); test is scored where its labels (or
-true sonnets) lie beside the data as `minigpt2.data fetch` writes them, or in `--test-references FILE`; without
+true sonnets) lie beside the data as `python -m course fetch` writes them, or in `--test-references FILE`; without
 them only its prediction file is written. Results go to stdout and to RUN_DIR/eval-<split>.json. The model runs at the
 run's precision (`--precision`: the same PTQ or QAFT quantization as at the end of training).
 
@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from course.readers import data_dir, require_files
 from minigpt2.errors import UserError
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.atomic import atomic_write_json
 from minigpt2.train import seed_everything, setup_distributed
 from tasks import get_task
-from tasks.readers import data_dir, require_files
 
 from . import runfolder
 from .finetune import load_run_body, load_run_model
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="score this task instead of the run's own (needs --zero-shot)")
     p.add_argument("--test-references", default=None, metavar="FILE",
                    help="test labels (*-test-labels.csv) or true test sonnets for --split test (default: the file "
-                        "beside the data, as `minigpt2.data fetch` writes it)")
+                        "beside the data, as `python -m course fetch` writes it)")
     p.add_argument("--zero-shot", action="store_true",
                    help="score --task with the run's body and no task training (quora cloze, sonnet)")
     return p
@@ -91,7 +91,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     module.to(d.device)
     tok = Tokenizer(settings.data.tokenizer_dir)
     folder = data_dir(settings.data.data_dir)
-    needed = [f for key, f in task.files.items() if key.startswith(split)]
+    needed = list(task.files.inputs(split))
     require_files(folder, needed, task.name)
     changed = [] if zero_shot else changed_data(config, folder, needed)
     for name in changed:  # scored all the same: new data may be the point, but never without saying so
@@ -101,14 +101,14 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     # The same seeded subset as at training time, so re-scored figures are of the same rows.
     examples, notes = task.load(folder, split, tok, max_len, settings.data.max_eval, seed=settings.optim.seed)
     if split == "test":  # rows of the test labels without a usable label: warned about, not scored (as dev's)
-        notes += task.unlabelled_rows(folder, split, Path(test_references) if test_references else None)
+        notes += task.format.unlabelled_rows(folder, split, Path(test_references) if test_references else None)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     how = settings.predict_settings()
     # The run's --eval-samples: as many sampled sonnets per prompt as its own figures averaged over.
     draws = (task.predict_samples(module, examples, how, tok, d.device, settings.eval.samples) if task.generative
              else [task.predict(module, examples, how, tok, d.device)])
-    first = ("zero-shot-" if zero_shot else "") + task.output_name(split, settings.model.mode)
+    first = ("zero-shot-" if zero_shot else "") + task.format.output_name(split, settings.model.mode)
     names = [_write_beside_scored(task, run_dir, n, examples, preds)
              for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
@@ -119,25 +119,25 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         result["samples"] = names
     if split == "dev":
         result.update(mean_scores([task.score(examples, preds) for preds in draws]))
-        majority = task.majority_accuracy([e.label for e in examples])
+        majority = task.format.majority_accuracy([e.label for e in examples])
     else:  # scored where the test labels (or true sonnets) exist, beside the data or named by --test-references
         refs = Path(test_references) if test_references else None
-        pairs = [task.split_pairs(run_dir / n, folder, split, refs) for n in names]
+        pairs = [task.format.split_pairs(run_dir / n, folder, split, refs) for n in names]
         majority = None
         if pairs[0] is None:
-            result["note"] = (f"no test references in {folder} ({task.test_references}): predictions written, "
+            result["note"] = (f"no test references in {folder} ({task.files.test_references}): predictions written, "
                               "not scored; pass --test-references FILE")
         else:
-            result.update(mean_scores([task.score_pairs(*pair) for pair in pairs if pair is not None]))
-            result["references"] = str(refs or task.references_file(folder, split))
-            majority = task.majority_accuracy(pairs[0][1])
+            result.update(mean_scores([task.format.score_pairs(*pair) for pair in pairs if pair is not None]))
+            result["references"] = str(refs or task.format.references_file(folder, split))
+            majority = task.format.majority_accuracy(pairs[0][1])
     if majority is not None:
         result["majority_accuracy"] = majority
     if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
         result["form"] = form_record([e.id for e in examples], draws)
-        refs = task.split_references(folder, split, Path(test_references) if test_references else None)
+        refs = task.format.references_by_id(folder, split, Path(test_references) if test_references else None)
         if refs:
-            per = task.heldout_nll(module, examples, {str(k): v for k, v in refs.items()}, how, tok, d.device)
+            per = task.heldout_nll(module, examples, refs, how, tok, d.device)
             if per:
                 result["heldout_nll"] = nll_record(per)
     output = f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"
@@ -153,10 +153,10 @@ def _write_beside_scored(task: Any, run_dir: Path, name: str, examples: list, pr
     scored = runfolder.read_json(metrics_file).get("files_sha256") if metrics_file.is_file() else None
     recorded = (scored or {}).get(name)
     if recorded is None:
-        task.write_predictions(run_dir / name, examples, preds)
+        task.format.write_predictions(run_dir / name, [e.id for e in examples], preds)
         return name
     other = f"rescored-{name}"
-    task.write_predictions(run_dir / other, examples, preds)
+    task.format.write_predictions(run_dir / other, [e.id for e in examples], preds)
     if runfolder.sha256_file(run_dir / other) == recorded:
         (run_dir / other).unlink()  # the same file the run scored
         return name

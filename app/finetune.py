@@ -27,10 +27,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from course.fetch import ensure_task_data
+from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_path, atomic_write_json
 from minigpt2.checkpoint import hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
 from minigpt2.config import GPT2Config
-from minigpt2.data import ensure_task_data
 from minigpt2.device import AUTOCAST_MODES, autocast_dtype, autocast_for
 from minigpt2.errors import UserError
 from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
@@ -39,7 +40,6 @@ from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, leave_together, seed_everything, setup_distributed, train
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
-from tasks.readers import DataError, Malformed, data_dir, require_files
 
 from . import runfolder, subsets
 from .measures import form_record, heldout_measures, mean_scores, sample_file_name
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a seeded random subset of N dev and N test examples (stratified as --max-train)")
     g.add_argument("--test-references", default=None, metavar="FILE",
                    help="the test labels (*-test-labels.csv) or true test sonnets to score test with (default: the "
-                        "file beside the data, as `minigpt2.data fetch` writes it; test is not scored without one)")
+                        "file beside the data, as `python -m course fetch` writes it; test is not scored without one)")
     g.add_argument("--max-length", type=int, default=None,
                    help="truncate inputs to N tokens (default: the model's n_positions)")
     g = p.add_argument_group("synthetic data (sonnet task)")
@@ -270,7 +270,7 @@ def load_run_model(module: TaskModel, folder: Path) -> TaskModel:
 # ---------------------------------------------------------------------------------------------- data
 
 def data_files(task: Task, folder: Path) -> list[Path]:
-    return [folder / f for f in sorted(set(task.files.values()))]
+    return [folder / f for f in sorted(set(task.files.inputs()))]
 
 
 def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
@@ -281,7 +281,7 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
     d = settings.data
     folder = data_dir(d.data_dir)
     ensure_task_data(task.name, folder, offline=d.offline)  # fetches missing files from the public sources
-    require_files(folder, sorted(set(task.files.values())), task.name)
+    require_files(folder, sorted(set(task.files.inputs())), task.name)
     extra = synthetic_texts(d.synthetic)
     splits, notes = {}, []
     for split in ("train", "dev", "test"):
@@ -293,17 +293,17 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
         if split == "train" and d.synthetic is not None and d.synthetic.only:  # dev and test stay real
             splits[split] = [e for e in splits[split] if e.meta.get("source") == "synthetic"]
         if split != "test" and not splits[split]:
-            raise DataError(f"{folder / task.files[split]}: no usable {split} examples ({len(bad)} malformed "
+            raise DataError(f"{folder / task.files.split(split)}: no usable {split} examples ({len(bad)} malformed "
                             "row(s) skipped); the run needs at least one")
     # Test references that do not cover the test rows would fail at the end of training: refuse them now.
     refs = Path(d.test_references) if d.test_references else None
-    have = task.reference_ids(folder, "test", refs)
-    notes += task.unlabelled_rows(folder, "test", refs)  # listed but unlabelled: warned about, not scored
+    have = task.format.reference_ids(folder, "test", refs)
+    notes += task.format.unlabelled_rows(folder, "test", refs)  # listed but unlabelled: warned about, not scored
     if have is not None:
         missing = [e.id for e in splits["test"] if e.id not in have]
         if missing:
-            raise DataError(f"{refs or task.references_file(folder, 'test')}: no reference for test id(s) "
-                            f"{missing[:3]} of {folder / task.files['test']} ({len(missing)} in all); expected the "
+            raise DataError(f"{refs or task.format.references_file(folder, 'test')}: no reference for test id(s) "
+                            f"{missing[:3]} of {folder / task.files.test} ({len(missing)} in all); expected the "
                             "labels of these very test rows")
     chosen = {s: [e for e in v if e.meta.get("source") != "synthetic"] for s, v in splits.items()}
     return splits, notes, subsets.describe(chosen)
@@ -355,10 +355,10 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
         examples = splits[split]
         draws = (task.predict_samples(module, examples, how, tok, device, settings.eval.samples) if task.generative
                  else [task.predict(module, examples, how, tok, device)])
-        name = task.output_name(split, settings.model.mode)
+        name = task.format.output_name(split, settings.model.mode)
         names = [name] + [sample_file_name(name, k) for k in range(1, len(draws))]
         for file_name, preds in zip(names, draws):
-            task.write_predictions(run_dir / file_name, examples, preds)
+            task.format.write_predictions(run_dir / file_name, [e.id for e in examples], preds)
             result["files_sha256"][file_name] = runfolder.sha256_file(run_dir / file_name)
         result[f"{split}_predictions"] = name
         if len(names) > 1:
@@ -367,14 +367,14 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
             result.setdefault("form", {})[split] = form_record([e.id for e in examples], draws)
         if split == "dev":
             result["dev"] = mean_scores([task.score(examples, preds) for preds in draws])
-            majority = task.majority_accuracy([e.label for e in examples])
+            majority = task.format.majority_accuracy([e.label for e in examples])
         else:
-            pairs = [task.split_pairs(run_dir / n, folder, "test", test_refs) for n in names]
+            pairs = [task.format.split_pairs(run_dir / n, folder, "test", test_refs) for n in names]
             if pairs[0] is None:
                 continue
-            result["test"] = mean_scores([task.score_pairs(*pair) for pair in pairs if pair is not None])
-            result["test_references"] = str(test_refs or task.references_file(folder, "test"))
-            majority = task.majority_accuracy(pairs[0][1])
+            result["test"] = mean_scores([task.format.score_pairs(*pair) for pair in pairs if pair is not None])
+            result["test_references"] = str(test_refs or task.format.references_file(folder, "test"))
+            majority = task.format.majority_accuracy(pairs[0][1])
         if majority is not None:
             result.setdefault("majority", {})[split] = majority
     nll = heldout_measures(task, module, splits, how, tok, device, folder, test_refs)

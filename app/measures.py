@@ -96,10 +96,10 @@ def heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[Examp
         return {}
     out = {}
     for split in ("dev", "test"):
-        refs = task.split_references(folder, split, test_references if split == "test" else None)
+        refs = task.format.references_by_id(folder, split, test_references if split == "test" else None)
         if refs is None:
             continue
-        per = task.heldout_nll(module, splits[split], {str(k): v for k, v in refs.items()}, how, tok, device)
+        per = task.heldout_nll(module, splits[split], refs, how, tok, device)
         if per:
             out[split] = nll_record(per)
     return out

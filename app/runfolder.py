@@ -104,7 +104,7 @@ def written_files(run_dir: Path) -> list[Path]:
     for name in TASKS:
         task = get_task(name)
         for split in ("dev", "test"):
-            outputs = {task.output_name(split, mode) for mode in ("full-model", "last-linear-layer")}
+            outputs = {task.format.output_name(split, mode) for mode in ("full-model", "last-linear-layer")}
             outputs |= {sample_file_name(o, k) for o in outputs for k in range(1, MAX_EVAL_SAMPLES)}
             names |= outputs | {f"zero-shot-{o}" for o in outputs} | {f"rescored-{o}" for o in outputs}
             names |= {f"eval-{split}.json", f"eval-{name}-zero-shot-{split}.json"}

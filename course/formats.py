@@ -38,7 +38,7 @@ class CourseFormat(ABC):
 
     @abstractmethod
     def prediction_ids(self, path: Path) -> list[str]:
-        """The ids of a prediction file, in its order."""
+        """The ids of a prediction file, in its order (each once)."""
 
     @abstractmethod
     def score_pairs(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
@@ -59,6 +59,10 @@ class CourseFormat(ABC):
     def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
         """The ids that the references of `split` name (as `split_pairs` matches them; a row listed without a
         usable label counts: it is skipped, see `unlabelled_rows`); None where there are none."""
+
+    @abstractmethod
+    def references_by_id(self, folder: Path, split: str, references: Path | None = None) -> dict[str, Any] | None:
+        """id -> reference of `split` (a label, or a true sonnet's text); None where the split has none."""
 
     def unlabelled_rows(self, folder: Path, split: str, references: Path | None = None) -> list[Malformed]:
         """Rows of the references of `split` that name an id but hold no usable label (an empty cell, say): their
@@ -163,6 +167,9 @@ class LabelFormat(CourseFormat):
             return self.dev_labels(folder) if split == "dev" and references is None else None
         return {r["id"]: int(float(r[self.label_column])) for r in table.rows}
 
+    def references_by_id(self, folder: Path, split: str, references: Path | None = None) -> dict[str, int] | None:
+        return self.split_labels(folder, split, references)
+
     def unlabelled_rows(self, folder: Path, split: str, references: Path | None = None) -> list[Malformed]:
         table = self.label_table(folder, split, references)
         return [] if table is None else [m for m in table.malformed if m.id]
@@ -264,7 +271,7 @@ class SonnetFormat(CourseFormat):
         write_sonnets(path, [(int(i), p) for i, p in zip(ids, predictions)])
 
     def prediction_ids(self, path: Path) -> list[str]:
-        return [str(s.number) for s in read_generated(path)]
+        return list(dict.fromkeys(str(s.number) for s in read_generated(path)))  # as `split_pairs` matches them
 
     def score_pairs(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         from minigpt2.metrics import chrf
@@ -286,9 +293,13 @@ class SonnetFormat(CourseFormat):
             raise DataError(f"{path}: true sonnets file not found")
         return {s.number: s.text for s in read_sonnets(Path(path))[0]}
 
-    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+    def references_by_id(self, folder: Path, split: str, references: Path | None = None) -> dict[str, str] | None:
         refs = self.split_references(folder, split, references)
-        return None if refs is None else {str(n) for n in refs}
+        return None if refs is None else {str(n): text for n, text in refs.items()}
+
+    def reference_ids(self, folder: Path, split: str, references: Path | None = None) -> set[str] | None:
+        refs = self.references_by_id(folder, split, references)
+        return None if refs is None else set(refs)
 
     def split_pairs(self, predictions_file: Path, folder: Path, split: str, references: Path | None = None
                     ) -> tuple[list[str], list[str]] | None:

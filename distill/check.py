@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pronouncing
 
+from course.sonnets import is_number_line, parse_sonnets
 from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
 from minigpt2.atomic import atomic_write_json
-from minigpt2.data import is_number_line, parse_sonnets
 from minigpt2.errors import UserError
 
 SCHEME = "ABABCDCDEFEFGG"
@@ -264,7 +264,7 @@ def form_of(text: str) -> dict[str, bool]:
 
 def read_sonnet_texts(path: str | Path) -> list[tuple[str, str]]:
     """(name, text) of each sonnet in a file of any layout the checker accepts: the course's numbered layout
-    (parsed by `minigpt2.data.parse_sonnets`), blank-line separated plain text, or JSONL.
+    (parsed by `course.sonnets.parse_sonnets`), blank-line separated plain text, or JSONL.
 
     An unreadable or malformed file is a `SyntheticFileError` (a `UserError`) saying what is wrong.
     """

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from minigpt2.data import JsonLineError, parse_jsonl
+from course.jsonl import JsonLineError, parse_jsonl
 from minigpt2.errors import UserError
 
 

@@ -196,9 +196,9 @@ def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_le
     if not task.generative:
         return SplitCounts(lengths, sum(lengths))
     truths = {}
-    if split == "test" and task.references_file(Path(folder), "test") is not None:
-        truths = {str(n): min(max_len, len(tok.encode(t)) + 1)  # as the dev references: cut at max_len
-                  for n, t in task.split_references(Path(folder), "test").items()}
+    if split == "test" and task.format.references_file(Path(folder), "test") is not None:
+        truths = {n: min(max_len, len(tok.encode(t)) + 1)  # as the dev references: cut at max_len
+                  for n, t in (task.format.references_by_id(Path(folder), "test") or {}).items()}
     conts, truth = [], 0
     for e in examples:
         full = len(e.meta["reference_ids"]) if "reference_ids" in e.meta else truths.get(e.id)
@@ -272,8 +272,8 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
     Raises OSError, ValueError or a UserError when its data cannot be read."""
     from app.settings import from_args
+    from course.readers import data_dir
     from tasks import get_task
-    from tasks.readers import data_dir
 
     s = from_args(_finetune_namespace(run))
     task = get_task(s.data.task)

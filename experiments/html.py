@@ -284,7 +284,7 @@ def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     """Up to `n` generated dev sonnets of a run beside the true ones."""
     import json
 
-    from tasks.sonnet import read_generated
+    from course.formats import read_generated
 
     from .stats import run_data_folder, sonnet_references
 

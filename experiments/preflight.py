@@ -30,11 +30,11 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
     PreconditionError naming the first that fails."""
     from app.finetune import base_weights_file, parse_settings
+    from course.fetch import ensure_task_data
+    from course.readers import data_dir, require_files
     from distill.synthetic import load_synthetic
-    from minigpt2.data import ensure_task_data
     from minigpt2.tokenizer import Tokenizer
     from tasks import get_task
-    from tasks.readers import data_dir, require_files
 
     done: set[tuple] = set()
     counts: dict[tuple[str, str], int] = {}
@@ -62,7 +62,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
 
             def data(task=task) -> None:  # type: ignore[no-untyped-def]
                 ensure_task_data(task.name, folder, offline=offline)
-                require_files(folder, sorted(set(task.files.values())), task.name)
+                require_files(folder, sorted(set(task.files.inputs())), task.name)
             once(("data", name, str(folder), offline), f"the {name} data", data)
         once(("tokenizer", s.data.tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(s.data.tokenizer_dir))
         syn = s.data.synthetic

@@ -61,15 +61,15 @@ def _reference_sonnets(folder: str, split: str, numbers: tuple[int, ...] | None,
                        ) -> tuple[dict[int, str], dict[str, list[str]]] | None:
     """(the true sonnets of `split`, only `numbers` when given; the reference hypotheses for them), or None when
     the split's true sonnets are not in `folder`."""
-    from tasks.readers import read_sonnets
-    from tasks.sonnet import SonnetTask
+    from course.files import SONNET_FILES
+    from course.readers import read_sonnets
 
     truths = sonnet_references(Path(folder), split)
     if truths is None:
         return None
     if numbers:
         truths = {k: truths[k] for k in numbers if k in truths}
-    training = [s.text for s in read_sonnets(Path(folder) / SonnetTask.files["train"])[0]]
+    training = [s.text for s in read_sonnets(Path(folder) / SONNET_FILES.train)[0]]
     return truths, reference_hypotheses(truths, training, tokenizer_dir)
 
 

@@ -446,7 +446,7 @@ def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
 
 def _scored_numbers(row: Row, split: str) -> tuple[int, ...] | None:
     """The sonnet numbers a finished run predicted on `split` (the references are scored on the same)."""
-    from tasks.sonnet import read_generated
+    from course.formats import read_generated
 
     metrics = read_metrics(Path(row["run_dir"])) or {}
     try:

@@ -194,8 +194,8 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     from app import runfolder
     from app.finetune import base_weights_file, data_files, parse_settings
     from minigpt2.errors import UserError
+    from course.readers import data_dir
     from tasks import get_task
-    from tasks.readers import data_dir
 
     try:
         recorded = json.loads((run_dir / runfolder.CONFIG_FILE).read_text(encoding="utf-8")).get("fingerprint")
@@ -224,7 +224,7 @@ def check_inputs(run_dir: Path, run: Run) -> None:
 def resolved_data_dir(args: Sequence[str]) -> str:
     """The data folder a run will read, as an absolute path: its --data-dir, else what finetune resolves from
     MINIGPT2_DATA_DIR or its default now (recorded, so a later report finds the data without the environment)."""
-    from tasks.readers import data_dir
+    from course.readers import data_dir
 
     given = args[list(args).index("--data-dir") + 1] if "--data-dir" in args else None
     return str(Path(data_dir(given)).resolve())

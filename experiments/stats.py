@@ -97,7 +97,7 @@ def run_data_folder(run_dir: str | Path) -> Path:
     longer exists gives way to MINIGPT2_DATA_DIR when that is set (the data moved)."""
     import os
 
-    from tasks.readers import data_dir
+    from course.readers import data_dir
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -114,16 +114,16 @@ def run_data_folder(run_dir: str | Path) -> Path:
 def split_labels(task_name: str, folder: Path, split: str) -> dict[str, int] | None:
     """id -> label of a classification task's dev rows, or of its test rows from the `*-test-labels.csv` file
     beside the data (None when that file is absent: test scores are then left out, not guessed)."""
-    from tasks import get_task
+    from course.formats import label_format
 
-    return get_task(task_name).split_labels(folder, split)  # type: ignore[attr-defined]
+    return label_format(task_name).split_labels(folder, split)
 
 
 def sonnet_references(folder: Path, split: str) -> dict[int, str] | None:
     """number -> true sonnet of the dev or test prompts (None when the test sonnets are absent)."""
-    from tasks import get_task
+    from course.formats import SONNETS
 
-    return get_task("sonnet").split_references(folder, split)  # type: ignore[attr-defined]
+    return SONNETS.split_references(folder, split)
 
 
 def run_pairs(run_dir: str | Path, split: str = "dev") -> tuple[str, list, list] | None:
@@ -136,16 +136,16 @@ def run_pairs(run_dir: str | Path, split: str = "dev") -> tuple[str, list, list]
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     task = get_task(config["args"]["task"])
     refs = config["args"].get("test_references") if split == "test" else None
-    pairs = task.split_pairs(run_dir / metrics[f"{split}_predictions"], run_data_folder(run_dir), split,
-                             Path(refs) if refs else None)
+    pairs = task.format.split_pairs(run_dir / metrics[f"{split}_predictions"], run_data_folder(run_dir), split,
+                                    Path(refs) if refs else None)
     return None if pairs is None else (task.metric, *pairs)
 
 
 def read_task_predictions(task_name: str, path: Path) -> dict[str, int]:
     """id -> predicted label of a classification task's course-format predictions file."""
-    from tasks import get_task
+    from course.formats import label_format
 
-    return get_task(task_name).read_predictions(path)  # type: ignore[attr-defined]
+    return label_format(task_name).read_predictions(path)
 
 
 def run_dev_pairs(run_dir: str | Path) -> tuple[str, list, list]:
@@ -247,23 +247,15 @@ def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = Non
     columns = []
     ids: list[str] = []
     for name in prediction_files(metrics, split):
-        pairs = task.split_pairs(run_dir / name, folder, split, Path(refs) if refs else None)
+        pairs = task.format.split_pairs(run_dir / name, folder, split, Path(refs) if refs else None)
         if pairs is None:
             return None
+        ids = task.format.prediction_ids(run_dir / name)
         if task.metric == "chrf":
-            hyps = {str(s.number): s.text for s in _read_generated(run_dir / name)}
-            ids = list(hyps)
             columns.append(chrf_statistics(*pairs))
         else:
-            ids = list(task.read_predictions(run_dir / name))  # type: ignore[attr-defined]
             columns.append(np.array([[int(p) == int(y)] for p, y in zip(*pairs)], dtype=np.float64))
     return ExampleScores(task.metric, tuple(ids), np.stack(columns, axis=1))
-
-
-def _read_generated(path: Path) -> list:
-    from tasks.sonnet import read_generated
-
-    return read_generated(path)
 
 
 # ---------------------------------------------------------------------------------------------- across seeds

@@ -240,7 +240,7 @@ def synthetic_dir(opts: SweepOptions) -> Path | None:
 def real_training_sonnets(opts: SweepOptions) -> int | None:
     """How many real sonnets a run trains on (the sonnet training file, cut by --tiny's --max-train), or None
     when the data is not there yet."""
-    from tasks.readers import data_dir, read_sonnets
+    from course.readers import data_dir, read_sonnets
 
     folder = Path(opts.data_dir) if opts.data_dir else (TINY_DATA_DIR if opts.tiny else data_dir(None))
     try:

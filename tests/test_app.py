@@ -83,7 +83,7 @@ def test_non_utf8_bytes_name_file_and_line(tmp_path, capsys):
 
 
 def test_non_finite_label_is_reported_with_file_and_line(tmp_path, capsys):
-    from tasks.readers import read_table
+    from course.readers import read_table
 
     path = tmp_path / "t.csv"
     path.write_text("id\tsentence\tsentiment\na\thi\t1\nb\tho\tinf\n")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from app import evaluate, finetune, subsets
+from course.readers import DataError
 from experiments.sweeps import TINY_DATA
 from tasks import get_task
-from tasks.base import Example, sample_indices
-from tasks.readers import DataError
+from tasks.base import sample_indices
 from tests.test_finetune import DATA, finetune_args, one_thread  # noqa: F401 (one_thread: autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,38 +19,38 @@ SYNTHETIC = ROOT / "experiments" / "tiny_data" / "synthetic" / "gemini-2.5-flash
 
 def write_preds(task_name: str, path: Path, ids: list[str], value: int) -> None:
     task = get_task(task_name)
-    task.write_predictions(path, [Example(i, [0]) for i in ids], [value] * len(ids))
+    task.format.write_predictions(path, ids, [value] * len(ids))
 
 
 @pytest.mark.parametrize("name", ["sst", "cfimdb", "quora"])
 def test_split_pairs_read_test_labels_beside_the_data_and_none_without(name, tmp_path):
     task = get_task(name)
-    labels = task.split_labels(DATA, "test")
-    assert labels and task.references_file(DATA, "test") == DATA / task.test_references
+    labels = task.format.split_labels(DATA, "test")
+    assert labels and task.format.references_file(DATA, "test") == DATA / task.files.test_references
     write_preds(name, tmp_path / "test.csv", list(labels), 1)
-    preds, refs = task.split_pairs(tmp_path / "test.csv", DATA, "test")
+    preds, refs = task.format.split_pairs(tmp_path / "test.csv", DATA, "test")
     assert preds == [1] * len(labels) and refs == list(labels.values())
-    assert task.split_scores(tmp_path / "test.csv", DATA, "test") == {
+    assert task.format.split_scores(tmp_path / "test.csv", DATA, "test") == {
         "accuracy": sum(r == 1 for r in refs) / len(refs)}
     bare = tmp_path / "data"
     shutil.copytree(DATA, bare)
-    (bare / task.test_references).unlink()
-    assert task.split_pairs(tmp_path / "test.csv", bare, "test") is None
+    (bare / task.files.test_references).unlink()
+    assert task.format.split_pairs(tmp_path / "test.csv", bare, "test") is None
     write_preds(name, tmp_path / "other.csv", ["not-an-id"], 1)
     with pytest.raises(DataError, match="not-an-id"):
-        task.split_pairs(tmp_path / "other.csv", DATA, "test")
+        task.format.split_pairs(tmp_path / "other.csv", DATA, "test")
 
 
 def test_sonnet_split_pairs_read_the_true_test_sonnets(tmp_path):
     task = get_task("sonnet")
-    truths = task.split_references(DATA, "test")
+    truths = task.format.split_references(DATA, "test")
     assert sorted(truths) == [145, 146] and all(len(t.splitlines()) == 14 for t in truths.values())
-    from tasks.sonnet import write_sonnets
+    from course.formats import write_sonnets
 
     write_sonnets(tmp_path / "gen.txt", [(n, "\n".join(t.splitlines()[:3])) for n, t in truths.items()])
-    hyps, refs = task.split_pairs(tmp_path / "gen.txt", DATA, "test")
-    assert refs == list(truths.values()) and 0 < task.score_pairs(hyps, refs)["chrf"] < 100
-    perfect = task.score_pairs(refs, refs)["chrf"]
+    hyps, refs = task.format.split_pairs(tmp_path / "gen.txt", DATA, "test")
+    assert refs == list(truths.values()) and 0 < task.format.score_pairs(hyps, refs)["chrf"] < 100
+    perfect = task.format.score_pairs(refs, refs)["chrf"]
     assert perfect == pytest.approx(100.0)
 
 
@@ -59,16 +59,16 @@ def test_finetune_records_test_scores_and_majority_and_evaluate_scores_test(tmp_
     finetune.main(finetune_args("sst", out, "--epochs", "1", "--lr", "1e-3"))
     m = json.loads((out / "metrics.json").read_text())
     task = get_task("sst")
-    preds, refs = task.split_pairs(out / m["test_predictions"], DATA, "test")
+    preds, refs = task.format.split_pairs(out / m["test_predictions"], DATA, "test")
     assert m["test"] == {"accuracy": sum(p == r for p, r in zip(preds, refs)) / len(refs)}
-    assert m["majority"]["test"] == task.majority_accuracy(refs) == 0.5  # labels 2, 3, 4, 3
-    dev = list(task.dev_labels(DATA).values())
+    assert m["majority"]["test"] == task.format.majority_accuracy(refs) == 0.5  # labels 2, 3, 4, 3
+    dev = list(task.format.dev_labels(DATA).values())
     assert m["majority"]["dev"] == max(dev.count(v) for v in set(dev)) / len(dev)
     assert f"test accuracy {m['test']['accuracy']:.4f}" in capsys.readouterr().out
     scored = evaluate.evaluate_run(out, "test")
     assert scored["accuracy"] == m["test"]["accuracy"] and scored["majority_accuracy"] == 0.5
     # --test-references: another labels file gives the score against those labels
-    ids = list(task.split_labels(DATA, "test"))
+    ids = list(task.format.split_labels(DATA, "test"))
     other = tmp_path / "labels.csv"
     other.write_text("id\tsentiment\n" + "".join(f"{i}\t{p}\n" for i, p in zip(ids, preds)))
     assert evaluate.evaluate_run(out, "test", test_references=str(other))["accuracy"] == 1.0
@@ -159,8 +159,8 @@ def test_run_records_its_subsets_and_evaluate_rescoring_uses_the_same_rows(tmp_p
     assert len(dev_ids) == 3 and record["seed"] == config["settings"]["optim"]["seed"]
     assert config["fingerprint"]["subsets"]["dev"] == {"n": 3, "sha256": subsets.ids_sha256(dev_ids)}
     m = json.loads((out / "metrics.json").read_text())
-    assert list(get_task("sst").read_predictions(out / m["dev_predictions"])) == dev_ids
-    assert dev_ids != list(get_task("sst").dev_labels(DATA))[:3]  # not the first rows
+    assert list(get_task("sst").format.read_predictions(out / m["dev_predictions"])) == dev_ids
+    assert dev_ids != list(get_task("sst").format.dev_labels(DATA))[:3]  # not the first rows
     assert evaluate.evaluate_run(out, "dev")["accuracy"] == m["dev"]["accuracy"]
 
 

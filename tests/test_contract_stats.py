@@ -141,7 +141,7 @@ def test_reference_hypotheses_are_the_prompt_random_tokens_and_the_nearest_other
 
 def test_sonnet_reference_rows_score_chrf_against_the_true_sonnets():
     from experiments.references import REFERENCE_NAMES, sonnet_reference_intervals
-    from tasks.readers import read_sonnets
+    from course.readers import read_sonnets
 
     rows = sonnet_reference_intervals(str(TASKS), "dev", None, str(BPE_DIR), 300)
     truths = [s.text for s in read_sonnets(TASKS / "TRUE_sonnets_held_out_dev.txt")[0]]

@@ -1,4 +1,4 @@
-"""`python -m minigpt2.data fetch` against a local fake hub serving fixtures in each source's real format."""
+"""`python -m course fetch` against a local fake hub serving fixtures in each source's real format."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from minigpt2 import data
-from minigpt2.data import DataFormatError, ensure_task_data, main, parse_gutenberg_sonnets
+from course import convert, fetch, jsonl
+from course.__main__ import main
+from course.convert import DataFormatError, parse_gutenberg_sonnets
+from course.fetch import ensure_task_data
+from course.files import COURSE_FILES
 from minigpt2.download import DownloadError
 from tests.fakehub import FakeHub, point_client_at
 
@@ -39,7 +42,7 @@ def gutenberg_book() -> str:
     real = {}
     for block in re.split(r"\n\n(?=[IVXLC]+\n)", "I\n" + body):
         numeral, _, lines = block.partition("\n\n")
-        real[data.roman_to_int(numeral.strip())] = lines.strip("\n")
+        real[convert.roman_to_int(numeral.strip())] = lines.strip("\n")
     blocks = []
     for n in range(1, 155):
         lines = real.get(n) or "\n".join([f"Filler line {k} of sonnet {n}," for k in range(1, 13)]
@@ -51,15 +54,15 @@ def gutenberg_book() -> str:
 def fixture_pins(monkeypatch) -> None:
     """Keep the pinned revisions, but pin the sha256 of our small fixtures instead of the real files'."""
     pinned = {split: replace(f, sha256=hashlib.sha256((FIXTURES / "sst5" / f.filename).read_bytes()).hexdigest())
-              for split, f in data.SST5.items()}
-    monkeypatch.setattr(data, "SST5", pinned)
+              for split, f in fetch.SST5.items()}
+    monkeypatch.setattr(fetch, "SST5", pinned)
 
 
 @pytest.fixture()
 def hub(monkeypatch, tmp_path):
     h = FakeHub()
     point_client_at(h, monkeypatch, tmp_path / "cache")
-    for files in (data.SST5, data.CFIMDB, data.QQP):  # the fake repos answer at the pinned revisions
+    for files in (fetch.SST5, fetch.CFIMDB, fetch.QQP):  # the fake repos answer at the pinned revisions
         f = next(iter(files.values()))
         h.commits[f"datasets/{f.repo_id}"] = f.revision
     fixture_pins(monkeypatch)
@@ -72,7 +75,7 @@ def hub(monkeypatch, tmp_path):
         name = f"qqp/{split}-00000-of-00001.parquet"
         h.add_repo_file("nyu-mll/glue", name, (FIXTURES / "glue" / name).read_bytes(), repo_type="dataset", lfs=True)
     h.add_url("/cache/epub/1041/pg1041.txt", gutenberg_book().encode("utf-8"))
-    monkeypatch.setattr(data, "GUTENBERG_URL", h.url + "/cache/epub/1041/pg1041.txt")
+    monkeypatch.setattr(fetch, "GUTENBERG_URL", h.url + "/cache/epub/1041/pg1041.txt")
     yield h
     if h._thread.is_alive():
         h.stop()
@@ -134,7 +137,7 @@ def test_fetch_all_writes_course_format_files(hub, tmp_path, capsys):
     rows = q["train"][1:] + q["dev"][1:]
     assert {r[4] for r in rows} <= {"0.0", "1.0"}
     indices = [int(r[0]) for r in rows + q["test-student"][1:]]
-    assert sorted(indices) == list(range(9)) + [data.QQP_TRAIN_SIZE + i for i in range(3)]
+    assert sorted(indices) == list(range(9)) + [convert.QQP_TRAIN_SIZE + i for i in range(3)]
     assert ['What are some books similar to "To Kill a Mockingbird"?'] == [r[2] for r in rows + q["test-student"][1:]
                                                                            if "Mockingbird" in r[2]]
     qlabels = read_tsv(out / "quora-test-labels.csv")
@@ -155,7 +158,7 @@ def test_fetch_all_writes_course_format_files(hub, tmp_path, capsys):
     assert truth[0][1][1] == "Breathed forth the sound that said 'I hate',"
 
     printed = capsys.readouterr().out.split()
-    assert all(Path(p).is_file() for p in printed) and len(printed) == sum(len(v) for v in data.FILES.values())
+    assert all(Path(p).is_file() for p in printed) and len(printed) == sum(len(v.all()) for v in COURSE_FILES.values())
 
 
 def test_sonnet_parser_reads_both_gutenberg_layouts():
@@ -180,33 +183,33 @@ def test_bad_source_files_give_clear_errors(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"text": "ok", "label": 1}\n{"sentence": "no", "label": 2}\n')
     with pytest.raises(DataFormatError, match=r"train.jsonl:2: expected keys 'text' and 'label'"):
-        data.sst5_rows(bad)
+        convert.sst5_rows(bad)
     bad.write_text('{"text": "ok", "label": 7}\n')
     with pytest.raises(DataFormatError, match=r"train.jsonl:1: label 7 is not one of 0-4"):
-        data.sst5_rows(bad)
+        convert.sst5_rows(bad)
     tsv = tmp_path / "train.tsv"
     tsv.write_text("label\treview\nPositive\tgood\n")
     with pytest.raises(DataFormatError, match=r"train.tsv:1: expected a header with columns 'Sentiment' and 'Text'"):
-        data.cfimdb_rows(tsv)
+        convert.cfimdb_rows(tsv)
     tsv.write_text("Sentiment\tText\nPositive\tgood\textra\n")
     with pytest.raises(DataFormatError, match=r"train.tsv:2: expected 2 tab-separated fields"):
-        data.cfimdb_rows(tsv)
+        convert.cfimdb_rows(tsv)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parquet = tmp_path / "train.parquet"
     pq.write_table(pa.table({"question1": ["a"], "question2": ["b"], "idx": [0]}), parquet)
     with pytest.raises(DataFormatError, match=r"train.parquet: expected columns .* missing \['label'\]"):
-        data.qqp_rows(parquet)
+        convert.qqp_rows(parquet)
     pq.write_table(pa.table({"question1": ["a"], "question2": ["b"], "label": [-1], "idx": [0]}), parquet)
     with pytest.raises(DataFormatError, match="label -1 is not 0 or 1"):
-        data.qqp_rows(parquet)
+        convert.qqp_rows(parquet)
 
 
 def test_ensure_task_data_fetches_once_and_offline_explains(hub, tmp_path, capsys):
     out = tmp_path / "data"
     with pytest.raises(DownloadError, match=r"missing in .*ids-sst-train.csv, ids-sst-dev.csv, ids-sst-test-student"
-                                            r".*python -m minigpt2.data fetch --task sst"):
+                                            r".*python -m course fetch --task sst"):
         ensure_task_data("sst", out, offline=True)
     assert hub.requests == []
 
@@ -222,7 +225,7 @@ def test_fetch_offline_uses_the_cache_only(hub, tmp_path):
     assert main(["fetch", "--task", "cfimdb", "--data-dir", str(tmp_path / "a")]) == 0
     hub.stop()
     assert main(["fetch", "--task", "cfimdb", "--data-dir", str(tmp_path / "b"), "--offline"]) == 0
-    for name in data.FILES["cfimdb"]:
+    for name in COURSE_FILES["cfimdb"].all():
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -239,14 +242,14 @@ def test_real_pins_refuse_other_bytes(hub, tmp_path, monkeypatch, capsys):
     point_client_at(hub, monkeypatch, tmp_path / "cache")  # ... but still against the fake hub
     assert main(["fetch", "--task", "sst", "--data-dir", str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err
-    assert "SetFit/sst5/train.jsonl: checksum mismatch, expected sha256 " + data.SST5_SHA256["train"] in err
+    assert "SetFit/sst5/train.jsonl: checksum mismatch, expected sha256 " + fetch.SST5_SHA256["train"] in err
     assert not (tmp_path / "data").exists()
     assert not [p for p in (tmp_path / "cache").rglob("train.jsonl") if p.is_file()]
 
 
 def test_quora_split_is_deterministic_with_course_proportions():
-    splits = [data.quora_split("train", i) for i in range(20_000)]
-    assert splits == [data.quora_split("train", i) for i in range(20_000)]
+    splits = [convert.quora_split("train", i) for i in range(20_000)]
+    assert splits == [convert.quora_split("train", i) for i in range(20_000)]
     for name, share in (("train", 0.7), ("dev", 0.1), ("test", 0.2)):
         assert abs(splits.count(name) / len(splits) - share) < 0.015
 
@@ -285,7 +288,7 @@ def test_fetched_files_load_through_the_task_readers(hub, tmp_path):
     from tasks import get_task
 
     out = tmp_path / "data"
-    data.fetch("all", out)
+    fetch.fetch("all", out)
     tok = Tokenizer()
     for name in ("sst", "cfimdb", "quora", "sonnet"):
         task = get_task(name)
@@ -315,7 +318,7 @@ def test_finetune_fetches_missing_data_and_says_so(hub, tmp_path, capsys):
 def test_finetune_offline_gives_the_clear_error_instead(hub, tmp_path):
     from app import finetune
 
-    with pytest.raises(SystemExit, match=r"error: missing in .*quora-train.csv.*python -m minigpt2.data fetch "
+    with pytest.raises(SystemExit, match=r"error: missing in .*quora-train.csv.*python -m course fetch "
                                          r"--task quora"):
         finetune.main(["--task", "quora", "--model", "tiny", "--data-dir", str(tmp_path), "--offline",
                        "--out-dir", str(tmp_path / "run")])
@@ -323,10 +326,10 @@ def test_finetune_offline_gives_the_clear_error_instead(hub, tmp_path):
 
 
 def test_parse_jsonl_numbers_lines_and_tells_a_cut_off_last_line():
-    assert data.parse_jsonl('{"a": 1}\n\n[2]\n') == [(1, {"a": 1}), (3, [2])]
-    with pytest.raises(data.JsonLineError) as bad:
-        data.parse_jsonl('{"a": 1}\n{"a": \n[2]\n')
+    assert jsonl.parse_jsonl('{"a": 1}\n\n[2]\n') == [(1, {"a": 1}), (3, [2])]
+    with pytest.raises(jsonl.JsonLineError) as bad:
+        jsonl.parse_jsonl('{"a": 1}\n{"a": \n[2]\n')
     assert (bad.value.lineno, bad.value.cut_off) == (2, False)
-    with pytest.raises(data.JsonLineError) as cut:
-        data.parse_jsonl('{"a": 1}\n{"a": ')  # no newline after it: an interrupted writer's tail
+    with pytest.raises(jsonl.JsonLineError) as cut:
+        jsonl.parse_jsonl('{"a": 1}\n{"a": ')  # no newline after it: an interrupted writer's tail
     assert (cut.value.lineno, cut.value.cut_off) == (2, True)

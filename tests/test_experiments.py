@@ -282,7 +282,7 @@ def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
     from experiments import estimate
     from experiments.sweeps import TINY_DATA_DIR, TINY_TOKENIZER_DIR
     from minigpt2.tokenizer import Tokenizer
-    from tasks.readers import read_sonnets
+    from course.readers import read_sonnets
 
     sweep = build_sweep("lora-ranks", SweepOptions(tiny=True))
     tokens, epochs = estimate.run_tokens(sweep.runs[0])
@@ -307,7 +307,7 @@ def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkey
 # ---------------------------------------------------------------------------------------------- stats
 
 def sonnet_pairs() -> tuple[list[str], list[str]]:
-    from tasks.readers import read_sonnets
+    from course.readers import read_sonnets
 
     refs = [s.text for s in read_sonnets(TINY_DATA_DIR / "TRUE_sonnets_held_out_dev.txt")[0]]
     hyps = [" ".join(r.split()[: 8 + 5 * i]) for i, r in enumerate(refs)]  # prefixes of growing length

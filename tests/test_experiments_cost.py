@@ -107,7 +107,7 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
     tok, task = Tokenizer(str(TINY_TOKENIZER_DIR)), get_task("sonnet")
     dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.settings["seed"])
     test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.settings["seed"])
-    truth = {str(n): len(tok.encode(t)) + 1 for n, t in task.split_references(TINY_DATA_DIR, "test").items()}
+    truth = {str(n): len(tok.encode(t)) + 1 for n, t in task.format.split_references(TINY_DATA_DIR, "test").items()}
     def cut(conts: list[int], prompts: list) -> list[int]:  # the tiny model's 128 positions hold prompt + rest
         return [min(128 - max(len(e.input_ids) for e in prompts), c) for c in conts]
     dev_c = cut([len(e.meta["reference_ids"]) - len(e.input_ids) for e in dev], dev)

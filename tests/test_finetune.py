@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from app import evaluate, finetune
+from course.formats import label_format, read_generated
+from course.readers import read_table
 from experiments.sweeps import TINY_DATA
 from minigpt2.checkpoint import load_model, read_safetensors
-from tasks.paraphrase import read_predictions as read_para
-from tasks.readers import read_table
-from tasks.sentiment import read_predictions as read_sentiment
-from tasks.sonnet import read_generated
 from tests.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
+read_para, read_sentiment = label_format("quora").read_predictions, label_format("sst").read_predictions
 FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
 DATA = FIX / "tasks"
 
@@ -151,7 +150,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
         finetune.main(finetune_args("quora", tmp_path / "run") + ["--data-dir", str(tmp_path), "--offline"])
     msg = str(e.value)
     assert "quora-dev.csv" in msg and "quora-test-student.csv" in msg and "quora-train.csv" not in msg
-    assert "python -m minigpt2.data fetch --task quora" in msg
+    assert "python -m course fetch --task quora" in msg
 
 
 def test_help_lists_the_course_defaults(capsys):

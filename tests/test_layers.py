@@ -1,11 +1,11 @@
-"""Imports point one way: experiments, bench -> app -> tasks, quant, distill -> minigpt2 (read with ast, function-level
-imports included). The only upward edges allowed are entry points: the `python -m minigpt2.finetune/evaluate` shims
+"""Imports point one way: experiments, bench -> app -> tasks, quant, distill -> course -> minigpt2 (read with ast,
+function-level imports included). The only upward edges allowed are entry points: the `python -m minigpt2.finetune/evaluate` shims
 and code under `if __name__ == "__main__":`."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LEVEL = {"minigpt2": 0, "tasks": 1, "quant": 1, "distill": 1, "app": 2, "experiments": 3, "bench": 3}
+LEVEL = {"minigpt2": 0, "course": 1, "tasks": 2, "quant": 2, "distill": 2, "app": 3, "experiments": 4, "bench": 4}
 ENTRY_POINTS = {"minigpt2/finetune.py", "minigpt2/evaluate.py"}
 
 
@@ -31,7 +31,7 @@ def imports(tree: ast.AST, package: str):
 
 def upward_edges() -> list[str]:
     bad = []
-    for package in ("minigpt2", "tasks", "quant", "distill", "app"):
+    for package in ("minigpt2", "course", "tasks", "quant", "distill", "app"):
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             if rel in ENTRY_POINTS:

@@ -220,7 +220,7 @@ def test_heldout_nll_separates_the_trained_model_from_itself_before_training(tra
 
 def test_eval_samples_writes_each_sample_and_averages_them(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
-    from tasks.sonnet import read_generated
+    from course.formats import read_generated
 
     from experiments.stats import sonnet_references
 

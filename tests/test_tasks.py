@@ -10,18 +10,19 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
+from course.formats import label_format, read_generated, write_sonnets
+from course.readers import DataError, MissingDataError, clean_text, read_sonnets, read_table, require_files
+from course.sonnets import parse_sonnets
 from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
-from minigpt2.data import parse_sonnets
 from minigpt2.metrics import accuracy, bootstrap_interval, chrf
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import collate, get_task
-from tasks.paraphrase import ANSWER_IDS, encode_pair, read_predictions as read_para
-from tasks.readers import (DataError, MissingDataError, clean_text, read_sonnets, read_table,
-                           require_files)
-from tasks.sentiment import read_predictions as read_sentiment
-from tasks.sonnet import finish_sonnet, read_generated, sonnet_stop, write_sonnets
+from tasks.paraphrase import ANSWER_IDS, encode_pair
+from tasks.sonnet import finish_sonnet, sonnet_stop
+
+read_para, read_sentiment = label_format("quora").read_predictions, label_format("sst").read_predictions
 
 FIX = TINY_DATA / "tasks"
 GPT2_BPE = TINY_DATA / "gpt2"
@@ -83,7 +84,7 @@ def test_missing_column_and_missing_file_errors(tmp_path):
         require_files(tmp_path, ["quora-train.csv", "quora-dev.csv"], "quora")
     msg = str(e.value)
     assert "quora-train.csv" in msg and "quora-dev.csv" in msg
-    assert "python -m minigpt2.data fetch --task quora" in msg
+    assert "python -m course fetch --task quora" in msg
 
 
 def test_sonnets_crlf_header_and_numbers(tmp_path):
@@ -108,9 +109,9 @@ def test_sentiment_predictions_match_course_format_and_parse_back(tmp_path, tok)
     task = get_task("sst")
     examples, _ = task.load(FIX, "dev", tok, 64)
     preds = [i % 5 for i in range(len(examples))]
-    path = tmp_path / task.output_name("dev", "full-model")
+    path = tmp_path / task.format.output_name("dev", "full-model")
     assert path.name == "full-model-sst-dev-out.csv"
-    task.write_predictions(path, examples, preds)
+    task.format.write_predictions(path, [e.id for e in examples], preds)
     lines = path.read_text().split("\n")
     assert lines[0] == "id \t Predicted_Sentiment "
     assert lines[1] == f"{examples[0].id}, 0 "
@@ -121,9 +122,9 @@ def test_paraphrase_predictions_use_answer_tokens_and_parse_back(tmp_path, tok):
     task = get_task("quora")
     examples, _ = task.load(FIX, "test", tok, 128)
     preds = [1, 0, 1, 1]
-    path = tmp_path / task.output_name("test", "full-model")
+    path = tmp_path / task.format.output_name("test", "full-model")
     assert path.name == "para-test-output.csv"
-    task.write_predictions(path, examples, preds)
+    task.format.write_predictions(path, [e.id for e in examples], preds)
     lines = path.read_text().split("\n")
     assert lines[0] == "id \t Predicted_Is_Paraphrase "
     assert lines[1] == f"{examples[0].id}, 8505 " and lines[2] == f"{examples[1].id}, 3919 "
@@ -270,7 +271,8 @@ def test_every_real_file_reads_with_the_documented_row_counts(tok):
     counts = {}
     for name in ("sst", "cfimdb", "quora"):
         task = get_task(name)
-        for split, file in task.files.items():
+        for split in ("train", "dev", "test"):
+            file = task.files.split(split)
             examples, bad = task.load(folder, split, tok, 1024)
             counts[file] = (len(examples), len(bad))
             for m in bad:

@@ -12,7 +12,7 @@ from tests.test_finetune import DATA, finetune_args, one_thread  # noqa: F401 (o
 
 def labels_with_a_blank(tmp_path):
     """The tiny SST test labels, the second row's label emptied; returns (file, its ids, the blank id)."""
-    ids = list(get_task("sst").split_labels(DATA, "test"))
+    ids = list(get_task("sst").format.split_labels(DATA, "test"))
     lines = (DATA / "ids-sst-test-labels.csv").read_text().splitlines()
     lines[2] = lines[2].split("\t")[0] + "\t"  # line 3 of the file: the id, an empty label
     path = tmp_path / "labels.csv"
@@ -29,9 +29,9 @@ def test_an_unlabelled_test_row_is_skipped_with_a_warning(tmp_path, capsys):
     assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "label 'sentiment' is ''" in warnings[0]
     m = json.loads((out / "metrics.json").read_text())
     task = get_task("sst")
-    preds = task.read_predictions(out / m["test_predictions"])
+    preds = task.format.read_predictions(out / m["test_predictions"])
     assert sorted(preds) == sorted(ids)  # every test row is still predicted and written
-    truth = task.split_labels(DATA, "test")
+    truth = task.format.split_labels(DATA, "test")
     scored = [i for i in ids if i != blank]
     assert m["test"]["accuracy"] == sum(preds[i] == truth[i] for i in scored) / len(scored)
 
@@ -44,7 +44,7 @@ def test_an_unlabelled_test_row_is_skipped_with_a_warning(tmp_path, capsys):
 def test_labels_without_one_usable_label_are_one_error_line(tmp_path, capsys):
     out = tmp_path / "run"
     finetune.main(finetune_args("sst", out, "--epochs", "1"))
-    ids = list(get_task("sst").split_labels(DATA, "test"))
+    ids = list(get_task("sst").format.split_labels(DATA, "test"))
     empty = tmp_path / "empty.csv"
     empty.write_text("id\tsentiment\n" + "".join(f"{i}\t\n" for i in ids))
     with pytest.raises(SystemExit) as e:
