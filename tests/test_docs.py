@@ -122,7 +122,7 @@ def test_the_front_door_runs_commands():
     readme = marked_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     assert any("minigpt2.finetune" in c for block in readme for c in block)
     every = " ".join(c for p in PAGES for block in marked_blocks(p.read_text(encoding="utf-8")) for c in block)
-    for entry in ["minigpt2.finetune", "minigpt2.evaluate", "minigpt2.generate", "minigpt2.data", "experiments",
+    for entry in ["minigpt2.finetune", "minigpt2.evaluate", "minigpt2.generate", "course", "experiments",
                   "bench", "bench.smoke", "quant.report", "distill.check"]:
         assert f"python -m {entry}" in every, f"no page runs `python -m {entry}`"
 

@@ -45,8 +45,8 @@ CASES = {
     "distill.check-unreadable": (["-m", "distill.check", "."], "."),
     "quant.report": (["-m", "quant.report", "--model", "tiny", "--group-size", "7"], "group"),
     "experiments": (["-m", "experiments", "baseline", "--seeds", "0", "--dry-run"], "--seeds"),
-    "minigpt2.data": (["-m", "minigpt2.data", "fetch", "--task", "sst", "--offline", "--data-dir", "d",
-                       "--cache-dir", "empty-cache"], "offline"),
+    "course": (["-m", "course", "fetch", "--task", "sst", "--offline", "--data-dir", "d",
+                "--cache-dir", "empty-cache"], "offline"),
 }
 
 

@@ -134,8 +134,8 @@ MUTANTS: list[Mutant] = [
     Mutant("check-fifteen-lines-pass", "distill/check.py", "if len(lines) != 14:", "if len(lines) < 14:", STATS),
     Mutant("check-envelope-scheme", "distill/check.py", 'SCHEME = "ABABCDCDEFEFGG"', 'SCHEME = "ABBACDDCEFFEGG"',
            STATS),
-    # ---- task readers
-    Mutant("read-br-glues-words", "tasks/readers.py", 'text = re.sub(r"<br\\s*/?>", " ", text',
+    # ---- task and course readers
+    Mutant("read-br-glues-words", "course/readers.py", 'text = re.sub(r"<br\\s*/?>", " ", text',
            'text = re.sub(r"<br\\s*/?>", "", text', READ),
     Mutant("read-review-keeps-its-end", "tasks/sentiment.py", "(ids or [tok.eot_id])[:max_len]",
            "(ids or [tok.eot_id])[-max_len:]", READ),
