@@ -10,7 +10,8 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
-from course.formats import label_format, read_generated, write_sonnets
+from course.files import COURSE_FILES
+from course.formats import FORMATS, label_format, read_generated, write_sonnets
 from course.readers import DataError, MissingDataError, clean_text, read_sonnets, read_table, require_files
 from course.sonnets import parse_sonnets
 from experiments.sweeps import TINY_DATA
@@ -145,6 +146,41 @@ def test_generated_sonnets_layout_parses_back(tmp_path):
     assert text.startswith("--Generated Sonnets-- \n\n\n132\nLine one,\n")
     back = read_generated(path)
     assert [(s.number, s.text) for s in back] == sonnets
+
+
+def test_course_files_are_named_and_each_task_reaches_its_format():
+    quora, sonnet = COURSE_FILES["quora"], COURSE_FILES["sonnet"]
+    assert (quora.train, quora.dev, quora.test, quora.test_labels) == (
+        "quora-train.csv", "quora-dev.csv", "quora-test-student.csv", "quora-test-labels.csv")
+    assert quora.inputs() == (quora.train, quora.dev, quora.test) and quora.inputs("dev") == (quora.dev,)
+    assert quora.test_references == quora.test_labels and quora.all() == quora.inputs() + (quora.test_labels,)
+    # a run needs the dev prompts and their true sonnets; the true test sonnets are optional
+    assert sonnet.inputs() == ("sonnets.txt", "sonnets_held_out_dev.txt", "TRUE_sonnets_held_out_dev.txt",
+                               "sonnets_held_out.txt")
+    assert sonnet.inputs("dev") == (sonnet.dev, sonnet.dev_true) and sonnet.inputs("test") == (sonnet.test,)
+    assert sonnet.split("train") == "sonnets.txt" and sonnet.test_references == "TRUE_sonnets_held_out.txt"
+    for name in ("sst", "cfimdb", "quora", "sonnet"):
+        task = get_task(name)
+        assert task.format is FORMATS[name] and task.files is COURSE_FILES[name] is task.format.files
+    with pytest.raises(DataError, match="has no labels"):
+        label_format("sonnet")
+
+
+def test_formats_read_ids_and_references_by_id(tmp_path):
+    sst = get_task("sst").format
+    sst.write_predictions(tmp_path / "p.csv", ["b", "a", "c"], [1, 2, 3])
+    assert sst.prediction_ids(tmp_path / "p.csv") == ["b", "a", "c"]
+    assert sst.references_by_id(FIX, "dev") == sst.dev_labels(FIX) == sst.split_labels(FIX, "dev")
+    sonnets = get_task("sonnet").format
+    truths = sonnets.split_references(FIX, "dev")
+    assert truths and sonnets.references_by_id(FIX, "dev") == {str(n): t for n, t in truths.items()}
+    assert sonnets.reference_ids(FIX, "dev") == {str(n) for n in truths}
+    sonnets.write_predictions(tmp_path / "g.txt", ["140", "132", "140"], ["x", "y", "z"])
+    assert sonnets.prediction_ids(tmp_path / "g.txt") == ["140", "132"]  # each once, in file order
+    assert sonnets.output_name("dev", "full-model") == "generated_sonnets_dev.txt"
+    assert sonnets.output_name("test", "last-linear-layer") == "generated_sonnets.txt"
+    cfimdb = get_task("cfimdb").format
+    assert cfimdb.output_name("test", "last-linear-layer") == "last-linear-layer-cfimdb-test-out.csv"
 
 
 # ------------------------------------------------------------------------------------------ prompts, heads
