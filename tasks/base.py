@@ -142,7 +142,7 @@ class Task(ABC):
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
     has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
     takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
-    generative: bool = False  # predictions are sampled texts: `predict_samples`, `heldout_nll`, `split_references`
+    generative: bool = False  # predictions are sampled texts: `predict_samples`, `heldout_nll`
 
     @abstractmethod
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
