@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.generate import generate, sample_next
+from minigpt2.generation import generate, sample_next
 
 VOCAB = 97
 PROMPTS = [[5, 17, 33], [40, 11, 2, 9, 60, 7], [88], [3, 3, 3, 3]]

@@ -1,12 +1,12 @@
-"""`minigpt2.prepack`: the oneDNN-prepacked inference copy computes what the model computes."""
+"""`minigpt2.fast.prepack`: the oneDNN-prepacked inference copy computes what the model computes."""
 
 import pytest
 import torch
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.lora import LoRALinear, apply_lora
-from minigpt2.prepack import PackedLinear, PackedUnembedding, available, prepacked
+from minigpt2.fast.prepack import PackedLinear, PackedUnembedding, available, prepacked
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")
 
@@ -61,7 +61,7 @@ def test_prepacked_fake_quant_model_keeps_its_fake_quant_layers():
 
 
 def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack, "available", lambda: False)
     model = tiny()
@@ -72,7 +72,7 @@ def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypa
 
 # ---- bf16: the prepacked copy with bf16 weights, on CPUs with native bf16 ----
 
-needs_bf16 = pytest.mark.skipif(not available() or not __import__("minigpt2.prepack").prepack.native_bf16(),
+needs_bf16 = pytest.mark.skipif(not available() or not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(),
                                 reason="this CPU has no native bf16")
 # bf16 keeps 8 bits of mantissa: every stored activation is rounded by up to 2^-9 of its size. Through two tiny
 # blocks that leaves the logits within a tenth of their spread (measured: 4-7% at most), so the bound below is
@@ -151,7 +151,7 @@ def test_bf16_copy_of_a_lora_model_and_of_a_bf16_model():
 
 
 def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: False)  # e.g. AVX-512 without BF16
     assert not prepack.native_bf16()
@@ -163,7 +163,7 @@ def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
 
 
 def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: True)
     assert prepack.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -173,7 +173,7 @@ def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
 
 @needs_bf16
 def test_inference_copy_picks_the_dtype():
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     model = tiny()
     assert prepack.inference_copy(model).h[0].mlp.c_fc.packed.dtype == torch.float32
@@ -184,7 +184,7 @@ def test_inference_copy_picks_the_dtype():
 @pytest.mark.parametrize("autocast, dtype", [("bf16", torch.bfloat16), ("off", None), ("auto", None)])
 def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypatch, autocast, dtype):
     import tasks.sonnet as sonnet
-    from minigpt2.prepack import inference_copy
+    from minigpt2.fast.prepack import inference_copy
     from minigpt2.tokenizer import Tokenizer
     from tasks.base import Example, PredictSettings, Sampling
 

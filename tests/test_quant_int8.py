@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from minigpt2.config import GPT2Config
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.model import GPT2
 from quant import FakeQuantLinear, QuantConfig, ptq
 from quant.int8_linear import (Int8FusedQKVAttention, Int8Linear, Int8Unembedding, int8_decoder_config,

@@ -209,7 +209,7 @@ def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
 
 def test_sonnet_trains_with_the_chunked_loss(tok, tiny, monkeypatch):
     # the one place the chunked loss is switched in (docs/performance.md): the plain lm_loss must not be used here
-    from minigpt2 import chunked_loss
+    from minigpt2.fast import chunked_loss
 
     calls = []
     real = chunked_loss._ChunkedCrossEntropy.apply
