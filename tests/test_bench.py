@@ -54,7 +54,7 @@ def test_bf16_lines_compare_bf16_models(tmp_path):
             bench_core.bf16_generation_model(ours)
         return
     fast, info = bench_core.bf16_generation_model(ours)
-    assert info["model"] == "bf16 prepacked (minigpt2.fast.prepack)" and fast.unembedding.packed.dtype == torch.bfloat16
+    assert info["model"] == "bf16 prepacked (minigpt2.fast.prepack)" and fast.packed_head.packed.dtype == torch.bfloat16
     assert {p.dtype for p in ours.parameters()} == {torch.float32}  # the fp32 lines keep the fp32 model
 
 

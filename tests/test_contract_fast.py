@@ -7,7 +7,7 @@
 - `minigpt2.fast.cpu_dropout`: masks drop p of the elements and scale kept ones by 1 / (1 - p); the written-out
   training attention equals softmax(q kᵀ / √d + mask) · keep · scale · v computed in fp64 with the same mask;
 - `minigpt2.fast.prepack`: the prepacked inference copy's logits within 1e-5 of the fp64 model's, same greedy text;
-- LoRA's fused path (`fused_lora_linear`): output and the gradients of x, A and B within 1e-5 of the fp64
+- LoRA's fused path (`minigpt2.fast.lora`, `fused_lora_linear`): output and the gradients of x, A and B within 1e-5 of the fp64
   composition base(x) + scaling · B A x, and close to the plain path under bf16 autocast.
 
 The fp32 bound is tight on purpose: a piece that rounds through bf16 (or keeps an accumulator in it) somewhere
@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.fast.chunked_loss import chunked_lm_loss
 from minigpt2.fast.cpu_dropout import attention_with_cpu_dropout, cpu_dropout, dropout_mask
+from minigpt2.fast.lora import FusedLoRALinear, fused_lora_linear
+from minigpt2.fast.recompute import RecomputeGELUMLP
 from minigpt2.generation import generate
-from minigpt2.lora import LoRALinear, fused_lora_linear
+from minigpt2.lora import LoRALinear
 from minigpt2.losses import lm_loss
 from minigpt2.model import MLP
-from minigpt2.fast.recompute import RecomputeGELUMLP
 
 FP32 = 1e-5  # largest error / largest magnitude, fp32 against fp64
 BF16 = 3e-2  # the same under bf16 autocast (8 bits of mantissa)
@@ -184,14 +185,14 @@ def test_the_prepacked_copy_computes_the_models_logits():
 
 # ------------------------------------------------------------------------------------------- LoRA fused path
 
-def lora_layer() -> LoRALinear:
+def lora_layer() -> FusedLoRALinear:
     torch.manual_seed(0)
     base = nn.Linear(24, 20)
     base.requires_grad_(False)
     layer = LoRALinear(base, r=4, alpha=8.0)
     with torch.no_grad():
         layer.lora_B.normal_(0, 0.5)
-    return layer
+    return FusedLoRALinear(layer)
 
 
 def lora_run(fn, layer: LoRALinear, x: torch.Tensor):
