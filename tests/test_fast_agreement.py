@@ -113,3 +113,28 @@ def test_plain_and_fast_greedy_tokens_agree():
     assert copy_.sample_next is not None and copy_ is not quick.gpt
     assert generate(copy_, prompts, 20, eos_id=None) == want
     assert len({tuple(w) for w in want}) == len(want)  # the rows differ: a mix-up would show
+
+
+def test_plain_runs_every_command_without_the_speed_pieces(tmp_path, monkeypatch, capsys):
+    """`--plain`: finetune, evaluate and generate never call a switch of `minigpt2.fast`; without it they do."""
+    from app import evaluate, finetune
+    from app import generate as generate_cli
+
+    calls: list[str] = []
+    real_training, real_inference = fast.for_training, fast.for_inference
+    monkeypatch.setattr(fast, "for_training", lambda *a: calls.append("training") or real_training(*a))
+    monkeypatch.setattr(fast, "for_inference", lambda *a: calls.append("inference") or real_inference(*a))
+    args = ["--task", "sonnet", "--model", "tiny", "--data-dir", str(DATA), "--tokenizer-dir", str(TINY_DATA / "gpt2"),
+            "--batch-size", "4", "--no-progress", "--device", "cpu", "--epochs", "1", "--max-new-tokens", "8",
+            "--max-eval", "2", "--max-train", "4"]
+    for plain in (True, False):
+        calls.clear()
+        out = tmp_path / f"plain-{plain}"
+        finetune.main(args + ["--out-dir", str(out)] + (["--plain"] if plain else []))
+        evaluate.main([str(out), "--device", "cpu"] + (["--plain"] if plain else []))
+        generate_cli.main(["--model", "tiny", "--tokenizer-dir", str(TINY_DATA / "gpt2"), "--prompt", "x",
+                           "--max-new-tokens", "3", "--seed", "1", "--device", "cpu"] + (["--plain"] if plain else []))
+        assert (calls == []) == plain, calls
+        if not plain:
+            assert set(calls) == {"training", "inference"}
+    capsys.readouterr()
