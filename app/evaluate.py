@@ -30,7 +30,7 @@ from minigpt2.atomic import atomic_write_json
 from minigpt2.train import seed_everything, setup_distributed
 from tasks import get_task
 
-from . import runfolder
+from . import runfolder, speed
 from .finetune import load_run_body, load_run_model
 from .measures import form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
@@ -52,15 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the data, as `python -m course fetch` writes it)")
     p.add_argument("--zero-shot", action="store_true",
                    help="score --task with the run's body and no task training (quora cloze, sonnet)")
+    p.add_argument("--plain", action="store_true",
+                   help="run on the plain path, none of minigpt2.fast (the default for a run trained with --plain)")
     return p
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = None, tokenizer_dir: str | None = None,
                  device: str = "auto", task_name: str | None = None, zero_shot: bool = False,
-                 test_references: str | None = None) -> dict[str, Any]:
+                 test_references: str | None = None, plain: bool = False) -> dict[str, Any]:
     """Predict `split` with the run's best checkpoint; returns (and saves) the figures.
 
     task_name + zero_shot: score another task with the run's body (no head, no training for that task).
+    plain: none of `minigpt2.fast` (also when the run was trained with `--plain`).
     """
     run_dir = Path(run_dir)
     if test_references is not None and not Path(test_references).is_file():
@@ -106,8 +109,9 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     how = settings.predict_settings()
     # The run's --eval-samples: as many sampled sonnets per prompt as its own figures averaged over.
-    draws = (task.predict_samples(module, examples, how, tok, d.device, settings.eval.samples) if task.generative
-             else [task.predict(module, examples, how, tok, d.device)])
+    predictor = speed.predicting(module, task, d.device, how.autocast, plain or settings.hardware.plain)
+    draws = (task.predict_samples(predictor, examples, how, tok, d.device, settings.eval.samples) if task.generative
+             else [task.predict(predictor, examples, how, tok, d.device)])
     first = ("zero-shot-" if zero_shot else "") + task.format.output_name(split, settings.model.mode)
     names = [_write_beside_scored(task, run_dir, n, examples, preds)
              for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
     try:
         scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot,
-                              a.test_references)
+                              a.test_references, a.plain)
     except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(scores, indent=2))

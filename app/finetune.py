@@ -41,7 +41,7 @@ from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, leave_together, seed_
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
 
-from . import runfolder, subsets
+from . import runfolder, speed, subsets
 from .measures import form_record, heldout_measures, mean_scores, sample_file_name
 from .precision import add_precision_args, apply_run_precision, write_quantized
 from .settings import (EVAL_SAMPLES, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings,
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with "
                         "native bf16 (an error elsewhere); off: fp32 everywhere. Weights stay fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    g.add_argument("--plain", action="store_true", help="run on the plain path, none of minigpt2.fast")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads of this process (torch.set_num_threads; recorded in config.json); default: "
                         "torch's, one per core. Sweeps running several runs at once split the cores with it")
@@ -333,7 +334,8 @@ def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: To
     how = settings.predict_settings()
 
     def evaluate(module: TaskModel) -> dict[str, float]:
-        preds = task.predict(module, dev, how, tok, device)
+        preds = task.predict(speed.predicting(module, task, device, how.autocast, settings.hardware.plain), dev, how,
+                             tok, device)
         out = dict(task.score(dev, preds))
         out["dev_loss"] = dev_loss(module, loss_examples, task, how.batch_size, device, how.autocast)
         return out
@@ -351,10 +353,11 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     folder = data_dir(settings.data.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
     how = settings.predict_settings()
+    predictor = speed.predicting(module, task, device, how.autocast, settings.hardware.plain)
     for split in ("dev", "test"):
         examples = splits[split]
-        draws = (task.predict_samples(module, examples, how, tok, device, settings.eval.samples) if task.generative
-                 else [task.predict(module, examples, how, tok, device)])
+        draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples) if task.generative
+                 else [task.predict(predictor, examples, how, tok, device)])
         name = task.format.output_name(split, settings.model.mode)
         names = [name] + [sample_file_name(name, k) for k in range(1, len(draws))]
         for file_name, preds in zip(names, draws):
@@ -510,6 +513,7 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
             runfolder.check_still_there(run_dir)  # before this epoch's files: never into a recreated folder
             return out
 
+        speed.for_training(module, d.device, settings.hardware.plain)
         metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
                         settings.train_config(), run_dir, evaluate_then_check, task.metric,
                         lambda m, folder: save_run_model(m, folder, settings), d=d,

@@ -13,10 +13,11 @@ several lines), or the same format on stdin when neither is given. An empty prom
 <|endoftext|>, i.e. unconditionally. `--sonnet` treats each prompt as the first lines of a sonnet, stops once 14
 lines stand, and prints the perfect-sonnet verdict (`distill.check`) under each.
 
-`--precision`: fp32; bf16, the oneDNN-prepacked bf16 copy on CPUs with native bf16 (`minigpt2.prepack`), or
-bf16 weights on a GPU; int8, the CPU int8 decoder (`quant.int8_linear`). By default the run's own precision: bf16
-for a run trained in bf16 (`--precision bf16` or `--autocast bf16`) where the device has it, else fp32, which for a
-quantised run is its fake-quant model, exactly as it was evaluated.
+`--precision`: fp32; bf16, bf16 weights (on CPU only where it has native bf16; there the fast path runs the
+oneDNN-prepacked bf16 copy, `minigpt2.fast.prepack`); int8, the CPU int8 decoder (`quant.int8_linear`). By
+default the run's own precision: bf16 for a run trained in bf16 (`--precision bf16` or `--autocast bf16`) where
+the device has it, else fp32, which for a quantised run is its fake-quant model, exactly as it was evaluated.
+`--plain` runs the library's plain modules only (no prepacked copy, the plain sort-based sampler).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from distill.check import check_sonnet
 from minigpt2.checkpoint import load_model, resolve_model
 from minigpt2.config import GPT2Config
 from minigpt2.errors import UserError
-from minigpt2.generate import generate
+from minigpt2 import device as hardware
+from minigpt2 import fast
+from minigpt2.generation import generate
 from minigpt2.lora import lora_modules
 from minigpt2.model import GPT2
-from minigpt2.prepack import Bf16Unsupported, inference_copy, native_bf16, prepacked
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import seed_everything
 from quant.qaft import bake, fake_quant_modules
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with GPT-2's encoder.json + vocab.bpe (default: the run's, "
                         "$MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
     p.add_argument("--offline", action="store_true", help="never download: a missing preset is an error")
+    p.add_argument("--plain", action="store_true", help="run on the plain path, none of minigpt2.fast")
     return p
 
 
@@ -183,7 +186,7 @@ def default_precision(settings: RunSettings | None, device: torch.device) -> str
     bf16_run = settings.precision.precision == "bf16" or settings.autocast == "bf16"
     if not bf16_run:
         return "fp32"
-    if device.type == "cuda" or native_bf16():
+    if device.type == "cuda" or hardware.cpu_native_bf16():
         return "bf16"
     print("note: the run trained in bf16, but this CPU has no native bf16: generating in fp32", file=sys.stderr)
     return "fp32"
@@ -203,9 +206,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+BF16_EMULATED = ("bf16 inference needs a CPU with native bf16 arithmetic (AVX512-BF16 or AMX on x86, BF16 on ARM); "
+                 "this one would emulate it, slower than fp32: use fp32")
+
+
 @torch.no_grad()
-def inference_model(gpt: GPT2, precision: str, device: torch.device) -> GPT2:
-    """The model to sample with: LoRA adapters merged where exact, then at `precision` on `device`.
+def inference_model(gpt: GPT2, precision: str, device: torch.device, plain: bool = False) -> GPT2:
+    """The model to sample with: LoRA adapters merged where exact, then at `precision` on `device`, then (unless
+    `plain`) `minigpt2.fast.for_inference`'s copy of it.
 
     `gpt` itself is changed (adapters merged, fake-quant weights baked for bf16): pass a model loaded for this.
     """
@@ -217,20 +225,18 @@ def inference_model(gpt: GPT2, precision: str, device: torch.device) -> GPT2:
         from quant.int8_linear import to_int8_decoder
 
         try:
-            return to_int8_decoder(gpt)
+            model = to_int8_decoder(gpt)
         except ValueError as e:  # e.g. a model fake-quantised to int4: its weights are not int8
             raise GenerateError(f"--precision int8: {e}") from e
-    if precision == "bf16":
+    elif precision == "bf16":
+        if device.type == "cpu" and not hardware.cpu_native_bf16():
+            raise GenerateError(f"--precision bf16: {BF16_EMULATED}")
         if any(True for _ in fake_quant_modules(gpt)):
             bake(gpt)  # the quantised weights as plain tensors, so that bf16 rounds what the run computed with
-        if device.type == "cpu":
-            try:
-                return prepacked(gpt, torch.bfloat16)
-            except Bf16Unsupported as e:
-                raise GenerateError(f"--precision bf16: {e}") from e
-        return gpt.to(device=device, dtype=torch.bfloat16)
-    gpt = gpt.float().to(device)
-    return inference_copy(gpt) if device.type == "cpu" else gpt
+        model = gpt.to(device=device, dtype=torch.bfloat16)
+    else:
+        model = gpt.float().to(device)
+    return model if plain else fast.for_inference(model, device)
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -339,7 +345,7 @@ def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.s
     precision = args.precision or default_precision(settings, device)
     tokenizer_dir = args.tokenizer_dir or (settings.data.tokenizer_dir if settings else None)
     tok = Tokenizer(tokenizer_dir)
-    model = inference_model(gpt, precision, device)
+    model = inference_model(gpt, precision, device, args.plain)
     return sample_all(model, tok, prompts, args, out, on_token)
 
 

@@ -113,6 +113,7 @@ class HardwareSettings:
     progress: bool = True
     threads: int | None = None  # CPU threads of this process (torch.set_num_threads); None: torch's default
     fetch_timeout: float = 3600.0  # multi-process runs: seconds the other ranks wait for the one fetching
+    plain: bool = False  # the library's plain modules only, none of minigpt2.fast (`--plain`)
 
 
 @dataclass(frozen=True)
@@ -370,7 +371,8 @@ def from_args(a: argparse.Namespace) -> RunSettings:
                                             max_new_tokens=a.max_new_tokens, seed=a.seed),
                           samples=eval_samples),
         hardware=HardwareSettings(device=a.device, autocast=a.autocast, compile=a.compile,
-                                  progress=not a.no_progress, threads=a.threads, fetch_timeout=a.fetch_timeout),
+                                  progress=not a.no_progress, threads=a.threads, fetch_timeout=a.fetch_timeout,
+                                  plain=a.plain),
         run=RunFolderSettings(out_dir=a.out_dir, name=a.name, resume=a.resume, overwrite=a.overwrite,
                               stop_after_epoch=a.stop_after_epoch))
     return settings

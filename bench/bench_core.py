@@ -3,7 +3,7 @@
 Both models hold the same random 124M weights (HF's initialisation, saved in the HF layout and loaded into
 minigpt2), see the same batch, use the same threads, precision, dropout and train/eval mode, and use HF's SDPA
 attention. Each figure is the median of several calls, timed turn by turn after untimed warm-up calls. minigpt2
-generates with `minigpt2.prepack.inference_copy` (on CPU: weights prepacked for oneDNN, made once before timing,
+generates with `minigpt2.fast.for_inference` (on CPU: weights prepacked for oneDNN, made once before timing,
 as its sonnet evaluation does); the rows' extras give the time of that conversion and the unpacked model's speed.
 
 The bf16 lines: training steps under the same bf16 autocast on both sides (fp32 master weights and AdamW
@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from minigpt2.checkpoint import load_model
 from minigpt2.config import GPT2Config
 from minigpt2.device import autocast_dtype, autocast_for, default_device
-from minigpt2.generate import generate
-from minigpt2.chunked_loss import chunked_lm_loss
+from minigpt2 import fast as speed
+from minigpt2.fast.chunked_loss import chunked_lm_loss
+from minigpt2.fast.prepack import Bf16Unsupported, native_bf16
+from minigpt2.generation import generate
 from minigpt2.model import GPT2, gather_last
-from minigpt2.prepack import inference_copy, prepacked
-from minigpt2.train import use_training_speed_pieces
 
 from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
                      write_json)
@@ -103,7 +103,7 @@ def load_pair(folder: str | os.PathLike, device: str) -> tuple[GPT2, Any]:
     import transformers
 
     ours = load_model(folder, device=device)
-    use_training_speed_pieces(ours)  # as minigpt2.train does for every training run
+    speed.for_training(ours, torch.device(device))  # as the application does for every training run
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
     assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
     hf.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
@@ -252,10 +252,11 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str, bf16: bool = F
 
 
 def generation_model(ours: GPT2) -> tuple[GPT2, dict[str, Any]]:
-    """What minigpt2 generates with: `inference_copy` (on CPU, linears and head prepacked for oneDNN)."""
+    """What minigpt2 generates with: `minigpt2.fast.for_inference` (on CPU, linears and head prepacked for oneDNN)."""
     t0 = time.perf_counter()
-    fast = inference_copy(ours)
-    info = {"model": "prepacked (minigpt2.prepack)" if fast is not ours else "as loaded",
+    fast = speed.for_inference(ours, ours.wte.weight.device)
+    packed = fast.h[0].mlp.c_fc is not ours.h[0].mlp.c_fc
+    info = {"model": "prepacked (minigpt2.fast.prepack)" if packed else "as loaded",
             "prepack_seconds": round(time.perf_counter() - t0, 3)}
     return fast, info
 
@@ -337,13 +338,16 @@ def bench_sonnet_generation(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[
 
 
 def bf16_generation_model(ours: GPT2) -> tuple[GPT2, dict[str, Any]]:
-    """What minigpt2 generates with in bf16: on CPU the bf16 oneDNN-prepacked copy (`minigpt2.prepack`; it refuses
-    a CPU without native bf16 rather than time an emulation), elsewhere a bf16 copy of the model."""
+    """What minigpt2 generates with in bf16: on CPU the bf16 oneDNN-prepacked copy of `minigpt2.fast.for_inference`
+    (refused on a CPU without native bf16 rather than time an emulation), elsewhere a bf16 copy of the model."""
     t0 = time.perf_counter()
-    if ours.wte.weight.device.type == "cpu":
-        fast, what = prepacked(ours, torch.bfloat16), "bf16 prepacked (minigpt2.prepack)"
+    device = ours.wte.weight.device
+    if device.type == "cpu":
+        if not native_bf16():
+            raise Bf16Unsupported("bf16 inference needs a CPU with native bf16 arithmetic; this one would emulate it")
+        fast, what = speed.for_inference(ours, device, torch.bfloat16), "bf16 prepacked (minigpt2.fast.prepack)"
     else:
-        fast, what = copy.deepcopy(ours).to(torch.bfloat16).eval(), "bf16 copy"
+        fast, what = speed.for_inference(copy.deepcopy(ours).to(torch.bfloat16).eval(), device), "bf16 copy"
     return fast, {"model": what, "prepack_seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -412,7 +416,7 @@ def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, dev
 
     if side == "ours":
         model = load_model(folder, device=device)
-        use_training_speed_pieces(model)  # as minigpt2.train does for every training run
+        speed.for_training(model, torch.device(device))  # as the application does for every training run
         step = _ours_lm_step
     elif side == "hf":
         model = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)

@@ -66,15 +66,15 @@ def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if variant.startswith("minigpt2"):
         from minigpt2 import GPT2, GPT2Config
-        from minigpt2.chunked_loss import chunked_lm_loss
-        from minigpt2.train import use_training_speed_pieces
+        from minigpt2 import fast as speed
+        from minigpt2.fast.chunked_loss import chunked_lm_loss
 
         model = GPT2(GPT2Config.from_name(config)).to(device).train()
-        use_training_speed_pieces(model)  # as minigpt2.train does for every training run
         if variant == "minigpt2-lora":
             from minigpt2.lora import apply_lora
 
             apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
+        speed.for_training(model, device)  # as the application does for every training run
 
         def loss_fn() -> torch.Tensor:
             return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])

@@ -4,7 +4,7 @@
 
 Decoding: batch 1, a 16-token prompt, 128 new tokens (32 with --quick), random 124M weights, greedy; the models are
 timed in turns so that a busy machine slows all alike. The goal row compares int8 with minigpt2's fastest fp32
-decoding (`minigpt2.prepack`, oneDNN-prepacked weights); the next row with the fp32 model as loaded. The int8 model
+decoding (`minigpt2.fast.for_inference`, oneDNN-prepacked weights); the next row with the fp32 model as loaded. The int8 model
 is `to_int8_decoder` of the int8 fake-quant model that QAFT trains (`int8_decoder_config()`: int8 weights,
 per-token activations, int8 tied head).
 """
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from bench.common import Row, compare_time, print_table, set_threads
 from minigpt2.config import GPT2Config
-from minigpt2.generate import generate
+from minigpt2 import fast as speed
+from minigpt2.generation import generate
 from minigpt2.model import GPT2
-from minigpt2.prepack import inference_copy
 from quant import ptq
 from quant.formats import quantize
 from quant.int8_linear import Int8Linear, int8_decoder_config, to_int8_decoder
@@ -39,11 +39,11 @@ def decode_rows(quick: bool) -> list[Row]:
     def run(name, m):
         return lambda: outs.__setitem__(name, generate(m, prompt, new, eos_id=None)[0])
 
-    fast = inference_copy(model)  # minigpt2's fastest fp32 decoding: oneDNN-prepacked weights, on CPU
+    fast = speed.for_inference(model, torch.device("cpu"))  # minigpt2's fastest fp32 decoding: oneDNN-prepacked
     t = compare_time({"fp32": run("fp32", model), "fp32 prepacked": run("fp32 prepacked", fast),
                       "int8": run("int8", int8)}, warmup=1, iters=3 if quick else 5)
     same = sum(a == b for a, b in zip(outs["fp32"], outs["int8"])) / new
-    fastest = "fp32 prepacked" if fast is not model else "fp32"
+    fastest = "fp32 prepacked" if fast.h[0].mlp.c_fc is not model.h[0].mlp.c_fc else "fp32"
     return [Row(f"greedy decode 124M b=1, {new} tokens: int8", "tokens/s", new / t["int8"],
                 f"minigpt2 {fastest}", new / t[fastest], True, ">= 2.5x", {"greedy_tokens_equal_to_fp32": same}),
             Row("  same, against fp32 as loaded (not prepacked)", "tokens/s", new / t["int8"], "minigpt2 fp32",

@@ -23,7 +23,7 @@ import torch
 
 from minigpt2.config import GPT2Config
 from minigpt2.device import AUTOCAST_MODES, AutocastUnavailable, autocast_dtype, autocast_for, fused_adamw
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.lora import apply_lora
 from minigpt2.model import GPT2
 from minigpt2.train import CompiledBlocks

@@ -89,7 +89,7 @@ class Probe:
 def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
     """Time `steps` training steps of `model`'s shape at batch 8 x 64 after a warm-up step at batch 1 x 8 (which
     allocates the gradients and AdamW's moments): forward + backward and the AdamW step apart."""
-    from minigpt2.chunked_loss import chunked_lm_loss
+    from minigpt2.fast.chunked_loss import chunked_lm_loss
     from minigpt2.model import GPT2
 
     torch.manual_seed(0)

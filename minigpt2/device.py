@@ -7,8 +7,8 @@
     --autocast auto   bf16 on CUDA with bf16 support; fp32 on CPU (the measured reason: docs/finetuning.md)
 
 Weights, their gradients and the AdamW moments stay fp32 (the master copy): autocast only changes the dtype in
-which matmuls run. `minigpt2.chunked_loss.chunked_lm_loss` reads the autocast state itself and keeps its softmax statistics
-and sums in fp32. Everything that trains or evaluates (the training loop, the tasks' evaluation, the smoke
+which matmuls run. `minigpt2.fast.chunked_loss.chunked_lm_loss` reads the autocast state itself and keeps its
+softmax statistics and sums in fp32. Everything that trains or evaluates (the training loop, the tasks' evaluation, the smoke
 command) asks this module, so the decision is taken once per device.
 """
 

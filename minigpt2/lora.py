@@ -86,49 +86,15 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fusable:
-            weight, bias = self._frozen_base_as(_compute_dtype(x))
-            return fused_lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scaling)
         y = self.base(x)
         if self.merged:
             return y
-        # x @ A^T first: (N, in) -> (N, r) is cheap, and B A (out × in) is never formed. addmm then adds
-        # scaling · (xA^T) B^T onto the base output in one GEMM, without a separate scale and add pass.
-        xa = F.linear(self.dropout(x), self.lora_A)  # (..., r)
-        out = torch.addmm(y.reshape(-1, self.out_features), xa.reshape(-1, self.r), self.lora_B.t(),
-                          alpha=self.scaling)
-        return out.view(y.shape)
+        # x A^T first: (N, in) -> (N, r) is cheap, and B A (out × in) is never formed.
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
         """scaling · B A, the (out, in) change the adapter makes to the base weight."""
         return (self.lora_B @ self.lora_A) * self.scaling
-
-    def _frozen_base_as(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The frozen base weight and bias in `dtype`, cast once and kept while they are unchanged.
-
-        Under autocast every step would cast the frozen weights again (autocast caches casts only within one
-        autocast region, and only of trainable leaves); the cast values are the same each time. The copy is
-        dropped when the weight is replaced or changed in place (its version counter moves, e.g. `merge`).
-        """
-        weight, bias = self.base.weight, self.base.bias
-        if weight.dtype == dtype:
-            return weight, bias
-        key = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version), dtype)
-        cached = getattr(self, "_cast_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, weight.to(dtype), None if bias is None else bias.to(dtype))
-            self._cast_cache = cached
-        return cached[1], cached[2]
-
-    @property
-    def fusable(self) -> bool:
-        """True when forward can take `fused_lora_linear`: a frozen plain `nn.Linear` base, no adapter dropout,
-        not merged, adapters training. Otherwise forward is the plain composition above."""
-        return (not self.merged and isinstance(self.dropout, nn.Identity) and self.mergeable
-                and not self.base.weight.requires_grad
-                and (self.base.bias is None or not self.base.bias.requires_grad)
-                and torch.is_grad_enabled() and self.lora_A.requires_grad and self.lora_B.requires_grad)
 
     @property
     def mergeable(self) -> bool:
@@ -160,55 +126,6 @@ class LoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
                 f"alpha={self.alpha:g}, scaling={self.scaling:g}, rslora={self.rslora}, merged={self.merged}")
-
-
-def fused_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
-                      lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """`F.linear(x, weight, bias) + scaling * (x A^T) B^T` for a frozen weight and bias, as one autograd node.
-
-    The same products as the plain composition, with fewer full-size tensors: the adapter's product is added into
-    the base output in place (the plain `addmm` allocates and fills a fresh (N, out) output), and backward adds the
-    adapter's input gradient into the base's in place (autograd would add two (N, in) gradients into a third).
-    Under autocast every operand is cast to the autocast dtype, as autocast does for `linear` and `addmm`.
-    """
-    return _FusedLoRALinear.apply(x, weight, bias, lora_A, lora_B, scaling, _compute_dtype(x))
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a linear layer computes in: autocast's where it is on, else the input's."""
-    device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-
-
-class _FusedLoRALinear(torch.autograd.Function):
-    """Forward and backward of `fused_lora_linear`; gradients for x, A and B only (the base is frozen)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_A: torch.Tensor,
-                lora_B: torch.Tensor, scaling: float, dtype: torch.dtype) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):  # operands cast explicitly, like autocast would
-            x2 = x.reshape(-1, x.size(-1)).to(dtype)
-            w, a, b = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype)
-            y = F.linear(x2, w, None if bias is None else bias.to(dtype))
-            xa = x2 @ a.t()  # (N, r)
-            y.addmm_(xa, b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, xa, w, a, b)
-        ctx.scaling, ctx.shape, ctx.dtypes = scaling, x.shape, (x.dtype, lora_A.dtype, lora_B.dtype)
-        return y.view(*x.shape[:-1], y.size(-1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x2, xa, w, a, b = ctx.saved_tensors
-        g = grad.reshape(-1, grad.size(-1)).to(w.dtype)
-        with torch.autocast(g.device.type, enabled=False):
-            grad_B = (g.t() @ xa).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None  # (out, r)
-            g_xa = (g @ b).mul_(ctx.scaling)  # (N, r): the gradient reaching x A^T
-            grad_A = g_xa.t() @ x2 if ctx.needs_input_grad[3] else None  # (r, in)
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (g @ w).addmm_(g_xa, a).view(ctx.shape).to(ctx.dtypes[0])
-        return (grad_x, None, None, None if grad_A is None else grad_A.to(ctx.dtypes[1]),
-                None if grad_B is None else grad_B.to(ctx.dtypes[2]), None, None)
 
 
 class LoraSettingsError(UserError, ValueError):

@@ -13,17 +13,13 @@ layers (`attn.query`, `attn.key`, `attn.value`) so that LoRA and quantization ca
 The model returns hidden states, not logits: a classifier needs one vector per sequence and the Quora cloze two
 vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed.
 
-This file is the plain version. Speed pieces put their own modules into its slots from outside, each switched in
-at one point: `minigpt2.recompute` (the MLP for training), `minigpt2.cpu_dropout` (dropout and attention for
-training on CPU), `quant.int8_linear` (int8 attention projections and LM head for decoding), `minigpt2.prepack`
-(prepacked linear layers for CPU inference).
+This file is the plain version. The speed pieces (`minigpt2.fast`) and the int8 decoder (`quant.int8_linear`)
+put subclasses of these modules in their place from outside; this file knows nothing of them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -58,6 +54,8 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: each of the n_head heads attends with its own C / n_head slice."""
+
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.n_head = config.n_head
@@ -65,32 +63,27 @@ class CausalSelfAttention(nn.Module):
         self.key = nn.Linear(config.n_embd, config.n_embd)
         self.value = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # output projection
-        self.dropout = config.dropout
+        self.dropout = config.dropout  # on the attention probabilities
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, C) each
-        dropout_p = self.dropout if self.training else 0.0
-        y = attend(q, k, v, self.n_head, mask, is_causal, cache, layer, dropout_p)  # (B, T, C)
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.project_qkv(x))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        y = self.attention(q, k, v, mask, is_causal)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.query(x), self.key(x), self.value(x)  # (B, T, C) each
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, mask: torch.Tensor | None,
-           is_causal: bool, cache: KVCache | None = None, layer: int = 0, dropout_p: float = 0.0,
-           sdpa: Callable[..., torch.Tensor] = F.scaled_dot_product_attention) -> torch.Tensor:
-    """Multi-head scaled dot-product attention of (B, T, C) queries, keys and values; returns (B, T, C).
-
-    Each of the n_head heads attends with its own C / n_head slice; with a cache, the new keys and values are
-    appended to the cached ones of this layer first. `sdpa` computes softmax(q kᵀ / √hs + mask) v per head, with
-    SDPA's arguments (`minigpt2.cpu_dropout` passes its written-out version for training on CPU).
-    """
-    B, T, C = q.shape
-    q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, nh, T, hs)
-    if cache is not None:
-        k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T, in the cache's dtype
-    y = sdpa(q.to(k.dtype), k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal).to(q.dtype)
-    return y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                  is_causal: bool) -> torch.Tensor:
+        """softmax(q kᵀ / √hs + mask) v per head, with dropout on the probabilities while training."""
+        dropout_p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -148,19 +141,6 @@ def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int,
     return mask, False
 
 
-class TiedUnembedding(nn.Module):
-    """GPT-2's LM head: logits = hidden · wteᵀ, the token-embedding table read backwards (weight tying).
-
-    It has no parameters of its own: `GPT2.lm_head` hands it the table. A fast inference path puts its own module
-    in `GPT2.unembedding` with the same call (e.g. the int8 decoder's, over a packed copy of the table).
-    """
-
-    def forward(self, hidden: torch.Tensor, table: torch.Tensor, token_ids: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        weight = table if token_ids is None else table[token_ids]
-        return F.linear(hidden, weight)
-
-
 class GPT2(nn.Module):
     """The GPT-2 transformer. `forward` returns the final hidden states; `lm_head` turns them into logits."""
 
@@ -172,7 +152,6 @@ class GPT2(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.unembedding = TiedUnembedding()  # the LM head, tied to `wte`: see `lm_head`
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
@@ -222,7 +201,8 @@ class GPT2(nn.Module):
 
         hidden: (..., C). Returns (..., vocab_size), or (..., len(token_ids)) when token_ids is given.
         """
-        return self.unembedding(hidden, self.wte.weight, token_ids)
+        weight = self.wte.weight if token_ids is None else self.wte.weight[token_ids]
+        return F.linear(hidden, weight)  # weight tying: the token-embedding table read backwards
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Full (B, T, vocab) logits of every position, as a language model's output is usually given.

@@ -35,11 +35,9 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, atomic_write_json
 from .checkpoint import read_safetensors
-from .cpu_dropout import use_cpu_dropout
 from .device import autocast, autocast_dtype, default_device, distributed_backend, fused_adamw
 from .errors import UserError
 from .model import Block
-from .recompute import recompute_gelu_in_backward
 
 DEFAULT_SEED = 11711  # the course's seed
 
@@ -377,17 +375,6 @@ class TrainingSetTooSmall(UserError, ValueError):
     """Fewer training batches than processes."""
 
 
-def use_training_speed_pieces(module: nn.Module) -> None:
-    """Switch in, in place, the pieces every training run uses (bench/ does the same for its minigpt2 side).
-
-    `minigpt2.recompute`: each MLP recomputes its GELU output in backward instead of keeping it (identical
-    numbers, less memory). `minigpt2.cpu_dropout`: on CPU, dropout masks drawn without torch's per-element
-    `bernoulli_` (the same distribution up to p rounded to a multiple of 2^-15). Parameters and keys stay.
-    """
-    recompute_gelu_in_backward(module)
-    use_cpu_dropout(module)
-
-
 def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], dict[str, torch.Tensor]],
           cfg: TrainConfig, run_dir: str | os.PathLike, evaluate: Callable[[nn.Module], dict[str, float]],
           metric: str, save_best: Callable[[nn.Module, Path], None], d: Dist | None = None,
@@ -436,7 +423,6 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     elif resume and d.main:
         print(f"--resume: no saved state in {last_dir}; starting from epoch 1")
 
-    use_training_speed_pieces(module)
     wrapped: nn.Module = module
     if d.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(

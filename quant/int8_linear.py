@@ -11,10 +11,10 @@ LM head; `torch._weight_int8pack_mm` (weight-only) is fast only with bf16 activa
 fast CPU path for a single row. `python -m bench.bench_quant` measures the int8 decoder against fp32.
 
     to_int8_decoder(model)   a copy of a GPT2 (plain, or fake-quantised int8) whose linear layers and tied LM head
-                             run on int8 kernels; `minigpt2.generate.generate` uses it unchanged.
+                             run on int8 kernels; `minigpt2.generation.generate` uses it unchanged.
 
-The copy is a plain `GPT2` with other modules in its slots (the attention of each block, `unembedding` for the
-LM head); the model's code does not know about int8.
+The copy is an `Int8GPT2` (a `GPT2` whose `lm_head` runs the int8 head) with int8 modules in its layers' places;
+the model's code does not know about int8.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minigpt2.model import GPT2, CausalSelfAttention, KVCache, attend
+from minigpt2.model import GPT2, CausalSelfAttention
 from minigpt2.surgery import replace_module, unwrap_compiled
 
 from .config import QuantConfig
@@ -98,45 +98,45 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 fbgemm dynamic"
 
 
-class Int8FusedQKVAttention(nn.Module):
+class Int8FusedQKVAttention(CausalSelfAttention):
     """Inference attention whose query, key and value projections run as one int8 product, `self.qkv`, of width 3C.
 
-    Made from a `CausalSelfAttention` (its `c_proj` taken over as it is); the attention itself is the model's
-    `attend`. Stacking the three int8 weights (and their per-row scales) changes no number: the three products
-    share their input, so its per-token quantisation is the same, and each output column has its own weight row
-    and scale. One kernel call instead of three matters at batch 1, where each call costs about as much as its
-    arithmetic.
+    Made from a `CausalSelfAttention` (its `c_proj` taken over as it is); the attention itself is the model's.
+    Stacking the three int8 weights (and their per-row scales) changes no number: the three products share their
+    input, so its per-token quantisation is the same, and each output column has its own weight row and scale. One
+    kernel call instead of three matters at batch 1, where each call costs about as much as its arithmetic.
     """
 
     def __init__(self, attn: CausalSelfAttention) -> None:
-        super().__init__()
-        self.n_head = attn.n_head
+        nn.Module.__init__(self)  # not CausalSelfAttention.__init__, which would build new layers
+        self.n_head, self.dropout = attn.n_head, 0.0  # inference: no dropout
         self.qkv = Int8Linear.stacked([attn.query, attn.key, attn.value])
-        self.c_proj = attn.c_proj
+        self.c_proj, self.resid_dropout = attn.c_proj, nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
-        return self.c_proj(attend(q, k, v, self.n_head, mask, is_causal, cache, layer))  # no dropout: inference
+        return q, k, v
 
 
-class Int8Unembedding(nn.Module):
-    """The tied LM head on an `Int8Linear` over the int8 copy of the `wte` table (`self.linear`).
+class Int8GPT2(GPT2):
+    """A `GPT2` whose LM head is an `Int8Linear` over the int8 copy of the `wte` table (`self.int8_head`).
 
-    A call with `token_ids` (a few columns) takes the float path over the model's table, with the hidden states
-    quantised per token as the int8 head would (so both paths agree).
+    Made by `to_int8_decoder`. A call with `token_ids` (a few columns) takes the float path over the model's table,
+    with the hidden states quantised per token as the int8 head would (so both paths agree).
     """
 
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        q, scale = quantize(table.detach().float(), "int8")  # already on the int8 grid if wte was fake-quantised
-        self.linear = Int8Linear(q, scale, None)
+    int8_head: Int8Linear
 
-    def forward(self, hidden: torch.Tensor, table: torch.Tensor, token_ids: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_ids is None:
-            return self.linear(hidden)
-        return F.linear(fake_quantize_activations(hidden), table[token_ids])
+            return self.int8_head(hidden)
+        return F.linear(fake_quantize_activations(hidden), self.wte.weight[token_ids])
+
+
+def int8_head(table: torch.Tensor) -> Int8Linear:
+    """The tied LM head as an `Int8Linear`: the `wte` table quantised to int8 per row."""
+    q, scale = quantize(table.detach().float(), "int8")  # already on the int8 grid if wte was fake-quantised
+    return Int8Linear(q, scale, None)
 
 
 def _int8_layer(name: str, module: nn.Module) -> nn.Module | None:
@@ -161,7 +161,7 @@ def to_int8_decoder(model: GPT2) -> GPT2:
     """An inference copy of `model` on int8 kernels: every linear layer and the tied LM head.
 
     Each block's query, key and value layers become one stacked `Int8Linear` (`Int8FusedQKVAttention`), and the
-    LM head an `Int8Unembedding`; the copy is a plain `GPT2` otherwise.
+    LM head an `Int8Linear` (the copy is an `Int8GPT2`).
 
     model: a plain fp32 GPT2 (quantised here: int8 per channel) or one fake-quantised with int8 weights (its
     trained weights are used). The token and position embeddings keep their (fake-quant, if so) values as fp32
@@ -176,7 +176,8 @@ def to_int8_decoder(model: GPT2) -> GPT2:
         int8 = _int8_layer(name, module)
         if int8 is not None:
             replace_module(model, name, int8)
-    model.unembedding = Int8Unembedding(model.wte.weight)
+    model.__class__ = Int8GPT2
+    model.int8_head = int8_head(model.wte.weight)
     return model
 
 

@@ -1,7 +1,7 @@
 """Sonnet generation: a causal LM fine-tuned on Shakespeare's sonnets, then asked to finish held-out ones.
 
-Training: each sonnet's 14 lines followed by <|endoftext|>, next-token loss through
-`minigpt2.chunked_loss.chunked_lm_loss` (the plain `minigpt2.losses.lm_loss`, chunked: see docs/performance.md).
+Training: each sonnet's 14 lines followed by <|endoftext|>, next-token loss `minigpt2.losses.LMLoss` (the
+application's fast path puts the chunked loss in its place: `minigpt2.fast`).
 Evaluation: for each held-out prompt (its first 3 lines) the model samples the rest (temperature 1.2, top-p 0.9
 by default, as the course) until <|endoftext|> or until the 14th line is complete — never cut by a small token
 budget — and chrF (sacrebleu's `CHRF()` defaults) compares the full sonnets with the true ones. The output file
@@ -27,11 +27,10 @@ from course.files import SonnetFiles
 from course.formats import SONNETS, SonnetFormat
 from course.readers import DataError, Malformed, read_sonnets
 from course.sonnets import Sonnet
-from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.device import autocast_for
-from minigpt2.generate import generate
+from minigpt2.generation import generate
+from minigpt2.losses import LMLoss
 from minigpt2.model import GPT2
-from minigpt2.prepack import inference_copy
 from minigpt2.tokenizer import Tokenizer
 
 from .base import Example, PredictSettings, Task, TaskModel, sample_indices
@@ -40,12 +39,15 @@ SONNET_LINES = 14
 
 
 class SonnetLM(TaskModel):
-    """Causal LM over the tied head. The one place training switches in the chunked loss: it equals
-    `minigpt2.losses.lm_loss` but never builds the (B, T, vocab) logits at once."""
+    """Causal LM over the tied head: next-token cross-entropy (`self.lm_loss`, no parameters)."""
+
+    def __init__(self, gpt: GPT2) -> None:
+        super().__init__(gpt)
+        self.lm_loss = LMLoss()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.body(batch["input_ids"], batch["attention_mask"])
-        return chunked_lm_loss(hidden, self.gpt.wte.weight, batch["targets"])
+        return self.lm_loss(hidden, self.gpt.wte.weight, batch["targets"])
 
 
 def sonnet_stop(tok: Tokenizer, lines_to_write: int) -> Callable[[list[int]], bool]:
@@ -144,9 +146,7 @@ class SonnetTask(Task):
                         device: torch.device, samples: int) -> list[list[str]]:
         """`samples` sonnets per prompt: a list per sample, each in the examples' order. Sample k is seeded
         apart from every other (sample 0 is what `predict` returns)."""
-        # On CPU: weights prepacked for oneDNN, in bf16 when the run evaluates under bf16 autocast and the CPU has
-        # native bf16 (`minigpt2.prepack`); a bf16 model gets the bf16 copy anyway.
-        gpt = inference_copy(module.gpt, torch.bfloat16 if how.autocast == "bf16" else None)
+        gpt = module.gpt  # the application hands over an inference copy on its fast path (`minigpt2.fast`)
         s = how.sampling
         out: list[list[str]] = [[] for _ in range(samples)]
         for k in range(samples):

@@ -13,7 +13,7 @@ import bench.__main__ as bench_main
 from bench import bench_core, bench_lora, bench_quant
 from bench.common import Row, compare_time, set_threads
 from minigpt2 import device as dev
-from minigpt2.prepack import Bf16Unsupported
+from minigpt2.fast.prepack import Bf16Unsupported
 
 
 FP32_LINES = ["forward", "training step", "fp32 matmul peak", "MFU", "Quora cloze", "greedy decode",
@@ -54,7 +54,7 @@ def test_bf16_lines_compare_bf16_models(tmp_path):
             bench_core.bf16_generation_model(ours)
         return
     fast, info = bench_core.bf16_generation_model(ours)
-    assert info["model"] == "bf16 prepacked (minigpt2.prepack)" and fast.unembedding.packed.dtype == torch.bfloat16
+    assert info["model"] == "bf16 prepacked (minigpt2.fast.prepack)" and fast.packed_head.packed.dtype == torch.bfloat16
     assert {p.dtype for p in ours.parameters()} == {torch.float32}  # the fp32 lines keep the fp32 model
 
 

@@ -1,13 +1,13 @@
 """The speed pieces held to the plain path and to an fp64 reference, in fp32 and under CPU bf16 autocast:
 
-- `minigpt2.recompute`: the MLP that recomputes its GELU gives the plain MLP's numbers (identical), within 1e-5
+- `minigpt2.fast.recompute`: the MLP that recomputes its GELU gives the plain MLP's numbers (identical), within 1e-5
   (relative to the largest value) of fp64 in fp32, and the plain autocast numbers under bf16 autocast;
-- `minigpt2.chunked_loss`: loss and both gradients within 1e-5 of fp64 `F.cross_entropy` in fp32 (several chunks,
+- `minigpt2.fast.chunked_loss`: loss and both gradients within 1e-5 of fp64 `F.cross_entropy` in fp32 (several chunks,
   ignored rows), and close to the plain `lm_loss` under bf16 autocast;
-- `minigpt2.cpu_dropout`: masks drop p of the elements and scale kept ones by 1 / (1 - p); the written-out
+- `minigpt2.fast.cpu_dropout`: masks drop p of the elements and scale kept ones by 1 / (1 - p); the written-out
   training attention equals softmax(q kᵀ / √d + mask) · keep · scale · v computed in fp64 with the same mask;
-- `minigpt2.prepack`: the prepacked inference copy's logits within 1e-5 of the fp64 model's, same greedy text;
-- LoRA's fused path (`fused_lora_linear`): output and the gradients of x, A and B within 1e-5 of the fp64
+- `minigpt2.fast.prepack`: the prepacked inference copy's logits within 1e-5 of the fp64 model's, same greedy text;
+- LoRA's fused path (`minigpt2.fast.lora`, `fused_lora_linear`): output and the gradients of x, A and B within 1e-5 of the fp64
   composition base(x) + scaling · B A x, and close to the plain path under bf16 autocast.
 
 The fp32 bound is tight on purpose: a piece that rounds through bf16 (or keeps an accumulator in it) somewhere
@@ -24,13 +24,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.chunked_loss import chunked_lm_loss
-from minigpt2.cpu_dropout import attention_with_cpu_dropout, cpu_dropout, dropout_mask
-from minigpt2.generate import generate
-from minigpt2.lora import LoRALinear, fused_lora_linear
+from minigpt2.fast.chunked_loss import chunked_lm_loss
+from minigpt2.fast.cpu_dropout import attention_with_cpu_dropout, cpu_dropout, dropout_mask
+from minigpt2.fast.lora import FusedLoRALinear, fused_lora_linear
+from minigpt2.fast.recompute import RecomputeGELUMLP
+from minigpt2.generation import generate
+from minigpt2.lora import LoRALinear
 from minigpt2.losses import lm_loss
 from minigpt2.model import MLP
-from minigpt2.recompute import RecomputeGELUMLP
 
 FP32 = 1e-5  # largest error / largest magnitude, fp32 against fp64
 BF16 = 3e-2  # the same under bf16 autocast (8 bits of mantissa)
@@ -161,7 +162,7 @@ def test_training_attention_is_the_written_out_formula(kind):
 # ---------------------------------------------------------------------------------------------------- prepack
 
 def test_the_prepacked_copy_computes_the_models_logits():
-    prepack = pytest.importorskip("minigpt2.prepack")
+    prepack = pytest.importorskip("minigpt2.fast.prepack")
     if not prepack.available():
         pytest.skip("no oneDNN in this PyTorch build")
     torch.manual_seed(0)
@@ -184,14 +185,14 @@ def test_the_prepacked_copy_computes_the_models_logits():
 
 # ------------------------------------------------------------------------------------------- LoRA fused path
 
-def lora_layer() -> LoRALinear:
+def lora_layer() -> FusedLoRALinear:
     torch.manual_seed(0)
     base = nn.Linear(24, 20)
     base.requires_grad_(False)
     layer = LoRALinear(base, r=4, alpha=8.0)
     with torch.no_grad():
         layer.lora_B.normal_(0, 0.5)
-    return layer
+    return FusedLoRALinear(layer)
 
 
 def lora_run(fn, layer: LoRALinear, x: torch.Tensor):

@@ -1,4 +1,4 @@
-"""Generation held to what minigpt2/generate.py promises:
+"""Generation held to what minigpt2/generation.py promises, on the plain path and on minigpt2.fast's:
 
 - ragged prompts in one batch (left-padded) give, row by row, what each prompt gives alone, and what a decoder
   without a KV cache gives (re-reading the whole text at every step); a row that meets EOS stops alone;
@@ -14,7 +14,17 @@ import pytest
 import torch
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.generate import generate, sample_next
+from minigpt2 import generation
+from minigpt2.fast import decoding, for_inference
+from minigpt2.generation import generate
+
+SAMPLERS = {"plain": generation.sample_next, "fast": decoding.sample_next}
+
+
+@pytest.fixture(params=list(SAMPLERS))
+def sample_next(request):
+    """Each sampler in turn: the plain sort-based one and the fast short-list one."""
+    return SAMPLERS[request.param]
 
 VOCAB = 97
 PROMPTS = [[5, 17, 33], [40, 11, 2, 9, 60, 7], [88], [3, 3, 3, 3]]
@@ -98,7 +108,7 @@ def expected_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
     return torch.stack(out)
 
 
-def frequencies(logits: torch.Tensor, draws: int, seed: int = 0, **kw) -> torch.Tensor:
+def frequencies(sample_next, logits: torch.Tensor, draws: int, seed: int = 0, **kw) -> torch.Tensor:
     """Empirical distribution of each row over `draws` samples (each row repeated `draws` times in one batch)."""
     B, V = logits.shape
     big = logits.repeat_interleave(draws, 0)
@@ -123,34 +133,35 @@ LOGITS = torch.log(torch.tensor([
     dict(temperature=1.0, top_p=1.0),  # top-p 1: everything
     dict(temperature=1.0, top_k=4, top_p=0.8),  # nucleus within the top k, renormalised
 ], ids=str)
-def test_sampling_follows_the_defined_distribution(kw):
+def test_sampling_follows_the_defined_distribution(sample_next, kw):
     want = expected_probs(LOGITS, kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"))
-    got = frequencies(LOGITS, 6000, **kw)
+    got = frequencies(sample_next, LOGITS, 6000, **kw)
     assert ((got > 0) <= (want > 0)).all(), f"drawn outside the kept set:\n{got}\n{want}"
     assert torch.allclose(got, want, atol=0.025), f"\n{got}\n{want}"
 
 
-def test_each_row_keeps_its_own_nucleus():
+def test_each_row_keeps_its_own_nucleus(sample_next):
     """Row 0's nucleus is one token, row 1's is five: row 1 must still draw all five."""
-    got = frequencies(LOGITS[:2], 3000, temperature=1.0, top_p=0.9)
+    got = frequencies(sample_next, LOGITS[:2], 3000, temperature=1.0, top_p=0.9)
     assert (got[0] > 0).sum() == 1 and (got[1, :5] > 0.12).all()
 
 
-def test_the_nucleus_search_beyond_its_first_candidates():
+def test_the_nucleus_search_beyond_its_first_candidates(sample_next):
     """A flat row needs more than the first few hundred candidates to hold top_p: all of them stay possible,
     also when the other row of the batch is peaked (its nucleus fits in the first candidates)."""
     rows = torch.zeros(2, 1000)
     rows[0, 3] = 20.0
-    got = frequencies(rows, 4000, temperature=1.0, top_p=0.95)
+    got = frequencies(sample_next, rows, 4000, temperature=1.0, top_p=0.95)
     assert (got[1] > 0).sum() > 850 and (got[0] > 0).sum() == 1
 
 
-def test_temperature_zero_is_the_argmax():
+def test_temperature_zero_is_the_argmax(sample_next):
     logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(1))
     assert torch.equal(sample_next(logits, 0.0), logits.argmax(-1))
 
 
-def test_the_first_sampled_token_of_each_ragged_row_follows_its_own_prompt(model):
+@pytest.mark.parametrize("path", ["plain", "fast"])
+def test_the_first_sampled_token_of_each_ragged_row_follows_its_own_prompt(model, path):
     """Over many seeds, the first token of every row of a left-padded batch is drawn from that prompt's own
     distribution (top-k 3 at temperature 1.5), computed from the prompt alone without padding."""
     kw = dict(temperature=1.5, top_k=3)
@@ -158,8 +169,9 @@ def test_the_first_sampled_token_of_each_ragged_row_follows_its_own_prompt(model
         want = torch.cat([expected_probs(model.lm_head(model(torch.tensor([p]))[:, -1]), **kw) for p in PROMPTS])
     seeds = 150
     counts = torch.zeros(len(PROMPTS), VOCAB, dtype=torch.float64)
+    decoder = model if path == "plain" else for_inference(model, torch.device("cpu"))
     for seed in range(seeds):
-        for i, row in enumerate(generate(model, PROMPTS, 1, eos_id=None, seed=seed, **kw)):
+        for i, row in enumerate(generate(decoder, PROMPTS, 1, eos_id=None, seed=seed, **kw)):
             counts[i, row[0]] += 1
     got = counts / seeds
     assert ((got > 0) <= (want > 0)).all()

@@ -1,4 +1,4 @@
-"""minigpt2.cpu_dropout: the cheap CPU dropout mask and the written-out training attention, held to torch's."""
+"""minigpt2.fast.cpu_dropout: the cheap CPU dropout mask and the written-out training attention, held to torch's."""
 
 import dataclasses
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.cpu_dropout import (CPUDropout, CPUDropoutAttention, attention_with_cpu_dropout, cpu_dropout,
+from minigpt2.fast.cpu_dropout import (CPUDropout, CPUDropoutAttention, attention_with_cpu_dropout, cpu_dropout,
                                   dropout_mask, use_cpu_dropout)
 from minigpt2.model import attention_mask_for
 
@@ -75,7 +75,7 @@ def test_written_out_attention_equals_sdpa(padded, monkeypatch):
     pad = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
     mask, causal = attention_mask_for(pad if padded else None, 7, 0, q.device)
     keep_all = lambda shape, p, device="cpu": (torch.ones(shape, dtype=torch.bool), 1.0)
-    monkeypatch.setattr("minigpt2.cpu_dropout.dropout_mask", keep_all)
+    monkeypatch.setattr("minigpt2.fast.cpu_dropout.dropout_mask", keep_all)
     ours = attention_with_cpu_dropout(q, k, v, attn_mask=mask, dropout_p=0.1, is_causal=causal)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
@@ -152,7 +152,7 @@ def test_training_with_dropout_is_seeded_and_unbiased():
 def test_under_compile_the_plain_dropout_runs(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     called = []
-    monkeypatch.setattr("minigpt2.cpu_dropout.dropout_mask", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("minigpt2.fast.cpu_dropout.dropout_mask", lambda *a, **k: called.append(1))
     x = torch.randn(4, 4)
     CPUDropout(0.5)(x)
     assert not called
@@ -162,7 +162,7 @@ def test_off_the_cpu_the_plain_dropout_and_sdpa_run(monkeypatch):
     """A tensor on another device (meta here, as CUDA would) never reaches the cheap mask or the written-out
     attention: CUDA keeps torch's fused dropout and SDPA kernels."""
     called = []
-    monkeypatch.setattr("minigpt2.cpu_dropout.dropout_mask", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("minigpt2.fast.cpu_dropout.dropout_mask", lambda *a, **k: called.append(1))
     x = torch.empty(2, 3, 5, 4, device="meta")
     assert cpu_dropout(x, 0.1).device.type == "meta"
     assert attention_with_cpu_dropout(x, x, x, dropout_p=0.1, is_causal=True).shape == x.shape

@@ -1,4 +1,4 @@
-"""Sampling controls of `minigpt2.generate`."""
+"""Sampling controls of `minigpt2.generation` (the plain sampler; the fast one: tests/test_generate_fast.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minigpt2.checkpoint import load_model
-from minigpt2.generate import generate, sample_next
+from minigpt2.generation import generate, sample_next
 
 PROMPTS = [[464, 2068, 7586], [40, 1101, 257, 922]]
 
@@ -85,7 +85,7 @@ def test_on_token_sees_every_new_token_in_order_as_it_is_sampled(model):
 @pytest.fixture
 def cache_dtypes(monkeypatch):
     """The dtype of every KV cache `generate` makes while the test runs."""
-    import minigpt2.generate as gen
+    import minigpt2.generation as gen
 
     made = []
 
@@ -98,24 +98,7 @@ def cache_dtypes(monkeypatch):
     return made
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_a_full_precision_model_keeps_its_own_cache_dtype(model, cache_dtypes, dtype):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_plain_path_keeps_the_models_own_cache_dtype(model, cache_dtypes, dtype):
     generate(copy.deepcopy(model).to(dtype), PROMPTS[:1], 3, eos_id=None)
     assert cache_dtypes == [dtype]
-
-
-def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, cache_dtypes):
-    """The cache of a bf16 model on CPU is fp32 (torch's CPU attention is slow in bf16), and the incremental
-    logits still match the bf16 model's full forward pass within bf16 rounding."""
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)
-    new = generate(bf16, PROMPTS[:1], 6, eos_id=None)[0]
-    assert cache_dtypes == [torch.float32]
-    # The same tokens scored by one full forward pass (bf16 attention, no cache): the greedy choices agree with it
-    # wherever its winner leads by more than the bf16 rounding of the logits.
-    ids = torch.tensor([PROMPTS[0] + new[:-1]])
-    with torch.no_grad():
-        logits = bf16.logits(ids)[0, len(PROMPTS[0]) - 1:].float()
-    top2 = logits.topk(2, dim=-1)
-    clear = (top2.values[:, 0] - top2.values[:, 1]) > 0.05 * logits.std()
-    assert clear.any()
-    assert torch.equal(top2.indices[clear, 0], torch.tensor(new)[clear])

@@ -19,7 +19,7 @@ from distill.check import check_sonnet
 from experiments.sweeps import TINY_DATA
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import load_model
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.lora import load_adapter
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import seed_everything
@@ -125,7 +125,7 @@ def test_quantized_run_folder_generates_with_the_quantised_weights(runs):
     assert fast.startswith(PROMPT) and len(fast) > len(PROMPT) + 1
 
 
-@pytest.mark.skipif(not __import__("minigpt2.prepack").prepack.native_bf16(), reason="no native bf16 on this CPU")
+@pytest.mark.skipif(not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(), reason="no native bf16 on this CPU")
 def test_bf16_precision_runs_the_prepacked_bf16_copy(runs, monkeypatch):
     seen = []
     real = cli.prepacked
@@ -289,7 +289,7 @@ def test_prompt_too_long_and_sonnet_prompt_too_long(capsys):
 
 
 def test_bf16_refused_where_the_cpu_lacks_it(capsys, monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: False)
     message = error_of(capsys, "--model", "tiny", "--prompt", "x", "--precision", "bf16", "--device", "cpu")

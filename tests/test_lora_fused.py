@@ -1,20 +1,24 @@
-"""`fused_lora_linear` (LoRALinear's fast path) against the plain composition it replaces, and when it is taken."""
+"""`minigpt2.fast.lora`: `FusedLoRALinear` (the fused autograd node, the cast cache) against the plain `LoRALinear`
+it replaces, when its fast path is taken, and the swap that puts it in place."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minigpt2.lora import LoRALinear
+from minigpt2.config import GPT2Config
+from minigpt2.fast.lora import FusedLoRALinear, use_fused_lora
+from minigpt2.lora import LoRALinear, apply_lora, lora_modules
+from minigpt2.model import GPT2
 
 
-def _adapter(dropout: float = 0.0) -> LoRALinear:
+def _adapter(dropout: float = 0.0) -> FusedLoRALinear:
     torch.manual_seed(0)
     base = nn.Linear(48, 80)
     base.requires_grad_(False)  # as apply_lora leaves it
     m = LoRALinear(base, 4, 16.0, dropout=dropout)
     nn.init.normal_(m.lora_B)  # a trained adapter, not the zero init
-    return m
+    return FusedLoRALinear(m)
 
 
 def _plain(m: LoRALinear, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +50,22 @@ def test_fused_path_matches_the_plain_composition(bf16):
         torch.testing.assert_close(a.float(), b.float(), **tol, msg=name)
     assert fused[0].dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert fused[2].dtype == fused[3].dtype == torch.float32  # fp32 master adapters
+    reading = _output_and_grads(m, x, lambda x: LoRALinear.forward(m, x), bf16)  # the plain layer's forward
+    for a, b, name in zip(fused, reading, ["output", "grad x", "grad A", "grad B"]):
+        tol = dict(atol=1e-5, rtol=1e-5) if not bf16 else dict(atol=2e-2, rtol=2 ** -6)
+        torch.testing.assert_close(a.float(), b.float(), **tol, msg=name)
+
+
+def test_use_fused_lora_swaps_every_adapter_keeping_parameters_and_keys():
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.from_name("tiny"))
+    apply_lora(model, rank=2, targets="attn+mlp")
+    keys, params = list(model.state_dict()), [id(p) for p in model.parameters()]
+    n = len(lora_modules(model))
+    assert use_fused_lora(model) == n and use_fused_lora(model) == 0  # a second call changes nothing
+    assert all(type(m) is FusedLoRALinear for m in lora_modules(model).values())
+    assert list(model.state_dict()) == keys and [id(p) for p in model.parameters()] == params
+    assert not hasattr(LoRALinear, "fusable") and not hasattr(LoRALinear, "_frozen_base_as")  # the plain layer
 
 
 def test_fused_path_skips_gradients_nobody_needs():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minigpt2.chunked_loss import chunked_lm_loss
+from minigpt2.fast.chunked_loss import chunked_lm_loss
 from minigpt2.losses import lm_loss
 
 

@@ -7,7 +7,7 @@ import torch
 
 from minigpt2 import GPT2, GPT2Config, KVCache
 from minigpt2.checkpoint import load_model, minigpt2_to_hf
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.losses import lm_loss
 from minigpt2.model import gather_last
 
@@ -81,7 +81,7 @@ def test_gelu_output_is_recomputed_in_backward_not_kept(recompute):
     identical to the plain MLP's."""
     import weakref
 
-    from minigpt2.recompute import RecomputeGELUMLP, recompute_gelu_in_backward
+    from minigpt2.fast.recompute import RecomputeGELUMLP, recompute_gelu_in_backward
 
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_name("tiny", dropout=0.0))

@@ -1,12 +1,12 @@
-"""`minigpt2.prepack`: the oneDNN-prepacked inference copy computes what the model computes."""
+"""`minigpt2.fast.prepack`: the oneDNN-prepacked inference copy computes what the model computes."""
 
 import pytest
 import torch
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.lora import LoRALinear, apply_lora
-from minigpt2.prepack import PackedLinear, PackedUnembedding, available, prepacked
+from minigpt2.fast.prepack import PackedGPT2, PackedLinear, available, prepacked
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")
 
@@ -19,7 +19,7 @@ def tiny(seed: int = 0) -> GPT2:
 def test_prepacked_copy_has_the_same_logits_and_greedy_tokens():
     model = tiny()
     fast = prepacked(model)
-    assert isinstance(fast.unembedding, PackedUnembedding) and isinstance(fast.h[0].mlp.c_fc, PackedLinear)
+    assert isinstance(fast, PackedGPT2) and isinstance(fast.h[0].mlp.c_fc, PackedLinear)
     assert type(model.h[0].mlp.c_fc) is torch.nn.Linear  # the source model is untouched
     ids = torch.randint(0, 50257, (3, 9))
     with torch.no_grad():
@@ -54,14 +54,14 @@ def test_prepacked_fake_quant_model_keeps_its_fake_quant_layers():
 
     model = ptq(tiny(), QuantConfig(weight="int8"))
     fast = prepacked(model)
-    assert isinstance(fast.h[0].mlp.c_fc, FakeQuantLinear) and not isinstance(fast.unembedding, PackedUnembedding)
+    assert isinstance(fast.h[0].mlp.c_fc, FakeQuantLinear) and not isinstance(fast, PackedGPT2)
     ids = torch.randint(0, 50257, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(fast.logits(ids), model.logits(ids), rtol=1e-5, atol=1e-5)
 
 
 def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack, "available", lambda: False)
     model = tiny()
@@ -72,7 +72,7 @@ def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypa
 
 # ---- bf16: the prepacked copy with bf16 weights, on CPUs with native bf16 ----
 
-needs_bf16 = pytest.mark.skipif(not available() or not __import__("minigpt2.prepack").prepack.native_bf16(),
+needs_bf16 = pytest.mark.skipif(not available() or not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(),
                                 reason="this CPU has no native bf16")
 # bf16 keeps 8 bits of mantissa: every stored activation is rounded by up to 2^-9 of its size. Through two tiny
 # blocks that leaves the logits within a tenth of their spread (measured: 4-7% at most), so the bound below is
@@ -96,7 +96,7 @@ def test_bf16_copy_has_bf16_packed_weights_and_logits_within_bf16_tolerance():
     fast = prepacked(model, torch.bfloat16)
     linear = fast.h[1].attn.value
     assert isinstance(linear, PackedLinear) and linear.packed.dtype == torch.bfloat16
-    assert fast.unembedding.packed.dtype == torch.bfloat16 and fast.ln_f.weight.dtype == torch.bfloat16
+    assert fast.packed_head.packed.dtype == torch.bfloat16 and fast.ln_f.weight.dtype == torch.bfloat16
     assert model.wte.weight.dtype == torch.float32  # the source model is untouched
     ids = torch.randint(0, 50257, (3, 9))
     with torch.no_grad():
@@ -147,11 +147,11 @@ def test_bf16_copy_of_a_lora_model_and_of_a_bf16_model():
         want = model.logits(ids)
         assert (fast.logits(ids).float() - want).abs().max() <= BF16_LOGIT_TOLERANCE * want.std()
         cast = prepacked(spread_model().to(torch.bfloat16), torch.bfloat16)  # a bf16 model is accepted as is
-        assert cast.unembedding.packed.dtype == torch.bfloat16
+        assert cast.packed_head.packed.dtype == torch.bfloat16
 
 
 def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: False)  # e.g. AVX-512 without BF16
     assert not prepack.native_bf16()
@@ -163,7 +163,7 @@ def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
 
 
 def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: True)
     assert prepack.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -173,32 +173,37 @@ def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
 
 @needs_bf16
 def test_inference_copy_picks_the_dtype():
-    import minigpt2.prepack as prepack
+    import minigpt2.fast.prepack as prepack
 
     model = tiny()
     assert prepack.inference_copy(model).h[0].mlp.c_fc.packed.dtype == torch.float32
     assert prepack.inference_copy(model, torch.bfloat16).h[0].mlp.c_fc.packed.dtype == torch.bfloat16
-    assert prepack.inference_copy(tiny().to(torch.bfloat16)).unembedding.packed.dtype == torch.bfloat16
+    assert prepack.inference_copy(tiny().to(torch.bfloat16)).packed_head.packed.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("autocast, dtype", [("bf16", torch.bfloat16), ("off", None), ("auto", None)])
 def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypatch, autocast, dtype):
+    """The application hands the sonnet task `minigpt2.fast.for_inference`'s copy (bf16 for a bf16 run); with
+    `--plain` the module itself, and the task never prepacks on its own."""
+    import app.speed as speed
+    import minigpt2.fast as fast
     import tasks.sonnet as sonnet
-    from minigpt2.prepack import inference_copy
     from minigpt2.tokenizer import Tokenizer
     from tasks.base import Example, PredictSettings, Sampling
 
     asked = []
-
-    def spy(model, dtype=None):
-        asked.append(dtype)
-        return inference_copy(model, dtype)
-
-    monkeypatch.setattr(sonnet, "inference_copy", spy)
+    real = fast.for_inference
+    monkeypatch.setattr(fast, "for_inference", lambda model, device, dtype=None: asked.append(dtype)
+                        or real(model, device, dtype))
     tok = Tokenizer()
     lines = ("From fairest creatures we desire increase,", "That thereby beauty's rose might never die,")
     examples = [Example("1", tok.encode("\n".join(lines) + "\n"), meta={"prompt_lines": lines})]
     how = PredictSettings(batch_size=4, autocast=autocast,
                           sampling=Sampling(max_new_tokens=8, temperature=1.2, top_p=0.9, seed=1))
-    out = sonnet.SonnetTask().predict(sonnet.SonnetLM(tiny()), examples, how, tok, torch.device("cpu"))
+    task, module = sonnet.SonnetTask(), sonnet.SonnetLM(tiny())
+    assert speed.predicting(module, task, torch.device("cpu"), autocast, plain=True) is module
+    assert asked == []
+    predictor = speed.predicting(module, task, torch.device("cpu"), autocast, plain=False)
+    assert predictor.gpt is not module.gpt and module.gpt is module._modules["gpt"]  # the module keeps its body
+    out = task.predict(predictor, examples, how, tok, torch.device("cpu"))
     assert asked == [dtype] and out[0].startswith("\n".join(lines))

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 
 from minigpt2.config import GPT2Config
-from minigpt2.generate import generate
+from minigpt2.generation import generate
 from minigpt2.model import GPT2
 from quant import FakeQuantLinear, QuantConfig, ptq
-from quant.int8_linear import (Int8FusedQKVAttention, Int8Linear, Int8Unembedding, int8_decoder_config,
+from quant.int8_linear import (Int8FusedQKVAttention, Int8GPT2, Int8Linear, int8_decoder_config,
                                to_int8_decoder)
 
 
@@ -38,10 +38,10 @@ def test_int8_decoder_equals_fake_quant_model_and_generates_the_same_tokens():
     config = GPT2Config.from_name("tiny", dropout=0.0)
     fq = ptq(GPT2(config), int8_decoder_config()).eval()
     dec = to_int8_decoder(fq)
-    assert type(dec) is GPT2 and isinstance(dec.h[0].attn, Int8FusedQKVAttention)
+    assert type(dec) is Int8GPT2 and isinstance(dec.h[0].attn, Int8FusedQKVAttention)
     assert isinstance(dec.h[0].attn.qkv, Int8Linear) and dec.h[0].attn.qkv.out_features == 3 * config.n_embd
     assert not hasattr(dec.h[0].attn, "query")
-    assert isinstance(dec.unembedding, Int8Unembedding) and dec.unembedding.linear.out_features == 50257
+    assert isinstance(dec, Int8GPT2) and dec.int8_head.out_features == 50257
     ids = torch.randint(0, 50257, (2, 7))
     with torch.no_grad():
         h_fast, h_sim = dec(ids), fq(ids)  # fq's hidden states are already quantised for the head; dec's head

@@ -244,17 +244,29 @@ def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
     assert all(len(e.input_ids) == 128 for e in examples)  # ... unless cut to the model's window
 
 
-def test_sonnet_trains_with_the_chunked_loss(tok, tiny, monkeypatch):
-    # the one place the chunked loss is switched in (docs/performance.md): the plain lm_loss must not be used here
-    from minigpt2 import chunked_loss
+def test_sonnet_trains_with_the_plain_loss_and_the_fast_switch_puts_the_chunked_one_in(tok, tiny, monkeypatch):
+    # the task itself runs the plain lm_loss; `minigpt2.fast.for_training` (the application's switch) swaps in the
+    # chunked loss, which gives the same value
+    from minigpt2 import fast
+    from minigpt2.fast import chunked_loss
 
     calls = []
     real = chunked_loss._ChunkedCrossEntropy.apply
     monkeypatch.setattr(chunked_loss._ChunkedCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
     task = get_task("sonnet")
     examples, _ = task.load(FIX, "train", tok, 64)
-    task.build(tiny)(collate(examples[:2], lm_targets=True)).backward()
+    module = task.build(tiny)
+    batch = collate(examples[:2], lm_targets=True)
+    plain = module(batch)
+    assert calls == []
+    fast.for_training(module, torch.device("cpu"))
+    module.eval()  # no dropout: the two losses see the same numbers
+    chunked = module(batch)
+    chunked.backward()
     assert calls == [1]
+    module.train()
+    torch.testing.assert_close(chunked, task.build(tiny).eval()(batch), rtol=1e-5, atol=1e-5)
+    assert plain.requires_grad
 
 
 def test_sonnet_stop_after_fourteenth_line(tok):

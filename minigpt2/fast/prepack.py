@@ -1,7 +1,9 @@
 """Fast CPU inference: the linear layers and the LM head on oneDNN, with their weights prepacked once.
 
-    fast = prepacked(model)            # an inference copy of a GPT2 on CPU
+    fast = prepacked(model)            # an inference copy of a GPT2 on CPU (a `PackedGPT2`)
     generate(fast, prompts, 128)       # used as usual; `model` itself is untouched
+
+`minigpt2.fast.for_inference` makes this copy where it applies; the application calls it.
 
 Why: a decoding step multiplies a few rows of activations (one per sequence) by every weight matrix, so it is
 bound by how fast the weights stream from memory. The BLAS call behind `F.linear` streams them well below the
@@ -17,9 +19,9 @@ frozen base layers packed and its adapters as they are.
 bf16 (`prepacked(model, torch.bfloat16)`): the same copy with bf16 weights, for CPUs that multiply bf16 natively
 (x86 AVX512-BF16 or AMX, ARM's BF16 extension; `native_bf16`). Decoding then reads half the bytes per token. The
 whole copy is bf16, as a model loaded with bf16 weights is: embeddings, LayerNorm parameters, the residual stream
-and the logits; `generate` keeps its KV cache and attention in fp32 on CPU (torch's CPU attention kernel is slow in
-bf16 at decoding shapes). Where precision matters, the kernels accumulate in fp32 anyway: oneDNN's bf16 GEMMs,
-LayerNorm's mean and variance; `generate.sample_next` turns the logits into fp32 before temperature and softmax.
+and the logits; `minigpt2.fast.for_inference` keeps its KV cache and attention in fp32 on CPU (torch's CPU
+attention kernel is slow in bf16 at decoding shapes). Where precision matters, the kernels accumulate in fp32 anyway: oneDNN's bf16 GEMMs,
+LayerNorm's mean and variance; the samplers turn the logits into fp32 before temperature and softmax.
 What bf16 costs is the rounding of every stored activation to 8 bits of mantissa: the
 logits differ from fp32's by a few percent of their spread at most (the tests bound the largest difference by a
 tenth of the fp32 logits' standard deviation), so greedy decoding follows fp32 until two candidates come within
@@ -35,10 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import device
-from .lora import LoRALinear
-from .model import GPT2, MLP, CausalSelfAttention, TiedUnembedding
-from .surgery import unwrap_compiled
+from .. import device
+from ..lora import LoRALinear
+from ..model import GPT2, MLP, CausalSelfAttention
+from ..surgery import unwrap_compiled
 
 
 def available() -> bool:
@@ -71,13 +73,18 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear` for inference, with the weight in oneDNN's packed layout (fp32, or bf16 given `dtype`)."""
+    """`nn.Linear` for inference, with the weight in oneDNN's packed layout (fp32, or bf16 given `dtype`).
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32) -> None:
+    Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head).
+    """
+
+    def __init__(self, linear: nn.Linear | None, dtype: torch.dtype = torch.float32,
+                 weight: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight, dtype)
-        bias = None if linear.bias is None else linear.bias.detach().to(dtype).clone()
+        weight = linear.weight if linear is not None else weight
+        self.out_features, self.in_features = weight.shape
+        self.packed = _pack(weight, dtype)
+        bias = None if linear is None or linear.bias is None else linear.bias.detach().to(dtype).clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,22 +95,20 @@ class PackedLinear(nn.Module):
                 f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')}")
 
 
-class PackedUnembedding(nn.Module):
-    """The tied LM head over a packed copy of the `wte` table, in `GPT2.unembedding` (same call as the default).
+class PackedGPT2(GPT2):
+    """A `GPT2` whose LM head multiplies by a packed copy of the `wte` table (`self.packed_head`).
 
-    The embedding lookup keeps the plain table: a lookup reads one row, a packed layout would not help it. A call
-    with `token_ids` (a few vocabulary columns) reads those rows of the plain table, as the default head does.
+    Made by `prepacked` from a copy of a model. The embedding lookup keeps the plain table: a lookup reads one row,
+    a packed layout would not help it. A call with `token_ids` (a few vocabulary columns) reads those rows of the
+    plain table, as `GPT2.lm_head` does.
     """
 
-    def __init__(self, table: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.packed = _pack(table, dtype)
+    packed_head: PackedLinear
 
-    def forward(self, hidden: torch.Tensor, table: torch.Tensor, token_ids: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_ids is not None:
-            return F.linear(hidden, table[token_ids])
-        return _packed_linear(hidden, self.packed, None)
+            return super().lm_head(hidden, token_ids)
+        return self.packed_head(hidden)
 
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
@@ -141,8 +146,9 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, PackedLinear(child, dtype))
-    if type(model.wte) is nn.Embedding and type(model.unembedding) is TiedUnembedding:
-        model.unembedding = PackedUnembedding(model.wte.weight, dtype)
+    if type(model.wte) is nn.Embedding and type(model) is GPT2:  # not e.g. a fake-quant table
+        model.__class__ = PackedGPT2
+        model.packed_head = PackedLinear(None, dtype, weight=model.wte.weight)  # the tied head: no bias
     return model
 
 
@@ -151,7 +157,7 @@ def inference_copy(model: GPT2, dtype: torch.dtype | None = None) -> GPT2:
 
     dtype: None for the model's own dtype; torch.bfloat16 for the bf16 copy, which falls back to the fp32 copy
     where the CPU lacks native bf16 (`native_bf16`). For code that generates with whatever model it is handed,
-    e.g. the sonnet task's evaluation.
+    e.g. `minigpt2.fast.for_inference`.
     """
     model = unwrap_compiled(model)
     if not (available() and isinstance(model, GPT2) and model.wte.weight.device.type == "cpu"):

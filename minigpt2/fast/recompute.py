@@ -2,7 +2,7 @@
 
     recompute_gelu_in_backward(model)   every plain `MLP` of `model` becomes a `RecomputeGELUMLP`, in place
 
-The one place this is switched on is the training loop (`minigpt2.train`); the model a reader meets in
+Switched on by `minigpt2.fast.for_training` (called by the application); the model a reader meets in
 `minigpt2.model` is the plain `c_proj(gelu(c_fc(x)))`, and `tests/test_model.py` checks that both give identical
 gradients.
 
@@ -19,8 +19,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from .model import MLP, gelu
-from .surgery import replace_module
+from ..model import MLP, gelu
+from ..surgery import replace_module
 
 
 class RecomputeGELUMLP(MLP):

@@ -2,7 +2,7 @@
 
     use_cpu_dropout(model)   every `nn.Dropout` and `CausalSelfAttention` of `model` switches, in place
 
-The one place this is switched on is the training loop (`minigpt2.train`); the model a reader meets in
+Switched on by `minigpt2.fast.for_training` (called by the application, on CPU); the model a reader meets in
 `minigpt2.model` uses plain `nn.Dropout` and SDPA's `dropout_p`. `tests/test_cpu_dropout.py` holds the pieces to
 the plain ones.
 
@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import CausalSelfAttention, KVCache, attend
-from .surgery import replace_module
+from ..model import CausalSelfAttention
+from ..surgery import replace_module
 
 LANES = 1 << 15  # each random lane is uniform over 0 .. 2^15 - 1
 
@@ -122,13 +122,11 @@ class CPUDropoutAttention(CausalSelfAttention):
         self.query, self.key, self.value = attn.query, attn.key, attn.value
         self.c_proj, self.resid_dropout = attn.c_proj, attn.resid_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        if cache is not None or not _applies(x, self.dropout, self.training):
-            return super().forward(x, mask, is_causal, cache, layer)
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        y = attend(q, k, v, self.n_head, mask, is_causal, dropout_p=self.dropout, sdpa=attention_with_cpu_dropout)
-        return self.resid_dropout(self.c_proj(y))
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                  is_causal: bool) -> torch.Tensor:
+        if not _applies(q, self.dropout, self.training):
+            return super().attention(q, k, v, mask, is_causal)
+        return attention_with_cpu_dropout(q, k, v, attn_mask=mask, dropout_p=self.dropout, is_causal=is_causal)
 
 
 def use_cpu_dropout(model: nn.Module) -> int:

@@ -1,8 +1,9 @@
 """A speed piece: the LM loss computed a chunk of rows at a time, with its gradients fused into the forward.
 
 `chunked_lm_loss` equals `minigpt2.losses.lm_loss` (full logits, then `F.cross_entropy`) in value and gradients;
-tests/test_losses.py compares them in fp32 and under bf16 autocast. The sonnet task trains with it
-(`tasks.sonnet.SonnetLM`), and bench/bench_core.py's minigpt2 side uses it. Why it exists: the LM loss makes the
+tests/test_losses.py compares them in fp32 and under bf16 autocast. `minigpt2.fast.for_training` puts
+`ChunkedLMLoss` in the place of every `minigpt2.losses.LMLoss` (the sonnet task's loss), and bench/bench_core.py's
+minigpt2 side uses it. Why it exists: the LM loss makes the
 largest tensors of a training step. For 8 x 128 tokens the logits over GPT-2's 50,257 words take 206 MB,
 `F.cross_entropy` keeps a same-sized log-softmax for backward, and backward builds same-sized gradients.
 `chunked_lm_loss` never holds more than one chunk of rows of logits:
@@ -29,6 +30,8 @@ rather than by autocast's per-op rules (which mixed bf16 and fp32 in `addmm_`).
 from __future__ import annotations
 
 import torch
+
+from ..losses import LMLoss
 
 # Rows per chunk are chosen so one chunk of fp32 logits holds about this many elements (128 MB for 32M, i.e. 667
 # rows of GPT-2's vocabulary). Every chunk reads and writes the whole (V, C) weight gradient once, so smaller
@@ -165,3 +168,10 @@ def _ce_block(logits: torch.Tensor, targets: torch.Tensor, e: torch.Tensor | Non
         if x.data_ptr() != e.data_ptr():
             e.copy_(x)
     return loss
+
+
+class ChunkedLMLoss(LMLoss):
+    """An `LMLoss` computed by `chunked_lm_loss`: the same value and gradients."""
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return chunked_lm_loss(hidden, weight, targets)

@@ -1,0 +1,30 @@
+"""Where the application switches the speed pieces (`minigpt2.fast`) in: once before training, once for the model a
+generative task predicts with. With `--plain` (`HardwareSettings.plain`) neither happens, and every command runs
+the library's plain modules only."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from minigpt2 import fast
+from tasks.base import Task, TaskModel
+
+
+def for_training(module: TaskModel, device: torch.device, plain: bool) -> None:
+    """`minigpt2.fast.for_training` unless `plain`: in place, no parameter or state-dict key changes."""
+    if not plain:
+        fast.for_training(module, device)
+
+
+def predicting(module: TaskModel, task: Task, device: torch.device, autocast: str, plain: bool) -> TaskModel:
+    """The module a task predicts with: for a generative task on the fast path, a shallow copy of `module` whose
+    body is `minigpt2.fast.for_inference`'s copy (prepacked on CPU, in bf16 under `--autocast bf16` where the CPU
+    has native bf16); `module` itself otherwise. `module` is never changed."""
+    if plain or not task.generative:
+        return module
+    view = copy.copy(module)
+    view._modules = dict(module._modules)  # its own module table: the body below replaces only the copy's
+    view.gpt = fast.for_inference(module.gpt, device, torch.bfloat16 if autocast == "bf16" else None)
+    return view
