@@ -57,10 +57,19 @@ def _offline_tokenizer(monkeypatch):
         monkeypatch.setenv("MINIGPT2_TOKENIZER_DIR", str(BPE_DIR))
 
 
+# The fast tier, `python -m pytest -q -m fast` (docs/testing.md): what someone changing the model reruns after each
+# edit. Model and checkpoint parity with transformers, LoRA with peft, the number formats and fake-quant layers, every
+# speed piece against the plain path, and the layering rule; without the tests that use the full 124M config or
+# GPT-2-sized tensors (`slow`) or start a whole command or a new process (`command`).
+FAST_TIER = {"test_layers.py", "test_model.py", "test_checkpoint.py", "test_losses.py", "test_lora.py",
+             "test_lora_peft.py", "test_quant_formats.py", "test_quant_fake.py", "test_contract_fast.py",
+             "test_fast_agreement.py"}
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("MINIGPT2_DATA_DIR"):
-        return
     skip = pytest.mark.skip(reason="set MINIGPT2_DATA_DIR to the real course data to run")
     for item in items:
-        if "shared_data" in item.keywords:
+        if "shared_data" in item.keywords and not os.environ.get("MINIGPT2_DATA_DIR"):
             item.add_marker(skip)
+        if item.path.name in FAST_TIER and not {"slow", "command"} & set(item.keywords):
+            item.add_marker(pytest.mark.fast)

@@ -115,6 +115,7 @@ def test_plain_and_fast_greedy_tokens_agree():
     assert len({tuple(w) for w in want}) == len(want)  # the rows differ: a mix-up would show
 
 
+@pytest.mark.command
 def test_plain_runs_every_command_without_the_speed_pieces(tmp_path, monkeypatch, capsys):
     """`--plain`: finetune, evaluate and generate never call a switch of `minigpt2.fast`; without it they do."""
     from app import evaluate, finetune

@@ -235,6 +235,7 @@ save_file({{"logits": logits, "pred": logits.argmax(-1)}}, sys.argv[3])
 """
 
 
+@pytest.mark.command
 def test_adapter_reloads_in_a_new_process(tmp_path):
     """A saved adapter + the base checkpoint reproduce this process's predictions exactly in another process."""
     base = tiny()

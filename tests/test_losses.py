@@ -133,7 +133,8 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("n, v, chunk_rows", [(37, 101, 1), (37, 101, 7), (37, 101, 1000), (700, 50257, None)])
+@pytest.mark.parametrize("n, v, chunk_rows", [(37, 101, 1), (37, 101, 7), (37, 101, 1000),
+                                                   pytest.param(700, 50257, None, marks=pytest.mark.slow)])
 def test_chunked_loss_under_bf16_autocast_matches_plain_loss_under_autocast(n, v, chunk_rows):
     # (700, 50257, None): the production chunk size at GPT-2's vocabulary, more rows than one chunk (667)
     hidden, weight, targets = _inputs(n=n, c=32, v=v)
