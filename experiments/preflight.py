@@ -29,7 +29,8 @@ class PreconditionError(UserError, RuntimeError):
 def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
     PreconditionError naming the first that fails."""
-    from app.finetune import base_weights_file, parse_settings
+    from app.finetune import parse_settings
+    from app.runmodel import base_weights_file
     from distill.synthetic import load_synthetic
     from minigpt2.data import ensure_task_data
     from minigpt2.tokenizer import Tokenizer

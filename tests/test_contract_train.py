@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minigpt2.train import TrainConfig, TrainingDiverged, train
+from minigpt2.atomic import atomic_write_json
+from minigpt2.train import EpochEnd, TrainConfig, TrainingDiverged, keep_resume_state, train
 from tasks.base import Example, predict_classes
 from tasks.base import collate as _collate
 
@@ -81,9 +82,13 @@ class Recorder:
 def run(tmp_path, module: nn.Module | None = None, resume: bool = False, evaluate=None, **cfg):
     module = module or Toy()
     rec = Recorder()
-    metrics = train(module, examples(), rec, TrainConfig(progress=False, **cfg), tmp_path,
-                    evaluate=evaluate or (lambda m: {"acc": 0.0}), metric="acc", save_best=lambda m, f: None,
-                    resume=resume)
+    def write_metrics(end: EpochEnd) -> None:
+        atomic_write_json(tmp_path / "metrics.json", end.metrics)
+
+    metrics = train(module, examples(), rec, TrainConfig(progress=False, **cfg),
+                    evaluate=evaluate or (lambda m: {"acc": 0.0}), metric="acc",
+                    callbacks=[keep_resume_state(tmp_path / "last"), write_metrics],
+                    resume_from=tmp_path / "last" if resume else None)
     return module, rec.batches, metrics
 
 
@@ -192,8 +197,8 @@ def test_the_seed_decides_the_dropout_masks(tmp_path):
         module = Toy()
         module.drop.p = 0.5
         train(module, examples()[4:5], collate, TrainConfig(progress=False, epochs=3, batch_size=1, lr=0.05,
-                                                             seed=seed), tmp_path / folder,
-              evaluate=lambda m: {"acc": 0.0}, metric="acc", save_best=lambda m, f: None)
+                                                             seed=seed),
+              evaluate=lambda m: {"acc": 0.0}, metric="acc")
         return module.lin.weight.detach().clone()
 
     a, b, c = trained(5, "a"), trained(5, "b"), trained(6, "c")
