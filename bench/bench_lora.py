@@ -65,35 +65,9 @@ def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if variant.startswith("minigpt2"):
-        from minigpt2 import GPT2, GPT2Config
-        from minigpt2.chunked_loss import chunked_lm_loss
-        from minigpt2.train import use_training_speed_pieces
-
-        model = GPT2(GPT2Config.from_name(config)).to(device).train()
-        use_training_speed_pieces(model)  # as minigpt2.train does for every training run
-        if variant == "minigpt2-lora":
-            from minigpt2.lora import apply_lora
-
-            apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
-
-        def loss_fn() -> torch.Tensor:
-            return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
+        model, loss_fn = _minigpt2_model(variant, device, rank, config, ids)
     elif variant == "peft-lora":
-        import peft
-        import transformers
-
-        from minigpt2 import GPT2Config
-
-        transformers.logging.set_verbosity_error()
-        hf_config = transformers.GPT2Config(**GPT2Config.from_name(config).to_hf_dict(),
-                                            attn_implementation="sdpa")  # GPT-2's dropout 0.1, like ours
-        model = transformers.GPT2LMHeadModel(hf_config).to(device).train()
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=rank, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
-            fan_in_fan_out=True))
-
-        def loss_fn() -> torch.Tensor:
-            return model(input_ids=ids, labels=ids).loss
+        model, loss_fn = _peft_model(device, rank, config, ids)
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
@@ -107,6 +81,46 @@ def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step, sum(p.numel() for p in params)
+
+
+def _minigpt2_model(variant: str, device: torch.device, rank: int, config: str, ids: torch.Tensor
+                    ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """Our GPT-2 as a training run builds it (with LoRA for "minigpt2-lora"), and its LM loss on `ids`."""
+    from minigpt2 import GPT2, GPT2Config
+    from minigpt2.chunked_loss import chunked_lm_loss
+    from minigpt2.train import use_training_speed_pieces
+
+    model = GPT2(GPT2Config.from_name(config)).to(device).train()
+    use_training_speed_pieces(model)  # as minigpt2.train does for every training run
+    if variant == "minigpt2-lora":
+        from minigpt2.lora import apply_lora
+
+        apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
+
+    def loss_fn() -> torch.Tensor:
+        return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
+    return model, loss_fn
+
+
+def _peft_model(device: torch.device, rank: int, config: str, ids: torch.Tensor
+                ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """The transformers GPT-2 with peft LoRA on the same projections, and its LM loss on `ids`."""
+    import peft
+    import transformers
+
+    from minigpt2 import GPT2Config
+
+    transformers.logging.set_verbosity_error()
+    hf_config = transformers.GPT2Config(**GPT2Config.from_name(config).to_hf_dict(),
+                                        attn_implementation="sdpa")  # GPT-2's dropout 0.1, like ours
+    model = transformers.GPT2LMHeadModel(hf_config).to(device).train()
+    model = peft.get_peft_model(model, peft.LoraConfig(
+        r=rank, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
+        fan_in_fan_out=True))
+
+    def loss_fn() -> torch.Tensor:
+        return model(input_ids=ids, labels=ids).loss
+    return model, loss_fn
 
 
 def worker(variant: str, device_name: str, threads: int, rank: int, bf16: bool, config: str = "gpt2") -> None:
