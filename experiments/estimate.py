@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -43,6 +43,10 @@ from app.settings import SyntheticSettings
 from minigpt2.config import GPT2Config
 
 from .sweeps import TEACHERS, Run
+
+if TYPE_CHECKING:
+    from app.settings import RunSettings
+    from tasks.base import Task
 
 PROBE_BATCH, PROBE_SEQ = 8, 64
 # Per generated sonnet (one request each): prompt, output and thinking tokens. An assumption for pricing files
@@ -281,11 +285,27 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     max_len = min(s.data.max_length or model_config(s.model.model).n_positions,
                   model_config(s.model.model).n_positions)
     folder = str(data_dir(s.data.data_dir))
+    w = Workload(run.name, s.model.model, n, layers, s.optim.epochs, full_optimizer=s.model.lora is None)
+    _count_training(w, s, task.name, folder, max_len)
+    _count_evaluation(w, s, task, folder, max_len)
+    tokdir, seed, batch = s.data.tokenizer_dir, s.optim.seed, s.eval.batch_size
+    for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
+        argv = list(ev.argv)
+        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
+        other = _split_counts(name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
+        w.eval_tokens += sum(other.lengths)
+        w.eval_batches += math.ceil(len(other.lengths) / batch)
+    w.model_loads = 1 + len(run.evaluations)
+    w.processes = w.model_loads if isolation == "subprocess" else 0
+    return w
+
+
+def _count_training(w: Workload, s: RunSettings, task: str, folder: str, max_len: int) -> None:
+    """The training tokens and micro-batches of a run with settings `s`."""
     tokdir, seed, epochs = s.data.tokenizer_dir, s.optim.seed, s.optim.epochs
-    w = Workload(run.name, s.model.model, n, layers, epochs, full_optimizer=s.model.lora is None)
     synthetic = s.data.synthetic
     if synthetic is not None and not Path(synthetic.path).is_file():  # planned, not made yet
-        real = (0, 0) if synthetic.only else _train_counts(task.name, folder, tokdir, s.data.max_train, max_len,
+        real = (0, 0) if synthetic.only else _train_counts(task, folder, tokdir, s.data.max_train, max_len,
                                                            None, seed)
         extra = synthetic.n or 0
         mean = _mean_sonnet_tokens(folder, tokdir, max_len)
@@ -293,9 +313,15 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
         w.assumed.append(f"{synthetic.path} not made yet: its sonnets counted at {mean:.0f} tokens each (the "
                          "real training sonnets' mean)")
     else:
-        examples, tokens = _train_counts(task.name, folder, tokdir, s.data.max_train, max_len, synthetic, seed)
+        examples, tokens = _train_counts(task, folder, tokdir, s.data.max_train, max_len, synthetic, seed)
     w.train_tokens = tokens * epochs
     w.train_steps = math.ceil(examples / s.optim.batch_size) * epochs
+
+
+def _count_evaluation(w: Workload, s: RunSettings, task: Task, folder: str, max_len: int) -> None:
+    """The forward-only tokens and the sonnet generation of a run's evaluations: dev after every epoch, then
+    the final dev and test predictions (and, for generative tasks, the held-out likelihood)."""
+    tokdir, seed, epochs = s.data.tokenizer_dir, s.optim.seed, s.optim.epochs
     batch = s.eval.batch_size
     dev = _split_counts(task.name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
     test = _split_counts(task.name, folder, tokdir, max_len, s.data.max_eval, seed, "test")
@@ -322,15 +348,6 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     else:
         w.eval_tokens += (passes + 1) * sum(dev.lengths) + sum(test.lengths)
         w.eval_batches += (passes + 1) * math.ceil(len(dev.lengths) / batch) + math.ceil(len(test.lengths) / batch)
-    for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
-        argv = list(ev.argv)
-        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
-        other = _split_counts(name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
-        w.eval_tokens += sum(other.lengths)
-        w.eval_batches += math.ceil(len(other.lengths) / batch)
-    w.model_loads = 1 + len(run.evaluations)
-    w.processes = w.model_loads if isolation == "subprocess" else 0
-    return w
 
 
 def run_tokens(run: Run) -> tuple[int, int]:

@@ -15,11 +15,14 @@ in turn, each with its own output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from minigpt2.errors import UserError
 
 from .sweeps import Run
+
+if TYPE_CHECKING:
+    from app.settings import SyntheticSettings
 
 
 class PreconditionError(UserError, RuntimeError):
@@ -31,7 +34,6 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     PreconditionError naming the first that fails."""
     from app.finetune import parse_settings
     from app.runmodel import base_weights_file
-    from distill.synthetic import load_synthetic
     from minigpt2.data import ensure_task_data
     from minigpt2.tokenizer import Tokenizer
     from tasks import get_task
@@ -68,14 +70,21 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
         once(("tokenizer", s.data.tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(s.data.tokenizer_dir))
         syn = s.data.synthetic
         if syn is not None:
-            def synthetic(syn=syn) -> None:  # type: ignore[no-untyped-def]
-                if not Path(syn.path).is_file():
-                    raise PreconditionError(f"{syn.path}: no such file; make it with `python -m distill.generate "
-                                            f"--teacher {Path(syn.path).stem} --n 1000 --out {syn.path}`")
-                key = (syn.path, syn.filter)
-                if key not in counts:  # read (and, for "perfect", checked) once per file and filter
-                    counts[key] = len(load_synthetic(syn.path, filter=syn.filter))
-                if syn.n is not None and counts[key] < syn.n:
-                    raise PreconditionError(f"{syn.path}: asked for {syn.n} synthetic sonnets (filter="
-                                            f"{syn.filter}) but it has only {counts[key]}")
-            once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}", synthetic)
+            once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}",
+                 lambda syn=syn: _check_synthetic(syn, counts))
+
+
+def _check_synthetic(syn: SyntheticSettings, counts: dict[tuple[str, str], int]) -> None:
+    """A run's synthetic file exists and holds the sonnets it asks for; `counts` keeps each file's count per
+    filter, so that a file is read (and, for "perfect", checked) once."""
+    from distill.synthetic import load_synthetic
+
+    if not Path(syn.path).is_file():
+        raise PreconditionError(f"{syn.path}: no such file; make it with `python -m distill.generate "
+                                f"--teacher {Path(syn.path).stem} --n 1000 --out {syn.path}`")
+    key = (syn.path, syn.filter)
+    if key not in counts:
+        counts[key] = len(load_synthetic(syn.path, filter=syn.filter))
+    if syn.n is not None and counts[key] < syn.n:
+        raise PreconditionError(f"{syn.path}: asked for {syn.n} synthetic sonnets (filter={syn.filter}) but it has "
+                                f"only {counts[key]}")

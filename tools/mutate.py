@@ -270,6 +270,21 @@ def run_mutant(mutant: Mutant, files: list[str], timeout: int) -> tuple[Mutant, 
     return mutant, verdict, tail, time.time() - t0
 
 
+def baseline_passes(chosen: list[Mutant], files: list[str], timeout: int) -> bool:
+    """Run the chosen mutants' test files once on an unmutated copy; False (and why, on stderr) if they fail."""
+    t0 = time.time()
+    tests = tuple(sorted({t for m in chosen for t in m.tests}))
+    with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
+        repo = scratch_copy(files, Path(tmp))
+        check_imports_come_from(repo)
+        status, tail = run_tests(repo, tests, timeout)
+    if status != "passed":
+        print(f"error: the tests fail without any mutant ({status}); fix them first:\n{tail}", file=sys.stderr)
+        return False
+    print(f"baseline: {len(tests)} test files pass unmutated ({time.time() - t0:.0f} s)", flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Apply each deliberate bug to a scratch copy and run its tests.")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
@@ -299,16 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     files = source_files()
-    if not args.no_baseline:
-        tests = tuple(sorted({t for m in chosen for t in m.tests}))
-        with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
-            repo = scratch_copy(files, Path(tmp))
-            check_imports_come_from(repo)
-            status, tail = run_tests(repo, tests, args.timeout * 2)
-        if status != "passed":
-            print(f"error: the tests fail without any mutant ({status}); fix them first:\n{tail}", file=sys.stderr)
-            return 2
-        print(f"baseline: {len(tests)} test files pass unmutated ({time.time() - t0:.0f} s)", flush=True)
+    if not args.no_baseline and not baseline_passes(chosen, files, args.timeout * 2):
+        return 2
 
     results = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
