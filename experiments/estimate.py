@@ -172,11 +172,6 @@ def _train_counts(task: str, folder: str, tokenizer_dir: str | None, max_train: 
     return len(examples), sum(len(e.input_ids) for e in examples)
 
 
-def _train_tokens(task: str, folder: str, tokenizer_dir: str | None, max_train: int | None, max_len: int,
-                  synthetic: SyntheticSettings | None) -> int:
-    return _train_counts(task, folder, tokenizer_dir, max_train, max_len, synthetic)[1]
-
-
 @dataclass(frozen=True)
 class SplitCounts:
     """What evaluating one split takes: its examples' input lengths, and for sonnets the loss examples' tokens
