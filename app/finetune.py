@@ -159,7 +159,7 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
     """The model of a run. The study's knobs wrap the body here, before the task head is attached and before
     the trainable set is decided:
 
-    1. quantization (`--precision ... --qaft`): fake-quant wrappers around the body's linear layers;
+    1. quantization (`--precision ... --qaft`): fake-quant layers in place of the body's linear layers;
     2. LoRA (`--method lora ...`): adapters around the (possibly fake-quant) projections, base frozen.
     """
     gpt = load_base_model(settings)
@@ -169,9 +169,9 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
         raise SettingsError(f"--lora-rank {lora.rank}: larger than the model's layer width (n_embd "
                             f"{gpt.config.n_embd}); expected at most {gpt.config.n_embd}, a low rank")
     module = task.build(gpt)
-    if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantises afterwards (PTQ)
+    if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantizes afterwards (PTQ)
         apply_run_precision(module, module.gpt, settings.precision)
-    if lora is not None:  # after fake-quant: a quantised frozen base + fp32 adapters
+    if lora is not None:  # after fake-quant: a quantized frozen base + fp32 adapters
         report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
                             trainable=head_modules(module))
         print(report, file=sys.stderr)

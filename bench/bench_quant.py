@@ -77,7 +77,7 @@ def size_rows() -> list[Row]:
     table = reports(GPT2Config.from_name("gpt2"))
     fp32 = next(r for r in table if r.precision == "fp32").file_bytes / 1e6
     return [Row(f"packed checkpoint 124M: {r.precision}", "MB", r.file_bytes / 1e6, "fp32", fp32, False,
-                "", {"quantised": r.quantised, "parts_bytes": r.parts}) for r in table]
+                "", {"quantised": r.quantized, "parts_bytes": r.parts}) for r in table]
 
 
 def run(quick: bool, device: str, threads: int) -> list[Row]:
