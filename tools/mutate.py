@@ -193,7 +193,7 @@ MUTANTS: list[Mutant] = [
            "    if settings.run.overwrite:", SET),
     Mutant("run-holds-needs-every-part", "app/runfolder.py", "return any((run_dir / part).exists()",
            "return all((run_dir / part).exists()", SET),
-    # ---- the sonnet measures and paired comparisons (issue 20)
+    # ---- the sonnet measures and paired comparisons
     Mutant("nll-no-eot", "tasks/sonnet.py", 'seq = prompt + tok.encode("\\n".join(rest)) + [tok.eot_id]',
            'seq = prompt + tok.encode("\\n".join(rest))', MEASURES),
     Mutant("nll-mean-of-ratios", "app/measures.py", "value = float(sums.sum() / counts.sum())",
