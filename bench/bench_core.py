@@ -41,7 +41,8 @@ from minigpt2.generate import generate
 from minigpt2.chunked_loss import chunked_lm_loss
 from minigpt2.model import GPT2, gather_last
 from minigpt2.prepack import inference_copy, prepacked
-from minigpt2.train import use_training_speed_pieces
+from minigpt2.cpu_dropout import use_cpu_dropout
+from minigpt2.recompute import recompute_gelu_in_backward
 
 from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
                      write_json)
@@ -103,7 +104,8 @@ def load_pair(folder: str | os.PathLike, device: str) -> tuple[GPT2, Any]:
     import transformers
 
     ours = load_model(folder, device=device)
-    use_training_speed_pieces(ours)  # as minigpt2.train does for every training run
+    recompute_gelu_in_backward(ours)  # the training speed pieces, as finetune switches them in
+    use_cpu_dropout(ours)
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)
     assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
     hf.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
@@ -412,7 +414,8 @@ def memory_probe(side: str, folder: str | os.PathLike, batch: int, seq: int, dev
 
     if side == "ours":
         model = load_model(folder, device=device)
-        use_training_speed_pieces(model)  # as minigpt2.train does for every training run
+        recompute_gelu_in_backward(model)  # the training speed pieces, as finetune switches them in
+        use_cpu_dropout(model)
         step = _ours_lm_step
     elif side == "hf":
         model = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa").to(device)

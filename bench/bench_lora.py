@@ -88,10 +88,12 @@ def _minigpt2_model(variant: str, device: torch.device, rank: int, config: str, 
     """Our GPT-2 as a training run builds it (with LoRA for "minigpt2-lora"), and its LM loss on `ids`."""
     from minigpt2 import GPT2, GPT2Config
     from minigpt2.chunked_loss import chunked_lm_loss
-    from minigpt2.train import use_training_speed_pieces
+    from minigpt2.cpu_dropout import use_cpu_dropout
+    from minigpt2.recompute import recompute_gelu_in_backward
 
     model = GPT2(GPT2Config.from_name(config)).to(device).train()
-    use_training_speed_pieces(model)  # as minigpt2.train does for every training run
+    recompute_gelu_in_backward(model)  # the training speed pieces, as finetune switches them in
+    use_cpu_dropout(model)
     if variant == "minigpt2-lora":
         from minigpt2.lora import apply_lora
 
