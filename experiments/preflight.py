@@ -52,13 +52,13 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
             raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
 
     for run in runs:
-        s = parse_settings([*run.args, "--out-dir", "unused"])
-        offline = s.data.offline
-        model = s.model.model
+        settings = parse_settings([*run.args, "--out-dir", "unused"])
+        offline = settings.data.offline
+        model = settings.model.model
         if model != "tiny":
             once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
-        folder = data_dir(s.data.data_dir)
-        tasks = [s.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
+        folder = data_dir(settings.data.data_dir)
+        tasks = [settings.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
                                  if "--task" in ev.argv]
         for name in tasks:
             task = get_task(name)
@@ -67,8 +67,9 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
                 ensure_task_data(task.name, folder, offline=offline)
                 require_files(folder, sorted(set(task.files.values())), task.name)
             once(("data", name, str(folder), offline), f"the {name} data", data)
-        once(("tokenizer", s.data.tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(s.data.tokenizer_dir))
-        syn = s.data.synthetic
+        tokenizer_dir = settings.data.tokenizer_dir
+        once(("tokenizer", tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(tokenizer_dir))
+        syn = settings.data.synthetic
         if syn is not None:
             once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}",
                  lambda syn=syn: _check_synthetic(syn, counts))
