@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from minigpt2.atomic import atomic_write_json
+from minigpt2.checkpoint import read_safetensors
 from minigpt2.train import EpochEnd, TrainConfig, TrainingDiverged, keep_resume_state, train
 from tasks.base import Example, predict_classes
 from tasks.base import collate as _collate
@@ -37,7 +39,7 @@ class Toy(nn.Module):
         self.emb = nn.Embedding(V, C)
         self.lin = nn.Linear(C, 1)
         self.gain = nn.Parameter(torch.ones(C))
-        self.drop = nn.Dropout(0.0)  # a test sets p before training (the loop swaps in its CPU dropout)
+        self.drop = nn.Dropout(0.0)  # a test sets p before training
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
@@ -273,3 +275,34 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
     for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-12), name
+
+
+def test_end_of_epoch_callbacks_see_every_epoch_in_order_and_the_best_so_far(tmp_path):
+    """The callbacks run after each epoch's evaluation, in the order given; `improved` marks a strictly higher
+    metric (a tie keeps the earlier epoch as best), and `metrics` already holds the epoch and the best."""
+    scores = iter([0.5, 0.7, 0.7, 0.6])
+    seen: list[tuple] = []
+
+    def first(end: EpochEnd) -> None:
+        seen.append(("first", end.epoch, end.improved, end.metrics["best"]["epoch"], len(end.metrics["epochs"]),
+                     end.row["acc"], end.optimizer.param_groups[0]["lr"] == end.scheduler.get_last_lr()[0]))
+
+    def second(end: EpochEnd) -> None:
+        seen.append(("second", end.epoch))
+
+    metrics = train(Toy(), examples(), collate, TrainConfig(progress=False, epochs=4, batch_size=4),
+                    evaluate=lambda m: {"acc": next(scores)}, metric="acc", callbacks=[first, second])
+    assert seen == [("first", 1, True, 1, 1, 0.5, True), ("second", 1),
+                    ("first", 2, True, 2, 2, 0.7, True), ("second", 2),
+                    ("first", 3, False, 2, 3, 0.7, True), ("second", 3),
+                    ("first", 4, False, 2, 4, 0.6, True), ("second", 4)]
+    assert metrics["best"] == {"epoch": 2, "acc": 0.7}
+
+
+def test_keep_resume_state_writes_what_resume_from_continues(tmp_path):
+    """`keep_resume_state(folder)` saves after every epoch; `resume_from` without a saved state starts afresh."""
+    cfg = dict(epochs=2, batch_size=4, lr=0.05)
+    _, batches, metrics = run(tmp_path, Toy(), resume=True, **cfg)  # nothing saved yet: a fresh run
+    assert len(batches) == 12 and "resumed_from_epoch" not in metrics
+    state = read_safetensors(tmp_path / "last" / "state.safetensors")[1]["trainer"]
+    assert json.loads(state)["epoch"] == 2 and len(json.loads(state)["history"]) == 2

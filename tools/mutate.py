@@ -79,6 +79,8 @@ MUTANTS: list[Mutant] = [
     Mutant("train-grads-carry-over", "minigpt2/train.py", "optimizer.zero_grad(set_to_none=True)", "pass", TRAIN),
     Mutant("train-resume-repeats-epoch", "minigpt2/train.py", 'start_epoch = trainer["epoch"] + 1',
            'start_epoch = trainer["epoch"]', TRAIN),
+    Mutant("train-best-on-ties", "minigpt2/train.py", "improved = best is None or row[metric] > best[metric]",
+           "improved = best is None or row[metric] >= best[metric]", TRAIN),
     Mutant("eval-dev-loss-in-train-mode", "app/finetune.py", "    module.eval()\n    with torch.no_grad():\n"
            "        for start in range(0, len(examples), batch_size):\n            chunk",
            "    with torch.no_grad():\n        for start in range(0, len(examples), batch_size):\n            chunk",
