@@ -233,7 +233,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup, cfg.schedule))
     metrics = new_metrics(module, cfg, metric, d, steps_per_epoch)
-    start_epoch, wall_before = resume(resume_from, module, optimizer, scheduler, metrics, cfg, d)
+    start_epoch, wall_before = restore(resume_from, module, optimizer, scheduler, metrics, cfg, d)
     wrapped = module if d.world == 1 else nn.parallel.DistributedDataParallel(
         module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     loop = Loop(module, wrapped, examples, collate, cfg, d, optimizer, scheduler, amp, per_rank,
@@ -254,9 +254,9 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     return metrics
 
 
-def resume(folder: Path | None, module: nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler, metrics: dict[str, Any], cfg: TrainConfig, d: Dist
-           ) -> tuple[int, float]:
+def restore(folder: Path | None, module: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, metrics: dict[str, Any], cfg: TrainConfig, d: Dist
+            ) -> tuple[int, float]:
     """Continue from the resume state in `folder`, if there is one: restores the weights, optimizer, schedule and
     RNG, and the history into `metrics`. Returns the first epoch to run and the wall time already spent."""
     if folder is None:
