@@ -193,9 +193,9 @@ def test_the_seed_decides_the_batch_order(tmp_path):
     assert a[:6] != a[6:]  # each epoch draws its own order
 
 
-def test_the_seed_decides_the_dropout_masks(tmp_path):
+def test_the_seed_decides_the_dropout_masks():
     """One example, one batch: no order to draw, so only the dropout masks can tell two seeds apart."""
-    def trained(seed: int, folder: str) -> torch.Tensor:
+    def trained(seed: int) -> torch.Tensor:
         module = Toy()
         module.drop.p = 0.5
         train(module, examples()[4:5], collate, TrainConfig(progress=False, epochs=3, batch_size=1, lr=0.05,
@@ -203,7 +203,7 @@ def test_the_seed_decides_the_dropout_masks(tmp_path):
               evaluate=lambda m: {"acc": 0.0}, metric="acc")
         return module.lin.weight.detach().clone()
 
-    a, b, c = trained(5, "a"), trained(5, "b"), trained(6, "c")
+    a, b, c = trained(5), trained(5), trained(6)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -277,7 +277,7 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
         assert torch.allclose(p, q, rtol=0, atol=1e-12), name
 
 
-def test_end_of_epoch_callbacks_see_every_epoch_in_order_and_the_best_so_far(tmp_path):
+def test_end_of_epoch_callbacks_see_every_epoch_in_order_and_the_best_so_far():
     """The callbacks run after each epoch's evaluation, in the order given; `improved` marks a strictly higher
     metric (a tie keeps the earlier epoch as best), and `metrics` already holds the epoch and the best."""
     scores = iter([0.5, 0.7, 0.7, 0.6])

@@ -64,7 +64,7 @@ def test_weight_decay_only_on_matrices():
     assert n == sum(p.numel() for p in model.parameters())
 
 
-def test_overfitting_a_handful_of_examples_drives_the_loss_near_zero(tmp_path):
+def test_overfitting_a_handful_of_examples_drives_the_loss_near_zero():
     torch.manual_seed(0)
     model = SentimentClassifier(GPT2(GPT2Config.from_name("tiny", dropout=0.0)), 4)
     g = torch.Generator().manual_seed(0)
@@ -99,7 +99,7 @@ def test_ddp_two_cpu_processes_keep_weights_in_sync(tmp_path):
     assert (out / "full-model-sst-dev-out.csv").is_file() and (out / "best" / "model.safetensors").is_file()
 
 
-def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+def test_gradient_accumulation_equals_one_big_batch():
     """Two micro-batches of 4 with --grad-accum 2 make the same optimizer step as one batch of 8."""
     g = torch.Generator().manual_seed(0)
     examples = [Example(str(i), torch.randint(0, 1000, (6,), generator=g).tolist(), i % 3) for i in range(8)]
