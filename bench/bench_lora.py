@@ -5,9 +5,10 @@
 Work: one optimizer step of next-token loss on a batch of 8 × 128 random tokens, GPT-2 124M at random init (no
 download), GPT-2's dropout 0.1 on both sides, LoRA on attention + MLP (alpha 16, no adapter dropout) at rank 8 and
 at rank 256, each in fp32 and under CPU/CUDA bf16 autocast (the same autocast on both sides), fused AdamW on the
-trainable parameters on both sides (torch's fused kernel runs on CPU too). peft targets HF's modules `c_attn`, `c_proj`, `c_fc`, the usual
-way to put LoRA on GPT-2 with peft; its fused `c_attn` adapter has fewer parameters than minigpt2's three
-per-projection ones (37.7M vs 42.5M trainable), so the comparison gives peft slightly less work.
+trainable parameters on both sides (torch's fused kernel runs on CPU too). peft targets HF's modules `c_attn`,
+`c_proj`, `c_fc`, the usual way to put LoRA on GPT-2 with peft; its fused `c_attn` adapter has fewer parameters
+than minigpt2's three per-projection ones (37.7M vs 42.5M trainable), so the comparison gives peft slightly less
+work.
 
 How it is measured: each variant lives in its own fresh worker process, so peak memory is that variant's alone
 (in-process RSS high-water marks would carry over from the previous variant, and freed memory is not always
@@ -206,8 +207,8 @@ def measure(quick: bool, device: str, threads: int, rank: int, bf16: bool,
                           "peak_mib": max(r["peak_bytes"] for r in rs) / 2**20,
                           "peak_abs_mib": max(r["peak_abs"] for r in rs) / 2**20,
                           "step_seconds": [round(r["seconds"], 3) for r in rs], "trainable": w.trainable}
-    out["_meta"] = {"config": config, "device": device, "threads": threads, "warmup": warmup, "iters": iters, "batch": BATCH,
-                    "seq": SEQ, "rank": rank, "alpha": ALPHA, "precision": "bf16 autocast" if bf16 else "fp32",
+    out["_meta"] = {"config": config, "device": device, "threads": threads, "warmup": warmup, "iters": iters,
+                    "batch": BATCH, "seq": SEQ, "rank": rank, "alpha": ALPHA, "precision": "bf16 autocast" if bf16 else "fp32",
                     "torch": torch.__version__}
     return out
 
