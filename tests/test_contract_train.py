@@ -306,3 +306,24 @@ def test_keep_resume_state_writes_what_resume_from_continues(tmp_path):
     assert len(batches) == 12 and "resumed_from_epoch" not in metrics
     state = read_safetensors(tmp_path / "last" / "state.safetensors")[1]["trainer"]
     assert json.loads(state)["epoch"] == 2 and len(json.loads(state)["history"]) == 2
+
+
+def test_each_epoch_writes_the_best_weights_then_the_resume_state_then_the_metrics(tmp_path, monkeypatch):
+    """finetune's end-of-epoch callbacks: the folder is checked first; the best weights are written only for an
+    epoch that improved, and before the resume state and metrics.json, so that a kill between two writes never
+    leaves a resume state or metrics naming a best epoch whose weights are not on disk."""
+    from app import finetune
+    from tests.test_finetune import finetune_args
+
+    written: list[str] = []
+    monkeypatch.setattr(finetune.runfolder, "check_still_there", lambda run_dir: written.append("check"))
+    monkeypatch.setattr(finetune, "save_run_model", lambda module, folder, settings: written.append(folder.name))
+    monkeypatch.setattr(finetune, "keep_resume_state", lambda folder: lambda end: written.append(folder.name))
+    monkeypatch.setattr(finetune, "atomic_write_json", lambda path, obj: written.append(path.name))
+    settings = finetune.parse_settings(finetune_args("sst", tmp_path / "run"))
+    callbacks = finetune.epoch_callbacks(settings, tmp_path, {"task": "sst"})
+    metrics = {"metric": "acc", "epochs": [], "best": None}
+    for improved in (True, False):
+        for callback in callbacks:
+            callback(EpochEnd(1, {}, metrics, improved, None, None, None))  # type: ignore[arg-type]
+    assert written == ["check", "best", "last", "metrics.json", "check", "last", "metrics.json"]

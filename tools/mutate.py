@@ -81,6 +81,10 @@ MUTANTS: list[Mutant] = [
            'start_epoch = trainer["epoch"]', TRAIN),
     Mutant("train-best-on-ties", "minigpt2/train.py", "improved = best is None or row[metric] > best[metric]",
            "improved = best is None or row[metric] >= best[metric]", TRAIN),
+    Mutant("run-best-every-epoch", "app/finetune.py", "        if end.improved:\n", "        if True:\n", TRAIN),
+    Mutant("run-metrics-before-best", "app/finetune.py",
+           'return [check_folder, save_best, keep_resume_state(run_dir / "last"), write_metrics]',
+           'return [check_folder, write_metrics, save_best, keep_resume_state(run_dir / "last")]', TRAIN),
     Mutant("eval-dev-loss-in-train-mode", "app/finetune.py", "    module.eval()\n    with torch.no_grad():\n"
            "        for start in range(0, len(examples), batch_size):\n            chunk",
            "    with torch.no_grad():\n        for start in range(0, len(examples), batch_size):\n            chunk",
