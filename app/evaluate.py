@@ -27,13 +27,14 @@ from course.readers import data_dir, require_files
 from minigpt2.errors import UserError
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.atomic import atomic_write_json
-from minigpt2.train import seed_everything, setup_distributed
+from minigpt2.distributed import setup_distributed
+from minigpt2.train import seed_everything
 from tasks import get_task
 
 from . import runfolder, speed
-from .finetune import load_run_body, load_run_model
 from .measures import form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
+from .runmodel import load_run_body, load_run_model
 from .settings import RunSettings, check_device
 
 

@@ -9,15 +9,14 @@ and the run's fingerprint), metrics.json (per epoch and best), best/ (model.safe
 layout, head.safetensors for a classifier head), last/ (the resume state), and the dev/test predictions.
 
 Where the study's knobs plug in: `build_model` (wrap the GPT-2 body: quantization first, then LoRA),
-`save_run_model`/`load_run_model` (how the best weights are stored), and `app.synthetic` (synthetic sonnets handed
-to the sonnet task's training set).
+`app.runmodel` (how the best weights are stored and loaded), and `app.synthetic` (synthetic sonnets handed to the
+sonnet task's training set). What a run writes after each epoch is `epoch_callbacks`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,27 +28,24 @@ import torch.distributed as dist
 
 from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
-from minigpt2.atomic import atomic_path, atomic_write_json
-from minigpt2.checkpoint import hf_to_minigpt2, load_model, read_safetensors, resolve_model, save_model
-from minigpt2.config import GPT2Config
+from minigpt2.atomic import atomic_write_json
 from minigpt2.device import AUTOCAST_MODES, autocast_dtype, autocast_for
+from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
 from minigpt2.errors import UserError
-from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
-from minigpt2.model import GPT2
+from minigpt2.lora import apply_lora, without_lora
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, leave_together, seed_everything, setup_distributed, train
+from minigpt2.train import (DEFAULT_SEED, Callback, EpochEnd, keep_resume_state, new_metrics, record_epoch,
+                            seed_everything, train)
 from tasks import TASKS, get_task
 from tasks.base import Example, Task, TaskModel, collate
 
 from . import runfolder, speed, subsets
 from .measures import form_record, heldout_measures, mean_scores, sample_file_name
 from .precision import add_precision_args, apply_run_precision, write_quantized
+from .runmodel import base_weights_file, head_modules, load_base_model, load_run_model, save_run_model
 from .settings import (EVAL_SAMPLES, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings,
                        SettingsError, from_args)
 from .synthetic import synthetic_texts
-
-ADAPTER_NAME = "adapter.safetensors"
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minigpt2.finetune", description=__doc__.split("\n\n")[0],
@@ -160,26 +156,11 @@ def parse_settings(argv: list[str] | None = None) -> RunSettings:
 
 # ---------------------------------------------------------------------------------------------- the model
 
-def base_weights_file(model: str, offline: bool = False) -> Path | None:
-    """The safetensors file --model names (downloaded if it is a missing preset); None for 'tiny'."""
-    if model == "tiny":
-        return None
-    path = resolve_model(model, offline=offline)
-    return path / "model.safetensors" if path.is_dir() else path
-
-
-def load_base_model(settings: RunSettings) -> GPT2:
-    """The GPT-2 body named by --model: 'tiny' (random init), a preset name, or a path."""
-    if settings.model.model == "tiny":
-        return GPT2(GPT2Config.from_name("tiny"))
-    return load_model(resolve_model(settings.model.model, offline=settings.data.offline))
-
-
 def build_model(settings: RunSettings, task: Task) -> TaskModel:
     """The model of a run. The study's knobs wrap the body here, before the task head is attached and before
     the trainable set is decided:
 
-    1. quantization (`--precision ... --qaft`): fake-quant wrappers around the body's linear layers;
+    1. quantization (`--precision ... --qaft`): fake-quant layers in place of the body's linear layers;
     2. LoRA (`--method lora ...`): adapters around the (possibly fake-quant) projections, base frozen.
     """
     gpt = load_base_model(settings)
@@ -189,9 +170,9 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
         raise SettingsError(f"--lora-rank {lora.rank}: larger than the model's layer width (n_embd "
                             f"{gpt.config.n_embd}); expected at most {gpt.config.n_embd}, a low rank")
     module = task.build(gpt)
-    if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantises afterwards (PTQ)
+    if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantizes afterwards (PTQ)
         apply_run_precision(module, module.gpt, settings.precision)
-    if lora is not None:  # after fake-quant: a quantised frozen base + fp32 adapters
+    if lora is not None:  # after fake-quant: a quantized frozen base + fp32 adapters
         report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
                             trainable=head_modules(module))
         print(report, file=sys.stderr)
@@ -199,72 +180,6 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
         module.gpt.requires_grad_(False)
     if not any(p.requires_grad for p in module.parameters()):
         raise UserError("the model has no trainable parameter with these settings")
-    return module
-
-
-def head_modules(module: TaskModel) -> list[str]:
-    """Names of the task head's modules (everything with parameters outside the GPT-2 body)."""
-    return [n for n, m in module.named_children() if n != "gpt" and any(True for _ in m.parameters())]
-
-
-def load_run_body(folder: Path, settings: RunSettings, recorded_base: dict[str, Any] | None = None) -> GPT2:
-    """The GPT-2 body a saved run starts from: the saved weights, or for a LoRA run (whose checkpoint holds only
-    the adapter) the base model named by --model, which must still be the file the run was trained on."""
-    if (folder / ADAPTER_NAME).is_file():
-        if recorded_base is not None:
-            weights = base_weights_file(settings.model.model, settings.data.offline)
-            now = runfolder.sha256_file(weights)
-            if now != recorded_base["sha256"]:
-                raise runfolder.RunFolderError(
-                    f"{folder / ADAPTER_NAME}: the LoRA run was trained on {recorded_base['file']} (sha256 "
-                    f"{recorded_base['sha256']}), but {weights} now has sha256 {now}; its adapter does not fit "
-                    "this base")
-        return load_base_model(settings)
-    if not (folder / "model.safetensors").is_file():
-        raise runfolder.RunFolderError(f"{folder}: no model.safetensors or {ADAPTER_NAME}; the run has no best "
-                                       "checkpoint (did it finish an epoch?)")
-    return load_model(folder)
-
-
-def save_run_model(module: TaskModel, folder: Path, settings: RunSettings) -> None:
-    """Best weights: the body as `model.safetensors` + `config.json` (HF layout, run settings under the key
-    "minigpt2"), the head (if any) as `head.safetensors`. A LoRA run saves only `adapter.safetensors` (adapters
-    + head, LoRA settings in its metadata) and a `config.json` naming the base model."""
-    extra = {"task": settings.data.task, "mode": settings.model.mode, "args": settings.flat()}
-    if settings.model.lora is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_adapter(module, folder / ADAPTER_NAME)  # atomic
-        cfg = module.gpt.config.to_hf_dict()
-        cfg["minigpt2"] = {**extra, "base_model": settings.model.model, "lora": module.lora_config.to_dict()}
-        atomic_write_json(folder / "config.json", cfg)
-        return
-    save_model(module.gpt, folder, extra_config=extra)  # fake-quant layers save their full-precision weights
-    head = module.head_state()
-    if head:
-        from safetensors.torch import save_file
-
-        with atomic_path(folder / "head.safetensors") as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(tmp))
-
-
-def load_run_model(module: TaskModel, folder: Path) -> TaskModel:
-    """Load what `save_run_model` wrote into a module of the same shape; a head the task needs must be there."""
-    if (folder / ADAPTER_NAME).is_file():
-        load_adapter(module, folder / ADAPTER_NAME)  # adds the adapters first if the module has none yet
-        return module
-    hf, _ = read_safetensors(folder / "model.safetensors")
-    state = hf_to_minigpt2(hf, module.gpt.config, source=str(folder / "model.safetensors"))
-    module.gpt.load_state_dict(state, strict=True)
-    if module.head_state():
-        if not (folder / "head.safetensors").is_file():
-            raise runfolder.RunFolderError(f"{folder / 'head.safetensors'}: missing; without the trained head the "
-                                           "scores would come from a random classifier")
-        head, _ = read_safetensors(folder / "head.safetensors")
-        missing, unexpected = module.load_state_dict(head, strict=False)
-        if unexpected or any(not k.startswith("gpt.") for k in missing):
-            raise runfolder.RunFolderError(
-                f"{folder / 'head.safetensors'}: head does not fit this task (unexpected {unexpected}, missing "
-                f"{[k for k in missing if 'gpt.' not in k]})")
     return module
 
 
@@ -402,20 +317,34 @@ def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[
 
 
 def score_base_model(module: TaskModel, task: Task, splits: dict[str, list[Example]], settings: RunSettings,
-                     tok: Tokenizer, d: Dist, run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """`--epochs 0`: no training. The base model (fake-quantised already under --qaft) is scored on dev and saved
+                     tok: Tokenizer, d: Dist, run_dir: Path) -> dict[str, Any]:
+    """`--epochs 0`: no training. The base model (fake-quantized already under --qaft) is scored on dev and saved
     as the run's best, so that the rest of the run (PTQ, predictions, test scores) treats it as any best epoch."""
     t0 = time.time()
     module.to(d.device)
-    row: dict[str, Any] = {"epoch": 0, **make_evaluate(task, splits["dev"], settings, tok, d.device)(module)}
+    metrics = new_metrics(module, settings.train_config(), task.metric, d, steps_per_epoch=0)
+    metrics["trainable_params"] = 0  # nothing is trained
+    record_epoch(metrics, {"epoch": 0, **make_evaluate(task, splits["dev"], settings, tok, d.device)(module)})
     if d.main:
         save_run_model(module, run_dir / "best", settings)
-    return {"metric": task.metric, "epochs": [row], **info,
-            "best": {"epoch": 0, task.metric: row[task.metric],
-                     **{k: v for k, v in row.items() if k.startswith("dev_")}},
-            "trainable_params": 0, "world_size": d.world, "optimizer_steps_per_epoch": 0,
-            "autocast_used": "bf16" if autocast_dtype(settings.autocast, d.device) == torch.bfloat16 else "off",
-            "train_config": dataclasses.asdict(settings.train_config()), "wall_s": time.time() - t0}
+    metrics["wall_s"] = time.time() - t0
+    return metrics
+
+
+def epoch_callbacks(settings: RunSettings, run_dir: Path, info: dict[str, Any]) -> list[Callback]:
+    """What a run writes after every epoch, in this order: the best weights (when the epoch is the best so far),
+    the resume state, metrics.json (the run's `info` and the training figures)."""
+    def check_folder(end: EpochEnd) -> None:
+        runfolder.check_still_there(run_dir)  # before this epoch's files: never into a recreated folder
+
+    def save_best(end: EpochEnd) -> None:
+        if end.improved:
+            save_run_model(end.module, run_dir / "best", settings)
+
+    def write_metrics(end: EpochEnd) -> None:
+        atomic_write_json(run_dir / runfolder.METRICS_FILE, {**info, **end.metrics})
+
+    return [check_folder, save_best, keep_resume_state(run_dir / "last"), write_metrics]
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -466,6 +395,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
 
 
 def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """Set the run up, train (or score the base model), then predict and score with the best weights."""
     if d.main:
         runfolder.check_fresh(run_dir, settings)
     task = get_task(settings.data.task)
@@ -477,72 +407,88 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
     module = build_model(settings, task)
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
     splits, notes, chosen = load_splits(task, settings, tok, max_len)
-    folder = data_dir(settings.data.data_dir)
-    fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.data.offline),
-                                        data_files(task, folder))
-    # Which rows the seeded subsets hold (a count and a hash here, the ids in subsets.json).
-    fingerprint["subsets"] = {s: {k: v[k] for k in ("n", "sha256")} for s, v in chosen.items()}
+    fingerprint = run_fingerprint(settings, task, chosen)
     if recorded is not None:
         runfolder.check_inputs(run_dir, recorded.get("fingerprint", {}), fingerprint)
     if d.main:
         runfolder.prepare(run_dir, settings)  # after every check: a refused run replaces nothing
         for note in notes:
             print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
-        config = {"settings": settings.to_dict(), "args": settings.flat(), "fingerprint": fingerprint,
-                  "run_dir": str(run_dir), "world_size": d.world, "device": str(d.device), "max_length": max_len,
-                  "torch": torch.__version__,
-                  "started": (recorded or {}).get("started")
-                  or datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        atomic_write_json(run_dir / runfolder.CONFIG_FILE, config)
+        write_run_config(run_dir, settings, d, fingerprint, max_len, recorded)
         atomic_write_json(run_dir / subsets.SUBSETS_FILE, {"seed": settings.optim.seed, "splits": chosen})
-
-    info = {"task": task.name, "model": settings.model.model, "mode": settings.model.mode,
-            "method": settings.model.method, "total_params": sum(p.numel() for p in module.parameters()),
-            "data": {s: len(v) for s, v in splits.items()}, "malformed_rows": [str(n) for n in notes]}
-    n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
-    info["data"].update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
+    info = run_info(task, settings, module, splits, notes)
     base_nll = (base_heldout_measures(task, module, splits, settings, tok, d.device, run_dir)
                 if d.main and task.generative else {})
     if settings.optim.epochs == 0:
-        metrics = score_base_model(module, task, splits, settings, tok, d, run_dir, info)
+        metrics = {**info, **score_base_model(module, task, splits, settings, tok, d, run_dir)}
     else:
-        evaluate = make_evaluate(task, splits["dev"], settings, tok, d.device)
-
-        def evaluate_then_check(m: TaskModel) -> dict[str, float]:
-            out = evaluate(m)
-            runfolder.check_still_there(run_dir)  # before this epoch's files: never into a recreated folder
-            return out
-
         speed.for_training(module, d.device, settings.hardware.plain)
-        metrics = train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
-                        settings.train_config(), run_dir, evaluate_then_check, task.metric,
-                        lambda m, folder: save_run_model(m, folder, settings), d=d,
-                        resume=settings.run.resume, info=info)
-    precision = settings.precision
+        metrics = {**info, **train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
+                                   settings.train_config(), make_evaluate(task, splits["dev"], settings, tok, d.device),
+                                   task.metric, epoch_callbacks(settings, run_dir, info), d=d,
+                                   resume_from=run_dir / "last" if settings.run.resume else None)}
     if d.main and "stopped_after_epoch" not in metrics:
-        runfolder.check_still_there(run_dir)
-        t1 = time.time()
-        load_run_model(module, run_dir / "best")
-        if precision.precision != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
-            apply_run_precision(module, module.gpt, precision)
-        metrics.update(write_split_predictions(task, module, splits, settings, tok, d.device, run_dir))
         if base_nll:
             metrics["heldout_nll_base"] = base_nll
-        if precision.precision != "fp32":
-            with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
-                metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)
-        metrics["predict_s"] = time.time() - t1
-        metrics["wall_s"] += metrics["predict_s"]
-        runfolder.check_still_there(run_dir)
-        atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
-        best = metrics["best"]
-        test = (metrics.get("test") or {}).get(task.metric)
-        print(f"best epoch {best['epoch']}: dev {task.metric} {best[task.metric]:.4f}"
-              + (f", test {task.metric} {test:.4f}" if test is not None else "") + f"; run folder {run_dir}")
+        finish_run(module, task, splits, settings, tok, d.device, run_dir, metrics)
     elif d.main:
         atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
     leave_together(d)
     return metrics
+
+
+def run_fingerprint(settings: RunSettings, task: Task, chosen: dict[str, Any]) -> dict[str, Any]:
+    """What defines the run's results (`runfolder.fingerprint`) and which rows the seeded subsets hold (a count
+    and a hash here, the ids in subsets.json)."""
+    fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.data.offline),
+                                        data_files(task, data_dir(settings.data.data_dir)))
+    fingerprint["subsets"] = {s: {k: v[k] for k in ("n", "sha256")} for s, v in chosen.items()}
+    return fingerprint
+
+
+def write_run_config(run_dir: Path, settings: RunSettings, d: Dist, fingerprint: dict[str, Any], max_len: int,
+                     recorded: dict[str, Any] | None) -> None:
+    """RUN_DIR/config.json: the settings, the fingerprint, where the run ran; a resumed run keeps its start."""
+    config = {"settings": settings.to_dict(), "args": settings.flat(), "fingerprint": fingerprint,
+              "run_dir": str(run_dir), "world_size": d.world, "device": str(d.device), "max_length": max_len,
+              "torch": torch.__version__,
+              "started": (recorded or {}).get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(run_dir / runfolder.CONFIG_FILE, config)
+
+
+def run_info(task: Task, settings: RunSettings, module: TaskModel, splits: dict[str, list[Example]],
+             notes: list[Malformed]) -> dict[str, Any]:
+    """The run's own part of metrics.json: what was trained on which data."""
+    n_synthetic = sum(e.meta.get("source") == "synthetic" for e in splits["train"])
+    data = {s: len(v) for s, v in splits.items()}
+    data.update(train_real=len(splits["train"]) - n_synthetic, train_synthetic=n_synthetic)
+    return {"task": task.name, "model": settings.model.model, "mode": settings.model.mode,
+            "method": settings.model.method, "total_params": sum(p.numel() for p in module.parameters()),
+            "data": data, "malformed_rows": [str(n) for n in notes]}
+
+
+def finish_run(module: TaskModel, task: Task, splits: dict[str, list[Example]], settings: RunSettings,
+               tok: Tokenizer, device: torch.device, run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Rank 0 after training: load the best weights (quantized after training for PTQ), write and score the dev
+    and test predictions, the packed quantized model, and the final metrics.json."""
+    runfolder.check_still_there(run_dir)
+    t1 = time.time()
+    load_run_model(module, run_dir / "best")
+    precision = settings.precision
+    if precision.precision != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
+        apply_run_precision(module, module.gpt, precision)
+    metrics.update(write_split_predictions(task, module, splits, settings, tok, device, run_dir))
+    if precision.precision != "fp32":
+        with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
+            metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)
+    metrics["predict_s"] = time.time() - t1
+    metrics["wall_s"] += metrics["predict_s"]
+    runfolder.check_still_there(run_dir)
+    atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
+    best = metrics["best"]
+    test = (metrics.get("test") or {}).get(task.metric)
+    print(f"best epoch {best['epoch']}: dev {task.metric} {best[task.metric]:.4f}"
+          + (f", test {task.metric} {test:.4f}" if test is not None else "") + f"; run folder {run_dir}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,8 +47,8 @@ from tasks import get_task
 from tasks.sonnet import SONNET_LINES, finish_sonnet, sonnet_stop
 
 from . import runfolder
-from .finetune import ADAPTER_NAME, load_run_body, load_run_model
 from .precision import apply_run_precision
+from .runmodel import ADAPTER_NAME, load_run_body, load_run_model
 from .settings import RunSettings
 
 DEFAULT_MAX_NEW_TOKENS = 128

@@ -119,6 +119,6 @@ def write_quantized(gpt: nn.Module, settings: PrecisionSettings, run_dir: Path) 
     out = {"precision": precision, "qaft": settings.qaft, "file": str(path.relative_to(run_dir)),
            "file_bytes": path.stat().st_size, "computed_file_bytes": report.file_bytes,
            "param_bytes_by_part": report.parts, "scale_bytes": report.extra["scale_bytes"],
-           "quantised": report.quantised, "quant_config": None if cfg is None else cfg.to_dict()}
+           "quantised": report.quantized, "quant_config": None if cfg is None else cfg.to_dict()}
     atomic_write_json(run_dir / "quantized" / "size_report.json", out)
     return out

@@ -206,7 +206,7 @@ def check_resumable(run_dir: Path) -> None:
     """`--resume` continues a run that exists: a missing folder (a mistyped --out-dir), a folder without a run, or
     a run that finished epochs but whose resume state is gone is refused instead of silently starting over. A run
     stopped before its first epoch ended has nothing to lose and starts from epoch 1."""
-    from minigpt2.train import check_resume_state, has_resume_state
+    from minigpt2.resume import check_resume_state, has_resume_state
 
     if not run_dir.is_dir():
         raise RunFolderError(f"--resume --out-dir {run_dir}: no such folder; check the path (a fresh run is "

@@ -44,13 +44,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="minigpt2 against transformers/peft, side "
                                 "by side on the same weights, batch, threads and precision.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores: smaller batches, "
                       "shorter decodes, fewer timed calls")
-    mode.add_argument("--full", action="store_true", help="the full sizes (the default): 8 x 128 training batches, 128-token decodes")
+    mode.add_argument("--full", action="store_true",
+                      help="the full sizes (the default): 8 x 128 training batches, 128-token decodes")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; bf16 autocast on "
                    "CUDA devices that support it)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
@@ -58,11 +59,28 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"run only these modules (of {', '.join(MODULES)}), e.g. core lora")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results.json"),
                    help="where to write the JSON results")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     threads = set_threads(args.threads)
     wanted = [t for t in MODULES if t in args.only] if args.only else list(MODULES)
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows, notes, meta = run_modules(wanted, args.quick, device, threads, command, args.out)
+    print_table(rows)
+    for topic, note in notes.items():
+        print(f"note: {topic}: {note}")
+    write_json(rows, args.out, meta(True))
+    print(f"wrote {args.out}")
+    return 1 if notes else 0
+
+
+def run_modules(wanted: list[str], quick: bool, device: str, threads: int, command: str, out: str
+                ) -> tuple[list[Row], dict[str, str], Callable[[bool], dict[str, Any]]]:
+    """Run the `wanted` modules in turn, writing the JSON after each; returns the rows, a note per failed
+    module, and the meta record (finished or not) of the run."""
     rows: list[Row] = []
     notes: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -71,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def meta(finished: bool) -> dict[str, Any]:
         return {
-            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "mode": "quick" if args.quick else "full",
+            "command": command,
+            "mode": "quick" if quick else "full",
             "device": device,
             "threads": threads,
             "torch": torch.__version__,
@@ -91,20 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {topic} ...", file=sys.stderr)
         t_module = time.time()
         try:
-            rows += MODULES[topic](args.quick, device, threads)
+            rows += MODULES[topic](quick, device, threads)
         except Exception as e:  # one broken module must not lose the others' figures
             notes[topic] = f"failed: {type(e).__name__}: {e}"
             traceback.print_exc()
         seconds[topic] = round(time.time() - t_module, 1)
         set_threads(threads)  # a module may have changed them
         # written after every module, so that a run stopped part way keeps what it measured ("finished": false)
-        write_json(rows, args.out, meta(finished=False))
-    print_table(rows)
-    for topic, note in notes.items():
-        print(f"note: {topic}: {note}")
-    write_json(rows, args.out, meta(finished=True))
-    print(f"wrote {args.out}")
-    return 1 if notes else 0
+        write_json(rows, out, meta(finished=False))
+    return rows, notes, meta
 
 
 def _version(package: str) -> str | None:

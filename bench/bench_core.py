@@ -55,7 +55,7 @@ class Sizes:
     """What every line runs: model size, batch shapes, decode lengths and how many timed calls."""
 
     config: str = "gpt2"
-    batch: int = 8  # training / forward batch (issue 2: 8 x 128)
+    batch: int = 8  # training / forward batch (the study's 8 x 128)
     seq: int = 128
     decode_prompt: int = 16
     decode_new: int = 128  # greedy decode, batch 1

@@ -5,9 +5,10 @@
 Work: one optimizer step of next-token loss on a batch of 8 × 128 random tokens, GPT-2 124M at random init (no
 download), GPT-2's dropout 0.1 on both sides, LoRA on attention + MLP (alpha 16, no adapter dropout) at rank 8 and
 at rank 256, each in fp32 and under CPU/CUDA bf16 autocast (the same autocast on both sides), fused AdamW on the
-trainable parameters on both sides (torch's fused kernel runs on CPU too). peft targets HF's modules `c_attn`, `c_proj`, `c_fc`, the usual
-way to put LoRA on GPT-2 with peft; its fused `c_attn` adapter has fewer parameters than minigpt2's three
-per-projection ones (37.7M vs 42.5M trainable), so the comparison gives peft slightly less work.
+trainable parameters on both sides (torch's fused kernel runs on CPU too). peft targets HF's modules `c_attn`,
+`c_proj`, `c_fc`, the usual way to put LoRA on GPT-2 with peft; its fused `c_attn` adapter has fewer parameters
+than minigpt2's three per-projection ones (37.7M vs 42.5M trainable), so the comparison gives peft slightly less
+work.
 
 How it is measured: each variant lives in its own fresh worker process, so peak memory is that variant's alone
 (in-process RSS high-water marks would carry over from the previous variant, and freed memory is not always
@@ -65,35 +66,9 @@ def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if variant.startswith("minigpt2"):
-        from minigpt2 import GPT2, GPT2Config
-        from minigpt2 import fast as speed
-        from minigpt2.fast.chunked_loss import chunked_lm_loss
-
-        model = GPT2(GPT2Config.from_name(config)).to(device).train()
-        if variant == "minigpt2-lora":
-            from minigpt2.lora import apply_lora
-
-            apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
-        speed.for_training(model, device)  # as the application does for every training run
-
-        def loss_fn() -> torch.Tensor:
-            return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
+        model, loss_fn = _minigpt2_model(variant, device, rank, config, ids)
     elif variant == "peft-lora":
-        import peft
-        import transformers
-
-        from minigpt2 import GPT2Config
-
-        transformers.logging.set_verbosity_error()
-        hf_config = transformers.GPT2Config(**GPT2Config.from_name(config).to_hf_dict(),
-                                            attn_implementation="sdpa")  # GPT-2's dropout 0.1, like ours
-        model = transformers.GPT2LMHeadModel(hf_config).to(device).train()
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=rank, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
-            fan_in_fan_out=True))
-
-        def loss_fn() -> torch.Tensor:
-            return model(input_ids=ids, labels=ids).loss
+        model, loss_fn = _peft_model(device, rank, config, ids)
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
@@ -107,6 +82,46 @@ def build_step(variant: str, device: torch.device, rank: int, bf16: bool, config
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step, sum(p.numel() for p in params)
+
+
+def _minigpt2_model(variant: str, device: torch.device, rank: int, config: str, ids: torch.Tensor
+                    ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """Our GPT-2 as a training run builds it (with LoRA for "minigpt2-lora"), and its LM loss on `ids`."""
+    from minigpt2 import GPT2, GPT2Config
+    from minigpt2 import fast as speed
+    from minigpt2.fast.chunked_loss import chunked_lm_loss
+
+    model = GPT2(GPT2Config.from_name(config)).to(device).train()
+    if variant == "minigpt2-lora":
+        from minigpt2.lora import apply_lora
+
+        apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
+    speed.for_training(model, device)  # as the application does for every training run
+
+    def loss_fn() -> torch.Tensor:
+        return chunked_lm_loss(model(ids)[:, :-1], model.wte.weight, ids[:, 1:])
+    return model, loss_fn
+
+
+def _peft_model(device: torch.device, rank: int, config: str, ids: torch.Tensor
+                ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """The transformers GPT-2 with peft LoRA on the same projections, and its LM loss on `ids`."""
+    import peft
+    import transformers
+
+    from minigpt2 import GPT2Config
+
+    transformers.logging.set_verbosity_error()
+    hf_config = transformers.GPT2Config(**GPT2Config.from_name(config).to_hf_dict(),
+                                        attn_implementation="sdpa")  # GPT-2's dropout 0.1, like ours
+    model = transformers.GPT2LMHeadModel(hf_config).to(device).train()
+    model = peft.get_peft_model(model, peft.LoraConfig(
+        r=rank, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0,
+        fan_in_fan_out=True))
+
+    def loss_fn() -> torch.Tensor:
+        return model(input_ids=ids, labels=ids).loss
+    return model, loss_fn
 
 
 def worker(variant: str, device_name: str, threads: int, rank: int, bf16: bool, config: str = "gpt2") -> None:
@@ -190,8 +205,8 @@ def measure(quick: bool, device: str, threads: int, rank: int, bf16: bool,
                           "peak_mib": max(r["peak_bytes"] for r in rs) / 2**20,
                           "peak_abs_mib": max(r["peak_abs"] for r in rs) / 2**20,
                           "step_seconds": [round(r["seconds"], 3) for r in rs], "trainable": w.trainable}
-    out["_meta"] = {"config": config, "device": device, "threads": threads, "warmup": warmup, "iters": iters, "batch": BATCH,
-                    "seq": SEQ, "rank": rank, "alpha": ALPHA, "precision": "bf16 autocast" if bf16 else "fp32",
+    out["_meta"] = {"config": config, "device": device, "threads": threads, "warmup": warmup, "iters": iters,
+                    "batch": BATCH, "seq": SEQ, "rank": rank, "alpha": ALPHA, "precision": "bf16 autocast" if bf16 else "fp32",
                     "torch": torch.__version__}
     return out
 

@@ -77,14 +77,14 @@ def size_rows() -> list[Row]:
     table = reports(GPT2Config.from_name("gpt2"))
     fp32 = next(r for r in table if r.precision == "fp32").file_bytes / 1e6
     return [Row(f"packed checkpoint 124M: {r.precision}", "MB", r.file_bytes / 1e6, "fp32", fp32, False,
-                "", {"quantised": r.quantised, "parts_bytes": r.parts}) for r in table]
+                "", {"quantised": r.quantized, "parts_bytes": r.parts}) for r in table]
 
 
 def run(quick: bool, device: str, threads: int) -> list[Row]:
     """The benchmark rows, with `threads` for both sides. The int8 kernels are CPU ones, so this runs on the CPU
     whatever `device` says. On a machine whose cores other jobs hold, pass 1 thread: OpenMP barriers between
-    threads then stall fbgemm's int8 kernels (measured under load: 768x768 GEMV 1.2 ms instead of 0.1 ms, fp32
-    decoding 2x slower with 2 threads than 1)."""
+    threads then stall fbgemm's int8 kernels (a small GEMV becomes many times slower, and fp32 decoding is slower
+    with 2 threads than with 1)."""
     set_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

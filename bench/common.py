@@ -36,20 +36,6 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn: Callable[[], Any], warmup: int = 2, iters: int = 5) -> float:
-    """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def compare_time(fns: dict[str, Callable[[], Any]], warmup: int = 2, iters: int = 5) -> dict[str, float]:
     """Median wall time in seconds of each of several functions, timed turn by turn.
 

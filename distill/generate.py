@@ -38,6 +38,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO, Callable
 
 from tqdm import tqdm
 
@@ -214,8 +215,6 @@ def run(teacher: str, n: int, out: Path, client: GeminiClient, dedup: DedupIndex
     for r in records:  # rebuild the near-duplicate index in id order
         if r["status"] == "kept":
             dedup.add(r["id"], r["text"])
-    done = {r["id"] for r in records}
-    kept = sum(r["status"] == "kept" for r in records)
     max_requests = max_requests if max_requests is not None else 2 * n + 10
 
     def ask(index: int) -> tuple[str, int, Completion, str]:
@@ -225,63 +224,89 @@ def run(teacher: str, n: int, out: Path, client: GeminiClient, dedup: DedupIndex
                                      thinking_budget=thinking_budget)
         return prompt, s, completion, _now()
 
-    failure: GeminiError | None = None
-    index = 0
-    outstanding: list[int] = []  # ids asked and not yet written (a heap: the lowest is written next)
-    answers: dict[int, tuple[str, int, Completion, str]] = {}  # arrived, waiting for a lower id
-    futures: dict[Future, int] = {}
-    bar = tqdm(total=n, initial=min(kept, n), desc=f"{teacher} kept", disable=not progress, unit="sonnet")
+    gen = _InIdOrder(teacher, n, max_requests, dedup, records)
+    bar = tqdm(total=n, initial=min(gen.kept, n), desc=f"{teacher} kept", disable=not progress, unit="sonnet")
     try:
         with _open_output(out) as f, ThreadPoolExecutor(max_workers=concurrency) as pool:
             while True:
-                # Only as many requests outstanding as could still be needed, so N kept never overshoots.
-                while failure is None and kept + len(outstanding) < n and len(futures) < concurrency:
-                    while f"{index:06d}" in done:
-                        index += 1
-                    if len(done) >= max_requests:
-                        break
-                    done.add(f"{index:06d}")
-                    heapq.heappush(outstanding, index)
-                    futures[pool.submit(ask, index)] = index
-                    index += 1
-                if not futures:
+                gen.issue(pool, ask, concurrency)
+                if not gen.futures:
                     break
-                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = futures.pop(fut)
-                    try:
-                        answers[i] = fut.result()
-                    except GeminiError as e:
-                        failure = failure or e
-                while outstanding and outstanding[0] in answers:
-                    i = heapq.heappop(outstanding)
-                    prompt, s, completion, arrived = answers.pop(i)
-                    record = make_record(f"{i:06d}", teacher, prompt, s, completion, dedup, arrived)
-                    append_record(f, record)
-                    records.append(record)
-                    if record["status"] == "kept":
-                        kept += 1
-                        bar.update(1)
-                    else:
-                        bar.set_postfix(rejected=sum(r["status"] == "rejected" for r in records))
+                finished, _ = wait(gen.futures, return_when=FIRST_COMPLETED)
+                gen.collect(finished)
+                gen.write_ready(f, bar)
     finally:
         bar.close()
     summary = summarize(records, teacher)
-    error = None
-    if failure is not None:
-        error = failure
-        if answers:
-            error = type(failure)(f"{failure}; {len(answers)} answer(s) that arrived after the failed request "
-                                  "were not written, to keep the file in id order (a re-run asks again)")
-    elif kept < n:
-        error = NotEnoughKept(
-            f"kept only {kept} of {n} sonnets after {len(records)} requests (--max-requests {max_requests}); "
-            f"rejected: {summary['rejected']}. Raise --max-requests, or vary the prompts/seed if most are "
-            "near-duplicates or leaks")
+    error = gen.error(summary)
     _write_summary(out, summary, {"n": n, "complete": error is None, "error": str(error) if error else None})
     if error is not None:
         raise error
     return summary
+
+
+class _InIdOrder:
+    """The bookkeeping of `run`: which ids are asked, which answers wait for a lower id, what is written."""
+
+    def __init__(self, teacher: str, n: int, max_requests: int, dedup: DedupIndex, records: list[dict]) -> None:
+        self.teacher, self.n, self.max_requests, self.dedup, self.records = teacher, n, max_requests, dedup, records
+        self.done = {r["id"] for r in records}
+        self.kept = sum(r["status"] == "kept" for r in records)
+        self.index = 0
+        self.outstanding: list[int] = []  # ids asked and not yet written (a heap: the lowest is written next)
+        self.answers: dict[int, tuple[str, int, Completion, str]] = {}  # arrived, waiting for a lower id
+        self.futures: dict[Future, int] = {}
+        self.failure: GeminiError | None = None
+
+    def issue(self, pool: ThreadPoolExecutor, ask: Callable[[int], tuple[str, int, Completion, str]],
+              concurrency: int) -> None:
+        """Ask for new ids: only as many outstanding as could still be needed, so N kept never overshoots."""
+        while self.failure is None and self.kept + len(self.outstanding) < self.n and len(self.futures) < concurrency:
+            while f"{self.index:06d}" in self.done:
+                self.index += 1
+            if len(self.done) >= self.max_requests:
+                break
+            self.done.add(f"{self.index:06d}")
+            heapq.heappush(self.outstanding, self.index)
+            self.futures[pool.submit(ask, self.index)] = self.index
+            self.index += 1
+
+    def collect(self, finished: set[Future]) -> None:
+        """Keep the answers that arrived; the first failure stops new requests."""
+        for fut in finished:
+            i = self.futures.pop(fut)
+            try:
+                self.answers[i] = fut.result()
+            except GeminiError as e:
+                self.failure = self.failure or e
+
+    def write_ready(self, f: IO[str], bar: tqdm) -> None:
+        """Judge and append every answer whose lower ids are all written."""
+        while self.outstanding and self.outstanding[0] in self.answers:
+            i = heapq.heappop(self.outstanding)
+            prompt, s, completion, arrived = self.answers.pop(i)
+            record = make_record(f"{i:06d}", self.teacher, prompt, s, completion, self.dedup, arrived)
+            append_record(f, record)
+            self.records.append(record)
+            if record["status"] == "kept":
+                self.kept += 1
+                bar.update(1)
+            else:
+                bar.set_postfix(rejected=sum(r["status"] == "rejected" for r in self.records))
+
+    def error(self, summary: dict) -> UserError | None:
+        """Why the run stopped short of `n` kept sonnets, or None when it did not."""
+        if self.failure is not None:
+            if not self.answers:
+                return self.failure
+            return type(self.failure)(f"{self.failure}; {len(self.answers)} answer(s) that arrived after the failed "
+                                      "request were not written, to keep the file in id order (a re-run asks again)")
+        if self.kept < self.n:
+            return NotEnoughKept(
+                f"kept only {self.kept} of {self.n} sonnets after {len(self.records)} requests (--max-requests "
+                f"{self.max_requests}); rejected: {summary['rejected']}. Raise --max-requests, or vary the "
+                "prompts/seed if most are near-duplicates or leaks")
+        return None
 
 
 def _write_summary(out: Path, summary: dict, last_run: dict) -> None:
@@ -292,7 +317,7 @@ def _write_summary(out: Path, summary: dict, last_run: dict) -> None:
                                  "fix the folder's permissions and re-run the same command") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Generate synthetic Shakespearean sonnets from a Gemini teacher.")
     p.add_argument("--teacher", required=True, choices=TEACHERS, help="Gemini model to ask")
     p.add_argument("--n", type=int, required=True, help="number of sonnets to keep (after filtering)")
@@ -319,44 +344,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-url", default=os.environ.get("GEMINI_BASE_URL"),
                    help="API endpoint override, e.g. a local fake server (default $GEMINI_BASE_URL or Google's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.n < 1 or args.concurrency < 1:
-            raise UserError(f"--n and --concurrency must be at least 1, got {args.n} and {args.concurrency}")
-        if args.max_requests is not None and args.max_requests < 1:
-            raise UserError(f"--max-requests must be at least 1, got {args.max_requests}")
-        read_records(args.out, args.teacher)  # a damaged file or another teacher's fails here, before any request
-        held_out = [] if args.no_leak_filter else load_held_out(args.data_dir)
-        if not args.no_leak_filter and not held_out:
-            raise UserError(f"no held-out sonnets in {args.data_dir} (expected one of {', '.join(HELD_OUT_FILES)});"
-                            " pass --data-dir, or --no-leak-filter to skip the leak check")
-        client = GeminiClient(args.teacher, api_key_from_env(), base_url=args.base_url, timeout_s=args.timeout,
-                              connect_timeout_s=args.connect_timeout, total_timeout_s=args.total_timeout,
-                              retries=args.retries, seed=args.seed, log=_log)
-        client.check_access()  # a bad key or model fails here, before any work
-        dedup = DedupIndex(held_out, dup_threshold=args.dup_threshold, leak_threshold=args.leak_threshold)
-        summary = run(args.teacher, args.n, args.out, client, dedup, concurrency=args.concurrency,
-                      max_requests=args.max_requests, seed=args.seed, temperature=args.temperature,
-                      max_output_tokens=args.max_output_tokens, thinking_budget=args.thinking_budget,
-                      progress=not args.no_progress)
+        summary = generate_from_args(args)
     except UserError as e:
-        saved = False
-        if isinstance(e, (GeminiError, NotEnoughKept)):
-            try:  # the network or the filter stopped the run: show what the file holds
-                records = read_records(args.out, args.teacher)
-            except UserError:
-                records = []
-            if records:
-                print(format_summary(summarize(records, args.teacher)))
-                saved = True
-        hint = ""
-        if saved and isinstance(e, TransientError):
-            hint = f"; finished work is saved in {args.out}: re-run the same command to resume"
-        print(f"error: {e}{hint}", file=sys.stderr)
+        print(f"error: {e}{_show_saved_work(e, args)}", file=sys.stderr)
         return 1
     print(format_summary(summary))
     print(f"summary written to {summary_path(args.out)}")
     return 0
+
+
+def generate_from_args(args: argparse.Namespace) -> dict:
+    """The command's checks (before any request: the flags, the file, the held-out sonnets, the key), then `run`."""
+    if args.n < 1 or args.concurrency < 1:
+        raise UserError(f"--n and --concurrency must be at least 1, got {args.n} and {args.concurrency}")
+    if args.max_requests is not None and args.max_requests < 1:
+        raise UserError(f"--max-requests must be at least 1, got {args.max_requests}")
+    read_records(args.out, args.teacher)  # a damaged file or another teacher's fails here, before any request
+    held_out = [] if args.no_leak_filter else load_held_out(args.data_dir)
+    if not args.no_leak_filter and not held_out:
+        raise UserError(f"no held-out sonnets in {args.data_dir} (expected one of {', '.join(HELD_OUT_FILES)});"
+                        " pass --data-dir, or --no-leak-filter to skip the leak check")
+    client = GeminiClient(args.teacher, api_key_from_env(), base_url=args.base_url, timeout_s=args.timeout,
+                          connect_timeout_s=args.connect_timeout, total_timeout_s=args.total_timeout,
+                          retries=args.retries, seed=args.seed, log=_log)
+    client.check_access()  # a bad key or model fails here, before any work
+    dedup = DedupIndex(held_out, dup_threshold=args.dup_threshold, leak_threshold=args.leak_threshold)
+    return run(args.teacher, args.n, args.out, client, dedup, concurrency=args.concurrency,
+               max_requests=args.max_requests, seed=args.seed, temperature=args.temperature,
+               max_output_tokens=args.max_output_tokens, thinking_budget=args.thinking_budget,
+               progress=not args.no_progress)
+
+
+def _show_saved_work(e: UserError, args: argparse.Namespace) -> str:
+    """When the network or the filter stopped the run, print what the file holds; the hint that goes after the
+    error line (how to resume, when the stop was transient)."""
+    if not isinstance(e, (GeminiError, NotEnoughKept)):
+        return ""
+    try:
+        records = read_records(args.out, args.teacher)
+    except UserError:
+        records = []
+    if not records:
+        return ""
+    print(format_summary(summarize(records, args.teacher)))
+    if isinstance(e, TransientError):
+        return f"; finished work is saved in {args.out}: re-run the same command to resume"
+    return ""
 
 
 def _log(line: str) -> None:

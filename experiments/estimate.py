@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -43,6 +43,10 @@ from app.settings import SyntheticSettings
 from minigpt2.config import GPT2Config
 
 from .sweeps import TEACHERS, Run
+
+if TYPE_CHECKING:
+    from app.settings import RunSettings
+    from tasks.base import Task
 
 PROBE_BATCH, PROBE_SEQ = 8, 64
 # Per generated sonnet (one request each): prompt, output and thinking tokens. An assumption for pricing files
@@ -168,11 +172,6 @@ def _train_counts(task: str, folder: str, tokenizer_dir: str | None, max_train: 
     return len(examples), sum(len(e.input_ids) for e in examples)
 
 
-def _train_tokens(task: str, folder: str, tokenizer_dir: str | None, max_train: int | None, max_len: int,
-                  synthetic: SyntheticSettings | None) -> int:
-    return _train_counts(task, folder, tokenizer_dir, max_train, max_len, synthetic)[1]
-
-
 @dataclass(frozen=True)
 class SplitCounts:
     """What evaluating one split takes: its examples' input lengths, and for sonnets the loss examples' tokens
@@ -275,17 +274,34 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     from course.readers import data_dir
     from tasks import get_task
 
-    s = from_args(_finetune_namespace(run))
-    task = get_task(s.data.task)
-    n, layers = n_params(s.model.model)
-    max_len = min(s.data.max_length or model_config(s.model.model).n_positions,
-                  model_config(s.model.model).n_positions)
-    folder = str(data_dir(s.data.data_dir))
-    tokdir, seed, epochs = s.data.tokenizer_dir, s.optim.seed, s.optim.epochs
-    w = Workload(run.name, s.model.model, n, layers, epochs, full_optimizer=s.model.lora is None)
-    synthetic = s.data.synthetic
+    settings = from_args(_finetune_namespace(run))
+    task = get_task(settings.data.task)
+    n, layers = n_params(settings.model.model)
+    max_len = min(settings.data.max_length or model_config(settings.model.model).n_positions,
+                  model_config(settings.model.model).n_positions)
+    folder = str(data_dir(settings.data.data_dir))
+    w = Workload(run.name, settings.model.model, n, layers, settings.optim.epochs,
+                 full_optimizer=settings.model.lora is None)
+    _count_training(w, settings, task.name, folder, max_len)
+    _count_evaluation(w, settings, task, folder, max_len)
+    tokdir, seed, batch = settings.data.tokenizer_dir, settings.optim.seed, settings.eval.batch_size
+    for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
+        argv = list(ev.argv)
+        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
+        other = _split_counts(name, folder, tokdir, max_len, settings.data.max_eval, seed, "dev")
+        w.eval_tokens += sum(other.lengths)
+        w.eval_batches += math.ceil(len(other.lengths) / batch)
+    w.model_loads = 1 + len(run.evaluations)
+    w.processes = w.model_loads if isolation == "subprocess" else 0
+    return w
+
+
+def _count_training(w: Workload, settings: RunSettings, task: str, folder: str, max_len: int) -> None:
+    """The training tokens and micro-batches of a run with these settings."""
+    tokdir, seed, epochs = settings.data.tokenizer_dir, settings.optim.seed, settings.optim.epochs
+    synthetic = settings.data.synthetic
     if synthetic is not None and not Path(synthetic.path).is_file():  # planned, not made yet
-        real = (0, 0) if synthetic.only else _train_counts(task.name, folder, tokdir, s.data.max_train, max_len,
+        real = (0, 0) if synthetic.only else _train_counts(task, folder, tokdir, settings.data.max_train, max_len,
                                                            None, seed)
         extra = synthetic.n or 0
         mean = _mean_sonnet_tokens(folder, tokdir, max_len)
@@ -293,25 +309,31 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
         w.assumed.append(f"{synthetic.path} not made yet: its sonnets counted at {mean:.0f} tokens each (the "
                          "real training sonnets' mean)")
     else:
-        examples, tokens = _train_counts(task.name, folder, tokdir, s.data.max_train, max_len, synthetic, seed)
+        examples, tokens = _train_counts(task, folder, tokdir, settings.data.max_train, max_len, synthetic, seed)
     w.train_tokens = tokens * epochs
-    w.train_steps = math.ceil(examples / s.optim.batch_size) * epochs
-    batch = s.eval.batch_size
-    dev = _split_counts(task.name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
-    test = _split_counts(task.name, folder, tokdir, max_len, s.data.max_eval, seed, "test")
+    w.train_steps = math.ceil(examples / settings.optim.batch_size) * epochs
+
+
+def _count_evaluation(w: Workload, settings: RunSettings, task: Task, folder: str, max_len: int) -> None:
+    """The forward-only tokens and the sonnet generation of a run's evaluations: dev after every epoch, then
+    the final dev and test predictions (and, for generative tasks, the held-out likelihood)."""
+    tokdir, seed, epochs = settings.data.tokenizer_dir, settings.optim.seed, settings.optim.epochs
+    batch = settings.eval.batch_size
+    dev = _split_counts(task.name, folder, tokdir, max_len, settings.data.max_eval, seed, "dev")
+    test = _split_counts(task.name, folder, tokdir, max_len, settings.data.max_eval, seed, "test")
     passes = max(1, epochs)  # dev after every epoch; --epochs 0 scores the base model once
     w.eval_tokens += passes * dev.loss_tokens
     w.eval_batches += passes * math.ceil(len(dev.lengths) / batch)
     if task.generative:
-        samples = s.eval.samples  # --eval-samples K: K passes over the prompts in the final dev/test scores
-        cap = s.eval.sampling.max_new_tokens
+        samples = settings.eval.samples  # --eval-samples K: K passes over the prompts in the final dev/test scores
+        cap = settings.eval.sampling.max_new_tokens
         known = [c for c in dev.continuations + test.continuations if c is not None]
         mean = round(sum(known) / len(known)) if known else cap
         dev_c = [mean if c is None else c for c in dev.continuations]
         test_c = [mean if c is None else c for c in test.continuations]
         if None in test.continuations:
             w.assumed.append(f"test continuations: the true sonnets' mean, {mean} tokens")
-        positions = model_config(s.model.model).n_positions
+        positions = model_config(settings.model.model).n_positions
         w.generation.add(dev.lengths, dev_c, batch, cap, positions, passes)
         w.generation.add(dev.lengths, dev_c, batch, cap, positions, samples)
         w.generation.add(test.lengths, test_c, batch, cap, positions, samples)
@@ -322,15 +344,6 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     else:
         w.eval_tokens += (passes + 1) * sum(dev.lengths) + sum(test.lengths)
         w.eval_batches += (passes + 1) * math.ceil(len(dev.lengths) / batch) + math.ceil(len(test.lengths) / batch)
-    for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
-        argv = list(ev.argv)
-        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
-        other = _split_counts(name, folder, tokdir, max_len, s.data.max_eval, seed, "dev")
-        w.eval_tokens += sum(other.lengths)
-        w.eval_batches += math.ceil(len(other.lengths) / batch)
-    w.model_loads = 1 + len(run.evaluations)
-    w.processes = w.model_loads if isolation == "subprocess" else 0
-    return w
 
 
 def run_tokens(run: Run) -> tuple[int, int]:

@@ -18,14 +18,16 @@ keep every other worker idle at the end.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Sequence
 
@@ -151,11 +153,9 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
     """Up to `jobs` runs at once, run k of the free slots pinned to `devices[slot % len(devices)]`, each a
     finetune subprocess with `--threads threads` logging to its run.log. Ctrl-C (KeyboardInterrupt) stops every
     child, lists the unfinished runs in `result.interrupted` and is raised again."""
-    root = Path(root)
-    result = SweepResult()
+    root, result = Path(root), SweepResult()
     todo = longest_first(split_finished(runs, root, result))
-    slots: list[int] = list(range(jobs))
-    lock, stopping, live = threading.Lock(), threading.Event(), set()
+    slots, lock, stopping, live = list(range(jobs)), threading.Lock(), threading.Event(), set()  # slots: a heap
     bar = Progress(root.name, len(todo), progress)
     start = functools.partial(executor, echo=False, live=live) if executor is in_subprocess else executor
 
@@ -169,7 +169,7 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
             result.interrupted.append(run.name)
             return
         with lock:
-            slot = slots.pop(0)
+            slot = heapq.heappop(slots)  # the lowest free slot
         device = devices[slot % len(devices)]
         outcome = Outcome(started=False)
         bar.start(run.name, f"{device}, {threads} thread(s); log {root / run.name / 'run.log'}")
@@ -177,19 +177,12 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
             execute(run, root, run_exec, ["--device", device, "--threads", str(threads)], outcome)
             bar.end(run.name, True)
         except Exception as e:
-            if stopping.is_set():
-                result.interrupted.append(run.name)
-            else:
-                result.failed[run.name] = f"{type(e).__name__}: {e}"
-            bar.end(run.name, False, "" if stopping.is_set() else str(e), stopped=stopping.is_set())
-            if not stopping.is_set() and not isinstance(e, RuntimeError):  # a bug here, not a failed run
-                tqdm.write(traceback.format_exc(limit=3))
+            _note_failure(run, e, stopping.is_set(), result, bar)
         finally:
             (result.started if outcome.started else result.skipped).append(run.name)
             result.evaluated.extend(outcome.evaluated)
             with lock:
-                slots.append(slot)
-                slots.sort()
+                heapq.heappush(slots, slot)
 
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep")
     futures = [pool.submit(work, run) for run in todo]  # the pool starts them in this order: longest first
@@ -198,19 +191,36 @@ def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: 
             future.result()
     except KeyboardInterrupt:
         stopping.set()
-        for future in futures:
-            future.cancel()
-        while not all(f.done() for f in futures):  # a child started just now is stopped too
-            for proc in list(live):
-                if proc.poll() is None:
-                    proc.terminate()
-            time.sleep(0.1)
+        _stop_children(futures, live)
         result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
         raise
     finally:
         pool.shutdown(wait=True)
         bar.close()
     return result
+
+
+def _note_failure(run: Run, e: Exception, stopping: bool, result: SweepResult, bar: Progress) -> None:
+    """A run that raised: interrupted (the sweep is stopping) or failed; a traceback for what is not a run's own
+    failure (a bug in the sweep)."""
+    if stopping:
+        result.interrupted.append(run.name)
+    else:
+        result.failed[run.name] = f"{type(e).__name__}: {e}"
+    bar.end(run.name, False, "" if stopping else str(e), stopped=stopping)
+    if not stopping and not isinstance(e, RuntimeError):  # a bug here, not a failed run
+        tqdm.write(traceback.format_exc(limit=3))
+
+
+def _stop_children(futures: list[Future], live: set[subprocess.Popen]) -> None:
+    """Cancel the runs not started yet and terminate every running child until all runs are done."""
+    for future in futures:
+        future.cancel()
+    while not all(f.done() for f in futures):  # a child started just now is stopped too
+        for proc in list(live):
+            if proc.poll() is None:
+                proc.terminate()
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------------- Ray

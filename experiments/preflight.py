@@ -15,11 +15,14 @@ in turn, each with its own output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from minigpt2.errors import UserError
 
 from .sweeps import Run
+
+if TYPE_CHECKING:
+    from app.settings import SyntheticSettings
 
 
 class PreconditionError(UserError, RuntimeError):
@@ -29,10 +32,10 @@ class PreconditionError(UserError, RuntimeError):
 def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
     PreconditionError naming the first that fails."""
-    from app.finetune import base_weights_file, parse_settings
+    from app.finetune import parse_settings
+    from app.runmodel import base_weights_file
     from course.fetch import ensure_task_data
     from course.readers import data_dir, require_files
-    from distill.synthetic import load_synthetic
     from minigpt2.tokenizer import Tokenizer
     from tasks import get_task
 
@@ -49,13 +52,13 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
             raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
 
     for run in runs:
-        s = parse_settings([*run.args, "--out-dir", "unused"])
-        offline = s.data.offline
-        model = s.model.model
+        settings = parse_settings([*run.args, "--out-dir", "unused"])
+        offline = settings.data.offline
+        model = settings.model.model
         if model != "tiny":
             once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
-        folder = data_dir(s.data.data_dir)
-        tasks = [s.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
+        folder = data_dir(settings.data.data_dir)
+        tasks = [settings.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
                                  if "--task" in ev.argv]
         for name in tasks:
             task = get_task(name)
@@ -64,17 +67,25 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
                 ensure_task_data(task.name, folder, offline=offline)
                 require_files(folder, sorted(set(task.files.inputs())), task.name)
             once(("data", name, str(folder), offline), f"the {name} data", data)
-        once(("tokenizer", s.data.tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(s.data.tokenizer_dir))
-        syn = s.data.synthetic
+        tokenizer_dir = settings.data.tokenizer_dir
+        once(("tokenizer", tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(tokenizer_dir))
+        syn = settings.data.synthetic
         if syn is not None:
-            def synthetic(syn=syn) -> None:  # type: ignore[no-untyped-def]
-                if not Path(syn.path).is_file():
-                    raise PreconditionError(f"{syn.path}: no such file; make it with `python -m distill.generate "
-                                            f"--teacher {Path(syn.path).stem} --n 1000 --out {syn.path}`")
-                key = (syn.path, syn.filter)
-                if key not in counts:  # read (and, for "perfect", checked) once per file and filter
-                    counts[key] = len(load_synthetic(syn.path, filter=syn.filter))
-                if syn.n is not None and counts[key] < syn.n:
-                    raise PreconditionError(f"{syn.path}: asked for {syn.n} synthetic sonnets (filter="
-                                            f"{syn.filter}) but it has only {counts[key]}")
-            once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}", synthetic)
+            once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}",
+                 lambda syn=syn: _check_synthetic(syn, counts))
+
+
+def _check_synthetic(syn: SyntheticSettings, counts: dict[tuple[str, str], int]) -> None:
+    """A run's synthetic file exists and holds the sonnets it asks for; `counts` keeps each file's count per
+    filter, so that a file is read (and, for "perfect", checked) once."""
+    from distill.synthetic import load_synthetic
+
+    if not Path(syn.path).is_file():
+        raise PreconditionError(f"{syn.path}: no such file; make it with `python -m distill.generate "
+                                f"--teacher {Path(syn.path).stem} --n 1000 --out {syn.path}`")
+    key = (syn.path, syn.filter)
+    if key not in counts:
+        counts[key] = len(load_synthetic(syn.path, filter=syn.filter))
+    if syn.n is not None and counts[key] < syn.n:
+        raise PreconditionError(f"{syn.path}: asked for {syn.n} synthetic sonnets (filter={syn.filter}) but it has "
+                                f"only {counts[key]}")

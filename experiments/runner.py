@@ -192,7 +192,8 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     under the same name). The difference is shown; nothing is deleted. An input that is no longer on this
     machine is not compared: the run's results still stand for what it was."""
     from app import runfolder
-    from app.finetune import base_weights_file, data_files, parse_settings
+    from app.finetune import data_files, parse_settings
+    from app.runmodel import base_weights_file
     from minigpt2.errors import UserError
     from course.readers import data_dir
     from tasks import get_task

@@ -126,40 +126,11 @@ def sonnet_references(folder: Path, split: str) -> dict[int, str] | None:
     return SONNETS.split_references(folder, split)
 
 
-def run_pairs(run_dir: str | Path, split: str = "dev") -> tuple[str, list, list] | None:
-    """(metric, predictions, references) of a finished run's dev or test split, matched by id, read from its
-    files through the task's `split_pairs`; None for a test split whose labels (or true sonnets) are absent."""
-    from tasks import get_task
-
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    task = get_task(config["args"]["task"])
-    refs = config["args"].get("test_references") if split == "test" else None
-    pairs = task.format.split_pairs(run_dir / metrics[f"{split}_predictions"], run_data_folder(run_dir), split,
-                                    Path(refs) if refs else None)
-    return None if pairs is None else (task.metric, *pairs)
-
-
 def read_task_predictions(task_name: str, path: Path) -> dict[str, int]:
     """id -> predicted label of a classification task's course-format predictions file."""
     from course.formats import label_format
 
     return label_format(task_name).read_predictions(path)
-
-
-def run_dev_pairs(run_dir: str | Path) -> tuple[str, list, list]:
-    """(metric, predictions, references) of a finished run's dev set."""
-    pairs = run_pairs(run_dir, "dev")
-    assert pairs is not None  # dev labels are part of the data; a missing file raised above
-    return pairs
-
-
-def pairs_interval(pairs: tuple[str, list, list], samples: int = SAMPLES, seed: int = 0) -> Interval:
-    metric, preds, refs = pairs
-    if metric == "chrf":
-        return bootstrap_chrf(preds, refs, samples, seed=seed)
-    return bootstrap_accuracy(preds, refs, samples, seed=seed)
 
 
 def run_interval(run_dir: str | Path, samples: int = SAMPLES, seed: int = 0, split: str = "dev"

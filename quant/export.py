@@ -1,4 +1,4 @@
-"""Packed checkpoints: the quantised model as it would ship, one safetensors file per precision, and its size.
+"""Packed checkpoints: the quantized model as it would ship, one safetensors file per precision, and its size.
 
 File layout (minigpt2 parameter names; `safetensors` metadata holds the model config, the precision and the
 QuantConfig, so the file is self-describing):
@@ -9,11 +9,11 @@ QuantConfig, so the file is self-describing):
                                                                  + <layer>.weight.scale  fp32 (N, K/group)
     fp8                  <layer>.weight.q  float8_e4m3fn (or e5m2) (N, K) + <layer>.weight.scale fp32 (N, 1)
 
-What is quantised (fp8/int8/int4): the weight of every linear layer (attention query/key/value/c_proj, MLP
+What is quantized (fp8/int8/int4): the weight of every linear layer (attention query/key/value/c_proj, MLP
 c_fc/c_proj) and, with `QuantConfig.embeddings` (the default), the token embedding `wte` — which is also the tied
 LM head — and the position embedding `wpe`, per row. Biases and LayerNorm parameters stay fp32.
 
-`load_packed` dequantises into a plain `GPT2` (plus run-time activation fake-quant when the config asks for it),
+`load_packed` dequantizes into a plain `GPT2` (plus run-time activation fake-quant when the config asks for it),
 whose outputs equal the fake-quant model's bit for bit: both compute with `q · scale` of the same q and scale.
 """
 
@@ -74,7 +74,7 @@ class TensorSpec:
         return n * self.dtype.itemsize
 
 
-def _quantised_specs(shape: tuple[int, int], cfg: QuantConfig) -> dict[str, TensorSpec]:
+def _quantized_specs(shape: tuple[int, int], cfg: QuantConfig) -> dict[str, TensorSpec]:
     N, K = shape
     if cfg.weight == "int4":
         return {"q": TensorSpec((N, K // 2), torch.uint8), "scale": TensorSpec((N, K // cfg.group_size), torch.float32)}
@@ -90,12 +90,12 @@ def packed_layout(config: GPT2Config, precision: str, cfg: QuantConfig | None = 
     if precision in DTYPE_PRECISIONS:
         return {k: TensorSpec(s, DTYPE_PRECISIONS[precision]) for k, (s, _) in state.items()}
     cfg = cfg or QuantConfig.for_precision(precision)
-    quantize_model(model, cfg)  # the group-size check, and which layers get wrapped
-    wrapped = {f"{n}.weight" for n, m in fake_quant_modules(model) if isinstance(m, WeightQuantModule)}
+    quantize_model(model, cfg)  # the group-size check, and which layers get fake-quantized
+    quantized = {f"{n}.weight" for n, m in fake_quant_modules(model) if isinstance(m, WeightQuantModule)}
     out: dict[str, TensorSpec] = {}
     for k, (shape, _) in state.items():
-        if k in wrapped:
-            out.update({f"{k}.{s}": spec for s, spec in _quantised_specs(shape, cfg).items()})
+        if k in quantized:
+            out.update({f"{k}.{s}": spec for s, spec in _quantized_specs(shape, cfg).items()})
         else:
             out[k] = TensorSpec(shape, torch.float32)
     return out
@@ -117,17 +117,17 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of the packed file.
 
-    model: a plain GPT2 (quantised here at `precision`, with `cfg` or that precision's defaults) or one wrapped
-    by `quantize_model` (its own config is used; precision may be omitted).
+    model: a plain GPT2 (quantized here at `precision`, with `cfg` or that precision's defaults) or one
+    fake-quantized by `quantize_model` (its own config is used; precision may be omitted).
     """
     model = unwrap_compiled(model)
     own = quant_config_of(model)
     if own is not None:
         if cfg is not None and cfg != own:
-            raise ValueError(f"model is fake-quantised with {own}, but cfg={cfg} was given")
+            raise ValueError(f"model is fake-quantized with {own}, but cfg={cfg} was given")
         cfg = own
         if precision is not None and precision != _precision_of(own):
-            raise ValueError(f"model is fake-quantised as {_precision_of(own)!r}, cannot pack it as {precision!r}")
+            raise ValueError(f"model is fake-quantized as {_precision_of(own)!r}, cannot pack it as {precision!r}")
         precision = _precision_of(own)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
@@ -140,15 +140,15 @@ def pack_model(model: GPT2, precision: str | None = None, cfg: QuantConfig | Non
         cfg = cfg or QuantConfig.for_precision(precision)
         model = ptq(model, cfg)
     if any(not m.enabled for _, m in fake_quant_modules(model)):
-        raise ValueError("cannot pack a model whose fake-quant wrappers are disabled; enable them first")
+        raise ValueError("cannot pack a model whose fake-quant layers are disabled; enable them first")
     meta["quant"] = cfg.to_json()
-    wrapped = {f"{n}.weight" for n, m in fake_quant_modules(model)
+    quantized = {f"{n}.weight" for n, m in fake_quant_modules(model)
                if isinstance(m, WeightQuantModule) and m.cfg.weight is not None}
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for k, v in _plain_state(model).items():
             v = v.detach().float().cpu()
-            if k not in wrapped:
+            if k not in quantized:
                 tensors[k] = v.contiguous()
                 continue
             q, scale = quantize(v, cfg.weight, cfg.group_size)
@@ -204,7 +204,7 @@ def load_packed(path: str | os.PathLike) -> GPT2:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: tensors do not fit a GPT2 of this config: {e}") from e
     if cfg is not None and cfg.activations:
-        # weights are already the quantised values; what remains is the run-time activation quantization
+        # weights are already the quantized values; what remains is the run-time activation quantization
         quantize_model(model, QuantConfig(weight=None, activations=True, embeddings=False))
     return model
 
@@ -218,7 +218,7 @@ class SizeReport:
     precision: str
     parts: dict[str, int]
     header_bytes: int
-    quantised: str
+    quantized: str
     extra: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -1,17 +1,17 @@
-"""Fake-quant layers: each keeps its full-precision weights and computes with their quantised copy.
+"""Fake-quant layers: each keeps its full-precision weights and computes with their quantized copy.
 
     FakeQuantLinear(linear, cfg)        an nn.Linear computing F.linear(fq_act(x), fq(W), b)
-    FakeQuantEmbedding(embedding, cfg)  an nn.Embedding whose table is quantised per row
-    FakeQuantLayerNorm(norm, cfg)       an nn.LayerNorm whose output is quantised per token (the head's input)
+    FakeQuantEmbedding(embedding, cfg)  an nn.Embedding whose table is quantized per row
+    FakeQuantLayerNorm(norm, cfg)       an nn.LayerNorm whose output is quantized per token (the head's input)
 
 Each is a subclass of the layer it replaces and takes over that layer's parameters (shared, not copied), so a
-fake-quantised model has exactly the plain model's state-dict keys and parameter objects: checkpoints save, load
+fake-quantized model has exactly the plain model's state-dict keys and parameter objects: checkpoints save, load
 and export without unwrapping or renaming, and an optimizer built before `quantize_model` still holds the right
 tensors. `to_plain()` gives the plain layer back (same parameters), and `enabled = False` makes the layer compute
 exactly what the plain one does. Gradients reach the full-precision weights through the straight-through
 estimator, which is what quantization-aware fine-tuning (QAFT) trains.
 
-LoRA composes on top: `LoRALinear(FakeQuantLinear(...))` is a quantised frozen base plus a high-precision adapter
+LoRA composes on top: `LoRALinear(FakeQuantLinear(...))` is a quantized frozen base plus a high-precision adapter
 (apply fake-quant first, then LoRA); the adapter only needs `in_features` / `out_features` from its base.
 """
 
@@ -46,7 +46,7 @@ class FakeQuantLinear(nn.Linear):
         return plain
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight this layer computes with: fake-quantised (STE gradient) or, if disabled / weight=None, W."""
+        """The weight this layer computes with: fake-quantized (STE gradient) or, if disabled / weight=None, W."""
         if not self.enabled or self.cfg.weight is None:
             return self.weight
         return fake_quantize(self.weight, self.cfg.weight, self.cfg.group_size)
@@ -61,14 +61,14 @@ class FakeQuantLinear(nn.Linear):
 
 
 class FakeQuantEmbedding(nn.Embedding):
-    """An `nn.Embedding` whose table is quantised per row (per token vector).
+    """An `nn.Embedding` whose table is quantized per row (per token vector).
 
-    `.weight` is the table the model computes with: the fake-quantised one. GPT-2's LM head is tied to the token
+    `.weight` is the table the model computes with: the fake-quantized one. GPT-2's LM head is tied to the token
     embedding and reads `wte.weight` (`model.lm_head`, `lm_loss(h, model.wte.weight)`), so it computes with the
-    quantised matrix too, without knowing about quantization. The trained full-precision table is
+    quantized matrix too, without knowing about quantization. The trained full-precision table is
     `latent_weight`; it is the registered parameter, so the state dict stores it under the plain key `weight`.
-    A lookup quantises only the rows it gathers: rows are quantised independently, so that equals gathering from
-    the quantised table.
+    A lookup quantizes only the rows it gathers: rows are quantized independently, so that equals gathering from
+    the quantized table.
     """
 
     def __init__(self, embedding: nn.Embedding, cfg: QuantConfig, name: str = "embedding") -> None:
@@ -115,10 +115,10 @@ class FakeQuantEmbedding(nn.Embedding):
 
 
 class FakeQuantLayerNorm(nn.LayerNorm):
-    """An `nn.LayerNorm` whose output is fake-quantised per token, as activations are: used for `ln_f`.
+    """An `nn.LayerNorm` whose output is fake-quantized per token, as activations are: used for `ln_f`.
 
-    The tied LM head is `F.linear(hidden, wte.weight)` inside `GPT2.lm_head`, not a linear layer that could quantise
-    its own input; quantising the final hidden states where they are made gives the head the same quantised input
+    The tied LM head is `F.linear(hidden, wte.weight)` inside `GPT2.lm_head`, not a linear layer that could quantize
+    its own input; quantizing the final hidden states where they are made gives the head the same quantized input
     every other linear layer gets, which is what the int8 decoder's head computes.
     """
 

@@ -1,4 +1,4 @@
-"""Number formats as pure functions: quantise to (values, scales), dequantise back, and the fake-quant round trip.
+"""Number formats as pure functions: quantize to (values, scales), dequantize back, and the fake-quant round trip.
 
 All formats are symmetric with a data-driven absmax scale, so the largest |w| of each scale block lands exactly on
 the grid's edge and nothing saturates; the clamp is there for safety (and for the STE's zero-gradient rule).
@@ -48,7 +48,7 @@ def check_group_size(in_features: int, fmt: str, group_size: int, where: str = "
 
 
 def check_group_size_fits(config: "GPT2Config", group_size: int, fmt: str = "int4") -> None:
-    """Check INT4 groups against every quantised layer of a GPT-2 of `config`, before any model is built: the
+    """Check INT4 groups against every quantized layer of a GPT-2 of `config`, before any model is built: the
     linear layers read n_embd or 4 * n_embd features, the embeddings n_embd."""
     if group_size < 2 or group_size % 2:
         raise QuantSettingsError(f"INT4 group_size={group_size}: expected an even integer >= 2 (two values share a "
@@ -98,7 +98,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None =
 
 
 def fake_quantize(w: torch.Tensor, fmt: str, group_size: int = DEFAULT_GROUP_SIZE) -> torch.Tensor:
-    """dequantize(quantize(w)) with a straight-through gradient: what the quantised layer really computes with."""
+    """dequantize(quantize(w)) with a straight-through gradient: what the quantized layer really computes with."""
     blocks = _blocks(w, fmt, group_size)
     m = qmax(fmt)
     return fake_quant_ste(blocks, _scale(blocks, fmt), -m, m, _grid(fmt)).reshape(w.shape)

@@ -1,18 +1,18 @@
-"""Where to quantise: swap a GPT-2's linear layers (and embeddings) for fake-quant ones, for QAFT or for PTQ.
+"""Where to quantize: swap a GPT-2's linear layers (and embeddings) for fake-quant ones, for QAFT or for PTQ.
 
     quantize_model(model, cfg)    in place: nn.Linear -> FakeQuantLinear, wte/wpe -> FakeQuantEmbedding
-    ptq(model, cfg)               a quantised copy of a finished model (post-training quantization)
-    bake(model)                   fake-quant layers -> plain modules holding the quantised weights (inference only)
-    unwrap(model)                 fake-quant layers -> plain modules holding the full-precision weights
-    apply_precision(model, p)     the study's knob: fp64/fp32/bf16 cast the model, fp8/int8/int4 fake-quantise it
+    ptq(model, cfg)               a quantized copy of a finished model (post-training quantization)
+    bake(model)                   fake-quant layers -> plain modules holding the quantized weights (inference only)
+    remove_fake_quant(model)      fake-quant layers -> plain modules holding the full-precision weights
+    apply_precision(model, p)     the study's knob: fp64/fp32/bf16 cast the model, fp8/int8/int4 fake-quantize it
 
 Quantization-aware fine-tuning (QAFT) is ordinary training of a `quantize_model`-ed model: the loss is computed with
-quantised weights, and the straight-through estimator carries the gradient to the full-precision weights, which
-learn to sit where rounding hurts least. With LoRA, quantise first and then `apply_lora`: the adapter wraps the
-FakeQuantLinear (a quantised frozen base plus a high-precision adapter).
+quantized weights, and the straight-through estimator carries the gradient to the full-precision weights, which
+learn to sit where rounding hurts least. With LoRA, quantize first and then `apply_lora`: the adapter wraps the
+FakeQuantLinear (a quantized frozen base plus a high-precision adapter).
 
 The fake-quant layers are subclasses of the layers they replace and hold those layers' parameters, so the model's
-state-dict keys do not change: save, load and export treat a fake-quantised model like a plain one.
+state-dict keys do not change: save, load and export treat a fake-quantized model like a plain one.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, skip: Iterable[str] = ())
     of the tied LM head, a linear layer like the others.
 
     skip: module names left in full precision. A layer whose width the INT4 group size does not divide raises
-    here, naming it. Layers already fake-quantised are left alone, so calling this twice changes nothing.
+    here, naming it. Layers already fake-quantized are left alone, so calling this twice changes nothing.
     """
     skip = set(skip)
     targets: list[tuple[str, nn.Module]] = []
@@ -65,7 +65,8 @@ def fake_quant_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def quant_config_of(model: nn.Module) -> QuantConfig | None:
-    """The QuantConfig the model's wrappers simulate (None when there are none); mixed configs are an error."""
+    """The QuantConfig the model's fake-quant layers simulate (None when there are none); mixed configs are an
+    error."""
     cfgs = {m.cfg for _, m in fake_quant_modules(model)}
     if len(cfgs) > 1:
         raise ValueError(f"model mixes {len(cfgs)} quantization configs: {sorted(map(str, cfgs))}")
@@ -78,7 +79,7 @@ def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
         m.enabled = enabled
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def remove_fake_quant(model: nn.Module) -> nn.Module:
     """Replace every fake-quant layer by the plain layer with its full-precision parameters, in place."""
     for name, m in list(fake_quant_modules(model)):
         replace_module(model, name, m.to_plain())
@@ -87,16 +88,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def bake(model: nn.Module) -> nn.Module:
-    """Replace weight-only fake-quant layers by plain ones whose weights are the quantised values, in place.
+    """Replace weight-only fake-quant layers by plain ones whose weights are the quantized values, in place.
 
-    Layers that also quantise activations stay (their weights baked, weight quant off), since activation
+    Layers that also quantize activations stay (their weights baked, weight quant off), since activation
     quantization happens at run time; the outputs are unchanged either way.
     """
     for name, m in list(fake_quant_modules(model)):
         if not m.enabled:
             replace_module(model, name, m.to_plain())
         elif isinstance(m, FakeQuantEmbedding):
-            m.latent_weight.copy_(m.weight)  # `weight` is the quantised table
+            m.latent_weight.copy_(m.weight)  # `weight` is the quantized table
             replace_module(model, name, m.to_plain())
         elif isinstance(m, FakeQuantLinear):
             m.weight.copy_(m.quantized_weight())
@@ -109,13 +110,13 @@ def bake(model: nn.Module) -> nn.Module:
 
 
 def ptq(model: nn.Module, cfg: QuantConfig, skip: Iterable[str] = ()) -> nn.Module:
-    """Post-training quantization: a fake-quantised copy of a trained model (absmax scales need no calibration)."""
+    """Post-training quantization: a fake-quantized copy of a trained model (absmax scales need no calibration)."""
     return quantize_model(copy.deepcopy(model), cfg, skip)
 
 
 def apply_precision(model: nn.Module, precision: str, cfg: QuantConfig | None = None,
                     skip: Iterable[str] = ()) -> nn.Module:
-    """The study's precision knob, in place: fp64/fp32/bf16 cast the weights; fp8/int8/int4 wrap in fake-quant.
+    """The study's precision knob, in place: fp64/fp32/bf16 cast the weights; fp8/int8/int4 swap in fake-quant layers.
 
     cfg: overrides for the fake-quant formats (group size, activations, embeddings); its `weight` must agree.
     """

@@ -35,12 +35,12 @@ def reports(config: GPT2Config, group_size: int = DEFAULT_GROUP_SIZE, embeddings
 def format_table(rows: list[SizeReport]) -> str:
     fp32 = next(r for r in rows if r.precision == "fp32").file_bytes
     head = f"{'precision':<9} {'file MB':>9} {'x fp32':>7} " + " ".join(f"{p + ' MB':>14}" for p in PARTS) + \
-        f" {'scales MB':>10}  quantised"
+        f" {'scales MB':>10}  quantized"
     lines = [head, "-" * len(head)]
     for r in rows:
         parts = " ".join(f"{r.parts[p] / 1e6:14.2f}" for p in PARTS)
         lines.append(f"{r.precision:<9} {r.file_bytes / 1e6:9.2f} {r.file_bytes / fp32:7.3f} {parts} "
-                     f"{r.extra['scale_bytes'] / 1e6:10.2f}  {r.quantised}")
+                     f"{r.extra['scale_bytes'] / 1e6:10.2f}  {r.quantized}")
     return "\n".join(lines)
 
 
@@ -56,7 +56,7 @@ def _main(argv: list[str] | None) -> None:
     ap.add_argument("--model", default="gpt2", choices=sorted(PRESETS), help="model size preset (default gpt2 = 124M)")
     ap.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="INT4 group size along the inputs")
     ap.add_argument("--no-embeddings", action="store_true",
-                    help="keep wte (the tied LM head) and wpe in fp32 instead of quantising them")
+                    help="keep wte (the tied LM head) and wpe in fp32 instead of quantizing them")
     ap.add_argument("--write", type=Path, default=None,
                     help="also write the real packed files (random weights) into this folder and check their sizes")
     ap.add_argument("--json", type=Path, default=None, help="write the table as JSON to this file")
@@ -80,7 +80,7 @@ def _main(argv: list[str] | None) -> None:
             print(f"wrote {path}: {size} bytes ({status})")
     if args.json is not None:
         args.json.write_text(json.dumps([{"precision": r.precision, "file_bytes": r.file_bytes, "parts": r.parts,
-                                          "scale_bytes": r.extra["scale_bytes"], "quantised": r.quantised}
+                                          "scale_bytes": r.extra["scale_bytes"], "quantised": r.quantized}
                                          for r in rows], indent=2) + "\n")
 
 

@@ -107,8 +107,7 @@ def _tiny_train(tmp_path: Path, autocast: str) -> dict:
     module = SentimentClassifier(GPT2(GPT2Config.from_name("tiny")), 2)
     examples = [Example(str(i), [i + 1, i + 2, i + 3], i % 2) for i in range(8)]
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, autocast=autocast, progress=False)
-    return train(module, examples, collate, cfg, tmp_path, lambda m: {"accuracy": 0.0}, "accuracy",
-                 lambda m, f: None)
+    return train(module, examples, collate, cfg, lambda m: {"accuracy": 0.0}, "accuracy")
 
 
 # ------------------------------------------------------------------------------------------- the command

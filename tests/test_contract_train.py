@@ -13,13 +13,16 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from minigpt2.train import TrainConfig, TrainingDiverged, train
+from minigpt2.atomic import atomic_write_json
+from minigpt2.checkpoint import read_safetensors
+from minigpt2.train import EpochEnd, TrainConfig, TrainingDiverged, keep_resume_state, train
 from tasks.base import Example, predict_classes
 from tasks.base import collate as _collate
 
@@ -36,7 +39,7 @@ class Toy(nn.Module):
         self.emb = nn.Embedding(V, C)
         self.lin = nn.Linear(C, 1)
         self.gain = nn.Parameter(torch.ones(C))
-        self.drop = nn.Dropout(0.0)  # a test sets p before training (the loop swaps in its CPU dropout)
+        self.drop = nn.Dropout(0.0)  # a test sets p before training
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
@@ -81,9 +84,13 @@ class Recorder:
 def run(tmp_path, module: nn.Module | None = None, resume: bool = False, evaluate=None, **cfg):
     module = module or Toy()
     rec = Recorder()
-    metrics = train(module, examples(), rec, TrainConfig(progress=False, **cfg), tmp_path,
-                    evaluate=evaluate or (lambda m: {"acc": 0.0}), metric="acc", save_best=lambda m, f: None,
-                    resume=resume)
+    def write_metrics(end: EpochEnd) -> None:
+        atomic_write_json(tmp_path / "metrics.json", end.metrics)
+
+    metrics = train(module, examples(), rec, TrainConfig(progress=False, **cfg),
+                    evaluate=evaluate or (lambda m: {"acc": 0.0}), metric="acc",
+                    callbacks=[keep_resume_state(tmp_path / "last"), write_metrics],
+                    resume_from=tmp_path / "last" if resume else None)
     return module, rec.batches, metrics
 
 
@@ -186,17 +193,17 @@ def test_the_seed_decides_the_batch_order(tmp_path):
     assert a[:6] != a[6:]  # each epoch draws its own order
 
 
-def test_the_seed_decides_the_dropout_masks(tmp_path):
+def test_the_seed_decides_the_dropout_masks():
     """One example, one batch: no order to draw, so only the dropout masks can tell two seeds apart."""
-    def trained(seed: int, folder: str) -> torch.Tensor:
+    def trained(seed: int) -> torch.Tensor:
         module = Toy()
         module.drop.p = 0.5
         train(module, examples()[4:5], collate, TrainConfig(progress=False, epochs=3, batch_size=1, lr=0.05,
-                                                             seed=seed), tmp_path / folder,
-              evaluate=lambda m: {"acc": 0.0}, metric="acc", save_best=lambda m, f: None)
+                                                             seed=seed),
+              evaluate=lambda m: {"acc": 0.0}, metric="acc")
         return module.lin.weight.detach().clone()
 
-    a, b, c = trained(5, "a"), trained(5, "b"), trained(6, "c")
+    a, b, c = trained(5), trained(5), trained(6)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -268,3 +275,55 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(tmp_path):
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
     for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-12), name
+
+
+def test_end_of_epoch_callbacks_see_every_epoch_in_order_and_the_best_so_far():
+    """The callbacks run after each epoch's evaluation, in the order given; `improved` marks a strictly higher
+    metric (a tie keeps the earlier epoch as best), and `metrics` already holds the epoch and the best."""
+    scores = iter([0.5, 0.7, 0.7, 0.6])
+    seen: list[tuple] = []
+
+    def first(end: EpochEnd) -> None:
+        seen.append(("first", end.epoch, end.improved, end.metrics["best"]["epoch"], len(end.metrics["epochs"]),
+                     end.row["acc"], end.optimizer.param_groups[0]["lr"] == end.scheduler.get_last_lr()[0]))
+
+    def second(end: EpochEnd) -> None:
+        seen.append(("second", end.epoch))
+
+    metrics = train(Toy(), examples(), collate, TrainConfig(progress=False, epochs=4, batch_size=4),
+                    evaluate=lambda m: {"acc": next(scores)}, metric="acc", callbacks=[first, second])
+    assert seen == [("first", 1, True, 1, 1, 0.5, True), ("second", 1),
+                    ("first", 2, True, 2, 2, 0.7, True), ("second", 2),
+                    ("first", 3, False, 2, 3, 0.7, True), ("second", 3),
+                    ("first", 4, False, 2, 4, 0.6, True), ("second", 4)]
+    assert metrics["best"] == {"epoch": 2, "acc": 0.7}
+
+
+def test_keep_resume_state_writes_what_resume_from_continues(tmp_path):
+    """`keep_resume_state(folder)` saves after every epoch; `resume_from` without a saved state starts afresh."""
+    cfg = dict(epochs=2, batch_size=4, lr=0.05)
+    _, batches, metrics = run(tmp_path, Toy(), resume=True, **cfg)  # nothing saved yet: a fresh run
+    assert len(batches) == 12 and "resumed_from_epoch" not in metrics
+    state = read_safetensors(tmp_path / "last" / "state.safetensors")[1]["trainer"]
+    assert json.loads(state)["epoch"] == 2 and len(json.loads(state)["history"]) == 2
+
+
+def test_each_epoch_writes_the_best_weights_then_the_resume_state_then_the_metrics(tmp_path, monkeypatch):
+    """finetune's end-of-epoch callbacks: the folder is checked first; the best weights are written only for an
+    epoch that improved, and before the resume state and metrics.json, so that a kill between two writes never
+    leaves a resume state or metrics naming a best epoch whose weights are not on disk."""
+    from app import finetune
+    from tests.test_finetune import finetune_args
+
+    written: list[str] = []
+    monkeypatch.setattr(finetune.runfolder, "check_still_there", lambda run_dir: written.append("check"))
+    monkeypatch.setattr(finetune, "save_run_model", lambda module, folder, settings: written.append(folder.name))
+    monkeypatch.setattr(finetune, "keep_resume_state", lambda folder: lambda end: written.append(folder.name))
+    monkeypatch.setattr(finetune, "atomic_write_json", lambda path, obj: written.append(path.name))
+    settings = finetune.parse_settings(finetune_args("sst", tmp_path / "run"))
+    callbacks = finetune.epoch_callbacks(settings, tmp_path, {"task": "sst"})
+    metrics = {"metric": "acc", "epochs": [], "best": None}
+    for improved in (True, False):
+        for callback in callbacks:
+            callback(EpochEnd(1, {}, metrics, improved, None, None, None))  # type: ignore[arg-type]
+    assert written == ["check", "best", "last", "metrics.json", "check", "last", "metrics.json"]

@@ -89,17 +89,17 @@ def test_size_report_124m_ratios():
     assert r["fp64"].param_bytes == 2 * fp32 and r["bf16"].param_bytes * 2 == fp32
     assert r["fp32"].parts == {"embeddings": (50257 + 1024) * 768 * 4, "linear": 85_017_600 * 4,
                                "norms": 25 * 2 * 768 * 4}
-    # quantised: every linear weight, wte (the tied head) and wpe; biases and norms stay fp32
-    quantised = (50257 + 1024) * 768 + 12 * 12 * 768 * 768  # parameters
-    rest = 124_439_808 - quantised
+    # quantized: every linear weight, wte (the tied head) and wpe; biases and norms stay fp32
+    quantized = (50257 + 1024) * 768 + 12 * 12 * 768 * 768  # parameters
+    rest = 124_439_808 - quantized
     rows = 50257 + 1024 + 12 * (4 * 768 + 3072 + 768)  # one fp32 scale per row
-    assert r["int8"].param_bytes == quantised + rows * 4 + rest * 4
+    assert r["int8"].param_bytes == quantized + rows * 4 + rest * 4
     assert r["fp8"].param_bytes == r["int8"].param_bytes
     groups = (50257 + 1024) * 6 + 12 * (4 * 768 * 6 + 3072 * 6 + 768 * 24)  # one fp32 scale per 128 inputs
-    assert r["int4"].param_bytes == quantised // 2 + groups * 4 + rest * 4
+    assert r["int4"].param_bytes == quantized // 2 + groups * 4 + rest * 4
     assert 0.25 < r["int8"].param_bytes / fp32 < 0.26
     assert 0.125 < r["int4"].param_bytes / fp32 < 0.14
-    assert "wte (tied LM head)" in r["int4"].quantised
+    assert "wte (tied LM head)" in r["int4"].quantized
 
 
 def test_load_refuses_an_hf_file_and_bad_metadata(tmp_path):
@@ -121,11 +121,11 @@ def test_load_refuses_an_hf_file_and_bad_metadata(tmp_path):
         load_packed(bad)
 
 
-def test_pack_refuses_disabled_wrappers_and_mismatched_precision(tmp_path):
+def test_pack_refuses_disabled_fake_quant_and_mismatched_precision(tmp_path):
     from quant import set_quant_enabled
 
     fq = ptq(tiny(), QuantConfig(weight="int8"))
-    with pytest.raises(ValueError, match="fake-quantised as 'int8', cannot pack it as 'int4'"):
+    with pytest.raises(ValueError, match="fake-quantized as 'int8', cannot pack it as 'int4'"):
         pack_model(fq, "int4")
     set_quant_enabled(fq, False)
     with pytest.raises(ValueError, match="disabled"):

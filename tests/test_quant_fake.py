@@ -1,4 +1,4 @@
-"""Fake-quant wrappers and model wrapping: identity when disabled, exact quantised compute, gradients, LoRA on top."""
+"""Fake-quant layers and `quantize_model`: identity when disabled, exact quantized compute, gradients, LoRA on top."""
 
 import copy
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from quant import (FakeQuantEmbedding, FakeQuantLinear, QuantConfig, apply_precision, bake, fake_quantize, ptq,
-                   quantize_model, set_quant_enabled, unwrap)
+                   quantize_model, set_quant_enabled, remove_fake_quant)
 from quant.fake import FakeQuantLayerNorm
 
 
@@ -22,7 +22,7 @@ def tiny(**kw) -> GPT2:
 IDS = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
-def test_linear_wrapper_computes_with_the_quantised_weight_and_keeps_base():
+def test_fake_quant_linear_computes_with_the_quantized_weight_and_keeps_base():
     lin = nn.Linear(32, 16)
     fq = FakeQuantLinear(lin, QuantConfig(weight="int4", group_size=16))
     assert fq.weight is lin.weight and fq.bias is lin.bias and fq.in_features == 32 and fq.out_features == 16
@@ -53,23 +53,23 @@ def test_quantize_model_wraps_every_linear_and_embeddings_and_is_idempotent():
     assert str(model) == before
 
 
-def test_disabled_model_is_exactly_the_original_and_unwrap_restores_it():
+def test_disabled_model_is_exactly_the_original_and_remove_fake_quant_restores_it():
     ref = tiny()
     model = quantize_model(copy.deepcopy(ref), QuantConfig(weight="int4", group_size=16, activations=True))
     assert not torch.equal(model.logits(IDS), ref.logits(IDS))
     set_quant_enabled(model, False)
     assert torch.equal(model.logits(IDS), ref.logits(IDS))
     set_quant_enabled(model, True)
-    unwrap(model)
+    remove_fake_quant(model)
     assert torch.equal(model.logits(IDS), ref.logits(IDS))
     assert set(model.state_dict()) == set(ref.state_dict())
 
 
-def test_tied_head_and_lookup_use_the_quantised_table():
+def test_tied_head_and_lookup_use_the_quantized_table():
     model = quantize_model(tiny(), QuantConfig(weight="int8"))
     table = fake_quantize(model.wte.latent_weight, "int8")
     assert torch.equal(model.wte.weight, table)
-    assert torch.equal(model.wte(IDS), table[IDS])  # row-wise: quantising gathered rows = gathering quantised rows
+    assert torch.equal(model.wte(IDS), table[IDS])  # row-wise: quantizing gathered rows = gathering quantized rows
     h = model(IDS)
     assert torch.equal(model.lm_head(h), F.linear(h, table))
 
@@ -101,7 +101,7 @@ def test_apply_precision_casts_or_wraps():
 
 
 def test_lora_on_a_fake_quant_base():
-    """Quantised frozen base + high-precision adapter: LoRA wraps the FakeQuantLinear (fake-quant first)."""
+    """Quantized frozen base + high-precision adapter: LoRA wraps the FakeQuantLinear (fake-quant first)."""
     lora = pytest.importorskip("minigpt2.lora")
     model = quantize_model(tiny(), QuantConfig(weight="int4", group_size=16))
     before = model.logits(IDS)
@@ -109,7 +109,7 @@ def test_lora_on_a_fake_quant_base():
     lora.mark_only_lora_trainable(model)
     layer = model.h[0].attn.query
     assert isinstance(layer, lora.LoRALinear) and isinstance(layer.base, FakeQuantLinear)
-    assert torch.equal(model.logits(IDS), before)  # B = 0: the quantised base's output
+    assert torch.equal(model.logits(IDS), before)  # B = 0: the quantized base's output
     model.logits(IDS).square().mean().backward()
     assert layer.lora_A.grad is not None and layer.base.weight.grad is None
 

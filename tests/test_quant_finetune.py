@@ -46,7 +46,7 @@ def test_run_writes_packed_checkpoint_and_size_report(runs, name, precision):
     assert report["qaft"] == name.endswith("qaft") and "wte (tied LM head)" in report["quantised"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["quantization"]["precision"] == precision
-    # the packed body computes what the run's quantised body computed
+    # the packed body computes what the run's quantized body computed
     cfg = QuantConfig.for_precision(precision, group_size=16 if precision == "int4" else 128)
     body = quantize_model(load_model(run / "best"), cfg).eval()
     ids = torch.randint(0, 50257, (2, 6))
@@ -62,7 +62,7 @@ def test_evaluate_rescores_at_the_runs_precision(runs, name):
 
 
 def test_qaft_run_saves_full_precision_weights_in_hf_layout(runs):
-    body = load_model(runs["quora-int4-qaft"] / "best")  # plain HF names: the wrappers are not in the file
+    body = load_model(runs["quora-int4-qaft"] / "best")  # plain HF names: the fake-quant layers keep the plain keys
     assert not any(isinstance(m, FakeQuantLinear) for m in body.modules())
     config = json.loads((runs["quora-int4-qaft"] / "best" / "config.json").read_text())
     assert config["minigpt2"]["args"]["precision"] == "int4" and config["minigpt2"]["args"]["qaft"] is True

@@ -44,9 +44,9 @@ def test_int8_decoder_equals_fake_quant_model_and_generates_the_same_tokens():
     assert isinstance(dec, Int8GPT2) and dec.int8_head.out_features == 50257
     ids = torch.randint(0, 50257, (2, 7))
     with torch.no_grad():
-        h_fast, h_sim = dec(ids), fq(ids)  # fq's hidden states are already quantised for the head; dec's head
+        h_fast, h_sim = dec(ids), fq(ids)  # fq's hidden states are already quantized for the head; dec's head
         torch.testing.assert_close(dec.lm_head(h_fast), fq.lm_head(h_sim), rtol=0, atol=1e-4)
-        cols = torch.tensor([3, 99])  # a few columns: the float path over the same (quantised) table
+        cols = torch.tensor([3, 99])  # a few columns: the float path over the same (quantized) table
         torch.testing.assert_close(dec.lm_head(h_fast, cols), fq.lm_head(h_sim, cols), rtol=0, atol=1e-4)
     prompts = [[464, 3290, 318], [40, 1101]]
     assert generate(dec, prompts, 12, eos_id=None) == generate(fq, prompts, 12, eos_id=None)

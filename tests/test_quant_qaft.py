@@ -1,4 +1,4 @@
-"""QAFT vs PTQ on a tiny model: training through the quantiser lowers the quantised model's loss."""
+"""QAFT vs PTQ on a tiny model: training through the quantizer lowers the quantized model's loss."""
 
 import copy
 
@@ -44,7 +44,7 @@ def test_qaft_beats_ptq_of_the_same_run():
     pretrained = train(GPT2(config), 60, seed=0, lr=1e-2)
     test = batch(torch.Generator().manual_seed(123), 256)
     cfg = QuantConfig(weight="int4", group_size=32)  # one scale per row of most layers: coarse on purpose
-    # the same fine-tuning run (data, steps, lr), once in full precision and once through the quantiser
+    # the same fine-tuning run (data, steps, lr), once in full precision and once through the quantizer
     full = train(copy.deepcopy(pretrained), 30, seed=1, lr=3e-3)
     qaft = train(quantize_model(copy.deepcopy(pretrained), cfg), 30, seed=1, lr=3e-3)
     ptq_loss, qaft_loss, full_loss = loss(ptq(full, cfg).eval(), test), loss(qaft, test), loss(full, test)

@@ -64,15 +64,14 @@ def test_weight_decay_only_on_matrices():
     assert n == sum(p.numel() for p in model.parameters())
 
 
-def test_overfitting_a_handful_of_examples_drives_the_loss_near_zero(tmp_path):
+def test_overfitting_a_handful_of_examples_drives_the_loss_near_zero():
     torch.manual_seed(0)
     model = SentimentClassifier(GPT2(GPT2Config.from_name("tiny", dropout=0.0)), 4)
     g = torch.Generator().manual_seed(0)
     examples = [Example(str(i), torch.randint(0, 1000, (5 + i,), generator=g).tolist(), i % 4) for i in range(8)]
     cfg = TrainConfig(epochs=25, batch_size=8, lr=1e-2, warmup=0.0, schedule="constant", weight_decay=0.0,
                       progress=False)
-    metrics = train(model, examples, collate, cfg, tmp_path, evaluate=lambda m: {"accuracy": 0.0},
-                    metric="accuracy", save_best=lambda m, folder: None)
+    metrics = train(model, examples, collate, cfg, evaluate=lambda m: {"accuracy": 0.0}, metric="accuracy")
     losses = [e["train_loss"] for e in metrics["epochs"]]
     assert losses[0] > 1.0 and losses[-1] < 0.02, losses[::5]
     model.eval()
@@ -100,7 +99,7 @@ def test_ddp_two_cpu_processes_keep_weights_in_sync(tmp_path):
     assert (out / "full-model-sst-dev-out.csv").is_file() and (out / "best" / "model.safetensors").is_file()
 
 
-def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+def test_gradient_accumulation_equals_one_big_batch():
     """Two micro-batches of 4 with --grad-accum 2 make the same optimizer step as one batch of 8."""
     g = torch.Generator().manual_seed(0)
     examples = [Example(str(i), torch.randint(0, 1000, (6,), generator=g).tolist(), i % 3) for i in range(8)]
@@ -110,8 +109,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         model = SentimentClassifier(GPT2(GPT2Config.from_name("tiny", dropout=0.0)), 3)
         cfg = TrainConfig(epochs=1, batch_size=batch_size, grad_accum=accum, lr=1e-2, warmup=0.0,
                           schedule="constant", progress=False)
-        metrics = train(model, examples, collate, cfg, tmp_path / f"b{batch_size}", evaluate=lambda m: {"acc": 0.0},
-                        metric="acc", save_best=lambda m, folder: None)
+        metrics = train(model, examples, collate, cfg, evaluate=lambda m: {"acc": 0.0}, metric="acc")
         assert metrics["optimizer_steps_per_epoch"] == 1
         weights.append(model.classifier.weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
@@ -158,7 +156,7 @@ def test_a_rank_waiting_for_the_fetch_stops_with_a_clear_error():
 
     from torch.distributed import HashStore
 
-    from minigpt2.train import Dist, FetchWaitError, fetch_once
+    from minigpt2.distributed import Dist, FetchWaitError, fetch_once
 
     store = HashStore()
     store.set_timeout(timedelta(seconds=5))

@@ -69,16 +69,23 @@ MUTANTS: list[Mutant] = [
     Mutant("train-accum-sums", "minigpt2/train.py", "(loss / group_size).backward()", "loss.backward()", TRAIN),
     Mutant("train-short-group-as-full", "minigpt2/train.py",
            "group_size = min(cfg.grad_accum, len(batches) - group_start)", "group_size = cfg.grad_accum", TRAIN),
-    Mutant("train-clip-threshold", "minigpt2/train.py", "if cfg.grad_clip > 0:", "if cfg.grad_clip > 1:", TRAIN),
+    Mutant("train-clip-threshold", "minigpt2/train.py", "if loop.cfg.grad_clip > 0:", "if loop.cfg.grad_clip > 1:",
+           TRAIN),
     Mutant("train-nan-goes-on", "minigpt2/train.py", "if not math.isfinite(loss_sum.item()):",
            "if math.isinf(loss_sum.item()):", TRAIN),
-    Mutant("train-mode-once", "minigpt2/train.py", "        module.train()\n", "        pass\n", TRAIN),
+    Mutant("train-mode-once", "minigpt2/train.py", "    loop.module.train()\n", "    pass\n", TRAIN),
     Mutant("train-steps-floor", "minigpt2/train.py", "steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)",
            "steps_per_epoch = per_rank // cfg.grad_accum", TRAIN),
     Mutant("train-adam-beta2", "minigpt2/train.py", "betas=(0.9, 0.999)", "betas=(0.9, 0.99)", TRAIN),
     Mutant("train-grads-carry-over", "minigpt2/train.py", "optimizer.zero_grad(set_to_none=True)", "pass", TRAIN),
     Mutant("train-resume-repeats-epoch", "minigpt2/train.py", 'start_epoch = trainer["epoch"] + 1',
            'start_epoch = trainer["epoch"]', TRAIN),
+    Mutant("train-best-on-ties", "minigpt2/train.py", "improved = best is None or row[metric] > best[metric]",
+           "improved = best is None or row[metric] >= best[metric]", TRAIN),
+    Mutant("run-best-every-epoch", "app/finetune.py", "        if end.improved:\n", "        if True:\n", TRAIN),
+    Mutant("run-metrics-before-best", "app/finetune.py",
+           'return [check_folder, save_best, keep_resume_state(run_dir / "last"), write_metrics]',
+           'return [check_folder, write_metrics, save_best, keep_resume_state(run_dir / "last")]', TRAIN),
     Mutant("eval-dev-loss-in-train-mode", "app/finetune.py", "    module.eval()\n    with torch.no_grad():\n"
            "        for start in range(0, len(examples), batch_size):\n            chunk",
            "    with torch.no_grad():\n        for start in range(0, len(examples), batch_size):\n            chunk",
@@ -209,7 +216,7 @@ MUTANTS: list[Mutant] = [
            "    if settings.run.overwrite:", SET),
     Mutant("run-holds-needs-every-part", "app/runfolder.py", "return any((run_dir / part).exists()",
            "return all((run_dir / part).exists()", SET),
-    # ---- the sonnet measures and paired comparisons (issue 20)
+    # ---- the sonnet measures and paired comparisons
     Mutant("nll-no-eot", "tasks/sonnet.py", 'seq = prompt + tok.encode("\\n".join(rest)) + [tok.eot_id]',
            'seq = prompt + tok.encode("\\n".join(rest))', MEASURES),
     Mutant("nll-mean-of-ratios", "app/measures.py", "value = float(sums.sum() / counts.sum())",
@@ -286,6 +293,21 @@ def run_mutant(mutant: Mutant, files: list[str], timeout: int) -> tuple[Mutant, 
     return mutant, verdict, tail, time.time() - t0
 
 
+def baseline_passes(chosen: list[Mutant], files: list[str], timeout: int) -> bool:
+    """Run the chosen mutants' test files once on an unmutated copy; False (and why, on stderr) if they fail."""
+    t0 = time.time()
+    tests = tuple(sorted({t for m in chosen for t in m.tests}))
+    with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
+        repo = scratch_copy(files, Path(tmp))
+        check_imports_come_from(repo)
+        status, tail = run_tests(repo, tests, timeout)
+    if status != "passed":
+        print(f"error: the tests fail without any mutant ({status}); fix them first:\n{tail}", file=sys.stderr)
+        return False
+    print(f"baseline: {len(tests)} test files pass unmutated ({time.time() - t0:.0f} s)", flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Apply each deliberate bug to a scratch copy and run its tests.")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
@@ -315,16 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     files = source_files()
-    if not args.no_baseline:
-        tests = tuple(sorted({t for m in chosen for t in m.tests}))
-        with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
-            repo = scratch_copy(files, Path(tmp))
-            check_imports_come_from(repo)
-            status, tail = run_tests(repo, tests, args.timeout * 2)
-        if status != "passed":
-            print(f"error: the tests fail without any mutant ({status}); fix them first:\n{tail}", file=sys.stderr)
-            return 2
-        print(f"baseline: {len(tests)} test files pass unmutated ({time.time() - t0:.0f} s)", flush=True)
+    if not args.no_baseline and not baseline_passes(chosen, files, args.timeout * 2):
+        return 2
 
     results = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

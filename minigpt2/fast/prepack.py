@@ -35,7 +35,6 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import device
 from ..lora import LoRALinear
