@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import FieldError, UserError
 
 AUTOCAST_MODES = ("auto", "bf16", "off")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo "flags", Arm "Features"
@@ -102,6 +102,21 @@ def distributed_backend(device: torch.device | str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def default_device() -> str:
-    """`--device auto`: the first CUDA device when there is one, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def parse_device(name: str) -> torch.device:
+    """The device a `device` setting names: "auto" (the first CUDA device when there is one, else the CPU), "cpu",
+    "cuda" or "cuda:N"; refused when this machine does not have it, before anything is loaded."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "auto, cpu, cuda or cuda:N"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FieldError("device", name, expected) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FieldError("device", name, "a device this machine has: it has no CUDA device (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FieldError("device", name, f"one of the {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise FieldError("device", name, expected)
+    return dev

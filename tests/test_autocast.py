@@ -67,7 +67,7 @@ def fake_cuda(monkeypatch):
 
 
 def test_faked_cuda_with_bf16_picks_bf16_fused_adamw_nccl(fake_cuda):
-    assert dev.default_device() == "cuda"
+    assert dev.parse_device("auto") == torch.device("cuda")
     assert dev.autocast_dtype("auto", "cuda") is torch.bfloat16
     assert dev.autocast_dtype("auto", torch.device("cuda", 1)) is torch.bfloat16
     assert dev.autocast_dtype("bf16", "cuda:0") is torch.bfloat16
