@@ -28,7 +28,7 @@ from tasks.base import Sampling
 
 from .precision import PrecisionError, PrecisionSettings
 from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
-                       HardwareSettings, ModelSettings, RunFolderSettings, RunSettings, SettingsError,
+                       EvaluateSettings, HardwareSettings, ModelSettings, RunFolderSettings, RunSettings, SettingsError,
                        SyntheticSettings)
 
 
@@ -81,6 +81,9 @@ def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group]) -> None
             kind, default = _type(group.cls, f.name), group.default(f)
             text = group.helps.get(f.name) or f.metadata["help"]
             kw: dict[str, Any] = {"dest": group.dest(f.name), "default": argparse.SUPPRESS}
+            if f.metadata.get("positional"):
+                g.add_argument(group.dest(f.name), metavar=f.name, help=text)
+                continue
             if kind is bool:
                 kw["action"] = "store_false" if default is True else "store_true"
             else:
@@ -280,3 +283,19 @@ def to_argv(settings: RunSettings) -> list[str]:
             else:
                 argv += [group.flag(f.name), str(value)]
     return argv
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+EVALUATE_GROUP = Group("evaluate", EvaluateSettings, "what to score")
+
+
+def evaluate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> EvaluateSettings:
+    """`python -m minigpt2.evaluate`'s command line as settings (a device this machine lacks is refused)."""
+    from minigpt2.device import parse_device
+
+    p = argparse.ArgumentParser(prog="python -m minigpt2.evaluate", description=description)
+    add_groups(p, [EVALUATE_GROUP])
+    settings = build(EVALUATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), EVALUATE_GROUP))
+    checked(lambda: parse_device(settings.device), EVALUATE_GROUP)
+    return settings

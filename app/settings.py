@@ -319,3 +319,21 @@ _NESTED: dict[tuple[str, str], type] = {
     ("ModelSettings", "lora"): LoRAConfig, ("EvalSettings", "sampling"): Sampling,
     ("PrecisionSettings", "quant"): QuantConfig,
 }
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What `python -m minigpt2.evaluate` is asked: which run, which split, and where things are now."""
+
+    run_dir: str = option(None, "a run folder written by `python -m minigpt2.finetune`", positional=True)
+    split: str = option("dev", "which split to predict", choices=("dev", "test"))
+    data_dir: str | None = option(None, "course data folder (default: the run's, else $MINIGPT2_DATA_DIR, else "
+                                        "data/)")
+    tokenizer_dir: str | None = option(None, "offline GPT-2 BPE folder (default: the run's)")
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
+    task: str | None = option(None, "score this task instead of the run's own (needs --zero-shot)")
+    test_references: str | None = option(None, "test labels (*-test-labels.csv) or true test sonnets for --split "
+                                               "test (default: the file beside the data, as `minigpt2.data fetch` "
+                                               "writes it)", metavar="FILE")
+    zero_shot: bool = option(False, "score --task with the run's body and no task training (quora cloze, sonnet)")

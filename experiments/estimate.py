@@ -123,10 +123,10 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
 
 def chosen_device(finetune_args: Sequence[str]) -> str:
     """The device the runs will use: their --device, else CUDA where there is one, else the CPU."""
+    from minigpt2.device import parse_device
+
     args = list(finetune_args)
-    if "--device" in args and args[args.index("--device") + 1] != "auto":
-        return args[args.index("--device") + 1]
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(parse_device(args[args.index("--device") + 1] if "--device" in args else "auto"))
 
 
 def model_config(model: str) -> GPT2Config:
@@ -262,20 +262,14 @@ class Workload:
     assumed: list[str] = field(default_factory=list)
 
 
-def _finetune_namespace(run: Run) -> Any:
-    from app.finetune import build_parser
-
-    return build_parser().parse_args([*run.args, "--out-dir", "unused"])
-
-
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
     Raises OSError, ValueError or a UserError when its data cannot be read."""
-    from app.settings import from_args
+    from app.cli import finetune_settings
     from tasks import get_task
     from tasks.readers import data_dir
 
-    s = from_args(_finetune_namespace(run))
+    s = finetune_settings([*run.args, "--out-dir", "unused"])
     task = get_task(s.data.task)
     n, layers = n_params(s.model.model)
     max_len = min(s.data.max_length or model_config(s.model.model).n_positions,

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.settings import LORA_ALPHA, LORA_LR  # the study's best LoRA settings
+from app.settings import LORA_LR  # the study's best LoRA settings
+from minigpt2.lora import LoRAConfig
+
+LORA_ALPHA = LoRAConfig().alpha
 from distill.generate import TEACHERS
 from minigpt2.errors import UserError
 from minigpt2.train import DEFAULT_SEED
