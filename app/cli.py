@@ -28,7 +28,7 @@ from tasks.base import Sampling
 
 from .precision import PrecisionError, PrecisionSettings
 from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
-                       EvaluateSettings, HardwareSettings, ModelSettings, RunFolderSettings, RunSettings, SettingsError,
+                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, RunFolderSettings, RunSettings, SettingsError,
                        SyntheticSettings)
 
 
@@ -87,7 +87,7 @@ def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group]) -> None
             if kind is bool:
                 kw["action"] = "store_false" if default is True else "store_true"
             else:
-                kw["type"] = kind
+                kw["type"], kw["metavar"] = kind, f.name.upper()
                 for k in ("choices", "metavar", "required"):
                     if k in f.metadata:
                         kw[k] = f.metadata[k]
@@ -174,8 +174,9 @@ def finetune_settings(argv: Sequence[str] | None = None) -> RunSettings:
     return settings_from(finetune_parser().parse_args(None if argv is None else list(argv)))
 
 
-def settings_from(ns: argparse.Namespace) -> RunSettings:
-    """`RunSettings` from parsed flags, with the defaults that depend on other options filled in."""
+def settings_from(ns: argparse.Namespace, here: bool = True) -> RunSettings:
+    """`RunSettings` from parsed flags, with the defaults that depend on other options filled in; `here`: also
+    check that the device and files they name exist on this machine (`check_environment`)."""
     v = {g.key: given(ns, g) for g in FINETUNE_GROUPS}
     data = build(GROUP["data"], {**v["data"], "synthetic": _synthetic(v["data.synthetic"])}, FINETUNE_GROUPS)
     task = TASKS[data.task]
@@ -197,7 +198,8 @@ def settings_from(ns: argparse.Namespace) -> RunSettings:
         data=data, model=model, optim=optim, precision=_precision(v["precision"], v["precision.quant"]),
         eval=build(GROUP["eval"], ev, FINETUNE_GROUPS), hardware=build(GROUP["hardware"], v["hardware"]),
         run=build(GROUP["run"], v["run"]))
-    check_environment(settings)
+    if here:
+        check_environment(settings)
     return settings
 
 
@@ -299,3 +301,15 @@ def evaluate_settings(argv: Sequence[str] | None = None, description: str | None
     settings = build(EVALUATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), EVALUATE_GROUP))
     checked(lambda: parse_device(settings.device), EVALUATE_GROUP)
     return settings
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+GENERATE_GROUP = Group("generate", GenerateSettings, "generation")
+
+
+def generate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> GenerateSettings:
+    """`python -m minigpt2.generate`'s command line as settings."""
+    p = argparse.ArgumentParser(prog="python -m minigpt2.generate", description=description)
+    add_groups(p, [GENERATE_GROUP])
+    return build(GENERATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), GENERATE_GROUP))

@@ -337,3 +337,50 @@ class EvaluateSettings:
                                                "test (default: the file beside the data, as `minigpt2.data fetch` "
                                                "writes it)", metavar="FILE")
     zero_shot: bool = option(False, "score --task with the run's body and no task training (quora cloze, sonnet)")
+
+
+DEFAULT_MAX_NEW_TOKENS = 128
+SONNET_MAX_NEW_TOKENS = 400  # the course's budget; a sonnet usually ends sooner, at its 14th line
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What `python -m minigpt2.generate` is asked: the model, the prompts, how to sample, where to run."""
+
+    model: str = option("gpt2", "a preset (gpt2, gpt2-medium, ...), 'tiny' (random init), a checkpoint folder or "
+                                "model.safetensors file, or a run folder of `python -m minigpt2.finetune`")
+    prompt: str | None = option(None, "the prompt text ('' samples unconditionally)")
+    prompt_file: str | None = option(None, "UTF-8 file of prompts separated by blank lines (default: the same "
+                                           "format on stdin)", metavar="FILE")
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy")
+    top_k: int | None = option(None, "sample only among the k most likely tokens")
+    top_p: float | None = option(None, "nucleus sampling: the smallest set holding this mass")
+    max_new_tokens: int | None = option(None, f"tokens to add per prompt (default {DEFAULT_MAX_NEW_TOKENS}, "
+                                              f"{SONNET_MAX_NEW_TOKENS} with --sonnet); fewer where the model's "
+                                              "context ends")
+    num_samples: int = option(1, "samples per prompt")
+    seed: int | None = option(None, "makes sampling reproducible (sample n of prompt m uses seed + its index)")
+    sonnet: bool = option(False, "stop after 14 lines and print the perfect-sonnet verdict and its reasons")
+    precision: str | None = option(None, "fp32, bf16 (prepacked bf16 on CPUs with native bf16), int8 (CPU int8 "
+                                         "decoder); default: the run's own (bf16 for a bf16 run where supported, "
+                                         "else fp32)", choices=("fp32", "bf16", "int8"))
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
+    tokenizer_dir: str | None = option(None, "folder with GPT-2's encoder.json + vocab.bpe (default: the run's, "
+                                             "$MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
+    offline: bool = option(False, "never download: a missing preset is an error")
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and self.prompt_file is not None:
+            raise SettingsError("--prompt and --prompt-file: give one (or neither, to read stdin)")
+        require(self.temperature >= 0, "temperature", self.temperature, "a number >= 0 (0 = greedy)")  # NaN too
+        if self.top_p is not None:
+            require(0 < self.top_p <= 1, "top_p", self.top_p, "a probability mass in (0, 1]")
+        _positive("top_k", self.top_k)
+        _positive("max_new_tokens", self.max_new_tokens)
+        _positive("num_samples", self.num_samples)
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens to add per prompt: --max-new-tokens, else the default for plain text or a sonnet."""
+        return self.max_new_tokens or (SONNET_MAX_NEW_TOKENS if self.sonnet else DEFAULT_MAX_NEW_TOKENS)

@@ -73,16 +73,16 @@ def test_lora_dropout_range():
 
 
 def test_generate_accepts_top_p_1_and_refuses_what_its_help_excludes():
-    from app.generate import GenerateError, build_parser, check_args
+    from app.generate import parse_settings
 
     for value in ("1", "0.9", "1.0"):
-        check_args(build_parser().parse_args(["--top-p", value]))
+        assert parse_settings(["--top-p", value]).top_p == float(value)
     for value in ("0", "1.5"):
-        with pytest.raises(GenerateError, match="--top-p"):
-            check_args(build_parser().parse_args(["--top-p", value]))
-    check_args(build_parser().parse_args(["--temperature", "0"]))
-    with pytest.raises(GenerateError, match="--top-k"):
-        check_args(build_parser().parse_args(["--top-k", "0"]))
+        with pytest.raises(SettingsError, match=f"--top-p {float(value)}: expected"):
+            parse_settings(["--top-p", value])
+    assert parse_settings(["--temperature", "0"]).temperature == 0
+    with pytest.raises(SettingsError, match="--top-k 0: expected an integer >= 1"):
+        parse_settings(["--top-k", "0"])
 
 
 # --------------------------------------------------------------------------------------------------- run folders

@@ -39,7 +39,7 @@ RUN_KINDS = {
 def run_cli(*argv: str, stdin: str = "", on_token=None) -> str:
     """The command in-process; returns what it wrote to stdout."""
     out = io.StringIO()
-    cli.run(cli.build_parser().parse_args(list(argv)), stdin=io.StringIO(stdin), out=out, on_token=on_token)
+    cli.run(cli.parse_settings(list(argv)), stdin=io.StringIO(stdin), out=out, on_token=on_token)
     return out.getvalue()
 
 
@@ -149,7 +149,7 @@ def test_tokens_are_streamed_as_they_are_sampled(tiny_hf_dir):
         tokens.append(token)
         snapshots.append(out.getvalue())
 
-    args = cli.build_parser().parse_args(["--model", str(tiny_hf_dir), "--prompt", PROMPT, "--max-new-tokens", "8",
+    args = cli.parse_settings(["--model", str(tiny_hf_dir), "--prompt", PROMPT, "--max-new-tokens", "8",
                                           "--seed", "5"])
     cli.run(args, stdin=io.StringIO(), out=out, on_token=on_token)
     assert len(tokens) == 8
