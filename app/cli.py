@@ -15,6 +15,7 @@ flag; a few renamed in `flags`). Fields without help have no flag.
 from __future__ import annotations
 
 import argparse
+import re
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
@@ -114,11 +115,12 @@ def checked(make: Any, group: Group, groups: Sequence[Group] = ()) -> Any:
         return make()
     except FieldError as e:
         raise SettingsError(f"{flag_of(e.field, group, groups)} {e.value}: expected {e.expected}") from None
-    except LoraSettingsError as e:  # "LoRA rank must be ...": the field is the message's second word
+    except LoraSettingsError as e:  # "LoRA rank must be X, got V": the field is the message's second word
         word, names = str(e).split()[1], {f.name for f in group.options()}
         name = word if word in names else word + "s"
         flag = group.flag(name) if name in names else "LoRA"
-        raise SettingsError(f"{flag}: {e}") from None
+        ranged = re.fullmatch(r"LoRA \w+ must be (.*), got (.*)", str(e))
+        raise SettingsError(f"{flag} {ranged[2]}: expected {ranged[1]}" if ranged else f"{flag}: {e}") from None
 
 
 def flag_of(path: str, group: Group, groups: Sequence[Group] = ()) -> str:

@@ -250,7 +250,7 @@ def test_python_m_minigpt2_generate_runs_the_command(tiny_hf_dir):
     (["--max-new-tokens", "0"], "--max-new-tokens 0: expected an integer >= 1"),
     (["--top-k", "0"], "--top-k 0: expected an integer >= 1"),
     (["--num-samples", "0"], "--num-samples 0: expected an integer >= 1"),
-    (["--device", "tpu9"], "--device 'tpu9': not a device name"),
+    (["--device", "tpu9"], "--device tpu9: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_flags(capsys, flags, expected):
     assert expected in error_of(capsys, "--model", "tiny", "--prompt", "x", *flags)
@@ -294,7 +294,7 @@ def test_bf16_refused_where_the_cpu_lacks_it(capsys, monkeypatch):
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: False)
     message = error_of(capsys, "--model", "tiny", "--prompt", "x", "--precision", "bf16", "--device", "cpu")
     assert message.startswith("error: --precision bf16: bf16 inference needs a CPU with native bf16 arithmetic")
-    bf16_run = RunSettings(DataSettings(task="sonnet"), precision=PrecisionSettings(precision="bf16"))
+    bf16_run = RunSettings(DataSettings(task="sonnet"), precision=PrecisionSettings(format="bf16"))
     assert cli.default_precision(bf16_run, torch.device("cpu")) == "fp32"
 
 
