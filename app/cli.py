@@ -9,7 +9,8 @@ flag; a few renamed in `flags`). Fields without help have no flag.
     given(namespace, group)         what the user typed (a flag left out is absent: the dataclass default applies)
     build(group, values)            the group's dataclass, a bad value reported as one line naming the flag
     finetune_settings(argv)         `python -m minigpt2.finetune`'s flags as a validated `RunSettings`
-    to_argv(settings)               the flags that give back those settings (the runs of a sweep)
+    settings_of(options)            settings from overrides by path ({"optim.lr": 0.01}): a sweep's runs
+    argv_of(options)                the flags that give those overrides (a run's subprocess command line)
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from tasks.base import Sampling
 
 from .precision import PrecisionError, PrecisionSettings
 from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
-                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, RunFolderSettings, RunSettings, SettingsError,
-                       SyntheticSettings)
+                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, RunFolderSettings,
+                       RunSettings, SettingsError, SyntheticSettings)
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ def _type(cls: type, name: str) -> type:
     return args[0] if args[0] in (bool, int, float, str) else str
 
 
-def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group]) -> None:
-    """Add every group's flags to `parser`; the values land under `Group.dest` only when given."""
+def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group], partial: bool = False) -> None:
+    """Add every group's flags to `parser`; the values land under `Group.dest` only when given. `partial`: no
+    flag is required (a part of a command line, e.g. the flags a sweep adds to every run)."""
     for group in groups:
         g = parser.add_argument_group(group.title)
         for f in group.options():
@@ -90,7 +92,7 @@ def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group]) -> None
             else:
                 kw["type"], kw["metavar"] = kind, f.name.upper()
                 for k in ("choices", "metavar", "required"):
-                    if k in f.metadata:
+                    if k in f.metadata and not (partial and k == "required"):
                         kw[k] = f.metadata[k]
                 note = group.notes.get(f.name) or (None if default is None else f"default: {default}")
                 text += f" ({note})" if note and not kw.get("required") else ""
@@ -267,28 +269,6 @@ def flat(settings: RunSettings) -> dict[str, Any]:
     return out
 
 
-def to_argv(settings: RunSettings) -> list[str]:
-    """The flags that give back `settings` (the defaults left out), for a subprocess or a record."""
-    argv: list[str] = []
-    for key, values in _values(settings).items():
-        group = GROUP[key]
-        for f in group.options():
-            value = values[f.name]
-            if key == "optim" and f.name == "lr":
-                default = LORA_LR if settings.model.method == "lora" else DEFAULT_LR[settings.model.mode]
-            elif key == "eval" and f.name == "samples":
-                default = EVAL_SAMPLES if TASKS[settings.data.task].generative else 1
-            else:
-                default = group.default(f)
-            if value == default and not f.metadata.get("required"):
-                continue
-            if isinstance(value, bool):
-                argv.append(group.flag(f.name))
-            else:
-                argv += [group.flag(f.name), str(value)]
-    return argv
-
-
 # ---------------------------------------------------------------------------------------------- evaluate
 
 EVALUATE_GROUP = Group("evaluate", EvaluateSettings, "what to score")
@@ -315,3 +295,56 @@ def generate_settings(argv: Sequence[str] | None = None, description: str | None
     p = argparse.ArgumentParser(prog="python -m minigpt2.generate", description=description)
     add_groups(p, [GENERATE_GROUP])
     return build(GENERATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), GENERATE_GROUP))
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+def _option_fields() -> dict[str, tuple[Group, Field]]:
+    return {f"{g.key}.{f.name}": (g, f) for g in FINETUNE_GROUPS for f in g.options()}
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings overrides by path ("optim.lr": 0.01, "model.lora.rank": 4, ...) whose paths are finetune
+    settings; the values are checked when the settings are built (`settings_of`)."""
+    known = _option_fields()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}; expected some of {sorted(known)}")
+    return dict(options)
+
+
+def options_from_argv(argv: Sequence[str]) -> dict[str, Any]:
+    """A (part of a) finetune command line as settings overrides by path, e.g. ["--device", "cuda:1"] ->
+    {"hardware.device": "cuda:1"}; a flag finetune does not know is argparse's error."""
+    p = argparse.ArgumentParser(prog="python -m minigpt2.finetune")
+    add_groups(p, FINETUNE_GROUPS, partial=True)
+    return {k.replace(":", "."): v for k, v in vars(p.parse_args(list(argv))).items()}
+
+
+def settings_of(options: Mapping[str, Any], here: bool = False) -> RunSettings:
+    """The `RunSettings` that `options` (overrides by path, the rest default) give, checked as the command line's
+    would be; `here`: also check that the device and files exist on this machine."""
+    ns = argparse.Namespace(**{_dest(k): v for k, v in check_options(options).items()})
+    if "data.task" not in options:
+        raise SettingsError("the settings name no task (data.task, the --task flag)")
+    return settings_from(ns, here)
+
+
+def _dest(path: str) -> str:
+    key, _, name = path.rpartition(".")
+    return GROUP[key].dest(name)
+
+
+def argv_of(options: Mapping[str, Any]) -> list[str]:
+    """The finetune flags that give `options` (overrides by path), in the parser's order."""
+    argv: list[str] = []
+    for path, (group, f) in _option_fields().items():
+        if path not in options:
+            continue
+        value = options[path]
+        if isinstance(value, bool) and _type(group.cls, f.name) is bool:
+            if value != group.default(f):  # a store_true / --no- flag says the value that is not the default
+                argv.append(group.flag(f.name))
+        elif value is not None:
+            argv += [group.flag(f.name), str(value)]
+    return argv

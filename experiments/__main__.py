@@ -37,7 +37,7 @@ from .launch import (LaunchError, check_devices, connect, default_devices, ray_c
                      run_local, run_ray, threads_per_run)
 from .preflight import check_preconditions
 from .report import write_report
-from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, missing_flags, plan, run_sweep
+from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, plan, run_sweep
 from .stats import SAMPLES
 from .sweeps import MAX_SEEDS, SWEEPS, Sweep, SweepOptions, build_sweep
 
@@ -150,21 +150,6 @@ def launch(sweep: Sweep, root: Path, args: argparse.Namespace) -> SweepResult:
                      progress=progress, exec_flags=flags)
 
 
-def ready_part(sweep: Sweep) -> Sweep:
-    """The sweep's runs that can start now; runs passing a flag finetune does not know yet wait (listed)."""
-    waiting: dict[str, list[str]] = {}
-    ready = []
-    for run in sweep.runs:
-        missing = missing_flags([run])
-        if missing:
-            waiting.setdefault(" ".join(missing), []).append(run.name)
-        else:
-            ready.append(run)
-    waits = [f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) wait for "
-             f"minigpt2.finetune in this checkout, which has no {flags}" for flags, names in waiting.items()]
-    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits), sweep.synthetic_needs)
-
-
 def isolation(args: argparse.Namespace) -> str:
     return args.isolation or ("in-process" if args.tiny else "subprocess")
 
@@ -264,7 +249,7 @@ def _main(argv: list[str] | None) -> int:
                         synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
                         plan_missing=args.dry_run)
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
-    sweeps = [ready_part(build_sweep(name, opts)) for name in names]  # all checked before any runs
+    sweeps = [build_sweep(name, opts) for name in names]  # all checked before any runs
     if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
         raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
     if not args.dry_run and not args.report_only:  # every shared input, before the first run of any sweep

@@ -265,11 +265,10 @@ class Workload:
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
     Raises OSError, ValueError or a UserError when its data cannot be read."""
-    from app.cli import finetune_settings
     from tasks import get_task
     from tasks.readers import data_dir
 
-    s = finetune_settings([*run.args, "--out-dir", "unused"])
+    s = run.run_settings()
     task = get_task(s.data.task)
     n, layers = n_params(s.model.model)
     max_len = min(s.data.max_length or model_config(s.model.model).n_positions,
@@ -562,12 +561,10 @@ def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]
         slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     for run in runs:
-        a = list(run.args)
-        if "--synthetic" not in a:
+        synthetic = run.run_settings().data.synthetic
+        if synthetic is None:
             continue
-        path = Path(a[a.index("--synthetic") + 1])
-        n = int(a[a.index("--synthetic-n") + 1]) if "--synthetic-n" in a else 0
-        filt = a[a.index("--synthetic-filter") + 1] if "--synthetic-filter" in a else "all"
+        path, n, filt = Path(synthetic.path), synthetic.n or 0, synthetic.filter
         slot = needs.setdefault(path, {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     return needs

@@ -29,7 +29,7 @@ class PreconditionError(UserError, RuntimeError):
 def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
     PreconditionError naming the first that fails."""
-    from app.finetune import base_weights_file, parse_settings
+    from app.finetune import base_weights_file
     from distill.synthetic import load_synthetic
     from minigpt2.data import ensure_task_data
     from minigpt2.tokenizer import Tokenizer
@@ -49,7 +49,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
             raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
 
     for run in runs:
-        s = parse_settings([*run.args, "--out-dir", "unused"])
+        s = run.run_settings()
         offline = s.data.offline
         model = s.model.model
         if model != "tiny":

@@ -604,8 +604,9 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
     for run in sweep.runs:
-        if run.settings.get("teacher") and "--synthetic" in run.args:
-            files.setdefault(run.settings["teacher"], Path(run.args[run.args.index("--synthetic") + 1]))
+        path = run.options.get("data.synthetic.path")
+        if run.settings.get("teacher") and path:
+            files.setdefault(run.settings["teacher"], Path(path))
     if not files:
         return []
     points = group_seeds(rows)

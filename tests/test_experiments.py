@@ -18,6 +18,7 @@ from experiments import report, runner, stats
 from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions,
                                build_sweep)
 from app.cli import finetune_parser, flat, settings_from
+from app.settings import SettingsError
 
 
 def parse(argv):
@@ -33,9 +34,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("tiny", [False, True])
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_run_is_a_valid_finetune_command(name, tiny):
-    sweep = cli.ready_part(build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR))))
-    if not sweep.runs:  # every knob still on another branch
-        pytest.skip(f"finetune lacks what the sweep waits for: {sweep.waits}")
+    sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
+    assert sweep.runs
     for run in sweep.runs:
         args = parse([*run.args, "--out-dir", "x"])
         assert args.seed == run.settings["seed"]
@@ -234,7 +234,7 @@ def test_a_returned_but_unfinished_run_counts_as_failed(tmp_path):
 def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
     runs = three_runs()
     runner.run_sweep(runs[:1], tmp_path, FakeFinetune(), progress=False)
-    neutral = Run("r0", runs[0].args + ("--device", "cuda:3", "--no-progress"), runs[0].settings)
+    neutral = Run("r0", {**runs[0].options, "hardware.device": "cuda:3", "optim.progress": False}, runs[0].settings)
     assert runner.run_sweep([neutral], tmp_path, FakeFinetune(), progress=False).skipped == ["r0"]
     changed = Run("r0", ("--task", "sst", "--seed", "0", "--lr", "0.1"), runs[0].settings)
     with pytest.raises(runner.RunFolderConflict, match=r"other arguments[\s\S]*--lr 0.1[\s\S]*Delete that folder"):
@@ -302,11 +302,16 @@ def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
     assert "assumed per request" in cost[2] and cost[-1].startswith("  Gemini total: ~$")  # no pro file
 
 
-def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "missing_flags", lambda runs: ["--lora-rank"])
-    with pytest.raises(SystemExit, match="finetune in this checkout, which has no --lora-rank"):
-        cli.main(["lora-ranks", "--tiny", "--runs-dir", str(tmp_path)])
-    assert not any(tmp_path.iterdir())
+def test_a_run_is_checked_against_the_settings_when_it_is_made():
+    with pytest.raises(SettingsError, match=r"unknown setting\(s\) \['model.lora.rnak'\]"):
+        Run("r", {"data.task": "sonnet", "model.lora.rnak": 4}, {})
+    with pytest.raises(SettingsError, match="--lora-rank set\\(s\\) LoRA, which needs --method lora"):
+        Run("r", {"data.task": "sonnet", "model.lora.rank": 4}, {})
+    with pytest.raises(SettingsError, match="--lr 0.0: expected a finite number > 0"):
+        Run("r", ("--task", "sst", "--lr", "0"), {})
+    run = Run("r", {"data.task": "sonnet", "model.method": "lora", "model.lora.rank": 4, "optim.progress": False}, {})
+    assert run.args == ("--task", "sonnet", "--method", "lora", "--lora-rank", "4", "--no-progress")
+    assert Run("r", run.args, {}).options == run.options  # flags and settings say the same, both ways
 
 
 # ---------------------------------------------------------------------------------------------- stats
