@@ -336,12 +336,11 @@ def _dest(path: str) -> str:
 
 
 def argv_of(options: Mapping[str, Any]) -> list[str]:
-    """The finetune flags that give `options` (overrides by path), in the parser's order."""
+    """The finetune flags that give `options` (overrides by path), in their order."""
     argv: list[str] = []
-    for path, (group, f) in _option_fields().items():
-        if path not in options:
-            continue
-        value = options[path]
+    known = _option_fields()
+    for path, value in check_options(options).items():
+        group, f = known[path]
         if isinstance(value, bool) and _type(group.cls, f.name) is bool:
             if value != group.default(f):  # a store_true / --no- flag says the value that is not the default
                 argv.append(group.flag(f.name))

@@ -158,7 +158,8 @@ def _runs(opts: SweepOptions, points: list[tuple[str, Options, dict[str, Any]]],
     runs = []
     for name, options, settings in points:
         for seed in opts.seed_list():
-            run_options = {**shared, **options, "optim.seed": seed, **extra}
+            run_options = {**options, **{k: v for k, v in shared.items() if k not in options}, "optim.seed": seed,
+                           **extra}
             runs.append(Run(f"{name}-s{seed}", run_options, {**settings, "seed": seed}, evaluations))
     return runs
 
