@@ -28,7 +28,7 @@ import sys
 import threading
 from pathlib import Path
 
-from minigpt2.errors import UserError
+from minigpt2.errors import UserError, exits_on_user_error
 
 from .estimate import (Cost, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table,
                        measured_rates, schedule_seconds, stated_rates, sweep_cost)
@@ -211,12 +211,12 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     return not failed
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
+    """`python -m experiments`: a bad setting or input is one `error:` line and exit code 1."""
     try:
         with sigterm_as_interrupt():
             return _main(argv)
-    except UserError as e:  # a bad setting or input: one line, exit code 1
-        raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs were stopped; their folders keep every finished epoch
         print("\nsweep stopped: finished runs are kept and unfinished ones resume from their last epoch when the "
               "same command is run again", file=sys.stderr)
