@@ -85,16 +85,18 @@ def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group], partial
             text = group.helps.get(f.name) or f.metadata["help"]
             kw: dict[str, Any] = {"dest": group.dest(f.name), "default": argparse.SUPPRESS}
             if f.metadata.get("positional"):
-                g.add_argument(group.dest(f.name), metavar=f.name, help=text)
+                g.add_argument(group.dest(f.name), metavar=f.name, help=text, choices=f.metadata.get("choices"))
                 continue
             if kind is bool:
                 kw["action"] = "store_false" if default is True else "store_true"
             else:
-                kw["type"], kw["metavar"] = kind, f.name.upper()
+                kw["type"] = kind
+                if "choices" not in f.metadata:
+                    kw["metavar"] = f.name.upper()
                 for k in ("choices", "metavar", "required"):
                     if k in f.metadata and not (partial and k == "required"):
                         kw[k] = f.metadata[k]
-                note = group.notes.get(f.name) or (None if default is None else f"default: {default}")
+                note = group.notes.get(f.name) or (None if default in (None, "") else f"default: {default}")
                 text += f" ({note})" if note and not kw.get("required") else ""
             g.add_argument(group.flag(f.name), help=text.replace("%", "%%"), **kw)
 
