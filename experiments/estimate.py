@@ -123,10 +123,10 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
 
 def chosen_device(finetune_args: Sequence[str]) -> str:
     """The device the runs will use: their --device, else CUDA where there is one, else the CPU."""
+    from app.cli import options_from_argv
     from minigpt2.device import parse_device
 
-    args = list(finetune_args)
-    return str(parse_device(args[args.index("--device") + 1] if "--device" in args else "auto"))
+    return str(parse_device(options_from_argv(finetune_args).get("hardware.device", "auto")))
 
 
 def model_config(model: str) -> GPT2Config:
