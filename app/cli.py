@@ -260,11 +260,18 @@ def _values(settings: RunSettings) -> dict[str, dict[str, Any]]:
     return out
 
 
+# How a run is watched or continued, not what it is: left out of config.json's "args" (a resumed run's row in a
+# sweep's CSV is the row of the same run).
+NOT_FLAT = ("run.resume", "run.overwrite", "optim.progress", "optim.stop_after_epoch", "hardware.fetch_timeout")
+
+
 def flat(settings: RunSettings) -> dict[str, Any]:
     """The settings by flag name, `--no-quant-embeddings` as `quant_embeddings` (config.json's "args")."""
     out: dict[str, Any] = {}
     for key, values in _values(settings).items():
         for name, value in values.items():
+            if f"{key}.{name}" in NOT_FLAT:
+                continue
             flag = GROUP[key].flag(name)[2:]
             out[flag.removeprefix("no-").replace("-", "_")] = value
     out["autocast"] = settings.autocast  # what the run used
