@@ -250,7 +250,7 @@ class RunSettings:
 
 # Settings that may differ when a run is resumed: where things are and how the run is watched, not what it computes.
 RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references",
-                     "hardware.device", "hardware.plain", "optim.compile", "optim.progress", "hardware.threads",
+                     "hardware.device", "optim.compile", "optim.progress", "hardware.threads",
                      "hardware.fetch_timeout", "run.out_dir", "run.name", "run.resume", "run.overwrite",
                      "optim.stop_after_epoch")
 
