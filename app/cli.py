@@ -3,7 +3,7 @@
 A setting is declared once, as a dataclass field whose metadata holds its help (`app.settings.option`, or plain
 `{"help": ...}` in the library's own configs). A `Group` says which dataclass a block of flags fills and how its
 fields are spelled (`--` + prefix + the field name with dashes; a field whose default is True becomes a `--no-`
-flag; a few renamed in `flags`). Fields without help have no flag.
+flag, helped by its "help_off"; a few renamed in `flags`). Fields without help have no flag.
 
     add_groups(parser, groups)      the flags, with their help and defaults
     given(namespace, group)         what the user typed (a flag left out is absent: the dataclass default applies)
@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import re
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
-from minigpt2.errors import FieldError, UserError
+from minigpt2.device import parse_device
+from minigpt2.errors import FieldError
 from minigpt2.lora import LoraSettingsError, LoRAConfig
 from minigpt2.train import TrainConfig
 from quant.config import QuantConfig
@@ -89,6 +91,8 @@ def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group], partial
                 continue
             if kind is bool:
                 kw["action"] = "store_false" if default is True else "store_true"
+                if default is True:  # a --no- flag says what turning the setting off does
+                    text = f.metadata.get("help_off") or f"turn off: {text}"
             else:
                 kw["type"] = kind
                 if "choices" not in f.metadata:
@@ -113,7 +117,7 @@ def build(group: Group, values: Mapping[str, Any], groups: Sequence[Group] = ())
     return checked(lambda: group.cls(**{**kwargs, **values}), group, groups)
 
 
-def checked(make: Any, group: Group, groups: Sequence[Group] = ()) -> Any:
+def checked(make: Callable[[], Any], group: Group, groups: Sequence[Group] = ()) -> Any:
     """`make()`, with a library's `FieldError` (which names a field) turned into a line naming the flag."""
     try:
         return make()
@@ -235,10 +239,6 @@ def _precision(values: dict[str, Any], quant: dict[str, Any]) -> PrecisionSettin
 
 def check_environment(settings: RunSettings) -> None:
     """What the flags name must exist here: the device, the test references file."""
-    from pathlib import Path
-
-    from minigpt2.device import parse_device
-
     refs = settings.data.test_references
     if refs is not None and not Path(refs).is_file():
         raise SettingsError(f"--test-references {refs}: file not found; expected the test labels "
@@ -285,8 +285,6 @@ EVALUATE_GROUP = Group("evaluate", EvaluateSettings, "what to score")
 
 def evaluate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> EvaluateSettings:
     """`python -m minigpt2.evaluate`'s command line as settings (a device this machine lacks is refused)."""
-    from minigpt2.device import parse_device
-
     p = argparse.ArgumentParser(prog="python -m minigpt2.evaluate", description=description)
     add_groups(p, [EVALUATE_GROUP])
     settings = build(EVALUATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), EVALUATE_GROUP))

@@ -35,8 +35,8 @@ from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, load_adapter, save_adapter, without_lora
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import DEFAULT_SEED, Dist, fetch_once, leave_together, seed_everything, setup_distributed, train
-from tasks import TASKS, get_task
+from minigpt2.train import Dist, fetch_once, leave_together, seed_everything, setup_distributed, train
+from tasks import get_task
 from tasks.base import Example, Task, TaskModel, collate
 from tasks.readers import DataError, Malformed, data_dir, require_files
 

@@ -79,7 +79,7 @@ class TrainConfig:
     bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
     stop_after_epoch: int | None = field(default=None, metadata=_doc(
         "debug: stop after this epoch as if interrupted (to test resuming)"))
-    progress: bool = field(default=True, metadata=_doc("show the progress bars"))
+    progress: bool = field(default=True, metadata=_doc("show the progress bars", help_off="hide the progress bars"))
 
     def __post_init__(self) -> None:
         finite = math.isfinite

@@ -50,7 +50,8 @@ class QuantConfig:
     activations: bool = field(default=False, metadata={"help": (
         "also fake-quantise linear-layer inputs per token (7-bit asymmetric, as the int8 CPU decode path runs "
         "them)")})
-    embeddings: bool = field(default=True, metadata={"help": "quantise wte (the tied LM head) and wpe too"})
+    embeddings: bool = field(default=True, metadata={"help": "quantise wte (the tied LM head) and wpe too",
+                                                     "help_off": "keep wte (the tied LM head) and wpe in fp32"})
 
     def __post_init__(self) -> None:
         if self.weight is not None and self.weight not in WEIGHT_FORMATS:

@@ -234,6 +234,9 @@ def test_every_flag_has_its_help_and_each_option_one_flag():
     assert len(flags) == len(set(flags)) == sum(len(g.options()) for g in FINETUNE_GROUPS)
     assert all(a.help for a in parser._actions)
     assert "--plain" in flags and "--no-quant-embeddings" in flags and "--lora-rank" in flags
+    helps = {s: a.help for a in parser._actions for s in a.option_strings}
+    assert helps["--no-progress"].startswith("hide") and "fp32" in helps["--no-quant-embeddings"]
+    assert "(default: 8)" in helps["--batch-size"] and "for --method lora" in helps["--lr"]
 
 
 def test_one_device_parser():
