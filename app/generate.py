@@ -77,13 +77,13 @@ def split_prompts(text: str) -> list[str]:
     return prompts
 
 
-def read_prompts(ask: GenerateSettings, stdin: TextIO) -> list[str]:
+def read_prompts(args: GenerateSettings, stdin: TextIO) -> list[str]:
     """The prompts of --prompt, --prompt-file or stdin (trailing whitespace dropped: GPT-2's tokens carry their
     leading space)."""
-    if ask.prompt is not None:
-        return [ask.prompt.rstrip()]
-    if ask.prompt_file is not None:
-        path = Path(ask.prompt_file)
+    if args.prompt is not None:
+        return [args.prompt.rstrip()]
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
         if not path.is_file():
             raise GenerateError(f"--prompt-file {path}: no such file")
         raw, where = path.read_bytes(), f"--prompt-file {path}"
@@ -221,29 +221,29 @@ def verdict(text: str) -> str:
     return "\n".join(lines)
 
 
-def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], ask: GenerateSettings, out: TextIO,
+def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: GenerateSettings, out: TextIO,
                on_token: Callable[[int, int], None] | None = None) -> list[str]:
-    """Sample every prompt `ask.num_samples` times, streaming each sample to `out`; returns the texts written
+    """Sample every prompt `args.num_samples` times, streaming each sample to `out`; returns the texts written
     (prompt + continuation, or for --sonnet the finished sonnet)."""
-    max_new = ask.new_tokens
+    max_new = args.new_tokens
     n_positions = model.config.n_positions
     encoded = []
     for i, prompt in enumerate(prompts, 1):
         lines = tuple(line for line in prompt.splitlines() if line.strip())
-        text = prompt + "\n" if ask.sonnet and prompt else prompt
+        text = prompt + "\n" if args.sonnet and prompt else prompt
         ids = tok.encode(text) or [tok.eot_id]  # nothing to continue: sample from <|endoftext|>
         if len(ids) >= n_positions:
             raise GenerateError(f"prompt {i}: {len(ids)} tokens leave no room to generate within the model's "
                                 f"context of {n_positions} tokens")
-        if ask.sonnet and len(lines) >= SONNET_LINES:
+        if args.sonnet and len(lines) >= SONNET_LINES:
             raise GenerateError(f"prompt {i}: already {len(lines)} lines; --sonnet continues the first lines of a "
                                 f"sonnet (fewer than {SONNET_LINES})")
         encoded.append((lines, text, ids))
-    seed = ask.seed if ask.seed is not None else int.from_bytes(os.urandom(4), "little")
-    several = len(prompts) * ask.num_samples > 1
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    several = len(prompts) * args.num_samples > 1
     results = []
     for i, (lines, text, ids) in enumerate(encoded):
-        for j in range(ask.num_samples):
+        for j in range(args.num_samples):
             if several:
                 out.write(("\n" if results else "") + f"=== prompt {i + 1}, sample {j + 1} ===\n")
             out.write(text)
@@ -255,13 +255,13 @@ def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], ask: GenerateSet
                 if on_token is not None:
                     on_token(row, token)
 
-            stop = sonnet_stop(tok, SONNET_LINES - len(lines)) if ask.sonnet else None
-            generate(model, [ids], max_new, temperature=ask.temperature, top_k=ask.top_k, top_p=ask.top_p,
-                     eos_id=tok.eot_id, stop=stop, seed=seed + i * ask.num_samples + j, on_token=step)
+            stop = sonnet_stop(tok, SONNET_LINES - len(lines)) if args.sonnet else None
+            generate(model, [ids], max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                     eos_id=tok.eot_id, stop=stop, seed=seed + i * args.num_samples + j, on_token=step)
             new_text = stream.finish()
             if not new_text.endswith("\n"):
                 out.write("\n")
-            if ask.sonnet:
+            if args.sonnet:
                 sonnet = finish_sonnet(lines, new_text)
                 out.write(verdict(sonnet) + "\n")
                 results.append(sonnet)
@@ -271,19 +271,19 @@ def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], ask: GenerateSet
     return results
 
 
-def run(ask: GenerateSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
+def run(args: GenerateSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
         on_token: Callable[[int, int], None] | None = None) -> list[str]:
-    """The command as `ask` says: read the prompts, load the model, sample; returns the texts written."""
-    device = checked(lambda: parse_device(ask.device), GENERATE_GROUP)
-    if ask.precision == "int8" and device.type != "cpu":
+    """The command: check the flags, read the prompts, load the model, sample; returns the texts written."""
+    device = checked(lambda: parse_device(args.device), GENERATE_GROUP)
+    if args.precision == "int8" and device.type != "cpu":
         raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
-    prompts = read_prompts(ask, stdin)
-    gpt, trained = load_source(ask.model, ask.offline)
-    precision = ask.precision or default_precision(trained, device)
-    tokenizer_dir = ask.tokenizer_dir or (trained.data.tokenizer_dir if trained else None)
+    prompts = read_prompts(args, stdin)
+    gpt, settings = load_source(args.model, args.offline)
+    precision = args.precision or default_precision(settings, device)
+    tokenizer_dir = args.tokenizer_dir or (settings.data.tokenizer_dir if settings else None)
     tok = Tokenizer(tokenizer_dir)
     model = inference_model(gpt, precision, device)
-    return sample_all(model, tok, prompts, ask, out, on_token)
+    return sample_all(model, tok, prompts, args, out, on_token)
 
 
 @exits_on_user_error
