@@ -42,7 +42,7 @@ from tasks.readers import DataError, Malformed, data_dir, require_files
 
 from . import runfolder, subsets
 from .measures import form_record, heldout_measures, mean_scores, sample_file_name
-from .cli import finetune_settings
+from .cli import GROUP, checked, finetune_settings
 from .precision import apply_run_precision, write_quantized
 from .settings import RunSettings, SettingsError
 from .synthetic import synthetic_texts
@@ -349,7 +349,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if settings.hardware.threads is not None:  # before any work: a run's thread count is one of its settings
         torch.set_num_threads(settings.hardware.threads)
     d = setup_distributed(settings.hardware.device)
-    autocast_dtype(settings.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
+    checked(lambda: autocast_dtype(settings.autocast, d.device), GROUP["optim"])  # an unsupported bf16: refused now
     run_dir = _shared_run_dir(settings, d)
     try:
         recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
