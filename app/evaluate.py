@@ -16,7 +16,6 @@ RUN_DIR/eval-<task>-zero-shot-<split>.json, predictions to RUN_DIR/zero-shot-<co
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from course.readers import data_dir, require_files
-from minigpt2.errors import UserError
+from minigpt2.device import parse_device
+from minigpt2.errors import exits_on_user_error
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.atomic import atomic_write_json
 from minigpt2.distributed import setup_distributed
@@ -32,30 +32,11 @@ from minigpt2.train import seed_everything
 from tasks import get_task
 
 from . import runfolder, speed
+from .cli import GROUP, checked, evaluate_settings
 from .measures import form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
 from .runmodel import load_run_body, load_run_model
-from .settings import RunSettings, check_device
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minigpt2.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run_dir", help="a run folder written by `python -m minigpt2.finetune`")
-    p.add_argument("--split", choices=["dev", "test"], default="dev", help="which split to predict")
-    p.add_argument("--data-dir", default=None, help="course data folder (default: the run's, else "
-                                                    "$MINIGPT2_DATA_DIR, else data/)")
-    p.add_argument("--tokenizer-dir", default=None, help="offline GPT-2 BPE folder (default: the run's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--task", default=None, help="score this task instead of the run's own (needs --zero-shot)")
-    p.add_argument("--test-references", default=None, metavar="FILE",
-                   help="test labels (*-test-labels.csv) or true test sonnets for --split test (default: the file "
-                        "beside the data, as `python -m course fetch` writes it)")
-    p.add_argument("--zero-shot", action="store_true",
-                   help="score --task with the run's body and no task training (quora cloze, sonnet)")
-    p.add_argument("--plain", action="store_true",
-                   help="run on the plain path, none of minigpt2.fast (the default for a run trained with --plain)")
-    return p
+from .settings import RunSettings
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = None, tokenizer_dir: str | None = None,
@@ -71,10 +52,11 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         raise runfolder.RunFolderError(f"--test-references {test_references}: file not found")
     config = runfolder.read_config(run_dir)
     settings = RunSettings.from_dict(config["settings"])
-    check_device(device)
+    checked(lambda: parse_device(device), GROUP["hardware"])
     d_set = settings.data
     settings = dataclasses.replace(settings, data=dataclasses.replace(
-        d_set, data_dir=data or d_set.data_dir, tokenizer_dir=tokenizer_dir or d_set.tokenizer_dir))
+        d_set, data_dir=data or d_set.data_dir, tokenizer_dir=tokenizer_dir or d_set.tokenizer_dir),
+        hardware=dataclasses.replace(settings.hardware, device=device, plain=plain or settings.hardware.plain))
     run_task = settings.data.task
     if task_name not in (None, run_task) and not zero_shot:
         raise runfolder.RunFolderError(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it "
@@ -110,7 +92,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     how = settings.predict_settings()
     # The run's --eval-samples: as many sampled sonnets per prompt as its own figures averaged over.
-    predictor = speed.predicting(module, task, d.device, how.autocast, plain or settings.hardware.plain)
+    predictor = speed.predicting(module, task, d.device, how.autocast, settings.hardware.plain)
     draws = (task.predict_samples(predictor, examples, how, tok, d.device, settings.eval.samples) if task.generative
              else [task.predict(predictor, examples, how, tok, d.device)])
     first = ("zero-shot-" if zero_shot else "") + task.format.output_name(split, settings.model.mode)
@@ -118,7 +100,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
              for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
                               "predictions": names[0], "malformed_rows": [str(n) for n in notes],
-                              "precision": settings.precision.precision, "zero_shot": zero_shot,
+                              "precision": settings.precision.format, "zero_shot": zero_shot,
                               "fine_tuned_on": run_task, "data_changed": changed}
     if len(names) > 1:
         result["samples"] = names
@@ -178,14 +160,12 @@ def changed_data(config: dict[str, Any], folder: Path, names: list[str]) -> list
             and runfolder.sha256_file(folder / n) != recorded[n]]
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """`python -m minigpt2.evaluate`: a UserError is one `error:` line and exit code 1."""
-    a = build_parser().parse_args(argv)
-    try:
-        scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot,
-                              a.test_references, a.plain)
-    except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
-        raise SystemExit(f"error: {e}") from None
+    a = evaluate_settings(argv, __doc__.split("\n\n")[0])
+    scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot,
+                          a.test_references, a.plain)
     print(json.dumps(scores, indent=2))
 
 

@@ -15,7 +15,6 @@ sonnet task's training set). What a run writes after each epoch is `epoch_callba
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
@@ -29,129 +28,29 @@ import torch.distributed as dist
 from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_write_json
-from minigpt2.device import AUTOCAST_MODES, autocast_dtype, autocast_for
+from minigpt2.device import autocast_dtype, autocast_for
 from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
-from minigpt2.errors import UserError
+from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, without_lora
 from minigpt2.tokenizer import Tokenizer
-from minigpt2.train import (DEFAULT_SEED, Callback, EpochEnd, keep_resume_state, new_metrics, record_epoch,
+from minigpt2.train import (Callback, EpochEnd, keep_resume_state, new_metrics, record_epoch,
                             seed_everything, train)
-from tasks import TASKS, get_task
+from tasks import get_task
 from tasks.base import Example, Task, TaskModel, collate
 
 from . import runfolder, speed, subsets
 from .measures import form_record, heldout_measures, mean_scores, sample_file_name
-from .precision import add_precision_args, apply_run_precision, write_quantized
+from .cli import GROUP, checked, finetune_settings
+from .precision import apply_run_precision, write_quantized
 from .runmodel import base_weights_file, head_modules, load_base_model, load_run_model, save_run_model
-from .settings import (EVAL_SAMPLES, LORA_ALPHA, LORA_RANK, LORA_TARGETS, SYNTHETIC_FILTERS, RunSettings,
-                       SettingsError, from_args)
+from .settings import RunSettings, SettingsError
 from .synthetic import synthetic_texts
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minigpt2.finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("task and data")
-    g.add_argument("--task", required=True, choices=sorted(TASKS), help="which course task to fine-tune on")
-    g.add_argument("--data-dir", default=None,
-                   help="folder with the course files (default: $MINIGPT2_DATA_DIR, else data/)")
-    g.add_argument("--tokenizer-dir", default=None,
-                   help="folder with GPT-2's encoder.json + vocab.bpe for offline use "
-                        "(default: $MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
-    g.add_argument("--offline", action="store_true",
-                   help="never download: missing data files or weights are an error that says how to get them "
-                        "(default: fetch what is missing; HF_HUB_OFFLINE=1 also turns downloads off)")
-    g.add_argument("--max-train", type=int, default=None,
-                   help="train on a seeded random subset of N examples (stratified by label for the classification "
-                        "tasks; real sonnets for the sonnet task); the chosen ids go to RUN_DIR/subsets.json")
-    g.add_argument("--max-eval", type=int, default=None,
-                   help="score a seeded random subset of N dev and N test examples (stratified as --max-train)")
-    g.add_argument("--test-references", default=None, metavar="FILE",
-                   help="the test labels (*-test-labels.csv) or true test sonnets to score test with (default: the "
-                        "file beside the data, as `python -m course fetch` writes it; test is not scored without one)")
-    g.add_argument("--max-length", type=int, default=None,
-                   help="truncate inputs to N tokens (default: the model's n_positions)")
-    g = p.add_argument_group("synthetic data (sonnet task)")
-    g.add_argument("--synthetic", default=None, metavar="FILE.jsonl",
-                   help="add the kept sonnets of a distill.generate file to the training set (dev/test stay real)")
-    g.add_argument("--synthetic-n", type=int, default=None,
-                   help="add only the first N synthetic sonnets (an error if the file has fewer); default: all")
-    g.add_argument("--synthetic-filter", choices=SYNTHETIC_FILTERS, default=None,
-                   help="'perfect': only those passing distill.check (14 lines, ABAB CDCD EFEF GG); default all")
-    g.add_argument("--synthetic-only", action="store_true",
-                   help="train on the synthetic sonnets alone, no real training sonnet (dev and test stay real)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="gpt2",
-                   help="a preset (gpt2, gpt2-medium, ...: downloaded once into checkpoints/<name>/), a folder or "
-                        "file with model.safetensors, or 'tiny' for a random-init tiny model (smoke runs, tests)")
-    g.add_argument("--mode", choices=["full-model", "last-linear-layer"], default="full-model",
-                   help="train the whole model, or (sentiment) only the classifier on a frozen GPT-2")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--method", choices=["full", "lora"], default="full",
-                   help="full: train the weights themselves (as --mode says); lora: freeze GPT-2 and train low-rank "
-                        "adapters (plus the task head); the run's checkpoint is then the small adapter file")
-    g.add_argument("--lora-rank", type=int, default=None, help=f"LoRA rank r (default {LORA_RANK})")
-    g.add_argument("--lora-alpha", type=float, default=None,
-                   help=f"LoRA alpha; the adapter output is scaled by alpha/r (default {LORA_ALPHA:g}: the study's)")
-    g.add_argument("--lora-targets", default=None,
-                   help="attn (query, key, value, output projection), attn+mlp (also mlp.c_fc, mlp.c_proj), or "
-                        "comma-separated module names, e.g. attn.query,attn.value (default "
-                        f"{LORA_TARGETS})")
-    g.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10,
-                   help="passes over the training set; 0: no training, the base model (at the run's precision) is "
-                        "scored on dev and test and saved as the run's best (the zero-shot reference)")
-    g.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (per process)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 1e-3 for last-linear-layer, 1e-5 for full-model, 1e-2 for "
-                        "--method lora, the best LoRA learning rate in the study)")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of 2+-dim tensors")
-    g.add_argument("--warmup", type=float, default=0.05, help="fraction of optimizer steps of linear LR warmup")
-    g.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear",
-                   help="LR decay after warmup")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of everything random (the course's)")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    g.add_argument("--autocast", choices=AUTOCAST_MODES, default="auto",
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with "
-                        "native bf16 (an error elsewhere); off: fp32 everywhere. Weights stay fp32")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    g.add_argument("--plain", action="store_true", help="run on the plain path, none of minigpt2.fast")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of this process (torch.set_num_threads; recorded in config.json); default: "
-                        "torch's, one per core. Sweeps running several runs at once split the cores with it")
-    g.add_argument("--fetch-timeout", type=float, default=3600.0,
-                   help="torchrun: seconds the other ranks wait while one rank per node fetches missing data and "
-                        "weights, before giving up with an error")
-    g = p.add_argument_group("evaluation and generation")
-    g.add_argument("--eval-batch-size", type=int, default=32, help="batch size of evaluation and generation")
-    g.add_argument("--temperature", type=float, default=1.2, help="sonnet sampling temperature (the course's)")
-    g.add_argument("--top-p", type=float, default=0.9, help="sonnet nucleus sampling mass (the course's)")
-    g.add_argument("--max-new-tokens", type=int, default=400,
-                   help="sonnet token budget; generation stops at <|endoftext|> or after the 14th line first")
-    g.add_argument("--eval-samples", type=int, default=None,
-                   help=f"sonnets drawn per prompt (seeded) for the final dev/test scores: chrF and the form rates "
-                        f"are averaged over them (each epoch's dev score uses one); default {EVAL_SAMPLES} for "
-                        "sonnets, 1 (deterministic predictions) for the other tasks")
-    g = p.add_argument_group("run folder")
-    g.add_argument("--out-dir", default=None, help="run folder (default: checkpoints/runs/<task>-<name or time>)")
-    g.add_argument("--name", default=None, help="run name used in the default run folder")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out-dir from its last complete epoch")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace the run in --out-dir (a fresh run into a folder that holds one is refused)")
-    g.add_argument("--stop-after-epoch", type=int, default=None,
-                   help="debug: stop after this epoch as if interrupted (to test --resume)")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_precision_args(p)
-    return p
 
 
 def parse_settings(argv: list[str] | None = None) -> RunSettings:
     """The command line as validated, typed settings (a bad flag is a UserError naming it)."""
-    return from_args(build_parser().parse_args(argv))
+    return finetune_settings(argv)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -174,7 +73,7 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
         apply_run_precision(module, module.gpt, settings.precision)
     if lora is not None:  # after fake-quant: a quantized frozen base + fp32 adapters
         report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
-                            trainable=head_modules(module))
+                            rslora=lora.rslora, trainable=head_modules(module))
         print(report, file=sys.stderr)
     if settings.model.mode == "last-linear-layer":
         module.gpt.requires_grad_(False)
@@ -383,7 +282,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if settings.hardware.threads is not None:  # before any work: a run's thread count is one of its settings
         torch.set_num_threads(settings.hardware.threads)
     d = setup_distributed(settings.hardware.device)
-    autocast_dtype(settings.autocast, d.device)  # refuse an unsupported --autocast bf16 before any work
+    checked(lambda: autocast_dtype(settings.autocast, d.device), GROUP["optim"])  # an unsupported bf16: refused now
     run_dir = _shared_run_dir(settings, d)
     try:
         recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
@@ -475,10 +374,10 @@ def finish_run(module: TaskModel, task: Task, splits: dict[str, list[Example]], 
     t1 = time.time()
     load_run_model(module, run_dir / "best")
     precision = settings.precision
-    if precision.precision != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
+    if precision.format != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
         apply_run_precision(module, module.gpt, precision)
     metrics.update(write_split_predictions(task, module, splits, settings, tok, device, run_dir))
-    if precision.precision != "fp32":
+    if precision.format != "fp32":
         with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
             metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)
     metrics["predict_s"] = time.time() - t1
@@ -491,12 +390,11 @@ def finish_run(module: TaskModel, task: Task, splits: dict[str, list[Example]], 
           + (f", test {task.metric} {test:.4f}" if test is not None else "") + f"; run folder {run_dir}")
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """`python -m minigpt2.finetune`: a UserError is one `error:` line and exit code 1, never a traceback."""
     try:
         run(parse_settings(argv))
-    except UserError as e:  # SystemExit with a message: printed to stderr, exit code 1
-        raise SystemExit(f"error: {e}") from None
     except Interrupted as e:  # Ctrl-C: every finished epoch is saved; 130 is the shell's code for SIGINT
         if runfolder.is_run_config(e.run_dir / runfolder.CONFIG_FILE):
             print(f"interrupted; continue with --resume --out-dir {e.run_dir}", file=sys.stderr)

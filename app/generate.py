@@ -22,7 +22,6 @@ the device has it, else fp32, which for a quantised run is its fake-quant model,
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -34,9 +33,10 @@ import torch
 from distill.check import check_sonnet
 from minigpt2.checkpoint import load_model, resolve_model
 from minigpt2.config import GPT2Config
-from minigpt2.errors import UserError
 from minigpt2 import device as hardware
 from minigpt2 import fast
+from minigpt2.device import parse_device
+from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.generation import generate
 from minigpt2.lora import lora_modules
 from minigpt2.model import GPT2
@@ -48,62 +48,19 @@ from tasks.sonnet import SONNET_LINES, finish_sonnet, sonnet_stop
 
 from . import runfolder
 from .precision import apply_run_precision
+from .cli import GENERATE_GROUP, checked, generate_settings
 from .runmodel import ADAPTER_NAME, load_run_body, load_run_model
-from .settings import RunSettings
+from .settings import GenerateSettings, RunSettings
 
-DEFAULT_MAX_NEW_TOKENS = 128
-SONNET_MAX_NEW_TOKENS = 400  # the course's budget; a sonnet usually ends sooner, at its 14th line
 
 
 class GenerateError(UserError, ValueError):
     """Bad input to the generate command, reported as one `error:` line."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minigpt2.generate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="gpt2",
-                   help="a preset (gpt2, gpt2-medium, ...), 'tiny' (random init), a checkpoint folder or "
-                        "model.safetensors file, or a run folder of `python -m minigpt2.finetune`")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--prompt", default=None, help="the prompt text ('' samples unconditionally)")
-    g.add_argument("--prompt-file", default=None, metavar="FILE",
-                   help="UTF-8 file of prompts separated by blank lines (default: the same format on stdin)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set holding this mass")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help=f"tokens to add per prompt (default {DEFAULT_MAX_NEW_TOKENS}, "
-                        f"{SONNET_MAX_NEW_TOKENS} with --sonnet); fewer where the model's context ends")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--seed", type=int, default=None,
-                   help="makes sampling reproducible (sample n of prompt m uses seed + its index)")
-    p.add_argument("--sonnet", action="store_true",
-                   help="stop after 14 lines and print the perfect-sonnet verdict and its reasons")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
-                   help="fp32, bf16 (prepacked bf16 on CPUs with native bf16), int8 (CPU int8 decoder); "
-                        "default: the run's own (bf16 for a bf16 run where supported, else fp32)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--tokenizer-dir", default=None,
-                   help="folder with GPT-2's encoder.json + vocab.bpe (default: the run's, "
-                        "$MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
-    p.add_argument("--offline", action="store_true", help="never download: a missing preset is an error")
-    p.add_argument("--plain", action="store_true", help="run on the plain path, none of minigpt2.fast")
-    return p
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Reject sampling settings that make no sense, before anything is loaded."""
-    if not args.temperature >= 0:  # also catches NaN
-        raise GenerateError(f"--temperature {args.temperature}: expected a number >= 0 (0 = greedy)")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise GenerateError(f"--top-p {args.top_p}: expected a probability mass in (0, 1]")
-    if args.top_k is not None and args.top_k < 1:
-        raise GenerateError(f"--top-k {args.top_k}: expected an integer >= 1")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise GenerateError(f"--max-new-tokens {args.max_new_tokens}: expected an integer >= 1")
-    if args.num_samples < 1:
-        raise GenerateError(f"--num-samples {args.num_samples}: expected an integer >= 1")
+def parse_settings(argv: list[str] | None = None) -> GenerateSettings:
+    """The command line as checked settings (a bad flag is a UserError naming it)."""
+    return generate_settings(argv, __doc__.split("\n\n")[0])
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -122,7 +79,7 @@ def split_prompts(text: str) -> list[str]:
     return prompts
 
 
-def read_prompts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+def read_prompts(args: GenerateSettings, stdin: TextIO) -> list[str]:
     """The prompts of --prompt, --prompt-file or stdin (trailing whitespace dropped: GPT-2's tokens carry their
     leading space)."""
     if args.prompt is not None:
@@ -183,27 +140,13 @@ def default_precision(settings: RunSettings | None, device: torch.device) -> str
     """bf16 for a run trained in bf16 where the device computes bf16 natively, else fp32."""
     if settings is None:
         return "fp32"
-    bf16_run = settings.precision.precision == "bf16" or settings.autocast == "bf16"
+    bf16_run = settings.precision.format == "bf16" or settings.autocast == "bf16"
     if not bf16_run:
         return "fp32"
     if device.type == "cuda" or hardware.cpu_native_bf16():
         return "bf16"
     print("note: the run trained in bf16, but this CPU has no native bf16: generating in fp32", file=sys.stderr)
     return "fp32"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise GenerateError(f"--device {name!r}: not a device name (expected auto, cpu, cuda, cuda:1, ...)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenerateError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise GenerateError(f"--device {name}: expected cpu or cuda")
-    return device
 
 
 BF16_EMULATED = ("bf16 inference needs a CPU with native bf16 arithmetic (AVX512-BF16 or AMX on x86, BF16 on ARM); "
@@ -283,11 +226,11 @@ def verdict(text: str) -> str:
     return "\n".join(lines)
 
 
-def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: argparse.Namespace, out: TextIO,
+def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: GenerateSettings, out: TextIO,
                on_token: Callable[[int, int], None] | None = None) -> list[str]:
     """Sample every prompt `args.num_samples` times, streaming each sample to `out`; returns the texts written
     (prompt + continuation, or for --sonnet the finished sonnet)."""
-    max_new = args.max_new_tokens or (SONNET_MAX_NEW_TOKENS if args.sonnet else DEFAULT_MAX_NEW_TOKENS)
+    max_new = args.new_tokens
     n_positions = model.config.n_positions
     encoded = []
     for i, prompt in enumerate(prompts, 1):
@@ -333,11 +276,10 @@ def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: argparse.N
     return results
 
 
-def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
+def run(args: GenerateSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
         on_token: Callable[[int, int], None] | None = None) -> list[str]:
     """The command: check the flags, read the prompts, load the model, sample; returns the texts written."""
-    check_args(args)
-    device = pick_device(args.device)
+    device = checked(lambda: parse_device(args.device), GENERATE_GROUP)
     if args.precision == "int8" and device.type != "cpu":
         raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
     prompts = read_prompts(args, stdin)
@@ -349,13 +291,12 @@ def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.s
     return sample_all(model, tok, prompts, args, out, on_token)
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """`python -m minigpt2.generate`: a UserError is one `error:` line and exit code 1."""
     try:
-        run(args)
+        run(parse_settings(argv))
         sys.stdout.flush()  # here, not at exit: a closed pipe must reach the handler below
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from e
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BrokenPipeError:  # `generate ... | head -1`: the reader has what it wanted; stop quietly

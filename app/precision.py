@@ -12,8 +12,7 @@ classifier head stays fp32. Non-fp32 precisions run without autocast, so that wh
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch.nn as nn
 
 from minigpt2.atomic import atomic_write_json
 from minigpt2.config import GPT2Config
-from minigpt2.errors import UserError
+from minigpt2.errors import FieldError, UserError
 from quant.config import DEFAULT_GROUP_SIZE, DTYPE_PRECISIONS, PRECISION_FORMAT, PRECISIONS, QuantConfig
 from quant.export import export_packed, size_report
 from quant.formats import check_group_size_fits
@@ -34,86 +33,72 @@ class PrecisionError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class PrecisionSettings:
-    """The numeric precision of a run (see the module docstring)."""
+    """The numeric precision of a run (see the module docstring): the format, QAFT or PTQ, and for the fake-quant
+    formats the `QuantConfig` that says what is simulated (None for the dtype casts fp64/fp32/bf16)."""
 
-    precision: str = "fp32"
-    qaft: bool = False
-    group_size: int = DEFAULT_GROUP_SIZE
-    quant_activations: bool = False
-    quant_embeddings: bool = True
+    format: str = field(default="fp32", metadata={"help": (
+        "numeric precision of the model: fp64/fp32/bf16 are dtype casts, fp8 (E4M3)/int8/int4 are fake-quantised "
+        "weights (packed into a real checkpoint at the end)"), "choices": PRECISIONS})
+    qaft: bool = field(default=False, metadata={"help": (
+        "quantization-aware fine-tuning: train through the quantiser (or in the dtype); without it the finished "
+        "model is quantised after training (PTQ)")})
+    quant: QuantConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in PRECISIONS:
+            raise FieldError("format", self.format, f"one of {', '.join(PRECISIONS)}")
+        if self.qaft and self.format == "fp32":
+            raise PrecisionError("--qaft needs a --precision other than fp32 (fp32 training is the default)")
+        if self.fake(self.format) != (self.quant is not None):
+            raise PrecisionError(f"--precision {self.format}: a QuantConfig goes with exactly the fake-quant formats "
+                                 f"{', '.join(PRECISION_FORMAT)}")
+        if self.quant is not None and self.quant.weight != PRECISION_FORMAT[self.format]:
+            raise PrecisionError(f"--precision {self.format}: its QuantConfig quantises weights to "
+                                 f"{self.quant.weight}, expected {PRECISION_FORMAT[self.format]}")
+
+    @staticmethod
+    def fake(fmt: str) -> bool:
+        """True for the fake-quant formats (fp8, int8, int4), False for the dtype casts."""
+        return fmt in PRECISION_FORMAT
+
+    @staticmethod
+    def quant_for(fmt: str, **overrides: Any) -> QuantConfig:
+        """The QuantConfig of a fake-quant format."""
+        return QuantConfig.for_precision(fmt, **overrides)
 
     @property
     def fake_quant(self) -> bool:
-        return self.precision in PRECISION_FORMAT
+        return self.fake(self.format)
 
-    def quant_config(self) -> QuantConfig | None:
-        """The QuantConfig of a fake-quant precision, or None for fp64/fp32/bf16."""
-        if self.precision in DTYPE_PRECISIONS:
-            return None
-        return QuantConfig.for_precision(self.precision, group_size=self.group_size,
-                                         activations=self.quant_activations, embeddings=self.quant_embeddings)
+    @property
+    def group_size(self) -> int:
+        return self.quant.group_size if self.quant is not None else DEFAULT_GROUP_SIZE
 
     def check_model(self, config: GPT2Config) -> None:
         """An INT4 group size must tile every quantised layer of the chosen model: checked before training."""
-        if self.precision == "int4":
+        if self.format == "int4":
             try:
                 check_group_size_fits(config, self.group_size)
             except ValueError as e:
                 raise PrecisionError(f"--group-size {self.group_size}: {e}") from None
 
 
-def add_precision_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("precision (quantization)")
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="numeric precision of the model: fp64/fp32/bf16 are dtype casts, fp8 (E4M3)/int8/int4 are "
-                        "fake-quantised weights (packed into a real checkpoint at the end)")
-    g.add_argument("--qaft", action="store_true",
-                   help="quantization-aware fine-tuning: train through the quantiser (or in the dtype); without "
-                        "it the finished model is quantised after training (PTQ)")
-    g.add_argument("--group-size", type=int, default=None,
-                   help=f"INT4 group size along each layer's inputs (must divide n_embd; default "
-                        f"{DEFAULT_GROUP_SIZE}); only with --precision int4")
-    g.add_argument("--quant-activations", action="store_true",
-                   help="also fake-quantise linear-layer inputs per token (7-bit asymmetric, as the int8 CPU "
-                        "decode path runs them)")
-    g.add_argument("--no-quant-embeddings", action="store_true",
-                   help="keep wte (the tied LM head) and wpe in fp32")
-
-
-def precision_from_args(a: argparse.Namespace) -> PrecisionSettings:
-    """Reject inconsistent precision flags; the typed settings."""
-    if a.qaft and a.precision == "fp32":
-        raise PrecisionError("--qaft needs a --precision other than fp32 (fp32 training is the default)")
-    if (a.quant_activations or a.no_quant_embeddings) and a.precision not in PRECISION_FORMAT:
-        raise PrecisionError("--quant-activations / --no-quant-embeddings apply to --precision fp8, int8 or int4")
-    if a.group_size is not None and a.precision != "int4":
-        raise PrecisionError(f"--group-size applies to --precision int4, not {a.precision}")
-    settings = PrecisionSettings(precision=a.precision, qaft=a.qaft,
-                                 group_size=DEFAULT_GROUP_SIZE if a.group_size is None else a.group_size,
-                                 quant_activations=a.quant_activations, quant_embeddings=not a.no_quant_embeddings)
-    try:
-        settings.quant_config()
-    except ValueError as e:
-        raise PrecisionError(f"--precision {a.precision}: {e}") from None
-    return settings
-
-
 def apply_run_precision(module: nn.Module, gpt: nn.Module, settings: PrecisionSettings) -> None:
     """Put a task model at the run's precision, in place: cast `module`, or fake-quantise its body `gpt`."""
-    if settings.precision in DTYPE_PRECISIONS:
-        module.to(DTYPE_PRECISIONS[settings.precision])
+    if settings.format in DTYPE_PRECISIONS:
+        module.to(DTYPE_PRECISIONS[settings.format])
         return
     try:
-        apply_precision(gpt, settings.precision, settings.quant_config())
+        apply_precision(gpt, settings.format, settings.quant)
     except ValueError as e:  # e.g. a group size that does not divide the model's width
-        raise PrecisionError(f"--precision {settings.precision}: {e}") from e
+        raise PrecisionError(f"--precision {settings.format}: {e}") from e
 
 
 def write_quantized(gpt: nn.Module, settings: PrecisionSettings, run_dir: Path) -> dict[str, Any]:
     """The run's body as a packed checkpoint (`run_dir/quantized/model-<precision>.safetensors`) and its size
     report (`run_dir/quantized/size_report.json`); returns the report."""
-    precision = settings.precision
-    cfg = settings.quant_config()
+    precision = settings.format
+    cfg = settings.quant
     path = export_packed(gpt, run_dir / "quantized", precision)
     report = size_report(gpt.config, precision, cfg)
     out = {"precision": precision, "qaft": settings.qaft, "file": str(path.relative_to(run_dir)),

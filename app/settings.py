@@ -1,128 +1,189 @@
-"""A run's settings: one frozen dataclass built and validated once from the command line.
+"""A run's settings: frozen dataclasses whose fields declare each option once (default, help; `app.cli` derives
+the flag from the field's name), checked when they are built.
 
     RunSettings
       data       task, data folder, limits, max length, synthetic sonnets
-      model      base model, mode, method (+ LoRA)
-      optim      epochs, batch size, accumulation, lr, schedule, seed, ...
-      precision  fp32 / bf16 / fp8 / int8 / int4, QAFT or PTQ
-      eval       evaluation batch size and sonnet sampling
-      hardware   device, autocast, compile, progress bars, CPU threads, the torchrun fetch timeout
+      model      base model, mode, method, lora (a `minigpt2.lora.LoRAConfig`, set exactly with --method lora)
+      optim      the trainer's own `minigpt2.train.TrainConfig`: epochs, batch size, lr, schedule, seed, autocast, ...
+      precision  fp32 / bf16 / fp8 / int8 / int4, QAFT or PTQ, holding the `quant.config.QuantConfig`
+      eval       evaluation batch size, sonnet sampling, samples per prompt
+      hardware   device, the plain path, CPU threads, the torchrun fetch timeout
       run        run folder, name, resume, overwrite
 
-`from_args` checks every range before any work starts (a bad flag is a `SettingsError`: one line naming the flag);
-the run folder stores `to_dict()` as JSON and `evaluate`/`--resume` read it back with `from_dict`. Tasks, quant and
-the sampler receive the typed pieces they need (`predict_settings()`, `train_config()`, `precision`), never this
-whole object or an argparse Namespace.
+Each dataclass checks its own values (`__post_init__`: a `FieldError` naming the field, which `app.cli` turns
+into one line naming the flag); `RunSettings` checks what spans groups. `app.cli.finetune_settings` builds it from
+the command line, including the defaults that depend on other options (the lr by mode and method, the samples per
+prompt by task). The run folder stores `to_dict()` as JSON and `evaluate`/`--resume` read it back with
+`from_dict`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-import torch
-
-from minigpt2.errors import UserError
-from minigpt2.train import DEFAULT_SEED, TrainConfig
+from minigpt2.errors import FieldError, UserError, require
+from minigpt2.lora import LoRAConfig
+from minigpt2.train import TrainConfig
+from quant.config import DEFAULT_GROUP_SIZE, QuantConfig
 from tasks import TASKS
 from tasks.base import PredictSettings, Sampling
 
-from .precision import PrecisionSettings, precision_from_args
+from .precision import PrecisionSettings
 
 # The course's learning rates: a frozen body lets the classifier learn fast; the full model needs a small LR.
 DEFAULT_LR = {"last-linear-layer": 1e-3, "full-model": 1e-5}
 LORA_LR = 1e-2  # the study's best learning rate for LoRA adapters (alpha 16)
-LORA_RANK, LORA_ALPHA, LORA_TARGETS, LORA_DROPOUT = 8, 16.0, "attn+mlp", 0.0
+LORA_TARGETS = "attn+mlp"  # the study's LoRA targets (the library's default is attention alone)
 SYNTHETIC_FILTERS = ("all", "perfect")
-MAX_SEED = 2**63
+MAX_EVAL_SAMPLES = 100
+EVAL_SAMPLES = 4  # sonnets drawn per prompt for the final scores (docs/study.md: the measured spread)
 
 
 class SettingsError(UserError, ValueError):
     """Flags that cannot work together or lie outside their range, naming the flag and what was expected."""
 
 
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A settings field declared once: its default and help (`app.cli` makes the flag from the field's name)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _non_negative(name: str, value: int | None) -> None:
+    if value is not None:
+        require(value >= 0, name, value, "an integer >= 0")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None:
+        require(value >= 1, name, value, "an integer >= 1")
+
+
 @dataclass(frozen=True)
 class SyntheticSettings:
-    path: str
-    n: int | None = None  # the first n kept sonnets (None: all)
-    filter: str = "all"
-    only: bool = False  # train on the synthetic sonnets alone (no real training sonnet; dev and test stay real)
+    path: str = option(None, "add the kept sonnets of a distill.generate file to the training set (dev/test stay "
+                             "real)", metavar="FILE.jsonl")
+    n: int | None = option(None, "add only the first N synthetic sonnets (an error if the file has fewer); "
+                                 "default: all")
+    filter: str = option("all", "'perfect': only those passing distill.check (14 lines, ABAB CDCD EFEF GG)",
+                         choices=SYNTHETIC_FILTERS)
+    only: bool = option(False, "train on the synthetic sonnets alone, no real training sonnet (dev and test stay "
+                               "real)")
+
+    def __post_init__(self) -> None:
+        _non_negative("n", self.n)
+        require(self.filter in SYNTHETIC_FILTERS, "filter", self.filter, f"one of {', '.join(SYNTHETIC_FILTERS)}")
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    task: str
-    data_dir: str | None = None
-    tokenizer_dir: str | None = None
-    offline: bool = False
-    max_train: int | None = None  # a seeded random subset of N rows (stratified by label where there is one)
-    max_eval: int | None = None
-    max_length: int | None = None
+    task: str = option(None, "which course task to fine-tune on", choices=tuple(sorted(TASKS)), required=True)
+    data_dir: str | None = option(None, "folder with the course files (default: $MINIGPT2_DATA_DIR, else data/)")
+    tokenizer_dir: str | None = option(None, "folder with GPT-2's encoder.json + vocab.bpe for offline use "
+                                             "(default: $MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
+    offline: bool = option(False, "never download: missing data files or weights are an error that says how to "
+                                  "get them (default: fetch what is missing; HF_HUB_OFFLINE=1 also turns "
+                                  "downloads off)")
+    max_train: int | None = option(None, "train on a seeded random subset of N examples (stratified by label for "
+                                         "the classification tasks; real sonnets for the sonnet task); the chosen "
+                                         "ids go to RUN_DIR/subsets.json")
+    max_eval: int | None = option(None, "score a seeded random subset of N dev and N test examples (stratified as "
+                                        "--max-train)")
+    max_length: int | None = option(None, "truncate inputs to N tokens (default: the model's n_positions)")
     synthetic: SyntheticSettings | None = None
-    test_references: str | None = None  # test labels / true test sonnets (None: the file beside the data)
+    test_references: str | None = option(None, "the test labels (*-test-labels.csv) or true test sonnets to score "
+                                               "test with (default: the file beside the data, as `python -m course "
+                                               "fetch` writes it; test is not scored without one)", metavar="FILE")
+
+    def __post_init__(self) -> None:
+        require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}")
+        _non_negative("max_train", self.max_train)
+        _non_negative("max_eval", self.max_eval)
+        _positive("max_length", self.max_length)
+        if self.max_eval == 0:
+            raise SettingsError("--max-eval 0: the dev set would be empty and no epoch could be scored; "
+                                "expected >= 1")
+        if self.max_train == 0:
+            raise SettingsError("--max-train 0: the training set would be empty; expected >= 1")
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = LORA_RANK
-    alpha: float = LORA_ALPHA
-    targets: str = LORA_TARGETS
-    dropout: float = LORA_DROPOUT
+MODES, METHODS = ("full-model", "last-linear-layer"), ("full", "lora")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    model: str = "gpt2"
-    mode: str = "full-model"
-    method: str = "full"
-    lora: LoraSettings | None = None  # set exactly when method == "lora"
+    model: str = option("gpt2", "a preset (gpt2, gpt2-medium, ...: downloaded once into checkpoints/<name>/), a "
+                                "folder or file with model.safetensors, or 'tiny' for a random-init tiny model "
+                                "(smoke runs, tests)")
+    mode: str = option("full-model", "train the whole model, or (sentiment) only the classifier on a frozen "
+                                     "GPT-2", choices=MODES)
+    method: str = option("full", "full: train the weights themselves (as --mode says); lora: freeze GPT-2 and "
+                                 "train low-rank adapters (plus the task head); the run's checkpoint is then the "
+                                 "small adapter file", choices=METHODS)
+    lora: LoRAConfig | None = None  # set exactly when method == "lora"
 
-
-@dataclass(frozen=True)
-class OptimSettings:
-    epochs: int = 10
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = DEFAULT_LR["full-model"]
-    weight_decay: float = 0.01
-    warmup: float = 0.05
-    schedule: str = "linear"
-    grad_clip: float = 1.0
-    seed: int = DEFAULT_SEED
-
-
-MAX_EVAL_SAMPLES = 100
-EVAL_SAMPLES = 4  # sonnets drawn per prompt for the final scores (docs/study.md: the measured spread)
+    def __post_init__(self) -> None:
+        require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
+        require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
+        if (self.method == "lora") != (self.lora is not None):
+            raise SettingsError("--method lora and the LoRA settings go together: set both or neither")
+        if self.method == "lora" and self.mode == "last-linear-layer":
+            raise SettingsError("--method lora trains adapters inside GPT-2; it needs --mode full-model, not "
+                                "last-linear-layer (which freezes GPT-2 and trains only the head)")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    batch_size: int = 32
+    batch_size: int = option(32, "batch size of evaluation and generation")
     sampling: Sampling = Sampling()
-    samples: int = EVAL_SAMPLES  # generative tasks: continuations per prompt in the final dev/test scores
+    samples: int = option(EVAL_SAMPLES, "sonnets drawn per prompt (seeded) for the final dev/test scores: chrF and "
+                                        "the form rates are averaged over them (each epoch's dev score uses one)")
+
+    def __post_init__(self) -> None:
+        s = self.sampling
+        _positive("batch_size", self.batch_size)
+        require(math.isfinite(s.temperature) and s.temperature >= 0, "sampling.temperature", s.temperature,
+                "a finite number >= 0 (0: greedy)")
+        require(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "a mass in (0, 1]")
+        _positive("sampling.max_new_tokens", s.max_new_tokens)
+        require(1 <= self.samples <= MAX_EVAL_SAMPLES, "samples", self.samples,
+                f"an integer in [1, {MAX_EVAL_SAMPLES}]")
 
 
 @dataclass(frozen=True)
 class HardwareSettings:
-    device: str = "auto"
-    autocast: str = "auto"
-    compile: bool = False
-    progress: bool = True
-    threads: int | None = None  # CPU threads of this process (torch.set_num_threads); None: torch's default
-    fetch_timeout: float = 3600.0  # multi-process runs: seconds the other ranks wait for the one fetching
-    plain: bool = False  # the library's plain modules only, none of minigpt2.fast (`--plain`)
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
+    threads: int | None = option(None, "CPU threads of this process (torch.set_num_threads; recorded in "
+                                       "config.json); default: torch's, one per core. Sweeps running several runs "
+                                       "at once split the cores with it")
+    fetch_timeout: float = option(3600.0, "torchrun: seconds the other ranks wait while one rank per node fetches "
+                                          "missing data and weights, before giving up with an error")
+
+    def __post_init__(self) -> None:
+        _positive("threads", self.threads)
+        require(math.isfinite(self.fetch_timeout) and self.fetch_timeout > 0, "fetch_timeout", self.fetch_timeout,
+                "a number of seconds > 0")
 
 
 @dataclass(frozen=True)
 class RunFolderSettings:
-    out_dir: str | None = None
-    name: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    stop_after_epoch: int | None = None
+    out_dir: str | None = option(None, "run folder (default: checkpoints/runs/<task>-<name or time>)")
+    name: str | None = option(None, "run name used in the default run folder")
+    resume: bool = option(False, "continue the run in --out-dir from its last complete epoch")
+    overwrite: bool = option(False, "replace the run in --out-dir (a fresh run into a folder that holds one is "
+                                    "refused)")
+
+    def __post_init__(self) -> None:
+        if self.name is not None:  # the name becomes part of a folder name: a path in it would leave checkpoints/runs
+            require(self.name.strip() != "" and not any(c in self.name for c in "/\\\0")
+                    and self.name not in (".", ".."), "name", repr(self.name),
+                    "a plain name, without '/' or '\\' (the run folder is checkpoints/runs/<task>-<name>)")
+        if self.resume and not self.out_dir:
+            raise SettingsError("--resume needs --out-dir: the run folder to continue")
+        if self.resume and self.overwrite:
+            raise SettingsError("--resume continues the run in --out-dir; --overwrite would discard it: choose one")
 
 
 @dataclass(frozen=True)
@@ -131,68 +192,67 @@ class RunSettings:
 
     data: DataSettings
     model: ModelSettings = ModelSettings()
-    optim: OptimSettings = OptimSettings()
+    optim: TrainConfig = TrainConfig()
     precision: PrecisionSettings = PrecisionSettings()
     eval: EvalSettings = EvalSettings()
     hardware: HardwareSettings = HardwareSettings()
     run: RunFolderSettings = RunFolderSettings()
 
+    def __post_init__(self) -> None:
+        task, name = TASKS[self.data.task], self.data.task
+        if self.eval.samples > 1 and not task.generative:
+            raise SettingsError(f"--eval-samples {self.eval.samples}: task {name!r} predicts deterministically; "
+                                "only a generative task (sonnet) draws several samples per prompt")
+        if self.model.mode == "last-linear-layer" and not task.has_head:
+            raise SettingsError(f"--mode last-linear-layer trains only a classifier head; task {name!r} has none")
+        if self.data.synthetic is not None and not task.takes_extra_texts:
+            raise SettingsError(f"--synthetic adds synthetic sonnets; task {name!r} is not the sonnet task")
+        if self.precision.format == "fp64" and self.optim.autocast == "bf16":
+            raise SettingsError("--autocast bf16 would run the fp64 model's matmuls in bf16; use --autocast off")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.model.lora is not None:
+            d["model"]["lora"] = self.model.lora.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSettings":
-        """The settings a run folder recorded (`to_dict`)."""
-        if isinstance(d.get("eval"), dict) and "samples" not in d["eval"]:
-            d = {**d, "eval": {**d["eval"], "samples": 1}}  # recorded before --eval-samples: one per prompt
+        """The settings a run folder recorded (`to_dict`), of this version or the one before (`_upgrade`)."""
         try:
-            return _build(cls, d)
-        except (KeyError, TypeError) as e:
+            return _build(cls, _upgrade(d))
+        except (KeyError, TypeError, AttributeError, FieldError) as e:
             raise SettingsError(f"run settings do not fit this version of the code ({e})") from None
 
     def train_config(self) -> TrainConfig:
-        o, h = self.optim, self.hardware
-        return TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, weight_decay=o.weight_decay,
-                           warmup=o.warmup, schedule=o.schedule, grad_clip=o.grad_clip, grad_accum=o.grad_accum,
-                           seed=o.seed, compile=h.compile, autocast=self.autocast,
-                           stop_after_epoch=self.run.stop_after_epoch, progress=h.progress)
+        """The trainer's config: `optim`, with the autocast mode the run uses (`autocast`)."""
+        return replace(self.optim, autocast=self.autocast)
 
     @property
     def autocast(self) -> str:
         """The `--autocast` mode the run uses: `auto` turns autocast off for non-fp32 precisions, so that what is
         simulated is what runs; an explicit `bf16` is kept (the fake-quantised matmuls then run in bf16, as on a
         GPU)."""
-        if self.precision.precision != "fp32" and self.hardware.autocast == "auto":
+        if self.precision.format != "fp32" and self.optim.autocast == "auto":
             return "off"
-        return self.hardware.autocast
+        return self.optim.autocast
 
     def predict_settings(self) -> PredictSettings:
         return PredictSettings(batch_size=self.eval.batch_size, autocast=self.autocast,
                                sampling=self.eval.sampling)
 
     def flat(self) -> dict[str, Any]:
-        """The settings as the command line's flag names (config.json's "args", read by `experiments`)."""
-        d, m, lo, s = self.data, self.model, self.model.lora or LoraSettings(), self.eval.sampling
-        return {"task": d.task, "data_dir": d.data_dir, "tokenizer_dir": d.tokenizer_dir, "offline": d.offline,
-                "max_train": d.max_train, "max_eval": d.max_eval, "max_length": d.max_length,
-                "synthetic": d.synthetic.path if d.synthetic else None,
-                "synthetic_n": d.synthetic.n if d.synthetic else None,
-                "synthetic_filter": d.synthetic.filter if d.synthetic else "all",
-                "synthetic_only": d.synthetic.only if d.synthetic else False, "test_references": d.test_references,
-                "model": m.model, "mode": m.mode, "method": m.method, "lora_rank": lo.rank, "lora_alpha": lo.alpha,
-                "lora_targets": lo.targets, "lora_dropout": lo.dropout, **asdict(self.optim),
-                "device": self.hardware.device, "autocast": self.autocast, "compile": self.hardware.compile,
-                "threads": self.hardware.threads,
-                "eval_batch_size": self.eval.batch_size, "temperature": s.temperature, "top_p": s.top_p,
-                "max_new_tokens": s.max_new_tokens, "eval_samples": self.eval.samples,
-                **{k: v for k, v in asdict(self.precision).items()},
-                "out_dir": self.run.out_dir, "name": self.run.name}
+        """The settings by flag name (config.json's "args", read by `experiments`): `app.cli.flat`."""
+        from .cli import flat
+
+        return flat(self)
 
 
 # Settings that may differ when a run is resumed: where things are and how the run is watched, not what it computes.
-RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references", "hardware.device", "hardware.compile",
-                     "hardware.progress", "hardware.threads", "hardware.fetch_timeout", "run.out_dir", "run.name", "run.resume", "run.overwrite",
-                     "run.stop_after_epoch")
+RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references",
+                     "hardware.device", "optim.compile", "optim.progress", "hardware.threads",
+                     "hardware.fetch_timeout", "run.out_dir", "run.name", "run.resume", "run.overwrite",
+                     "optim.stop_after_epoch")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -212,167 +272,115 @@ def defining(settings: RunSettings) -> dict[str, Any]:
             if k not in RESUME_MAY_CHANGE and not k.startswith("run.")}
 
 
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of the version before settings were declared once, in today's layout: compile, autocast and
+    progress moved from `hardware` and stop_after_epoch from `run` into `optim` (the trainer's config), and
+    `precision` holds the QuantConfig (`precision.precision` is now `precision.format`)."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    hardware, run, optim = d.get("hardware") or {}, d.get("run") or {}, d.get("optim")
+    if isinstance(optim, dict):
+        for key, source in (("compile", hardware), ("autocast", hardware), ("progress", hardware),
+                            ("stop_after_epoch", run)):
+            if key in source:
+                optim.setdefault(key, source.pop(key))
+    p = d.get("precision")
+    if isinstance(p, dict) and "precision" in p:
+        fmt = p.pop("precision")
+        old = {"group_size": p.pop("group_size", DEFAULT_GROUP_SIZE),
+               "activations": p.pop("quant_activations", False), "embeddings": p.pop("quant_embeddings", True)}
+        p["format"] = fmt
+        p["quant"] = PrecisionSettings.quant_for(fmt, **old).to_dict() if PrecisionSettings.fake(fmt) else None
+    if isinstance(d.get("eval"), dict) and "samples" not in d["eval"]:
+        d["eval"]["samples"] = 1  # recorded before --eval-samples: one per prompt
+    return d
+
+
 def _build(cls: type, d: dict[str, Any]) -> Any:
+    if cls is LoRAConfig:
+        return LoRAConfig.from_dict(d, source="config.json")
+    if cls is QuantConfig:
+        return QuantConfig.from_dict(d, source="config.json")
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} key(s) {sorted(unknown)}")
     kwargs = {}
     for f in fields(cls):
-        if f.name not in d:
-            continue
-        value = d[f.name]
-        sub = _NESTED.get((cls.__name__, f.name))
-        kwargs[f.name] = _build(sub, value) if sub is not None and value is not None else value
+        if f.name in d:
+            sub = _NESTED.get((cls.__name__, f.name))
+            kwargs[f.name] = _build(sub, d[f.name]) if sub is not None and d[f.name] is not None else d[f.name]
     return cls(**kwargs)
 
 
 _NESTED: dict[tuple[str, str], type] = {
     ("RunSettings", "data"): DataSettings, ("RunSettings", "model"): ModelSettings,
-    ("RunSettings", "optim"): OptimSettings, ("RunSettings", "precision"): PrecisionSettings,
+    ("RunSettings", "optim"): TrainConfig, ("RunSettings", "precision"): PrecisionSettings,
     ("RunSettings", "eval"): EvalSettings, ("RunSettings", "hardware"): HardwareSettings,
     ("RunSettings", "run"): RunFolderSettings, ("DataSettings", "synthetic"): SyntheticSettings,
-    ("ModelSettings", "lora"): LoraSettings, ("EvalSettings", "sampling"): Sampling,
+    ("ModelSettings", "lora"): LoRAConfig, ("EvalSettings", "sampling"): Sampling,
+    ("PrecisionSettings", "quant"): QuantConfig,
 }
 
 
-# ---------------------------------------------------------------------------------------------- from the flags
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What `python -m minigpt2.evaluate` is asked: which run, which split, and where things are now."""
 
-def _require(ok: bool, flag: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise SettingsError(f"{flag} {value}: expected {expected}")
-
-
-def _positive(flag: str, value: int | None) -> None:
-    if value is not None:
-        _require(value >= 1, flag, value, "an integer >= 1")
-
-
-def _non_negative(flag: str, value: int | None) -> None:
-    if value is not None:
-        _require(value >= 0, flag, value, "an integer >= 0")
-
-
-def check_device(device: str) -> None:
-    """`--device cuda` on a machine without CUDA is refused before anything is loaded."""
-    if device == "auto" or device == "cpu":
-        return
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SettingsError(f"--device {device}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SettingsError(f"--device {device}: this machine has no CUDA device (use --device cpu or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SettingsError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise SettingsError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    run_dir: str = option(None, "a run folder written by `python -m minigpt2.finetune`", positional=True)
+    split: str = option("dev", "which split to predict", choices=("dev", "test"))
+    data_dir: str | None = option(None, "course data folder (default: the run's, else $MINIGPT2_DATA_DIR, else "
+                                        "data/)")
+    tokenizer_dir: str | None = option(None, "offline GPT-2 BPE folder (default: the run's)")
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
+    task: str | None = option(None, "score this task instead of the run's own (needs --zero-shot)")
+    test_references: str | None = option(None, "test labels (*-test-labels.csv) or true test sonnets for --split "
+                                               "test (default: the file beside the data, as `python -m course fetch` "
+                                               "writes it)", metavar="FILE")
+    zero_shot: bool = option(False, "score --task with the run's body and no task training (quora cloze, sonnet)")
 
 
-def from_args(a: argparse.Namespace) -> RunSettings:
-    """Build and validate the settings of `python -m app.finetune` from its parsed flags."""
-    if a.task not in TASKS:
-        raise SettingsError(f"--task {a.task}: expected one of {sorted(TASKS)}")
-    task = TASKS[a.task]
-    for flag, value in (("--max-train", a.max_train), ("--max-eval", a.max_eval), ("--synthetic-n", a.synthetic_n)):
-        _non_negative(flag, value)
-    _non_negative("--epochs", a.epochs)  # 0: no training, the base model is scored and saved as the run's best
-    for flag, value in (("--max-length", a.max_length), ("--batch-size", a.batch_size),
-                        ("--grad-accum", a.grad_accum), ("--eval-batch-size", a.eval_batch_size),
-                        ("--max-new-tokens", a.max_new_tokens)):
-        _positive(flag, value)
-    if a.max_eval == 0:
-        raise SettingsError("--max-eval 0: the dev set would be empty and no epoch could be scored; expected >= 1")
-    if a.max_train == 0:
-        raise SettingsError("--max-train 0: the training set would be empty; expected >= 1")
-    if a.lr is not None:
-        _require(math.isfinite(a.lr) and a.lr > 0, "--lr", a.lr, "a finite number > 0")
-    _require(math.isfinite(a.weight_decay) and a.weight_decay >= 0, "--weight-decay", a.weight_decay,
-             "a finite number >= 0")
-    _require(0 <= a.warmup < 1, "--warmup", a.warmup, "a fraction in [0, 1)")
-    _require(math.isfinite(a.grad_clip) and a.grad_clip >= 0, "--grad-clip", a.grad_clip, "a finite number >= 0 "
-             "(0: off)")
-    _require(math.isfinite(a.temperature) and a.temperature >= 0, "--temperature", a.temperature,
-             "a finite number >= 0 (0: greedy)")
-    _require(0 < a.top_p <= 1, "--top-p", a.top_p, "a mass in (0, 1]")
-    if a.eval_samples is not None:
-        _require(1 <= a.eval_samples <= MAX_EVAL_SAMPLES, "--eval-samples", a.eval_samples,
-                 f"an integer in [1, {MAX_EVAL_SAMPLES}]")
-        if a.eval_samples > 1 and not task.generative:
-            raise SettingsError(f"--eval-samples {a.eval_samples}: task {a.task!r} predicts deterministically; only "
-                                "a generative task (sonnet) draws several samples per prompt")
-    eval_samples = a.eval_samples if a.eval_samples is not None else (EVAL_SAMPLES if task.generative else 1)
-    if a.stop_after_epoch is not None:
-        _positive("--stop-after-epoch", a.stop_after_epoch)
-    # torch takes 64-bit seeds, and epochs, ranks and batch offsets are added to this one.
-    _require(0 <= a.seed < MAX_SEED, "--seed", a.seed, "an integer in [0, 2**63)")
-    if a.name is not None:  # the name becomes part of a folder name: a path in it would leave checkpoints/runs
-        _require(a.name.strip() != "" and not any(c in a.name for c in "/\\\0") and a.name not in (".", ".."),
-                 "--name", repr(a.name), "a plain name, without '/' or '\\' (the run folder is "
-                 "checkpoints/runs/<task>-<name>)")
+DEFAULT_MAX_NEW_TOKENS = 128
+SONNET_MAX_NEW_TOKENS = 400  # the course's budget; a sonnet usually ends sooner, at its 14th line
 
-    lora_flags = {"--lora-rank": a.lora_rank, "--lora-alpha": a.lora_alpha, "--lora-targets": a.lora_targets,
-                  "--lora-dropout": a.lora_dropout}
-    lora = None
-    if a.method == "lora":
-        if a.mode == "last-linear-layer":
-            raise SettingsError("--method lora trains adapters inside GPT-2; it needs --mode full-model, not "
-                                "last-linear-layer (which freezes GPT-2 and trains only the head)")
-        lora = LoraSettings(rank=LORA_RANK if a.lora_rank is None else a.lora_rank,
-                            alpha=LORA_ALPHA if a.lora_alpha is None else a.lora_alpha,
-                            targets=a.lora_targets or LORA_TARGETS,
-                            dropout=LORA_DROPOUT if a.lora_dropout is None else a.lora_dropout)
-        _positive("--lora-rank", lora.rank)
-        _require(math.isfinite(lora.alpha) and lora.alpha > 0, "--lora-alpha", lora.alpha, "a finite number > 0")
-        _require(0 <= lora.dropout < 1, "--lora-dropout", lora.dropout, "a fraction in [0, 1)")
-    else:
-        given = [f for f, v in lora_flags.items() if v is not None]
-        if given:
-            raise SettingsError(f"{', '.join(given)} set(s) LoRA, which needs --method lora")
-    if a.mode == "last-linear-layer" and not task.has_head:
-        raise SettingsError(f"--mode last-linear-layer trains only a classifier head; task {a.task!r} has none")
-    lr = a.lr if a.lr is not None else (LORA_LR if a.method == "lora" else DEFAULT_LR[a.mode])
 
-    synthetic = None
-    if a.synthetic_n is not None and not a.synthetic:
-        raise SettingsError("--synthetic-n needs --synthetic FILE.jsonl")
-    if a.synthetic_filter is not None and not a.synthetic:
-        raise SettingsError("--synthetic-filter needs --synthetic FILE.jsonl")
-    if a.synthetic_only and not a.synthetic:
-        raise SettingsError("--synthetic-only trains on synthetic sonnets alone; it needs --synthetic FILE.jsonl")
-    if a.synthetic:
-        if not task.takes_extra_texts:
-            raise SettingsError(f"--synthetic adds synthetic sonnets; task {a.task!r} is not the sonnet task")
-        synthetic = SyntheticSettings(path=a.synthetic, n=a.synthetic_n, filter=a.synthetic_filter or "all",
-                                      only=a.synthetic_only)
-    if a.resume and not a.out_dir:
-        raise SettingsError("--resume needs --out-dir: the run folder to continue")
-    if a.resume and a.overwrite:
-        raise SettingsError("--resume continues the run in --out-dir; --overwrite would discard it: choose one")
-    if a.test_references is not None and not Path(a.test_references).is_file():
-        raise SettingsError(f"--test-references {a.test_references}: file not found; expected the test labels "
-                            "(*-test-labels.csv) or the true test sonnets (TRUE_sonnets_held_out.txt)")
-    check_device(a.device)
-    _positive("--threads", a.threads)
-    _require(math.isfinite(a.fetch_timeout) and a.fetch_timeout > 0, "--fetch-timeout", a.fetch_timeout,
-             "a number of seconds > 0")
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What `python -m minigpt2.generate` is asked: the model, the prompts, how to sample, where to run."""
 
-    precision = precision_from_args(a)
-    if precision.precision == "fp64" and a.autocast == "bf16":
-        raise SettingsError("--autocast bf16 would run the fp64 model's matmuls in bf16; use --autocast off")
-    settings = RunSettings(
-        data=DataSettings(task=a.task, data_dir=a.data_dir, tokenizer_dir=a.tokenizer_dir, offline=a.offline,
-                          max_train=a.max_train, max_eval=a.max_eval, max_length=a.max_length, synthetic=synthetic,
-                          test_references=a.test_references),
-        model=ModelSettings(model=a.model, mode=a.mode, method=a.method, lora=lora),
-        optim=OptimSettings(epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=lr,
-                            weight_decay=a.weight_decay, warmup=a.warmup, schedule=a.schedule,
-                            grad_clip=a.grad_clip, seed=a.seed),
-        precision=precision,
-        eval=EvalSettings(batch_size=a.eval_batch_size,
-                          sampling=Sampling(temperature=a.temperature, top_p=a.top_p,
-                                            max_new_tokens=a.max_new_tokens, seed=a.seed),
-                          samples=eval_samples),
-        hardware=HardwareSettings(device=a.device, autocast=a.autocast, compile=a.compile,
-                                  progress=not a.no_progress, threads=a.threads, fetch_timeout=a.fetch_timeout,
-                                  plain=a.plain),
-        run=RunFolderSettings(out_dir=a.out_dir, name=a.name, resume=a.resume, overwrite=a.overwrite,
-                              stop_after_epoch=a.stop_after_epoch))
-    return settings
+    model: str = option("gpt2", "a preset (gpt2, gpt2-medium, ...), 'tiny' (random init), a checkpoint folder or "
+                                "model.safetensors file, or a run folder of `python -m minigpt2.finetune`")
+    prompt: str | None = option(None, "the prompt text ('' samples unconditionally)")
+    prompt_file: str | None = option(None, "UTF-8 file of prompts separated by blank lines (default: the same "
+                                           "format on stdin)", metavar="FILE")
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy")
+    top_k: int | None = option(None, "sample only among the k most likely tokens")
+    top_p: float | None = option(None, "nucleus sampling: the smallest set holding this mass")
+    max_new_tokens: int | None = option(None, f"tokens to add per prompt (default {DEFAULT_MAX_NEW_TOKENS}, "
+                                              f"{SONNET_MAX_NEW_TOKENS} with --sonnet); fewer where the model's "
+                                              "context ends")
+    num_samples: int = option(1, "samples per prompt")
+    seed: int | None = option(None, "makes sampling reproducible (sample n of prompt m uses seed + its index)")
+    sonnet: bool = option(False, "stop after 14 lines and print the perfect-sonnet verdict and its reasons")
+    precision: str | None = option(None, "fp32, bf16 (prepacked bf16 on CPUs with native bf16), int8 (CPU int8 "
+                                         "decoder); default: the run's own (bf16 for a bf16 run where supported, "
+                                         "else fp32)", choices=("fp32", "bf16", "int8"))
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
+    tokenizer_dir: str | None = option(None, "folder with GPT-2's encoder.json + vocab.bpe (default: the run's, "
+                                             "$MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
+    offline: bool = option(False, "never download: a missing preset is an error")
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and self.prompt_file is not None:
+            raise SettingsError("--prompt and --prompt-file: give one (or neither, to read stdin)")
+        require(self.temperature >= 0, "temperature", self.temperature, "a number >= 0 (0 = greedy)")  # NaN too
+        if self.top_p is not None:
+            require(0 < self.top_p <= 1, "top_p", self.top_p, "a probability mass in (0, 1]")
+        _positive("top_k", self.top_k)
+        _positive("max_new_tokens", self.max_new_tokens)
+        _positive("num_samples", self.num_samples)
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens to add per prompt: --max-new-tokens, else the default for plain text or a sonnet."""
+        return self.max_new_tokens or (SONNET_MAX_NEW_TOKENS if self.sonnet else DEFAULT_MAX_NEW_TOKENS)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from minigpt2.checkpoint import load_model
 from minigpt2.config import GPT2Config
-from minigpt2.device import autocast_dtype, autocast_for, default_device
+from minigpt2.device import autocast_dtype, autocast_for, parse_device
 from minigpt2 import fast as speed
 from minigpt2.fast.chunked_loss import chunked_lm_loss
 from minigpt2.fast.prepack import Bf16Unsupported, native_bf16
@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write the rows as JSON here (after each line with "
                    "--bf16-only)")
     args = p.parse_args(argv)
-    device = args.device or default_device()
+    device = str(parse_device(args.device or "auto"))
     if args.memory_probe:
         set_threads(args.threads)
         print(json.dumps(memory_probe(args.memory_probe, args.folder, args.batch, args.seq, device)))

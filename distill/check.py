@@ -36,7 +36,7 @@ import pronouncing
 from course.sonnets import is_number_line, parse_sonnets
 from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
 from minigpt2.atomic import atomic_write_json
-from minigpt2.errors import UserError
+from minigpt2.errors import UserError, exits_on_user_error
 
 SCHEME = "ABABCDCDEFEFGG"
 METER_SYLLABLES = (9, 11)  # a pentameter line: 10 syllables, allowing a feminine ending or an elision
@@ -346,6 +346,7 @@ def format_report(results: list[SonnetCheck], meter: bool = False, show: int | N
     return "\n".join(out)
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Check sonnets for 14 lines and the ABAB CDCD EFEF GG rhyme scheme.")
     p.add_argument("file", help="sonnet file: course format (numbered), blank-line separated text, or .jsonl")
@@ -353,22 +354,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="write the summary and per-sonnet verdicts as JSON here")
     p.add_argument("--show", type=int, default=None, help="list at most this many failing sonnets")
     args = p.parse_args(argv)
-    try:
-        if args.show is not None and args.show < 0:
-            raise UserError(f"--show must be >= 0, got {args.show}")
-        results = check_file(args.file, meter=args.meter)
-        print(format_report(results, meter=args.meter, show=args.show))
-        if args.json:
-            payload = {"summary": summarize_checks(results, args.meter),
-                       "sonnets": [{"name": r.name, "perfect": r.perfect, "reasons": r.reasons,
-                                    "unknown_words": r.unknown_words, "syllables": r.syllables} for r in results]}
-            try:
-                atomic_write_json(args.json, payload)
-            except OSError as e:
-                raise UserError(f"--json {args.json}: cannot write it ({e.strerror or e})") from None
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.show is not None and args.show < 0:
+        raise UserError(f"--show must be >= 0, got {args.show}")
+    results = check_file(args.file, meter=args.meter)
+    print(format_report(results, meter=args.meter, show=args.show))
+    if args.json:
+        payload = {"summary": summarize_checks(results, args.meter),
+                   "sonnets": [{"name": r.name, "perfect": r.perfect, "reasons": r.reasons,
+                                "unknown_words": r.unknown_words, "syllables": r.syllables} for r in results]}
+        try:
+            atomic_write_json(args.json, payload)
+        except OSError as e:
+            raise UserError(f"--json {args.json}: cannot write it ({e.strerror or e})") from None
     return 0
 
 

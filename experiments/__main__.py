@@ -26,9 +26,12 @@ import shlex
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from minigpt2.errors import UserError
+from app import cli
+from app.settings import option
+from minigpt2.errors import UserError, exits_on_user_error
 
 from .estimate import (Cost, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table,
                        measured_rates, schedule_seconds, stated_rates, sweep_cost)
@@ -37,71 +40,82 @@ from .launch import (LaunchError, check_devices, connect, default_devices, ray_c
                      run_local, run_ray, threads_per_run)
 from .preflight import check_preconditions
 from .report import write_report
-from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, missing_flags, plan, run_sweep
+from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, plan, run_sweep
 from .stats import SAMPLES
 from .sweeps import MAX_SEEDS, SWEEPS, Sweep, SweepOptions, build_sweep
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass
+class ExperimentArgs:
+    """The command line of `python -m experiments` (`app.cli` makes the flags from these fields). Not frozen:
+    the command keeps its working notes on it (the parsed device list, the cost rows of a dry run)."""
+
+    sweep: str = option(None, "which sweep to run ('all': every one whose inputs exist; the others say what they "
+                              "wait for)", positional=True, choices=tuple(sorted(SWEEPS) + ["all"]))
+    tiny: bool = option(False, "CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 "
+                               "epoch, trimmed sweep")
+    dry_run: bool = option(False, "list the runs and estimate their cost: tokens, CPU time (a measured probe), one "
+                                  "GPU (FLOP- and launch-bound), start-ups, Gemini requests; run nothing (teachers "
+                                  "without files: planned as if they existed)")
+    stated_rates: bool = option(False, "--dry-run: price the CPU with the stated rates of experiments/estimate.py "
+                                       "(STATED_CPU) instead of a probe measured now (deterministic)")
+    markdown: bool = option(False, "--dry-run: print only the cost table in markdown, one row per sweep "
+                                   "(docs/study.md's)")
+    seeds: int = option(1, f"runs per setting (seeds 11711, 11712, ...), at most {MAX_SEEDS}")
+    out: str | None = option(None, "folder of the CSV, table and plots (default: results, results/tiny under "
+                                   "--tiny)")
+    runs_dir: str | None = option(None, "folder of the run folders (default: checkpoints/experiments, "
+                                        "checkpoints/experiments-tiny under --tiny)")
+    model: str | None = option(None, "base model for every run (default: gpt2; tiny under --tiny)")
+    data_dir: str | None = option(None, "course data folder (default: finetune's; experiments/tiny_data/tasks "
+                                        "under --tiny)")
+    synthetic_dir: str | None = option(None, "teachers sweep: folder of <teacher>.jsonl files from distill.generate "
+                                             "(default under --tiny: experiments/tiny_data/synthetic)")
+    finetune_args: str = option("", "extra finetune flags for every run, one quoted string (e.g. '--device cuda:1 "
+                                    "--compile')")
+    isolation: str | None = option(None, "run each finetune in a fresh subprocess (default) or in this process "
+                                         "(default under --tiny: saves the interpreter start-up per run)",
+                                   choices=("subprocess", "in-process"))
+    report_only: bool = option(False, "run nothing; rebuild the CSV, table and plots")
+    bootstrap: int = option(SAMPLES, "bootstrap resamples per interval")
+    no_progress: bool = option(False, "hide the sweep's progress bar")
+
+
+@dataclass
+class LaunchArgs:
+    """Where the runs run (docs/study.md, 'Beyond one machine')."""
+
+    jobs: int | None = option(None, "runs at once on this machine, each a finetune subprocess logging to its "
+                                    "run.log, the longest first (default 1: one after the other). --launcher ray: "
+                                    "the workers --dry-run plans for (default: what the cluster holds)")
+    devices: str | None = option(None, "comma-separated devices the runs are pinned to, round-robin (default: every "
+                                       "CUDA device, else cpu), e.g. cuda:0,cuda:1")
+    threads: int | None = option(None, "CPU threads of each run, recorded in its config.json (default: this "
+                                       "machine's cores / --jobs; with --cpus-per-run, that number)")
+    launcher: str = option("local", "local: this machine (--jobs); ray: one Ray task per run on a cluster (pip "
+                                    "install -e \".[cluster]\"); the run folders must be on storage every node sees",
+                           choices=("local", "ray"))
+    address: str | None = option(None, "--launcher ray: the cluster to join (HOST:PORT of its head, or 'auto'; "
+                                       "default: start a local one)")
+    cpus_per_run: int | None = option(None, "--launcher ray: give each run N CPUs instead of one GPU")
+
+
+GROUPS = (cli.Group("sweep", ExperimentArgs, "the sweep"),
+          cli.Group("launch", LaunchArgs, "where the runs run (docs/study.md, 'Beyond one machine')"))
+
+
+def parse_args(argv: list[str] | None = None) -> ExperimentArgs:
+    """The command line: the sweep's flags, with the launcher's beside them on the same object."""
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("sweep", choices=sorted(SWEEPS) + ["all"],
-                   help="which sweep to run ('all': every one whose inputs exist; the others say what they wait for)")
-    p.add_argument("--tiny", action="store_true",
-                   help="CPU smoke run: random-init tiny model, the small data in experiments/tiny_data, 1 epoch, "
-                        "trimmed sweep")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the runs and estimate their cost: tokens, CPU time (a measured probe), one GPU "
-                        "(FLOP- and launch-bound), start-ups, Gemini requests; run nothing (teachers without "
-                        "files: planned as if they existed)")
-    p.add_argument("--stated-rates", action="store_true",
-                   help="--dry-run: price the CPU with the stated rates of experiments/estimate.py (STATED_CPU) "
-                        "instead of a probe measured now (deterministic)")
-    p.add_argument("--markdown", action="store_true",
-                   help="--dry-run: print only the cost table in markdown, one row per sweep (docs/study.md's)")
-    p.add_argument("--seeds", type=int, default=1,
-                   help=f"runs per setting (seeds 11711, 11712, ...), at most {MAX_SEEDS}")
-    p.add_argument("--out", default=None, help="folder of the CSV, table and plots (default: results, "
-                                               "results/tiny under --tiny)")
-    p.add_argument("--runs-dir", default=None, help="folder of the run folders (default: checkpoints/experiments, "
-                                                    "checkpoints/experiments-tiny under --tiny)")
-    p.add_argument("--model", default=None, help="base model for every run (default: gpt2; tiny under --tiny)")
-    p.add_argument("--data-dir", default=None,
-                   help="course data folder (default: finetune's; experiments/tiny_data/tasks under --tiny)")
-    p.add_argument("--synthetic-dir", default=None,
-                   help="teachers sweep: folder of <teacher>.jsonl files from distill.generate "
-                        "(default under --tiny: experiments/tiny_data/synthetic)")
-    p.add_argument("--finetune-args", default="",
-                   help="extra finetune flags for every run, one quoted string (e.g. '--device cuda:1 --compile')")
-    p.add_argument("--isolation", choices=["subprocess", "in-process"], default=None,
-                   help="run each finetune in a fresh subprocess (default) or in this process (default "
-                        "under --tiny: saves the interpreter start-up per run)")
-    p.add_argument("--report-only", action="store_true", help="run nothing; rebuild the CSV, table and plots")
-    p.add_argument("--bootstrap", type=int, default=SAMPLES, help="bootstrap resamples per interval")
-    p.add_argument("--no-progress", action="store_true", help="hide the sweep's progress bar")
-    g = p.add_argument_group("where the runs run (docs/study.md, 'Beyond one machine')")
-    g.add_argument("--jobs", type=int, default=None,
-                   help="runs at once on this machine, each a finetune subprocess logging to its run.log, the "
-                        "longest first (default 1: one after the other). --launcher ray: the workers --dry-run "
-                        "plans for (default: what the cluster holds)")
-    g.add_argument("--devices", default=None,
-                   help="comma-separated devices the runs are pinned to, round-robin (default: every CUDA device, "
-                        "else cpu), e.g. cuda:0,cuda:1")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of each run, recorded in its config.json (default: this machine's cores / "
-                        "--jobs; with --cpus-per-run, that number)")
-    g.add_argument("--launcher", choices=["local", "ray"], default="local",
-                   help="local: this machine (--jobs); ray: one Ray task per run on a cluster (pip install -e "
-                        "\".[cluster]\"); the run folders must be on storage every node sees")
-    g.add_argument("--address", default=None,
-                   help="--launcher ray: the cluster to join (HOST:PORT of its head, or 'auto'; default: start a "
-                        "local one)")
-    g.add_argument("--cpus-per-run", type=int, default=None,
-                   help="--launcher ray: give each run N CPUs instead of one GPU")
-    return p
+    cli.add_groups(p, GROUPS)
+    ns = p.parse_args(argv)
+    args = cli.build(GROUPS[0], cli.given(ns, GROUPS[0]))
+    vars(args).update(vars(cli.build(GROUPS[1], cli.given(ns, GROUPS[1]))))
+    return args
 
 
-def check_launch(args: argparse.Namespace) -> None:
+def check_launch(args: ExperimentArgs) -> None:
     """The launcher flags, checked before any work (one `error:` line each)."""
     for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--cpus-per-run", args.cpus_per_run)):
         if value is not None and value < 1:
@@ -126,7 +140,7 @@ def check_launch(args: argparse.Namespace) -> None:
                               "runs them one at a time in this process: choose one")
 
 
-def workers(args: argparse.Namespace) -> int:
+def workers(args: ExperimentArgs) -> int:
     """How many runs go at once: --jobs, or for Ray (without --jobs) what the cluster holds."""
     if args.launcher == "ray" and args.jobs is None:
         ray = require_ray()
@@ -135,7 +149,7 @@ def workers(args: argparse.Namespace) -> int:
     return args.jobs or 1
 
 
-def launch(sweep: Sweep, root: Path, args: argparse.Namespace) -> SweepResult:
+def launch(sweep: Sweep, root: Path, args: ExperimentArgs) -> SweepResult:
     """Run the sweep's unfinished runs as the launcher flags say."""
     progress = not args.no_progress
     if args.launcher == "ray":
@@ -150,26 +164,11 @@ def launch(sweep: Sweep, root: Path, args: argparse.Namespace) -> SweepResult:
                      progress=progress, exec_flags=flags)
 
 
-def ready_part(sweep: Sweep) -> Sweep:
-    """The sweep's runs that can start now; runs passing a flag finetune does not know yet wait (listed)."""
-    waiting: dict[str, list[str]] = {}
-    ready = []
-    for run in sweep.runs:
-        missing = missing_flags([run])
-        if missing:
-            waiting.setdefault(" ".join(missing), []).append(run.name)
-        else:
-            ready.append(run)
-    waits = [f"{len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) wait for "
-             f"minigpt2.finetune in this checkout, which has no {flags}" for flags, names in waiting.items()]
-    return Sweep(sweep.name, ready, sweep.note, tuple(sweep.waits) + tuple(waits), sweep.synthetic_needs)
-
-
-def isolation(args: argparse.Namespace) -> str:
+def isolation(args: ExperimentArgs) -> str:
     return args.isolation or ("in-process" if args.tiny else "subprocess")
 
 
-def dry_run_rates(args: argparse.Namespace):  # -> estimate.Rates, probed once per command
+def dry_run_rates(args: ExperimentArgs):  # -> estimate.Rates, probed once per command
     if getattr(args, "rates", None) is None:
         model = args.model or ("tiny" if args.tiny else "gpt2")
         args.rates = stated_rates() if args.stated_rates else \
@@ -177,7 +176,7 @@ def dry_run_rates(args: argparse.Namespace):  # -> estimate.Rates, probed once p
     return args.rates
 
 
-def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
+def run_one(sweep: Sweep, args: ExperimentArgs) -> bool:
     """Plan, run and report one sweep; False if a run failed."""
     name = sweep.name
     root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / name
@@ -226,12 +225,12 @@ def run_one(sweep: Sweep, args: argparse.Namespace) -> bool:
     return not failed
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
+    """`python -m experiments`: a bad setting or input is one `error:` line and exit code 1."""
     try:
         with sigterm_as_interrupt():
             return _main(argv)
-    except UserError as e:  # a bad setting or input: one line, exit code 1
-        raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs were stopped; their folders keep every finished epoch
         print("\nsweep stopped: finished runs are kept and unfinished ones resume from their last epoch when the "
               "same command is run again", file=sys.stderr)
@@ -256,7 +255,7 @@ class sigterm_as_interrupt:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     check_launch(args)
     if (args.markdown or args.stated_rates) and not args.dry_run:
         raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
@@ -264,7 +263,7 @@ def _main(argv: list[str] | None) -> int:
                         synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
                         plan_missing=args.dry_run)
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
-    sweeps = [ready_part(build_sweep(name, opts)) for name in names]  # all checked before any runs
+    sweeps = [build_sweep(name, opts) for name in names]  # all checked before any runs
     if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
         raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
     if not args.dry_run and not args.report_only:  # every shared input, before the first run of any sweep

@@ -127,10 +127,10 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
 
 def chosen_device(finetune_args: Sequence[str]) -> str:
     """The device the runs will use: their --device, else CUDA where there is one, else the CPU."""
-    args = list(finetune_args)
-    if "--device" in args and args[args.index("--device") + 1] != "auto":
-        return args[args.index("--device") + 1]
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from app.cli import options_from_argv
+    from minigpt2.device import parse_device
+
+    return str(parse_device(options_from_argv(finetune_args).get("hardware.device", "auto")))
 
 
 def model_config(model: str) -> GPT2Config:
@@ -261,20 +261,13 @@ class Workload:
     assumed: list[str] = field(default_factory=list)
 
 
-def _finetune_namespace(run: Run) -> Any:
-    from app.finetune import build_parser
-
-    return build_parser().parse_args([*run.args, "--out-dir", "unused"])
-
-
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
     Raises OSError, ValueError or a UserError when its data cannot be read."""
-    from app.settings import from_args
     from course.readers import data_dir
     from tasks import get_task
 
-    settings = from_args(_finetune_namespace(run))
+    settings = run.run_settings()
     task = get_task(settings.data.task)
     n, layers = n_params(settings.model.model)
     max_len = min(settings.data.max_length or model_config(settings.model.model).n_positions,
@@ -523,7 +516,7 @@ def cost_lines(cost: Cost, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS, 
         lines.append(f"  no token count for {len(cost.unknown)} run(s): " + "; ".join(cost.unknown[:2]))
     assumed = sorted(set(cost.assumed))
     if assumed:
-        lines.append(f"  assumed: " + "; ".join(assumed[:3]) + (f"; ... ({len(assumed)} in all)"
+        lines.append("  assumed: " + "; ".join(assumed[:3]) + (f"; ... ({len(assumed)} in all)"
                                                                  if len(assumed) > 3 else ""))
     return [indent + line for line in lines]
 
@@ -581,12 +574,10 @@ def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]
         slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     for run in runs:
-        a = list(run.args)
-        if "--synthetic" not in a:
+        synthetic = run.run_settings().data.synthetic
+        if synthetic is None:
             continue
-        path = Path(a[a.index("--synthetic") + 1])
-        n = int(a[a.index("--synthetic-n") + 1]) if "--synthetic-n" in a else 0
-        filt = a[a.index("--synthetic-filter") + 1] if "--synthetic-filter" in a else "all"
+        path, n, filt = Path(synthetic.path), synthetic.n or 0, synthetic.filter
         slot = needs.setdefault(path, {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     return needs

@@ -89,13 +89,14 @@ def default_devices() -> list[str]:
 
 def check_devices(devices: Sequence[str]) -> None:
     """Each device must exist here (one `error:` line naming the one that does not)."""
-    from app.settings import SettingsError, check_device
+    from minigpt2.device import parse_device
+    from minigpt2.errors import FieldError
 
     for device in devices:
         try:
-            check_device(device)
-        except SettingsError as e:
-            raise LaunchError(str(e).replace("--device", "--devices", 1)) from None
+            parse_device(device)
+        except FieldError as e:
+            raise LaunchError(f"--devices {e.value}: expected {e.expected}") from None
         if device == "auto":
             raise LaunchError("--devices auto: name the devices (cpu, cuda:0, cuda:1, ...)")
 

@@ -32,7 +32,6 @@ class PreconditionError(UserError, RuntimeError):
 def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
     PreconditionError naming the first that fails."""
-    from app.finetune import parse_settings
     from app.runmodel import base_weights_file
     from course.fetch import ensure_task_data
     from course.readers import data_dir, require_files
@@ -52,7 +51,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
             raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
 
     for run in runs:
-        settings = parse_settings([*run.args, "--out-dir", "unused"])
+        settings = run.run_settings()
         offline = settings.data.offline
         model = settings.model.model
         if model != "tiny":

@@ -30,7 +30,7 @@ from minigpt2.errors import UserError  # noqa: E402
 from .references import (REAL_SONNETS, REFERENCE_NAMES, majority_reference,  # noqa: E402
                          sonnet_reference_forms, sonnet_reference_intervals)
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
-from .stats import (SAMPLES, ExampleScores, Interval, bootstrap_accuracy, mean_std,  # noqa: E402
+from .stats import (SAMPLES, ExampleScores, bootstrap_accuracy, mean_std,  # noqa: E402
                     paired_difference, read_task_predictions, run_data_folder, run_interval, run_scores,
                     split_labels, t_interval)
 from .sweeps import Sweep  # noqa: E402
@@ -604,8 +604,9 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
     for run in sweep.runs:
-        if run.settings.get("teacher") and "--synthetic" in run.args:
-            files.setdefault(run.settings["teacher"], Path(run.args[run.args.index("--synthetic") + 1]))
+        path = run.options.get("data.synthetic.path")
+        if run.settings.get("teacher") and path:
+            files.setdefault(run.settings["teacher"], Path(path))
     if not files:
         return []
     points = group_seeds(rows)

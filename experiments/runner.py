@@ -37,9 +37,9 @@ from .sweeps import REPO, Evaluation, Run
 # An executor runs `python -m <module> <argv>` and raises if it fails.
 Executor = Callable[[str, Sequence[str], Path], None]
 
-# Flags that change how a run executes but not what it computes: a re-run with other values is the same run.
-NEUTRAL_FLAGS = {"--tokenizer-dir": 1, "--device": 1, "--no-progress": 0, "--eval-batch-size": 1, "--compile": 0,
-                "--offline": 0, "--threads": 1, "--fetch-timeout": 1}
+# Settings that change how a run executes but not what it computes: a re-run with other values is the same run.
+NEUTRAL = ("data.tokenizer_dir", "hardware.device", "optim.progress", "eval.batch_size", "optim.compile",
+           "data.offline", "hardware.threads", "hardware.fetch_timeout")
 RECORD = "experiment.json"
 
 
@@ -162,16 +162,16 @@ def evaluation_done(run_dir: Path, ev: Evaluation) -> bool:
 
 
 def comparable(args: Sequence[str]) -> list[str]:
-    """`args` without the flags that do not change a run's results (see NEUTRAL_FLAGS)."""
-    out, skip = [], 0
-    for a in args:
-        if skip:
-            skip -= 1
-        elif a in NEUTRAL_FLAGS:
-            skip = NEUTRAL_FLAGS[a]
-        else:
-            out.append(a)
-    return out
+    """`args` without the settings that do not change a run's results (see NEUTRAL), as sorted flags (a flag
+    list finetune cannot read compares as itself)."""
+    from app import cli
+    from minigpt2.errors import UserError
+
+    try:
+        options = cli.options_from_argv(args)
+    except (SystemExit, UserError):
+        return list(args)
+    return cli.argv_of(dict(sorted((k, v) for k, v in options.items() if k not in NEUTRAL)))
 
 
 def check_record(run_dir: Path, run: Run) -> None:
@@ -192,7 +192,7 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     under the same name). The difference is shown; nothing is deleted. An input that is no longer on this
     machine is not compared: the run's results still stand for what it was."""
     from app import runfolder
-    from app.finetune import data_files, parse_settings
+    from app.finetune import data_files
     from app.runmodel import base_weights_file
     from minigpt2.errors import UserError
     from course.readers import data_dir
@@ -204,7 +204,7 @@ def check_inputs(run_dir: Path, run: Run) -> None:
         recorded = None
     if not recorded:  # a run made before fingerprints: nothing to compare
         return
-    s = parse_settings([*run.args, "--out-dir", str(run_dir)])
+    s = run.run_settings({"run.out_dir": str(run_dir)})
     try:
         weights = base_weights_file(s.model.model, offline=True)
     except UserError:
@@ -222,21 +222,12 @@ def check_inputs(run_dir: Path, run: Run) -> None:
         raise RunFolderConflict(f"{e}\nDelete {run_dir} to run it again on the new inputs, or restore them.") from None
 
 
-def resolved_data_dir(args: Sequence[str]) -> str:
+def resolved_data_dir(run: Run) -> str:
     """The data folder a run will read, as an absolute path: its --data-dir, else what finetune resolves from
     MINIGPT2_DATA_DIR or its default now (recorded, so a later report finds the data without the environment)."""
     from course.readers import data_dir
 
-    given = args[list(args).index("--data-dir") + 1] if "--data-dir" in args else None
-    return str(Path(data_dir(given)).resolve())
-
-
-def missing_flags(runs: Sequence[Run]) -> list[str]:
-    """Flags the runs pass that `minigpt2.finetune` does not know (a knob this checkout does not have)."""
-    from app.finetune import build_parser
-
-    known = {s for action in build_parser()._actions for s in action.option_strings}
-    return sorted({a for run in runs for a in run.args if a.startswith("--")} - known)
+    return str(Path(data_dir(run.options.get("data.data_dir"))).resolve())
 
 
 @dataclass
@@ -289,7 +280,7 @@ def execute(run: Run, root: Path, executor: Executor, exec_flags: Sequence[str] 
             outcome: Outcome | None = None) -> Outcome:
     """Bring one run to finished: finetune into `root/<run name>/` (a started one resumed), then its missing follow-up evaluations. The one way every launcher runs a run (in
     this process, a subprocess, a worker thread's subprocess or a Ray task's). `exec_flags` are finetune flags
-    that say where and how it executes (`--device`, `--threads`; neutral, see NEUTRAL_FLAGS). Raises on failure,
+    that say where and how it executes (`--device`, `--threads`; neutral, see NEUTRAL). Raises on failure,
     after filling in `outcome` (when given) with what it got to do."""
     run_dir = root / run.name
     outcome = outcome if outcome is not None else Outcome(started=False)
@@ -298,7 +289,7 @@ def execute(run: Run, root: Path, executor: Executor, exec_flags: Sequence[str] 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
                                                   "settings": run.settings,
-                                                  "data_dir": resolved_data_dir(run.args)}, indent=2) + "\n")
+                                                  "data_dir": resolved_data_dir(run)}, indent=2) + "\n")
         argv = [*run.args, "--out-dir", str(run_dir), *exec_flags] + (["--resume"] if resume else [])
         outcome.started = True
         executor("minigpt2.finetune", argv, run_dir / "run.log")

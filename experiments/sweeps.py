@@ -1,7 +1,9 @@
-"""The study's sweeps as data: each is a list of `Run`s, one `minigpt2.finetune` command line each.
+"""The study's sweeps as data: each is a list of `Run`s, one `minigpt2.finetune` run each.
 
 A sweep builder reads `SweepOptions` (model, data, seeds, `--tiny`) and returns runs whose `settings` are the
-knobs that vary (the CSV's first columns and the plots' axes) and whose `args` are the exact finetune flags.
+knobs that vary (the CSV's first columns and the plots' axes) and whose `options` are the run's settings as
+overrides by path ({"model.lora.rank": 4, ...}), checked against the settings dataclasses when the run is made
+(`app.cli.settings_of`); `Run.args` is the same as finetune flags, written by the CLI builder (`app.cli.argv_of`).
 Nothing here runs anything; `experiments.runner` does.
 
     baseline      full fine-tuning on sst, cfimdb, quora, sonnet
@@ -25,11 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.settings import LORA_ALPHA, LORA_LR  # the study's best LoRA settings
+from app import cli
+from app.settings import LORA_LR, LORA_TARGETS  # the study's best LoRA settings
 from distill.generate import TEACHERS
 from minigpt2.errors import UserError
+from minigpt2.lora import LoRAConfig
 from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
+
+LORA_ALPHA = LoRAConfig().alpha
+Options = dict[str, Any]  # settings overrides by path: {"data.task": "sst", "optim.lr": 0.01}
+
 
 class SweepError(UserError, ValueError):
     """Sweep options that cannot work (a seed count below one, an unknown sweep)."""
@@ -50,9 +58,9 @@ LORA_ALPHAS = (4, 8, 16, 32, 64)
 LORA_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 LORA_SEARCH_RANK = 16  # the alpha x lr grid is searched at one mid-sized rank
 
-# What --tiny adds to every finetune call: a tiny random model on a few fixture examples, quickly.
-TINY_ARGS = ["--model", "tiny", "--offline", "--epochs", "1", "--max-train", "4", "--max-eval", "2",
-             "--max-new-tokens", "4", "--batch-size", "4", "--eval-batch-size", "8"]
+# What --tiny sets for every run: a tiny random model on a few fixture examples, quickly.
+TINY: Options = {"model.model": "tiny", "data.offline": True, "optim.epochs": 1, "data.max_train": 4,
+                 "data.max_eval": 2, "eval.sampling.max_new_tokens": 4, "optim.batch_size": 4, "eval.batch_size": 8}
 
 
 @dataclass
@@ -64,7 +72,7 @@ class SweepOptions:
     model: str | None = None  # None: gpt2 (tiny under --tiny)
     data_dir: str | None = None  # None: finetune's default (experiments/tiny_data/tasks under --tiny)
     synthetic_dir: str | None = None  # teachers: folder with <teacher>.jsonl files
-    finetune_args: list[str] = field(default_factory=list)  # appended to every run (e.g. --device cuda:1)
+    finetune_args: list[str] = field(default_factory=list)  # finetune flags for every run (e.g. --device cuda:1)
     # --dry-run: plan the teachers sweep as if every teacher's file held what its arms need (priced, not run)
     plan_missing: bool = False
 
@@ -88,12 +96,29 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Run:
-    """One finetune run of a sweep. `name` is its folder name; `settings` the knobs that vary."""
+    """One finetune run of a sweep. `name` is its folder name; `options` its settings as overrides by path (a
+    flag list, as a hand-written run gives, is read through the CLI builder); `settings` the knobs that vary."""
 
     name: str
-    args: tuple[str, ...]
+    options: Options
     settings: dict[str, Any]
     evaluations: tuple[Evaluation, ...] = ()
+
+    def __post_init__(self) -> None:
+        options = self.options
+        if isinstance(options, (tuple, list)):
+            options = cli.options_from_argv(options)
+        object.__setattr__(self, "options", cli.check_options(options))
+        self.run_settings()  # a run finetune would refuse is refused now, naming the flag
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The run as `minigpt2.finetune` flags."""
+        return tuple(cli.argv_of(self.options))
+
+    def run_settings(self, more: Options | None = None) -> Any:
+        """The run's `RunSettings` (`more`: overrides by path, e.g. {"run.out_dir": ...})."""
+        return cli.settings_of({**self.options, **(more or {})})
 
 
 @dataclass(frozen=True)
@@ -104,48 +129,50 @@ class Sweep:
     name: str
     runs: list[Run]
     note: str = ""
-    waits: tuple[str, ...] = ()  # what the runs left out wait for (input files, a finetune flag)
+    waits: tuple[str, ...] = ()  # what the runs left out wait for (input files)
     # (synthetic file, filter, n): every arm's ask of a synthetic file, also the arms its file cannot fill yet
     synthetic_needs: tuple[tuple[str, str, int], ...] = ()
 
 
-def common_args(opts: SweepOptions) -> list[str]:
-    """Flags shared by every run: model, data, and the --tiny smoke settings."""
-    args: list[str] = []
+def common(opts: SweepOptions) -> Options:
+    """Settings shared by every run: model, data, and the --tiny smoke settings."""
+    options: Options = {}
     if opts.tiny:
-        args += TINY_ARGS
+        options.update(TINY, **{"data.data_dir": opts.data_dir or str(TINY_DATA_DIR)})
         if opts.model:
-            args[args.index("tiny")] = opts.model
-        args += ["--data-dir", opts.data_dir or str(TINY_DATA_DIR)]
+            options["model.model"] = opts.model
         if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files shipped in tiny_data
-            args += ["--tokenizer-dir", str(TINY_TOKENIZER_DIR)]
+            options["data.tokenizer_dir"] = str(TINY_TOKENIZER_DIR)
     else:
-        args += ["--model", opts.model or "gpt2"]
+        options["model.model"] = opts.model or "gpt2"
         if opts.data_dir:
-            args += ["--data-dir", opts.data_dir]
-    return args + ["--no-progress"]
+            options["data.data_dir"] = opts.data_dir
+    return {**options, "optim.progress": False}
 
 
-def _runs(opts: SweepOptions, points: list[tuple[str, list[str], dict[str, Any]]],
+def _runs(opts: SweepOptions, points: list[tuple[str, Options, dict[str, Any]]],
           evaluations: tuple[Evaluation, ...] = ()) -> list[Run]:
-    """Every point of a sweep at every seed: (name, finetune flags, settings) -> Runs."""
-    base = common_args(opts)
+    """Every point of a sweep at every seed: (name, settings overrides, knobs) -> Runs. A point's own settings
+    win over the shared ones (`--epochs 0`: the base model), the user's --finetune-args over both."""
+    shared, extra = common(opts), cli.options_from_argv(opts.finetune_args)
     runs = []
-    for name, flags, settings in points:
-        shared = base
-        if "--epochs" in flags and "--epochs" in base:  # the point's own --epochs (0: the base model) wins
-            i = base.index("--epochs")
-            shared = base[:i] + base[i + 2:]
+    for name, options, settings in points:
         for seed in opts.seed_list():
-            args = tuple(flags + shared + ["--seed", str(seed)] + opts.finetune_args)
-            runs.append(Run(f"{name}-s{seed}", args, {**settings, "seed": seed}, evaluations))
+            run_options = {**options, **{k: v for k, v in shared.items() if k not in options}, "optim.seed": seed,
+                           **extra}
+            runs.append(Run(f"{name}-s{seed}", run_options, {**settings, "seed": seed}, evaluations))
     return runs
 
 
-def lora_flags(rank: int, targets: str = "attn+mlp", alpha: float = LORA_ALPHA, lr: float = LORA_LR
-               ) -> list[str]:
-    return ["--method", "lora", "--lora-rank", str(rank), "--lora-alpha", str(alpha),
-            "--lora-targets", targets, "--lr", str(lr)]
+def lora(rank: int, targets: str = LORA_TARGETS, alpha: float = LORA_ALPHA, lr: float = LORA_LR) -> Options:
+    """A LoRA run's settings."""
+    return {"model.method": "lora", "model.lora.rank": rank, "model.lora.alpha": alpha,
+            "model.lora.targets": targets, "optim.lr": lr}
+
+
+def sonnet(**more: Any) -> Options:
+    """The sonnet task, and `more` settings (keyword `a__b` for the path "a.b")."""
+    return {"data.task": "sonnet", **{k.replace("__", "."): v for k, v in more.items()}}
 
 
 def lora_alpha_lr(opts: SweepOptions) -> Sweep:
@@ -153,7 +180,7 @@ def lora_alpha_lr(opts: SweepOptions) -> Sweep:
     choice of alpha 16 and lr 1e-2 (the table marks the best point)."""
     alphas, lrs = ((16, 32), (1e-2,)) if opts.tiny else (LORA_ALPHAS, LORA_LRS)
     rank = 4 if opts.tiny else LORA_SEARCH_RANK
-    points = [(f"lora-a{a}-lr{lr:g}", ["--task", "sonnet"] + lora_flags(rank, alpha=a, lr=lr),
+    points = [(f"lora-a{a}-lr{lr:g}", {**sonnet(), **lora(rank, alpha=a, lr=lr)},
                {"task": "sonnet", "method": "lora", "rank": rank, "targets": "attn+mlp", "alpha": a, "lr": lr})
               for a in alphas for lr in lrs]
     note = (f"--tiny: rank 4, alpha {alphas}, lr {lrs} (full sweep: rank {LORA_SEARCH_RANK}, alpha {LORA_ALPHAS},"
@@ -163,7 +190,7 @@ def lora_alpha_lr(opts: SweepOptions) -> Sweep:
 
 def baseline(opts: SweepOptions) -> Sweep:
     """Full fine-tuning on the four tasks, with the finetune defaults (the course's settings)."""
-    points = [(task, ["--task", task, "--mode", "full-model"], {"task": task, "method": "full"})
+    points = [(task, {"data.task": task, "model.mode": "full-model"}, {"task": task, "method": "full"})
               for task in ("sst", "cfimdb", "quora", "sonnet")]
     return Sweep("baseline", _runs(opts, points))
 
@@ -171,10 +198,9 @@ def baseline(opts: SweepOptions) -> Sweep:
 def lora_ranks(opts: SweepOptions) -> Sweep:
     """Sonnets: LoRA (attn+mlp, alpha 16, lr 1e-2) at each rank, and full fine-tuning as the reference line."""
     ranks = (1, 4) if opts.tiny else LORA_RANKS
-    points = [("full", ["--task", "sonnet"], {"task": "sonnet", "method": "full", "rank": None,
-                                              "targets": None})]
-    points += [(f"lora-r{r}", ["--task", "sonnet"] + lora_flags(r), {"task": "sonnet", "method": "lora", "rank": r,
-                                                                     "targets": "attn+mlp"}) for r in ranks]
+    points = [("full", sonnet(), {"task": "sonnet", "method": "full", "rank": None, "targets": None})]
+    points += [(f"lora-r{r}", {**sonnet(), **lora(r)}, {"task": "sonnet", "method": "lora", "rank": r,
+                                                          "targets": "attn+mlp"}) for r in ranks]
     note = f"--tiny: ranks {', '.join(map(str, ranks))} only (full sweep: {', '.join(map(str, LORA_RANKS))})"
     return Sweep("lora-ranks", _runs(opts, points), note if opts.tiny else "")
 
@@ -182,7 +208,7 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
 def lora_targets(opts: SweepOptions) -> Sweep:
     """Sonnets: LoRA on the attention projections only vs attention + MLP, at a small and the largest rank."""
     ranks = (4,) if opts.tiny else (16, 256)
-    points = [(f"lora-{t.replace('+', '-')}-r{r}", ["--task", "sonnet"] + lora_flags(r, t),
+    points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)},
                {"task": "sonnet", "method": "lora", "rank": r, "targets": t})
               for r in ranks for t in ("attn", "attn+mlp")]
     note = "--tiny: rank 4 only (full sweep: ranks 16 and 256)"
@@ -206,19 +232,19 @@ def precision(opts: SweepOptions) -> Sweep:
     others = QAFT_OTHER_TASKS[:1] if opts.tiny else QAFT_OTHER_TASKS
     points = []
     for p in precisions:
-        points.append((f"base-{p}", ["--task", "sonnet", "--precision", p, "--epochs", "0"]
-                       + (["--autocast", "off"] if p == "fp32" else []),
+        points.append((f"base-{p}", sonnet(precision__format=p, optim__epochs=0)
+                       | ({"optim.autocast": "off"} if p == "fp32" else {}),
                        {"task": "sonnet", "precision": p, "qaft": False, "stage": "base"}))
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
-            flags = ["--task", "sonnet", "--precision", p] + (["--qaft"] if qaft else [])
+            flags = sonnet(precision__format=p, precision__qaft=qaft)
             if p == "fp32":  # like with like: the other precisions run without autocast, so fp32 must too
-                flags += ["--autocast", "off"]
+                flags["optim.autocast"] = "off"
             name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
             points.append((name, flags,
                            {"task": "sonnet", "precision": p, "qaft": qaft, "stage": "fine-tuned"}))
     for task in others:
-        points.append((f"{task}-int8-qaft", ["--task", task, "--precision", "int8", "--qaft"],
+        points.append((f"{task}-int8-qaft", {"data.task": task, "precision.format": "int8", "precision.qaft": True},
                        {"task": task, "precision": "int8", "qaft": True, "stage": "fine-tuned"}))
     notes = []
     if opts.tiny:
@@ -247,7 +273,7 @@ def real_training_sonnets(opts: SweepOptions) -> int | None:
         n = len(read_sonnets(folder / "sonnets.txt")[0])
     except (OSError, ValueError):
         return None
-    return min(n, int(TINY_ARGS[TINY_ARGS.index("--max-train") + 1])) if opts.tiny else n
+    return min(n, TINY["data.max_train"]) if opts.tiny else n
 
 
 PLANNED_SYNTHETIC_DIR = Path("synthetic")  # where a dry run without --synthetic-dir plans the teachers' files
@@ -273,7 +299,7 @@ def teachers(opts: SweepOptions) -> Sweep:
     names = sorted(set(present) | (set(TEACHERS) if opts.plan_missing else set()))
     planned = [t for t in names if t not in present]
     sizes = sizes_for(opts)
-    points = [("real-only", ["--task", "sonnet"],
+    points = [("real-only", sonnet(),
                {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
     notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
     if planned:
@@ -289,8 +315,7 @@ def teachers(opts: SweepOptions) -> Sweep:
             if ns != list(sizes[1:]):
                 notes.append(shortfall(teacher, path, filt, n_have or 0, max(sizes)))
             for n in ns:
-                flags = ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(n),
-                         "--synthetic-filter", filt]
+                flags = sonnet(data__synthetic__path=str(path), data__synthetic__n=n, data__synthetic__filter=filt)
                 points.append((f"{teacher}-n{n}-{filt}", flags,
                                {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
     points += mixing_points(opts, folder, names, notes,
@@ -315,7 +340,7 @@ def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
 
 
 def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str],
-                  perfect: dict[str, int] | None = None) -> list[tuple[str, list[str], dict[str, Any]]]:
+                  perfect: dict[str, int] | None = None) -> list[tuple[str, Options, dict[str, Any]]]:
     """Per teacher, perfect sonnets only: ratio r adds r x (real training sonnets) synthetic ones; 'synthetic
     only' trains on every perfect synthetic sonnet and no real one (dev and test stay real). `perfect`: the
     perfect sonnets of each teacher's file (read from the file when not given)."""
@@ -334,14 +359,16 @@ def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes:
                 notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
             elif 0 < n <= have:
                 points.append((f"{teacher}-ratio{r:g}-perfect",
-                               ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(n),
-                                "--synthetic-filter", "perfect"], {**base, "synthetic_n": n, "mix": f"ratio {r:g}"}))
+                               sonnet(data__synthetic__path=str(path), data__synthetic__n=n,
+                                      data__synthetic__filter="perfect"),
+                               {**base, "synthetic_n": n, "mix": f"ratio {r:g}"}))
             else:
                 notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
         if have:
             points.append((f"{teacher}-only-perfect",
-                           ["--task", "sonnet", "--synthetic", str(path), "--synthetic-n", str(have),
-                            "--synthetic-filter", "perfect", "--synthetic-only"], {**base, "synthetic_n": have, "mix": "synthetic only"}))
+                           sonnet(data__synthetic__path=str(path), data__synthetic__n=have,
+                                  data__synthetic__filter="perfect", data__synthetic__only=True),
+                           {**base, "synthetic_n": have, "mix": "synthetic only"}))
     if not n_real:
         notes.append("mixing ratios wait for the sonnet training file")
     return points

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import FieldError
 
 AUTOCAST_MODES = ("auto", "bf16", "off")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo "flags", Arm "Features"
 
 
-class AutocastUnavailable(UserError, ValueError):
-    """`--autocast bf16` on a device without native bf16 (or an unknown mode)."""
+class AutocastUnavailable(FieldError):
+    """The autocast mode bf16 on a device without native bf16 (or an unknown mode), naming the setting."""
 
 
 def cpu_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -59,11 +59,11 @@ def cuda_bf16() -> bool:
 def autocast_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
     """The dtype autocast runs in for `--autocast mode` on `device`, or None for fp32.
 
-    Raises AutocastUnavailable for `bf16` where the device has no native bf16, naming the flag and the way out.
+    Raises AutocastUnavailable for `bf16` where the device has no native bf16, naming the setting and the way out.
     """
     device = torch.device(device)
     if mode not in AUTOCAST_MODES:
-        raise AutocastUnavailable(f"--autocast {mode!r}: expected one of {', '.join(AUTOCAST_MODES)}")
+        raise AutocastUnavailable("autocast", repr(mode), f"one of {', '.join(AUTOCAST_MODES)}")
     if mode == "off":
         return None
     if device.type == "cuda":
@@ -75,7 +75,7 @@ def autocast_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
         native, what = False, f"bf16 autocast is not supported here on {device.type}"
     if mode == "bf16":
         if not native:
-            raise AutocastUnavailable(f"--autocast bf16: {what}; use --autocast off")
+            raise AutocastUnavailable("autocast", "bf16", f"a device that runs bf16 natively: {what}; use off")
         return torch.bfloat16
     # auto: bf16 where it is the device's normal training dtype (CUDA); fp32 on CPU, see the module docstring
     return torch.bfloat16 if device.type == "cuda" and native else None
@@ -102,6 +102,21 @@ def distributed_backend(device: torch.device | str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def default_device() -> str:
-    """`--device auto`: the first CUDA device when there is one, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def parse_device(name: str) -> torch.device:
+    """The device a `device` setting names: "auto" (the first CUDA device when there is one, else the CPU), "cpu",
+    "cuda" or "cuda:N"; refused when this machine does not have it, before anything is loaded."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "auto, cpu, cuda or cuda:N"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FieldError("device", name, expected) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FieldError("device", name, "a device this machine has: it has no CUDA device (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FieldError("device", name, f"one of the {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise FieldError("device", name, expected)
+    return dev

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .device import default_device, distributed_backend
+from .device import distributed_backend, parse_device
 from .errors import UserError
 
 
@@ -38,9 +38,7 @@ def setup_distributed(device: str = "auto") -> Dist:
     """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU); pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = default_device()
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)

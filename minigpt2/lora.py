@@ -145,10 +145,12 @@ def _check_settings(r: int, alpha: float, dropout: float) -> None:
 class LoRAConfig:
     """The settings `apply_lora` used; stored with the model and in every adapter file."""
 
-    rank: int
-    alpha: float = 16.0
-    targets: str | tuple[str, ...] = "attn"
-    dropout: float = 0.0
+    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the adapter output is scaled by alpha/r"})
+    targets: str | tuple[str, ...] = field(default="attn", metadata={"help": (
+        "attn (query, key, value, output projection), attn+mlp (also mlp.c_fc, mlp.c_proj), or comma-separated "
+        "module names, e.g. attn.query,attn.value")})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input"})
     rslora: bool = False
     trainable: tuple[str, ...] = ()  # extra modules trained in full (a task head), saved with the adapter
 

@@ -19,7 +19,7 @@ import functools
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,9 +29,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .device import autocast, autocast_dtype, fused_adamw
+from .device import AUTOCAST_MODES, autocast, autocast_dtype, fused_adamw
 from .distributed import Dist, all_reduce_sum, param_checksums
-from .errors import UserError
+from .errors import UserError, require
 from .model import Block
 from .resume import has_resume_state, load_resume_state, save_resume_state
 
@@ -42,24 +42,55 @@ class TrainingDiverged(UserError, FloatingPointError):
     """The training loss became NaN or infinite; nothing after that step can be trusted."""
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings of a run (the command line's `--epochs`, `--lr`, ...)."""
+MAX_SEED = 2**63  # torch takes 64-bit seeds, and epochs, ranks and batch offsets are added to the seed
+SCHEDULES = ("linear", "cosine", "constant")
 
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of the optimizer steps spent ramping the LR up from 0
-    schedule: str = "linear"  # decay after warmup: linear | cosine | constant
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seed: int = DEFAULT_SEED
-    compile: bool = False
-    autocast: str = "auto"  # auto | bf16 | off, resolved per device by minigpt2.device.autocast_dtype
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    """A field's help text (read by command-line builders; the library names no flag)."""
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of a run, checked when built (a bad value is a `FieldError` naming the field)."""
+
+    epochs: int = field(default=10, metadata=_doc(
+        "passes over the training set; 0: no training, the base model (at the run's precision) is scored on dev "
+        "and test and saved as the run's best (the zero-shot reference)"))
+    batch_size: int = field(default=8, metadata=_doc("examples per micro-batch (per process)"))
+    grad_accum: int = field(default=1, metadata=_doc("micro-batches per optimizer step"))
+    lr: float = field(default=1e-5, metadata=_doc("peak learning rate"))
+    weight_decay: float = field(default=0.01, metadata=_doc("AdamW weight decay of 2+-dim tensors"))
+    warmup: float = field(default=0.05, metadata=_doc("fraction of optimizer steps of linear LR warmup"))
+    schedule: str = field(default="linear", metadata=_doc("LR decay after warmup", choices=SCHEDULES))
+    grad_clip: float = field(default=1.0, metadata=_doc("clip the global gradient norm (0: off)"))
+    seed: int = field(default=DEFAULT_SEED, metadata=_doc("seed of everything random (the course's)"))
+    compile: bool = field(default=False, metadata=_doc("torch.compile the model for training"))
+    autocast: str = field(default="auto", metadata=_doc(
+        "auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with native bf16 (an "
+        "error elsewhere); off: fp32 everywhere. Weights stay fp32", choices=AUTOCAST_MODES))
     bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
-    stop_after_epoch: int | None = None  # debug: stop as if interrupted after this epoch (tests resume)
-    progress: bool = True
+    stop_after_epoch: int | None = field(default=None, metadata=_doc(
+        "debug: stop after this epoch as if interrupted (to test resuming)"))
+    progress: bool = field(default=True, metadata=_doc("show the progress bars", help_off="hide the progress bars"))
+
+    def __post_init__(self) -> None:
+        finite = math.isfinite
+        require(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
+        for name in ("batch_size", "grad_accum", "bucket"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(finite(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
+        require(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                "a finite number >= 0")
+        require(0 <= self.warmup < 1, "warmup", self.warmup, "a fraction in [0, 1)")
+        require(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
+        require(finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", self.grad_clip,
+                "a finite number >= 0 (0: off)")
+        require(0 <= self.seed < MAX_SEED, "seed", self.seed, "an integer in [0, 2**63)")
+        require(self.autocast in AUTOCAST_MODES, "autocast", self.autocast, f"one of {', '.join(AUTOCAST_MODES)}")
+        if self.stop_after_epoch is not None:
+            require(self.stop_after_epoch >= 1, "stop_after_epoch", self.stop_after_epoch, "an integer >= 1")
 
 
 def seed_everything(seed: int) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
-from minigpt2.errors import UserError
+from minigpt2.errors import FieldError, UserError
 
 # Weight formats that are simulated by fake-quant (and packed by `export`).
 WEIGHT_FORMATS = ("fp8_e4m3", "fp8_e5m2", "int8", "int4")
@@ -26,6 +26,10 @@ class QuantSettingsError(UserError, ValueError):
     """Quantization settings that cannot work (format, group size), naming the setting."""
 
 
+class QuantFieldError(FieldError, QuantSettingsError):
+    """One QuantConfig field outside what it can be: `group_size 7: expected an even integer >= 2 ...`."""
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What fake-quant simulates.
@@ -41,17 +45,21 @@ class QuantConfig:
     """
 
     weight: str | None = "int8"
-    group_size: int = DEFAULT_GROUP_SIZE
-    activations: bool = False
-    embeddings: bool = True
+    group_size: int = field(default=DEFAULT_GROUP_SIZE, metadata={"help": (
+        "INT4 group size along each layer's inputs (must divide n_embd)")})
+    activations: bool = field(default=False, metadata={"help": (
+        "also fake-quantise linear-layer inputs per token (7-bit asymmetric, as the int8 CPU decode path runs "
+        "them)")})
+    embeddings: bool = field(default=True, metadata={"help": "quantise wte (the tied LM head) and wpe too",
+                                                     "help_off": "keep wte (the tied LM head) and wpe in fp32"})
 
     def __post_init__(self) -> None:
         if self.weight is not None and self.weight not in WEIGHT_FORMATS:
-            raise QuantSettingsError(f"QuantConfig.weight={self.weight!r}: expected one of {WEIGHT_FORMATS} or None")
+            raise QuantFieldError("weight", repr(self.weight), f"one of {WEIGHT_FORMATS} or None")
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2 \
                 or self.group_size % 2:
-            raise QuantSettingsError(f"QuantConfig.group_size={self.group_size!r}: expected an even integer >= 2 "
-                             "(two INT4 values share a byte)")
+            raise QuantFieldError("group_size", repr(self.group_size),
+                                  "an even integer >= 2 (two INT4 values share a byte)")
         if self.weight is None and not self.activations:
             raise QuantSettingsError("QuantConfig simulates nothing: weight=None and activations=False")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from minigpt2.config import PRESETS, GPT2Config
-from minigpt2.errors import UserError
+from minigpt2.errors import exits_on_user_error
 from minigpt2.model import GPT2
 
 from .config import DEFAULT_GROUP_SIZE, PRECISIONS, QuantConfig
@@ -44,11 +44,10 @@ def format_table(rows: list[SizeReport]) -> str:
     return "\n".join(lines)
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    try:
-        _main(argv)
-    except UserError as e:  # a bad flag (e.g. a group size that does not divide the layers): one line, exit 1
-        raise SystemExit(f"error: {e}") from None
+    """`python -m quant.report`: a bad flag (e.g. a group size that does not divide the layers) is one line."""
+    _main(argv)
 
 
 def _main(argv: list[str] | None) -> None:

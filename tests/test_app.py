@@ -62,7 +62,7 @@ def test_cuda_without_cuda_is_refused(tmp_path, capsys):
         pytest.skip("this machine has CUDA")
     argv = finetune_args("sst", tmp_path / "run")
     argv[argv.index("--device") + 1] = "cuda"
-    fails_with(argv, "--device cuda: this machine has no CUDA device", capsys)
+    fails_with(argv, "--device cuda: expected a device this machine has: it has no CUDA device", capsys)
 
 
 def _data_copy(tmp_path: Path) -> Path:

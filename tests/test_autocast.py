@@ -46,7 +46,7 @@ def test_cpu_modes(monkeypatch):
     assert dev.autocast_dtype("auto", "cpu") is None  # fp32 on CPU unless asked (docs/finetuning.md)
     assert dev.autocast_dtype("bf16", "cpu") is torch.bfloat16
     monkeypatch.setattr(dev, "cpu_native_bf16", lambda: False)
-    with pytest.raises(dev.AutocastUnavailable, match="--autocast bf16: this CPU has no native bf16"):
+    with pytest.raises(dev.AutocastUnavailable, match="autocast bf16: expected a device that runs bf16 natively: this CPU has no native bf16"):
         dev.autocast_dtype("bf16", "cpu")
     with pytest.raises(dev.AutocastUnavailable, match="expected one of auto, bf16, off"):
         dev.autocast_dtype("fp16", "cpu")
@@ -67,7 +67,7 @@ def fake_cuda(monkeypatch):
 
 
 def test_faked_cuda_with_bf16_picks_bf16_fused_adamw_nccl(fake_cuda):
-    assert dev.default_device() == "cuda"
+    assert dev.parse_device("auto") == torch.device("cuda")
     assert dev.autocast_dtype("auto", "cuda") is torch.bfloat16
     assert dev.autocast_dtype("auto", torch.device("cuda", 1)) is torch.bfloat16
     assert dev.autocast_dtype("bf16", "cuda:0") is torch.bfloat16
@@ -80,7 +80,7 @@ def test_faked_cuda_with_bf16_picks_bf16_fused_adamw_nccl(fake_cuda):
 def test_faked_cuda_without_bf16_runs_fp32_and_refuses_bf16(fake_cuda):
     fake_cuda["bf16"] = False  # e.g. a V100 or T4: bf16 only emulated
     assert dev.autocast_dtype("auto", "cuda") is None
-    with pytest.raises(dev.AutocastUnavailable, match="--autocast bf16: this CUDA device has no bf16 support"):
+    with pytest.raises(dev.AutocastUnavailable, match="autocast bf16: expected a device that runs bf16 natively: this CUDA device has no bf16"):
         dev.autocast_dtype("bf16", "cuda")
 
 
@@ -116,7 +116,8 @@ def test_bf16_refused_with_one_error_line_where_the_cpu_would_emulate_it(monkeyp
     monkeypatch.setattr(dev, "cpu_native_bf16", lambda: False)
     with pytest.raises(SystemExit) as e:
         finetune.main(finetune_args("sst", tmp_path / "run", "--epochs", "1", "--autocast", "bf16"))
-    assert str(e.value).startswith("error: --autocast bf16: this CPU has no native bf16")
+    assert str(e.value).startswith("error: --autocast bf16: expected a device that runs bf16 natively: this CPU has "
+                                   "no native bf16")
     assert not (tmp_path / "run").exists()  # refused before any work
 
 

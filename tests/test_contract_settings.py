@@ -73,16 +73,16 @@ def test_lora_dropout_range():
 
 
 def test_generate_accepts_top_p_1_and_refuses_what_its_help_excludes():
-    from app.generate import GenerateError, build_parser, check_args
+    from app.generate import parse_settings
 
     for value in ("1", "0.9", "1.0"):
-        check_args(build_parser().parse_args(["--top-p", value]))
+        assert parse_settings(["--top-p", value]).top_p == float(value)
     for value in ("0", "1.5"):
-        with pytest.raises(GenerateError, match="--top-p"):
-            check_args(build_parser().parse_args(["--top-p", value]))
-    check_args(build_parser().parse_args(["--temperature", "0"]))
-    with pytest.raises(GenerateError, match="--top-k"):
-        check_args(build_parser().parse_args(["--top-k", "0"]))
+        with pytest.raises(SettingsError, match=f"--top-p {float(value)}: expected"):
+            parse_settings(["--top-p", value])
+    assert parse_settings(["--temperature", "0"]).temperature == 0
+    with pytest.raises(SettingsError, match="--top-k 0: expected an integer >= 1"):
+        parse_settings(["--top-k", "0"])
 
 
 # --------------------------------------------------------------------------------------------------- run folders
@@ -165,3 +165,87 @@ def test_a_fresh_run_into_a_run_folder_is_refused_without_overwrite(tmp_path):
         prepare(run, s)
     prepare(run, settings("--resume", out=run))  # --resume continues it: nothing removed
     assert (run / "config.json").is_file() and (run / "metrics.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- one schema
+
+OLD_CONFIG = {  # the "settings" of a config.json written before each option was declared once
+    "data": {"task": "sonnet", "data_dir": "data", "tokenizer_dir": None, "offline": False, "max_train": 4,
+             "max_eval": 2, "max_length": None, "synthetic": None, "test_references": None},
+    "model": {"model": "tiny", "mode": "full-model", "method": "lora",
+              "lora": {"rank": 4, "alpha": 16.0, "targets": "attn+mlp", "dropout": 0.0}},
+    "optim": {"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 0.01, "weight_decay": 0.01, "warmup": 0.05,
+              "schedule": "linear", "grad_clip": 1.0, "seed": 11711},
+    "precision": {"precision": "int4", "qaft": True, "group_size": 64, "quant_activations": False,
+                  "quant_embeddings": False},
+    "eval": {"batch_size": 8, "sampling": {"temperature": 1.2, "top_p": 0.9, "max_new_tokens": 4, "seed": 11711},
+             "samples": 4},
+    "hardware": {"device": "cpu", "autocast": "off", "compile": False, "progress": False, "threads": None,
+                 "fetch_timeout": 3600.0},
+    "run": {"out_dir": "x", "name": None, "resume": False, "overwrite": False, "stop_after_epoch": 1},
+}
+
+
+def test_a_run_folder_of_the_previous_layout_still_loads():
+    from app.settings import RunSettings
+
+    s = RunSettings.from_dict(OLD_CONFIG)
+    assert (s.precision.format, s.precision.qaft) == ("int4", True)
+    assert (s.precision.quant.weight, s.precision.quant.group_size, s.precision.quant.embeddings) == ("int4", 64, False)
+    assert (s.optim.autocast, s.optim.progress, s.optim.stop_after_epoch, s.optim.lr) == ("off", False, 1, 0.01)
+    assert (s.model.lora.rank, s.model.lora.targets) == (4, "attn+mlp")
+    assert RunSettings.from_dict(s.to_dict()) == s  # and today's layout reads back as itself
+
+
+def test_a_run_folder_the_code_cannot_read_is_one_line_naming_what_changed():
+    from app.settings import RunSettings
+
+    bad = {**OLD_CONFIG, "optim": {**OLD_CONFIG["optim"], "momentum": 0.9}}
+    with pytest.raises(SettingsError, match=r"do not fit this version of the code .*'momentum'"):
+        RunSettings.from_dict(bad)
+
+
+def test_the_flat_args_keep_their_names():
+    flat = settings().flat()
+    assert {"task", "lr", "lora_rank", "precision", "group_size", "quant_embeddings", "autocast", "eval_samples",
+            "temperature", "top_p", "synthetic", "synthetic_n", "device", "plain"} <= set(flat)
+    assert not {"resume", "overwrite", "progress", "stop_after_epoch", "fetch_timeout"} & set(flat)
+    assert settings("--precision", "int8").flat()["autocast"] == "off"  # what the run used, not what was asked
+
+
+@pytest.mark.parametrize("extra,lr", [([], 1e-5), (["--mode", "last-linear-layer"], 1e-3),
+                                      (["--method", "lora"], 1e-2), (["--method", "lora", "--lr", "0.5"], 0.5)])
+def test_the_learning_rate_default_depends_on_mode_and_method(extra, lr):
+    assert settings(*extra).optim.lr == lr
+
+
+def test_lora_settings_only_with_method_lora_and_eval_samples_by_task():
+    assert settings().model.lora is None and settings().eval.samples == 1
+    assert parse_settings(["--task", "sonnet", "--model", "tiny"]).eval.samples == 4
+    with pytest.raises(SettingsError, match="--eval-samples 2: task 'sst' predicts deterministically"):
+        settings("--eval-samples", "2")
+
+
+def test_every_flag_has_its_help_and_each_option_one_flag():
+    from app.cli import FINETUNE_GROUPS, finetune_parser
+
+    parser = finetune_parser()
+    flags = [s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")]
+    assert len(flags) == len(set(flags)) == sum(len(g.options()) for g in FINETUNE_GROUPS)
+    assert all(a.help for a in parser._actions)
+    assert "--plain" in flags and "--no-quant-embeddings" in flags and "--lora-rank" in flags
+    helps = {s: a.help for a in parser._actions for s in a.option_strings}
+    assert helps["--no-progress"].startswith("hide") and "fp32" in helps["--no-quant-embeddings"]
+    assert "(default: 8)" in helps["--batch-size"] and "for --method lora" in helps["--lr"]
+
+
+def test_one_device_parser():
+    import torch
+
+    from minigpt2.device import parse_device
+    from minigpt2.errors import FieldError
+
+    assert parse_device("cpu") == torch.device("cpu")
+    assert parse_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FieldError, match="device tpu: expected auto, cpu, cuda or cuda:N"):
+        parse_device("tpu")

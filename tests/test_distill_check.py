@@ -186,8 +186,9 @@ def test_cli_reports_rate_and_reasons(tmp_path, capsys):
     assert "1: lines 2/4 (B): 'die' / 'memory'" in out
     payload = json.loads(report.read_text())
     assert payload["summary"]["perfect"] == 2 and len(payload["sonnets"]) == 5
-    assert main([str(tmp_path / "nope.txt")]) == 1
-    assert "nope.txt" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"^error: .*nope\.txt") as e:  # printed to stderr, exit code 1
+        main([str(tmp_path / "nope.txt")])
+    assert "\n" not in str(e.value.code)
 
 
 def test_format_report_limits_the_list():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ from experiments import __main__ as cli
 from experiments import report, runner, stats
 from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions,
                                build_sweep)
-from app.finetune import build_parser
+from app.cli import finetune_parser, flat, settings_from
+from app.settings import SettingsError
+
+
+def parse(argv):
+    """A run's flags as finetune reads them, by flag name (the device is not looked for on this machine)."""
+    return SimpleNamespace(**flat(settings_from(finetune_parser().parse_args(list(argv)), here=False)))
 from minigpt2.metrics import chrf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -27,12 +34,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("tiny", [False, True])
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_run_is_a_valid_finetune_command(name, tiny):
-    sweep = cli.ready_part(build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR))))
-    if not sweep.runs:  # every knob still on another branch
-        pytest.skip(f"finetune lacks what the sweep waits for: {sweep.waits}")
-    parser = build_parser()
+    sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
+    assert sweep.runs
     for run in sweep.runs:
-        args = parser.parse_args([*run.args, "--out-dir", "x"])
+        args = parse([*run.args, "--out-dir", "x"])
         assert args.seed == run.settings["seed"]
         assert args.model == ("tiny" if tiny else "gpt2")
         if run.settings.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
@@ -84,7 +89,7 @@ def test_sweep_shapes(monkeypatch):
 def test_every_arm_states_its_compute_dtype_and_fp32_is_fp32_on_a_gpu():
     sweep = build_sweep("precision", SweepOptions())
     fp32 = next(r for r in sweep.runs if r.settings["precision"] == "fp32")
-    args = build_parser().parse_args([*fp32.args, "--out-dir", "x"])
+    args = parse([*fp32.args, "--out-dir", "x"])
     assert args.autocast == "off"
     dtype = report.compute_dtype
     assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "off"}}) == "fp32"
@@ -143,7 +148,7 @@ def test_model_and_extra_flags_reach_every_run():
     sweep = build_sweep("baseline", SweepOptions(model="gpt2-medium", data_dir="/d",
                                                  finetune_args=["--device", "cuda:1"]))
     for run in sweep.runs:
-        args = build_parser().parse_args(list(run.args))
+        args = parse(run.args)
         assert (args.model, args.data_dir, args.device) == ("gpt2-medium", "/d", "cuda:1")
 
 
@@ -229,7 +234,7 @@ def test_a_returned_but_unfinished_run_counts_as_failed(tmp_path):
 def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
     runs = three_runs()
     runner.run_sweep(runs[:1], tmp_path, FakeFinetune(), progress=False)
-    neutral = Run("r0", runs[0].args + ("--device", "cuda:3", "--no-progress"), runs[0].settings)
+    neutral = Run("r0", {**runs[0].options, "hardware.device": "cuda:3", "optim.progress": False}, runs[0].settings)
     assert runner.run_sweep([neutral], tmp_path, FakeFinetune(), progress=False).skipped == ["r0"]
     changed = Run("r0", ("--task", "sst", "--seed", "0", "--lr", "0.1"), runs[0].settings)
     with pytest.raises(runner.RunFolderConflict, match=r"other arguments[\s\S]*--lr 0.1[\s\S]*Delete that folder"):
@@ -297,11 +302,16 @@ def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
     assert "assumed per request" in cost[2] and cost[-1].startswith("  Gemini total: ~$")  # no pro file
 
 
-def test_a_sweep_whose_knob_finetune_lacks_stops_before_running(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "missing_flags", lambda runs: ["--lora-rank"])
-    with pytest.raises(SystemExit, match="finetune in this checkout, which has no --lora-rank"):
-        cli.main(["lora-ranks", "--tiny", "--runs-dir", str(tmp_path)])
-    assert not any(tmp_path.iterdir())
+def test_a_run_is_checked_against_the_settings_when_it_is_made():
+    with pytest.raises(SettingsError, match=r"unknown setting\(s\) \['model.lora.rnak'\]"):
+        Run("r", {"data.task": "sonnet", "model.lora.rnak": 4}, {})
+    with pytest.raises(SettingsError, match="--lora-rank set\\(s\\) LoRA, which needs --method lora"):
+        Run("r", {"data.task": "sonnet", "model.lora.rank": 4}, {})
+    with pytest.raises(SettingsError, match="--lr 0.0: expected a finite number > 0"):
+        Run("r", ("--task", "sst", "--lr", "0"), {})
+    run = Run("r", {"data.task": "sonnet", "model.method": "lora", "model.lora.rank": 4, "optim.progress": False}, {})
+    assert run.args == ("--task", "sonnet", "--method", "lora", "--lora-rank", "4", "--no-progress")
+    assert Run("r", run.args, {}).options == run.options  # flags and settings say the same, both ways
 
 
 # ---------------------------------------------------------------------------------------------- stats

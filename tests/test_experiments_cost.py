@@ -100,10 +100,8 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
     run = build_sweep("baseline", SweepOptions(tiny=True)).runs[3]
     assert run.settings["task"] == "sonnet"
     capped = estimate.run_workload(run)
-    args = list(run.args)
-    args[args.index("--max-new-tokens") + 1] = "400"
-    args[args.index("--epochs") + 1] = "3"
-    free = estimate.run_workload(estimate.Run(run.name, (*args, "--eval-samples", "2"), run.settings))
+    free = estimate.run_workload(estimate.Run(run.name, {**run.options, "eval.sampling.max_new_tokens": 400,
+                                                         "optim.epochs": 3, "eval.samples": 2}, run.settings))
     tok, task = Tokenizer(str(TINY_TOKENIZER_DIR)), get_task("sonnet")
     dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.settings["seed"])
     test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.settings["seed"])
@@ -202,11 +200,10 @@ def test_a_synthetic_file_too_small_for_its_arm_stops_the_sweep_up_front(tmp_pat
 
     sweep = build_sweep("teachers", SweepOptions(tiny=True))
     check_preconditions("teachers", sweep.runs)  # the fixture files fit the tiny sizes
-    run = next(r for r in sweep.runs if "--synthetic-n" in r.args)
-    args = list(run.args)
-    args[args.index("--synthetic-n") + 1] = "500"
+    run = next(r for r in sweep.runs if "data.synthetic.n" in r.options)
+    more = estimate.Run(run.name, {**run.options, "data.synthetic.n": 500}, run.settings)
     with pytest.raises(PreconditionError, match=r"asked for 500 synthetic sonnets"):
-        check_preconditions("teachers", [estimate.Run(run.name, tuple(args), run.settings)])
+        check_preconditions("teachers", [more])
 
 
 def test_a_run_that_exits_with_an_error_is_listed_without_a_traceback(tmp_path, capsys):

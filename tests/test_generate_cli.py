@@ -39,7 +39,7 @@ RUN_KINDS = {
 def run_cli(*argv: str, stdin: str = "", on_token=None) -> str:
     """The command in-process; returns what it wrote to stdout."""
     out = io.StringIO()
-    cli.run(cli.build_parser().parse_args(list(argv)), stdin=io.StringIO(stdin), out=out, on_token=on_token)
+    cli.run(cli.parse_settings(list(argv)), stdin=io.StringIO(stdin), out=out, on_token=on_token)
     return out.getvalue()
 
 
@@ -149,7 +149,7 @@ def test_tokens_are_streamed_as_they_are_sampled(tiny_hf_dir):
         tokens.append(token)
         snapshots.append(out.getvalue())
 
-    args = cli.build_parser().parse_args(["--model", str(tiny_hf_dir), "--prompt", PROMPT, "--max-new-tokens", "8",
+    args = cli.parse_settings(["--model", str(tiny_hf_dir), "--prompt", PROMPT, "--max-new-tokens", "8",
                                           "--seed", "5"])
     cli.run(args, stdin=io.StringIO(), out=out, on_token=on_token)
     assert len(tokens) == 8
@@ -250,7 +250,7 @@ def test_python_m_minigpt2_generate_runs_the_command(tiny_hf_dir):
     (["--max-new-tokens", "0"], "--max-new-tokens 0: expected an integer >= 1"),
     (["--top-k", "0"], "--top-k 0: expected an integer >= 1"),
     (["--num-samples", "0"], "--num-samples 0: expected an integer >= 1"),
-    (["--device", "tpu9"], "--device 'tpu9': not a device name"),
+    (["--device", "tpu9"], "--device tpu9: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_flags(capsys, flags, expected):
     assert expected in error_of(capsys, "--model", "tiny", "--prompt", "x", *flags)
@@ -294,7 +294,7 @@ def test_bf16_refused_where_the_cpu_lacks_it(capsys, monkeypatch):
     monkeypatch.setattr(prepack.device, "cpu_native_bf16", lambda: False)
     message = error_of(capsys, "--model", "tiny", "--prompt", "x", "--precision", "bf16", "--device", "cpu")
     assert message.startswith("error: --precision bf16: bf16 inference needs a CPU with native bf16 arithmetic")
-    bf16_run = RunSettings(DataSettings(task="sonnet"), precision=PrecisionSettings(precision="bf16"))
+    bf16_run = RunSettings(DataSettings(task="sonnet"), precision=PrecisionSettings(format="bf16"))
     assert cli.default_precision(bf16_run, torch.device("cpu")) == "fp32"
 
 

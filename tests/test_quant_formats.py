@@ -110,7 +110,7 @@ def test_activation_fake_quant_per_token_127_steps():
 
 
 def test_quant_config_validation_messages():
-    with pytest.raises(ValueError, match=r"QuantConfig.weight='int3'"):
+    with pytest.raises(ValueError, match=r"weight 'int3'"):
         QuantConfig(weight="int3")
     with pytest.raises(ValueError, match="even integer"):
         QuantConfig(weight="int4", group_size=7)

@@ -1,0 +1,356 @@
+"""The command lines of the run commands, built from the settings dataclasses: the one place that adds flags.
+
+A setting is declared once, as a dataclass field whose metadata holds its help (`app.settings.option`, or plain
+`{"help": ...}` in the library's own configs). A `Group` says which dataclass a block of flags fills and how its
+fields are spelled (`--` + prefix + the field name with dashes; a field whose default is True becomes a `--no-`
+flag, helped by its "help_off"; a few renamed in `flags`). Fields without help have no flag.
+
+    add_groups(parser, groups)      the flags, with their help and defaults
+    given(namespace, group)         what the user typed (a flag left out is absent: the dataclass default applies)
+    build(group, values)            the group's dataclass, a bad value reported as one line naming the flag
+    finetune_settings(argv)         `python -m minigpt2.finetune`'s flags as a validated `RunSettings`
+    settings_of(options)            settings from overrides by path ({"optim.lr": 0.01}): a sweep's runs
+    argv_of(options)                the flags that give those overrides (a run's subprocess command line)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from minigpt2.device import parse_device
+from minigpt2.errors import FieldError
+from minigpt2.lora import LoraSettingsError, LoRAConfig
+from minigpt2.train import TrainConfig
+from quant.config import QuantConfig
+from tasks import TASKS
+from tasks.base import Sampling
+
+from .precision import PrecisionError, PrecisionSettings
+from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
+                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, RunFolderSettings,
+                       RunSettings, SettingsError, SyntheticSettings)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A block of flags that fills one settings dataclass."""
+
+    key: str  # where the group sits in RunSettings ("optim", "model.lora", ...)
+    cls: type
+    title: str
+    prefix: str = ""
+    flags: Mapping[str, str] = field(default_factory=dict)  # field -> flag, where the plain spelling does not fit
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # this command's default, where not the class's
+    notes: Mapping[str, str] = field(default_factory=dict)  # field -> the default as words (it depends on others)
+    helps: Mapping[str, str] = field(default_factory=dict)  # help of fields of a class that carries none
+    skip: tuple[str, ...] = ()
+
+    def options(self) -> list[Field]:
+        return [f for f in fields(self.cls) if f.name not in self.skip
+                and ("help" in f.metadata or f.name in self.helps)]
+
+    def default(self, f: Field) -> Any:
+        if f.name in self.defaults:
+            return self.defaults[f.name]
+        return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+    def flag(self, name: str) -> str:
+        if name in self.flags:
+            return self.flags[name]
+        f = next(f for f in fields(self.cls) if f.name == name)
+        negated = "no-" if _type(self.cls, name) is bool and self.default(f) is True else ""
+        return f"--{negated}{self.prefix}{name.replace('_', '-')}"
+
+    def dest(self, name: str) -> str:
+        return f"{self.key}:{name}"
+
+
+def _type(cls: type, name: str) -> type:
+    """The field's type as argparse converts it: the first non-None member of a union."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0] if args[0] in (bool, int, float, str) else str
+
+
+def add_groups(parser: argparse.ArgumentParser, groups: Sequence[Group], partial: bool = False) -> None:
+    """Add every group's flags to `parser`; the values land under `Group.dest` only when given. `partial`: no
+    flag is required (a part of a command line, e.g. the flags a sweep adds to every run)."""
+    for group in groups:
+        g = parser.add_argument_group(group.title)
+        for f in group.options():
+            kind, default = _type(group.cls, f.name), group.default(f)
+            text = group.helps.get(f.name) or f.metadata["help"]
+            kw: dict[str, Any] = {"dest": group.dest(f.name), "default": argparse.SUPPRESS}
+            if f.metadata.get("positional"):
+                g.add_argument(group.dest(f.name), metavar=f.name, help=text, choices=f.metadata.get("choices"))
+                continue
+            if kind is bool:
+                kw["action"] = "store_false" if default is True else "store_true"
+                if default is True:  # a --no- flag says what turning the setting off does
+                    text = f.metadata.get("help_off") or f"turn off: {text}"
+            else:
+                kw["type"] = kind
+                if "choices" not in f.metadata:
+                    kw["metavar"] = f.name.upper()
+                for k in ("choices", "metavar", "required"):
+                    if k in f.metadata and not (partial and k == "required"):
+                        kw[k] = f.metadata[k]
+                note = group.notes.get(f.name) or (None if default in (None, "") else f"default: {default}")
+                text += f" ({note})" if note and not kw.get("required") else ""
+            g.add_argument(group.flag(f.name), help=text.replace("%", "%%"), **kw)
+
+
+def given(ns: argparse.Namespace, group: Group) -> dict[str, Any]:
+    """The values of `group`'s flags that were given on the command line."""
+    prefix = group.dest("")
+    return {k[len(prefix):]: v for k, v in vars(ns).items() if k.startswith(prefix)}
+
+
+def build(group: Group, values: Mapping[str, Any], groups: Sequence[Group] = ()) -> Any:
+    """`group.cls` from its defaults and `values`; a value out of range is a SettingsError naming the flag."""
+    kwargs = {f.name: group.defaults[f.name] for f in fields(group.cls) if f.name in group.defaults}
+    return checked(lambda: group.cls(**{**kwargs, **values}), group, groups)
+
+
+def checked(make: Callable[[], Any], group: Group, groups: Sequence[Group] = ()) -> Any:
+    """`make()`, with a library's `FieldError` (which names a field) turned into a line naming the flag."""
+    try:
+        return make()
+    except FieldError as e:
+        raise SettingsError(f"{flag_of(e.field, group, groups)} {e.value}: expected {e.expected}") from None
+    except LoraSettingsError as e:  # "LoRA rank must be X, got V": the field is the message's second word
+        word, names = str(e).split()[1], {f.name for f in group.options()}
+        name = word if word in names else word + "s"
+        flag = group.flag(name) if name in names else "LoRA"
+        ranged = re.fullmatch(r"LoRA \w+ must be (.*), got (.*)", str(e))
+        raise SettingsError(f"{flag} {ranged[2]}: expected {ranged[1]}" if ranged else f"{flag}: {e}") from None
+
+
+def flag_of(path: str, group: Group, groups: Sequence[Group] = ()) -> str:
+    """The flag of a field error's name: a field of `group`, or `sub.field` of the group keyed `group.key.sub`."""
+    head, _, rest = path.rpartition(".")
+    if head:
+        for other in groups:
+            if other.key.split(".")[-1] == head.split(".")[-1] and rest in {f.name for f in other.options()}:
+                return other.flag(rest)
+    return group.flag(rest) if rest in {f.name for f in group.options()} else path
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+
+FINETUNE_GROUPS = (
+    Group("data", DataSettings, "task and data"),
+    Group("data.synthetic", SyntheticSettings, "synthetic data (sonnet task)", prefix="synthetic-",
+          flags={"path": "--synthetic"}),
+    Group("model", ModelSettings, "model"),
+    Group("model.lora", LoRAConfig, "LoRA (with --method lora)", prefix="lora-",
+          defaults={"targets": LORA_TARGETS}),
+    Group("optim", TrainConfig, "optimisation and hardware",
+          notes={"lr": f"default: {DEFAULT_LR['last-linear-layer']:g} for last-linear-layer, "
+                       f"{DEFAULT_LR['full-model']:g} for full-model, {LORA_LR:g} for --method lora, the best LoRA "
+                       "learning rate in the study"}),
+    Group("hardware", HardwareSettings, "hardware"),
+    Group("eval", EvalSettings, "evaluation and generation", prefix="eval-",
+          notes={"samples": f"default {EVAL_SAMPLES} for sonnets, 1 (deterministic predictions) for the other "
+                            "tasks"}),
+    Group("eval.sampling", Sampling, "sonnet sampling", skip=("seed",), helps={
+        "temperature": "sonnet sampling temperature (the course's)",
+        "top_p": "sonnet nucleus sampling mass (the course's)",
+        "max_new_tokens": "sonnet token budget; generation stops at <|endoftext|> or after the 14th line first"}),
+    Group("run", RunFolderSettings, "run folder"),
+    Group("precision", PrecisionSettings, "precision (quantization)", flags={"format": "--precision"}),
+    Group("precision.quant", QuantConfig, "fake-quant formats (with --precision fp8, int8 or int4)",
+          prefix="quant-", flags={"group_size": "--group-size"},
+          notes={"group_size": "default 128; only with --precision int4"}),
+)
+GROUP = {g.key: g for g in FINETUNE_GROUPS}
+
+
+def finetune_parser(prog: str = "python -m minigpt2.finetune", description: str | None = None
+                    ) -> argparse.ArgumentParser:
+    """The parser of `python -m minigpt2.finetune`."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_groups(p, FINETUNE_GROUPS)
+    return p
+
+
+def finetune_settings(argv: Sequence[str] | None = None) -> RunSettings:
+    """The command line as validated, typed settings (a bad flag is a SettingsError naming it)."""
+    return settings_from(finetune_parser().parse_args(None if argv is None else list(argv)))
+
+
+def settings_from(ns: argparse.Namespace, here: bool = True) -> RunSettings:
+    """`RunSettings` from parsed flags, with the defaults that depend on other options filled in; `here`: also
+    check that the device and files they name exist on this machine (`check_environment`)."""
+    v = {g.key: given(ns, g) for g in FINETUNE_GROUPS}
+    data = build(GROUP["data"], {**v["data"], "synthetic": _synthetic(v["data.synthetic"])}, FINETUNE_GROUPS)
+    task = TASKS[data.task]
+    model_v = v["model"]
+    lora = None
+    if model_v.get("method") == "lora":
+        lora = build(GROUP["model.lora"], v["model.lora"], FINETUNE_GROUPS)
+    elif v["model.lora"]:
+        flags = ", ".join(GROUP["model.lora"].flag(k) for k in v["model.lora"])
+        raise SettingsError(f"{flags} set(s) LoRA, which needs --method lora")
+    model = build(GROUP["model"], {**model_v, "lora": lora}, FINETUNE_GROUPS)
+    optim = v["optim"]
+    if "lr" not in optim:
+        optim["lr"] = LORA_LR if model.method == "lora" else DEFAULT_LR[model.mode]
+    optim = build(GROUP["optim"], optim, FINETUNE_GROUPS)
+    sampling = build(GROUP["eval.sampling"], {**v["eval.sampling"], "seed": optim.seed})
+    ev = {"samples": EVAL_SAMPLES if task.generative else 1, **v["eval"], "sampling": sampling}
+    settings = RunSettings(
+        data=data, model=model, optim=optim, precision=_precision(v["precision"], v["precision.quant"]),
+        eval=build(GROUP["eval"], ev, FINETUNE_GROUPS), hardware=build(GROUP["hardware"], v["hardware"]),
+        run=build(GROUP["run"], v["run"]))
+    if here:
+        check_environment(settings)
+    return settings
+
+
+def _synthetic(values: dict[str, Any]) -> SyntheticSettings | None:
+    if "path" not in values:
+        for name in ("n", "filter"):
+            if name in values:
+                raise SettingsError(f"{GROUP['data.synthetic'].flag(name)} needs --synthetic FILE.jsonl")
+        if values.get("only"):
+            raise SettingsError("--synthetic-only trains on synthetic sonnets alone; it needs --synthetic "
+                                "FILE.jsonl")
+        return None
+    return build(GROUP["data.synthetic"], values)
+
+
+def _precision(values: dict[str, Any], quant: dict[str, Any]) -> PrecisionSettings:
+    fmt = values.get("format", "fp32")
+    qgroup = GROUP["precision.quant"]
+    if ({"activations", "embeddings"} & set(quant)) and not PrecisionSettings.fake(fmt):
+        raise PrecisionError("--quant-activations / --no-quant-embeddings apply to --precision fp8, int8 or int4")
+    if "group_size" in quant and fmt != "int4":
+        raise PrecisionError(f"--group-size applies to --precision int4, not {fmt}")
+    cfg = (checked(lambda: PrecisionSettings.quant_for(fmt, **quant), qgroup)
+           if PrecisionSettings.fake(fmt) else None)
+    return build(GROUP["precision"], {**values, "quant": cfg})
+
+
+def check_environment(settings: RunSettings) -> None:
+    """What the flags name must exist here: the device, the test references file."""
+    refs = settings.data.test_references
+    if refs is not None and not Path(refs).is_file():
+        raise SettingsError(f"--test-references {refs}: file not found; expected the test labels "
+                            "(*-test-labels.csv) or the true test sonnets (TRUE_sonnets_held_out.txt)")
+    checked(lambda: parse_device(settings.hardware.device), GROUP["hardware"])
+
+
+# ---------------------------------------------------------------------------------------------- back to flags
+
+def _values(settings: RunSettings) -> dict[str, dict[str, Any]]:
+    """Each group's dataclass in `settings` as a dict (the group's defaults where it is absent)."""
+    out = {}
+    for g in FINETUNE_GROUPS:
+        obj: Any = settings
+        for part in g.key.split("."):
+            obj = getattr(obj, part) if obj is not None else None
+        out[g.key] = ({f.name: getattr(obj, f.name) for f in g.options()} if obj is not None
+                      else {f.name: g.default(f) for f in g.options()})
+    return out
+
+
+# How a run is watched or continued, not what it is: left out of config.json's "args" (a resumed run's row in a
+# sweep's CSV is the row of the same run).
+NOT_FLAT = ("run.resume", "run.overwrite", "optim.progress", "optim.stop_after_epoch", "hardware.fetch_timeout")
+
+
+def flat(settings: RunSettings) -> dict[str, Any]:
+    """The settings by flag name, `--no-quant-embeddings` as `quant_embeddings` (config.json's "args")."""
+    out: dict[str, Any] = {}
+    for key, values in _values(settings).items():
+        for name, value in values.items():
+            if f"{key}.{name}" in NOT_FLAT:
+                continue
+            flag = GROUP[key].flag(name)[2:]
+            out[flag.removeprefix("no-").replace("-", "_")] = value
+    out["autocast"] = settings.autocast  # what the run used
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+EVALUATE_GROUP = Group("evaluate", EvaluateSettings, "what to score")
+
+
+def evaluate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> EvaluateSettings:
+    """`python -m minigpt2.evaluate`'s command line as settings (a device this machine lacks is refused)."""
+    p = argparse.ArgumentParser(prog="python -m minigpt2.evaluate", description=description)
+    add_groups(p, [EVALUATE_GROUP])
+    settings = build(EVALUATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), EVALUATE_GROUP))
+    checked(lambda: parse_device(settings.device), EVALUATE_GROUP)
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+GENERATE_GROUP = Group("generate", GenerateSettings, "generation")
+
+
+def generate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> GenerateSettings:
+    """`python -m minigpt2.generate`'s command line as settings."""
+    p = argparse.ArgumentParser(prog="python -m minigpt2.generate", description=description)
+    add_groups(p, [GENERATE_GROUP])
+    return build(GENERATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), GENERATE_GROUP))
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+def _option_fields() -> dict[str, tuple[Group, Field]]:
+    return {f"{g.key}.{f.name}": (g, f) for g in FINETUNE_GROUPS for f in g.options()}
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings overrides by path ("optim.lr": 0.01, "model.lora.rank": 4, ...) whose paths are finetune
+    settings; the values are checked when the settings are built (`settings_of`)."""
+    known = _option_fields()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}; expected some of {sorted(known)}")
+    return dict(options)
+
+
+def options_from_argv(argv: Sequence[str]) -> dict[str, Any]:
+    """A (part of a) finetune command line as settings overrides by path, e.g. ["--device", "cuda:1"] ->
+    {"hardware.device": "cuda:1"}; a flag finetune does not know is argparse's error."""
+    p = argparse.ArgumentParser(prog="python -m minigpt2.finetune")
+    add_groups(p, FINETUNE_GROUPS, partial=True)
+    return {k.replace(":", "."): v for k, v in vars(p.parse_args(list(argv))).items()}
+
+
+def settings_of(options: Mapping[str, Any], here: bool = False) -> RunSettings:
+    """The `RunSettings` that `options` (overrides by path, the rest default) give, checked as the command line's
+    would be; `here`: also check that the device and files exist on this machine."""
+    ns = argparse.Namespace(**{_dest(k): v for k, v in check_options(options).items()})
+    if "data.task" not in options:
+        raise SettingsError("the settings name no task (data.task, the --task flag)")
+    return settings_from(ns, here)
+
+
+def _dest(path: str) -> str:
+    key, _, name = path.rpartition(".")
+    return GROUP[key].dest(name)
+
+
+def argv_of(options: Mapping[str, Any]) -> list[str]:
+    """The finetune flags that give `options` (overrides by path), in their order."""
+    argv: list[str] = []
+    known = _option_fields()
+    for path, value in check_options(options).items():
+        group, f = known[path]
+        if isinstance(value, bool) and _type(group.cls, f.name) is bool:
+            if value != group.default(f):  # a store_true / --no- flag says the value that is not the default
+                argv.append(group.flag(f.name))
+        elif value is not None:
+            argv += [group.flag(f.name), str(value)]
+    return argv
