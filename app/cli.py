@@ -16,7 +16,6 @@ flag, helped by its "help_off"; a few renamed in `flags`). Fields without help h
 from __future__ import annotations
 
 import argparse
-import re
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from minigpt2.device import parse_device
 from minigpt2.errors import FieldError
-from minigpt2.lora import LoraSettingsError, LoRAConfig
+from minigpt2.lora import LoRAConfig
 from minigpt2.train import TrainConfig
 from quant.config import QuantConfig
 from tasks import TASKS
@@ -123,12 +122,6 @@ def checked(make: Callable[[], Any], group: Group, groups: Sequence[Group] = ())
         return make()
     except FieldError as e:
         raise SettingsError(f"{flag_of(e.field, group, groups)} {e.value}: expected {e.expected}") from None
-    except LoraSettingsError as e:  # "LoRA rank must be X, got V": the field is the message's second word
-        word, names = str(e).split()[1], {f.name for f in group.options()}
-        name = word if word in names else word + "s"
-        flag = group.flag(name) if name in names else "LoRA"
-        ranged = re.fullmatch(r"LoRA \w+ must be (.*), got (.*)", str(e))
-        raise SettingsError(f"{flag} {ranged[2]}: expected {ranged[1]}" if ranged else f"{flag}: {e}") from None
 
 
 def flag_of(path: str, group: Group, groups: Sequence[Group] = ()) -> str:

@@ -90,9 +90,9 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         notes += task.format.unlabelled_rows(folder, split, Path(test_references) if test_references else None)
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
-    how = settings.predict_settings()
+    how = settings.predict_settings(d.device)
     # The run's --eval-samples: as many sampled sonnets per prompt as its own figures averaged over.
-    predictor = speed.predicting(module, task, d.device, how.autocast, settings.hardware.plain)
+    predictor = speed.predicting(module, task, d.device, how.autocast_dtype, settings.hardware.plain)
     draws = (task.predict_samples(predictor, examples, how, tok, d.device, settings.eval.samples) if task.generative
              else [task.predict(predictor, examples, how, tok, d.device)])
     first = ("zero-shot-" if zero_shot else "") + task.format.output_name(split, settings.model.mode)

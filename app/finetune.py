@@ -28,7 +28,7 @@ import torch.distributed as dist
 from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_write_json
-from minigpt2.device import autocast_dtype, autocast_for
+from minigpt2.device import autocast, autocast_dtype
 from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
 from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, without_lora
@@ -125,7 +125,7 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
 
 
 def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
-             autocast: str) -> float:
+             autocast_dtype: torch.dtype | None) -> float:
     """Mean loss over examples (eval mode, no grad)."""
     total, n = 0.0, 0
     was_training = module.training
@@ -134,7 +134,7 @@ def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, lm_targets=task.lm_targets).items()}
-            with autocast_for(autocast, device):
+            with autocast(device, autocast_dtype):
                 total += module(batch).item() * len(chunk)
             n += len(chunk)
     module.train(was_training)
@@ -145,13 +145,13 @@ def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: To
                   ) -> Callable[[TaskModel], dict[str, float]]:
     """The per-epoch dev evaluation: the task's metric and the dev loss."""
     loss_examples = task.loss_examples(dev)
-    how = settings.predict_settings()
+    how = settings.predict_settings(device)
 
     def evaluate(module: TaskModel) -> dict[str, float]:
-        preds = task.predict(speed.predicting(module, task, device, how.autocast, settings.hardware.plain), dev, how,
-                             tok, device)
+        preds = task.predict(speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain), dev,
+                             how, tok, device)
         out = dict(task.score(dev, preds))
-        out["dev_loss"] = dev_loss(module, loss_examples, task, how.batch_size, device, how.autocast)
+        out["dev_loss"] = dev_loss(module, loss_examples, task, how.batch_size, device, how.autocast_dtype)
         return out
     return evaluate
 
@@ -166,8 +166,8 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     result: dict[str, Any] = {"files_sha256": {}}
     folder = data_dir(settings.data.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
-    how = settings.predict_settings()
-    predictor = speed.predicting(module, task, device, how.autocast, settings.hardware.plain)
+    how = settings.predict_settings(device)
+    predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
     for split in ("dev", "test"):
         examples = splits[split]
         draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples) if task.generative
@@ -209,7 +209,7 @@ def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[
         return runfolder.read_json(path)
     module.to(device)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
-    base = heldout_measures(task, module, splits, settings.predict_settings(), tok, device,
+    base = heldout_measures(task, module, splits, settings.predict_settings(device), tok, device,
                             data_dir(settings.data.data_dir), test_refs)
     atomic_write_json(path, base)
     return base

@@ -23,6 +23,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import torch
+
+from minigpt2.device import autocast_dtype
 from minigpt2.errors import FieldError, UserError, require
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import TrainConfig
@@ -237,8 +240,9 @@ class RunSettings:
             return "off"
         return self.optim.autocast
 
-    def predict_settings(self) -> PredictSettings:
-        return PredictSettings(batch_size=self.eval.batch_size, autocast=self.autocast,
+    def predict_settings(self, device: torch.device) -> PredictSettings:
+        """What the tasks' `predict` needs, with the run's autocast mode resolved to its dtype on `device`."""
+        return PredictSettings(batch_size=self.eval.batch_size, autocast_dtype=autocast_dtype(self.autocast, device),
                                sampling=self.eval.sampling)
 
     def flat(self) -> dict[str, Any]:

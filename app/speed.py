@@ -18,13 +18,14 @@ def for_training(module: TaskModel, device: torch.device, plain: bool) -> None:
         fast.for_training(module, device)
 
 
-def predicting(module: TaskModel, task: Task, device: torch.device, autocast: str, plain: bool) -> TaskModel:
+def predicting(module: TaskModel, task: Task, device: torch.device, autocast_dtype: torch.dtype | None,
+               plain: bool) -> TaskModel:
     """The module a task predicts with: for a generative task on the fast path, a shallow copy of `module` whose
-    body is `minigpt2.fast.for_inference`'s copy (prepacked on CPU, in bf16 under `--autocast bf16` where the CPU
-    has native bf16); `module` itself otherwise. `module` is never changed."""
+    body is `minigpt2.fast.for_inference`'s copy (prepacked on CPU, in bf16 when the run autocasts to bf16 and the
+    CPU has native bf16); `module` itself otherwise. `module` is never changed."""
     if plain or not task.generative:
         return module
     view = copy.copy(module)
     view._modules = dict(module._modules)  # its own module table: the body below replaces only the copy's
-    view.gpt = fast.for_inference(module.gpt, device, torch.bfloat16 if autocast == "bf16" else None)
+    view.gpt = fast.for_inference(module.gpt, device, autocast_dtype)
     return view

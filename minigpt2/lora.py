@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, read_safetensors
-from .errors import UserError
+from .errors import FieldError, UserError, require
 from .surgery import replace_module, unwrap_compiled, without_wrappers
 
 # Module-name suffixes of each target preset (names as in `minigpt2.model`).
@@ -129,16 +129,16 @@ class LoRALinear(nn.Module):
 
 
 class LoraSettingsError(UserError, ValueError):
-    """LoRA settings that cannot work (rank, alpha, dropout, targets), naming the setting."""
+    """LoRA targets that select no linear layer of the model."""
 
 
 def _check_settings(r: int, alpha: float, dropout: float) -> None:
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise LoraSettingsError(f"LoRA rank must be an integer >= 1, got {r!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise LoraSettingsError(f"LoRA alpha must be a positive number, got {alpha!r}")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise LoraSettingsError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    """A `FieldError` naming the first of rank, alpha, dropout that cannot work."""
+    require(not isinstance(r, bool) and isinstance(r, int) and r >= 1, "rank", repr(r), "an integer >= 1")
+    require(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0, "alpha", repr(alpha),
+            "a positive number")
+    require(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", repr(dropout),
+            "a fraction in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,8 @@ def target_suffixes(targets: str | Sequence[str]) -> tuple[str, ...]:
         targets = [t.strip() for t in targets.split(",")]
     names = tuple(targets)
     if not names or any(not isinstance(t, str) or not t or t in TARGET_PRESETS for t in names):
-        raise LoraSettingsError(f"LoRA targets must be a preset {sorted(TARGET_PRESETS)} or a non-empty list of module "
-                         f"names (e.g. ['attn.query', 'attn.value']), got {targets!r}")
+        raise FieldError("targets", repr(targets), f"a preset {sorted(TARGET_PRESETS)} or a non-empty list of module "
+                         "names (e.g. ['attn.query', 'attn.value'])")
     return names
 
 

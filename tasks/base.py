@@ -19,7 +19,7 @@ import torch.nn as nn
 from course.files import CourseFiles, LabelledFiles
 from course.formats import CourseFormat, LabelFormat
 from course.readers import Malformed
-from minigpt2.device import autocast_for
+from minigpt2.device import autocast
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
@@ -123,10 +123,11 @@ class Sampling:
 
 @dataclass(frozen=True)
 class PredictSettings:
-    """What a task's `predict` needs from the run: batch size, the `--autocast` mode, sampling."""
+    """What a task's `predict` needs from the run: batch size, the autocast dtype (None: fp32; the application
+    resolves the run's `--autocast` mode to it once, with `minigpt2.device.autocast_dtype`), sampling."""
 
     batch_size: int = 32
-    autocast: str = "off"
+    autocast_dtype: torch.dtype | None = None
     sampling: Sampling = Sampling()
 
 
@@ -158,7 +159,7 @@ class Task(ABC):
     def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
                 device: torch.device) -> list[Any]:
         """Predictions for examples, in their order."""
-        return predict_classes(module, examples, how.batch_size, device, autocast=how.autocast)
+        return predict_classes(module, examples, how.batch_size, device, how.autocast_dtype)
 
     def loss_examples(self, examples: list[Example]) -> list[Example]:
         """The examples the dev loss is computed on (by default the dev examples themselves)."""
@@ -182,9 +183,9 @@ class ClassificationTask(Task):
 
 
 def predict_classes(module: TaskModel, examples: list[Example], batch_size: int, device: torch.device,
-                    autocast: str = "off") -> list[int]:
+                    autocast_dtype: torch.dtype | None = None) -> list[int]:
     """Run `module.predict` over examples in length-sorted batches (less padding); results in input order.
-    `autocast` is an `--autocast` mode (auto, bf16, off), resolved by `minigpt2.device`."""
+    `autocast_dtype`: the dtype the forward runs in under autocast (None: fp32)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out: list[int] = [0] * len(examples)
     was_training = module.training
@@ -194,7 +195,7 @@ def predict_classes(module: TaskModel, examples: list[Example], batch_size: int,
             idx = order[start:start + batch_size]
             batch = collate([examples[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_for(autocast, device):
+            with autocast(device, autocast_dtype):
                 preds = module.predict(batch).tolist()
             for i, p in zip(idx, preds):
                 out[i] = p

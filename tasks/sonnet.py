@@ -27,7 +27,7 @@ from course.files import SonnetFiles
 from course.formats import SONNETS, SonnetFormat
 from course.readers import DataError, Malformed, read_sonnets
 from course.sonnets import Sonnet
-from minigpt2.device import autocast_for
+from minigpt2.device import autocast
 from minigpt2.generation import generate
 from minigpt2.losses import LMLoss
 from minigpt2.model import GPT2
@@ -183,7 +183,7 @@ class SonnetTask(Task):
                     mask[r, :len(seq)] = 1
                     targets[r, n_prompt - 1:len(seq) - 1] = torch.tensor(seq[n_prompt:])  # position t predicts t+1
                 ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
-                with autocast_for(how.autocast, device):
+                with autocast(device, how.autocast_dtype):
                     logits = gpt.lm_head(gpt(ids, attention_mask=mask))
                 logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
                 nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)

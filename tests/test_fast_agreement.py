@@ -94,10 +94,10 @@ def test_plain_and_fast_training_agree(name, method, tok):
 def test_plain_and_fast_predictions_agree(name, tok):
     task = get_task(name)
     examples, _ = task.load(DATA, "dev", tok, 96, limit=4, seed=0)
-    how = PredictSettings(batch_size=2, autocast="off",
+    how = PredictSettings(batch_size=2, autocast_dtype=None,
                           sampling=Sampling(temperature=0.0, top_p=0.9, max_new_tokens=12, seed=1))
     plain, quick = pair(task, "full")
-    predictor = speed.predicting(quick, task, CPU, how.autocast, plain=False)
+    predictor = speed.predicting(quick, task, CPU, how.autocast_dtype, plain=False)
     assert (predictor is not quick) == task.generative
     if task.generative and available():
         assert isinstance(predictor.gpt, PackedGPT2)  # sonnet evaluation on the prepacked copy

@@ -14,7 +14,7 @@ import torch
 from app import finetune
 from app import generate as cli
 from app.precision import PrecisionSettings
-from app.settings import DataSettings, HardwareSettings, RunSettings
+from app.settings import DataSettings, RunSettings
 from distill.check import check_sonnet
 from experiments.sweeps import TINY_DATA
 from minigpt2 import GPT2, GPT2Config
@@ -127,13 +127,16 @@ def test_quantized_run_folder_generates_with_the_quantised_weights(runs):
 
 @pytest.mark.skipif(not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(), reason="no native bf16 on this CPU")
 def test_bf16_precision_runs_the_prepacked_bf16_copy(runs, monkeypatch):
-    seen = []
-    real = cli.prepacked
-    monkeypatch.setattr(cli, "prepacked", lambda model, dtype: seen.append(dtype) or real(model, dtype))
+    import minigpt2.fast as fast
+    from minigpt2.train import TrainConfig
+
+    made = []
+    real = fast.inference_copy
+    monkeypatch.setattr(fast, "inference_copy", lambda model, dtype=None: made.append(real(model, dtype)) or made[-1])
     out = run_cli("--model", str(runs["full"]), "--prompt", PROMPT, "--max-new-tokens", "6", "--precision", "bf16",
                   "--seed", "2")
-    assert seen == [torch.bfloat16] and out.startswith(PROMPT)
-    bf16_autocast = RunSettings(DataSettings(task="sonnet"), hardware=HardwareSettings(autocast="bf16"))
+    assert [m.packed_head.packed.dtype for m in made] == [torch.bfloat16] and out.startswith(PROMPT)
+    bf16_autocast = RunSettings(DataSettings(task="sonnet"), optim=TrainConfig(autocast="bf16"))
     assert cli.default_precision(bf16_autocast, torch.device("cpu")) == "bf16"
 
 

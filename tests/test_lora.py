@@ -88,11 +88,11 @@ def test_bad_settings_are_clear_errors():
         apply_lora(tiny(), 4, 8, targets=["attn.qkv"])
     with pytest.raises(ValueError, match="LoRA target 'mlp' selects 'h.0.mlp' \\(MLP\\), which is not a linear"):
         apply_lora(tiny(), 4, 8, targets="mlp")
-    with pytest.raises(ValueError, match="rank must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="rank 0: expected an integer >= 1"):
         apply_lora(tiny(), 0, 8)
-    with pytest.raises(ValueError, match="alpha must be a positive number"):
+    with pytest.raises(ValueError, match="alpha -1.0: expected a positive number"):
         apply_lora(tiny(), 4, -1.0)
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"dropout 1.0: expected a fraction in \[0, 1\)"):
         apply_lora(tiny(), 4, 8, dropout=1.0)
     with pytest.raises(ValueError, match="trainable module 'head' is not a module of GPT2"):
         apply_lora(tiny(), 4, 8, trainable=["head"])
@@ -310,7 +310,7 @@ def test_bad_adapter_files_give_clear_errors(tmp_path):
         load_adapter(tiny(), path)
     _rewrite(path, meta={METADATA_KEY: json.dumps({"format_version": 1, "rank": 0, "alpha": 8,
                                                     "targets": "attn"})})
-    with pytest.raises(CheckpointError, match=f"{name}: .*invalid LoRA settings.*rank must be an integer"):
+    with pytest.raises(CheckpointError, match=f"{name}: .*invalid LoRA settings.*rank 0: expected an integer"):
         load_adapter(tiny(), path)
 
     # Missing and unexpected keys, wrong shapes: each names the file and the key.

@@ -181,8 +181,8 @@ def test_inference_copy_picks_the_dtype():
     assert prepack.inference_copy(tiny().to(torch.bfloat16)).packed_head.packed.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("autocast, dtype", [("bf16", torch.bfloat16), ("off", None), ("auto", None)])
-def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypatch, autocast, dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, None])
+def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypatch, dtype):
     """The application hands the sonnet task `minigpt2.fast.for_inference`'s copy (bf16 for a bf16 run); with
     `--plain` the module itself, and the task never prepacks on its own."""
     import app.speed as speed
@@ -198,12 +198,12 @@ def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypat
     tok = Tokenizer()
     lines = ("From fairest creatures we desire increase,", "That thereby beauty's rose might never die,")
     examples = [Example("1", tok.encode("\n".join(lines) + "\n"), meta={"prompt_lines": lines})]
-    how = PredictSettings(batch_size=4, autocast=autocast,
+    how = PredictSettings(batch_size=4, autocast_dtype=dtype,
                           sampling=Sampling(max_new_tokens=8, temperature=1.2, top_p=0.9, seed=1))
     task, module = sonnet.SonnetTask(), sonnet.SonnetLM(tiny())
-    assert speed.predicting(module, task, torch.device("cpu"), autocast, plain=True) is module
+    assert speed.predicting(module, task, torch.device("cpu"), dtype, plain=True) is module
     assert asked == []
-    predictor = speed.predicting(module, task, torch.device("cpu"), autocast, plain=False)
+    predictor = speed.predicting(module, task, torch.device("cpu"), dtype, plain=False)
     assert predictor.gpt is not module.gpt and module.gpt is module._modules["gpt"]  # the module keeps its body
     out = task.predict(predictor, examples, how, tok, torch.device("cpu"))
     assert asked == [dtype] and out[0].startswith("\n".join(lines))
