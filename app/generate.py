@@ -119,7 +119,7 @@ def load_source(name: str, offline: bool) -> tuple[GPT2, RunSettings | None]:
     if name == "tiny":
         torch.manual_seed(0)  # the same random tiny model every time: only the sampling seed varies
         return GPT2(GPT2Config.from_name("tiny")), None
-    return load_model(resolve_model(name, offline=offline)), None
+    return load_model(checked(lambda: resolve_model(name, offline=offline), GENERATE_GROUP)), None
 
 
 def load_run(folder: Path, settings: RunSettings, config: dict) -> GPT2:

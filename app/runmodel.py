@@ -23,6 +23,7 @@ from minigpt2.model import GPT2
 from tasks.base import TaskModel
 
 from . import runfolder
+from .cli import GROUP, checked
 from .settings import RunSettings
 
 ADAPTER_NAME = "adapter.safetensors"
@@ -32,7 +33,7 @@ def base_weights_file(model: str, offline: bool = False) -> Path | None:
     """The safetensors file --model names (downloaded if it is a missing preset); None for 'tiny'."""
     if model == "tiny":
         return None
-    path = resolve_model(model, offline=offline)
+    path = checked(lambda: resolve_model(model, offline=offline), GROUP["model"])
     return path / "model.safetensors" if path.is_dir() else path
 
 
@@ -40,7 +41,8 @@ def load_base_model(settings: RunSettings) -> GPT2:
     """The GPT-2 body named by --model: 'tiny' (random init), a preset name, or a path."""
     if settings.model.model == "tiny":
         return GPT2(GPT2Config.from_name("tiny"))
-    return load_model(resolve_model(settings.model.model, offline=settings.data.offline))
+    return load_model(checked(lambda: resolve_model(settings.model.model, offline=settings.data.offline),
+                              GROUP["model"]))
 
 
 def head_modules(module: TaskModel) -> list[str]:

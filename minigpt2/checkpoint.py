@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path, atomic_write_json
 from .config import PRESETS, GPT2Config
-from .errors import UserError
+from .errors import FieldError, UserError
 from .model import GPT2
 from .surgery import unwrap_compiled
 
@@ -30,6 +30,10 @@ CONFIG_NAME = "config.json"
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used, with the file and key that are wrong."""
+
+
+class UnknownModel(CheckpointError, FieldError):
+    """A model name that is neither a file or folder nor a downloadable preset (the `model` setting)."""
 
 
 # HF key (without the `transformer.` prefix) -> how it maps to ours. Per-layer keys use `{i}`.
@@ -267,8 +271,8 @@ def resolve_model(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike 
         return path
     name = str(name_or_path)
     if name not in PRESETS or name == "tiny":
-        raise CheckpointError(f"--model {name!r}: no such file or folder, and not a downloadable preset "
-                              f"(one of {sorted(set(PRESETS) - {'tiny'})})")
+        raise UnknownModel("model", repr(name), "an existing file or folder, or a downloadable preset (one of "
+                           f"{sorted(set(PRESETS) - {'tiny'})})")
     local = Path(cache_dir) / name
     if (local / WEIGHTS_NAME).is_file():
         return local

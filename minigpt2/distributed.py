@@ -113,8 +113,8 @@ def _wait(store: Any, key: str, who: str, what: str, timeout: float, d: Dist) ->
     try:
         store.wait([key], datetime.timedelta(seconds=timeout))
     except RuntimeError:  # the store's own timeout error (DistStoreError is a RuntimeError)
-        raise FetchWaitError(f"rank {d.rank} waited {timeout:g} s (--fetch-timeout) for {who} to fetch the run's "
-                             f"{what}, in vain; see that rank's output, or raise --fetch-timeout for a slow "
+        raise FetchWaitError(f"rank {d.rank} waited {timeout:g} s (fetch_timeout) for {who} to fetch the run's "
+                             f"{what}, in vain; see that rank's output, or raise fetch_timeout for a slow "
                              "download") from None
     answer = store.get(key).decode()
     if answer != "ok":

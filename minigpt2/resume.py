@@ -96,7 +96,7 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
             raise TypeError("epoch, history or wall_s of the wrong type")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state that parses but does not fit
         raise ResumeStateError(f"{path}: the saved optimizer, schedule or random state does not fit this run "
-                               f"({type(e).__name__}: {e}); start the run again with --overwrite") from None
+                               f"({type(e).__name__}: {e}); start the run afresh, overwriting the folder") from None
     return trainer
 
 
@@ -108,7 +108,7 @@ def _trainer_state(path: Path, meta: dict[str, str]) -> dict[str, Any]:
     """The JSON part of a resume state, or a ResumeStateError naming the file."""
     if "trainer" not in meta:
         raise ResumeStateError(f"{path}: no trainer state in its metadata (written by an older "
-                               "version?); start the run again with --overwrite")
+                               "version?); start the run afresh, overwriting the folder")
     try:
         trainer = json.loads(meta["trainer"])
     except ValueError as e:
@@ -116,7 +116,7 @@ def _trainer_state(path: Path, meta: dict[str, str]) -> dict[str, Any]:
                                "run again with --overwrite") from None
     if not isinstance(trainer, dict) or not _TRAINER_KEYS <= set(trainer):
         raise ResumeStateError(f"{path}: its trainer state is not an object with {', '.join(sorted(_TRAINER_KEYS))}"
-                               "; the file is damaged: start the run again with --overwrite")
+                               "; the file is damaged: start the run afresh, overwriting the folder")
     return trainer
 
 
@@ -130,7 +130,7 @@ def check_resume_state(folder: Path) -> None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ResumeStateError(f"{path}: not a readable resume state ({e}); start the run again with --overwrite"
+        raise ResumeStateError(f"{path}: not a readable resume state ({e}); start the run afresh, overwriting the folder"
                                ) from None
     _trainer_state(path, meta)
 

@@ -294,7 +294,7 @@ def restore(folder: Path | None, module: nn.Module, optimizer: torch.optim.Optim
         return 1, 0.0
     if not has_resume_state(folder):
         if d.main:
-            print(f"--resume: no saved state in {folder}; starting from epoch 1")
+            print(f"resume: no saved state in {folder}; starting from epoch 1")
         return 1, 0.0
     trainer = load_resume_state(folder, module, optimizer, scheduler)
     if d.rank != 0:  # every rank restores rank 0's RNG, then makes it its own again
@@ -331,7 +331,7 @@ def run_epoch(loop: Loop, epoch: int) -> dict[str, Any]:
                 if not math.isfinite(loss_sum.item()):  # one check per optimizer step, before the update
                     raise TrainingDiverged(
                         f"the training loss is {loss_sum.item()} at epoch {epoch}, step {i // cfg.grad_accum + 1} "
-                        f"(lr {loop.scheduler.get_last_lr()[0]:.3g}): training diverged; try a lower --lr")
+                        f"(lr {loop.scheduler.get_last_lr()[0]:.3g}): training diverged; try a lower learning rate (lr)")
                 optimizer_step(loop)
             if d.main and cfg.progress and (i % 10 == 0 or i == len(batches) - 1):
                 bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",

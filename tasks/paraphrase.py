@@ -65,7 +65,7 @@ def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
         room -= max(1, (len(ids) - max_len) // 2)
         ids = tok.encode(PROMPT.format(q1=tok.decode(t1[:room]), q2=tok.decode(t2[:room])))
     if len(ids) > max_len:
-        raise DataError(f"--max-length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")
+        raise DataError(f"max_length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")
     return ids
 
 

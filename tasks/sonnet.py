@@ -122,7 +122,7 @@ class SonnetTask(Task):
             ids = tok.encode(p.text + "\n")
             if len(ids) >= max_len:  # cut, it would no longer be the prompt; whole, it leaves no room to generate
                 raise DataError(f"{folder / self.files.split(split)}: sonnet {p.number}'s prompt is {len(ids)} tokens, "
-                                f"but the context holds {max_len} (the model's n_positions, or --max-length): "
+                                f"but the context holds {max_len} (the model's n_positions, or max_length): "
                                 "expected a prompt shorter than the context, with room to generate")
             meta = {"prompt_lines": p.lines}
             if p.number in refs:

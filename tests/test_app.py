@@ -104,7 +104,7 @@ def test_divergence_stops_with_epoch_and_step(tmp_path, capsys):
     fails_with(finetune_args("sst", tmp_path / "run", "--lr", "1e30", "--epochs", "2", "--warmup", "0",
                              "--grad-clip", "0"), "at epoch 1, step 2", capsys)
     # the message suggests the fix
-    with pytest.raises(SystemExit, match="try a lower --lr"):
+    with pytest.raises(SystemExit, match="try a lower learning rate"):
         finetune.main(finetune_args("sst", tmp_path / "run2", "--lr", "1e30", "--warmup", "0", "--grad-clip", "0"))
 
 

@@ -128,7 +128,7 @@ def test_missing_paths_and_bad_config(tmp_path, tiny_hf_dir):
 
 def test_resolve_model(tmp_path, tiny_hf_dir):
     assert resolve_model(tiny_hf_dir) == tiny_hf_dir
-    with pytest.raises(CheckpointError, match="not a downloadable preset"):
+    with pytest.raises(CheckpointError, match="'gpt3': expected an existing file or folder, or a downloadable preset"):
         resolve_model("gpt3", cache_dir=tmp_path)
     cached = tmp_path / "gpt2"
     shutil.copytree(tiny_hf_dir, cached)

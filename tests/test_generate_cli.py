@@ -273,7 +273,7 @@ def test_bad_prompt_files(capsys, tmp_path):
 
 
 def test_bad_sources(capsys, tmp_path, runs, monkeypatch):
-    assert "--model 'nowhere': no such file or folder, and not a downloadable preset" in \
+    assert "--model 'nowhere': expected an existing file or folder, or a downloadable preset" in \
         error_of(capsys, "--model", "nowhere", "--prompt", "x")
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()

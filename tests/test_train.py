@@ -160,7 +160,7 @@ def test_a_rank_waiting_for_the_fetch_stops_with_a_clear_error():
 
     store = HashStore()
     store.set_timeout(timedelta(seconds=5))
-    with pytest.raises(FetchWaitError, match=r"rank 1 waited 0.2 s \(--fetch-timeout\) for global rank 0"):
+    with pytest.raises(FetchWaitError, match=r"rank 1 waited 0.2 s \(fetch_timeout\) for global rank 0"):
         fetch_once(lambda: None, Dist(rank=1, world=2, local_rank=0), timeout=0.2, store=store)
 
     def broken():
