@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -42,6 +44,43 @@ def tiny_hf_dir(tmp_path_factory) -> Path:
 def gpt2_hf_dir(tmp_path_factory) -> Path:
     """The full 124M `gpt2` config at random init, in the HF layout (about 500 MB on disk)."""
     return make_hf_checkpoint(tmp_path_factory.mktemp("gpt2_hf"))
+
+
+@dataclass
+class TinySweep:
+    """A --tiny sweep run once through `python -m experiments`: its folders, its argv, the finetune runs it began."""
+
+    runs: Path
+    out: Path
+    argv: list[str]
+    started: list[tuple[str, list[str]]]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Callable[[str], TinySweep]:
+    """`tiny_sweep(name)`: the --tiny sweep `name`, run in-process on first use and shared by the session's tests
+    (each sweep is minutes of finetune runs). Tests read its folders; one that changes a file works on a copy."""
+    from experiments import __main__ as cli
+
+    done: dict[str, TinySweep] = {}
+
+    def run(name: str) -> TinySweep:
+        if name not in done:
+            root = tmp_path_factory.mktemp(f"sweep-{name}")
+            runs, out = root / "runs", root / "results"
+            argv = [name, "--tiny", "--runs-dir", str(runs), "--out", str(out), "--no-progress", "--bootstrap", "200"]
+            started: list[tuple[str, list[str]]] = []
+            real = cli.in_process
+
+            def count(module, args, log):
+                started.append((module, list(args)))
+                real(module, args, log)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(cli, "in_process", count)
+                assert cli.main(argv) == 0
+            done[name] = TinySweep(runs, out, argv, started)
+        return done[name]
+    return run
 
 
 def load_hf(folder: Path):

@@ -34,12 +34,11 @@ def counting(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
-def test_sweep_runs_end_to_end_with_tiny(name, tmp_path, counting):
-    runs, out = tmp_path / "runs", tmp_path / "results"
-    argv = [name, "--tiny", "--runs-dir", str(runs), "--out", str(out), "--no-progress", "--bootstrap", "200"]
-    assert cli.main(argv) == 0
+def test_sweep_runs_end_to_end_with_tiny(name, tiny_sweep, counting):
+    done = tiny_sweep(name)
+    runs, out, argv = done.runs, done.out, done.argv
     sweep = ready(name)
-    assert len([c for c in counting if c[0] == "minigpt2.finetune"]) == len(sweep.runs)
+    assert len([c for c in done.started if c[0] == "minigpt2.finetune"]) == len(sweep.runs)
 
     with open(out / f"{name}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
