@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from course.readers import data_dir, require_files
 from minigpt2.device import parse_device
 from minigpt2.errors import exits_on_user_error
@@ -30,6 +32,7 @@ from minigpt2.atomic import atomic_write_json
 from minigpt2.distributed import setup_distributed
 from minigpt2.train import seed_everything
 from tasks import get_task
+from tasks.base import Example, PredictSettings, Task, TaskModel
 
 from . import runfolder, speed
 from .cli import GROUP, checked, evaluate_settings
@@ -51,30 +54,12 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     if test_references is not None and not Path(test_references).is_file():
         raise runfolder.RunFolderError(f"--test-references {test_references}: file not found")
     config = runfolder.read_config(run_dir)
-    settings = RunSettings.from_dict(config["settings"])
     checked(lambda: parse_device(device), GROUP["hardware"])
-    d_set = settings.data
-    settings = dataclasses.replace(settings, data=dataclasses.replace(
-        d_set, data_dir=data or d_set.data_dir, tokenizer_dir=tokenizer_dir or d_set.tokenizer_dir),
-        hardware=dataclasses.replace(settings.hardware, device=device, plain=plain or settings.hardware.plain))
+    settings = _settings_here(RunSettings.from_dict(config["settings"]), data, tokenizer_dir, device, plain)
     run_task = settings.data.task
-    if task_name not in (None, run_task) and not zero_shot:
-        raise runfolder.RunFolderError(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it "
-                                       "needs --zero-shot")
-    if zero_shot and task_name is None:
-        raise runfolder.RunFolderError("--zero-shot needs --task: which task to score")
-    task = get_task(task_name or run_task)
-    if zero_shot and task.has_head:
-        raise runfolder.RunFolderError(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only "
-                                       "tasks that read the LM head (quora, sonnet)")
+    task = _task_to_score(run_dir, run_task, task_name, zero_shot)
     d = setup_distributed(device)
-    seed_everything(settings.optim.seed)
-    base = (config.get("fingerprint") or {}).get("base_weights")
-    module = task.build(load_run_body(run_dir / "best", settings, base))
-    if not zero_shot:
-        load_run_model(module, run_dir / "best")
-    apply_run_precision(module, module.gpt, settings.precision)
-    module.to(d.device)
+    module = _best_model(run_dir, config, settings, task, zero_shot).to(d.device)
     tok = Tokenizer(settings.data.tokenizer_dir)
     folder = data_dir(settings.data.data_dir)
     needed = list(task.files.inputs(split))
@@ -91,25 +76,73 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     for note in notes:
         print(f"warning: skipped/irregular row: {note}", file=sys.stderr)
     how = settings.predict_settings(d.device)
-    # The run's --eval-samples: as many sampled sonnets per prompt as its own figures averaged over.
-    predictor = speed.predicting(module, task, d.device, how.autocast_dtype, settings.hardware.plain)
-    draws = (task.predict_samples(predictor, examples, how, tok, d.device, settings.eval.samples) if task.generative
-             else [task.predict(predictor, examples, how, tok, d.device)])
     first = ("zero-shot-" if zero_shot else "") + task.format.output_name(split, settings.model.mode)
-    names = [_write_beside_scored(task, run_dir, n, examples, preds)
-             for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]
+    draws, names = _predict_and_write(task, module, examples, settings, how, tok, d.device, run_dir, first)
     result: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "split": split, "examples": len(examples),
                               "predictions": names[0], "malformed_rows": [str(n) for n in notes],
                               "precision": settings.precision.format, "zero_shot": zero_shot,
                               "fine_tuned_on": run_task, "data_changed": changed}
     if len(names) > 1:
         result["samples"] = names
+    result.update(_scores(task, split, examples, draws, [run_dir / n for n in names], folder, test_references))
+    if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
+        result["form"] = form_record([e.id for e in examples], draws)
+        refs = task.format.references_by_id(folder, split, Path(test_references) if test_references else None)
+        per = task.heldout_nll(module, examples, refs, how, tok, d.device) if refs else None
+        if per:
+            result["heldout_nll"] = nll_record(per)
+    output = f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"
+    atomic_write_json(run_dir / output, result)
+    return result
+
+
+def _settings_here(settings: RunSettings, data: str | None, tokenizer_dir: str | None, device: str, plain: bool
+                   ) -> RunSettings:
+    """The run's settings with this machine's folders and device; plain if asked now or when it was trained."""
+    return dataclasses.replace(
+        settings, data=dataclasses.replace(settings.data, data_dir=data or settings.data.data_dir,
+                                           tokenizer_dir=tokenizer_dir or settings.data.tokenizer_dir),
+        hardware=dataclasses.replace(settings.hardware, device=device, plain=plain or settings.hardware.plain))
+
+
+def _best_model(run_dir: Path, config: dict[str, Any], settings: RunSettings, task: Task, zero_shot: bool
+                ) -> TaskModel:
+    """The run's best model for `task`, at the run's precision; with --zero-shot, the run's body in `task`'s
+    module, nothing of that task trained."""
+    seed_everything(settings.optim.seed)  # a LoRA run on `--model tiny` rebuilds its random base from the seed
+    base = (config.get("fingerprint") or {}).get("base_weights")
+    module = task.build(load_run_body(run_dir / "best", settings, base))
+    if not zero_shot:
+        load_run_model(module, run_dir / "best")
+    apply_run_precision(module, module.gpt, settings.precision)
+    return module
+
+
+def _task_to_score(run_dir: Path, run_task: str, task_name: str | None, zero_shot: bool) -> Task:
+    """The task `evaluate` scores: the run's own, or with --zero-shot another one that reads the LM head."""
+    if task_name not in (None, run_task) and not zero_shot:
+        raise runfolder.RunFolderError(f"{run_dir} was fine-tuned on {run_task!r}; scoring {task_name!r} with it "
+                                       "needs --zero-shot")
+    if zero_shot and task_name is None:
+        raise runfolder.RunFolderError("--zero-shot needs --task: which task to score")
+    task = get_task(task_name or run_task)
+    if zero_shot and task.has_head:
+        raise runfolder.RunFolderError(f"task {task.name!r} needs a trained classifier head; --zero-shot scores only "
+                                       "tasks that read the LM head (quora, sonnet)")
+    return task
+
+
+def _scores(task: Task, split: str, examples: list[Example], draws: list[list[Any]], files: list[Path],
+            folder: Path, test_references: str | None) -> dict[str, Any]:
+    """The split's scores averaged over the sampled files (test: where its labels or true sonnets exist, beside
+    the data or named by --test-references), and the majority-class accuracy of a classification task."""
+    result: dict[str, Any] = {}
     if split == "dev":
         result.update(mean_scores([task.score(examples, preds) for preds in draws]))
         majority = task.format.majority_accuracy([e.label for e in examples])
-    else:  # scored where the test labels (or true sonnets) exist, beside the data or named by --test-references
+    else:
         refs = Path(test_references) if test_references else None
-        pairs = [task.format.split_pairs(run_dir / n, folder, split, refs) for n in names]
+        pairs = [task.format.split_pairs(f, folder, split, refs) for f in files]
         majority = None
         if pairs[0] is None:
             result["note"] = (f"no test references in {folder} ({task.files.test_references}): predictions written, "
@@ -120,16 +153,20 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
             majority = task.format.majority_accuracy(pairs[0][1])
     if majority is not None:
         result["majority_accuracy"] = majority
-    if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
-        result["form"] = form_record([e.id for e in examples], draws)
-        refs = task.format.references_by_id(folder, split, Path(test_references) if test_references else None)
-        if refs:
-            per = task.heldout_nll(module, examples, refs, how, tok, d.device)
-            if per:
-                result["heldout_nll"] = nll_record(per)
-    output = f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"
-    atomic_write_json(run_dir / output, result)
     return result
+
+
+def _predict_and_write(task: Task, module: TaskModel, examples: list[Example], settings: RunSettings,
+                       how: PredictSettings, tok: Tokenizer, device: torch.device, run_dir: Path, first: str
+                       ) -> tuple[list[list[Any]], list[str]]:
+    """Predict `examples` (a generative task: the run's --eval-samples draws per prompt, as many as its own figures
+    averaged over) and write each draw's file; the draws and the names of the files written."""
+    predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
+    draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples) if task.generative
+             else [task.predict(predictor, examples, how, tok, device)])
+    names = [_write_beside_scored(task, run_dir, n, examples, preds)
+             for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]
+    return draws, names
 
 
 def _write_beside_scored(task: Any, run_dir: Path, name: str, examples: list, preds: list) -> str:

@@ -85,6 +85,20 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def _parse_label(value: str, label: str, label_values: set[int] | None) -> tuple[int | None, str]:
+    """A label cell as an integer class, or None and why it is not one."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None, f"label {label!r} is {value!r}, not a number"
+    if not math.isfinite(number):
+        return None, f"label {label!r} is {value!r}, not a finite number"
+    parsed = int(number)
+    if parsed != number or (label_values is not None and parsed not in label_values):
+        return None, f"label {label!r} is {value!r}, expected one of {sorted(label_values or [])}"
+    return parsed, ""
+
+
 def read_table(path: str | os.PathLike, columns: list[str], label: str | None = None,
                label_values: set[int] | None = None) -> Table:
     """Rows of a tab-separated file with a header, keeping `columns` (+ `label`, parsed to an int as a string).
@@ -118,21 +132,9 @@ def read_table(path: str | os.PathLike, columns: list[str], label: str | None = 
                 continue
             row = {c: cells[i].strip() for c, i in index.items()}
             if label:
-                value = row[label]
-                try:
-                    number = float(value)
-                except ValueError:
-                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a number",
-                                         row.get("id")))
-                    continue
-                if not math.isfinite(number):
-                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, not a finite number",
-                                         row.get("id")))
-                    continue
-                parsed = int(number)
-                if parsed != number or (label_values is not None and parsed not in label_values):
-                    bad.append(Malformed(str(path), start, f"label {label!r} is {value!r}, expected one of "
-                                                           f"{sorted(label_values or [])}", row.get("id")))
+                parsed, why = _parse_label(row[label], label, label_values)
+                if parsed is None:
+                    bad.append(Malformed(str(path), start, why, row.get("id")))
                     continue
                 row[label] = str(parsed)
             rows.append(row)

@@ -38,6 +38,26 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return ids.gather(-1, choice).squeeze(-1)
 
 
+def _longest(prompts: list[list[int]]) -> int:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt at least one token")
+    return max(len(p) for p in prompts)
+
+
+def left_pad(prompts: list[list[int]], pad: int, max_new_tokens: int, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prompts as one left-padded (B, T) batch: token ids, an attention mask with room for the new tokens
+    (B, T + max_new_tokens; 1 = real), and each row's positions counted from its own first real token."""
+    B, longest = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, longest), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((B, longest + max_new_tokens), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p, device=device)
+        mask[i, longest - len(p):] = 1
+    position_ids = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, position_ids
+
+
 @torch.no_grad()
 def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = EOT_ID,
@@ -49,25 +69,15 @@ def generate(model: GPT2, prompts: list[list[int]], max_new_tokens: int, tempera
     every row has stopped. `seed` makes sampling reproducible. `on_token(row, token_id)` is called for each new
     token as soon as it is sampled (e.g. to stream text to a terminal), in the order they are appended.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt, and every prompt at least one token")
     device = model.wte.weight.device
-    B, longest = len(prompts), max(len(p) for p in prompts)
+    B, longest = len(prompts), _longest(prompts)
     max_new_tokens = min(max_new_tokens, model.config.n_positions - longest)
     if max_new_tokens <= 0:
         raise ValueError(f"prompt of {longest} tokens leaves no room within n_positions={model.config.n_positions}")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
 
-    pad = eos_id if eos_id is not None else 0
-    ids = torch.full((B, longest), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((B, longest + max_new_tokens), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p, device=device)
-        mask[i, longest - len(p):] = 1
+    ids, mask, position_ids = left_pad(prompts, eos_id if eos_id is not None else 0, max_new_tokens, device)
     padded = bool((mask[:, :longest] == 0).any())
-    position_ids = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
     next_pos = position_ids[:, -1:] + 1
 
     model_was_training = model.training

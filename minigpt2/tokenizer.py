@@ -58,7 +58,7 @@ def get_encoding(bpe_dir: str | os.PathLike | None = None) -> tiktoken.Encoding:
         raise TokenizerUnavailable(
             "could not load GPT-2's tokenizer: tiktoken failed to download it "
             f"({type(e).__name__}: {e}). Offline, put encoder.json and vocab.bpe in a folder and set "
-            f"{ENV_VAR}=/that/folder (or pass that folder as the tokenizer folder, `tokenizer_dir`)."
+            f"{ENV_VAR}=/that/folder (or set tokenizer_dir to it)."
         ) from e
 
 

@@ -185,5 +185,5 @@ def test_unreachable_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
         raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
 
     monkeypatch.setattr(tiktoken, "get_encoding", no_network)
-    with pytest.raises(SystemExit, match=r"error: could not load GPT-2's tokenizer.*--tokenizer-dir"):
+    with pytest.raises(SystemExit, match=r"error: could not load GPT-2's tokenizer.*set tokenizer_dir to it"):
         finetune.main(["--task", "quora", "--model", "tiny", "--out-dir", str(tmp_path / "run"), "--offline"])

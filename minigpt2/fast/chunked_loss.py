@@ -80,6 +80,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                  chunk_rows: int, grad_enabled: bool, amp_dtype: torch.dtype | None) -> torch.Tensor:
+        # One function on purpose: the dtypes chosen here, the buffers shared across chunks and the three products
+        # of each chunk are checked against each other line by line; split apart, they would be harder to check.
         keep = (targets != ignore_index).nonzero().squeeze(1)  # rows that carry a loss
         h, t = hidden.index_select(0, keep), targets.index_select(0, keep)
         n = h.size(0)
