@@ -38,9 +38,9 @@ from minigpt2.train import (Callback, EpochEnd, keep_resume_state, new_metrics, 
 from tasks import get_task
 from tasks.base import Example, Task, TaskModel, collate
 
-from . import runfolder, speed, subsets
-from .measures import form_record, heldout_measures, mean_scores, sample_file_name
+from . import cli, runfolder, speed, subsets
 from .cli import GROUP, checked, finetune_settings
+from .measures import form_record, heldout_measures, mean_scores, sample_file_name
 from .precision import apply_run_precision, write_quantized
 from .runmodel import base_weights_file, head_modules, load_base_model, load_run_model, save_run_model
 from .settings import RunSettings, SettingsError
@@ -348,7 +348,7 @@ def run_fingerprint(settings: RunSettings, task: Task, chosen: dict[str, Any]) -
 def write_run_config(run_dir: Path, settings: RunSettings, d: Dist, fingerprint: dict[str, Any], max_len: int,
                      recorded: dict[str, Any] | None) -> None:
     """RUN_DIR/config.json: the settings, the fingerprint, where the run ran; a resumed run keeps its start."""
-    config = {"settings": settings.to_dict(), "args": settings.flat(), "fingerprint": fingerprint,
+    config = {"settings": settings.to_dict(), "args": cli.flat(settings), "fingerprint": fingerprint,
               "run_dir": str(run_dir), "world_size": d.world, "device": str(d.device), "max_length": max_len,
               "torch": torch.__version__,
               "started": (recorded or {}).get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -23,6 +23,7 @@ from minigpt2.model import GPT2
 from tasks.base import TaskModel
 
 from . import runfolder
+from . import cli
 from .cli import GROUP, checked
 from .settings import RunSettings
 
@@ -73,7 +74,7 @@ def save_run_model(module: TaskModel, folder: Path, settings: RunSettings) -> No
     """Best weights: the body as `model.safetensors` + `config.json` (HF layout, run settings under the key
     "minigpt2"), the head (if any) as `head.safetensors`. A LoRA run saves only `adapter.safetensors` (adapters
     + head, LoRA settings in its metadata) and a `config.json` naming the base model."""
-    extra = {"task": settings.data.task, "mode": settings.model.mode, "args": settings.flat()}
+    extra = {"task": settings.data.task, "mode": settings.model.mode, "args": cli.flat(settings)}
     if settings.model.lora is not None:
         folder.mkdir(parents=True, exist_ok=True)
         save_adapter(module, folder / ADAPTER_NAME)  # atomic

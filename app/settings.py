@@ -245,12 +245,6 @@ class RunSettings:
         return PredictSettings(batch_size=self.eval.batch_size, autocast_dtype=autocast_dtype(self.autocast, device),
                                sampling=self.eval.sampling)
 
-    def flat(self) -> dict[str, Any]:
-        """The settings by flag name (config.json's "args", read by `experiments`): `app.cli.flat`."""
-        from .cli import flat
-
-        return flat(self)
-
 
 # Settings that may differ when a run is resumed: where things are and how the run is watched, not what it computes.
 RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references",

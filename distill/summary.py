@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,3 +124,28 @@ def read_summary(jsonl: str | Path) -> dict:
         return data
     return {**summarize_file(jsonl), "file": jsonl.name, "jsonl_sha256": digest, "last_run": None,
             "updated": None}
+
+
+# The study's perfect sonnets per request of each teacher: what a teacher's file is assumed to reach until its own
+# summary measures it.
+STUDY_PERFECT_RATES = {"gemini-2.5-flash-lite": 0.56, "gemini-2.5-flash": 0.72, "gemini-2.5-pro": 0.75}
+
+
+def teacher_rates(teacher: str, path: Path | None) -> tuple[float, float, str]:
+    """(perfect sonnets per request, kept sonnets per request, where from): the file's summary where it kept any,
+    else the study's perfect rate with every request kept."""
+    summary = read_summary(path) if path is not None and path.is_file() else None
+    if summary and summary.get("requests") and summary.get("kept"):
+        kept = summary["kept"] / summary["requests"]
+        return (summary["perfect"] / summary["requests"], kept,
+                f"measured: {summary['perfect']} perfect of {summary['requests']} requests")
+    rate = STUDY_PERFECT_RATES.get(teacher)
+    if rate is None:
+        return 1.0, 1.0, "no perfect rate known: every request assumed perfect"
+    return rate, 1.0, f"the study's perfect rate {rate:.0%}, assumed"
+
+
+def requests_needed(teacher: str, path: Path | None, perfect: int = 0, kept: int = 0) -> int:
+    """Requests a teacher's file needs in all to hold `perfect` perfect and `kept` kept sonnets."""
+    p, k, _ = teacher_rates(teacher, path)
+    return max(math.ceil(perfect / p) if perfect else 0, math.ceil(kept / k) if kept else 0)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from app.settings import SyntheticSettings
+from distill.summary import STUDY_PERFECT_RATES, requests_needed, teacher_rates
 from minigpt2.config import GPT2Config
 
 from .sweeps import TEACHERS, Run
@@ -55,7 +56,7 @@ PROBE_BATCH, PROBE_SEQ = 8, 64
 GEMINI_ASSUMPTIONS: dict[str, Any] = {
     "prompt": 100, "output": 250,
     "thinking": {"gemini-2.5-flash-lite": 0, "gemini-2.5-flash": 1000, "gemini-2.5-pro": 1500},
-    "perfect_rate": {"gemini-2.5-flash-lite": 0.56, "gemini-2.5-flash": 0.72, "gemini-2.5-pro": 0.75},
+    "perfect_rate": STUDY_PERFECT_RATES,
 }
 # One GPU on paper. Peak: H100 SXM dense bf16 tensor-core FLOP/s. Launches: CUDA kernels per layer of a training
 # step (forward, backward), of a forward batch and of a decode step, plus those outside the layers (embeddings,
@@ -541,28 +542,6 @@ def _per_request(teacher: str, summary: dict | None) -> tuple[float, float, floa
     return (a["prompt"], a["output"], a["thinking"].get(teacher, 0),
             f"assumed per request: {a['prompt']} prompt, {a['output']} output, {a['thinking'].get(teacher, 0)} "
             "thinking tokens")
-
-
-def teacher_rates(teacher: str, path: Path | None) -> tuple[float, float, str]:
-    """(perfect sonnets per request, kept sonnets per request, where from): the file's summary where it kept any,
-    else the study's perfect rate with every request kept."""
-    from distill.summary import read_summary
-
-    summary = read_summary(path) if path is not None and path.is_file() else None
-    if summary and summary.get("requests") and summary.get("kept"):
-        kept = summary["kept"] / summary["requests"]
-        return (summary["perfect"] / summary["requests"], kept,
-                f"measured: {summary['perfect']} perfect of {summary['requests']} requests")
-    rate = GEMINI_ASSUMPTIONS["perfect_rate"].get(teacher)
-    if rate is None:
-        return 1.0, 1.0, "no perfect rate known: every request assumed perfect"
-    return rate, 1.0, f"the study's perfect rate {rate:.0%}, assumed"
-
-
-def requests_needed(teacher: str, path: Path | None, perfect: int = 0, kept: int = 0) -> int:
-    """Requests a teacher's file needs in all to hold `perfect` perfect and `kept` kept sonnets."""
-    p, k, _ = teacher_rates(teacher, path)
-    return max(math.ceil(perfect / p) if perfect else 0, math.ceil(kept / k) if kept else 0)
 
 
 def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()

@@ -25,8 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .report import (STUDY, STUDY_DISTILLED_DEV_CHRF, STUDY_DISTILLED_TEST_CHRF, STUDY_LORA, STUDY_PERFECT_RATES,
-                     STUDY_TEST, format_score, group_seeds, teacher_summary)
+from distill.summary import STUDY_PERFECT_RATES
+
+from .report import (STUDY, STUDY_DISTILLED_DEV_CHRF, STUDY_DISTILLED_TEST_CHRF, STUDY_LORA, STUDY_TEST, format_score,
+                     group_seeds, teacher_summary)
 from .sweeps import SWEEPS
 
 SAMPLE_SONNETS = 3

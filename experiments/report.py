@@ -41,7 +41,6 @@ STUDY_TEST = {"sst": 0.546, "quora": 0.891, "sonnet": 41.078}
 STUDY_DISTILLED_DEV_CHRF = 46.61  # the study's best distilled model (teachers sweep)
 STUDY_DISTILLED_TEST_CHRF = 52.838
 STUDY_LORA = {"rank": 256, "targets": "attn+mlp", "dev_chrf": 42.16, "trainable_params": 42.5e6}  # its best LoRA
-STUDY_PERFECT_RATES = {"gemini-2.5-flash-lite": 0.56, "gemini-2.5-flash": 0.72, "gemini-2.5-pro": 0.75}
 
 
 class ScoredFileChanged(UserError, ValueError):

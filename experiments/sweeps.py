@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 from app import cli
 from app.settings import LORA_LR, LORA_TARGETS  # the study's best LoRA settings
 from distill.generate import TEACHERS
+from distill.summary import requests_needed
 from minigpt2.errors import UserError
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import DEFAULT_SEED
@@ -330,8 +331,6 @@ def teachers(opts: SweepOptions) -> Sweep:
 def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
     """The announcement of an arm cut short by its file: what it has, what it needs, how many more requests
     would fill it (at the file's measured rate, else the study's perfect rate)."""
-    from .estimate import requests_needed
-
     kind = "perfect" if filt == "perfect" else "kept"
     more = requests_needed(teacher, path, perfect=need - have if filt == "perfect" else 0,
                            kept=need - have if filt == "all" else 0)

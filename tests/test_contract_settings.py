@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from app import cli
 from app.finetune import parse_settings
 from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
 from app.settings import RESUME_MAY_CHANGE, SettingsError
@@ -206,11 +207,11 @@ def test_a_run_folder_the_code_cannot_read_is_one_line_naming_what_changed():
 
 
 def test_the_flat_args_keep_their_names():
-    flat = settings().flat()
+    flat = cli.flat(settings())
     assert {"task", "lr", "lora_rank", "precision", "group_size", "quant_embeddings", "autocast", "eval_samples",
             "temperature", "top_p", "synthetic", "synthetic_n", "device", "plain"} <= set(flat)
     assert not {"resume", "overwrite", "progress", "stop_after_epoch", "fetch_timeout"} & set(flat)
-    assert settings("--precision", "int8").flat()["autocast"] == "off"  # what the run used, not what was asked
+    assert cli.flat(settings("--precision", "int8"))["autocast"] == "off"  # what the run used, not what was asked
 
 
 @pytest.mark.parametrize("extra,lr", [([], 1e-5), (["--mode", "last-linear-layer"], 1e-3),

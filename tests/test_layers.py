@@ -161,16 +161,8 @@ def test_the_fast_check_sees_relative_imports():
     assert "minigpt2.model" in inner
 
 
-# Edges left out of the circle check, each with its reason. experiments.sweeps imports experiments.estimate inside a
-# function (to break the circle at import time); the sweeps' rewrite into settings-building code removes it.
-KNOWN_EDGES = {("experiments.sweeps", "experiments.estimate")}
-
-
 def test_the_import_graph_has_no_circle():
-    graph = import_graph()
-    for a, b in KNOWN_EDGES:
-        graph[a].discard(b)
-    assert find_cycle(graph) == []
+    assert find_cycle(import_graph()) == []
 
 
 def test_the_circle_check_sees_the_old_generate_trampoline():
