@@ -93,25 +93,25 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
     """Encoded train/dev/test examples, every malformed row met (reported, not fatal) and the record of the
     subsets `--max-train` / `--max-eval` chose (drawn by the task, recorded by app.subsets); an empty train or dev
     split is an error."""
-    d = settings.data
-    folder = data_dir(d.data_dir)
-    ensure_task_data(task.name, folder, offline=d.offline)  # fetches missing files from the public sources
+    data = settings.data
+    folder = data_dir(data.data_dir)
+    ensure_task_data(task.name, folder, offline=data.offline)  # fetches missing files from the public sources
     require_files(folder, sorted(set(task.files.inputs())), task.name)
-    extra = synthetic_texts(d.synthetic)
+    extra = synthetic_texts(data.synthetic)
     splits, notes = {}, []
     for split in ("train", "dev", "test"):
         # --max-train / --max-eval: a seeded random subset of the real rows; synthetic sonnets come on top.
-        limit = d.max_train if split == "train" else d.max_eval
+        limit = data.max_train if split == "train" else data.max_eval
         splits[split], bad = task.load(folder, split, tok, max_len, limit, extra if split == "train" else (),
                                        seed=settings.optim.seed)
         notes += bad
-        if split == "train" and d.synthetic is not None and d.synthetic.only:  # dev and test stay real
+        if split == "train" and data.synthetic is not None and data.synthetic.only:  # dev and test stay real
             splits[split] = [e for e in splits[split] if e.meta.get("source") == "synthetic"]
         if split != "test" and not splits[split]:
             raise DataError(f"{folder / task.files.split(split)}: no usable {split} examples ({len(bad)} malformed "
                             "row(s) skipped); the run needs at least one")
     # Test references that do not cover the test rows would fail at the end of training: refuse them now.
-    refs = Path(d.test_references) if d.test_references else None
+    refs = Path(data.test_references) if data.test_references else None
     have = task.format.reference_ids(folder, "test", refs)
     notes += task.format.unlabelled_rows(folder, "test", refs)  # listed but unlabelled: warned about, not scored
     if have is not None:

@@ -6,7 +6,7 @@
 
 `--model`: a preset (`gpt2`, ...: downloaded once into checkpoints/<name>/), `tiny` (random init, for trying the
 command), a checkpoint folder or `model.safetensors` file (HF layout), or a finished run folder of
-`python -m minigpt2.finetune` (full model, LoRA adapter or quantised run, rebuilt as the run's evaluation built it).
+`python -m minigpt2.finetune` (full model, LoRA adapter or quantized run, rebuilt as the run's evaluation built it).
 
 Prompts: `--prompt TEXT`, or `--prompt-file FILE` (UTF-8; prompts separated by blank lines, so one prompt may span
 several lines), or the same format on stdin when neither is given. An empty prompt samples from
@@ -16,7 +16,7 @@ lines stand, and prints the perfect-sonnet verdict (`distill.check`) under each.
 `--precision`: fp32; bf16, bf16 weights (on CPU only where it has native bf16; there the fast path runs the
 oneDNN-prepacked bf16 copy, `minigpt2.fast.prepack`); int8, the CPU int8 decoder (`quant.int8_linear`). By
 default the run's own precision: bf16 for a run trained in bf16 (`--precision bf16` or `--autocast bf16`) where
-the device has it, else fp32, which for a quantised run is its fake-quant model, exactly as it was evaluated.
+the device has it, else fp32, which for a quantized run is its fake-quant model, exactly as it was evaluated.
 `--plain` runs the library's plain modules only (no prepacked copy, the plain sort-based sampler).
 """
 
@@ -169,13 +169,13 @@ def inference_model(gpt: GPT2, precision: str, device: torch.device, plain: bool
 
         try:
             model = to_int8_decoder(gpt)
-        except ValueError as e:  # e.g. a model fake-quantised to int4: its weights are not int8
+        except ValueError as e:  # e.g. a model fake-quantized to int4: its weights are not int8
             raise GenerateError(f"--precision int8: {e}") from e
     elif precision == "bf16":
         if device.type == "cpu" and not hardware.cpu_native_bf16():
             raise GenerateError(f"--precision bf16: {BF16_EMULATED}")
         if any(True for _ in fake_quant_modules(gpt)):
-            bake(gpt)  # the quantised weights as plain tensors, so that bf16 rounds what the run computed with
+            bake(gpt)  # the quantized weights as plain tensors, so that bf16 rounds what the run computed with
         model = gpt.to(device=device, dtype=torch.bfloat16)
     else:
         model = gpt.float().to(device)

@@ -1,12 +1,12 @@
-"""The precision knob of `finetune` and `evaluate`: flags, training-time wrapping (QAFT), post-training
-quantization of the finished model, and the packed checkpoint + size report of a run.
+"""The precision knob of `finetune` and `evaluate`: its settings, fake-quant layers in the body before training
+(QAFT), post-training quantization of the finished model, and the packed checkpoint + size report of a run.
 
     --precision fp32            the default: nothing changes
-    --precision int8 --qaft     fake-quant wraps the body before training (QAFT); the trained model is evaluated
-    --precision int8            trained in fp32, quantised afterwards (PTQ) and evaluated the same way
+    --precision int8 --qaft     fake-quant layers replace the body's before training (QAFT); the trained model is evaluated
+    --precision int8            trained in fp32, quantized afterwards (PTQ) and evaluated the same way
     --precision bf16|fp64       a real dtype cast of the whole task model: before training with --qaft, after without
 
-Fake-quant formats quantise the GPT-2 body (its linear layers, and wte/wpe unless --no-quant-embeddings); a task's
+Fake-quant formats quantize the GPT-2 body (its linear layers, and wte/wpe unless --no-quant-embeddings); a task's
 classifier head stays fp32. Non-fp32 precisions run without autocast, so that what is simulated is what runs.
 """
 
@@ -37,11 +37,11 @@ class PrecisionSettings:
     formats the `QuantConfig` that says what is simulated (None for the dtype casts fp64/fp32/bf16)."""
 
     format: str = field(default="fp32", metadata={"help": (
-        "numeric precision of the model: fp64/fp32/bf16 are dtype casts, fp8 (E4M3)/int8/int4 are fake-quantised "
+        "numeric precision of the model: fp64/fp32/bf16 are dtype casts, fp8 (E4M3)/int8/int4 are fake-quantized "
         "weights (packed into a real checkpoint at the end)"), "choices": PRECISIONS})
     qaft: bool = field(default=False, metadata={"help": (
-        "quantization-aware fine-tuning: train through the quantiser (or in the dtype); without it the finished "
-        "model is quantised after training (PTQ)")})
+        "quantization-aware fine-tuning: train through the quantizer (or in the dtype); without it the finished "
+        "model is quantized after training (PTQ)")})
     quant: QuantConfig | None = None
 
     def __post_init__(self) -> None:
@@ -53,7 +53,7 @@ class PrecisionSettings:
             raise PrecisionError(f"--precision {self.format}: a QuantConfig goes with exactly the fake-quant formats "
                                  f"{', '.join(PRECISION_FORMAT)}")
         if self.quant is not None and self.quant.weight != PRECISION_FORMAT[self.format]:
-            raise PrecisionError(f"--precision {self.format}: its QuantConfig quantises weights to "
+            raise PrecisionError(f"--precision {self.format}: its QuantConfig quantizes weights to "
                                  f"{self.quant.weight}, expected {PRECISION_FORMAT[self.format]}")
 
     @staticmethod
@@ -67,15 +67,11 @@ class PrecisionSettings:
         return QuantConfig.for_precision(fmt, **overrides)
 
     @property
-    def fake_quant(self) -> bool:
-        return self.fake(self.format)
-
-    @property
     def group_size(self) -> int:
         return self.quant.group_size if self.quant is not None else DEFAULT_GROUP_SIZE
 
     def check_model(self, config: GPT2Config) -> None:
-        """An INT4 group size must tile every quantised layer of the chosen model: checked before training."""
+        """An INT4 group size must tile every quantized layer of the chosen model: checked before training."""
         if self.format == "int4":
             try:
                 check_group_size_fits(config, self.group_size)
@@ -84,7 +80,7 @@ class PrecisionSettings:
 
 
 def apply_run_precision(module: nn.Module, gpt: nn.Module, settings: PrecisionSettings) -> None:
-    """Put a task model at the run's precision, in place: cast `module`, or fake-quantise its body `gpt`."""
+    """Put a task model at the run's precision, in place: cast `module`, or fake-quantize its body `gpt`."""
     if settings.format in DTYPE_PRECISIONS:
         module.to(DTYPE_PRECISIONS[settings.format])
         return

@@ -234,7 +234,7 @@ class RunSettings:
     @property
     def autocast(self) -> str:
         """The `--autocast` mode the run uses: `auto` turns autocast off for non-fp32 precisions, so that what is
-        simulated is what runs; an explicit `bf16` is kept (the fake-quantised matmuls then run in bf16, as on a
+        simulated is what runs; an explicit `bf16` is kept (the fake-quantized matmuls then run in bf16, as on a
         GPU)."""
         if self.precision.format != "fp32" and self.optim.autocast == "auto":
             return "off"

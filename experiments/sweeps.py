@@ -10,7 +10,7 @@ Nothing here runs anything; `experiments.runner` does.
     lora-ranks    sonnets, LoRA attn+mlp at ranks 1, 2, 4, ..., 256 (alpha 16, lr 1e-2) and full fine-tuning
     lora-targets  sonnets, LoRA on attention only vs attention + MLP
     lora-alpha-lr sonnets, LoRA rank 16 over alpha 4..64 x lr 1e-3..3e-2 (re-derives alpha 16, lr 1e-2)
-    precision     sonnets at fp64, fp32, bf16, fp8, int8, int4, post-training quantised (PTQ) or QAFT, and each
+    precision     sonnets at fp64, fp32, bf16, fp8, int8, int4, post-training quantized (PTQ) or QAFT, and each
                   model's zero-shot Quora cloze accuracy
     teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only;
                   perfect ones at 0.5/1/2 per real sonnet, and alone (synthetic only)
@@ -225,7 +225,7 @@ QAFT_OTHER_TASKS = ("sst", "cfimdb")  # the study's other fine-tuning tasks (quo
 
 
 def precision(opts: SweepOptions) -> Sweep:
-    """Sonnets at each precision, quantised after training (PTQ) or trained quantisation-aware (QAFT); fp32 is
+    """Sonnets at each precision, quantized after training (PTQ) or trained quantization-aware (QAFT); fp32 is
     the reference and has no QAFT twin. Each model also takes the zero-shot Quora check, and so do: the base
     model before fine-tuning at each precision (`--epochs 0`: scored and saved untrained) and the models after
     int8 QAFT on the other fine-tuning tasks."""

@@ -14,8 +14,8 @@ rank-stabilised LoRA (rsLoRA, Kalajdzievic 2023), so the learning rate need not 
 
 `LoRALinear` wraps whatever sits at a projection: an `nn.Linear`, or any module mapping (..., in) -> (..., out)
 that exposes `in_features`/`out_features` — e.g. a fake-quant linear. So "QLoRA-style" training is: apply
-fake-quant first, then LoRA; the frozen base is quantised and the adapter stays in high precision. Merging B A into the weights is exact only for a plain `nn.Linear`; a fake-quant
-base would quantise W + B A again, so `merge()` refuses it rather than silently change the model.
+fake-quant first, then LoRA; the frozen base is quantized and the adapter stays in high precision. Merging B A into the weights is exact only for a plain `nn.Linear`; a fake-quant
+base would quantize W + B A again, so `merge()` refuses it rather than silently change the model.
 
 Per-projection adapters: minigpt2 keeps query, key and value as three linears, so each gets its own A and B (the
 study's parameter counts assume this). Hugging Face fuses them in one `c_attn`; the exact equivalent there is one
@@ -109,8 +109,8 @@ class LoRALinear(nn.Module):
         if not self.mergeable:
             raise TypeError(
                 f"cannot merge LoRA into a {type(self.base).__name__} base: merging is exact only for a plain "
-                "nn.Linear (output x @ W.T + b). A fake-quant base would quantise W + B A again and change the "
-                "model; keep the adapter unmerged, or merge into the full-precision weight and quantise that.")
+                "nn.Linear (output x @ W.T + b). A fake-quant base would quantize W + B A again and change the "
+                "model; keep the adapter unmerged, or merge into the full-precision weight and quantize that.")
         with torch.no_grad():
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
         self.merged = True
@@ -397,7 +397,7 @@ def unmerge_lora(model: nn.Module) -> None:
 @contextmanager
 def without_lora(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily put each adapter's base module back in its place: the model as it was before `apply_lora`
-    (e.g. to export a packed quantised base, whose adapter is saved on its own). Merged adapters are refused,
+    (e.g. to export a packed quantized base, whose adapter is saved on its own). Merged adapters are refused,
     since their base weights hold B A."""
     if any(m.merged for m in lora_modules(model).values()):
         raise ValueError("without_lora needs unmerged adapters (the merged base weights include B A)")

@@ -35,12 +35,12 @@ class QuantConfig:
     """What fake-quant simulates.
 
     weight: the weight format (`WEIGHT_FORMATS`), or None to leave weights in full precision (activations only).
-    group_size: INT4 group width along the input features; must divide every quantised layer's input width.
+    group_size: INT4 group width along the input features; must divide every quantized layer's input width.
     activations: dynamic per-token activation fake-quant on the input of every linear layer: asymmetric, with a
         per-token scale and zero point on 127 steps (uint8 with fbgemm's `reduce_range`), exactly the scheme of
         PyTorch's x86 dynamic int8 linear (the fast CPU decode path, `quant.int8_linear`), so what QAFT trains
         is what runs.
-    embeddings: also quantise the token embedding `wte` (which is the tied LM head) and the position embedding
+    embeddings: also quantize the token embedding `wte` (which is the tied LM head) and the position embedding
         `wpe`, per row (per token / position vector), in the same weight format.
     """
 
@@ -48,9 +48,9 @@ class QuantConfig:
     group_size: int = field(default=DEFAULT_GROUP_SIZE, metadata={"help": (
         "INT4 group size along each layer's inputs (must divide n_embd)")})
     activations: bool = field(default=False, metadata={"help": (
-        "also fake-quantise linear-layer inputs per token (7-bit asymmetric, as the int8 CPU decode path runs "
+        "also fake-quantize linear-layer inputs per token (7-bit asymmetric, as the int8 CPU decode path runs "
         "them)")})
-    embeddings: bool = field(default=True, metadata={"help": "quantise wte (the tied LM head) and wpe too",
+    embeddings: bool = field(default=True, metadata={"help": "quantize wte (the tied LM head) and wpe too",
                                                      "help_off": "keep wte (the tied LM head) and wpe in fp32"})
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Fast int8 decoding on CPU: PyTorch's fbgemm dynamic int8 linear, swapped in for the model's linear layers.
 
 `Int8Linear` stores the int8 per-channel weight prepacked for fbgemm; at run time each token's activations are
-quantised to [0, 127] (uint8 with `reduce_range`, see `formats.ACT_LEVELS` for why) with their own scale and zero
+quantized to [0, 127] (uint8 with `reduce_range`, see `formats.ACT_LEVELS` for why) with their own scale and zero
 point, multiplied in int8 x uint8 -> int32, and rescaled to fp32.
 This is what `QuantConfig(weight="int8", activations=True)` simulates, so a QAFT-trained model runs as trained.
 
@@ -10,7 +10,7 @@ Why this kernel: at batch 1 decoding reads every weight once per token, so it is
 LM head; `torch._weight_int8pack_mm` (weight-only) is fast only with bf16 activations, and `torch._int_mm` has no
 fast CPU path for a single row. `python -m bench.bench_quant` measures the int8 decoder against fp32.
 
-    to_int8_decoder(model)   a copy of a GPT2 (plain, or fake-quantised int8) whose linear layers and tied LM head
+    to_int8_decoder(model)   a copy of a GPT2 (plain, or fake-quantized int8) whose linear layers and tied LM head
                              run on int8 kernels; `minigpt2.generation.generate` uses it unchanged.
 
 The copy is an `Int8GPT2` (a `GPT2` whose `lm_head` runs the int8 head) with int8 modules in its layers' places;
@@ -45,7 +45,7 @@ def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
 
 
 class Int8Linear(nn.Module):
-    """y = dequant(int8(x) @ W_int8^T) + b on fbgemm, with x quantised per token at run time."""
+    """y = dequant(int8(x) @ W_int8^T) + b on fbgemm, with x quantized per token at run time."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -66,7 +66,7 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
-        """Quantise a full-precision layer (int8, absmax per output channel) and pack it."""
+        """Quantize a full-precision layer (int8, absmax per output channel) and pack it."""
         return cls(*cls.quantized_parts(linear))
 
     @classmethod
@@ -103,7 +103,7 @@ class Int8FusedQKVAttention(CausalSelfAttention):
 
     Made from a `CausalSelfAttention` (its `c_proj` taken over as it is); the attention itself is the model's.
     Stacking the three int8 weights (and their per-row scales) changes no number: the three products share their
-    input, so its per-token quantisation is the same, and each output column has its own weight row and scale. One
+    input, so its per-token quantization is the same, and each output column has its own weight row and scale. One
     kernel call instead of three matters at batch 1, where each call costs about as much as its arithmetic.
     """
 
@@ -122,7 +122,7 @@ class Int8GPT2(GPT2):
     """A `GPT2` whose LM head is an `Int8Linear` over the int8 copy of the `wte` table (`self.int8_head`).
 
     Made by `to_int8_decoder`. A call with `token_ids` (a few columns) takes the float path over the model's table,
-    with the hidden states quantised per token as the int8 head would (so both paths agree).
+    with the hidden states quantized per token as the int8 head would (so both paths agree).
     """
 
     int8_head: Int8Linear
@@ -134,8 +134,8 @@ class Int8GPT2(GPT2):
 
 
 def int8_head(table: torch.Tensor) -> Int8Linear:
-    """The tied LM head as an `Int8Linear`: the `wte` table quantised to int8 per row."""
-    q, scale = quantize(table.detach().float(), "int8")  # already on the int8 grid if wte was fake-quantised
+    """The tied LM head as an `Int8Linear`: the `wte` table quantized to int8 per row."""
+    q, scale = quantize(table.detach().float(), "int8")  # already on the int8 grid if wte was fake-quantized
     return Int8Linear(q, scale, None)
 
 
@@ -152,7 +152,7 @@ def _int8_layer(name: str, module: nn.Module) -> nn.Module | None:
         plain.weight.copy_(module.weight)  # the fake-quant table, as a plain embedding
         return plain
     if isinstance(module, FakeQuantLayerNorm):
-        return module.to_plain()  # the int8 head quantises its input itself
+        return module.to_plain()  # the int8 head quantizes its input itself
     return None
 
 
@@ -163,7 +163,7 @@ def to_int8_decoder(model: GPT2) -> GPT2:
     Each block's query, key and value layers become one stacked `Int8Linear` (`Int8FusedQKVAttention`), and the
     LM head an `Int8Linear` (the copy is an `Int8GPT2`).
 
-    model: a plain fp32 GPT2 (quantised here: int8 per channel) or one fake-quantised with int8 weights (its
+    model: a plain fp32 GPT2 (quantized here: int8 per channel) or one fake-quantized with int8 weights (its
     trained weights are used). The token and position embeddings keep their (fake-quant, if so) values as fp32
     tables: a lookup reads one row, so their size does not slow decoding.
     """

@@ -32,7 +32,7 @@ PROMPT = "Shall I compare thee to a summer's day?"
 RUN_KINDS = {
     "full": [],
     "lora": ["--method", "lora", "--lora-rank", "4", "--lora-alpha", "8"],
-    "int8": ["--precision", "int8"],  # post-training quantization: best/ holds fp32 weights, quantised on load
+    "int8": ["--precision", "int8"],  # post-training quantization: best/ holds fp32 weights, quantized on load
 }
 
 
@@ -61,7 +61,7 @@ def error_of(capsys, *argv: str) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Finished tiny sonnet runs of `minigpt2.finetune`: full model, LoRA adapter, int8 quantised."""
+    """Finished tiny sonnet runs of `minigpt2.finetune`: full model, LoRA adapter, int8 quantized."""
     root = tmp_path_factory.mktemp("generate_runs")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -113,7 +113,7 @@ def test_lora_run_folder_is_the_base_plus_the_adapter(runs):
                    "--max-new-tokens", "10") == want
 
 
-def test_quantized_run_folder_generates_with_the_quantised_weights(runs):
+def test_quantized_run_folder_generates_with_the_quantized_weights(runs):
     from quant.export import load_packed
 
     packed = load_packed(runs["int8"] / "quantized" / "model-int8.safetensors")  # what the run exported
