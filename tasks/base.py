@@ -154,7 +154,7 @@ class Task(ABC):
 
     @abstractmethod
     def build(self, gpt: GPT2) -> TaskModel:
-        """Wrap the (already knob-wrapped) body in this task's head."""
+        """This task's module around the body (LoRA and quantization, if any, already in place)."""
 
     def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
                 device: torch.device) -> list[Any]:
