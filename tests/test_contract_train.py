@@ -248,7 +248,7 @@ def test_dev_loss_runs_in_eval_mode_without_gradients():
 
     module.forward = forward
     exs = examples()
-    got = dev_loss(module, exs, get_task("sst"), 5, torch.device("cpu"), "off")
+    got = dev_loss(module, exs, get_task("sst"), 5, torch.device("cpu"), None)
     assert module.training and module.modes and not any(module.modes) and not any(seen)
     with torch.no_grad():
         expected = sum(float(real(collate(exs[i:i + 5]))) * len(exs[i:i + 5]) for i in range(0, len(exs), 5))
