@@ -278,8 +278,9 @@ def prepare_run(run: Run, root: Path) -> bool:
 
 def execute(run: Run, root: Path, executor: Executor, exec_flags: Sequence[str] = (),
             outcome: Outcome | None = None) -> Outcome:
-    """Bring one run to finished: finetune into `root/<run name>/` (a started one resumed), then its missing follow-up evaluations. The one way every launcher runs a run (in
-    this process, a subprocess, a worker thread's subprocess or a Ray task's). `exec_flags` are finetune flags
+    """Bring one run to finished: finetune into `root/<run name>/` (a started one resumed), then its missing
+    follow-up evaluations. The one way every launcher runs a run (in this process, a subprocess, a worker thread's
+    subprocess or a Ray task's). `exec_flags` are finetune flags
     that say where and how it executes (`--device`, `--threads`; neutral, see NEUTRAL). Raises on failure,
     after filling in `outcome` (when given) with what it got to do."""
     run_dir = root / run.name

@@ -130,8 +130,8 @@ def check_resume_state(folder: Path) -> None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ResumeStateError(f"{path}: not a readable resume state ({e}); start the run afresh, overwriting the folder"
-                               ) from None
+        raise ResumeStateError(f"{path}: not a readable resume state ({e}); start the run afresh, overwriting "
+                               "the folder") from None
     _trainer_state(path, meta)
 
 

@@ -331,7 +331,8 @@ def run_epoch(loop: Loop, epoch: int) -> dict[str, Any]:
                 if not math.isfinite(loss_sum.item()):  # one check per optimizer step, before the update
                     raise TrainingDiverged(
                         f"the training loss is {loss_sum.item()} at epoch {epoch}, step {i // cfg.grad_accum + 1} "
-                        f"(lr {loop.scheduler.get_last_lr()[0]:.3g}): training diverged; try a lower learning rate (lr)")
+                        f"(lr {loop.scheduler.get_last_lr()[0]:.3g}): training diverged; try a lower learning "
+                        "rate (lr)")
                 optimizer_step(loop)
             if d.main and cfg.progress and (i % 10 == 0 or i == len(batches) - 1):
                 bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
@@ -372,7 +373,7 @@ def end_epoch(loop: Loop, row: dict[str, Any], metrics: dict[str, Any], started:
     bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # a NaN dev loss or metric would pick a "best" epoch by nothing
         raise TrainingDiverged(f"epoch {row['epoch']}: {', '.join(f'{k} = {row[k]}' for k in bad)}; the model "
-                               "diverged; try a lower --lr")
+                               "diverged; try a lower learning rate (lr)")
     row["eval_s"] = time.time() - t1
     improved = record_epoch(metrics, row)
     metrics["wall_s"] = time.time() - started

@@ -125,7 +125,8 @@ def test_quantized_run_folder_generates_with_the_quantized_weights(runs):
     assert fast.startswith(PROMPT) and len(fast) > len(PROMPT) + 1
 
 
-@pytest.mark.skipif(not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(), reason="no native bf16 on this CPU")
+@pytest.mark.skipif(not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(),
+                    reason="no native bf16 on this CPU")
 def test_bf16_precision_runs_the_prepacked_bf16_copy(runs, monkeypatch):
     import minigpt2.fast as fast
     from minigpt2.train import TrainConfig
