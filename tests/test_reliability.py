@@ -36,6 +36,12 @@ def start(module: str, *args: str, env: dict[str, str] | None = None, **kw) -> s
                             stdout=kw.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, **kw)
 
 
+def sigint_as_at_a_terminal() -> None:
+    """For a child that must see Ctrl-C: a background job's children start with SIGINT ignored (as when the suite
+    itself runs in the background), and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300, **kw
         ) -> subprocess.CompletedProcess:
     proc = start(module, *args, env=env, **kw)
@@ -138,7 +144,8 @@ def test_overwrite_removes_only_what_the_old_run_wrote(finished, tmp_path):
 
 def test_a_second_finetune_on_a_running_folder_is_refused_and_ctrl_c_says_how_to_continue(tmp_path):
     run = tmp_path / "run"
-    first = start("minigpt2.finetune", *ft(run, "--epochs", FOREVER), stdout=subprocess.DEVNULL)
+    first = start("minigpt2.finetune", *ft(run, "--epochs", FOREVER), stdout=subprocess.DEVNULL,
+                  preexec_fn=sigint_as_at_a_terminal)
     try:
         wait_for(lambda: (run / "metrics.json").is_file(), first, "a finished epoch")
         config = (run / "config.json").read_bytes()
