@@ -35,6 +35,14 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def take_over(new: nn.Module, old: nn.Module) -> None:
+    """Give `new`, an instance of a subclass of `old`'s class made without running its `__init__`, everything `old`
+    holds (layers, parameters, settings), so the two have the same parameters and state-dict keys."""
+    nn.Module.__init__(new)
+    new.__dict__.update({k: v for k, v in old.__dict__.items() if k != "training"})
+    new.training = old.training
+
+
 def outermost(model: nn.Module, kind: type | tuple[type, ...]) -> dict[str, nn.Module]:
     """Name -> module of every `kind` module of `model` that is not inside another one, in model order."""
     found: dict[str, nn.Module] = {}

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..model import CausalSelfAttention
-from ..surgery import replace_module
+from ..surgery import replace_module, take_over
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -79,10 +79,7 @@ class Fp32CacheAttention(CausalSelfAttention):
     """
 
     def __init__(self, attn: CausalSelfAttention) -> None:
-        nn.Module.__init__(self)  # not CausalSelfAttention.__init__, which would build new layers
-        self.n_head, self.dropout = attn.n_head, attn.dropout
-        self.query, self.key, self.value = attn.query, attn.key, attn.value
-        self.c_proj, self.resid_dropout = attn.c_proj, attn.resid_dropout
+        take_over(self, attn)  # not CausalSelfAttention.__init__, which would build new layers
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                   is_causal: bool) -> torch.Tensor:

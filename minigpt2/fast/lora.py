@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..lora import LoRALinear
-from ..surgery import replace_module
+from ..surgery import replace_module, take_over
 
 
 class FusedLoRALinear(LoRALinear):
@@ -28,9 +28,7 @@ class FusedLoRALinear(LoRALinear):
     """
 
     def __init__(self, layer: LoRALinear) -> None:
-        nn.Module.__init__(self)  # not LoRALinear.__init__, which would make new adapters: this one takes over
-        self.__dict__.update({k: v for k, v in layer.__dict__.items() if k != "training"})
-        self.training = layer.training
+        take_over(self, layer)  # not LoRALinear.__init__, which would make new adapters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fusable:
