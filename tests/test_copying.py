@@ -292,6 +292,26 @@ def test_report_rows_and_cells_of_copying_and_scored_shares():
                         "test_nll_in_view": 0.5}) == "100% (73.1%) / 99.6% (50.0%)"
 
 
+def test_copying_table_rows_for_an_arm_and_the_flagged_reference():
+    from experiments.report import copying_block, copying_measures, copying_point
+
+    train = ["a b c d e f g h i"]
+    arm = copying_record(["1", "2"], [["p\nq\nr\na b c x", "p\nq\nr\nb c d e f g h z"]], [3, 3], train,
+                         {"1": "one", "2": "x z"})
+    point = {"method": "full", "rank": None, "trainable_params": 10,
+             **copying_point([copying_measures(_metrics_with(arm, coverage_record({"1": (1, 1, 1)})))])}
+    wrong = copying_record(["1"], [["p\nq\nr\n" + train[0]]], [3], train, {})
+    text = "".join(copying_block("lora-ranks", [point], {"wrong sonnet (nearest training length)": wrong}))
+    lo, hi = wilson(1, 2)
+    # arm: longest with training 3 and 7 (mean 5.0, max 7); 4-grams: 0 of 1 and 4 of 5; held-out "x z" in "2"
+    # is the prompt's own sonnet for prompt 2 and not "x" alone for prompt 1: 1 word at most
+    assert (f"| full | — | 10 | 50 [{100 * lo:.0f}, {100 * hi:.0f}] | 5.0 (7) | 66.7 | 0.5 (1) | 0.0 |"
+            in text), text
+    assert ("| reference: wrong sonnet (nearest training length) (**copying: a training sonnet pasted**) | — | — | "
+            "0 [0, 79] | 9.0 (9) | 100.0 | 0.0 (0) | 0.0 |") in text
+    assert "novel = no run of 6 or more words" in text and "dev 4-grams found in training %" in text
+
+
 def test_nll_plot_draws_the_unigram_and_uniform_bars():
     from experiments.report import plot_nll
 
