@@ -11,6 +11,11 @@ fine-tuned model. Two measures a model earns only by learning the sonnets:
                   scheme, of the meter and of perfect sonnets, each with a 95% interval (Wilson over every
                   sonnet; with several samples per prompt, widened to the bootstrap over prompts, then samples
                   within a prompt, where that is wider), and the check's reasons counted
+    copying       every generated sonnet's own lines (not the prompt's) against the training sonnets and the other
+                  held-out sonnets: its longest verbatim run of words, the share of its 4-grams found there, and
+                  the novel rate (no run of NOVEL_BELOW words) with an interval as the form rates'
+    coverage      beside the held-out NLL: the share of each continuation's tokens scored (all of them, in sliding
+                  windows past the context) and scored with the whole prompt in view
 
 Per-sonnet figures are kept beside the totals so that two runs on the same prompts can be compared pairwise
 (experiments.stats).
