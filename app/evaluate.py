@@ -36,7 +36,7 @@ from tasks.base import Example, PredictSettings, Task, TaskModel
 
 from . import runfolder, speed
 from .cli import GROUP, checked, evaluate_settings
-from .measures import form_record, mean_scores, nll_record, sample_file_name
+from .measures import copying_corpora, copying_record, form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
 from .runmodel import load_run_body, load_run_model
 from .settings import RunSettings
@@ -87,6 +87,10 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     result.update(_scores(task, split, examples, draws, [run_dir / n for n in names], folder, test_references))
     if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
         result["form"] = form_record([e.id for e in examples], draws)
+        result["copying"] = copying_record([e.id for e in examples], draws,
+                                           [len(e.meta["prompt_lines"]) for e in examples],
+                                           *copying_corpora(task, folder, Path(test_references) if test_references
+                                                            else None))
         refs = task.format.references_by_id(folder, split, Path(test_references) if test_references else None)
         per = task.heldout_nll(module, examples, refs, how, tok, d.device) if refs else None
         if per:

@@ -40,7 +40,8 @@ from tasks.base import Example, Task, TaskModel, collate
 
 from . import cli, runfolder, speed, subsets
 from .cli import GROUP, checked, finetune_settings
-from .measures import form_record, heldout_measures, mean_scores, sample_file_name
+from .measures import (copying_corpora, copying_record, form_record, heldout_measures, mean_scores,
+                       sample_file_name)
 from .precision import apply_run_precision, write_quantized
 from .runmodel import base_weights_file, head_modules, load_base_model, load_run_model, save_run_model
 from .settings import RunSettings, SettingsError
@@ -168,6 +169,7 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
     how = settings.predict_settings(device)
     predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
+    corpora = copying_corpora(task, folder, test_refs) if task.generative else None
     for split in ("dev", "test"):
         examples = splits[split]
         draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples) if task.generative
@@ -182,6 +184,8 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
             result[f"{split}_samples"] = names
         if task.generative:
             result.setdefault("form", {})[split] = form_record([e.id for e in examples], draws)
+            result.setdefault("copying", {})[split] = copying_record(
+                [e.id for e in examples], draws, [len(e.meta["prompt_lines"]) for e in examples], *corpora)
         if split == "dev":
             result["dev"] = mean_scores([task.score(examples, preds) for preds in draws])
             majority = task.format.majority_accuracy([e.label for e in examples])

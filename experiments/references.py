@@ -11,7 +11,18 @@ bootstrap 95% interval:
                           Shakespeare sonnet, just not this one)
 
 Each row's form (14 lines, rhyme scheme, meter, perfect: `app.measures.form_record`) is given too, and that of the
-real held-out sonnets themselves: the check's ceiling on Shakespeare's own sonnets.
+real held-out sonnets themselves: the check's ceiling on Shakespeare's own sonnets; and each row's copying
+(`app.measures.copying_record`): the wrong sonnet is the training set pasted, the real held-out sonnets are what
+Shakespeare's own unseen text shares with the training sonnets by chance.
+
+The held-out NLL (nats per token of the true continuations) has two bars a model must clear, from the data alone:
+
+    unigram               each GPT-2 token's frequency in the training sonnets (whole sonnets, each followed by
+                          <|endoftext|> as in training), add-k smoothed over the whole 50257-token vocabulary, k
+                          chosen on the training sonnets alone (leave one sonnet out, UNIGRAM_K_GRID); scored on the
+                          same continuation tokens as `tasks.sonnet.SonnetTask.heldout_nll`, <|endoftext|> included,
+                          token-weighted (`app.measures.nll_record`)
+    uniform               every token equally likely: ln(vocabulary size), whatever the text
 
 For the classification tasks the reference is the majority class of the rows scored.
 """
@@ -19,6 +30,7 @@ For the classification tasks the reference is the majority class of the rows sco
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -112,3 +124,85 @@ def majority_reference(task_name: str, folder: Path, split: str, ids: Sequence[s
         return None
     values = [labels[i] for i in ids if i in labels] if ids is not None else list(labels.values())
     return majority_interval(values, samples) if values else None
+
+
+# ---------------------------------------------------------------------------------------------- unigram bar
+
+UNIGRAM_K_GRID = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)  # add-one down to add-0.001
+
+
+def unigram_counts(sonnets: Sequence[Sequence[int]], vocab: int) -> np.ndarray:
+    """How often each of the `vocab` token ids occurs in the tokenized sonnets."""
+    flat = np.fromiter((t for ids in sonnets for t in ids), dtype=np.int64)
+    return np.bincount(flat, minlength=vocab).astype(np.float64)
+
+
+def unigram_nll(counts: np.ndarray, k: float, ids: Sequence[int]) -> float:
+    """Summed NLL (nats) of `ids` under the add-k unigram of `counts`: p(t) = (c(t) + k) / (N + k V), V the length
+    of `counts` (the whole vocabulary, tokens never seen included)."""
+    total = counts.sum() + k * len(counts)
+    return float(-(np.log(counts[np.asarray(ids, dtype=np.int64)] + k) - math.log(total)).sum())
+
+
+def leave_one_out_nll(sonnets: Sequence[Sequence[int]], vocab: int, k: float) -> float:
+    """Nats per token of each training sonnet under the add-k unigram of the others, token-weighted."""
+    counts = unigram_counts(sonnets, vocab)
+    nll = sum(unigram_nll(counts - unigram_counts([ids], vocab), k, ids) for ids in sonnets)
+    return nll / sum(len(ids) for ids in sonnets)
+
+
+def choose_unigram_k(sonnets: Sequence[Sequence[int]], vocab: int, grid: Sequence[float] = UNIGRAM_K_GRID) -> float:
+    """The k of `grid` whose add-k unigram best predicts each training sonnet from the others (the first on a
+    tie): the smoothing is fitted without the held-out sonnets."""
+    scores = [leave_one_out_nll(sonnets, vocab, k) for k in grid]
+    return grid[int(np.argmin(scores))]
+
+
+@functools.lru_cache(maxsize=16)
+def sonnet_reference_nll(folder: str, split: str, numbers: tuple[int, ...] | None = None,
+                         tokenizer_dir: str | None = None) -> dict | None:
+    """The held-out NLL bars of `split` (only `numbers` when given): {"unigram": `nll_record` of the add-k
+    unigram of the training sonnets, with its "k"; "uniform": ln(vocabulary)}; None when the split's true
+    sonnets are not in `folder`."""
+    from app.measures import nll_record
+    from course.files import SONNET_FILES
+    from course.readers import read_sonnets
+    from minigpt2.tokenizer import Tokenizer
+    from tasks.sonnet import continuation_ids
+
+    found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
+    if found is None:
+        return None
+    tok = Tokenizer(tokenizer_dir)
+    training = [ids + [tok.eot_id] for ids in tok.encode_batch(
+        [s.text for s in read_sonnets(Path(folder) / SONNET_FILES.train)[0]])]
+    k = choose_unigram_k(training, tok.vocab_size)
+    counts = unigram_counts(training, tok.vocab_size)
+    per = {}
+    for number, text in found[0].items():
+        seq, n_prompt = continuation_ids(tok, text.split("\n")[:PROMPT_LINES], text)
+        per[str(number)] = (unigram_nll(counts, k, seq[n_prompt:]), len(seq) - n_prompt)
+    return {"unigram": {**nll_record(per), "k": k}, "uniform": math.log(tok.vocab_size)}
+
+
+@functools.lru_cache(maxsize=16)
+def sonnet_reference_copying(folder: str, split: str, numbers: tuple[int, ...] | None = None,
+                             tokenizer_dir: str | None = None) -> dict[str, dict] | None:
+    """The copying (`app.measures.copying_record`) of each reference row's sonnets and of the real held-out
+    sonnets of `split`, by name, against the training sonnets and every held-out true sonnet (dev and test where
+    present) but the prompt's own; None when the split's true sonnets are not in `folder`."""
+    from app.measures import copying_record
+    from course.files import SONNET_FILES
+    from course.readers import read_sonnets
+
+    found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
+    if found is None:
+        return None
+    truths, hyps = found
+    training = [s.text for s in read_sonnets(Path(folder) / SONNET_FILES.train)[0]]
+    held_out = {str(k): v for other in ("dev", "test")
+                for k, v in (sonnet_references(Path(folder), other) or {}).items()}
+    texts = {**hyps, REAL_SONNETS: list(truths.values())}
+    keys = [str(k) for k in truths]
+    return {name: copying_record(keys, [sonnets], [PROMPT_LINES] * len(keys), training, held_out)
+            for name, sonnets in texts.items()}

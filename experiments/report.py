@@ -28,7 +28,8 @@ from minigpt2.download import sha256_file  # noqa: E402
 from minigpt2.errors import UserError  # noqa: E402
 
 from .references import (REAL_SONNETS, REFERENCE_NAMES, majority_reference,  # noqa: E402
-                         sonnet_reference_forms, sonnet_reference_intervals)
+                         sonnet_reference_copying, sonnet_reference_forms, sonnet_reference_intervals,
+                         sonnet_reference_nll)
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
 from .stats import (SAMPLES, ExampleScores, bootstrap_accuracy, mean_std,  # noqa: E402
                     paired_difference, read_task_predictions, run_data_folder, run_interval, run_scores,
@@ -154,6 +155,55 @@ def sonnet_measures(metrics: dict[str, Any]) -> Row:
     return row
 
 
+COPY_FIGURES = ("train_longest", "train_longest_max", "train_share", "held_longest", "held_longest_max",
+                "held_share")  # `_copy_values`' order
+COPY_SETTINGS = ("n", "novel_below")  # the same for every run
+
+
+def copying_measures(metrics: dict[str, Any]) -> Row:
+    """A sonnet run's copying (`app.measures.copying_record`: novel rate with its interval, longest run of words
+    and share of 4-grams found in the training and in the other held-out sonnets) and the share of each held-out
+    continuation its NLL scored, from metrics.json; nothing for other tasks or runs that predate them."""
+    row: Row = {}
+    for split in ("dev", "test"):
+        rec = (metrics.get("copying") or {}).get(split)
+        if rec:
+            novel = rec["novel"]
+            row.update({f"{split}_novel": novel["rate"], f"{split}_novel_low": novel["low"],
+                        f"{split}_novel_high": novel["high"]})
+            row.update({f"{split}_copy_{key}": value for key, value in zip(COPY_FIGURES, _copy_values(rec))})
+            row.update({f"{split}_copy_n": rec["n"], f"{split}_copy_novel_below": rec["novel_below"]})
+        coverage = ((metrics.get("heldout_nll") or {}).get(split) or {}).get("coverage")
+        if coverage:
+            row.update({f"{split}_nll_scored": coverage["scored"], f"{split}_nll_in_view": coverage["prompt_in_view"]})
+    return row
+
+
+def _copy_values(rec: dict[str, Any]) -> list[float]:
+    return [rec[corpus][key] for corpus in ("training", "held_out")
+            for key in ("longest_mean", "longest_max", "ngram_share")]
+
+
+def copying_point(done: Sequence[Row]) -> Row:
+    """The copying figures of one setting over its seeds: the novel rate as every rate (one seed's interval, or
+    the t-interval across seeds), the largest runs as the largest of any seed, the rest and the NLL's scored
+    shares as means over seeds."""
+    point: Row = {}
+    for split in ("dev", "test"):
+        key = f"{split}_novel"
+        have = [r for r in done if r.get(key) is not None]
+        if have:
+            point[key], point[f"{key}_low"], point[f"{key}_high"] = _over_seeds(have, key, f"{key}_low",
+                                                                              f"{key}_high")
+            point[f"{key}_seeds"] = len(have)
+        for key in ([f"{split}_copy_{k}" for k in COPY_FIGURES + COPY_SETTINGS]
+                    + [f"{split}_nll_scored", f"{split}_nll_in_view"]):
+            vals = [r[key] for r in done if r.get(key) is not None]
+            if vals:
+                point[key] = max(vals) if key.endswith("_max") else mean_std(vals)[0]
+    return point
+
+
 def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
     """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored, and
     the majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
@@ -204,6 +254,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
         check_scored_files(run_dir, metrics)
         row.update(_test_score(run_dir, metrics, samples))
         row.update(sonnet_measures(metrics))
+        row.update(copying_measures(metrics))
         if "precision" in run.settings:
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
@@ -272,6 +323,7 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         for key in ("dev_nll_base", "test_nll_base", "dev_form_samples"):
             vals = [r[key] for r in done if r.get(key) is not None]
             point[key] = mean_std(vals)[0] if vals else None
+        point.update(copying_point(done))
         point["data_missing"] = next((r["data_missing"] for r in done if r.get("data_missing")), None)
         majority = [r for r in done if r.get("majority") is not None]
         if majority:  # the same rows for every seed, so one run's figure stands for all
@@ -386,6 +438,9 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
     if any(p.get("dev_nll") is not None for p in points):  # what only learning the sonnets earns
         after = after[:1] + [(f"{split} held-out NLL (nats/token)", lambda p, s=split: format_measure(p, f"{s}_nll"))
                              for split in ("dev", "test")] + after[1:]
+        if any(p.get("dev_nll_scored") is not None for p in points):  # the NLL's tokens, beside it
+            after = after[:3] + [("NLL tokens scored, dev / test (with the whole prompt in view)", scored_cell)
+                                 ] + after[3:]
     if "accuracy" in {p["metric"] for p in points}:  # what always answering the commonest label scores
         after.append(("majority class (dev rows) [95% CI]",
                       lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"))))
@@ -395,6 +450,21 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
         cells = [_fmt(f(p)) for _, f in first] + [format_score(p)] + [_fmt(f(p)) for _, f in after]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def scored_cell(point: Row) -> str:
+    """'100% (72.9%) / 100% (79.4%)': the share of the held-out continuations' tokens the NLL scored, dev / test,
+    and in brackets the share scored with the whole prompt still in the model's context."""
+    cells = []
+    for split in ("dev", "test"):
+        scored, in_view = point.get(f"{split}_nll_scored"), point.get(f"{split}_nll_in_view")
+        cells.append("—" if scored is None else f"{share_percent(scored)} ({share_percent(in_view)})")
+    return " / ".join(cells)
+
+
+def share_percent(share: float) -> str:
+    """A share as a percentage: '100%' only when it is whole, else one decimal (99.6% never reads as 100%)."""
+    return "100%" if share == 1 else f"{100 * share:.1f}%"
 
 
 def interval_name(points: Sequence[Row]) -> str:
@@ -428,6 +498,50 @@ def form_block(sweep_name: str, points: Sequence[Row], reference: dict[str, Any]
     return ["Form of what each model wrote (every dev sonnet through `distill.check`; Wilson 95% intervals over "
             "the sonnets, widened by a bootstrap over prompts and samples when there are several samples):\n",
             _table(heads, lines)]
+
+
+COPYING_REFERENCE = REFERENCE_NAMES[2]  # the wrong sonnet: a training sonnet pasted after the prompt
+COPYING_NOTE = "copying: a training sonnet pasted"
+
+
+def copying_heads(n: int) -> list[str]:
+    """The headers of the copying columns (`copying_cells`), for n-grams of `n` words."""
+    return ["novel % [95% CI]", "longest run shared with training, words: mean (max)",
+            f"{n}-grams found in training %", "longest run shared with other held-out sonnets: mean (max)",
+            f"{n}-grams found in other held-out %"]
+
+
+def copying_cells(novel: dict[str, float] | None, values: Sequence[float | None]) -> list[str]:
+    """The copying columns of a row: its novel rate with interval, then per corpus (training, the other
+    held-out sonnets) the mean and largest longest run and the share of n-grams found."""
+    out = ["—" if novel is None else _percent(novel)]
+    for mean, largest, share in (values[:3], values[3:]):
+        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})",
+                "—" if share is None else f"{100 * share:.1f}"]
+    return out
+
+
+def copying_block(sweep_name: str, points: Sequence[Row], references: dict[str, dict] | None = None) -> list[str]:
+    """Copying in what each sonnet model wrote (dev, the generated lines only): the novel rate and how much
+    is found verbatim in the training sonnets and in the other held-out sonnets (which no model saw: chance);
+    the reference rows below on the same prompts, the wrong sonnet flagged as the copying it is."""
+    shown = [p for p in points if p.get("dev_novel") is not None]
+    if not shown:
+        return []
+    lines = [_settings_cells(sweep_name, p)
+             + copying_cells({"rate": p["dev_novel"], "low": p.get("dev_novel_low", math.nan),
+                              "high": p.get("dev_novel_high", math.nan)},
+                             [p.get(f"dev_copy_{k}") for k in COPY_FIGURES]) for p in shown]
+    width = len(TABLE_COLUMNS[sweep_name])
+    for name, rec in (references or {}).items():
+        label = f"reference: {name}" + (f" (**{COPYING_NOTE}**)" if name == COPYING_REFERENCE else "")
+        lines.append([label] + ["—"] * (width - 1) + copying_cells(rec["novel"], _copy_values(rec)))
+    n, below = shown[0]["dev_copy_n"], shown[0]["dev_copy_novel_below"]
+    return [f"Copying in what each model wrote (dev; the generated lines, not the prompt; words lower-cased, "
+            f"punctuation dropped): novel = no run of {below:.0f} or more words shared with a training sonnet or "
+            "another held-out sonnet (Wilson 95% CI, widened over samples as the form rates); the held-out sonnets "
+            "no model saw show what chance shares:\n",
+            _table([h for h, _ in TABLE_COLUMNS[sweep_name]] + [f"dev {h}" for h in copying_heads(round(n))], lines)]
 
 
 def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
@@ -468,24 +582,49 @@ def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[
         found = {split: sonnet_reference_intervals(str(folder), split, numbers[split], row.get("arg_tokenizer_dir"),
                                                    samples) for split in ("dev", "test")}
         forms = sonnet_reference_forms(str(folder), "dev", numbers["dev"], row.get("arg_tokenizer_dir")) or {}
+        copying = sonnet_reference_copying(str(folder), "dev", numbers["dev"], row.get("arg_tokenizer_dir")) or {}
+        bars = {split: sonnet_reference_nll(str(folder), split, numbers[split], row.get("arg_tokenizer_dir"))
+                for split in ("dev", "test")}
     except (OSError, ValueError) as e:
         return [f"Sonnet reference rows left out: {e}.\n"]
-    lines = [[name] + [_interval(iv.value, iv.low, iv.high, 2) if (iv := (found[s] or {}).get(name)) else "—"
-                       for s in ("dev", "test")]
+    lines = [[name + (f" (**{COPYING_NOTE}**)" if name == COPYING_REFERENCE else "")]
+             + [_interval(iv.value, iv.low, iv.high, 2) if (iv := (found[s] or {}).get(name)) else "—"
+                for s in ("dev", "test")]
              + [_percent(forms[name]["rates"][part]) if name in forms else "—" for part in FORM_PARTS]
+             + (copying_cells(copying[name]["novel"], _copy_values(copying[name]))[:2] if name in copying
+                else ["—", "—"])
              for name in REFERENCE_NAMES + (REAL_SONNETS,)]
     lines[-1][1:3] = ["— (the references themselves)"] * 2
-    out = ["Reference points (no model; same prompts as the runs; chrF: bootstrap 95% CI; form: Wilson 95% CI):\n",
+    out = ["Reference points (no model; same prompts as the runs; chrF: bootstrap 95% CI; form and novel: Wilson "
+           "95% CI; copying as in the copying table):\n",
            _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]", "dev 14 lines %", "dev rhyme scheme %",
-                   "dev meter %", "dev perfect %"], lines)]
-    base = [r for r in done if r.get("dev_nll_base") is not None]
-    if base:
-        nll = [[f"base model before fine-tuning ({r['run']})", _fmt(r.get("dev_nll_base")),
-                _fmt(r.get("test_nll_base")), _fmt(r.get("dev_nll")), _fmt(r.get("test_nll"))] for r in base[:1]]
-        out += ["Held-out NLL before fine-tuning (nats per token of the true continuations; lower is better): the "
-                "bar every fine-tuned row must clear:\n",
+                   "dev meter %", "dev perfect %", "dev novel %", "dev longest run shared with training, words: "
+                   "mean (max)"], lines)]
+    nll = nll_reference_lines(done, bars)
+    if nll:
+        out += ["Held-out NLL before fine-tuning, and the bars from the data alone (nats per token of the true "
+                "continuations, <|endoftext|> included; lower is better): a unigram of the training sonnets' tokens "
+                "and a uniform guess; every fine-tuned row must clear all three:\n",
                 _table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], nll)]
     return out
+
+
+def nll_reference_lines(done: Sequence[Row], bars: dict[str, dict | None]) -> list[list[str]]:
+    """The rows of the held-out NLL bars: the first run's base model (before / after fine-tuning), the unigram
+    of the training sonnets (`experiments.references.sonnet_reference_nll`, with its interval) and the uniform
+    guess (no training to be after)."""
+    lines = [[f"base model before fine-tuning ({r['run']})", _fmt(r.get("dev_nll_base")),
+              _fmt(r.get("test_nll_base")), _fmt(r.get("dev_nll")), _fmt(r.get("test_nll"))]
+             for r in done if r.get("dev_nll_base") is not None][:1]
+    if not any(bars.values()):
+        return lines
+    k = next(b["unigram"]["k"] for b in bars.values() if b)
+    unigram = [_interval(b["unigram"]["nll"], b["unigram"]["low"], b["unigram"]["high"]) if b else "—"
+               for b in (bars["dev"], bars["test"])]
+    uniform = [_fmt(b["uniform"]) if b else "—" for b in (bars["dev"], bars["test"])]
+    untrained = ["— (not trained)"] * 2
+    return lines + [[f"unigram of the training sonnets' tokens (add-{k:g}) [95% CI]", *unigram, *untrained],
+                    ["uniform guess, ln(vocabulary)", *uniform, *untrained]]
 
 
 def _percent(rate: dict[str, float]) -> str:
@@ -686,6 +825,34 @@ def chance_lines(rows: Sequence[Row], samples: int = SAMPLES) -> dict[str, float
     return {name: iv.value for name, iv in (found or {}).items() if name in CHANCE_STYLE}
 
 
+def _sonnet_references(rows: Sequence[Row], compute: Callable[..., Any]) -> Any:
+    """`compute(folder, "dev", numbers, tokenizer_dir)` for the dev prompts the sweep's first finished sonnet run
+    scored; None when there is none or its data is not found."""
+    done = [r for r in rows if r["status"] == "done" and r.get("task") == "sonnet"]
+    if not done:
+        return None
+    try:
+        return compute(str(run_data_folder(Path(done[0]["run_dir"]))), "dev", _scored_numbers(done[0], "dev"),
+                       done[0].get("arg_tokenizer_dir"))
+    except (OSError, ValueError):
+        return None
+
+
+def reference_copying(rows: Sequence[Row]) -> dict[str, dict]:
+    """The copying of each reference row on the sweep's dev prompts (`sonnet_reference_copying`); {} without."""
+    return _sonnet_references(rows, sonnet_reference_copying) or {}
+
+
+def nll_bars(rows: Sequence[Row]) -> dict[str, float]:
+    """The dev held-out NLL of the bars no model must fail (`sonnet_reference_nll`: the unigram of the training
+    sonnets, the uniform guess), drawn across the NLL plot; {} without."""
+    bars = _sonnet_references(rows, sonnet_reference_nll)
+    if not bars:
+        return {}
+    return {f"unigram of the training sonnets (add-{bars['unigram']['k']:g})": bars["unigram"]["nll"],
+            "uniform guess, ln(vocabulary)": bars["uniform"]}
+
+
 def decorate(fig: Figure, points: Sequence[Row], chance: dict[str, float]) -> Figure:
     """What every plot says: chance lines across each chrF axes (the reference rows) and the majority class on
     accuracy axes, and a legend whose title names the bars' interval."""
@@ -833,9 +1000,9 @@ def plot_teachers(points: Sequence[Row]) -> Figure:
     return fig
 
 
-def plot_nll(sweep_name: str, points: Sequence[Row]) -> Figure | None:
-    """Held-out NLL of every sonnet arm (dev filled, test hollow) with its interval, and the model before
-    fine-tuning as the line to beat; None when no arm has one."""
+def plot_nll(sweep_name: str, points: Sequence[Row], bars: dict[str, float] | None = None) -> Figure | None:
+    """Held-out NLL of every sonnet arm (dev filled, test hollow) with its interval, and the lines to beat: the
+    model before fine-tuning and the dev `bars` (`nll_bars`: unigram, uniform); None when no arm has one."""
     shown = [p for p in _done(points) if p.get("dev_nll") is not None]
     if not shown:
         return None
@@ -855,6 +1022,8 @@ def plot_nll(sweep_name: str, points: Sequence[Row]) -> Figure | None:
     base = [p["dev_nll_base"] for p in shown if p.get("dev_nll_base") is not None]
     if base:
         ax.axvline(base[0], color="gray", linestyle="--", label="dev, before fine-tuning")
+    for (name, value), style in zip((bars or {}).items(), (":", "-.")):
+        ax.axvline(value, color="black", linestyle=style, linewidth=1, label=f"dev, {name}")
     ax.set_yticks(ys, names, fontsize=8)
     ax.invert_yaxis()
     _label(ax, "held-out NLL (nats per token; lower is better)", "arm", f"{sweep_name}: held-out likelihood")
@@ -915,6 +1084,7 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     text.append(markdown_table(sweep.name, points))
     text += paired_block(sweep.name, rows, samples)
     text += form_block(sweep.name, points)
+    text += copying_block(sweep.name, points, reference_copying(rows))
     references = sonnet_reference_block(rows, samples)
     text += references
     text += zero_shot_block(rows)
@@ -924,7 +1094,7 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     paths["md"].write_text("\n".join(text), encoding="utf-8")
     figure = decorate(PLOTS[sweep.name](points), points, chance_lines(rows, samples))
     paths["png"] = save_figure(figure, out / f"{sweep.name}.png", sweep.name)
-    nll = plot_nll(sweep.name, points)
+    nll = plot_nll(sweep.name, points, nll_bars(rows))
     if nll is not None:
         paths["nll_png"] = save_figure(decorate(nll, points, {}), out / f"{sweep.name}-nll.png", sweep.name)
     return paths

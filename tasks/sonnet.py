@@ -12,13 +12,17 @@ number on a line and its 14 lines.
 chrF alone cannot tell learning from copying (the rest of a wrong real sonnet scores about as well), so a run is
 also measured by what only learning earns: `heldout_nll`, the teacher-forced negative log-likelihood of each true
 held-out continuation given its prompt, conditioned exactly as generation is (the prompt's lines and a newline),
-per token, <|endoftext|> included (knowing where a sonnet ends is part of the form).
+per token, <|endoftext|> included (knowing where a sonnet ends is part of the form). Every token of the
+continuation is scored: where prompt + continuation + <|endoftext|> exceed the model's context, the first window
+holds the prompt and as much of the continuation as fits, and each later window slides on by half the context
+(`nll_windows`), scoring only its new tokens, each then seen with at least half a context of text before it (no
+longer the whole prompt; how many tokens were scored with the whole prompt in view is recorded beside the NLL).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,17 +65,41 @@ def sonnet_stop(tok: Tokenizer, lines_to_write: int) -> Callable[[list[int]], bo
 SAMPLE_SEED_STEP = 1_000_003  # seeds of sample k: the base seed + batch start + k * this (no two collide)
 
 
-def continuation_ids(tok: Tokenizer, prompt_lines: Sequence[str], reference: str, context: int
+def continuation_ids(tok: Tokenizer, prompt_lines: Sequence[str], reference: str, context: int | None = None
                      ) -> tuple[list[int], int]:
-    """(prompt + true continuation + <|endoftext|>, number of prompt tokens), cut to the model's `context`. The
-    prompt is encoded as generation encodes it (its lines, then a newline); the continuation is the true sonnet's
-    lines after the prompt's."""
+    """(prompt + true continuation + <|endoftext|>, number of prompt tokens), cut to `context` when given (the
+    whole sequence when None). The prompt is encoded as generation encodes it (its lines, then a newline); the
+    continuation is the true sonnet's lines after the prompt's."""
     prompt = tok.encode("\n".join(prompt_lines) + "\n")
-    if len(prompt) >= context:
+    if context is not None and len(prompt) >= context:
         raise DataError(f"a {len(prompt)}-token sonnet prompt leaves nothing to score in a {context}-token context")
     rest = reference.split("\n")[len(prompt_lines):]
     seq = prompt + tok.encode("\n".join(rest)) + [tok.eot_id]
     return seq[:context], len(prompt)
+
+
+def nll_windows(length: int, n_prompt: int, context: int) -> list[tuple[int, int, int]]:
+    """The windows (begin, end, first scored position) that score positions n_prompt..length-1 of a sequence
+    once each in a model of `context` positions: the first is [0, min(length, context)); each later one ends
+    half a context further (at most at `length`), is a whole context long, and scores only what is new."""
+    if n_prompt >= context:
+        raise DataError(f"a {n_prompt}-token sonnet prompt leaves nothing to score in a {context}-token context")
+    stride = max(1, context // 2)
+    end = min(length, context)
+    windows = [(0, end, n_prompt)]
+    while end < length:
+        new_end = min(end + stride, length)
+        windows.append((new_end - context, new_end, end))
+        end = new_end
+    return windows
+
+
+class HeldoutNLL(NamedTuple):
+    """One true continuation's held-out likelihood (`SonnetTask.heldout_nll`)."""
+    nll: float  # summed over the scored tokens, nats
+    tokens: int  # tokens scored
+    continuation: int  # tokens of the continuation, <|endoftext|> included
+    in_view: int  # tokens scored with the whole prompt in the model's context (the first window)
 
 
 def finish_sonnet(prompt_lines: tuple[str, ...], new_text: str) -> str:
@@ -161,37 +189,50 @@ class SonnetTask(Task):
         return out
 
     def heldout_nll(self, module: TaskModel, examples: list[Example], references: dict[str, str],
-                    how: PredictSettings, tok: Tokenizer, device: torch.device) -> dict[str, tuple[float, int]]:
-        """id -> (summed negative log-likelihood in nats, tokens) of the true continuation `references[id]` (the
-        whole true sonnet) after the example's prompt, teacher-forced. Deterministic: eval mode, no sampling; the
-        plain model and head, logits in fp32 (fp64 for an fp64 model). Examples without a reference are left out."""
+                    how: PredictSettings, tok: Tokenizer, device: torch.device) -> dict[str, HeldoutNLL]:
+        """id -> `HeldoutNLL` of the true continuation `references[id]` (the whole true sonnet) after the example's
+        prompt, teacher-forced, every token scored once (`nll_windows` where it exceeds the context).
+        Deterministic: eval mode, no sampling; the plain model and head, logits in fp32 (fp64 for an fp64 model).
+        Examples without a reference are left out."""
         gpt = module.gpt
         was_training = gpt.training
         gpt.eval()
-        out: dict[str, tuple[float, int]] = {}
-        rows = [(e.id, *continuation_ids(tok, e.meta["prompt_lines"], references[e.id], gpt.config.n_positions))
-                for e in examples if e.id in references]
+        sums: dict[str, list] = {}
+        rows = []  # one per window: (id, its tokens, the first position it scores, relative to the window)
+        for e in (e for e in examples if e.id in references):
+            seq, n_prompt = continuation_ids(tok, e.meta["prompt_lines"], references[e.id])
+            windows = nll_windows(len(seq), n_prompt, gpt.config.n_positions)
+            sums[e.id] = [0.0, 0, len(seq) - n_prompt, windows[0][1] - n_prompt]
+            rows += [(e.id, seq[begin:end], first - begin) for begin, end, first in windows]
         with torch.no_grad():
             for start in range(0, len(rows), how.batch_size):
                 chunk = rows[start:start + how.batch_size]
-                width = max(len(ids) for _, ids, _ in chunk)
-                ids = torch.full((len(chunk), width), tok.eot_id, dtype=torch.long)
-                targets = torch.full((len(chunk), width), -100, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, (_, seq, n_prompt) in enumerate(chunk):
-                    ids[r, :len(seq)] = torch.tensor(seq)
-                    mask[r, :len(seq)] = 1
-                    targets[r, n_prompt - 1:len(seq) - 1] = torch.tensor(seq[n_prompt:])  # position t predicts t+1
-                ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
-                with autocast(device, how.autocast_dtype):
-                    logits = gpt.lm_head(gpt(ids, attention_mask=mask))
-                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
-                nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
-                for r, (key, _, _) in enumerate(chunk):
-                    kept = targets[r] != -100
-                    out[key] = (float(nll[r][kept].double().sum()), int(kept.sum()))
+                for (key, _, _), (total, count) in zip(chunk, self._window_nll(gpt, chunk, how, tok, device)):
+                    sums[key][0] += total
+                    sums[key][1] += count
         gpt.train(was_training)
-        return out
+        return {key: HeldoutNLL(*v) for key, v in sums.items()}
+
+    @staticmethod
+    def _window_nll(gpt: GPT2, chunk: list[tuple[str, list[int], int]], how: PredictSettings, tok: Tokenizer,
+                    device: torch.device) -> list[tuple[float, int]]:
+        """(summed NLL, tokens) of each window of `chunk`, batched: a window's tokens from its first scored
+        position on are scored."""
+        width = max(len(ids) for _, ids, _ in chunk)
+        ids = torch.full((len(chunk), width), tok.eot_id, dtype=torch.long)
+        targets = torch.full((len(chunk), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, (_, seq, first) in enumerate(chunk):
+            ids[r, :len(seq)] = torch.tensor(seq)
+            mask[r, :len(seq)] = 1
+            targets[r, first - 1:len(seq) - 1] = torch.tensor(seq[first:])  # position t predicts t+1
+        ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
+        with autocast(device, how.autocast_dtype):
+            logits = gpt.lm_head(gpt(ids, attention_mask=mask))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
+        kept = targets != -100
+        return [(float(nll[r][kept[r]].double().sum()), int(kept[r].sum())) for r in range(len(chunk))]
 
     def score(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
         from minigpt2.metrics import chrf
