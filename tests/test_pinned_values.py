@@ -449,3 +449,55 @@ def test_dup_threshold_default_is_half_and_a_pair_at_it_is_a_near_duplicate():
         assert (reason is not None) == (jac >= 0.5), (cut, jac, reason)
         scored.append(jac)
     assert min(scored) < 0.5 < max(scored)
+
+
+# ---------------------------------------------------------------------------------------------- metrics' edges
+
+def test_bootstrap_defaults_edges_and_errors():
+    x = SKEWED
+    mean = lambda i: float(x[i].mean())  # noqa: E731
+    assert bootstrap_interval(mean, len(x)) == bootstrap_interval(mean, len(x), 1000, 0.95, 0)
+    assert bootstrap_interval(lambda i: float(x[:1][i].mean()), 1) == (0.0, 0.0)  # one example: no spread
+    for bad in (lambda: bootstrap_interval(mean, 0), lambda: bootstrap_interval_nested(lambda i, j: 0.0, 0, 2),
+                lambda: bootstrap_interval_nested(lambda i, j: 0.0, 3, 0)):
+        with pytest.raises(ValueError, match="^bootstrap of an empty set$"):
+            bad()
+    values = np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+
+    def score(i, j):
+        assert i.shape == (3,) and j.shape == (3, 2) and j.dtype.kind == "i"
+        return float(values[i[:, None], j].mean())
+    nested = lambda i, j: float(values[i[:, None], j].mean())  # noqa: E731
+    assert bootstrap_interval_nested(score, 3, 2, 50) == bootstrap_interval_nested(nested, 3, 2, 50, 0.95, 0)
+    rng, scores = np.random.default_rng(0), []
+    for _ in range(300):  # k = 2: two draws per chosen example
+        i = rng.integers(0, 3, size=3)
+        j = rng.integers(0, 2, size=(3, 2))
+        scores.append(np.mean([values[i[r], j[r, c]] for r in range(3) for c in range(2)]))
+    assert bootstrap_interval_nested(nested, 3, 2, 300, 0.8, 0) == pytest.approx(
+        tuple(np.quantile(scores, [0.1, 0.9])))
+
+    def one_draw(i, j):
+        assert j.shape == (3, 1) and j.dtype.kind == "i" and not j.any()
+        return float(values[i[:, None], j].mean())
+    bootstrap_interval_nested(one_draw, 3, 1, 20)
+    assert bootstrap_interval_nested(lambda i, j: float(x[:1][i].mean()), 1, 1) == (0.0, 0.0)
+
+
+def test_accuracy_and_chrf():
+    from sacrebleu.metrics import CHRF
+
+    from minigpt2.metrics import accuracy, chrf
+
+    assert accuracy([1, 0, 2, 2, 1], [1, 1, 2, 0, 1]) == 0.6
+    assert accuracy([True, 0], [1, 0]) == 1.0  # compared as integers
+    with pytest.raises(ValueError, match="^3 predictions for 2 labels$"):
+        accuracy([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="^accuracy of an empty set$"):
+        accuracy([], [])
+    hyp, ref = ["the cat sat on a mat", "so long lives this"], ["the cat sat on the mat", "so long lives this!"]
+    assert chrf(hyp, ref) == pytest.approx(CHRF(char_order=6, word_order=0, beta=2).corpus_score(hyp, [ref]).score)
+    assert chrf(hyp, ref) != pytest.approx(np.mean([chrf([h], [r]) for h, r in zip(hyp, ref)]))  # corpus, not mean
+    assert chrf(hyp[::-1], ref) < chrf(hyp, ref) and chrf(ref, ref) == 100.0
+    with pytest.raises(ValueError, match="^2 hypotheses for 1 references$"):
+        chrf(hyp, ref[:1])
