@@ -501,3 +501,16 @@ def test_accuracy_and_chrf():
     assert chrf(hyp[::-1], ref) < chrf(hyp, ref) and chrf(ref, ref) == 100.0
     with pytest.raises(ValueError, match="^2 hypotheses for 1 references$"):
         chrf(hyp, ref[:1])
+
+
+def test_subset_record_hash_is_the_ids_one_per_line():
+    import hashlib
+
+    from app.subsets import describe, ids_sha256
+    from tasks.base import Example
+
+    assert ids_sha256(["12", "7", "a"]) == hashlib.sha256(b"12\n7\na").hexdigest()
+    assert ids_sha256(["7", "12", "a"]) != ids_sha256(["12", "7", "a"])  # in order
+    rec = describe({"dev": [Example("12", [1]), Example("7", [2])], "train": []})
+    assert rec == {"dev": {"n": 2, "sha256": hashlib.sha256(b"12\n7").hexdigest(), "ids": ["12", "7"]},
+                   "train": {"n": 0, "sha256": hashlib.sha256(b"").hexdigest(), "ids": []}}

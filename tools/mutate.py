@@ -319,7 +319,7 @@ def baseline_passes(chosen: list[Mutant], files: list[str], timeout: int) -> boo
 PINNED = "tests/test_pinned_values.py"
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/metrics.py": ("tests/test_contract_stats.py", PINNED, "tests/test_properties.py"),
-    "app/subsets.py": ("tests/test_app_study.py",),
+    "app/subsets.py": (PINNED, "tests/test_app_study.py"),
     "tasks/base.py": (PINNED, "tests/test_properties.py", "tests/test_app_study.py"),
     "distill/summary.py": (PINNED, "tests/test_distill_generate.py"),
     "experiments/launch.py": (PINNED, "tests/test_properties.py", "tests/test_experiments_parallel.py"),
