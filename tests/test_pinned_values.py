@@ -514,3 +514,20 @@ def test_subset_record_hash_is_the_ids_one_per_line():
     rec = describe({"dev": [Example("12", [1]), Example("7", [2])], "train": []})
     assert rec == {"dev": {"n": 2, "sha256": hashlib.sha256(b"12\n7").hexdigest(), "ids": ["12", "7"]},
                    "train": {"n": 0, "sha256": hashlib.sha256(b"").hexdigest(), "ids": []}}
+
+
+def test_generation_summary_text_and_the_summary_file_read_back(tmp_path):
+    from distill import summary as sm
+
+    empty = sm.summarize([], "gemini-x")
+    assert sm.format_summary(empty) == (
+        "gemini-x: kept 0 of 0 requests; rejected: none\nperfect sonnets: none kept yet\n"
+        "tokens: input 0, output 0, thinking 0, total 0\nestimated cost: n/a (model not in the price table)")
+    two = sm.summarize([{"status": "rejected", "reason": "leak: x"}, {"status": "rejected", "reason": "dup"}],
+                       "gemini-x")
+    assert "; rejected: dup: 1, leak: 1\n" in sm.format_summary(two)
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"x": 1}\n')
+    sm.write_summary(jsonl, {**empty, "teacher": "written"}, last_run={"n": 3, "complete": True, "error": None})
+    back = sm.read_summary(jsonl)  # the file beside it matches the JSONL's sha256: read as written
+    assert back["teacher"] == "written" and back["last_run"] == {"n": 3, "complete": True, "error": None}
