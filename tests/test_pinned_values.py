@@ -531,3 +531,18 @@ def test_generation_summary_text_and_the_summary_file_read_back(tmp_path):
     sm.write_summary(jsonl, {**empty, "teacher": "written"}, last_run={"n": 3, "complete": True, "error": None})
     back = sm.read_summary(jsonl)  # the file beside it matches the JSONL's sha256: read as written
     assert back["teacher"] == "written" and back["last_run"] == {"n": 3, "complete": True, "error": None}
+
+
+def test_generation_summary_prices_rates_and_needs_at_their_edges(monkeypatch, tmp_path):
+    from distill import summary as sm
+    from distill.prices import PRICES
+
+    s = sm.summarize([{"status": "kept", "text": "x"}], "gemini-2.5-flash")
+    assert s["schema"] == 1 and (s["prices"]["usd_per_1m_input"], s["prices"]["usd_per_1m_output"]) == \
+        PRICES["gemini-2.5-flash"]
+    assert sm.reason_kind(None) == "?"
+    assert sm.teacher_rates("nobody", None) == (1.0, 1.0, "no perfect rate known: every request assumed perfect")
+    assert sm.teacher_rates("gemini-2.5-pro", None) == (0.75, 1.0, "the study's perfect rate 75%, assumed")
+    assert sm.requests_needed("gemini-2.5-pro", None) == 0
+    assert sm.requests_needed("gemini-2.5-pro", None, kept=3) == 3
+    assert sm.requests_needed("gemini-2.5-pro", None, perfect=3) == 4
