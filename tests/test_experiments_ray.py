@@ -18,8 +18,9 @@ from tests.test_experiments_parallel import SWEEP, results, rows, sequential, ti
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Head and worker node, one CPU each; its processes are ended by `shutdown` (by their ids)."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    """Head (two CPUs, so that a run asking for two fits) and a worker node (one CPU); its processes are ended
+    by `shutdown` (by their ids)."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c
@@ -63,3 +64,41 @@ def test_run_folders_a_node_cannot_write_are_refused_before_any_run(cluster, tmp
         assert list((tmp_path / "sweep").iterdir()) == []  # the probe files are removed
     finally:
         ray.shutdown()
+
+
+def recording_task(run, root, exec_flags, pass_id):
+    """Stands in for `launch._ray_task` on a worker: records the flags and the CPUs Ray gave the task."""
+    from pathlib import Path
+
+    run_dir = Path(root) / run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    (run_dir / "task.json").write_text(json.dumps({"flags": exec_flags, "cpus": cpus}))
+    return "recorded only"
+
+
+@pytest.mark.parametrize("threads, expected", [(None, "2"), (3, "3")])
+def test_cpus_per_run_reserves_that_many_cpus_and_hands_them_to_the_run(cluster, tmp_path, monkeypatch,
+                                                                         threads, expected):
+    from tests.test_experiments import three_runs
+
+    monkeypatch.setattr(launch, "_ray_task", recording_task)
+    result = launch.run_ray(three_runs()[:2], tmp_path, cluster.address, cpus_per_run=2, threads=threads,
+                            progress=False, poll_s=0.2)
+    assert sorted(result.failed) == ["r0", "r1"] and all(e == "recorded only" for e in result.failed.values())
+    for name in ("r0", "r1"):
+        record = json.loads((tmp_path / name / "task.json").read_text())
+        assert record == {"flags": ["--device", "cpu", "--threads", expected], "cpus": 2.0}
+
+
+@pytest.mark.parametrize("per_run, workers", [(2, 1), (1, 3)])
+def test_ray_dry_run_schedules_on_the_cluster_cpus_over_cpus_per_run(cluster, per_run, workers, capsys):
+    """Three CPUs in the cluster: --cpus-per-run 2 holds one run at a time (3 // 2), 1 holds three."""
+    argv = ["lora-targets", "--tiny", "--dry-run", "--stated-rates", "--launcher", "ray", "--address",
+            cluster.address, "--cpus-per-run", str(per_run)]
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert f"on {workers} workers (CPU estimate), longest runs first" in capsys.readouterr().out

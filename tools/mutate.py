@@ -5,6 +5,8 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --only NAME      # one mutant (or several: --only a --only b)
     python tools/mutate.py --jobs 2         # mutants in parallel (each in its own scratch copy)
     python tools/mutate.py --list           # the mutants, without running anything
+    python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/test_x.py ...] [--function NAME ...]
+                                            # mutmut's standard operator mutants of one module; prints survivors
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
 the code is reported as stale instead of silently doing nothing), its replacement, and the test files to run
@@ -13,6 +15,11 @@ the code is reported as stale instead of silently doing nothing), its replacemen
 unmutated copy: a suite that already fails would make every mutant look caught.
 
 Grow the list with each change: a new contract test should come with a mutant it catches.
+
+`--auto MODULE` leaves the hand list aside and runs mutmut (3.x) on one module of a scratch copy: mutmut's
+standard operator mutants (numbers, comparisons, arithmetic, strings, arguments, return values) of every function
+in MODULE, each run against the tests given with --tests (default: AUTO_TESTS[MODULE]) that cover its function;
+a mutant whose function no chosen test calls is "no tests". The survivors are printed with their diffs.
 """
 from __future__ import annotations
 
@@ -308,6 +315,75 @@ def baseline_passes(chosen: list[Mutant], files: list[str], timeout: int) -> boo
     return True
 
 
+# --auto: the test files that cover each module users read figures from (the default of --tests).
+PINNED = "tests/test_pinned_values.py"
+AUTO_TESTS: dict[str, tuple[str, ...]] = {
+    "minigpt2/metrics.py": ("tests/test_contract_stats.py", PINNED, "tests/test_properties.py"),
+    "app/subsets.py": (PINNED, "tests/test_app_study.py"),
+    "tasks/base.py": (PINNED, "tests/test_properties.py", "tests/test_app_study.py"),
+    "distill/summary.py": (PINNED, "tests/test_distill_generate.py"),
+    "experiments/launch.py": (PINNED, "tests/test_properties.py", "tests/test_experiments_parallel.py"),
+}
+
+
+def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str]) -> str:
+    """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the other packages copied."""
+    top = module.split("/")[0]
+    other = [p for p in packages if p != top]
+    q = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
+    return (f"\n[tool.mutmut]\nsource_paths = {q([top])}\nonly_mutate = {q([module])}\nalso_copy = {q(other)}\n"
+            f"pytest_add_cli_args_test_selection = {q(tests)}\npytest_add_cli_args = {q(['-p', 'no:cacheprovider'])}\n")
+
+
+def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=repo, env=env,
+                         capture_output=True, text=True).stdout
+    return {name.strip(): status.strip() for name, _, status in (ln.rpartition(": ") for ln in out.splitlines())
+            if name.strip()}
+
+
+def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: int, timeout: int) -> int:
+    """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff."""
+    if not (ROOT / module).is_file() or not module.endswith(".py"):
+        print(f"error: --auto {module}: expected a .py file of this repository, e.g. minigpt2/metrics.py",
+              file=sys.stderr)
+        return 2
+    t0 = time.time()
+    files = source_files()
+    packages = sorted({f.split("/")[0] for f in files if "/" in f and f.endswith(".py")})
+    dotted = module[:-3].replace("/", ".")
+    patterns = [f"{dotted}.x_{f}__mutmut_*" for f in functions]
+    with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
+        repo = scratch_copy(files, Path(tmp))
+        with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
+            f.write(mutmut_config(module, tests, packages))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns],
+                                  cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"error: mutmut did not finish in {timeout} s (raise --timeout)", file=sys.stderr)
+            return 2
+        results = mutmut_results(repo, env)
+        if proc.returncode != 0 or not results:
+            print(f"error: mutmut failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}",
+                  file=sys.stderr)
+            return 2
+        survivors = sorted((n for n, s in results.items() if s in ("survived", "suspicious")),
+                           key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
+        for name in survivors:
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=repo, env=env,
+                                  capture_output=True, text=True).stdout
+            changed = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+            print(f"survived  {name}\n    " + "\n    ".join(changed))
+    counts: dict[str, int] = {}
+    for status in results.values():
+        counts[status] = counts.get(status, 0) + 1
+    print(f"{module}: {len(results)} mutants; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+          + f"; tests: {' '.join(tests)} ({time.time() - t0:.0f} s)")
+    return 1 if survivors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Apply each deliberate bug to a scratch copy and run its tests.")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
@@ -315,7 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=TIMEOUT_S, help="seconds per test run (default %(default)s)")
     p.add_argument("--no-baseline", action="store_true", help="skip the run of the tests on the unmutated copy")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    p.add_argument("--auto", metavar="MODULE", help="mutmut's operator mutants of one module (see above)")
+    p.add_argument("--tests", nargs="+", metavar="FILE", help="--auto: the test files (default: AUTO_TESTS)")
+    p.add_argument("--function", action="append", default=[], metavar="NAME",
+                   help="--auto: only the mutants of this function (repeatable)")
     args = p.parse_args(argv)
+    if args.auto:
+        tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
+        if not tests:
+            print(f"error: --auto {args.auto}: no default tests for this module; pass --tests", file=sys.stderr)
+            return 2
+        return run_auto(args.auto, tests, args.function, max(1, args.jobs), args.timeout * 4)
     names = [m.name for m in MUTANTS]
     if len(set(names)) != len(names):
         print("error: two mutants share a name", file=sys.stderr)
