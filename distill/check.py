@@ -34,6 +34,7 @@ from pathlib import Path
 import pronouncing
 
 from course.sonnets import is_number_line, parse_sonnets
+from distill.syllables import count_line
 from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
 from minigpt2.atomic import atomic_write_json
 from minigpt2.errors import UserError, exits_on_user_error
@@ -175,18 +176,8 @@ def _describe_pair(a: str, b: str) -> str:
 
 
 def count_syllables(line: str) -> int:
-    """Syllables in a line: CMU counts (first pronunciation), vowel groups for unknown words."""
-    total = 0
-    for token in line.split():
-        w = normalize_word(token)
-        if not w:
-            continue
-        phones = pronunciations(w)
-        if phones:
-            total += pronouncing.syllable_count(phones[0])
-        else:
-            total += max(1, len(_VOWEL_GROUP.findall(re.sub(r"e$", "", w) or w)))
-    return total
+    """Syllables in a line: CMU counts, known parts and the period's elisions (`distill.syllables`)."""
+    return count_line(line)
 
 
 @dataclass
