@@ -149,15 +149,17 @@ def spelling_tail(word: str) -> str:
 def word_like(token: str) -> bool:
     """May an end word CMU lacks rhyme by its spelling? Only when it looks like one English word:
 
-    - the token is letters, with apostrophes or hyphens only between them, and no capital after a lower-case
-      letter (so no digits, symbols, other scripts or glued GPT-2 tokens: "RoyalsHel109", "worthyBind");
+    - the token is letters, with apostrophes or hyphens only between them, in lower case, capitalised or all
+      capitals (so no digits, symbols, other scripts or glued GPT-2 tokens: "RoyalsHel109", "worthyBind",
+      "CETinder");
     - its spelling tail starts with a vowel ("pt", "ske" -> "sk" have no vowel to rhyme on);
     - it has at most MAX_UNKNOWN_LETTERS letters and MAX_UNKNOWN_GROUPS vowel groups (longer strings are tokens
       glued together: "teeonomicomedicalotton"; the longest word in the sonnets that CMU lacks, "prefiguring",
       has 11 and 4).
     """
     token = token.translate(_APOSTROPHES)
-    if not _PLAIN_TOKEN.fullmatch(token) or re.search(r"[a-z][A-Z]", token):
+    last = token.split("-")[-1]  # the end word of "self-love" is "love"
+    if not _PLAIN_TOKEN.fullmatch(token) or not (last[1:] == last[1:].lower() or last == last.upper()):
         return False
     word = normalize_word(token)
     letters = word.replace("'", "")
