@@ -134,3 +134,19 @@ def test_share_of_shakespeares_lines_that_pass_the_meter():
     assert sum(r.metrical_lines == r.n_lines for r in train) == 120
     dev = check_file(data / "TRUE_sonnets_held_out_dev.txt", meter=True)
     assert len(dev) == 12 and all(r.metrical_lines == r.n_lines == 14 for r in dev)
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not os.environ.get("MINIGPT2_DATA_DIR"), reason="MINIGPT2_DATA_DIR not set")
+def test_meter_of_the_reference_rows_on_the_dev_sonnets():
+    """docs/study.md's reference table, meter column: every line of the 12 dev sonnets passes, and of the
+    prompts, and of a wrong real sonnet after them; random GPT-2 tokens never do."""
+    from distill.check import FORM_PARTS
+    from experiments.references import REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_forms
+
+    data = os.environ["MINIGPT2_DATA_DIR"]
+    tokenizer = Path(data) / "gpt2"
+    forms = sonnet_reference_forms(data, "dev", None, str(tokenizer) if tokenizer.is_dir() else None)
+    part = FORM_PARTS.index("meter")
+    meter = {name: sum(flags[0][part] for flags in forms[name]["per_sonnet"].values()) for name in forms}
+    assert meter == {REFERENCE_NAMES[0]: 12, REFERENCE_NAMES[1]: 0, REFERENCE_NAMES[2]: 12, REAL_SONNETS: 12}
