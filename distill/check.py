@@ -41,8 +41,8 @@ from pathlib import Path
 import pronouncing
 
 from course.sonnets import is_number_line, parse_sonnets
-from distill.syllables import count_line, vowel_groups
 from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
+from distill.syllables import count_line, vowel_groups
 from minigpt2.atomic import atomic_write_json
 from minigpt2.errors import UserError, exits_on_user_error
 
