@@ -8,14 +8,21 @@ K R IY1 S -> "IY S"). Every listed pronunciation is tried, so "wind" (W IH1 N D 
 Words the dictionary lacks go through, in order:
 1. archaic spellings: "o'er" -> "ore", "e'er"/"ne'er" -> "air", "ta'en" -> "lane", ...;
 2. elided endings: "lov'd" -> "loved" / "love" + D, "mak'st" -> "make" + S T, "grow'st" -> "grow" + S T;
-3. a prefix dropped: "o'erworn" -> "worn", "unbred" -> "bred", "inhearse" -> "hearse";
+3. a prefix dropped, for the rhyme only (it still counts syllables): "o'erworn" -> "worn", "unbred" -> "bred";
 4. an orthographic fallback: if a word is still unknown, the pair is judged on spelling, comparing the tails
    from the last vowel group, a final silent e dropped, "-ed" read as "d", doubled consonants single
-   ("niggarding" ~ "spring": "ing"; "stelled" ~ "held": "eld"); such words are reported as unknown.
+   ("niggarding" ~ "spring": "ing"; "stelled" ~ "held": "eld"); such words are reported as unknown. Only a
+   *word-like* token gets this fallback (`word_like`: letters only, in lower case, capitalised or all capitals;
+   a vowel to rhyme on; at most 12 letters and 4 vowel groups); any other unknown end word, such as random
+   GPT-2 tokens glued together ("RoyalsHel109", "CETinder") or a vowel-less fragment ("pt"), rhymes with nothing.
 CMU's two spellings of fire-words ("desire" AY1 ER0, "admire" AY1 R) are treated as one.
 
-The meter check (optional, reported separately) counts syllables per line (CMU, else vowel groups) and calls a
-line metrical when it has 9-11 syllables (10, allowing a feminine ending or an elision).
+The meter check (optional, reported separately) counts syllables per line and calls a line metrical when it has
+9-11 syllables (10, allowing a feminine ending or an elision). The count (`distill.syllables`, its rules in that
+module's docstring) reads every part of a hyphenated word, CMU's shortest reading of each word, the period's
+written elisions ("th'" 0, "o'erworn" 2, "lov'd" 1) and words CMU lacks by their known parts, keeping their
+prefixes ("overplus" 3), else by vowel groups. 1815 of Shakespeare's 1833 lines in the course's sonnets.txt pass;
+the 18 that do not are 12-13 syllables as written, pentameters only with a word slurred ("heav'nly", "pow'r").
 
 Reads the course's sonnet files (a header, then each sonnet as its number, a blank line and its lines; CRLF),
 plain text with sonnets separated by blank lines, and JSONL with a "text" field (records marked
@@ -35,6 +42,7 @@ import pronouncing
 
 from course.sonnets import is_number_line, parse_sonnets
 from distill.records import SyntheticFileError, decode_text, read_file_bytes, read_jsonl
+from distill.syllables import count_line, vowel_groups
 from minigpt2.atomic import atomic_write_json
 from minigpt2.errors import UserError, exits_on_user_error
 
@@ -53,6 +61,9 @@ PREFIXES = ("o'er", "over", "under", "out", "fore", "for", "mis", "dis", "un", "
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _WORD = re.compile(r"[a-z][a-z']*")
 _VOWEL_GROUP = re.compile(r"[aeiouy]+")
+_EDGE_PUNCTUATION = re.compile(r"^[^\w']+|[^\w']+$")
+_PLAIN_TOKEN = re.compile(r"'?[A-Za-z]+(?:['-][A-Za-z]+)*'?")
+MAX_UNKNOWN_LETTERS, MAX_UNKNOWN_GROUPS = 12, 4  # the spelling fallback's limits (`word_like`)
 
 
 def _strip_stress(phones: list[str]) -> str:
@@ -83,13 +94,18 @@ def normalize_word(token: str) -> str:
     return word
 
 
+def end_token(line: str) -> str:
+    """The line's last token that holds a word, as written, without the punctuation around it ("thee.--" ->
+    "thee", "RoyalsHel109," -> "RoyalsHel109"); "" when no token holds a word."""
+    for token in reversed(line.split()):
+        if normalize_word(token):
+            return _EDGE_PUNCTUATION.sub("", token.translate(_APOSTROPHES))
+    return ""
+
+
 def end_word(line: str) -> str:
     """The line's last word, normalised ("thee.--" -> "thee", "o'er," -> "o'er")."""
-    for token in reversed(line.split()):
-        w = normalize_word(token)
-        if w:
-            return w
-    return ""
+    return normalize_word(end_token(line))
 
 
 def pronunciations(word: str) -> list[str]:
@@ -128,7 +144,7 @@ def pronunciations(word: str) -> list[str]:
 def spelling_tail(word: str) -> str:
     """Orthographic rhyme key for unknown words: the last vowel group and what follows ("decease" -> "eas")."""
     w = re.sub(r"[^a-z]", "", word).replace("qu", "kw")  # the u of "qu" is no vowel
-    if len(w) > 3 and w.endswith("ed"):
+    if len(w) > 3 and w.endswith("ed") and _VOWEL_GROUP.search(w[:-2]):
         w = w[:-2] + "d"  # mostly elided in verse: "stelled" ~ "held"
     elif len(w) > 2 and w.endswith("e") and w[-2] not in "aeiouy":
         w = w[:-1]  # silent final e
@@ -137,14 +153,41 @@ def spelling_tail(word: str) -> str:
     return w[groups[-1].start():] if groups else w
 
 
+def word_like(token: str) -> bool:
+    """May an end word CMU lacks rhyme by its spelling? Only when it looks like one English word:
+
+    - the token is letters, with apostrophes or hyphens only between them, in lower case, capitalised or all
+      capitals (so no digits, symbols, other scripts or glued GPT-2 tokens: "RoyalsHel109", "worthyBind",
+      "CETinder");
+    - its spelling tail starts with a vowel ("pt", "ske" -> "sk" have no vowel to rhyme on);
+    - it has at most MAX_UNKNOWN_LETTERS letters and MAX_UNKNOWN_GROUPS vowel groups (longer strings are tokens
+      glued together: "teeonomicomedicalotton"; the longest word in the sonnets that CMU lacks, "prefiguring",
+      has 11 and 4).
+    """
+    token = token.translate(_APOSTROPHES)
+    last = token.split("-")[-1]  # the end word of "self-love" is "love"
+    if not _PLAIN_TOKEN.fullmatch(token) or not (last[1:] == last[1:].lower() or last == last.upper()):
+        return False
+    word = normalize_word(token)
+    letters = word.replace("'", "")
+    return (bool(re.match(r"[aeiouy]", spelling_tail(word))) and len(letters) <= MAX_UNKNOWN_LETTERS
+            and vowel_groups(letters) <= MAX_UNKNOWN_GROUPS)
+
+
 def rhyme(a: str, b: str) -> tuple[bool, str]:
-    """Do end words `a` and `b` rhyme? Returns (verdict, how): how is "cmu", "identical" or "spelling"."""
-    if a == b and a:
+    """Do end words `a` and `b` (as written, or normalised) rhyme? Returns (verdict, how): how is "cmu",
+    "identical", "spelling" (a word CMU lacks, judged on spelling) or "not word-like" (a word CMU lacks that
+    is no word: it rhymes with nothing)."""
+    wa, wb = normalize_word(a), normalize_word(b)
+    pa, pb = pronunciations(wa), pronunciations(wb)
+    unlike = [t for t, p in ((a, pa), (b, pb)) if not p and not word_like(t)]
+    if unlike or not (wa and wb):
+        return False, "not word-like"
+    if wa == wb:
         return True, "identical"
-    pa, pb = pronunciations(a), pronunciations(b)
     if pa and pb:
         return bool({rhyming_part(p) for p in pa} & {rhyming_part(p) for p in pb}), "cmu"
-    return spelling_tail(a) == spelling_tail(b), "spelling"
+    return spelling_tail(wa) == spelling_tail(wb), "spelling"
 
 
 def _ends_unstressed(phones: str) -> bool:
@@ -158,11 +201,15 @@ def _last_syllable(phones: str) -> str:
     return _strip_stress(ph[last:])
 
 
-def _describe_pair(a: str, b: str) -> str:
-    """Why two end words fail, in three kinds: only unstressed last syllables match ("weak rhyme"), the rhyme
-    falls on an unstressed syllable of one word ("unstressed"), or the rhyme sounds differ ("different sounds",
-    e.g. Shakespeare's eye rhymes and Early Modern pronunciations)."""
+def _describe_pair(token_a: str, token_b: str) -> str:
+    """Why two end words (as written) fail, in three kinds: only unstressed last syllables match ("weak rhyme"),
+    the rhyme falls on an unstressed syllable of one word ("unstressed"), or the rhyme sounds differ ("different
+    sounds", e.g. Shakespeare's eye rhymes and Early Modern pronunciations); or a word CMU lacks is no word."""
+    a, b = normalize_word(token_a), normalize_word(token_b)
     pa, pb = pronunciations(a), pronunciations(b)
+    unlike = [t for t, p in ((token_a, pa), (token_b, pb)) if not p and not word_like(t)]
+    if unlike:
+        return f"'{a}' / '{b}' no rhyme: '{unlike[0]}' is unknown to CMU and not word-like"
     if not (pa and pb):
         return f"'{a}' / '{b}' differ in spelling ({spelling_tail(a)} / {spelling_tail(b)}; word unknown to CMU)"
     parts = f"{'|'.join(sorted({rhyming_part(p) for p in pa}))} / {'|'.join(sorted({rhyming_part(p) for p in pb}))}"
@@ -175,18 +222,8 @@ def _describe_pair(a: str, b: str) -> str:
 
 
 def count_syllables(line: str) -> int:
-    """Syllables in a line: CMU counts (first pronunciation), vowel groups for unknown words."""
-    total = 0
-    for token in line.split():
-        w = normalize_word(token)
-        if not w:
-            continue
-        phones = pronunciations(w)
-        if phones:
-            total += pronouncing.syllable_count(phones[0])
-        else:
-            total += max(1, len(_VOWEL_GROUP.findall(re.sub(r"e$", "", w) or w)))
-    return total
+    """Syllables in a line: CMU counts, known parts and the period's elisions (`distill.syllables`)."""
+    return count_line(line)
 
 
 @dataclass
@@ -217,17 +254,17 @@ def check_sonnet(text: str, name: str = "sonnet", meter: bool = False) -> Sonnet
     result = SonnetCheck(name=name, n_lines=len(lines), perfect=False)
     if meter:
         result.syllables = [count_syllables(ln) for ln in lines]
-    words = [end_word(ln) for ln in lines]
+    tokens = [end_token(ln) for ln in lines]
+    words = [normalize_word(t) for t in tokens]
     result.unknown_words = sorted({w for w in words if w and not pronunciations(w)})
     if len(lines) != 14:
         result.reasons.append(f"{len(lines)} lines, expected 14")
         return result
     for i, j in RHYME_PAIRS:
-        ok, _ = rhyme(words[i], words[j])
+        ok, _ = rhyme(tokens[i], tokens[j])
         if not ok:
             result.failed_pairs.append((i + 1, j + 1, words[i], words[j]))
-    for i, j, a, b in result.failed_pairs:
-        result.reasons.append(f"lines {i}/{j} ({SCHEME[i - 1]}): {_describe_pair(a, b)}")
+            result.reasons.append(f"lines {i + 1}/{j + 1} ({SCHEME[i]}): {_describe_pair(tokens[i], tokens[j])}")
     result.perfect = not result.failed_pairs
     return result
 
@@ -250,7 +287,7 @@ def form_of(text: str) -> dict[str, bool]:
     perfect         `check_sonnet`'s verdict: 14 lines and the whole rhyme scheme
     """
     lines = sonnet_lines(text)
-    words = [end_word(ln) for ln in lines]
+    words = [end_token(ln) for ln in lines]
     pairs = [(i, j) for i, j in RHYME_PAIRS if j < len(lines)]
     low, high = METER_SYLLABLES
     return {"fourteen_lines": len(lines) == 14,

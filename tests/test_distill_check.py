@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.check import (check_file, check_sonnet, count_syllables, end_word, format_report, main,
-                           read_sonnet_texts, rhyme, summarize_checks)
+from distill.check import (check_file, check_sonnet, count_syllables, end_token, end_word, form_of, format_report,
+                           main, normalize_word, pronunciations, read_sonnet_texts, rhyme, sonnet_lines,
+                           summarize_checks, word_like)
 from minigpt2.errors import UserError
 from tests.fakegemini import make_sonnet
 
@@ -86,6 +87,65 @@ def test_unknown_words_use_the_spelling_fallback_and_are_reported():
     result = check_sonnet(failing)
     assert not result.perfect and "zorbliq" in result.unknown_words
     assert "lines 13/14 (G)" in result.reasons[0] and "unknown to CMU" in result.reasons[0]
+
+
+# Words the sonnets use that CMU lacks: real words, which may rhyme by spelling.
+ARCHAIC_UNKNOWN = ["niggarding", "stelled", "attainted", "carcanet", "prefiguring", "strumpeted", "embassage", "alack",
+                   "nought", "wights", "afterloss", "disdaineth", "greeing", "Staineth", "ALACK"]
+# End tokens of random GPT-2 token strings (`reference_hypotheses`' "prompts + random tokens": uniformly random ids,
+# decoded) and vowel-less fragments: not word-like, each for the reason given.
+NOT_WORD_LIKE = [
+    "RoyalsHel109",  # digits
+    "caf\u00e9",  # a letter outside a-z
+    "worthyBind", "CETinder",  # a capital inside: tokens glued together
+    "teeonomicomedicalotton", "exercparamslanderfranoperator",  # more than 12 letters or 4 vowel groups
+    "pt", "ske", "tsk", "grr",  # no vowel to rhyme on ("ske" -> "sk")
+]
+
+
+def test_word_like_accepts_real_words_and_refuses_token_strings():
+    assert all(not pronunciations(normalize_word(w)) for w in ARCHAIC_UNKNOWN + NOT_WORD_LIKE)
+    assert [w for w in ARCHAIC_UNKNOWN if not word_like(w)] == []
+    assert [w for w in NOT_WORD_LIKE if word_like(w)] == []
+    assert end_token("stain when heaven's sun RoyalsHel109,--") == "RoyalsHel109"
+    assert word_like("self-love") and not word_like("self-loveXY")  # a hyphenated token is judged by its last part
+
+
+@pytest.mark.parametrize("a, b", [
+    ("teeonomicomedicalotton", "upon"), ("exercparamslanderfranoperator", "for"), ("RoyalsHel109", "well"),
+    ("CETinder", "slender"), ("ske", "sk"), ("grr", "gr"), ("", "")])
+def test_nonsense_does_not_rhyme_by_spelling(a, b):
+    # each pair rhymed by spelling before word_like: the same spelling tail ("on"/"on", "el"/"el", "sk"/"sk", "";
+    # two lines without a word rhymed too)
+    assert rhyme(a, b) == (False, "not word-like")
+
+
+def test_archaic_words_still_rhyme_by_spelling():
+    assert rhyme("niggarding", "spring") == (True, "spelling")
+    assert rhyme("stelled", "held") == (True, "spelling") and rhyme("Stelled", "held") == (True, "spelling")
+    assert rhyme("attainted", "acquainted") == (True, "spelling")
+    assert rhyme("zorblax", "florblax") == (True, "spelling")  # word-like, if no word: the spelling decides
+
+
+def test_random_gpt2_tokens_after_a_prompt_rarely_pass_the_fallback():
+    """Seeded random GPT-2 token strings, as the "prompts + random tokens" reference row writes them: most end
+    tokens CMU lacks are not word-like, and none of those rhymes with an end word of the real sonnets."""
+    import numpy as np
+
+    from minigpt2.tokenizer import Tokenizer
+
+    tok = Tokenizer(str(Path(__file__).parent.parent / "experiments" / "tiny_data" / "gpt2"))
+    rng = np.random.default_rng(0)
+    tokens = [end_token(tok.decode(rng.integers(0, tok.vocab_size, size=8).tolist())) for _ in range(300)]
+    unknown = [t for t in tokens if t and not pronunciations(normalize_word(t))]
+    refused = [t for t in unknown if not word_like(t)]
+    assert len(unknown) > 100 and len(refused) > len(unknown) / 2
+    ends = {end_word(ln) for _, text in read_sonnet_texts(FIXTURES / "sonnets_sample.txt") for ln in sonnet_lines(text)}
+    assert [(t, e) for t in refused for e in ends if rhyme(t, e)[0]] == []
+    lines = make_sonnet(1).split("\n")
+    lines[3] = lines[3].rsplit(" ", 1)[0] + " " + refused[0]
+    assert form_of("\n".join(lines))["rhyme_scheme"] is False
+    assert "not word-like" in check_sonnet("\n".join(lines)).reasons[0]
 
 
 @pytest.mark.parametrize("n_lines", [13, 15, 12])
