@@ -501,6 +501,7 @@ class Cost:
     epochs: set[int] = field(default_factory=set)
     run_cpu_s: list[float] = field(default_factory=list)  # each priced run's cpu_s, gpu_s (summing concatenates)
     run_gpu_s: list[float] = field(default_factory=list)
+    run_startup_s: list[float] = field(default_factory=list)  # each priced run's startup_s (of its cpu_s)
     unknown: list[str] = field(default_factory=list)
     assumed: list[str] = field(default_factory=list)
 
@@ -554,7 +555,7 @@ def price(w: Workload, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS) -> C
                       (w.eval_batches + g.prefill_batches) * (w.n_layer * fl + fo) * launch,
                       g.decode_steps * (w.n_layer * dl + do) * launch)
     c.gpu_startup_s = w.processes * (imports + STARTUP_ASSUMPTIONS["cuda_context_s"]) + w.model_loads * build
-    c.run_cpu_s, c.run_gpu_s = [c.cpu_s], [c.gpu_s]
+    c.run_cpu_s, c.run_gpu_s, c.run_startup_s = [c.cpu_s], [c.gpu_s], [c.startup_s]
     return c
 
 
@@ -738,24 +739,26 @@ class Workers:
 def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str], float]:
     """Lines with the wall time of the priced runs on `workers`, longest first, and that time in seconds.
 
-    On a CPU a run's time is taken as inversely proportional to the cores' worth it runs on (linear in threads:
-    the most threads can give): its threads, at most cores / runs at once when they share the cores. So a run
-    priced at `rates.threads` takes rates.threads / that as long, and N runs at once on one CPU are in all no
-    faster than one run on every core."""
+    On a CPU a run's work is taken as inversely proportional to the cores it runs on (linear in threads: the
+    most threads can give): its threads, at most cores / runs at once when they share the cores. So work priced
+    at `rates.threads` takes rates.threads / that as long, and N runs at once on one CPU are in all no faster
+    than one run on every core. Start-ups (interpreter, imports, building the model) take one core each, while
+    there are as many cores as runs at once."""
     if workers.gpu:
         per_run, note = list(cost.run_gpu_s), []
     else:
         active = max(1, min(workers.n, len(cost.run_cpu_s)))
         speed = workers.threads if workers.cores is None else min(workers.threads, workers.cores / active)
-        scale = rates.threads / speed
-        per_run = [s * scale for s in cost.run_cpu_s]
+        scale, start = rates.threads / speed, 1.0 if workers.cores is None else max(1.0, active / workers.cores)
+        per_run = [(s - u) * scale + u * start for s, u in zip(cost.run_cpu_s, cost.run_startup_s)]
         share = (f"on CPUs of its own (--cpus-per-run), so {speed:.3g} core(s)" if workers.cores is None else
                  f"{active} run(s) at once sharing {workers.cores} cores, so min({workers.threads}, "
                  f"{workers.cores} / {active}) = {speed:.3g} core(s) each")
-        note = [f"    each run: {workers.threads} thread(s), {share}; a run's time taken as inversely proportional to "
-                f"its cores (linear in threads), x{scale:.3g} its CPU estimate at {rates.threads} thread(s)"
-                + (": runs side by side on one CPU divide its cores, no faster in all than one run on every core"
-                   if workers.cores is not None else "")]
+        note = [f"    each run: {workers.threads} thread(s), {share}; its work taken as inversely proportional to "
+                f"its cores (linear in threads): x{scale:.3g} its CPU estimate at {rates.threads} thread(s), its "
+                f"start-ups (one core) x{start:.3g}"
+                + (": runs side by side on one CPU divide its cores, their work no faster in all than one run on "
+                   "every core; only the start-ups overlap" if workers.cores is not None else "")]
     wall = schedule_seconds(per_run, workers.n)
     line = (f"  on {workers.n} workers ({'GPU' if workers.gpu else 'CPU'} estimate), longest runs first: "
             f"~{format_hours(wall)} wall time"

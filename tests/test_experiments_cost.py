@@ -288,13 +288,14 @@ def test_the_dry_run_prints_the_probe_s_spread_and_warns_when_the_machine_is_bus
 
 # ---------------------------------------------------------------------------------------------- --jobs on a CPU
 
-def cpu_seconds(w: estimate.Workload, rates: estimate.Rates) -> float:
-    """One run's CPU seconds at the rates' threads, from its counted work, as docs/study.md states the pricing."""
+def cpu_seconds(w: estimate.Workload, rates: estimate.Rates) -> tuple[float, float]:
+    """One run's CPU seconds at the rates' threads, from its counted work, as docs/study.md states the pricing:
+    (its work, its start-ups)."""
     s = w.n_params / rates.n_params
     t, g = rates.train_s_per_token * s, w.generation
-    return (w.train_tokens * t + (w.train_steps * rates.optimizer_s_per_step * s if w.full_optimizer else 0.0)
-            + (w.eval_tokens + g.prefill_tokens) * t / 3 + g.decoded_tokens * t
-            + w.processes * estimate.STARTUP_ASSUMPTIONS["imports_s"] + w.model_loads * rates.model_build_s * s)
+    work = (w.train_tokens * t + (w.train_steps * rates.optimizer_s_per_step * s if w.full_optimizer else 0.0)
+            + (w.eval_tokens + g.prefill_tokens) * t / 3 + g.decoded_tokens * t)
+    return work, w.processes * estimate.STARTUP_ASSUMPTIONS["imports_s"] + w.model_loads * rates.model_build_s * s
 
 
 def greedy_wall(seconds: list[float], workers: int) -> float:
@@ -305,32 +306,34 @@ def greedy_wall(seconds: list[float], workers: int) -> float:
     return max(loads)
 
 
-def expected_lines(runs, jobs: int, speed: float) -> tuple[str, str, str]:
-    """(the totals line's start, the wall-time line, 'x<scale>') for `runs` priced at the stated rates (2
-    threads) and run `jobs` at once at `speed` cores each; also checks that the slips give other figures."""
+def expected_lines(runs, jobs: int, speed: float, start: float) -> tuple[str, str, str]:
+    """(the totals line's start, the wall-time line, the scales) for `runs` priced at the stated rates (2
+    threads), run `jobs` at once at `speed` cores each, their start-ups `start` times as long as alone."""
     rates = estimate.stated_rates()
     work = [estimate.run_workload(r, "subprocess") for r in runs]
-    per_run = [cpu_seconds(w, rates) for w in work]
+    parts = [cpu_seconds(w, rates) for w in work]
     tokens = sum(w.train_tokens for w in work)
     epochs = "/".join(map(str, sorted({w.epochs for w in work})))
-    total = f"  {len(runs)} runs, epochs {epochs}, {tokens:,} training tokens; ~{estimate.format_hours(sum(per_run))}"
+    total = (f"  {len(runs)} runs, epochs {epochs}, {tokens:,} training tokens; "
+             f"~{estimate.format_hours(sum(a + b for a, b in parts))}")
+    per_run = [a * 2 / speed + b * start for a, b in parts]
+    wall = (f"  on {jobs} workers (CPU estimate), longest runs first: "
+            f"~{estimate.format_hours(greedy_wall(per_run, jobs))} wall time (the longest run alone: "
+            f"~{estimate.format_hours(max(per_run))})")
+    return total, wall, f"x{2 / speed:.3g} its CPU estimate at 2 thread(s), its start-ups (one core) x{start:.3g}"
 
-    def wall_line(scale: float) -> str:
-        wall = greedy_wall([x * scale for x in per_run], jobs)
-        return (f"  on {jobs} workers (CPU estimate), longest runs first: ~{estimate.format_hours(wall)} wall time "
-                f"(the longest run alone: ~{estimate.format_hours(max(per_run) * scale)})")
-    return total, wall_line(2 / speed), f"x{2 / speed:.3g} its CPU estimate at 2 thread(s)"
 
-
-@pytest.mark.parametrize("argv, cores, jobs, threads, speed", [
+@pytest.mark.parametrize("argv, cores, jobs, threads, speed, start", [
     # 9 cores, 2 jobs: 4 threads a run (9 // 2), 4 cores each (not 9 / 2 = 4.5, 2 or 1): x2/4 the estimate
-    (["--jobs", "2"], 9, 2, 4, 4.0),
+    (["--jobs", "2"], 9, 2, 4, 4.0, 1.0),
     # --threads 3, 4 jobs on 9 cores: 12 threads oversubscribe them, each run gets 9 / 4 = 2.25 cores: x2/2.25
-    (["--jobs", "4", "--threads", "3"], 9, 4, 3, 2.25),
+    (["--jobs", "4", "--threads", "3"], 9, 4, 3, 2.25, 1.0),
+    # 4 jobs on 2 cores: 1 thread a run but half a core (2 / 4): x2/0.5, and the start-ups share the cores too
+    (["--jobs", "4"], 2, 4, 1, 0.5, 2.0),
 ])
-def test_jobs_on_a_cpu_divide_its_cores(argv, cores, jobs, threads, speed, monkeypatch, capsys, tmp_path):
+def test_jobs_on_a_cpu_divide_its_cores(argv, cores, jobs, threads, speed, start, monkeypatch, capsys, tmp_path):
     """Every printed figure of a --jobs dry run on a CPU, GPT-2's shape on the tiny data at the stated rates (2
-    threads): runs, epochs, tokens, the CPU total, each run's threads and cores, the scale, the wall time."""
+    threads): runs, epochs, tokens, the CPU total, each run's threads and cores, the scales, the wall time."""
     from experiments import launch
 
     monkeypatch.setattr(launch, "cpu_count", lambda: cores)
@@ -339,18 +342,21 @@ def test_jobs_on_a_cpu_divide_its_cores(argv, cores, jobs, threads, speed, monke
     out = dry_run(capsys, "lora-targets", *flags, *argv)
     runs = build_sweep("lora-targets", SweepOptions(model="gpt2", data_dir=str(TINY_DATA_DIR), plan_missing=True)).runs
     assert len(runs) == 4 and f"sweep lora-targets: {len(runs)} runs" in out
-    total, wall, scale = expected_lines(runs, jobs, speed)
+    total, wall, scales = expected_lines(runs, jobs, speed, start)
     assert total + " in all on cpu (estimate; stated: " in out
-    assert wall in out and scale in out
+    assert wall in out and scales in out
     assert (f"    each run: {threads} thread(s), {jobs} run(s) at once sharing {cores} cores, so min({threads}, "
             f"{cores} / {jobs}) = {speed:g} core(s) each; ") in out
-    for slip in {cores // jobs, cores / jobs, jobs, 1, threads} - {speed}:  # a one-line slip prints another figure
-        assert expected_lines(runs, jobs, slip)[1:] != (wall, scale)
+    slips = {max(1, cores // jobs), cores / jobs, jobs, 1, threads} - {speed}
+    for slip in slips:  # a one-line slip prints another figure
+        assert expected_lines(runs, jobs, slip, start)[1:] != (wall, scales)
+    for slip in {1.0, jobs / cores, cores / jobs} - {start}:
+        assert expected_lines(runs, jobs, speed, slip)[1:] != (wall, scales)
 
 
 def test_all_sweeps_on_jobs_add_up_their_wall_times(monkeypatch, capsys, tmp_path):
     """`all --tiny --jobs 3` on 14 cores (patched): 4 threads a run (14 // 3), at most 14 / 3 cores each, so 4
-    (x0.5 the stated 2-thread estimate, in subprocesses); the sweeps one after the other."""
+    (the work x0.5 the stated 2-thread estimate, the start-ups in subprocesses); the sweeps one after the other."""
     from experiments import launch
     from experiments.sweeps import SWEEPS
 
@@ -360,18 +366,19 @@ def test_all_sweeps_on_jobs_add_up_their_wall_times(monkeypatch, capsys, tmp_pat
     rates, walls = estimate.stated_rates(), []
     for name in sorted(SWEEPS):
         runs = build_sweep(name, SweepOptions(tiny=True, plan_missing=True)).runs
-        per_run = [cpu_seconds(estimate.run_workload(r, "subprocess"), rates) * 2 / 4 for r in runs]
+        parts = [cpu_seconds(estimate.run_workload(r, "subprocess"), rates) for r in runs]
+        per_run = [work * 2 / 4 + start for work, start in parts]
         walls.append(greedy_wall(per_run, 3))
         active = min(3, len(runs))
         assert f"each run: 4 thread(s), {active} run(s) at once sharing 14 cores, so min(4, 14 / {active}) = 4 " in out
-    assert out.count("x0.5 its CPU estimate at 2 thread(s)") == 6
+    assert out.count("x0.5 its CPU estimate at 2 thread(s), its start-ups (one core) x1:") == 6
     assert f"  ~{estimate.format_hours(sum(walls))} wall time on 3 workers (sweeps one after the other)" in out
     assert "  start-ups: 0 processes" not in out  # --jobs runs every run in a subprocess, whatever --tiny says
 
 
 def test_jobs_on_gpus_and_ray_cpus_are_real_workers(monkeypatch, capsys, tmp_path):
     """--devices cuda:0,cuda:1: the GPU estimate per run on 2 workers, no CPU threads. --launcher ray
-    --cpus-per-run 5: each task on 5 CPUs of its own, x2/5 the stated 2-thread estimate."""
+    --cpus-per-run 5: each task on 5 CPUs of its own, its work x2/5 the stated 2-thread estimate."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -384,10 +391,12 @@ def test_jobs_on_gpus_and_ray_cpus_are_real_workers(monkeypatch, capsys, tmp_pat
             f"wall time (the longest run alone: ~{estimate.format_hours(max(gpu))})") in out
     assert "each run: " not in out
     out = dry_run(capsys, "lora-targets", *flags, "--launcher", "ray", "--jobs", "3", "--cpus-per-run", "5")
-    cpu = [cpu_seconds(estimate.run_workload(r, "subprocess"), estimate.stated_rates()) * 2 / 5 for r in runs]
+    parts = [cpu_seconds(estimate.run_workload(r, "subprocess"), estimate.stated_rates()) for r in runs]
+    cpu = [work * 2 / 5 + start for work, start in parts]
     assert f"~{estimate.format_hours(greedy_wall(cpu, 3))} wall time" in out
-    assert ("    each run: 5 thread(s), on CPUs of its own (--cpus-per-run), so 5 core(s); a run's time taken as "
-            "inversely proportional to its cores (linear in threads), x0.4 its CPU estimate at 2 thread(s)\n") in out
+    assert ("    each run: 5 thread(s), on CPUs of its own (--cpus-per-run), so 5 core(s); its work taken as "
+            "inversely proportional to its cores (linear in threads): x0.4 its CPU estimate at 2 thread(s), its "
+            "start-ups (one core) x1\n") in out
 
 
 # ---------------------------------------------------------------------------------------------- documented commands
