@@ -86,8 +86,9 @@ class LaunchArgs:
     """Where the runs run (docs/study.md, 'Beyond one machine')."""
 
     jobs: int | None = option(None, "runs at once on this machine, each a finetune subprocess logging to its "
-                                    "run.log, the longest first (default 1: one after the other). --launcher ray: "
-                                    "the workers --dry-run plans for (default: what the cluster holds)")
+                                    "run.log, the longest first (default 1: one after the other); on a CPU they "
+                                    "share its cores (--threads). --launcher ray: the workers --dry-run plans for "
+                                    "(default: what the cluster holds)")
     devices: str | None = option(None, "comma-separated devices the runs are pinned to, round-robin (default: every "
                                        "CUDA device, else cpu), e.g. cuda:0,cuda:1")
     threads: int | None = option(None, "CPU threads of each run, recorded in its config.json (default: this "

@@ -22,7 +22,8 @@
                       replaces the probe with STATED_CPU (deterministic: docs/study.md's table)
     wall time         --jobs N: the runs longest first on N workers (`schedule_seconds`). On GPUs each worker is
                       a device; on a CPU the N runs share its cores, each at --threads (default cores // N) but
-                      at most cores / N cores' worth, a run's time inversely proportional to that (`wall_estimate`)
+                      at most cores / N cores' worth, a run's work inversely proportional to that, its start-ups
+                      on one core each (`wall_estimate`)
     GPU               FLOP-bound: 6 N per training token, 2 N per evaluated or decoded token (N parameters), at
                       GPU_ASSUMPTIONS' MFU of its peak; launch-bound: kernel launches per training step, forward
                       batch and decode step at ~10 us each. Small batches of a 124M model are launch-bound, so
