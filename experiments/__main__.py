@@ -33,10 +33,10 @@ from app import cli
 from app.settings import option
 from minigpt2.errors import UserError, exits_on_user_error
 
-from .estimate import (Cost, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table,
-                       measured_rates, schedule_seconds, stated_rates, sweep_cost)
+from .estimate import (Cost, Workers, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table,
+                       measured_rates, probe_warning, stated_rates, sweep_cost, wall_estimate)
 from .html import write_index
-from .launch import (LaunchError, check_devices, connect, default_devices, ray_capacity, require_ray, run_cost,
+from .launch import (LaunchError, check_devices, connect, cpu_count, default_devices, ray_capacity, require_ray,
                      run_local, run_ray, threads_per_run)
 from .preflight import check_preconditions
 from .report import write_report
@@ -72,7 +72,7 @@ class ExperimentArgs:
     synthetic_dir: str | None = option(None, "teachers sweep: folder of <teacher>.jsonl files from distill.generate "
                                              "(default under --tiny: experiments/tiny_data/synthetic)")
     finetune_args: str = option("", "extra finetune flags for every run, one quoted string (e.g. '--device cuda:1 "
-                                    "--compile')")
+                                    "--compile' or '--offline': a value starting with -- is taken as the value)")
     isolation: str | None = option(None, "run each finetune in a fresh subprocess (default) or in this process "
                                          "(default under --tiny: saves the interpreter start-up per run)",
                                    choices=("subprocess", "in-process"))
@@ -86,8 +86,9 @@ class LaunchArgs:
     """Where the runs run (docs/study.md, 'Beyond one machine')."""
 
     jobs: int | None = option(None, "runs at once on this machine, each a finetune subprocess logging to its "
-                                    "run.log, the longest first (default 1: one after the other). --launcher ray: "
-                                    "the workers --dry-run plans for (default: what the cluster holds)")
+                                    "run.log, the longest first (default 1: one after the other); on a CPU they "
+                                    "share its cores (--threads). --launcher ray: the workers --dry-run plans for "
+                                    "(default: what the cluster holds)")
     devices: str | None = option(None, "comma-separated devices the runs are pinned to, round-robin (default: every "
                                        "CUDA device, else cpu), e.g. cuda:0,cuda:1")
     threads: int | None = option(None, "CPU threads of each run, recorded in its config.json (default: this "
@@ -109,10 +110,41 @@ def parse_args(argv: list[str] | None = None) -> ExperimentArgs:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     cli.add_groups(p, GROUPS)
-    ns = p.parse_args(argv)
+    ns = p.parse_args(attach_values(sys.argv[1:] if argv is None else argv))
     args = cli.build(GROUPS[0], cli.given(ns, GROUPS[0]))
     vars(args).update(vars(cli.build(GROUPS[1], cli.given(ns, GROUPS[1]))))
     return args
+
+
+VALUE_FLAGS = ("--finetune-args",)  # their value is a command line of its own, which may start with --
+
+
+def attach_values(argv: list[str]) -> list[str]:
+    """`--finetune-args '--offline'` as `--finetune-args=--offline`: argparse would read a value that starts
+    with -- as a flag of its own and say the flag has no value."""
+    out, rest = [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        if token == "--":  # everything after is positional
+            return out + [token] + rest
+        if token in VALUE_FLAGS and rest:
+            token = f"{token}={rest.pop(0)}"
+        out.append(token)
+    return out
+
+
+def check_settings(args: ExperimentArgs) -> SweepOptions:
+    """Every check of the command line that runs before any work (one `error:` line each): the launcher flags,
+    the flags that need --dry-run, --seeds and the finetune flags of --finetune-args; the sweeps' options."""
+    check_launch(args)
+    if (args.markdown or args.stated_rates) and not args.dry_run:
+        raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
+    opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
+                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
+                        plan_missing=args.dry_run)
+    opts.seed_list()
+    cli.options_from_argv(opts.finetune_args)  # a flag finetune does not know: argparse's error, now
+    return opts
 
 
 def check_launch(args: ExperimentArgs) -> None:
@@ -165,15 +197,43 @@ def launch(sweep: Sweep, root: Path, args: ExperimentArgs) -> SweepResult:
 
 
 def isolation(args: ExperimentArgs) -> str:
+    """How the runs start: --jobs above 1 and Ray run each in a subprocess, whatever --tiny's default."""
+    if (args.jobs or 1) > 1 or args.launcher == "ray":
+        return "subprocess"
     return args.isolation or ("in-process" if args.tiny else "subprocess")
 
 
+def run_device(args: ExperimentArgs) -> str:
+    """The device the runs use: the first of --devices, else their --device, else CUDA where there is one."""
+    return args.devices[0] if args.devices else chosen_device(shlex.split(args.finetune_args))
+
+
 def dry_run_rates(args: ExperimentArgs):  # -> estimate.Rates, probed once per command
+    """The CPU rates: stated, or a probe of the runs' model on their device at the threads a run gets one at a
+    time (--threads, else every core); a busy machine is one `warning:` line on stderr."""
     if getattr(args, "rates", None) is None:
         model = args.model or ("tiny" if args.tiny else "gpt2")
         args.rates = stated_rates() if args.stated_rates else \
-            measured_rates(model, chosen_device(shlex.split(args.finetune_args)))
+            measured_rates(model, run_device(args), threads_per_run(1, args.threads))
+        warning = probe_warning(args.rates)
+        if warning:
+            print(warning, file=sys.stderr)
     return args.rates
+
+
+def dry_run_workers(args: ExperimentArgs) -> Workers:
+    """The workers a --jobs (or Ray) dry run spreads the runs over: GPUs, or runs that share this CPU's cores
+    (a Ray task with --cpus-per-run: CPUs of its own)."""
+    if getattr(args, "workers", None) is None:
+        n = workers(args)
+        if args.launcher == "ray":
+            gpu = args.cpus_per_run is None
+            threads = args.threads or args.cpus_per_run or 1
+            args.workers = Workers(n, gpu, threads, None)
+        else:
+            gpu = all(d.startswith("cuda") for d in (args.devices or [run_device(args)]))
+            args.workers = Workers(n, gpu, threads_per_run(n, args.threads), None if gpu else cpu_count())
+    return args.workers
 
 
 def run_one(sweep: Sweep, args: ExperimentArgs) -> bool:
@@ -196,16 +256,8 @@ def run_one(sweep: Sweep, args: ExperimentArgs) -> bool:
         print("\n".join(cost_lines(cost, rates) + bill))
         args.costs.append((name, cost, usd))
         if args.jobs is not None or args.launcher == "ray":  # the work spread over the workers
-            gpu = chosen_device(shlex.split(args.finetune_args)).startswith("cuda") or (
-                args.launcher == "ray" and args.cpus_per_run is None)
-            seconds = cost.gpu_s if gpu else cost.cpu_s
-            costs = [run_cost(run) for run in sweep.runs]
-            per_run = [seconds * c / sum(costs) for c in costs] if sum(costs) else []
-            n = workers(args)
-            wall = schedule_seconds(per_run, n)
-            print(f"  on {n} workers ({'GPU' if gpu else 'CPU'} estimate), longest runs first: "
-                  f"~{format_hours(wall)} wall time"
-                  + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
+            lines, wall = wall_estimate(cost, rates, dry_run_workers(args))
+            print("\n".join(lines))
             args.estimated_wall = getattr(args, "estimated_wall", 0.0) + wall
         return True
     failed: dict[str, str] = {}
@@ -256,12 +308,7 @@ class sigterm_as_interrupt:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    check_launch(args)
-    if (args.markdown or args.stated_rates) and not args.dry_run:
-        raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
-    opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
-                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
-                        plan_missing=args.dry_run)
+    opts = check_settings(args)
     names = sorted(SWEEPS) if args.sweep == "all" else [args.sweep]
     sweeps = [build_sweep(name, opts) for name in names]  # all checked before any runs
     if args.sweep != "all" and not sweeps[0].runs and not args.report_only:
@@ -287,8 +334,8 @@ def _main(argv: list[str] | None) -> int:
         print("\n".join(cost_lines(total, dry_run_rates(args))))
         print(f"  Gemini in all: ~${sum(u for _, _, u in args.costs):.2f} (see the teachers sweep above)")
         if hasattr(args, "estimated_wall"):
-            print(f"  ~{format_hours(args.estimated_wall)} wall time on {workers(args)} workers (sweeps one after "
-                  "the other)")
+            print(f"  ~{format_hours(args.estimated_wall)} wall time on {dry_run_workers(args).n} workers (sweeps one "
+                  "after the other)")
     return 0 if all(ok) else 1
 
 

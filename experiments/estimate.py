@@ -11,12 +11,19 @@
                       (--eval-samples K times), each sampled up to the length of its true continuation (the true
                       held-out sonnets'; test prompts without true sonnets take the dev mean), not to the
                       --max-new-tokens cap; batches of --eval-batch-size decode until their longest row ends
-    CPU               the probe: one full fine-tuning step (forward, LM loss, backward, then AdamW timed apart) of
-                      the runs' model shape at batch 8 x 64 on the chosen device, random weights, after a warm-up
-                      step; a forward token costs a third of a trained one, a sampled token one trained token
+    CPU               the probe: PROBE_STEPS full fine-tuning steps (forward, LM loss, backward, then AdamW timed
+                      apart) of the runs' model shape at batch 8 x 64 on the chosen device, random weights, after
+                      PROBE_WARMUP untimed ones, at the threads a run gets one at a time; priced at the fastest
+                      step (load only adds time: the fastest is the closest to an idle machine), its median and
+                      slowest printed beside it, and a warning when they spread wide or the load average exceeds
+                      the cores. A forward token costs a third of a trained one, a sampled token one trained token
                       (docs/performance.md: 212 sampled vs 213 trained tokens/s at batch 12 on a CPU). LoRA runs
                       skip the full AdamW step but are otherwise priced as full fine-tuning. --stated-rates
                       replaces the probe with STATED_CPU (deterministic: docs/study.md's table)
+    wall time         --jobs N: the runs longest first on N workers (`schedule_seconds`). On GPUs each worker is
+                      a device; on a CPU the N runs share its cores, each at --threads (default cores // N) but
+                      at most cores / N cores' worth, a run's work inversely proportional to that, its start-ups
+                      on one core each (`wall_estimate`)
     GPU               FLOP-bound: 6 N per training token, 2 N per evaluated or decoded token (N parameters), at
                       GPU_ASSUMPTIONS' MFU of its peak; launch-bound: kernel launches per training step, forward
                       batch and decode step at ~10 us each. Small batches of a 124M model are launch-bound, so
@@ -32,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import statistics
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +59,9 @@ if TYPE_CHECKING:
     from tasks.base import Task
 
 PROBE_BATCH, PROBE_SEQ = 8, 64
+# The probe: untimed warm-up steps, then timed ones; priced at the fastest (load only adds time). Wider than
+# PROBE_SPREAD_WARN (slowest / fastest step) the dry run warns that the machine was busy.
+PROBE_WARMUP, PROBE_STEPS, PROBE_SPREAD_WARN = 1, 5, 1.5
 # Per generated sonnet (one request each): prompt, output and thinking tokens. An assumption for pricing files
 # not yet generated; a generated file's summary replaces it with what was billed. The perfect rates are the
 # study's (perfect sonnets per request), used until a file's summary measures its own.
@@ -70,60 +82,120 @@ GPU_ASSUMPTIONS: dict[str, Any] = {
 STARTUP_ASSUMPTIONS = {"imports_s": 3.0, "cuda_context_s": 2.0}
 # --stated-rates: GPT-2 124M on an idle 2-vCPU AMD EPYC, from docs/performance.md (training step 8 x 128 with
 # AdamW: 212.8 tokens/s, i.e. 4.8 s a step, of which the AdamW update over 124M weights is taken as 0.35 s),
-# scaled by parameter count for other shapes. Deterministic, unlike the probe.
+# at 2 threads, scaled by parameter count for other shapes. Deterministic, unlike the probe.
 STATED_CPU = {"train_s_per_token": 4.35e-3, "optimizer_s_per_step": 0.35, "model_build_s": 1.5,
-              "n_params": 124_439_808}
+              "n_params": 124_439_808, "threads": 2}
 DECODE_PER_TRAIN_TOKEN = 1.0  # CPU: one sampled token (batch ~12) costs about one trained token
 FORWARD_PER_TRAIN_TOKEN = 1 / 3  # a forward pass is a third of forward + backward
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Measured full fine-tuning speed of one model shape on one device: forward + backward per token, the
-    AdamW step over every weight, and how long building the model took."""
+    """Measured full fine-tuning speed of one model shape on one device at `threads` CPU threads: each timed
+    step's forward + backward and its AdamW step apart (seconds), how long building the model took, and the
+    machine's 1-minute load average and cores when it was measured (None where the system does not say)."""
 
     model: str
     device: str
-    seconds_per_token: float
-    steps: int
-    seconds_per_step: float = 0.0  # the optimizer step alone
+    threads: int
+    tokens_per_step: int
+    step_seconds: tuple[float, ...]  # forward + backward of each timed step
+    optimizer_seconds: tuple[float, ...]  # the AdamW step of each timed step
     build_seconds: float = 0.0
+    load: float | None = None
+    cores: int = 1
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_seconds)
+
+    @property
+    def seconds_per_token(self) -> float:
+        """The price: the fastest step's. Load only adds time, so the fastest step is the closest to the machine
+        idle (a mean or median would price whatever else ran meanwhile)."""
+        return min(self.step_seconds) / self.tokens_per_step
+
+    @property
+    def median_seconds_per_token(self) -> float:
+        return statistics.median(self.step_seconds) / self.tokens_per_step
+
+    @property
+    def slowest_seconds_per_token(self) -> float:
+        return max(self.step_seconds) / self.tokens_per_step
+
+    @property
+    def seconds_per_step(self) -> float:
+        """The AdamW step: the fastest, as the forward + backward."""
+        return min(self.optimizer_seconds)
+
+    @property
+    def spread(self) -> float:
+        """Slowest step / fastest step: 1 on an idle machine, wide when other work took the cores meanwhile."""
+        return max(self.step_seconds) / min(self.step_seconds)
+
+    def warnings(self) -> list[str]:
+        """Why the probe's price may be off: its steps spread wide, or the machine was busy when it ran."""
+        out = []
+        if self.spread > PROBE_SPREAD_WARN:
+            out.append(f"the probe's {self.steps} steps took {self.seconds_per_token * 1e3:.3f} to "
+                       f"{self.slowest_seconds_per_token * 1e3:.3f} ms/token ({self.spread:.1f}x apart, over "
+                       f"{PROBE_SPREAD_WARN}x)")
+        if self.device == "cpu" and self.load is not None and self.load > self.cores:
+            out.append(f"the load average was {self.load:.1f} on {self.cores} cores")
+        return out
 
 
 @functools.lru_cache(maxsize=4)
-def probe(model: str = "gpt2", device: str = "cpu", steps: int = 1) -> Probe:
-    """Time `steps` training steps of `model`'s shape at batch 8 x 64 after a warm-up step at batch 1 x 8 (which
-    allocates the gradients and AdamW's moments): forward + backward and the AdamW step apart."""
+def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, threads: int | None = None) -> Probe:
+    """Time `steps` training steps of `model`'s shape at batch 8 x 64 after PROBE_WARMUP untimed ones (which
+    allocate the activations, the gradients and AdamW's moments), with `threads` CPU threads (default: torch's):
+    forward + backward and the AdamW step apart."""
     from minigpt2.fast.chunked_loss import chunked_lm_loss
     from minigpt2.model import GPT2
 
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    net = GPT2(model_config(model)).to(device)
-    build = time.perf_counter() - start
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    seq = min(PROBE_SEQ, net.config.n_positions)
+    from .launch import cpu_count
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        net = GPT2(model_config(model)).to(device)
+        build = time.perf_counter() - start
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+        seq = min(PROBE_SEQ, net.config.n_positions)
 
-    def step(batch: int, length: int) -> tuple[float, float]:
-        ids = torch.randint(0, net.config.vocab_size, (batch, length), device=device)
-        sync()
-        t0 = time.perf_counter()
-        chunked_lm_loss(net(ids)[:, :-1], net.wte.weight, ids[:, 1:]).backward()
-        sync()
-        t1 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        return t1 - t0, time.perf_counter() - t1
+        def sync() -> None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
 
-    step(1, min(8, seq))
-    times = [step(PROBE_BATCH, seq) for _ in range(steps)]
-    return Probe(model, device, sum(t for t, _ in times) / (steps * PROBE_BATCH * seq), steps,
-                 sum(o for _, o in times) / steps, build)
+        def step() -> tuple[float, float]:
+            ids = torch.randint(0, net.config.vocab_size, (PROBE_BATCH, seq), device=device)
+            sync()
+            t0 = time.perf_counter()
+            chunked_lm_loss(net(ids)[:, :-1], net.wte.weight, ids[:, 1:]).backward()
+            sync()
+            t1 = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sync()
+            return t1 - t0, time.perf_counter() - t1
+
+        for _ in range(PROBE_WARMUP):
+            step()
+        times = [step() for _ in range(steps)]
+        return Probe(model, device, torch.get_num_threads(), PROBE_BATCH * seq, tuple(t for t, _ in times),
+                     tuple(o for _, o in times), build, _load_average(), cpu_count())
+    finally:
+        torch.set_num_threads(before)
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not a Unix
+        return None
 
 
 def chosen_device(finetune_args: Sequence[str]) -> str:
@@ -361,7 +433,8 @@ def format_hours(seconds: float) -> str:
 @dataclass(frozen=True)
 class Rates:
     """Seconds of work on the device the runs use, for a model of `n_params` parameters (other shapes scale by
-    parameter count): measured by `probe`, or stated (`STATED_CPU`)."""
+    parameter count) at `threads` CPU threads: measured by `probe`, or stated (`STATED_CPU`). `warnings`: why a
+    measured price may be off (a busy machine)."""
 
     device: str
     train_s_per_token: float
@@ -369,20 +442,36 @@ class Rates:
     model_build_s: float
     n_params: int
     source: str
+    threads: int = 1
+    warnings: tuple[str, ...] = ()
 
 
-def measured_rates(model: str, device: str) -> Rates:
-    p = probe(model, device, 1 if model != "tiny" else 3)
+def measured_rates(model: str, device: str, threads: int | None = None) -> Rates:
+    """The probe's rates for `model` on `device` at `threads` CPU threads (default: torch's)."""
+    p = probe(model, device, PROBE_STEPS, threads)
+    at = f", {p.threads} thread(s)" if device == "cpu" else ""
     return Rates(device, p.seconds_per_token, p.seconds_per_step, p.build_seconds, n_params(model)[0],
-                 f"probe: {p.steps} step(s) of {model} at batch {PROBE_BATCH} x {PROBE_SEQ} on {device}, "
-                 f"{p.seconds_per_token * 1e3:.3f} ms/token + {p.seconds_per_step:.2f} s AdamW step")
+                 f"probe: the fastest of {p.steps} steps of {model} at batch {PROBE_BATCH} x {PROBE_SEQ} on "
+                 f"{device}{at} after {PROBE_WARMUP} warm-up, {p.seconds_per_token * 1e3:.3f} ms/token (median "
+                 f"{p.median_seconds_per_token * 1e3:.3f}, slowest {p.slowest_seconds_per_token * 1e3:.3f}) + "
+                 f"{p.seconds_per_step:.2f} s AdamW step", p.threads, tuple(p.warnings()))
 
 
 def stated_rates() -> Rates:
     c = STATED_CPU
     return Rates("cpu", c["train_s_per_token"], c["optimizer_s_per_step"], c["model_build_s"], c["n_params"],
-                 f"stated: GPT-2 124M on an idle 2-vCPU EPYC, {c['train_s_per_token'] * 1e3:.2f} ms/token + "
-                 f"{c['optimizer_s_per_step']:.2f} s AdamW step, by parameter count for other shapes")
+                 f"stated: GPT-2 124M on an idle 2-vCPU EPYC at {c['threads']} threads, "
+                 f"{c['train_s_per_token'] * 1e3:.2f} ms/token + {c['optimizer_s_per_step']:.2f} s AdamW step, by "
+                 "parameter count for other shapes", c["threads"])
+
+
+def probe_warning(rates: Rates) -> str | None:
+    """One `warning:` line when the probe's price may be off, else None."""
+    if not rates.warnings:
+        return None
+    return ("warning: " + "; ".join(rates.warnings) + ": the machine was busy. The estimate prices the fastest "
+            "step (the closest to an idle machine); runs on a machine that stays this busy take longer. Probe "
+            "again when it is quieter, or price with --stated-rates")
 
 
 @dataclass
@@ -411,6 +500,9 @@ class Cost:
     gpu_launch_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     gpu_startup_s: float = 0.0
     epochs: set[int] = field(default_factory=set)
+    run_cpu_s: list[float] = field(default_factory=list)  # each priced run's cpu_s, gpu_s (summing concatenates)
+    run_gpu_s: list[float] = field(default_factory=list)
+    run_startup_s: list[float] = field(default_factory=list)  # each priced run's startup_s (of its cpu_s)
     unknown: list[str] = field(default_factory=list)
     assumed: list[str] = field(default_factory=list)
 
@@ -464,6 +556,7 @@ def price(w: Workload, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS) -> C
                       (w.eval_batches + g.prefill_batches) * (w.n_layer * fl + fo) * launch,
                       g.decode_steps * (w.n_layer * dl + do) * launch)
     c.gpu_startup_s = w.processes * (imports + STARTUP_ASSUMPTIONS["cuda_context_s"]) + w.model_loads * build
+    c.run_cpu_s, c.run_gpu_s, c.run_startup_s = [c.cpu_s], [c.gpu_s], [c.startup_s]
     return c
 
 
@@ -630,6 +723,48 @@ def schedule_seconds(seconds: Sequence[float], workers: int) -> float:
     for s in sorted(seconds, reverse=True):
         heapq.heappush(free_at, heapq.heappop(free_at) + s)
     return max(free_at) if seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where a command's runs go at once: `n` workers. On GPUs each worker is a device of its own. On a CPU each
+    run has `threads` threads and the runs at once share `cores` cores (None: each has CPUs of its own, as a Ray
+    task with --cpus-per-run)."""
+
+    n: int
+    gpu: bool = False
+    threads: int = 1
+    cores: int | None = None
+
+
+def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str], float]:
+    """Lines with the wall time of the priced runs on `workers`, longest first, and that time in seconds.
+
+    On a CPU a run's work is taken as inversely proportional to the cores it runs on (linear in threads: the
+    most threads can give): its threads, at most cores / runs at once when they share the cores. So work priced
+    at `rates.threads` takes rates.threads / that as long, and N runs at once on one CPU are in all no faster
+    than one run on every core. Start-ups (interpreter, imports, building the model) take one core each, while
+    there are as many cores as runs at once."""
+    if workers.gpu:
+        per_run, note = list(cost.run_gpu_s), []
+    else:
+        active = max(1, min(workers.n, len(cost.run_cpu_s)))
+        speed = workers.threads if workers.cores is None else min(workers.threads, workers.cores / active)
+        scale, start = rates.threads / speed, 1.0 if workers.cores is None else max(1.0, active / workers.cores)
+        per_run = [(s - u) * scale + u * start for s, u in zip(cost.run_cpu_s, cost.run_startup_s)]
+        share = (f"on CPUs of its own (--cpus-per-run), so {speed:.3g} core(s)" if workers.cores is None else
+                 f"{active} run(s) at once sharing {workers.cores} cores, so min({workers.threads}, "
+                 f"{workers.cores} / {active}) = {speed:.3g} core(s) each")
+        note = [f"    each run: {workers.threads} thread(s), {share}; its work taken as inversely proportional to "
+                f"its cores (linear in threads): x{scale:.3g} its CPU estimate at {rates.threads} thread(s), its "
+                f"start-ups (one core) x{start:.3g}"
+                + (": runs side by side on one CPU divide its cores, their work no faster in all than one run on "
+                   "every core; only the start-ups overlap" if workers.cores is not None else "")]
+    wall = schedule_seconds(per_run, workers.n)
+    line = (f"  on {workers.n} workers ({'GPU' if workers.gpu else 'CPU'} estimate), longest runs first: "
+            f"~{format_hours(wall)} wall time"
+            + (f" (the longest run alone: ~{format_hours(max(per_run))})" if per_run else ""))
+    return [line] + note, wall
 
 
 # ---------------------------------------------------------------------------------------------- the table

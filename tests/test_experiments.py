@@ -280,7 +280,7 @@ def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
     assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
     assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
     assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
-    assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: 3 step(s) of tiny" in out
+    assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: the fastest of 5 steps of tiny" in out
 
 
 def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):

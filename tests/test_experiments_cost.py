@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,7 +89,8 @@ def test_all_dry_run_prints_every_cost_line_per_sweep_and_in_all(tmp_path, capsy
 
 def test_a_single_sweep_dry_run_measures_the_probe(tmp_path, capsys):
     out = dry_run(capsys, "lora-ranks", "--tiny", "--runs-dir", str(tmp_path))
-    assert "probe: 3 step(s) of tiny at batch 8 x 64 on cpu" in out and "ms/token" in out
+    assert f"probe: the fastest of {estimate.PROBE_STEPS} steps of tiny at batch 8 x 64 on cpu" in out
+    assert "ms/token (median " in out and ", slowest " in out
     assert all(line in out for line in COST_LINES) and "  Gemini: none" in out
 
 
@@ -223,3 +226,231 @@ def test_a_run_that_exits_with_an_error_is_listed_without_a_traceback(tmp_path, 
     assert "run r FAILED: minigpt2.finetune exited: error: no weights" in out and "Traceback" not in out
     runner.run_sweep([run], tmp_path / "b", breaks, progress=False)
     assert "Traceback" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- the probe
+
+def fake_probe(steps: tuple[float, ...], optimizer: tuple[float, ...], load: float | None, cores: int, calls: list):
+    """A stand-in for `estimate.probe` returning these step times, recording what it was asked."""
+    def probe(model, device, n, threads):
+        calls.append((model, device, n, threads))
+        return estimate.Probe(model, device, threads, 512, steps, optimizer, 0.25, load, cores)
+    return probe
+
+
+def test_probe_statistics_by_hand():
+    """Priced at the fastest step (load only adds time); the median and slowest beside it; a warning when the
+    steps spread over PROBE_SPREAD_WARN or the load average exceeds the cores, not at either bound."""
+    p = estimate.Probe("gpt2", "cpu", 2, 512, (0.9, 0.5, 2.0, 0.6, 0.7), (0.3, 0.2, 0.4, 0.25, 0.35), 1.0, 2.0, 2)
+    assert p.steps == 5 and p.seconds_per_token == 0.5 / 512 and p.seconds_per_step == 0.2
+    assert p.median_seconds_per_token == 0.7 / 512 and p.slowest_seconds_per_token == 2.0 / 512
+    assert p.spread == 4.0 and len(p.warnings()) == 1 and "4.0x apart, over 1.5x" in p.warnings()[0]
+    assert "0.977 to 3.906 ms/token" in p.warnings()[0]
+    assert estimate.Probe("m", "cpu", 1, 8, (1.0, 1.5), (0.1, 0.1), load=2.0, cores=2).warnings() == []
+    busy = estimate.Probe("m", "cpu", 1, 8, (1.0, 1.51), (0.1, 0.1), load=2.5, cores=2).warnings()
+    assert len(busy) == 2 and busy[1] == "the load average was 2.5 on 2 cores"
+    assert estimate.Probe("m", "cuda", 1, 8, (1.0,), (0.1,), load=9.0, cores=2).warnings() == []  # not the CPU
+
+
+def test_probe_times_its_steps_at_the_threads_asked_and_restores_torch_s():
+    import torch
+
+    before = torch.get_num_threads()
+    estimate.probe.cache_clear()
+    p = estimate.probe("tiny", "cpu", 3, 1)
+    assert p.threads == 1 and torch.get_num_threads() == before
+    assert p.steps == 3 and len(p.optimizer_seconds) == 3 and p.tokens_per_step == 8 * 64
+    assert p.seconds_per_token == min(p.step_seconds) / 512 <= p.median_seconds_per_token
+    assert p.median_seconds_per_token <= p.slowest_seconds_per_token and p.spread >= 1
+
+
+def test_the_dry_run_prints_the_probe_s_spread_and_warns_when_the_machine_is_busy(tmp_path, monkeypatch, capsys):
+    """The probe runs at the threads a run gets one at a time (every core here: 6, patched), PROBE_STEPS steps;
+    its fastest step prices the runs, the median and slowest are printed, and the spread and the load average
+    warn once on stderr."""
+    from experiments import launch
+
+    calls: list = []
+    monkeypatch.setattr(launch, "cpu_count", lambda: 6)
+    monkeypatch.setattr(estimate, "probe", fake_probe((0.9, 0.5, 2.0, 0.6, 0.7), (0.3, 0.2, 0.4, 0.25, 0.35),
+                                                     7.5, 6, calls))
+    assert cli.main(["all", "--tiny", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert calls == [("tiny", "cpu", estimate.PROBE_STEPS, 6)]  # once for the whole command
+    assert ("probe: the fastest of 5 steps of tiny at batch 8 x 64 on cpu, 6 thread(s) after 1 warm-up, 0.977 "
+            "ms/token (median 1.367, slowest 3.906) + 0.20 s AdamW step") in out
+    assert err.count("warning: ") == 1 and "4.0x apart, over 1.5x" in err and "load average was 7.5 on 6 cores" in err
+    calls.clear()
+    monkeypatch.setattr(estimate, "probe", fake_probe((0.5, 0.6), (0.2, 0.2), 1.0, 6, calls))
+    assert cli.main(["lora-ranks", "--tiny", "--dry-run", "--threads", "4", "--runs-dir", str(tmp_path)]) == 0
+    assert calls == [("tiny", "cpu", estimate.PROBE_STEPS, 4)] and "warning" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- --jobs on a CPU
+
+def cpu_seconds(w: estimate.Workload, rates: estimate.Rates) -> tuple[float, float]:
+    """One run's CPU seconds at the rates' threads, from its counted work, as docs/study.md states the pricing:
+    (its work, its start-ups)."""
+    s = w.n_params / rates.n_params
+    t, g = rates.train_s_per_token * s, w.generation
+    work = (w.train_tokens * t + (w.train_steps * rates.optimizer_s_per_step * s if w.full_optimizer else 0.0)
+            + (w.eval_tokens + g.prefill_tokens) * t / 3 + g.decoded_tokens * t)
+    return work, w.processes * estimate.STARTUP_ASSUMPTIONS["imports_s"] + w.model_loads * rates.model_build_s * s
+
+
+def greedy_wall(seconds: list[float], workers: int) -> float:
+    """Longest first, each to the least loaded worker."""
+    loads = [0.0] * max(1, min(workers, len(seconds)))
+    for x in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += x
+    return max(loads)
+
+
+def expected_lines(runs, jobs: int, speed: float, start: float) -> tuple[str, str, str]:
+    """(the totals line's start, the wall-time line, the scales) for `runs` priced at the stated rates (2
+    threads), run `jobs` at once at `speed` cores each, their start-ups `start` times as long as alone."""
+    rates = estimate.stated_rates()
+    work = [estimate.run_workload(r, "subprocess") for r in runs]
+    parts = [cpu_seconds(w, rates) for w in work]
+    tokens = sum(w.train_tokens for w in work)
+    epochs = "/".join(map(str, sorted({w.epochs for w in work})))
+    total = (f"  {len(runs)} runs, epochs {epochs}, {tokens:,} training tokens; "
+             f"~{estimate.format_hours(sum(a + b for a, b in parts))}")
+    per_run = [a * 2 / speed + b * start for a, b in parts]
+    wall = (f"  on {jobs} workers (CPU estimate), longest runs first: "
+            f"~{estimate.format_hours(greedy_wall(per_run, jobs))} wall time (the longest run alone: "
+            f"~{estimate.format_hours(max(per_run))})")
+    return total, wall, f"x{2 / speed:.3g} its CPU estimate at 2 thread(s), its start-ups (one core) x{start:.3g}"
+
+
+@pytest.mark.parametrize("argv, cores, jobs, threads, speed, start", [
+    # 9 cores, 2 jobs: 4 threads a run (9 // 2), 4 cores each (not 9 / 2 = 4.5, 2 or 1): x2/4 the estimate
+    (["--jobs", "2"], 9, 2, 4, 4.0, 1.0),
+    # --threads 3, 4 jobs on 9 cores: 12 threads oversubscribe them, each run gets 9 / 4 = 2.25 cores: x2/2.25
+    (["--jobs", "4", "--threads", "3"], 9, 4, 3, 2.25, 1.0),
+    # 4 jobs on 2 cores: 1 thread a run but half a core (2 / 4): x2/0.5, and the start-ups share the cores too
+    (["--jobs", "4"], 2, 4, 1, 0.5, 2.0),
+])
+def test_jobs_on_a_cpu_divide_its_cores(argv, cores, jobs, threads, speed, start, monkeypatch, capsys, tmp_path):
+    """Every printed figure of a --jobs dry run on a CPU, GPT-2's shape on the tiny data at the stated rates (2
+    threads): runs, epochs, tokens, the CPU total, each run's threads and cores, the scales, the wall time."""
+    from experiments import launch
+
+    monkeypatch.setattr(launch, "cpu_count", lambda: cores)
+    monkeypatch.setattr(cli, "cpu_count", lambda: cores)
+    flags = ["--data-dir", str(TINY_DATA_DIR), "--model", "gpt2", "--stated-rates", "--runs-dir", str(tmp_path)]
+    out = dry_run(capsys, "lora-targets", *flags, *argv)
+    runs = build_sweep("lora-targets", SweepOptions(model="gpt2", data_dir=str(TINY_DATA_DIR), plan_missing=True)).runs
+    assert len(runs) == 4 and f"sweep lora-targets: {len(runs)} runs" in out
+    total, wall, scales = expected_lines(runs, jobs, speed, start)
+    assert total + " in all on cpu (estimate; stated: " in out
+    assert wall in out and scales in out
+    assert (f"    each run: {threads} thread(s), {jobs} run(s) at once sharing {cores} cores, so min({threads}, "
+            f"{cores} / {jobs}) = {speed:g} core(s) each; ") in out
+    slips = {max(1, cores // jobs), cores / jobs, jobs, 1, threads} - {speed}
+    for slip in slips:  # a one-line slip prints another figure
+        assert expected_lines(runs, jobs, slip, start)[1:] != (wall, scales)
+    for slip in {1.0, jobs / cores, cores / jobs} - {start}:
+        assert expected_lines(runs, jobs, speed, slip)[1:] != (wall, scales)
+
+
+def test_all_sweeps_on_jobs_add_up_their_wall_times(monkeypatch, capsys, tmp_path):
+    """`all --tiny --jobs 3` on 14 cores (patched): 4 threads a run (14 // 3), at most 14 / 3 cores each, so 4
+    (the work x0.5 the stated 2-thread estimate, the start-ups in subprocesses); the sweeps one after the other."""
+    from experiments import launch
+    from experiments.sweeps import SWEEPS
+
+    monkeypatch.setattr(launch, "cpu_count", lambda: 14)
+    monkeypatch.setattr(cli, "cpu_count", lambda: 14)
+    out = dry_run(capsys, "all", "--tiny", "--stated-rates", "--jobs", "3", "--runs-dir", str(tmp_path))
+    rates, walls = estimate.stated_rates(), []
+    for name in sorted(SWEEPS):
+        runs = build_sweep(name, SweepOptions(tiny=True, plan_missing=True)).runs
+        parts = [cpu_seconds(estimate.run_workload(r, "subprocess"), rates) for r in runs]
+        per_run = [work * 2 / 4 + start for work, start in parts]
+        walls.append(greedy_wall(per_run, 3))
+        active = min(3, len(runs))
+        assert f"each run: 4 thread(s), {active} run(s) at once sharing 14 cores, so min(4, 14 / {active}) = 4 " in out
+    assert out.count("x0.5 its CPU estimate at 2 thread(s), its start-ups (one core) x1:") == 6
+    assert f"  ~{estimate.format_hours(sum(walls))} wall time on 3 workers (sweeps one after the other)" in out
+    assert "  start-ups: 0 processes" not in out  # --jobs runs every run in a subprocess, whatever --tiny says
+
+
+def test_jobs_on_gpus_and_ray_cpus_are_real_workers(monkeypatch, capsys, tmp_path):
+    """--devices cuda:0,cuda:1: the GPU estimate per run on 2 workers, no CPU threads. --launcher ray
+    --cpus-per-run 5: each task on 5 CPUs of its own, its work x2/5 the stated 2-thread estimate."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    flags = ["--data-dir", str(TINY_DATA_DIR), "--model", "gpt2", "--stated-rates", "--runs-dir", str(tmp_path)]
+    runs = build_sweep("lora-targets", SweepOptions(model="gpt2", data_dir=str(TINY_DATA_DIR), plan_missing=True)).runs
+    gpu = [estimate.price(estimate.run_workload(r, "subprocess"), estimate.stated_rates()).gpu_s for r in runs]
+    out = dry_run(capsys, "lora-targets", *flags, "--jobs", "2", "--devices", "cuda:0,cuda:1")
+    assert (f"  on 2 workers (GPU estimate), longest runs first: ~{estimate.format_hours(greedy_wall(gpu, 2))} "
+            f"wall time (the longest run alone: ~{estimate.format_hours(max(gpu))})") in out
+    assert "each run: " not in out
+    out = dry_run(capsys, "lora-targets", *flags, "--launcher", "ray", "--jobs", "3", "--cpus-per-run", "5")
+    parts = [cpu_seconds(estimate.run_workload(r, "subprocess"), estimate.stated_rates()) for r in runs]
+    cpu = [work * 2 / 5 + start for work, start in parts]
+    assert f"~{estimate.format_hours(greedy_wall(cpu, 3))} wall time" in out
+    assert ("    each run: 5 thread(s), on CPUs of its own (--cpus-per-run), so 5 core(s); its work taken as "
+            "inversely proportional to its cores (linear in threads): x0.4 its CPU estimate at 2 thread(s), its "
+            "start-ups (one core) x1\n") in out
+
+
+# ---------------------------------------------------------------------------------------------- documented commands
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv) of every `python -m experiments` command in the README, docs/*.md and the command's own
+    help: code lines starting with it (backslash continuations joined, # comments dropped) and inline code."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts = [(p.name, p.read_text(encoding="utf-8")) for p in pages] + [("experiments --help", cli.__doc__)]
+    found = []
+    for name, text in texts:
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            command, at = line.strip(), i + 1
+            if command.startswith("python -m experiments"):
+                while command.endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    command = command[:-1] + " " + lines[i].strip()
+                found.append((f"{name}:{at}", shlex.split(command, comments=True)[3:]))
+            found += [(f"{name}:{at}", shlex.split(m)[3:])
+                      for m in re.findall(r"`(python -m experiments [^`]*)`", line)]
+    return found
+
+
+def test_documented_commands_are_found():
+    commands = documented_commands()
+    assert len(commands) >= 25 and ["all", "--dry-run"] in [argv for _, argv in commands]
+    assert any("--offline" in argv for _, argv in commands)  # the one whose value starts with --
+
+
+@pytest.mark.parametrize("where, argv", documented_commands(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_documented_command_parses(where, argv, monkeypatch):
+    """Through the real parser and every settings check that runs before any work; run nothing. The pages'
+    commands are written for an 8-GPU box with Ray installed, so this one has them."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setitem(sys.modules, "ray", object())
+    args = cli.parse_args(argv)
+    opts = cli.check_settings(args)
+    assert args.sweep == argv[0] and opts.plan_missing == args.dry_run
+
+
+def test_a_finetune_args_value_starting_with_dashes_is_the_value(capsys):
+    args = cli.parse_args(["all", "--finetune-args", "--offline", "--dry-run"])
+    assert args.finetune_args == "--offline" and args.dry_run
+    assert cli.check_settings(args).finetune_args == ["--offline"]
+    args = cli.parse_args(["baseline", "--finetune-args", "--device cpu --compile", "--seeds", "2"])
+    assert shlex.split(args.finetune_args) == ["--device", "cpu", "--compile"] and args.seeds == 2
+    assert cli.parse_args(["all", "--finetune-args=--offline"]).finetune_args == "--offline"
+    with pytest.raises(SystemExit):  # no value at all: argparse's error
+        cli.parse_args(["all", "--finetune-args"])
+    assert "--finetune-args: expected one argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a flag finetune does not know: refused before any work
+        cli.check_settings(cli.parse_args(["all", "--finetune-args", "--no-such-flag"]))
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
