@@ -161,8 +161,9 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
                             ) -> dict[str, Any]:
     """Predict dev and test with `module`, write the course-format files (and, with --eval-samples K, the other
     K-1 samples beside them), score dev, and test where its labels (or true sonnets) exist, averaged over the
-    samples; the sha256 of every file scored and scored against; for classification tasks the majority-class accuracy of the scored
-    rows; for generative tasks the form of what was written and the held-out likelihood (`app.measures`)."""
+    samples; the sha256 of every file scored and scored against; for classification tasks the majority-class
+    accuracy of the scored rows; for generative tasks the form of what was written and the held-out likelihood
+    (`app.measures`)."""
     result: dict[str, Any] = {"files_sha256": {}}
     folder = data_dir(settings.data.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
