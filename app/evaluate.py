@@ -12,6 +12,9 @@ run's precision (`--precision`: the same PTQ or QAFT quantization as at the end 
 `--task T --zero-shot` scores task T with the run's body as it is (e.g. the Quora cloze on a model fine-tuned on
 sonnets): only tasks that need no trained head (quora, sonnet) can be scored so. Results go to
 RUN_DIR/eval-<task>-zero-shot-<split>.json, predictions to RUN_DIR/zero-shot-<course file name>.
+
+What an evaluation writes, and the reference file it scored against, is added to the run's metrics.json
+("files_sha256", "references_sha256" under the name of its eval-*.json), so that a report re-checks them.
 """
 
 from __future__ import annotations
@@ -97,7 +100,25 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
             result["heldout_nll"] = nll_record(per)
     output = f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"
     atomic_write_json(run_dir / output, result)
+    own = data_dir(RunSettings.from_dict(config["settings"]).data.data_dir).resolve() == folder.resolve()
+    record_evaluation(run_dir, output, names, task, split, folder, test_references, own)
     return result
+
+
+def record_evaluation(run_dir: Path, output: str, names: list[str], task: Task, split: str, folder: Path,
+                      test_references: str | None, own_folder: bool) -> None:
+    """Add what this evaluation wrote (its predictions and `output`) and the file it scored against to the run's
+    metrics.json (`runfolder.record_scored`), keyed by `output`; that file is recorded as exact unless it is the
+    task's own in the run's data folder (`own_folder`). A record that cannot be written takes `output` with it, so
+    that the evaluation counts as not done (and a sweep runs it again)."""
+    given = Path(test_references) if test_references and split == "test" else None
+    refs = runfolder.references_sha256({output: (task.name, split, given or task.format.references_file(folder, split),
+                                                 given is not None or not own_folder)})
+    try:
+        runfolder.record_scored(run_dir, names + [output], refs)
+    except BaseException:
+        (run_dir / output).unlink(missing_ok=True)
+        raise
 
 
 def _settings_here(settings: RunSettings, data: str | None, tokenizer_dir: str | None, device: str, plain: bool

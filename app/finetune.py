@@ -162,8 +162,9 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
                             ) -> dict[str, Any]:
     """Predict dev and test with `module`, write the course-format files (and, with --eval-samples K, the other
     K-1 samples beside them), score dev, and test where its labels (or true sonnets) exist, averaged over the
-    samples; the sha256 of every file scored; for classification tasks the majority-class accuracy of the scored
-    rows; for generative tasks the form of what was written and the held-out likelihood (`app.measures`)."""
+    samples; the sha256 of every file scored and scored against; for classification tasks the majority-class
+    accuracy of the scored rows; for generative tasks the form of what was written and the held-out likelihood
+    (`app.measures`)."""
     result: dict[str, Any] = {"files_sha256": {}}
     folder = data_dir(settings.data.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
@@ -198,10 +199,21 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
             majority = task.format.majority_accuracy(pairs[0][1])
         if majority is not None:
             result.setdefault("majority", {})[split] = majority
+    result["references_sha256"] = scored_references(task, folder, test_refs, "test" in result)
     nll = heldout_measures(task, module, splits, how, tok, device, folder, test_refs)
     if nll:
         result["heldout_nll"] = nll
     return result
+
+
+def scored_references(task: Task, folder: Path, test_refs: Path | None, test: bool) -> dict[str, Any]:
+    """metrics.json's "references_sha256" (`runfolder.references_sha256`): the dev reference file (a label task's
+    dev file, the true dev sonnets) and, when test was scored, the test labels or true test sonnets."""
+    files = {"dev": (task.name, "dev", task.format.references_file(folder, "dev"), False)}
+    if test:
+        files["test"] = (task.name, "test", test_refs or task.format.references_file(folder, "test"),
+                         test_refs is not None)
+    return runfolder.references_sha256(files)
 
 
 def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[Example]], settings: RunSettings,

@@ -1,17 +1,20 @@
 """Run folders as a contract: what a run folder holds, what defines the run in it, and who may write into it.
 
     RUN_DIR/config.json        the settings (typed, and flat as "args"), the run's fingerprint, where it ran
-    RUN_DIR/metrics.json       per epoch and best (strict JSON), rewritten after every epoch and at the end
+    RUN_DIR/metrics.json       per epoch and best (strict JSON), rewritten after every epoch and at the end; at
+                               the end also the sha256 of every file scored ("files_sha256": predictions, samples,
+                               and later evaluate's outputs) and scored against ("references_sha256")
     RUN_DIR/last/state.safetensors   the resume state of the last finished epoch: one file, replaced atomically
     RUN_DIR/best/              the best epoch's weights (model + config, head, or a LoRA adapter)
     RUN_DIR/<course files>     dev/test predictions
 
 Every file is written atomically (temp, fsync, rename). The fingerprint records what defines the run: the settings
 that change results, the sha256 of the base weights, of the data files and of any synthetic file, and the code
-version. `--resume` with other run-defining settings or other inputs is refused with a one-line diff; a fresh run
-into a folder that holds a run is refused unless `--overwrite`, which removes only what a run writes (the parts
-above, the prediction, evaluation and zero-shot files) and only from a folder whose config.json is a run's: a model
-checkpoint folder (config.json + model.safetensors) is refused, and nothing in it is touched.
+version (the package version, the git commit and whether a tracked file had changes). `--resume` with other
+run-defining settings or other inputs is refused with a one-line diff; a fresh run into a folder that holds a run is
+refused unless `--overwrite`, which removes only what a run writes (the parts above, the prediction, evaluation
+and zero-shot files) and only from a folder whose config.json is a run's: a model checkpoint folder
+(config.json + model.safetensors) is refused, and nothing in it is touched.
 
 One process at a time: `finetune` holds RUN_DIR/run.lock (its pid and host) while it runs; a second one on the
 same folder is refused naming that pid, and a lock left by a process that no longer exists is taken over.
@@ -29,6 +32,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from minigpt2.atomic import atomic_write_json
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 
@@ -45,25 +49,62 @@ class RunFolderError(UserError, ValueError):
     """A run folder that does not hold what the command needs, or holds a run it must not touch."""
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> dict[str, Any]:
-    """The package version and, in a git checkout, the commit and whether the work tree has changes."""
+# The folder whose git state a run records: the checkout this package was imported from.
+CODE_FOLDER = Path(__file__).resolve().parent.parent
+
+
+def git_state(folder: Path) -> dict[str, Any]:
+    """The commit of the git checkout `folder` is in and whether a tracked file differs from it (`git rev-parse
+    HEAD`, `git status --porcelain`); both None when `folder` is not in a git checkout (or git is missing)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                    capture_output=True, text=True, timeout=10)
+            if status.returncode == 0:
+                return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass  # no git here: the package version is all there is
+    return {"git_commit": None, "git_dirty": None}
+
+
+@functools.lru_cache(maxsize=4)
+def code_version(folder: Path | None = None) -> dict[str, Any]:
+    """The package version and the git state (`git_state`) of the code a run runs: the checkout of this package
+    (CODE_FOLDER) unless `folder` is given."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         out: dict[str, Any] = {"package": version("minigpt2")}
     except PackageNotFoundError:
         out = {"package": None}
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode == 0:
-            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10)
-            out.update(git_commit=commit.stdout.strip(), git_dirty=bool(status.stdout.strip()))
-    except (OSError, subprocess.SubprocessError):
-        pass  # no git here: the package version is all there is
-    return out
+    return {**out, **git_state(folder or CODE_FOLDER)}
+
+
+def references_sha256(files: dict[str, tuple[str, str, Path | None, bool]]) -> dict[str, dict[str, Any]]:
+    """The reference files a run scored against, for metrics.json's "references_sha256": key -> (task, split, file,
+    exact) as {"task", "split", "file", "exact", "sha256"}. `exact`: that very file is meant (--test-references, or
+    data outside the run's data folder); else it is the task's file of that split in the run's data folder, looked
+    for there again (the folder may have moved) when a report re-checks it. Files that do not exist are left out:
+    nothing was scored against them."""
+    return {key: {"task": task, "split": split, "file": str(Path(path).resolve()), "exact": exact,
+                  "sha256": sha256_file(path)}
+            for key, (task, split, path, exact) in files.items() if path is not None and Path(path).is_file()}
+
+
+def record_scored(run_dir: Path, files: list[str], references: dict[str, dict[str, Any]]) -> None:
+    """Add files written into `run_dir` after the run finished (`minigpt2.evaluate`'s predictions and its eval-*.json)
+    and the references they were scored against to the run's metrics.json, so that a report re-checks them too.
+    Nothing when the run has no metrics.json (it never finished: nothing reads these files for it)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    with locked(run_dir):  # never between the epochs' writes of a finetune still running in this folder
+        metrics = read_json(path)
+        metrics["files_sha256"] = {**(metrics.get("files_sha256") or {}),
+                                   **{name: sha256_file(run_dir / name) for name in files}}
+        metrics["references_sha256"] = {**(metrics.get("references_sha256") or {}), **references}
+        atomic_write_json(path, metrics)
 
 
 def fingerprint(settings: RunSettings, base_weights: Path | None, data_files: list[Path]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .html import write_index
 from .launch import (LaunchError, check_devices, connect, cpu_count, default_devices, ray_capacity, require_ray,
                      run_local, run_ray, threads_per_run)
 from .preflight import check_preconditions
-from .report import write_report
+from .report import check_sweep_files, write_report
 from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, plan, run_sweep
 from .stats import SAMPLES
 from .sweeps import MAX_SEEDS, SWEEPS, Sweep, SweepOptions, build_sweep
@@ -318,6 +318,10 @@ def _main(argv: list[str] | None) -> int:
             root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny
                                           else "checkpoints/experiments")) / sweep.name
             check_preconditions(sweep.name, [run for run, state in plan(sweep.runs, root) if state != "done"])
+    if args.report_only:  # every run's scored files, before any report is rewritten
+        for sweep in sweeps:
+            check_sweep_files(sweep, Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny
+                                                            else "checkpoints/experiments")) / sweep.name)
     args.costs = []
     with contextlib.redirect_stdout(io.StringIO()) if args.markdown else contextlib.nullcontext():
         ok = [run_one(sweep, args) for sweep in sweeps]

@@ -1,7 +1,8 @@
 """`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined as base64
 PNG data URIs, no script), readable straight from the file system.
 
-    1. where it comes from: the commit (and whether the work tree had changes), the date, the command, the
+    1. where it comes from: the commits the runs ran (each with its number of runs; a study from more than one
+       commit, or from a work tree with changes, flagged), the date, the command that built the page, the
        machine, and the sha256 of every input the runs recorded (base weights, data, synthetic sonnets)
     2. the study's reference figures beside the reproduced ones (dev and test, with intervals)
     3. every sweep's table (from its `<sweep>.md`) and plots (`<sweep>.png`, `<sweep>-nll.png`)
@@ -27,8 +28,8 @@ from typing import Any, Sequence
 
 from distill.summary import STUDY_PERFECT_RATES
 
-from .report import (STUDY, STUDY_DISTILLED_DEV_CHRF, STUDY_DISTILLED_TEST_CHRF, STUDY_LORA, STUDY_TEST, format_score,
-                     group_seeds, teacher_summary)
+from .report import (STUDY, STUDY_DISTILLED_DEV_CHRF, STUDY_DISTILLED_TEST_CHRF, STUDY_LORA, STUDY_TEST, UNKNOWN_CODE,
+                     check_scored_files, code_label, code_summary, format_score, group_seeds, teacher_summary)
 from .sweeps import SWEEPS
 
 SAMPLE_SONNETS = 3
@@ -210,29 +211,34 @@ def machine() -> str:
 
 
 def provenance(out: Path, names: Sequence[str], command: str | None = None) -> str:
-    """Where the page comes from: code version, date, command, machine, and each input's sha256 as the runs'
+    """Where the page comes from: the code the runs ran (each distinct commit with how many runs, a mixed study
+    flagged), the date, the command that built the page, the machine, and each input's sha256 as the runs'
     fingerprints recorded it (with how many runs used it)."""
-    from app.runfolder import code_version
-
-    code = code_version()
-    commit = code.get("git_commit")
-    version = (f"commit {commit}" + (" (work tree with uncommitted changes)" if code.get("git_dirty") else "")
-               if commit else f"package {code.get('package')} (no git checkout)")
     inputs: dict[tuple[str, str], int] = {}
+    codes = []
     for run_dir in _run_dirs(out, names):
         try:
-            fp = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("fingerprint") or {}
+            config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            codes.append(UNKNOWN_CODE)
             continue
+        codes.append(code_label(config))
+        fp = config.get("fingerprint") or {}
         found = [(f"data: {name}", sha) for name, sha in (fp.get("data") or {}).items()]
         if fp.get("base_weights"):
             found.append((f"base weights: {fp['base_weights']['file']}", fp["base_weights"]["sha256"]))
         for key in found:
             inputs[key] = inputs.get(key, 0) + 1
-    facts = [("code", version), ("page written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
-             ("command", command or " ".join(["python -m experiments"] + sys.argv[1:])), ("machine", machine())]
+    ranked, mixed = code_summary(codes)
+    facts = [("code of the runs", "<br>".join(f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in ranked)
+              or "no finished run"),
+             ("page written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+             ("page built by", command or " ".join(["python -m experiments"] + sys.argv[1:])), ("machine", machine())]
     table = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_inline(v)}</td></tr>" for k, v in facts)
     table += "</table>"
+    if mixed:
+        table += ('<p class="note warning"><strong>Mixed study:</strong> the runs come from more than one code '
+                  "version or from a work tree with uncommitted changes; their figures may not be comparable.</p>")
     if inputs:
         table += ("<table><tr><th>input</th><th>sha256</th><th>runs</th></tr>"
                   + "".join(_row([name, f"`{sha}`", n]) for (name, sha), n in sorted(inputs.items())) + "</table>")
@@ -291,6 +297,7 @@ def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     from .stats import run_data_folder, sonnet_references
 
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    check_scored_files(run_dir, metrics)  # shown only as the run scored them
     generated = read_generated(run_dir / metrics["dev_predictions"])[:n]
     truths = sonnet_references(run_data_folder(run_dir), "dev") or {}
     pairs = []

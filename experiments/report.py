@@ -45,7 +45,7 @@ STUDY_LORA = {"rank": 256, "targets": "attn+mlp", "dev_chrf": 42.16, "trainable_
 
 
 class ScoredFileChanged(UserError, ValueError):
-    """A prediction file differs from the one its run scored (edited, replaced or removed since)."""
+    """A file a run scored or scored against differs from the one it recorded (edited, replaced or removed since)."""
 
 Row = dict[str, Any]
 
@@ -123,16 +123,81 @@ def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
 
 
 def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
-    """Every prediction file the run scored must still be the file it scored (metrics.json's sha256): an edited
-    file would change intervals and plots while the recorded point score stayed."""
+    """Every file the run scored (metrics.json's "files_sha256": predictions, samples, evaluate's outputs) and
+    scored against ("references_sha256": dev and test labels or true sonnets, as the report finds them now) must
+    still be the file it was: an edited file would change intervals and plots while the recorded point score
+    stayed. A run that recorded none (an older one) is taken as it is."""
     for name, recorded in (metrics.get("files_sha256") or {}).items():
-        path = run_dir / name
-        now = sha256_file(path) if path.is_file() else None
-        if now != recorded:
-            raise ScoredFileChanged(
-                f"{path}: {'changed' if now else 'missing'} since its run scored it (sha256 {recorded} recorded in "
-                f"{run_dir / 'metrics.json'}, {now or 'no file'} now); restore the file the run wrote, or run it "
-                "again with --overwrite")
+        _check_unchanged(run_dir / name, recorded, run_dir, "its run scored it", "restore the file the run wrote")
+    for entry in (metrics.get("references_sha256") or {}).values():
+        _check_unchanged(reference_path(run_dir, entry), entry["sha256"], run_dir, "its run scored against it",
+                         "restore the file the run scored against")
+
+
+def reference_path(run_dir: Path, entry: dict[str, Any]) -> Path:
+    """Where a recorded reference file is now (`app.runfolder.references_sha256`): that very file, or the task's
+    file of that split in the run's data folder as the report reads it (`stats.run_data_folder`)."""
+    from course.formats import FORMATS
+
+    if entry.get("exact") or entry.get("task") not in FORMATS:
+        return Path(entry["file"])
+    folder = run_data_folder(run_dir)
+    return FORMATS[entry["task"]].references_file(folder, entry["split"]) or folder / Path(entry["file"]).name
+
+
+def _check_unchanged(path: Path, recorded: str, run_dir: Path, since: str, restore: str) -> None:
+    now = sha256_file(path) if path.is_file() else None
+    if now != recorded:
+        raise ScoredFileChanged(
+            f"{path}: {'changed' if now else 'missing'} since {since} (sha256 {recorded} recorded in "
+            f"{run_dir / 'metrics.json'}, {now or 'no file'} now); {restore}, or run {run_dir} again with "
+            "--overwrite")
+
+
+def check_sweep_files(sweep: Sweep, root: str | Path) -> None:
+    """`check_scored_files` for every finished run of the sweep: a rebuild checks them all before writing anything."""
+    for run in sweep.runs:
+        run_dir = Path(root) / run.name
+        if is_finished(run_dir):
+            check_scored_files(run_dir, read_metrics(run_dir) or {})
+
+
+UNKNOWN_CODE = "unknown (the run recorded no code version)"
+
+
+def code_label(config: dict[str, Any]) -> str:
+    """The code a run ran, from its config.json's fingerprint: 'commit <sha>' (', work tree with uncommitted
+    changes' when a tracked file differed), 'package <version> (no git checkout)', or UNKNOWN_CODE."""
+    code = (config.get("fingerprint") or {}).get("code")
+    if not isinstance(code, dict):
+        return UNKNOWN_CODE
+    if code.get("git_commit"):
+        return f"commit {code['git_commit']}" + (", work tree with uncommitted changes" if code.get("git_dirty")
+                                                 else "")
+    return f"package {code.get('package')} (no git checkout)"
+
+
+def code_summary(labels: Sequence[str]) -> tuple[list[tuple[str, int]], bool]:
+    """The distinct code versions of a set of runs with how many runs each (most first), and whether the set is
+    mixed: more than one version (an unknown one included), or any run from a work tree with changes."""
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels:
+        counts[label] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ranked, len(ranked) > 1 or any("uncommitted" in label for label in counts)
+
+
+def code_block(rows: Sequence[Row]) -> list[str]:
+    """The markdown lines that say which code the finished runs ran, flagging a mixed sweep."""
+    ranked, mixed = code_summary([r["code"] for r in rows if r["status"] == "done" and r.get("code")])
+    if not ranked:
+        return []
+    out = ["Code of the runs: " + "; ".join(f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in ranked)
+           + ".\n"]
+    if mixed:
+        out.append("**Warning:** mixed code: the runs come from more than one code version or from a work tree "
+                   "with uncommitted changes; their figures may not be comparable.\n")
+    return out
 
 
 def sonnet_measures(metrics: dict[str, Any]) -> Row:
@@ -205,11 +270,13 @@ def copying_point(done: Sequence[Row]) -> Row:
 
 
 def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
-    """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored, and
-    the majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
+    """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored (both
+    from its predictions file; the result file's figure only where the labels cannot be read), and the
+    majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
     data = json.loads((run_dir / output).read_text(encoding="utf-8"))
     task = data.get("task", "quora")
     row: Row = {"zero_shot_accuracy": zero_shot_accuracy(run_dir, output), "zero_shot_n": data.get("examples")}
+    # The point and its interval from the one predictions file (its sha256 checked by `check_scored_files`).
     folder = run_data_folder(run_dir)
     preds = read_task_predictions(task, run_dir / data["predictions"])
     labels = split_labels(task, folder, data.get("split", "dev")) or {}
@@ -217,7 +284,7 @@ def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
     if ids:
         acc = bootstrap_accuracy([preds[k] for k in ids], [labels[k] for k in ids], samples)
         maj = majority_reference(task, folder, data.get("split", "dev"), ids, samples)
-        row.update(zero_shot_low=acc.low, zero_shot_high=acc.high, zero_shot_n=acc.n)
+        row.update(zero_shot_accuracy=acc.value, zero_shot_low=acc.low, zero_shot_high=acc.high, zero_shot_n=acc.n)
         if maj is not None:
             row.update(majority=maj.value, majority_low=maj.low, majority_high=maj.high)
     return row
@@ -236,6 +303,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
                trainable_params=None, total_params=None, best_epoch=None, wall_s=None)
     if done:
         metrics = read_metrics(run_dir) or {}
+        check_scored_files(run_dir, metrics)  # before any figure is read from them
         data = metrics.get("data", {})
         row.update(metric=metrics.get("metric"), dev_score=metrics["dev"][metrics["metric"]],
                    trainable_params=metrics.get("trainable_params"), total_params=metrics.get("total_params"),
@@ -251,7 +319,6 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             folder = run_data_folder(run_dir)
             if not folder.is_dir() or isinstance(e, FileNotFoundError):
                 row["data_missing"] = str(folder)
-        check_scored_files(run_dir, metrics)
         row.update(_test_score(run_dir, metrics, samples))
         row.update(sonnet_measures(metrics))
         row.update(copying_measures(metrics))
@@ -262,10 +329,12 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             if ev.name == "zero_shot_quora" and evaluation_done(run_dir, ev):
                 try:
                     row["zero_shot"] = zero_shot_row(run_dir, ev.output, samples)
+                    row[ev.name] = row["zero_shot"]["zero_shot_accuracy"]  # the table's point: the same file's
                 except (OSError, ValueError, KeyError) as e:
                     row["note"] = f"zero-shot check without interval: {e}"
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         row["compute"] = compute_dtype(config)
+        row["code"] = code_label(config)
         row.update({f"arg_{k}": v for k, v in config.get("args", {}).items()})
     row["run_dir"] = str(run_dir)
     return row
@@ -1079,6 +1148,7 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
                    "(pass --data-dir or set MINIGPT2_DATA_DIR to where the data now lies)")
         print(f"warning: sweep {sweep.name}: {message}", file=sys.stderr)
         text.append(f"**Warning:** {message}.\n")
+    text += code_block(rows)
     if rows and rows[0].get("arg_model") == "tiny":
         text.append("Tiny random-init model: the figures test the machinery, not the study.\n")
     text.append(markdown_table(sweep.name, points))

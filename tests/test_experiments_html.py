@@ -107,13 +107,12 @@ def test_page_carries_its_provenance_and_every_study_figure(tmp_path):
     run = tmp_path / "runs" / "sonnet-s1"
     config = json.loads((run / "config.json").read_text())
     config["fingerprint"] = {"data": {"sonnets.txt": "ab" * 32},
-                             "base_weights": {"file": "checkpoints/gpt2/model.safetensors", "sha256": "cd" * 32}}
+                             "base_weights": {"file": "checkpoints/gpt2/model.safetensors", "sha256": "cd" * 32},
+                             "code": {"package": "0.1.0", "git_commit": "e" * 40, "git_dirty": False}}
     (run / "config.json").write_text(json.dumps(config))
     text = page.write_index(out, command="python -m experiments baseline --tiny").read_text()
-    from app.runfolder import code_version
-
-    code = code_version()
-    assert (code.get("git_commit") or f"package {code.get('package')}") in text
+    # the run's commit, not the rebuilder's
+    assert f"<th>code of the runs</th><td>commit {'e' * 40} (1 run)</td>" in text and "Mixed study" not in text
     assert "<td>python -m experiments baseline --tiny</td>" in text and "torch" in text  # command, machine
     assert "<td>data: sonnets.txt</td><td><code>" + "ab" * 32 + "</code></td><td>1</td>" in text
     assert "base weights: checkpoints/gpt2/model.safetensors" in text and "cd" * 32 in text
