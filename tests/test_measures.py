@@ -220,7 +220,9 @@ def test_heldout_nll_separates_the_trained_model_from_itself_before_training(tra
                          for per in (metrics["heldout_nll"][split]["per_sonnet"],
                                      metrics["heldout_nll_base"][split]["per_sonnet"]))
         d = paired_difference(after, before, samples=1000)
-        assert d.high < 0, (split, d)  # lower after training, and the paired interval excludes 0
+        assert d.value < 0, (split, d)  # lower after training
+        # 3 sonnets (--max-eval 3): too few for an interval, and the sign-flip p can be no lower than 2 / 2**3
+        assert d.n == 3 and math.isnan(d.high) and d.p >= 0.25, (split, d)
     assert json.loads((trained / "heldout-nll-base.json").read_text()) == metrics["heldout_nll_base"]
 
 
