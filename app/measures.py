@@ -5,7 +5,8 @@ fine-tuned model. Two measures a model earns only by learning the sonnets:
 
     heldout_nll   the teacher-forced negative log-likelihood (nats per token) of each true held-out continuation
                   given its 3-line prompt (`tasks.sonnet.SonnetTask.heldout_nll`), token-weighted over the set,
-                  with a percentile bootstrap interval over sonnets and the perplexity exp(nll); recorded for the
+                  with a bootstrap-t interval over sonnets (NaN below `minigpt2.metrics.MIN_INTERVAL_N`
+                  sonnets; experiments/stats.py says why) and the perplexity exp(nll); recorded for the
                   model before training ("heldout_nll_base") and for the best model ("heldout_nll")
     form          every generated sonnet through `distill.check.form_of`: the rates of 14 lines, of the rhyme
                   scheme, of the meter and of perfect sonnets, each with a 95% interval (Wilson over every
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from distill.check import FORM_PARTS, METER_SYLLABLES, check_sonnet, count_syllables, form_of
-from minigpt2.metrics import bootstrap_interval, bootstrap_interval_nested, wilson_interval
+from minigpt2.metrics import bootstrap_interval_nested, studentized_interval, wilson_interval
 from minigpt2.tokenizer import Tokenizer
 from tasks.base import Example, PredictSettings, Task, TaskModel
 
@@ -43,7 +44,7 @@ REASON_EXAMPLES = 5
 
 def nll_record(per_sonnet: dict[str, Sequence], samples: int = BOOTSTRAP) -> dict[str, Any]:
     """Token-weighted mean NLL of sonnets given as id -> (summed NLL, tokens) or a `tasks.sonnet.HeldoutNLL`, its
-    bootstrap interval over sonnets, the perplexity, and the per-sonnet figures; for a `HeldoutNLL`, also what
+    bootstrap-t interval over sonnets, the perplexity, and the per-sonnet figures; for a `HeldoutNLL`, also what
     share of the continuations was scored (`coverage_record`)."""
     ids = list(per_sonnet)
     if not ids:
@@ -51,7 +52,10 @@ def nll_record(per_sonnet: dict[str, Sequence], samples: int = BOOTSTRAP) -> dic
     sums = np.array([per_sonnet[k][0] for k in ids], dtype=np.float64)
     counts = np.array([per_sonnet[k][1] for k in ids], dtype=np.float64)
     value = float(sums.sum() / counts.sum())
-    low, high = bootstrap_interval(lambda i: float(sums[i].sum() / counts[i].sum()), len(ids), samples)
+    per = np.stack([sums, counts], axis=1)[:, None]  # (sonnets, 1 draw, [nll, tokens])
+    low, high = studentized_interval([per], lambda s, m: s[0][..., 0].sum(-1) / s[0][..., 1].sum(-1), samples,
+                                     bounds=(0.0, math.inf))
+    low, high = (None, None) if math.isnan(low) else (low, high)  # too few sonnets: strict JSON has no NaN
     out = {"nll": value, "low": low, "high": high, "ppl": math.exp(value), "tokens": int(counts.sum()),
            "sonnets": len(ids), "per_sonnet": {k: [float(s), int(c)] for k, s, c in zip(ids, sums, counts)}}
     if all(len(per_sonnet[k]) == 4 for k in ids):

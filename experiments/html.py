@@ -318,9 +318,9 @@ def write_index(out: str | Path, sweeps: Sequence[str] | None = None, command: s
     out = Path(out)
     names = [n for n in (sweeps or SWEEPS) if (out / f"{n}.md").is_file()]
     body = ["<h1>minigpt2: the fine-tuning study, reproduced</h1>",
-            '<p class="note">Dev and test scores with bootstrap 95% intervals over the examples (one seed) or the '
-            "mean over seeds with a 95% t-interval across seeds; differences between arms on the same examples "
-            "with paired intervals. Reference rows under each sonnet table show what chance scores; the held-out "
+            '<p class="note">Dev and test scores with bootstrap-t 95% intervals over the n examples (one seed; '
+            "none below 8 examples) or the mean over seeds with a 95% t-interval across seeds; differences between "
+            "arms on the same examples with paired intervals, sign-flip p-values and, for accuracy, McNemar's test. Reference rows under each sonnet table show what chance scores; the held-out "
             "NLL and the form rates show what only learning earns.</p>",
             "<h2>Provenance</h2>", provenance(out, names, command),
             "<h2>The study beside this reproduction</h2>", study_comparison(out)]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,10 +32,10 @@ from .references import (REAL_SONNETS, REFERENCE_NAMES, majority_reference,  # n
                          sonnet_reference_copying, sonnet_reference_forms, sonnet_reference_intervals,
                          sonnet_reference_nll)
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
-from .stats import (SAMPLES, ExampleScores, bootstrap_accuracy, mean_std,  # noqa: E402
-                    paired_difference, read_task_predictions, run_data_folder, run_interval, run_scores,
+from .stats import (MIN_INTERVAL_N, SAMPLES, ExampleScores, Interval, bootstrap_accuracy,  # noqa: E402
+                    mean_std, paired_difference, read_task_predictions, run_data_folder, run_interval, run_scores,
                     split_labels, t_interval)
-from .sweeps import Sweep  # noqa: E402
+from .sweeps import ZERO_SHOT_QUORA, Sweep  # noqa: E402
 
 # The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
 STUDY = {"sst": 0.513, "cfimdb": 0.971, "quora": 0.911, "sonnet": 41.97}
@@ -207,7 +208,9 @@ def sonnet_measures(metrics: dict[str, Any]) -> Row:
     for split in ("dev", "test"):
         rec = (metrics.get("heldout_nll") or {}).get(split)
         if rec:
-            row.update({f"{split}_nll": rec["nll"], f"{split}_nll_low": rec["low"], f"{split}_nll_high": rec["high"]})
+            low, high = (math.nan if rec[k] is None else rec[k] for k in ("low", "high"))  # None: too few sonnets
+            row.update({f"{split}_nll": rec["nll"], f"{split}_nll_low": low, f"{split}_nll_high": high,
+                        f"{split}_nll_n": rec.get("sonnets")})
         base = (metrics.get("heldout_nll_base") or {}).get(split)
         if base:
             row[f"{split}_nll_base"] = base["nll"]
@@ -216,7 +219,7 @@ def sonnet_measures(metrics: dict[str, Any]) -> Row:
             row[f"{split}_form_samples"] = form["samples"]
             for part, r in form["rates"].items():
                 row.update({f"{split}_{part}": r["rate"], f"{split}_{part}_low": r["low"],
-                            f"{split}_{part}_high": r["high"]})
+                            f"{split}_{part}_high": r["high"], f"{split}_{part}_n": form["sonnets"] * form["samples"]})
     return row
 
 
@@ -377,11 +380,12 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
         point: Row = dict(key)
         point.update(seeds=len(done), runs=len(members), metric=done[0]["metric"] if done else None)
         mean, low, high = _over_seeds(done, "dev_score", "ci_low", "ci_high")
-        point.update(score=mean, std=mean_std([r["dev_score"] for r in done])[1], low=low, high=high)
+        point.update(score=mean, std=mean_std([r["dev_score"] for r in done])[1], low=low, high=high,
+                     n=_examples(done, "n_dev"))
         tests = [r for r in done if not math.isnan(r.get("test_score", math.nan))]
         t_mean, t_low, t_high = _over_seeds(tests, "test_score", "test_low", "test_high")
         point.update(test_seeds=len(tests), test_score=t_mean, test_std=mean_std([r["test_score"] for r in tests])[1],
-                     test_low=t_low, test_high=t_high)
+                     test_low=t_low, test_high=t_high, test_n=_examples(tests, "n_test"))
         for key in [f"{split}_nll" for split in ("dev", "test")] + [f"{split}_{part}" for split in ("dev", "test")
                                                                       for part in FORM_PARTS]:
             have = [r for r in done if r.get(key) is not None and not math.isnan(r[key])]
@@ -389,6 +393,7 @@ def group_seeds(rows: Sequence[Row]) -> list[Row]:
                 point[key], point[f"{key}_low"], point[f"{key}_high"] = _over_seeds(have, key, f"{key}_low",
                                                                                   f"{key}_high")
                 point[f"{key}_seeds"] = len(have)
+                point[f"{key}_n"] = _examples(have, f"{key}_n")
         for key in ("dev_nll_base", "test_nll_base", "dev_form_samples"):
             vals = [r[key] for r in done if r.get(key) is not None]
             point[key] = mean_std(vals)[0] if vals else None
@@ -414,37 +419,75 @@ def _over_seeds(rows: Sequence[Row], key: str, low_key: str, high_key: str) -> t
     return t_interval([r[key] for r in rows])
 
 
+def _examples(rows: Sequence[Row], key: str) -> int | None:
+    """The number of examples an interval was taken over (the same rows for every seed): the first row's."""
+    found = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    return int(found[0]) if found else None
+
+
 SETTING_KEYS = ("task", "method", "rank", "targets", "precision", "qaft", "stage", "teacher", "synthetic_n",
                 "synthetic_filter", "alpha", "lr", "mix", "seed")
 
 
 def format_score(point: Row, prefix: str = "") -> str:
-    """'41.97 [38.10, 45.20]': one seed with its bootstrap 95% interval over the examples, or the mean of N seeds
-    with the 95% t-interval across seeds, marked '(N seeds)'; '—' when not run. prefix "test_" formats the test
+    """'41.97 [38.10, 45.20] n=12': one seed with its bootstrap-t 95% interval over its n examples (below
+    MIN_INTERVAL_N examples the point alone, 'n=3, too few for an interval'), or the mean of N seeds with the 95%
+    t-interval across seeds, marked '(N seeds, n=12 each)'; '—' when not run. prefix "test_" formats the test
     score the same way."""
     seeds = point.get(f"{prefix}seeds", 0) if prefix else point["seeds"]
     if not seeds:
         return "—"
     score, low, high = (point[f"{prefix}{k}"] for k in ("score", "low", "high"))
     digits = 2 if point["metric"] == "chrf" else 3
-    if math.isnan(low):  # no interval (see the CSV's note)
+    n = point.get(f"{prefix}n")
+    if seeds > 1:
+        return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({seeds} seeds{_each(n)})"
+    if math.isnan(low) and (n is None or n >= MIN_INTERVAL_N):  # no interval (see the CSV's note)
         return f"{score:.{digits}f}" + (" (no CI: data not found)" if point.get("data_missing") else "")
-    return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" + (f" ({seeds} seeds)" if seeds > 1 else "")
+    return _interval(score, low, high, digits, n)
 
 
-def format_measure(point: Row, key: str, digits: int = 3, percent: bool = False) -> str:
-    """A held-out NLL or a form rate of a point, with its interval, as `format_score` does."""
+def _each(n: int | None) -> str:
+    return f", n={n} each" if n is not None else ""
+
+
+def format_measure(point: Row, key: str, digits: int = 3, percent: bool = False,
+                   min_n: int = MIN_INTERVAL_N) -> str:
+    """A held-out NLL or a form rate of a point, with its interval and n, as `format_score` does (`min_n` 1 for
+    the Wilson intervals of rates, which hold at any n)."""
     value = point.get(key)
     if value is None or math.isnan(value):
         return "—"
-    low, high, seeds = point.get(f"{key}_low"), point.get(f"{key}_high"), point.get(f"{key}_seeds", 1)
+    low, high, seeds, n = point.get(f"{key}_low"), point.get(f"{key}_high"), point.get(f"{key}_seeds", 1), \
+        point.get(f"{key}_n")
     if percent:
         value, digits = 100 * value, 0
         low, high = (math.nan, math.nan) if low is None else (100 * low, 100 * high)
-    shown = f"{value:.{digits}f}"
-    if low is not None and not math.isnan(low):
-        shown += f" [{low:.{digits}f}, {high:.{digits}f}]"
-    return shown + (f" ({seeds} seeds)" if seeds > 1 else "")
+    if seeds > 1:
+        return _interval(value, low, high, digits) + f" ({seeds} seeds{_each(n)})"
+    return _interval(value, low, high, digits, n, min_n)
+
+
+def format_difference(diffs: Sequence[Interval], digits: int) -> str:
+    """arm - reference as a cell: one seed, '+1.20 [-0.40, +2.90] n=12, sign-flip p=0.19' (and for accuracy
+    McNemar's test, naming its form); several seeds, the mean of the per-seed differences with the 95% t-interval
+    across seeds and each seed's p-values."""
+    if len(diffs) > 1:
+        mean, low, high = t_interval([d.value for d in diffs])
+        ps = " / ".join(_p_values(d) for d in diffs)
+        return (f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({len(diffs)} seeds{_each(diffs[0].n)}; "
+                f"per seed: {ps})")
+    d = diffs[0]
+    return _interval(d.value, d.low, d.high, digits, d.n, sign="+") + ", " + _p_values(d)
+
+
+def _p_values(d: Interval) -> str:
+    shown = "sign-flip p=" + ("—" if d.p is None else f"{d.p:.3g}")
+    if d.mcnemar is not None:
+        m = d.mcnemar
+        form = "exact binomial" if m.method.startswith("exact") else "chi-square with continuity correction"
+        shown += f", McNemar p={m.p:.3g} ({form}; {m.a_only} vs {m.b_only} discordant)"
+    return shown
 
 
 def _fmt(value: Any) -> str:
@@ -512,7 +555,8 @@ def markdown_table(sweep_name: str, points: Sequence[Row]) -> str:
                                  ] + after[3:]
     if "accuracy" in {p["metric"] for p in points}:  # what always answering the commonest label scores
         after.append(("majority class (dev rows) [95% CI]",
-                      lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"))))
+                      lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"),
+                                          n=p.get("n"))))
     heads = [h for h, _ in first] + [score_head] + [h for h, _ in after]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for p in points:
@@ -555,12 +599,12 @@ def form_block(sweep_name: str, points: Sequence[Row], reference: dict[str, Any]
     shown = [p for p in points if p.get("dev_perfect") is not None]
     if not shown:
         return []
-    lines = [_settings_cells(sweep_name, p) + [format_measure(p, f"dev_{part}", percent=True) for part in FORM_PARTS]
+    lines = [_settings_cells(sweep_name, p) + [format_measure(p, f"dev_{part}", percent=True, min_n=1)
+                                               for part in FORM_PARTS]
              + [_fmt(p.get("dev_form_samples") and round(p["dev_form_samples"]))] for p in shown]
     for name, rates in (reference or {}).items():
         lines.append([f"reference: {name}"] + ["—"] * (len(TABLE_COLUMNS[sweep_name]) - 1)
-                     + [_interval(100 * r["rate"], 100 * r["low"], 100 * r["high"], 0) for r in
-                        (rates["rates"][part] for part in FORM_PARTS)] + ["—"])
+                     + [_percent(rates["rates"][part], rates.get("sonnets")) for part in FORM_PARTS] + ["—"])
     heads = ([h for h, _ in TABLE_COLUMNS[sweep_name]]
              + [f"dev {h} % {interval_name(points)}" for h in ("14 lines", "rhyme scheme", "meter (9-11 syll.)",
                                                                 "perfect")] + ["samples per prompt"])
@@ -613,12 +657,18 @@ def copying_block(sweep_name: str, points: Sequence[Row], references: dict[str, 
             _table([h for h, _ in TABLE_COLUMNS[sweep_name]] + [f"dev {h}" for h in copying_heads(round(n))], lines)]
 
 
-def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
+def _interval(value: Any, low: Any, high: Any, digits: int = 3, n: int | None = None, min_n: int = MIN_INTERVAL_N,
+              sign: str = "") -> str:
+    """'41.90 [40.10, 43.60] n=12'; the point alone with 'n=2, too few for an interval' below `min_n` examples,
+    or without an interval where there is none; '—' for no value. sign "+" shows the sign of a difference."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    shown = f"{value:{sign}.{digits}f}"
+    if n is not None and n < min_n:
+        return f"{shown} (n={n}, too few for an interval)"
     if low is None or (isinstance(low, float) and math.isnan(low)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return shown
+    return f"{shown} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]" + (f" n={n}" if n is not None else "")
 
 
 def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
@@ -657,9 +707,10 @@ def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[
     except (OSError, ValueError) as e:
         return [f"Sonnet reference rows left out: {e}.\n"]
     lines = [[name + (f" (**{COPYING_NOTE}**)" if name == COPYING_REFERENCE else "")]
-             + [_interval(iv.value, iv.low, iv.high, 2) if (iv := (found[s] or {}).get(name)) else "—"
+             + [_interval(iv.value, iv.low, iv.high, 2, iv.n) if (iv := (found[s] or {}).get(name)) else "—"
                 for s in ("dev", "test")]
-             + [_percent(forms[name]["rates"][part]) if name in forms else "—" for part in FORM_PARTS]
+             + [_percent(forms[name]["rates"][part], forms[name].get("sonnets")) if name in forms else "—"
+                for part in FORM_PARTS]
              + (copying_cells(copying[name]["novel"], _copy_values(copying[name]))[:2] if name in copying
                 else ["—", "—"])
              for name in REFERENCE_NAMES + (REAL_SONNETS,)]
@@ -688,7 +739,8 @@ def nll_reference_lines(done: Sequence[Row], bars: dict[str, dict | None]) -> li
     if not any(bars.values()):
         return lines
     k = next(b["unigram"]["k"] for b in bars.values() if b)
-    unigram = [_interval(b["unigram"]["nll"], b["unigram"]["low"], b["unigram"]["high"]) if b else "—"
+    unigram = [_interval(b["unigram"]["nll"], b["unigram"]["low"], b["unigram"]["high"], n=b["unigram"]["sonnets"])
+               if b else "—"
                for b in (bars["dev"], bars["test"])]
     uniform = [_fmt(b["uniform"]) if b else "—" for b in (bars["dev"], bars["test"])]
     untrained = ["— (not trained)"] * 2
@@ -696,8 +748,9 @@ def nll_reference_lines(done: Sequence[Row], bars: dict[str, dict | None]) -> li
                     ["uniform guess, ln(vocabulary)", *uniform, *untrained]]
 
 
-def _percent(rate: dict[str, float]) -> str:
-    return _interval(100 * rate["rate"], 100 * rate["low"], 100 * rate["high"], 0)
+def _percent(rate: dict[str, float], n: int | None = None) -> str:
+    """A Wilson rate in %, with the number of sonnets it is over (Wilson holds at any n)."""
+    return _interval(100 * rate["rate"], 100 * rate["low"], 100 * rate["high"], 0, n, min_n=1)
 
 
 # Per sweep: the arms every other arm is compared with on the same examples, each in words and as a test of a
@@ -728,8 +781,9 @@ def _reference_row(rule: Rule, arm: Row, rows: Sequence[Row]) -> Row | None:
 
 def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None, samples: int,
                 cache: dict) -> str:
-    """arm - reference on `split` as a cell: one seed, a paired bootstrap 95% interval over the shared examples;
-    several seeds, the mean of the per-seed differences with a 95% t-interval across seeds."""
+    """arm - reference on `split` as a cell (`format_difference`): one seed, a paired bootstrap-t 95% interval over
+    the shared examples with its sign-flip p-value (and McNemar's test for accuracy); several seeds, the mean of the
+    per-seed differences with a 95% t-interval across seeds."""
     def scores(row: Row) -> ExampleScores | None:
         key = (row["run_dir"], split, metric)
         if key not in cache:
@@ -749,11 +803,7 @@ def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None
         except ValueError:
             return "—"
     digits = 4 if metric == "nll" else 2 if pairs[0][0].get("metric") == "chrf" else 3
-    if len(diffs) == 1:
-        d = diffs[0]
-        return f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
-    mean, low, high = t_interval([d.value for d in diffs])
-    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({len(diffs)} seeds)"
+    return format_difference(diffs, digits)
 
 
 def paired_block(sweep_name: str, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
@@ -782,9 +832,11 @@ def paired_block(sweep_name: str, rows: Sequence[Row], samples: int = SAMPLES) -
                              + [_difference(pairs, s, "nll", samples, cache) for s in ("dev", "test")])
         sonnet = any(pairs[0][0].get("task") == "sonnet" for pairs in arms.values())
         out += [f"Paired differences, arm − reference ({description}), on the examples both scored"
-                f"{' (for held-out NLL lower is better)' if sonnet else ''}: one seed, a paired bootstrap 95% "
-                "interval (both arms resampled on the same examples); several seeds, the mean of the per-seed "
-                "differences with a 95% t-interval across seeds:\n",
+                f"{' (for held-out NLL lower is better)' if sonnet else ''}: one seed, a paired bootstrap-t 95% "
+                "interval over the n shared examples (both arms resampled on the same examples; none below "
+                f"{MIN_INTERVAL_N}), the sign-flip permutation p-value (exact up to 14 examples) and, for accuracy, "
+                "McNemar's test; several seeds, the mean of the per-seed differences with a 95% t-interval across "
+                "seeds:\n",
                 _table([h for h, _ in TABLE_COLUMNS[sweep_name]] + ["metric", "Δ dev", "Δ test"], lines)]
     return out
 
@@ -828,7 +880,8 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
                 mixes.append(f"{mix}: {format_score(p)} / {format_score(p, 'test_')}")
         lines.append([teacher, _fmt(t.get("requests")), _fmt(t.get("kept")),
                       ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) if rejected else "—",
-                      _interval(t.get("perfect_rate"), t.get("perfect_low"), t.get("perfect_high")),
+                      _interval(t.get("perfect_rate"), t.get("perfect_low"), t.get("perfect_high"), n=t.get("kept"),
+                                min_n=1),
                       " / ".join(_fmt(t.get(k)) for k in ("tokens_input", "tokens_output", "tokens_thinking")),
                       "—" if t.get("cost_usd") is None else f"${t['cost_usd']:.{2 if t['cost_usd'] >= 1 else 4}f}",
                       "<br>".join(mixes) or "—"])
@@ -837,8 +890,36 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
                     "tokens in / out / thinking", "cost", "mixes: dev chrF / test chrF"], lines)]
 
 
-def zero_shot_block(rows: Sequence[Row]) -> list[str]:
-    """The zero-shot Quora check of every run that took it, with the majority class of the rows it scored."""
+def zero_shot_scores(run_dir: Path, output: str) -> ExampleScores:
+    """Per row, whether a run's zero-shot check answered right: the rows of its predictions file that have labels."""
+    data = json.loads((run_dir / output).read_text(encoding="utf-8"))
+    task = data.get("task", "quora")
+    preds = read_task_predictions(task, run_dir / data["predictions"])
+    labels = split_labels(task, run_data_folder(run_dir), data.get("split", "dev")) or {}
+    ids = [k for k in preds if k in labels]
+    correct = [[[float(int(preds[k]) == int(labels[k]))]] for k in ids]
+    return ExampleScores("accuracy", tuple(ids), np.array(correct, dtype=float).reshape(-1, 1, 1))
+
+
+ZERO_SHOT_REFERENCE = REFERENCE_ARMS["precision"][0]  # fp32 at the same stage on the same task
+
+
+def _zero_shot_difference(row: Row, rows: Sequence[Row], samples: int) -> str:
+    """The zero-shot accuracy of `row` minus that of its fp32 twin (same stage, task and seed) on the same rows."""
+    ref = _reference_row(ZERO_SHOT_REFERENCE[1], row, rows)
+    if ref is None:
+        return "— (no fp32 twin)" if row.get("precision") != "fp32" else "— (the reference)"
+    try:
+        d = paired_difference(zero_shot_scores(Path(row["run_dir"]), ZERO_SHOT_QUORA.output),
+                              zero_shot_scores(Path(ref["run_dir"]), ZERO_SHOT_QUORA.output), samples)
+    except (OSError, ValueError, KeyError) as e:
+        return f"— ({e})"
+    return format_difference([d], 3)
+
+
+def zero_shot_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+    """The zero-shot Quora check of every run that took it, with the majority class of the rows it scored, and
+    its accuracy minus that of the fp32 model at the same stage on the same task, paired on the same rows."""
     took = [r for r in rows if r["status"] == "done" and r.get("zero_shot")]
     if not took:
         return []
@@ -849,15 +930,21 @@ def zero_shot_block(rows: Sequence[Row]) -> list[str]:
         lines.append(["base model (not fine-tuned)" if base else "fine-tuned",
                       "— (base model)" if base else str(r.get("task")), str(r.get("precision")),
                       _fmt(r.get("qaft")), _fmt(r.get("compute")), str(r.get("seed")),
-                      _interval(z.get("zero_shot_accuracy"), z.get("zero_shot_low"), z.get("zero_shot_high")),
-                      _interval(z.get("majority"), z.get("majority_low"), z.get("majority_high")),
-                      _fmt(z.get("zero_shot_n"))])
+                      _interval(z.get("zero_shot_accuracy"), z.get("zero_shot_low"), z.get("zero_shot_high"),
+                                n=z.get("zero_shot_n")),
+                      _interval(z.get("majority"), z.get("majority_low"), z.get("majority_high"),
+                                n=z.get("zero_shot_n")),
+                      _zero_shot_difference(r, took, samples)])
     if not any(r.get("stage") == "base" for r in rows):
         lines.insert(0, ["base (before fine-tuning)", "—", "each", "—", "—", "—",
                          "— (no base-model run (--epochs 0) finished)", "—", "—"])
-    return ["Zero-shot Quora cloze (dev) after each run; the majority class of the same rows is the bar to beat:\n",
-            _table(["model", "fine-tuned on", "precision", "QAFT", "compute", "seed", "zero-shot acc. [95% CI]",
-                    "majority class [95% CI]", "rows"], lines)]
+    return ["Zero-shot Quora cloze (dev) after each run; the majority class of the same rows is the bar to beat; "
+            f"Δ: accuracy minus that of {ZERO_SHOT_REFERENCE[0]} (and seed) on the same rows, with a paired "
+            "bootstrap-t 95% interval, the sign-flip p-value and McNemar's test (exact binomial on the discordant "
+            "rows when there are fewer than 25, else chi-square with continuity correction):\n",
+            _table(["model", "fine-tuned on", "precision", "QAFT", "compute", "seed", "zero-shot acc. [95% CI] n",
+                    "majority class [95% CI] n", "Δ vs fp32 [95% CI] n, tests"], lines)]
+
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -1134,8 +1221,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
     done = sum(r["status"] == "done" for r in rows)
     spread = ("intervals: the mean over seeds with a 95% t-interval across seeds" if any(p["seeds"] > 1 for p in points)
-              else "intervals: percentile bootstrap 95% over the examples (and over the samples of each prompt "
-                   "where there are several)")
+              else "intervals: bootstrap-t 95% over the n examples (and over the samples of each prompt where "
+                   f"there are several; none below n={MIN_INTERVAL_N})")
     text = [f"# {sweep.name}\n", f"{done} of {len(rows)} runs finished (run folders: {Path(root)}); {spread}.\n"]
     if sweep.note:
         text.append(f"Note: {sweep.note}.\n")
@@ -1157,7 +1244,7 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     text += copying_block(sweep.name, points, reference_copying(rows))
     references = sonnet_reference_block(rows, samples)
     text += references
-    text += zero_shot_block(rows)
+    text += zero_shot_block(rows, samples)
     if sweep.name == "teachers":
         text += teacher_block(sweep, rows, samples)
     paths["md"] = out / f"{sweep.name}.md"

@@ -228,7 +228,7 @@ def precision(opts: SweepOptions) -> Sweep:
     """Sonnets at each precision, quantized after training (PTQ) or trained quantization-aware (QAFT); fp32 is
     the reference and has no QAFT twin. Each model also takes the zero-shot Quora check, and so do: the base
     model before fine-tuning at each precision (`--epochs 0`: scored and saved untrained) and the models after
-    int8 QAFT on the other fine-tuning tasks."""
+    int8 QAFT on the other fine-tuning tasks, each beside its fp32 twin (the reference of the paired differences)."""
     precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
     others = QAFT_OTHER_TASKS[:1] if opts.tiny else QAFT_OTHER_TASKS
     points = []
@@ -244,7 +244,9 @@ def precision(opts: SweepOptions) -> Sweep:
             name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
             points.append((name, flags,
                            {"task": "sonnet", "precision": p, "qaft": qaft, "stage": "fine-tuned"}))
-    for task in others:
+    for task in others:  # each with its fp32 twin: the paired reference on the same rows (dev and zero-shot)
+        points.append((f"{task}-fp32", {"data.task": task, "precision.format": "fp32", "optim.autocast": "off"},
+                       {"task": task, "precision": "fp32", "qaft": False, "stage": "fine-tuned"}))
         points.append((f"{task}-int8-qaft", {"data.task": task, "precision.format": "int8", "precision.qaft": True},
                        {"task": task, "precision": "int8", "qaft": True, "stage": "fine-tuned"}))
     notes = []

@@ -1,8 +1,9 @@
 """Statistics, reference rows and the perfect-sonnet check, each against an independent computation:
 
-- the bootstrap intervals every table labels "95% CI" (`minigpt2.metrics.bootstrap_interval`, `experiments.stats`)
-  hold 95% of an independently drawn bootstrap distribution (numpy, another seed; chrF rescored by sacrebleu
-  itself on each resample), and their width matches the normal approximation for an accuracy;
+- the percentile bootstrap (`minigpt2.metrics.bootstrap_interval`, still used to widen the form rates' Wilson
+  intervals) holds 95% of an independently drawn bootstrap distribution; the tables' bootstrap-t intervals
+  (`experiments.stats`; their coverage is tests/test_intervals.py's) agree at 400 rows with Student's t-interval
+  (scipy) and at 30 sonnets hold about 95% of a bootstrap distribution of chrF rescored by sacrebleu itself;
 - the Wilson 95% interval of the distillation summary equals the set of rates the score test does not reject,
   found by bisection, and the textbook values at 0/n and n/n;
 - mean ± std is the sample standard deviation (numpy, ddof=1), NaN and None left out;
@@ -36,17 +37,19 @@ def inside_share(low: float, high: float, scores: np.ndarray) -> float:
     return float(((scores >= low) & (scores <= high)).mean())
 
 
-def test_the_accuracy_interval_is_a_95_percent_bootstrap_interval():
+def test_the_accuracy_interval_is_the_t_interval_at_large_n():
+    """At 400 rows the bootstrap-t interval (the tables' method) agrees with Student's t-interval (scipy) and the
+    normal approximation to within the lattice of a binary mean (1/400 per row)."""
+    from scipy import stats as sps
+
     rng = np.random.default_rng(123)
     labels = rng.integers(0, 2, 400).tolist()
     preds = [y if rng.random() < 0.7 else 1 - y for y in labels]
     iv = bootstrap_accuracy(preds, labels, samples=4000)
     correct = np.array([p == y for p, y in zip(preds, labels)], dtype=float)
     assert iv.value == pytest.approx(correct.mean()) and iv.n == 400
-    # an independent bootstrap distribution: 95% of it lies inside a 95% interval (a 90% one would hold ~90%)
-    mine = correct[np.random.default_rng(99).integers(0, 400, (8000, 400))].mean(1)
-    assert inside_share(iv.low, iv.high, mine) == pytest.approx(0.95, abs=0.015)
-    # and the width is the normal approximation's 2 * 1.96 * sqrt(p (1 - p) / n) within a few percent
+    t = sps.ttest_1samp(correct, 0.0).confidence_interval(0.95)
+    assert iv.low == pytest.approx(t.low, abs=0.006) and iv.high == pytest.approx(t.high, abs=0.006)
     p = correct.mean()
     assert (iv.high - iv.low) == pytest.approx(2 * 1.959964 * math.sqrt(p * (1 - p) / 400), rel=0.06)
     assert iv.low < p < iv.high
@@ -148,7 +151,7 @@ def test_sonnet_reference_rows_score_chrf_against_the_true_sonnets():
     prompts = ["\n".join(t.split("\n")[:3]) for t in truths]
     only = rows[REFERENCE_NAMES[0]]
     assert only.value == pytest.approx(CHRF().corpus_score(prompts, [truths]).score)
-    assert only.n == len(truths) and only.low <= only.value <= only.high
+    assert only.n == len(truths) == 3 and math.isnan(only.low)  # 3 tiny sonnets: too few for an interval
 
 
 def test_the_majority_reference_is_the_majority_share_of_the_rows():

@@ -328,8 +328,10 @@ def test_bootstrap_chrf_is_sacrebleu_corpus_chrf_per_resample():
     hyps, refs = sonnet_pairs()
     ci = stats.bootstrap_chrf(hyps, refs, samples=300, seed=1)
     assert ci.value == pytest.approx(chrf(hyps, refs), abs=1e-9)
-    assert ci.low < ci.value < ci.high and ci.n == len(refs)
-    assert stats.bootstrap_chrf(hyps, refs, samples=300, seed=1) == ci  # seeded
+    assert math.isnan(ci.low) and math.isnan(ci.high) and ci.n == len(refs) == 3  # too few for an interval
+    many = stats.bootstrap_chrf(hyps * 3, refs * 3, samples=300, seed=1)
+    assert many.low < many.value < many.high and many.n == 9
+    assert stats.bootstrap_chrf(hyps * 3, refs * 3, samples=300, seed=1) == many  # seeded
     # A resample's score is the corpus chrF of exactly those examples.
     st = stats.chrf_statistics(hyps, refs)
     pick = [0, 0, 2]
@@ -338,7 +340,9 @@ def test_bootstrap_chrf_is_sacrebleu_corpus_chrf_per_resample():
 
 
 def test_bootstrap_accuracy():
-    assert stats.bootstrap_accuracy([1, 0, 1], [1, 0, 1]) == stats.Interval(1.0, 1.0, 1.0, 3)
+    few = stats.bootstrap_accuracy([1, 0, 1], [1, 0, 1])  # 3 rows: below MIN_INTERVAL_N, no interval
+    assert (few.value, few.n) == (1.0, 3) and math.isnan(few.low) and math.isnan(few.high)
+    assert stats.bootstrap_accuracy([1] * 8, [1] * 8) == stats.Interval(1.0, 1.0, 1.0, 8)  # no spread: the point
     ci = stats.bootstrap_accuracy([1] * 50 + [0] * 50, [1] * 100, samples=2000)
     assert ci.value == 0.5 and 0.38 < ci.low < 0.45 and 0.55 < ci.high < 0.62  # ~ 0.5 ± 1.96 * 0.05
     with pytest.raises(ValueError, match="2 predictions for 3 labels"):
@@ -477,8 +481,8 @@ def test_sonnet_reference_rows_rank_as_chance_should():
 
     rows = sonnet_reference_intervals(str(TINY_DATA_DIR), "dev", None, str(TINY_TOKENIZER_DIR), 200)
     assert set(rows) == {"prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)"}
-    for iv in rows.values():
-        assert iv.low <= iv.value <= iv.high
+    for iv in rows.values():  # 3 tiny dev sonnets: too few for an interval
+        assert iv.n == 3 and math.isnan(iv.low) and math.isnan(iv.high)
     # chrF rewards recall: any added text scores above the prompt alone
     assert rows["prompts only"].value < rows["prompts + random tokens"].value
     test = sonnet_reference_intervals(str(TINY_DATA_DIR), "test", None, str(TINY_TOKENIZER_DIR), 200)
@@ -497,8 +501,8 @@ def test_sonnet_reference_rows_are_absent_without_the_true_test_sonnets(tmp_path
 
 
 def test_majority_class_interval():
-    iv = stats.majority_interval([1, 1, 1, 0], samples=300)
-    assert iv.value == 0.75 and iv.low <= 0.75 <= iv.high and iv.n == 4
+    iv = stats.majority_interval([1, 1, 1, 0] * 3, samples=300)
+    assert iv.value == 0.75 and iv.low <= 0.75 <= iv.high and iv.n == 12
     with pytest.raises(ValueError):
         stats.majority_interval([])
 
@@ -527,12 +531,13 @@ def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_pat
     sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
     row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
     expected = sum(k % 2 == 0 for k in range(len(test_ids))) / len(test_ids)
-    assert row["test_score"] == pytest.approx(expected) and row["test_low"] <= expected <= row["test_high"]
-    assert row["n_test"] == len(test_ids)
+    assert row["test_score"] == pytest.approx(expected) and math.isnan(row["test_low"])  # 4 rows: no interval
+    assert row["n_test"] == len(test_ids) == 4 and row["n_dev"] == len(dev_ids) == 8
     assert 0 < row["majority"] <= 1 and row["majority_low"] <= row["majority"] <= row["majority_high"]
     table = report.markdown_table("baseline", report.group_seeds([row]))
     assert "majority class (dev rows) [95% CI]" in table.splitlines()[0]
-    assert f"{expected:.3f} [" in table
+    assert f"{expected:.3f} (n=4, too few for an interval)" in table
+    assert f"{row['majority']:.3f} [{row['majority_low']:.3f}, {row['majority_high']:.3f}] n=8" in table
     (data / "ids-sst-test-labels.csv").unlink()
     row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
     assert math.isnan(row["test_score"])
@@ -555,7 +560,7 @@ def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(t
              "test_score": math.nan} for r in ({"run": run.name, **run.settings} for run in sweep.runs)]
     text = "".join(report.teacher_block(sweep, rows, samples=200))
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| gemini")}
-    assert "| 5 | 4 | empty: 1 | 0.500 [0.150, 0.850] | 0 / 0 / 0 | $0.0000 |" in lines["gemini-2.5-flash"]
+    assert "| 5 | 4 | empty: 1 | 0.500 [0.150, 0.850] n=4 | 0 / 0 / 0 | $0.0000 |" in lines["gemini-2.5-flash"]
     assert "n2 all: 30.00 [29.00, 31.00] / —" in lines["gemini-2.5-flash"]
     assert "| 5 | 4 | empty: 1 |" in lines["gemini-2.5-flash-lite"]  # recomputed from its JSONL
 
