@@ -303,11 +303,14 @@ def minigpt2_state(tensors: dict[str, torch.Tensor], config: GPT2Config, path: P
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def load_gguf_model(path: str | os.PathLike) -> GPT2:
-    """A GPT2 holding a gpt2 GGUF file's weights, dequantized to fp32 (ours, or llama.cpp's converter's)."""
+def load_gguf_model(path: str | os.PathLike, reader=None) -> GPT2:
+    """A GPT2 holding a gpt2 GGUF file's weights, dequantized to fp32 (ours, or llama.cpp's converter's).
+
+    reader: the file's `gguf.GGUFReader` when the caller has one already (reading the 50257 tokens and 50000
+    merges of the metadata is most of the time a load takes)."""
     require_gguf()
     path = Path(path)
-    reader = _read(path)
+    reader = reader if reader is not None else _read(path)
     config = read_config(reader, path)
     state = minigpt2_state(_dequantized(reader, path), config, path)
     with torch.device("meta"):
