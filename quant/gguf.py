@@ -150,8 +150,11 @@ def check_exportable(model: GPT2, type_: str) -> None:
 
 
 def gguf_state(model: GPT2) -> dict[str, torch.Tensor]:
-    """The model's tensors under llama.cpp's gpt2 names, in the layout of the module docstring (all fp32)."""
-    s = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    """The model's tensors under llama.cpp's gpt2 names, in the layout of the module docstring (all fp32).
+
+    Merged LoRA layers count as their base (`h.0.attn.query.base.weight` is the query's weight, adapter included).
+    """
+    s = {k.replace(".base.", "."): v.detach().float().cpu() for k, v in model.state_dict().items() if "lora_" not in k}
     out = {"token_embd.weight": s["wte.weight"], "position_embd.weight": s["wpe.weight"],
            "output_norm.weight": s["ln_f.weight"], "output_norm.bias": s["ln_f.bias"]}
     for i in range(model.config.n_layer):

@@ -273,3 +273,75 @@ def test_command_merges_a_lora_model(hf_dir, tmp_path, monkeypatch):
     got = logits(qg.load_gguf_model(tmp_path / "m.gguf"))
     assert (got - base).abs().max() > 0.1  # the adapter matters here ...
     assert torch.allclose(got, want, rtol=0, atol=1e-4)  # ... and is in the file (merging rounds: not bit-equal)
+
+
+# ---- llama.cpp itself (llama-cpp-python, the `peers` extra) ----
+
+try:
+    import llama_cpp
+except ImportError:  # the peers extra builds llama.cpp from source; without it only these tests skip
+    llama_cpp = None
+needs_llama = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed (pip install '.[peers]')")
+
+PROMPTS = ["The meaning of life is", "Shall I compare thee to a summer's day?", "Once upon a time, there",
+           "In 1969, the first", "def main():\n   ", "Ünïcödé  spaces\tand émojis 🙂"]
+
+
+def llama(path, **kw):
+    """llama.cpp on one thread, fp32 KV cache (its default f16 cache would round keys and values)."""
+    return llama_cpp.Llama(model_path=str(path), n_ctx=SIZES["n_positions"], logits_all=True, verbose=False,
+                           n_threads=1, n_batch=SIZES["n_positions"], type_k=0, type_v=0, seed=0, **kw)
+
+
+def llama_logits(llm, ids: list[int] = IDS) -> torch.Tensor:
+    llm.reset()
+    llm.eval(ids)
+    return torch.from_numpy(np.array(llm.scores[:len(ids)], dtype=np.float32))
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over the largest |b|: one number for a whole [T, 50257] logits table."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def greedy(next_logits, ids: list[int], n: int) -> list[int]:
+    ids = list(ids)
+    for _ in range(n):
+        ids.append(int(next_logits(ids).argmax()))
+    return ids[-n:]
+
+
+@needs_llama
+def test_llama_cpp_tokenizes_as_minigpt2(files):
+    llm = llama_cpp.Llama(model_path=str(files["q4_0"]), vocab_only=True, verbose=False)
+    tok = Tokenizer()
+    for text in PROMPTS + ["<|endoftext|> is plain text here", "  leading spaces\n\n\nnewlines"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), text
+    assert llm.detokenize(tok.encode(PROMPTS[-1])).decode() == PROMPTS[-1]
+    assert (llm.token_bos(), llm.token_eos(), llm.n_vocab()) == (50256, 50256, 50257)
+
+
+@needs_llama
+@pytest.mark.parametrize("type_, tolerance", [("f32", 1e-3), ("f16", 1e-3), ("q8_0", 2e-2), ("q4_0", 2e-2)])
+def test_llama_cpp_logits_equal_load_gguf_models(files, readers, type_, tolerance):
+    """llama.cpp on our file against minigpt2 on the same file's values (load_gguf_model). Not bit-equal: ggml's
+    CPU kernels round activations to fp16 (GELU table) and, for q8_0/q4_0 weights, quantize the activations to
+    q8_0 blocks before each product, which our dequantized fp32 model does not."""
+    ours = logits(qg.load_gguf_model(files[type_], readers[type_]))
+    assert relative(llama_logits(llama(files[type_])), ours) <= tolerance
+
+
+@needs_llama
+def test_llama_cpp_f32_equals_the_checkpoint(hf_dir, files):
+    assert relative(llama_logits(llama(files["f32"])), logits(load_model(hf_dir))) <= 1e-3
+
+
+@needs_llama
+@pytest.mark.parametrize("type_", ["q8_0", "q4_0"])
+def test_llama_cpp_greedy_tokens_equal_ours(files, readers, type_):
+    """Greedy continuations of a fixed prompt set: llama.cpp on the file, minigpt2 on the file's values."""
+    model, llm, tok = qg.load_gguf_model(files[type_], readers[type_]), llama(files[type_]), Tokenizer()
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt)
+        theirs = greedy(lambda x: llama_logits(llm, x)[-1], ids, 8)
+        assert greedy(lambda x: logits(model, x)[-1], ids, 8) == theirs, prompt
