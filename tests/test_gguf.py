@@ -212,6 +212,14 @@ def test_refusals(tmp_path):
     assert "quantizes activations" in refused(tmp_path, acts, "f32")
 
 
+def test_without_the_gguf_package_the_command_says_how_to_install_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(qg, "gguf", None)
+    assert error_of(capsys, "tiny", "--out", str(tmp_path / "m.gguf")) == (
+        "error: GGUF files need the gguf package, which is not installed: pip install 'minigpt2[gguf]' (or pip "
+        "install gguf)")
+    assert not list(tmp_path.iterdir())
+
+
 def test_load_refuses_what_is_no_gpt2_gguf(tmp_path, files):
     (tmp_path / "not.gguf").write_bytes(b"GGML not really")
     for path, expected in [(tmp_path / "not.gguf", "not a readable GGUF file"), (tmp_path / "none.gguf", "no such file")]:
