@@ -15,7 +15,7 @@ from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from quant import gguf as qg
-from quant.qaft import quantize_model
+from quant.qaft import ptq, quantize_model
 from quant.config import QuantConfig
 from tests.conftest import BPE_DIR, make_hf_checkpoint
 
@@ -312,13 +312,20 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def greedy(next_logits, ids: list[int], n: int) -> list[int]:
-    ids = list(ids)
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    """`ids` and llama.cpp's n greedy tokens after them (one token at a time on its KV cache)."""
+    llm.reset()
+    llm.eval(ids)
+    path = list(ids)
     for _ in range(n):
-        ids.append(int(next_logits(ids).argmax()))
-    return ids[-n:]
+        path.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(path[-1:])
+    return path
 
 
+# max |llama.cpp logits - minigpt2 logits on the file's values| / max |logit|, measured on this model (2 threads,
+# x86 AVX2): f32 3.0e-4, f16 7.1e-4, q8_0 2.3e-2, q4_0 2.4e-2 (docs/quantization.md); bounds with some headroom.
+TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "q8_0": 3e-2, "q4_0": 3e-2}
 @needs_llama
 def test_llama_cpp_tokenizes_as_minigpt2(files):
     llm = llama_cpp.Llama(model_path=str(files["q4_0"]), vocab_only=True, verbose=False)
@@ -330,26 +337,46 @@ def test_llama_cpp_tokenizes_as_minigpt2(files):
 
 
 @needs_llama
-@pytest.mark.parametrize("type_, tolerance", [("f32", 1e-3), ("f16", 1e-3), ("q8_0", 2e-2), ("q4_0", 2e-2)])
-def test_llama_cpp_logits_equal_load_gguf_models(files, readers, type_, tolerance):
+@pytest.mark.parametrize("type_", qg.TYPES)
+def test_llama_cpp_logits_equal_load_gguf_models(files, readers, type_):
     """llama.cpp on our file against minigpt2 on the same file's values (load_gguf_model). Not bit-equal: ggml's
-    CPU kernels round activations to fp16 (GELU table) and, for q8_0/q4_0 weights, quantize the activations to
-    q8_0 blocks before each product, which our dequantized fp32 model does not."""
+    CPU kernels round GELU's input to fp16 (a lookup table) and, for q8_0/q4_0 weights, quantize the activations
+    to q8_0 blocks before each product, which our dequantized fp32 model does not."""
     ours = logits(qg.load_gguf_model(files[type_], readers[type_]))
-    assert relative(llama_logits(llama(files[type_])), ours) <= tolerance
+    assert relative(llama_logits(llama(files[type_])), ours) <= TOLERANCE[type_]
 
 
 @needs_llama
 def test_llama_cpp_f32_equals_the_checkpoint(hf_dir, files):
-    assert relative(llama_logits(llama(files["f32"])), logits(load_model(hf_dir))) <= 1e-3
+    assert relative(llama_logits(llama(files["f32"])), logits(load_model(hf_dir))) <= TOLERANCE["f32"]
+
+
+def greedy_agreement(model: GPT2, paths: list[list[int]], starts: list[int], bound: float) -> int:
+    """How many of llama.cpp's greedy choices along `paths` are minigpt2's argmax too; where one is not, minigpt2's
+    two candidates must be a near tie (logits within `bound`, the logit tolerance)."""
+    same = 0
+    for path, start in zip(paths, starts):
+        rows = logits(model, path)
+        for pos in range(start - 1, len(path) - 1):
+            row, chosen = rows[pos], path[pos + 1]
+            same += int(row.argmax()) == chosen
+            assert float(row.max() - row[chosen]) <= bound, (path, pos)
+    return same
 
 
 @needs_llama
 @pytest.mark.parametrize("type_", ["q8_0", "q4_0"])
-def test_llama_cpp_greedy_tokens_equal_ours(files, readers, type_):
-    """Greedy continuations of a fixed prompt set: llama.cpp on the file, minigpt2 on the file's values."""
-    model, llm, tok = qg.load_gguf_model(files[type_], readers[type_]), llama(files[type_]), Tokenizer()
-    for prompt in PROMPTS:
-        ids = tok.encode(prompt)
-        theirs = greedy(lambda x: llama_logits(llm, x)[-1], ids, 8)
-        assert greedy(lambda x: logits(model, x)[-1], ids, 8) == theirs, prompt
+def test_llama_cpp_greedy_tokens(hf_dir, files, readers, type_):
+    """8 greedy tokens after each of 6 prompts in llama.cpp; minigpt2 on the file's values picks the same token
+    at 46 or more of the 48 steps (47 measured for both types), and a different one only at a near tie. For q8_0
+    also our own int8 format (per-row scales, `quant.qaft.ptq`), which is not q8_0 (a scale per 32 values): the
+    same bounds hold (47 of 48 measured). A random model has many near ties; a trained one has fewer."""
+    llm, tok = llama(files[type_]), Tokenizer()
+    starts = [len(tok.encode(p)) for p in PROMPTS]
+    paths = [llama_greedy(llm, tok.encode(p), 8) for p in PROMPTS]
+    ours = qg.load_gguf_model(files[type_], readers[type_])
+    bound = TOLERANCE[type_] * float(logits(ours).abs().max())
+    assert greedy_agreement(ours, paths, starts, bound) >= 46
+    if type_ == "q8_0":
+        int8 = ptq(load_model(hf_dir), QuantConfig(weight="int8"))
+        assert greedy_agreement(int8, paths, starts, bound) >= 46

@@ -42,7 +42,7 @@ from minigpt2.model import GPT2
 from minigpt2.surgery import unwrap_compiled
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
-from .qaft import bake, fake_quant_modules, quant_config_of
+from ..qaft import bake, fake_quant_modules, quant_config_of
 
 try:
     import gguf
@@ -323,10 +323,3 @@ def load_gguf_model(path: str | os.PathLike, reader=None) -> GPT2:
     except RuntimeError as e:
         raise GGUFError(f"{path}: tensors do not fit a GPT2 of this config: {e}") from e
     return model.eval()
-
-
-if __name__ == "__main__":
-    # The command lives in the application, which knows run folders and presets (`app.gguf`).
-    from app.gguf import main
-
-    main()
