@@ -105,7 +105,8 @@ def test_layout_is_hf_conv1d_transposed_and_qkv_stacked(hf_dir, readers):
     C = SIZES["n_embd"]
     pairs = {"token_embd.weight": hf["wte.weight"], "position_embd.weight": hf["wpe.weight"],
              "blk.1.attn_qkv.weight": hf["h.1.attn.c_attn.weight"].T, "blk.1.attn_qkv.bias": hf["h.1.attn.c_attn.bias"],
-             "blk.1.attn_output.weight": hf["h.1.attn.c_proj.weight"].T, "blk.1.ffn_up.weight": hf["h.1.mlp.c_fc.weight"].T,
+             "blk.1.attn_output.weight": hf["h.1.attn.c_proj.weight"].T,
+             "blk.1.ffn_up.weight": hf["h.1.mlp.c_fc.weight"].T,
              "blk.1.ffn_down.weight": hf["h.1.mlp.c_proj.weight"].T, "output_norm.bias": hf["ln_f.bias"],
              "blk.0.ffn_norm.weight": hf["h.0.ln_2.weight"]}
     for name, want in pairs.items():
@@ -137,7 +138,8 @@ def test_metadata(readers):
     assert (get("tokenizer.ggml.model"), get("tokenizer.ggml.pre")) == ("gpt2", "gpt-2")
     assert (get("tokenizer.ggml.bos_token_id"), get("tokenizer.ggml.eos_token_id")) == (50256, 50256)
     assert get("tokenizer.ggml.add_bos_token") is False
-    assert get("tokenizer.ggml.tokens")[:3] == ["!", '"', "#"] and get("tokenizer.ggml.tokens")[50256] == "<|endoftext|>"
+    tokens = get("tokenizer.ggml.tokens")
+    assert tokens[:3] == ["!", '"', "#"] and tokens[50256] == "<|endoftext|>"
 
 
 def test_vocabulary_is_the_bpe_files():
@@ -207,7 +209,8 @@ def test_refusals(tmp_path):
     assert refused(tmp_path, plain, "q5_k") == "--type 'q5_k': expected one of f32, f16, q8_0, q4_0"
     assert "n_embd 48 is not a multiple of 32" in refused(tmp_path, plain, "q4_0")
     int8 = quantize_model(GPT2(GPT2Config(**SIZES)), QuantConfig(weight="int8"))
-    assert "fake-quantized as int8" in refused(tmp_path, int8, "q8_0") and "--type f32" in refused(tmp_path, int8, "f16")
+    assert "fake-quantized as int8" in refused(tmp_path, int8, "q8_0")
+    assert "--type f32" in refused(tmp_path, int8, "f16")
     acts = quantize_model(GPT2(GPT2Config(**SIZES)), QuantConfig(weight="int8", activations=True))
     assert "quantizes activations" in refused(tmp_path, acts, "f32")
 
@@ -222,7 +225,8 @@ def test_without_the_gguf_package_the_command_says_how_to_install_it(capsys, mon
 
 def test_load_refuses_what_is_no_gpt2_gguf(tmp_path, files):
     (tmp_path / "not.gguf").write_bytes(b"GGML not really")
-    for path, expected in [(tmp_path / "not.gguf", "not a readable GGUF file"), (tmp_path / "none.gguf", "no such file")]:
+    for path, expected in [(tmp_path / "not.gguf", "not a readable GGUF file"),
+                           (tmp_path / "none.gguf", "no such file")]:
         with pytest.raises(qg.GGUFError, match=expected):
             qg.load_gguf_model(path)
     w = gguf.GGUFWriter(tmp_path / "llama.gguf", "llama")
