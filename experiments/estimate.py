@@ -151,9 +151,8 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, th
     allocate the activations, the gradients and AdamW's moments), with `threads` CPU threads (default: torch's):
     forward + backward and the AdamW step apart."""
     from minigpt2.fast.chunked_loss import chunked_lm_loss
+    from minigpt2.device import cpu_count
     from minigpt2.model import GPT2
-
-    from .launch import cpu_count
 
     before = torch.get_num_threads()
     if threads is not None:

@@ -33,6 +33,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from minigpt2.device import cpu_count
 from minigpt2.errors import UserError
 
 from .runner import (Outcome, SweepResult, evaluation_done, execute, in_subprocess, is_finished,
@@ -47,14 +48,6 @@ LAUNCH_FILE = "launch.json"  # written by a Ray task into its run folder when th
 class LaunchError(UserError, ValueError):
     """Launcher settings that cannot work: --jobs below 1, a device that is not there, Ray missing, folders the
     cluster does not share."""
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use (its affinity mask, which a container or `taskset` narrows)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_run(jobs: int, threads: int | None = None) -> int:

@@ -15,6 +15,7 @@ command) asks this module, so the decision is taken once per device.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -120,3 +121,11 @@ def parse_device(name: str) -> torch.device:
     elif dev.type != "cpu":
         raise FieldError("device", name, expected)
     return dev
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask, which a container or `taskset` narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
