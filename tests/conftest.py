@@ -112,6 +112,12 @@ needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16(), reason="oneDNN has no 
                                        "needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or Arm BF16)")
 
 
+def bf16_prepacked(test: Callable) -> Callable:
+    """Mark a test that makes bf16 prepacked weights (bf16 decoding): it runs with `emulated_bf16` wherever oneDNN
+    has bf16 kernels, and is skipped only where it has none."""
+    return needs_onednn_bf16(pytest.mark.usefixtures("emulated_bf16")(test))
+
+
 @pytest.fixture(autouse=True)
 def _offline_tokenizer(monkeypatch):
     """Tests never download the BPE files: they use the copy shipped in experiments/tiny_data/gpt2."""
