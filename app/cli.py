@@ -9,6 +9,8 @@ flag, helped by its "help_off"; a few renamed in `flags`). Fields without help h
     given(namespace, group)         what the user typed (a flag left out is absent: the dataclass default applies)
     build(group, values)            the group's dataclass, a bad value reported as one line naming the flag
     finetune_settings(argv)         `python -m minigpt2.finetune`'s flags as a validated `RunSettings`
+    resume_options(argv)            the flags of a `--resume` command line (no flag required: the run folder has them)
+    resumed_settings(saved, opts)   a run folder's saved settings with the flags a resume gives
     settings_of(options)            settings from overrides by path ({"optim.lr": 0.01}): a sweep's runs
     argv_of(options)                the flags that give those overrides (a run's subprocess command line)
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,9 +32,9 @@ from tasks import TASKS
 from tasks.base import Sampling
 
 from .precision import PrecisionError, PrecisionSettings
-from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
-                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, RunFolderSettings,
-                       RunSettings, SettingsError, SyntheticSettings)
+from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, RESUME_MAY_CHANGE, DataSettings,
+                       EvalSettings, EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings,
+                       RunFolderSettings, RunSettings, SettingsError, SyntheticSettings)
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,11 @@ FINETUNE_GROUPS = (
 GROUP = {g.key: g for g in FINETUNE_GROUPS}
 
 
-def finetune_parser(prog: str = "python -m minigpt2.finetune", description: str | None = None
-                    ) -> argparse.ArgumentParser:
-    """The parser of `python -m minigpt2.finetune`."""
+def finetune_parser(prog: str = "python -m minigpt2.finetune", description: str | None = None,
+                    partial: bool = False) -> argparse.ArgumentParser:
+    """The parser of `python -m minigpt2.finetune`; `partial`: no flag is required (a resume's command line)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    add_groups(p, FINETUNE_GROUPS)
+    add_groups(p, FINETUNE_GROUPS, partial=partial)
     return p
 
 
@@ -237,6 +239,67 @@ def check_environment(settings: RunSettings) -> None:
         raise SettingsError(f"--test-references {refs}: file not found; expected the test labels "
                             "(*-test-labels.csv) or the true test sonnets (TRUE_sonnets_held_out.txt)")
     checked(lambda: parse_device(settings.hardware.device), GROUP["hardware"])
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def resume_options(argv: Sequence[str], description: str | None = None) -> dict[str, Any] | None:
+    """The flags of a `--resume` command line by path ({"run.out_dir": "RUN", "hardware.threads": 2}), or None when
+    the command line does not ask to resume. No flag is required: the run folder holds the settings, so
+    `--resume --out-dir RUN` alone is a whole command."""
+    quiet = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_groups(quiet, FINETUNE_GROUPS, partial=True)
+    try:
+        ns, _ = quiet.parse_known_args(list(argv))
+    except argparse.ArgumentError:
+        return None  # a malformed flag: the full parser reports it as it would without --resume
+    if not getattr(ns, GROUP["run"].dest("resume"), False):
+        return None
+    ns = finetune_parser(description=description, partial=True).parse_args(list(argv))
+    return {k.replace(":", "."): v for k, v in vars(ns).items()}
+
+
+def resumed_settings(saved: RunSettings, options: Mapping[str, Any]) -> RunSettings:
+    """The settings `saved` in a run folder, continued with the flags of `resume_options`: a flag for a setting a
+    resume may change (`RESUME_MAY_CHANGE`: the device, threads, progress, where the files are) replaces the saved
+    value; any other flag must repeat it, else one line names each that does not. Where this invocation stops
+    (`--stop-after-epoch`) is not inherited: without the flag the run goes on to its last epoch."""
+    differ = [f"{_flag_of_path(path)}{_shown(value)} (the run's: {_at(saved, path)!r})"
+              for path, value in options.items() if path not in RESUME_MAY_CHANGE and value != _at(saved, path)]
+    if differ:
+        may = ", ".join(dict.fromkeys(_flag_of_path(p) for p in RESUME_MAY_CHANGE
+                                      if p not in ("run.resume", "run.overwrite")))
+        raise SettingsError(f"--resume continues the run in --out-dir with the settings saved in its config.json; "
+                            f"{', '.join(differ)} would change what it computes. Only {may} may change on resume; "
+                            "start a new run (another --out-dir) for other settings")
+    changes = {"optim.stop_after_epoch": None, "run.overwrite": False,
+               **{p: v for p, v in options.items() if p in RESUME_MAY_CHANGE}, "run.resume": True}
+    groups: dict[str, dict[str, Any]] = {}
+    for path, value in changes.items():
+        key, _, name = path.partition(".")
+        groups.setdefault(key, {})[name] = value
+    parts = {key: checked(lambda: replace(getattr(saved, key), **values), GROUP[key], FINETUNE_GROUPS)
+             for key, values in groups.items()}
+    settings = replace(saved, **parts)
+    check_environment(settings)
+    return settings
+
+
+def _at(settings: RunSettings, path: str) -> Any:
+    """The value at a settings path ("model.lora.rank"); None under a group that is absent (no LoRA)."""
+    obj: Any = settings
+    for part in path.split("."):
+        obj = getattr(obj, part) if obj is not None else None
+    return obj
+
+
+def _flag_of_path(path: str) -> str:
+    key, _, name = path.rpartition(".")
+    return GROUP[key].flag(name)
+
+
+def _shown(value: Any) -> str:
+    return "" if isinstance(value, bool) else f" {value}"  # a switch is its flag alone
 
 
 # ---------------------------------------------------------------------------------------------- back to flags

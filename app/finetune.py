@@ -50,8 +50,22 @@ from .synthetic import synthetic_texts
 
 
 def parse_settings(argv: list[str] | None = None) -> RunSettings:
-    """The command line as validated, typed settings (a bad flag is a UserError naming it)."""
-    return finetune_settings(argv)
+    """The command line as validated, typed settings (a bad flag is a UserError naming it). With `--resume`, the
+    settings saved in the run folder's config.json (this layout or the one before), with the flags given beside it
+    (`cli.resumed_settings`: those a resume may change; any other must repeat the saved value)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    options = cli.resume_options(argv)
+    if options is None:
+        return finetune_settings(argv)
+    # --out-dir given, and not with --overwrite: checked before the folder is read
+    run = cli.build(GROUP["run"], {p.partition(".")[2]: v for p, v in options.items() if p.startswith("run.")})
+    run_dir = Path(run.out_dir)
+    runfolder.check_resumable(run_dir)
+    try:
+        saved = RunSettings.from_dict(runfolder.read_config(run_dir)["settings"])
+    except SettingsError as e:
+        raise SettingsError(f"{run_dir / runfolder.CONFIG_FILE}: {e}") from None
+    return cli.resumed_settings(saved, options)
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -89,6 +89,35 @@ def load_hf(folder: Path):
     return GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
 
 
+@pytest.fixture
+def emulated_bf16(monkeypatch):
+    """bf16 on any CPU: `minigpt2.device` is told this CPU runs bf16 natively, so `--autocast bf16`, bf16 decoding
+    and the bf16 bench lines run here, on a CPU without bf16 instructions in emulation (slowly: such tests keep to
+    the tiny configs). This is what every GPU run takes, so CI checks it too. The user-facing refusal of bf16 on
+    such a CPU is tested with the answer faked the other way (`tests/test_autocast.py`)."""
+    from minigpt2 import device
+
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo="/proc/cpuinfo": True)
+
+
+def onednn_bf16() -> bool:
+    """oneDNN has bf16 kernels for this CPU (AVX-512 BW/VL/DQ, AVX-NE-CONVERT, or Arm's BF16): without them a bf16
+    prepacked weight cannot be made at all (torch refuses), emulated or not."""
+    from minigpt2.fast.prepack import available
+
+    return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16(), reason="oneDNN has no bf16 kernels for this CPU (it "
+                                       "needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or Arm BF16)")
+
+
+def bf16_prepacked(test: Callable) -> Callable:
+    """Mark a test that makes bf16 prepacked weights (bf16 decoding): it runs with `emulated_bf16` wherever oneDNN
+    has bf16 kernels, and is skipped only where it has none."""
+    return needs_onednn_bf16(pytest.mark.usefixtures("emulated_bf16")(test))
+
+
 @pytest.fixture(autouse=True)
 def _offline_tokenizer(monkeypatch):
     """Tests never download the BPE files: they use the copy shipped in experiments/tiny_data/gpt2."""

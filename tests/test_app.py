@@ -131,9 +131,9 @@ def test_a_finished_run_is_not_overwritten(finished, capsys):
     assert (finished / "metrics.json").read_text() == before
 
 
-def test_resume_with_other_settings_is_refused_with_a_diff(finished, capsys):
+def test_resume_with_other_settings_is_refused_naming_them(finished, capsys):
     fails_with(finetune_args("sst", finished, "--epochs", "1", "--lr", "2e-3", "--resume"),
-               "optim.lr: 0.001 -> 0.002. Only data.data_dir", capsys)
+               "--lr 0.002 (the run's: 0.001) would change what it computes. Only --data-dir", capsys)
 
 
 def test_evaluate_refuses_a_missing_head(finished, tmp_path):

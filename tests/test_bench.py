@@ -14,6 +14,7 @@ from bench import bench_core, bench_lora, bench_quant
 from bench.common import Row, compare_time, set_threads
 from minigpt2 import device as dev
 from minigpt2.fast.prepack import Bf16Unsupported
+from tests.conftest import bf16_prepacked
 
 
 FP32_LINES = ["forward", "training step", "fp32 matmul peak", "MFU", "Quora cloze", "greedy decode",
@@ -23,19 +24,13 @@ BF16_LINES = ["training step 2x32, AdamW, bf16 autocast", "bf16 matmul peak", "M
               "against transformers fp32", "sonnet generation, 3 prompts, sampling, bf16"]
 
 
-def test_core_lines_on_tiny_config(capsys):
+@bf16_prepacked
+def test_core_lines_on_tiny_config():
     set_threads(1)
     rows = bench_core.measure(bench_core.TINY, "cpu", isolate_memory=False)
     lines = [r.line for r in rows]
-    # The bf16 lines need a CPU with native bf16; elsewhere they are left out, and the bench says so.
-    native = dev.cpu_native_bf16()
-    for expected in FP32_LINES + (BF16_LINES if native else []):
+    for expected in FP32_LINES + BF16_LINES:
         assert any(expected in line for line in lines), (expected, lines)
-    if not native:
-        assert not any("bf16" in line for line in lines)
-        assert "bf16 lines left out: autocast bf16: expected a device that runs bf16 natively: this CPU has no " \
-            "native bf16" in capsys.readouterr().err
-        return
     for r in rows:
         assert math.isfinite(r.minigpt2) and r.minigpt2 > 0, r
         if r.peer is not None:
@@ -46,25 +41,31 @@ def test_core_lines_on_tiny_config(capsys):
     assert all(p in ("bf16", "bf16 autocast") for p in precisions[first_bf16:-2]), precisions
 
 
+@bf16_prepacked
 def test_bf16_lines_compare_bf16_models(tmp_path):
     bench_core.make_checkpoint("tiny", tmp_path)
     ours, hf = bench_core.load_pair(tmp_path, "cpu")
     assert {p.dtype for p in bench_core.hf_bf16(hf).parameters()} == {torch.bfloat16}
-    if bench_core.bf16_unavailable("cpu"):
-        with pytest.raises(Bf16Unsupported):  # never a silent fp32 or emulated "bf16" line
-            bench_core.bf16_generation_model(ours)
-        return
     fast, info = bench_core.bf16_generation_model(ours)
     assert info["model"] == "bf16 prepacked (minigpt2.fast.prepack)" and fast.packed_head.packed.dtype == torch.bfloat16
     assert {p.dtype for p in ours.parameters()} == {torch.float32}  # the fp32 lines keep the fp32 model
 
 
-def test_bf16_lines_are_left_out_without_native_bf16(monkeypatch, capsys):
-    monkeypatch.setattr(bench_core, "bf16_unavailable", lambda device: "this CPU has no native bf16")
+def test_bf16_lines_are_left_out_without_native_bf16(monkeypatch, capsys, tmp_path):
+    """Where the CPU would emulate bf16, the fp32 lines are measured and the bf16 ones left out, saying why; the
+    bf16 generation model is refused, never a silent fp32 or emulated "bf16" line."""
+    monkeypatch.setattr(dev, "cpu_native_bf16", lambda cpuinfo="/proc/cpuinfo": False)
     set_threads(1)
     rows = bench_core.measure(bench_core.TINY, "cpu", isolate_memory=False)
-    assert rows and not any("bf16" in r.line for r in rows)
-    assert "bf16 lines left out: this CPU has no native bf16" in capsys.readouterr().err
+    lines = [r.line for r in rows]
+    for expected in FP32_LINES:
+        assert any(expected in line for line in lines), (expected, lines)
+    assert not any("bf16" in line for line in lines)
+    assert "bf16 lines left out: autocast bf16: expected a device that runs bf16 natively: this CPU has no " \
+        "native bf16" in capsys.readouterr().err
+    bench_core.make_checkpoint("tiny", tmp_path)
+    with pytest.raises(Bf16Unsupported):
+        bench_core.bf16_generation_model(bench_core.load_pair(tmp_path, "cpu")[0])
 
 
 def test_train_step_flops_counts_head_and_attention():
@@ -168,9 +169,8 @@ def test_lora_workers_answer_steps_in_turns():
     assert m["_meta"]["precision"] == "bf16 autocast" and m["_meta"]["config"] == "tiny"
 
 
+@bf16_prepacked
 def test_bf16_only_lines_write_their_json_line_by_line(tmp_path):
-    if bench_core.bf16_unavailable("cpu"):
-        pytest.skip("this CPU has no native bf16")
     set_threads(1)
     out = tmp_path / "bf16.json"
     rows = bench_core.bf16_lines(bench_core.TINY, "cpu", 1, 1, str(out))

@@ -6,13 +6,16 @@
   `--warmup` in [0, 1), `--temperature` >= 0, `--grad-clip` >= 0 (0: off), `--lora-dropout` in [0, 1);
 - the run folder (app/runfolder.py): the fingerprint records the run-defining settings and the sha256 of every
   input; `--resume` is refused when a run-defining setting or an input changed (naming it) and accepted when only
-  what RESUME_MAY_CHANGE lists changed; a fresh run into a folder holding a run is refused without --overwrite.
+  what RESUME_MAY_CHANGE lists changed; `--resume --out-dir RUN` takes the saved settings, accepts flags that may
+  change or repeat the saved value and names each other one; a fresh run into a folder holding a run is refused
+  without --overwrite.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ import pytest
 from app import cli
 from app.finetune import parse_settings
 from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
-from app.settings import RESUME_MAY_CHANGE, SettingsError
+from app.settings import RESUME_MAY_CHANGE, SettingsError, defining
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.lora import apply_lora, lora_modules
 
@@ -146,12 +149,43 @@ def write_config(run: Path, s) -> None:
 def test_resume_refuses_run_defining_changes_only(tmp_path, change, refused):
     run = tmp_path / "run"
     write_config(run, settings(out=run))
-    now = settings("--resume", *change, out=run)
+    now = resuming(settings(*change, out=run))
     if refused is None:
         assert check_resume(run, now) is not None
     else:
         with pytest.raises(RunFolderError, match=rf"differ: (.*; )?{re.escape(refused)}: [^;]* -> "):
             check_resume(run, now)
+
+
+def resuming(s):
+    return replace(s, run=replace(s.run, resume=True))
+
+
+@pytest.mark.parametrize("change,refused", [
+    (["--lr", "0.5"], "--lr 0.5 (the run's: 1e-05)"),
+    (["--seed", "1"], "--seed 1 (the run's: 11711)"),
+    (["--task", "quora"], "--task quora (the run's: 'sst')"),
+    (["--method", "lora", "--lora-rank", "4"], "--method lora (the run's: 'full'), --lora-rank 4 (the run's: None)"),
+    (["--qaft", "--precision", "int8"], "--qaft (the run's: False)"),
+    (["--top-p", "0.5"], "--top-p 0.5 (the run's: 0.9)"),
+    (["--lr", "1e-5", "--seed", "11711", "--task", "sst"], None),  # the saved values, repeated
+    (["--no-progress", "--threads", "3", "--stop-after-epoch", "2", "--device", "cpu"], None),
+])
+def test_resume_with_the_run_folder_alone_takes_its_settings_and_refuses_other_values(tmp_path, change, refused):
+    """`--resume --out-dir RUN` reads the settings from RUN/config.json; a flag beside it either may change on
+    resume or repeats the saved value, else one line names it with the run's value."""
+    run = tmp_path / "run"
+    saved = settings("--epochs", "3", "--stop-after-epoch", "1", out=run)
+    write_config(run, saved)
+    if refused is not None:
+        with pytest.raises(SettingsError, match=re.escape(refused) + ".* would change what it computes"):
+            parse_settings(["--resume", "--out-dir", str(run), *change])
+        return
+    now = parse_settings(["--resume", "--out-dir", str(run), *change])
+    assert defining(now) == defining(saved) and now.optim.epochs == 3 and now.run.resume
+    assert now.optim.stop_after_epoch == (2 if "--stop-after-epoch" in change else None)  # not inherited
+    assert now.hardware.threads == (3 if "--threads" in change else None)
+    assert now.optim.progress is ("--no-progress" not in change)
 
 
 def test_a_fresh_run_into_a_run_folder_is_refused_without_overwrite(tmp_path):
@@ -164,7 +198,7 @@ def test_a_fresh_run_into_a_run_folder_is_refused_without_overwrite(tmp_path):
     assert holds_run(run)
     with pytest.raises(RunFolderError, match="--overwrite"):
         prepare(run, s)
-    prepare(run, settings("--resume", out=run))  # --resume continues it: nothing removed
+    prepare(run, resuming(s))  # --resume continues it: nothing removed
     assert (run / "config.json").is_file() and (run / "metrics.json").is_file()
 
 

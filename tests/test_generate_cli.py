@@ -24,6 +24,7 @@ from minigpt2.lora import load_adapter
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import seed_everything
 from tasks.sonnet import SonnetLM
+from tests.conftest import bf16_prepacked
 from tests.test_finetune import finetune_args
 
 FIX = TINY_DATA  # the tiny model's data and GPT-2 tokenizer files (package data of experiments)
@@ -125,8 +126,7 @@ def test_quantized_run_folder_generates_with_the_quantized_weights(runs):
     assert fast.startswith(PROMPT) and len(fast) > len(PROMPT) + 1
 
 
-@pytest.mark.skipif(not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(),
-                    reason="no native bf16 on this CPU")
+@bf16_prepacked
 def test_bf16_precision_runs_the_prepacked_bf16_copy(runs, monkeypatch):
     import minigpt2.fast as fast
     from minigpt2.train import TrainConfig

@@ -9,7 +9,7 @@ import torch
 
 from minigpt2 import generation
 from minigpt2.checkpoint import load_model
-from minigpt2.fast import decoding, for_inference
+from minigpt2.fast import decoding, for_inference, for_training
 from minigpt2.fast.decoding import nucleus_candidates
 from minigpt2.generation import generate
 
@@ -94,10 +94,14 @@ def test_the_fast_copy_samples_with_the_fast_sampler_and_leaves_the_model_alone(
     assert generate(fast, PROMPTS, 8, eos_id=None) == generate(model, PROMPTS, 8, eos_id=None)  # greedy: same tokens
 
 
-def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, cache_dtypes):
+@pytest.mark.parametrize("trained", [False, True], ids=["plain", "switched-for-training"])
+def test_a_bf16_model_on_cpu_attends_over_an_fp32_cache(model, cache_dtypes, trained):
     """On the fast path the cache of a bf16 model on CPU is fp32 (torch's CPU attention is slow in bf16), and the
-    incremental logits still match the bf16 model's full forward pass within bf16 rounding."""
+    incremental logits still match the bf16 model's full forward pass within bf16 rounding. Also for a model that
+    training switched to the fast pieces (its CPU-dropout attention), as a sonnet run generates with."""
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    if trained:
+        for_training(bf16, torch.device("cpu"))
     fast = for_inference(bf16, torch.device("cpu"))
     assert all(type(b.attn) is decoding.Fp32CacheAttention for b in fast.h)
     assert all(type(b.attn) is not decoding.Fp32CacheAttention for b in bf16.h)  # the model itself unchanged

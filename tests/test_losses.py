@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minigpt2.fast.chunked_loss import chunked_lm_loss
 from minigpt2.losses import lm_loss
@@ -169,3 +170,48 @@ def test_chunked_loss_of_a_bf16_model_takes_its_gradient_products_in_fp32(chunk_
     ref = _value_and_grads(lm_loss, hidden.bfloat16().float(), weight.bfloat16().float(), targets)
     for name, a, b in zip(["loss", "d hidden", "d weight"], got, ref):
         assert _rel_err(a, b) < BF16_REL, (name, _rel_err(a, b))
+
+
+# Under bf16 the chunked loss keeps its softmax statistics (max, exp, sum, log) and the sum of the row losses in
+# fp32 (docs/finetuning.md); only the three vocabulary-sized products run in bf16. To see the statistics apart from
+# the bf16 products, these inputs make every logit exact in bf16: hidden states in {-1, 0, 1} and weights in
+# quarters, so each logit is a multiple of 1/4 below 32 in magnitude (7 significant bits), computed exactly by any
+# kernel that accumulates in fp32. The loss is then the fp64 cross-entropy of known logits. A constant feature lifts
+# every logit by 16, as a model's logits sit away from 0: logsumexp is then 20 to 30, where bf16's step is 0.125.
+# Measured: fp32 statistics give the loss within 2e-8; the input to the statistics, their sum or log, or the row
+# losses kept in bf16 (each tried as a one-line slip in chunked_loss.py) miss by 1.5e-3, and the loss sum in bf16
+# misses too. The max itself is exact in bf16 (the largest of bf16 logits), so a bf16 max changes nothing.
+STATS_REL = 1e-5
+
+
+def _bf16_exact_inputs(n: int = 70, c: int = 16, v: int = 101, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randint(-1, 2, (n, c), generator=g).float()
+    weight = torch.randint(-4, 5, (v, c), generator=g).float() / 4
+    hidden[:, 0], weight[:, 0] = 1.0, 16.0  # every logit + 16
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[::7] = -100
+    return hidden, weight, targets
+
+
+@pytest.mark.parametrize("grads", [True, False], ids=["training", "evaluation"])
+@pytest.mark.parametrize("chunk_rows", [7, 40, None])
+@pytest.mark.parametrize("how", ["autocast", "bf16 weights"])
+def test_chunked_loss_keeps_its_statistics_and_sum_in_fp32_under_bf16(how, chunk_rows, grads):
+    hidden, weight, targets = _bf16_exact_inputs()
+    logits = hidden.double() @ weight.double().t()
+    assert torch.equal(logits.bfloat16().double(), logits) and logits.max() < 32  # exact in bf16, as designed
+    want = F.cross_entropy(logits, targets, ignore_index=-100).item()
+    if how == "autocast":
+        h, w = hidden.clone().requires_grad_(grads), weight.clone().requires_grad_(grads)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = chunked_lm_loss(h, w, targets, chunk_rows=chunk_rows)
+    else:
+        h, w = hidden.bfloat16().requires_grad_(grads), weight.bfloat16().requires_grad_(grads)
+        got = chunked_lm_loss(h, w, targets, chunk_rows=chunk_rows)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - want) <= STATS_REL * want, (got.item(), want, abs(got.item() - want) / want)
+    if grads:  # the training path's gradients too, within bf16 rounding of the fp64 ones
+        got.backward()
+        ref = _value_and_grads(lm_loss, hidden.double(), weight.double(), targets)
+        assert _rel_err(h.grad, ref[1]) < BF16_REL and _rel_err(w.grad, ref[2]) < BF16_REL

@@ -87,6 +87,31 @@ def test_heldout_nll_runs_in_eval_mode_and_restores_training_mode():
     assert a["1"][0] == pytest.approx(_reference_nll(gpt, PROMPT, TRUE)[0], rel=1e-5)
 
 
+def test_heldout_nll_under_bf16_autocast_takes_the_cross_entropy_of_the_bf16_logits_in_fp32():
+    """A bf16 run's held-out NLL: the logits as bf16 autocast computes them, their cross-entropy in fp32 (not in
+    bf16, whose step at a token's NLL of about 10 is 0.06): within fp32 rounding of the fp64 cross-entropy of the same
+    logits; and not the fp32 model's figure, though near it. The weights are larger than at initialisation so that
+    the logits spread (at init they sit near 0, where bf16 changes the NLL by only 1e-6)."""
+    gpt, task = _model(), SonnetTask()
+    with torch.no_grad():
+        for p in gpt.parameters():
+            if p.dim() > 1:
+                p.normal_(std=0.2)
+    ex = [Example("1", [], meta={"prompt_lines": PROMPT})]
+    bf16 = PredictSettings(batch_size=1, autocast_dtype=torch.bfloat16)
+    got, n = task.heldout_nll(task.build(gpt), ex, {"1": TRUE}, bf16, TOK, torch.device("cpu"))["1"]
+    prompt = TOK.encode("\n".join(PROMPT) + "\n")
+    ids = torch.tensor([prompt + TOK.encode("\n".join(TRUE.split("\n")[len(PROMPT):])) + [TOK.eot_id]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = gpt.logits(ids, attention_mask=torch.ones_like(ids))[0]  # as the task runs the model
+    assert logits.dtype == torch.bfloat16
+    want = float(F.cross_entropy(logits.double()[len(prompt) - 1:-1], ids[0, len(prompt):], reduction="sum"))
+    assert n == ids.size(1) - len(prompt) and got == pytest.approx(want, rel=1e-6)
+    fp32 = _reference_nll(gpt, PROMPT, TRUE)[0]
+    print(f"held-out NLL: bf16 autocast {got:.4f}, fp32 {fp32:.4f}, bf16 logits in fp64 {want:.4f}")
+    assert got != pytest.approx(fp32, rel=1e-4) and got == pytest.approx(fp32, rel=2e-2)
+
+
 def test_continuation_is_cut_to_the_context_and_a_prompt_that_fills_it_is_an_error():
     seq, n_prompt = continuation_ids(TOK, PROMPT, TRUE, context=40)
     assert len(seq) == 40 and seq[:n_prompt] == TOK.encode("\n".join(PROMPT) + "\n")

@@ -7,6 +7,7 @@ from minigpt2 import GPT2, GPT2Config
 from minigpt2.generation import generate
 from minigpt2.lora import LoRALinear, apply_lora
 from minigpt2.fast.prepack import PackedGPT2, PackedLinear, available, prepacked
+from tests.conftest import bf16_prepacked
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")
 
@@ -70,10 +71,8 @@ def test_without_onednn_prepacked_says_so_and_inference_copy_falls_back(monkeypa
     assert prepack.inference_copy(model) is model
 
 
-# ---- bf16: the prepacked copy with bf16 weights, on CPUs with native bf16 ----
+# ---- bf16: the prepacked copy with bf16 weights (on any CPU whose oneDNN has bf16 kernels: `bf16_prepacked`) ----
 
-needs_bf16 = pytest.mark.skipif(not available() or not __import__("minigpt2.fast.prepack").fast.prepack.native_bf16(),
-                                reason="this CPU has no native bf16")
 # bf16 keeps 8 bits of mantissa: every stored activation is rounded by up to 2^-9 of its size. Through two tiny
 # blocks that leaves the logits within a tenth of their spread (measured: 4-7% at most), so the bound below is
 # loose enough for any seed and tight enough to catch a wrong weight, a missing bias or an fp32/bf16 mix-up.
@@ -90,7 +89,7 @@ def spread_model(seed: int = 0) -> GPT2:
     return model
 
 
-@needs_bf16
+@bf16_prepacked
 def test_bf16_copy_has_bf16_packed_weights_and_logits_within_bf16_tolerance():
     model = spread_model()
     fast = prepacked(model, torch.bfloat16)
@@ -110,7 +109,7 @@ def test_bf16_copy_has_bf16_packed_weights_and_logits_within_bf16_tolerance():
                                    atol=0.02 * want.std().item())
 
 
-@needs_bf16
+@bf16_prepacked
 def test_bf16_greedy_tokens_follow_fp32_where_the_margin_allows():
     """Greedy bf16 picks fp32's token at every step where fp32's winner leads its runner-up by more than twice the
     bf16 logit error measured on that sequence; the first closer call may go either way, so the check stops there.
@@ -133,7 +132,7 @@ def test_bf16_greedy_tokens_follow_fp32_where_the_margin_allows():
     assert checked >= 8, "too few decisive steps to compare: pick other prompts"
 
 
-@needs_bf16
+@bf16_prepacked
 def test_bf16_copy_of_a_lora_model_and_of_a_bf16_model():
     model = spread_model()
     apply_lora(model, rank=4, alpha=8.0, targets="attn")
@@ -171,7 +170,7 @@ def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
     assert not prepack.native_bf16()
 
 
-@needs_bf16
+@bf16_prepacked
 def test_inference_copy_picks_the_dtype():
     import minigpt2.fast.prepack as prepack
 

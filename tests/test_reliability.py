@@ -160,7 +160,8 @@ def test_a_second_finetune_on_a_running_folder_is_refused_and_ctrl_c_says_how_to
     assert err.strip().splitlines()[-1] == f"interrupted; continue with --resume --out-dir {run}"
     assert not (run / "run.lock").exists() and (run / "config.json").read_bytes() == config
     done = json.loads(read_safetensors(run / "last" / "state.safetensors")[1]["trainer"])["epoch"]
-    finetune.main(ft(run, "--epochs", FOREVER, "--resume", "--stop-after-epoch", str(done + 1)))  # the recovery
+    # the recovery, as the message says (plus where to stop: the run itself would go on for ever)
+    finetune.main(["--resume", "--out-dir", str(run), "--stop-after-epoch", str(done + 1)])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == done and len(metrics["epochs"]) == done + 1
 
@@ -312,6 +313,14 @@ def test_each_refusal_is_one_error_line_and_loses_nothing(finished, stopped, tmp
 
     cases.append(Case("--resume, mistyped --out-dir", ft(tmp_path / "no-such-run", "--epochs", "1", "--resume"),
                       (f"--resume --out-dir {tmp_path / 'no-such-run'}: no such folder",)))
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    (no_config / "notes.txt").write_text("mine\n")
+    cases.append(Case("--resume --out-dir alone, no config.json", ["--resume", "--out-dir", str(no_config)],
+                      (f"--resume --out-dir {no_config}: holds no run (config.json not found)",), no_config))
+    other = copy(stopped, tmp_path, "other-lr")
+    cases.append(Case("--resume --out-dir alone, another --lr", ["--resume", "--out-dir", str(other), "--lr", "0.5"],
+                      ("--lr 0.5 (the run's: 0.001) would change what it computes", "Only --data-dir"), other))
     lost = copy(finished, tmp_path, "lost")
     shutil.rmtree(lost / "last")
     cases.append(Case("--resume, state deleted", ft(lost, "--epochs", "1", "--resume"),

@@ -55,6 +55,7 @@ FAST = ("tests/test_contract_fast.py",)
 AGREE = ("tests/test_fast_agreement.py", "tests/test_lora_fused.py")
 MEASURES = ("tests/test_measures.py",)
 SET = ("tests/test_contract_settings.py",)
+LOSSES = ("tests/test_losses.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -180,6 +181,14 @@ MUTANTS: list[Mutant] = [
            "w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight, h)",
            "w_logits, h_logits = (w_mm, h_mm) if amp_dtype is not None else (weight.bfloat16(), h.bfloat16())",
            FAST),
+    Mutant("fast-chunked-statistics-bf16", "minigpt2/fast/chunked_loss.py", "x = logits.float()  # the block itself",
+           "x = logits  # the block itself", LOSSES),
+    Mutant("fast-chunked-loss-sum-bf16", "minigpt2/fast/chunked_loss.py",
+           "total = torch.zeros((), device=hidden.device, dtype=torch.float32)",
+           "total = torch.zeros((), device=hidden.device, dtype=amp_dtype or hidden.dtype)", LOSSES),
+    Mutant("fast-cache-attention-skips-cpu-dropout", "minigpt2/fast/decoding.py",
+           "if type(m) in (CausalSelfAttention, CPUDropoutAttention)]", "if type(m) is CausalSelfAttention]",
+           ("tests/test_generate_fast.py",)),
     Mutant("fast-lora-no-scaling", "minigpt2/fast/lora.py", "y.addmm_(xa, b.t(), alpha=scaling)", "y.addmm_(xa, b.t())",
            FAST),
     Mutant("fast-lora-grad-bf16", "minigpt2/fast/lora.py", "g = grad.reshape(-1, grad.size(-1)).to(w.dtype)",
@@ -217,6 +226,11 @@ MUTANTS: list[Mutant] = [
     Mutant("default-seed", "minigpt2/train.py", "DEFAULT_SEED = 11711", "DEFAULT_SEED = 11712", SET),
     Mutant("run-seed-may-change", "app/settings.py", 'RESUME_MAY_CHANGE = ("data.data_dir",',
            'RESUME_MAY_CHANGE = ("optim.seed", "data.data_dir",', SET),
+    Mutant("resume-keeps-stop-after-epoch", "app/cli.py",
+           'changes = {"optim.stop_after_epoch": None, "run.overwrite": False,', 'changes = {"run.overwrite": False,',
+           SET),
+    Mutant("resume-takes-any-flag", "app/cli.py", "if path not in RESUME_MAY_CHANGE and value != _at(saved, path)]",
+           "if False]", SET),
     Mutant("run-base-by-name-only", "app/runfolder.py", 'if (rb or {}).get("sha256") != (nb or {}).get("sha256"):',
            'if (rb or {}).get("file") != (nb or {}).get("file"):', SET),
     Mutant("run-overwrite-inverted", "app/runfolder.py", "    if not settings.run.overwrite:",
@@ -226,6 +240,8 @@ MUTANTS: list[Mutant] = [
     # ---- the sonnet measures and paired comparisons
     Mutant("nll-no-eot", "tasks/sonnet.py", 'seq = prompt + tok.encode("\\n".join(rest)) + [tok.eot_id]',
            'seq = prompt + tok.encode("\\n".join(rest))', MEASURES),
+    Mutant("nll-cross-entropy-in-bf16", "tasks/sonnet.py",
+           "logits = logits.to(torch.promote_types(logits.dtype, torch.float32))", "logits = logits", MEASURES),
     Mutant("nll-mean-of-ratios", "app/measures.py", "value = float(sums.sum() / counts.sum())",
            "value = float(np.mean(sums / counts))", MEASURES),
     Mutant("form-rhyme-from-three-lines", "distill/check.py", '"rhyme_scheme": len(lines) >= 4 and',

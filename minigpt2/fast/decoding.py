@@ -87,8 +87,14 @@ class Fp32CacheAttention(CausalSelfAttention):
 
 
 def attend_in_cache_dtype(model: nn.Module) -> int:
-    """Replace every plain `CausalSelfAttention` of `model` by a `Fp32CacheAttention`, in place; returns how many."""
-    plain = [name for name, m in model.named_modules() if type(m) is CausalSelfAttention]
+    """Replace every plain `CausalSelfAttention` of `model` by a `Fp32CacheAttention`, in place; returns how many.
+
+    The CPU-dropout attention of a model switched for training counts as plain (its own part, the dropout, is off
+    at inference); other subclasses (the int8 decoder's fused attention) keep their own forward.
+    """
+    from .cpu_dropout import CPUDropoutAttention
+
+    plain = [name for name, m in model.named_modules() if type(m) in (CausalSelfAttention, CPUDropoutAttention)]
     for name in plain:
         new = Fp32CacheAttention(model.get_submodule(name))
         new.train(model.get_submodule(name).training)
