@@ -11,6 +11,9 @@ moments), the MFU against a bf16 matmul peak timed in the same turns; generation
 copy against transformers with bf16 weights (`model.to(torch.bfloat16)`), and for greedy decoding also against
 transformers in fp32.
 
+The batch-1 greedy lines on CPU time the machine's read bandwidth in the same turns and carry their bound
+(`bench.bound`: bytes read per token at the line's precision, the bound in tokens/s, the fraction reached).
+
     python -m bench.bench_core [--quick] [--device cuda]
 """
 

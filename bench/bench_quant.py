@@ -6,7 +6,8 @@ Decoding: batch 1, a 16-token prompt, 128 new tokens (32 with --quick), random 1
 timed in turns so that a busy machine slows all alike. The goal row compares int8 with minigpt2's fastest fp32
 decoding (`minigpt2.fast.for_inference`, oneDNN-prepacked weights); the next row with the fp32 model as loaded. The int8 model
 is `to_int8_decoder` of the int8 fake-quant model that QAFT trains (`int8_decoder_config()`: int8 weights,
-per-token activations, int8 tied head).
+per-token activations, int8 tied head). The read bandwidth is timed in the same turns, for the int8 line's
+bound and its fp32 peer's (`bench.bound`: bytes read per token over the bandwidth, and the fraction reached).
 """
 
 from __future__ import annotations

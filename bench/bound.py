@@ -62,9 +62,10 @@ def weight_bytes(config: GPT2Config, precision: str) -> float:
 
 
 def kv_positions(prompt: int, new: int) -> float:
-    """Cached positions a decoding step reads, on average over a greedy decode of `new` tokens after `prompt`:
-    the prompt's forward gives the first token, then steps at prompt + 1 ... prompt + new - 1 positions."""
-    return prompt + new / 2
+    """Positions whose keys and values a token's step reads, on average over a greedy decode of `new` tokens
+    after `prompt`: the prompt's forward (up to `prompt` positions) gives the first token, then the steps of the
+    others read prompt + 1, ..., prompt + new - 1; the mean of these `new` counts is prompt + (new - 1) / 2."""
+    return prompt + (new - 1) / 2
 
 
 def kv_bytes(config: GPT2Config, precision: str, positions: float) -> float:
