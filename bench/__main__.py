@@ -3,7 +3,8 @@
     python -m bench [--quick | --full] [--device cuda] [--only core lora] [--out bench/results.json]
 
 Every module exposes the same entry point, `run(quick: bool, device: str, threads: int) -> list[Row]`. A module
-that fails is reported in the table's notes and in the JSON's meta, the others still run, and the command exits 1.
+that fails is reported in the table's notes and in the JSON's meta, the others still run, and the command exits 1;
+a module that cannot run here (`ModuleSkipped`, e.g. llama.cpp not installed) is noted as skipped, and is no failure.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from typing import Any, Callable
 
 import torch
 
-from . import bench_core, bench_lora, bench_quant
-from .common import Row, print_table, set_threads, write_json
+from . import bench_core, bench_llama, bench_lora, bench_quant
+from .bound import cpu_flags, print_bounds
+from .common import ModuleSkipped, Row, print_table, set_threads, write_json
 
 # Every bench module, in table order, by the name `--only` takes; each one's `run(quick, device, threads)`.
 MODULES: dict[str, Callable[[bool, str, int], list[Row]]] = {
     "core": bench_core.run,
     "lora": bench_lora.run,
     "quant": bench_quant.run,
+    "llama": bench_llama.run,
 }
 
 
@@ -38,7 +41,7 @@ def machine() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"platform": platform.platform(), "cpu": cpu, "python": platform.python_version()}
+    info = {"platform": platform.platform(), "cpu": cpu, "python": platform.python_version(), **cpu_flags()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -70,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     rows, notes, meta = run_modules(wanted, args.quick, device, threads, command, args.out)
     print_table(rows)
+    print_bounds(rows)
     for topic, note in notes.items():
         print(f"note: {topic}: {note}")
+    for topic, why in meta(True)["skipped"].items():
+        print(f"note: {topic}: skipped: {why}")
     write_json(rows, args.out, meta(True))
     print(f"wrote {args.out}")
     return 1 if notes else 0
@@ -83,6 +89,7 @@ def run_modules(wanted: list[str], quick: bool, device: str, threads: int, comma
     module, and the meta record (finished or not) of the run."""
     rows: list[Row] = []
     notes: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     t0 = time.time()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -101,7 +108,9 @@ def run_modules(wanted: list[str], quick: bool, device: str, threads: int, comma
             "machine": machine(),
             "modules": wanted,
             "module_seconds": dict(seconds),
+            "model": "gpt2 (124M, random weights)",  # every module's decode and step lines, quick or full
             "notes": dict(notes),
+            "skipped": dict(skipped),
             "finished": finished,
         }
 
@@ -110,6 +119,8 @@ def run_modules(wanted: list[str], quick: bool, device: str, threads: int, comma
         t_module = time.time()
         try:
             rows += MODULES[topic](quick, device, threads)
+        except ModuleSkipped as e:  # e.g. an optional peer not installed: said, and not a failure
+            skipped[topic] = str(e)
         except Exception as e:  # one broken module must not lose the others' figures
             notes[topic] = f"failed: {type(e).__name__}: {e}"
             traceback.print_exc()

@@ -11,6 +11,9 @@ moments), the MFU against a bf16 matmul peak timed in the same turns; generation
 copy against transformers with bf16 weights (`model.to(torch.bfloat16)`), and for greedy decoding also against
 transformers in fp32.
 
+The batch-1 greedy lines on CPU time the machine's read bandwidth in the same turns and carry their bound
+(`bench.bound`: bytes read per token at the line's precision, the bound in tokens/s, the fraction reached).
+
     python -m bench.bench_core [--quick] [--device cuda]
 """
 
@@ -43,6 +46,7 @@ from minigpt2.fast.prepack import Bf16Unsupported, native_bf16
 from minigpt2.generation import generate
 from minigpt2.model import GPT2, gather_last
 
+from .bound import ReadBandwidth, bound, cpu_flags, print_bounds
 from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
                      write_json)
 
@@ -66,12 +70,13 @@ class Sizes:
     warmup: int = 1
     iters: int = 5
     matmul: int = 2048
+    stream_mib: int = 512  # the array whose read times the machine's bandwidth (`bench.bound.ReadBandwidth`)
 
 
 FULL = Sizes()
 QUICK = Sizes(batch=2, decode_new=32, sonnet_new=32, iters=3)  # the memory line keeps 8 x 256: two steps a side
 TINY = Sizes(config="tiny", batch=2, seq=32, decode_prompt=4, decode_new=8, sonnet_prompts=3, sonnet_new=8,
-             sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256)
+             sonnet_batch=2, sonnet_seq=32, warmup=1, iters=1, matmul=256, stream_mib=4)
 
 
 def bf16_autocast(device: str) -> AbstractContextManager:
@@ -261,6 +266,22 @@ def generation_model(ours: GPT2) -> tuple[GPT2, dict[str, Any]]:
     return fast, info
 
 
+def cpu_read(s: Sizes, device: str) -> dict[str, ReadBandwidth]:
+    """{"read": the read-bandwidth probe} to time in a decode line's turns on CPU; {} elsewhere (the bound of
+    `bench.bound` is a CPU memory's)."""
+    return {"read": ReadBandwidth(s.stream_mib)} if device == "cpu" else {}
+
+
+def bound_extra(read: dict[str, ReadBandwidth], config: GPT2Config, precision: str, s: Sizes,
+                tokens_per_s: float) -> dict[str, Any]:
+    """A decode line's extras for its bound (`bench.bound.bound`) and the bandwidth measured; {} off the CPU."""
+    if not read:
+        return {}
+    bw = read["read"]
+    return {"bound": bound(config, precision, s.decode_prompt, s.decode_new, tokens_per_s, bw.bytes_per_s),
+            "bandwidth": bw.info()}
+
+
 def bench_greedy_decode(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
     prompt = random_ids(1, s.decode_prompt, ours.config.vocab_size, device, seed=4)
     ours.eval(), hf.eval()
@@ -277,10 +298,12 @@ def bench_greedy_decode(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]
             return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.decode_new,
                                do_sample=False)
 
-    t = compare_time({"ours": run(fast), "plain": run(ours), "hf": run_hf}, s.warmup, s.iters)
+    read = cpu_read(s, device)
+    t = compare_time({"ours": run(fast), "plain": run(ours), "hf": run_hf, **read}, s.warmup, s.iters)
     n = s.decode_new
     return [Row(f"greedy decode, batch 1, {n} new tokens", "tokens/s", n / t["ours"], f"{PEER} generate",
-                n / t["hf"], goal=">= 1.5x", extra={**info, "unpacked_tokens_per_s": n / t["plain"]})]
+                n / t["hf"], goal=">= 1.5x", extra={**info, "unpacked_tokens_per_s": n / t["plain"],
+                                                    **bound_extra(read, ours.config, "fp32", s, n / t["ours"])})]
 
 
 def sonnet_prompts(s: Sizes, vocab: int) -> list[list[int]]:
@@ -372,12 +395,14 @@ def bench_greedy_decode_bf16(ours: GPT2, hf: Any, s: Sizes, device: str) -> list
                                   do_sample=False)
         return go
 
-    t = compare_time({"ours": run_ours, "hf bf16": run_hf(hf16), "hf fp32": run_hf(hf)}, s.warmup, s.iters)
+    read = cpu_read(s, device)
+    t = compare_time({"ours": run_ours, "hf bf16": run_hf(hf16), "hf fp32": run_hf(hf), **read}, s.warmup, s.iters)
     del fast, hf16
     n = s.decode_new
     extra = {"precision": "bf16", **info}
+    b = bound_extra(read, ours.config, "bf16", s, n / t["ours"])
     return [Row(f"greedy decode, batch 1, {n} new tokens, bf16", "tokens/s", n / t["ours"],
-                f"{PEER} generate bf16", n / t["hf bf16"], goal=">= 1.5x", extra=extra),
+                f"{PEER} generate bf16", n / t["hf bf16"], goal=">= 1.5x", extra={**extra, **b}),
             Row("  same, against transformers fp32", "tokens/s", n / t["ours"], f"{PEER} generate fp32",
                 n / t["hf fp32"], goal=">= 2.5x", extra=dict(extra))]
 
@@ -551,8 +576,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = run(args.quick, device, set_threads(args.threads))
         if args.json:
             write_json(rows, args.json, {"command": "python -m bench.bench_core " + " ".join(argv or sys.argv[1:]),
-                                         "device": device, "threads": torch.get_num_threads()})
+                                         "device": device, "threads": torch.get_num_threads(), **cpu_flags()})
     print_table(rows)
+    print_bounds(rows)
 
 
 def bf16_lines(s: Sizes, device: str, threads: int, iters: int | None, out: str | None) -> list[Row]:
@@ -564,6 +590,7 @@ def bf16_lines(s: Sizes, device: str, threads: int, iters: int | None, out: str 
         raise SystemExit(f"error: --bf16-only: {why_not}")
     rows: list[Row] = []
     meta = {"command": "python -m bench.bench_core " + " ".join(sys.argv[1:]), "device": device, "threads": threads,
+            **cpu_flags(),
             "sizes": dataclasses.asdict(s), "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                               time.gmtime())}
     with tempfile.TemporaryDirectory() as folder:

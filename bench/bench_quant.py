@@ -6,7 +6,8 @@ Decoding: batch 1, a 16-token prompt, 128 new tokens (32 with --quick), random 1
 timed in turns so that a busy machine slows all alike. The goal row compares int8 with minigpt2's fastest fp32
 decoding (`minigpt2.fast.for_inference`, oneDNN-prepacked weights); the next row with the fp32 model as loaded. The int8 model
 is `to_int8_decoder` of the int8 fake-quant model that QAFT trains (`int8_decoder_config()`: int8 weights,
-per-token activations, int8 tied head).
+per-token activations, int8 tied head). The read bandwidth is timed in the same turns, for the int8 line's
+bound and its fp32 peer's (`bench.bound`: bytes read per token over the bandwidth, and the fraction reached).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from bench.bound import ReadBandwidth, bound, print_bounds
 from bench.common import Row, compare_time, print_table, set_threads
 from minigpt2.config import GPT2Config
 from minigpt2 import fast as speed
@@ -28,24 +30,33 @@ from quant.int8_linear import Int8Linear, int8_decoder_config, to_int8_decoder
 from quant.report import reports
 
 
-def decode_rows(quick: bool) -> list[Row]:
+def decode_rows(quick: bool, config: str = "gpt2", prompt_len: int = 16, new: int | None = None,
+                stream_mib: int = 512) -> list[Row]:
+    """int8 against fp32 greedy decoding of a random `config` model, batch 1, with the read bandwidth timed in
+    the same turns for the int8 line's bound (and its fp32 peer's)."""
     torch.manual_seed(0)
-    model = GPT2(GPT2Config.from_name("gpt2", dropout=0.0)).eval()
+    model = GPT2(GPT2Config.from_name(config, dropout=0.0)).eval()
     int8 = to_int8_decoder(ptq(model, int8_decoder_config()))
-    new = 32 if quick else 128
-    prompt = [torch.randint(0, 50257, (16,)).tolist()]
+    new = new or (32 if quick else 128)
+    prompt = [torch.randint(0, model.config.vocab_size, (prompt_len,)).tolist()]
     outs = {}
 
     def run(name, m):
         return lambda: outs.__setitem__(name, generate(m, prompt, new, eos_id=None)[0])
 
     fast = speed.for_inference(model, torch.device("cpu"))  # minigpt2's fastest fp32 decoding: oneDNN-prepacked
+    read = ReadBandwidth(stream_mib)
     t = compare_time({"fp32": run("fp32", model), "fp32 prepacked": run("fp32 prepacked", fast),
-                      "int8": run("int8", int8)}, warmup=1, iters=3 if quick else 5)
+                      "int8": run("int8", int8), "read": read}, warmup=1, iters=3 if quick else 5)
     same = sum(a == b for a, b in zip(outs["fp32"], outs["int8"])) / new
     fastest = "fp32 prepacked" if fast.h[0].mlp.c_fc is not model.h[0].mlp.c_fc else "fp32"
-    return [Row(f"greedy decode 124M b=1, {new} tokens: int8", "tokens/s", new / t["int8"],
-                f"minigpt2 {fastest}", new / t[fastest], True, ">= 2.5x", {"greedy_tokens_equal_to_fp32": same}),
+    bounds = {"bound": bound(model.config, "int8", prompt_len, new, new / t["int8"], read.bytes_per_s),
+              "peer_bound": bound(model.config, "fp32", prompt_len, new, new / t[fastest], read.bytes_per_s),
+              "bandwidth": read.info()}
+    size = "124M" if config == "gpt2" else config
+    return [Row(f"greedy decode {size} b=1, {new} tokens: int8", "tokens/s", new / t["int8"],
+                f"minigpt2 {fastest}", new / t[fastest], True, ">= 2.5x",
+                {"greedy_tokens_equal_to_fp32": same, **bounds}),
             Row("  same, against fp32 as loaded (not prepacked)", "tokens/s", new / t["int8"], "minigpt2 fp32",
                 new / t["fp32"], True, "(context)")]
 
@@ -100,6 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = run(args.quick, "cpu", set_threads(args.threads or None))
     print_table(rows)
+    print_bounds(rows)
     print(f"greedy tokens equal to fp32: {rows[0].extra['greedy_tokens_equal_to_fp32']:.0%}")
 
 

@@ -13,6 +13,10 @@ from typing import Any, Callable
 import torch
 
 
+class ModuleSkipped(Exception):
+    """A bench module that cannot run on this machine (an optional peer not installed); the message says why."""
+
+
 def set_threads(n: int | None = None) -> int:
     """Fix torch's intra-op threads (default: all cores) so both sides of a comparison get the same."""
     n = n or os.cpu_count() or 1
@@ -88,11 +92,12 @@ def peak_memory(fn: Callable[[], Any]) -> int:
 
 @dataclass
 class Row:
-    """One benchmark line: our figure, the peer's, their ratio, and the goal it is judged by."""
+    """One benchmark line: our figure, the peer's, their ratio, and the goal it is judged by. `minigpt2` is None
+    on a line that shows a peer alone (nothing on our side to pair with it yet)."""
 
     line: str
     unit: str
-    minigpt2: float
+    minigpt2: float | None
     peer_name: str | None = None
     peer: float | None = None
     higher_is_better: bool = True
@@ -102,7 +107,7 @@ class Row:
     @property
     def ratio(self) -> float | None:
         """How many times better minigpt2 is (>1 means ahead), whichever direction is better."""
-        if self.peer is None or self.peer == 0 or self.minigpt2 == 0:
+        if self.peer is None or self.minigpt2 is None or self.peer == 0 or self.minigpt2 == 0:
             return None
         return self.minigpt2 / self.peer if self.higher_is_better else self.peer / self.minigpt2
 
@@ -117,7 +122,8 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         peer = f"{r.peer:12.4g}" if r.peer is not None else f"{'-':>12}"
         ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
-        print(f"{r.line:<48} {r.unit:<10} {r.minigpt2:12.4g} {peer}  {ratio}  {r.goal}")
+        ours = f"{r.minigpt2:12.4g}" if r.minigpt2 is not None else f"{'-':>12}"
+        print(f"{r.line:<48} {r.unit:<10} {ours} {peer}  {ratio}  {r.goal}")
 
 
 def write_json(rows: list[Row], path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
