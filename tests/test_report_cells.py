@@ -15,19 +15,31 @@ from pathlib import Path
 
 import pytest
 
+from minigpt2.metrics import MIN_INTERVAL_N
+
 pytestmark = pytest.mark.command
 
 SWEEP = "lora-targets"
 NUMBER = r"[+-]?\d[\d,]*(?:\.\d+)?"
-CELL = re.compile(rf"^({NUMBER})(?: \[({NUMBER}), ({NUMBER})\])?(?: \((\d+) seeds\))?$")
+CELL = re.compile(rf"^({NUMBER})(?: \[({NUMBER}), ({NUMBER})\])?(?: n=(\d+)| \(n=(\d+), too few for an interval\))?"
+                  rf"(?: \((\d+) seeds[^)]*\))?(?:, (sign-flip p=.*))?$")
 
 
 def parse_cell(cell: str) -> tuple[float, float | None, float | None]:
-    """'26.07 [25.13, 26.91]' -> (26.07, 25.13, 26.91); '+0.0076 [...]' and '2,048' too."""
+    """'26.07 [25.13, 26.91] n=12' -> (26.07, 25.13, 26.91); '+0.0076 [...]', '2,048' and '26.07 (n=2, too few
+    for an interval)' too."""
     m = CELL.match(cell.strip())
     assert m, f"not a number cell: {cell!r}"
     num = [None if g is None else float(g.replace(",", "")) for g in m.groups()[:3]]
     return num[0], num[1], num[2]
+
+
+def cell_n(cell: str) -> int | None:
+    """The n a cell shows beside its interval (or in place of one): '... n=12' -> 12; None where it shows none."""
+    m = CELL.match(cell.strip())
+    assert m, f"not a number cell: {cell!r}"
+    n = m.group(4) or m.group(5)
+    return None if n is None else int(n)
 
 
 def decimals(cell: str) -> int:
@@ -35,13 +47,18 @@ def decimals(cell: str) -> int:
     return len(first.split(".")[1]) if "." in first else 0
 
 
-def shows(cell: str, value: float, low: float | None = None, high: float | None = None, scale: float = 1.0
-          ) -> None:
-    """The cell is `value` [low, high] rounded to the digits it prints (nothing more, nothing less)."""
+def shows(cell: str, value: float, low: float | None = None, high: float | None = None, scale: float = 1.0,
+          n: int | None = None) -> None:
+    """The cell is `value` [low, high] rounded to the digits it prints (nothing more, nothing less), with `n`
+    beside it when given; where `low` is None the cell must show no interval."""
     got, got_low, got_high = parse_cell(cell)
     tol = 0.5 * 10 ** -decimals(cell) + 1e-9
     assert abs(got - scale * value) <= tol, (cell, scale * value)
-    if low is not None:
+    if n is not None:
+        assert cell_n(cell) == n, (cell, n)
+    if low is None:
+        assert got_low is None, (cell, "no interval expected")
+    else:
         assert got_low is not None and abs(got_low - scale * low) <= tol, (cell, scale * low)
         assert abs(got_high - scale * high) <= tol, (cell, scale * high)
 
@@ -98,12 +115,12 @@ def check_main_table(table: list[dict[str, str]], by_targets: dict) -> None:
     assert len(table) == 2
     for row in table:
         m = by_targets[row["targets"]]
-        shows(row["dev chrF [95% CI]"], m["dev"]["chrf"])
-        shows(row["test chrF [95% CI]"], m["test"]["chrf"])
         for split in ("dev", "test"):
+            n = len(m["heldout_nll"][split]["per_sonnet"])  # the sonnets scored: chrF's n too
+            assert cell_n(row[f"{split} chrF [95% CI]"]) == n
             rec = m["heldout_nll"][split]
             assert rec["nll"] != m["heldout_nll_base"][split]["nll"]  # the check below can tell them apart
-            shows(row[f"{split} held-out NLL (nats/token)"], rec["nll"], rec["low"], rec["high"])
+            shows(row[f"{split} held-out NLL (nats/token)"], rec["nll"], rec["low"], rec["high"], n=rec["sonnets"])
         assert m["heldout_nll"]["dev"]["nll"] != m["heldout_nll"]["test"]["nll"]
         shows(row["trainable params"], m["trainable_params"])
 
@@ -118,8 +135,10 @@ def check_paired_table(table: list[dict[str, str]], by_targets: dict) -> None:
         shows(metric_rows["chrF"][f"Δ {split}"], arm[split]["chrf"] - ref[split]["chrf"])
         shows(metric_rows["held-out NLL"][f"Δ {split}"],
               arm["heldout_nll"][split]["nll"] - ref["heldout_nll"][split]["nll"])
-        _, low, high = parse_cell(metric_rows["held-out NLL"][f"Δ {split}"])
-        assert low is not None and low < high
+        shared = len(set(arm["heldout_nll"][split]["per_sonnet"]) & set(ref["heldout_nll"][split]["per_sonnet"]))
+        for metric in ("chrF", "held-out NLL"):
+            assert cell_n(metric_rows[metric][f"Δ {split}"]) == shared
+            assert ", sign-flip p=" in metric_rows[metric][f"Δ {split}"]
 
 
 def check_base_table(table: list[dict[str, str]], metrics: dict) -> None:
@@ -186,10 +205,17 @@ def test_every_csv_figure_is_the_one_in_its_runs_metrics(report):
             expected = m
             for key in path:
                 expected = expected[key]
+            if expected is None:  # no interval below the minimum n: an empty (or NaN) cell, never a number
+                assert row[column] in ("", "nan"), (row["run"], column, row[column])
+                continue
             assert math.isclose(float(row[column]), float(expected), rel_tol=1e-12, abs_tol=1e-12), \
                 (row["run"], column, row[column], expected)
-        assert float(row["ci_low"]) < float(row["dev_score"]) < float(row["ci_high"])
-        assert float(row["test_low"]) < float(row["test_score"]) < float(row["test_high"])
+        for split, low, high in (("dev", "ci_low", "ci_high"), ("test", "test_low", "test_high")):
+            n = int(row[f"n_{split}"])
+            if n < MIN_INTERVAL_N:
+                assert row[low] in ("", "nan") and row[high] in ("", "nan"), (row["run"], split, n)
+            else:
+                assert float(row[low]) < float(row[f"{split}_score"]) < float(row[high])
 
 
 def test_the_markdown_interval_is_the_csv_interval(report):
@@ -197,16 +223,19 @@ def test_the_markdown_interval_is_the_csv_interval(report):
     table = markdown_tables(report["md"])[0]
     for row in table:
         (csv_row,) = [r for r in report["rows"] if r["targets"] == row["targets"]]
-        shows(row["dev chrF [95% CI]"], float(csv_row["dev_score"]), float(csv_row["ci_low"]),
-              float(csv_row["ci_high"]))
-        shows(row["test chrF [95% CI]"], float(csv_row["test_score"]), float(csv_row["test_low"]),
-              float(csv_row["test_high"]))
+        for split, score, low, high in (("dev", "dev_score", "ci_low", "ci_high"),
+                                        ("test", "test_score", "test_low", "test_high")):
+            bounds = (None, None) if csv_row[low] in ("", "nan") else (float(csv_row[low]), float(csv_row[high]))
+            shows(row[f"{split} chrF [95% CI]"], float(csv_row[score]), *bounds, n=int(csv_row[f"n_{split}"]))
 
 
 def test_the_cell_parser_refuses_what_is_not_a_number():
     assert parse_cell("+0.0076 [-0.0058, +0.0094]") == (0.0076, -0.0058, 0.0094)
     assert parse_cell("41.00 [28.29, 53.71] (2 seeds)") == (41.0, 28.29, 53.71)
     assert parse_cell("2,048") == (2048.0, None, None)
+    assert parse_cell("41.90 [40.10, 43.60] n=12") == (41.9, 40.1, 43.6) and cell_n("41.90 [40.10, 43.60] n=12") == 12
+    assert parse_cell("26.07 (n=2, too few for an interval)") == (26.07, None, None)
+    assert cell_n("-0.23 (n=2, too few for an interval), sign-flip p=0.5") == 2
     with pytest.raises(AssertionError):
         parse_cell("—")
     with pytest.raises(AssertionError):
