@@ -99,7 +99,7 @@ def test_heldout_nll_under_bf16_autocast_takes_the_cross_entropy_of_the_bf16_log
                 p.normal_(std=0.2)
     ex = [Example("1", [], meta={"prompt_lines": PROMPT})]
     bf16 = PredictSettings(batch_size=1, autocast_dtype=torch.bfloat16)
-    got, n = task.heldout_nll(task.build(gpt), ex, {"1": TRUE}, bf16, TOK, torch.device("cpu"))["1"]
+    got, n, *_ = task.heldout_nll(task.build(gpt), ex, {"1": TRUE}, bf16, TOK, torch.device("cpu"))["1"]
     prompt = TOK.encode("\n".join(PROMPT) + "\n")
     ids = torch.tensor([prompt + TOK.encode("\n".join(TRUE.split("\n")[len(PROMPT):])) + [TOK.eot_id]])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
