@@ -310,3 +310,52 @@ def test_a_paired_nll_difference_is_the_textbook_paired_bootstrap_t():
     assert d.p == pytest.approx(plain_sign_flip(a, b, ratio, seed=5), rel=1e-12) and d.mcnemar is None
     two = paired_difference(ExampleScores("nll", ids, nll_rows(9, 33, s=2)), ExampleScores("nll", ids, a), 99)
     assert two.p is None  # two draws per sonnet against one: no swap of rows
+
+
+# ---------------------------------------------------------------------------------------------- resamples without spread
+
+def test_resamples_without_spread_count_as_t_zero_at_the_point_and_infinite_beside_it():
+    """Six rows at ratio 2 (4/2) and two at 1/1 and 3/1: theta = 28 / 14 = 2; a resample of only 4/2 rows has no
+    spread and sits on theta (t* = 0), one of only 1/1 rows none either, below theta (t* = -inf)."""
+    v = np.array([[4.0, 2.0]] * 6 + [[1.0, 1.0], [3.0, 1.0]])[:, None]
+    assert ratio(v) == 2.0
+    for seed in range(3):
+        got = studentized_interval([v], RATIO_STAT, 199, seed=seed, bounds=(0.0, math.inf))
+        assert got == pytest.approx(plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 199, seed,
+                                                      bounds=(0.0, math.inf)), rel=1e-10)
+    acc = lambda sums, m: sums[0][..., 0].mean(-1) / m  # noqa: E731
+    one = np.array([0.0] * 9 + [1.0])[:, None, None]  # resamples without the right row: t* = -inf, below theta
+    got = studentized_interval([one], acc, 199, bounds=(0.0, 1.0))
+    assert got == pytest.approx(plain_bootstrap_t([one], lambda rows: float(rows[0].mean()), 199, 0, bounds=(0.0, 1.0)),
+                                rel=1e-10)
+    assert 0.0 <= got[0] < 0.1 and got[1] == 1.0  # a third of the resamples at -inf: the upper edge
+
+
+def test_an_interval_with_flat_resamples_warns_about_nothing(recwarn):
+    """Dividing by a zero standard error is expected there (t* = +-inf or 0): no RuntimeWarning reaches the user."""
+    import warnings
+
+    acc = lambda sums, m: sums[0][..., 0].mean(-1) / m  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        studentized_interval([np.array([1.0] * 9 + [0.0])[:, None, None]], acc, 199, bounds=(0.0, 1.0))
+        studentized_interval([np.array([[4.0, 2.0]] * 6 + [[1.0, 1.0], [3.0, 1.0]])[:, None]], RATIO_STAT, 199)
+
+
+def test_a_chrf_interval_over_two_samples_per_prompt_draws_samples_within_each_prompt():
+    """9 prompts, 2 generated sonnets each (18 chrF statistics a sonnet): each resample draws 9 prompts, then 2
+    of each prompt's sonnets; the score is the mean of the two sample sets' corpus chrF."""
+    from sacrebleu.metrics import CHRF
+
+    rng = np.random.default_rng(14)
+    words = "from fairest creatures we desire increase that thereby beautys rose might never die".split()
+    refs = [" ".join(rng.choice(words, 10)) for _ in range(9)]
+    sets = [[" ".join(w if rng.random() < 0.5 else rng.choice(words) for w in r.split()) for r in refs]
+            for _ in range(2)]
+    stats = np.stack([xstats.chrf_statistics(h, refs) for h in sets], axis=1)  # (9, 2, 18)
+    corpus = lambda rows: float(np.mean([CHRF()._compute_score_from_stats(list(rows[0][:, s].sum(0))).score  # noqa
+                                         for s in range(rows[0].shape[1])]))
+    iv = ExampleScores("chrf", tuple(map(str, range(9))), stats).interval(59, seed=3)
+    assert iv.value == pytest.approx(np.mean([CHRF().corpus_score(h, [refs]).score for h in sets]), abs=1e-9)
+    assert (iv.low, iv.high) == pytest.approx(plain_bootstrap_t([stats], corpus, 59, 3, bounds=(0.0, 100.0)),
+                                              rel=1e-9)
