@@ -95,6 +95,9 @@ def test_resamples_drawn_in_chunks_are_the_textbook_ones_drawn_in_the_same_chunk
     got = studentized_interval([v], RATIO_STAT, 150, 0.95, 6)
     want = plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 150, 6, chunk=1000 // (2 * 9))
     assert got == pytest.approx(want, rel=1e-10)
+    monkeypatch.setattr(metrics, "CHUNK_VALUES", 10)  # fewer than one resample's values: one at a time
+    got = studentized_interval([v], RATIO_STAT, 40, 0.95, 6)
+    assert got == pytest.approx(plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 40, 6, chunk=1), rel=1e-10)
 
 
 def test_nll_record_has_the_textbook_bootstrap_t_interval_from_eight_sonnets_on():
@@ -192,17 +195,19 @@ def test_sign_flip_hits_are_counted_over_every_chunk_of_swaps(monkeypatch):
 
 
 def test_sign_flip_ties_survive_rounding_of_large_sums():
-    """Every row differs by the same 1234.7: only no swap and all swaps give |d| as large (2 of 2**10), but the
-    all-swapped sums are computed from the other side and round differently; relative tolerance counts them."""
-    rng = np.random.default_rng(3)
-    a = rng.uniform(1e6, 9e6, size=(10, 1, 1)).round(1)
-    b = a - 1234.7
+    """Six rows 29.3 better, four 29.3 worse, on figures of millions: a swap pattern is as extreme as the
+    observed one unless it balances the signs, so p = 1 - C(10, 5) / 2**10; the sums round differently under
+    each pattern (1e-9 apart), and only a tolerance relative to the observed difference counts those ties."""
+    base = np.array([1226557.4, 1994266.2, 6364995.3, 6177516.1, 5923080.9, 4069420.4, 8977679.5, 8846682.7,
+                     6484335.9, 6203674.2])
+    b = base - np.array([1.0] * 6 + [-1.0] * 4) * 29.3
     mean = lambda sums, m: sums[0][..., 0].mean(-1) / m  # noqa: E731
-    assert sign_flip_p(a, b, mean) == pytest.approx(2 / 2 ** 10, rel=1e-12)
+    assert sign_flip_p(base[:, None, None], b[:, None, None], mean) == pytest.approx(1 - math.comb(10, 5) / 2 ** 10,
+                                                                                     rel=1e-12)
 
 
 def test_sign_flip_refuses_arms_of_different_shapes_by_name():
-    with pytest.raises(ValueError, match=r"same shape for both arms, not \(9, 1, 1\) and \(8, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"^a sign-flip test needs the same shape for both arms, not \(9, 1, 1\) and \(8, 1, 1\)$"):
         sign_flip_p(np.ones((9, 1, 1)), np.ones((8, 1, 1)), xstats.STATISTICS["accuracy"])
 
 
@@ -220,7 +225,7 @@ def test_mcnemar_is_exact_below_25_discordant_rows_and_chi_square_from_25(a_only
 
 
 def test_mcnemar_refuses_rows_of_different_lengths_by_count():
-    with pytest.raises(ValueError, match="3 rows for one classifier, 2 for the other"):
+    with pytest.raises(ValueError, match="^3 rows for one classifier, 2 for the other$"):
         mcnemar([True] * 3, [True] * 2)
 
 
@@ -237,9 +242,9 @@ def test_the_accuracy_interval_passes_its_samples_confidence_and_seed_on():
     default = xstats.bootstrap_accuracy(preds, labels)  # 1000 resamples, 95%, seed 0
     assert (default.low, default.high) == pytest.approx(plain_bootstrap_t([right], mean, 1000, 0, 0.95, (0.0, 1.0)),
                                                         rel=1e-10)
-    with pytest.raises(ValueError, match="12 predictions for 11 labels"):
+    with pytest.raises(ValueError, match="^12 predictions for 11 labels$"):
         xstats.bootstrap_accuracy(preds, labels[:11])
-    with pytest.raises(ValueError, match="accuracy of an empty set"):
+    with pytest.raises(ValueError, match="^accuracy of an empty set$"):
         xstats.bootstrap_accuracy([], [])
 
 
@@ -250,7 +255,7 @@ def test_the_majority_interval_is_that_of_always_answering_the_most_frequent_lab
     assert iv.value == pytest.approx(6 / 11) and iv.n == 11
     want = plain_bootstrap_t([right], lambda rows: float(rows[0].mean()), 99, 3, 0.95, (0.0, 1.0))
     assert (iv.low, iv.high) == pytest.approx(want, rel=1e-10)
-    with pytest.raises(ValueError, match="majority class of an empty set"):
+    with pytest.raises(ValueError, match="^majority class of an empty set$"):
         xstats.majority_interval([])
 
 
@@ -359,3 +364,36 @@ def test_a_chrf_interval_over_two_samples_per_prompt_draws_samples_within_each_p
     assert iv.value == pytest.approx(np.mean([CHRF().corpus_score(h, [refs]).score for h in sets]), abs=1e-9)
     assert (iv.low, iv.high) == pytest.approx(plain_bootstrap_t([stats], corpus, 59, 3, bounds=(0.0, 100.0)),
                                               rel=1e-9)
+
+
+def test_the_default_interval_is_1000_resamples_at_95_percent_from_seed_0():
+    v = nll_rows(8, 41)
+    assert studentized_interval([v], RATIO_STAT) == pytest.approx(
+        plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 1000, 0, 0.95), rel=1e-10)
+
+
+def test_one_example_has_no_interval_and_none_is_an_error():
+    assert all(math.isnan(x) for x in studentized_interval([np.ones((1, 1, 2))], RATIO_STAT))
+    with pytest.raises(ValueError, match="^interval of an empty set$"):
+        studentized_interval([np.ones((0, 1, 2))], RATIO_STAT)
+
+
+def test_float32_figures_are_resampled_in_float64():
+    v = nll_rows(9, 51).astype(np.float32)
+    want = plain_bootstrap_t([v.astype(np.float64)], lambda rows: ratio(rows[0]), 99, 0)
+    assert studentized_interval([v], RATIO_STAT, 99) == pytest.approx(want, rel=1e-12)
+    a, b = nll_rows(9, 52).astype(np.float32), nll_rows(9, 53).astype(np.float32)
+    b[:, :, 0] *= 1.3
+    want = plain_sign_flip(a.astype(np.float64), b.astype(np.float64), ratio)
+    assert sign_flip_p(a, b, RATIO_STAT) == pytest.approx(want, rel=1e-12)
+    assert sign_flip_p(a.astype(np.float64), b, RATIO_STAT) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_data_standard_error_of_exactly_one_is_used_like_any_other():
+    """[-5, -1, -1, -1, 1, 1, 1, 5]: the mean's jackknife standard error is sqrt(56 / (8 * 7)) = 1 exactly."""
+    x = np.array([-5.0, -1, -1, -1, 1, 1, 1, 5])[:, None, None]
+    mean = lambda sums, m: sums[0][..., 0].mean(-1) / m  # noqa: E731
+    assert float(metrics._jackknife_se((x.sum() - x[:, 0, 0]) / 7)) == 1.0
+    got = studentized_interval([x], mean, 99)
+    assert got == pytest.approx(plain_bootstrap_t([x], lambda rows: float(rows[0].mean()), 99, 0), rel=1e-10)
+    assert got[0] < -1 and got[1] > 1
