@@ -249,12 +249,15 @@ def test_the_accuracy_interval_passes_its_samples_confidence_and_seed_on():
 
 
 def test_the_majority_interval_is_that_of_always_answering_the_most_frequent_label():
-    labels = [2, 0, 2, 1, 2, 0, 2, 2, 1, 2, 0]  # 6 of 11 are 2
-    right = np.array([float(y == 2) for y in labels])[:, None, None]
+    labels = [1, 0, 1, 2, 1, 0, 1, 1, 2, 1, 0]  # 6 of 11 are 1: neither the smallest label nor the largest
+    right = np.array([float(y == 1) for y in labels])[:, None, None]
     iv = xstats.majority_interval(labels, samples=99, seed=3)
     assert iv.value == pytest.approx(6 / 11) and iv.n == 11
     want = plain_bootstrap_t([right], lambda rows: float(rows[0].mean()), 99, 3, 0.95, (0.0, 1.0))
     assert (iv.low, iv.high) == pytest.approx(want, rel=1e-10)
+    default = xstats.majority_interval(labels)  # 1000 resamples from seed 0
+    want = plain_bootstrap_t([right], lambda rows: float(rows[0].mean()), 1000, 0, 0.95, (0.0, 1.0))
+    assert (default.low, default.high) == pytest.approx(want, rel=1e-10)
     with pytest.raises(ValueError, match="^majority class of an empty set$"):
         xstats.majority_interval([])
 
@@ -271,6 +274,9 @@ def test_the_chrf_interval_passes_its_confidence_on():
     iv = xstats.bootstrap_chrf(hyps, refs, samples=59, confidence=0.90, seed=2)
     assert iv.value == pytest.approx(CHRF().corpus_score(hyps, [refs]).score, abs=1e-9)
     assert (iv.low, iv.high) == pytest.approx(plain_bootstrap_t([stats], score, 59, 2, 0.90, (0.0, 100.0)), rel=1e-9)
+    default = xstats.bootstrap_chrf(hyps, refs, samples=59)  # 95% from seed 0
+    assert (default.low, default.high) == pytest.approx(plain_bootstrap_t([stats], score, 59, 0, 0.95, (0.0, 100.0)),
+                                                        rel=1e-9)
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 12, 30, 31, 32, 45])
@@ -397,3 +403,39 @@ def test_a_data_standard_error_of_exactly_one_is_used_like_any_other():
     got = studentized_interval([x], mean, 99)
     assert got == pytest.approx(plain_bootstrap_t([x], lambda rows: float(rows[0].mean()), 99, 0), rel=1e-10)
     assert got[0] < -1 and got[1] > 1
+
+
+def test_a_paired_difference_draws_its_resamples_and_sign_flips_from_its_seed():
+    """16 sonnets: above 14 the sign flips are drawn (9,999 from the seed), like the resamples."""
+    a, b = nll_rows(16, 61), nll_rows(16, 62)
+    ids = tuple(map(str, range(16)))
+    f = lambda rows: ratio(rows[0]) - ratio(rows[1])  # noqa: E731
+    for seed in (0, 7):
+        kw = {"seed": seed} if seed else {}  # the default seed is 0
+        d = paired_difference(ExampleScores("nll", ids, a), ExampleScores("nll", ids, b), samples=99, **kw)
+        assert (d.low, d.high) == pytest.approx(plain_bootstrap_t([a, b], f, 99, seed), rel=1e-10)
+        assert d.p == pytest.approx(plain_sign_flip(a, b, ratio, seed=seed), rel=1e-12)
+    with pytest.raises(ValueError, match="^the two runs scored no example in common$"):
+        paired_difference(ExampleScores("nll", ("1",), a[:1]), ExampleScores("nll", ("2",), b[:1]))
+
+
+def test_chrf_of_sums_is_computed_in_float64_and_warns_about_nothing():
+    """float32 statistics (as a caller might hold them) give sacrebleu's score to 1e-12; orders with no n-gram
+    on one side (an empty hypothesis) divide by zero inside, silently."""
+    import warnings
+
+    from sacrebleu.metrics import CHRF
+
+    rng = np.random.default_rng(71)
+    s = rng.integers(1, 3000, 18).astype(float)
+    s[2::3] = np.minimum(s[2::3], np.minimum(s[0::3], s[1::3])) * 0.37
+    s = np.round(s)
+    s[0::3] += 1 / 3  # not a float32 number: float32 rounds it
+    want = CHRF()._compute_score_from_stats(list(s.astype(np.float32).astype(np.float64))).score
+    assert float(xstats.chrf_of_sums(s.astype(np.float32))) == pytest.approx(want, rel=1e-12)
+    empty = np.zeros(18)
+    empty[1::3] = 10  # reference n-grams only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(xstats.chrf_of_sums(empty)) == 0.0
+        assert xstats.chrf_of_sums(np.stack([empty, s])).tolist() == pytest.approx([0.0, float(xstats.chrf_of_sums(s))])
