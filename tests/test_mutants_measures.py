@@ -149,3 +149,55 @@ def test_the_form_reasons_are_counted_over_every_sonnet():
     assert many["reasons"]["counts"] == {"rhyme pairs that fail": 14, "lines outside 9-11 syllables": 0}
     examples = many["reasons"]["examples"]  # the first reason of each, five at most
     assert len(examples) == 5 and all(e.startswith("lines 2/4 (B):") for e in examples)
+
+
+# ---------------------------------------------------------------------------------------------- reference rows
+
+def test_majority_reference_of_the_rows_scored():
+    """The tiny SST dev rows' labels 3 2 3 4 4 2 3 4: of the first five (and an id not in the file), 3 and 4 tie at
+    2 and the smaller label wins, 2/5; of all eight, 3 again (3 and 4 tie at 3), 3/8 with its bootstrap-t interval;
+    of rows none of which has a label, no reference."""
+    from experiments.references import majority_reference
+    from experiments.sweeps import TINY_DATA
+
+    folder = TINY_DATA / "tasks"
+    ids = [ln.split("\t")[1] for ln in (folder / "ids-sst-dev.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    five = majority_reference("sst", folder, "dev", ids[:5] + ["not-a-row"], samples=99)
+    assert (five.value, five.n) == (2 / 5, 5)
+    eight = majority_reference("sst", folder, "dev", ids, samples=99)
+    right = np.array([1.0, 0, 1, 0, 0, 0, 1, 0])[:, None, None]
+    assert (eight.value, eight.n) == (3 / 8, 8)
+    assert (eight.low, eight.high) == pytest.approx(
+        plain_bootstrap_t([right], lambda rows: float(rows[0].mean()), 99, 0, bounds=(0.0, 1.0)), rel=1e-10)
+    assert majority_reference("sst", folder, "dev", ["not-a-row"]) is None
+
+
+def test_reference_hypotheses_random_tokens_come_from_seed_0_over_the_whole_vocabulary():
+    """The random row: as many uniformly drawn token ids (0 .. vocabulary - 1, numpy's generator from seed 0) as
+    the true rest of each sonnet has tokens; the wrong sonnet: the training sonnet nearest in length (not the
+    shortest), or the true one itself when training holds nothing else."""
+    from experiments.references import REFERENCE_NAMES, reference_hypotheses
+    from minigpt2.tokenizer import Tokenizer
+    from tests.test_finetune import FIX
+
+    tok = Tokenizer(str(FIX / "gpt2"))
+    truths = {1: "\n".join(f"line {i} of the first" for i in range(14)),
+              2: "\n".join(f"a longer line {i} of the second sonnet" for i in range(14))}
+    short, near = "a\nb\nc\nd", "\n".join(f"line {i} of the other" for i in range(14))
+    hyps = reference_hypotheses(truths, [short, near, truths[1]], str(FIX / "gpt2"))
+    rng = np.random.default_rng(0)
+    want = []
+    for text in truths.values():
+        rest = "\n".join(text.split("\n")[3:])
+        want.append("\n".join(text.split("\n")[:3]) + "\n" + tok.decode(
+            rng.integers(0, tok.vocab_size, size=len(tok.encode(rest))).tolist()))
+    assert hyps[REFERENCE_NAMES[1]] == want
+    assert hyps[REFERENCE_NAMES[2]][0] == "\n".join(truths[1].split("\n")[:3] + near.split("\n")[3:])
+    alone = reference_hypotheses({1: truths[1]}, [truths[1]], str(FIX / "gpt2"))
+    assert alone[REFERENCE_NAMES[2]] == [truths[1]]  # nothing else to take: its own lines
+
+
+def test_the_unigram_nll_of_no_tokens_is_zero():
+    from experiments.references import unigram_counts, unigram_nll
+
+    assert unigram_nll(unigram_counts([[0, 1, 1]], 4), 0.5, []) == 0.0
