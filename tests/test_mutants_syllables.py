@@ -14,7 +14,7 @@ WORDS = {
     "churl": 1, "nought": 1, "glutton": 2, "accessary": 4, "attaint": 2, "immured": 2, "raiment": 2,
     "cherubins": 3,
     # a known stem and "-es": a syllable after a sibilant only
-    "blenches": 2,
+    "blenches": 2, "anguishes": 3, "abashes": 3,
     # no vowel at all: still one syllable (rule 5)
     "https": 1,
 }
