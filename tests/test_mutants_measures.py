@@ -172,15 +172,16 @@ def test_majority_reference_of_the_rows_scored():
     assert majority_reference("sst", folder, "dev", ["not-a-row"]) is None
 
 
-def test_reference_hypotheses_random_tokens_come_from_seed_0_over_the_whole_vocabulary():
+def test_reference_hypotheses_random_tokens_come_from_seed_0_over_the_whole_vocabulary(monkeypatch, tmp_path):
     """The random row: as many uniformly drawn token ids (0 .. vocabulary - 1, numpy's generator from seed 0) as
     the true rest of each sonnet has tokens; the wrong sonnet: the training sonnet nearest in length (not the
-    shortest), or the true one itself when training holds nothing else."""
+    shortest), or the true one itself when training holds nothing else. The tokenizer is the one named."""
     from experiments.references import REFERENCE_NAMES, reference_hypotheses
     from minigpt2.tokenizer import Tokenizer
     from tests.test_finetune import FIX
 
     tok = Tokenizer(str(FIX / "gpt2"))
+    monkeypatch.setenv("MINIGPT2_TOKENIZER_DIR", str(tmp_path))  # an empty folder: the tokenizer_dir given wins
     truths = {1: "\n".join(f"line {i} of the first" for i in range(14)),
               2: "\n".join(f"a longer line {i} of the second sonnet" for i in range(14))}
     short, near = "a\nb\nc\nd", "\n".join(f"line {i} of the other" for i in range(14))
