@@ -85,18 +85,20 @@ def test_a_run_of_six_words_from_another_held_out_sonnet_is_not_novel():
 
 
 def test_the_novel_interval_over_several_samples_uses_the_given_resamples():
-    """Three prompts, two samples each; novel flags [[1, 0], [1, 1], [0, 0]]: the rate 3/6 with the wider of Wilson
-    and the nested bootstrap of `boot` resamples (not the default 1000)."""
+    """Eight prompts, two samples each, alike within a prompt: three novel twice, five copied twice. The rate 6/16
+    with the wider of Wilson and the nested bootstrap of `boot` resamples (30 here; the default 1000 reaches
+    another upper bound on these flags)."""
     train = ["a b c d e f g h"]
     copied, fresh = "p\nq\nr\na b c d e f g", "p\nq\nr\nz y x w"
-    rec = copying_record(["1", "2", "3"], [[fresh, fresh, copied], [copied, fresh, copied]], [3, 3, 3], train, {},
-                         boot=40)
-    flags = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
-    w_low, w_high = wilson_interval(3, 6)
-    b_low, b_high = plain_nested_bootstrap(flags, 40)
-    assert BOOTSTRAP != 40 and rec["novel"]["rate"] == 0.5
+    texts = [fresh] * 3 + [copied] * 5
+    rec = copying_record([str(i) for i in range(8)], [texts, texts], [3] * 8, train, {}, boot=30)
+    flags = np.array([[1.0, 1.0]] * 3 + [[0.0, 0.0]] * 5)
+    w_low, w_high = wilson_interval(6, 16)
+    b_low, b_high = plain_nested_bootstrap(flags, 30)
+    assert BOOTSTRAP != 30 and rec["novel"]["rate"] == 6 / 16
     assert (rec["novel"]["low"], rec["novel"]["high"]) == pytest.approx((min(w_low, b_low), max(w_high, b_high)),
                                                                         rel=1e-12)
+    assert plain_nested_bootstrap(flags, BOOTSTRAP)[1] != pytest.approx(b_high)  # the count of resamples matters
 
 
 # ---------------------------------------------------------------------------------------------- form
@@ -116,6 +118,11 @@ def test_form_record_with_two_samples_widens_to_the_given_bootstrap_and_keeps_in
     rec = form_record(["1", "2"], [[PERFECT, thirteen], [PERFECT, thirteen]], boot=30)
     flags = np.array([[1.0, 1.0], [0.0, 0.0]])
     w, b = wilson_interval(2, 4), plain_nested_bootstrap(flags, 30)
+    texts = [PERFECT] * 3 + [thirteen] * 5  # eight prompts: here 30 resamples and 1000 give other bounds
+    eight = form_record([str(i) for i in range(8)], [texts, texts], boot=30)["rates"]["perfect"]
+    flags8 = np.array([[1.0, 1.0]] * 3 + [[0.0, 0.0]] * 5)
+    w8, b8 = wilson_interval(6, 16), plain_nested_bootstrap(flags8, 30)
+    assert (eight["low"], eight["high"]) == pytest.approx((min(w8[0], b8[0]), max(w8[1], b8[1])), rel=1e-12)
     assert (rec["samples"], rec["sonnets"], rec["parts"]) == (2, 2, ["fourteen_lines", "rhyme_scheme", "meter",
                                                                      "perfect"])
     perfect = rec["rates"]["perfect"]
