@@ -249,10 +249,11 @@ def test_the_accuracy_interval_passes_its_samples_confidence_and_seed_on():
 
 
 def test_the_majority_interval_is_that_of_always_answering_the_most_frequent_label():
-    labels = [1, 0, 1, 2, 1, 0, 1, 1, 2, 1, 0]  # 6 of 11 are 1: neither the smallest label nor the largest
+    # 11 of 21 are 1: neither the smallest label nor the largest; 21 rows, so that the seed moves the bounds
+    labels = [1, 0, 1, 2, 1, 0, 1, 1, 2, 1, 0, 2, 1, 0, 0, 1, 2, 1, 0, 1, 1]
     right = np.array([float(y == 1) for y in labels])[:, None, None]
     iv = xstats.majority_interval(labels, samples=99, seed=3)
-    assert iv.value == pytest.approx(6 / 11) and iv.n == 11
+    assert iv.value == pytest.approx(11 / 21) and iv.n == 21
     want = plain_bootstrap_t([right], lambda rows: float(rows[0].mean()), 99, 3, 0.95, (0.0, 1.0))
     assert (iv.low, iv.high) == pytest.approx(want, rel=1e-10)
     default = xstats.majority_interval(labels)  # 1000 resamples from seed 0
