@@ -70,7 +70,8 @@ RATIO_STAT = lambda sums, m: sums[0][..., 0].sum(-1) / sums[0][..., 1].sum(-1)  
 
 # ---------------------------------------------------------------------------------------------- bootstrap-t
 
-@pytest.mark.parametrize("n, samples, confidence, seed", [(9, 79, 0.95, 3), (12, 120, 0.90, 7), (8, 39, 0.95, 1)])
+@pytest.mark.parametrize("n, samples, confidence, seed", [(9, 79, 0.95, 3), (12, 120, 0.90, 7), (8, 39, 0.95, 1),
+                                                          (10, 78, 0.95, 5)])  # k = floor(79 / 40) = 1, not 2
 def test_the_bootstrap_t_interval_of_a_ratio_is_the_textbook_one(n, samples, confidence, seed):
     v = nll_rows(n, seed)
     got = studentized_interval([v], RATIO_STAT, samples, confidence, seed + 1, bounds=(0.0, math.inf))
@@ -89,11 +90,12 @@ def test_a_paired_bootstrap_t_with_two_draws_per_example_is_the_textbook_one():
 
 
 def test_resamples_drawn_in_chunks_are_the_textbook_ones_drawn_in_the_same_chunks(monkeypatch):
-    """Resamples are drawn CHUNK_VALUES floats at a time: here 9 rows of 2 figures, so 55 resamples a chunk."""
-    v = nll_rows(9, 8)
+    """Resamples are drawn CHUNK_VALUES floats at a time: here 9 rows of 2 draws of 2 figures, so 27 resamples a
+    chunk (the draws within examples follow each chunk's example draws, so the chunking shows in the stream)."""
+    v = nll_rows(9, 8, s=2)
     monkeypatch.setattr(metrics, "CHUNK_VALUES", 1000)
     got = studentized_interval([v], RATIO_STAT, 150, 0.95, 6)
-    want = plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 150, 6, chunk=1000 // (2 * 9))
+    want = plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 150, 6, chunk=1000 // (4 * 9))
     assert got == pytest.approx(want, rel=1e-10)
     monkeypatch.setattr(metrics, "CHUNK_VALUES", 10)  # fewer than one resample's values: one at a time
     got = studentized_interval([v], RATIO_STAT, 40, 0.95, 6)
@@ -374,7 +376,7 @@ def test_a_chrf_interval_over_two_samples_per_prompt_draws_samples_within_each_p
 
 
 def test_the_default_interval_is_1000_resamples_at_95_percent_from_seed_0():
-    v = nll_rows(8, 41)
+    v = nll_rows(8, 44)  # data whose bounds move when a 1001st resample is added
     assert studentized_interval([v], RATIO_STAT) == pytest.approx(
         plain_bootstrap_t([v], lambda rows: ratio(rows[0]), 1000, 0, 0.95), rel=1e-10)
 
