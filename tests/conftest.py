@@ -16,6 +16,25 @@ FIXTURES = Path(__file__).parent / "fixtures"
 BPE_DIR = TINY_DATA / "gpt2"  # GPT-2's BPE files, shipped as package data of experiments
 
 
+# Memoized figures (syllable counts, reference rows) start empty in every test: a test sees what the code computes
+# now, not what an earlier test cached. Mutation runs need this too: mutmut forks each mutant from a process whose
+# caches the unmutated code filled, and a cached answer would hide the mutant.
+CACHED = {"distill.syllables": ("word_syllables", "_derived"),
+          "experiments.references": ("_reference_sonnets", "sonnet_reference_intervals", "sonnet_reference_forms",
+                                     "sonnet_reference_nll", "sonnet_reference_copying")}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    import sys
+
+    for module, names in CACHED.items():
+        loaded = sys.modules.get(module)
+        for name in names if loaded is not None else ():
+            getattr(getattr(loaded, name), "cache_clear", lambda: None)()
+    yield
+
+
 def make_hf_checkpoint(folder: Path, seed: int = 0, initializer_range: float = 0.02, **sizes) -> Path:
     """Save a randomly initialised `transformers.GPT2LMHeadModel` with `save_pretrained` into `folder`."""
     from transformers import GPT2Config as HFConfig

@@ -204,6 +204,7 @@ def test_token_weighted_nll_is_not_the_mean_of_per_sonnet_ratios():
     per = {"a": (20.0, 4), "b": (6.0, 12), "c": (9.0, 3)}  # ratios 5, 0.5, 3: mean 2.83; token-weighted 35/19
     rec = nll_record(per, samples=500)
     assert rec["nll"] == pytest.approx(35 / 19) and rec["ppl"] == pytest.approx(math.exp(35 / 19))
+    assert rec["tokens"] == 19 and rec["sonnets"] == 3
     assert rec["low"] is None and rec["high"] is None  # 3 sonnets: below the minimum n for an interval
     # 10 sonnets: two long easy ones hold most tokens. Token-weighted 94/212 = 0.443; the mean of the ratios is
     # 4.43, and the interval must be the token-weighted statistic's: around 0.443, below 4.43
