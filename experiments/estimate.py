@@ -770,16 +770,22 @@ def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str]
 
 def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS
                    ) -> str:
-    """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), the last one the total (bold)."""
+    """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), the last one the total (bold). A sweep
+    with runs that could not be counted (data or tokenizer missing) says so in its runs cell, and a line under the
+    table gives the first reason: their tokens and hours are not in the figures, which are then too low."""
     head = ("| sweep | runs | training tokens (all epochs) | training FLOP | evaluation + generation tokens | "
             f"CPU ({rates.source.split(':')[0]}, {rates.device}) | GPU FLOP-bound | GPU launch-bound | "
             "GPU with start-ups | Gemini |")
     out = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for i, (name, c, usd) in enumerate(rows):
         bold = (lambda x: f"**{x}**") if i == len(rows) - 1 and name == "all" else (lambda x: x)
-        cells = [name, f"{c.runs}", f"{c.train_tokens:,}", f"{c.train_flop:.1e}",
+        runs = f"{c.runs} ({len(c.unknown)} not counted)" if c.unknown else f"{c.runs}"
+        cells = [name, runs, f"{c.train_tokens:,}", f"{c.train_flop:.1e}",
                  f"{c.eval_tokens + c.prefill_tokens + c.decoded_tokens:,}", format_hours(c.cpu_s),
                  format_hours(sum(c.gpu_flop_s)), format_hours(sum(c.gpu_launch_s)), format_hours(c.gpu_s),
                  f"${usd:.2f}" if usd else "—"]
         out.append("| " + " | ".join(bold(x) for x in cells) + " |")
+    missing = [u for name, c, _ in rows if name != "all" for u in c.unknown]
+    if missing:
+        out.append(f"\n{len(missing)} run(s) not counted, their cost missing from the figures: {missing[0]}")
     return "\n".join(out) + "\n"

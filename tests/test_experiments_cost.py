@@ -170,6 +170,21 @@ def test_markdown_table_shape():
     assert lines[3].startswith("| **all** | **4** | **2,000** |") and "**$1.50**" in lines[3]
 
 
+def test_markdown_table_says_which_runs_it_could_not_count():
+    """Runs whose data or tokenizer could not be read are priced at nothing: the table must not pass their zeros
+    off as a cost (an offline machine without the BPE files counted every run as 0 tokens, 0 hours)."""
+    rates = estimate.stated_rates()
+    one = estimate.Cost(runs=2, train_tokens=1000, train_flop=1e12)
+    lost = estimate.Cost(runs=1, unknown=["sst-s1 (no tokenizer)"])
+    table = estimate.markdown_table([("baseline", one + lost, 0.0), ("all", one + lost, 0.0)], rates)
+    lines = table.splitlines()
+    assert lines[2].startswith("| baseline | 3 (1 not counted) | 1,000 |")
+    assert lines[3].startswith("| **all** | **3 (1 not counted)** | **1,000** |")
+    assert lines[-1] == "1 run(s) not counted, their cost missing from the figures: sst-s1 (no tokenizer)"
+    clean = estimate.markdown_table([("baseline", one, 0.0), ("all", one, 0.0)], rates)
+    assert "not counted" not in clean
+
+
 # ---------------------------------------------------------------------------------------------- fail once
 
 def test_a_sweep_with_a_missing_model_folder_stops_before_its_first_run(tmp_path, monkeypatch):
