@@ -119,9 +119,11 @@ def _apostrophe(word: str) -> int | None:
     """A word with an inner or final apostrophe: "-'d", "-'st", a possessive, "o'er-"; else None."""
     stem, _, ending = word.rpartition("'")
     if ending == "d":
-        found = [n for n in (_cmu(stem + "ed"), _cmu(stem + "d")) if n is not None]
+        # "lov'd" as "loved" with a silent "-ed"; "admir'd" as "admire" + d where CMU's "admired" keeps a syllable
+        # its "admire" drops (AY1 ER0 D against AY1 R)
+        found = [n for n in (_cmu(stem + "ed"), _cmu(stem + "d"), _cmu(stem + "e")) if n is not None]
         if found:
-            return min(found)  # "lov'd" as "loved" with a silent "-ed"
+            return min(found)
     if ending in ("d", "st"):
         return _stem(stem, True)
     if ending == "s":

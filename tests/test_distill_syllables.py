@@ -91,6 +91,8 @@ def test_elisions_count_as_written():
     assert count_syllables("th' expense") == 2  # "th'" merges with the next word
     assert count_syllables("loved") == 1 and count_syllables("beloved") == 2  # CMU's silent "-ed" reading
     assert count_syllables("the lover\u2019s") == 3  # curly apostrophes read as straight ones
+    # "admir'd" is "admire" + d: CMU's "admired" (AH0 D M AY1 ER0 D) keeps the syllable its "admire" drops
+    assert count_syllables("admir'd") == 2 and count_syllables("admired") == 3
 
 
 def test_a_prefix_counts_for_syllables_but_not_for_rhyme():
