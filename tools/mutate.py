@@ -54,6 +54,7 @@ READ = ("tests/test_contract_readers.py",)
 FAST = ("tests/test_contract_fast.py",)
 AGREE = ("tests/test_fast_agreement.py", "tests/test_lora_fused.py")
 MEASURES = ("tests/test_measures.py",)
+INTERVALS = ("tests/test_intervals.py", "tests/test_mutants_stats.py")  # the bootstrap-t and paired tests
 SET = ("tests/test_contract_settings.py",)
 LOSSES = ("tests/test_losses.py",)
 
@@ -132,9 +133,9 @@ MUTANTS: list[Mutant] = [
            "lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])",
            "lo, hi = np.quantile(scores, [(1 - confidence), confidence])", STATS),
     Mutant("stats-accuracy-at-90", "experiments/stats.py",
-           "len(correct), samples, confidence, seed)", "len(correct), samples, 0.90, seed)", STATS),
-    Mutant("stats-chrf-at-90", "experiments/stats.py", "len(stats), samples, confidence,",
-           "len(stats), samples, 0.90,", STATS),
+           "        samples, seed, confidence)", "        samples, seed, 0.90)", STATS),
+    Mutant("stats-chrf-at-90", "experiments/stats.py", " " * 92 + "confidence)", " " * 92 + "0.90)",
+           STATS + INTERVALS),
     Mutant("stats-wilson-z90", "minigpt2/metrics.py", "Z95 = 1.959963984540054", "Z95 = 1.6448536269514722", STATS),
     Mutant("stats-wilson-half-width", "minigpt2/metrics.py", "z * z / (4 * n * n)", "z * z / (2 * n * n)", STATS),
     Mutant("stats-population-std", "experiments/stats.py", "(statistics.stdev(vals) if len(vals) > 1",
@@ -246,14 +247,14 @@ MUTANTS: list[Mutant] = [
            "value = float(np.mean(sums / counts))", MEASURES),
     Mutant("form-rhyme-from-three-lines", "distill/check.py", '"rhyme_scheme": len(lines) >= 4 and',
            '"rhyme_scheme": len(lines) >= 3 and', MEASURES),
-    Mutant("paired-unpaired", "experiments/stats.py", "- b.score(i, rng.integers(0, kb, size=(n, kb))))",
-           "- b.score(rng.integers(0, n, size=n), rng.integers(0, kb, size=(n, kb))))", MEASURES),
+    Mutant("paired-unpaired", "minigpt2/metrics.py", "draws = [v[i[:, :, None], ",
+           "draws = [v[rng.integers(0, n, size=(count, n))[:, :, None], ", INTERVALS),
     Mutant("t-interval-df-off-by-one", "experiments/stats.py", "t = T95[len(vals) - 2]", "t = T95[len(vals) - 1]",
            MEASURES),
     Mutant("samples-first-only", "app/measures.py", "out: dict[str, Any] = {k: float(np.mean([s[k] for s in scores]))",
            "out: dict[str, Any] = {k: float(scores[0][k])", MEASURES),
-    Mutant("scored-file-not-checked", "experiments/report.py", "        if now != recorded:",
-           "        if now is None:", MEASURES),
+    Mutant("scored-file-not-checked", "experiments/report.py", "    if now != recorded:",
+           "    if now is None:", MEASURES),
 ]
 
 
