@@ -219,6 +219,18 @@ def infer_config(hf: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT
     return GPT2Config(vocab_size=V, n_positions=P, n_embd=C, n_layer=len(layers), n_head=n_head)
 
 
+def model_from_state(config: GPT2Config, state: dict[str, torch.Tensor], source: str) -> GPT2:
+    """A `GPT2` of `config` holding `state`'s very tensors (built on the meta device, then assigned: no copy, no
+    random init); a `CheckpointError` naming `source` when they do not fit it."""
+    with torch.device("meta"):
+        model = GPT2(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: tensors do not fit a GPT2 of this config: {e}") from e
+    return model
+
+
 def load_model(path: str | os.PathLike, config: GPT2Config | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None) -> GPT2:
     """A `GPT2` from an HF-layout checkpoint: a `model.safetensors` file or a folder holding one.
@@ -229,10 +241,7 @@ def load_model(path: str | os.PathLike, config: GPT2Config | None = None, dtype:
     hf, _ = read_safetensors(weights)
     if config is None:
         config = read_hf_config(config_file) if config_file else infer_config(hf, str(weights))
-    state = hf_to_minigpt2(hf, config, source=str(weights))
-    with torch.device("meta"):
-        model = GPT2(config)
-    model.load_state_dict(state, strict=True, assign=True)
+    model = model_from_state(config, hf_to_minigpt2(hf, config, source=str(weights)), str(weights))
     model = model.to(dtype=dtype or torch.float32)
     return model.to(device) if device is not None else model
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from minigpt2.atomic import atomic_path
-from minigpt2.checkpoint import CheckpointError, read_safetensors
+from minigpt2.checkpoint import CheckpointError, model_from_state, read_safetensors
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from minigpt2.surgery import unwrap_compiled
@@ -197,12 +197,7 @@ def load_packed(path: str | os.PathLike) -> GPT2:
             state[name] = dequantize(q, tensors[f"{name}.scale"])
         else:
             state[k] = v
-    with torch.device("meta"):
-        model = GPT2(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: tensors do not fit a GPT2 of this config: {e}") from e
+    model = model_from_state(config, state, str(path))
     if cfg is not None and cfg.activations:
         # weights are already the quantized values; what remains is the run-time activation quantization
         quantize_model(model, QuantConfig(weight=None, activations=True, embeddings=False))

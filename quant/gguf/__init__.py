@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from minigpt2.atomic import atomic_path
+from minigpt2.checkpoint import model_from_state
 from minigpt2.config import GPT2Config
 from minigpt2.errors import UserError
 from minigpt2.lora import lora_modules
@@ -316,10 +317,4 @@ def load_gguf_model(path: str | os.PathLike, reader=None) -> GPT2:
     reader = reader if reader is not None else _read(path)
     config = read_config(reader, path)
     state = minigpt2_state(_dequantized(reader, path), config, path)
-    with torch.device("meta"):
-        model = GPT2(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise GGUFError(f"{path}: tensors do not fit a GPT2 of this config: {e}") from e
-    return model.eval()
+    return model_from_state(config, state, str(path)).eval()
