@@ -97,16 +97,7 @@ def form_record(ids: Sequence[str], samples: Sequence[Sequence[str]], boot: int 
         raise ValueError("form of an empty set")
     flags = np.array([[[form_of(samples[s][i])[part] for part in FORM_PARTS] for s in range(k)]
                       for i in range(len(ids))], dtype=np.float64)  # (prompts, samples, parts)
-    rates: dict[str, dict[str, float]] = {}
-    for p, part in enumerate(FORM_PARTS):
-        values = flags[:, :, p]
-        rate = float(values.mean())
-        low, high = wilson_interval(int(values.sum()), values.size) or (math.nan, math.nan)
-        if k > 1:  # samples of one prompt are alike: widen by the spread over prompts and samples together
-            b_low, b_high = bootstrap_interval_nested(
-                lambda i, j: float(values[i[:, None], j].mean()), len(ids), k, boot)
-            low, high = min(low, b_low), max(high, b_high)
-        rates[part] = {"rate": rate, "low": low, "high": high}
+    rates = {part: rate_interval(flags[:, :, p], boot) for p, part in enumerate(FORM_PARTS)}
     return {"parts": list(FORM_PARTS), "samples": k, "sonnets": len(ids), "rates": rates,
             "per_sonnet": {key: flags[i].astype(int).tolist() for i, key in enumerate(ids)},
             "reasons": _reason_counts([text for sample in samples for text in sample])}
@@ -204,7 +195,7 @@ def _copy_figures(text: str, corpora: dict[str, CopyCorpus], own: str) -> list[i
 def rate_interval(values: np.ndarray, boot: int = BOOTSTRAP) -> dict[str, float]:
     """The rate of 0/1 flags `values` (prompts, samples) with a 95% interval: Wilson over every flag; with
     several samples per prompt, widened to the bootstrap over prompts, then samples within a prompt, where
-    that is wider."""
+    that is wider. The form rates and the novel rate are read this way."""
     rate = float(values.mean())
     low, high = wilson_interval(int(values.sum()), values.size) or (math.nan, math.nan)
     if values.shape[1] > 1:  # samples of one prompt are alike
