@@ -27,12 +27,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from distill.check import FORM_PARTS  # noqa: E402
 from minigpt2.download import sha256_file  # noqa: E402
 from minigpt2.errors import UserError  # noqa: E402
+from minigpt2.metrics import MIN_INTERVAL_N  # noqa: E402
 
 from .references import (REAL_SONNETS, REFERENCE_NAMES, majority_reference,  # noqa: E402
                          sonnet_reference_copying, sonnet_reference_forms, sonnet_reference_intervals,
                          sonnet_reference_nll)
 from .runner import evaluation_done, is_finished, read_metrics  # noqa: E402
-from .stats import (MIN_INTERVAL_N, SAMPLES, ExampleScores, Interval, bootstrap_accuracy,  # noqa: E402
+from .stats import (SAMPLES, ExampleScores, Interval, bootstrap_accuracy,  # noqa: E402
                     mean_std, paired_difference, read_task_predictions, run_data_folder, run_interval, run_scores,
                     split_labels, t_interval)
 from .sweeps import ZERO_SHOT_QUORA, Sweep  # noqa: E402

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from minigpt2.metrics import MIN_INTERVAL_N, McNemar, mcnemar, sign_flip_p, studentized_interval
+from minigpt2.metrics import McNemar, mcnemar, sign_flip_p, studentized_interval
 
 SAMPLES = 1000
 
