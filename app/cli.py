@@ -170,8 +170,28 @@ def finetune_parser(prog: str = "python -m minigpt2.finetune", description: str 
                     partial: bool = False) -> argparse.ArgumentParser:
     """The parser of `python -m minigpt2.finetune`; `partial`: no flag is required (a resume's command line)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--settings", metavar="FILE.json", default=argparse.SUPPRESS,
+                   help="run with the settings in FILE (a run folder's settings.json, as a sweep writes it, or its "
+                        "config.json); no other flag goes with it")
     add_groups(p, FINETUNE_GROUPS, partial=partial)
     return p
+
+
+def settings_file(argv: Sequence[str]) -> str | None:
+    """The FILE of a `--settings FILE` command line, or None when it has no --settings; with any other flag
+    beside it, one line saying so."""
+    at = [i for i, a in enumerate(argv) if a == "--settings" or a.startswith("--settings=")]
+    if not at:
+        return None
+    i = at[0]
+    path = argv[i].partition("=")[2] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+    rest = [a for j, a in enumerate(argv) if j != i and not (j == i + 1 and "=" not in argv[i])]
+    if not path:
+        raise SettingsError("--settings: expected a FILE.json")
+    if rest:
+        raise SettingsError(f"--settings {path} holds the whole run's settings; {' '.join(rest)} cannot go with it "
+                            "(edit the file, or give the flags without --settings)")
+    return path
 
 
 def finetune_settings(argv: Sequence[str] | None = None) -> RunSettings:

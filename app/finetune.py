@@ -54,6 +54,11 @@ def parse_settings(argv: list[str] | None = None) -> RunSettings:
     settings saved in the run folder's config.json (this layout or the one before), with the flags given beside it
     (`cli.resumed_settings`: those a resume may change; any other must repeat the saved value)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    path = cli.settings_file(argv)
+    if path is not None:
+        settings = runfolder.read_settings_file(Path(path))
+        cli.check_environment(settings)
+        return settings
     options = cli.resume_options(argv)
     if options is None:
         return finetune_settings(argv)
@@ -61,11 +66,7 @@ def parse_settings(argv: list[str] | None = None) -> RunSettings:
     run = cli.build(GROUP["run"], {p.partition(".")[2]: v for p, v in options.items() if p.startswith("run.")})
     run_dir = Path(run.out_dir)
     runfolder.check_resumable(run_dir)
-    try:
-        saved = RunSettings.from_dict(runfolder.read_config(run_dir)["settings"])
-    except SettingsError as e:
-        raise SettingsError(f"{run_dir / runfolder.CONFIG_FILE}: {e}") from None
-    return cli.resumed_settings(saved, options)
+    return cli.resumed_settings(runfolder.saved_settings(run_dir), options)
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -43,6 +43,8 @@ HELDOUT_BASE_FILE = "heldout-nll-base.json"  # the held-out likelihood before tr
 # What a run writes at the top of its folder besides prediction files: removed by --overwrite.
 RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE, "subsets.json", HELDOUT_BASE_FILE)
 LOCK_FILE = "run.lock"
+SETTINGS_FILE = "settings.json"  # what a sweep hands a run: its settings (`python -m minigpt2.finetune --settings`)
+SETTINGS_SCHEMA = 2  # config.json's layout: 2 holds the settings once ("settings"), with no flat "args" copy
 
 
 class RunFolderError(UserError, ValueError):
@@ -176,6 +178,42 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise RunFolderError(f"{path}: no typed settings; {run_dir} is not a run folder of this version of "
                              "finetune (a model checkpoint, or a run of an older version?)")
     return config
+
+
+def settings_record(settings: RunSettings) -> dict[str, Any]:
+    """A run's settings as a run folder holds them (config.json, a sweep's settings.json): versioned."""
+    return {"schema": SETTINGS_SCHEMA, "settings": settings.to_dict()}
+
+
+def read_settings_file(path: Path) -> RunSettings:
+    """The settings in a `settings_record` file (a settings.json, a config.json); one line naming the file when it
+    is not one, or its settings do not fit this version of the code."""
+    from .settings import SettingsError
+
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RunFolderError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise RunFolderError(f"{path}: expected a JSON object with the run's \"settings\" (as a run folder's "
+                             "config.json or settings.json holds them)")
+    try:
+        return RunSettings.from_dict(record["settings"])
+    except SettingsError as e:
+        raise SettingsError(f"{path}: {e}") from None
+
+
+def saved_settings(run_dir: Path) -> RunSettings:
+    """The `RunSettings` a run folder recorded, read from its config.json and upgraded from an older layout; one
+    line naming the file when they do not fit this version of the code."""
+    from .settings import SettingsError
+
+    try:
+        return RunSettings.from_dict(read_config(run_dir)["settings"])
+    except SettingsError as e:
+        raise SettingsError(f"{run_dir / CONFIG_FILE}: {e}") from None
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
