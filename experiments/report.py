@@ -300,7 +300,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
     finetune argument (`arg_*`)."""
     run = sweep.runs[run_index]
     run_dir = root / run.name
-    row: Row = {"sweep": sweep.name, "run": run.name, **run.settings}
+    row: Row = {"sweep": sweep.name, "run": run.name, **run.knobs}
     done = is_finished(run_dir)
     row["status"] = "done" if done else ("failed" if failed and run.name in failed else "missing")
     row.update(metric=None, dev_score=math.nan, ci_low=math.nan, ci_high=math.nan, n_dev=None,
@@ -326,7 +326,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
         row.update(_test_score(run_dir, metrics, samples))
         row.update(sonnet_measures(metrics))
         row.update(copying_measures(metrics))
-        if "precision" in run.settings:
+        if "precision" in run.knobs:
             row["model_bytes"] = model_bytes(run_dir, metrics)
         for ev in run.evaluations:
             row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if evaluation_done(run_dir, ev) else None
@@ -865,8 +865,8 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
     files: dict[str, Path] = {}
     for run in sweep.runs:
         path = run.options.get("data.synthetic.path")
-        if run.settings.get("teacher") and path:
-            files.setdefault(run.settings["teacher"], Path(path))
+        if run.knobs.get("teacher") and path:
+            files.setdefault(run.knobs["teacher"], Path(path))
     if not files:
         return []
     points = group_seeds(rows)

@@ -289,7 +289,7 @@ def execute(run: Run, root: Path, executor: Executor, exec_flags: Sequence[str] 
         resume = is_started(run_dir)  # --resume goes on from its last epoch, or from epoch 1 if it died in its first
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
-                                                  "settings": run.settings,
+                                                  "settings": run.knobs,
                                                   "data_dir": resolved_data_dir(run)}, indent=2) + "\n")
         argv = [*run.args, "--out-dir", str(run_dir), *exec_flags] + (["--resume"] if resume else [])
         outcome.started = True

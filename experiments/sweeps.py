@@ -1,7 +1,7 @@
 """The study's sweeps as data: each is a list of `Run`s, one `minigpt2.finetune` run each.
 
-A sweep builder reads `SweepOptions` (model, data, seeds, `--tiny`) and returns runs whose `settings` are the
-knobs that vary (the CSV's first columns and the plots' axes) and whose `options` are the run's settings as
+A sweep builder reads `SweepOptions` (model, data, seeds, `--tiny`) and returns runs whose `knobs` are the
+settings that vary (the CSV's first columns and the plots' axes) and whose `options` are the run's settings as
 overrides by path ({"model.lora.rank": 4, ...}), checked against the settings dataclasses when the run is made
 (`app.cli.settings_of`); `Run.args` is the same as finetune flags, written by the CLI builder (`app.cli.argv_of`).
 Nothing here runs anything; `experiments.runner` does.
@@ -98,11 +98,11 @@ class Evaluation:
 @dataclass(frozen=True)
 class Run:
     """One finetune run of a sweep. `name` is its folder name; `options` its settings as overrides by path (a
-    flag list, as a hand-written run gives, is read through the CLI builder); `settings` the knobs that vary."""
+    flag list, as a hand-written run gives, is read through the CLI builder); `knobs` the settings that vary."""
 
     name: str
     options: Options
-    settings: dict[str, Any]
+    knobs: dict[str, Any]
     evaluations: tuple[Evaluation, ...] = ()
 
     def __post_init__(self) -> None:

@@ -38,57 +38,57 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
     assert sweep.runs
     for run in sweep.runs:
         args = parse([*run.args, "--out-dir", "x"])
-        assert args.seed == run.settings["seed"]
+        assert args.seed == run.knobs["seed"]
         assert args.model == ("tiny" if tiny else "gpt2")
-        if run.settings.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
+        if run.knobs.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
             assert args.epochs == 0
         else:
             assert (args.epochs == 1) == tiny
         for key in ("task", "precision", "synthetic_n", "synthetic_filter"):
-            if run.settings.get(key) is not None and hasattr(args, key):
+            if run.knobs.get(key) is not None and hasattr(args, key):
                 value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
-                assert value == run.settings[key], (run.name, key)
-        if run.settings.get("method") == "lora":
-            alpha, lr = run.settings.get("alpha", 16), run.settings.get("lr", 1e-2)  # the study's unless searched
-            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.settings["rank"], alpha, lr)
-            assert args.lora_targets == run.settings["targets"]
+                assert value == run.knobs[key], (run.name, key)
+        if run.knobs.get("method") == "lora":
+            alpha, lr = run.knobs.get("alpha", 16), run.knobs.get("lr", 1e-2)  # the study's unless searched
+            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.knobs["rank"], alpha, lr)
+            assert args.lora_targets == run.knobs["targets"]
 
 
 def test_sweep_shapes(monkeypatch):
     monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)  # the data folder is absent here, as on a fresh machine
     full = {n: build_sweep(n, SweepOptions(synthetic_dir=str(TINY_SYNTHETIC_DIR))) for n in SWEEPS}
-    assert [r.settings["task"] for r in full["baseline"].runs] == ["sst", "cfimdb", "quora", "sonnet"]
-    ranks = [r.settings["rank"] for r in full["lora-ranks"].runs]
+    assert [r.knobs["task"] for r in full["baseline"].runs] == ["sst", "cfimdb", "quora", "sonnet"]
+    ranks = [r.knobs["rank"] for r in full["lora-ranks"].runs]
     assert ranks == [None, 1, 2, 4, 8, 16, 32, 64, 128, 256]  # full fine-tuning first, then every rank
-    prec = {(r.settings["precision"], r.settings["qaft"]) for r in full["precision"].runs}
+    prec = {(r.knobs["precision"], r.knobs["qaft"]) for r in full["precision"].runs}
     assert len(prec) == 11 and ("fp32", False) in prec and ("int4", True) in prec and ("fp8", False) in prec
     assert all(r.evaluations and r.evaluations[0].name == "zero_shot_quora" for r in full["precision"].runs)
-    base = [r.settings["precision"] for r in full["precision"].runs if r.settings.get("stage") == "base"]
+    base = [r.knobs["precision"] for r in full["precision"].runs if r.knobs.get("stage") == "base"]
     assert base == ["fp64", "fp32", "bf16", "fp8", "int8", "int4"]  # the zero-shot reference at each precision
     teachers = full["teachers"].runs
-    assert teachers[0].settings["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
+    assert teachers[0].knobs["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
     assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
                                                "gemini-2.5-flash-n2-perfect-s11711"]
     # then per teacher its perfect sonnets alone (the mixing ratios need the training file, absent here)
-    assert [r.settings.get("mix") for r in teachers[5:]] == ["synthetic only"] * 2
+    assert [r.knobs.get("mix") for r in teachers[5:]] == ["synthetic only"] * 2
     assert all("--synthetic-only" in r.args for r in teachers[5:]) and len(teachers) == 7
     assert "mixing ratios wait for the sonnet training file" in full["teachers"].note
     tiny_teachers = build_sweep("teachers", SweepOptions(tiny=True))
     assert "gemini-2.5-flash: ratio 0.5 is its n2-perfect run" in tiny_teachers.note
     grid = full["lora-alpha-lr"].runs
-    assert {(r.settings["alpha"], r.settings["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
+    assert {(r.knobs["alpha"], r.knobs["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
                                                                         for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
-    assert (16, 1e-2) in {(r.settings["alpha"], r.settings["lr"]) for r in grid}  # the study's choice is a point
+    assert (16, 1e-2) in {(r.knobs["alpha"], r.knobs["lr"]) for r in grid}  # the study's choice is a point
     assert ("gemini-2.5-flash has 2 perfect sonnets; the n1000-perfect arm needs 1000: generate ~2495 more "
             "requests") in full["teachers"].note  # 998 more perfect ones at the file's 2 per 5 requests
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
-    assert [r.settings["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
+    assert [r.knobs["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
 
 
 def test_every_arm_states_its_compute_dtype_and_fp32_is_fp32_on_a_gpu():
     sweep = build_sweep("precision", SweepOptions())
-    fp32 = next(r for r in sweep.runs if r.settings["precision"] == "fp32")
+    fp32 = next(r for r in sweep.runs if r.knobs["precision"] == "fp32")
     args = parse([*fp32.args, "--out-dir", "x"])
     assert args.autocast == "off"
     dtype = report.compute_dtype
@@ -117,7 +117,7 @@ def test_seeds_multiply_runs_with_distinct_names():
     sweep = build_sweep("baseline", SweepOptions(seeds=3))
     assert len(sweep.runs) == 12
     assert len({r.name for r in sweep.runs}) == 12
-    assert sorted({r.settings["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
+    assert sorted({r.knobs["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
     with pytest.raises(ValueError, match="--seeds 0: expected an integer from 1 to 100"):
         build_sweep("baseline", SweepOptions(seeds=0))
 
@@ -234,9 +234,9 @@ def test_a_returned_but_unfinished_run_counts_as_failed(tmp_path):
 def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
     runs = three_runs()
     runner.run_sweep(runs[:1], tmp_path, FakeFinetune(), progress=False)
-    neutral = Run("r0", {**runs[0].options, "hardware.device": "cuda:3", "optim.progress": False}, runs[0].settings)
+    neutral = Run("r0", {**runs[0].options, "hardware.device": "cuda:3", "optim.progress": False}, runs[0].knobs)
     assert runner.run_sweep([neutral], tmp_path, FakeFinetune(), progress=False).skipped == ["r0"]
-    changed = Run("r0", ("--task", "sst", "--seed", "0", "--lr", "0.1"), runs[0].settings)
+    changed = Run("r0", ("--task", "sst", "--seed", "0", "--lr", "0.1"), runs[0].knobs)
     with pytest.raises(runner.RunFolderConflict, match=r"other arguments[\s\S]*--lr 0.1[\s\S]*Delete that folder"):
         runner.run_sweep([changed], tmp_path, FakeFinetune(), progress=False)
 
@@ -557,7 +557,7 @@ def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(t
 
     sweep = build_sweep("teachers", SweepOptions(tiny=True))
     rows = [{**r, "status": "done", "metric": "chrf", "dev_score": 30.0, "ci_low": 29.0, "ci_high": 31.0,
-             "test_score": math.nan} for r in ({"run": run.name, **run.settings} for run in sweep.runs)]
+             "test_score": math.nan} for r in ({"run": run.name, **run.knobs} for run in sweep.runs)]
     text = "".join(report.teacher_block(sweep, rows, samples=200))
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| gemini")}
     assert "| 5 | 4 | empty: 1 | 0.500 [0.150, 0.850] n=4 | 0 / 0 / 0 | $0.0000 |" in lines["gemini-2.5-flash"]

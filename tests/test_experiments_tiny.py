@@ -81,7 +81,7 @@ def test_sweep_runs_end_to_end_with_tiny(name, tiny_sweep, counting):
             assert "Paired differences, arm − reference" in table and "| held-out NLL |" in table
     html = (out / "index.html").read_text()
     assert "Provenance" in html and "held-out NLL" in html
-    assert table.count("\n|") >= 2 + len({tuple(sorted((k, str(v)) for k, v in r.settings.items() if k != "seed"))
+    assert table.count("\n|") >= 2 + len({tuple(sorted((k, str(v)) for k, v in r.knobs.items() if k != "seed"))
                                            for r in sweep.runs})
     png = out / f"{name}.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
