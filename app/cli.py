@@ -28,13 +28,13 @@ from minigpt2.errors import FieldError
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import TrainConfig
 from quant.config import QuantConfig
-from tasks import TASKS
 from tasks.base import Sampling
 
 from .precision import PrecisionError, PrecisionSettings
-from .settings import (DEFAULT_LR, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, RESUME_MAY_CHANGE, DataSettings,
-                       EvalSettings, EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings,
-                       RunFolderSettings, RunSettings, SettingsError, SyntheticSettings)
+from .settings import (DEFAULT_LR, DEFINES, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
+                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, PathSettings,
+                       RunFolderSettings, RunSettings, SettingsError, SyntheticSettings, resolve, role_of,
+                       setting_paths)
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,12 @@ def flag_of(path: str, group: Group, groups: Sequence[Group] = ()) -> str:
 
 # ---------------------------------------------------------------------------------------------- finetune
 
+# The folders' defaults as each command finds them (the field's help is the same everywhere).
+PATH_NOTES = {"data_dir": "default: $MINIGPT2_DATA_DIR, else data/",
+              "tokenizer_dir": "default: $MINIGPT2_TOKENIZER_DIR, else tiktoken's download"}
+RUN_PATH_NOTES = {"data_dir": "default: the run's, else $MINIGPT2_DATA_DIR, else data/",
+                  "tokenizer_dir": "default: the run's, else $MINIGPT2_TOKENIZER_DIR, else tiktoken's download"}
+
 FINETUNE_GROUPS = (
     Group("data", DataSettings, "task and data"),
     Group("data.synthetic", SyntheticSettings, "synthetic data (sonnet task)", prefix="synthetic-",
@@ -150,6 +156,7 @@ FINETUNE_GROUPS = (
                        f"{DEFAULT_LR['full-model']:g} for full-model, {LORA_LR:g} for --method lora, the best LoRA "
                        "learning rate in the study"}),
     Group("hardware", HardwareSettings, "hardware"),
+    Group("paths", PathSettings, "where the inputs are", notes=PATH_NOTES),
     Group("eval", EvalSettings, "evaluation and generation", prefix="eval-",
           notes={"samples": f"default {EVAL_SAMPLES} for sonnets, 1 (deterministic predictions) for the other "
                             "tasks"}),
@@ -200,28 +207,29 @@ def finetune_settings(argv: Sequence[str] | None = None) -> RunSettings:
 
 
 def settings_from(ns: argparse.Namespace, here: bool = True) -> RunSettings:
-    """`RunSettings` from parsed flags, with the defaults that depend on other options filled in; `here`: also
-    check that the device and files they name exist on this machine (`check_environment`)."""
-    v = {g.key: given(ns, g) for g in FINETUNE_GROUPS}
+    """`RunSettings` from parsed flags, with the defaults that depend on other options filled in
+    (`settings.resolve`); `here`: also check that the device and files they name exist on this machine
+    (`check_environment`)."""
+    given_paths = {f"{g.key}.{k}": v for g in FINETUNE_GROUPS for k, v in given(ns, g).items()}
+    v: dict[str, dict[str, Any]] = {g.key: {} for g in FINETUNE_GROUPS}
+    lora_given = [k for k in given_paths if k.startswith("model.lora.")]
+    for path, value in resolve(given_paths).items():
+        key, _, name = path.rpartition(".")
+        v[key][name] = value
     data = build(GROUP["data"], {**v["data"], "synthetic": _synthetic(v["data.synthetic"])}, FINETUNE_GROUPS)
-    task = TASKS[data.task]
-    model_v = v["model"]
     lora = None
-    if model_v.get("method") == "lora":
+    if v["model"].get("method") == "lora":
         lora = build(GROUP["model.lora"], v["model.lora"], FINETUNE_GROUPS)
-    elif v["model.lora"]:
-        flags = ", ".join(GROUP["model.lora"].flag(k) for k in v["model.lora"])
+    elif lora_given:
+        flags = ", ".join(GROUP["model.lora"].flag(k.rpartition(".")[2]) for k in lora_given)
         raise SettingsError(f"{flags} set(s) LoRA, which needs --method lora")
-    model = build(GROUP["model"], {**model_v, "lora": lora}, FINETUNE_GROUPS)
-    optim = v["optim"]
-    if "lr" not in optim:
-        optim["lr"] = LORA_LR if model.method == "lora" else DEFAULT_LR[model.mode]
-    optim = build(GROUP["optim"], optim, FINETUNE_GROUPS)
-    sampling = build(GROUP["eval.sampling"], {**v["eval.sampling"], "seed": optim.seed})
-    ev = {"samples": EVAL_SAMPLES if task.generative else 1, **v["eval"], "sampling": sampling}
     settings = RunSettings(
-        data=data, model=model, optim=optim, precision=_precision(v["precision"], v["precision.quant"]),
-        eval=build(GROUP["eval"], ev, FINETUNE_GROUPS), hardware=build(GROUP["hardware"], v["hardware"]),
+        data=data, model=build(GROUP["model"], {**v["model"], "lora": lora}, FINETUNE_GROUPS),
+        optim=build(GROUP["optim"], v["optim"], FINETUNE_GROUPS),
+        precision=_precision(v["precision"], v["precision.quant"]),
+        eval=build(GROUP["eval"], {**v["eval"], "sampling": build(GROUP["eval.sampling"], v["eval.sampling"])},
+                   FINETUNE_GROUPS),
+        hardware=build(GROUP["hardware"], v["hardware"]), paths=build(GROUP["paths"], v["paths"]),
         run=build(GROUP["run"], v["run"]))
     if here:
         check_environment(settings)
@@ -280,20 +288,20 @@ def resume_options(argv: Sequence[str], description: str | None = None) -> dict[
 
 
 def resumed_settings(saved: RunSettings, options: Mapping[str, Any]) -> RunSettings:
-    """The settings `saved` in a run folder, continued with the flags of `resume_options`: a flag for a setting a
-    resume may change (`RESUME_MAY_CHANGE`: the device, threads, progress, where the files are) replaces the saved
+    """The settings `saved` in a run folder, continued with the flags of `resume_options`: a flag for a setting that
+    does not define the result (its role: the device, threads, progress, where the files are) replaces the saved
     value; any other flag must repeat it, else one line names each that does not. Where this invocation stops
     (`--stop-after-epoch`) is not inherited: without the flag the run goes on to its last epoch."""
     differ = [f"{_flag_of_path(path)}{_shown(value)} (the run's: {_at(saved, path)!r})"
-              for path, value in options.items() if path not in RESUME_MAY_CHANGE and value != _at(saved, path)]
+              for path, value in options.items() if role_of(path) == DEFINES and value != _at(saved, path)]
     if differ:
-        may = ", ".join(dict.fromkeys(_flag_of_path(p) for p in RESUME_MAY_CHANGE
+        may = ", ".join(dict.fromkeys(_flag_of_path(p) for p in may_change_on_resume()
                                       if p not in ("run.resume", "run.overwrite")))
         raise SettingsError(f"--resume continues the run in --out-dir with the settings saved in its config.json; "
                             f"{', '.join(differ)} would change what it computes. Only {may} may change on resume; "
                             "start a new run (another --out-dir) for other settings")
     changes = {"optim.stop_after_epoch": None, "run.overwrite": False,
-               **{p: v for p, v in options.items() if p in RESUME_MAY_CHANGE}, "run.resume": True}
+               **{p: v for p, v in options.items() if role_of(p) != DEFINES}, "run.resume": True}
     groups: dict[str, dict[str, Any]] = {}
     for path, value in changes.items():
         key, _, name = path.partition(".")
@@ -303,6 +311,12 @@ def resumed_settings(saved: RunSettings, options: Mapping[str, Any]) -> RunSetti
     settings = replace(saved, **parts)
     check_environment(settings)
     return settings
+
+
+def may_change_on_resume() -> list[str]:
+    """The paths of the settings with a flag that a resume may change: those whose role is not DEFINES."""
+    flagged = {f"{g.key}.{f.name}" for g in FINETUNE_GROUPS for f in g.options()}
+    return [p for p in setting_paths() if p in flagged and role_of(p) != DEFINES]
 
 
 def _at(settings: RunSettings, path: str) -> Any:
@@ -322,62 +336,40 @@ def _shown(value: Any) -> str:
     return "" if isinstance(value, bool) else f" {value}"  # a switch is its flag alone
 
 
-# ---------------------------------------------------------------------------------------------- back to flags
-
-def _values(settings: RunSettings) -> dict[str, dict[str, Any]]:
-    """Each group's dataclass in `settings` as a dict (the group's defaults where it is absent)."""
-    out = {}
-    for g in FINETUNE_GROUPS:
-        obj: Any = settings
-        for part in g.key.split("."):
-            obj = getattr(obj, part) if obj is not None else None
-        out[g.key] = ({f.name: getattr(obj, f.name) for f in g.options()} if obj is not None
-                      else {f.name: g.default(f) for f in g.options()})
-    return out
-
-
-# How a run is watched or continued, not what it is: left out of config.json's "args" (a resumed run's row in a
-# sweep's CSV is the row of the same run).
-NOT_FLAT = ("run.resume", "run.overwrite", "optim.progress", "optim.stop_after_epoch", "hardware.fetch_timeout")
-
-
-def flat(settings: RunSettings) -> dict[str, Any]:
-    """The settings by flag name, `--no-quant-embeddings` as `quant_embeddings` (config.json's "args")."""
-    out: dict[str, Any] = {}
-    for key, values in _values(settings).items():
-        for name, value in values.items():
-            if f"{key}.{name}" in NOT_FLAT:
-                continue
-            flag = GROUP[key].flag(name)[2:]
-            out[flag.removeprefix("no-").replace("-", "_")] = value
-    out["autocast"] = settings.autocast  # what the run used
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- evaluate
 
-EVALUATE_GROUP = Group("evaluate", EvaluateSettings, "what to score")
+# evaluate and generate reuse finetune's hardware and paths groups (the same fields, help and flags).
+EVALUATE_GROUPS = (Group("evaluate", EvaluateSettings, "what to score"),
+                   Group("hardware", HardwareSettings, "hardware", skip=("fetch_timeout",)),
+                   Group("paths", PathSettings, "where the inputs are", notes=RUN_PATH_NOTES))
+GENERATE_GROUPS = (Group("generate", GenerateSettings, "generation"),
+                   Group("hardware", HardwareSettings, "hardware", skip=("fetch_timeout",)),
+                   Group("paths", PathSettings, "where the inputs are", skip=("data_dir",), notes={
+                       "tokenizer_dir": "default: the run's, else $MINIGPT2_TOKENIZER_DIR, else tiktoken's download"}))
+EVALUATE_GROUP, GENERATE_GROUP = EVALUATE_GROUPS[0], GENERATE_GROUPS[0]
 
 
-def evaluate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> EvaluateSettings:
-    """`python -m minigpt2.evaluate`'s command line as settings (a device this machine lacks is refused)."""
-    p = argparse.ArgumentParser(prog="python -m minigpt2.evaluate", description=description)
-    add_groups(p, [EVALUATE_GROUP])
-    settings = build(EVALUATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), EVALUATE_GROUP))
-    checked(lambda: parse_device(settings.device), EVALUATE_GROUP)
+def command_settings(prog: str, groups: Sequence[Group], argv: Sequence[str] | None,
+                     description: str | None = None) -> Any:
+    """A command's settings from its command line: the first group's dataclass, holding the others (keyed by
+    field name) built from their own flags; a device this machine lacks is refused."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_groups(p, groups)
+    ns = p.parse_args(None if argv is None else list(argv))
+    root, *parts = groups
+    settings = build(root, {**given(ns, root), **{g.key: build(g, given(ns, g)) for g in parts}}, groups)
+    checked(lambda: parse_device(settings.hardware.device), parts[0])
     return settings
 
 
-# ---------------------------------------------------------------------------------------------- generate
-
-GENERATE_GROUP = Group("generate", GenerateSettings, "generation")
+def evaluate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> EvaluateSettings:
+    """`python -m minigpt2.evaluate`'s command line as settings."""
+    return command_settings("python -m minigpt2.evaluate", EVALUATE_GROUPS, argv, description)
 
 
 def generate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> GenerateSettings:
     """`python -m minigpt2.generate`'s command line as settings."""
-    p = argparse.ArgumentParser(prog="python -m minigpt2.generate", description=description)
-    add_groups(p, [GENERATE_GROUP])
-    return build(GENERATE_GROUP, given(p.parse_args(None if argv is None else list(argv)), GENERATE_GROUP))
+    return command_settings("python -m minigpt2.generate", GENERATE_GROUPS, argv, description)
 
 
 # ---------------------------------------------------------------------------------------------- options

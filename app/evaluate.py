@@ -42,12 +42,12 @@ from .cli import GROUP, checked, evaluate_settings
 from .measures import copying_corpora, copying_record, form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
 from .runmodel import load_run_body, load_run_model
-from .settings import RunSettings
+from .settings import EvaluateSettings, RunSettings
 
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = None, tokenizer_dir: str | None = None,
                  device: str = "auto", task_name: str | None = None, zero_shot: bool = False,
-                 test_references: str | None = None, plain: bool = False) -> dict[str, Any]:
+                 test_references: str | None = None, plain: bool = False, offline: bool = False) -> dict[str, Any]:
     """Predict `split` with the run's best checkpoint; returns (and saves) the figures.
 
     task_name + zero_shot: score another task with the run's body (no head, no training for that task).
@@ -58,13 +58,13 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
         raise runfolder.RunFolderError(f"--test-references {test_references}: file not found")
     config = runfolder.read_config(run_dir)
     checked(lambda: parse_device(device), GROUP["hardware"])
-    settings = _settings_here(RunSettings.from_dict(config["settings"]), data, tokenizer_dir, device, plain)
+    settings = _settings_here(RunSettings.from_dict(config["settings"]), data, tokenizer_dir, device, plain, offline)
     run_task = settings.data.task
     task = _task_to_score(run_dir, run_task, task_name, zero_shot)
     d = setup_distributed(device)
     module = _best_model(run_dir, config, settings, task, zero_shot).to(d.device)
-    tok = Tokenizer(settings.data.tokenizer_dir)
-    folder = data_dir(settings.data.data_dir)
+    tok = Tokenizer(settings.paths.tokenizer_dir)
+    folder = data_dir(settings.paths.data_dir)
     needed = list(task.files.inputs(split))
     require_files(folder, needed, task.name)
     changed = [] if zero_shot else changed_data(config, folder, needed)
@@ -100,7 +100,7 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
             result["heldout_nll"] = nll_record(per)
     output = f"eval-{task.name}-zero-shot-{split}.json" if zero_shot else f"eval-{split}.json"
     atomic_write_json(run_dir / output, result)
-    own = data_dir(RunSettings.from_dict(config["settings"]).data.data_dir).resolve() == folder.resolve()
+    own = data_dir(RunSettings.from_dict(config["settings"]).paths.data_dir).resolve() == folder.resolve()
     record_evaluation(run_dir, output, names, task, split, folder, test_references, own)
     return result
 
@@ -121,12 +121,14 @@ def record_evaluation(run_dir: Path, output: str, names: list[str], task: Task, 
         raise
 
 
-def _settings_here(settings: RunSettings, data: str | None, tokenizer_dir: str | None, device: str, plain: bool
-                   ) -> RunSettings:
-    """The run's settings with this machine's folders and device; plain if asked now or when it was trained."""
+def _settings_here(settings: RunSettings, data: str | None, tokenizer_dir: str | None, device: str, plain: bool,
+                   offline: bool) -> RunSettings:
+    """The run's settings with this machine's folders and device; plain if asked now or when it was trained,
+    offline if asked now or when it ran offline."""
     return dataclasses.replace(
-        settings, data=dataclasses.replace(settings.data, data_dir=data or settings.data.data_dir,
-                                           tokenizer_dir=tokenizer_dir or settings.data.tokenizer_dir),
+        settings, paths=dataclasses.replace(settings.paths, data_dir=data or settings.paths.data_dir,
+                                            tokenizer_dir=tokenizer_dir or settings.paths.tokenizer_dir,
+                                            offline=offline or settings.paths.offline),
         hardware=dataclasses.replace(settings.hardware, device=device, plain=plain or settings.hardware.plain))
 
 
@@ -225,10 +227,16 @@ def changed_data(config: dict[str, Any], folder: Path, names: list[str]) -> list
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """`python -m minigpt2.evaluate`: a UserError is one `error:` line and exit code 1."""
-    a = evaluate_settings(argv, __doc__.split("\n\n")[0])
-    scores = evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot,
-                          a.test_references, a.plain)
-    print(json.dumps(scores, indent=2))
+    print(json.dumps(run(evaluate_settings(argv, __doc__.split("\n\n")[0])), indent=2))
+
+
+def run(settings: EvaluateSettings) -> dict[str, Any]:
+    """The command: score the run as `settings` say (in this process; a sweep's follow-up calls it too)."""
+    hw, paths = settings.hardware, settings.paths
+    if hw.threads is not None:
+        torch.set_num_threads(hw.threads)
+    return evaluate_run(settings.run_dir, settings.split, paths.data_dir, paths.tokenizer_dir, hw.device,
+                        settings.task, settings.zero_shot, settings.test_references, hw.plain, paths.offline)
 
 
 if __name__ == "__main__":

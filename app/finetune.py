@@ -110,8 +110,8 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
     subsets `--max-train` / `--max-eval` chose (drawn by the task, recorded by app.subsets); an empty train or dev
     split is an error."""
     data = settings.data
-    folder = data_dir(data.data_dir)
-    ensure_task_data(task.name, folder, offline=data.offline)  # fetches missing files from the public sources
+    folder = data_dir(settings.paths.data_dir)
+    ensure_task_data(task.name, folder, offline=settings.paths.offline)  # fetches missing files from the public sources
     require_files(folder, sorted(set(task.files.inputs())), task.name)
     extra = synthetic_texts(data.synthetic)
     splits, notes = {}, []
@@ -181,7 +181,7 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     accuracy of the scored rows; for generative tasks the form of what was written and the held-out likelihood
     (`app.measures`)."""
     result: dict[str, Any] = {"files_sha256": {}}
-    folder = data_dir(settings.data.data_dir)
+    folder = data_dir(settings.paths.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
     how = settings.predict_settings(device)
     predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
@@ -241,7 +241,7 @@ def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[
     module.to(device)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
     base = heldout_measures(task, module, splits, settings.predict_settings(device), tok, device,
-                            data_dir(settings.data.data_dir), test_refs)
+                            data_dir(settings.paths.data_dir), test_refs)
     atomic_write_json(path, base)
     return base
 
@@ -287,9 +287,9 @@ def default_run_dir(settings: RunSettings) -> Path:
 def fetch_inputs(settings: RunSettings, task: Task) -> None:
     """Download whatever the run reads and is missing: the task's data files, the tokenizer files, the base
     weights (in the order the run itself would meet them). Each step is a no-op when its files are there."""
-    Tokenizer(settings.data.tokenizer_dir)
-    base_weights_file(settings.model.model, offline=settings.data.offline)
-    ensure_task_data(task.name, data_dir(settings.data.data_dir), offline=settings.data.offline)
+    Tokenizer(settings.paths.tokenizer_dir)
+    base_weights_file(settings.model.model, offline=settings.paths.offline)
+    ensure_task_data(task.name, data_dir(settings.paths.data_dir), offline=settings.paths.offline)
 
 
 def _shared_run_dir(settings: RunSettings, d: Dist) -> Path:
@@ -333,7 +333,7 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
     fetch_once(lambda: fetch_inputs(settings, task), d, settings.hardware.fetch_timeout,
                what=f"{task.name} data, tokenizer and {settings.model.model} weights")
     seed_everything(settings.optim.seed)
-    tok = Tokenizer(settings.data.tokenizer_dir)
+    tok = Tokenizer(settings.paths.tokenizer_dir)
     module = build_model(settings, task)
     max_len = min(settings.data.max_length or module.gpt.config.n_positions, module.gpt.config.n_positions)
     splits, notes, chosen = load_splits(task, settings, tok, max_len)
@@ -370,8 +370,8 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
 def run_fingerprint(settings: RunSettings, task: Task, chosen: dict[str, Any]) -> dict[str, Any]:
     """What defines the run's results (`runfolder.fingerprint`) and which rows the seeded subsets hold (a count
     and a hash here, the ids in subsets.json)."""
-    fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.data.offline),
-                                        data_files(task, data_dir(settings.data.data_dir)))
+    fingerprint = runfolder.fingerprint(settings, base_weights_file(settings.model.model, settings.paths.offline),
+                                        data_files(task, data_dir(settings.paths.data_dir)))
     fingerprint["subsets"] = {s: {k: v[k] for k in ("n", "sha256")} for s, v in chosen.items()}
     return fingerprint
 
@@ -379,7 +379,7 @@ def run_fingerprint(settings: RunSettings, task: Task, chosen: dict[str, Any]) -
 def write_run_config(run_dir: Path, settings: RunSettings, d: Dist, fingerprint: dict[str, Any], max_len: int,
                      recorded: dict[str, Any] | None) -> None:
     """RUN_DIR/config.json: the settings, the fingerprint, where the run ran; a resumed run keeps its start."""
-    config = {"settings": settings.to_dict(), "args": cli.flat(settings), "fingerprint": fingerprint,
+    config = {**runfolder.settings_record(settings), "fingerprint": fingerprint,
               "run_dir": str(run_dir), "world_size": d.world, "device": str(d.device), "max_length": max_len,
               "torch": torch.__version__,
               "started": (recorded or {}).get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")}

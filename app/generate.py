@@ -114,7 +114,7 @@ def load_source(name: str, offline: bool) -> tuple[GPT2, RunSettings | None]:
         config = runfolder.read_config(path)
         settings = RunSettings.from_dict(config["settings"])
         if offline:
-            settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, offline=True))
+            settings = dataclasses.replace(settings, paths=dataclasses.replace(settings.paths, offline=True))
         return load_run(path, settings, config), settings
     if name == "tiny":
         torch.manual_seed(0)  # the same random tiny model every time: only the sampling seed varies
@@ -279,15 +279,18 @@ def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: GenerateSe
 def run(args: GenerateSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
         on_token: Callable[[int, int], None] | None = None) -> list[str]:
     """The command: check the flags, read the prompts, load the model, sample; returns the texts written."""
-    device = checked(lambda: parse_device(args.device), GENERATE_GROUP)
+    hw, paths = args.hardware, args.paths
+    device = parse_device(hw.device)  # checked with the flags
+    if hw.threads is not None:
+        torch.set_num_threads(hw.threads)
     if args.precision == "int8" and device.type != "cpu":
         raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
     prompts = read_prompts(args, stdin)
-    gpt, settings = load_source(args.model, args.offline)
+    gpt, settings = load_source(args.model, paths.offline)
     precision = args.precision or default_precision(settings, device)
-    tokenizer_dir = args.tokenizer_dir or (settings.data.tokenizer_dir if settings else None)
+    tokenizer_dir = paths.tokenizer_dir or (settings.paths.tokenizer_dir if settings else None)
     tok = Tokenizer(tokenizer_dir)
-    model = inference_model(gpt, precision, device, args.plain)
+    model = inference_model(gpt, precision, device, hw.plain)
     return sample_all(model, tok, prompts, args, out, on_token)
 
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> Path:
         if adapter.mergeable:
             adapter.merge()
     check_exportable(gpt, args.type)
-    tokenizer_dir = args.tokenizer_dir or (settings.data.tokenizer_dir if settings else None)
+    tokenizer_dir = args.tokenizer_dir or (settings.paths.tokenizer_dir if settings else None)
     name = Path(args.model).name if Path(args.model).exists() else args.model
     return export_gguf(gpt, out, args.type, name=name, bpe_dir=tokenizer_dir)
 

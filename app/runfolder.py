@@ -1,6 +1,7 @@
 """Run folders as a contract: what a run folder holds, what defines the run in it, and who may write into it.
 
-    RUN_DIR/config.json        the settings (typed, and flat as "args"), the run's fingerprint, where it ran
+    RUN_DIR/config.json        the settings ({"schema": 2, "settings": ...}; older layouts are upgraded on read),
+                               the run's fingerprint, where it ran
     RUN_DIR/metrics.json       per epoch and best (strict JSON), rewritten after every epoch and at the end; at
                                the end also the sha256 of every file scored ("files_sha256": predictions, samples,
                                and later evaluate's outputs) and scored against ("references_sha256")
@@ -36,7 +37,7 @@ from minigpt2.atomic import atomic_write_json
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 
-from .settings import RESUME_MAY_CHANGE, RunSettings, defining
+from .settings import RunSettings, defining
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 HELDOUT_BASE_FILE = "heldout-nll-base.json"  # the held-out likelihood before training (generative tasks)
@@ -237,8 +238,10 @@ def check_resume(run_dir: Path, settings: RunSettings, print_: Any = print) -> d
                              "config.json: restore it, or start a new run")
     changes = _diff(defining(old), defining(settings))
     if changes:
+        from .cli import may_change_on_resume
+
         raise RunFolderError(f"--resume {run_dir}: run-defining settings differ: {'; '.join(changes)}. Only "
-                             f"{', '.join(RESUME_MAY_CHANGE)} may change on resume")
+                             f"{', '.join(may_change_on_resume())} may change on resume")
     return config
 
 

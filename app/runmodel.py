@@ -23,7 +23,6 @@ from minigpt2.model import GPT2
 from tasks.base import TaskModel
 
 from . import runfolder
-from . import cli
 from .cli import GROUP, checked
 from .settings import RunSettings
 
@@ -42,7 +41,7 @@ def load_base_model(settings: RunSettings) -> GPT2:
     """The GPT-2 body named by --model: 'tiny' (random init), a preset name, or a path."""
     if settings.model.model == "tiny":
         return GPT2(GPT2Config.from_name("tiny"))
-    return load_model(checked(lambda: resolve_model(settings.model.model, offline=settings.data.offline),
+    return load_model(checked(lambda: resolve_model(settings.model.model, offline=settings.paths.offline),
                               GROUP["model"]))
 
 
@@ -56,7 +55,7 @@ def load_run_body(folder: Path, settings: RunSettings, recorded_base: dict[str, 
     the adapter) the base model named by --model, which must still be the file the run was trained on."""
     if (folder / ADAPTER_NAME).is_file():
         if recorded_base is not None:
-            weights = base_weights_file(settings.model.model, settings.data.offline)
+            weights = base_weights_file(settings.model.model, settings.paths.offline)
             now = runfolder.sha256_file(weights)
             if now != recorded_base["sha256"]:
                 raise runfolder.RunFolderError(
@@ -74,7 +73,7 @@ def save_run_model(module: TaskModel, folder: Path, settings: RunSettings) -> No
     """Best weights: the body as `model.safetensors` + `config.json` (HF layout, run settings under the key
     "minigpt2"), the head (if any) as `head.safetensors`. A LoRA run saves only `adapter.safetensors` (adapters
     + head, LoRA settings in its metadata) and a `config.json` naming the base model."""
-    extra = {"task": settings.data.task, "mode": settings.model.mode, "args": cli.flat(settings)}
+    extra = {"task": settings.data.task, "mode": settings.model.mode, **runfolder.settings_record(settings)}
     if settings.model.lora is not None:
         folder.mkdir(parents=True, exist_ok=True)
         save_adapter(module, folder / ADAPTER_NAME)  # atomic

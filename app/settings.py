@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from minigpt2.device import autocast_dtype
 from minigpt2.errors import FieldError, UserError, require
 from minigpt2.lora import LoRAConfig
-from minigpt2.train import TrainConfig
+from minigpt2.train import DEFAULT_SEED, TrainConfig
 from quant.config import DEFAULT_GROUP_SIZE, QuantConfig
 from tasks import TASKS
 from tasks.base import PredictSettings, Sampling
@@ -48,9 +48,19 @@ class SettingsError(UserError, ValueError):
     """Flags that cannot work together or lie outside their range, naming the flag and what was expected."""
 
 
-def option(default: Any, help: str, **extra: Any) -> Any:
-    """A settings field declared once: its default and help (`app.cli` makes the flag from the field's name)."""
-    return field(default=default, metadata={"help": help, **extra})
+# A field's role: what it says about a run. Only DEFINES changes what a run computes; the others may differ
+# between a run and its resume, or between two runs that are the same run (a sweep re-run on another device).
+DEFINES = "defines"  # the result: task, model, optimisation, precision, sampling, ...
+RUNS = "runs"  # where and how it runs: device, threads, compilation, batch size of evaluation, where files are
+WATCH = "watch"  # how it is watched and continued: progress, where this invocation stops, the run folder
+ROLES = (DEFINES, RUNS, WATCH)
+
+
+def option(default: Any, help: str, role: str = DEFINES, **extra: Any) -> Any:
+    """A settings field declared once: its default, help and role (`app.cli` makes the flag from the field's
+    name)."""
+    assert role in ROLES, role  # internal invariant: roles are written in code, never by the user
+    return field(default=default, metadata={"help": help, "role": role, **extra})
 
 
 def _non_negative(name: str, value: int | None) -> None:
@@ -80,14 +90,19 @@ class SyntheticSettings:
 
 
 @dataclass(frozen=True)
+class PathSettings:
+    """Where the inputs are, shared by finetune, evaluate and generate (a command's own default in its notes)."""
+
+    data_dir: str | None = option(None, "folder with the course files", RUNS)
+    tokenizer_dir: str | None = option(None, "folder with GPT-2's encoder.json + vocab.bpe for offline use", RUNS)
+    offline: bool = option(False, "never download: missing data files, weights or presets are an error that says how "
+                                  "to get them (default: fetch what is missing; HF_HUB_OFFLINE=1 also turns "
+                                  "downloads off)", RUNS)
+
+
+@dataclass(frozen=True)
 class DataSettings:
     task: str = option(None, "which course task to fine-tune on", choices=tuple(sorted(TASKS)), required=True)
-    data_dir: str | None = option(None, "folder with the course files (default: $MINIGPT2_DATA_DIR, else data/)")
-    tokenizer_dir: str | None = option(None, "folder with GPT-2's encoder.json + vocab.bpe for offline use "
-                                             "(default: $MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
-    offline: bool = option(False, "never download: missing data files or weights are an error that says how to "
-                                  "get them (default: fetch what is missing; HF_HUB_OFFLINE=1 also turns "
-                                  "downloads off)")
     max_train: int | None = option(None, "train on a seeded random subset of N examples (stratified by label for "
                                          "the classification tasks; real sonnets for the sonnet task); the chosen "
                                          "ids go to RUN_DIR/subsets.json")
@@ -97,7 +112,8 @@ class DataSettings:
     synthetic: SyntheticSettings | None = None
     test_references: str | None = option(None, "the test labels (*-test-labels.csv) or true test sonnets to score "
                                                "test with (default: the file beside the data, as `python -m course "
-                                               "fetch` writes it; test is not scored without one)", metavar="FILE")
+                                               "fetch` writes it; test is not scored without one)", RUNS,
+                                         metavar="FILE")
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}")
@@ -138,7 +154,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    batch_size: int = option(32, "batch size of evaluation and generation")
+    batch_size: int = option(32, "batch size of evaluation and generation", RUNS)
     sampling: Sampling = Sampling()
     samples: int = option(EVAL_SAMPLES, "sonnets drawn per prompt (seeded) for the final dev/test scores: chrF and "
                                         "the form rates are averaged over them (each epoch's dev score uses one)")
@@ -156,13 +172,16 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class HardwareSettings:
-    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    """Where a command runs, shared by finetune, evaluate and generate. The plain path defines a run's result (the
+    speed pieces draw other random numbers, e.g. for dropout); the rest does not."""
+
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...", RUNS)
     plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
-    threads: int | None = option(None, "CPU threads of this process (torch.set_num_threads; recorded in "
-                                       "config.json); default: torch's, one per core. Sweeps running several runs "
-                                       "at once split the cores with it")
+    threads: int | None = option(None, "CPU threads of this process (torch.set_num_threads); default: "
+                                       "torch's, one per core. Sweeps running several runs "
+                                       "at once split the cores with it", RUNS)
     fetch_timeout: float = option(3600.0, "torchrun: seconds the other ranks wait while one rank per node fetches "
-                                          "missing data and weights, before giving up with an error")
+                                          "missing data and weights, before giving up with an error", RUNS)
 
     def __post_init__(self) -> None:
         _positive("threads", self.threads)
@@ -172,11 +191,11 @@ class HardwareSettings:
 
 @dataclass(frozen=True)
 class RunFolderSettings:
-    out_dir: str | None = option(None, "run folder (default: checkpoints/runs/<task>-<name or time>)")
-    name: str | None = option(None, "run name used in the default run folder")
-    resume: bool = option(False, "continue the run in --out-dir from its last complete epoch")
+    out_dir: str | None = option(None, "run folder (default: checkpoints/runs/<task>-<name or time>)", WATCH)
+    name: str | None = option(None, "run name used in the default run folder", WATCH)
+    resume: bool = option(False, "continue the run in --out-dir from its last complete epoch", WATCH)
     overwrite: bool = option(False, "replace the run in --out-dir (a fresh run into a folder that holds one is "
-                                    "refused)")
+                                    "refused)", WATCH)
 
     def __post_init__(self) -> None:
         if self.name is not None:  # the name becomes part of a folder name: a path in it would leave checkpoints/runs
@@ -199,6 +218,7 @@ class RunSettings:
     precision: PrecisionSettings = PrecisionSettings()
     eval: EvalSettings = EvalSettings()
     hardware: HardwareSettings = HardwareSettings()
+    paths: PathSettings = PathSettings()
     run: RunFolderSettings = RunFolderSettings()
 
     def __post_init__(self) -> None:
@@ -246,11 +266,41 @@ class RunSettings:
                                sampling=self.eval.sampling)
 
 
-# Settings that may differ when a run is resumed: where things are and how the run is watched, not what it computes.
-RESUME_MAY_CHANGE = ("data.data_dir", "data.tokenizer_dir", "data.offline", "data.test_references",
-                     "hardware.device", "optim.compile", "optim.progress", "hardware.threads",
-                     "hardware.fetch_timeout", "run.out_dir", "run.name", "run.resume", "run.overwrite",
-                     "optim.stop_after_epoch")
+def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` (settings by path, as given) with the defaults that depend on other settings filled in where not
+    given: the learning rate by method and mode (`DEFAULT_LR`, `LORA_LR`), the samples per prompt by task (several
+    only where a task samples), and the sampling seed, which is the run's seed."""
+    out = dict(options)
+    if out.get("model.method") == "lora":
+        out.setdefault("optim.lr", LORA_LR)
+    else:
+        out.setdefault("optim.lr", DEFAULT_LR.get(out.get("model.mode", "full-model"), DEFAULT_LR["full-model"]))
+    task = TASKS.get(out.get("data.task"))
+    out.setdefault("eval.samples", EVAL_SAMPLES if task is not None and task.generative else 1)
+    out["eval.sampling.seed"] = out.get("optim.seed", DEFAULT_SEED)
+    return out
+
+
+def role_of(path: str) -> str:
+    """The role of the setting at `path` ("optim.lr", "model.lora.rank") as its field declares it (DEFINES unless
+    it says otherwise: the library's configs and a nested group's own field define the result)."""
+    cls: type = RunSettings
+    *heads, name = path.split(".")
+    for head in heads:
+        cls = _NESTED[(cls.__name__, head)]
+    f = next((f for f in fields(cls) if f.name == name), None)
+    if f is None:
+        raise KeyError(f"no setting {path!r}")
+    return f.metadata.get("role", DEFINES)
+
+
+def setting_paths(cls: type = RunSettings, prefix: str = "") -> list[str]:
+    """Every leaf setting's path under `cls`, in declaration order."""
+    out = []
+    for f in fields(cls):
+        sub = _NESTED.get((cls.__name__, f.name))
+        out += setting_paths(sub, f"{prefix}{f.name}.") if sub is not None else [prefix + f.name]
+    return out
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -265,15 +315,24 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def defining(settings: RunSettings) -> dict[str, Any]:
-    """The settings that change a run's results (everything except `RESUME_MAY_CHANGE`), flattened."""
-    return {k: v for k, v in flatten(settings.to_dict()).items()
-            if k not in RESUME_MAY_CHANGE and not k.startswith("run.")}
+    """The settings that change a run's results (role DEFINES), flattened: what two runs must share to be the same
+    run, and what a resume must not change."""
+    return {k: v for k, v in flatten(settings.to_dict()).items() if _role_or_group(k) == DEFINES}
+
+
+def _role_or_group(path: str) -> str:
+    """`role_of`, where a group left out (no LoRA: "model.lora" is None) defines like its fields."""
+    try:
+        return role_of(path)
+    except KeyError:
+        return DEFINES
 
 
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     """A config.json of the version before settings were declared once, in today's layout: compile, autocast and
     progress moved from `hardware` and stop_after_epoch from `run` into `optim` (the trainer's config), and
-    `precision` holds the QuantConfig (`precision.precision` is now `precision.format`)."""
+    `precision` holds the QuantConfig (`precision.precision` is now `precision.format`); then (schema 2) the
+    folders and --offline moved from `data` into the shared `paths` group."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     hardware, run, optim = d.get("hardware") or {}, d.get("run") or {}, d.get("optim")
     if isinstance(optim, dict):
@@ -290,6 +349,8 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
         p["quant"] = PrecisionSettings.quant_for(fmt, **old).to_dict() if PrecisionSettings.fake(fmt) else None
     if isinstance(d.get("eval"), dict) and "samples" not in d["eval"]:
         d["eval"]["samples"] = 1  # recorded before --eval-samples: one per prompt
+    if "paths" not in d and isinstance(d.get("data"), dict):  # before the shared groups: the folders sat in data
+        d["paths"] = {k: d["data"].pop(k) for k in [f.name for f in fields(PathSettings)] if k in d["data"]}
     return d
 
 
@@ -313,7 +374,8 @@ _NESTED: dict[tuple[str, str], type] = {
     ("RunSettings", "data"): DataSettings, ("RunSettings", "model"): ModelSettings,
     ("RunSettings", "optim"): TrainConfig, ("RunSettings", "precision"): PrecisionSettings,
     ("RunSettings", "eval"): EvalSettings, ("RunSettings", "hardware"): HardwareSettings,
-    ("RunSettings", "run"): RunFolderSettings, ("DataSettings", "synthetic"): SyntheticSettings,
+    ("RunSettings", "run"): RunFolderSettings, ("RunSettings", "paths"): PathSettings,
+    ("DataSettings", "synthetic"): SyntheticSettings,
     ("ModelSettings", "lora"): LoRAConfig, ("EvalSettings", "sampling"): Sampling,
     ("PrecisionSettings", "quant"): QuantConfig,
 }
@@ -321,20 +383,18 @@ _NESTED: dict[tuple[str, str], type] = {
 
 @dataclass(frozen=True)
 class EvaluateSettings:
-    """What `python -m minigpt2.evaluate` is asked: which run, which split, and where things are now."""
+    """What `python -m minigpt2.evaluate` is asked: which run, which split, and where things are now (the run's
+    own folders and device where not given)."""
 
     run_dir: str = option(None, "a run folder written by `python -m minigpt2.finetune`", positional=True)
     split: str = option("dev", "which split to predict", choices=("dev", "test"))
-    data_dir: str | None = option(None, "course data folder (default: the run's, else $MINIGPT2_DATA_DIR, else "
-                                        "data/)")
-    tokenizer_dir: str | None = option(None, "offline GPT-2 BPE folder (default: the run's)")
-    device: str = option("auto", "auto, cpu, cuda, ...")
-    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
     task: str | None = option(None, "score this task instead of the run's own (needs --zero-shot)")
     test_references: str | None = option(None, "test labels (*-test-labels.csv) or true test sonnets for --split "
                                                "test (default: the file beside the data, as `python -m course fetch` "
                                                "writes it)", metavar="FILE")
     zero_shot: bool = option(False, "score --task with the run's body and no task training (quora cloze, sonnet)")
+    hardware: HardwareSettings = HardwareSettings()
+    paths: PathSettings = PathSettings()
 
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -362,11 +422,8 @@ class GenerateSettings:
     precision: str | None = option(None, "fp32, bf16 (prepacked bf16 on CPUs with native bf16), int8 (CPU int8 "
                                          "decoder); default: the run's own (bf16 for a bf16 run where supported, "
                                          "else fp32)", choices=("fp32", "bf16", "int8"))
-    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    plain: bool = option(False, "run on the plain path: none of minigpt2.fast's speed pieces")
-    tokenizer_dir: str | None = option(None, "folder with GPT-2's encoder.json + vocab.bpe (default: the run's, "
-                                             "$MINIGPT2_TOKENIZER_DIR, else tiktoken's download)")
-    offline: bool = option(False, "never download: a missing preset is an error")
+    hardware: HardwareSettings = HardwareSettings()
+    paths: PathSettings = PathSettings()
 
     def __post_init__(self) -> None:
         if self.prompt is not None and self.prompt_file is not None:

@@ -344,12 +344,12 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     n, layers = n_params(settings.model.model)
     max_len = min(settings.data.max_length or model_config(settings.model.model).n_positions,
                   model_config(settings.model.model).n_positions)
-    folder = str(data_dir(settings.data.data_dir))
+    folder = str(data_dir(settings.paths.data_dir))
     w = Workload(run.name, settings.model.model, n, layers, settings.optim.epochs,
                  full_optimizer=settings.model.lora is None)
     _count_training(w, settings, task.name, folder, max_len)
     _count_evaluation(w, settings, task, folder, max_len)
-    tokdir, seed, batch = settings.data.tokenizer_dir, settings.optim.seed, settings.eval.batch_size
+    tokdir, seed, batch = settings.paths.tokenizer_dir, settings.optim.seed, settings.eval.batch_size
     for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
         argv = list(ev.argv)
         name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
@@ -363,7 +363,7 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
 
 def _count_training(w: Workload, settings: RunSettings, task: str, folder: str, max_len: int) -> None:
     """The training tokens and micro-batches of a run with these settings."""
-    tokdir, seed, epochs = settings.data.tokenizer_dir, settings.optim.seed, settings.optim.epochs
+    tokdir, seed, epochs = settings.paths.tokenizer_dir, settings.optim.seed, settings.optim.epochs
     synthetic = settings.data.synthetic
     if synthetic is not None and not Path(synthetic.path).is_file():  # planned, not made yet
         real = (0, 0) if synthetic.only else _train_counts(task, folder, tokdir, settings.data.max_train, max_len,
@@ -382,7 +382,7 @@ def _count_training(w: Workload, settings: RunSettings, task: str, folder: str, 
 def _count_evaluation(w: Workload, settings: RunSettings, task: Task, folder: str, max_len: int) -> None:
     """The forward-only tokens and the sonnet generation of a run's evaluations: dev after every epoch, then
     the final dev and test predictions (and, for generative tasks, the held-out likelihood)."""
-    tokdir, seed, epochs = settings.data.tokenizer_dir, settings.optim.seed, settings.optim.epochs
+    tokdir, seed, epochs = settings.paths.tokenizer_dir, settings.optim.seed, settings.optim.epochs
     batch = settings.eval.batch_size
     dev = _split_counts(task.name, folder, tokdir, max_len, settings.data.max_eval, seed, "dev")
     test = _split_counts(task.name, folder, tokdir, max_len, settings.data.max_eval, seed, "test")

@@ -52,11 +52,11 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
 
     for run in runs:
         settings = run.run_settings()
-        offline = settings.data.offline
+        offline = settings.paths.offline
         model = settings.model.model
         if model != "tiny":
             once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
-        folder = data_dir(settings.data.data_dir)
+        folder = data_dir(settings.paths.data_dir)
         tasks = [settings.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
                                  if "--task" in ev.argv]
         for name in tasks:
@@ -66,7 +66,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
                 ensure_task_data(task.name, folder, offline=offline)
                 require_files(folder, sorted(set(task.files.inputs())), task.name)
             once(("data", name, str(folder), offline), f"the {name} data", data)
-        tokenizer_dir = settings.data.tokenizer_dir
+        tokenizer_dir = settings.paths.tokenizer_dir
         once(("tokenizer", tokenizer_dir), "GPT-2's tokenizer", lambda: Tokenizer(tokenizer_dir))
         syn = settings.data.synthetic
         if syn is not None:

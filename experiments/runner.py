@@ -38,8 +38,8 @@ from .sweeps import REPO, Evaluation, Run
 Executor = Callable[[str, Sequence[str], Path], None]
 
 # Settings that change how a run executes but not what it computes: a re-run with other values is the same run.
-NEUTRAL = ("data.tokenizer_dir", "hardware.device", "optim.progress", "eval.batch_size", "optim.compile",
-           "data.offline", "hardware.threads", "hardware.fetch_timeout")
+NEUTRAL = ("paths.tokenizer_dir", "hardware.device", "optim.progress", "eval.batch_size", "optim.compile",
+           "paths.offline", "hardware.threads", "hardware.fetch_timeout")
 RECORD = "experiment.json"
 
 
@@ -209,7 +209,7 @@ def check_inputs(run_dir: Path, run: Run) -> None:
         weights = base_weights_file(s.model.model, offline=True)
     except UserError:
         weights = None
-    files = [f for f in data_files(get_task(s.data.task), data_dir(s.data.data_dir)) if f.is_file()]
+    files = [f for f in data_files(get_task(s.data.task), data_dir(s.paths.data_dir)) if f.is_file()]
     if s.data.synthetic and not Path(s.data.synthetic.path).is_file():
         s = dataclasses.replace(s, data=dataclasses.replace(s.data, synthetic=None))
     now = runfolder.fingerprint(s, weights, files)
@@ -227,7 +227,7 @@ def resolved_data_dir(run: Run) -> str:
     MINIGPT2_DATA_DIR or its default now (recorded, so a later report finds the data without the environment)."""
     from course.readers import data_dir
 
-    return str(Path(data_dir(run.options.get("data.data_dir"))).resolve())
+    return str(Path(data_dir(run.options.get("paths.data_dir"))).resolve())
 
 
 @dataclass

@@ -60,7 +60,7 @@ LORA_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 LORA_SEARCH_RANK = 16  # the alpha x lr grid is searched at one mid-sized rank
 
 # What --tiny sets for every run: a tiny random model on a few fixture examples, quickly.
-TINY: Options = {"model.model": "tiny", "data.offline": True, "optim.epochs": 1, "data.max_train": 4,
+TINY: Options = {"model.model": "tiny", "paths.offline": True, "optim.epochs": 1, "data.max_train": 4,
                  "data.max_eval": 2, "eval.sampling.max_new_tokens": 4, "optim.batch_size": 4, "eval.batch_size": 8}
 
 
@@ -139,15 +139,15 @@ def common(opts: SweepOptions) -> Options:
     """Settings shared by every run: model, data, and the --tiny smoke settings."""
     options: Options = {}
     if opts.tiny:
-        options.update(TINY, **{"data.data_dir": opts.data_dir or str(TINY_DATA_DIR)})
+        options.update(TINY, **{"paths.data_dir": opts.data_dir or str(TINY_DATA_DIR)})
         if opts.model:
             options["model.model"] = opts.model
         if not os.environ.get("MINIGPT2_TOKENIZER_DIR"):  # offline smoke runs: the BPE files shipped in tiny_data
-            options["data.tokenizer_dir"] = str(TINY_TOKENIZER_DIR)
+            options["paths.tokenizer_dir"] = str(TINY_TOKENIZER_DIR)
     else:
         options["model.model"] = opts.model or "gpt2"
         if opts.data_dir:
-            options["data.data_dir"] = opts.data_dir
+            options["paths.data_dir"] = opts.data_dir
     return {**options, "optim.progress": False}
 
 

@@ -47,7 +47,8 @@ SCHEDULES = ("linear", "cosine", "constant")
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
-    """A field's help text (read by command-line builders; the library names no flag)."""
+    """A field's help text and, for what does not change the result, its role ("runs": how it runs, "watch": how
+    it is watched), read by command-line builders and run folders (the library names no flag)."""
     return {"help": text, **extra}
 
 
@@ -66,14 +67,15 @@ class TrainConfig:
     schedule: str = field(default="linear", metadata=_doc("LR decay after warmup", choices=SCHEDULES))
     grad_clip: float = field(default=1.0, metadata=_doc("clip the global gradient norm (0: off)"))
     seed: int = field(default=DEFAULT_SEED, metadata=_doc("seed of everything random (the course's)"))
-    compile: bool = field(default=False, metadata=_doc("torch.compile the model for training"))
+    compile: bool = field(default=False, metadata=_doc("torch.compile the model for training", role="runs"))
     autocast: str = field(default="auto", metadata=_doc(
         "auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with native bf16 (an "
         "error elsewhere); off: fp32 everywhere. Weights stay fp32", choices=AUTOCAST_MODES))
     bucket: int = 50  # length bucketing: sort within chunks of bucket*batch_size shuffled examples
     stop_after_epoch: int | None = field(default=None, metadata=_doc(
-        "debug: stop after this epoch as if interrupted (to test resuming)"))
-    progress: bool = field(default=True, metadata=_doc("show the progress bars", help_off="hide the progress bars"))
+        "debug: stop after this epoch as if interrupted (to test resuming)", role="watch"))
+    progress: bool = field(default=True, metadata=_doc("show the progress bars", help_off="hide the progress bars",
+                                                       role="watch"))
 
     def __post_init__(self) -> None:
         finite = math.isfinite

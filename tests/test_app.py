@@ -133,7 +133,7 @@ def test_a_finished_run_is_not_overwritten(finished, capsys):
 
 def test_resume_with_other_settings_is_refused_naming_them(finished, capsys):
     fails_with(finetune_args("sst", finished, "--epochs", "1", "--lr", "2e-3", "--resume"),
-               "--lr 0.002 (the run's: 0.001) would change what it computes. Only --data-dir", capsys)
+               "--lr 0.002 (the run's: 0.001) would change what it computes. Only --test-references", capsys)
 
 
 def test_evaluate_refuses_a_missing_head(finished, tmp_path):

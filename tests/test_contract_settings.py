@@ -6,7 +6,7 @@
   `--warmup` in [0, 1), `--temperature` >= 0, `--grad-clip` >= 0 (0: off), `--lora-dropout` in [0, 1);
 - the run folder (app/runfolder.py): the fingerprint records the run-defining settings and the sha256 of every
   input; `--resume` is refused when a run-defining setting or an input changed (naming it) and accepted when only
-  what RESUME_MAY_CHANGE lists changed; `--resume --out-dir RUN` takes the saved settings, accepts flags that may
+  what does not define the result changed (each field's role); `--resume --out-dir RUN` takes the saved settings, accepts flags that may
   change or repeat the saved value and names each other one; a fresh run into a folder holding a run is refused
   without --overwrite.
 """
@@ -23,7 +23,7 @@ import pytest
 from app import cli
 from app.finetune import parse_settings
 from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
-from app.settings import RESUME_MAY_CHANGE, SettingsError, defining
+from app.settings import DEFINES, SettingsError, defining, role_of, setting_paths
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.lora import apply_lora, lora_modules
 
@@ -112,7 +112,8 @@ def test_the_fingerprint_records_settings_and_input_hashes(inputs):
     assert fp["data"] == {"a.csv": sha(data[0]), "b.csv": sha(data[1])}
     assert fp["base_weights"]["sha256"] == sha(base)
     assert fp["settings"]["optim.lr"] == 0.003 and fp["settings"]["data.task"] == "sst"
-    assert not any(k in fp["settings"] for k in RESUME_MAY_CHANGE)
+    assert not any(role_of(k) != DEFINES for k in fp["settings"])
+    assert not {"eval.batch_size", "hardware.device", "paths.data_dir", "optim.progress"} & set(fp["settings"])
     assert "code" in fp
     json.dumps(fp)  # it goes into config.json as it is
 
@@ -229,6 +230,7 @@ def test_a_run_folder_of_the_previous_layout_still_loads():
     assert (s.precision.quant.weight, s.precision.quant.group_size, s.precision.quant.embeddings) == ("int4", 64, False)
     assert (s.optim.autocast, s.optim.progress, s.optim.stop_after_epoch, s.optim.lr) == ("off", False, 1, 0.01)
     assert (s.model.lora.rank, s.model.lora.targets) == (4, "attn+mlp")
+    assert (s.paths.data_dir, s.paths.tokenizer_dir, s.paths.offline) == ("data", None, False)  # schema 2's group
     assert RunSettings.from_dict(s.to_dict()) == s  # and today's layout reads back as itself
 
 
@@ -240,12 +242,37 @@ def test_a_run_folder_the_code_cannot_read_is_one_line_naming_what_changed():
         RunSettings.from_dict(bad)
 
 
-def test_the_flat_args_keep_their_names():
-    flat = cli.flat(settings())
-    assert {"task", "lr", "lora_rank", "precision", "group_size", "quant_embeddings", "autocast", "eval_samples",
-            "temperature", "top_p", "synthetic", "synthetic_n", "device", "plain"} <= set(flat)
-    assert not {"resume", "overwrite", "progress", "stop_after_epoch", "fetch_timeout"} & set(flat)
-    assert cli.flat(settings("--precision", "int8"))["autocast"] == "off"  # what the run used, not what was asked
+# Every setting that does not define a run's result, and why: a field whose role slips either way changes what a
+# resume accepts, what the fingerprint holds and which sweep folders count as the same run.
+NOT_DEFINING = {
+    "data.test_references": "runs", "optim.compile": "runs", "eval.batch_size": "runs", "hardware.device": "runs",
+    "hardware.threads": "runs", "hardware.fetch_timeout": "runs", "paths.data_dir": "runs",
+    "paths.tokenizer_dir": "runs", "paths.offline": "runs", "optim.stop_after_epoch": "watch",
+    "optim.progress": "watch", "run.out_dir": "watch", "run.name": "watch", "run.resume": "watch",
+    "run.overwrite": "watch"}
+
+
+def test_each_setting_declares_whether_it_defines_the_result():
+    assert {p: role_of(p) for p in setting_paths() if role_of(p) != DEFINES} == NOT_DEFINING
+    assert set(cli.may_change_on_resume()) == set(NOT_DEFINING)
+    assert role_of("hardware.plain") == DEFINES  # the speed pieces draw other random numbers (dropout)
+    d = defining(settings("--method", "lora", "--eval-batch-size", "3", "--threads", "2"))
+    assert not set(d) & set(NOT_DEFINING)
+    assert {"optim.lr", "optim.seed", "model.lora.rank", "hardware.plain", "data.task", "eval.sampling.top_p",
+            "precision.format", "data.max_train"} <= set(d)
+
+
+def test_config_json_holds_the_settings_once_versioned(tmp_path):
+    from app import runfolder
+
+    s = settings("--lr", "0.003")
+    record = runfolder.settings_record(s)
+    assert record == {"schema": runfolder.SETTINGS_SCHEMA, "settings": s.to_dict()} and runfolder.SETTINGS_SCHEMA == 2
+    (tmp_path / "settings.json").write_text(json.dumps(record))
+    assert runfolder.read_settings_file(tmp_path / "settings.json") == s
+    (tmp_path / "bad.json").write_text(json.dumps({"args": {"task": "sst"}}))
+    with pytest.raises(RunFolderError, match=r"bad.json: expected a JSON object with the run's \"settings\""):
+        runfolder.read_settings_file(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("extra,lr", [([], 1e-5), (["--mode", "last-linear-layer"], 1e-3),
@@ -265,7 +292,7 @@ def test_every_flag_has_its_help_and_each_option_one_flag():
     from app.cli import FINETUNE_GROUPS, finetune_parser
 
     parser = finetune_parser()
-    flags = [s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")]
+    flags = [s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help", "--settings")]
     assert len(flags) == len(set(flags)) == sum(len(g.options()) for g in FINETUNE_GROUPS)
     assert all(a.help for a in parser._actions)
     assert "--plain" in flags and "--no-quant-embeddings" in flags and "--lora-rank" in flags

@@ -62,7 +62,7 @@ def test_finetune_counts_real_and_synthetic_in_metrics(synth, tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert metrics["data"] == written["data"] == {"train": 6, "dev": 1, "test": 1, "train_real": 3,
                                                    "train_synthetic": 3}
-    assert json.loads((out / "config.json").read_text())["args"]["synthetic"] == str(synth)
+    assert json.loads((out / "config.json").read_text())["settings"]["data"]["synthetic"]["path"] == str(synth)
 
 
 def test_synthetic_flags_are_checked(synth):

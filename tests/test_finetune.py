@@ -57,7 +57,8 @@ def test_each_task_writes_every_file(task, runs):
                  "last/state.safetensors", *PREDICTIONS[task]):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["args"]["task"] == task and config["args"]["model"] == "tiny"
+    assert config["schema"] == 2 and "args" not in config  # the settings once, versioned
+    assert config["settings"]["data"]["task"] == task and config["settings"]["model"]["model"] == "tiny"
     metrics = json.loads((run / "metrics.json").read_text())
     metric = "chrf" if task == "sonnet" else "accuracy"
     assert metrics["metric"] == metric and len(metrics["epochs"]) == int(RUNS[task][1])
@@ -214,7 +215,7 @@ def test_resume_on_another_thread_count_is_recorded_and_ends_alike(straight, tmp
                            "2", "--epochs", "3"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((run / "config.json").read_text())
-    assert config["settings"]["hardware"]["threads"] == 2 and config["args"]["threads"] == 2
+    assert config["settings"]["hardware"]["threads"] == 2
     assert_same_run(straight, run, approx=1e-5)
 
 

@@ -42,8 +42,8 @@ def test_every_task_trains_with_lora(task, runs):
     assert metrics["trainable_params"] == ADAPTERS + HEAD[task]
     body = GPT2(GPT2Config.from_name("tiny")).num_parameters()
     assert metrics["total_params"] == body + ADAPTERS + HEAD[task]
-    args = json.loads((run / "config.json").read_text())["args"]
-    assert args["lr"] == 1e-2 and args["lora_rank"] == 4  # LoRA's default learning rate
+    saved = json.loads((run / "config.json").read_text())["settings"]
+    assert saved["optim"]["lr"] == 1e-2 and saved["model"]["lora"]["rank"] == 4  # LoRA's default learning rate
     best = run / "best"
     assert (best / "adapter.safetensors").is_file() and not (best / "model.safetensors").exists()
     tensors, meta = read_safetensors(best / "adapter.safetensors")

@@ -65,7 +65,9 @@ def test_qaft_run_saves_full_precision_weights_in_hf_layout(runs):
     body = load_model(runs["quora-int4-qaft"] / "best")  # plain HF names: the fake-quant layers keep the plain keys
     assert not any(isinstance(m, FakeQuantLinear) for m in body.modules())
     config = json.loads((runs["quora-int4-qaft"] / "best" / "config.json").read_text())
-    assert config["minigpt2"]["args"]["precision"] == "int4" and config["minigpt2"]["args"]["qaft"] is True
+    saved = config["minigpt2"]
+    assert saved["schema"] == 2 and "args" not in saved
+    assert saved["settings"]["precision"]["format"] == "int4" and saved["settings"]["precision"]["qaft"] is True
 
 
 def test_zero_shot_quora_on_a_sonnet_run(runs):

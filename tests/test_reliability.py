@@ -320,7 +320,7 @@ def test_each_refusal_is_one_error_line_and_loses_nothing(finished, stopped, tmp
                       (f"--resume --out-dir {no_config}: holds no run (config.json not found)",), no_config))
     other = copy(stopped, tmp_path, "other-lr")
     cases.append(Case("--resume --out-dir alone, another --lr", ["--resume", "--out-dir", str(other), "--lr", "0.5"],
-                      ("--lr 0.5 (the run's: 0.001) would change what it computes", "Only --data-dir"), other))
+                      ("--lr 0.5 (the run's: 0.001) would change what it computes", "Only --test-references"), other))
     lost = copy(finished, tmp_path, "lost")
     shutil.rmtree(lost / "last")
     cases.append(Case("--resume, state deleted", ft(lost, "--epochs", "1", "--resume"),
