@@ -228,7 +228,8 @@ class RunSettings:
             raise SettingsError(f"run settings do not fit this version of the code ({e})") from None
 
     def train_config(self) -> TrainConfig:
-        """The trainer's config: `optim`, with the autocast mode the run uses (`autocast`)."""
+        """The trainer's config: `optim`, with the autocast mode the run uses (`autocast`), as metrics.json records
+        it; the trainer runs in the dtype `predict_settings` resolves it to."""
         return replace(self.optim, autocast=self.autocast)
 
     @property
@@ -241,7 +242,8 @@ class RunSettings:
         return self.optim.autocast
 
     def predict_settings(self, device: torch.device) -> PredictSettings:
-        """What the tasks' `predict` needs, with the run's autocast mode resolved to its dtype on `device`."""
+        """What the tasks' `predict` needs, with the run's autocast mode resolved to its dtype on `device`: the one
+        place a run's mode becomes a dtype (the trainer takes this one too)."""
         return PredictSettings(batch_size=self.eval.batch_size, autocast_dtype=autocast_dtype(self.autocast, device),
                                sampling=self.eval.sampling)
 
