@@ -353,13 +353,13 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
     if settings.optim.epochs == 0:
         metrics = {**info, **score_base_model(module, task, splits, settings, how, tok, d, run_dir)}
     else:
-        speed.for_training(module, d.device, settings.hardware.plain)
+        steps = speed.for_training(module, d.device, settings.hardware.plain, settings.optim.compile)
         metrics = {**info, **train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
                                    settings.train_config(), make_evaluate(task, splits["dev"], settings, how, tok,
                                                                           d.device),
                                    task.metric, epoch_callbacks(settings, run_dir, info), d=d,
                                    resume_from=run_dir / "last" if settings.run.resume else None,
-                                   autocast_dtype=how.autocast_dtype)}
+                                   autocast_dtype=how.autocast_dtype, step_context=steps)}
     if d.main and "stopped_after_epoch" not in metrics:
         if base_nll:
             metrics["heldout_nll_base"] = base_nll

@@ -26,7 +26,7 @@ from minigpt2.device import AUTOCAST_MODES, AutocastUnavailable, autocast_dtype,
 from minigpt2.generation import generate
 from minigpt2.lora import apply_lora
 from minigpt2.model import GPT2
-from minigpt2.train import CompiledBlocks
+from minigpt2.fast.compiled import CompiledBlocks
 from quant.config import QuantConfig
 from quant.qaft import apply_precision
 from tasks import Example, collate, get_task

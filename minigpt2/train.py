@@ -16,13 +16,12 @@ is `minigpt2.resume`'s.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +32,6 @@ from tqdm import tqdm
 from .device import AUTOCAST_MODES, autocast, fused_adamw
 from .distributed import Dist, all_reduce_sum, param_checksums
 from .errors import UserError, require
-from .model import Block
 from .resume import has_resume_state, load_resume_state, save_resume_state
 
 DEFAULT_SEED = 11711  # the course's seed
@@ -67,6 +65,8 @@ class TrainConfig:
     schedule: str = field(default="linear", metadata=_doc("LR decay after warmup", choices=SCHEDULES))
     grad_clip: float = field(default=1.0, metadata=_doc("clip the global gradient norm (0: off)"))
     seed: int = field(default=DEFAULT_SEED, metadata=_doc("seed of everything random (the course's)"))
+    # The run's request; the caller switches the compiled blocks in (`minigpt2.fast.compiled`) and hands `train`
+    # the context its steps run in (`step_context`).
     compile: bool = field(default=False, metadata=_doc("torch.compile the model for training"))
     # The run's request, kept with its settings; `train` reads only the dtype the caller resolved from it
     # (`minigpt2.device.autocast_dtype`), its `autocast_dtype` argument.
@@ -140,31 +140,6 @@ def lr_lambda(total_steps: int, warmup: float, schedule: str) -> Callable[[int],
     return f
 
 
-class CompiledBlocks:
-    """`torch.compile` (inductor) for the transformer blocks of `module`, switched on only while training.
-
-    The blocks hold nearly all the work and have static shapes and control flow; one compiled `Block.forward`
-    serves every block (their weights are its inputs). What surrounds them stays eager on purpose: GPT2.forward
-    inspects the attention mask's values (is it right-padded?) to pick SDPA's causal path, which would break a
-    whole-model graph at every batch, and the chunked LM loss is already a hand-fused autograd function with
-    data-dependent row selection. Evaluation and generation (KV cache, changing lengths) run eager.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.blocks = [m for m in module.modules() if isinstance(m, Block)]
-        self.forward = torch.compile(Block.forward)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        for block in self.blocks:  # an instance attribute shadows the class's forward; deleting it restores it
-            block.forward = functools.partial(self.forward, block)
-        try:
-            yield
-        finally:
-            for block in self.blocks:
-                del block.forward
-
-
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -214,7 +189,7 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     amp: torch.dtype | None  # the autocast dtype, None for fp32
     per_rank: int  # batches per process and epoch
-    compiled: CompiledBlocks | None  # the blocks compiled for training (`cfg.compile`), or None
+    step_context: Callable[[], ContextManager] | None  # the context the training steps run in, or None
     evaluate: Callable[[nn.Module], dict[str, float]]
     callbacks: Sequence[Callback]
 
@@ -244,14 +219,16 @@ def record_epoch(metrics: dict[str, Any], row: dict[str, Any]) -> bool:
 def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], dict[str, torch.Tensor]],
           cfg: TrainConfig, evaluate: Callable[[nn.Module], dict[str, float]], metric: str,
           callbacks: Sequence[Callback] = (), d: Dist | None = None, resume_from: Path | None = None,
-          autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+          autocast_dtype: torch.dtype | None = None, step_context: Callable[[], ContextManager] | None = None
+          ) -> dict[str, Any]:
     """Train `module` (its `forward(batch)` returns the loss) on `examples`; returns the run's metrics.
 
     After every epoch rank 0 calls `evaluate(module)` for the dev figures, which include `metric` (higher is
     better), then each of `callbacks` with an `EpochEnd`: that is where the caller saves the best weights, the
     resume state (`keep_resume_state`) and the metrics. `resume_from`: a folder with a resume state to continue.
     `autocast_dtype`: the dtype the forward runs in under autocast (None: fp32), as the caller resolved the run's
-    `--autocast` mode on `d.device` (`minigpt2.device.autocast_dtype`).
+    `--autocast` mode on `d.device` (`minigpt2.device.autocast_dtype`). `step_context`: a context each epoch's
+    training steps run in, left before the dev evaluation (`--compile`: `minigpt2.fast.compiled.CompiledBlocks`'s).
     """
     d = d or Dist()
     module.to(d.device)
@@ -272,7 +249,7 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
     wrapped = module if d.world == 1 else nn.parallel.DistributedDataParallel(
         module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     loop = Loop(module, wrapped, examples, collate, cfg, d, optimizer, scheduler, autocast_dtype, per_rank,
-                CompiledBlocks(module) if cfg.compile else None, evaluate, callbacks)
+                step_context, evaluate, callbacks)
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs + 1):
         row = run_epoch(loop, epoch)
@@ -322,7 +299,7 @@ def run_epoch(loop: Loop, epoch: int) -> dict[str, Any]:
     t0 = time.time()
     bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.progress and d.main),
                dynamic_ncols=True)
-    with loop.compiled.active() if loop.compiled else contextlib.nullcontext():  # eager again for evaluation
+    with loop.step_context() if loop.step_context else contextlib.nullcontext():  # left before evaluation
         for i, idx in enumerate(bar):
             group_start = i - i % cfg.grad_accum
             group_size = min(cfg.grad_accum, len(batches) - group_start)

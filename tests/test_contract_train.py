@@ -234,6 +234,31 @@ def test_training_runs_in_train_mode_and_evaluation_in_eval_mode(tmp_path):
     assert len(in_training) == 2 * 6 and all(in_training)
 
 
+def test_every_training_step_runs_inside_the_step_context_and_evaluation_outside_it(tmp_path):
+    """`step_context` (`--compile`'s compiled blocks) is entered once per epoch around the training steps and
+    left before the dev evaluation."""
+    import contextlib
+
+    inside, entered, seen_by_forward, seen_by_eval = [False], [], [], []
+
+    @contextlib.contextmanager
+    def steps():
+        entered.append(True)
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    module = Toy()
+    real = module.forward
+    module.forward = lambda batch: seen_by_forward.append(inside[0]) or real(batch)
+    train(module, examples(), collate, TrainConfig(progress=False, epochs=2, batch_size=4),
+          evaluate=lambda m: seen_by_eval.append(inside[0]) or {"acc": 0.0}, metric="acc", step_context=steps)
+    assert len(entered) == 2 and len(seen_by_forward) == 2 * 6 and all(seen_by_forward)
+    assert seen_by_eval == [False, False]
+
+
 def test_dev_loss_runs_in_eval_mode_without_gradients():
     from app.finetune import dev_loss
     from tasks import get_task
