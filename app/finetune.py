@@ -16,6 +16,7 @@ sonnet task's training set). What a run writes after each epoch is `epoch_callba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from datetime import datetime, timezone
@@ -87,8 +88,7 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
     if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantizes afterwards (PTQ)
         apply_run_precision(module, module.gpt, settings.precision)
     if lora is not None:  # after fake-quant: a quantized frozen base + fp32 adapters
-        report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
-                            rslora=lora.rslora, trainable=head_modules(module))
+        report = apply_lora(module, dataclasses.replace(lora, trainable=tuple(head_modules(module))))
         print(report, file=sys.stderr)
     if settings.model.mode == "last-linear-layer":
         module.gpt.requires_grad_(False)
