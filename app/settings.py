@@ -27,11 +27,12 @@ import torch
 
 from minigpt2.device import autocast_dtype
 from minigpt2.errors import FieldError, UserError, require
+from minigpt2.generation import Sampling
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import TrainConfig
 from quant.config import DEFAULT_GROUP_SIZE, QuantConfig
 from tasks import TASKS
-from tasks.base import PredictSettings, Sampling
+from tasks.base import PredictSettings
 
 from .precision import PrecisionSettings
 

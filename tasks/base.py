@@ -20,6 +20,7 @@ from course.files import CourseFiles, LabelledFiles
 from course.formats import CourseFormat, LabelFormat
 from course.readers import Malformed
 from minigpt2.device import autocast
+from minigpt2.generation import Sampling
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
@@ -105,20 +106,6 @@ def sample_indices(labels: Sequence[int | None], n: int | None, seed: int, split
     else:
         chosen = rng.sample(range(len(labels)), n)
     return sorted(chosen)
-
-
-# The course's sampling settings for the sonnet task (the command line's defaults).
-TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1.2, 0.9, 400
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a generative task samples: temperature (0: greedy), nucleus mass, token budget, base seed."""
-
-    temperature: float = TEMPERATURE
-    top_p: float = TOP_P
-    max_new_tokens: int = MAX_NEW_TOKENS
-    seed: int = 0
 
 
 @dataclass(frozen=True)

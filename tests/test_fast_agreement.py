@@ -27,7 +27,8 @@ from minigpt2.losses import LMLoss
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import collate, get_task
-from tasks.base import PredictSettings, Sampling
+from minigpt2.generation import Sampling
+from tasks.base import PredictSettings
 
 DATA = TINY_DATA / "tasks"
 CPU = torch.device("cpu")

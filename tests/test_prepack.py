@@ -188,7 +188,8 @@ def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypat
     import minigpt2.fast as fast
     import tasks.sonnet as sonnet
     from minigpt2.tokenizer import Tokenizer
-    from tasks.base import Example, PredictSettings, Sampling
+    from minigpt2.generation import Sampling
+    from tasks.base import Example, PredictSettings
 
     asked = []
     real = fast.for_inference
