@@ -29,7 +29,6 @@ import torch.distributed as dist
 from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_write_json
-from minigpt2.device import autocast
 from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
 from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, without_lora
@@ -37,7 +36,7 @@ from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import (Callback, EpochEnd, keep_resume_state, new_metrics, record_epoch,
                             seed_everything, train)
 from tasks import get_task
-from tasks.base import Example, PredictSettings, Task, TaskModel, collate
+from tasks.base import Example, PredictSettings, Task, TaskModel, collate, eval_batches
 
 from . import cli, runfolder, speed, subsets
 from .cli import GROUP, checked, finetune_settings
@@ -141,18 +140,13 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
 
 def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
              autocast_dtype: torch.dtype | None) -> float:
-    """Mean loss over examples (eval mode, no grad)."""
+    """Mean loss over examples, batched in their order (`tasks.base.eval_batches`: eval mode, no grad)."""
+    losses = eval_batches(module, examples, batch_size, device, autocast_dtype, lambda batch: module(batch).item(),
+                          lm_targets=task.lm_targets)
     total, n = 0.0, 0
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk, lm_targets=task.lm_targets).items()}
-            with autocast(device, autocast_dtype):
-                total += module(batch).item() * len(chunk)
-            n += len(chunk)
-    module.train(was_training)
+    for idx, loss in losses:
+        total += loss * len(idx)
+        n += len(idx)
     return total / max(1, n)
 
 

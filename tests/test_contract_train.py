@@ -280,6 +280,30 @@ def test_dev_loss_runs_in_eval_mode_without_gradients():
     assert got == pytest.approx(expected / len(exs), rel=1e-9)
 
 
+def test_eval_batches_keeps_the_order_unless_asked_to_sort_and_runs_under_the_dtype_given():
+    """The one evaluation loop (`dev_loss`, `predict_classes`): batches in the examples' order, or length-sorted
+    with `by_length`; eval mode, no grad, the autocast dtype given; the mode given back."""
+    from tasks.base import eval_batches
+
+    module = Toy().train()
+    exs = examples()
+    seen = []
+
+    def step(batch):
+        seen.append((module.training, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
+                     torch.get_autocast_dtype("cpu")))
+        return int(batch["input_ids"].size(0))
+
+    plain = eval_batches(module, exs, 5, torch.device("cpu"), None, step)
+    assert [i for idx, _ in plain for i in idx] == list(range(len(exs))) and [n for _, n in plain] == [5, 5, 5, 5, 2]
+    assert module.training and not any(t or g or a for t, g, a, _ in seen)
+    seen.clear()
+    by_length = eval_batches(module, exs, 5, torch.device("cpu"), torch.bfloat16, step, by_length=True)
+    flat = [i for idx, _ in by_length for i in idx]
+    assert sorted(flat) == list(range(len(exs))) and [LENGTHS[i] for i in flat] == sorted(LENGTHS)
+    assert module.training and all(a and d is torch.bfloat16 and not t and not g for t, g, a, d in seen)
+
+
 def test_a_non_finite_training_loss_stops_before_any_update(tmp_path):
     module = Toy()
     module.poison = True
