@@ -25,10 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from minigpt2.device import parse_device
 from minigpt2.errors import FieldError
+from minigpt2.generation import Sampling
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import TrainConfig
 from quant.config import QuantConfig
-from tasks.base import Sampling
 
 from .precision import PrecisionError, PrecisionSettings
 from .settings import (DEFAULT_LR, DEFINES, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,

@@ -16,6 +16,7 @@ sonnet task's training set). What a run writes after each epoch is `epoch_callba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,7 +29,6 @@ import torch.distributed as dist
 from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_write_json
-from minigpt2.device import autocast, autocast_dtype
 from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
 from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, without_lora
@@ -36,7 +36,7 @@ from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import (Callback, EpochEnd, keep_resume_state, new_metrics, record_epoch,
                             seed_everything, train)
 from tasks import get_task
-from tasks.base import Example, Task, TaskModel, collate
+from tasks.base import Example, PredictSettings, Task, TaskModel, collate, eval_batches
 
 from . import cli, runfolder, speed, subsets
 from .cli import GROUP, checked, finetune_settings
@@ -88,8 +88,7 @@ def build_model(settings: RunSettings, task: Task) -> TaskModel:
     if settings.precision.qaft:  # train at the target precision; without --qaft, `run` quantizes afterwards (PTQ)
         apply_run_precision(module, module.gpt, settings.precision)
     if lora is not None:  # after fake-quant: a quantized frozen base + fp32 adapters
-        report = apply_lora(module, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout,
-                            rslora=lora.rslora, trainable=head_modules(module))
+        report = apply_lora(module, dataclasses.replace(lora, trainable=tuple(head_modules(module))))
         print(report, file=sys.stderr)
     if settings.model.mode == "last-linear-layer":
         module.gpt.requires_grad_(False)
@@ -142,26 +141,20 @@ def load_splits(task: Task, settings: RunSettings, tok: Tokenizer, max_len: int
 
 def dev_loss(module: TaskModel, examples: list[Example], task: Task, batch_size: int, device: torch.device,
              autocast_dtype: torch.dtype | None) -> float:
-    """Mean loss over examples (eval mode, no grad)."""
+    """Mean loss over examples, batched in their order (`tasks.base.eval_batches`: eval mode, no grad)."""
+    losses = eval_batches(module, examples, batch_size, device, autocast_dtype, lambda batch: module(batch).item(),
+                          lm_targets=task.lm_targets)
     total, n = 0.0, 0
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk, lm_targets=task.lm_targets).items()}
-            with autocast(device, autocast_dtype):
-                total += module(batch).item() * len(chunk)
-            n += len(chunk)
-    module.train(was_training)
+    for idx, loss in losses:
+        total += loss * len(idx)
+        n += len(idx)
     return total / max(1, n)
 
 
-def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: Tokenizer, device: torch.device
-                  ) -> Callable[[TaskModel], dict[str, float]]:
+def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, how: PredictSettings, tok: Tokenizer,
+                  device: torch.device) -> Callable[[TaskModel], dict[str, float]]:
     """The per-epoch dev evaluation: the task's metric and the dev loss."""
     loss_examples = task.loss_examples(dev)
-    how = settings.predict_settings(device)
 
     def evaluate(module: TaskModel) -> dict[str, float]:
         preds = task.predict(speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain), dev,
@@ -173,8 +166,8 @@ def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, tok: To
 
 
 def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, list[Example]],
-                            settings: RunSettings, tok: Tokenizer, device: torch.device, run_dir: Path
-                            ) -> dict[str, Any]:
+                            settings: RunSettings, how: PredictSettings, tok: Tokenizer, device: torch.device,
+                            run_dir: Path) -> dict[str, Any]:
     """Predict dev and test with `module`, write the course-format files (and, with --eval-samples K, the other
     K-1 samples beside them), score dev, and test where its labels (or true sonnets) exist, averaged over the
     samples; the sha256 of every file scored and scored against; for classification tasks the majority-class
@@ -183,7 +176,6 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     result: dict[str, Any] = {"files_sha256": {}}
     folder = data_dir(settings.paths.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
-    how = settings.predict_settings(device)
     predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
     corpora = copying_corpora(task, folder, test_refs) if task.generative else None
     for split in ("dev", "test"):
@@ -232,7 +224,8 @@ def scored_references(task: Task, folder: Path, test_refs: Path | None, test: bo
 
 
 def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[Example]], settings: RunSettings,
-                          tok: Tokenizer, device: torch.device, run_dir: Path) -> dict[str, Any]:
+                          how: PredictSettings, tok: Tokenizer, device: torch.device, run_dir: Path
+                          ) -> dict[str, Any]:
     """The held-out likelihood of the model before any training step (the reference a fine-tuned model must
     beat), kept in RUN_DIR/heldout-nll-base.json so that a resumed run reports the same figure."""
     path = run_dir / runfolder.HELDOUT_BASE_FILE
@@ -240,21 +233,22 @@ def base_heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[
         return runfolder.read_json(path)
     module.to(device)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
-    base = heldout_measures(task, module, splits, settings.predict_settings(device), tok, device,
+    base = heldout_measures(task, module, splits, how, tok, device,
                             data_dir(settings.paths.data_dir), test_refs)
     atomic_write_json(path, base)
     return base
 
 
 def score_base_model(module: TaskModel, task: Task, splits: dict[str, list[Example]], settings: RunSettings,
-                     tok: Tokenizer, d: Dist, run_dir: Path) -> dict[str, Any]:
+                     how: PredictSettings, tok: Tokenizer, d: Dist, run_dir: Path) -> dict[str, Any]:
     """`--epochs 0`: no training. The base model (fake-quantized already under --qaft) is scored on dev and saved
     as the run's best, so that the rest of the run (PTQ, predictions, test scores) treats it as any best epoch."""
     t0 = time.time()
     module.to(d.device)
-    metrics = new_metrics(module, settings.train_config(), task.metric, d, steps_per_epoch=0)
+    metrics = new_metrics(module, settings.train_config(), task.metric, d, steps_per_epoch=0,
+                          autocast_dtype=how.autocast_dtype)
     metrics["trainable_params"] = 0  # nothing is trained
-    record_epoch(metrics, {"epoch": 0, **make_evaluate(task, splits["dev"], settings, tok, d.device)(module)})
+    record_epoch(metrics, {"epoch": 0, **make_evaluate(task, splits["dev"], settings, how, tok, d.device)(module)})
     if d.main:
         save_run_model(module, run_dir / "best", settings)
     metrics["wall_s"] = time.time() - t0
@@ -313,18 +307,20 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if settings.hardware.threads is not None:  # before any work: a run's thread count is one of its settings
         torch.set_num_threads(settings.hardware.threads)
     d = setup_distributed(settings.hardware.device)
-    checked(lambda: autocast_dtype(settings.autocast, d.device), GROUP["optim"])  # an unsupported bf16: refused now
+    # The run's --autocast mode resolved to its dtype, once: everything that trains or predicts takes `how`'s.
+    how = checked(lambda: settings.predict_settings(d.device), GROUP["optim"])  # an unsupported bf16: refused now
     run_dir = _shared_run_dir(settings, d)
     try:
         recorded = runfolder.check_resume(run_dir, settings) if settings.run.resume else None
         # One process writes a run folder at a time (rank 0 holds the lock for the group).
         with runfolder.locked(run_dir) if d.main else contextlib.nullcontext():
-            return _run(settings, d, run_dir, recorded)
+            return _run(settings, d, run_dir, recorded, how)
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
 
 
-def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any] | None) -> dict[str, Any]:
+def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any] | None, how: PredictSettings
+         ) -> dict[str, Any]:
     """Set the run up, train (or score the base model), then predict and score with the best weights."""
     if d.main:
         runfolder.check_fresh(run_dir, settings)
@@ -347,20 +343,22 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
         write_run_config(run_dir, settings, d, fingerprint, max_len, recorded)
         atomic_write_json(run_dir / subsets.SUBSETS_FILE, {"seed": settings.optim.seed, "splits": chosen})
     info = run_info(task, settings, module, splits, notes)
-    base_nll = (base_heldout_measures(task, module, splits, settings, tok, d.device, run_dir)
+    base_nll = (base_heldout_measures(task, module, splits, settings, how, tok, d.device, run_dir)
                 if d.main and task.generative else {})
     if settings.optim.epochs == 0:
-        metrics = {**info, **score_base_model(module, task, splits, settings, tok, d, run_dir)}
+        metrics = {**info, **score_base_model(module, task, splits, settings, how, tok, d, run_dir)}
     else:
-        speed.for_training(module, d.device, settings.hardware.plain)
+        steps = speed.for_training(module, d.device, settings.hardware.plain, settings.optim.compile)
         metrics = {**info, **train(module, splits["train"], lambda ex: collate(ex, lm_targets=task.lm_targets),
-                                   settings.train_config(), make_evaluate(task, splits["dev"], settings, tok, d.device),
+                                   settings.train_config(), make_evaluate(task, splits["dev"], settings, how, tok,
+                                                                          d.device),
                                    task.metric, epoch_callbacks(settings, run_dir, info), d=d,
-                                   resume_from=run_dir / "last" if settings.run.resume else None)}
+                                   resume_from=run_dir / "last" if settings.run.resume else None,
+                                   autocast_dtype=how.autocast_dtype, step_context=steps)}
     if d.main and "stopped_after_epoch" not in metrics:
         if base_nll:
             metrics["heldout_nll_base"] = base_nll
-        finish_run(module, task, splits, settings, tok, d.device, run_dir, metrics)
+        finish_run(module, task, splits, settings, how, tok, d.device, run_dir, metrics)
     elif d.main:
         atomic_write_json(run_dir / runfolder.METRICS_FILE, metrics)
     leave_together(d)
@@ -398,7 +396,8 @@ def run_info(task: Task, settings: RunSettings, module: TaskModel, splits: dict[
 
 
 def finish_run(module: TaskModel, task: Task, splits: dict[str, list[Example]], settings: RunSettings,
-               tok: Tokenizer, device: torch.device, run_dir: Path, metrics: dict[str, Any]) -> None:
+               how: PredictSettings, tok: Tokenizer, device: torch.device, run_dir: Path, metrics: dict[str, Any]
+               ) -> None:
     """Rank 0 after training: load the best weights (quantized after training for PTQ), write and score the dev
     and test predictions, the packed quantized model, and the final metrics.json."""
     runfolder.check_still_there(run_dir)
@@ -407,7 +406,7 @@ def finish_run(module: TaskModel, task: Task, splits: dict[str, list[Example]], 
     precision = settings.precision
     if precision.format != "fp32" and not precision.qaft:  # post-training quantization, evaluated the same
         apply_run_precision(module, module.gpt, precision)
-    metrics.update(write_split_predictions(task, module, splits, settings, tok, device, run_dir))
+    metrics.update(write_split_predictions(task, module, splits, settings, how, tok, device, run_dir))
     if precision.format != "fp32":
         with without_lora(module.gpt):  # the packed base; a LoRA run's adapter is best/adapter.safetensors
             metrics["quantization"] = write_quantized(module.gpt, precision, run_dir)

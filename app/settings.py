@@ -27,11 +27,12 @@ import torch
 
 from minigpt2.device import autocast_dtype
 from minigpt2.errors import FieldError, UserError, require
+from minigpt2.generation import Sampling
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import DEFAULT_SEED, TrainConfig
 from quant.config import DEFAULT_GROUP_SIZE, QuantConfig
 from tasks import TASKS
-from tasks.base import PredictSettings, Sampling
+from tasks.base import PredictSettings
 
 from .precision import PrecisionSettings
 
@@ -248,7 +249,8 @@ class RunSettings:
             raise SettingsError(f"run settings do not fit this version of the code ({e})") from None
 
     def train_config(self) -> TrainConfig:
-        """The trainer's config: `optim`, with the autocast mode the run uses (`autocast`)."""
+        """The trainer's config: `optim`, with the autocast mode the run uses (`autocast`), as metrics.json records
+        it; the trainer runs in the dtype `predict_settings` resolves it to."""
         return replace(self.optim, autocast=self.autocast)
 
     @property
@@ -261,7 +263,8 @@ class RunSettings:
         return self.optim.autocast
 
     def predict_settings(self, device: torch.device) -> PredictSettings:
-        """What the tasks' `predict` needs, with the run's autocast mode resolved to its dtype on `device`."""
+        """What the tasks' `predict` needs, with the run's autocast mode resolved to its dtype on `device`: the one
+        place a run's mode becomes a dtype (the trainer takes this one too)."""
         return PredictSettings(batch_size=self.eval.batch_size, autocast_dtype=autocast_dtype(self.autocast, device),
                                sampling=self.eval.sampling)
 

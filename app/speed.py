@@ -1,21 +1,29 @@
 """Where the application switches the speed pieces (`minigpt2.fast`) in: once before training, once for the model a
 generative task predicts with. With `--plain` (`HardwareSettings.plain`) neither happens, and every command runs
-the library's plain modules only."""
+the library's plain modules only; `--compile` (the compiled blocks, `minigpt2.fast.compiled`) is its own switch and
+holds on either path, as it changes no module."""
 
 from __future__ import annotations
 
 import copy
+from typing import Callable, ContextManager
 
 import torch
 
 from minigpt2 import fast
+from minigpt2.fast.compiled import CompiledBlocks
 from tasks.base import Task, TaskModel
 
 
-def for_training(module: TaskModel, device: torch.device, plain: bool) -> None:
-    """`minigpt2.fast.for_training` unless `plain`: in place, no parameter or state-dict key changes."""
+def for_training(module: TaskModel, device: torch.device, plain: bool, compile: bool = False
+                 ) -> Callable[[], ContextManager] | None:
+    """`minigpt2.fast.for_training` unless `plain`: in place, no parameter or state-dict key changes. Returns the
+    context the training steps run in (`minigpt2.train.train`'s `step_context`): with `compile`, the blocks
+    compiled by inductor (`CompiledBlocks`, built after the swaps above so that it compiles the blocks that
+    train); else None."""
     if not plain:
         fast.for_training(module, device)
+    return CompiledBlocks(module).active if compile else None
 
 
 def predicting(module: TaskModel, task: Task, device: torch.device, autocast_dtype: torch.dtype | None,

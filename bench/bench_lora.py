@@ -93,9 +93,9 @@ def _minigpt2_model(variant: str, device: torch.device, rank: int, config: str, 
 
     model = GPT2(GPT2Config.from_name(config)).to(device).train()
     if variant == "minigpt2-lora":
-        from minigpt2.lora import apply_lora
+        from minigpt2.lora import LoRAConfig, apply_lora
 
-        apply_lora(model, rank=rank, alpha=ALPHA, targets="attn+mlp")
+        apply_lora(model, LoRAConfig(rank=rank, alpha=ALPHA, targets="attn+mlp"))
     speed.for_training(model, device)  # as the application does for every training run
 
     def loss_fn() -> torch.Tensor:

@@ -24,9 +24,9 @@ import torch
 from minigpt2.config import GPT2Config
 from minigpt2.device import AUTOCAST_MODES, AutocastUnavailable, autocast_dtype, autocast_for, fused_adamw
 from minigpt2.generation import generate
-from minigpt2.lora import apply_lora
+from minigpt2.lora import LoRAConfig, apply_lora
 from minigpt2.model import GPT2
-from minigpt2.train import CompiledBlocks
+from minigpt2.fast.compiled import CompiledBlocks
 from quant.config import QuantConfig
 from quant.qaft import apply_precision
 from tasks import Example, collate, get_task
@@ -74,7 +74,7 @@ def run_path(p: SmokePath, device: torch.device, autocast: str, compile: bool) -
         apply_precision(module.gpt, "int8", QuantConfig.for_precision("int8"))
     if p.method == "lora":
         heads = [n for n, m in module.named_children() if n != "gpt" and any(True for _ in m.parameters())]
-        apply_lora(module, rank=8, targets="attn+mlp", trainable=heads)
+        apply_lora(module, LoRAConfig(rank=8, targets="attn+mlp", trainable=tuple(heads)))
     module.to(device).train()
     trainable = [q for q in module.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4, **({"fused": True} if fused_adamw(device) else {}))

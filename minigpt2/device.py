@@ -8,8 +8,9 @@
 
 Weights, their gradients and the AdamW moments stay fp32 (the master copy): autocast only changes the dtype in
 which matmuls run. `minigpt2.fast.chunked_loss.chunked_lm_loss` reads the autocast state itself and keeps its
-softmax statistics and sums in fp32. Everything that trains or evaluates (the training loop, the tasks' evaluation, the smoke
-command) asks this module, so the decision is taken once per device.
+softmax statistics and sums in fp32. A run's mode becomes a dtype here, once per command (`finetune`, `evaluate`:
+`app.settings.RunSettings.predict_settings`; the smoke and bench commands); the training loop and the tasks'
+evaluation take that dtype and apply it with `autocast`.
 """
 
 from __future__ import annotations

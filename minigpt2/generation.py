@@ -9,12 +9,27 @@ This is the library; `python -m minigpt2.generate` is the command (`app.generate
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .model import GPT2, KVCache
 from .tokenizer import EOT_ID
+
+# The course's sampling settings for the sonnet task (the finetune command line's defaults).
+TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1.2, 0.9, 400
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a task samples with `generate`: temperature (0: greedy), nucleus mass, token budget, base seed. A run's
+    config.json holds it as a JSON object of these four fields (`dataclasses.asdict`)."""
+
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    max_new_tokens: int = MAX_NEW_TOKENS
+    seed: int = 0
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -157,6 +157,10 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         _check_settings(self.rank, self.alpha, self.dropout)
         target_suffixes(self.targets)
+        # A list of names is kept as a tuple: a config equals the one read back from its file, and is hashable.
+        if not isinstance(self.targets, str):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "trainable", tuple(self.trainable))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -246,21 +250,19 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0, targets: str | Sequence[str] = "attn",
-               dropout: float = 0.0, rslora: bool = False, trainable: Iterable[str] = ()) -> LoRAReport:
-    """Wrap the target projections of `model` in `LoRALinear` and freeze everything but the adapters.
+def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRAReport:
+    """Wrap the projections `config.targets` selects in `LoRALinear` and freeze everything but the adapters.
 
-    targets: "attn" (query, key, value, output projection), "attn+mlp" (also mlp.c_fc and mlp.c_proj), or
-    module-name suffixes. trainable: names of extra modules of `model` that keep training in full (a task head).
-    The settings are kept as `model.lora_config` for `save_adapter`.
+    config.targets: "attn" (query, key, value, output projection), "attn+mlp" (also mlp.c_fc and mlp.c_proj), or
+    module-name suffixes. config.trainable: names of extra modules of `model` that keep training in full (a task
+    head). The settings are kept as `model.lora_config` for `save_adapter`.
     """
-    config = LoRAConfig(rank=rank, alpha=alpha, targets=targets if isinstance(targets, str) else tuple(targets),
-                        dropout=dropout, rslora=rslora, trainable=tuple(trainable))
     if lora_modules(model):
         raise ValueError(f"{type(model).__name__} already has LoRA adapters; apply_lora works on a plain model")
     names = find_targets(model, config.targets)
     for name in names:
-        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora))
+        replace_module(model, name, LoRALinear(model.get_submodule(name), config.rank, config.alpha,
+                                               config.dropout, config.rslora))
     mark_only_lora_trainable(model, config.trainable)
     model.lora_config = config
     return lora_report(model)
@@ -352,8 +354,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> LoRAReport:
     current: LoRAConfig | None = getattr(model, "lora_config", None)
     if current is None:
         try:
-            apply_lora(model, config.rank, config.alpha, config.targets, config.dropout, config.rslora,
-                       config.trainable)
+            apply_lora(model, config)
         except ValueError as e:
             raise CheckpointError(f"{path}: adapter settings do not fit this model: {e}") from e
     else:

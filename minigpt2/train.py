@@ -7,21 +7,21 @@
 
 What it does not know: tasks, heads, LoRA, quantization, run folders. Those arrive already inside `module`, or in
 the callbacks. Multi-GPU: launch with `torchrun --nproc_per_node N` (`minigpt2.distributed`); each rank takes
-every N-th batch and DDP averages the gradients. The forward runs under the autocast `cfg.autocast` asks for
-(`minigpt2.device`: bf16 on CUDA by default, on CPUs with native bf16 when asked); AdamW is fused on CUDA.
-Weights and AdamW moments stay fp32. The resume state is `minigpt2.resume`'s.
+every N-th batch and DDP averages the gradients. The forward runs under autocast in the dtype the caller passes
+(`autocast_dtype`, None: fp32), resolved once from the run's `--autocast` mode by the application
+(`minigpt2.device.autocast_dtype`); AdamW is fused on CUDA. Weights and AdamW moments stay fp32. The resume state
+is `minigpt2.resume`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -29,10 +29,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .device import AUTOCAST_MODES, autocast, autocast_dtype, fused_adamw
+from .device import AUTOCAST_MODES, autocast, fused_adamw
 from .distributed import Dist, all_reduce_sum, param_checksums
 from .errors import UserError, require
-from .model import Block
 from .resume import has_resume_state, load_resume_state, save_resume_state
 
 DEFAULT_SEED = 11711  # the course's seed
@@ -67,7 +66,11 @@ class TrainConfig:
     schedule: str = field(default="linear", metadata=_doc("LR decay after warmup", choices=SCHEDULES))
     grad_clip: float = field(default=1.0, metadata=_doc("clip the global gradient norm (0: off)"))
     seed: int = field(default=DEFAULT_SEED, metadata=_doc("seed of everything random (the course's)"))
+    # The run's request; the caller switches the compiled blocks in (`minigpt2.fast.compiled`) and hands `train`
+    # the context its steps run in (`step_context`).
     compile: bool = field(default=False, metadata=_doc("torch.compile the model for training", role="runs"))
+    # The run's request, kept with its settings; `train` reads only the dtype the caller resolved from it
+    # (`minigpt2.device.autocast_dtype`), its `autocast_dtype` argument.
     autocast: str = field(default="auto", metadata=_doc(
         "auto: bf16 autocast on CUDA, fp32 on CPU; bf16: bf16 autocast on CUDA or on a CPU with native bf16 (an "
         "error elsewhere); off: fp32 everywhere. Weights stay fp32", choices=AUTOCAST_MODES))
@@ -139,31 +142,6 @@ def lr_lambda(total_steps: int, warmup: float, schedule: str) -> Callable[[int],
     return f
 
 
-class CompiledBlocks:
-    """`torch.compile` (inductor) for the transformer blocks of `module`, switched on only while training.
-
-    The blocks hold nearly all the work and have static shapes and control flow; one compiled `Block.forward`
-    serves every block (their weights are its inputs). What surrounds them stays eager on purpose: GPT2.forward
-    inspects the attention mask's values (is it right-padded?) to pick SDPA's causal path, which would break a
-    whole-model graph at every batch, and the chunked LM loss is already a hand-fused autograd function with
-    data-dependent row selection. Evaluation and generation (KV cache, changing lengths) run eager.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.blocks = [m for m in module.modules() if isinstance(m, Block)]
-        self.forward = torch.compile(Block.forward)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        for block in self.blocks:  # an instance attribute shadows the class's forward; deleting it restores it
-            block.forward = functools.partial(self.forward, block)
-        try:
-            yield
-        finally:
-            for block in self.blocks:
-                del block.forward
-
-
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -213,19 +191,19 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     amp: torch.dtype | None  # the autocast dtype, None for fp32
     per_rank: int  # batches per process and epoch
-    compiled: CompiledBlocks | None  # the blocks compiled for training (`cfg.compile`), or None
+    step_context: Callable[[], ContextManager] | None  # the context the training steps run in, or None
     evaluate: Callable[[nn.Module], dict[str, float]]
     callbacks: Sequence[Callback]
 
 
-def new_metrics(module: nn.Module, cfg: TrainConfig, metric: str, d: Dist, steps_per_epoch: int
-                ) -> dict[str, Any]:
-    """The metrics record of a run before its first epoch: what it trains, how, and where the epochs will go."""
-    amp = autocast_dtype(cfg.autocast, d.device)
+def new_metrics(module: nn.Module, cfg: TrainConfig, metric: str, d: Dist, steps_per_epoch: int,
+                autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The metrics record of a run before its first epoch: what it trains, how (`autocast_dtype`: the dtype its
+    forward runs in, None: fp32), and where the epochs will go."""
     return {"metric": metric, "epochs": [], "best": None, "trainable_params": count_trainable(module),
             "total_params": sum(p.numel() for p in module.parameters()), "world_size": d.world,
-            "optimizer_steps_per_epoch": steps_per_epoch, "autocast_used": "bf16" if amp == torch.bfloat16 else "off",
-            "train_config": asdict(cfg)}
+            "optimizer_steps_per_epoch": steps_per_epoch,
+            "autocast_used": "bf16" if autocast_dtype == torch.bfloat16 else "off", "train_config": asdict(cfg)}
 
 
 def record_epoch(metrics: dict[str, Any], row: dict[str, Any]) -> bool:
@@ -242,13 +220,17 @@ def record_epoch(metrics: dict[str, Any], row: dict[str, Any]) -> bool:
 
 def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], dict[str, torch.Tensor]],
           cfg: TrainConfig, evaluate: Callable[[nn.Module], dict[str, float]], metric: str,
-          callbacks: Sequence[Callback] = (), d: Dist | None = None, resume_from: Path | None = None
+          callbacks: Sequence[Callback] = (), d: Dist | None = None, resume_from: Path | None = None,
+          autocast_dtype: torch.dtype | None = None, step_context: Callable[[], ContextManager] | None = None
           ) -> dict[str, Any]:
     """Train `module` (its `forward(batch)` returns the loss) on `examples`; returns the run's metrics.
 
     After every epoch rank 0 calls `evaluate(module)` for the dev figures, which include `metric` (higher is
     better), then each of `callbacks` with an `EpochEnd`: that is where the caller saves the best weights, the
     resume state (`keep_resume_state`) and the metrics. `resume_from`: a folder with a resume state to continue.
+    `autocast_dtype`: the dtype the forward runs in under autocast (None: fp32), as the caller resolved the run's
+    `--autocast` mode on `d.device` (`minigpt2.device.autocast_dtype`). `step_context`: a context each epoch's
+    training steps run in, left before the dev evaluation (`--compile`: `minigpt2.fast.compiled.CompiledBlocks`'s).
     """
     d = d or Dist()
     module.to(d.device)
@@ -260,17 +242,16 @@ def train(module: nn.Module, examples: Sequence[Any], collate: Callable[[list[An
         raise TrainingSetTooSmall(f"{len(examples)} training examples make {n_batches} batches of {cfg.batch_size}: "
                                   f"fewer than the {d.world} processes")
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
-    amp = autocast_dtype(cfg.autocast, d.device)  # before any work: an unsupported `bf16` is refused here
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
                                   **({"fused": True} if fused_adamw(d.device) else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup, cfg.schedule))
-    metrics = new_metrics(module, cfg, metric, d, steps_per_epoch)
+    metrics = new_metrics(module, cfg, metric, d, steps_per_epoch, autocast_dtype)
     start_epoch, wall_before = restore(resume_from, module, optimizer, scheduler, metrics, cfg, d)
     wrapped = module if d.world == 1 else nn.parallel.DistributedDataParallel(
         module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    loop = Loop(module, wrapped, examples, collate, cfg, d, optimizer, scheduler, amp, per_rank,
-                CompiledBlocks(module) if cfg.compile else None, evaluate, callbacks)
+    loop = Loop(module, wrapped, examples, collate, cfg, d, optimizer, scheduler, autocast_dtype, per_rank,
+                step_context, evaluate, callbacks)
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs + 1):
         row = run_epoch(loop, epoch)
@@ -320,7 +301,7 @@ def run_epoch(loop: Loop, epoch: int) -> dict[str, Any]:
     t0 = time.time()
     bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.progress and d.main),
                dynamic_ncols=True)
-    with loop.compiled.active() if loop.compiled else contextlib.nullcontext():  # eager again for evaluation
+    with loop.step_context() if loop.step_context else contextlib.nullcontext():  # left before evaluation
         for i, idx in enumerate(bar):
             group_start = i - i % cfg.grad_accum
             group_size = min(cfg.grad_accum, len(batches) - group_start)

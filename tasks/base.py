@@ -11,7 +11,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ from course.files import CourseFiles, LabelledFiles
 from course.formats import CourseFormat, LabelFormat
 from course.readers import Malformed
 from minigpt2.device import autocast
+from minigpt2.generation import Sampling
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
@@ -107,20 +108,6 @@ def sample_indices(labels: Sequence[int | None], n: int | None, seed: int, split
     return sorted(chosen)
 
 
-# The course's sampling settings for the sonnet task (the command line's defaults).
-TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1.2, 0.9, 400
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a generative task samples: temperature (0: greedy), nucleus mass, token budget, base seed."""
-
-    temperature: float = TEMPERATURE
-    top_p: float = TOP_P
-    max_new_tokens: int = MAX_NEW_TOKENS
-    seed: int = 0
-
-
 @dataclass(frozen=True)
 class PredictSettings:
     """What a task's `predict` needs from the run: batch size, the autocast dtype (None: fp32; the application
@@ -182,23 +169,40 @@ class ClassificationTask(Task):
         return {"accuracy": accuracy(predictions, [e.label for e in examples])}
 
 
+def eval_batches(module: nn.Module, examples: Sequence[Example], batch_size: int, device: torch.device,
+                 autocast_dtype: torch.dtype | None, step: Callable[[dict[str, torch.Tensor]], Any],
+                 lm_targets: bool = False, by_length: bool = False) -> list[tuple[list[int], Any]]:
+    """The evaluation loop: `step(batch)` on each batch of `examples` in eval mode, without gradients, under
+    autocast in `autocast_dtype` (None: fp32); the mode is given back after. Returns (indices of the batch's
+    examples, what `step` returned) per batch. `by_length`: batches of length-sorted examples (less padding),
+    else in the examples' order."""
+    order = list(range(len(examples)))
+    if by_length:
+        order.sort(key=lambda i: len(examples[i].input_ids))
+    out: list[tuple[list[int], Any]] = []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = collate([examples[i] for i in idx], lm_targets=lm_targets)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast(device, autocast_dtype):
+                    out.append((idx, step(batch)))
+    finally:
+        module.train(was_training)
+    return out
+
+
 def predict_classes(module: TaskModel, examples: list[Example], batch_size: int, device: torch.device,
                     autocast_dtype: torch.dtype | None = None) -> list[int]:
     """Run `module.predict` over examples in length-sorted batches (less padding); results in input order.
     `autocast_dtype`: the dtype the forward runs in under autocast (None: fp32)."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out: list[int] = [0] * len(examples)
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = collate([examples[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, autocast_dtype):
-                preds = module.predict(batch).tolist()
-            for i, p in zip(idx, preds):
-                out[i] = p
-    module.train(was_training)
+    for idx, preds in eval_batches(module, examples, batch_size, device, autocast_dtype,
+                                   lambda batch: module.predict(batch).tolist(), by_length=True):
+        for i, p in zip(idx, preds):
+            out[i] = p
     return out
 

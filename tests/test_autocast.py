@@ -85,30 +85,38 @@ def test_faked_cuda_without_bf16_runs_fp32_and_refuses_bf16(fake_cuda):
         dev.autocast_dtype("bf16", "cuda")
 
 
-def test_training_loop_asks_the_device_module(monkeypatch, tmp_path):
-    """`train` takes its autocast dtype and its AdamW flavour from minigpt2.device, nowhere else."""
+def test_training_loop_runs_in_the_dtype_it_is_given_and_asks_the_device_module_for_adamw(monkeypatch, tmp_path):
+    """`train` runs its forward under autocast in the dtype the caller resolved (it resolves no mode itself) and
+    takes its AdamW flavour from minigpt2.device."""
     import minigpt2.train as train_mod
 
     made = []
     real_adamw = torch.optim.AdamW
     monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: made.append(k) or real_adamw(*a, **k))
     monkeypatch.setattr(train_mod, "fused_adamw", lambda d: True)  # fused AdamW also runs on CPU
-    monkeypatch.setattr(dev, "cpu_native_bf16", lambda: True)
-    metrics = _tiny_train(tmp_path, "bf16")
+    for dtype, used in ((torch.bfloat16, "bf16"), (None, "off")):
+        seen, metrics = _tiny_train(tmp_path, dtype)
+        assert seen == {dtype}  # every training forward, none in fp32 under bf16 (nor the reverse)
+        assert metrics["autocast_used"] == used and math.isfinite(metrics["epochs"][-1]["train_loss"])
     assert made and made[0].get("fused") is True
-    assert metrics["autocast_used"] == "bf16" and math.isfinite(metrics["epochs"][-1]["train_loss"])
 
 
-def _tiny_train(tmp_path: Path, autocast: str) -> dict:
+def _tiny_train(tmp_path: Path, autocast_dtype: torch.dtype | None) -> tuple[set, dict]:
+    """A tiny sentiment run trained with `autocast_dtype`; the autocast dtype each training forward saw."""
     from minigpt2.train import TrainConfig, train
     from tasks import Example
     from tasks.sentiment import SentimentClassifier
 
     torch.manual_seed(0)
     module = SentimentClassifier(GPT2(GPT2Config.from_name("tiny")), 2)
+    seen = set()
+    module.register_forward_pre_hook(lambda m, a: seen.add(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
     examples = [Example(str(i), [i + 1, i + 2, i + 3], i % 2) for i in range(8)]
-    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, autocast=autocast, progress=False)
-    return train(module, examples, collate, cfg, lambda m: {"accuracy": 0.0}, "accuracy")
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, progress=False)
+    metrics = train(module, examples, collate, cfg, lambda m: {"accuracy": 0.0}, "accuracy",
+                    autocast_dtype=autocast_dtype)
+    return seen, metrics
 
 
 # ------------------------------------------------------------------------------------------- the command

@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from minigpt2.config import GPT2Config
 from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2
-from minigpt2.train import CompiledBlocks
+from minigpt2.fast.compiled import CompiledBlocks
 from tests.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
@@ -51,3 +51,18 @@ def test_compiled_blocks_give_eager_logits_and_training_step():
         with compiled.active():
             got = model.logits(ids)
         torch.testing.assert_close(got, eager.logits(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_the_application_switches_the_compiled_blocks_in_only_with_compile_on_either_path():
+    """`app.speed.for_training`: `--compile` gives the context that compiles every block (on the plain path too:
+    it changes no module); without it, none. Nothing is compiled until a forward runs."""
+    from app import speed
+
+    for plain in (False, True):
+        model = GPT2(GPT2Config.from_name("tiny"))
+        assert speed.for_training(model, torch.device("cpu"), plain, compile=False) is None
+        steps = speed.for_training(model, torch.device("cpu"), plain, compile=True)
+        blocks = list(model.h)
+        with steps():
+            assert all("forward" in vars(b) for b in blocks)
+        assert all("forward" not in vars(b) for b in blocks)

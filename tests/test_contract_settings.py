@@ -25,7 +25,7 @@ from app.finetune import parse_settings
 from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
 from app.settings import DEFINES, SettingsError, defining, role_of, setting_paths
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.lora import apply_lora, lora_modules
+from minigpt2.lora import LoRAConfig, apply_lora, lora_modules
 
 BASE = ["--task", "sst", "--model", "tiny", "--data-dir", "data", "--device", "cpu"]
 
@@ -49,7 +49,7 @@ def test_lora_defaults_wrap_attention_and_mlp():
     lora = s.model.lora
     assert (lora.rank, lora.alpha, lora.dropout) == (8, 16.0, 0.0)
     model = GPT2(GPT2Config.from_name("tiny"))
-    apply_lora(model, lora.rank, lora.alpha, lora.targets)
+    apply_lora(model, lora)
     wrapped = sorted({name.split(".", 2)[-1] for name in lora_modules(model)})
     assert wrapped == ["attn.c_proj", "attn.key", "attn.query", "attn.value", "mlp.c_fc", "mlp.c_proj"]
     assert len(lora_modules(model)) == 6 * model.config.n_layer

@@ -234,6 +234,31 @@ def test_training_runs_in_train_mode_and_evaluation_in_eval_mode(tmp_path):
     assert len(in_training) == 2 * 6 and all(in_training)
 
 
+def test_every_training_step_runs_inside_the_step_context_and_evaluation_outside_it(tmp_path):
+    """`step_context` (`--compile`'s compiled blocks) is entered once per epoch around the training steps and
+    left before the dev evaluation."""
+    import contextlib
+
+    inside, entered, seen_by_forward, seen_by_eval = [False], [], [], []
+
+    @contextlib.contextmanager
+    def steps():
+        entered.append(True)
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    module = Toy()
+    real = module.forward
+    module.forward = lambda batch: seen_by_forward.append(inside[0]) or real(batch)
+    train(module, examples(), collate, TrainConfig(progress=False, epochs=2, batch_size=4),
+          evaluate=lambda m: seen_by_eval.append(inside[0]) or {"acc": 0.0}, metric="acc", step_context=steps)
+    assert len(entered) == 2 and len(seen_by_forward) == 2 * 6 and all(seen_by_forward)
+    assert seen_by_eval == [False, False]
+
+
 def test_dev_loss_runs_in_eval_mode_without_gradients():
     from app.finetune import dev_loss
     from tasks import get_task
@@ -253,6 +278,30 @@ def test_dev_loss_runs_in_eval_mode_without_gradients():
     with torch.no_grad():
         expected = sum(float(real(collate(exs[i:i + 5]))) * len(exs[i:i + 5]) for i in range(0, len(exs), 5))
     assert got == pytest.approx(expected / len(exs), rel=1e-9)
+
+
+def test_eval_batches_keeps_the_order_unless_asked_to_sort_and_runs_under_the_dtype_given():
+    """The one evaluation loop (`dev_loss`, `predict_classes`): batches in the examples' order, or length-sorted
+    with `by_length`; eval mode, no grad, the autocast dtype given; the mode given back."""
+    from tasks.base import eval_batches
+
+    module = Toy().train()
+    exs = examples()
+    seen = []
+
+    def step(batch):
+        seen.append((module.training, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
+                     torch.get_autocast_dtype("cpu")))
+        return int(batch["input_ids"].size(0))
+
+    plain = eval_batches(module, exs, 5, torch.device("cpu"), None, step)
+    assert [i for idx, _ in plain for i in idx] == list(range(len(exs))) and [n for _, n in plain] == [5, 5, 5, 5, 2]
+    assert module.training and not any(t or g or a for t, g, a, _ in seen)
+    seen.clear()
+    by_length = eval_batches(module, exs, 5, torch.device("cpu"), torch.bfloat16, step, by_length=True)
+    flat = [i for idx, _ in by_length for i in idx]
+    assert sorted(flat) == list(range(len(exs))) and [LENGTHS[i] for i in flat] == sorted(LENGTHS)
+    assert module.training and all(a and d is torch.bfloat16 and not t and not g for t, g, a, d in seen)
 
 
 def test_a_non_finite_training_loss_stops_before_any_update(tmp_path):

@@ -22,12 +22,13 @@ from minigpt2.fast.lora import FusedLoRALinear
 from minigpt2.fast.prepack import PackedGPT2, available
 from minigpt2.fast.recompute import RecomputeGELUMLP
 from minigpt2.generation import generate
-from minigpt2.lora import apply_lora, lora_modules
+from minigpt2.lora import LoRAConfig, apply_lora, lora_modules
 from minigpt2.losses import LMLoss
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import collate, get_task
-from tasks.base import PredictSettings, Sampling
+from minigpt2.generation import Sampling
+from tasks.base import PredictSettings
 
 DATA = TINY_DATA / "tasks"
 CPU = torch.device("cpu")
@@ -49,7 +50,7 @@ def pair(task, method: str):
     plain = task.build(gpt)
     if method == "lora":
         heads = [n for n, m in plain.named_children() if n != "gpt" and any(True for _ in m.parameters())]
-        apply_lora(plain, rank=4, alpha=8.0, targets="attn+mlp", trainable=heads)
+        apply_lora(plain, LoRAConfig(rank=4, alpha=8.0, targets="attn+mlp", trainable=heads))
         with torch.no_grad():
             for m in lora_modules(plain).values():
                 m.lora_B.normal_(0, 0.2)  # a trained adapter, not the zero init

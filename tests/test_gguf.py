@@ -271,12 +271,12 @@ def test_command_refusals(capsys, tmp_path):
 def test_command_merges_a_lora_model(hf_dir, tmp_path, monkeypatch):
     """A run folder's LoRA adapters are merged into the exported weights: the file computes base + B A."""
     from app import gguf as command
-    from minigpt2.lora import apply_lora, lora_modules
+    from minigpt2.lora import LoRAConfig, apply_lora, lora_modules
 
     torch.manual_seed(1)
     model = load_model(hf_dir)
     base = logits(model)
-    apply_lora(model, rank=2, alpha=4.0, targets="attn")
+    apply_lora(model, LoRAConfig(rank=2, alpha=4.0, targets="attn"))
     for m in lora_modules(model).values():
         torch.nn.init.normal_(m.lora_B, std=0.5)  # a trained adapter: B is no longer zero
     want = logits(model)  # adapters unmerged: x W^T + s (x A^T) B^T

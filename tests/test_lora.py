@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import CheckpointError, save_model
-from minigpt2.lora import (METADATA_KEY, LoRALinear, apply_lora, lora_state_dict, load_adapter,
-                           mark_only_lora_trainable, merge_lora, save_adapter, unmerge_lora, without_lora)
+from minigpt2.lora import (METADATA_KEY, LoRAConfig, LoRALinear, apply_lora, load_adapter, lora_modules,
+                           lora_state_dict, mark_only_lora_trainable, merge_lora, save_adapter, unmerge_lora, without_lora)
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931], [40, 588, 11, 257, 3797, 13, 50256, 50256]])
@@ -66,40 +66,54 @@ def test_parameter_count_table_124m(targets):
     assert base_total == 124_439_808
     for rank, expected in EXPECTED[targets].items():
         model = copy.deepcopy(base)
-        report = apply_lora(model, rank=rank, alpha=16, targets=targets)
+        report = apply_lora(model, LoRAConfig(rank=rank, alpha=16, targets=targets))
         assert (report.trainable, report.lora, report.total) == (expected, expected, base_total + expected)
         assert len(report.modules) == 12 * (6 if targets == "attn+mlp" else 4)
         assert model.num_parameters(trainable_only=True) == expected
 
 
+def test_apply_lora_takes_every_setting_from_its_config():
+    """rank, alpha, dropout, rslora reach each adapter layer; trainable keeps the head training; the model keeps
+    the config (a list of targets or heads held as a tuple, equal to the one its adapter file reads back)."""
+    model = tiny()
+    model.head = nn.Linear(model.config.n_embd, 2)
+    cfg = LoRAConfig(rank=3, alpha=5.0, targets=["attn.query"], dropout=0.25, rslora=True, trainable=["head"])
+    apply_lora(model, cfg)
+    layers = list(lora_modules(model).values())
+    assert layers and all((m.r, m.scaling, m.dropout.p) == (3, 5.0 / 3 ** 0.5, 0.25) for m in layers)
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert model.lora_config == cfg == LoRAConfig.from_dict(cfg.to_dict())
+    assert (cfg.targets, cfg.trainable) == (("attn.query",), ("head",))
+
+
 def test_targets_presets_and_lists():
     model = tiny()
-    report = apply_lora(model, rank=2, alpha=4, targets=["attn.query", "value"])
+    report = apply_lora(model, LoRAConfig(rank=2, alpha=4, targets=["attn.query", "value"]))
     assert report.modules == ["h.0.attn.query", "h.0.attn.value", "h.1.attn.query", "h.1.attn.value"]
     model = tiny()
-    assert apply_lora(model, 2, 4, targets="mlp.c_fc,mlp.c_proj").modules == [
+    assert apply_lora(model, LoRAConfig(2, 4, targets="mlp.c_fc,mlp.c_proj")).modules == [
         "h.0.mlp.c_fc", "h.0.mlp.c_proj", "h.1.mlp.c_fc", "h.1.mlp.c_proj"]
     # "c_proj" is a suffix of both the attention output and the second MLP projection.
-    assert len(apply_lora(tiny(), 2, 4, targets=["c_proj"]).modules) == 4
+    assert len(apply_lora(tiny(), LoRAConfig(2, 4, targets=["c_proj"])).modules) == 4
 
 
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="unknown LoRA target 'attn.qkv'"):
-        apply_lora(tiny(), 4, 8, targets=["attn.qkv"])
+        apply_lora(tiny(), LoRAConfig(4, 8, targets=["attn.qkv"]))
     with pytest.raises(ValueError, match="LoRA target 'mlp' selects 'h.0.mlp' \\(MLP\\), which is not a linear"):
-        apply_lora(tiny(), 4, 8, targets="mlp")
+        apply_lora(tiny(), LoRAConfig(4, 8, targets="mlp"))
     with pytest.raises(ValueError, match="rank 0: expected an integer >= 1"):
-        apply_lora(tiny(), 0, 8)
+        apply_lora(tiny(), LoRAConfig(0, 8))
     with pytest.raises(ValueError, match="alpha -1.0: expected a positive number"):
-        apply_lora(tiny(), 4, -1.0)
+        apply_lora(tiny(), LoRAConfig(4, -1.0))
     with pytest.raises(ValueError, match=r"dropout 1.0: expected a fraction in \[0, 1\)"):
-        apply_lora(tiny(), 4, 8, dropout=1.0)
+        apply_lora(tiny(), LoRAConfig(4, 8, dropout=1.0))
     with pytest.raises(ValueError, match="trainable module 'head' is not a module of GPT2"):
-        apply_lora(tiny(), 4, 8, trainable=["head"])
+        apply_lora(tiny(), LoRAConfig(4, 8, trainable=["head"]))
     model = tiny()
-    apply_lora(model, 4, 8)
+    apply_lora(model, LoRAConfig(4, 8))
     with pytest.raises(ValueError, match="already has LoRA adapters"):
-        apply_lora(model, 4, 8)
+        apply_lora(model, LoRAConfig(4, 8))
     with pytest.raises(TypeError, match="linear-like base"):
         LoRALinear(nn.LayerNorm(8), 2, 4)
 
@@ -109,7 +123,7 @@ def test_bad_settings_are_clear_errors():
 def test_fresh_adapter_leaves_logits_unchanged():
     model = tiny()
     before = model.logits(IDS)
-    apply_lora(model, rank=8, alpha=16, targets="attn+mlp", dropout=0.1)
+    apply_lora(model, LoRAConfig(rank=8, alpha=16, targets="attn+mlp", dropout=0.1))
     model.train()  # adapter dropout is active but touches only the adapter path, whose B is 0
     assert torch.equal(model.logits(IDS), before)
 
@@ -141,7 +155,7 @@ def test_dropout_only_on_the_adapter_path():
 
 def test_merge_unmerge():
     model = tiny()
-    apply_lora(model, rank=4, alpha=8, targets="attn+mlp")
+    apply_lora(model, LoRAConfig(rank=4, alpha=8, targets="attn+mlp"))
     randomize_adapters(model)
     base_w = model.h[0].attn.query.base.weight.clone()
     unmerged = model.logits(IDS)
@@ -190,7 +204,7 @@ def test_lora_wraps_the_outermost_module_of_a_wrapped_projection():
     model = tiny()
     for block in model.h:
         block.attn.query = FakeQuantLinear(block.attn.query)
-    apply_lora(model, rank=2, alpha=4, targets=["attn.query"])
+    apply_lora(model, LoRAConfig(rank=2, alpha=4, targets=["attn.query"]))
     assert isinstance(model.h[0].attn.query, LoRALinear)
     assert isinstance(model.h[0].attn.query.base, FakeQuantLinear)
 
@@ -198,7 +212,7 @@ def test_lora_wraps_the_outermost_module_of_a_wrapped_projection():
 def test_only_adapters_and_head_train_and_base_is_bit_identical():
     model = tiny(dropout=0.1).train()
     model.head = nn.Linear(model.config.n_embd, 3)  # a task head, trained in full
-    apply_lora(model, rank=4, alpha=8, targets="attn+mlp", dropout=0.1, trainable=["head"])
+    apply_lora(model, LoRAConfig(rank=4, alpha=8, targets="attn+mlp", dropout=0.1, trainable=["head"]))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert set(trained) == set(lora_state_dict(model)) and {"head.weight", "head.bias"} <= set(trained)
@@ -241,7 +255,7 @@ def test_adapter_reloads_in_a_new_process(tmp_path):
     base = tiny()
     save_model(base, tmp_path / "base")
     model = tiny()
-    apply_lora(model, rank=4, alpha=8, targets="attn+mlp", rslora=True)
+    apply_lora(model, LoRAConfig(rank=4, alpha=8, targets="attn+mlp", rslora=True))
     randomize_adapters(model)
     path = save_adapter(model, tmp_path / "adapter.safetensors")
     with torch.no_grad():
@@ -262,7 +276,7 @@ def test_adapter_reloads_in_a_new_process(tmp_path):
 def test_adapter_with_head_round_trip(tmp_path):
     model = tiny()
     model.head = nn.Linear(32, 2)
-    apply_lora(model, rank=2, alpha=4, trainable=["head"])
+    apply_lora(model, LoRAConfig(rank=2, alpha=4, trainable=["head"]))
     randomize_adapters(model)
     save_adapter(model, tmp_path / "a.safetensors")
     fresh = tiny()
@@ -276,7 +290,7 @@ def test_adapter_with_head_round_trip(tmp_path):
 
 def _adapter(tmp_path: Path, **kw) -> Path:
     model = tiny()
-    apply_lora(model, **{"rank": 4, "alpha": 8, "targets": "attn", **kw})
+    apply_lora(model, LoRAConfig(**{"rank": 4, "alpha": 8, "targets": "attn", **kw}))
     return save_adapter(model, tmp_path / "adapter.safetensors")
 
 
@@ -338,7 +352,7 @@ def test_bad_adapter_files_give_clear_errors(tmp_path):
         load_adapter(tiny(n_embd=64), _adapter(tmp_path))
     # Settings that differ from adapters already on the model.
     model = tiny()
-    apply_lora(model, rank=8, alpha=8, targets="attn")
+    apply_lora(model, LoRAConfig(rank=8, alpha=8, targets="attn"))
     with pytest.raises(CheckpointError, match=rf"{name}: adapter settings differ .*'rank': \(4, 8\)"):
         load_adapter(model, good)
     assert good == path
@@ -352,7 +366,7 @@ def test_save_without_lora_is_an_error(tmp_path):
 def test_without_lora_restores_the_plain_model_temporarily():
     model = tiny()
     before = model.logits(IDS)
-    apply_lora(model, rank=2, alpha=4, targets="attn+mlp")
+    apply_lora(model, LoRAConfig(rank=2, alpha=4, targets="attn+mlp"))
     randomize_adapters(model)
     with_adapters = model.logits(IDS)
     with without_lora(model):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from minigpt2.config import GPT2Config
 from minigpt2.fast.lora import FusedLoRALinear, use_fused_lora
-from minigpt2.lora import LoRALinear, apply_lora, lora_modules
+from minigpt2.lora import LoRAConfig, LoRALinear, apply_lora, lora_modules
 from minigpt2.model import GPT2
 
 
@@ -59,7 +59,7 @@ def test_fused_path_matches_the_plain_composition(bf16):
 def test_use_fused_lora_swaps_every_adapter_keeping_parameters_and_keys():
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_name("tiny"))
-    apply_lora(model, rank=2, targets="attn+mlp")
+    apply_lora(model, LoRAConfig(rank=2, targets="attn+mlp"))
     keys, params = list(model.state_dict()), [id(p) for p in model.parameters()]
     n = len(lora_modules(model))
     assert use_fused_lora(model) == n and use_fused_lora(model) == 0  # a second call changes nothing

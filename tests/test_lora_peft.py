@@ -20,7 +20,7 @@ import torch
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import hf_to_minigpt2
-from minigpt2.lora import apply_lora
+from minigpt2.lora import LoRAConfig, apply_lora
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -38,7 +38,7 @@ def models(rank: int, alpha: float, targets: str, rslora: bool):
     ours = GPT2(config)
     ours.load_state_dict(hf_to_minigpt2(hf.state_dict(), config), strict=True)
     ours.eval()
-    apply_lora(ours, rank=rank, alpha=alpha, targets=targets, rslora=rslora)
+    apply_lora(ours, LoRAConfig(rank=rank, alpha=alpha, targets=targets, rslora=rslora))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in ours.named_parameters():

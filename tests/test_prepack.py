@@ -5,7 +5,7 @@ import torch
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.generation import generate
-from minigpt2.lora import LoRALinear, apply_lora
+from minigpt2.lora import LoRAConfig, LoRALinear, apply_lora
 from minigpt2.fast.prepack import PackedGPT2, PackedLinear, available, prepacked
 from tests.conftest import bf16_prepacked
 
@@ -34,7 +34,7 @@ def test_prepacked_copy_has_the_same_logits_and_greedy_tokens():
 
 def test_prepacked_lora_model_packs_the_frozen_base_and_keeps_the_adapter():
     model = tiny()
-    apply_lora(model, rank=4, alpha=8.0, targets="attn+mlp")
+    apply_lora(model, LoRAConfig(rank=4, alpha=8.0, targets="attn+mlp"))
     for p in model.parameters():  # a trained-looking adapter, so that it changes the output
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
@@ -135,7 +135,7 @@ def test_bf16_greedy_tokens_follow_fp32_where_the_margin_allows():
 @bf16_prepacked
 def test_bf16_copy_of_a_lora_model_and_of_a_bf16_model():
     model = spread_model()
-    apply_lora(model, rank=4, alpha=8.0, targets="attn")
+    apply_lora(model, LoRAConfig(rank=4, alpha=8.0, targets="attn"))
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
@@ -188,7 +188,8 @@ def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypat
     import minigpt2.fast as fast
     import tasks.sonnet as sonnet
     from minigpt2.tokenizer import Tokenizer
-    from tasks.base import Example, PredictSettings, Sampling
+    from minigpt2.generation import Sampling
+    from tasks.base import Example, PredictSettings
 
     asked = []
     real = fast.for_inference

@@ -105,7 +105,7 @@ def test_lora_on_a_fake_quant_base():
     lora = pytest.importorskip("minigpt2.lora")
     model = quantize_model(tiny(), QuantConfig(weight="int4", group_size=16))
     before = model.logits(IDS)
-    lora.apply_lora(model, rank=4, alpha=8, targets=["attn.query", "attn.value"])
+    lora.apply_lora(model, lora.LoRAConfig(rank=4, alpha=8, targets=["attn.query", "attn.value"]))
     lora.mark_only_lora_trainable(model)
     layer = model.h[0].attn.query
     assert isinstance(layer, lora.LoRALinear) and isinstance(layer.base, FakeQuantLinear)

@@ -64,11 +64,11 @@ def test_stacked_int8_linear_equals_the_separate_layers_exactly():
 
 
 def test_int8_decoder_of_a_lora_model_converts_the_wrapped_projections_one_by_one():
-    from minigpt2.lora import LoRALinear, apply_lora
+    from minigpt2.lora import LoRAConfig, LoRALinear, apply_lora
 
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_name("tiny", dropout=0.0)).eval()
-    apply_lora(model, rank=2, alpha=4.0, targets="attn")
+    apply_lora(model, LoRAConfig(rank=2, alpha=4.0, targets="attn"))
     dec = to_int8_decoder(model)
     attn = dec.h[0].attn
     assert not isinstance(attn, Int8FusedQKVAttention)

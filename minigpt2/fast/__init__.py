@@ -15,6 +15,7 @@ tests/test_fast_agreement.py shows both paths agree on a tiny run of every task.
 | `chunked_loss.ChunkedLMLoss` | `losses.LMLoss`: never the whole (N, 50257) logits | `for_training` |
 | `prepack.prepacked` | the model: linears and head on oneDNN, prepacked | `for_inference`, on CPU |
 | `decoding.sample_next`, `Fp32CacheAttention` | `generation.sample_next`; bf16 attention on CPU | `for_inference` |
+| `compiled.CompiledBlocks` | the blocks' eager forward, during the training steps | `app.speed.for_training`, `--compile` |
 """
 
 from __future__ import annotations
