@@ -1,18 +1,22 @@
 """The command lines of the run commands, built from the settings dataclasses: the one place that adds flags.
 
-A setting is declared once, as a dataclass field whose metadata holds its help (`app.settings.option`, or plain
-`{"help": ...}` in the library's own configs). A `Group` says which dataclass a block of flags fills and how its
-fields are spelled (`--` + prefix + the field name with dashes; a field whose default is True becomes a `--no-`
-flag, helped by its "help_off"; a few renamed in `flags`). Fields without help have no flag.
+A setting is declared once, as a dataclass field whose metadata holds its help and role (`app.settings.option`,
+or plain `{"help": ...}` in the library's own configs). A `Group` says which dataclass a block of flags fills and
+how its fields are spelled (`--` + prefix + the field name with dashes; a field whose default is True becomes a
+`--no-` flag, helped by its "help_off"; a few renamed in `flags`); a command's own default in words goes in its
+`notes`. Fields without help have no flag. The hardware and paths groups are the same for finetune, evaluate,
+generate and `quant.gguf`.
 
     add_groups(parser, groups)      the flags, with their help and defaults
     given(namespace, group)         what the user typed (a flag left out is absent: the dataclass default applies)
     build(group, values)            the group's dataclass, a bad value reported as one line naming the flag
     finetune_settings(argv)         `python -m minigpt2.finetune`'s flags as a validated `RunSettings`
+    settings_file(argv)             the FILE of `--settings FILE` (a run handed over as its settings.json)
     resume_options(argv)            the flags of a `--resume` command line (no flag required: the run folder has them)
-    resumed_settings(saved, opts)   a run folder's saved settings with the flags a resume gives
+    resumed_settings(saved, opts)   a run folder's saved settings with the flags a resume may change
+    command_settings(...)           evaluate's, generate's and quant.gguf's command lines as their settings
     settings_of(options)            settings from overrides by path ({"optim.lr": 0.01}): a sweep's runs
-    argv_of(options)                the flags that give those overrides (a run's subprocess command line)
+    options_from_argv(argv)         a part of a finetune command line (--finetune-args) as overrides by path
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from quant.config import QuantConfig
 
 from .precision import PrecisionError, PrecisionSettings
 from .settings import (DEFAULT_LR, DEFINES, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
-                       EvaluateSettings, GenerateSettings, HardwareSettings, ModelSettings, PathSettings,
-                       RunFolderSettings, RunSettings, SettingsError, SyntheticSettings, resolve, role_of,
-                       setting_paths)
+                       EvaluateSettings, GenerateSettings, GGUFSettings, HardwareSettings, ModelSettings,
+                       PathSettings, RunFolderSettings, RunSettings, SettingsError, SyntheticSettings, resolve,
+                       role_of, setting_paths)
 
 
 @dataclass(frozen=True)
@@ -346,19 +350,27 @@ GENERATE_GROUPS = (Group("generate", GenerateSettings, "generation"),
                    Group("hardware", HardwareSettings, "hardware", skip=("fetch_timeout",)),
                    Group("paths", PathSettings, "where the inputs are", skip=("data_dir",), notes={
                        "tokenizer_dir": "default: the run's, else $MINIGPT2_TOKENIZER_DIR, else tiktoken's download"}))
+GGUF_GROUPS = (Group("gguf", GGUFSettings, "what to write"),
+               Group("paths", PathSettings, "where the inputs are", skip=("data_dir",), notes=GENERATE_GROUPS[2].notes))
 EVALUATE_GROUP, GENERATE_GROUP = EVALUATE_GROUPS[0], GENERATE_GROUPS[0]
+
+
+def command_parser(prog: str, groups: Sequence[Group], description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a command whose flags are `groups`."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_groups(p, groups)
+    return p
 
 
 def command_settings(prog: str, groups: Sequence[Group], argv: Sequence[str] | None,
                      description: str | None = None) -> Any:
     """A command's settings from its command line: the first group's dataclass, holding the others (keyed by
     field name) built from their own flags; a device this machine lacks is refused."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    add_groups(p, groups)
-    ns = p.parse_args(None if argv is None else list(argv))
+    ns = command_parser(prog, groups, description).parse_args(None if argv is None else list(argv))
     root, *parts = groups
     settings = build(root, {**given(ns, root), **{g.key: build(g, given(ns, g)) for g in parts}}, groups)
-    checked(lambda: parse_device(settings.hardware.device), parts[0])
+    if hasattr(settings, "hardware"):
+        checked(lambda: parse_device(settings.hardware.device), parts[0])
     return settings
 
 
@@ -370,6 +382,11 @@ def evaluate_settings(argv: Sequence[str] | None = None, description: str | None
 def generate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> GenerateSettings:
     """`python -m minigpt2.generate`'s command line as settings."""
     return command_settings("python -m minigpt2.generate", GENERATE_GROUPS, argv, description)
+
+
+def gguf_settings(argv: Sequence[str] | None = None, description: str | None = None) -> GGUFSettings:
+    """`python -m quant.gguf`'s command line as settings."""
+    return command_settings("python -m quant.gguf", GGUF_GROUPS, argv, description)
 
 
 # ---------------------------------------------------------------------------------------------- options

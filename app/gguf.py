@@ -12,7 +12,6 @@ exactly; one that also quantizes activations cannot be exported. The file holds 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,20 +19,12 @@ from minigpt2.errors import exits_on_user_error
 from minigpt2.lora import lora_modules
 from quant.gguf import TYPES, GGUFError, check_exportable, export_gguf, require_gguf
 
+from .cli import gguf_settings
 from .generate import load_source
+from .settings import GGUFSettings
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m quant.gguf", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", metavar="MODEL", help="preset, tiny, HF checkpoint folder/file, or finetune run folder")
-    p.add_argument("--type", default="f16", help=f"tensor type of the matrices: {', '.join(TYPES)} (default f16)")
-    p.add_argument("--out", required=True, help="the .gguf file to write")
-    p.add_argument("--tokenizer-dir", default=None, help="folder with GPT-2's encoder.json and vocab.bpe")
-    p.add_argument("--offline", action="store_true", help="never download (a missing preset is an error)")
-    return p.parse_args(argv)
-
-
-def run(args: argparse.Namespace) -> Path:
+def run(args: GGUFSettings) -> Path:
     """Check the flags, load the model (LoRA merged), refuse what GGUF cannot hold, write the file."""
     require_gguf()
     if args.type not in TYPES:  # before the model is loaded: a typo should not cost a download
@@ -41,13 +32,13 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.is_dir():
         raise GGUFError(f"--out {out}: is a folder; expected a file name such as {out / 'model.gguf'}")
-    gpt, settings = load_source(args.model, args.offline)
+    gpt, settings = load_source(args.model, args.paths.offline)
     gpt.eval()
     for adapter in lora_modules(gpt).values():
         if adapter.mergeable:
             adapter.merge()
     check_exportable(gpt, args.type)
-    tokenizer_dir = args.tokenizer_dir or (settings.paths.tokenizer_dir if settings else None)
+    tokenizer_dir = args.paths.tokenizer_dir or (settings.paths.tokenizer_dir if settings else None)
     name = Path(args.model).name if Path(args.model).exists() else args.model
     return export_gguf(gpt, out, args.type, name=name, bpe_dir=tokenizer_dir)
 
@@ -55,5 +46,5 @@ def run(args: argparse.Namespace) -> Path:
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """`python -m quant.gguf`: a UserError is one `error:` line and exit code 1."""
-    path = run(parse_args(argv))
+    path = run(gguf_settings(argv, __doc__.split("\n\n")[0]))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)

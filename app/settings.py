@@ -1,20 +1,25 @@
-"""A run's settings: frozen dataclasses whose fields declare each option once (default, help; `app.cli` derives
-the flag from the field's name), checked when they are built.
+"""A run's settings: frozen dataclasses whose fields declare each option once (default, help, role; `app.cli`
+derives the flag from the field's name), checked when they are built.
 
     RunSettings
-      data       task, data folder, limits, max length, synthetic sonnets
+      data       task, limits, max length, synthetic sonnets, test references
       model      base model, mode, method, lora (a `minigpt2.lora.LoRAConfig`, set exactly with --method lora)
       optim      the trainer's own `minigpt2.train.TrainConfig`: epochs, batch size, lr, schedule, seed, autocast, ...
       precision  fp32 / bf16 / fp8 / int8 / int4, QAFT or PTQ, holding the `quant.config.QuantConfig`
       eval       evaluation batch size, sonnet sampling, samples per prompt
-      hardware   device, the plain path, CPU threads, the torchrun fetch timeout
+      hardware   device, the plain path, CPU threads, the torchrun fetch timeout (shared with evaluate, generate)
+      paths      the data and tokenizer folders, offline (shared with evaluate, generate, quant.gguf)
       run        run folder, name, resume, overwrite
 
+A field's role says what it is to a run: it defines the result (the default), says where and how it runs, or how
+it is watched. Only the first is fingerprinted, fixed on resume and compared between a sweep's run and the folder
+it finds (`defining`); no list elsewhere repeats it.
+
 Each dataclass checks its own values (`__post_init__`: a `FieldError` naming the field, which `app.cli` turns
-into one line naming the flag); `RunSettings` checks what spans groups. `app.cli.finetune_settings` builds it from
-the command line, including the defaults that depend on other options (the lr by mode and method, the samples per
-prompt by task). The run folder stores `to_dict()` as JSON and `evaluate`/`--resume` read it back with
-`from_dict`.
+into one line naming the flag); `RunSettings` checks what spans groups, and `resolve` fills the defaults that
+depend on other options (the lr by mode and method, the samples per prompt by task). The run folder stores
+`to_dict()` as JSON (`app.runfolder.settings_record`, versioned) and `evaluate`/`--resume` read it back with
+`from_dict`, older layouts upgraded.
 """
 
 from __future__ import annotations
@@ -397,6 +402,16 @@ class EvaluateSettings:
                                                "writes it)", metavar="FILE")
     zero_shot: bool = option(False, "score --task with the run's body and no task training (quora cloze, sonnet)")
     hardware: HardwareSettings = HardwareSettings()
+    paths: PathSettings = PathSettings()
+
+
+@dataclass(frozen=True)
+class GGUFSettings:
+    """What `python -m quant.gguf` is asked: the model, the tensor type, the file to write, where the tokenizer is."""
+
+    model: str = option(None, "preset, tiny, HF checkpoint folder/file, or finetune run folder", positional=True)
+    type: str = option("f16", "tensor type of the matrices: f32, f16, q8_0 or q4_0")
+    out: str = option(None, "the .gguf file to write", required=True)
     paths: PathSettings = PathSettings()
 
 

@@ -311,3 +311,44 @@ def test_one_device_parser():
     assert parse_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(FieldError, match="device tpu: expected auto, cpu, cuda or cuda:N"):
         parse_device("tpu")
+
+
+def test_the_hardware_and_paths_groups_are_one_declaration_for_every_command():
+    from app.cli import (EVALUATE_GROUPS, GENERATE_GROUPS, command_parser, evaluate_settings, finetune_parser,
+                         generate_settings, gguf_settings)
+
+    def helps(parser):
+        return {s: a.help for a in parser._actions for s in a.option_strings}
+
+    finetune = helps(finetune_parser())
+    for groups in (EVALUATE_GROUPS, GENERATE_GROUPS):
+        other = helps(command_parser("x", groups))
+        for flag in ("--threads", "--plain", "--device", "--offline"):  # the same field: the same help
+            assert other[flag] == finetune[flag], flag
+    e = evaluate_settings(["RUN", "--threads", "3", "--offline", "--data-dir", "D", "--device", "cpu"])
+    assert (e.hardware.threads, e.paths.offline, e.paths.data_dir, e.hardware.device) == (3, True, "D", "cpu")
+    g = generate_settings(["--tokenizer-dir", "T", "--plain", "--threads", "1"])
+    assert (g.paths.tokenizer_dir, g.hardware.plain, g.hardware.threads, g.paths.offline) == ("T", True, 1, False)
+    q = gguf_settings(["tiny", "--out", "m.gguf", "--offline"])
+    assert (q.model, q.type, q.out, q.paths.offline) == ("tiny", "f16", "m.gguf", True)
+    assert "default: $MINIGPT2_DATA_DIR" in finetune["--data-dir"]  # each command's default in words
+    assert "default: the run's" in helps(command_parser("x", EVALUATE_GROUPS))["--data-dir"]
+    with pytest.raises(SettingsError, match="--threads 0: expected an integer >= 1"):
+        evaluate_settings(["RUN", "--threads", "0"])
+
+
+def test_finetune_takes_a_whole_run_as_its_settings_file(tmp_path):
+    from app import runfolder
+
+    s = settings("--lr", "0.003", "--method", "lora", "--lora-rank", "2", out=tmp_path / "run")
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(runfolder.settings_record(s)))
+    assert parse_settings(["--settings", str(path)]) == s
+    assert parse_settings([f"--settings={path}"]) == s
+    with pytest.raises(SettingsError, match=r"--settings .*settings.json holds the whole run's settings; --lr 0.1 "
+                                            "cannot go with it"):
+        parse_settings(["--settings", str(path), "--lr", "0.1"])
+    with pytest.raises(SettingsError, match="--settings: expected a FILE.json"):
+        parse_settings(["--settings"])
+    with pytest.raises(RunFolderError, match="nope.json: cannot be read"):
+        parse_settings(["--settings", str(tmp_path / "nope.json")])
