@@ -25,7 +25,7 @@ from app.finetune import parse_settings
 from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
 from app.settings import DEFINES, SettingsError, defining, role_of, setting_paths
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.lora import LoRAConfig, apply_lora, lora_modules
+from minigpt2.lora import apply_lora, lora_modules
 
 BASE = ["--task", "sst", "--model", "tiny", "--data-dir", "data", "--device", "cpu"]
 
