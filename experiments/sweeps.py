@@ -376,7 +376,7 @@ def precision(opts: SweepOptions) -> Sweep:
                                        and _same(ref, arm, "precision", "stage", "task"))),
                  plot=Plot("model_bytes", "model size (bytes)", "Sonnets: chrF vs model size by precision",
                            line=lambda p: bool(p["qaft"]), label=lambda q: "QAFT" if q else "post-training quantization",
-                           keep=lambda p: p.get("task") == "sonnet" and p.get("stage") == "fine-tuned"
+                           keep=lambda p: p.get("task", "sonnet") == "sonnet" and p.get("stage", "fine-tuned") == "fine-tuned"
                            and bool(p.get("model_bytes")),
                            shared=lambda p: p["precision"] == "fp32", annotate=lambda p: p["precision"], log=10,
                            second=(ZERO_SHOT_QUORA.name, "zero-shot Quora accuracy",
