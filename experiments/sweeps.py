@@ -152,9 +152,9 @@ class Reference:
 class Plot:
     """A sweep's plot: the dev score (the test score beside it) against point key `x`, one line per value of `line`
     (named by `label`), over the points `keep` keeps. `shared` points start every line; `level` points are drawn
-    across the axes with their interval as a band (named `level_label`); `annotate` writes a label beside each point; `log`: a log x axis
-    of that base (2: ticked at the points); `mark`: (which point, its label) starred; `study`: the study's figure
-    beside a point; `second`: (point key, y label, title) of a second axes over the same lines. One axes per
+    across the axes with their interval as a band (named `level_label`); `annotate` writes a label beside each
+    point; `log`: a log x axis of that base (2: ticked at the points); `mark`: (which point, its label) starred;
+    `study`: the study's figure beside a point; `second`: (point key, y label, title) of a second axes over the same lines. One axes per
     metric when the points have several (accuracy and chrF)."""
 
     x: str
@@ -287,20 +287,23 @@ def lora_alpha_lr(opts: SweepOptions) -> Sweep:
                  after=(Column("chosen by dev score", lambda p: "best" if p.get("best") else None),),
                  references=(Reference("alpha 16, lr 1e-2 (the study's choice)", lambda ref, arm: chosen(ref)),),
                  plot=Plot("lr", "learning rate", "Sonnets: LoRA alpha x learning rate", line=lambda p: p["alpha"],
-                           label=lambda a: f"alpha {a:g}", log=10, mark=(chosen, "study's choice (alpha 16, lr 1e-2)")),
+                           label=lambda a: f"alpha {a:g}", log=10,
+                           mark=(chosen, "study's choice (alpha 16, lr 1e-2)")),
                  best=True)
 
 
 def baseline(opts: SweepOptions) -> Sweep:
     """Full fine-tuning on the four tasks, with the finetune defaults (the course's settings)."""
-    points = [(task, {"data.task": task, "model.mode": "full-model"}) for task in ("sst", "cfimdb", "quora", "sonnet")]
+    points = [(task, {"data.task": task, "model.mode": "full-model"})
+              for task in ("sst", "cfimdb", "quora", "sonnet")]
     return Sweep("baseline", _declared(opts, points), knobs={"task": "data.task", "method": "model.method"},
                  columns=(Column("task", "task"),
                           Column("metric", lambda p: "chrF" if p["task"] == "sonnet" else "accuracy")),
                  after=(Column("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
                         Column("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST
                                else None)),
-                 plot=Plot("task", "task", "Full fine-tuning: dev and test scores", study=lambda p: STUDY.get(p["task"])))
+                 plot=Plot("task", "task", "Full fine-tuning: dev and test scores",
+                           study=lambda p: STUDY.get(p["task"])))
 
 
 def lora_ranks(opts: SweepOptions) -> Sweep:
@@ -312,14 +315,16 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
     return Sweep("lora-ranks", _declared(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
                  columns=(Column("method", "method"), Column("rank", "rank"), TRAINABLE),
                  references=(Reference("full fine-tuning", lambda ref, arm: full(ref)),),
-                 plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank", label=lambda _: "LoRA (attn+mlp, alpha 16)",
-                           keep=lambda p: not full(p), level=full, level_label="full fine-tuning", log=2))
+                 plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
+                           label=lambda _: "LoRA (attn+mlp, alpha 16)", keep=lambda p: not full(p), level=full,
+                           level_label="full fine-tuning", log=2))
 
 
 def lora_targets(opts: SweepOptions) -> Sweep:
     """Sonnets: LoRA on the attention projections only vs attention + MLP, at a small and the largest rank."""
     ranks = (4,) if opts.tiny else (16, 256)
-    points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)}) for r in ranks for t in ("attn", "attn+mlp")]
+    points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)})
+              for r in ranks for t in ("attn", "attn+mlp")]
     note = "--tiny: rank 4 only (full sweep: ranks 16 and 256)"
     return Sweep("lora-targets", _declared(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
                  columns=(Column("targets", "targets"), Column("rank", "rank"), TRAINABLE),
@@ -375,9 +380,10 @@ def precision(opts: SweepOptions) -> Sweep:
                                        lambda ref, arm: bool(arm.get("qaft")) and not ref.get("qaft")
                                        and _same(ref, arm, "precision", "stage", "task"))),
                  plot=Plot("model_bytes", "model size (bytes)", "Sonnets: chrF vs model size by precision",
-                           line=lambda p: bool(p["qaft"]), label=lambda q: "QAFT" if q else "post-training quantization",
-                           keep=lambda p: p.get("task", "sonnet") == "sonnet" and p.get("stage", "fine-tuned") == "fine-tuned"
-                           and bool(p.get("model_bytes")),
+                           line=lambda p: bool(p["qaft"]),
+                           label=lambda q: "QAFT" if q else "post-training quantization",
+                           keep=lambda p: p.get("task", "sonnet") == "sonnet"
+                           and p.get("stage", "fine-tuned") == "fine-tuned" and bool(p.get("model_bytes")),
                            shared=lambda p: p["precision"] == "fp32", annotate=lambda p: p["precision"], log=10,
                            second=(ZERO_SHOT_QUORA.name, "zero-shot Quora accuracy",
                                    "Generality after sonnet fine-tuning")),
@@ -451,8 +457,8 @@ def teachers(opts: SweepOptions) -> Sweep:
             points += [(f"{teacher}-n{n}-{filt}", sonnet(data__synthetic__path=str(path), data__synthetic__n=n,
                                                          data__synthetic__filter=filt)) for n in ns]
     mixes: dict[tuple[str, int, str], str] = {}
-    points += mixing_points(opts, folder, names, notes,
-                            {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names}, mixes)
+    perfect = {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names}
+    points += mixing_points(opts, folder, names, notes, perfect, mixes)
     n_real = real_training_sonnets(opts) or 0
     ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
     needs = tuple((str(folder / f"{t}.jsonl"), filt, n) for t in names for filt in ("all", "perfect")
@@ -467,12 +473,13 @@ def teachers(opts: SweepOptions) -> Sweep:
                  knobs={"task": "data.task", "teacher": teacher_of,
                         "synthetic_n": lambda s: s.data.synthetic.n if s.data.synthetic else 0,
                         "synthetic_filter": "data.synthetic.filter", "mix": mix},
-                 columns=(Column("teacher", lambda p: p["teacher"] or "(real only)"), Column("synthetic", "synthetic_n"),
-                          Column("filter", "synthetic_filter"),
+                 columns=(Column("teacher", lambda p: p["teacher"] or "(real only)"),
+                          Column("synthetic", "synthetic_n"), Column("filter", "synthetic_filter"),
                           Column("mix", lambda p: p.get("mix") or ("real only" if not p["synthetic_n"]
                                                                   else "real + synthetic"))),
                  references=(Reference("real sonnets only", lambda ref, arm: not ref.get("synthetic_n")),),
-                 plot=Plot("synthetic_n", "synthetic sonnets added", "Sonnets: chrF vs synthetic-set size per teacher",
+                 plot=Plot("synthetic_n", "synthetic sonnets added",
+                           "Sonnets: chrF vs synthetic-set size per teacher",
                            line=lambda p: (p["teacher"], p["synthetic_filter"]), label=lambda k: f"{k[0]} ({k[1]})",
                            keep=curve, shared=lambda p: not p["synthetic_n"]))
 

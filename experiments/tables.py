@@ -20,8 +20,8 @@ from .metrics import (COPY_FIGURES, FORM_METRICS, Row, _fmt, _interval, _percent
 from .references import (REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_copying, sonnet_reference_forms,
                          sonnet_reference_intervals, sonnet_reference_nll)
 from .runner import read_metrics
-from .stats import (SAMPLES, ExampleScores, data_paths, folder_settings, paired_difference, read_task_predictions, run_data_folder,
-                    run_scores, split_labels)
+from .stats import (SAMPLES, ExampleScores, data_paths, folder_settings, paired_difference, read_task_predictions,
+                    run_data_folder, run_scores, split_labels)
 from .sweeps import Reference, Sweep, settings_of, teacher_of
 
 
