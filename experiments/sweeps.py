@@ -154,8 +154,9 @@ class Plot:
     (named by `label`), over the points `keep` keeps. `shared` points start every line; `level` points are drawn
     across the axes with their interval as a band (named `level_label`); `annotate` writes a label beside each
     point; `log`: a log x axis of that base (2: ticked at the points); `mark`: (which point, its label) starred;
-    `study`: the study's figure beside a point; `second`: (point key, y label, title) of a second axes over the same lines. One axes per
-    metric when the points have several (accuracy and chrF)."""
+    `study`: the study's figure beside a point; `second`: (point key, y label, title) of a second axes over the same
+    lines. One axes per metric when the points have several (accuracy and chrF).
+    """
 
     x: str
     xlabel: str
