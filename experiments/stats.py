@@ -31,7 +31,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sacrebleu.metrics import CHRF
@@ -132,6 +132,18 @@ def majority_interval(labels: Sequence[int], samples: int = SAMPLES, seed: int =
     return bootstrap_accuracy([majority] * len(labels), labels, samples, seed=seed)
 
 
+def folder_settings(run_dir: str | Path) -> Any:
+    """The `RunSettings` a run folder recorded (`app.runfolder.saved_settings`: old layouts upgraded)."""
+    from app.runfolder import saved_settings
+
+    return saved_settings(Path(run_dir))
+
+
+def data_paths(settings: Any) -> tuple[str | None, str | None]:
+    """(data folder, tokenizer folder) a run was given: the one place that knows where the settings keep them."""
+    return settings.data.data_dir, settings.data.tokenizer_dir
+
+
 def run_data_folder(run_dir: str | Path) -> Path:
     """The data folder a run used: its --data-dir, else the folder the sweep runner resolved from the
     environment when it started the run (experiment.json), else today's default. A recorded folder that no
@@ -141,12 +153,11 @@ def run_data_folder(run_dir: str | Path) -> Path:
     from course.readers import data_dir
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     try:
         record = json.loads((run_dir / "experiment.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
-    recorded = config["args"].get("data_dir") or record.get("data_dir")
+    recorded = data_paths(folder_settings(run_dir))[0] or record.get("data_dir")
     if recorded and (Path(recorded).is_dir() or not os.environ.get("MINIGPT2_DATA_DIR")):
         return Path(recorded)
     return data_dir(None)
@@ -243,15 +254,15 @@ def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = Non
     from tasks import get_task
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     if metric == "nll":
         per = ((metrics.get("heldout_nll") or {}).get(split) or {}).get("per_sonnet")
         if not per:
             return None
         return ExampleScores("nll", tuple(per), np.array([[v] for v in per.values()], dtype=np.float64))
-    task = get_task(config["args"]["task"])
-    refs = config["args"].get("test_references") if split == "test" else None
+    settings = folder_settings(run_dir)
+    task = get_task(settings.data.task)
+    refs = settings.data.test_references if split == "test" else None
     folder = run_data_folder(run_dir)
     columns = []
     ids: list[str] = []

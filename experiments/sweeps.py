@@ -1,10 +1,8 @@
-"""The study's sweeps as data: each is a list of `Run`s, one `minigpt2.finetune` run each.
-
-A sweep builder reads `SweepOptions` (model, data, seeds, `--tiny`) and returns runs whose `knobs` are the
-settings that vary (the CSV's first columns and the plots' axes) and whose `options` are the run's settings as
-overrides by path ({"model.lora.rank": 4, ...}), checked against the settings dataclasses when the run is made
-(`app.cli.settings_of`); `Run.args` is the same as finetune flags, written by the CLI builder (`app.cli.argv_of`).
-Nothing here runs anything; `experiments.runner` does.
+"""The study's sweeps, each one declaration: a builder reads `SweepOptions` (model, data, seeds, `--tiny`) and
+returns a `Sweep`: its runs (each a finetune run, its settings checked when the sweep is built), its knobs (the
+settings that vary, as setting paths or functions of a run's settings: the CSV's first columns are read from them),
+its table columns, the reference arms of its paired differences and its plot. The report (`experiments.report`)
+is generic over them; nothing here runs anything (`experiments.runner` does).
 
     baseline      full fine-tuning on sst, cfimdb, quora, sonnet
     lora-ranks    sonnets, LoRA attn+mlp at ranks 1, 2, 4, ..., 256 (alpha 16, lr 1e-2) and full fine-tuning
@@ -25,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 from app import cli
 from app.settings import LORA_LR, LORA_TARGETS  # the study's best LoRA settings
@@ -37,6 +35,9 @@ from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
 
 LORA_ALPHA = LoRAConfig().alpha
+# The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
+STUDY = {"sst": 0.513, "cfimdb": 0.971, "quora": 0.911, "sonnet": 41.97}
+STUDY_TEST = {"sst": 0.546, "quora": 0.891, "sonnet": 41.078}
 Options = dict[str, Any]  # settings overrides by path: {"data.task": "sst", "optim.lr": 0.01}
 
 
@@ -122,10 +123,79 @@ class Run:
         return cli.settings_of({**self.options, **(more or {})})
 
 
+Row = dict[str, Any]  # a CSV row or a table's point (`experiments.report`)
+Knob = Union[str, Callable[[Any], Any]]  # a settings path ("model.lora.rank"), or a function of a RunSettings
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header and what it shows of a point (the point's key, or a function of the point)."""
+
+    head: str
+    value: Union[str, Callable[[Row], Any]]
+
+    def of(self, point: Row) -> Any:
+        return point.get(self.value) if isinstance(self.value, str) else self.value(point)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An arm every other arm is compared with on the same examples (the same seed too): in words, and as a test
+    of a row `ref` against an arm's row `arm`; `short` names it in the zero-shot table ("fp32": "Δ vs fp32")."""
+
+    description: str
+    rule: Callable[[Row, Row], bool]
+    short: str = ""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A sweep's plot: the dev score (the test score beside it) against point key `x`, one line per value of `line`
+    (named by `label`), over the points `keep` keeps. `shared` points start every line; `level` points are drawn
+    across the axes with their interval as a band (named `level_label`); `annotate` writes a label beside each
+    point; `log`: a log x axis of that base (2: ticked at the points); `mark`: (which point, its label) starred;
+    `study`: the study's figure beside a point; `second`: (point key, y label, title) of a second axes over the same
+    lines. One axes per metric when the points have several (accuracy and chrF).
+    """
+
+    x: str
+    xlabel: str
+    title: str
+    line: Callable[[Row], Any] = lambda p: None
+    label: Callable[[Any], str] = lambda key: ""
+    keep: Callable[[Row], bool] = lambda p: True
+    shared: Callable[[Row], bool] = lambda p: False
+    level: Callable[[Row], bool] = lambda p: False
+    level_label: str = ""
+    annotate: Optional[Callable[[Row], str]] = None
+    log: Optional[float] = None
+    mark: Optional[tuple[Callable[[Row], bool], str]] = None
+    study: Optional[Callable[[Row], Optional[float]]] = None
+    second: Optional[tuple[str, str, str]] = None
+
+
+def setting(settings: Any, knob: Knob) -> Any:
+    """A knob's value for a run: the value at a settings path (None under an absent group: no LoRA), or the
+    knob's function of the settings."""
+    if callable(knob):
+        return knob(settings)
+    for part in knob.split("."):
+        settings = getattr(settings, part) if settings is not None else None
+    return settings
+
+
+def settings_of(run: Run) -> Any:
+    """A run's `RunSettings`: the one place the report asks a `Run` for them."""
+    return run.run_settings()
+
+
 @dataclass(frozen=True)
 class Sweep:
-    """A named list of runs, and what was left out of it (by `--tiny`, or for lack of synthetic sonnets); the
-    note is printed by --dry-run and written above the table."""
+    """A sweep as one declaration: its runs, and what was left out of them (by `--tiny`, or for lack of synthetic
+    sonnets; the note is printed by --dry-run and written above the table); its `knobs`, the settings that vary
+    (the CSV's first columns, read from each run's settings); its table `columns` before the score (default: one
+    per knob) and `after` the score; its `references` for paired differences; its `plot`; `best`: mark the point
+    with the best dev score; `extras`: the optional figures its rows carry (`experiments.report.EXTRAS`)."""
 
     name: str
     runs: list[Run]
@@ -133,6 +203,21 @@ class Sweep:
     waits: tuple[str, ...] = ()  # what the runs left out wait for (input files)
     # (synthetic file, filter, n): every arm's ask of a synthetic file, also the arms its file cannot fill yet
     synthetic_needs: tuple[tuple[str, str, int], ...] = ()
+    knobs: dict[str, Knob] = field(default_factory=lambda: {"task": "data.task"})
+    columns: tuple[Column, ...] = ()
+    after: tuple[Column, ...] = ()
+    references: tuple[Reference, ...] = ()
+    plot: Optional[Plot] = None
+    best: bool = False
+    extras: tuple[str, ...] = ()
+
+    def knob_values(self, run: Run) -> dict[str, Any]:
+        """The run's knobs, then its seed: the CSV's first columns."""
+        settings = settings_of(run)
+        return {**{name: setting(settings, knob) for name, knob in self.knobs.items()}, "seed": settings.optim.seed}
+
+    def table_columns(self) -> tuple[Column, ...]:
+        return self.columns or tuple(Column(name, name) for name in self.knobs)
 
 
 def common(opts: SweepOptions) -> Options:
@@ -176,44 +261,79 @@ def sonnet(**more: Any) -> Options:
     return {"data.task": "sonnet", **{k.replace("__", "."): v for k, v in more.items()}}
 
 
+def _declared(opts: SweepOptions, points: list[tuple[str, Options]], evaluations: tuple[Evaluation, ...] = ()
+              ) -> list[Run]:
+    """The runs of (name, settings overrides) points at every seed; their knobs are read from their settings."""
+    return _runs(opts, [(name, options, {}) for name, options in points], evaluations)
+
+
+LORA_KNOBS: dict[str, Knob] = {"task": "data.task", "method": "model.method", "rank": "model.lora.rank",
+                               "targets": "model.lora.targets"}
+TRAINABLE = Column("trainable params", "trainable_params")
+
+
 def lora_alpha_lr(opts: SweepOptions) -> Sweep:
     """Sonnets: LoRA (attn+mlp, rank 16) over a grid of alpha x learning rate, the search behind the study's
     choice of alpha 16 and lr 1e-2 (the table marks the best point)."""
     alphas, lrs = ((16, 32), (1e-2,)) if opts.tiny else (LORA_ALPHAS, LORA_LRS)
     rank = 4 if opts.tiny else LORA_SEARCH_RANK
-    points = [(f"lora-a{a}-lr{lr:g}", {**sonnet(), **lora(rank, alpha=a, lr=lr)},
-               {"task": "sonnet", "method": "lora", "rank": rank, "targets": "attn+mlp", "alpha": a, "lr": lr})
-              for a in alphas for lr in lrs]
+    points = [(f"lora-a{a}-lr{lr:g}", {**sonnet(), **lora(rank, alpha=a, lr=lr)}) for a in alphas for lr in lrs]
     note = (f"--tiny: rank 4, alpha {alphas}, lr {lrs} (full sweep: rank {LORA_SEARCH_RANK}, alpha {LORA_ALPHAS},"
             f" lr {LORA_LRS})")
-    return Sweep("lora-alpha-lr", _runs(opts, points), note if opts.tiny else "")
+    chosen = lambda p: p.get("alpha") == 16 and p.get("lr") == 1e-2  # noqa: E731 (the study's choice)
+    return Sweep("lora-alpha-lr", _declared(opts, points), note if opts.tiny else "",
+                 knobs={**LORA_KNOBS, "alpha": "model.lora.alpha", "lr": "optim.lr"},
+                 columns=(Column("rank", "rank"), Column("alpha", lambda p: f"{p['alpha']:g}"),
+                          Column("lr", lambda p: f"{p['lr']:g}")),
+                 after=(Column("chosen by dev score", lambda p: "best" if p.get("best") else None),),
+                 references=(Reference("alpha 16, lr 1e-2 (the study's choice)", lambda ref, arm: chosen(ref)),),
+                 plot=Plot("lr", "learning rate", "Sonnets: LoRA alpha x learning rate", line=lambda p: p["alpha"],
+                           label=lambda a: f"alpha {a:g}", log=10,
+                           mark=(chosen, "study's choice (alpha 16, lr 1e-2)")),
+                 best=True)
 
 
 def baseline(opts: SweepOptions) -> Sweep:
     """Full fine-tuning on the four tasks, with the finetune defaults (the course's settings)."""
-    points = [(task, {"data.task": task, "model.mode": "full-model"}, {"task": task, "method": "full"})
+    points = [(task, {"data.task": task, "model.mode": "full-model"})
               for task in ("sst", "cfimdb", "quora", "sonnet")]
-    return Sweep("baseline", _runs(opts, points))
+    return Sweep("baseline", _declared(opts, points), knobs={"task": "data.task", "method": "model.method"},
+                 columns=(Column("task", "task"),
+                          Column("metric", lambda p: "chrF" if p["task"] == "sonnet" else "accuracy")),
+                 after=(Column("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
+                        Column("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST
+                               else None)),
+                 plot=Plot("task", "task", "Full fine-tuning: dev and test scores",
+                           study=lambda p: STUDY.get(p["task"])))
 
 
 def lora_ranks(opts: SweepOptions) -> Sweep:
     """Sonnets: LoRA (attn+mlp, alpha 16, lr 1e-2) at each rank, and full fine-tuning as the reference line."""
     ranks = (1, 4) if opts.tiny else LORA_RANKS
-    points = [("full", sonnet(), {"task": "sonnet", "method": "full", "rank": None, "targets": None})]
-    points += [(f"lora-r{r}", {**sonnet(), **lora(r)}, {"task": "sonnet", "method": "lora", "rank": r,
-                                                          "targets": "attn+mlp"}) for r in ranks]
+    points = [("full", sonnet())] + [(f"lora-r{r}", {**sonnet(), **lora(r)}) for r in ranks]
     note = f"--tiny: ranks {', '.join(map(str, ranks))} only (full sweep: {', '.join(map(str, LORA_RANKS))})"
-    return Sweep("lora-ranks", _runs(opts, points), note if opts.tiny else "")
+    full = lambda p: p.get("method") == "full"  # noqa: E731
+    return Sweep("lora-ranks", _declared(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
+                 columns=(Column("method", "method"), Column("rank", "rank"), TRAINABLE),
+                 references=(Reference("full fine-tuning", lambda ref, arm: full(ref)),),
+                 plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
+                           label=lambda _: "LoRA (attn+mlp, alpha 16)", keep=lambda p: not full(p), level=full,
+                           level_label="full fine-tuning", log=2))
 
 
 def lora_targets(opts: SweepOptions) -> Sweep:
     """Sonnets: LoRA on the attention projections only vs attention + MLP, at a small and the largest rank."""
     ranks = (4,) if opts.tiny else (16, 256)
-    points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)},
-               {"task": "sonnet", "method": "lora", "rank": r, "targets": t})
+    points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)})
               for r in ranks for t in ("attn", "attn+mlp")]
     note = "--tiny: rank 4 only (full sweep: ranks 16 and 256)"
-    return Sweep("lora-targets", _runs(opts, points), note if opts.tiny else "")
+    return Sweep("lora-targets", _declared(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
+                 columns=(Column("targets", "targets"), Column("rank", "rank"), TRAINABLE),
+                 references=(Reference("LoRA on attn+mlp at the same rank", lambda ref, arm: ref.get("targets") ==
+                                       "attn+mlp" and ref.get("rank") == arm.get("rank")),),
+                 plot=Plot("trainable_params", "trainable parameters", "Sonnets: LoRA targets",
+                           line=lambda p: p["targets"], label=lambda t: f"LoRA on {t}",
+                           annotate=lambda p: f"r{p['rank']}", log=10))
 
 
 # `python -m minigpt2.evaluate RUN_DIR --task quora --zero-shot` writes RUN_DIR/eval-quora-zero-shot-dev.json.
@@ -224,6 +344,10 @@ ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
 QAFT_OTHER_TASKS = ("sst", "cfimdb")  # the study's other fine-tuning tasks (quora is the check itself)
 
 
+def _same(ref: Row, arm: Row, *keys: str) -> bool:
+    return all(ref.get(k) == arm.get(k) for k in keys)
+
+
 def precision(opts: SweepOptions) -> Sweep:
     """Sonnets at each precision, quantized after training (PTQ) or trained quantization-aware (QAFT); fp32 is
     the reference and has no QAFT twin. Each model also takes the zero-shot Quora check, and so do: the base
@@ -231,30 +355,40 @@ def precision(opts: SweepOptions) -> Sweep:
     int8 QAFT on the other fine-tuning tasks, each beside its fp32 twin (the reference of the paired differences)."""
     precisions = ("fp32", "int8") if opts.tiny else PRECISIONS
     others = QAFT_OTHER_TASKS[:1] if opts.tiny else QAFT_OTHER_TASKS
-    points = []
-    for p in precisions:
-        points.append((f"base-{p}", sonnet(precision__format=p, optim__epochs=0)
-                       | ({"optim.autocast": "off"} if p == "fp32" else {}),
-                       {"task": "sonnet", "precision": p, "qaft": False, "stage": "base"}))
+    off = {"optim.autocast": "off"}  # like with like: the other precisions run without autocast, so fp32 must too
+    points = [(f"base-{p}", sonnet(precision__format=p, optim__epochs=0) | (off if p == "fp32" else {}))
+              for p in precisions]
     for p in precisions:
         for qaft in ((False,) if p == "fp32" else (False, True)):
-            flags = sonnet(precision__format=p, precision__qaft=qaft)
-            if p == "fp32":  # like with like: the other precisions run without autocast, so fp32 must too
-                flags["optim.autocast"] = "off"
             name = p if p == "fp32" else f"{p}-{'qaft' if qaft else 'ptq'}"
-            points.append((name, flags,
-                           {"task": "sonnet", "precision": p, "qaft": qaft, "stage": "fine-tuned"}))
+            points.append((name, sonnet(precision__format=p, precision__qaft=qaft) | (off if p == "fp32" else {})))
     for task in others:  # each with its fp32 twin: the paired reference on the same rows (dev and zero-shot)
-        points.append((f"{task}-fp32", {"data.task": task, "precision.format": "fp32", "optim.autocast": "off"},
-                       {"task": task, "precision": "fp32", "qaft": False, "stage": "fine-tuned"}))
-        points.append((f"{task}-int8-qaft", {"data.task": task, "precision.format": "int8", "precision.qaft": True},
-                       {"task": task, "precision": "int8", "qaft": True, "stage": "fine-tuned"}))
-    notes = []
-    if opts.tiny:
-        notes.insert(0, "--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
-                     + "; sst and cfimdb)")
-    runs = _runs(opts, points, evaluations=(ZERO_SHOT_QUORA,))
-    return Sweep("precision", runs, "; ".join(notes))
+        points.append((f"{task}-fp32", {"data.task": task, "precision.format": "fp32", **off}))
+        points.append((f"{task}-int8-qaft", {"data.task": task, "precision.format": "int8", "precision.qaft": True}))
+    note = ("--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
+            + "; sst and cfimdb)")
+    return Sweep("precision", _declared(opts, points, (ZERO_SHOT_QUORA,)), note if opts.tiny else "",
+                 knobs={"task": "data.task", "precision": "precision.format", "qaft": "precision.qaft",
+                        "stage": lambda s: "base" if s.optim.epochs == 0 else "fine-tuned"},
+                 columns=(Column("model", lambda p: p.get("stage") or "fine-tuned"), Column("task", "task"),
+                          Column("precision", "precision"), Column("QAFT", "qaft"),
+                          Column("model bytes", "model_bytes")),
+                 after=(Column("zero-shot Quora acc.", ZERO_SHOT_QUORA.name),),
+                 references=(Reference("fp32 at the same stage (base or fine-tuned) on the same task",
+                                       lambda ref, arm: ref.get("precision") == "fp32" and _same(ref, arm, "stage",
+                                                                                                "task"), "fp32"),
+                             Reference("post-training quantization at the same precision: QAFT arms only",
+                                       lambda ref, arm: bool(arm.get("qaft")) and not ref.get("qaft")
+                                       and _same(ref, arm, "precision", "stage", "task"))),
+                 plot=Plot("model_bytes", "model size (bytes)", "Sonnets: chrF vs model size by precision",
+                           line=lambda p: bool(p["qaft"]),
+                           label=lambda q: "QAFT" if q else "post-training quantization",
+                           keep=lambda p: p.get("task", "sonnet") == "sonnet"
+                           and p.get("stage", "fine-tuned") == "fine-tuned" and bool(p.get("model_bytes")),
+                           shared=lambda p: p["precision"] == "fp32", annotate=lambda p: p["precision"], log=10,
+                           second=(ZERO_SHOT_QUORA.name, "zero-shot Quora accuracy",
+                                   "Generality after sonnet fine-tuning")),
+                 extras=("model_bytes",))
 
 
 GENERATE_HINT = "`python -m distill.generate --teacher <teacher> --n 1000 --out DIR/<teacher>.jsonl`"
@@ -282,6 +416,11 @@ def real_training_sonnets(opts: SweepOptions) -> int | None:
 PLANNED_SYNTHETIC_DIR = Path("synthetic")  # where a dry run without --synthetic-dir plans the teachers' files
 
 
+def teacher_of(settings: Any) -> str | None:
+    """The teacher whose synthetic sonnets a run trains on: its file's name, without .jsonl."""
+    return Path(settings.data.synthetic.path).stem if settings.data.synthetic else None
+
+
 def teachers(opts: SweepOptions) -> Sweep:
     """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
     shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: the
@@ -302,8 +441,7 @@ def teachers(opts: SweepOptions) -> Sweep:
     names = sorted(set(present) | (set(TEACHERS) if opts.plan_missing else set()))
     planned = [t for t in names if t not in present]
     sizes = sizes_for(opts)
-    points = [("real-only", sonnet(),
-               {"task": "sonnet", "teacher": None, "synthetic_n": 0, "synthetic_filter": None})]
+    points = [("real-only", sonnet())]
     notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
     if planned:
         notes.append(f"planned as if {', '.join(str(folder / f'{t}.jsonl') for t in planned)} held "
@@ -317,17 +455,34 @@ def teachers(opts: SweepOptions) -> Sweep:
             ns = list(sizes[1:]) if n_have is None else fit_sizes(sizes[1:], n_have)
             if ns != list(sizes[1:]):
                 notes.append(shortfall(teacher, path, filt, n_have or 0, max(sizes)))
-            for n in ns:
-                flags = sonnet(data__synthetic__path=str(path), data__synthetic__n=n, data__synthetic__filter=filt)
-                points.append((f"{teacher}-n{n}-{filt}", flags,
-                               {"task": "sonnet", "teacher": teacher, "synthetic_n": n, "synthetic_filter": filt}))
-    points += mixing_points(opts, folder, names, notes,
-                            {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names})
+            points += [(f"{teacher}-n{n}-{filt}", sonnet(data__synthetic__path=str(path), data__synthetic__n=n,
+                                                         data__synthetic__filter=filt)) for n in ns]
+    mixes: dict[tuple[str, int, str], str] = {}
+    perfect = {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names}
+    points += mixing_points(opts, folder, names, notes, perfect, mixes)
     n_real = real_training_sonnets(opts) or 0
     ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
     needs = tuple((str(folder / f"{t}.jsonl"), filt, n) for t in names for filt in ("all", "perfect")
                   for n in [max(sizes)] + ([round(r * n_real) for r in ratios] if filt == "perfect" else []))
-    return Sweep("teachers", _runs(opts, points), "; ".join(notes), synthetic_needs=needs)
+
+    def mix(s: Any) -> str | None:
+        syn = s.data.synthetic
+        return None if syn is None else "synthetic only" if syn.only else mixes.get((syn.path, syn.n, syn.filter))
+
+    curve = lambda p: p.get("mix") != "synthetic only"  # noqa: E731 (no real sonnets: on no curve)
+    return Sweep("teachers", _declared(opts, points), "; ".join(notes), synthetic_needs=needs,
+                 knobs={"task": "data.task", "teacher": teacher_of,
+                        "synthetic_n": lambda s: s.data.synthetic.n if s.data.synthetic else 0,
+                        "synthetic_filter": "data.synthetic.filter", "mix": mix},
+                 columns=(Column("teacher", lambda p: p["teacher"] or "(real only)"),
+                          Column("synthetic", "synthetic_n"), Column("filter", "synthetic_filter"),
+                          Column("mix", lambda p: p.get("mix") or ("real only" if not p["synthetic_n"]
+                                                                  else "real + synthetic"))),
+                 references=(Reference("real sonnets only", lambda ref, arm: not ref.get("synthetic_n")),),
+                 plot=Plot("synthetic_n", "synthetic sonnets added",
+                           "Sonnets: chrF vs synthetic-set size per teacher",
+                           line=lambda p: (p["teacher"], p["synthetic_filter"]), label=lambda k: f"{k[0]} ({k[1]})",
+                           keep=curve, shared=lambda p: not p["synthetic_n"]))
 
 
 def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
@@ -341,10 +496,12 @@ def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
 
 
 def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str],
-                  perfect: dict[str, int] | None = None) -> list[tuple[str, Options, dict[str, Any]]]:
+                  perfect: dict[str, int] | None = None, mixes: dict[tuple[str, int, str], str] | None = None
+                  ) -> list[tuple[str, Options]]:
     """Per teacher, perfect sonnets only: ratio r adds r x (real training sonnets) synthetic ones; 'synthetic
     only' trains on every perfect synthetic sonnet and no real one (dev and test stay real). `perfect`: the
-    perfect sonnets of each teacher's file (read from the file when not given)."""
+    perfect sonnets of each teacher's file (read from the file when not given); `mixes` gets each ratio arm's
+    (file, n, filter) -> "ratio r"."""
     from distill.synthetic import load_synthetic
 
     n_real = real_training_sonnets(opts)
@@ -353,23 +510,21 @@ def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes:
     for teacher in names:
         path = folder / f"{teacher}.jsonl"
         have = perfect[teacher] if perfect is not None else len(load_synthetic(path, filter="perfect"))
-        base = {"task": "sonnet", "teacher": teacher, "synthetic_filter": "perfect"}
         for r in ratios if n_real else ():
             n = round(r * n_real)
             if n in fit_sizes(sizes_for(opts)[1:], have):  # already a point of the perfect curve
                 notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
             elif 0 < n <= have:
-                points.append((f"{teacher}-ratio{r:g}-perfect",
-                               sonnet(data__synthetic__path=str(path), data__synthetic__n=n,
-                                      data__synthetic__filter="perfect"),
-                               {**base, "synthetic_n": n, "mix": f"ratio {r:g}"}))
+                points.append((f"{teacher}-ratio{r:g}-perfect", sonnet(
+                    data__synthetic__path=str(path), data__synthetic__n=n, data__synthetic__filter="perfect")))
+                if mixes is not None:
+                    mixes[str(path), n, "perfect"] = f"ratio {r:g}"
             else:
                 notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
         if have:
             points.append((f"{teacher}-only-perfect",
                            sonnet(data__synthetic__path=str(path), data__synthetic__n=have,
-                                  data__synthetic__filter="perfect", data__synthetic__only=True),
-                           {**base, "synthetic_n": have, "mix": "synthetic only"}))
+                                  data__synthetic__filter="perfect", data__synthetic__only=True)))
     if not n_real:
         notes.append("mixing ratios wait for the sonnet training file")
     return points

@@ -107,8 +107,9 @@ def test_zero_epoch_runs_of_the_precision_sweep_pass_epochs_0():
     from app.finetune import parse_settings
     from experiments.sweeps import SweepOptions, build_sweep
 
-    runs = [r for r in build_sweep("precision", SweepOptions(tiny=True)).runs if r.knobs["stage"] == "base"]
-    assert [r.knobs["precision"] for r in runs] == ["fp32", "int8"]
+    sweep = build_sweep("precision", SweepOptions(tiny=True))
+    runs = [r for r in sweep.runs if sweep.knob_values(r)["stage"] == "base"]
+    assert [sweep.knob_values(r)["precision"] for r in runs] == ["fp32", "int8"]
     assert all(parse_settings([*r.args, "--out-dir", "x"]).optim.epochs == 0 for r in runs)
 
 

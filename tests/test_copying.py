@@ -277,7 +277,7 @@ def _metrics_with(copying: dict, coverage: dict) -> dict:
 
 
 def test_report_rows_and_cells_of_copying_and_scored_shares():
-    from experiments.report import copying_measures, copying_point, scored_cell
+    from experiments.metrics import copying_measures, copying_point, scored_cell
 
     rec = copying_record(["1", "2"], [["p\nq\nr\na b c d e f z", "p\nq\nr\nz y"]], [3, 3], ["a b c d e f g"], {})
     cov = coverage_record({"1": (8, 8, 6), "2": (4, 4, 4)})
@@ -295,7 +295,9 @@ def test_report_rows_and_cells_of_copying_and_scored_shares():
 
 
 def test_copying_table_rows_for_an_arm_and_the_flagged_reference():
-    from experiments.report import copying_block, copying_measures, copying_point
+    from experiments.metrics import copying_measures, copying_point
+    from experiments.sweeps import SweepOptions, build_sweep
+    from experiments.tables import copying_block
 
     train = ["a b c d e f g h i"]
     arm = copying_record(["1", "2"], [["p\nq\nr\na b c x", "p\nq\nr\nb c d e f g h z"]], [3, 3], train,
@@ -303,7 +305,7 @@ def test_copying_table_rows_for_an_arm_and_the_flagged_reference():
     point = {"method": "full", "rank": None, "trainable_params": 10,
              **copying_point([copying_measures(_metrics_with(arm, coverage_record({"1": (1, 1, 1)})))])}
     wrong = copying_record(["1"], [["p\nq\nr\n" + train[0]]], [3], train, {})
-    text = "".join(copying_block("lora-ranks", [point], {"wrong sonnet (nearest training length)": wrong}))
+    text = "".join(copying_block(build_sweep("lora-ranks", SweepOptions()), [point], {"wrong sonnet (nearest training length)": wrong}))
     lo, hi = wilson(1, 2)
     # arm: longest with training 3 and 7 (mean 5.0, max 7); 4-grams: 0 of 1 and 4 of 5; held-out "x z" in "2"
     # is the prompt's own sonnet for prompt 2 and not "x" alone for prompt 1: 1 word at most
@@ -315,11 +317,11 @@ def test_copying_table_rows_for_an_arm_and_the_flagged_reference():
 
 
 def test_nll_plot_draws_the_unigram_and_uniform_bars():
-    from experiments.report import plot_nll
+    from experiments.plots import plot_nll
 
     points = [{"seeds": 1, "task": "sonnet", "metric": "chrf", "dev_nll": 7.0, "dev_nll_low": 6.9,
                "dev_nll_high": 7.1, "method": "full", "rank": None, "trainable_params": 10}]
-    fig = plot_nll("lora-ranks", points, {"unigram (add-0.05)": 6.5, "uniform": math.log(50257)})
+    fig = plot_nll("lora-ranks", points, ["full"], {"unigram (add-0.05)": 6.5, "uniform": math.log(50257)})
     xs = sorted(line.get_xdata()[0] for line in fig.axes[0].get_lines() if line.get_linestyle() in (":", "-."))
     assert xs == pytest.approx([6.5, math.log(50257)])
     assert {"dev, unigram (add-0.05)", "dev, uniform"} <= set(fig.axes[0].get_legend_handles_labels()[1])

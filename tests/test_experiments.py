@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from experiments import __main__ as cli
-from experiments import report, runner, stats
+from app import cli as app_cli
+from experiments import metrics, plots, report, runner, stats, tables
 from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions,
                                build_sweep)
 from app.cli import finetune_parser, flat, settings_from
@@ -27,6 +28,7 @@ def parse(argv):
 from minigpt2.metrics import chrf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BASELINE = build_sweep("baseline", SweepOptions())
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -37,70 +39,72 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
     sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
     assert sweep.runs
     for run in sweep.runs:
-        args = parse([*run.args, "--out-dir", "x"])
-        assert args.seed == run.knobs["seed"]
+        args, knobs = parse([*run.args, "--out-dir", "x"]), sweep.knob_values(run)
+        assert args.seed == knobs["seed"]
         assert args.model == ("tiny" if tiny else "gpt2")
-        if run.knobs.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
+        if knobs.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
             assert args.epochs == 0
         else:
             assert (args.epochs == 1) == tiny
         for key in ("task", "precision", "synthetic_n", "synthetic_filter"):
-            if run.knobs.get(key) is not None and hasattr(args, key):
+            if knobs.get(key) is not None and hasattr(args, key):
                 value = getattr(args, key) or (0 if key == "synthetic_n" else None)  # n = 0: no --synthetic
-                assert value == run.knobs[key], (run.name, key)
-        if run.knobs.get("method") == "lora":
-            alpha, lr = run.knobs.get("alpha", 16), run.knobs.get("lr", 1e-2)  # the study's unless searched
-            assert (args.lora_rank, args.lora_alpha, args.lr) == (run.knobs["rank"], alpha, lr)
-            assert args.lora_targets == run.knobs["targets"]
+                assert value == knobs[key], (run.name, key)
+        if knobs.get("method") == "lora":
+            alpha, lr = knobs.get("alpha", 16), knobs.get("lr", 1e-2)  # the study's unless searched
+            assert (args.lora_rank, args.lora_alpha, args.lr) == (knobs["rank"], alpha, lr)
+            assert args.lora_targets == knobs["targets"]
 
 
 def test_sweep_shapes(monkeypatch):
     monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)  # the data folder is absent here, as on a fresh machine
     full = {n: build_sweep(n, SweepOptions(synthetic_dir=str(TINY_SYNTHETIC_DIR))) for n in SWEEPS}
-    assert [r.knobs["task"] for r in full["baseline"].runs] == ["sst", "cfimdb", "quora", "sonnet"]
-    ranks = [r.knobs["rank"] for r in full["lora-ranks"].runs]
+    assert [full["baseline"].knob_values(r)["task"] for r in full["baseline"].runs] == ["sst", "cfimdb", "quora", "sonnet"]
+    ranks = [full["lora-ranks"].knob_values(r)["rank"] for r in full["lora-ranks"].runs]
     assert ranks == [None, 1, 2, 4, 8, 16, 32, 64, 128, 256]  # full fine-tuning first, then every rank
-    prec = {(r.knobs["precision"], r.knobs["qaft"]) for r in full["precision"].runs}
+    prec = {(full["precision"].knob_values(r)["precision"], full["precision"].knob_values(r)["qaft"]) for r in full["precision"].runs}
     assert len(prec) == 11 and ("fp32", False) in prec and ("int4", True) in prec and ("fp8", False) in prec
     assert all(r.evaluations and r.evaluations[0].name == "zero_shot_quora" for r in full["precision"].runs)
-    base = [r.knobs["precision"] for r in full["precision"].runs if r.knobs.get("stage") == "base"]
+    base = [k["precision"] for k in map(full["precision"].knob_values, full["precision"].runs) if k["stage"] == "base"]
     assert base == ["fp64", "fp32", "bf16", "fp8", "int8", "int4"]  # the zero-shot reference at each precision
     teachers = full["teachers"].runs
-    assert teachers[0].knobs["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
+    assert full["teachers"].knob_values(teachers[0])["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
     assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
                                                "gemini-2.5-flash-n2-perfect-s11711"]
     # then per teacher its perfect sonnets alone (the mixing ratios need the training file, absent here)
-    assert [r.knobs.get("mix") for r in teachers[5:]] == ["synthetic only"] * 2
+    assert [full["teachers"].knob_values(r)["mix"] for r in teachers[5:]] == ["synthetic only"] * 2
     assert all("--synthetic-only" in r.args for r in teachers[5:]) and len(teachers) == 7
     assert "mixing ratios wait for the sonnet training file" in full["teachers"].note
     tiny_teachers = build_sweep("teachers", SweepOptions(tiny=True))
     assert "gemini-2.5-flash: ratio 0.5 is its n2-perfect run" in tiny_teachers.note
     grid = full["lora-alpha-lr"].runs
-    assert {(r.knobs["alpha"], r.knobs["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
+    assert {(full["lora-alpha-lr"].knob_values(r)["alpha"], full["lora-alpha-lr"].knob_values(r)["lr"]) for r in grid} == {(a, lr) for a in (4, 8, 16, 32, 64)
                                                                         for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
-    assert (16, 1e-2) in {(r.knobs["alpha"], r.knobs["lr"]) for r in grid}  # the study's choice is a point
+    assert (16, 1e-2) in {(full["lora-alpha-lr"].knob_values(r)["alpha"], full["lora-alpha-lr"].knob_values(r)["lr"]) for r in grid}  # the study's choice is a point
     assert ("gemini-2.5-flash has 2 perfect sonnets; the n1000-perfect arm needs 1000: generate ~2495 more "
             "requests") in full["teachers"].note  # 998 more perfect ones at the file's 2 per 5 requests
     tiny = build_sweep("lora-ranks", SweepOptions(tiny=True))
-    assert [r.knobs["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
+    assert [tiny.knob_values(r)["rank"] for r in tiny.runs] == [None, 1, 4] and "ranks 1, 4 only" in tiny.note
 
 
 def test_every_arm_states_its_compute_dtype_and_fp32_is_fp32_on_a_gpu():
     sweep = build_sweep("precision", SweepOptions())
-    fp32 = next(r for r in sweep.runs if r.knobs["precision"] == "fp32")
+    fp32 = next(r for r in sweep.runs if sweep.knob_values(r)["precision"] == "fp32")
     args = parse([*fp32.args, "--out-dir", "x"])
     assert args.autocast == "off"
-    dtype = report.compute_dtype
-    assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "off"}}) == "fp32"
-    assert dtype({"device": "cuda:0", "args": {"precision": "fp32", "autocast": "auto"}}) == "bf16 autocast"
-    assert dtype({"device": "cpu", "args": {"precision": "fp32", "autocast": "auto"}}) == "fp32"
-    assert dtype({"device": "cuda", "args": {"precision": "int8", "autocast": "off"}}) == "fp32 (int8 fake-quant)"
-    assert dtype({"device": "cpu", "args": {"precision": "fp64"}}) == "fp64"
+    def dtype(device: str, **options) -> str:
+        return report.compute_dtype(app_cli.settings_of({"data.task": "sonnet", **options}), device)
+
+    assert dtype("cuda:0", **{"precision.format": "fp32", "optim.autocast": "off"}) == "fp32"
+    assert dtype("cuda:0", **{"precision.format": "fp32", "optim.autocast": "auto"}) == "bf16 autocast"
+    assert dtype("cpu", **{"precision.format": "fp32", "optim.autocast": "auto"}) == "fp32"
+    assert dtype("cuda", **{"precision.format": "int8", "optim.autocast": "off"}) == "fp32 (int8 fake-quant)"
+    assert dtype("cpu", **{"precision.format": "fp64", "optim.autocast": "off"}) == "fp64"
     rows = [{"task": "sonnet", "seed": 1, "status": "done", "metric": "chrf", "dev_score": 40.0, "ci_low": 39.0,
              "ci_high": 41.0, "precision": "fp32", "qaft": False, "compute": "fp32"}]
-    assert "| fp32 | no | — | fp32 | 40.00 [39.00, 41.00] |" in report.markdown_table("precision",
-                                                                                     report.group_seeds(rows))
+    assert "| fp32 | no | — | fp32 | 40.00 [39.00, 41.00] |" in tables.markdown_table(
+        sweep, metrics.group_seeds(rows, list(sweep.knobs)))
 
 
 def test_synthetic_sizes_end_at_what_a_file_has():
@@ -117,7 +121,7 @@ def test_seeds_multiply_runs_with_distinct_names():
     sweep = build_sweep("baseline", SweepOptions(seeds=3))
     assert len(sweep.runs) == 12
     assert len({r.name for r in sweep.runs}) == 12
-    assert sorted({r.knobs["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
+    assert sorted({sweep.knob_values(r)["seed"] for r in sweep.runs}) == [11711, 11712, 11713]
     with pytest.raises(ValueError, match="--seeds 0: expected an integer from 1 to 100"):
         build_sweep("baseline", SweepOptions(seeds=0))
 
@@ -169,7 +173,8 @@ class FakeFinetune:
         run_dir = Path(argv[argv.index("--out-dir") + 1])
         if run_dir.name in self.fail:
             raise RuntimeError("CUDA out of memory (fake)")
-        (run_dir / "config.json").write_text(json.dumps({"settings": {}, "args": {"task": "sst"}}))
+        settings = app_cli.settings_from(app_cli.finetune_parser().parse_args(list(argv)), here=False)
+        (run_dir / "config.json").write_text(json.dumps({"settings": settings.to_dict()}))
         if run_dir.name in self.stop_after:
             (run_dir / "last").mkdir(exist_ok=True)
             (run_dir / "last" / "state.safetensors").write_text("")
@@ -384,11 +389,11 @@ FAKE_POINTS = {
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_plots_are_pngs_with_labelled_axes(name, tmp_path):
-    fig = report.PLOTS[name](FAKE_POINTS[name])
-    labels = report.axis_labels(fig)
+    fig = plots.plot(build_sweep(name, SweepOptions(tiny=True)).plot, FAKE_POINTS[name])
+    labels = plots.axis_labels(fig)
     assert labels and all(a["xlabel"] and a["ylabel"] for a in labels)
     assert any(line.get_xydata().size for ax in fig.axes for line in ax.get_lines())  # something was drawn
-    path = report.save_figure(fig, tmp_path / f"{name}.png", name)
+    path = plots.save_figure(fig, tmp_path / f"{name}.png", name)
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(path) as img:
         assert img.size[0] > 300
@@ -398,15 +403,15 @@ def test_plots_are_pngs_with_labelled_axes(name, tmp_path):
 def test_markdown_table_shows_intervals_or_seed_spread():
     rows = [{"task": "sonnet", "seed": s, "status": "done", "metric": "chrf", "dev_score": v, "ci_low": v - 2,
              "ci_high": v + 2} for s, v in ((1, 40.0), (2, 42.0))]
-    one = report.group_seeds(rows[:1])
-    assert report.format_score(one[0]) == "40.00 [38.00, 42.00]"
-    two = report.group_seeds(rows)
+    one = metrics.group_seeds(rows[:1])
+    assert metrics.format_score(one[0]) == "40.00 [38.00, 42.00]"
+    two = metrics.group_seeds(rows)
     # two seeds: the mean with the 95% t-interval across seeds, t(0.975, 1 df) = 12.706, sd = sqrt(2)
     half = 12.706 * math.sqrt(2) / math.sqrt(2)
-    assert len(two) == 1 and report.format_score(two[0]) == f"41.00 [{41 - half:.2f}, {41 + half:.2f}] (2 seeds)"
-    assert "| dev chrF [mean over seeds, 95% t-interval across seeds] |" in report.markdown_table("baseline", two)
-    missing = report.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
-    table = report.markdown_table("baseline", missing)
+    assert len(two) == 1 and metrics.format_score(two[0]) == f"41.00 [{41 - half:.2f}, {41 + half:.2f}] (2 seeds)"
+    assert "| dev chrF [mean over seeds, 95% t-interval across seeds] |" in tables.markdown_table(BASELINE, two)
+    missing = metrics.group_seeds([{**rows[0], "status": "missing", "dev_score": math.nan}])
+    table = tables.markdown_table(BASELINE, missing)
     assert table.splitlines()[0] == ("| task | metric | compute | dev score [95% CI] | test score [95% CI] | "
                                      "study dev | study test |")
     assert "| sonnet | chrF | — | — | — | 41.97 | 41.078 |" in table
@@ -522,7 +527,7 @@ def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_pat
     (data / "ids-sst-test-labels.csv").write_text("id\tsentiment\n" + "".join(f"{i}\t3\n" for i in test_ids))
     run = tmp_path / "runs" / "sst-s1"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(data)}}))
+    (run / "config.json").write_text(json.dumps({"settings": {"data": {"task": "sst", "data_dir": str(data)}, "eval": {"samples": 1}}}))
     (run / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(f"{i} , 3\n" for i in dev_ids))
     (run / "test.csv").write_text("id \t Predicted_Sentiment \n" + "".join(
         f"{i} , {3 if k % 2 == 0 else 1}\n" for k, i in enumerate(test_ids)))
@@ -534,31 +539,31 @@ def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_pat
     assert row["test_score"] == pytest.approx(expected) and math.isnan(row["test_low"])  # 4 rows: no interval
     assert row["n_test"] == len(test_ids) == 4 and row["n_dev"] == len(dev_ids) == 8
     assert 0 < row["majority"] <= 1 and row["majority_low"] <= row["majority"] <= row["majority_high"]
-    table = report.markdown_table("baseline", report.group_seeds([row]))
+    table = tables.markdown_table(BASELINE, metrics.group_seeds([row]))
     assert "majority class (dev rows) [95% CI]" in table.splitlines()[0]
     assert f"{expected:.3f} (n=4, too few for an interval)" in table
     assert f"{row['majority']:.3f} [{row['majority_low']:.3f}, {row['majority_high']:.3f}] n=8" in table
     (data / "ids-sst-test-labels.csv").unlink()
     row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
     assert math.isnan(row["test_score"])
-    assert report.format_score(report.group_seeds([row])[0], "test_") == "—"
+    assert metrics.format_score(metrics.group_seeds([row])[0], "test_") == "—"
 
 
 def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(tmp_path):
     """The fixture flash teacher has the summary `distill.generate` writes; flash-lite has none, so its figures are
     recomputed from its JSONL by the same code (`distill.summary.read_summary`)."""
-    flash = report.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash.jsonl")
+    flash = tables.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash.jsonl")
     assert flash["requests"] == 5 and flash["rejected"] == {"empty": 1} and (flash["kept"], flash["perfect"]) == (4, 2)
     assert flash["perfect_rate"] == 0.5 and flash["perfect_low"] < 0.5 < flash["perfect_high"]
     assert (flash["tokens_input"], flash["tokens_output"], flash["tokens_thinking"]) == (0, 0, 0)
-    lite = report.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash-lite.jsonl")
+    lite = tables.teacher_summary(TINY_SYNTHETIC_DIR / "gemini-2.5-flash-lite.jsonl")
     assert (lite["kept"], lite["perfect"]) == (4, 2) and lite["perfect_low"] <= 0.5 <= lite["perfect_high"]
     assert not (TINY_SYNTHETIC_DIR / "gemini-2.5-flash-lite.jsonl.summary.json").exists()  # nothing written
 
     sweep = build_sweep("teachers", SweepOptions(tiny=True))
     rows = [{**r, "status": "done", "metric": "chrf", "dev_score": 30.0, "ci_low": 29.0, "ci_high": 31.0,
-             "test_score": math.nan} for r in ({"run": run.name, **run.knobs} for run in sweep.runs)]
-    text = "".join(report.teacher_block(sweep, rows, samples=200))
+             "test_score": math.nan} for r in ({"run": run.name, **sweep.knob_values(run)} for run in sweep.runs)]
+    text = "".join(tables.teacher_block(sweep, rows, samples=200))
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| gemini")}
     assert "| 5 | 4 | empty: 1 | 0.500 [0.150, 0.850] n=4 | 0 / 0 / 0 | $0.0000 |" in lines["gemini-2.5-flash"]
     assert "n2 all: 30.00 [29.00, 31.00] / —" in lines["gemini-2.5-flash"]
@@ -594,7 +599,7 @@ def test_majority_class_is_read_from_the_run_when_it_recorded_one(tmp_path):
                if line]
     run = tmp_path / "runs" / "sst-s1"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(TINY_DATA_DIR)}}))
+    (run / "config.json").write_text(json.dumps({"settings": {"data": {"task": "sst", "data_dir": str(TINY_DATA_DIR)}, "eval": {"samples": 1}}}))
     (run / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(f"{i} , 3\n" for i in dev_ids[:2]))
     (run / "test.csv").write_text("id \t Predicted_Sentiment \n")
     (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.5},

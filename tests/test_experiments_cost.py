@@ -101,13 +101,13 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
     from tasks import get_task
 
     run = build_sweep("baseline", SweepOptions(tiny=True)).runs[3]
-    assert run.knobs["task"] == "sonnet"
+    assert run.run_settings().data.task == "sonnet"
     capped = estimate.run_workload(run)
     free = estimate.run_workload(estimate.Run(run.name, {**run.options, "eval.sampling.max_new_tokens": 400,
                                                          "optim.epochs": 3, "eval.samples": 2}, run.knobs))
     tok, task = Tokenizer(str(TINY_TOKENIZER_DIR)), get_task("sonnet")
-    dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.knobs["seed"])
-    test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.knobs["seed"])
+    dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.run_settings().optim.seed)
+    test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.run_settings().optim.seed)
     truth = {str(n): len(tok.encode(t)) + 1 for n, t in task.format.split_references(TINY_DATA_DIR, "test").items()}
     def cut(conts: list[int], prompts: list) -> list[int]:  # the tiny model's 128 positions hold prompt + rest
         return [min(128 - max(len(e.input_ids) for e in prompts), c) for c in conts]

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from experiments import html as page
-from experiments import report
+from experiments import metrics, plots, report, tables
+from experiments.sweeps import SweepOptions, build_sweep
 from experiments.sweeps import TINY_DATA_DIR
 
 # A sonnet distill.check calls perfect (ABAB CDCD EFEF GG on plain CMU rhymes); the couplet indented as in
@@ -26,7 +27,7 @@ def results_folder(tmp_path: Path) -> Path:
     """A results folder as a finished baseline leaves it: CSV, markdown, PNG, and the sonnet run it names."""
     run = tmp_path / "runs" / "sonnet-s1"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"args": {"task": "sonnet", "data_dir": str(TINY_DATA_DIR)}}))
+    (run / "config.json").write_text(json.dumps({"settings": {"data": {"task": "sonnet", "data_dir": str(TINY_DATA_DIR)}}}))
     (run / "metrics.json").write_text(json.dumps({"metric": "chrf", "dev": {"chrf": 30.0},
                                                   "dev_predictions": "gen_dev.txt", "test_predictions": "gen.txt"}))
     first = "\n".join(PERFECT.split("\n")[:3])
@@ -41,8 +42,8 @@ def results_folder(tmp_path: Path) -> Path:
              "run_dir": str(tmp_path / "runs" / "sst-s1")}]
     report.write_csv(rows, out / "baseline.csv")
     (out / "baseline.md").write_text("# baseline\n\n**Warning:** data not found at /x.\n\n"
-                                     + report.markdown_table("baseline", report.group_seeds(rows)))
-    report.save_figure(report.plot_baseline(report.group_seeds(rows)), out / "baseline.png", "baseline")
+                                     + tables.markdown_table(build_sweep("baseline", SweepOptions()), metrics.group_seeds(rows)))
+    plots.save_figure(plots.plot(build_sweep("baseline", SweepOptions()).plot, metrics.group_seeds(rows)), out / "baseline.png", "baseline")
     return out
 
 

@@ -81,7 +81,7 @@ def test_sweep_runs_end_to_end_with_tiny(name, tiny_sweep, counting):
             assert "Paired differences, arm − reference" in table and "| held-out NLL |" in table
     html = (out / "index.html").read_text()
     assert "Provenance" in html and "held-out NLL" in html
-    assert table.count("\n|") >= 2 + len({tuple(sorted((k, str(v)) for k, v in r.knobs.items() if k != "seed"))
+    assert table.count("\n|") >= 2 + len({tuple(sorted((k, str(v)) for k, v in sweep.knob_values(r).items() if k != "seed"))
                                            for r in sweep.runs})
     png = out / f"{name}.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -112,3 +112,29 @@ def test_baseline_on_the_real_course_files(tmp_path):
         ("sst", "done", "12"), ("cfimdb", "done", "12"), ("quora", "done", "12"), ("sonnet", "done", "12")]
     sonnet = rows[-1]
     assert float(sonnet["ci_low"]) < float(sonnet["dev_score"]) < float(sonnet["ci_high"])
+
+
+def test_a_sweep_declared_here_gets_its_csv_table_plot_and_page_from_the_generic_report(tmp_path):
+    """Adding a sweep is one declaration: two tiny sonnet runs over optim.lr, declared in this test, get their CSV
+    (the knob read from the settings), table, paired differences, plot and HTML section without touching
+    experiments/."""
+    from experiments import html, report, runner, sweeps
+    from experiments.sweeps import Plot, Reference, Sweep
+
+    runs = sweeps._declared(SweepOptions(tiny=True), [(f"lr{lr:g}", sweeps.sonnet(optim__lr=lr)) for lr in (1e-3, 1e-2)])
+    toy = Sweep("toy-lr", runs, knobs={"lr": "optim.lr"},
+                references=(Reference("lr 1e-3", lambda ref, arm: ref.get("lr") == 1e-3),),
+                plot=Plot("lr", "learning rate", "Sonnets: chrF vs lr", log=10))
+    runner.run_sweep(toy.runs, tmp_path / "runs", runner.in_process, progress=False)
+    paths = report.write_report(toy, tmp_path / "runs", tmp_path / "out", samples=50)
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:5] == ["sweep", "run", "lr", "seed", "status"]
+    assert [(r["lr"], r["status"], r["arg_lr"]) for r in rows] == [("0.001", "done", "0.001"), ("0.01", "done", "0.01")]
+    table = paths["md"].read_text()
+    assert "| lr | compute | dev chrF [95% CI] |" in table and "| 0.010 | fp32 | " in table
+    assert "Paired differences, arm − reference (lr 1e-3)" in table and "| real held-out sonnets |" in table
+    with Image.open(paths["png"]) as img:
+        assert json.loads(img.text["Description"])["axes"][0]["xlabel"] == "learning rate"
+    page = html.write_index(tmp_path / "out", sweeps=["toy-lr"]).read_text()
+    assert '<section id="toy-lr"><h2>toy-lr</h2>' in page and "data:image/png;base64," in page

@@ -22,11 +22,14 @@ from hypothesis import strategies as st
 from sacrebleu.metrics import CHRF
 from scipy import stats as sps
 
-from experiments import report
+from experiments import metrics, report, tables
+from experiments.sweeps import ZERO_SHOT_QUORA, SweepOptions, build_sweep
 from experiments.stats import (BOUNDS, STATISTICS, ExampleScores, Interval, bootstrap_chrf, chrf_of_sums,
                                chrf_statistics, paired_difference)
 from experiments.sweeps import TINY_DATA
 from minigpt2.metrics import (MIN_INTERVAL_N, bootstrap_interval, mcnemar, sign_flip_p, studentized_interval)
+
+PRECISION = build_sweep("precision", SweepOptions())
 
 RATIO = lambda sums, m: sums[0][..., 0].sum(-1) / sums[0][..., 1].sum(-1)  # noqa: E731
 
@@ -229,27 +232,27 @@ def test_below_the_minimum_n_there_is_no_interval():
 
 def test_every_interval_is_printed_with_its_n_and_none_below_the_minimum():
     point = {"seeds": 1, "metric": "chrf", "score": 41.9, "low": 40.1, "high": 43.6, "n": 12}
-    assert report.format_score(point) == "41.90 [40.10, 43.60] n=12"
+    assert metrics.format_score(point) == "41.90 [40.10, 43.60] n=12"
     few = {**point, "low": math.nan, "high": math.nan, "n": 2}
-    assert report.format_score(few) == "41.90 (n=2, too few for an interval)"
+    assert metrics.format_score(few) == "41.90 (n=2, too few for an interval)"
     stale = {**point, "low": 41.0, "high": 42.0, "n": 3}  # an interval recorded by an older run: not shown
-    assert report.format_score(stale) == "41.90 (n=3, too few for an interval)"
+    assert metrics.format_score(stale) == "41.90 (n=3, too few for an interval)"
     seeds = {**point, "seeds": 3}
-    assert report.format_score(seeds) == "41.90 [40.10, 43.60] (3 seeds, n=12 each)"
+    assert metrics.format_score(seeds) == "41.90 [40.10, 43.60] (3 seeds, n=12 each)"
     nll = {"dev_nll": 3.2, "dev_nll_low": 3.1, "dev_nll_high": 3.35, "dev_nll_n": 12}
-    assert report.format_measure(nll, "dev_nll") == "3.200 [3.100, 3.350] n=12"
+    assert metrics.format_measure(nll, "dev_nll") == "3.200 [3.100, 3.350] n=12"
     rate = {"dev_perfect": 0.5, "dev_perfect_low": 0.15, "dev_perfect_high": 0.85, "dev_perfect_n": 4}
-    assert report.format_measure(rate, "dev_perfect", percent=True, min_n=1) == "50 [15, 85] n=4"  # Wilson
+    assert metrics.format_measure(rate, "dev_perfect", percent=True, min_n=1) == "50 [15, 85] n=4"  # Wilson
 
 
 def test_a_difference_cell_names_its_interval_n_and_tests():
     d = Interval(0.1, 0.03, 0.17, 100, 0.0021, mcnemar([1] * 10 + [0] * 90, [0] * 100))
-    assert report.format_difference([d], 3) == ("+0.100 [+0.030, +0.170] n=100, sign-flip p=0.0021, McNemar "
+    assert metrics.format_difference([d], 3) == ("+0.100 [+0.030, +0.170] n=100, sign-flip p=0.0021, McNemar "
                                                 "p=0.00195 (exact binomial; 10 vs 0 discordant)")
     chrf = Interval(-1.2, -3.1, 0.6, 12, 0.19)
-    assert report.format_difference([chrf], 2) == "-1.20 [-3.10, +0.60] n=12, sign-flip p=0.19"
+    assert metrics.format_difference([chrf], 2) == "-1.20 [-3.10, +0.60] n=12, sign-flip p=0.19"
     tiny = Interval(-1.2, math.nan, math.nan, 2, 0.5)
-    assert report.format_difference([tiny], 2) == "-1.20 (n=2, too few for an interval), sign-flip p=0.5"
+    assert metrics.format_difference([tiny], 2) == "-1.20 (n=2, too few for an interval), sign-flip p=0.5"
 
 
 def fake_zero_shot_run(root, name: str, precision: str, correct: list[bool], stage: str = "fine-tuned") -> dict:
@@ -261,14 +264,14 @@ def fake_zero_shot_run(root, name: str, precision: str, correct: list[bool], sta
     ids = list(labels)[:len(correct)]
     run = root / name
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"args": {"task": "sst", "data_dir": str(folder)}}))
+    (run / "config.json").write_text(json.dumps({"settings": {"data": {"task": "sst", "data_dir": str(folder)}, "eval": {"samples": 1}}}))
     label_format("quora").write_predictions(run / "zs.csv", ids,
                                             [labels[k] if ok else 1 - labels[k] for k, ok in zip(ids, correct)])
-    (run / report.ZERO_SHOT_QUORA.output).write_text(json.dumps(
+    (run / ZERO_SHOT_QUORA.output).write_text(json.dumps(
         {"task": "quora", "predictions": "zs.csv", "accuracy": sum(correct) / len(correct), "examples": len(ids)}))
     row = {"run": name, "status": "done", "task": "sst", "precision": precision, "qaft": precision != "fp32",
            "stage": stage, "seed": 1, "run_dir": str(run), "compute": "fp32"}
-    row["zero_shot"] = report.zero_shot_row(run, report.ZERO_SHOT_QUORA.output, samples=300)
+    row["zero_shot"] = report.zero_shot_row(run, ZERO_SHOT_QUORA.output, samples=300)
     return row
 
 
@@ -277,7 +280,7 @@ def test_the_zero_shot_block_pairs_each_model_with_fp32_on_the_same_rows(tmp_pat
     Δ = 3/8 - 7/8 with McNemar's exact p = P(0 of 4) * 2 (scipy's binomtest)."""
     fp32 = fake_zero_shot_run(tmp_path, "sst-fp32", "fp32", [True] * 7 + [False])
     qaft = fake_zero_shot_run(tmp_path, "sst-int8-qaft", "int8", [True] * 3 + [False] * 5)
-    block = "\n".join(report.zero_shot_block([fp32, qaft], samples=300))
+    block = "\n".join(tables.zero_shot_block([fp32, qaft], PRECISION.references[0], ZERO_SHOT_QUORA.output, samples=300))
     line = next(ln for ln in block.splitlines() if "| int8 |" in ln)
     want = sps.binomtest(0, 4, 0.5).pvalue
     assert f"| {3 / 8 - 7 / 8:+.3f} [" in line and "] n=8, sign-flip p=0.125" in line  # 2 of 16 swaps

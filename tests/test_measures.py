@@ -303,22 +303,26 @@ def test_report_refuses_an_edited_scored_file(tmp_path, tiny_sweep):
 
 
 def test_each_sweep_pairs_an_arm_with_its_reference_of_the_same_seed():
-    from experiments.report import REFERENCE_ARMS, _reference_row
+    from experiments.sweeps import SweepOptions, build_sweep
+    from experiments.tables import _reference_row
+
+    def rules(name: str) -> list:
+        return [r.rule for r in build_sweep(name, SweepOptions()).references]
 
     def row(seed=1, **settings):
         return {"status": "done", "seed": seed, "task": "sonnet", **settings}
 
     full, lora, lora2 = row(method="full"), row(method="lora", rank=4), row(2, method="lora", rank=4)
-    (_, rule), = REFERENCE_ARMS["lora-ranks"]
+    (rule,) = rules("lora-ranks")
     assert _reference_row(rule, lora, [full, lora, lora2]) is full
     assert _reference_row(rule, lora2, [full, lora, lora2]) is None  # no full run of seed 2
     fp32, ptq, qaft = (row(precision=p, qaft=q, stage="fine-tuned") for p, q in (("fp32", False), ("int8", False),
                                                                               ("int8", True)))
     base32, base8 = (row(precision=p, qaft=False, stage="base") for p in ("fp32", "int8"))
     rows = [fp32, ptq, qaft, base32, base8]
-    (_, to_fp32), (_, to_ptq) = REFERENCE_ARMS["precision"]
+    to_fp32, to_ptq = rules("precision")
     assert _reference_row(to_fp32, qaft, rows) is fp32 and _reference_row(to_fp32, base8, rows) is base32
     assert _reference_row(to_ptq, qaft, rows) is ptq and _reference_row(to_ptq, ptq, rows) is None
-    (_, rule), = REFERENCE_ARMS["lora-targets"]
+    (rule,) = rules("lora-targets")
     attn4, both4, both16 = (row(targets=t, rank=r) for t, r in (("attn", 4), ("attn+mlp", 4), ("attn+mlp", 16)))
     assert _reference_row(rule, attn4, [attn4, both16, both4]) is both4

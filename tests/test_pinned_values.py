@@ -111,7 +111,7 @@ def test_multi_sweep_dry_run_total_is_the_sum_of_each_sweeps_wall_time(monkeypat
 # ---------------------------------------------------------------------------------------------- seeds pooled
 
 def test_seeds_that_differ_are_pooled_into_mean_std_and_t_interval():
-    from experiments import report
+    from experiments import metrics
     from experiments.stats import t_interval
 
     dev = [40.0, 43.0, 47.5]  # skewed: mean 43.5, median 43
@@ -122,7 +122,7 @@ def test_seeds_that_differ_are_pooled_into_mean_std_and_t_interval():
              "dev_nll_low": n - 0.1, "dev_nll_high": n + 0.1, "dev_nll_base": 10.0 + s}
             for s, d, t, n in zip((1, 2, 3), dev, test, nll)]
     rows.append({**rows[0], "seed": 4, "status": "failed", "dev_score": 99.0})  # not finished: not pooled
-    (point,) = report.group_seeds(rows)
+    (point,) = metrics.group_seeds(rows)
     assert point["seeds"] == 3 and point["runs"] == 4 and point["test_seeds"] == 3
     assert point["score"] == pytest.approx(np.mean(dev)) and point["std"] == pytest.approx(np.std(dev, ddof=1))
     assert point["test_score"] == pytest.approx(np.mean(test))
@@ -134,7 +134,7 @@ def test_seeds_that_differ_are_pooled_into_mean_std_and_t_interval():
     # the t-interval is the textbook one (scipy's t quantile), not one seed's bootstrap interval
     half = scipy_stats.t.ppf(0.975, 2) * np.std(dev, ddof=1) / math.sqrt(3)
     assert (point["low"], point["high"]) == pytest.approx((np.mean(dev) - half, np.mean(dev) + half), abs=1e-3)
-    assert report.format_score(point) == (f"{np.mean(dev):.2f} [{np.mean(dev) - half:.2f}, "
+    assert metrics.format_score(point) == (f"{np.mean(dev):.2f} [{np.mean(dev) - half:.2f}, "
                                           f"{np.mean(dev) + half:.2f}] (3 seeds)")
 
 
