@@ -37,8 +37,8 @@ from quant.config import QuantConfig
 from .precision import PrecisionError, PrecisionSettings
 from .settings import (DEFAULT_LR, DEFINES, EVAL_SAMPLES, LORA_LR, LORA_TARGETS, DataSettings, EvalSettings,
                        EvaluateSettings, GenerateSettings, GGUFSettings, HardwareSettings, ModelSettings,
-                       PathSettings, RunFolderSettings, RunSettings, SettingsError, SyntheticSettings, resolve,
-                       role_of, setting_paths)
+                       PathSettings, RunFolderSettings, RunSettings, SettingsError, SyntheticSettings, WATCH,
+                       resolve, role_of, setting_paths)
 
 
 @dataclass(frozen=True)
@@ -338,6 +338,26 @@ def _flag_of_path(path: str) -> str:
 
 def _shown(value: Any) -> str:
     return "" if isinstance(value, bool) else f" {value}"  # a switch is its flag alone
+
+
+# ---------------------------------------------------------------------------------------------- by flag name
+
+def flat(settings: RunSettings) -> dict[str, Any]:
+    """The settings by flag name (`--no-quant-embeddings` as `quant_embeddings`) without how the invocation was
+    watched (role WATCH), and the autocast mode the run used: a sweep's CSV columns (`arg_<name>`), the same for a
+    run and its resume."""
+    out: dict[str, Any] = {}
+    for g in FINETUNE_GROUPS:
+        obj: Any = settings
+        for part in g.key.split("."):
+            obj = getattr(obj, part) if obj is not None else None
+        for f in g.options():
+            if role_of(f"{g.key}.{f.name}") != WATCH:
+                flag = g.flag(f.name)[2:]
+                out[flag.removeprefix("no-").replace("-", "_")] = getattr(obj, f.name) if obj is not None \
+                    else g.default(f)
+    out["autocast"] = settings.autocast  # what the run used
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

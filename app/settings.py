@@ -57,8 +57,8 @@ class SettingsError(UserError, ValueError):
 # A field's role: what it says about a run. Only DEFINES changes what a run computes; the others may differ
 # between a run and its resume, or between two runs that are the same run (a sweep re-run on another device).
 DEFINES = "defines"  # the result: task, model, optimisation, precision, sampling, ...
-RUNS = "runs"  # where and how it runs: device, threads, compilation, batch size of evaluation, where files are
-WATCH = "watch"  # how it is watched and continued: progress, where this invocation stops, the run folder
+RUNS = "runs"  # where and how it runs: device, threads, compilation, evaluation batch size, the folders it uses
+WATCH = "watch"  # how this invocation is watched and continued: progress, resume, where it stops, how long it waits
 ROLES = (DEFINES, RUNS, WATCH)
 
 
@@ -187,7 +187,7 @@ class HardwareSettings:
                                        "torch's, one per core. Sweeps running several runs "
                                        "at once split the cores with it", RUNS)
     fetch_timeout: float = option(3600.0, "torchrun: seconds the other ranks wait while one rank per node fetches "
-                                          "missing data and weights, before giving up with an error", RUNS)
+                                          "missing data and weights, before giving up with an error", WATCH)
 
     def __post_init__(self) -> None:
         _positive("threads", self.threads)
@@ -197,8 +197,8 @@ class HardwareSettings:
 
 @dataclass(frozen=True)
 class RunFolderSettings:
-    out_dir: str | None = option(None, "run folder (default: checkpoints/runs/<task>-<name or time>)", WATCH)
-    name: str | None = option(None, "run name used in the default run folder", WATCH)
+    out_dir: str | None = option(None, "run folder (default: checkpoints/runs/<task>-<name or time>)", RUNS)
+    name: str | None = option(None, "run name used in the default run folder", RUNS)
     resume: bool = option(False, "continue the run in --out-dir from its last complete epoch", WATCH)
     overwrite: bool = option(False, "replace the run in --out-dir (a fresh run into a folder that holds one is "
                                     "refused)", WATCH)

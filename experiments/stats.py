@@ -141,7 +141,7 @@ def folder_settings(run_dir: str | Path) -> Any:
 
 def data_paths(settings: Any) -> tuple[str | None, str | None]:
     """(data folder, tokenizer folder) a run was given: the one place that knows where the settings keep them."""
-    return settings.data.data_dir, settings.data.tokenizer_dir
+    return settings.paths.data_dir, settings.paths.tokenizer_dir
 
 
 def run_data_folder(run_dir: str | Path) -> Path:

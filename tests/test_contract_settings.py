@@ -246,9 +246,9 @@ def test_a_run_folder_the_code_cannot_read_is_one_line_naming_what_changed():
 # resume accepts, what the fingerprint holds and which sweep folders count as the same run.
 NOT_DEFINING = {
     "data.test_references": "runs", "optim.compile": "runs", "eval.batch_size": "runs", "hardware.device": "runs",
-    "hardware.threads": "runs", "hardware.fetch_timeout": "runs", "paths.data_dir": "runs",
+    "hardware.threads": "runs", "hardware.fetch_timeout": "watch", "paths.data_dir": "runs",
     "paths.tokenizer_dir": "runs", "paths.offline": "runs", "optim.stop_after_epoch": "watch",
-    "optim.progress": "watch", "run.out_dir": "watch", "run.name": "watch", "run.resume": "watch",
+    "optim.progress": "watch", "run.out_dir": "runs", "run.name": "runs", "run.resume": "watch",
     "run.overwrite": "watch"}
 
 
@@ -352,3 +352,12 @@ def test_finetune_takes_a_whole_run_as_its_settings_file(tmp_path):
         parse_settings(["--settings"])
     with pytest.raises(RunFolderError, match="nope.json: cannot be read"):
         parse_settings(["--settings", str(tmp_path / "nope.json")])
+
+
+def test_the_settings_by_flag_name_leave_out_how_the_invocation_was_watched():
+    flat = cli.flat(settings())
+    assert {"task", "lr", "precision", "autocast", "eval_samples", "temperature", "top_p", "synthetic",
+            "synthetic_n", "device", "plain", "data_dir", "out_dir", "eval_batch_size"} <= set(flat)
+    assert not {"resume", "overwrite", "progress", "stop_after_epoch", "fetch_timeout"} & set(flat)
+    assert cli.flat(settings("--method", "lora"))["lora_rank"] == 8
+    assert cli.flat(settings("--precision", "int8"))["autocast"] == "off"  # what the run used, not what was asked
