@@ -197,14 +197,6 @@ def _load_average() -> float | None:
         return None
 
 
-def chosen_device(finetune_args: Sequence[str]) -> str:
-    """The device the runs will use: their --device, else CUDA where there is one, else the CPU."""
-    from app.cli import options_from_argv
-    from minigpt2.device import parse_device
-
-    return str(parse_device(options_from_argv(finetune_args).get("hardware.device", "auto")))
-
-
 def model_config(model: str) -> GPT2Config:
     """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
     GPT-2 124M's when neither can be read (a run that cannot find its model fails its preconditions anyway)."""
@@ -339,7 +331,7 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     from course.readers import data_dir
     from tasks import get_task
 
-    settings = run.run_settings()
+    settings = run.settings
     task = get_task(settings.data.task)
     n, layers = n_params(settings.model.model)
     max_len = min(settings.data.max_length or model_config(settings.model.model).n_positions,
@@ -351,8 +343,7 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     _count_evaluation(w, settings, task, folder, max_len)
     tokdir, seed, batch = settings.data.tokenizer_dir, settings.optim.seed, settings.eval.batch_size
     for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
-        argv = list(ev.argv)
-        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
+        name = ev.task or task.name
         other = _split_counts(name, folder, tokdir, max_len, settings.data.max_eval, seed, "dev")
         w.eval_tokens += sum(other.lengths)
         w.eval_batches += math.ceil(len(other.lengths) / batch)
@@ -645,7 +636,7 @@ def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]
         slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     for run in runs:
-        synthetic = run.run_settings().data.synthetic
+        synthetic = run.settings.data.synthetic
         if synthetic is None:
             continue
         path, n, filt = Path(synthetic.path), synthetic.n or 0, synthetic.filter

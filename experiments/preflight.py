@@ -51,14 +51,13 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
             raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
 
     for run in runs:
-        settings = run.run_settings()
+        settings = run.settings
         offline = settings.data.offline
         model = settings.model.model
         if model != "tiny":
             once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
         folder = data_dir(settings.data.data_dir)
-        tasks = [settings.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
-                                 if "--task" in ev.argv]
+        tasks = [settings.data.task] + [ev.task for ev in run.evaluations if ev.task]
         for name in tasks:
             task = get_task(name)
 

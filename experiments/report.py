@@ -864,7 +864,7 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
     for run in sweep.runs:
-        path = run.options.get("data.synthetic.path")
+        path = run.settings.data.synthetic and run.settings.data.synthetic.path
         if run.knobs.get("teacher") and path:
             files.setdefault(run.knobs["teacher"], Path(path))
     if not files:

@@ -1,9 +1,9 @@
 """The study's sweeps as data: each is a list of `Run`s, one `minigpt2.finetune` run each.
 
 A sweep builder reads `SweepOptions` (model, data, seeds, `--tiny`) and returns runs whose `knobs` are the
-settings that vary (the CSV's first columns and the plots' axes) and whose `options` are the run's settings as
-overrides by path ({"model.lora.rank": 4, ...}), checked against the settings dataclasses when the run is made
-(`app.cli.settings_of`); `Run.args` is the same as finetune flags, written by the CLI builder (`app.cli.argv_of`).
+settings that vary (the CSV's first columns and the plots' axes) and whose `settings` are the run's `RunSettings`,
+built from overrides by path ({"model.lora.rank": 4, ...}) by `app.cli.settings_of` and so checked when the sweep
+is built.
 Nothing here runs anything; `experiments.runner` does.
 
     baseline      full fine-tuning on sst, cfimdb, quora, sonnet
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from app import cli
-from app.settings import LORA_LR, LORA_TARGETS  # the study's best LoRA settings
+from app.settings import LORA_LR, LORA_TARGETS, RunSettings  # the study's best LoRA settings
 from distill.generate import TEACHERS
 from distill.summary import requests_needed
 from minigpt2.errors import UserError
@@ -94,32 +94,27 @@ class Evaluation:
     argv: tuple[str, ...]
     output: str
 
+    def command(self, run_dir: Path, device: str | None = None) -> tuple[str, ...]:
+        """Its arguments on `run_dir`, on `device` when one is chosen (else the evaluation's default)."""
+        return tuple(str(run_dir) if a == "RUN_DIR" else a for a in self.argv) + (("--device", device) if device
+                                                                                  else ())
+
+    @property
+    def task(self) -> str | None:
+        """The task it scores (its --task); None: the run's own."""
+        return self.argv[self.argv.index("--task") + 1] if "--task" in self.argv else None
+
 
 @dataclass(frozen=True)
 class Run:
-    """One finetune run of a sweep. `name` is its folder name; `options` its settings as overrides by path (a
-    flag list, as a hand-written run gives, is read through the CLI builder); `knobs` the settings that vary."""
+    """One finetune run of a sweep: `name` its folder name, `settings` its `RunSettings` (built and checked when
+    the sweep is built), `knobs` the settings that vary (the CSV's first columns), `evaluations` the follow-up
+    commands on its folder."""
 
     name: str
-    options: Options
+    settings: RunSettings
     knobs: dict[str, Any]
     evaluations: tuple[Evaluation, ...] = ()
-
-    def __post_init__(self) -> None:
-        options = self.options
-        if isinstance(options, (tuple, list)):
-            options = cli.options_from_argv(options)
-        object.__setattr__(self, "options", cli.check_options(options))
-        self.run_settings()  # a run finetune would refuse is refused now, naming the flag
-
-    @property
-    def args(self) -> tuple[str, ...]:
-        """The run as `minigpt2.finetune` flags."""
-        return tuple(cli.argv_of(self.options))
-
-    def run_settings(self, more: Options | None = None) -> Any:
-        """The run's `RunSettings` (`more`: overrides by path, e.g. {"run.out_dir": ...})."""
-        return cli.settings_of({**self.options, **(more or {})})
 
 
 @dataclass(frozen=True)
@@ -153,16 +148,13 @@ def common(opts: SweepOptions) -> Options:
 
 def _runs(opts: SweepOptions, points: list[tuple[str, Options, dict[str, Any]]],
           evaluations: tuple[Evaluation, ...] = ()) -> list[Run]:
-    """Every point of a sweep at every seed: (name, settings overrides, knobs) -> Runs. A point's own settings
-    win over the shared ones (`--epochs 0`: the base model), the user's --finetune-args over both."""
+    """Every point of a sweep at every seed: (name, settings overrides, knobs) -> Runs, their settings built (and
+    checked: a setting finetune would refuse is refused now, naming its flag). A point's own settings win over the
+    shared ones (`--epochs 0`: the base model), the user's --finetune-args over both."""
     shared, extra = common(opts), cli.options_from_argv(opts.finetune_args)
-    runs = []
-    for name, options, settings in points:
-        for seed in opts.seed_list():
-            run_options = {**options, **{k: v for k, v in shared.items() if k not in options}, "optim.seed": seed,
-                           **extra}
-            runs.append(Run(f"{name}-s{seed}", run_options, {**settings, "seed": seed}, evaluations))
-    return runs
+    return [Run(f"{name}-s{seed}", cli.settings_of({**options, **{k: v for k, v in shared.items() if k not in options},
+                                                   "optim.seed": seed, **extra}), {**knobs, "seed": seed}, evaluations)
+            for name, options, knobs in points for seed in opts.seed_list()]
 
 
 def lora(rank: int, targets: str = LORA_TARGETS, alpha: float = LORA_ALPHA, lr: float = LORA_LR) -> Options:
