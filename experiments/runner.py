@@ -228,15 +228,20 @@ def check_record(run_dir: Path, run: Run) -> None:
                                 + "\nDelete that folder or choose another --runs-dir.")
 
 
-def write_record(run_dir: Path, run: Run) -> None:
-    """experiment.json: the run's settings (versioned, as config.json holds them), its knobs, and the data folder it
-    reads as an absolute path (what finetune resolves from MINIGPT2_DATA_DIR now: a later report finds the data
-    without the environment)."""
+def data_folder(settings: RunSettings) -> Path:
+    """The data folder a run reads, absolute: its data_dir, else what finetune resolves from MINIGPT2_DATA_DIR
+    or its default now."""
     from course.readers import data_dir
 
+    return Path(data_dir(settings.data.data_dir)).resolve()
+
+
+def write_record(run_dir: Path, run: Run) -> None:
+    """experiment.json: the run's settings (versioned, as config.json holds them), its knobs, and the data folder it
+    reads (a later report finds the data without the environment)."""
     atomic_write_json(run_dir / RECORD, {"name": run.name, **runfolder.settings_record(run.settings),
                                          "knobs": run.knobs,
-                                         "data_dir": str(Path(data_dir(run.settings.data.data_dir)).resolve())})
+                                         "data_dir": str(data_folder(run.settings))})
 
 
 def check_inputs(run_dir: Path, run: Run) -> None:
@@ -246,7 +251,6 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     machine is not compared: the run's results still stand for what it was."""
     from app.finetune import data_files
     from app.runmodel import base_weights_file
-    from course.readers import data_dir
     from tasks import get_task
 
     try:
@@ -260,7 +264,7 @@ def check_inputs(run_dir: Path, run: Run) -> None:
         weights = base_weights_file(s.model.model, offline=True)
     except UserError:
         weights = None
-    files = [f for f in data_files(get_task(s.data.task), data_dir(s.data.data_dir)) if f.is_file()]
+    files = [f for f in data_files(get_task(s.data.task), data_folder(s)) if f.is_file()]
     if s.data.synthetic and not Path(s.data.synthetic.path).is_file():
         s = dataclasses.replace(s, data=dataclasses.replace(s.data, synthetic=None))
     now = runfolder.fingerprint(s, weights, files)
