@@ -436,7 +436,10 @@ def options_from_argv(argv: Sequence[str]) -> dict[str, Any]:
 def settings_of(options: Mapping[str, Any], here: bool = False) -> RunSettings:
     """The `RunSettings` that `options` (overrides by path, the rest default) give, checked as the command line's
     would be; `here`: also check that the device and files exist on this machine."""
-    ns = argparse.Namespace(**{_dest(k): v for k, v in check_options(options).items()})
+    known = _option_fields()
+    # as a flag's value would be: 16 for a float setting is 16.0 (a recorded config reads the same either way)
+    ns = argparse.Namespace(**{_dest(k): float(v) if type(v) is int and _type(known[k][0].cls, known[k][1].name)
+                               is float else v for k, v in check_options(options).items()})
     if "data.task" not in options:
         raise SettingsError("the settings name no task (data.task, the --task flag)")
     return settings_from(ns, here)

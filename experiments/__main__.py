@@ -21,34 +21,60 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import shlex
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import cli
-from app.settings import option
+from app.settings import RunSettings, defining, option
+from minigpt2.device import parse_device
 from minigpt2.errors import UserError, exits_on_user_error
 
-from .estimate import (Cost, Workers, chosen_device, cost_lines, format_hours, gemini_bill, markdown_table,
-                       measured_rates, probe_warning, stated_rates, sweep_cost, wall_estimate)
+from .estimate import (Cost, cost_lines, format_hours, gemini_bill, markdown_table, measured_rates,
+                       probe_warning, stated_rates, sweep_cost, wall_estimate)
 from .html import write_index
-from .launch import (LaunchError, check_devices, connect, cpu_count, default_devices, ray_capacity, require_ray,
-                     run_local, run_ray, threads_per_run)
+from .launch import (Launcher, LaunchError, Local, Ray, check_devices, default_devices, require_ray,
+                     threads_per_run)
 from .preflight import check_preconditions
 from .report import check_sweep_files, write_report
-from .runner import RunFolderConflict, SweepResult, in_process, in_subprocess, plan, run_sweep
+from .runner import RunFolderConflict, in_process, in_subprocess, plan
 from .stats import SAMPLES
 from .sweeps import MAX_SEEDS, SWEEPS, Sweep, SweepOptions, build_sweep
 
 
-@dataclass
+@dataclass(frozen=True)
+class LaunchArgs:
+    """Where the runs run (docs/study.md, 'Beyond one machine')."""
+
+    jobs: int | None = option(None, "runs at once on this machine, each a finetune subprocess logging to its "
+                                    "run.log, the longest first (default 1: one after the other); on a CPU they "
+                                    "share its cores (--threads). --launcher ray: the workers --dry-run plans for "
+                                    "(default: what the cluster holds)")
+    devices: str | None = option(None, "comma-separated devices the runs are pinned to, round-robin (default: every "
+                                       "CUDA device, else cpu), e.g. cuda:0,cuda:1")
+    threads: int | None = option(None, "CPU threads of each run, recorded in its config.json (default: this "
+                                       "machine's cores / --jobs; with --cpus-per-run, that number)")
+    launcher: str = option("local", "local: this machine (--jobs); ray: one Ray task per run on a cluster (pip "
+                                    "install -e \".[cluster]\"); the run folders must be on storage every node sees",
+                           choices=("local", "ray"))
+    address: str | None = option(None, "--launcher ray: the cluster to join (HOST:PORT of its head, or 'auto'; "
+                                       "default: start a local one)")
+    cpus_per_run: int | None = option(None, "--launcher ray: give each run N CPUs instead of one GPU")
+
+    @property
+    def device_list(self) -> list[str] | None:
+        return None if self.devices is None else [d.strip() for d in self.devices.split(",") if d.strip()]
+
+
+@dataclass(frozen=True)
 class ExperimentArgs:
-    """The command line of `python -m experiments` (`app.cli` makes the flags from these fields). Not frozen:
-    the command keeps its working notes on it (the parsed device list, the cost rows of a dry run)."""
+    """The command line of `python -m experiments` (`app.cli` makes the flags from these fields), frozen; the
+    launcher's flags in `launch`."""
 
     sweep: str = option(None, "which sweep to run ('all': every one whose inputs exist; the others say what they "
                               "wait for)", positional=True, choices=tuple(sorted(SWEEPS) + ["all"]))
@@ -79,26 +105,7 @@ class ExperimentArgs:
     report_only: bool = option(False, "run nothing; rebuild the CSV, table and plots")
     bootstrap: int = option(SAMPLES, "bootstrap resamples per interval")
     no_progress: bool = option(False, "hide the sweep's progress bar")
-
-
-@dataclass
-class LaunchArgs:
-    """Where the runs run (docs/study.md, 'Beyond one machine')."""
-
-    jobs: int | None = option(None, "runs at once on this machine, each a finetune subprocess logging to its "
-                                    "run.log, the longest first (default 1: one after the other); on a CPU they "
-                                    "share its cores (--threads). --launcher ray: the workers --dry-run plans for "
-                                    "(default: what the cluster holds)")
-    devices: str | None = option(None, "comma-separated devices the runs are pinned to, round-robin (default: every "
-                                       "CUDA device, else cpu), e.g. cuda:0,cuda:1")
-    threads: int | None = option(None, "CPU threads of each run, recorded in its config.json (default: this "
-                                       "machine's cores / --jobs; with --cpus-per-run, that number)")
-    launcher: str = option("local", "local: this machine (--jobs); ray: one Ray task per run on a cluster (pip "
-                                    "install -e \".[cluster]\"); the run folders must be on storage every node sees",
-                           choices=("local", "ray"))
-    address: str | None = option(None, "--launcher ray: the cluster to join (HOST:PORT of its head, or 'auto'; "
-                                       "default: start a local one)")
-    cpus_per_run: int | None = option(None, "--launcher ray: give each run N CPUs instead of one GPU")
+    launch: LaunchArgs = field(default_factory=LaunchArgs)
 
 
 GROUPS = (cli.Group("sweep", ExperimentArgs, "the sweep"),
@@ -106,14 +113,12 @@ GROUPS = (cli.Group("sweep", ExperimentArgs, "the sweep"),
 
 
 def parse_args(argv: list[str] | None = None) -> ExperimentArgs:
-    """The command line: the sweep's flags, with the launcher's beside them on the same object."""
+    """The command line: the sweep's flags, the launcher's in `launch`."""
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     cli.add_groups(p, GROUPS)
     ns = p.parse_args(attach_values(sys.argv[1:] if argv is None else argv))
-    args = cli.build(GROUPS[0], cli.given(ns, GROUPS[0]))
-    vars(args).update(vars(cli.build(GROUPS[1], cli.given(ns, GROUPS[1]))))
-    return args
+    return cli.build(GROUPS[0], {**cli.given(ns, GROUPS[0]), "launch": cli.build(GROUPS[1], cli.given(ns, GROUPS[1]))})
 
 
 VALUE_FLAGS = ("--finetune-args",)  # their value is a command line of its own, which may start with --
@@ -147,131 +152,142 @@ def check_settings(args: ExperimentArgs) -> SweepOptions:
     return opts
 
 
+
 def check_launch(args: ExperimentArgs) -> None:
     """The launcher flags, checked before any work (one `error:` line each)."""
-    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--cpus-per-run", args.cpus_per_run)):
+    a = args.launch
+    for flag, value in (("--jobs", a.jobs), ("--threads", a.threads), ("--cpus-per-run", a.cpus_per_run)):
         if value is not None and value < 1:
             raise LaunchError(f"{flag} {value}: expected an integer >= 1")
-    if args.devices is not None:
-        args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-        if not args.devices:
+    if a.devices is not None:
+        if not a.device_list:
             raise LaunchError("--devices: expected a comma-separated list such as cuda:0,cuda:1")
-        check_devices(args.devices)
-    if args.launcher == "ray":
-        if args.devices:
+        check_devices(a.device_list)
+    if a.launcher == "ray":
+        if a.devices:
             raise LaunchError("--devices is for --launcher local; on Ray each run asks for one GPU (or "
                               "--cpus-per-run CPUs) and Ray picks which")
-        if not args.dry_run or args.jobs is None:
+        if not args.dry_run or a.jobs is None:
             require_ray()
     else:
-        for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run)):
+        for flag, value in (("--address", a.address), ("--cpus-per-run", a.cpus_per_run)):
             if value is not None:
                 raise LaunchError(f"{flag} is a --launcher ray setting; add --launcher ray")
-        if (args.jobs or 1) > 1 and args.isolation == "in-process":
-            raise LaunchError(f"--jobs {args.jobs} runs each run in its own subprocess; --isolation in-process "
+        if (a.jobs or 1) > 1 and args.isolation == "in-process":
+            raise LaunchError(f"--jobs {a.jobs} runs each run in its own subprocess; --isolation in-process "
                               "runs them one at a time in this process: choose one")
-
-
-def workers(args: ExperimentArgs) -> int:
-    """How many runs go at once: --jobs, or for Ray (without --jobs) what the cluster holds."""
-    if args.launcher == "ray" and args.jobs is None:
-        ray = require_ray()
-        connect(ray, args.address)
-        return max(1, ray_capacity(ray, args.cpus_per_run))
-    return args.jobs or 1
-
-
-def launch(sweep: Sweep, root: Path, args: ExperimentArgs) -> SweepResult:
-    """Run the sweep's unfinished runs as the launcher flags say."""
-    progress = not args.no_progress
-    if args.launcher == "ray":
-        return run_ray(sweep.runs, root, args.address, args.cpus_per_run, args.threads, progress)
-    jobs = args.jobs or 1
-    threads = threads_per_run(jobs, args.threads)
-    if jobs > 1:
-        return run_local(sweep.runs, root, jobs, args.devices or default_devices(), threads, progress)
-    isolation = args.isolation or ("in-process" if args.tiny else "subprocess")
-    flags = (["--device", args.devices[0]] if args.devices else []) + ["--threads", str(threads)]
-    return run_sweep(sweep.runs, root, in_process if isolation == "in-process" else in_subprocess,
-                     progress=progress, exec_flags=flags)
 
 
 def isolation(args: ExperimentArgs) -> str:
     """How the runs start: --jobs above 1 and Ray run each in a subprocess, whatever --tiny's default."""
-    if (args.jobs or 1) > 1 or args.launcher == "ray":
+    if (args.launch.jobs or 1) > 1 or args.launch.launcher == "ray":
         return "subprocess"
     return args.isolation or ("in-process" if args.tiny else "subprocess")
 
 
-def run_device(args: ExperimentArgs) -> str:
-    """The device the runs use: the first of --devices, else their --device, else CUDA where there is one."""
-    return args.devices[0] if args.devices else chosen_device(shlex.split(args.finetune_args))
+def make_launcher(args: ExperimentArgs) -> Launcher:
+    """The launcher the flags ask for, built once for every sweep of the command."""
+    a, progress = args.launch, not args.no_progress
+    if a.launcher == "ray":
+        return Ray(a.address, a.cpus_per_run, a.threads, a.jobs, progress)
+    jobs = a.jobs or 1
+    devices = a.device_list or (default_devices() if jobs > 1 else [None])
+    executor = in_process if isolation(args) == "in-process" else in_subprocess
+    return Local(executor, jobs, devices[:1] if jobs == 1 else devices, a.threads, progress)
 
 
-def dry_run_rates(args: ExperimentArgs):  # -> estimate.Rates, probed once per command
-    """The CPU rates: stated, or a probe of the runs' model on their device at the threads a run gets one at a
-    time (--threads, else every core); a busy machine is one `warning:` line on stderr."""
-    if getattr(args, "rates", None) is None:
-        model = args.model or ("tiny" if args.tiny else "gpt2")
-        args.rates = stated_rates() if args.stated_rates else \
-            measured_rates(model, run_device(args), threads_per_run(1, args.threads))
-        warning = probe_warning(args.rates)
-        if warning:
-            print(warning, file=sys.stderr)
-    return args.rates
+@functools.lru_cache(maxsize=16)
+def _defaults(task: str, method: str) -> dict:
+    return defining(cli.settings_of({"data.task": task, "model.method": method}))
 
 
-def dry_run_workers(args: ExperimentArgs) -> Workers:
-    """The workers a --jobs (or Ray) dry run spreads the runs over: GPUs, or runs that share this CPU's cores
-    (a Ray task with --cpus-per-run: CPUs of its own)."""
-    if getattr(args, "workers", None) is None:
-        n = workers(args)
-        if args.launcher == "ray":
-            gpu = args.cpus_per_run is None
-            threads = args.threads or args.cpus_per_run or 1
-            args.workers = Workers(n, gpu, threads, None)
-        else:
-            gpu = all(d.startswith("cuda") for d in (args.devices or [run_device(args)]))
-            args.workers = Workers(n, gpu, threads_per_run(n, args.threads), None if gpu else cpu_count())
-    return args.workers
+def shown(settings: RunSettings) -> str:
+    """A run as its task, method and the results-defining settings that differ from their defaults."""
+    base = _defaults(settings.data.task, settings.model.method)
+    return " ".join(f"{k}={v}" for k, v in defining(settings).items()
+                    if k in ("data.task", "model.method") or base.get(k) != v)
 
 
-def run_one(sweep: Sweep, args: ExperimentArgs) -> bool:
+class DryRun:
+    """A --dry-run's figures across its sweeps: the CPU rates (probed once, on first use), the workers the launcher
+    spreads the runs over, each sweep's cost and wall time."""
+
+    def __init__(self, args: ExperimentArgs, launcher: Launcher) -> None:
+        self.args, self.launcher = args, launcher
+        self.rates, self.workers = None, None
+        self.costs: list[tuple[str, Cost, float]] = []
+        self.walls: list[float] = []
+
+    def sweep(self, sweep: Sweep, root: Path) -> None:
+        """Print the sweep's runs, what each would do, and what they cost."""
+        print(f"sweep {sweep.name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
+                                                                             else ""))
+        for run, state in plan(sweep.runs, root):
+            print(f"  [{state}] {run.name}: {shown(run.settings)}")
+        first, a = sweep.runs[0].settings, self.args.launch
+        device = str(parse_device(first.hardware.device))  # what the runs' settings name, resolved here
+        if self.rates is None:  # priced on the device of the first run, at the threads a run gets one at a time
+            self.rates = stated_rates() if self.args.stated_rates else \
+                measured_rates(first.model.model, (a.device_list or [device])[0], threads_per_run(1, a.threads))
+            warning = probe_warning(self.rates)
+            if warning:
+                print(warning, file=sys.stderr)
+        cost = sweep_cost(sweep.runs, self.rates, isolation(self.args))
+        bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
+        print("\n".join(cost_lines(cost, self.rates) + bill))
+        self.costs.append((sweep.name, cost, usd))
+        if a.jobs is not None or a.launcher == "ray":  # the work spread over the workers
+            self.workers = self.workers or self.launcher.workers(device)
+            lines, wall = wall_estimate(cost, self.rates, self.workers)
+            print("\n".join(lines))
+            self.walls.append(wall)
+
+    def total(self) -> None:
+        """The markdown table (--markdown), or the figures of every sweep together."""
+        total = sum((c for _, c, _ in self.costs), Cost())
+        usd = sum(u for _, _, u in self.costs)
+        if self.args.markdown and self.costs:
+            print(markdown_table(self.costs + ([("all", total, usd)] if len(self.costs) > 1 else []), self.rates),
+                  end="")
+        elif len(self.costs) > 1:
+            print(f"all sweeps ({len(self.costs)} with runs):")
+            print("\n".join(cost_lines(total, self.rates)))
+            print(f"  Gemini in all: ~${usd:.2f} (see the teachers sweep above)")
+            if self.walls:
+                print(f"  ~{format_hours(sum(self.walls))} wall time on {self.workers.n} workers (sweeps one after "
+                      "the other)")
+
+
+def runs_root(args: ExperimentArgs, sweep: str) -> Path:
+    return Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / sweep
+
+
+def out_dir(args: ExperimentArgs) -> Path:
+    return Path(args.out or ("results/tiny" if args.tiny else "results"))
+
+
+def run_one(sweep: Sweep, args: ExperimentArgs, launcher: Launcher, dry: DryRun | None) -> bool:
     """Plan, run and report one sweep; False if a run failed."""
-    name = sweep.name
-    root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / name
-    out = Path(args.out or ("results/tiny" if args.tiny else "results"))
+    root = runs_root(args, sweep.name)
     for wait in sweep.waits:
-        print(f"sweep {name} waits: {wait}")
+        print(f"sweep {sweep.name} waits: {wait}")
     if not sweep.runs:
         return True
-    if args.dry_run:
-        print(f"sweep {name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
-                                                                       else ""))
-        for run, state in plan(sweep.runs, root):
-            print(f"  [{state}] {run.name}: python -m minigpt2.finetune {' '.join(run.args)}")
-        rates = dry_run_rates(args)
-        cost = sweep_cost(sweep.runs, rates, isolation(args))
-        bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
-        print("\n".join(cost_lines(cost, rates) + bill))
-        args.costs.append((name, cost, usd))
-        if args.jobs is not None or args.launcher == "ray":  # the work spread over the workers
-            lines, wall = wall_estimate(cost, rates, dry_run_workers(args))
-            print("\n".join(lines))
-            args.estimated_wall = getattr(args, "estimated_wall", 0.0) + wall
+    if dry is not None:
+        dry.sweep(sweep, root)
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
         try:
-            result = launch(sweep, root, args)
+            result = launcher.launch(sweep.runs, root)
         except RunFolderConflict as e:  # the user's call: a message, not a traceback
             raise SystemExit(f"error: {e}") from None
         failed = result.failed
-        print(f"sweep {name}: {len(result.started)} run(s) started, {len(result.skipped)} already finished, "
+        print(f"sweep {sweep.name}: {len(result.started)} run(s) started, {len(result.skipped)} already finished, "
               f"{len(result.failed)} failed")
         for run_name, error in failed.items():
             print(f"  FAILED {run_name}: {error}", file=sys.stderr)
-    paths = write_report(sweep, root, out, samples=args.bootstrap, failed=failed)
+    paths = write_report(sweep, root, out_dir(args), samples=args.bootstrap, failed=failed)
     print(paths["md"].read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return not failed
@@ -315,31 +331,19 @@ def _main(argv: list[str] | None) -> int:
         raise SystemExit(f"error: sweep {args.sweep} cannot start; it waits for: " + "; ".join(sweeps[0].waits))
     if not args.dry_run and not args.report_only:  # every shared input, before the first run of any sweep
         for sweep in sweeps:
-            root = Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny
-                                          else "checkpoints/experiments")) / sweep.name
+            root = runs_root(args, sweep.name)
             check_preconditions(sweep.name, [run for run, state in plan(sweep.runs, root) if state != "done"])
     if args.report_only:  # every run's scored files, before any report is rewritten
         for sweep in sweeps:
-            check_sweep_files(sweep, Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny
-                                                            else "checkpoints/experiments")) / sweep.name)
-    args.costs = []
+            check_sweep_files(sweep, runs_root(args, sweep.name))
+    launcher = make_launcher(args)
+    dry = DryRun(args, launcher) if args.dry_run else None
     with contextlib.redirect_stdout(io.StringIO()) if args.markdown else contextlib.nullcontext():
-        ok = [run_one(sweep, args) for sweep in sweeps]
-    if not args.dry_run:
-        out = Path(args.out or ("results/tiny" if args.tiny else "results"))
-        print(f"wrote {write_index(out)}")
-    elif args.markdown:
-        rows = args.costs + ([("all", sum((c for _, c, _ in args.costs), Cost()),
-                               sum(u for _, _, u in args.costs))] if len(args.costs) > 1 else [])
-        print(markdown_table(rows, dry_run_rates(args)), end="")
-    elif len(args.costs) > 1:
-        total = sum((c for _, c, _ in args.costs), Cost())
-        print(f"all sweeps ({len(args.costs)} with runs):")
-        print("\n".join(cost_lines(total, dry_run_rates(args))))
-        print(f"  Gemini in all: ~${sum(u for _, _, u in args.costs):.2f} (see the teachers sweep above)")
-        if hasattr(args, "estimated_wall"):
-            print(f"  ~{format_hours(args.estimated_wall)} wall time on {dry_run_workers(args).n} workers (sweeps one "
-                  "after the other)")
+        ok = [run_one(sweep, args, launcher, dry) for sweep in sweeps]
+    if dry is None:
+        print(f"wrote {write_index(out_dir(args))}")
+    else:
+        dry.total()
     return 0 if all(ok) else 1
 
 

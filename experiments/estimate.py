@@ -11,19 +11,11 @@
                       (--eval-samples K times), each sampled up to the length of its true continuation (the true
                       held-out sonnets'; test prompts without true sonnets take the dev mean), not to the
                       --max-new-tokens cap; batches of --eval-batch-size decode until their longest row ends
-    CPU               the probe: PROBE_STEPS full fine-tuning steps (forward, LM loss, backward, then AdamW timed
-                      apart) of the runs' model shape at batch 8 x 64 on the chosen device, random weights, after
-                      PROBE_WARMUP untimed ones, at the threads a run gets one at a time; priced at the fastest
-                      step (load only adds time: the fastest is the closest to an idle machine), its median and
-                      slowest printed beside it, and a warning when they spread wide or the load average exceeds
-                      the cores. A forward token costs a third of a trained one, a sampled token one trained token
-                      (docs/performance.md: 212 sampled vs 213 trained tokens/s at batch 12 on a CPU). LoRA runs
-                      skip the full AdamW step but are otherwise priced as full fine-tuning. --stated-rates
-                      replaces the probe with STATED_CPU (deterministic: docs/study.md's table)
-    wall time         --jobs N: the runs longest first on N workers (`schedule_seconds`). On GPUs each worker is
-                      a device; on a CPU the N runs share its cores, each at --threads (default cores // N) but
-                      at most cores / N cores' worth, a run's work inversely proportional to that, its start-ups
-                      on one core each (`wall_estimate`)
+    CPU               the probe (`probe`): full fine-tuning steps of the runs' model shape on their device at the
+                      threads a run gets one at a time, priced at the fastest step; a forward token costs a third
+                      of a trained one, a sampled token one trained token (docs/performance.md). LoRA runs skip the
+                      full AdamW step but are otherwise priced as full fine-tuning. --stated-rates: STATED_CPU
+    wall time         --jobs N: the runs longest first on N workers (`schedule_seconds`, `wall_estimate`)
     GPU               FLOP-bound: 6 N per training token, 2 N per evaluated or decoded token (N parameters), at
                       GPU_ASSUMPTIONS' MFU of its peak; launch-bound: kernel launches per training step, forward
                       batch and decode step at ~10 us each. Small batches of a 124M model are launch-bound, so
@@ -52,7 +44,7 @@ from app.settings import SyntheticSettings
 from distill.summary import STUDY_PERFECT_RATES, requests_needed, teacher_rates
 from minigpt2.config import GPT2Config
 
-from .sweeps import TEACHERS, Run
+from .sweeps import Run
 
 if TYPE_CHECKING:
     from app.settings import RunSettings
@@ -197,14 +189,6 @@ def _load_average() -> float | None:
         return None
 
 
-def chosen_device(finetune_args: Sequence[str]) -> str:
-    """The device the runs will use: their --device, else CUDA where there is one, else the CPU."""
-    from app.cli import options_from_argv
-    from minigpt2.device import parse_device
-
-    return str(parse_device(options_from_argv(finetune_args).get("hardware.device", "auto")))
-
-
 def model_config(model: str) -> GPT2Config:
     """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
     GPT-2 124M's when neither can be read (a run that cannot find its model fails its preconditions anyway)."""
@@ -336,24 +320,24 @@ class Workload:
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
     Raises OSError, ValueError or a UserError when its data cannot be read."""
-    from course.readers import data_dir
     from tasks import get_task
 
-    settings = run.run_settings()
+    from .runner import data_folder
+
+    settings = run.settings
     task = get_task(settings.data.task)
     n, layers = n_params(settings.model.model)
     max_len = min(settings.data.max_length or model_config(settings.model.model).n_positions,
                   model_config(settings.model.model).n_positions)
-    folder = str(data_dir(settings.paths.data_dir))
+    src = (str(data_folder(settings)), settings.paths.tokenizer_dir)  # the data and the tokenizer, read here only
     w = Workload(run.name, settings.model.model, n, layers, settings.optim.epochs,
                  full_optimizer=settings.model.lora is None)
-    _count_training(w, settings, task.name, folder, max_len)
-    _count_evaluation(w, settings, task, folder, max_len)
-    tokdir, seed, batch = settings.paths.tokenizer_dir, settings.optim.seed, settings.eval.batch_size
+    _count_training(w, settings, task.name, src, max_len)
+    _count_evaluation(w, settings, task, src, max_len)
+    seed, batch = settings.optim.seed, settings.eval.batch_size
     for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
-        argv = list(ev.argv)
-        name = argv[argv.index("--task") + 1] if "--task" in argv else task.name
-        other = _split_counts(name, folder, tokdir, max_len, settings.data.max_eval, seed, "dev")
+        name = ev.task or task.name
+        other = _split_counts(name, *src, max_len, settings.data.max_eval, seed, "dev")
         w.eval_tokens += sum(other.lengths)
         w.eval_batches += math.ceil(len(other.lengths) / batch)
     w.model_loads = 1 + len(run.evaluations)
@@ -361,31 +345,32 @@ def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     return w
 
 
-def _count_training(w: Workload, settings: RunSettings, task: str, folder: str, max_len: int) -> None:
-    """The training tokens and micro-batches of a run with these settings."""
-    tokdir, seed, epochs = settings.paths.tokenizer_dir, settings.optim.seed, settings.optim.epochs
+def _count_training(w: Workload, settings: RunSettings, task: str, src: tuple[str, str | None], max_len: int
+                    ) -> None:
+    """The training tokens and micro-batches of a run with these settings (`src`: data folder, tokenizer)."""
+    seed, epochs = settings.optim.seed, settings.optim.epochs
     synthetic = settings.data.synthetic
     if synthetic is not None and not Path(synthetic.path).is_file():  # planned, not made yet
-        real = (0, 0) if synthetic.only else _train_counts(task, folder, tokdir, settings.data.max_train, max_len,
-                                                           None, seed)
+        real = (0, 0) if synthetic.only else _train_counts(task, *src, settings.data.max_train, max_len, None,
+                                                           seed)
         extra = synthetic.n or 0
-        mean = _mean_sonnet_tokens(folder, tokdir, max_len)
+        mean = _mean_sonnet_tokens(*src, max_len)
         examples, tokens = real[0] + extra, real[1] + round(extra * mean)
         w.assumed.append(f"{synthetic.path} not made yet: its sonnets counted at {mean:.0f} tokens each (the "
                          "real training sonnets' mean)")
     else:
-        examples, tokens = _train_counts(task, folder, tokdir, settings.data.max_train, max_len, synthetic, seed)
+        examples, tokens = _train_counts(task, *src, settings.data.max_train, max_len, synthetic, seed)
     w.train_tokens = tokens * epochs
     w.train_steps = math.ceil(examples / settings.optim.batch_size) * epochs
 
 
-def _count_evaluation(w: Workload, settings: RunSettings, task: Task, folder: str, max_len: int) -> None:
+def _count_evaluation(w: Workload, settings: RunSettings, task: Task, src: tuple[str, str | None], max_len: int
+                      ) -> None:
     """The forward-only tokens and the sonnet generation of a run's evaluations: dev after every epoch, then
     the final dev and test predictions (and, for generative tasks, the held-out likelihood)."""
-    tokdir, seed, epochs = settings.paths.tokenizer_dir, settings.optim.seed, settings.optim.epochs
-    batch = settings.eval.batch_size
-    dev = _split_counts(task.name, folder, tokdir, max_len, settings.data.max_eval, seed, "dev")
-    test = _split_counts(task.name, folder, tokdir, max_len, settings.data.max_eval, seed, "test")
+    seed, epochs, batch = settings.optim.seed, settings.optim.epochs, settings.eval.batch_size
+    dev = _split_counts(task.name, *src, max_len, settings.data.max_eval, seed, "dev")
+    test = _split_counts(task.name, *src, max_len, settings.data.max_eval, seed, "test")
     passes = max(1, epochs)  # dev after every epoch; --epochs 0 scores the base model once
     w.eval_tokens += passes * dev.loss_tokens
     w.eval_batches += passes * math.ceil(len(dev.lengths) / batch)
@@ -614,15 +599,6 @@ def cost_lines(cost: Cost, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS, 
     return [indent + line for line in lines]
 
 
-def sweep_estimate(runs: Sequence[Run], model: str, device: str, rates: Rates | None = None,
-                   isolation: str = "subprocess") -> tuple[list[str], float]:
-    """Lines describing a sweep's cost and its estimated seconds on `device` (training, evaluation,
-    generation and start-ups), from the probe unless `rates` are given."""
-    rates = rates or measured_rates(model, device)
-    cost = sweep_cost(runs, rates, isolation)
-    return cost_lines(cost, rates), cost.cpu_s
-
-
 # ---------------------------------------------------------------------------------------------- Gemini
 
 def _per_request(teacher: str, summary: dict | None) -> tuple[float, float, float, str]:
@@ -645,7 +621,7 @@ def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]
         slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     for run in runs:
-        synthetic = run.run_settings().data.synthetic
+        synthetic = run.settings.data.synthetic
         if synthetic is None:
             continue
         path, n, filt = Path(synthetic.path), synthetic.n or 0, synthetic.filter
@@ -685,32 +661,6 @@ def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = 
         total += billed + (cost or 0.0)
     lines.append(f"  Gemini total: ~${total:.2f} (billed + still to request; an estimate)")
     return lines, total
-
-
-def gemini_cost(folder: Path | None, sonnets: int = 1000) -> list[str]:
-    """Lines pricing each teacher's file: its summary's billed cost if generated, else an estimate of making
-    `sonnets` of them under GEMINI_ASSUMPTIONS."""
-    from distill.prices import PRICES_DATE, estimate_cost
-
-    from distill.summary import read_summary
-
-    lines, total = [], 0.0
-    for teacher in TEACHERS:
-        path = folder / f"{teacher}.jsonl" if folder else None
-        summary = read_summary(path) if path and path.is_file() else None
-        cost = summary.get("cost_usd") if summary else None
-        if cost is not None:
-            lines.append(f"  Gemini {teacher}: ${cost:.2f} billed for {path} (its summary)")
-        else:
-            a = GEMINI_ASSUMPTIONS
-            cost = estimate_cost(teacher, sonnets * a["prompt"], sonnets * a["output"],
-                                 sonnets * a["thinking"][teacher]) or 0.0
-            lines.append(f"  Gemini {teacher}: ~${cost:.2f} to generate {sonnets} sonnets (assumed per request: "
-                         f"{a['prompt']} prompt, {a['output']} output, {a['thinking'][teacher]} thinking tokens; "
-                         f"prices of {PRICES_DATE})")
-        total += cost
-    lines.append(f"  Gemini total: ~${total:.2f}")
-    return lines
 
 
 def schedule_seconds(seconds: Sequence[float], workers: int) -> float:

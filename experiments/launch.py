@@ -1,18 +1,18 @@
-"""Running a sweep's runs side by side: several at once on one machine (`--jobs N`), or as Ray tasks on a cluster
-(`--launcher ray`). Either way each run is `runner.execute` around the same `python -m minigpt2.finetune`
-subprocess as a sequential sweep, and the run folders stay the one source of truth: a run is done when its folder
-says so, whoever ran it, so a sweep stopped anywhere resumes from any machine that sees the folders.
+"""Where a sweep's runs run: launchers behind one interface, `launch(runs, root) -> SweepResult`, each with its
+`capacity` (runs at once) and the `Workers` a dry run plans for. Each run is `runner.execute`, and the run folders
+stay the one source of truth: a run is done when its folder says so, whoever ran it, so a sweep stopped anywhere
+resumes from any machine that sees the folders.
 
-    local   N worker threads, each holding one slot: a device (round-robin over --devices) and a CPU thread
-            count; each worker starts finetune in a subprocess with `--device D --threads T`, its output only in
-            the run's run.log. Ctrl-C or SIGTERM stops every child (their files are replaced atomically, so any
-            moment is safe) and leaves the unfinished runs to resume.
-    ray     one Ray task per run, asking for one GPU (or --cpus-per-run CPUs) on an existing cluster (--address)
+    Local   this machine: one run at a time (in this process or a subprocess), or `jobs` worker threads, each
+            holding one slot: a device (round-robin over --devices) and a CPU thread count, its finetune in a
+            subprocess whose output goes only to the run's run.log. Ctrl-C or SIGTERM stops every child (their
+            files are replaced atomically, so any moment is safe) and leaves the unfinished runs to resume.
+    Ray     one Ray task per run, asking for one GPU (or --cpus-per-run CPUs) on an existing cluster (--address)
             or a local one. First a probe: a task on every node writes a file in the sweep's folder and this
             process must read it back, else the folders are not shared storage and the sweep refuses to start.
 
-Runs start longest first (training tokens x epochs, as `--dry-run` counts them): a long run started last would
-keep every other worker idle at the end.
+Side by side, runs start longest first (training tokens x epochs, as `--dry-run` counts them): a long run started
+last would keep every other worker idle at the end.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import traceback
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from tqdm import tqdm
 
 from minigpt2.device import cpu_count
 from minigpt2.errors import UserError
 
-from .runner import (Outcome, SweepResult, evaluation_done, execute, in_subprocess, is_finished,
+from .estimate import Workers
+from .runner import (Executor, Outcome, Placement, SweepResult, evaluation_done, execute, in_subprocess, is_finished,
                      prepare_run)
 from .sweeps import Run
 
@@ -48,6 +49,16 @@ LAUNCH_FILE = "launch.json"  # written by a Ray task into its run folder when th
 class LaunchError(UserError, ValueError):
     """Launcher settings that cannot work: --jobs below 1, a device that is not there, Ray missing, folders the
     cluster does not share."""
+
+
+class Launcher(Protocol):
+    capacity: int  # runs at once
+
+    def launch(self, runs: Sequence[Run], root: Path) -> SweepResult:
+        """Bring every unfinished run into `root/<run name>/`; a failed run is listed, the others go on."""
+
+    def workers(self, device: str) -> Workers:
+        """What a dry run spreads the runs over; `device`: the one the runs' settings name, resolved here."""
 
 
 def threads_per_run(jobs: int, threads: int | None = None) -> int:
@@ -129,8 +140,8 @@ class Progress:
 
 
 def split_finished(runs: Sequence[Run], root: Path, result: SweepResult) -> list[Run]:
-    """The checks every launcher makes here before starting anything (a folder of another command line or of
-    other inputs stops the sweep now, not midway); the runs with nothing left to do go to `result.skipped`."""
+    """The checks every launcher makes here before starting anything (a folder of other settings or of other
+    inputs stops the sweep now, not midway); the runs with nothing left to do go to `result.skipped`."""
     todo = []
     for run in runs:
         if prepare_run(run, root) and all(evaluation_done(root / run.name, ev) for ev in run.evaluations):
@@ -142,56 +153,84 @@ def split_finished(runs: Sequence[Run], root: Path, result: SweepResult) -> list
 
 # ---------------------------------------------------------------------------------------------- one machine
 
-def run_local(runs: Sequence[Run], root: str | os.PathLike, jobs: int, devices: Sequence[str],
-              threads: int, progress: bool = True, executor=in_subprocess) -> SweepResult:
-    """Up to `jobs` runs at once, run k of the free slots pinned to `devices[slot % len(devices)]`, each a
-    finetune subprocess with `--threads threads` logging to its run.log. Ctrl-C (KeyboardInterrupt) stops every
-    child, lists the unfinished runs in `result.interrupted` and is raised again."""
-    root, result = Path(root), SweepResult()
-    todo = longest_first(split_finished(runs, root, result))
-    slots, lock, stopping, live = list(range(jobs)), threading.Lock(), threading.Event(), set()  # slots: a heap
-    bar = Progress(root.name, len(todo), progress)
-    start = functools.partial(executor, echo=False, live=live) if executor is in_subprocess else executor
+class Local:
+    """Up to `jobs` runs at once on this machine, the run in slot k on `devices[k % len(devices)]` (None: the
+    device its settings name) with `threads` CPU threads (default: the cores split between the jobs). One job runs
+    the runs in the sweep's order in this thread, through `executor` (in this process or a subprocess that echoes
+    its output); more run longest first, each a finetune subprocess logging to its run.log only. Ctrl-C
+    (KeyboardInterrupt) stops every child, lists the unfinished runs in `result.interrupted` and is raised again."""
 
-    def run_exec(module: str, argv: Sequence[str], log: Path) -> None:
-        if stopping.is_set():  # no new child (say, a follow-up evaluation) once the sweep is stopping
-            raise RuntimeError("the sweep was stopped")
-        start(module, argv, log)
+    def __init__(self, executor: Executor = in_subprocess, jobs: int = 1, devices: Sequence[str | None] = (None,),
+                 threads: int | None = None, progress: bool = True) -> None:
+        self.executor, self.capacity, self.devices = executor, jobs, list(devices)
+        self.threads, self.progress = threads_per_run(jobs, threads), progress
 
-    def work(run: Run) -> None:
-        if stopping.is_set():
-            result.interrupted.append(run.name)
-            return
-        with lock:
-            slot = heapq.heappop(slots)  # the lowest free slot
-        device = devices[slot % len(devices)]
-        outcome = Outcome(started=False)
-        bar.start(run.name, f"{device}, {threads} thread(s); log {root / run.name / 'run.log'}")
-        try:
-            execute(run, root, run_exec, ["--device", device, "--threads", str(threads)], outcome)
-            bar.end(run.name, True)
-        except Exception as e:
-            _note_failure(run, e, stopping.is_set(), result, bar)
-        finally:
-            (result.started if outcome.started else result.skipped).append(run.name)
-            result.evaluated.extend(outcome.evaluated)
+    def workers(self, device: str) -> Workers:
+        gpu = all((d or device).startswith("cuda") for d in self.devices)
+        return Workers(self.capacity, gpu, self.threads, None if gpu else cpu_count())
+
+    def launch(self, runs: Sequence[Run], root: Path) -> SweepResult:
+        root, result, jobs = Path(root), SweepResult(), self.capacity
+        todo = split_finished(runs, root, result)
+        todo = longest_first(todo) if jobs > 1 else todo
+        slots, lock, stopping, live = list(range(jobs)), threading.Lock(), threading.Event(), set()  # slots: a heap
+        bar = Progress(root.name, len(todo), self.progress)
+        quiet = jobs > 1 and self.executor is in_subprocess
+        start = functools.partial(in_subprocess, echo=False, live=live) if quiet else self.executor
+
+        def run_step(step, log: Path) -> None:
+            if stopping.is_set():  # no new child (say, a follow-up evaluation) once the sweep is stopping
+                raise RuntimeError("the sweep was stopped")
+            start(step, log)
+
+        def work(run: Run) -> None:
+            if stopping.is_set():
+                result.interrupted.append(run.name)
+                return
             with lock:
-                heapq.heappush(slots, slot)
+                slot = heapq.heappop(slots)  # the lowest free slot
+            where = Placement(self.devices[slot % len(self.devices)], self.threads)
+            outcome = Outcome()
+            bar.start(run.name, f"{where}" + (f"; log {root / run.name / 'run.log'}" if jobs > 1 else ""))
+            try:
+                execute(run, root, run_step, where, outcome)
+                bar.end(run.name, True)
+            except Exception as e:
+                _note_failure(run, e, stopping.is_set(), result, bar)
+            finally:
+                (result.started if outcome.started else result.skipped).append(run.name)
+                result.evaluated.extend(outcome.evaluated)
+                with lock:
+                    heapq.heappush(slots, slot)
 
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep")
-    futures = [pool.submit(work, run) for run in todo]  # the pool starts them in this order: longest first
-    try:
-        for future in as_completed(futures):
-            future.result()
-    except KeyboardInterrupt:
-        stopping.set()
-        _stop_children(futures, live)
-        result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        bar.close()
-    return result
+        try:
+            if jobs == 1:  # here, not in a worker thread: an in-process run gets Ctrl-C and the signals
+                for i, run in enumerate(todo):
+                    try:
+                        work(run)
+                    except KeyboardInterrupt:
+                        result.interrupted += [r.name for r in todo[i:]]
+                        raise
+            else:
+                self._side_by_side(todo, work, stopping, live, result)
+        finally:
+            bar.close()
+        return result
+
+    def _side_by_side(self, todo: list[Run], work, stopping: threading.Event, live: set, result: SweepResult
+                      ) -> None:
+        pool = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="sweep")
+        futures = [pool.submit(work, run) for run in todo]  # the pool starts them in this order: longest first
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except KeyboardInterrupt:
+            stopping.set()
+            _stop_children(futures, live)
+            result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
 
 def _note_failure(run: Run, e: Exception, stopping: bool, result: SweepResult, bar: Progress) -> None:
@@ -268,15 +307,16 @@ def check_shared_storage(ray, root: Path) -> None:
                 pass
 
 
-def _ray_task(run: Run, root: str, exec_flags: list[str], pass_id: str) -> str | None:
+def _ray_task(run: Run, root: str, where: Placement, pass_id: str) -> str | None:
     """On a worker: mark the run folder as started by this pass, then `execute` the run as a local sweep does;
     the error text if it failed (the result itself is only in the run folder)."""
     run_dir = Path(root) / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / LAUNCH_FILE).write_text(json.dumps({"pass": pass_id, "host": socket.gethostname(),
-                                                   "flags": exec_flags, "started": time.time()}) + "\n")
+                                                   "device": where.device, "threads": where.threads,
+                                                   "started": time.time()}) + "\n")
     try:
-        execute(run, Path(root), functools.partial(in_subprocess, echo=False), exec_flags)
+        execute(run, Path(root), functools.partial(in_subprocess, echo=False), where)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -290,14 +330,6 @@ def _launched_by(run_dir: Path, pass_id: str) -> str | None:
     return record.get("host") if record.get("pass") == pass_id else None
 
 
-def ray_capacity(ray, cpus_per_run: int | None) -> int:
-    """How many runs the cluster can hold at once: its GPUs, or its CPUs / --cpus-per-run."""
-    resources = ray.cluster_resources()
-    if cpus_per_run:
-        return max(1, int(resources.get("CPU", 0)) // cpus_per_run)
-    return int(resources.get("GPU", 0))
-
-
 def connect(ray, address: str | None) -> None:
     """Join the cluster at `address` ('auto': the one this machine belongs to), else start a local one."""
     if ray.is_initialized():
@@ -308,73 +340,93 @@ def connect(ray, address: str | None) -> None:
         ray.init(log_to_driver=False, include_dashboard=False)
 
 
-def run_ray(runs: Sequence[Run], root: str | os.PathLike, address: str | None = None,
-            cpus_per_run: int | None = None, threads: int | None = None, progress: bool = True,
-            poll_s: float = 2.0) -> SweepResult:
-    """Every unfinished run as a Ray task (one GPU each, or `cpus_per_run` CPUs), longest first; the outcome of
-    each is read from its run folder. Ctrl-C cancels the tasks (their finetune children are stopped) and is
-    raised again; the run folders keep what was finished."""
-    ray = require_ray()
-    root = Path(root)
-    result = SweepResult()
-    todo = longest_first(split_finished(runs, root, result))
-    if not todo:
+class Ray:
+    """Every unfinished run as a Ray task (one GPU each, or `cpus_per_run` CPUs with `threads` threads, default
+    that many), longest first; the outcome of each is read from its run folder. Ctrl-C cancels the tasks (their
+    finetune children are stopped) and is raised again; the run folders keep what was finished. `jobs`: the
+    workers a dry run plans for (default: what the cluster holds)."""
+
+    def __init__(self, address: str | None = None, cpus_per_run: int | None = None, threads: int | None = None,
+                 jobs: int | None = None, progress: bool = True, poll_s: float = 2.0) -> None:
+        self.address, self.cpus_per_run, self.threads, self.jobs = address, cpus_per_run, threads, jobs
+        self.progress, self.poll_s = progress, poll_s
+        self.where = Placement("cpu", threads or cpus_per_run) if cpus_per_run else Placement("cuda", threads)
+
+    @functools.cached_property
+    def capacity(self) -> int:
+        """How many runs the cluster holds at once: its GPUs, or its CPUs / --cpus-per-run (at least one)."""
+        if self.jobs is not None:
+            return self.jobs
+        ray = require_ray()
+        connect(ray, self.address)
+        return max(1, self._held(ray))
+
+    def _held(self, ray) -> int:
+        resources = ray.cluster_resources()
+        if self.cpus_per_run:
+            return int(resources.get("CPU", 0)) // self.cpus_per_run
+        return int(resources.get("GPU", 0))
+
+    def workers(self, device: str) -> Workers:
+        return Workers(self.capacity, self.cpus_per_run is None, self.where.threads or 1, None)
+
+    def launch(self, runs: Sequence[Run], root: Path) -> SweepResult:
+        ray = require_ray()
+        root, result = Path(root), SweepResult()
+        todo = longest_first(split_finished(runs, root, result))
+        if not todo:
+            return result
+        root.mkdir(parents=True, exist_ok=True)
+        started_ray = not ray.is_initialized()
+        connect(ray, self.address)
+        try:
+            if not self.cpus_per_run and not self._held(ray):
+                raise LaunchError("--launcher ray: the cluster has no GPU; pass --cpus-per-run N to run each run on "
+                                  "N CPUs instead")
+            check_shared_storage(ray, root)
+            # The runs' settings were resolved against this machine's environment (data and tokenizer folders, the
+            # hub): the workers get the same, whatever environment their node was started with.
+            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+            # Ray sets CUDA_VISIBLE_DEVICES to a GPU task's GPU: finetune sees one device
+            resources = {"num_cpus": self.cpus_per_run, "num_gpus": 0} if self.cpus_per_run else \
+                {"num_cpus": 1, "num_gpus": 1}
+            task = ray.remote(_ray_task).options(**resources, max_retries=0, runtime_env={"env_vars": env})
+            pass_id = uuid.uuid4().hex
+            refs = {task.remote(run, str(root), self.where, pass_id): run for run in todo}
+            result.started += [run.name for run in todo]
+            self._follow(ray, refs, root, pass_id, result)
+        finally:
+            if started_ray:
+                ray.shutdown()
         return result
-    root.mkdir(parents=True, exist_ok=True)
-    started_ray = not ray.is_initialized()
-    connect(ray, address)
-    try:
-        if not cpus_per_run and not ray_capacity(ray, None):
-            raise LaunchError("--launcher ray: the cluster has no GPU; pass --cpus-per-run N to run each run on N "
-                              "CPUs instead")
-        check_shared_storage(ray, root)
-        # The runs' flags were resolved against this machine's settings (data and tokenizer folders, the hub):
-        # the workers get the same ones, whatever environment their node was started with.
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-        if cpus_per_run:
-            resources = {"num_cpus": cpus_per_run, "num_gpus": 0}
-            flags = ["--device", "cpu", "--threads", str(threads or cpus_per_run)]
-        else:  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: finetune sees one device
-            resources = {"num_cpus": 1, "num_gpus": 1}
-            flags = ["--device", "cuda"] + (["--threads", str(threads)] if threads else [])
-        task = ray.remote(_ray_task).options(**resources, max_retries=0, runtime_env={"env_vars": env})
-        pass_id = uuid.uuid4().hex
-        refs = {task.remote(run, str(root), flags, pass_id): run for run in todo}
-        result.started += [run.name for run in todo]
-        _follow(ray, refs, root, pass_id, result, progress, poll_s)
-    finally:
-        if started_ray:
-            ray.shutdown()
-    return result
 
-
-def _follow(ray, refs: dict, root: Path, pass_id: str, result: SweepResult, show: bool, poll_s: float) -> None:
-    """Wait for the tasks, showing queued / running / done / failed from the run folders."""
-    bar = Progress(root.name, len(refs), show)
-    pending, seen = dict(refs), set()
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
-            for ref, run in list(pending.items()):
-                host = _launched_by(root / run.name, pass_id)
-                if (host or ref in ready) and run.name not in seen:
-                    seen.add(run.name)
-                    bar.start(run.name, host or "a worker")
-            for ref in ready:
-                run = pending.pop(ref)
-                try:
-                    error = ray.get(ref)
-                except Exception as e:  # the task itself died (its worker or node was lost)
-                    error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                run_dir = root / run.name
-                done = is_finished(run_dir) and all(evaluation_done(run_dir, ev) for ev in run.evaluations)
-                if not done:
-                    result.failed[run.name] = error or f"the task ended but {run_dir} holds no finished run"
-                bar.end(run.name, done, "" if done else result.failed[run.name])
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref)
-        result.interrupted += [run.name for run in pending.values()]
-        raise
-    finally:
-        bar.close()
+    def _follow(self, ray, refs: dict, root: Path, pass_id: str, result: SweepResult) -> None:
+        """Wait for the tasks, showing queued / running / done / failed from the run folders."""
+        bar = Progress(root.name, len(refs), self.progress)
+        pending, seen = dict(refs), set()
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.poll_s)
+                for ref, run in list(pending.items()):
+                    host = _launched_by(root / run.name, pass_id)
+                    if (host or ref in ready) and run.name not in seen:
+                        seen.add(run.name)
+                        bar.start(run.name, host or "a worker")
+                for ref in ready:
+                    run = pending.pop(ref)
+                    try:
+                        error = ray.get(ref)
+                    except Exception as e:  # the task itself died (its worker or node was lost)
+                        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    run_dir = root / run.name
+                    done = is_finished(run_dir) and all(evaluation_done(run_dir, ev) for ev in run.evaluations)
+                    if not done:
+                        result.failed[run.name] = error or f"the task ended but {run_dir} holds no finished run"
+                    bar.end(run.name, done, "" if done else result.failed[run.name])
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref)
+            result.interrupted += [run.name for run in pending.values()]
+            raise
+        finally:
+            bar.close()

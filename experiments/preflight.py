@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from minigpt2.errors import UserError
 
+from .runner import data_folder
 from .sweeps import Run
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
     PreconditionError naming the first that fails."""
     from app.runmodel import base_weights_file
     from course.fetch import ensure_task_data
-    from course.readers import data_dir, require_files
+    from course.readers import require_files
     from minigpt2.tokenizer import Tokenizer
     from tasks import get_task
 
@@ -51,14 +52,13 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
             raise PreconditionError(f"sweep {sweep} cannot start: {what}: {e}") from None
 
     for run in runs:
-        settings = run.run_settings()
+        settings = run.settings
         offline = settings.paths.offline
         model = settings.model.model
         if model != "tiny":
             once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
-        folder = data_dir(settings.paths.data_dir)
-        tasks = [settings.data.task] + [ev.argv[list(ev.argv).index("--task") + 1] for ev in run.evaluations
-                                 if "--task" in ev.argv]
+        folder = data_folder(settings)
+        tasks = [settings.data.task] + [ev.task for ev in run.evaluations if ev.task]
         for name in tasks:
             task = get_task(name)
 

@@ -1,45 +1,43 @@
-"""Run a sweep's finetune commands, each into its own folder, skipping what is already finished.
+"""Bring one run of a sweep to finished, in its own folder; what is finished is skipped.
 
     <runs-dir>/<sweep>/<run name>/    the finetune run folder (config.json, metrics.json, best/, predictions)
-                      experiment.json the command line this folder belongs to (checked on every re-run)
+                      experiment.json the settings this folder belongs to (checked on every re-run)
+                      settings.json   what finetune was handed (`python -m minigpt2.finetune --settings FILE`)
                       run.log         the run's output (subprocess mode)
 
 A run is finished when its folder is complete: the run's config.json and the final metrics.json, which names
 the dev and test prediction files (only written after training ends and the best model has predicted dev
 and test), both there, and no `stopped_after_epoch`. Any other folder holding a started run (its config.json) is
-continued with finetune's `--resume`: from its last saved epoch, or from epoch 1 when it died in its first. A run
-that fails is reported and the sweep goes on with the next one.
+resumed: from its last saved epoch, or from epoch 1 when it died in its first.
 
-Two ways to execute a run: a subprocess per run (the default: a crash or a CUDA out-of-memory error cannot take
-the sweep down, and every run starts with empty GPU memory) or in this process (`--in-process`, the default
-under --tiny: no interpreter start-up per run, which dominates a tiny run's time on a CPU). `execute` is the one
-way to run one run; `run_sweep` calls it for each run in turn, `experiments.launch` from worker threads (`--jobs`)
-or Ray tasks (`--launcher ray`).
+A run travels as its settings, never as flags: `execute` hands each `Step` (finetune, then the follow-up
+evaluations) to an executor, which runs it in a fresh interpreter (`in_subprocess`, the default: a crash or a CUDA
+out-of-memory error cannot take the sweep down, and every run starts with empty GPU memory) or calls it in this
+process (`in_process`, the default under --tiny: no interpreter start-up per run). The launchers of
+`experiments.launch` call `execute` for each run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import functools
 import json
 import os
 import subprocess
 import sys
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
+from app import cli, runfolder
+from app.settings import RunSettings, defining
+from minigpt2.atomic import atomic_write_json
+from minigpt2.errors import UserError
+
 from .sweeps import REPO, Evaluation, Run
 
-# An executor runs `python -m <module> <argv>` and raises if it fails.
-Executor = Callable[[str, Sequence[str], Path], None]
-
-# Settings that change how a run executes but not what it computes: a re-run with other values is the same run.
-NEUTRAL = ("paths.tokenizer_dir", "hardware.device", "optim.progress", "eval.batch_size", "optim.compile",
-           "paths.offline", "hardware.threads", "hardware.fetch_timeout")
 RECORD = "experiment.json"
 
 
@@ -48,39 +46,59 @@ class RunFolderConflict(RuntimeError):
 
 
 class RunFailed(RuntimeError):
-    """A finetune (or follow-up) command exited with an error; its own output already says why."""
+    """A finetune (or follow-up) command failed; its own output already says why."""
 
 
-def in_process(module: str, argv: Sequence[str], log: Path) -> None:
-    """Call `<module>.main(argv)` here; a `SystemExit` with a non-zero code is a failure. The run's --threads
-    applies to the run only: this process gets its thread count back."""
+@dataclass(frozen=True)
+class Step:
+    """One command of a run: `python -m <module> <argv>` in a subprocess, or `call()` in this process."""
+
+    module: str
+    argv: tuple[str, ...]
+    call: Callable[[], Any]
+
+
+Executor = Callable[[Step, Path], None]  # runs a step, its output to the log file; raises if it fails
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run executes: its device and CPU threads (None: what its settings say). Neither changes what it
+    computes (`app.settings.defining` leaves both out)."""
+
+    device: str | None = None
+    threads: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.device or 'its device'}, {self.threads or 'its'} thread(s)"
+
+
+def in_process(step: Step, log: Path) -> None:
+    """`step.call()` here; a UserError (the one line the command would print) is a failed run. The run's threads
+    apply to the run only: this process gets its thread count back."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        importlib.import_module(module).main(list(argv))
-    except SystemExit as e:
-        if e.code == 130:  # finetune's answer to Ctrl-C: the sweep stops too, as it does around a subprocess
-            raise KeyboardInterrupt from None
-        if e.code not in (None, 0):
-            raise RunFailed(f"{module} exited: {e.code}") from None
+        step.call()
+    except UserError as e:
+        raise RunFailed(f"{step.module} exited: error: {e}") from None
     finally:
         torch.set_num_threads(threads)
 
 
-def in_subprocess(module: str, argv: Sequence[str], log: Path, echo: bool = True,
-                  live: set | None = None) -> None:
-    """Run `python -m <module> argv` in a fresh interpreter; its output goes to `log` (and the console when
-    `echo`). Interrupted here (Ctrl-C, a cancelled Ray task), the child is stopped before this returns; it also
-    gets SIGTERM if this process dies, so no run goes on writing into its folder unseen. `live`, when given, holds
-    the child while it runs (a launcher running several at once stops them all on Ctrl-C)."""
+def in_subprocess(step: Step, log: Path, echo: bool = True, live: set | None = None) -> None:
+    """`python -m <module> <argv>` in a fresh interpreter; its output goes to `log` (and the console when `echo`).
+    Interrupted here (Ctrl-C, a cancelled Ray task), the child is stopped before this returns; it also gets SIGTERM
+    if this process dies, so no run goes on writing into its folder unseen. `live`, when given, holds the child
+    while it runs (a launcher running several at once stops them all on Ctrl-C)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f:
-        f.write(f"$ {sys.executable} -m {module} {' '.join(argv)}\n")
+        f.write(f"$ {sys.executable} -m {step.module} {' '.join(step.argv)}\n")
         f.flush()
-        proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", step.module, *step.argv], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_die_with_parent)
         if live is not None:
             live.add(proc)
@@ -97,7 +115,7 @@ def in_subprocess(module: str, argv: Sequence[str], log: Path, echo: bool = True
             if live is not None:
                 live.discard(proc)
     if code != 0:
-        raise RunFailed(f"{module} exited with code {code}; see {log}")
+        raise RunFailed(f"{step.module} exited with code {code}; see {log}")
 
 
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
@@ -125,6 +143,28 @@ def _die_with_parent() -> None:
             pass  # no libc by that name: the child just lives on, as it would elsewhere
 
 
+def _finetune(settings: RunSettings) -> None:
+    """A finetune run here, as `python -m minigpt2.finetune --settings FILE` runs it; Ctrl-C stops the sweep too."""
+    from app.finetune import Interrupted, run
+
+    cli.check_environment(settings)
+    try:
+        run(settings)
+    except Interrupted:
+        raise KeyboardInterrupt from None
+
+
+def _evaluate(argv: Sequence[str]) -> None:
+    """`python -m minigpt2.evaluate ARGV`'s work, here."""
+    from app.evaluate import evaluate_run
+
+    a = cli.evaluate_settings(argv)
+    evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot, a.test_references,
+                 a.plain)
+
+
+# ---------------------------------------------------------------------------------------------- the run folder
+
 def read_metrics(run_dir: Path) -> dict | None:
     """The run's metrics.json, or None when there is none (or it is unreadable)."""
     try:
@@ -150,10 +190,8 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
 
 
 def is_started(run_dir: Path) -> bool:
-    """True when `run_dir` holds a run finetune began (its config.json): `--resume` continues it, from its last
-    saved epoch or, if it died in its first, from epoch 1."""
-    from app import runfolder
-
+    """True when `run_dir` holds a run finetune began (its config.json): it is resumed, from its last saved epoch
+    or, if it died in its first, from epoch 1."""
     return runfolder.is_run_config(run_dir / runfolder.CONFIG_FILE)
 
 
@@ -161,29 +199,48 @@ def evaluation_done(run_dir: Path, ev: Evaluation) -> bool:
     return (run_dir / ev.output).is_file()
 
 
-def comparable(args: Sequence[str]) -> list[str]:
-    """`args` without the settings that do not change a run's results (see NEUTRAL), as sorted flags (a flag
-    list finetune cannot read compares as itself)."""
-    from app import cli
-    from minigpt2.errors import UserError
-
+def recorded_settings(run_dir: Path) -> RunSettings | None:
+    """The settings the folder's experiment.json says it belongs to; None without one. A record written before
+    settings records (finetune flags, "args") is read through the CLI builder, as finetune would read them now."""
+    path = run_dir / RECORD
+    if not path.is_file():
+        return None
     try:
-        options = cli.options_from_argv(args)
-    except (SystemExit, UserError):
-        return list(args)
-    return cli.argv_of(dict(sorted((k, v) for k, v in options.items() if k not in NEUTRAL)))
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if "schema" not in record and isinstance(record.get("args"), list):
+            return cli.settings_of(cli.options_from_argv(record["args"]))
+        return RunSettings.from_dict(record["settings"])
+    except (ValueError, KeyError, TypeError, UserError, SystemExit) as e:
+        raise RunFolderConflict(f"{path}: not a record this version can read ({type(e).__name__}: {e}); delete "
+                                f"{run_dir} or choose another --runs-dir") from None
 
 
 def check_record(run_dir: Path, run: Run) -> None:
-    """Refuse to reuse a folder that belongs to another command line (e.g. the sweep changed its model)."""
-    path = run_dir / RECORD
-    if not path.is_file():
+    """Refuse to reuse a folder that belongs to other settings (e.g. the sweep changed its model); where and how
+    a run executes (device, threads, data folder, ...) is not compared."""
+    old = recorded_settings(run_dir)
+    if old is None:
         return
-    old = json.loads(path.read_text(encoding="utf-8")).get("args", [])
-    if comparable(old) != comparable(run.args):
-        raise RunFolderConflict(
-            f"{run_dir} holds a run made with other arguments:\n  was: {' '.join(comparable(old))}\n"
-            f"  now: {' '.join(comparable(run.args))}\nDelete that folder or choose another --runs-dir.")
+    was, now = defining(old), defining(run.settings)
+    changes = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    if changes:
+        raise RunFolderConflict(f"{run_dir} holds a run made with other settings:\n  " + "\n  ".join(changes)
+                                + "\nDelete that folder or choose another --runs-dir.")
+
+
+def data_folder(settings: RunSettings) -> Path:
+    """The data folder a run reads, absolute: its data_dir, else what finetune resolves from MINIGPT2_DATA_DIR
+    or its default now."""
+    from course.readers import data_dir
+
+    return Path(data_dir(settings.paths.data_dir)).resolve()
+
+
+def write_record(run_dir: Path, run: Run) -> None:
+    """experiment.json: the run's settings (versioned, as config.json holds them) and the data folder it reads (a
+    later report finds the data without the environment)."""
+    atomic_write_json(run_dir / RECORD, {"name": run.name, **runfolder.settings_record(run.settings),
+                                         "data_dir": str(data_folder(run.settings))})
 
 
 def check_inputs(run_dir: Path, run: Run) -> None:
@@ -191,11 +248,8 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     synthetic file now hash differently from what its config.json recorded (say, a regenerated synthetic file
     under the same name). The difference is shown; nothing is deleted. An input that is no longer on this
     machine is not compared: the run's results still stand for what it was."""
-    from app import runfolder
     from app.finetune import data_files
     from app.runmodel import base_weights_file
-    from minigpt2.errors import UserError
-    from course.readers import data_dir
     from tasks import get_task
 
     try:
@@ -204,12 +258,12 @@ def check_inputs(run_dir: Path, run: Run) -> None:
         recorded = None
     if not recorded:  # a run made before fingerprints: nothing to compare
         return
-    s = run.run_settings({"run.out_dir": str(run_dir)})
+    s = run.settings
     try:
         weights = base_weights_file(s.model.model, offline=True)
     except UserError:
         weights = None
-    files = [f for f in data_files(get_task(s.data.task), data_dir(s.paths.data_dir)) if f.is_file()]
+    files = [f for f in data_files(get_task(s.data.task), data_folder(s)) if f.is_file()]
     if s.data.synthetic and not Path(s.data.synthetic.path).is_file():
         s = dataclasses.replace(s, data=dataclasses.replace(s.data, synthetic=None))
     now = runfolder.fingerprint(s, weights, files)
@@ -222,13 +276,18 @@ def check_inputs(run_dir: Path, run: Run) -> None:
         raise RunFolderConflict(f"{e}\nDelete {run_dir} to run it again on the new inputs, or restore them.") from None
 
 
-def resolved_data_dir(run: Run) -> str:
-    """The data folder a run will read, as an absolute path: its --data-dir, else what finetune resolves from
-    MINIGPT2_DATA_DIR or its default now (recorded, so a later report finds the data without the environment)."""
-    from course.readers import data_dir
+def prepare_run(run: Run, root: Path) -> bool:
+    """The checks before a run starts, made by whoever launches it: the folder must belong to these settings and,
+    if finished, to these inputs (`RunFolderConflict` otherwise). True when the run is finished."""
+    run_dir = root / run.name
+    check_record(run_dir, run)
+    if is_finished(run_dir):
+        check_inputs(run_dir, run)
+        return True
+    return False
 
-    return str(Path(data_dir(run.options.get("paths.data_dir"))).resolve())
 
+# ---------------------------------------------------------------------------------------------- one run
 
 @dataclass
 class SweepResult:
@@ -246,12 +305,7 @@ def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
     out = []
     for run in runs:
         run_dir = root / run.name
-        if is_finished(run_dir):
-            state = "done"
-        elif is_started(run_dir):
-            state = "resume"
-        else:
-            state = "run"
+        state = "done" if is_finished(run_dir) else "resume" if is_started(run_dir) else "run"
         todo = [ev.name for ev in run.evaluations if not evaluation_done(run_dir, ev)]
         out.append((run, state + "".join(f" + {name}" for name in todo)))
     return out
@@ -261,73 +315,42 @@ def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
 class Outcome:
     """What `execute` did with one run: started finetune (or found it finished), and which evaluations it ran."""
 
-    started: bool
+    started: bool = False
     evaluated: list[str] = field(default_factory=list)
 
 
-def prepare_run(run: Run, root: Path) -> bool:
-    """The checks before a run starts, made by whoever launches it: the folder must belong to this command line
-    and, if finished, to these inputs (`RunFolderConflict` otherwise). True when the run is finished."""
-    run_dir = root / run.name
-    check_record(run_dir, run)
-    if is_finished(run_dir):
-        check_inputs(run_dir, run)
-        return True
-    return False
+def run_settings(run: Run, run_dir: Path, where: Placement) -> RunSettings:
+    """What finetune is handed: the run's settings writing into `run_dir` (resumed when a run was started there),
+    on the device and threads of `where` where it names them."""
+    s = run.settings
+    hardware = {k: v for k, v in dataclasses.asdict(where).items() if v is not None}
+    return dataclasses.replace(s, run=dataclasses.replace(s.run, out_dir=str(run_dir), resume=is_started(run_dir)),
+                               hardware=dataclasses.replace(s.hardware, **hardware))
 
 
-def execute(run: Run, root: Path, executor: Executor, exec_flags: Sequence[str] = (),
+def execute(run: Run, root: Path, executor: Executor, where: Placement = Placement(),
             outcome: Outcome | None = None) -> Outcome:
     """Bring one run to finished: finetune into `root/<run name>/` (a started one resumed), then its missing
-    follow-up evaluations. The one way every launcher runs a run (in this process, a subprocess, a worker thread's
-    subprocess or a Ray task's). `exec_flags` are finetune flags
-    that say where and how it executes (`--device`, `--threads`; neutral, see NEUTRAL). Raises on failure,
+    follow-up evaluations, each a `Step` for `executor`. The one way every launcher runs a run. Raises on failure,
     after filling in `outcome` (when given) with what it got to do."""
     run_dir = root / run.name
-    outcome = outcome if outcome is not None else Outcome(started=False)
+    outcome = outcome if outcome is not None else Outcome()
+    log = run_dir / "run.log"
     if not prepare_run(run, root):
-        resume = is_started(run_dir)  # --resume goes on from its last epoch, or from epoch 1 if it died in its first
+        settings = run_settings(run, run_dir, where)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECORD).write_text(json.dumps({"name": run.name, "args": list(run.args),
-                                                  "settings": run.knobs,
-                                                  "data_dir": resolved_data_dir(run)}, indent=2) + "\n")
-        argv = [*run.args, "--out-dir", str(run_dir), *exec_flags] + (["--resume"] if resume else [])
+        write_record(run_dir, run)
+        atomic_write_json(run_dir / runfolder.SETTINGS_FILE, runfolder.settings_record(settings))
         outcome.started = True
-        executor("minigpt2.finetune", argv, run_dir / "run.log")
+        executor(Step("minigpt2.finetune", ("--settings", str(run_dir / runfolder.SETTINGS_FILE)),
+                      functools.partial(_finetune, settings)), log)
         if not is_finished(run_dir):
             raise RuntimeError(f"finetune returned but {run_dir} holds no final metrics.json")
-    flags = list(exec_flags)
-    device = flags[flags.index("--device"):][:2] if "--device" in flags else []  # evaluate takes --device too
     for ev in run.evaluations:
         if not evaluation_done(run_dir, ev):
-            argv = [str(run_dir) if a == "RUN_DIR" else a for a in ev.argv] + device
-            executor(ev.module, argv, run_dir / "run.log")
+            argv = ev.command(run_dir, where.device)
+            executor(Step(ev.module, argv, functools.partial(_evaluate, argv)), log)
             if not evaluation_done(run_dir, ev):
                 raise RuntimeError(f"{ev.module} returned but wrote no {run_dir / ev.output}")
             outcome.evaluated.append(f"{run.name}:{ev.name}")
     return outcome
-
-
-def run_sweep(runs: Sequence[Run], root: str | os.PathLike, executor: Executor = in_subprocess,
-              progress: bool = True, exec_flags: Sequence[str] = ()) -> SweepResult:
-    """Execute every unfinished run of a sweep into `root/<run name>/`, one after the other, then its follow-up
-    evaluations."""
-    root = Path(root)
-    result = SweepResult()
-    bar = tqdm(runs, desc=f"sweep {root.name}", unit="run", disable=not progress, dynamic_ncols=True)
-    for run in bar:
-        bar.set_postfix_str(run.name)
-        outcome = Outcome(started=False)
-        try:
-            execute(run, root, executor, exec_flags, outcome)
-        except RunFolderConflict:
-            raise
-        except Exception as e:  # one failed run must not stop the sweep; it is listed at the end
-            result.failed[run.name] = f"{type(e).__name__}: {e}"
-            # A command that exited with an error said why itself; anything else is a bug here: its traceback.
-            tqdm.write(f"run {run.name} FAILED: {e}" + ("" if isinstance(e, RunFailed)
-                                                        else f"\n{traceback.format_exc(limit=3)}"))
-        finally:
-            (result.started if outcome.started else result.skipped).append(run.name)
-            result.evaluated += outcome.evaluated
-    return result

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from app import cli
-from app.settings import LORA_LR, LORA_TARGETS  # the study's best LoRA settings
+from app.settings import LORA_LR, LORA_TARGETS, RunSettings  # the study's best LoRA settings
 from distill.generate import TEACHERS
 from distill.summary import requests_needed
 from minigpt2.errors import UserError
@@ -95,32 +95,26 @@ class Evaluation:
     argv: tuple[str, ...]
     output: str
 
+    def command(self, run_dir: Path, device: str | None = None) -> tuple[str, ...]:
+        """Its arguments on `run_dir`, on `device` when one is chosen (else the evaluation's default)."""
+        return tuple(str(run_dir) if a == "RUN_DIR" else a for a in self.argv) + (("--device", device) if device
+                                                                                  else ())
+
+    @property
+    def task(self) -> str | None:
+        """The task it scores (its --task); None: the run's own."""
+        return self.argv[self.argv.index("--task") + 1] if "--task" in self.argv else None
+
 
 @dataclass(frozen=True)
 class Run:
-    """One finetune run of a sweep. `name` is its folder name; `options` its settings as overrides by path (a
-    flag list, as a hand-written run gives, is read through the CLI builder); `knobs` the settings that vary."""
+    """One finetune run of a sweep: `name` its folder name, `settings` its `RunSettings` (built and checked when
+    the sweep is built; what varies is read from them by the sweep's knobs), `evaluations` the follow-up commands
+    on its folder."""
 
     name: str
-    options: Options
-    knobs: dict[str, Any]
+    settings: RunSettings
     evaluations: tuple[Evaluation, ...] = ()
-
-    def __post_init__(self) -> None:
-        options = self.options
-        if isinstance(options, (tuple, list)):
-            options = cli.options_from_argv(options)
-        object.__setattr__(self, "options", cli.check_options(options))
-        self.run_settings()  # a run finetune would refuse is refused now, naming the flag
-
-    @property
-    def args(self) -> tuple[str, ...]:
-        """The run as `minigpt2.finetune` flags."""
-        return tuple(cli.argv_of(self.options))
-
-    def run_settings(self, more: Options | None = None) -> Any:
-        """The run's `RunSettings` (`more`: overrides by path, e.g. {"run.out_dir": ...})."""
-        return cli.settings_of({**self.options, **(more or {})})
 
 
 Row = dict[str, Any]  # a CSV row or a table's point (`experiments.report`)
@@ -186,7 +180,7 @@ def setting(settings: Any, knob: Knob) -> Any:
 
 def settings_of(run: Run) -> Any:
     """A run's `RunSettings`: the one place the report asks a `Run` for them."""
-    return run.run_settings()
+    return run.settings
 
 
 @dataclass(frozen=True)
@@ -236,18 +230,15 @@ def common(opts: SweepOptions) -> Options:
     return {**options, "optim.progress": False}
 
 
-def _runs(opts: SweepOptions, points: list[tuple[str, Options, dict[str, Any]]],
-          evaluations: tuple[Evaluation, ...] = ()) -> list[Run]:
-    """Every point of a sweep at every seed: (name, settings overrides, knobs) -> Runs. A point's own settings
-    win over the shared ones (`--epochs 0`: the base model), the user's --finetune-args over both."""
+def _runs(opts: SweepOptions, points: list[tuple[str, Options]], evaluations: tuple[Evaluation, ...] = ()
+          ) -> list[Run]:
+    """Every point of a sweep at every seed: (name, settings overrides) -> Runs, their settings built (and checked:
+    a setting finetune would refuse is refused now, naming its flag). A point's own settings win over the shared
+    ones (`--epochs 0`: the base model), the user's --finetune-args over both."""
     shared, extra = common(opts), cli.options_from_argv(opts.finetune_args)
-    runs = []
-    for name, options, settings in points:
-        for seed in opts.seed_list():
-            run_options = {**options, **{k: v for k, v in shared.items() if k not in options}, "optim.seed": seed,
-                           **extra}
-            runs.append(Run(f"{name}-s{seed}", run_options, {**settings, "seed": seed}, evaluations))
-    return runs
+    return [Run(f"{name}-s{seed}", cli.settings_of({**options, **{k: v for k, v in shared.items() if k not in options},
+                                                   "optim.seed": seed, **extra}), evaluations)
+            for name, options in points for seed in opts.seed_list()]
 
 
 def lora(rank: int, targets: str = LORA_TARGETS, alpha: float = LORA_ALPHA, lr: float = LORA_LR) -> Options:
@@ -259,12 +250,6 @@ def lora(rank: int, targets: str = LORA_TARGETS, alpha: float = LORA_ALPHA, lr: 
 def sonnet(**more: Any) -> Options:
     """The sonnet task, and `more` settings (keyword `a__b` for the path "a.b")."""
     return {"data.task": "sonnet", **{k.replace("__", "."): v for k, v in more.items()}}
-
-
-def _declared(opts: SweepOptions, points: list[tuple[str, Options]], evaluations: tuple[Evaluation, ...] = ()
-              ) -> list[Run]:
-    """The runs of (name, settings overrides) points at every seed; their knobs are read from their settings."""
-    return _runs(opts, [(name, options, {}) for name, options in points], evaluations)
 
 
 LORA_KNOBS: dict[str, Knob] = {"task": "data.task", "method": "model.method", "rank": "model.lora.rank",
@@ -281,7 +266,7 @@ def lora_alpha_lr(opts: SweepOptions) -> Sweep:
     note = (f"--tiny: rank 4, alpha {alphas}, lr {lrs} (full sweep: rank {LORA_SEARCH_RANK}, alpha {LORA_ALPHAS},"
             f" lr {LORA_LRS})")
     chosen = lambda p: p.get("alpha") == 16 and p.get("lr") == 1e-2  # noqa: E731 (the study's choice)
-    return Sweep("lora-alpha-lr", _declared(opts, points), note if opts.tiny else "",
+    return Sweep("lora-alpha-lr", _runs(opts, points), note if opts.tiny else "",
                  knobs={**LORA_KNOBS, "alpha": "model.lora.alpha", "lr": "optim.lr"},
                  columns=(Column("rank", "rank"), Column("alpha", lambda p: f"{p['alpha']:g}"),
                           Column("lr", lambda p: f"{p['lr']:g}")),
@@ -297,7 +282,7 @@ def baseline(opts: SweepOptions) -> Sweep:
     """Full fine-tuning on the four tasks, with the finetune defaults (the course's settings)."""
     points = [(task, {"data.task": task, "model.mode": "full-model"})
               for task in ("sst", "cfimdb", "quora", "sonnet")]
-    return Sweep("baseline", _declared(opts, points), knobs={"task": "data.task", "method": "model.method"},
+    return Sweep("baseline", _runs(opts, points), knobs={"task": "data.task", "method": "model.method"},
                  columns=(Column("task", "task"),
                           Column("metric", lambda p: "chrF" if p["task"] == "sonnet" else "accuracy")),
                  after=(Column("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
@@ -313,7 +298,7 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
     points = [("full", sonnet())] + [(f"lora-r{r}", {**sonnet(), **lora(r)}) for r in ranks]
     note = f"--tiny: ranks {', '.join(map(str, ranks))} only (full sweep: {', '.join(map(str, LORA_RANKS))})"
     full = lambda p: p.get("method") == "full"  # noqa: E731
-    return Sweep("lora-ranks", _declared(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
+    return Sweep("lora-ranks", _runs(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
                  columns=(Column("method", "method"), Column("rank", "rank"), TRAINABLE),
                  references=(Reference("full fine-tuning", lambda ref, arm: full(ref)),),
                  plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
@@ -327,7 +312,7 @@ def lora_targets(opts: SweepOptions) -> Sweep:
     points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)})
               for r in ranks for t in ("attn", "attn+mlp")]
     note = "--tiny: rank 4 only (full sweep: ranks 16 and 256)"
-    return Sweep("lora-targets", _declared(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
+    return Sweep("lora-targets", _runs(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
                  columns=(Column("targets", "targets"), Column("rank", "rank"), TRAINABLE),
                  references=(Reference("LoRA on attn+mlp at the same rank", lambda ref, arm: ref.get("targets") ==
                                        "attn+mlp" and ref.get("rank") == arm.get("rank")),),
@@ -367,7 +352,7 @@ def precision(opts: SweepOptions) -> Sweep:
         points.append((f"{task}-int8-qaft", {"data.task": task, "precision.format": "int8", "precision.qaft": True}))
     note = ("--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
             + "; sst and cfimdb)")
-    return Sweep("precision", _declared(opts, points, (ZERO_SHOT_QUORA,)), note if opts.tiny else "",
+    return Sweep("precision", _runs(opts, points, (ZERO_SHOT_QUORA,)), note if opts.tiny else "",
                  knobs={"task": "data.task", "precision": "precision.format", "qaft": "precision.qaft",
                         "stage": lambda s: "base" if s.optim.epochs == 0 else "fine-tuned"},
                  columns=(Column("model", lambda p: p.get("stage") or "fine-tuned"), Column("task", "task"),
@@ -470,7 +455,7 @@ def teachers(opts: SweepOptions) -> Sweep:
         return None if syn is None else "synthetic only" if syn.only else mixes.get((syn.path, syn.n, syn.filter))
 
     curve = lambda p: p.get("mix") != "synthetic only"  # noqa: E731 (no real sonnets: on no curve)
-    return Sweep("teachers", _declared(opts, points), "; ".join(notes), synthetic_needs=needs,
+    return Sweep("teachers", _runs(opts, points), "; ".join(notes), synthetic_needs=needs,
                  knobs={"task": "data.task", "teacher": teacher_of,
                         "synthetic_n": lambda s: s.data.synthetic.n if s.data.synthetic else 0,
                         "synthetic_filter": "data.synthetic.filter", "mix": mix},

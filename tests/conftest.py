@@ -91,9 +91,9 @@ def tiny_sweep(tmp_path_factory) -> Callable[[str], TinySweep]:
             started: list[tuple[str, list[str]]] = []
             real = cli.in_process
 
-            def count(module, args, log):
-                started.append((module, list(args)))
-                real(module, args, log)
+            def count(step, log):
+                started.append((step.module, list(step.argv)))
+                real(step, log)
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(cli, "in_process", count)
                 assert cli.main(argv) == 0

@@ -4,6 +4,7 @@ test_experiments_tiny.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from types import SimpleNamespace
@@ -15,16 +16,17 @@ from PIL import Image
 
 from experiments import __main__ as cli
 from app import cli as app_cli
-from experiments import metrics, plots, report, runner, stats, tables
+from experiments import launch, metrics, plots, report, runner, stats, tables
 from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions,
                                build_sweep)
-from app.cli import finetune_parser, flat, settings_from
-from app.settings import SettingsError
+from app.cli import flat, settings_of
+from app.runfolder import read_settings_file
+from app.settings import RunSettings, SettingsError
 
 
-def parse(argv):
-    """A run's flags as finetune reads them, by flag name (the device is not looked for on this machine)."""
-    return SimpleNamespace(**flat(settings_from(finetune_parser().parse_args(list(argv)), here=False)))
+def parse(run):
+    """A run's settings by flag name."""
+    return SimpleNamespace(**flat(run.settings))
 from minigpt2.metrics import chrf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +41,7 @@ def test_every_run_is_a_valid_finetune_command(name, tiny):
     sweep = build_sweep(name, SweepOptions(tiny=tiny, synthetic_dir=str(TINY_SYNTHETIC_DIR)))
     assert sweep.runs
     for run in sweep.runs:
-        args, knobs = parse([*run.args, "--out-dir", "x"]), sweep.knob_values(run)
+        args, knobs = parse(run), sweep.knob_values(run)
         assert args.seed == knobs["seed"]
         assert args.model == ("tiny" if tiny else "gpt2")
         if knobs.get("stage") == "base":  # the model before fine-tuning: no training, tiny or not
@@ -68,13 +70,13 @@ def test_sweep_shapes(monkeypatch):
     base = [k["precision"] for k in map(full["precision"].knob_values, full["precision"].runs) if k["stage"] == "base"]
     assert base == ["fp64", "fp32", "bf16", "fp8", "int8", "int4"]  # the zero-shot reference at each precision
     teachers = full["teachers"].runs
-    assert full["teachers"].knob_values(teachers[0])["synthetic_n"] == 0 and "--synthetic" not in teachers[0].args
+    assert full["teachers"].knob_values(teachers[0])["synthetic_n"] == 0 and teachers[0].settings.data.synthetic is None
     # The fixture files hold 4 kept sonnets, 2 of them perfect: each curve ends at what its file has.
     assert [r.name for r in teachers[1:3]] == ["gemini-2.5-flash-n4-all-s11711",
                                                "gemini-2.5-flash-n2-perfect-s11711"]
     # then per teacher its perfect sonnets alone (the mixing ratios need the training file, absent here)
     assert [full["teachers"].knob_values(r)["mix"] for r in teachers[5:]] == ["synthetic only"] * 2
-    assert all("--synthetic-only" in r.args for r in teachers[5:]) and len(teachers) == 7
+    assert all(r.settings.data.synthetic.only for r in teachers[5:]) and len(teachers) == 7
     assert "mixing ratios wait for the sonnet training file" in full["teachers"].note
     tiny_teachers = build_sweep("teachers", SweepOptions(tiny=True))
     assert "gemini-2.5-flash: ratio 0.5 is its n2-perfect run" in tiny_teachers.note
@@ -91,7 +93,7 @@ def test_sweep_shapes(monkeypatch):
 def test_every_arm_states_its_compute_dtype_and_fp32_is_fp32_on_a_gpu():
     sweep = build_sweep("precision", SweepOptions())
     fp32 = next(r for r in sweep.runs if sweep.knob_values(r)["precision"] == "fp32")
-    args = parse([*fp32.args, "--out-dir", "x"])
+    args = parse(fp32)
     assert args.autocast == "off"
     def dtype(device: str, **options) -> str:
         return report.compute_dtype(app_cli.settings_of({"data.task": "sonnet", **options}), device)
@@ -152,28 +154,32 @@ def test_model_and_extra_flags_reach_every_run():
     sweep = build_sweep("baseline", SweepOptions(model="gpt2-medium", data_dir="/d",
                                                  finetune_args=["--device", "cuda:1"]))
     for run in sweep.runs:
-        args = parse(run.args)
+        args = parse(run)
         assert (args.model, args.data_dir, args.device) == ("gpt2-medium", "/d", "cuda:1")
 
 
 # ---------------------------------------------------------------------------------------------- runner
 
 class FakeFinetune:
-    """Stands in for `python -m minigpt2.finetune`: records each call and writes the files a finished run has."""
+    """Stands in for a run's steps (`runner.Step`): records each command, reads the settings finetune was handed
+    and writes the files a finished run has."""
 
     def __init__(self, fail: set[str] = frozenset(), stop_after: set[str] = frozenset()) -> None:
         self.calls: list[tuple[str, list[str]]] = []
+        self.handed: dict[str, RunSettings] = {}  # run folder name -> the settings finetune was last handed
         self.fail, self.stop_after = fail, stop_after
 
-    def __call__(self, module: str, argv, log: Path) -> None:
-        self.calls.append((module, list(argv)))
-        if module == "minigpt2.evaluate":
-            Path(argv[0], "eval-quora-zero-shot-dev.json").write_text(json.dumps({"accuracy": 0.5}))
+    def __call__(self, step: runner.Step, log: Path) -> None:
+        self.calls.append((step.module, list(step.argv)))
+        if step.module == "minigpt2.evaluate":
+            Path(step.argv[0], "eval-quora-zero-shot-dev.json").write_text(json.dumps({"accuracy": 0.5}))
             return
-        run_dir = Path(argv[argv.index("--out-dir") + 1])
+        assert step.argv[0] == "--settings" and len(step.argv) == 2  # the run travels as its settings file
+        settings = read_settings_file(Path(step.argv[1]))
+        run_dir = Path(settings.run.out_dir)
+        self.handed[run_dir.name] = settings
         if run_dir.name in self.fail:
             raise RuntimeError("CUDA out of memory (fake)")
-        settings = app_cli.settings_from(app_cli.finetune_parser().parse_args(list(argv)), here=False)
         (run_dir / "config.json").write_text(json.dumps({"settings": settings.to_dict()}))
         if run_dir.name in self.stop_after:
             (run_dir / "last").mkdir(exist_ok=True)
@@ -187,63 +193,109 @@ class FakeFinetune:
             "test_predictions": "test.csv"}))
 
     def started(self, module: str = "minigpt2.finetune") -> list[str]:
-        return [Path(argv[argv.index("--out-dir") + 1]).name for m, argv in self.calls if m == module]
+        return [Path(argv[1]).parent.name for m, argv in self.calls if m == module]
+
+
+def sst(**options) -> RunSettings:
+    """An sst run's settings with these overrides (keyword `a__b` for the path "a.b")."""
+    return settings_of({"data.task": "sst", **{k.replace("__", "."): v for k, v in options.items()}})
 
 
 def three_runs(evaluations=()) -> list[Run]:
-    return [Run(f"r{i}", ("--task", "sst", "--seed", str(i)), {"task": "sst", "seed": i}, evaluations)
-            for i in range(3)]
+    return [Run(f"r{i}", sst(optim__seed=i), evaluations) for i in range(3)]
+
+
+def sweep(runs, root, executor, **launcher) -> runner.SweepResult:
+    """One sequential pass, as `python -m experiments` makes it without --jobs."""
+    return launch.Local(executor, progress=False, **launcher).launch(runs, root)
 
 
 def test_runner_runs_each_once_and_skips_finished_runs(tmp_path):
     fake = FakeFinetune()
-    first = runner.run_sweep(three_runs(), tmp_path, fake, progress=False)
+    first = sweep(three_runs(), tmp_path, fake)
     assert first.started == ["r0", "r1", "r2"] and not first.failed
     assert fake.started() == ["r0", "r1", "r2"]
     assert all(runner.is_finished(tmp_path / f"r{i}") for i in range(3))
-    assert json.loads((tmp_path / "r1" / "experiment.json").read_text())["args"][-1] == "1"
-    second = runner.run_sweep(three_runs(), tmp_path, fake, progress=False)
+    record = json.loads((tmp_path / "r1" / "experiment.json").read_text())
+    assert "args" not in record and record["schema"] == 2 and record["settings"]["optim"]["seed"] == 1
+    assert read_settings_file(tmp_path / "r1" / "settings.json") == fake.handed["r1"]
+    assert fake.handed["r1"].run.out_dir == str(tmp_path / "r1") and not fake.handed["r1"].run.resume
+    second = sweep(three_runs(), tmp_path, fake)
     assert second.started == [] and second.skipped == ["r0", "r1", "r2"]
     assert len(fake.calls) == 3  # nothing was invoked again
 
 
 def test_runner_resumes_an_interrupted_run_and_restarts_an_empty_one(tmp_path):
-    runner.run_sweep(three_runs(), tmp_path, FakeFinetune(stop_after={"r1"}), progress=False)
+    sweep(three_runs(), tmp_path, FakeFinetune(stop_after={"r1"}))
     for name in ("metrics.json", "config.json"):  # died before writing anything
         (tmp_path / "r2" / name).unlink()
     assert not runner.is_finished(tmp_path / "r1") and not runner.is_finished(tmp_path / "r2")
     assert [s for _, s in runner.plan(three_runs(), tmp_path)] == ["done", "resume", "run"]
     fake = FakeFinetune()
-    result = runner.run_sweep(three_runs(), tmp_path, fake, progress=False)
+    result = sweep(three_runs(), tmp_path, fake)
     assert result.started == ["r1", "r2"] and result.skipped == ["r0"]
-    argv = dict((Path(a[a.index("--out-dir") + 1]).name, a) for _, a in fake.calls)
-    assert "--resume" in argv["r1"] and "--resume" not in argv["r2"]
+    assert fake.handed["r1"].run.resume and not fake.handed["r2"].run.resume
 
 
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
-    result = runner.run_sweep(three_runs(), tmp_path, FakeFinetune(fail={"r1"}), progress=False)
+    result = sweep(three_runs(), tmp_path, FakeFinetune(fail={"r1"}))
     assert list(result.failed) == ["r1"] and "out of memory" in result.failed["r1"]
     assert result.started == ["r0", "r1", "r2"]
     assert runner.is_finished(tmp_path / "r2")
-    again = runner.run_sweep(three_runs(), tmp_path, FakeFinetune(), progress=False)
+    again = sweep(three_runs(), tmp_path, FakeFinetune())
     assert again.started == ["r1"]  # only the failed one is retried
 
 
 def test_a_returned_but_unfinished_run_counts_as_failed(tmp_path):
-    def silent(module, argv, log):  # returns without writing anything
+    def silent(step, log):  # returns without writing anything
         pass
-    result = runner.run_sweep(three_runs()[:1], tmp_path, silent, progress=False)
+    result = sweep(three_runs()[:1], tmp_path, silent)
     assert "holds no final metrics.json" in result.failed["r0"]
 
 
-def test_runner_refuses_a_folder_made_with_other_arguments(tmp_path):
+def test_the_placement_is_handed_over_and_changes_no_run(tmp_path):
+    fake = FakeFinetune()
+    sweep(three_runs()[:1], tmp_path, fake, devices=["cpu:1"], threads=3)
+    handed = fake.handed["r0"]
+    assert (handed.hardware.device, handed.hardware.threads) == ("cpu:1", 3)
+    assert runner.defining(handed) == runner.defining(three_runs()[0].settings)
+    sweep(three_runs()[1:2], tmp_path, fake)  # no device named: the run's own
+    assert (fake.handed["r1"].hardware.device, fake.handed["r1"].hardware.threads) == ("auto", launch.cpu_count())
+
+
+def test_runner_refuses_a_folder_made_with_other_settings(tmp_path):
     runs = three_runs()
-    runner.run_sweep(runs[:1], tmp_path, FakeFinetune(), progress=False)
-    neutral = Run("r0", {**runs[0].options, "hardware.device": "cuda:3", "optim.progress": False}, runs[0].knobs)
-    assert runner.run_sweep([neutral], tmp_path, FakeFinetune(), progress=False).skipped == ["r0"]
-    changed = Run("r0", ("--task", "sst", "--seed", "0", "--lr", "0.1"), runs[0].knobs)
-    with pytest.raises(runner.RunFolderConflict, match=r"other arguments[\s\S]*--lr 0.1[\s\S]*Delete that folder"):
-        runner.run_sweep([changed], tmp_path, FakeFinetune(), progress=False)
+    sweep(runs[:1], tmp_path, FakeFinetune())
+    neutral = Run("r0", sst(optim__seed=0, hardware__device="cuda:3", optim__progress=False))
+    assert sweep([neutral], tmp_path, FakeFinetune()).skipped == ["r0"]
+    changed = Run("r0", sst(optim__seed=0, optim__lr=0.1))
+    with pytest.raises(runner.RunFolderConflict, match=r"other settings:\n  optim.lr: 1e-05 -> 0.1\nDelete that"):
+        sweep([changed], tmp_path, FakeFinetune())
+
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "old_run" / "sst-s11711"  # `all --tiny` at 99b8a86, weights left out
+
+
+def test_a_run_folder_from_before_settings_records_is_skipped_resumed_or_refused(tmp_path):
+    """A finished run folder written at 99b8a86 (experiment.json with finetune flags, config.json with "args"
+    beside "settings"; its weights left out): read through the CLI builder, it is skipped when finished,
+    resumed when only started, and refused for other settings, with the difference."""
+    import shutil
+
+    run = next(r for r in build_sweep("baseline", SweepOptions(tiny=True)).runs if r.name == OLD_RUN.name)
+    shutil.copytree(OLD_RUN, tmp_path / run.name)
+    assert "args" in json.loads((tmp_path / run.name / "experiment.json").read_text())
+    assert runner.defining(runner.recorded_settings(tmp_path / run.name)) == runner.defining(run.settings)
+    fake = FakeFinetune()
+    assert sweep([run], tmp_path, fake).skipped == [run.name] and not fake.calls
+    (tmp_path / run.name / "metrics.json").unlink()  # as if it died after its first epoch
+    assert runner.plan([run], tmp_path)[0][1] == "resume"
+    assert sweep([run], tmp_path, fake).started == [run.name] and fake.handed[run.name].run.resume
+    shutil.rmtree(tmp_path / run.name)
+    shutil.copytree(OLD_RUN, tmp_path / run.name)
+    other = build_sweep("baseline", SweepOptions(tiny=True, finetune_args=["--epochs", "2"])).runs[0]
+    with pytest.raises(runner.RunFolderConflict, match=r"other settings:\n  optim.epochs: 1 -> 2\n"):
+        sweep([other], tmp_path, FakeFinetune())
 
 
 def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch):
@@ -251,7 +303,8 @@ def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch
     monkeypatch.setattr(cli, "check_preconditions", lambda sweep, runs: None)  # the fake needs no GPT-2 weights
     root = tmp_path / "runs"
     assert cli.main(["baseline", "--runs-dir", str(root), "--out", str(tmp_path), "--no-progress"]) == 0
-    with pytest.raises(SystemExit, match=r"^error: .*sst-s11711 holds a run made with other arguments"):
+    with pytest.raises(SystemExit, match=r"^error: .*sst-s11711 holds a run made with other settings:\n  "
+                                         r"model.model: 'gpt2' -> 'gpt2-medium'"):
         cli.main(["baseline", "--model", "gpt2-medium", "--runs-dir", str(root), "--out", str(tmp_path)])
 
 
@@ -259,19 +312,23 @@ def test_follow_up_evaluations_run_once_on_the_run_folder(tmp_path):
     ev = Evaluation("zero_shot_quora", "minigpt2.evaluate", ("RUN_DIR", "--task", "quora", "--zero-shot"),
                     "eval-quora-zero-shot-dev.json")
     fake = FakeFinetune()
-    result = runner.run_sweep(three_runs((ev,)), tmp_path, fake, progress=False)
+    result = sweep(three_runs((ev,)), tmp_path, fake, devices=["cpu"])
     assert result.evaluated == [f"r{i}:zero_shot_quora" for i in range(3)]
     evals = [argv for m, argv in fake.calls if m == "minigpt2.evaluate"]
-    assert evals[0] == [str(tmp_path / "r0"), "--task", "quora", "--zero-shot"]
+    assert evals[0] == [str(tmp_path / "r0"), "--task", "quora", "--zero-shot", "--device", "cpu"]
     (tmp_path / "r2" / "eval-quora-zero-shot-dev.json").unlink()
     fake2 = FakeFinetune()
-    again = runner.run_sweep(three_runs((ev,)), tmp_path, fake2, progress=False)
+    again = sweep(three_runs((ev,)), tmp_path, fake2)
     assert again.started == [] and again.evaluated == ["r2:zero_shot_quora"] and len(fake2.calls) == 1
+    assert fake2.calls[0][1] == [str(tmp_path / "r2"), "--task", "quora", "--zero-shot"]
 
 
-def test_in_process_executor_turns_a_nonzero_exit_into_an_error(tmp_path):
-    with pytest.raises(RuntimeError, match="minigpt2.finetune exited"):
-        runner.in_process("minigpt2.finetune", ["--task", "sonnet", "--mode", "last-linear-layer"], tmp_path / "l")
+def test_in_process_executor_calls_the_run_and_a_refusal_is_a_failed_run(tmp_path):
+    step = runner.Step("minigpt2.finetune", (), functools.partial(runner._finetune, settings_of(
+        {"data.task": "sst", "hardware.device": "cuda:9", "run.out_dir": str(tmp_path / "r")})))
+    with pytest.raises(runner.RunFailed, match=r"^minigpt2.finetune exited: error: --device cuda:9"):
+        runner.in_process(step, tmp_path / "log")
+    assert not (tmp_path / "r").exists()
 
 
 def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
@@ -283,7 +340,8 @@ def test_dry_run_lists_the_runs_and_runs_none(tmp_path, monkeypatch, capsys):
     assert cli.main(["lora-ranks", "--tiny", "--dry-run", "--runs-dir", str(root), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sweep lora-ranks: 3 runs" in out and "--tiny: ranks 1, 4 only" in out
-    assert "[run] lora-r4-s11711: python -m minigpt2.finetune --task sonnet --method lora --lora-rank 4" in out
+    assert ("[run] lora-r4-s11711: data.task=sonnet data.max_train=4 data.max_eval=2 model.model=tiny model.method=lora "
+            "model.lora.rank=4 optim.epochs=1 ") in out  # the defining settings that differ from the defaults
     assert not root.exists() and not (tmp_path / "lora-ranks.csv").exists()
     assert "3 runs, epochs 1, " in out and " training tokens; ~" in out and "probe: the fastest of 5 steps of tiny" in out
 
@@ -300,23 +358,22 @@ def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
     sonnets = read_sonnets(TINY_DATA_DIR / "sonnets.txt")[0][:4]  # --tiny trains on 4 examples
     by_hand = sum(min(128, len(tok.encode(s.text))) for s in sonnets)  # the tiny model holds 128 positions
     assert epochs == 1 and by_hand <= tokens <= by_hand + 4 * 8  # plus end-of-text and layout tokens
-    lines, seconds = estimate.sweep_estimate(sweep.runs, "tiny", "cpu")
-    assert seconds > 0 and f"{3 * tokens:,} training tokens" in lines[0]
-    cost = estimate.gemini_cost(TINY_SYNTHETIC_DIR)
-    assert "$0.00 billed" in cost[1] and "gemini-2.5-flash.jsonl" in cost[1]  # the fixture records carry no usage
-    assert "assumed per request" in cost[2] and cost[-1].startswith("  Gemini total: ~$")  # no pro file
+    cost = estimate.sweep_cost(sweep.runs, estimate.measured_rates("tiny", "cpu"))
+    assert cost.cpu_s > 0 and cost.train_tokens == 3 * tokens
+    teachers = build_sweep("teachers", SweepOptions(tiny=True))
+    lines, usd = estimate.gemini_bill(teachers.runs, teachers.synthetic_needs)
+    flash = next(x for x in lines if x.startswith("  Gemini gemini-2.5-flash: "))
+    assert "gemini-2.5-flash.jsonl: 5 requests made, $0.00 billed" in flash  # the fixture records carry no usage
+    assert lines[-1].startswith("  Gemini total: ~$") and usd >= 0
 
 
-def test_a_run_is_checked_against_the_settings_when_it_is_made():
-    with pytest.raises(SettingsError, match=r"unknown setting\(s\) \['model.lora.rnak'\]"):
-        Run("r", {"data.task": "sonnet", "model.lora.rnak": 4}, {})
-    with pytest.raises(SettingsError, match="--lora-rank set\\(s\\) LoRA, which needs --method lora"):
-        Run("r", {"data.task": "sonnet", "model.lora.rank": 4}, {})
+def test_a_run_is_checked_against_the_settings_when_the_sweep_is_built():
     with pytest.raises(SettingsError, match="--lr 0.0: expected a finite number > 0"):
-        Run("r", ("--task", "sst", "--lr", "0"), {})
-    run = Run("r", {"data.task": "sonnet", "model.method": "lora", "model.lora.rank": 4, "optim.progress": False}, {})
-    assert run.args == ("--task", "sonnet", "--method", "lora", "--lora-rank", "4", "--no-progress")
-    assert Run("r", run.args, {}).options == run.options  # flags and settings say the same, both ways
+        build_sweep("baseline", SweepOptions(finetune_args=["--lr", "0"]))
+    with pytest.raises(SettingsError, match="--lora-rank set\\(s\\) LoRA, which needs --method lora"):
+        build_sweep("baseline", SweepOptions(finetune_args=["--lora-rank", "4"]))
+    runs = build_sweep("lora-ranks", SweepOptions(tiny=True, finetune_args=["--lr", "0.5"])).runs
+    assert {r.settings.optim.lr for r in runs} == {0.5}  # the user's --finetune-args win over every point's
 
 
 # ---------------------------------------------------------------------------------------------- stats
@@ -432,20 +489,20 @@ def test_quantile_bounds_are_numpy_percentiles():
 def test_subprocess_executor_logs_output_and_raises_on_failure(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the child must find the project through PYTHONPATH, not the working folder
     log = tmp_path / "run" / "run.log"
-    runner.in_subprocess("experiments.sweeps", [], log)  # importable from the repository root
+    runner.in_subprocess(runner.Step("experiments.sweeps", (), print), log)  # importable from the repository root
     good = tmp_path / "ok.json"
     good.write_text('{"a": 1}')
-    runner.in_subprocess("json.tool", [str(good)], log)
+    runner.in_subprocess(runner.Step("json.tool", (str(good),), print), log)
     assert '"a": 1' in log.read_text() and "-m json.tool" in log.read_text()
     with pytest.raises(RuntimeError, match=r"json.tool exited with code 2; see .*run.log"):
-        runner.in_subprocess("json.tool", [str(tmp_path / "missing.json")], log)
+        runner.in_subprocess(runner.Step("json.tool", (str(tmp_path / "missing.json"),), print), log)
 
 
 def test_report_keeps_a_score_it_cannot_resample_and_says_why(tmp_path, monkeypatch):
     """Fake runs point at a data folder that does not exist: the score stays, the interval is left out."""
     monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)  # no fallback to the real data either
     sweep = build_sweep("baseline", SweepOptions(data_dir=str(tmp_path / "nodata")))
-    runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
+    launch.Local(FakeFinetune(), progress=False).launch(sweep.runs[:1], tmp_path / "runs")
     paths = report.write_report(sweep, tmp_path / "runs", tmp_path / "out", failed={"cfimdb-s11711": "boom"})
     rows = report.collect(sweep, tmp_path / "runs", failed={"cfimdb-s11711": "boom"})
     assert [r["status"] for r in rows] == ["done", "failed", "missing", "missing"]
@@ -533,7 +590,7 @@ def test_test_scores_and_majority_class_where_labels_lie_beside_the_data(tmp_pat
         f"{i} , {3 if k % 2 == 0 else 1}\n" for k, i in enumerate(test_ids)))
     (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.25},
                                                   "dev_predictions": "dev.csv", "test_predictions": "test.csv"}))
-    sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
+    sweep = report.Sweep("baseline", [Run("sst-s1", settings_of({"data.task": "sst", "optim.seed": 1}))])
     row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
     expected = sum(k % 2 == 0 for k in range(len(test_ids))) / len(test_ids)
     assert row["test_score"] == pytest.approx(expected) and math.isnan(row["test_low"])  # 4 rows: no interval
@@ -580,7 +637,7 @@ def test_a_data_folder_from_the_environment_is_recorded_and_found_again(tmp_path
     shutil.copytree(TINY_DATA_DIR, data)
     monkeypatch.setenv("MINIGPT2_DATA_DIR", str(data))
     sweep = build_sweep("baseline", SweepOptions())
-    runner.run_sweep(sweep.runs[:1], tmp_path / "runs", FakeFinetune(), progress=False)
+    launch.Local(FakeFinetune(), progress=False).launch(sweep.runs[:1], tmp_path / "runs")
     record = json.loads((tmp_path / "runs" / sweep.runs[0].name / "experiment.json").read_text())
     assert record["data_dir"] == str(data.resolve())
     monkeypatch.delenv("MINIGPT2_DATA_DIR")
@@ -605,6 +662,6 @@ def test_majority_class_is_read_from_the_run_when_it_recorded_one(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"metric": "accuracy", "dev": {"accuracy": 0.5},
                                                   "majority": {"dev": 0.625}, "test": {"accuracy": 0.75},
                                                   "dev_predictions": "dev.csv", "test_predictions": "test.csv"}))
-    sweep = report.Sweep("baseline", [Run("sst-s1", ("--task", "sst"), {"task": "sst", "method": "full", "seed": 1})])
+    sweep = report.Sweep("baseline", [Run("sst-s1", settings_of({"data.task": "sst", "optim.seed": 1}))])
     row = report.collect(sweep, tmp_path / "runs", samples=200)[0]
     assert row["majority"] == 0.625 and row["test_score"] == 0.75

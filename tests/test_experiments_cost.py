@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_teachers_are_priced_before_their_files_exist(tmp_path, monkeypatch, cap
     # 1 real-only + 3 teachers x (all, perfect) x (250, 500, 1000) + 3 x (3 mixing ratios + synthetic only)
     assert "sweep teachers: 31 runs" in out and "planned as if synthetic/gemini-2.5-flash.jsonl" in out
     assert "synthetic/gemini-2.5-pro.jsonl held 1000 perfect sonnets" in out
-    assert "[run] gemini-2.5-pro-n1000-perfect-s11711:" in out and "--synthetic synthetic/gemini-2.5-pro.jsonl" in out
+    assert "[run] gemini-2.5-pro-n1000-perfect-s11711:" in out and "data.synthetic.path=synthetic/gemini-2.5-pro.jsonl" in out
     for teacher, rate in (("gemini-2.5-flash-lite", 0.56), ("gemini-2.5-flash", 0.72), ("gemini-2.5-pro", 0.75)):
         line = next(x for x in out.splitlines() if x.startswith(f"  Gemini {teacher}: "))
         assert f"{math.ceil(1000 / rate):,} requests for 1,000 perfect sonnets" in line
@@ -57,7 +58,7 @@ def test_teachers_are_priced_before_their_files_exist(tmp_path, monkeypatch, cap
     (tmp_path / "empty").mkdir()  # an empty --synthetic-dir: the same plan, its files planned there
     again = dry_run(capsys, "teachers", "--model", "tiny", "--data-dir", str(TINY_DATA_DIR), "--stated-rates",
                     "--synthetic-dir", "empty", "--runs-dir", str(tmp_path / "runs"))
-    assert "sweep teachers: 31 runs" in again and "--synthetic empty/gemini-2.5-pro.jsonl" in again
+    assert "sweep teachers: 31 runs" in again and "data.synthetic.path=empty/gemini-2.5-pro.jsonl" in again
     assert "1,334 requests for 1,000 perfect sonnets" in again
 
 
@@ -101,13 +102,15 @@ def test_sonnet_generation_is_counted_from_the_true_continuations_not_the_cap():
     from tasks import get_task
 
     run = build_sweep("baseline", SweepOptions(tiny=True)).runs[3]
-    assert run.run_settings().data.task == "sonnet"
+    assert run.settings.data.task == "sonnet"
     capped = estimate.run_workload(run)
-    free = estimate.run_workload(estimate.Run(run.name, {**run.options, "eval.sampling.max_new_tokens": 400,
-                                                         "optim.epochs": 3, "eval.samples": 2}, run.knobs))
+    s = run.settings
+    free = estimate.run_workload(estimate.Run(run.name, replace(
+        s, optim=replace(s.optim, epochs=3),
+        eval=replace(s.eval, samples=2, sampling=replace(s.eval.sampling, max_new_tokens=400)))))
     tok, task = Tokenizer(str(TINY_TOKENIZER_DIR)), get_task("sonnet")
-    dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.run_settings().optim.seed)
-    test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.run_settings().optim.seed)
+    dev, _ = task.load(TINY_DATA_DIR, "dev", tok, 128, 2, seed=run.settings.optim.seed)
+    test, _ = task.load(TINY_DATA_DIR, "test", tok, 128, 2, seed=run.settings.optim.seed)
     truth = {str(n): len(tok.encode(t)) + 1 for n, t in task.format.split_references(TINY_DATA_DIR, "test").items()}
     def cut(conts: list[int], prompts: list) -> list[int]:  # the tiny model's 128 positions hold prompt + rest
         return [min(128 - max(len(e.input_ids) for e in prompts), c) for c in conts]
@@ -218,28 +221,30 @@ def test_a_synthetic_file_too_small_for_its_arm_stops_the_sweep_up_front(tmp_pat
 
     sweep = build_sweep("teachers", SweepOptions(tiny=True))
     check_preconditions("teachers", sweep.runs)  # the fixture files fit the tiny sizes
-    run = next(r for r in sweep.runs if "data.synthetic.n" in r.options)
-    more = estimate.Run(run.name, {**run.options, "data.synthetic.n": 500}, run.knobs)
+    run = next(r for r in sweep.runs if r.settings.data.synthetic and r.settings.data.synthetic.n)
+    s = run.settings
+    more = estimate.Run(run.name, replace(s, data=replace(s.data, synthetic=replace(s.data.synthetic, n=500))))
     with pytest.raises(PreconditionError, match=r"asked for 500 synthetic sonnets"):
         check_preconditions("teachers", [more])
 
 
 def test_a_run_that_exits_with_an_error_is_listed_without_a_traceback(tmp_path, capsys):
     """A command that failed cleanly said why itself; only an unexpected exception (a bug) shows a traceback."""
-    from experiments import runner
+    from app.cli import settings_of
+    from experiments import launch, runner
 
-    def exits(module, argv, log):
-        raise runner.RunFailed(f"{module} exited: error: no weights")
+    def exits(step, log):
+        raise runner.RunFailed(f"{step.module} exited: error: no weights")
 
-    def breaks(module, argv, log):
+    def breaks(step, log):
         raise KeyError("bug")
 
-    run = estimate.Run("r", ("--task", "sst"), {})
-    assert runner.run_sweep([run], tmp_path / "a", exits, progress=False).failed == {
+    run = estimate.Run("r", settings_of({"data.task": "sst"}))
+    assert launch.Local(exits, progress=False).launch([run], tmp_path / "a").failed == {
         "r": "RunFailed: minigpt2.finetune exited: error: no weights"}
     out = capsys.readouterr().out
-    assert "run r FAILED: minigpt2.finetune exited: error: no weights" in out and "Traceback" not in out
-    runner.run_sweep([run], tmp_path / "b", breaks, progress=False)
+    assert "FAILED r: minigpt2.finetune exited: error: no weights" in out and "Traceback" not in out
+    launch.Local(breaks, progress=False).launch([run], tmp_path / "b")
     assert "Traceback" in capsys.readouterr().out
 
 
@@ -352,7 +357,6 @@ def test_jobs_on_a_cpu_divide_its_cores(argv, cores, jobs, threads, speed, start
     from experiments import launch
 
     monkeypatch.setattr(launch, "cpu_count", lambda: cores)
-    monkeypatch.setattr(cli, "cpu_count", lambda: cores)
     flags = ["--data-dir", str(TINY_DATA_DIR), "--model", "gpt2", "--stated-rates", "--runs-dir", str(tmp_path)]
     out = dry_run(capsys, "lora-targets", *flags, *argv)
     runs = build_sweep("lora-targets", SweepOptions(model="gpt2", data_dir=str(TINY_DATA_DIR), plan_missing=True)).runs
@@ -376,7 +380,6 @@ def test_all_sweeps_on_jobs_add_up_their_wall_times(monkeypatch, capsys, tmp_pat
     from experiments.sweeps import SWEEPS
 
     monkeypatch.setattr(launch, "cpu_count", lambda: 14)
-    monkeypatch.setattr(cli, "cpu_count", lambda: 14)
     out = dry_run(capsys, "all", "--tiny", "--stated-rates", "--jobs", "3", "--runs-dir", str(tmp_path))
     rates, walls = estimate.stated_rates(), []
     for name in sorted(SWEEPS):

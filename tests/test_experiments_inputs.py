@@ -7,14 +7,15 @@ import shutil
 
 import pytest
 
-from experiments import runner
+from app.cli import options_from_argv, settings_of
+from experiments import launch, runner
 from experiments.runner import RunFolderConflict
 from experiments.sweeps import TINY_DATA_DIR, TINY_SYNTHETIC_DIR, TINY_TOKENIZER_DIR, Run
 from tests.conftest import TINY, make_hf_checkpoint
 
 
 def sweep_once(runs: list[Run], root) -> runner.SweepResult:
-    return runner.run_sweep(runs, root, runner.in_process, progress=False)
+    return launch.Local(runner.in_process, progress=False).launch(runs, root)
 
 
 def test_a_changed_synthetic_file_or_base_model_is_refused(tmp_path, tiny_hf_dir):
@@ -22,10 +23,10 @@ def test_a_changed_synthetic_file_or_base_model_is_refused(tmp_path, tiny_hf_dir
     shutil.copy(TINY_SYNTHETIC_DIR / "gemini-2.5-flash.jsonl", synthetic)
     base = tmp_path / "base"
     shutil.copytree(tiny_hf_dir, base)
-    run = Run("sonnet-synth", ("--task", "sonnet", "--model", str(base), "--offline", "--data-dir", str(TINY_DATA_DIR),
-                               "--tokenizer-dir", str(TINY_TOKENIZER_DIR), "--epochs", "1", "--max-train", "2",
-                               "--max-eval", "1", "--max-new-tokens", "4", "--no-progress",
-                               "--synthetic", str(synthetic)), {}, ())
+    run = Run("sonnet-synth", settings_of(options_from_argv([
+        "--task", "sonnet", "--model", str(base), "--offline", "--data-dir", str(TINY_DATA_DIR), "--tokenizer-dir",
+        str(TINY_TOKENIZER_DIR), "--epochs", "1", "--max-train", "2", "--max-eval", "1", "--max-new-tokens", "4",
+        "--no-progress", "--synthetic", str(synthetic)])))
     root = tmp_path / "runs"
     first = sweep_once([run], root)
     assert first.started == ["sonnet-synth"] and not first.failed

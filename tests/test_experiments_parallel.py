@@ -19,7 +19,8 @@ from experiments import __main__ as cli
 from experiments import launch, runner
 from experiments.estimate import schedule_seconds
 from experiments.sweeps import TINY_TOKENIZER_DIR
-from tests.test_experiments import FakeFinetune, three_runs
+from app.runfolder import read_settings_file
+from tests.test_experiments import FakeFinetune, sweep, three_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "lora-targets"  # two runs under --tiny
@@ -64,7 +65,9 @@ def test_two_jobs_give_the_sequential_rows(sequential, tmp_path):
     for row in rows(tmp_path):  # each ran on one of the two cores, and says so
         assert row["arg_threads"] == "1" and row["arg_device"] == "cpu"
         log = Path(row["run_dir"]) / "run.log"
-        assert "-m minigpt2.finetune" in log.read_text() and "--threads 1" in log.read_text()
+        assert f"-m minigpt2.finetune --settings {row['run_dir']}/settings.json" in log.read_text()
+        handed = read_settings_file(Path(row["run_dir"]) / "settings.json").hardware
+        assert (handed.device, handed.threads) == ("cpu", 1)
 
 
 def finetune_children(runs: Path) -> list[int]:
@@ -102,15 +105,13 @@ def test_a_stopped_parallel_sweep_stops_its_runs_and_resumes_to_the_same_rows(se
 
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path):
     fake = FakeFinetune(fail={"r1"})
-    result = launch.run_local(three_runs(), tmp_path, jobs=2, devices=["cpu"], threads=1, progress=False,
-                              executor=fake)
+    result = launch.Local(fake, jobs=2, devices=["cpu"], threads=1, progress=False).launch(three_runs(), tmp_path)
     assert list(result.failed) == ["r1"] and "out of memory" in result.failed["r1"]
     assert sorted(result.started) == ["r0", "r1", "r2"]
     assert runner.is_finished(tmp_path / "r0") and runner.is_finished(tmp_path / "r2")
-    argv = [a for m, a in fake.calls if m == "minigpt2.finetune"]
-    assert all(a[a.index("--device") + 1] == "cpu" and a[a.index("--threads") + 1] == "1" for a in argv)
-    again = launch.run_local(three_runs(), tmp_path, jobs=2, devices=["cpu"], threads=1, progress=False,
-                             executor=FakeFinetune())
+    assert {(s.hardware.device, s.hardware.threads) for s in fake.handed.values()} == {("cpu", 1)}
+    again = launch.Local(FakeFinetune(), jobs=2, devices=["cpu"], threads=1, progress=False).launch(three_runs(),
+                                                                                                   tmp_path)
     assert again.started == ["r1"] and sorted(again.skipped) == ["r0", "r2"]
 
 
@@ -120,12 +121,12 @@ def test_two_runs_go_at_once_each_on_its_own_device(tmp_path):
     both_started = threading.Barrier(2, timeout=30)  # each run waits until the other has started too
     fake = FakeFinetune()
 
-    def side_by_side(module, argv, log):
+    def side_by_side(step, log):
         both_started.wait()
-        fake(module, argv, log)
-    launch.run_local(three_runs()[:2], tmp_path, jobs=2, devices=["cpu", "cpu:1"], threads=1, progress=False,
-                     executor=side_by_side)
-    devices = sorted(a[a.index("--device") + 1] for _, a in fake.calls)
+        fake(step, log)
+    launch.Local(side_by_side, jobs=2, devices=["cpu", "cpu:1"], threads=1, progress=False).launch(three_runs()[:2],
+                                                                                                  tmp_path)
+    devices = sorted(s.hardware.device for s in fake.handed.values())
     assert devices == ["cpu", "cpu:1"]  # two slots at once: one on each device, round-robin
 
 
@@ -153,7 +154,7 @@ def test_dry_run_with_jobs_prints_the_wall_time_for_that_many_workers(capsys):
     (["--launcher", "ray", "--devices", "cpu"], r"--devices is for --launcher local"),
 ])
 def test_launcher_flags_are_checked_first(argv, message, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "launch", lambda *a: pytest.fail("a sweep started"))
+    monkeypatch.setattr(cli, "make_launcher", lambda *a: pytest.fail("a sweep started"))
     monkeypatch.setitem(sys.modules, "ray", object())  # the Ray checks come after the flag checks
     with pytest.raises(SystemExit, match=f"^error: {message}"):
         cli.main(tiny_argv(tmp_path, *argv))
@@ -173,5 +174,5 @@ def test_a_run_that_died_before_its_first_epoch_is_resumed_from_its_start(tmp_pa
     (tmp_path / run.name).mkdir()
     (tmp_path / run.name / "config.json").write_text(json.dumps({"settings": {}, "args": {}}))
     fake = FakeFinetune()
-    assert runner.run_sweep([run], tmp_path, fake, progress=False).started == ["r0"]
-    assert "--resume" in fake.calls[0][1] and "--overwrite" not in fake.calls[0][1]
+    assert sweep([run], tmp_path, fake).started == ["r0"]
+    assert fake.handed["r0"].run.resume and not fake.handed["r0"].run.overwrite

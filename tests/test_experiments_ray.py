@@ -66,29 +66,29 @@ def test_run_folders_a_node_cannot_write_are_refused_before_any_run(cluster, tmp
         ray.shutdown()
 
 
-def recording_task(run, root, exec_flags, pass_id):
-    """Stands in for `launch._ray_task` on a worker: records the flags and the CPUs Ray gave the task."""
+def recording_task(run, root, where, pass_id):
+    """Stands in for `launch._ray_task` on a worker: records the placement and the CPUs Ray gave the task."""
     from pathlib import Path
 
     run_dir = Path(root) / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    (run_dir / "task.json").write_text(json.dumps({"flags": exec_flags, "cpus": cpus}))
+    (run_dir / "task.json").write_text(json.dumps({"where": [where.device, where.threads], "cpus": cpus}))
     return "recorded only"
 
 
-@pytest.mark.parametrize("threads, expected", [(None, "2"), (3, "3")])
+@pytest.mark.parametrize("threads, expected", [(None, 2), (3, 3)])
 def test_cpus_per_run_reserves_that_many_cpus_and_hands_them_to_the_run(cluster, tmp_path, monkeypatch,
                                                                          threads, expected):
     from tests.test_experiments import three_runs
 
     monkeypatch.setattr(launch, "_ray_task", recording_task)
-    result = launch.run_ray(three_runs()[:2], tmp_path, cluster.address, cpus_per_run=2, threads=threads,
-                            progress=False, poll_s=0.2)
+    result = launch.Ray(cluster.address, cpus_per_run=2, threads=threads, progress=False,
+                        poll_s=0.2).launch(three_runs()[:2], tmp_path)
     assert sorted(result.failed) == ["r0", "r1"] and all(e == "recorded only" for e in result.failed.values())
     for name in ("r0", "r1"):
         record = json.loads((tmp_path / name / "task.json").read_text())
-        assert record == {"flags": ["--device", "cpu", "--threads", expected], "cpus": 2.0}
+        assert record == {"where": ["cpu", expected], "cpus": 2.0}
 
 
 @pytest.mark.parametrize("per_run, workers", [(2, 1), (1, 3)])

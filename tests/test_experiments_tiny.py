@@ -26,9 +26,9 @@ def counting(monkeypatch):
     calls: list[tuple[str, list[str]]] = []
     real = cli.in_process
 
-    def count(module, argv, log):
-        calls.append((module, list(argv)))
-        real(module, argv, log)
+    def count(step, log):
+        calls.append((step.module, list(step.argv)))
+        real(step, log)
     monkeypatch.setattr(cli, "in_process", count)
     return calls
 

@@ -15,7 +15,6 @@ import re
 import statistics
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -52,39 +51,34 @@ def test_the_core_count_is_the_affinity_mask_not_the_machine(monkeypatch):
     assert launch.cpu_count() == 3 and launch.threads_per_run(2) == 1
 
 
-def launched_flags(monkeypatch, tmp_path, cores: int, *argv: str) -> list[list[str]]:
-    """The finetune argv each run got from `python -m experiments` launching three runs on `cores` cores."""
+def launched_flags(monkeypatch, tmp_path, cores: int, *argv: str) -> list:
+    """The hardware settings each run was handed by `python -m experiments` launching three runs on `cores`
+    cores."""
     monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     fake = FakeFinetune()
-    real_local = launch.run_local
-    monkeypatch.setattr(cli, "run_local", lambda *a, **k: real_local(*a, **k, executor=fake))
     monkeypatch.setattr(cli, "in_process", fake)
     monkeypatch.setattr(cli, "in_subprocess", fake)
     args = cli.parse_args(["lora-targets", "--no-progress", *argv])
     cli.check_launch(args)
-    result = cli.launch(types.SimpleNamespace(runs=three_runs()), tmp_path, args)
+    result = cli.make_launcher(args).launch(three_runs(), tmp_path)
     assert sorted(result.started) == ["r0", "r1", "r2"] and not result.failed
-    return [a for m, a in fake.calls if m == "minigpt2.finetune"]
-
-
-def flag(argv: list[str], name: str) -> str:
-    return argv[argv.index(name) + 1]
+    return [fake.handed[f"r{i}"].hardware for i in range(3)]
 
 
 def test_a_parallel_sweep_hands_each_run_its_share_of_the_cores(monkeypatch, tmp_path):
     calls = launched_flags(monkeypatch, tmp_path, 8, "--jobs", "3", "--devices", "cpu")
-    assert [flag(a, "--threads") for a in calls] == ["2", "2", "2"]  # 8 // 3, not 8, 3, 8 / 3 rounded or 5
-    assert {flag(a, "--device") for a in calls} == {"cpu"}
+    assert [h.threads for h in calls] == [2, 2, 2]  # 8 // 3, not 8, 3, 8 / 3 rounded or 5
+    assert {h.device for h in calls} == {"cpu"}
 
 
 def test_a_sequential_sweep_hands_each_run_every_core(monkeypatch, tmp_path):
     calls = launched_flags(monkeypatch, tmp_path, 6, "--isolation", "subprocess")
-    assert [flag(a, "--threads") for a in calls] == ["6", "6", "6"]
+    assert [h.threads for h in calls] == [6, 6, 6]
 
 
 def test_threads_given_are_handed_over_whatever_the_cores(monkeypatch, tmp_path):
     calls = launched_flags(monkeypatch, tmp_path, 8, "--jobs", "2", "--threads", "3", "--devices", "cpu")
-    assert [flag(a, "--threads") for a in calls] == ["3", "3", "3"]
+    assert [h.threads for h in calls] == [3, 3, 3]
 
 
 def test_multi_sweep_dry_run_total_is_the_sum_of_each_sweeps_wall_time(monkeypatch, capsys):

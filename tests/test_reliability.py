@@ -198,21 +198,23 @@ def test_the_runner_counts_only_whole_folders_finished(finished, tmp_path):
 
 
 def test_a_sweep_run_killed_in_its_first_epoch_is_continued_by_the_sweep(tmp_path):
-    from experiments.runner import in_subprocess, is_finished, plan, run_sweep
+    from app.cli import options_from_argv, settings_of
+    from experiments.launch import Local
+    from experiments.runner import in_subprocess, is_finished, plan
     from experiments.sweeps import Run
 
     root = tmp_path / "sweep"
     args = ft(root / "r", "--epochs", "1")
     i = args.index("--out-dir")
     args = tuple(args[:i] + args[i + 2:])  # the runner adds --out-dir
-    run = Run("r", args, {})
+    run = Run("r", settings_of(options_from_argv(args)))
     env = dict(ENV, KILL_AFTER_REPLACE="2")  # killed right after config.json and subsets.json: in epoch 1
     killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_launcher.py"), *args, "--out-dir",
                              str(root / "r")], env=env, capture_output=True, text=True)
     assert killed.returncode == -9 and (root / "r" / "config.json").is_file()
     assert not (root / "r" / "last").exists() and (root / "r" / "run.lock").exists()  # a stale lock too
     assert plan([run], root)[0][1] == "resume"
-    result = run_sweep([run], root, in_subprocess, progress=False)  # the dead process's lock is taken over
+    result = Local(in_subprocess, progress=False).launch([run], root)  # the dead process's lock is taken over
     assert result.failed == {} and result.started == ["r"] and is_finished(root / "r")
     assert not (root / "r" / "run.lock").exists()
 
