@@ -94,12 +94,6 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x.to(self.packed.dtype), self.packed, self.bias, "gelu", [],
                                                   "tanh")
 
-    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """`residual + self(x)` in one oneDNN call (the add as the product's post-op); `residual` in the packed
-        weight's dtype and of the output's shape."""
-        return torch.ops.mkldnn._linear_pointwise.binary(x.to(self.packed.dtype), residual, self.packed, self.bias,
-                                                         "add")
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')}")

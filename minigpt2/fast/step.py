@@ -7,15 +7,14 @@ block it goes through five module calls, views and transposes the heads in and o
 (docs/performance.md, "Decoding against the bandwidth bound", has the profile). For T = 1 most of that is not
 needed: the heads of one position are a view, not a transpose; the new key and value are written straight into
 the preallocated cache (`minigpt2.model.KVCache`, written in place); LayerNorm, GELU and the residual adds are
-called as functions. On oneDNN-prepacked layers (`prepack.PackedLinear`) the MLP's GELU and each block's two
-residual adds also run inside the products, as oneDNN post-ops: four ops fewer per block.
+called as functions. On oneDNN-prepacked layers (`prepack.PackedLinear`) the MLP's GELU also runs inside the
+product, as a oneDNN post-op.
 
     fast = with_one_token_step(model)   # a `GPT2` (or subclass: prepacked, int8) whose forward takes this path
                                         # for one new token on a KV cache, and `GPT2.forward`'s otherwise
 
 `minigpt2.fast.for_inference` switches it in; `minigpt2.generation.generate` runs it unchanged. It computes what
-`GPT2.forward` computes: the same ops on the same numbers, except where oneDNN fuses GELU or an add into a
-product (rounding of fp32 sums). tests/test_decode_step.py holds it to the plain path.
+`GPT2.forward` computes: the same ops on the same numbers, except where oneDNN fuses the GELU into a product. tests/test_decode_step.py holds it to the plain path.
 """
 
 from __future__ import annotations
@@ -76,8 +75,8 @@ def _linear_gelu(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_add(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    if type(layer) is PackedLinear and layer.packed.dtype == residual.dtype:
-        return layer.forward_add(x, residual)
+    # Not oneDNN's binary-add post-op: per call it measured 14% slower than the product and a separate add (the
+    # GELU post-op 12% faster), 1 thread, 768 x 3072, docs/performance.md.
     return residual + layer(x)
 
 
