@@ -1,6 +1,7 @@
 """One benchmark command: the bench modules listed in `MODULES`, one table, one JSON file.
 
     python -m bench [--quick | --full] [--device cuda] [--only core lora] [--out bench/results.json]
+    python -m bench --only decode quant llama     # every decoding line, without the training lines
 
 Every module exposes the same entry point, `run(quick: bool, device: str, threads: int) -> list[Row]`. A module
 that fails is reported in the table's notes and in the JSON's meta, the others still run, and the command exits 1;
@@ -28,10 +29,13 @@ from .common import ModuleSkipped, Row, print_table, set_threads, write_json
 # Every bench module, in table order, by the name `--only` takes; each one's `run(quick, device, threads)`.
 MODULES: dict[str, Callable[[bool, str, int], list[Row]]] = {
     "core": bench_core.run,
+    "decode": bench_core.run_decoding,  # core's generation lines alone (they are in `core` too)
     "lora": bench_lora.run,
     "quant": bench_quant.run,
     "llama": bench_llama.run,
 }
+# What a run without `--only` runs: `decode` is a part of `core`, for a decoding change alone.
+DEFAULT = ("core", "lora", "quant", "llama")
 
 
 def machine() -> dict[str, Any]:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     threads = set_threads(args.threads)
-    wanted = [t for t in MODULES if t in args.only] if args.only else list(MODULES)
+    wanted = [t for t in MODULES if t in (args.only or DEFAULT)]
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     rows, notes, meta = run_modules(wanted, args.quick, device, threads, command, args.out)
     print_table(rows)

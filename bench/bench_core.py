@@ -42,7 +42,7 @@ from minigpt2.config import GPT2Config
 from minigpt2.device import autocast_dtype, autocast_for, parse_device
 from minigpt2 import fast as speed
 from minigpt2.fast.chunked_loss import chunked_lm_loss
-from minigpt2.fast.prepack import Bf16Unsupported, native_bf16
+from minigpt2.fast.prepack import Bf16Unsupported, fp16_available, native_bf16
 from minigpt2.generation import generate
 from minigpt2.model import GPT2, gather_last
 
@@ -283,9 +283,12 @@ def bound_extra(read: dict[str, ReadBandwidth], config: GPT2Config, precision: s
 
 
 def bench_greedy_decode(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]:
+    """Greedy decode, batch 1, against transformers `generate` (fp32 both); on a CPU where fbgemm's fp16 linear runs,
+    minigpt2's fp16-weight copy too, in the same turns, against the same fp32 transformers."""
     prompt = random_ids(1, s.decode_prompt, ours.config.vocab_size, device, seed=4)
     ours.eval(), hf.eval()
     fast, info = generation_model(ours)
+    fp16 = speed.for_inference(ours, torch.device(device), torch.float16) if fp16_weights(device) else None
 
     def run(model):
         def go():
@@ -299,11 +302,25 @@ def bench_greedy_decode(ours: GPT2, hf: Any, s: Sizes, device: str) -> list[Row]
                                do_sample=False)
 
     read = cpu_read(s, device)
-    t = compare_time({"ours": run(fast), "plain": run(ours), "hf": run_hf, **read}, s.warmup, s.iters)
+    fns = {"ours": run(fast), "plain": run(ours), "hf": run_hf, **read}
+    if fp16 is not None:
+        fns["fp16"] = run(fp16)
+    t = compare_time(fns, s.warmup, s.iters)
     n = s.decode_new
-    return [Row(f"greedy decode, batch 1, {n} new tokens", "tokens/s", n / t["ours"], f"{PEER} generate",
+    rows = [Row(f"greedy decode, batch 1, {n} new tokens", "tokens/s", n / t["ours"], f"{PEER} generate",
                 n / t["hf"], goal=">= 1.5x", extra={**info, "unpacked_tokens_per_s": n / t["plain"],
                                                     **bound_extra(read, ours.config, "fp32", s, n / t["ours"])})]
+    if fp16 is not None:
+        rows.append(Row("  same, fp16 weights (fbgemm), against transformers fp32", "tokens/s", n / t["fp16"],
+                        f"{PEER} generate", n / t["hf"], goal="(context)",
+                        extra={"precision": "fp16 weights", "model": "fp16 weights (minigpt2.fast.prepack)",
+                               **bound_extra(read, ours.config, "fp16", s, n / t["fp16"])}))
+    return rows
+
+
+def fp16_weights(device: str) -> bool:
+    """Whether the greedy line times minigpt2's fp16-weight copy too: on a CPU with fbgemm's fp16 linear."""
+    return device == "cpu" and fp16_available()
 
 
 def sonnet_prompts(s: Sizes, vocab: int) -> list[list[int]]:
@@ -514,6 +531,28 @@ BF16_LINES: list[tuple[str, Callable[..., list[Row]]]] = [
     ("greedy decode, bf16", bench_greedy_decode_bf16),
     ("sonnet generation, bf16", bench_sonnet_generation_bf16),
 ]
+
+
+def measure_decoding(s: Sizes, device: str) -> list[Row]:
+    """Only the generation lines (greedy decode, sonnet sampling) at the sizes `s`: `python -m bench --only decode`,
+    for a decoding change that need not wait for the training lines."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as folder:
+        make_checkpoint(s.config, folder)
+        ours, hf = load_pair(folder, device)
+        for name, fn in LINES:
+            if fn in (bench_greedy_decode, bench_sonnet_generation):
+                print(f"[bench] decode: {name}", file=sys.stderr)
+                rows += fn(ours, hf, s, device)
+    for r in rows:
+        r.extra.setdefault("precision", precision_of(device))
+    return rows
+
+
+def run_decoding(quick: bool, device: str, threads: int) -> list[Row]:
+    """The bench modules' entry point for `decode`: core's generation lines only."""
+    set_threads(threads)
+    return measure_decoding(QUICK if quick else FULL, device)
 
 
 def measure(s: Sizes, device: str, isolate_memory: bool = True) -> list[Row]:

@@ -6,7 +6,7 @@ Decoding: batch 1, a 16-token prompt, 128 new tokens (32 with --quick), random 1
 timed in turns so that a busy machine slows all alike. The goal row compares int8 with minigpt2's fastest fp32
 decoding (`minigpt2.fast.for_inference`, oneDNN-prepacked weights); the next row with the fp32 model as loaded. The int8 model
 is `to_int8_decoder` of the int8 fake-quant model that QAFT trains (`int8_decoder_config()`: int8 weights,
-per-token activations, int8 tied head). The read bandwidth is timed in the same turns, for the int8 line's
+per-token activations, int8 tied head), in `minigpt2.fast.for_inference`'s copy as the application runs it. The read bandwidth is timed in the same turns, for the int8 line's
 bound and its fp32 peer's (`bench.bound`: bytes read per token over the bandwidth, and the fraction reached).
 """
 
@@ -36,7 +36,8 @@ def decode_rows(quick: bool, config: str = "gpt2", prompt_len: int = 16, new: in
     the same turns for the int8 line's bound (and its fp32 peer's)."""
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_name(config, dropout=0.0)).eval()
-    int8 = to_int8_decoder(ptq(model, int8_decoder_config()))
+    # as the application generates with it: `for_inference`'s copy (the one-token step)
+    int8 = speed.for_inference(to_int8_decoder(ptq(model, int8_decoder_config())), torch.device("cpu"))
     new = new or (32 if quick else 128)
     prompt = [torch.randint(0, model.config.vocab_size, (prompt_len,)).tolist()]
     outs = {}

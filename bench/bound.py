@@ -35,6 +35,8 @@ class Storage:
 
 # fp32: minigpt2's oneDNN-prepacked fp32 copy, fp32 KV cache.
 # bf16: the bf16 prepacked copy (weights, biases, LayerNorm and embeddings all bf16), its KV cache fp32 on CPU.
+# fp16: the fp16-weight copy (`prepacked(model, torch.float16)`): fbgemm's fp16 matrices, the head an fp16 copy
+#   of the table; biases, LayerNorms, embedding tables and the KV cache fp32.
 # int8: `quant.int8_linear.to_int8_decoder`: fbgemm's packed int8 weights and, per output row, an fp32 scale, an
 #   int32 zero point and an int32 column sum (for the activations' zero point), fp32 biases; fp32 LayerNorm and
 #   embedding tables, an int8 copy of the table as the LM head; fp32 KV cache.
@@ -43,6 +45,7 @@ class Storage:
 PRECISIONS: dict[str, Storage] = {
     "fp32": Storage(matrix=4, row=0, vector=4, wte_row=4, wpe_row=4, kv=4),
     "bf16": Storage(matrix=2, row=0, vector=2, wte_row=2, wpe_row=2, kv=4),
+    "fp16": Storage(matrix=2, row=0, vector=4, wte_row=4, wpe_row=4, kv=4),
     "int8": Storage(matrix=1, row=12, vector=4, wte_row=4, wpe_row=4, kv=4),
     "gguf-f32": Storage(matrix=4, row=0, vector=4, wte_row=4, wpe_row=4, kv=4),
     "gguf-f16": Storage(matrix=2, row=0, vector=4, wte_row=2, wpe_row=4, kv=4),

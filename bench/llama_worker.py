@@ -2,7 +2,8 @@
 
     python -m bench.llama_worker SIDE --folder DIR --prompt 464,3616,286 --new 128 --threads 2 --reps 3
 
-SIDE is one of `SIDES`: minigpt2's fp32 (prepacked) or int8 decoder on the HF checkpoint in DIR/hf, or llama.cpp
+SIDE is one of `SIDES`: minigpt2's fp32 (prepacked), fp16-weight or int8 decoder (each `minigpt2.fast.for_inference`'s
+copy, as the application generates with) on the HF checkpoint in DIR/hf, or llama.cpp
 (llama-cpp-python) on DIR/model-TYPE.gguf. The last line of stdout is {"side", "seconds": [...], "tokens": [...]}:
 each timed decode's wall time (prompt included, as `generate` does it) and the new tokens of the last one.
 
@@ -19,12 +20,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-SIDES = ("minigpt2-fp32", "minigpt2-int8", "llama.cpp-f32", "llama.cpp-f16", "llama.cpp-q8_0")
+SIDES = ("minigpt2-fp32", "minigpt2-fp16", "minigpt2-int8", "llama.cpp-f32", "llama.cpp-f16", "llama.cpp-q8_0")
 Decoder = Callable[[list[int], int], list[int]]
 
 
 def minigpt2_decoder(side: str, folder: Path, threads: int) -> Decoder:
-    """Greedy decoding with minigpt2: the oneDNN-prepacked fp32 copy, or the int8 decoder (as bench_quant's)."""
+    """Greedy decoding with minigpt2: `minigpt2.fast.for_inference`'s copy of the model (fp32 prepacked), of the
+    model with fp16 weights, or of the int8 decoder (as bench_quant's)."""
     import torch
 
     from bench.common import set_threads
@@ -38,7 +40,9 @@ def minigpt2_decoder(side: str, folder: Path, threads: int) -> Decoder:
         from quant import ptq
         from quant.int8_linear import int8_decoder_config, to_int8_decoder
 
-        decoder = to_int8_decoder(ptq(model, int8_decoder_config()))
+        decoder = fast.for_inference(to_int8_decoder(ptq(model, int8_decoder_config())), torch.device("cpu"))
+    elif side == "minigpt2-fp16":
+        decoder = fast.for_inference(model, torch.device("cpu"), torch.float16)
     else:
         decoder = fast.for_inference(model, torch.device("cpu"))
     return lambda prompt, new: generate(decoder, [prompt], new, temperature=0.0, eos_id=None)[0]

@@ -23,6 +23,7 @@ import torch
 
 from minigpt2 import fast as speed
 from minigpt2.config import GPT2Config
+from minigpt2.fast.prepack import fp16_available
 from minigpt2.model import GPT2, KVCache
 from quant import ptq
 from quant.int8_linear import int8_decoder_config, to_int8_decoder
@@ -32,8 +33,9 @@ from .common import set_threads
 
 # The kernels that multiply by a weight matrix, by their profiler names (fp32 oneDNN prepacked, fbgemm's int8,
 # plain F.linear's BLAS call); attention's products over the KV cache are not among them.
-MATMUL_OPS = frozenset({"mkldnn::_linear_pointwise", "quantized::linear_dynamic", "aten::linear", "aten::addmm",
-                        "aten::mm", "aten::matmul", "aten::_weight_int8pack_mm"})
+MATMUL_OPS = frozenset({"mkldnn::_linear_pointwise", "mkldnn::_linear_pointwise.binary", "quantized::linear_dynamic",
+                        "quantized::linear_dynamic_fp16", "aten::linear", "aten::addmm", "aten::mm", "aten::matmul",
+                        "aten::_weight_int8pack_mm"})
 
 
 def summarize(ops: list[tuple[str, float, int]], tokens: int, wall_s: float, weights: float, top: int = 8
@@ -58,14 +60,18 @@ def summarize(ops: list[tuple[str, float, int]], tokens: int, wall_s: float, wei
 
 
 def decoders(config: str) -> dict[str, tuple[GPT2, str]]:
-    """{name: (decoder, precision for `bench.bound`)}: minigpt2's fp32 and int8 decoders of one random model."""
+    """{name: (decoder, precision for `bench.bound`)}: minigpt2's fp32 and int8 decoders of one random model, and
+    its fp16-weight one where fbgemm's fp16 linear runs; each `minigpt2.fast.for_inference`'s copy."""
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_name(config, dropout=0.0)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8 = to_int8_decoder(ptq(model, int8_decoder_config()))
-    return {"fp32 (oneDNN prepacked)": (speed.for_inference(model, torch.device("cpu")), "fp32"),
-            "int8 (fbgemm)": (int8, "int8")}
+        int8 = speed.for_inference(to_int8_decoder(ptq(model, int8_decoder_config())), torch.device("cpu"))
+    out = {"fp32 (oneDNN prepacked)": (speed.for_inference(model, torch.device("cpu")), "fp32"),
+           "int8 (fbgemm)": (int8, "int8")}
+    if fp16_available():
+        out["fp16 weights (fbgemm)"] = (speed.for_inference(model, torch.device("cpu"), torch.float16), "fp16")
+    return out
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import bench.__main__ as bench_main
 from bench import bench_core, bench_llama, bench_lora, bench_quant, bound, profile_decode
 from bench.common import Row, compare_time, set_threads
 from minigpt2 import device as dev
-from minigpt2.fast.prepack import Bf16Unsupported
+from minigpt2.fast.prepack import Bf16Unsupported, fp16_available
 from tests.conftest import bf16_prepacked
 
 
@@ -35,14 +35,15 @@ def test_core_lines_on_tiny_config():
     for r in rows:
         if "bound" in r.extra:  # the batch-1 decode lines: fp32 and bf16
             assert_bound(r.extra["bound"], r.minigpt2, r.extra["bandwidth"])
-    assert [r.extra["bound"]["precision"] for r in rows if "bound" in r.extra] == ["fp32", "bf16"]
+    fp16 = ["fp16"] if bench_core.fp16_weights("cpu") else []
+    assert [r.extra["bound"]["precision"] for r in rows if "bound" in r.extra] == ["fp32", *fp16, "bf16"]
     for r in rows:
         assert math.isfinite(r.minigpt2) and r.minigpt2 > 0, r
         if r.peer is not None:
             assert math.isfinite(r.peer) and r.peer > 0 and r.ratio is not None, r
     precisions = [r.extra["precision"] for r in rows]
     first_bf16 = next(i for i, r in enumerate(rows) if "bf16" in r.line)
-    assert set(precisions[:first_bf16]) | {precisions[-1]} == {"fp32"}  # fp32 lines, and the memory line
+    assert set(precisions[:first_bf16]) | {precisions[-1]} == {"fp32", *(["fp16 weights"] if fp16 else [])}
     assert all(p in ("bf16", "bf16 autocast") for p in precisions[first_bf16:-2]), precisions
 
 
@@ -144,8 +145,9 @@ def test_runner_rejects_an_unknown_module(capsys):
 
 
 def test_every_module_has_the_one_run_signature():
-    assert bench_main.MODULES == {"core": bench_core.run, "lora": bench_lora.run, "quant": bench_quant.run,
-                                  "llama": bench_llama.run}
+    assert bench_main.MODULES == {"core": bench_core.run, "decode": bench_core.run_decoding, "lora": bench_lora.run,
+                                  "quant": bench_quant.run, "llama": bench_llama.run}
+    assert bench_main.DEFAULT == ("core", "lora", "quant", "llama")  # `decode` is a part of `core`
 
 
 def test_lora_groups_cover_both_ranks_and_precisions():
@@ -207,12 +209,13 @@ def test_bytes_per_token_of_the_tiny_config_by_hand():
     """C = 32, L = 2, V = 50257, a 4-token prompt and 8 new tokens. fp32: per block 12 C^2 weights + 9 C biases
     + 4 C LayerNorm values, 4 bytes each, = 50816; ln_f 256; the tied head V C 4 = 6432896; one row of wte and of
     wpe 256. int8: per block 12 C^2 bytes + 9 C rows x 12 (scale, zero point, column sum) + 13 C x 4 = 17408;
-    the head V C + 12 V = 2211308. bf16: every value 2 bytes. KV: the steps read 4, 5, ..., 11 positions (mean 7.5)
+    the head V C + 12 V = 2211308. bf16: every value 2 bytes. fp16: the matrices and the head 2 bytes, the rest 4
+    (per block 12 C^2 x 2 + 13 C x 4 = 26240, the head 3216448). KV: the steps read 4, 5, ..., 11 positions (mean 7.5)
     of 2 x 2 layers x 32 values x 4 bytes: 3840."""
     assert bound.kv_positions(4, 8) == statistics.mean([4] + [4 + i for i in range(1, 8)]) == 7.5
     assert bound.kv_bytes(TINY, "fp32", 7.5) == 3840
     expected = {"fp32": 2 * 50816 + 256 + 6432896 + 256, "int8": 2 * 17408 + 256 + 2211308 + 256,
-                "bf16": 2 * 25408 + 128 + 3216448 + 128}
+                "bf16": 2 * 25408 + 128 + 3216448 + 128, "fp16": 2 * 26240 + 256 + 3216448 + 256}
     for precision, weights in expected.items():
         assert bound.weight_bytes(TINY, precision) == weights, precision
         assert bound.decode_bytes_per_token(TINY, precision, 4, 8) == weights + 3840, precision
@@ -294,6 +297,11 @@ def test_decode_lines_carry_their_bound(tmp_path):
         assert b["precision"] == precision and b["bytes_per_token"] == weights + 3840  # prompt 4, 8 new tokens
         assert_bound(b, r.minigpt2, r.extra["bandwidth"])
         assert r.extra["bandwidth"]["array_mib"] == 4 and r.extra["bandwidth"]["reads"] == 2  # 1 warm-up, 1 timed
+    if bench_core.fp16_weights("cpu"):  # the fp16-weight copy, timed in the fp32 line's turns
+        fp32, fp16 = bench_core.bench_greedy_decode(ours, hf, bench_core.TINY, "cpu")
+        assert fp16.extra["bound"]["precision"] == "fp16" and fp16.extra["bound"]["bytes_per_token"] == 3269440 + 3840
+        assert fp16.peer == fp32.peer and fp16.extra["bandwidth"] == fp32.extra["bandwidth"]
+        assert_bound(fp16.extra["bound"], fp16.minigpt2, fp16.extra["bandwidth"])
 
 
 def test_int8_decode_line_has_its_bound_and_its_fp32_peers():
@@ -323,10 +331,11 @@ def test_print_bounds_lists_each_side(capsys):
 def test_llama_lines_on_the_tiny_config():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[peers]')")
     rows = bench_llama.measure(bench_llama.TINY, threads=1)
+    fp16 = "fp16 vs llama.cpp f16" if fp16_available() else "llama.cpp f16 alone"
     assert [r.line for r in rows] == ["greedy b=1, 8 tokens, fp32 vs llama.cpp f32",
                                       "greedy b=1, 8 tokens, int8 vs llama.cpp q8_0",
-                                      "greedy b=1, 8 tokens, llama.cpp f16 alone"]
-    for r, (ours, peer, precision, peer_precision) in zip(rows, bench_llama.PAIRS):
+                                      f"greedy b=1, 8 tokens, {fp16}"]
+    for r, (ours, peer, precision, peer_precision) in zip(rows, bench_llama.pairs()):
         seconds = r.extra["seconds"]
         assert r.peer == 8 / statistics.median(t for proc in seconds[peer] for t in proc)  # its own processes
         assert_bound(r.extra["peer_bound"], r.peer, r.extra["bandwidth"])
@@ -343,6 +352,15 @@ def test_llama_lines_on_the_tiny_config():
         assert r.extra["greedy_tokens_equal"] == (a == b) == (diff is None)
         if diff is not None:
             assert a[:diff] == b[:diff] and a[diff] != b[diff]
+
+
+def test_llama_f16_line_stands_alone_without_fbgemm_fp16(monkeypatch):
+    from minigpt2.fast import prepack
+
+    assert [p[0] for p in bench_llama.PAIRS] == ["minigpt2-fp32", "minigpt2-int8", "minigpt2-fp16"]
+    monkeypatch.setattr(prepack, "fp16_available", lambda: False)
+    assert [p[0] for p in bench_llama.pairs()] == ["minigpt2-fp32", "minigpt2-int8", None]
+    assert bench_llama.pairs()[2][1:] == ("llama.cpp-f16", None, "gguf-f16")
 
 
 def test_first_difference():
@@ -377,10 +395,22 @@ def test_profile_command_on_the_tiny_config(tmp_path, capsys):
     profile_decode.main(["--config", "tiny", "--threads", "1", "--stream-mib", "4", "--json", str(out)])
     got = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    for name, calls in (("fp32 (oneDNN prepacked)", 2 * 6 + 1), ("int8 (fbgemm)", 2 * 4 + 1)):
+    decoders = [("fp32 (oneDNN prepacked)", 2 * 6 + 1), ("int8 (fbgemm)", 2 * 4 + 1)]
+    if fp16_available():
+        decoders.append(("fp16 weights (fbgemm)", 2 * 6 + 1))
+    for name, calls in decoders:
         s = got[name]  # per token: q, k, v, out, up, down (int8: qkv stacked) in 2 layers, and the head
         products = [op for op in s["top"] if op["op"] in profile_decode.MATMUL_OPS]
         assert [op["calls_per_token"] for op in products] == [calls]
         assert 0 < s["matmul_share"] <= 1 and name in printed
     assert got["fp32 (oneDNN prepacked)"]["weights_bytes"] == 6535040
     assert "vector_extensions" in got and got["bandwidth"]["array_mib"] == 4
+
+
+def test_decode_module_runs_only_the_generation_lines():
+    set_threads(1)
+    rows = bench_core.measure_decoding(bench_core.TINY, "cpu")
+    fp16 = ["  same, fp16 weights (fbgemm), against transformers fp32"] if bench_core.fp16_weights("cpu") else []
+    assert [r.line for r in rows] == ["greedy decode, batch 1, 8 new tokens", *fp16,
+                                      "sonnet generation, 3 prompts, sampling"]
+    assert rows[0].extra["bound"]["precision"] == "fp32" and rows[0].extra["precision"] == "fp32"

@@ -15,6 +15,7 @@ tests/test_fast_agreement.py shows both paths agree on a tiny run of every task.
 | `chunked_loss.ChunkedLMLoss` | `losses.LMLoss`: never the whole (N, 50257) logits | `for_training` |
 | `prepack.prepacked` | the model: linears and head on oneDNN, prepacked | `for_inference`, on CPU |
 | `decoding.sample_next`, `Fp32CacheAttention` | `generation.sample_next`; bf16 attention on CPU | `for_inference` |
+| `step.OneTokenStep` | `GPT2.forward` of one new token on the KV cache | `for_inference` |
 | `compiled.CompiledBlocks` | the blocks' eager forward, during the training steps | `app.speed.for_training`, `--compile` |
 """
 
@@ -34,6 +35,7 @@ from .cpu_dropout import use_cpu_dropout
 from .lora import use_fused_lora
 from .prepack import inference_copy
 from .recompute import recompute_gelu_in_backward
+from .step import with_one_token_step
 
 
 def for_training(module: nn.Module, device: torch.device) -> None:
@@ -51,9 +53,10 @@ def for_inference(model: GPT2, device: torch.device, autocast_dtype: torch.dtype
     """A copy of `model` to predict and generate with; `model` itself is not changed.
 
     On CPU, a plain `GPT2` becomes the oneDNN-prepacked copy (`prepack.inference_copy`; in bf16 when
-    `autocast_dtype` is bf16 and the CPU multiplies bf16 natively). A bf16 or fp16 model on CPU attends in fp32
-    over an fp32 KV cache. Sampling skips the full sort (`decoding.sample_next`). Other copies share `model`'s
-    modules.
+    `autocast_dtype` is bf16 and the CPU multiplies bf16 natively; with fp16 weights on fbgemm when it is
+    torch.float16 and fbgemm's fp16 linear runs here). A bf16 or fp16 model on CPU attends in fp32 over an fp32
+    KV cache. Each new token after the prompt takes the lean one-token step (`step.OneTokenStep`), and sampling
+    skips the full sort (`decoding.sample_next`). Other copies share `model`'s modules.
     """
     model = unwrap_compiled(model)
     device = torch.device(device)
@@ -67,4 +70,4 @@ def for_inference(model: GPT2, device: torch.device, autocast_dtype: torch.dtype
         fast = copy.copy(model)  # a new object sharing every module: what is set below stays off `model`
     fast.sample_next = decoding.sample_next
     fast.kv_cache_dtype = cache_dtype
-    return fast
+    return with_one_token_step(fast)  # a class change on the copy only

@@ -89,9 +89,49 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _packed_linear(x, self.packed, self.bias)
 
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """`gelu(self(x))` (tanh GELU, GPT-2's) in one oneDNN call: the GELU as the product's post-op."""
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.packed.dtype), self.packed, self.bias, "gelu", [],
+                                                  "tanh")
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')}")
+
+
+def fp16_available() -> bool:
+    """True when this PyTorch build has fbgemm's fp16 linear and the CPU runs it (x86 with AVX2 or AVX-512)."""
+    return ("fbgemm" in torch.backends.quantized.supported_engines
+            and hasattr(torch.ops.quantized, "linear_prepack_fp16")
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+
+
+class Fp16Linear(nn.Module):
+    """`nn.Linear` for inference with fp16 weights: fbgemm's fp16 GEMM (`quantized::linear_dynamic_fp16`).
+
+    fbgemm keeps the weight in fp16, packed for its kernel, and converts each tile to fp32 in registers (F16C):
+    the input, the accumulation, the bias and the output are fp32, only the weight is rounded, to 11 bits of
+    mantissa. It needs AVX2, not fp16 arithmetic. Made from an `nn.Linear`, or from a bare `weight` (the tied head).
+    """
+
+    def __init__(self, linear: nn.Linear | None, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        weight = linear.weight if linear is not None else weight
+        self.out_features, self.in_features = weight.shape
+        bias = None if linear is None or linear.bias is None else linear.bias.detach().float().contiguous()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fbgemm fp16 weights"
+
+
+def _packed_layer(linear: nn.Linear | None, dtype: torch.dtype, weight: torch.Tensor | None = None) -> nn.Module:
+    if dtype == torch.float16:
+        return Fp16Linear(linear, weight=weight)
+    return PackedLinear(linear, dtype, weight=weight)
 
 
 class PackedGPT2(GPT2):
@@ -102,7 +142,7 @@ class PackedGPT2(GPT2):
     plain table, as `GPT2.lm_head` does.
     """
 
-    packed_head: PackedLinear
+    packed_head: PackedLinear | Fp16Linear
 
     def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_ids is not None:
@@ -110,20 +150,25 @@ class PackedGPT2(GPT2):
         return self.packed_head(hidden)
 
 
-PACKED_DTYPES = (torch.float32, torch.bfloat16)
+PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @torch.no_grad()
 def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
     """An inference copy of `model` (eval mode, on CPU) whose plain linear layers and LM head are prepacked.
 
-    dtype: torch.float32 (the model must be fp32), or torch.bfloat16 (an fp32 or bf16 model; the copy is all bf16,
-    see the module docstring). Raises ValueError for a model not on the CPU or of another dtype, RuntimeError when
-    this PyTorch build has no oneDNN (see `available`), `Bf16Unsupported` for bf16 on a CPU without native bf16.
+    dtype: torch.float32 (the model must be fp32), torch.bfloat16 (an fp32 or bf16 model; the copy is all bf16,
+    see the module docstring), or torch.float16 (an fp32 model; fp16 weights on fbgemm, everything else fp32:
+    `Fp16Linear`). Raises ValueError for a model not on the CPU or of another dtype, RuntimeError when this
+    PyTorch build has no oneDNN (see `available`; for fp16, no fbgemm fp16: `fp16_available`), `Bf16Unsupported`
+    for bf16 on a CPU without native bf16.
     """
     if dtype not in PACKED_DTYPES:
         raise ValueError(f"prepacked: dtype {dtype} is not one of {PACKED_DTYPES}")
-    if not available():
+    if dtype == torch.float16 and not fp16_available():
+        raise RuntimeError("prepacked: fp16 weights need fbgemm's fp16 linear (an x86 CPU with AVX2 and a PyTorch "
+                           "build with fbgemm); use fp32")
+    if dtype != torch.float16 and not available():
         raise RuntimeError("prepacked: this PyTorch build has no oneDNN linear kernels "
                            "(torch.backends.mkldnn.is_available() is False); use the model as it is")
     if dtype == torch.bfloat16 and not native_bf16():
@@ -138,16 +183,17 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
                          "call model.float().cpu() first (on a GPU, use the model as it is)")
     if not isinstance(model, GPT2):
         raise TypeError(f"prepacked expects a minigpt2 GPT2, got {type(model).__name__}")
-    model = copy.deepcopy(model).eval().to(dtype)
+    # fp16: only the weight matrices are fp16 (inside fbgemm's packed layers); the rest of the copy stays fp32.
+    model = copy.deepcopy(model).eval().to(torch.float32 if dtype == torch.float16 else dtype)
     for module in list(model.modules()):
         if not isinstance(module, (CausalSelfAttention, MLP, LoRALinear)):
             continue  # e.g. a fake-quant layer reads its inner linear's `.weight` itself: leave it whole
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, PackedLinear(child, dtype))
+                setattr(module, name, _packed_layer(child, dtype))
     if type(model.wte) is nn.Embedding and type(model) is GPT2:  # not e.g. a fake-quant table
         model.__class__ = PackedGPT2
-        model.packed_head = PackedLinear(None, dtype, weight=model.wte.weight)  # the tied head: no bias
+        model.packed_head = _packed_layer(None, dtype, weight=model.wte.weight)  # the tied head: no bias
     return model
 
 
@@ -155,8 +201,9 @@ def inference_copy(model: GPT2, dtype: torch.dtype | None = None) -> GPT2:
     """`prepacked(model, dtype)` where it applies (a GPT2 on a CPU with oneDNN), else `model` itself.
 
     dtype: None for the model's own dtype; torch.bfloat16 for the bf16 copy, which falls back to the fp32 copy
-    where the CPU lacks native bf16 (`native_bf16`). For code that generates with whatever model it is handed,
-    e.g. `minigpt2.fast.for_inference`.
+    where the CPU lacks native bf16 (`native_bf16`); torch.float16 for fp16 weights, which falls back to fp32
+    where fbgemm's fp16 linear is missing (`fp16_available`). For code that generates with whatever model it is
+    handed, e.g. `minigpt2.fast.for_inference`.
     """
     model = unwrap_compiled(model)
     if not (available() and isinstance(model, GPT2) and model.wte.weight.device.type == "cpu"):
@@ -164,6 +211,8 @@ def inference_copy(model: GPT2, dtype: torch.dtype | None = None) -> GPT2:
     dtype = dtype or model.wte.weight.dtype
     if dtype == torch.bfloat16 and not native_bf16():
         dtype = torch.float32
+    if dtype == torch.float16 and (model.wte.weight.dtype != torch.float32 or not fp16_available()):
+        dtype = torch.float32  # fp16 weights are made from an fp32 model, on fbgemm
     if dtype == torch.float32 and model.wte.weight.dtype != torch.float32:
         return model  # e.g. a bf16 model on a CPU without native bf16: used as it is
     if dtype not in PACKED_DTYPES:
