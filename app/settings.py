@@ -437,9 +437,11 @@ class GenerateSettings:
     num_samples: int = option(1, "samples per prompt")
     seed: int | None = option(None, "makes sampling reproducible (sample n of prompt m uses seed + its index)")
     sonnet: bool = option(False, "stop after 14 lines and print the perfect-sonnet verdict and its reasons")
-    precision: str | None = option(None, "fp32, bf16 (prepacked bf16 on CPUs with native bf16), int8 (CPU int8 "
-                                         "decoder); default: the run's own (bf16 for a bf16 run where supported, "
-                                         "else fp32)", choices=("fp32", "bf16", "int8"))
+    precision: str | None = option(None, "fp32, bf16 (prepacked bf16 on CPUs with native bf16), fp16 (16-bit "
+                                         "weights read, fp32 arithmetic: half the bytes per token on any x86 CPU "
+                                         "with AVX2), int8 (CPU int8 decoder); default: the run's own (bf16 for a "
+                                         "bf16 run where supported, else fp32)",
+                                   choices=("fp32", "bf16", "fp16", "int8"))
     hardware: HardwareSettings = HardwareSettings()
     paths: PathSettings = PathSettings()
 

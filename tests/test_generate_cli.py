@@ -309,3 +309,27 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--prompt-file", "--temperature", "--top-k", "--top-p", "--max-new-tokens", "--seed",
                  "--num-samples", "--precision", "--sonnet", "--device", "--tokenizer-dir", "--offline"):
         assert flag in text
+
+
+def test_fp16_precision_reads_fp16_weights_and_greedy_matches_fp32(runs, monkeypatch):
+    import minigpt2.fast.prepack as prepack
+
+    if not prepack.fp16_available():
+        pytest.skip("fbgemm's fp16 linear does not run here")
+    made = []
+    real = prepack.Fp16Linear.__init__
+    monkeypatch.setattr(prepack.Fp16Linear, "__init__", lambda self, *a, **k: made.append(1) or real(self, *a, **k))
+    args = ("--model", str(runs["full"]), "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens", "8")
+    fp16 = run_cli(*args, "--precision", "fp16", "--device", "cpu")
+    assert made and fp16 == run_cli(*args, "--precision", "fp32", "--device", "cpu")  # tiny logits: same argmax
+
+
+def test_fp16_refused_on_the_plain_path_and_without_fbgemm(capsys, monkeypatch):
+    import minigpt2.fast.prepack as prepack
+
+    message = error_of(capsys, "--model", "tiny", "--prompt", "x", "--precision", "fp16", "--device", "cpu",
+                       "--plain")
+    assert message.startswith("error: --precision fp16 on a CPU reads fp16 weights") and "drop --plain" in message
+    monkeypatch.setattr(prepack, "fp16_available", lambda: False)
+    message = error_of(capsys, "--model", "tiny", "--prompt", "x", "--precision", "fp16", "--device", "cpu")
+    assert "it needs fbgemm and AVX2" in message
