@@ -156,11 +156,9 @@ def _finetune(settings: RunSettings) -> None:
 
 def _evaluate(argv: Sequence[str]) -> None:
     """`python -m minigpt2.evaluate ARGV`'s work, here."""
-    from app.evaluate import evaluate_run
+    from app import evaluate
 
-    a = cli.evaluate_settings(argv)
-    evaluate_run(a.run_dir, a.split, a.data_dir, a.tokenizer_dir, a.device, a.task, a.zero_shot, a.test_references,
-                 a.plain)
+    evaluate.run(cli.evaluate_settings(argv))
 
 
 # ---------------------------------------------------------------------------------------------- the run folder

@@ -230,7 +230,7 @@ def common(opts: SweepOptions) -> Options:
     return {**options, "optim.progress": False}
 
 
-def _runs(opts: SweepOptions, points: list[tuple[str, Options]], evaluations: tuple[Evaluation, ...] = ()
+def make_runs(opts: SweepOptions, points: list[tuple[str, Options]], evaluations: tuple[Evaluation, ...] = ()
           ) -> list[Run]:
     """Every point of a sweep at every seed: (name, settings overrides) -> Runs, their settings built (and checked:
     a setting finetune would refuse is refused now, naming its flag). A point's own settings win over the shared
@@ -266,7 +266,7 @@ def lora_alpha_lr(opts: SweepOptions) -> Sweep:
     note = (f"--tiny: rank 4, alpha {alphas}, lr {lrs} (full sweep: rank {LORA_SEARCH_RANK}, alpha {LORA_ALPHAS},"
             f" lr {LORA_LRS})")
     chosen = lambda p: p.get("alpha") == 16 and p.get("lr") == 1e-2  # noqa: E731 (the study's choice)
-    return Sweep("lora-alpha-lr", _runs(opts, points), note if opts.tiny else "",
+    return Sweep("lora-alpha-lr", make_runs(opts, points), note if opts.tiny else "",
                  knobs={**LORA_KNOBS, "alpha": "model.lora.alpha", "lr": "optim.lr"},
                  columns=(Column("rank", "rank"), Column("alpha", lambda p: f"{p['alpha']:g}"),
                           Column("lr", lambda p: f"{p['lr']:g}")),
@@ -282,7 +282,7 @@ def baseline(opts: SweepOptions) -> Sweep:
     """Full fine-tuning on the four tasks, with the finetune defaults (the course's settings)."""
     points = [(task, {"data.task": task, "model.mode": "full-model"})
               for task in ("sst", "cfimdb", "quora", "sonnet")]
-    return Sweep("baseline", _runs(opts, points), knobs={"task": "data.task", "method": "model.method"},
+    return Sweep("baseline", make_runs(opts, points), knobs={"task": "data.task", "method": "model.method"},
                  columns=(Column("task", "task"),
                           Column("metric", lambda p: "chrF" if p["task"] == "sonnet" else "accuracy")),
                  after=(Column("study dev", lambda p: f"{STUDY[p['task']]:g}" if p["task"] in STUDY else None),
@@ -298,7 +298,7 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
     points = [("full", sonnet())] + [(f"lora-r{r}", {**sonnet(), **lora(r)}) for r in ranks]
     note = f"--tiny: ranks {', '.join(map(str, ranks))} only (full sweep: {', '.join(map(str, LORA_RANKS))})"
     full = lambda p: p.get("method") == "full"  # noqa: E731
-    return Sweep("lora-ranks", _runs(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
+    return Sweep("lora-ranks", make_runs(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
                  columns=(Column("method", "method"), Column("rank", "rank"), TRAINABLE),
                  references=(Reference("full fine-tuning", lambda ref, arm: full(ref)),),
                  plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
@@ -312,7 +312,7 @@ def lora_targets(opts: SweepOptions) -> Sweep:
     points = [(f"lora-{t.replace('+', '-')}-r{r}", {**sonnet(), **lora(r, t)})
               for r in ranks for t in ("attn", "attn+mlp")]
     note = "--tiny: rank 4 only (full sweep: ranks 16 and 256)"
-    return Sweep("lora-targets", _runs(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
+    return Sweep("lora-targets", make_runs(opts, points), note if opts.tiny else "", knobs=LORA_KNOBS,
                  columns=(Column("targets", "targets"), Column("rank", "rank"), TRAINABLE),
                  references=(Reference("LoRA on attn+mlp at the same rank", lambda ref, arm: ref.get("targets") ==
                                        "attn+mlp" and ref.get("rank") == arm.get("rank")),),
@@ -352,7 +352,7 @@ def precision(opts: SweepOptions) -> Sweep:
         points.append((f"{task}-int8-qaft", {"data.task": task, "precision.format": "int8", "precision.qaft": True}))
     note = ("--tiny: fp32 and int8 only, int8 QAFT on sst only (full sweep: " + ", ".join(PRECISIONS)
             + "; sst and cfimdb)")
-    return Sweep("precision", _runs(opts, points, (ZERO_SHOT_QUORA,)), note if opts.tiny else "",
+    return Sweep("precision", make_runs(opts, points, (ZERO_SHOT_QUORA,)), note if opts.tiny else "",
                  knobs={"task": "data.task", "precision": "precision.format", "qaft": "precision.qaft",
                         "stage": lambda s: "base" if s.optim.epochs == 0 else "fine-tuned"},
                  columns=(Column("model", lambda p: p.get("stage") or "fine-tuned"), Column("task", "task"),
@@ -455,7 +455,7 @@ def teachers(opts: SweepOptions) -> Sweep:
         return None if syn is None else "synthetic only" if syn.only else mixes.get((syn.path, syn.n, syn.filter))
 
     curve = lambda p: p.get("mix") != "synthetic only"  # noqa: E731 (no real sonnets: on no curve)
-    return Sweep("teachers", _runs(opts, points), "; ".join(notes), synthetic_needs=needs,
+    return Sweep("teachers", make_runs(opts, points), "; ".join(notes), synthetic_needs=needs,
                  knobs={"task": "data.task", "teacher": teacher_of,
                         "synthetic_n": lambda s: s.data.synthetic.n if s.data.synthetic else 0,
                         "synthetic_filter": "data.synthetic.filter", "mix": mix},

@@ -118,14 +118,14 @@ def test_a_sweep_declared_here_gets_its_csv_table_plot_and_page_from_the_generic
     """Adding a sweep is one declaration: two tiny sonnet runs over optim.lr, declared in this test, get their CSV
     (the knob read from the settings), table, paired differences, plot and HTML section without touching
     experiments/."""
-    from experiments import html, report, runner, sweeps
+    from experiments import html, launch, report, runner, sweeps
     from experiments.sweeps import Plot, Reference, Sweep
 
-    runs = sweeps._declared(SweepOptions(tiny=True), [(f"lr{lr:g}", sweeps.sonnet(optim__lr=lr)) for lr in (1e-3, 1e-2)])
+    runs = sweeps.make_runs(SweepOptions(tiny=True), [(f"lr{lr:g}", sweeps.sonnet(optim__lr=lr)) for lr in (1e-3, 1e-2)])
     toy = Sweep("toy-lr", runs, knobs={"lr": "optim.lr"},
                 references=(Reference("lr 1e-3", lambda ref, arm: ref.get("lr") == 1e-3),),
                 plot=Plot("lr", "learning rate", "Sonnets: chrF vs lr", log=10))
-    runner.run_sweep(toy.runs, tmp_path / "runs", runner.in_process, progress=False)
+    launch.Local(runner.in_process, progress=False).launch(toy.runs, tmp_path / "runs")
     paths = report.write_report(toy, tmp_path / "runs", tmp_path / "out", samples=50)
     with open(paths["csv"], newline="") as f:
         rows = list(csv.DictReader(f))

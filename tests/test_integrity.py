@@ -40,7 +40,7 @@ def study(tmp_path, tiny_sweep):
     shutil.copytree(TINY_DATA_DIR, data)
     for config_file in (runs / "precision").glob("*/config.json"):
         config = json.loads(config_file.read_text())
-        config["settings"]["data"]["data_dir"] = str(data)  # the data moved: the report finds the reference files there
+        config["settings"]["paths"]["data_dir"] = str(data)  # the data moved: the report finds the reference files there
         config_file.write_text(json.dumps(config))
     out = tmp_path / "results"
     argv = ["precision", "--tiny", "--runs-dir", str(runs), "--out", str(out), "--no-progress", "--bootstrap", "50",
