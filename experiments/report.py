@@ -23,7 +23,7 @@ from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
 
 from . import plots, tables
-from .metrics import Row, copying_measures, figures, group_seeds, sonnet_measures
+from .metrics import Row, copying_measures, figures, group_seeds, measures
 from .references import majority_reference
 from .runner import is_finished, read_metrics
 from .stats import (SAMPLES, bootstrap_accuracy, folder_settings, read_task_predictions, run_data_folder,
@@ -236,7 +236,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             if not folder.is_dir() or isinstance(e, FileNotFoundError):
                 row["data_missing"] = str(folder)
         row.update(_test_score(run_dir, metrics, samples))
-        row.update(sonnet_measures(metrics))
+        row.update(measures(metrics))
         row.update(copying_measures(metrics))
         row.update({name: EXTRAS[name](run_dir, metrics) for name in sweep.extras})
         for ev in run.evaluations:  # zero-shot checks: the accuracy, and its interval from the same file
