@@ -156,7 +156,8 @@ def pool(done: Sequence[Row], key: str, how: str) -> Row:
 
 def copying_point(done: Sequence[Row]) -> Row:
     """The copying figures of one setting over its seeds (`COPYING_METRICS`' pooling)."""
-    return {k: v for split in SPLITS for m in COPYING_METRICS for k, v in pool(done, f"{split}_{m.key}", m.pool).items()}
+    return {k: v for split in SPLITS for m in COPYING_METRICS
+            for k, v in pool(done, f"{split}_{m.key}", m.pool).items()}
 
 
 def knob_columns(rows: Sequence[Row]) -> list[str]:
