@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from distill.check import FORM_PARTS
@@ -120,6 +121,21 @@ def figures(metrics: dict) -> Row:
     return {"trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
             "best_epoch": (metrics.get("best") or {}).get("epoch"), "wall_s": metrics.get("wall_s"),
             "train_real": data.get("train_real", data.get("train")), "train_synthetic": data.get("train_synthetic")}
+
+
+def teacher_summary(path: Path) -> Row:
+    """One teacher's generation figures from `distill.summary.read_summary` (the `<file>.summary.json` distill
+    writes, or recomputed from the JSONL when that is missing or stale): requests, kept, rejected by reason,
+    perfect rate with its Wilson 95% interval, tokens, cost."""
+    from distill.summary import read_summary
+
+    s = read_summary(path)
+    row: Row = {k: s.get(k) for k in ("requests", "kept", "perfect", "rejected", "cost_usd")}
+    row.update({f"tokens_{k}": (s.get("tokens") or {}).get(k) for k in ("input", "output", "thinking")})
+    if row["kept"] and s.get("perfect_ci95"):
+        row.update(perfect_rate=s.get("perfect_rate"), perfect_low=s["perfect_ci95"][0],
+                   perfect_high=s["perfect_ci95"][1])
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- seeds -> points

@@ -28,11 +28,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 from app import cli
 from app.settings import LORA_LR, LORA_TARGETS  # the study's best LoRA settings
 from distill.generate import TEACHERS
-from distill.summary import requests_needed
+from distill.summary import STUDY_PERFECT_RATES, requests_needed
 from minigpt2.errors import UserError
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
+
+from .metrics import Row, format_score, group_seeds, teacher_summary
 
 LORA_ALPHA = LoRAConfig().alpha
 # The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
@@ -123,7 +125,6 @@ class Run:
         return cli.settings_of({**self.options, **(more or {})})
 
 
-Row = dict[str, Any]  # a CSV row or a table's point (`experiments.report`)
 Knob = Union[str, Callable[[Any], Any]]  # a settings path ("model.lora.rank"), or a function of a RunSettings
 
 
@@ -174,6 +175,26 @@ class Plot:
     second: Optional[tuple[str, str, str]] = None
 
 
+@dataclass(frozen=True)
+class Published:
+    """A figure the study published, shown beside this reproduction's (`experiments.html`): its `name` (or a
+    function of the reproduced row, None where there is none), what it measures, the study's dev and test figures,
+    `pick`: the reproduced row among the sweep's CSV rows, `cells`: its dev and test cells."""
+
+    name: Union[str, Callable[[Optional[Row]], str]]
+    metric: str
+    dev: str
+    test: str
+    pick: Callable[[Sequence[Row]], Optional[Row]]
+    cells: Callable[[Row], tuple[str, str]] = lambda p: (format_score(p), format_score(p, "test_"))
+
+
+def best(keep: Callable[[Row], Any]) -> Callable[[Sequence[Row]], Optional[Row]]:
+    """`Published.pick`: the setting (seeds pooled) with the best dev score among those `keep` keeps."""
+    return lambda rows: max((p for p in group_seeds(rows) if p["seeds"] and keep(p)), key=lambda p: p["score"],
+                            default=None)
+
+
 def setting(settings: Any, knob: Knob) -> Any:
     """A knob's value for a run: the value at a settings path (None under an absent group: no LoRA), or the
     knob's function of the settings."""
@@ -195,7 +216,8 @@ class Sweep:
     sonnets; the note is printed by --dry-run and written above the table); its `knobs`, the settings that vary
     (the CSV's first columns, read from each run's settings); its table `columns` before the score (default: one
     per knob) and `after` the score; its `references` for paired differences; its `plot`; `best`: mark the point
-    with the best dev score; `extras`: the optional figures its rows carry (`experiments.report.EXTRAS`)."""
+    with the best dev score; `extras`: the optional figures its rows carry (`experiments.report.EXTRAS`); `published`:
+    the study's figures it reproduces."""
 
     name: str
     runs: list[Run]
@@ -210,6 +232,7 @@ class Sweep:
     plot: Optional[Plot] = None
     best: bool = False
     extras: tuple[str, ...] = ()
+    published: tuple[Published, ...] = ()
 
     def knob_values(self, run: Run) -> dict[str, Any]:
         """The run's knobs, then its seed: the CSV's first columns."""
@@ -304,7 +327,10 @@ def baseline(opts: SweepOptions) -> Sweep:
                         Column("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST
                                else None)),
                  plot=Plot("task", "task", "Full fine-tuning: dev and test scores",
-                           study=lambda p: STUDY.get(p["task"])))
+                           study=lambda p: STUDY.get(p["task"])),
+                 published=tuple(Published(f"{task} (full fine-tuning)", "chrF" if task == "sonnet" else "accuracy",
+                                           f"{STUDY[task]:g}", f"{STUDY_TEST[task]:g}" if task in STUDY_TEST else "—",
+                                           best(lambda p, task=task: p["task"] == task)) for task in STUDY))
 
 
 def lora_ranks(opts: SweepOptions) -> Sweep:
@@ -318,7 +344,14 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
                  references=(Reference("full fine-tuning", lambda ref, arm: full(ref)),),
                  plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
                            label=lambda _: "LoRA (attn+mlp, alpha 16)", keep=lambda p: not full(p), level=full,
-                           level_label="full fine-tuning", log=2))
+                           level_label="full fine-tuning", log=2),
+                 published=(Published(lambda p: "sonnet, best LoRA rank" + (f" (reproduced: rank {p['rank']})" if p
+                                                                             else ""), "chrF", "42.16 (rank 256)", "—",
+                                      best(lambda p: p.get("method") == "lora")),
+                            Published("LoRA rank 256 on attn+mlp", "trainable parameters", "42.5M", "—",
+                                      best(lambda p: p.get("method") == "lora" and p.get("rank") == 256
+                                           and p.get("trainable_params")),
+                                      lambda p: (f"{p['trainable_params'] / 1e6:.1f}M", "—"))))
 
 
 def lora_targets(opts: SweepOptions) -> Sweep:
@@ -416,6 +449,25 @@ def real_training_sonnets(opts: SweepOptions) -> int | None:
 PLANNED_SYNTHETIC_DIR = Path("synthetic")  # where a dry run without --synthetic-dir plans the teachers' files
 
 
+def _perfect_rate(row: Row) -> tuple[str, str]:
+    """The perfect rate of the synthetic file a teachers row trained on, in % with its Wilson interval."""
+    t = teacher_summary(Path(row["arg_synthetic"])) if Path(row["arg_synthetic"]).is_file() else {}
+    if t.get("perfect_rate") is None:
+        return "—", "—"
+    return f"{100 * t['perfect_rate']:.0f}% [{100 * t['perfect_low']:.0f}, {100 * t['perfect_high']:.0f}]", "—"
+
+
+TEACHERS_PUBLISHED = (
+    Published(lambda p: "sonnet, best distilled model" + (f" ({p['teacher']}, n{p['synthetic_n']} "
+                                                         f"{p['synthetic_filter']})" if p else ""),
+              "chrF", "46.61", "52.838", best(lambda p: p.get("teacher"))),
+    *(Published(f"{teacher}: perfect sonnets among those kept", "rate", f"{100 * rate:.0f}%", "—",
+                lambda rows, t=teacher: next((r for r in rows if r.get("teacher") == t and r.get("arg_synthetic")),
+                                             None), _perfect_rate)
+      for teacher, rate in STUDY_PERFECT_RATES.items()),
+)
+
+
 def teacher_of(settings: Any) -> str | None:
     """The teacher whose synthetic sonnets a run trains on: its file's name, without .jsonl."""
     return Path(settings.data.synthetic.path).stem if settings.data.synthetic else None
@@ -434,7 +486,8 @@ def teachers(opts: SweepOptions) -> Sweep:
     present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder and folder.is_dir() else []
     if not present and not opts.plan_missing:
         where = f"{folder}: no <teacher>.jsonl files" if folder else "--synthetic-dir DIR"
-        return Sweep("teachers", [], waits=(f"the Gemini files ({where}; make them with {GENERATE_HINT})",))
+        return Sweep("teachers", [], waits=(f"the Gemini files ({where}; make them with {GENERATE_HINT})",),
+                     published=TEACHERS_PUBLISHED)
     from distill.synthetic import load_synthetic
 
     folder = folder or PLANNED_SYNTHETIC_DIR
@@ -482,7 +535,8 @@ def teachers(opts: SweepOptions) -> Sweep:
                  plot=Plot("synthetic_n", "synthetic sonnets added",
                            "Sonnets: chrF vs synthetic-set size per teacher",
                            line=lambda p: (p["teacher"], p["synthetic_filter"]), label=lambda k: f"{k[0]} ({k[1]})",
-                           keep=curve, shared=lambda p: not p["synthetic_n"]))
+                           keep=curve, shared=lambda p: not p["synthetic_n"]),
+                 published=TEACHERS_PUBLISHED)
 
 
 def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:

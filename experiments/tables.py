@@ -13,7 +13,7 @@ from distill.check import FORM_PARTS
 from minigpt2.metrics import MIN_INTERVAL_N
 
 from .metrics import (COPY_FIGURES, FORM_METRICS, SPLITS, Row, _fmt, _interval, _percent, format_difference,
-                      format_measure, format_score, group_seeds, interval_name, scored_cell)
+                      format_measure, format_score, group_seeds, interval_name, scored_cell, teacher_summary)
 from .references import REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_figures, sonnet_rows
 from .stats import SAMPLES, ExampleScores, paired_difference, run_scores, zero_shot_scores
 from .sweeps import Reference, Sweep, settings_of, teacher_of
@@ -242,21 +242,6 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
                 "seeds:\n",
                 _table([c[0] for c in _settings(sweep)] + ["metric", "Δ dev", "Δ test"], lines)]
     return out
-
-
-def teacher_summary(path: Path) -> Row:
-    """One teacher's generation figures from `distill.summary.read_summary` (the `<file>.summary.json` distill
-    writes, or recomputed from the JSONL when that is missing or stale): requests, kept, rejected by reason,
-    perfect rate with its Wilson 95% interval, tokens, cost."""
-    from distill.summary import read_summary
-
-    s = read_summary(path)
-    row: Row = {k: s.get(k) for k in ("requests", "kept", "perfect", "rejected", "cost_usd")}
-    row.update({f"tokens_{k}": (s.get("tokens") or {}).get(k) for k in ("input", "output", "thinking")})
-    if row["kept"] and s.get("perfect_ci95"):
-        row.update(perfect_rate=s.get("perfect_rate"), perfect_low=s["perfect_ci95"][0],
-                   perfect_high=s["perfect_ci95"][1])
-    return row
 
 
 def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
