@@ -475,8 +475,9 @@ def teacher_of(settings: Any) -> str | None:
 
 def teachers(opts: SweepOptions) -> Sweep:
     """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
-    shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: the
-    synthetic-to-real ratios of MIX_RATIOS, and the synthetic sonnets alone (no real training sonnet).
+    shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: ratio r
+    adds r x (real training sonnets) synthetic ones; 'synthetic only' trains on every perfect synthetic sonnet and no
+    real one (dev and test stay real).
 
     Without a folder of <teacher>.jsonl files the sweep has no runs and says what it waits for; with
     `plan_missing` (--dry-run) a teacher without a file is planned as if its file held what every arm needs.
@@ -493,30 +494,46 @@ def teachers(opts: SweepOptions) -> Sweep:
     folder = folder or PLANNED_SYNTHETIC_DIR
     names = sorted(set(present) | (set(TEACHERS) if opts.plan_missing else set()))
     planned = [t for t in names if t not in present]
-    sizes = sizes_for(opts)
-    points = [("real-only", sonnet())]
+    sizes, ratios = ((0, 2), MIX_RATIOS[:1]) if opts.tiny else (SYNTHETIC_SIZES, MIX_RATIOS)
+    n_real = real_training_sonnets(opts)
     notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
     if planned:
         notes.append(f"planned as if {', '.join(str(folder / f'{t}.jsonl') for t in planned)} held "
                      f"{max(sizes)} perfect sonnets (not made yet: {GENERATE_HINT})")
-    have: dict[tuple[str, str], int | None] = {}
+
+    def arm(teacher: str, n: int, filt: str, **more: Any) -> Options:
+        return sonnet(data__synthetic__path=str(folder / f"{teacher}.jsonl"), data__synthetic__n=n,
+                      data__synthetic__filter=filt, **more)
+
+    points, perfect = [("real-only", sonnet())], {}
     for teacher in names:
         for filt in ("all", "perfect"):
             path = folder / f"{teacher}.jsonl"
-            n_have = None if teacher in planned else len(load_synthetic(path, filter=filt))
-            have[teacher, filt] = n_have
-            ns = list(sizes[1:]) if n_have is None else fit_sizes(sizes[1:], n_have)
+            have = None if teacher in planned else len(load_synthetic(path, filter=filt))
+            ns = list(sizes[1:]) if have is None else fit_sizes(sizes[1:], have)
             if ns != list(sizes[1:]):
-                notes.append(shortfall(teacher, path, filt, n_have or 0, max(sizes)))
-            points += [(f"{teacher}-n{n}-{filt}", sonnet(data__synthetic__path=str(path), data__synthetic__n=n,
-                                                         data__synthetic__filter=filt)) for n in ns]
-    mixes: dict[tuple[str, int, str], str] = {}
-    perfect = {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names}
-    points += mixing_points(opts, folder, names, notes, perfect, mixes)
-    n_real = real_training_sonnets(opts) or 0
-    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
+                notes.append(shortfall(teacher, path, filt, have or 0, max(sizes)))
+            points += [(f"{teacher}-n{n}-{filt}", arm(teacher, n, filt)) for n in ns]
+            if filt == "perfect":
+                perfect[teacher] = max(sizes) if have is None else have
+    mixes: dict[tuple[str, int, str], str] = {}  # (file, n, filter) of each ratio arm -> "ratio r"
+    for teacher in names:  # the mixing arms, perfect sonnets only
+        have = perfect[teacher]
+        for r in ratios if n_real else ():
+            n = round(r * n_real)
+            if n in fit_sizes(sizes[1:], have):  # already a point of the perfect curve
+                notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
+            elif 0 < n <= have:
+                points.append((f"{teacher}-ratio{r:g}-perfect", arm(teacher, n, "perfect")))
+                mixes[str(folder / f"{teacher}.jsonl"), n, "perfect"] = f"ratio {r:g}"
+            else:
+                notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
+        if have:
+            points.append((f"{teacher}-only-perfect", arm(teacher, have, "perfect", data__synthetic__only=True)))
+    if not n_real:
+        notes.append("mixing ratios wait for the sonnet training file")
     needs = tuple((str(folder / f"{t}.jsonl"), filt, n) for t in names for filt in ("all", "perfect")
-                  for n in [max(sizes)] + ([round(r * n_real) for r in ratios] if filt == "perfect" else []))
+                  for n in [max(sizes)] + ([round(r * (n_real or 0)) for r in ratios] if filt == "perfect" else []))
 
     def mix(s: Any) -> str | None:
         syn = s.data.synthetic
@@ -547,45 +564,6 @@ def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
                            kept=need - have if filt == "all" else 0)
     return (f"{teacher} has {have} {kind} sonnets; the n{need}-{filt} arm needs {need}: generate ~{more} more "
             f"requests (its curve ends at {have} until then)")
-
-
-def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str],
-                  perfect: dict[str, int] | None = None, mixes: dict[tuple[str, int, str], str] | None = None
-                  ) -> list[tuple[str, Options]]:
-    """Per teacher, perfect sonnets only: ratio r adds r x (real training sonnets) synthetic ones; 'synthetic
-    only' trains on every perfect synthetic sonnet and no real one (dev and test stay real). `perfect`: the
-    perfect sonnets of each teacher's file (read from the file when not given); `mixes` gets each ratio arm's
-    (file, n, filter) -> "ratio r"."""
-    from distill.synthetic import load_synthetic
-
-    n_real = real_training_sonnets(opts)
-    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
-    points = []
-    for teacher in names:
-        path = folder / f"{teacher}.jsonl"
-        have = perfect[teacher] if perfect is not None else len(load_synthetic(path, filter="perfect"))
-        for r in ratios if n_real else ():
-            n = round(r * n_real)
-            if n in fit_sizes(sizes_for(opts)[1:], have):  # already a point of the perfect curve
-                notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
-            elif 0 < n <= have:
-                points.append((f"{teacher}-ratio{r:g}-perfect", sonnet(
-                    data__synthetic__path=str(path), data__synthetic__n=n, data__synthetic__filter="perfect")))
-                if mixes is not None:
-                    mixes[str(path), n, "perfect"] = f"ratio {r:g}"
-            else:
-                notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
-        if have:
-            points.append((f"{teacher}-only-perfect",
-                           sonnet(data__synthetic__path=str(path), data__synthetic__n=have,
-                                  data__synthetic__filter="perfect", data__synthetic__only=True)))
-    if not n_real:
-        notes.append("mixing ratios wait for the sonnet training file")
-    return points
-
-
-def sizes_for(opts: SweepOptions) -> tuple[int, ...]:
-    return (0, 2) if opts.tiny else SYNTHETIC_SIZES
 
 
 def fit_sizes(sizes: Sequence[int], have: int) -> list[int]:
