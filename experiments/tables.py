@@ -53,7 +53,7 @@ def sweep_tables(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], sampl
     except (OSError, ValueError) as e:
         references = e
     text = [markdown_table(sweep, points)] + paired_block(sweep, rows, samples) + form_block(sweep, points)
-    text += copying_block(sweep, points, None if isinstance(references, Exception) else references["copying"])
+    text += copying_block(sweep, points, references["copying"] if isinstance(references, dict) else None)
     text += sonnet_reference_block(rows, references)
     evaluation = next((ev for run in sweep.runs for ev in run.evaluations), None)
     if evaluation and sweep.references:
