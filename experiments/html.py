@@ -26,16 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from distill.summary import STUDY_PERFECT_RATES
-
-from .metrics import format_score, group_seeds
 from .report import UNKNOWN_CODE, check_scored_files, code_label, code_summary
-from .sweeps import STUDY, STUDY_TEST, SWEEPS
-from .tables import teacher_summary
-
-STUDY_DISTILLED_DEV_CHRF = 46.61  # the study's best distilled model (teachers sweep)
-STUDY_DISTILLED_TEST_CHRF = 52.838
-STUDY_LORA = {"rank": 256, "targets": "attn+mlp", "dev_chrf": 42.16, "trainable_params": 42.5e6}  # its best LoRA
+from .sweeps import SWEEPS, SweepOptions
 
 SAMPLE_SONNETS = 3
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019]*")
@@ -135,60 +127,21 @@ def _row(cells: Sequence[Any]) -> str:
     return "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in cells) + "</tr>"
 
 
-def _best(points: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    return max((p for p in points if p["seeds"]), key=lambda p: p["score"], default=None)
-
-
 def study_comparison(out: Path) -> str:
-    """Every figure of the study beside this reproduction's: the baseline per task, the best LoRA run (and the
-    trainable parameters of rank 256 on attn+mlp), the best distilled model, and the teachers' perfect rates."""
-    def points(name: str) -> list[dict[str, Any]]:
-        path = out / f"{name}.csv"
-        return group_seeds(_read_csv(path)) if path.is_file() else []
-
+    """Every figure the study published (each sweep's `Sweep.published`) beside this reproduction's, read from the
+    sweeps' CSVs in `out`."""
     lines = []
-    by_task = {p["task"]: p for p in points("baseline")}
-    for task in ("sst", "cfimdb", "quora", "sonnet"):
-        p = by_task.get(task)
-        metric = "chrF" if task == "sonnet" else "accuracy"
-        lines.append([f"{task} (full fine-tuning)", metric, f"{STUDY[task]:g}", format_score(p) if p else "—",
-                      f"{STUDY_TEST[task]:g}" if task in STUDY_TEST else "—",
-                      format_score(p, "test_") if p else "—"])
-    lora = [p for p in points("lora-ranks") if p.get("method") == "lora"]
-    best = _best(lora)
-    lines.append(["sonnet, best LoRA rank" + (f" (reproduced: rank {best['rank']})" if best else ""),
-                  "chrF", f"{STUDY_LORA['dev_chrf']:g} (rank {STUDY_LORA['rank']})",
-                  format_score(best) if best else "—", "—", format_score(best, "test_") if best else "—"])
-    r256 = next((p for p in lora if p.get("rank") == STUDY_LORA["rank"] and p.get("trainable_params")), None)
-    lines.append([f"LoRA rank {STUDY_LORA['rank']} on {STUDY_LORA['targets']}", "trainable parameters",
-                  f"{STUDY_LORA['trainable_params'] / 1e6:.1f}M",
-                  f"{r256['trainable_params'] / 1e6:.1f}M" if r256 else "—", "—", "—"])
-    teachers = points("teachers")
-    best = _best([p for p in teachers if p.get("teacher")])
-    lines.append(["sonnet, best distilled model" + (f" ({best['teacher']}, n{best['synthetic_n']} "
-                                                     f"{best['synthetic_filter']})" if best else ""),
-                  "chrF", f"{STUDY_DISTILLED_DEV_CHRF:g}", format_score(best) if best else "—",
-                  f"{STUDY_DISTILLED_TEST_CHRF:g}", format_score(best, "test_") if best else "—"])
-    files = _teacher_files(out)
-    for teacher, rate in STUDY_PERFECT_RATES.items():
-        t = teacher_summary(files[teacher]) if teacher in files and files[teacher].is_file() else {}
-        shown = (f"{100 * t['perfect_rate']:.0f}% [{100 * t['perfect_low']:.0f}, {100 * t['perfect_high']:.0f}]"
-                 if t.get("perfect_rate") is not None else "—")
-        lines.append([f"{teacher}: perfect sonnets among those kept", "rate", f"{100 * rate:.0f}%", shown, "—",
-                      "—"])
+    for name, build in SWEEPS.items():
+        path = out / f"{name}.csv"
+        rows = _read_csv(path) if path.is_file() else []
+        for figure in build(SweepOptions()).published:
+            row = figure.pick(rows)
+            dev, test = figure.cells(row) if row else ("—", "—")
+            lines.append([figure.name(row) if callable(figure.name) else figure.name, figure.metric, figure.dev, dev,
+                          figure.test, test])
     head = ["model", "metric", "study dev", "reproduced dev [95% CI]", "study test", "reproduced test [95% CI]"]
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(_row(r) for r in lines)
             + "</table>")
-
-
-def _teacher_files(out: Path) -> dict[str, Path]:
-    """teacher -> the synthetic file the teachers sweep's runs trained on (from its CSV)."""
-    path = out / "teachers.csv"
-    found: dict[str, Path] = {}
-    for row in _read_csv(path) if path.is_file() else []:
-        if row.get("teacher") and row.get("arg_synthetic"):
-            found.setdefault(row["teacher"], Path(row["arg_synthetic"]))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------- provenance
@@ -325,8 +278,9 @@ def write_index(out: str | Path, sweeps: Sequence[str] | None = None, command: s
     body = ["<h1>minigpt2: the fine-tuning study, reproduced</h1>",
             '<p class="note">Dev and test scores with bootstrap-t 95% intervals over the n examples (one seed; '
             "none below 8 examples) or the mean over seeds with a 95% t-interval across seeds; differences between "
-            "arms on the same examples with paired intervals, sign-flip p-values and, for accuracy, McNemar's test. Reference rows under each sonnet table show what chance scores; the held-out "
-            "NLL and the form rates show what only learning earns.</p>",
+            "arms on the same examples with paired intervals, sign-flip p-values and, for accuracy, McNemar's test. "
+            "Reference rows under each sonnet table show what chance scores; the held-out NLL and the form rates show "
+            "what only learning earns.</p>",
             "<h2>Provenance</h2>", provenance(out, names, command),
             "<h2>The study beside this reproduction</h2>", study_comparison(out)]
     body.append("<h2>Contents</h2><ul>" + "".join(f'<li><a href="#{n}">{n}</a></li>' for n in names)

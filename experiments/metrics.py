@@ -1,10 +1,10 @@
 """A run's figures, each declared once: where metrics.json holds it, how the seeds of one setting pool, how a table
-shows it. `figures` reads a finished run's figures into its CSV row, `group_seeds` pools rows into points (one per
-setting), and the `format_*` functions write a point's cells.
+shows it. `figures` and `measures` read a finished run's figures into its CSV row, `group_seeds` pools rows into
+points (one per setting), and the `format_*` functions write a point's cells.
 
 Pooling over seeds: "interval" gives one seed's own interval (a bootstrap over its examples, or Wilson for rates)
-or, with several seeds, their mean with the 95% t-interval across seeds (`_over_seeds`); "mean", "max" and "first"
-what they say; "join" the distinct values, joined.
+or, with several seeds, their mean with the 95% t-interval across seeds; "mean", "max" and "first" what they say;
+"join" the distinct values, joined.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from distill.check import FORM_PARTS
@@ -27,7 +28,7 @@ SPLITS = ("dev", "test")
 class Metric:
     """A figure of a run. `key` is its CSV column (per split, "{split}_" before it); `read(metrics, split)` its cells
     from metrics.json ({} where the run has none): the figure and, for an interval, "_low"/"_high"/"_n" beside it;
-    `pool` how seeds pool (see the module docstring); `digits`/`percent` how a table shows it."""
+    `pool` how seeds pool; `digits`/`percent` how a table shows it."""
 
     key: str
     read: Callable[[dict, str], Row]
@@ -37,8 +38,8 @@ class Metric:
 
     def cell(self, point: Row, split: str = "dev") -> str:
         """The figure of a point as a table cell, with its interval and n (Wilson rates: at any n)."""
-        return format_measure(point, f"{split}_{self.key}", self.digits, self.percent, 1 if self.percent else
-                              MIN_INTERVAL_N)
+        return format_measure(point, f"{split}_{self.key}", self.digits, self.percent,
+                              1 if self.percent else MIN_INTERVAL_N)
 
 
 def _at(metrics: dict, *path: str) -> Any:
@@ -56,7 +57,7 @@ def _nll(metrics: dict, split: str) -> Row:
 
 
 def _rate(*path: str, n: Callable[[dict], Any] | None = None) -> Callable[[dict, str], Row]:
-    """A Wilson rate {"rate", "low", "high"} at `path` under metrics[...][split]."""
+    """A Wilson rate {"rate", "low", "high"} at `path` under metrics[path[0]][split]."""
     def read(metrics: dict, split: str) -> Row:
         r = _at(metrics, path[0], split, *path[1:])
         if not r:
@@ -66,22 +67,17 @@ def _rate(*path: str, n: Callable[[dict], Any] | None = None) -> Callable[[dict,
     return read
 
 
-def _value(*path: str) -> Callable[[dict, str], Row]:
-    """The number at `path` under metrics[path[0]][split]."""
+def _value(*path: str, when: str | None = None) -> Callable[[dict, str], Row]:
+    """The number at `path` under metrics[path[0]][split]; with `when`, only where metrics[when][split] is recorded
+    (the copying figures come all or none)."""
     def read(metrics: dict, split: str) -> Row:
         v = _at(metrics, path[0], split, *path[1:])
-        return {} if v is None else {"": v}
+        return {} if v is None or (when and not _at(metrics, when, split)) else {"": v}
     return read
-
-
-def _when(part: str, read: Callable[[dict, str], Row]) -> Callable[[dict, str], Row]:
-    """`read` only where metrics[part][split] is recorded (the copying figures come all or none)."""
-    return lambda metrics, split: read(metrics, split) if _at(metrics, part, split) else {}
 
 
 COPY_FIGURES = ("train_longest", "train_longest_max", "train_share", "held_longest", "held_longest_max",
                 "held_share")
-
 # The per-split figures of a sonnet run, in CSV order: held-out NLL and form (`app.measures`), then copying and the
 # share of each held-out continuation its NLL scored.
 SONNET_METRICS = (
@@ -91,38 +87,27 @@ SONNET_METRICS = (
     *(Metric(part, _rate("form", "rates", part, n=lambda f: f["sonnets"] * f["samples"]), "interval", percent=True)
       for part in FORM_PARTS),
 )
+FORM_METRICS = SONNET_METRICS[3:]
 COPYING_METRICS = (
     Metric("novel", _rate("copying", "novel"), "interval", percent=True),
-    *(Metric(f"copy_{key}", _when("copying", _value("copying", corpus, stat)), "max" if key.endswith("_max")
-             else "mean")
+    *(Metric(f"copy_{key}", _value("copying", corpus, stat, when="copying"), "max" if key.endswith("_max") else "mean")
       for key, (corpus, stat) in zip(COPY_FIGURES, [(c, s) for c in ("training", "held_out")
                                                     for s in ("longest_mean", "longest_max", "ngram_share")])),
-    Metric("copy_n", _when("copying", _value("copying", "n"))),
-    Metric("copy_novel_below", _when("copying", _value("copying", "novel_below"))),
+    Metric("copy_n", _value("copying", "n", when="copying")),
+    Metric("copy_novel_below", _value("copying", "novel_below", when="copying")),
     Metric("nll_scored", _value("heldout_nll", "coverage", "scored")),
     Metric("nll_in_view", _value("heldout_nll", "coverage", "prompt_in_view")),
 )
-FORM_METRICS = SONNET_METRICS[3:]
-
-# Figures of a run as a whole (one column each), with how seeds pool; None: the CSV only.
-RUN_FIGURES = {"trainable_params": "mean", "total_params": None, "best_epoch": None, "wall_s": None,
-               "train_real": None, "train_synthetic": "mean"}
-# Figures the report adds beside them (`experiments.report.run_row`), pooled the same way.
-ADDED_FIGURES = {"model_bytes": "mean", "zero_shot_quora": "mean", "compute": "join", "data_missing": "first"}
+# Figures of a run as a whole that pool over seeds, with how: those of metrics.json (`figures`), then those the
+# report adds beside them (`experiments.report.run_row`).
+POOLED = {"trainable_params": "mean", "train_synthetic": "mean", "model_bytes": "mean", "zero_shot_quora": "mean",
+          "compute": "join", "data_missing": "first"}
 
 
-def measures(metrics: dict, family: Sequence[Metric]) -> Row:
+def measures(metrics: dict, family: Sequence[Metric] = SONNET_METRICS) -> Row:
     """The cells of a family of per-split metrics, split by split, as CSV columns."""
-    row: Row = {}
-    for split in SPLITS:
-        for m in family:
-            row.update({f"{split}_{m.key}{suffix}": v for suffix, v in m.read(metrics, split).items()})
-    return row
-
-
-def sonnet_measures(metrics: dict) -> Row:
-    """A sonnet run's held-out NLL (dev, test; before training too) and the form rates of what it wrote."""
-    return measures(metrics, SONNET_METRICS)
+    return {f"{split}_{m.key}{suffix}": v for split in SPLITS for m in family
+            for suffix, v in m.read(metrics, split).items()}
 
 
 def copying_measures(metrics: dict) -> Row:
@@ -133,38 +118,51 @@ def copying_measures(metrics: dict) -> Row:
 def figures(metrics: dict) -> Row:
     """A finished run's figures from its metrics.json, as CSV columns (its task score aside)."""
     data = metrics.get("data", {})
-    row = {"trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
-           "best_epoch": (metrics.get("best") or {}).get("epoch"), "wall_s": metrics.get("wall_s"),
-           "train_real": data.get("train_real", data.get("train")), "train_synthetic": data.get("train_synthetic")}
+    return {"trainable_params": metrics.get("trainable_params"), "total_params": metrics.get("total_params"),
+            "best_epoch": (metrics.get("best") or {}).get("epoch"), "wall_s": metrics.get("wall_s"),
+            "train_real": data.get("train_real", data.get("train")), "train_synthetic": data.get("train_synthetic")}
+
+
+def teacher_summary(path: Path) -> Row:
+    """One teacher's generation figures from `distill.summary.read_summary` (the `<file>.summary.json` distill
+    writes, or recomputed from the JSONL when that is missing or stale): requests, kept, rejected by reason,
+    perfect rate with its Wilson 95% interval, tokens, cost."""
+    from distill.summary import read_summary
+
+    s = read_summary(path)
+    row: Row = {k: s.get(k) for k in ("requests", "kept", "perfect", "rejected", "cost_usd")}
+    row.update({f"tokens_{k}": (s.get("tokens") or {}).get(k) for k in ("input", "output", "thinking")})
+    if row["kept"] and s.get("perfect_ci95"):
+        row.update(perfect_rate=s.get("perfect_rate"), perfect_low=s["perfect_ci95"][0],
+                   perfect_high=s["perfect_ci95"][1])
     return row
 
 
 # ---------------------------------------------------------------------------------------------- seeds -> points
 
-def _over_seeds(rows: Sequence[Row], key: str, low_key: str, high_key: str) -> tuple[float, float, float]:
-    """(value, low, high) of a figure over seeds: one seed's own interval, or the mean of several with the 95%
-    t-interval across seeds."""
-    if len(rows) == 1:
-        return rows[0][key], rows[0].get(low_key, math.nan), rows[0].get(high_key, math.nan)
-    return t_interval([r[key] for r in rows])
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _examples(rows: Sequence[Row], key: str) -> int | None:
-    """The number of examples an interval was taken over (the same rows for every seed): the first row's."""
-    found = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
-    return int(found[0]) if found else None
+def _spread(rows: Sequence[Row], key: str, low: str, high: str, n: str) -> tuple[float, float, float, int, int | None]:
+    """(value, low, high, seeds, examples) of a figure over the rows that have it: one seed's own interval, or the
+    mean of several with the 95% t-interval across seeds; the examples (the same for every seed) the first row's."""
+    have = [r for r in rows if not _missing(r.get(key))]
+    if len(have) == 1:
+        value, lo, hi = have[0][key], have[0].get(low, math.nan), have[0].get(high, math.nan)
+    else:
+        value, lo, hi = t_interval([r[key] for r in have])
+    examples = [r[n] for r in have if isinstance(r.get(n), (int, float)) and not math.isnan(r[n])]
+    return value, lo, hi, len(have), int(examples[0]) if examples else None
 
 
 def pool(done: Sequence[Row], key: str, how: str) -> Row:
     """One figure of a setting over its finished seeds, as a point's cells (see the module docstring)."""
-    have = [r for r in done if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
     if how == "interval":
-        if not have:
-            return {}
-        value, low, high = _over_seeds(have, key, f"{key}_low", f"{key}_high")
-        return {key: value, f"{key}_low": low, f"{key}_high": high, f"{key}_seeds": len(have),
-                f"{key}_n": _examples(have, f"{key}_n")}
-    vals = [r[key] for r in have]
+        value, low, high, seeds, n = _spread(done, key, f"{key}_low", f"{key}_high", f"{key}_n")
+        return {key: value, f"{key}_low": low, f"{key}_high": high, f"{key}_seeds": seeds, f"{key}_n": n} if seeds \
+            else {}
+    vals = [r[key] for r in done if not _missing(r.get(key))]
     if how == "join":
         return {key: " / ".join(sorted(set(vals))) or None}
     if how == "first":
@@ -195,21 +193,19 @@ def group_seeds(rows: Sequence[Row], knobs: Sequence[str] | None = None) -> list
     points = []
     for key, members in groups.items():
         done = [r for r in members if r["status"] == "done"]
-        point: Row = dict(key)
-        point.update(seeds=len(done), runs=len(members), metric=done[0]["metric"] if done else None)
-        mean, low, high = _over_seeds(done, "dev_score", "ci_low", "ci_high")
-        point.update(score=mean, std=mean_std([r["dev_score"] for r in done])[1], low=low, high=high,
-                     n=_examples(done, "n_dev"))
-        tests = [r for r in done if not math.isnan(r.get("test_score", math.nan))]
-        t_mean, t_low, t_high = _over_seeds(tests, "test_score", "test_low", "test_high")
-        point.update(test_seeds=len(tests), test_score=t_mean, test_std=mean_std([r["test_score"] for r in tests])[1],
-                     test_low=t_low, test_high=t_high, test_n=_examples(tests, "n_test"))
-        for split in SPLITS:
-            for m in SONNET_METRICS + COPYING_METRICS:
+        point: Row = dict(key, seeds=len(done), runs=len(members), metric=done[0]["metric"] if done else None)
+        for prefix, score, low, high, n in (("", "dev_score", "ci_low", "ci_high", "n_dev"),
+                                            ("test_", "test_score", "test_low", "test_high", "n_test")):
+            value, lo, hi, seeds, examples = _spread(done, score, low, high, n)
+            point.update({f"{prefix}score": value, f"{prefix}low": lo, f"{prefix}high": hi, f"{prefix}n": examples,
+                          f"{prefix}std": mean_std([r.get(score) for r in done])[1]})
+            if prefix:
+                point[f"{prefix}seeds"] = seeds
+        for m in SONNET_METRICS + COPYING_METRICS:
+            for split in SPLITS:
                 point.update(pool(done, f"{split}_{m.key}", m.pool))
-        for name, how in {**RUN_FIGURES, **ADDED_FIGURES}.items():
-            if how:
-                point.update(pool(done, name, how))
+        for name, how in POOLED.items():
+            point.update(pool(done, name, how))
         majority = [r for r in done if r.get("majority") is not None]
         if majority:  # the same rows for every seed, so one run's figure stands for all
             point.update({k: majority[0][k] for k in ("majority", "majority_low", "majority_high")})
@@ -220,7 +216,7 @@ def group_seeds(rows: Sequence[Row], knobs: Sequence[str] | None = None) -> list
 # ---------------------------------------------------------------------------------------------- cells
 
 def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -230,21 +226,21 @@ def _fmt(value: Any) -> str:
 
 
 def _interval(value: Any, low: Any, high: Any, digits: int = 3, n: int | None = None, min_n: int = MIN_INTERVAL_N,
-              sign: str = "") -> str:
+              sign: str = "", seeds: int = 1, note: str = "") -> str:
     """'41.90 [40.10, 43.60] n=12'; the point alone with 'n=2, too few for an interval' below `min_n` examples,
-    or without an interval where there is none; '—' for no value. sign "+" shows the sign of a difference."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    or without an interval where there is none; '—' for no value. Several seeds: the mean with its t-interval,
+    '(3 seeds, n=12 each`note`)'. sign "+" shows the sign of a difference."""
+    if _missing(value):
         return "—"
+    if seeds > 1:
+        each = f", n={n} each" if n is not None else ""
+        return _interval(value, low, high, digits, sign=sign) + f" ({seeds} seeds{each}{note})"
     shown = f"{value:{sign}.{digits}f}"
     if n is not None and n < min_n:
         return f"{shown} (n={n}, too few for an interval)"
-    if low is None or (isinstance(low, float) and math.isnan(low)):
+    if _missing(low):
         return shown
     return f"{shown} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]" + (f" n={n}" if n is not None else "")
-
-
-def _each(n: int | None) -> str:
-    return f", n={n} each" if n is not None else ""
 
 
 def format_score(point: Row, prefix: str = "") -> str:
@@ -252,34 +248,27 @@ def format_score(point: Row, prefix: str = "") -> str:
     MIN_INTERVAL_N examples the point alone, 'n=3, too few for an interval'), or the mean of N seeds with the 95%
     t-interval across seeds, marked '(N seeds, n=12 each)'; '—' when not run. prefix "test_" formats the test
     score the same way."""
-    seeds = point.get(f"{prefix}seeds", 0) if prefix else point["seeds"]
+    seeds = point.get(f"{prefix}seeds", 0)
     if not seeds:
         return "—"
-    score, low, high = (point[f"{prefix}{k}"] for k in ("score", "low", "high"))
-    digits = 2 if point["metric"] == "chrf" else 3
-    n = point.get(f"{prefix}n")
-    if seeds > 1:
-        return f"{score:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({seeds} seeds{_each(n)})"
-    if math.isnan(low) and (n is None or n >= MIN_INTERVAL_N):  # no interval (see the CSV's note)
-        return f"{score:.{digits}f}" + (" (no CI: data not found)" if point.get("data_missing") else "")
-    return _interval(score, low, high, digits, n)
+    low, n = point[f"{prefix}low"], point.get(f"{prefix}n")
+    cell = _interval(point[f"{prefix}score"], low, point[f"{prefix}high"], 2 if point["metric"] == "chrf" else 3, n,
+                     seeds=seeds)
+    if seeds == 1 and math.isnan(low) and (n is None or n >= MIN_INTERVAL_N) and point.get("data_missing"):
+        cell += " (no CI: data not found)"  # no interval: see the CSV's note
+    return cell
 
 
-def format_measure(point: Row, key: str, digits: int = 3, percent: bool = False,
-                   min_n: int = MIN_INTERVAL_N) -> str:
-    """A pooled figure of a point (`pool` "interval"), with its interval and n, as `format_score` does (`min_n` 1
-    for the Wilson intervals of rates, which hold at any n)."""
-    value = point.get(key)
-    if value is None or math.isnan(value):
+def format_measure(point: Row, key: str, digits: int = 3, percent: bool = False, min_n: int = MIN_INTERVAL_N) -> str:
+    """A pooled figure of a point (`pool` "interval") as `format_score` writes a score (`min_n` 1 for the Wilson
+    intervals of rates, which hold at any n)."""
+    value, low, high = (point.get(key + suffix) for suffix in ("", "_low", "_high"))
+    if _missing(value):
         return "—"
-    low, high, seeds, n = (point.get(f"{key}_low"), point.get(f"{key}_high"), point.get(f"{key}_seeds", 1),
-                           point.get(f"{key}_n"))
     if percent:
         value, digits = 100 * value, 0
         low, high = (math.nan, math.nan) if low is None else (100 * low, 100 * high)
-    if seeds > 1:
-        return _interval(value, low, high, digits) + f" ({seeds} seeds{_each(n)})"
-    return _interval(value, low, high, digits, n, min_n)
+    return _interval(value, low, high, digits, point.get(f"{key}_n"), min_n, seeds=point.get(f"{key}_seeds", 1))
 
 
 def _percent(rate: dict[str, float], n: int | None = None) -> str:
@@ -293,9 +282,8 @@ def format_difference(diffs: Sequence[Interval], digits: int) -> str:
     across seeds and each seed's p-values."""
     if len(diffs) > 1:
         mean, low, high = t_interval([d.value for d in diffs])
-        ps = " / ".join(_p_values(d) for d in diffs)
-        return (f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({len(diffs)} seeds{_each(diffs[0].n)}; "
-                f"per seed: {ps})")
+        return _interval(mean, low, high, digits, diffs[0].n, sign="+", seeds=len(diffs),
+                         note="; per seed: " + " / ".join(map(_p_values, diffs)))
     d = diffs[0]
     return _interval(d.value, d.low, d.high, digits, d.n, sign="+") + ", " + _p_values(d)
 
@@ -309,19 +297,16 @@ def _p_values(d: Interval) -> str:
     return shown
 
 
-def share_percent(share: float) -> str:
-    """A share as a percentage: '100%' only when it is whole, else one decimal (99.6% never reads as 100%)."""
-    return "100%" if share == 1 else f"{100 * share:.1f}%"
-
-
 def scored_cell(point: Row) -> str:
     """'100% (72.9%) / 100% (79.4%)': the share of the held-out continuations' tokens the NLL scored, dev / test,
-    and in brackets the share scored with the whole prompt still in the model's context."""
-    cells = []
-    for split in SPLITS:
-        scored, in_view = point.get(f"{split}_nll_scored"), point.get(f"{split}_nll_in_view")
-        cells.append("—" if scored is None else f"{share_percent(scored)} ({share_percent(in_view)})")
-    return " / ".join(cells)
+    and in brackets the share scored with the whole prompt still in the model's context ('100%' only when whole:
+    99.6% never reads as 100%)."""
+    def share(s: float) -> str:
+        return "100%" if s == 1 else f"{100 * s:.1f}%"
+
+    return " / ".join("—" if point.get(f"{split}_nll_scored") is None
+                      else f"{share(point[f'{split}_nll_scored'])} ({share(point[f'{split}_nll_in_view'])})"
+                      for split in SPLITS)
 
 
 def interval_name(points: Sequence[Row]) -> str:

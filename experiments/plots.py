@@ -17,10 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .metrics import Row, _fmt  # noqa: E402
-from .references import sonnet_reference_intervals, sonnet_reference_nll  # noqa: E402
+from .references import sonnet_reference_figures  # noqa: E402
 from .stats import SAMPLES  # noqa: E402
 from .sweeps import Plot, Sweep  # noqa: E402
-from .tables import sonnet_references  # noqa: E402
 
 CHANCE_STYLE = {"prompts + random tokens": ":", "wrong sonnet (nearest training length)": "-."}
 YLABEL = {"chrf": "chrF", "accuracy": "accuracy"}
@@ -103,21 +102,21 @@ def plot(spec: Plot, points: Sequence[Row]) -> Figure:
     return fig
 
 
-def chance_lines(rows: Sequence[Row], samples: int = SAMPLES) -> dict[str, float]:
+def chance_lines(rows: Sequence[Row], samples: int = SAMPLES) -> tuple[dict[str, float], dict[str, float]]:
     """The dev chrF of the reference rows that stand for chance (random tokens after the prompt, a wrong real
-    sonnet), drawn across the sonnet plots; {} when the sweep has no sonnet run or its data is not found."""
-    found = sonnet_references(rows, sonnet_reference_intervals, samples) or {}
-    return {name: iv.value for name, iv in found.items() if name in CHANCE_STYLE}
-
-
-def nll_bars(rows: Sequence[Row]) -> dict[str, float]:
-    """The dev held-out NLL of the bars no model must fail (`sonnet_reference_nll`: the unigram of the training
-    sonnets, the uniform guess), drawn across the NLL plot; {} without."""
-    bars = sonnet_references(rows, sonnet_reference_nll)
+    sonnet), drawn across the sonnet plots, and the dev held-out NLL of the bars no model must fail (the unigram
+    of the training sonnets, the uniform guess), drawn across the NLL plot; {} where the sweep has no sonnet run
+    or its data is not found."""
+    try:
+        found = sonnet_reference_figures(rows, samples)
+    except (OSError, ValueError):
+        found = None
+    chrf, bars = (found["chrf"]["dev"], found["nll"]["dev"]) if found else (None, None)
+    chance = {name: iv.value for name, iv in (chrf or {}).items() if name in CHANCE_STYLE}
     if not bars:
-        return {}
-    return {f"unigram of the training sonnets (add-{bars['unigram']['k']:g})": bars["unigram"]["nll"],
-            "uniform guess, ln(vocabulary)": bars["uniform"]}
+        return chance, {}
+    return chance, {f"unigram of the training sonnets (add-{bars['unigram']['k']:g})": bars["unigram"]["nll"],
+                    "uniform guess, ln(vocabulary)": bars["uniform"]}
 
 
 def decorate(fig: Figure, points: Sequence[Row], chance: dict[str, float]) -> Figure:
@@ -143,7 +142,7 @@ def decorate(fig: Figure, points: Sequence[Row], chance: dict[str, float]) -> Fi
 def plot_nll(title: str, points: Sequence[Row], names: Sequence[str], bars: dict[str, float] | None = None
              ) -> Figure | None:
     """Held-out NLL of every sonnet arm (dev filled, test hollow; `names`: each point's name) with its interval,
-    and the lines to beat: the model before fine-tuning and the dev `bars` (`nll_bars`: unigram, uniform); None
+    and the lines to beat: the model before fine-tuning and the dev `bars` (`chance_lines`: unigram, uniform); None
     when no arm has one."""
     shown = [(p, name) for p, name in zip(points, names) if p["seeds"] and p.get("dev_nll") is not None]
     if not shown:
@@ -191,12 +190,12 @@ def write_plots(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], out: P
                 ) -> dict[str, Path]:
     """`<out>/<sweep>.png` (where the sweep declares a plot) and `<out>/<sweep>-nll.png` (where an arm has a held-out
     NLL)."""
-    paths = {}
+    paths, (chance, bars) = {}, chance_lines(rows, samples)
     if sweep.plot:
-        fig = decorate(plot(sweep.plot, points), points, chance_lines(rows, samples))
+        fig = decorate(plot(sweep.plot, points), points, chance)
         paths["png"] = save_figure(fig, out / f"{sweep.name}.png", sweep.name)
     names = [", ".join(c for c in (_fmt(col.of(p)) for col in sweep.table_columns()) if c != "—") for p in points]
-    nll = plot_nll(sweep.name, points, names, nll_bars(rows))
+    nll = plot_nll(sweep.name, points, names, bars)
     if nll is not None:
         paths["nll_png"] = save_figure(decorate(nll, points, {}), out / f"{sweep.name}-nll.png", sweep.name)
     return paths

@@ -30,13 +30,15 @@ For the classification tasks the reference is the majority class of the rows sco
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .stats import SAMPLES, Interval, bootstrap_chrf, majority_interval, sonnet_references, split_labels
+from .stats import (SAMPLES, Interval, bootstrap_chrf, data_paths, folder_settings, majority_interval, run_data_folder,
+                    sonnet_references, split_labels)
 
 PROMPT_LINES = 3  # the course's held-out prompts are a sonnet's first 3 lines
 REFERENCE_NAMES = ("prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)")
@@ -206,3 +208,35 @@ def sonnet_reference_copying(folder: str, split: str, numbers: tuple[int, ...] |
     keys = [str(k) for k in truths]
     return {name: copying_record(keys, [sonnets], [PROMPT_LINES] * len(keys), training, held_out)
             for name, sonnets in texts.items()}
+
+
+def sonnet_rows(rows: Sequence[dict]) -> list[dict]:
+    """The finished rows of the sonnet task (the one scored in chrF): those the sonnet reference rows go with."""
+    return [r for r in rows if r["status"] == "done" and r.get("metric") == "chrf"]
+
+
+def _scored_numbers(run_dir: Path, split: str) -> tuple[int, ...] | None:
+    """The sonnet numbers a finished run predicted on `split` (the references are scored on the same)."""
+    from course.formats import read_generated
+
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        return tuple(s.number for s in read_generated(run_dir / metrics[f"{split}_predictions"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def sonnet_reference_figures(rows: Sequence[dict], samples: int = SAMPLES) -> dict | None:
+    """Every reference figure on the prompts the first finished sonnet run of a sweep's `rows` scored: "chrf" and
+    "nll" by split, "form" and "copying" on dev; None without a finished sonnet run. Raises OSError or ValueError
+    where its data is not found."""
+    done = sonnet_rows(rows)
+    if not done:
+        return None
+    run_dir = Path(done[0]["run_dir"])
+    folder, tok = str(run_data_folder(run_dir)), data_paths(folder_settings(run_dir))[1]
+    numbers = {split: _scored_numbers(run_dir, split) for split in ("dev", "test")}
+    return {"chrf": {s: sonnet_reference_intervals(folder, s, numbers[s], tok, samples) for s in numbers},
+            "form": sonnet_reference_forms(folder, "dev", numbers["dev"], tok),
+            "copying": sonnet_reference_copying(folder, "dev", numbers["dev"], tok),
+            "nll": {s: sonnet_reference_nll(folder, s, numbers[s], tok) for s in numbers}}

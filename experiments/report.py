@@ -23,11 +23,10 @@ from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
 
 from . import plots, tables
-from .metrics import Row, copying_measures, figures, group_seeds, sonnet_measures
+from .metrics import Row, copying_measures, figures, group_seeds, measures
 from .references import majority_reference
 from .runner import is_finished, read_metrics
-from .stats import (SAMPLES, bootstrap_accuracy, folder_settings, read_task_predictions, run_data_folder,
-                    run_interval, split_labels)
+from .stats import SAMPLES, folder_settings, read_task_predictions, run_data_folder, run_interval, zero_shot_scores
 from .sweeps import Sweep
 
 
@@ -191,17 +190,13 @@ def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
     from its predictions file; the result file's figure only where the labels cannot be read), and the
     majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
     data = json.loads((run_dir / output).read_text(encoding="utf-8"))
-    task = data.get("task", "quora")
     row: Row = {"zero_shot_accuracy": zero_shot_accuracy(run_dir, output), "zero_shot_n": data.get("examples")}
-    # The point and its interval from the one predictions file (its sha256 checked by `check_scored_files`).
-    folder = run_data_folder(run_dir)
-    preds = read_task_predictions(task, run_dir / data["predictions"])
-    labels = split_labels(task, folder, data.get("split", "dev")) or {}
-    ids = [k for k in preds if k in labels]
-    if ids:
-        acc = bootstrap_accuracy([preds[k] for k in ids], [labels[k] for k in ids], samples)
-        maj = majority_reference(task, folder, data.get("split", "dev"), ids, samples)
+    scores = zero_shot_scores(run_dir, output)  # the point and its interval from the one predictions file
+    if scores.ids:
+        acc = scores.interval(samples)
         row.update(zero_shot_accuracy=acc.value, zero_shot_low=acc.low, zero_shot_high=acc.high, zero_shot_n=acc.n)
+        maj = majority_reference(data.get("task", "quora"), run_data_folder(run_dir), data.get("split", "dev"),
+                                 scores.ids, samples)
         if maj is not None:
             row.update(majority=maj.value, majority_low=maj.low, majority_high=maj.high)
     return row
@@ -236,7 +231,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             if not folder.is_dir() or isinstance(e, FileNotFoundError):
                 row["data_missing"] = str(folder)
         row.update(_test_score(run_dir, metrics, samples))
-        row.update(sonnet_measures(metrics))
+        row.update(measures(metrics))
         row.update(copying_measures(metrics))
         row.update({name: EXTRAS[name](run_dir, metrics) for name in sweep.extras})
         for ev in run.evaluations:  # zero-shot checks: the accuracy, and its interval from the same file

@@ -278,6 +278,18 @@ def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = Non
     return ExampleScores(task.metric, tuple(ids), np.stack(columns, axis=1))
 
 
+def zero_shot_scores(run_dir: Path, output: str) -> ExampleScores:
+    """Per row, whether a run's zero-shot check (`output`: its result file) answered right: the rows of its
+    predictions file that have labels."""
+    data = json.loads((run_dir / output).read_text(encoding="utf-8"))
+    task = data.get("task", "quora")
+    preds = read_task_predictions(task, run_dir / data["predictions"])
+    labels = split_labels(task, run_data_folder(run_dir), data.get("split", "dev")) or {}
+    ids = [k for k in preds if k in labels]
+    correct = [float(int(preds[k]) == int(labels[k])) for k in ids]
+    return ExampleScores("accuracy", tuple(ids), np.array(correct, dtype=float).reshape(-1, 1, 1))
+
+
 # ---------------------------------------------------------------------------------------------- across seeds
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).

@@ -28,11 +28,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 from app import cli
 from app.settings import LORA_LR, LORA_TARGETS, RunSettings  # the study's best LoRA settings
 from distill.generate import TEACHERS
-from distill.summary import requests_needed
+from distill.summary import STUDY_PERFECT_RATES, requests_needed
 from minigpt2.errors import UserError
 from minigpt2.lora import LoRAConfig
 from minigpt2.train import DEFAULT_SEED
 from quant.config import PRECISIONS
+
+from .metrics import Row, format_score, group_seeds, teacher_summary
 
 LORA_ALPHA = LoRAConfig().alpha
 # The study's dev and test figures (the baseline table and the HTML report show them beside this reproduction's).
@@ -117,7 +119,6 @@ class Run:
     evaluations: tuple[Evaluation, ...] = ()
 
 
-Row = dict[str, Any]  # a CSV row or a table's point (`experiments.report`)
 Knob = Union[str, Callable[[Any], Any]]  # a settings path ("model.lora.rank"), or a function of a RunSettings
 
 
@@ -168,6 +169,26 @@ class Plot:
     second: Optional[tuple[str, str, str]] = None
 
 
+@dataclass(frozen=True)
+class Published:
+    """A figure the study published, shown beside this reproduction's (`experiments.html`): its `name` (or a
+    function of the reproduced row, None where there is none), what it measures, the study's dev and test figures,
+    `pick`: the reproduced row among the sweep's CSV rows, `cells`: its dev and test cells."""
+
+    name: Union[str, Callable[[Optional[Row]], str]]
+    metric: str
+    dev: str
+    test: str
+    pick: Callable[[Sequence[Row]], Optional[Row]]
+    cells: Callable[[Row], tuple[str, str]] = lambda p: (format_score(p), format_score(p, "test_"))
+
+
+def best(keep: Callable[[Row], Any]) -> Callable[[Sequence[Row]], Optional[Row]]:
+    """`Published.pick`: the setting (seeds pooled) with the best dev score among those `keep` keeps."""
+    return lambda rows: max((p for p in group_seeds(rows) if p["seeds"] and keep(p)), key=lambda p: p["score"],
+                            default=None)
+
+
 def setting(settings: Any, knob: Knob) -> Any:
     """A knob's value for a run: the value at a settings path (None under an absent group: no LoRA), or the
     knob's function of the settings."""
@@ -189,7 +210,8 @@ class Sweep:
     sonnets; the note is printed by --dry-run and written above the table); its `knobs`, the settings that vary
     (the CSV's first columns, read from each run's settings); its table `columns` before the score (default: one
     per knob) and `after` the score; its `references` for paired differences; its `plot`; `best`: mark the point
-    with the best dev score; `extras`: the optional figures its rows carry (`experiments.report.EXTRAS`)."""
+    with the best dev score; `extras`: the optional figures its rows carry (`experiments.report.EXTRAS`); `published`:
+    the study's figures it reproduces."""
 
     name: str
     runs: list[Run]
@@ -204,6 +226,7 @@ class Sweep:
     plot: Optional[Plot] = None
     best: bool = False
     extras: tuple[str, ...] = ()
+    published: tuple[Published, ...] = ()
 
     def knob_values(self, run: Run) -> dict[str, Any]:
         """The run's knobs, then its seed: the CSV's first columns."""
@@ -289,7 +312,10 @@ def baseline(opts: SweepOptions) -> Sweep:
                         Column("study test", lambda p: f"{STUDY_TEST[p['task']]:g}" if p["task"] in STUDY_TEST
                                else None)),
                  plot=Plot("task", "task", "Full fine-tuning: dev and test scores",
-                           study=lambda p: STUDY.get(p["task"])))
+                           study=lambda p: STUDY.get(p["task"])),
+                 published=tuple(Published(f"{task} (full fine-tuning)", "chrF" if task == "sonnet" else "accuracy",
+                                           f"{STUDY[task]:g}", f"{STUDY_TEST[task]:g}" if task in STUDY_TEST else "—",
+                                           best(lambda p, task=task: p["task"] == task)) for task in STUDY))
 
 
 def lora_ranks(opts: SweepOptions) -> Sweep:
@@ -303,7 +329,14 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
                  references=(Reference("full fine-tuning", lambda ref, arm: full(ref)),),
                  plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
                            label=lambda _: "LoRA (attn+mlp, alpha 16)", keep=lambda p: not full(p), level=full,
-                           level_label="full fine-tuning", log=2))
+                           level_label="full fine-tuning", log=2),
+                 published=(Published(lambda p: "sonnet, best LoRA rank" + (f" (reproduced: rank {p['rank']})" if p
+                                                                             else ""), "chrF", "42.16 (rank 256)", "—",
+                                      best(lambda p: p.get("method") == "lora")),
+                            Published("LoRA rank 256 on attn+mlp", "trainable parameters", "42.5M", "—",
+                                      best(lambda p: p.get("method") == "lora" and p.get("rank") == 256
+                                           and p.get("trainable_params")),
+                                      lambda p: (f"{p['trainable_params'] / 1e6:.1f}M", "—"))))
 
 
 def lora_targets(opts: SweepOptions) -> Sweep:
@@ -401,6 +434,25 @@ def real_training_sonnets(opts: SweepOptions) -> int | None:
 PLANNED_SYNTHETIC_DIR = Path("synthetic")  # where a dry run without --synthetic-dir plans the teachers' files
 
 
+def _perfect_rate(row: Row) -> tuple[str, str]:
+    """The perfect rate of the synthetic file a teachers row trained on, in % with its Wilson interval."""
+    t = teacher_summary(Path(row["arg_synthetic"])) if Path(row["arg_synthetic"]).is_file() else {}
+    if t.get("perfect_rate") is None:
+        return "—", "—"
+    return f"{100 * t['perfect_rate']:.0f}% [{100 * t['perfect_low']:.0f}, {100 * t['perfect_high']:.0f}]", "—"
+
+
+TEACHERS_PUBLISHED = (
+    Published(lambda p: "sonnet, best distilled model" + (f" ({p['teacher']}, n{p['synthetic_n']} "
+                                                         f"{p['synthetic_filter']})" if p else ""),
+              "chrF", "46.61", "52.838", best(lambda p: p.get("teacher"))),
+    *(Published(f"{teacher}: perfect sonnets among those kept", "rate", f"{100 * rate:.0f}%", "—",
+                lambda rows, t=teacher: next((r for r in rows if r.get("teacher") == t and r.get("arg_synthetic")),
+                                             None), _perfect_rate)
+      for teacher, rate in STUDY_PERFECT_RATES.items()),
+)
+
+
 def teacher_of(settings: Any) -> str | None:
     """The teacher whose synthetic sonnets a run trains on: its file's name, without .jsonl."""
     return Path(settings.data.synthetic.path).stem if settings.data.synthetic else None
@@ -408,8 +460,9 @@ def teacher_of(settings: Any) -> str | None:
 
 def teachers(opts: SweepOptions) -> Sweep:
     """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
-    shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: the
-    synthetic-to-real ratios of MIX_RATIOS, and the synthetic sonnets alone (no real training sonnet).
+    shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: ratio r
+    adds r x (real training sonnets) synthetic ones; 'synthetic only' trains on every perfect synthetic sonnet and no
+    real one (dev and test stay real).
 
     Without a folder of <teacher>.jsonl files the sweep has no runs and says what it waits for; with
     `plan_missing` (--dry-run) a teacher without a file is planned as if its file held what every arm needs.
@@ -419,36 +472,53 @@ def teachers(opts: SweepOptions) -> Sweep:
     present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder and folder.is_dir() else []
     if not present and not opts.plan_missing:
         where = f"{folder}: no <teacher>.jsonl files" if folder else "--synthetic-dir DIR"
-        return Sweep("teachers", [], waits=(f"the Gemini files ({where}; make them with {GENERATE_HINT})",))
+        return Sweep("teachers", [], waits=(f"the Gemini files ({where}; make them with {GENERATE_HINT})",),
+                     published=TEACHERS_PUBLISHED)
     from distill.synthetic import load_synthetic
 
     folder = folder or PLANNED_SYNTHETIC_DIR
     names = sorted(set(present) | (set(TEACHERS) if opts.plan_missing else set()))
     planned = [t for t in names if t not in present]
-    sizes = sizes_for(opts)
-    points = [("real-only", sonnet())]
+    sizes, ratios = ((0, 2), MIX_RATIOS[:1]) if opts.tiny else (SYNTHETIC_SIZES, MIX_RATIOS)
+    n_real = real_training_sonnets(opts)
     notes = [f"--tiny: fixture teachers, sizes {sizes} (full sweep: {SYNTHETIC_SIZES})"] if opts.tiny else []
     if planned:
         notes.append(f"planned as if {', '.join(str(folder / f'{t}.jsonl') for t in planned)} held "
                      f"{max(sizes)} perfect sonnets (not made yet: {GENERATE_HINT})")
-    have: dict[tuple[str, str], int | None] = {}
+
+    def arm(teacher: str, n: int, filt: str, **more: Any) -> Options:
+        return sonnet(data__synthetic__path=str(folder / f"{teacher}.jsonl"), data__synthetic__n=n,
+                      data__synthetic__filter=filt, **more)
+
+    points, perfect = [("real-only", sonnet())], {}
     for teacher in names:
         for filt in ("all", "perfect"):
             path = folder / f"{teacher}.jsonl"
-            n_have = None if teacher in planned else len(load_synthetic(path, filter=filt))
-            have[teacher, filt] = n_have
-            ns = list(sizes[1:]) if n_have is None else fit_sizes(sizes[1:], n_have)
+            have = None if teacher in planned else len(load_synthetic(path, filter=filt))
+            ns = list(sizes[1:]) if have is None else fit_sizes(sizes[1:], have)
             if ns != list(sizes[1:]):
-                notes.append(shortfall(teacher, path, filt, n_have or 0, max(sizes)))
-            points += [(f"{teacher}-n{n}-{filt}", sonnet(data__synthetic__path=str(path), data__synthetic__n=n,
-                                                         data__synthetic__filter=filt)) for n in ns]
-    mixes: dict[tuple[str, int, str], str] = {}
-    perfect = {t: max(sizes) if have[t, "perfect"] is None else have[t, "perfect"] for t in names}
-    points += mixing_points(opts, folder, names, notes, perfect, mixes)
-    n_real = real_training_sonnets(opts) or 0
-    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
+                notes.append(shortfall(teacher, path, filt, have or 0, max(sizes)))
+            points += [(f"{teacher}-n{n}-{filt}", arm(teacher, n, filt)) for n in ns]
+            if filt == "perfect":
+                perfect[teacher] = max(sizes) if have is None else have
+    mixes: dict[tuple[str, int, str], str] = {}  # (file, n, filter) of each ratio arm -> "ratio r"
+    for teacher in names:  # the mixing arms, perfect sonnets only
+        have = perfect[teacher]
+        for r in ratios if n_real else ():
+            n = round(r * n_real)
+            if n in fit_sizes(sizes[1:], have):  # already a point of the perfect curve
+                notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
+            elif 0 < n <= have:
+                points.append((f"{teacher}-ratio{r:g}-perfect", arm(teacher, n, "perfect")))
+                mixes[str(folder / f"{teacher}.jsonl"), n, "perfect"] = f"ratio {r:g}"
+            else:
+                notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
+        if have:
+            points.append((f"{teacher}-only-perfect", arm(teacher, have, "perfect", data__synthetic__only=True)))
+    if not n_real:
+        notes.append("mixing ratios wait for the sonnet training file")
     needs = tuple((str(folder / f"{t}.jsonl"), filt, n) for t in names for filt in ("all", "perfect")
-                  for n in [max(sizes)] + ([round(r * n_real) for r in ratios] if filt == "perfect" else []))
+                  for n in [max(sizes)] + ([round(r * (n_real or 0)) for r in ratios] if filt == "perfect" else []))
 
     def mix(s: Any) -> str | None:
         syn = s.data.synthetic
@@ -467,7 +537,8 @@ def teachers(opts: SweepOptions) -> Sweep:
                  plot=Plot("synthetic_n", "synthetic sonnets added",
                            "Sonnets: chrF vs synthetic-set size per teacher",
                            line=lambda p: (p["teacher"], p["synthetic_filter"]), label=lambda k: f"{k[0]} ({k[1]})",
-                           keep=curve, shared=lambda p: not p["synthetic_n"]))
+                           keep=curve, shared=lambda p: not p["synthetic_n"]),
+                 published=TEACHERS_PUBLISHED)
 
 
 def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
@@ -478,45 +549,6 @@ def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
                            kept=need - have if filt == "all" else 0)
     return (f"{teacher} has {have} {kind} sonnets; the n{need}-{filt} arm needs {need}: generate ~{more} more "
             f"requests (its curve ends at {have} until then)")
-
-
-def mixing_points(opts: SweepOptions, folder: Path, names: Sequence[str], notes: list[str],
-                  perfect: dict[str, int] | None = None, mixes: dict[tuple[str, int, str], str] | None = None
-                  ) -> list[tuple[str, Options]]:
-    """Per teacher, perfect sonnets only: ratio r adds r x (real training sonnets) synthetic ones; 'synthetic
-    only' trains on every perfect synthetic sonnet and no real one (dev and test stay real). `perfect`: the
-    perfect sonnets of each teacher's file (read from the file when not given); `mixes` gets each ratio arm's
-    (file, n, filter) -> "ratio r"."""
-    from distill.synthetic import load_synthetic
-
-    n_real = real_training_sonnets(opts)
-    ratios = MIX_RATIOS[:1] if opts.tiny else MIX_RATIOS
-    points = []
-    for teacher in names:
-        path = folder / f"{teacher}.jsonl"
-        have = perfect[teacher] if perfect is not None else len(load_synthetic(path, filter="perfect"))
-        for r in ratios if n_real else ():
-            n = round(r * n_real)
-            if n in fit_sizes(sizes_for(opts)[1:], have):  # already a point of the perfect curve
-                notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
-            elif 0 < n <= have:
-                points.append((f"{teacher}-ratio{r:g}-perfect", sonnet(
-                    data__synthetic__path=str(path), data__synthetic__n=n, data__synthetic__filter="perfect")))
-                if mixes is not None:
-                    mixes[str(path), n, "perfect"] = f"ratio {r:g}"
-            else:
-                notes.append(f"{teacher}: ratio {r:g} needs {n} perfect sonnets, has {have}")
-        if have:
-            points.append((f"{teacher}-only-perfect",
-                           sonnet(data__synthetic__path=str(path), data__synthetic__n=have,
-                                  data__synthetic__filter="perfect", data__synthetic__only=True)))
-    if not n_real:
-        notes.append("mixing ratios wait for the sonnet training file")
-    return points
-
-
-def sizes_for(opts: SweepOptions) -> tuple[int, ...]:
-    return (0, 2) if opts.tiny else SYNTHETIC_SIZES
 
 
 def fit_sizes(sizes: Sequence[int], have: int) -> list[int]:

@@ -5,35 +5,56 @@ against each reference arm, the zero-shot check and the teachers' generation fig
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from distill.check import FORM_PARTS
 from minigpt2.metrics import MIN_INTERVAL_N
 
-from .metrics import (COPY_FIGURES, FORM_METRICS, Row, _fmt, _interval, _percent, format_difference, format_score,
-                      format_measure, group_seeds, interval_name, scored_cell)
-from .references import (REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_copying, sonnet_reference_forms,
-                         sonnet_reference_intervals, sonnet_reference_nll)
-from .runner import read_metrics
-from .stats import (SAMPLES, ExampleScores, data_paths, folder_settings, paired_difference, read_task_predictions,
-                    run_data_folder, run_scores, split_labels)
+from .metrics import (COPY_FIGURES, FORM_METRICS, SPLITS, Row, _fmt, _interval, _percent, format_difference,
+                      format_measure, format_score, group_seeds, interval_name, scored_cell, teacher_summary)
+from .references import REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_figures, sonnet_rows
+from .stats import SAMPLES, ExampleScores, paired_difference, run_scores, zero_shot_scores
 from .sweeps import Reference, Sweep, settings_of, teacher_of
 
+Columns = list[tuple[str, Callable[[Any], Any]]]  # (header, the cell of an item)
+COPYING_REFERENCE = REFERENCE_NAMES[2]  # the wrong sonnet: a training sonnet pasted after the prompt
 
-def sonnet_rows(rows: Sequence[Row]) -> list[Row]:
-    """The finished rows of the sonnet task (the one scored in chrF): those the sonnet reference rows go with."""
-    return [r for r in rows if r["status"] == "done" and r.get("metric") == "chrf"]
+
+def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines]) + "\n"
+
+
+def _lines(columns: Columns, items: Sequence[Any]) -> list[list[str]]:
+    return [[_fmt(cell(x)) for _, cell in columns] for x in items]
+
+
+def _grid(columns: Columns, items: Sequence[Any], more: Sequence[Sequence[str]] = ()) -> str:
+    """A table of a line per item (then the lines `more`) and a column per (header, cell)."""
+    return _table([head for head, _ in columns], _lines(columns, items) + list(more))
+
+
+def _settings(sweep: Sweep) -> Columns:
+    return [(c.head, c.of) for c in sweep.table_columns()]
+
+
+def _reference_line(sweep: Sweep, name: str, cells: list[str]) -> list[str]:
+    """A reference row under a sweep's arms: its name in the first settings column, '—' in the others."""
+    pasted = " (**copying: a training sonnet pasted**)" if name == COPYING_REFERENCE else ""
+    return [f"reference: {name}{pasted}"] + ["—"] * (len(sweep.table_columns()) - 1) + cells
 
 
 def sweep_tables(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], samples: int = SAMPLES) -> list[str]:
     """Every table of the sweep's report, in order."""
+    try:
+        references = sonnet_reference_figures(rows, samples)
+    except (OSError, ValueError) as e:
+        references = e
     text = [markdown_table(sweep, points)] + paired_block(sweep, rows, samples) + form_block(sweep, points)
-    text += copying_block(sweep, points, reference_copying(rows)) + sonnet_reference_block(rows, samples)
+    text += copying_block(sweep, points, references["copying"] if isinstance(references, dict) else None)
+    text += sonnet_reference_block(rows, references)
     evaluation = next((ev for run in sweep.runs for ev in run.evaluations), None)
     if evaluation and sweep.references:
         text += zero_shot_block(rows, sweep.references[0], evaluation.output, samples)
@@ -42,63 +63,35 @@ def sweep_tables(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], sampl
 
 def markdown_table(sweep: Sweep, points: Sequence[Row]) -> str:
     """The study-style table: settings, dev score with its interval, and the sweep's extra columns."""
-    first, after = [(c.head, c.of) for c in sweep.table_columns()], [(c.head, c.of) for c in sweep.after]
     metrics = {p["metric"] for p in points if p["metric"]}
-    names = {"chrf": "dev chrF", "accuracy": "dev accuracy"}
-    score_head = (names[metrics.pop()] if len(metrics) == 1 else "dev score") + f" {interval_name(points)}"
-    first = first + [("compute", lambda p: p.get("compute"))]  # like with like: every arm names its dtype
-    after = [("test" + score_head[3:], lambda p: format_score(p, "test_"))] + after
+    score = ({"chrf": "dev chrF", "accuracy": "dev accuracy"}[metrics.pop()] if len(metrics) == 1 else "dev score")
+    score += f" {interval_name(points)}"
+    columns = _settings(sweep) + [("compute", lambda p: p.get("compute")),  # like with like: every arm names its dtype
+                                  (score, format_score), ("test" + score[3:], lambda p: format_score(p, "test_"))]
     if any(p.get("dev_nll") is not None for p in points):  # what only learning the sonnets earns
-        after = after[:1] + [(f"{split} held-out NLL (nats/token)", lambda p, s=split: format_measure(p, f"{s}_nll"))
-                             for split in ("dev", "test")] + after[1:]
+        columns += [(f"{s} held-out NLL (nats/token)", lambda p, s=s: format_measure(p, f"{s}_nll")) for s in SPLITS]
         if any(p.get("dev_nll_scored") is not None for p in points):  # the NLL's tokens, beside it
-            after = after[:3] + [("NLL tokens scored, dev / test (with the whole prompt in view)", scored_cell)
-                                 ] + after[3:]
+            columns.append(("NLL tokens scored, dev / test (with the whole prompt in view)", scored_cell))
+    columns += [(c.head, c.of) for c in sweep.after]
     if "accuracy" in {p["metric"] for p in points}:  # what always answering the commonest label scores
-        after.append(("majority class (dev rows) [95% CI]",
-                      lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"),
-                                          n=p.get("n"))))
-    return _table([h for h, _ in first] + [score_head] + [h for h, _ in after],
-                  [[_fmt(f(p)) for _, f in first] + [format_score(p)] + [_fmt(f(p)) for _, f in after] for p in points])
+        columns.append(("majority class (dev rows) [95% CI]",
+                        lambda p: _interval(p.get("majority"), p.get("majority_low"), p.get("majority_high"),
+                                            n=p.get("n"))))
+    return _grid(columns, points)
 
 
-def _settings_cells(sweep: Sweep, point: Row) -> list[str]:
-    return [_fmt(c.of(point)) for c in sweep.table_columns()]
-
-
-def _heads(sweep: Sweep) -> list[str]:
-    return [c.head for c in sweep.table_columns()]
-
-
-def form_block(sweep: Sweep, points: Sequence[Row], reference: dict[str, Any] | None = None) -> list[str]:
+def form_block(sweep: Sweep, points: Sequence[Row]) -> list[str]:
     """The form of what each sonnet model wrote (every dev sonnet through the perfect-sonnet check): the rates
-    of 14 lines, of the rhyme scheme, of the meter and of perfect sonnets, each with its 95% interval; the real
-    held-out sonnets are the reference row."""
+    of 14 lines, of the rhyme scheme, of the meter and of perfect sonnets, each with its 95% interval."""
     shown = [p for p in points if p.get("dev_perfect") is not None]
     if not shown:
         return []
-    lines = [_settings_cells(sweep, p) + [m.cell(p) for m in FORM_METRICS]
-             + [_fmt(p.get("dev_form_samples") and round(p["dev_form_samples"]))] for p in shown]
-    for name, rates in (reference or {}).items():
-        lines.append([f"reference: {name}"] + ["—"] * (len(_heads(sweep)) - 1)
-                     + [_percent(rates["rates"][part], rates.get("sonnets")) for part in FORM_PARTS] + ["—"])
-    heads = (_heads(sweep)
-             + [f"dev {h} % {interval_name(points)}" for h in ("14 lines", "rhyme scheme", "meter (9-11 syll.)",
-                                                                "perfect")] + ["samples per prompt"])
+    heads = ("14 lines", "rhyme scheme", "meter (9-11 syll.)", "perfect")
+    columns = _settings(sweep) + [(f"dev {h} % {interval_name(points)}", m.cell) for h, m in zip(heads, FORM_METRICS)]
+    columns.append(("samples per prompt", lambda p: p.get("dev_form_samples") and round(p["dev_form_samples"])))
     return ["Form of what each model wrote (every dev sonnet through `distill.check`; Wilson 95% intervals over "
             "the sonnets, widened by a bootstrap over prompts and samples when there are several samples):\n",
-            _table(heads, lines)]
-
-
-COPYING_REFERENCE = REFERENCE_NAMES[2]  # the wrong sonnet: a training sonnet pasted after the prompt
-COPYING_NOTE = "copying: a training sonnet pasted"
-
-
-def copying_heads(n: int) -> list[str]:
-    """The headers of the copying columns (`copying_cells`), for n-grams of `n` words."""
-    return ["novel % [95% CI]", "longest run shared with training, words: mean (max)",
-            f"{n}-grams found in training %", "longest run shared with other held-out sonnets: mean (max)",
-            f"{n}-grams found in other held-out %"]
+            _grid(columns, shown)]
 
 
 def copying_cells(novel: dict[str, float] | None, values: Sequence[float | None]) -> list[str]:
@@ -106,9 +99,14 @@ def copying_cells(novel: dict[str, float] | None, values: Sequence[float | None]
     held-out sonnets) the mean and largest longest run and the share of n-grams found."""
     out = ["—" if novel is None else _percent(novel)]
     for mean, largest, share in (values[:3], values[3:]):
-        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})",
-                "—" if share is None else f"{100 * share:.1f}"]
+        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})", "—" if share is None else f"{100 * share:.1f}"]
     return out
+
+
+def _copying_of(record: dict[str, Any]) -> list[str]:
+    """The copying cells of a reference row (`app.measures.copying_record`)."""
+    return copying_cells(record["novel"], [record[corpus][key] for corpus in ("training", "held_out")
+                                           for key in ("longest_mean", "longest_max", "ngram_share")])
 
 
 def copying_block(sweep: Sweep, points: Sequence[Row], references: dict[str, dict] | None = None) -> list[str]:
@@ -118,124 +116,66 @@ def copying_block(sweep: Sweep, points: Sequence[Row], references: dict[str, dic
     shown = [p for p in points if p.get("dev_novel") is not None]
     if not shown:
         return []
-    lines = [_settings_cells(sweep, p)
+    lines = [_lines(_settings(sweep), [p])[0]
              + copying_cells({"rate": p["dev_novel"], "low": p.get("dev_novel_low", math.nan),
                               "high": p.get("dev_novel_high", math.nan)},
-                             [p.get(f"dev_copy_{k}") for k in COPY_FIGURES]) for p in shown]
-    width = len(_heads(sweep))
-    for name, rec in (references or {}).items():
-        label = f"reference: {name}" + (f" (**{COPYING_NOTE}**)" if name == COPYING_REFERENCE else "")
-        lines.append([label] + ["—"] * (width - 1) + copying_cells(rec["novel"], _copy_values(rec)))
-    n, below = shown[0]["dev_copy_n"], shown[0]["dev_copy_novel_below"]
+                             [p.get(f"dev_copy_{k}") for k in COPY_FIGURES])
+             for p in shown]
+    lines += [_reference_line(sweep, name, _copying_of(rec)) for name, rec in (references or {}).items()]
+    n, below = round(shown[0]["dev_copy_n"]), shown[0]["dev_copy_novel_below"]
+    heads = ["novel % [95% CI]", "longest run shared with training, words: mean (max)",
+             f"{n}-grams found in training %",
+             "longest run shared with other held-out sonnets: mean (max)", f"{n}-grams found in other held-out %"]
     return [f"Copying in what each model wrote (dev; the generated lines, not the prompt; words lower-cased, "
             f"punctuation dropped): novel = no run of {below:.0f} or more words shared with a training sonnet or "
             "another held-out sonnet (Wilson 95% CI, widened over samples as the form rates); the held-out sonnets "
             "no model saw show what chance shares:\n",
-            _table(_heads(sweep) + [f"dev {h}" for h in copying_heads(round(n))], lines)]
+            _table([c[0] for c in _settings(sweep)] + [f"dev {h}" for h in heads], lines)]
 
 
-def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-                     + ["| " + " | ".join(cells) + " |" for cells in lines]) + "\n"
-
-
-def _copy_values(rec: dict[str, Any]) -> list[float]:
-    return [rec[corpus][key] for corpus in ("training", "held_out") for key in ("longest_mean", "longest_max",
-                                                                                "ngram_share")]
-
-
-def _tokenizer_dir(row: Row) -> str | None:
-    return data_paths(folder_settings(Path(row["run_dir"])))[1]
-
-
-def sonnet_references(rows: Sequence[Row], compute: Callable[..., Any], *more: Any) -> Any:
-    """`compute(folder, "dev", numbers, tokenizer_dir, *more)` for the dev prompts the sweep's first finished sonnet
-    run scored; None when there is none or its data is not found."""
-    done = sonnet_rows(rows)
-    if not done:
-        return None
-    try:
-        return compute(str(run_data_folder(Path(done[0]["run_dir"]))), "dev", _scored_numbers(done[0], "dev"),
-                       _tokenizer_dir(done[0]), *more)
-    except (OSError, ValueError):
-        return None
-
-
-def reference_copying(rows: Sequence[Row]) -> dict[str, dict]:
-    """The copying of each reference row on the sweep's dev prompts (`sonnet_reference_copying`); {} without."""
-    return sonnet_references(rows, sonnet_reference_copying) or {}
-
-
-def _scored_numbers(row: Row, split: str) -> tuple[int, ...] | None:
-    """The sonnet numbers a finished run predicted on `split` (the references are scored on the same)."""
-    from course.formats import read_generated
-
-    metrics = read_metrics(Path(row["run_dir"])) or {}
-    try:
-        return tuple(s.number for s in read_generated(Path(row["run_dir"]) / metrics[f"{split}_predictions"]))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def sonnet_reference_block(rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) -> list[str]:
     """The 'what chance looks like' rows under a table that has sonnet runs, on the prompts the runs scored (dev
-    and test): chrF and form of the prompts alone, with random tokens, with a wrong real sonnet, and the form of
-    the real held-out sonnets; and the held-out NLL of the model before fine-tuning."""
-    done = sonnet_rows(rows)
-    if not done:
+    and test; `found`: `references.sonnet_reference_figures`): chrF and form of the prompts alone, with random
+    tokens, with a wrong real sonnet, and the form of the real held-out sonnets; and the held-out NLL of the model
+    before fine-tuning beside the bars from the data alone."""
+    if found is None:
         return []
-    row = done[0]
-    try:
-        folder, tok = run_data_folder(Path(row["run_dir"])), _tokenizer_dir(row)
-        numbers = {split: _scored_numbers(row, split) for split in ("dev", "test")}
-        found = {split: sonnet_reference_intervals(str(folder), split, numbers[split], tok,
-                                                   samples) for split in ("dev", "test")}
-        forms = sonnet_reference_forms(str(folder), "dev", numbers["dev"], tok) or {}
-        copying = sonnet_reference_copying(str(folder), "dev", numbers["dev"], tok) or {}
-        bars = {split: sonnet_reference_nll(str(folder), split, numbers[split], tok)
-                for split in ("dev", "test")}
-    except (OSError, ValueError) as e:
-        return [f"Sonnet reference rows left out: {e}.\n"]
-    lines = [[name + (f" (**{COPYING_NOTE}**)" if name == COPYING_REFERENCE else "")]
-             + [_interval(iv.value, iv.low, iv.high, 2, iv.n) if (iv := (found[s] or {}).get(name)) else "—"
-                for s in ("dev", "test")]
-             + [_percent(forms[name]["rates"][part], forms[name].get("sonnets")) if name in forms else "—"
-                for part in FORM_PARTS]
-             + (copying_cells(copying[name]["novel"], _copy_values(copying[name]))[:2] if name in copying
-                else ["—", "—"])
-             for name in REFERENCE_NAMES + (REAL_SONNETS,)]
-    lines[-1][1:3] = ["— (the references themselves)"] * 2
+    if isinstance(found, Exception):
+        return [f"Sonnet reference rows left out: {found}.\n"]
+    forms, copying = found["form"] or {}, found["copying"] or {}
+
+    def chrf(name: str, split: str) -> str:
+        iv = (found["chrf"][split] or {}).get(name)
+        return _interval(iv.value, iv.low, iv.high, 2, iv.n) if iv else "—"
+
+    columns = [("reference", lambda name: name + (" (**copying: a training sonnet pasted**)"
+                                                  if name == COPYING_REFERENCE else "")),
+               *((f"{s} chrF [95% CI]", lambda name, s=s: "— (the references themselves)" if name == REAL_SONNETS
+                  else chrf(name, s)) for s in SPLITS),
+               *((f"dev {h} %", lambda name, part=part: _percent(forms[name]["rates"][part], forms[name].get("sonnets"))
+                  if name in forms else "—")
+                 for h, part in zip(("14 lines", "rhyme scheme", "meter", "perfect"), FORM_PARTS)),
+               *((head, lambda name, i=i: _copying_of(copying[name])[i] if name in copying else "—")
+                 for i, head in enumerate(("dev novel %", "dev longest run shared with training, words: mean (max)")))]
     out = ["Reference points (no model; same prompts as the runs; chrF: bootstrap 95% CI; form and novel: Wilson "
-           "95% CI; copying as in the copying table):\n",
-           _table(["reference", "dev chrF [95% CI]", "test chrF [95% CI]", "dev 14 lines %", "dev rhyme scheme %",
-                   "dev meter %", "dev perfect %", "dev novel %", "dev longest run shared with training, words: "
-                   "mean (max)"], lines)]
-    nll = nll_reference_lines(done, bars)
-    if nll:
+           "95% CI; copying as in the copying table):\n", _grid(columns, REFERENCE_NAMES + (REAL_SONNETS,))]
+    bars = found["nll"]
+    lines = [[f"base model before fine-tuning ({r['run']})"] + [_fmt(r.get(f"{s}_nll{k}")) for k in ("_base", "")
+                                                                for s in SPLITS]
+             for r in sonnet_rows(rows) if r.get("dev_nll_base") is not None][:1]
+    if any(bars.values()):
+        k = next(b["unigram"]["k"] for b in bars.values() if b)
+        lines += [[f"unigram of the training sonnets' tokens (add-{k:g}) [95% CI]"]
+                  + [_interval(u["nll"], u["low"], u["high"], n=u["sonnets"]) if u else "—"
+                     for u in (b and b["unigram"] for b in map(bars.get, SPLITS))] + ["— (not trained)"] * 2,
+                  ["uniform guess, ln(vocabulary)"] + [_fmt(b["uniform"]) if b else "—" for b in map(bars.get, SPLITS)]
+                  + ["— (not trained)"] * 2]
+    if lines:
         out += ["Held-out NLL before fine-tuning, and the bars from the data alone (nats per token of the true "
                 "continuations, <|endoftext|> included; lower is better): a unigram of the training sonnets' tokens "
                 "and a uniform guess; every fine-tuned row must clear all three:\n",
-                _table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], nll)]
+                _table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], lines)]
     return out
-
-
-def nll_reference_lines(done: Sequence[Row], bars: dict[str, dict | None]) -> list[list[str]]:
-    """The rows of the held-out NLL bars: the first run's base model (before / after fine-tuning), the unigram
-    of the training sonnets (`experiments.references.sonnet_reference_nll`, with its interval) and the uniform
-    guess (no training to be after)."""
-    lines = [[f"base model before fine-tuning ({r['run']})", _fmt(r.get("dev_nll_base")),
-              _fmt(r.get("test_nll_base")), _fmt(r.get("dev_nll")), _fmt(r.get("test_nll"))]
-             for r in done if r.get("dev_nll_base") is not None][:1]
-    if not any(bars.values()):
-        return lines
-    k = next(b["unigram"]["k"] for b in bars.values() if b)
-    unigram = [_interval(b["unigram"]["nll"], b["unigram"]["low"], b["unigram"]["high"], n=b["unigram"]["sonnets"])
-               if b else "—"
-               for b in (bars["dev"], bars["test"])]
-    uniform = [_fmt(b["uniform"]) if b else "—" for b in (bars["dev"], bars["test"])]
-    untrained = ["— (not trained)"] * 2
-    return lines + [[f"unigram of the training sonnets' tokens (add-{k:g}) [95% CI]", *unigram, *untrained],
-                    ["uniform guess, ln(vocabulary)", *uniform, *untrained]]
 
 
 def _reference_row(rule: Callable[[Row, Row], bool], arm: Row, rows: Sequence[Row]) -> Row | None:
@@ -244,20 +184,11 @@ def _reference_row(rule: Callable[[Row, Row], bool], arm: Row, rows: Sequence[Ro
     return found[0] if found else None
 
 
-def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None, samples: int,
-                cache: dict) -> str:
-    """arm - reference on `split` as a cell (`format_difference`): one seed, a paired bootstrap-t 95% interval over
-    the shared examples with its sign-flip p-value (and McNemar's test for accuracy); several seeds, the mean of the
-    per-seed differences with a 95% t-interval across seeds."""
-    def scores(row: Row) -> ExampleScores | None:
-        key = (row["run_dir"], split, metric)
-        if key not in cache:
-            try:
-                cache[key] = run_scores(row["run_dir"], split, metric)
-            except (OSError, ValueError, KeyError):
-                cache[key] = None
-        return cache[key]
-
+def _difference(pairs: Sequence[tuple[Row, Row]], scores: Callable[[Row], ExampleScores | None], digits: int,
+                samples: int) -> str:
+    """arm - reference as a cell (`format_difference`): one seed, a paired bootstrap-t 95% interval over the shared
+    examples with its sign-flip p-value (and McNemar's test for accuracy); several seeds, the mean of the per-seed
+    differences with a 95% t-interval across seeds; '—' where a run's scores cannot be read or paired."""
     diffs = []
     for arm, ref in pairs:
         a, b = scores(arm), scores(ref)
@@ -267,7 +198,6 @@ def _difference(pairs: Sequence[tuple[Row, Row]], split: str, metric: str | None
             diffs.append(paired_difference(a, b, samples))
         except ValueError:
             return "—"
-    digits = 4 if metric == "nll" else 2 if pairs[0][0].get("metric") == "chrf" else 3
     return format_difference(diffs, digits)
 
 
@@ -276,137 +206,112 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
     for sonnets, in held-out NLL), dev and test, with a paired interval; one table per reference."""
     done = [r for r in rows if r["status"] == "done"]
     cache: dict = {}
+
+    def scores(split: str, metric: str | None) -> Callable[[Row], ExampleScores | None]:
+        def read(row: Row) -> ExampleScores | None:
+            key = (row["run_dir"], split, metric)
+            if key not in cache:
+                try:
+                    cache[key] = run_scores(row["run_dir"], split, metric)
+                except (OSError, ValueError, KeyError):
+                    cache[key] = None
+            return cache[key]
+        return read
+
     out = []
-    for description, rule, _ in ((r.description, r.rule, r.short) for r in sweep.references):
+    for reference in sweep.references:
         arms: dict[tuple, list[tuple[Row, Row]]] = {}
         for row in done:
-            ref = _reference_row(rule, row, done)
-            if ref is not None:
-                key = tuple((k, row.get(k)) for k in sweep.knobs)
-                arms.setdefault(key, []).append((row, ref))
+            if (ref := _reference_row(reference.rule, row, done)) is not None:
+                arms.setdefault(tuple(row.get(k) for k in sweep.knobs), []).append((row, ref))
         if not arms:
             continue
         lines = []
         for pairs in arms.values():
-            arm = pairs[0][0]
-            settings = _settings_cells(sweep, arm)
-            metric = "chrF" if arm.get("metric") == "chrf" else "accuracy"
-            lines.append(settings + [metric] + [_difference(pairs, s, None, samples, cache) for s in ("dev", "test")])
-            if arm.get("metric") == "chrf":  # the sonnet task: its held-out NLL too
-                lines.append(settings + ["held-out NLL"]
-                             + [_difference(pairs, s, "nll", samples, cache) for s in ("dev", "test")])
+            settings, sonnet = _lines(_settings(sweep), [pairs[0][0]])[0], pairs[0][0].get("metric") == "chrf"
+            for metric, name, digits in ((None, "chrF" if sonnet else "accuracy", 2 if sonnet else 3),
+                                         ("nll", "held-out NLL", 4))[:1 + sonnet]:  # sonnets: held-out NLL too
+                lines.append(settings + [name]
+                             + [_difference(pairs, scores(s, metric), digits, samples) for s in SPLITS])
         sonnet = any(pairs[0][0].get("metric") == "chrf" for pairs in arms.values())
-        out += [f"Paired differences, arm − reference ({description}), on the examples both scored"
+        out += [f"Paired differences, arm − reference ({reference.description}), on the examples both scored"
                 f"{' (for held-out NLL lower is better)' if sonnet else ''}: one seed, a paired bootstrap-t 95% "
                 "interval over the n shared examples (both arms resampled on the same examples; none below "
                 f"{MIN_INTERVAL_N}), the sign-flip permutation p-value (exact up to 14 examples) and, for accuracy, "
                 "McNemar's test; several seeds, the mean of the per-seed differences with a 95% t-interval across "
                 "seeds:\n",
-                _table(_heads(sweep) + ["metric", "Δ dev", "Δ test"], lines)]
+                _table([c[0] for c in _settings(sweep)] + ["metric", "Δ dev", "Δ test"], lines)]
     return out
-
-
-def teacher_summary(path: Path) -> Row:
-    """One teacher's generation figures from `distill.summary.read_summary` (the `<file>.summary.json` distill
-    writes, or recomputed from the JSONL when that is missing or stale): requests, kept, rejected by reason,
-    perfect rate with its Wilson 95% interval, tokens, cost."""
-    from distill.summary import read_summary
-
-    s = read_summary(path)
-    tokens = s.get("tokens") or {}
-    row: Row = {"summary": True, "requests": s.get("requests"), "kept": s.get("kept"), "perfect": s.get("perfect"),
-                "rejected": s.get("rejected"), "tokens_input": tokens.get("input"),
-                "tokens_output": tokens.get("output"), "tokens_thinking": tokens.get("thinking"),
-                "cost_usd": s.get("cost_usd")}
-    interval = s.get("perfect_ci95")
-    if row["kept"] and interval:
-        row.update(perfect_rate=s.get("perfect_rate"), perfect_low=interval[0], perfect_high=interval[1])
-    return row
 
 
 def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
-    for run in sweep.runs:
-        settings = settings_of(run)
+    for settings in map(settings_of, sweep.runs):
         if settings.data.synthetic:
             files.setdefault(teacher_of(settings), Path(settings.data.synthetic.path))
     if not files:
         return []
     points = group_seeds(rows, list(sweep.knobs))
-    lines = []
-    for teacher, path in files.items():
-        t = teacher_summary(path) if path.is_file() else {}
-        rejected = t.get("rejected")
-        mixes = []
+    summaries = {teacher: teacher_summary(path) if path.is_file() else {} for teacher, path in files.items()}
+
+    def mixes(teacher: str) -> str:
+        shown = []
         for p in points:
             if p.get("teacher") == teacher:
                 mix = p.get("mix") or f"n{p['synthetic_n']} {p['synthetic_filter']}"
-                mixes.append(f"{mix}: {format_score(p)} / {format_score(p, 'test_')}")
-        lines.append([teacher, _fmt(t.get("requests")), _fmt(t.get("kept")),
-                      ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) if rejected else "—",
-                      _interval(t.get("perfect_rate"), t.get("perfect_low"), t.get("perfect_high"), n=t.get("kept"),
-                                min_n=1),
-                      " / ".join(_fmt(t.get(k)) for k in ("tokens_input", "tokens_output", "tokens_thinking")),
-                      "—" if t.get("cost_usd") is None else f"${t['cost_usd']:.{2 if t['cost_usd'] >= 1 else 4}f}",
-                      "<br>".join(mixes) or "—"])
+                shown.append(f"{mix}: {format_score(p)} / {format_score(p, 'test_')}")
+        return "<br>".join(shown) or "—"
+
+    def cost(t: Row) -> str:
+        return "—" if t.get("cost_usd") is None else f"${t['cost_usd']:.{2 if t['cost_usd'] >= 1 else 4}f}"
+
+    columns = [("teacher", lambda t: t), ("requests", lambda t: summaries[t].get("requests")),
+               ("kept", lambda t: summaries[t].get("kept")),
+               ("rejected by reason", lambda t: ", ".join(f"{k}: {v}" for k, v in sorted(
+                   (summaries[t].get("rejected") or {}).items())) or "—"),
+               ("perfect rate [95% CI]", lambda t: _interval(*(summaries[t].get(f"perfect{k}") for k in (
+                   "_rate", "_low", "_high")), n=summaries[t].get("kept"), min_n=1)),
+               ("tokens in / out / thinking", lambda t: " / ".join(_fmt(summaries[t].get(f"tokens_{k}"))
+                                                                   for k in ("input", "output", "thinking"))),
+               ("cost", lambda t: cost(summaries[t])), ("mixes: dev chrF / test chrF", mixes)]
     return ["Teachers (generation summary from `<file>.summary.json`; — where it is absent):\n",
-            _table(["teacher", "requests", "kept", "rejected by reason", "perfect rate [95% CI]",
-                    "tokens in / out / thinking", "cost", "mixes: dev chrF / test chrF"], lines)]
-
-
-def zero_shot_scores(run_dir: Path, output: str) -> ExampleScores:
-    """Per row, whether a run's zero-shot check answered right: the rows of its predictions file that have labels."""
-    data = json.loads((run_dir / output).read_text(encoding="utf-8"))
-    task = data.get("task", "quora")
-    preds = read_task_predictions(task, run_dir / data["predictions"])
-    labels = split_labels(task, run_data_folder(run_dir), data.get("split", "dev")) or {}
-    ids = [k for k in preds if k in labels]
-    correct = [[[float(int(preds[k]) == int(labels[k]))]] for k in ids]
-    return ExampleScores("accuracy", tuple(ids), np.array(correct, dtype=float).reshape(-1, 1, 1))
-
-
-def _zero_shot_difference(row: Row, rows: Sequence[Row], samples: int, reference: Reference, output: str) -> str:
-    """The zero-shot accuracy of `row` minus that of its reference arm (e.g. its fp32 twin: same stage, task and
-    seed) on the same rows."""
-    ref = _reference_row(reference.rule, row, rows)
-    if ref is None:
-        return "— (the reference)" if reference.rule(row, row) else f"— (no {reference.short} twin)"
-    try:
-        d = paired_difference(zero_shot_scores(Path(row["run_dir"]), output),
-                              zero_shot_scores(Path(ref["run_dir"]), output), samples)
-    except (OSError, ValueError, KeyError) as e:
-        return f"— ({e})"
-    return format_difference([d], 3)
+            _grid(columns, list(files))]
 
 
 def zero_shot_block(rows: Sequence[Row], reference: Reference, output: str, samples: int = SAMPLES) -> list[str]:
     """The zero-shot Quora check (`output`: its result file) of every run that took it, with the majority class of
-    the rows it scored, and its accuracy minus that of its `reference` arm, paired on the same rows."""
+    the rows it scored, and its accuracy minus that of its `reference` arm (e.g. its fp32 twin: same stage, task
+    and seed), paired on the same rows."""
     took = [r for r in rows if r["status"] == "done" and r.get("zero_shot")]
     if not took:
         return []
-    lines = []
-    for r in took:
-        z = r["zero_shot"]
-        base = r.get("stage") == "base"
-        lines.append(["base model (not fine-tuned)" if base else "fine-tuned",
-                      "— (base model)" if base else str(r.get("task")), str(r.get("precision")),
-                      _fmt(r.get("qaft")), _fmt(r.get("compute")), str(r.get("seed")),
-                      _interval(z.get("zero_shot_accuracy"), z.get("zero_shot_low"), z.get("zero_shot_high"),
-                                n=z.get("zero_shot_n")),
-                      _interval(z.get("majority"), z.get("majority_low"), z.get("majority_high"),
-                                n=z.get("zero_shot_n")),
-                      _zero_shot_difference(r, took, samples, reference, output)])
-    if not any(r.get("stage") == "base" for r in rows):
-        lines.insert(0, ["base (before fine-tuning)", "—", "each", "—", "—", "—",
-                         "— (no base-model run (--epochs 0) finished)", "—", "—"])
+
+    def difference(row: Row) -> str:
+        ref = _reference_row(reference.rule, row, took)
+        if ref is None:
+            return "— (the reference)" if reference.rule(row, row) else f"— (no {reference.short} twin)"
+        try:
+            d = paired_difference(*(zero_shot_scores(Path(r["run_dir"]), output) for r in (row, ref)), samples)
+        except (OSError, ValueError, KeyError) as e:
+            return f"— ({e})"
+        return format_difference([d], 3)
+
+    def interval(z: Row, key: str, value: str) -> str:
+        return _interval(z.get(value), z.get(f"{key}_low"), z.get(f"{key}_high"), n=z.get("zero_shot_n"))
+
+    base = lambda r: r.get("stage") == "base"  # noqa: E731
+    columns = [("model", lambda r: "base model (not fine-tuned)" if base(r) else "fine-tuned"),
+               ("fine-tuned on", lambda r: "— (base model)" if base(r) else str(r.get("task"))),
+               ("precision", lambda r: str(r.get("precision"))), ("QAFT", lambda r: r.get("qaft")),
+               ("compute", lambda r: r.get("compute")), ("seed", lambda r: str(r.get("seed"))),
+               ("zero-shot acc. [95% CI] n", lambda r: interval(r["zero_shot"], "zero_shot", "zero_shot_accuracy")),
+               ("majority class [95% CI] n", lambda r: interval(r["zero_shot"], "majority", "majority")),
+               (f"Δ vs {reference.short} [95% CI] n, tests", difference)]
+    no_base = [] if any(map(base, rows)) else [["base (before fine-tuning)", "—", "each", "—", "—", "—",
+                                               "— (no base-model run (--epochs 0) finished)", "—", "—"]]
     return ["Zero-shot Quora cloze (dev) after each run; the majority class of the same rows is the bar to beat; "
             f"Δ: accuracy minus that of {reference.description} (and seed) on the same rows, with a paired "
             "bootstrap-t 95% interval, the sign-flip p-value and McNemar's test (exact binomial on the discordant "
             "rows when there are fewer than 25, else chi-square with continuity correction):\n",
-            _table(["model", "fine-tuned on", "precision", "QAFT", "compute", "seed", "zero-shot acc. [95% CI] n",
-                    "majority class [95% CI] n", f"Δ vs {reference.short} [95% CI] n, tests"], lines)]
-
-
-
+            _table([head for head, _ in columns], no_base + _lines(columns, took))]
