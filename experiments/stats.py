@@ -6,7 +6,7 @@ jackknife standard error inside every resample (`minigpt2.metrics.studentized_in
 extracted once per sonnet and summed per resample), the held-out NLL a token-weighted ratio; at n = 12 their
 sampling distributions are skewed and their spread is underestimated by the resamples themselves, so percentile
 bounds are too narrow. Simulated at n = 12 with 95% intervals (1,000 data sets each, 999 resamples;
-tests/test_intervals.py re-runs a smaller version): on NLL-like ratio-of-sums data percentile bounds covered
+tests/experiments/test_intervals.py re-runs a smaller version): on NLL-like ratio-of-sums data percentile bounds covered
 0.90-0.91, BCa 0.90-0.91, the jackknife t-interval 0.94, bootstrap-t 0.94-0.95; on an exponential mean 0.87,
 0.88, 0.90 and 0.945; on a lognormal mean (heavier skew) 0.82, 0.85, 0.86 and 0.91. Bootstrap-t covers best on
 every one, at the price of wider intervals (about 1.25x the percentile width on ratio data). With 2 sonnets a

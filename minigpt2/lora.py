@@ -19,7 +19,7 @@ base would quantize W + B A again, so `merge()` refuses it rather than silently 
 
 Per-projection adapters: minigpt2 keeps query, key and value as three linears, so each gets its own A and B (the
 study's parameter counts assume this). Hugging Face fuses them in one `c_attn`; the exact equivalent there is one
-rank-3r adapter with A = [A_q; A_k; A_v] and B = blockdiag(B_q, B_k, B_v) (see tests/test_lora_peft.py).
+rank-3r adapter with A = [A_q; A_k; A_v] and B = blockdiag(B_q, B_k, B_v) (see tests/minigpt2/test_lora_peft.py).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def emulated_bf16(monkeypatch):
     """bf16 on any CPU: `minigpt2.device` is told this CPU runs bf16 natively, so `--autocast bf16`, bf16 decoding
     and the bf16 bench lines run here, on a CPU without bf16 instructions in emulation (slowly: such tests keep to
     the tiny configs). This is what every GPU run takes, so CI checks it too. The user-facing refusal of bf16 on
-    such a CPU is tested with the answer faked the other way (`tests/test_autocast.py`)."""
+    such a CPU is tested with the answer faked the other way (`tests/minigpt2/test_autocast.py`)."""
     from minigpt2 import device
 
     monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo="/proc/cpuinfo": True)
@@ -145,12 +145,19 @@ def _offline_tokenizer(monkeypatch):
 
 
 # The fast tier, `python -m pytest -q -m fast` (docs/testing.md): what someone changing the model reruns after each
-# edit. Model and checkpoint parity with transformers, LoRA with peft, the number formats and fake-quant layers, every
-# speed piece against the plain path, and the layering rule; without the tests that use the full 124M config or
-# GPT-2-sized tensors (`slow`) or start a whole command or a new process (`command`).
-FAST_TIER = {"test_layers.py", "test_model.py", "test_checkpoint.py", "test_losses.py", "test_lora.py",
-             "test_lora_peft.py", "test_quant_formats.py", "test_quant_fake.py", "test_contract_fast.py",
-             "test_fast_agreement.py"}
+# edit, chosen by folder: the library's tests (model and checkpoint parity with transformers, LoRA with peft, the
+# layering rule, every speed piece against the plain path) and the number formats' (fake-quant, int8, GGUF); without
+# the tests that use the full 124M config or GPT-2-sized tensors (`slow`) or start a whole command or a new process
+# (`command`).
+FAST_TIER = ("minigpt2", "quant")  # folders under tests/
+
+
+def _folder(path: Path) -> str | None:
+    """The package folder a test file sits in under tests/ ("minigpt2" for tests/minigpt2/fast/test_x.py)."""
+    try:
+        return path.relative_to(Path(__file__).parent).parts[0]
+    except ValueError:
+        return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -158,5 +165,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in item.keywords and not os.environ.get("MINIGPT2_DATA_DIR"):
             item.add_marker(skip)
-        if item.path.name in FAST_TIER and not {"slow", "command"} & set(item.keywords):
+        if _folder(item.path) in FAST_TIER and not {"slow", "command"} & set(item.keywords):
             item.add_marker(pytest.mark.fast)

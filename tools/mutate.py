@@ -5,7 +5,7 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --only NAME      # one mutant (or several: --only a --only b)
     python tools/mutate.py --jobs 2         # mutants in parallel (each in its own scratch copy)
     python tools/mutate.py --list           # the mutants, without running anything
-    python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/test_x.py ...] [--function NAME ...]
+    python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
                                             # mutmut's standard operator mutants of one module; prints survivors
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
@@ -47,16 +47,16 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-TRAIN = ("tests/test_contract_train.py",)
-GEN = ("tests/test_contract_generate.py",)
-STATS = ("tests/test_contract_stats.py",)
-READ = ("tests/test_contract_readers.py",)
-FAST = ("tests/test_contract_fast.py",)
-AGREE = ("tests/test_fast_agreement.py", "tests/test_lora_fused.py")
-MEASURES = ("tests/test_measures.py",)
-INTERVALS = ("tests/test_intervals.py", "tests/test_mutants_stats.py")  # the bootstrap-t and paired tests
-SET = ("tests/test_contract_settings.py",)
-LOSSES = ("tests/test_losses.py",)
+TRAIN = ("tests/contract/test_contract_train.py",)
+GEN = ("tests/contract/test_contract_generate.py",)
+STATS = ("tests/contract/test_contract_stats.py",)
+READ = ("tests/contract/test_contract_readers.py",)
+FAST = ("tests/minigpt2/fast/test_contract_fast.py",)
+AGREE = ("tests/minigpt2/fast/test_fast_agreement.py", "tests/minigpt2/fast/test_lora_fused.py")
+MEASURES = ("tests/app/test_measures.py",)
+INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")  # the bootstrap-t and paired tests
+SET = ("tests/contract/test_contract_settings.py",)
+LOSSES = ("tests/minigpt2/test_losses.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -95,13 +95,10 @@ MUTANTS: list[Mutant] = [
     Mutant("run-metrics-before-best", "app/finetune.py",
            'return [check_folder, save_best, keep_resume_state(run_dir / "last"), write_metrics]',
            'return [check_folder, write_metrics, save_best, keep_resume_state(run_dir / "last")]', TRAIN),
-    Mutant("eval-dev-loss-in-train-mode", "app/finetune.py", "    module.eval()\n    with torch.no_grad():\n"
-           "        for start in range(0, len(examples), batch_size):\n            chunk",
-           "    with torch.no_grad():\n        for start in range(0, len(examples), batch_size):\n            chunk",
-           TRAIN),
-    Mutant("eval-predict-keeps-eval-mode", "tasks/base.py", "            for i, p in zip(idx, preds):\n"
-           "                out[i] = p\n    module.train(was_training)",
-           "            for i, p in zip(idx, preds):\n                out[i] = p", TRAIN),
+    Mutant("eval-loop-in-train-mode", "tasks/base.py", "    was_training = module.training\n    module.eval()\n",
+           "    was_training = module.training\n", TRAIN),
+    Mutant("eval-loop-keeps-eval-mode", "tasks/base.py", "    finally:\n        module.train(was_training)\n    return out",
+           "    finally:\n        pass\n    return out", TRAIN),
     # ---- generation
     Mutant("gen-nucleus-shortest-row", "minigpt2/fast/decoding.py", "kept = int((~drop).sum(dim=-1).max())",
            "kept = int((~drop).sum(dim=-1).min())", GEN),
@@ -189,7 +186,7 @@ MUTANTS: list[Mutant] = [
            "total = torch.zeros((), device=hidden.device, dtype=amp_dtype or hidden.dtype)", LOSSES),
     Mutant("fast-cache-attention-skips-cpu-dropout", "minigpt2/fast/decoding.py",
            "if type(m) in (CausalSelfAttention, CPUDropoutAttention)]", "if type(m) is CausalSelfAttention]",
-           ("tests/test_generate_fast.py",)),
+           ("tests/minigpt2/fast/test_generate_fast.py",)),
     Mutant("fast-lora-no-scaling", "minigpt2/fast/lora.py", "y.addmm_(xa, b.t(), alpha=scaling)", "y.addmm_(xa, b.t())",
            FAST),
     Mutant("fast-lora-grad-bf16", "minigpt2/fast/lora.py", "g = grad.reshape(-1, grad.size(-1)).to(w.dtype)",
@@ -336,13 +333,13 @@ def baseline_passes(chosen: list[Mutant], files: list[str], timeout: int) -> boo
 
 
 # --auto: the test files that cover each module users read figures from (the default of --tests).
-PINNED = "tests/test_pinned_values.py"
+PINNED = "tests/experiments/test_pinned_values.py"
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
-    "minigpt2/metrics.py": ("tests/test_contract_stats.py", PINNED, "tests/test_properties.py"),
-    "app/subsets.py": (PINNED, "tests/test_app_study.py"),
-    "tasks/base.py": (PINNED, "tests/test_properties.py", "tests/test_app_study.py"),
-    "distill/summary.py": (PINNED, "tests/test_distill_generate.py"),
-    "experiments/launch.py": (PINNED, "tests/test_properties.py", "tests/test_experiments_parallel.py"),
+    "minigpt2/metrics.py": ("tests/contract/test_contract_stats.py", PINNED, "tests/system/test_properties.py"),
+    "app/subsets.py": (PINNED, "tests/app/test_app_study.py"),
+    "tasks/base.py": (PINNED, "tests/system/test_properties.py", "tests/app/test_app_study.py"),
+    "distill/summary.py": (PINNED, "tests/distill/test_distill_generate.py"),
+    "experiments/launch.py": (PINNED, "tests/system/test_properties.py", "tests/experiments/test_experiments_parallel.py"),
 }
 
 

@@ -4,8 +4,8 @@
     fast = for_inference(model, device, dtype)    a copy to predict and generate with; `model` is untouched
 
 The application calls these two switches (`app.finetune`, `app.evaluate`, `app.generate`), except with `--plain`;
-the library's plain files, the tasks, quant and distill never import this package (tests/test_layers.py).
-tests/test_fast_agreement.py shows both paths agree on a tiny run of every task.
+the library's plain files, the tasks, quant and distill never import this package (tests/minigpt2/test_layers.py).
+tests/minigpt2/fast/test_fast_agreement.py shows both paths agree on a tiny run of every task.
 
 | piece | in place of | switched in by |
 |---|---|---|

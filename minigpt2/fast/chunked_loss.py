@@ -1,7 +1,7 @@
 """A speed piece: the LM loss computed a chunk of rows at a time, with its gradients fused into the forward.
 
 `chunked_lm_loss` equals `minigpt2.losses.lm_loss` (full logits, then `F.cross_entropy`) in value and gradients;
-tests/test_losses.py compares them in fp32 and under bf16 autocast. `minigpt2.fast.for_training` puts
+tests/minigpt2/test_losses.py compares them in fp32 and under bf16 autocast. `minigpt2.fast.for_training` puts
 `ChunkedLMLoss` in the place of every `minigpt2.losses.LMLoss` (the sonnet task's loss), and bench/bench_core.py's
 minigpt2 side uses it. Why it exists: the LM loss makes the
 largest tensors of a training step. For 8 x 128 tokens the logits over GPT-2's 50,257 words take 206 MB,

@@ -2,7 +2,7 @@
 
 The application switches it in (`app.speed.for_training`) and hands `CompiledBlocks(module).active` to
 `minigpt2.train.train` as the context its training steps run in; evaluation and generation run eager.
-tests/test_compile.py holds the compiled blocks to eager's logits and training step.
+tests/minigpt2/fast/test_compile.py holds the compiled blocks to eager's logits and training step.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     use_cpu_dropout(model)   every `nn.Dropout` and `CausalSelfAttention` of `model` switches, in place
 
 Switched on by `minigpt2.fast.for_training` (called by the application, on CPU); the model a reader meets in
-`minigpt2.model` uses plain `nn.Dropout` and SDPA's `dropout_p`. `tests/test_cpu_dropout.py` holds the pieces to
+`minigpt2.model` uses plain `nn.Dropout` and SDPA's `dropout_p`. `tests/minigpt2/fast/test_cpu_dropout.py` holds the pieces to
 the plain ones.
 
 Why it exists: GPT-2 fine-tunes with dropout 0.1 in 37 places (embeddings, every attention's probabilities, both

@@ -3,7 +3,7 @@ on CPU.
 
 `minigpt2.fast.for_inference` puts both on its inference copy (`model.sample_next`, `model.kv_cache_dtype`, and
 `Fp32CacheAttention` in each block), where `minigpt2.generation.generate` picks them up; the sampler a reader meets
-there is the plain sort-based one. `tests/test_generate_fast.py` holds the two samplers to each other.
+there is the plain sort-based one. `tests/minigpt2/fast/test_generate_fast.py` holds the two samplers to each other.
 
 Why the sampler: top-k and top-p only ever keep the best-ranked tokens, so sampling can work on a short sorted
 list of candidates instead of sorting all 50,257 probabilities at every step; and `multinomial` then draws among

@@ -3,7 +3,7 @@
     use_fused_lora(model)   every `LoRALinear` of `model` becomes a `FusedLoRALinear`, in place
 
 Switched on by `minigpt2.fast.for_training` (called by the application); the layer a reader meets in
-`minigpt2.lora` is the plain `base(x) + scaling · B A x`. `tests/test_lora_fused.py` holds the two together.
+`minigpt2.lora` is the plain `base(x) + scaling · B A x`. `tests/minigpt2/fast/test_lora_fused.py` holds the two together.
 
 Why: the plain composition allocates a fresh (N, out) output for the adapter's product and, in backward, adds two
 (N, in) input gradients into a third; the fused node adds both in place. Under autocast every step would cast the

@@ -3,7 +3,7 @@
     recompute_gelu_in_backward(model)   every plain `MLP` of `model` becomes a `RecomputeGELUMLP`, in place
 
 Switched on by `minigpt2.fast.for_training` (called by the application); the model a reader meets in
-`minigpt2.model` is the plain `c_proj(gelu(c_fc(x)))`, and `tests/test_model.py` checks that both give identical
+`minigpt2.model` is the plain `c_proj(gelu(c_fc(x)))`, and `tests/minigpt2/test_model.py` checks that both give identical
 gradients.
 
 Why it saves memory: the GELU output (N, 4C) is saved by autograd for the weight gradient of `c_proj` (or of its

@@ -14,7 +14,7 @@ product, as a oneDNN post-op.
                                         # for one new token on a KV cache, and `GPT2.forward`'s otherwise
 
 `minigpt2.fast.for_inference` switches it in; `minigpt2.generation.generate` runs it unchanged. It computes what
-`GPT2.forward` computes: the same ops on the same numbers, except where oneDNN fuses the GELU into a product. tests/test_decode_step.py holds it to the plain path.
+`GPT2.forward` computes: the same ops on the same numbers, except where oneDNN fuses the GELU into a product. tests/minigpt2/fast/test_decode_step.py holds it to the plain path.
 """
 
 from __future__ import annotations
