@@ -54,7 +54,8 @@ READ = ("tests/contract/test_contract_readers.py",)
 FAST = ("tests/minigpt2/fast/test_contract_fast.py",)
 AGREE = ("tests/minigpt2/fast/test_fast_agreement.py", "tests/minigpt2/fast/test_lora_fused.py")
 MEASURES = ("tests/app/test_measures.py",)
-INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")  # the bootstrap-t and paired tests
+# the bootstrap-t and paired tests
+INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")
 SET = ("tests/contract/test_contract_settings.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
 
@@ -97,8 +98,9 @@ MUTANTS: list[Mutant] = [
            'return [check_folder, write_metrics, save_best, keep_resume_state(run_dir / "last")]', TRAIN),
     Mutant("eval-loop-in-train-mode", "tasks/base.py", "    was_training = module.training\n    module.eval()\n",
            "    was_training = module.training\n", TRAIN),
-    Mutant("eval-loop-keeps-eval-mode", "tasks/base.py", "    finally:\n        module.train(was_training)\n    return out",
-           "    finally:\n        pass\n    return out", TRAIN),
+    Mutant("eval-loop-keeps-eval-mode", "tasks/base.py",
+           "    finally:\n        module.train(was_training)\n    return out", "    finally:\n        pass\n    return out",
+           TRAIN),
     # ---- generation
     Mutant("gen-nucleus-shortest-row", "minigpt2/fast/decoding.py", "kept = int((~drop).sum(dim=-1).max())",
            "kept = int((~drop).sum(dim=-1).min())", GEN),
@@ -339,7 +341,8 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "app/subsets.py": (PINNED, "tests/app/test_app_study.py"),
     "tasks/base.py": (PINNED, "tests/system/test_properties.py", "tests/app/test_app_study.py"),
     "distill/summary.py": (PINNED, "tests/distill/test_distill_generate.py"),
-    "experiments/launch.py": (PINNED, "tests/system/test_properties.py", "tests/experiments/test_experiments_parallel.py"),
+    "experiments/launch.py": (PINNED, "tests/system/test_properties.py",
+                              "tests/experiments/test_experiments_parallel.py"),
 }
 
 
