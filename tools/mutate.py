@@ -99,8 +99,8 @@ MUTANTS: list[Mutant] = [
     Mutant("eval-loop-in-train-mode", "tasks/base.py", "    was_training = module.training\n    module.eval()\n",
            "    was_training = module.training\n", TRAIN),
     Mutant("eval-loop-keeps-eval-mode", "tasks/base.py",
-           "    finally:\n        module.train(was_training)\n    return out", "    finally:\n        pass\n    return out",
-           TRAIN),
+           "    finally:\n        module.train(was_training)\n    return out",
+           "    finally:\n        pass\n    return out", TRAIN),
     # ---- generation
     Mutant("gen-nucleus-shortest-row", "minigpt2/fast/decoding.py", "kept = int((~drop).sum(dim=-1).max())",
            "kept = int((~drop).sum(dim=-1).min())", GEN),
