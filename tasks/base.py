@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from course.files import CourseFiles, LabelledFiles
 from course.formats import CourseFormat, LabelFormat
-from course.readers import Malformed
+from course.readers import DataError, Malformed, clean_text, read_table
 from minigpt2.device import autocast
 from minigpt2.generation import Sampling
 from minigpt2.model import GPT2
@@ -158,10 +158,34 @@ class Task(ABC):
 
 
 class ClassificationTask(Task):
-    """A task whose predictions are one class id per example, scored by accuracy."""
+    """A task whose predictions are one class id per example, scored by accuracy. Its rows are read the same
+    way for every such task (`load`): the columns, label column and label values its `format` declares, a
+    seeded subset stratified by label, then `encode`, the one thing each task says itself."""
 
     format: LabelFormat
     files: LabelledFiles
+
+    @abstractmethod
+    def encode(self, texts: list[tuple[str, ...]], tok: Tokenizer, max_len: int) -> list[list[int]]:
+        """The token ids (at most `max_len`) of each row, given its text columns (the format's `text_columns`
+        after the id, each through `clean_text`), in order."""
+
+    def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
+        if extra_texts:
+            raise DataError(f"task {self.name!r} takes no extra training texts")
+        fmt = self.format
+        labelled = split != "test"  # the course keeps the test labels in another file
+        label = fmt.label_column if labelled else None
+        table = read_table(folder / self.files.split(split), fmt.text_columns, label=label,
+                           label_values=fmt.label_values)
+        # Rows are chosen before they are encoded, so a subset costs only its own tokenization.
+        rows = [table.rows[i] for i in sample_indices(
+            [int(r[label]) if label else None for r in table.rows], limit, seed, split)]
+        columns = [c for c in fmt.text_columns if c != "id"]
+        encoded = self.encode([tuple(clean_text(r[c]) for c in columns) for r in rows], tok, max_len)
+        return ([Example(r["id"], ids, int(r[label]) if label else None) for r, ids in zip(rows, encoded)],
+                table.malformed)
 
     def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
         from minigpt2.metrics import accuracy
