@@ -11,7 +11,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -121,7 +121,8 @@ class PredictSettings:
 class Task(ABC):
     """The learning interface of a task (load, build, loss examples, predict, score); see `tasks.sentiment`,
     `tasks.paraphrase`, `tasks.sonnet`. Callers use only these methods and attributes, never the task's name;
-    the course's prediction and reference files go through `format`."""
+    the course's prediction and reference files go through `format`. A task whose predictions are sampled texts
+    is a `GenerativeTask`, which has more."""
 
     name: str = ""
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
@@ -130,7 +131,6 @@ class Task(ABC):
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
     has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
     takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
-    generative: bool = False  # predictions are sampled texts: `predict_samples`, `heldout_nll`
 
     @abstractmethod
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
@@ -191,6 +191,41 @@ class ClassificationTask(Task):
         from minigpt2.metrics import accuracy
 
         return {"accuracy": accuracy(predictions, [e.label for e in examples])}
+
+
+class HeldoutNLL(NamedTuple):
+    """One true continuation's held-out likelihood (`GenerativeTask.heldout_nll`)."""
+    nll: float  # summed over the scored tokens, nats
+    tokens: int  # tokens scored
+    continuation: int  # tokens of the continuation, <|endoftext|> included
+    in_view: int  # tokens scored with the whole prompt in the model's context (the first window)
+
+
+class GenerativeTask(Task):
+    """A task whose predictions are sampled texts (the sonnet task): several draws per prompt
+    (`predict_samples`, `--eval-samples K`), and what only learning earns beside the sampled score: the
+    teacher-forced likelihood of the true held-out texts (`heldout_nll`) and, against its training texts
+    (`train_texts`), how much of what was written was copied. `predict` is the first draw."""
+
+    def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
+                device: torch.device) -> list[str]:
+        return self.predict_samples(module, examples, how, tok, device, samples=1)[0]
+
+    @abstractmethod
+    def predict_samples(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
+                        device: torch.device, samples: int) -> list[list[str]]:
+        """`samples` texts per prompt: a list per sample, each in the examples' order; sample 0 is what
+        `predict` returns, every other seeded apart from it (`how.sampling`)."""
+
+    @abstractmethod
+    def heldout_nll(self, module: TaskModel, examples: list[Example], references: dict[str, str],
+                    how: PredictSettings, tok: Tokenizer, device: torch.device) -> dict[str, HeldoutNLL]:
+        """id -> `HeldoutNLL` of the true text `references[id]` after the example's prompt, teacher-forced,
+        deterministic; examples without a reference are left out."""
+
+    @abstractmethod
+    def train_texts(self, folder: Path) -> tuple[list[str], list[Malformed]]:
+        """The real training set as plain texts (what copied words are looked up in), and its malformed rows."""
 
 
 def eval_batches(module: nn.Module, examples: Sequence[Example], batch_size: int, device: torch.device,

@@ -16,11 +16,12 @@ from course.readers import DataError, MissingDataError, clean_text, read_sonnets
 from course.sonnets import parse_sonnets
 from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
+from minigpt2.generation import Sampling
 from minigpt2.metrics import accuracy, bootstrap_interval, chrf
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
-from tasks import collate, get_task
-from tasks.base import ClassificationTask
+from tasks import TASKS, collate, get_task
+from tasks.base import ClassificationTask, GenerativeTask, PredictSettings
 from tasks.paraphrase import ANSWER_IDS, encode_pair
 from tasks.sonnet import finish_sonnet, sonnet_stop
 
@@ -272,6 +273,20 @@ def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypa
     assert preds.shape == (4,)
     if name == "quora":
         assert (4, 2) in spy.shapes  # the two answer columns only
+
+
+def test_only_the_sonnet_task_is_generative_and_predicts_its_first_draw(tok, tiny):
+    assert {n: isinstance(t, GenerativeTask) for n, t in TASKS.items()} == {
+        "sst": False, "cfimdb": False, "quora": False, "sonnet": True}
+    for name in ("sst", "cfimdb", "quora"):  # what only a generative task has lives on GenerativeTask
+        assert not any(hasattr(get_task(name), a) for a in ("predict_samples", "heldout_nll", "train_texts"))
+    assert not any(hasattr(t, "generative") for t in TASKS.values())  # the old flag is gone, nothing reads it
+    sonnet = get_task("sonnet")
+    examples, _ = sonnet.load(FIX, "dev", tok, 128, limit=2)
+    how = PredictSettings(batch_size=2, sampling=Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3))
+    module, cpu = sonnet.build(tiny), torch.device("cpu")
+    draws = sonnet.predict_samples(module, examples, how, tok, cpu, samples=2)
+    assert sonnet.predict(module, examples, how, tok, cpu) == draws[0] != draws[1]
 
 
 def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
