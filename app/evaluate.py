@@ -35,7 +35,7 @@ from minigpt2.atomic import atomic_write_json
 from minigpt2.distributed import setup_distributed
 from minigpt2.train import seed_everything
 from tasks import get_task
-from tasks.base import Example, PredictSettings, Task, TaskModel
+from tasks.base import Example, GenerativeTask, PredictSettings, Task, TaskModel
 
 from . import runfolder, speed
 from .cli import GROUP, checked, evaluate_settings
@@ -88,7 +88,8 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", data: str | None = Non
     if len(names) > 1:
         result["samples"] = names
     result.update(_scores(task, split, examples, draws, [run_dir / n for n in names], folder, test_references))
-    if task.generative:  # what only learning earns: the form of what was written, the held-out likelihood
+    # What only learning earns: the form of what was written, the held-out likelihood.
+    if isinstance(task, GenerativeTask):
         result["form"] = form_record([e.id for e in examples], draws)
         result["copying"] = copying_record([e.id for e in examples], draws,
                                            [len(e.meta["prompt_lines"]) for e in examples],
@@ -189,7 +190,8 @@ def _predict_and_write(task: Task, module: TaskModel, examples: list[Example], s
     """Predict `examples` (a generative task: the run's --eval-samples draws per prompt, as many as its own figures
     averaged over) and write each draw's file; the draws and the names of the files written."""
     predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
-    draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples) if task.generative
+    draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples)
+             if isinstance(task, GenerativeTask)
              else [task.predict(predictor, examples, how, tok, device)])
     names = [_write_beside_scored(task, run_dir, n, examples, preds)
              for n, preds in zip([first] + [sample_file_name(first, k) for k in range(1, len(draws))], draws)]

@@ -36,7 +36,7 @@ from minigpt2.tokenizer import Tokenizer
 from minigpt2.train import (Callback, EpochEnd, keep_resume_state, new_metrics, record_epoch,
                             seed_everything, train)
 from tasks import get_task
-from tasks.base import Example, PredictSettings, Task, TaskModel, collate, eval_batches
+from tasks.base import Example, GenerativeTask, PredictSettings, Task, TaskModel, collate, eval_batches
 
 from . import cli, runfolder, speed, subsets
 from .cli import GROUP, checked, finetune_settings
@@ -177,10 +177,11 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     folder = data_dir(settings.paths.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
     predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
-    corpora = copying_corpora(task, folder, test_refs) if task.generative else None
+    corpora = copying_corpora(task, folder, test_refs) if isinstance(task, GenerativeTask) else None
     for split in ("dev", "test"):
         examples = splits[split]
-        draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples) if task.generative
+        draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples)
+                 if isinstance(task, GenerativeTask)
                  else [task.predict(predictor, examples, how, tok, device)])
         name = task.format.output_name(split, settings.model.mode)
         names = [name] + [sample_file_name(name, k) for k in range(1, len(draws))]
@@ -190,7 +191,7 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
         result[f"{split}_predictions"] = name
         if len(names) > 1:
             result[f"{split}_samples"] = names
-        if task.generative:
+        if isinstance(task, GenerativeTask):
             result.setdefault("form", {})[split] = form_record([e.id for e in examples], draws)
             result.setdefault("copying", {})[split] = copying_record(
                 [e.id for e in examples], draws, [len(e.meta["prompt_lines"]) for e in examples], *corpora)
@@ -344,7 +345,7 @@ def _run(settings: RunSettings, d: Dist, run_dir: Path, recorded: dict[str, Any]
         atomic_write_json(run_dir / subsets.SUBSETS_FILE, {"seed": settings.optim.seed, "splits": chosen})
     info = run_info(task, settings, module, splits, notes)
     base_nll = (base_heldout_measures(task, module, splits, settings, how, tok, d.device, run_dir)
-                if d.main and task.generative else {})
+                if d.main and isinstance(task, GenerativeTask) else {})
     if settings.optim.epochs == 0:
         metrics = {**info, **score_base_model(module, task, splits, settings, how, tok, d, run_dir)}
     else:

@@ -36,14 +36,14 @@ import torch
 from distill.check import FORM_PARTS, METER_SYLLABLES, check_sonnet, count_syllables, form_of
 from minigpt2.metrics import bootstrap_interval_nested, studentized_interval, wilson_interval
 from minigpt2.tokenizer import Tokenizer
-from tasks.base import Example, PredictSettings, Task, TaskModel
+from tasks.base import Example, GenerativeTask, PredictSettings, Task, TaskModel
 
 BOOTSTRAP = 1000
 REASON_EXAMPLES = 5
 
 
 def nll_record(per_sonnet: dict[str, Sequence], samples: int = BOOTSTRAP) -> dict[str, Any]:
-    """Token-weighted mean NLL of sonnets given as id -> (summed NLL, tokens) or a `tasks.sonnet.HeldoutNLL`, its
+    """Token-weighted mean NLL of sonnets given as id -> (summed NLL, tokens) or a `tasks.base.HeldoutNLL`, its
     bootstrap-t interval over sonnets, the perplexity, and the per-sonnet figures; for a `HeldoutNLL`, also what
     share of the continuations was scored (`coverage_record`)."""
     ids = list(per_sonnet)
@@ -205,7 +205,7 @@ def rate_interval(values: np.ndarray, boot: int = BOOTSTRAP) -> dict[str, float]
     return {"rate": rate, "low": low, "high": high}
 
 
-def copying_corpora(task: Task, folder: Path, test_references: Path | None = None
+def copying_corpora(task: GenerativeTask, folder: Path, test_references: Path | None = None
                     ) -> tuple[list[str], dict[str, str]]:
     """(the training sonnets, every held-out true sonnet by number, dev and test where their files exist): what
     `copying_record` looks copied words up in."""
@@ -222,7 +222,7 @@ def heldout_measures(task: Task, module: TaskModel, splits: dict[str, list[Examp
                      ) -> dict[str, Any]:
     """split -> `nll_record` of the true held-out sonnets of dev, and of test where its true sonnets exist, under
     `module` as it is now; {} for a task that generates no text."""
-    if not task.generative:
+    if not isinstance(task, GenerativeTask):
         return {}
     out = {}
     for split in ("dev", "test"):

@@ -37,7 +37,7 @@ from minigpt2.lora import LoRAConfig
 from minigpt2.train import DEFAULT_SEED, TrainConfig
 from quant.config import DEFAULT_GROUP_SIZE, QuantConfig
 from tasks import TASKS
-from tasks.base import PredictSettings
+from tasks.base import GenerativeTask, PredictSettings
 
 from .precision import PrecisionSettings
 
@@ -229,7 +229,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         task, name = TASKS[self.data.task], self.data.task
-        if self.eval.samples > 1 and not task.generative:
+        if self.eval.samples > 1 and not isinstance(task, GenerativeTask):
             raise SettingsError(f"--eval-samples {self.eval.samples}: task {name!r} predicts deterministically; "
                                 "only a generative task (sonnet) draws several samples per prompt")
         if self.model.mode == "last-linear-layer" and not task.has_head:
@@ -284,7 +284,7 @@ def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out.setdefault("optim.lr", DEFAULT_LR.get(out.get("model.mode", "full-model"), DEFAULT_LR["full-model"]))
     task = TASKS.get(out.get("data.task"))
-    out.setdefault("eval.samples", EVAL_SAMPLES if task is not None and task.generative else 1)
+    out.setdefault("eval.samples", EVAL_SAMPLES if isinstance(task, GenerativeTask) else 1)
     out["eval.sampling.seed"] = out.get("optim.seed", DEFAULT_SEED)
     return out
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from minigpt2.atomic import atomic_write
 from minigpt2.errors import UserError
 
 from .jsonl import JsonLineError, parse_jsonl
@@ -32,13 +32,6 @@ def row_id(task: str, key: str) -> str:
     return hashlib.sha256(f"minigpt2:{task}:{key}".encode()).hexdigest()[:25]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _tsv(rows: Iterable[Sequence[object]], newline: str) -> bytes:
     """Tab-separated rows with csv quoting of fields holding quotes (as the course files, read with csv)."""
     buf = io.StringIO()
@@ -49,19 +42,19 @@ def _tsv(rows: Iterable[Sequence[object]], newline: str) -> bytes:
 
 def write_labelled(path: Path, rows: Sequence[tuple[str, str, str]], label_col: str, newline: str = "\n") -> None:
     """train/dev layout: header `\\tid\\tsentence\\t<label>`, rows `index, id, sentence, label`."""
-    _write_atomic(path, _tsv([("", "id", "sentence", label_col)]
+    atomic_write(path, _tsv([("", "id", "sentence", label_col)]
                              + [(i, rid, text, label) for i, (rid, text, label) in enumerate(rows)], newline))
 
 
 def write_student(path: Path, rows: Sequence[tuple[str, str, str]]) -> None:
     """test-student layout of SST/CFIMDB: header `0\\t\\tid\\tsentence`, rows `i+1, float(i), id, sentence`."""
-    _write_atomic(path, _tsv([("0", "", "id", "sentence")]
+    atomic_write(path, _tsv([("0", "", "id", "sentence")]
                              + [(i + 1, float(i), rid, text) for i, (rid, text, _) in enumerate(rows)], "\n"))
 
 
 def write_labels(path: Path, pairs: Iterable[tuple[str, str]], label_col: str, newline: str = "\n") -> None:
     """Labels of a test split, to score predictions by id: `id\\t<label>`."""
-    _write_atomic(path, _tsv([("id", label_col), *pairs], newline))
+    atomic_write(path, _tsv([("id", label_col), *pairs], newline))
 
 
 # ---- SST-5 ---------------------------------------------------------------------------------------------------------
@@ -171,9 +164,9 @@ def convert_quora(sources: dict[str, Path], out: Path) -> None:
             index = offset + idx
             splits[quora_split(origin, idx)].append((index, row_id("quora", str(index)), q1, q2, f"{label:.1f}"))
     header = ("", "id", "sentence1", "sentence2", "is_duplicate")
-    _write_atomic(out / "quora-train.csv", _tsv([header, *splits["train"]], "\r\n"))
-    _write_atomic(out / "quora-dev.csv", _tsv([header, *splits["dev"]], "\r\n"))
-    _write_atomic(out / "quora-test-student.csv", _tsv([header[:4], *(r[:4] for r in splits["test"])], "\r\n"))
+    atomic_write(out / "quora-train.csv", _tsv([header, *splits["train"]], "\r\n"))
+    atomic_write(out / "quora-dev.csv", _tsv([header, *splits["dev"]], "\r\n"))
+    atomic_write(out / "quora-test-student.csv", _tsv([header[:4], *(r[:4] for r in splits["test"])], "\r\n"))
     write_labels(out / "quora-test-labels.csv", [(r[1], r[4]) for r in splits["test"]], "is_duplicate", "\r\n")
 
 
@@ -245,8 +238,8 @@ def convert_sonnets(source: Path, out: Path) -> None:
     sonnets = parse_gutenberg_sonnets(source.read_text(encoding="utf-8-sig"), str(source))
     dev = [(n, sonnets[n]) for n in SONNET_DEV]
     test = [(k, sonnets[n]) for k, n in SONNET_TEST.items()]
-    _write_atomic(out / "sonnets.txt", sonnet_file([(n, sonnets[n]) for n in SONNET_TRAIN], "\r\n\r\n"))
-    _write_atomic(out / "sonnets_held_out_dev.txt", sonnet_file([(n, b[:3]) for n, b in dev], ""))
-    _write_atomic(out / "TRUE_sonnets_held_out_dev.txt", sonnet_file(dev, ""))
-    _write_atomic(out / "sonnets_held_out.txt", sonnet_file([(n, b[:3]) for n, b in test], "\r\n"))
-    _write_atomic(out / "TRUE_sonnets_held_out.txt", sonnet_file(test, ""))
+    atomic_write(out / "sonnets.txt", sonnet_file([(n, sonnets[n]) for n in SONNET_TRAIN], "\r\n\r\n"))
+    atomic_write(out / "sonnets_held_out_dev.txt", sonnet_file([(n, b[:3]) for n, b in dev], ""))
+    atomic_write(out / "TRUE_sonnets_held_out_dev.txt", sonnet_file(dev, ""))
+    atomic_write(out / "sonnets_held_out.txt", sonnet_file([(n, b[:3]) for n, b in test], "\r\n"))
+    atomic_write(out / "TRUE_sonnets_held_out.txt", sonnet_file(test, ""))

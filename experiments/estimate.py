@@ -43,6 +43,7 @@ import torch
 from app.settings import SyntheticSettings
 from distill.summary import STUDY_PERFECT_RATES, requests_needed, teacher_rates
 from minigpt2.config import GPT2Config
+from tasks.base import GenerativeTask  # app.settings imports tasks already
 
 from .sweeps import Run
 
@@ -248,7 +249,7 @@ def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_le
     task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
     examples, _ = task.load(Path(folder), split, tok, max_len, limit, seed=seed)
     lengths = tuple(len(e.input_ids) for e in examples)
-    if not task.generative:
+    if not isinstance(task, GenerativeTask):
         return SplitCounts(lengths, sum(lengths))
     truths = {}
     if split == "test" and task.format.references_file(Path(folder), "test") is not None:
@@ -374,7 +375,7 @@ def _count_evaluation(w: Workload, settings: RunSettings, task: Task, src: tuple
     passes = max(1, epochs)  # dev after every epoch; --epochs 0 scores the base model once
     w.eval_tokens += passes * dev.loss_tokens
     w.eval_batches += passes * math.ceil(len(dev.lengths) / batch)
-    if task.generative:
+    if isinstance(task, GenerativeTask):
         samples = settings.eval.samples  # --eval-samples K: K passes over the prompts in the final dev/test scores
         cap = settings.eval.sampling.max_new_tokens
         known = [c for c in dev.continuations + test.continuations if c is not None]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .errors import UserError
 
 HUB = "https://huggingface.co"
@@ -131,14 +132,7 @@ class Lock:
         if self.entries.get(key) == fields:
             return
         self.entries[key] = fields
-        _atomic_write_text(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
 
 
 def _by_hand(url: str, where: Path, sha256: str | None) -> str:
@@ -300,6 +294,9 @@ def fetch_url(url: str, name: str, sha256: str | None = None, cache: Path | None
             reason = getattr(e, "reason", e)
             raise DownloadError(f"cannot reach {url} ({reason}). " + _by_hand(url, final, expected)) from None
     _verify(part, expected, None, url, url, final)
+    # Not `minigpt2.atomic`: its temporary file is deleted when a write fails, while this `.part` file must outlive
+    # a broken transfer (the next run resumes it with `Range`). The rename is what makes it final; a file whose
+    # bytes a power cut lost is caught anyway, since every use verifies the sha256 first (`_verify` above).
     os.replace(part, final)
     lock.record(f"url:{url}", sha256=sha256_file(final))
     return final

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from minigpt2.errors import UserError
 
-from .base import Example, Task, TaskModel, collate
+from .base import Example, GenerativeTask, Task, TaskModel, collate
 from .paraphrase import ParaphraseTask
 from .sentiment import SentimentTask
 from .sonnet import SonnetTask
@@ -28,4 +28,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["Example", "Task", "TaskModel", "collate", "get_task", "TASKS"]
+__all__ = ["Example", "GenerativeTask", "Task", "TaskModel", "collate", "get_task", "TASKS"]

@@ -11,14 +11,14 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 
 from course.files import CourseFiles, LabelledFiles
 from course.formats import CourseFormat, LabelFormat
-from course.readers import Malformed
+from course.readers import DataError, Malformed, clean_text, read_table
 from minigpt2.device import autocast
 from minigpt2.generation import Sampling
 from minigpt2.model import GPT2
@@ -121,7 +121,8 @@ class PredictSettings:
 class Task(ABC):
     """The learning interface of a task (load, build, loss examples, predict, score); see `tasks.sentiment`,
     `tasks.paraphrase`, `tasks.sonnet`. Callers use only these methods and attributes, never the task's name;
-    the course's prediction and reference files go through `format`."""
+    the course's prediction and reference files go through `format`. A task whose predictions are sampled texts
+    is a `GenerativeTask`, which has more."""
 
     name: str = ""
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
@@ -130,7 +131,6 @@ class Task(ABC):
     lm_targets: bool = False  # batches carry next-token targets (causal LM tasks)
     has_head: bool = True  # a trained head beside the body (False: the task reads the LM head, zero-shot works)
     takes_extra_texts: bool = False  # `load("train", extra_texts=...)` adds training texts (synthetic sonnets)
-    generative: bool = False  # predictions are sampled texts: `predict_samples`, `heldout_nll`
 
     @abstractmethod
     def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
@@ -158,15 +158,74 @@ class Task(ABC):
 
 
 class ClassificationTask(Task):
-    """A task whose predictions are one class id per example, scored by accuracy."""
+    """A task whose predictions are one class id per example, scored by accuracy. Its rows are read the same
+    way for every such task (`load`): the columns, label column and label values its `format` declares, a
+    seeded subset stratified by label, then `encode`, the one thing each task says itself."""
 
     format: LabelFormat
     files: LabelledFiles
+
+    @abstractmethod
+    def encode(self, texts: list[tuple[str, ...]], tok: Tokenizer, max_len: int) -> list[list[int]]:
+        """The token ids (at most `max_len`) of each row, given its text columns (the format's `text_columns`
+        after the id, each through `clean_text`), in order."""
+
+    def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
+             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
+        if extra_texts:
+            raise DataError(f"task {self.name!r} takes no extra training texts")
+        fmt = self.format
+        labelled = split != "test"  # the course keeps the test labels in another file
+        label = fmt.label_column if labelled else None
+        table = read_table(folder / self.files.split(split), fmt.text_columns, label=label,
+                           label_values=fmt.label_values)
+        # Rows are chosen before they are encoded, so a subset costs only its own tokenization.
+        rows = [table.rows[i] for i in sample_indices(
+            [int(r[label]) if label else None for r in table.rows], limit, seed, split)]
+        columns = [c for c in fmt.text_columns if c != "id"]
+        encoded = self.encode([tuple(clean_text(r[c]) for c in columns) for r in rows], tok, max_len)
+        return ([Example(r["id"], ids, int(r[label]) if label else None) for r, ids in zip(rows, encoded)],
+                table.malformed)
 
     def score(self, examples: list[Example], predictions: list[int]) -> dict[str, float]:
         from minigpt2.metrics import accuracy
 
         return {"accuracy": accuracy(predictions, [e.label for e in examples])}
+
+
+class HeldoutNLL(NamedTuple):
+    """One true continuation's held-out likelihood (`GenerativeTask.heldout_nll`)."""
+    nll: float  # summed over the scored tokens, nats
+    tokens: int  # tokens scored
+    continuation: int  # tokens of the continuation, <|endoftext|> included
+    in_view: int  # tokens scored with the whole prompt in the model's context (the first window)
+
+
+class GenerativeTask(Task):
+    """A task whose predictions are sampled texts (the sonnet task): several draws per prompt
+    (`predict_samples`, `--eval-samples K`), and what only learning earns beside the sampled score: the
+    teacher-forced likelihood of the true held-out texts (`heldout_nll`) and, against its training texts
+    (`train_texts`), how much of what was written was copied. `predict` is the first draw."""
+
+    def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
+                device: torch.device) -> list[str]:
+        return self.predict_samples(module, examples, how, tok, device, samples=1)[0]
+
+    @abstractmethod
+    def predict_samples(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
+                        device: torch.device, samples: int) -> list[list[str]]:
+        """`samples` texts per prompt: a list per sample, each in the examples' order; sample 0 is what
+        `predict` returns, every other seeded apart from it (`how.sampling`)."""
+
+    @abstractmethod
+    def heldout_nll(self, module: TaskModel, examples: list[Example], references: dict[str, str],
+                    how: PredictSettings, tok: Tokenizer, device: torch.device) -> dict[str, HeldoutNLL]:
+        """id -> `HeldoutNLL` of the true text `references[id]` after the example's prompt, teacher-forced,
+        deterministic; examples without a reference are left out."""
+
+    @abstractmethod
+    def train_texts(self, folder: Path) -> tuple[list[str], list[Malformed]]:
+        """The real training set as plain texts (what copied words are looked up in), and its malformed rows."""
 
 
 def eval_batches(module: nn.Module, examples: Sequence[Example], batch_size: int, device: torch.device,

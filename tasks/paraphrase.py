@@ -16,18 +16,15 @@ vocabulary produced it (`course.formats.ParaphraseFormat`).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
 from course.formats import NO_ID, YES_ID, label_format
-from course.readers import DataError, Malformed, clean_text, read_table
+from course.readers import DataError
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import ClassificationTask, Example, TaskModel, sample_indices
+from .base import ClassificationTask, TaskModel
 
 PROMPT = 'Question 1: "{q1}"\nQuestion 2: "{q2}"\nAre these questions asking the same thing?\n'
 ANSWER_IDS = (YES_ID, NO_ID)  # "yes", "no" in GPT-2's vocabulary: class 0 = yes (is a paraphrase), class 1 = no
@@ -77,19 +74,8 @@ class ParaphraseTask(ClassificationTask):
         self.format = label_format("quora")  # the course package owns the file names and formats
         self.files = self.format.files
 
-    def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
-        if extra_texts:
-            raise DataError(f"task {self.name!r} takes no extra training texts")
-        labelled = split != "test"
-        table = read_table(folder / self.files.split(split), ["id", "sentence1", "sentence2"],
-                           label="is_duplicate" if labelled else None, label_values={0, 1})
-        examples = []
-        keep = sample_indices([int(r["is_duplicate"]) if labelled else None for r in table.rows], limit, seed, split)
-        for row in (table.rows[i] for i in keep):
-            ids = encode_pair(tok, clean_text(row["sentence1"]), clean_text(row["sentence2"]), max_len)
-            examples.append(Example(row["id"], ids, int(row["is_duplicate"]) if labelled else None))
-        return examples, table.malformed
+    def encode(self, texts: list[tuple[str, ...]], tok: Tokenizer, max_len: int) -> list[list[int]]:
+        return [encode_pair(tok, q1, q2, max_len) for q1, q2 in texts]
 
     has_head = False  # the cloze reads the tied LM head: any body can be scored zero-shot
 

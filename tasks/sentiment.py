@@ -7,19 +7,15 @@ Two modes, as in the course: `last-linear-layer` trains only the classifier on a
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from course.formats import label_format
-from course.readers import DataError, Malformed, clean_text, read_table
 from minigpt2.model import GPT2, gather_last
 from minigpt2.tokenizer import Tokenizer
 
-from .base import ClassificationTask, Example, TaskModel, sample_indices
+from .base import ClassificationTask, TaskModel
 
 
 class SentimentClassifier(TaskModel):
@@ -52,22 +48,9 @@ class SentimentTask(ClassificationTask):
         self.format = label_format(name)  # the course package owns the file names and formats
         self.files = self.format.files
 
-    def load(self, folder: Path, split: str, tok: Tokenizer, max_len: int, limit: int | None = None,
-             extra_texts: Sequence[str] = (), seed: int = 0) -> tuple[list[Example], list[Malformed]]:
-        if extra_texts:
-            raise DataError(f"task {self.name!r} takes no extra training texts")
-        labelled = split != "test"
-        table = read_table(folder / self.files.split(split), ["id", "sentence"],
-                           label="sentiment" if labelled else None, label_values=set(range(self.num_labels)))
-        rows = [table.rows[i] for i in sample_indices(
-            [int(r["sentiment"]) if labelled else None for r in table.rows], limit, seed, split)]
-        texts = [clean_text(r["sentence"]) for r in rows]
-        examples = []
-        for row, ids in zip(rows, tok.encode_batch(texts)):
-            label = int(row["sentiment"]) if labelled else None
-            # A review longer than the model's window keeps its beginning.
-            examples.append(Example(row["id"], (ids or [tok.eot_id])[:max_len], label))
-        return examples, table.malformed
+    def encode(self, texts: list[tuple[str, ...]], tok: Tokenizer, max_len: int) -> list[list[int]]:
+        # A review longer than the model's window keeps its beginning.
+        return [(ids or [tok.eot_id])[:max_len] for ids in tok.encode_batch([sentence for sentence, in texts])]
 
     def build(self, gpt: GPT2) -> TaskModel:
         return SentimentClassifier(gpt, self.num_labels)

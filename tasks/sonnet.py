@@ -22,7 +22,7 @@ longer the whole prompt; how many tokens were scored with the whole prompt in vi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from minigpt2.losses import LMLoss
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 
-from .base import Example, PredictSettings, Task, TaskModel, sample_indices
+from .base import Example, GenerativeTask, HeldoutNLL, PredictSettings, TaskModel, sample_indices
 
 SONNET_LINES = 14
 
@@ -94,14 +94,6 @@ def nll_windows(length: int, n_prompt: int, context: int) -> list[tuple[int, int
     return windows
 
 
-class HeldoutNLL(NamedTuple):
-    """One true continuation's held-out likelihood (`SonnetTask.heldout_nll`)."""
-    nll: float  # summed over the scored tokens, nats
-    tokens: int  # tokens scored
-    continuation: int  # tokens of the continuation, <|endoftext|> included
-    in_view: int  # tokens scored with the whole prompt in the model's context (the first window)
-
-
 def finish_sonnet(prompt_lines: tuple[str, ...], new_text: str) -> str:
     """Prompt + generated lines, up to 14 non-blank lines. A line holding only a number is dropped: in the
     output layout it would read as the start of a new sonnet."""
@@ -110,7 +102,7 @@ def finish_sonnet(prompt_lines: tuple[str, ...], new_text: str) -> str:
     return "\n".join(list(prompt_lines) + kept[:SONNET_LINES - len(prompt_lines)])
 
 
-class SonnetTask(Task):
+class SonnetTask(GenerativeTask):
     name = "sonnet"
     metric = "chrf"
     lm_targets = True
@@ -119,7 +111,6 @@ class SonnetTask(Task):
 
     has_head = False
     takes_extra_texts = True  # the application mixes synthetic sonnets in here
-    generative = True
 
     def train_texts(self, folder: Path) -> tuple[list[str], list[Malformed]]:
         """The real training set as plain sonnet texts."""
@@ -165,10 +156,6 @@ class SonnetTask(Task):
     def loss_examples(self, examples: list[Example]) -> list[Example]:
         """Dev loss is the LM loss on the true held-out sonnets."""
         return [Example(e.id, e.meta["reference_ids"]) for e in examples if "reference_ids" in e.meta]
-
-    def predict(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
-                device: torch.device) -> list[str]:
-        return self.predict_samples(module, examples, how, tok, device, samples=1)[0]
 
     def predict_samples(self, module: TaskModel, examples: list[Example], how: PredictSettings, tok: Tokenizer,
                         device: torch.device, samples: int) -> list[list[str]]:

@@ -16,10 +16,12 @@ from course.readers import DataError, MissingDataError, clean_text, read_sonnets
 from course.sonnets import parse_sonnets
 from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
+from minigpt2.generation import Sampling
 from minigpt2.metrics import accuracy, bootstrap_interval, chrf
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
-from tasks import collate, get_task
+from tasks import TASKS, collate, get_task
+from tasks.base import ClassificationTask, GenerativeTask, PredictSettings
 from tasks.paraphrase import ANSWER_IDS, encode_pair
 from tasks.sonnet import finish_sonnet, sonnet_stop
 
@@ -183,6 +185,48 @@ def test_formats_read_ids_and_references_by_id(tmp_path):
     assert cfimdb.output_name("test", "last-linear-layer") == "last-linear-layer-cfimdb-test-out.csv"
 
 
+# ------------------------------------------------------------------------------------- one classification loader
+
+# (task, split, limit, seed) -> positions in file order of the rows a seeded subset keeps, as the two loaders chose
+# them before they became one (main at d596cd2): a run's --max-train / --max-eval rows must not change with it.
+PINNED_SUBSETS = {
+    ("sst", "train", 3, 0): [2, 3, 5], ("sst", "train", 5, 7): [0, 3, 6, 7, 8], ("sst", "train", 4, 11): [0, 6, 7, 8],
+    ("sst", "dev", 3, 0): [1, 3, 6], ("sst", "dev", 5, 7): [2, 4, 5, 6, 7], ("sst", "dev", 4, 11): [0, 1, 3, 6],
+    ("sst", "test", 3, 0): [1, 2, 3],
+    ("cfimdb", "train", 3, 0): [1, 6, 7], ("cfimdb", "train", 5, 7): [0, 2, 3, 5, 6],
+    ("cfimdb", "train", 4, 11): [1, 3, 4, 7],
+    ("cfimdb", "dev", 3, 0): [0, 5, 6], ("cfimdb", "dev", 5, 7): [2, 4, 5, 6, 7], ("cfimdb", "dev", 4, 11): [1, 2, 3, 7],
+    ("cfimdb", "test", 3, 0): [1, 2, 3],
+    ("quora", "train", 3, 0): [1, 2, 4], ("quora", "train", 5, 7): [0, 1, 2, 4, 5],
+    ("quora", "train", 4, 11): [3, 4, 5, 6],
+    ("quora", "dev", 3, 0): [0, 3, 4], ("quora", "dev", 5, 7): [1, 3, 5, 6, 7], ("quora", "dev", 4, 11): [0, 1, 2, 4],
+    ("quora", "test", 3, 0): [1, 2, 3],
+}
+
+
+@pytest.mark.parametrize("name", ["sst", "cfimdb", "quora"])
+def test_seeded_subsets_keep_the_rows_they_kept_before_the_loaders_were_one(name, tok):
+    task = get_task(name)
+    assert type(task).load is ClassificationTask.load  # one loader: the task declares only its encoding
+    for split in ("train", "dev", "test"):
+        every, _ = task.load(FIX, split, tok, 64)
+        by_id = {e.id: e for e in every}
+        for (n, s, limit, seed), positions in PINNED_SUBSETS.items():
+            if (n, s) != (name, split):
+                continue
+            some, _ = task.load(FIX, split, tok, 64, limit=limit, seed=seed)
+            assert [e.id for e in some] == [every[i].id for i in positions], (split, limit, seed)
+            # Each kept row is the whole row: its label and token ids as an unlimited read gives them.
+            assert [(e.label, e.input_ids) for e in some] == [(by_id[e.id].label, by_id[e.id].input_ids)
+                                                              for e in some]
+
+
+@pytest.mark.parametrize("name", ["sst", "quora"])
+def test_a_classification_task_takes_no_extra_texts(name, tok):
+    with pytest.raises(DataError, match=f"task '{name}' takes no extra training texts"):
+        get_task(name).load(FIX, "train", tok, 64, extra_texts=["a synthetic sonnet"])
+
+
 # ------------------------------------------------------------------------------------------ prompts, heads
 
 def test_one_cloze_prompt_for_every_split(tok):
@@ -229,6 +273,20 @@ def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypa
     assert preds.shape == (4,)
     if name == "quora":
         assert (4, 2) in spy.shapes  # the two answer columns only
+
+
+def test_only_the_sonnet_task_is_generative_and_predicts_its_first_draw(tok, tiny):
+    assert {n: isinstance(t, GenerativeTask) for n, t in TASKS.items()} == {
+        "sst": False, "cfimdb": False, "quora": False, "sonnet": True}
+    for name in ("sst", "cfimdb", "quora"):  # what only a generative task has lives on GenerativeTask
+        assert not any(hasattr(get_task(name), a) for a in ("predict_samples", "heldout_nll", "train_texts"))
+    assert not any(hasattr(t, "generative") for t in TASKS.values())  # the old flag is gone, nothing reads it
+    sonnet = get_task("sonnet")
+    examples, _ = sonnet.load(FIX, "dev", tok, 128, limit=2)
+    how = PredictSettings(batch_size=2, sampling=Sampling(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3))
+    module, cpu = sonnet.build(tiny), torch.device("cpu")
+    draws = sonnet.predict_samples(module, examples, how, tok, cpu, samples=2)
+    assert sonnet.predict(module, examples, how, tok, cpu) == draws[0] != draws[1]
 
 
 def test_sonnet_lm_loss_matches_full_logits(tok, tiny):
