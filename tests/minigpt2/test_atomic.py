@@ -12,6 +12,7 @@ import pytest
 from course.convert import write_labelled
 from minigpt2.atomic import WriteError, atomic_path, atomic_write, atomic_write_json
 from minigpt2.download import Lock
+from tests import ROOT
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -41,7 +42,6 @@ def test_json_is_strict(tmp_path):
 
 # ---- every hand-written write-then-rename goes through here -----------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
 RENAME = re.compile(r"\bos\.(replace|rename)\(|\.rename\(")
 # The one rename of its own outside this module: a resumable download's `.part` file, which must outlive a failed
 # transfer (minigpt2.atomic deletes its temporary file on failure); its bytes are verified on every use.
