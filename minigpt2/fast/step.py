@@ -25,6 +25,12 @@ import torch.nn.functional as F
 
 from ..model import GPT2, MLP, Block, CausalSelfAttention, KVCache, attention_mask_for, gelu
 from .prepack import PackedLinear
+from .recompute import RecomputeGELUMLP
+
+# MLP classes whose inference forward is the plain MLP's: the recomputed GELU changes only the backward. A model
+# that went through `for_training` must take the same step as the same weights loaded fresh, or a run's own
+# predictions and their re-scoring by `evaluate` would differ.
+_PLAIN_MLPS = (MLP, RecomputeGELUMLP)
 
 
 class OneTokenStep:
@@ -56,11 +62,12 @@ def with_one_token_step(model: GPT2) -> GPT2:
 
 def supports(model: nn.Module) -> bool:
     """True for a `GPT2` whose blocks are plain `Block`s of a `CausalSelfAttention` (or subclass) and a plain
-    `MLP`, with plain `LayerNorm`s and embeddings: the layout `one_token_forward` walks."""
+    `MLP` (or the recomputed-GELU one), with plain `LayerNorm`s and embeddings: the layout `one_token_forward`
+    walks."""
     if not isinstance(model, GPT2) or type(model.wte) is not nn.Embedding or type(model.wpe) is not nn.Embedding:
         return False
     return type(model.ln_f) is nn.LayerNorm and all(
-        type(b) is Block and isinstance(b.attn, CausalSelfAttention) and type(b.mlp) is MLP
+        type(b) is Block and isinstance(b.attn, CausalSelfAttention) and type(b.mlp) in _PLAIN_MLPS
         and type(b.ln_1) is nn.LayerNorm and type(b.ln_2) is nn.LayerNorm for b in model.h)
 
 

@@ -243,3 +243,19 @@ def test_fp16_falls_back_to_fp32_where_fbgemm_fp16_is_missing(monkeypatch):
         assert type(fast.packed_head) is PackedLinear and fast.packed_head.packed.dtype == torch.float32
         with pytest.raises(RuntimeError, match="fp16 weights need fbgemm"):
             prepacked(model, torch.float16)
+
+
+def test_a_model_after_training_decodes_as_the_same_weights_loaded_fresh():
+    """A run predicts with the model it trained (its MLPs now recompute the GELU in the backward); `evaluate`
+    loads the same weights into plain modules. Both must take the same step, or a run's own predictions and
+    their re-scoring differ (sampled tokens flip on the fused GELU's last bits)."""
+    from minigpt2.fast import for_training
+
+    fresh = spread_model(3).eval()
+    trained = copy.deepcopy(fresh)
+    for_training(trained, torch.device("cpu"))
+    assert type(trained.h[0].mlp) is not type(fresh.h[0].mlp) and supports(trained)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    a = generate(for_inference(fresh, torch.device("cpu")), prompts, 12, temperature=1.2, top_p=0.9, seed=3)
+    b = generate(for_inference(trained.eval(), torch.device("cpu")), prompts, 12, temperature=1.2, top_p=0.9, seed=3)
+    assert a == b
