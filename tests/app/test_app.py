@@ -169,7 +169,7 @@ def _launch(out: Path, kill_after: int, count_file: Path | None = None) -> int:
     if count_file is not None:
         env["REPLACE_COUNT_FILE"] = str(count_file)
     argv = finetune_args("sst", out, *KILL_ARGS)
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "kill_launcher.py"), *argv], env=env,
+    return subprocess.run([sys.executable, "-m", "tests.kill_launcher", *argv], env=env,
                           capture_output=True, text=True).returncode
 
 

@@ -22,13 +22,13 @@ from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evalu
 from app.cli import flat, settings_of
 from app.runfolder import read_settings_file
 from app.settings import RunSettings, SettingsError
+from minigpt2.metrics import chrf
+from tests import FIXTURES
 
 
 def parse(run):
     """A run's settings by flag name."""
     return SimpleNamespace(**flat(run.settings))
-from minigpt2.metrics import chrf
-from tests import FIXTURES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASELINE = build_sweep("baseline", SweepOptions())

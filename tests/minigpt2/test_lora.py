@@ -20,6 +20,7 @@ from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import CheckpointError, save_model
 from minigpt2.lora import (METADATA_KEY, LoRAConfig, LoRALinear, apply_lora, load_adapter, lora_modules,
                            lora_state_dict, mark_only_lora_trainable, merge_lora, save_adapter, unmerge_lora, without_lora)
+from tests import ROOT
 
 IDS = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931], [40, 588, 11, 257, 3797, 13, 50256, 50256]])
 
@@ -239,7 +240,6 @@ import sys, torch
 from safetensors.torch import save_file
 from minigpt2.checkpoint import load_model
 from minigpt2.lora import load_adapter
-from tests import ROOT
 torch.set_num_threads(int(sys.argv[4]))
 model = load_model(sys.argv[1]).eval()
 print(load_adapter(model, sys.argv[2]))

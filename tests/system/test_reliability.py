@@ -209,7 +209,7 @@ def test_a_sweep_run_killed_in_its_first_epoch_is_continued_by_the_sweep(tmp_pat
     args = tuple(args[:i] + args[i + 2:])  # the runner adds --out-dir
     run = Run("r", settings_of(options_from_argv(args)))
     env = dict(ENV, KILL_AFTER_REPLACE="2")  # killed right after config.json and subsets.json: in epoch 1
-    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_launcher.py"), *args, "--out-dir",
+    killed = subprocess.run([sys.executable, "-m", "tests.kill_launcher", *args, "--out-dir",
                              str(root / "r")], env=env, capture_output=True, text=True)
     assert killed.returncode == -9 and (root / "r" / "config.json").is_file()
     assert not (root / "r" / "last").exists() and (root / "r" / "run.lock").exists()  # a stale lock too
