@@ -391,7 +391,6 @@ class Cost:
     """A sweep's (or the study's) work and its estimated seconds, summed over runs (`+`)."""
 
     runs: int = 0
-    priced: int = 0  # runs whose work could be counted
     processes: int = 0
     train_tokens: int = 0
     train_steps: int = 0
@@ -440,7 +439,7 @@ def price(w: Workload, rates: Rates) -> Cost:
     """One run's seconds on the rates' device and on one GPU: 6 N FLOP a trained token and 2 N a forward or decoded
     one at the GPU's MFU, or its kernel launches, whichever is longer; a process start-up per model load."""
     scale, g, gpu = w.n_params / rates.n_params, w.generation, GPU_ASSUMPTIONS
-    c = Cost(runs=1, priced=1, processes=w.processes, train_tokens=w.train_tokens, train_steps=w.train_steps,
+    c = Cost(runs=1, processes=w.processes, train_tokens=w.train_tokens, train_steps=w.train_steps,
              eval_tokens=w.eval_tokens, prompts=g.prompts, prefill_tokens=g.prefill_tokens,
              decoded_tokens=g.decoded_tokens, new_tokens=g.new_tokens, decode_steps=g.decode_steps,
              epochs={w.epochs}, assumed=list(w.assumed))
