@@ -33,13 +33,12 @@ from pathlib import Path
 from app import cli
 from app.settings import RunSettings, defining, option
 from minigpt2.device import parse_device
-from minigpt2.errors import UserError, exits_on_user_error
+from minigpt2.errors import FieldError, UserError, exits_on_user_error
 
 from .estimate import (Cost, cost_lines, format_hours, gemini_bill, markdown_table, measured_rates,
                        probe_warning, stated_rates, sweep_cost, wall_estimate)
 from .html import write_index
-from .launch import (Launcher, LaunchError, Local, Ray, check_devices, default_devices, require_ray,
-                     threads_per_run)
+from .launch import Launcher, LaunchError, Local, Ray, default_devices, require_ray, threads_per_run
 from .preflight import check_preconditions
 from .report import check_sweep_files, write_report
 from .runner import RunFolderConflict, in_process, in_subprocess, plan
@@ -152,7 +151,6 @@ def check_settings(args: ExperimentArgs) -> SweepOptions:
     return opts
 
 
-
 def check_launch(args: ExperimentArgs) -> None:
     """The launcher flags, checked before any work (one `error:` line each)."""
     a = args.launch
@@ -162,7 +160,13 @@ def check_launch(args: ExperimentArgs) -> None:
     if a.devices is not None:
         if not a.device_list:
             raise LaunchError("--devices: expected a comma-separated list such as cuda:0,cuda:1")
-        check_devices(a.device_list)
+        for device in a.device_list:
+            try:
+                parse_device(device)
+            except FieldError as e:
+                raise LaunchError(f"--devices {e.value}: expected {e.expected}") from None
+            if device == "auto":
+                raise LaunchError("--devices auto: name the devices (cpu, cuda:0, cuda:1, ...)")
     if a.launcher == "ray":
         if a.devices:
             raise LaunchError("--devices is for --launcher local; on Ray each run asks for one GPU (or "
@@ -209,8 +213,8 @@ def shown(settings: RunSettings) -> str:
 
 
 class DryRun:
-    """A --dry-run's figures across its sweeps: the CPU rates (probed once, on first use), the workers the launcher
-    spreads the runs over, each sweep's cost and wall time."""
+    """A --dry-run's figures across its sweeps: the CPU rates (probed once), the launcher's workers, each sweep's
+    cost and wall time."""
 
     def __init__(self, args: ExperimentArgs, launcher: Launcher) -> None:
         self.args, self.launcher = args, launcher
@@ -296,30 +300,23 @@ def run_one(sweep: Sweep, args: ExperimentArgs, launcher: Launcher, dry: DryRun 
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     """`python -m experiments`: a bad setting or input is one `error:` line and exit code 1."""
+    # SIGTERM (a scheduler or `kill` stopping the sweep) as Ctrl-C: the runs are stopped cleanly. Only the main
+    # thread may install a handler (a test may call main from another).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
-        with sigterm_as_interrupt():
-            return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs were stopped; their folders keep every finished epoch
+        return _main(argv)
+    except KeyboardInterrupt:  # the runs were stopped; their folders keep every finished epoch
         print("\nsweep stopped: finished runs are kept and unfinished ones resume from their last epoch when the "
               "same command is run again", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-class sigterm_as_interrupt:
-    """SIGTERM (a scheduler or `kill` stopping the sweep) is handled as Ctrl-C: the runs are stopped cleanly."""
-
-    def __enter__(self) -> None:
-        self.installed = threading.current_thread() is threading.main_thread()
-        if self.installed:
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-
-    @staticmethod
-    def _raise(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _main(argv: list[str] | None) -> int:

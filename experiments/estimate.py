@@ -1,35 +1,12 @@
-"""What a sweep costs before it starts: its work counted in tokens, priced on a CPU (a measured probe), on one GPU
-(on paper), in process start-ups and in Gemini requests. Every figure is an estimate and is printed as one.
-
-    training tokens   each run's training examples as finetune loads them (same tokenizer, --max-train,
-                      synthetic sonnets mixed in; a synthetic file not made yet counts as that many sonnets of the
-                      real training sonnets' mean length), summed, times its epochs
-    evaluation        forward-only tokens: the dev predictions and the dev loss after every epoch (once for
-                      --epochs 0), dev and test predictions at the end, follow-up checks (zero-shot Quora), and
-                      for sonnets the held-out NLL of the true sonnets (before training and after)
-    generation        sonnets: every dev prompt after every epoch and every dev and test prompt at the end
-                      (--eval-samples K times), each sampled up to the length of its true continuation (the true
-                      held-out sonnets'; test prompts without true sonnets take the dev mean), not to the
-                      --max-new-tokens cap; batches of --eval-batch-size decode until their longest row ends
-    CPU               the probe (`probe`): full fine-tuning steps of the runs' model shape on their device at the
-                      threads a run gets one at a time, priced at the fastest step; a forward token costs a third
-                      of a trained one, a sampled token one trained token (docs/performance.md). LoRA runs skip the
-                      full AdamW step but are otherwise priced as full fine-tuning. --stated-rates: STATED_CPU
-    wall time         --jobs N: the runs longest first on N workers (`schedule_seconds`, `wall_estimate`)
-    GPU               FLOP-bound: 6 N per training token, 2 N per evaluated or decoded token (N parameters), at
-                      GPU_ASSUMPTIONS' MFU of its peak; launch-bound: kernel launches per training step, forward
-                      batch and decode step at ~10 us each. Small batches of a 124M model are launch-bound, so
-                      the estimate takes the larger of the two per phase
-    start-ups         one process per run and per follow-up check (subprocess isolation): interpreter + imports
-                      (stated) + building the model (timed by the probe); in-process runs pay the model only
-    Gemini            distill.prices list prices: a generated file's summary for what it billed, and for the
-                      requests still needed, GEMINI_ASSUMPTIONS tokens per request; requests for n perfect
-                      sonnets = ceil(n / perfect rate), the file's measured rate or else the study's
-"""
+"""What a sweep costs before it starts: each run's work counted in tokens from the data it names (`run_workload`),
+priced on a CPU (a measured `probe`, or STATED_CPU), on one GPU on paper, in process start-ups (`price`) and in
+Gemini requests (`gemini_bill`). Every figure is an estimate and is printed as one (docs/study.md, 'What the study
+costs')."""
 
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import os
 import statistics
@@ -52,30 +29,25 @@ if TYPE_CHECKING:
     from tasks.base import Task
 
 PROBE_BATCH, PROBE_SEQ = 8, 64
-# The probe: untimed warm-up steps, then timed ones; priced at the fastest (load only adds time). Wider than
-# PROBE_SPREAD_WARN (slowest / fastest step) the dry run warns that the machine was busy.
+# Untimed warm-up steps allocate activations, gradients and AdamW's moments. Steps spread wider than
+# PROBE_SPREAD_WARN (slowest / fastest) mean the machine was busy: the dry run warns.
 PROBE_WARMUP, PROBE_STEPS, PROBE_SPREAD_WARN = 1, 5, 1.5
-# Per generated sonnet (one request each): prompt, output and thinking tokens. An assumption for pricing files
-# not yet generated; a generated file's summary replaces it with what was billed. The perfect rates are the
-# study's (perfect sonnets per request), used until a file's summary measures its own.
+# Tokens per Gemini request (one sonnet each) for files not generated yet; a file's summary says what it billed.
 GEMINI_ASSUMPTIONS: dict[str, Any] = {
     "prompt": 100, "output": 250,
     "thinking": {"gemini-2.5-flash-lite": 0, "gemini-2.5-flash": 1000, "gemini-2.5-pro": 1500},
     "perfect_rate": STUDY_PERFECT_RATES,
 }
-# One GPU on paper. Peak: H100 SXM dense bf16 tensor-core FLOP/s. Launches: CUDA kernels per layer of a training
-# step (forward, backward), of a forward batch and of a decode step, plus those outside the layers (embeddings,
-# loss or LM head and sampling, the optimizer), each ~10 us to launch when the GPU waits on the host.
+# One GPU on paper: kernel launches (per layer, outside the layers) of a training step, a forward batch and a
+# decode step, each ~10 us when the GPU waits on the host.
 GPU_ASSUMPTIONS: dict[str, Any] = {
     "gpu": "one H100 (bf16 dense peak 989 TFLOP/s)", "peak_flops": 989e12, "mfu": 0.35, "launch_s": 10e-6,
-    "launches": {"train": (45, 40), "forward": (15, 10), "decode": (15, 20)},  # (per layer, per step outside)
+    "launches": {"train": (45, 40), "forward": (15, 10), "decode": (15, 20)},
 }
-# A process start-up beside building the model: interpreter and imports (torch, the project), and on a GPU the
-# CUDA context. Stated, not measured (2-core CPU, warm file cache: about 3 s for `import app.finetune`).
+# Stated, not measured: interpreter + imports (about 3 s for `import app.finetune` on 2 cores) and a CUDA context.
 STARTUP_ASSUMPTIONS = {"imports_s": 3.0, "cuda_context_s": 2.0}
-# --stated-rates: GPT-2 124M on an idle 2-vCPU AMD EPYC, from docs/performance.md (training step 8 x 128 with
-# AdamW: 212.8 tokens/s, i.e. 4.8 s a step, of which the AdamW update over 124M weights is taken as 0.35 s),
-# at 2 threads, scaled by parameter count for other shapes. Deterministic, unlike the probe.
+# --stated-rates: GPT-2 124M on an idle 2-vCPU EPYC (docs/performance.md: 212.8 tokens/s for a step of 8 x 128,
+# 0.35 s of it the AdamW update), scaled by parameter count for other shapes. Deterministic, unlike the probe.
 STATED_CPU = {"train_s_per_token": 4.35e-3, "optimizer_s_per_step": 0.35, "model_build_s": 1.5,
               "n_params": 124_439_808, "threads": 2}
 DECODE_PER_TRAIN_TOKEN = 1.0  # CPU: one sampled token (batch ~12) costs about one trained token
@@ -84,16 +56,15 @@ FORWARD_PER_TRAIN_TOKEN = 1 / 3  # a forward pass is a third of forward + backwa
 
 @dataclass(frozen=True)
 class Probe:
-    """Measured full fine-tuning speed of one model shape on one device at `threads` CPU threads: each timed
-    step's forward + backward and its AdamW step apart (seconds), how long building the model took, and the
-    machine's 1-minute load average and cores when it was measured (None where the system does not say)."""
+    """Measured full fine-tuning steps of one model shape on one device at `threads` threads: each step's forward +
+    backward and its AdamW step (seconds), the model's build time, the 1-minute load average and the cores."""
 
     model: str
     device: str
     threads: int
     tokens_per_step: int
-    step_seconds: tuple[float, ...]  # forward + backward of each timed step
-    optimizer_seconds: tuple[float, ...]  # the AdamW step of each timed step
+    step_seconds: tuple[float, ...]
+    optimizer_seconds: tuple[float, ...]
     build_seconds: float = 0.0
     load: float | None = None
     cores: int = 1
@@ -104,8 +75,7 @@ class Probe:
 
     @property
     def seconds_per_token(self) -> float:
-        """The price: the fastest step's. Load only adds time, so the fastest step is the closest to the machine
-        idle (a mean or median would price whatever else ran meanwhile)."""
+        """The price: the fastest step's; load only adds time, so it is the closest to an idle machine."""
         return min(self.step_seconds) / self.tokens_per_step
 
     @property
@@ -118,16 +88,14 @@ class Probe:
 
     @property
     def seconds_per_step(self) -> float:
-        """The AdamW step: the fastest, as the forward + backward."""
         return min(self.optimizer_seconds)
 
     @property
     def spread(self) -> float:
-        """Slowest step / fastest step: 1 on an idle machine, wide when other work took the cores meanwhile."""
         return max(self.step_seconds) / min(self.step_seconds)
 
     def warnings(self) -> list[str]:
-        """Why the probe's price may be off: its steps spread wide, or the machine was busy when it ran."""
+        """Why the price may be off: the steps spread wide, or the machine was busy."""
         out = []
         if self.spread > PROBE_SPREAD_WARN:
             out.append(f"the probe's {self.steps} steps took {self.seconds_per_token * 1e3:.3f} to "
@@ -140,16 +108,16 @@ class Probe:
 
 @functools.lru_cache(maxsize=4)
 def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, threads: int | None = None) -> Probe:
-    """Time `steps` training steps of `model`'s shape at batch 8 x 64 after PROBE_WARMUP untimed ones (which
-    allocate the activations, the gradients and AdamW's moments), with `threads` CPU threads (default: torch's):
-    forward + backward and the AdamW step apart."""
-    from minigpt2.fast.chunked_loss import chunked_lm_loss
+    """Time `steps` training steps of `model`'s shape at batch 8 x 64 after PROBE_WARMUP untimed ones, at `threads`
+    CPU threads (default: torch's, which this process gets back)."""
     from minigpt2.device import cpu_count
+    from minigpt2.fast.chunked_loss import chunked_lm_loss
     from minigpt2.model import GPT2
 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     try:
         torch.manual_seed(0)
         start = time.perf_counter()
@@ -157,10 +125,6 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, th
         build = time.perf_counter() - start
         opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
         seq = min(PROBE_SEQ, net.config.n_positions)
-
-        def sync() -> None:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
 
         def step() -> tuple[float, float]:
             ids = torch.randint(0, net.config.vocab_size, (PROBE_BATCH, seq), device=device)
@@ -177,22 +141,19 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, th
         for _ in range(PROBE_WARMUP):
             step()
         times = [step() for _ in range(steps)]
+        try:
+            load: float | None = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not a Unix
+            load = None
         return Probe(model, device, torch.get_num_threads(), PROBE_BATCH * seq, tuple(t for t, _ in times),
-                     tuple(o for _, o in times), build, _load_average(), cpu_count())
+                     tuple(o for _, o in times), build, load, cpu_count())
     finally:
         torch.set_num_threads(before)
 
 
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # not a Unix
-        return None
-
-
 def model_config(model: str) -> GPT2Config:
     """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
-    GPT-2 124M's when neither can be read (a run that cannot find its model fails its preconditions anyway)."""
+    GPT-2 124M's when neither can be read (such a run fails its preconditions anyway)."""
     import json
 
     from minigpt2.config import PRESETS
@@ -214,42 +175,31 @@ def n_params(model: str) -> tuple[int, int]:
     return (c.vocab_size + c.n_positions) * C + L * (12 * C * C + 13 * C) + 2 * C, L
 
 
+@dataclass(frozen=True)
+class SplitCounts:
+    """One split as finetune loads it: its examples' input lengths, the loss examples' tokens, and for sonnets each
+    prompt's expected continuation (None where the true sonnet is unknown) and the true sonnets' tokens."""
+
+    lengths: tuple[int, ...]
+    loss_tokens: int = 0
+    continuations: tuple[int | None, ...] = ()
+    truth_tokens: int = 0
+
+
 @functools.lru_cache(maxsize=256)
-def _train_counts(task: str, folder: str, tokenizer_dir: str | None, max_train: int | None, max_len: int,
-                  synthetic: SyntheticSettings | None, seed: int = 0) -> tuple[int, int]:
-    """(examples, tokens) of one epoch's training set, as finetune loads it."""
+def _counts(task_name: str, folder: str, tokenizer_dir: str | None, max_len: int, limit: int | None, seed: int,
+            split: str, synthetic: SyntheticSettings | None = None) -> SplitCounts:
     from app.synthetic import synthetic_texts
     from minigpt2.tokenizer import Tokenizer
     from tasks import get_task
 
-    examples, _ = get_task(task).load(Path(folder), "train", Tokenizer(tokenizer_dir), max_len, max_train,
-                                      extra_texts=synthetic_texts(synthetic), seed=seed)
+    task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
+    examples, _ = task.load(Path(folder), split, tok, max_len, limit, extra_texts=synthetic_texts(synthetic),
+                            seed=seed)
     if synthetic is not None and synthetic.only:
         examples = [e for e in examples if e.meta.get("source") == "synthetic"]
-    return len(examples), sum(len(e.input_ids) for e in examples)
-
-
-@dataclass(frozen=True)
-class SplitCounts:
-    """What evaluating one split takes: its examples' input lengths, and for sonnets the loss examples' tokens
-    and each prompt's expected continuation (None where the true sonnet is unknown)."""
-
-    lengths: tuple[int, ...]
-    loss_tokens: int
-    continuations: tuple[int | None, ...] = ()
-    truth_tokens: int = 0  # the true sonnets of the prompts that have one (the held-out NLL's forward pass)
-
-
-@functools.lru_cache(maxsize=256)
-def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_len: int, limit: int | None,
-                  seed: int, split: str) -> SplitCounts:
-    from minigpt2.tokenizer import Tokenizer
-    from tasks import get_task
-
-    task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
-    examples, _ = task.load(Path(folder), split, tok, max_len, limit, seed=seed)
     lengths = tuple(len(e.input_ids) for e in examples)
-    if not isinstance(task, GenerativeTask):
+    if split == "train" or not isinstance(task, GenerativeTask):
         return SplitCounts(lengths, sum(lengths))
     truths = {}
     if split == "test" and task.format.references_file(Path(folder), "test") is not None:
@@ -262,13 +212,6 @@ def _split_counts(task_name: str, folder: str, tokenizer_dir: str | None, max_le
         truth += full or 0
     loss = sum(len(x.input_ids) for x in task.loss_examples(examples))
     return SplitCounts(lengths, loss, tuple(conts), truth)
-
-
-@functools.lru_cache(maxsize=64)
-def _mean_sonnet_tokens(folder: str, tokenizer_dir: str | None, max_len: int) -> float:
-    """Mean tokens of a real training sonnet (with its end-of-text): the assumed size of a synthetic one."""
-    n, tokens = _train_counts("sonnet", folder, tokenizer_dir, None, max_len, None)
-    return tokens / max(1, n)
 
 
 @dataclass
@@ -284,8 +227,8 @@ class Generation:
 
     def add(self, lengths: Sequence[int], conts: Sequence[int], batch: int, cap: int, positions: int,
             times: int = 1) -> None:
-        """`times` passes over prompts of `lengths` whose continuations run `conts` tokens, cut at the token
-        budget `cap` and at the model's `positions`, as `minigpt2.generate` cuts them."""
+        """`times` passes over prompts of `lengths` continuing `conts` tokens, cut at `cap` new tokens and at the
+        model's `positions` as `minigpt2.generate` cuts them; a batch decodes until its longest row ends."""
         for start in range(0, len(lengths), batch):
             rows = list(lengths[start:start + batch])
             budget = max(0, min(cap, positions - max(rows)))
@@ -300,7 +243,7 @@ class Generation:
 
 @dataclass
 class Workload:
-    """What one run computes, counted from its flags and the data they name."""
+    """What one run computes, counted from its settings and the data they name."""
 
     name: str
     model: str
@@ -310,7 +253,7 @@ class Workload:
     train_tokens: int = 0  # all epochs
     train_steps: int = 0  # micro-batches, all epochs
     full_optimizer: bool = True  # AdamW updates every weight (not LoRA)
-    eval_tokens: int = 0  # forward-only tokens (predictions of classifiers, dev losses, follow-up checks)
+    eval_tokens: int = 0  # forward only: classifier predictions, dev losses, follow-up checks, held-out NLL
     eval_batches: int = 0
     generation: Generation = field(default_factory=Generation)
     processes: int = 1  # fresh interpreters (subprocess isolation)
@@ -319,88 +262,74 @@ class Workload:
 
 
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
-    """The work of one run: training, evaluation and sonnet generation in tokens, and its process start-ups.
-    Raises OSError, ValueError or a UserError when its data cannot be read."""
+    """One run's training, evaluation and sonnet generation in tokens, and its process start-ups. Raises OSError,
+    ValueError or a UserError when its data cannot be read."""
     from tasks import get_task
 
     from .runner import data_folder
 
-    settings = run.settings
-    task = get_task(settings.data.task)
-    n, layers = n_params(settings.model.model)
-    max_len = min(settings.data.max_length or model_config(settings.model.model).n_positions,
-                  model_config(settings.model.model).n_positions)
-    src = (str(data_folder(settings)), settings.paths.tokenizer_dir)  # the data and the tokenizer, read here only
-    w = Workload(run.name, settings.model.model, n, layers, settings.optim.epochs,
-                 full_optimizer=settings.model.lora is None)
-    _count_training(w, settings, task.name, src, max_len)
-    _count_evaluation(w, settings, task, src, max_len)
-    seed, batch = settings.optim.seed, settings.eval.batch_size
+    s = run.settings
+    task = get_task(s.data.task)
+    n, layers = n_params(s.model.model)
+    positions = model_config(s.model.model).n_positions
+    max_len = min(s.data.max_length or positions, positions)
+    src = (str(data_folder(s)), s.paths.tokenizer_dir)  # the data and the tokenizer, read here only
+    w = Workload(run.name, s.model.model, n, layers, s.optim.epochs, full_optimizer=s.model.lora is None)
+    _count_training(w, s, task.name, src, max_len)
+    _count_evaluation(w, s, task, src, max_len, positions)
     for ev in run.evaluations:  # e.g. the zero-shot Quora check: a forward pass over that task's dev rows
-        name = ev.task or task.name
-        other = _split_counts(name, *src, max_len, settings.data.max_eval, seed, "dev")
+        other = _counts(ev.task or task.name, *src, max_len, s.data.max_eval, s.optim.seed, "dev")
         w.eval_tokens += sum(other.lengths)
-        w.eval_batches += math.ceil(len(other.lengths) / batch)
+        w.eval_batches += math.ceil(len(other.lengths) / s.eval.batch_size)
     w.model_loads = 1 + len(run.evaluations)
     w.processes = w.model_loads if isolation == "subprocess" else 0
     return w
 
 
-def _count_training(w: Workload, settings: RunSettings, task: str, src: tuple[str, str | None], max_len: int
-                    ) -> None:
-    """The training tokens and micro-batches of a run with these settings (`src`: data folder, tokenizer)."""
-    seed, epochs = settings.optim.seed, settings.optim.epochs
-    synthetic = settings.data.synthetic
-    if synthetic is not None and not Path(synthetic.path).is_file():  # planned, not made yet
-        real = (0, 0) if synthetic.only else _train_counts(task, *src, settings.data.max_train, max_len, None,
-                                                           seed)
-        extra = synthetic.n or 0
-        mean = _mean_sonnet_tokens(*src, max_len)
-        examples, tokens = real[0] + extra, real[1] + round(extra * mean)
+def _count_training(w: Workload, s: RunSettings, task: str, src: tuple[str, str | None], max_len: int) -> None:
+    """Training tokens and micro-batches, all epochs. A synthetic file not made yet counts as that many sonnets of
+    the real training sonnets' mean length."""
+    synthetic, seed = s.data.synthetic, s.optim.seed
+    if synthetic is not None and not Path(synthetic.path).is_file():
+        real = SplitCounts(()) if synthetic.only else _counts(task, *src, max_len, s.data.max_train, seed, "train")
+        sonnets = _counts("sonnet", *src, max_len, None, 0, "train").lengths
+        mean, extra = sum(sonnets) / max(1, len(sonnets)), synthetic.n or 0
+        examples, tokens = len(real.lengths) + extra, real.loss_tokens + round(extra * mean)
         w.assumed.append(f"{synthetic.path} not made yet: its sonnets counted at {mean:.0f} tokens each (the "
                          "real training sonnets' mean)")
     else:
-        examples, tokens = _train_counts(task, *src, settings.data.max_train, max_len, synthetic, seed)
-    w.train_tokens = tokens * epochs
-    w.train_steps = math.ceil(examples / settings.optim.batch_size) * epochs
+        train = _counts(task, *src, max_len, s.data.max_train, seed, "train", synthetic)
+        examples, tokens = len(train.lengths), train.loss_tokens
+    w.train_tokens = tokens * s.optim.epochs
+    w.train_steps = math.ceil(examples / s.optim.batch_size) * s.optim.epochs
 
 
-def _count_evaluation(w: Workload, settings: RunSettings, task: Task, src: tuple[str, str | None], max_len: int
-                      ) -> None:
-    """The forward-only tokens and the sonnet generation of a run's evaluations: dev after every epoch, then
-    the final dev and test predictions (and, for generative tasks, the held-out likelihood)."""
-    seed, epochs, batch = settings.optim.seed, settings.optim.epochs, settings.eval.batch_size
-    dev = _split_counts(task.name, *src, max_len, settings.data.max_eval, seed, "dev")
-    test = _split_counts(task.name, *src, max_len, settings.data.max_eval, seed, "test")
-    passes = max(1, epochs)  # dev after every epoch; --epochs 0 scores the base model once
+def _count_evaluation(w: Workload, s: RunSettings, task: Task, src: tuple[str, str | None], max_len: int,
+                      positions: int) -> None:
+    """Forward tokens and sonnet generation: dev after every epoch (once for --epochs 0), dev and test at the end
+    (--eval-samples times for sonnets, with the held-out NLL of the true sonnets before and after training)."""
+    seed, batch = s.optim.seed, s.eval.batch_size
+    dev = _counts(task.name, *src, max_len, s.data.max_eval, seed, "dev")
+    test = _counts(task.name, *src, max_len, s.data.max_eval, seed, "test")
+    passes = max(1, s.optim.epochs)
     w.eval_tokens += passes * dev.loss_tokens
     w.eval_batches += passes * math.ceil(len(dev.lengths) / batch)
-    if isinstance(task, GenerativeTask):
-        samples = settings.eval.samples  # --eval-samples K: K passes over the prompts in the final dev/test scores
-        cap = settings.eval.sampling.max_new_tokens
-        known = [c for c in dev.continuations + test.continuations if c is not None]
-        mean = round(sum(known) / len(known)) if known else cap
-        dev_c = [mean if c is None else c for c in dev.continuations]
-        test_c = [mean if c is None else c for c in test.continuations]
-        if None in test.continuations:
-            w.assumed.append(f"test continuations: the true sonnets' mean, {mean} tokens")
-        positions = model_config(settings.model.model).n_positions
-        w.generation.add(dev.lengths, dev_c, batch, cap, positions, passes)
-        w.generation.add(dev.lengths, dev_c, batch, cap, positions, samples)
-        w.generation.add(test.lengths, test_c, batch, cap, positions, samples)
-        # held-out NLL: the true sonnets teacher-forced, by the base model before training and by the best one
-        w.eval_tokens += 2 * (dev.truth_tokens + test.truth_tokens)
-        w.eval_batches += 2 * (math.ceil(len(dev.lengths) / batch) + (math.ceil(len(test.lengths) / batch)
-                                                                      if test.truth_tokens else 0))
-    else:
+    if not isinstance(task, GenerativeTask):
         w.eval_tokens += (passes + 1) * sum(dev.lengths) + sum(test.lengths)
         w.eval_batches += (passes + 1) * math.ceil(len(dev.lengths) / batch) + math.ceil(len(test.lengths) / batch)
-
-
-def run_tokens(run: Run) -> tuple[int, int]:
-    """(training tokens of one epoch, epochs) of a run, from its finetune flags and the data they name."""
-    w = run_workload(run)
-    return (w.train_tokens // w.epochs if w.epochs else 0), w.epochs
+        return
+    cap = s.eval.sampling.max_new_tokens
+    known = [c for c in dev.continuations + test.continuations if c is not None]
+    mean = round(sum(known) / len(known)) if known else cap
+    dev_c, test_c = ([mean if c is None else c for c in x.continuations] for x in (dev, test))
+    if None in test.continuations:
+        w.assumed.append(f"test continuations: the true sonnets' mean, {mean} tokens")
+    for lengths, conts, times in ((dev.lengths, dev_c, passes), (dev.lengths, dev_c, s.eval.samples),
+                                  (test.lengths, test_c, s.eval.samples)):
+        w.generation.add(lengths, conts, batch, cap, positions, times)
+    w.eval_tokens += 2 * (dev.truth_tokens + test.truth_tokens)  # held-out NLL: before training and after
+    w.eval_batches += 2 * (math.ceil(len(dev.lengths) / batch) + (math.ceil(len(test.lengths) / batch)
+                                                                  if test.truth_tokens else 0))
 
 
 def format_hours(seconds: float) -> str:
@@ -417,9 +346,8 @@ def format_hours(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Rates:
-    """Seconds of work on the device the runs use, for a model of `n_params` parameters (other shapes scale by
-    parameter count) at `threads` CPU threads: measured by `probe`, or stated (`STATED_CPU`). `warnings`: why a
-    measured price may be off (a busy machine)."""
+    """Seconds of work on the runs' device for a model of `n_params` parameters (other shapes scale by parameter
+    count) at `threads` CPU threads; `warnings`: why a measured price may be off."""
 
     device: str
     train_s_per_token: float
@@ -432,7 +360,6 @@ class Rates:
 
 
 def measured_rates(model: str, device: str, threads: int | None = None) -> Rates:
-    """The probe's rates for `model` on `device` at `threads` CPU threads (default: torch's)."""
     p = probe(model, device, PROBE_STEPS, threads)
     at = f", {p.threads} thread(s)" if device == "cpu" else ""
     return Rates(device, p.seconds_per_token, p.seconds_per_step, p.build_seconds, n_params(model)[0],
@@ -461,10 +388,9 @@ def probe_warning(rates: Rates) -> str | None:
 
 @dataclass
 class Cost:
-    """A sweep's (or the study's) work and its estimated seconds, summed over runs."""
+    """A sweep's (or the study's) work and its estimated seconds, summed over runs (`+`)."""
 
     runs: int = 0
-    priced: int = 0  # runs whose work could be counted
     processes: int = 0
     train_tokens: int = 0
     train_steps: int = 0
@@ -480,28 +406,23 @@ class Cost:
     cpu_train_s: float = 0.0
     cpu_eval_s: float = 0.0
     cpu_gen_s: float = 0.0
-    startup_s: float = 0.0  # on the probe's device
+    startup_s: float = 0.0  # on the rates' device
     gpu_flop_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # training, evaluation, generation
     gpu_launch_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     gpu_startup_s: float = 0.0
     epochs: set[int] = field(default_factory=set)
-    run_cpu_s: list[float] = field(default_factory=list)  # each priced run's cpu_s, gpu_s (summing concatenates)
+    run_cpu_s: list[float] = field(default_factory=list)  # per priced run, for the wall time (summing concatenates)
     run_gpu_s: list[float] = field(default_factory=list)
-    run_startup_s: list[float] = field(default_factory=list)  # each priced run's startup_s (of its cpu_s)
+    run_startup_s: list[float] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     assumed: list[str] = field(default_factory=list)
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         out = Cost()
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(a, tuple):
-                value: Any = tuple(x + y for x, y in zip(a, b))
-            elif isinstance(a, set):
-                value = a | b
-            else:
-                value = a + b
-            setattr(out, f.name, value)
+            setattr(out, f.name, tuple(x + y for x, y in zip(a, b)) if isinstance(a, tuple) else
+                    a | b if isinstance(a, set) else a + b)
         return out
 
     @property
@@ -514,11 +435,11 @@ class Cost:
         return sum(max(f, n) for f, n in zip(self.gpu_flop_s, self.gpu_launch_s)) + self.gpu_startup_s
 
 
-def price(w: Workload, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS) -> Cost:
-    """The estimated seconds of one run's work on the probed device and on one GPU."""
-    scale = w.n_params / rates.n_params
-    g = w.generation
-    c = Cost(runs=1, priced=1, processes=w.processes, train_tokens=w.train_tokens, train_steps=w.train_steps,
+def price(w: Workload, rates: Rates) -> Cost:
+    """One run's seconds on the rates' device and on one GPU: 6 N FLOP a trained token and 2 N a forward or decoded
+    one at the GPU's MFU, or its kernel launches, whichever is longer; a process start-up per model load."""
+    scale, g, gpu = w.n_params / rates.n_params, w.generation, GPU_ASSUMPTIONS
+    c = Cost(runs=1, processes=w.processes, train_tokens=w.train_tokens, train_steps=w.train_steps,
              eval_tokens=w.eval_tokens, prompts=g.prompts, prefill_tokens=g.prefill_tokens,
              decoded_tokens=g.decoded_tokens, new_tokens=g.new_tokens, decode_steps=g.decode_steps,
              epochs={w.epochs}, assumed=list(w.assumed))
@@ -530,8 +451,7 @@ def price(w: Workload, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS) -> C
                                           if w.full_optimizer else 0.0)
     c.cpu_eval_s = (w.eval_tokens + g.prefill_tokens) * t * FORWARD_PER_TRAIN_TOKEN
     c.cpu_gen_s = g.decoded_tokens * t * DECODE_PER_TRAIN_TOKEN
-    build = rates.model_build_s * scale
-    imports = STARTUP_ASSUMPTIONS["imports_s"]
+    build, imports = rates.model_build_s * scale, STARTUP_ASSUMPTIONS["imports_s"]
     c.startup_s = w.processes * imports + w.model_loads * build
     speed = gpu["mfu"] * gpu["peak_flops"]
     c.gpu_flop_s = (c.train_flop / speed, c.eval_flop / speed, c.gen_flop / speed)
@@ -558,38 +478,31 @@ def sweep_cost(runs: Sequence[Run], rates: Rates, isolation: str = "subprocess")
     return total
 
 
-def _fmt_flop(flop: float) -> str:
-    return f"{flop:.1e} FLOP"
-
-
-def cost_lines(cost: Cost, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS, indent: str = "  ") -> list[str]:
+def cost_lines(cost: Cost, rates: Rates) -> list[str]:
     """The printed estimate: runs and tokens, the CPU (probe or stated), one GPU both ways, the start-ups."""
-    launch_us = gpu["launch_s"] * 1e6
+    h, s, gpu = format_hours, STARTUP_ASSUMPTIONS, GPU_ASSUMPTIONS
     epochs = "/".join(map(str, sorted(cost.epochs))) or "?"
     lines = [
-        f"{cost.runs} runs, epochs {epochs}, {cost.train_tokens:,} training tokens; ~{format_hours(cost.cpu_s)} "
+        f"{cost.runs} runs, epochs {epochs}, {cost.train_tokens:,} training tokens; ~{h(cost.cpu_s)} "
         f"in all on {rates.device} (estimate; {rates.source})",
-        f"  training: {cost.train_tokens:,} tokens in {cost.train_steps:,} steps, {_fmt_flop(cost.train_flop)} "
+        f"  training: {cost.train_tokens:,} tokens in {cost.train_steps:,} steps, {cost.train_flop:.1e} FLOP "
         f"(6 N per token)",
         f"  evaluation: {cost.eval_tokens + cost.prefill_tokens:,} forward tokens (dev every epoch, dev and test "
-        f"at the end, follow-up checks, sonnet prompts), {_fmt_flop(cost.eval_flop)}",
+        f"at the end, follow-up checks, sonnet prompts), {cost.eval_flop:.1e} FLOP",
         f"  sonnet generation: {cost.prompts:,} prompts, ~{cost.new_tokens:,} new tokens expected (the true "
         f"continuations' lengths), {cost.decoded_tokens:,} decoded in {cost.decode_steps:,} decode steps, "
-        f"{_fmt_flop(cost.gen_flop)}",
-        f"  CPU estimate ({rates.device}): training ~{format_hours(cost.cpu_train_s)}, evaluation "
-        f"~{format_hours(cost.cpu_eval_s)}, generation ~{format_hours(cost.cpu_gen_s)}, start-ups "
-        f"~{format_hours(cost.startup_s)}: ~{format_hours(cost.cpu_s)}",
-        f"  GPU estimate, FLOP-bound ({gpu['gpu']} at MFU {gpu['mfu']:.2f}): training "
-        f"~{format_hours(cost.gpu_flop_s[0])}, evaluation ~{format_hours(cost.gpu_flop_s[1])}, generation "
-        f"~{format_hours(cost.gpu_flop_s[2])}",
-        f"  GPU estimate, launch-bound (~{launch_us:.0f} us a kernel launch): training "
-        f"~{format_hours(cost.gpu_launch_s[0])}, evaluation ~{format_hours(cost.gpu_launch_s[1])}, generation "
-        f"~{format_hours(cost.gpu_launch_s[2])} ({cost.decode_steps:,} decode steps)",
-        f"  start-ups: {cost.processes} processes x (~{STARTUP_ASSUMPTIONS['imports_s']:.0f} s interpreter + "
-        f"imports, stated) + model builds: ~{format_hours(cost.startup_s)} on {rates.device}, "
-        f"~{format_hours(cost.gpu_startup_s)} on the GPU (+{STARTUP_ASSUMPTIONS['cuda_context_s']:.0f} s CUDA "
-        f"context each)",
-        f"  GPU estimate in all (per phase the larger bound, plus start-ups): ~{format_hours(cost.gpu_s)}",
+        f"{cost.gen_flop:.1e} FLOP",
+        f"  CPU estimate ({rates.device}): training ~{h(cost.cpu_train_s)}, evaluation ~{h(cost.cpu_eval_s)}, "
+        f"generation ~{h(cost.cpu_gen_s)}, start-ups ~{h(cost.startup_s)}: ~{h(cost.cpu_s)}",
+        f"  GPU estimate, FLOP-bound ({gpu['gpu']} at MFU {gpu['mfu']:.2f}): training ~{h(cost.gpu_flop_s[0])}, "
+        f"evaluation ~{h(cost.gpu_flop_s[1])}, generation ~{h(cost.gpu_flop_s[2])}",
+        f"  GPU estimate, launch-bound (~{gpu['launch_s'] * 1e6:.0f} us a kernel launch): training "
+        f"~{h(cost.gpu_launch_s[0])}, evaluation ~{h(cost.gpu_launch_s[1])}, generation "
+        f"~{h(cost.gpu_launch_s[2])} ({cost.decode_steps:,} decode steps)",
+        f"  start-ups: {cost.processes} processes x (~{s['imports_s']:.0f} s interpreter + imports, stated) + model "
+        f"builds: ~{h(cost.startup_s)} on {rates.device}, ~{h(cost.gpu_startup_s)} on the GPU "
+        f"(+{s['cuda_context_s']:.0f} s CUDA context each)",
+        f"  GPU estimate in all (per phase the larger bound, plus start-ups): ~{h(cost.gpu_s)}",
     ]
     if cost.unknown:
         lines.append(f"  no token count for {len(cost.unknown)} run(s): " + "; ".join(cost.unknown[:2]))
@@ -597,51 +510,34 @@ def cost_lines(cost: Cost, rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS, 
     if assumed:
         lines.append("  assumed: " + "; ".join(assumed[:3]) + (f"; ... ({len(assumed)} in all)"
                                                                  if len(assumed) > 3 else ""))
-    return [indent + line for line in lines]
+    return ["  " + line for line in lines]
 
 
 # ---------------------------------------------------------------------------------------------- Gemini
-
-def _per_request(teacher: str, summary: dict | None) -> tuple[float, float, float, str]:
-    """(prompt, output, thinking) tokens per request: the file's own mean where it billed any, else assumed."""
-    if summary and summary.get("requests") and (summary.get("tokens") or {}).get("total"):
-        t, n = summary["tokens"], summary["requests"]
-        return t["input"] / n, t["output"] / n, t["thinking"] / n, "the file's mean per request"
-    a = GEMINI_ASSUMPTIONS
-    return (a["prompt"], a["output"], a["thinking"].get(teacher, 0),
-            f"assumed per request: {a['prompt']} prompt, {a['output']} output, {a['thinking'].get(teacher, 0)} "
-            "thinking tokens")
-
 
 def synthetic_needs(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()
                     ) -> dict[Path, dict[str, int]]:
     """file -> {"perfect": n, "all": n}: the most sonnets any run asks of it with each filter, or any arm of
     `intended` ((file, filter, n), `Sweep.synthetic_needs`: also the arms a file cannot fill yet)."""
     needs: dict[Path, dict[str, int]] = {}
-    for path, filt, n in intended:
+    asked = [(s.path, s.filter, s.n or 0) for s in (r.settings.data.synthetic for r in runs) if s is not None]
+    for path, filt, n in [*intended, *asked]:
         slot = needs.setdefault(Path(path), {"perfect": 0, "all": 0})
-        slot[filt] = max(slot[filt], n)
-    for run in runs:
-        synthetic = run.settings.data.synthetic
-        if synthetic is None:
-            continue
-        path, n, filt = Path(synthetic.path), synthetic.n or 0, synthetic.filter
-        slot = needs.setdefault(path, {"perfect": 0, "all": 0})
         slot[filt] = max(slot[filt], n)
     return needs
 
 
 def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = ()) -> tuple[list[str], float]:
-    """Lines pricing the Gemini requests the runs (and the `intended` arms) need, per teacher file: what its
-    summary says it billed, and the requests still needed for the largest perfect (and all) arm at its perfect
-    rate; and the total USD."""
+    """Lines pricing the Gemini requests the runs (and the `intended` arms) need per teacher file, and the total
+    USD: what its summary says it billed, plus the requests for its largest arms at its perfect rate, priced at
+    the file's mean tokens per request or else GEMINI_ASSUMPTIONS."""
     from distill.prices import PRICES_DATE, estimate_cost
     from distill.summary import read_summary
 
     needs = synthetic_needs(runs, intended)
     if not needs:
         return ["  Gemini: none (no run trains on synthetic sonnets)"], 0.0
-    lines, total = [], 0.0
+    lines, total, a = [], 0.0, GEMINI_ASSUMPTIONS
     for path, need in sorted(needs.items()):
         teacher = path.stem
         summary = read_summary(path) if path.is_file() else None
@@ -649,7 +545,13 @@ def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = 
         billed = float(summary.get("cost_usd") or 0.0) if summary else 0.0
         want = requests_needed(teacher, path, need["perfect"], need["all"])
         more = max(0, want - done)
-        prompt, output, thinking, how = _per_request(teacher, summary)
+        if summary and summary.get("requests") and (summary.get("tokens") or {}).get("total"):
+            t, n = summary["tokens"], summary["requests"]
+            prompt, output, thinking, how = t["input"] / n, t["output"] / n, t["thinking"] / n, \
+                "the file's mean per request"
+        else:
+            prompt, output, thinking = a["prompt"], a["output"], a["thinking"].get(teacher, 0)
+            how = f"assumed per request: {prompt} prompt, {output} output, {thinking} thinking tokens"
         cost = estimate_cost(teacher, round(more * prompt), round(more * output), round(more * thinking))
         _, _, rate_from = teacher_rates(teacher, path)
         have = f"{path}: {done:,} requests made, ${billed:.2f} billed (its summary); " if summary else \
@@ -664,11 +566,11 @@ def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = 
     return lines, total
 
 
-def schedule_seconds(seconds: Sequence[float], workers: int) -> float:
-    """Wall time of runs taking `seconds` each on `workers` identical workers that start the longest runs first
-    and give each next run to the first worker free (greedy longest-processing-time: within 4/3 of the best)."""
-    import heapq
+# ---------------------------------------------------------------------------------------------- wall time
 
+def schedule_seconds(seconds: Sequence[float], workers: int) -> float:
+    """Wall time of runs taking `seconds` each on `workers` workers, longest first, each to the first worker free
+    (greedy longest-processing-time: within 4/3 of the best)."""
     free_at = [0.0] * max(1, min(workers, len(seconds)))
     for s in sorted(seconds, reverse=True):
         heapq.heappush(free_at, heapq.heappop(free_at) + s)
@@ -677,9 +579,8 @@ def schedule_seconds(seconds: Sequence[float], workers: int) -> float:
 
 @dataclass(frozen=True)
 class Workers:
-    """Where a command's runs go at once: `n` workers. On GPUs each worker is a device of its own. On a CPU each
-    run has `threads` threads and the runs at once share `cores` cores (None: each has CPUs of its own, as a Ray
-    task with --cpus-per-run)."""
+    """`n` runs at once: on GPUs a device each; on a CPU `threads` threads each, sharing `cores` cores (None: CPUs
+    of its own, as a Ray task with --cpus-per-run)."""
 
     n: int
     gpu: bool = False
@@ -688,13 +589,9 @@ class Workers:
 
 
 def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str], float]:
-    """Lines with the wall time of the priced runs on `workers`, longest first, and that time in seconds.
-
-    On a CPU a run's work is taken as inversely proportional to the cores it runs on (linear in threads: the
-    most threads can give): its threads, at most cores / runs at once when they share the cores. So work priced
-    at `rates.threads` takes rates.threads / that as long, and N runs at once on one CPU are in all no faster
-    than one run on every core. Start-ups (interpreter, imports, building the model) take one core each, while
-    there are as many cores as runs at once."""
+    """Lines with the wall time of the priced runs on `workers`, longest first, and that time in seconds. On a CPU
+    a run's work is inversely proportional to its cores (its threads, at most cores / runs at once), so N runs at
+    once are no faster in all than one on every core; start-ups take one core each."""
     if workers.gpu:
         per_run, note = list(cost.run_gpu_s), []
     else:
@@ -717,13 +614,9 @@ def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str]
     return [line] + note, wall
 
 
-# ---------------------------------------------------------------------------------------------- the table
-
-def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates, gpu: dict[str, Any] = GPU_ASSUMPTIONS
-                   ) -> str:
-    """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), the last one the total (bold). A sweep
-    with runs that could not be counted (data or tokenizer missing) says so in its runs cell, and a line under the
-    table gives the first reason: their tokens and hours are not in the figures, which are then too low."""
+def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates) -> str:
+    """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), a last row "all" in bold. Runs that could
+    not be counted are said so in their row, and the first reason under the table: the figures are then too low."""
     head = ("| sweep | runs | training tokens (all epochs) | training FLOP | evaluation + generation tokens | "
             f"CPU ({rates.source.split(':')[0]}, {rates.device}) | GPU FLOP-bound | GPU launch-bound | "
             "GPU with start-ups | Gemini |")

@@ -1,19 +1,8 @@
 """Where a sweep's runs run: launchers behind one interface, `launch(runs, root) -> SweepResult`, each with its
-`capacity` (runs at once) and the `Workers` a dry run plans for. Each run is `runner.execute`, and the run folders
-stay the one source of truth: a run is done when its folder says so, whoever ran it, so a sweep stopped anywhere
-resumes from any machine that sees the folders.
-
-    Local   this machine: one run at a time (in this process or a subprocess), or `jobs` worker threads, each
-            holding one slot: a device (round-robin over --devices) and a CPU thread count, its finetune in a
-            subprocess whose output goes only to the run's run.log. Ctrl-C or SIGTERM stops every child (their
-            files are replaced atomically, so any moment is safe) and leaves the unfinished runs to resume.
-    Ray     one Ray task per run, asking for one GPU (or --cpus-per-run CPUs) on an existing cluster (--address)
-            or a local one. First a probe: a task on every node writes a file in the sweep's folder and this
-            process must read it back, else the folders are not shared storage and the sweep refuses to start.
-
-Side by side, runs start longest first (training tokens x epochs, as `--dry-run` counts them): a long run started
-last would keep every other worker idle at the end.
-"""
+`capacity` (runs at once) and the `Workers` a dry run plans for: `Local` (this machine) and `Ray` (a cluster).
+Each run is `runner.execute`, and a run is done when its folder says so, whoever ran it: a sweep stopped anywhere
+resumes from any machine that sees the folders. Side by side, runs start longest first (training tokens, as
+`--dry-run` counts them): a long run started last would keep every other worker idle at the end."""
 
 from __future__ import annotations
 
@@ -29,19 +18,18 @@ import traceback
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from tqdm import tqdm
 
 from minigpt2.device import cpu_count
 from minigpt2.errors import UserError
 
-from .estimate import Workers
-from .runner import (Executor, Outcome, Placement, SweepResult, evaluation_done, execute, in_subprocess, is_finished,
+from .estimate import Workers, run_workload
+from .runner import (Executor, Placement, SweepResult, evaluation_done, execute, in_subprocess, is_finished,
                      prepare_run)
 from .sweeps import Run
 
-INSTALL_RAY = 'pip install -e ".[cluster]"'
 FORWARDED_ENV = ("MINIGPT2_", "HF_")  # environment variables a Ray task gets from the driver
 LAUNCH_FILE = "launch.json"  # written by a Ray task into its run folder when the run starts (who runs it, where)
 
@@ -66,21 +54,16 @@ def threads_per_run(jobs: int, threads: int | None = None) -> int:
     return threads if threads is not None else max(1, cpu_count() // jobs)
 
 
-def run_cost(run: Run) -> float:
-    """How long a run takes, relatively: its training tokens x epochs (0 when its data is not there yet)."""
-    from .estimate import run_tokens
-
+def _training_tokens(run: Run) -> int:
     try:
-        tokens, epochs = run_tokens(run)
-    except (OSError, ValueError, RuntimeError, UserError):
-        return 0.0
-    return float(tokens * epochs)
+        return run_workload(run).train_tokens
+    except (OSError, ValueError, RuntimeError, UserError):  # its data is not there yet
+        return 0
 
 
-def longest_first(runs: Sequence[Run], cost=run_cost) -> list[Run]:
+def longest_first(runs: Sequence[Run], cost: Callable[[Run], float] = _training_tokens) -> list[Run]:
     """The runs in the order to start them: the most costly first (ties keep the sweep's order)."""
-    costs = {run.name: cost(run) for run in runs}
-    return sorted(runs, key=lambda r: -costs[r.name])
+    return sorted(runs, key=lambda r: -cost(r))
 
 
 def default_devices() -> list[str]:
@@ -91,57 +74,40 @@ def default_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(n)] or ["cpu"]
 
 
-def check_devices(devices: Sequence[str]) -> None:
-    """Each device must exist here (one `error:` line naming the one that does not)."""
-    from minigpt2.device import parse_device
-    from minigpt2.errors import FieldError
-
-    for device in devices:
-        try:
-            parse_device(device)
-        except FieldError as e:
-            raise LaunchError(f"--devices {e.value}: expected {e.expected}") from None
-        if device == "auto":
-            raise LaunchError("--devices auto: name the devices (cpu, cuda:0, cuda:1, ...)")
-
-
 class Progress:
     """Runs queued / running / done / failed, shown as a bar and one line per change of a run's state."""
 
     def __init__(self, name: str, total: int, show: bool) -> None:
-        self.queued, self.running, self.done, self.failed = total, 0, 0, 0
+        self.counts = {"queued": total, "running": 0, "done": 0, "failed": 0}
         self.bar = tqdm(total=total, desc=f"sweep {name}", unit="run", disable=not show, dynamic_ncols=True)
         self.lock = threading.Lock()
         self.bar.set_postfix_str(self.line())
 
     def line(self) -> str:
-        return f"queued {self.queued}, running {self.running}, done {self.done}, failed {self.failed}"
+        return ", ".join(f"{k} {self.counts[k]}" for k in ("queued", "running", "done", "failed"))
 
-    def start(self, name: str, where: str) -> None:
+    def change(self, name: str, state: str, note: str = "") -> None:
+        """A run started ('start', `note`: where), or ended: 'done', 'failed', or 'stopped' with the sweep."""
         with self.lock:
-            self.queued, self.running = self.queued - 1, self.running + 1
-            self._say(f"start {name} on {where}")
-
-    def end(self, name: str, ok: bool, note: str = "", stopped: bool = False) -> None:
-        """A run ended: done, failed, or (`stopped`) interrupted with the sweep, to be resumed."""
-        with self.lock:
-            self.running -= 1
-            self.done, self.failed = self.done + ok, self.failed + (not ok and not stopped)
-            self.bar.update(1)
-            state = "done" if ok else ("stopped" if stopped else "FAILED")
-            self._say(f"{state} {name}" + (f": {note}" if note else ""))
-
-    def _say(self, event: str) -> None:
-        self.bar.set_postfix_str(self.line())
-        tqdm.write(f"[{self.line()}] {event}")
+            c = self.counts
+            if state == "start":
+                c["queued"], c["running"] = c["queued"] - 1, c["running"] + 1
+                event = f"start {name} on {note}"
+            else:
+                c["running"] -= 1
+                c[state] = c.get(state, 0) + 1
+                self.bar.update(1)
+                event = f"{'FAILED' if state == 'failed' else state} {name}" + (f": {note}" if note else "")
+            self.bar.set_postfix_str(self.line())
+            tqdm.write(f"[{self.line()}] {event}")
 
     def close(self) -> None:
         self.bar.close()
 
 
 def split_finished(runs: Sequence[Run], root: Path, result: SweepResult) -> list[Run]:
-    """The checks every launcher makes here before starting anything (a folder of other settings or of other
-    inputs stops the sweep now, not midway); the runs with nothing left to do go to `result.skipped`."""
+    """The checks every launcher makes before starting anything (a folder of other settings or inputs stops the
+    sweep now, not midway); the runs with nothing left to do go to `result.skipped`."""
     todo = []
     for run in runs:
         if prepare_run(run, root) and all(evaluation_done(root / run.name, ev) for ev in run.evaluations):
@@ -154,11 +120,11 @@ def split_finished(runs: Sequence[Run], root: Path, result: SweepResult) -> list
 # ---------------------------------------------------------------------------------------------- one machine
 
 class Local:
-    """Up to `jobs` runs at once on this machine, the run in slot k on `devices[k % len(devices)]` (None: the
-    device its settings name) with `threads` CPU threads (default: the cores split between the jobs). One job runs
-    the runs in the sweep's order in this thread, through `executor` (in this process or a subprocess that echoes
-    its output); more run longest first, each a finetune subprocess logging to its run.log only. Ctrl-C
-    (KeyboardInterrupt) stops every child, lists the unfinished runs in `result.interrupted` and is raised again."""
+    """Up to `jobs` runs at once here, the run in slot k on `devices[k % len(devices)]` (None: the device its
+    settings name) with `threads` CPU threads (default: the cores split between the jobs). One job runs the runs in
+    the sweep's order in this thread through `executor`; more run longest first, each a finetune subprocess
+    logging to its run.log only. Ctrl-C stops every child, lists the unfinished runs in `result.interrupted` and
+    is raised again."""
 
     def __init__(self, executor: Executor = in_subprocess, jobs: int = 1, devices: Sequence[str | None] = (None,),
                  threads: int | None = None, progress: bool = True) -> None:
@@ -190,16 +156,22 @@ class Local:
             with lock:
                 slot = heapq.heappop(slots)  # the lowest free slot
             where = Placement(self.devices[slot % len(self.devices)], self.threads)
-            outcome = Outcome()
-            bar.start(run.name, f"{where}" + (f"; log {root / run.name / 'run.log'}" if jobs > 1 else ""))
+            bar.change(run.name, "start", f"{where}" + (f"; log {root / run.name / 'run.log'}" if jobs > 1 else ""))
             try:
-                execute(run, root, run_step, where, outcome)
-                bar.end(run.name, True)
+                execute(run, root, run_step, where, result)
+                bar.change(run.name, "done")
             except Exception as e:
-                _note_failure(run, e, stopping.is_set(), result, bar)
+                if stopping.is_set():
+                    result.interrupted.append(run.name)
+                    bar.change(run.name, "stopped")
+                else:
+                    result.failed[run.name] = f"{type(e).__name__}: {e}"
+                    bar.change(run.name, "failed", str(e))
+                    if not isinstance(e, RuntimeError):  # a bug here, not a failed run
+                        tqdm.write(traceback.format_exc(limit=3))
             finally:
-                (result.started if outcome.started else result.skipped).append(run.name)
-                result.evaluated.extend(outcome.evaluated)
+                if run.name not in result.started:
+                    result.skipped.append(run.name)
                 with lock:
                     heapq.heappush(slots, slot)
 
@@ -217,43 +189,26 @@ class Local:
             bar.close()
         return result
 
-    def _side_by_side(self, todo: list[Run], work, stopping: threading.Event, live: set, result: SweepResult
-                      ) -> None:
+    def _side_by_side(self, todo: list[Run], work: Callable[[Run], None], stopping: threading.Event,
+                      live: set[subprocess.Popen], result: SweepResult) -> None:
         pool = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="sweep")
-        futures = [pool.submit(work, run) for run in todo]  # the pool starts them in this order: longest first
+        futures: list[Future] = [pool.submit(work, run) for run in todo]  # started in this order: longest first
         try:
             for future in as_completed(futures):
                 future.result()
         except KeyboardInterrupt:
             stopping.set()
-            _stop_children(futures, live)
+            for future in futures:
+                future.cancel()
+            while not all(f.done() for f in futures):  # until every run ended: a child started just now is stopped too
+                for proc in list(live):
+                    if proc.poll() is None:
+                        proc.terminate()
+                time.sleep(0.1)
             result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
             raise
         finally:
             pool.shutdown(wait=True)
-
-
-def _note_failure(run: Run, e: Exception, stopping: bool, result: SweepResult, bar: Progress) -> None:
-    """A run that raised: interrupted (the sweep is stopping) or failed; a traceback for what is not a run's own
-    failure (a bug in the sweep)."""
-    if stopping:
-        result.interrupted.append(run.name)
-    else:
-        result.failed[run.name] = f"{type(e).__name__}: {e}"
-    bar.end(run.name, False, "" if stopping else str(e), stopped=stopping)
-    if not stopping and not isinstance(e, RuntimeError):  # a bug here, not a failed run
-        tqdm.write(traceback.format_exc(limit=3))
-
-
-def _stop_children(futures: list[Future], live: set[subprocess.Popen]) -> None:
-    """Cancel the runs not started yet and terminate every running child until all runs are done."""
-    for future in futures:
-        future.cancel()
-    while not all(f.done() for f in futures):  # a child started just now is stopped too
-        for proc in list(live):
-            if proc.poll() is None:
-                proc.terminate()
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -263,8 +218,8 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise LaunchError(f"--launcher ray needs Ray, which is not installed here; install it with: "
-                          f"{INSTALL_RAY}") from None
+        raise LaunchError('--launcher ray needs Ray, which is not installed here; install it with: pip install -e '
+                          '".[cluster]"') from None
     return ray
 
 
@@ -276,31 +231,29 @@ def _write_probe(path: str, token: str) -> str:
 
 
 def check_shared_storage(ray, root: Path) -> None:
-    """A task on every alive node writes a probe file into `root`; this process must read each back."""
+    """A task on every alive node writes a probe file into `root`; this process must read each back, else the
+    run folders are not shared storage and the sweep refuses to start."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0)(_write_probe)
-    token = uuid.uuid4().hex
+    probe, token = ray.remote(num_cpus=0)(_write_probe), uuid.uuid4().hex
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    paths = {n["NodeID"]: root / f".storage-probe-{n['NodeID'][:12]}-{token[:8]}" for n in nodes}
-    refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(str(paths[n["NodeID"]]), token) for n in nodes}
+    paths = [root / f".storage-probe-{n['NodeID'][:12]}-{token[:8]}" for n in nodes]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(path), token) for n, path in zip(nodes, paths)]
+    shared = "the run folders (--runs-dir) must be on storage every node mounts at the same path"
     try:
-        for node_id, ref in refs.items():
-            ip = next(n.get("NodeManagerAddress", "?") for n in nodes if n["NodeID"] == node_id)
+        for node, path, ref in zip(nodes, paths, refs):
+            ip = node.get("NodeManagerAddress", "?")
             try:
                 host = ray.get(ref, timeout=300)
             except Exception as e:
                 raise LaunchError(f"--launcher ray: node {ip} cannot write into {root} ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[-1] if str(e) else ''}); the run folders (--runs-dir) must "
-                                  "be on storage every node mounts at the same path") from None
-            path = paths[node_id]
+                                  f"{str(e).splitlines()[-1] if str(e) else ''}); {shared}") from None
             if not path.is_file() or path.read_text(encoding="utf-8") != token:
                 raise LaunchError(f"--launcher ray: node {host} ({ip}) wrote {path}, but this machine does not see "
-                                  f"it; the run folders (--runs-dir) must be on storage every node mounts at the same "
-                                  "path (NFS, a cluster file system), or the results stay on the workers")
+                                  f"it; {shared} (NFS, a cluster file system), or the results stay on the workers")
     finally:
-        for path in paths.values():
+        for path in paths:
             try:
                 path.unlink(missing_ok=True)
             except OSError:  # the folder itself is the problem, reported above
@@ -332,24 +285,20 @@ def _launched_by(run_dir: Path, pass_id: str) -> str | None:
 
 def connect(ray, address: str | None) -> None:
     """Join the cluster at `address` ('auto': the one this machine belongs to), else start a local one."""
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(log_to_driver=False, include_dashboard=False)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False, **({"address": address} if address else {"include_dashboard": False}))
 
 
 class Ray:
     """Every unfinished run as a Ray task (one GPU each, or `cpus_per_run` CPUs with `threads` threads, default
-    that many), longest first; the outcome of each is read from its run folder. Ctrl-C cancels the tasks (their
-    finetune children are stopped) and is raised again; the run folders keep what was finished. `jobs`: the
+    that many), longest first, on the cluster at `address` or a local one; the outcome of each is read from its
+    run folder. Ctrl-C cancels the tasks (stopping their finetune children) and is raised again. `jobs`: the
     workers a dry run plans for (default: what the cluster holds)."""
 
     def __init__(self, address: str | None = None, cpus_per_run: int | None = None, threads: int | None = None,
                  jobs: int | None = None, progress: bool = True, poll_s: float = 2.0) -> None:
-        self.address, self.cpus_per_run, self.threads, self.jobs = address, cpus_per_run, threads, jobs
-        self.progress, self.poll_s = progress, poll_s
+        self.address, self.cpus_per_run, self.jobs, self.progress, self.poll_s = \
+            address, cpus_per_run, jobs, progress, poll_s
         self.where = Placement("cpu", threads or cpus_per_run) if cpus_per_run else Placement("cuda", threads)
 
     @functools.cached_property
@@ -411,7 +360,7 @@ class Ray:
                     host = _launched_by(root / run.name, pass_id)
                     if (host or ref in ready) and run.name not in seen:
                         seen.add(run.name)
-                        bar.start(run.name, host or "a worker")
+                        bar.change(run.name, "start", host or "a worker")
                 for ref in ready:
                     run = pending.pop(ref)
                     try:
@@ -419,10 +368,11 @@ class Ray:
                     except Exception as e:  # the task itself died (its worker or node was lost)
                         error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                     run_dir = root / run.name
-                    done = is_finished(run_dir) and all(evaluation_done(run_dir, ev) for ev in run.evaluations)
-                    if not done:
+                    if is_finished(run_dir) and all(evaluation_done(run_dir, ev) for ev in run.evaluations):
+                        bar.change(run.name, "done")
+                    else:
                         result.failed[run.name] = error or f"the task ended but {run_dir} holds no finished run"
-                    bar.end(run.name, done, "" if done else result.failed[run.name])
+                        bar.change(run.name, "failed", result.failed[run.name])
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref)

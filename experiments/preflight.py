@@ -1,16 +1,6 @@
-"""Fail once, up front: the inputs a sweep's runs share, checked before the first of them starts.
-
-    base weights      --model: a folder or file that exists, or a preset in checkpoints/<name>/, else downloaded
-                      now (once, for every run); offline (--offline, HF_HUB_OFFLINE=1) with no weights is an error
-    data              the task's course files (and those of a follow-up check, e.g. Quora for the zero-shot one),
-                      fetched now when missing, an error offline
-    tokenizer         GPT-2's BPE files: --tokenizer-dir / $MINIGPT2_TOKENIZER_DIR, or tiktoken's download
-    synthetic files   each --synthetic file holds the --synthetic-n sonnets its --synthetic-filter asks for
-
-Each distinct input is checked once. The first that fails stops the sweep with one `error:` line naming the sweep,
-the input and what to do, before any run folder is made: without it, every run of a sweep would fail the same way
-in turn, each with its own output.
-"""
+"""Fail once, up front: the inputs a sweep's runs share (base weights, data, tokenizer, synthetic files), each
+checked once before the first run starts; the first that fails is one `error:` line naming the sweep, the input and
+what to do, instead of every run failing the same way in turn."""
 
 from __future__ import annotations
 
@@ -31,8 +21,8 @@ class PreconditionError(UserError, RuntimeError):
 
 
 def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
-    """Check the inputs of `runs` (weights, data, tokenizer, synthetic files), each once; raise a
-    PreconditionError naming the first that fails."""
+    """Check the inputs of `runs`, each once: the base weights and the data (the run's task and its follow-up
+    checks') fetched now when missing, GPT-2's tokenizer, the synthetic files' sonnets. Raises PreconditionError."""
     from app.runmodel import base_weights_file
     from course.fetch import ensure_task_data
     from course.readers import require_files
@@ -75,8 +65,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
 
 
 def _check_synthetic(syn: SyntheticSettings, counts: dict[tuple[str, str], int]) -> None:
-    """A run's synthetic file exists and holds the sonnets it asks for; `counts` keeps each file's count per
-    filter, so that a file is read (and, for "perfect", checked) once."""
+    """A run's synthetic file exists and holds the sonnets it asks for; `counts`: each file's per filter, read once."""
     from distill.synthetic import load_synthetic
 
     if not Path(syn.path).is_file():

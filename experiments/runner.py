@@ -1,20 +1,10 @@
-"""Bring one run of a sweep to finished, in its own folder; what is finished is skipped.
-
-    <runs-dir>/<sweep>/<run name>/    the finetune run folder (config.json, metrics.json, best/, predictions)
-                      experiment.json the settings this folder belongs to (checked on every re-run)
-                      settings.json   what finetune was handed (`python -m minigpt2.finetune --settings FILE`)
-                      run.log         the run's output (subprocess mode)
-
-A run is finished when its folder is complete: the run's config.json and the final metrics.json, which names
-the dev and test prediction files (only written after training ends and the best model has predicted dev
-and test), both there, and no `stopped_after_epoch`. Any other folder holding a started run (its config.json) is
-resumed: from its last saved epoch, or from epoch 1 when it died in its first.
+"""Bring one run of a sweep to finished in its own folder, <runs-dir>/<sweep>/<run name>/: finetune's run folder
+plus experiment.json (the settings it belongs to, checked on every re-run), settings.json (what finetune was
+handed) and run.log. A finished run is skipped, a started one resumed.
 
 A run travels as its settings, never as flags: `execute` hands each `Step` (finetune, then the follow-up
-evaluations) to an executor, which runs it in a fresh interpreter (`in_subprocess`, the default: a crash or a CUDA
-out-of-memory error cannot take the sweep down, and every run starts with empty GPU memory) or calls it in this
-process (`in_process`, the default under --tiny: no interpreter start-up per run). The launchers of
-`experiments.launch` call `execute` for each run.
+evaluations) to an executor: `in_subprocess` (the default: a crash or a CUDA out-of-memory error cannot take the
+sweep down) or `in_process` (the default under --tiny: no interpreter start-up per run).
 """
 
 from __future__ import annotations
@@ -88,9 +78,8 @@ def in_process(step: Step, log: Path) -> None:
 
 
 def in_subprocess(step: Step, log: Path, echo: bool = True, live: set | None = None) -> None:
-    """`python -m <module> <argv>` in a fresh interpreter; its output goes to `log` (and the console when `echo`).
-    Interrupted here (Ctrl-C, a cancelled Ray task), the child is stopped before this returns; it also gets SIGTERM
-    if this process dies, so no run goes on writing into its folder unseen. `live`, when given, holds the child
+    """`python -m <module> <argv>` in a fresh interpreter, its output to `log` (and the console when `echo`). The
+    child is stopped when this returns or dies, so no run goes on writing into its folder unseen; `live` holds it
     while it runs (a launcher running several at once stops them all on Ctrl-C)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -111,24 +100,17 @@ def in_subprocess(step: Step, log: Path, echo: bool = True, live: set | None = N
                     tqdm.write(line.rstrip("\n"))
             code = proc.wait()
         finally:
-            stop(proc)
+            if proc.poll() is None:  # SIGTERM is safe at any moment: finetune replaces its files atomically
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             if live is not None:
                 live.discard(proc)
     if code != 0:
         raise RunFailed(f"{step.module} exited with code {code}; see {log}")
-
-
-def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """End a child that is still running: SIGTERM (finetune's files are replaced atomically, so any moment is a
-    safe one), then SIGKILL after `grace` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _die_with_parent() -> None:
@@ -155,7 +137,6 @@ def _finetune(settings: RunSettings) -> None:
 
 
 def _evaluate(argv: Sequence[str]) -> None:
-    """`python -m minigpt2.evaluate ARGV`'s work, here."""
     from app import evaluate
 
     evaluate.run(cli.evaluate_settings(argv))
@@ -172,9 +153,9 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when finetune completed in `run_dir` and the folder is whole: its config.json (a JSON object), the
-    final metrics.json and the prediction files it names are there (a folder deleted midway and partly recreated
-    by a run's last writes is not finished)."""
+    """True when finetune completed in `run_dir` and the folder is whole: its config.json, the final metrics.json
+    (no `stopped_after_epoch`) and the prediction files it names (a folder deleted midway and partly recreated by a
+    run's last writes is not finished)."""
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
     if not isinstance(m, dict) or "stopped_after_epoch" in m or "dev" not in m or "test_predictions" not in m:
@@ -188,8 +169,7 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
 
 
 def is_started(run_dir: Path) -> bool:
-    """True when `run_dir` holds a run finetune began (its config.json): it is resumed, from its last saved epoch
-    or, if it died in its first, from epoch 1."""
+    """True when `run_dir` holds a run finetune began (its config.json): resumed from its last saved epoch."""
     return runfolder.is_run_config(run_dir / runfolder.CONFIG_FILE)
 
 
@@ -213,39 +193,17 @@ def recorded_settings(run_dir: Path) -> RunSettings | None:
                                 f"{run_dir} or choose another --runs-dir") from None
 
 
-def check_record(run_dir: Path, run: Run) -> None:
-    """Refuse to reuse a folder that belongs to other settings (e.g. the sweep changed its model); where and how
-    a run executes (device, threads, data folder, ...) is not compared."""
-    old = recorded_settings(run_dir)
-    if old is None:
-        return
-    was, now = defining(old), defining(run.settings)
-    changes = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
-    if changes:
-        raise RunFolderConflict(f"{run_dir} holds a run made with other settings:\n  " + "\n  ".join(changes)
-                                + "\nDelete that folder or choose another --runs-dir.")
-
-
 def data_folder(settings: RunSettings) -> Path:
-    """The data folder a run reads, absolute: its data_dir, else what finetune resolves from MINIGPT2_DATA_DIR
-    or its default now."""
+    """The data folder a run reads, absolute: its data_dir, else finetune's (MINIGPT2_DATA_DIR or its default)."""
     from course.readers import data_dir
 
     return Path(data_dir(settings.paths.data_dir)).resolve()
 
 
-def write_record(run_dir: Path, run: Run) -> None:
-    """experiment.json: the run's settings (versioned, as config.json holds them) and the data folder it reads (a
-    later report finds the data without the environment)."""
-    atomic_write_json(run_dir / RECORD, {"name": run.name, **runfolder.settings_record(run.settings),
-                                         "data_dir": str(data_folder(run.settings))})
-
-
 def check_inputs(run_dir: Path, run: Run) -> None:
-    """Refuse to reuse a finished run whose inputs changed since it ran: the base weights, the data files or the
-    synthetic file now hash differently from what its config.json recorded (say, a regenerated synthetic file
-    under the same name). The difference is shown; nothing is deleted. An input that is no longer on this
-    machine is not compared: the run's results still stand for what it was."""
+    """Refuse to reuse a finished run whose base weights, data files or synthetic file now hash differently from
+    what its config.json recorded; the difference is shown, nothing deleted. An input no longer on this machine
+    is not compared: the run's results still stand for what it was."""
     from app.finetune import data_files
     from app.runmodel import base_weights_file
     from tasks import get_task
@@ -275,10 +233,16 @@ def check_inputs(run_dir: Path, run: Run) -> None:
 
 
 def prepare_run(run: Run, root: Path) -> bool:
-    """The checks before a run starts, made by whoever launches it: the folder must belong to these settings and,
-    if finished, to these inputs (`RunFolderConflict` otherwise). True when the run is finished."""
+    """The checks before a run starts, made by whoever launches it: the folder must belong to these settings (where
+    and how it runs not compared) and, if finished, to these inputs (`RunFolderConflict` otherwise). True when the
+    run is finished."""
     run_dir = root / run.name
-    check_record(run_dir, run)
+    old = recorded_settings(run_dir)
+    was, now = (defining(old), defining(run.settings)) if old is not None else ({}, {})
+    changes = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted({*was, *now}) if was.get(k) != now.get(k)]
+    if changes:
+        raise RunFolderConflict(f"{run_dir} holds a run made with other settings:\n  " + "\n  ".join(changes)
+                                + "\nDelete that folder or choose another --runs-dir.")
     if is_finished(run_dir):
         check_inputs(run_dir, run)
         return True
@@ -289,13 +253,14 @@ def prepare_run(run: Run, root: Path) -> bool:
 
 @dataclass
 class SweepResult:
-    """What one pass over a sweep did: run names started (finetune invoked), skipped as finished, failed."""
+    """What one pass over a sweep did: run names started (finetune invoked), skipped as finished, failed, the
+    follow-up evaluations run, and the runs Ctrl-C or SIGTERM stopped (resumable)."""
 
     started: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     evaluated: list[str] = field(default_factory=list)
-    interrupted: list[str] = field(default_factory=list)  # stopped by Ctrl-C / SIGTERM: resumable
+    interrupted: list[str] = field(default_factory=list)
 
 
 def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
@@ -309,37 +274,24 @@ def plan(runs: Sequence[Run], root: Path) -> list[tuple[Run, str]]:
     return out
 
 
-@dataclass
-class Outcome:
-    """What `execute` did with one run: started finetune (or found it finished), and which evaluations it ran."""
-
-    started: bool = False
-    evaluated: list[str] = field(default_factory=list)
-
-
-def run_settings(run: Run, run_dir: Path, where: Placement) -> RunSettings:
-    """What finetune is handed: the run's settings writing into `run_dir` (resumed when a run was started there),
-    on the device and threads of `where` where it names them."""
-    s = run.settings
-    hardware = {k: v for k, v in dataclasses.asdict(where).items() if v is not None}
-    return dataclasses.replace(s, run=dataclasses.replace(s.run, out_dir=str(run_dir), resume=is_started(run_dir)),
-                               hardware=dataclasses.replace(s.hardware, **hardware))
-
-
 def execute(run: Run, root: Path, executor: Executor, where: Placement = Placement(),
-            outcome: Outcome | None = None) -> Outcome:
-    """Bring one run to finished: finetune into `root/<run name>/` (a started one resumed), then its missing
-    follow-up evaluations, each a `Step` for `executor`. The one way every launcher runs a run. Raises on failure,
-    after filling in `outcome` (when given) with what it got to do."""
-    run_dir = root / run.name
-    outcome = outcome if outcome is not None else Outcome()
+            result: SweepResult | None = None) -> None:
+    """Bring one run to finished, the one way every launcher runs a run: finetune into `root/<run name>/` (a
+    started one resumed) on `where`'s device and threads, then its missing follow-up evaluations, each a `Step` for
+    `executor`. Raises on failure, after noting in `result` (when given) what it started and evaluated."""
+    run_dir, s = root / run.name, run.settings
+    result = result if result is not None else SweepResult()
     log = run_dir / "run.log"
     if not prepare_run(run, root):
-        settings = run_settings(run, run_dir, where)
+        placed = {k: v for k, v in dataclasses.asdict(where).items() if v is not None}
+        run_part = dataclasses.replace(s.run, out_dir=str(run_dir), resume=is_started(run_dir))
+        settings = dataclasses.replace(s, run=run_part, hardware=dataclasses.replace(s.hardware, **placed))
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_record(run_dir, run)
+        # the data folder too: a later report finds the data without the environment
+        atomic_write_json(run_dir / RECORD, {"name": run.name, **runfolder.settings_record(s),
+                                             "data_dir": str(data_folder(s))})
         atomic_write_json(run_dir / runfolder.SETTINGS_FILE, runfolder.settings_record(settings))
-        outcome.started = True
+        result.started.append(run.name)
         executor(Step("minigpt2.finetune", ("--settings", str(run_dir / runfolder.SETTINGS_FILE)),
                       functools.partial(_finetune, settings)), log)
         if not is_finished(run_dir):
@@ -350,5 +302,4 @@ def execute(run: Run, root: Path, executor: Executor, where: Placement = Placeme
             executor(Step(ev.module, argv, functools.partial(_evaluate, argv)), log)
             if not evaluation_done(run_dir, ev):
                 raise RuntimeError(f"{ev.module} returned but wrote no {run_dir / ev.output}")
-            outcome.evaluated.append(f"{run.name}:{ev.name}")
-    return outcome
+            result.evaluated.append(f"{run.name}:{ev.name}")

@@ -354,7 +354,8 @@ def test_dry_run_counts_training_tokens_and_prices_the_teachers(capsys):
     from course.readers import read_sonnets
 
     sweep = build_sweep("lora-ranks", SweepOptions(tiny=True))
-    tokens, epochs = estimate.run_tokens(sweep.runs[0])
+    w = estimate.run_workload(sweep.runs[0])
+    tokens, epochs = w.train_tokens // w.epochs, w.epochs
     tok = Tokenizer(str(TINY_TOKENIZER_DIR))
     sonnets = read_sonnets(TINY_DATA_DIR / "sonnets.txt")[0][:4]  # --tiny trains on 4 examples
     by_hand = sum(min(128, len(tok.encode(s.text))) for s in sonnets)  # the tiny model holds 128 positions
