@@ -241,3 +241,13 @@ def test_quant_report_checks_the_group_size_against_the_model():
 def test_evaluate_on_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: .*config.json: not found"):
         evaluate.main([str(tmp_path), "--device", "cpu"])
+
+
+def test_a_bad_settings_file_is_one_error_line_before_any_run_folder(tmp_path, capsys):
+    """`finetune --settings FILE`: a missing file, one that holds no settings, or a flag beside it is one line."""
+    fails_with(["--settings", str(tmp_path / "nope.json")], "nope.json: cannot be read", capsys)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"args": {"task": "sst"}}')
+    fails_with(["--settings", str(bad)], "bad.json: expected a JSON object with the run's \"settings\"", capsys)
+    fails_with(["--settings", str(bad), "--lr", "0.1"], "--lr 0.1 cannot go with it", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]  # nothing written
