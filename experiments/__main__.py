@@ -36,7 +36,7 @@ from minigpt2.device import parse_device
 from minigpt2.errors import FieldError, UserError, exits_on_user_error
 
 from .estimate import (Cost, cost_lines, format_hours, gemini_bill, markdown_table, measured_rates,
-                       probe_warning, stated_rates, sweep_cost, wall_estimate)
+                       stated_rates, sweep_cost, wall_estimate)
 from .html import write_index
 from .launch import Launcher, LaunchError, Local, Ray, default_devices, require_ray, threads_per_run
 from .preflight import check_preconditions
@@ -233,9 +233,8 @@ class DryRun:
         if self.rates is None:  # priced on the device of the first run, at the threads a run gets one at a time
             self.rates = stated_rates() if self.args.stated_rates else \
                 measured_rates(first.model.model, (a.device_list or [device])[0], threads_per_run(1, a.threads))
-            warning = probe_warning(self.rates)
-            if warning:
-                print(warning, file=sys.stderr)
+            if self.rates.warning:
+                print(self.rates.warning, file=sys.stderr)
         cost = sweep_cost(sweep.runs, self.rates, isolation(self.args))
         bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
         print("\n".join(cost_lines(cost, self.rates) + bill))

@@ -69,42 +69,6 @@ class Probe:
     load: float | None = None
     cores: int = 1
 
-    @property
-    def steps(self) -> int:
-        return len(self.step_seconds)
-
-    @property
-    def seconds_per_token(self) -> float:
-        """The price: the fastest step's; load only adds time, so it is the closest to an idle machine."""
-        return min(self.step_seconds) / self.tokens_per_step
-
-    @property
-    def median_seconds_per_token(self) -> float:
-        return statistics.median(self.step_seconds) / self.tokens_per_step
-
-    @property
-    def slowest_seconds_per_token(self) -> float:
-        return max(self.step_seconds) / self.tokens_per_step
-
-    @property
-    def seconds_per_step(self) -> float:
-        return min(self.optimizer_seconds)
-
-    @property
-    def spread(self) -> float:
-        return max(self.step_seconds) / min(self.step_seconds)
-
-    def warnings(self) -> list[str]:
-        """Why the price may be off: the steps spread wide, or the machine was busy."""
-        out = []
-        if self.spread > PROBE_SPREAD_WARN:
-            out.append(f"the probe's {self.steps} steps took {self.seconds_per_token * 1e3:.3f} to "
-                       f"{self.slowest_seconds_per_token * 1e3:.3f} ms/token ({self.spread:.1f}x apart, over "
-                       f"{PROBE_SPREAD_WARN}x)")
-        if self.device == "cpu" and self.load is not None and self.load > self.cores:
-            out.append(f"the load average was {self.load:.1f} on {self.cores} cores")
-        return out
-
 
 @functools.lru_cache(maxsize=4)
 def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, threads: int | None = None) -> Probe:
@@ -347,7 +311,7 @@ def format_hours(seconds: float) -> str:
 @dataclass(frozen=True)
 class Rates:
     """Seconds of work on the runs' device for a model of `n_params` parameters (other shapes scale by parameter
-    count) at `threads` CPU threads; `warnings`: why a measured price may be off."""
+    count) at `threads` CPU threads; `warning`: the line saying why a measured price may be off."""
 
     device: str
     train_s_per_token: float
@@ -356,17 +320,29 @@ class Rates:
     n_params: int
     source: str
     threads: int = 1
-    warnings: tuple[str, ...] = ()
+    warning: str | None = None
 
 
 def measured_rates(model: str, device: str, threads: int | None = None) -> Rates:
+    """A probe's rates: priced at its fastest step (load only adds time, so it is the closest to an idle machine),
+    the median and the slowest beside it; a `warning:` line when the steps spread wide or the CPU was busy."""
     p = probe(model, device, PROBE_STEPS, threads)
+    fast, median, slow = (f(p.step_seconds) / p.tokens_per_step for f in (min, statistics.median, max))
+    spread, why = max(p.step_seconds) / min(p.step_seconds), []
+    if spread > PROBE_SPREAD_WARN:
+        why.append(f"the probe's {len(p.step_seconds)} steps took {fast * 1e3:.3f} to {slow * 1e3:.3f} ms/token "
+                   f"({spread:.1f}x apart, over {PROBE_SPREAD_WARN}x)")
+    if p.device == "cpu" and p.load is not None and p.load > p.cores:
+        why.append(f"the load average was {p.load:.1f} on {p.cores} cores")
+    warning = ("warning: " + "; ".join(why) + ": the machine was busy. The estimate prices the fastest step (the "
+               "closest to an idle machine); runs on a machine that stays this busy take longer. Probe again when "
+               "it is quieter, or price with --stated-rates") if why else None
     at = f", {p.threads} thread(s)" if device == "cpu" else ""
-    return Rates(device, p.seconds_per_token, p.seconds_per_step, p.build_seconds, n_params(model)[0],
-                 f"probe: the fastest of {p.steps} steps of {model} at batch {PROBE_BATCH} x {PROBE_SEQ} on "
-                 f"{device}{at} after {PROBE_WARMUP} warm-up, {p.seconds_per_token * 1e3:.3f} ms/token (median "
-                 f"{p.median_seconds_per_token * 1e3:.3f}, slowest {p.slowest_seconds_per_token * 1e3:.3f}) + "
-                 f"{p.seconds_per_step:.2f} s AdamW step", p.threads, tuple(p.warnings()))
+    return Rates(device, fast, min(p.optimizer_seconds), p.build_seconds, n_params(model)[0],
+                 f"probe: the fastest of {len(p.step_seconds)} steps of {model} at batch {PROBE_BATCH} x {PROBE_SEQ} "
+                 f"on {device}{at} after {PROBE_WARMUP} warm-up, {fast * 1e3:.3f} ms/token (median "
+                 f"{median * 1e3:.3f}, slowest {slow * 1e3:.3f}) + {min(p.optimizer_seconds):.2f} s AdamW step",
+                 p.threads, warning)
 
 
 def stated_rates() -> Rates:
@@ -375,15 +351,6 @@ def stated_rates() -> Rates:
                  f"stated: GPT-2 124M on an idle 2-vCPU EPYC at {c['threads']} threads, "
                  f"{c['train_s_per_token'] * 1e3:.2f} ms/token + {c['optimizer_s_per_step']:.2f} s AdamW step, by "
                  "parameter count for other shapes", c["threads"])
-
-
-def probe_warning(rates: Rates) -> str | None:
-    """One `warning:` line when the probe's price may be off, else None."""
-    if not rates.warnings:
-        return None
-    return ("warning: " + "; ".join(rates.warnings) + ": the machine was busy. The estimate prices the fastest "
-            "step (the closest to an idle machine); runs on a machine that stays this busy take longer. Probe "
-            "again when it is quieter, or price with --stated-rates")
 
 
 @dataclass

@@ -89,8 +89,8 @@ def in_subprocess(step: Step, log: Path, echo: bool = True, live: set | None = N
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", step.module, *step.argv], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_die_with_parent)
-        if live is not None:
-            live.add(proc)
+        live = live if live is not None else set()
+        live.add(proc)
         try:
             assert proc.stdout is not None  # internal invariant: stdout=PIPE always gives a stream
             for line in proc.stdout:
@@ -107,8 +107,7 @@ def in_subprocess(step: Step, log: Path, echo: bool = True, live: set | None = N
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if live is not None:
-                live.discard(proc)
+            live.discard(proc)
     if code != 0:
         raise RunFailed(f"{step.module} exited with code {code}; see {log}")
 
@@ -144,12 +143,16 @@ def _evaluate(argv: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- the run folder
 
+def _json(path: Path) -> dict | None:
+    try:
+        return runfolder.read_json(path)
+    except runfolder.RunFolderError:  # none there, or not a JSON object
+        return None
+
+
 def read_metrics(run_dir: Path) -> dict | None:
     """The run's metrics.json, or None when there is none (or it is unreadable)."""
-    try:
-        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return _json(run_dir / runfolder.METRICS_FILE)
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
@@ -158,14 +161,9 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     run's last writes is not finished)."""
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
-    if not isinstance(m, dict) or "stopped_after_epoch" in m or "dev" not in m or "test_predictions" not in m:
+    if m is None or "stopped_after_epoch" in m or "dev" not in m or _json(run_dir / runfolder.CONFIG_FILE) is None:
         return False
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file()
-                                            for k in ("dev_predictions", "test_predictions"))
+    return all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file() for k in ("dev_predictions", "test_predictions"))
 
 
 def is_started(run_dir: Path) -> bool:
@@ -208,10 +206,7 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     from app.runmodel import base_weights_file
     from tasks import get_task
 
-    try:
-        recorded = json.loads((run_dir / runfolder.CONFIG_FILE).read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError):
-        recorded = None
+    recorded = (_json(run_dir / runfolder.CONFIG_FILE) or {}).get("fingerprint")
     if not recorded:  # a run made before fingerprints: nothing to compare
         return
     s = run.settings
