@@ -157,29 +157,27 @@ def check_launch(args: ExperimentArgs) -> None:
     for flag, value in (("--jobs", a.jobs), ("--threads", a.threads), ("--cpus-per-run", a.cpus_per_run)):
         if value is not None and value < 1:
             raise LaunchError(f"{flag} {value}: expected an integer >= 1")
-    if a.devices is not None:
-        if not a.device_list:
-            raise LaunchError("--devices: expected a comma-separated list such as cuda:0,cuda:1")
-        for device in a.device_list:
-            try:
-                parse_device(device)
-            except FieldError as e:
-                raise LaunchError(f"--devices {e.value}: expected {e.expected}") from None
-            if device == "auto":
-                raise LaunchError("--devices auto: name the devices (cpu, cuda:0, cuda:1, ...)")
-    if a.launcher == "ray":
-        if a.devices:
-            raise LaunchError("--devices is for --launcher local; on Ray each run asks for one GPU (or "
-                              "--cpus-per-run CPUs) and Ray picks which")
-        if not args.dry_run or a.jobs is None:
-            require_ray()
-    else:
-        for flag, value in (("--address", a.address), ("--cpus-per-run", a.cpus_per_run)):
-            if value is not None:
-                raise LaunchError(f"{flag} is a --launcher ray setting; add --launcher ray")
-        if (a.jobs or 1) > 1 and args.isolation == "in-process":
-            raise LaunchError(f"--jobs {a.jobs} runs each run in its own subprocess; --isolation in-process "
-                              "runs them one at a time in this process: choose one")
+    if a.devices is not None and not a.device_list:
+        raise LaunchError("--devices: expected a comma-separated list such as cuda:0,cuda:1")
+    for device in a.device_list or ():
+        try:
+            parse_device(device)
+        except FieldError as e:
+            raise LaunchError(f"--devices {e.value}: expected {e.expected}") from None
+        if device == "auto":
+            raise LaunchError("--devices auto: name the devices (cpu, cuda:0, cuda:1, ...)")
+    ray = a.launcher == "ray"
+    if ray and a.devices:
+        raise LaunchError("--devices is for --launcher local; on Ray each run asks for one GPU (or --cpus-per-run "
+                          "CPUs) and Ray picks which")
+    if ray and (not args.dry_run or a.jobs is None):
+        require_ray()
+    for flag, value in (("--address", a.address), ("--cpus-per-run", a.cpus_per_run)):
+        if value is not None and not ray:
+            raise LaunchError(f"{flag} is a --launcher ray setting; add --launcher ray")
+    if (a.jobs or 1) > 1 and args.isolation == "in-process" and not ray:
+        raise LaunchError(f"--jobs {a.jobs} runs each run in its own subprocess; --isolation in-process runs them "
+                          "one at a time in this process: choose one")
 
 
 def isolation(args: ExperimentArgs) -> str:
@@ -212,55 +210,6 @@ def shown(settings: RunSettings) -> str:
                     if k in ("data.task", "model.method") or base.get(k) != v)
 
 
-class DryRun:
-    """A --dry-run's figures across its sweeps: the CPU rates (probed once), the launcher's workers, each sweep's
-    cost and wall time."""
-
-    def __init__(self, args: ExperimentArgs, launcher: Launcher) -> None:
-        self.args, self.launcher = args, launcher
-        self.rates, self.workers = None, None
-        self.costs: list[tuple[str, Cost, float]] = []
-        self.walls: list[float] = []
-
-    def sweep(self, sweep: Sweep, root: Path) -> None:
-        """Print the sweep's runs, what each would do, and what they cost."""
-        print(f"sweep {sweep.name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
-                                                                             else ""))
-        for run, state in plan(sweep.runs, root):
-            print(f"  [{state}] {run.name}: {shown(run.settings)}")
-        first, a = sweep.runs[0].settings, self.args.launch
-        device = str(parse_device(first.hardware.device))  # what the runs' settings name, resolved here
-        if self.rates is None:  # priced on the device of the first run, at the threads a run gets one at a time
-            self.rates = stated_rates() if self.args.stated_rates else \
-                measured_rates(first.model.model, (a.device_list or [device])[0], threads_per_run(1, a.threads))
-            if self.rates.warning:
-                print(self.rates.warning, file=sys.stderr)
-        cost = sweep_cost(sweep.runs, self.rates, isolation(self.args))
-        bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
-        print("\n".join(cost_lines(cost, self.rates) + bill))
-        self.costs.append((sweep.name, cost, usd))
-        if a.jobs is not None or a.launcher == "ray":  # the work spread over the workers
-            self.workers = self.workers or self.launcher.workers(device)
-            lines, wall = wall_estimate(cost, self.rates, self.workers)
-            print("\n".join(lines))
-            self.walls.append(wall)
-
-    def total(self) -> None:
-        """The markdown table (--markdown), or the figures of every sweep together."""
-        total = sum((c for _, c, _ in self.costs), Cost())
-        usd = sum(u for _, _, u in self.costs)
-        if self.args.markdown and self.costs:
-            print(markdown_table(self.costs + ([("all", total, usd)] if len(self.costs) > 1 else []), self.rates),
-                  end="")
-        elif len(self.costs) > 1:
-            print(f"all sweeps ({len(self.costs)} with runs):")
-            print("\n".join(cost_lines(total, self.rates)))
-            print(f"  Gemini in all: ~${usd:.2f} (see the teachers sweep above)")
-            if self.walls:
-                print(f"  ~{format_hours(sum(self.walls))} wall time on {self.workers.n} workers (sweeps one after "
-                      "the other)")
-
-
 def runs_root(args: ExperimentArgs, sweep: str) -> Path:
     return Path(args.runs_dir or ("checkpoints/experiments-tiny" if args.tiny else "checkpoints/experiments")) / sweep
 
@@ -269,15 +218,55 @@ def out_dir(args: ExperimentArgs) -> Path:
     return Path(args.out or ("results/tiny" if args.tiny else "results"))
 
 
-def run_one(sweep: Sweep, args: ExperimentArgs, launcher: Launcher, dry: DryRun | None) -> bool:
-    """Plan, run and report one sweep; False if a run failed."""
+def dry_run(sweeps: list[Sweep], args: ExperimentArgs, launcher: Launcher) -> None:
+    """Print each sweep's runs, what each would do and what they cost (CPU rates probed once, on the device of the
+    first run at the threads a run gets one at a time), then the figures of every sweep together, or under
+    --markdown only the cost table."""
+    a, rates, workers, rows, walls = args.launch, None, None, [], []
+    with contextlib.redirect_stdout(io.StringIO()) if args.markdown else contextlib.nullcontext():
+        for sweep in sweeps:
+            root = runs_root(args, sweep.name)
+            for wait in sweep.waits:
+                print(f"sweep {sweep.name} waits: {wait}")
+            if not sweep.runs:
+                continue
+            print(f"sweep {sweep.name}: {len(sweep.runs)} runs into {root}/" + (f"  ({sweep.note})" if sweep.note
+                                                                                 else ""))
+            for run, state in plan(sweep.runs, root):
+                print(f"  [{state}] {run.name}: {shown(run.settings)}")
+            first = sweep.runs[0].settings
+            device = str(parse_device(first.hardware.device))  # what the runs' settings name, resolved here
+            if rates is None:
+                rates = stated_rates() if args.stated_rates else \
+                    measured_rates(first.model.model, (a.device_list or [device])[0], threads_per_run(1, a.threads))
+                if rates.warning:
+                    print(rates.warning, file=sys.stderr)
+            cost = sweep_cost(sweep.runs, rates, isolation(args))
+            bill, usd = gemini_bill(sweep.runs, sweep.synthetic_needs)
+            print("\n".join(cost_lines(cost, rates) + bill))
+            rows.append((sweep.name, cost, usd))
+            if a.jobs is not None or a.launcher == "ray":  # the work spread over the workers
+                workers = workers or launcher.workers(device)
+                lines, wall = wall_estimate(cost, rates, workers)
+                print("\n".join(lines))
+                walls.append(wall)
+    total, usd = sum((c for _, c, _ in rows), Cost()), sum(u for _, _, u in rows)
+    if args.markdown and rows:
+        print(markdown_table(rows + ([("all", total, usd)] if len(rows) > 1 else []), rates), end="")
+    elif len(rows) > 1:
+        print(f"all sweeps ({len(rows)} with runs):")
+        print("\n".join(cost_lines(total, rates)))
+        print(f"  Gemini in all: ~${usd:.2f} (see the teachers sweep above)")
+        if walls:
+            print(f"  ~{format_hours(sum(walls))} wall time on {workers.n} workers (sweeps one after the other)")
+
+
+def run_one(sweep: Sweep, args: ExperimentArgs, launcher: Launcher) -> bool:
+    """Run and report one sweep; False if a run failed."""
     root = runs_root(args, sweep.name)
     for wait in sweep.waits:
         print(f"sweep {sweep.name} waits: {wait}")
     if not sweep.runs:
-        return True
-    if dry is not None:
-        dry.sweep(sweep, root)
         return True
     failed: dict[str, str] = {}
     if not args.report_only:
@@ -333,15 +322,12 @@ def _main(argv: list[str] | None) -> int:
         for sweep in sweeps:
             check_sweep_files(sweep, runs_root(args, sweep.name))
     launcher = make_launcher(args)
-    dry = DryRun(args, launcher) if args.dry_run else None
-    with contextlib.redirect_stdout(io.StringIO()) if args.markdown else contextlib.nullcontext():
-        ok = [run_one(sweep, args, launcher, dry) for sweep in sweeps]
-    if dry is None:
-        print(f"wrote {write_index(out_dir(args))}")
-    else:
-        dry.total()
+    if args.dry_run:
+        dry_run(sweeps, args, launcher)
+        return 0
+    ok = [run_one(sweep, args, launcher) for sweep in sweeps]
+    print(f"wrote {write_index(out_dir(args))}")
     return 0 if all(ok) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
