@@ -1,8 +1,5 @@
-"""Where a sweep's runs run: launchers behind one interface, `launch(runs, root) -> SweepResult`, each with its
-`capacity` (runs at once) and the `Workers` a dry run plans for: `Local` (this machine) and `Ray` (a cluster).
-Each run is `runner.execute`, and a run is done when its folder says so, whoever ran it: a sweep stopped anywhere
-resumes from any machine that sees the folders. Side by side, runs start longest first (training tokens, as
-`--dry-run` counts them): a long run started last would keep every other worker idle at the end."""
+"""Where a sweep's runs run: `Local` (this machine) and `Ray` (a cluster), behind one interface (`Launcher`), each
+run `runner.execute` into its folder (docs/study.md, 'Beyond one machine')."""
 
 from __future__ import annotations
 
@@ -121,10 +118,8 @@ def split_finished(runs: Sequence[Run], root: Path, result: SweepResult) -> list
 
 class Local:
     """Up to `jobs` runs at once here, the run in slot k on `devices[k % len(devices)]` (None: the device its
-    settings name) with `threads` CPU threads (default: the cores split between the jobs). One job runs the runs in
-    the sweep's order in this thread through `executor`; more run longest first, each a finetune subprocess
-    logging to its run.log only. Ctrl-C stops every child, lists the unfinished runs in `result.interrupted` and
-    is raised again."""
+    settings name) with `threads` CPU threads (default: the cores / jobs). One job runs the runs in the sweep's
+    order in this thread through `executor`; more run longest first, each a subprocess logging to its run.log."""
 
     def __init__(self, executor: Executor = in_subprocess, jobs: int = 1, devices: Sequence[str | None] = (None,),
                  threads: int | None = None, progress: bool = True) -> None:
@@ -291,9 +286,8 @@ def connect(ray, address: str | None) -> None:
 
 class Ray:
     """Every unfinished run as a Ray task (one GPU each, or `cpus_per_run` CPUs with `threads` threads, default
-    that many), longest first, on the cluster at `address` or a local one; the outcome of each is read from its
-    run folder. Ctrl-C cancels the tasks (stopping their finetune children) and is raised again. `jobs`: the
-    workers a dry run plans for (default: what the cluster holds)."""
+    that many), longest first, on the cluster at `address` or a local one; `jobs`: the workers a dry run plans for
+    (default: what the cluster holds)."""
 
     def __init__(self, address: str | None = None, cpus_per_run: int | None = None, threads: int | None = None,
                  jobs: int | None = None, progress: bool = True, poll_s: float = 2.0) -> None:

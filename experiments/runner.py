@@ -1,11 +1,7 @@
-"""Bring one run of a sweep to finished in its own folder, <runs-dir>/<sweep>/<run name>/: finetune's run folder
-plus experiment.json (the settings it belongs to, checked on every re-run), settings.json (what finetune was
-handed) and run.log. A finished run is skipped, a started one resumed.
-
-A run travels as its settings, never as flags: `execute` hands each `Step` (finetune, then the follow-up
-evaluations) to an executor: `in_subprocess` (the default: a crash or a CUDA out-of-memory error cannot take the
-sweep down) or `in_process` (the default under --tiny: no interpreter start-up per run).
-"""
+"""Bring one run of a sweep to finished in <runs-dir>/<sweep>/<run name>/: finetune's run folder plus
+experiment.json (the settings it belongs to, checked on every re-run), settings.json (what finetune was handed)
+and run.log. `execute` hands each `Step` to an executor: `in_subprocess` (a crash cannot take the sweep down) or
+`in_process` (no interpreter start-up per run)."""
 
 from __future__ import annotations
 
