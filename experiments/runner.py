@@ -159,7 +159,8 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     m = read_metrics(run_dir)
     if m is None or "stopped_after_epoch" in m or "dev" not in m or _json(run_dir / runfolder.CONFIG_FILE) is None:
         return False
-    return all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file() for k in ("dev_predictions", "test_predictions"))
+    return all(isinstance(m.get(k), str) and (run_dir / m[k]).is_file()
+               for k in ("dev_predictions", "test_predictions"))
 
 
 def is_started(run_dir: Path) -> bool:
