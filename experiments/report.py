@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from app.runfolder import saved_settings
+from course.formats import label_format
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
@@ -26,7 +28,7 @@ from . import plots, tables
 from .metrics import Row, copying_measures, figures, group_seeds, measures
 from .references import majority_reference
 from .runner import is_finished, read_metrics
-from .stats import SAMPLES, folder_settings, read_task_predictions, run_data_folder, run_interval, zero_shot_scores
+from .stats import SAMPLES, run_data_folder, run_interval, zero_shot_scores
 from .sweeps import Sweep
 
 
@@ -80,7 +82,7 @@ def _majority_of_scored(run_dir: Path, metrics: dict[str, Any], task: str, sampl
     "majority", written by finetune) when it has one, with a bootstrap interval where the labels are readable."""
     own = (metrics.get("majority") or {}).get("dev")
     try:
-        ids = list(read_task_predictions(task, run_dir / metrics["dev_predictions"]))
+        ids = list(label_format(task).read_predictions(run_dir / metrics["dev_predictions"]))
         maj = majority_reference(task, run_data_folder(run_dir), "dev", ids, samples)
     except (OSError, ValueError, KeyError):
         maj = None
@@ -218,7 +220,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
     if done:
         metrics = read_metrics(run_dir) or {}
         check_scored_files(run_dir, metrics)  # before any figure is read from them
-        settings = folder_settings(run_dir)
+        settings = saved_settings(run_dir)
         row.update(metric=metrics.get("metric"), dev_score=metrics["dev"][metrics["metric"]], **figures(metrics))
         try:  # a run whose files cannot be re-scored keeps its score, without an interval, and says why
             interval = run_interval(run_dir, samples=samples)
