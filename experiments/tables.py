@@ -16,7 +16,7 @@ from .metrics import (COPY_FIGURES, FORM_METRICS, SPLITS, Row, _fmt, _interval, 
                       format_measure, format_score, group_seeds, interval_name, scored_cell, teacher_summary)
 from .references import REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_figures, sonnet_rows
 from .stats import SAMPLES, ExampleScores, paired_difference, run_scores, zero_shot_scores
-from .sweeps import Reference, Sweep, settings_of, teacher_of
+from .sweeps import Reference, Sweep, teacher_of
 
 Columns = list[tuple[str, Callable[[Any], Any]]]  # (header, the cell of an item)
 COPYING_REFERENCE = REFERENCE_NAMES[2]  # the wrong sonnet: a training sonnet pasted after the prompt
@@ -247,7 +247,7 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
 def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
-    for settings in map(settings_of, sweep.runs):
+    for settings in (run.settings for run in sweep.runs):
         if settings.data.synthetic:
             files.setdefault(teacher_of(settings), Path(settings.data.synthetic.path))
     if not files:
