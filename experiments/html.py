@@ -1,15 +1,7 @@
-"""`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined as base64
-PNG data URIs, no script), readable straight from the file system.
-
-    1. where it comes from: the commits the runs ran (each with its number of runs; a study from more than one
-       commit, or from a work tree with changes, flagged), the date, the command that built the page, the
-       machine, and the sha256 of every input the runs recorded (base weights, data, synthetic sonnets)
-    2. the study's reference figures beside the reproduced ones (dev and test, with intervals)
-    3. every sweep's table (from its `<sweep>.md`) and plots (`<sweep>.png`, `<sweep>-nll.png`)
-    4. a few generated sonnets beside the true ones: each line's rhyme letter (ABAB CDCD EFEF GG), its end word,
-       the lines whose rhyme fails marked, and distill.check's perfect-sonnet verdict
-
-Built from the files in the results folder and the run folders the CSVs name, so it can be rebuilt at any time.
+"""`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined, no script):
+its provenance, the study's figures beside the reproduced ones, every sweep's tables and plots, and a few generated
+sonnets beside the true ones with their rhyme scheme marked. Built from the results folder and the run folders its
+CSVs name, so it can be rebuilt at any time.
 """
 
 from __future__ import annotations
@@ -19,6 +11,7 @@ import csv
 import html
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -146,20 +139,14 @@ def study_comparison(out: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- provenance
 
-def _run_dirs(out: Path, names: Sequence[str]) -> list[Path]:
-    dirs = []
-    for name in names:
-        path = out / f"{name}.csv"
-        for row in _read_csv(path) if path.is_file() else []:
-            if row.get("status") == "done" and row.get("run_dir"):
-                dirs.append(Path(row["run_dir"]))
-    return dirs
+def _finished(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The finished rows of the sweeps' CSVs in `out`, in sweep order."""
+    rows = [row for name in names if (out / f"{name}.csv").is_file() for row in _read_csv(out / f"{name}.csv")]
+    return [row for row in rows if row.get("status") == "done" and row.get("run_dir")]
 
 
 def machine() -> str:
     """This machine in a line: OS, processor, cores, Python, torch and any CUDA device."""
-    import os
-
     import torch
 
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no CUDA device"
@@ -169,12 +156,11 @@ def machine() -> str:
 
 
 def provenance(out: Path, names: Sequence[str], command: str | None = None) -> str:
-    """Where the page comes from: the code the runs ran (each distinct commit with how many runs, a mixed study
-    flagged), the date, the command that built the page, the machine, and each input's sha256 as the runs'
-    fingerprints recorded it (with how many runs used it)."""
+    """Where the page comes from: the code the runs ran (a mixed study flagged), the date, the command that built the
+    page, the machine, and each input's sha256 as the runs recorded it (with how many runs used it)."""
     inputs: dict[tuple[str, str], int] = {}
     codes = []
-    for run_dir in _run_dirs(out, names):
+    for run_dir in (Path(row["run_dir"]) for row in _finished(out, names)):
         try:
             config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -235,21 +221,12 @@ def sonnet_html(text: str, title: str) -> str:
 
 def sonnet_run(out: Path) -> Path | None:
     """A finished sonnet run to show: the baseline's, else the first finished sonnet run of any sweep."""
-    for name in SWEEPS:  # the baseline's first
-        path = out / f"{name}.csv"
-        if not path.is_file():
-            continue
-        for row in _read_csv(path):
-            if row.get("task") == "sonnet" and row.get("status") == "done" and row.get("run_dir"):
-                if Path(row["run_dir"]).is_dir():
-                    return Path(row["run_dir"])
-    return None
+    return next((Path(row["run_dir"]) for row in _finished(out, SWEEPS)  # the baseline's first
+                 if row.get("task") == "sonnet" and Path(row["run_dir"]).is_dir()), None)
 
 
 def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     """Up to `n` generated dev sonnets of a run beside the true ones."""
-    import json
-
     from course.formats import read_generated
 
     from .stats import run_data_folder, sonnet_references
