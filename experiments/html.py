@@ -61,6 +61,14 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+def _tr(tag: str, cells: Sequence[Any]) -> str:
+    return "<tr>" + "".join(f"<{tag}>{_inline(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return "<table>" + _tr("th", head) + "".join(_tr("td", row) for row in rows) + "</table>"
+
+
 def markdown_to_html(text: str) -> str:
     """The reports' markdown (headings, paragraphs, pipe tables) as HTML; headings drop one level."""
     parts: list[str] = []
@@ -73,10 +81,7 @@ def markdown_to_html(text: str) -> str:
             while i < len(lines) and lines[i].startswith("|"):
                 block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
                 i += 1
-            head, body = block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]
-            parts.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
-                         + "</table>")
+            parts.append(_table(block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]))
             continue
         if line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")) + 1, 4)
@@ -116,10 +121,6 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(cells: Sequence[Any]) -> str:
-    return "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in cells) + "</tr>"
-
-
 def study_comparison(out: Path) -> str:
     """Every figure the study published (each sweep's `Sweep.published`) beside this reproduction's, read from the
     sweeps' CSVs in `out`."""
@@ -133,8 +134,7 @@ def study_comparison(out: Path) -> str:
             lines.append([figure.name(row) if callable(figure.name) else figure.name, figure.metric, figure.dev, dev,
                           figure.test, test])
     head = ["model", "metric", "study dev", "reproduced dev [95% CI]", "study test", "reproduced test [95% CI]"]
-    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(_row(r) for r in lines)
-            + "</table>")
+    return _table(head, lines)
 
 
 # ---------------------------------------------------------------------------------------------- provenance
@@ -184,8 +184,8 @@ def provenance(out: Path, names: Sequence[str], command: str | None = None) -> s
         table += ('<p class="note warning"><strong>Mixed study:</strong> the runs come from more than one code '
                   "version or from a work tree with uncommitted changes; their figures may not be comparable.</p>")
     if inputs:
-        table += ("<table><tr><th>input</th><th>sha256</th><th>runs</th></tr>"
-                  + "".join(_row([name, f"`{sha}`", n]) for (name, sha), n in sorted(inputs.items())) + "</table>")
+        rows = [[name, f"`{sha}`", n] for (name, sha), n in sorted(inputs.items())]
+        table += _table(["input", "sha256", "runs"], rows)
     return table
 
 
