@@ -93,10 +93,6 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(parts)
 
 
-def png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 # ---------------------------------------------------------------------------------------------- study vs reproduced
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -266,7 +262,8 @@ def write_index(out: str | Path, sweeps: Sequence[str] | None = None, command: s
         body.append(f'<section id="{name}">' + markdown_to_html((out / f"{name}.md").read_text(encoding="utf-8")))
         for png in (out / f"{name}.png", out / f"{name}-nll.png"):
             if png.is_file():
-                body.append(f'<img alt="{png.stem} plot" src="{png_data_uri(png)}">')
+                data = base64.b64encode(png.read_bytes()).decode("ascii")  # inlined: the page is one file
+                body.append(f'<img alt="{png.stem} plot" src="data:image/png;base64,{data}">')
         body.append("</section>")
     body.append('<section id="sonnets"><h2>Generated sonnets beside the true ones</h2>')
     run = sonnet_run(out)

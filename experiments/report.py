@@ -264,13 +264,6 @@ def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     return path
 
 
-def mark_best(points: Sequence[Row]) -> None:
-    """Flag the point with the highest dev score (what a search over settings would choose)."""
-    done = [p for p in points if p["seeds"]]
-    if done:
-        max(done, key=lambda p: p["score"])["best"] = True
-
-
 # ---------------------------------------------------------------------------------------------- all outputs
 
 def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int = SAMPLES,
@@ -280,8 +273,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     out = Path(out)
     rows = collect(sweep, root, samples, failed)
     points = group_seeds(rows, list(sweep.knobs))
-    if sweep.best:
-        mark_best(points)
+    if sweep.best and (chosen := [p for p in points if p["seeds"]]):  # what a search over settings would choose
+        max(chosen, key=lambda p: p["score"])["best"] = True
     paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
     done = sum(r["status"] == "done" for r in rows)
     spread = ("intervals: the mean over seeds with a 95% t-interval across seeds" if any(p["seeds"] > 1 for p in points)

@@ -31,9 +31,9 @@ def _lines(columns: Columns, items: Sequence[Any]) -> list[list[str]]:
     return [[_fmt(cell(x)) for _, cell in columns] for x in items]
 
 
-def _grid(columns: Columns, items: Sequence[Any], more: Sequence[Sequence[str]] = ()) -> str:
-    """A table of a line per item (then the lines `more`) and a column per (header, cell)."""
-    return _table([head for head, _ in columns], _lines(columns, items) + list(more))
+def _grid(columns: Columns, items: Sequence[Any]) -> str:
+    """A table of a line per item and a column per (header, cell)."""
+    return _table([head for head, _ in columns], _lines(columns, items))
 
 
 def _settings(sweep: Sweep) -> Columns:
