@@ -303,9 +303,9 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
                  plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
                            label=lambda _: "LoRA (attn+mlp, alpha 16)", keep=lambda p: not full(p), level=full,
                            level_label="full fine-tuning", log=2),
-                 published=(Published(lambda p: "sonnet, best LoRA rank" + (f" (reproduced: rank {p['rank']})" if p
-                                                                             else ""), "chrF", "42.16 (rank 256)", "—",
-                                      best(lambda p: p.get("method") == "lora")),
+                 published=(Published(lambda p: "sonnet, best LoRA rank" + (f" (reproduced: rank {p['rank']})"
+                                                                             if p else ""),
+                                      "chrF", "42.16 (rank 256)", "—", best(lambda p: p.get("method") == "lora")),
                             Published("LoRA rank 256 on attn+mlp", "trainable parameters", "42.5M", "—",
                                       best(lambda p: p.get("method") == "lora" and p.get("rank") == 256
                                            and p.get("trainable_params")),

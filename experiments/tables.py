@@ -96,7 +96,8 @@ def copying_cells(novel: dict[str, float] | None, values: Sequence[float | None]
     and largest longest shared run and the share of n-grams found."""
     out = ["—" if novel is None else _percent(novel)]
     for mean, largest, share in (values[:3], values[3:]):
-        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})", "—" if share is None else f"{100 * share:.1f}"]
+        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})",
+                "—" if share is None else f"{100 * share:.1f}"]
     return out
 
 
@@ -162,8 +163,8 @@ def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) 
         lines += [[f"unigram of the training sonnets' tokens (add-{k:g}) [95% CI]"]
                   + [_interval(u["nll"], u["low"], u["high"], n=u["sonnets"]) if u else "—"
                      for u in (b and b["unigram"] for b in map(bars.get, SPLITS))] + ["— (not trained)"] * 2,
-                  ["uniform guess, ln(vocabulary)"] + [_fmt(b["uniform"]) if b else "—" for b in map(bars.get, SPLITS)]
-                  + ["— (not trained)"] * 2]
+                  ["uniform guess, ln(vocabulary)"]
+                  + [_fmt(b["uniform"]) if b else "—" for b in map(bars.get, SPLITS)] + ["— (not trained)"] * 2]
     if lines:
         out += ["Held-out NLL before fine-tuning, and the bars from the data alone (nats per token of the true "
                 "continuations, <|endoftext|> included; lower is better): a unigram of the training sonnets' tokens "
