@@ -1,15 +1,7 @@
-"""`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined as base64
-PNG data URIs, no script), readable straight from the file system.
-
-    1. where it comes from: the commits the runs ran (each with its number of runs; a study from more than one
-       commit, or from a work tree with changes, flagged), the date, the command that built the page, the
-       machine, and the sha256 of every input the runs recorded (base weights, data, synthetic sonnets)
-    2. the study's reference figures beside the reproduced ones (dev and test, with intervals)
-    3. every sweep's table (from its `<sweep>.md`) and plots (`<sweep>.png`, `<sweep>-nll.png`)
-    4. a few generated sonnets beside the true ones: each line's rhyme letter (ABAB CDCD EFEF GG), its end word,
-       the lines whose rhyme fails marked, and distill.check's perfect-sonnet verdict
-
-Built from the files in the results folder and the run folders the CSVs name, so it can be rebuilt at any time.
+"""`<out>/index.html`: the whole study on one self-contained page (plain HTML and CSS, plots inlined, no script):
+its provenance, the study's figures beside the reproduced ones, every sweep's tables and plots, and a few generated
+sonnets beside the true ones with their rhyme scheme marked. Built from the results folder and the run folders its
+CSVs name, so it can be rebuilt at any time.
 """
 
 from __future__ import annotations
@@ -19,6 +11,7 @@ import csv
 import html
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -68,6 +61,14 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+def _tr(tag: str, cells: Sequence[Any]) -> str:
+    return "<tr>" + "".join(f"<{tag}>{_inline(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return "<table>" + _tr("th", head) + "".join(_tr("td", row) for row in rows) + "</table>"
+
+
 def markdown_to_html(text: str) -> str:
     """The reports' markdown (headings, paragraphs, pipe tables) as HTML; headings drop one level."""
     parts: list[str] = []
@@ -80,10 +81,7 @@ def markdown_to_html(text: str) -> str:
             while i < len(lines) and lines[i].startswith("|"):
                 block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
                 i += 1
-            head, body = block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]
-            parts.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
-                         + "</table>")
+            parts.append(_table(block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]))
             continue
         if line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")) + 1, 4)
@@ -93,10 +91,6 @@ def markdown_to_html(text: str) -> str:
             parts.append(f'<p class="{cls}">{_inline(line)}</p>')
         i += 1
     return "\n".join(parts)
-
-
-def png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------------- study vs reproduced
@@ -123,10 +117,6 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(cells: Sequence[Any]) -> str:
-    return "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in cells) + "</tr>"
-
-
 def study_comparison(out: Path) -> str:
     """Every figure the study published (each sweep's `Sweep.published`) beside this reproduction's, read from the
     sweeps' CSVs in `out`."""
@@ -140,26 +130,19 @@ def study_comparison(out: Path) -> str:
             lines.append([figure.name(row) if callable(figure.name) else figure.name, figure.metric, figure.dev, dev,
                           figure.test, test])
     head = ["model", "metric", "study dev", "reproduced dev [95% CI]", "study test", "reproduced test [95% CI]"]
-    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(_row(r) for r in lines)
-            + "</table>")
+    return _table(head, lines)
 
 
 # ---------------------------------------------------------------------------------------------- provenance
 
-def _run_dirs(out: Path, names: Sequence[str]) -> list[Path]:
-    dirs = []
-    for name in names:
-        path = out / f"{name}.csv"
-        for row in _read_csv(path) if path.is_file() else []:
-            if row.get("status") == "done" and row.get("run_dir"):
-                dirs.append(Path(row["run_dir"]))
-    return dirs
+def _finished(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The finished rows of the sweeps' CSVs in `out`, in sweep order."""
+    rows = [row for name in names if (out / f"{name}.csv").is_file() for row in _read_csv(out / f"{name}.csv")]
+    return [row for row in rows if row.get("status") == "done" and row.get("run_dir")]
 
 
 def machine() -> str:
     """This machine in a line: OS, processor, cores, Python, torch and any CUDA device."""
-    import os
-
     import torch
 
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no CUDA device"
@@ -169,12 +152,11 @@ def machine() -> str:
 
 
 def provenance(out: Path, names: Sequence[str], command: str | None = None) -> str:
-    """Where the page comes from: the code the runs ran (each distinct commit with how many runs, a mixed study
-    flagged), the date, the command that built the page, the machine, and each input's sha256 as the runs'
-    fingerprints recorded it (with how many runs used it)."""
+    """Where the page comes from: the code the runs ran (a mixed study flagged), the date, the command that built the
+    page, the machine, and each input's sha256 as the runs recorded it (with how many runs used it)."""
     inputs: dict[tuple[str, str], int] = {}
     codes = []
-    for run_dir in _run_dirs(out, names):
+    for run_dir in (Path(row["run_dir"]) for row in _finished(out, names)):
         try:
             config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -198,8 +180,8 @@ def provenance(out: Path, names: Sequence[str], command: str | None = None) -> s
         table += ('<p class="note warning"><strong>Mixed study:</strong> the runs come from more than one code '
                   "version or from a work tree with uncommitted changes; their figures may not be comparable.</p>")
     if inputs:
-        table += ("<table><tr><th>input</th><th>sha256</th><th>runs</th></tr>"
-                  + "".join(_row([name, f"`{sha}`", n]) for (name, sha), n in sorted(inputs.items())) + "</table>")
+        rows = [[name, f"`{sha}`", n] for (name, sha), n in sorted(inputs.items())]
+        table += _table(["input", "sha256", "runs"], rows)
     return table
 
 
@@ -235,21 +217,12 @@ def sonnet_html(text: str, title: str) -> str:
 
 def sonnet_run(out: Path) -> Path | None:
     """A finished sonnet run to show: the baseline's, else the first finished sonnet run of any sweep."""
-    for name in SWEEPS:  # the baseline's first
-        path = out / f"{name}.csv"
-        if not path.is_file():
-            continue
-        for row in _read_csv(path):
-            if row.get("task") == "sonnet" and row.get("status") == "done" and row.get("run_dir"):
-                if Path(row["run_dir"]).is_dir():
-                    return Path(row["run_dir"])
-    return None
+    return next((Path(row["run_dir"]) for row in _finished(out, SWEEPS)  # the baseline's first
+                 if row.get("task") == "sonnet" and Path(row["run_dir"]).is_dir()), None)
 
 
 def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     """Up to `n` generated dev sonnets of a run beside the true ones."""
-    import json
-
     from course.formats import read_generated
 
     from .stats import run_data_folder, sonnet_references
@@ -289,7 +262,8 @@ def write_index(out: str | Path, sweeps: Sequence[str] | None = None, command: s
         body.append(f'<section id="{name}">' + markdown_to_html((out / f"{name}.md").read_text(encoding="utf-8")))
         for png in (out / f"{name}.png", out / f"{name}-nll.png"):
             if png.is_file():
-                body.append(f'<img alt="{png.stem} plot" src="{png_data_uri(png)}">')
+                data = base64.b64encode(png.read_bytes()).decode("ascii")  # inlined: the page is one file
+                body.append(f'<img alt="{png.stem} plot" src="data:image/png;base64,{data}">')
         body.append("</section>")
     body.append('<section id="sonnets"><h2>Generated sonnets beside the true ones</h2>')
     run = sonnet_run(out)

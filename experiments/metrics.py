@@ -1,11 +1,6 @@
 """A run's figures, each declared once: where metrics.json holds it, how the seeds of one setting pool, how a table
-shows it. `figures` and `measures` read a finished run's figures into its CSV row, `group_seeds` pools rows into
-points (one per setting), and the `format_*` functions write a point's cells.
-
-Pooling over seeds: "interval" gives one seed's own interval (a bootstrap over its examples, or Wilson for rates)
-or, with several seeds, their mean with the 95% t-interval across seeds; "mean", "max" and "first" what they say;
-"join" the distinct values, joined.
-"""
+shows it. `measures` reads them into a run's CSV row, `group_seeds` pools rows into points (one per setting), the
+`format_*` functions write a point's cells."""
 
 from __future__ import annotations
 
@@ -26,9 +21,9 @@ SPLITS = ("dev", "test")
 
 @dataclass(frozen=True)
 class Metric:
-    """A figure of a run. `key` is its CSV column (per split, "{split}_" before it); `read(metrics, split)` its cells
-    from metrics.json ({} where the run has none): the figure and, for an interval, "_low"/"_high"/"_n" beside it;
-    `pool` how seeds pool; `digits`/`percent` how a table shows it."""
+    """A figure of a run: `key` its CSV column (after "{split}_"); `read(metrics, split)` its cells ({} where the run
+    has none: the figure, and "_low"/"_high"/"_n" for an interval); `pool` how seeds pool (`pool`); `digits`,
+    `percent`: how a table shows it."""
 
     key: str
     read: Callable[[dict, str], Row]
@@ -37,7 +32,6 @@ class Metric:
     percent: bool = False
 
     def cell(self, point: Row, split: str = "dev") -> str:
-        """The figure of a point as a table cell, with its interval and n (Wilson rates: at any n)."""
         return format_measure(point, f"{split}_{self.key}", self.digits, self.percent,
                               1 if self.percent else MIN_INTERVAL_N)
 
@@ -111,7 +105,7 @@ def measures(metrics: dict, family: Sequence[Metric] = SONNET_METRICS) -> Row:
 
 
 def copying_measures(metrics: dict) -> Row:
-    """A sonnet run's copying (novel rate, longest shared runs, shared n-grams) and its NLL's scored shares."""
+    """A sonnet run's copying figures and its NLL's scored shares."""
     return measures(metrics, COPYING_METRICS)
 
 
@@ -124,8 +118,7 @@ def figures(metrics: dict) -> Row:
 
 
 def teacher_summary(path: Path) -> Row:
-    """One teacher's generation figures from `distill.summary.read_summary` (the `<file>.summary.json` distill
-    writes, or recomputed from the JSONL when that is missing or stale): requests, kept, rejected by reason,
+    """One teacher's generation figures (`distill.summary.read_summary`): requests, kept, rejected by reason,
     perfect rate with its Wilson 95% interval, tokens, cost."""
     from distill.summary import read_summary
 
@@ -146,7 +139,7 @@ def _missing(value: Any) -> bool:
 
 def _spread(rows: Sequence[Row], key: str, low: str, high: str, n: str) -> tuple[float, float, float, int, int | None]:
     """(value, low, high, seeds, examples) of a figure over the rows that have it: one seed's own interval, or the
-    mean of several with the 95% t-interval across seeds; the examples (the same for every seed) the first row's."""
+    mean of several with the 95% t-interval across seeds."""
     have = [r for r in rows if not _missing(r.get(key))]
     if len(have) == 1:
         value, lo, hi = have[0][key], have[0].get(low, math.nan), have[0].get(high, math.nan)
@@ -157,7 +150,8 @@ def _spread(rows: Sequence[Row], key: str, low: str, high: str, n: str) -> tuple
 
 
 def pool(done: Sequence[Row], key: str, how: str) -> Row:
-    """One figure of a setting over its finished seeds, as a point's cells (see the module docstring)."""
+    """One figure of a setting over its finished seeds, as a point's cells: "interval", one seed's own interval or
+    the mean of several with their t-interval; "mean", "max", "first"; "join" the distinct values."""
     if how == "interval":
         value, low, high, seeds, n = _spread(done, key, f"{key}_low", f"{key}_high", f"{key}_n")
         return {key: value, f"{key}_low": low, f"{key}_high": high, f"{key}_seeds": seeds, f"{key}_n": n} if seeds \
@@ -176,17 +170,12 @@ def copying_point(done: Sequence[Row]) -> Row:
             for k, v in pool(done, f"{split}_{m.key}", m.pool).items()}
 
 
-def knob_columns(rows: Sequence[Row]) -> list[str]:
-    """The settings columns of a sweep's rows: those between "run" and "seed" (`experiments.report.run_row`'s
-    layout), or before "seed" in a row made by hand."""
-    keys = list(rows[0]) if rows else []
-    return [k for k in keys[:keys.index("seed")] if k not in ("sweep", "run")] if "seed" in keys else []
-
-
 def group_seeds(rows: Sequence[Row], knobs: Sequence[str] | None = None) -> list[Row]:
-    """One point per setting (rows that differ only in seed; `knobs`: the setting columns, default
-    `knob_columns`): `score` with `low`/`high` pools the dev score, `test_*` the test score, the metrics as declared."""
-    knobs = knob_columns(rows) if knobs is None else knobs
+    """One point per setting (rows that differ only in seed; `knobs`: the setting columns, default those before
+    "seed"): `score` with `low`/`high` pools the dev score, `test_*` the test score, the metrics as declared."""
+    if knobs is None:
+        keys = list(rows[0]) if rows else []
+        knobs = [k for k in keys[:keys.index("seed")] if k not in ("sweep", "run")] if "seed" in keys else []
     groups: dict[tuple, list[Row]] = defaultdict(list)
     for row in rows:
         groups[tuple((k, row.get(k)) for k in knobs)].append(row)
@@ -227,9 +216,8 @@ def _fmt(value: Any) -> str:
 
 def _interval(value: Any, low: Any, high: Any, digits: int = 3, n: int | None = None, min_n: int = MIN_INTERVAL_N,
               sign: str = "", seeds: int = 1, note: str = "") -> str:
-    """'41.90 [40.10, 43.60] n=12'; the point alone with 'n=2, too few for an interval' below `min_n` examples,
-    or without an interval where there is none; '—' for no value. Several seeds: the mean with its t-interval,
-    '(3 seeds, n=12 each`note`)'. sign "+" shows the sign of a difference."""
+    """'41.90 [40.10, 43.60] n=12'; below `min_n` examples '41.90 (n=2, too few for an interval)'; '—' for no
+    value; several seeds: '... (3 seeds, n=12 each`note`)'. sign "+" shows the sign of a difference."""
     if _missing(value):
         return "—"
     if seeds > 1:
@@ -244,10 +232,8 @@ def _interval(value: Any, low: Any, high: Any, digits: int = 3, n: int | None = 
 
 
 def format_score(point: Row, prefix: str = "") -> str:
-    """'41.97 [38.10, 45.20] n=12': one seed with its bootstrap-t 95% interval over its n examples (below
-    MIN_INTERVAL_N examples the point alone, 'n=3, too few for an interval'), or the mean of N seeds with the 95%
-    t-interval across seeds, marked '(N seeds, n=12 each)'; '—' when not run. prefix "test_" formats the test
-    score the same way."""
+    """The dev score of a point as `_interval` writes it (one seed's bootstrap-t interval, or the mean of several
+    with their t-interval); '—' when not run; prefix "test_": the test score."""
     seeds = point.get(f"{prefix}seeds", 0)
     if not seeds:
         return "—"
@@ -260,8 +246,7 @@ def format_score(point: Row, prefix: str = "") -> str:
 
 
 def format_measure(point: Row, key: str, digits: int = 3, percent: bool = False, min_n: int = MIN_INTERVAL_N) -> str:
-    """A pooled figure of a point (`pool` "interval") as `format_score` writes a score (`min_n` 1 for the Wilson
-    intervals of rates, which hold at any n)."""
+    """A pooled figure of a point as `format_score` writes a score (`min_n` 1 for Wilson rates: any n)."""
     value, low, high = (point.get(key + suffix) for suffix in ("", "_low", "_high"))
     if _missing(value):
         return "—"
@@ -277,9 +262,8 @@ def _percent(rate: dict[str, float], n: int | None = None) -> str:
 
 
 def format_difference(diffs: Sequence[Interval], digits: int) -> str:
-    """arm - reference as a cell: one seed, '+1.20 [-0.40, +2.90] n=12, sign-flip p=0.19' (and for accuracy
-    McNemar's test, naming its form); several seeds, the mean of the per-seed differences with the 95% t-interval
-    across seeds and each seed's p-values."""
+    """arm - reference as a cell: one seed, '+1.20 [-0.40, +2.90] n=12, sign-flip p=0.19' (McNemar's test too for
+    accuracy); several seeds, the mean difference with its t-interval and each seed's p-values."""
     if len(diffs) > 1:
         mean, low, high = t_interval([d.value for d in diffs])
         return _interval(mean, low, high, digits, diffs[0].n, sign="+", seeds=len(diffs),
@@ -298,9 +282,8 @@ def _p_values(d: Interval) -> str:
 
 
 def scored_cell(point: Row) -> str:
-    """'100% (72.9%) / 100% (79.4%)': the share of the held-out continuations' tokens the NLL scored, dev / test,
-    and in brackets the share scored with the whole prompt still in the model's context ('100%' only when whole:
-    99.6% never reads as 100%)."""
+    """'100% (72.9%) / 100% (79.4%)': the share of the continuations' tokens the NLL scored, dev / test, and in
+    brackets the share scored with the whole prompt in view ('100%' only when whole)."""
     def share(s: float) -> str:
         return "100%" if s == 1 else f"{100 * s:.1f}%"
 
@@ -310,8 +293,7 @@ def scored_cell(point: Row) -> str:
 
 
 def interval_name(points: Sequence[Row]) -> str:
-    """What the intervals of a table are: '[95% CI]' (one seed: bootstrap over the examples) or, when a point
-    pools seeds, '[mean over seeds, 95% t-interval across seeds]'."""
+    """What the intervals of a table are: '[95% CI]', or the t-interval's name when a point pools seeds."""
     if any(p.get("seeds", 0) > 1 for p in points):
         return "[mean over seeds, 95% t-interval across seeds]"
     return "[95% CI]"

@@ -1,7 +1,6 @@
 """A sweep's plots, generic over its declaration (`experiments.sweeps.Plot`): the dev score against the sweep's x
-(test beside it), and the held-out NLL of every sonnet arm. matplotlib figures (Agg backend, no display needed);
-every plotting function returns its `Figure` so that tests can read its axes, and `save_figure` writes the axis
-labels into the PNG's metadata as well."""
+(test beside it), and the held-out NLL of every sonnet arm. Each function returns its matplotlib `Figure` (tests
+read its axes); `save_figure` writes the axis labels into the PNG's metadata too."""
 
 from __future__ import annotations
 
@@ -29,11 +28,16 @@ def _done(points: Sequence[Row]) -> list[Row]:
     return [p for p in points if p["seeds"]]
 
 
+def _err(points: Sequence[Row], key: str, low: str, high: str) -> list[list[float]]:
+    """The bars of `key` from `low` to `high` as matplotlib's (below, above) errors; none where a bound is NaN."""
+    err = [[p[key] - p.get(low, p[key]) for p in points], [p.get(high, p[key]) - p[key] for p in points]]
+    return [[0.0 if math.isnan(v) else v for v in side] for side in err]
+
+
 def _errorbar(ax, xs: list, points: Sequence[Row], **kw) -> None:
     """Dev scores with their intervals as bars, and the test scores beside them as hollow markers."""
     ys = [p["score"] for p in points]
-    err = [[p["score"] - p["low"] for p in points], [p["high"] - p["score"] for p in points]]
-    err = [[0.0 if math.isnan(v) else v for v in side] for side in err]
+    err = _err(points, "score", "low", "high")
     label = kw.pop("label", None)
     bars = ax.errorbar(xs, ys, yerr=err, capsize=3, marker="o", label=f"{label}: dev" if label else "dev", **kw)
     tests = [(x, p["test_score"]) for x, p in zip(xs, points) if not math.isnan(p.get("test_score", math.nan))]
@@ -103,10 +107,8 @@ def plot(spec: Plot, points: Sequence[Row]) -> Figure:
 
 
 def chance_lines(rows: Sequence[Row], samples: int = SAMPLES) -> tuple[dict[str, float], dict[str, float]]:
-    """The dev chrF of the reference rows that stand for chance (random tokens after the prompt, a wrong real
-    sonnet), drawn across the sonnet plots, and the dev held-out NLL of the bars no model must fail (the unigram
-    of the training sonnets, the uniform guess), drawn across the NLL plot; {} where the sweep has no sonnet run
-    or its data is not found."""
+    """The dev chrF of the reference rows that stand for chance (drawn across the sonnet plots) and the dev NLL
+    bars (unigram, uniform: across the NLL plot); {} without a sonnet run or its data."""
     try:
         found = sonnet_reference_figures(rows, samples)
     except (OSError, ValueError):
@@ -142,8 +144,7 @@ def decorate(fig: Figure, points: Sequence[Row], chance: dict[str, float]) -> Fi
 def plot_nll(title: str, points: Sequence[Row], names: Sequence[str], bars: dict[str, float] | None = None
              ) -> Figure | None:
     """Held-out NLL of every sonnet arm (dev filled, test hollow; `names`: each point's name) with its interval,
-    and the lines to beat: the model before fine-tuning and the dev `bars` (`chance_lines`: unigram, uniform); None
-    when no arm has one."""
+    and the lines to beat: the model before fine-tuning and the dev `bars`; None when no arm has one."""
     shown = [(p, name) for p, name in zip(points, names) if p["seeds"] and p.get("dev_nll") is not None]
     if not shown:
         return None
@@ -154,9 +155,7 @@ def plot_nll(title: str, points: Sequence[Row], names: Sequence[str], bars: dict
         if not have:
             continue
         xs = [p[f"{split}_nll"] for _, p in have]
-        err = [[p[f"{split}_nll"] - p.get(f"{split}_nll_low", p[f"{split}_nll"]) for _, p in have],
-               [p.get(f"{split}_nll_high", p[f"{split}_nll"]) - p[f"{split}_nll"] for _, p in have]]
-        err = [[0.0 if math.isnan(v) else v for v in side] for side in err]
+        err = _err([p for _, p in have], f"{split}_nll", f"{split}_nll_low", f"{split}_nll_high")
         ax.errorbar(xs, [y + (0.15 if split == "test" else 0) for y, _ in have], xerr=err, linestyle="none",
                     capsize=3, **{"marker": "o", **style}, label=split)
     base = [p["dev_nll_base"] for p, _ in shown if p.get("dev_nll_base") is not None]

@@ -1,30 +1,7 @@
-"""What chance looks like, from the data files alone (no model): reference rows for the tables.
-
-chrF weights recall twice as much as precision (beta 2), so any text after the prompt earns character n-grams;
-a sonnet score means little without these rows, each scored on the same prompts as the runs, with its
-bootstrap 95% interval:
-
-    prompts only          the 3-line prompt, nothing generated
-    prompts + random      the prompt, then uniformly random GPT-2 tokens, as many as the true rest of the sonnet
-                          has (seeded): what an untrained model writes
-    wrong sonnet          the prompt, then the last lines of the training sonnet nearest in length (a real
-                          Shakespeare sonnet, just not this one)
-
-Each row's form (14 lines, rhyme scheme, meter, perfect: `app.measures.form_record`) is given too, and that of the
-real held-out sonnets themselves: the check's ceiling on Shakespeare's own sonnets; and each row's copying
-(`app.measures.copying_record`): the wrong sonnet is the training set pasted, the real held-out sonnets are what
-Shakespeare's own unseen text shares with the training sonnets by chance.
-
-The held-out NLL (nats per token of the true continuations) has two bars a model must clear, from the data alone:
-
-    unigram               each GPT-2 token's frequency in the training sonnets (whole sonnets, each followed by
-                          <|endoftext|> as in training), add-k smoothed over the whole 50257-token vocabulary, k
-                          chosen on the training sonnets alone (leave one sonnet out, UNIGRAM_K_GRID); scored on the
-                          same continuation tokens as `tasks.sonnet.SonnetTask.heldout_nll`, <|endoftext|> included,
-                          token-weighted (`app.measures.nll_record`)
-    uniform               every token equally likely: ln(vocabulary size), whatever the text
-
-For the classification tasks the reference is the majority class of the rows scored.
+"""What chance looks like, from the data files alone (no model): the reference rows under the sonnet tables
+(chrF, form and copying of the prompts alone, with random tokens, with a wrong real sonnet; the form and copying
+of the real held-out sonnets), the held-out NLL bars (a unigram of the training sonnets, the uniform guess), and
+the majority class of classification rows. What each row is and why: docs/study.md ("What the tables hold").
 """
 
 from __future__ import annotations
@@ -37,28 +14,30 @@ from typing import Sequence
 
 import numpy as np
 
-from .stats import (SAMPLES, Interval, bootstrap_chrf, data_paths, folder_settings, majority_interval, run_data_folder,
-                    sonnet_references, split_labels)
+from app.runfolder import saved_settings
+from course.files import SONNET_FILES
+from course.formats import label_format, read_generated
+from course.readers import read_sonnets
+
+from .stats import SAMPLES, Interval, bootstrap_chrf, majority_interval, run_data_folder, sonnet_references
 
 PROMPT_LINES = 3  # the course's held-out prompts are a sonnet's first 3 lines
 REFERENCE_NAMES = ("prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)")
 REAL_SONNETS = "real held-out sonnets"
 
 
-def _prompt(text: str) -> str:
-    return "\n".join(text.split("\n")[:PROMPT_LINES])
-
-
 def reference_hypotheses(truths: dict[int, str], training: Sequence[str], tokenizer_dir: str | None = None,
                          seed: int = 0) -> dict[str, list[str]]:
-    """The three reference hypotheses for each true sonnet (in `truths` order), by REFERENCE_NAMES."""
+    """The three reference hypotheses for each true sonnet (in `truths` order), by REFERENCE_NAMES: the prompt
+    alone, then as many uniformly random GPT-2 tokens as the true rest has (seeded), or the rest of the training
+    sonnet nearest in length."""
     from minigpt2.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer_dir)
     rng = np.random.default_rng(seed)
     prompts, random_, wrong = [], [], []
     for text in truths.values():
-        prompt = _prompt(text)
+        prompt = "\n".join(text.split("\n")[:PROMPT_LINES])
         rest = "\n".join(text.split("\n")[PROMPT_LINES:])
         n_tokens = len(tok.encode(rest))
         ids = rng.integers(0, tok.vocab_size, size=n_tokens).tolist()
@@ -72,19 +51,16 @@ def reference_hypotheses(truths: dict[int, str], training: Sequence[str], tokeni
 
 @functools.lru_cache(maxsize=16)
 def _reference_sonnets(folder: str, split: str, numbers: tuple[int, ...] | None, tokenizer_dir: str | None
-                       ) -> tuple[dict[int, str], dict[str, list[str]]] | None:
-    """(the true sonnets of `split`, only `numbers` when given; the reference hypotheses for them), or None when
-    the split's true sonnets are not in `folder`."""
-    from course.files import SONNET_FILES
-    from course.readers import read_sonnets
-
+                       ) -> tuple[dict[int, str], dict[str, list[str]], list[str]] | None:
+    """(the true sonnets of `split`, only `numbers` when given; the reference hypotheses for them; the training
+    sonnets), or None when the split's true sonnets are not in `folder`."""
     truths = sonnet_references(Path(folder), split)
     if truths is None:
         return None
     if numbers:
         truths = {k: truths[k] for k in numbers if k in truths}
     training = [s.text for s in read_sonnets(Path(folder) / SONNET_FILES.train)[0]]
-    return truths, reference_hypotheses(truths, training, tokenizer_dir)
+    return truths, reference_hypotheses(truths, training, tokenizer_dir), training
 
 
 @functools.lru_cache(maxsize=16)
@@ -96,23 +72,21 @@ def sonnet_reference_intervals(folder: str, split: str, numbers: tuple[int, ...]
     found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
     if found is None:
         return None
-    truths, hyps = found
-    refs = list(truths.values())
-    return {name: bootstrap_chrf(h, refs, samples) for name, h in hyps.items()}
+    refs = list(found[0].values())
+    return {name: bootstrap_chrf(h, refs, samples) for name, h in found[1].items()}
 
 
 @functools.lru_cache(maxsize=16)
 def sonnet_reference_forms(folder: str, split: str, numbers: tuple[int, ...] | None = None,
                            tokenizer_dir: str | None = None) -> dict[str, dict] | None:
-    """The form (`app.measures.form_record`: 14 lines, rhyme scheme, meter, perfect, with Wilson intervals) of
-    each reference row's sonnets and of the real held-out sonnets themselves, by name; None when the split's
-    true sonnets are not in `folder`."""
+    """The form (`app.measures.form_record`) of each reference row's sonnets and of the real held-out sonnets
+    themselves, by name; None when the split's true sonnets are not in `folder`."""
     from app.measures import form_record
 
     found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
     if found is None:
         return None
-    truths, hyps = found
+    truths, hyps, _ = found
     texts = {**hyps, REAL_SONNETS: list(truths.values())}
     return {name: form_record([str(k) for k in truths], [sonnets]) for name, sonnets in texts.items()}
 
@@ -121,7 +95,7 @@ def majority_reference(task_name: str, folder: Path, split: str, ids: Sequence[s
                        samples: int = SAMPLES) -> Interval | None:
     """Majority-class accuracy of the rows scored (`ids`; all rows of the split when None), or None when the
     split has no labels beside the data."""
-    labels = split_labels(task_name, folder, split)
+    labels = label_format(task_name).split_labels(folder, split)
     if labels is None:
         return None
     values = [labels[i] for i in ids if i in labels] if ids is not None else list(labels.values())
@@ -164,11 +138,9 @@ def choose_unigram_k(sonnets: Sequence[Sequence[int]], vocab: int, grid: Sequenc
 def sonnet_reference_nll(folder: str, split: str, numbers: tuple[int, ...] | None = None,
                          tokenizer_dir: str | None = None) -> dict | None:
     """The held-out NLL bars of `split` (only `numbers` when given): {"unigram": `nll_record` of the add-k
-    unigram of the training sonnets, with its "k"; "uniform": ln(vocabulary)}; None when the split's true
-    sonnets are not in `folder`."""
+    unigram of the training sonnets (each followed by <|endoftext|>, as in training), with its "k"; "uniform":
+    ln(vocabulary)}, on the continuation tokens `SonnetTask.heldout_nll` scores; None without true sonnets."""
     from app.measures import nll_record
-    from course.files import SONNET_FILES
-    from course.readers import read_sonnets
     from minigpt2.tokenizer import Tokenizer
     from tasks.sonnet import continuation_ids
 
@@ -176,8 +148,7 @@ def sonnet_reference_nll(folder: str, split: str, numbers: tuple[int, ...] | Non
     if found is None:
         return None
     tok = Tokenizer(tokenizer_dir)
-    training = [ids + [tok.eot_id] for ids in tok.encode_batch(
-        [s.text for s in read_sonnets(Path(folder) / SONNET_FILES.train)[0]])]
+    training = [ids + [tok.eot_id] for ids in tok.encode_batch(found[2])]
     k = choose_unigram_k(training, tok.vocab_size)
     counts = unigram_counts(training, tok.vocab_size)
     per = {}
@@ -194,14 +165,11 @@ def sonnet_reference_copying(folder: str, split: str, numbers: tuple[int, ...] |
     sonnets of `split`, by name, against the training sonnets and every held-out true sonnet (dev and test where
     present) but the prompt's own; None when the split's true sonnets are not in `folder`."""
     from app.measures import copying_record
-    from course.files import SONNET_FILES
-    from course.readers import read_sonnets
 
     found = _reference_sonnets(folder, split, numbers, tokenizer_dir)
     if found is None:
         return None
-    truths, hyps = found
-    training = [s.text for s in read_sonnets(Path(folder) / SONNET_FILES.train)[0]]
+    truths, hyps, training = found
     held_out = {str(k): v for other in ("dev", "test")
                 for k, v in (sonnet_references(Path(folder), other) or {}).items()}
     texts = {**hyps, REAL_SONNETS: list(truths.values())}
@@ -217,8 +185,6 @@ def sonnet_rows(rows: Sequence[dict]) -> list[dict]:
 
 def _scored_numbers(run_dir: Path, split: str) -> tuple[int, ...] | None:
     """The sonnet numbers a finished run predicted on `split` (the references are scored on the same)."""
-    from course.formats import read_generated
-
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         return tuple(s.number for s in read_generated(run_dir / metrics[f"{split}_predictions"]))
@@ -234,7 +200,7 @@ def sonnet_reference_figures(rows: Sequence[dict], samples: int = SAMPLES) -> di
     if not done:
         return None
     run_dir = Path(done[0]["run_dir"])
-    folder, tok = str(run_data_folder(run_dir)), data_paths(folder_settings(run_dir))[1]
+    folder, tok = str(run_data_folder(run_dir)), saved_settings(run_dir).paths.tokenizer_dir
     numbers = {split: _scored_numbers(run_dir, split) for split in ("dev", "test")}
     return {"chrf": {s: sonnet_reference_intervals(folder, s, numbers[s], tok, samples) for s in numbers},
             "form": sonnet_reference_forms(folder, "dev", numbers["dev"], tok),

@@ -1,11 +1,6 @@
-"""A sweep's results as files: `<sweep>.csv` (one row per run), `<sweep>.md` (the study-style tables,
-`experiments.tables`) and PNG plots (`experiments.plots`), generic over the sweep's declaration
-(`experiments.sweeps.Sweep`).
-
-Rows come from the run folders alone (config.json's settings, metrics.json, the dev predictions), so a report can be
-rebuilt at any time, also from a sweep that is half done: unfinished runs appear with status `missing`. A row's
-first columns are the sweep's knobs, read from the run's settings; its figures are declared once
-(`experiments.metrics`).
+"""A sweep's results as files, generic over its declaration: `<sweep>.csv` (one row per run), `<sweep>.md` (the
+tables, `experiments.tables`) and PNG plots (`experiments.plots`). Rows come from the run folders alone, so a
+report can be rebuilt at any time, also from a half-done sweep (unfinished runs have status `missing`).
 """
 
 from __future__ import annotations
@@ -14,10 +9,12 @@ import csv
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from app.runfolder import saved_settings
+from course.formats import label_format
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
@@ -26,7 +23,7 @@ from . import plots, tables
 from .metrics import Row, copying_measures, figures, group_seeds, measures
 from .references import majority_reference
 from .runner import is_finished, read_metrics
-from .stats import SAMPLES, folder_settings, read_task_predictions, run_data_folder, run_interval, zero_shot_scores
+from .stats import SAMPLES, run_data_folder, run_interval, zero_shot_scores
 from .sweeps import Sweep
 
 
@@ -76,11 +73,11 @@ def compute_dtype(settings: Any, device: str | None = None) -> str:
 
 
 def _majority_of_scored(run_dir: Path, metrics: dict[str, Any], task: str, samples: int) -> Row:
-    """The majority-class accuracy of the dev rows the run scored: the run's own figure (metrics.json's
-    "majority", written by finetune) when it has one, with a bootstrap interval where the labels are readable."""
+    """The majority-class accuracy of the dev rows the run scored: the run's own figure when it has one, with a
+    bootstrap interval where the labels are readable."""
     own = (metrics.get("majority") or {}).get("dev")
     try:
-        ids = list(read_task_predictions(task, run_dir / metrics["dev_predictions"]))
+        ids = list(label_format(task).read_predictions(run_dir / metrics["dev_predictions"]))
         maj = majority_reference(task, run_data_folder(run_dir), "dev", ids, samples)
     except (OSError, ValueError, KeyError):
         maj = None
@@ -91,8 +88,8 @@ def _majority_of_scored(run_dir: Path, metrics: dict[str, Any], task: str, sampl
 
 
 def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
-    """Test score of the best epoch: the run's own `test` figures when it has them, else re-scored from its test
-    predictions where the labels lie beside the data; with a bootstrap interval; NaN where there are no labels."""
+    """Test score of the best epoch (the run's own figure, else its test predictions re-scored where the labels lie
+    beside the data), with a bootstrap interval; NaN without labels."""
     row: Row = {"test_score": math.nan, "test_low": math.nan, "test_high": math.nan, "n_test": None}
     own = (metrics.get("test") or {}).get(metrics.get("metric"))
     try:
@@ -108,10 +105,8 @@ def _test_score(run_dir: Path, metrics: dict[str, Any], samples: int) -> Row:
 
 
 def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
-    """Every file the run scored (metrics.json's "files_sha256": predictions, samples, evaluate's outputs) and
-    scored against ("references_sha256": dev and test labels or true sonnets, as the report finds them now) must
-    still be the file it was: an edited file would change intervals and plots while the recorded point score
-    stayed. A run that recorded none (an older one) is taken as it is."""
+    """Every file the run scored and scored against (metrics.json's "files_sha256", "references_sha256") must
+    still be the file it was: an edited one would move intervals and plots but not the recorded point score."""
     for name, recorded in (metrics.get("files_sha256") or {}).items():
         _check_unchanged(run_dir / name, recorded, run_dir, "its run scored it", "restore the file the run wrote")
     for entry in (metrics.get("references_sha256") or {}).values():
@@ -165,9 +160,7 @@ def code_label(config: dict[str, Any]) -> str:
 def code_summary(labels: Sequence[str]) -> tuple[list[tuple[str, int]], bool]:
     """The distinct code versions of a set of runs with how many runs each (most first), and whether the set is
     mixed: more than one version (an unknown one included), or any run from a work tree with changes."""
-    counts: dict[str, int] = defaultdict(int)
-    for label in labels:
-        counts[label] += 1
+    counts = Counter(labels)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ranked, len(ranked) > 1 or any("uncommitted" in label for label in counts)
 
@@ -186,9 +179,8 @@ def code_block(rows: Sequence[Row]) -> list[str]:
 
 
 def zero_shot_row(run_dir: Path, output: str, samples: int = SAMPLES) -> Row:
-    """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows it scored (both
-    from its predictions file; the result file's figure only where the labels cannot be read), and the
-    majority-class accuracy of those same rows (the reference a zero-shot answer must beat)."""
+    """The zero-shot check of a run folder: its accuracy with a bootstrap interval over the rows its predictions
+    file scored (the result file's figure where no label is found), and the majority class of those rows."""
     data = json.loads((run_dir / output).read_text(encoding="utf-8"))
     row: Row = {"zero_shot_accuracy": zero_shot_accuracy(run_dir, output), "zero_shot_n": data.get("examples")}
     scores = zero_shot_scores(run_dir, output)  # the point and its interval from the one predictions file
@@ -218,7 +210,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
     if done:
         metrics = read_metrics(run_dir) or {}
         check_scored_files(run_dir, metrics)  # before any figure is read from them
-        settings = folder_settings(run_dir)
+        settings = saved_settings(run_dir)
         row.update(metric=metrics.get("metric"), dev_score=metrics["dev"][metrics["metric"]], **figures(metrics))
         try:  # a run whose files cannot be re-scored keeps its score, without an interval, and says why
             interval = run_interval(run_dir, samples=samples)
@@ -272,13 +264,6 @@ def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     return path
 
 
-def mark_best(points: Sequence[Row]) -> None:
-    """Flag the point with the highest dev score (what a search over settings would choose)."""
-    done = [p for p in points if p["seeds"]]
-    if done:
-        max(done, key=lambda p: p["score"])["best"] = True
-
-
 # ---------------------------------------------------------------------------------------------- all outputs
 
 def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int = SAMPLES,
@@ -288,8 +273,8 @@ def write_report(sweep: Sweep, root: str | Path, out: str | Path, samples: int =
     out = Path(out)
     rows = collect(sweep, root, samples, failed)
     points = group_seeds(rows, list(sweep.knobs))
-    if sweep.best:
-        mark_best(points)
+    if sweep.best and (chosen := [p for p in points if p["seeds"]]):  # what a search over settings would choose
+        max(chosen, key=lambda p: p["score"])["best"] = True
     paths = {"csv": write_csv(rows, out / f"{sweep.name}.csv")}
     done = sum(r["status"] == "done" for r in rows)
     spread = ("intervals: the mean over seeds with a 95% t-interval across seeds" if any(p["seeds"] > 1 for p in points)

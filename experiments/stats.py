@@ -1,41 +1,26 @@
-"""Uncertainty of a run's dev score over its examples, and of the difference between two arms on the same examples.
+"""Uncertainty of a run's figures over its examples, and of the difference between two arms on the same examples.
 
-One method for every interval the study prints over examples: the **studentized bootstrap (bootstrap-t)**, with a
-jackknife standard error inside every resample (`minigpt2.metrics.studentized_interval`). The sonnet dev set has
-12 sonnets and chrF is a corpus statistic (a ratio of summed character n-gram counts, sacrebleu's statistics
-extracted once per sonnet and summed per resample), the held-out NLL a token-weighted ratio; at n = 12 their
-sampling distributions are skewed and their spread is underestimated by the resamples themselves, so percentile
-bounds are too narrow. Simulated at n = 12 with 95% intervals (1,000 data sets each, 999 resamples;
-tests/experiments/test_intervals.py re-runs a smaller version): on NLL-like ratio-of-sums data percentile bounds covered
-0.90-0.91, BCa 0.90-0.91, the jackknife t-interval 0.94, bootstrap-t 0.94-0.95; on an exponential mean 0.87,
-0.88, 0.90 and 0.945; on a lognormal mean (heavier skew) 0.82, 0.85, 0.86 and 0.91. Bootstrap-t covers best on
-every one, at the price of wider intervals (about 1.25x the percentile width on ratio data). With 2 sonnets a
-resample has 3 distinct draws and no method knows anything: below `MIN_INTERVAL_N` (8) examples no interval is
-given at all, and the tables say "n=2, too few for an interval". Accuracy at n = 12 is discrete: a set with all
-rows right has no spread and its interval is the point; the study's classification sets have 245 to 4,000 rows,
-where every method agrees with the normal approximation. Rates of 0/1 flags over generated sonnets keep Wilson
-intervals (`app.measures.form_record`).
-
-A paired difference (arm - reference on the examples both scored) resamples the same examples for both arms; its
-p-value is the sign-flip permutation test (each example's two rows swapped or not: exact over all 2**n swaps up to
-14 examples), and for accuracy McNemar's test on the discordant rows beside it.
-
-The predictions come back from the run folder's course-format files; references and labels from the data folder
-the run used (its config.json).
+Every interval over examples is a studentized bootstrap (bootstrap-t, `minigpt2.metrics.studentized_interval`);
+a paired difference resamples the same examples for both arms, with the sign-flip p-value and, for accuracy,
+McNemar's test beside it. Why bootstrap-t, and its coverage at n = 12: docs/study.md ("Tables and the report").
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from sacrebleu.metrics import CHRF
 
+from app.runfolder import saved_settings
+from course.formats import SONNETS, label_format
+from course.readers import data_dir
 from minigpt2.metrics import McNemar, mcnemar, sign_flip_p, studentized_interval
 
 SAMPLES = 1000
@@ -80,11 +65,6 @@ def chrf_of_sums(sums: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, 100 * (1 + factor) * avg_p * avg_r / np.where(denom > 0, denom, 1), 0.0)
 
 
-def chrf_from_statistics(stats: np.ndarray) -> float:
-    """Corpus chrF (0-100) of summed statistics."""
-    return float(chrf_of_sums(stats))
-
-
 # metric -> statistic of summed (..., samples, k) figures of m examples, and the range of the metric
 STATISTICS = {
     "chrf": lambda sums, m: chrf_of_sums(sums[0]).mean(-1),  # each sample set's corpus chrF, averaged
@@ -122,8 +102,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-# ---------------------------------------------------------------------------------------------- from a run folder
-
 def majority_interval(labels: Sequence[int], samples: int = SAMPLES, seed: int = 0) -> Interval:
     """Accuracy of always answering the most frequent label of these rows, with its bootstrap interval."""
     if not labels:
@@ -132,64 +110,32 @@ def majority_interval(labels: Sequence[int], samples: int = SAMPLES, seed: int =
     return bootstrap_accuracy([majority] * len(labels), labels, samples, seed=seed)
 
 
-def folder_settings(run_dir: str | Path) -> Any:
-    """The `RunSettings` a run folder recorded (`app.runfolder.saved_settings`: old layouts upgraded)."""
-    from app.runfolder import saved_settings
-
-    return saved_settings(Path(run_dir))
-
-
-def data_paths(settings: Any) -> tuple[str | None, str | None]:
-    """(data folder, tokenizer folder) a run was given: the one place that knows where the settings keep them."""
-    return settings.paths.data_dir, settings.paths.tokenizer_dir
-
+# ---------------------------------------------------------------------------------------------- from a run folder
 
 def run_data_folder(run_dir: str | Path) -> Path:
     """The data folder a run used: its --data-dir, else the folder the sweep runner resolved from the
     environment when it started the run (experiment.json), else today's default. A recorded folder that no
     longer exists gives way to MINIGPT2_DATA_DIR when that is set (the data moved)."""
-    import os
-
-    from course.readers import data_dir
-
     run_dir = Path(run_dir)
     try:
         record = json.loads((run_dir / "experiment.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
-    recorded = data_paths(folder_settings(run_dir))[0] or record.get("data_dir")
+    recorded = saved_settings(run_dir).paths.data_dir or record.get("data_dir")
     if recorded and (Path(recorded).is_dir() or not os.environ.get("MINIGPT2_DATA_DIR")):
         return Path(recorded)
     return data_dir(None)
 
 
-def split_labels(task_name: str, folder: Path, split: str) -> dict[str, int] | None:
-    """id -> label of a classification task's dev rows, or of its test rows from the `*-test-labels.csv` file
-    beside the data (None when that file is absent: test scores are then left out, not guessed)."""
-    from course.formats import label_format
-
-    return label_format(task_name).split_labels(folder, split)
-
-
 def sonnet_references(folder: Path, split: str) -> dict[int, str] | None:
     """number -> true sonnet of the dev or test prompts (None when the test sonnets are absent)."""
-    from course.formats import SONNETS
-
     return SONNETS.split_references(folder, split)
-
-
-def read_task_predictions(task_name: str, path: Path) -> dict[str, int]:
-    """id -> predicted label of a classification task's course-format predictions file."""
-    from course.formats import label_format
-
-    return label_format(task_name).read_predictions(path)
 
 
 def run_interval(run_dir: str | Path, samples: int = SAMPLES, seed: int = 0, split: str = "dev"
                  ) -> Interval | None:
-    """The bootstrap interval of a finished run's metric (chrF for sonnets, accuracy otherwise) on `split`,
-    over the examples and, with several samples per prompt, over the samples too; None for a test split without
-    labels."""
+    """The bootstrap interval of a finished run's metric on `split` (over its examples and the samples of each
+    prompt); None for a test split without labels."""
     scores = run_scores(run_dir, split)
     return None if scores is None else scores.interval(samples, seed)
 
@@ -243,11 +189,6 @@ def paired_difference(a: ExampleScores, b: ExampleScores, samples: int = SAMPLES
     return Interval(a.score() - b.score(), low, high, len(shared), p, test)
 
 
-def prediction_files(metrics: dict, split: str) -> list[str]:
-    """The prediction files a run scored on `split`: the course file, then the other samples (--eval-samples)."""
-    return list(metrics.get(f"{split}_samples") or [metrics[f"{split}_predictions"]])
-
-
 def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = None) -> ExampleScores | None:
     """A finished run's per-example figures on `split`: its task metric (default) or "nll", the held-out
     likelihood recorded in metrics.json; None where the split has no references."""
@@ -260,13 +201,14 @@ def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = Non
         if not per:
             return None
         return ExampleScores("nll", tuple(per), np.array([[v] for v in per.values()], dtype=np.float64))
-    settings = folder_settings(run_dir)
+    settings = saved_settings(run_dir)
     task = get_task(settings.data.task)
     refs = settings.data.test_references if split == "test" else None
     folder = run_data_folder(run_dir)
     columns = []
     ids: list[str] = []
-    for name in prediction_files(metrics, split):
+    # the course file, then the other samples (--eval-samples)
+    for name in metrics.get(f"{split}_samples") or [metrics[f"{split}_predictions"]]:
         pairs = task.format.split_pairs(run_dir / name, folder, split, Path(refs) if refs else None)
         if pairs is None:
             return None
@@ -282,9 +224,9 @@ def zero_shot_scores(run_dir: Path, output: str) -> ExampleScores:
     """Per row, whether a run's zero-shot check (`output`: its result file) answered right: the rows of its
     predictions file that have labels."""
     data = json.loads((run_dir / output).read_text(encoding="utf-8"))
-    task = data.get("task", "quora")
-    preds = read_task_predictions(task, run_dir / data["predictions"])
-    labels = split_labels(task, run_data_folder(run_dir), data.get("split", "dev")) or {}
+    task = label_format(data.get("task", "quora"))
+    preds = task.read_predictions(run_dir / data["predictions"])
+    labels = task.split_labels(run_data_folder(run_dir), data.get("split", "dev")) or {}
     ids = [k for k in preds if k in labels]
     correct = [float(int(preds[k]) == int(labels[k])) for k in ids]
     return ExampleScores("accuracy", tuple(ids), np.array(correct, dtype=float).reshape(-1, 1, 1))

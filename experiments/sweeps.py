@@ -1,21 +1,7 @@
 """The study's sweeps, each one declaration: a builder reads `SweepOptions` (model, data, seeds, `--tiny`) and
-returns a `Sweep`: its runs (each a finetune run, its settings checked when the sweep is built), its knobs (the
-settings that vary, as setting paths or functions of a run's settings: the CSV's first columns are read from them),
-its table columns, the reference arms of its paired differences and its plot. The report (`experiments.report`)
-is generic over them; nothing here runs anything (`experiments.runner` does).
-
-    baseline      full fine-tuning on sst, cfimdb, quora, sonnet
-    lora-ranks    sonnets, LoRA attn+mlp at ranks 1, 2, 4, ..., 256 (alpha 16, lr 1e-2) and full fine-tuning
-    lora-targets  sonnets, LoRA on attention only vs attention + MLP
-    lora-alpha-lr sonnets, LoRA rank 16 over alpha 4..64 x lr 1e-3..3e-2 (re-derives alpha 16, lr 1e-2)
-    precision     sonnets at fp64, fp32, bf16, fp8, int8, int4, post-training quantized (PTQ) or QAFT, and each
-                  model's zero-shot Quora cloze accuracy
-    teachers      sonnets + synthetic sonnets from each Gemini teacher, 0/250/500/1000 of them, all or perfect-only;
-                  perfect ones at 0.5/1/2 per real sonnet, and alone (synthetic only)
-
-`--tiny` keeps every sweep's shape but trims it to a CPU smoke run: the random-init `tiny` model, the small data
-shipped in experiments/tiny_data/ (4 training and 2 dev/test examples), one epoch, 4 new tokens per sonnet, and fewer
-points per sweep (`Sweep.note` says which).
+returns a `Sweep`: its runs (finetune settings, checked when the sweep is built), its knobs (the settings that vary:
+the CSV's first columns), its table columns, the reference arms of its paired differences and its plot. The report
+is generic over them; nothing here runs anything. The sweeps and what `--tiny` trims: docs/study.md ("Sweeps").
 """
 
 from __future__ import annotations
@@ -88,9 +74,8 @@ class SweepOptions:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A follow-up command on a finished run folder (e.g. the zero-shot Quora check). `module` is run with
-    `argv`, where the string RUN_DIR stands for the run folder; `output` (inside the run folder) is the file it
-    writes, whose presence marks it done."""
+    """A follow-up command on a finished run folder (the zero-shot Quora check): `module` run with `argv` (RUN_DIR
+    stands for the folder); `output` is the file it writes there, whose presence marks it done."""
 
     name: str
     module: str
@@ -110,9 +95,7 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Run:
-    """One finetune run of a sweep: `name` its folder name, `settings` its `RunSettings` (built and checked when
-    the sweep is built; what varies is read from them by the sweep's knobs), `evaluations` the follow-up commands
-    on its folder."""
+    """One finetune run of a sweep: its folder name, its `RunSettings` and the follow-up commands on its folder."""
 
     name: str
     settings: RunSettings
@@ -171,9 +154,8 @@ class Plot:
 
 @dataclass(frozen=True)
 class Published:
-    """A figure the study published, shown beside this reproduction's (`experiments.html`): its `name` (or a
-    function of the reproduced row, None where there is none), what it measures, the study's dev and test figures,
-    `pick`: the reproduced row among the sweep's CSV rows, `cells`: its dev and test cells."""
+    """A figure the study published, shown beside this reproduction's on the HTML page: its name (or a function of
+    the reproduced row), metric, the study's dev and test figures, `pick`: the reproduced row, `cells`: its cells."""
 
     name: Union[str, Callable[[Optional[Row]], str]]
     metric: str
@@ -190,8 +172,7 @@ def best(keep: Callable[[Row], Any]) -> Callable[[Sequence[Row]], Optional[Row]]
 
 
 def setting(settings: Any, knob: Knob) -> Any:
-    """A knob's value for a run: the value at a settings path (None under an absent group: no LoRA), or the
-    knob's function of the settings."""
+    """A knob's value: the value at a settings path (None under an absent group: no LoRA), or its function's."""
     if callable(knob):
         return knob(settings)
     for part in knob.split("."):
@@ -199,19 +180,12 @@ def setting(settings: Any, knob: Knob) -> Any:
     return settings
 
 
-def settings_of(run: Run) -> Any:
-    """A run's `RunSettings`: the one place the report asks a `Run` for them."""
-    return run.settings
-
-
 @dataclass(frozen=True)
 class Sweep:
-    """A sweep as one declaration: its runs, and what was left out of them (by `--tiny`, or for lack of synthetic
-    sonnets; the note is printed by --dry-run and written above the table); its `knobs`, the settings that vary
-    (the CSV's first columns, read from each run's settings); its table `columns` before the score (default: one
-    per knob) and `after` the score; its `references` for paired differences; its `plot`; `best`: mark the point
-    with the best dev score; `extras`: the optional figures its rows carry (`experiments.report.EXTRAS`); `published`:
-    the study's figures it reproduces."""
+    """A sweep as one declaration: its runs and what was left out of them (`note`, printed by --dry-run and above
+    the table); its `knobs` (the CSV's first columns); its table `columns` before the score (default: one per knob)
+    and `after` it; its `references` for paired differences; its `plot`; `best`: mark the best dev score; `extras`:
+    the optional figures its rows carry (`experiments.report.EXTRAS`); `published`: the study's figures."""
 
     name: str
     runs: list[Run]
@@ -230,8 +204,8 @@ class Sweep:
 
     def knob_values(self, run: Run) -> dict[str, Any]:
         """The run's knobs, then its seed: the CSV's first columns."""
-        settings = settings_of(run)
-        return {**{name: setting(settings, knob) for name, knob in self.knobs.items()}, "seed": settings.optim.seed}
+        return {**{name: setting(run.settings, knob) for name, knob in self.knobs.items()},
+                "seed": run.settings.optim.seed}
 
     def table_columns(self) -> tuple[Column, ...]:
         return self.columns or tuple(Column(name, name) for name in self.knobs)
@@ -255,9 +229,8 @@ def common(opts: SweepOptions) -> Options:
 
 def make_runs(opts: SweepOptions, points: list[tuple[str, Options]], evaluations: tuple[Evaluation, ...] = ()
           ) -> list[Run]:
-    """Every point of a sweep at every seed: (name, settings overrides) -> Runs, their settings built (and checked:
-    a setting finetune would refuse is refused now, naming its flag). A point's own settings win over the shared
-    ones (`--epochs 0`: the base model), the user's --finetune-args over both."""
+    """Every point of a sweep at every seed: (name, settings overrides) -> Runs, their settings built and checked.
+    A point's own settings win over the shared ones (`--epochs 0`: the base model), --finetune-args over both."""
     shared, extra = common(opts), cli.options_from_argv(opts.finetune_args)
     return [Run(f"{name}-s{seed}", cli.settings_of({**options, **{k: v for k, v in shared.items() if k not in options},
                                                    "optim.seed": seed, **extra}), evaluations)
@@ -330,9 +303,9 @@ def lora_ranks(opts: SweepOptions) -> Sweep:
                  plot=Plot("rank", "LoRA rank", "Sonnets: chrF vs LoRA rank",
                            label=lambda _: "LoRA (attn+mlp, alpha 16)", keep=lambda p: not full(p), level=full,
                            level_label="full fine-tuning", log=2),
-                 published=(Published(lambda p: "sonnet, best LoRA rank" + (f" (reproduced: rank {p['rank']})" if p
-                                                                             else ""), "chrF", "42.16 (rank 256)", "—",
-                                      best(lambda p: p.get("method") == "lora")),
+                 published=(Published(lambda p: "sonnet, best LoRA rank" + (f" (reproduced: rank {p['rank']})"
+                                                                             if p else ""),
+                                      "chrF", "42.16 (rank 256)", "—", best(lambda p: p.get("method") == "lora")),
                             Published("LoRA rank 256 on attn+mlp", "trainable parameters", "42.5M", "—",
                                       best(lambda p: p.get("method") == "lora" and p.get("rank") == 256
                                            and p.get("trainable_params")),
@@ -412,15 +385,8 @@ def precision(opts: SweepOptions) -> Sweep:
 GENERATE_HINT = "`python -m distill.generate --teacher <teacher> --n 1000 --out DIR/<teacher>.jsonl`"
 
 
-def synthetic_dir(opts: SweepOptions) -> Path | None:
-    if opts.synthetic_dir:
-        return Path(opts.synthetic_dir)
-    return TINY_SYNTHETIC_DIR if opts.tiny else None
-
-
 def real_training_sonnets(opts: SweepOptions) -> int | None:
-    """How many real sonnets a run trains on (the sonnet training file, cut by --tiny's --max-train), or None
-    when the data is not there yet."""
+    """How many real sonnets a run trains on (cut by --tiny's --max-train), or None before the data is there."""
     from course.readers import data_dir, read_sonnets
 
     folder = Path(opts.data_dir) if opts.data_dir else (TINY_DATA_DIR if opts.tiny else data_dir(None))
@@ -459,16 +425,12 @@ def teacher_of(settings: Any) -> str | None:
 
 
 def teachers(opts: SweepOptions) -> Sweep:
-    """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones). N = 0 is the one
-    shared real-data-only run that starts every teacher's curve. Then the mixing arms on perfect sonnets: ratio r
-    adds r x (real training sonnets) synthetic ones; 'synthetic only' trains on every perfect synthetic sonnet and no
-    real one (dev and test stay real).
-
-    Without a folder of <teacher>.jsonl files the sweep has no runs and says what it waits for; with
-    `plan_missing` (--dry-run) a teacher without a file is planned as if its file held what every arm needs.
-    A file too small for an arm ends that curve at what it has, announced in the note with the requests that
-    would complete it."""
-    folder = synthetic_dir(opts)
+    """Sonnets + N synthetic sonnets from each teacher (all kept ones, or only perfect ones; N = 0, the shared
+    real-only run, starts every curve), then the mixing arms on perfect sonnets (ratio r adds r x the real training
+    sonnets; 'synthetic only' trains on no real one). Without <teacher>.jsonl files it has no runs and says what it
+    waits for (with `plan_missing`, --dry-run, it plans them as if full); a file too small for an arm ends that
+    curve at what it has, announced in the note."""
+    folder = Path(opts.synthetic_dir) if opts.synthetic_dir else (TINY_SYNTHETIC_DIR if opts.tiny else None)
     present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder and folder.is_dir() else []
     if not present and not opts.plan_missing:
         where = f"{folder}: no <teacher>.jsonl files" if folder else "--synthetic-dir DIR"
@@ -542,8 +504,7 @@ def teachers(opts: SweepOptions) -> Sweep:
 
 
 def shortfall(teacher: str, path: Path, filt: str, have: int, need: int) -> str:
-    """The announcement of an arm cut short by its file: what it has, what it needs, how many more requests
-    would fill it (at the file's measured rate, else the study's perfect rate)."""
+    """The note on an arm cut short by its file: what it has and needs, and the requests that would fill it."""
     kind = "perfect" if filt == "perfect" else "kept"
     more = requests_needed(teacher, path, perfect=need - have if filt == "perfect" else 0,
                            kept=need - have if filt == "all" else 0)

@@ -1,10 +1,10 @@
-"""The markdown tables of a sweep's report, generic over its declaration (`experiments.sweeps.Sweep`): the main
-table (its knobs' columns, dev and test score, held-out NLL, its own columns, the majority class), the form and
-copying of what each sonnet model wrote, the reference rows that show what chance scores, the paired differences
-against each reference arm, the zero-shot check and the teachers' generation figures."""
+"""The markdown tables of a sweep's report, generic over its declaration: the main table, the paired differences
+against each reference arm, the form and copying of what each sonnet model wrote, the reference rows that show what
+chance scores, the zero-shot check and the teachers' generation figures."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,7 +16,7 @@ from .metrics import (COPY_FIGURES, FORM_METRICS, SPLITS, Row, _fmt, _interval, 
                       format_measure, format_score, group_seeds, interval_name, scored_cell, teacher_summary)
 from .references import REAL_SONNETS, REFERENCE_NAMES, sonnet_reference_figures, sonnet_rows
 from .stats import SAMPLES, ExampleScores, paired_difference, run_scores, zero_shot_scores
-from .sweeps import Reference, Sweep, settings_of, teacher_of
+from .sweeps import Reference, Sweep, teacher_of
 
 Columns = list[tuple[str, Callable[[Any], Any]]]  # (header, the cell of an item)
 COPYING_REFERENCE = REFERENCE_NAMES[2]  # the wrong sonnet: a training sonnet pasted after the prompt
@@ -31,19 +31,17 @@ def _lines(columns: Columns, items: Sequence[Any]) -> list[list[str]]:
     return [[_fmt(cell(x)) for _, cell in columns] for x in items]
 
 
-def _grid(columns: Columns, items: Sequence[Any], more: Sequence[Sequence[str]] = ()) -> str:
-    """A table of a line per item (then the lines `more`) and a column per (header, cell)."""
-    return _table([head for head, _ in columns], _lines(columns, items) + list(more))
+def _grid(columns: Columns, items: Sequence[Any]) -> str:
+    """A table of a line per item and a column per (header, cell)."""
+    return _table([head for head, _ in columns], _lines(columns, items))
 
 
 def _settings(sweep: Sweep) -> Columns:
     return [(c.head, c.of) for c in sweep.table_columns()]
 
 
-def _reference_line(sweep: Sweep, name: str, cells: list[str]) -> list[str]:
-    """A reference row under a sweep's arms: its name in the first settings column, '—' in the others."""
-    pasted = " (**copying: a training sonnet pasted**)" if name == COPYING_REFERENCE else ""
-    return [f"reference: {name}{pasted}"] + ["—"] * (len(sweep.table_columns()) - 1) + cells
+def _reference_name(name: str) -> str:
+    return name + (" (**copying: a training sonnet pasted**)" if name == COPYING_REFERENCE else "")
 
 
 def sweep_tables(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], samples: int = SAMPLES) -> list[str]:
@@ -81,8 +79,7 @@ def markdown_table(sweep: Sweep, points: Sequence[Row]) -> str:
 
 
 def form_block(sweep: Sweep, points: Sequence[Row]) -> list[str]:
-    """The form of what each sonnet model wrote (every dev sonnet through the perfect-sonnet check): the rates
-    of 14 lines, of the rhyme scheme, of the meter and of perfect sonnets, each with its 95% interval."""
+    """The form of what each sonnet model wrote: the rates of 14 lines, rhyme scheme, meter and perfect sonnets."""
     shown = [p for p in points if p.get("dev_perfect") is not None]
     if not shown:
         return []
@@ -95,11 +92,12 @@ def form_block(sweep: Sweep, points: Sequence[Row]) -> list[str]:
 
 
 def copying_cells(novel: dict[str, float] | None, values: Sequence[float | None]) -> list[str]:
-    """The copying columns of a row: its novel rate with interval, then per corpus (training, the other
-    held-out sonnets) the mean and largest longest run and the share of n-grams found."""
+    """The copying cells of a row: its novel rate, then per corpus (training, the other held-out sonnets) the mean
+    and largest longest shared run and the share of n-grams found."""
     out = ["—" if novel is None else _percent(novel)]
     for mean, largest, share in (values[:3], values[3:]):
-        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})", "—" if share is None else f"{100 * share:.1f}"]
+        out += ["—" if mean is None else f"{mean:.1f} ({largest:.0f})",
+                "—" if share is None else f"{100 * share:.1f}"]
     return out
 
 
@@ -110,9 +108,7 @@ def _copying_of(record: dict[str, Any]) -> list[str]:
 
 
 def copying_block(sweep: Sweep, points: Sequence[Row], references: dict[str, dict] | None = None) -> list[str]:
-    """Copying in what each sonnet model wrote (dev, the generated lines only): the novel rate and how much
-    is found verbatim in the training sonnets and in the other held-out sonnets (which no model saw: chance);
-    the reference rows below on the same prompts, the wrong sonnet flagged as the copying it is."""
+    """Copying in what each sonnet model wrote (dev, the generated lines only), with the reference rows below."""
     shown = [p for p in points if p.get("dev_novel") is not None]
     if not shown:
         return []
@@ -121,7 +117,9 @@ def copying_block(sweep: Sweep, points: Sequence[Row], references: dict[str, dic
                               "high": p.get("dev_novel_high", math.nan)},
                              [p.get(f"dev_copy_{k}") for k in COPY_FIGURES])
              for p in shown]
-    lines += [_reference_line(sweep, name, _copying_of(rec)) for name, rec in (references or {}).items()]
+    blank = ["—"] * (len(sweep.table_columns()) - 1)  # a reference row: its name in the first settings column
+    lines += [[f"reference: {_reference_name(name)}"] + blank + _copying_of(rec)
+              for name, rec in (references or {}).items()]
     n, below = round(shown[0]["dev_copy_n"]), shown[0]["dev_copy_novel_below"]
     heads = ["novel % [95% CI]", "longest run shared with training, words: mean (max)",
              f"{n}-grams found in training %",
@@ -134,10 +132,8 @@ def copying_block(sweep: Sweep, points: Sequence[Row], references: dict[str, dic
 
 
 def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) -> list[str]:
-    """The 'what chance looks like' rows under a table that has sonnet runs, on the prompts the runs scored (dev
-    and test; `found`: `references.sonnet_reference_figures`): chrF and form of the prompts alone, with random
-    tokens, with a wrong real sonnet, and the form of the real held-out sonnets; and the held-out NLL of the model
-    before fine-tuning beside the bars from the data alone."""
+    """The 'what chance looks like' rows under a table with sonnet runs (`found`: `sonnet_reference_figures`), and
+    the held-out NLL of the model before fine-tuning beside the bars from the data alone."""
     if found is None:
         return []
     if isinstance(found, Exception):
@@ -148,8 +144,7 @@ def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) 
         iv = (found["chrf"][split] or {}).get(name)
         return _interval(iv.value, iv.low, iv.high, 2, iv.n) if iv else "—"
 
-    columns = [("reference", lambda name: name + (" (**copying: a training sonnet pasted**)"
-                                                  if name == COPYING_REFERENCE else "")),
+    columns = [("reference", _reference_name),
                *((f"{s} chrF [95% CI]", lambda name, s=s: "— (the references themselves)" if name == REAL_SONNETS
                   else chrf(name, s)) for s in SPLITS),
                *((f"dev {h} %", lambda name, part=part: _percent(forms[name]["rates"][part], forms[name].get("sonnets"))
@@ -168,8 +163,8 @@ def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) 
         lines += [[f"unigram of the training sonnets' tokens (add-{k:g}) [95% CI]"]
                   + [_interval(u["nll"], u["low"], u["high"], n=u["sonnets"]) if u else "—"
                      for u in (b and b["unigram"] for b in map(bars.get, SPLITS))] + ["— (not trained)"] * 2,
-                  ["uniform guess, ln(vocabulary)"] + [_fmt(b["uniform"]) if b else "—" for b in map(bars.get, SPLITS)]
-                  + ["— (not trained)"] * 2]
+                  ["uniform guess, ln(vocabulary)"]
+                  + [_fmt(b["uniform"]) if b else "—" for b in map(bars.get, SPLITS)] + ["— (not trained)"] * 2]
     if lines:
         out += ["Held-out NLL before fine-tuning, and the bars from the data alone (nats per token of the true "
                 "continuations, <|endoftext|> included; lower is better): a unigram of the training sonnets' tokens "
@@ -186,9 +181,7 @@ def _reference_row(rule: Callable[[Row, Row], bool], arm: Row, rows: Sequence[Ro
 
 def _difference(pairs: Sequence[tuple[Row, Row]], scores: Callable[[Row], ExampleScores | None], digits: int,
                 samples: int) -> str:
-    """arm - reference as a cell (`format_difference`): one seed, a paired bootstrap-t 95% interval over the shared
-    examples with its sign-flip p-value (and McNemar's test for accuracy); several seeds, the mean of the per-seed
-    differences with a 95% t-interval across seeds; '—' where a run's scores cannot be read or paired."""
+    """arm - reference as a cell (`format_difference`); '—' where a run's scores cannot be read or paired."""
     diffs = []
     for arm, ref in pairs:
         a, b = scores(arm), scores(ref)
@@ -205,18 +198,16 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
     """Each arm against the sweep's reference arms on the same examples: the difference in the task metric (and,
     for sonnets, in held-out NLL), dev and test, with a paired interval; one table per reference."""
     done = [r for r in rows if r["status"] == "done"]
-    cache: dict = {}
+
+    @functools.lru_cache(maxsize=None)  # each run's scores are read once, whatever the references
+    def read(run_dir: str, split: str, metric: str | None) -> ExampleScores | None:
+        try:
+            return run_scores(run_dir, split, metric)
+        except (OSError, ValueError, KeyError):
+            return None
 
     def scores(split: str, metric: str | None) -> Callable[[Row], ExampleScores | None]:
-        def read(row: Row) -> ExampleScores | None:
-            key = (row["run_dir"], split, metric)
-            if key not in cache:
-                try:
-                    cache[key] = run_scores(row["run_dir"], split, metric)
-                except (OSError, ValueError, KeyError):
-                    cache[key] = None
-            return cache[key]
-        return read
+        return lambda row: read(row["run_dir"], split, metric)
 
     out = []
     for reference in sweep.references:
@@ -247,7 +238,7 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
 def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
-    for settings in map(settings_of, sweep.runs):
+    for settings in (run.settings for run in sweep.runs):
         if settings.data.synthetic:
             files.setdefault(teacher_of(settings), Path(settings.data.synthetic.path))
     if not files:
@@ -263,8 +254,9 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
                 shown.append(f"{mix}: {format_score(p)} / {format_score(p, 'test_')}")
         return "<br>".join(shown) or "—"
 
-    def cost(t: Row) -> str:
-        return "—" if t.get("cost_usd") is None else f"${t['cost_usd']:.{2 if t['cost_usd'] >= 1 else 4}f}"
+    def cost(teacher: str) -> str:
+        usd = summaries[teacher].get("cost_usd")
+        return "—" if usd is None else f"${usd:.{2 if usd >= 1 else 4}f}"
 
     columns = [("teacher", lambda t: t), ("requests", lambda t: summaries[t].get("requests")),
                ("kept", lambda t: summaries[t].get("kept")),
@@ -274,15 +266,14 @@ def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> 
                    "_rate", "_low", "_high")), n=summaries[t].get("kept"), min_n=1)),
                ("tokens in / out / thinking", lambda t: " / ".join(_fmt(summaries[t].get(f"tokens_{k}"))
                                                                    for k in ("input", "output", "thinking"))),
-               ("cost", lambda t: cost(summaries[t])), ("mixes: dev chrF / test chrF", mixes)]
+               ("cost", cost), ("mixes: dev chrF / test chrF", mixes)]
     return ["Teachers (generation summary from `<file>.summary.json`; — where it is absent):\n",
             _grid(columns, list(files))]
 
 
 def zero_shot_block(rows: Sequence[Row], reference: Reference, output: str, samples: int = SAMPLES) -> list[str]:
     """The zero-shot Quora check (`output`: its result file) of every run that took it, with the majority class of
-    the rows it scored, and its accuracy minus that of its `reference` arm (e.g. its fp32 twin: same stage, task
-    and seed), paired on the same rows."""
+    the rows it scored, and its accuracy minus that of its `reference` arm, paired on the same rows."""
     took = [r for r in rows if r["status"] == "done" and r.get("zero_shot")]
     if not took:
         return []
