@@ -11,7 +11,7 @@ generate and `quant.gguf`.
     given(namespace, group)         what the user typed (a flag left out is absent: the dataclass default applies)
     build(group, values)            the group's dataclass, a bad value reported as one line naming the flag
     finetune_settings(argv)         `python -m minigpt2.finetune`'s flags as a validated `RunSettings`
-    settings_file(argv)             the FILE of `--settings FILE` (a run handed over as its settings.json)
+    settings_file(argv)             the FILE of `--settings FILE` (a run or an evaluation handed over as a file)
     resume_options(argv)            the flags of a `--resume` command line (no flag required: the run folder has them)
     resumed_settings(saved, opts)   a run folder's saved settings with the flags a resume may change
     command_settings(...)           evaluate's, generate's and quant.gguf's command lines as their settings
@@ -188,9 +188,9 @@ def finetune_parser(prog: str = "python -m minigpt2.finetune", description: str 
     return p
 
 
-def settings_file(argv: Sequence[str]) -> str | None:
+def settings_file(argv: Sequence[str], what: str = "run") -> str | None:
     """The FILE of a `--settings FILE` command line, or None when it has no --settings; with any other flag
-    beside it, one line saying so."""
+    beside it, one line saying so (`what`: whose settings the file holds, "run" or "evaluation")."""
     at = [i for i, a in enumerate(argv) if a == "--settings" or a.startswith("--settings=")]
     if not at:
         return None
@@ -200,8 +200,8 @@ def settings_file(argv: Sequence[str]) -> str | None:
     if not path:
         raise SettingsError("--settings: expected a FILE.json")
     if rest:
-        raise SettingsError(f"--settings {path} holds the whole run's settings; {' '.join(rest)} cannot go with it "
-                            "(edit the file, or give the flags without --settings)")
+        raise SettingsError(f"--settings {path} holds the whole {what}'s settings; {' '.join(rest)} cannot go with "
+                            "it (edit the file, or give the flags without --settings)")
     return path
 
 
@@ -375,18 +375,22 @@ GGUF_GROUPS = (Group("gguf", GGUFSettings, "what to write"),
 EVALUATE_GROUP, GENERATE_GROUP = EVALUATE_GROUPS[0], GENERATE_GROUPS[0]
 
 
-def command_parser(prog: str, groups: Sequence[Group], description: str | None = None) -> argparse.ArgumentParser:
-    """The parser of a command whose flags are `groups`."""
+def command_parser(prog: str, groups: Sequence[Group], description: str | None = None,
+                   settings_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a command whose flags are `groups` (and `--settings FILE`, helped by `settings_help`, when
+    the command takes its settings as a file: read before this parser, see `settings_file`)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
+    if settings_help:
+        p.add_argument("--settings", metavar="FILE.json", default=argparse.SUPPRESS, help=settings_help)
     add_groups(p, groups)
     return p
 
 
 def command_settings(prog: str, groups: Sequence[Group], argv: Sequence[str] | None,
-                     description: str | None = None) -> Any:
+                     description: str | None = None, settings_help: str | None = None) -> Any:
     """A command's settings from its command line: the first group's dataclass, holding the others (keyed by
     field name) built from their own flags; a device this machine lacks is refused."""
-    ns = command_parser(prog, groups, description).parse_args(None if argv is None else list(argv))
+    ns = command_parser(prog, groups, description, settings_help).parse_args(None if argv is None else list(argv))
     root, *parts = groups
     settings = build(root, {**given(ns, root), **{g.key: build(g, given(ns, g)) for g in parts}}, groups)
     if hasattr(settings, "hardware"):
@@ -394,9 +398,14 @@ def command_settings(prog: str, groups: Sequence[Group], argv: Sequence[str] | N
     return settings
 
 
+EVALUATE_SETTINGS_HELP = ("evaluate with the settings in FILE (an evaluation's settings, as a sweep writes them "
+                          "into the run folder: RUN_DIR/<evaluation>.settings.json); no other flag goes with it")
+
+
 def evaluate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> EvaluateSettings:
-    """`python -m minigpt2.evaluate`'s command line as settings."""
-    return command_settings("python -m minigpt2.evaluate", EVALUATE_GROUPS, argv, description)
+    """`python -m minigpt2.evaluate`'s flags as settings (its `--settings FILE` is read by `app.evaluate`)."""
+    return command_settings("python -m minigpt2.evaluate", EVALUATE_GROUPS, argv, description,
+                            EVALUATE_SETTINGS_HELP)
 
 
 def generate_settings(argv: Sequence[str] | None = None, description: str | None = None) -> GenerateSettings:

@@ -13,6 +13,9 @@ run's precision (`--precision`: the same PTQ or QAFT quantization as at the end 
 sonnets): only tasks that need no trained head (quora, sonnet) can be scored so. Results go to
 RUN_DIR/eval-<task>-zero-shot-<split>.json, predictions to RUN_DIR/zero-shot-<course file name>.
 
+`--settings FILE` evaluates exactly the settings in FILE (`{"schema": 2, "settings": {...}}`, as a sweep writes a
+follow-up evaluation's into the run folder); no other flag goes with it.
+
 What an evaluation writes, and the reference file it scored against, is added to the run's metrics.json
 ("files_sha256", "references_sha256" under the name of its eval-*.json), so that a report re-checks them.
 """
@@ -38,7 +41,7 @@ from tasks import get_task
 from tasks.base import Example, GenerativeTask, PredictSettings, Task, TaskModel
 
 from . import runfolder, speed
-from .cli import GROUP, checked, evaluate_settings
+from .cli import GROUP, checked, evaluate_settings, settings_file
 from .measures import copying_corpora, copying_record, form_record, mean_scores, nll_record, sample_file_name
 from .precision import apply_run_precision
 from .runmodel import load_run_body, load_run_model
@@ -226,10 +229,23 @@ def changed_data(config: dict[str, Any], folder: Path, names: list[str]) -> list
             and runfolder.sha256_file(folder / n) != recorded[n]]
 
 
+def parse_settings(argv: list[str] | None = None) -> EvaluateSettings:
+    """The evaluation a command line asks for: its flags, or exactly the settings of `--settings FILE` (as a sweep
+    hands over a follow-up evaluation; no other flag goes with it)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path = settings_file(argv, "evaluation")
+    if path is None:
+        return evaluate_settings(argv, __doc__.split("\n\n")[0])
+    settings = runfolder.read_settings_file(Path(path), EvaluateSettings)
+    if settings.run_dir is None:
+        raise runfolder.RunFolderError(f"{path}: its settings name no run_dir (the run folder to evaluate)")
+    return settings
+
+
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """`python -m minigpt2.evaluate`: a UserError is one `error:` line and exit code 1."""
-    print(json.dumps(run(evaluate_settings(argv, __doc__.split("\n\n")[0])), indent=2))
+    print(json.dumps(run(parse_settings(argv)), indent=2))
 
 
 def run(settings: EvaluateSettings) -> dict[str, Any]:

@@ -31,13 +31,15 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from minigpt2.atomic import atomic_write_json
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 
-from .settings import RunSettings, defining
+from .settings import EvaluateSettings, RunSettings, defining
+
+S = TypeVar("S", RunSettings, EvaluateSettings)
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.json"
 HELDOUT_BASE_FILE = "heldout-nll-base.json"  # the held-out likelihood before training (generative tasks)
@@ -45,7 +47,7 @@ HELDOUT_BASE_FILE = "heldout-nll-base.json"  # the held-out likelihood before tr
 RUN_PARTS = ("best", "last", "quantized", CONFIG_FILE, METRICS_FILE, "subsets.json", HELDOUT_BASE_FILE)
 LOCK_FILE = "run.lock"
 SETTINGS_FILE = "settings.json"  # what a sweep hands a run: its settings (`python -m minigpt2.finetune --settings`)
-SETTINGS_SCHEMA = 2  # config.json's layout: 2 holds the settings once ("settings"), with no flat "args" copy
+SETTINGS_SCHEMA = 2  # a settings record's layout (config.json, settings.json, an evaluation's): 2 has no flat "args"
 
 
 class RunFolderError(UserError, ValueError):
@@ -181,14 +183,20 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
-def settings_record(settings: RunSettings) -> dict[str, Any]:
-    """A run's settings as a run folder holds them (config.json, a sweep's settings.json): versioned."""
+def settings_record(settings: RunSettings | EvaluateSettings) -> dict[str, Any]:
+    """A command's settings as a file holds them, versioned: a run's (config.json, a sweep's settings.json) or an
+    evaluation's (a sweep's RUN_DIR/<evaluation>.settings.json)."""
     return {"schema": SETTINGS_SCHEMA, "settings": settings.to_dict()}
 
 
-def read_settings_file(path: Path) -> RunSettings:
-    """The settings in a `settings_record` file (a settings.json, a config.json); one line naming the file when it
-    is not one, or its settings do not fit this version of the code."""
+# What a settings file holds, by the class read from it: the words of the line a file that holds none gets.
+_RECORDS = {RunSettings: "the run's \"settings\" (as a run folder's config.json or settings.json holds them)",
+            EvaluateSettings: "the evaluation's \"settings\" (as a sweep writes them into the run folder)"}
+
+
+def read_settings_file(path: Path, cls: type[S] = RunSettings) -> S:
+    """The `cls` settings (RunSettings or EvaluateSettings) in a `settings_record` file; one line naming the file
+    when it is not one, or its settings do not fit this version of the code."""
     from .settings import SettingsError
 
     try:
@@ -198,10 +206,9 @@ def read_settings_file(path: Path) -> RunSettings:
     except (ValueError, UnicodeDecodeError) as e:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-        raise RunFolderError(f"{path}: expected a JSON object with the run's \"settings\" (as a run folder's "
-                             "config.json or settings.json holds them)")
+        raise RunFolderError(f"{path}: expected a JSON object with {_RECORDS[cls]}")
     try:
-        return RunSettings.from_dict(record["settings"])
+        return cls.from_dict(record["settings"])
     except SettingsError as e:
         raise SettingsError(f"{path}: {e}") from None
 

@@ -386,6 +386,7 @@ _NESTED: dict[tuple[str, str], type] = {
     ("DataSettings", "synthetic"): SyntheticSettings,
     ("ModelSettings", "lora"): LoRAConfig, ("EvalSettings", "sampling"): Sampling,
     ("PrecisionSettings", "quant"): QuantConfig,
+    ("EvaluateSettings", "hardware"): HardwareSettings, ("EvaluateSettings", "paths"): PathSettings,
 }
 
 
@@ -403,6 +404,23 @@ class EvaluateSettings:
     zero_shot: bool = option(False, "score --task with the run's body and no task training (quora cloze, sonnet)")
     hardware: HardwareSettings = HardwareSettings()
     paths: PathSettings = PathSettings()
+
+    def __post_init__(self) -> None:  # a settings file is read without argparse's choices
+        require(self.split in ("dev", "test"), "split", self.split, "dev or test")
+        require(isinstance(self.zero_shot, bool), "zero_shot", self.zero_shot, "true or false")
+        require(isinstance(self.hardware, HardwareSettings), "hardware", self.hardware, "the hardware settings")
+        require(isinstance(self.paths, PathSettings), "paths", self.paths, "the path settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvaluateSettings":
+        """The settings an evaluation was handed (`to_dict`, in a sweep's <evaluation>.settings.json)."""
+        try:
+            return _build(cls, d)
+        except (KeyError, TypeError, AttributeError, FieldError) as e:
+            raise SettingsError(f"evaluate settings do not fit this version of the code ({e})") from None
 
 
 @dataclass(frozen=True)

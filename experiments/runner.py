@@ -1,6 +1,6 @@
 """Bring one run of a sweep to finished in <runs-dir>/<sweep>/<run name>/: finetune's run folder plus
-experiment.json (the settings it belongs to, checked on every re-run), settings.json (what finetune was handed)
-and run.log. `execute` hands each `Step` to an executor: `in_subprocess` (a crash cannot take the sweep down) or
+experiment.json (the settings it belongs to, checked on every re-run), settings.json (what finetune was handed),
+<evaluation>.settings.json (what each follow-up evaluation was handed) and run.log. `execute` hands each `Step` to an executor: `in_subprocess` (a crash cannot take the sweep down) or
 `in_process` (no interpreter start-up per run)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from app import cli, runfolder
-from app.settings import RunSettings, defining
+from app.settings import EvaluateSettings, RunSettings, defining
 from minigpt2.atomic import atomic_write_json
 from minigpt2.errors import UserError
 
@@ -131,10 +131,11 @@ def _finetune(settings: RunSettings) -> None:
         raise KeyboardInterrupt from None
 
 
-def _evaluate(argv: Sequence[str]) -> None:
+def _evaluate(settings: EvaluateSettings) -> None:
+    """A follow-up evaluation here, as `python -m minigpt2.evaluate --settings FILE` runs it."""
     from app import evaluate
 
-    evaluate.run(cli.evaluate_settings(argv))
+    evaluate.run(settings)
 
 
 # ---------------------------------------------------------------------------------------------- the run folder
@@ -170,6 +171,11 @@ def is_started(run_dir: Path) -> bool:
 
 def evaluation_done(run_dir: Path, ev: Evaluation) -> bool:
     return (run_dir / ev.output).is_file()
+
+
+def evaluation_settings_file(run_dir: Path, ev: Evaluation) -> Path:
+    """Where a follow-up evaluation's settings are handed over (`python -m minigpt2.evaluate --settings FILE`)."""
+    return run_dir / f"{ev.name}.settings.json"
 
 
 def recorded_settings(run_dir: Path) -> RunSettings | None:
@@ -290,8 +296,9 @@ def execute(run: Run, root: Path, executor: Executor, where: Placement = Placeme
             raise RuntimeError(f"finetune returned but {run_dir} holds no final metrics.json")
     for ev in run.evaluations:
         if not evaluation_done(run_dir, ev):
-            argv = ev.command(run_dir, where.device)
-            executor(Step(ev.module, argv, functools.partial(_evaluate, argv)), log)
+            ev_settings, path = ev.settings_for(run_dir, where.device), evaluation_settings_file(run_dir, ev)
+            atomic_write_json(path, runfolder.settings_record(ev_settings))
+            executor(Step(ev.module, ("--settings", str(path)), functools.partial(_evaluate, ev_settings)), log)
             if not evaluation_done(run_dir, ev):
                 raise RuntimeError(f"{ev.module} returned but wrote no {run_dir / ev.output}")
             result.evaluated.append(f"{run.name}:{ev.name}")

@@ -6,13 +6,14 @@ is generic over them; nothing here runs anything. The sweeps and what `--tiny` t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from app import cli
-from app.settings import LORA_LR, LORA_TARGETS, RunSettings  # the study's best LoRA settings
+from app.settings import LORA_LR, LORA_TARGETS, EvaluateSettings, RunSettings  # the study's best LoRA settings
 from distill.generate import TEACHERS
 from distill.summary import STUDY_PERFECT_RATES, requests_needed
 from minigpt2.errors import UserError
@@ -74,23 +75,24 @@ class SweepOptions:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A follow-up command on a finished run folder (the zero-shot Quora check): `module` run with `argv` (RUN_DIR
-    stands for the folder); `output` is the file it writes there, whose presence marks it done."""
+    """A follow-up `python -m minigpt2.evaluate` on a finished run folder (the zero-shot Quora check): its `settings`
+    (run_dir None: each run's folder fills it); `output` is the file it writes there, whose presence marks it done."""
 
     name: str
-    module: str
-    argv: tuple[str, ...]
+    settings: EvaluateSettings
     output: str
+    module = "minigpt2.evaluate"  # the command it runs (a class attribute, not a field)
 
-    def command(self, run_dir: Path, device: str | None = None) -> tuple[str, ...]:
-        """Its arguments on `run_dir`, on `device` when one is chosen (else the evaluation's default)."""
-        return tuple(str(run_dir) if a == "RUN_DIR" else a for a in self.argv) + (("--device", device) if device
-                                                                                  else ())
+    def settings_for(self, run_dir: Path, device: str | None = None) -> EvaluateSettings:
+        """Its settings on `run_dir`, on `device` when one is chosen (else the evaluation's own, evaluate's default
+        unless it names one)."""
+        hardware = dataclasses.replace(self.settings.hardware, device=device) if device else self.settings.hardware
+        return dataclasses.replace(self.settings, run_dir=str(run_dir), hardware=hardware)
 
     @property
     def task(self) -> str | None:
-        """The task it scores (its --task); None: the run's own."""
-        return self.argv[self.argv.index("--task") + 1] if "--task" in self.argv else None
+        """The task it scores; None: the run's own."""
+        return self.settings.task
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,8 @@ def lora_targets(opts: SweepOptions) -> Sweep:
 
 
 # `python -m minigpt2.evaluate RUN_DIR --task quora --zero-shot` writes RUN_DIR/eval-quora-zero-shot-dev.json.
-ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", "minigpt2.evaluate",
-                             ("RUN_DIR", "--task", "quora", "--zero-shot"), "eval-quora-zero-shot-dev.json")
+ZERO_SHOT_QUORA = Evaluation("zero_shot_quora", EvaluateSettings(task="quora", zero_shot=True),
+                             "eval-quora-zero-shot-dev.json")
 
 
 QAFT_OTHER_TASKS = ("sst", "cfimdb")  # the study's other fine-tuning tasks (quora is the check itself)

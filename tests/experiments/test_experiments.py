@@ -17,11 +17,11 @@ from PIL import Image
 from experiments import __main__ as cli
 from app import cli as app_cli
 from experiments import launch, metrics, plots, report, runner, stats, tables
-from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, Evaluation, Run, SweepOptions,
+from experiments.sweeps import (SWEEPS, TINY_DATA_DIR, TINY_SYNTHETIC_DIR, ZERO_SHOT_QUORA, Run, SweepOptions,
                                build_sweep)
 from app.cli import flat, settings_of
 from app.runfolder import read_settings_file
-from app.settings import RunSettings, SettingsError
+from app.settings import EvaluateSettings, HardwareSettings, RunSettings, SettingsError
 from minigpt2.metrics import chrf
 from tests import FIXTURES
 
@@ -168,14 +168,17 @@ class FakeFinetune:
     def __init__(self, fail: set[str] = frozenset(), stop_after: set[str] = frozenset()) -> None:
         self.calls: list[tuple[str, list[str]]] = []
         self.handed: dict[str, RunSettings] = {}  # run folder name -> the settings finetune was last handed
+        self.evaluations: list[EvaluateSettings] = []  # the settings each evaluation was handed, in order
         self.fail, self.stop_after = fail, stop_after
 
     def __call__(self, step: runner.Step, log: Path) -> None:
         self.calls.append((step.module, list(step.argv)))
+        assert step.argv[0] == "--settings" and len(step.argv) == 2  # each step travels as its settings file
         if step.module == "minigpt2.evaluate":
-            Path(step.argv[0], "eval-quora-zero-shot-dev.json").write_text(json.dumps({"accuracy": 0.5}))
+            evaluation = read_settings_file(Path(step.argv[1]), EvaluateSettings)
+            self.evaluations.append(evaluation)
+            Path(evaluation.run_dir, "eval-quora-zero-shot-dev.json").write_text(json.dumps({"accuracy": 0.5}))
             return
-        assert step.argv[0] == "--settings" and len(step.argv) == 2  # the run travels as its settings file
         settings = read_settings_file(Path(step.argv[1]))
         run_dir = Path(settings.run.out_dir)
         self.handed[run_dir.name] = settings
@@ -309,19 +312,40 @@ def test_cli_reports_a_folder_conflict_as_an_error_message(tmp_path, monkeypatch
         cli.main(["baseline", "--model", "gpt2-medium", "--runs-dir", str(root), "--out", str(tmp_path)])
 
 
-def test_follow_up_evaluations_run_once_on_the_run_folder(tmp_path):
-    ev = Evaluation("zero_shot_quora", "minigpt2.evaluate", ("RUN_DIR", "--task", "quora", "--zero-shot"),
-                    "eval-quora-zero-shot-dev.json")
+def test_follow_up_evaluations_travel_as_their_settings_and_run_once_on_the_run_folder(tmp_path):
     fake = FakeFinetune()
-    result = sweep(three_runs((ev,)), tmp_path, fake, devices=["cpu"])
+    result = sweep(three_runs((ZERO_SHOT_QUORA,)), tmp_path, fake, devices=["cpu"])
     assert result.evaluated == [f"r{i}:zero_shot_quora" for i in range(3)]
     evals = [argv for m, argv in fake.calls if m == "minigpt2.evaluate"]
-    assert evals[0] == [str(tmp_path / "r0"), "--task", "quora", "--zero-shot", "--device", "cpu"]
+    assert evals[0] == ["--settings", str(tmp_path / "r0" / "zero_shot_quora.settings.json")]
+    assert fake.evaluations[0] == EvaluateSettings(run_dir=str(tmp_path / "r0"), task="quora", zero_shot=True,
+                                                   hardware=HardwareSettings(device="cpu"))  # as placed
+    assert [e.run_dir for e in fake.evaluations] == [str(tmp_path / f"r{i}") for i in range(3)]
     (tmp_path / "r2" / "eval-quora-zero-shot-dev.json").unlink()
     fake2 = FakeFinetune()
-    again = sweep(three_runs((ev,)), tmp_path, fake2)
+    again = sweep(three_runs((ZERO_SHOT_QUORA,)), tmp_path, fake2)
     assert again.started == [] and again.evaluated == ["r2:zero_shot_quora"] and len(fake2.calls) == 1
-    assert fake2.calls[0][1] == [str(tmp_path / "r2"), "--task", "quora", "--zero-shot"]
+    # no device placed: evaluate's own default, and the file rewritten for this pass
+    assert fake2.evaluations == [EvaluateSettings(run_dir=str(tmp_path / "r2"), task="quora", zero_shot=True)]
+    assert ZERO_SHOT_QUORA.settings.run_dir is None and ZERO_SHOT_QUORA.task == "quora"
+
+
+def test_an_evaluation_in_process_is_handed_its_settings_without_a_command_line(tmp_path, monkeypatch):
+    from app import evaluate
+
+    handed = []
+
+    def scored(settings):
+        handed.append(settings)
+        Path(settings.run_dir, ZERO_SHOT_QUORA.output).write_text("{}")
+    monkeypatch.setattr(evaluate, "run", scored)
+    monkeypatch.setattr(app_cli, "evaluate_settings", None)  # no argv round trip: the parser is never reached
+    fake = FakeFinetune()
+    runner.execute(Run("r0", sst(), (ZERO_SHOT_QUORA,)), tmp_path,
+                   lambda step, log: step.call() if step.module == "minigpt2.evaluate" else fake(step, log),
+                   runner.Placement(device="cpu"))
+    assert handed == [EvaluateSettings(run_dir=str(tmp_path / "r0"), task="quora", zero_shot=True,
+                                       hardware=HardwareSettings(device="cpu"))]
 
 
 def test_in_process_executor_calls_the_run_and_a_refusal_is_a_failed_run(tmp_path):
