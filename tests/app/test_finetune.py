@@ -124,6 +124,35 @@ def test_evaluate_rescores_the_saved_run(task, runs):
     assert result[metric] == pytest.approx(metrics["test"][metric])
 
 
+def test_evaluate_settings_file_scores_as_the_same_flags(runs, tmp_path, capsys):
+    """`evaluate --settings FILE` (a sweep's follow-up) prints and writes what the flags it stands for do."""
+    import shutil
+
+    from app import runfolder
+    from app.settings import EvaluateSettings, HardwareSettings
+
+    by_flags, by_file = tmp_path / "flags", tmp_path / "file"
+    for run in (by_flags, by_file):
+        shutil.copytree(runs["sonnet"], run)
+    evaluate.main([str(by_flags), "--task", "quora", "--zero-shot", "--split", "test", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out)
+    path = tmp_path / "zero_shot_quora.settings.json"
+    path.write_text(json.dumps(runfolder.settings_record(EvaluateSettings(
+        run_dir=str(by_file), task="quora", zero_shot=True, split="test", hardware=HardwareSettings(device="cpu")))))
+    before = sorted(p.name for p in by_file.iterdir())
+    with pytest.raises(SystemExit) as e:  # a flag beside the file: one line, and the run folder untouched
+        evaluate.main(["--settings", str(path), "--split", "dev"])
+    assert str(e.value.code).startswith("error: --settings ") and "--split dev cannot go with it" in str(e.value.code)
+    assert sorted(p.name for p in by_file.iterdir()) == before
+    evaluate.main(["--settings", str(path)])
+    assert json.loads(capsys.readouterr().out) == {**printed, "run_dir": str(by_file)}
+    written = json.loads((by_file / "eval-quora-zero-shot-test.json").read_text())  # quora, zero-shot, test
+    assert written == {**json.loads((by_flags / "eval-quora-zero-shot-test.json").read_text()), "run_dir": str(by_file)}
+    assert (by_file / "zero-shot-para-test-output.csv").read_text() == (by_flags / "zero-shot-para-test-output.csv"
+                                                                         ).read_text()
+    assert sorted(p.name for p in by_file.iterdir()) == sorted(p.name for p in by_flags.iterdir())
+
+
 RESUME_ARGS = ["--epochs", "3", "--lr", "1e-3", "--seed", "7", "--threads", "1"]
 
 

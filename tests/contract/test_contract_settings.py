@@ -23,7 +23,8 @@ import pytest
 from app import cli
 from app.finetune import parse_settings
 from app.runfolder import RunFolderError, check_inputs, check_resume, fingerprint, holds_run, prepare
-from app.settings import DEFINES, SettingsError, defining, role_of, setting_paths
+from app.settings import (DEFINES, EvaluateSettings, HardwareSettings, PathSettings, SettingsError, defining, role_of,
+                          setting_paths)
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.lora import apply_lora, lora_modules
 
@@ -352,6 +353,76 @@ def test_finetune_takes_a_whole_run_as_its_settings_file(tmp_path):
         parse_settings(["--settings"])
     with pytest.raises(RunFolderError, match="nope.json: cannot be read"):
         parse_settings(["--settings", str(tmp_path / "nope.json")])
+
+
+# Every field away from its default: a field the file drops or a reader leaves out comes back otherwise.
+EVALUATION = EvaluateSettings(run_dir="R", split="test", task="quora", test_references="labels.csv", zero_shot=True,
+                              hardware=HardwareSettings(device="cpu", plain=True, threads=3, fetch_timeout=5.0),
+                              paths=PathSettings(data_dir="D", tokenizer_dir="T", offline=True))
+
+
+def test_an_evaluation_round_trips_through_its_settings_file(tmp_path):
+    from dataclasses import asdict
+
+    from app import evaluate, runfolder
+
+    def leaves(d, at=""):
+        return {f"{at}{k}": v for key, v in d.items() for k, v in (leaves(v, f"{key}.").items()
+                                                                   if isinstance(v, dict) else [(key, v)])}
+    default, every = leaves(asdict(EvaluateSettings())), leaves(asdict(EVALUATION))
+    assert [k for k in every if every[k] == default[k]] == []  # the test's premise: nothing left at its default
+    path = tmp_path / "zero_shot_quora.settings.json"
+    path.write_text(json.dumps(runfolder.settings_record(EVALUATION)))
+    assert json.loads(path.read_text())["schema"] == runfolder.SETTINGS_SCHEMA  # versioned like the run's
+    assert runfolder.read_settings_file(path, EvaluateSettings) == EVALUATION
+    assert evaluate.parse_settings(["--settings", str(path)]) == EVALUATION
+    assert evaluate.parse_settings([f"--settings={path}"]) == EVALUATION
+    flags = evaluate.parse_settings(["R", "--split", "test", "--task", "quora", "--test-references", "labels.csv",
+                                     "--zero-shot", "--device", "cpu", "--plain", "--threads", "3", "--data-dir",
+                                     "D", "--tokenizer-dir", "T", "--offline"])
+    assert flags == replace(EVALUATION, hardware=replace(EVALUATION.hardware, fetch_timeout=3600.0))  # no flag
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "nope.json: cannot be read"),
+    ("{not json", "bad.json: not valid JSON"),
+    (json.dumps({"split": "dev"}), "bad.json: expected a JSON object with the evaluation's \"settings\""),
+    (json.dumps({"schema": 2, "settings": {"run_dir": "R", "split": "train"}}), "bad.json: .*split train: "
+                                                                                  "expected dev or test"),
+    (json.dumps({"schema": 2, "settings": {"run_dir": "R", "epochs": 3}}), r"bad.json: .*unknown EvaluateSettings "
+                                                                            r"key\(s\) \['epochs'\]"),
+    (json.dumps({"schema": 2, "settings": {"run_dir": "R", "hardware": {"device": "cpu", "speed": 9}}}),
+     r"bad.json: .*unknown HardwareSettings key"),
+    (json.dumps({"schema": 2, "settings": {"run_dir": "R", "zero_shot": "yes"}}), "bad.json: .*zero_shot yes"),
+    (json.dumps({"schema": 2, "settings": {"task": "quora"}}), "bad.json: its settings name no run_dir"),
+])
+def test_a_bad_evaluation_settings_file_is_one_line_naming_it(tmp_path, content, message):
+    from app import evaluate
+
+    path = tmp_path / ("nope.json" if content is None else "bad.json")
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--settings", str(path)])
+    text = str(e.value.code)
+    assert text.startswith("error: ") and "\n" not in text and re.search(message, text), text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if content is None else ["bad.json"])  # none written
+
+
+def test_evaluate_settings_go_alone_and_its_help_says_so(tmp_path, capsys):
+    from app import evaluate
+
+    path = tmp_path / "e.json"
+    with pytest.raises(SettingsError, match=r"--settings .*e.json holds the whole evaluation's settings; --device "
+                                            "cpu cannot go with it"):
+        evaluate.parse_settings(["--settings", str(path), "--device", "cpu"])
+    with pytest.raises(SettingsError, match="holds the whole evaluation's settings; R cannot go with it"):
+        evaluate.parse_settings(["R", "--settings", str(path)])
+    with pytest.raises(SettingsError, match="--settings: expected a FILE.json"):
+        evaluate.parse_settings(["--settings"])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    assert re.search(r"--settings FILE.json\s+evaluate with the settings in FILE", capsys.readouterr().out)
 
 
 def test_the_settings_by_flag_name_leave_out_how_the_invocation_was_watched():

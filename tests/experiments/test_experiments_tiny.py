@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from app.runfolder import read_settings_file
+from app.settings import EvaluateSettings
 from experiments import __main__ as cli
 from experiments.sweeps import SWEEPS, SweepOptions, build_sweep
 
@@ -57,6 +60,11 @@ def test_sweep_runs_end_to_end_with_tiny(name, tiny_sweep, counting):
         assert score == pytest.approx(metrics["dev"][metrics["metric"]])
     if name == "precision":
         assert all(int(r["model_bytes"]) > 0 and r["zero_shot_quora"] != "" for r in rows)
+        evals = [argv for module, argv in done.started if module == "minigpt2.evaluate"]
+        assert all(argv[0] == "--settings" and len(argv) == 2 for argv in evals)  # each as its settings file
+        handed = [read_settings_file(Path(argv[1]), EvaluateSettings) for argv in evals]
+        assert [(e.run_dir, e.task, e.zero_shot, e.split, e.hardware.device) for e in handed] == [
+            (str(runs / name / r.name), "quora", True, "dev", "auto") for r in sweep.runs]  # no device placed
         fp32, int8 = (next(int(r["model_bytes"]) for r in rows if r["precision"] == p) for p in ("fp32", "int8"))
         assert int8 < fp32
         assert sorted(r["precision"] for r in rows if r["stage"] == "base") == ["fp32", "int8"]
