@@ -1,7 +1,8 @@
 """Bring one run of a sweep to finished in <runs-dir>/<sweep>/<run name>/: finetune's run folder plus
 experiment.json (the settings it belongs to, checked on every re-run), settings.json (what finetune was handed),
-<evaluation>.settings.json (what each follow-up evaluation was handed) and run.log. `execute` hands each `Step` to an executor: `in_subprocess` (a crash cannot take the sweep down) or
-`in_process` (no interpreter start-up per run)."""
+<evaluation>.settings.json (what each follow-up evaluation was handed) and run.log. `execute` hands each `Step` to
+an executor: `in_subprocess` (a crash cannot take the sweep down) or `in_process` (no interpreter start-up per
+run)."""
 
 from __future__ import annotations
 
