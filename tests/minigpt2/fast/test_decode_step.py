@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.fast import for_inference
-from minigpt2.fast.prepack import PackedLinear, available, fp16_available, prepacked
+from minigpt2.fast.prepack import PackedLinear, TransposedLinear, available, fp16_available, prepacked
 from minigpt2.fast.step import OneTokenStep, one_token_forward, supports, with_one_token_step
 from minigpt2.generation import generate
 from minigpt2.lora import LoRAConfig, apply_lora
@@ -240,7 +240,7 @@ def test_fp16_falls_back_to_fp32_where_fbgemm_fp16_is_missing(monkeypatch):
     fast = for_inference(model, CPU, torch.float16)
     assert not any(type(m).__name__ == "Fp16Linear" for m in fast.modules())
     if available():
-        assert type(fast.packed_head) is PackedLinear and fast.packed_head.packed.dtype == torch.float32
+        assert type(fast.packed_head) is TransposedLinear
         with pytest.raises(RuntimeError, match="fp16 weights need fbgemm"):
             prepacked(model, torch.float16)
 

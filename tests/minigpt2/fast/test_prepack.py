@@ -6,7 +6,7 @@ import torch
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.generation import generate
 from minigpt2.lora import LoRAConfig, LoRALinear, apply_lora
-from minigpt2.fast.prepack import PackedGPT2, PackedLinear, available, prepacked
+from minigpt2.fast.prepack import FusedQKVAttention, PackedGPT2, PackedLinear, TransposedLinear, available, prepacked
 from tests.conftest import bf16_prepacked
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")
@@ -20,7 +20,8 @@ def tiny(seed: int = 0) -> GPT2:
 def test_prepacked_copy_has_the_same_logits_and_greedy_tokens():
     model = tiny()
     fast = prepacked(model)
-    assert isinstance(fast, PackedGPT2) and isinstance(fast.h[0].mlp.c_fc, PackedLinear)
+    assert isinstance(fast, PackedGPT2) and isinstance(fast.h[0].mlp.c_fc, TransposedLinear)
+    assert type(fast.h[0].attn) is FusedQKVAttention and type(fast.packed_head) is TransposedLinear
     assert type(model.h[0].mlp.c_fc) is torch.nn.Linear  # the source model is untouched
     ids = torch.randint(0, 50257, (3, 9))
     with torch.no_grad():
@@ -39,7 +40,7 @@ def test_prepacked_lora_model_packs_the_frozen_base_and_keeps_the_adapter():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
     fast = prepacked(model)
-    assert isinstance(fast.h[0].attn.query, LoRALinear) and isinstance(fast.h[0].attn.query.base, PackedLinear)
+    assert isinstance(fast.h[0].attn.query, LoRALinear) and isinstance(fast.h[0].attn.query.base, TransposedLinear)
     ids = torch.randint(0, 50257, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(fast.logits(ids), model.logits(ids), rtol=1e-4, atol=1e-4)
@@ -158,7 +159,7 @@ def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
     with pytest.raises(prepack.Bf16Unsupported, match="needs a CPU with native bf16 arithmetic .* use fp32"):
         prepack.prepacked(model, torch.bfloat16)
     fallback = prepack.inference_copy(model, torch.bfloat16)  # inference_copy stays in fp32 instead
-    assert fallback.h[0].mlp.c_fc.packed.dtype == torch.float32
+    assert type(fallback.h[0].mlp.c_fc) is TransposedLinear
 
 
 def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
@@ -175,7 +176,7 @@ def test_inference_copy_picks_the_dtype():
     import minigpt2.fast.prepack as prepack
 
     model = tiny()
-    assert prepack.inference_copy(model).h[0].mlp.c_fc.packed.dtype == torch.float32
+    assert type(prepack.inference_copy(model).h[0].mlp.c_fc) is TransposedLinear
     assert prepack.inference_copy(model, torch.bfloat16).h[0].mlp.c_fc.packed.dtype == torch.bfloat16
     assert prepack.inference_copy(tiny().to(torch.bfloat16)).packed_head.packed.dtype == torch.bfloat16
 
