@@ -12,6 +12,10 @@ CPU builds, can lay each weight out for its kernel once, ahead of time (`torch.c
 same two kernels when it freezes weights), and its products are faster than `F.linear` on GPT-2's shapes, with
 the same values up to fp32 rounding. The measured figures are in docs/performance.md.
 
+fp32 with one thread (`fp32_transposed`): the layers are `TransposedLinear`s instead, the weight stored transposed
+for MKL's one-row product, which streams it faster than oneDNN's at one thread (not at two); q, k and v become one
+product (`FusedQKVAttention`) at any thread count.
+
 Only inference: a packed weight is an opaque oneDNN tensor, with no gradient and no state dict. Layers that are
 not plain `nn.Linear` (LoRA adapters, fake-quant layers) keep their own forward, so a prepacked LoRA model runs its
 frozen base layers packed and its adapters as they are.
@@ -110,7 +114,8 @@ class TransposedLinear(nn.Module):
     transposed product of the dropped "LM head on MKL" (dot products per output row) did depend on it.
     Several rows (prompts, batched sampling): oneDNN on the same memory, read as (out, in) with strides, as fast as
     its prepacked layout there (MKL's GEMM was 0.6-0.8x); no second copy of the weight.
-    Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head).
+    `prepacked` makes fp32 layers of this kind where torch runs one thread (`fp32_transposed`), `PackedLinear`
+    otherwise. Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head).
     """
 
     def __init__(self, linear: nn.Linear | None, weight: torch.Tensor | None = None) -> None:
@@ -120,16 +125,6 @@ class TransposedLinear(nn.Module):
         self.register_buffer("weight_t", weight.detach().float().t().contiguous(), persistent=False)
         bias = None if linear is None or linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias, persistent=False)
-
-    @classmethod
-    def stacked(cls, linears: list[nn.Linear]) -> "TransposedLinear":
-        """One layer computing `torch.cat([linear(x) for linear in linears], -1)` of `nn.Linear`s sharing an input:
-        their weights side by side (biases where none is given are zeros)."""
-        layer = cls(None, weight=torch.cat([linear.weight.detach().float() for linear in linears]))
-        if any(linear.bias is not None for linear in linears):
-            layer.bias = torch.cat([linear.bias.detach().float() if linear.bias is not None
-                                    else torch.zeros(linear.out_features) for linear in linears])
-        return layer
 
     def _product(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -166,12 +161,25 @@ class FusedQKVAttention(CausalSelfAttention):
     def __init__(self, attn: CausalSelfAttention) -> None:
         nn.Module.__init__(self)  # not CausalSelfAttention.__init__, which would build new layers
         self.n_head, self.dropout = attn.n_head, 0.0  # inference: no dropout
-        self.qkv = TransposedLinear.stacked([attn.query, attn.key, attn.value])
+        self.qkv = _packed_layer(_stacked([attn.query, attn.key, attn.value]), torch.float32)
         self.c_proj, self.resid_dropout = _packed_layer(attn.c_proj, torch.float32), nn.Identity()
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
         return q, k, v
+
+
+def _stacked(linears: list[nn.Linear]) -> nn.Linear:
+    """One `nn.Linear` computing `torch.cat([linear(x) for linear in linears], -1)` (a missing bias adds zeros)."""
+    weight = torch.cat([linear.weight.detach().float() for linear in linears])
+    stacked = nn.Linear(weight.size(1), weight.size(0), bias=any(linear.bias is not None for linear in linears),
+                        device="meta")
+    stacked.weight = nn.Parameter(weight, requires_grad=False)
+    if stacked.bias is not None:
+        stacked.bias = nn.Parameter(torch.cat([linear.bias.detach().float() if linear.bias is not None
+                                               else torch.zeros(linear.out_features) for linear in linears]),
+                                    requires_grad=False)
+    return stacked
 
 
 def _fusable(module: nn.Module) -> bool:
@@ -208,10 +216,20 @@ class Fp16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fbgemm fp16 weights"
 
 
+def fp32_transposed() -> bool:
+    """True when `prepacked` makes fp32 layers `TransposedLinear` (MKL for one row), False for `PackedLinear`.
+
+    By the threads torch runs with when the copy is made: with one, MKL's one-row product on the transposed table
+    decoded 1.15-1.23x faster than oneDNN's prepacked one (AVX-512, and AVX2 emulated); with two, MKL's split of
+    the product over threads streamed slower than oneDNN's (docs/performance.md, "Profile-driven changes").
+    """
+    return torch.get_num_threads() == 1
+
+
 def _packed_layer(linear: nn.Linear | None, dtype: torch.dtype, weight: torch.Tensor | None = None) -> nn.Module:
     if dtype == torch.float16:
         return Fp16Linear(linear, weight=weight)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and fp32_transposed():
         return TransposedLinear(linear, weight=weight)
     return PackedLinear(linear, dtype, weight=weight)
 

@@ -69,10 +69,16 @@ def test_one_row_gives_the_same_bits_wherever_the_table_lies():
             assert torch.equal(fast(x), want)
 
 
-def test_fused_qkv_attention_projects_query_key_value_in_that_order():
+@pytest.mark.parametrize("threads", [1, 2])  # the transposed layout and oneDNN's packed one
+def test_fused_qkv_attention_projects_query_key_value_in_that_order(threads):
     torch.manual_seed(2)
     model = GPT2(GPT2Config.from_name("tiny", dropout=0.0)).eval()
-    fast = prepacked(model)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = prepacked(model)
+    finally:
+        torch.set_num_threads(before)
     attn, fused = model.h[1].attn, fast.h[1].attn
     assert type(fused) is FusedQKVAttention and fused.qkv.out_features == 3 * model.config.n_embd
     assert type(model.h[1].attn) is not FusedQKVAttention  # the source model is untouched
