@@ -7,8 +7,8 @@ block it goes through five module calls, views and transposes the heads in and o
 (docs/performance.md, "Decoding against the bandwidth bound", has the profile). For T = 1 most of that is not
 needed: the heads of one position are a view, not a transpose; the new key and value are written straight into
 the preallocated cache (`minigpt2.model.KVCache`, written in place); LayerNorm, GELU and the residual adds are
-called as functions. On oneDNN-prepacked layers (`prepack.PackedLinear`) the MLP's GELU also runs inside the
-product, as a oneDNN post-op.
+called as functions. On the fp32 copies' layers (`prepack.PackedLinear`, `prepack.TransposedLinear`) the MLP's
+GELU runs with the product: a oneDNN post-op, or in place right after MKL's.
 
     fast = with_one_token_step(model)   # a `GPT2` (or subclass: prepacked, int8) whose forward takes this path
                                         # for one new token on a KV cache, and `GPT2.forward`'s otherwise
