@@ -9,6 +9,7 @@ decoders really reads per token (see `PRECISIONS`); the bandwidth is measured in
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +140,16 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "
                 "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")
 
 
+# Environment variables that cap the instruction set torch's kernels, oneDNN and MKL use: set, they make this CPU
+# behave as an older one (e.g. AVX2 only on an AVX-512 machine), and a run must say so.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+              "MKL_DEBUG_CPU_TYPE")
+
+
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """The CPU's vector extensions: those of `VECTOR_FLAGS` in /proc/cpuinfo (empty where it is missing), and
-    torch's own reading (`torch.backends.cpu.get_cpu_capability()`, e.g. "AVX512")."""
+    """The CPU's vector extensions: those of `VECTOR_FLAGS` in /proc/cpuinfo (empty where it is missing),
+    torch's own reading (`torch.backends.cpu.get_cpu_capability()`, e.g. "AVX512") and the `ISA_LIMITS`
+    variables set in the environment (`isa_limits`, empty when none is)."""
     present: set[str] = set()
     try:
         for line in Path(cpuinfo).read_text().splitlines():
@@ -152,4 +160,5 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     except OSError:
         pass
     return {"vector_extensions": [f for f in VECTOR_FLAGS if f in present],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ}}

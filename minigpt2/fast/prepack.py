@@ -12,6 +12,10 @@ CPU builds, can lay each weight out for its kernel once, ahead of time (`torch.c
 same two kernels when it freezes weights), and its products are faster than `F.linear` on GPT-2's shapes, with
 the same values up to fp32 rounding. The measured figures are in docs/performance.md.
 
+fp32 with one thread (`fp32_transposed`): the layers are `TransposedLinear`s instead, the weight stored transposed
+for MKL's one-row product, which streams it faster than oneDNN's at one thread (not at two); q, k and v become one
+product (`FusedQKVAttention`) at any thread count.
+
 Only inference: a packed weight is an opaque oneDNN tensor, with no gradient and no state dict. Layers that are
 not plain `nn.Linear` (LoRA adapters, fake-quant layers) keep their own forward, so a prepacked LoRA model runs its
 frozen base layers packed and its adapters as they are.
@@ -39,7 +43,8 @@ import torch.nn as nn
 from .. import device
 from ..lora import LoRALinear
 from ..model import GPT2, MLP, CausalSelfAttention
-from ..surgery import unwrap_compiled
+from ..surgery import replace_module, unwrap_compiled
+from .cpu_dropout import CPUDropoutAttention
 
 
 def available() -> bool:
@@ -99,6 +104,89 @@ class PackedLinear(nn.Module):
                 f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')}")
 
 
+class TransposedLinear(nn.Module):
+    """fp32 `nn.Linear` for inference, the weight stored transposed: (in_features, out_features), contiguous.
+
+    One row (batch-1 decoding): `addmm(bias, x, weight_t)` on MKL, which runs it as a sum of the weight's rows
+    scaled by the input's values, streaming the table in memory order; per call it measured 1.2-1.8x oneDNN's
+    prepacked product on GPT-2's shapes (1 thread; docs/performance.md, "Profile-driven changes"). Each output
+    sums over the input in order, so where the table lies in memory (its alignment) changes no bit: the
+    transposed product of the dropped "LM head on MKL" (dot products per output row) did depend on it.
+    Several rows (prompts, batched sampling): oneDNN on the same memory, read as (out, in) with strides, as fast as
+    its prepacked layout there (MKL's GEMM was 0.6-0.8x); no second copy of the weight.
+    `prepacked` makes fp32 layers of this kind where torch runs one thread (`fp32_transposed`), `PackedLinear`
+    otherwise. Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head).
+    """
+
+    def __init__(self, linear: nn.Linear | None, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        weight = linear.weight if linear is not None else weight
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_t", weight.detach().float().t().contiguous(), persistent=False)
+        bias = None if linear is None or linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias, persistent=False)
+
+    def _product(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.size(0) == 1:
+            y = torch.mm(rows, self.weight_t) if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
+            if gelu:
+                y = torch.ops.aten.gelu_(y, approximate="tanh")
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.weight_t.t(), self.bias, "gelu" if gelu else "none",
+                                                   [], "tanh" if gelu else "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._product(x, False)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """`gelu(self(x))` (tanh GELU, GPT-2's): in place on the product for one row, a oneDNN post-op for more."""
+        return self._product(x, True)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp32 transposed (MKL / oneDNN)"
+
+
+class FusedQKVAttention(CausalSelfAttention):
+    """Inference attention whose query, key and value projections are one fp32 product of width 3C (`self.qkv`).
+
+    Made from a `CausalSelfAttention` (or the training copy's CPU-dropout one: at inference both attend alike) with
+    plain `nn.Linear` projections; `c_proj` and the attention itself are the model's. One call instead of three per
+    block: at batch 1 each call costs Python and dispatch time beside its product, and one wider table streams at
+    least as fast as three narrow ones. Each output column sums over the same input in the same order as its own
+    layer would, so stacking changes no number.
+    """
+
+    def __init__(self, attn: CausalSelfAttention) -> None:
+        nn.Module.__init__(self)  # not CausalSelfAttention.__init__, which would build new layers
+        self.n_head, self.dropout = attn.n_head, 0.0  # inference: no dropout
+        self.qkv = _packed_layer(_stacked([attn.query, attn.key, attn.value]), torch.float32)
+        self.c_proj, self.resid_dropout = _packed_layer(attn.c_proj, torch.float32), nn.Identity()
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
+        return q, k, v
+
+
+def _stacked(linears: list[nn.Linear]) -> nn.Linear:
+    """One `nn.Linear` computing `torch.cat([linear(x) for linear in linears], -1)` (a missing bias adds zeros)."""
+    weight = torch.cat([linear.weight.detach().float() for linear in linears])
+    stacked = nn.Linear(weight.size(1), weight.size(0), bias=any(linear.bias is not None for linear in linears),
+                        device="meta")
+    stacked.weight = nn.Parameter(weight, requires_grad=False)
+    if stacked.bias is not None:
+        stacked.bias = nn.Parameter(torch.cat([linear.bias.detach().float() if linear.bias is not None
+                                               else torch.zeros(linear.out_features) for linear in linears]),
+                                    requires_grad=False)
+    return stacked
+
+
+def _fusable(module: nn.Module) -> bool:
+    return type(module) in (CausalSelfAttention, CPUDropoutAttention) and all(
+        type(getattr(module, name)) is nn.Linear for name in ("query", "key", "value", "c_proj"))
+
+
 def fp16_available() -> bool:
     """True when this PyTorch build has fbgemm's fp16 linear and the CPU runs it (x86 with AVX2 or AVX-512)."""
     return ("fbgemm" in torch.backends.quantized.supported_engines
@@ -128,9 +216,21 @@ class Fp16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fbgemm fp16 weights"
 
 
+def fp32_transposed() -> bool:
+    """True when `prepacked` makes fp32 layers `TransposedLinear` (MKL for one row), False for `PackedLinear`.
+
+    By the threads torch runs with when the copy is made: with one, MKL's one-row product on the transposed table
+    decoded 1.15-1.23x faster than oneDNN's prepacked one (AVX-512, and AVX2 emulated); with two, MKL's split of
+    the product over threads streamed slower than oneDNN's (docs/performance.md, "Profile-driven changes").
+    """
+    return torch.get_num_threads() == 1
+
+
 def _packed_layer(linear: nn.Linear | None, dtype: torch.dtype, weight: torch.Tensor | None = None) -> nn.Module:
     if dtype == torch.float16:
         return Fp16Linear(linear, weight=weight)
+    if dtype == torch.float32 and fp32_transposed():
+        return TransposedLinear(linear, weight=weight)
     return PackedLinear(linear, dtype, weight=weight)
 
 
@@ -142,7 +242,7 @@ class PackedGPT2(GPT2):
     plain table, as `GPT2.lm_head` does.
     """
 
-    packed_head: PackedLinear | Fp16Linear
+    packed_head: TransposedLinear | PackedLinear | Fp16Linear
 
     def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_ids is not None:
@@ -185,6 +285,9 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
         raise TypeError(f"prepacked expects a minigpt2 GPT2, got {type(model).__name__}")
     # fp16: only the weight matrices are fp16 (inside fbgemm's packed layers); the rest of the copy stays fp32.
     model = copy.deepcopy(model).eval().to(torch.float32 if dtype == torch.float16 else dtype)
+    if dtype == torch.float32:
+        for name in [n for n, m in model.named_modules() if _fusable(m)]:
+            replace_module(model, name, FusedQKVAttention(model.get_submodule(name)))
     for module in list(model.modules()):
         if not isinstance(module, (CausalSelfAttention, MLP, LoRALinear)):
             continue  # e.g. a fake-quant layer reads its inner linear's `.weight` itself: leave it whole

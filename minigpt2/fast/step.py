@@ -7,8 +7,8 @@ block it goes through five module calls, views and transposes the heads in and o
 (docs/performance.md, "Decoding against the bandwidth bound", has the profile). For T = 1 most of that is not
 needed: the heads of one position are a view, not a transpose; the new key and value are written straight into
 the preallocated cache (`minigpt2.model.KVCache`, written in place); LayerNorm, GELU and the residual adds are
-called as functions. On oneDNN-prepacked layers (`prepack.PackedLinear`) the MLP's GELU also runs inside the
-product, as a oneDNN post-op.
+called as functions. On the fp32 copies' layers (`prepack.PackedLinear`, `prepack.TransposedLinear`) the MLP's
+GELU runs with the product: a oneDNN post-op, or in place right after MKL's.
 
     fast = with_one_token_step(model)   # a `GPT2` (or subclass: prepacked, int8) whose forward takes this path
                                         # for one new token on a KV cache, and `GPT2.forward`'s otherwise
@@ -24,13 +24,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT2, MLP, Block, CausalSelfAttention, KVCache, attention_mask_for, gelu
-from .prepack import PackedLinear
+from .prepack import PackedLinear, TransposedLinear
 from .recompute import RecomputeGELUMLP
 
 # MLP classes whose inference forward is the plain MLP's: the recomputed GELU changes only the backward. A model
 # that went through `for_training` must take the same step as the same weights loaded fresh, or a run's own
 # predictions and their re-scoring by `evaluate` would differ.
 _PLAIN_MLPS = (MLP, RecomputeGELUMLP)
+# Layers whose `forward_gelu` is `gelu(forward(x))` with the GELU inside or right after the product.
+_GELU_FUSED = (PackedLinear, TransposedLinear)
 
 
 class OneTokenStep:
@@ -72,19 +74,21 @@ def supports(model: nn.Module) -> bool:
 
 
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    return torch.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
+# The step calls its layers' `forward` directly: `nn.Module.__call__` (hook checks) is a few microseconds a call,
+# 73 calls a token; the layers of an inference copy carry no hooks.
 def _linear_gelu(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if type(layer) is PackedLinear:
+    if type(layer) in _GELU_FUSED:
         return layer.forward_gelu(x)
-    return gelu(layer(x))
+    return gelu(layer.forward(x))
 
 
 def _linear_add(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     # Not oneDNN's binary-add post-op: per call it measured 14% slower than the product and a separate add (the
     # GELU post-op 12% faster), 1 thread, 768 x 3072, docs/performance.md.
-    return residual + layer(x)
+    return residual + layer.forward(x)
 
 
 @torch.no_grad()
@@ -100,9 +104,8 @@ def one_token_forward(model: GPT2, input_ids: torch.Tensor, attention_mask: torc
         raise ValueError(f"KV cache full: {start + 1} positions requested, {cache.max_len} allocated")
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: one query may see every cached position, no mask needed
-    if position_ids is None:
-        position_ids = torch.full((1, 1), start, dtype=torch.long, device=input_ids.device)
-    x = F.embedding(input_ids, model.wte.weight) + F.embedding(position_ids, model.wpe.weight)  # (B, 1, C)
+    wpe = model.wpe.weight[start] if position_ids is None else F.embedding(position_ids, model.wpe.weight)
+    x = F.embedding(input_ids, model.wte.weight) + wpe  # (B, 1, C)
     mask, _ = attention_mask_for(attention_mask, 1, start, x.device)  # None unless padded
     end = start + 1
     for i, block in enumerate(model.h):

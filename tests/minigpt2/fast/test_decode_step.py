@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.fast import for_inference
-from minigpt2.fast.prepack import PackedLinear, available, fp16_available, prepacked
+from minigpt2.fast.prepack import PackedLinear, TransposedLinear, available, fp16_available, prepacked
 from minigpt2.fast.step import OneTokenStep, one_token_forward, supports, with_one_token_step
 from minigpt2.generation import generate
 from minigpt2.lora import LoRAConfig, apply_lora
@@ -57,9 +57,21 @@ def step_by_step(model: GPT2, ids: torch.Tensor, steps: int, extra: int = 7
     return out, tokens
 
 
-def test_the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forward():
+@pytest.fixture(params=[1, 2], ids=["1 thread: transposed fp32", "2 threads: prepacked fp32"])
+def fp32_threads(request):
+    """Runs a test with the fp32 copy made (and run) at 1 thread (`TransposedLinear`, MKL for one row) and at 2
+    (`PackedLinear`); the thread count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forward(fp32_threads):
     model = spread_model()
     fast = for_inference(model, CPU)
+    if available():
+        assert type(fast.h[0].mlp.c_fc) is (TransposedLinear if fp32_threads == 1 else PackedLinear)
     assert isinstance(fast, OneTokenStep) and not isinstance(model, OneTokenStep)
     ids = torch.tensor([PROMPTS[0]])
     with torch.no_grad():
@@ -71,7 +83,7 @@ def test_the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forwar
     assert generate(fast, PROMPTS, 12, eos_id=None) == generate(model, PROMPTS, 12, eos_id=None)
 
 
-def test_each_step_matches_a_full_forward_over_the_whole_sequence():
+def test_each_step_matches_a_full_forward_over_the_whole_sequence(fp32_threads):
     """The step writes the new key and value at `cache.length` and attends to positions 0..length: compared with
     the forward of the whole sequence without a cache. The cache is filled with NaN first, so a step that read a
     slot it had not written (position one too far) gives NaN; one that wrote a slot too early overwrites the
@@ -95,7 +107,7 @@ def test_each_step_matches_a_full_forward_over_the_whole_sequence():
     assert all(buf[:, :, len(seq):].isnan().all() for buf in cache.k + cache.v)  # nothing written past the end
 
 
-def test_left_padded_batch_follows_the_plain_path_row_by_row():
+def test_left_padded_batch_follows_the_plain_path_row_by_row(fp32_threads):
     model = spread_model(2)
     fast = for_inference(model, CPU)
     batch = generate(fast, PROMPTS, 10, eos_id=None)
@@ -240,7 +252,7 @@ def test_fp16_falls_back_to_fp32_where_fbgemm_fp16_is_missing(monkeypatch):
     fast = for_inference(model, CPU, torch.float16)
     assert not any(type(m).__name__ == "Fp16Linear" for m in fast.modules())
     if available():
-        assert type(fast.packed_head) is PackedLinear and fast.packed_head.packed.dtype == torch.float32
+        assert type(fast.packed_head) in (TransposedLinear, PackedLinear)
         with pytest.raises(RuntimeError, match="fp16 weights need fbgemm"):
             prepacked(model, torch.float16)
 

@@ -6,10 +6,11 @@ import torch
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.generation import generate
 from minigpt2.lora import LoRAConfig, LoRALinear, apply_lora
-from minigpt2.fast.prepack import PackedGPT2, PackedLinear, available, prepacked
+from minigpt2.fast.prepack import FusedQKVAttention, PackedGPT2, PackedLinear, TransposedLinear, available, prepacked
 from tests.conftest import bf16_prepacked
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")
+FP32 = (TransposedLinear, PackedLinear)  # the fp32 layers, by the threads at copy time (`fp32_transposed`)
 
 
 def tiny(seed: int = 0) -> GPT2:
@@ -20,7 +21,8 @@ def tiny(seed: int = 0) -> GPT2:
 def test_prepacked_copy_has_the_same_logits_and_greedy_tokens():
     model = tiny()
     fast = prepacked(model)
-    assert isinstance(fast, PackedGPT2) and isinstance(fast.h[0].mlp.c_fc, PackedLinear)
+    assert isinstance(fast, PackedGPT2) and isinstance(fast.h[0].mlp.c_fc, FP32)
+    assert type(fast.h[0].attn) is FusedQKVAttention and type(fast.packed_head) is type(fast.h[0].mlp.c_fc)
     assert type(model.h[0].mlp.c_fc) is torch.nn.Linear  # the source model is untouched
     ids = torch.randint(0, 50257, (3, 9))
     with torch.no_grad():
@@ -39,7 +41,7 @@ def test_prepacked_lora_model_packs_the_frozen_base_and_keeps_the_adapter():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
     fast = prepacked(model)
-    assert isinstance(fast.h[0].attn.query, LoRALinear) and isinstance(fast.h[0].attn.query.base, PackedLinear)
+    assert isinstance(fast.h[0].attn.query, LoRALinear) and isinstance(fast.h[0].attn.query.base, FP32)
     ids = torch.randint(0, 50257, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(fast.logits(ids), model.logits(ids), rtol=1e-4, atol=1e-4)
@@ -158,7 +160,7 @@ def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
     with pytest.raises(prepack.Bf16Unsupported, match="needs a CPU with native bf16 arithmetic .* use fp32"):
         prepack.prepacked(model, torch.bfloat16)
     fallback = prepack.inference_copy(model, torch.bfloat16)  # inference_copy stays in fp32 instead
-    assert fallback.h[0].mlp.c_fc.packed.dtype == torch.float32
+    assert type(fallback.h[0].mlp.c_fc) in FP32 and fallback.wte.weight.dtype == torch.float32
 
 
 def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch):
@@ -175,7 +177,7 @@ def test_inference_copy_picks_the_dtype():
     import minigpt2.fast.prepack as prepack
 
     model = tiny()
-    assert prepack.inference_copy(model).h[0].mlp.c_fc.packed.dtype == torch.float32
+    assert type(prepack.inference_copy(model).h[0].mlp.c_fc) in FP32
     assert prepack.inference_copy(model, torch.bfloat16).h[0].mlp.c_fc.packed.dtype == torch.bfloat16
     assert prepack.inference_copy(tiny().to(torch.bfloat16)).packed_head.packed.dtype == torch.bfloat16
 
@@ -207,3 +209,20 @@ def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypat
     assert predictor.gpt is not module.gpt and module.gpt is module._modules["gpt"]  # the module keeps its body
     out = task.predict(predictor, examples, how, tok, torch.device("cpu"))
     assert asked == [dtype] and out[0].startswith("\n".join(lines))
+
+
+def test_the_fp32_layout_follows_the_threads_at_copy_time():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = prepacked(tiny())
+        torch.set_num_threads(2)
+        two = prepacked(tiny())
+    finally:
+        torch.set_num_threads(before)
+    assert type(one.h[0].mlp.c_proj) is TransposedLinear and type(one.h[0].attn.qkv) is TransposedLinear
+    assert type(two.h[0].mlp.c_proj) is PackedLinear and type(two.h[0].attn.qkv) is PackedLinear
+    assert type(one.packed_head) is TransposedLinear and type(two.packed_head) is PackedLinear
+    ids = torch.randint(0, 50257, (1, 6))
+    with torch.no_grad():  # either runs at either thread count
+        torch.testing.assert_close(one.logits(ids), two.logits(ids), rtol=1e-4, atol=1e-4)
