@@ -3,6 +3,7 @@
 No timing is asserted here: speed and memory goals are judged by `python -m bench`, never by a unit test.
 """
 
+import inspect
 import json
 import math
 import statistics
@@ -330,6 +331,49 @@ def test_print_bounds_lists_each_side(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[2:4] for line in out[-2:]] == [["minigpt2", "int8"], ["llama.cpp", "q8_0"]]
     assert out[-2].split()[-1] == f"{b['fraction']:.2f}" and out[-1].split()[-1] == f"{pb['fraction']:.2f}"
+
+
+
+def test_print_bounds_columns_by_hand(capsys):
+    """Each column in its unit (MB per token, GB/s, tokens/s), rounded as shown, the line and side cut to their
+    widths; values chosen where a slip in a unit or a width prints another figure."""
+    b = {"precision": "int8", "bytes_per_token": 12_345_679_000.0, "read_bytes_per_s": 123_450_000_050.0,
+         "bound_tokens_per_s": 10.004, "tokens_per_s": 7.25, "fraction": 0.7249}
+    bound.print_bounds([Row("L" * 60, "tokens/s", 7.25, "P" * 30, 5.0, extra={"bound": b, "peer_bound": b})])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-5] == ("bandwidth bound of batch-1 decoding (read bandwidth measured in the same run / bytes read "
+                       "per token)")
+    assert out[-4].split() == ["line", "side", "precision", "MB/token", "GB/s", "bound", "tokens/s", "fraction"]
+    assert out[-3] == "-" * len(out[-4])
+    ours, peer = out[-2], out[-1]
+    assert ours.split() == ["L" * 48, "minigpt2", "int8", "12345.68", "123.5", "10.0", "7.2", "0.72"]
+    assert peer.split()[1] == "P" * 20
+    # fixed widths: 48 + 20 + 10 + 9 + 6 + 8 + 9 + 8 characters and the 7 spaces between them
+    assert len(ours) == len(peer) == len(out[-4]) == 125
+    assert ours.index("minigpt2") == 49 and ours.index("int8") == 70
+    bound.print_bounds([Row("anon", "tokens/s", 7.25, None, 5.0, extra={"peer_bound": b})])
+    assert capsys.readouterr().out.splitlines()[-1].split()[:2] == ["anon", "peer"]
+
+
+def test_read_bandwidth_times_each_read_and_reports_it(monkeypatch):
+    clock = iter([10.0, 10.5, 20.0, 20.25])
+    monkeypatch.setattr(bound.time, "perf_counter", lambda: next(clock))
+    read = bound.ReadBandwidth(mib=2)
+    read(), read()
+    assert read.seconds == [0.5, 0.25]
+    assert read.info() == {"read_bytes_per_s": 2 * 2 ** 20 / 0.25, "array_mib": 2.0, "reads": 2,
+                           "threads": torch.get_num_threads()}
+    # the documented default: 512 MiB, far beyond any cache
+    assert inspect.signature(bound.ReadBandwidth).parameters["mib"].default == 512
+
+
+def test_cpu_flags_reads_this_machines_cpuinfo_by_default():
+    from pathlib import Path
+
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo here")
+    assert bound.cpu_flags() == bound.cpu_flags("/proc/cpuinfo")
+    assert bound.cpu_flags()["vector_extensions"]  # any x86 or Arm CPU of the last decade has one of them
 
 
 # ---- llama.cpp as the peer (bench/bench_llama.py) ----
