@@ -346,7 +346,7 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
 
 
 def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str]) -> str:
-    """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the other packages copied."""
+    """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the rest of the tree copied."""
     top = module.split("/")[0]
     other = [p for p in packages if p != top]
     q = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
@@ -369,7 +369,8 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
         return 2
     t0 = time.time()
     files = source_files()
-    packages = sorted({f.split("/")[0] for f in files if "/" in f and f.endswith(".py")})
+    # Every top-level package, and the files and folders tests read (README.md, docs/, data fixtures) too.
+    packages = sorted({f.split("/")[0] for f in files} - {"pyproject.toml"})
     dotted = module[:-3].replace("/", ".")
     patterns = [f"{dotted}.x_{f}__mutmut_*" for f in functions]
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
