@@ -476,3 +476,36 @@ def test_a_finetune_args_value_starting_with_dashes_is_the_value(capsys):
     with pytest.raises(SystemExit):  # a flag finetune does not know: refused before any work
         cli.check_settings(cli.parse_args(["all", "--finetune-args", "--no-such-flag"]))
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- by hand
+
+def test_markdown_table_cells_by_hand():
+    """Without the course data: the tokens cell sums evaluation, prefill and decoded tokens; the CPU column names
+    the rates' source and device; only a last row named "all" is bold; no Gemini cost is a dash; runs that could
+    not be counted are listed from the sweeps' rows."""
+    rates = estimate.Rates("cpu", 1e-3, 0.3, 1.0, 124_439_808, "stated: the docs' figures", 2)
+    c = estimate.Cost(runs=1, eval_tokens=100, prefill_tokens=20, decoded_tokens=3, cpu_train_s=7200.0)
+    lost = estimate.Cost(runs=1, unknown=["quora-s1 (no data)"])
+    lines = estimate.markdown_table([("baseline", c, 0.0), ("teachers", c + lost, 2.5)], rates).splitlines()
+    assert "| CPU (stated, cpu) |" in lines[0]
+    assert lines[2] == "| baseline | 1 | 0 | 0.0e+00 | 123 | 2.0 h | 0.0 s | 0.0 s | 0.0 s | — |"
+    assert lines[3] == ("| teachers | 2 (1 not counted) | 0 | 0.0e+00 | 123 | 2.0 h | 0.0 s | 0.0 s | 0.0 s | "
+                        "$2.50 |")  # the last row, not named "all": not bold
+    assert lines[-1] == "1 run(s) not counted, their cost missing from the figures: quora-s1 (no data)"
+
+
+def test_wall_estimate_on_shared_cores_by_hand():
+    """Stated rates at 2 threads; a run of 110 s, 10 s of it start-up. One worker on one core at 1 thread: half the
+    rates' threads, so its work takes twice as long (200 s) and its start-up 10 s. Two such runs at once on that
+    core: each gets half a core (x4: 400 s) and their start-ups contend (x2: 20 s), side by side: 420 s."""
+    rates = estimate.Rates("cpu", 1e-3, 0.3, 1.0, 124_439_808, "stated", 2)
+    one = estimate.Cost(runs=1, run_cpu_s=[110.0], run_startup_s=[10.0])
+    _, wall = estimate.wall_estimate(one, rates, estimate.Workers(1, threads=1, cores=1))
+    assert wall == pytest.approx(210.0)
+    _, wall = estimate.wall_estimate(one + one, rates, estimate.Workers(2, threads=1, cores=1))
+    assert wall == pytest.approx(420.0)
+    lines, wall = estimate.wall_estimate(one + one, rates, estimate.Workers(2, threads=2))  # CPUs of its own
+    assert wall == pytest.approx(110.0) and "(the longest run alone: ~110 s)" in lines[0]
+    lines, wall = estimate.wall_estimate(estimate.Cost(), rates, estimate.Workers(1, gpu=True))  # nothing priced
+    assert wall == 0.0 and lines == ["  on 1 workers (GPU estimate), longest runs first: ~0.0 s wall time"]
