@@ -7,6 +7,7 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --list           # the mutants, without running anything
     python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
                                             # mutmut's standard operator mutants of one module; prints survivors
+                                            # (a method's: --function Class.method)
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
 the code is reported as stale instead of silently doing nothing), its replacement, and the test files to run
@@ -58,6 +59,7 @@ MEASURES = ("tests/app/test_measures.py",)
 INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")
 SET = ("tests/contract/test_contract_settings.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
+ESTIMATE = ("tests/experiments/test_estimate_by_hand.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -256,6 +258,16 @@ MUTANTS: list[Mutant] = [
            "out: dict[str, Any] = {k: float(scores[0][k])", MEASURES),
     Mutant("scored-file-not-checked", "experiments/report.py", "    if now != recorded:",
            "    if now is None:", MEASURES),
+    # ---- the dry run's cost (properties: mutmut's --auto leaves decorated functions alone)
+    Mutant("estimate-cpu-without-startups", "experiments/estimate.py",
+           "return self.cpu_train_s + self.cpu_eval_s + self.cpu_gen_s + self.startup_s",
+           "return self.cpu_train_s + self.cpu_eval_s + self.cpu_gen_s", ESTIMATE),
+    Mutant("estimate-gpu-smaller-bound", "experiments/estimate.py",
+           "return sum(max(f, n) for f, n in zip(self.gpu_flop_s, self.gpu_launch_s))",
+           "return sum(min(f, n) for f, n in zip(self.gpu_flop_s, self.gpu_launch_s))", ESTIMATE),
+    Mutant("estimate-gpu-without-startups", "experiments/estimate.py",
+           "zip(self.gpu_flop_s, self.gpu_launch_s)) + self.gpu_startup_s",
+           "zip(self.gpu_flop_s, self.gpu_launch_s))", ESTIMATE),
 ]
 
 
@@ -342,6 +354,7 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "distill/summary.py": (PINNED, "tests/distill/test_distill_generate.py"),
     "experiments/launch.py": (PINNED, "tests/system/test_properties.py",
                               "tests/experiments/test_experiments_parallel.py"),
+    "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
 }
 
 
@@ -372,7 +385,9 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     # Every top-level package, and the files and folders tests read (README.md, docs/, data fixtures) too.
     packages = sorted({f.split("/")[0] for f in files} - {"pyproject.toml"})
     dotted = module[:-3].replace("/", ".")
-    patterns = [f"{dotted}.x_{f}__mutmut_*" for f in functions]
+    # mutmut names a method's mutants xǁClassǁmethod__mutmut_N: --function Class.method picks them
+    patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
+                for f in functions]
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
         repo = scratch_copy(files, Path(tmp))
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
@@ -414,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auto", metavar="MODULE", help="mutmut's operator mutants of one module (see above)")
     p.add_argument("--tests", nargs="+", metavar="FILE", help="--auto: the test files (default: AUTO_TESTS)")
     p.add_argument("--function", action="append", default=[], metavar="NAME",
-                   help="--auto: only the mutants of this function (repeatable)")
+                   help="--auto: only the mutants of this function, or Class.method (repeatable)")
     args = p.parse_args(argv)
     if args.auto:
         tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
