@@ -6,6 +6,7 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --jobs 2         # mutants in parallel (each in its own scratch copy)
     python tools/mutate.py --list           # the mutants, without running anything
     python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
+                                            # (--function Class.method: a method's mutants)
                                             # mutmut's standard operator mutants of one module; prints survivors
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
@@ -372,7 +373,9 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     # Every top-level package, and the files and folders tests read (README.md, docs/, data fixtures) too.
     packages = sorted({f.split("/")[0] for f in files} - {"pyproject.toml"})
     dotted = module[:-3].replace("/", ".")
-    patterns = [f"{dotted}.x_{f}__mutmut_*" for f in functions]
+    # mutmut's keys: x_<function>, or xǁ<Class>ǁ<method> for a method (--function Class.method)
+    patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
+                for f in functions]
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
         repo = scratch_copy(files, Path(tmp))
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
@@ -414,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auto", metavar="MODULE", help="mutmut's operator mutants of one module (see above)")
     p.add_argument("--tests", nargs="+", metavar="FILE", help="--auto: the test files (default: AUTO_TESTS)")
     p.add_argument("--function", action="append", default=[], metavar="NAME",
-                   help="--auto: only the mutants of this function (repeatable)")
+                   help="--auto: only the mutants of this function, or of Class.method (repeatable)")
     args = p.parse_args(argv)
     if args.auto:
         tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
