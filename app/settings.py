@@ -367,10 +367,10 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type, d: dict[str, Any], at: str = "") -> Any:
     """`cls` from its `to_dict()` form (`at`: where it sits, "hardware.", for the error that names a value)."""
-    if cls is LoRAConfig:
-        return LoRAConfig.from_dict(d, source="config.json")
+    if cls is LoRAConfig:  # the library's own readers, their errors naming the group ("model.lora: ...")
+        return LoRAConfig.from_dict(d, source=at.rstrip("."))
     if cls is QuantConfig:
-        return QuantConfig.from_dict(d, source="config.json")
+        return QuantConfig.from_dict(d, source=at.rstrip("."))
     unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise KeyError(f"unknown {cls.__name__} key(s) {sorted(unknown)}")
