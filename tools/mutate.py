@@ -58,6 +58,8 @@ MEASURES = ("tests/app/test_measures.py",)
 # the bootstrap-t and paired tests
 INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")
 SET = ("tests/contract/test_contract_settings.py",)
+SETFILES = ("tests/app/test_settings_files.py",)
+HANDOVER = ("tests/experiments/test_settings_handover.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
 
 MUTANTS: list[Mutant] = [
@@ -240,6 +242,17 @@ MUTANTS: list[Mutant] = [
            "    if settings.run.overwrite:", SET),
     Mutant("run-holds-needs-every-part", "app/runfolder.py", "return any((run_dir / part).exists()",
            "return all((run_dir / part).exists()", SET),
+    # settings files (a sweep's settings.json, an evaluation's <name>.settings.json, a run's config.json)
+    Mutant("settings-file-types-unchecked", "app/settings.py", "            _check_json_type(cls, f, d[f.name], at)\n",
+           "", SETFILES),
+    Mutant("settings-file-group-error-unnamed", "app/runfolder.py",
+           "    except UserError as e:  # a group's own check (PrecisionError) too: every refusal names the file\n"
+           "        raise SettingsError(f\"{path}: {e}\") from None",
+           "    except SettingsError as e:\n        raise SettingsError(f\"{path}: {e}\") from None", SETFILES),
+    Mutant("settings-file-old-samples-default", "app/settings.py", 'd["eval"]["samples"] = 1',
+           'd["eval"]["samples"] = 4', SETFILES),
+    Mutant("sweep-steps-log-elsewhere", "experiments/runner.py", '    log = run_dir / "run.log"\n',
+           '    log = run_dir / "evaluate.log"\n', HANDOVER),
     # ---- the sonnet measures and paired comparisons
     Mutant("nll-no-eot", "tasks/sonnet.py", 'seq = prompt + tok.encode("\\n".join(rest)) + [tok.eot_id]',
            'seq = prompt + tok.encode("\\n".join(rest))', MEASURES),
