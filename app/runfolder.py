@@ -209,7 +209,7 @@ def read_settings_file(path: Path, cls: type[S] = RunSettings) -> S:
         raise RunFolderError(f"{path}: expected a JSON object with {_RECORDS[cls]}")
     try:
         return cls.from_dict(record["settings"])
-    except SettingsError as e:
+    except UserError as e:  # a group's own check (PrecisionError) too: every refusal names the file
         raise SettingsError(f"{path}: {e}") from None
 
 
@@ -218,9 +218,10 @@ def saved_settings(run_dir: Path) -> RunSettings:
     line naming the file when they do not fit this version of the code."""
     from .settings import SettingsError
 
+    config = read_config(run_dir)  # its own RunFolderError names the file already
     try:
-        return RunSettings.from_dict(read_config(run_dir)["settings"])
-    except SettingsError as e:
+        return RunSettings.from_dict(config["settings"])
+    except UserError as e:  # a group's own check (PrecisionError) too: every refusal names the file
         raise SettingsError(f"{run_dir / CONFIG_FILE}: {e}") from None
 
 

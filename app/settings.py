@@ -24,7 +24,10 @@ depend on other options (the lr by mode and method, the samples per prompt by ta
 
 from __future__ import annotations
 
+import json
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -362,11 +365,12 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _build(cls: type, d: dict[str, Any]) -> Any:
-    if cls is LoRAConfig:
-        return LoRAConfig.from_dict(d, source="config.json")
+def _build(cls: type, d: dict[str, Any], at: str = "") -> Any:
+    """`cls` from its `to_dict()` form (`at`: where it sits, "hardware.", for the error that names a value)."""
+    if cls is LoRAConfig:  # the library's own readers, their errors naming the group ("model.lora: ...")
+        return LoRAConfig.from_dict(d, source=at.rstrip("."))
     if cls is QuantConfig:
-        return QuantConfig.from_dict(d, source="config.json")
+        return QuantConfig.from_dict(d, source=at.rstrip("."))
     unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise KeyError(f"unknown {cls.__name__} key(s) {sorted(unknown)}")
@@ -374,8 +378,32 @@ def _build(cls: type, d: dict[str, Any]) -> Any:
     for f in fields(cls):
         if f.name in d:
             sub = _NESTED.get((cls.__name__, f.name))
-            kwargs[f.name] = _build(sub, d[f.name]) if sub is not None and d[f.name] is not None else d[f.name]
+            _check_json_type(cls, f, d[f.name], at)
+            kwargs[f.name] = (_build(sub, d[f.name], f"{at}{f.name}.") if sub is not None and d[f.name] is not None
+                              else d[f.name])
     return cls(**kwargs)
+
+
+# What a settings file may hold for a field of each declared type. bool is no int here (`"epochs": true` is a
+# slip, not 1), and a range check of its own would not notice: `"plain": "false"` is truthy.
+_JSON_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_json_type(cls: type, f: Any, value: Any, at: str) -> None:
+    """A FieldError naming `at` + the field unless `value` is of the field's declared type: one of `_JSON_TYPES`,
+    a JSON object for a group, null where the field may be None (its type says so, or its default is None)."""
+    hint = typing.get_type_hints(cls)[f.name]
+    members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kinds = [k for k in members if k is not type(None)]
+    nullable = len(kinds) < len(members) or f.default is None
+    if value is None:
+        ok = nullable
+    else:
+        ok = any(isinstance(value, dict) if k not in _JSON_TYPES
+                 else isinstance(value, (int, float) if k is float else k)
+                 and (k is bool or not isinstance(value, bool)) for k in kinds)
+    expected = " or ".join([_JSON_TYPES.get(k, "a JSON object") for k in kinds] + ["null"] * nullable)
+    require(ok, f"{at}{f.name}", json.dumps(value), expected)
 
 
 _NESTED: dict[tuple[str, str], type] = {

@@ -6,6 +6,7 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --jobs 2         # mutants in parallel (each in its own scratch copy)
     python tools/mutate.py --list           # the mutants, without running anything
     python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
+                                            # (--function Class.method: a method's mutants)
                                             # mutmut's standard operator mutants of one module; prints survivors
                                             # (a method's: --function Class.method)
 
@@ -58,6 +59,8 @@ MEASURES = ("tests/app/test_measures.py",)
 # the bootstrap-t and paired tests
 INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")
 SET = ("tests/contract/test_contract_settings.py",)
+SETFILES = ("tests/app/test_settings_files.py",)
+HANDOVER = ("tests/experiments/test_settings_handover.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
 ESTIMATE = ("tests/experiments/test_estimate_by_hand.py",)
 
@@ -241,6 +244,17 @@ MUTANTS: list[Mutant] = [
            "    if settings.run.overwrite:", SET),
     Mutant("run-holds-needs-every-part", "app/runfolder.py", "return any((run_dir / part).exists()",
            "return all((run_dir / part).exists()", SET),
+    # settings files (a sweep's settings.json, an evaluation's <name>.settings.json, a run's config.json)
+    Mutant("settings-file-types-unchecked", "app/settings.py", "            _check_json_type(cls, f, d[f.name], at)\n",
+           "", SETFILES),
+    Mutant("settings-file-group-error-unnamed", "app/runfolder.py",
+           "    except UserError as e:  # a group's own check (PrecisionError) too: every refusal names the file\n"
+           "        raise SettingsError(f\"{path}: {e}\") from None",
+           "    except SettingsError as e:\n        raise SettingsError(f\"{path}: {e}\") from None", SETFILES),
+    Mutant("settings-file-old-samples-default", "app/settings.py", 'd["eval"]["samples"] = 1',
+           'd["eval"]["samples"] = 4', SETFILES),
+    Mutant("sweep-steps-log-elsewhere", "experiments/runner.py", '    log = run_dir / "run.log"\n',
+           '    log = run_dir / "evaluate.log"\n', HANDOVER),
     # ---- the sonnet measures and paired comparisons
     Mutant("nll-no-eot", "tasks/sonnet.py", 'seq = prompt + tok.encode("\\n".join(rest)) + [tok.eot_id]',
            'seq = prompt + tok.encode("\\n".join(rest))', MEASURES),
@@ -385,7 +399,7 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     # Every top-level package, and the files and folders tests read (README.md, docs/, data fixtures) too.
     packages = sorted({f.split("/")[0] for f in files} - {"pyproject.toml"})
     dotted = module[:-3].replace("/", ".")
-    # mutmut names a method's mutants xǁClassǁmethod__mutmut_N: --function Class.method picks them
+    # mutmut's keys: x_<function>, or xǁ<Class>ǁ<method> for a method (--function Class.method)
     patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
                 for f in functions]
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
@@ -429,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auto", metavar="MODULE", help="mutmut's operator mutants of one module (see above)")
     p.add_argument("--tests", nargs="+", metavar="FILE", help="--auto: the test files (default: AUTO_TESTS)")
     p.add_argument("--function", action="append", default=[], metavar="NAME",
-                   help="--auto: only the mutants of this function, or Class.method (repeatable)")
+                   help="--auto: only the mutants of this function, or of Class.method (repeatable)")
     args = p.parse_args(argv)
     if args.auto:
         tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
