@@ -6,9 +6,8 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --jobs 2         # mutants in parallel (each in its own scratch copy)
     python tools/mutate.py --list           # the mutants, without running anything
     python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
-                                            # (--function Class.method: a method's mutants)
                                             # mutmut's standard operator mutants of one module; prints survivors
-                                            # (a method's: --function Class.method)
+                                            # (--function Class.method: a method's mutants)
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
 the code is reported as stale instead of silently doing nothing), its replacement, and the test files to run
