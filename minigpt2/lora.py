@@ -132,13 +132,15 @@ class LoraSettingsError(UserError, ValueError):
     """LoRA targets that select no linear layer of the model."""
 
 
-def _check_settings(r: int, alpha: float, dropout: float) -> None:
-    """A `FieldError` naming the first of rank, alpha, dropout that cannot work."""
+def _check_settings(r: int, alpha: float, dropout: float, rslora: bool = False) -> None:
+    """A `FieldError` naming the first of rank, alpha, dropout, rslora that cannot work."""
     require(not isinstance(r, bool) and isinstance(r, int) and r >= 1, "rank", repr(r), "an integer >= 1")
     require(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0, "alpha", repr(alpha),
             "a positive number")
     require(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", repr(dropout),
             "a fraction in [0, 1)")
+    # a file's "false" is a string, and bool("false") is True: a scaling the run did not train with
+    require(isinstance(rslora, bool), "rslora", repr(rslora), "true or false")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class LoRAConfig:
     trainable: tuple[str, ...] = ()  # extra modules trained in full (a task head), saved with the adapter
 
     def __post_init__(self) -> None:
-        _check_settings(self.rank, self.alpha, self.dropout)
+        _check_settings(self.rank, self.alpha, self.dropout, self.rslora)
         target_suffixes(self.targets)
         # A list of names is kept as a tuple: a config equals the one read back from its file, and is hashable.
         if not isinstance(self.targets, str):
@@ -181,7 +183,7 @@ class LoRAConfig:
         try:
             return cls(rank=d["rank"], alpha=d["alpha"],
                        targets=targets if isinstance(targets, str) else tuple(targets),
-                       dropout=d.get("dropout", 0.0), rslora=bool(d.get("rslora", False)),
+                       dropout=d.get("dropout", 0.0), rslora=d.get("rslora", False),
                        trainable=tuple(d.get("trainable", ())))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: invalid LoRA settings {d}: {e}") from e

@@ -60,6 +60,9 @@ class QuantConfig:
                 or self.group_size % 2:
             raise QuantFieldError("group_size", repr(self.group_size),
                                   "an even integer >= 2 (two INT4 values share a byte)")
+        for name in ("activations", "embeddings"):  # a file's "false" would read as True
+            if not isinstance(getattr(self, name), bool):
+                raise QuantFieldError(name, repr(getattr(self, name)), "true or false")
         if self.weight is None and not self.activations:
             raise QuantSettingsError("QuantConfig simulates nothing: weight=None and activations=False")
 
@@ -80,7 +83,10 @@ class QuantConfig:
         if unknown:
             raise QuantSettingsError(f"{source}: unknown quantization key(s) {sorted(unknown)}; "
                              f"expected {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except QuantSettingsError as e:  # a value out of range: say which file (or settings group) holds it
+            raise QuantSettingsError(f"{source}: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

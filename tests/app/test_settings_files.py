@@ -214,6 +214,16 @@ def test_a_value_of_another_type_in_a_run_settings_file_is_refused_naming_its_ke
                                f"{json.dumps(value)}: expected "), line
 
 
+@pytest.mark.parametrize("path", ["model.lora.rslora", "precision.quant.activations", "precision.quant.embeddings"])
+@pytest.mark.parametrize("value", ["false", 0, 1, None])
+def test_a_library_group_s_switch_must_be_true_or_false(tmp_path, path, value):
+    """bool("false") is True: a file's string would silently turn rsLoRA, or activation quantization, on."""
+    file = write(tmp_path / "settings.json", {"schema": 2, "settings": set_at(RUN.to_dict(), path, value)})
+    group, key = path.rsplit(".", 1)
+    line = refusal(lambda: read_settings_file(file))
+    assert line.startswith(f"{file}: {group}: ") and f"{key} {value!r}: expected true or false" in line, line
+
+
 @pytest.mark.parametrize("path,value,expected", [
     ("hardware.plain", "false", "true or false"), ("hardware.threads", "2", "an integer or null"),
     ("hardware.fetch_timeout", True, "a number"), ("run_dir", 5, "a string or null"), ("split", None, "a string"),
