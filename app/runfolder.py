@@ -180,7 +180,17 @@ def read_config(run_dir: Path) -> dict[str, Any]:
                                  f"folder itself: {run_dir.parent}")
         raise RunFolderError(f"{path}: no typed settings; {run_dir} is not a run folder of this version of "
                              "finetune (a model checkpoint, or a run of an older version?)")
+    _check_schema(config, path)
     return config
+
+
+def _check_schema(record: dict[str, Any], path: Path) -> None:
+    """One line naming the file when its settings record is of a layout newer than this code reads (records
+    older than the "schema" key have none, and are upgraded on read)."""
+    schema = record.get("schema", 1)
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema > SETTINGS_SCHEMA:
+        raise RunFolderError(f"{path}: settings schema {json.dumps(schema)}, expected an integer <= "
+                             f"{SETTINGS_SCHEMA} (a file written by a newer version of minigpt2?)")
 
 
 def settings_record(settings: RunSettings | EvaluateSettings) -> dict[str, Any]:
@@ -207,6 +217,7 @@ def read_settings_file(path: Path, cls: type[S] = RunSettings) -> S:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
         raise RunFolderError(f"{path}: expected a JSON object with {_RECORDS[cls]}")
+    _check_schema(record, path)
     try:
         return cls.from_dict(record["settings"])
     except UserError as e:  # a group's own check (PrecisionError) too: every refusal names the file

@@ -480,3 +480,23 @@ def test_evaluate_run_hands_each_setting_to_the_evaluation(monkeypatch):
     calls.clear()
     evaluate.run(EvaluateSettings(run_dir="R"))
     assert calls == [(("R", "dev", None, None, "auto", None, False, None, False, False), {})] and threads == [3]
+
+
+@pytest.mark.parametrize("schema", [3, 99, "2", True, None])
+def test_a_settings_record_of_a_newer_or_unknown_schema_is_refused(tmp_path, schema):
+    """A file a newer version wrote may mean something else by the same keys: refused, not half read."""
+    record = {"schema": schema, "settings": EVERY.to_dict()}
+    file = write(tmp_path / "e.json", record)
+    expected = (f"{file}: settings schema {json.dumps(schema)}, expected an integer <= 2 (a file written by a newer "
+                "version of minigpt2?)")
+    assert refusal(lambda: read_settings_file(file, EvaluateSettings)) == expected
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "config.json", {"schema": schema, "settings": RUN.to_dict()})
+    assert refusal(lambda: runfolder.saved_settings(run)) == expected.replace(str(file), str(run / "config.json"))
+
+
+@pytest.mark.parametrize("schema", [2, 1])
+def test_a_settings_record_of_this_or_an_older_schema_is_read(tmp_path, schema):
+    file = write(tmp_path / "e.json", {"schema": schema, "settings": EVERY.to_dict()})
+    assert read_settings_file(file, EvaluateSettings) == EVERY
