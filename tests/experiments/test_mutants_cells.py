@@ -226,6 +226,18 @@ def test_a_measure_in_percent_scales_both_bounds_and_shows_the_seeds_it_pools():
         == "12 [2, 47] n=8"
 
 
+def test_a_declared_figure_shows_its_own_digits_and_a_wilson_rate_an_interval_at_any_n():
+    nll, perfect = metrics.SONNET_METRICS[0], metrics.FORM_METRICS[3]
+    point = {"dev_nll": 3.41725, "dev_nll_low": 3.2051, "dev_nll_high": 3.6633, "dev_nll_n": 12,
+             "test_nll": 3.9021, "test_nll_low": 3.5, "test_nll_high": 4.25, "test_nll_n": 5,
+             "dev_perfect": 1.0, "dev_perfect_low": 0.2066, "dev_perfect_high": 1.0, "dev_perfect_n": 1,
+             "test_perfect": 0.4, "test_perfect_low": 0.1176, "test_perfect_high": 0.7693, "test_perfect_n": 5}
+    assert nll.cell(point) == "3.417 [3.205, 3.663] n=12"
+    assert nll.cell(point, "test") == "3.902 (n=5, too few for an interval)"  # a bootstrap interval needs 8
+    assert perfect.cell(point) == "100 [21, 100] n=1"
+    assert perfect.cell(point, "test") == "40 [12, 77] n=5"
+
+
 def test_a_score_cell_says_no_interval_for_missing_data_only_for_one_seed_with_enough_examples():
     one = {"metric": "accuracy", "seeds": 1, "score": 0.7125, "low": NAN, "high": NAN, "n": 8,
            "data_missing": "/data/gone"}

@@ -319,11 +319,14 @@ def test_each_arm_is_paired_with_its_reference_of_the_same_seed_and_its_seeds_po
         for run, b in bits.items():
             ids = tuple(f"{split}{i}" for i in range(len(b)))
             scores[run, split, None] = ExampleScores("accuracy", ids, correct(b))
+    # rank 16's test rows share no example with the others': no difference, a dash
+    scores["r16-s1", "test", None] = ExampleScores("accuracy", tuple(f"x{i}" for i in range(9)), correct("1" * 9))
     calls = fake_scores(monkeypatch, scores)
     sweep = Sweep("fake-ranks", [], knobs={"task": "data.task", "method": "model.method", "rank": "model.lora.rank"},
                   columns=(Column("rank", "rank"), Column("trainable params", "trainable_params")),
                   references=(Reference("full fine-tuning", lambda ref, arm: ref.get("method") == "full"),
-                              Reference("LoRA rank 8", lambda ref, arm: ref.get("rank") == 8)))
+                              Reference("LoRA rank 8", lambda ref, arm: ref.get("rank") == 8),
+                              Reference("LoRA rank 4", lambda ref, arm: ref.get("rank") == 4)))
     out = tables.paired_block(sweep, accuracy_rows(), samples=99)
     arm4 = [DEV[f"r4-s{s}"] for s in (1, 2, 3)], [DEV[f"r8-s{s}"] for s in (1, 2, 3)]
     test4 = [TEST[f"r4-s{s}"] for s in (1, 2, 3)], [TEST[f"r8-s{s}"] for s in (1, 2, 3)]
@@ -337,7 +340,12 @@ def test_each_arm_is_paired_with_its_reference_of_the_same_seed_and_its_seeds_po
     assert out == [PAIRED_HEAD.format("LoRA rank 8", ""), table(
         ["rank", "trainable params", "metric", "Δ dev", "Δ test"],
         ["4", "147,456", "accuracy", seeds_cell(*arm4, 3), seeds_cell(*test4, 3)],
-        ["16", "589,824", "accuracy", r16, "—"])]
+        ["16", "589,824", "accuracy", r16, "—"]),
+        PAIRED_HEAD.format("LoRA rank 4", ""), table(
+        ["rank", "trainable params", "metric", "Δ dev", "Δ test"],
+        ["8", "294,912", "accuracy", seeds_cell(*arm4[::-1], 3), seeds_cell(*test4[::-1], 3)],
+        ["16", "589,824", "accuracy", one_seed_cell(correct(DEV["r16-s1"]), correct(DEV["r4-s1"]), mean, (-1.0, 1.0),
+                                                    3, 99, p_cell(DEV["r16-s1"], DEV["r4-s1"])), "—"])]
     assert sorted(set(calls)) == sorted({(run, split, None) for run in DEV for split in ("dev", "test")})
     assert len(calls) == len(set(calls))  # each run's scores read once, whatever the references
 
