@@ -115,13 +115,19 @@ def test_run_scores_of_sonnets_are_sacrebleus_chrf_statistics_of_each_sonnet(tmp
 
 def test_run_interval_is_the_bootstrap_t_of_the_runs_scores_from_seed_0(tmp_path):
     run = run_folder(tmp_path, "sst-s1", "sst")
-    label_format("sst").write_predictions(run / "dev.csv", [i for i, _ in SST_DEV], [3, 2, 3, 3, 4, 3, 2, 4])
-    write_metrics(run, metric="accuracy", dev_predictions="dev.csv")
-    right = accuracy([1, 1, 1, 0, 1, 0, 0, 1])[:, None, None]
+    ids = [i for i, _ in SST_DEV]  # labels 3 2 3 4 4 2 3 4
+    predictions = {"dev.csv": [3, 2, 3, 3, 4, 3, 2, 4], "dev-2.csv": [3, 3, 3, 4, 2, 2, 2, 4],
+                   "dev-3.csv": [2, 2, 4, 4, 4, 3, 3, 3]}
+    for name, p in predictions.items():
+        label_format("sst").write_predictions(run / name, ids, p)
+    write_metrics(run, metric="accuracy", dev_predictions="dev.csv", dev_samples=list(predictions))
+    right = np.array([[[1], [1], [0]], [[1], [0], [1]], [[1], [1], [0]], [[0], [1], [1]], [[1], [0], [1]],
+                      [[0], [1], [0]], [[0], [0], [1]], [[1], [1], [0]]], dtype=np.float64)  # (rows, samples, 1)
     mean = lambda rows: float(rows[0].mean())  # noqa: E731
     iv = stats.run_interval(run, samples=99)
-    assert (iv.value, iv.n) == (0.625, 8)
-    assert (iv.low, iv.high) == pytest.approx(plain_bootstrap_t([right], mean, 99, 0, bounds=(0.0, 1.0)), rel=1e-10)
+    assert (iv.value, iv.n) == (pytest.approx(14 / 24), 8)
+    want = plain_bootstrap_t([right], mean, 99, 0, bounds=(0.0, 1.0))
+    assert (iv.low, iv.high) == pytest.approx(want, rel=1e-10) and 0 < want[0] < want[1] < 1
     seeded = stats.run_interval(run, samples=99, seed=4)
     assert (seeded.low, seeded.high) == pytest.approx(plain_bootstrap_t([right], mean, 99, 4, bounds=(0.0, 1.0)),
                                                       rel=1e-10)
@@ -188,11 +194,14 @@ def test_a_score_on_drawn_examples_and_draws_is_the_metric_of_those_rows():
 
 
 def test_an_interval_is_drawn_from_seed_0_unless_told():
-    right = accuracy([1, 0, 1, 1, 0, 1, 1, 1, 0, 1])[:, None, None]
+    right = np.array([[1, 0], [0, 0], [1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0], [0, 0], [1, 1]],
+                     dtype=np.float64)[:, :, None]  # 10 rows, 2 draws each
     s = ExampleScores("accuracy", tuple(map(str, range(10))), right)
     iv = s.interval(99)
-    assert (iv.low, iv.high) == pytest.approx(plain_bootstrap_t([right], lambda rows: float(rows[0].mean()), 99, 0,
-                                                                bounds=(0.0, 1.0)), rel=1e-10)
+    mean = lambda rows: float(rows[0].mean())  # noqa: E731
+    want = plain_bootstrap_t([right], mean, 99, 0, bounds=(0.0, 1.0))
+    assert (iv.low, iv.high) == pytest.approx(want, rel=1e-10) and 0 < want[0] < want[1] < 1
+    assert (iv.low, iv.high) != pytest.approx(plain_bootstrap_t([right], mean, 99, 3, bounds=(0.0, 1.0)))
 
 
 def test_chrf_of_no_sonnet_is_an_error_that_says_so():
