@@ -288,3 +288,72 @@ def test_the_reference_figures_are_scored_on_the_prompts_the_first_finished_sonn
                 "test": ("sonnet_reference_nll", folder, "test", None, tok)}}
     assert references.sonnet_reference_figures(rows[:2]) is None
     assert references._scored_numbers(tmp_path / "died", "dev") is None  # no metrics.json
+
+
+def test_each_reference_figure_is_on_the_prompts_asked_with_the_runs_tokenizer_and_own_sonnet_left_out(monkeypatch):
+    import minigpt2.tokenizer
+    from experiments import references
+    from experiments.references import REAL_SONNETS, REFERENCE_NAMES
+    from experiments.sweeps import TINY_TOKENIZER_DIR
+
+    built = []
+
+    class Recorded(minigpt2.tokenizer.Tokenizer):
+        def __init__(self, folder=None, *args, **kwargs):
+            built.append(folder)
+            super().__init__(folder, *args, **kwargs)
+    monkeypatch.setattr(minigpt2.tokenizer, "Tokenizer", Recorded)
+    folder, tok = str(TINY_DATA_DIR), str(TINY_TOKENIZER_DIR)
+    truths = SONNETS.split_references(TINY_DATA_DIR, "dev")  # 132, 133, 134; the test split holds 145, 146
+    prompt = lambda k: "\n".join(truths[k].split("\n")[:3])  # noqa: E731
+
+    chrf = references.sonnet_reference_intervals(folder, "dev", (134, 999, 132), tok, 59)  # 999: not a dev prompt
+    only = chrf[REFERENCE_NAMES[0]]
+    assert only.n == 2 and only.value == pytest.approx(
+        CHRF().corpus_score([prompt(134), prompt(132)], [[truths[134], truths[132]]]).score, rel=1e-12)
+    forms = references.sonnet_reference_forms(folder, "dev", (134, 132), tok)
+    assert {name: f["sonnets"] for name, f in forms.items()} == dict.fromkeys(REFERENCE_NAMES + (REAL_SONNETS,), 2)
+    assert forms[REAL_SONNETS]["rates"]["fourteen_lines"]["rate"] == 1.0  # the real sonnets: 14 lines each
+    assert forms[REFERENCE_NAMES[0]]["rates"]["fourteen_lines"]["rate"] == 0.0  # the prompt alone: 3
+    copying = references.sonnet_reference_copying(folder, "dev", (134,), tok)
+    real = copying[REAL_SONNETS]
+    assert (real["sonnets"], list(real["per_sonnet"]), real["held_out_sonnets"]) == (1, ["134"], 5)  # dev + test
+    assert real["held_out"]["longest_max"] < 10  # against the other held-out sonnets, not against itself
+    assert references.sonnet_reference_nll(folder, "dev", (133,), tok)["unigram"]["sonnets"] == 1
+    assert built and set(built) == {tok}
+
+
+def sacrebleu_bootstrap_t(hyps: list[str], refs: list[str], b: int, seed: int) -> tuple[float, float]:
+    """The bootstrap-t interval of corpus chrF (sacrebleu's), resampling sonnets, with jackknife standard errors."""
+    chrf = lambda idx: CHRF().corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score  # noqa: E731
+
+    def se(idx: list[int]) -> float:
+        loo = np.array([chrf(idx[:j] + idx[j + 1:]) for j in range(len(idx))])
+        return math.sqrt((len(idx) - 1) / len(idx) * ((loo - loo.mean()) ** 2).sum())
+
+    n = len(refs)
+    theta, se0 = chrf(list(range(n))), se(list(range(n)))
+    draws = np.random.default_rng(seed).integers(0, n, size=(b, n))
+    t = np.sort([(chrf(list(row)) - theta) / se(list(row)) for row in draws])
+    k = math.floor((b + 1) * 0.025)
+    return max(theta - t[b - k] * se0, 0.0), min(theta - t[k - 1] * se0, 100.0)
+
+
+def test_the_chance_rows_chrf_interval_resamples_as_many_times_as_asked(tmp_path):
+    """Eight true dev sonnets (the tiny data's, renumbered): enough for an interval."""
+    import shutil
+
+    from course.readers import read_sonnets
+    from experiments.references import REFERENCE_NAMES, sonnet_reference_intervals
+    from experiments.sweeps import TINY_TOKENIZER_DIR
+
+    data = tmp_path / "data"
+    shutil.copytree(TINY_DATA_DIR, data)
+    texts = [s.text for f in ("sonnets.txt", "TRUE_sonnets_held_out_dev.txt")
+             for s in read_sonnets(TINY_DATA_DIR / f)[0]][:8]
+    (data / "TRUE_sonnets_held_out_dev.txt").write_text(
+        "Sonnets\n\n" + "".join(f"{200 + k}\n\n{t}\n\n" for k, t in enumerate(texts)), encoding="utf-8")
+    prompts = ["\n".join(t.split("\n")[:3]) for t in texts]
+    only = sonnet_reference_intervals(str(data), "dev", None, str(TINY_TOKENIZER_DIR), 59)[REFERENCE_NAMES[0]]
+    assert only.n == 8 and only.value == pytest.approx(CHRF().corpus_score(prompts, [texts]).score, rel=1e-12)
+    assert (only.low, only.high) == pytest.approx(sacrebleu_bootstrap_t(prompts, texts, 59, 0), abs=1e-6)
