@@ -314,6 +314,7 @@ def test_each_reference_figure_is_on_the_prompts_asked_with_the_runs_tokenizer_a
     forms = references.sonnet_reference_forms(folder, "dev", (134, 132), tok)
     assert {name: f["sonnets"] for name, f in forms.items()} == dict.fromkeys(REFERENCE_NAMES + (REAL_SONNETS,), 2)
     assert forms[REAL_SONNETS]["rates"]["fourteen_lines"]["rate"] == 1.0  # the real sonnets: 14 lines each
+    assert list(forms[REAL_SONNETS]["per_sonnet"]) == ["134", "132"]
     assert forms[REFERENCE_NAMES[0]]["rates"]["fourteen_lines"]["rate"] == 0.0  # the prompt alone: 3
     copying = references.sonnet_reference_copying(folder, "dev", (134,), tok)
     real = copying[REAL_SONNETS]
