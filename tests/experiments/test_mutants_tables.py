@@ -366,7 +366,8 @@ def test_a_sonnet_arm_is_paired_in_chrf_and_in_held_out_nll_with_four_decimals(m
               ("attn", "test", None): ExampleScores("chrf", ids, chrf),
               ("attn-mlp", "test", None): ExampleScores("chrf", ids, chrf),
               ("attn", "dev", "nll"): ExampleScores("nll", ids, arm),
-              ("attn-mlp", "dev", "nll"): ExampleScores("nll", ids, ref)}  # no test NLL recorded
+              ("attn-mlp", "dev", "nll"): ExampleScores("nll", ids, ref),
+              ("attn-mlp", "test", "nll"): ExampleScores("nll", ids, ref)}  # the arm recorded no test NLL
     fake_scores(monkeypatch, scores)
     rows = [{"targets": "attn+mlp", "rank": 4, "seed": 1, "status": "done", "metric": "chrf", "run_dir": "attn-mlp"},
             {"targets": "attn", "rank": 4, "seed": 1, "status": "done", "metric": "chrf", "run_dir": "attn"}]
