@@ -84,7 +84,9 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
         optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
         scheduler.load_state_dict(trainer["scheduler"])
         torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        # by GPU index, not as text: "rng.cuda.10" sorts before "rng.cuda.2"
+        cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+                                                  key=lambda k: int(k.rpartition(".")[2]))]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
         v, s, g = trainer["rng_python"]
