@@ -96,7 +96,7 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
         if not (isinstance(trainer["epoch"], int) and isinstance(trainer["history"], list)
                 and isinstance(trainer["wall_s"], (int, float))):
             raise TypeError("epoch, history or wall_s of the wrong type")
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state that parses but does not fit
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # parses but does not fit
         raise ResumeStateError(f"{path}: the saved optimizer, schedule or random state does not fit this run "
                                f"({type(e).__name__}: {e}); start the run afresh, overwriting the folder") from None
     return trainer
