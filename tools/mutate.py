@@ -378,6 +378,9 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
             f.write(mutmut_config(module, tests, packages))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
+        # mutmut forks each mutant's worker from a process that ran torch: a child forked after OpenMP's thread pool
+        # started can wait forever on it (asleep at 0 CPU s: a mutant "timeout", or the whole run past its limit).
+        env.setdefault("OMP_NUM_THREADS", "1")
         try:
             proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns],
                                   cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
