@@ -58,6 +58,7 @@ MEASURES = ("tests/app/test_measures.py",)
 INTERVALS = ("tests/experiments/test_intervals.py", "tests/experiments/test_mutants_stats.py")
 SET = ("tests/contract/test_contract_settings.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
+RESUME = ("tests/contract/test_contract_resume.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -256,6 +257,23 @@ MUTANTS: list[Mutant] = [
            "out: dict[str, Any] = {k: float(scores[0][k])", MEASURES),
     Mutant("scored-file-not-checked", "experiments/report.py", "    if now != recorded:",
            "    if now is None:", MEASURES),
+    # ---- resuming a run: the state restored, the settings taken back, the folder checked
+    Mutant("resume-gpu-states-as-text", "minigpt2/resume.py", 'key=lambda k: int(k.rpartition(".")[2])',
+           "key=lambda k: k", RESUME),
+    Mutant("resume-python-rng-lost", "minigpt2/resume.py", "random.setstate((v, tuple(s), g))",
+           "(v, tuple(s), g)", RESUME),
+    Mutant("resume-numpy-gaussian-lost", "minigpt2/resume.py", "pos, has_gauss, cached))", "pos))", RESUME),
+    Mutant("resume-best-forgotten", "minigpt2/train.py",
+           'metrics["epochs"], metrics["best"] = trainer["history"], trainer["best"]',
+           'metrics["epochs"] = trainer["history"]', RESUME),
+    Mutant("resume-clock-restarts", "minigpt2/train.py", 'return start_epoch, trainer["wall_s"]',
+           "return start_epoch, 0.0", RESUME),
+    Mutant("resume-stop-inherited", "app/cli.py", 'changes = {"optim.stop_after_epoch": None, "run.overwrite": False,',
+           'changes = {"run.overwrite": False,', RESUME),
+    Mutant("resume-start-time-reset", "app/finetune.py", '"started": (recorded or {}).get("started") or',
+           '"started": None or', RESUME),
+    Mutant("resume-edited-config-taken", "app/runfolder.py", "    if edited:  # the settings were changed",
+           "    if False:  # the settings were changed", RESUME),
 ]
 
 
