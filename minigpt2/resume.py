@@ -84,7 +84,9 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
         optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
         scheduler.load_state_dict(trainer["scheduler"])
         torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        # by GPU index, not as text: "rng.cuda.10" sorts before "rng.cuda.2"
+        cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+                                                  key=lambda k: int(k.rpartition(".")[2]))]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
         v, s, g = trainer["rng_python"]
@@ -94,7 +96,7 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
         if not (isinstance(trainer["epoch"], int) and isinstance(trainer["history"], list)
                 and isinstance(trainer["wall_s"], (int, float))):
             raise TypeError("epoch, history or wall_s of the wrong type")
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state that parses but does not fit
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # parses but does not fit
         raise ResumeStateError(f"{path}: the saved optimizer, schedule or random state does not fit this run "
                                f"({type(e).__name__}: {e}); start the run afresh, overwriting the folder") from None
     return trainer

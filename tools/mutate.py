@@ -62,6 +62,7 @@ SETFILES = ("tests/app/test_settings_files.py",)
 HANDOVER = ("tests/experiments/test_settings_handover.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
 ESTIMATE = ("tests/experiments/test_estimate_by_hand.py",)
+RESUME = ("tests/contract/test_contract_resume.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -281,6 +282,23 @@ MUTANTS: list[Mutant] = [
     Mutant("estimate-gpu-without-startups", "experiments/estimate.py",
            "zip(self.gpu_flop_s, self.gpu_launch_s)) + self.gpu_startup_s",
            "zip(self.gpu_flop_s, self.gpu_launch_s))", ESTIMATE),
+    # ---- resuming a run: the state restored, the settings taken back, the folder checked
+    Mutant("resume-gpu-states-as-text", "minigpt2/resume.py", 'key=lambda k: int(k.rpartition(".")[2])',
+           "key=lambda k: k", RESUME),
+    Mutant("resume-python-rng-lost", "minigpt2/resume.py", "random.setstate((v, tuple(s), g))",
+           "(v, tuple(s), g)", RESUME),
+    Mutant("resume-numpy-gaussian-lost", "minigpt2/resume.py", "pos, has_gauss, cached))", "pos))", RESUME),
+    Mutant("resume-best-forgotten", "minigpt2/train.py",
+           'metrics["epochs"], metrics["best"] = trainer["history"], trainer["best"]',
+           'metrics["epochs"] = trainer["history"]', RESUME),
+    Mutant("resume-clock-restarts", "minigpt2/train.py", 'return start_epoch, trainer["wall_s"]',
+           "return start_epoch, 0.0", RESUME),
+    Mutant("resume-stop-inherited", "app/cli.py", 'changes = {"optim.stop_after_epoch": None, "run.overwrite": False,',
+           'changes = {"run.overwrite": False,', RESUME),
+    Mutant("resume-start-time-reset", "app/finetune.py", '"started": (recorded or {}).get("started") or',
+           '"started": None or', RESUME),
+    Mutant("resume-edited-config-taken", "app/runfolder.py", "    if edited:  # the settings were changed",
+           "    if False:  # the settings were changed", RESUME),
 ]
 
 
@@ -406,6 +424,9 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
             f.write(mutmut_config(module, tests, packages))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
+        # mutmut forks each mutant's worker from a process that ran torch: a child forked after OpenMP's thread pool
+        # started can wait forever on it (asleep at 0 CPU s: a mutant "timeout", or the whole run past its limit).
+        env.setdefault("OMP_NUM_THREADS", "1")
         try:
             proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns],
                                   cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)

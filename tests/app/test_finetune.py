@@ -175,13 +175,14 @@ def stopped_run(out: Path) -> Path:
     return out
 
 
-def assert_same_run(a: Path, b: Path, approx: float = 0.0) -> None:
-    """Runs a and b end alike: epochs, best and dev figures, the test predictions, and the last state's weights and
-    AdamW moments; all equal, or with `approx` (another thread count sums in another order) the figures within that
-    relative distance and the weights not compared: the attention key bias has a zero gradient in exact arithmetic
-    (it adds the same score to every key of a row), so AdamW turns rounding noise into full steps there."""
+def assert_same_run(a: Path, b: Path, approx: float = 0.0, resumed_from: int = 1) -> None:
+    """Runs a and b (b resumed after epoch `resumed_from`) end alike: epochs, best and dev figures, the test
+    predictions, and the last state's weights and AdamW moments; all equal, or with `approx` (another thread count
+    sums in another order) the figures within that relative distance and the weights not compared: the attention key
+    bias has a zero gradient in exact arithmetic (it adds the same score to every key of a row), so AdamW turns
+    rounding noise into full steps there."""
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
-    assert mb["resumed_from_epoch"] == 1 and "resumed_from_epoch" not in ma
+    assert mb["resumed_from_epoch"] == resumed_from and "resumed_from_epoch" not in ma
     keys = ("epoch", "train_loss", "dev_loss", "accuracy", "lr")
     ea, eb = ([{k: e[k] for k in keys} for e in m["epochs"]] for m in (ma, mb))
     near = (lambda x: pytest.approx(x, rel=approx)) if approx else (lambda x: x)
