@@ -22,6 +22,7 @@ from experiments import __main__ as cli
 from experiments import launch, runner
 from experiments.estimate import Workers
 from experiments.runner import Placement
+from minigpt2.errors import UserError
 from experiments.sweeps import ZERO_SHOT_QUORA, Run
 from tests.experiments.test_experiments import FakeFinetune, sst, three_runs
 
@@ -645,6 +646,7 @@ def test_each_bad_launcher_flag_is_one_error_line_naming_it(argv, message, monke
 
 @pytest.mark.parametrize("argv", [
     ["--jobs", "1", "--threads", "1", "--isolation", "in-process"],  # 1 is a count, and one job may run in-process
+    ["--isolation", "in-process"],  # no --jobs: one
     ["--devices", "cpu, cpu:1,", "--jobs", "2"],
     ["--launcher", "ray", "--cpus-per-run", "1", "--jobs", "4", "--isolation", "in-process", "--address", "h:1"],
 ])
@@ -730,15 +732,15 @@ def priced(monkeypatch):
         return stated_rates()
     monkeypatch.setattr(cli, "measured_rates", measured)
     monkeypatch.setattr(cli, "sweep_cost", lambda runs, rates, isolation: Cost(runs=len(runs), cpu_train_s=3600.0 * len(runs)))
-    monkeypatch.setattr(cli, "cost_lines", lambda cost, rates: [f"  COST {cost.runs} runs"])
+    monkeypatch.setattr(cli, "cost_lines", lambda cost, rates: [f"  COST {cost.runs} runs", "  COST END"])
     monkeypatch.setattr(cli, "gemini_bill", lambda runs, needs: ([f"  BILL {len(runs)}"], 0.5 * len(runs)))
 
     def wall(cost, rates, workers):
         calls["wall"].append((cost.runs, workers))
-        return [f"  WALL {cost.runs} on {workers.n}"], 1800.0 * cost.runs
+        return [f"  WALL {cost.runs} on {workers.n}", "  WALL END"], 1800.0 * cost.runs
     monkeypatch.setattr(cli, "wall_estimate", wall)
     monkeypatch.setattr(cli, "markdown_table", lambda rows, rates: calls["table"].append(
-        [(n, c.runs, u) for n, c, u in rows]) or "TABLE\n")
+        [(n, c.runs, u) for n, c, u in rows] + [rates == stated_rates()]) or "TABLE\n")
     return calls
 
 
@@ -757,11 +759,13 @@ def test_the_dry_run_lists_each_sweep_and_hands_the_workers_to_the_estimate(pric
     cli.dry_run(two_sweeps(), args, launcher)
     out = capsys.readouterr().out.splitlines()
     assert [x for x in out if not x.startswith("  [")] == [
-        f"sweep a: 2 runs into {tmp_path / 'a'}/  (two only)", "  COST 2 runs", "  BILL 2", "  WALL 2 on 3",
+        f"sweep a: 2 runs into {tmp_path / 'a'}/  (two only)", "  COST 2 runs", "  COST END", "  BILL 2",
+        "  WALL 2 on 3", "  WALL END",
         "sweep b waits: b.jsonl is missing",
-        "sweep c waits: c's last arm waits", f"sweep c: 3 runs into {tmp_path / 'c'}/", "  COST 3 runs", "  BILL 3",
-        "  WALL 3 on 3",
-        "all sweeps (2 with runs):", "  COST 5 runs", "  Gemini in all: ~$2.50 (see the teachers sweep above)",
+        "sweep c waits: c's last arm waits", f"sweep c: 3 runs into {tmp_path / 'c'}/", "  COST 3 runs", "  COST END",
+        "  BILL 3", "  WALL 3 on 3", "  WALL END",
+        "all sweeps (2 with runs):", "  COST 5 runs", "  COST END",
+        "  Gemini in all: ~$2.50 (see the teachers sweep above)",
         "  ~2.5 h wall time on 3 workers (sweeps one after the other)"]
     shown = "data.task=sst model.method=full optim.seed={0} eval.sampling.seed={0}".format
     assert [x for x in out if x.startswith("  [")] == [f"  [run] r0: {shown(0)}", f"  [run] r1: {shown(1)}",
@@ -781,8 +785,16 @@ def test_a_dry_run_without_jobs_has_no_wall_time_and_one_sweep_no_total(priced, 
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"sweep a: 2 runs into {tmp_path / 'a'}/  (two only)"
     assert out[1].startswith("  [done] r0: ") and out[2].startswith("  [run] r1: ")
-    assert out[3:] == ["  COST 2 runs", "  BILL 2"]
+    assert out[3:] == ["  COST 2 runs", "  COST END", "  BILL 2"]
     assert priced["wall"] == [] and priced["measured"] == [("gpt2", "cpu", 6)]  # every core: one run at a time
+
+
+def test_a_dry_run_probes_the_model_of_the_first_run(priced, tmp_path, capsys):
+    from experiments.sweeps import Sweep
+
+    sweep = Sweep("m", [Run("x", settings(data__task="sst", model__model="tiny")), three_runs()[0]])
+    cli.dry_run([sweep], cli.parse_args(["all", "--dry-run", "--runs-dir", str(tmp_path)]), WorkersOnce(Workers(1)))
+    assert [model for model, _, _ in priced["measured"]] == ["tiny"]
 
 
 def test_a_dry_run_probes_the_first_device_named(priced, tmp_path, capsys):
@@ -803,9 +815,9 @@ def test_the_markdown_dry_run_prints_the_table_only(priced, tmp_path, capsys):
     args = cli.parse_args(["all", "--dry-run", "--stated-rates", "--markdown", "--runs-dir", str(tmp_path)])
     cli.dry_run(two_sweeps(), args, WorkersOnce(Workers(1)))
     assert capsys.readouterr().out == "TABLE\n"
-    assert priced["table"] == [[("a", 2, 1.0), ("c", 3, 1.5), ("all", 5, 2.5)]]
+    assert priced["table"] == [[("a", 2, 1.0), ("c", 3, 1.5), ("all", 5, 2.5), True]]
     cli.dry_run(two_sweeps()[:1], args, WorkersOnce(Workers(1)))
-    assert priced["table"][1] == [("a", 2, 1.0)] and capsys.readouterr().out == "TABLE\n"  # one sweep: no "all"
+    assert priced["table"][1] == [("a", 2, 1.0), True] and capsys.readouterr().out == "TABLE\n"  # one sweep: no "all"
     cli.dry_run(two_sweeps()[1:2], args, WorkersOnce(Workers(1)))
     assert capsys.readouterr().out == "" and len(priced["table"]) == 2  # no runs: no table, the waits unprinted
 
@@ -1137,7 +1149,7 @@ def command(monkeypatch, reports, tmp_path):
     def build(name, opts):  # a sweep in calls["waiting"] has no runs: it waits for w.jsonl
         calls["built"].append((name, opts.tiny, opts.seeds))
         if name in calls["waiting"]:
-            return Sweep(name, [], waits=("w.jsonl",))
+            return Sweep(name, [], waits=("w.jsonl", "v.jsonl"))
         return Sweep(name, [Run(f"{name}-r{i}", r.settings) for i, r in enumerate(three_runs())])
     monkeypatch.setattr(cli, "build_sweep", build)
     monkeypatch.setattr(cli, "check_preconditions", lambda name, runs: calls["checked"].append(
@@ -1196,8 +1208,8 @@ def test_report_only_checks_every_sweep_s_files_first_and_launches_nothing(comma
 
 
 def test_a_sweep_named_alone_that_waits_for_everything_is_an_error(command, tmp_path, monkeypatch):
-    command["waiting"].add("teachers")
-    with pytest.raises(SystemExit, match=r"^error: sweep teachers cannot start; it waits for: w\.jsonl$"):
+    command["waiting"].update({"teachers", min(cli.SWEEPS)})  # `all` starts with a sweep that waits too
+    with pytest.raises(SystemExit, match=r"^error: sweep teachers cannot start; it waits for: w\.jsonl; v\.jsonl$"):
         cli.main(["teachers", "--runs-dir", str(tmp_path)])
     assert command["launchers"] == []
     assert cli.main(["teachers", "--report-only", "--runs-dir", str(tmp_path)]) == 0  # its report may be rebuilt
@@ -1240,3 +1252,30 @@ def test_main_from_another_thread_leaves_the_signals_alone(monkeypatch):
     t.start()
     t.join(30)
     assert errors == [0] and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("flag", ["--markdown", "--stated-rates"])
+def test_the_estimate_flags_need_a_dry_run(flag):
+    with pytest.raises(UserError, match=r"^--markdown and --stated-rates shape a cost estimate; they need --dry-run$"):
+        cli.check_settings(cli.parse_args(["baseline", flag]))
+    cli.check_settings(cli.parse_args(["baseline", flag, "--dry-run"]))
+
+
+def test_the_help_is_the_module_s_doc_with_its_examples_as_written(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: python -m experiments [-h] ")
+    assert "\n\nThe study's experiments, one command each:\n\n" in out  # the description: the first paragraph
+    assert out.index("--cpus-per-run") < out.index(  # the examples after the flags, their columns kept
+        "\n    python -m experiments lora-ranks --seeds 3          # sonnets: LoRA ranks 1..256 vs full fine-tuning\n")
+    assert out.endswith("\nRun folders go to <runs-dir>/<sweep>/<run>/; finished runs are skipped, interrupted ones "
+                        "resumed. Results go to\n<out>/<sweep>.csv, <out>/<sweep>.md and <out>/<sweep>.png, and "
+                        "every command ends with <out>/index.html (the whole\nstudy on one self-contained page). "
+                        "`all` runs every sweep whose inputs exist and says what the others wait for.\n")
+
+
+def test_the_command_line_is_read_from_sys_argv_by_default(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m experiments", "lora-ranks", "--seeds", "2"])
+    args = cli.parse_args()
+    assert (args.sweep, args.seeds) == ("lora-ranks", 2)
