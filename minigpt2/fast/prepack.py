@@ -149,7 +149,8 @@ class TransposedLinear(nn.Module):
 
 
 class FusedQKVAttention(CausalSelfAttention):
-    """Inference attention whose query, key and value projections are one fp32 product of width 3C (`self.qkv`).
+    """Inference attention whose query, key and value projections are one product of width 3C (`self.qkv`), in
+    fp32 or with fp16 weights (`dtype`).
 
     Made from a `CausalSelfAttention` (or the training copy's CPU-dropout one: at inference both attend alike) with
     plain `nn.Linear` projections; `c_proj` and the attention itself are the model's. One call instead of three per
@@ -158,11 +159,11 @@ class FusedQKVAttention(CausalSelfAttention):
     layer would, so stacking changes no number.
     """
 
-    def __init__(self, attn: CausalSelfAttention) -> None:
+    def __init__(self, attn: CausalSelfAttention, dtype: torch.dtype = torch.float32) -> None:
         nn.Module.__init__(self)  # not CausalSelfAttention.__init__, which would build new layers
         self.n_head, self.dropout = attn.n_head, 0.0  # inference: no dropout
-        self.qkv = _packed_layer(_stacked([attn.query, attn.key, attn.value]), torch.float32)
-        self.c_proj, self.resid_dropout = _packed_layer(attn.c_proj, torch.float32), nn.Identity()
+        self.qkv = _packed_layer(_stacked([attn.query, attn.key, attn.value]), dtype)
+        self.c_proj, self.resid_dropout = _packed_layer(attn.c_proj, dtype), nn.Identity()
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
@@ -285,9 +286,9 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
         raise TypeError(f"prepacked expects a minigpt2 GPT2, got {type(model).__name__}")
     # fp16: only the weight matrices are fp16 (inside fbgemm's packed layers); the rest of the copy stays fp32.
     model = copy.deepcopy(model).eval().to(torch.float32 if dtype == torch.float16 else dtype)
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.float16):
         for name in [n for n, m in model.named_modules() if _fusable(m)]:
-            replace_module(model, name, FusedQKVAttention(model.get_submodule(name)))
+            replace_module(model, name, FusedQKVAttention(model.get_submodule(name), dtype))
     for module in list(model.modules()):
         if not isinstance(module, (CausalSelfAttention, MLP, LoRALinear)):
             continue  # e.g. a fake-quant layer reads its inner linear's `.weight` itself: leave it whole

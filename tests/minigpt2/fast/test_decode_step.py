@@ -209,11 +209,12 @@ needs_fp16 = pytest.mark.skipif(not fp16_available(), reason="no fbgemm fp16 lin
 def test_fp16_copy_rounds_only_the_weights():
     """Every product of the fp16 copy is the fp32 product with fp16-rounded weights (fp32 input, accumulation
     and bias), and everything else stays fp32."""
-    from minigpt2.fast.prepack import Fp16Linear
+    from minigpt2.fast.prepack import FusedQKVAttention, Fp16Linear
 
     model = spread_model(7)
     fast = for_inference(model, CPU, torch.float16)
-    assert type(fast.h[0].attn.query) is Fp16Linear and type(fast.packed_head) is Fp16Linear
+    assert type(fast.h[0].attn) is FusedQKVAttention  # q, k, v as one product of width 3C, as in fp32
+    assert type(fast.h[0].attn.qkv) is Fp16Linear and type(fast.packed_head) is Fp16Linear
     assert fast.wte.weight.dtype == fast.ln_f.weight.dtype == torch.float32 and fast.kv_cache_dtype == torch.float32
     rounded = copy.deepcopy(model)
     with torch.no_grad():
@@ -227,6 +228,11 @@ def test_fp16_copy_rounds_only_the_weights():
         x = torch.randn(2, 5, model.config.n_embd)
         torch.testing.assert_close(fast.h[1].mlp(x), rounded.h[1].mlp(x), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(fast.h[1].mlp(x), model.h[1].mlp(x), rtol=1e-5, atol=1e-6)  # really fp16
+        for got, want in zip(fast.h[1].attn.project_qkv(x), (rounded.h[1].attn.query(x), rounded.h[1].attn.key(x),
+                                                             rounded.h[1].attn.value(x))):  # in that order
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.h[1].attn(x, None, True), rounded.h[1].attn(x, None, True),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @needs_fp16
