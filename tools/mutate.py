@@ -389,13 +389,41 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A test that starts `python -m ...` as a child (PYTHONPATH: the mutants/ copy, its own working folder) would fail
+# in mutmut's stats pass: the child's trampolines record their hits through mutmut's config, which mutmut reads from
+# the working folder. A child's hits are never collected anyway, so there it runs the original code; in the mutant
+# runs it inherits the mutant's name and runs the mutant, as the test process does.
+STATS_CHILD_HOOK = "sitecustomize.py"
+STATS_CHILD_CODE = """# Written by tools/mutate.py --auto: in mutmut's stats pass a test's child runs the original code.
+import os
+
+if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    os.environ["MUTANT_UNDER_TEST"] = ""
+"""
+
+# mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
+# that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
+# run that opens a progress bar asleep on it for good (no CPU time, so mutmut's CPU limit never ends it). The test
+# runs get tqdm's lock within one process only.
+PYTEST_HOOK = "_mutate_pytest_hook"
+PYTEST_HOOK_CODE = """# Written by tools/mutate.py --auto: loaded by mutmut's pytest (-p) before any test.
+try:
+    from tqdm.std import TqdmDefaultWriteLock
+except ImportError:
+    pass
+else:
+    TqdmDefaultWriteLock.mp_lock = None  # no lock across processes: tqdm's lock within a process only
+"""
+
+
 def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str]) -> str:
     """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the rest of the tree copied."""
     top = module.split("/")[0]
     other = [p for p in packages if p != top]
     q = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
     return (f"\n[tool.mutmut]\nsource_paths = {q([top])}\nonly_mutate = {q([module])}\nalso_copy = {q(other)}\n"
-            f"pytest_add_cli_args_test_selection = {q(tests)}\npytest_add_cli_args = {q(['-p', 'no:cacheprovider'])}\n")
+            f"pytest_add_cli_args_test_selection = {q(tests)}\n"
+            f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-p', PYTEST_HOOK])}\n")
 
 
 def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
@@ -421,6 +449,9 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
                 for f in functions]
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
         repo = scratch_copy(files, Path(tmp))
+        (repo / STATS_CHILD_HOOK).write_text(STATS_CHILD_CODE, encoding="utf-8")
+        (repo / f"{PYTEST_HOOK}.py").write_text(PYTEST_HOOK_CODE, encoding="utf-8")
+        packages += [STATS_CHILD_HOOK, f"{PYTEST_HOOK}.py"]  # copied into mutants/: a test's child python reads it
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
             f.write(mutmut_config(module, tests, packages))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
