@@ -383,8 +383,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "app/subsets.py": (PINNED, "tests/app/test_app_study.py"),
     "tasks/base.py": (PINNED, "tests/system/test_properties.py", "tests/app/test_app_study.py"),
     "distill/summary.py": (PINNED, "tests/distill/test_distill_generate.py"),
-    "experiments/launch.py": (PINNED, "tests/system/test_properties.py",
-                              "tests/experiments/test_experiments_parallel.py"),
+    "experiments/launch.py": ("tests/experiments/test_mutants_launch.py", "tests/experiments/test_launch_plumbing.py",
+                              "tests/experiments/test_launch_properties.py",
+                              "tests/experiments/test_experiments_parallel.py", "tests/system/test_properties.py",
+                              PINNED),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
 }
 
