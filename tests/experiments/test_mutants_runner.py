@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from experiments import runner
-from experiments.sweeps import REPO
+from experiments.sweeps import REPO, ZERO_SHOT_QUORA, Evaluation, Run
+from tests.experiments.test_experiments import sst
 
 CHILD = "tests.experiments.child_stand_in"
 LINUX = sys.platform.startswith("linux")
@@ -69,3 +70,16 @@ def test_a_child_is_stopped_when_its_parent_gives_up_on_it(tmp_path, monkeypatch
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_plan_names_each_missing_follow_up_in_order(tmp_path):
+    """Two follow-ups on a run not started: ' + a + b'; once b's output is there, a only; both there, nothing."""
+    a = Evaluation("a", ZERO_SHOT_QUORA.settings, "a.json")
+    b = Evaluation("b", ZERO_SHOT_QUORA.settings, "b.json")
+    run = Run("r0", sst(), (a, b))
+    assert runner.plan([run], tmp_path) == [(run, "run + a + b")]
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r0" / "b.json").write_text("{}")
+    assert runner.plan([run], tmp_path) == [(run, "run + a")]
+    (tmp_path / "r0" / "a.json").write_text("{}")
+    assert runner.plan([run], tmp_path) == [(run, "run")]
