@@ -387,6 +387,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                               "tests/experiments/test_launch_properties.py",
                               "tests/experiments/test_experiments_parallel.py", "tests/system/test_properties.py",
                               PINNED),
+    "experiments/runner.py": ("tests/experiments/test_mutants_runner.py", "tests/experiments/test_experiments.py",
+                              "tests/experiments/test_experiments_inputs.py",
+                              "tests/experiments/test_settings_handover.py",
+                              "tests/experiments/test_launch_plumbing.py", PINNED),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
 }
 
