@@ -415,7 +415,7 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     files = source_files()
     # Every top-level package, and the files and folders tests read (README.md, docs/, data fixtures) too.
     packages = sorted({f.split("/")[0] for f in files} - {"pyproject.toml"})
-    dotted = module[:-3].replace("/", ".")
+    dotted = module[:-3].replace("/", ".").removesuffix(".__init__")  # mutmut names a package by its folder
     # mutmut's keys: x_<function>, or xǁ<Class>ǁ<method> for a method (--function Class.method)
     patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
                 for f in functions]
