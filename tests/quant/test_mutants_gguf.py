@@ -248,6 +248,9 @@ def test_load_refusals_name_the_file_and_the_fault(arrays, tmp_path):
     assert load_error(tmp_path / "bad.gguf").startswith(f"{tmp_path / 'bad.gguf'}: not a readable GGUF file (")
     assert load_error(write_gguf(p, arrays, KV, arch="llama")) == \
         f"{p}: general.architecture is 'llama'; minigpt2 reads only 'gpt2'"
+    for key in KV:
+        assert load_error(write_gguf(p, arrays, {k: v for k, v in KV.items() if k != key})) == \
+            f"{p}: metadata key {key!r} missing; expected a GGUF of llama.cpp's gpt2 architecture"
     assert load_error(write_gguf(p, arrays, {**KV, "gpt2.feed_forward_length": 200})) == \
         f"{p}: gpt2.feed_forward_length is 200; GPT-2's MLP is 4 * n_embd = 256"
     no_table = {k: v for k, v in arrays.items() if k != "token_embd.weight"}
