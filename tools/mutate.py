@@ -386,6 +386,8 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "experiments/launch.py": (PINNED, "tests/system/test_properties.py",
                               "tests/experiments/test_experiments_parallel.py"),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
+    "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
+    "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
 }
 
 
