@@ -56,31 +56,22 @@ def make_model(config: GPT2Config = CONFIG, seed: int = 0) -> GPT2:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def vocab_calls():
+MODEL = make_model()
+
+
+@pytest.fixture(autouse=True)
+def vocab_calls(monkeypatch):
     """The stand-in vocabulary, and the tokenizer folders export_gguf asked it for."""
     calls = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qg, "gpt2_vocab", lambda bpe_dir=None: (calls.append(bpe_dir), VOCAB)[1])
-        yield calls
+    monkeypatch.setattr(qg, "gpt2_vocab", lambda bpe_dir=None: (calls.append(bpe_dir), VOCAB)[1])
+    return calls
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
-def files(vocab_calls, model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf_mutants")
-    paths = {t: qg.export_gguf(model, out / f"{t}.gguf", t, name="small", bpe_dir=out / "bpe") for t in qg.TYPES}
-    assert vocab_calls == [str(out / "bpe")] * 4  # the folder given, as a string, once a file
-    return paths
-
-
-@pytest.fixture(scope="module")
-def readers(files):
-    return {t: gguf.GGUFReader(p) for t, p in files.items()}
+def exported(tmp_path, type_: str):
+    """MODEL written at `type_` (name "small", tokenizer folder tmp_path/bpe) in each test that reads it: mutmut
+    counts a function as reached only by the test whose own setup or body calls it, so no module-scoped file."""
+    path = qg.export_gguf(MODEL, tmp_path / f"{type_}.gguf", type_, name="small", bpe_dir=tmp_path / "bpe")
+    return path, gguf.GGUFReader(path)
 
 
 def expected_layout(type_: str) -> dict[str, tuple[list[int], str]]:
@@ -118,19 +109,20 @@ NAMES = {"token_embd.weight": ["wte.weight"], "position_embd.weight": ["wpe.weig
 # ---- what is written ----
 
 @pytest.mark.parametrize("type_", qg.TYPES)
-def test_every_tensor_name_shape_and_type_by_hand(readers, type_):
+def test_every_tensor_name_shape_and_type_by_hand(tmp_path, type_):
     per_value = {"F32": 4, "F16": 2, "Q8_0": 34 / 32, "Q4_0": 18 / 32}
-    got = {t.name: ([int(d) for d in t.shape], t.tensor_type.name) for t in readers[type_].tensors}
+    _, reader = exported(tmp_path, type_)
+    got = {t.name: ([int(d) for d in t.shape], t.tensor_type.name) for t in reader.tensors}
     assert got == expected_layout(type_)
-    for t in readers[type_].tensors:
+    for t in reader.tensors:
         assert t.n_bytes == t.n_elements * per_value[t.tensor_type.name], t.name
 
 
 @pytest.mark.parametrize("type_", ["f32", "f16"])
-def test_values_are_the_models_parameters(model, readers, type_):
+def test_values_are_the_models_parameters(tmp_path, type_):
     """f32 holds the parameters exactly, f16 their IEEE half; 1-D tensors and the position table f32 always."""
-    state = model.state_dict()
-    for t in readers[type_].tensors:
+    state = MODEL.state_dict()
+    for t in exported(tmp_path, type_)[1].tensors:
         want = torch.cat([state[k] for k in NAMES[t.name]]).numpy()
         if t.tensor_type.name == "F16":
             want = want.astype(np.float16)
@@ -138,7 +130,7 @@ def test_values_are_the_models_parameters(model, readers, type_):
 
 
 @pytest.mark.parametrize("type_", qg.TYPES)
-def test_metadata_keys_values_and_gguf_types(readers, type_):
+def test_metadata_keys_values_and_gguf_types(tmp_path, vocab_calls, type_):
     f32_eps = float(np.float32(EPS))
     want = {"general.architecture": ("gpt2", ["STRING"]), "general.name": ("small", ["STRING"]),
             "general.file_type": (FILE_TYPE[type_], ["UINT32"]),
@@ -152,28 +144,28 @@ def test_metadata_keys_values_and_gguf_types(readers, type_):
             "tokenizer.ggml.merges": (VOCAB[2], ["ARRAY", "STRING"]),
             "tokenizer.ggml.bos_token_id": (50256, ["UINT32"]), "tokenizer.ggml.eos_token_id": (50256, ["UINT32"]),
             "tokenizer.ggml.add_bos_token": (False, ["BOOL"])}
-    fields = {k: (f.contents(), [t.name for t in f.types]) for k, f in readers[type_].fields.items()
+    fields = {k: (f.contents(), [t.name for t in f.types]) for k, f in exported(tmp_path, type_)[1].fields.items()
               if not k.startswith("GGUF.")}
     assert fields == want
+    assert vocab_calls == [str(tmp_path / "bpe")]  # the folder given, as a string
 
 
-def test_default_name_and_tokenizer_folder(vocab_calls, model, tmp_path):
-    vocab_calls.clear()
-    r = gguf.GGUFReader(qg.export_gguf(model, tmp_path / "m.gguf", "f16"))
+def test_default_name_and_tokenizer_folder(vocab_calls, tmp_path):
+    r = gguf.GGUFReader(qg.export_gguf(MODEL, tmp_path / "m.gguf", "f16"))
     assert r.fields["general.name"].contents() == "minigpt2" and vocab_calls == [None]
     assert r.fields["general.file_type"].contents() == 1
 
 
-def test_q8_0_block_by_hand(readers):
-    t = {x.name: x for x in readers["q8_0"].tensors}["blk.0.attn_output.weight"]
+def test_q8_0_block_by_hand(tmp_path):
+    t = {x.name: x for x in exported(tmp_path, "q8_0")[1].tensors}["blk.0.attn_output.weight"]
     assert t.data.shape == (C, C // 32 * 34) and t.data.dtype == np.uint8
     assert bytes(t.data[0]) == Q8_BYTES
     values = gguf.quants.dequantize(t.data, t.tensor_type)[0]
     assert list(values[:4]) == [127 * Q8_D, -50 * Q8_D, Q8_D, 0.0] and not values[4:].any()
 
 
-def test_q4_0_block_by_hand(readers):
-    t = {x.name: x for x in readers["q4_0"].tensors}["blk.0.attn_output.weight"]
+def test_q4_0_block_by_hand(tmp_path):
+    t = {x.name: x for x in exported(tmp_path, "q4_0")[1].tensors}["blk.0.attn_output.weight"]
     assert t.data.shape == (C, C // 32 * 18)
     assert bytes(t.data[1]) == Q4_BYTES
     values = gguf.quants.dequantize(t.data, t.tensor_type)[1]
@@ -183,29 +175,30 @@ def test_q4_0_block_by_hand(readers):
 # ---- what is read ----
 
 @pytest.mark.parametrize("type_", qg.TYPES)
-def test_load_gives_the_files_values_under_minigpt2_names(files, readers, type_):
+def test_load_gives_the_files_values_under_minigpt2_names(tmp_path, type_):
     """Each parameter is the gguf package's dequantized tensor, attn_qkv cut in three (query, key, value); the
     config is the metadata's (the vocabulary the token table's rows); the model is in eval mode."""
-    back = qg.load_gguf_model(files[type_], readers[type_])
+    path, reader = exported(tmp_path, type_)
+    back = qg.load_gguf_model(path, reader)
     assert not back.training
     cfg = back.config
     assert (cfg.vocab_size, cfg.n_positions, cfg.n_embd, cfg.n_layer, cfg.n_head) == (V, CTX, C, L, HEADS)
     assert cfg.layer_norm_epsilon == float(np.float32(EPS))
     state = back.state_dict()
-    for t in readers[type_].tensors:
+    for t in reader.tensors:
         values = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), np.float32))
         parts = values.chunk(len(NAMES[t.name]), dim=0)
         for name, part in zip(NAMES[t.name], parts):
             assert torch.equal(state[name], part), name
 
 
-def test_f32_round_trip_is_the_model(model, files):
-    back = qg.load_gguf_model(files["f32"])
-    for k, v in model.state_dict().items():
+def test_f32_round_trip_is_the_model(tmp_path):
+    back = qg.load_gguf_model(exported(tmp_path, "f32")[0])
+    for k, v in MODEL.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     ids = torch.tensor([[1, 5, 9, 2]])
     with torch.no_grad():
-        assert torch.equal(back.logits(ids), model.logits(ids))
+        assert torch.equal(back.logits(ids), MODEL.logits(ids))
 
 
 def write_gguf(path, tensors: dict[str, np.ndarray], kv: dict, arch: str = "gpt2"):
@@ -223,8 +216,10 @@ KV = {"gpt2.context_length": CTX, "gpt2.embedding_length": C, "gpt2.feed_forward
 
 
 @pytest.fixture(scope="module")
-def arrays(readers):
-    return {t.name: np.array(t.data) for t in readers["f32"].tensors}
+def arrays():
+    """MODEL's tensors as llama.cpp's gpt2 layout holds them, built from NAMES (not by export_gguf)."""
+    state = MODEL.state_dict()
+    return {name: torch.cat([state[k] for k in parts]).numpy() for name, parts in NAMES.items()}
 
 
 def load_error(path) -> str:
@@ -234,11 +229,11 @@ def load_error(path) -> str:
     return str(e.value)
 
 
-def test_a_file_without_tokenizer_or_with_a_tied_output_loads(model, arrays, tmp_path):
+def test_a_file_without_tokenizer_or_with_a_tied_output_loads(arrays, tmp_path):
     """llama.cpp's converter may write output.weight; equal to token_embd it is accepted (and the rest read)."""
     for extra in ({}, {"output.weight": arrays["token_embd.weight"]}):
         back = qg.load_gguf_model(write_gguf(tmp_path / f"x{len(extra)}.gguf", {**arrays, **extra}, KV))
-        assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+        assert all(torch.equal(back.state_dict()[k], v) for k, v in MODEL.state_dict().items())
 
 
 def test_load_refusals_name_the_file_and_the_fault(arrays, tmp_path):
