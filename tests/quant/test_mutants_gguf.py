@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from minigpt2.checkpoint import CheckpointError
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
 from quant import gguf as qg
@@ -201,8 +202,10 @@ def test_f32_round_trip_is_the_model(tmp_path):
         assert torch.equal(back.logits(ids), MODEL.logits(ids))
 
 
-def write_gguf(path, tensors: dict[str, np.ndarray], kv: dict, arch: str = "gpt2"):
-    w = gguf.GGUFWriter(path, arch)
+def write_gguf(path, tensors: dict[str, np.ndarray], kv: dict, arch: str | None = "gpt2"):
+    w = gguf.GGUFWriter(path, arch or "gpt2")
+    if arch is None:  # the writer always adds general.architecture: taken out again, a file without one
+        del w.kv_data[0]["general.architecture"]
     for k, v in kv.items():
         w.add_float32(k, v) if isinstance(v, float) else w.add_uint32(k, v)
     for n, a in tensors.items():
@@ -246,6 +249,11 @@ def test_load_refusals_name_the_file_and_the_fault(arrays, tmp_path):
     for key in KV:
         assert load_error(write_gguf(p, arrays, {k: v for k, v in KV.items() if k != key})) == \
             f"{p}: metadata key {key!r} missing; expected a GGUF of llama.cpp's gpt2 architecture"
+    assert load_error(write_gguf(p, arrays, KV, arch=None)) == \
+        f"{p}: metadata key 'general.architecture' missing; expected a GGUF of llama.cpp's gpt2 architecture"
+    with pytest.raises(CheckpointError) as e:  # the metadata's context is 40 positions, the table's 48
+        qg.load_gguf_model(write_gguf(p, arrays, {**KV, "gpt2.context_length": 40}))
+    assert str(e.value).startswith(f"{p}: tensors do not fit a GPT2 of this config: ")
     assert load_error(write_gguf(p, arrays, {**KV, "gpt2.feed_forward_length": 200})) == \
         f"{p}: gpt2.feed_forward_length is 200; GPT-2's MLP is 4 * n_embd = 256"
     no_table = {k: v for k, v in arrays.items() if k != "token_embd.weight"}
