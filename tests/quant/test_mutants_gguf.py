@@ -151,10 +151,11 @@ def test_metadata_keys_values_and_gguf_types(tmp_path, vocab_calls, type_):
     assert vocab_calls == [str(tmp_path / "bpe")]  # the folder given, as a string
 
 
-def test_default_name_and_tokenizer_folder(vocab_calls, tmp_path):
-    r = gguf.GGUFReader(qg.export_gguf(MODEL, tmp_path / "m.gguf", "f16"))
+def test_defaults_f32_minigpt2_and_the_tokenizers_own_folder(vocab_calls, tmp_path):
+    r = gguf.GGUFReader(qg.export_gguf(MODEL, tmp_path / "m.gguf"))
     assert r.fields["general.name"].contents() == "minigpt2" and vocab_calls == [None]
-    assert r.fields["general.file_type"].contents() == 1
+    assert r.fields["general.file_type"].contents() == 0
+    assert {t.tensor_type.name for t in r.tensors} == {"F32"}
 
 
 def test_q8_0_block_by_hand(tmp_path):
