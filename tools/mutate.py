@@ -392,6 +392,8 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                               "tests/experiments/test_settings_handover.py",
                               "tests/experiments/test_launch_plumbing.py", PINNED),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
+    "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
+    "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
 }
 
 
@@ -449,7 +451,7 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     files = source_files()
     # Every top-level package, and the files and folders tests read (README.md, docs/, data fixtures) too.
     packages = sorted({f.split("/")[0] for f in files} - {"pyproject.toml"})
-    dotted = module[:-3].replace("/", ".")
+    dotted = module[:-3].replace("/", ".").removesuffix(".__init__")  # mutmut names a package by its folder
     # mutmut's keys: x_<function>, or xǁ<Class>ǁ<method> for a method (--function Class.method)
     patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
                 for f in functions]

@@ -259,10 +259,12 @@ def read_config(reader, path: Path) -> GPT2Config:
     vocab = {t.name: t for t in reader.tensors}.get("token_embd.weight")
     if vocab is None:
         raise GGUFError(f"{path}: no token_embd.weight tensor")
+    # read before the try: a missing key's GGUFError is a ValueError too, and would be reported twice over
+    sizes = dict(vocab_size=int(vocab.shape[1]), n_positions=int(get("context_length")), n_embd=n_embd,
+                 n_layer=int(get("block_count")), n_head=int(get("attention.head_count")),
+                 layer_norm_epsilon=float(get("attention.layer_norm_epsilon")))
     try:
-        return GPT2Config(vocab_size=int(vocab.shape[1]), n_positions=int(get("context_length")), n_embd=n_embd,
-                          n_layer=int(get("block_count")), n_head=int(get("attention.head_count")),
-                          layer_norm_epsilon=float(get("attention.layer_norm_epsilon")))
+        return GPT2Config(**sizes)
     except ValueError as e:
         raise GGUFError(f"{path}: metadata describes no GPT-2: {e}") from e
 
