@@ -209,7 +209,7 @@ needs_fp16 = pytest.mark.skipif(not fp16_available(), reason="no fbgemm fp16 lin
 def test_fp16_copy_rounds_only_the_weights():
     """Every product of the fp16 copy is the fp32 product with fp16-rounded weights (fp32 input, accumulation
     and bias), and everything else stays fp32."""
-    from minigpt2.fast.prepack import FusedQKVAttention, Fp16Linear
+    from minigpt2.fast.prepack import Fp16Linear, FusedQKVAttention
 
     model = spread_model(7)
     fast = for_inference(model, CPU, torch.float16)
