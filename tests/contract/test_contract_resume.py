@@ -38,14 +38,7 @@ from minigpt2.resume import (STATE_FILE, ResumeStateError, check_resume_state, h
 from minigpt2.train import EpochEnd, TrainConfig, keep_resume_state, lr_lambda, param_groups, restore, train
 from tests.app.test_finetune import RESUME_ARGS, assert_same_run, finetune_args, straight  # noqa: F401 (a fixture)
 from tests.contract.test_contract_train import Recorder, Toy, collate, examples
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.minigpt2.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
 class Noisy(Toy):
