@@ -24,6 +24,7 @@ depend on other options (the lr by mode and method, the samples per prompt by ta
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import types
@@ -389,10 +390,15 @@ def _build(cls: type, d: dict[str, Any], at: str = "") -> Any:
 _JSON_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolves every annotation of the class: once per class, not per value
+
+
 def _check_json_type(cls: type, f: Any, value: Any, at: str) -> None:
     """A FieldError naming `at` + the field unless `value` is of the field's declared type: one of `_JSON_TYPES`,
     a JSON object for a group, null where the field may be None (its type says so, or its default is None)."""
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = _type_hints(cls)[f.name]
     members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     kinds = [k for k in members if k is not type(None)]
     nullable = len(kinds) < len(members) or f.default is None
