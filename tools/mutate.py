@@ -214,6 +214,11 @@ MUTANTS: list[Mutant] = [
     Mutant("fast-prepack-head-columns", "minigpt2/fast/prepack.py",
            "            return super().lm_head(hidden, token_ids)\n",
            "            return super().lm_head(hidden)[..., :len(token_ids)]\n", FAST),
+    Mutant("fast-fp16-qkv-in-fp32", "minigpt2/fast/prepack.py",
+           "FusedQKVAttention(model.get_submodule(name), dtype)", "FusedQKVAttention(model.get_submodule(name))",
+           ("tests/minigpt2/fast/test_decode_step.py",)),
+    Mutant("fast-fp16-qkv-order", "minigpt2/fast/prepack.py", "_stacked([attn.query, attn.key, attn.value]), dtype)",
+           "_stacked([attn.key, attn.query, attn.value]), dtype)", ("tests/minigpt2/fast/test_decode_step.py",)),
     # ---- defaults, validators, run folders
     Mutant("lora-default-attention-only", "app/settings.py", 'LORA_TARGETS = "attn+mlp"', 'LORA_TARGETS = "attn"',
            SET),
