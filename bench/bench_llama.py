@@ -134,7 +134,8 @@ def measure(s: Sizes, threads: int) -> list[Row]:
 
 def rows_of(runs: dict[str, list[dict[str, Any]]], config: GPT2Config, s: Sizes, read: ReadBandwidth
             ) -> list[Row]:
-    """One row per pair: tokens/s of each side (new tokens over the median timed decode), bounds, tokens."""
+    """One row per pair: tokens/s of each side (new tokens over the median timed decode), bounds, tokens, and the
+    llama.cpp build that ran (its version and compiled instruction sets)."""
     def speed(side: str) -> float:
         return s.new / statistics.median(t for r in runs[side] for t in r["seconds"])
 
@@ -144,7 +145,8 @@ def rows_of(runs: dict[str, list[dict[str, Any]]], config: GPT2Config, s: Sizes,
         extra: dict[str, Any] = {
             "peer_bound": bound(config, peer_precision, s.prompt, s.new, theirs, read.bytes_per_s),
             "bandwidth": read.info(), "processes_per_side": s.rounds, "timed_decodes_per_process": s.reps,
-            "seconds": {side: [r["seconds"] for r in runs[side]] for side in (ours, peer) if side}}
+            "seconds": {side: [r["seconds"] for r in runs[side]] for side in (ours, peer) if side},
+            "llama_cpp": runs[peer][-1]["build"]}
         name = peer.removeprefix("llama.cpp-")
         if ours is None:
             rows.append(Row(f"greedy b=1, {s.new} tokens, llama.cpp {name} alone", "tokens/s", None,

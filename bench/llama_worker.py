@@ -5,7 +5,9 @@
 SIDE is one of `SIDES`: minigpt2's fp32 (prepacked), fp16-weight or int8 decoder (each `minigpt2.fast.for_inference`'s
 copy, as the application generates with) on the HF checkpoint in DIR/hf, or llama.cpp
 (llama-cpp-python) on DIR/model-TYPE.gguf. The last line of stdout is {"side", "seconds": [...], "tokens": [...]}:
-each timed decode's wall time (prompt included, as `generate` does it) and the new tokens of the last one.
+each timed decode's wall time (prompt included, as `generate` does it) and the new tokens of the last one; a
+llama.cpp side adds "build": its version and the instruction sets it was compiled for (`llama_print_system_info`),
+which can differ from the CPU's (a build without AVX-512 on an AVX-512 machine).
 
 Imports are made inside the side that needs them, so a llama.cpp process loads no torch: each runtime keeps a
 pool of spinning threads, and two pools in one process would starve each other (bench_llama's reason for
@@ -74,6 +76,13 @@ def llama_decoder(side: str, folder: Path, threads: int, n_ctx: int) -> Decoder:
     return decode
 
 
+def llama_build() -> dict[str, str]:
+    """The llama.cpp this process loads: llama-cpp-python's version and the instruction sets of its CPU backend."""
+    import llama_cpp
+
+    return {"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+
+
 def measure(side: str, folder: Path, prompt: list[int], new: int, threads: int, reps: int, warmup: int
             ) -> dict:
     """`warmup` untimed decodes, then `reps` timed ones, of `new` tokens after `prompt`."""
@@ -90,7 +99,8 @@ def measure(side: str, folder: Path, prompt: list[int], new: int, threads: int, 
         t0 = time.perf_counter()
         tokens = decode(prompt, new)
         seconds.append(time.perf_counter() - t0)
-    return {"side": side, "seconds": seconds, "tokens": tokens}
+    result = {"side": side, "seconds": seconds, "tokens": tokens}
+    return result if side.startswith("minigpt2") else {**result, "build": llama_build()}
 
 
 def main(argv: list[str] | None = None) -> None:

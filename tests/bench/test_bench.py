@@ -379,7 +379,7 @@ def test_cpu_flags_reads_this_machines_cpuinfo_by_default():
 # ---- llama.cpp as the peer (bench/bench_llama.py) ----
 
 def test_llama_lines_on_the_tiny_config():
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[peers]')")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[peers]')")
     rows = bench_llama.measure(bench_llama.TINY, threads=1)
     fp16 = "fp16 vs llama.cpp f16" if fp16_available() else "llama.cpp f16 alone"
     assert [r.line for r in rows] == ["greedy b=1, 8 tokens, fp32 vs llama.cpp f32",
@@ -390,6 +390,10 @@ def test_llama_lines_on_the_tiny_config():
         assert r.peer == 8 / statistics.median(t for proc in seconds[peer] for t in proc)  # its own processes
         assert_bound(r.extra["peer_bound"], r.peer, r.extra["bandwidth"])
         assert r.extra["peer_bound"]["precision"] == peer_precision
+        # the build that ran, as llama.cpp reports it: "CPU : ... AVX2 = 1 | ..." (a row tells builds apart)
+        assert r.extra["llama_cpp"] == {"version": llama_cpp.__version__,
+                                        "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+        assert r.extra["llama_cpp"]["system_info"].startswith("CPU : ")
         if ours is None:
             assert r.minigpt2 is None and r.ratio is None
             continue
