@@ -140,10 +140,11 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "
                 "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")
 
 
-# Environment variables that cap the instruction set torch's kernels, oneDNN and MKL use: set, they make this CPU
-# behave as an older one (e.g. AVX2 only on an AVX-512 machine), and a run must say so.
+# Environment variables that cap the instruction set torch's kernels, oneDNN, MKL and fbgemm (the int8 and fp16
+# products) use: set, they make this CPU behave as an older one (e.g. AVX2 only on an AVX-512 machine), and a run
+# must say so.
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-              "MKL_DEBUG_CPU_TYPE")
+              "MKL_DEBUG_CPU_TYPE", "FBGEMM_ENABLE_INSTRUCTIONS")
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:

@@ -283,7 +283,9 @@ def test_cpu_flags_from_cpuinfo(tmp_path, monkeypatch):
                        "isa_limits": {}}
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2 machine emulated: the run says so
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
-    assert bound.cpu_flags(x86)["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
+    assert bound.cpu_flags(x86)["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                                                  "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def test_decode_lines_carry_their_bound(tmp_path):
