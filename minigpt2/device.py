@@ -25,6 +25,9 @@ from .errors import FieldError
 
 AUTOCAST_MODES = ("auto", "bf16", "off")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo "flags", Arm "Features"
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below its bf16 kernels: set, e.g. to AVX2 to make an AVX-512
+# machine behave as an older one, oneDNN converts bf16 in software as on a CPU without the flags.
+ONEDNN_CAPS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
 
 
 class AutocastUnavailable(FieldError):
@@ -36,8 +39,12 @@ def cpu_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
     torch's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) also says yes on plain AVX-512, where
     oneDNN converts bf16 in software and a bf16 matmul is no faster than fp32; hence the flags. Without
-    /proc/cpuinfo (macOS, Windows) the answer is no: bf16 can then be had only on CUDA.
+    /proc/cpuinfo (macOS, Windows) the answer is no: bf16 can then be had only on CUDA. Nor with oneDNN capped
+    below its bf16 kernels (`ONEDNN_CAPS_WITHOUT_BF16`, e.g. `ONEDNN_MAX_CPU_ISA=AVX2`).
     """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if cap.strip().upper() in ONEDNN_CAPS_WITHOUT_BF16:
+        return False
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -72,7 +79,8 @@ def autocast_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
         native, what = cuda_bf16(), "this CUDA device has no bf16 support"
     elif device.type == "cpu":
         native, what = cpu_native_bf16(), "this CPU has no native bf16 (no avx512_bf16/amx_bf16/bf16 flag in " \
-                                          "/proc/cpuinfo), so bf16 would be emulated and slower than fp32"
+                                          "/proc/cpuinfo, or ONEDNN_MAX_CPU_ISA caps it below AVX512_CORE_BF16), " \
+                                          "so bf16 would be emulated and slower than fp32"
     else:
         native, what = False, f"bf16 autocast is not supported here on {device.type}"
     if mode == "bf16":

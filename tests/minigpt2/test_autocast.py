@@ -37,6 +37,22 @@ def test_cpu_native_bf16_reads_the_cpu_flags(tmp_path, text, native):
     assert dev.cpu_native_bf16(tmp_path / "cpuinfo") is native
 
 
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", False),
+                                         ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True),
+                                         ("", True)])
+def test_cpu_native_bf16_follows_onednn_isa_cap(tmp_path, monkeypatch, variable, cap, native):
+    """Capped below its bf16 kernels (an AVX2 machine emulated on an AVX-512 one), oneDNN converts bf16: no."""
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, cap)
+    assert dev.cpu_native_bf16(tmp_path / "cpuinfo") is native
+    if not native:  # whatever this machine's flags: the cap alone refuses bf16
+        with pytest.raises(dev.AutocastUnavailable, match="ONEDNN_MAX_CPU_ISA caps it below AVX512_CORE_BF16"):
+            dev.autocast_dtype("bf16", "cpu")
+
+
 def test_cpu_native_bf16_is_false_without_proc_cpuinfo(tmp_path):
     assert dev.cpu_native_bf16(tmp_path / "missing") is False
 
