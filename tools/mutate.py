@@ -63,6 +63,7 @@ HANDOVER = ("tests/experiments/test_settings_handover.py",)
 LOSSES = ("tests/minigpt2/test_losses.py",)
 ESTIMATE = ("tests/experiments/test_estimate_by_hand.py",)
 RESUME = ("tests/contract/test_contract_resume.py",)
+AUTOCAST = ("tests/minigpt2/test_autocast.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -304,6 +305,16 @@ MUTANTS: list[Mutant] = [
            '"started": None or', RESUME),
     Mutant("resume-edited-config-taken", "app/runfolder.py", "    if edited:  # the settings were changed",
            "    if False:  # the settings were changed", RESUME),
+    # ---- native bf16 as the bench and autocast read it (an AVX2 CPU emulated by capping oneDNN)
+    Mutant("bf16-onednn-cap-ignored", "minigpt2/device.py", "    if cap.strip().upper() in ONEDNN_CAPS_WITHOUT_BF16:",
+           "    if False:", AUTOCAST),
+    Mutant("bf16-onednn-cap-case", "minigpt2/device.py", "    if cap.strip().upper() in ONEDNN_CAPS_WITHOUT_BF16:",
+           "    if cap.strip() in ONEDNN_CAPS_WITHOUT_BF16:", AUTOCAST),
+    Mutant("bf16-dnnl-alias-ignored", "minigpt2/device.py",
+           'os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""',
+           'os.environ.get("ONEDNN_MAX_CPU_ISA") or ""', AUTOCAST),
+    Mutant("bf16-vnni-cap-counted-native", "minigpt2/device.py", '"AVX512_CORE", "AVX512_CORE_VNNI"})',
+           '"AVX512_CORE"})', AUTOCAST),
 ]
 
 
