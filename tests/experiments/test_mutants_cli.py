@@ -1,0 +1,70 @@
+"""The command line's behaviours that `tools/mutate.py --auto experiments/__main__.py` and `--auto
+experiments/preflight.py` found untested (docs/testing.md, "Automated mutants"), with fakes: no training, no probe,
+no download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.cli import settings_of
+from experiments.sweeps import Run
+
+
+def settings(**values):
+    return settings_of({k.replace("__", "."): v for k, v in values.items()})
+
+
+@pytest.fixture
+def inputs(monkeypatch):
+    """The input checks replaced by recorders (the weights, data and tokenizer pass); a synthetic file's sonnet
+    count is its name's entry in `sizes` (a.jsonl: 3, b.jsonl: 1), each read logged."""
+    import app.runmodel
+    import course.fetch
+    import course.readers
+    import distill.synthetic
+    import minigpt2.tokenizer
+
+    log: list[tuple] = []
+    sizes = {"a.jsonl": 3, "b.jsonl": 1}
+    monkeypatch.setattr(app.runmodel, "base_weights_file", lambda model, offline: None)
+    monkeypatch.setattr(course.fetch, "ensure_task_data", lambda name, folder, offline: None)
+    monkeypatch.setattr(course.readers, "require_files", lambda folder, names, task: None)
+    monkeypatch.setattr(minigpt2.tokenizer, "Tokenizer", lambda d: None)
+    monkeypatch.setattr(distill.synthetic, "load_synthetic", lambda path, filter: log.append((Path(path).name, filter))
+                        or [None] * sizes[Path(path).name])
+    return log
+
+
+def sonnet_run(name: str, path: Path, n: int | None) -> Run:
+    return Run(name, settings(data__task="sonnet", model__model="tiny", data__synthetic__path=str(path),
+                              data__synthetic__n=n))
+
+
+# ---------------------------------------------------------------------------------------------- preflight
+
+def test_a_second_synthetic_file_of_the_sweep_is_checked_too(inputs, tmp_path):
+    """Two arms on two files, the second missing: the second file's check is its own (not the first's, once)."""
+    from experiments.preflight import PreconditionError, check_preconditions
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("")
+    with pytest.raises(PreconditionError, match=rf"^sweep s cannot start: --synthetic {b}: {b}: no such file; "):
+        check_preconditions("s", [sonnet_run("r0", a, 3), sonnet_run("r1", b, 1)])
+    assert inputs == [("a.jsonl", "all")]
+
+
+def test_each_synthetic_file_s_count_is_its_own(inputs, tmp_path):
+    """a.jsonl holds 3 sonnets, b.jsonl 1: asking b for 2 after a for 3 fails on b's count (1), not a's (3); each
+    file read once."""
+    from experiments.preflight import PreconditionError, check_preconditions
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("")
+    b.write_text("")
+    check_preconditions("s", [sonnet_run("r0", a, 3), sonnet_run("r1", b, 1)])
+    assert inputs == [("a.jsonl", "all"), ("b.jsonl", "all")]
+    with pytest.raises(PreconditionError, match=rf"^sweep s cannot start: --synthetic {b}: {b}: asked for 2 synthetic "
+                                                rf"sonnets \(filter=all\) but it has only 1$"):
+        check_preconditions("s", [sonnet_run("r0", a, 3), sonnet_run("r1", b, 2)])
