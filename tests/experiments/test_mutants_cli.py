@@ -68,3 +68,45 @@ def test_each_synthetic_file_s_count_is_its_own(inputs, tmp_path):
     with pytest.raises(PreconditionError, match=rf"^sweep s cannot start: --synthetic {b}: {b}: asked for 2 synthetic "
                                                 rf"sonnets \(filter=all\) but it has only 1$"):
         check_preconditions("s", [sonnet_run("r0", a, 3), sonnet_run("r1", b, 2)])
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("argv, message", [
+    # the flag named is the one given (not --cpus-per-run, the other Ray-only flag)
+    (["--address", "h:1"], "--address is a --launcher ray setting; add --launcher ray"),
+    # two jobs are already more than one: the smallest --jobs that cannot run in-process
+    (["--jobs", "2", "--isolation", "in-process"], "--jobs 2 runs each run in its own subprocess; --isolation "
+                                                   "in-process runs them one at a time in this process: choose one"),
+])
+def test_a_launcher_flag_error_names_the_flag_given(argv, message, monkeypatch, tmp_path):
+    """The whole `error:` line of `python -m experiments` (SystemExit with a message: exit code 1), before any
+    work."""
+    import sys
+    import types
+
+    from experiments import __main__ as cli
+
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["baseline", "--runs-dir", str(tmp_path / "runs"), *argv])
+    assert e.value.code == f"error: {message}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_help_has_the_first_paragraph_above_the_flags_and_the_examples_once_below(capsys):
+    """`--help`: usage, the doc's first line as the description, the flags, then the examples and the closing
+    paragraph as the epilog; each example line once, the first line once."""
+    from experiments import __main__ as cli
+
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    out = capsys.readouterr().out
+    head, flags = out.split("\noptions:\n")
+    assert head.split("\n\n", 1)[1] == "The study's experiments, one command each:\n"
+    assert out.count("study's experiments, one command each") == 1
+    example = "\n    python -m experiments lora-ranks --seeds 3          # sonnets: LoRA ranks 1..256 vs full fine-tuning\n"
+    assert out.count(example) == 1 and flags.index("  --cpus-per-run CPUS_PER_RUN") < flags.index(example)
+    epilog = flags[flags.index("\n\n    python -m experiments baseline "):]
+    assert epilog.startswith("\n\n    python -m experiments baseline                      # full fine-tuning, four "
+                             "tasks\n    python -m experiments lora-ranks --seeds 3 ")
