@@ -143,9 +143,12 @@ def check_settings(args: ExperimentArgs) -> SweepOptions:
     check_launch(args)
     if (args.markdown or args.stated_rates) and not args.dry_run:
         raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
+    try:
+        finetune_args = shlex.split(args.finetune_args)
+    except ValueError as e:  # an unclosed quote or a trailing backslash: shlex's reason, on the flag's line
+        raise UserError(f"--finetune-args {args.finetune_args}: cannot split it as a shell would ({e})") from None
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
-                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
-                        plan_missing=args.dry_run)
+                        synthetic_dir=args.synthetic_dir, finetune_args=finetune_args, plan_missing=args.dry_run)
     opts.seed_list()
     cli.options_from_argv(opts.finetune_args)  # a flag finetune does not know: argparse's error, now
     return opts

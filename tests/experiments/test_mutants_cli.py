@@ -110,3 +110,16 @@ def test_the_help_has_the_first_paragraph_above_the_flags_and_the_examples_once_
     epilog = flags[flags.index("\n\n    python -m experiments baseline "):]
     assert epilog.startswith("\n\n    python -m experiments baseline                      # full fine-tuning, four "
                              "tasks\n    python -m experiments lora-ranks --seeds 3 ")
+
+
+@pytest.mark.parametrize("value, reason", [("'--offline", "No closing quotation"),
+                                           ("--device cpu \\", "No escaped character")])
+def test_finetune_args_a_shell_cannot_split_is_one_error_line(value, reason, tmp_path):
+    """An unclosed quote (or a trailing backslash) in --finetune-args was a ValueError traceback from shlex; now one
+    line naming the flag, its value and shlex's reason, before any work."""
+    from experiments import __main__ as cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["baseline", "--dry-run", "--finetune-args", value, "--runs-dir", str(tmp_path / "runs")])
+    assert e.value.code == f"error: --finetune-args {value}: cannot split it as a shell would ({reason})"
+    assert not (tmp_path / "runs").exists()
