@@ -139,10 +139,13 @@ def attach_values(argv: list[str]) -> list[str]:
 
 def check_settings(args: ExperimentArgs) -> SweepOptions:
     """Every check of the command line that runs before any work (one `error:` line each): the launcher flags,
-    the flags that need --dry-run, --seeds and the finetune flags of --finetune-args; the sweeps' options."""
+    the flags that need --dry-run, --bootstrap, --seeds and the finetune flags of --finetune-args; the sweeps'
+    options."""
     check_launch(args)
     if (args.markdown or args.stated_rates) and not args.dry_run:
         raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
+    if args.bootstrap < 1:  # else every interval of the report, written after the runs, is numpy's traceback
+        raise UserError(f"--bootstrap {args.bootstrap}: expected an integer >= 1")
     try:
         finetune_args = shlex.split(args.finetune_args)
     except ValueError as e:  # an unclosed quote or a trailing backslash: shlex's reason, on the flag's line

@@ -123,3 +123,23 @@ def test_finetune_args_a_shell_cannot_split_is_one_error_line(value, reason, tmp
         cli.main(["baseline", "--dry-run", "--finetune-args", value, "--runs-dir", str(tmp_path / "runs")])
     assert e.value.code == f"error: --finetune-args {value}: cannot split it as a shell would ({reason})"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("samples", ["0", "-3"])
+def test_a_bootstrap_of_no_resamples_is_refused_before_any_work(samples, tmp_path):
+    """--bootstrap 0 reached the report, after every run, as numpy's "need at least one array to concatenate"
+    traceback (`studentized_interval` draws no resample); now one line up front, nothing run or written."""
+    from experiments import __main__ as cli
+
+    for mode in ("--report-only", "--dry-run"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["baseline", mode, "--bootstrap", samples, "--runs-dir", str(tmp_path / "runs"),
+                      "--out", str(tmp_path / "out")])
+        assert e.value.code == f"error: --bootstrap {samples}: expected an integer >= 1"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_one_resample_is_enough_to_pass_the_check():
+    from experiments import __main__ as cli
+
+    cli.check_settings(cli.parse_args(["baseline", "--bootstrap", "1"]))
