@@ -327,6 +327,12 @@ def _main(argv: list[str] | None) -> int:
     if args.report_only:  # every run's scored files, before any report is rewritten
         for sweep in sweeps:
             check_sweep_files(sweep, runs_root(args, sweep.name))
+    if not args.dry_run:  # the results' folder, refused now rather than after hours of runs
+        out = out_dir(args)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot make the results folder there ({e.strerror})") from None
     launcher = make_launcher(args)
     if args.dry_run:
         dry_run(sweeps, args, launcher)

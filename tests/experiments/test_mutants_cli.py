@@ -143,3 +143,17 @@ def test_one_resample_is_enough_to_pass_the_check():
     from experiments import __main__ as cli
 
     cli.check_settings(cli.parse_args(["baseline", "--bootstrap", "1"]))
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_run(tmp_path, monkeypatch):
+    """--out under a file (or a file itself) was a NotADirectoryError / FileExistsError traceback when the report
+    was written, after every run of the sweep; now one line before the first run, and no run started."""
+    from experiments import __main__ as cli
+
+    monkeypatch.setattr(cli, "make_launcher", lambda args: pytest.fail("a launcher was made"))
+    (tmp_path / "afile").write_text("")
+    for out, reason in ((tmp_path / "afile" / "results", "Not a directory"), (tmp_path / "afile", "File exists")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["baseline", "--tiny", "--report-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
+        assert e.value.code == f"error: --out {out}: cannot make the results folder there ({reason})"
+    assert not (tmp_path / "runs").exists()
