@@ -157,3 +157,13 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_run(tmp_path, m
             cli.main(["baseline", "--tiny", "--report-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
         assert e.value.code == f"error: --out {out}: cannot make the results folder there ({reason})"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_new_nested_out_folder_is_made_with_its_parents(tmp_path):
+    """--out a/b/c where none exists yet: made whole (not refused for a missing parent), the report in it."""
+    from experiments import __main__ as cli
+
+    out = tmp_path / "a" / "b" / "c"
+    assert cli.main(["baseline", "--tiny", "--report-only", "--runs-dir", str(tmp_path / "runs"), "--out",
+                     str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["baseline.csv", "baseline.md", "baseline.png", "index.html"]
