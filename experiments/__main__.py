@@ -139,13 +139,19 @@ def attach_values(argv: list[str]) -> list[str]:
 
 def check_settings(args: ExperimentArgs) -> SweepOptions:
     """Every check of the command line that runs before any work (one `error:` line each): the launcher flags,
-    the flags that need --dry-run, --seeds and the finetune flags of --finetune-args; the sweeps' options."""
+    the flags that need --dry-run, --bootstrap, --seeds and the finetune flags of --finetune-args; the sweeps'
+    options."""
     check_launch(args)
     if (args.markdown or args.stated_rates) and not args.dry_run:
         raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")
+    if args.bootstrap < 1:  # else every interval of the report, written after the runs, is numpy's traceback
+        raise UserError(f"--bootstrap {args.bootstrap}: expected an integer >= 1")
+    try:
+        finetune_args = shlex.split(args.finetune_args)
+    except ValueError as e:  # an unclosed quote or a trailing backslash: shlex's reason, on the flag's line
+        raise UserError(f"--finetune-args {args.finetune_args}: cannot split it as a shell would ({e})") from None
     opts = SweepOptions(tiny=args.tiny, seeds=args.seeds, model=args.model, data_dir=args.data_dir,
-                        synthetic_dir=args.synthetic_dir, finetune_args=shlex.split(args.finetune_args),
-                        plan_missing=args.dry_run)
+                        synthetic_dir=args.synthetic_dir, finetune_args=finetune_args, plan_missing=args.dry_run)
     opts.seed_list()
     cli.options_from_argv(opts.finetune_args)  # a flag finetune does not know: argparse's error, now
     return opts
@@ -321,6 +327,12 @@ def _main(argv: list[str] | None) -> int:
     if args.report_only:  # every run's scored files, before any report is rewritten
         for sweep in sweeps:
             check_sweep_files(sweep, runs_root(args, sweep.name))
+    if not args.dry_run:  # the results' folder, refused now rather than after hours of runs
+        out = out_dir(args)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot make the results folder there ({e.strerror})") from None
     launcher = make_launcher(args)
     if args.dry_run:
         dry_run(sweeps, args, launcher)

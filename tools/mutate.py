@@ -408,6 +408,11 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                               "tests/experiments/test_settings_handover.py",
                               "tests/experiments/test_launch_plumbing.py", PINNED),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
+    "experiments/__main__.py": ("tests/experiments/test_mutants_cli.py", "tests/experiments/test_launch_plumbing.py",
+                                "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py",
+                                PINNED),
+    "experiments/preflight.py": ("tests/experiments/test_mutants_cli.py", "tests/experiments/test_launch_plumbing.py",
+                                 "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py"),
     "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
     "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
 }
