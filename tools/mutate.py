@@ -8,6 +8,8 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
                                             # mutmut's standard operator mutants of one module; prints survivors
                                             # (--function Class.method: a method's mutants)
+    python tools/mutate.py --auto experiments/runner.py --fork-server
+                                            # each mutant's run forked from a process that ran no test (torch)
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
 the code is reported as stale instead of silently doing nothing), its replacement, and the test files to run
