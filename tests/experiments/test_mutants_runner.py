@@ -214,6 +214,20 @@ def test_a_finished_run_is_reused_only_on_the_inputs_it_recorded(tmp_path, monke
                                    f"{sha(b'w1')} -> {w} sha256 {sha(b'w2')}\nDelete {run_dir} ")
 
 
+def test_a_fingerprint_without_data_entries_names_every_data_file_as_new(tmp_path, monkeypatch):
+    """A config.json edited by hand (its fingerprint's "data" gone): a conflict line, not a crash."""
+    data, w, fake, run = sst_inputs(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r0"
+    fingerprinted(run_dir, b"w1", SST, w)
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["fingerprint"]["data"]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(runner.RunFolderConflict) as e:
+        runner.check_inputs(run_dir, run)
+    assert str(e.value).startswith(f"--resume {run_dir}: the run's inputs changed: " + "; ".join(
+        f"data {name}: None -> {sha(content)!r}" for name, content in SST.items()) + "\n")
+
+
 def test_base_weights_no_longer_here_are_not_compared_nor_is_a_run_without_a_fingerprint(tmp_path, monkeypatch):
     data, w, fake, run = sst_inputs(tmp_path, monkeypatch, weights_present=False)
     run_dir = tmp_path / "runs" / "r0"
