@@ -8,6 +8,8 @@ against the test files that hold the contract it breaks. A mutant the tests do n
     python tools/mutate.py --auto minigpt2/metrics.py [--tests tests/<package>/test_x.py ...] [--function NAME ...]
                                             # mutmut's standard operator mutants of one module; prints survivors
                                             # (--function Class.method: a method's mutants)
+    python tools/mutate.py --auto experiments/runner.py --fork-server
+                                            # each mutant's run forked from a process that ran no test (torch)
 
 Each mutant names a file, an exact snippet of it (which must occur exactly once, so a mutant that no longer fits
 the code is reported as stale instead of silently doing nothing), its replacement, and the test files to run
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -430,6 +433,15 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
     os.environ["MUTANT_UNDER_TEST"] = ""
 """
 
+# mutmut forks every mutant's test run from the process that ran the stats pass. Where the tests ran torch's
+# OpenMP (GNU libgomp) pool there, a forked run that starts a parallel region waits forever on the parent's threads,
+# which the fork did not copy (asleep in gomp_team_barrier_wait, no CPU time: mutmut's CPU limit never fires).
+# OMP_NUM_THREADS=1 and torch.set_num_threads(1) after each test do not prevent it. These modules' mutants run under
+# mutmut's "forkserver" isolation instead: stats and clean runs in forked children, each mutant forked from a server
+# that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
+# (imports). --fork-server turns it on for any module.
+FORK_SERVER = {"experiments/runner.py"}
+
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
 # run that opens a progress bar asleep on it for good (no CPU time, so mutmut's CPU limit never ends it). The test
@@ -445,14 +457,17 @@ else:
 """
 
 
-def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str]) -> str:
-    """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the rest of the tree copied."""
+def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str], fork_server: bool = False) -> str:
+    """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the rest of the tree copied.
+    `fork_server`: each mutant's test run forked from a process that never ran a test (mutmut's "forkserver"
+    isolation, nothing imported ahead), not from the one that ran the stats pass (see FORK_SERVER)."""
     top = module.split("/")[0]
     other = [p for p in packages if p != top]
     q = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
     return (f"\n[tool.mutmut]\nsource_paths = {q([top])}\nonly_mutate = {q([module])}\nalso_copy = {q(other)}\n"
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
-            f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-p', PYTEST_HOOK])}\n")
+            f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-p', PYTEST_HOOK])}\n"
+            + ('process_isolation = "forkserver"\nforkserver_warmup = "none"\n' if fork_server else ""))
 
 
 def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
@@ -462,7 +477,8 @@ def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
             if name.strip()}
 
 
-def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: int, timeout: int) -> int:
+def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: int, timeout: int,
+             fork_server: bool = False) -> int:
     """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff."""
     if not (ROOT / module).is_file() or not module.endswith(".py"):
         print(f"error: --auto {module}: expected a .py file of this repository, e.g. minigpt2/metrics.py",
@@ -482,22 +498,29 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
         (repo / f"{PYTEST_HOOK}.py").write_text(PYTEST_HOOK_CODE, encoding="utf-8")
         packages += [STATS_CHILD_HOOK, f"{PYTEST_HOOK}.py"]  # copied into mutants/: a test's child python reads it
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
-            f.write(mutmut_config(module, tests, packages))
+            f.write(mutmut_config(module, tests, packages, fork_server))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
         # mutmut forks each mutant's worker from a process that ran torch: a child forked after OpenMP's thread pool
         # started can wait forever on it (asleep at 0 CPU s: a mutant "timeout", or the whole run past its limit).
         env.setdefault("OMP_NUM_THREADS", "1")
-        try:
-            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns],
-                                  cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            print(f"error: mutmut did not finish in {timeout} s (raise --timeout)", file=sys.stderr)
+        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *patterns]
+        with subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) as proc:
+            try:
+                out = proc.communicate(timeout=timeout)[0]
+            except subprocess.TimeoutExpired:  # mutmut, its fork server and the mutant's run: all stopped
+                os.killpg(proc.pid, signal.SIGKILL)
+                out = proc.communicate()[0]
+        finished = proc.returncode == 0
+        # mutmut saves each verdict as it comes: a run cut short still reports the mutants it finished ("not
+        # checked": not run, as the other functions' mutants under --function)
+        results = {n: s for n, s in mutmut_results(repo, env).items() if s != "not checked"}
+        if not results:
+            print(f"error: mutmut failed (exit {proc.returncode}):\n{out[-3000:]}", file=sys.stderr)
             return 2
-        results = mutmut_results(repo, env)
-        if proc.returncode != 0 or not results:
-            print(f"error: mutmut failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}",
-                  file=sys.stderr)
-            return 2
+        if not finished:
+            print(f"error: mutmut did not finish in {timeout} s (raise --timeout) or failed (exit {proc.returncode}); "
+                  f"the {len(results)} mutants it finished:", file=sys.stderr)
         survivors = sorted((n for n, s in results.items() if s in ("survived", "suspicious")),
                            key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
         for name in survivors:
@@ -510,7 +533,7 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
         counts[status] = counts.get(status, 0) + 1
     print(f"{module}: {len(results)} mutants; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + f"; tests: {' '.join(tests)} ({time.time() - t0:.0f} s)")
-    return 1 if survivors else 0
+    return 2 if not finished else 1 if survivors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -524,13 +547,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tests", nargs="+", metavar="FILE", help="--auto: the test files (default: AUTO_TESTS)")
     p.add_argument("--function", action="append", default=[], metavar="NAME",
                    help="--auto: only the mutants of this function, or of Class.method (repeatable)")
+    p.add_argument("--fork-server", action="store_true",
+                   help="--auto: fork each mutant's run from a process that ran no test (on for FORK_SERVER)")
     args = p.parse_args(argv)
     if args.auto:
         tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
         if not tests:
             print(f"error: --auto {args.auto}: no default tests for this module; pass --tests", file=sys.stderr)
             return 2
-        return run_auto(args.auto, tests, args.function, max(1, args.jobs), args.timeout * 4)
+        return run_auto(args.auto, tests, args.function, max(1, args.jobs), args.timeout * 4,
+                        args.fork_server or args.auto in FORK_SERVER)
     names = [m.name for m in MUTANTS]
     if len(set(names)) != len(names):
         print("error: two mutants share a name", file=sys.stderr)
