@@ -297,3 +297,227 @@ def test_the_page_says_why_its_sonnets_are_not_shown(tmp_path, monkeypatch):
     assert text.endswith('<section id="sonnets"><h2>Generated sonnets beside the true ones</h2>\n'
                          '<p class="note warning">Sonnets not shown: &#x27;dev_predictions&#x27;</p>\n</section>\n'
                          "</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+def bars(ax) -> list[dict]:
+    """Each errorbar of an axes as drawn: its legend label, its points, each bar's (low, high) and colour."""
+    from matplotlib.colors import to_hex
+
+    out = []
+    for c in ax.containers:
+        line, _, cols = c.lines
+        segs = [tuple(map(tuple, s)) for s in cols[0].get_segments()] if cols else []
+        out.append({"label": c.get_label(), "xy": [tuple(p) for p in line.get_xydata()], "segments": segs,
+                    "color": to_hex(line.get_color()), "linestyle": line.get_linestyle()})
+    return out
+
+
+def plain_lines(ax) -> list[tuple]:
+    """The axes' other lines (not an errorbar's): label, points, style, colour, marker and its face."""
+    from matplotlib.colors import to_hex
+
+    in_bars = {id(c.lines[0]) for c in ax.containers}
+    return [(ln.get_label(), [tuple(p) for p in ln.get_xydata()], ln.get_linestyle(), to_hex(ln.get_color()),
+             ln.get_marker(), ln.get_markerfacecolor() if ln.get_marker() == "D" else None)
+            for ln in ax.get_lines() if id(ln) not in in_bars and not ln.get_label().startswith("_")]  # no caps
+
+
+def pt(method, rank, score, low, high, targets=None, **kw):
+    return {"seeds": 1, "metric": "chrf", "method": method, "rank": rank, "targets": targets, "score": score,
+            "low": low, "high": high, **kw}
+
+
+C0, C1, C3, GRAY, BLACK = "#1f77b4", "#ff7f0e", "#d62728", "#808080", "#000000"
+
+
+def test_a_plot_draws_each_line_the_shared_start_the_level_band_marks_and_a_second_axes():
+    from experiments import plots
+    from experiments.sweeps import Plot
+
+    points = [pt("full", None, 42.0, 41.0, 43.0),
+              pt("lora", 1, 40.0, 39.0, 41.5, "attn", test_score=39.0, trainable=10),
+              pt("lora", 4, 41.0, 40.5, 41.2, "attn", test_score=math.nan, trainable=40),
+              pt("lora", 4, 38.0, 37.0, 39.0, "mlp", trainable=40),
+              pt("shared", 2, 30.0, 29.0, 31.0),
+              {**pt("lora", 8, 50.0, 49.0, 51.0, "attn"), "seeds": 0},  # not run: not drawn
+              pt("other", 16, 20.0, 19.0, 21.0, "attn")]  # neither kept nor a level
+    spec = Plot("rank", "LoRA rank", "T", line=lambda p: p["targets"], label=lambda k: f"on {k}",
+                keep=lambda p: p["method"] in ("lora", "shared"), shared=lambda p: p["method"] == "shared",
+                level=lambda p: p["method"] == "full", level_label="full", annotate=lambda p: f"r{p['rank']}", log=2,
+                mark=(lambda p: p["rank"] == 4, "chosen"), study=lambda p: 45.0 if p["rank"] == 1 else None,
+                second=("trainable", "params", "size"))
+    fig = plots.plot(spec, points)
+    assert tuple(fig.get_size_inches()) == (11.0, 4.0) and fig._suptitle is None
+    ax, ax2 = fig.axes
+    assert bars(ax) == [
+        {"label": "on attn: dev", "xy": [(1, 40), (2, 30), (4, 41)], "color": C0, "linestyle": "-",
+         "segments": [((1, 39), (1, 41.5)), ((2, 29), (2, 31)), ((4, 40.5), (4, 41.2))]},
+        {"label": "on mlp: dev", "xy": [(2, 30), (4, 38)], "color": C1, "linestyle": "-",
+         "segments": [((2, 29), (2, 31)), ((4, 37), (4, 39))]}]
+    assert plain_lines(ax) == [("on attn: test", [(1, 39)], "None", C0, "D", "none"),
+                               ("full", [(0, 42), (1, 42)], "--", C3, "None", None)]
+    assert ax.get_lines()[-1].get_transform() is not ax.transData  # drawn across the axes
+    (band,) = ax.patches
+    assert (band.get_y(), band.get_y() + band.get_height()) == (41.0, 43.0)
+    assert band.get_alpha() == 0.12
+    assert sorted((t.get_text(), tuple(t.xy)) for t in ax.texts) == [("r1", (1, 40)), ("r2", (2, 30)),
+                                                                     ("r4", (4, 38)), ("r4", (4, 41))]
+    star, study = ax.collections[-2:]
+    assert star.get_label() == "chosen" and [tuple(p) for p in star.get_offsets()] == [(4, 41)]
+    assert study.get_label() == "study" and [tuple(p) for p in study.get_offsets()] == [(1, 45)]
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    assert list(ax.get_xticks()) == [1, 2, 4] and [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("LoRA rank", "chrF", "T")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["on attn: test", "full", "chosen", "study",
+                                                                   "on attn: dev", "on mlp: dev"]
+    assert [(ln.get_label(), [tuple(p) for p in ln.get_xydata()]) for ln in ax2.get_lines()] == [
+        ("on attn", [(1, 10), (4, 40)]), ("on mlp", [(4, 40)])]
+    assert [ln.get_color() for ln in ax2.get_lines()] == ["C0", "C1"]
+    assert ax2.get_xscale() == "log" and ax2.xaxis.get_transform().base == 10
+    assert (ax2.get_xlabel(), ax2.get_ylabel(), ax2.get_title()) == ("LoRA rank", "params", "size")
+
+
+def test_a_plot_of_two_metrics_on_categories_and_one_of_shared_points_only():
+    from experiments import plots
+    from experiments.sweeps import Plot
+
+    points = [{"seeds": 1, "metric": "chrf", "task": "sonnet", "score": 40.0, "low": 39.0, "high": 41.0},
+              {"seeds": 1, "metric": "accuracy", "task": "sst", "score": 0.5, "low": 0.4, "high": 0.6,
+               "test_score": 0.45},
+              {"seeds": 1, "metric": "accuracy", "task": "cfimdb", "score": 0.9, "low": 0.85, "high": 0.95}]
+    fig = plots.plot(Plot("task", "task", "Both", log=2), points)
+    assert tuple(fig.get_size_inches()) == (10.5, 4.0) and fig._suptitle.get_text() == "Both"
+    acc, chrf = fig.axes
+    assert [(a.get_ylabel(), a.get_title(), a.get_xscale()) for a in fig.axes] == [("accuracy", "", "linear"),
+                                                                                   ("chrF", "", "linear")]
+    assert [(b["label"], b["xy"], b["linestyle"]) for b in bars(acc)] == [("dev", [(0, 0.9), (1, 0.5)], "None")]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["cfimdb", "sst"]  # sorted by name
+    assert plain_lines(acc) == [("test", [(1, 0.45)], "None", C0, "D", "none")]
+    assert [(b["label"], b["xy"]) for b in bars(chrf)] == [("dev", [(0, 40)])]
+
+    only_shared = plots.plot(Plot("rank", "rank", "S", shared=lambda p: True),
+                             [pt("a", 2, 30.0, 29.0, 31.0), pt("b", 1, 20.0, math.nan, 22.0)])
+    assert bars(only_shared.axes[0]) == [{"label": "dev", "xy": [(1, 20), (2, 30)], "color": C0, "linestyle": "-",
+                                          "segments": [((1, 20), (1, 22)), ((2, 29), (2, 31))]}]
+
+
+def test_chance_lines_are_the_two_chance_references_and_the_two_nll_bars(monkeypatch):
+    from experiments import plots
+    from experiments.stats import Interval
+
+    iv = lambda v: Interval(v, v - 1, v + 1, 3)  # noqa: E731
+    found = {"chrf": {"dev": {"prompts only": iv(10.0), "prompts + random tokens": iv(20.0),
+                              "wrong sonnet (nearest training length)": iv(25.0)}, "test": {"prompts only": iv(1.0)}},
+             "nll": {"dev": {"unigram": {"k": 0.05, "nll": 6.5}, "uniform": 10.8}, "test": None}}
+    seen = []
+    monkeypatch.setattr(plots, "sonnet_reference_figures", lambda rows, samples: seen.append(samples) or found)
+    assert plots.chance_lines([{}], 77) == (
+        {"prompts + random tokens": 20.0, "wrong sonnet (nearest training length)": 25.0},
+        {"unigram of the training sonnets (add-0.05)": 6.5, "uniform guess, ln(vocabulary)": 10.8})
+    assert seen == [77]
+    found["nll"]["dev"] = None
+    assert plots.chance_lines([{}]) == ({"prompts + random tokens": 20.0,
+                                         "wrong sonnet (nearest training length)": 25.0}, {})
+    found["chrf"]["dev"] = None
+    assert plots.chance_lines([{}]) == ({}, {})
+    monkeypatch.setattr(plots, "sonnet_reference_figures", lambda rows, samples: None)
+    assert plots.chance_lines([{}]) == ({}, {})
+    for error in (OSError("gone"), ValueError("bad")):
+        def raise_(rows, samples, error=error):
+            raise error
+        monkeypatch.setattr(plots, "sonnet_reference_figures", raise_)
+        assert plots.chance_lines([{}]) == ({}, {})
+
+
+def test_decorate_draws_chance_on_chrf_axes_the_majority_on_accuracy_axes_and_names_the_bars():
+    import matplotlib.pyplot as plt
+
+    from experiments import plots
+
+    fig, (chrf, acc, zero, other) = plt.subplots(1, 4)
+    for ax, label in zip((chrf, acc, zero, other), ("chrF", "accuracy", "zero-shot accuracy", "bytes")):
+        ax.set_ylabel(label)
+    points = [{"seeds": 1, "metric": "accuracy", "task": "sst", "majority": 0.51},
+              {"seeds": 1, "metric": "accuracy", "task": "quora", "majority": 0.63},
+              {"seeds": 1, "metric": "accuracy", "task": "cfimdb"},  # no majority figure
+              {"seeds": 0, "metric": "accuracy", "task": "x", "majority": 0.9},  # not run
+              {"seeds": 1, "metric": "chrf", "task": "sonnet", "majority": 0.2}]
+    chance = {"prompts + random tokens": 20.0, "wrong sonnet (nearest training length)": 25.0}
+    plots.decorate(fig, points, chance)
+    assert [(ln.get_label(), ln.get_ydata()[0], ln.get_linestyle(), ln.get_color(), ln.get_linewidth())
+            for ln in chrf.get_lines()] == [("chance: prompts + random tokens", 20.0, ":", "gray", 1),
+                                            ("chance: wrong sonnet (nearest training length)", 25.0, "-.", "gray", 1)]
+    (maj,) = acc.get_lines()
+    assert (maj.get_label(), list(maj.get_xdata()), list(maj.get_ydata()), maj.get_linestyle(), maj.get_marker(),
+            maj.get_markersize(), maj.get_color()) == ("chance: majority class", ["sst", "quora"], [0.51, 0.63],
+                                                       "None", "_", 18, "gray")
+    assert zero.get_lines() == [] and other.get_lines() == [] and zero.get_legend() is None
+    for ax in (chrf, acc):
+        legend = ax.get_legend()
+        assert legend.get_title().get_text() == "bars: 95% bootstrap CI over the examples"
+        assert legend.get_title().get_fontsize() == 7 and legend.get_texts()[0].get_fontsize() == 7
+    fig2, ax = plt.subplots()
+    ax.set_ylabel("chrF")
+    plots.decorate(fig2, [{"seeds": 2, "metric": "chrf"}], {"prompts + random tokens": 1.0})
+    assert ax.get_legend().get_title().get_text() == "bars: mean over seeds, 95% t-interval across seeds"
+    plt.close(fig)
+    plt.close(fig2)
+
+
+def test_the_nll_plot_places_each_arm_its_test_beside_it_and_the_lines_to_beat():
+    from experiments import plots
+
+    points = [{"seeds": 1, "dev_nll": 7.0, "dev_nll_low": 6.8, "dev_nll_high": 7.3, "test_nll": 7.2,
+               "test_nll_low": 7.0, "test_nll_high": 7.5, "dev_nll_base": 9.0},
+              {"seeds": 0, "dev_nll": 5.0},  # not run
+              {"seeds": 1, "dev_nll": None},  # no NLL
+              {"seeds": 2, "dev_nll": 6.0, "dev_nll_low": math.nan, "dev_nll_high": math.nan, "dev_nll_base": 8.0}]
+    fig = plots.plot_nll("T", points, ["a", "b", "c", "d"], {"u1": 6.5, "u2": 10.8})
+    (ax,) = fig.axes
+    assert tuple(fig.get_size_inches()) == (7.0, 2.8)
+    dev, test = bars(ax)
+    assert dev == {"label": "dev", "xy": [(7, 0), (6, 1)], "color": C0, "linestyle": "None",
+                   "segments": [((6.8, 0), (7.3, 0)), ((6, 1), (6, 1))]}
+    assert (test["label"], test["xy"], test["segments"]) == ("test", [(7.2, 0.15)], [((7.0, 0.15), (7.5, 0.15))])
+    marker = ax.containers[1].lines[0]
+    assert (marker.get_marker(), marker.get_markerfacecolor()) == ("D", "none")
+    assert ax.containers[0].lines[0].get_marker() == "o"
+    assert [(ln.get_label(), ln.get_xdata()[0], ln.get_linestyle(), ln.get_color()) for ln in ax.get_lines()
+            if not ln.get_label().startswith("_")] == [
+        ("dev, before fine-tuning", 9.0, "--", "gray"), ("dev, u1", 6.5, ":", "black"),
+        ("dev, u2", 10.8, "-.", "black")]
+    assert list(ax.get_yticks()) == [0, 1] and [t.get_text() for t in ax.get_yticklabels()] == ["a", "d"]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first arm on top
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "held-out NLL (nats per token; lower is better)", "arm", "T: held-out likelihood")
+    assert plots.plot_nll("T", points[1:3], ["b", "c"]) is None
+    lone = plots.plot_nll("T", [{"seeds": 1, "dev_nll": 5.0}], ["x"])
+    assert [c.get_label() for c in lone.axes[0].containers] == ["dev"] 
+    assert [ln for ln in lone.axes[0].get_lines() if not ln.get_label().startswith("_")] == []  # no lines to beat
+
+
+def test_write_plots_writes_the_sweep_plot_and_the_nll_plot_named_by_the_table_columns(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from experiments import plots
+    from experiments.sweeps import SweepOptions, build_sweep
+
+    sweep = build_sweep("lora-ranks", SweepOptions(tiny=True))
+    monkeypatch.setattr(plots, "chance_lines", lambda rows, samples: ({}, {"u": 6.0}))
+    names = []
+    real = plots.plot_nll
+    monkeypatch.setattr(plots, "plot_nll", lambda title, points, n, bars: names.append((title, n, bars))
+                        or real(title, points, n, bars))
+    points = [{**pt("full", None, 42.0, 41.0, 43.0), "trainable_params": 124_000_000, "dev_nll": 7.0},
+              {**pt("lora", 4, 40.0, 39.0, 41.0), "trainable_params": 663_552}]
+    paths = plots.write_plots(sweep, [], points, tmp_path)
+    assert paths == {"png": tmp_path / "lora-ranks.png", "nll_png": tmp_path / "lora-ranks-nll.png"}
+    assert names == [("lora-ranks", ["full, 124,000,000", "lora, 4, 663,552"], {"u": 6.0})]
+    with Image.open(paths["png"]) as img:
+        assert img.size == (int(6.5 * 120), 4 * 120) and img.text["Title"] == "lora-ranks"
+        assert json.loads(img.text["Description"])["axes"][0]["ylabel"] == "chrF"
+    with Image.open(paths["nll_png"]) as img:
+        assert img.text["Title"] == "lora-ranks" and img.size == (7 * 120, round(2.3 * 120))  # one arm
+    assert plots.write_plots(sweep, [], points[1:], tmp_path / "b") == {"png": tmp_path / "b" / "lora-ranks.png"}
