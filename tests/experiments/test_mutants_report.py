@@ -521,3 +521,84 @@ def test_write_plots_writes_the_sweep_plot_and_the_nll_plot_named_by_the_table_c
     with Image.open(paths["nll_png"]) as img:
         assert img.text["Title"] == "lora-ranks" and img.size == (7 * 120, round(2.3 * 120))  # one arm
     assert plots.write_plots(sweep, [], points[1:], tmp_path / "b") == {"png": tmp_path / "b" / "lora-ranks.png"}
+
+
+# ---------------------------------------------------------------------------------------------- report: files
+
+def report_rows(root: Path) -> list[dict]:
+    def row(task, seed, status, score, **kw):
+        return {"sweep": "baseline", "run": f"{task}-s{seed}", "task": task, "method": "full", "seed": seed,
+                "status": status, "metric": "accuracy", "dev_score": score, "ci_low": score - 0.1,
+                "ci_high": score + 0.1, **kw, "run_dir": str(root / f"{task}-s{seed}")}
+    return [row("sst", 1, "done", 0.5, code="commit aaa", arg_model="tiny", data_missing="/b"),
+            row("sst", 2, "done", 0.7, code="commit aaa", arg_model="tiny", data_missing="/a"),
+            row("quora", 1, "done", 0.9, code="commit bbb", arg_model="tiny", data_missing="/b"),
+            row("cfimdb", 1, "failed", math.nan),
+            row("sonnet", 1, "missing", math.nan)]
+
+
+def test_write_report_writes_the_csv_the_page_text_and_the_plots(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from experiments import metrics, plots, tables
+    from experiments.sweeps import SweepOptions, build_sweep
+
+    root = tmp_path / "runs"
+    rows = report_rows(root)
+    seen = {}
+    monkeypatch.setattr(report, "collect", lambda sweep, r, samples, failed: seen.update(collect=(r, samples, failed))
+                        or [dict(x) for x in rows])
+    monkeypatch.setattr(tables, "sweep_tables", lambda sweep, rs, points, samples: seen.update(points=points)
+                        or ["| table |\n"])
+    monkeypatch.setattr(plots, "write_plots", lambda sweep, rs, points, out, samples: seen.update(plots=samples)
+                        or {"png": out / "p.png"})
+    sweep = dataclasses.replace(build_sweep("baseline", SweepOptions()), note="a note", waits=("w1", "w2"), best=True)
+    out = tmp_path / "out"
+    paths = report.write_report(sweep, root, out, samples=33, failed={"cfimdb-s1": "boom"})
+    assert paths == {"csv": out / "baseline.csv", "md": out / "baseline.md", "png": out / "p.png"}
+    assert seen["collect"] == (root, 33, {"cfimdb-s1": "boom"}) and seen["plots"] == 33
+    message = ("data not found at /a, /b: 3 run(s) shown without intervals (pass --data-dir or set MINIGPT2_DATA_DIR "
+               "to where the data now lies)")
+    assert paths["md"].read_text(encoding="utf-8") == "\n".join([
+        "# baseline\n",
+        f"3 of 5 runs finished (run folders: {root}); intervals: the mean over seeds with a 95% t-interval across "
+        "seeds.\n",
+        "Note: a note.\n", "Waiting: w1.\n", "Waiting: w2.\n",
+        f"**Warning:** {message}.\n",
+        "Code of the runs: commit aaa (2 runs); commit bbb (1 run).\n",
+        "**Warning:** mixed code: the runs come from more than one code version or from a work tree with "
+        "uncommitted changes; their figures may not be comparable.\n",
+        "Tiny random-init model: the figures test the machinery, not the study.\n",
+        "| table |\n"])
+    assert capsys.readouterr().err == f"warning: sweep baseline: {message}\n"
+    # the best dev score among the settings that ran is marked, and only it
+    best = [(p["task"], p.get("best")) for p in seen["points"]]
+    assert best == [("sst", None), ("quora", True), ("cfimdb", None), ("sonnet", None)]
+    with open(paths["csv"], newline="", encoding="utf-8") as f:
+        read = list(csv.DictReader(f))
+    assert [r["run"] for r in read] == ["sst-s1", "sst-s2", "quora-s1", "cfimdb-s1", "sonnet-s1"]
+    assert list(read[0]) == ["sweep", "run", "task", "method", "seed", "status", "metric", "dev_score", "ci_low",
+                             "ci_high", "code", "arg_model", "data_missing", "run_dir"]
+    assert (read[3]["dev_score"], read[3]["code"], read[0]["dev_score"]) == ("", "", "0.5")
+
+
+def test_write_report_of_one_seed_a_plain_model_and_no_best(tmp_path, monkeypatch, capsys):
+    from experiments import plots, tables
+    from experiments.sweeps import SweepOptions, build_sweep
+
+    rows = [{**r, "seed": 1, "arg_model": "gpt2"} for r in report_rows(tmp_path)[2:]]
+    for r in rows:
+        r.pop("data_missing", None)
+    seen = {}
+    monkeypatch.setattr(report, "collect", lambda *a: [dict(x) for x in rows])
+    monkeypatch.setattr(tables, "sweep_tables", lambda sweep, rs, points, samples: seen.update(points=points) or [])
+    monkeypatch.setattr(plots, "write_plots", lambda *a: {})
+    sweep = build_sweep("baseline", SweepOptions())
+    assert not sweep.best and not sweep.note and not sweep.waits
+    paths = report.write_report(sweep, tmp_path, tmp_path / "out")
+    assert paths["md"].read_text() == "\n".join([
+        "# baseline\n",
+        f"1 of 3 runs finished (run folders: {tmp_path}); intervals: bootstrap-t 95% over the n examples (and over "
+        "the samples of each prompt where there are several; none below n=8).\n",
+        "Code of the runs: commit bbb (1 run).\n"])
+    assert capsys.readouterr().err == "" and all("best" not in p for p in seen["points"])
