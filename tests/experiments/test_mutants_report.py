@@ -68,6 +68,7 @@ def test_markdown_tables_headings_and_paragraphs_line_by_line():
         "<h4>deep</h4>",
         "<h4>three</h4>",
         '<p class="note warning"><strong>Warning:</strong> careful</p>']
+    assert page.markdown_to_html("##Xenia") == "<h3>Xenia</h3>"  # only the marks are stripped
     # a table without a separator line keeps every row below its head
     assert page.markdown_to_html("|a|\n|1|") == "<table><tr><th>a</th></tr><tr><td>1</td></tr></table>"
 
