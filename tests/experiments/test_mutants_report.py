@@ -532,9 +532,9 @@ def report_rows(root: Path) -> list[dict]:
                 "status": status, "metric": "accuracy", "dev_score": score, "ci_low": score - 0.1,
                 "ci_high": score + 0.1, **kw, "run_dir": str(root / f"{task}-s{seed}")}
     return [row("sst", 1, "done", 0.5, code="commit aaa", arg_model="tiny", data_missing="/b"),
-            row("sst", 2, "done", 0.7, code="commit aaa", arg_model="tiny", data_missing="/a"),
+            row("sst", 2, "done", 0.7, code="commit aaa", arg_model="gpt2", data_missing="/a"),  # the first decides
             row("quora", 1, "done", 0.9, code="commit bbb", arg_model="tiny", data_missing="/b"),
-            row("cfimdb", 1, "failed", math.nan),
+            row("cfimdb", 1, "failed", math.nan, code="commit ccc"),  # not finished: its code not counted
             row("sonnet", 1, "missing", math.nan)]
 
 
@@ -554,7 +554,7 @@ def test_write_report_writes_the_csv_the_page_text_and_the_plots(tmp_path, monke
     monkeypatch.setattr(plots, "write_plots", lambda sweep, rs, points, out, samples: seen.update(plots=samples)
                         or {"png": out / "p.png"})
     sweep = dataclasses.replace(build_sweep("baseline", SweepOptions()), note="a note", waits=("w1", "w2"), best=True)
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"  # made, parents too
     paths = report.write_report(sweep, root, out, samples=33, failed={"cfimdb-s1": "boom"})
     assert paths == {"csv": out / "baseline.csv", "md": out / "baseline.md", "png": out / "p.png"}
     assert seen["collect"] == (root, 33, {"cfimdb-s1": "boom"}) and seen["plots"] == 33
@@ -580,14 +580,14 @@ def test_write_report_writes_the_csv_the_page_text_and_the_plots(tmp_path, monke
     assert [r["run"] for r in read] == ["sst-s1", "sst-s2", "quora-s1", "cfimdb-s1", "sonnet-s1"]
     assert list(read[0]) == ["sweep", "run", "task", "method", "seed", "status", "metric", "dev_score", "ci_low",
                              "ci_high", "code", "arg_model", "data_missing", "run_dir"]
-    assert (read[3]["dev_score"], read[3]["code"], read[0]["dev_score"]) == ("", "", "0.5")
+    assert (read[3]["dev_score"], read[4]["code"], read[0]["dev_score"]) == ("", "", "0.5")
 
 
 def test_write_report_of_one_seed_a_plain_model_and_no_best(tmp_path, monkeypatch, capsys):
     from experiments import plots, tables
     from experiments.sweeps import SweepOptions, build_sweep
 
-    rows = [{**r, "seed": 1, "arg_model": "gpt2"} for r in report_rows(tmp_path)[2:]]
+    rows = [{**r, "seed": 1, "arg_model": m} for r, m in zip(report_rows(tmp_path)[2:], ("gpt2", "tiny", "tiny"))]
     for r in rows:
         r.pop("data_missing", None)
     seen = {}
@@ -601,5 +601,17 @@ def test_write_report_of_one_seed_a_plain_model_and_no_best(tmp_path, monkeypatc
         "# baseline\n",
         f"1 of 3 runs finished (run folders: {tmp_path}); intervals: bootstrap-t 95% over the n examples (and over "
         "the samples of each prompt where there are several; none below n=8).\n",
-        "Code of the runs: commit bbb (1 run).\n"])
+        "Code of the runs: commit bbb (1 run).\n"])  # not a tiny study: its first row is not
     assert capsys.readouterr().err == "" and all("best" not in p for p in seen["points"])
+
+
+def test_the_code_block_counts_finished_runs_ties_by_name():
+    rows = [{"status": "done", "code": "commit b"}, {"status": "done", "code": "commit a"},
+            {"status": "done", "code": ""}, {"status": "done"}, {"status": "missing", "code": "commit c"},
+            {"status": "done", "code": "commit b"}, {"status": "done", "code": "commit d"}]
+    assert report.code_block(rows) == [
+        "Code of the runs: commit b (2 runs); commit a (1 run); commit d (1 run).\n",
+        "**Warning:** mixed code: the runs come from more than one code version or from a work tree with uncommitted "
+        "changes; their figures may not be comparable.\n"]
+    assert report.code_block(rows[:1]) == ["Code of the runs: commit b (1 run).\n"]
+    assert report.code_block(rows[2:5]) == []
