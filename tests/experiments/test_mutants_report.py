@@ -615,3 +615,68 @@ def test_the_code_block_counts_finished_runs_ties_by_name():
         "changes; their figures may not be comparable.\n"]
     assert report.code_block(rows[:1]) == ["Code of the runs: commit b (1 run).\n"]
     assert report.code_block(rows[2:5]) == []
+
+
+# ---------------------------------------------------------------------------------------------- report: rows
+
+def test_code_labels_and_compute_formats():
+    from types import SimpleNamespace as NS
+
+    assert report.code_label({"fingerprint": {"code": {"git_commit": "abc", "git_dirty": True, "package": "0.1"}}}) \
+        == "commit abc, work tree with uncommitted changes"
+    assert report.code_label({"fingerprint": {"code": {"git_commit": "abc", "git_dirty": False}}}) == "commit abc"
+    assert report.code_label({"fingerprint": {"code": {"git_commit": "", "package": "0.1"}}}) \
+        == "package 0.1 (no git checkout)"
+    for config in ({}, {"fingerprint": None}, {"fingerprint": {"code": "abc"}}, {"code": {"git_commit": "abc"}}):
+        assert report.code_label(config) == "unknown (the run recorded no code version)"
+
+    def settings(fmt, autocast="on", device="cpu"):
+        return NS(precision=NS(format=fmt), autocast=autocast, hardware=NS(device=device))
+
+    assert [report.compute_dtype(settings(f)) for f in ("fp64", "bf16", "int8", "fp32")] == [
+        "fp64", "bf16", "fp32 (int8 fake-quant)", "fp32"]
+    assert report.compute_dtype(settings("bf16", device="cuda")) == "bf16"
+    assert report.compute_dtype(settings("fp32", device="cuda:1")) == "bf16 autocast"
+    assert report.compute_dtype(settings("fp32"), "cuda:0") == "bf16 autocast"  # where it ran, not where asked
+    assert report.compute_dtype(settings("fp32", device="cuda"), "cpu") == "fp32"
+    assert report.compute_dtype(settings("fp32", "off", "cuda")) == "fp32"
+
+
+def test_the_row_of_a_run_not_run_holds_its_knobs_and_empty_figures(tmp_path):
+    from experiments.sweeps import SweepOptions, build_sweep
+
+    sweep = build_sweep("baseline", SweepOptions())
+    row = report.run_row(sweep, 1, tmp_path, failed={sweep.runs[1].name: "boom"})
+    nan = [k for k, v in row.items() if isinstance(v, float) and math.isnan(v)]
+    assert nan == ["dev_score", "ci_low", "ci_high"]
+    assert {k: v for k, v in row.items() if k not in nan} == {
+        "sweep": "baseline", "run": sweep.runs[1].name, "task": "cfimdb", "method": "full", "seed": 11711,
+        "status": "failed",
+        "metric": None, "n_dev": None, "trainable_params": None, "total_params": None, "best_epoch": None,
+        "wall_s": None, "run_dir": str(tmp_path / sweep.runs[1].name)}
+    assert list(row)[:7] == ["sweep", "run", "task", "method", "seed", "status", "metric"]
+    assert report.run_row(sweep, 0, tmp_path, failed={sweep.runs[1].name: "boom"})["status"] == "missing"
+
+
+def test_the_row_of_a_finished_run_with_its_zero_shot_check(tmp_path, monkeypatch):
+    from experiments import launch
+    from experiments.sweeps import SweepOptions, build_sweep
+    from tests.experiments.test_experiments import FakeFinetune
+
+    monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)
+    sweep = build_sweep("precision", SweepOptions(tiny=True, data_dir=str(tmp_path / "nodata")))
+    run = sweep.runs[0]
+    assert run.evaluations  # the zero-shot Quora check
+    launch.Local(FakeFinetune(), progress=False).launch([run], tmp_path / "runs")
+    run_dir = tmp_path / "runs" / run.name
+    config = json.loads((run_dir / "config.json").read_text())
+    config.update(device="cuda:0", fingerprint={"code": {"git_commit": "abc"}})
+    config["settings"]["optim"]["autocast"] = "auto"  # the device it ran on decides
+    (run_dir / "config.json").write_text(json.dumps(config))
+    row = report.run_row(sweep, 0, tmp_path / "runs", samples=20)
+    ev = run.evaluations[0]
+    assert (row["status"], row["dev_score"], row["code"], row["compute"]) == ("done", 0.5, "commit abc",
+                                                                              "bf16 autocast")
+    assert row[ev.name] == 0.5  # the result file's figure: no predictions to re-score
+    assert row["note"].startswith("zero-shot check without interval: ") and "zero_shot" not in row
+    assert row["run_dir"] == str(run_dir) and row["arg_model"] == "tiny"
