@@ -673,6 +673,9 @@ def test_the_row_of_a_finished_run_with_its_zero_shot_check(tmp_path, monkeypatc
     config.update(device="cuda:0", fingerprint={"code": {"git_commit": "abc"}})
     config["settings"]["optim"]["autocast"] = "auto"  # the device it ran on decides
     (run_dir / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["files_sha256"] = {"dev.csv": sha256_file(run_dir / "dev.csv")}  # checked in the run's own folder
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
     row = report.run_row(sweep, 0, tmp_path / "runs", samples=20)
     ev = run.evaluations[0]
     assert (row["status"], row["dev_score"], row["code"], row["compute"]) == ("done", 0.5, "commit abc",
@@ -680,3 +683,18 @@ def test_the_row_of_a_finished_run_with_its_zero_shot_check(tmp_path, monkeypatc
     assert row[ev.name] == 0.5  # the result file's figure: no predictions to re-score
     assert row["note"].startswith("zero-shot check without interval: ") and "zero_shot" not in row
     assert row["run_dir"] == str(run_dir) and row["arg_model"] == "tiny"
+    assert "model_bytes" in sweep.extras and row["model_bytes"] is None  # no best/ weights, no packed file
+    (run_dir / "best").mkdir()
+    (run_dir / "best" / "a.safetensors").write_bytes(b"x" * 100)
+    (run_dir / "best" / "b.safetensors").write_bytes(b"x" * 23)
+    (run_dir / "best" / "c.bin").write_bytes(b"x" * 1000)
+    assert report.run_row(sweep, 0, tmp_path / "runs", samples=20)["model_bytes"] == 123
+
+
+def test_model_bytes_is_the_packed_file_else_the_fp32_weights(tmp_path):
+    assert report.model_bytes(tmp_path, {}) is None
+    assert report.model_bytes(tmp_path, {"quantization": {"file_bytes": 77}}) == 77
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.safetensors").write_bytes(b"x" * 5)
+    assert report.model_bytes(tmp_path, {"quantization": {"file_bytes": "77"}}) == 5
+    assert report.model_bytes(tmp_path, {"quantization": None}) == 5
