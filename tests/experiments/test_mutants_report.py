@@ -698,3 +698,37 @@ def test_model_bytes_is_the_packed_file_else_the_fp32_weights(tmp_path):
     (tmp_path / "best" / "model.safetensors").write_bytes(b"x" * 5)
     assert report.model_bytes(tmp_path, {"quantization": {"file_bytes": "77"}}) == 5
     assert report.model_bytes(tmp_path, {"quantization": None}) == 5
+
+
+def test_the_zero_shot_row_takes_point_interval_and_majority_from_one_predictions_file(tmp_path, monkeypatch):
+    from experiments.stats import Interval
+
+    calls = []
+
+    class Scores:
+        def __init__(self, ids):
+            self.ids = ids
+
+        def interval(self, samples):
+            calls.append(("interval", samples))
+            return Interval(0.55, 0.4, 0.7, 2)
+
+    ids = ["q1", "q2"]
+    monkeypatch.setattr(report, "zero_shot_scores", lambda run_dir, output: calls.append((run_dir, output))
+                        or Scores(ids))
+    monkeypatch.setattr(report, "run_data_folder", lambda run_dir: Path("/data") / Path(run_dir).name)
+    majority = [Interval(0.5, 0.3, 0.6, 2)]
+    monkeypatch.setattr(report, "majority_reference", lambda *a: calls.append(a) or majority[0])
+    (tmp_path / "z.json").write_text(json.dumps({"accuracy": 0.6, "examples": 50, "task": "sst", "split": "test"}))
+    assert report.zero_shot_row(tmp_path, "z.json", 40) == {
+        "zero_shot_accuracy": 0.55, "zero_shot_n": 2, "zero_shot_low": 0.4, "zero_shot_high": 0.7,
+        "majority": 0.5, "majority_low": 0.3, "majority_high": 0.6}
+    assert calls == [(tmp_path, "z.json"), ("interval", 40), ("sst", Path("/data") / tmp_path.name, "test", ids, 40)]
+    calls.clear()
+    (tmp_path / "z.json").write_text(json.dumps({"accuracy": 0.6, "examples": 50}))
+    majority[0] = None
+    assert report.zero_shot_row(tmp_path, "z.json") == {
+        "zero_shot_accuracy": 0.55, "zero_shot_n": 2, "zero_shot_low": 0.4, "zero_shot_high": 0.7}
+    assert calls[-1] == ("quora", Path("/data") / tmp_path.name, "dev", ids, report.SAMPLES)  # the defaults
+    ids.clear()  # no labelled row found: the result file's own figure and count
+    assert report.zero_shot_row(tmp_path, "z.json") == {"zero_shot_accuracy": 0.6, "zero_shot_n": 50}
