@@ -549,7 +549,8 @@ def test_write_report_writes_the_csv_the_page_text_and_the_plots(tmp_path, monke
     seen = {}
     monkeypatch.setattr(report, "collect", lambda sweep, r, samples, failed: seen.update(collect=(r, samples, failed))
                         or [dict(x) for x in rows])
-    monkeypatch.setattr(tables, "sweep_tables", lambda sweep, rs, points, samples: seen.update(points=points)
+    monkeypatch.setattr(tables, "sweep_tables", lambda sweep, rs, points, samples: seen.update(points=points,
+                                                                                                tables=samples)
                         or ["| table |\n"])
     monkeypatch.setattr(plots, "write_plots", lambda sweep, rs, points, out, samples: seen.update(plots=samples)
                         or {"png": out / "p.png"})
@@ -557,7 +558,7 @@ def test_write_report_writes_the_csv_the_page_text_and_the_plots(tmp_path, monke
     out = tmp_path / "new" / "out"  # made, parents too
     paths = report.write_report(sweep, root, out, samples=33, failed={"cfimdb-s1": "boom"})
     assert paths == {"csv": out / "baseline.csv", "md": out / "baseline.md", "png": out / "p.png"}
-    assert seen["collect"] == (root, 33, {"cfimdb-s1": "boom"}) and seen["plots"] == 33
+    assert seen["collect"] == (root, 33, {"cfimdb-s1": "boom"}) and seen["plots"] == seen["tables"] == 33
     message = ("data not found at /a, /b: 3 run(s) shown without intervals (pass --data-dir or set MINIGPT2_DATA_DIR "
                "to where the data now lies)")
     assert paths["md"].read_text(encoding="utf-8") == "\n".join([
@@ -675,11 +676,13 @@ def test_the_row_of_a_finished_run_with_its_zero_shot_check(tmp_path, monkeypatc
     (run_dir / "config.json").write_text(json.dumps(config))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["files_sha256"] = {"dev.csv": sha256_file(run_dir / "dev.csv")}  # checked in the run's own folder
+    metrics.update(trainable_params=1234, wall_s=5.5, best={"epoch": 2})
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     row = report.run_row(sweep, 0, tmp_path / "runs", samples=20)
     ev = run.evaluations[0]
     assert (row["status"], row["dev_score"], row["code"], row["compute"]) == ("done", 0.5, "commit abc",
                                                                               "bf16 autocast")
+    assert (row["trainable_params"], row["wall_s"], row["best_epoch"], row["total_params"]) == (1234, 5.5, 2, None)
     assert row[ev.name] == 0.5  # the result file's figure: no predictions to re-score
     assert row["note"].startswith("zero-shot check without interval: ") and "zero_shot" not in row
     assert row["run_dir"] == str(run_dir) and row["arg_model"] == "tiny"
