@@ -312,6 +312,8 @@ def bars(ax) -> list[dict]:
         segs = [tuple(map(tuple, s)) for s in cols[0].get_segments()] if cols else []
         out.append({"label": c.get_label(), "xy": [tuple(p) for p in line.get_xydata()], "segments": segs,
                     "color": to_hex(line.get_color()), "linestyle": line.get_linestyle()})
+        caps = c.lines[1]
+        assert line.get_marker() in ("o", "D") and caps and all(cap.get_markersize() == 6 for cap in caps)  # capsize 3
     return out
 
 
@@ -340,12 +342,12 @@ def test_a_plot_draws_each_line_the_shared_start_the_level_band_marks_and_a_seco
     points = [pt("full", None, 42.0, 41.0, 43.0),
               pt("lora", 1, 40.0, 39.0, 41.5, "attn", test_score=39.0, trainable=10),
               pt("lora", 4, 41.0, 40.5, 41.2, "attn", test_score=math.nan, trainable=40),
-              pt("lora", 4, 38.0, 37.0, 39.0, "mlp", trainable=40),
+              pt("lora", 4, 38.0, 37.0, 39.0, "mlp", trainable=40, test_score=37.5),
               pt("shared", 2, 30.0, 29.0, 31.0),
               {**pt("lora", 8, 50.0, 49.0, 51.0, "attn"), "seeds": 0},  # not run: not drawn
               pt("other", 16, 20.0, 19.0, 21.0, "attn")]  # neither kept nor a level
     spec = Plot("rank", "LoRA rank", "T", line=lambda p: p["targets"], label=lambda k: f"on {k}",
-                keep=lambda p: p["method"] in ("lora", "shared"), shared=lambda p: p["method"] == "shared",
+                keep=lambda p: p["method"] != "other", shared=lambda p: p["method"] == "shared",
                 level=lambda p: p["method"] == "full", level_label="full", annotate=lambda p: f"r{p['rank']}", log=2,
                 mark=(lambda p: p["rank"] == 4, "chosen"), study=lambda p: 45.0 if p["rank"] == 1 else None,
                 second=("trainable", "params", "size"))
@@ -358,7 +360,8 @@ def test_a_plot_draws_each_line_the_shared_start_the_level_band_marks_and_a_seco
         {"label": "on mlp: dev", "xy": [(2, 30), (4, 38)], "color": C1, "linestyle": "-",
          "segments": [((2, 29), (2, 31)), ((4, 37), (4, 39))]}]
     assert plain_lines(ax) == [("on attn: test", [(1, 39)], "None", C0, "D", "none"),
-                               ("full", [(0, 42), (1, 42)], "--", C3, "None", None)]
+                               ("on mlp: test", [(4, 37.5)], "None", C1, "D", "none"),
+                               ("full", [(0, 42), (1, 42)], "--", C3, "None", None)]  # a level point: no marker
     assert ax.get_lines()[-1].get_transform() is not ax.transData  # drawn across the axes
     (band,) = ax.patches
     assert (band.get_y(), band.get_y() + band.get_height()) == (41.0, 43.0)
@@ -371,11 +374,14 @@ def test_a_plot_draws_each_line_the_shared_start_the_level_band_marks_and_a_seco
     assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
     assert list(ax.get_xticks()) == [1, 2, 4] and [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("LoRA rank", "chrF", "T")
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["on attn: test", "full", "chosen", "study",
-                                                                   "on attn: dev", "on mlp: dev"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["on attn: test", "on mlp: test", "full", "chosen",
+                                                                   "study", "on attn: dev", "on mlp: dev"]
     assert [(ln.get_label(), [tuple(p) for p in ln.get_xydata()]) for ln in ax2.get_lines()] == [
         ("on attn", [(1, 10), (4, 40)]), ("on mlp", [(4, 40)])]
-    assert [ln.get_color() for ln in ax2.get_lines()] == ["C0", "C1"]
+    assert [(ln.get_color(), ln.get_marker(), ln.get_linestyle()) for ln in ax2.get_lines()] == [
+        ("C0", "o", "-"), ("C1", "o", "-")]
+    assert plots.axis_labels(fig) == [{"title": "T", "xlabel": "LoRA rank", "ylabel": "chrF"},
+                                      {"title": "size", "xlabel": "LoRA rank", "ylabel": "params"}]
     assert ax2.get_xscale() == "log" and ax2.xaxis.get_transform().base == 10
     assert (ax2.get_xlabel(), ax2.get_ylabel(), ax2.get_title()) == ("LoRA rank", "params", "size")
 
@@ -398,6 +404,8 @@ def test_a_plot_of_two_metrics_on_categories_and_one_of_shared_points_only():
     assert plain_lines(acc) == [("test", [(1, 0.45)], "None", C0, "D", "none")]
     assert [(b["label"], b["xy"]) for b in bars(chrf)] == [("dev", [(0, 40)])]
 
+    assert plots.plot(Plot("rank", "rank", "none run"), [{**pt("a", 1, 1.0, 0.0, 2.0), "seeds": 0}]
+                      ).axes[0].get_ylabel() == "chrF"  # nothing run: one chrF axes
     only_shared = plots.plot(Plot("rank", "rank", "S", shared=lambda p: True),
                              [pt("a", 2, 30.0, 29.0, 31.0), pt("b", 1, 20.0, math.nan, 22.0)])
     assert bars(only_shared.axes[0]) == [{"label": "dev", "xy": [(1, 20), (2, 30)], "color": C0, "linestyle": "-",
@@ -490,6 +498,8 @@ def test_the_nll_plot_places_each_arm_its_test_beside_it_and_the_lines_to_beat()
         ("dev, before fine-tuning", 9.0, "--", "gray"), ("dev, u1", 6.5, ":", "black"),
         ("dev, u2", 10.8, "-.", "black")]
     assert list(ax.get_yticks()) == [0, 1] and [t.get_text() for t in ax.get_yticklabels()] == ["a", "d"]
+    assert [t.get_fontsize() for t in ax.get_yticklabels()] == [8, 8]
+    assert [ln.get_linewidth() for ln in ax.get_lines() if ln.get_label().startswith("dev, u")] == [1, 1]
     assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first arm on top
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
         "held-out NLL (nats per token; lower is better)", "arm", "T: held-out likelihood")
@@ -506,22 +516,37 @@ def test_write_plots_writes_the_sweep_plot_and_the_nll_plot_named_by_the_table_c
     from experiments.sweeps import SweepOptions, build_sweep
 
     sweep = build_sweep("lora-ranks", SweepOptions(tiny=True))
-    monkeypatch.setattr(plots, "chance_lines", lambda rows, samples: ({}, {"u": 6.0}))
+    monkeypatch.setattr(plots, "chance_lines", lambda rows, samples: names.append(samples) or ({}, {"u": 6.0}))
     names = []
     real = plots.plot_nll
     monkeypatch.setattr(plots, "plot_nll", lambda title, points, n, bars: names.append((title, n, bars))
                         or real(title, points, n, bars))
     points = [{**pt("full", None, 42.0, 41.0, 43.0), "trainable_params": 124_000_000, "dev_nll": 7.0},
               {**pt("lora", 4, 40.0, 39.0, 41.0), "trainable_params": 663_552}]
-    paths = plots.write_plots(sweep, [], points, tmp_path)
+    paths = plots.write_plots(sweep, [], points, tmp_path, 44)
     assert paths == {"png": tmp_path / "lora-ranks.png", "nll_png": tmp_path / "lora-ranks-nll.png"}
-    assert names == [("lora-ranks", ["full, 124,000,000", "lora, 4, 663,552"], {"u": 6.0})]
+    assert names == [44, ("lora-ranks", ["full, 124,000,000", "lora, 4, 663,552"], {"u": 6.0})]
     with Image.open(paths["png"]) as img:
         assert img.size == (int(6.5 * 120), 4 * 120) and img.text["Title"] == "lora-ranks"
         assert json.loads(img.text["Description"])["axes"][0]["ylabel"] == "chrF"
     with Image.open(paths["nll_png"]) as img:
         assert img.text["Title"] == "lora-ranks" and img.size == (7 * 120, round(2.3 * 120))  # one arm
-    assert plots.write_plots(sweep, [], points[1:], tmp_path / "b") == {"png": tmp_path / "b" / "lora-ranks.png"}
+    assert plots.write_plots(sweep, [], points[1:], tmp_path / "b" / "c") == {
+        "png": tmp_path / "b" / "c" / "lora-ranks.png"}  # folders made, parents too
+
+
+def test_a_saved_figure_is_closed():
+    import matplotlib.pyplot as plt
+
+    from experiments import plots
+
+    fig, _ = plt.subplots()
+    other, _ = plt.subplots()  # the current figure
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        plots.save_figure(fig, Path(d) / "x.png", "x")
+    assert not plt.fignum_exists(fig.number) and plt.fignum_exists(other.number)
+    plt.close(other)
 
 
 # ---------------------------------------------------------------------------------------------- report: files
