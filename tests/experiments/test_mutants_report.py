@@ -760,3 +760,33 @@ def test_the_zero_shot_row_takes_point_interval_and_majority_from_one_prediction
     assert calls[-1] == ("quora", Path("/data") / tmp_path.name, "dev", ids, report.SAMPLES)  # the defaults
     ids.clear()  # no labelled row found: the result file's own figure and count
     assert report.zero_shot_row(tmp_path, "z.json") == {"zero_shot_accuracy": 0.6, "zero_shot_n": 50}
+
+
+def test_the_marks_of_a_plot_are_styled_apart_and_the_second_axes_is_the_last():
+    from matplotlib.colors import to_hex
+
+    from experiments import plots
+    from experiments.sweeps import Plot
+
+    points = [pt("lora", 1, 40.0, 39.0, 41.0, "attn", trainable=10), pt("lora", 4, 41.0, 40.0, 42.0, "attn"),
+              pt("full", None, 42.0, 41.0, 43.0)]
+    spec = Plot("rank", "rank", "T", keep=lambda p: p["method"] == "lora", level=lambda p: p["method"] == "full",
+                annotate=lambda p: "a", mark=(lambda p: p["rank"] == 4, "chosen"), study=lambda p: 45.0,
+                second=("trainable", "params", "size"))
+    fig = plots.plot(spec, points)
+    ax, ax2 = fig.axes
+    star, study = ax.collections[-2:]
+    assert (list(star.get_sizes()), to_hex(star.get_facecolor()[0]), star.get_zorder()) == ([160], BLACK, 4)
+    assert (to_hex(study.get_facecolor()[0]) if len(study.get_facecolor()) else to_hex(study.get_edgecolor()[0]),
+            study.get_zorder()) == (BLACK, 3)
+    assert star.get_paths()[0].vertices.shape != study.get_paths()[0].vertices.shape  # a star, a cross
+    assert {(t.xyann, t.anncoords, t.get_fontsize()) for t in ax.texts} == {((4, 4), "offset points", 8)}
+    assert to_hex(ax.patches[0].get_facecolor()) == C3
+    assert ax2.get_xscale() == "linear" and ax.get_xscale() == "linear"  # no log declared
+    two = plots.plot(Plot("rank", "rank", "T", second=("trainable", "params", "size"), log=10),
+                     [pt("a", 1, 1.0, 0.5, 1.5, trainable=3),
+                      {**pt("a", 2, 0.5, 0.4, 0.6, trainable=4), "metric": "bleu"}])
+    assert [(a.get_ylabel(), a.get_title(), a.get_xscale()) for a in two.axes] == [
+        ("bleu", "", "log"), ("chrF", "", "log"), ("params", "size", "log")]
+    assert [len(a.get_lines()) > 0 for a in two.axes] and [tuple(ln.get_xydata()[0]) for ln in
+                                                           two.axes[2].get_lines()] == [(2, 4), (1, 3)]
