@@ -790,3 +790,12 @@ def test_the_marks_of_a_plot_are_styled_apart_and_the_second_axes_is_the_last():
         ("bleu", "", "log"), ("chrF", "", "log"), ("params", "size", "log")]
     assert [len(a.get_lines()) > 0 for a in two.axes] and [tuple(ln.get_xydata()[0]) for ln in
                                                            two.axes[2].get_lines()] == [(2, 4), (1, 3)]
+
+
+def test_the_test_markers_take_their_lines_colour_when_an_earlier_line_has_none():
+    from experiments import plots
+    from experiments.sweeps import Plot
+
+    points = [pt("lora", 1, 40.0, 39.0, 41.0, "attn"), pt("lora", 1, 38.0, 37.0, 39.0, "mlp", test_score=37.0)]
+    fig = plots.plot(Plot("rank", "rank", "T", line=lambda p: p["targets"], label=lambda k: k), points)
+    assert plain_lines(fig.axes[0]) == [("mlp: test", [(1, 37)], "None", C1, "D", "none")]
