@@ -779,7 +779,10 @@ def test_the_marks_of_a_plot_are_styled_apart_and_the_second_axes_is_the_last():
     assert (list(star.get_sizes()), to_hex(star.get_facecolor()[0]), star.get_zorder()) == ([160], BLACK, 4)
     assert (to_hex(study.get_facecolor()[0]) if len(study.get_facecolor()) else to_hex(study.get_edgecolor()[0]),
             study.get_zorder()) == (BLACK, 3)
-    assert star.get_paths()[0].vertices.shape != study.get_paths()[0].vertices.shape  # a star, a cross
+    from matplotlib.markers import MarkerStyle
+    for mark, style in ((star, "*"), (study, "x")):  # a star, a thin cross
+        m = MarkerStyle(style)
+        assert mark.get_paths()[0].vertices.tolist() == m.get_path().transformed(m.get_transform()).vertices.tolist()
     assert {(t.xyann, t.anncoords, t.get_fontsize()) for t in ax.texts} == {((4, 4), "offset points", 8)}
     assert to_hex(ax.patches[0].get_facecolor()) == C3
     assert ax2.get_xscale() == "linear" and ax.get_xscale() == "linear"  # no log declared
