@@ -224,6 +224,14 @@ def out_dir(args: ExperimentArgs) -> Path:
     return Path(args.out or ("results/tiny" if args.tiny else "results"))
 
 
+def make_folder(path: Path, flag: str, what: str) -> None:
+    """`path` and its parents made, or one error line naming `flag` (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot make {what} there ({e.strerror})") from None
+
+
 def dry_run(sweeps: list[Sweep], args: ExperimentArgs, launcher: Launcher) -> None:
     """Print each sweep's runs, what each would do and what they cost (CPU rates probed once, on the device of the
     first run at the threads a run gets one at a time), then the figures of every sweep together, or under
@@ -327,12 +335,11 @@ def _main(argv: list[str] | None) -> int:
     if args.report_only:  # every run's scored files, before any report is rewritten
         for sweep in sweeps:
             check_sweep_files(sweep, runs_root(args, sweep.name))
-    if not args.dry_run:  # the results' folder, refused now rather than after hours of runs
-        out = out_dir(args)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot make the results folder there ({e.strerror})") from None
+    if not args.dry_run:  # the folders it writes, refused now rather than after hours of runs
+        make_folder(out_dir(args), "--out", "the results folder")
+        for sweep in sweeps if not args.report_only else ():
+            if sweep.runs:
+                make_folder(runs_root(args, sweep.name), "--runs-dir", "the run folders")
     launcher = make_launcher(args)
     if args.dry_run:
         dry_run(sweeps, args, launcher)

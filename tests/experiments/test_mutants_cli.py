@@ -159,6 +159,20 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_run(tmp_path, m
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_runs_dir_that_cannot_hold_run_folders_is_refused_before_any_run(tmp_path, monkeypatch):
+    """--runs-dir naming a file was a NotADirectoryError traceback for every run, each run counted as failed; now
+    one line naming the flag and the sweep's folder before the first run, no launcher made."""
+    from experiments import __main__ as cli
+
+    monkeypatch.setattr(cli, "make_launcher", lambda args: pytest.fail("a launcher was made"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["baseline", "--tiny", "--runs-dir", str(tmp_path / "afile"), "--out", str(tmp_path / "out")])
+    assert e.value.code == (f"error: --runs-dir {tmp_path / 'afile' / 'baseline'}: cannot make the run folders "
+                            "there (Not a directory)")
+    assert (tmp_path / "afile").read_text() == ""  # nothing written over
+
+
 def test_a_new_nested_out_folder_is_made_with_its_parents(tmp_path):
     """--out a/b/c where none exists yet: made whole (not refused for a missing parent), the report in it."""
     from experiments import __main__ as cli
