@@ -21,9 +21,9 @@ class PreconditionError(UserError, RuntimeError):
 
 
 def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
-    """Check the inputs of `runs`, each once: the base weights and the data (the run's task and its follow-up
-    checks') fetched now when missing, GPT-2's tokenizer, the synthetic files' sonnets. Raises PreconditionError."""
-    from app.runmodel import base_weights_file
+    """Check the inputs of `runs`, each once: the base weights (their header read: an empty or truncated file fails
+    here) and the data (the run's task and its follow-up checks') fetched now when missing, GPT-2's tokenizer, the
+    synthetic files' sonnets. Raises PreconditionError."""
     from course.fetch import ensure_task_data
     from course.readers import require_files
     from minigpt2.tokenizer import Tokenizer
@@ -46,7 +46,7 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
         offline = settings.paths.offline
         model = settings.model.model
         if model != "tiny":
-            once(("model", model, offline), f"--model {model}", lambda: base_weights_file(model, offline))
+            once(("model", model, offline), f"--model {model}", lambda: _check_weights(model, offline))
         folder = data_folder(settings)
         tasks = [settings.data.task] + [ev.task for ev in run.evaluations if ev.task]
         for name in tasks:
@@ -62,6 +62,16 @@ def check_preconditions(sweep: str, runs: Sequence[Run]) -> None:
         if syn is not None:
             once(("synthetic", syn.path, syn.n, syn.filter), f"--synthetic {syn.path}",
                  lambda syn=syn: _check_synthetic(syn, counts))
+
+
+def _check_weights(model: str, offline: bool) -> None:
+    """The weights --model names, downloaded if a missing preset, their safetensors header read (nothing loaded)."""
+    from app.runmodel import base_weights_file
+    from minigpt2.checkpoint import check_safetensors
+
+    path = base_weights_file(model, offline)
+    if path is not None:
+        check_safetensors(path)
 
 
 def _check_synthetic(syn: SyntheticSettings, counts: dict[tuple[str, str], int]) -> None:

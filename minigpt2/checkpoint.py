@@ -83,6 +83,25 @@ def _refuse_pickle(path: Path) -> None:
 _CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _not_safetensors(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: not a valid safetensors file ({path.stat().st_size} bytes; truncated or another "
+                           f"format?): {e}")
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise `read_safetensors`'s error if `path` is not a safetensors file whose header covers the whole file
+    (missing, empty, truncated, pickled); nothing is loaded: the check a sweep makes once before its runs."""
+    path = Path(path)
+    _refuse_pickle(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _not_safetensors(path, e) from e
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a clear error for anything else."""
     path = Path(path)
@@ -94,10 +113,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        size = path.stat().st_size
-        raise CheckpointError(
-            f"{path}: not a valid safetensors file ({size} bytes; truncated or another format?): {e}"
-        ) from e
+        raise _not_safetensors(path, e) from e
     for key, t in tensors.items():  # a diverged run's NaN weights must not be trained on or scored silently
         if t.dtype in _CHECKED_FLOATS and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; the run that wrote it "

@@ -173,6 +173,22 @@ def test_a_runs_dir_that_cannot_hold_run_folders_is_refused_before_any_run(tmp_p
     assert (tmp_path / "afile").read_text() == ""  # nothing written over
 
 
+def test_base_weights_that_cannot_load_are_refused_before_any_run(tmp_path, monkeypatch):
+    """--model naming an empty file: every run failed in turn with the same load error; now preflight reads the
+    header once and the sweep does not start (no launcher made, no run folder)."""
+    from experiments import __main__ as cli
+
+    monkeypatch.setattr(cli, "make_launcher", lambda args: pytest.fail("a launcher was made"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["baseline", "--tiny", "--model", str(weights), "--runs-dir", str(tmp_path / "runs"), "--out",
+                  str(tmp_path / "out")])
+    assert str(e.value.code).startswith(f"error: sweep baseline cannot start: --model {weights}: {weights}: not a "
+                                        "valid safetensors file (0 bytes; truncated or another format?): ")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_new_nested_out_folder_is_made_with_its_parents(tmp_path):
     """--out a/b/c where none exists yet: made whole (not refused for a missing parent), the report in it."""
     from experiments import __main__ as cli

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.checkpoint import (CheckpointError, hf_to_minigpt2, load_model, read_safetensors, resolve_model,
-                                 save_model)
+from minigpt2.checkpoint import (CheckpointError, check_safetensors, hf_to_minigpt2, load_model, read_safetensors,
+                                 resolve_model, save_model)
 
 from tests.conftest import load_hf
 
@@ -101,6 +101,31 @@ def test_non_safetensors_file_is_a_clear_error(tmp_path):
     bad.write_text("<html>404 Not Found</html>")
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_model(bad)
+
+
+def test_check_safetensors_reads_the_header_and_refuses_what_load_would(tiny_hf_dir, tmp_path):
+    """The header-only check a sweep makes before its runs: a whole file passes; missing, empty, truncated by one
+    byte and pickled files give `load_model`'s own error, with the file's size."""
+    good = tiny_hf_dir / "model.safetensors"
+    check_safetensors(good)
+    data = good.read_bytes()
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(data[:-1])
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    for bad, size in ((short, len(data) - 1), (empty, 0)):
+        with pytest.raises(CheckpointError) as err:
+            check_safetensors(bad)
+        assert str(err.value).startswith(f"{bad}: not a valid safetensors file ({size} bytes; truncated or another "
+                                         "format?): ")
+        with pytest.raises(CheckpointError) as load_err:
+            read_safetensors(bad)
+        assert str(load_err.value) == str(err.value)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'none.safetensors'}: no such checkpoint file"):
+        check_safetensors(tmp_path / "none.safetensors")
+    (tmp_path / "model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="refusing to load a pickled checkpoint"):
+        check_safetensors(tmp_path / "model.bin")
 
 
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])
