@@ -802,3 +802,112 @@ def test_the_test_markers_take_their_lines_colour_when_an_earlier_line_has_none(
     points = [pt("lora", 1, 40.0, 39.0, 41.0, "attn"), pt("lora", 1, 38.0, 37.0, 39.0, "mlp", test_score=37.0)]
     fig = plots.plot(Plot("rank", "rank", "T", line=lambda p: p["targets"], label=lambda k: k), points)
     assert plain_lines(fig.axes[0]) == [("mlp: test", [(1, 37)], "None", C1, "D", "none")]
+
+
+def tiny_rows(path: Path) -> list[list[str]]:
+    """The tab-separated rows of a tiny data file, its header left out."""
+    with path.open(encoding="utf-8", newline="") as f:
+        return [r for r in list(csv.reader(f, delimiter="\t"))[1:] if r]
+
+
+def finished_sst_run(tmp_path: Path, monkeypatch):
+    """The tiny precision sweep's sst fp32 run, finished on a copy of the tiny data: 5 of its 8 dev rows right, 3
+    of its 8 test rows right, and a zero-shot Quora check whose predictions file gets 6 of the 8 labelled dev
+    pairs right (its result file says 0.5: the row must take the re-scored figure)."""
+    import shutil
+
+    from experiments import launch
+    from experiments.sweeps import SweepOptions, build_sweep
+    from tests.experiments.test_experiments import FakeFinetune
+
+    monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(TINY_DATA_DIR, data)
+    sweep = build_sweep("precision", SweepOptions(tiny=True, data_dir=str(data)))
+    index = next(i for i, r in enumerate(sweep.runs) if r.name == "sst-fp32-s11711")
+    run = sweep.runs[index]
+    launch.Local(FakeFinetune(), progress=False).launch([run], tmp_path / "runs")
+    run_dir = tmp_path / "runs" / run.name
+    dev = [(r[1], int(r[3])) for r in tiny_rows(data / "ids-sst-dev.csv")]  # (id, sentiment)
+    test = [(f"t{k}", k % 5) for k in range(8)]  # 8 test labels (the tiny data's 4 are too few for an interval)
+    (data / "ids-sst-test-labels.csv").write_text("id\tsentiment\n" + "".join(f"{i}\t{y}\n" for i, y in test))
+    wrong = lambda y: (y + 1) % 5  # noqa: E731
+    (run_dir / "dev.csv").write_text("id \t Predicted_Sentiment \n" + "".join(
+        f"{i} , {y if k < 5 else wrong(y)}\n" for k, (i, y) in enumerate(dev)))
+    (run_dir / "test.csv").write_text("id \t Predicted_Sentiment \n" + "".join(
+        f"{i} , {y if k < 3 else wrong(y)}\n" for k, (i, y) in enumerate(test)))
+    pairs = tiny_rows(data / "quora-dev.csv")
+    quora = [(r[1], int(float(r[4]))) for r in pairs if r[4]]  # (id, is_duplicate): 8 of the 9 are labelled
+    (run_dir / "zs.csv").write_text("id \t Predicted_Is_Paraphrase \n" + "".join(
+        f"{i} , {y if k < 6 else 1 - y}\n" for k, (i, y) in enumerate(quora))
+        + "".join(f"{r[1]} , 1\n" for r in pairs if not r[4]))  # a pair without a label is not scored
+    ev = run.evaluations[0]
+    (run_dir / ev.output).write_text(json.dumps({"accuracy": 0.5, "examples": 9, "task": "quora", "split": "dev",
+                                                 "predictions": "zs.csv"}))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.update(dev={"accuracy": 0.625}, trainable_params=1234, total_params=5678, wall_s=5.5, best={"epoch": 2},
+                   data={"train": 9}, heldout_nll_base={"dev": {"nll": 3.25}},
+                   copying={"dev": {"n": 4}})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return sweep, index, run_dir, data, dev, test, quora
+
+
+def test_the_row_of_a_finished_run_whose_dev_test_and_zero_shot_files_re_score(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from experiments import references, stats
+
+    sweep, index, run_dir, data, dev, _, quora = finished_sst_run(tmp_path, monkeypatch)
+    row = report.run_row(sweep, index, tmp_path / "runs", samples=50)
+    # the bounds are the resampling's (tested in test_intervals.py); the row must carry those of 50 resamples, which
+    # differ from the default 1000's on these rows
+    ci = stats.run_interval(run_dir, samples=50)
+    zs = stats.zero_shot_scores(run_dir, "eval-quora-zero-shot-dev.json").interval(50)
+    maj = references.majority_reference("sst", data, "dev", [i for i, _ in dev], 50)
+    zmaj = references.majority_reference("quora", data, "dev", [i for i, _ in quora], 50)
+    assert (ci.low, ci.high) != tuple(getattr(stats.run_interval(run_dir), k) for k in ("low", "high"))
+    assert (zs.low, zs.high) != tuple(getattr(stats.zero_shot_scores(
+        run_dir, "eval-quora-zero-shot-dev.json").interval(), k) for k in ("low", "high"))
+    # by hand: the commonest sst dev label's share of the 8 rows, and the commonest is_duplicate of the 8 labelled pairs
+    dev_majority = max(Counter(y for _, y in dev).values()) / 8
+    quora_majority = max(Counter(y for _, y in quora).values()) / 8
+    assert maj.value == dev_majority and zmaj.value == quora_majority
+    assert ci.low < 0.625 < ci.high and zs.low < 6 / 8 < zs.high  # an interval, not a point
+    test_ci = stats.run_interval(run_dir, samples=50, split="test")
+    assert (test_ci.low, test_ci.high) != tuple(getattr(stats.run_interval(run_dir, split="test"), k)
+                                                for k in ("low", "high"))
+    expected = {
+        "sweep": "precision", "run": "sst-fp32-s11711", "task": "sst", "precision": "fp32", "qaft": False,
+        "stage": "fine-tuned", "seed": 11711, "status": "done", "metric": "accuracy", "dev_score": 0.625,
+        "ci_low": ci.low, "ci_high": ci.high, "n_dev": 8,
+        "trainable_params": 1234, "total_params": 5678, "best_epoch": 2, "wall_s": 5.5, "train_real": 9,
+        "train_synthetic": None,
+        "majority": dev_majority, "majority_low": maj.low, "majority_high": maj.high,
+        "test_score": 3 / 8, "test_low": test_ci.low, "test_high": test_ci.high, "n_test": 8,
+        "dev_nll_base": 3.25, "dev_copy_n": 4,
+        "model_bytes": None,
+        "zero_shot_quora": 6 / 8,
+        "zero_shot": {"zero_shot_accuracy": 6 / 8, "zero_shot_n": 8, "zero_shot_low": zs.low,
+                      "zero_shot_high": zs.high, "majority": quora_majority, "majority_low": zmaj.low,
+                      "majority_high": zmaj.high},
+        "compute": "fp32", "code": report.UNKNOWN_CODE, "run_dir": str(run_dir)}
+    args = {k: v for k, v in row.items() if k.startswith("arg_")}
+    assert {k: v for k, v in row.items() if k not in args} == expected
+    assert args["arg_task"] == "sst" and args["arg_data_dir"] == str(data)
+
+
+def test_a_run_whose_interval_fails_says_whether_its_data_folder_is_missing(tmp_path, monkeypatch):
+    import shutil
+
+    sweep, index, run_dir, data, *_ = finished_sst_run(tmp_path, monkeypatch)
+    (run_dir / "dev.csv").write_text((run_dir / "dev.csv").read_text() + "zz , 3\n")  # an id the data has not
+    row = report.run_row(sweep, index, tmp_path / "runs", samples=50)
+    assert row["note"] == (f"no interval: {run_dir / 'dev.csv'}: id(s) ['zz'] have no label in "
+                           f"{data / 'ids-sst-dev.csv'}") and "data_missing" not in row  # the folder is there
+    assert (row["dev_score"], row["n_dev"]) == (0.625, None) and row["ci_low"] != row["ci_low"]
+    shutil.rmtree(data)
+    row = report.run_row(sweep, index, tmp_path / "runs", samples=50)
+    assert row["data_missing"] == str(data)  # the folder is gone: say so
+    data.write_text("")  # a file where the folder was: no folder either
+    row = report.run_row(sweep, index, tmp_path / "runs", samples=50)
+    assert row["data_missing"] == str(data)
