@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -83,37 +84,33 @@ def _refuse_pickle(path: Path) -> None:
 _CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _not_safetensors(path: Path, e: Exception) -> CheckpointError:
-    return CheckpointError(f"{path}: not a valid safetensors file ({path.stat().st_size} bytes; truncated or another "
-                           f"format?): {e}")
+@contextmanager
+def _opened(path: Path) -> Iterator[Any]:
+    """`safe_open` of a safetensors file; a pickle, a missing file or anything unreadable is one CheckpointError."""
+    _refuse_pickle(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({path.stat().st_size} bytes; truncated or "
+                              f"another format?): {e}") from e
 
 
 def check_safetensors(path: str | os.PathLike) -> None:
     """Raise `read_safetensors`'s error if `path` is not a safetensors file whose header covers the whole file
     (missing, empty, truncated, pickled); nothing is loaded: the check a sweep makes once before its runs."""
-    path = Path(path)
-    _refuse_pickle(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            f.keys()
-    except (SafetensorError, OSError, ValueError) as e:
-        raise _not_safetensors(path, e) from e
+    with _opened(Path(path)) as f:
+        f.keys()
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a clear error for anything else."""
     path = Path(path)
-    _refuse_pickle(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise _not_safetensors(path, e) from e
+    with _opened(path) as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     for key, t in tensors.items():  # a diverged run's NaN weights must not be trained on or scored silently
         if t.dtype in _CHECKED_FLOATS and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; the run that wrote it "
