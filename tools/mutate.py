@@ -308,6 +308,11 @@ MUTANTS: list[Mutant] = [
            '"started": None or', RESUME),
     Mutant("resume-edited-config-taken", "app/runfolder.py", "    if edited:  # the settings were changed",
            "    if False:  # the settings were changed", RESUME),
+    # ---- the safetensors check a sweep makes before its runs (`_opened` is decorated: mutmut leaves it alone)
+    Mutant("checkpoint-header-check-skipped", "minigpt2/checkpoint.py", "    with _opened(Path(path)) as f:\n        f.keys()",
+           "    Path(path)", ("tests/minigpt2/test_checkpoint.py",)),
+    Mutant("checkpoint-pickle-not-refused", "minigpt2/checkpoint.py", "    _refuse_pickle(path)\n    if not path.is_file()",
+           "    if not path.is_file()", ("tests/minigpt2/test_checkpoint.py",)),
     # ---- native bf16 as the bench and autocast read it (an AVX2 CPU emulated by capping oneDNN)
     Mutant("bf16-onednn-cap-ignored", "minigpt2/device.py", "    if cap.strip().upper() in ONEDNN_CAPS_WITHOUT_BF16:",
            "    if False:", AUTOCAST),
