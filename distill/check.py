@@ -15,7 +15,8 @@ Words the dictionary lacks go through, in order:
    *word-like* token gets this fallback (`word_like`: letters only, in lower case, capitalised or all capitals;
    a vowel to rhyme on; at most 12 letters and 4 vowel groups); any other unknown end word, such as random
    GPT-2 tokens glued together ("RoyalsHel109", "CETinder") or a vowel-less fragment ("pt"), rhymes with nothing.
-CMU's two spellings of fire-words ("desire" AY1 ER0, "admire" AY1 R) are treated as one.
+CMU's two spellings of fire-words ("desire" AY1 ER0, "admire" AY1 R) are treated as one, and so are its two of the
+vowel before R in "near" ("here" HH IY1 R, "near" N IH1 R: "here" / "uprear" rhyme in Sonnet 49).
 
 The meter check (optional, reported separately) counts syllables per line and calls a line metrical when it has
 9-11 syllables (10, allowing a feminine ending or an elision). The count (`distill.syllables`, its rules in that
@@ -78,7 +79,9 @@ def rhyming_part(phones: str) -> str:
     start = stressed[-1] if stressed else (vowels[-1] if vowels else 0)
     part = _strip_stress(ph[start:])
     # CMU spells fire-words two ways ("desire" AY1 ER0, "admire" AY1 R): make them one.
-    return re.sub(r"\b(AY|AW|OY|IY|EY|UW) ER\b", r"\1 R", part)
+    part = re.sub(r"\b(AY|AW|OY|IY|EY|UW) ER\b", r"\1 R", part)
+    # and the vowel of "near" two ways ("here", "ear", "disappear" IY1 R; "near", "year", "appear" IH1 R): one too.
+    return re.sub(r"\bIY R\b", "IH R", part)
 
 
 def normalize_word(token: str) -> str:

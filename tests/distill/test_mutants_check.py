@@ -138,6 +138,16 @@ def test_the_reason_for_each_kind_of_failed_pair(a, b, reason):
     assert result.failed_pairs == [(13, 14, a, b)]
 
 
+@pytest.mark.parametrize("a, b", [
+    ("here", "uprear"),  # Sonnet 49, lines 9/11: HH IY1 R / (up)rear R IH1 R
+    ("hear", "near"), ("year", "here"), ("disappear", "appear"),  # IY1 R / IH1 R: CMU's two spellings of one vowel
+    ("hearing", "fearing"),  # HH IY1 R IH0 NG / F IH1 R IH0 NG
+])
+def test_the_vowel_of_near_is_one_vowel(a, b):
+    assert rhyme(a, b) == (True, "cmu")
+    assert rhyme("here", "there") == (False, "cmu") and rhyme("ear", "bear") == (False, "cmu")  # IH R / EH R
+
+
 def test_rhyming_part_without_a_stressed_vowel():
     assert rhyming_part("DH IY0") == "IY"  # "the" read "thee": no stressed vowel, so from the last vowel
     assert rhyming_part("R IY0 M EH1 M B ER0") == "EH M B ER"
