@@ -120,10 +120,8 @@ def pronunciations(word: str) -> list[str]:
     found = pronouncing.phones_for_word(word)
     if found:
         return found
-    plain = word.replace("'", "")
-    if plain != word and pronouncing.phones_for_word(plain):
-        return pronouncing.phones_for_word(plain)
-    # Elided endings: every reading is kept ("mak'st": "mak" is also a CMU name, "make" the verb).
+    # Elided endings: every reading is kept ("mak'st": "mak" is also a CMU name, "make" the verb). They come
+    # before the word without its apostrophes, which would read "hear'st" as "Hearst" and "be'st" as "best".
     for ending, extra in (("'d", "D"), ("'st", "S T"), ("st", "S T")):
         if word.endswith(ending) and len(word) > len(ending) + 1:
             stem = word[: -len(ending)]
@@ -134,6 +132,10 @@ def pronunciations(word: str) -> list[str]:
                       pronouncing.phones_for_word(stem) + pronouncing.phones_for_word(stem + "e")]
             if found:
                 return list(dict.fromkeys(found))
+    # Other apostrophes: a possessive ("soul's" as "souls") or an inner elision ("wat'ry" as "watry").
+    plain = word.replace("'", "")
+    if plain != word and pronouncing.phones_for_word(plain):
+        return pronouncing.phones_for_word(plain)
     # A prefix does not change where a word rhymes: "o'erworn" ~ "worn", "unbred" ~ "bred", "recured" ~ "cured".
     for prefix in PREFIXES:
         rest = word[len(prefix):]

@@ -190,6 +190,13 @@ def test_words_cmu_lacks_rhyme_by_their_readings(a, b):
     assert rhyme(a, b) == (True, "cmu")
 
 
+def test_an_elided_ending_is_read_before_the_word_without_its_apostrophe():
+    # "hear'st" is hear (HH IY1 R) + S T, not CMU's "hearst" (HH ER1 S T, the surname); "be'st" is be + S T
+    # (B IY1 S T), not "best" (B EH1 S T)
+    assert rhyme("hear'st", "fear'st") == (True, "cmu") and rhyme("hear'st", "first") == (False, "cmu")
+    assert rhyme("be'st", "least") == (True, "cmu") and rhyme("be'st", "rest") == (False, "cmu")
+
+
 def test_inner_elisions_and_elided_endings_in_the_reason():
     # "wat'ry" is CMU's "watry" W AA1 T R IY0: known, so no unknown word; against "day" it ends unstressed
     result = check_sonnet(sonnet(ends_with(l13="wat'ry", l14="day")))
