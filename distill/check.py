@@ -249,8 +249,8 @@ class SonnetCheck:
 
 
 def sonnet_lines(text: str) -> list[str]:
-    """The non-empty lines of a sonnet, stripped."""
-    return [ln.strip() for ln in text.replace("\r", "").split("\n") if ln.strip()]
+    """The non-empty lines of a sonnet, stripped; a line ends at LF, CRLF or a lone CR (as the file readers read)."""
+    return [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
 
 
 def check_sonnet(text: str, name: str = "sonnet", meter: bool = False) -> SonnetCheck:

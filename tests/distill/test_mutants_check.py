@@ -253,6 +253,14 @@ def test_form_of_four_lines_is_judged_on_its_first_quatrain():
 
 # ---------------------------------------------------------------------------------------------- the readers
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_sonnet_text_with_any_line_end_has_its_fourteen_lines(newline):
+    text = sonnet(PERFECT_ENDS).replace("\n", newline)
+    result = check_sonnet(text, meter=True)
+    assert result.perfect and result.n_lines == 14 and result.syllables == [10] * 14
+    assert form_of(text) == {"fourteen_lines": True, "rhyme_scheme": True, "meter": True, "perfect": True}
+
+
 def test_blank_line_separated_text_with_crlf_or_cr_line_ends(tmp_path):
     one, two = sonnet(PERFECT_ENDS), sonnet(ends_with(l14="orange"))
     for newline in ("\r\n", "\r"):
