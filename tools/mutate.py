@@ -423,6 +423,11 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                  "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py"),
     "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
     "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
+    "distill/check.py": ("tests/distill/test_mutants_check.py", "tests/distill/test_distill_check.py",
+                         "tests/distill/test_distill_syllables.py", "tests/distill/test_mutants_syllables.py",
+                         "tests/distill/test_distill_hardening.py", "tests/contract/test_contract_stats.py",
+                         "tests/app/test_measures.py::test_form_of_a_perfect_sonnet_and_of_each_part_alone",
+                         "tests/app/test_measures.py::test_meter_is_nine_to_eleven_syllables_a_line"),
 }
 
 
