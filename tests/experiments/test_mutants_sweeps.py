@@ -428,6 +428,21 @@ def test_real_training_sonnets_counts_the_file_cut_by_tiny(tmp_path, monkeypatch
     assert real_training_sonnets(SweepOptions()) == 5
 
 
+def test_the_mixing_ratios_count_the_real_sonnets_finetune_args_max_train_leaves(tmp_path):
+    """--finetune-args '--max-train N' trains every run on N real sonnets: ratio r adds r x N synthetic ones (was:
+    r x the file's count, or x 4 under --tiny, so "ratio 0.5" of 2 real sonnets added 2)."""
+    data = write_sonnets(tmp_path / "d", 500)
+    assert real_training_sonnets(SweepOptions(data_dir=str(data), finetune_args=["--max-train", "100"])) == 100
+    assert real_training_sonnets(SweepOptions(data_dir=str(data), finetune_args=["--max-train", "900"])) == 500
+    assert real_training_sonnets(SweepOptions(tiny=True, data_dir=str(data), finetune_args=["--max-train", "2"])) == 2
+    assert real_training_sonnets(SweepOptions(data_dir=str(data), finetune_args=["--epochs", "2"])) == 500
+    sweep = build_sweep("teachers", SweepOptions(tiny=True, finetune_args=["--max-train", "2"]))
+    ratio = [r for r in sweep.runs if "ratio" in r.name]
+    assert [(r.name, synthetic_of(r), r.settings.data.max_train) for r in ratio] == [
+        (f"{FLASH}-ratio0.5-perfect-s11711", (f"{FLASH}.jsonl", 1, "perfect", False), 2),
+        (f"{LITE}-ratio0.5-perfect-s11711", (f"{LITE}.jsonl", 1, "perfect", False), 2)]  # 0.5 x 2 real sonnets
+
+
 def test_fit_sizes_end_each_curve_at_what_the_file_has():
     assert fit_sizes((250, 500, 1000), 250) == [250]
     assert fit_sizes((250, 500, 1000), 499) == [250, 499]
