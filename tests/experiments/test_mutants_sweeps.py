@@ -667,3 +667,12 @@ def test_every_sweep_is_declared_and_run_names_are_unique():
     for name in SWEEPS:
         assert build_sweep(name, SweepOptions(synthetic_dir=str(TINY_SYNTHETIC_DIR))).name == name
     assert isinstance(Reference("d", lambda ref, arm: True).short, str)
+
+
+def test_a_builder_that_names_two_runs_alike_is_caught(monkeypatch):
+    twice = build_sweep("baseline", SweepOptions()).runs[:1] * 2
+    monkeypatch.setitem(SWEEPS, "twice", lambda opts: Sweep("twice", twice))
+    with pytest.raises(AssertionError, match="^duplicate run names in sweep twice$"):
+        build_sweep("twice", SweepOptions())
+    monkeypatch.setitem(SWEEPS, "once", lambda opts: Sweep("once", twice[:1]))
+    assert names(build_sweep("once", SweepOptions())) == ["sst-s11711"]
