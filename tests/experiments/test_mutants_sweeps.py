@@ -232,6 +232,7 @@ def test_lora_ranks_are_one_to_256_at_alpha_16_lr_1e2_beside_full_fine_tuning():
     assert (params.name, params.metric, params.dev, params.test) == ("LoRA rank 256 on attn+mlp",
                                                                    "trainable parameters", "42.5M", "—")
     assert params.pick(found)["rank"] == 256 and params.cells(params.pick(found)) == ("42.5M", "—")
+    assert params.cells({"trainable_params": 42450010}) == ("42.5M", "—")  # 42.45001 (not 42.44997: millions)
     assert params.pick(found[:2]) is None
     assert params.pick([{**r, "trainable_params": None} for r in found]) is None  # not counted: no figure
 
@@ -443,6 +444,18 @@ def test_the_mixing_ratios_count_the_real_sonnets_finetune_args_max_train_leaves
         (f"{LITE}-ratio0.5-perfect-s11711", (f"{LITE}.jsonl", 1, "perfect", False), 2)]  # 0.5 x 2 real sonnets
 
 
+def test_a_ratio_asking_every_perfect_sonnet_a_file_has_is_run(tmp_path, monkeypatch):
+    """600 real sonnets, flash 1200 perfect: ratio 2 asks all 1200 (past the largest size, so no curve point)."""
+    folder = tmp_path / "synth"
+    fake_files(monkeypatch, folder, {FLASH: (2000, 1200)})
+    sweep = build_sweep("teachers", SweepOptions(synthetic_dir=str(folder),
+                                                 data_dir=str(write_sonnets(tmp_path / "data", 600))))
+    assert [(r.name, synthetic_of(r)[1]) for r in sweep.runs if "ratio" in r.name or "only-perfect" in r.name] == [
+        (f"{FLASH}-ratio0.5-perfect-s11711", 300), (f"{FLASH}-ratio1-perfect-s11711", 600),
+        (f"{FLASH}-ratio2-perfect-s11711", 1200), (f"{FLASH}-only-perfect-s11711", 1200)]
+    assert sweep.note == ""
+
+
 def test_fit_sizes_end_each_curve_at_what_the_file_has():
     assert fit_sizes((250, 500, 1000), 250) == [250]
     assert fit_sizes((250, 500, 1000), 499) == [250, 499]
@@ -462,6 +475,7 @@ def test_shortfall_says_what_a_file_has_and_the_requests_that_would_fill_it(tmp_
     assert shortfall(PRO, path, "all", 300, 1000) == (
         "gemini-2.5-pro has 300 kept sonnets; the n1000-all arm needs 1000: generate ~700 more requests "
         "(its curve ends at 300 until then)")  # 700 kept at one a request
+    assert "generate ~1 more requests" in shortfall(PRO, path, "all", 999, 1000)  # 1 kept; no perfect one asked
     assert shortfall(LITE, tmp_path / f"{LITE}.jsonl", "perfect", 0, 250).startswith(
         "gemini-2.5-flash-lite has 0 perfect sonnets; the n250-perfect arm needs 250: generate ~447 more requests")
     # ceil(250 / 0.56) = ceil(446.4)
@@ -474,7 +488,7 @@ def test_teachers_without_files_wait_for_them(tmp_path):
                          f"{tmp_path / 'absent'}: no <teacher>.jsonl files")):
         sweep = build_sweep("teachers", opts)
         assert sweep.runs == [] and sweep.waits == (f"the Gemini files ({where}; make them with {HINT})",)
-        assert sweep.published == sweeps.TEACHERS_PUBLISHED and sweep.note == ""
+        assert sweep.published == sweeps.TEACHERS_PUBLISHED and sweep.note == "" and sweep.name == "teachers"
 
 
 def test_teachers_curves_shortfalls_and_mixes_of_files_of_every_size(tmp_path, monkeypatch):
