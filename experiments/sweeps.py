@@ -473,9 +473,11 @@ def teachers(opts: SweepOptions) -> Sweep:
         have = perfect[teacher]
         for r in ratios if n_real else ():
             n = round(r * n_real)
-            if n in fit_sizes(sizes[1:], have):  # already a point of the perfect curve
+            if n == 0:  # half of one real sonnet rounds to none
+                notes.append(f"{teacher}: ratio {r:g} of {n_real} real sonnet adds no synthetic one")
+            elif n in fit_sizes(sizes[1:], have):  # already a point of the perfect curve
                 notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
-            elif 0 < n <= have:
+            elif n <= have:
                 points.append((f"{teacher}-ratio{r:g}-perfect", arm(teacher, n, "perfect")))
                 mixes[str(folder / f"{teacher}.jsonl"), n, "perfect"] = f"ratio {r:g}"
             else:

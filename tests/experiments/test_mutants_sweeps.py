@@ -444,6 +444,15 @@ def test_the_mixing_ratios_count_the_real_sonnets_finetune_args_max_train_leaves
         (f"{LITE}-ratio0.5-perfect-s11711", (f"{LITE}.jsonl", 1, "perfect", False), 2)]  # 0.5 x 2 real sonnets
 
 
+def test_a_ratio_of_one_real_sonnet_that_rounds_to_none_is_said_not_run():
+    """--max-train 1: ratio 0.5 asks half a synthetic sonnet, round(0.5) = 0: no arm, and the note says why (was:
+    "ratio 0.5 needs 0 perfect sonnets, has 2")."""
+    sweep = build_sweep("teachers", SweepOptions(tiny=True, finetune_args=["--max-train", "1"]))
+    assert not [r.name for r in sweep.runs if "ratio" in r.name]
+    assert sweep.note.split("; ")[1:] == ["gemini-2.5-flash: ratio 0.5 of 1 real sonnet adds no synthetic one",
+                                          "gemini-2.5-flash-lite: ratio 0.5 of 1 real sonnet adds no synthetic one"]
+
+
 def test_a_ratio_asking_every_perfect_sonnet_a_file_has_is_run(tmp_path, monkeypatch):
     """600 real sonnets, flash 1200 perfect: ratio 2 asks all 1200 (past the largest size, so no curve point)."""
     folder = tmp_path / "synth"
