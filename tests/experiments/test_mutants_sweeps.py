@@ -320,7 +320,8 @@ def test_precision_runs_each_precision_ptq_and_qaft_the_base_models_and_the_othe
         if p == "fp32":
             expected.append(("fp32", ("sonnet", "fp32", False, epochs, "off")))
         else:
-            expected += [(f"{p}-ptq", ("sonnet", p, False, epochs, auto)), (f"{p}-qaft", ("sonnet", p, True, epochs, auto))]
+            expected += [(f"{p}-ptq", ("sonnet", p, False, epochs, auto)),
+                         (f"{p}-qaft", ("sonnet", p, True, epochs, auto))]
     for task in ("sst", "cfimdb"):
         expected += [(f"{task}-fp32", (task, "fp32", False, epochs, "off")),
                      (f"{task}-int8-qaft", (task, "int8", True, epochs, auto))]
