@@ -131,10 +131,16 @@ def read_summary(jsonl: str | Path) -> dict:
 STUDY_PERFECT_RATES = {"gemini-2.5-flash-lite": 0.56, "gemini-2.5-flash": 0.72, "gemini-2.5-pro": 0.75}
 
 
+def made_summary(jsonl: Path | None) -> dict | None:
+    """`read_summary` of a generated file, None where there is none yet: no file, or a file with no record (made
+    before its first request came back)."""
+    return read_summary(jsonl) if jsonl is not None and jsonl.is_file() and load_records(jsonl) else None
+
+
 def teacher_rates(teacher: str, path: Path | None) -> tuple[float, float, str]:
     """(perfect sonnets per request, kept sonnets per request, where from): the file's summary where it kept any,
     else the study's perfect rate with every request kept."""
-    summary = read_summary(path) if path is not None and path.is_file() else None
+    summary = made_summary(path)
     if summary and summary.get("requests") and summary.get("kept"):
         kept = summary["kept"] / summary["requests"]
         return (summary["perfect"] / summary["requests"], kept,

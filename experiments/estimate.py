@@ -499,7 +499,7 @@ def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = 
     USD: what its summary says it billed, plus the requests for its largest arms at its perfect rate, priced at
     the file's mean tokens per request or else GEMINI_ASSUMPTIONS."""
     from distill.prices import PRICES_DATE, estimate_cost
-    from distill.summary import read_summary
+    from distill.summary import made_summary
 
     needs = synthetic_needs(runs, intended)
     if not needs:
@@ -507,7 +507,7 @@ def gemini_bill(runs: Sequence[Run], intended: Sequence[tuple[str, str, int]] = 
     lines, total, a = [], 0.0, GEMINI_ASSUMPTIONS
     for path, need in sorted(needs.items()):
         teacher = path.stem
-        summary = read_summary(path) if path.is_file() else None
+        summary = made_summary(path)
         done = int(summary["requests"]) if summary else 0
         billed = float(summary.get("cost_usd") or 0.0) if summary else 0.0
         want = requests_needed(teacher, path, need["perfect"], need["all"])

@@ -388,7 +388,8 @@ GENERATE_HINT = "`python -m distill.generate --teacher <teacher> --n 1000 --out 
 
 
 def real_training_sonnets(opts: SweepOptions) -> int | None:
-    """How many real sonnets a run trains on (cut by --tiny's --max-train), or None before the data is there."""
+    """How many real sonnets a run trains on (cut by --max-train: --finetune-args', else --tiny's), or None before
+    the data is there."""
     from course.readers import data_dir, read_sonnets
 
     folder = Path(opts.data_dir) if opts.data_dir else (TINY_DATA_DIR if opts.tiny else data_dir(None))
@@ -396,7 +397,9 @@ def real_training_sonnets(opts: SweepOptions) -> int | None:
         n = len(read_sonnets(folder / "sonnets.txt")[0])
     except (OSError, ValueError):
         return None
-    return min(n, TINY["data.max_train"]) if opts.tiny else n
+    limit = cli.options_from_argv(opts.finetune_args).get("data.max_train",
+                                                          TINY["data.max_train"] if opts.tiny else None)
+    return n if limit is None else min(n, limit)
 
 
 PLANNED_SYNTHETIC_DIR = Path("synthetic")  # where a dry run without --synthetic-dir plans the teachers' files
@@ -470,9 +473,11 @@ def teachers(opts: SweepOptions) -> Sweep:
         have = perfect[teacher]
         for r in ratios if n_real else ():
             n = round(r * n_real)
-            if n in fit_sizes(sizes[1:], have):  # already a point of the perfect curve
+            if n == 0:  # half of one real sonnet rounds to none
+                notes.append(f"{teacher}: ratio {r:g} of {n_real} real sonnet adds no synthetic one")
+            elif n in fit_sizes(sizes[1:], have):  # already a point of the perfect curve
                 notes.append(f"{teacher}: ratio {r:g} is its n{n}-perfect run")
-            elif 0 < n <= have:
+            elif n <= have:
                 points.append((f"{teacher}-ratio{r:g}-perfect", arm(teacher, n, "perfect")))
                 mixes[str(folder / f"{teacher}.jsonl"), n, "perfect"] = f"ratio {r:g}"
             else:

@@ -416,6 +416,12 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                               "tests/experiments/test_settings_handover.py",
                               "tests/experiments/test_launch_plumbing.py", PINNED),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
+    # the 2026-12-07 run named test_experiments.py's tests one by one, leaving out the two dry-run tests that time
+    # torch steps and the one that starts `python -m experiments` (docs/testing.md, "The sweeps as declared")
+    "experiments/sweeps.py": ("tests/experiments/test_mutants_sweeps.py", "tests/experiments/test_experiments.py",
+                              PINNED, "tests/experiments/test_mutants_report.py",
+                              "tests/experiments/test_mutants_tables.py", "tests/experiments/test_experiments_html.py",
+                              "tests/experiments/test_mutants_cli.py", "tests/experiments/test_launch_plumbing.py"),
     "experiments/__main__.py": ("tests/experiments/test_mutants_cli.py", "tests/experiments/test_launch_plumbing.py",
                                 "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py",
                                 PINNED),

@@ -139,6 +139,24 @@ def test_sweep_errors_are_clear(tmp_path):
         cli.main(["teachers", "--runs-dir", str(tmp_path)])
 
 
+def test_an_empty_teacher_file_is_priced_at_the_studys_rate(tmp_path, monkeypatch):
+    """A <teacher>.jsonl made before its first request came back (no record) holds 0 sonnets: its curves end at
+    0 and the requests are priced at the study's rate (was: "holds no records yet" stopped the whole sweep)."""
+    from experiments import estimate
+
+    monkeypatch.delenv("MINIGPT2_DATA_DIR", raising=False)
+    (tmp_path / "gemini-2.5-pro.jsonl").write_text("")
+    sweep = build_sweep("teachers", SweepOptions(synthetic_dir=str(tmp_path), data_dir=str(tmp_path / "none")))
+    assert [r.name for r in sweep.runs] == ["real-only-s11711"]
+    assert sweep.note.split("; ")[:4] == [  # 1000 kept at one a request; 1000 perfect at 75%: ceil(1333.3)
+        "gemini-2.5-pro has 0 kept sonnets", "the n1000-all arm needs 1000: generate ~1000 more requests (its curve "
+        "ends at 0 until then)", "gemini-2.5-pro has 0 perfect sonnets", "the n1000-perfect arm needs 1000: generate "
+        "~1334 more requests (its curve ends at 0 until then)"]
+    lines, _ = estimate.gemini_bill(sweep.runs, sweep.synthetic_needs)
+    assert lines[0].startswith(f"  Gemini gemini-2.5-pro: {tmp_path / 'gemini-2.5-pro.jsonl'} not made yet; "
+                               "1,334 requests for 1,000 perfect sonnets (the study's perfect rate 75%, assumed)")
+
+
 def test_all_runs_what_it_can_and_says_what_waits(tmp_path, monkeypatch, capsys):
     """No Gemini files: `all --dry-run` still plans every sweep, the teachers as if their files existed."""
     monkeypatch.chdir(tmp_path)

@@ -290,8 +290,9 @@ def test_generation_summary_figures(monkeypatch, tmp_path):
     assert f"perfect sonnets among kept: 2/3 (66.7%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)" in sm.format_summary(s)
     assert sm.summarize(recs[1:2], "unknown-model")["cost_usd"] is None
 
-    path = tmp_path / "flash.jsonl"
-    path.write_text("")
+    path = tmp_path / "flash.jsonl"  # one record (an empty file has no summary yet: the study's rate)
+    path.write_text(json.dumps({"id": "gemini-2.5-flash-0", "teacher": "gemini-2.5-flash", "status": "kept",
+                                "text": "x"}) + "\n")
     monkeypatch.setattr(sm, "read_summary", lambda p: s)
     assert sm.teacher_rates("gemini-2.5-flash", path)[:2] == pytest.approx((2 / 6, 3 / 6))
     assert sm.requests_needed("gemini-2.5-flash", path, perfect=10) == 30   # 10 / (2/6)
