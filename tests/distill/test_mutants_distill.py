@@ -140,6 +140,8 @@ def test_decode_text_allows_a_bom_and_names_the_line_of_a_bad_byte():
     assert e.value.__cause__ is None and e.value.__suppress_context__
     with pytest.raises(SyntheticFileError, match=r"^g:1: not UTF-8 text \(byte 0xff\); "):
         records.decode_text("g", b"\xff\n")
+    with pytest.raises(SyntheticFileError, match=r"^g:3: not UTF-8 text \(byte 0xfe\); "):
+        records.decode_text("g", b"\n\n\xfe")  # blank lines before it count too
 
 
 def test_read_jsonl_records_and_refusals(tmp_path):
@@ -147,6 +149,10 @@ def test_read_jsonl_records_and_refusals(tmp_path):
     f.write_text('{"text": "a"}\n\n  \n{"text": "b", "id": 3}\n')
     assert records.read_jsonl(f) == [(1, {"text": "a"}), (4, {"text": "b", "id": 3})]
     assert records.read_jsonl("p", '{"id": 1}\n', fields=("id",)) == [(1, {"id": 1})]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "a"}\n{"text": "\xe9"}\n')
+    with pytest.raises(SyntheticFileError, match=rf"^{bad}:2: not UTF-8 text \(byte 0xe9\); distill writes"):
+        records.read_jsonl(bad)
     cases = {
         '{"text": "a"}\n{"text": 1}\n': "p:2: expected a JSON object with a string field 'text'",
         '{"text": "a"}\n[1]\n': "p:2: expected a JSON object with a string field 'text'",
@@ -191,7 +197,7 @@ def test_check_unique_names_both_lines():
         records.check_unique("p", ok + [(11, {"id": "x", "text": "a\nb"})])
     assert str(e.value) == ("p:11: the same sonnet as line 1 (id 'x'); it would be counted and trained on twice: "
                             "delete one of them")
-    with pytest.raises(SyntheticFileError) as e:  # no status is "kept"
+    with pytest.raises(SyntheticFileError) as e:  # line 9 has no status: kept, so its text counts
         records.check_unique("p", ok + [(10, {"id": "y", "status": "kept", "text": "c "})])
     assert str(e.value) == ("p:10: the same sonnet as line 9 (id 'y'); it would be counted and trained on twice: "
                             "delete one of them")
