@@ -543,6 +543,8 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
                                   capture_output=True, text=True).stdout
             changed = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
             print(f"survived  {name}\n    " + "\n    ".join(changed))
+        for name in sorted(n for n, s in results.items() if s == "timeout"):  # ran past mutmut's limits: caught
+            print(f"timeout   {name}")
     counts: dict[str, int] = {}
     for status in results.values():
         counts[status] = counts.get(status, 0) + 1
