@@ -396,3 +396,18 @@ def test_teacher_rates_and_requests_needed_from_a_real_file(tmp_path):
     assert sm.requests_needed("gemini-2.5-flash", None, perfect=18, kept=20) == 25  # 18 / 0.72 = 25 exactly
     assert sm.requests_needed("gemini-2.5-flash", None, perfect=19) == 27  # ceil(26.39)
     assert sm.requests_needed("nobody", None, perfect=3, kept=5) == 5
+
+
+def test_a_file_that_kept_sonnets_but_no_perfect_one_falls_back_to_the_studys_perfect_rate(tmp_path):
+    """3 requests, 2 kept, none perfect: a measured perfect rate of 0 would need infinitely many requests (it was
+    a ZeroDivisionError in the dry run's Gemini bill and in a short arm's note); the study's rate is assumed."""
+    rows = [_row("000001", text="one line"), _row("000002", text="two lines\nonly"), _row("000003", "rejected")]
+    pro = _generated(tmp_path / "gemini-2.5-pro.jsonl", rows)
+    assert sm.teacher_rates("gemini-2.5-pro", pro) == (
+        0.75, 2 / 3, "measured: 0 perfect of 3 requests; the study's perfect rate 75%, assumed")
+    assert sm.requests_needed("gemini-2.5-pro", pro, perfect=3) == 4  # ceil(3 / 0.75)
+    assert sm.requests_needed("gemini-2.5-pro", pro, perfect=3, kept=4) == 6  # ceil(4 / (2/3))
+    other = _generated(tmp_path / "other.jsonl", [{**r, "teacher": "gemini-9"} for r in rows])
+    assert sm.teacher_rates("gemini-9", other) == (
+        1.0, 2 / 3, "measured: 0 perfect of 3 requests; no perfect rate known: every request assumed perfect")
+    assert sm.requests_needed("gemini-9", other, perfect=5) == 5
