@@ -81,3 +81,16 @@ def test_a_flat_resample_on_the_point_counts_as_t_zero_at_every_confidence():
         assert got == pytest.approx(want, rel=1e-10)
     got = studentized_interval([v], RATIO_STAT, 200, 0.5, seed=0)
     assert got[0] == pytest.approx(0.4736884596539649, rel=1e-9)  # t* = 1 there gives 0.47338...
+
+
+@pytest.mark.parametrize("samples, confidence", [(10, 0.95), (39, 0.95), (200, 0.95), (5, 0.5)])
+def test_data_without_spread_have_the_point_as_their_interval_whatever_the_resamples(samples, confidence):
+    """Nine correct answers: every resample is all correct, so the interval is the point 1.0. With 10 resamples at
+    95% (k = floor(11 x 0.025) = 0) there are too few for any tail, t* = -inf .. inf: times the data's standard
+    error 0 that is no number, and the interval must still be the point, not NaN."""
+    acc = lambda sums, m: sums[0][..., 0].mean(-1) / m  # noqa: E731
+    right = np.ones((9, 1, 1))
+    assert studentized_interval([right], acc, samples, confidence, bounds=(0.0, 1.0)) == (1.0, 1.0)
+    assert studentized_interval([right * 0.0], acc, samples, confidence, bounds=(0.0, 1.0)) == (0.0, 0.0)
+    halves = np.full((8, 1, 2), 0.5)  # a ratio without spread, unbounded: 0.5 / 0.5 = 1 in every resample
+    assert studentized_interval([halves], RATIO_STAT, samples, confidence) == (1.0, 1.0)
