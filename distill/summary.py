@@ -139,16 +139,19 @@ def made_summary(jsonl: Path | None) -> dict | None:
 
 def teacher_rates(teacher: str, path: Path | None) -> tuple[float, float, str]:
     """(perfect sonnets per request, kept sonnets per request, where from): the file's summary where it kept any,
-    else the study's perfect rate with every request kept."""
+    else the study's perfect rate with every request kept. A file that kept sonnets but no perfect one gives its
+    kept rate and the study's perfect rate (a measured 0 would need infinitely many requests)."""
     summary = made_summary(path)
+    rate = STUDY_PERFECT_RATES.get(teacher)
+    assumed = "no perfect rate known: every request assumed perfect" if rate is None else \
+        f"the study's perfect rate {rate:.0%}, assumed"
     if summary and summary.get("requests") and summary.get("kept"):
         kept = summary["kept"] / summary["requests"]
-        return (summary["perfect"] / summary["requests"], kept,
-                f"measured: {summary['perfect']} perfect of {summary['requests']} requests")
-    rate = STUDY_PERFECT_RATES.get(teacher)
-    if rate is None:
-        return 1.0, 1.0, "no perfect rate known: every request assumed perfect"
-    return rate, 1.0, f"the study's perfect rate {rate:.0%}, assumed"
+        measured = f"measured: {summary['perfect']} perfect of {summary['requests']} requests"
+        if summary["perfect"]:
+            return summary["perfect"] / summary["requests"], kept, measured
+        return (1.0 if rate is None else rate), kept, f"{measured}; {assumed}"
+    return (1.0, 1.0, assumed) if rate is None else (rate, 1.0, assumed)
 
 
 def requests_needed(teacher: str, path: Path | None, perfect: int = 0, kept: int = 0) -> int:

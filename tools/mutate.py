@@ -402,11 +402,24 @@ def baseline_passes(chosen: list[Mutant], files: list[str], timeout: int) -> boo
 
 # --auto: the test files that cover each module users read figures from (the default of --tests).
 PINNED = "tests/experiments/test_pinned_values.py"
+# the near-duplicate filter and the JSONL readers: generation, resuming, training on the files, the checker
+DISTILL_READERS = ("tests/distill/test_mutants_distill.py", "tests/distill/test_distill_generate.py",
+                   "tests/distill/test_distill_hardening.py", "tests/distill/test_distill_synthetic.py",
+                   "tests/distill/test_distill_check.py", PINNED)
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
-    "minigpt2/metrics.py": ("tests/contract/test_contract_stats.py", PINNED, "tests/system/test_properties.py"),
+    "minigpt2/metrics.py": ("tests/minigpt2/test_mutants_metrics.py", "tests/contract/test_contract_stats.py", PINNED,
+                            "tests/system/test_properties.py", *INTERVALS),
     "app/subsets.py": (PINNED, "tests/app/test_app_study.py"),
     "tasks/base.py": (PINNED, "tests/system/test_properties.py", "tests/app/test_app_study.py"),
-    "distill/summary.py": (PINNED, "tests/distill/test_distill_generate.py"),
+    "distill/summary.py": ("tests/distill/test_mutants_distill.py", PINNED, "tests/distill/test_distill_generate.py",
+                           "tests/distill/test_distill_hardening.py"),
+    "distill/dedup.py": DISTILL_READERS,
+    "distill/records.py": DISTILL_READERS,
+    "course/jsonl.py": ("tests/course/test_mutants_jsonl.py", "tests/distill/test_mutants_distill.py",
+                        "tests/distill/test_distill_hardening.py", "tests/course/test_data_fetch.py"),
+    "distill/prices.py": ("tests/distill/test_mutants_distill.py", PINNED, "tests/distill/test_distill_generate.py"),
+    "course/sonnets.py": ("tests/course/test_mutants_sonnets.py", "tests/course/test_data_fetch.py",
+                          "tests/tasks/test_tasks.py", "tests/distill/test_distill_check.py"),
     "experiments/launch.py": ("tests/experiments/test_mutants_launch.py", "tests/experiments/test_launch_plumbing.py",
                               "tests/experiments/test_launch_properties.py",
                               "tests/experiments/test_experiments_parallel.py", "tests/system/test_properties.py",
@@ -544,6 +557,8 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
                                   capture_output=True, text=True).stdout
             changed = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
             print(f"survived  {name}\n    " + "\n    ".join(changed))
+        for name in sorted(n for n, s in results.items() if s == "timeout"):  # ran past mutmut's limits: caught
+            print(f"timeout   {name}")
     counts: dict[str, int] = {}
     for status in results.values():
         counts[status] = counts.get(status, 0) + 1

@@ -606,3 +606,23 @@ def test_gemini_bill_counts_a_zero_bill_as_zero(tmp_path):
 def test_no_synthetic_run_no_gemini_bill():
     assert estimate.gemini_bill([Run("real", settings_of({"data.task": "sst"}))]) == (
         ["  Gemini: none (no run trains on synthetic sonnets)"], 0.0)
+
+
+def test_gemini_bill_of_a_file_with_no_perfect_sonnet_assumes_the_studys_rate(tmp_path):
+    """flash file: 3 requests, 2 kept, none perfect (was a ZeroDivisionError: a measured perfect rate of 0). 4
+    perfect at the study's 72% need ceil(4 / 0.72) = ceil(5.56) = 6 requests, 3 more; no total token count in it,
+    so the assumed 100 + 250 + 1,000 tokens a request: 300 prompt at $0.30/M and 750 + 3,000 at $2.50/M,
+    $0.00009 + $0.009375 = $0.009465; billed (recomputed, no summary beside it) 30 x 0.30 + 270 x 2.50 per M:
+    $0.000684."""
+    path = tmp_path / "gemini-2.5-flash.jsonl"
+    rows = [{"id": f"00000{i}", "teacher": "gemini-2.5-flash", "status": status, "text": text,
+             "usage": {"prompt_tokens": 10, "output_tokens": 90}}
+            for i, (status, text) in enumerate([("kept", "one line"), ("rejected", None), ("kept", "two\nlines")])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    lines, usd = estimate.gemini_bill([synthetic_run(path, 4, "perfect")])
+    assert lines[0] == (
+        f"  Gemini gemini-2.5-flash: {path}: 3 requests made, $0.00 billed (its summary); 6 requests for 4 perfect "
+        "sonnets (measured: 0 perfect of 3 requests; the study's perfect rate 72%, assumed) and 0 kept: 3 more, "
+        "~300 prompt + 750 output + 3,000 thinking tokens (assumed per request: 100 prompt, 250 output, 1000 "
+        "thinking tokens), ~$0.01 at the prices of 2026-11-28")
+    assert usd == pytest.approx(0.000684 + 0.009465)
