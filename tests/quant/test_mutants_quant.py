@@ -1,0 +1,366 @@
+"""The number formats and the packed checkpoint on inputs worked out by hand (the survivors of `--auto` on
+quant/formats.py and quant/export.py): every code, scale, byte and error line below is computed in the comments
+from the format's definition, not by the code under test.
+"""
+
+import json
+import struct
+
+import pytest
+import torch
+
+from minigpt2.config import GPT2Config
+from quant.config import QuantConfig, QuantSettingsError
+from quant.formats import (check_group_size, check_group_size_fits, dequantize, fake_quantize,
+                           fake_quantize_activations, pack_int4, qmax, quantize, unpack_int4)
+
+# ---- quantize / dequantize: codes and scales by hand ----
+
+
+def test_int8_codes_and_scales_of_a_2x4_weight():
+    # row 0: absmax 127/128, scale 1/128: -0.5 -> -64, 0.25 -> 32, 3/256 -> 1.5 -> 2 (ties to even)
+    # row 1: absmax 127/64 (negative), scale 1/64: 0.5 -> 32, 1/128 -> 0.5 -> 0 (ties to even), 3/128 -> 1.5 -> 2
+    w = torch.tensor([[127 / 128, -0.5, 0.25, 3 / 256], [-127 / 64, 0.5, 1 / 128, 3 / 128]])
+    q, scale = quantize(w, "int8")
+    assert q.dtype == torch.int8 and q.tolist() == [[127, -64, 32, 2], [-127, 32, 0, 2]]
+    assert scale.shape == (2, 1) and scale.tolist() == [[1 / 128], [1 / 64]]
+    assert dequantize(q, scale).tolist() == [[127 / 128, -0.5, 0.25, 2 / 128], [-127 / 64, 0.5, 0.0, 2 / 64]]
+
+
+def test_int4_codes_and_group_scales_of_a_2x4_weight():
+    # group size 2, so four groups of two:
+    # row 0: [7/8, -7/16] absmax 7/8, scale 1/8: 7, -3.5 -> -4 (ties to even); [1/4, -7/4] scale 1/4: 1, -7
+    # row 1: [0, 0] scale 1e-12 / 7 (the all-zero guard): 0, 0; [7/32, 3/32] scale 1/32: 7, 3
+    w = torch.tensor([[0.875, -0.4375, 0.25, -1.75], [0.0, 0.0, 7 / 32, 3 / 32]])
+    q, scale = quantize(w, "int4", group_size=2)
+    assert q.dtype == torch.int8 and q.tolist() == [[7, -4, 1, -7], [0, 0, 7, 3]]
+    zero = torch.tensor(1e-12) / 7  # float32 arithmetic, as the code's
+    assert scale.shape == (2, 2) and scale.tolist() == [[0.125, 0.25], [zero.item(), 1 / 32]]
+    assert dequantize(q, scale).tolist() == [[0.875, -0.5, 0.25, -1.75], [0.0, 0.0, 7 / 32, 3 / 32]]
+    # the packed bytes: q + 8 per nibble, the first value of each pair low: (15, 4) -> 0x4F, (9, 1) -> 0x19,
+    # (8, 8) -> 0x88, (15, 11) -> 0xBF
+    assert pack_int4(q).tolist() == [[0x4F, 0x19], [0x88, 0xBF]]
+
+
+def test_int8_zero_row_scale_is_the_guard():
+    q, scale = quantize(torch.zeros(1, 4), "int8")
+    assert q.tolist() == [[0, 0, 0, 0]] and scale.item() == (torch.tensor(1e-12) / 127).item()
+
+
+@pytest.mark.parametrize("fmt,codes,m", [
+    # e4m3 (3 mantissa bits): 134.4 lies in [128, 256) with steps of 16 -> 128; 44.8 in [32, 64) steps of 4 -> 44
+    ("fp8_e4m3", [448.0, 224.0, -128.0, 44.0], 448.0),
+    # e5m2 (2 mantissa bits): 17203.2 in [16384, 32768) steps of 4096 -> 16384; 5734.4 in [4096, 8192) steps of
+    # 1024 -> 6144 (409.6 away, against 614.4 to 5120)
+    ("fp8_e5m2", [57344.0, 28672.0, -16384.0, 6144.0], 57344.0),
+])
+def test_fp8_codes_of_one_row_by_hand(fmt, codes, m):
+    w = torch.tensor([[1.0, 0.5, -0.3, 0.1]])  # absmax 1: scale 1 / m, so w / scale = m * w
+    q, scale = quantize(w, fmt)
+    assert qmax(fmt) == m
+    assert q.float().tolist() == [codes]
+    assert scale.item() == (torch.tensor(1.0) / m).item()
+    # torch's own float8 cast of the exact products is the referee for the grid
+    dtype = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[fmt]
+    assert (torch.tensor(codes).to(dtype).float().tolist()) == codes
+    assert (torch.tensor([m * 1.0, m * 0.5, m * -0.3, m * 0.1], dtype=torch.float64).to(dtype).float().tolist()
+            == codes)
+
+
+def test_bf16_absmax_that_divides_to_127_5_is_clamped_to_the_grid_edge():
+    # w = 85/128 in bf16; scale = 85/128/127 = 0.0052288 rounded to bf16's 8 significant bits:
+    # 2^-8 * 171/128 = 171/32768. Then w / scale = 21760/171 = 127.2515, which bf16 (steps of 0.5 there)
+    # rounds to 127.5, and round(127.5) = 128 (ties to even): beyond int8's 127 (int8 would wrap it to -128).
+    # The clamp keeps it at the edge, +-127. The other values: 0.25 / scale = 47.906 -> bf16 48.0 -> 48;
+    # 0.125 / scale = 23.95 -> 24.0 -> 24.
+    w = torch.tensor([[85 / 128, 0.25, 0.125, 0.0], [-85 / 128, -0.25, 0.0, 0.125]], dtype=torch.bfloat16)
+    q, scale = quantize(w, "int8")
+    assert scale.dtype == torch.bfloat16 and scale.float().tolist() == [[171 / 32768], [171 / 32768]]
+    assert q.tolist() == [[127, 48, 24, 0], [-127, -48, 0, 24]]
+    assert torch.equal(fake_quantize(w, "int8"), dequantize(q, scale))
+
+
+def test_dequantize_casts_only_when_asked():
+    q = torch.tensor([[3, -2]], dtype=torch.int8)
+    scale = torch.tensor([[0.5]])
+    assert dequantize(q, scale).dtype == torch.float32
+    out = dequantize(q, scale, torch.float64)
+    assert out.dtype == torch.float64 and out.tolist() == [[1.5, -1.0]]
+    assert dequantize(q, scale.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+# ---- the refusals, whole lines ----
+
+
+def test_error_lines_of_formats_and_group_sizes():
+    with pytest.raises(ValueError) as e:
+        qmax("int2")
+    assert str(e.value) == "unknown weight format 'int2': expected one of int8, int4, fp8_e4m3, fp8_e5m2"
+    with pytest.raises(QuantSettingsError) as e:
+        check_group_size(6, "int4", 4)
+    assert str(e.value) == "layer: INT4 group_size=4 does not divide in_features=6; pick a divisor of 6"
+    with pytest.raises(QuantSettingsError) as e:
+        quantize(torch.ones(2, 6), "int4", 4)
+    assert str(e.value) == ("tensor of shape (2, 6): INT4 group_size=4 does not divide in_features=6; "
+                            "pick a divisor of 6")
+    with pytest.raises(QuantSettingsError):
+        fake_quantize(torch.ones(2, 6), "int4", 4)
+    # per-row formats have no groups: any group size goes
+    for fmt in ("int8", "fp8_e4m3", "fp8_e5m2"):
+        assert quantize(torch.ones(2, 6), fmt, 4)[1].shape == (2, 1)
+
+
+def test_check_group_size_fits_a_config():
+    config = GPT2Config(vocab_size=96, n_positions=32, n_embd=64, n_layer=1, n_head=2)
+    for g in (2, 4, 16, 32, 64):  # divisors of 64 (and so of 256): accepted
+        check_group_size_fits(config, g)
+    for g in (0, 1, 3, -2):
+        with pytest.raises(QuantSettingsError) as e:
+            check_group_size_fits(config, g)
+        assert str(e.value) == f"INT4 group_size={g}: expected an even integer >= 2 (two values share a byte)"
+    with pytest.raises(QuantSettingsError) as e:
+        check_group_size_fits(config, 6)  # even, but 64 % 6 = 4
+    assert str(e.value) == ("64-wide inputs (attention, mlp.c_fc, embeddings): INT4 group_size=6 does not divide "
+                            "in_features=64; pick a divisor of 64")
+    with pytest.raises(QuantSettingsError):
+        check_group_size_fits(config, 128)  # larger than the width
+    check_group_size_fits(config, 6, fmt="int8")  # no groups: nothing to fit
+
+
+# ---- activations: per token, asymmetric, 127 steps ----
+
+
+def test_activation_codes_by_hand_on_three_tokens():
+    # token 0: [-5.1875, 0, 10.6875]: range 127/8, scale 1/8; zero point round(41.5) = 42 (ties to even), so the
+    #   codes lie in [-42, 85]; -41.5 -> -42, 85.5 -> 86, clamped to 85 (the uint8 range of the real kernel).
+    # token 1: [0.3, 0.5, 127/128], all positive: lo = 0, scale 1/128, zero 0: 38.4 -> 38, 64, 127.
+    # token 2: [-127/128, -0.3, -0.5], all negative: hi = 0, scale 1/128, zero 127: codes in [-127, 0].
+    x = torch.tensor([[[-5.1875, 0.0, 10.6875], [0.3, 0.5, 127 / 128], [-127 / 128, -0.3, -0.5]]])
+    y = fake_quantize_activations(x)
+    assert y.tolist() == [[[-42 / 8, 0.0, 85 / 8], [38 / 128, 0.5, 127 / 128], [-127 / 128, -38 / 128, -0.5]]]
+    assert fake_quantize_activations(x[0]).tolist() == y[0].tolist()  # (tokens, features) alike
+    assert fake_quantize_activations(torch.zeros(2, 3)).tolist() == [[0.0] * 3] * 2
+    # 255 steps: token 1 gets scale (127/128)/255: 0.3 -> 77.1 -> 77, 0.5 -> 16320/127 = 128.5039 -> 129, 255
+    s = torch.tensor(127 / 128) / 255
+    assert fake_quantize_activations(x[0, 1:2], levels=255).tolist() == [[(77 * s).item(), (129 * s).item(),
+                                                                         (255 * s).item()]]
+
+
+# ---- int4 packing ----
+
+
+def test_pack_int4_bytes_edges_and_more_dimensions():
+    # -7 -> 1, 7 -> 15: 1 | 15 << 4 = 0xF1; 0 -> 8, -1 -> 7: 8 | 7 << 4 = 0x78
+    q = torch.tensor([[-7, 7, 0, -1]], dtype=torch.int8)
+    assert pack_int4(q).tolist() == [[0xF1, 0x78]]
+    assert unpack_int4(torch.tensor([[0xF1, 0x78]], dtype=torch.uint8)).tolist() == [[-7, 7, 0, -1]]
+    q3 = torch.arange(-7, 8, dtype=torch.int8).repeat(2)[:24].reshape(2, 3, 4)
+    packed = pack_int4(q3)
+    assert packed.shape == (2, 3, 2) and torch.equal(unpack_int4(packed), q3)
+    assert pack_int4(torch.zeros(0, 4, dtype=torch.int8)).shape == (0, 2)
+    assert unpack_int4(torch.zeros(0, 2, dtype=torch.uint8)).shape == (0, 4)
+    with pytest.raises(ValueError) as e:
+        pack_int4(torch.zeros(2, 4, 5, dtype=torch.int8))
+    assert str(e.value) == "pack_int4: last dimension 5 is odd; two values share a byte"
+    for bad in (8, -8):
+        with pytest.raises(ValueError) as e:
+            pack_int4(torch.tensor([[0, bad]], dtype=torch.int8))
+        assert str(e.value) == "pack_int4: values must lie in [-7, 7]"
+
+
+# ---- the packed checkpoint: layout and sizes of a model small enough to count by hand ----
+
+from quant.export import (SizeReport, describe, export_packed, header_size, load_packed, pack_model,  # noqa: E402
+                          packed_layout, part_of, size_report)
+
+# C 8, one layer, vocabulary 10, 4 positions. Parameters: wte 10 x 8 = 80, wpe 4 x 8 = 32 (embeddings 112);
+# query/key/value/c_proj 4 x (64 + 8), c_fc 32 x 8 + 32, c_proj 8 x 32 + 8 (linear 840: weights 768, biases 72);
+# ln_1, ln_2, ln_f 3 x 16 = 48 (norms). 1000 in all.
+SMALL = GPT2Config(vocab_size=10, n_positions=4, n_embd=8, n_layer=1, n_head=2, dropout=0.0)
+
+
+def small() -> "GPT2":
+    from minigpt2.model import GPT2
+
+    torch.manual_seed(0)
+    return GPT2(SMALL).eval()
+
+
+@pytest.mark.parametrize("precision,parts,scales", [
+    ("fp64", {"embeddings": 896, "linear": 6720, "norms": 384}, 0),
+    ("fp32", {"embeddings": 448, "linear": 3360, "norms": 192}, 0),
+    ("bf16", {"embeddings": 224, "linear": 1680, "norms": 96}, 0),
+    # one byte a weight, one fp32 scale a row: embeddings 112 + (10 + 4) x 4 = 168; linear 768 + (4 x 8 + 32 + 8)
+    # x 4 = 288 scales + 72 x 4 bias bytes = 1344; scales (14 + 72) x 4 = 344
+    ("int8", {"embeddings": 168, "linear": 1344, "norms": 192}, 344),
+    ("fp8", {"embeddings": 168, "linear": 1344, "norms": 192}, 344),
+])
+def test_size_report_parts_by_hand(precision, parts, scales):
+    r = size_report(SMALL, precision)
+    assert r.precision == precision and r.parts == parts and r.extra == {"scale_bytes": scales}
+    assert r.param_bytes == sum(parts.values()) and r.file_bytes == 8 + r.header_bytes + r.param_bytes
+
+
+def test_int4_size_report_by_hand_with_and_without_embeddings():
+    # groups of 4: half a byte a weight, one fp32 scale per 4 inputs. Embeddings: 112 / 2 = 56 + (10 + 4) x 2
+    # scales x 4 = 112 -> 168. Linear: 768 / 2 = 384 + (4 x 8 x 2 + 32 x 2 + 8 x 8 = 192 scales) x 4 = 768
+    # + 72 x 4 = 288 -> 1440. Scales (28 + 192) x 4 = 880.
+    cfg = QuantConfig(weight="int4", group_size=4)
+    r = size_report(SMALL, "int4", cfg)
+    assert r.parts == {"embeddings": 168, "linear": 1440, "norms": 192} and r.extra == {"scale_bytes": 880}
+    assert r.quantized == ("linear weights + wte (tied LM head) + wpe as int4 (fp32 scale per 4 inputs); biases, "
+                           "LayerNorm and the rest fp32")
+    r = size_report(SMALL, "int4", cfg.replace(embeddings=False))
+    assert r.parts == {"embeddings": 448, "linear": 1440, "norms": 192} and r.extra == {"scale_bytes": 768}
+    assert r.quantized == "linear weights as int4 (fp32 scale per 4 inputs); biases, LayerNorm and the rest fp32"
+    # the defaults: int8 per row
+    assert size_report(SMALL, "int8").quantized == ("linear weights + wte (tied LM head) + wpe as int8 (fp32 scale "
+                                                    "per row); biases, LayerNorm and the rest fp32")
+    assert size_report(SMALL, "fp8").quantized.startswith("linear weights + wte (tied LM head) + wpe as fp8_e4m3 (")
+    assert size_report(SMALL, "bf16").quantized == "every tensor stored as bf16"
+    assert describe("fp64", None) == "every tensor stored as fp64"
+
+
+def test_part_of_each_kind_of_key():
+    assert [part_of(k) for k in ("wte.weight", "wpe.weight.q", "wte.weight.scale", "h.0.ln_1.weight",
+                                 "h.3.ln_2.bias", "ln_f.weight", "h.0.attn.query.weight.q", "h.0.mlp.c_proj.bias",
+                                 "h.0.attn.c_proj.weight.scale")] == \
+        ["embeddings", "embeddings", "embeddings", "norms", "norms", "norms", "linear", "linear", "linear"]
+
+
+def test_pack_model_refusals_whole_lines():
+    from minigpt2.lora import LoRAConfig, apply_lora
+    from quant import ptq, set_quant_enabled
+
+    model = small()
+    apply_lora(model, LoRAConfig(rank=2))  # adapters on query, key, value, c_proj: lora_A then lora_B of each
+    with pytest.raises(ValueError) as e:
+        pack_model(model, "int8")
+    assert str(e.value) == ("cannot pack a model with LoRA adapters (h.0.attn.query.lora_A, ...): the adapter is "
+                            "full precision and not part of the packed base; save it with minigpt2.lora.save_adapter")
+    with pytest.raises(ValueError) as e:
+        pack_model(small(), "int9")
+    assert str(e.value) == "precision 'int9': expected one of ('fp64', 'fp32', 'bf16', 'fp8', 'int8', 'int4')"
+    cfg = QuantConfig(weight="int4", group_size=4)
+    fq = ptq(small(), cfg)
+    with pytest.raises(ValueError) as e:
+        pack_model(fq, cfg=cfg.replace(group_size=8))
+    assert str(e.value) == (
+        "model is fake-quantized with QuantConfig(weight='int4', group_size=4, activations=False, embeddings=True), "
+        "but cfg=QuantConfig(weight='int4', group_size=8, activations=False, embeddings=True) was given")
+    tensors, meta = pack_model(fq, "int4", cfg=QuantConfig(weight="int4", group_size=4))  # its own config: fine
+    assert meta["precision"] == "int4" and tensors["h.0.mlp.c_proj.weight.scale"].shape == (8, 8)
+    set_quant_enabled(fq, False)
+    with pytest.raises(ValueError) as e:
+        pack_model(fq)
+    assert str(e.value) == "cannot pack a model whose fake-quant layers are disabled; enable them first"
+
+
+def test_a_plain_model_is_packed_with_the_precisions_defaults():
+    tensors, meta = pack_model(small(), "int8")
+    assert meta["format"] == "minigpt2-packed" and meta["precision"] == "int8"
+    assert json.loads(meta["quant"]) == {"weight": "int8", "group_size": 128, "activations": False,
+                                         "embeddings": True}
+    assert json.loads(meta["config"])["n_embd"] == 8
+    assert tensors["wte.weight.q"].dtype == torch.int8 and tensors["wte.weight.scale"].shape == (10, 1)
+    layout = packed_layout(SMALL, "fp8")  # no cfg: E4M3, per row, embeddings too
+    assert layout["h.0.mlp.c_fc.weight.q"].shape == (32, 8)
+    assert layout["h.0.mlp.c_fc.weight.q"].dtype == torch.float8_e4m3fn
+    assert layout["wpe.weight.scale"].shape == (4, 1) and layout["wpe.weight.scale"].dtype == torch.float32
+    assert layout["h.0.mlp.c_fc.bias"].dtype == torch.float32 and "h.0.mlp.c_fc.weight" not in layout
+
+
+def test_export_packed_to_a_file_name_or_into_a_new_nested_folder(tmp_path):
+    model = small()
+    path = export_packed(model, tmp_path / "mine.safetensors", "int8")
+    assert path == tmp_path / "mine.safetensors" and path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.safetensors"]
+    path = export_packed(model, tmp_path / "a" / "b", "int8")
+    assert path == tmp_path / "a" / "b" / "model-int8.safetensors" and path.is_file()
+
+
+def _real_header(path) -> int:
+    with open(path, "rb") as f:
+        return struct.unpack("<Q", f.read(8))[0]
+
+
+@pytest.mark.parametrize("precision,cfg", [
+    ("fp32", None), ("bf16", None), ("fp64", None), ("fp8", None), ("int8", None),
+    ("fp32", QuantConfig(weight="int8")),  # a dtype precision ignores a quant config: no "quant" metadata
+    ("fp8", QuantConfig(weight="fp8_e5m2")), ("fp8", QuantConfig(weight="fp8_e5m2", embeddings=False)),
+    ("int4", QuantConfig(weight="int4", group_size=4)), ("int4", QuantConfig(weight="int4", group_size=2)),
+    ("int4", QuantConfig(weight="int4", group_size=8, embeddings=False)),
+    ("int8", QuantConfig(weight="int8", activations=True)),
+])
+def test_header_and_file_bytes_equal_the_file_safetensors_writes(tmp_path, precision, cfg):
+    r = size_report(SMALL, precision, cfg)
+    path = export_packed(small(), tmp_path, precision, cfg)
+    assert (_real_header(path), path.stat().st_size) == (r.header_bytes, r.file_bytes)
+
+
+@pytest.mark.parametrize("precision,cfg", [("fp32", None), ("fp8", QuantConfig(weight="fp8_e5m2")),
+                                           ("int4", QuantConfig(weight="int4", group_size=4))])
+def test_header_size_of_a_layout_equals_safetensors_for_every_padding(tmp_path, precision, cfg):
+    from safetensors.torch import save_file
+
+    layout = packed_layout(SMALL, precision, cfg)
+    tensors = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in layout.items()}
+    for pad in range(8):  # eight metadata lengths: a header one byte off shows in at least one of them
+        meta = {"format": "x" * pad}
+        save_file(tensors, str(tmp_path / "f.safetensors"), metadata=meta)
+        assert header_size(layout, meta) == _real_header(tmp_path / "f.safetensors")
+
+
+def test_header_size_of_a_hand_layout():
+    from quant.export import TensorSpec
+
+    # F32 first (4-byte alignment), then the bytes by name: b [0, 12], a [12, 13], c [13, 14]
+    layout = {"a": TensorSpec((1,), torch.uint8), "b": TensorSpec((3,), torch.float32),
+              "c": TensorSpec((1,), torch.uint8)}
+    text = ('{"__metadata__":{"k":"v"},"b":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},'
+            '"a":{"dtype":"U8","shape":[1],"data_offsets":[12,13]},"c":{"dtype":"U8","shape":[1],"data_offsets":[13,14]}}')
+    n = len(text)
+    assert header_size(layout, {"k": "v"}) == n + (8 - n % 8) % 8
+    assert SizeReport("int8", {"embeddings": 3, "linear": 4}, 16, "").file_bytes == 8 + 16 + 7
+
+
+def test_load_packed_refusals_whole_lines(tmp_path):
+    from minigpt2.checkpoint import CheckpointError
+    from safetensors.torch import save_file
+
+    f = tmp_path / "x.safetensors"
+    save_file({"x": torch.zeros(1)}, str(f), metadata={"format": "gguf"})
+    with pytest.raises(CheckpointError) as e:
+        load_packed(f)
+    assert str(e.value) == (f"{f}: not a minigpt2 packed checkpoint (metadata format='gguf', expected "
+                            "'minigpt2-packed'); use minigpt2.checkpoint.load_model for HF files")
+    save_file({"x": torch.zeros(1)}, str(f), metadata={"format": "minigpt2-packed", "precision": "int3"})
+    with pytest.raises(CheckpointError) as e:
+        load_packed(f)
+    assert str(e.value) == (f"{f}: metadata precision='int3', expected one of ('fp64', 'fp32', 'bf16', 'fp8', "
+                            "'int8', 'int4')")
+    tensors, meta = pack_model(small(), "int8")
+    meta["config"] = json.dumps(SMALL.replace(n_layer=2).to_hf_dict())  # sizes of two layers, tensors of one
+    save_file(tensors, str(f), metadata=meta)
+    with pytest.raises(CheckpointError) as e:
+        load_packed(f)
+    assert str(e.value).startswith(f"{f}: tensors do not fit a GPT2 of this config: ")
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(weight="int4", group_size=4, activations=True),
+                                 QuantConfig(weight="fp8_e4m3", activations=True, embeddings=False)])
+def test_load_packed_with_activations_keeps_the_packed_weights(tmp_path, cfg):
+    from quant import ptq
+    from quant.qaft import fake_quant_modules
+
+    fq = ptq(small(), cfg)
+    loaded = load_packed(export_packed(fq, tmp_path))
+    # activation fake-quant only: the weights are the packed ones, not quantized again (an int8 pass would move
+    # int4 and fp8 values), and the embeddings are plain
+    assert {m.cfg for _, m in fake_quant_modules(loaded)} == {QuantConfig(weight=None, activations=True,
+                                                                          embeddings=False)}
+    for name in ("h.0.attn.query", "h.0.mlp.c_proj"):
+        assert torch.equal(loaded.get_submodule(name).quantized_weight(), fq.get_submodule(name).quantized_weight())
+    assert torch.equal(loaded.wte.weight, fq.wte.weight)  # a FakeQuantEmbedding's weight is its quantized one
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(loaded.logits(ids), fq.logits(ids), rtol=0, atol=1e-6)
