@@ -364,3 +364,31 @@ def test_load_packed_with_activations_keeps_the_packed_weights(tmp_path, cfg):
     assert torch.equal(loaded.wte.weight, fq.wte.weight)  # a FakeQuantEmbedding's weight is its quantized one
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(loaded.logits(ids), fq.logits(ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("meta,line", [
+    ({}, "metadata key 'config' missing; a packed checkpoint names its model there"),
+    ({"config": "[1]"}, "metadata 'config' is not a JSON object"),
+    ({"config": "{"}, "metadata 'config' is not JSON (Expecting property name enclosed in double quotes: line 1 "
+                      "column 2 (char 1))"),
+    ({"config": '{"n_embd": "x", "n_layer": 1, "n_head": 1}'}, "metadata 'config': n_embd is 'x'; expected an integer"),
+    ({"config": '{"n_embd": 8, "n_layer": 1, "n_head": 3}'},
+     "metadata 'config': n_embd (8) must be divisible by n_head (3)"),
+    ({"quant": "[1]"}, "metadata 'quant' is not a JSON object"),
+    ({"quant": '{"weight": "int8", "group_size": 7}'},
+     "metadata 'quant': group_size 7: expected an even integer >= 2 (two INT4 values share a byte)"),
+])
+def test_bad_packed_metadata_is_one_line_naming_the_file_once(tmp_path, meta, line):
+    """Was "PATH: bad metadata: PATH metadata: ..." (the file twice), "bad metadata: 'config'" for a missing key,
+    and an AttributeError traceback for a config that is JSON but not an object."""
+    from minigpt2.checkpoint import CheckpointError
+    from safetensors.torch import save_file
+
+    f = tmp_path / "x.safetensors"
+    full = {"format": "minigpt2-packed", "precision": "int8", "config": json.dumps(SMALL.to_hf_dict()), **meta}
+    if not meta:
+        del full["config"]
+    save_file({"x": torch.zeros(1)}, str(f), metadata=full)
+    with pytest.raises(CheckpointError) as e:
+        load_packed(f)
+    assert str(e.value) == f"{f}: {line}"
