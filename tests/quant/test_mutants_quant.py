@@ -392,3 +392,78 @@ def test_bad_packed_metadata_is_one_line_naming_the_file_once(tmp_path, meta, li
     with pytest.raises(CheckpointError) as e:
         load_packed(f)
     assert str(e.value) == f"{f}: {line}"
+
+
+# ---- python -m quant.report: the size table of the tiny preset, by hand ----
+#
+# tiny: V 50257, 128 positions, C 32, 2 layers. Parameters: embeddings (50257 + 128) x 32 = 1,612,320; linear per
+# layer 4 x (32 x 32 + 32) + (128 x 32 + 128) + (32 x 128 + 32) = 12,576, so 25,152 (weights 24,576, biases 576);
+# norms 5 x 64 = 320. Rows: embeddings 50,385; linear per layer 4 x 32 + 128 + 32 = 288, so 576.
+# fp32 bytes: 6,449,280 / 100,608 / 1,280 (MB 6.45, 0.10, 0.00); fp64 twice, bf16 half.
+# int8 / fp8: embeddings 1,612,320 + 50,385 x 4 = 1,813,860 (1.81); linear 24,576 + 576 x 4 + 576 x 4 = 29,184
+#   (0.03); scales (50,385 + 576) x 4 = 203,844 (0.20).
+# int4, groups of 16 (C 32: 2 groups a row; c_proj's 128 inputs: 8): embeddings 806,160 + 100,770 x 4 = 1,209,240
+#   (1.21); linear 12,288 + 1,536 x 4 + 2,304 = 20,736 (0.02); scales (100,770 + 1,536) x 4 = 409,224 (0.41).
+TINY_PARTS = {
+    "fp64": (12_898_560, 201_216, 2_560, 0), "fp32": (6_449_280, 100_608, 1_280, 0),
+    "bf16": (3_224_640, 50_304, 640, 0), "fp8": (1_813_860, 29_184, 1_280, 203_844),
+    "int8": (1_813_860, 29_184, 1_280, 203_844), "int4": (1_209_240, 20_736, 1_280, 409_224),
+}
+
+
+def test_quant_report_table_files_and_json_of_the_tiny_preset(tmp_path, capsys):
+    from quant import report
+
+    report.main(["--model", "tiny", "--group-size", "16", "--write", str(tmp_path / "w"),
+                 "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out.splitlines()
+    sizes = {p: (tmp_path / "w" / f"model-{p}.safetensors").stat().st_size for p in TINY_PARTS}
+    head = (f"{'precision':<9} {'file MB':>9} {'x fp32':>7} {'embeddings MB':>14} {'linear MB':>14} "
+            f"{'norms MB':>14} {'scales MB':>10}  quantized")
+    assert out[0] == head and out[1] == "-" * len(head) and len(out) == 2 + 6 + 6
+    rest = {"fp64": "every tensor stored as fp64", "fp32": "every tensor stored as fp32",
+            "bf16": "every tensor stored as bf16",
+            "fp8": "linear weights + wte (tied LM head) + wpe as fp8_e4m3 (fp32 scale per row); biases, LayerNorm "
+                   "and the rest fp32",
+            "int8": "linear weights + wte (tied LM head) + wpe as int8 (fp32 scale per row); biases, LayerNorm "
+                    "and the rest fp32",
+            "int4": "linear weights + wte (tied LM head) + wpe as int4 (fp32 scale per 16 inputs); biases, "
+                    "LayerNorm and the rest fp32"}
+    mb = {"fp64": ("12.90", "0.20", "0.00", "0.00"), "fp32": ("6.45", "0.10", "0.00", "0.00"),
+          "bf16": ("3.22", "0.05", "0.00", "0.00"), "fp8": ("1.81", "0.03", "0.00", "0.20"),
+          "int8": ("1.81", "0.03", "0.00", "0.20"), "int4": ("1.21", "0.02", "0.00", "0.41")}
+    for line, p in zip(out[2:8], TINY_PARTS):
+        e, li, n, s = mb[p]
+        # file MB and x fp32 from the files safetensors wrote
+        file_mb, ratio = f"{sizes[p] / 1e6:.2f}", f"{sizes[p] / sizes['fp32']:.3f}"
+        assert line.split() == [p, file_mb, ratio, e, li, n, s] + rest[p].split()
+        assert line.startswith(f"{p:<9} {file_mb:>9} {ratio:>7} {e:>14} {li:>14} {n:>14} {s:>10}  ")
+    assert [line.split()[2] for line in out[2:8]] == ["1.999", "1.000", "0.500", "0.282", "0.282", "0.189"]
+    for line, p in zip(out[8:], TINY_PARTS):
+        assert line == f"wrote {tmp_path / 'w' / f'model-{p}.safetensors'}: {sizes[p]} bytes (matches)"
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert rows == [{"precision": p, "file_bytes": sizes[p], "parts": dict(zip(("embeddings", "linear", "norms"),
+                                                                                TINY_PARTS[p][:3])),
+                     "scale_bytes": TINY_PARTS[p][3], "quantised": rest[p]} for p in TINY_PARTS]
+
+
+def test_quant_report_without_embeddings_and_its_error_lines(tmp_path, capsys):
+    from quant import report
+
+    report.main(["--model", "tiny", "--no-embeddings", "--group-size", "8", "--json", str(tmp_path / "t.json")])
+    rows = {r["precision"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    # embeddings stay fp32 (6,449,280 bytes). int4, groups of 8: per layer 4 x 32 x 4 + 128 x 4 + 32 x 16 = 1,536
+    # scales, so linear 12,288 + 3,072 x 4 + 2,304 = 26,880 and scales 12,288
+    assert rows["int8"]["parts"] == {"embeddings": 6_449_280, "linear": 29_184, "norms": 1_280}
+    assert rows["int4"]["parts"] == {"embeddings": 6_449_280, "linear": 26_880, "norms": 1_280}
+    assert rows["int4"]["scale_bytes"] == 12_288 and rows["int4"]["quantised"].endswith("per 8 inputs); biases, "
+                                                                                       "LayerNorm and the rest fp32")
+    assert rows["int8"]["scale_bytes"] == 576 * 4 and rows["fp8"]["quantised"].startswith("linear weights as fp8")
+    assert len(capsys.readouterr().out.splitlines()) == 8
+    with pytest.raises(SystemExit) as e:
+        report.main(["--model", "tiny", "--group-size", "0"])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --group-size must be >= 1, got 0")
+    with pytest.raises(SystemExit) as e:
+        report.main(["--model", "tiny", "--group-size", "1"])
+    assert str(e.value.code) == "error: INT4 group_size=1: expected an even integer >= 2 (two values share a byte)"
