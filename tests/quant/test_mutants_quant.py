@@ -311,16 +311,27 @@ def test_header_size_of_a_layout_equals_safetensors_for_every_padding(tmp_path, 
         assert header_size(layout, meta) == _real_header(tmp_path / "f.safetensors")
 
 
-def test_header_size_of_a_hand_layout():
+def test_header_size_of_hand_layouts_equals_the_written_header(tmp_path):
     from quant.export import TensorSpec
+    from safetensors.torch import save_file
 
     # F32 first (4-byte alignment), then the bytes by name: b [0, 12], a [12, 13], c [13, 14]
-    layout = {"a": TensorSpec((1,), torch.uint8), "b": TensorSpec((3,), torch.float32),
-              "c": TensorSpec((1,), torch.uint8)}
-    text = ('{"__metadata__":{"k":"v"},"b":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},'
-            '"a":{"dtype":"U8","shape":[1],"data_offsets":[12,13]},"c":{"dtype":"U8","shape":[1],"data_offsets":[13,14]}}')
-    n = len(text)
-    assert header_size(layout, {"k": "v"}) == n + (8 - n % 8) % 8
+    three = {"a": TensorSpec((1,), torch.uint8), "b": TensorSpec((3,), torch.float32),
+             "c": TensorSpec((1,), torch.uint8)}
+    text3 = ('{"__metadata__":{"k":"%s"},"b":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},'
+             '"a":{"dtype":"U8","shape":[1],"data_offsets":[12,13]},"c":{"dtype":"U8","shape":[1],"data_offsets":[13,14]}}')
+    # an offset of 9: a [0, 9], b [9, 10] (counted from 1, both would gain a digit)
+    two = {"a": TensorSpec((9,), torch.uint8), "b": TensorSpec((1,), torch.uint8)}
+    text2 = ('{"__metadata__":{"k":"%s"},"a":{"dtype":"U8","shape":[9],"data_offsets":[0,9]},'
+             '"b":{"dtype":"U8","shape":[1],"data_offsets":[9,10]}}')
+    for layout, text in ((three, text3), (two, text2)):
+        for pad in range(8):  # eight lengths of the metadata: a header a byte longer shows in at least one
+            meta = {"k": "v" * pad}
+            n = len(text % meta["k"])
+            assert header_size(layout, meta) == n + (8 - n % 8) % 8
+            save_file({k: torch.zeros(s.shape, dtype=s.dtype) for k, s in layout.items()}, str(tmp_path / "f"),
+                      metadata=meta)
+            assert header_size(layout, meta) == _real_header(tmp_path / "f")
     assert SizeReport("int8", {"embeddings": 3, "linear": 4}, 16, "").file_bytes == 8 + 16 + 7
 
 
