@@ -423,6 +423,11 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                  "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py"),
     "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
     "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
+    "quant/formats.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_formats.py",
+                         "tests/quant/test_quant_fake.py", "tests/quant/test_quant_export.py"),
+    "quant/export.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_export.py"),
+    "quant/report.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_export.py",
+                        "tests/app/test_app.py::test_quant_report_checks_the_group_size_against_the_model"),
 }
 
 
