@@ -478,3 +478,73 @@ def test_quant_report_without_embeddings_and_its_error_lines(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         report.main(["--model", "tiny", "--group-size", "1"])
     assert str(e.value.code) == "error: INT4 group_size=1: expected an even integer >= 2 (two values share a byte)"
+
+
+def test_quant_report_help_and_its_defaults_gpt2_and_groups_of_128(tmp_path, capsys):
+    from quant import report
+
+    with pytest.raises(SystemExit) as e:
+        report.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    for piece in ("Size table of the packed checkpoint at every precision: `python -m quant.report [--model gpt2]`. "
+                  "options:",
+                  "--model {gpt2,gpt2-large,gpt2-medium,gpt2-xl,tiny} model size preset (default gpt2 = 124M)",
+                  "--group-size GROUP_SIZE INT4 group size along the inputs",
+                  "--no-embeddings keep wte (the tied LM head) and wpe in fp32 instead of quantizing them",
+                  "--write WRITE also write the real packed files (random weights) into this folder and check their "
+                  "sizes",
+                  "--json JSON write the table as JSON to this file"):
+        assert piece in text
+    report.main(["--json", str(tmp_path / "t.json")])
+    rows = {r["precision"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    # GPT-2 124M: embeddings (50257 + 1024) x 768, linear 85,017,600 parameters, norms 25 x 2 x 768.
+    # int4 in groups of 128: 84,934,656 linear weights / 2 = 42,467,328 bytes; scales per layer
+    # 4 x 768 x 6 + 3072 x 6 + 768 x 24 = 55,296, x 12 x 4 = 2,654,208; biases 82,944 x 4 = 331,776
+    assert rows["fp32"]["parts"] == {"embeddings": 51_281 * 768 * 4, "linear": 85_017_600 * 4, "norms": 153_600}
+    assert rows["int4"]["parts"]["linear"] == 42_467_328 + 2_654_208 + 331_776
+    assert "wte (tied LM head)" in rows["int4"]["quantised"] and "per 128 inputs" in rows["int4"]["quantised"]
+    assert (tmp_path / "t.json").read_text().startswith('[\n  {\n    "precision": "fp64",\n    "file_bytes": ')
+    assert (tmp_path / "t.json").read_text().endswith('\n  }\n]\n')
+
+
+def test_reports_defaults_are_embeddings_and_groups_of_128():
+    from quant.report import reports
+
+    rows = reports(GPT2Config(vocab_size=10, n_positions=4, n_embd=128, n_layer=1, n_head=2))
+    assert [r.precision for r in rows] == ["fp64", "fp32", "bf16", "fp8", "int8", "int4"]
+    assert rows[-1].quantized == ("linear weights + wte (tied LM head) + wpe as int4 (fp32 scale per 128 inputs); "
+                                  "biases, LayerNorm and the rest fp32")
+
+
+def test_format_table_megabytes_are_millions_of_bytes():
+    from quant.report import format_table
+
+    # 1,375,000 bytes is 1.375 MB, printed "1.38" (an exact binary tie, to even); over 1,000,001 it would be 1.37;
+    # likewise the file's 4,375,000 (4.38) and the scales' 375,000 (0.38)
+    fp32 = SizeReport("fp32", {"embeddings": 1_375_000, "linear": 2_625_000, "norms": 4_000}, 4_375_000 - 4_004_008,
+                      "all fp32", extra={"scale_bytes": 375_000})
+    assert fp32.file_bytes == 4_375_000
+    line = format_table([fp32]).splitlines()[2]
+    assert line == (f"{'fp32':<9} {'4.38':>9} {'1.000':>7} {'1.38':>14} {'2.62':>14} {'0.00':>14} {'0.38':>10}  "
+                    "all fp32")
+
+
+def test_quant_report_writes_files_without_embeddings_and_says_when_a_size_differs(tmp_path, capsys, monkeypatch):
+    from quant import export, report
+
+    report.main(["--model", "tiny", "--no-embeddings", "--group-size", "8", "--write", str(tmp_path)])
+    wrote = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 6 and all(line.endswith(" bytes (matches)") for line in wrote)
+
+    def one_byte_off(*args, **kwargs):
+        r = export.size_report(*args, **kwargs)
+        r.header_bytes += 1
+        return r
+
+    monkeypatch.setattr(report, "size_report", one_byte_off)
+    report.main(["--model", "tiny", "--group-size", "8", "--write", str(tmp_path / "b")])
+    wrote = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    size = (tmp_path / "b" / "model-int4.safetensors").stat().st_size
+    assert wrote[-1] == f"wrote {tmp_path / 'b' / 'model-int4.safetensors'}: {size} bytes (DIFFERS from the computed " \
+                        f"{size + 1})"
