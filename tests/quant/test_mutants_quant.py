@@ -548,3 +548,76 @@ def test_quant_report_writes_files_without_embeddings_and_says_when_a_size_diffe
     size = (tmp_path / "b" / "model-int4.safetensors").stat().st_size
     assert wrote[-1] == f"wrote {tmp_path / 'b' / 'model-int4.safetensors'}: {size} bytes (DIFFERS from the computed " \
                         f"{size + 1})"
+
+
+# ---- the int8 CPU decode path (fbgemm) on a weight and inputs worked out by hand ----
+
+
+def _hand_linear(bias: bool = True) -> "torch.nn.Linear":
+    # the int8 weight of test_int8_codes_and_scales_of_a_2x4_weight: codes [[127, -64, 32, 2], [-127, 32, 0, 2]],
+    # scales 1/128 and 1/64, so the int8 rows are [127/128, -1/2, 1/4, 2/128] and [-127/64, 1/2, 0, 2/64]
+    lin = torch.nn.Linear(4, 2, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[127 / 128, -0.5, 0.25, 3 / 256], [-127 / 64, 0.5, 1 / 128, 3 / 128]]))
+        if bias:
+            lin.bias.copy_(torch.tensor([0.5, -0.25]))
+    return lin
+
+
+def test_int8_linear_by_hand_one_token_and_two():
+    from quant.int8_linear import Int8Linear
+
+    fast = Int8Linear.from_linear(_hand_linear())
+    assert repr(fast) == "Int8Linear(in_features=4, out_features=2, int8 fbgemm dynamic)"
+    # token a = [-63/64, 0, 1/2, 1]: range 127/64 on 127 steps, scale 1/64, zero point 63: codes exact.
+    #   y0 = -63/64 * 127/128 + 1/2 * 1/4 + 2/128 + 0.5 = (-8001 + 1024 + 128) / 8192 + 0.5 = -6849/8192 + 0.5
+    #   y1 = 63/64 * 127/64 + 2/64 - 0.25 = 8129/4096 - 0.25
+    a = [-63 / 64, 0.0, 0.5, 1.0]
+    ya = [-6849 / 8192 + 0.5, 8129 / 4096 - 0.25]
+    assert fast(torch.tensor([a])).tolist() == [ya]
+    # token b = [0.3, 0, -0.2, 0.1]: scale s = 0.5/127, zero round(50.8) = 51: codes 76 (76.2), 0, -51 (-50.8),
+    #   25 (25.4). y0 = s (76 * 127/128 - 51/4 + 25 * 2/128) + 0.5 = 63.046875 s + 0.5;
+    #   y1 = s (-76 * 127/64 + 25 * 2/64) - 0.25 = -150.03125 s - 0.25. Activations on [0, 255] (no reduce_range)
+    #   would give 0.7492 and -0.8422 here.
+    s = 0.5 / 127
+    yb = [63.046875 * s + 0.5, -150.03125 * s - 0.25]
+    torch.testing.assert_close(fast(torch.tensor([[0.3, 0.0, -0.2, 0.1]])), torch.tensor([yb]), rtol=0, atol=1e-6)
+    # two tokens at once: each keeps its own scale (one scale for both would move a's codes); (2, 1, 4) alike
+    both = fast(torch.tensor([[a], [[0.3, 0.0, -0.2, 0.1]]]))
+    assert both.shape == (2, 1, 2)
+    assert both[0].tolist() == [ya]
+    torch.testing.assert_close(both[1], torch.tensor([yb]), rtol=0, atol=1e-6)
+
+
+def test_stacked_int8_linears_without_bias_with_bias_and_mixed():
+    from quant.int8_linear import Int8Linear
+
+    a = [[-63 / 64, 0.0, 0.5, 1.0]]
+    y = [-6849 / 8192, 8129 / 4096]  # test_int8_linear_by_hand_one_token_and_two, without the bias
+    x = torch.tensor(a)
+    assert Int8Linear.stacked([_hand_linear(False), _hand_linear(False)])(x).tolist() == [y + y]
+    assert Int8Linear.stacked([_hand_linear(), _hand_linear()])(x).tolist() == [[y[0] + 0.5, y[1] - 0.25] * 2]
+    mixed = Int8Linear.stacked([_hand_linear(False), _hand_linear(), _hand_linear(False)])
+    assert mixed.out_features == 6 and mixed(x).tolist() == [y + [y[0] + 0.5, y[1] - 0.25] + y]
+
+
+def test_int8_refusals_whole_lines():
+    from quant import FakeQuantLinear, quantize_model
+    from quant.int8_linear import Int8Linear, to_int8_decoder
+
+    with pytest.raises(ValueError) as e:
+        Int8Linear(torch.zeros(2, 3), torch.ones(2, 1), None)
+    assert str(e.value) == "Int8Linear needs a 2-D int8 weight, got torch.float32 of shape (2, 3)"
+    with pytest.raises(ValueError) as e:
+        Int8Linear(torch.zeros(3, dtype=torch.int8), torch.ones(3), None)
+    assert str(e.value) == "Int8Linear needs a 2-D int8 weight, got torch.int8 of shape (3,)"
+    layer = FakeQuantLinear(_hand_linear(), QuantConfig(weight="int8"))
+    layer.enabled = False
+    with pytest.raises(ValueError) as e:
+        Int8Linear.from_fake_quant(layer)
+    assert str(e.value) == "Int8Linear runs int8 weights; this layer simulates 'int8' (enabled=False)"
+    # int4 tables, linear layers left plain (skipped): the embedding is refused by name
+    model = quantize_model(small(), QuantConfig(weight="int4", group_size=4), skip=["h"])
+    with pytest.raises(ValueError) as e:
+        to_int8_decoder(model)
+    assert str(e.value) == "wte: embedding simulates 'int4', not int8"
