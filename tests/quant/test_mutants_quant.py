@@ -621,3 +621,15 @@ def test_int8_refusals_whole_lines():
     with pytest.raises(ValueError) as e:
         to_int8_decoder(model)
     assert str(e.value) == "wte: embedding simulates 'int4', not int8"
+
+
+def test_int8_linear_of_one_input_feature_still_scales_each_token_alone():
+    from quant.int8_linear import Int8Linear
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(127 / 128)  # code 127, scale 1/128
+    # each token alone: 1.0 and 0.3 are each their own range's top (code 127), so exact: 127/128 and 0.3 * 127/128;
+    # with one scale for both (1/127), 0.3 would be code 38 and give 38/127 * 127/128 = 0.296875
+    y = Int8Linear.from_linear(lin)(torch.tensor([[1.0], [0.3]]))
+    torch.testing.assert_close(y, torch.tensor([[127 / 128], [0.3 * 127 / 128]]), rtol=0, atol=1e-7)
