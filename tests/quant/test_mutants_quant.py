@@ -633,3 +633,96 @@ def test_int8_linear_of_one_input_feature_still_scales_each_token_alone():
     # with one scale for both (1/127), 0.3 would be code 38 and give 38/127 * 127/128 = 0.296875
     y = Int8Linear.from_linear(lin)(torch.tensor([[1.0], [0.3]]))
     torch.testing.assert_close(y, torch.tensor([[127 / 128], [0.3 * 127 / 128]]), rtol=0, atol=1e-7)
+
+
+# ---- the fake-quant layers on the same hand weights ----
+
+
+def test_fake_quant_linear_by_hand_weight_only_with_activations_and_disabled():
+    from quant.fake import FakeQuantLinear
+
+    x = torch.tensor([[0.3, 0.0, -0.2, 0.1]])
+    # int8 weights [127/128, -1/2, 1/4, 2/128] . x + 0.5 = 0.29765625 - 0.05 + 0.0015625 + 0.5 = 0.74921875;
+    # row 1: [-127/64, 1/2, 0, 2/64] . x - 0.25 = -0.5953125 + 0.003125 - 0.25 = -0.8421875
+    w_only = FakeQuantLinear(_hand_linear(), QuantConfig(weight="int8"))
+    torch.testing.assert_close(w_only(x), torch.tensor([[0.74921875, -0.8421875]]), rtol=0, atol=1e-6)
+    # activations too: the codes of test_int8_linear_by_hand_one_token_and_two
+    s = 0.5 / 127
+    both = FakeQuantLinear(_hand_linear(), QuantConfig(weight="int8", activations=True))
+    torch.testing.assert_close(both(x), torch.tensor([[63.046875 * s + 0.5, -150.03125 * s - 0.25]]), rtol=0,
+                               atol=1e-6)
+    # activations only: x's codes 76, 0, -51, 25 times s against the full-precision weight
+    act = FakeQuantLinear(_hand_linear(), QuantConfig(weight=None, activations=True))
+    xq = torch.tensor([[76 * s, 0.0, -51 * s, 25 * s]])
+    w = torch.tensor([[127 / 128, -0.5, 0.25, 3 / 256], [-127 / 64, 0.5, 1 / 128, 3 / 128]])
+    torch.testing.assert_close(act(x), xq @ w.T + torch.tensor([0.5, -0.25]), rtol=0, atol=1e-6)
+    both.enabled = False  # the plain layer: 0.29765625 - 0.05 + 0.001171875 + 0.5, and row 1 likewise
+    torch.testing.assert_close(both(x), torch.tensor([[0.748828125, -0.5953125 - 0.0015625 + 0.00234375 - 0.25]]),
+                               rtol=0, atol=1e-6)
+    assert repr(w_only) == ("FakeQuantLinear(in_features=4, out_features=2, bias=True, QuantConfig(weight='int8', "
+                            "group_size=128, activations=False, embeddings=True), enabled=True)")
+
+
+def test_fake_quant_embedding_by_hand():
+    from quant.fake import FakeQuantEmbedding
+
+    table = torch.tensor([[0.875, -0.4375, 0.25, -1.75], [0.0, 0.0, 7 / 32, 3 / 32]])  # the int4 example
+    quantized = [[0.875, -0.5, 0.25, -1.75], [0.0, 0.0, 7 / 32, 3 / 32]]
+    emb = FakeQuantEmbedding(torch.nn.Embedding.from_pretrained(table.clone(), freeze=False),
+                             QuantConfig(weight="int4", group_size=2))
+    assert emb.weight.tolist() == quantized and emb.latent_weight.tolist() == table.tolist()
+    assert emb(torch.tensor([[1, 0], [0, 0]])).tolist() == [[quantized[1], quantized[0]], [quantized[0]] * 2]
+    assert emb.to_plain().weight.tolist() == table.tolist()
+    assert repr(emb) == ("FakeQuantEmbedding(2, 4, QuantConfig(weight='int4', group_size=2, activations=False, "
+                         "embeddings=True), enabled=True)")
+    emb.enabled = False
+    assert emb.weight.tolist() == table.tolist() and emb(torch.tensor([0])).tolist() == [table[0].tolist()]
+
+
+def test_fake_quant_layer_norm_keeps_eps_and_bias_and_quantizes_its_output():
+    from quant.fake import FakeQuantLayerNorm
+
+    norm = torch.nn.LayerNorm(4, eps=1e-3, bias=False)
+    fq = FakeQuantLayerNorm(norm, QuantConfig(weight=None, activations=True))
+    assert fq.eps == 1e-3 and fq.bias is None and fq.weight is norm.weight
+    # x has variance 1.25e-4, small beside eps: (x - 0.015) / sqrt(1.25e-4 + 1e-3) = [-0.4472, -0.1491, 0.1491,
+    # 0.4472] (1e-5 would give +-1.34); then quantized per token on 127 steps
+    x = torch.tensor([[0.0, 0.01, 0.02, 0.03]])
+    y = (x - 0.015) / (1.25e-4 + 1e-3) ** 0.5
+    torch.testing.assert_close(fq(x), fake_quantize_activations(y), rtol=0, atol=1e-6)
+    plain = fq.to_plain()
+    assert plain.eps == 1e-3 and plain.bias is None and plain.weight is norm.weight
+    fq.enabled = False
+    torch.testing.assert_close(fq(x), y, rtol=0, atol=1e-6)
+    assert repr(fq) == ("FakeQuantLayerNorm((4,), eps=0.001, elementwise_affine=True, bias=False, "
+                        "QuantConfig(weight=None, group_size=128, activations=True, embeddings=True), enabled=False)")
+
+
+def test_fake_quant_layers_refusals_whole_lines():
+    from quant.fake import FakeQuantEmbedding, FakeQuantLayerNorm, FakeQuantLinear
+
+    cases = [
+        (lambda: FakeQuantLinear(torch.nn.Identity(), QuantConfig()), TypeError,
+         "linear: FakeQuantLinear is made from an nn.Linear, got Identity"),
+        (lambda: FakeQuantLinear(torch.nn.Linear(6, 2), QuantConfig(weight="int4", group_size=4)), ValueError,
+         "linear: INT4 group_size=4 does not divide in_features=6; pick a divisor of 6"),
+        (lambda: FakeQuantLinear(torch.nn.Linear(6, 2), QuantConfig(weight="int4", group_size=4), name="h.0.x"),
+         ValueError, "h.0.x: INT4 group_size=4 does not divide in_features=6; pick a divisor of 6"),
+        (lambda: FakeQuantEmbedding(torch.nn.Linear(6, 2), QuantConfig()), TypeError,
+         "embedding: FakeQuantEmbedding is made from an nn.Embedding, got Linear"),
+        (lambda: FakeQuantEmbedding(torch.nn.Embedding(3, 6), QuantConfig(weight=None, activations=True)),
+         ValueError, "embedding: embedding quantization needs a weight format, got weight=None"),
+        (lambda: FakeQuantEmbedding(torch.nn.Embedding(3, 6), QuantConfig(weight="int4", group_size=4)),
+         ValueError, "embedding: INT4 group_size=4 does not divide in_features=6; pick a divisor of 6"),
+        (lambda: FakeQuantEmbedding(torch.nn.Embedding(3, 6), QuantConfig(weight="int4", group_size=4), name="wte"),
+         ValueError, "wte: INT4 group_size=4 does not divide in_features=6; pick a divisor of 6"),
+        (lambda: FakeQuantLayerNorm(torch.nn.Linear(6, 2), QuantConfig()), TypeError,
+         "layernorm: FakeQuantLayerNorm is made from an nn.LayerNorm, got Linear"),
+        (lambda: FakeQuantLayerNorm(torch.nn.Linear(6, 2), QuantConfig(), name="ln_f"), TypeError,
+         "ln_f: FakeQuantLayerNorm is made from an nn.LayerNorm, got Linear"),
+    ]
+    for make, kind, line in cases:
+        with pytest.raises(kind) as e:
+            make()
+        assert str(e.value) == line
+    FakeQuantLinear(torch.nn.Linear(6, 2), QuantConfig(weight=None, activations=True, group_size=4))  # no groups
