@@ -726,3 +726,24 @@ def test_fake_quant_layers_refusals_whole_lines():
             make()
         assert str(e.value) == line
     FakeQuantLinear(torch.nn.Linear(6, 2), QuantConfig(weight=None, activations=True, group_size=4))  # no groups
+
+
+def test_fake_quant_layers_allocate_and_draw_nothing():
+    """Built on the meta device and handed the layer's own parameters: making a fake-quant layer (or its plain
+    layer back) draws no random numbers, so a seeded run goes on exactly as it would have (a CPU placeholder would
+    be initialised at random and move torch's generator)."""
+    from quant.fake import FakeQuantEmbedding, FakeQuantLayerNorm, FakeQuantLinear
+
+    lin, emb, norm = torch.nn.Linear(4, 2), torch.nn.Embedding(3, 4), torch.nn.LayerNorm(4)
+    no_bias = torch.nn.Linear(4, 2, bias=False)
+    torch.manual_seed(0)
+    expected = torch.rand(3).tolist()
+    torch.manual_seed(0)
+    layers = [FakeQuantLinear(lin, QuantConfig()), FakeQuantLinear(no_bias, QuantConfig()),
+              FakeQuantEmbedding(emb, QuantConfig()), FakeQuantLayerNorm(norm, QuantConfig())]
+    plains = [layer.to_plain() for layer in layers]
+    assert torch.rand(3).tolist() == expected
+    assert [type(p).__name__ for p in plains] == ["Linear", "Linear", "Embedding", "LayerNorm"]
+    assert plains[0].bias is lin.bias and plains[1].bias is None and plains[2].weight is emb.weight
+    assert plains[3].elementwise_affine is True and plains[3].weight is norm.weight and plains[3].bias is norm.bias
+    assert layers[3].elementwise_affine is True and layers[3].eps == 1e-5
