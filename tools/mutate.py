@@ -429,6 +429,9 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "quant/report.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_export.py",
                         "tests/app/test_app.py::test_quant_report_checks_the_group_size_against_the_model"),
     "quant/int8_linear.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_int8.py"),
+    "quant/fake.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_fake.py",
+                      "tests/quant/test_quant_formats.py", "tests/quant/test_quant_qaft.py",
+                      "tests/quant/test_quant_export.py"),
 }
 
 
