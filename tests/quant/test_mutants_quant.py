@@ -747,3 +747,14 @@ def test_fake_quant_layers_allocate_and_draw_nothing():
     assert plains[0].bias is lin.bias and plains[1].bias is None and plains[2].weight is emb.weight
     assert plains[3].elementwise_affine is True and plains[3].weight is norm.weight and plains[3].bias is norm.bias
     assert layers[3].elementwise_affine is True and layers[3].eps == 1e-5
+
+
+def test_fake_quant_layer_norm_without_affine_parameters():
+    from quant.fake import FakeQuantLayerNorm
+
+    fq = FakeQuantLayerNorm(torch.nn.LayerNorm(4, elementwise_affine=False), QuantConfig(weight=None,
+                                                                                     activations=True))
+    plain = fq.to_plain()
+    assert (fq.elementwise_affine, fq.weight, fq.bias) == (False, None, None)
+    assert (plain.elementwise_affine, plain.weight, plain.bias) == (False, None, None)
+    assert [n for n, _ in fq.named_parameters()] == [] and [n for n, _ in plain.named_parameters()] == []
