@@ -758,3 +758,77 @@ def test_fake_quant_layer_norm_without_affine_parameters():
     assert (fq.elementwise_affine, fq.weight, fq.bias) == (False, None, None)
     assert (plain.elementwise_affine, plain.weight, plain.bias) == (False, None, None)
     assert [n for n, _ in fq.named_parameters()] == [] and [n for n, _ in plain.named_parameters()] == []
+
+
+# ---- QuantConfig: defaults, names and every refusal's whole line ----
+
+
+def test_quant_config_defaults_precisions_and_json():
+    from quant.config import DEFAULT_GROUP_SIZE, DTYPE_PRECISIONS, PRECISION_FORMAT, PRECISIONS, WEIGHT_FORMATS
+
+    cfg = QuantConfig()
+    assert (cfg.weight, cfg.group_size, cfg.activations, cfg.embeddings) == ("int8", 128, False, True)
+    assert DEFAULT_GROUP_SIZE == 128 and PRECISIONS == ("fp64", "fp32", "bf16", "fp8", "int8", "int4")
+    assert DTYPE_PRECISIONS == {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
+    assert PRECISION_FORMAT == {"fp8": "fp8_e4m3", "int8": "int8", "int4": "int4"}
+    assert WEIGHT_FORMATS == ("fp8_e4m3", "fp8_e5m2", "int8", "int4")
+    assert cfg.to_json() == '{"activations": false, "embeddings": true, "group_size": 128, "weight": "int8"}'
+    assert cfg.to_dict() == {"weight": "int8", "group_size": 128, "activations": False, "embeddings": True}
+    assert [QuantConfig.for_precision(p).weight for p in ("fp8", "int8", "int4")] == ["fp8_e4m3", "int8", "int4"]
+    assert QuantConfig.for_precision("int4", group_size=32, embeddings=False) == QuantConfig(
+        weight="int4", group_size=32, embeddings=False)
+    assert cfg.replace(weight="fp8_e5m2", activations=True) == QuantConfig(weight="fp8_e5m2", activations=True)
+    assert QuantConfig(weight=None, activations=True).weight is None  # activations alone
+    assert QuantConfig.from_dict({"weight": "int4", "group_size": 2}) == QuantConfig(weight="int4", group_size=2)
+    # the --help lines of the finetune command's quantization flags (app.cli reads them from the fields)
+    fields = QuantConfig.__dataclass_fields__
+    assert fields["group_size"].metadata["help"] == "INT4 group size along each layer's inputs (must divide n_embd)"
+    assert fields["activations"].metadata["help"] == (
+        "also fake-quantize linear-layer inputs per token (7-bit asymmetric, as the int8 CPU decode path runs them)")
+    assert fields["embeddings"].metadata["help"] == "quantize wte (the tied LM head) and wpe too"
+    assert fields["embeddings"].metadata["help_off"] == "keep wte (the tied LM head) and wpe in fp32"
+
+
+@pytest.mark.parametrize("kw,line", [
+    (dict(weight="int3"), "weight 'int3': expected one of ('fp8_e4m3', 'fp8_e5m2', 'int8', 'int4') or None"),
+    (dict(weight="INT8"), "weight 'INT8': expected one of ('fp8_e4m3', 'fp8_e5m2', 'int8', 'int4') or None"),
+    (dict(group_size=7), "group_size 7: expected an even integer >= 2 (two INT4 values share a byte)"),
+    (dict(group_size=0), "group_size 0: expected an even integer >= 2 (two INT4 values share a byte)"),
+    (dict(group_size=1), "group_size 1: expected an even integer >= 2 (two INT4 values share a byte)"),
+    (dict(group_size=-2), "group_size -2: expected an even integer >= 2 (two INT4 values share a byte)"),
+    (dict(group_size=True), "group_size True: expected an even integer >= 2 (two INT4 values share a byte)"),
+    (dict(group_size=2.0), "group_size 2.0: expected an even integer >= 2 (two INT4 values share a byte)"),
+    (dict(activations="false"), "activations 'false': expected true or false"),
+    (dict(embeddings=1), "embeddings 1: expected true or false"),
+    (dict(weight=None), "QuantConfig simulates nothing: weight=None and activations=False"),
+])
+def test_quant_config_refusals_whole_lines(kw, line):
+    from quant.config import QuantFieldError
+
+    with pytest.raises(QuantSettingsError) as e:
+        QuantConfig(**kw)
+    assert str(e.value) == line
+    assert isinstance(e.value, QuantFieldError) == ("simulates nothing" not in line)
+    if isinstance(e.value, QuantFieldError):
+        assert e.value.field == next(iter(kw))
+
+
+def test_quant_config_readers_name_their_source():
+    assert QuantConfig(group_size=2).group_size == 2 and QuantConfig(activations=True, embeddings=False)
+    with pytest.raises(QuantSettingsError) as e:
+        QuantConfig.for_precision("bf16")
+    assert str(e.value) == ("precision 'bf16' is not a fake-quant format: expected one of ['fp8', 'int4', 'int8'] "
+                            "(fp64/fp32/bf16 are plain dtype casts)")
+    with pytest.raises(QuantSettingsError) as e:
+        QuantConfig.from_dict({"bits": 4, "a": 1}, source="f.json")
+    assert str(e.value) == ("f.json: unknown quantization key(s) ['a', 'bits']; expected ['activations', "
+                            "'embeddings', 'group_size', 'weight']")
+    with pytest.raises(QuantSettingsError) as e:
+        QuantConfig.from_dict({"group_size": 3}, source="f.json")
+    assert str(e.value) == "f.json: group_size 3: expected an even integer >= 2 (two INT4 values share a byte)"
+    with pytest.raises(QuantSettingsError) as e:
+        QuantConfig.from_dict({"bits": 4})
+    assert str(e.value).startswith("config: unknown quantization key(s) ['bits']")
+    with pytest.raises(QuantSettingsError) as e:
+        QuantConfig.from_dict({"weight": None})
+    assert str(e.value) == "config: QuantConfig simulates nothing: weight=None and activations=False"
