@@ -832,3 +832,25 @@ def test_quant_config_readers_name_their_source():
     with pytest.raises(QuantSettingsError) as e:
         QuantConfig.from_dict({"weight": None})
     assert str(e.value) == "config: QuantConfig simulates nothing: weight=None and activations=False"
+
+
+def test_ste_gradient_on_a_float8_grid_is_zero_past_its_edge():
+    """Was 1 everywhere for E4M3: torch saturates float8_e4m3fn casts, so 1e6 "rounded" to 448 and counted as
+    inside, though the clamp cut it off."""
+    from quant.ste import fake_quant_ste
+
+    # E4M3: the top binade [256, 512) has steps of 32; past 448 would come 480, so the edge is 464. 450 and
+    # 463.9 round to 448 (inside, as the integer grid's 7.0000005 rounds to 7); 464 is a tie that rounds to the
+    # even 448 (14 steps of 32); 464.1, -470 and 1e6 round past it (outside); NaN is outside.
+    x = torch.tensor([1e6, 450.0, 463.9, 464.0, 464.1, -470.0, 448.0, -448.0, 0.3, float("nan")], requires_grad=True)
+    y = fake_quant_ste(x, torch.tensor(1.0), -448.0, 448.0, torch.float8_e4m3fn)
+    y.backward(torch.ones_like(y))
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    assert y[:8].tolist() == [448.0, 448.0, 448.0, 448.0, 448.0, -448.0, 448.0, -448.0]  # the values clamp as before
+    # E5M2 (steps of 8192 above 32768, edge 61440, 57344 = 7 steps: a tie there rounds up): torch's cast, which
+    # overflows to inf, is the referee
+    x = torch.tensor([1e6, 58000.0, 61439.0, 61440.0, -61440.0, -57344.0], requires_grad=True)
+    y = fake_quant_ste(x, torch.tensor(1.0), -57344.0, 57344.0, torch.float8_e5m2)
+    y.backward(torch.ones_like(y))
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert x.grad.tolist() == torch.isfinite(x.detach().to(torch.float8_e5m2).float()).float().tolist()
