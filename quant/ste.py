@@ -22,18 +22,16 @@ def round_to_grid(y: torch.Tensor, grid: torch.dtype | None) -> torch.Tensor:
 
 
 def past_grid(y: torch.Tensor, grid: torch.dtype) -> torch.Tensor:
-    """Where rounding y to the nearest value of a float8 dtype (ties to even) goes past its largest finite value.
+    """Where rounding y to the nearest value of a float8 dtype goes past its largest finite value.
 
-    A cast cannot say: torch saturates float8_e4m3fn casts at +-448 (so 1e6 "rounds" to 448), while float8_e5m2
-    overflows to +-inf. The top binade's spacing is 2^floor(log2 max) * eps; halfway past the largest value lies
-    the edge, and a tie there rounds away when the largest value's last mantissa digit is odd (E5M2: 57344 = 7
-    steps of 8192, so 61440 overflows; E4M3: 448 = 14 steps of 32, so 464 rounds back to 448).
+    A cast cannot say: torch saturates float8_e4m3fn casts at +-448 (so 1e6 "rounds" to 448). The top binade's
+    spacing is 2^floor(log2 max) * eps; halfway past the largest value lies the edge (E4M3: 448 + 32 / 2 = 464, a
+    tie that rounds to the even 448, so only beyond it). float8_e5m2 overflows to +-inf instead (its tie at
+    61440 included), which the comparisons with lo and hi already count as outside.
     """
     fi = torch.finfo(grid)
     step = 2.0 ** math.floor(math.log2(fi.max)) * fi.eps
-    edge = fi.max + step / 2
-    a = y.abs()
-    return a >= edge if round(fi.max / step) % 2 else a > edge
+    return y.abs() > fi.max + step / 2
 
 
 class FakeQuantSTE(torch.autograd.Function):
