@@ -436,6 +436,9 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                      "tests/quant/test_quant_fake.py"),
     "quant/config.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_formats.py",
                         "tests/quant/test_quant_fake.py", "tests/quant/test_quant_export.py"),
+    "quant/qaft.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_fake.py",
+                      "tests/quant/test_quant_qaft.py", "tests/quant/test_quant_export.py",
+                      "tests/quant/test_quant_formats.py"),
 }
 
 

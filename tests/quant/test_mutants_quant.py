@@ -854,3 +854,73 @@ def test_ste_gradient_on_a_float8_grid_is_zero_past_its_edge():
     y.backward(torch.ones_like(y))
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
     assert x.grad.tolist() == torch.isfinite(x.detach().to(torch.float8_e5m2).float()).float().tolist()
+
+
+# ---- quantize_model, ptq, apply_precision: which layers, names, skips ----
+
+
+def _fake(model) -> list[str]:
+    from quant.qaft import fake_quant_modules
+
+    return [n for n, _ in fake_quant_modules(model)]
+
+
+def test_skips_leave_whole_subtrees_and_only_them():
+    from quant import apply_precision, ptq, quantize_model
+    from quant.qaft import quant_config_of
+
+    linear = ["attn.query", "attn.key", "attn.value", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    two = GPT2Config(vocab_size=10, n_positions=4, n_embd=8, n_layer=2, n_head=2, dropout=0.0)
+
+    def model():
+        from minigpt2.model import GPT2
+
+        return GPT2(two)
+
+    cfg = QuantConfig(weight="int8")
+    # "h.0" skips h.0.* (and the block itself) but the layers after it are still swapped
+    assert _fake(quantize_model(model(), cfg, skip=["h.0"])) == ["wte", "wpe"] + [f"h.1.{n}" for n in linear]
+    assert _fake(quantize_model(model(), cfg, skip=["h.1.mlp", "wpe"])) == \
+        ["wte"] + [f"h.0.{n}" for n in linear] + [f"h.1.{n}" for n in linear[:4]]
+    assert _fake(ptq(model(), cfg, skip=["h"])) == ["wte", "wpe"]
+    assert _fake(apply_precision(model(), "int8", skip=["h.1"])) == ["wte", "wpe"] + [f"h.0.{n}" for n in linear]
+    m = apply_precision(model(), "int8")  # no cfg: the precision's own
+    assert quant_config_of(m) == cfg
+    # activations also swap ln_f, the head's input
+    assert _fake(quantize_model(model(), QuantConfig(weight=None, activations=True), skip=["h.0", "h.1"])) == \
+        ["ln_f"]
+
+
+def test_quantize_model_reaches_a_gpt2_inside_another_module_by_its_leaf_names():
+    from quant import quantize_model
+
+    holder = torch.nn.ModuleDict({"gpt": small()})
+    names = _fake(quantize_model(holder, QuantConfig(weight="int8", activations=True)))
+    assert names[:2] == ["gpt.wte", "gpt.wpe"] and names[-1] == "gpt.ln_f" and len(names) == 2 + 6 + 1
+
+
+def test_qaft_refusals_whole_lines_and_the_enabled_flag():
+    from quant import apply_precision, quantize_model, set_quant_enabled
+    from quant.qaft import quant_config_of
+
+    with pytest.raises(QuantSettingsError) as e:
+        quantize_model(small(), QuantConfig(weight="int4", group_size=16))  # C 8: the first layer met is wte
+    assert str(e.value) == "wte: INT4 group_size=16 does not divide in_features=8; pick a divisor of 8"
+    with pytest.raises(ValueError) as e:
+        apply_precision(small(), "int9")
+    assert str(e.value) == "precision 'int9': expected one of ('fp64', 'fp32', 'bf16', 'fp8', 'int8', 'int4')"
+    with pytest.raises(ValueError) as e:
+        apply_precision(small(), "int4", QuantConfig(weight="int8"))
+    assert str(e.value) == "precision 'int4' simulates weight='int4', but cfg has 'int8'"
+    mixed = quantize_model(small(), QuantConfig(weight="int8"), skip=["h.0.mlp"])
+    quantize_model(mixed, QuantConfig(weight="int4", group_size=4))  # the mlp layers get the other config
+    with pytest.raises(ValueError) as e:
+        quant_config_of(mixed)
+    assert str(e.value) == (
+        "model mixes 2 quantization configs: [\"QuantConfig(weight='int4', group_size=4, activations=False, "
+        "embeddings=True)\", \"QuantConfig(weight='int8', group_size=128, activations=False, embeddings=True)\"]")
+    model = quantize_model(small(), QuantConfig(weight="int8"))
+    set_quant_enabled(model, False)
+    assert repr(model.h[0].attn.query).endswith("enabled=False)") and model.wte.enabled is False
+    set_quant_enabled(model, True)
+    assert model.h[0].mlp.c_fc.enabled is True
