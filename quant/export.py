@@ -170,6 +170,19 @@ def export_packed(model: GPT2, path: str | os.PathLike, precision: str | None = 
     return path
 
 
+def _metadata_object(meta: dict[str, str], key: str, path: str | os.PathLike) -> dict:
+    """The JSON object a packed file's metadata holds under `key`, or one CheckpointError line naming the key."""
+    if key not in meta:
+        raise CheckpointError(f"{path}: metadata key {key!r} missing; a packed checkpoint names its model there")
+    try:
+        d = json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata {key!r} is not JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: metadata {key!r} is not a JSON object")
+    return d
+
+
 def load_packed(path: str | os.PathLike) -> GPT2:
     """A GPT2 from a packed file, computing exactly what the fake-quant model computed."""
     tensors, meta = read_safetensors(path)
@@ -179,11 +192,14 @@ def load_packed(path: str | os.PathLike) -> GPT2:
     precision = meta.get("precision")
     if precision not in PRECISIONS:
         raise CheckpointError(f"{path}: metadata precision={precision!r}, expected one of {PRECISIONS}")
+    config_dict = _metadata_object(meta, "config", path)
+    quant_dict = _metadata_object(meta, "quant", path) if "quant" in meta else None
+    source = f"{path}: metadata"
     try:
-        config = GPT2Config.from_hf_dict(json.loads(meta["config"]), source=f"{path} metadata")
-        cfg = QuantConfig.from_dict(json.loads(meta["quant"]), source=f"{path}") if "quant" in meta else None
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad metadata: {e}") from e
+        config = GPT2Config.from_hf_dict(config_dict, source=f"{source} 'config'")
+        cfg = None if quant_dict is None else QuantConfig.from_dict(quant_dict, source=f"{source} 'quant'")
+    except (ValueError, TypeError) as e:  # most lines name the file already; GPT2Config's own checks do not
+        raise CheckpointError(str(e) if str(e).startswith(source) else f"{source} 'config': {e}") from e
 
     state: dict[str, torch.Tensor] = {}
     for k, v in tensors.items():

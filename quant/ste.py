@@ -9,6 +9,8 @@ silently zero the gradient of the very largest weights (torchao's QAT hit that b
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -17,6 +19,19 @@ def round_to_grid(y: torch.Tensor, grid: torch.dtype | None) -> torch.Tensor:
     if grid is None:
         return torch.round(y)
     return y.to(grid).to(y.dtype)
+
+
+def past_grid(y: torch.Tensor, grid: torch.dtype) -> torch.Tensor:
+    """Where rounding y to the nearest value of a float8 dtype goes past its largest finite value.
+
+    A cast cannot say: torch saturates float8_e4m3fn casts at +-448 (so 1e6 "rounds" to 448). The top binade's
+    spacing is 2^floor(log2 max) * eps; halfway past the largest value lies the edge (E4M3: 448 + 32 / 2 = 464, a
+    tie that rounds to the even 448, so only beyond it). float8_e5m2 overflows to +-inf instead (its tie at
+    61440 included), which the comparisons with lo and hi already count as outside.
+    """
+    fi = torch.finfo(grid)
+    step = 2.0 ** math.floor(math.log2(fi.max)) * fi.eps
+    return y.abs() > fi.max + step / 2
 
 
 class FakeQuantSTE(torch.autograd.Function):
@@ -30,8 +45,11 @@ class FakeQuantSTE(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float,
                 grid: torch.dtype | None) -> torch.Tensor:
         y = x / scale
-        r = round_to_grid(y, grid)  # NaN/inf beyond a float8 range: compares False, so outside
-        ctx.save_for_backward((r >= lo) & (r <= hi))
+        r = round_to_grid(y, grid)  # NaN compares False, so outside
+        inside = (r >= lo) & (r <= hi)
+        if grid is not None:  # beyond the float8 range is outside, though an E4M3 cast saturates onto its edge
+            inside &= ~past_grid(y, grid)
+        ctx.save_for_backward(inside)
         return round_to_grid(torch.clamp(y, lo, hi), grid) * scale
 
     @staticmethod

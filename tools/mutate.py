@@ -447,6 +447,22 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                          "tests/distill/test_distill_hardening.py", "tests/contract/test_contract_stats.py",
                          "tests/app/test_measures.py::test_form_of_a_perfect_sonnet_and_of_each_part_alone",
                          "tests/app/test_measures.py::test_meter_is_nine_to_eleven_syllables_a_line"),
+    "quant/formats.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_formats.py",
+                         "tests/quant/test_quant_fake.py", "tests/quant/test_quant_export.py"),
+    "quant/export.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_export.py"),
+    "quant/report.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_export.py",
+                        "tests/app/test_app.py::test_quant_report_checks_the_group_size_against_the_model"),
+    "quant/int8_linear.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_int8.py"),
+    "quant/fake.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_fake.py",
+                      "tests/quant/test_quant_formats.py", "tests/quant/test_quant_qaft.py",
+                      "tests/quant/test_quant_export.py"),
+    "quant/ste.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_formats.py",
+                     "tests/quant/test_quant_fake.py"),
+    "quant/config.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_formats.py",
+                        "tests/quant/test_quant_fake.py", "tests/quant/test_quant_export.py"),
+    "quant/qaft.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_fake.py",
+                      "tests/quant/test_quant_qaft.py", "tests/quant/test_quant_export.py",
+                      "tests/quant/test_quant_formats.py"),
 }
 
 
