@@ -67,6 +67,11 @@ LOSSES = ("tests/minigpt2/test_losses.py",)
 ESTIMATE = ("tests/experiments/test_estimate_by_hand.py",)
 RESUME = ("tests/contract/test_contract_resume.py",)
 AUTOCAST = ("tests/minigpt2/test_autocast.py",)
+CHECK = ("tests/distill/test_mutants_check.py",)
+QUANT = ("tests/quant/test_mutants_quant.py",)
+DISTILL_SUMMARY = ("tests/distill/test_mutants_distill.py",)
+PINNED_FILES = ("tests/experiments/test_experiments.py", "tests/experiments/test_pinned_values.py")
+SWEEPS = ("tests/experiments/test_mutants_sweeps.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -323,6 +328,21 @@ MUTANTS: list[Mutant] = [
            'os.environ.get("ONEDNN_MAX_CPU_ISA") or ""', AUTOCAST),
     Mutant("bf16-vnni-cap-counted-native", "minigpt2/device.py", '"AVX512_CORE", "AVX512_CORE_VNNI"})',
            '"AVX512_CORE"})', AUTOCAST),
+    # ---- the bugs the 2026-12-07 mutmut round found, put back (docs/testing.md, its four subsections)
+    Mutant("check-near-two-vowels", "distill/check.py", '    return re.sub(r"\\bIY R\\b", "IH R", part)',
+           "    return part", CHECK),
+    Mutant("check-lone-cr-glued", "distill/check.py", 'text.replace("\\r\\n", "\\n").replace("\\r", "\\n")',
+           'text.replace("\\r", "")', CHECK),
+    Mutant("ste-e4m3-saturated-inside", "quant/ste.py", "inside &= ~past_grid(y, grid)", "inside &= inside", QUANT),
+    Mutant("summary-empty-file-summarised", "distill/summary.py",
+           "jsonl.is_file() and load_records(jsonl) else None", "jsonl.is_file() else None", PINNED_FILES),
+    Mutant("summary-no-perfect-divides", "distill/summary.py", '        if summary["perfect"]:', "        if True:",
+           DISTILL_SUMMARY),
+    Mutant("sweeps-ratio-ignores-max-train", "experiments/sweeps.py",
+           'cli.options_from_argv(opts.finetune_args).get("data.max_train",', '{}.get("data.max_train",', SWEEPS),
+    Mutant("export-metadata-key-unnamed", "quant/export.py",
+           'f"{path}: metadata key {key!r} missing; a packed checkpoint names its model there"',
+           'f"{path}: bad metadata"', QUANT),
 ]
 
 
