@@ -96,6 +96,12 @@ def test_chat_wrapping_is_stripped_line_by_line():
     assert gen.strip_chat_wrapping("   \n\n") == ""
 
 
+def test_a_record_keeps_the_time_its_answer_arrived():
+    r = gen.make_record("000007", MODEL, "p", 7, ok(make_sonnet(1)), DedupIndex([]), "2026-01-02T03:04:05+00:00")
+    assert r["timestamp"] == "2026-01-02T03:04:05+00:00"
+    assert re.fullmatch(STAMP, gen.make_record("000008", MODEL, "p", 8, ok(""), DedupIndex([]))["timestamp"])
+
+
 def test_a_record_is_one_utf8_json_line(tmp_path):
     path = tmp_path / "o.jsonl"
     with open(path, "a", encoding="utf-8") as f:
@@ -402,7 +408,7 @@ def test_every_flag_reaches_the_client_the_filter_and_the_run(tmp_path, recorder
     assert made == [(load_held_out(FIXTURES), {"dup_threshold": 0.7, "leak_threshold": 0.6})]
     capsys.readouterr()
     made.clear()
-    assert gen.main(argv(tmp_path / "p.jsonl", 1, "--no-leak-filter", "--data-dir", str(tmp_path))) == 0
+    assert gen.main(argv(tmp_path / "p.jsonl", 1, "--no-leak-filter")) == 0  # the held-out files not even read
     assert made == [([], {"dup_threshold": 0.5, "leak_threshold": 0.5})]
     capsys.readouterr()
     assert gen.main(["--teacher", MODEL, "--n", "1", "--out", str(tmp_path / "q.jsonl"),
@@ -426,6 +432,15 @@ def test_the_base_url_and_data_dir_come_from_the_environment(monkeypatch, tmp_pa
 def test_bad_flags_stop_before_the_client_is_made(tmp_path, recorder, capsys, extra, line):
     assert gen.main(argv(tmp_path / "o.jsonl", 2, *extra)) == 1
     assert capsys.readouterr() == ("", line + "\n") and recorder.made == []
+
+
+def test_another_teachers_file_is_refused_before_the_client_is_made(tmp_path, recorder, capsys):
+    out = write(tmp_path / "o.jsonl", [{**rec("000000", make_sonnet(1)), "teacher": "gemini-2.5-pro"}])
+    assert gen.main(argv(out, 2)) == 1
+    assert capsys.readouterr() == ("", f"error: {out}: holds sonnets from teacher 'gemini-2.5-pro', not --teacher "
+                                       "'gemini-2.5-flash': resume it with --teacher gemini-2.5-pro, or give "
+                                       "gemini-2.5-flash another --out\n")
+    assert recorder.made == []
 
 
 def test_max_requests_of_one_is_allowed(tmp_path, recorder, capsys):
@@ -787,7 +802,8 @@ def test_an_answer_past_the_wall_clock_limit_names_the_attempt():
                             "0.3 s per request (--total-timeout; the server may be sending its answer too slowly)")
 
 
-def test_generate_sends_each_setting_and_names_its_calls():
+def test_generate_sends_each_setting_and_names_its_calls(monkeypatch):
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")  # must not reroute an API-key client
     with FakeGemini(script=["ok", "ok", "503"]) as fake:
         c = GeminiClient(MODEL, VALID_KEY, base_url=fake.url, sleep=lambda s: None, log=lambda s: None, retries=0)
         out = c.generate("p", seed=9, temperature=0.25, max_output_tokens=900, thinking_budget=0)
@@ -795,6 +811,7 @@ def test_generate_sends_each_setting_and_names_its_calls():
         with pytest.raises(TransientError) as e:
             c.generate("p")
         bodies = [call["body"]["generationConfig"] for call in fake.generate_calls()]
+        assert len(bodies) == 3 and fake.keys_seen == [VALID_KEY] * 3  # the SDK does not retry the 503 itself
     assert bodies[0] == {"temperature": 0.25, "seed": 9, "maxOutputTokens": 900,
                          "thinkingConfig": {"thinking_budget": 0}}
     assert bodies[1] == {"temperature": 1.0}
