@@ -96,6 +96,16 @@ def test_chat_wrapping_is_stripped_line_by_line():
     assert gen.strip_chat_wrapping("   \n\n") == ""
 
 
+def test_an_answer_whose_lines_end_in_a_lone_cr_keeps_its_lines(tmp_path):
+    # Was glued into one line ("\r" removed, not read as a line end): a perfect sonnet written as one line, imperfect.
+    assert gen.strip_chat_wrapping("line one\rline two\r\rline three\r") == "line one\nline two\n\nline three"
+    assert gen.strip_chat_wrapping("```\r\nline one\r\nline two\r\n```\r\n") == "line one\nline two"
+    out = tmp_path / "o.jsonl"
+    gen.run(MODEL, 1, out, Stub({0: ok(make_sonnet(1).replace("\n", "\r"))}), DedupIndex([]), progress=False)
+    (row,) = lines(out)
+    assert (row["text"], row["perfect"]) == (make_sonnet(1), True)
+
+
 def test_a_record_keeps_the_time_its_answer_arrived():
     r = gen.make_record("000007", MODEL, "p", 7, ok(make_sonnet(1)), DedupIndex([]), "2026-01-02T03:04:05+00:00")
     assert r["timestamp"] == "2026-01-02T03:04:05+00:00"
