@@ -167,7 +167,7 @@ def test_a_resume_skips_every_id_in_the_file_and_rebuilds_the_index_from_kept_so
     # id 2's text, which is no duplicate of anything kept; id 4 is new.
     stub = Stub({0: ok(make_sonnet(1)), 1: ok(make_sonnet(3))})
     summary = gen.run(MODEL, 3, out, stub, DedupIndex([]), concurrency=1, progress=False)
-    assert [c[1] for c in stub.calls] == [1, 3, 4]  # seeds = ids at --seed 0
+    assert [c[1:] for c in stub.calls] == [(1, 1.0, None, None), (3, 1.0, None, None), (4, 1.0, None, None)]
     rows = lines(out)
     assert [(r["id"], r["status"]) for r in rows] == [("000000", "kept"), ("000002", "rejected"),
                                                       ("000001", "rejected"), ("000003", "kept"), ("000004", "kept")]
@@ -211,6 +211,40 @@ def test_n_and_concurrency_below_one_are_refused(tmp_path):
             gen.run(MODEL, n, tmp_path / "o.jsonl", Stub(), DedupIndex([]), concurrency=c, progress=False)
         assert str(e.value) == f"--n and --concurrency must be at least 1, got {n} and {c}"
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_record_is_stamped_when_its_answer_arrived_not_when_it_was_judged(tmp_path, monkeypatch):
+    ticks = iter(f"t{i}" for i in range(100))
+    monkeypatch.setattr(gen, "_now", lambda: next(ticks))
+    out = tmp_path / "o.jsonl"
+    gen.run(MODEL, 2, out, Stub(), DedupIndex([]), concurrency=1, progress=False)
+    assert [r["timestamp"] for r in lines(out)] == ["t0", "t1"]  # one clock reading per answer, none at judging
+
+
+def test_eight_requests_are_in_flight_by_default(tmp_path):
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def slow():
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.3)
+        with lock:
+            active[0] -= 1
+        return ok(make_sonnet(1))  # never a near-duplicate at a Jaccard threshold above 1
+
+    stub = Stub({k: slow for k in range(12)})
+    gen.run(MODEL, 12, tmp_path / "o.jsonl", stub, DedupIndex([], dup_threshold=1.01), progress=False)
+    assert most[0] == 8
+
+
+def test_run_itself_refuses_another_teachers_file(tmp_path):
+    out = write(tmp_path / "o.jsonl", [{**rec("000000", make_sonnet(1)), "teacher": "gemini-2.5-pro"}])
+    stub = Stub()
+    with pytest.raises(gen.TeacherMismatch, match="holds sonnets from teacher 'gemini-2.5-pro', not --teacher "
+                                                  "'gemini-2.5-flash'"):
+        gen.run(MODEL, 2, out, stub, DedupIndex([]), progress=False)
+    assert stub.calls == []
 
 
 def test_concurrency_issues_only_as_many_as_could_still_be_needed(tmp_path):
@@ -276,6 +310,57 @@ def test_a_cut_off_last_line_is_dropped_and_said_so(tmp_path, capsys):
     assert gen.read_records(out) == [] and out.read_bytes() == b""
     assert capsys.readouterr().err == f"{out}: dropped a partial last line (5 bytes) left by an interrupted run\n"
     assert gen.read_records(tmp_path / "none.jsonl") == []
+
+
+def test_only_the_cut_off_tail_is_dropped_after_several_whole_lines(tmp_path, capsys):
+    good = "".join(json.dumps(rec(f"00000{i}", make_sonnet(i + 1))) + "\n" for i in range(3))
+    out = tmp_path / "o.jsonl"
+    out.write_bytes(good.encode() + b'{"id": "000003", "te')
+    assert [r["id"] for r in gen.read_records(out, MODEL)] == ["000000", "000001", "000002"]
+    assert out.read_bytes() == good.encode()
+    assert capsys.readouterr().err == f"{out}: dropped a partial last line (20 bytes) left by an interrupted run\n"
+
+
+def test_a_file_that_cannot_be_read_names_itself_as_the_generation_output(tmp_path):
+    cases = []
+    folder = tmp_path / "o.jsonl"
+    folder.mkdir()
+    cases.append((folder, f"{folder}: is a folder, not a generation output file; give the path of a file"))
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "gone.jsonl")
+    cases.append((link, f"{link}: no such generation output file"))
+    twice = write(tmp_path / "twice.jsonl", [rec("000000", make_sonnet(1)), rec("000000", make_sonnet(2))])
+    cases.append((twice, f"{twice}:2: id '000000' again (first at line 1)"))
+    two = write(tmp_path / "two.jsonl", [rec("000000", make_sonnet(1)),
+                                         {**rec("000001", make_sonnet(2)), "teacher": "gemini-2.5-pro"}])
+    cases.append((two, f"{two}:2: teacher 'gemini-2.5-pro', but line 1 has 'gemini-2.5-flash'; one file holds one "
+                       "teacher's sonnets"))
+    for path, line in cases:
+        with pytest.raises(SyntheticFileError) as e:
+            gen.read_records(path, MODEL)
+        assert str(e.value).startswith(line), (str(e.value), line)
+    # read without a teacher to match, any one teacher's file is read; with one, another's is refused whole
+    pro = write(tmp_path / "pro.jsonl", [{**rec("000000", make_sonnet(1)), "teacher": "gemini-2.5-pro"}])
+    assert [r["teacher"] for r in gen.read_records(pro)] == ["gemini-2.5-pro"]
+    assert [r["teacher"] for r in gen.read_records(pro, "gemini-2.5-pro")] == ["gemini-2.5-pro"]
+    with pytest.raises(gen.TeacherMismatch) as e:
+        gen.read_records(pro, MODEL)
+    assert str(e.value) == (f"{pro}: holds sonnets from teacher 'gemini-2.5-pro', not --teacher 'gemini-2.5-flash': "
+                            "resume it with --teacher gemini-2.5-pro, or give gemini-2.5-flash another --out")
+
+
+def test_a_slow_request_does_not_hold_back_new_ones(tmp_path):
+    stub = Stub()
+    started = []
+
+    def slow():
+        time.sleep(0.6)
+        started.append(len(stub.calls))  # how many requests had started when the first one answered
+        return ok(make_sonnet(1))
+
+    stub.answers[0] = slow
+    gen.run(MODEL, 12, tmp_path / "o.jsonl", stub, DedupIndex([]), concurrency=8, progress=False)
+    assert started == [12]  # ids 1-7 answered at once and made room for 8-11 (waiting for all 8 would give 8)
 
 
 @pytest.mark.parametrize("exc, why", [(PermissionError(13, "Permission denied"), "Permission denied"),
