@@ -660,6 +660,7 @@ def test_retry_after_in_seconds_as_a_date_or_as_retry_info():
     assert cl.retry_after_s(api_error(429, headers={"Retry-After": "-3"})) == 0.0
     assert cl.retry_after_s(api_error(429, headers={"Retry-After": "Mon, 07 Dec 2026 10:00:30 GMT"}), now) == 30.0
     assert cl.retry_after_s(api_error(429, headers={"Retry-After": "Mon, 07 Dec 2026 10:00:30 -0000"}), now) == 30.0
+    assert cl.retry_after_s(api_error(429, headers={"Retry-After": "Mon, 07 Dec 2026 11:00:30 +0100"}), now) == 30.0
     assert cl.retry_after_s(api_error(429, headers={"Retry-After": "Mon, 07 Dec 2026 09:59:00 GMT"}), now) == 0.0
     soon = datetime.now(timezone.utc).timestamp() + 100
     from email.utils import formatdate
@@ -985,3 +986,28 @@ def test_the_flags_as_help_shows_them(monkeypatch):
     assert (args.no_leak_filter, args.no_progress, args.out) == (True, True, Path("o"))
     with pytest.raises(SystemExit):
         p.parse_args(["--teacher", "gemini-9", "--n", "3", "--out", "o"])
+
+
+def test_retry_lines_go_to_stderr_by_default(capsys):
+    c = GeminiClient(MODEL, VALID_KEY)
+    assert c._log is cl._stderr and c._sleep is time.sleep and c._clock is time.monotonic
+    cl._stderr("asking: attempt 1/6 failed")
+    assert capsys.readouterr() == ("", "asking: attempt 1/6 failed\n")
+
+
+def test_each_call_sends_the_attempts_own_time_limit():
+    # The clock says 297.5 s of the 300 s total are gone when the attempt starts: it may wait 2.5 s, not 30 s.
+    seen = []
+
+    class Seen(GeminiClient):
+        def _short_connect(self, request):
+            seen.append(dict(request.extensions["timeout"]))
+            super()._short_connect(request)
+
+    with FakeGemini() as fake:
+        for call in ("check_access", "generate"):
+            ticks = iter([0.0, 297.5])
+            c = Seen(MODEL, VALID_KEY, base_url=fake.url, timeout_s=30.0, connect_timeout_s=10.0, retries=0,
+                     clock=lambda: next(ticks))
+            getattr(c, call)(*(("p",) if call == "generate" else ()))
+    assert seen == [{"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}] * 2
