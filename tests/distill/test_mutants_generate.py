@@ -1011,3 +1011,49 @@ def test_each_call_sends_the_attempts_own_time_limit():
                      clock=lambda: next(ticks))
             getattr(c, call)(*(("p",) if call == "generate" else ()))
     assert seen == [{"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}] * 2
+
+
+def test_the_client_defaults_six_attempts_waits_capped_at_60_s_and_300_s_in_all():
+    clock, log = Clock(1000.0), []  # a monotonic clock far from 0: only differences count
+    c = GeminiClient(MODEL, VALID_KEY, sleep=clock.sleep, clock=clock, log=log.append)
+    c._rng = Low()
+    with pytest.raises(TransientError) as e:
+        c._call(failing(*[api_error(503, "UNAVAILABLE")] * 6), "asking")
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]  # half of 1, 2, 4, 8, 16 s
+    assert str(e.value) == "asking still failing after 6 attempts (last: 503 UNAVAILABLE)"
+    asked = api_error(429, "RESOURCE_EXHAUSTED", headers={"Retry-After": "300"})
+    with pytest.raises(TransientError, match=r"the next wait \(300\.0 s as the server asked\) would pass the total "
+                                             r"limit of 300 s per request"):
+        c._call(failing(asked), "asking")
+    request = type("Q", (), {"extensions": {}})()
+    c._short_connect(request)
+    assert request.extensions == {"timeout": {"connect": 10.0}}
+    clock = Clock(1000.0)
+    c = client_with(clock, [], Low(), retries=7, total_timeout_s=1000.0)
+    c._call(failing(*[api_error(503, "UNAVAILABLE")] * 7), "asking")
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]  # the 7th cap is min(60, 64) = 60
+
+
+def test_time_is_measured_from_the_calls_start_on_any_clock():
+    for start in (0.0, 5000.0):
+        clock, timeouts = Clock(start), []
+        c = client_with(clock, [], Low(), retries=1, timeout_s=5.0, total_timeout_s=10.5, backoff_s=8.0)
+        c._call(failing(api_error(500, "INTERNAL"), timeouts=timeouts), "asking")
+        assert clock.sleeps == [4.0] and timeouts == [5000, 5000], start  # 4 s of 10.5 gone: 5 s still allowed
+
+
+def test_the_wall_clock_limit_counts_the_time_of_earlier_attempts():
+    c = client_with(Clock(), [], Low(), retries=1, total_timeout_s=0.3, backoff_s=0.01)
+    calls = []
+
+    def fn(http):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.25)
+            raise api_error(503, "UNAVAILABLE")
+        time.sleep(0.4)  # 0.65 s in all: past the 0.3 s limit, though this attempt alone is not
+        return "done"
+
+    with pytest.raises(TransientError, match=r"gave up after 2 of 2 attempts: no complete answer within the total "
+                                             r"limit of 0\.3 s"):
+        c._call(fn, "asking")
