@@ -92,8 +92,11 @@ _TITLE = re.compile(r"^(#+\s.*|\*\*[^*]+\*\*|sonnet\b[^a-z]*\w{0,20}[^a-z]*)$", 
 
 
 def strip_chat_wrapping(text: str) -> str:
-    """Strip what chat models wrap poems in: code fences, a title line, markdown emphasis, outer blank lines."""
-    lines = [ln.rstrip() for ln in text.replace("\r", "").split("\n") if not ln.strip().startswith("```")]
+    """Strip what chat models wrap poems in: code fences, a title line, markdown emphasis, outer blank lines.
+
+    A line ends at LF, CRLF or a lone CR (as `distill.check.sonnet_lines` reads it)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [ln.rstrip() for ln in text.split("\n") if not ln.strip().startswith("```")]
     while lines and not lines[0].strip():
         lines.pop(0)
     if lines and _TITLE.match(lines[0].strip()):

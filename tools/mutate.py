@@ -438,6 +438,12 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "course/jsonl.py": ("tests/course/test_mutants_jsonl.py", "tests/distill/test_mutants_distill.py",
                         "tests/distill/test_distill_hardening.py", "tests/course/test_data_fetch.py"),
     "distill/prices.py": ("tests/distill/test_mutants_distill.py", PINNED, "tests/distill/test_distill_generate.py"),
+    # the generation run and the Gemini client: the new file alone is fast (seconds); the two older files add the
+    # fake server's slower paths (a killed run resumed, real Retry-After waits, a black-holed endpoint)
+    "distill/generate.py": ("tests/distill/test_mutants_generate.py", "tests/distill/test_distill_generate.py",
+                            "tests/distill/test_distill_hardening.py"),
+    "distill/client.py": ("tests/distill/test_mutants_generate.py", "tests/distill/test_distill_generate.py",
+                          "tests/distill/test_distill_hardening.py"),
     "course/sonnets.py": ("tests/course/test_mutants_sonnets.py", "tests/course/test_data_fetch.py",
                           "tests/tasks/test_tasks.py", "tests/distill/test_distill_check.py"),
     "experiments/launch.py": ("tests/experiments/test_mutants_launch.py", "tests/experiments/test_launch_plumbing.py",
