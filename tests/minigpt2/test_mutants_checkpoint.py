@@ -286,6 +286,9 @@ def test_infer_config_from_shapes_uses_the_presets_heads_else_64_wide():
     assert infer_config(_shaped(768, 2)).n_head == 12
     assert infer_config(_shaped(192, 3)) == GPT2Config(vocab_size=3, n_positions=2, n_embd=192, n_layer=3, n_head=3)
     assert infer_config(_shaped(32, 1)).n_head == 1  # narrower than one 64-wide head: one head
+    assert infer_config(_shaped(32, 2)).n_head == 2  # the tiny preset's own sizes: its 2 heads of 16
+    assert infer_config(_shaped(192, 24)).n_head == 3  # medium's layer count alone is not medium (16 heads)
+    assert infer_config(_shaped(64, 2)).n_head == 1  # tiny's layer count alone is not tiny
     assert infer_config(_shaped(128, 11)).n_layer == 11  # layers counted by their index, keys without prefix too
     no_prefix = {k.removeprefix("transformer."): v for k, v in _shaped(64, 12).items()}
     assert infer_config(no_prefix).n_layer == 12

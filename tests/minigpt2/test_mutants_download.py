@@ -363,8 +363,9 @@ class Scripted:
 def web(monkeypatch, tmp_path):
     monkeypatch.setenv("MINIGPT2_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(download.time, "sleep", lambda s: None)
     s = Scripted()
+    s.sleeps = []
+    monkeypatch.setattr(download.time, "sleep", s.sleeps.append)
     yield s
     s.stop()
 
@@ -422,12 +423,15 @@ def test_url_that_keeps_breaking_off_keeps_the_part_file(web, tmp_path, retries)
     assert part.is_file() and not (tmp_path / "cache" / "url" / "c.txt").exists()
     # each retry resumed where the last stopped: 500, then half of the remaining 500 each time
     assert part.stat().st_size == 1000 - 500 // (2 ** retries)
+    assert web.sleeps == [0.2, 0.4][:retries]  # a pause, longer each time, between tries; none after the last
 
 
 def test_url_error_lines(hub, tmp_path):
     path = hub.add_url("/f.txt", b"hello")
     hub.missing(path)
     final = tmp_path / "cache" / "minigpt2" / "url" / "f.txt"
+    final.parent.mkdir(parents=True)
+    final.with_name("f.txt.part").write_bytes(b"he")  # an earlier cut transfer: the 404 removes it
     with pytest.raises(DownloadError) as e:
         fetch_url(hub.url + path, "f.txt", sha256="ef" * 32)
     assert str(e.value) == (f"{hub.url}/f.txt: HTTP 404 Not Found. To place it by hand: download {hub.url}/f.txt on a "
