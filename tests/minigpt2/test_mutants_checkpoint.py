@@ -285,6 +285,7 @@ def test_infer_config_from_shapes_uses_the_presets_heads_else_64_wide():
     assert infer_config(_shaped(1024, 3)).n_head == 16
     assert infer_config(_shaped(768, 2)).n_head == 12
     assert infer_config(_shaped(192, 3)) == GPT2Config(vocab_size=3, n_positions=2, n_embd=192, n_layer=3, n_head=3)
+    assert type(infer_config(_shaped(192, 3)).n_head) is int  # 192 // 64, not 3.0
     assert infer_config(_shaped(32, 1)).n_head == 1  # narrower than one 64-wide head: one head
     assert infer_config(_shaped(32, 2)).n_head == 2  # the tiny preset's own sizes: its 2 heads of 16
     assert infer_config(_shaped(192, 24)).n_head == 3  # medium's layer count alone is not medium (16 heads)
@@ -331,6 +332,7 @@ def test_save_then_load_keeps_names_dtypes_config_and_metadata(tmp_path):
     assert torch.equal(half.wte.weight, model.wte.weight.to(torch.bfloat16).float())
     assert load_model(folder, dtype=torch.float16).wte.weight.dtype == torch.float16
     assert load_model(folder, device="cpu").wte.weight.device.type == "cpu"
+    assert load_model(folder, device="meta").h[1].mlp.c_proj.weight.device.type == "meta"  # moved when asked
     save_model(model, folder)
     back = load_model(str(folder))
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
@@ -341,6 +343,14 @@ def test_save_then_load_keeps_names_dtypes_config_and_metadata(tmp_path):
     (folder / "config.json").unlink()
     assert load_model(folder / "model.safetensors").config == GPT2Config(vocab_size=11, n_positions=5, n_embd=8,
                                                                           n_layer=2, n_head=1)
+    # ... and a bare file without the embeddings is refused naming the file
+    tensors = read_safetensors(folder / "model.safetensors")[0]
+    tensors.pop("transformer.wpe.weight")
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        load_model(folder)
+    assert str(e.value) == (f"{folder / 'model.safetensors'}: missing key 'wte.weight' or 'wpe.weight'; not a GPT-2 "
+                            "checkpoint")
 
 
 def test_resolve_model_refuses_tiny_and_unknown_names_listing_the_presets(tmp_path):
@@ -358,3 +368,10 @@ def test_resolve_model_refuses_tiny_and_unknown_names_listing_the_presets(tmp_pa
     (d / "model.safetensors").write_bytes(b"")
     assert resolve_model("gpt2-xl", cache_dir=str(tmp_path)) == d
     assert resolve_model(str(d / "config.json")) == d / "config.json"
+
+
+def test_resolve_model_looks_in_checkpoints_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints" / "gpt2").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "gpt2" / "model.safetensors").write_bytes(b"")
+    assert resolve_model("gpt2") == Path("checkpoints") / "gpt2"
