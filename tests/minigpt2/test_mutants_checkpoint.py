@@ -308,9 +308,34 @@ def test_model_from_state_holds_the_very_tensors_and_names_the_source():
     model = model_from_state(CFG, state, "s")
     assert model.wte.weight.data_ptr() == state["wte.weight"].data_ptr()
     assert model.h[1].attn.query.weight.data_ptr() == state["h.1.attn.query.weight"].data_ptr()
-    state.pop("ln_f.bias")
-    with pytest.raises(CheckpointError, match=r"(?s)^src: tensors do not fit a GPT2 of this config: .*ln_f.bias"):
-        model_from_state(CFG, state, "src")
+
+
+def test_tensors_that_do_not_fit_are_one_line_naming_the_keys():
+    """A packed or GGUF file whose tensors do not fit its config: one line (torch's own error spans many)."""
+    full = hf_to_minigpt2(hf_state(), CFG)
+    head = "src: tensors do not fit a GPT2 of this config (n_layer=2, n_embd=8): "
+
+    def err(state) -> str:
+        with pytest.raises(CheckpointError) as e:
+            model_from_state(CFG, state, "src")
+        return str(e.value)
+
+    state = {k: v for k, v in full.items() if k != "ln_f.bias"}
+    assert err(state) == head + "missing key(s) ['ln_f.bias']"
+    layer1 = sorted(k for k in full if k.startswith("h.1."))  # 16 keys
+    state = {k: v for k, v in full.items() if k not in layer1[:9]}
+    assert err(state) == head + f"missing key(s) {layer1[:8]} ..."
+    state = {k: v for k, v in full.items() if k not in layer1[:8]}
+    assert err(state) == head + f"missing key(s) {layer1[:8]}"
+    extra = {f"h.2.{k[4:]}": v for k, v in full.items() if k.startswith("h.1.")}
+    assert err({**full, **extra}) == head + f"unexpected key(s) {sorted(extra)[:8]} ..."
+    assert err({**full, "h.2.x": torch.zeros(1)}) == head + "unexpected key(s) ['h.2.x']"
+    assert err({**full, "wpe.weight": torch.zeros(4, 8), "h.0.ln_1.bias": torch.zeros(9)}) == (
+        head + "key 'wpe.weight' has shape (4, 8), expected (5, 8)")  # the first, in the model's order
+    state = {k: v for k, v in full.items() if k != "ln_f.bias"}
+    assert err({**state, "x": torch.zeros(1), "wte.weight": torch.zeros(11, 9)}) == (
+        head + "missing key(s) ['ln_f.bias']; unexpected key(s) ['x']; key 'wte.weight' has shape (11, 9), "
+        "expected (11, 8)")
 
 
 def test_save_then_load_keeps_names_dtypes_config_and_metadata(tmp_path):
