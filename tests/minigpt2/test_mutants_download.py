@@ -459,3 +459,15 @@ def test_http_get_raises_incomplete_read_with_the_missing_count(web, tmp_path):
     assert part.read_bytes() == DATA[:500]
     assert e.value.expected == 500
     os.remove(part)
+
+
+def test_progress_bar_names_the_file_in_scaled_bytes_from_where_it_resumes_and_goes_away(web, tmp_path, capsys):
+    web.script = [("cut", DATA), ("full", DATA)]
+    fetch_url(web.url + "/t.txt", "t.txt")
+    frames = capsys.readouterr().err.split("\r")
+    shown = [f for f in frames if f.strip()]
+    assert shown[0].startswith("t.txt:   0%|") and "| 0.00/1.00k [" in shown[0]  # 1,000 bytes as 1.00k
+    resumed = [f for f in shown if f.startswith("t.txt:  50%|")]
+    assert resumed and "| 500/1.00k [" in resumed[0]  # the second try starts at the 500 bytes it has
+    assert all("B/s]" in f for f in shown)
+    assert frames[-1].strip() == ""  # leave=False: the finished bar is cleared
