@@ -248,11 +248,7 @@ def model_from_state(config: GPT2Config, state: dict[str, torch.Tensor], source:
     if parts:
         raise CheckpointError(f"{source}: tensors do not fit a GPT2 of this config (n_layer={config.n_layer}, "
                               f"n_embd={config.n_embd}): " + "; ".join(parts))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source}: tensors do not fit a GPT2 of this config: {' '.join(str(e).split())}"
-                              ) from e
+    model.load_state_dict(state, strict=True, assign=True)  # names and shapes are checked above
     return model
 
 

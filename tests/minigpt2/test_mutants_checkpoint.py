@@ -131,6 +131,9 @@ def test_key_errors_name_the_source_config_and_keys_in_one_line():
     extra = {f"h.{i}.zz": torch.zeros(1) for i in range(9)} | {"h.0.attn.bias2": torch.zeros(1),
                                                                 "h.x.attn.bias": torch.zeros(1)}
     assert err({**hf, **extra}) == head + f"unexpected key(s) {sorted(extra)[:8]} ..."
+    eight = {f"h.0.z{j}": torch.zeros(1) for j in range(8)}
+    assert err({**hf, **eight}) == head + f"unexpected key(s) {sorted(eight)}"
+    assert err({**hf, **eight, "h.0.z8": torch.zeros(1)}) == head + f"unexpected key(s) {sorted(eight)} ..."
     assert err({**hf, "a": torch.zeros(1), "lm_head.weightx": torch.zeros(1)}) == (
         head + "unexpected key(s) ['a', 'lm_head.weightx']")
     t = dict(hf)
