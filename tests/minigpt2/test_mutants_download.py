@@ -46,6 +46,8 @@ def test_hub_file_keys_and_urls(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror:8/")  # read at call time, trailing slash dropped
     assert download.hub_endpoint() == "http://mirror:8"
     assert d.url() == "http://mirror:8/datasets/SetFit/sst5/resolve/r1/dev.jsonl"
+    monkeypatch.setenv("HF_ENDPOINT", "http://X//")  # only slashes are stripped
+    assert download.hub_endpoint() == "http://X"
 
 
 def test_gpt2_files_pin_only_124m():
@@ -308,6 +310,8 @@ def test_download_weights_says_where_from_and_places_both_files(hub, tmp_path, c
     hub.add_repo_file("openai-community/gpt2-xl", "model.safetensors", weights, lfs=True)
     dest = tmp_path / "a" / "gpt2-xl"
     assert download.download_weights("gpt2-xl", dest) == dest
+    capsys.readouterr()
+    assert download.download_weights("gpt2-xl", dest) == dest  # an existing folder is fine
     assert capsys.readouterr().out.splitlines()[0] == (
         f"downloading gpt2-xl weights from {hub.url}/openai-community/gpt2-xl into {dest}")
     assert (dest / "config.json").read_bytes() == CONFIG and (dest / "model.safetensors").read_bytes() == weights
@@ -384,15 +388,18 @@ def test_url_is_fetched_locked_and_then_served_from_the_cache(web, tmp_path):
     got.write_bytes(b"tampered")
     with pytest.raises(ChecksumError) as e:
         fetch_url(web.url + "/a.txt", "a.txt")
-    assert str(e.value).startswith(f"{web.url}/a.txt: checksum mismatch, expected sha256 "
-                                   f"{hashlib.sha256(DATA).hexdigest()} but got ")
+    sha = hashlib.sha256(DATA).hexdigest()
+    assert str(e.value) == (f"{web.url}/a.txt: checksum mismatch, expected sha256 {sha} but got "
+                            f"{hashlib.sha256(b'tampered').hexdigest()}; the file was deleted. Run the command again "
+                            f"to re-download. If it keeps failing: To place it by hand: download {web.url}/a.txt on a "
+                            f"machine with internet, copy it to {got} and check `sha256sum` prints {sha}.")
     assert not got.exists()
 
 
 def test_url_resumed_with_range_and_a_server_that_ignores_it(web, tmp_path):
     web.script = [("cut", DATA), ("full", DATA)]
     got = fetch_url(web.url + "/r.txt", "r.txt", cache=tmp_path / "c")
-    assert got.read_bytes() == DATA and not (tmp_path / "c" / "url" / "r.txt.part").exists()
+    assert got == tmp_path / "c" / "url" / "r.txt" and got.read_bytes() == DATA and not (tmp_path / "c" / "url" / "r.txt.part").exists()
     assert [r for r, _ in web.requests] == [None, "bytes=500-"]
     web.requests.clear()
     web.script = [("cut", DATA), ("ignore-range", DATA)]  # 200 to a Range request: the file starts over
@@ -416,7 +423,7 @@ def test_url_that_keeps_breaking_off_keeps_the_part_file(web, tmp_path, retries)
     part = tmp_path / "cache" / "url" / "c.txt.part"
     assert len(web.requests) == retries + 1
     msg = str(e.value)
-    assert msg.startswith(f"{web.url}/c.txt: the transfer kept breaking off (IncompleteRead(")
+    assert msg.startswith(f"{web.url}/c.txt: the transfer kept breaking off (IncompleteRead(0 bytes read, ")
     assert msg.endswith(f"); the partial file {part} is kept and the next run resumes it. To place it by hand: "
                         f"download {web.url}/c.txt on a machine with internet, copy it to "
                         f"{tmp_path / 'cache' / 'url' / 'c.txt'}.")
@@ -471,3 +478,58 @@ def test_progress_bar_names_the_file_in_scaled_bytes_from_where_it_resumes_and_g
     assert resumed and "| 500/1.00k [" in resumed[0]  # the second try starts at the 500 bytes it has
     assert all("B/s]" in f for f in shown)
     assert frames[-1].strip() == ""  # leave=False: the finished bar is cleared
+
+
+def test_url_default_retries_pin_and_lines_with_the_pin(web, tmp_path):
+    web.script = [("cut", DATA)]
+    sha = hashlib.sha256(DATA).hexdigest()
+    with pytest.raises(DownloadError) as e:
+        fetch_url(web.url + "/c.txt", "c.txt", sha256=sha)
+    assert len(web.requests) == 4  # three retries by default
+    assert str(e.value).endswith(f" and check `sha256sum` prints {sha}.")
+    with pytest.raises(DownloadError) as e:
+        fetch_url(web.url + "/o.txt", "o.txt", sha256=sha, offline=True)
+    assert str(e.value).endswith(f" and check `sha256sum` prints {sha}.")
+    web.script = [("full", DATA)]
+    with pytest.raises(ChecksumError) as e:  # a fresh download that is not the pinned bytes
+        fetch_url(web.url + "/w.txt", "w.txt", sha256="9" * 64)
+    final = tmp_path / "cache" / "url" / "w.txt"
+    assert str(e.value) == (f"{web.url}/w.txt: checksum mismatch, expected sha256 {'9' * 64} but got {sha}; the file "
+                            f"was deleted. Run the command again to re-download. If it keeps failing: To place it by "
+                            f"hand: download {web.url}/w.txt on a machine with internet, copy it to {final} and check "
+                            f"`sha256sum` prints {'9' * 64}.")
+    assert not final.exists() and not final.with_name("w.txt.part").exists()
+
+
+def test_a_body_of_many_blocks_is_whole(web, tmp_path):
+    big = bytes(range(256)) * 800  # 204,800 bytes: four reads of 64 KiB
+    web.script = [("full", big)]
+    assert fetch_url(web.url + "/big", "big").read_bytes() == big
+    assert len(web.requests) == 1
+
+
+def test_url_unreachable_line_gives_the_reason_and_a_local_error_its_own(web, tmp_path):
+    url = web.url + "/gone.txt"
+    web.stop()
+    sha = "ab" * 32
+    with pytest.raises(DownloadError) as e:
+        fetch_url(url, "gone.txt", sha256=sha)
+    final = tmp_path / "cache" / "url" / "gone.txt"
+    assert str(e.value) == (f"cannot reach {url} ({ConnectionRefusedError(111, 'Connection refused')}). To place it "
+                            f"by hand: download {url} on a machine with internet, copy it to {final} and check "
+                            f"`sha256sum` prints {sha}.")
+
+
+def test_hub_revision_a_commit_wins_over_the_lock_and_a_branch_is_named(hub, tmp_path):
+    hub.add_repo_file("org/m", "config.json", CONFIG)
+    cache = tmp_path / "c"
+    cache.mkdir()
+    other = "e" * 40
+    (cache / "lock.json").write_text(json.dumps({"model:org/m/config.json": {"revision": other, "sha256": "x"}}))
+    hub.requests.clear()
+    fetch_hub_file(HubFile("org/m", "config.json", revision=FAKE_COMMIT, sha256=hashlib.sha256(CONFIG).hexdigest()),
+                   cache=cache)
+    assert {p for _, p, _ in hub.requests if "/resolve/" in p} == {f"/org/m/resolve/{FAKE_COMMIT}/config.json"}
+    with pytest.raises(DownloadError) as e:  # a branch and no lock entry: the branch is the revision named
+        fetch_hub_file(HubFile("org/m", "none.json"), cache=cache)
+    assert str(e.value).startswith(f"org/m/none.json at revision main was not found on {hub.url} (404: ")
