@@ -222,8 +222,15 @@ def test_hub_file_online_then_offline_from_the_cache_then_a_locked_revision(hub,
     hub.requests.clear()
     assert fetch_hub_file(f, offline=True) == got and hub.requests == []  # from the cache, checked, no network
     got.write_bytes(b"changed on disk")  # offline, the lock's sha256 still checks the cached copy
-    with pytest.raises(ChecksumError, match="^org/m/config.json: checksum mismatch"):
+    sha = hashlib.sha256(CONFIG).hexdigest()
+    with pytest.raises(ChecksumError) as e:
         fetch_hub_file(f, offline=True)
+    assert str(e.value) == (f"org/m/config.json: checksum mismatch, expected sha256 {sha} but got "
+                            f"{hashlib.sha256(b'changed on disk').hexdigest()}; the file was deleted. Run the command "
+                            f"again to re-download. If it keeps failing: To place it by hand: download "
+                            f"https://huggingface.co/org/m/resolve/{FAKE_COMMIT}/config.json on a machine with "
+                            f"internet, copy it to {tmp_path / 'cache' / 'minigpt2' / 'hub' / 'config.json'} and check "
+                            f"`sha256sum` prints {sha}.")
     # a commit hash given is asked for as it is; a branch name is replaced by the locked commit
     hub.requests.clear()
     other = "f" * 40
@@ -533,3 +540,18 @@ def test_hub_revision_a_commit_wins_over_the_lock_and_a_branch_is_named(hub, tmp
     with pytest.raises(DownloadError) as e:  # a branch and no lock entry: the branch is the revision named
         fetch_hub_file(HubFile("org/m", "none.json"), cache=cache)
     assert str(e.value).startswith(f"org/m/none.json at revision main was not found on {hub.url} (404: ")
+
+
+def test_offline_never_asks_even_a_reachable_hub_and_names_the_locked_commit(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # the client's own default endpoint is the fake hub too
+    hub.add_repo_file("org/m", "config.json", CONFIG)
+    cache = tmp_path / "c"
+    cache.mkdir()
+    locked = "d" * 40
+    (cache / "lock.json").write_text(json.dumps({"model:org/m/config.json": {"revision": locked, "sha256": "x"}}))
+    with pytest.raises(DownloadError) as e:
+        fetch_hub_file(HubFile("org/m", "config.json"), cache=cache, offline=True)
+    assert f"download https://huggingface.co/org/m/resolve/{locked}/config.json on a machine" in str(e.value)
+    assert hub.requests == []
