@@ -268,21 +268,25 @@ def test_hub_answering_an_http_error_is_one_line(hub, tmp_path, monkeypatch):
 
     monkeypatch.setattr(FakeHub, "_answer", teapot)
     with pytest.raises(DownloadError) as e:
-        fetch_hub_file(HubFile("org/m", "config.json"))
+        fetch_hub_file(HubFile("org/m", "config.json", sha256="ab" * 32))
     assert str(e.value) == (f"org/m/config.json: the hub at {hub.url} answered HTTP 418. To place it by hand: download "
                             "https://huggingface.co/org/m/resolve/main/config.json on a machine with internet, copy it "
-                            f"to {tmp_path / 'cache' / 'minigpt2' / 'hub' / 'config.json'}.")
+                            f"to {tmp_path / 'cache' / 'minigpt2' / 'hub' / 'config.json'} and check `sha256sum` prints "
+                            f"{'ab' * 32}.")
 
 
 def test_hub_down_is_one_line_naming_the_endpoint(hub, tmp_path):
     url = hub.url
     hub.stop()
     with pytest.raises(DownloadError) as e:
-        fetch_hub_file(HubFile("org/m", "config.json"), cache=tmp_path / "c")
+        fetch_hub_file(HubFile("org/m", "config.json", sha256="ab" * 32), cache=tmp_path / "c")
     msg = str(e.value)
     assert msg.startswith(f"org/m/config.json: cannot reach {url} (")
+    kind = msg.split(" (", 1)[1].split(": ", 1)[0]  # the client's error class, e.g. ConnectError
+    assert kind.endswith("Error") and kind != "NoneType"
     assert msg.endswith("). To place it by hand: download https://huggingface.co/org/m/resolve/main/config.json on a "
-                        f"machine with internet, copy it to {tmp_path / 'c' / 'hub' / 'config.json'}.")
+                        f"machine with internet, copy it to {tmp_path / 'c' / 'hub' / 'config.json'} and check "
+                        f"`sha256sum` prints {'ab' * 32}.")
 
 
 # ---- GPT-2 weights ----------------------------------------------------------------------------------------------------
@@ -555,3 +559,14 @@ def test_offline_never_asks_even_a_reachable_hub_and_names_the_locked_commit(hub
         fetch_hub_file(HubFile("org/m", "config.json"), cache=cache, offline=True)
     assert f"download https://huggingface.co/org/m/resolve/{locked}/config.json on a machine" in str(e.value)
     assert hub.requests == []
+
+
+def test_online_pin_mismatch_line_names_where_the_file_goes(hub, tmp_path):
+    hub.add_repo_file("org/m", "config.json", CONFIG)
+    with pytest.raises(ChecksumError) as e:
+        fetch_hub_file(HubFile("org/m", "config.json", revision=FAKE_COMMIT, sha256="7" * 64), local_dir=tmp_path / "d")
+    assert str(e.value) == (f"org/m/config.json: checksum mismatch, expected sha256 {'7' * 64} but got "
+                            f"{hashlib.sha256(CONFIG).hexdigest()}; the file was deleted. Run the command again to "
+                            f"re-download. If it keeps failing: To place it by hand: download https://huggingface.co/"
+                            f"org/m/resolve/{FAKE_COMMIT}/config.json on a machine with internet, copy it to "
+                            f"{tmp_path / 'd' / 'config.json'} and check `sha256sum` prints {'7' * 64}.")
