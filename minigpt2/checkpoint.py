@@ -237,10 +237,18 @@ def model_from_state(config: GPT2Config, state: dict[str, torch.Tensor], source:
     random init); a `CheckpointError` naming `source` when they do not fit it."""
     with torch.device("meta"):
         model = GPT2(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source}: tensors do not fit a GPT2 of this config: {e}") from e
+    # one line naming the keys (torch's own error spans lines and lists every key of every layer)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    parts = [f"{what} key(s) {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    parts += [f"key {k!r} has shape {tuple(state[k].shape)}, expected {shape}"
+              for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape][:1]
+    if parts:
+        raise CheckpointError(f"{source}: tensors do not fit a GPT2 of this config (n_layer={config.n_layer}, "
+                              f"n_embd={config.n_embd}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=True, assign=True)  # names and shapes are checked above
     return model
 
 

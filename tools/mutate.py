@@ -489,6 +489,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "quant/qaft.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_fake.py",
                       "tests/quant/test_quant_qaft.py", "tests/quant/test_quant_export.py",
                       "tests/quant/test_quant_formats.py"),
+    "minigpt2/checkpoint.py": ("tests/minigpt2/test_mutants_checkpoint.py", "tests/minigpt2/test_checkpoint.py",
+                               "tests/minigpt2/test_download.py"),
+    "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
+                             "tests/course/test_data_fetch.py"),
 }
 
 

@@ -355,7 +355,8 @@ def test_load_packed_refusals_whole_lines(tmp_path):
     save_file(tensors, str(f), metadata=meta)
     with pytest.raises(CheckpointError) as e:
         load_packed(f)
-    assert str(e.value).startswith(f"{f}: tensors do not fit a GPT2 of this config: ")
+    assert str(e.value).startswith(f"{f}: tensors do not fit a GPT2 of this config (n_layer=2, ")
+    assert "missing key(s) ['h.1." in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("cfg", [QuantConfig(weight="int4", group_size=4, activations=True),
