@@ -10,7 +10,7 @@ import pytest
 import sacrebleu
 
 from course.formats import (FORMATS, LABEL_FORMATS, SONNETS, SONNETS_HEADER, CourseFormat, ParaphraseFormat,
-                            SentimentFormat, label_format, read_generated, read_id_values, write_sonnets)
+                            SentimentFormat, SonnetFormat, label_format, read_generated, read_id_values, write_sonnets)
 from course.readers import DataError, Malformed
 from course.sonnets import sonnet_file
 
@@ -36,7 +36,7 @@ def test_read_id_values_reads_the_course_layout_and_names_each_bad_line(tmp_path
     assert list(read_id_values(p, "col").items()) == [("b", 7), ("a", 1)]
     p.write_text("id \t col \n", encoding="utf-8")
     assert read_id_values(str(p), "col") == {}  # a str path too
-    for header in ("id,col", "col \t id", "id \t col \t x", "id", " \t col"):
+    for header in ("id,col", "id col", "col \t id", "id \t col \t x", "id", " \t col"):
         p.write_text(f"{header}\nx, 1\n", encoding="utf-8")
         with pytest.raises(DataError) as e:
             read_id_values(p, "col")
@@ -58,17 +58,28 @@ def test_read_id_values_reads_the_course_layout_and_names_each_bad_line(tmp_path
 
 # ----------------------------------------------------------------------------------------- classification files
 
-def test_each_label_format_is_named_and_declared():
+@pytest.mark.parametrize("fresh", [False, True])
+def test_each_label_format_is_named_and_declared(fresh: bool):
+    # fresh: built here, as well as the module's own (built once at import)
+    sst, cfimdb, quora = ((SentimentFormat("sst", 5), SentimentFormat("cfimdb", 2), ParaphraseFormat()) if fresh
+                          else (SST, CFIMDB, QUORA))
     assert list(FORMATS) == ["sst", "cfimdb", "quora", "sonnet"] and FORMATS["sonnet"] is SONNETS
     assert isinstance(SST, SentimentFormat) and isinstance(QUORA, ParaphraseFormat)
-    assert (SST.name, SST.column, SST.label_column, SST.label_values, SST.text_columns) == (
+    assert (sst.name, sst.column, sst.label_column, sst.label_values, sst.text_columns) == (
         "sst", "Predicted_Sentiment", "sentiment", {0, 1, 2, 3, 4}, ["id", "sentence"])
-    assert (CFIMDB.name, CFIMDB.column, CFIMDB.label_column, CFIMDB.label_values, CFIMDB.text_columns) == (
+    assert (cfimdb.name, cfimdb.column, cfimdb.label_column, cfimdb.label_values, cfimdb.text_columns) == (
         "cfimdb", "Predicted_Sentiment", "sentiment", {0, 1}, ["id", "sentence"])
-    assert (QUORA.name, QUORA.column, QUORA.label_column, QUORA.label_values, QUORA.text_columns) == (
+    assert (quora.name, quora.column, quora.label_column, quora.label_values, quora.text_columns) == (
         "quora", "Predicted_Is_Paraphrase", "is_duplicate", {0, 1}, ["id", "sentence1", "sentence2"])
-    assert (SST.files.dev, CFIMDB.files.test_labels, QUORA.files.train) == (
+    assert (sst.files.dev, cfimdb.files.test_labels, quora.files.train) == (
         "ids-sst-dev.csv", "ids-cfimdb-test-labels.csv", "quora-train.csv")
+    assert (sst.files.train, cfimdb.files.train, quora.files.test_labels) == (
+        "ids-sst-train.csv", "ids-cfimdb-train.csv", "quora-test-labels.csv")
+    assert sst.output_name("dev", "full-model") == "full-model-sst-dev-out.csv"
+    assert quora.output_name("test", "full-model") == "para-test-output.csv"
+    sonnet = SonnetFormat() if fresh else SONNETS
+    assert (sonnet.name, sonnet.files.train, sonnet.files.test_true) == (
+        "sonnet", "sonnets.txt", "TRUE_sonnets_held_out.txt")
     assert SST.output_name("dev", "full-model") == "full-model-sst-dev-out.csv"
     assert CFIMDB.output_name("test", "last-linear-layer") == "last-linear-layer-cfimdb-test-out.csv"
     assert QUORA.output_name("dev", "full-model") == "para-dev-output.csv"
