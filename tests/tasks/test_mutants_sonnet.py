@@ -341,3 +341,18 @@ def test_the_lm_loss_is_the_mean_next_token_cross_entropy():
     terms = [-F.log_softmax(rows[0], -1)[t, y] for t, y in enumerate([NL, B, EOT])]
     terms += [-F.log_softmax(rows[1], -1)[t, y] for t, y in enumerate([D, EOT])]
     assert float(loss.detach()) == pytest.approx(float(sum(terms)) / 5, rel=1e-9)
+
+
+def test_the_lm_loss_reads_the_batchs_attention_mask():
+    # a row whose first position is masked out: the loss is that of the model under that mask (the padding token
+    # unseen), not of the unmasked row (right padding alone cannot show it: causal attention never looks right)
+    gpt = tiny_gpt(n_positions=16)
+    ids, mask = torch.tensor([[EOT, C, D, EOT]]), torch.tensor([[0, 1, 1, 1]])
+    targets = torch.tensor([[-100, D, EOT, -100]])
+    loss = SonnetLM(gpt)({"input_ids": ids, "attention_mask": mask, "targets": targets})
+    with torch.no_grad():
+        masked = F.log_softmax(gpt.logits(ids, attention_mask=mask)[0], -1)
+        unmasked = F.log_softmax(gpt.logits(ids)[0], -1)
+    want = -(masked[1, D] + masked[2, EOT]) / 2
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-9)
+    assert float(want) != pytest.approx(float(-(unmasked[1, D] + unmasked[2, EOT]) / 2), rel=1e-6)
