@@ -159,6 +159,9 @@ def test_the_references_of_each_split(sst_data: Path):
     assert SST.split_labels(d, "dev", other) == {"d1": 1} and SST.references_by_id(d, "test", other) == {"d1": 1}
     assert SST.reference_ids(d, "dev", other) == {"d1", "zz"}
     assert [m.id for m in SST.unlabelled_rows(d, "dev", other)] == ["zz"]
+    SST.write_predictions(d / "p.csv", ["d1"], [1])
+    assert SST.split_scores(d / "p.csv", d, "dev", other) == {"accuracy": 1.0}  # the dev file says 4
+    assert SST.split_scores(d / "p.csv", d, "dev") == {"accuracy": 0.0}
     with pytest.raises(DataError) as e:
         SST.split_labels(d, "test", d / "absent.csv")
     assert str(e.value) == f"{d / 'absent.csv'}: test labels file not found"
@@ -280,6 +283,8 @@ def test_the_true_sonnets_of_each_split_and_the_pairs(tmp_path: Path):
     mine = d / "mine.txt"
     write_true(mine, [(9, ["other nine"]), (5, ["other five"]), (1, ["one"])])
     assert SONNETS.split_pairs(g, d, "test", mine) == (["nine x", "five x"], ["other nine", "other five"])
+    assert SONNETS.split_scores(g, d, "dev", mine) == {
+        "chrf": sacrebleu.corpus_chrf(["nine x", "five x"], [["other nine", "other five"]]).score}
     assert SONNETS.reference_ids(d, "dev", mine) == {"9", "5", "1"}
     # sonnets without a reference: named, sorted, with the file looked in
     write_sonnets(g, [(20, "t"), (9, "n"), (3, "s")])
