@@ -356,3 +356,9 @@ def test_the_lm_loss_reads_the_batchs_attention_mask():
     want = -(masked[1, D] + masked[2, EOT]) / 2
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-9)
     assert float(want) != pytest.approx(float(-(unmasked[1, D] + unmasked[2, EOT]) / 2), rel=1e-6)
+
+
+def test_build_wraps_the_given_model():
+    gpt = tiny_gpt(n_positions=16)
+    module = SonnetTask().build(gpt)
+    assert isinstance(module, SonnetLM) and module.gpt is gpt
