@@ -472,7 +472,8 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                         "the_bf16_logits_in_fp32",
                         "tests/app/test_measures.py::test_continuation_is_cut_to_the_context_and_a_prompt_that_fills_"
                         "it_is_an_error",
-                        "tests/app/test_copying.py::test_windows_score_every_position_once_with_half_a_context_of_slide",
+                        "tests/app/test_copying.py::test_windows_score_every_position_once_with_half_a_context_of_"
+                        "slide",
                         "tests/app/test_copying.py::test_heldout_nll_beyond_the_context_scores_every_token_and_the_end_"
                         "of_text",
                         "tests/app/test_copying.py::test_reference_copying_flags_the_wrong_sonnet_as_the_training_set_"

@@ -11,7 +11,7 @@ import sacrebleu
 
 from course.formats import (FORMATS, LABEL_FORMATS, SONNETS, SONNETS_HEADER, CourseFormat, ParaphraseFormat,
                             SentimentFormat, SonnetFormat, label_format, read_generated, read_id_values, write_sonnets)
-from course.readers import DataError, Malformed
+from course.readers import DataError
 from course.sonnets import sonnet_file
 
 SST, CFIMDB, QUORA = LABEL_FORMATS["sst"], LABEL_FORMATS["cfimdb"], LABEL_FORMATS["quora"]
@@ -106,7 +106,8 @@ def test_prediction_files_hold_the_course_bytes_and_read_back(tmp_path: Path):
                  encoding="utf-8")
     with pytest.raises(DataError) as e:
         QUORA.read_predictions(p)
-    assert str(e.value) == f"{p}: unexpected prediction value(s) {{'b': 7, 'c': 2, 'e': -1}}; expected 8505/3919 (or 1/0)"
+    assert str(e.value) == (f"{p}: unexpected prediction value(s) {{'b': 7, 'c': 2, 'e': -1}}; "
+                            "expected 8505/3919 (or 1/0)")
     p.write_text("id \t Predicted_Sentiment \na, 1 \n", encoding="utf-8")
     with pytest.raises(DataError, match=r":1: expected the header 'id \\t Predicted_Is_Paraphrase'"):
         QUORA.read_predictions(p)
