@@ -12,6 +12,7 @@ task name (`label_format(name)`, `SONNETS`). Nothing here knows a model: predict
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,6 +81,9 @@ class CourseFormat(ABC):
         return None if pairs is None else self.score_pairs(*pairs)
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def read_id_values(path: str | Path, column: str) -> dict[str, int]:
     """id -> integer of a course-format prediction file, with the line of anything unexpected."""
     path = Path(path)
@@ -91,7 +95,7 @@ def read_id_values(path: str | Path, column: str) -> dict[str, int]:
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not _INTEGER.fullmatch(parts[1]):  # "--3" or "²" would pass str.isdigit
             raise DataError(f"{path}:{n}: expected '<id>, <integer>', got {line!r}")
         out[parts[0]] = int(parts[1])
     return out

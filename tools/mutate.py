@@ -493,6 +493,26 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                "tests/minigpt2/test_download.py"),
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
                              "tests/course/test_data_fetch.py"),
+    # the held-out NLL's unit tests of test_measures.py and test_copying.py by name: their other tests fine-tune
+    # or run a sweep (minutes a mutant); docs/testing.md, "The sonnet task and the course's file formats"
+    "tasks/sonnet.py": ("tests/tasks/test_mutants_sonnet.py", "tests/tasks/test_tasks.py",
+                        "tests/app/test_measures.py::test_heldout_nll_equals_cross_entropy_on_the_same_tokens",
+                        "tests/app/test_measures.py::test_heldout_nll_runs_in_eval_mode_and_restores_training_mode",
+                        "tests/app/test_measures.py::test_heldout_nll_under_bf16_autocast_takes_the_cross_entropy_of_"
+                        "the_bf16_logits_in_fp32",
+                        "tests/app/test_measures.py::test_continuation_is_cut_to_the_context_and_a_prompt_that_fills_"
+                        "it_is_an_error",
+                        "tests/app/test_copying.py::test_windows_score_every_position_once_with_half_a_context_of_"
+                        "slide",
+                        "tests/app/test_copying.py::test_heldout_nll_beyond_the_context_scores_every_token_and_the_end_"
+                        "of_text",
+                        "tests/app/test_copying.py::test_reference_copying_flags_the_wrong_sonnet_as_the_training_set_"
+                        "itself"),
+    "course/formats.py": ("tests/course/test_mutants_formats.py", "tests/tasks/test_tasks.py",
+                          "tests/app/test_app_study.py::test_split_pairs_read_test_labels_beside_the_data_and_none_"
+                          "without",
+                          "tests/app/test_app_study.py::test_sonnet_split_pairs_read_the_true_test_sonnets",
+                          "tests/experiments/test_mutants_aggregates.py"),
 }
 
 
@@ -515,7 +535,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # mutmut's "forkserver" isolation instead: stats and clean runs in forked children, each mutant forked from a server
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
-FORK_SERVER = {"experiments/runner.py"}
+FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py"}
 
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
