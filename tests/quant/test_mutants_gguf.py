@@ -254,7 +254,9 @@ def test_load_refusals_name_the_file_and_the_fault(arrays, tmp_path):
         f"{p}: metadata key 'general.architecture' missing; expected a GGUF of llama.cpp's gpt2 architecture"
     with pytest.raises(CheckpointError) as e:  # the metadata's context is 40 positions, the table's 48
         qg.load_gguf_model(write_gguf(p, arrays, {**KV, "gpt2.context_length": 40}))
-    assert str(e.value).startswith(f"{p}: tensors do not fit a GPT2 of this config: ")
+    assert str(e.value) == \
+        f"{p}: tensors do not fit a GPT2 of this config (n_layer=2, n_embd=64): key 'wpe.weight' has shape (48, 64), " \
+        "expected (40, 64)"
     assert load_error(write_gguf(p, arrays, {**KV, "gpt2.feed_forward_length": 200})) == \
         f"{p}: gpt2.feed_forward_length is 200; GPT-2's MLP is 4 * n_embd = 256"
     no_table = {k: v for k, v in arrays.items() if k != "token_embd.weight"}
