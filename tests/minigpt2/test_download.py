@@ -12,17 +12,9 @@ import torch
 from minigpt2 import download
 from minigpt2.checkpoint import load_model, resolve_model
 from minigpt2.download import ChecksumError, DownloadError, fetch_url
-from tests.fakehub import FAKE_COMMIT, FakeHub, point_client_at
+from tests.fakehub import FAKE_COMMIT, FakeHub
 
 GPT2_REVISION, GPT2_SHA256 = download._GPT2_PINNED["gpt2"]
-
-
-@pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    h = FakeHub()
-    point_client_at(h, monkeypatch, tmp_path / "cache")
-    yield h
-    h.stop() if h._thread.is_alive() else None
 
 
 @pytest.fixture()

@@ -19,18 +19,10 @@ import pytest
 
 from minigpt2 import download
 from minigpt2.download import ChecksumError, DownloadError, HubFile, fetch_hub_file, fetch_url
-from tests.fakehub import FAKE_COMMIT, FakeHub, point_client_at
+from tests.fakehub import FAKE_COMMIT, FakeHub
 
 REV, SHA = download._GPT2_PINNED["gpt2"]
 CONFIG = b'{"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2}\n'
-
-
-@pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    h = FakeHub()
-    point_client_at(h, monkeypatch, tmp_path / "cache")
-    yield h
-    h.stop() if h._thread.is_alive() else None
 
 
 # ---- names, URLs and settings -----------------------------------------------------------------------------------
