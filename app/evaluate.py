@@ -192,7 +192,7 @@ def _predict_and_write(task: Task, module: TaskModel, examples: list[Example], s
                        ) -> tuple[list[list[Any]], list[str]]:
     """Predict `examples` (a generative task: the run's --eval-samples draws per prompt, as many as its own figures
     averaged over) and write each draw's file; the draws and the names of the files written."""
-    predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
+    predictor = speed.predicting(module, task, device, how, settings.hardware.plain)
     draws = (task.predict_samples(predictor, examples, how, tok, device, settings.eval.samples)
              if isinstance(task, GenerativeTask)
              else [task.predict(predictor, examples, how, tok, device)])

@@ -157,7 +157,7 @@ def make_evaluate(task: Task, dev: list[Example], settings: RunSettings, how: Pr
     loss_examples = task.loss_examples(dev)
 
     def evaluate(module: TaskModel) -> dict[str, float]:
-        preds = task.predict(speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain), dev,
+        preds = task.predict(speed.predicting(module, task, device, how, settings.hardware.plain), dev,
                              how, tok, device)
         out = dict(task.score(dev, preds))
         out["dev_loss"] = dev_loss(module, loss_examples, task, how.batch_size, device, how.autocast_dtype)
@@ -176,7 +176,7 @@ def write_split_predictions(task: Task, module: TaskModel, splits: dict[str, lis
     result: dict[str, Any] = {"files_sha256": {}}
     folder = data_dir(settings.paths.data_dir)
     test_refs = Path(settings.data.test_references) if settings.data.test_references else None
-    predictor = speed.predicting(module, task, device, how.autocast_dtype, settings.hardware.plain)
+    predictor = speed.predicting(module, task, device, how, settings.hardware.plain)
     corpora = copying_corpora(task, folder, test_refs) if isinstance(task, GenerativeTask) else None
     for split in ("dev", "test"):
         examples = splits[split]

@@ -12,7 +12,7 @@ import torch
 
 from minigpt2 import fast
 from minigpt2.fast.compiled import CompiledBlocks
-from tasks.base import GenerativeTask, Task, TaskModel
+from tasks.base import GenerativeTask, PredictSettings, Task, TaskModel
 
 
 def for_training(module: TaskModel, device: torch.device, plain: bool, compile: bool = False
@@ -26,14 +26,15 @@ def for_training(module: TaskModel, device: torch.device, plain: bool, compile: 
     return CompiledBlocks(module).active if compile else None
 
 
-def predicting(module: TaskModel, task: Task, device: torch.device, autocast_dtype: torch.dtype | None,
-               plain: bool) -> TaskModel:
-    """The module a task predicts with: for a generative task on the fast path, a shallow copy of `module` whose
-    body is `minigpt2.fast.for_inference`'s copy (prepacked on CPU, in bf16 when the run autocasts to bf16 and the
-    CPU has native bf16); `module` itself otherwise. `module` is never changed."""
+def predicting(module: TaskModel, task: Task, device: torch.device, how: PredictSettings, plain: bool
+               ) -> TaskModel:
+    """The module a task predicts with under `how`: for a generative task on the fast path, a shallow copy of
+    `module` whose body is `minigpt2.fast.for_inference`'s copy (prepacked on CPU for `how.batch_size` prompts
+    decoded together, in bf16 when the run autocasts to bf16 and the CPU has native bf16); `module` itself
+    otherwise. `module` is never changed."""
     if plain or not isinstance(task, GenerativeTask):
         return module
     view = copy.copy(module)
     view._modules = dict(module._modules)  # its own module table: the body below replaces only the copy's
-    view.gpt = fast.for_inference(module.gpt, device, autocast_dtype)
+    view.gpt = fast.for_inference(module.gpt, device, how.autocast_dtype, batch=how.batch_size)
     return view

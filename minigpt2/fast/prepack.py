@@ -66,9 +66,11 @@ def native_bf16() -> bool:
     return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and device.cpu_native_bf16()
 
 
-def _pack(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    # batch_size=1 is a layout hint (decoding feeds one row per sequence); other batch sizes run on it too.
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), 1)
+def _pack(weight: torch.Tensor, dtype: torch.dtype = torch.float32, batch: int = 1) -> torch.Tensor:
+    # `batch` is a layout hint: the rows each product will get (one per sequence decoded together). Any number of
+    # rows runs on either layout; several rows on a layout packed for one ran 1.2-1.7x slower, and one row on a
+    # layout packed for several, slower and rounded otherwise (docs/performance.md, "Batched sampling").
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), batch)
 
 
 def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -79,15 +81,17 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 class PackedLinear(nn.Module):
     """`nn.Linear` for inference, with the weight in oneDNN's packed layout (fp32, or bf16 given `dtype`).
 
-    Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head).
+    Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head); the weight
+    is laid out for products of `batch` rows (see `prepacked`).
     """
 
     def __init__(self, linear: nn.Linear | None, dtype: torch.dtype = torch.float32,
-                 weight: torch.Tensor | None = None) -> None:
+                 weight: torch.Tensor | None = None, batch: int = 1) -> None:
         super().__init__()
         weight = linear.weight if linear is not None else weight
         self.out_features, self.in_features = weight.shape
-        self.packed = _pack(weight, dtype)
+        self.batch = batch
+        self.packed = _pack(weight, dtype, batch)
         bias = None if linear is None or linear.bias is None else linear.bias.detach().to(dtype).clone()
         self.register_buffer("bias", bias, persistent=False)
 
@@ -101,7 +105,7 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')}")
+                f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')} for {self.batch} row(s)")
 
 
 class TransposedLinear(nn.Module):
@@ -150,7 +154,7 @@ class TransposedLinear(nn.Module):
 
 class FusedQKVAttention(CausalSelfAttention):
     """Inference attention whose query, key and value projections are one product of width 3C (`self.qkv`), in
-    fp32 or with fp16 weights (`dtype`).
+    fp32 or with fp16 weights (`dtype`), laid out for `batch` rows (`prepacked`).
 
     Made from a `CausalSelfAttention` (or the training copy's CPU-dropout one: at inference both attend alike) with
     plain `nn.Linear` projections; `c_proj` and the attention itself are the model's. One call instead of three per
@@ -159,11 +163,11 @@ class FusedQKVAttention(CausalSelfAttention):
     layer would, so stacking changes no number.
     """
 
-    def __init__(self, attn: CausalSelfAttention, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, attn: CausalSelfAttention, dtype: torch.dtype = torch.float32, batch: int = 1) -> None:
         nn.Module.__init__(self)  # not CausalSelfAttention.__init__, which would build new layers
         self.n_head, self.dropout = attn.n_head, 0.0  # inference: no dropout
-        self.qkv = _packed_layer(_stacked([attn.query, attn.key, attn.value]), dtype)
-        self.c_proj, self.resid_dropout = _packed_layer(attn.c_proj, dtype), nn.Identity()
+        self.qkv = _packed_layer(_stacked([attn.query, attn.key, attn.value]), dtype, batch=batch)
+        self.c_proj, self.resid_dropout = _packed_layer(attn.c_proj, dtype, batch=batch), nn.Identity()
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
@@ -227,12 +231,13 @@ def fp32_transposed() -> bool:
     return torch.get_num_threads() == 1
 
 
-def _packed_layer(linear: nn.Linear | None, dtype: torch.dtype, weight: torch.Tensor | None = None) -> nn.Module:
+def _packed_layer(linear: nn.Linear | None, dtype: torch.dtype, weight: torch.Tensor | None = None,
+                  batch: int = 1) -> nn.Module:
     if dtype == torch.float16:
-        return Fp16Linear(linear, weight=weight)
-    if dtype == torch.float32 and fp32_transposed():
+        return Fp16Linear(linear, weight=weight)  # fbgemm's fp16 layout has no batch hint
+    if dtype == torch.float32 and batch == 1 and fp32_transposed():
         return TransposedLinear(linear, weight=weight)
-    return PackedLinear(linear, dtype, weight=weight)
+    return PackedLinear(linear, dtype, weight=weight, batch=batch)
 
 
 class PackedGPT2(GPT2):
@@ -255,17 +260,24 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @torch.no_grad()
-def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
+def prepacked(model: GPT2, dtype: torch.dtype = torch.float32, batch: int = 1) -> GPT2:
     """An inference copy of `model` (eval mode, on CPU) whose plain linear layers and LM head are prepacked.
 
     dtype: torch.float32 (the model must be fp32), torch.bfloat16 (an fp32 or bf16 model; the copy is all bf16,
     see the module docstring), or torch.float16 (an fp32 model; fp16 weights on fbgemm, everything else fp32:
-    `Fp16Linear`). Raises ValueError for a model not on the CPU or of another dtype, RuntimeError when this
+    `Fp16Linear`). batch: how many sequences each decoding step will carry (the prompts generated together). Above
+    one, the fp32 and bf16 weights are laid out for that many rows (oneDNN's layout hint; `TransposedLinear` is for
+    one row only): batched sampling then runs 1.2-1.7x faster per product, with the same numbers as on the one-row
+    layout for any product of two rows or more (docs/performance.md, "Batched sampling"). One row on such a copy
+    runs, slower and rounded otherwise. Raises ValueError for a model not on the CPU or of another dtype, or a
+    batch below 1, RuntimeError when this
     PyTorch build has no oneDNN (see `available`; for fp16, no fbgemm fp16: `fp16_available`), `Bf16Unsupported`
     for bf16 on a CPU without native bf16.
     """
     if dtype not in PACKED_DTYPES:
         raise ValueError(f"prepacked: dtype {dtype} is not one of {PACKED_DTYPES}")
+    if batch < 1:
+        raise ValueError(f"prepacked: batch must be at least 1, got {batch}")
     if dtype == torch.float16 and not fp16_available():
         raise RuntimeError("prepacked: fp16 weights need fbgemm's fp16 linear (an x86 CPU with AVX2 and a PyTorch "
                            "build with fbgemm); use fp32")
@@ -288,21 +300,21 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32) -> GPT2:
     model = copy.deepcopy(model).eval().to(torch.float32 if dtype == torch.float16 else dtype)
     if dtype in (torch.float32, torch.float16):
         for name in [n for n, m in model.named_modules() if _fusable(m)]:
-            replace_module(model, name, FusedQKVAttention(model.get_submodule(name), dtype))
+            replace_module(model, name, FusedQKVAttention(model.get_submodule(name), dtype, batch))
     for module in list(model.modules()):
         if not isinstance(module, (CausalSelfAttention, MLP, LoRALinear)):
             continue  # e.g. a fake-quant layer reads its inner linear's `.weight` itself: leave it whole
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, _packed_layer(child, dtype))
+                setattr(module, name, _packed_layer(child, dtype, batch=batch))
     if type(model.wte) is nn.Embedding and type(model) is GPT2:  # not e.g. a fake-quant table
         model.__class__ = PackedGPT2
-        model.packed_head = _packed_layer(None, dtype, weight=model.wte.weight)  # the tied head: no bias
+        model.packed_head = _packed_layer(None, dtype, weight=model.wte.weight, batch=batch)  # tied head: no bias
     return model
 
 
-def inference_copy(model: GPT2, dtype: torch.dtype | None = None) -> GPT2:
-    """`prepacked(model, dtype)` where it applies (a GPT2 on a CPU with oneDNN), else `model` itself.
+def inference_copy(model: GPT2, dtype: torch.dtype | None = None, batch: int = 1) -> GPT2:
+    """`prepacked(model, dtype, batch)` where it applies (a GPT2 on a CPU with oneDNN), else `model` itself.
 
     dtype: None for the model's own dtype; torch.bfloat16 for the bf16 copy, which falls back to the fp32 copy
     where the CPU lacks native bf16 (`native_bf16`); torch.float16 for fp16 weights, which falls back to fp32
@@ -321,4 +333,4 @@ def inference_copy(model: GPT2, dtype: torch.dtype | None = None) -> GPT2:
         return model  # e.g. a bf16 model on a CPU without native bf16: used as it is
     if dtype not in PACKED_DTYPES:
         return model
-    return prepacked(model, dtype)
+    return prepacked(model, dtype, batch)

@@ -133,7 +133,8 @@ def test_bf16_precision_runs_the_prepacked_bf16_copy(runs, monkeypatch):
 
     made = []
     real = fast.inference_copy
-    monkeypatch.setattr(fast, "inference_copy", lambda model, dtype=None: made.append(real(model, dtype)) or made[-1])
+    monkeypatch.setattr(fast, "inference_copy", lambda model, dtype=None, batch=1:
+                        made.append(real(model, dtype, batch)) or made[-1])
     out = run_cli("--model", str(runs["full"]), "--prompt", PROMPT, "--max-new-tokens", "6", "--precision", "bf16",
                   "--seed", "2")
     assert [m.packed_head.packed.dtype for m in made] == [torch.bfloat16] and out.startswith(PROMPT)

@@ -98,7 +98,7 @@ def test_plain_and_fast_predictions_agree(name, tok):
     how = PredictSettings(batch_size=2, autocast_dtype=None,
                           sampling=Sampling(temperature=0.0, top_p=0.9, max_new_tokens=12, seed=1))
     plain, quick = pair(task, "full")
-    predictor = speed.predicting(quick, task, CPU, how.autocast_dtype, plain=False)
+    predictor = speed.predicting(quick, task, CPU, how, plain=False)
     assert (predictor is not quick) == isinstance(task, GenerativeTask)
     if isinstance(task, GenerativeTask) and available():
         assert isinstance(predictor.gpt, PackedGPT2)  # sonnet evaluation on the prepacked copy
@@ -125,7 +125,7 @@ def test_plain_runs_every_command_without_the_speed_pieces(tmp_path, monkeypatch
     calls: list[str] = []
     real_training, real_inference = fast.for_training, fast.for_inference
     monkeypatch.setattr(fast, "for_training", lambda *a: calls.append("training") or real_training(*a))
-    monkeypatch.setattr(fast, "for_inference", lambda *a: calls.append("inference") or real_inference(*a))
+    monkeypatch.setattr(fast, "for_inference", lambda *a, **k: calls.append("inference") or real_inference(*a, **k))
     args = ["--task", "sonnet", "--model", "tiny", "--data-dir", str(DATA), "--tokenizer-dir", str(TINY_DATA / "gpt2"),
             "--batch-size", "4", "--no-progress", "--device", "cpu", "--epochs", "1", "--max-new-tokens", "8",
             "--max-eval", "2", "--max-train", "4"]

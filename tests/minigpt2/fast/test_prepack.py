@@ -195,20 +195,53 @@ def test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_is_bf16(monkeypat
 
     asked = []
     real = fast.for_inference
-    monkeypatch.setattr(fast, "for_inference", lambda model, device, dtype=None: asked.append(dtype)
-                        or real(model, device, dtype))
+    monkeypatch.setattr(fast, "for_inference", lambda model, device, dtype=None, batch=1:
+                        asked.append((dtype, batch)) or real(model, device, dtype, batch))
     tok = Tokenizer()
     lines = ("From fairest creatures we desire increase,", "That thereby beauty's rose might never die,")
     examples = [Example("1", tok.encode("\n".join(lines) + "\n"), meta={"prompt_lines": lines})]
     how = PredictSettings(batch_size=4, autocast_dtype=dtype,
                           sampling=Sampling(max_new_tokens=8, temperature=1.2, top_p=0.9, seed=1))
     task, module = sonnet.SonnetTask(), sonnet.SonnetLM(tiny())
-    assert speed.predicting(module, task, torch.device("cpu"), dtype, plain=True) is module
+    assert speed.predicting(module, task, torch.device("cpu"), how, plain=True) is module
     assert asked == []
-    predictor = speed.predicting(module, task, torch.device("cpu"), dtype, plain=False)
+    predictor = speed.predicting(module, task, torch.device("cpu"), how, plain=False)
     assert predictor.gpt is not module.gpt and module.gpt is module._modules["gpt"]  # the module keeps its body
     out = task.predict(predictor, examples, how, tok, torch.device("cpu"))
-    assert asked == [dtype] and out[0].startswith("\n".join(lines))
+    assert asked == [(dtype, 4)] and out[0].startswith("\n".join(lines))  # laid out for the run's batch size
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_copy_for_batched_decoding_is_packed_for_its_batch_and_samples_the_same_tokens(threads):
+    """`prepacked(model, batch=B)` lays every fp32 layer and the head out for B rows, at any thread count (the
+    one-row MKL layout is for batch 1 only); products of several rows give the same numbers on either layout, so
+    a batch of prompts samples the same tokens as on the batch-1 copy, and greedy decodes as the model does."""
+    before = torch.get_num_threads()
+    model = tiny()
+    try:
+        torch.set_num_threads(threads)
+        one, four = prepacked(model), prepacked(model, batch=4)
+    finally:
+        torch.set_num_threads(before)
+    layers = [four.h[0].attn.qkv, four.h[0].attn.c_proj, four.h[1].mlp.c_fc, four.h[1].mlp.c_proj, four.packed_head]
+    assert all(type(layer) is PackedLinear and layer.batch == 4 for layer in layers)
+    # oneDNN's layout for several rows is padded where its one-row layout is not: the packed bytes tell them apart
+    nbytes = torch.ops.mkldnn._nbytes
+    sizes = {rows: nbytes(torch.ops.mkldnn._reorder_linear_weight(model.wte.weight.detach(), rows)) for rows in (1, 4)}
+    if sizes[1] == sizes[4]:
+        pytest.skip("oneDNN lays the head out alike for 1 and 4 rows on this CPU")
+    assert nbytes(four.packed_head.packed) == sizes[4]
+    assert all(layer.batch == 1 for layer in (one.h[0].attn.qkv, one.packed_head) if type(layer) is PackedLinear)
+    prompts = [[464, 3290, 318], [40], [3, 5, 8, 13], [50256, 11]]
+    sampled = generate(four, prompts, 12, temperature=0.9, top_p=0.9, eos_id=None, seed=3)
+    assert sampled == generate(one, prompts, 12, temperature=0.9, top_p=0.9, eos_id=None, seed=3)
+    assert generate(four, prompts, 12, eos_id=None) == generate(model, prompts, 12, eos_id=None)
+    ids = torch.randint(0, 50257, (4, 7))
+    with torch.no_grad():
+        assert torch.equal(four.logits(ids), one.logits(ids))
+        torch.testing.assert_close(four.logits(ids[:1, :1]), model.logits(ids[:1, :1]), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
+        prepacked(model, batch=0)
 
 
 def test_the_fp32_layout_follows_the_threads_at_copy_time():
