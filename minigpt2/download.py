@@ -16,6 +16,7 @@ nothing is contacted and the error says where to place the file by hand.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -39,7 +40,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class DownloadError(UserError, RuntimeError):
-    """A file could not be fetched: offline, not found, server down. The message says how to place it by hand."""
+    """A file could not be fetched: offline, not found, server down, or it could not be written here. The message
+    says how to place it by hand, or what the local folder lacks."""
 
 
 class ChecksumError(DownloadError):
@@ -140,6 +142,24 @@ def _by_hand(url: str, where: Path, sha256: str | None) -> str:
     return f"To place it by hand: download {url} on a machine with internet, copy it to {where}{check}."
 
 
+# What a failed write of the local copy raises (a full disk or quota, a read-only or unwritable folder, a path that
+# runs through a file): the server is not to blame, and "cannot reach" would send the user after the network.
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                           errno.EISDIR})
+
+
+def _local_failure(e: BaseException) -> bool:
+    """True when `e` is a failure to write a local file, not to reach a server."""
+    network = (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror)
+    return isinstance(e, OSError) and not isinstance(e, network) and e.errno in _LOCAL_ERRNOS
+
+
+def _cannot_write(where: Path, e: OSError) -> DownloadError:
+    """The one-line error for a download that could not be written (`e`, a `_local_failure`) at `where`."""
+    return DownloadError(f"cannot write {e.filename or where} ({e.strerror or e}): a download needs free space and "
+                         f"write access there (the download cache is $MINIGPT2_CACHE, else ~/.cache/minigpt2)")
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Connection-level errors of whichever HTTP library the installed hub client uses (httpx2 in 2.x, httpx in
     1.x, requests before), plus the OSErrors of the standard library."""
@@ -228,6 +248,8 @@ def fetch_hub_file(f: HubFile, cache: Path | None = None, offline: bool = False,
         raise DownloadError(f"{f.repo_id}/{f.filename}: the hub at {endpoint} answered HTTP {status}. "
                             + _by_hand(url, where, expected)) from None
     except (LocalEntryNotFoundError, *_network_errors()) as e:  # refused, DNS failure, timeout
+        if _local_failure(e):
+            raise _cannot_write(where, e) from None
         raise DownloadError(f"{f.repo_id}/{f.filename}: cannot reach {endpoint} ({type(e).__name__}: {e}). "
                             + _by_hand(url, where, expected)) from None
     sha = _verify(path, expected, (meta.etag or "").strip('"'), f"{f.repo_id}/{f.filename}", url, where)
@@ -250,7 +272,10 @@ def download_weights(name: str, dest: Path, offline: bool = False) -> Path:
                  " then compare `sha256sum model.safetensors` with the SHA256 on the file's page on the hub.")
         raise DownloadError(f"GPT-2 weights {name!r} are not in {dest} and downloads are off (offline mode"
                             f"{', HF_HUB_OFFLINE=1' if env_offline() else ''}). To place them by hand: {steps}{check}")
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_write(dest, e) from None
     print(f"downloading {name} weights from {hub_endpoint()}/{weights.repo_id} into {dest}", flush=True)
     for f in (config, weights):
         fetch_hub_file(f, local_dir=dest, offline=offline)
@@ -276,7 +301,10 @@ def fetch_url(url: str, name: str, sha256: str | None = None, cache: Path | None
     if offline or env_offline():
         raise DownloadError(f"{name} is not here and downloads are off (offline mode). "
                             + _by_hand(url, final, expected))
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_write(final.parent, e) from None
     part = final.with_name(final.name + ".part")
     for attempt in range(retries + 1):
         try:
@@ -291,6 +319,8 @@ def fetch_url(url: str, name: str, sha256: str | None = None, cache: Path | None
                                     f"kept and the next run resumes it. " + _by_hand(url, final, expected))
             time.sleep(0.2 * (attempt + 1))
         except (urllib.error.URLError, OSError) as e:
+            if _local_failure(e):  # the partial file is kept: once there is room, the next run resumes it
+                raise _cannot_write(part, e) from None
             reason = getattr(e, "reason", e)
             raise DownloadError(f"cannot reach {url} ({reason}). " + _by_hand(url, final, expected)) from None
     _verify(part, expected, None, url, url, final)

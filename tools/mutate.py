@@ -235,6 +235,12 @@ MUTANTS: list[Mutant] = [
            "fp32_transposed()", ("tests/minigpt2/fast/test_prepack.py",)),
     Mutant("predicting-not-for-the-batch", "app/speed.py", "how.autocast_dtype, batch=how.batch_size)",
            "how.autocast_dtype)", ("tests/minigpt2/fast/test_prepack.py",)),
+    Mutant("download-full-disk-says-cannot-reach", "minigpt2/download.py",
+           "            if _local_failure(e):  # the partial", "            if False:  # the partial",
+           ("tests/minigpt2/test_download.py",)),
+    Mutant("download-weights-folder-traceback", "minigpt2/download.py",
+           "        raise _cannot_write(dest, e) from None", "        raise",
+           ("tests/minigpt2/test_download.py",)),
     # ---- defaults, validators, run folders
     Mutant("lora-default-attention-only", "app/settings.py", 'LORA_TARGETS = "attn+mlp"', 'LORA_TARGETS = "attn"',
            SET),

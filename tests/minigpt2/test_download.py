@@ -166,3 +166,31 @@ def test_url_with_wrong_pinned_sha256_leaves_no_file(hub, tmp_path):
     with pytest.raises(ChecksumError, match="checksum mismatch"):
         fetch_url(hub.url + path, "file.txt", sha256="0" * 64)
     assert not list((tmp_path / "cache" / "minigpt2" / "url").glob("file.txt*"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) for a disk that is full")
+def test_a_download_that_cannot_be_written_says_so_and_not_that_the_server_is_down(hub, tiny_hf_model, tmp_path):
+    """A full disk, or a cache or model folder that runs through a file, is one `cannot write` line naming the path
+    and the reason, for a plain URL, a hub file and the GPT-2 weights; the partial file is kept for the next run."""
+    data = b"x" * 200_000
+    path = hub.add_url("/cache/epub/1041/pg1041.txt", data)
+    full = tmp_path / "full"
+    (full / "url").mkdir(parents=True)
+    (full / "url" / "pg1041.txt.part").symlink_to("/dev/full")  # every write to it fails with ENOSPC
+    with pytest.raises(DownloadError) as err:
+        fetch_url(hub.url + path, "pg1041.txt", cache=full)
+    assert str(err.value).startswith(f"cannot write {full / 'url' / 'pg1041.txt.part'} (No space left on device)")
+    assert (full / "url" / "pg1041.txt.part").is_symlink() and not (full / "url" / "pg1041.txt").exists()
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(DownloadError, match=rf"^cannot write {blocked / 'url'} \(Not a directory\)"):
+        fetch_url(hub.url + path, "pg1041.txt", cache=blocked)
+    serve_gpt2(hub, tiny_hf_model)
+    with pytest.raises(DownloadError, match=rf"^cannot write {blocked}/\S* \(Not a directory\)"):
+        download.fetch_hub_file(download.gpt2_files("gpt2")[0], cache=blocked)
+    with pytest.raises(DownloadError, match=rf"^cannot write {blocked / 'gpt2'} \(Not a directory\)"):
+        resolve_model("gpt2", cache_dir=blocked)
+    hub.stop()  # and a server that is down is still that, not a write error
+    with pytest.raises(DownloadError, match="^cannot reach"):
+        fetch_url(hub.url + "/down.txt", "down.txt", cache=tmp_path / "fine")
