@@ -263,7 +263,7 @@ def generation_model(ours: GPT2, batch: int = 1) -> tuple[GPT2, dict[str, Any]]:
     fast = speed.for_inference(ours, ours.wte.weight.device, batch=batch)
     packed = fast.h[0].mlp.c_fc is not ours.h[0].mlp.c_fc
     info = {"model": "prepacked (minigpt2.fast.prepack)" if packed else "as loaded",
-            "prepack_seconds": round(time.perf_counter() - t0, 3)}
+            "prepack_seconds": round(time.perf_counter() - t0, 3), **({"packed_for_batch": batch} if packed else {})}
     return fast, info
 
 
@@ -391,7 +391,8 @@ def bf16_generation_model(ours: GPT2, batch: int = 1) -> tuple[GPT2, dict[str, A
                       "bf16 prepacked (minigpt2.fast.prepack)")
     else:
         fast, what = speed.for_inference(copy.deepcopy(ours).to(torch.bfloat16).eval(), device), "bf16 copy"
-    return fast, {"model": what, "prepack_seconds": round(time.perf_counter() - t0, 3)}
+    packed = {"packed_for_batch": batch} if device.type == "cpu" else {}
+    return fast, {"model": what, "prepack_seconds": round(time.perf_counter() - t0, 3), **packed}
 
 
 def hf_bf16(hf: Any) -> Any:

@@ -14,7 +14,9 @@ the same values up to fp32 rounding. The measured figures are in docs/performanc
 
 fp32 with one thread (`fp32_transposed`): the layers are `TransposedLinear`s instead, the weight stored transposed
 for MKL's one-row product, which streams it faster than oneDNN's at one thread (not at two); q, k and v become one
-product (`FusedQKVAttention`) at any thread count.
+product (`FusedQKVAttention`) at any thread count. A copy for decoding several sequences at once
+(`prepacked(model, batch=12)`) packs every weight for that many rows instead: oneDNN's layout is chosen by the rows
+a product will have.
 
 Only inference: a packed weight is an opaque oneDNN tensor, with no gradient and no state dict. Layers that are
 not plain `nn.Linear` (LoRA adapters, fake-quant layers) keep their own forward, so a prepacked LoRA model runs its
@@ -68,7 +70,7 @@ def native_bf16() -> bool:
 
 def _pack(weight: torch.Tensor, dtype: torch.dtype = torch.float32, batch: int = 1) -> torch.Tensor:
     # `batch` is a layout hint: the rows each product will get (one per sequence decoded together). Any number of
-    # rows runs on either layout; several rows on a layout packed for one ran 1.2-1.7x slower, and one row on a
+    # rows runs on either layout; several rows on a layout packed for one ran up to 1.75x slower, and one row on a
     # layout packed for several, slower and rounded otherwise (docs/performance.md, "Batched sampling").
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), batch)
 
@@ -267,10 +269,11 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32, batch: int = 1) -
     see the module docstring), or torch.float16 (an fp32 model; fp16 weights on fbgemm, everything else fp32:
     `Fp16Linear`). batch: how many sequences each decoding step will carry (the prompts generated together). Above
     one, the fp32 and bf16 weights are laid out for that many rows (oneDNN's layout hint; `TransposedLinear` is for
-    one row only): batched sampling then runs 1.2-1.7x faster per product, with the same numbers as on the one-row
-    layout for any product of two rows or more (docs/performance.md, "Batched sampling"). One row on such a copy
-    runs, slower and rounded otherwise. Raises ValueError for a model not on the CPU or of another dtype, or a
-    batch below 1, RuntimeError when this
+    one row only): batched sampling then runs up to 1.75x faster per product, with the same numbers as on the
+    one-row layout for any product of two rows or more (docs/performance.md, "Batched sampling"). One row on such
+    a copy runs, slower and rounded otherwise.
+
+    Raises ValueError for a model not on the CPU or of another dtype, or a batch below 1, RuntimeError when this
     PyTorch build has no oneDNN (see `available`; for fp16, no fbgemm fp16: `fp16_available`), `Bf16Unsupported`
     for bf16 on a CPU without native bf16.
     """

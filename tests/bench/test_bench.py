@@ -53,8 +53,9 @@ def test_bf16_lines_compare_bf16_models(tmp_path):
     bench_core.make_checkpoint("tiny", tmp_path)
     ours, hf = bench_core.load_pair(tmp_path, "cpu")
     assert {p.dtype for p in bench_core.hf_bf16(hf).parameters()} == {torch.bfloat16}
-    fast, info = bench_core.bf16_generation_model(ours)
+    fast, info = bench_core.bf16_generation_model(ours, batch=3)
     assert info["model"] == "bf16 prepacked (minigpt2.fast.prepack)" and fast.packed_head.packed.dtype == torch.bfloat16
+    assert info["packed_for_batch"] == 3 == fast.packed_head.batch
     assert {p.dtype for p in ours.parameters()} == {torch.float32}  # the fp32 lines keep the fp32 model
 
 
@@ -471,3 +472,5 @@ def test_decode_module_runs_only_the_generation_lines():
     assert [r.line for r in rows] == ["greedy decode, batch 1, 8 new tokens", *fp16,
                                       "sonnet generation, 3 prompts, sampling"]
     assert rows[0].extra["bound"]["precision"] == "fp32" and rows[0].extra["precision"] == "fp32"
+    # each copy laid out for the rows it decodes, as the application makes the sonnet evaluation's
+    assert rows[0].extra["packed_for_batch"] == 1 and rows[-1].extra["packed_for_batch"] == 3
