@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.generation import generate
@@ -242,6 +244,27 @@ def test_a_copy_for_batched_decoding_is_packed_for_its_batch_and_samples_the_sam
         torch.testing.assert_close(four.logits(ids[:1, :1]), model.logits(ids[:1, :1]), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
         prepacked(model, batch=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(2, 16), rows=st.integers(2, 20), length=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_any_batch_layout_gives_the_one_row_layouts_numbers_for_several_rows(batch, rows, length, seed):
+    """Whatever batch a copy is packed for, a forward of several rows gives the batch-1 copy's logits bit for bit
+    (the promise that lets the sonnet evaluation pack for --batch-size without changing a run's sonnets)."""
+    one, other = _packed_pair(batch)
+    ids = torch.randint(0, 50257, (rows, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        assert torch.equal(other.logits(ids), one.logits(ids))
+
+
+_PAIRS: dict[int, tuple[GPT2, GPT2]] = {}
+
+
+def _packed_pair(batch: int) -> tuple[GPT2, GPT2]:
+    """The tiny model's copies for batch 1 and `batch` (made once per batch: Hypothesis calls many times)."""
+    if batch not in _PAIRS:
+        _PAIRS[batch] = prepacked(tiny()), prepacked(tiny(), batch=batch)
+    return _PAIRS[batch]
 
 
 def test_the_fp32_layout_follows_the_threads_at_copy_time():
