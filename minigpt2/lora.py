@@ -135,8 +135,9 @@ class LoraSettingsError(UserError, ValueError):
 def _check_settings(r: int, alpha: float, dropout: float, rslora: bool = False) -> None:
     """A `FieldError` naming the first of rank, alpha, dropout, rslora that cannot work."""
     require(not isinstance(r, bool) and isinstance(r, int) and r >= 1, "rank", repr(r), "an integer >= 1")
-    require(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0, "alpha", repr(alpha),
-            "a positive number")
+    # alpha = inf passed `alpha > 0` and made every output NaN (a fresh B is 0, and 0 * inf is NaN)
+    require(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0,
+            "alpha", repr(alpha), "a finite number > 0")
     require(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", repr(dropout),
             "a fraction in [0, 1)")
     # a file's "false" is a string, and bool("false") is True: a scaling the run did not train with

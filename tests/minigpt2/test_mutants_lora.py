@@ -124,16 +124,18 @@ def test_config_to_dict_and_back_keeps_every_field_and_lists_become_tuples():
     ({"rank": 0}, "rank 0: expected an integer >= 1"),
     ({"rank": True}, "rank True: expected an integer >= 1"),
     ({"rank": 2.0}, "rank 2.0: expected an integer >= 1"),
-    ({"alpha": 0}, "alpha 0: expected a positive number"),
-    ({"alpha": True}, "alpha True: expected a positive number"),
-    ({"alpha": "16"}, "alpha '16': expected a positive number"),
+    ({"alpha": 0}, "alpha 0: expected a finite number > 0"),
+    ({"alpha": True}, "alpha True: expected a finite number > 0"),
+    ({"alpha": "16"}, "alpha '16': expected a finite number > 0"),
+    ({"alpha": float("inf")}, "alpha inf: expected a finite number > 0"),
+    ({"alpha": float("nan")}, "alpha nan: expected a finite number > 0"),
     ({"dropout": -0.1}, "dropout -0.1: expected a fraction in [0, 1)"),
     ({"dropout": 1.0}, "dropout 1.0: expected a fraction in [0, 1)"),
     ({"dropout": "0.1"}, "dropout '0.1': expected a fraction in [0, 1)"),
     ({"rslora": "false"}, "rslora 'false': expected true or false"),
     ({"rslora": 1}, "rslora 1: expected true or false"),
     ({"rank": 0, "alpha": 0, "dropout": 2.0}, "rank 0: expected an integer >= 1"),  # the first field named
-    ({"alpha": -1, "dropout": 2.0}, "alpha -1: expected a positive number"),
+    ({"alpha": -1, "dropout": 2.0}, "alpha -1: expected a finite number > 0"),
     ({"dropout": 2.0, "rslora": "no"}, "dropout 2.0: expected a fraction in [0, 1)"),
     ({"targets": []}, "targets []: expected a preset ['attn', 'attn+mlp'] or a non-empty list of module names "
                       "(e.g. ['attn.query', 'attn.value'])"),
@@ -680,3 +682,14 @@ def test_load_adapter_refusals_name_the_file_and_the_key(tmp_path):
     assert str(e.value) == (f"{path}: key 'h.1.attn.value.lora_B' has dtype torch.int32, expected a floating-point "
                             "dtype")
 
+
+def test_an_infinite_alpha_is_refused_on_the_command_line_before_any_work():
+    """`--lora-alpha inf` was accepted, and every output of the adapted model was NaN (B = 0 times inf)."""
+    from app.cli import SettingsError, finetune_parser, settings_from
+
+    ns = finetune_parser().parse_args(["--task", "sst", "--method", "lora", "--lora-alpha", "inf"])
+    with pytest.raises(SettingsError) as e:
+        settings_from(ns)
+    assert str(e.value) == "--lora-alpha inf: expected a finite number > 0"
+    with pytest.raises(FieldError, match="^alpha inf: expected a finite number > 0$"):
+        LoRALinear(nn.Linear(2, 2), 2, float("inf"))
