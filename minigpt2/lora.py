@@ -163,6 +163,8 @@ class LoRAConfig:
         # A list of names is kept as a tuple: a config equals the one read back from its file, and is hashable.
         if not isinstance(self.targets, str):
             object.__setattr__(self, "targets", tuple(self.targets))
+        # one name is not the list of its letters: tuple("head") asked to train modules 'h', 'e', 'a', 'd'
+        require(not isinstance(self.trainable, str), "trainable", repr(self.trainable), "a list of module names")
         object.__setattr__(self, "trainable", tuple(self.trainable))
 
     def to_dict(self) -> dict:
@@ -185,7 +187,7 @@ class LoRAConfig:
             return cls(rank=d["rank"], alpha=d["alpha"],
                        targets=targets if isinstance(targets, str) else tuple(targets),
                        dropout=d.get("dropout", 0.0), rslora=d.get("rslora", False),
-                       trainable=tuple(d.get("trainable", ())))
+                       trainable=d.get("trainable", ()))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: invalid LoRA settings {d}: {e}") from e
 

@@ -693,3 +693,16 @@ def test_an_infinite_alpha_is_refused_on_the_command_line_before_any_work():
     assert str(e.value) == "--lora-alpha inf: expected a finite number > 0"
     with pytest.raises(FieldError, match="^alpha inf: expected a finite number > 0$"):
         LoRALinear(nn.Linear(2, 2), 2, float("inf"))
+
+
+def test_one_trainable_name_given_as_a_string_is_refused_not_read_as_its_letters(tmp_path):
+    """`trainable="head"` was tuple("head"): modules 'h', 'e', 'a', 'd', refused later as "trainable module 'h'
+    is not a module"; a settings or adapter file's `"trainable": "head"` the same."""
+    with pytest.raises(FieldError) as e:
+        LoRAConfig(trainable="head")
+    assert str(e.value) == "trainable 'head': expected a list of module names"
+    with pytest.raises(CheckpointError) as e:
+        LoRAConfig.from_dict({"rank": 2, "alpha": 4, "targets": "attn", "trainable": "head"}, source="s.json")
+    assert str(e.value) == ("s.json: invalid LoRA settings {'rank': 2, 'alpha': 4, 'targets': 'attn', 'trainable': "
+                            "'head'}: trainable 'head': expected a list of module names")
+    assert LoRAConfig(trainable=["head"]).trainable == ("head",)
