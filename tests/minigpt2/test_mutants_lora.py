@@ -299,7 +299,8 @@ def test_forward_and_delta_weight_by_hand():
     assert torch.equal(layer(x), torch.tensor([[6.0, 8.0], [5.5, 5.5]]))  # the base alone now
     assert layer.extra_repr().endswith("merged=True")
     layer.unmerge()
-    assert torch.equal(base.weight.detach(), torch.eye(2)) and not layer.merged
+    assert torch.equal(base.weight.detach(), torch.eye(2)) and layer.merged is False
+    assert layer.extra_repr().endswith("merged=False")
     assert torch.equal(layer(x), torch.tensor([[6.0, 8.0], [5.5, 5.5]]))
 
 
@@ -706,3 +707,13 @@ def test_one_trainable_name_given_as_a_string_is_refused_not_read_as_its_letters
     assert str(e.value) == ("s.json: invalid LoRA settings {'rank': 2, 'alpha': 4, 'targets': 'attn', 'trainable': "
                             "'head'}: trainable 'head': expected a list of module names")
     assert LoRAConfig(trainable=["head"]).trainable == ("head",)
+
+
+def test_adapter_tensors_of_a_model_wrapped_by_hand_without_settings():
+    """LoRALinear put in place by hand (no `apply_lora`, so no `lora_config`): the A and B matrices, no head."""
+    model = Toy()
+    model.h[1].mlp.c_fc = LoRALinear(model.h[1].mlp.c_fc, r=2, alpha=2)
+    assert {k: tuple(v.shape) for k, v in lora_state_dict(model).items()} == {
+        "h.1.mlp.c_fc.lora_A": (2, 3), "h.1.mlp.c_fc.lora_B": (5, 2)}
+    with pytest.raises(ValueError, match="^Toy has no LoRA adapters to save; call apply_lora first$"):
+        save_adapter(model, "unused.safetensors")
