@@ -717,3 +717,16 @@ def test_adapter_tensors_of_a_model_wrapped_by_hand_without_settings():
         "h.1.mlp.c_fc.lora_A": (2, 3), "h.1.mlp.c_fc.lora_B": (5, 2)}
     with pytest.raises(ValueError, match="^Toy has no LoRA adapters to save; call apply_lora first$"):
         save_adapter(model, "unused.safetensors")
+
+
+def test_top_level_parameters_adapter_layer_alone_and_model_without_dots():
+    """Names without a dot: the adapter layer as the model ("lora_A", "base.weight") and a model's own parameter."""
+    layer = LoRALinear(nn.Linear(4, 3), r=2, alpha=2)
+    # A (2 x 4) and B (3 x 2): 8 + 6 = 14 train; the base's 12 + 3 do not
+    assert mark_only_lora_trainable(layer) == 14
+    assert [n for n, p in layer.named_parameters() if p.requires_grad] == ["lora_A", "lora_B"]
+    model = Toy()
+    model.temperature = nn.Parameter(torch.ones(()))
+    apply_lora(model, LoRAConfig(rank=1, alpha=1, targets=["attn.key"]))
+    assert not model.temperature.requires_grad
+    assert mark_only_lora_trainable(model, ["h.0.attn.key"]) == 12 + 12  # key adapters 2 x 6, block 0's key 9 + 3
