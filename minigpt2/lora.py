@@ -65,7 +65,7 @@ class LoRALinear(nn.Module):
         if not isinstance(in_features, int) or not isinstance(out_features, int):
             raise TypeError(f"LoRA needs a linear-like base with integer `in_features`/`out_features`; "
                             f"{type(base).__name__} has in_features={in_features!r}, out_features={out_features!r}")
-        _check_settings(r, alpha, dropout)
+        _check_settings(r, alpha, dropout, rslora)
         self.base = base
         self.in_features, self.out_features = in_features, out_features
         self.r, self.alpha, self.rslora = int(r), float(alpha), bool(rslora)
@@ -132,7 +132,7 @@ class LoraSettingsError(UserError, ValueError):
     """LoRA targets that select no linear layer of the model."""
 
 
-def _check_settings(r: int, alpha: float, dropout: float, rslora: bool = False) -> None:
+def _check_settings(r: int, alpha: float, dropout: float, rslora: bool) -> None:
     """A `FieldError` naming the first of rank, alpha, dropout, rslora that cannot work."""
     require(not isinstance(r, bool) and isinstance(r, int) and r >= 1, "rank", repr(r), "an integer >= 1")
     # alpha = inf passed `alpha > 0` and made every output NaN (a fresh B is 0, and 0 * inf is NaN)

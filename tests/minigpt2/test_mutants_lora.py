@@ -730,3 +730,12 @@ def test_top_level_parameters_adapter_layer_alone_and_model_without_dots():
     apply_lora(model, LoRAConfig(rank=1, alpha=1, targets=["attn.key"]))
     assert not model.temperature.requires_grad
     assert mark_only_lora_trainable(model, ["h.0.attn.key"]) == 12 + 12  # key adapters 2 x 6, block 0's key 9 + 3
+
+
+def test_the_adapter_layer_checks_rslora_as_the_settings_do():
+    """`LoRALinear(..., rslora="false")` was scaled by alpha / sqrt(r) (a non-empty string is true); LoRAConfig
+    already refused it."""
+    with pytest.raises(FieldError) as e:
+        LoRALinear(nn.Linear(2, 2), 4, 8, rslora="false")
+    assert str(e.value) == "rslora 'false': expected true or false"
+    assert LoRALinear(nn.Linear(2, 2), 4, 8).scaling == 2.0  # alpha / r by default
