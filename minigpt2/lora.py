@@ -65,7 +65,7 @@ class LoRALinear(nn.Module):
         if not isinstance(in_features, int) or not isinstance(out_features, int):
             raise TypeError(f"LoRA needs a linear-like base with integer `in_features`/`out_features`; "
                             f"{type(base).__name__} has in_features={in_features!r}, out_features={out_features!r}")
-        _check_settings(r, alpha, dropout)
+        _check_settings(r, alpha, dropout, rslora)
         self.base = base
         self.in_features, self.out_features = in_features, out_features
         self.r, self.alpha, self.rslora = int(r), float(alpha), bool(rslora)
@@ -132,11 +132,12 @@ class LoraSettingsError(UserError, ValueError):
     """LoRA targets that select no linear layer of the model."""
 
 
-def _check_settings(r: int, alpha: float, dropout: float, rslora: bool = False) -> None:
+def _check_settings(r: int, alpha: float, dropout: float, rslora: bool) -> None:
     """A `FieldError` naming the first of rank, alpha, dropout, rslora that cannot work."""
     require(not isinstance(r, bool) and isinstance(r, int) and r >= 1, "rank", repr(r), "an integer >= 1")
-    require(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0, "alpha", repr(alpha),
-            "a positive number")
+    # alpha = inf passed `alpha > 0` and made every output NaN (a fresh B is 0, and 0 * inf is NaN)
+    require(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0,
+            "alpha", repr(alpha), "a finite number > 0")
     require(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", repr(dropout),
             "a fraction in [0, 1)")
     # a file's "false" is a string, and bool("false") is True: a scaling the run did not train with
@@ -162,6 +163,8 @@ class LoRAConfig:
         # A list of names is kept as a tuple: a config equals the one read back from its file, and is hashable.
         if not isinstance(self.targets, str):
             object.__setattr__(self, "targets", tuple(self.targets))
+        # one name is not the list of its letters: tuple("head") asked to train modules 'h', 'e', 'a', 'd'
+        require(not isinstance(self.trainable, str), "trainable", repr(self.trainable), "a list of module names")
         object.__setattr__(self, "trainable", tuple(self.trainable))
 
     def to_dict(self) -> dict:
@@ -184,7 +187,7 @@ class LoRAConfig:
             return cls(rank=d["rank"], alpha=d["alpha"],
                        targets=targets if isinstance(targets, str) else tuple(targets),
                        dropout=d.get("dropout", 0.0), rslora=d.get("rslora", False),
-                       trainable=tuple(d.get("trainable", ())))
+                       trainable=d.get("trainable", ()))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: invalid LoRA settings {d}: {e}") from e
 

@@ -502,6 +502,9 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "quant/qaft.py": ("tests/quant/test_mutants_quant.py", "tests/quant/test_quant_fake.py",
                       "tests/quant/test_quant_qaft.py", "tests/quant/test_quant_export.py",
                       "tests/quant/test_quant_formats.py"),
+    # test_lora.py's adapter reload starts a child process (about 9 s); peft is the referee of test_lora_peft.py
+    "minigpt2/lora.py": ("tests/minigpt2/test_mutants_lora.py", "tests/minigpt2/test_lora.py",
+                         "tests/minigpt2/test_lora_peft.py"),
     "minigpt2/checkpoint.py": ("tests/minigpt2/test_mutants_checkpoint.py", "tests/minigpt2/test_checkpoint.py",
                                "tests/minigpt2/test_download.py"),
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",

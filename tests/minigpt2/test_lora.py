@@ -104,7 +104,7 @@ def test_bad_settings_are_clear_errors():
         apply_lora(tiny(), LoRAConfig(4, 8, targets="mlp"))
     with pytest.raises(ValueError, match="rank 0: expected an integer >= 1"):
         apply_lora(tiny(), LoRAConfig(0, 8))
-    with pytest.raises(ValueError, match="alpha -1.0: expected a positive number"):
+    with pytest.raises(ValueError, match="alpha -1.0: expected a finite number > 0"):
         apply_lora(tiny(), LoRAConfig(4, -1.0))
     with pytest.raises(ValueError, match=r"dropout 1.0: expected a fraction in \[0, 1\)"):
         apply_lora(tiny(), LoRAConfig(4, 8, dropout=1.0))
