@@ -71,6 +71,8 @@ def test_nucleus_candidates_sort_everything_unless_every_row_is_held():
     assert probs[0].tolist() == sorted(HELD.tolist(), reverse=True) and probs[1].tolist() == [0.125] * 8
     probs, _ = nucleus_candidates(torch.stack([HELD, HELD]), 0.75, first_try=4)
     assert probs.shape == (2, 4)
+    probs, _ = nucleus_candidates(torch.stack([FLAT, FLAT]), 0.75, first_try=2)  # 2 rows, 2 tried: 1/4 < 3/4
+    assert probs.shape == (2, 8)
 
 
 def test_nucleus_candidates_first_try_beyond_the_vocabulary_and_its_default():
