@@ -143,6 +143,18 @@ def test_left_pad_puts_everything_on_the_devices_given():
     assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
 
 
+def check_seeded(sample):
+    """Every path draws from the generator given: the same seed, the same draws; another seed, others."""
+    logits = LOGITS[None].expand(2000, -1)
+    for kw in [dict(), dict(top_k=3), dict(top_p=0.9), dict(top_k=4, top_p=0.9), dict(top_k=5)]:
+        draws = [sample(logits, 1.0, generator=torch.Generator().manual_seed(s), **kw) for s in (3, 3, 4)]
+        assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2]), kw
+
+
+def test_plain_sampler_draws_from_the_generator_given():
+    check_seeded(sample_next)
+
+
 # --- generate, driven by a scripted stand-in model -------------------------------------------------------------
 
 V = 8
