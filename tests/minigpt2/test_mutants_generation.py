@@ -143,6 +143,20 @@ def test_left_pad_puts_everything_on_the_devices_given():
     assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
 
 
+def check_single_rows(sample):
+    """One row a call (a batch of 1): top-k 2 and top-p 0.76 keep their 2 and 3 tokens, at their masses."""
+    g = torch.Generator().manual_seed(5)
+    for kw, want in [(dict(top_k=2), {1: 2 / 3, 4: 1 / 3}),
+                     (dict(top_p=0.76), {1: 0.5 / 0.875, 4: 0.25 / 0.875, 2: 0.125 / 0.875})]:
+        draws = [sample(LOGITS[None], 1.0, generator=g, **kw).item() for _ in range(3000)]
+        assert set(draws) == set(want), kw
+        assert max(abs(draws.count(i) / 3000 - p) for i, p in want.items()) < 0.04, kw
+
+
+def test_plain_sampler_on_single_rows():
+    check_single_rows(sample_next)
+
+
 def check_seeded(sample):
     """Every path draws from the generator given: the same seed, the same draws; another seed, others."""
     logits = LOGITS[None].expand(2000, -1)

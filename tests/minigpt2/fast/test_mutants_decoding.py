@@ -14,7 +14,8 @@ from minigpt2.fast.decoding import Fp32CacheAttention, attend_in_cache_dtype, kv
 from minigpt2.fast.decoding import sample_next
 from minigpt2.model import GPT2, CausalSelfAttention
 from tests.minigpt2.test_mutants_generation import (CASES, check_case, check_greedy, check_one_row_shape,
-                                                    check_rows_apart, check_seeded, check_top_k_tie)
+                                                    check_rows_apart, check_seeded, check_single_rows,
+                                                    check_top_k_tie)
 
 
 @pytest.mark.parametrize("kw,want", CASES, ids=[str(kw) for kw, _ in CASES])
@@ -36,6 +37,10 @@ def test_fast_sampler_is_the_argmax_at_temperature_zero():
 
 def test_fast_sampler_gives_one_id_per_row_for_a_single_row():
     check_one_row_shape(sample_next)
+
+
+def test_fast_sampler_on_single_rows():
+    check_single_rows(sample_next)
 
 
 def test_fast_sampler_draws_from_the_generator_given():
