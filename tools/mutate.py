@@ -173,8 +173,8 @@ MUTANTS: list[Mutant] = [
     Mutant("gen-loop-first-position-logits", "minigpt2/generation.py", "model.lm_head(hidden[:, -1])",
            "model.lm_head(hidden[:, 0])", GENLOOP),
     Mutant("gen-loop-top-p-not-passed", "minigpt2/generation.py",
-           "sample(logits, temperature, top_k, top_p, generator)", "sample(logits, temperature, top_k, None, generator)",
-           GENLOOP),
+           "sample(logits, temperature, top_k, top_p, generator)",
+           "sample(logits, temperature, top_k, None, generator)", GENLOOP),
     # ---- statistics, reference rows, the perfect-sonnet check
     Mutant("stats-quantiles-90", "minigpt2/metrics.py",
            "lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])",
@@ -536,7 +536,8 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/generation.py": ("tests/minigpt2/test_mutants_generation.py", "tests/minigpt2/test_generate.py",
                                "tests/minigpt2/fast/test_generate_fast.py"),
     "minigpt2/fast/decoding.py": ("tests/minigpt2/fast/test_mutants_decoding.py",
-                                  "tests/minigpt2/fast/test_generate_fast.py", "tests/minigpt2/fast/test_decode_step.py"),
+                                  "tests/minigpt2/fast/test_generate_fast.py",
+                                  "tests/minigpt2/fast/test_decode_step.py"),
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
                              "tests/course/test_data_fetch.py"),
     # the held-out NLL's unit tests of test_measures.py and test_copying.py by name: their other tests fine-tune
@@ -581,7 +582,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # mutmut's "forkserver" isolation instead: stats and clean runs in forked children, each mutant forked from a server
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
-FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py"}
+FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py"}
 
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
