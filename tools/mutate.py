@@ -72,6 +72,7 @@ QUANT = ("tests/quant/test_mutants_quant.py",)
 DISTILL_SUMMARY = ("tests/distill/test_mutants_distill.py",)
 PINNED_FILES = ("tests/experiments/test_experiments.py", "tests/experiments/test_pinned_values.py")
 SWEEPS = ("tests/experiments/test_mutants_sweeps.py",)
+GENLOOP = ("tests/minigpt2/test_mutants_generation.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- the training loop
@@ -141,6 +142,39 @@ MUTANTS: list[Mutant] = [
            "probs = probs / probs.sum(dim=-1, keepdim=True)", "probs = probs", GEN),
     Mutant("gen-eos-ignored", "minigpt2/generation.py", "if t == eos_id or (stop is not None and stop(out[i])):",
            "if stop is not None and stop(out[i]):", GEN),
+    # ---- generate's loop (mutmut leaves the decorated `generate` alone): a scripted stand-in model records each call
+    Mutant("gen-loop-no-cap", "minigpt2/generation.py",
+           "max_new_tokens = min(max_new_tokens, model.config.n_positions - longest)", "pass", GENLOOP),
+    Mutant("gen-loop-full-prompt-allowed", "minigpt2/generation.py", "if max_new_tokens <= 0:",
+           "if max_new_tokens < 0:", GENLOOP),
+    Mutant("gen-loop-seed-zero-unseeded", "minigpt2/generation.py", "manual_seed(seed) if seed is not None else None",
+           "manual_seed(seed) if seed else None", GENLOOP),
+    Mutant("gen-loop-pad-one", "minigpt2/generation.py", "eos_id if eos_id is not None else 0",
+           "eos_id if eos_id is not None else 1", GENLOOP),
+    Mutant("gen-loop-no-mask-when-padded", "minigpt2/generation.py",
+           "padded = bool((mask[:, :longest] == 0).any())", "padded = False", GENLOOP),
+    Mutant("gen-loop-position-repeats", "minigpt2/generation.py", "next_pos = position_ids[:, -1:] + 1",
+           "next_pos = position_ids[:, -1:]", GENLOOP),
+    Mutant("gen-loop-mask-one-short", "minigpt2/generation.py", "attention_mask=mask[:, :longest + step + 1]",
+           "attention_mask=mask[:, :longest + step]", GENLOOP),
+    Mutant("gen-loop-stopped-row-grows", "minigpt2/generation.py", "if done[i]:\n                continue",
+           "if False:\n                continue", GENLOOP),
+    Mutant("gen-loop-stops-at-first-row", "minigpt2/generation.py", "if all(done) or", "if any(done) or", GENLOOP),
+    Mutant("gen-loop-extra-forward", "minigpt2/generation.py", "step == max_new_tokens - 1",
+           "step == max_new_tokens", GENLOOP),
+    Mutant("gen-loop-stop-sees-row-0", "minigpt2/generation.py", "stop(out[i])", "stop(out[0])", GENLOOP),
+    Mutant("gen-loop-leaves-eval-mode", "minigpt2/generation.py", "model.train(model_was_training)",
+           "model.train()", GENLOOP),
+    Mutant("gen-loop-own-sampler-ignored", "minigpt2/generation.py",
+           'sample = getattr(model, "sample_next", sample_next)', "sample = sample_next", GENLOOP),
+    Mutant("gen-loop-own-cache-dtype-ignored", "minigpt2/generation.py",
+           'cache_dtype = getattr(model, "kv_cache_dtype", model.wte.weight.dtype)',
+           "cache_dtype = model.wte.weight.dtype", GENLOOP),
+    Mutant("gen-loop-first-position-logits", "minigpt2/generation.py", "model.lm_head(hidden[:, -1])",
+           "model.lm_head(hidden[:, 0])", GENLOOP),
+    Mutant("gen-loop-top-p-not-passed", "minigpt2/generation.py",
+           "sample(logits, temperature, top_k, top_p, generator)",
+           "sample(logits, temperature, top_k, None, generator)", GENLOOP),
     # ---- statistics, reference rows, the perfect-sonnet check
     Mutant("stats-quantiles-90", "minigpt2/metrics.py",
            "lo, hi = np.quantile(scores, [(1 - confidence) / 2, (1 + confidence) / 2])",
@@ -507,6 +541,12 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                          "tests/minigpt2/test_lora_peft.py"),
     "minigpt2/checkpoint.py": ("tests/minigpt2/test_mutants_checkpoint.py", "tests/minigpt2/test_checkpoint.py",
                                "tests/minigpt2/test_download.py"),
+    # the sampler's hand-worked cases and the scripted generate loop, then the older files (the tiny model's runs)
+    "minigpt2/generation.py": ("tests/minigpt2/test_mutants_generation.py", "tests/minigpt2/test_generate.py",
+                               "tests/minigpt2/fast/test_generate_fast.py"),
+    "minigpt2/fast/decoding.py": ("tests/minigpt2/fast/test_mutants_decoding.py",
+                                  "tests/minigpt2/fast/test_generate_fast.py",
+                                  "tests/minigpt2/fast/test_decode_step.py"),
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
                              "tests/course/test_data_fetch.py"),
     # the held-out NLL's unit tests of test_measures.py and test_copying.py by name: their other tests fine-tune
@@ -551,7 +591,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # mutmut's "forkserver" isolation instead: stats and clean runs in forked children, each mutant forked from a server
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
-FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py"}
+FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py"}
 
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
