@@ -8,6 +8,7 @@ Written against mutmut's survivors (`python tools/mutate.py --auto app/generate.
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -358,3 +359,41 @@ def test_main_exits_130_on_ctrl_c_and_quietly_on_a_closed_pipe(monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli.main(["--model", "tiny", "--prompt", "x"])
     assert e.value.code == 0 and len(dups) == 1 and dups[0][1] == 41 and dups[0][0] >= 0
+
+
+def run_folder(folder, tokenizer_dir=None):
+    """A run folder's config.json (its typed settings) without weights, as a run stopped before its first epoch."""
+    from app.settings import PathSettings
+
+    settings = RunSettings(DataSettings(task="sonnet"), paths=PathSettings(tokenizer_dir=tokenizer_dir))
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"settings": settings.to_dict()}), encoding="utf-8")
+    return folder
+
+
+def test_a_run_folder_is_read_with_its_settings_and_one_without_weights_is_refused(tmp_path, monkeypatch, capsys):
+    from experiments.sweeps import TINY_DATA
+
+    folder = run_folder(tmp_path / "run", tokenizer_dir=str(TINY_DATA / "gpt2"))
+    assert error_of(capsys, "--model", str(folder), "--prompt", "x") == (
+        f"error: --model {folder}: run folder without weights (expected {folder}/best/model.safetensors or "
+        f"{folder}/best/adapter.safetensors); has the run finished an epoch?")
+    loaded = []
+    monkeypatch.setattr(cli, "load_run", lambda path, settings, config: loaded.append((path, settings)) or "model")
+    for offline in (False, True):
+        model, settings = cli.load_source(str(folder), offline)
+        assert model == "model" and loaded[-1] == (folder, settings) and settings.paths.offline is offline
+        assert settings.paths.tokenizer_dir == str(TINY_DATA / "gpt2") and settings.data.task == "sonnet"
+    # a checkpoint folder (model.safetensors beside config.json) is a model, not a run folder
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(cli, "load_model", lambda path: ("checkpoint", path))
+    assert cli.load_source(str(folder), False) == (("checkpoint", folder), None) and len(loaded) == 2
+    # the run's tokenizer folder is used when --tokenizer-dir is not given
+    real, dirs = cli.Tokenizer, []
+    monkeypatch.setattr(cli, "Tokenizer", lambda d=None: dirs.append(d) or real(d))
+    monkeypatch.setattr(cli, "load_source", lambda name, offline: (GPT2(GPT2Config.from_name("tiny")),
+                                                                   cli.RunSettings.from_dict(json.loads(
+                                                                       (folder / "config.json").read_text())["settings"])))
+    Stand(monkeypatch, " ok")
+    run_cli("--prompt", "x", "--seed", "0")
+    assert dirs == [str(TINY_DATA / "gpt2")]
