@@ -397,3 +397,28 @@ def test_a_run_folder_is_read_with_its_settings_and_one_without_weights_is_refus
     Stand(monkeypatch, " ok")
     run_cli("--prompt", "x", "--seed", "0")
     assert dirs == [str(TINY_DATA / "gpt2")]
+
+
+def test_a_fake_quantized_model_is_baked_before_bf16_or_fp16(monkeypatch):
+    import minigpt2.fast.prepack as prepack
+    from quant.config import QuantConfig
+    from quant.qaft import fake_quant_modules, quantize_model
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(cli.hardware, "cpu_native_bf16", lambda: True)
+    gpt = quantize_model(GPT2(GPT2Config.from_name("tiny")), QuantConfig(weight="int8"))
+    assert list(fake_quant_modules(gpt))
+    model = cli.inference_model(gpt, "bf16", cpu, plain=True)
+    assert not list(fake_quant_modules(model)) and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    if prepack.fp16_available():
+        gpt = quantize_model(GPT2(GPT2Config.from_name("tiny")), QuantConfig(weight="int8"))
+        cli.inference_model(gpt, "fp16", cpu)
+        assert not list(fake_quant_modules(gpt))
+
+
+def test_help_describes_the_command_in_one_paragraph(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Generate text from GPT-2 at the terminal, streamed token by token as it is sampled." in text
+    assert "Prompts:" not in text and "--model`: a preset" not in text
