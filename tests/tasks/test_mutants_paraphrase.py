@@ -12,6 +12,8 @@ import math
 import pytest
 import torch
 
+from course.files import COURSE_FILES
+from course.formats import label_format
 from course.readers import DataError
 from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
@@ -19,7 +21,7 @@ from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import get_task
 from tasks.base import Example
-from tasks.paraphrase import ANSWER_IDS, PROMPT, ClozeParaphrase, encode_pair
+from tasks.paraphrase import ANSWER_IDS, PROMPT, ClozeParaphrase, ParaphraseTask, encode_pair
 
 GPT2_BPE = TINY_DATA / "gpt2"
 QUESTION = '\nAre these questions asking the same thing?\n'
@@ -106,6 +108,8 @@ def test_a_long_pair_is_cut_a_few_tokens_at_a_time_to_the_longest_that_fits(tok)
     # exactly at the limit: nothing is cut
     assert encode_pair(tok, " x" * 10, " y" * 9, 40) == tok.encode(prompt(" x" * 10, " y" * 9))
     assert encode_pair(tok, " x" * 10, " y" * 9, 39) == tok.encode(prompt(" x" * 9, " y" * 9))
+    # 3 + 3 at most 22: 5 over, room 3 - 2 = 1 (23 tokens), 1 over, room 0: the empty questions (19 tokens)
+    assert encode_pair(tok, " x" * 3, " y" * 3, 22) == tok.encode(prompt("", ""))
     # the prompt with empty questions is 19 tokens ('""' is one token): 19 fits, 18 does not. 3 + 3 tokens (27)
     # at most 19: 8 over, room 3 - 4 -> empty, not -1 (t[:-1] would keep 2 tokens of each: 25 tokens, refused)
     assert encode_pair(tok, " x" * 3, " y" * 3, 19) == tok.encode(prompt("", "")) == encode_pair(tok, "", "", 19)
@@ -115,8 +119,12 @@ def test_a_long_pair_is_cut_a_few_tokens_at_a_time_to_the_longest_that_fits(tok)
         assert str(e.value) == "max_length 18 cannot hold the cloze prompt (19 tokens with empty questions)"
 
 
-def test_the_task_is_quora_scored_by_accuracy_with_the_cloze_as_its_model(tiny):
-    task = get_task("quora")
+def test_the_task_is_quora_scored_by_accuracy_with_the_cloze_as_its_model(tok, tiny):
+    task = ParaphraseTask()  # a fresh one: the registry's was made at import
+    assert task.format is label_format("quora") and task.files == COURSE_FILES["quora"]
+    assert task.files.split("dev") == "quora-dev.csv"
+    examples, _ = task.load(TINY_DATA / "tasks", "dev", tok, 128, limit=2)
+    assert len(examples) == 2 and {e.label for e in examples} <= {0, 1}
     assert (task.name, task.metric, task.has_head) == ("quora", "accuracy", False)
     assert type(task.build(tiny)) is ClozeParaphrase and task.build(tiny).gpt is tiny
     examples = [Example(str(i), [1], label) for i, label in enumerate([1, 0, 0, 1, 1])]
