@@ -422,3 +422,47 @@ def test_help_describes_the_command_in_one_paragraph(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Generate text from GPT-2 at the terminal, streamed token by token as it is sampled." in text
     assert "Prompts:" not in text and "--model`: a preset" not in text
+
+
+def test_run_passes_offline_the_precision_and_the_plain_switch(monkeypatch, capsys):
+    seen = []
+    real_source, real_model = cli.load_source, cli.inference_model
+    monkeypatch.setattr(cli, "load_source", lambda name, offline: seen.append(("offline", offline))
+                        or real_source(name, offline))
+    monkeypatch.setattr(cli, "inference_model", lambda gpt, precision, device, plain=False: seen.append(
+        (precision, device, plain)) or real_model(gpt, precision, device, plain))
+    Stand(monkeypatch, " a", " b", " c")
+    run_cli("--prompt", "x", "--seed", "0", "--offline")
+    run_cli("--prompt", "x", "--seed", "0", "--plain", "--device", "cpu")
+    run_cli("--prompt", "x", "--seed", "0", "--precision", "int8", "--device", "cpu")  # the CPU int8 decoder
+    cpu = torch.device("cpu")
+    assert seen == [("offline", True), ("fp32", cpu, False), ("offline", False), ("fp32", cpu, True),
+                    ("offline", False), ("int8", cpu, False)]
+
+
+def test_a_bf16_runs_default_precision_is_asked_of_the_device(monkeypatch, capsys):
+    settings = bf16_run(optim=TrainConfig(autocast="bf16"))
+    monkeypatch.setattr(cli, "load_source", lambda name, offline: (GPT2(GPT2Config.from_name("tiny")), settings))
+    monkeypatch.setattr(cli.hardware, "cpu_native_bf16", lambda: False)
+    Stand(monkeypatch, " a")
+    assert run_cli("--prompt", "x", "--seed", "0", "--device", "cpu")[0] == "x a\n"
+    assert capsys.readouterr().err == "note: the run trained in bf16, but this CPU has no native bf16: generating in fp32\n"
+
+
+def test_a_preset_is_resolved_with_the_offline_switch(monkeypatch, capsys):
+    asked = []
+
+    def resolve(name, offline):
+        asked.append((name, offline))
+        raise cli.GenerateError(f"{name} is not downloaded")
+    monkeypatch.setattr(cli, "resolve_model", resolve)
+    assert error_of(capsys, "--model", "gpt2", "--offline", "--prompt", "x") == "error: gpt2 is not downloaded"
+    assert error_of(capsys, "--model", "gpt2-medium", "--prompt", "x") == "error: gpt2-medium is not downloaded"
+    assert asked == [("gpt2", True), ("gpt2-medium", False)]
+
+
+def test_an_unknown_model_is_one_line():
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", "nowhere", "--prompt", "x"])
+    assert e.value.code == ("error: --model 'nowhere': expected an existing file or folder, or a downloadable preset "
+                            "(one of ['gpt2', 'gpt2-large', 'gpt2-medium', 'gpt2-xl'])")
