@@ -379,10 +379,12 @@ def test_a_run_folder_is_read_with_its_settings_and_one_without_weights_is_refus
         f"error: --model {folder}: run folder without weights (expected {folder}/best/model.safetensors or "
         f"{folder}/best/adapter.safetensors); has the run finished an epoch?")
     loaded = []
-    monkeypatch.setattr(cli, "load_run", lambda path, settings, config: loaded.append((path, settings)) or "model")
+    monkeypatch.setattr(cli, "load_run", lambda path, settings, config: loaded.append((path, settings, config))
+                        or "model")
+    config = json.loads((folder / "config.json").read_text())
     for offline in (False, True):
         model, settings = cli.load_source(str(folder), offline)
-        assert model == "model" and loaded[-1] == (folder, settings) and settings.paths.offline is offline
+        assert model == "model" and loaded[-1] == (folder, settings, config) and settings.paths.offline is offline
         assert settings.paths.tokenizer_dir == str(TINY_DATA / "gpt2") and settings.data.task == "sonnet"
     # a checkpoint folder (model.safetensors beside config.json) is a model, not a run folder
     (folder / "model.safetensors").write_bytes(b"")
