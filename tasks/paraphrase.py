@@ -58,8 +58,9 @@ def encode_pair(tok: Tokenizer, q1: str, q2: str, max_len: int) -> list[int]:
     t1, t2 = tok.encode(q1), tok.encode(q2)
     room = max(len(t1), len(t2))
     while len(ids) > max_len and room > 0:
-        # Cut the longer question first, a few tokens at a time; re-encoding can merge tokens at the cut.
-        room -= max(1, (len(ids) - max_len) // 2)
+        # Cut the longer question first, a few tokens at a time; re-encoding can merge tokens at the cut. Never
+        # below empty: a negative room would slice from the end (t[:-1]) and keep tokens.
+        room = max(0, room - max(1, (len(ids) - max_len) // 2))
         ids = tok.encode(PROMPT.format(q1=tok.decode(t1[:room]), q2=tok.decode(t2[:room])))
     if len(ids) > max_len:
         raise DataError(f"max_length {max_len} cannot hold the cloze prompt ({len(ids)} tokens with empty questions)")

@@ -473,6 +473,13 @@ PINNED = "tests/experiments/test_pinned_values.py"
 DISTILL_READERS = ("tests/distill/test_mutants_distill.py", "tests/distill/test_distill_generate.py",
                    "tests/distill/test_distill_hardening.py", "tests/distill/test_distill_synthetic.py",
                    "tests/distill/test_distill_check.py", PINNED)
+GENERATE_CLI_FAST = tuple(f"tests/app/test_generate_cli.py::test_{name}" for name in (
+    "tiny_is_the_same_random_model_every_time", "checkpoint_folder_and_file", "tokens_are_streamed_as_they_are_sampled",
+    "text_stream_holds_back_a_character_split_across_tokens", "seed_makes_samples_reproducible_and_num_samples_differ",
+    "prompt_file_and_stdin_hold_prompts_separated_by_blank_lines", "bad_flags", "bad_prompt_files",
+    "prompt_too_long_and_sonnet_prompt_too_long", "bf16_refused_where_the_cpu_lacks_it", "help_lists_every_flag",
+    "fp16_refused_on_the_plain_path_and_without_fbgemm"))
+
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/metrics.py": ("tests/minigpt2/test_mutants_metrics.py", "tests/contract/test_contract_stats.py", PINNED,
                             "tests/system/test_properties.py", *INTERVALS),
@@ -569,6 +576,11 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                           "without",
                           "tests/app/test_app_study.py::test_sonnet_split_pairs_read_the_true_test_sonnets",
                           "tests/experiments/test_mutants_aggregates.py"),
+    # the generate command: test_generate_cli.py's fast tests by name (the others fine-tune three runs first or start
+    # `python -m minigpt2.generate`: a minute a mutant); docs/testing.md, "The generate command and the Quora cloze"
+    "app/generate.py": ("tests/app/test_mutants_generate_cli.py", *GENERATE_CLI_FAST),
+    "tasks/paraphrase.py": ("tests/tasks/test_mutants_paraphrase.py", "tests/tasks/test_tasks.py",
+                            "tests/contract/test_contract_readers.py"),
 }
 
 
@@ -591,7 +603,8 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # mutmut's "forkserver" isolation instead: stats and clean runs in forked children, each mutant forked from a server
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
-FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py"}
+FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
+               "app/generate.py", "tasks/paraphrase.py"}
 
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later

@@ -43,6 +43,8 @@ def test_the_mutmut_table_asks_for_the_fork_server_only_when_told(mutate):
 @pytest.mark.parametrize("argv, served", [
     (["--auto", "experiments/runner.py"], True),  # in FORK_SERVER
     (["--auto", "tasks/sonnet.py"], True),  # in FORK_SERVER: its tests run torch in the stats pass
+    (["--auto", "app/generate.py"], True),  # in FORK_SERVER: the same
+    (["--auto", "tasks/paraphrase.py"], True),  # in FORK_SERVER: the same
     (["--auto", "minigpt2/metrics.py"], False),
     (["--auto", "minigpt2/metrics.py", "--fork-server"], True),
 ])
