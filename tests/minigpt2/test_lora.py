@@ -21,6 +21,7 @@ from minigpt2.checkpoint import CheckpointError, save_model
 from minigpt2.lora import (METADATA_KEY, LoRAConfig, LoRALinear, apply_lora, load_adapter, lora_modules,
                            lora_state_dict, mark_only_lora_trainable, merge_lora, save_adapter, unmerge_lora, without_lora)
 from tests import ROOT
+from tests.minigpt2.conftest import randomize_adapters
 
 IDS = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931], [40, 588, 11, 257, 3797, 13, 50256, 50256]])
 
@@ -28,15 +29,6 @@ IDS = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931], [40, 588, 
 def tiny(seed: int = 0, **overrides) -> GPT2:
     torch.manual_seed(seed)
     return GPT2(GPT2Config.from_name("tiny", **{"dropout": 0.0, **overrides})).eval()
-
-
-def randomize_adapters(model: nn.Module, seed: int = 1) -> None:
-    """Give every B a non-zero value so the adapters really change the model."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("lora_A", "lora_B")):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 # ------------------------------------------------------------------------------------------ parameter counts

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -25,6 +23,7 @@ from minigpt2.lora import (ADAPTER_FORMAT, METADATA_KEY, TARGET_PRESETS, LoRACon
                            LoraSettingsError, apply_lora, find_targets, load_adapter, lora_modules, lora_report,
                            lora_state_dict, mark_only_lora_trainable, merge_lora, read_adapter_config, save_adapter,
                            target_suffixes, unmerge_lora, without_lora)
+from tests.minigpt2.conftest import randomize_adapters
 
 C, FF = 3, 5  # the toy's width and MLP width: distinct, so an attention slip and an MLP slip count differently
 
@@ -70,14 +69,6 @@ class Toy(nn.Module):
 
 TOY_TOTAL = 193
 X = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
-
-
-def fill(model: nn.Module, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("lora_A", "lora_B")):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
 def lines_of(excinfo) -> str:
@@ -498,7 +489,7 @@ def test_merge_lora_of_a_model_gives_the_adapter_model_and_unmerge_gives_back_th
     model = Toy()
     plain = model(X)
     apply_lora(model, LoRAConfig(rank=2, alpha=3, targets="attn+mlp"))
-    fill(model)
+    randomize_adapters(model, scale=0.5)
     with torch.no_grad():
         adapted = model(X)
         assert (adapted - plain).abs().max() > 0.1
@@ -532,7 +523,7 @@ class Compiled(nn.Module):
 def saved(tmp_path: Path, **kw) -> tuple[Toy, Path]:
     model = Toy()
     apply_lora(model, LoRAConfig(**{"rank": 2, "alpha": 3, "targets": "attn", **kw}))
-    fill(model)
+    randomize_adapters(model, scale=0.5)
     return model, save_adapter(model, tmp_path / "a.safetensors")
 
 
@@ -540,7 +531,7 @@ def test_adapter_file_keys_and_metadata(tmp_path):
     model = Toy()
     model.head = nn.Linear(C, 2)
     apply_lora(model, LoRAConfig(rank=2, alpha=3, targets=["attn.value", "mlp.c_proj"], trainable=["head"]))
-    fill(model)
+    randomize_adapters(model, scale=0.5)
     path = save_adapter(Compiled(model), tmp_path / "sub" / "a.safetensors")
     assert path == tmp_path / "sub" / "a.safetensors"
     tensors = load_file(str(path))

@@ -18,28 +18,16 @@ from course.readers import DataError
 from experiments.sweeps import TINY_DATA
 from minigpt2.config import GPT2Config
 from minigpt2.model import GPT2
-from minigpt2.tokenizer import Tokenizer
 from tasks import get_task
 from tasks.base import Example
 from tasks.paraphrase import ANSWER_IDS, PROMPT, ClozeParaphrase, ParaphraseTask, encode_pair
+from tests.tasks.conftest import GPT2_BPE
 
-GPT2_BPE = TINY_DATA / "gpt2"
 QUESTION = '\nAre these questions asking the same thing?\n'
 
 
 def prompt(q1: str, q2: str) -> str:
     return 'Question 1: "' + q1 + '"\nQuestion 2: "' + q2 + '"' + QUESTION
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer(GPT2_BPE)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> GPT2:
-    torch.manual_seed(0)
-    return GPT2(GPT2Config.from_name("tiny", dropout=0.0)).eval()
 
 
 def test_the_prompt_is_the_documented_text(tok):

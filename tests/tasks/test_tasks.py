@@ -15,11 +15,8 @@ from course.formats import FORMATS, label_format, read_generated, write_sonnets
 from course.readers import DataError, MissingDataError, clean_text, read_sonnets, read_table, require_files
 from course.sonnets import parse_sonnets
 from experiments.sweeps import TINY_DATA
-from minigpt2.config import GPT2Config
 from minigpt2.generation import Sampling
 from minigpt2.metrics import accuracy, bootstrap_interval, chrf
-from minigpt2.model import GPT2
-from minigpt2.tokenizer import Tokenizer
 from tasks import TASKS, collate, get_task
 from tasks.base import ClassificationTask, GenerativeTask, PredictSettings
 from tasks.paraphrase import ANSWER_IDS, encode_pair
@@ -28,18 +25,6 @@ from tasks.sonnet import finish_sonnet, sonnet_stop
 read_para, read_sentiment = label_format("quora").read_predictions, label_format("sst").read_predictions
 
 FIX = TINY_DATA / "tasks"
-GPT2_BPE = TINY_DATA / "gpt2"
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer(GPT2_BPE)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> GPT2:
-    torch.manual_seed(0)
-    return GPT2(GPT2Config.from_name("tiny", dropout=0.0)).eval()
 
 
 # ------------------------------------------------------------------------------------------------ readers
