@@ -334,3 +334,14 @@ def test_parse_jsonl_numbers_lines_and_tells_a_cut_off_last_line():
     with pytest.raises(jsonl.JsonLineError) as cut:
         jsonl.parse_jsonl('{"a": 1}\n{"a": ')  # no newline after it: an interrupted writer's tail
     assert (cut.value.lineno, cut.value.cut_off) == (2, True)
+
+
+def test_fetch_into_a_cache_it_cannot_write_is_one_error_line_and_exit_1(hub, tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("MINIGPT2_CACHE", str(blocked))  # the download cache runs through a file
+    assert main(["fetch", "--task", "cfimdb", "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # the hub client logs warnings too
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {blocked}/")
+    assert "(Not a directory)" in errors[0] and "cannot reach" not in err and not (tmp_path / "data").exists()
