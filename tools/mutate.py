@@ -565,6 +565,7 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                   "tests/minigpt2/fast/test_decode_step.py"),
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
                              "tests/course/test_data_fetch.py"),
+    "minigpt2/tokenizer.py": ("tests/minigpt2/test_tokenizer.py",),
     # the held-out NLL's unit tests of test_measures.py and test_copying.py by name: their other tests fine-tune
     # or run a sweep (minutes a mutant); docs/testing.md, "The sonnet task and the course's file formats"
     "tasks/sonnet.py": ("tests/tasks/test_mutants_sonnet.py", "tests/tasks/test_tasks.py",

@@ -61,3 +61,40 @@ def test_offline_without_files_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", no_network)
     with pytest.raises(TokenizerUnavailable, match=r"MINIGPT2_TOKENIZER_DIR=/that/folder"):
         Tokenizer()
+
+
+def test_online_asks_tiktoken_for_gpt2(monkeypatch):
+    """Without a folder, the encoding is tiktoken's own "gpt2" (the name it downloads and caches under)."""
+    monkeypatch.delenv(tok.ENV_VAR, raising=False)
+    asked = []
+    local = tok.get_encoding(BPE_DIR)
+
+    def fake_get_encoding(name):
+        asked.append(name)
+        return local
+
+    monkeypatch.setattr(tiktoken, "get_encoding", fake_get_encoding)
+    assert Tokenizer().encode("Hello world") == [15496, 995]
+    assert asked == ["gpt2"]
+
+
+def test_offline_error_is_one_line_naming_the_failure(monkeypatch):
+    monkeypatch.delenv(tok.ENV_VAR, raising=False)
+
+    def no_network(name):
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+    with pytest.raises(TokenizerUnavailable) as err:
+        Tokenizer()
+    assert str(err.value) == (
+        "could not load GPT-2's tokenizer: tiktoken failed to download it (ConnectionError: Failed to resolve "
+        "'openaipublic.blob.core.windows.net'). Offline, put encoder.json and vocab.bpe in a folder and set "
+        "MINIGPT2_TOKENIZER_DIR=/that/folder (or set tokenizer_dir to it).")
+
+
+def test_batch_encoding_is_each_text_encoded_and_end_of_text_stays_text():
+    t = Tokenizer(BPE_DIR)
+    texts = ["Hello world", "", "yes<|endoftext|>no"]
+    assert t.encode_batch(texts) == [[15496, 995], [], t.encode("yes<|endoftext|>no")]
+    assert 50256 not in t.encode_batch(texts)[2]
