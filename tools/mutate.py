@@ -566,6 +566,9 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
                              "tests/course/test_data_fetch.py"),
     "minigpt2/tokenizer.py": ("tests/minigpt2/test_tokenizer.py",),
+    "course/readers.py": ("tests/course/test_mutants_readers.py", "tests/contract/test_contract_readers.py",
+                          "tests/tasks/test_tasks.py", "tests/course/test_mutants_formats.py"),
+    "course/convert.py": ("tests/course/test_mutants_convert.py", "tests/course/test_data_fetch.py"),
     # the held-out NLL's unit tests of test_measures.py and test_copying.py by name: their other tests fine-tune
     # or run a sweep (minutes a mutant); docs/testing.md, "The sonnet task and the course's file formats"
     "tasks/sonnet.py": ("tests/tasks/test_mutants_sonnet.py", "tests/tasks/test_tasks.py",
