@@ -325,8 +325,9 @@ def test_each_rank_takes_its_share_of_batches_syncs_on_the_last_of_a_group_and_r
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_the_forward_runs_under_the_autocast_dtype_given(clock, dtype):
     module = Timed(clock)
-    train(module, examples(), collate, TrainConfig(progress=False, epochs=1, batch_size=4),
-          evaluate=lambda m: {"acc": 0.0}, metric="acc", autocast_dtype=dtype)
+    metrics = train(module, examples(), collate, TrainConfig(progress=False, epochs=1, batch_size=4),
+                    evaluate=lambda m: {"acc": 0.0}, metric="acc", autocast_dtype=dtype)
+    assert metrics["autocast_used"] == ("off" if dtype is None else "bf16")
     assert len(module.autocast) == 6
     assert all(on == (dtype is not None) and (d == dtype or dtype is None) for on, d in module.autocast)
 
@@ -460,6 +461,7 @@ def test_a_resumed_run_adds_the_saved_wall_time_and_rank_one_draws_its_own_numbe
 
     start, metrics, draw, py = restored(0)
     assert start == (2, 12.0) and metrics["resumed_from_epoch"] == 1 and metrics["epochs"] == trainer["history"]
+    assert metrics["best"] == trainer["best"]
     torch.set_rng_state(tensors["rng.torch"])
     assert torch.equal(draw, torch.rand(3))
     start, _, draw, py = restored(1)
@@ -467,10 +469,12 @@ def test_a_resumed_run_adds_the_saved_wall_time_and_rank_one_draws_its_own_numbe
     assert torch.equal(draw, torch.rand(3, generator=torch.Generator().manual_seed(5 + 1 + 1000)))
     assert py == random.Random(5 + 1 + 1000).random()
 
+    walls = []
     resumed = train(Timed(clock), examples(), collate, TrainConfig(progress=False, epochs=2, batch_size=4, lr=0.05,
                                                                    seed=5),
-                    evaluate=lambda m: {"acc": 0.5}, metric="acc", resume_from=folder)
-    assert resumed["wall_s"] == 24.0 and [r["epoch"] for r in resumed["epochs"]] == [1, 2]
+                    evaluate=lambda m: {"acc": 0.5}, metric="acc", resume_from=folder,
+                    callbacks=[lambda end: walls.append(end.metrics["wall_s"])])
+    assert resumed["wall_s"] == 24.0 and walls == [24.0] and [r["epoch"] for r in resumed["epochs"]] == [1, 2]
     capsys.readouterr()
     for rank, said in ((0, f"resume: no saved state in {tmp_path}; starting from epoch 1\n"), (1, "")):
         module = Toy()
@@ -522,3 +526,61 @@ def test_each_micro_batch_goes_to_the_process_device(monkeypatch):
     loss = tr.forward_backward(loop, examples()[:3], 2, True)
     assert seen == [{"input_ids": "meta", "attention_mask": "meta", "labels": "meta"}]
     assert loss.device.type == "meta" and module.lin.weight.grad.device.type == "meta"
+
+
+def test_every_setting_has_its_help_text_for_the_command_line():
+    from dataclasses import fields
+
+    meta = {f.name: dict(f.metadata) for f in fields(TrainConfig)}
+    assert meta["lr"] == {"help": "peak learning rate"}
+    assert meta["compile"] == {"help": "torch.compile the model for training", "role": "runs"}
+    assert meta["schedule"] == {"help": "LR decay after warmup", "choices": ("linear", "cosine", "constant")}
+    assert meta["bucket"] == {}
+
+
+class Moved(Toy):
+    """Records where `train` moves it (and moves nowhere but the CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moved_to: list = []
+
+    def to(self, *args, **kwargs):
+        self.moved_to.append(args[0] if args else kwargs.get("device"))
+        return self
+
+
+def test_train_moves_the_module_to_the_process_device():
+    module = Moved()
+    train(module, examples(), collate, TrainConfig(progress=False, epochs=1, batch_size=4),
+          evaluate=lambda m: {"acc": 0.0}, metric="acc")
+    assert module.moved_to == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_of_two_wraps_in_ddp_waits_at_each_epoch_end_and_reports_the_checksums(monkeypatch, tmp_path, rank):
+    """Two processes, the process group stubbed: the module wrapped once in DDP (no device ids on CPU), a barrier
+    after every epoch, the trainable weights' checksums of every rank in the metrics, and a resumed rank 1 reseeded
+    from the run's settings."""
+    made, barriers, sums = [], [], []
+
+    class DDP(FakeDDP):
+        def __init__(self, module, device_ids="unset"):
+            super().__init__(module)
+            made.append((module, device_ids))
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: barriers.append(1))
+    monkeypatch.setattr(tr, "all_reduce_sum", lambda v, d: v)
+    monkeypatch.setattr(tr, "param_checksums", lambda module, d: sums.append((module, d)) or [1.5, 1.5])
+    folder = tmp_path / "last"
+    cfg = dict(progress=False, epochs=3, batch_size=4, lr=0.05, seed=5)
+    train(Toy(), examples(), collate, TrainConfig(stop_after_epoch=1, **cfg), evaluate=lambda m: {"acc": 0.5},
+          metric="acc", callbacks=[keep_resume_state(folder)])  # one process: no DDP, no barrier, no checksums
+    assert made == barriers == sums == []
+    module, d, ends = Toy(), Dist(rank=rank, world=2), []
+    metrics = train(module, examples(), collate, TrainConfig(**cfg), evaluate=lambda m: {"acc": 0.5}, metric="acc",
+                    d=d, resume_from=folder, callbacks=[ends.append])
+    assert made == [(module, None)] and len(barriers) == 2 and sums == [(module, d)]
+    assert metrics["param_checksums"] == [1.5, 1.5] and metrics["world_size"] == 2
+    assert [e.epoch for e in ends] == ([2, 3] if rank == 0 else [])  # rank 0 alone evaluates and saves
