@@ -197,3 +197,40 @@ def test_no_gradient_product_where_no_gradient_is_wanted(monkeypatch, want):
         got = chunked_lm_loss(hidden.clone().requires_grad_(), weight.clone().requires_grad_(), targets, chunk_rows=6)
     assert products == logits
     torch.testing.assert_close(got.double(), reference(hidden, weight, targets)[0], rtol=1e-6, atol=0)
+
+
+def test_a_chunk_of_more_rows_than_the_vocabulary_has_words_counts_every_row():
+    # 70 rows in one chunk of a 13-word vocabulary: the chunk's statistics go 32 rows at a time over all 70
+    hidden, weight, targets = inputs(n=70, v=13)
+    close(chunked(hidden, weight, targets, chunk_rows=64), reference(hidden, weight, targets))
+    close(chunked(hidden, weight, targets, chunk_rows=70), reference(hidden, weight, targets))
+
+
+def test_the_weight_error_names_the_hidden_width_of_a_batch():
+    with pytest.raises(ValueError) as e:
+        chunked_lm_loss(torch.zeros(2, 4, 8), torch.zeros(10, 6), torch.zeros(2, 4, dtype=torch.long))
+    assert str(e.value) == "chunked_lm_loss: weight (10, 6) must be (V, C) with C = 8"
+
+
+def test_the_loss_is_summed_in_fp32_whatever_torchs_default_dtype():
+    hidden, weight, targets = inputs()
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = chunked(hidden, weight, targets, chunk_rows=8)
+    finally:
+        torch.set_default_dtype(before)
+    close(got, reference(hidden, weight, targets))
+
+
+def test_a_bf16_model_without_autocast_takes_its_logits_in_bf16_and_its_gradients_in_fp32(monkeypatch):
+    hidden, weight, targets = inputs(n=20, v=64)
+    seen = []
+    real_matmul, real_mm = torch.Tensor.__matmul__, torch.mm
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append((a.dtype, b.dtype)) or real_matmul(a, b))
+    monkeypatch.setattr(torch, "mm", lambda a, b, **kw: seen.append((a.dtype, b.dtype)) or real_mm(a, b, **kw))
+    h, w = hidden.bfloat16().requires_grad_(), weight.bfloat16().requires_grad_()
+    chunked_lm_loss(h, w, targets, chunk_rows=20).backward()
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert seen == [(bf16, bf16), (fp32, fp32), (fp32, fp32)]  # logits; then dh and dW from fp32 copies
+    assert h.grad.dtype == bf16 and w.grad.dtype == bf16
