@@ -1,8 +1,8 @@
 """The chunked LM loss pinned where one-line slips give other output (found by `tools/mutate.py --auto
 minigpt2/fast/chunked_loss.py`; docs/testing.md, "Automated mutants"): every value and gradient against
-`torch.nn.functional.cross_entropy` on the full logits in fp64 (the chunked loss sums in fp32), on the inputs a slip would
-show on: one kept row, every row ignored, logits far from 0, only one of the two inputs trainable; the error lines
-in full; the chunk size taken from `CHUNK_ELEMENTS`; and no gradient product where no gradient is wanted.
+`torch.nn.functional.cross_entropy` on the full logits in fp64 (the chunked loss sums in fp32), on the inputs a
+slip would show on: one kept row, every row ignored, logits far from 0, only one of the two inputs trainable; the
+error lines in full; the chunk size taken from `CHUNK_ELEMENTS`; and no gradient product where no gradient is wanted.
 """
 from __future__ import annotations
 
