@@ -489,6 +489,15 @@ GENERATE_CLI_FAST = tuple(f"tests/app/test_generate_cli.py::test_{name}" for nam
     "prompt_too_long_and_sonnet_prompt_too_long", "bf16_refused_where_the_cpu_lacks_it", "help_lists_every_flag",
     "fp16_refused_on_the_plain_path_and_without_fbgemm"))
 
+# the training loop: test_train.py's in-process tests by name (its two torchrun tests start child processes, which
+# mutmut never records, at a minute a mutant); docs/testing.md, "The training loop and the LM loss"
+TRAIN_FAST = tuple(f"tests/minigpt2/test_train.py::test_{name}" for name in (
+    "bucketed_batches_cover_every_example_once_and_group_similar_lengths", "lr_schedule_warmup_then_decay",
+    "weight_decay_only_on_matrices", "overfitting_a_handful_of_examples_drives_the_loss_near_zero",
+    "gradient_accumulation_equals_one_big_batch"))
+LM_LOSS = ("tests/minigpt2/fast/test_mutants_chunked_loss.py", "tests/minigpt2/test_losses.py",
+           "tests/minigpt2/fast/test_contract_fast.py")
+
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/metrics.py": ("tests/minigpt2/test_mutants_metrics.py", "tests/contract/test_contract_stats.py", PINNED,
                             "tests/system/test_properties.py", *INTERVALS),
@@ -594,6 +603,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "app/generate.py": ("tests/app/test_mutants_generate_cli.py", *GENERATE_CLI_FAST),
     "tasks/paraphrase.py": ("tests/tasks/test_mutants_paraphrase.py", "tests/tasks/test_tasks.py",
                             "tests/contract/test_contract_readers.py"),
+    "minigpt2/train.py": ("tests/minigpt2/test_mutants_train.py", "tests/contract/test_contract_train.py",
+                          *TRAIN_FAST),
+    "minigpt2/fast/chunked_loss.py": LM_LOSS,
+    "minigpt2/losses.py": LM_LOSS,
 }
 
 
