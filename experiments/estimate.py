@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import json
 import math
 import os
 import statistics
@@ -19,9 +20,12 @@ import torch
 
 from app.settings import SyntheticSettings
 from distill.summary import STUDY_PERFECT_RATES, requests_needed, teacher_rates
-from minigpt2.config import GPT2Config
-from tasks.base import GenerativeTask  # app.settings imports tasks already
+from minigpt2.config import PRESETS, GPT2Config
+from minigpt2.errors import UserError
+from tasks import get_task  # app.settings imports tasks already
+from tasks.base import GenerativeTask
 
+from .runner import data_folder
 from .sweeps import Run
 
 if TYPE_CHECKING:
@@ -118,10 +122,6 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, th
 def model_config(model: str) -> GPT2Config:
     """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
     GPT-2 124M's when neither can be read (such a run fails its preconditions anyway)."""
-    import json
-
-    from minigpt2.config import PRESETS
-
     if model in PRESETS:
         return GPT2Config.from_name(model)
     path = Path(model)
@@ -155,7 +155,6 @@ def _counts(task_name: str, folder: str, tokenizer_dir: str | None, max_len: int
             split: str, synthetic: SyntheticSettings | None = None) -> SplitCounts:
     from app.synthetic import synthetic_texts
     from minigpt2.tokenizer import Tokenizer
-    from tasks import get_task
 
     task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
     examples, _ = task.load(Path(folder), split, tok, max_len, limit, extra_texts=synthetic_texts(synthetic),
@@ -228,10 +227,6 @@ class Workload:
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """One run's training, evaluation and sonnet generation in tokens, and its process start-ups. Raises OSError,
     ValueError or a UserError when its data cannot be read."""
-    from tasks import get_task
-
-    from .runner import data_folder
-
     s = run.settings
     task = get_task(s.data.task)
     n, layers = n_params(s.model.model)
@@ -434,8 +429,6 @@ def price(w: Workload, rates: Rates) -> Cost:
 
 def sweep_cost(runs: Sequence[Run], rates: Rates, isolation: str = "subprocess") -> Cost:
     """The summed cost of a sweep's runs; runs whose data cannot be read are listed in `unknown`."""
-    from minigpt2.errors import UserError
-
     total = Cost()
     for run in runs:
         try:

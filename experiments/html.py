@@ -19,7 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from course.formats import read_generated
+
 from .report import UNKNOWN_CODE, check_scored_files, code_label, code_summary
+from .stats import run_data_folder, sonnet_references
 from .sweeps import SWEEPS, SweepOptions
 
 SAMPLE_SONNETS = 3
@@ -223,10 +226,6 @@ def sonnet_run(out: Path) -> Path | None:
 
 def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     """Up to `n` generated dev sonnets of a run beside the true ones."""
-    from course.formats import read_generated
-
-    from .stats import run_data_folder, sonnet_references
-
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     check_scored_files(run_dir, metrics)  # shown only as the run scored them
     generated = read_generated(run_dir / metrics["dev_predictions"])[:n]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from app.runfolder import saved_settings
-from course.formats import label_format
+from app.cli import flat
+from course.formats import FORMATS, label_format
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
@@ -117,8 +118,6 @@ def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
 def reference_path(run_dir: Path, entry: dict[str, Any]) -> Path:
     """Where a recorded reference file is now (`app.runfolder.references_sha256`): that very file, or the task's
     file of that split in the run's data folder as the report reads it (`stats.run_data_folder`)."""
-    from course.formats import FORMATS
-
     if entry.get("exact") or entry.get("task") not in FORMATS:
         return Path(entry["file"])
     folder = run_data_folder(run_dir)
@@ -198,8 +197,6 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             ) -> Row:
     """One CSV row: the run's knobs (read from its settings by the sweep's declaration), status, dev score with its
     bootstrap interval, the declared figures, and every finetune setting by flag name (`arg_*`)."""
-    from app.cli import flat
-
     run = sweep.runs[run_index]
     run_dir = root / run.name
     row: Row = {"sweep": sweep.name, "run": run.name, **sweep.knob_values(run)}

@@ -22,6 +22,7 @@ from app.runfolder import saved_settings
 from course.formats import SONNETS, label_format
 from course.readers import data_dir
 from minigpt2.metrics import McNemar, mcnemar, sign_flip_p, studentized_interval
+from tasks import get_task
 
 SAMPLES = 1000
 
@@ -192,8 +193,6 @@ def paired_difference(a: ExampleScores, b: ExampleScores, samples: int = SAMPLES
 def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = None) -> ExampleScores | None:
     """A finished run's per-example figures on `split`: its task metric (default) or "nll", the held-out
     likelihood recorded in metrics.json; None where the split has no references."""
-    from tasks import get_task
-
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     if metric == "nll":
