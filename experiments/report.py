@@ -21,7 +21,7 @@ from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
 
 from . import plots, tables
-from .metrics import Row, copying_measures, figures, group_seeds, measures
+from .metrics import COPYING_METRICS, Row, figures, group_seeds, measures
 from .references import majority_reference
 from .runner import is_finished, read_metrics
 from .stats import SAMPLES, run_data_folder, run_interval, zero_shot_scores
@@ -221,7 +221,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
                 row["data_missing"] = str(folder)
         row.update(_test_score(run_dir, metrics, samples))
         row.update(measures(metrics))
-        row.update(copying_measures(metrics))
+        row.update(measures(metrics, COPYING_METRICS))
         row.update({name: EXTRAS[name](run_dir, metrics) for name in sweep.extras})
         for ev in run.evaluations:  # zero-shot checks: the accuracy, and its interval from the same file
             row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if (run_dir / ev.output).is_file() else None
