@@ -230,11 +230,9 @@ def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     check_scored_files(run_dir, metrics)  # shown only as the run scored them
     generated = read_generated(run_dir / metrics["dev_predictions"])[:n]
     truths = sonnet_references(run_data_folder(run_dir), "dev") or {}
-    pairs = []
-    for s in generated:
-        true = truths.get(s.number)
-        pairs.append('<div class="pair">' + sonnet_html(s.text, f"generated, sonnet {s.number}")
-                     + (sonnet_html(true, f"true sonnet {s.number}") if true else "") + "</div>")
+    pairs = ['<div class="pair">' + sonnet_html(s.text, f"generated, sonnet {s.number}")
+             + (sonnet_html(truths[s.number], f"true sonnet {s.number}") if truths.get(s.number) else "") + "</div>"
+             for s in generated]
     return (f'<p class="note">Run <code>{html.escape(str(run_dir))}</code>, dev prompts (the first 3 lines are '
             'the prompt). Letters give the rhyme scheme; red lines are in a pair that does not rhyme; the end word '
             'of each line is underlined.</p>' + "\n".join(pairs))

@@ -249,9 +249,7 @@ def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     """All rows; the columns are the union of the rows' keys, in first-seen order."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -174,9 +174,8 @@ def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) 
 
 
 def _reference_row(rule: Callable[[Row, Row], bool], arm: Row, rows: Sequence[Row]) -> Row | None:
-    found = [r for r in rows if r is not arm and r["status"] == "done" and r.get("seed") == arm.get("seed")
-             and rule(r, arm)]
-    return found[0] if found else None
+    return next((r for r in rows if r is not arm and r["status"] == "done" and r.get("seed") == arm.get("seed")
+                 and rule(r, arm)), None)
 
 
 def _difference(pairs: Sequence[tuple[Row, Row]], scores: Callable[[Row], ExampleScores | None], digits: int,
