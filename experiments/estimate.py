@@ -27,6 +27,7 @@ from tasks.base import GenerativeTask
 
 from .runner import data_folder
 from .sweeps import Run
+from .tables import pipe_table
 
 if TYPE_CHECKING:
     from app.settings import RunSettings
@@ -577,10 +578,10 @@ def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str]
 def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates) -> str:
     """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), a last row "all" in bold. Runs that could
     not be counted are said so in their row, and the first reason under the table: the figures are then too low."""
-    head = ("| sweep | runs | training tokens (all epochs) | training FLOP | evaluation + generation tokens | "
-            f"CPU ({rates.source.split(':')[0]}, {rates.device}) | GPU FLOP-bound | GPU launch-bound | "
-            "GPU with start-ups | Gemini |")
-    out = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    heads = ["sweep", "runs", "training tokens (all epochs)", "training FLOP", "evaluation + generation tokens",
+             f"CPU ({rates.source.split(':')[0]}, {rates.device})", "GPU FLOP-bound", "GPU launch-bound",
+             "GPU with start-ups", "Gemini"]
+    lines = []
     for i, (name, c, usd) in enumerate(rows):
         bold = (lambda x: f"**{x}**") if i == len(rows) - 1 and name == "all" else (lambda x: x)
         runs = f"{c.runs} ({len(c.unknown)} not counted)" if c.unknown else f"{c.runs}"
@@ -588,8 +589,7 @@ def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates) -> str
                  f"{c.eval_tokens + c.prefill_tokens + c.decoded_tokens:,}", format_hours(c.cpu_s),
                  format_hours(sum(c.gpu_flop_s)), format_hours(sum(c.gpu_launch_s)), format_hours(c.gpu_s),
                  f"${usd:.2f}" if usd else "—"]
-        out.append("| " + " | ".join(bold(x) for x in cells) + " |")
+        lines.append([bold(x) for x in cells])
     missing = [u for name, c, _ in rows if name != "all" for u in c.unknown]
-    if missing:
-        out.append(f"\n{len(missing)} run(s) not counted, their cost missing from the figures: {missing[0]}")
-    return "\n".join(out) + "\n"
+    return pipe_table(heads, lines) + (f"\n{len(missing)} run(s) not counted, their cost missing from the figures: "
+                                       f"{missing[0]}\n" if missing else "")
