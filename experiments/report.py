@@ -241,7 +241,6 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
 
 def collect(sweep: Sweep, root: str | Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
             ) -> list[Row]:
-    """Rows of every run of the sweep, in sweep order."""
     return [run_row(sweep, i, Path(root), samples, failed) for i in range(len(sweep.runs))]
 
 
