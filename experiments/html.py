@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from course.formats import read_generated
+from course.formats import SONNETS, read_generated
 
 from .report import UNKNOWN_CODE, check_scored_files, code_label, code_summary
-from .stats import run_data_folder, sonnet_references
+from .stats import run_data_folder
 from .sweeps import SWEEPS, SweepOptions
 
 SAMPLE_SONNETS = 3
@@ -229,7 +229,7 @@ def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     check_scored_files(run_dir, metrics)  # shown only as the run scored them
     generated = read_generated(run_dir / metrics["dev_predictions"])[:n]
-    truths = sonnet_references(run_data_folder(run_dir), "dev") or {}
+    truths = SONNETS.split_references(run_data_folder(run_dir), "dev") or {}
     pairs = ['<div class="pair">' + sonnet_html(s.text, f"generated, sonnet {s.number}")
              + (sonnet_html(truths[s.number], f"true sonnet {s.number}") if truths.get(s.number) else "") + "</div>"
              for s in generated]

@@ -19,7 +19,7 @@ import numpy as np
 from sacrebleu.metrics import CHRF
 
 from app.runfolder import saved_settings
-from course.formats import SONNETS, label_format
+from course.formats import label_format
 from course.readers import data_dir
 from minigpt2.metrics import McNemar, mcnemar, sign_flip_p, studentized_interval
 from tasks import get_task
@@ -126,11 +126,6 @@ def run_data_folder(run_dir: str | Path) -> Path:
     if recorded and (Path(recorded).is_dir() or not os.environ.get("MINIGPT2_DATA_DIR")):
         return Path(recorded)
     return data_dir(None)
-
-
-def sonnet_references(folder: Path, split: str) -> dict[int, str] | None:
-    """number -> true sonnet of the dev or test prompts (None when the test sonnets are absent)."""
-    return SONNETS.split_references(folder, split)
 
 
 def run_interval(run_dir: str | Path, samples: int = SAMPLES, seed: int = 0, split: str = "dev"
