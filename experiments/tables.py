@@ -57,7 +57,7 @@ def sweep_tables(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], sampl
     evaluation = next((ev for run in sweep.runs for ev in run.evaluations), None)
     if evaluation and sweep.references:
         text += zero_shot_block(rows, sweep.references[0], evaluation.output, samples)
-    return text + teacher_block(sweep, rows, samples)
+    return text + teacher_block(sweep, rows)
 
 
 def markdown_table(sweep: Sweep, points: Sequence[Row]) -> str:
@@ -235,7 +235,7 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
     return out
 
 
-def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+def teacher_block(sweep: Sweep, rows: Sequence[Row]) -> list[str]:
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
     for settings in (run.settings for run in sweep.runs):
