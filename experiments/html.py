@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import itertools
 import json
 import math
 import os
@@ -75,24 +76,18 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def markdown_to_html(text: str) -> str:
     """The reports' markdown (headings, paragraphs, pipe tables) as HTML; headings drop one level."""
     parts: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
+    for is_table, lines in itertools.groupby(text.splitlines(), key=lambda line: line.startswith("|")):
+        if is_table:
+            block = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
             parts.append(_table(block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]))
             continue
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
-            parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip():
-            cls = "note warning" if line.startswith("**Warning") else "note"
-            parts.append(f'<p class="{cls}">{_inline(line)}</p>')
-        i += 1
+        for line in lines:
+            if line.startswith("#"):
+                level = min(len(line) - len(line.lstrip("#")) + 1, 4)
+                parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+            elif line.strip():
+                cls = "note warning" if line.startswith("**Warning") else "note"
+                parts.append(f'<p class="{cls}">{_inline(line)}</p>')
     return "\n".join(parts)
 
 
