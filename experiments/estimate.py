@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from app.settings import SyntheticSettings
-from distill.summary import STUDY_PERFECT_RATES, requests_needed, teacher_rates
+from distill.summary import requests_needed, teacher_rates
 from minigpt2.config import PRESETS, GPT2Config
 from minigpt2.errors import UserError
 from tasks import get_task  # app.settings imports tasks already
@@ -41,7 +41,6 @@ PROBE_WARMUP, PROBE_STEPS, PROBE_SPREAD_WARN = 1, 5, 1.5
 GEMINI_ASSUMPTIONS: dict[str, Any] = {
     "prompt": 100, "output": 250,
     "thinking": {"gemini-2.5-flash-lite": 0, "gemini-2.5-flash": 1000, "gemini-2.5-pro": 1500},
-    "perfect_rate": STUDY_PERFECT_RATES,
 }
 # One GPU on paper: kernel launches (per layer, outside the layers) of a training step, a forward batch and a
 # decode step, each ~10 us when the GPU waits on the host.
