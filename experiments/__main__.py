@@ -138,9 +138,7 @@ def attach_values(argv: list[str]) -> list[str]:
 
 
 def check_settings(args: ExperimentArgs) -> SweepOptions:
-    """Every check of the command line that runs before any work (one `error:` line each): the launcher flags,
-    the flags that need --dry-run, --bootstrap, --seeds and the finetune flags of --finetune-args; the sweeps'
-    options."""
+    """Every check of the command line, before any work (one `error:` line each); returns the sweeps' options."""
     check_launch(args)
     if (args.markdown or args.stated_rates) and not args.dry_run:
         raise UserError("--markdown and --stated-rates shape a cost estimate; they need --dry-run")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import json
 import math
 import os
 import statistics
@@ -18,11 +19,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from app.settings import SyntheticSettings
-from distill.summary import STUDY_PERFECT_RATES, requests_needed, teacher_rates
-from minigpt2.config import GPT2Config
-from tasks.base import GenerativeTask  # app.settings imports tasks already
+from distill.summary import requests_needed, teacher_rates
+from minigpt2.config import PRESETS, GPT2Config
+from minigpt2.errors import UserError
+from tasks import get_task  # app.settings imports tasks already
+from tasks.base import GenerativeTask
 
+from .runner import data_folder
 from .sweeps import Run
+from .tables import pipe_table
 
 if TYPE_CHECKING:
     from app.settings import RunSettings
@@ -36,7 +41,6 @@ PROBE_WARMUP, PROBE_STEPS, PROBE_SPREAD_WARN = 1, 5, 1.5
 GEMINI_ASSUMPTIONS: dict[str, Any] = {
     "prompt": 100, "output": 250,
     "thinking": {"gemini-2.5-flash-lite": 0, "gemini-2.5-flash": 1000, "gemini-2.5-pro": 1500},
-    "perfect_rate": STUDY_PERFECT_RATES,
 }
 # One GPU on paper: kernel launches (per layer, outside the layers) of a training step, a forward batch and a
 # decode step, each ~10 us when the GPU waits on the host.
@@ -118,10 +122,6 @@ def probe(model: str = "gpt2", device: str = "cpu", steps: int = PROBE_STEPS, th
 def model_config(model: str) -> GPT2Config:
     """The shape `--model` names: a preset, or the config.json of a model folder (or beside a weights file);
     GPT-2 124M's when neither can be read (such a run fails its preconditions anyway)."""
-    import json
-
-    from minigpt2.config import PRESETS
-
     if model in PRESETS:
         return GPT2Config.from_name(model)
     path = Path(model)
@@ -155,7 +155,6 @@ def _counts(task_name: str, folder: str, tokenizer_dir: str | None, max_len: int
             split: str, synthetic: SyntheticSettings | None = None) -> SplitCounts:
     from app.synthetic import synthetic_texts
     from minigpt2.tokenizer import Tokenizer
-    from tasks import get_task
 
     task, tok = get_task(task_name), Tokenizer(tokenizer_dir)
     examples, _ = task.load(Path(folder), split, tok, max_len, limit, extra_texts=synthetic_texts(synthetic),
@@ -228,10 +227,6 @@ class Workload:
 def run_workload(run: Run, isolation: str = "subprocess") -> Workload:
     """One run's training, evaluation and sonnet generation in tokens, and its process start-ups. Raises OSError,
     ValueError or a UserError when its data cannot be read."""
-    from tasks import get_task
-
-    from .runner import data_folder
-
     s = run.settings
     task = get_task(s.data.task)
     n, layers = n_params(s.model.model)
@@ -434,8 +429,6 @@ def price(w: Workload, rates: Rates) -> Cost:
 
 def sweep_cost(runs: Sequence[Run], rates: Rates, isolation: str = "subprocess") -> Cost:
     """The summed cost of a sweep's runs; runs whose data cannot be read are listed in `unknown`."""
-    from minigpt2.errors import UserError
-
     total = Cost()
     for run in runs:
         try:
@@ -584,10 +577,10 @@ def wall_estimate(cost: Cost, rates: Rates, workers: Workers) -> tuple[list[str]
 def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates) -> str:
     """docs/study.md's cost table: one row per (sweep, cost, Gemini USD), a last row "all" in bold. Runs that could
     not be counted are said so in their row, and the first reason under the table: the figures are then too low."""
-    head = ("| sweep | runs | training tokens (all epochs) | training FLOP | evaluation + generation tokens | "
-            f"CPU ({rates.source.split(':')[0]}, {rates.device}) | GPU FLOP-bound | GPU launch-bound | "
-            "GPU with start-ups | Gemini |")
-    out = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    heads = ["sweep", "runs", "training tokens (all epochs)", "training FLOP", "evaluation + generation tokens",
+             f"CPU ({rates.source.split(':')[0]}, {rates.device})", "GPU FLOP-bound", "GPU launch-bound",
+             "GPU with start-ups", "Gemini"]
+    lines = []
     for i, (name, c, usd) in enumerate(rows):
         bold = (lambda x: f"**{x}**") if i == len(rows) - 1 and name == "all" else (lambda x: x)
         runs = f"{c.runs} ({len(c.unknown)} not counted)" if c.unknown else f"{c.runs}"
@@ -595,8 +588,7 @@ def markdown_table(rows: Sequence[tuple[str, Cost, float]], rates: Rates) -> str
                  f"{c.eval_tokens + c.prefill_tokens + c.decoded_tokens:,}", format_hours(c.cpu_s),
                  format_hours(sum(c.gpu_flop_s)), format_hours(sum(c.gpu_launch_s)), format_hours(c.gpu_s),
                  f"${usd:.2f}" if usd else "—"]
-        out.append("| " + " | ".join(bold(x) for x in cells) + " |")
+        lines.append([bold(x) for x in cells])
     missing = [u for name, c, _ in rows if name != "all" for u in c.unknown]
-    if missing:
-        out.append(f"\n{len(missing)} run(s) not counted, their cost missing from the figures: {missing[0]}")
-    return "\n".join(out) + "\n"
+    return pipe_table(heads, lines) + (f"\n{len(missing)} run(s) not counted, their cost missing from the figures: "
+                                       f"{missing[0]}\n" if missing else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import itertools
 import json
 import math
 import os
@@ -19,7 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from course.formats import SONNETS, read_generated
+
 from .report import UNKNOWN_CODE, check_scored_files, code_label, code_summary
+from .stats import run_data_folder
 from .sweeps import SWEEPS, SweepOptions
 
 SAMPLE_SONNETS = 3
@@ -72,24 +76,18 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def markdown_to_html(text: str) -> str:
     """The reports' markdown (headings, paragraphs, pipe tables) as HTML; headings drop one level."""
     parts: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
+    for is_table, lines in itertools.groupby(text.splitlines(), key=lambda line: line.startswith("|")):
+        if is_table:
+            block = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
             parts.append(_table(block[0], [r for r in block[1:] if not all(set(c) <= {"-", ":"} for c in r)]))
             continue
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
-            parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip():
-            cls = "note warning" if line.startswith("**Warning") else "note"
-            parts.append(f'<p class="{cls}">{_inline(line)}</p>')
-        i += 1
+        for line in lines:
+            if line.startswith("#"):
+                level = min(len(line) - len(line.lstrip("#")) + 1, 4)
+                parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+            elif line.strip():
+                cls = "note warning" if line.startswith("**Warning") else "note"
+                parts.append(f'<p class="{cls}">{_inline(line)}</p>')
     return "\n".join(parts)
 
 
@@ -223,19 +221,13 @@ def sonnet_run(out: Path) -> Path | None:
 
 def sonnet_samples(run_dir: Path, n: int = SAMPLE_SONNETS) -> str:
     """Up to `n` generated dev sonnets of a run beside the true ones."""
-    from course.formats import read_generated
-
-    from .stats import run_data_folder, sonnet_references
-
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     check_scored_files(run_dir, metrics)  # shown only as the run scored them
     generated = read_generated(run_dir / metrics["dev_predictions"])[:n]
-    truths = sonnet_references(run_data_folder(run_dir), "dev") or {}
-    pairs = []
-    for s in generated:
-        true = truths.get(s.number)
-        pairs.append('<div class="pair">' + sonnet_html(s.text, f"generated, sonnet {s.number}")
-                     + (sonnet_html(true, f"true sonnet {s.number}") if true else "") + "</div>")
+    truths = SONNETS.split_references(run_data_folder(run_dir), "dev") or {}
+    pairs = ['<div class="pair">' + sonnet_html(s.text, f"generated, sonnet {s.number}")
+             + (sonnet_html(truths[s.number], f"true sonnet {s.number}") if truths.get(s.number) else "") + "</div>"
+             for s in generated]
     return (f'<p class="note">Run <code>{html.escape(str(run_dir))}</code>, dev prompts (the first 3 lines are '
             'the prompt). Letters give the rhyme scheme; red lines are in a pair that does not rhyme; the end word '
             'of each line is underlined.</p>' + "\n".join(pairs))

@@ -64,7 +64,6 @@ def longest_first(runs: Sequence[Run], cost: Callable[[Run], float] = _training_
 
 
 def default_devices() -> list[str]:
-    """Every CUDA device, else the CPU."""
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -104,11 +104,6 @@ def measures(metrics: dict, family: Sequence[Metric] = SONNET_METRICS) -> Row:
             for suffix, v in m.read(metrics, split).items()}
 
 
-def copying_measures(metrics: dict) -> Row:
-    """A sonnet run's copying figures and its NLL's scored shares."""
-    return measures(metrics, COPYING_METRICS)
-
-
 def figures(metrics: dict) -> Row:
     """A finished run's figures from its metrics.json, as CSV columns (its task score aside)."""
     data = metrics.get("data", {})
@@ -164,10 +159,9 @@ def pool(done: Sequence[Row], key: str, how: str) -> Row:
     return {key: (max(vals) if how == "max" else mean_std(vals)[0]) if vals else None}
 
 
-def copying_point(done: Sequence[Row]) -> Row:
-    """The copying figures of one setting over its seeds (`COPYING_METRICS`' pooling)."""
-    return {k: v for split in SPLITS for m in COPYING_METRICS
-            for k, v in pool(done, f"{split}_{m.key}", m.pool).items()}
+def pooled(done: Sequence[Row], family: Sequence[Metric] = SONNET_METRICS + COPYING_METRICS) -> Row:
+    """A family of per-split figures of one setting over its finished seeds, each pooled as it declares."""
+    return {k: v for m in family for split in SPLITS for k, v in pool(done, f"{split}_{m.key}", m.pool).items()}
 
 
 def group_seeds(rows: Sequence[Row], knobs: Sequence[str] | None = None) -> list[Row]:
@@ -190,9 +184,7 @@ def group_seeds(rows: Sequence[Row], knobs: Sequence[str] | None = None) -> list
                           f"{prefix}std": mean_std([r.get(score) for r in done])[1]})
             if prefix:
                 point[f"{prefix}seeds"] = seeds
-        for m in SONNET_METRICS + COPYING_METRICS:
-            for split in SPLITS:
-                point.update(pool(done, f"{split}_{m.key}", m.pool))
+        point.update(pooled(done))
         for name, how in POOLED.items():
             point.update(pool(done, name, how))
         majority = [r for r in done if r.get("majority") is not None]

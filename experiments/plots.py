@@ -171,7 +171,6 @@ def plot_nll(title: str, points: Sequence[Row], names: Sequence[str], bars: dict
 
 
 def axis_labels(fig: Figure) -> list[dict[str, str]]:
-    """Title and axis labels of every axes of a figure."""
     return [{"title": a.get_title(), "xlabel": a.get_xlabel(), "ylabel": a.get_ylabel()} for a in fig.axes]
 
 

@@ -16,10 +16,10 @@ import numpy as np
 
 from app.runfolder import saved_settings
 from course.files import SONNET_FILES
-from course.formats import label_format, read_generated
+from course.formats import SONNETS, label_format, read_generated
 from course.readers import read_sonnets
 
-from .stats import SAMPLES, Interval, bootstrap_chrf, majority_interval, run_data_folder, sonnet_references
+from .stats import SAMPLES, Interval, bootstrap_chrf, majority_interval, run_data_folder
 
 PROMPT_LINES = 3  # the course's held-out prompts are a sonnet's first 3 lines
 REFERENCE_NAMES = ("prompts only", "prompts + random tokens", "wrong sonnet (nearest training length)")
@@ -54,7 +54,7 @@ def _reference_sonnets(folder: str, split: str, numbers: tuple[int, ...] | None,
                        ) -> tuple[dict[int, str], dict[str, list[str]], list[str]] | None:
     """(the true sonnets of `split`, only `numbers` when given; the reference hypotheses for them; the training
     sonnets), or None when the split's true sonnets are not in `folder`."""
-    truths = sonnet_references(Path(folder), split)
+    truths = SONNETS.split_references(Path(folder), split)
     if truths is None:
         return None
     if numbers:
@@ -171,7 +171,7 @@ def sonnet_reference_copying(folder: str, split: str, numbers: tuple[int, ...] |
         return None
     truths, hyps, training = found
     held_out = {str(k): v for other in ("dev", "test")
-                for k, v in (sonnet_references(Path(folder), other) or {}).items()}
+                for k, v in (SONNETS.split_references(Path(folder), other) or {}).items()}
     texts = {**hyps, REAL_SONNETS: list(truths.values())}
     keys = [str(k) for k in truths]
     return {name: copying_record(keys, [sonnets], [PROMPT_LINES] * len(keys), training, held_out)

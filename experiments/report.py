@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from app.runfolder import saved_settings
-from course.formats import label_format
+from app.cli import flat
+from course.formats import FORMATS, label_format
 from minigpt2.download import sha256_file
 from minigpt2.errors import UserError
 from minigpt2.metrics import MIN_INTERVAL_N
 
 from . import plots, tables
-from .metrics import Row, copying_measures, figures, group_seeds, measures
+from .metrics import COPYING_METRICS, Row, figures, group_seeds, measures
 from .references import majority_reference
 from .runner import is_finished, read_metrics
 from .stats import SAMPLES, run_data_folder, run_interval, zero_shot_scores
@@ -117,8 +118,6 @@ def check_scored_files(run_dir: Path, metrics: dict[str, Any]) -> None:
 def reference_path(run_dir: Path, entry: dict[str, Any]) -> Path:
     """Where a recorded reference file is now (`app.runfolder.references_sha256`): that very file, or the task's
     file of that split in the run's data folder as the report reads it (`stats.run_data_folder`)."""
-    from course.formats import FORMATS
-
     if entry.get("exact") or entry.get("task") not in FORMATS:
         return Path(entry["file"])
     folder = run_data_folder(run_dir)
@@ -198,8 +197,6 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
             ) -> Row:
     """One CSV row: the run's knobs (read from its settings by the sweep's declaration), status, dev score with its
     bootstrap interval, the declared figures, and every finetune setting by flag name (`arg_*`)."""
-    from app.cli import flat
-
     run = sweep.runs[run_index]
     run_dir = root / run.name
     row: Row = {"sweep": sweep.name, "run": run.name, **sweep.knob_values(run)}
@@ -224,7 +221,7 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
                 row["data_missing"] = str(folder)
         row.update(_test_score(run_dir, metrics, samples))
         row.update(measures(metrics))
-        row.update(copying_measures(metrics))
+        row.update(measures(metrics, COPYING_METRICS))
         row.update({name: EXTRAS[name](run_dir, metrics) for name in sweep.extras})
         for ev in run.evaluations:  # zero-shot checks: the accuracy, and its interval from the same file
             row[ev.name] = zero_shot_accuracy(run_dir, ev.output) if (run_dir / ev.output).is_file() else None
@@ -244,7 +241,6 @@ def run_row(sweep: Sweep, run_index: int, root: Path, samples: int = SAMPLES, fa
 
 def collect(sweep: Sweep, root: str | Path, samples: int = SAMPLES, failed: dict[str, str] | None = None
             ) -> list[Row]:
-    """Rows of every run of the sweep, in sweep order."""
     return [run_row(sweep, i, Path(root), samples, failed) for i in range(len(sweep.runs))]
 
 
@@ -252,9 +248,7 @@ def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     """All rows; the columns are the union of the rows' keys, in first-seen order."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

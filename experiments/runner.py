@@ -21,7 +21,9 @@ from tqdm import tqdm
 from app import cli, runfolder
 from app.settings import EvaluateSettings, RunSettings, defining
 from minigpt2.atomic import atomic_write_json
+from course.readers import data_dir
 from minigpt2.errors import UserError
+from tasks import get_task
 
 from .sweeps import REPO, Evaluation, Run
 
@@ -197,8 +199,6 @@ def recorded_settings(run_dir: Path) -> RunSettings | None:
 
 def data_folder(settings: RunSettings) -> Path:
     """The data folder a run reads, absolute: its data_dir, else finetune's (MINIGPT2_DATA_DIR or its default)."""
-    from course.readers import data_dir
-
     return Path(data_dir(settings.paths.data_dir)).resolve()
 
 
@@ -208,7 +208,6 @@ def check_inputs(run_dir: Path, run: Run) -> None:
     is not compared: the run's results still stand for what it was."""
     from app.finetune import data_files
     from app.runmodel import base_weights_file
-    from tasks import get_task
 
     recorded = (_json(run_dir / runfolder.CONFIG_FILE) or {}).get("fingerprint")
     if not recorded:  # a run made before fingerprints: nothing to compare

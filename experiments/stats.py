@@ -19,9 +19,10 @@ import numpy as np
 from sacrebleu.metrics import CHRF
 
 from app.runfolder import saved_settings
-from course.formats import SONNETS, label_format
+from course.formats import label_format
 from course.readers import data_dir
 from minigpt2.metrics import McNemar, mcnemar, sign_flip_p, studentized_interval
+from tasks import get_task
 
 SAMPLES = 1000
 
@@ -127,11 +128,6 @@ def run_data_folder(run_dir: str | Path) -> Path:
     return data_dir(None)
 
 
-def sonnet_references(folder: Path, split: str) -> dict[int, str] | None:
-    """number -> true sonnet of the dev or test prompts (None when the test sonnets are absent)."""
-    return SONNETS.split_references(folder, split)
-
-
 def run_interval(run_dir: str | Path, samples: int = SAMPLES, seed: int = 0, split: str = "dev"
                  ) -> Interval | None:
     """The bootstrap interval of a finished run's metric on `split` (over its examples and the samples of each
@@ -192,8 +188,6 @@ def paired_difference(a: ExampleScores, b: ExampleScores, samples: int = SAMPLES
 def run_scores(run_dir: str | Path, split: str = "dev", metric: str | None = None) -> ExampleScores | None:
     """A finished run's per-example figures on `split`: its task metric (default) or "nll", the held-out
     likelihood recorded in metrics.json; None where the split has no references."""
-    from tasks import get_task
-
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     if metric == "nll":

@@ -240,7 +240,6 @@ def make_runs(opts: SweepOptions, points: list[tuple[str, Options]], evaluations
 
 
 def lora(rank: int, targets: str = LORA_TARGETS, alpha: float = LORA_ALPHA, lr: float = LORA_LR) -> Options:
-    """A LoRA run's settings."""
     return {"model.method": "lora", "model.lora.rank": rank, "model.lora.alpha": alpha,
             "model.lora.targets": targets, "optim.lr": lr}
 
@@ -535,7 +534,6 @@ SWEEPS: dict[str, Callable[[SweepOptions], Sweep]] = {
 
 
 def build_sweep(name: str, opts: SweepOptions) -> Sweep:
-    """The sweep called `name` under these options."""
     if name not in SWEEPS:
         raise SweepError(f"unknown sweep {name!r}; expected one of {sorted(SWEEPS)}")
     sweep = SWEEPS[name](opts)

@@ -22,7 +22,8 @@ Columns = list[tuple[str, Callable[[Any], Any]]]  # (header, the cell of an item
 COPYING_REFERENCE = REFERENCE_NAMES[2]  # the wrong sonnet: a training sonnet pasted after the prompt
 
 
-def _table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+def pipe_table(heads: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """A markdown pipe table (the reports' and docs/study.md's)."""
     return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
                      + ["| " + " | ".join(cells) + " |" for cells in lines]) + "\n"
 
@@ -33,7 +34,7 @@ def _lines(columns: Columns, items: Sequence[Any]) -> list[list[str]]:
 
 def _grid(columns: Columns, items: Sequence[Any]) -> str:
     """A table of a line per item and a column per (header, cell)."""
-    return _table([head for head, _ in columns], _lines(columns, items))
+    return pipe_table([head for head, _ in columns], _lines(columns, items))
 
 
 def _settings(sweep: Sweep) -> Columns:
@@ -56,7 +57,7 @@ def sweep_tables(sweep: Sweep, rows: Sequence[Row], points: Sequence[Row], sampl
     evaluation = next((ev for run in sweep.runs for ev in run.evaluations), None)
     if evaluation and sweep.references:
         text += zero_shot_block(rows, sweep.references[0], evaluation.output, samples)
-    return text + teacher_block(sweep, rows, samples)
+    return text + teacher_block(sweep, rows)
 
 
 def markdown_table(sweep: Sweep, points: Sequence[Row]) -> str:
@@ -128,7 +129,7 @@ def copying_block(sweep: Sweep, points: Sequence[Row], references: dict[str, dic
             f"punctuation dropped): novel = no run of {below:.0f} or more words shared with a training sonnet or "
             "another held-out sonnet (Wilson 95% CI, widened over samples as the form rates); the held-out sonnets "
             "no model saw show what chance shares:\n",
-            _table([c[0] for c in _settings(sweep)] + [f"dev {h}" for h in heads], lines)]
+            pipe_table([c[0] for c in _settings(sweep)] + [f"dev {h}" for h in heads], lines)]
 
 
 def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) -> list[str]:
@@ -169,14 +170,13 @@ def sonnet_reference_block(rows: Sequence[Row], found: dict | Exception | None) 
         out += ["Held-out NLL before fine-tuning, and the bars from the data alone (nats per token of the true "
                 "continuations, <|endoftext|> included; lower is better): a unigram of the training sonnets' tokens "
                 "and a uniform guess; every fine-tuned row must clear all three:\n",
-                _table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], lines)]
+                pipe_table(["model", "dev NLL before", "test NLL before", "dev NLL after", "test NLL after"], lines)]
     return out
 
 
 def _reference_row(rule: Callable[[Row, Row], bool], arm: Row, rows: Sequence[Row]) -> Row | None:
-    found = [r for r in rows if r is not arm and r["status"] == "done" and r.get("seed") == arm.get("seed")
-             and rule(r, arm)]
-    return found[0] if found else None
+    return next((r for r in rows if r is not arm and r["status"] == "done" and r.get("seed") == arm.get("seed")
+                 and rule(r, arm)), None)
 
 
 def _difference(pairs: Sequence[tuple[Row, Row]], scores: Callable[[Row], ExampleScores | None], digits: int,
@@ -231,11 +231,11 @@ def paired_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> l
                 f"{MIN_INTERVAL_N}), the sign-flip permutation p-value (exact up to 14 examples) and, for accuracy, "
                 "McNemar's test; several seeds, the mean of the per-seed differences with a 95% t-interval across "
                 "seeds:\n",
-                _table([c[0] for c in _settings(sweep)] + ["metric", "Δ dev", "Δ test"], lines)]
+                pipe_table([c[0] for c in _settings(sweep)] + ["metric", "Δ dev", "Δ test"], lines)]
     return out
 
 
-def teacher_block(sweep: Sweep, rows: Sequence[Row], samples: int = SAMPLES) -> list[str]:
+def teacher_block(sweep: Sweep, rows: Sequence[Row]) -> list[str]:
     """The teacher table: per teacher its generation figures and the dev and test chrF of each of its mixes."""
     files: dict[str, Path] = {}
     for settings in (run.settings for run in sweep.runs):
@@ -305,4 +305,4 @@ def zero_shot_block(rows: Sequence[Row], reference: Reference, output: str, samp
             f"Δ: accuracy minus that of {reference.description} (and seed) on the same rows, with a paired "
             "bootstrap-t 95% interval, the sign-flip p-value and McNemar's test (exact binomial on the discordant "
             "rows when there are fewer than 25, else chi-square with continuity correction):\n",
-            _table([head for head, _ in columns], no_base + _lines(columns, took))]
+            pipe_table([head for head, _ in columns], no_base + _lines(columns, took))]

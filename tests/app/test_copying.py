@@ -278,16 +278,16 @@ def _metrics_with(copying: dict, coverage: dict) -> dict:
 
 
 def test_report_rows_and_cells_of_copying_and_scored_shares():
-    from experiments.metrics import copying_measures, copying_point, scored_cell
+    from experiments.metrics import COPYING_METRICS, measures, pooled, scored_cell
 
     rec = copying_record(["1", "2"], [["p\nq\nr\na b c d e f z", "p\nq\nr\nz y"]], [3, 3], ["a b c d e f g"], {})
     cov = coverage_record({"1": (8, 8, 6), "2": (4, 4, 4)})
-    row = copying_measures(_metrics_with(rec, cov))
+    row = measures(_metrics_with(rec, cov), COPYING_METRICS)
     assert row["dev_novel"] == 0.5 and (row["dev_novel_low"], row["dev_novel_high"]) == pytest.approx(wilson(1, 2))
     assert row["dev_copy_train_longest"] == 3.0 and row["dev_copy_train_longest_max"] == 6
     assert row["dev_copy_train_share"] == pytest.approx(3 / 4) and row["dev_nll_in_view"] == pytest.approx(10 / 12)
     other = dict(row, dev_novel=1.0, dev_copy_train_longest_max=2, dev_nll_in_view=0.5)
-    point = copying_point([row, other])
+    point = pooled([row, other], COPYING_METRICS)
     assert point["dev_novel"] == 0.75 and point["dev_novel_seeds"] == 2 and point["dev_novel_low"] < 0.75
     assert point["dev_copy_train_longest_max"] == 6  # the largest of any seed, not their mean
     assert point["dev_nll_in_view"] == pytest.approx((10 / 12 + 0.5) / 2)
@@ -296,7 +296,7 @@ def test_report_rows_and_cells_of_copying_and_scored_shares():
 
 
 def test_copying_table_rows_for_an_arm_and_the_flagged_reference():
-    from experiments.metrics import copying_measures, copying_point
+    from experiments.metrics import COPYING_METRICS, measures, pooled
     from experiments.sweeps import SweepOptions, build_sweep
     from experiments.tables import copying_block
 
@@ -304,7 +304,8 @@ def test_copying_table_rows_for_an_arm_and_the_flagged_reference():
     arm = copying_record(["1", "2"], [["p\nq\nr\na b c x", "p\nq\nr\nb c d e f g h z"]], [3, 3], train,
                          {"1": "one", "2": "x z"})
     point = {"method": "full", "rank": None, "trainable_params": 10,
-             **copying_point([copying_measures(_metrics_with(arm, coverage_record({"1": (1, 1, 1)})))])}
+             **pooled([measures(_metrics_with(arm, coverage_record({"1": (1, 1, 1)})), COPYING_METRICS)],
+                      COPYING_METRICS)}
     wrong = copying_record(["1"], [["p\nq\nr\n" + train[0]]], [3], train, {})
     text = "".join(copying_block(build_sweep("lora-ranks", SweepOptions()), [point], {"wrong sonnet (nearest training length)": wrong}))
     lo, hi = wilson(1, 2)

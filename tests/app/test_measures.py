@@ -254,11 +254,9 @@ def test_heldout_nll_separates_the_trained_model_from_itself_before_training(tra
 
 def test_eval_samples_writes_each_sample_and_averages_them(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
-    from course.formats import read_generated
+    from course.formats import SONNETS, read_generated
 
-    from experiments.stats import sonnet_references
-
-    truths = sonnet_references(DATA, "dev")
+    truths = SONNETS.split_references(DATA, "dev")
     names = metrics["dev_samples"]
     assert names == ["generated_sonnets_dev.txt", sample_file_name("generated_sonnets_dev.txt", 1)]
     per_sample = []

@@ -664,7 +664,7 @@ def test_teacher_table_reads_the_generation_summary_and_falls_back_to_the_file(t
     sweep = build_sweep("teachers", SweepOptions(tiny=True))
     rows = [{**r, "status": "done", "metric": "chrf", "dev_score": 30.0, "ci_low": 29.0, "ci_high": 31.0,
              "test_score": math.nan} for r in ({"run": run.name, **sweep.knob_values(run)} for run in sweep.runs)]
-    text = "".join(tables.teacher_block(sweep, rows, samples=200))
+    text = "".join(tables.teacher_block(sweep, rows))
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| gemini")}
     assert "| 5 | 4 | empty: 1 | 0.500 [0.150, 0.850] n=4 | 0 / 0 / 0 | $0.0000 |" in lines["gemini-2.5-flash"]
     assert "n2 all: 30.00 [29.00, 31.00] / —" in lines["gemini-2.5-flash"]

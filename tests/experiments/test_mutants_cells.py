@@ -67,8 +67,8 @@ def test_measures_read_every_figure_of_each_split_from_its_own_place():
                "dev_copy_train_longest": 4.25, "dev_copy_train_longest_max": 9, "dev_copy_train_share": 0.031,
                "dev_copy_held_longest": 3.5, "dev_copy_held_longest_max": 7, "dev_copy_held_share": 0.0125,
                "dev_copy_n": 4, "dev_copy_novel_below": 6, "dev_nll_scored": 0.875, "dev_nll_in_view": 0.6125}
-    assert metrics.copying_measures(METRICS) == copying
-    assert metrics.measures({}) == {} and metrics.copying_measures({"copying": {"dev": {}}}) == {}
+    assert metrics.measures(METRICS, metrics.COPYING_METRICS) == copying
+    assert metrics.measures({}) == {} and metrics.measures({"copying": {"dev": {}}}, metrics.COPYING_METRICS) == {}
 
 
 def test_the_rate_reader_takes_its_path_under_the_split_and_its_n_from_the_record():

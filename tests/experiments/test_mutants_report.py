@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from course.formats import SONNETS
 from distill.check import check_sonnet
 from experiments import html as page
 from experiments import report
-from experiments.stats import sonnet_references
 from experiments.sweeps import TINY_DATA_DIR
 from minigpt2.download import sha256_file
 
@@ -201,7 +201,7 @@ def test_sonnet_samples_pair_each_generated_sonnet_with_its_true_one(tmp_path):
     gen = "--Generated Sonnets-- \n\n" + "".join(f"\n{n}\n{t}\n\n" for n, t in
                                                 ((132, PERFECT), (999, short), (133, short), (134, PERFECT)))
     run = sonnet_run_folder(tmp_path, gen)
-    truths = sonnet_references(TINY_DATA_DIR, "dev")
+    truths = SONNETS.split_references(TINY_DATA_DIR, "dev")
     out = page.sonnet_samples(run)
     note = (f'<p class="note">Run <code>{run}</code>, dev prompts (the first 3 lines are the prompt). Letters give '
             "the rhyme scheme; red lines are in a pair that does not rhyme; the end word of each line is "

@@ -506,7 +506,7 @@ def test_the_teacher_table_shows_each_teachers_summary_and_the_scores_of_its_mix
     mixes_flash = (f"n50 perfect: {t_cell([41.234, 42.5, 43.0])} (3 seeds, n=12 each) / "
                    f"{t_cell([40.5, 40.25, 41.0])} (3 seeds, n=12 each)<br>ratio 0.5: 44.44 [43.19, 45.94] n=12 / —")
     assert t_cell([41.234, 42.5, 43.0]) == "42.24 [39.98, 44.51]"  # sd 0.910, t(0.975, 2) = 4.303
-    assert tables.teacher_block(sweep, rows, samples=99) == [
+    assert tables.teacher_block(sweep, rows) == [
         "Teachers (generation summary from `<file>.summary.json`; — where it is absent):\n", table(
             ["teacher", "requests", "kept", "rejected by reason", "perfect rate [95% CI]", "tokens in / out / thinking",
              "cost", "mixes: dev chrF / test chrF"],
@@ -524,7 +524,7 @@ def test_a_cost_shows_cents_from_one_dollar_on(monkeypatch, tmp_path):
         path.write_text("{}\n")
     monkeypatch.setattr(tables, "teacher_summary", lambda path: {"cost_usd": next(c for c, f in files.items()
                                                                                   if f == path)})
-    text = tables.teacher_block(Sweep("t", [synthetic_run(path) for path in files.values()]), [], samples=99)[1]
+    text = tables.teacher_block(Sweep("t", [synthetic_run(path) for path in files.values()]), [])[1]
     assert [line.split(" | ")[6] for line in text.splitlines()[2:]] == ["$1.00", "$0.9988", "$2.00"]
 
 
@@ -555,7 +555,7 @@ def test_sweep_tables_puts_every_block_in_order_with_the_same_rows_points_and_sa
     assert seen == [("refs", 77), ("main", (sweep, points)), ("paired_block", (sweep, rows, 77)),
                     ("form_block", (sweep, points)), ("copying_block", (sweep, points, {"x": 1})),
                     ("sonnet_reference_block", (rows, found)),
-                    ("zero_shot_block", (rows, FP32, ZERO_SHOT_QUORA.output, 77)), ("teacher_block", (sweep, rows, 77))]
+                    ("zero_shot_block", (rows, FP32, ZERO_SHOT_QUORA.output, 77)), ("teacher_block", (sweep, rows))]
     # no zero-shot check, or no reference to pair it with: no zero-shot block; data not found: the error goes on
     error = ValueError("no sonnets")
     monkeypatch.setattr(tables, "sonnet_reference_figures", lambda rows, samples: (_ for _ in ()).throw(error))
