@@ -334,3 +334,25 @@ def test_ctrl_c_says_how_to_go_on_and_exits_130(base, tmp_path, monkeypatch, cap
     assert e.value.code == 130
     assert capsys.readouterr().err == (f"interrupted; continue with --resume --out-dir {run}\n" if finished else
                                        f"interrupted before the run started; nothing was saved in {run}\n")
+
+
+def test_a_run_without_test_labels_scores_dev_only_and_says_so(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in DATA.glob("ids-sst-*"):
+        if f.name != "ids-sst-test-labels.csv":
+            (data / f.name).write_bytes(f.read_bytes())
+    run = tmp_path / "run"
+    out, _ = finetune_run(["--task", "sst", "--model", "tiny", "--data-dir", str(data), "--tokenizer-dir",
+                           str(TINY_DATA / "gpt2"), "--out-dir", str(run), "--no-progress", "--device", "cpu",
+                           "--offline", "--epochs", "0"])
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    dev_acc = accuracy(label_format("sst").read_predictions(run / "full-model-sst-dev-out.csv"),
+                       labels(data / "ids-sst-dev.csv", "sentiment"))
+    assert m["dev"] == {"accuracy": dev_acc} and m["majority"] == {"dev": 3 / 8}
+    for key in ("test", "test_references"):
+        assert key not in m, key
+    assert set(m["references_sha256"]) == {"dev"}
+    assert m["test_predictions"] == "full-model-sst-test-out.csv"  # written all the same, and hashed
+    assert set(m["files_sha256"]) == {"full-model-sst-dev-out.csv", "full-model-sst-test-out.csv"}
+    assert out == f"best epoch 0: dev accuracy {dev_acc:.4f}; run folder {run}\n"
