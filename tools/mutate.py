@@ -489,6 +489,17 @@ GENERATE_CLI_FAST = tuple(f"tests/app/test_generate_cli.py::test_{name}" for nam
     "prompt_too_long_and_sonnet_prompt_too_long", "bf16_refused_where_the_cpu_lacks_it", "help_lists_every_flag",
     "fp16_refused_on_the_plain_path_and_without_fbgemm"))
 
+FINETUNE_RUNS = ("tests/app/test_finetune.py", "tests/app/test_lora_finetune.py", "tests/app/test_quant_finetune.py",
+                 "tests/app/test_settings_files.py",
+                 *(f"tests/app/test_app.py::test_{t}" for t in (
+                     "a_bad_settings_file_is_one_error_line_before_any_run_folder", "a_finished_run_is_not_overwritten",
+                     "a_lora_run_whose_base_changed_is_refused", "bad_flags_are_one_error_line_before_any_work",
+                     "config_records_the_fingerprint", "cuda_without_cuda_is_refused",
+                     "divergence_stops_with_epoch_and_step", "empty_train_split_after_filtering_is_an_error",
+                     "evaluate_on_a_folder_that_is_no_run", "evaluate_refuses_a_missing_head",
+                     "non_finite_checkpoint_is_refused_on_load", "non_finite_label_is_reported_with_file_and_line",
+                     "non_utf8_bytes_name_file_and_line", "quant_report_checks_the_group_size_against_the_model",
+                     "resume_after_the_data_changed_is_refused", "resume_with_other_settings_is_refused_naming_them")))
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/metrics.py": ("tests/minigpt2/test_mutants_metrics.py", "tests/contract/test_contract_stats.py", PINNED,
                             "tests/system/test_properties.py", *INTERVALS),
@@ -590,6 +601,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "app/generate.py": ("tests/app/test_mutants_generate_cli.py", *GENERATE_CLI_FAST),
     "tasks/paraphrase.py": ("tests/tasks/test_mutants_paraphrase.py", "tests/tasks/test_tasks.py",
                             "tests/contract/test_contract_readers.py"),
+    # the fine-tuning run: the new file's tiny runs (seconds), then the end-to-end files without test_app.py's
+    # kill-and-resume test (95 s a mutant); docs/testing.md, "The fine-tuning run and its precision"
+    "app/finetune.py": ("tests/app/test_mutants_finetune.py", *FINETUNE_RUNS),
+    "app/precision.py": ("tests/app/test_mutants_precision.py", *FINETUNE_RUNS),
 }
 
 
