@@ -630,6 +630,12 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
                "app/generate.py", "tasks/paraphrase.py"}
 
+# mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
+# call alone: the tiny fine-tuning runs in module fixtures (and the fork server's imports) are not counted. With
+# mutmut's 1 s a surviving mutant of app/precision.py whose tests took 0.5 s was stopped at 45 CPU s, before its
+# fixtures had trained, and counted as "timeout" (caught); equivalent mutants among them. These modules get more.
+CPU_SLACK = {"app/finetune.py": 10.0, "app/precision.py": 10.0}
+
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
 # run that opens a progress bar asleep on it for good (no CPU time, so mutmut's CPU limit never ends it). The test
@@ -645,17 +651,22 @@ else:
 """
 
 
-def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str], fork_server: bool = False) -> str:
+def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str], fork_server: bool = False,
+                  cpu_slack: float | None = None) -> str:
     """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the rest of the tree copied.
     `fork_server`: each mutant's test run forked from a process that never ran a test (mutmut's "forkserver"
-    isolation, nothing imported ahead), not from the one that ran the stats pass (see FORK_SERVER)."""
+    isolation, nothing imported ahead), not from the one that ran the stats pass (see FORK_SERVER). `cpu_slack`:
+    mutmut's `timeout_constant`, the seconds added to a mutant's tests' recorded time before its CPU limit
+    ((time + slack) x 30); mutmut records each test's call only, not the module fixtures it sets up nor (with the
+    fork server) the imports, so tests whose fixtures train (app/finetune.py's) need more than mutmut's 1 s."""
     top = module.split("/")[0]
     other = [p for p in packages if p != top]
     q = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
     return (f"\n[tool.mutmut]\nsource_paths = {q([top])}\nonly_mutate = {q([module])}\nalso_copy = {q(other)}\n"
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
             f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-p', PYTEST_HOOK])}\n"
-            + ('process_isolation = "forkserver"\nforkserver_warmup = "none"\n' if fork_server else ""))
+            + ('process_isolation = "forkserver"\nforkserver_warmup = "none"\n' if fork_server else "")
+            + (f"timeout_constant = {float(cpu_slack)}\n" if cpu_slack is not None else ""))
 
 
 def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
@@ -666,7 +677,7 @@ def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: int, timeout: int,
-             fork_server: bool = False) -> int:
+             fork_server: bool = False, cpu_slack: float | None = None) -> int:
     """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff."""
     if not (ROOT / module).is_file() or not module.endswith(".py"):
         print(f"error: --auto {module}: expected a .py file of this repository, e.g. minigpt2/metrics.py",
@@ -686,7 +697,7 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
         (repo / f"{PYTEST_HOOK}.py").write_text(PYTEST_HOOK_CODE, encoding="utf-8")
         packages += [STATS_CHILD_HOOK, f"{PYTEST_HOOK}.py"]  # copied into mutants/: a test's child python reads it
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
-            f.write(mutmut_config(module, tests, packages, fork_server))
+            f.write(mutmut_config(module, tests, packages, fork_server, cpu_slack))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
         # mutmut forks each mutant's worker from a process that ran torch: a child forked after OpenMP's thread pool
         # started can wait forever on it (asleep at 0 CPU s: a mutant "timeout", or the whole run past its limit).
@@ -739,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--auto: only the mutants of this function, or of Class.method (repeatable)")
     p.add_argument("--fork-server", action="store_true",
                    help="--auto: fork each mutant's run from a process that ran no test (on for FORK_SERVER)")
+    p.add_argument("--cpu-slack", type=float, default=None, metavar="S",
+                   help="--auto: seconds added to each mutant's recorded test time before mutmut's CPU limit "
+                        "(mutmut's timeout_constant, default 1; CPU_SLACK per module)")
     args = p.parse_args(argv)
     if args.auto:
         tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
@@ -746,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --auto {args.auto}: no default tests for this module; pass --tests", file=sys.stderr)
             return 2
         return run_auto(args.auto, tests, args.function, max(1, args.jobs), args.timeout * 4,
-                        args.fork_server or args.auto in FORK_SERVER)
+                        args.fork_server or args.auto in FORK_SERVER,
+                        args.cpu_slack if args.cpu_slack is not None else CPU_SLACK.get(args.auto))
     names = [m.name for m in MUTANTS]
     if len(set(names)) != len(names):
         print("error: two mutants share a name", file=sys.stderr)

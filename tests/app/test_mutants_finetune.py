@@ -356,3 +356,47 @@ def test_a_run_without_test_labels_scores_dev_only_and_says_so(tmp_path):
     assert m["test_predictions"] == "full-model-sst-test-out.csv"  # written all the same, and hashed
     assert set(m["files_sha256"]) == {"full-model-sst-dev-out.csv", "full-model-sst-test-out.csv"}
     assert out == f"best epoch 0: dev accuracy {dev_acc:.4f}; run folder {run}\n"
+
+
+SYNTHETIC = TINY_DATA / "synthetic" / "gemini-2.5-flash.jsonl"  # 5 generated sonnets
+
+
+@pytest.mark.parametrize("only", [False, True])
+def test_synthetic_sonnets_are_counted_apart_and_left_out_of_the_subsets(only):
+    task, tok = get_task("sonnet"), Tokenizer(TINY_DATA / "gpt2")
+    settings = finetune.parse_settings(args("sonnet", None, "--synthetic", str(SYNTHETIC), "--synthetic-n", "3",
+                                            *(["--synthetic-only"] if only else [])))
+    splits, notes, chosen = finetune.load_splits(task, settings, tok, 128)
+    real = 0 if only else 6  # sonnets.txt: 6 training sonnets
+    assert [e.meta.get("source") == "synthetic" for e in splits["train"]].count(True) == 3
+    assert len(splits["train"]) == real + 3 and (len(splits["dev"]), len(splits["test"])) == (3, 2)
+    assert chosen["train"]["n"] == real and (chosen["dev"]["n"], chosen["test"]["n"]) == (3, 2)
+    module = task.build(GPT2(GPT2Config.from_name("tiny", dropout=0.0)))
+    info = finetune.run_info(task, settings, module, splits, notes)
+    assert info["data"] == {"train": real + 3, "dev": 3, "test": 2, "train_real": real, "train_synthetic": 3}
+    assert (info["task"], info["total_params"]) == ("sonnet", BODY)
+
+
+def test_config_json_of_a_resumed_run_keeps_its_start(tmp_path):
+    from minigpt2.distributed import Dist
+
+    settings = finetune.parse_settings(args("sst", tmp_path))
+    fingerprint = {"subsets": {"train": {"n": 1, "sha256": "0"}}}
+    finetune.write_run_config(tmp_path, settings, Dist(), fingerprint, 64, {"started": "2001-02-03T04:05:06+00:00"})
+    c = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert (c["started"], c["max_length"], c["fingerprint"], c["world_size"]) == (
+        "2001-02-03T04:05:06+00:00", 64, fingerprint, 1)
+    for recorded in (None, {}, {"started": None}):
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        finetune.write_run_config(tmp_path, settings, Dist(world=2), fingerprint, 64, recorded)
+        c = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+        assert before <= datetime.fromisoformat(c["started"]) <= datetime.now(timezone.utc) and c["world_size"] == 2
+
+
+def test_dev_loss_of_one_example_is_its_loss(base):
+    (example,) = dev_examples()[:1]
+    task = get_task("sst")
+    module = task.build(GPT2(GPT2Config.from_name("tiny", dropout=0.0)))
+    load_run_model(module, base["run"] / "best")
+    loss = finetune.dev_loss(module, [example], task, 4, torch.device("cpu"), None)
+    assert loss == pytest.approx(per_example_dev_loss(base["run"], [example]), rel=1e-6)
