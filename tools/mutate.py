@@ -677,8 +677,9 @@ def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: int, timeout: int,
-             fork_server: bool = False, cpu_slack: float | None = None) -> int:
-    """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff."""
+             fork_server: bool = False, cpu_slack: float | None = None, names: tuple[str, ...] = ()) -> int:
+    """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff. `names`:
+    single mutants by mutmut's name (as a survivor is printed), besides or instead of whole `functions`."""
     if not (ROOT / module).is_file() or not module.endswith(".py"):
         print(f"error: --auto {module}: expected a .py file of this repository, e.g. minigpt2/metrics.py",
               file=sys.stderr)
@@ -690,7 +691,7 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     dotted = module[:-3].replace("/", ".").removesuffix(".__init__")  # mutmut names a package by its folder
     # mutmut's keys: x_<function>, or xǁ<Class>ǁ<method> for a method (--function Class.method)
     patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
-                for f in functions]
+                for f in functions] + list(names)
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
         repo = scratch_copy(files, Path(tmp))
         (repo / STATS_CHILD_HOOK).write_text(STATS_CHILD_CODE, encoding="utf-8")
@@ -750,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--auto: only the mutants of this function, or of Class.method (repeatable)")
     p.add_argument("--fork-server", action="store_true",
                    help="--auto: fork each mutant's run from a process that ran no test (on for FORK_SERVER)")
+    p.add_argument("--mutant", action="append", default=[], metavar="NAME",
+                   help="--auto: only this mutant, by the name a survivor is printed with (repeatable): an earlier "
+                        "run's survivors against new tests")
     p.add_argument("--cpu-slack", type=float, default=None, metavar="S",
                    help="--auto: seconds added to each mutant's recorded test time before mutmut's CPU limit "
                         "(mutmut's timeout_constant, default 1; CPU_SLACK per module)")
@@ -761,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return run_auto(args.auto, tests, args.function, max(1, args.jobs), args.timeout * 4,
                         args.fork_server or args.auto in FORK_SERVER,
-                        args.cpu_slack if args.cpu_slack is not None else CPU_SLACK.get(args.auto))
+                        args.cpu_slack if args.cpu_slack is not None else CPU_SLACK.get(args.auto),
+                        tuple(args.mutant))
     names = [m.name for m in MUTANTS]
     if len(set(names)) != len(names):
         print("error: two mutants share a name", file=sys.stderr)
