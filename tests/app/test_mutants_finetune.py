@@ -400,3 +400,38 @@ def test_dev_loss_of_one_example_is_its_loss(base):
     load_run_model(module, base["run"] / "best")
     loss = finetune.dev_loss(module, [example], task, 4, torch.device("cpu"), None)
     assert loss == pytest.approx(per_example_dev_loss(base["run"], [example]), rel=1e-6)
+
+
+def test_test_references_given_are_the_file_scored_against(tmp_path):
+    refs = tmp_path / "my-labels.csv"
+    lines = SST_TEST.read_text(encoding="utf-8").splitlines()
+    flipped = [lines[0]] + [f"{ln.split(chr(9))[0]}\t{(int(ln.split(chr(9))[1]) + 1) % 5}" for ln in lines[1:]]
+    refs.write_text("\n".join(flipped) + "\n", encoding="utf-8")  # other labels: another score
+    run = tmp_path / "run"
+    out, _ = finetune_run(args("sst", run, "--epochs", "0", "--test-references", str(refs)))
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    gold = {ln.split("\t")[0]: int(ln.split("\t")[1]) for ln in flipped[1:]}
+    test_acc = accuracy(label_format("sst").read_predictions(run / "full-model-sst-test-out.csv"), gold)
+    assert m["test"] == {"accuracy": test_acc} and m["majority"]["test"] == majority(gold)
+    assert m["test_references"] == str(refs)
+    assert m["references_sha256"]["test"] == {"task": "sst", "split": "test", "file": str(refs.resolve()),
+                                              "exact": True, "sha256": sha(refs)}
+    assert out.endswith(f", test accuracy {test_acc:.4f}; run folder {run}\n")
+
+
+def test_bf16_autocast_scores_the_base_model_under_bf16(tmp_path):
+    run = tmp_path / "run"
+    finetune_run(args("sst", run, "--epochs", "0", "--autocast", "bf16", "--batch-size", "8"))
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert m["autocast_used"] == "bf16"
+    task = get_task("sst")
+    module = task.build(GPT2(GPT2Config.from_name("tiny", dropout=0.0)))
+    load_run_model(module, run / "best")
+    module.eval()
+    batch = collate(dev_examples())  # the 8 dev rows: one batch of 8
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = module(batch).item()
+        fp32 = module(batch).item()
+    assert abs(bf16 - fp32) > 1e-4 * fp32  # 2e-4 apart, 200 times the tolerance below: the test tells them apart
+    assert m["epochs"][0]["dev_loss"] == pytest.approx(bf16, rel=1e-6)
