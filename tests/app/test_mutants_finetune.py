@@ -215,10 +215,22 @@ def test_a_run_stopped_after_an_epoch_writes_metrics_and_no_predictions(tmp_path
     assert (run / "best" / "model.safetensors").is_file() and (run / "last" / "state.safetensors").is_file()
 
 
-def test_a_sonnet_run_writes_and_scores_every_sample(tmp_path):
+def fast_bodies(monkeypatch) -> list[bool]:
+    """Each body made for the fast path (`minigpt2.fast.for_inference`), recorded."""
+    from app import speed
+
+    made, real = [], speed.fast.for_inference
+    monkeypatch.setattr(speed.fast, "for_inference", lambda *a, **k: made.append(True) or real(*a, **k))
+    return made
+
+
+def test_a_sonnet_run_writes_and_scores_every_sample(tmp_path, monkeypatch):
     run = tmp_path / "run"
+    made = fast_bodies(monkeypatch)
     out, _ = finetune_run(args("sonnet", run, "--epochs", "0", "--max-eval", "2", "--max-new-tokens", "4",
                                "--eval-samples", "2"))
+    # the sonnets are written on the fast path: once for the epoch's dev score, once for the files of dev and test
+    assert len(made) == 2
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     dev = ["generated_sonnets_dev.txt", "generated_sonnets_dev.sample2.txt"]
     test = ["generated_sonnets.txt", "generated_sonnets.sample2.txt"]
@@ -435,3 +447,11 @@ def test_bf16_autocast_scores_the_base_model_under_bf16(tmp_path):
         fp32 = module(batch).item()
     assert abs(bf16 - fp32) > 1e-4 * fp32  # 2e-4 apart, 200 times the tolerance below: the test tells them apart
     assert m["epochs"][0]["dev_loss"] == pytest.approx(bf16, rel=1e-6)
+
+
+def test_plain_sonnet_runs_write_with_the_model_itself(tmp_path, monkeypatch):
+    made = fast_bodies(monkeypatch)
+    finetune_run(args("sonnet", tmp_path / "run", "--epochs", "0", "--max-eval", "1", "--max-new-tokens", "2",
+                      "--plain"))
+    assert made == []  # --plain: no fast-path copy of the body, ever
+    assert (tmp_path / "run" / "generated_sonnets.txt").is_file()
