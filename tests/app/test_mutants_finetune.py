@@ -455,3 +455,18 @@ def test_plain_sonnet_runs_write_with_the_model_itself(tmp_path, monkeypatch):
                       "--plain"))
     assert made == []  # --plain: no fast-path copy of the body, ever
     assert (tmp_path / "run" / "generated_sonnets.txt").is_file()
+
+
+def test_sonnet_test_references_given_are_the_held_out_sonnets_copying_looks_in(tmp_path):
+    true_test = (DATA / "TRUE_sonnets_held_out.txt").read_text(encoding="utf-8")
+    dev_132 = (DATA / "TRUE_sonnets_held_out_dev.txt").read_text(encoding="utf-8").split("\n132\n")[1].split("\n133\n")[0]
+    refs = tmp_path / "true-test.txt"
+    refs.write_text(true_test.rstrip("\n") + "\n\n147\n" + dev_132.rstrip("\n") + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    finetune_run(args("sonnet", run, "--epochs", "0", "--max-eval", "2", "--max-new-tokens", "2",
+                      "--test-references", str(refs)))
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    # held out: the 3 true dev sonnets (132-134) and the 3 of the file given (145, 146 and 147), not the 2 of the
+    # data folder's test file
+    assert m["copying"]["test"]["held_out_sonnets"] == m["copying"]["dev"]["held_out_sonnets"] == 6
+    assert m["test_references"] == str(refs) and m["references_sha256"]["test"]["exact"] is True
