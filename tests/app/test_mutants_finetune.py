@@ -461,11 +461,17 @@ def test_sonnet_test_references_given_are_the_held_out_sonnets_copying_looks_in(
     true_test = (DATA / "TRUE_sonnets_held_out.txt").read_text(encoding="utf-8")
     dev_132 = (DATA / "TRUE_sonnets_held_out_dev.txt").read_text(encoding="utf-8").split("\n132\n")[1].split("\n133\n")[0]
     refs = tmp_path / "true-test.txt"
-    refs.write_text(true_test.rstrip("\n") + "\n\n147\n" + dev_132.rstrip("\n") + "\n", encoding="utf-8")
+    # sonnet 146 without its last line, and a sonnet 147 (132's text)
+    shortened = true_test.rstrip("\n").rsplit("\n", 1)[0]
+    refs.write_text(shortened + "\n\n147\n" + dev_132.rstrip("\n") + "\n", encoding="utf-8")
     run = tmp_path / "run"
     finetune_run(args("sonnet", run, "--epochs", "0", "--max-eval", "2", "--max-new-tokens", "2",
                       "--test-references", str(refs)))
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    # the held-out likelihood of the test rows (145, 146) is that of the file given: a line fewer than the data
+    # folder's 238 tokens, before training and after
+    for nll in (m["heldout_nll"]["test"], m["heldout_nll_base"]["test"]):
+        assert sorted(nll["per_sonnet"]) == ["145", "146"] and nll["tokens"] < 238
     # held out: the 3 true dev sonnets (132-134) and the 3 of the file given (145, 146 and 147), not the 2 of the
     # data folder's test file
     assert m["copying"]["test"]["held_out_sonnets"] == m["copying"]["dev"]["held_out_sonnets"] == 6
