@@ -307,14 +307,26 @@ def test_last_linear_layer_freezes_the_body_only():
     assert all(p.requires_grad for p in module.parameters())
 
 
-def test_the_default_run_folder_is_named_by_task_and_name_or_time():
+@pytest.fixture
+def far_east(monkeypatch):
+    """The local time zone 9 hours ahead of UTC (Tokyo), for the test's duration."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_the_default_run_folder_is_named_by_task_and_name_or_time(far_east):
     named = finetune.parse_settings(args("quora", None, "--name", "first"))
     assert finetune.default_run_dir(named) == Path("checkpoints") / "runs" / "quora-first"
     before = datetime.now(timezone.utc).replace(microsecond=0)
     path = finetune.default_run_dir(finetune.parse_settings(args("sst", None)))
     after = datetime.now(timezone.utc)
     assert path.parent == Path("checkpoints") / "runs"
-    stamp = re.fullmatch(r"sst-(\d{8}-\d{6})", path.name).group(1)
+    stamp = re.fullmatch(r"sst-(\d{8}-\d{6})", path.name).group(1)  # UTC, whatever the local time zone
     assert before <= datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc) <= after
 
 
