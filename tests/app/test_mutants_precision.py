@@ -133,6 +133,22 @@ def test_write_quantized_reports_the_packed_file_it_wrote(tmp_path, qaft):
     assert json.loads((tmp_path / "quantized" / "size_report.json").read_text(encoding="utf-8")) == out
 
 
+def test_write_quantized_reports_the_groups_of_the_runs_own_config(tmp_path):
+    """INT4 in groups of 16 (not the default 128, which the tiny model's 32-wide layers cannot take)."""
+    module = task_model()
+    s = PrecisionSettings(format="int4", qaft=True, quant=QuantConfig.for_precision("int4", group_size=16))
+    apply_run_precision(module, module.gpt, s)
+    out = write_quantized(module.gpt, s, tmp_path)
+    packed = tmp_path / "quantized" / "model-int4.safetensors"
+    assert (out["precision"], out["file"]) == ("int4", "quantized/model-int4.safetensors")
+    assert out["file_bytes"] == packed.stat().st_size == out["computed_file_bytes"]
+    assert out["quant_config"] == {"weight": "int4", "group_size": 16, "activations": False, "embeddings": True}
+    # one fp32 scale per 16 inputs of every row: wte 50257 x 32 and wpe 128 x 32 (2 groups a row), per block
+    # 96 + 32 + 128 rows of 32 inputs (2 groups) and 32 rows of 128 (8 groups)
+    groups = 2 * (50257 + 128) + 2 * (2 * (96 + 32 + 128) + 8 * 32)
+    assert out["scale_bytes"] == 4 * groups
+
+
 def test_the_precision_flags_help_is_their_own_text(capsys):
     with pytest.raises(SystemExit) as e:
         finetune.main(["--help"])
