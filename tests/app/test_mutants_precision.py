@@ -149,6 +149,21 @@ def test_write_quantized_reports_the_groups_of_the_runs_own_config(tmp_path):
     assert out["scale_bytes"] == 4 * groups
 
 
+def test_a_dtype_cast_is_reported_without_a_quant_config(tmp_path):
+    module = task_model()
+    s = PrecisionSettings(format="bf16")
+    apply_run_precision(module, module.gpt, s)
+    out = write_quantized(module.gpt, s, tmp_path)
+    packed = tmp_path / "quantized" / "model-bf16.safetensors"
+    assert (out["precision"], out["qaft"], out["file"], out["quant_config"]) == (
+        "bf16", False, "quantized/model-bf16.safetensors", None)
+    assert out["file_bytes"] == packed.stat().st_size == out["computed_file_bytes"]
+    assert out["scale_bytes"] == 0
+    # 2 bytes a parameter: the body (wte 50257 x 32, wpe 128 x 32; the blocks' matrices and biases; the norms)
+    assert out["param_bytes_by_part"] == {"embeddings": 2 * (50257 + 128) * 32, "linear": 2 * 2 * (12288 + 288),
+                                          "norms": 2 * 2 * 32 * 5}
+
+
 def test_the_precision_flags_help_is_their_own_text(capsys):
     with pytest.raises(SystemExit) as e:
         finetune.main(["--help"])
