@@ -498,6 +498,17 @@ TRAIN_FAST = tuple(f"tests/minigpt2/test_train.py::test_{name}" for name in (
 LM_LOSS = ("tests/minigpt2/fast/test_mutants_chunked_loss.py", "tests/minigpt2/test_losses.py",
            "tests/minigpt2/fast/test_contract_fast.py")
 
+FINETUNE_RUNS = ("tests/app/test_finetune.py", "tests/app/test_lora_finetune.py", "tests/app/test_quant_finetune.py",
+                 "tests/app/test_settings_files.py",
+                 *(f"tests/app/test_app.py::test_{t}" for t in (
+                     "a_bad_settings_file_is_one_error_line_before_any_run_folder", "a_finished_run_is_not_overwritten",
+                     "a_lora_run_whose_base_changed_is_refused", "bad_flags_are_one_error_line_before_any_work",
+                     "config_records_the_fingerprint", "cuda_without_cuda_is_refused",
+                     "divergence_stops_with_epoch_and_step", "empty_train_split_after_filtering_is_an_error",
+                     "evaluate_on_a_folder_that_is_no_run", "evaluate_refuses_a_missing_head",
+                     "non_finite_checkpoint_is_refused_on_load", "non_finite_label_is_reported_with_file_and_line",
+                     "non_utf8_bytes_name_file_and_line", "quant_report_checks_the_group_size_against_the_model",
+                     "resume_after_the_data_changed_is_refused", "resume_with_other_settings_is_refused_naming_them")))
 AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/metrics.py": ("tests/minigpt2/test_mutants_metrics.py", "tests/contract/test_contract_stats.py", PINNED,
                             "tests/system/test_properties.py", *INTERVALS),
@@ -607,6 +618,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                           *TRAIN_FAST),
     "minigpt2/fast/chunked_loss.py": LM_LOSS,
     "minigpt2/losses.py": LM_LOSS,
+    # the fine-tuning run: the new file's tiny runs (seconds), then the end-to-end files without test_app.py's
+    # kill-and-resume test (95 s a mutant); docs/testing.md, "The fine-tuning run and its precision"
+    "app/finetune.py": ("tests/app/test_mutants_finetune.py", *FINETUNE_RUNS),
+    "app/precision.py": ("tests/app/test_mutants_precision.py", *FINETUNE_RUNS),
 }
 
 
@@ -632,6 +647,12 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
                "app/generate.py", "tasks/paraphrase.py"}
 
+# mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
+# call alone: the tiny fine-tuning runs in module fixtures (and the fork server's imports) are not counted. With
+# mutmut's 1 s a surviving mutant of app/precision.py whose tests took 0.5 s was stopped at 45 CPU s, before its
+# fixtures had trained, and counted as "timeout" (caught); equivalent mutants among them. These modules get more.
+CPU_SLACK = {"app/finetune.py": 10.0, "app/precision.py": 10.0}
+
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
 # run that opens a progress bar asleep on it for good (no CPU time, so mutmut's CPU limit never ends it). The test
@@ -647,17 +668,22 @@ else:
 """
 
 
-def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str], fork_server: bool = False) -> str:
+def mutmut_config(module: str, tests: tuple[str, ...], packages: list[str], fork_server: bool = False,
+                  cpu_slack: float | None = None) -> str:
     """The [tool.mutmut] table that points mutmut at one module, the chosen tests, the rest of the tree copied.
     `fork_server`: each mutant's test run forked from a process that never ran a test (mutmut's "forkserver"
-    isolation, nothing imported ahead), not from the one that ran the stats pass (see FORK_SERVER)."""
+    isolation, nothing imported ahead), not from the one that ran the stats pass (see FORK_SERVER). `cpu_slack`:
+    mutmut's `timeout_constant`, the seconds added to a mutant's tests' recorded time before its CPU limit
+    ((time + slack) x 30); mutmut records each test's call only, not the module fixtures it sets up nor (with the
+    fork server) the imports, so tests whose fixtures train (app/finetune.py's) need more than mutmut's 1 s."""
     top = module.split("/")[0]
     other = [p for p in packages if p != top]
     q = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
     return (f"\n[tool.mutmut]\nsource_paths = {q([top])}\nonly_mutate = {q([module])}\nalso_copy = {q(other)}\n"
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
             f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-p', PYTEST_HOOK])}\n"
-            + ('process_isolation = "forkserver"\nforkserver_warmup = "none"\n' if fork_server else ""))
+            + ('process_isolation = "forkserver"\nforkserver_warmup = "none"\n' if fork_server else "")
+            + (f"timeout_constant = {float(cpu_slack)}\n" if cpu_slack is not None else ""))
 
 
 def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
@@ -668,8 +694,9 @@ def mutmut_results(repo: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: int, timeout: int,
-             fork_server: bool = False) -> int:
-    """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff."""
+             fork_server: bool = False, cpu_slack: float | None = None, names: tuple[str, ...] = ()) -> int:
+    """mutmut on `module` of a scratch copy with `tests`; prints the counts and each survivor's diff. `names`:
+    single mutants by mutmut's name (as a survivor is printed), besides or instead of whole `functions`."""
     if not (ROOT / module).is_file() or not module.endswith(".py"):
         print(f"error: --auto {module}: expected a .py file of this repository, e.g. minigpt2/metrics.py",
               file=sys.stderr)
@@ -681,14 +708,14 @@ def run_auto(module: str, tests: tuple[str, ...], functions: list[str], jobs: in
     dotted = module[:-3].replace("/", ".").removesuffix(".__init__")  # mutmut names a package by its folder
     # mutmut's keys: x_<function>, or xǁ<Class>ǁ<method> for a method (--function Class.method)
     patterns = [f"{dotted}.xǁ{f.replace('.', 'ǁ')}__mutmut_*" if "." in f else f"{dotted}.x_{f}__mutmut_*"
-                for f in functions]
+                for f in functions] + list(names)
     with tempfile.TemporaryDirectory(prefix="mutmut-") as tmp:
         repo = scratch_copy(files, Path(tmp))
         (repo / STATS_CHILD_HOOK).write_text(STATS_CHILD_CODE, encoding="utf-8")
         (repo / f"{PYTEST_HOOK}.py").write_text(PYTEST_HOOK_CODE, encoding="utf-8")
         packages += [STATS_CHILD_HOOK, f"{PYTEST_HOOK}.py"]  # copied into mutants/: a test's child python reads it
         with open(repo / "pyproject.toml", "a", encoding="utf-8") as f:
-            f.write(mutmut_config(module, tests, packages, fork_server))
+            f.write(mutmut_config(module, tests, packages, fork_server, cpu_slack))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its mutants/ first
         # mutmut forks each mutant's worker from a process that ran torch: a child forked after OpenMP's thread pool
         # started can wait forever on it (asleep at 0 CPU s: a mutant "timeout", or the whole run past its limit).
@@ -741,6 +768,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="--auto: only the mutants of this function, or of Class.method (repeatable)")
     p.add_argument("--fork-server", action="store_true",
                    help="--auto: fork each mutant's run from a process that ran no test (on for FORK_SERVER)")
+    p.add_argument("--mutant", action="append", default=[], metavar="NAME",
+                   help="--auto: only this mutant, by the name a survivor is printed with (repeatable): an earlier "
+                        "run's survivors against new tests")
+    p.add_argument("--cpu-slack", type=float, default=None, metavar="S",
+                   help="--auto: seconds added to each mutant's recorded test time before mutmut's CPU limit "
+                        "(mutmut's timeout_constant, default 1; CPU_SLACK per module)")
     args = p.parse_args(argv)
     if args.auto:
         tests = tuple(args.tests or AUTO_TESTS.get(args.auto, ()))
@@ -748,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --auto {args.auto}: no default tests for this module; pass --tests", file=sys.stderr)
             return 2
         return run_auto(args.auto, tests, args.function, max(1, args.jobs), args.timeout * 4,
-                        args.fork_server or args.auto in FORK_SERVER)
+                        args.fork_server or args.auto in FORK_SERVER,
+                        args.cpu_slack if args.cpu_slack is not None else CPU_SLACK.get(args.auto),
+                        tuple(args.mutant))
     names = [m.name for m in MUTANTS]
     if len(set(names)) != len(names):
         print("error: two mutants share a name", file=sys.stderr)
