@@ -557,6 +557,20 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                          "tests/minigpt2/test_lora_peft.py"),
     "minigpt2/checkpoint.py": ("tests/minigpt2/test_mutants_checkpoint.py", "tests/minigpt2/test_checkpoint.py",
                                "tests/minigpt2/test_download.py"),
+    # the resume contracts (a stopped run resumed to the uninterrupted one, each refusal's line) and the writes a
+    # crash must not corrupt; test_contract_resume.py's property runs a few dozen tiny trainings (about 30 s)
+    "minigpt2/resume.py": ("tests/minigpt2/test_mutants_resume.py", "tests/contract/test_contract_resume.py",
+                           "tests/contract/test_contract_train.py", "tests/system/test_wiring.py"),
+    "minigpt2/atomic.py": ("tests/minigpt2/test_mutants_resume.py", "tests/minigpt2/test_atomic.py",
+                           "tests/contract/test_contract_resume.py", "tests/minigpt2/test_mutants_checkpoint.py",
+                           "tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py"),
+    # which model a run folder gives back: the new file on a small body (seconds), then the tiny model's runs
+    "app/runmodel.py": ("tests/app/test_mutants_runmodel.py", "tests/app/test_finetune.py",
+                        "tests/app/test_lora_finetune.py", "tests/app/test_quant_finetune.py",
+                        "tests/app/test_app.py::test_evaluate_refuses_a_missing_head",
+                        "tests/app/test_app.py::test_a_lora_run_whose_base_changed_is_refused",
+                        "tests/app/test_app.py::test_config_records_the_fingerprint",
+                        "tests/experiments/test_mutants_runner.py", "tests/experiments/test_mutants_cli.py"),
     # the sampler's hand-worked cases and the scripted generate loop, then the older files (the tiny model's runs)
     "minigpt2/generation.py": ("tests/minigpt2/test_mutants_generation.py", "tests/minigpt2/test_generate.py",
                                "tests/minigpt2/fast/test_generate_fast.py"),
@@ -613,7 +627,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
-               "app/generate.py", "tasks/paraphrase.py"}
+               "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py"}
 
 # mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
 # that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
