@@ -27,6 +27,7 @@ from minigpt2 import GPT2, GPT2Config
 from minigpt2.checkpoint import read_safetensors, save_model
 from minigpt2.lora import LoRALinear, apply_lora
 from tasks import TaskModel, get_task
+from tests.minigpt2.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 CFG = GPT2Config(vocab_size=11, n_positions=5, n_embd=8, n_layer=2, n_head=2)
 
