@@ -24,7 +24,7 @@ from app.runmodel import (ADAPTER_NAME, base_weights_file, head_modules, load_ba
                           load_run_model, save_run_model)
 from app.settings import SettingsError
 from minigpt2 import GPT2, GPT2Config
-from minigpt2.checkpoint import read_safetensors, save_model
+from minigpt2.checkpoint import CheckpointError, read_safetensors, save_model
 from minigpt2.lora import LoRALinear, apply_lora
 from tasks import TaskModel, get_task
 from tests.minigpt2.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
@@ -266,3 +266,32 @@ def test_a_lora_run_without_a_recorded_base_loads_the_base_unchecked(tmp_path):
     save_model(body(1), base.parent)
     same_weights(load_run_body(best, s), body(1))
     same_weights(load_run_body(best, s, None), body(1))
+
+
+def test_a_later_best_epoch_of_a_lora_run_replaces_the_first_in_the_same_folder(tmp_path):
+    s, module, best, _ = lora_run(tmp_path)
+    randomized(module, 9)  # the next best epoch: other adapters and head
+    save_run_model(module, best, s)
+    fresh = get_task("sst").build(load_run_body(best, s))
+    load_run_model(fresh, best)
+    same_weights(fresh, module)
+
+
+def test_a_body_of_another_shape_is_refused_naming_the_run_s_weights_file(tmp_path):
+    save_run_model(get_task("sst").build(body(0)), tmp_path, settings())
+    deeper = GPT2(GPT2Config(vocab_size=11, n_positions=5, n_embd=8, n_layer=3, n_head=2))
+    with pytest.raises(CheckpointError) as e:
+        load_run_model(get_task("sst").build(deeper), tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'model.safetensors'}: not a GPT-2 checkpoint for n_layer=3, "
+                                   "n_embd=8: missing key(s) ['h.2.")
+
+
+def test_a_full_run_is_never_loaded_in_part_into_a_body_with_other_layers(tmp_path):
+    """A body whose projections are wrapped (LoRA adapters) has other tensor names: the whole body must load or
+    nothing, never the matching part with the wrapped layers left as they were."""
+    save_run_model(get_task("sst").build(body(0)), tmp_path, settings())
+    s = settings("sst", *LORA)
+    wrapped = get_task("sst").build(body(1))
+    apply_lora(wrapped, s.model.lora)
+    with pytest.raises(RuntimeError, match="Missing key\\(s\\) in state_dict: .*attn.query.base.weight"):
+        load_run_model(wrapped, tmp_path)
