@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from minigpt2 import atomic
 from minigpt2.atomic import WriteError, atomic_path, atomic_write, atomic_write_json
 from minigpt2.checkpoint import read_safetensors
 from minigpt2.errors import UserError
-from minigpt2.resume import STATE_FILE, load_resume_state, save_resume_state
+from minigpt2.resume import STATE_FILE, ResumeStateError, load_resume_state, save_resume_state
 
 ADVICE = ("the previous file, if any, is untouched: free disk space (or raise the file-size limit, or fix "
           "permissions) and run again")
@@ -211,3 +212,26 @@ def test_optimizer_state_names_with_dots_and_many_parameters_come_back_under_the
         assert opt2.state[q].keys() == {"step", "exp_avg", "exp_avg_sq", "ema.slow"}
         assert torch.equal(opt2.state[q]["ema.slow"], torch.full((2,), float(i))), i
         assert torch.equal(opt2.state[q]["exp_avg"], optimizer.state[p]["exp_avg"]), i
+
+
+@pytest.mark.parametrize("key,saved,shape", [
+    ("model.gain", torch.tensor([7.0], dtype=torch.float64), (4,)),  # was broadcast into all 4 values, silently
+    ("model.emb.weight", torch.zeros(3, 4, dtype=torch.float64), (9, 4)),  # was a RuntimeError's traceback
+])
+def test_a_state_tensor_of_another_shape_is_one_line_naming_the_file_and_both_shapes(tmp_path, key, saved, shape):
+    from tests.contract.test_contract_train import Toy
+
+    module = Toy()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_resume_state(tmp_path, module, optimizer, scheduler, 1, {"history": [], "best": None, "wall_s": 0.0})
+    tensors, meta = read_safetensors(tmp_path / STATE_FILE)
+    save_file({**tensors, key: saved}, str(tmp_path / STATE_FILE), metadata=meta)
+    other = Toy()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    opt2 = torch.optim.AdamW(other.parameters(), lr=0.1)
+    with pytest.raises(ResumeStateError) as e:
+        load_resume_state(tmp_path, other, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 1.0))
+    assert str(e.value) == (f"{tmp_path / STATE_FILE}: tensor {key!r} has shape {tuple(saved.shape)}, this run's "
+                            f"{shape}; was the run started with other settings (mode, LoRA, ...)?")
+    assert torch.equal(other.state_dict()[key[len("model."):]], before[key[len("model."):]])
