@@ -295,3 +295,21 @@ def test_a_full_run_is_never_loaded_in_part_into_a_body_with_other_layers(tmp_pa
     apply_lora(wrapped, s.model.lora)
     with pytest.raises(RuntimeError, match="Missing key\\(s\\) in state_dict: .*attn.query.base.weight"):
         load_run_model(wrapped, tmp_path)
+
+
+class GptNamedHead(TaskModel):
+    """A head whose module name ends in "gpt" ("subgpt.bias" holds "gpt." but is no tensor of the body)."""
+
+    def __init__(self, gpt: GPT2) -> None:
+        super().__init__(gpt)
+        self.subgpt = nn.Linear(8, 2)
+
+
+def test_a_missing_head_tensor_is_named_even_when_its_name_holds_gpt(tmp_path):
+    save_run_model(GptNamedHead(body(0)), tmp_path, settings())
+    head, _ = read_safetensors(tmp_path / "head.safetensors")
+    save_file({"subgpt.weight": head["subgpt.weight"]}, str(tmp_path / "head.safetensors"))
+    with pytest.raises(RunFolderError) as e:
+        load_run_model(GptNamedHead(body(0)), tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'head.safetensors'}: head does not fit this task (unexpected [], missing "
+                            "['subgpt.bias'])")  # was "missing []"
