@@ -102,8 +102,9 @@ def load_run_model(module: TaskModel, folder: Path) -> TaskModel:
                                            "scores would come from a random classifier")
         head, _ = read_safetensors(folder / "head.safetensors")
         missing, unexpected = module.load_state_dict(head, strict=False)
-        if unexpected or any(not k.startswith("gpt.") for k in missing):
+        missing = [k for k in missing if not k.startswith("gpt.")]  # the body's came from model.safetensors
+        if unexpected or missing:
             raise runfolder.RunFolderError(
                 f"{folder / 'head.safetensors'}: head does not fit this task (unexpected {unexpected}, missing "
-                f"{[k for k in missing if 'gpt.' not in k]})")
+                f"{missing})")
     return module

@@ -73,6 +73,9 @@ def load_resume_state(folder: Path, module: nn.Module, optimizer: torch.optim.Op
             if key not in tensors:
                 raise ResumeStateError(f"{path}: no tensor {key!r}; was the run started with "
                                        "other settings (mode, LoRA, ...)?")
+            if tensors[key].shape != p.shape:  # copy_ would broadcast a (1,) into any shape, or fail with a traceback
+                raise ResumeStateError(f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, this run's "
+                                       f"{tuple(p.shape)}; was the run started with other settings (mode, LoRA, ...)?")
             with torch.no_grad():
                 p.copy_(tensors[key])
     try:

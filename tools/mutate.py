@@ -577,6 +577,18 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                          "tests/minigpt2/test_lora_peft.py"),
     "minigpt2/checkpoint.py": ("tests/minigpt2/test_mutants_checkpoint.py", "tests/minigpt2/test_checkpoint.py",
                                "tests/minigpt2/test_download.py"),
+    # the resume contracts (a stopped run resumed to the uninterrupted one, each refusal's line) and the writes a
+    # crash must not corrupt; test_contract_resume.py's property runs a few dozen tiny trainings (about 30 s)
+    "minigpt2/resume.py": ("tests/minigpt2/test_mutants_resume.py", "tests/contract/test_contract_resume.py",
+                           "tests/contract/test_contract_train.py", "tests/system/test_wiring.py"),
+    "minigpt2/atomic.py": ("tests/minigpt2/test_mutants_resume.py", "tests/minigpt2/test_atomic.py",
+                           "tests/contract/test_contract_resume.py", "tests/minigpt2/test_mutants_checkpoint.py",
+                           "tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py"),
+    # which model a run folder gives back: the new file on a small body (seconds) and the lab's stand-ins; the tiny
+    # model's runs reach it too (test_finetune.py, test_lora_finetune.py, test_quant_finetune.py, test_app.py's
+    # `finished` run), about a minute a mutant: the 2026-12-07 "before" (docs/testing.md), too slow for the default
+    "app/runmodel.py": ("tests/app/test_mutants_runmodel.py", "tests/experiments/test_mutants_runner.py",
+                        "tests/experiments/test_mutants_cli.py"),
     # the sampler's hand-worked cases and the scripted generate loop, then the older files (the tiny model's runs)
     "minigpt2/generation.py": ("tests/minigpt2/test_mutants_generation.py", "tests/minigpt2/test_generate.py",
                                "tests/minigpt2/fast/test_generate_fast.py"),
@@ -645,7 +657,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
-               "app/generate.py", "tasks/paraphrase.py"}
+               "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py"}
 
 # mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
 # call alone: the tiny fine-tuning runs in module fixtures (and the fork server's imports) are not counted. With
