@@ -284,6 +284,11 @@ MUTANTS: list[Mutant] = [
            'require(True, "rslora"', ("tests/minigpt2/test_mutants_lora.py",)),
     Mutant("quora-cut-below-empty", "tasks/paraphrase.py", "room = max(0, room - max(1, (len(ids) - max_len) // 2))",
            "room = room - max(1, (len(ids) - max_len) // 2)", ("tests/tasks/test_mutants_paraphrase.py",)),
+    Mutant("resume-state-of-another-shape-broadcast", "minigpt2/resume.py", "if tensors[key].shape != p.shape:",
+           "if False:", ("tests/minigpt2/test_mutants_resume.py",)),
+    Mutant("run-head-missing-by-another-rule", "app/runmodel.py",
+           'missing = [k for k in missing if not k.startswith("gpt.")]',
+           'missing = [k for k in missing if "gpt." not in k]', ("tests/app/test_mutants_runmodel.py",)),
     # ---- defaults, validators, run folders
     Mutant("lora-default-attention-only", "app/settings.py", 'LORA_TARGETS = "attn+mlp"', 'LORA_TARGETS = "attn"',
            SET),
