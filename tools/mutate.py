@@ -603,6 +603,9 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "minigpt2/download.py": ("tests/minigpt2/test_mutants_download.py", "tests/minigpt2/test_download.py",
                              "tests/course/test_data_fetch.py"),
     "minigpt2/tokenizer.py": ("tests/minigpt2/test_tokenizer.py",),
+    # the biased tiny model's layers and copies first (seconds), then the older files (greedy runs, 2-20 rows)
+    "minigpt2/fast/prepack.py": ("tests/minigpt2/fast/test_mutants_prepack.py", "tests/minigpt2/fast/test_prepack.py",
+                                 "tests/minigpt2/fast/test_transposed_linear.py"),
     "course/readers.py": ("tests/course/test_mutants_readers.py", "tests/contract/test_contract_readers.py",
                           "tests/tasks/test_tasks.py", "tests/course/test_mutants_formats.py"),
     "course/convert.py": ("tests/course/test_mutants_convert.py", "tests/course/test_data_fetch.py"),
@@ -662,7 +665,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
-               "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py"}
+               "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py", "minigpt2/fast/prepack.py"}
 
 # mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
 # call alone: the tiny fine-tuning runs in module fixtures (and the fork server's imports) are not counted. With
