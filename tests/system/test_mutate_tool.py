@@ -45,12 +45,29 @@ def test_the_mutmut_table_asks_for_the_fork_server_only_when_told(mutate):
     (["--auto", "tasks/sonnet.py"], True),  # in FORK_SERVER: its tests run torch in the stats pass
     (["--auto", "app/generate.py"], True),  # in FORK_SERVER: the same
     (["--auto", "tasks/paraphrase.py"], True),  # in FORK_SERVER: the same
+    (["--auto", "app/runmodel.py"], True),  # in FORK_SERVER: the same
+    (["--auto", "minigpt2/fast/prepack.py"], True),  # in FORK_SERVER: its tests set two threads in a forked child
     (["--auto", "minigpt2/metrics.py"], False),
     (["--auto", "minigpt2/metrics.py", "--fork-server"], True),
 ])
 def test_the_runner_module_gets_the_fork_server_by_default(mutate, monkeypatch, argv, served):
     seen = []
-    monkeypatch.setattr(mutate, "run_auto", lambda module, tests, functions, jobs, timeout, fork_server=False:
-                        seen.append((module, fork_server)) or 0)
+    monkeypatch.setattr(mutate, "run_auto", lambda module, tests, functions, jobs, timeout, fork_server=False,
+                        cpu_slack=None, names=(): seen.append((module, fork_server)) or 0)
     assert mutate.main(argv) == 0
     assert seen == [(argv[1], served)]
+
+
+@pytest.mark.parametrize("argv, slack, names", [
+    (["--auto", "app/finetune.py"], 10.0, ()),  # CPU_SLACK: its fixtures train tiny runs mutmut's limit leaves out
+    (["--auto", "app/finetune.py", "--cpu-slack", "3"], 3.0, ()),
+    (["--auto", "minigpt2/metrics.py"], None, ()),
+    (["--auto", "minigpt2/metrics.py", "--mutant", "a.x_f__mutmut_1", "--mutant", "a.x_g__mutmut_2"], None,
+     ("a.x_f__mutmut_1", "a.x_g__mutmut_2")),
+])
+def test_cpu_slack_and_single_mutants_reach_the_run(mutate, monkeypatch, argv, slack, names):
+    seen = []
+    monkeypatch.setattr(mutate, "run_auto", lambda module, tests, functions, jobs, timeout, fork_server=False,
+                        cpu_slack=None, names=(): seen.append((cpu_slack, names)) or 0)
+    assert mutate.main(argv) == 0
+    assert seen == [(slack, names)]
