@@ -88,7 +88,28 @@ def test_bf16_copy_keeps_the_biases_and_computes_in_bf16():
         torch.testing.assert_close(fast.logits(ids).float(), model.logits(ids), rtol=0.1, atol=0.1)
 
 
-@pytest.mark.skipif(not fp16_available(), reason="no fbgemm fp16 linear on this CPU")
+def can_fp16() -> bool:
+    """Whether fbgemm's fp16 linear runs here, tried rather than asked (x86 only: on other CPUs fbgemm is absent)."""
+    try:
+        w = torch.ops.quantized.linear_prepack_fp16(torch.ones(4, 2), None)
+        return bool(torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 2), w).sum() == 8)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("capability, engines, want", [
+    ("AVX2", ["none", "fbgemm"], True), ("AVX512", ["fbgemm"], True),
+    ("DEFAULT", ["none", "fbgemm"], False),  # fbgemm's fp16 kernels need AVX2
+    ("AVX2", ["none", "qnnpack"], False), ("AVX512", ["onednn", "x86"], False),
+])
+def test_fp16_weights_need_fbgemm_and_avx2(monkeypatch, capability, engines, want):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    # a property of torch.backends.quantized's module class: patched there
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", property(lambda self: engines))
+    assert fp16_available() is (want and hasattr(torch.ops.quantized, "linear_prepack_fp16"))
+
+
+@pytest.mark.skipif(not can_fp16(), reason="no fbgemm fp16 linear on this CPU")
 def test_fp16_copy_rounds_only_the_weights_and_keeps_the_biases():
     model = biased_tiny()
     fast = inference_copy(model, torch.float16)
@@ -152,7 +173,8 @@ def test_a_copy_is_packed_for_one_row_unless_asked(threads):
             assert all(type(layer) is TransposedLinear for layer in layers)
     fast = inference_copy(model, batch=3)
     assert [type(fast.h[0].mlp.c_fc), fast.h[0].mlp.c_fc.batch, fast.packed_head.batch] == [PackedLinear, 3, 3]
-    assert "for 3 row(s)" in repr(fast.h[0].mlp.c_fc)
+    assert repr(fast.h[0].mlp.c_fc) == ("PackedLinear(in_features=32, out_features=128, oneDNN prepacked float32 "
+                                        "for 3 row(s))")
 
 
 def test_a_transposed_layer_with_one_row_per_position_is_a_product_of_several_rows():
