@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigpt2.config import PRESETS, GPT2Config
+from minigpt2.fast.compiled import separate_inductor_cache
 from minigpt2.fast.prepack import Fp16Linear, PackedLinear, TransposedLinear, available, fp16_available
 from quant.int8_linear import Int8Linear
 
@@ -63,6 +64,7 @@ class Kernel:
 
 def _inductor(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     w, b = linear.weight.detach(), linear.bias.detach()
+    separate_inductor_cache()  # an ISA-capped run must not load another ISA's kernels
     gemv = torch.compile(lambda x, w, b: (w * x).sum(-1) + b, dynamic=False)
     return lambda x: gemv(x, w, b)
 

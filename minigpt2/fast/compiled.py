@@ -9,12 +9,35 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
+import os
+import tempfile
 from typing import Iterator
 
 import torch
 import torch.nn as nn
 
 from ..model import Block
+
+
+def separate_inductor_cache() -> None:
+    """Where `ATEN_CPU_CAPABILITY` caps the instruction set and no `TORCHINDUCTOR_CACHE_DIR` is chosen, point inductor
+    at a cache folder of that capability's own: `<tmp>/torchinductor_<user>-<capability>`.
+
+    torch 2.13's on-disk inductor cache does not tell CPU kernels built for one vector ISA from another's: after a
+    process capped at AVX2 compiled a graph, an uncapped (AVX-512) process on the same machine loaded its kernel
+    and computed wrong numbers or aborted, and the other way round (docs/performance.md, "Fifth round"). Call it
+    before the first compilation of a process: inductor fixes its folder then.
+    """
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not capability or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = f"uid_{getattr(os, 'getuid', lambda: 'unknown')()}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
+                                                         f"torchinductor_{user}-{capability.lower()}")
 
 
 class CompiledBlocks:
@@ -29,6 +52,7 @@ class CompiledBlocks:
 
     def __init__(self, module: nn.Module) -> None:
         self.blocks = [m for m in module.modules() if isinstance(m, Block)]
+        separate_inductor_cache()
         self.forward = torch.compile(Block.forward)
 
     @contextlib.contextmanager

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import getpass
+import os
+import tempfile
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from torch._dynamo.utils import counters
 from minigpt2.config import GPT2Config
 from minigpt2.losses import lm_loss
 from minigpt2.model import GPT2
-from minigpt2.fast.compiled import CompiledBlocks
+from minigpt2.fast.compiled import CompiledBlocks, separate_inductor_cache
 from tests.minigpt2.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
@@ -66,3 +69,37 @@ def test_the_application_switches_the_compiled_blocks_in_only_with_compile_on_ei
         with steps():
             assert all("forward" in vars(b) for b in blocks)
         assert all("forward" not in vars(b) for b in blocks)
+
+
+def test_a_capped_instruction_set_gets_its_own_inductor_cache(monkeypatch):
+    # torch 2.13's inductor cache handed one ISA's kernels to another ISA's process (wrong numbers, aborts).
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    CompiledBlocks(GPT2(GPT2Config.from_name("tiny")))  # compiles nothing until a block runs
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(tempfile.gettempdir(),
+                                                                 f"torchinductor_{getpass.getuser()}-avx2")
+
+
+def test_the_inductor_cache_is_left_alone_when_chosen_or_uncapped(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/chosen")
+    separate_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/chosen"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    separate_inductor_cache()
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "")
+    separate_inductor_cache()
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+def test_a_nameless_user_gets_a_cache_by_uid(monkeypatch):
+    def no_name():
+        raise KeyError("getpwuid(): uid not found: 1234")
+    monkeypatch.setattr(getpass, "getuser", no_name)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    separate_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(tempfile.gettempdir(),
+                                                                 f"torchinductor_uid_{os.getuid()}-avx512")
