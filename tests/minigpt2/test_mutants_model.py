@@ -294,3 +294,19 @@ def test_dropout_is_the_configs_at_each_site_in_training_and_none_in_eval():
             assert not torch.allclose(a, b), keep
             model.eval()
             close(model(ids), ours(ids))
+
+
+def test_the_cache_and_the_masks_are_made_on_the_device_asked_for():
+    """On the meta device (no GPU needed): a tensor left on the default device would show up as "cpu"."""
+    meta = torch.device("meta")
+    config = GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=2, n_head=2)
+    cache = KVCache(config, 2, 5, device=meta)
+    assert {t.device.type for t in cache.k + cache.v} == {"meta"}
+    mask, _ = attention_mask_for(torch.tensor([[0, 1, 1]]), 3, 0, meta)
+    assert mask.device == meta
+    mask, _ = attention_mask_for(None, 2, 3, meta)
+    assert mask.device == meta
+    with torch.device("meta"):
+        model = GPT2(config)
+    ids = torch.zeros(2, 3, dtype=torch.long, device=meta)
+    assert model(ids, cache=cache).device == meta and model(ids[:, :2], cache=cache).device == meta

@@ -176,3 +176,22 @@ def test_with_one_token_step_changes_the_class_in_place_once_per_class():
     with torch.no_grad():
         cache = KVCache(config, 1, 2)
         assert a(torch.tensor([[3]]), cache=cache).shape == (1, 1, 8) and cache.length == 1
+
+
+def test_the_prepacked_copys_mlp_takes_the_product_with_its_gelu_fused(monkeypatch):
+    from minigpt2.fast import prepack
+
+    ours, _ = pair(seed=17)
+    fast = for_inference(ours, "cpu")
+    kind = type(fast.h[0].mlp.c_fc)
+    if kind not in (prepack.PackedLinear, prepack.TransposedLinear):
+        pytest.skip("no oneDNN: the copy keeps plain layers")
+    calls = []
+    fused = kind.forward_gelu
+    monkeypatch.setattr(kind, "forward_gelu", lambda self, x: calls.append(x.shape) or fused(self, x))
+    cache = KVCache(fast.config, 1, 4)
+    with torch.no_grad():
+        fast(ids_of(1, 2), cache=cache)
+        calls.clear()
+        fast(ids_of(1, 1), cache=cache)
+    assert calls == [(1, 1, 32)] * L
