@@ -158,7 +158,7 @@ def test_the_kv_cache_keys_and_values_are_transformers_and_unused_slots_are_neve
         t.fill_(float("nan"))
     with torch.no_grad():
         parts = [ours(ids[:, :4], cache=cache), ours(ids[:, 4:5], cache=cache), ours(ids[:, 5:6], cache=cache),
-                 ours(ids[:, 6:9], cache=cache)]  # a prefill, two single tokens, a chunk of three
+                 ours(ids[:, 6:9], torch.ones(2, 9), cache=cache)]  # a prefill, two tokens, three (no padding)
         out = hf(ids, use_cache=True, output_hidden_states=True)
     assert cache.length == 9
     close(torch.cat(parts, 1), out.hidden_states[-1])
@@ -310,3 +310,17 @@ def test_the_cache_and_the_masks_are_made_on_the_device_asked_for():
         model = GPT2(config)
     ids = torch.zeros(2, 3, dtype=torch.long, device=meta)
     assert model(ids, cache=cache).device == meta and model(ids[:, :2], cache=cache).device == meta
+
+
+def test_a_block_and_its_attention_called_alone_on_a_cache_write_layer_0_by_default():
+    ours, hf = pair(seed=5, n_layer=1)
+    ids = ids_of(2, 4, seed=6)
+    cache = KVCache(ours.config, 2, 4)
+    with torch.no_grad():
+        x = ours.wte(ids) + ours.wpe(torch.arange(4))[None]
+        block = ours.h[0]
+        y = x + block.attn(block.ln_1(x), None, True, cache)  # no `layer`: the first
+        close(cache.k[0], hf(ids, use_cache=True).past_key_values.layers[0].keys)
+        cache.length = 0
+        close(ours.ln_f(block(x, None, True, cache)), ours(ids))
+        close(y, x + block.attn(block.ln_1(x), None, True))

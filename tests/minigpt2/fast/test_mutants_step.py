@@ -171,6 +171,7 @@ def test_with_one_token_step_changes_the_class_in_place_once_per_class():
     assert cls.__name__ == "OneTokenStepGPT2" and cls.__module__ == "minigpt2.fast.step"
     assert cls.__doc__ == "A `GPT2` with `OneTokenStep`."
     assert type(s).__name__ == "OneTokenStepSub" and type(s).__mro__[1:3] == (OneTokenStep, Sub)
+    assert type(s).__doc__ == "A `Sub` with `OneTokenStep`." and type(s).__module__ == "minigpt2.fast.step"
     assert with_one_token_step(a) is a and type(a) is cls  # already stepping: unchanged
     assert isinstance(a, GPT2) and list(a.state_dict()) == list(GPT2(config).state_dict())
     with torch.no_grad():
