@@ -6,6 +6,7 @@ unused slots hold NaN; the init's spreads; each error line by its text."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -324,3 +325,29 @@ def test_a_block_and_its_attention_called_alone_on_a_cache_write_layer_0_by_defa
         cache.length = 0
         close(ours.ln_f(block(x, None, True, cache)), ours(ids))
         close(y, x + block.attn(block.ln_1(x), None, True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (the meta test above covers the CPU)")
+def test_on_a_gpu_the_positions_masks_and_one_token_steps_are_made_on_the_models_device():
+    """Positions, masks and row indices made on the default device would fail (or copy) on a GPU; on the CPU and
+    the meta device an embedding takes CPU indices, so only this test sees them."""
+    from minigpt2.fast.step import with_one_token_step
+
+    ours, _ = pair(seed=9)
+    ids = ids_of(2, 6, seed=10)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        want = [ours(ids), ours(ids, mask)]
+        cache = KVCache(ours.config, 2, 6)
+        want += [ours(ids[:, :5], mask[:, :5], cache=cache), ours(ids[:, 5:], mask, cache=cache)]
+        gpu = with_one_token_step(copy.deepcopy(ours).cuda())
+        dev = ids.cuda(), mask.cuda()
+        got = [gpu(dev[0]), gpu(dev[0], dev[1])]
+        cache = KVCache(ours.config, 2, 6, device="cuda")
+        got += [gpu(dev[0][:, :5], dev[1][:, :5], cache=cache), gpu(dev[0][:, 5:], dev[1], cache=cache)]
+    real = mask.bool()
+    close(got[0].cpu(), want[0], atol=1e-3)
+    for g, w, m in ((got[1], want[1], real), (got[2], want[2], real[:, :5]), (got[3], want[3], real[:, 5:])):
+        close(g.cpu()[m], w[m], atol=1e-3)
+    right = mask.flip(1)
+    close(gather_last(got[0], right.cuda()).cpu(), gather_last(want[0], right), atol=1e-3)
