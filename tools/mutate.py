@@ -503,6 +503,30 @@ TRAIN_FAST = tuple(f"tests/minigpt2/test_train.py::test_{name}" for name in (
 LM_LOSS = ("tests/minigpt2/fast/test_mutants_chunked_loss.py", "tests/minigpt2/test_losses.py",
            "tests/minigpt2/fast/test_contract_fast.py")
 
+# the model and the one-token step: the new files (transformers' GPT-2 as referee, seconds), test_model.py's tests
+# but the two on the 124M config (17 s a mutant), test_decode_step.py's tests at one thread only (its two-thread
+# params start OpenMP's pool in the process mutmut forks each mutant from: the fork-after-threads hang, FORK_SERVER,
+# which costs every mutant its imports), the sampler files; docs/testing.md, "The model and the one-token step"
+MODEL_FAST = tuple(f"tests/minigpt2/test_model.py::test_{name}" for name in (
+    "tiny_logits_match_transformers", "training_gradients_match_transformers",
+    "gelu_output_is_recomputed_in_backward_not_kept", "right_padding_takes_the_unmasked_causal_path",
+    "padding_does_not_change_real_positions", "lm_head_columns_equal_full_logits",
+    "kv_cache_equals_full_recomputation", "sequence_longer_than_context_is_an_error",
+    "greedy_generation_matches_transformers", "batched_left_padded_generation_equals_one_by_one",
+    "batched_greedy_matches_transformers_with_left_padding"))
+DECODE_STEP_1_THREAD = (
+    *(f"tests/minigpt2/fast/test_decode_step.py::test_{name}[1 thread: transposed fp32]" for name in (
+        "the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forward",
+        "each_step_matches_a_full_forward_over_the_whole_sequence",
+        "left_padded_batch_follows_the_plain_path_row_by_row")),
+    *(f"tests/minigpt2/fast/test_decode_step.py::test_{name}" for name in (
+        "int8_decoder_takes_the_step_with_the_same_tokens", "bf16_copy_takes_the_step_within_bf16_rounding",
+        "lora_layers_are_called_as_they_are_and_training_keeps_the_plain_forward",
+        "a_model_of_another_layout_is_left_as_it_is", "the_step_refuses_a_full_cache",
+        "packed_linear_gelu_post_op_is_tanh_gelu", "fp16_copy_rounds_only_the_weights",
+        "fp16_greedy_tokens_and_logits_follow_fp32", "fp16_falls_back_to_fp32_where_fbgemm_fp16_is_missing",
+        "a_model_after_training_decodes_as_the_same_weights_loaded_fresh")))
+
 FINETUNE_RUNS = ("tests/app/test_finetune.py", "tests/app/test_lora_finetune.py", "tests/app/test_quant_finetune.py",
                  "tests/app/test_settings_files.py",
                  *(f"tests/app/test_app.py::test_{t}" for t in (
@@ -642,6 +666,12 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     # kill-and-resume test (95 s a mutant); docs/testing.md, "The fine-tuning run and its precision"
     "app/finetune.py": ("tests/app/test_mutants_finetune.py", *FINETUNE_RUNS),
     "app/precision.py": ("tests/app/test_mutants_precision.py", *FINETUNE_RUNS),
+    "minigpt2/model.py": ("tests/minigpt2/test_mutants_model.py", *MODEL_FAST, *DECODE_STEP_1_THREAD,
+                          "tests/minigpt2/test_generate.py"),
+    # mutmut leaves decorated functions alone: `one_token_forward` (@torch.no_grad()) is mutated only on a work tree
+    # without that line (docs/testing.md, "The model and the one-token step")
+    "minigpt2/fast/step.py": ("tests/minigpt2/fast/test_mutants_step.py", *DECODE_STEP_1_THREAD,
+                              "tests/minigpt2/fast/test_generate_fast.py"),
 }
 
 

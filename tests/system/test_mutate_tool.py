@@ -49,6 +49,7 @@ def test_the_mutmut_table_asks_for_the_fork_server_only_when_told(mutate):
     (["--auto", "minigpt2/fast/prepack.py"], True),  # in FORK_SERVER: its tests set two threads in a forked child
     (["--auto", "minigpt2/metrics.py"], False),
     (["--auto", "minigpt2/metrics.py", "--fork-server"], True),
+    (["--auto", "minigpt2/model.py"], False),  # its default tests keep to one thread (below)
 ])
 def test_the_runner_module_gets_the_fork_server_by_default(mutate, monkeypatch, argv, served):
     seen = []
@@ -56,6 +57,21 @@ def test_the_runner_module_gets_the_fork_server_by_default(mutate, monkeypatch, 
                         cpu_slack=None, names=(): seen.append((module, fork_server)) or 0)
     assert mutate.main(argv) == 0
     assert seen == [(argv[1], served)]
+
+
+def test_the_model_and_step_default_tests_keep_to_one_thread(mutate):
+    """Run without the fork server, their tests must not start OpenMP's pool in the process mutmut forks from:
+    test_decode_step.py's two-thread params are left out, its other tests named one by one."""
+    collected = {"the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forward",
+                 "each_step_matches_a_full_forward_over_the_whole_sequence",
+                 "left_padded_batch_follows_the_plain_path_row_by_row"}
+    for module in ("minigpt2/model.py", "minigpt2/fast/step.py"):
+        tests = mutate.AUTO_TESTS[module]
+        assert module not in mutate.FORK_SERVER
+        step = [t.split("::test_")[1] for t in tests if t.startswith("tests/minigpt2/fast/test_decode_step.py")]
+        assert len(step) == 13 and not any("2 threads" in t for t in step)
+        assert {t.split("[")[0] for t in step if "[" in t} == collected
+        assert all(t.endswith("[1 thread: transposed fp32]") for t in step if t.split("[")[0] in collected)
 
 
 @pytest.mark.parametrize("argv, slack, names", [
