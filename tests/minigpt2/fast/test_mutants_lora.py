@@ -168,3 +168,41 @@ def test_each_gradient_is_computed_in_the_inputs_dtype_and_given_in_its_own(dtyp
     for a, e, name in zip(got, want, ["output", "grad x", "grad A", "grad B"]):
         assert a.dtype == e.dtype, name
         torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12, msg=name)
+
+
+class DoubledLinear(nn.Linear):
+    """A base that transforms its weight in forward (as fake quantization does): W itself is not what it computes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, 2 * self.weight, self.bias)
+
+
+def test_a_base_that_is_not_a_plain_linear_takes_the_plain_path():
+    torch.manual_seed(4)
+    base = DoubledLinear(IN, OUT)
+    base.requires_grad_(False)
+    plain = LoRALinear(base, R, 5.0)
+    with torch.no_grad():
+        plain.lora_B.normal_()
+    m = FusedLoRALinear(plain)
+    assert not m.fusable
+    x = torch.randn(3, IN)
+    got = _run(m, x, m)
+    want = _run(m, x, lambda x: LoRALinear.forward(m, x))
+    _assert_close_all(got, want, atol=0, rtol=0)
+    torch.testing.assert_close(got[0], x @ (2 * base.weight).t() + base.bias
+                               + 5 / 3 * (x @ m.lora_A.t()) @ m.lora_B.t(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_training_base_bias_or_a_frozen_b_takes_the_plain_path():
+    m = _layer()
+    m.base.bias.requires_grad_(True)  # the bias trains: it needs its gradient, which the fused node does not give
+    assert not m.fusable
+    x = torch.randn(3, IN)
+    m(x).sum().backward()
+    torch.testing.assert_close(m.base.bias.grad, torch.full((OUT,), 3.0))  # d(sum)/db: one per row
+    m = _layer()
+    m.lora_B.requires_grad_(False)  # fusable needs both adapters training
+    assert not m.fusable
+    m.lora_B.requires_grad_(True)
+    assert m.fusable
