@@ -209,3 +209,36 @@ def test_the_written_config_json_is_the_hand_written_one():
     }
     assert list(c.to_hf_dict())[:2] == ["model_type", "architectures"]
     assert GPT2Config.from_hf_dict(json.loads(json.dumps(c.to_hf_dict()))) == c  # read back as written
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), (None, "None"), (True, "True"), (1.5, "1.5"),
+                                          (-0.1, "-0.1"), (1, "1"), (float("nan"), "nan"), ("0.1", "'0.1'")])
+def test_a_bad_resid_pdrop_is_one_line_naming_the_file(tmp_path, value, shown):
+    """Was: a bare float() error without file or key ('abc', null), dropout 1.0 read from true (every activation
+    zeroed in training), or torch's dropout error at model build (1.5, -0.1)."""
+    from minigpt2.checkpoint import CheckpointError, read_hf_config
+    c = tmp_path / "config.json"
+    c.write_text(json.dumps({"n_embd": 8, "n_layer": 1, "n_head": 2, "resid_pdrop": value}))
+    with pytest.raises(CheckpointError) as e:
+        read_hf_config(c)
+    assert str(e.value) == f"{c}: resid_pdrop is {shown}; expected a number >= 0 and < 1"
+
+
+@pytest.mark.parametrize("value, dropout", [(0, 0.0), (0.0, 0.0), (0.5, 0.5), (0.999, 0.999)])
+def test_resid_pdrop_from_0_to_below_1_is_read(value, dropout):
+    c = GPT2Config.from_hf_dict({"n_embd": 8, "n_layer": 1, "n_head": 2, "resid_pdrop": value})
+    assert c.dropout == dropout and type(c.dropout) is float
+
+
+@pytest.mark.parametrize("value, shown", [(-1e-5, "-1e-05"), (float("nan"), "nan"), (float("inf"), "inf"),
+                                          (-1, "-1")])
+def test_a_negative_or_non_finite_epsilon_is_refused(value, shown):
+    """Was read, and the model's logits were NaN."""
+    with pytest.raises(ValueError) as e:
+        GPT2Config.from_hf_dict({"n_embd": 8, "n_layer": 1, "n_head": 2, "layer_norm_epsilon": value}, source="c")
+    assert str(e.value) == f"c: layer_norm_epsilon is {shown}; expected a finite number >= 0"
+
+
+def test_an_epsilon_of_zero_is_read():
+    assert GPT2Config.from_hf_dict({"n_embd": 8, "n_layer": 1, "n_head": 2, "layer_norm_epsilon": 0}) \
+        .layer_norm_epsilon == 0
