@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +33,11 @@ class GPT2Config:
     dropout: float = 0.1  # embedding, attention and residual dropout, as in GPT-2
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):  # first: n_head 0 divides by 0
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @property
     def head_dim(self) -> int:
@@ -63,8 +64,14 @@ class GPT2Config:
             number = k == "layer_norm_epsilon"
             if isinstance(v, bool) or not isinstance(v, (int, float) if number else int):
                 raise ValueError(f"{source}: {k} is {v!r}; expected {'a number' if number else 'an integer'}")
+        eps = kwargs.get("layer_norm_epsilon", 0.0)
+        if not (0 <= eps < math.inf):  # a negative or NaN epsilon gives NaN logits, not an error
+            raise ValueError(f"{source}: layer_norm_epsilon is {eps!r}; expected a finite number >= 0")
         if "resid_pdrop" in d:
-            kwargs["dropout"] = float(d["resid_pdrop"])
+            p = d["resid_pdrop"]  # true would be dropout 1.0 (every activation zeroed in training)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise ValueError(f"{source}: resid_pdrop is {p!r}; expected a number >= 0 and < 1")
+            kwargs["dropout"] = float(p)
         return cls(**kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:

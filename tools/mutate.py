@@ -74,6 +74,17 @@ PINNED_FILES = ("tests/experiments/test_experiments.py", "tests/experiments/test
 SWEEPS = ("tests/experiments/test_mutants_sweeps.py",)
 GENLOOP = ("tests/minigpt2/test_mutants_generation.py",)
 
+# the device decisions of test_autocast.py by name (its other tests train under bf16 autocast: a minute a mutant)
+DEVICE_FAST = tuple(f"tests/minigpt2/test_autocast.py::{t}" for t in (
+    "test_cpu_native_bf16_reads_the_cpu_flags", "test_cpu_native_bf16_follows_onednn_isa_cap",
+    "test_cpu_native_bf16_is_false_without_proc_cpuinfo", "test_cpu_modes",
+    "test_faked_cuda_with_bf16_picks_bf16_fused_adamw_nccl", "test_faked_cuda_without_bf16_runs_fp32_and_refuses_bf16",
+    "test_bf16_refused_with_one_error_line_where_the_cpu_would_emulate_it",
+    "test_training_loop_runs_in_the_dtype_it_is_given_and_asks_the_device_module_for_adamw")) + (
+    "tests/contract/test_contract_settings.py::test_one_device_parser",
+    "tests/experiments/test_pinned_values.py::test_each_run_gets_the_cores_split_evenly_between_the_jobs",
+    "tests/experiments/test_pinned_values.py::test_the_core_count_is_the_affinity_mask_not_the_machine")
+
 MUTANTS: list[Mutant] = [
     # ---- the training loop
     Mutant("train-seed-ignored", "minigpt2/train.py", "torch.Generator().manual_seed(cfg.seed + epoch)",
@@ -672,6 +683,19 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     # without that line (docs/testing.md, "The model and the one-token step")
     "minigpt2/fast/step.py": ("tests/minigpt2/fast/test_mutants_step.py", *DECODE_STEP_1_THREAD,
                               "tests/minigpt2/fast/test_generate_fast.py"),
+    # the five small core modules (2026-12-07, docs/testing.md, "Config, device, surgery and the two training speed
+    # pieces"): the new files (seconds), then the older ones by name where the rest of a file trains or compiles
+    "minigpt2/config.py": ("tests/minigpt2/test_mutants_config.py", "tests/minigpt2/test_mutants_checkpoint.py",
+                           "tests/minigpt2/test_checkpoint.py", "tests/quant/test_mutants_gguf.py"),
+    "minigpt2/surgery.py": ("tests/minigpt2/test_mutants_surgery.py", "tests/minigpt2/test_surgery.py"),
+    "minigpt2/fast/lora.py": ("tests/minigpt2/fast/test_mutants_lora.py", "tests/minigpt2/fast/test_lora_fused.py",
+                              "tests/minigpt2/fast/test_contract_fast.py",
+                              "tests/minigpt2/fast/test_fast_agreement.py::test_plain_and_fast_training_agree"),
+    "minigpt2/fast/recompute.py": ("tests/minigpt2/fast/test_mutants_recompute.py",
+                                   "tests/minigpt2/fast/test_contract_fast.py",
+                                   "tests/minigpt2/test_model.py::test_gelu_output_is_recomputed_in_backward_not_kept",
+                                   "tests/minigpt2/fast/test_fast_agreement.py::test_plain_and_fast_training_agree"),
+    "minigpt2/device.py": ("tests/minigpt2/test_mutants_device.py", *DEVICE_FAST),
 }
 
 
