@@ -3,6 +3,9 @@ timed, and the arithmetic of its figures (a fake clock gives known durations). N
 
 import json
 import math
+import os
+import re
+import time
 
 import pytest
 import torch
@@ -144,3 +147,73 @@ def test_main_names_a_kernel_that_computes_something_else(monkeypatch, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: wrong on 96 x 32: relative error 1.00e+00 > 1e-05")
+
+
+def fake_result(o, i, read, figures):
+    return {"out_features": o, "in_features": i, "gb_per_s": {**{n: g for n, (g, _) in figures.items()}, "read": read},
+            "fraction_of_read": {n: f for n, (_, f) in figures.items()}}
+
+
+def test_the_table_as_printed(capsys):
+    results = {"q, k, v stacked": fake_result(2304, 768, 27.94, {"a": (17.25, 0.6174), "b": (9.0, 0.3221)}),
+               "LM head": fake_result(50257, 768, 30.5, {"a": (123.45, 4.0475), "b": (0.04, 0.0013)})}
+    gemv.print_table(results, ["a", "b"])
+    assert capsys.readouterr().out.splitlines() == [
+        "layer                  out x in   read                a                b",
+        "-" * 72,
+        "q, k, v stacked     2304 x 768     27.9      17.2 (0.62)       9.0 (0.32)",
+        "LM head            50257 x 768     30.5     123.5 (4.05)       0.0 (0.00)",
+        "GB/s of weight bytes as each kernel stores them (fraction of the plain read of the same fp32 tables)"]
+
+
+def test_main_measures_the_config_shapes_with_its_defaults(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def measured(o, i, kinds, rounds, cache_mib):
+        calls.append((o, i, [k.name for k in kinds], rounds, cache_mib))
+        return fake_result(o, i, 10.0, {k.name: (5.0, 0.5) for k in kinds})
+
+    monkeypatch.setattr(gemv, "measure_shape", measured)
+    monkeypatch.setattr(gemv.sys, "argv", ["gemv.py", "--json", str(tmp_path / "a.json")])
+    gemv.main()  # argv from the command line
+    names = [k.name for k in gemv.kernels()]
+    assert calls == [(2304, 768, names, 5, 256), (768, 768, names, 5, 256), (3072, 768, names, 5, 256),
+                     (768, 3072, names, 5, 256), (50257, 768, names, 5, 256)]
+    text = (tmp_path / "a.json").read_text()
+    assert text.startswith('{\n  "meta": {\n    "command": ')  # indented by 2
+    meta = json.loads(text)["meta"]
+    assert meta["command"] == f"python -m bench.gemv --json {tmp_path / 'a.json'}"
+    assert meta["config"] == "gpt2" and meta["threads"] == torch.get_num_threads()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", meta["date"])
+    assert meta["date"][:10] == time.strftime("%Y-%m-%d", time.gmtime())
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Etc/GMT-14"  # local time 14 hours ahead of UTC: the date must stay UTC's
+    time.tzset()
+    try:
+        before = time.strftime("%Y-%m-%d %H", time.gmtime())
+        gemv.main(["--json", str(tmp_path / "b.json")])
+        after = time.strftime("%Y-%m-%d %H", time.gmtime())
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+    assert json.loads((tmp_path / "b.json").read_text())["meta"]["date"][:13] in (before, after)
+    assert "gpt2, " in capsys.readouterr().out
+    calls.clear()
+    gemv.main(["--inductor", "--rounds", "2", "--cache-mib", "3"])
+    assert calls[0][2] == [k.name for k in gemv.kernels(inductor=True)] and calls[0][3:] == (2, 3)
+
+
+def test_help_names_every_flag_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        gemv.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("GB/s each CPU kernel streams weights at in a one-row product, against a plain read of the same "
+                 "tables", "--config {gpt2,gpt2-large,gpt2-medium,gpt2-xl,tiny}",
+                 "model preset whose weight shapes are measured (default gpt2)",
+                 "torch threads (default: all cores)", "timed rounds per shape; the median is reported",
+                 "copies of each weight to exceed this many MiB", "also time torch.compile's generated product",
+                 "also write the figures as JSON here"):
+        assert re.search(rf"(^| ){re.escape(text)}( |$)", out), text
