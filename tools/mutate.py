@@ -590,6 +590,7 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "experiments/preflight.py": ("tests/experiments/test_mutants_cli.py", "tests/experiments/test_launch_plumbing.py",
                                  "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py"),
     "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
+    "bench/gemv.py": ("tests/bench/test_gemv.py",),
     "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
     "distill/check.py": ("tests/distill/test_mutants_check.py", "tests/distill/test_distill_check.py",
                          "tests/distill/test_distill_syllables.py", "tests/distill/test_mutants_syllables.py",
