@@ -118,14 +118,17 @@ def test_ensure_task_data_offline_by_environment_names_what_is_missing(hub, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DownloadError) as e:
         ensure_task_data("sst", d)  # offline=False, but HF_HUB_OFFLINE=1
-    assert str(e.value) == (f"missing in {d}: ids-sst-dev.csv. Without --offline they are fetched automatically; or "
-                            f"run `python -m course fetch --task sst --data-dir {d}` on a machine with internet and "
-                            "copy the files here.")
+    # the line names what turned downloads off (HF_HUB_OFFLINE=1 here, not --offline, which was not given)
+    assert str(e.value) == (f"missing in {d}: ids-sst-dev.csv. Without HF_HUB_OFFLINE=1 they are fetched "
+                            f"automatically; or run `python -m course fetch --task sst --data-dir {d}` on a machine "
+                            "with internet and copy the files here.")
+    with pytest.raises(DownloadError, match=r"ids-sst-dev\.csv\. Without --offline and HF_HUB_OFFLINE=1 they are "):
+        ensure_task_data("sst", d, offline=True)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(DownloadError) as e:
         ensure_task_data("sonnet", d, offline=True)
     assert str(e.value).startswith(f"missing in {d}: sonnets.txt, sonnets_held_out_dev.txt, "
-                                   "TRUE_sonnets_held_out_dev.txt, sonnets_held_out.txt. Without --offline")
+                                   "TRUE_sonnets_held_out_dev.txt, sonnets_held_out.txt. Without --offline they ")
     assert hub.requests == []
 
 
