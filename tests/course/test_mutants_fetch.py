@@ -185,3 +185,14 @@ def test_the_fetching_line_is_flushed_before_the_download_starts(tmp_path, monke
     line = f"fetching quora data into {d} (missing: quora-train.csv, quora-dev.csv, quora-test-student.csv)\n"
     assert [(a, k["cache"], flushed) for a, k, flushed in seen] == [(("quora", d), tmp_path / "c", [line])]
     assert not seen[0][1].get("offline")  # it fetches (the offline case raised above)
+
+
+def test_a_source_that_fails_its_pinned_checksum_is_deleted_and_no_course_file_is_written(hub, tmp_path):  # noqa: F811
+    hub.corrupt("/datasets/SetFit/sst5/resolve/{rev}/test.jsonl")  # same size and ETag, first byte flipped
+    out, cache = tmp_path / "data", tmp_path / "c"
+    with pytest.raises(DownloadError, match=r"SetFit/sst5/test\.jsonl: checksum mismatch, expected sha256 "
+                                            r"[0-9a-f]{64} but got [0-9a-f]{64}; the file was deleted"):
+        fetch("sst", out, cache=cache)
+    assert files_under(out) == []
+    assert [f for f in files_under(cache / "hub") if f.endswith("test.jsonl")] == []
+    assert len([f for f in files_under(cache / "hub") if f.endswith((".jsonl"))]) == 2  # train and dev kept
