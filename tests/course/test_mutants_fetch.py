@@ -10,7 +10,10 @@ import pytest
 from course import fetch as fetch_module
 from course.fetch import ensure_task_data, fetch, missing_files
 from minigpt2.download import DownloadError
-from tests.course.test_data_fetch import gutenberg_book, hub  # noqa: F401  (hub: the fake hub fixture)
+from tests.course import test_data_fetch
+from tests.course.test_data_fetch import gutenberg_book
+
+hub = test_data_fetch.hub  # the fake hub fixture (127.0.0.1), used by name
 
 # what each task writes, in this order, by hand from the course's data folder
 WRITES = {
@@ -28,7 +31,7 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def test_fetch_all_into_a_named_cache_then_offline_from_it_alone(hub, tmp_path):  # noqa: F811
+def test_fetch_all_into_a_named_cache_then_offline_from_it_alone(hub, tmp_path):
     out, cache = tmp_path / "a", tmp_path / "mine"
     written = fetch("all", out, cache=cache)
     assert written == [out / n for t in ("sst", "cfimdb", "quora", "sonnet") for n in WRITES[t]]
@@ -52,14 +55,14 @@ def test_fetch_all_into_a_named_cache_then_offline_from_it_alone(hub, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["sst", "cfimdb", "quora", "sonnet"])
-def test_fetch_one_task_offline_with_an_empty_cache_asks_nothing_and_writes_nothing(hub, tmp_path, task):  # noqa: F811
+def test_fetch_one_task_offline_with_an_empty_cache_asks_nothing_and_writes_nothing(hub, tmp_path, task):
     out = tmp_path / "data"
     with pytest.raises(DownloadError, match="downloads are off"):
         fetch(task, out, offline=True, cache=tmp_path / "empty")
     assert hub.requests == [] and files_under(out) == []
 
 
-def test_fetch_one_task_writes_its_files_only(hub, tmp_path):  # noqa: F811
+def test_fetch_one_task_writes_its_files_only(hub, tmp_path):
     out = tmp_path / "data"
     assert fetch("sonnet", out) == [out / n for n in WRITES["sonnet"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(WRITES["sonnet"])
@@ -67,14 +70,14 @@ def test_fetch_one_task_writes_its_files_only(hub, tmp_path):  # noqa: F811
     assert (tmp_path / "cache" / "minigpt2" / "url" / "pg1041.txt").is_file()  # the default cache
 
 
-def test_fetch_an_unknown_task_says_which_exist(hub, tmp_path):  # noqa: F811
+def test_fetch_an_unknown_task_says_which_exist(hub, tmp_path):
     with pytest.raises(ValueError) as e:
         fetch("poems", tmp_path / "data")
     assert str(e.value) == "unknown task 'poems'; expected one of sst, cfimdb, quora, sonnet or all"
     assert hub.requests == [] and not (tmp_path / "data").exists()
 
 
-def test_a_404_leaves_nothing_behind_and_a_cut_off_body_is_resumed(hub, tmp_path):  # noqa: F811
+def test_a_404_leaves_nothing_behind_and_a_cut_off_body_is_resumed(hub, tmp_path):
     hub.missing(GUTENBERG)
     out, cache = tmp_path / "data", tmp_path / "c"
     with pytest.raises(DownloadError, match=r"pg1041\.txt: HTTP 404 .*To place it by hand: download "):
@@ -110,7 +113,7 @@ def test_missing_files_lists_the_required_ones_not_there_in_order(tmp_path):
     assert str(e.value) == "unknown task 'all'; expected one of sst, cfimdb, quora, sonnet"
 
 
-def test_ensure_task_data_offline_by_environment_names_what_is_missing(hub, tmp_path, monkeypatch):  # noqa: F811
+def test_ensure_task_data_offline_by_environment_names_what_is_missing(hub, tmp_path, monkeypatch):
     d = tmp_path / "data"
     d.mkdir()
     for name in ("ids-sst-train.csv", "ids-sst-test-student.csv"):
@@ -132,7 +135,7 @@ def test_ensure_task_data_offline_by_environment_names_what_is_missing(hub, tmp_
     assert hub.requests == []
 
 
-def test_ensure_task_data_fetches_into_the_named_cache(hub, tmp_path, capsys):  # noqa: F811
+def test_ensure_task_data_fetches_into_the_named_cache(hub, tmp_path, capsys):
     d, cache = tmp_path / "data", tmp_path / "mine"
     ensure_task_data("sonnet", d, cache=cache)
     assert capsys.readouterr().out == (f"fetching sonnet data into {d} (missing: sonnets.txt, "
@@ -187,7 +190,7 @@ def test_the_fetching_line_is_flushed_before_the_download_starts(tmp_path, monke
     assert not seen[0][1].get("offline")  # it fetches (the offline case raised above)
 
 
-def test_a_source_that_fails_its_pinned_checksum_is_deleted_and_no_course_file_is_written(hub, tmp_path):  # noqa: F811
+def test_a_source_that_fails_its_pinned_checksum_is_deleted_and_no_course_file_is_written(hub, tmp_path):
     hub.corrupt("/datasets/SetFit/sst5/resolve/{rev}/test.jsonl")  # same size and ETag, first byte flipped
     out, cache = tmp_path / "data", tmp_path / "c"
     with pytest.raises(DownloadError, match=r"SetFit/sst5/test\.jsonl: checksum mismatch, expected sha256 "
