@@ -73,7 +73,9 @@ def ensure_task_data(task: str, data_dir: Path, offline: bool = False, cache: Pa
         return
     names = ", ".join(p.name for p in missing)
     if offline or env_offline():
-        raise DownloadError(f"missing in {data_dir}: {names}. Without --offline they are fetched automatically; "
+        # name what turned downloads off: a user who never typed --offline has HF_HUB_OFFLINE=1 set
+        off = " and ".join([*(["--offline"] if offline else []), *(["HF_HUB_OFFLINE=1"] if env_offline() else [])])
+        raise DownloadError(f"missing in {data_dir}: {names}. Without {off} they are fetched automatically; "
                             f"or run `python -m course fetch --task {task} --data-dir {data_dir}` on a "
                             "machine with internet and copy the files here.")
     print(f"fetching {task} data into {data_dir} (missing: {names})", flush=True)

@@ -578,6 +578,12 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                               "tests/experiments/test_settings_handover.py",
                               "tests/experiments/test_launch_plumbing.py", PINNED),
     "experiments/estimate.py": ("tests/experiments/test_estimate_by_hand.py",),
+    # where the course's data files are, their download, and the synthetic sonnets mixed into training
+    "course/files.py": ("tests/course/test_mutants_files.py", "tests/course/test_data_fetch.py",
+                        "tests/course/test_mutants_readers.py", "tests/course/test_mutants_formats.py"),
+    "course/fetch.py": ("tests/course/test_mutants_fetch.py", "tests/course/test_data_fetch.py"),
+    "distill/synthetic.py": ("tests/distill/test_mutants_synthetic.py", "tests/distill/test_distill_synthetic.py",
+                             "tests/distill/test_distill_mixing.py"),
     # the 2026-12-07 run named test_experiments.py's tests one by one, leaving out the two dry-run tests that time
     # torch steps and the one that starts `python -m experiments` (docs/testing.md, "The sweeps as declared")
     "experiments/sweeps.py": ("tests/experiments/test_mutants_sweeps.py", "tests/experiments/test_experiments.py",
