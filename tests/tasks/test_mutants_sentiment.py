@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from course.formats import label_format
 from minigpt2.config import GPT2Config
-from minigpt2.model import GPT2
+from minigpt2.model import GPT2, last_token_index
 from minigpt2.tokenizer import EOT_ID
 from tasks import get_task
 from tasks.base import Example, collate
@@ -129,3 +129,19 @@ def test_encode_keeps_each_reviews_beginning_and_an_empty_one_is_the_end_of_text
     assert task.encode(texts, tok, len(ids)) == [ids, [EOT_ID], tok.encode("Fine."), ids]
     assert task.encode([(long,), ("",)], tok, 1) == [ids[:1], [EOT_ID]]
     assert EOT_ID == 50256 and tok.decode([EOT_ID]) == "<|endoftext|>"
+
+
+def test_a_left_padded_batch_takes_each_rows_last_column():
+    """`collate` right-pads, but a left-padded batch (as `generate` makes them) has its last real tokens in the last
+    column: the logits are the linear layer on the body's hidden state there, gathered by hand."""
+    module = SentimentClassifier(body(), 5).eval()
+    ids = torch.tensor([[EOT_ID, EOT_ID, 464, 3290, 318], [40, 588, 340, 845, 881], [EOT_ID, 11, 22, 33, 44]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    got = module.logits({"input_ids": ids, "attention_mask": mask})
+    with torch.no_grad():
+        hidden = module.gpt(ids, attention_mask=mask)[:, -1].double()
+    want = hidden @ module.classifier.weight.double().T + module.classifier.bias.double()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # the last 1 of each row, padded on either side (a row without a real token: the last column, as before)
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == last_token_index(mask.bool()).tolist() == [3, 1, 2, 0, 3]
