@@ -221,12 +221,13 @@ def is_right_padded(attention_mask: torch.Tensor) -> bool:
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each right-padded row of a (B, T) mask."""
-    return attention_mask.long().sum(dim=1) - 1
+    """Index of the last real token of each row of a (B, T) mask, right- or left-padded (the last 1 of the row;
+    argmax takes the first of equal values, here the first 1 from the right)."""
+    return attention_mask.size(1) - 1 - attention_mask.long().flip(1).argmax(dim=1)
 
 
 def gather_last(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """The hidden state (B, C) of the last real token of each right-padded sequence."""
+    """The hidden state (B, C) of the last real token of each sequence, right- or left-padded."""
     if attention_mask is None:
         return hidden[:, -1]
     idx = last_token_index(attention_mask)

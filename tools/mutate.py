@@ -703,6 +703,19 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                    "tests/minigpt2/test_model.py::test_gelu_output_is_recomputed_in_backward_not_kept",
                                    "tests/minigpt2/fast/test_fast_agreement.py::test_plain_and_fast_training_agree"),
     "minigpt2/device.py": ("tests/minigpt2/test_mutants_device.py", *DEVICE_FAST),
+    # the sentiment head, the cheap CPU dropout and the application's two switches (2026-12-07, docs/testing.md,
+    # "Sentiment, the CPU dropout masks and the speed switches"): the new files (seconds), then the older ones
+    "tasks/sentiment.py": ("tests/tasks/test_mutants_sentiment.py", "tests/tasks/test_tasks.py",
+                           "tests/contract/test_contract_readers.py"),
+    "minigpt2/fast/cpu_dropout.py": ("tests/minigpt2/fast/test_mutants_cpu_dropout.py",
+                                     "tests/minigpt2/fast/test_cpu_dropout.py",
+                                     "tests/minigpt2/fast/test_contract_fast.py"),
+    "app/speed.py": ("tests/app/test_mutants_speed.py", "tests/minigpt2/fast/test_fast_agreement.py",
+                     "tests/minigpt2/fast/test_compile.py::test_the_application_switches_the_compiled_blocks_in_only_"
+                     "with_compile_on_either_path",
+                     "tests/minigpt2/fast/test_prepack.py::test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_"
+                     "is_bf16",
+                     "tests/app/test_mutants_finetune.py::test_a_sonnet_run_writes_and_scores_every_sample"),
 }
 
 
@@ -726,7 +739,8 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # that has imported nothing of the tests (warm-up "none"), so every run starts its own pool; about 2 s more a mutant
 # (imports). --fork-server turns it on for any module.
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
-               "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py", "minigpt2/fast/prepack.py"}
+               "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py", "minigpt2/fast/prepack.py",
+               "app/speed.py"}
 
 # mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
 # call alone: the tiny fine-tuning runs in module fixtures (and the fork server's imports) are not counted. With
