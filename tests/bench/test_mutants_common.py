@@ -178,7 +178,7 @@ def test_print_table_of_no_rows_is_the_header(capsys):
 
 
 def test_write_json_read_back(tmp_path):
-    path = tmp_path / "new folder" / "results.json"  # the folder is made
+    path = tmp_path / "new" / "folder" / "results.json"  # the folders are made
     write_json(TABLE_ROWS[:3], path, {"command": "python -m bench --quick", "threads": 2})
     text = path.read_text()
     assert text.endswith("}\n") and text.startswith('{\n  "meta": {\n    "command"')  # indented by 2, one newline
