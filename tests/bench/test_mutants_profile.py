@@ -159,13 +159,85 @@ def test_main_passes_its_options_on_and_writes_the_summaries(monkeypatch, tmp_pa
                                             "fp32 (oneDNN prepacked)": summary, "int8 (fbgemm)": summary}
 
 
-def test_decoders_name_their_precisions(monkeypatch):
+def test_decoders_are_one_seeded_model_in_each_precision(monkeypatch):
     from minigpt2.fast import prepack
 
     monkeypatch.setattr(profile_decode, "fp16_available", lambda: False)
     d = profile_decode.decoders("tiny")
     assert {name: p for name, (_, p) in d.items()} == {"fp32 (oneDNN prepacked)": "fp32", "int8 (fbgemm)": "int8"}
+    torch.manual_seed(0)  # bench_quant's random weights: seed 0, no dropout
+    plain = GPT2(GPT2Config.from_name("tiny", dropout=0.0))
+    kinds = {name: {type(m).__name__ for m in model.modules()} for name, (model, _) in d.items()}
+    assert "PackedLinear" in kinds["fp32 (oneDNN prepacked)"] and "Int8Linear" in kinds["int8 (fbgemm)"]
+    for model, _ in d.values():
+        assert model.config.dropout == 0.0 and not model.training
+        # the int8 copy's embeddings went through int8 quantization: within its rounding of the same weights
+        assert (model.wte.weight - plain.wte.weight).abs().max() < 1e-3
+        assert (model.wpe.weight - plain.wpe.weight).abs().max() < 1e-3
+    assert torch.equal(d["fp32 (oneDNN prepacked)"][0].wte.weight, plain.wte.weight)
     if prepack.fp16_available():
         monkeypatch.setattr(profile_decode, "fp16_available", lambda: True)
         d = profile_decode.decoders("tiny")
-        assert d["fp16 weights (fbgemm)"][1] == "fp16"
+        assert list(d) == ["fp32 (oneDNN prepacked)", "int8 (fbgemm)", "fp16 weights (fbgemm)"]
+        model, precision = d["fp16 weights (fbgemm)"]
+        assert precision == "fp16" and "Fp16Linear" in {type(m).__name__ for m in model.modules()}
+
+
+def test_print_summary_rounds_megabytes_and_gigabytes_per_second(capsys):
+    # 1250001 bytes = 1.250001 MB -> "1.3" (1.2499999 would print "1.2"); 1250000001 B/s = 1.250000001 GB/s -> "1.3"
+    s = {"tokens": 2, "wall_ms": 3.0, "ops_ms": 2.5, "matmul_ms": 2.0, "other_ms": 0.5, "matmul_share": 0.8,
+         "weights_bytes": 1250001, "matmul_bytes_per_s": 1250000001.0, "top": []}
+    profile_decode.print_summary("int8 (fbgemm)", s)
+    assert capsys.readouterr().out.splitlines() == [
+        "int8 (fbgemm): 2 token(s); wall 3.0 ms/token (profiler on), in torch ops 2.5 ms",
+        "  matmul/linear 2.0 ms (80.0% of op time), everything else 0.5 ms",
+        "  weights 1.3 MB/token over the time in the products: 1.3 GB/s"]
+
+
+def test_help_names_every_option_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        profile_decode.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ["profile batch-1 decoding steps of minigpt2's fp32 and int8 decoders",
+                   "--config CONFIG model preset (default gpt2, 124M; tiny for a quick check)",
+                   "--threads THREADS torch threads (default: all cores)",
+                   "--tokens TOKENS decoding steps profiled (default 1)", "--top TOP ops listed per decoder",
+                   "--stream-mib STREAM_MIB MiB read to time the read bandwidth",
+                   "--json JSON also write the summaries as JSON here"]:
+        assert phrase in text
+
+
+def test_main_types_its_numbers(monkeypatch):
+    seen = []
+    monkeypatch.setattr(profile_decode, "ReadBandwidth", lambda mib: seen.append(mib) or Bandwidth())
+    monkeypatch.setattr(profile_decode, "set_threads", lambda n: seen.append(n) or 1)
+    monkeypatch.setattr(profile_decode, "cpu_flags", lambda: {"torch_cpu_capability": "X"})
+    monkeypatch.setattr(profile_decode, "decoders", lambda config: {"fp32": ("m", "fp32")})
+    monkeypatch.setattr(profile_decode, "profile", lambda m, p, tokens, top: seen.append((tokens, top)) or
+                        profile_decode.summarize(OPS, 4, 0.02, 5e6, top))
+    monkeypatch.setattr(profile_decode, "print_summary", lambda name, s: None)
+    profile_decode.main(["--threads", "3", "--tokens", "2", "--top", "5", "--stream-mib", "16"])
+    assert seen == [3, 16, (2, 5)] and all(type(x) is int for x in (seen[0], seen[1], *seen[2]))
+
+
+class Bandwidth:
+    bytes_per_s = 1250000001.0  # 1.250000001 GB/s: printed 1.3
+
+    def __call__(self):
+        pass
+
+    def info(self):
+        return {}
+
+
+def test_main_prints_the_read_bandwidth_in_gb_per_second(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(profile_decode, "ReadBandwidth", lambda mib: Bandwidth())
+    monkeypatch.setattr(profile_decode, "set_threads", lambda n: 1)
+    monkeypatch.setattr(profile_decode, "cpu_flags", lambda: {"torch_cpu_capability": "AVX512"})
+    monkeypatch.setattr(profile_decode, "decoders", lambda config: {})
+    path = tmp_path / "p.json"
+    profile_decode.main(["--stream-mib", "64", "--json", str(path)])
+    assert capsys.readouterr().out == (f"gpt2, 1 thread(s), torch {torch.__version__}, AVX512; read bandwidth "
+                                       "1.3 GB/s (best of 5 reads of 64 MiB)\n")
+    assert path.read_text() == ('{\n  "config": "gpt2",\n  "threads": 1,\n  "torch_cpu_capability": "AVX512",\n'
+                                '  "bandwidth": {}\n}')  # indented by 2
