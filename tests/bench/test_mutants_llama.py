@@ -233,3 +233,31 @@ def test_main_exits_with_the_reason_when_skipped(monkeypatch):
     with pytest.raises(SystemExit) as e:
         bench_llama.main([])
     assert e.value.code == "error: llama-cpp-python is not importable (test)"
+
+
+def test_export_files_writes_the_checkpoint_and_three_gguf_files(monkeypatch, tmp_path):
+    calls = []
+
+    class Model:
+        config = CONFIG
+    model = Model()
+    monkeypatch.setattr(bench_llama, "make_checkpoint", lambda config, folder: calls.append(("checkpoint", config,
+                                                                                              folder)))
+    monkeypatch.setattr(bench_llama, "load_model", lambda folder: calls.append(("load", folder)) or model)
+    monkeypatch.setattr(bench_llama, "export_gguf", lambda m, path, type_, name: calls.append((m, path, type_, name)))
+    assert bench_llama.export_files(tmp_path, "tiny") is CONFIG
+    assert calls == [("checkpoint", "tiny", tmp_path / "hf"), ("load", tmp_path / "hf"),
+                     (model, tmp_path / "model-f32.gguf", "f32", "minigpt2-bench-tiny"),
+                     (model, tmp_path / "model-f16.gguf", "f16", "minigpt2-bench-tiny"),
+                     (model, tmp_path / "model-q8_0.gguf", "q8_0", "minigpt2-bench-tiny")]
+
+
+def test_help_names_every_option(capsys):
+    with pytest.raises(SystemExit):
+        bench_llama.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ["minigpt2 against llama.cpp: batch-1 greedy decoding, same weights",
+                   "--quick 32 new tokens, 2 processes a side",
+                   "--threads THREADS threads on both sides (default: all cores)",
+                   "--json JSON also write the rows as JSON here"]:
+        assert phrase in text
