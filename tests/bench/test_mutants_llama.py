@@ -6,6 +6,7 @@ it writes, and the worker's command line. Written to kill the survivors of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -142,8 +143,15 @@ def test_measure_alternates_fresh_workers_and_reads_between_rounds(monkeypatch, 
     monkeypatch.setattr(prepack, "fp16_available", lambda: True)
     monkeypatch.setattr(bench_llama, "llama_unavailable", lambda: None)
     events = []
-    monkeypatch.setattr(bench_llama, "export_files", lambda folder, config: events.append(("export", config))
-                        or CONFIG)
+    folders = []
+
+    def export_files(folder, config):
+        assert isinstance(folder, Path) and folder.is_dir()  # a fresh temporary folder
+        folders.append(folder)
+        events.append(("export", config))
+        return CONFIG
+    monkeypatch.setattr(bench_llama, "export_files", export_files)
+    monkeypatch.setattr(bench_llama, "set_threads", lambda n: events.append(("threads", n)))
 
     class Read:
         def __init__(self, mib):
@@ -159,13 +167,15 @@ def test_measure_alternates_fresh_workers_and_reads_between_rounds(monkeypatch, 
     prompts = []
 
     def worker(side, folder, prompt, s, threads):
+        assert folder is folders[0] and folder.is_dir()  # the workers read the files exported there
         events.append(side)
         prompts.append((prompt, s, threads))
         return RUNS[side][sum(e == side for e in events) - 1]
     monkeypatch.setattr(bench_llama, "worker", worker)
     rows = bench_llama.measure(S, threads=1)
     sides = ["minigpt2-fp32", "llama.cpp-f32", "minigpt2-int8", "llama.cpp-q8_0", "minigpt2-fp16", "llama.cpp-f16"]
-    assert events == [("bandwidth", 6), ("export", "tiny")] + (sides + ["read"] * 3) * 2
+    assert events == [("threads", 1), ("bandwidth", 6), ("export", "tiny")] + (sides + ["read"] * 3) * 2
+    assert not folders[0].exists()  # removed afterwards
     from bench.bench_core import random_ids
     assert all(p == (random_ids(1, 5, CONFIG.vocab_size, "cpu", seed=4)[0].tolist(), S, 1) for p in prompts)
     assert len(prompts[0][0]) == 5
@@ -183,7 +193,8 @@ def test_worker_command_and_its_last_output_line(monkeypatch, tmp_path):
 
     def fake_run(cmd, **kw):
         calls.append((cmd, kw))
-        return subprocess.CompletedProcess(cmd, 0, 'loading\n{"seconds": [1.5], "tokens": [3]}\n', "")
+        return subprocess.CompletedProcess(cmd, 0, 'loading\n{"seconds": [9]}\n{"seconds": [1.5], "tokens": [3]}\n',
+                                           "")
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     out = bench_llama.worker("llama.cpp-f32", tmp_path, [11, 12, 13], S, 2)
@@ -194,6 +205,9 @@ def test_worker_command_and_its_last_output_line(monkeypatch, tmp_path):
                    "--prompt", "11,12,13", "--new", "7", "--threads", "2", "--reps", "3", "--warmup", "1"]
     assert kw["env"]["PYTHONPATH"] == f"{root}:/elsewhere" and kw["cwd"] == root
     assert kw["capture_output"] is True and kw["text"] is True
+    monkeypatch.delenv("PYTHONPATH")
+    bench_llama.worker("llama.cpp-f32", tmp_path, [11], S, 2)
+    assert calls[-1][1]["env"]["PYTHONPATH"] == f"{root}:"  # nothing after the repository
 
 
 def test_worker_failure_raises_with_the_end_of_its_stderr(monkeypatch, tmp_path):
@@ -260,4 +274,28 @@ def test_help_names_every_option(capsys):
                    "--quick 32 new tokens, 2 processes a side",
                    "--threads THREADS threads on both sides (default: all cores)",
                    "--json JSON also write the rows as JSON here"]:
-        assert phrase in text
+        assert f" {phrase} " in f" {text} "
+
+
+def test_rows_compare_the_last_processes_tokens_and_build(monkeypatch):
+    monkeypatch.setattr(prepack, "fp16_available", lambda: True)
+    # a third process first on each side, with other tokens and an older build: still the last one counts
+    runs = {side: [proc([1, 1, 1], [7, 7, 7, 7], OLD if side.startswith("llama") else None)] + procs
+            for side, procs in RUNS.items()}
+    rows = bench_llama.rows_of(runs, CONFIG, dataclasses.replace(S, rounds=3), FakeRead())
+    assert [r.extra["llama_cpp"] for r in rows] == [BUILD] * 3
+    assert [r.extra["first_differing_position"] for r in rows] == [None, 2, 3]
+    assert rows[0].extra["tokens"] == {"minigpt2-fp32": [1, 2, 3, 4], "llama.cpp-f32": [1, 2, 3, 4]}
+    assert rows[0].extra["processes_per_side"] == 3
+
+
+def test_main_records_the_command_line_it_was_given(monkeypatch, tmp_path):
+    monkeypatch.setattr(prepack, "fp16_available", lambda: True)
+    monkeypatch.setattr(bench_llama, "set_threads", lambda n: 2)
+    monkeypatch.setattr(bench_llama, "run", lambda quick, device, threads: bench_llama.rows_of(RUNS, CONFIG, S,
+                                                                                              FakeRead()))
+    path = tmp_path / "llama.json"
+    monkeypatch.setattr(sys, "argv", ["bench_llama.py", "--json", str(path)])
+    bench_llama.main()
+    assert json.loads(path.read_text())["meta"] == {"command": f"python -m bench.bench_llama --json {path}",
+                                                     "threads": 2}

@@ -205,7 +205,7 @@ def test_help_names_every_option_and_its_default(capsys):
                    "--tokens TOKENS decoding steps profiled (default 1)", "--top TOP ops listed per decoder",
                    "--stream-mib STREAM_MIB MiB read to time the read bandwidth",
                    "--json JSON also write the summaries as JSON here"]:
-        assert phrase in text
+        assert f" {phrase} " in f" {text} "
 
 
 def test_main_types_its_numbers(monkeypatch):
