@@ -73,7 +73,7 @@ def test_bench_train_rows_from_fake_timings(monkeypatch, bf16):
         seen["shapes"] = shapes
         return dict(TIMES)
     monkeypatch.setattr(bench_core, "compare_time", compare_time)
-    rows = bench_core.bench_train(ours, hf, S, "cpu", bf16=bf16)
+    rows = bench_core.bench_train(ours, hf, S, "cpu", **({"bf16": True} if bf16 else {}))  # fp32 by default
     assert seen["names"] == ["ours", "hf", "matmul"] and (seen["warmup"], seen["iters"]) == (2, 3)
     assert seen["training"] == (True, True) and not ours.training and not hf.training
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -96,6 +96,47 @@ def test_bench_train_rows_from_fake_timings(monkeypatch, bf16):
          "goal": ">= 0.70" if bf16 else ">= 0.80", "extra": {"step_flops": TINY_FLOPS, **extra},
          "ratio": pytest.approx(4.0, rel=1e-12)}]
     assert rows[2].minigpt2 == pytest.approx(3.1221, abs=1e-4) and rows[2].peer == pytest.approx(0.78053, abs=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_bench_train_puts_the_batch_optimizers_and_products_on_the_device(monkeypatch, device):
+    """On stand-ins (no GPU needed): every tensor and optimizer is asked for on `device`, and fp32 products on
+    CUDA run without TF32 (a true fp32 peak)."""
+    asked = []
+    ids = torch.zeros(2, 32, dtype=torch.long)
+    monkeypatch.setattr(bench_core, "random_ids", lambda *a: asked.append(("ids", a)) or ids)
+    monkeypatch.setattr(bench_core, "adamw", lambda model, dev: asked.append(("adamw", model, dev)) or f"opt {dev}")
+    monkeypatch.setattr(bench_core, "amp_for", lambda dev, bf16: asked.append(("amp", dev, bf16)) or "amp")
+    real_randn = torch.randn
+
+    def randn(*shape, **kw):
+        if shape == (256, 256):  # the products' operands (s.matmul); other callers pass through
+            asked.append(("randn", shape, kw.get("device", "(none)"), kw.get("dtype")))
+            kw.pop("device", None)
+        return real_randn(*shape, **kw)
+    monkeypatch.setattr(torch, "randn", randn)
+    steps = []
+    monkeypatch.setattr(bench_core, "_ours_lm_step", lambda *a: steps.append(("ours", *a)))
+    monkeypatch.setattr(bench_core, "_hf_lm_step", lambda *a: steps.append(("hf", *a)))
+
+    def compare_time(fns, warmup, iters):
+        for fn in fns.values():
+            fn()
+        return dict(TIMES)
+    monkeypatch.setattr(bench_core, "compare_time", compare_time)
+    ours, hf = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    ours.config = GPT2Config.from_name("tiny")
+    before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: set back by hand
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        bench_core.bench_train(ours, hf, S, device)
+        assert torch.backends.cuda.matmul.allow_tf32 is (device != "cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert asked == [("ids", (2, 32, 50257, device)), ("adamw", ours, device), ("adamw", hf, device),
+                     ("amp", device, False), ("randn", (256, 256), device, torch.float32),
+                     ("randn", (256, 256), device, torch.float32)]
+    assert steps == [("ours", ours, f"opt {device}", ids, "amp"), ("hf", hf, f"opt {device}", ids, "amp")]
 
 
 def test_sonnet_prompts_of_the_tiny_sizes_cycle_four_to_six_tokens():
@@ -125,3 +166,8 @@ def test_left_padded_by_hand():
     assert ids.dtype == mask.dtype == torch.long
     ids, mask = bench_core.left_padded([[7]], "cpu")
     assert ids.tolist() == [[7]] and mask.tolist() == [[1]]
+
+
+def test_left_padded_moves_both_to_the_device():
+    ids, mask = bench_core.left_padded([[1, 2], [3]], "meta")
+    assert ids.device.type == mask.device.type == "meta" and ids.shape == mask.shape == (2, 2)
