@@ -184,6 +184,11 @@ def test_measure_alternates_fresh_workers_and_reads_between_rounds(monkeypatch, 
 
 def test_measure_is_skipped_without_llama_cpp(monkeypatch):
     monkeypatch.setattr(bench_llama, "llama_unavailable", lambda: "no llama here")
+
+    def measured(*a):
+        raise AssertionError("measured although skipped")
+    monkeypatch.setattr(bench_llama, "set_threads", measured)
+    monkeypatch.setattr(bench_llama, "export_files", measured)
     with pytest.raises(ModuleSkipped, match="^no llama here$"):
         bench_llama.measure(S, 1)
 
