@@ -505,6 +505,23 @@ GENERATE_CLI_FAST = tuple(f"tests/app/test_generate_cli.py::test_{name}" for nam
     "prompt_too_long_and_sonnet_prompt_too_long", "bf16_refused_where_the_cpu_lacks_it", "help_lists_every_flag",
     "fp16_refused_on_the_plain_path_and_without_fbgemm"))
 
+# the benchmark's arithmetic: test_bench.py's quick tests by name (its tiny end-to-end runs of the core lines,
+# llama.cpp's workers, LoRA's and the bf16 skip take 2-15 s each, a long time per mutant); docs/testing.md, "The
+# benchmark's own arithmetic"
+BENCH_FAST = tuple(f"tests/bench/test_bench.py::test_{name}" for name in (
+    "bf16_lines_compare_bf16_models", "train_step_flops_counts_head_and_attention",
+    "compare_time_interleaves_and_counts_calls", "runner_runs_every_listed_module_and_reports_failures",
+    "runner_keeps_finished_modules_when_stopped", "runner_rejects_an_unknown_module",
+    "every_module_has_the_one_run_signature", "lora_groups_cover_both_ranks_and_precisions",
+    "memory_probe_rejects_unknown_side", "bf16_only_lines_write_their_json_line_by_line",
+    "bytes_per_token_of_the_tiny_config_by_hand", "bytes_per_token_count_what_the_decoders_hold",
+    "bound_is_bandwidth_over_bytes_and_fraction_is_measured_over_bound", "read_bandwidth_is_the_best_read",
+    "cpu_flags_from_cpuinfo", "decode_lines_carry_their_bound", "int8_decode_line_has_its_bound_and_its_fp32_peers",
+    "print_bounds_lists_each_side", "print_bounds_columns_by_hand", "read_bandwidth_times_each_read_and_reports_it",
+    "cpu_flags_reads_this_machines_cpuinfo_by_default", "llama_f16_line_stands_alone_without_fbgemm_fp16",
+    "first_difference", "llama_module_is_skipped_with_a_note_without_llama_cpp", "profile_summary_by_hand",
+    "profile_command_on_the_tiny_config", "decode_module_runs_only_the_generation_lines"))
+
 # the training loop: test_train.py's in-process tests by name (its two torchrun tests start child processes, which
 # mutmut never records, at a minute a mutant); docs/testing.md, "The training loop and the LM loss"
 TRAIN_FAST = tuple(f"tests/minigpt2/test_train.py::test_{name}" for name in (
@@ -597,6 +614,12 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                  "tests/experiments/test_experiments_cost.py", "tests/experiments/test_experiments.py"),
     "bench/bound.py": ("tests/bench/test_bench.py", "tests/bench/test_mutants_bound.py"),
     "bench/gemv.py": ("tests/bench/test_gemv.py",),
+    "bench/common.py": ("tests/bench/test_mutants_common.py", "tests/bench/test_mutants_bound.py", *BENCH_FAST),
+    "bench/bench_llama.py": ("tests/bench/test_mutants_llama.py", "tests/bench/test_mutants_bound.py", *BENCH_FAST),
+    "bench/profile_decode.py": ("tests/bench/test_mutants_profile.py", "tests/bench/test_mutants_bound.py",
+                                *BENCH_FAST),
+    # with --function train_step_flops --function bench_train --function sonnet_prompts --function left_padded
+    "bench/bench_core.py": ("tests/bench/test_mutants_core.py", "tests/bench/test_mutants_bound.py", *BENCH_FAST),
     "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
     "distill/check.py": ("tests/distill/test_mutants_check.py", "tests/distill/test_distill_check.py",
                          "tests/distill/test_distill_syllables.py", "tests/distill/test_mutants_syllables.py",
