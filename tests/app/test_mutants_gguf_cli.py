@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 from app import gguf as command
-from quant import gguf as qg
 
 pytest.importorskip("gguf")
 

@@ -91,6 +91,7 @@ def test_one_gpu_process_keeps_the_gpu_it_was_given(group, monkeypatch):
 # ---- fetch_once: the handshake, key by key ----
 
 def values(store: HashStore, keys: list[str]) -> dict[str, str | None]:
+    """Each key's value, None where it is not set (a get of a missing key would wait out the store's timeout)."""
     return {k: store.get(k).decode() if store.check([k]) else None for k in keys}
 
 
@@ -160,15 +161,16 @@ def test_a_failed_fetch_is_told_to_the_waiting_ranks_at_once(env):
 
     with pytest.raises(OSError, match="^disk full$"):
         fetch_once(broken, Dist(rank=0, world=2), timeout=1.0, store=store)
-    assert store.get("minigpt2/fetch/2/global").decode() == "failed: OSError: disk full"
-    assert not store.check(["minigpt2/fetch/2/node0"])
+    assert values(store, ["minigpt2/fetch/2/global", "minigpt2/fetch/2/node0", "minigpt2/fetch/0/global"]) == {
+        "minigpt2/fetch/2/global": "failed: OSError: disk full", "minigpt2/fetch/2/node0": None,
+        "minigpt2/fetch/0/global": None}  # the restart count read from TORCHELASTIC_RESTART_COUNT
     with pytest.raises(FetchWaitError) as e:
         fetch_once(lambda: None, Dist(rank=1, world=2, local_rank=0), timeout=1.0, store=store, what="data")
     assert str(e.value) == "rank 1: global rank 0 could not fetch the run's data (failed: OSError: disk full)"
     # a restart fetches afresh: its keys are new
     env.setenv("TORCHELASTIC_RESTART_COUNT", "3")
     fetch_once(lambda: None, Dist(rank=0, world=2), timeout=1.0, store=store)
-    assert store.get("minigpt2/fetch/3/global").decode() == "ok"
+    assert values(store, ["minigpt2/fetch/3/global"]) == {"minigpt2/fetch/3/global": "ok"}
 
     def interrupted():
         raise KeyboardInterrupt
@@ -176,7 +178,7 @@ def test_a_failed_fetch_is_told_to_the_waiting_ranks_at_once(env):
     env.setenv("GROUP_RANK", "1")
     with pytest.raises(KeyboardInterrupt):
         fetch_once(interrupted, Dist(rank=1, world=2, local_rank=0), timeout=1.0, store=store)
-    assert store.get("minigpt2/fetch/3/node1").decode() == "failed: KeyboardInterrupt: "
+    assert values(store, ["minigpt2/fetch/3/node1"]) == {"minigpt2/fetch/3/node1": "failed: KeyboardInterrupt: "}
 
 
 def test_the_default_store_is_the_process_groups(env, monkeypatch):
@@ -291,3 +293,49 @@ def test_param_checksums_sum_the_trainable_weights_in_float64_on_every_rank(gloo
     got = md.param_checksums(module, Dist(rank=0, world=3))
     assert got == [100000002.625, 100000003.625, 100000004.625] and all(type(x) is float for x in got)
     assert gathered == [(3, torch.float64, torch.Size([1]), [torch.Size([1])] * 3)]
+
+
+# ---- the second round: defaults, a world of exactly two, the waits' own timeouts, tensors on the rank's device ----
+
+def test_the_default_device_is_auto(group, monkeypatch):
+    asked = []
+    monkeypatch.setattr(md, "parse_device", lambda name: asked.append(name) or torch.device("cpu"))
+    assert md.setup_distributed() == Dist()
+    assert asked == ["auto"]
+
+
+def test_two_gpu_processes_take_their_local_ranks_gpu(group, monkeypatch):
+    monkeypatch.setattr(md, "parse_device", lambda name: torch.device("cuda", 0))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert md.setup_distributed("cuda:0") == Dist(1, 2, 1, torch.device("cuda", 1))
+    assert group == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
+
+
+def test_each_wait_is_bounded_by_fetch_timeout_not_the_stores_own(env):
+    log = []
+    store = Recorder(log)
+    store.store.set("minigpt2/fetch/0/global", "ok")
+    store.get = store.store.get
+    fetch_once(lambda: None, Dist(rank=2, world=3, local_rank=0), timeout=42.5, store=store)
+    log.clear()
+    fetch_once(lambda: None, Dist(rank=1, world=3, local_rank=1), timeout=3.0, store=store)
+    assert log == [("wait", ["minigpt2/fetch/0/global"], timedelta(seconds=3.0)),
+                   ("wait", ["minigpt2/fetch/0/node0"], timedelta(seconds=3.0))]
+
+
+def test_the_sum_and_the_checksums_are_made_on_the_ranks_device(monkeypatch):
+    """NCCL reduces GPU tensors only: the tensors handed to the collective are on `d.device` (the meta device stands
+    in for a GPU here; reading a meta tensor's values then fails, which is not what is tested)."""
+    seen = []
+    monkeypatch.setattr(dist, "all_reduce", lambda t: seen.append(("reduce", t.device)))
+    monkeypatch.setattr(dist, "all_gather", lambda out, local: seen.append(("gather", local.device,
+                                                                            [t.device for t in out])))
+    meta = Dist(rank=0, world=2, device=torch.device("meta"))
+    with pytest.raises(Exception):
+        md.all_reduce_sum([1.0], meta)
+    with pytest.raises(Exception):
+        md.param_checksums(TwoParams(), meta)
+    assert seen == [("reduce", torch.device("meta")),
+                    ("gather", torch.device("meta"), [torch.device("meta")] * 2)]

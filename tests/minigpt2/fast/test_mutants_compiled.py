@@ -121,7 +121,8 @@ def test_without_getuid_the_uid_is_unknown(no_cache_env):
     no_cache_env.delattr(os, "getuid", raising=False)
     no_cache_env.setenv("ATEN_CPU_CAPABILITY", "AVX2")
     fc.separate_inductor_cache()
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(tempfile.gettempdir(), "torchinductor_uid_unknown-avx2")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(tempfile.gettempdir(),
+                                                                 "torchinductor_uid_unknown-avx2")
 
 
 def test_a_chosen_folder_or_no_cap_is_left_alone(no_cache_env):
