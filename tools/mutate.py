@@ -739,6 +739,22 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                      "tests/minigpt2/fast/test_prepack.py::test_sonnet_evaluation_asks_for_the_bf16_copy_when_the_run_"
                      "is_bf16",
                      "tests/app/test_mutants_finetune.py::test_a_sonnet_run_writes_and_scores_every_sample"),
+    # the last four never mutated before (2026-12-07, docs/testing.md, "The gguf command, DDP, the error type and the
+    # compiled blocks"): the new files (stand-ins, seconds), then the older ones by name where the rest of a file
+    # starts torchrun or compiles
+    "app/gguf.py": ("tests/app/test_mutants_gguf_cli.py", "tests/quant/test_gguf.py"),
+    "minigpt2/distributed.py": ("tests/minigpt2/test_mutants_distributed.py",
+                                "tests/minigpt2/test_train.py::test_a_rank_waiting_for_the_fetch_stops_with_a_clear_"
+                                "error", "tests/minigpt2/test_mutants_train.py"),
+    "minigpt2/errors.py": ("tests/minigpt2/test_mutants_errors.py", "tests/minigpt2/test_mutants_device.py",
+                           "tests/quant/test_gguf.py::test_command_refusals",
+                           "tests/quant/test_gguf.py::test_without_the_gguf_package_the_command_says_how_to_install_it"),
+    "minigpt2/fast/compiled.py": ("tests/minigpt2/fast/test_mutants_compiled.py",
+                                  "tests/minigpt2/fast/test_compile.py::test_a_capped_instruction_set_gets_its_own_"
+                                  "inductor_cache",
+                                  "tests/minigpt2/fast/test_compile.py::test_the_inductor_cache_is_left_alone_when_"
+                                  "chosen_or_uncapped",
+                                  "tests/minigpt2/fast/test_compile.py::test_a_nameless_user_gets_a_cache_by_uid"),
 }
 
 
@@ -763,7 +779,8 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # (imports). --fork-server turns it on for any module.
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
                "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py", "minigpt2/fast/prepack.py",
-               "app/speed.py"}
+               "app/speed.py",
+               "minigpt2/distributed.py"}  # its tests start a one-rank gloo group (gloo's threads)
 
 # mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
 # call alone: the tiny fine-tuning runs in module fixtures (and the fork server's imports) are not counted. With
