@@ -71,10 +71,9 @@ def _inductor(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def kernels(inductor: bool = False) -> list[Kernel]:
     """The kernels that run on this machine and build (`--inductor` adds the compiled one)."""
-    out = [Kernel("F.linear", 4, lambda lin: lambda x: F.linear(x, lin.weight, lin.bias), 1e-5)]
-    if available():
-        out.insert(0, Kernel("oneDNN packed", 4, lambda lin: PackedLinear(lin).forward, 1e-5))
-    out.insert(1, Kernel("MKL transposed", 4, lambda lin: TransposedLinear(lin).forward, 1e-5))
+    out = [Kernel("oneDNN packed", 4, lambda lin: PackedLinear(lin).forward, 1e-5)] if available() else []
+    out += [Kernel("MKL transposed", 4, lambda lin: TransposedLinear(lin).forward, 1e-5),
+            Kernel("F.linear", 4, lambda lin: lambda x: F.linear(x, lin.weight, lin.bias), 1e-5)]
     if inductor:
         out.append(Kernel("inductor", 4, _inductor, 1e-5))
     if fp16_available():

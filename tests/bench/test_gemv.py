@@ -33,9 +33,11 @@ def test_relative_error_is_the_largest_miss_over_the_largest_reference():
     assert gemv.relative_error(torch.tensor([0.0, 1e-9, 0.0]), zero) == 1.0
 
 
-def test_the_kernels_offered_here_and_their_bytes_per_weight():
+@pytest.mark.parametrize("onednn", [True, False], ids=["with oneDNN", "without oneDNN"])
+def test_the_kernels_offered_here_and_their_bytes_per_weight(onednn, monkeypatch):
+    monkeypatch.setattr(gemv, "available", lambda: onednn and available())
     kinds = {k.name: k for k in gemv.kernels()}
-    expected = {"oneDNN packed": 4} if available() else {}
+    expected = {"oneDNN packed": 4} if onednn and available() else {}
     expected |= {"MKL transposed": 4, "F.linear": 4}
     if fp16_available():
         expected["fbgemm fp16"] = 2
