@@ -179,6 +179,7 @@ def test_the_fetching_line_is_flushed_before_the_download_starts(tmp_path, monke
             self.flushed.append(self.getvalue())
             super().flush()
 
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # .ci/run sets it; this test fetches (to a stand-in)
     out = Stdout()
     monkeypatch.setattr(sys, "stdout", out)
     seen = []
