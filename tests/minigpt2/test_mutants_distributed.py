@@ -27,6 +27,12 @@ def test_dist_defaults_to_a_world_of_one_on_the_cpu_and_rank_0_is_main():
     assert not Dist(rank=3, world=4, local_rank=0).main  # local rank 0 of another node does not print or save
 
 
+def torchrun_env(monkeypatch, rank: int, world_size: int, local_rank: int) -> None:
+    """The variables torchrun sets for one process."""
+    for key, value in (("RANK", rank), ("WORLD_SIZE", world_size), ("LOCAL_RANK", local_rank)):
+        monkeypatch.setenv(key, str(value))
+
+
 @pytest.fixture
 def group(monkeypatch):
     """The process group stubbed: `group.calls` records init_process_group's backend and set_device's device."""
@@ -45,9 +51,7 @@ def test_without_torchrun_a_process_is_a_world_of_one_and_joins_nothing(group):
 
 
 def test_under_torchrun_on_the_cpu_the_environment_places_the_process_and_it_joins_over_gloo(group, monkeypatch):
-    monkeypatch.setenv("RANK", "5")
-    monkeypatch.setenv("WORLD_SIZE", "6")
-    monkeypatch.setenv("LOCAL_RANK", "2")
+    torchrun_env(monkeypatch, rank=5, world_size=6, local_rank=2)
     assert md.setup_distributed("cpu") == Dist(5, 6, 2, torch.device("cpu"))
     assert group == [("init", "gloo")]
 
@@ -61,9 +65,7 @@ def test_a_group_already_joined_is_not_joined_again(group, monkeypatch):
 
 
 def test_a_world_size_of_one_joins_nothing_even_under_torchrun(group, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    torchrun_env(monkeypatch, rank=0, world_size=1, local_rank=0)
     assert md.setup_distributed("cpu") == Dist(0, 1, 0, torch.device("cpu"))
     assert group == []
 
@@ -71,9 +73,7 @@ def test_a_world_size_of_one_joins_nothing_even_under_torchrun(group, monkeypatc
 def test_on_gpus_each_process_takes_its_local_ranks_gpu_and_nccl(group, monkeypatch):
     monkeypatch.setattr(md, "parse_device", lambda name: torch.device("cuda", 0) if name == "cuda:0" else
                         torch.device("cuda"))
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    torchrun_env(monkeypatch, rank=3, world_size=4, local_rank=1)
     assert md.setup_distributed("cuda") == Dist(3, 4, 1, torch.device("cuda", 1))
     assert group == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
 
@@ -306,9 +306,7 @@ def test_the_default_device_is_auto(group, monkeypatch):
 
 def test_two_gpu_processes_take_their_local_ranks_gpu(group, monkeypatch):
     monkeypatch.setattr(md, "parse_device", lambda name: torch.device("cuda", 0))
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    torchrun_env(monkeypatch, rank=1, world_size=2, local_rank=1)
     assert md.setup_distributed("cuda:0") == Dist(1, 2, 1, torch.device("cuda", 1))
     assert group == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
 
