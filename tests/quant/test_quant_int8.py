@@ -27,6 +27,20 @@ def test_int8_linear_matches_the_activation_simulation_not_weight_only():
     assert err_wo > 100 * err_sim  # the activation quantization is real, and simulated
 
 
+@pytest.mark.parametrize("shape", [(64,), (1, 64), (1, 1, 64), (4, 64), (2, 3, 64), (3, 1, 64)])
+def test_int8_linear_takes_any_leading_shape_and_quantizes_each_row_alone(shape):
+    # One row goes straight to the kernel, several go row by row: both must keep the shape and each row's own
+    # activation scale (a row scaled 50x beside small ones would round the small ones to zero on a shared scale).
+    torch.manual_seed(1)
+    lin = nn.Linear(64, 48)
+    x = torch.randn(shape, dtype=torch.float64)
+    x.view(-1, 64)[0] *= 50
+    y = Int8Linear.from_linear(lin)(x)
+    sim = FakeQuantLinear(lin, QuantConfig(weight="int8", activations=True))(x.float())
+    assert y.dtype == torch.float32 and y.shape == shape[:-1] + (48,)
+    assert (y - sim).abs().max().item() < 1e-4 * sim.abs().max().item()
+
+
 def test_from_fake_quant_refuses_other_formats():
     fq = FakeQuantLinear(nn.Linear(32, 8), QuantConfig(weight="int4", group_size=16))
     with pytest.raises(ValueError, match="Int8Linear runs int8 weights; this layer simulates 'int4'"):
