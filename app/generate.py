@@ -290,9 +290,15 @@ def sample_all(model: GPT2, tok: Tokenizer, prompts: list[str], args: GenerateSe
     return results
 
 
-def run(args: GenerateSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
+def run(args: GenerateSettings, stdin: TextIO | None = None, out: TextIO | None = None,
         on_token: Callable[[int, int], None] | None = None) -> list[str]:
-    """The command: check the flags, read the prompts, load the model, sample; returns the texts written."""
+    """The command: check the flags, read the prompts, load the model, sample; returns the texts written.
+
+    `stdin` and `out` default to the `sys.stdin` and `sys.stdout` of the call, not of the import: a caller that
+    redirects them (`contextlib.redirect_stdout`, a notebook, a test's capture) gets the text where it points.
+    """
+    stdin = sys.stdin if stdin is None else stdin
+    out = sys.stdout if out is None else out
     hw, paths = args.hardware, args.paths
     device = parse_device(hw.device)  # checked with the flags
     if hw.threads is not None:

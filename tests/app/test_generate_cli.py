@@ -201,6 +201,18 @@ def test_prompt_file_and_stdin_hold_prompts_separated_by_blank_lines(tiny_hf_dir
     assert "=== prompt 2, sample 1 ===\nA second one,\non two lines" in from_file
 
 
+def test_run_reads_and_writes_the_streams_of_the_call_not_of_the_import(tiny_hf_dir, monkeypatch):
+    # A default bound at import kept the sys.stdout of that moment: a test's closed capture, or a notebook's
+    # stream before a redirect, and the text went there (or raised "I/O operation on closed file").
+    argv = ("--model", str(tiny_hf_dir), "--max-new-tokens", "3", "--temperature", "0")
+    expected = run_cli(*argv, stdin="From standard input")
+    stdin, out = io.StringIO("From standard input\n"), io.StringIO()
+    monkeypatch.setattr(sys, "stdin", stdin)
+    monkeypatch.setattr(sys, "stdout", out)
+    cli.run(cli.parse_settings(list(argv)))
+    assert out.getvalue() == expected and expected.startswith("From standard input")
+
+
 def test_sonnet_stops_after_14_lines_and_prints_the_verdict(runs, monkeypatch):
     lines = ["Shall I compare thee to a summer's day?", "Thou art more lovely and more temperate:",
              "Rough winds do shake the darling buds of May,"]
