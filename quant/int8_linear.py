@@ -85,8 +85,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fbgemm picks one scale for the whole input; one row at a time makes that per token, as QAFT simulates.
-        # Decoding feeds one row, which goes straight to the kernel (any leading shape): at batch 1 the kernel's
-        # cost per call is a few microseconds, and reshaping around it added a tenth of an int8 token's time.
+        # Decoding feeds one row, which goes straight to the kernel (it takes any leading shape): the reshapes
+        # around 49 calls a token cost 4% of an int8 token (docs/performance.md, "Sixth round").
         if x.dim() > 1 and x.numel() == self.in_features:
             return torch.ops.quantized.linear_dynamic(x.float(), self._packed, True)
         rows = x.reshape(-1, self.in_features).float()
