@@ -17,6 +17,7 @@ from bench import bench_quant, bound
 from bench.common import Row, print_table
 from minigpt2 import fast as speed
 from minigpt2.config import GPT2Config
+from minigpt2.generation import EOT_ID
 from minigpt2.model import GPT2
 
 TINY = GPT2Config.from_name("tiny")  # L 2, C 32, V 50257
@@ -71,8 +72,8 @@ def fake_decoding(monkeypatch, prepacks: bool, times: dict):
         assert m == "fake-quant model"
         return int8_model
 
-    def for_inference(m, device, *rest, **kw):
-        seen["for_inference"].append((m, device, rest, kw))
+    def for_inference(m, device, autocast_dtype=None, batch=1):  # the real one's defaults
+        seen["for_inference"].append((m, device, autocast_dtype, batch))
         if m is int8_model:
             return int8_fast
         if not prepacks:
@@ -80,8 +81,9 @@ def fake_decoding(monkeypatch, prepacks: bool, times: dict):
         return types.SimpleNamespace(name="fp32 prepacked",
                                      h=[types.SimpleNamespace(mlp=types.SimpleNamespace(c_fc=torch.nn.Linear(1, 1)))])
 
-    def generate(m, prompts, new, **kw):
-        seen["generate"].append((m, prompts, new, kw))
+    def generate(m, prompts, new, temperature=0.0, top_k=None, top_p=None, eos_id=EOT_ID, stop=None, seed=None,
+                 on_token=None):  # the real one's defaults: what a call leaves out counts as these
+        seen["generate"].append((m, prompts, new, temperature, top_k, top_p, eos_id, stop))
         if m is int8_fast:
             return [int8_tokens(new)]
         if isinstance(m, GPT2):
@@ -143,11 +145,10 @@ def test_decode_rows_of_fake_decoders_by_hand(monkeypatch):
     assert model.config == GPT2Config.from_name("tiny", dropout=0.0) and not model.training
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
     # both decoders are `for_inference`'s CPU copies, in fp32 (no dtype asked)
-    assert [(m, d, rest, kw) for m, d, rest, kw in seen["for_inference"]] == [
-        (int8_model, torch.device("cpu"), (), {}), (model, torch.device("cpu"), (), {})]
+    assert seen["for_inference"] == [(int8_model, torch.device("cpu"), None, 1), (model, torch.device("cpu"), None, 1)]
     # each decoder greedy on the one prompt, 8 new tokens, no end-of-text stop
     assert [getattr(g[0], "name", g[0]) for g in seen["generate"]] == [model, "fp32 prepacked", "int8 fast"]
-    assert all(g[1:] == ([prompt], 8, {"eos_id": None}) for g in seen["generate"])
+    assert all(g[1:] == ([prompt], 8, 0.0, None, None, None, None) for g in seen["generate"])
 
 
 @pytest.mark.parametrize("quick, new, iters", [(True, 32, 3), (False, 128, 5)])

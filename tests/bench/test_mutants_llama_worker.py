@@ -21,6 +21,7 @@ import minigpt2.generation
 import quant
 import quant.int8_linear
 from bench import llama_worker
+from minigpt2.generation import EOT_ID
 
 SIDES = ("minigpt2-fp32", "minigpt2-fp16", "minigpt2-int8", "llama.cpp-f32", "llama.cpp-f16", "llama.cpp-q8_0")
 
@@ -40,13 +41,14 @@ def fake_minigpt2(monkeypatch):
     monkeypatch.setattr(quant.int8_linear, "int8_decoder_config", lambda: "int8 config")
     monkeypatch.setattr(quant.int8_linear, "to_int8_decoder", lambda m: calls.append(("to_int8", m)) or "int8 model")
 
-    def for_inference(m, device, *rest, **kw):
-        calls.append(("for_inference", m, device, rest, kw))
+    def for_inference(m, device, autocast_dtype=None, batch=1):  # the real one's defaults
+        calls.append(("for_inference", m, device, autocast_dtype, batch))
         return "decoder"
     monkeypatch.setattr(minigpt2.fast, "for_inference", for_inference)
 
-    def generate(m, prompts, new, **kw):
-        calls.append(("generate", m, prompts, new, kw))
+    def generate(m, prompts, new, temperature=0.0, top_k=None, top_p=None, eos_id=EOT_ID, stop=None, seed=None,
+                 on_token=None):  # the real one's defaults: what a call leaves out counts as these
+        calls.append(("generate", m, prompts, new, temperature, top_k, top_p, eos_id, stop))
         return [[5, 6, 7][:new], [9, 9, 9]]  # a second row a batch of one never has
     monkeypatch.setattr(minigpt2.generation, "generate", generate)
     return calls, model
@@ -56,10 +58,10 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("side, built", [
-    ("minigpt2-fp32", [("for_inference", "model", CPU, (), {})]),
-    ("minigpt2-fp16", [("for_inference", "model", CPU, (torch.float16,), {})]),
+    ("minigpt2-fp32", [("for_inference", "model", CPU, None, 1)]),
+    ("minigpt2-fp16", [("for_inference", "model", CPU, torch.float16, 1)]),
     ("minigpt2-int8", [("ptq", "model", "int8 config"), ("to_int8", "fake-quant"),
-                       ("for_inference", "int8 model", CPU, (), {})])])
+                       ("for_inference", "int8 model", CPU, None, 1)])])
 def test_each_minigpt2_side_builds_its_decoder(monkeypatch, tmp_path, side, built):
     calls, model = fake_minigpt2(monkeypatch)
     decode = llama_worker.minigpt2_decoder(side, tmp_path, 3)
@@ -67,7 +69,8 @@ def test_each_minigpt2_side_builds_its_decoder(monkeypatch, tmp_path, side, buil
     assert named == [("threads", 3), ("load", tmp_path / "hf"), *built]
     del calls[:]
     assert decode([1, 2], 3) == [5, 6, 7]  # the one prompt's new tokens
-    assert calls == [("generate", "decoder", [[1, 2]], 3, {"temperature": 0.0, "eos_id": None})]
+    # greedy, no end-of-text stop: all 3 new tokens
+    assert calls == [("generate", "decoder", [[1, 2]], 3, 0.0, None, None, None, None)]
 
 
 # ---- llama.cpp's side, on a fake llama_cpp ----
