@@ -616,6 +616,10 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "bench/gemv.py": ("tests/bench/test_gemv.py",),
     "bench/common.py": ("tests/bench/test_mutants_common.py", "tests/bench/test_mutants_bound.py", *BENCH_FAST),
     "bench/bench_llama.py": ("tests/bench/test_mutants_llama.py", "tests/bench/test_mutants_bound.py", *BENCH_FAST),
+    # fake decoders, clocks and llama_cpp: no thread pools (the worker's sides run in processes of their own, where
+    # mutmut records no calls: tests/bench/test_bench.py's llama line reaches none of its functions)
+    "bench/bench_quant.py": ("tests/bench/test_mutants_bench_quant.py", *BENCH_FAST),
+    "bench/llama_worker.py": ("tests/bench/test_mutants_llama_worker.py", "tests/bench/test_mutants_llama.py"),
     "bench/profile_decode.py": ("tests/bench/test_mutants_profile.py", "tests/bench/test_mutants_bound.py",
                                 *BENCH_FAST),
     # with --function train_step_flops --function bench_train --function sonnet_prompts --function left_padded
