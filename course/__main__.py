@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from minigpt2.download import DownloadError
+from minigpt2.errors import UserError
 
-from .convert import DataFormatError
 from .fetch import fetch
 from .files import TASKS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit code (1 with one `error:` line for bad input or a failed download)."""
+    """The command line; returns the exit code (1 with one `error:` line for bad input, a failed download or a
+    file it cannot write: any `UserError`)."""
     parser = argparse.ArgumentParser(prog="python -m course",
                                      description="Fetch the task data from public sources and write it in the "
                                                  "course's file formats.")
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for path in fetch(args.task, args.data_dir, offline=args.offline, cache=args.cache_dir):
             print(path)
-    except (DownloadError, DataFormatError) as e:
+    except UserError as e:  # DownloadError, DataFormatError, WriteError (a data folder it cannot write), ...
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,7 @@ import pytest
 import course.__main__ as cli
 from course.convert import DataFormatError
 from minigpt2.download import DownloadError
+from tests.course.test_data_fetch import hub  # noqa: F401  (the fake hub, serving the sources' fixtures)
 
 FETCH_USAGE = ("usage: python -m course fetch [-h] [--task {sst,cfimdb,quora,sonnet,all}] [--data-dir DATA_DIR]\n"
                "                              [--cache-dir CACHE_DIR] [--offline]\n")
@@ -107,3 +108,21 @@ options:
                         downloading
 """, "")
     assert calls == []
+
+
+def test_a_data_folder_it_cannot_write_is_one_error_line_and_exit_1(hub, tmp_path, capsys):
+    """Any UserError of the fetch (here minigpt2.atomic's WriteError: --data-dir names a file) is the one line,
+    not a traceback."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    rc, out, err = run(capsys, "fetch", "--task", "cfimdb", "--data-dir", str(blocked))
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # the hub client logs warnings too
+    assert (rc, out, len(errors)) == (1, "", 1) and "Traceback" not in err
+    assert errors[0].startswith(f"error: {blocked}/ids-cfimdb-") and ": cannot write it (" in errors[0]
+
+
+def test_other_user_errors_are_the_one_line_too(calls, capsys, monkeypatch):
+    from minigpt2.errors import UserError
+
+    monkeypatch.setattr(cli, "fetch", lambda *a, **k: (_ for _ in ()).throw(UserError("data: read-only")))
+    assert run(capsys, "fetch") == (1, "", "error: data: read-only\n")
