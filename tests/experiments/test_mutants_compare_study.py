@@ -113,6 +113,7 @@ def test_csv_cells_are_read_as_written(tmp_path):
     before = write(tmp_path / "a", "q.csv", 'run,text\r\nr1,"one\r\ntwo"\r\nr2,é\r\n')
     after = write(tmp_path / "b", "q.csv", 'run,text\r\nr1,"one\ntwo"\r\nr2,é\r\n')
     assert cs.compare_csv(before, after) == ["q.csv row 0 (r1) text: 'one\\r\\ntwo' -> 'one\\ntwo'"]
+    assert cs.compare_csv(after, before) == ["q.csv row 0 (r1) text: 'one\\ntwo' -> 'one\\r\\ntwo'"]
 
 
 def test_provenance_columns_are_left_out_unless_asked(tmp_path, capsys):
