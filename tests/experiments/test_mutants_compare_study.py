@@ -218,3 +218,31 @@ def test_arguments_default_to_the_command_line(tmp_path, capsys, monkeypatch):
     argv = [str(a), str(b), "--provenance"]
     cs.main(argv)
     assert argv == [str(a), str(b), "--provenance"]  # the caller's list is left as it was
+
+
+@pytest.fixture
+def ascii_locale():
+    """The C locale's ASCII codec as the locale's (a Python started under LANG=C is coerced to UTF-8; one set
+    to another codec in the process, or run in a Latin-1 locale, is not)."""
+    import locale
+
+    old = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    if locale.getencoding().lower() in ("utf-8", "utf8"):
+        locale.setlocale(locale.LC_CTYPE, old)
+        pytest.skip("the C locale is UTF-8 here")
+    yield
+    locale.setlocale(locale.LC_CTYPE, old)
+
+
+def test_files_are_read_as_utf8_whatever_the_locale(tmp_path, ascii_locale):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a, "s.csv", "run,arm\nr1,café\n")
+    write(b, "s.csv", "run,arm\nr1,café\n")
+    write(a, "s.md", "# Étude\nnaïve\n")
+    write(b, "s.md", "# Étude\nnaive\n")
+    assert cs.compare_csv(a / "s.csv", b / "s.csv") == []
+    assert cs.compare_csv(b / "s.csv", write(tmp_path / "c", "s.csv", "run,arm\nr1,cafe\n")) == [
+        "s.csv row 0 (r1) arm: 'café' -> 'cafe'"]
+    assert cs.compare_md(a / "s.md", b / "s.md") == ["s.md line 2:\n  - naïve\n  + naive"]
+    assert cs.compare_md(b / "s.md", a / "s.md") == ["s.md line 2:\n  - naive\n  + naïve"]
