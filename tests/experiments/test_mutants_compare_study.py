@@ -246,3 +246,25 @@ def test_files_are_read_as_utf8_whatever_the_locale(tmp_path, ascii_locale):
         "s.csv row 0 (r1) arm: 'café' -> 'cafe'"]
     assert cs.compare_md(a / "s.md", b / "s.md") == ["s.md line 2:\n  - naïve\n  + naive"]
     assert cs.compare_md(b / "s.md", a / "s.md") == ["s.md line 2:\n  - naive\n  + naïve"]
+
+
+def test_only_the_provenance_columns_and_lines_are_left_out(tmp_path, capsys):
+    """Every other column and line is still compared without --provenance: the settings, the seed, the run's
+    name, a commit-like token that is not at a line's start or is shorter than 7 hex digits."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a, "s.csv", "run,seed,arg_lr,arg_data,n_params,run_dir\nr1,1,0.001,x,100,/a\n")
+    write(b, "s.csv", "run,seed,arg_lr,arg_data,n_params,run_dir\nr2,2,0.002,y,101,/b\n")
+    write(a, "s.md", "score - `abc1234` 1\n- `abc123` 1\n- `abc1234` same\nat commit " + "a" * 39 + "\n")
+    write(b, "s.md", "score - `def5678` 2\n- `def567` 2\n- `def5678` same\nat commit " + "b" * 39 + "\n")
+    rc, lines, _ = run(capsys, a, b)
+    assert rc == 1 and lines == [
+        "s.csv row 0 (r1) arg_data: 'x' -> 'y'",
+        "s.csv row 0 (r1) arg_lr: '0.001' -> '0.002'",
+        "s.csv row 0 (r1) n_params: '100' -> '101'",
+        "s.csv row 0 (r1) run: 'r1' -> 'r2'",
+        "s.csv row 0 (r1) seed: '1' -> '2'",
+        "s.md line 1:", "  - score - `abc1234` 1", "  + score - `def5678` 2",
+        "s.md line 2:", "  - - `abc123` 1", "  + - `def567` 2",
+        "s.md line 4:", "  - at commit " + "a" * 39, "  + at commit " + "b" * 39,
+        f"8 difference(s) between {a} and {b}",
+    ]
