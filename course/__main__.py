@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,7 @@ from typing import Sequence
 from minigpt2.errors import UserError
 
 from .fetch import fetch
+from .readers import data_dir
 from .files import TASKS
 
 
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch", help="download the public sources and write the course-format files")
     p.add_argument("--task", default="all", choices=[*TASKS, "all"], help="which task's data to fetch (default all)")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MINIGPT2_DATA_DIR", "data")),
+    p.add_argument("--data-dir", type=Path, default=data_dir(),  # where the readers look: an empty variable is unset
                    help="folder to write the files into (default $MINIGPT2_DATA_DIR, else ./data)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="download cache (default $MINIGPT2_CACHE or ~/.cache/minigpt2)")

@@ -54,6 +54,14 @@ def test_the_data_folder_defaults_to_minigpt2_data_dir(calls, capsys, monkeypatc
     assert calls == [("sst", Path("/srv/course-data"), False, None), ("all", Path("here"), False, None)]
 
 
+def test_an_empty_minigpt2_data_dir_is_unset_as_for_the_readers(calls, capsys, monkeypatch):
+    """`finetune` and the other readers take MINIGPT2_DATA_DIR="" as unset (data/); fetch writes there too, not
+    into the current folder."""
+    monkeypatch.setenv("MINIGPT2_DATA_DIR", "")
+    assert run(capsys, "fetch", "--task", "quora") == (0, "data/a.csv\ndata/b.txt\n", "")
+    assert calls == [("quora", Path("data"), False, None)]
+
+
 def test_every_flag_reaches_fetch(calls, capsys):
     for task in ("sst", "cfimdb", "quora", "sonnet", "all"):
         assert run(capsys, "fetch", "--task", task, "--data-dir", "d", "--cache-dir", "c", "--offline") == (
