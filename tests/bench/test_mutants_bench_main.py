@@ -259,3 +259,11 @@ def test_machine_names_the_gpu_where_there_is_one(platform_of, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     info = bench_main.machine()
     assert info["gpu"] == "NVIDIA H100 80GB HBM3" and info["cpu"] == "Intel(R) Xeon(R) CPU @ 2.20GHz: rev 7"
+
+
+def test_the_modules_in_table_order():
+    """The real registry (the other tests replace it): the order of the table, the JSON and `--only`'s list."""
+    assert list(bench_main.MODULES) == ["core", "decode", "lora", "quant", "llama"]
+    assert list(bench_main.DEFAULT) == ["core", "lora", "quant", "llama"]
+    only = next(a for a in bench_main.build_parser()._actions if a.dest == "only")
+    assert list(only.choices) == ["core", "decode", "lora", "quant", "llama"]
