@@ -759,6 +759,14 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                   "tests/minigpt2/fast/test_compile.py::test_the_inductor_cache_is_left_alone_when_"
                                   "chosen_or_uncapped",
                                   "tests/minigpt2/fast/test_compile.py::test_a_nameless_user_gets_a_cache_by_uid"),
+    # five front ends never mutated before (2026-12-07, docs/testing.md, "The front ends"): the new files (fakes,
+    # seconds), then the older ones; `python -m bench` itself through BENCH_FAST only (its real runs take minutes)
+    "bench/__main__.py": ("tests/bench/test_mutants_bench_main.py", *BENCH_FAST),
+    "tools/compare_study.py": ("tests/experiments/test_mutants_compare_study.py",),
+    "course/__main__.py": ("tests/course/test_mutants_course_main.py", "tests/course/test_data_fetch.py"),
+    "app/synthetic.py": ("tests/app/test_mutants_synthetic.py", "tests/distill/test_distill_mixing.py"),
+    "tasks/__init__.py": ("tests/tasks/test_mutants_registry.py", "tests/tasks/test_tasks.py",
+                          "tests/tasks/test_mutants_paraphrase.py", "tests/tasks/test_mutants_sentiment.py"),
 }
 
 
