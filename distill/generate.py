@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds one attempt may take to connect")
     p.add_argument("--total-timeout", type=float, default=300.0,
                    help="seconds one request may take in all, retries and waits included")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MINIGPT2_DATA_DIR", "data")),
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MINIGPT2_DATA_DIR") or "data"),
                    help="folder with the held-out sonnet files (default $MINIGPT2_DATA_DIR or ./data)")
     p.add_argument("--no-leak-filter", action="store_true", help="do not compare against held-out sonnets")
     p.add_argument("--dup-threshold", type=float, default=0.5, help="8-gram Jaccard that makes a near-duplicate")

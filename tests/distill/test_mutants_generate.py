@@ -518,6 +518,9 @@ def test_the_base_url_and_data_dir_come_from_the_environment(monkeypatch, tmp_pa
     assert args.base_url == "http://env" and args.data_dir == tmp_path
     monkeypatch.delenv("MINIGPT2_DATA_DIR")
     assert gen.build_parser().parse_args(["--teacher", MODEL, "--n", "1", "--out", "o"]).data_dir == Path("data")
+    # Set but empty is unset, as for finetune and the readers (course.readers.data_dir), not the current folder.
+    monkeypatch.setenv("MINIGPT2_DATA_DIR", "")
+    assert gen.build_parser().parse_args(["--teacher", MODEL, "--n", "1", "--out", "o"]).data_dir == Path("data")
 
 
 @pytest.mark.parametrize("extra, line", [
