@@ -767,6 +767,23 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
     "app/synthetic.py": ("tests/app/test_mutants_synthetic.py", "tests/distill/test_distill_mixing.py"),
     "tasks/__init__.py": ("tests/tasks/test_mutants_registry.py", "tests/tasks/test_tasks.py",
                           "tests/tasks/test_mutants_paraphrase.py", "tests/tasks/test_mutants_sentiment.py"),
+    # the two switches (2026-12-07, docs/testing.md, "The two switches: `minigpt2/fast/__init__.py`"): the new file
+    # (seconds), then the older unit tests that call them; test_fast_agreement.py and the batched-copy tests of
+    # test_prepack.py left out (minutes a mutant)
+    "minigpt2/fast/__init__.py": ("tests/minigpt2/fast/test_mutants_fast_init.py",
+                                  "tests/minigpt2/fast/test_generate_fast.py",
+                                  "tests/minigpt2/fast/test_mutants_step.py",
+                                  "tests/app/test_mutants_speed.py",
+                                  *(f"tests/minigpt2/fast/test_decode_step.py::test_{name}" for name in (
+                                      "int8_decoder_takes_the_step_with_the_same_tokens",
+                                      "bf16_copy_takes_the_step_within_bf16_rounding",
+                                      "lora_layers_are_called_as_they_are_and_training_keeps_the_plain_forward",
+                                      "a_model_of_another_layout_is_left_as_it_is", "the_step_refuses_a_full_cache",
+                                      "fp16_copy_rounds_only_the_weights",
+                                      "fp16_falls_back_to_fp32_where_fbgemm_fp16_is_missing",
+                                      "a_model_after_training_decodes_as_the_same_weights_loaded_fresh")),
+                                  "tests/minigpt2/fast/test_prepack.py::test_sonnet_evaluation_asks_for_the_bf16_copy_"
+                                  "when_the_run_is_bf16"),
 }
 
 
@@ -791,7 +808,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats":
 # (imports). --fork-server turns it on for any module.
 FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.py", "minigpt2/fast/decoding.py",
                "app/generate.py", "tasks/paraphrase.py", "app/runmodel.py", "minigpt2/fast/prepack.py",
-               "app/speed.py",
+               "app/speed.py", "minigpt2/fast/__init__.py",  # its tests set one and two threads
                "minigpt2/distributed.py"}  # its tests start a one-rank gloo group (gloo's threads)
 
 # mutmut's CPU limit of a mutant's run is (its tests' recorded time + timeout_constant) x 30, and it records a test's
