@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -81,11 +82,25 @@ def test_minigpt2_full_model_trains_every_weight():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_each_side_is_built_on_the_device_asked_for():
+    # "meta": a device other than the CPU default that needs no GPU (tensors without data)
+    ids = torch.randint(0, 50257, (2, 12), device="meta")
+    for variant in ("minigpt2-lora", "minigpt2-full"):
+        model, _ = bench_lora._minigpt2_model(variant, torch.device("meta"), 8, "tiny", ids)
+        assert {p.device.type for p in model.parameters()} == {"meta"}, variant
+    model, _ = bench_lora._peft_model(torch.device("meta"), 8, "tiny", ids)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
 @pytest.mark.parametrize("rank", [8, 256])
 def test_peft_model_counts_settings_and_loss(rank):
     torch.manual_seed(0)
     ids = small_ids()
-    model, loss_fn = bench_lora._peft_model(torch.device("cpu"), rank, "tiny", ids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, loss_fn = bench_lora._peft_model(torch.device("cpu"), rank, "tiny", ids)
+    # GPT-2's Conv1D holds its weight as (in, out): peft is told so (`fan_in_fan_out`), not left to correct it
+    assert not [w for w in caught if "fan_in_fan_out" in str(w.message)]
     assert all(m.training for m in model.modules())
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == PEFT[rank]
     cfg = model.peft_config["default"]
@@ -181,6 +196,25 @@ def test_build_step_on_a_stand_in(monkeypatch, variant, bf16):
     assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.parametrize("variant", ["minigpt2-lora", "peft-lora"])
+def test_build_step_builds_gpt2_small_by_default(monkeypatch, variant):
+    log = []
+    monkeypatch.setattr(bench_lora, "_minigpt2_model", stand_in(monkeypatch, log))
+    monkeypatch.setattr(bench_lora, "_peft_model", stand_in(monkeypatch, log))
+    bench_lora.build_step(variant, torch.device("cpu"), 8, False)
+    assert log[0][1][-2] == "gpt2"
+
+
+def test_build_step_draws_its_batch_on_the_device(monkeypatch):
+    log = []
+    monkeypatch.setattr(bench_lora, "_minigpt2_model", stand_in(monkeypatch, log))
+    monkeypatch.setattr(bench_lora, "_optimizer", lambda params, device: None)
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: None)  # torch has no autocast for "meta"
+    bench_lora.build_step("minigpt2-lora", torch.device("meta"), 8, False, config="tiny")
+    ids = log[0][1][-1]
+    assert ids.device.type == "meta" and ids.shape == (8, 128) and ids.dtype == torch.int64
+
+
 def test_build_step_refuses_an_unknown_variant():
     with pytest.raises(ValueError) as e:
         bench_lora.build_step("lora", torch.device("cpu"), 8, False, config="tiny")
@@ -225,8 +259,8 @@ class FakeFile:
 def fake_worker_env(monkeypatch, log, stdin="step\nstep\n"):
     monkeypatch.setattr(bench_lora, "set_threads", lambda n=None: log.append(("threads", n)) or n)
     hwm = iter([5000, 9000])
-    monkeypatch.setattr(bench_lora, "proc_status_bytes",
-                        lambda key: {"VmRSS": 1000}.get(key) if key == "VmRSS" else next(hwm))
+    monkeypatch.setattr(bench_lora, "proc_status_bytes", lambda key: 1000 if key == "VmRSS" else
+                        next(hwm) if key == "VmHWM" else pytest.fail(f"read {key!r}"))
 
     def build(variant, device, rank, bf16, config):
         log.append(("build", variant, device, rank, bf16, config))
@@ -537,6 +571,16 @@ def test_run_builds_every_line_of_each_group(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_run_without_bf16_leaves_out_only_the_bf16_groups_wherever_they_are(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(bench_lora, "measure", fake_measure(calls))
+    monkeypatch.setattr(bench_lora, "bf16_unavailable", lambda device: "no bf16 here")
+    monkeypatch.setattr(bench_lora, "GROUPS", ((8, True, ("minigpt2-lora", "peft-lora")),
+                                               (8, False, ("minigpt2-lora", "peft-lora"))))
+    rows = bench_lora.run(True, "cpu", 1)
+    assert [c[3:5] for c in calls] == [(8, False)] and [r.to_dict() for r in rows] == expected_rows(8, False)
+
+
 def test_run_without_bf16_says_why_and_leaves_those_lines_out(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(bench_lora, "measure", fake_measure(calls))
@@ -615,4 +659,6 @@ def test_main_help(capsys):
             "one run.") in flat
     assert "--quick 1 warm-up + 3 timed steps per variant instead of 2 + 7" in flat
     assert "--json JSON also write the rows as JSON to this file" in flat
-    assert "--worker" not in out and "--rank" not in out and "--config" not in out
+    for hidden in ("--worker", "--device", "--threads", "--rank", "--bf16", "--config"):
+        assert hidden not in out, hidden
+    assert "Work:" not in out  # the description is the first paragraph only
