@@ -242,6 +242,23 @@ def test_run_path_passes_with_any_nonzero_gradient(monkeypatch, scale, loss):
         f"loss {loss}, predicted classes [3, 1]"
 
 
+def test_run_path_moves_the_module_and_the_batch_to_the_device(monkeypatch):
+    seen = []
+
+    class OnDevice(StandModule):
+        def forward(self, batch):
+            seen.append(({k: v.device.type for k, v in batch.items()}, self.w.device.type))
+            return self.w.sum()
+    task = types.SimpleNamespace(lm_targets=False, build=lambda gpt: OnDevice(gpt, 1.0, []))
+    monkeypatch.setattr(smoke, "get_task", lambda name: task)
+    monkeypatch.setattr(smoke, "GPT2", lambda config: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(smoke, "autocast_for", lambda mode, device: contextlib.nullcontext())  # none for "meta"
+    # "meta": a device other than the CPU that needs no GPU; its loss has no value to read, so the path stops there
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        smoke.run_path(SmokePath("sst", "tiny", "full"), torch.device("meta"), "off", False)
+    assert seen == [({"input_ids": "meta", "attention_mask": "meta", "labels": "meta"}, "meta")]
+
+
 def test_run_path_on_cuda_asks_for_fused_adamw_and_compiles_when_asked(monkeypatch):
     log = stand_in_task(monkeypatch, 1.0)
     seen = []
@@ -416,6 +433,7 @@ def test_main_help(capsys):
                  "the bf16 path); off: fp32",
                  "--no-compile run the blocks eager instead of torch.compile'd"]:
         assert text in flat, text
+    assert "about a minute" not in out and "random-init" not in out  # the description is the first paragraph
 
 
 def test_main_refuses_an_unknown_autocast(capsys):
