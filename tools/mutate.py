@@ -624,6 +624,11 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                                 *BENCH_FAST),
     # with --function train_step_flops --function bench_train --function sonnet_prompts --function left_padded
     "bench/bench_core.py": ("tests/bench/test_mutants_core.py", "tests/bench/test_mutants_bound.py", *BENCH_FAST),
+    # test_lora_workers_answer_steps_in_turns (real worker processes, 14 s a mutant) left out, like BENCH_FAST
+    "bench/bench_lora.py": ("tests/bench/test_mutants_bench_lora.py",
+                            "tests/bench/test_bench.py::test_lora_groups_cover_both_ranks_and_precisions",
+                            "tests/bench/test_bench.py::test_lora_step_of_each_side_trains_only_adapters"),
+    "bench/smoke.py": ("tests/bench/test_mutants_smoke.py", "tests/system/test_smoke.py"),
     "quant/gguf/__init__.py": ("tests/quant/test_gguf.py", "tests/quant/test_mutants_gguf.py"),
     "distill/check.py": ("tests/distill/test_mutants_check.py", "tests/distill/test_distill_check.py",
                          "tests/distill/test_distill_syllables.py", "tests/distill/test_mutants_syllables.py",
