@@ -466,3 +466,17 @@ def test_finish_run_after_quantization_aware_training_quantizes_once(tmp_path, m
            task)
     assert calls == []  # trained fake-quantized already (build_model): not quantized again
     assert json.loads((run / "metrics.json").read_text(encoding="utf-8"))["quantization"]["qaft"] is True
+
+
+def test_finish_run_casts_the_whole_model_for_a_bf16_run(tmp_path, monkeypatch, sst, tok):
+    task, splits = sst
+    run = tmp_path / "run"
+    run.mkdir()
+    settings = settings_of("sst", run, "--precision", "bf16")
+    other = best_and_other(task, run, settings)
+    finish(run, settings, splits, other, {"best": {"epoch": 1, "accuracy": 0.5}, "wall_s": 1.0}, tok, monkeypatch,
+           task)
+    # the body and the head alike, after the best weights were loaded (post-training, as any other format)
+    assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert m["quantization"]["precision"] == "bf16" and m["dev"] == {"accuracy": 2 / 8}
