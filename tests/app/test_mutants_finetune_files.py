@@ -480,3 +480,22 @@ def test_finish_run_casts_the_whole_model_for_a_bf16_run(tmp_path, monkeypatch, 
     assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert m["quantization"]["precision"] == "bf16" and m["dev"] == {"accuracy": 2 / 8}
+
+
+def test_finish_run_of_a_sonnet_run_writes_with_the_tokenizer_and_prints_chrf(tmp_path, monkeypatch, sonnets, tok):
+    task, splits = sonnets
+    run = tmp_path / "run"
+    run.mkdir()
+    settings = settings_of("sonnet", run, "--plain", "--max-new-tokens", "3", "--eval-samples", "1")
+    atomic_write_json(run / "config.json", runfolder.settings_record(settings))
+    save_run_model(tiny(task), run / "best", settings)
+    out = finish(run, settings, splits, tiny(task, 1), {"best": {"epoch": 3, "chrf": 12.34}, "wall_s": 2.0}, tok,
+                 monkeypatch, task)
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    # the test sonnet written (its prompt, then what the model wrote) against the true sonnet 145, by sacrebleu
+    hyp, ref = task.format.split_pairs(run / "generated_sonnets.txt", DATA, "test")
+    assert ref == ["\n".join(true_sonnet(DATA / "TRUE_sonnets_held_out.txt", 145))]
+    assert hyp[0].split("\n")[:3] == true_sonnet(DATA / "TRUE_sonnets_held_out.txt", 145)[:3]
+    assert m["test"] == {"chrf": pytest.approx(CHRF().corpus_score(hyp, [ref]).score)}
+    assert set(m["heldout_nll"]) == {"dev", "test"} and m["predict_s"] == 7.25
+    assert out == f"best epoch 3: dev chrf 12.3400, test chrf {m['test']['chrf']:.4f}; run folder {run}\n"
