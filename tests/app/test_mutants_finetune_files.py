@@ -360,6 +360,12 @@ def test_the_base_models_heldout_likelihood_is_kept_and_read_back_on_resume(tmp_
     kept.unlink()  # --resume without the file (a run stopped before it was written): measured and kept
     assert finetune.base_heldout_measures(task, module, splits, resumed, how, tok, CPU, run) == expected
     assert json.loads(kept.read_text(encoding="utf-8")) == json.loads(json.dumps(expected))
+    # no --test-references: the true test sonnets beside the data (sonnet 145 whole)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    whole = finetune.base_heldout_measures(task, module, splits, settings_of("sonnet", plain), how, tok, CPU, plain)
+    assert whole == heldout_measures(task, module, splits, how, tok, CPU, DATA, None)
+    assert whole["test"]["tokens"] > 100 and whole["dev"] == expected["dev"]
 
 
 # ---------------------------------------------------------------------------------------------- finish_run
