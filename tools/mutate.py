@@ -712,9 +712,11 @@ AUTO_TESTS: dict[str, tuple[str, ...]] = {
                           *TRAIN_FAST),
     "minigpt2/fast/chunked_loss.py": LM_LOSS,
     "minigpt2/losses.py": LM_LOSS,
-    # the fine-tuning run: the new file's tiny runs (seconds), then the end-to-end files without test_app.py's
-    # kill-and-resume test (95 s a mutant); docs/testing.md, "The fine-tuning run and its precision"
-    "app/finetune.py": ("tests/app/test_mutants_finetune.py", *FINETUNE_RUNS),
+    # the fine-tuning run: its writers called alone (seconds, docs/testing.md, "The fine-tuning run's writers"), the
+    # tiny runs (seconds each), then the end-to-end files without test_app.py's kill-and-resume test (95 s a mutant);
+    # docs/testing.md, "The fine-tuning run and its precision"
+    "app/finetune.py": ("tests/app/test_mutants_finetune_files.py", "tests/app/test_mutants_finetune.py",
+                        *FINETUNE_RUNS),
     "app/precision.py": ("tests/app/test_mutants_precision.py", *FINETUNE_RUNS),
     "minigpt2/model.py": ("tests/minigpt2/test_mutants_model.py", *MODEL_FAST, *DECODE_STEP_1_THREAD,
                           "tests/minigpt2/test_generate.py"),
