@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from course.readers import data_dir, require_files
-from minigpt2.device import parse_device
+from minigpt2.device import parse_device, torch_threads
 from minigpt2.errors import exits_on_user_error
 from minigpt2.tokenizer import Tokenizer
 from minigpt2.atomic import atomic_write_json
@@ -251,10 +251,9 @@ def main(argv: list[str] | None = None) -> None:
 def run(settings: EvaluateSettings) -> dict[str, Any]:
     """The command: score the run as `settings` say (in this process; a sweep's follow-up calls it too)."""
     hw, paths = settings.hardware, settings.paths
-    if hw.threads is not None:
-        torch.set_num_threads(hw.threads)
-    return evaluate_run(settings.run_dir, settings.split, paths.data_dir, paths.tokenizer_dir, hw.device,
-                        settings.task, settings.zero_shot, settings.test_references, hw.plain, paths.offline)
+    with torch_threads(hw.threads):  # the caller's thread count is back after
+        return evaluate_run(settings.run_dir, settings.split, paths.data_dir, paths.tokenizer_dir, hw.device,
+                            settings.task, settings.zero_shot, settings.test_references, hw.plain, paths.offline)
 
 
 if __name__ == "__main__":

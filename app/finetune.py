@@ -30,6 +30,7 @@ from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_write_json
 from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
+from minigpt2.device import torch_threads
 from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, without_lora
 from minigpt2.tokenizer import Tokenizer
@@ -304,9 +305,13 @@ class Interrupted(Exception):
 
 
 def run(settings: RunSettings) -> dict[str, Any]:
-    """Fine-tune as `settings` say; returns the final metrics (also in RUN_DIR/metrics.json)."""
-    if settings.hardware.threads is not None:  # before any work: a run's thread count is one of its settings
-        torch.set_num_threads(settings.hardware.threads)
+    """Fine-tune as `settings` say; returns the final metrics (also in RUN_DIR/metrics.json). The run's --threads
+    hold while it runs; the caller's thread count is back after."""
+    with torch_threads(settings.hardware.threads):  # before any work: the thread count is one of its settings
+        return _run_with_threads(settings)
+
+
+def _run_with_threads(settings: RunSettings) -> dict[str, Any]:
     d = setup_distributed(settings.hardware.device)
     # The run's --autocast mode resolved to its dtype, once: everything that trains or predicts takes `how`'s.
     how = checked(lambda: settings.predict_settings(d.device), GROUP["optim"])  # an unsupported bf16: refused now

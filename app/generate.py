@@ -35,7 +35,7 @@ from minigpt2.checkpoint import load_model, resolve_model
 from minigpt2.config import GPT2Config
 from minigpt2 import device as hardware
 from minigpt2 import fast
-from minigpt2.device import parse_device
+from minigpt2.device import parse_device, torch_threads
 from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.generation import generate
 from minigpt2.lora import lora_modules
@@ -301,17 +301,16 @@ def run(args: GenerateSettings, stdin: TextIO | None = None, out: TextIO | None 
     out = sys.stdout if out is None else out
     hw, paths = args.hardware, args.paths
     device = parse_device(hw.device)  # checked with the flags
-    if hw.threads is not None:
-        torch.set_num_threads(hw.threads)
     if args.precision == "int8" and device.type != "cpu":
         raise GenerateError(f"--precision int8 runs PyTorch's CPU int8 kernels; use --device cpu, not {device}")
-    prompts = read_prompts(args, stdin)
-    gpt, settings = load_source(args.model, paths.offline)
-    precision = args.precision or default_precision(settings, device)
-    tokenizer_dir = paths.tokenizer_dir or (settings.paths.tokenizer_dir if settings else None)
-    tok = Tokenizer(tokenizer_dir)
-    model = inference_model(gpt, precision, device, hw.plain)
-    return sample_all(model, tok, prompts, args, out, on_token)
+    with torch_threads(hw.threads):  # the caller's thread count is back after
+        prompts = read_prompts(args, stdin)
+        gpt, settings = load_source(args.model, paths.offline)
+        precision = args.precision or default_precision(settings, device)
+        tokenizer_dir = paths.tokenizer_dir or (settings.paths.tokenizer_dir if settings else None)
+        tok = Tokenizer(tokenizer_dir)
+        model = inference_model(gpt, precision, device, hw.plain)
+        return sample_all(model, tok, prompts, args, out, on_token)
 
 
 @exits_on_user_error

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -130,6 +131,22 @@ def parse_device(name: str) -> torch.device:
     elif dev.type != "cpu":
         raise FieldError("device", name, expected)
     return dev
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """`n` torch intra-op threads inside (None: the count as it is), the caller's count again after, an error
+    included. A command's --threads is its run's, not its caller's: a sweep running runs in-process, a notebook
+    or a test suite calling `run` keeps its own count (kept, later work in that process ran on the last run's)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_count() -> int:

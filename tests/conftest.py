@@ -35,6 +35,19 @@ def _fresh_caches():
     yield
 
 
+# torch's thread count is the whole process's: a command called in-process that sets it (`bench.__main__.main`,
+# `bench.gemv.main` and `bench.profile_decode.main` with --threads 1, as `python -m bench` does for its process)
+# left every later test on it, and the fp32 inference copy picks its kernels by it (MKL's one-row product on one
+# thread, oneDNN's packed layers on more), so what a test ran hung on the order of the files. Each test gets the
+# count it started with back (the commands' own `run` functions give it back themselves: test_threads_of_a_call.py).
+@pytest.fixture(autouse=True)
+def _own_threads():
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 def make_hf_checkpoint(folder: Path, seed: int = 0, initializer_range: float = 0.02, **sizes) -> Path:
     """Save a randomly initialised `transformers.GPT2LMHeadModel` with `save_pretrained` into `folder`."""
     from transformers import GPT2Config as HFConfig

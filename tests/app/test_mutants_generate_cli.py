@@ -327,15 +327,17 @@ def test_inference_model_merges_adapters_and_sets_the_precision(monkeypatch):
 def test_run_sets_the_threads_and_the_tokenizer_folder(monkeypatch, tmp_path):
     Stand(monkeypatch, " z")
     threads, dirs = [], []
-    monkeypatch.setattr(cli.torch, "set_num_threads", threads.append)
     real = cli.Tokenizer
-    monkeypatch.setattr(cli, "Tokenizer", lambda d=None: dirs.append(d) or real(d))
+    # the count the run loads its tokenizer at: the run's --threads (the caller's back after it)
+    monkeypatch.setattr(cli, "Tokenizer", lambda d=None: threads.append(torch.get_num_threads()) or dirs.append(d)
+                        or real(d))
     from experiments.sweeps import TINY_DATA
+    before = torch.get_num_threads()
     run_cli("--prompt", "x", "--seed", "0", "--threads", "3", "--tokenizer-dir", str(TINY_DATA / "gpt2"))
-    assert threads == [3] and dirs == [str(TINY_DATA / "gpt2")]
+    assert threads == [3] and dirs == [str(TINY_DATA / "gpt2")] and torch.get_num_threads() == before
     Stand(monkeypatch, " z")
     run_cli("--prompt", "x", "--seed", "0")
-    assert threads == [3] and dirs[1:] == [None]
+    assert threads == [3, before] and dirs[1:] == [None]
 
 
 def test_main_exits_130_on_ctrl_c_and_quietly_on_a_closed_pipe(monkeypatch):

@@ -470,16 +470,18 @@ def test_evaluate_help_names_the_command_and_describes_it(capsys):
 def test_evaluate_run_hands_each_setting_to_the_evaluation(monkeypatch):
     import torch
 
-    calls, threads = [], []
-    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: calls.append((a, k)) or {"ok": 1})
-    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    calls, threads = [], []  # the thread count of each evaluation: the run's --threads (the caller's back after)
+    monkeypatch.setattr(evaluate, "evaluate_run",
+                        lambda *a, **k: calls.append((a, k)) or threads.append(torch.get_num_threads()) or {"ok": 1})
+    before = torch.get_num_threads()
     online = replace(EVERY, paths=replace(EVERY.paths, offline=False))  # plain and offline told apart
     assert evaluate.run(online) == {"ok": 1}
     assert calls == [(("R", "test", "D", "T", "cpu", "quora", True, "labels.csv", True, False), {})]
-    assert threads == [3]
+    assert threads == [3] and torch.get_num_threads() == before
     calls.clear()
     evaluate.run(EvaluateSettings(run_dir="R"))
-    assert calls == [(("R", "dev", None, None, "auto", None, False, None, False, False), {})] and threads == [3]
+    assert calls == [(("R", "dev", None, None, "auto", None, False, None, False, False), {})]
+    assert threads == [3, before]
 
 
 @pytest.mark.parametrize("schema", [3, 99, "2", True, None])
