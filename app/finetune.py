@@ -29,8 +29,8 @@ import torch.distributed as dist
 from course.fetch import ensure_task_data
 from course.readers import DataError, Malformed, data_dir, require_files
 from minigpt2.atomic import atomic_write_json
-from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
 from minigpt2.device import torch_threads
+from minigpt2.distributed import Dist, fetch_once, leave_together, setup_distributed
 from minigpt2.errors import UserError, exits_on_user_error
 from minigpt2.lora import apply_lora, without_lora
 from minigpt2.tokenizer import Tokenizer

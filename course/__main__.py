@@ -10,8 +10,8 @@ from typing import Sequence
 from minigpt2.errors import UserError
 
 from .fetch import fetch
-from .readers import data_dir
 from .files import TASKS
+from .readers import data_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -137,7 +137,7 @@ def parse_device(name: str) -> torch.device:
 def torch_threads(n: int | None) -> Iterator[None]:
     """`n` torch intra-op threads inside (None: the count as it is), the caller's count again after, an error
     included. A command's --threads is its run's, not its caller's: a sweep running runs in-process, a notebook
-    or a test suite calling `run` keeps its own count (kept, later work in that process ran on the last run's)."""
+    or a test suite calling `run` keeps its own count (left set, it made later work in that process run on it)."""
     if n is None:
         yield
         return
