@@ -16,7 +16,7 @@ import json
 import re
 import types
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,15 @@ SST_DEV, SST_TEST = DATA / "ids-sst-dev.csv", DATA / "ids-sst-test-labels.csv"
 # (64 each), c_attn 32 x 96 + 96, attn c_proj 32 x 32 + 32, c_fc 32 x 128 + 128, mlp c_proj 128 x 32 + 32; ln_f 64.
 BODY = 50257 * 32 + 128 * 32 + 2 * (64 + 3168 + 1056 + 64 + 4224 + 4128) + 64
 SST_HEAD = 32 * 5 + 5
+
+
+def sst_without_test_labels(folder: Path) -> Path:
+    """`folder` holding the tiny SST files but the test labels (a course release without them)."""
+    folder.mkdir()
+    for f in DATA.glob("ids-sst-*"):
+        if f.name != SST_TEST.name:
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
 
 
 def args(task: str, out: Path | None, *extra: str) -> list[str]:
@@ -361,11 +370,7 @@ def test_ctrl_c_says_how_to_go_on_and_exits_130(base, tmp_path, monkeypatch, cap
 
 
 def test_a_run_without_test_labels_scores_dev_only_and_says_so(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in DATA.glob("ids-sst-*"):
-        if f.name != "ids-sst-test-labels.csv":
-            (data / f.name).write_bytes(f.read_bytes())
+    data = sst_without_test_labels(tmp_path / "data")
     run = tmp_path / "run"
     out, _ = finetune_run(["--task", "sst", "--model", "tiny", "--data-dir", str(data), "--tokenizer-dir",
                            str(TINY_DATA / "gpt2"), "--out-dir", str(run), "--no-progress", "--device", "cpu",

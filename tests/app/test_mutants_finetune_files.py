@@ -35,7 +35,8 @@ from minigpt2.distributed import Dist
 from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 from tasks import get_task
-from tasks.base import Example, collate
+from tasks.base import Example, TaskModel, collate
+from tests.app.test_mutants_finetune import sst_without_test_labels
 from tests.minigpt2.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 DATA = TINY_DATA / "tasks"
@@ -240,11 +241,7 @@ def test_label_predictions_against_test_references_given(tmp_path, monkeypatch, 
 def test_label_predictions_without_test_labels_score_dev_only(tmp_path, monkeypatch, sst, tok):
     task, splits = sst
     by_hand(monkeypatch, task, [])
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in DATA.glob("ids-sst-*"):
-        if f.name != "ids-sst-test-labels.csv":
-            (data / f.name).write_bytes(f.read_bytes())
+    data = sst_without_test_labels(tmp_path / "data")
     run = tmp_path / "run"
     run.mkdir()
     settings = settings_of("sst", run, data=data)
@@ -423,11 +420,7 @@ def test_finish_run_scores_the_best_weights_writes_metrics_and_says_so(tmp_path,
 
 def test_finish_run_without_test_labels_prints_the_dev_score_only(tmp_path, monkeypatch, sst, tok):
     task, splits = sst
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in DATA.glob("ids-sst-*"):
-        if f.name != "ids-sst-test-labels.csv":
-            (data / f.name).write_bytes(f.read_bytes())
+    data = sst_without_test_labels(tmp_path / "data")
     run = tmp_path / "run"
     run.mkdir()
     settings = settings_of("sst", run, data=data)
@@ -439,16 +432,22 @@ def test_finish_run_without_test_labels_prints_the_dev_score_only(tmp_path, monk
     assert out == f"best epoch 1: dev accuracy 0.6875; run folder {run}\n"
 
 
-def test_finish_run_quantizes_after_training_and_packs_the_body(tmp_path, monkeypatch, sst, tok):
-    from quant.fake import FakeQuantLinear
-
+def finish_at_precision(tmp_path, monkeypatch, sst, tok, *flags: str) -> tuple[Path, TaskModel]:
+    """finish_run of an SST run with `flags` on `best_and_other`'s other model: the run folder and that model."""
     task, splits = sst
     run = tmp_path / "run"
     run.mkdir()
-    settings = settings_of("sst", run, "--precision", "int8")
+    settings = settings_of("sst", run, *flags)
     other = best_and_other(task, run, settings)
     finish(run, settings, splits, other, {"best": {"epoch": 1, "accuracy": 0.5}, "wall_s": 1.0}, tok, monkeypatch,
            task)
+    return run, other
+
+
+def test_finish_run_quantizes_after_training_and_packs_the_body(tmp_path, monkeypatch, sst, tok):
+    from quant.fake import FakeQuantLinear
+
+    run, other = finish_at_precision(tmp_path, monkeypatch, sst, tok, "--precision", "int8")
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     # post-training quantization: the body's linear layers are fake-quant (int8) when the predictions are made
     linear = [x for x in other.gpt.modules() if isinstance(x, torch.nn.Linear)]
@@ -461,27 +460,15 @@ def test_finish_run_quantizes_after_training_and_packs_the_body(tmp_path, monkey
 
 
 def test_finish_run_after_quantization_aware_training_quantizes_once(tmp_path, monkeypatch, sst, tok):
-    task, splits = sst
-    run = tmp_path / "run"
-    run.mkdir()
-    settings = settings_of("sst", run, "--precision", "int8", "--qaft")
     calls = []
     monkeypatch.setattr(finetune, "apply_run_precision", lambda *a: calls.append(a))
-    other = best_and_other(task, run, settings)
-    finish(run, settings, splits, other, {"best": {"epoch": 1, "accuracy": 0.5}, "wall_s": 1.0}, tok, monkeypatch,
-           task)
+    run, _ = finish_at_precision(tmp_path, monkeypatch, sst, tok, "--precision", "int8", "--qaft")
     assert calls == []  # trained fake-quantized already (build_model): not quantized again
     assert json.loads((run / "metrics.json").read_text(encoding="utf-8"))["quantization"]["qaft"] is True
 
 
 def test_finish_run_casts_the_whole_model_for_a_bf16_run(tmp_path, monkeypatch, sst, tok):
-    task, splits = sst
-    run = tmp_path / "run"
-    run.mkdir()
-    settings = settings_of("sst", run, "--precision", "bf16")
-    other = best_and_other(task, run, settings)
-    finish(run, settings, splits, other, {"best": {"epoch": 1, "accuracy": 0.5}, "wall_s": 1.0}, tok, monkeypatch,
-           task)
+    run, other = finish_at_precision(tmp_path, monkeypatch, sst, tok, "--precision", "bf16")
     # the body and the head alike, after the best weights were loaded (post-training, as any other format)
     assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from minigpt2 import GPT2, GPT2Config
+from minigpt2.device import torch_threads
 from minigpt2.fast import decoding, for_inference, for_training, prepack
 from minigpt2.fast.chunked_loss import ChunkedLMLoss
 from minigpt2.fast.cpu_dropout import CPUDropout, CPUDropoutAttention
@@ -50,18 +51,14 @@ def tiny(seed: int = 0) -> GPT2:
 
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
 def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def assert_untouched(model: nn.Module, before: nn.Module) -> None:
