@@ -10,8 +10,8 @@ tables (a plain streaming read with the same threads: what the kernel could reac
 
 | kernel | what runs | weight bytes |
 |---|---|---|
-| `oneDNN packed` | `prepack.PackedLinear`: the fp32 copy's layer at 2+ threads | 4 |
-| `MKL transposed` | `prepack.TransposedLinear`: the fp32 copy's layer at 1 thread | 4 |
+| `slabs` | `prepack.SlabLinear`: the fp32 copy's layer (one batched product over a slab per thread) | 4 |
+| `oneDNN packed` | `prepack.PackedLinear`: the layer of copies for several rows (bf16, batched sampling) | 4 |
 | `F.linear` | the plain model's layer (BLAS on the (out, in) table) | 4 |
 | `inductor` | `torch.compile` of `(W * x).sum(-1) + b` (`--inductor`: a few seconds to compile each shape) | 4 |
 | `fbgemm fp16` | `prepack.Fp16Linear`: the fp16-weight copy's layer (x86 with AVX2) | 2 |
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from minigpt2.config import PRESETS, GPT2Config
 from minigpt2.fast.compiled import separate_inductor_cache
-from minigpt2.fast.prepack import Fp16Linear, PackedLinear, TransposedLinear, available, fp16_available
+from minigpt2.fast.prepack import Fp16Linear, PackedLinear, SlabLinear, available, fp16_available
 from quant.int8_linear import Int8Linear
 
 from .bound import cpu_flags
@@ -71,9 +71,9 @@ def _inductor(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def kernels(inductor: bool = False) -> list[Kernel]:
     """The kernels that run on this machine and build (`--inductor` adds the compiled one)."""
-    out = [Kernel("oneDNN packed", 4, lambda lin: PackedLinear(lin).forward, 1e-5)] if available() else []
-    out += [Kernel("MKL transposed", 4, lambda lin: TransposedLinear(lin).forward, 1e-5),
-            Kernel("F.linear", 4, lambda lin: lambda x: F.linear(x, lin.weight, lin.bias), 1e-5)]
+    out = [Kernel("slabs", 4, lambda lin: SlabLinear(lin).forward, 1e-5)]
+    out += [Kernel("oneDNN packed", 4, lambda lin: PackedLinear(lin).forward, 1e-5)] if available() else []
+    out.append(Kernel("F.linear", 4, lambda lin: lambda x: F.linear(x, lin.weight, lin.bias), 1e-5))
     if inductor:
         out.append(Kernel("inductor", 4, _inductor, 1e-5))
     if fp16_available():

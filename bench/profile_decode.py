@@ -31,11 +31,12 @@ from quant.int8_linear import int8_decoder_config, to_int8_decoder
 from .bound import ReadBandwidth, cpu_flags, weight_bytes
 from .common import set_threads
 
-# The kernels that multiply by a weight matrix, by their profiler names (fp32 oneDNN prepacked, fbgemm's int8,
-# plain F.linear's BLAS call); attention's products over the KV cache are not among them.
-MATMUL_OPS = frozenset({"mkldnn::_linear_pointwise", "mkldnn::_linear_pointwise.binary", "quantized::linear_dynamic",
-                        "quantized::linear_dynamic_fp16", "aten::linear", "aten::addmm", "aten::mm", "aten::matmul",
-                        "aten::_weight_int8pack_mm"})
+# The kernels that multiply by a weight matrix, by their profiler names (the fp32 copy's batched product over
+# slabs, oneDNN's packed one, fbgemm's int8 and fp16, plain F.linear's BLAS call); attention's products over the KV
+# cache (inside SDPA) are not among them.
+MATMUL_OPS = frozenset({"aten::baddbmm", "aten::bmm", "mkldnn::_linear_pointwise", "mkldnn::_linear_pointwise.binary",
+                        "quantized::linear_dynamic", "quantized::linear_dynamic_fp16", "aten::linear", "aten::addmm",
+                        "aten::mm", "aten::matmul", "aten::_weight_int8pack_mm"})
 
 
 def summarize(ops: list[tuple[str, float, int]], tokens: int, wall_s: float, weights: float, top: int = 8
@@ -67,7 +68,7 @@ def decoders(config: str) -> dict[str, tuple[GPT2, str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         int8 = speed.for_inference(to_int8_decoder(ptq(model, int8_decoder_config())), torch.device("cpu"))
-    out = {"fp32 (oneDNN prepacked)": (speed.for_inference(model, torch.device("cpu")), "fp32"),
+    out = {"fp32 (slabs)": (speed.for_inference(model, torch.device("cpu")), "fp32"),
            "int8 (fbgemm)": (int8, "int8")}
     if fp16_available():
         out["fp16 weights (fbgemm)"] = (speed.for_inference(model, torch.device("cpu"), torch.float16), "fp16")

@@ -13,7 +13,7 @@ tests/minigpt2/fast/test_fast_agreement.py shows both paths agree on a tiny run 
 | `cpu_dropout.CPUDropout`, `CPUDropoutAttention` | `nn.Dropout`, `model.CausalSelfAttention`: cheap masks | `for_training`, on CPU |
 | `lora.FusedLoRALinear` | `lora.LoRALinear`: one autograd node, base cast once | `for_training` |
 | `chunked_loss.ChunkedLMLoss` | `losses.LMLoss`: never the whole (N, 50257) logits | `for_training` |
-| `prepack.prepacked` | the model: linears and head on oneDNN, prepacked for the batch decoded (fp32 batch 1 at 1 thread: MKL, transposed); q/k/v fused | `for_inference`, on CPU |
+| `prepack.prepacked` | the model: linears and head on oneDNN, prepacked for the batch decoded (fp32 batch 1: weights in slabs, one batched product); q/k/v fused | `for_inference`, on CPU |
 | `decoding.sample_next`, `Fp32CacheAttention` | `generation.sample_next`; bf16 attention on CPU | `for_inference` |
 | `step.OneTokenStep` | `GPT2.forward` of one new token on the KV cache | `for_inference` |
 | `compiled.CompiledBlocks` | the blocks' eager forward, during the training steps | `app.speed.for_training`, `--compile` |

@@ -12,11 +12,12 @@ CPU builds, can lay each weight out for its kernel once, ahead of time (`torch.c
 same two kernels when it freezes weights), and its products are faster than `F.linear` on GPT-2's shapes, with
 the same values up to fp32 rounding. The measured figures are in docs/performance.md.
 
-fp32 with one thread (`fp32_transposed`): the layers are `TransposedLinear`s instead, the weight stored transposed
-for MKL's one-row product, which streams it faster than oneDNN's at one thread (not at two); q, k and v become one
-product (`FusedQKVAttention`) at any thread count. A copy for decoding several sequences at once
-(`prepacked(model, batch=12)`) packs every weight for that many rows instead: oneDNN's layout is chosen by the rows
-a product will have.
+fp32 for one row (batch-1 decoding, the default): the layers are `SlabLinear`s instead, each weight cut into one
+slab per thread and one row multiplied by all slabs in one batched product, which streams the weights at about the
+memory's speed where oneDNN's one-row product reached 0.5-0.8 of it; q, k and v become one product
+(`FusedQKVAttention`). A copy for decoding several sequences at once (`prepacked(model, batch=12)`) packs every
+weight for that many rows instead: oneDNN's layout is chosen by the rows a product will have, and there its
+packed product is the faster one.
 
 Only inference: a packed weight is an opaque oneDNN tensor, with no gradient and no state dict. Layers that are
 not plain `nn.Linear` (LoRA adapters, fake-quant layers) keep their own forward, so a prepacked LoRA model runs its
@@ -110,37 +111,61 @@ class PackedLinear(nn.Module):
                 f"oneDNN prepacked {str(self.packed.dtype).removeprefix('torch.')} for {self.batch} row(s)")
 
 
-class TransposedLinear(nn.Module):
-    """fp32 `nn.Linear` for inference, the weight stored transposed: (in_features, out_features), contiguous.
+def slab_count() -> int:
+    """How many slabs `SlabLinear` cuts a weight into when not told: one per torch thread, and at least two (a
+    batch of one slab is not run as a batched product, and one slab streamed 1.3x slower than two at 1 thread)."""
+    return max(2, torch.get_num_threads())
 
-    One row (batch-1 decoding): `addmm(bias, x, weight_t)` on MKL, which runs it as a sum of the weight's rows
-    scaled by the input's values, streaming the table in memory order; per call it measured 1.2-1.8x oneDNN's
-    prepacked product on GPT-2's shapes (1 thread; docs/performance.md, "Profile-driven changes"). Each output
-    sums over the input in order, so where the table lies in memory (its alignment) changes no bit: the
-    transposed product of the dropped "LM head on MKL" (dot products per output row) did depend on it.
-    Several rows (prompts, batched sampling): oneDNN on the same memory, read as (out, in) with strides, as fast as
-    its prepacked layout there (MKL's GEMM was 0.6-0.8x); no second copy of the weight.
-    `prepacked` makes fp32 layers of this kind where torch runs one thread (`fp32_transposed`), `PackedLinear`
-    otherwise. Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied LM head).
+
+class SlabLinear(nn.Module):
+    """fp32 `nn.Linear` for decoding one row at a time: the weight's rows cut into `slabs` slabs of equal height,
+    stored as one (slabs, rows, in) table, and one row multiplied by all of them in one batched product.
+
+    One row: `baddbmm(bias, table, x)`, x a column shared by every slab. torch runs it as MKL's batched GEMM, which
+    hands whole slabs to its threads, so each thread streams its own rows in memory order with a one-thread
+    product: 0.9-1.0 of a plain read of the same weights, where MKL's and oneDNN's one-row products split over the
+    threads streamed 0.4-0.8 (docs/performance.md, "Seventh round"). The column must be passed with stride 0 over
+    the slabs and `in_features` between columns (`x.t().expand(...)`): stored the other way, torch took a path 5x
+    slower. Each output is a dot product of its row and x, so its bits depend on where the row lies in memory (its
+    alignment), not on the threads (nor on the slab count, unless a slab holds only a few rows: MKL then takes
+    another kernel); the table is this layer's own fresh allocation, which torch's CPU allocator aligns to 64 bytes,
+    so two copies of one model give the same bits. The last slab is padded with
+    zero rows, whose outputs are dropped.
+    Several rows (a prompt): oneDNN on the same memory read as the (out, in) table, as fast as its packed layout.
+    `prepacked` makes every fp32 layer and the tied head of a copy for one row of this kind (`PackedLinear` for
+    several rows). Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied head).
     """
 
-    def __init__(self, linear: nn.Linear | None, weight: torch.Tensor | None = None) -> None:
+    def __init__(self, linear: nn.Linear | None, weight: torch.Tensor | None = None,
+                 slabs: int | None = None) -> None:
         super().__init__()
         weight = linear.weight if linear is not None else weight
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight_t", weight.detach().float().t().contiguous(), persistent=False)
-        bias = None if linear is None or linear.bias is None else linear.bias.detach().float().clone()
+        self.slabs = slabs or slab_count()
+        height = -(-self.out_features // self.slabs)
+        table = torch.zeros(self.slabs * height, self.in_features)
+        table[:self.out_features] = weight.detach()
+        self.register_buffer("table", table.view(self.slabs, height, self.in_features), persistent=False)
+        bias = None
+        if linear is not None and linear.bias is not None:
+            bias = torch.zeros(self.slabs * height)
+            bias[:self.out_features] = linear.bias.detach()
+            bias = bias.view(self.slabs, height, 1)
         self.register_buffer("bias", bias, persistent=False)
 
     def _product(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.size(0) == 1:
-            y = torch.mm(rows, self.weight_t) if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
+            column = rows.t().expand(self.slabs, self.in_features, 1)
+            y = (torch.bmm(self.table, column) if self.bias is None
+                 else torch.baddbmm(self.bias, self.table, column)).view(-1)[:self.out_features]
             if gelu:
                 y = torch.ops.aten.gelu_(y, approximate="tanh")
         else:
-            y = torch.ops.mkldnn._linear_pointwise(rows, self.weight_t.t(), self.bias, "gelu" if gelu else "none",
-                                                   [], "tanh" if gelu else "")
+            weight = self.table.view(-1, self.in_features)[:self.out_features]
+            bias = None if self.bias is None else self.bias.view(-1)[:self.out_features]
+            y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "gelu" if gelu else "none", [],
+                                                   "tanh" if gelu else "")
         return y.view(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +176,8 @@ class TransposedLinear(nn.Module):
         return self._product(x, True)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp32 transposed (MKL / oneDNN)"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp32 in {self.slabs} slabs "
+                "(batched product for one row, oneDNN for more)")
 
 
 class FusedQKVAttention(CausalSelfAttention):
@@ -223,22 +249,12 @@ class Fp16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fbgemm fp16 weights"
 
 
-def fp32_transposed() -> bool:
-    """True when `prepacked` makes fp32 layers `TransposedLinear` (MKL for one row), False for `PackedLinear`.
-
-    By the threads torch runs with when the copy is made: with one, MKL's one-row product on the transposed table
-    decoded 1.15-1.23x faster than oneDNN's prepacked one (AVX-512, and AVX2 emulated); with two, MKL's split of
-    the product over threads streamed slower than oneDNN's (docs/performance.md, "Profile-driven changes").
-    """
-    return torch.get_num_threads() == 1
-
-
 def _packed_layer(linear: nn.Linear | None, dtype: torch.dtype, weight: torch.Tensor | None = None,
                   batch: int = 1) -> nn.Module:
     if dtype == torch.float16:
         return Fp16Linear(linear, weight=weight)  # fbgemm's fp16 layout has no batch hint
-    if dtype == torch.float32 and batch == 1 and fp32_transposed():
-        return TransposedLinear(linear, weight=weight)
+    if dtype == torch.float32 and batch == 1:
+        return SlabLinear(linear, weight=weight)
     return PackedLinear(linear, dtype, weight=weight, batch=batch)
 
 
@@ -250,7 +266,7 @@ class PackedGPT2(GPT2):
     plain table, as `GPT2.lm_head` does.
     """
 
-    packed_head: TransposedLinear | PackedLinear | Fp16Linear
+    packed_head: SlabLinear | PackedLinear | Fp16Linear
 
     def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if token_ids is not None:
@@ -268,8 +284,8 @@ def prepacked(model: GPT2, dtype: torch.dtype = torch.float32, batch: int = 1) -
     dtype: torch.float32 (the model must be fp32), torch.bfloat16 (an fp32 or bf16 model; the copy is all bf16,
     see the module docstring), or torch.float16 (an fp32 model; fp16 weights on fbgemm, everything else fp32:
     `Fp16Linear`). batch: how many sequences each decoding step will carry (the prompts generated together). Above
-    one, the fp32 and bf16 weights are laid out for that many rows (oneDNN's layout hint; `TransposedLinear` is for
-    one row only): batched sampling then runs up to 1.75x faster per product, with the same numbers as on the
+    one, the fp32 and bf16 weights are laid out for that many rows (oneDNN's layout hint; an fp32 copy for one row
+    has `SlabLinear`s): batched sampling then runs up to 1.75x faster per product, with the same numbers as on the
     one-row layout for any product of two rows or more (docs/performance.md, "Batched sampling"). One row on such
     a copy runs, slower and rounded otherwise.
 

@@ -7,7 +7,7 @@ block it goes through five module calls, views and transposes the heads in and o
 (docs/performance.md, "Decoding against the bandwidth bound", has the profile). For T = 1 most of that is not
 needed: the heads of one position are a view, not a transpose; the new key and value are written straight into
 the preallocated cache (`minigpt2.model.KVCache`, written in place); LayerNorm, GELU and the residual adds are
-called as functions. On the fp32 copies' layers (`prepack.PackedLinear`, `prepack.TransposedLinear`) the MLP's
+called as functions. On the fp32 copies' layers (`prepack.PackedLinear`, `prepack.SlabLinear`) the MLP's
 GELU runs with the product: a oneDNN post-op, or in place right after MKL's.
 
     fast = with_one_token_step(model)   # a `GPT2` (or subclass: prepacked, int8) whose forward takes this path
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT2, MLP, Block, CausalSelfAttention, KVCache, attention_mask_for, gelu
-from .prepack import PackedLinear, TransposedLinear
+from .prepack import PackedLinear, SlabLinear
 from .recompute import RecomputeGELUMLP
 
 # MLP classes whose inference forward is the plain MLP's: the recomputed GELU changes only the backward. A model
@@ -32,7 +32,7 @@ from .recompute import RecomputeGELUMLP
 # predictions and their re-scoring by `evaluate` would differ.
 _PLAIN_MLPS = (MLP, RecomputeGELUMLP)
 # Layers whose `forward_gelu` is `gelu(forward(x))` with the GELU inside or right after the product.
-_GELU_FUSED = (PackedLinear, TransposedLinear)
+_GELU_FUSED = (PackedLinear, SlabLinear)
 
 
 class OneTokenStep:

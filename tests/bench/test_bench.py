@@ -452,8 +452,8 @@ def test_profile_command_on_the_tiny_config(tmp_path, capsys):
     profile_decode.main(["--config", "tiny", "--threads", "1", "--stream-mib", "4", "--json", str(out)])
     got = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    # fp32 at 1 thread: the transposed layers on MKL (aten::addmm, 8 a token) and the head (aten::mm, 1)
-    decoders = [("fp32 (oneDNN prepacked)", 2 * 4 + 1), ("int8 (fbgemm)", 2 * 4 + 1)]
+    # fp32: the layers in slabs (aten::baddbmm, 8 a token) and the head (aten::bmm, 1)
+    decoders = [("fp32 (slabs)", 2 * 4 + 1), ("int8 (fbgemm)", 2 * 4 + 1)]
     if fp16_available():
         decoders.append(("fp16 weights (fbgemm)", 2 * 4 + 1))
     for name, calls in decoders:
@@ -461,7 +461,7 @@ def test_profile_command_on_the_tiny_config(tmp_path, capsys):
         products = [op for op in s["top"] if op["op"] in profile_decode.MATMUL_OPS]
         assert sum(op["calls_per_token"] for op in products) == calls
         assert 0 < s["matmul_share"] <= 1 and name in printed
-    assert got["fp32 (oneDNN prepacked)"]["weights_bytes"] == 6535040
+    assert got["fp32 (slabs)"]["weights_bytes"] == 6535040
     assert "vector_extensions" in got and got["bandwidth"]["array_mib"] == 4
 
 

@@ -37,8 +37,9 @@ def test_relative_error_is_the_largest_miss_over_the_largest_reference():
 def test_the_kernels_offered_here_and_their_bytes_per_weight(onednn, monkeypatch):
     monkeypatch.setattr(gemv, "available", lambda: onednn and available())
     kinds = {k.name: k for k in gemv.kernels()}
-    expected = {"oneDNN packed": 4} if onednn and available() else {}
-    expected |= {"MKL transposed": 4, "F.linear": 4}
+    expected = {"slabs": 4}
+    expected |= {"oneDNN packed": 4} if onednn and available() else {}
+    expected |= {"F.linear": 4}
     if fp16_available():
         expected["fbgemm fp16"] = 2
     if "fbgemm" in torch.backends.quantized.supported_engines:
@@ -47,7 +48,7 @@ def test_the_kernels_offered_here_and_their_bytes_per_weight(onednn, monkeypatch
     assert [(name, k.weight_bytes) for name, k in kinds.items()] == list(expected.items())
     # each precision's tolerance against the float64 product: fp32 kernels 1e-5, fp16 weights (11-bit mantissa)
     # 2e-3, int8 weights and per-call int8 activations 5e-2
-    tolerances = {"F.linear": 1e-5, "MKL transposed": 1e-5, "oneDNN packed": 1e-5, "fbgemm fp16": 2e-3,
+    tolerances = {"F.linear": 1e-5, "slabs": 1e-5, "oneDNN packed": 1e-5, "fbgemm fp16": 2e-3,
                   "fbgemm int8": 5e-2}
     assert {name: k.tolerance for name, k in kinds.items()} == {n: tolerances[n] for n in expected}
     assert "inductor" not in kinds  # only with --inductor: it compiles each shape

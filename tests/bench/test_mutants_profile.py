@@ -46,18 +46,19 @@ def test_summary_of_ten_ops_by_hand():
 
 
 def test_summary_without_products_has_no_bytes_per_second():
-    s = profile_decode.summarize([("aten::add", 3000, 3), ("aten::bmm", 1000, 2)], tokens=1, wall_s=0.004,
+    s = profile_decode.summarize([("aten::add", 3000, 3), ("aten::softmax", 1000, 2)], tokens=1, wall_s=0.004,
                                  weights=1e6)
     assert s["matmul_ms"] == 0 and s["matmul_share"] == 0 and s["other_ms"] == 4.0
     assert s["matmul_bytes_per_s"] is None
 
 
-MATMUL = {"mkldnn::_linear_pointwise", "mkldnn::_linear_pointwise.binary", "quantized::linear_dynamic",
-          "quantized::linear_dynamic_fp16", "aten::linear", "aten::addmm", "aten::mm", "aten::matmul",
-          "aten::_weight_int8pack_mm"}
+MATMUL = {"aten::baddbmm", "aten::bmm", "mkldnn::_linear_pointwise", "mkldnn::_linear_pointwise.binary",
+          "quantized::linear_dynamic", "quantized::linear_dynamic_fp16", "aten::linear", "aten::addmm", "aten::mm",
+          "aten::matmul", "aten::_weight_int8pack_mm"}
 
 
-@pytest.mark.parametrize("name", sorted(MATMUL) + ["aten::bmm", "aten::add", "aten::scaled_dot_product_attention"])
+@pytest.mark.parametrize("name", sorted(MATMUL) + ["aten::add", "aten::scaled_dot_product_attention",
+                                                   "aten::_scaled_dot_product_flash_attention_for_cpu"])
 def test_which_ops_are_weight_products(name):
     assert profile_decode.MATMUL_OPS == MATMUL
     s = profile_decode.summarize([(name, 1000, 1), ("aten::add", 1000, 1)], 1, 0.002, 1e6)
@@ -65,7 +66,7 @@ def test_which_ops_are_weight_products(name):
 
 
 SUMMARY = """\
-fp32 (oneDNN prepacked): 4 token(s); wall 5.0 ms/token (profiler on), in torch ops 4.0 ms
+fp32 (slabs): 4 token(s); wall 5.0 ms/token (profiler on), in torch ops 4.0 ms
   matmul/linear 2.5 ms (62.5% of op time), everything else 1.5 ms
   weights 5.0 MB/token over the time in the products: 2.0 GB/s
     mkldnn::_linear_pointwise                             9.0 calls    2.000 ms  50.0%
@@ -80,7 +81,7 @@ fp32 (oneDNN prepacked): 4 token(s); wall 5.0 ms/token (profiler on), in torch o
 
 
 def test_print_summary_line_by_line(capsys):
-    profile_decode.print_summary("fp32 (oneDNN prepacked)", profile_decode.summarize(OPS, 4, 0.02, 5e6))
+    profile_decode.print_summary("fp32 (slabs)", profile_decode.summarize(OPS, 4, 0.02, 5e6))
     assert capsys.readouterr().out.splitlines() == SUMMARY.splitlines()
 
 
@@ -134,7 +135,7 @@ def test_main_passes_its_options_on_and_writes_the_summaries(monkeypatch, tmp_pa
     monkeypatch.setattr(profile_decode, "set_threads", lambda n: seen.append(("threads", n)) or (n or 16))
     monkeypatch.setattr(profile_decode, "cpu_flags", lambda: {"torch_cpu_capability": "AVX2"})
     monkeypatch.setattr(profile_decode, "decoders", lambda config: seen.append(("config", config)) or
-                        {"fp32 (oneDNN prepacked)": ("model a", "fp32"), "int8 (fbgemm)": ("model b", "int8")})
+                        {"fp32 (slabs)": ("model a", "fp32"), "int8 (fbgemm)": ("model b", "int8")})
 
     def profile(model, precision, tokens, top):
         seen.append((model, precision, tokens, top))
@@ -146,7 +147,7 @@ def test_main_passes_its_options_on_and_writes_the_summaries(monkeypatch, tmp_pa
     out = capsys.readouterr().out.splitlines()
     assert out[0] == (f"gpt2, 16 thread(s), torch {torch.__version__}, AVX2; read bandwidth 12.3 GB/s "
                       "(best of 5 reads of 512 MiB)")
-    assert out[1:] == SUMMARY.splitlines() + SUMMARY.replace("fp32 (oneDNN prepacked)", "int8 (fbgemm)").splitlines()
+    assert out[1:] == SUMMARY.splitlines() + SUMMARY.replace("fp32 (slabs)", "int8 (fbgemm)").splitlines()
     seen.clear()
     path = tmp_path / "p.json"
     profile_decode.main(["--config", "tiny", "--threads", "2", "--tokens", "3", "--top", "4", "--stream-mib", "8",
@@ -156,7 +157,7 @@ def test_main_passes_its_options_on_and_writes_the_summaries(monkeypatch, tmp_pa
     summary = json.loads(json.dumps(profile_decode.summarize(OPS, 4, 0.02, 5e6)))
     assert json.loads(path.read_text()) == {"config": "tiny", "threads": 2, "torch_cpu_capability": "AVX2",
                                             "bandwidth": {"read_bytes_per_s": 12.34e9},
-                                            "fp32 (oneDNN prepacked)": summary, "int8 (fbgemm)": summary}
+                                            "fp32 (slabs)": summary, "int8 (fbgemm)": summary}
 
 
 def test_decoders_are_one_seeded_model_in_each_precision(monkeypatch):
@@ -164,22 +165,22 @@ def test_decoders_are_one_seeded_model_in_each_precision(monkeypatch):
 
     monkeypatch.setattr(profile_decode, "fp16_available", lambda: False)
     d = profile_decode.decoders("tiny")
-    assert {name: p for name, (_, p) in d.items()} == {"fp32 (oneDNN prepacked)": "fp32", "int8 (fbgemm)": "int8"}
+    assert {name: p for name, (_, p) in d.items()} == {"fp32 (slabs)": "fp32", "int8 (fbgemm)": "int8"}
     torch.manual_seed(0)  # bench_quant's random weights: seed 0, no dropout
     plain = GPT2(GPT2Config.from_name("tiny", dropout=0.0))
     kinds = {name: {type(m).__name__ for m in model.modules()} for name, (model, _) in d.items()}
     # (the fp32 copy's linear class depends on the thread count: prepacked, or transposed for MKL at 1 thread)
-    assert "Int8Linear" in kinds["int8 (fbgemm)"] and not {"Int8Linear", "Fp16Linear"} & kinds["fp32 (oneDNN prepacked)"]
+    assert "Int8Linear" in kinds["int8 (fbgemm)"] and not {"Int8Linear", "Fp16Linear"} & kinds["fp32 (slabs)"]
     for model, _ in d.values():
         assert model.config.dropout == 0.0 and not model.training
         # the int8 copy's embeddings went through int8 quantization: within its rounding of the same weights
         assert (model.wte.weight - plain.wte.weight).abs().max() < 1e-3
         assert (model.wpe.weight - plain.wpe.weight).abs().max() < 1e-3
-    assert torch.equal(d["fp32 (oneDNN prepacked)"][0].wte.weight, plain.wte.weight)
+    assert torch.equal(d["fp32 (slabs)"][0].wte.weight, plain.wte.weight)
     if prepack.fp16_available():
         monkeypatch.setattr(profile_decode, "fp16_available", lambda: True)
         d = profile_decode.decoders("tiny")
-        assert list(d) == ["fp32 (oneDNN prepacked)", "int8 (fbgemm)", "fp16 weights (fbgemm)"]
+        assert list(d) == ["fp32 (slabs)", "int8 (fbgemm)", "fp16 weights (fbgemm)"]
         model, precision = d["fp16 weights (fbgemm)"]
         assert precision == "fp16" and "Fp16Linear" in {type(m).__name__ for m in model.modules()}
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from minigpt2 import GPT2, GPT2Config
 from minigpt2.fast import for_inference
-from minigpt2.fast.prepack import PackedLinear, TransposedLinear, available, fp16_available, prepacked
+from minigpt2.fast.prepack import PackedLinear, SlabLinear, available, fp16_available, prepacked
 from minigpt2.fast.step import OneTokenStep, one_token_forward, supports, with_one_token_step
 from minigpt2.generation import generate
 from minigpt2.lora import LoRAConfig, apply_lora
@@ -57,10 +57,10 @@ def step_by_step(model: GPT2, ids: torch.Tensor, steps: int, extra: int = 7
     return out, tokens
 
 
-@pytest.fixture(params=[1, 2], ids=["1 thread: transposed fp32", "2 threads: prepacked fp32"])
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
 def fp32_threads(request):
-    """Runs a test with the fp32 copy made (and run) at 1 thread (`TransposedLinear`, MKL for one row) and at 2
-    (`PackedLinear`); the thread count is restored after."""
+    """Runs a test with the fp32 copy made (and run) at 1 thread and at 2 (`SlabLinear`s, two slabs either way,
+    one per thread at 2); the thread count is restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(request.param)
     yield request.param
@@ -71,7 +71,7 @@ def test_the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forwar
     model = spread_model()
     fast = for_inference(model, CPU)
     if available():
-        assert type(fast.h[0].mlp.c_fc) is (TransposedLinear if fp32_threads == 1 else PackedLinear)
+        assert type(fast.h[0].mlp.c_fc) is SlabLinear and fast.h[0].mlp.c_fc.slabs == 2
     assert isinstance(fast, OneTokenStep) and not isinstance(model, OneTokenStep)
     ids = torch.tensor([PROMPTS[0]])
     with torch.no_grad():
@@ -258,7 +258,7 @@ def test_fp16_falls_back_to_fp32_where_fbgemm_fp16_is_missing(monkeypatch):
     fast = for_inference(model, CPU, torch.float16)
     assert not any(type(m).__name__ == "Fp16Linear" for m in fast.modules())
     if available():
-        assert type(fast.packed_head) in (TransposedLinear, PackedLinear)
+        assert type(fast.packed_head) is SlabLinear
         with pytest.raises(RuntimeError, match="fp16 weights need fbgemm"):
             prepacked(model, torch.float16)
 

@@ -23,7 +23,7 @@ from minigpt2.fast.chunked_loss import ChunkedLMLoss
 from minigpt2.fast.cpu_dropout import CPUDropout, CPUDropoutAttention
 from minigpt2.fast.decoding import Fp32CacheAttention
 from minigpt2.fast.lora import FusedLoRALinear
-from minigpt2.fast.prepack import Fp16Linear, FusedQKVAttention, PackedGPT2, PackedLinear, TransposedLinear
+from minigpt2.fast.prepack import Fp16Linear, FusedQKVAttention, PackedGPT2, PackedLinear, SlabLinear
 from minigpt2.fast.recompute import RecomputeGELUMLP
 from minigpt2.fast.step import OneTokenStep
 from minigpt2.generation import generate
@@ -80,10 +80,10 @@ def assert_decodes_as(fast: GPT2, model: GPT2, atol: float) -> None:
 
 
 def packed_layers(fast: nn.Module) -> list[nn.Module]:
-    return [m for m in fast.modules() if type(m) in (PackedLinear, TransposedLinear, Fp16Linear)]
+    return [m for m in fast.modules() if type(m) in (PackedLinear, SlabLinear, Fp16Linear)]
 
 
-def test_an_fp32_model_on_cpu_becomes_the_prepacked_copy_laid_out_by_the_threads(threads):
+def test_an_fp32_model_on_cpu_becomes_the_prepacked_copy_in_slabs_at_any_thread_count(threads):
     model = tiny()
     before = copy.deepcopy(model)
     fast = for_inference(model, CPU)
@@ -93,13 +93,10 @@ def test_an_fp32_model_on_cpu_becomes_the_prepacked_copy_laid_out_by_the_threads
     assert fast.sample_next is decoding.sample_next and fast.kv_cache_dtype == torch.float32
     assert fast.wte.weight.dtype == torch.float32 and fast.wte is not model.wte
     assert all(type(b.attn) is FusedQKVAttention for b in fast.h)  # q, k, v fused; no fp32-cache attention
-    # 1 thread: MKL's one-row product on the transposed table; 2: oneDNN's layout for one row
-    want = TransposedLinear if threads == 1 else PackedLinear
-    layers = packed_layers(fast)
+    layers = packed_layers(fast)  # one row at any thread count: the weights in slabs, one per thread, at least 2
     assert len(layers) == 2 * 4 + 1  # per block: qkv, c_proj, c_fc, MLP c_proj; and the head
-    assert {type(m) for m in layers} == {want} and type(fast.packed_head) is want
-    if want is PackedLinear:
-        assert {m.batch for m in layers} == {1} and {m.packed.dtype for m in layers} == {torch.float32}
+    assert {type(m) for m in layers} == {SlabLinear} and type(fast.packed_head) is SlabLinear
+    assert {m.slabs for m in layers} == {2} and {m.table.dtype for m in layers} == {torch.float32}
     assert_decodes_as(fast, model, atol=1e-4)
     assert generate(fast, PROMPTS, 6, eos_id=None) == generate(model, PROMPTS, 6, eos_id=None)
     assert_untouched(model, before)

@@ -1,0 +1,105 @@
+"""`minigpt2.fast.prepack.SlabLinear` and `FusedQKVAttention`, the fp32 inference copy's layers for one row: the
+product of `nn.Linear` (one row as a batched product over the slabs, several on oneDNN), the same bits wherever
+the source weight lies in memory, and q, k, v as one product."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minigpt2 import GPT2, GPT2Config
+from minigpt2.device import torch_threads
+from minigpt2.fast.prepack import FusedQKVAttention, SlabLinear, available, prepacked, slab_count
+
+pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")
+
+
+def layer(n_in: int = 48, n_out: int = 80, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    linear = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        linear.bias.normal_()  # a bias that matters: a product that drops it is off by about 1
+    return linear
+
+
+@pytest.mark.parametrize("slabs", [2, 3, 7, 80])  # 80 rows: even slabs, padded ones, one row a slab
+@pytest.mark.parametrize("shape", [(1, 1, 48), (1, 48), (48,), (3, 1, 48), (2, 5, 48)])  # one row; several
+def test_slab_linear_is_the_linear_product(shape, slabs):
+    linear = layer()
+    fast = SlabLinear(linear, slabs=slabs)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        want = linear(x)
+        got = fast(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.forward_gelu(x), F.gelu(want, approximate="tanh"), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(fast.forward_gelu(x), F.gelu(want), rtol=1e-5, atol=1e-6)  # tanh, not erf
+
+
+def test_the_slabs_are_the_weight_s_rows_in_order_padded_with_zeros():
+    linear = layer(8, 10)
+    fast = SlabLinear(linear, slabs=4)  # 10 rows: 4 slabs of 3, the last with 2 padding rows
+    assert fast.table.shape == (4, 3, 8) and fast.bias.shape == (4, 3, 1)
+    assert torch.equal(fast.table.reshape(12, 8)[:10], linear.weight.detach())
+    assert not fast.table.reshape(12, 8)[10:].any() and not fast.bias.reshape(12)[10:].any()
+    assert torch.equal(fast.bias.reshape(12)[:10], linear.bias.detach())
+    assert not fast.table.requires_grad and fast.state_dict() == {}  # inference only: nothing saved
+
+
+def test_a_bare_weight_has_no_bias():
+    linear = layer(64, 64)
+    head = SlabLinear(None, weight=linear.weight)
+    assert head.bias is None
+    for x in (torch.randn(1, 64), torch.randn(3, 64)):
+        with torch.no_grad():
+            torch.testing.assert_close(head(x), x @ linear.weight.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_slab_count_is_one_per_thread_and_at_least_two():
+    for threads, want in ((1, 2), (2, 2), (3, 3), (4, 4)):
+        with torch_threads(threads):
+            assert slab_count() == want
+            assert SlabLinear(layer()).slabs == want
+    assert SlabLinear(layer(), slabs=5).slabs == 5
+
+
+def _at_offset(t: torch.Tensor, floats: int) -> torch.Tensor:
+    """A copy of contiguous `t` whose data starts `floats` fp32 values past a 4096-byte boundary."""
+    buf = torch.empty(t.numel() + 1024 + floats)
+    start = (-(buf.data_ptr() // 4)) % 1024 + floats
+    view = buf[start:start + t.numel()].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def test_one_row_gives_the_same_bits_wherever_the_source_weight_lies():
+    """Each output of one row is a dot product of its row, whose bits depend on the row's alignment (a table moved
+    by 1..3 floats gave other bits on an AMD EPYC): the layer copies the weight into its own table, which starts on a 64-byte
+    boundary, so a model loaded twice (its tensors wherever a file put them) decodes to the same bits."""
+    torch.manual_seed(1)
+    weight, x = torch.randn(1000, 256), torch.randn(1, 256)  # out not a multiple of any vector width
+    with torch.no_grad():
+        want = SlabLinear(None, weight=weight)(x)
+        for floats in range(16):
+            fast = SlabLinear(None, weight=_at_offset(weight, floats))
+            assert fast.table.data_ptr() % 64 == 0
+            assert torch.equal(fast(x), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_qkv_attention_projects_query_key_value_in_that_order(threads):
+    torch.manual_seed(2)
+    model = GPT2(GPT2Config.from_name("tiny", dropout=0.0)).eval()
+    with torch_threads(threads):
+        fast = prepacked(model)
+    attn, fused = model.h[1].attn, fast.h[1].attn
+    assert type(fused) is FusedQKVAttention and fused.qkv.out_features == 3 * model.config.n_embd
+    assert type(fused.qkv) is SlabLinear and type(fused.c_proj) is SlabLinear
+    assert type(model.h[1].attn) is not FusedQKVAttention  # the source model is untouched
+    x = torch.randn(1, 1, model.config.n_embd)
+    with torch.no_grad():
+        for got, want in zip(fused.project_qkv(x), (attn.query(x), attn.key(x), attn.value(x))):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        x = torch.randn(2, 4, model.config.n_embd)  # the whole attention of a prompt: causal, several rows
+        torch.testing.assert_close(fused(x, None, True), attn(x, None, True), rtol=1e-5, atol=1e-5)
