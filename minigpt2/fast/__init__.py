@@ -53,11 +53,11 @@ def for_inference(model: GPT2, device: torch.device, autocast_dtype: torch.dtype
                   batch: int = 1) -> GPT2:
     """A copy of `model` to predict and generate with; `model` itself is not changed.
 
-    On CPU, a plain `GPT2` becomes the oneDNN-prepacked copy (`prepack.inference_copy`; in bf16 when
-    `autocast_dtype` is bf16 and the CPU multiplies bf16 natively; with fp16 weights on fbgemm when it is
-    torch.float16 and fbgemm's fp16 linear runs here), its weights laid out for decoding `batch` sequences at once
-    (`prepack.prepacked`). A bf16 or fp16 model on CPU attends in fp32 over an fp32
-    KV cache. Each new token after the prompt takes the lean one-token step (`step.OneTokenStep`), and sampling
+    On CPU, a plain `GPT2` becomes the inference copy (`prepack.inference_copy`: fp32 weights in slabs for one
+    row, oneDNN-prepacked for several; in bf16 when `autocast_dtype` is bf16 and the CPU multiplies bf16 natively;
+    with fp16 weights on fbgemm when it is torch.float16 and fbgemm's fp16 linear runs here), its weights laid out
+    for decoding `batch` sequences at once (`prepack.prepacked`). A bf16 or fp16 model on CPU attends in fp32 over
+    an fp32 KV cache. Each new token after the prompt takes the lean one-token step (`step.OneTokenStep`), and sampling
     skips the full sort (`decoding.sample_next`). Other copies share `model`'s modules.
     """
     model = unwrap_compiled(model)

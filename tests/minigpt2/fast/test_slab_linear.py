@@ -4,6 +4,8 @@ the source weight lies in memory, and q, k, v as one product."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -35,6 +37,25 @@ def test_slab_linear_is_the_linear_product(shape, slabs):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast.forward_gelu(x), F.gelu(want, approximate="tanh"), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(fast.forward_gelu(x), F.gelu(want), rtol=1e-5, atol=1e-6)  # tanh, not erf
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_out=st.integers(1, 70), n_in=st.integers(1, 40), slabs=st.integers(2, 9), rows=st.integers(1, 3),
+       bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_any_shape_and_slab_count_is_the_linear_product(n_out, n_in, slabs, rows, bias, seed):
+    """More slabs than rows included (slabs of zeros only), one input value, a row count of 1 (the batched
+    product) or more (oneDNN)."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(n_in, n_out, bias=bias)
+    if bias:
+        with torch.no_grad():
+            linear.bias.normal_()
+    fast = SlabLinear(linear, slabs=slabs) if bias else SlabLinear(None, weight=linear.weight, slabs=slabs)
+    x = torch.randn(rows, 1, n_in)
+    with torch.no_grad():
+        want = linear(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.forward_gelu(x), F.gelu(want, approximate="tanh"), rtol=1e-5, atol=1e-5)
 
 
 def test_the_slabs_are_the_weight_s_rows_in_order_padded_with_zeros():
