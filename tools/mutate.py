@@ -281,6 +281,10 @@ MUTANTS: list[Mutant] = [
            "        if False:\n            bias = torch.zeros(", FAST),
     Mutant("prepack-slab-keeps-the-tail", "minigpt2/fast/prepack.py", "column)).view(-1)[:self.out_features]",
            "column)).view(-1)[-self.out_features:]", ("tests/minigpt2/fast/test_slab_linear.py",)),
+    Mutant("prepack-slab-column-slow-strides", "minigpt2/fast/prepack.py",
+           "column = rows.t().expand(self.slabs, self.in_features, 1)",
+           "column = rows.reshape(1, self.in_features, 1).expand(self.slabs, self.in_features, 1)",
+           ("tests/minigpt2/fast/test_slab_linear.py",)),  # the same values, 5x slower: only the layout shows it
     Mutant("prepack-batched-copy-in-slabs", "minigpt2/fast/prepack.py", "dtype == torch.float32 and batch == 1:",
            "dtype == torch.float32:", ("tests/minigpt2/fast/test_prepack.py",)),
     Mutant("predicting-not-for-the-batch", "app/speed.py", "how.autocast_dtype, batch=how.batch_size)",

@@ -66,6 +66,8 @@ def test_the_slabs_are_the_weight_s_rows_in_order_padded_with_zeros():
     assert not fast.table.reshape(12, 8)[10:].any() and not fast.bias.reshape(12)[10:].any()
     assert torch.equal(fast.bias.reshape(12)[:10], linear.bias.detach())
     assert not fast.table.requires_grad and fast.state_dict() == {}  # inference only: nothing saved
+    assert repr(fast) == ("SlabLinear(in_features=8, out_features=10, fp32 in 4 slabs (batched product for one row, "
+                          "oneDNN for more))")
 
 
 def test_a_bare_weight_has_no_bias():
@@ -124,3 +126,18 @@ def test_fused_qkv_attention_projects_query_key_value_in_that_order(threads):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         x = torch.randn(2, 4, model.config.n_embd)  # the whole attention of a prompt: causal, several rows
         torch.testing.assert_close(fused(x, None, True), attn(x, None, True), rtol=1e-5, atol=1e-5)
+
+
+def test_one_row_reaches_the_batched_product_as_a_column_with_the_fast_strides(monkeypatch):
+    """The layer's speed rests on the layout it hands `baddbmm` / `bmm` (the docstring's "5x slower" otherwise),
+    which no value shows: the shared column with strides (0, 1, in_features), the table contiguous."""
+    seen = []
+    for name in ("baddbmm", "bmm"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *args, _real=real, _name=name: seen.append(
+            (_name, args[-2].shape, args[-2].is_contiguous(), args[-1].shape, args[-1].stride())) or _real(*args))
+    with torch.no_grad():
+        SlabLinear(layer(48, 80), slabs=4)(torch.randn(1, 1, 48))
+        SlabLinear(None, weight=layer(48, 80).weight, slabs=2)(torch.randn(48))
+    assert seen == [("baddbmm", (4, 20, 48), True, (4, 48, 1), (0, 1, 48)),
+                    ("bmm", (2, 40, 48), True, (2, 48, 1), (0, 1, 48))]
