@@ -122,14 +122,14 @@ class SlabLinear(nn.Module):
     stored as one (slabs, rows, in) table, and one row multiplied by all of them in one batched product.
 
     One row: `baddbmm(bias, table, x)`, x a column shared by every slab. torch runs it as MKL's batched GEMM, which
-    hands whole slabs to its threads, so each thread streams its own rows in memory order with a one-thread
-    product: 0.8-0.96 of a plain read of the same weights on GPT-2's shapes, where oneDNN's and MKL's one-row
-    products split over the threads streamed 0.3-0.8 (docs/performance.md, "Seventh round"). The column must be passed with stride 0 over
-    the slabs and `in_features` between columns (`x.t().expand(...)`): stored the other way, torch took a path 5x
-    slower. Each output is a dot product of its row and x, so its bits depend on where the row lies in memory (its
-    alignment), not on the threads (nor on the slab count, unless a slab holds only a few rows: MKL then takes
-    another kernel); the table is this layer's own fresh allocation, which torch's CPU allocator aligns to 64 bytes,
-    so two copies of one model give the same bits. The last slab is padded with zero rows, whose outputs are
+    hands whole slabs to its threads, so each thread streams its own rows in memory order with a one-thread product:
+    0.8-0.96 of a plain read of the same weights on GPT-2's shapes, where oneDNN's and MKL's one-row products split
+    over the threads streamed 0.3-0.8 (docs/performance.md, "Seventh round"). The column must be passed with stride
+    0 over the slabs and `in_features` between columns (`x.t().expand(...)`): stored the other way, torch took a
+    path 5x slower. Each output is a dot product of its row and x, so its bits depend on where the row lies in
+    memory (its alignment), not on the threads (nor on the slab count, unless a slab holds only a few rows: MKL then
+    takes another kernel); the table is this layer's own fresh allocation, which torch's CPU allocator aligns to 64
+    bytes, so two copies of one model give the same bits. The last slab is padded with zero rows, whose outputs are
     dropped. Several rows (a prompt): oneDNN on the same memory read as the (out, in) table.
     `prepacked` makes every fp32 layer and the tied head of a copy for one row of this kind (`PackedLinear` for
     several rows). Made from an `nn.Linear`, or from a bare `weight` (no bias) when `linear` is None (the tied head).

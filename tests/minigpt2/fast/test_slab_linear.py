@@ -97,9 +97,9 @@ def _at_offset(t: torch.Tensor, floats: int) -> torch.Tensor:
 
 
 def test_one_row_gives_the_same_bits_wherever_the_source_weight_lies():
-    """Each output of one row is a dot product of its row, whose bits depend on the row's alignment (a table moved
-    by 1..3 floats gave other bits on an AMD EPYC): the layer copies the weight into its own table, which starts on a 64-byte
-    boundary, so a model loaded twice (its tensors wherever a file put them) decodes to the same bits."""
+    """Each output of one row is a dot product of its row, whose bits depend on the row's alignment (a table moved by
+    1..3 floats gave other bits on an AMD EPYC): the layer copies the weight into its own table, which starts on
+    a 64-byte boundary, so a model loaded twice (its tensors wherever a file put them) decodes to the same bits."""
     torch.manual_seed(1)
     weight, x = torch.randn(1000, 256), torch.randn(1, 256)  # out not a multiple of any vector width
     with torch.no_grad():
