@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt2 import GPT2, GPT2Config
+from minigpt2.device import torch_threads
 from minigpt2.fast import for_inference
 from minigpt2.fast.prepack import PackedLinear, SlabLinear, available, fp16_available, prepacked
 from minigpt2.fast.step import OneTokenStep, one_token_forward, supports, with_one_token_step
@@ -61,10 +62,8 @@ def step_by_step(model: GPT2, ids: torch.Tensor, steps: int, extra: int = 7
 def fp32_threads(request):
     """Runs a test with the fp32 copy made (and run) at 1 thread and at 2 (`SlabLinear`s, two slabs either way,
     one per thread at 2); the thread count is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 def test_the_fast_copy_takes_the_one_token_step_and_agrees_with_the_plain_forward(fp32_threads):

@@ -47,10 +47,8 @@ def biased_tiny(seed: int = 0) -> GPT2:
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
 def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -202,14 +200,10 @@ def test_a_packed_layer_is_laid_out_for_one_row_unless_told():
     assert NBYTES(PackedLinear(lin, batch=2).packed) == two
     torch.manual_seed(0)
     attn = GPT2(GPT2Config.from_name("tiny", dropout=0.0)).h[0].attn
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert _packed_layer(lin, torch.float32, batch=2).batch == 2 and type(FusedQKVAttention(attn).qkv) is SlabLinear
-        torch.set_num_threads(1)
+    with torch_threads(2):  # one row: slabs, one per thread; several: oneDNN laid out for them
+        assert type(FusedQKVAttention(attn).qkv) is SlabLinear and _packed_layer(lin, torch.float32, batch=2).batch == 2
+    with torch_threads(1):  # still two slabs
         assert type(_packed_layer(lin, torch.float32)) is SlabLinear and _packed_layer(lin, torch.float32).slabs == 2
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_stacked_layer_reports_its_real_shape():

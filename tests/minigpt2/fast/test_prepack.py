@@ -219,13 +219,9 @@ def test_a_copy_for_batched_decoding_is_packed_for_its_batch_and_samples_the_sam
     """`prepacked(model, batch=B)` lays every fp32 layer and the head out for B rows, at any thread count (the
     one-row MKL layout is for batch 1 only); products of several rows give the same numbers on either layout, so
     a batch of prompts samples the same tokens as on the batch-1 copy, and greedy decodes as the model does."""
-    before = torch.get_num_threads()
     model = tiny()
-    try:
-        torch.set_num_threads(threads)
+    with torch_threads(threads):
         one, four = prepacked(model), prepacked(model, batch=4)
-    finally:
-        torch.set_num_threads(before)
     layers = [four.h[0].attn.qkv, four.h[0].attn.c_proj, four.h[1].mlp.c_fc, four.h[1].mlp.c_proj, four.packed_head]
     assert all(type(layer) is PackedLinear and layer.batch == 4 for layer in layers)
     # oneDNN's layout for several rows is padded where its one-row layout is not: the packed bytes tell them apart
