@@ -493,3 +493,104 @@ def test_sonnet_test_references_given_are_the_held_out_sonnets_copying_looks_in(
     # data folder's test file
     assert m["copying"]["test"]["held_out_sonnets"] == m["copying"]["dev"]["held_out_sonnets"] == 6
     assert m["test_references"] == str(refs) and m["references_sha256"]["test"]["exact"] is True
+
+
+# ---------------------------------------------------------------- build_model, epoch_callbacks, run_fingerprint
+# Written against mutmut's survivors of these three (docs/testing.md, "app/finetune.py: the model, the epoch's
+# files, the fingerprint").
+
+def build(*extra: str, task: str = "sst"):
+    return finetune.build_model(finetune.parse_settings(args(task, None, *extra)), get_task(task))
+
+
+def test_qaft_fake_quantizes_the_body_and_a_dtype_precision_casts_the_whole_model():
+    kinds = lambda module: {type(m).__name__ for m in module.modules()}  # noqa: E731
+    qaft = build("--precision", "int8", "--qaft")
+    assert {"FakeQuantLinear", "FakeQuantEmbedding"} <= kinds(qaft.gpt)
+    assert type(qaft.classifier) is torch.nn.Linear  # the head is not quantized
+    ptq = build("--precision", "int8")  # without --qaft the run trains in fp32 and quantizes afterwards
+    assert not {"FakeQuantLinear", "FakeQuantEmbedding"} & kinds(ptq)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp64", torch.float64)):
+        assert {p.dtype for p in build("--precision", precision, "--qaft").parameters()} == {dtype}  # head too
+
+
+def test_an_int4_group_size_that_cannot_fit_the_model_is_refused_before_training_with_or_without_qaft():
+    from app.precision import PrecisionError
+
+    for extra in ((), ("--qaft",)):
+        with pytest.raises(PrecisionError) as e:
+            build("--precision", "int4", "--group-size", "24", *extra)
+        assert str(e.value) == ("--group-size 24: 32-wide inputs (attention, mlp.c_fc, embeddings): INT4 "
+                                "group_size=24 does not divide in_features=32; pick a divisor of 32")
+
+
+def test_lora_trains_the_adapters_and_the_head_and_says_so_on_stderr(capsys):
+    module = build("--method", "lora")
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= trainable
+    assert all(n.startswith("classifier.") or n.endswith(("lora_A", "lora_B")) for n in trainable)
+    # 12 adapted layers (4 attention, 2 MLP a block) at rank 8: 2 x (4 x 8 x 64 + 2 x 8 x 160) = 9,216; the head
+    # 165; all parameters BODY + 165 + 9,216 = 1,647,173; 9,381 / 1,647,173 = 0.57%
+    assert capsys.readouterr().err == ("LoRA on 12 modules: 9,381 trainable of 1,647,173 parameters (0.57%; "
+                                       "adapters 9,216)\n")
+    assert BODY + SST_HEAD + 9216 == 1647173
+
+
+def test_a_model_left_with_nothing_to_train_is_refused_in_one_line(monkeypatch):
+    from minigpt2.errors import UserError
+
+    task = get_task("sst")
+    real = task.build
+    monkeypatch.setattr(task, "build", lambda gpt: real(gpt).requires_grad_(False))
+    with pytest.raises(UserError) as e:
+        finetune.build_model(finetune.parse_settings(args("sst", None)), task)
+    assert str(e.value) == "the model has no trainable parameter with these settings"
+
+
+def test_metrics_json_after_an_epoch_is_the_run_s_info_with_the_training_figures_over_it(tmp_path):
+    settings = finetune.parse_settings(args("sst", tmp_path))
+    info = {"task": "sst", "best": "from info", "total_params": 7}
+    callbacks = finetune.epoch_callbacks(settings, tmp_path, info)
+    end = types.SimpleNamespace(epoch=0, row={}, metrics={"best": {"epoch": 0}, "wall_s": 1.5}, improved=False,
+                                module=None, optimizer=None, scheduler=None)
+    (tmp_path / runfolder.CONFIG_FILE).write_text("{}")  # the run's folder, still there
+    callbacks[0](end)
+    callbacks[-1](end)
+    assert json.loads((tmp_path / runfolder.METRICS_FILE).read_text()) == {
+        "task": "sst", "best": {"epoch": 0}, "total_params": 7, "wall_s": 1.5}
+    (tmp_path / runfolder.CONFIG_FILE).unlink()
+    with pytest.raises(runfolder.RunFolderError):
+        callbacks[0](end)
+
+
+def test_the_fingerprint_holds_the_base_weights_file_and_each_subset_s_count_and_hash(tmp_path):
+    from minigpt2.checkpoint import save_model
+
+    torch.manual_seed(0)
+    folder = save_model(GPT2(GPT2Config.from_name("tiny")), tmp_path / "base")
+    weights = folder / "model.safetensors"
+    settings = finetune.parse_settings([*args("sst", None), "--model", str(folder)])
+    chosen = {"train": {"n": 3, "sha256": "a" * 64, "ids": ["x", "y", "z"]}, "dev": {"n": 0, "sha256": "b" * 64}}
+    got = finetune.run_fingerprint(settings, get_task("sst"), chosen)
+    assert got["base_weights"] == {"file": str(weights), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert got["subsets"] == {"train": {"n": 3, "sha256": "a" * 64}, "dev": {"n": 0, "sha256": "b" * 64}}
+    assert set(got) == {"settings", "base_weights", "data", "code", "subsets"}
+    assert finetune.run_fingerprint(finetune.parse_settings(args("sst", None)), get_task("sst"), {})[
+        "base_weights"] is None  # the tiny model: random weights, no file
+
+
+def test_the_fingerprint_looks_for_a_preset_s_weights_offline_when_the_run_is_offline(tmp_path, monkeypatch):
+    """An --offline run must not reach for the network to hash its base weights: the preset is looked up offline
+    (a stand-in for the lookup records how it was asked and hands back a local folder)."""
+    from app import runmodel
+    from minigpt2.checkpoint import save_model
+
+    folder = save_model(GPT2(GPT2Config.from_name("tiny")), tmp_path / "gpt2")
+    asked = []
+    monkeypatch.setattr(runmodel, "resolve_model", lambda name, offline: asked.append((name, offline)) or folder)
+    for offline in (True, False):
+        argv = [*args("sst", None), "--model", "gpt2"]
+        settings = finetune.parse_settings(argv if offline else [a for a in argv if a != "--offline"])
+        got = finetune.run_fingerprint(settings, get_task("sst"), {})
+        assert got["base_weights"]["file"] == str(folder / "model.safetensors")
+    assert asked == [("gpt2", True), ("gpt2", False)]
