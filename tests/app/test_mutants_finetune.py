@@ -594,3 +594,92 @@ def test_the_fingerprint_looks_for_a_preset_s_weights_offline_when_the_run_is_of
         got = finetune.run_fingerprint(settings, get_task("sst"), {})
         assert got["base_weights"]["file"] == str(folder / "model.safetensors")
     assert asked == [("gpt2", True), ("gpt2", False)]
+
+
+# ---------------------------------------------------------------- load_splits
+# Written against mutmut's survivors of `load_splits` (docs/testing.md, "app/finetune.py: the model, the epoch's
+# files, the fingerprint, the splits").
+
+def sst_copy(folder: Path) -> Path:
+    """The tiny SST files in `folder`, to be spoiled by a test."""
+    folder.mkdir()
+    for f in DATA.glob("ids-sst-*"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def splits_of(folder: Path, *extra: str):
+    argv = ["--task", "sst", "--model", "tiny", "--data-dir", str(folder), "--offline", "--device", "cpu", *extra]
+    return finetune.load_splits(get_task("sst"), finetune.parse_settings(argv), Tokenizer(TINY_DATA / "gpt2"), 128)
+
+
+def test_the_splits_are_fetched_offline_as_the_run_is_and_a_missing_file_names_its_task(tmp_path, monkeypatch):
+    from course.readers import MissingDataError
+
+    asked = []
+    monkeypatch.setattr(finetune, "ensure_task_data", lambda name, folder, offline: asked.append((name, offline)))
+    folder = sst_copy(tmp_path / "data")
+    settings = lambda *extra: finetune.parse_settings(args("sst", None, *extra))  # noqa: E731
+    tok = Tokenizer(TINY_DATA / "gpt2")
+    finetune.load_splits(get_task("sst"), settings(), tok, 128)
+    finetune.load_splits(get_task("sst"), finetune.parse_settings([a for a in args("sst", None) if a != "--offline"]),
+                         tok, 128)
+    assert asked == [("sst", True), ("sst", False)]
+    (folder / "ids-sst-dev.csv").unlink()
+    with pytest.raises(MissingDataError) as e:
+        splits_of(folder)
+    assert str(e.value).startswith(f"missing data file(s) for task 'sst': {folder / 'ids-sst-dev.csv'}. Get them "
+                                   "with `python -m course fetch --task sst`")
+
+
+def test_a_subset_is_drawn_with_the_run_s_seed():
+    def chosen_ids(*extra: str) -> list[str]:
+        splits, _, _ = splits_of(DATA, "--max-train", "4", *extra)
+        return [e.id for e in splits["train"]]
+
+    task, tok = get_task("sst"), Tokenizer(TINY_DATA / "gpt2")
+    for seed in (0, 3, 11):
+        want, _ = task.load(DATA, "train", tok, 128, 4, seed=seed)
+        assert chosen_ids("--seed", str(seed)) == [e.id for e in want]
+    assert chosen_ids("--seed", "3") != chosen_ids("--seed", "11")  # the seed chooses: not the same rows
+
+
+def _spoil(path: Path, line: int, column: str, value: str) -> str:
+    """Set `column` of the data row on file line `line` (1-based, the header is line 1) to `value`; its id."""
+    rows = path.read_text(encoding="utf-8").splitlines()
+    header = rows[0].split("\t")
+    cells = rows[line - 1].split("\t")
+    cells[header.index(column)] = value
+    rows[line - 1] = "\t".join(cells)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return cells[header.index("id")]
+
+
+def test_every_malformed_row_of_every_split_and_every_unlabelled_test_row_is_kept_in_order(tmp_path):
+    folder = sst_copy(tmp_path / "data")
+    _spoil(folder / "ids-sst-train.csv", 3, "sentiment", "9")
+    _spoil(folder / "ids-sst-dev.csv", 4, "sentiment", "x")
+    unlabelled = _spoil(folder / "ids-sst-test-labels.csv", 2, "sentiment", "")
+    splits, notes, _ = splits_of(folder)
+    assert [(Path(m.file).name, m.line) for m in notes] == [
+        ("ids-sst-train.csv", 3), ("ids-sst-dev.csv", 4), ("ids-sst-test-labels.csv", 2)]
+    assert notes[2].id == unlabelled and [len(splits[s]) for s in ("train", "dev", "test")] == [8, 7, 4]
+    # the same row unlabelled in a references file given instead: the warning names that file, not the default one
+    refs = tmp_path / "refs.csv"
+    refs.write_bytes(DATA.joinpath("ids-sst-test-labels.csv").read_bytes())
+    _spoil(refs, 3, "sentiment", "")
+    splits, notes, _ = splits_of(folder, "--test-references", str(refs))
+    assert [(Path(m.file).name, m.line) for m in notes] == [
+        ("ids-sst-train.csv", 3), ("ids-sst-dev.csv", 4), ("refs.csv", 3)]
+
+
+def test_test_labels_beside_the_data_that_miss_test_rows_are_refused_naming_that_file(tmp_path):
+    folder = sst_copy(tmp_path / "data")
+    labels = folder / "ids-sst-test-labels.csv"
+    lines = labels.read_text(encoding="utf-8").splitlines()
+    labels.write_text(lines[0] + "\n", encoding="utf-8")  # a labels file of no rows: all four test rows missing
+    ids = [r["id"] for r in read_table(DATA / "ids-sst-test-student.csv", ["id"]).rows]
+    with pytest.raises(DataError) as e:
+        splits_of(folder)
+    assert str(e.value) == (f"{labels}: no reference for test id(s) {ids[:3]} of {folder / 'ids-sst-test-student.csv'} "
+                            "(4 in all); expected the labels of these very test rows")
