@@ -683,3 +683,37 @@ def test_test_labels_beside_the_data_that_miss_test_rows_are_refused_naming_that
         splits_of(folder)
     assert str(e.value) == (f"{labels}: no reference for test id(s) {ids[:3]} of {folder / 'ids-sst-test-student.csv'} "
                             "(4 in all); expected the labels of these very test rows")
+
+
+# ---------------------------------------------------------------- parse_settings
+def test_the_settings_of_a_settings_file_of_a_resumed_run_and_of_the_process_s_own_argv(tmp_path, monkeypatch):
+    """`--settings FILE` gives the settings saved there; `--resume --out-dir RUN` the run's saved settings with the
+    flags a resume may change; no argv given: the process's own (sys.argv after the program name)."""
+    import dataclasses
+    import sys
+
+    run = tmp_path / "run"
+    finetune_run(args("sst", run, "--epochs", "1", "--batch-size", "4", "--max-train", "5", "--max-eval", "3",
+                      "--max-length", "40"))
+    saved = runfolder.saved_settings(run)
+    assert finetune.parse_settings(["--settings", str(run / "config.json")]) == saved
+    resumed = finetune.parse_settings(["--resume", "--out-dir", str(run), "--eval-batch-size", "2"])
+    assert resumed.eval == dataclasses.replace(saved.eval, batch_size=2) and saved.eval.batch_size != 2
+    assert (resumed.run.out_dir, resumed.run.resume) == (str(run), True)
+    assert all(getattr(resumed, f.name) == getattr(saved, f.name) for f in dataclasses.fields(saved)
+               if f.name not in ("eval", "run"))
+    monkeypatch.setattr(sys, "argv", ["finetune", "--resume", "--out-dir", str(run), "--eval-batch-size", "2"])
+    assert finetune.parse_settings() == resumed
+
+
+def test_fetching_a_run_s_inputs_asks_offline_as_the_run_is(monkeypatch):
+    asked = []
+    monkeypatch.setattr(finetune, "Tokenizer", lambda folder: asked.append(("tokenizer", folder)))
+    monkeypatch.setattr(finetune, "base_weights_file", lambda model, offline: asked.append(("weights", model, offline)))
+    monkeypatch.setattr(finetune, "ensure_task_data",
+                        lambda name, folder, offline: asked.append(("data", name, folder, offline)))
+    for argv in (args("sst", None), [a for a in args("sst", None) if a != "--offline"]):
+        finetune.fetch_inputs(finetune.parse_settings(argv), get_task("sst"))
+    tok = str(TINY_DATA / "gpt2")
+    assert asked == [("tokenizer", tok), ("weights", "tiny", True), ("data", "sst", DATA, True),
+                     ("tokenizer", tok), ("weights", "tiny", False), ("data", "sst", DATA, False)]
