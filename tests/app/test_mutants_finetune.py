@@ -43,13 +43,25 @@ BODY = 50257 * 32 + 128 * 32 + 2 * (64 + 3168 + 1056 + 64 + 4224 + 4128) + 64
 SST_HEAD = 32 * 5 + 5
 
 
-def sst_without_test_labels(folder: Path) -> Path:
-    """`folder` holding the tiny SST files but the test labels (a course release without them)."""
+def sst_copy(folder: Path) -> Path:
+    """The tiny SST files in `folder`, to be spoiled by a test."""
     folder.mkdir()
     for f in DATA.glob("ids-sst-*"):
-        if f.name != SST_TEST.name:
-            (folder / f.name).write_bytes(f.read_bytes())
+        (folder / f.name).write_bytes(f.read_bytes())
     return folder
+
+
+def sst_without_test_labels(folder: Path) -> Path:
+    """`folder` holding the tiny SST files but the test labels (a course release without them)."""
+    sst_copy(folder)
+    (folder / SST_TEST.name).unlink()
+    return folder
+
+
+def splits_of(folder: Path, *extra: str):
+    """`load_splits` of the SST files in `folder` for a tiny offline run with these flags: (splits, notes, chosen)."""
+    argv = ["--task", "sst", "--model", "tiny", "--data-dir", str(folder), "--offline", "--device", "cpu", *extra]
+    return finetune.load_splits(get_task("sst"), finetune.parse_settings(argv), Tokenizer(TINY_DATA / "gpt2"), 128)
 
 
 def args(task: str, out: Path | None, *extra: str) -> list[str]:
@@ -276,23 +288,17 @@ def test_test_references_of_other_rows_are_refused_before_training(tmp_path):
 
 
 def test_an_empty_dev_split_is_refused_and_an_empty_test_split_is_not(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in DATA.glob("ids-sst-*"):
-        (data / f.name).write_bytes(f.read_bytes())
-    settings = lambda: finetune.parse_settings(["--task", "sst", "--model", "tiny", "--data-dir", str(data),  # noqa
-                                                "--offline", "--device", "cpu"])
-    tok = Tokenizer(TINY_DATA / "gpt2")
+    data = sst_copy(tmp_path / "data")
     for name in ("ids-sst-test-student.csv", "ids-sst-test-labels.csv"):
         text = (data / name).read_text(encoding="utf-8")
         (data / name).write_text(text.splitlines()[0] + "\n", encoding="utf-8")
-    splits, notes, chosen = finetune.load_splits(get_task("sst"), settings(), tok, 128)
+    splits, notes, chosen = splits_of(data)
     assert [len(splits[s]) for s in ("train", "dev", "test")] == [9, 8, 0] and notes == []
     assert chosen["test"]["n"] == 0
     dev = data / "ids-sst-dev.csv"
     dev.write_text(dev.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     with pytest.raises(DataError) as e:
-        finetune.load_splits(get_task("sst"), settings(), tok, 128)
+        splits_of(data)
     assert str(e.value) == (f"{dev}: no usable dev examples (0 malformed row(s) skipped); the run needs at least "
                             "one")
 
@@ -499,7 +505,8 @@ def test_sonnet_test_references_given_are_the_held_out_sonnets_copying_looks_in(
 # Written against mutmut's survivors of these three (docs/testing.md, "app/finetune.py: the model, the epoch's
 # files, the fingerprint").
 
-def build(*extra: str, task: str = "sst"):
+def build(*extra: str, task: str = "sst") -> torch.nn.Module:
+    """The model `build_model` makes for a tiny run of `task` with these flags."""
     return finetune.build_model(finetune.parse_settings(args(task, None, *extra)), get_task(task))
 
 
@@ -599,19 +606,6 @@ def test_the_fingerprint_looks_for_a_preset_s_weights_offline_when_the_run_is_of
 # ---------------------------------------------------------------- load_splits
 # Written against mutmut's survivors of `load_splits` (docs/testing.md, "app/finetune.py: the model, the epoch's
 # files, the fingerprint, the splits").
-
-def sst_copy(folder: Path) -> Path:
-    """The tiny SST files in `folder`, to be spoiled by a test."""
-    folder.mkdir()
-    for f in DATA.glob("ids-sst-*"):
-        (folder / f.name).write_bytes(f.read_bytes())
-    return folder
-
-
-def splits_of(folder: Path, *extra: str):
-    argv = ["--task", "sst", "--model", "tiny", "--data-dir", str(folder), "--offline", "--device", "cpu", *extra]
-    return finetune.load_splits(get_task("sst"), finetune.parse_settings(argv), Tokenizer(TINY_DATA / "gpt2"), 128)
-
 
 def test_the_splits_are_fetched_offline_as_the_run_is_and_a_missing_file_names_its_task(tmp_path, monkeypatch):
     from course.readers import MissingDataError
