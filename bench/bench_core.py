@@ -44,7 +44,7 @@ from minigpt2 import fast as speed
 from minigpt2.fast.chunked_loss import chunked_lm_loss
 from minigpt2.fast.prepack import Bf16Unsupported, fp16_available, native_bf16
 from minigpt2.generation import generate
-from minigpt2.model import GPT2, gather_last
+from minigpt2.model import GPT2, last_token_index
 
 from .bound import ReadBandwidth, bound, cpu_flags, print_bounds
 from .common import (Row, bf16_unavailable, compare_time, peak_memory, print_table, proc_status_bytes, set_threads,
@@ -215,7 +215,8 @@ def bench_train(ours: GPT2, hf: Any, s: Sizes, device: str, bf16: bool = False) 
 
 
 def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str, bf16: bool = False) -> list[Row]:
-    """A yes/no cloze step: we read two logits at the last real token; the peer computes every logit.
+    """A yes/no cloze step, as each side's user writes it: we compute the last block and two logits at the last real
+    token only (`tasks.paraphrase`); the peer computes every position and every logit.
 
     bf16: both sides under the same bf16 autocast."""
     V = ours.config.vocab_size
@@ -233,7 +234,7 @@ def bench_quora_cloze(ours: GPT2, hf: Any, s: Sizes, device: str, bf16: bool = F
 
     def step_ours():
         with amp():
-            hidden = gather_last(ours(ids, attention_mask=mask), mask)
+            hidden = ours(ids, attention_mask=mask, at=last_token_index(mask))  # as TaskModel.last_hidden
             loss = F.cross_entropy(ours.lm_head(hidden, token_ids=columns).float(), labels)
         loss.backward()
         opt_ours.step()

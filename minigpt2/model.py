@@ -11,7 +11,9 @@ layers (`attn.query`, `attn.key`, `attn.value`) so that LoRA and quantization ca
 `minigpt2.checkpoint` converts between the two layouts.
 
 The model returns hidden states, not logits: a classifier needs one vector per sequence and the Quora cloze two
-vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed.
+vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed. For the same
+reason `forward(..., at=positions)` returns one hidden state per row, and its last block computes only those (its
+keys and values are needed everywhere, its queries, projection and MLP at one position).
 
 This file is the plain version. The speed pieces (`minigpt2.fast`) and the int8 decoder (`quant.int8_linear`)
 put subclasses of these modules in their place from outside; this file knows nothing of them.
@@ -67,13 +69,17 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with `at` (B,), the output (B, 1, C) of one query per row, at[b]."""
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.project_qkv(x))  # (B, nh, T, hs)
+        q, k, v = self.project_qkv(x)  # (B, T, C) each
+        if at is not None:
+            q = q[torch.arange(B, device=x.device), at, None]  # (B, 1, C): the one query wanted per row
+        q, k, v = (t.view(B, t.size(1), self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
         y = self.attention(q, k, v, mask, is_causal)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
+        y = y.transpose(1, 2).reshape(B, -1, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,33 +117,39 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, layer)
+                cache: KVCache | None = None, layer: int = 0, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with `at` (B,), only each row's output at position at[b], (B, 1, C)."""
+        y = self.attn(self.ln_1(x), mask, is_causal, cache, layer, at)
+        x = x + y if at is None else x[torch.arange(x.size(0), device=x.device), at, None] + y
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
-def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int,
-                       device: torch.device) -> tuple[torch.Tensor | None, bool]:
+def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int, device: torch.device,
+                       at: torch.Tensor | None = None) -> tuple[torch.Tensor | None, bool]:
     """The SDPA mask for T new queries at positions start..start+T-1: causal AND not padding.
 
     Returns (mask, is_causal). Without padding the mask is left to SDPA's built-in causal path (`is_causal`),
-    which is faster; a single new query with no padding needs no mask at all.
+    which is faster; a single new query with no padding needs no mask at all. With `at` (B,), the mask
+    (B, 1, 1, S) of one query per row, at position start + at[b].
     """
     S = start + T
-    if attention_mask is None:
+    if attention_mask is None and at is None:
         if start == 0:
             return None, T > 1
         if T == 1:
             return None, False
-    q_pos = torch.arange(start, S, device=device)[:, None]
-    k_pos = torch.arange(S, device=device)[None, :]
-    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    if at is None:
+        q_pos = torch.arange(start, S, device=device).view(1, 1, T, 1)
+    else:
+        q_pos = (start + at).view(-1, 1, 1, 1)
+    k_pos = torch.arange(S, device=device)
+    mask = k_pos <= q_pos  # (1, 1, T, S), or (B, 1, 1, S) with `at`
     if attention_mask is not None:
         keep = attention_mask[:, None, None, :S].to(device=device, dtype=torch.bool)  # (B, 1, 1, S)
         # A padding query would attend to nothing (softmax of all -inf = NaN): let it see itself. Its output is
         # never used, but NaNs would leak into gradients.
-        mask = (mask & keep) | (k_pos == q_pos)[None, None]
+        mask = (mask & keep) | (k_pos == q_pos)
     return mask, False
 
 
@@ -168,13 +180,15 @@ class GPT2(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Hidden states (B, T, C) after the final LayerNorm.
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, C) after the final LayerNorm; with `at`, only one per row, (B, C).
 
         input_ids: (B, T) token ids. attention_mask: (B, S) with 1 for real tokens and 0 for padding, where S
         counts the cached positions too. position_ids: (B, T); by default 0..T-1 after the cached positions,
         as in Hugging Face (so left-padded batches must pass their own, see `generate`). Hidden states at padding
-        positions are unspecified.
+        positions are unspecified. at: (B,) one index into T per row (a classifier's `last_token_index`): the
+        hidden state there is all that is returned, and the last block computes no other.
         """
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -190,11 +204,15 @@ class GPT2(nn.Module):
             position_ids = torch.arange(start, start + T, device=input_ids.device)[None]
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
         mask, is_causal = attention_mask_for(attention_mask, T, start, x.device)
-        for i, block in enumerate(self.h):
+        *body, last = self.h
+        for i, block in enumerate(body):
             x = block(x, mask, is_causal, cache, i)
+        if at is not None:  # one query per row in the last block
+            mask, is_causal = attention_mask_for(attention_mask, T, start, x.device, at)
+        x = last(x, mask, is_causal, cache, len(body), at)
         if cache is not None:
             cache.length += T
-        return self.ln_f(x)
+        return self.ln_f(x) if at is None else self.ln_f(x[:, 0])
 
     def lm_head(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the vocabulary (tied to `wte`), or only over the columns `token_ids`.

@@ -21,7 +21,7 @@ from course.formats import CourseFormat, LabelFormat
 from course.readers import DataError, Malformed, clean_text, read_table
 from minigpt2.device import autocast
 from minigpt2.generation import Sampling
-from minigpt2.model import GPT2
+from minigpt2.model import GPT2, last_token_index
 from minigpt2.tokenizer import EOT_ID, Tokenizer
 
 
@@ -66,10 +66,17 @@ class TaskModel(nn.Module):
         super().__init__()
         self.gpt = gpt
 
-    def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, at: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """The GPT-2 hidden states (B, T, C), or (B, C) at the positions `at` (see `GPT2.forward`)."""
         trains_body = torch.is_grad_enabled() and any(p.requires_grad for p in self.gpt.parameters())
         with torch.set_grad_enabled(trains_body):
-            return self.gpt(input_ids, attention_mask=attention_mask)
+            return self.gpt(input_ids, attention_mask=attention_mask, at=at)
+
+    def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The hidden state (B, C) of each row's last real token: all a classifier reads, and all the last block
+        computes."""
+        return self.body(batch["input_ids"], batch["attention_mask"], at=last_token_index(batch["attention_mask"]))
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Tensors of the task head (everything outside `gpt`), saved beside the model's safetensors."""

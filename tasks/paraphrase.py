@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from course.formats import NO_ID, YES_ID, label_format
 from course.readers import DataError
-from minigpt2.model import GPT2, gather_last
+from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 
 from .base import ClassificationTask, TaskModel
@@ -38,8 +38,7 @@ class ClozeParaphrase(TaskModel):
         self.register_buffer("answer_ids", torch.tensor(ANSWER_IDS), persistent=False)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.body(batch["input_ids"], batch["attention_mask"])
-        last = gather_last(hidden, batch["attention_mask"])  # (B, C)
+        last = self.last_hidden(batch)  # (B, C)
         return self.gpt.lm_head(last, token_ids=self.answer_ids).float()  # (B, 2)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

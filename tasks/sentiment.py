@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course.formats import label_format
-from minigpt2.model import GPT2, gather_last
+from minigpt2.model import GPT2
 from minigpt2.tokenizer import Tokenizer
 
 from .base import ClassificationTask, TaskModel
@@ -27,8 +27,7 @@ class SentimentClassifier(TaskModel):
         self.classifier = nn.Linear(gpt.config.n_embd, num_labels)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.body(batch["input_ids"], batch["attention_mask"])  # (B, T, C)
-        last = gather_last(hidden, batch["attention_mask"])  # (B, C): never (B, T, vocab)
+        last = self.last_hidden(batch)  # (B, C): never (B, T, vocab)
         return self.classifier(self.dropout(last)).float()  # (B, num_labels)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -39,10 +39,11 @@ class OneTokenStep:
     """Mixin for a `GPT2` class: `forward` of one token per row on a KV cache takes `one_token_forward`."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        if cache is not None and input_ids.size(1) == 1 and not self.training:
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        if cache is not None and input_ids.size(1) == 1 and not self.training and at is None:
             return one_token_forward(self, input_ids, attention_mask, position_ids, cache)
-        return super().forward(input_ids, attention_mask, position_ids, cache)
+        return super().forward(input_ids, attention_mask, position_ids, cache, at)
 
 
 _CLASSES: dict[type, type] = {}

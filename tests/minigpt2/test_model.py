@@ -9,7 +9,7 @@ from minigpt2 import GPT2, GPT2Config, KVCache
 from minigpt2.checkpoint import load_model, minigpt2_to_hf
 from minigpt2.generation import generate
 from minigpt2.losses import lm_loss
-from minigpt2.model import gather_last
+from minigpt2.model import gather_last, last_token_index
 
 from tests.conftest import load_hf
 
@@ -126,6 +126,60 @@ def test_padding_does_not_change_real_positions(tiny_hf_dir):
         alone = model(ids[1:, :5])
     assert_close(batched[1, :5], alone[0], 1e-5, "a padded row vs the same row alone")
     assert_close(gather_last(batched, mask)[1], alone[0, -1], 1e-5, "gather_last")
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_hidden_states_at_one_position_per_row_match_transformers(tiny_hf_dir, padding):
+    """`at`: each row's hidden state at one position, as transformers computes it over the whole sequence, and
+    the same gradients as the full forward gathered there."""
+    model, hf = load_model(tiny_hf_dir).double().eval(), load_hf(tiny_hf_dir).double()
+    ids, mask = padded_batch(model.config.vocab_size, [12, 5, 1, 9])
+    mask = {"none": None, "right": mask, "left": mask.flip(1)}[padding]
+    at = torch.tensor([11, 3, 0, 8]) if mask is None else last_token_index(mask)
+    rows = torch.arange(4)
+    with torch.no_grad():
+        theirs = hf(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][rows, at]
+    ours = model(ids, attention_mask=mask, at=at)
+    assert ours.shape == (4, model.config.n_embd)
+    assert_close(ours, theirs, 1e-10, f"hidden state at `at`, {padding} padding")
+    full = model(ids, attention_mask=mask)[rows, at]
+    weights = torch.randn(ours.shape, dtype=torch.float64)  # a loss that weighs every row and channel apart
+    grads = torch.autograd.grad((ours * weights).sum(), list(model.parameters()))
+    expected = torch.autograd.grad((full * weights).sum(), list(model.parameters()))
+    for (name, _), g, e in zip(model.named_parameters(), grads, expected):
+        assert_close(g, e, 1e-12, f"gradient of {name}")
+
+
+def test_at_computes_the_last_block_at_one_position_per_row(tiny_hf_dir):
+    """Only the last block narrows, and only after its keys and values saw every position."""
+    model = load_model(tiny_hf_dir).eval()
+    ids, mask = padded_batch(model.config.vocab_size, [12, 5, 9])
+    layers = ("ln_1", "attn.query", "attn.key", "attn.value", "attn.c_proj", "ln_2", "mlp.c_fc")
+    inputs: dict[tuple[int, str], tuple[int, ...]] = {}  # (block, layer) -> the shape of the layer's input
+    for i, block in enumerate(model.h):
+        for name in layers:
+            block.get_submodule(name).register_forward_hook(
+                lambda m, args, out, key=(i, name): inputs.__setitem__(key, tuple(args[0].shape)))
+    with torch.no_grad():
+        model(ids, attention_mask=mask, at=last_token_index(mask))
+    B, T, C = 3, 12, model.config.n_embd
+    last = len(model.h) - 1
+    full = {(i, name): (B, T, C) for i in range(last) for name in layers}
+    narrowed = {(last, name): (B, 1, C) if name in ("attn.c_proj", "ln_2", "mlp.c_fc") else (B, T, C)
+                for name in layers}
+    assert inputs == full | narrowed
+
+
+def test_at_after_a_kv_cache_indexes_the_new_positions(tiny_hf_dir):
+    model = load_model(tiny_hf_dir).eval()
+    ids, _ = padded_batch(model.config.vocab_size, [10, 10])
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, 2, 10)
+        model(ids[:, :6], cache=cache)
+        ours = model(ids[:, 6:], cache=cache, at=torch.tensor([3, 1]))
+    assert cache.length == 10
+    assert_close(ours, full[torch.arange(2), torch.tensor([9, 7])], 1e-5, "at after 6 cached positions")
 
 
 def test_lm_head_columns_equal_full_logits(tiny_hf_dir):

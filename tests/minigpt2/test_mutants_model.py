@@ -232,6 +232,20 @@ def test_attention_mask_for_each_case():
     assert mask[0, 0].tolist() == [[True, False, False], [False, True, False], [False, False, True]]
 
 
+def test_attention_mask_for_one_query_per_row():
+    cpu = torch.device("cpu")
+    mask, causal = attention_mask_for(None, 4, 0, cpu, at=torch.tensor([2, 0]))
+    assert causal is False and mask.dtype == torch.bool and mask.shape == (2, 1, 1, 4)
+    assert mask[:, 0, 0].tolist() == [[True, True, True, False], [True, False, False, False]]
+    mask, _ = attention_mask_for(None, 2, 3, cpu, at=torch.tensor([1, 0]))  # after 3 cached positions
+    assert mask[:, 0, 0].tolist() == [[True] * 5, [True] * 4 + [False]]
+    pad = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]])
+    mask, _ = attention_mask_for(pad, 4, 0, cpu, at=torch.tensor([3, 1]))
+    assert mask[:, 0, 0].tolist() == [[False, True, True, True], [True, True, False, False]]
+    mask, _ = attention_mask_for(pad, 4, 0, cpu, at=torch.tensor([0, 3]))  # padding queries see themselves
+    assert mask[:, 0, 0].tolist() == [[True, False, False, False], [True, True, False, True]]
+
+
 def test_right_padding_and_the_last_real_token():
     assert is_right_padded(torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]]))
     assert is_right_padded(torch.tensor([[1, 1]])) and is_right_padded(torch.tensor([[1, 0]]))
@@ -307,10 +321,13 @@ def test_the_cache_and_the_masks_are_made_on_the_device_asked_for():
     assert mask.device == meta
     mask, _ = attention_mask_for(None, 2, 3, meta)
     assert mask.device == meta
+    mask, _ = attention_mask_for(None, 2, 3, meta, at=torch.tensor([1, 0], device=meta))
+    assert mask.device == meta
     with torch.device("meta"):
         model = GPT2(config)
     ids = torch.zeros(2, 3, dtype=torch.long, device=meta)
     assert model(ids, cache=cache).device == meta and model(ids[:, :2], cache=cache).device == meta
+    assert model(ids, at=torch.tensor([2, 0], device=meta)).device == meta  # the rows indexed on the device
 
 
 def test_a_block_and_its_attention_called_alone_on_a_cache_write_layer_0_by_default():

@@ -244,7 +244,7 @@ class _LinearSpy:
 
 
 @pytest.mark.parametrize("name", ["sst", "quora"])
-def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypatch):
+def test_classifier_and_cloze_compute_neither_vocab_logits_nor_rows_never_read(name, tok, tiny, monkeypatch):
     task = get_task(name)
     examples, _ = task.load(FIX, "train", tok, 128)
     module = task.build(tiny)
@@ -258,6 +258,9 @@ def test_classifier_and_cloze_never_build_vocab_logits(name, tok, tiny, monkeypa
     assert preds.shape == (4,)
     if name == "quora":
         assert (4, 2) in spy.shapes  # the two answer columns only
+    # The last block's MLP runs at each row's last real token only, in the loss's forward and in predict's.
+    C, L, T = tiny.config.n_embd, tiny.config.n_layer, batch["input_ids"].size(1)
+    assert [s for s in spy.shapes if s[-1] == 4 * C] == ([(4, T, 4 * C)] * (L - 1) + [(4, 1, 4 * C)]) * 2
 
 
 def test_only_the_sonnet_task_is_generative_and_predicts_its_first_draw(tok, tiny):

@@ -132,6 +132,24 @@ def test_int8_decoder_takes_the_step_with_the_same_tokens():
     assert generate(fast, PROMPTS, 8, eos_id=None) == generate(int8, PROMPTS, 8, eos_id=None)
 
 
+def test_fast_copies_read_one_position_per_row_as_the_plain_forward():
+    """`at` through the inference copies (fp32, and the int8 decoder's fused q/k/v), with and without a cache:
+    one token on a cache with `at` goes the full forward's way, not the one-token step's (which has no `at`)."""
+    model = spread_model(4)
+    ids = torch.tensor([PROMPTS[0], PROMPTS[0][::-1]])
+    at = torch.tensor([4, 2])
+    for plain in (model, to_int8_decoder(ptq(model, int8_decoder_config()))):
+        fast = for_inference(plain, CPU)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(ids, at=at), plain(ids)[torch.arange(2), at], rtol=1e-5, atol=1e-5)
+            caches = [KVCache(model.config, 2, 8) for _ in range(2)]
+            for m, cache in zip((fast, plain), caches):
+                m(ids, cache=cache)
+            got = fast(ids[:, :1], cache=caches[0], at=torch.tensor([0, 0]))
+            assert got.shape == (2, model.config.n_embd) and caches[0].length == 6
+            torch.testing.assert_close(got, plain(ids[:, :1], cache=caches[1])[:, 0], rtol=1e-5, atol=1e-5)
+
+
 @bf16_prepacked
 def test_bf16_copy_takes_the_step_within_bf16_rounding():
     model = spread_model(4)
