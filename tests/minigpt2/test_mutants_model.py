@@ -330,6 +330,22 @@ def test_the_cache_and_the_masks_are_made_on_the_device_asked_for():
     assert model(ids, at=torch.tensor([2, 0], device=meta)).device == meta  # the rows indexed on the device
 
 
+def test_every_block_of_a_deeper_model_writes_its_own_cache_layer():
+    """Four blocks: the forward loops over all but the last and calls that one apart; each writes the keys and
+    values of its own layer, as transformers' cache holds them."""
+    ours, hf = pair(seed=11, n_layer=4)
+    ids = ids_of(2, 6, seed=12)
+    cache = KVCache(ours.config, 2, 6)
+    with torch.no_grad():
+        ours(ids[:, :4], cache=cache)
+        got = ours(ids[:, 4:], cache=cache)
+        past = hf(ids, use_cache=True).past_key_values
+        close(got, ours(ids)[:, 4:])
+    for i in range(4):
+        close(cache.k[i], past.layers[i].keys)
+        close(cache.v[i], past.layers[i].values)
+
+
 def test_a_block_and_its_attention_called_alone_on_a_cache_write_layer_0_by_default():
     ours, hf = pair(seed=5, n_layer=1)
     ids = ids_of(2, 4, seed=6)
@@ -368,3 +384,5 @@ def test_on_a_gpu_the_positions_masks_and_one_token_steps_are_made_on_the_models
         close(g.cpu()[m], w[m], atol=1e-3)
     right = mask.flip(1)
     close(gather_last(got[0], right.cuda()).cpu(), gather_last(want[0], right), atol=1e-3)
+    at = torch.tensor([5, 2])  # one row each, the last block's rows picked on the model's device
+    close(gpu(dev[0], dev[1], at=at.cuda()).cpu(), ours(ids, mask, at=at), atol=1e-3)

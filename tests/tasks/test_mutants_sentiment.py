@@ -145,3 +145,16 @@ def test_a_left_padded_batch_takes_each_rows_last_column():
     # the last 1 of each row, padded on either side (a row without a real token: the last column, as before)
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
     assert last_token_index(mask).tolist() == last_token_index(mask.bool()).tolist() == [3, 1, 2, 0, 3]
+
+
+def test_the_body_builds_a_graph_only_when_it_trains():
+    """Under `no_grad` (evaluation, predictions) the body keeps no graph, nor when it is frozen
+    (`--mode last-linear-layer`); a trainable body under gradients does."""
+    module = SentimentClassifier(body(), 5)
+    _, batch = batch_of()
+    with torch.no_grad():
+        assert not module.body(batch["input_ids"], batch["attention_mask"]).requires_grad
+        assert not module.last_hidden(batch).requires_grad
+    assert module.last_hidden(batch).requires_grad
+    module.gpt.requires_grad_(False)
+    assert not module.last_hidden(batch).requires_grad
