@@ -13,7 +13,7 @@ layers (`attn.query`, `attn.key`, `attn.value`) so that LoRA and quantization ca
 The model returns hidden states, not logits: a classifier needs one vector per sequence and the Quora cloze two
 vocabulary columns, so `lm_head` is applied by the caller only where logits are really needed. For the same
 reason `forward(..., at=positions)` returns one hidden state per row, and its last block computes only those (its
-keys and values are needed everywhere, its queries, projection and MLP at one position).
+keys and values are needed everywhere, its attention output, projection and MLP at one position).
 
 This file is the plain version. The speed pieces (`minigpt2.fast`) and the int8 decoder (`quant.int8_linear`)
 put subclasses of these modules in their place from outside; this file knows nothing of them.
