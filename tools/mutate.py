@@ -838,18 +838,50 @@ FORK_SERVER = {"experiments/runner.py", "tasks/sonnet.py", "minigpt2/generation.
 # fixtures had trained, and counted as "timeout" (caught); equivalent mutants among them. These modules get more.
 CPU_SLACK = {"app/finetune.py": 10.0, "app/precision.py": 10.0}
 
-# mutmut forks every mutant's test run from one process: tqdm's lock across processes (a semaphore made once, in
-# that process) is shared by all of them, and a run killed while it held it (a mutant's timeout) leaves every later
-# run that opens a progress bar asleep on it for good (no CPU time, so mutmut's CPU limit never ends it). The test
-# runs get tqdm's lock within one process only.
+# The pytest plugin every mutmut run loads. (1) mutmut forks every mutant's test run from one process: tqdm's lock
+# across processes (a semaphore made once, in that process) is shared by all of them, and a run killed while it held
+# it (a mutant's timeout) leaves every later run that opens a progress bar asleep on it for good (no CPU time, so
+# mutmut's CPU limit never ends it). The test runs get tqdm's lock within one process only. (2) mutmut runs a
+# mutant against the tests that called its function in the stats pass, and credits a call to the test running at
+# the time: a module-scoped fixture's calls (app/finetune.py's tiny runs) went to the first test that set it up
+# only, and the tests reading the same run later were never run against the mutants they would kill. The plugin
+# credits a wider-scoped fixture's calls to every test that uses the fixture.
 PYTEST_HOOK = "_mutate_pytest_hook"
 PYTEST_HOOK_CODE = """# Written by tools/mutate.py --auto: loaded by mutmut's pytest (-p) before any test.
+import pytest
+
 try:
     from tqdm.std import TqdmDefaultWriteLock
 except ImportError:
     pass
 else:
     TqdmDefaultWriteLock.mp_lock = None  # no lock across processes: tqdm's lock within a process only
+
+try:
+    from mutmut.state import state as _mutmut_state
+except ImportError:
+    _mutmut_state = None
+
+_CALLS_OF_FIXTURE = {}  # id of a module/class/package/session fixture definition -> the functions its setup called
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    if _mutmut_state is None or fixturedef.scope == "function":
+        yield
+        return
+    before = set(_mutmut_state()._stats)
+    yield
+    _CALLS_OF_FIXTURE.setdefault(id(fixturedef), set()).update(_mutmut_state()._stats - before)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _mutmut_state is None:
+        return
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        for fixturedef in definitions:
+            _mutmut_state()._stats.update(_CALLS_OF_FIXTURE.get(id(fixturedef), ()))
 """
 
 

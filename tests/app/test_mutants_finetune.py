@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import re
 import types
 from collections import Counter
@@ -711,3 +712,140 @@ def test_fetching_a_run_s_inputs_asks_offline_as_the_run_is(monkeypatch):
     tok = str(TINY_DATA / "gpt2")
     assert asked == [("tokenizer", tok), ("weights", "tiny", True), ("data", "sst", DATA, True),
                      ("tokenizer", tok), ("weights", "tiny", False), ("data", "sst", DATA, False)]
+
+
+# `_run`, the run's assembly: the tests below came from mutmut's survivors of `_run` (docs/testing.md).
+
+def test_a_run_fetches_its_inputs_once_per_machine_with_its_timeout(tmp_path, monkeypatch):
+    waits, fetched = [], []
+    real = finetune.fetch_inputs
+    monkeypatch.setattr(finetune, "fetch_inputs", lambda settings, task: fetched.append(
+        (task.name, settings.model.model, settings.paths.offline)) or real(settings, task))
+
+    def fetch_once(fetch, d, timeout, what="inputs"):  # minigpt2.distributed.fetch_once of one process
+        waits.append((d.world, timeout, what))
+        fetch()
+    monkeypatch.setattr(finetune, "fetch_once", fetch_once)
+    finetune_run(args("sst", tmp_path / "run", "--epochs", "0", "--fetch-timeout", "123"))
+    assert waits == [(1, 123.0, "sst data, tokenizer and tiny weights")]
+    assert fetched == [("sst", "tiny", True)]
+
+
+def test_a_resumed_run_trains_only_what_is_left_ends_as_the_run_never_stopped_and_keeps_its_start(tmp_path):
+    """Two epochs, stopped after the first and resumed, against two epochs in one go: the resumed run trains the
+    second epoch only (a run started over would end the same, every draw being seeded), the same epochs' scores and
+    losses, the same best weights, and config.json keeps the run's first start (set back here to tell it apart)."""
+    data = sst_copy(tmp_path / "data")
+    flags = ["--data-dir", str(data), "--epochs", "2", "--lr", "1e-3", "--batch-size", "4", "--max-length", "40"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    finetune_run(args("sst", whole, *flags))
+    first, _ = finetune_run(args("sst", parts, *flags, "--stop-after-epoch", "1"))
+    config = json.loads((parts / "config.json").read_text(encoding="utf-8"))
+    (parts / "config.json").write_text(json.dumps({**config, "started": "2001-02-03T04:05:06+00:00"}),
+                                       encoding="utf-8")
+    out, _ = finetune_run(args("sst", parts, *flags, "--resume"))
+    assert [line.split(":")[0] for line in first.splitlines() + out.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1", "epoch 2"]
+    got, want = (json.loads((r / "metrics.json").read_text(encoding="utf-8")) for r in (parts, whole))
+    scores = lambda m: [(e["epoch"], e["accuracy"], e["dev_loss"]) for e in m["epochs"]]  # noqa: E731
+    assert scores(got) == scores(want) and [e for e, *_ in scores(got)] == [1, 2]
+    assert (got["dev"], got["test"]) == (want["dev"], want["test"])
+    assert sha(parts / "best" / "model.safetensors") == sha(whole / "best" / "model.safetensors")
+    assert json.loads((parts / "config.json").read_text(encoding="utf-8"))["started"] == "2001-02-03T04:05:06+00:00"
+    assert out.splitlines()[-1].startswith(f"best epoch {want['best']['epoch']}: ")
+
+
+def test_a_resumed_run_whose_data_changed_is_refused_naming_the_file(tmp_path):
+    data = sst_copy(tmp_path / "data")
+    flags = ["--data-dir", str(data), "--epochs", "2", "--batch-size", "4", "--max-length", "40"]
+    run = tmp_path / "run"
+    finetune_run(args("sst", run, *flags, "--stop-after-epoch", "1"))
+    train = data / "ids-sst-train.csv"
+    train.write_text(train.read_text(encoding="utf-8").replace("The Rock", "The Stone"), encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        finetune_run(args("sst", run, *flags, "--resume"))
+    assert str(e.value.code).startswith(f"error: --resume {run}: the run's inputs changed: data ids-sst-train.csv")
+    assert [x["epoch"] for x in json.loads((run / "metrics.json").read_text(encoding="utf-8"))["epochs"]] == [1]
+
+
+def test_a_run_folder_without_a_fingerprint_is_not_resumed(tmp_path):
+    """A config.json without the inputs' fingerprint (a folder older than fingerprints) cannot show that the inputs
+    are unchanged: one error line, not a traceback."""
+    flags = ["--epochs", "2", "--batch-size", "4", "--max-length", "40"]
+    run = tmp_path / "run"
+    finetune_run(args("sst", run, *flags, "--stop-after-epoch", "1"))
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    del config["fingerprint"]
+    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        finetune_run(args("sst", run, *flags, "--resume"))
+    message = str(e.value.code)
+    assert message.startswith(f"error: --resume {run}: the run's inputs changed: data ")
+    assert f"data ids-sst-train.csv: None -> '{sha(DATA / 'ids-sst-train.csv')}'" in message and "\n" not in message
+
+
+def test_malformed_rows_are_warned_on_stderr_one_line_each(tmp_path):
+    data = sst_copy(tmp_path / "data")
+    dev = data / "ids-sst-dev.csv"
+    dev.write_text(dev.read_text(encoding="utf-8") + "no-tabs-here\nx\ty\t9\t\n", encoding="utf-8")
+    notes = splits_of(data)[1]
+    assert len(notes) == 2
+    _, err = finetune_run(args("sst", tmp_path / "run", "--data-dir", str(data), "--epochs", "0"))
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        f"warning: skipped/irregular row: {n}" for n in notes]
+
+
+def test_a_classification_run_folder_holds_only_its_files(base):
+    """No held-out likelihood of the base model (a generative task's) nor anything else beside the run's files."""
+    assert sorted(p.name for p in base["run"].iterdir()) == [
+        "best", "config.json", "full-model-sst-dev-out.csv", "full-model-sst-test-out.csv", "metrics.json",
+        "subsets.json"]
+
+
+@pytest.mark.parametrize("flags, plain, compile", [((), False, False), (("--plain",), True, False),
+                                                    (("--compile",), False, True)])
+def test_the_training_steps_run_in_what_the_speed_switch_returns(tmp_path, monkeypatch, flags, plain, compile):
+    """`app.speed.for_training` gets the run's --plain and --compile, and each epoch's steps run inside the context
+    it returns (here one that counts; the compiled blocks themselves are tested in test_compile.py)."""
+    from app import speed
+
+    seen, entered = [], []
+
+    @contextlib.contextmanager
+    def counted():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(speed, "for_training", lambda module, device, plain, compile=False: seen.append(
+        (type(module).__name__, str(device), plain, compile)) or counted)
+    finetune_run(args("sst", tmp_path / "run", "--epochs", "2", "--batch-size", "4", "--max-train", "8",
+                      "--max-eval", "2", *flags))
+    assert seen == [("SentimentClassifier", "cpu", plain, compile)]
+    assert len(entered) == 2  # once an epoch, around its steps (left for the evaluation)
+
+
+def test_bf16_autocast_trains_under_bf16(tmp_path, monkeypatch, emulated_bf16):
+    from tasks.sentiment import SentimentClassifier
+
+    dtypes = []
+    real = SentimentClassifier.forward
+
+    def forward(self, batch):
+        if torch.is_grad_enabled():  # a training step (evaluation runs under no_grad)
+            dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real(self, batch)
+    monkeypatch.setattr(SentimentClassifier, "forward", forward)
+    finetune_run(args("sst", tmp_path / "run", "--epochs", "1", "--batch-size", "4", "--max-train", "8",
+                      "--max-eval", "2", "--autocast", "bf16"))
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+
+
+def test_a_sonnet_run_trains_on_next_token_targets_and_scores_its_samples(tmp_path):
+    run = tmp_path / "run"
+    out, _ = finetune_run(args("sonnet", run, "--epochs", "1", "--batch-size", "2", "--max-train", "2",
+                               "--max-eval", "1", "--max-new-tokens", "4", "--max-length", "64"))
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    (epoch,) = m["epochs"]
+    assert epoch["epoch"] == 1 and math.isfinite(epoch["dev_loss"]) and 0 <= epoch["chrf"] <= 100
+    assert m["optimizer_steps_per_epoch"] == 1 and m["best"]["epoch"] == 1
+    assert out.startswith("epoch 1: ") and f"best epoch 1: dev chrf {m['best']['chrf']:.4f}" in out

@@ -5,6 +5,7 @@ running in the stats pass (FORK_SERVER). See docs/testing.md, "Automated mutants
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import tomllib
@@ -87,6 +88,42 @@ def test_every_default_test_list_names_tests_that_exist(mutate):
                               "-p", "no:xdist", *ids], cwd=root, capture_output=True, text=True)
     assert collect.returncode == 0, (collect.stdout + collect.stderr)[-3000:]
     assert len([line for line in collect.stdout.splitlines() if "::" in line]) >= len(ids)
+
+
+def test_a_module_fixture_s_calls_count_for_every_test_that_uses_it(mutate, tmp_path):
+    """mutmut runs a mutant against the tests that called its function in the stats pass; the plugin credits the
+    calls of a module fixture's setup to each test that uses it, not to the first one only (mutmut's collector,
+    as in its pytest runner, reads `state()._stats` at each test's teardown)."""
+    pytest.importorskip("mutmut")
+    (tmp_path / f"{mutate.PYTEST_HOOK}.py").write_text(mutate.PYTEST_HOOK_CODE, encoding="utf-8")
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n"
+        "from mutmut.state import state\n\n"
+        "@pytest.fixture(scope='module')\n"
+        "def run():\n"
+        "    state()._stats.add('m.x_train')\n\n"
+        "@pytest.fixture\n"
+        "def each():\n"
+        "    state()._stats.add('m.x_each')\n\n"
+        "def test_first(run): state()._stats.add('m.x_first')\n"
+        "def test_second(run, each): pass\n"
+        "def test_apart(): pass\n", encoding="utf-8")
+    (tmp_path / "collect.py").write_text(
+        "import json, sys, pytest\n"
+        "from mutmut.state import state\n"
+        "seen = {}\n"
+        "class Collector:\n"
+        "    def pytest_runtest_teardown(self, item, nextitem):\n"
+        "        seen[item.name] = sorted(state()._stats)\n"
+        "        state()._stats.clear()\n"
+        f"code = pytest.main(['-q', '-p', '{mutate.PYTEST_HOOK}', '-p', 'no:cacheprovider', 'test_sample.py'],\n"
+        "                   plugins=[Collector()])\n"
+        "print(json.dumps({'code': int(code), 'seen': seen}))\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "collect.py"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "seen": {"test_first": ["m.x_first", "m.x_train"],
+                                          "test_second": ["m.x_each", "m.x_train"], "test_apart": []}}
 
 
 @pytest.mark.parametrize("argv, slack, names", [
