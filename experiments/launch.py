@@ -186,20 +186,23 @@ class Local:
     def _side_by_side(self, todo: list[Run], work: Callable[[Run], None], stopping: threading.Event,
                       live: set[subprocess.Popen], result: SweepResult) -> None:
         pool = ThreadPoolExecutor(max_workers=self.capacity, thread_name_prefix="sweep")
-        futures: list[Future] = [pool.submit(work, run) for run in todo]  # started in this order: longest first
+        futures: list[Future] = []
         try:
+            # Submitted inside the try: a Ctrl-C while the first runs already start must stop them too.
+            for run in todo:  # started in this order: longest first
+                futures.append(pool.submit(work, run))
             for future in as_completed(futures):
                 future.result()
         except KeyboardInterrupt:
             stopping.set()
-            for future in futures:
-                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)  # the queued runs never start
             while not all(f.done() for f in futures):  # until every run ended: a child started just now is stopped too
                 for proc in list(live):
                     if proc.poll() is None:
                         proc.terminate()
                 time.sleep(0.1)
             result.interrupted += [r.name for r, f in zip(todo, futures) if f.cancelled()]
+            result.interrupted += [r.name for r in todo[len(futures):]]  # never submitted
             raise
         finally:
             pool.shutdown(wait=True)

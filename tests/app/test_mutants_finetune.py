@@ -849,3 +849,26 @@ def test_a_sonnet_run_trains_on_next_token_targets_and_scores_its_samples(tmp_pa
     assert epoch["epoch"] == 1 and math.isfinite(epoch["dev_loss"]) and 0 <= epoch["chrf"] <= 100
     assert m["optimizer_steps_per_epoch"] == 1 and m["best"]["epoch"] == 1
     assert out.startswith("epoch 1: ") and f"best epoch 1: dev chrf {m['best']['chrf']:.4f}" in out
+
+
+def test_every_rank_writes_to_the_folder_rank_0_chose(tmp_path, monkeypatch):
+    """Under torchrun each rank names the run folder (without --out-dir, by the time: ranks may differ by a second)
+    and rank 0's name is broadcast to all; one process broadcasts nothing. The group is a stand-in here (the real
+    collectives are tested in tests/minigpt2/test_mutants_distributed.py)."""
+    from minigpt2.distributed import Dist
+
+    told = []
+
+    def broadcast(objects, src=None, group=None, device=None):
+        told.append((list(objects), src))
+        objects[0] = "/runs/of-rank-0"
+    monkeypatch.setattr(finetune.dist, "broadcast_object_list", broadcast)
+    named = finetune.parse_settings(args("sst", tmp_path / "mine"))
+    assert finetune._shared_run_dir(named, Dist(rank=1, world=2)) == Path("/runs/of-rank-0")
+    assert told == [([str(tmp_path / "mine")], 0)]
+    told.clear()
+    assert finetune._shared_run_dir(named, Dist()) == tmp_path / "mine" and told == []
+    timed = finetune.parse_settings(args("sst", None))
+    assert finetune._shared_run_dir(timed, Dist(rank=3, world=4)) == Path("/runs/of-rank-0")
+    ((offered,), src), = told
+    assert src == 0 and Path(offered).name.startswith("sst-")

@@ -227,6 +227,47 @@ def test_ctrl_c_on_side_by_side_runs_stops_them_and_cancels_the_queued(tmp_path,
     assert lines[-1] == "[queued 2, running 0, done 0, failed 0] stopped " + lines[-1].rsplit(" ", 1)[1]
 
 
+def test_ctrl_c_while_the_runs_are_handed_to_the_pool_stops_the_started_ones(tmp_path, monkeypatch):
+    """The Ctrl-C lands while the third of four runs is being handed to the worker threads, the first two already
+    running (on a loaded machine the main thread can be that slow): both children are terminated, no worker thread
+    is left, the last two never start, and all four are listed as interrupted. Before, the handing-out stood outside
+    the `try` that stops the runs: nothing was stopped or recorded (a flaky CI failure of the test above)."""
+    monkeypatch.setattr(launch, "SweepResult", Recorded)
+    monkeypatch.setattr(launch, "run_workload", lambda run: types.SimpleNamespace(
+        train_tokens={"r0": 9, "r1": 8, "r2": 2, "r3": 1}[run.name]))
+    running = threading.Barrier(3, timeout=30)  # the two children and the main thread
+    children = []
+
+    def child(step, log, echo=True, live=None):
+        proc = Child()
+        live.add(proc)
+        children.append(proc)
+        running.wait()
+        assert proc.stopped.wait(30), "the child was not terminated"
+        live.discard(proc)
+        raise runner.RunFailed("terminated")
+    monkeypatch.setattr(launch, "in_subprocess", child)
+
+    class CtrlCAtTheThirdRun(launch.ThreadPoolExecutor):
+        handed = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            CtrlCAtTheThirdRun.handed += 1
+            if CtrlCAtTheThirdRun.handed == 3:
+                running.wait()
+                raise KeyboardInterrupt
+            return super().submit(fn, *args, **kwargs)
+    monkeypatch.setattr(launch, "ThreadPoolExecutor", CtrlCAtTheThirdRun)
+    runs = [Run(f"r{i}", sst(optim__seed=i), (ZERO_SHOT_QUORA,)) for i in range(4)]
+    with pytest.raises(KeyboardInterrupt):
+        launch.Local(child, jobs=2, devices=["cpu"], threads=1, progress=False).launch(runs, tmp_path)
+    result = Recorded.last
+    assert sorted(result.interrupted[:2]) == ["r0", "r1"] and result.interrupted[2:] == ["r2", "r3"]
+    assert sorted(result.started) == ["r0", "r1"] and not result.failed
+    assert len(children) == 2 and all(c.stopped.is_set() for c in children)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sweep_")]
+
+
 def test_ctrl_c_on_a_sequential_pass_lists_the_run_and_the_rest_as_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "SweepResult", Recorded)
     fake = FakeFinetune()
