@@ -265,7 +265,12 @@ def check_resume(run_dir: Path, settings: RunSettings, print_: Any = print) -> d
 
 
 def check_inputs(run_dir: Path, recorded: dict[str, Any], now: dict[str, Any]) -> None:
-    """Refuse to resume when the base weights or the data files changed since the run started."""
+    """Refuse to resume when the base weights or the data files changed since the run started, or when the run
+    recorded no fingerprint of them (nothing to compare with)."""
+    if not recorded:
+        raise RunFolderError(f"--resume {run_dir}: its {CONFIG_FILE} records no fingerprint of the run's inputs (base "
+                             "weights, data files), so they cannot be checked against today's; start the run afresh "
+                             "with --overwrite or in another --out-dir")
     changes = []
     rb, nb = recorded.get("base_weights"), now.get("base_weights")
     if (rb or {}).get("sha256") != (nb or {}).get("sha256"):

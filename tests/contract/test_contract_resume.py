@@ -571,6 +571,13 @@ def test_resume_refuses_other_inputs_naming_each(tmp_path, change, message):
         check_inputs(tmp_path, recorded, {**recorded, **change})
 
 
+def test_resume_refuses_a_run_that_recorded_no_fingerprint(tmp_path):
+    now = {"base_weights": None, "data": {"x.csv": "1"}}
+    with pytest.raises(RunFolderError, match=rf"^--resume {tmp_path}: its config.json records no fingerprint of the "
+                                             r"run's inputs \(base weights, data files\), so they cannot be checked"):
+        check_inputs(tmp_path, {}, now)
+
+
 def test_the_saved_settings_of_a_run_folder_and_a_line_naming_it_when_they_do_not_fit(tmp_path):
     run = tmp_path / "run"
     s = settings("--lr", "0.25", "--epochs", "3", out=run)
@@ -731,7 +738,7 @@ def tiny_run_folder(run, fingerprint: dict | None, **changes) -> RunSettings:
 @pytest.mark.parametrize("recorded", ["other data", "no fingerprint"])
 def test_resuming_onto_other_inputs_is_one_line_naming_the_folder_and_the_file(tmp_path, recorded):
     """What the run reads is compared with what config.json recorded, before anything is written; a config.json
-    without a fingerprint recorded no inputs, so every input differs."""
+    without a fingerprint recorded no inputs to compare with, and the line says so."""
     run = tmp_path / "run"
     tiny_run_folder(run, {"settings": defining(parse_settings(finetune_args("sst", run, "--epochs", "1"))),
                               "data": {"ids-sst-train.csv": "0" * 64}} if recorded == "other data" else None)
@@ -739,8 +746,11 @@ def test_resuming_onto_other_inputs_is_one_line_naming_the_folder_and_the_file(t
     with pytest.raises(SystemExit) as e:
         finetune.main(["--resume", "--out-dir", str(run)])
     line = str(e.value.code)
-    assert line.startswith(f"error: --resume {run}: the run's inputs changed: data ids-sst-dev.csv: None -> '")
-    assert ("data ids-sst-train.csv: '" + "0" * 64 + "' -> '" in line) == (recorded == "other data")
+    if recorded == "other data":
+        assert line.startswith(f"error: --resume {run}: the run's inputs changed: data ids-sst-dev.csv: None -> '")
+        assert "data ids-sst-train.csv: '" + "0" * 64 + "' -> '" in line
+    else:
+        assert line.startswith(f"error: --resume {run}: its config.json records no fingerprint of the run's inputs")
     assert "\n" not in line and (run / "config.json").read_text() == before
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
