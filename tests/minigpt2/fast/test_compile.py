@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 
 from minigpt2.config import GPT2Config
 from minigpt2.losses import lm_loss
-from minigpt2.model import GPT2
+from minigpt2.model import GPT2, last_token_index
 from minigpt2.fast.compiled import CompiledBlocks, separate_inductor_cache
 from tests.minigpt2.test_train import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
@@ -54,6 +54,29 @@ def test_compiled_blocks_give_eager_logits_and_training_step():
         with compiled.active():
             got = model.logits(ids)
         torch.testing.assert_close(got, eager.logits(ids), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.compile
+def test_compiled_blocks_read_one_position_per_row_as_eager_does():
+    """A classifier's forward under `--compile`: the last block compiled with `at` (one query per row, an explicit
+    mask) gives eager's hidden states and gradients."""
+    torch.manual_seed(0)
+    eager = GPT2(GPT2Config.from_name("tiny")).eval()
+    model = copy.deepcopy(eager)
+    ids = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(2))
+    mask = (torch.arange(12)[None] < torch.tensor([[12], [5], [9]])).long()  # right padding
+    at = last_token_index(mask)
+    weights = torch.randn(3, eager.config.n_embd, generator=torch.Generator().manual_seed(3))
+    compiled = CompiledBlocks(model)
+    with compiled.active():
+        got = model(ids, attention_mask=mask, at=at)
+        (got * weights).sum().backward()
+    want = eager(ids, attention_mask=mask, at=at)
+    (want * weights).sum().backward()
+    assert got.shape == (3, eager.config.n_embd)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"grad {name}: {m}")
 
 
 def test_the_application_switches_the_compiled_blocks_in_only_with_compile_on_either_path():
