@@ -74,7 +74,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.project_qkv(x)  # (B, T, C) each
         if at is not None:
-            q = q[torch.arange(B, device=x.device), at, None]  # (B, 1, C): the one query wanted per row
+            q = rows_at(q, at)  # (B, 1, C): the one query wanted per row
         q, k, v = (t.view(B, t.size(1), self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
@@ -120,9 +120,14 @@ class Block(nn.Module):
                 cache: KVCache | None = None, layer: int = 0, at: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with `at` (B,), only each row's output at position at[b], (B, 1, C)."""
         y = self.attn(self.ln_1(x), mask, is_causal, cache, layer, at)
-        x = x + y if at is None else x[torch.arange(x.size(0), device=x.device), at, None] + y
+        x = (x if at is None else rows_at(x, at)) + y
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+def rows_at(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) -> (B, 1, C): each row's vector at its own position at[b]."""
+    return x[torch.arange(x.size(0), device=x.device), at, None]
 
 
 def attention_mask_for(attention_mask: torch.Tensor | None, T: int, start: int, device: torch.device,
