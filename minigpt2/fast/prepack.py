@@ -142,6 +142,7 @@ class SlabLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.slabs = slabs or slab_count()
         height = -(-self.out_features // self.slabs)
+        self.padded = self.slabs * height != self.out_features
         table = torch.zeros(self.slabs * height, self.in_features)
         table[:self.out_features] = weight.detach()
         self.register_buffer("table", table.view(self.slabs, height, self.in_features), persistent=False)
@@ -153,14 +154,18 @@ class SlabLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def _product(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        if rows.size(0) == 1:
-            column = rows.t().expand(self.slabs, self.in_features, 1)
-            y = (torch.bmm(self.table, column) if self.bias is None
-                 else torch.baddbmm(self.bias, self.table, column)).view(-1)[:self.out_features]
+        if x.numel() == self.in_features:  # one row: the decoding step, 49 calls a token
+            # The column every slab multiplies, read from x's own memory with strides (0, 1, in) (copied first
+            # where x is a strided view). One view op, and no slicing where no slab is padded: the ops around the
+            # product are part of every token's fixed cost (docs/performance.md, "Ninth round").
+            column = x.contiguous().as_strided((self.slabs, self.in_features, 1), (0, 1, self.in_features))
+            y = torch.bmm(self.table, column) if self.bias is None else torch.baddbmm(self.bias, self.table, column)
+            if self.padded:
+                y = y.view(-1)[:self.out_features]
             if gelu:
-                y = torch.ops.aten.gelu_(y, approximate="tanh")
+                torch.ops.aten.gelu_(y, approximate="tanh")
         else:
+            rows = x.reshape(-1, self.in_features)
             weight = self.table.view(-1, self.in_features)[:self.out_features]
             bias = None if self.bias is None else self.bias.view(-1)[:self.out_features]
             y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "gelu" if gelu else "none", [],

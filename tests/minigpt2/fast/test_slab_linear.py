@@ -39,6 +39,28 @@ def test_slab_linear_is_the_linear_product(shape, slabs):
         assert not torch.allclose(fast.forward_gelu(x), F.gelu(want), rtol=1e-5, atol=1e-6)  # tanh, not erf
 
 
+@pytest.mark.parametrize("where", ["the second row of three", "every other value", "a column of a table"])
+def test_one_row_read_from_inside_another_tensor_is_the_linear_product(where):
+    """A row that starts past the beginning of its memory, or whose values are not side by side: the one-row path
+    reads the column straight from the input's memory, so it must honour the offset and copy a strided row first."""
+    linear = layer()
+    torch.manual_seed(3)
+    x = {"the second row of three": torch.randn(3, 48)[1:2],
+         "every other value": torch.randn(1, 96)[:, ::2],
+         "a column of a table": torch.randn(48, 3)[:, 1]}[where]
+    fast = SlabLinear(linear, slabs=3)
+    with torch.no_grad():
+        want = linear(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.forward_gelu(x), F.gelu(want, approximate="tanh"), rtol=1e-5, atol=1e-5)
+
+
+def test_padded_says_whether_the_last_slab_holds_padding_rows():
+    assert SlabLinear(layer(48, 80), slabs=4).padded is False  # 4 slabs of 20
+    assert SlabLinear(layer(48, 80), slabs=3).padded is True  # 3 slabs of 27: one padding row
+    assert SlabLinear(None, weight=layer(48, 81).weight, slabs=3).padded is False
+
+
 @settings(max_examples=60, deadline=None)
 @given(n_out=st.integers(1, 70), n_in=st.integers(1, 40), slabs=st.integers(2, 9), rows=st.integers(1, 3),
        bias=st.booleans(), seed=st.integers(0, 2 ** 16))
