@@ -280,7 +280,8 @@ def bound_extra(read: dict[str, ReadBandwidth], config: GPT2Config, precision: s
     if not read:
         return {}
     bw = read["read"]
-    return {"bound": bound(config, precision, s.decode_prompt, s.decode_new, tokens_per_s, bw.bytes_per_s),
+    return {"bound": bound(config, precision, s.decode_prompt, s.decode_new, tokens_per_s, bw.bytes_per_s,
+                           bw.median_bytes_per_s),
             "bandwidth": bw.info()}
 
 

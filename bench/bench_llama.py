@@ -143,7 +143,8 @@ def rows_of(runs: dict[str, list[dict[str, Any]]], config: GPT2Config, s: Sizes,
     for ours, peer, ours_precision, peer_precision in pairs():
         theirs = speed(peer)
         extra: dict[str, Any] = {
-            "peer_bound": bound(config, peer_precision, s.prompt, s.new, theirs, read.bytes_per_s),
+            "peer_bound": bound(config, peer_precision, s.prompt, s.new, theirs, read.bytes_per_s,
+                                read.median_bytes_per_s),
             "bandwidth": read.info(), "processes_per_side": s.rounds, "timed_decodes_per_process": s.reps,
             "seconds": {side: [r["seconds"] for r in runs[side]] for side in (ours, peer) if side},
             "llama_cpp": runs[peer][-1]["build"]}
@@ -155,7 +156,8 @@ def rows_of(runs: dict[str, list[dict[str, Any]]], config: GPT2Config, s: Sizes,
         mine = speed(ours)
         a, b = runs[ours][-1]["tokens"], runs[peer][-1]["tokens"]
         diff = first_difference(a, b)
-        extra.update(bound=bound(config, ours_precision, s.prompt, s.new, mine, read.bytes_per_s),
+        extra.update(bound=bound(config, ours_precision, s.prompt, s.new, mine, read.bytes_per_s,
+                                 read.median_bytes_per_s),
                      greedy_tokens_equal=diff is None, first_differing_position=diff,
                      tokens={ours: a, peer: b})
         rows.append(Row(f"greedy b=1, {s.new} tokens, {ours_precision} vs llama.cpp {name}", "tokens/s",

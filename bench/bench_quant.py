@@ -51,8 +51,10 @@ def decode_rows(quick: bool, config: str = "gpt2", prompt_len: int = 16, new: in
                       "int8": run("int8", int8), "read": read}, warmup=1, iters=3 if quick else 5)
     same = sum(a == b for a, b in zip(outs["fp32"], outs["int8"])) / new
     fastest = "fp32 prepacked" if fast.h[0].mlp.c_fc is not model.h[0].mlp.c_fc else "fp32"
-    bounds = {"bound": bound(model.config, "int8", prompt_len, new, new / t["int8"], read.bytes_per_s),
-              "peer_bound": bound(model.config, "fp32", prompt_len, new, new / t[fastest], read.bytes_per_s),
+    bounds = {"bound": bound(model.config, "int8", prompt_len, new, new / t["int8"], read.bytes_per_s,
+                             read.median_bytes_per_s),
+              "peer_bound": bound(model.config, "fp32", prompt_len, new, new / t[fastest], read.bytes_per_s,
+                                  read.median_bytes_per_s),
               "bandwidth": read.info()}
     size = "124M" if config == "gpt2" else config
     return [Row(f"greedy decode {size} b=1, {new} tokens: int8", "tokens/s", new / t["int8"],

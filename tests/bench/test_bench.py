@@ -205,6 +205,11 @@ def assert_bound(b, tokens_per_s, bandwidth):
     assert b["bound_tokens_per_s"] == pytest.approx(b["read_bytes_per_s"] / b["bytes_per_token"], rel=1e-12)
     assert b["tokens_per_s"] == tokens_per_s
     assert b["fraction"] == pytest.approx(tokens_per_s / b["bound_tokens_per_s"], rel=1e-12)
+    # and at the median read of the same turns, never faster than the best
+    assert b["median_read_bytes_per_s"] == bandwidth["median_read_bytes_per_s"] <= b["read_bytes_per_s"]
+    assert b["fraction_of_median_read"] == pytest.approx(
+        tokens_per_s * b["bytes_per_token"] / b["median_read_bytes_per_s"], rel=1e-12)
+    assert len(bandwidth["read_seconds"]) == bandwidth["reads"]
 
 
 def test_bytes_per_token_of_the_tiny_config_by_hand():
@@ -333,7 +338,7 @@ def test_print_bounds_lists_each_side(capsys):
     bound.print_bounds(rows)
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[2:4] for line in out[-2:]] == [["minigpt2", "int8"], ["llama.cpp", "q8_0"]]
-    assert out[-2].split()[-1] == f"{b['fraction']:.2f}" and out[-1].split()[-1] == f"{pb['fraction']:.2f}"
+    assert out[-2].split()[-2] == f"{b['fraction']:.2f}" and out[-1].split()[-2] == f"{pb['fraction']:.2f}"
 
 
 
@@ -342,17 +347,19 @@ def test_print_bounds_columns_by_hand(capsys):
     widths; values chosen where a slip in a unit or a width prints another figure."""
     b = {"precision": "int8", "bytes_per_token": 12_345_679_000.0, "read_bytes_per_s": 123_450_000_050.0,
          "bound_tokens_per_s": 10.004, "tokens_per_s": 7.25, "fraction": 0.7249}
-    bound.print_bounds([Row("L" * 60, "tokens/s", 7.25, "P" * 30, 5.0, extra={"bound": b, "peer_bound": b})])
+    pb = dict(b, fraction_of_median_read=0.8351)
+    bound.print_bounds([Row("L" * 60, "tokens/s", 7.25, "P" * 30, 5.0, extra={"bound": b, "peer_bound": pb})])
     out = capsys.readouterr().out.splitlines()
-    assert out[-5] == ("bandwidth bound of batch-1 decoding (read bandwidth measured in the same run / bytes read "
-                       "per token)")
-    assert out[-4].split() == ["line", "side", "precision", "MB/token", "GB/s", "bound", "tokens/s", "fraction"]
+    assert out[-5] == ("bandwidth bound of batch-1 decoding (the best read of memory in the same run / bytes read per "
+                       "token; 'of median': the fraction at the median read)")
+    assert out[-4].split() == ["line", "side", "precision", "MB/token", "GB/s", "bound", "tokens/s", "fraction", "of",
+                               "median"]
     assert out[-3] == "-" * len(out[-4])
     ours, peer = out[-2], out[-1]
-    assert ours.split() == ["L" * 48, "minigpt2", "int8", "12345.68", "123.5", "10.0", "7.2", "0.72"]
-    assert peer.split()[1] == "P" * 20
-    # fixed widths: 48 + 20 + 10 + 9 + 6 + 8 + 9 + 8 characters and the 7 spaces between them
-    assert len(ours) == len(peer) == len(out[-4]) == 125
+    assert ours.split() == ["L" * 48, "minigpt2", "int8", "12345.68", "123.5", "10.0", "7.2", "0.72", "-"]
+    assert peer.split()[1] == "P" * 20 and peer.split()[-2:] == ["0.72", "0.84"]
+    # fixed widths: 48 + 20 + 10 + 9 + 6 + 8 + 9 + 8 + 9 characters and the 8 spaces between them
+    assert len(ours) == len(peer) == len(out[-4]) == 135
     assert ours.index("minigpt2") == 49 and ours.index("int8") == 70
     bound.print_bounds([Row("anon", "tokens/s", 7.25, None, 5.0, extra={"peer_bound": b})])
     assert capsys.readouterr().out.splitlines()[-1].split()[:2] == ["anon", "peer"]
@@ -364,7 +371,8 @@ def test_read_bandwidth_times_each_read_and_reports_it(monkeypatch):
     read = bound.ReadBandwidth(mib=2)
     read(), read()
     assert read.seconds == [0.5, 0.25]
-    assert read.info() == {"read_bytes_per_s": 2 * 2 ** 20 / 0.25, "array_mib": 2.0, "reads": 2,
+    assert read.info() == {"read_bytes_per_s": 2 * 2 ** 20 / 0.25, "median_read_bytes_per_s": 2 * 2 ** 20 / 0.375,
+                           "read_seconds": [0.5, 0.25], "array_mib": 2.0, "reads": 2,
                            "threads": torch.get_num_threads()}
     # the documented default: 512 MiB, far beyond any cache
     assert inspect.signature(bound.ReadBandwidth).parameters["mib"].default == 512

@@ -31,13 +31,14 @@ INT8_BYTES, FP32_BYTES = 2250988, 6539392
 
 
 class FakeRead:
-    """A ReadBandwidth that read 10 GB/s at best; records the size asked for and its calls."""
+    """A ReadBandwidth that read 10 GB/s at best, 8 GB/s at the median; records the size asked for and its calls."""
     made: list = []
 
     def __init__(self, mib):
         self.made.append(mib)
         self.calls = 0
         self.bytes_per_s = 1e10
+        self.median_bytes_per_s = 8e9
 
     def __call__(self):
         self.calls += 1
@@ -116,8 +117,8 @@ def test_decode_rows_of_fake_decoders_by_hand(monkeypatch):
     seen, int8_model, int8_fast = fake_decoding(monkeypatch, True, TIMES)
     rows = bench_quant.decode_rows(True, config="tiny", prompt_len=5, new=8, stream_mib=6)
     extra = {"greedy_tokens_equal_to_fp32": 0.75,
-             "bound": bound.bound(TINY, "int8", 5, 8, 64.0, 1e10),
-             "peer_bound": bound.bound(TINY, "fp32", 5, 8, 32.0, 1e10),
+             "bound": bound.bound(TINY, "int8", 5, 8, 64.0, 1e10, 8e9),
+             "peer_bound": bound.bound(TINY, "fp32", 5, 8, 32.0, 1e10, 8e9),
              "bandwidth": FakeRead(6).info()}
     assert [r.to_dict() for r in rows] == [
         {"line": "greedy decode tiny b=1, 8 tokens: int8", "unit": "tokens/s", "minigpt2": 64.0,
@@ -133,6 +134,8 @@ def test_decode_rows_of_fake_decoders_by_hand(monkeypatch):
     assert b["fraction"] == pytest.approx(64.0 * INT8_BYTES / 1e10, rel=1e-12)
     assert (pb["precision"], pb["bytes_per_token"], pb["tokens_per_s"]) == ("fp32", FP32_BYTES, 32.0)
     assert pb["fraction"] == pytest.approx(32.0 * FP32_BYTES / 1e10, rel=1e-12)
+    assert b["fraction_of_median_read"] == pytest.approx(64.0 * INT8_BYTES / 8e9, rel=1e-12)
+    assert pb["fraction_of_median_read"] == pytest.approx(32.0 * FP32_BYTES / 8e9, rel=1e-12)
     # the timing: the four in turns, one warm-up, 3 timed rounds with --quick; a 6 MiB read
     assert seen["compare"] == [(["fp32", "fp32 prepacked", "int8", "read"], 1, 3)]
     assert FakeRead.made[0] == 6
@@ -171,8 +174,8 @@ def test_decode_rows_of_gpt2_without_a_prepacked_copy(monkeypatch, quick, new, i
     assert [r.to_dict() for r in rows] == [
         {"line": f"greedy decode 124M b=1, {new} tokens: int8", "unit": "tokens/s", "minigpt2": fast,
          "peer_name": "minigpt2 fp32", "peer": slow, "higher_is_better": True, "goal": ">= 2.5x",
-         "extra": {"greedy_tokens_equal_to_fp32": 0.75, "bound": bound.bound(TINY, "int8", 16, new, fast, 1e10),
-                   "peer_bound": bound.bound(TINY, "fp32", 16, new, slow, 1e10), "bandwidth": FakeRead(6).info()},
+         "extra": {"greedy_tokens_equal_to_fp32": 0.75, "bound": bound.bound(TINY, "int8", 16, new, fast, 1e10, 8e9),
+                   "peer_bound": bound.bound(TINY, "fp32", 16, new, slow, 1e10, 8e9), "bandwidth": FakeRead(6).info()},
          "ratio": 4.0},
         {"line": "  same, against fp32 as loaded (not prepacked)", "unit": "tokens/s", "minigpt2": fast,
          "peer_name": "minigpt2 fp32", "peer": slow, "higher_is_better": True, "goal": "(context)", "extra": {},

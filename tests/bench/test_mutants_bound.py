@@ -82,6 +82,31 @@ def test_bound_and_fraction_by_hand():
     assert q8["bound_tokens_per_s"] == pytest.approx(1000.0) and q8["fraction"] == pytest.approx(0.05)
 
 
+def test_the_fraction_at_the_median_read_by_hand():
+    """The same 48512 bytes a token: at a median read of 19404800 bytes/s the bound would be 400 tokens/s, so 250
+    tokens/s is 0.625 of it (0.25 of the best read's 1000). The bound itself stays the best read's."""
+    b = bound.bound(SMALL, "fp32", 5, 4, tokens_per_s=250.0, bandwidth=48_512_000.0, median_bandwidth=19_404_800.0)
+    assert b["median_read_bytes_per_s"] == 19_404_800.0
+    assert b["fraction_of_median_read"] == pytest.approx(0.625, rel=1e-12)
+    assert b["bound_tokens_per_s"] == pytest.approx(1000.0, rel=1e-12) and b["fraction"] == pytest.approx(0.25)
+    q8 = bound.bound(SMALL, "gguf-q8_0", 5, 4, tokens_per_s=50.0, bandwidth=16_693_000.0, median_bandwidth=8_346_500.0)
+    assert q8["fraction_of_median_read"] == pytest.approx(0.1, rel=1e-12)  # its own bytes: 16693 a token
+
+
+def test_read_bandwidth_best_and_median_of_its_reads():
+    """Four reads of 2 MiB: the best is the shortest (0.25 s), the median the mean of the middle two (0.75 s);
+    neither the mean (1.0625 s), the lower or upper middle one (0.5, 1.0 s) nor the slowest."""
+    read = bound.ReadBandwidth(mib=2)
+    read.seconds = [1.0, 0.25, 2.5, 0.5]
+    assert read.bytes_per_s == 2 * 2 ** 20 / 0.25
+    assert read.median_bytes_per_s == pytest.approx(2 * 2 ** 20 / 0.75, rel=1e-12)
+    info = read.info()
+    assert info["median_read_bytes_per_s"] == read.median_bytes_per_s and info["read_seconds"] == [1.0, 0.25, 2.5, 0.5]
+    read.seconds = []
+    with pytest.raises(RuntimeError, match="no read timed yet"):
+        read.median_bytes_per_s
+
+
 def test_print_bounds_prints_nothing_without_a_bound(capsys):
     bound.print_bounds([Row("no bound", "x", 1.0), Row("other", "x", 2.0, extra={"bandwidth": {}})])
     bound.print_bounds([])
@@ -96,10 +121,13 @@ def test_print_bounds_rows_in_order_ours_then_the_peer(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "" and out[1].startswith("bandwidth bound of batch-1 decoding")
     assert [line.split() for line in out[4:]] == [
-        ["first", "minigpt2", "fp32", "0.05", "0.0", "1000.0", "250.0", "0.25"],
-        ["first", "llama.cpp", "q8_0", "gguf-q8_0", "0.02", "0.0", "1000.0", "50.0", "0.05"],
-        ["second", "minigpt2", "gguf-q8_0", "0.02", "0.0", "1000.0", "50.0", "0.05"]]
+        ["first", "minigpt2", "fp32", "0.05", "0.0", "1000.0", "250.0", "0.25", "-"],
+        ["first", "llama.cpp", "q8_0", "gguf-q8_0", "0.02", "0.0", "1000.0", "50.0", "0.05", "-"],
+        ["second", "minigpt2", "gguf-q8_0", "0.02", "0.0", "1000.0", "50.0", "0.05", "-"]]
     assert len(out) == 7
+    with_median = bound.bound(SMALL, "fp32", 5, 4, 250.0, 48_512_000.0, median_bandwidth=19_404_800.0)
+    bound.print_bounds([Row("third", "tokens/s", 250.0, extra={"bound": with_median})])
+    assert capsys.readouterr().out.splitlines()[-1].split()[-2:] == ["0.25", "0.62"]
 
 
 def test_cpu_flags_takes_the_first_processors_line(tmp_path, monkeypatch):

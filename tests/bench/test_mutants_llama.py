@@ -54,19 +54,20 @@ SPEED = {"minigpt2-fp32": 2.0, "llama.cpp-f32": 2.8, "minigpt2-int8": 1.75, "lla
 
 
 class FakeRead:
-    """A ReadBandwidth that read 10 GB/s at best."""
+    """A ReadBandwidth that read 10 GB/s at best, 8 GB/s at the median."""
     bytes_per_s = 1e10
+    median_bytes_per_s = 8e9
 
     def info(self):
         return {"read_bytes_per_s": 1e10, "array_mib": 4.0, "reads": 6, "threads": 1}
 
 
 def expected_row(ours, peer, ours_precision, peer_precision, diff, line, peer_name):
-    extra = {"peer_bound": bound.bound(CONFIG, peer_precision, 5, 7, SPEED[peer], 1e10),
+    extra = {"peer_bound": bound.bound(CONFIG, peer_precision, 5, 7, SPEED[peer], 1e10, 8e9),
              "bandwidth": FakeRead().info(), "processes_per_side": 2, "timed_decodes_per_process": 3,
              "seconds": {ours: [r["seconds"] for r in RUNS[ours]], peer: [r["seconds"] for r in RUNS[peer]]},
              "llama_cpp": BUILD,
-             "bound": bound.bound(CONFIG, ours_precision, 5, 7, SPEED[ours], 1e10),
+             "bound": bound.bound(CONFIG, ours_precision, 5, 7, SPEED[ours], 1e10, 8e9),
              "greedy_tokens_equal": diff is None, "first_differing_position": diff,
              "tokens": {ours: RUNS[ours][-1]["tokens"], peer: RUNS[peer][-1]["tokens"]}}
     return {"line": line, "unit": "tokens/s", "minigpt2": SPEED[ours], "peer_name": peer_name, "peer": SPEED[peer],
@@ -99,7 +100,7 @@ def test_rows_of_without_fbgemm_fp16_shows_llama_f16_alone(monkeypatch):
     assert alone == {
         "line": "greedy b=1, 7 tokens, llama.cpp f16 alone", "unit": "tokens/s", "minigpt2": None,
         "peer_name": "llama.cpp f16", "peer": 8.0, "higher_is_better": True, "goal": "(no fbgemm fp16 here)",
-        "extra": {"peer_bound": bound.bound(CONFIG, "gguf-f16", 5, 7, 8.0, 1e10), "bandwidth": FakeRead().info(),
+        "extra": {"peer_bound": bound.bound(CONFIG, "gguf-f16", 5, 7, 8.0, 1e10, 8e9), "bandwidth": FakeRead().info(),
                   "processes_per_side": 2, "timed_decodes_per_process": 3,
                   "seconds": {"llama.cpp-f16": [[0.5, 0.75, 3], [1, 1, 0.25]]}, "llama_cpp": BUILD},
         "ratio": None}
@@ -157,7 +158,7 @@ def test_measure_alternates_fresh_workers_and_reads_between_rounds(monkeypatch, 
     class Read:
         def __init__(self, mib):
             events.append(("bandwidth", mib))
-            self.bytes_per_s = 1e10
+            self.bytes_per_s = self.median_bytes_per_s = 1e10
 
         def __call__(self):
             events.append("read")
