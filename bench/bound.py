@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -101,15 +101,17 @@ class ReadBandwidth:
 
     @property
     def bytes_per_s(self) -> float:
-        if not self.seconds:
-            raise RuntimeError("ReadBandwidth: no read timed yet")
-        return self.buf.nbytes / min(self.seconds)
+        return self._rate(min)
 
     @property
     def median_bytes_per_s(self) -> float:
+        return self._rate(statistics.median)
+
+    def _rate(self, pick: Callable[[list[float]], float]) -> float:
+        """Bytes per second of the read whose time `pick` chooses among the reads timed."""
         if not self.seconds:
             raise RuntimeError("ReadBandwidth: no read timed yet")
-        return self.buf.nbytes / statistics.median(self.seconds)
+        return self.buf.nbytes / pick(self.seconds)
 
     def info(self) -> dict[str, Any]:
         return {"read_bytes_per_s": self.bytes_per_s, "median_read_bytes_per_s": self.median_bytes_per_s,

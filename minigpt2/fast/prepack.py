@@ -125,8 +125,8 @@ class SlabLinear(nn.Module):
     hands whole slabs to its threads, so each thread streams its own rows in memory order with a one-thread product:
     0.8-0.96 of a plain read of the same weights on GPT-2's shapes, where oneDNN's and MKL's one-row products split
     over the threads streamed 0.3-0.8 (docs/performance.md, "Seventh round"). The column must be passed with stride
-    0 over the slabs and `in_features` between columns (`x.t().expand(...)`): stored the other way, torch took a
-    path 5x slower. Each output is a dot product of its row and x, so its bits depend on where the row lies in
+    0 over the slabs and `in_features` between columns (strides (0, 1, in), made by `as_strided` over the row):
+    stored the other way, torch took a path 5x slower. Each output is a dot product of its row and x, so its bits depend on where the row lies in
     memory (its alignment), not on the threads (nor on the slab count, unless a slab holds only a few rows: MKL then
     takes another kernel); the table is this layer's own fresh allocation, which torch's CPU allocator aligns to 64
     bytes, so two copies of one model give the same bits. The last slab is padded with zero rows, whose outputs are
