@@ -103,8 +103,10 @@ def test_read_bandwidth_best_and_median_of_its_reads():
     info = read.info()
     assert info["median_read_bytes_per_s"] == read.median_bytes_per_s and info["read_seconds"] == [1.0, 0.25, 2.5, 0.5]
     read.seconds = []
-    with pytest.raises(RuntimeError, match="no read timed yet"):
+    with pytest.raises(RuntimeError, match=r"^ReadBandwidth: no read timed yet$"):
         read.median_bytes_per_s
+    with pytest.raises(RuntimeError, match=r"^ReadBandwidth: no read timed yet$"):
+        read.bytes_per_s
 
 
 def test_print_bounds_prints_nothing_without_a_bound(capsys):
